@@ -1,0 +1,12 @@
+"""Settings of the profile service (`CRM_PROFILE_` prefix)."""
+
+from crm_shared.config import ServiceSettings
+from pydantic_settings import SettingsConfigDict
+
+
+class ProfileSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="CRM_PROFILE_", extra="ignore")
+
+    database: str = "crm_profile"
+    api_port: int = 8101
+    worker_metrics_port: int = 9101

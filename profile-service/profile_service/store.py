@@ -1,0 +1,132 @@
+"""All SQL of the profile service. The caller owns the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import asyncpg
+
+from profile_service.projection import CONTACT_FIELDS, CustomerRecord, PurchaseDelta
+
+
+async def lock_customers(
+    conn: asyncpg.Connection, ids: Collection[str]
+) -> dict[str, CustomerRecord]:
+    """The stored records of these customers, locked until the batch commits."""
+    rows = await conn.fetch(
+        "SELECT * FROM customers WHERE customer_id = ANY($1::text[]) FOR UPDATE", list(ids)
+    )
+    return {row["customer_id"]: _record(row) for row in rows}
+
+
+def _record(row: Mapping[str, Any]) -> CustomerRecord:
+    return CustomerRecord(
+        customer_id=row["customer_id"],
+        contact={name: row[name] for name in CONTACT_FIELDS if row[name] is not None},
+        attributes=row["attributes"],
+        identifiers=row["identifiers"],
+        field_times=row["field_times"],
+        registered_at=row["registered_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+async def save_customers(conn: asyncpg.Connection, records: Collection[CustomerRecord]) -> None:
+    if not records:
+        return
+    await conn.executemany(
+        """
+        INSERT INTO customers (customer_id, name, email, phone, country, attributes, identifiers,
+                               field_times, registered_at, updated_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+        ON CONFLICT (customer_id) DO UPDATE SET
+            name = EXCLUDED.name, email = EXCLUDED.email, phone = EXCLUDED.phone,
+            country = EXCLUDED.country, attributes = EXCLUDED.attributes,
+            identifiers = EXCLUDED.identifiers, field_times = EXCLUDED.field_times,
+            registered_at = EXCLUDED.registered_at, updated_at = EXCLUDED.updated_at
+        """,
+        [
+            (
+                r.customer_id,
+                *(r.contact.get(name) for name in CONTACT_FIELDS),
+                dict(r.attributes),
+                dict(r.identifiers),
+                dict(r.field_times),
+                r.registered_at,
+                r.updated_at,
+            )
+            for r in records
+        ],
+    )
+    identifiers = [
+        (system, value, r.customer_id) for r in records for system, value in r.identifiers.items()
+    ]
+    if identifiers:
+        await conn.executemany(
+            """
+            INSERT INTO customer_identifiers (system, value, customer_id) VALUES ($1, $2, $3)
+            ON CONFLICT (system, value) DO UPDATE SET customer_id = EXCLUDED.customer_id
+            """,
+            identifiers,
+        )
+
+
+async def add_purchases(conn: asyncpg.Connection, deltas: Mapping[str, PurchaseDelta]) -> None:
+    if not deltas:
+        return
+    ids = list(deltas)
+    values = [deltas[i] for i in ids]
+    await conn.execute(
+        """
+        INSERT INTO purchase_totals AS t (customer_id, orders, refunds, items, gross_revenue,
+                                          refunded, first_purchase_at, last_purchase_at)
+        SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::bigint[], $5::numeric[],
+                             $6::numeric[], $7::timestamptz[], $8::timestamptz[])
+        ON CONFLICT (customer_id) DO UPDATE SET
+            orders = t.orders + EXCLUDED.orders,
+            refunds = t.refunds + EXCLUDED.refunds,
+            items = t.items + EXCLUDED.items,
+            gross_revenue = t.gross_revenue + EXCLUDED.gross_revenue,
+            refunded = t.refunded + EXCLUDED.refunded,
+            first_purchase_at = LEAST(t.first_purchase_at, EXCLUDED.first_purchase_at),
+            last_purchase_at = GREATEST(t.last_purchase_at, EXCLUDED.last_purchase_at)
+        """,
+        ids,
+        [d.orders for d in values],
+        [d.refunds for d in values],
+        [d.items for d in values],
+        [d.gross_revenue for d in values],
+        [d.refunded for d in values],
+        [d.first_purchase_at for d in values],
+        [d.last_purchase_at for d in values],
+    )
+
+
+async def customer_view(conn: asyncpg.Connection, customer_id: str) -> dict[str, Any] | None:
+    """The customer record with purchase totals, or None when the customer is unknown."""
+    row = await conn.fetchrow(
+        """
+        SELECT $1::text AS customer_id, c.name, c.email, c.phone, c.country, c.attributes,
+               c.identifiers, c.registered_at, c.updated_at,
+               p.orders, p.refunds, p.items, p.gross_revenue, p.refunded,
+               p.first_purchase_at, p.last_purchase_at,
+               (c.customer_id IS NOT NULL) AS registered, (p.customer_id IS NOT NULL) AS purchased
+        FROM (SELECT $1::text AS id) AS wanted
+        LEFT JOIN customers c ON c.customer_id = wanted.id
+        LEFT JOIN purchase_totals p ON p.customer_id = wanted.id
+        """,
+        customer_id,
+    )
+    if row is None or not (row["registered"] or row["purchased"]):
+        return None
+    return dict(row)
+
+
+async def find_by_identifier(conn: asyncpg.Connection, system: str, value: str) -> str | None:
+    found: str | None = await conn.fetchval(
+        "SELECT customer_id FROM customer_identifiers WHERE system = $1 AND value = $2",
+        system,
+        value,
+    )
+    return found

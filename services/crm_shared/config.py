@@ -1,0 +1,37 @@
+"""Typed, prefixed configuration: local defaults, overridden by environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class PlatformSettings(BaseSettings):
+    """Where the shared infrastructure is (`CRM_` prefix), as exported by deploy/local/infra.sh."""
+
+    model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore")
+
+    kafka_bootstrap: str = "127.0.0.1:59092"
+    pg_dsn_base: str = "postgresql://crm@127.0.0.1:55432"
+    log_level: str = "INFO"
+
+
+class ServiceSettings(BaseSettings):
+    """One service's settings; each service subclasses it with its own prefix and ports."""
+
+    model_config = SettingsConfigDict(env_prefix="CRM_SERVICE_", extra="ignore")
+
+    platform: PlatformSettings = Field(default_factory=PlatformSettings)
+    database: str = "crm"
+    database_url: str | None = Field(
+        default=None, description="Full DSN; defaults to the platform's server and `database`"
+    )
+    api_port: int = 8000
+    worker_metrics_port: int = 9000
+    batch_size: int = Field(default=2000, ge=1, le=50_000)
+    batch_within_seconds: float = Field(default=0.05, gt=0, le=10)
+    pool_size: int = Field(default=4, ge=1, le=64)
+
+    @property
+    def dsn(self) -> str:
+        return self.database_url or f"{self.platform.pg_dsn_base}/{self.database}"

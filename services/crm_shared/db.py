@@ -1,0 +1,72 @@
+"""PostgreSQL plumbing every service shares: the database, its migrations, a pool.
+
+Migrations are plain SQL files applied in name order, each once, recorded in schema_migrations.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+async def ensure_database(dsn: str) -> None:
+    """Create the database named in the DSN if it does not exist yet."""
+    parts = urlsplit(dsn)
+    name = parts.path.lstrip("/")
+    admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
+    try:
+        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+            log.info("database created", extra={"database": name})
+    except asyncpg.DuplicateDatabaseError:
+        pass  # another process of the same service created it first
+    finally:
+        await admin.close()
+
+
+async def apply_migrations(conn: asyncpg.Connection, *folders: Path) -> list[str]:
+    """Apply the shared bookkeeping and then the service's own migrations; return what ran."""
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    applied: list[str] = []
+    async with conn.transaction():
+        # One migrator at a time, even when a worker and an API start together.
+        await conn.execute("SELECT pg_advisory_xact_lock(7411)")
+        done = {row["name"] for row in await conn.fetch("SELECT name FROM schema_migrations")}
+        for folder in (SHARED_MIGRATIONS, *folders):
+            for path in sorted(folder.glob("*.sql")):
+                name = f"{folder.parent.name}/{path.name}"
+                if name in done:
+                    continue
+                await conn.execute(path.read_text())
+                await conn.execute("INSERT INTO schema_migrations(name) VALUES ($1)", name)
+                applied.append(name)
+    if applied:
+        log.info("migrations applied", extra={"migrations": applied})
+    return applied
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    """jsonb columns read and write plain Python dicts and lists."""
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def open_pool(dsn: str, migrations: Path, size: int) -> asyncpg.Pool:
+    """Create the database if needed, migrate it, and return a connection pool."""
+    await ensure_database(dsn)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size, init=_init_connection)
+    assert pool is not None
+    async with pool.acquire() as conn:
+        await apply_migrations(conn, migrations)
+    return pool

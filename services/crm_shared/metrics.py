@@ -1,0 +1,67 @@
+"""The platform's Prometheus metrics, shared so that every worker and API exports the same names."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_CONSUMED = Counter(
+    "crm_events_consumed", "Records read from Kafka by a projection worker", ["projection", "type"]
+)
+EVENTS_APPLIED = Counter(
+    "crm_events_applied", "Events folded into a projection", ["projection", "type"]
+)
+EVENTS_DUPLICATE = Counter(
+    "crm_events_duplicate",
+    "Events already applied (re-delivered or published twice) and therefore ignored",
+    ["projection", "type"],
+)
+EVENTS_IGNORED = Counter(
+    "crm_events_ignored",
+    "Valid events of a type this projection does not fold",
+    ["projection", "type"],
+)
+EVENTS_DEAD_LETTERED = Counter(
+    "crm_events_dead_lettered",
+    "Records sent to the dead-letter topic, by event type ('unknown' when undecodable)",
+    ["projection", "type"],
+)
+BATCH_SIZE = Histogram(
+    "crm_batch_size",
+    "Records per consumed batch",
+    ["projection"],
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
+)
+BATCH_DURATION = Histogram(
+    "crm_batch_duration_seconds",
+    "Time to decode, fold and commit one batch",
+    ["projection"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+BATCH_RETRIES = Counter(
+    "crm_batch_retries", "Batches retried after a transient failure", ["projection"]
+)
+FRESHNESS = Histogram(
+    "crm_projection_freshness_seconds",
+    "Commit time minus event time, per applied event",
+    ["projection"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400),
+)
+LAST_EVENT_TIME = Gauge(
+    "crm_projection_last_event_timestamp_seconds",
+    "Event time of the newest event applied; freshness now is time() minus this",
+    ["projection"],
+)
+CONSUMER_LAG = Gauge(
+    "crm_consumer_lag",
+    "Records on a partition not yet applied (high-water mark minus next offset)",
+    ["projection", "topic", "partition"],
+)
+HTTP_REQUESTS = Counter(
+    "crm_http_requests", "HTTP requests served", ["service", "route", "method", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "crm_http_request_duration_seconds",
+    "HTTP request latency",
+    ["service", "route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)

@@ -1,0 +1,315 @@
+"""The batch mechanism every projection worker shares, apart from Kafka.
+
+A batch of raw records is sorted (pure: `sort_batch`) into events to fold, dead letters and
+ignored records; then one PostgreSQL transaction claims the events' ids, lets the service fold
+the new ones and moves the consumed positions. A replayed or re-delivered record changes nothing:
+its offset is below the stored position or its id is already claimed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import asyncpg
+
+from crm_shared import metrics
+from crm_shared.deadletter import DeadLetter
+from crm_shared.events import EVENT_TYPES, Event, InvalidEvent, build_event, parse_event
+from crm_shared.topics import Topic
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+TopicPartition = tuple[str, int]
+Fold = Callable[[asyncpg.Connection, Sequence[Event]], Awaitable[None]]
+SendDeadLetters = Callable[[Sequence[DeadLetter]], Awaitable[None]]
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
+
+
+@dataclass(frozen=True)
+class Projection:
+    """What a service supplies: its name, what it reads and folds, and how it folds a batch."""
+
+    name: str
+    topics: tuple[Topic, ...]
+    folds: frozenset[str]
+    migrations: Path
+    fold: Fold
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass
+class SortedBatch:
+    events: list[Event] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    ignored_types: list[str] = field(default_factory=list)
+    already_consumed: int = 0
+    next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+def sort_batch(
+    records: Sequence[RawRecord],
+    positions: dict[TopicPartition, int],
+    folds: frozenset[str],
+    consumer: str,
+) -> SortedBatch:
+    """Classify records; no I/O. Records below a stored position were applied before."""
+    batch = SortedBatch()
+    for record in records:
+        tp = (record.topic, record.partition)
+        if record.offset < positions.get(tp, 0):
+            batch.already_consumed += 1
+            continue
+        batch.next_offsets[tp] = max(batch.next_offsets.get(tp, 0), record.offset + 1)
+        try:
+            if record.value is None:
+                raise InvalidEvent("empty record (no value)")
+            event = parse_event(record.value)
+            if record.key is not None and record.key.decode(errors="replace") != event.customer_id:
+                key = record.key[:128]
+                raise InvalidEvent(f"message key {key!r} is not the subject {event.customer_id!r}")
+        except InvalidEvent as problem:
+            batch.dead_letters.append(
+                DeadLetter(
+                    value=record.value or b"",
+                    key=record.key,
+                    reason=str(problem),
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    consumer=consumer,
+                )
+            )
+            continue
+        if event.type in folds:
+            batch.events.append(event)
+        else:
+            batch.ignored_types.append(event.type)
+    return batch
+
+
+CLAIM_SQL = """
+INSERT INTO applied_events (source, id, type, event_time)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+ON CONFLICT DO NOTHING
+RETURNING source, id
+"""
+
+SAVE_POSITIONS_SQL = """
+INSERT INTO consumer_positions (topic, partition, next_offset)
+SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[])
+ON CONFLICT (topic, partition) DO UPDATE
+SET next_offset = GREATEST(consumer_positions.next_offset, EXCLUDED.next_offset), updated_at = now()
+"""
+
+
+async def claim_new(conn: asyncpg.Connection, events: Sequence[Event]) -> list[Event]:
+    """Record the events' ids; return only those never applied before, in batch order."""
+    if not events:
+        return []
+    rows = await conn.fetch(
+        CLAIM_SQL,
+        [e.source for e in events],
+        [e.id for e in events],
+        [e.type for e in events],
+        [e.time for e in events],
+    )
+    fresh = {(row["source"], row["id"]) for row in rows}
+    new: list[Event] = []
+    for event in events:
+        key = (event.source, event.id)
+        if key in fresh:
+            fresh.discard(key)  # the same id twice within one batch is applied once
+            new.append(event)
+    return new
+
+
+async def save_positions(conn: asyncpg.Connection, next_offsets: dict[TopicPartition, int]) -> None:
+    if next_offsets:
+        await conn.execute(
+            SAVE_POSITIONS_SQL,
+            [tp[0] for tp in next_offsets],
+            [tp[1] for tp in next_offsets],
+            list(next_offsets.values()),
+        )
+
+
+async def load_positions(conn: asyncpg.Connection) -> dict[TopicPartition, int]:
+    rows = await conn.fetch("SELECT topic, partition, next_offset FROM consumer_positions")
+    return {(row["topic"], row["partition"]): row["next_offset"] for row in rows}
+
+
+class BatchProjector:
+    """Applies batches of one projection exactly once; never raises on bad data."""
+
+    def __init__(
+        self,
+        projection: Projection,
+        pool: asyncpg.Pool,
+        send_dead_letters: SendDeadLetters,
+        *,
+        consumer: str | None = None,
+        max_backoff_seconds: float = 5.0,
+    ) -> None:
+        self.projection = projection
+        self.pool = pool
+        self.send_dead_letters = send_dead_letters
+        self.consumer = consumer or projection.name
+        self.positions: dict[TopicPartition, int] = {}
+        self.max_backoff_seconds = max_backoff_seconds
+
+    async def reload_positions(self) -> dict[TopicPartition, int]:
+        """Read the stored positions (on start and on every rebalance) and return them."""
+        async with self.pool.acquire() as conn:
+            self.positions = await load_positions(conn)
+        return self.positions
+
+    async def process(self, records: Sequence[RawRecord]) -> None:
+        started = time.perf_counter()
+        name = self.projection.name
+        batch = sort_batch(records, self.positions, self.projection.folds, self.consumer)
+        if batch.dead_letters:
+            # Delivered before the positions move past them: a dead letter is never lost.
+            await self._retrying(lambda: self.send_dead_letters(batch.dead_letters))
+            for letter in batch.dead_letters:
+                metrics.EVENTS_DEAD_LETTERED.labels(name, _type_of(letter.value)).inc()
+                log.warning(
+                    "record dead-lettered",
+                    extra={
+                        "reason": letter.reason,
+                        "topic": letter.topic,
+                        "partition": letter.partition,
+                        "offset": letter.offset,
+                    },
+                )
+        applied = await self._retrying(lambda: self._commit(batch))
+        self.positions.update(batch.next_offsets)
+        self._count(batch, applied, len(records), time.perf_counter() - started)
+
+    async def _commit(self, batch: SortedBatch) -> list[Event]:
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                applied = await claim_new(conn, batch.events)
+                await self.projection.fold(conn, applied)
+                await save_positions(conn, batch.next_offsets)
+            return applied
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception:
+            log.exception("batch failed; applying its events one by one to isolate the bad one")
+            return await self._commit_one_by_one(batch)
+
+    async def _commit_one_by_one(self, batch: SortedBatch) -> list[Event]:
+        applied: list[Event] = []
+        poison: list[tuple[Event, Exception]] = []
+        for event in batch.events:
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    fresh = await claim_new(conn, [event])
+                    await self.projection.fold(conn, fresh)
+                applied.extend(fresh)
+            except TRANSIENT_ERRORS:
+                raise
+            except Exception as error:
+                poison.append((event, error))
+        if poison:
+            await self.send_dead_letters([self._letter_for(event, err) for event, err in poison])
+            for event, _ in poison:
+                metrics.EVENTS_DEAD_LETTERED.labels(self.projection.name, event.type).inc()
+        async with self.pool.acquire() as conn:
+            await save_positions(conn, batch.next_offsets)
+        return applied
+
+    def _letter_for(self, event: Event, error: Exception) -> DeadLetter:
+        document = build_event(
+            event.type,
+            event.customer_id,
+            event.data,
+            source=event.source,
+            time=event.time,
+            event_id=event.id,
+        )
+        return DeadLetter(
+            value=json.dumps(document).encode(),
+            key=event.customer_id.encode(),
+            reason=f"processing failed: {type(error).__name__}: {error}"[:2000],
+            topic="",
+            partition=-1,
+            offset=-1,
+            consumer=self.consumer,
+        )
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Retry transient failures (database or broker away) with backoff until they pass."""
+        delay = 0.1
+        while True:
+            try:
+                return await attempt()
+            except TRANSIENT_ERRORS as error:
+                metrics.BATCH_RETRIES.labels(self.projection.name).inc()
+                log.warning(
+                    "transient failure, retrying", extra={"error": repr(error), "delay": delay}
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff_seconds)
+
+    def _count(self, batch: SortedBatch, applied: list[Event], size: int, seconds: float) -> None:
+        name = self.projection.name
+        metrics.BATCH_SIZE.labels(name).observe(size)
+        metrics.BATCH_DURATION.labels(name).observe(seconds)
+        for event in batch.events:
+            metrics.EVENTS_CONSUMED.labels(name, event.type).inc()
+        for event_type in batch.ignored_types:
+            metrics.EVENTS_CONSUMED.labels(name, event_type).inc()
+            metrics.EVENTS_IGNORED.labels(name, event_type).inc()
+        applied_ids = {id(e) for e in applied}
+        for event in batch.events:
+            if id(event) not in applied_ids:
+                metrics.EVENTS_DUPLICATE.labels(name, event.type).inc()
+        if not applied:
+            return
+        now = datetime.now(UTC)
+        freshness = metrics.FRESHNESS.labels(name)
+        for event in applied:
+            metrics.EVENTS_APPLIED.labels(name, event.type).inc()
+            freshness.observe((now - event.time).total_seconds())
+        newest = max(event.time for event in applied)
+        metrics.LAST_EVENT_TIME.labels(name).set(newest.timestamp())
+
+
+_TYPE_FIELD = re.compile(rb'"type"\s*:\s*"([A-Za-z0-9_.]{1,128})"')
+
+
+def _type_of(value: bytes) -> str:
+    """Known event type of an undecodable record, for the metric label; else 'unknown'."""
+    match = _TYPE_FIELD.search(value[:4096])
+    found = match.group(1).decode() if match else ""
+    return found if found in EVENT_TYPES else "unknown"

@@ -1,0 +1,100 @@
+"""The topic catalogue: which event types travel on which topic, and how each topic is configured.
+
+Event types are grouped by domain so that each service subscribes only to what it folds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from crm_shared.events import EVENT_TYPES
+
+DEFAULT_PARTITIONS = 12
+_FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+# Event topics accept records up to 4 MiB so that an oversized event reaches a worker and is
+# dead-lettered with its reason instead of being refused, unseen, at the producer.
+_EVENT_TOPIC_CONFIG = {
+    **_FOREVER,
+    "max.message.bytes": str(4 * 1024 * 1024),
+    "min.insync.replicas": "1",
+}
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A topic, what travels on it, who writes it and which services fold it."""
+
+    name: str
+    description: str
+    event_types: tuple[str, ...]
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+    config: dict[str, str] = field(default_factory=lambda: dict(_EVENT_TOPIC_CONFIG))
+
+
+CUSTOMERS = Topic(
+    "crm.customers",
+    "Identity and profile changes of customers.",
+    ("crm.customer.registered.v1", "crm.customer.updated.v1"),
+    producers=("shop", "pos", "call-centre", "gateway-service"),
+    consumers=("profile-service",),
+)
+ORDERS = Topic(
+    "crm.orders",
+    "Purchases and refunds from the shop, POS and every other sales channel.",
+    ("crm.order.placed.v1", "crm.order.refunded.v1"),
+    producers=("shop", "pos", "gateway-service"),
+    consumers=("profile-service", "interaction-service", "recommendation-service"),
+)
+BROWSING = Topic(
+    "crm.browsing",
+    "What customers look at on the web site and in apps.",
+    ("crm.product.viewed.v1",),
+    producers=("web-site", "gateway-service"),
+    consumers=("recommendation-service",),
+)
+CONTACTS = Topic(
+    "crm.contacts",
+    "Touchpoints with employees and departments, and the feedback customers give.",
+    ("crm.contact.logged.v1", "crm.feedback.given.v1"),
+    producers=("call-centre", "e-mail-service", "web-site", "gateway-service"),
+    consumers=("interaction-service",),
+)
+PREFERENCES = Topic(
+    "crm.preferences",
+    "How each customer wants to be reached, and what they consent to.",
+    ("crm.channel_preference.set.v1", "crm.consent.granted.v1", "crm.consent.revoked.v1"),
+    producers=("web-site", "call-centre", "e-mail-service", "gateway-service"),
+    consumers=("broadcast-service",),
+)
+DEAD_LETTER = Topic(
+    "crm.deadletter",
+    "Records that could not be processed: original bytes as the value, the reason and origin "
+    "in headers (crm.reason, crm.topic, crm.partition, crm.offset, crm.consumer).",
+    (),
+    producers=(
+        "profile-service",
+        "interaction-service",
+        "broadcast-service",
+        "recommendation-service",
+        "demo-loader",
+    ),
+    consumers=(),
+    config={**_FOREVER, "max.message.bytes": str(8 * 1024 * 1024)},
+)
+
+EVENT_TOPICS: tuple[Topic, ...] = (CUSTOMERS, ORDERS, BROWSING, CONTACTS, PREFERENCES)
+ALL_TOPICS: tuple[Topic, ...] = (*EVENT_TOPICS, DEAD_LETTER)
+
+TOPIC_OF_TYPE: dict[str, str] = {
+    event_type: topic.name for topic in EVENT_TOPICS for event_type in topic.event_types
+}
+
+_unrouted = set(EVENT_TYPES) - set(TOPIC_OF_TYPE)
+if _unrouted:  # pragma: no cover - a programming error caught at import in every test run
+    raise RuntimeError(f"event types without a topic: {sorted(_unrouted)}")
+
+
+def topic_for(event_type: str) -> str:
+    """The topic an event type is published on."""
+    return TOPIC_OF_TYPE[event_type]

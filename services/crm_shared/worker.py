@@ -1,0 +1,130 @@
+"""The faust edge of every projection worker: read topics in batches, hand them to BatchProjector.
+
+A service's worker module is three lines: build its Projection, call `run_worker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any, cast
+
+import faust
+from faust.types import TP
+from prometheus_client import start_http_server
+
+from crm_shared import metrics
+from crm_shared.config import ServiceSettings
+from crm_shared.db import open_pool
+from crm_shared.deadletter import DeadLetter
+from crm_shared.logs import configure_logging
+from crm_shared.projector import BatchProjector, Projection, RawRecord
+from crm_shared.topics import DEAD_LETTER
+
+log = logging.getLogger(__name__)
+
+MAX_RECORD_BYTES = 8 * 1024 * 1024
+
+
+def build_app(
+    projection: Projection, settings: ServiceSettings, loop: asyncio.AbstractEventLoop
+) -> tuple[faust.App, BatchProjector]:
+    """The faust app of one projection: one agent over its topics, resuming from PostgreSQL."""
+    pool = loop.run_until_complete(
+        open_pool(settings.dsn, projection.migrations, settings.pool_size)
+    )
+    app = faust.App(
+        f"crm-{projection.name}",
+        broker=f"kafka://{settings.platform.kafka_bootstrap}",
+        loop=loop,
+        value_serializer="raw",
+        key_serializer="raw",
+        autodiscover=False,
+        web_enabled=False,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_max_request_size=MAX_RECORD_BYTES + 64 * 1024,
+        consumer_max_fetch_size=MAX_RECORD_BYTES,
+        stream_wait_empty=True,
+        broker_commit_interval=1.0,
+        store="memory://",
+    )
+    source = app.topic(*(topic.name for topic in projection.topics))
+    dead_letter_topic = app.topic(DEAD_LETTER.name)
+
+    async def send_dead_letters(letters: Sequence[DeadLetter]) -> None:
+        pending = [
+            await dead_letter_topic.send(
+                key=letter.key, value=letter.value, headers=letter.headers()
+            )
+            for letter in letters
+        ]
+        await asyncio.gather(*pending)  # acks=all: each one is on the broker before we move on
+
+    projector = BatchProjector(projection, pool, send_dead_letters)
+
+    async def fold(stream: faust.StreamT[Any]) -> None:
+        async for events in cast(faust.Stream[Any], stream).take_events(
+            settings.batch_size, within=settings.batch_within_seconds
+        ):
+            records = [
+                RawRecord(
+                    topic=e.message.topic,
+                    partition=e.message.partition,
+                    offset=e.message.offset,
+                    key=e.message.key,
+                    value=e.message.value,
+                )
+                for e in events
+            ]
+            await projector.process(records)
+            _report_lag(app, projection.name, projector.positions)
+
+    app.agent(source, name=f"crm-{projection.name}-fold")(fold)
+
+    async def resume_from_database(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        """Kafka's committed offsets may trail PostgreSQL's: the database is the truth."""
+        assigned: set[TP] = args[0]
+        positions = await projector.reload_positions()
+        for tp in assigned:
+            next_offset = positions.get((tp.topic, tp.partition))
+            if next_offset is not None:
+                await app.consumer.seek(tp, next_offset)
+        log.info(
+            "partitions assigned", extra={"count": len(assigned), "projection": projection.name}
+        )
+
+    app.on_partitions_assigned.connect(resume_from_database)  # type: ignore[arg-type]  # mode types receivers as sync
+    return app, projector
+
+
+def _report_lag(app: faust.App, name: str, positions: dict[tuple[str, int], int]) -> None:
+    consumer = app.consumer
+    for (topic, partition), next_offset in positions.items():
+        try:
+            highwater = consumer.highwater(TP(topic, partition))
+        except Exception:  # not assigned to this worker (any more)
+            continue
+        if highwater is not None:
+            metrics.CONSUMER_LAG.labels(name, topic, str(partition)).set(
+                max(highwater - next_offset, 0)
+            )
+
+
+def run_worker(projection: Projection, settings: ServiceSettings) -> None:
+    """Run one projection worker until SIGTERM/SIGINT; faust stops the stream after the batch."""
+    configure_logging(f"{projection.name}-worker", settings.platform.log_level)
+    start_http_server(settings.worker_metrics_port)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    app, _ = build_app(projection, settings, loop)
+    log.info(
+        "worker starting",
+        extra={"projection": projection.name, "metrics_port": settings.worker_metrics_port},
+    )
+    faust.Worker(
+        app, loop=loop, loglevel=settings.platform.log_level, quiet=True
+    ).execute_from_commandline()

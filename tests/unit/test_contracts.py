@@ -1,0 +1,40 @@
+"""Models, JSON Schema files and the AsyncAPI document must not drift apart."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import yaml
+
+from crm_shared.contracts import ASYNCAPI_FILE, SCHEMA_DIR, drift, message_name
+from crm_shared.events import EVENT_TYPES, build_event
+from crm_shared.topics import ALL_TOPICS
+
+
+def test_checked_in_contracts_match_the_models() -> None:
+    assert drift() == [], "run: uv run python -m crm_shared.contracts --write"
+
+
+def test_asyncapi_lists_every_topic_and_message() -> None:
+    document = yaml.safe_load(ASYNCAPI_FILE.read_text())
+    assert document["asyncapi"].startswith("3.")
+    addresses = {channel["address"] for channel in document["channels"].values()}
+    assert addresses == {topic.name for topic in ALL_TOPICS}
+    assert set(document["components"]["messages"]) == {message_name(t) for t in EVENT_TYPES}
+    for channel in document["channels"].values():
+        assert channel["x-producers"], f"{channel['address']} names no producer"
+
+
+def test_schema_files_accept_what_the_models_build_and_refuse_a_wrong_type() -> None:
+    sample = build_event(
+        "crm.feedback.given.v1", "C-1", {"score": 4, "comment": "quick"}, source="web"
+    )
+    schema = json.loads((SCHEMA_DIR / "crm.feedback.given.v1.json").read_text())
+    jsonschema.validate(sample, schema)
+    wrong = {**sample, "type": "crm.order.placed.v1"}
+    try:
+        jsonschema.validate(wrong, schema)
+    except jsonschema.ValidationError:
+        return
+    raise AssertionError("the schema accepted an envelope of another type")
