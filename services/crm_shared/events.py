@@ -8,6 +8,7 @@ new type with a new version suffix, and old versions stay registered.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -293,3 +294,8 @@ def build_event(
     }
     validate_event(document)
     return document
+
+
+def encode_event(document: Mapping[str, Any]) -> bytes:
+    """The wire form of an envelope: compact UTF-8 JSON."""
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()

@@ -10,7 +10,6 @@ producer, and flushed on close.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
@@ -21,13 +20,14 @@ from kafka.producer.future import FutureRecordMetadata
 from pydantic import BaseModel
 
 from crm_shared.deadletter import DeadLetter
-from crm_shared.events import MAX_EVENT_BYTES, InvalidEvent, build_event, validate_event
+from crm_shared.events import (
+    MAX_EVENT_BYTES,
+    InvalidEvent,
+    build_event,
+    encode_event,
+    validate_event,
+)
 from crm_shared.topics import DEAD_LETTER, topic_for
-
-
-def encode(document: Mapping[str, Any]) -> bytes:
-    """The wire form of an envelope: compact UTF-8 JSON."""
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class EventPublisher:
@@ -67,7 +67,7 @@ class EventPublisher:
         return self._send(document)
 
     def _send(self, document: Mapping[str, Any]) -> FutureRecordMetadata:
-        value = encode(document)
+        value = encode_event(document)
         if len(value) > MAX_EVENT_BYTES:
             raise InvalidEvent(f"event too large: {len(value)} bytes, limit {MAX_EVENT_BYTES}")
         return self._producer.send(
