@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
+import logging.config
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,12 +30,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+_QUIET_LIBRARIES = ("aiokafka", "kafka", "faust", "mode", "uvicorn.access")
+
+
+def logging_config(process_name: str, level: str = "INFO") -> dict[str, Any]:
+    """A dictConfig for JSON lines on stderr; also handed to faust, which configures its own."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter, "process_name": process_name}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
+        "root": {"handlers": ["stderr"], "level": level.upper()},
+        "loggers": {name: {"level": "WARNING"} for name in _QUIET_LIBRARIES},
+    }
+
+
 def configure_logging(process_name: str, level: str = "INFO") -> None:
     """Send every logger's records to stderr as JSON lines, replacing other handlers."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(process_name))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for noisy in ("aiokafka", "kafka", "faust", "mode", "uvicorn.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.config.dictConfig(logging_config(process_name, level))

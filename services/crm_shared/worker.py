@@ -18,7 +18,7 @@ from crm_shared import metrics
 from crm_shared.config import ServiceSettings
 from crm_shared.db import open_pool
 from crm_shared.deadletter import DeadLetter
-from crm_shared.logs import configure_logging
+from crm_shared.logs import configure_logging, logging_config
 from crm_shared.projector import BatchProjector, Projection, RawRecord
 from crm_shared.topics import DEAD_LETTER
 
@@ -126,5 +126,9 @@ def run_worker(projection: Projection, settings: ServiceSettings) -> None:
         extra={"projection": projection.name, "metrics_port": settings.worker_metrics_port},
     )
     faust.Worker(
-        app, loop=loop, loglevel=settings.platform.log_level, quiet=True
+        app,
+        loop=loop,
+        loglevel=settings.platform.log_level,
+        logging_config=logging_config(f"{projection.name}-worker", settings.platform.log_level),
+        quiet=True,
     ).execute_from_commandline()

@@ -1,0 +1,385 @@
+"""Grafana dashboards as code: writes deploy/grafana/dashboards/*.json.
+
+    uv run python deploy/grafana/generate.py           # (re)write the JSON files
+    uv run python deploy/grafana/generate.py --check   # exit 1 when a checked-in file differs
+
+Change the panels here, run the generator and commit both: Grafana provisions the JSON read-only
+(deploy/grafana/provisioning/dashboards/crm.yml), so edits made in its UI are not kept.
+
+Every PromQL expression of every panel is exported by `panel_queries()` (as Grafana sees it,
+with macros such as `$__rate_interval`) and `prometheus_queries()` (macros replaced by concrete
+values), so that tests can evaluate each one against a real Prometheus.
+
+Plain Python with the standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DASHBOARDS_DIR = Path(__file__).resolve().parent / "dashboards"
+
+# deploy/grafana/provisioning/datasources/prometheus.yml provisions this uid.
+DATASOURCE: dict[str, str] = {"type": "prometheus", "uid": "prometheus"}
+
+RATE = "$__rate_interval"
+# What Grafana substitutes for the macros used below, so that an expression can be evaluated
+# by Prometheus directly (tests). $__rate_interval is at least 4 scrape intervals (5 s here).
+GRAFANA_MACROS: dict[str, str] = {"$__rate_interval": "1m"}
+
+GRID_WIDTH = 24
+PANEL_HEIGHT = 8
+
+
+@dataclass(frozen=True)
+class Query:
+    """One PromQL expression of a panel and how its series are named in the legend."""
+
+    expr: str
+    legend: str
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    description: str
+    unit: str
+    queries: tuple[Query, ...]
+    kind: str = "timeseries"  # or "stat"
+    width: int = GRID_WIDTH // 2
+    height: int = PANEL_HEIGHT
+
+
+@dataclass(frozen=True)
+class Row:
+    title: str
+    panels: tuple[Panel, ...]
+
+
+def _rate_by(labels: str, counter: str) -> str:
+    return f"sum by ({labels}) (rate({counter}[{RATE}]))"
+
+
+def _quantile_by(quantile: float, labels: str, histogram: str) -> str:
+    return (
+        f"histogram_quantile({quantile}, sum by ({labels}, le) (rate({histogram}_bucket[{RATE}])))"
+    )
+
+
+OVERVIEW_ROWS: tuple[Row, ...] = (
+    Row(
+        "Processes",
+        (
+            Panel(
+                title="Scrape targets up",
+                description="1 when Prometheus could scrape the process's metrics, 0 when not.",
+                unit="none",
+                queries=(Query("sum by (job) (up)", "{{job}}"),),
+                kind="stat",
+                width=GRID_WIDTH,
+                height=4,
+            ),
+        ),
+    ),
+    Row(
+        "Projections",
+        (
+            Panel(
+                title="Events applied / s",
+                description="Events folded into each projection (crm_events_applied_total).",
+                unit="ops",
+                queries=(
+                    Query(_rate_by("projection", "crm_events_applied_total"), "{{projection}}"),
+                ),
+            ),
+            Panel(
+                title="Dead-lettered / s",
+                description=(
+                    "Records sent to the dead-letter topic, by projection and event type "
+                    "('unknown' when undecodable). Anything above zero needs a look."
+                ),
+                unit="ops",
+                queries=(
+                    Query(
+                        _rate_by("projection, type", "crm_events_dead_lettered_total"),
+                        "{{projection}} {{type}}",
+                    ),
+                ),
+            ),
+            Panel(
+                title="Duplicates / s",
+                description="Re-delivered or twice-published events recognised and skipped.",
+                unit="ops",
+                queries=(
+                    Query(_rate_by("projection", "crm_events_duplicate_total"), "{{projection}}"),
+                ),
+            ),
+            Panel(
+                title="Freshness p50 / p99",
+                description=(
+                    "Commit time minus event time of the applied events: how far behind reality "
+                    "each projection is (crm_projection_freshness_seconds)."
+                ),
+                unit="s",
+                queries=(
+                    Query(
+                        _quantile_by(0.5, "projection", "crm_projection_freshness_seconds"),
+                        "{{projection}} p50",
+                    ),
+                    Query(
+                        _quantile_by(0.99, "projection", "crm_projection_freshness_seconds"),
+                        "{{projection}} p99",
+                    ),
+                ),
+            ),
+            Panel(
+                title="Consumer lag",
+                description="Records on the projection's partitions not yet applied (all topics).",
+                unit="short",
+                queries=(Query("sum by (projection) (crm_consumer_lag)", "{{projection}}"),),
+            ),
+            Panel(
+                title="Batch duration p99",
+                description="Time to decode, fold and commit one batch.",
+                unit="s",
+                queries=(
+                    Query(
+                        _quantile_by(0.99, "projection", "crm_batch_duration_seconds"),
+                        "{{projection}}",
+                    ),
+                ),
+            ),
+        ),
+    ),
+    Row(
+        "HTTP",
+        (
+            Panel(
+                title="HTTP requests / s by service and status",
+                description="Requests served by each API (crm_http_requests_total).",
+                unit="reqps",
+                queries=(
+                    Query(
+                        _rate_by("service, status", "crm_http_requests_total"),
+                        "{{service}} {{status}}",
+                    ),
+                ),
+            ),
+            Panel(
+                title="HTTP latency p99 by service",
+                description="99th percentile of the request duration, all routes together.",
+                unit="s",
+                queries=(
+                    Query(
+                        _quantile_by(0.99, "service", "crm_http_request_duration_seconds"),
+                        "{{service}}",
+                    ),
+                ),
+            ),
+        ),
+    ),
+)
+
+
+# ----------------------------------------------------------------------------- JSON model
+
+
+def _target(query: Query, ref_id: str) -> dict[str, Any]:
+    return {
+        "datasource": DATASOURCE,
+        "editorMode": "code",
+        "expr": query.expr,
+        "legendFormat": query.legend,
+        "range": True,
+        "refId": ref_id,
+    }
+
+
+def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
+    defaults: dict[str, Any] = {"color": {"mode": "palette-classic"}, "unit": panel.unit}
+    options: dict[str, Any]
+    if panel.kind == "timeseries":
+        defaults["min"] = 0
+        defaults["custom"] = {
+            "drawStyle": "line",
+            "fillOpacity": 10,
+            "lineWidth": 1,
+            "showPoints": "never",
+            "spanNulls": False,
+        }
+        options = {
+            "legend": {
+                "calcs": ["mean", "max"],
+                "displayMode": "table",
+                "placement": "bottom",
+                "showLegend": True,
+            },
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        }
+    elif panel.kind == "stat":
+        defaults["color"] = {"mode": "thresholds"}
+        defaults["mappings"] = [
+            {"options": {"0": {"text": "down"}, "1": {"text": "up"}}, "type": "value"}
+        ]
+        defaults["thresholds"] = {
+            "mode": "absolute",
+            "steps": [{"color": "red", "value": None}, {"color": "green", "value": 1}],
+        }
+        options = {
+            "colorMode": "background",
+            "graphMode": "none",
+            "justifyMode": "auto",
+            "orientation": "auto",
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "textMode": "value_and_name",
+        }
+    else:
+        raise ValueError(f"unknown panel kind {panel.kind!r}")
+    ref_ids = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return {
+        "datasource": DATASOURCE,
+        "description": panel.description,
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "gridPos": {"h": panel.height, "w": panel.width, "x": x, "y": y},
+        "id": panel_id,
+        "options": options,
+        "targets": [_target(q, ref_ids[i]) for i, q in enumerate(panel.queries)],
+        "title": panel.title,
+        "type": panel.kind,
+    }
+
+
+def _layout(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Rows one under another; panels fill each row left to right, wrapping at 24 columns."""
+    panels: list[dict[str, Any]] = []
+    panel_id = 0
+    y = 0
+    for row in rows:
+        panel_id += 1
+        panels.append(
+            {
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": GRID_WIDTH, "x": 0, "y": y},
+                "id": panel_id,
+                "panels": [],
+                "title": row.title,
+                "type": "row",
+            }
+        )
+        y += 1
+        x = 0
+        line_height = 0
+        for panel in row.panels:
+            if x + panel.width > GRID_WIDTH:
+                x, y, line_height = 0, y + line_height, 0
+            panel_id += 1
+            panels.append(_panel_json(panel, panel_id, x, y))
+            x += panel.width
+            line_height = max(line_height, panel.height)
+        y += line_height
+    return panels
+
+
+def _dashboard(uid: str, title: str, rows: Sequence[Row]) -> dict[str, Any]:
+    return {
+        "annotations": {"list": []},
+        "description": f"Generated by deploy/grafana/generate.py; do not edit ({uid}.json).",
+        "editable": False,
+        "graphTooltip": 1,
+        "links": [],
+        "panels": _layout(rows),
+        "refresh": "10s",
+        "schemaVersion": 39,
+        "tags": ["crm"],
+        "templating": {"list": []},
+        "time": {"from": "now-30m", "to": "now"},
+        "timepicker": {},
+        "timezone": "browser",
+        "title": title,
+        "uid": uid,
+        "version": 1,
+    }
+
+
+def overview_dashboard() -> dict[str, Any]:
+    return _dashboard("crm-overview", "CRM platform overview", OVERVIEW_ROWS)
+
+
+# File name in DASHBOARDS_DIR -> builder. Add further dashboards here.
+DASHBOARDS: dict[str, Callable[[], dict[str, Any]]] = {
+    "crm-overview.json": overview_dashboard,
+}
+
+
+# ----------------------------------------------------------------------------- queries
+
+
+def panel_queries() -> list[str]:
+    """Every panel's PromQL expression, exactly as the dashboards hold it (Grafana macros)."""
+    queries: list[str] = []
+    for build in DASHBOARDS.values():
+        for panel in build()["panels"]:
+            queries.extend(target["expr"] for target in panel.get("targets", []))
+    return queries
+
+
+def resolve_grafana_macros(expr: str) -> str:
+    """Replace Grafana's macros by what Grafana would substitute, for plain Prometheus."""
+    for macro, value in GRAFANA_MACROS.items():
+        expr = expr.replace(macro, value)
+    return expr
+
+
+def prometheus_queries() -> list[str]:
+    """`panel_queries()` as Prometheus can evaluate them directly."""
+    return [resolve_grafana_macros(expr) for expr in panel_queries()]
+
+
+# ----------------------------------------------------------------------------- command
+
+
+def render(dashboard: dict[str, Any]) -> str:
+    return json.dumps(dashboard, indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 when a checked-in dashboard differs from the generated one",
+    )
+    parser.add_argument("--output-dir", type=Path, default=DASHBOARDS_DIR)
+    args = parser.parse_args(argv)
+    out_dir: Path = args.output_dir
+
+    stale: list[str] = []
+    for name, build in DASHBOARDS.items():
+        path = out_dir / name
+        text = render(build())
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+        if current == text:
+            continue
+        if args.check:
+            stale.append(str(path))
+        else:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path}")
+    if stale:
+        print(
+            "out of date (run: uv run python deploy/grafana/generate.py): " + ", ".join(stale),
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

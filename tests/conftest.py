@@ -1,0 +1,66 @@
+"""Fixtures shared by the integration and end-to-end tests.
+
+They talk to the real Kafka broker and PostgreSQL that `./crm test` starts (CRM_KAFKA_BOOTSTRAP,
+CRM_PG_DSN_BASE) and run the platform's real processes on test ports.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from crm_shared import launcher
+
+TEST_PORTS = {
+    "CRM_GATEWAY_API_PORT": "18100",
+    "CRM_PROFILE_API_PORT": "18101",
+    "CRM_INTERACTION_API_PORT": "18102",
+    "CRM_BROADCAST_API_PORT": "18103",
+    "CRM_RECOMMENDATION_API_PORT": "18104",
+    "CRM_PROFILE_WORKER_METRICS_PORT": "19101",
+    "CRM_INTERACTION_WORKER_METRICS_PORT": "19102",
+    "CRM_BROADCAST_WORKER_METRICS_PORT": "19103",
+    "CRM_RECOMMENDATION_WORKER_METRICS_PORT": "19104",
+    "CRM_GATEWAY_PROFILE_URL": "http://127.0.0.1:18101",
+    "CRM_GATEWAY_INTERACTION_URL": "http://127.0.0.1:18102",
+    "CRM_GATEWAY_BROADCAST_URL": "http://127.0.0.1:18103",
+    "CRM_GATEWAY_RECOMMENDATION_URL": "http://127.0.0.1:18104",
+}
+
+
+def _reachable(host_port: str) -> bool:
+    host, port = host_port.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def platform_env() -> dict[str, str]:
+    """The environment of the platform under test; fails loudly outside `./crm test`."""
+    bootstrap = os.environ.get("CRM_KAFKA_BOOTSTRAP")
+    dsn_base = os.environ.get("CRM_PG_DSN_BASE")
+    if not bootstrap or not dsn_base:
+        pytest.fail("integration tests need the broker and database: run them with ./crm test")
+    for host_port in (bootstrap, dsn_base.rsplit("@", 1)[-1]):
+        if not _reachable(host_port):
+            pytest.fail(f"{host_port} does not answer: run the suite with ./crm test")
+    return {**os.environ, **TEST_PORTS}
+
+
+@pytest.fixture(scope="session")
+def platform(platform_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """Every worker and API of the platform, running as real processes for the whole session."""
+    for process in launcher.PROCESSES:
+        launcher.start(process, platform_env)
+    try:
+        launcher.wait_healthy(launcher.PROCESSES, platform_env)
+        yield platform_env
+    finally:
+        for process in launcher.PROCESSES:
+            launcher.stop(process, platform_env)

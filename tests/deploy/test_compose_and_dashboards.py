@@ -1,0 +1,428 @@
+"""The container deployment and the observability-as-code files.
+
+- docker-compose.yml is valid for `docker-compose config -q` and wires the platform as intended;
+- deploy/docker/Dockerfile copies every workspace member;
+- the Prometheus scrape configs (local and compose) name the same jobs and ports, and promtool
+  accepts them;
+- the Grafana dashboards are up to date with their generator (`generate.py --check`), use the
+  provisioned datasource and only the platform's real metric names;
+- (integration) every panel query is valid PromQL for a real Prometheus server.
+
+docker-compose, prometheus and promtool come from Debian
+(apt-get install -y prometheus docker-compose).
+A missing tool fails the test (with that hint) rather than skipping it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
+PROMETHEUS_LOCAL = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+PROMETHEUS_DOCKER = ROOT / "deploy" / "prometheus" / "prometheus.docker.yml"
+GRAFANA_DIR = ROOT / "deploy" / "grafana"
+GENERATOR = GRAFANA_DIR / "generate.py"
+APT_HINT = "install it with: apt-get install -y prometheus docker-compose"
+
+# compose service -> (`service` label, component, port)
+PROCESSES: dict[str, tuple[str, str, int]] = {
+    "profile-worker": ("profile", "worker", 9101),
+    "interaction-worker": ("interaction", "worker", 9102),
+    "broadcast-worker": ("broadcast", "worker", 9103),
+    "recommendation-worker": ("recommendation", "worker", 9104),
+    "gateway": ("gateway", "api", 8100),
+    "profile-api": ("profile", "api", 8101),
+    "interaction-api": ("interaction", "api", 8102),
+    "broadcast-api": ("broadcast", "api", 8103),
+    "recommendation-api": ("recommendation", "api", 8104),
+}
+PACKAGES = {
+    "profile": "profile_service",
+    "interaction": "interaction_service",
+    "broadcast": "broadcast_service",
+    "recommendation": "recommendation_service",
+    "gateway": "gateway_service",
+}
+
+
+def _require(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        pytest.fail(f"`{binary}` is not installed (or not on PATH); {APT_HINT}", pytrace=False)
+    return path
+
+
+def _load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def generator() -> ModuleType:
+    """deploy/grafana/generate.py imported as a module (deploy/ is no package)."""
+    spec = importlib.util.spec_from_file_location("crm_grafana_generate", GENERATOR)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(spec.name, None)
+    return module
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = _load_yaml(COMPOSE_FILE)
+    assert isinstance(data, dict)
+    return data
+
+
+# ----------------------------------------------------------------------------- docker-compose
+
+
+def test_docker_compose_config_is_valid() -> None:
+    binary = _require("docker-compose")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    result = subprocess.run(
+        [binary, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), "config", "-q"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"docker-compose config -q failed ({result.returncode}):\n{result.stderr}{result.stdout}"
+    )
+
+
+def test_compose_wires_the_platform(compose: dict[str, Any]) -> None:
+    assert "version" not in compose, "compose spec files have no `version:` key"
+    services: dict[str, Any] = compose["services"]
+    expected = {"kafka", "postgres", "bootstrap", "demo-load", "prometheus", "grafana"}
+    assert expected | set(PROCESSES) <= set(services)
+
+    kafka_env = services["kafka"]["environment"]
+    assert services["kafka"]["image"] == "apache/kafka:4.1.1"
+    assert str(kafka_env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"]).lower() == "false"
+    assert kafka_env["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
+    assert kafka_env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert "healthcheck" in services["kafka"]
+    assert services["postgres"]["image"] == "postgres:15"
+    assert "healthcheck" in services["postgres"]
+
+    assert services["bootstrap"]["command"][-1] == "crm_shared.bootstrap"
+    assert services["bootstrap"]["depends_on"] == {"kafka": {"condition": "service_healthy"}}
+    assert services["demo-load"]["profiles"] == ["demo"]
+    assert services["demo-load"]["command"][-1] == "crm_shared.demo.load"
+    assert "8100:8100" in services["gateway"]["ports"]
+
+    python_services = {"bootstrap", "demo-load", *PROCESSES}
+    for name in python_services:
+        service = services[name]
+        assert service["build"]["dockerfile"] == "deploy/docker/Dockerfile", name
+        assert (ROOT / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
+        env = service["environment"]
+        assert env["CRM_KAFKA_BOOTSTRAP"] == "kafka:9092", name
+        assert env["CRM_PG_DSN_BASE"] == "postgresql://crm:crm@postgres:5432", name
+        if name != "bootstrap":
+            assert service["depends_on"]["bootstrap"] == {
+                "condition": "service_completed_successfully"
+            }, name
+            assert service["depends_on"]["postgres"] == {"condition": "service_healthy"}, name
+
+    for name, (label, component, port) in PROCESSES.items():
+        service = services[name]
+        command = service["command"]
+        env = service["environment"]
+        prefix = f"CRM_{label.upper()}_"
+        if component == "worker":
+            assert command == ["python", "-m", f"{PACKAGES[label]}.worker"], name
+            assert env[f"{prefix}WORKER_METRICS_PORT"] == str(port), name
+        else:
+            assert command[:2] == ["uvicorn", f"{PACKAGES[label]}.api:app"], name
+            assert command[command.index("--port") + 1] == str(port), name
+            assert command[command.index("--host") + 1] == "0.0.0.0", name
+            assert env[f"{prefix}API_PORT"] == str(port), name
+
+    for name, service in services.items():
+        assert service.get("restart") in {"unless-stopped", "always", "on-failure", "no"}, name
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+
+    prometheus_mounts = services["prometheus"]["volumes"]
+    assert (
+        "./deploy/prometheus/prometheus.docker.yml:/etc/prometheus/prometheus.yml:ro"
+        in prometheus_mounts
+    )
+    grafana_env = services["grafana"]["environment"]
+    assert str(grafana_env["GF_AUTH_ANONYMOUS_ENABLED"]).lower() == "true"
+    assert grafana_env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+
+
+def test_dockerfile_copies_every_workspace_member() -> None:
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    members = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["uv"][
+        "workspace"
+    ]["members"]
+    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    assert "uv sync --frozen --no-dev" in text
+    assert re.search(r"^COPY pyproject\.toml uv\.lock \./$", text, re.M)
+    for member in members:
+        assert re.search(rf"^COPY {re.escape(member)}/ {re.escape(member)}/$", text, re.M), member
+    assert re.search(r"^\s*PATH=/app/\.venv/bin:\$PATH", text, re.M)
+    assert not re.search(r"^(CMD|ENTRYPOINT)\b", text, re.M)
+
+
+# ----------------------------------------------------------------------------- Prometheus
+
+
+def _scrape_jobs(path: Path) -> dict[str, tuple[str, dict[str, str]]]:
+    config = _load_yaml(path)
+    assert config["global"]["scrape_interval"] == "5s", path
+    jobs: dict[str, tuple[str, dict[str, str]]] = {}
+    for job in config["scrape_configs"]:
+        (static,) = job["static_configs"]
+        (target,) = static["targets"]
+        jobs[job["job_name"]] = (target, static["labels"])
+    return jobs
+
+
+def test_prometheus_configs_scrape_every_process() -> None:
+    local = _scrape_jobs(PROMETHEUS_LOCAL)
+    docker = _scrape_jobs(PROMETHEUS_DOCKER)
+    assert set(local) == set(docker)
+    assert len(local) == len(PROCESSES)
+    seen: set[str] = set()
+    for job, (docker_target, labels) in docker.items():
+        host, port = docker_target.rsplit(":", 1)
+        assert host in PROCESSES, f"{job}: {host} is no compose service"
+        label, component, expected_port = PROCESSES[host]
+        assert int(port) == expected_port, job
+        assert labels == {"service": label, "component": component}, job
+        assert local[job] == (f"127.0.0.1:{expected_port}", labels), job
+        seen.add(host)
+    assert seen == set(PROCESSES)
+
+
+def test_promtool_accepts_the_prometheus_configs() -> None:
+    promtool = _require("promtool")
+    result = subprocess.run(
+        [promtool, "check", "config", str(PROMETHEUS_LOCAL), str(PROMETHEUS_DOCKER)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ----------------------------------------------------------------------------- Grafana
+
+
+def test_grafana_dashboards_are_up_to_date() -> None:
+    result = subprocess.run(
+        [sys.executable, str(GENERATOR), "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        "deploy/grafana/dashboards differ from deploy/grafana/generate.py; run "
+        f"`uv run python deploy/grafana/generate.py`:\n{result.stdout}{result.stderr}"
+    )
+
+
+def test_generator_check_detects_a_stale_dashboard(tmp_path: Path) -> None:
+    assert (
+        subprocess.run(
+            [sys.executable, str(GENERATOR), "--output-dir", str(tmp_path)],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        ).returncode
+        == 0
+    )
+    check = [sys.executable, str(GENERATOR), "--check", "--output-dir", str(tmp_path)]
+    assert subprocess.run(check, capture_output=True, timeout=60, check=False).returncode == 0
+    dashboard = tmp_path / "crm-overview.json"
+    dashboard.write_text(dashboard.read_text(encoding="utf-8").replace("p99", "p98"))
+    stale = subprocess.run(check, capture_output=True, text=True, timeout=60, check=False)
+    assert stale.returncode == 1
+    assert "crm-overview.json" in stale.stderr
+
+
+def test_dashboard_uses_the_provisioned_datasource(generator: ModuleType) -> None:
+    datasources = _load_yaml(GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml")
+    (datasource,) = datasources["datasources"]
+    assert datasource["uid"] == "prometheus"
+    assert datasource["url"] == "http://prometheus:9090"
+
+    providers = _load_yaml(GRAFANA_DIR / "provisioning" / "dashboards" / "crm.yml")
+    (provider,) = providers["providers"]
+    grafana_volumes = _load_yaml(COMPOSE_FILE)["services"]["grafana"]["volumes"]
+    assert f"./deploy/grafana/dashboards:{provider['options']['path']}:ro" in grafana_volumes
+
+    dashboard = json.loads((GRAFANA_DIR / "dashboards" / "crm-overview.json").read_text())
+    assert dashboard["title"] == "CRM platform overview"
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert panels
+    exprs: list[str] = []
+    for panel in panels:
+        assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == datasource["uid"], panel["title"]
+            exprs.append(target["expr"])
+    assert exprs == generator.panel_queries()
+
+
+def _exported_metric_names() -> set[str]:
+    """The sample names crm_shared.metrics exposes (counters with _total, histograms' series)."""
+    from crm_shared import metrics
+    from prometheus_client.metrics import MetricWrapperBase
+
+    suffixes = {
+        "counter": ["_total"],
+        "gauge": [""],
+        "histogram": ["_bucket", "_sum", "_count"],
+    }
+    names: set[str] = set()
+    for value in vars(metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            for family in value.describe():
+                names.update(family.name + suffix for suffix in suffixes[family.type])
+    return names
+
+
+def test_panel_queries_use_real_metric_names(generator: ModuleType) -> None:
+    exported = _exported_metric_names()
+    assert "crm_events_applied_total" in exported
+    required = {
+        "crm_events_applied_total",
+        "crm_events_dead_lettered_total",
+        "crm_events_duplicate_total",
+        "crm_projection_freshness_seconds_bucket",
+        "crm_consumer_lag",
+        "crm_batch_duration_seconds_bucket",
+        "crm_http_requests_total",
+        "crm_http_request_duration_seconds_bucket",
+    }
+    used: set[str] = set()
+    for expr in generator.panel_queries():
+        used.update(re.findall(r"\bcrm_[a-z0-9_]+", expr))
+    assert required <= used
+    assert used <= exported, f"unknown metrics: {sorted(used - exported)}"
+    for expr in generator.prometheus_queries():
+        assert "$" not in expr, f"unresolved Grafana variable in {expr!r}"
+
+
+# ----------------------------------------------------------------------------- real Prometheus
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get_json(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:  # 400/422 carry the PromQL error as JSON
+        return error.code, json.loads(error.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prometheus (Debian's package) on a free loopback port, scraping nothing."""
+    binary = _require("prometheus")
+    workdir = tmp_path_factory.mktemp("prometheus")
+    config = workdir / "prometheus.yml"
+    config.write_text("global:\n  scrape_interval: 15s\nscrape_configs: []\n", encoding="utf-8")
+    port = _free_port()
+    log_path = workdir / "prometheus.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                pytest.fail(
+                    f"prometheus exited with {process.returncode}:\n{log_path.read_text()[-4000:]}"
+                )
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"prometheus not ready after 60 s:\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def _query(url: str, expr: str) -> tuple[int, dict[str, Any]]:
+    return _get_json(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}")
+
+
+@pytest.mark.integration
+def test_panel_queries_are_valid_promql(prometheus_url: str, generator: ModuleType) -> None:
+    # The check is meaningful: a broken expression is reported as an error.
+    status, body = _query(prometheus_url, "sum by (projection (rate(crm_events_applied_total[1m]))")
+    assert body.get("status") == "error" and body.get("errorType") == "bad_data", (status, body)
+
+    queries = generator.prometheus_queries()
+    assert queries
+    failures = []
+    for expr in queries:
+        status, body = _query(prometheus_url, expr)
+        if body.get("status") != "success":
+            failures.append(f"{expr}\n  -> HTTP {status}: {body.get('error', body)}")
+    assert not failures, "invalid PromQL in the dashboards:\n" + "\n".join(failures)

@@ -1,0 +1,69 @@
+"""Small tools for integration tests: unique ids, waiting, reading topics and databases."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+import httpx
+from kafka import KafkaConsumer, TopicPartition
+
+T = TypeVar("T")
+
+
+def unique(prefix: str) -> str:
+    """Ids unique to one test run, so tests sharing the broker never see each other's customers."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], check: Callable[[T], bool], *, timeout: float = 60, what: str = ""
+) -> T:
+    """Poll until check(probe()) holds; fail with the last value seen."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = await probe()
+            if check(last):
+                return last
+        except (httpx.HTTPError, OSError, asyncpg.PostgresError) as error:
+            last = error
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what or 'condition'}; last seen: {last!r}")
+
+
+async def get_json(url: str, **kwargs: Any) -> tuple[int, Any]:
+    async with httpx.AsyncClient(timeout=5) as client:
+        response = await client.get(url, **kwargs)
+        return response.status_code, response.json()
+
+
+def read_topic(bootstrap: str, topic: str, *, timeout_ms: int = 4000) -> list[Any]:
+    """Every record currently on a topic, from the beginning (no consumer group)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        consumer_timeout_ms=timeout_ms,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        return list(consumer)
+    finally:
+        consumer.close()
+
+
+async def fetch(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close()
