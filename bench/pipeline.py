@@ -1,0 +1,293 @@
+"""End-to-end benchmark: events/s through all four projections, freshness, and a minimal baseline.
+
+    ./crm bench [--events 200000] [--rate 2000] [--seconds 20]
+
+Runs on the private broker and database that `./crm bench` starts. Three phases, progress shown:
+1. throughput: publish N events (the workload mix, ~450 bytes each) as fast as possible while the
+   four workers run; the clock stops when every projection has applied everything on its topics;
+2. freshness: publish at a fixed rate with event time = now; per projection p50/p99 of
+   (commit time - event time), read from each service's applied_events;
+3. baseline: a minimal pipeline on the same machine and the same records (aiokafka getmany +
+   json decode + COPY into PostgreSQL), so the cost of the stream processor is visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from crm_shared import launcher
+from crm_shared.events import encode_event
+from crm_shared.topics import EVENT_TOPICS, topic_for
+from workload import Workload
+
+PROJECTIONS: dict[str, tuple[str, ...]] = {
+    name: tuple(t.name for t in EVENT_TOPICS if f"{name}-service" in t.consumers)
+    for name in ("profile", "interaction", "broadcast", "recommendation")
+}
+WORKERS = [launcher.BY_NAME[f"{name}-worker"] for name in PROJECTIONS]
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def end_offsets(bootstrap: str) -> dict[tuple[str, int], int]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        partitions = [
+            TopicPartition(t.name, p)
+            for t in EVENT_TOPICS
+            for p in consumer.partitions_for_topic(t.name) or []
+        ]
+        return {
+            (tp.topic, tp.partition): offset
+            for tp, offset in consumer.end_offsets(partitions).items()
+        }
+    finally:
+        consumer.close()
+
+
+async def remaining(
+    pools: dict[str, asyncpg.Pool], ends: dict[tuple[str, int], int]
+) -> dict[str, int]:
+    """Records on each projection's topics that it has not consumed yet."""
+    left: dict[str, int] = {}
+    for name, pool in pools.items():
+        rows = await pool.fetch("SELECT topic, partition, next_offset FROM consumer_positions")
+        done = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+        left[name] = sum(
+            end - done.get(tp, 0) for tp, end in ends.items() if tp[0] in PROJECTIONS[name]
+        )
+    return left
+
+
+async def wait_caught_up(pools: dict[str, asyncpg.Pool], bootstrap: str, started: float) -> float:
+    ends = end_offsets(bootstrap)
+    last_report = 0.0
+    while True:
+        left = await remaining(pools, ends)
+        now = time.monotonic()
+        if not any(left.values()):
+            return now
+        if now - last_report > 2:
+            say(f"  catching up after {now - started:5.1f} s, still to apply: {left}")
+            last_report = now
+        await asyncio.sleep(0.05)
+
+
+def producer(bootstrap: str) -> KafkaProducer:
+    return KafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=20,
+        batch_size=512 * 1024,
+        buffer_memory=256 * 1024 * 1024,
+    )
+
+
+def publish(
+    kafka: KafkaProducer, records: Sequence[tuple[str, bytes, bytes]], started: float
+) -> None:
+    for n, (topic, key, value) in enumerate(records, 1):
+        kafka.send(topic, key=key, value=value)
+        if n % 50_000 == 0:
+            say(f"  published {n:,}/{len(records):,} ({n / (time.monotonic() - started):,.0f}/s)")
+    kafka.flush()
+
+
+def encoded(events: Sequence[dict[str, object]]) -> list[tuple[str, bytes, bytes]]:
+    return [
+        (topic_for(str(e["type"])), str(e["subject"]).encode(), encode_event(e)) for e in events
+    ]
+
+
+async def throughput(
+    args: argparse.Namespace, pools: dict[str, asyncpg.Pool], bootstrap: str
+) -> dict[str, float]:
+    say(f"phase 1: generating {args.events:,} events")
+    workload = Workload(seed=args.seed, prefix="t")
+    records = encoded(list(workload.events(args.events)))
+    size = sum(len(r[2]) for r in records) / len(records)
+    say(f"phase 1: publishing {args.events:,} events (mean {size:.0f} bytes), workers running")
+    kafka = producer(bootstrap)
+    started = time.monotonic()
+    await asyncio.to_thread(publish, kafka, records, started)
+    published = time.monotonic()
+    kafka.close()
+    say(
+        f"  all published in {published - started:.1f} s "
+        f"({len(records) / (published - started):,.0f}/s)"
+    )
+    finished = await wait_caught_up(pools, bootstrap, started)
+    elapsed = finished - started
+    return {
+        "events": len(records),
+        "bytes": size,
+        "seconds": elapsed,
+        "rate": len(records) / elapsed,
+        "publish_rate": len(records) / (published - started),
+    }
+
+
+async def freshness(
+    args: argparse.Namespace, pools: dict[str, asyncpg.Pool], bootstrap: str
+) -> dict[str, tuple[float, float, int]]:
+    total = int(args.rate * args.seconds)
+    say(f"phase 2: publishing {total:,} events at {args.rate:,}/s with event time = now")
+    workload = Workload(seed=args.seed + 1, prefix="f")
+    kafka = producer(bootstrap)
+    kafka.config["linger_ms"] = 0
+    started = time.monotonic()
+    since = datetime.now(UTC)
+    for n in range(total):
+        due = started + n / args.rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        event = workload.event(datetime.now(UTC))
+        kafka.send(
+            topic_for(event["type"]), key=event["subject"].encode(), value=encode_event(event)
+        )
+        if n and n % (args.rate * 5) == 0:
+            say(f"  published {n:,}/{total:,}")
+    kafka.flush()
+    kafka.close()
+    await wait_caught_up(pools, bootstrap, started)
+    result: dict[str, tuple[float, float, int]] = {}
+    for name, pool in pools.items():
+        row = await pool.fetchrow(
+            """
+            SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag) AS p50,
+                   percentile_cont(0.99) WITHIN GROUP (ORDER BY lag) AS p99,
+                   count(*) AS n
+            FROM (SELECT extract(epoch FROM applied_at - event_time) AS lag
+                  FROM applied_events
+                  WHERE source = 'bench' AND id LIKE 'f-%' AND event_time >= $1) AS measured
+            """,
+            since,
+        )
+        result[name] = (float(row["p50"] or 0) * 1000, float(row["p99"] or 0) * 1000, int(row["n"]))
+    return result
+
+
+async def baseline(bootstrap: str, dsn_base: str, expected: int) -> float:
+    """aiokafka getmany + json.loads + COPY: what the machine does with no stream processor."""
+    say(f"phase 3: minimal pipeline over the first {expected:,} records")
+    conn = await asyncpg.connect(f"{dsn_base}/postgres")
+    await conn.execute(
+        "DROP TABLE IF EXISTS bench_baseline;"
+        " CREATE UNLOGGED TABLE bench_baseline (id text, type text, subject text, time text)"
+    )
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(t.name, p)
+            for t in EVENT_TOPICS
+            for p in consumer.partitions_for_topic(t.name) or []
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        done = 0
+        started = time.monotonic()
+        while done < expected:
+            batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+            rows = []
+            for records in batches.values():
+                for record in records:
+                    document = json.loads(record.value)
+                    rows.append(
+                        (document["id"], document["type"], document["subject"], document["time"])
+                    )
+            if rows:
+                await conn.copy_records_to_table("bench_baseline", records=rows)
+                done += len(rows)
+        elapsed = time.monotonic() - started
+    finally:
+        await consumer.stop()
+        await conn.execute("DROP TABLE bench_baseline")
+        await conn.close()
+    return done / elapsed
+
+
+def rss_mib(process: launcher.Process, env: dict[str, str]) -> float:
+    pid = launcher.running_pid(process, env)
+    if pid is None:
+        return 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--rate", type=int, default=2_000, help="events/s in the freshness phase")
+    parser.add_argument("--seconds", type=int, default=20, help="length of the freshness phase")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    env = {**os.environ, "CRM_LOG_LEVEL": "WARNING"}
+    bootstrap, dsn_base = env["CRM_KAFKA_BOOTSTRAP"], env["CRM_PG_DSN_BASE"]
+    say("starting the four projection workers")
+    for worker in WORKERS:
+        launcher.start(worker, env)
+    try:
+        launcher.wait_healthy(WORKERS, env)
+        pools = {
+            name: await asyncpg.create_pool(f"{dsn_base}/crm_{name}", min_size=1, max_size=2)
+            for name in PROJECTIONS
+        }
+        await wait_caught_up(pools, bootstrap, time.monotonic())
+        load = await throughput(args, pools, bootstrap)
+        memory = {w.name: rss_mib(w, env) for w in WORKERS}
+        fresh = await freshness(args, pools, bootstrap)
+        minimal = await baseline(bootstrap, dsn_base, int(load["events"]))
+        for pool in pools.values():
+            await pool.close()
+    finally:
+        for worker in WORKERS:
+            launcher.stop(worker, env)
+    print()
+    print(
+        f"end to end, four projections: {load['events']:,} events of ~{load['bytes']:.0f} bytes "
+        f"in {load['seconds']:.1f} s = {load['rate']:,.0f} events/s "
+        f"(publishing alone: {load['publish_rate']:,.0f}/s)"
+    )
+    print(
+        f"minimal pipeline (aiokafka getmany + json + COPY): {minimal:,.0f} events/s "
+        f"-> platform/minimal = {load['rate'] / minimal:.2f}"
+    )
+    print(f"freshness at {args.rate:,} events/s for {args.seconds} s (commit time - event time):")
+    for name, (p50, p99, n) in fresh.items():
+        print(f"  {name:15} p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   ({n:,} events)")
+    print(
+        "worker memory after phase 1 (RSS): "
+        + ", ".join(f"{k} {v:.0f} MiB" for k, v in memory.items())
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
