@@ -249,6 +249,11 @@ crm_start_postgres() (
     if crm__pg_running "$data"; then
         crm__log "postgres: already running on 127.0.0.1:$CRM_PG_PORT ($data)"
     else
+        local -a orphans
+        mapfile -t orphans < <(crm__pg_orphans "$data")
+        if ((${#orphans[@]})); then
+            crm__pg_kill "${orphans[@]}"
+        fi
         # Something else (another cluster, a leftover from another state dir) holds the port.
         if crm__port_open "$CRM_PG_PORT"; then
             crm__die "postgres: port $CRM_PG_PORT is already in use by another process (not $data); stop it or set CRM_PG_PORT. $(crm__port_owner "$CRM_PG_PORT")" || return 1
@@ -300,6 +305,33 @@ crm__pg_running() {
         sleep 0.25
     done
     crm__pid_alive "$pid" && crm__pid_matches "$pid" "-D $data "
+}
+
+# Pids of postmasters started on data dir $1 that no postmaster.pid points at any
+# more (the state dir was removed while they ran).
+crm__pg_orphans() {
+    local data="$1" pid comm
+    for pid in $(crm__find_pids "-D $data "); do
+        comm="$(cat 2>/dev/null "/proc/$pid/comm")" || continue
+        [[ "$comm" == postgres || "$comm" == postmaster ]] && echo "$pid"
+    done
+    return 0
+}
+
+# Fast shutdown (SIGINT) of postmasters by pid, for when pg_ctl cannot be used.
+crm__pg_kill() {
+    local pid i
+    for pid in "$@"; do
+        crm__log "postgres: stopping orphaned server pid $pid (its data dir is gone)"
+        kill -INT "$pid" 2>/dev/null || continue
+        for ((i = 0; i < 120; i++)); do
+            crm__pid_alive "$pid" || break
+            sleep 0.25
+        done
+        # Still there after 30 s: immediate shutdown.
+        crm__pid_alive "$pid" && kill -QUIT "$pid" 2>/dev/null
+    done
+    return 0
 }
 
 crm__pg_init() (
@@ -370,6 +402,12 @@ crm__stop_postgres() (
     local bin data="$CRM_STATE_DIR/pg"
     bin="$(crm__pg_bin)" || { crm__log "postgres: no binaries, nothing to stop"; return 0; }
     if [[ ! -f "$data/PG_VERSION" ]] || ! crm__pg_running "$data"; then
+        local -a orphans
+        mapfile -t orphans < <(crm__pg_orphans "$data")
+        if ((${#orphans[@]})); then
+            crm__pg_kill "${orphans[@]}"
+            return 0
+        fi
         crm__log "postgres: not running"
         return 0
     fi
@@ -423,6 +461,11 @@ crm_start_kafka() (
     exec 8>"$kdir/.start.lock"
     flock -w 180 8 || crm__die "kafka: another start of $CRM_STATE_DIR did not finish in 180 s" || return 1
 
+    if pid="$(crm__kafka_pid)" && [[ ! -f "$kdir/data/meta.properties" ]]; then
+        # Found by its command line, but its data dir was removed under it: useless.
+        crm__log "kafka: broker pid $pid runs on a removed state dir; stopping it"
+        crm__stop_kafka || return 1
+    fi
     if pid="$(crm__kafka_pid)"; then
         echo "$pid" >"$pidfile"
         if crm__kafka_ready; then
@@ -461,6 +504,7 @@ crm_start_kafka() (
             [[ -s "$pidfile" ]] && break
             sleep 0.1
         done
+        [[ -s "$pidfile" ]] || { crm__tail_log "$logf"; crm__die "kafka: the broker launcher did not start (log: $logf)"; return 1; }
         pid="$(<"$pidfile")"
     fi
 
