@@ -21,10 +21,14 @@ def unique(prefix: str) -> str:
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]], check: Callable[[T], bool], *, timeout: float = 60, what: str = ""
+    probe: Callable[[], Awaitable[T]],
+    check: Callable[[T], bool],
+    *,
+    within: float = 60,
+    what: str = "",
 ) -> T:
     """Poll until check(probe()) holds; fail with the last value seen."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     last: Any = None
     while time.monotonic() < deadline:
         try:

@@ -6,10 +6,10 @@ import json
 from datetime import UTC, datetime
 
 import pytest
-from kafka import KafkaProducer
-
 from crm_shared import deadletter, launcher
 from crm_shared.events import build_event, encode_event
+from kafka import KafkaProducer
+
 from tests.integration.helpers import eventually, get_json, read_topic, unique
 
 pytestmark = pytest.mark.integration
@@ -54,7 +54,9 @@ async def test_each_kind_of_bad_record_is_dead_lettered_and_the_rest_applied(
         ),
     }
     producer = KafkaProducer(
-        bootstrap_servers=platform["CRM_KAFKA_BOOTSTRAP"], acks="all", max_request_size=5 * 1024 * 1024
+        bootstrap_servers=platform["CRM_KAFKA_BOOTSTRAP"],
+        acks="all",
+        max_request_size=5 * 1024 * 1024,
     )
     try:
         good = 0
@@ -95,7 +97,9 @@ async def test_each_kind_of_bad_record_is_dead_lettered_and_the_rest_applied(
         assert len(mine) == len(bad_records), f"{consumer} dead-lettered {len(mine)} records"
         originals = {letter["value"]: letter for letter in mine}
         for kind, (raw, reason) in bad_records.items():
-            assert raw in originals, f"{consumer}: the {kind} record is not in the dead-letter topic"
+            assert raw in originals, (
+                f"{consumer}: the {kind} record is not in the dead-letter topic"
+            )
             letter = originals[raw]
             assert reason in letter[deadletter.REASON], f"{kind}: {letter[deadletter.REASON]}"
             assert letter[deadletter.ORIGIN_TOPIC] == "crm.orders"

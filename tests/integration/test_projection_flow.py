@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-
 from crm_shared.sdk import EventPublisher
+
 from tests.integration.helpers import eventually, fetch, get_json, unique
 
 pytestmark = pytest.mark.integration
@@ -19,8 +19,12 @@ def _publish_history(publisher: EventPublisher, customer: str) -> None:
     publisher.publish(
         "crm.customer.registered.v1",
         customer,
-        {"name": "Ada Lovelace", "email": f"{customer}@example.com", "country": "UK",
-         "identifiers": {"loyalty_card": f"card-{customer}"}},
+        {
+            "name": "Ada Lovelace",
+            "email": f"{customer}@example.com",
+            "country": "UK",
+            "identifiers": {"loyalty_card": f"card-{customer}"},
+        },
         time=T0,
         event_id=f"{customer}-reg",
     )
@@ -28,16 +32,21 @@ def _publish_history(publisher: EventPublisher, customer: str) -> None:
         publisher.publish(
             "crm.order.placed.v1",
             customer,
-            {"order_id": f"{customer}-O{n}",
-             "lines": [{"product_id": "P-TEA", "quantity": 2, "unit_price": "3.50"}]},
+            {
+                "order_id": f"{customer}-O{n}",
+                "lines": [{"product_id": "P-TEA", "quantity": 2, "unit_price": "3.50"}],
+            },
             time=T0 + timedelta(days=n + 1),
             event_id=f"{customer}-order-{n}",
         )
     publisher.publish(
         "crm.order.refunded.v1",
         customer,
-        {"refund_id": f"{customer}-R0", "order_id": f"{customer}-O0",
-         "lines": [{"product_id": "P-TEA", "quantity": 1, "unit_price": "3.50"}]},
+        {
+            "refund_id": f"{customer}-R0",
+            "order_id": f"{customer}-O0",
+            "lines": [{"product_id": "P-TEA", "quantity": 1, "unit_price": "3.50"}],
+        },
         time=T0 + timedelta(days=5),
         event_id=f"{customer}-refund-0",
     )
@@ -87,7 +96,10 @@ async def test_publishing_the_same_events_again_changes_nothing(platform: dict[s
         publisher.publish(
             "crm.order.placed.v1",
             customer,
-            {"order_id": "marker", "lines": [{"product_id": "P-X", "quantity": 1, "unit_price": "1"}]},
+            {
+                "order_id": "marker",
+                "lines": [{"product_id": "P-X", "quantity": 1, "unit_price": "1"}],
+            },
             time=T0 + timedelta(days=9),
             event_id=f"{customer}-marker",
         )
@@ -97,7 +109,10 @@ async def test_publishing_the_same_events_again_changes_nothing(platform: dict[s
         lambda r: r[0] == 200 and r[1]["purchases"]["orders"] == 4,
         what="the marker order after the duplicates",
     )
-    assert Decimal(second["purchases"]["gross_revenue"]) == Decimal(first["purchases"]["gross_revenue"]) + 1
+    assert (
+        Decimal(second["purchases"]["gross_revenue"])
+        == Decimal(first["purchases"]["gross_revenue"]) + 1
+    )
     assert second["purchases"]["refunds"] == 1
     rows = await fetch(
         f"{platform['CRM_PG_DSN_BASE']}/crm_profile",

@@ -36,25 +36,33 @@ def event(
     return validate_event(document)
 
 
-def order(customer_id: str, order_id: str, *lines: tuple[str, int, str], minutes: float = 0) -> Event:
+def order(
+    customer_id: str, order_id: str, *lines: tuple[str, int, str], minutes: float = 0
+) -> Event:
     return event(
         "crm.order.placed.v1",
         customer_id,
         {
             "order_id": order_id,
-            "lines": [{"product_id": p, "quantity": q, "unit_price": price} for p, q, price in lines],
+            "lines": [
+                {"product_id": p, "quantity": q, "unit_price": price} for p, q, price in lines
+            ],
         },
         minutes=minutes,
     )
 
 
-def refund(customer_id: str, refund_id: str, *lines: tuple[str, int, str], minutes: float = 0) -> Event:
+def refund(
+    customer_id: str, refund_id: str, *lines: tuple[str, int, str], minutes: float = 0
+) -> Event:
     return event(
         "crm.order.refunded.v1",
         customer_id,
         {
             "refund_id": refund_id,
-            "lines": [{"product_id": p, "quantity": q, "unit_price": price} for p, q, price in lines],
+            "lines": [
+                {"product_id": p, "quantity": q, "unit_price": price} for p, q, price in lines
+            ],
         },
         minutes=minutes,
     )

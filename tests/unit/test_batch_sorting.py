@@ -10,7 +10,9 @@ from crm_shared.projector import RawRecord, sort_batch
 FOLDS = frozenset({"crm.order.placed.v1"})
 
 
-def _raw(offset: int, document: object, *, key: bytes | None = b"C1", partition: int = 0) -> RawRecord:
+def _raw(
+    offset: int, document: object, *, key: bytes | None = b"C1", partition: int = 0
+) -> RawRecord:
     value = document if isinstance(document, bytes) else json.dumps(document).encode()
     return RawRecord("crm.orders", partition, offset, key, value)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from crm_shared.events import MAX_EVENT_BYTES, InvalidEvent, build_event, parse_event
 from crm_shared.topics import ALL_TOPICS, topic_for
 
@@ -36,8 +35,14 @@ def test_valid_event_round_trips_through_the_wire_form() -> None:
         (b"{not json", "invalid envelope"),
         (json.dumps(_order_document(type="crm.nothing.v9")).encode(), "unknown event type"),
         (json.dumps(_order_document(subject="")).encode(), "subject"),
-        (json.dumps({k: v for k, v in _order_document().items() if k != "subject"}).encode(), "subject"),
-        (json.dumps(_order_document(data={"order_id": "O"})).encode(), "data of crm.order.placed.v1"),
+        (
+            json.dumps({k: v for k, v in _order_document().items() if k != "subject"}).encode(),
+            "subject",
+        ),
+        (
+            json.dumps(_order_document(data={"order_id": "O"})).encode(),
+            "data of crm.order.placed.v1",
+        ),
         (json.dumps(_order_document(time="2024-05-01T10:00:00")).encode(), "UTC offset"),
         (json.dumps(_order_document(specversion="0.3")).encode(), "specversion"),
     ],

@@ -1,0 +1,181 @@
+"""All SQL of the broadcast service. The caller owns the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import asyncpg
+
+from broadcast_service.projection import (
+    ChannelPreferences,
+    Consent,
+    ConsentKey,
+    QuietWindow,
+)
+
+
+def _preferences(row: Mapping[str, Any]) -> ChannelPreferences:
+    quiet = (
+        None
+        if row["quiet_start"] is None
+        else QuietWindow(row["quiet_start"], row["quiet_end"], row["quiet_timezone"])
+    )
+    return ChannelPreferences(
+        customer_id=row["customer_id"],
+        channels=tuple(row["channels"]),
+        quiet_hours=quiet,
+        set_at=row["set_at"],
+        source=row["source"],
+        event_id=row["event_id"],
+    )
+
+
+def _consent(row: Mapping[str, Any]) -> Consent:
+    return Consent(
+        customer_id=row["customer_id"],
+        purpose=row["purpose"],
+        channel=row["channel"],
+        granted=row["granted"],
+        changed_at=row["changed_at"],
+        source=row["source"],
+        event_id=row["event_id"],
+    )
+
+
+async def lock_preferences(
+    conn: asyncpg.Connection, ids: Collection[str]
+) -> dict[str, ChannelPreferences]:
+    """The stored preferences of these customers, locked until the batch commits."""
+    rows = await conn.fetch(
+        "SELECT * FROM channel_preferences WHERE customer_id = ANY($1::text[]) FOR UPDATE",
+        list(ids),
+    )
+    return {row["customer_id"]: _preferences(row) for row in rows}
+
+
+async def save_preferences(
+    conn: asyncpg.Connection, records: Collection[ChannelPreferences]
+) -> None:
+    if not records:
+        return
+    # The WHERE is a second line of defence: never overwrite a newer row, even if two workers
+    # raced on a customer's first preferences during a rebalance.
+    await conn.executemany(
+        """
+        INSERT INTO channel_preferences AS p (customer_id, channels, quiet_start, quiet_end,
+                                              quiet_timezone, set_at, source, event_id)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        ON CONFLICT (customer_id) DO UPDATE SET
+            channels = EXCLUDED.channels, quiet_start = EXCLUDED.quiet_start,
+            quiet_end = EXCLUDED.quiet_end, quiet_timezone = EXCLUDED.quiet_timezone,
+            set_at = EXCLUDED.set_at, source = EXCLUDED.source, event_id = EXCLUDED.event_id
+        WHERE p.set_at <= EXCLUDED.set_at
+        """,
+        [_preference_row(r) for r in records],
+    )
+
+
+def _preference_row(r: ChannelPreferences) -> tuple[Any, ...]:
+    quiet = r.quiet_hours
+    start, end, timezone = (
+        (None, None, None) if quiet is None else (quiet.start, quiet.end, quiet.timezone)
+    )
+    return (r.customer_id, list(r.channels), start, end, timezone, r.set_at, r.source, r.event_id)
+
+
+async def lock_consents(
+    conn: asyncpg.Connection, customer_ids: Collection[str]
+) -> dict[ConsentKey, Consent]:
+    """Every stored consent of these customers (a handful each), locked until the batch commits."""
+    rows = await conn.fetch(
+        "SELECT * FROM consents WHERE customer_id = ANY($1::text[]) FOR UPDATE",
+        list(customer_ids),
+    )
+    consents = [_consent(row) for row in rows]
+    return {consent.key: consent for consent in consents}
+
+
+async def save_consents(conn: asyncpg.Connection, consents: Collection[Consent]) -> None:
+    if not consents:
+        return
+    await conn.executemany(
+        """
+        INSERT INTO consents AS c (customer_id, purpose, channel, granted, changed_at,
+                                   source, event_id)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        ON CONFLICT (customer_id, purpose, channel) DO UPDATE SET
+            granted = EXCLUDED.granted, changed_at = EXCLUDED.changed_at,
+            source = EXCLUDED.source, event_id = EXCLUDED.event_id
+        WHERE c.changed_at <= EXCLUDED.changed_at
+        """,
+        [
+            (c.customer_id, c.purpose, c.channel, c.granted, c.changed_at, c.source, c.event_id)
+            for c in consents
+        ],
+    )
+
+
+async def add_history(conn: asyncpg.Connection, changes: Collection[Consent]) -> None:
+    """Append consent events to the history; one already there (same source and id) is kept."""
+    if not changes:
+        return
+    await conn.execute(
+        """
+        INSERT INTO consent_history (source, event_id, customer_id, purpose, channel, granted,
+                                     occurred_at)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                             $6::boolean[], $7::timestamptz[])
+        ON CONFLICT (source, event_id) DO NOTHING
+        """,
+        [c.source for c in changes],
+        [c.event_id for c in changes],
+        [c.customer_id for c in changes],
+        [c.purpose for c in changes],
+        [c.channel for c in changes],
+        [c.granted for c in changes],
+        [c.changed_at for c in changes],
+    )
+
+
+async def preferences_of(conn: asyncpg.Connection, customer_id: str) -> ChannelPreferences | None:
+    row = await conn.fetchrow(
+        "SELECT * FROM channel_preferences WHERE customer_id = $1", customer_id
+    )
+    return None if row is None else _preferences(row)
+
+
+async def consents_of(conn: asyncpg.Connection, customer_id: str) -> list[Consent]:
+    """The customer's current consents, by purpose and then channel ('*' first)."""
+    rows = await conn.fetch(
+        'SELECT * FROM consents WHERE customer_id = $1 ORDER BY purpose, channel COLLATE "C"',
+        customer_id,
+    )
+    return [_consent(row) for row in rows]
+
+
+async def history_of(conn: asyncpg.Connection, customer_id: str, limit: int) -> list[Consent]:
+    """The customer's consent events, newest first."""
+    rows = await conn.fetch(
+        """
+        SELECT customer_id, purpose, channel, granted, occurred_at AS changed_at, source, event_id
+        FROM consent_history WHERE customer_id = $1
+        ORDER BY occurred_at DESC, source, event_id
+        LIMIT $2
+        """,
+        customer_id,
+        limit,
+    )
+    return [_consent(row) for row in rows]
+
+
+async def is_known(conn: asyncpg.Connection, customer_id: str) -> bool:
+    """Whether the service holds any preference or consent of the customer."""
+    known: bool = await conn.fetchval(
+        """
+        SELECT EXISTS (SELECT 1 FROM channel_preferences WHERE customer_id = $1)
+            OR EXISTS (SELECT 1 FROM consents WHERE customer_id = $1)
+        """,
+        customer_id,
+    )
+    return known
