@@ -307,5 +307,12 @@ def build_event(
 
 
 def encode_event(document: Mapping[str, Any]) -> bytes:
-    """The wire form of an envelope: compact UTF-8 JSON."""
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    """The wire form of an envelope: compact strict JSON (no NaN), at most MAX_EVENT_BYTES."""
+    try:
+        text = json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError as error:
+        raise InvalidEvent(f"not encodable as JSON: {error}") from None
+    value = text.encode()
+    if len(value) > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"event too large: {len(value)} bytes, limit {MAX_EVENT_BYTES}")
+    return value

@@ -30,7 +30,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-_QUIET_LIBRARIES = ("aiokafka", "kafka", "faust", "mode", "uvicorn.access")
+_QUIET_LIBRARIES = ("aiokafka", "kafka", "faust", "mode", "uvicorn.access", "httpx", "httpcore")
 
 
 def logging_config(process_name: str, level: str = "INFO") -> dict[str, Any]:

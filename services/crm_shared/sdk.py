@@ -20,13 +20,7 @@ from kafka.producer.future import FutureRecordMetadata
 from pydantic import BaseModel
 
 from crm_shared.deadletter import DeadLetter
-from crm_shared.events import (
-    MAX_EVENT_BYTES,
-    InvalidEvent,
-    build_event,
-    encode_event,
-    validate_event,
-)
+from crm_shared.events import build_event, encode_event, validate_event
 from crm_shared.topics import DEAD_LETTER, topic_for
 
 
@@ -68,8 +62,6 @@ class EventPublisher:
 
     def _send(self, document: Mapping[str, Any]) -> FutureRecordMetadata:
         value = encode_event(document)
-        if len(value) > MAX_EVENT_BYTES:
-            raise InvalidEvent(f"event too large: {len(value)} bytes, limit {MAX_EVENT_BYTES}")
         return self._producer.send(
             topic_for(document["type"]), key=str(document["subject"]).encode(), value=value
         )

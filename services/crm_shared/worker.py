@@ -10,7 +10,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any, cast
 
+import asyncpg
 import faust
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import TP
 from prometheus_client import start_http_server
 
@@ -19,12 +22,17 @@ from crm_shared.config import ServiceSettings
 from crm_shared.db import open_pool
 from crm_shared.deadletter import DeadLetter
 from crm_shared.logs import configure_logging, logging_config
-from crm_shared.projector import BatchProjector, Projection, RawRecord
+from crm_shared.projector import BatchProjector, Projection, RawRecord, load_positions
 from crm_shared.topics import DEAD_LETTER
 
 log = logging.getLogger(__name__)
 
 MAX_RECORD_BYTES = 8 * 1024 * 1024
+
+
+def group_id(projection: Projection) -> str:
+    """The Kafka consumer group (and faust app id) of a projection's workers."""
+    return f"crm-{projection.name}"
 
 
 def build_app(
@@ -34,8 +42,16 @@ def build_app(
     pool = loop.run_until_complete(
         open_pool(settings.dsn, projection.migrations, settings.pool_size)
     )
+    loop.run_until_complete(
+        rewind_group_to_database(
+            settings.platform.kafka_bootstrap,
+            group_id(projection),
+            [topic.name for topic in projection.topics],
+            pool,
+        )
+    )
     app = faust.App(
-        f"crm-{projection.name}",
+        group_id(projection),
         broker=f"kafka://{settings.platform.kafka_bootstrap}",
         loop=loop,
         value_serializer="raw",
@@ -86,7 +102,7 @@ def build_app(
     app.agent(source, name=f"crm-{projection.name}-fold")(fold)
 
     async def resume_from_database(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
-        """Kafka's committed offsets may trail PostgreSQL's: the database is the truth."""
+        """Reload the stored positions on every rebalance and read on from there."""
         assigned: set[TP] = args[0]
         positions = await projector.reload_positions()
         for tp in assigned:
@@ -99,6 +115,45 @@ def build_app(
 
     app.on_partitions_assigned.connect(resume_from_database)  # type: ignore[arg-type]  # mode types receivers as sync
     return app, projector
+
+
+async def rewind_group_to_database(
+    bootstrap: str, group_id: str, topics: Sequence[str], pool: asyncpg.Pool
+) -> dict[tuple[str, int], int]:
+    """Move the group's committed offsets back to the database's positions where they are ahead.
+
+    Normally the database is ahead (it commits first). It is behind only when the projection was
+    dropped or restored; then faust, which seeks to Kafka's committed offsets after a rebalance,
+    would skip events. Run before the worker joins its group; returns the partitions rewound.
+    """
+    async with pool.acquire() as conn:
+        positions = await load_positions(conn)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group_id)
+    finally:
+        await admin.close()
+    rewind = {
+        tp: positions.get((tp.topic, tp.partition), 0)
+        for tp, meta in committed.items()
+        if tp.topic in topics and meta.offset > positions.get((tp.topic, tp.partition), 0)
+    }
+    if rewind:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            consumer.assign(list(rewind))
+            await consumer.commit(rewind)
+        finally:
+            await consumer.stop()
+        log.warning(
+            "database behind Kafka: replaying from the database's positions",
+            extra={"group": group_id, "partitions": len(rewind)},
+        )
+    return {(tp.topic, tp.partition): offset for tp, offset in rewind.items()}
 
 
 def _report_lag(app: faust.App, name: str, positions: dict[tuple[str, int], int]) -> None:

@@ -1,0 +1,303 @@
+"""Seeded synthetic CRM facts around the real customers: contacts, feedback, preferences,
+consents and product views, which the retail data set does not have.
+
+Pure and deterministic: each customer gets its own `random.Random(f"{seed}:{customer_id}")`,
+so a customer's facts are the same whether the whole file or only the first N customers are
+loaded, and event ids (`demo-contact-17850-2`) make a re-load idempotent.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from crm_shared.demo import event_order
+from crm_shared.events import build_event
+
+SOURCE = "demo-generator"
+AFTER_LAST_SEEN = timedelta(days=30)
+"""Facts may follow a customer's last invoice by up to this much (a complaint, a late view)."""
+SESSION_LENGTH = timedelta(hours=1)
+
+_TOPICS = {
+    "sales": (
+        "wholesale price list",
+        "bulk order enquiry",
+        "new season catalogue",
+        "trade account upgrade",
+        "christmas range preview",
+    ),
+    "support": (
+        "damaged item",
+        "missing item",
+        "late delivery",
+        "wrong item received",
+        "website login problem",
+    ),
+    "service": (
+        "change of delivery address",
+        "return request",
+        "product care question",
+        "gift wrapping",
+        "account details update",
+    ),
+    "billing": ("invoice copy", "payment failed", "refund status", "VAT query", "credit limit"),
+}
+_FIRST_EMPLOYEE = {"sales": 100, "support": 200, "service": 300, "billing": 400}
+_EMPLOYEES_PER_DEPARTMENT = 12
+_CONTACT_CHANNELS = {
+    "inbound": ("phone", "phone", "email", "email", "chat", "web", "mail"),
+    "outbound": ("phone", "phone", "email", "email", "sms", "mail"),
+}
+_OUTCOMES = {
+    "inbound": (
+        "resolved",
+        "resolved",
+        "resolved",
+        "information given",
+        "escalated",
+        "callback scheduled",
+        "refused",
+    ),
+    "outbound": (
+        "resolved",
+        "offer accepted",
+        "no answer",
+        "no answer",
+        "callback scheduled",
+        "escalated",
+        "refused",
+    ),
+}
+_NOTES = (
+    None,
+    None,
+    None,
+    "customer asked for a written confirmation",
+    "second contact about the same matter",
+    "customer was in a hurry, keep it short next time",
+    "prefers to be addressed by first name",
+)
+_FEEDBACK: dict[int, tuple[tuple[str, str | None], ...]] = {
+    # score: (kind, comment) options
+    1: (
+        ("complaint", "Half of the order arrived broken and nobody answered my e-mails."),
+        ("complaint", "Delivery was two weeks late, just after the event it was for."),
+        ("complaint", None),
+    ),
+    2: (
+        ("complaint", "Items look cheaper than on the photos."),
+        ("complaint", "Had to call three times to get the refund."),
+        ("suggestion", "Please pack glass items better, two mugs were chipped."),
+    ),
+    3: (
+        ("comment", "Fine, nothing special."),
+        ("suggestion", "Would order more if delivery to Europe were cheaper."),
+        ("suggestion", "A search by colour on the website would help."),
+        ("comment", None),
+    ),
+    4: (
+        ("praise", "Good value, my customers love the tea lights."),
+        ("comment", "Quick delivery, one item was out of stock."),
+        ("praise", None),
+    ),
+    5: (
+        ("praise", "Lovely products and always on time, thank you!"),
+        ("praise", "The new catalogue is great, ordered half of it."),
+        ("praise", "Staff on the phone were really helpful."),
+    ),
+}
+_SCORE_WEIGHTS = (1, 1, 2, 4, 5)
+_FEEDBACK_CHANNELS = ("web", "web", "email", "phone")
+_PREFERRED_CHANNELS = ("email", "phone", "sms", "mail", "push")
+_QUIET_HOURS = (("21:00", "08:00"), ("22:00", "07:00"), ("12:00", "14:00"), ("18:00", "09:00"))
+_PURPOSES = ("marketing", "newsletter", "profiling")
+_REVOKE_PROBABILITY = 0.2
+_VIEW_CHANNELS = ("web", "web", "web", "web", "email", "social")
+
+CustomerSpan = tuple[str, datetime, datetime]
+"""(customer id, first seen, last seen), aware datetimes; `retail.CustomerWindow` fits."""
+
+
+def generate(
+    customers: Iterable[CustomerSpan], products: Sequence[str], seed: int = 7
+) -> list[dict[str, Any]]:
+    """Validated envelopes for every customer, in publishing order (`event_order`).
+
+    `products` should be most popular first: views lean towards the head of the list.
+    """
+    if not products:
+        raise ValueError("need at least one product id to generate views")
+    documents: list[dict[str, Any]] = []
+    for customer_id, first_seen, last_seen in customers:
+        if last_seen < first_seen:
+            raise ValueError(f"customer {customer_id}: last seen before first seen")
+        rng = random.Random(f"{seed}:{customer_id}")
+        window = _Window(rng, first_seen, last_seen + AFTER_LAST_SEEN)
+        documents += _preference(customer_id, window)
+        documents += _consents(customer_id, window)
+        documents += _contacts(customer_id, window)
+        documents += _feedback(customer_id, window)
+        documents += _views(customer_id, window, products)
+    documents.sort(key=event_order)
+    return documents
+
+
+class _Window:
+    """A customer's random source and the span their synthetic facts fall into."""
+
+    def __init__(self, rng: random.Random, start: datetime, end: datetime) -> None:
+        self.rng = rng
+        self.start = start
+        self.end = end
+
+    def time(self, start: datetime | None = None, end: datetime | None = None) -> datetime:
+        """A whole-second time in [start, end], by default the whole window."""
+        low, high = start or self.start, end or self.end
+        seconds = int((high - low).total_seconds())
+        return low + timedelta(seconds=self.rng.randint(0, max(seconds, 0)))
+
+
+def _event(
+    event_type: str, customer_id: str, data: dict[str, Any], time: datetime, event_id: str
+) -> dict[str, Any]:
+    return build_event(event_type, customer_id, data, source=SOURCE, time=time, event_id=event_id)
+
+
+def _preference(customer_id: str, window: _Window) -> list[dict[str, Any]]:
+    """One preference, set within a week of the first invoice (when the account was made)."""
+    rng = window.rng
+    data: dict[str, Any] = {
+        "channels": rng.sample(_PREFERRED_CHANNELS, rng.randint(1, 3)),
+    }
+    if rng.random() < 0.4:
+        start, end = rng.choice(_QUIET_HOURS)
+        data["quiet_hours"] = {"start": start, "end": end, "timezone": "Europe/London"}
+    time = window.time(end=min(window.end, window.start + timedelta(days=7)))
+    return [
+        _event(
+            "crm.channel_preference.set.v1",
+            customer_id,
+            data,
+            time,
+            f"demo-preference-{customer_id}",
+        )
+    ]
+
+
+def _consents(customer_id: str, window: _Window) -> list[dict[str, Any]]:
+    """1-3 purposes granted; some revoked later, which the broadcast service must honour."""
+    rng = window.rng
+    documents = []
+    for purpose in rng.sample(_PURPOSES, rng.randint(1, 3)):
+        data: dict[str, Any] = {"purpose": purpose}
+        if purpose == "newsletter" and rng.random() < 0.5:
+            data["channel"] = "email"
+        granted = window.time()
+        documents.append(
+            _event(
+                "crm.consent.granted.v1",
+                customer_id,
+                data,
+                granted,
+                f"demo-consent-{customer_id}-{purpose}",
+            )
+        )
+        if rng.random() < _REVOKE_PROBABILITY:
+            documents.append(
+                _event(
+                    "crm.consent.revoked.v1",
+                    customer_id,
+                    data,
+                    window.time(start=granted),
+                    f"demo-consent-revoked-{customer_id}-{purpose}",
+                )
+            )
+    return documents
+
+
+def _contacts(customer_id: str, window: _Window) -> list[dict[str, Any]]:
+    """0-6 touchpoints with a department; outcomes include refusals and escalations."""
+    rng = window.rng
+    documents = []
+    for number in range(rng.randint(0, 6)):
+        department = rng.choice(tuple(_TOPICS))
+        employee = _FIRST_EMPLOYEE[department] + rng.randrange(_EMPLOYEES_PER_DEPARTMENT)
+        direction = "inbound" if rng.random() < 0.65 else "outbound"
+        data = {
+            "channel": rng.choice(_CONTACT_CHANNELS[direction]),
+            "direction": direction,
+            "department": department,
+            "employee_id": f"E{employee}",
+            "topic": rng.choice(_TOPICS[department]),
+            "outcome": rng.choice(_OUTCOMES[direction]),
+            "note": rng.choice(_NOTES),
+        }
+        documents.append(
+            _event(
+                "crm.contact.logged.v1",
+                customer_id,
+                data,
+                window.time(),
+                f"demo-contact-{customer_id}-{number}",
+            )
+        )
+    return documents
+
+
+def _feedback(customer_id: str, window: _Window) -> list[dict[str, Any]]:
+    """0-3 scores, mostly good (the shop keeps its customers), with a matching comment."""
+    rng = window.rng
+    documents = []
+    for number in range(rng.randint(0, 3)):
+        score = rng.choices(range(1, 6), weights=_SCORE_WEIGHTS)[0]
+        kind, comment = rng.choice(_FEEDBACK[score])
+        data = {
+            "score": score,
+            "kind": kind,
+            "comment": comment,
+            "channel": rng.choice(_FEEDBACK_CHANNELS),
+        }
+        documents.append(
+            _event(
+                "crm.feedback.given.v1",
+                customer_id,
+                data,
+                window.time(),
+                f"demo-feedback-{customer_id}-{number}",
+            )
+        )
+    return documents
+
+
+def _views(customer_id: str, window: _Window, products: Sequence[str]) -> list[dict[str, Any]]:
+    """0-15 views in 1-3 browsing sessions of up to an hour, popular products more often."""
+    rng = window.rng
+    count = rng.randint(0, 15)
+    if count == 0:
+        return []
+    latest_session_start = max(window.start, window.end - SESSION_LENGTH)
+    sessions = [window.time(end=latest_session_start) for _ in range(rng.randint(1, 3))]
+    documents = []
+    for number in range(count):
+        session = rng.randrange(len(sessions))
+        start = sessions[session]
+        data = {
+            # squaring a uniform draw leans towards the start of the popularity-ordered list
+            "product_id": products[int(len(products) * rng.random() ** 2)],
+            "channel": rng.choice(_VIEW_CHANNELS),
+            "session_id": f"demo-session-{customer_id}-{session}",
+        }
+        time = window.time(start=start, end=min(window.end, start + SESSION_LENGTH))
+        documents.append(
+            _event(
+                "crm.product.viewed.v1",
+                customer_id,
+                data,
+                time,
+                f"demo-view-{customer_id}-{number}",
+            )
+        )
+    return documents
