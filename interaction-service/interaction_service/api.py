@@ -1,0 +1,142 @@
+"""Interaction read API: a customer's contact history and contact summary.
+
+python -m interaction_service.api
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import asyncpg
+from crm_shared.http import connection, create_api, database_lifespan, serve
+from fastapi import Depends, FastAPI, HTTPException, Path, Query
+from pydantic import BaseModel
+
+from interaction_service import projection, store
+from interaction_service.config import InteractionSettings
+from interaction_service.projection import Kind, TimelinePosition
+from interaction_service.worker import MIGRATIONS
+
+Conn = Annotated[asyncpg.Connection, Depends(connection)]
+CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]
+MAX_PAGE = 200
+
+
+class TimelineItem(BaseModel):
+    source: str
+    event_id: str
+    occurred_at: datetime
+    kind: Kind
+    event_type: str
+    channel: str | None
+    summary: str
+    details: dict[str, Any]
+
+
+class TimelinePage(BaseModel):
+    customer_id: str
+    items: list[TimelineItem]
+    next_cursor: str | None
+
+
+class ContactSummary(BaseModel):
+    customer_id: str
+    touchpoints: int
+    contacts: int
+    inbound: int
+    outbound: int
+    refusals: int
+    complaints: int
+    feedback: int
+    feedback_score_sum: int
+    average_satisfaction: float | None
+    first_contact_at: datetime | None
+    last_contact_at: datetime | None
+    first_touchpoint_at: datetime | None
+    last_touchpoint_at: datetime | None
+
+
+def _unknown(customer_id: str) -> HTTPException:
+    return HTTPException(
+        404, f"customer {customer_id!r} has no recorded interactions in the interaction service"
+    )
+
+
+def create_app(settings: InteractionSettings | None = None) -> FastAPI:
+    settings = settings or InteractionSettings()
+    app = create_api(
+        "interaction",
+        "Interaction service",
+        database_lifespan(settings.dsn, MIGRATIONS, settings.pool_size),
+        "Every touchpoint of a customer with the company (contacts, feedback, orders, refunds) "
+        "and a contact summary, folded from contact and order events.",
+    )
+
+    @app.get("/customers/{customer_id}/timeline", response_model=TimelinePage)
+    async def get_timeline(
+        customer_id: CustomerIdPath,
+        conn: Conn,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+        cursor: str | None = None,
+        kind: Annotated[list[Kind] | None, Query()] = None,
+        order: Literal["desc", "asc"] = "desc",
+    ) -> TimelinePage:
+        """The customer's touchpoints in event-time order (newest first by default), paged."""
+        try:
+            after = projection.decode_cursor(cursor) if cursor is not None else None
+        except projection.InvalidCursor as problem:
+            raise HTTPException(
+                422, f"invalid cursor: {problem}; pass a next_cursor from a previous page as is"
+            ) from None
+        rows = await store.timeline_page(
+            conn,
+            customer_id,
+            kinds=kind,
+            newest_first=order == "desc",
+            after=after,
+            limit=limit + 1,
+        )
+        if not rows and not await store.has_timeline(conn, customer_id):
+            raise _unknown(customer_id)
+        positions = [TimelinePosition(r["occurred_at"], r["source"], r["event_id"]) for r in rows]
+        return TimelinePage(
+            customer_id=customer_id,
+            items=[TimelineItem(**row) for row in rows[:limit]],
+            next_cursor=projection.next_cursor(positions, limit),
+        )
+
+    @app.get("/customers/{customer_id}/summary", response_model=ContactSummary)
+    async def get_summary(customer_id: CustomerIdPath, conn: Conn) -> ContactSummary:
+        """Contact counts, complaints, refusals and average satisfaction of one customer."""
+        totals = await store.contact_summary(conn, customer_id)
+        if totals is None:
+            raise _unknown(customer_id)
+        return ContactSummary(
+            customer_id=customer_id,
+            touchpoints=totals.touchpoints,
+            contacts=totals.contacts,
+            inbound=totals.inbound,
+            outbound=totals.outbound,
+            refusals=totals.refusals,
+            complaints=totals.complaints,
+            feedback=totals.feedback,
+            feedback_score_sum=totals.feedback_score_sum,
+            average_satisfaction=totals.average_satisfaction,
+            first_contact_at=totals.first_contact_at,
+            last_contact_at=totals.last_contact_at,
+            first_touchpoint_at=totals.first_touchpoint_at,
+            last_touchpoint_at=totals.last_touchpoint_at,
+        )
+
+    return app
+
+
+if __name__ == "__main__":
+    interaction_settings = InteractionSettings()
+    serve(
+        create_app(interaction_settings),
+        "interaction-api",
+        interaction_settings.api_port,
+        interaction_settings.platform.log_level,
+    )

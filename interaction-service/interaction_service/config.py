@@ -1,0 +1,12 @@
+"""Settings of the interaction service (`CRM_INTERACTION_` prefix)."""
+
+from crm_shared.config import ServiceSettings
+from pydantic_settings import SettingsConfigDict
+
+
+class InteractionSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="CRM_INTERACTION_", extra="ignore")
+
+    database: str = "crm_interaction"
+    api_port: int = 8102
+    worker_metrics_port: int = 9102
