@@ -1,0 +1,265 @@
+"""The gateway: the one public entry for client apps. API keys with scopes, rate limits, the
+customer 360 composed from the services, the timeline, and event ingestion into Kafka.
+
+python -m gateway_service.api
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Annotated, Any, Literal
+
+import httpx
+from crm_shared.http import Lifespan, create_api, database_lifespan, serve
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from gateway_service import composition, ingest, metrics, store
+from gateway_service.auth import (
+    CUSTOMERS_READ,
+    EVENTS_WRITE,
+    Forbidden,
+    StoredKey,
+    Unauthorized,
+    check_key,
+    check_scope,
+    parse_key,
+    presented_key,
+)
+from gateway_service.config import GatewaySettings
+from gateway_service.producer import EventProducer
+from gateway_service.ratelimit import RateLimiter
+from gateway_service.upstream import Services, UpstreamFailure, json_body
+
+CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]
+
+BEARER = HTTPBearer(auto_error=False, description="Authorization: Bearer crm_<key id>_<secret>")
+API_KEY_HEADER = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="The API key, instead of Authorization"
+)
+
+
+def require(scope: str) -> Callable[..., Awaitable[StoredKey]]:
+    """A dependency admitting only a working, non-throttled API key that grants `scope`."""
+
+    async def guard(
+        request: Request,
+        api_key: Annotated[str | None, Security(API_KEY_HEADER)],
+        _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+    ) -> StoredKey:
+        try:
+            presented = parse_key(presented_key(request.headers.get("Authorization"), api_key))
+            async with request.app.state.pool.acquire() as conn:
+                stored = await store.find_key(conn, presented.key_id)
+            key = check_key(presented, stored)
+        except Unauthorized as error:
+            raise HTTPException(
+                401, str(error), headers={"WWW-Authenticate": error.challenge}
+            ) from None
+        limiter: RateLimiter = request.app.state.rate_limiter
+        retry_after = limiter.check(key.key_id, time.monotonic())
+        if retry_after:
+            raise HTTPException(
+                429,
+                f"rate limit exceeded for API key {key.key_id} "
+                f"({limiter.rate:g} requests/s, bursts of {limiter.burst}); "
+                f"retry after {retry_after} s",
+                headers={"Retry-After": str(retry_after)},
+            )
+        try:
+            check_scope(key, scope)
+        except Forbidden as error:
+            raise HTTPException(403, str(error)) from None
+        return key
+
+    return guard
+
+
+CustomersReader = Annotated[StoredKey, Depends(require(CUSTOMERS_READ))]
+EventsWriter = Annotated[StoredKey, Depends(require(EVENTS_WRITE))]
+
+
+class MissingPart(BaseModel):
+    part: str
+    reason: str = Field(
+        description="'not found', 'timeout after 2.0 s', 'unavailable: ...' or 'error: ...'"
+    )
+
+
+class Customer360(BaseModel):
+    customer_id: str
+    profile: dict[str, Any] | None = Field(description="From the profile service")
+    timeline: dict[str, Any] | None = Field(description="The 20 latest interactions")
+    contact_summary: dict[str, Any] | None = Field(description="Contacts and feedback in sum")
+    preferences: dict[str, Any] | None = Field(description="Channels, quiet hours and consents")
+    recommendations: dict[str, Any] | None = Field(description="The 10 best next products")
+    missing: list[MissingPart] = Field(description="Parts that are empty, and why")
+
+
+class EventBatch(BaseModel):
+    events: list[Any] = Field(description="1 to 1000 CloudEvents 1.0 envelopes (JSON objects)")
+
+
+class AcceptedEvent(BaseModel):
+    index: int
+    id: str
+    status: Literal["accepted"] = "accepted"
+    topic: str
+
+
+class RejectedEvent(BaseModel):
+    index: int
+    id: str | None
+    status: Literal["rejected"] = "rejected"
+    reason: str
+
+
+class IngestResponse(BaseModel):
+    accepted: int
+    rejected: int
+    results: list[AcceptedEvent | RejectedEvent] = Field(description="One per event, in order")
+
+
+def _view(view: composition.Customer360) -> Customer360:
+    return Customer360(
+        customer_id=view.customer_id,
+        profile=_plain(view.profile),
+        timeline=_plain(view.timeline),
+        contact_summary=_plain(view.contact_summary),
+        preferences=_plain(view.preferences),
+        recommendations=_plain(view.recommendations),
+        missing=[MissingPart(part=m.part, reason=m.reason) for m in view.missing],
+    )
+
+
+def _plain(body: Any) -> dict[str, Any] | None:
+    return None if body is None else dict(body)
+
+
+def _ingest_response(result: ingest.IngestResult) -> IngestResponse:
+    return IngestResponse(
+        accepted=result.accepted,
+        rejected=result.rejected,
+        results=[
+            AcceptedEvent(index=r.index, id=r.id, topic=r.topic)
+            if isinstance(r, ingest.Accepted)
+            else RejectedEvent(index=r.index, id=r.id, reason=r.reason)
+            for r in result.results
+        ],
+    )
+
+
+def gateway_lifespan(settings: GatewaySettings) -> Lifespan:
+    """The database (API keys), the Kafka producer and the HTTP client, for the app's life."""
+    database = database_lifespan(settings.dsn, store.MIGRATIONS, settings.pool_size)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(database(app))
+            events = EventProducer(settings)
+            stack.push_async_callback(events.stop)
+            await events.connect()  # when Kafka is down, it connects again on the next ingest
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(timeout=settings.upstream_timeout_seconds)
+            )
+            app.state.producer = events
+            app.state.services = Services(client, settings)
+            app.state.rate_limiter = RateLimiter(settings.rate_per_second, settings.rate_burst)
+            yield
+
+    return lifespan
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+    app = create_api(
+        "gateway",
+        "CRM gateway",
+        gateway_lifespan(settings),
+        "The public entry of the CRM platform: the customer 360, the timeline and event "
+        "ingestion, behind API keys with scopes and per-key rate limits.",
+    )
+
+    @app.get("/v1/customers/{customer_id}", response_model=Customer360)
+    async def get_customer(
+        customer_id: CustomerIdPath, request: Request, _key: CustomersReader
+    ) -> Customer360:
+        """The customer 360 from every service; what a service cannot give is listed in missing."""
+        services: Services = request.app.state.services
+        outcomes = await services.customer_360(customer_id, request.state.request_id)
+        try:
+            view = composition.compose(customer_id, outcomes)
+        except composition.CustomerUnknown as error:
+            raise HTTPException(404, str(error)) from None
+        return _view(view)
+
+    @app.get("/v1/customers/{customer_id}/timeline", response_model=dict[str, Any])
+    async def get_timeline(
+        customer_id: CustomerIdPath,
+        request: Request,
+        _key: CustomersReader,
+        limit: Annotated[int | None, Query(ge=1)] = None,
+        cursor: Annotated[str | None, Query(max_length=512)] = None,
+        kind: Annotated[list[str] | None, Query(description="Repeat to ask for several")] = None,
+        order: Annotated[str | None, Query(max_length=10)] = None,
+    ) -> JSONResponse:
+        """A page of the customer's timeline, as the interaction service gives it."""
+        services: Services = request.app.state.services
+        params = {
+            name: value
+            for name, value in (
+                ("limit", limit),
+                ("cursor", cursor),
+                ("kind", kind),
+                ("order", order),
+            )
+            if value is not None
+        }
+        try:
+            response = await services.timeline_page(customer_id, params, request.state.request_id)
+        except UpstreamFailure as failure:
+            raise HTTPException(
+                504 if failure.outcome.label == "timeout" else 503,
+                f"the interaction service cannot give the timeline now ({failure}); "
+                "try again later",
+            ) from None
+        body = json_body(response)
+        if response.status_code in (200, 400, 404, 422) and body is not None:
+            return JSONResponse(body, status_code=response.status_code)
+        raise HTTPException(
+            502,
+            f"the interaction service failed to give the timeline (HTTP {response.status_code})",
+        )
+
+    @app.post("/v1/events", response_model=IngestResponse)
+    async def post_events(
+        batch: EventBatch, request: Request, _key: EventsWriter
+    ) -> IngestResponse:
+        """Validate up to 1000 events and publish the valid ones to Kafka; a result per event."""
+        try:
+            plan = ingest.plan_batch(batch.events)
+        except ingest.BatchSizeError as error:
+            raise HTTPException(422, str(error)) from None
+        events: EventProducer = request.app.state.producer
+        failures = await events.publish(plan.publish)
+        result = ingest.settle(plan, failures)
+        metrics.INGESTED_EVENTS.labels("accepted").inc(result.accepted)
+        metrics.INGESTED_EVENTS.labels("rejected").inc(result.rejected)
+        return _ingest_response(result)
+
+    return app
+
+
+if __name__ == "__main__":
+    gateway_settings = GatewaySettings()
+    serve(
+        create_app(gateway_settings),
+        "gateway-api",
+        gateway_settings.api_port,
+        gateway_settings.platform.log_level,
+    )

@@ -1,0 +1,132 @@
+"""The customer 360: which service answers which part, and how the answers become one view. Pure.
+
+Each part ends in one outcome: found, not found (the service does not know the customer: an
+empty part, not an outage), or failed (timeout, unreachable, error). Failed and empty parts
+are listed in `missing` with the reason, so a client sees what it lacks and why; the view as a
+whole fails only when no service knows the customer at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class Part:
+    """One section of the 360 and the service call that fills it."""
+
+    name: str
+    service: Literal["profile", "interaction", "broadcast", "recommendation"]
+    path: str
+    """Path template on the service, with `{customer_id}`."""
+    params: Mapping[str, str] = field(default_factory=dict)
+    knows_customer: bool = True
+    """False for parts that answer for anyone (popular products), so they prove nothing."""
+
+
+PARTS: tuple[Part, ...] = (
+    Part("profile", "profile", "/customers/{customer_id}"),
+    Part("timeline", "interaction", "/customers/{customer_id}/timeline", {"limit": "20"}),
+    Part("contact_summary", "interaction", "/customers/{customer_id}/summary"),
+    Part("preferences", "broadcast", "/customers/{customer_id}/preferences"),
+    Part(
+        "recommendations",
+        "recommendation",
+        "/customers/{customer_id}/recommendations",
+        {"limit": "10"},
+        knows_customer=False,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Found:
+    body: Mapping[str, Any]
+    label: Literal["found"] = "found"
+
+
+@dataclass(frozen=True)
+class NotFound:
+    label: Literal["not_found"] = "not_found"
+    reason: str = "not found"
+
+
+@dataclass(frozen=True)
+class Failed:
+    label: Literal["timeout", "unavailable", "error"]
+    reason: str
+
+
+Outcome = Found | NotFound | Failed
+
+
+def timed_out(seconds: float) -> Failed:
+    return Failed("timeout", f"timeout after {seconds} s")
+
+
+def unavailable(why: str) -> Failed:
+    return Failed("unavailable", f"unavailable: {why}")
+
+
+def errored(why: str) -> Failed:
+    return Failed("error", f"error: {why}")
+
+
+def from_response(status: int, body: Any) -> Outcome:
+    """What a service's HTTP answer means for its part."""
+    if status == 404:
+        return NotFound()
+    if status != 200:
+        return errored(f"HTTP {status}")
+    if not isinstance(body, dict):
+        return errored("the response is not a JSON object")
+    return Found(body)
+
+
+@dataclass(frozen=True)
+class MissingPart:
+    part: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Customer360:
+    customer_id: str
+    profile: Mapping[str, Any] | None
+    timeline: Mapping[str, Any] | None
+    contact_summary: Mapping[str, Any] | None
+    preferences: Mapping[str, Any] | None
+    recommendations: Mapping[str, Any] | None
+    missing: tuple[MissingPart, ...]
+
+
+class CustomerUnknown(LookupError):
+    """No service knows the customer: the gateway answers 404."""
+
+
+def compose(customer_id: str, outcomes: Mapping[str, Outcome]) -> Customer360:
+    """The view from every part's outcome; CustomerUnknown when no part that knows customers
+    knows this one (recommendations answer for anyone, so they do not count)."""
+    ordered = [(part.name, outcomes[part.name]) for part in PARTS]
+    if all(isinstance(outcomes[part.name], NotFound) for part in PARTS if part.knows_customer):
+        raise CustomerUnknown(f"customer {customer_id!r} is unknown")
+    bodies = {
+        name: dict(outcome.body) if isinstance(outcome, Found) else None
+        for name, outcome in ordered
+    }
+    missing = tuple(
+        MissingPart(name, outcome.reason)
+        for name, outcome in ordered
+        if not isinstance(outcome, Found)
+    )
+    return Customer360(
+        customer_id=customer_id,
+        profile=bodies["profile"],
+        timeline=bodies["timeline"],
+        contact_summary=bodies["contact_summary"],
+        preferences=bodies["preferences"],
+        recommendations=bodies["recommendations"],
+        missing=missing,
+    )

@@ -1,0 +1,31 @@
+"""Settings of the gateway (`CRM_GATEWAY_` prefix): where the services are, timeouts, limits."""
+
+from crm_shared.config import ServiceSettings
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+
+class GatewaySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="CRM_GATEWAY_", extra="ignore")
+
+    database: str = "crm_gateway"
+    api_port: int = 8100
+
+    profile_url: str = "http://127.0.0.1:8101"
+    interaction_url: str = "http://127.0.0.1:8102"
+    broadcast_url: str = "http://127.0.0.1:8103"
+    recommendation_url: str = "http://127.0.0.1:8104"
+    upstream_timeout_seconds: float = Field(
+        default=2.0, gt=0, le=60, description="Deadline of each call to a service"
+    )
+
+    rate_per_second: float = Field(
+        default=20.0, gt=0, description="Requests per second each API key may sustain"
+    )
+    rate_burst: int = Field(
+        default=40, ge=1, description="Requests an idle API key may make at once"
+    )
+
+    publish_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120, description="How long an ingest waits for Kafka's acks"
+    )

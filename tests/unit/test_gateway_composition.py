@@ -1,0 +1,131 @@
+"""Gateway customer 360: what each service's answer means, and the view composed from them."""
+
+from __future__ import annotations
+
+import pytest
+from gateway_service.composition import (
+    PARTS,
+    CustomerUnknown,
+    Failed,
+    Found,
+    MissingPart,
+    NotFound,
+    Outcome,
+    compose,
+    errored,
+    from_response,
+    timed_out,
+    unavailable,
+)
+
+NAMES = [part.name for part in PARTS]
+
+
+def _outcomes(**overrides: Outcome) -> dict[str, Outcome]:
+    outcomes: dict[str, Outcome] = {name: Found({"part": name}) for name in NAMES}
+    outcomes.update(overrides)
+    return outcomes
+
+
+def test_the_parts_and_the_calls_that_fill_them() -> None:
+    assert NAMES == ["profile", "timeline", "contact_summary", "preferences", "recommendations"]
+    calls = {part.name: (part.service, part.path, dict(part.params)) for part in PARTS}
+    assert calls["timeline"] == (
+        "interaction",
+        "/customers/{customer_id}/timeline",
+        {"limit": "20"},
+    )
+    assert calls["contact_summary"][:2] == ("interaction", "/customers/{customer_id}/summary")
+    assert calls["preferences"][:2] == ("broadcast", "/customers/{customer_id}/preferences")
+    assert calls["recommendations"][0] == "recommendation"
+    assert calls["recommendations"][2] == {"limit": "10"}
+
+
+def test_every_part_found_gives_a_full_view_with_nothing_missing() -> None:
+    view = compose("C1", _outcomes())
+    assert view.customer_id == "C1"
+    assert view.profile == {"part": "profile"}
+    assert view.recommendations == {"part": "recommendations"}
+    assert view.missing == ()
+
+
+def test_services_that_are_down_leave_their_parts_empty_with_the_reason() -> None:
+    view = compose(
+        "C1",
+        _outcomes(
+            timeline=timed_out(2.0),
+            contact_summary=timed_out(2.0),
+            recommendations=unavailable("connection refused"),
+            preferences=errored("HTTP 500"),
+        ),
+    )
+    assert view.profile == {"part": "profile"}
+    assert view.timeline is view.preferences is view.recommendations is None
+    assert view.missing == (
+        MissingPart("timeline", "timeout after 2.0 s"),
+        MissingPart("contact_summary", "timeout after 2.0 s"),
+        MissingPart("preferences", "error: HTTP 500"),
+        MissingPart("recommendations", "unavailable: connection refused"),
+    )
+
+
+def test_a_part_the_service_does_not_know_is_empty_and_says_not_found() -> None:
+    view = compose("C1", _outcomes(preferences=NotFound()))
+    assert view.preferences is None
+    assert view.missing == (MissingPart("preferences", "not found"),)
+
+
+def test_a_customer_no_service_knows_is_unknown() -> None:
+    with pytest.raises(CustomerUnknown, match="customer 'C9' is unknown"):
+        compose("C9", {name: NotFound() for name in NAMES})
+
+
+def test_not_found_everywhere_reachable_is_not_unknown_while_a_service_is_down() -> None:
+    outcomes = _outcomes(**{name: NotFound() for name in NAMES})
+    outcomes["profile"] = unavailable("connection refused")
+    view = compose("C9", outcomes)
+    assert view.profile is None
+    assert [m.reason for m in view.missing] == ["unavailable: connection refused"] + [
+        "not found"
+    ] * 4
+
+
+def test_recommendations_for_anyone_do_not_make_a_customer_known() -> None:
+    outcomes = {name: NotFound() for name in NAMES}
+    outcomes["recommendations"] = Found({"strategy": "popular", "items": []})
+    with pytest.raises(CustomerUnknown):
+        compose("C9", outcomes)
+
+
+def test_the_view_copies_the_bodies_it_was_given() -> None:
+    body = {"name": "Ann"}
+    view = compose("C1", _outcomes(profile=Found(body)))
+    body["name"] = "changed"
+    assert view.profile == {"name": "Ann"}
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (200, {"a": 1}, Found({"a": 1})),
+        (404, {"error": {}}, NotFound()),
+        (404, None, NotFound()),
+        (500, None, Failed("error", "error: HTTP 500")),
+        (503, {"error": {}}, Failed("error", "error: HTTP 503")),
+        (422, {"error": {}}, Failed("error", "error: HTTP 422")),
+        (200, None, Failed("error", "error: the response is not a JSON object")),
+        (200, [1, 2], Failed("error", "error: the response is not a JSON object")),
+    ],
+)
+def test_what_a_service_answer_means(status: int, body: object, expected: Outcome) -> None:
+    assert from_response(status, body) == expected
+
+
+def test_failure_labels_for_metrics() -> None:
+    assert [o.label for o in (timed_out(1.5), unavailable("x"), errored("y"))] == [
+        "timeout",
+        "unavailable",
+        "error",
+    ]
+    assert timed_out(1.5).reason == "timeout after 1.5 s"
+    assert (Found({}).label, NotFound().label) == ("found", "not_found")
