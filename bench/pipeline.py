@@ -29,10 +29,11 @@ from kafka import KafkaConsumer, KafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from workload import Workload
+
 from crm_shared import launcher
 from crm_shared.events import encode_event
 from crm_shared.topics import EVENT_TOPICS, topic_for
-from workload import Workload
 
 PROJECTIONS: dict[str, tuple[str, ...]] = {
     name: tuple(t.name for t in EVENT_TOPICS if f"{name}-service" in t.consumers)

@@ -11,6 +11,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+
 from crm_shared import launcher
 
 TEST_PORTS = {

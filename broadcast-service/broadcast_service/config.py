@@ -1,7 +1,8 @@
 """Settings of the broadcast service (`CRM_BROADCAST_` prefix)."""
 
-from crm_shared.config import ServiceSettings
 from pydantic_settings import SettingsConfigDict
+
+from crm_shared.config import ServiceSettings
 
 
 class BroadcastSettings(ServiceSettings):

@@ -9,13 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
-from crm_shared.events import Event
-from crm_shared.projector import Projection
-from crm_shared.worker import run_worker
 
 from broadcast_service import metrics, projection, store
 from broadcast_service.config import BroadcastSettings
 from broadcast_service.events import CONSENT_TYPES, FOLDS, PREFERENCE_TYPES, TOPICS
+from crm_shared.events import Event
+from crm_shared.projector import Projection
+from crm_shared.worker import run_worker
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 

@@ -12,12 +12,12 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Annotated, Any, Literal
 
 import httpx
-from crm_shared.http import Lifespan, create_api, database_lifespan, serve
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
+from crm_shared.http import Lifespan, create_api, database_lifespan, serve
 from gateway_service import composition, ingest, metrics, store
 from gateway_service.auth import (
     CUSTOMERS_READ,

@@ -1,8 +1,9 @@
 """Settings of the gateway (`CRM_GATEWAY_` prefix): where the services are, timeouts, limits."""
 
-from crm_shared.config import ServiceSettings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
+
+from crm_shared.config import ServiceSettings
 
 
 class GatewaySettings(ServiceSettings):

@@ -13,8 +13,8 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-from crm_shared.http import REQUEST_ID_HEADER
 
+from crm_shared.http import REQUEST_ID_HEADER
 from gateway_service import metrics
 from gateway_service.composition import (
     PARTS,

@@ -9,10 +9,10 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from crm_shared.http import connection, create_api, database_lifespan, serve
 from fastapi import Depends, FastAPI, HTTPException, Path, Query
 from pydantic import BaseModel
 
+from crm_shared.http import connection, create_api, database_lifespan, serve
 from interaction_service import projection, store
 from interaction_service.config import InteractionSettings
 from interaction_service.projection import Kind, TimelinePosition

@@ -1,7 +1,8 @@
 """Settings of the interaction service (`CRM_INTERACTION_` prefix)."""
 
-from crm_shared.config import ServiceSettings
 from pydantic_settings import SettingsConfigDict
+
+from crm_shared.config import ServiceSettings
 
 
 class InteractionSettings(ServiceSettings):

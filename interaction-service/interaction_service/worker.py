@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
+
 from crm_shared.events import Event
 from crm_shared.projector import Projection
 from crm_shared.worker import run_worker
-
 from interaction_service import metrics, projection, store
 from interaction_service.config import InteractionSettings
 from interaction_service.events import FOLDS, TOPICS

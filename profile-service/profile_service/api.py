@@ -10,10 +10,10 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 import asyncpg
-from crm_shared.http import connection, create_api, database_lifespan, serve
 from fastapi import Depends, FastAPI, HTTPException, Path
 from pydantic import BaseModel
 
+from crm_shared.http import connection, create_api, database_lifespan, serve
 from profile_service import store
 from profile_service.config import ProfileSettings
 from profile_service.worker import MIGRATIONS

@@ -1,7 +1,8 @@
 """Settings of the profile service (`CRM_PROFILE_` prefix)."""
 
-from crm_shared.config import ServiceSettings
 from pydantic_settings import SettingsConfigDict
+
+from crm_shared.config import ServiceSettings
 
 
 class ProfileSettings(ServiceSettings):

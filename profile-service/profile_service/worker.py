@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
+
 from crm_shared.events import Event
 from crm_shared.projector import Projection
 from crm_shared.worker import run_worker
-
 from profile_service import metrics, projection, store
 from profile_service.config import ProfileSettings
 from profile_service.events import CUSTOMER_TYPES, FOLDS, TOPICS

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any, cast
 
 import asyncpg
 import faust
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
 from faust.types import TP
 from prometheus_client import start_http_server
 
@@ -128,12 +131,7 @@ async def rewind_group_to_database(
     """
     async with pool.acquire() as conn:
         positions = await load_positions(conn)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group_id)
-    finally:
-        await admin.close()
+    committed = await _committed_offsets(bootstrap, group_id)
     rewind = {
         tp: positions.get((tp.topic, tp.partition), 0)
         for tp, meta in committed.items()
@@ -154,6 +152,29 @@ async def rewind_group_to_database(
             extra={"group": group_id, "partitions": len(rewind)},
         )
     return {(tp.topic, tp.partition): offset for tp, offset in rewind.items()}
+
+
+async def _committed_offsets(
+    bootstrap: str, group_id: str, wait_seconds: float = 60
+) -> dict[TopicPartition, OffsetAndMetadata]:
+    """The group's committed offsets; waits while a new broker is still creating its group
+    coordinator (the offsets topic appears with the first group)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    deadline = time.monotonic() + wait_seconds
+    try:
+        while True:
+            try:
+                committed: dict[
+                    TopicPartition, OffsetAndMetadata
+                ] = await admin.list_consumer_group_offsets(group_id)
+                return committed
+            except KafkaError as error:
+                if not error.retriable or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+    finally:
+        await admin.close()
 
 
 def _report_lag(app: faust.App, name: str, positions: dict[tuple[str, int], int]) -> None:

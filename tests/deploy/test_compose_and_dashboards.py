@@ -303,8 +303,9 @@ def test_dashboard_uses_the_provisioned_datasource(generator: ModuleType) -> Non
 
 def _exported_metric_names() -> set[str]:
     """The sample names crm_shared.metrics exposes (counters with _total, histograms' series)."""
-    from crm_shared import metrics
     from prometheus_client.metrics import MetricWrapperBase
+
+    from crm_shared import metrics
 
     suffixes = {
         "counter": ["_total"],

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from crm_shared.sdk import EventPublisher
 
+from crm_shared.sdk import EventPublisher
 from tests.integration.helpers import eventually, fetch, get_json, unique
 
 pytestmark = pytest.mark.integration

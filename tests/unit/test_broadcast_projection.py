@@ -7,6 +7,7 @@ from datetime import UTC, datetime, time
 from zoneinfo import ZoneInfo
 
 import pytest
+
 from broadcast_service.projection import (
     EVERY_CHANNEL,
     ChannelPreferences,
@@ -21,7 +22,6 @@ from broadcast_service.projection import (
     preferences_from,
     quiet_until,
 )
-
 from tests.unit.events_factory import at, event
 
 LONDON = ZoneInfo("Europe/London")

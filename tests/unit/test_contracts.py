@@ -6,6 +6,7 @@ import json
 
 import jsonschema
 import yaml
+
 from crm_shared.contracts import ASYNCAPI_FILE, SCHEMA_DIR, drift, message_name
 from crm_shared.events import EVENT_TYPES, build_event
 from crm_shared.topics import ALL_TOPICS

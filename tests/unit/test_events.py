@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from crm_shared.events import MAX_EVENT_BYTES, InvalidEvent, build_event, parse_event
 from crm_shared.topics import ALL_TOPICS, topic_for
 

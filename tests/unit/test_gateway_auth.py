@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+
 from gateway_service.auth import (
     CUSTOMERS_READ,
     EVENTS_WRITE,

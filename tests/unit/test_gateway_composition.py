@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from gateway_service.composition import (
     PARTS,
     CustomerUnknown,

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+
 from crm_shared.events import MAX_EVENT_BYTES, build_event, encode_event
 from gateway_service.ingest import (
     MAX_BATCH,

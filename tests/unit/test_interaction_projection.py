@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+
 from crm_shared.events import Channel, Event
 from interaction_service.projection import (
     CHANNEL_PHRASES,
@@ -23,7 +24,6 @@ from interaction_service.projection import (
     timeline_entries,
     timeline_entry,
 )
-
 from tests.unit.events_factory import at, event, order, refund
 
 

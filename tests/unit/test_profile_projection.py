@@ -5,7 +5,6 @@ from __future__ import annotations
 from decimal import Decimal
 
 from profile_service.projection import evolve_customers, purchase_deltas
-
 from tests.unit.events_factory import at, event, order, refund
 
 

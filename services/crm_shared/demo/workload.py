@@ -1,4 +1,4 @@
-"""A realistic, seeded mix of customer events for benchmarks and load tests (~500 bytes each)."""
+"""A seeded stream of customer events (~450 bytes each) for benchmarks and crash tests."""
 
 from __future__ import annotations
 

@@ -1,0 +1,138 @@
+"""Recommendation read API: popular products, "also bought", and per-customer recommendations.
+
+python -m recommendation_service.api
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import Depends, FastAPI, HTTPException, Query
+from pydantic import BaseModel
+
+from crm_shared.events import CustomerId, ProductId
+from crm_shared.http import connection, create_api, database_lifespan, serve
+from recommendation_service import projection, store
+from recommendation_service.config import RecommendationSettings
+from recommendation_service.projection import Strategy
+from recommendation_service.worker import MIGRATIONS
+
+Conn = Annotated[asyncpg.Connection, Depends(connection)]
+Limit = Annotated[int, Query(ge=1, le=100, description="How many products to return")]
+
+
+class ProductStats(BaseModel):
+    product_id: str
+    description: str | None
+    orders: int
+    quantity: int
+    buyers: int
+    views: int
+
+
+class PopularProducts(BaseModel):
+    products: list[ProductStats]
+
+
+class CoPurchased(BaseModel):
+    product_id: str
+    description: str | None
+    co_buyers: int
+
+
+class AlsoBought(BaseModel):
+    product: ProductStats
+    also_bought: list[CoPurchased]
+
+
+class RecommendedProduct(BaseModel):
+    product_id: str
+    description: str | None
+    score: float
+    co_buyers: int
+    viewed: bool
+
+
+class CustomerRecommendations(BaseModel):
+    customer_id: str
+    strategy: Strategy
+    recommendations: list[RecommendedProduct]
+
+
+def _stats(row: dict[str, Any]) -> ProductStats:
+    return ProductStats.model_validate(row)
+
+
+def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
+    settings = settings or RecommendationSettings()
+    app = create_api(
+        "recommendation",
+        "Recommendation service",
+        database_lifespan(settings.dsn, MIGRATIONS, settings.pool_size),
+        "Personalised product recommendations from orders and product views: "
+        '"customers who bought X also bought Y".',
+    )
+
+    @app.get("/products/popular", response_model=PopularProducts)
+    async def popular(conn: Conn, limit: Limit = 10) -> PopularProducts:
+        """The most bought products: by distinct buyers, then quantity sold."""
+        rows = await store.popular_products(conn, limit)
+        return PopularProducts(products=[_stats(row) for row in rows])
+
+    @app.get("/products/{product_id}/also-bought", response_model=AlsoBought)
+    async def also_bought(product_id: ProductId, conn: Conn, limit: Limit = 10) -> AlsoBought:
+        """Customers who bought this product also bought these, most shared buyers first."""
+        found = await store.product(conn, product_id)
+        if found is None:
+            raise HTTPException(
+                404, f"product {product_id!r} is not known to the recommendation service"
+            )
+        rows = await store.also_bought(conn, product_id, limit)
+        return AlsoBought(
+            product=_stats(found), also_bought=[CoPurchased.model_validate(r) for r in rows]
+        )
+
+    @app.get("/customers/{customer_id}/recommendations", response_model=CustomerRecommendations)
+    async def recommendations(
+        customer_id: CustomerId, conn: Conn, limit: Limit = 10
+    ) -> CustomerRecommendations:
+        """Products to offer this customer; the popular ones when their purchases say nothing."""
+        bought = await store.bought_products(conn, customer_id)
+        co_buyers = await store.co_buyers_with(conn, bought[: projection.RECOMMENDATION_SEEDS])
+        viewed = await store.viewed_products(conn, customer_id)
+        popular = await store.popular_products(conn, limit, exclude=bought)
+        ranked = projection.recommend(
+            set(bought),
+            co_buyers,
+            viewed,
+            [(row["product_id"], row["buyers"]) for row in popular],
+            limit,
+        )
+        described = await store.descriptions(conn, [item.product_id for item in ranked.items])
+        return CustomerRecommendations(
+            customer_id=customer_id,
+            strategy=ranked.strategy,
+            recommendations=[
+                RecommendedProduct(
+                    product_id=item.product_id,
+                    description=described.get(item.product_id),
+                    score=item.score,
+                    co_buyers=item.co_buyers,
+                    viewed=item.viewed,
+                )
+                for item in ranked.items
+            ],
+        )
+
+    return app
+
+
+if __name__ == "__main__":
+    recommendation_settings = RecommendationSettings()
+    serve(
+        create_app(recommendation_settings),
+        "recommendation-api",
+        recommendation_settings.api_port,
+        recommendation_settings.platform.log_level,
+    )

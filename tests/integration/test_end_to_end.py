@@ -1,0 +1,230 @@
+"""End to end: events from kcat, the SDK and the gateway show up in the gateway's customer 360."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from crm_shared import launcher
+from crm_shared.events import build_event
+from crm_shared.sdk import EventPublisher
+from tests.integration.helpers import eventually, unique
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2024, 6, 1, 9, 0, tzinfo=UTC)
+
+
+def _create_key(env: dict[str, str], scopes: str) -> str:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway_service.keys",
+            "create",
+            "--name",
+            "e2e",
+            "--scopes",
+            scopes,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
+def _kcat(env: dict[str, str], topic: str, key: str, document: dict[str, object]) -> None:
+    subprocess.run(
+        ["kcat", "-P", "-b", env["CRM_KAFKA_BOOTSTRAP"], "-t", topic, "-k", key],
+        input=json.dumps(document).encode(),
+        check=True,
+        timeout=30,
+    )
+
+
+@pytest.fixture(scope="module")
+def keys(platform: dict[str, str]) -> dict[str, str]:
+    return {
+        "full": _create_key(platform, "customers:read,events:write"),
+        "read": _create_key(platform, "customers:read"),
+    }
+
+
+def _gateway(platform: dict[str, str]) -> str:
+    return f"http://127.0.0.1:{platform['CRM_GATEWAY_API_PORT']}"
+
+
+async def test_events_from_three_publishers_make_up_the_customer_360(
+    platform: dict[str, str], keys: dict[str, str]
+) -> None:
+    customer = unique("e2e")
+    product = unique("P")
+    # 1. kcat, a client none of us wrote: a phone call and a channel preference.
+    _kcat(
+        platform,
+        "crm.contacts",
+        customer,
+        build_event(
+            "crm.contact.logged.v1",
+            customer,
+            {
+                "channel": "phone",
+                "direction": "inbound",
+                "department": "support",
+                "topic": "delivery delay",
+                "outcome": "resolved",
+            },
+            source="call-centre",
+            time=T0,
+            event_id=f"{customer}-call",
+        ),
+    )
+    _kcat(
+        platform,
+        "crm.preferences",
+        customer,
+        build_event(
+            "crm.channel_preference.set.v1",
+            customer,
+            {"channels": ["sms", "email"]},
+            source="web-site",
+            time=T0,
+            event_id=f"{customer}-prefs",
+        ),
+    )
+    # 2. The SDK: registration, an order, a consent.
+    with EventPublisher(platform["CRM_KAFKA_BOOTSTRAP"], source="shop") as sdk:
+        sdk.publish(
+            "crm.customer.registered.v1",
+            customer,
+            {"name": "Grace Hopper", "country": "US"},
+            time=T0,
+            event_id=f"{customer}-reg",
+        )
+        sdk.publish(
+            "crm.order.placed.v1",
+            customer,
+            {
+                "order_id": f"{customer}-O1",
+                "lines": [{"product_id": product, "quantity": 3, "unit_price": "4.00"}],
+            },
+            time=T0 + timedelta(hours=1),
+            event_id=f"{customer}-order",
+        )
+        sdk.publish(
+            "crm.consent.granted.v1",
+            customer,
+            {"purpose": "marketing"},
+            time=T0,
+            event_id=f"{customer}-consent",
+        )
+    # 3. The gateway's ingest: one valid feedback, one invalid event.
+    headers = {"Authorization": f"Bearer {keys['full']}"}
+    feedback = build_event(
+        "crm.feedback.given.v1",
+        customer,
+        {"score": 5, "kind": "praise", "comment": "solved in one call"},
+        source="web-site",
+        time=T0 + timedelta(hours=2),
+        event_id=f"{customer}-fb",
+    )
+    invalid = {**feedback, "id": f"{customer}-bad", "data": {"score": 11}}
+    async with httpx.AsyncClient(base_url=_gateway(platform), timeout=10) as client:
+        response = await client.post(
+            "/v1/events", json={"events": [feedback, invalid]}, headers=headers
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["accepted"], body["rejected"]) == (1, 1)
+        assert body["results"][0] == {
+            "index": 0,
+            "id": f"{customer}-fb",
+            "status": "accepted",
+            "topic": "crm.contacts",
+        }
+        assert body["results"][1]["status"] == "rejected"
+        assert "score" in body["results"][1]["reason"]
+
+        async def view() -> dict[str, object]:
+            answer = await client.get(f"/v1/customers/{customer}", headers=headers)
+            return answer.json() if answer.status_code == 200 else {}
+
+        def complete(v: dict[str, object]) -> bool:
+            timeline = v.get("timeline") or {}
+            return (
+                bool(v.get("profile"))
+                and bool(v.get("preferences"))
+                and len(timeline.get("items", [])) == 3  # type: ignore[union-attr]
+            )
+
+        customer360 = await eventually(
+            view, complete, what="the 360 to show every publisher's events"
+        )
+    profile = customer360["profile"]
+    assert profile["name"] == "Grace Hopper"  # type: ignore[index]
+    assert profile["purchases"]["orders"] == 1  # type: ignore[index]
+    kinds = [item["kind"] for item in customer360["timeline"]["items"]]  # type: ignore[index]
+    assert kinds == ["feedback", "order", "contact"], "newest first"
+    assert customer360["preferences"]["channels"] == ["sms", "email"]  # type: ignore[index]
+    assert customer360["contact_summary"]["average_satisfaction"] == 5  # type: ignore[index]
+    assert customer360["missing"] == []
+
+
+async def test_a_service_that_is_down_is_reported_missing_not_fatal(
+    platform: dict[str, str], keys: dict[str, str]
+) -> None:
+    customer = unique("down")
+    with EventPublisher(platform["CRM_KAFKA_BOOTSTRAP"], source="shop") as sdk:
+        sdk.publish(
+            "crm.customer.registered.v1", customer, {"name": "Ann"}, event_id=f"{customer}-r"
+        )
+    headers = {"X-API-Key": keys["read"]}
+    broadcast_api = launcher.BY_NAME["broadcast-api"]
+    async with httpx.AsyncClient(base_url=_gateway(platform), timeout=10) as client:
+        await eventually(
+            lambda: client.get(f"/v1/customers/{customer}", headers=headers),
+            lambda r: r.status_code == 200 and r.json()["profile"] is not None,
+            what="the profile part",
+        )
+        launcher.stop(broadcast_api, platform)
+        try:
+            response = await client.get(f"/v1/customers/{customer}", headers=headers)
+        finally:
+            launcher.start(broadcast_api, platform)
+            launcher.wait_healthy([broadcast_api], platform)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["profile"]["name"] == "Ann"
+    missing = {m["part"]: m["reason"] for m in body["missing"]}
+    assert missing["preferences"].startswith("unavailable"), missing
+
+
+async def test_the_gateway_refuses_clearly(platform: dict[str, str], keys: dict[str, str]) -> None:
+    async with httpx.AsyncClient(base_url=_gateway(platform), timeout=10) as client:
+        no_key = await client.get("/v1/customers/C1")
+        assert no_key.status_code == 401
+        assert no_key.headers["WWW-Authenticate"].startswith("Bearer")
+        wrong = await client.get("/v1/customers/C1", headers={"Authorization": "Bearer crm_x_y"})
+        assert wrong.status_code == 401
+        read_only = {"Authorization": f"Bearer {keys['read']}"}
+        forbidden = await client.post("/v1/events", json={"events": []}, headers=read_only)
+        assert forbidden.status_code == 403
+        assert "events:write" in forbidden.json()["error"]["message"]
+        unknown = await client.get(f"/v1/customers/{unique('nobody')}", headers=read_only)
+        assert unknown.status_code == 404
+        assert "unknown" in unknown.json()["error"]["message"]
+        full = {"Authorization": f"Bearer {keys['full']}"}
+        too_many = await client.post("/v1/events", json={"events": [{}] * 1001}, headers=full)
+        assert too_many.status_code == 422
+        assert "1000" in too_many.json()["error"]["message"]
+        not_json = await client.post(
+            "/v1/events", content=b"{", headers={**full, "Content-Type": "application/json"}
+        )
+        assert not_json.status_code == 422

@@ -1,0 +1,111 @@
+"""The synthetic demo facts: deterministic, valid, inside each customer's window, varied enough."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from crm_shared.demo import event_order
+from crm_shared.demo.synthetic import AFTER_LAST_SEEN, SOURCE, generate
+from crm_shared.events import validate_event
+
+T0 = datetime(2010, 12, 1, 8, 26, tzinfo=UTC)
+CUSTOMERS = [
+    (str(12_000 + n), T0 + timedelta(days=n), T0 + timedelta(days=n + (n * 37) % 300))
+    for n in range(300)
+]
+PRODUCTS = ["85123A", "22423", "85099B", "84879", "47566", "20725", "22720", "POST"]
+
+
+@pytest.fixture(scope="module")
+def documents() -> list[dict[str, Any]]:
+    return generate(CUSTOMERS, PRODUCTS, seed=7)
+
+
+def test_same_seed_same_events_other_seed_other_events(documents: list[dict[str, Any]]) -> None:
+    assert generate(CUSTOMERS, PRODUCTS, seed=7) == documents
+    assert generate(CUSTOMERS, PRODUCTS, seed=8) != documents
+
+
+def test_a_customer_gets_the_same_facts_when_loaded_alone(documents: list[dict[str, Any]]) -> None:
+    alone = generate(CUSTOMERS[5:6], PRODUCTS, seed=7)
+    assert alone == [d for d in documents if d["subject"] == CUSTOMERS[5][0]]
+
+
+def test_every_event_is_valid_with_a_unique_deterministic_id(
+    documents: list[dict[str, Any]],
+) -> None:
+    for document in documents:
+        event = validate_event(document)
+        assert event.source == SOURCE
+        assert event.id.startswith("demo-")
+        assert event.customer_id in event.id
+    assert len({d["id"] for d in documents}) == len(documents)
+
+
+def test_events_lie_in_the_customer_window_and_are_in_publishing_order(
+    documents: list[dict[str, Any]],
+) -> None:
+    windows = {customer: (first, last) for customer, first, last in CUSTOMERS}
+    for document in documents:
+        first, last = windows[document["subject"]]
+        assert first <= datetime.fromisoformat(document["time"]) <= last + AFTER_LAST_SEEN
+    keys = [event_order(d) for d in documents]
+    assert keys == sorted(keys)
+
+
+def test_counts_per_customer_are_in_the_documented_ranges(documents: list[dict[str, Any]]) -> None:
+    per_customer: dict[str, Counter[str]] = defaultdict(Counter)
+    for document in documents:
+        per_customer[document["subject"]][document["type"]] += 1
+    assert len(per_customer) == len(CUSTOMERS)
+    for counts in per_customer.values():
+        assert counts["crm.channel_preference.set.v1"] == 1
+        assert 1 <= counts["crm.consent.granted.v1"] <= 3
+        assert counts["crm.consent.revoked.v1"] <= counts["crm.consent.granted.v1"]
+        assert counts["crm.contact.logged.v1"] <= 6
+        assert counts["crm.feedback.given.v1"] <= 3
+        assert counts["crm.product.viewed.v1"] <= 15
+
+
+def test_the_facts_cover_what_the_services_must_handle(documents: list[dict[str, Any]]) -> None:
+    contacts = [d["data"] for d in documents if d["type"] == "crm.contact.logged.v1"]
+    assert {"refused", "escalated", "resolved"} <= {c["outcome"] for c in contacts}
+    assert {c["department"] for c in contacts} == {"sales", "support", "service", "billing"}
+    assert {c["direction"] for c in contacts} == {"inbound", "outbound"}
+    feedback = [d["data"] for d in documents if d["type"] == "crm.feedback.given.v1"]
+    assert {f["score"] for f in feedback} == {1, 2, 3, 4, 5}
+    assert {f["kind"] for f in feedback} == {"praise", "complaint", "suggestion", "comment"}
+    assert all(f["kind"] != "praise" for f in feedback if f["score"] <= 2)
+    preferences = [d["data"] for d in documents if d["type"] == "crm.channel_preference.set.v1"]
+    assert any(p.get("quiet_hours") for p in preferences)
+    assert any(not p.get("quiet_hours") for p in preferences)
+    purposes = {d["data"]["purpose"] for d in documents if d["type"] == "crm.consent.granted.v1"}
+    assert purposes == {"marketing", "newsletter", "profiling"}
+    views = [d["data"] for d in documents if d["type"] == "crm.product.viewed.v1"]
+    assert {v["product_id"] for v in views} <= set(PRODUCTS)
+    popularity = Counter(v["product_id"] for v in views)
+    assert popularity[PRODUCTS[0]] > popularity[PRODUCTS[-1]]
+
+
+def test_a_revocation_follows_its_grant(documents: list[dict[str, Any]]) -> None:
+    granted = {
+        (d["subject"], d["data"]["purpose"]): datetime.fromisoformat(d["time"])
+        for d in documents
+        if d["type"] == "crm.consent.granted.v1"
+    }
+    revoked = [d for d in documents if d["type"] == "crm.consent.revoked.v1"]
+    assert revoked
+    for document in revoked:
+        grant = granted[document["subject"], document["data"]["purpose"]]
+        assert grant <= datetime.fromisoformat(document["time"])
+
+
+def test_bad_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="product"):
+        generate(CUSTOMERS[:1], [], seed=7)
+    with pytest.raises(ValueError, match="last seen before first seen"):
+        generate([("1", T0, T0 - timedelta(days=1))], PRODUCTS, seed=7)
