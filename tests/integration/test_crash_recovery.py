@@ -185,3 +185,34 @@ async def test_killed_workers_resume_without_losing_or_repeating_anything(
     assert len(expected["consents"]) > 100
     for key, granted in expected["consents"].items():
         assert actual["consents"][key] == granted, key
+
+
+async def test_a_dropped_projection_is_rebuilt_from_the_log(platform: dict[str, str]) -> None:
+    """Kafka is the system of record: drop the profile database, restart its worker, same totals."""
+    prefix = unique("rebuild")
+    events = list(Workload(seed=5, customers=50, products=40, prefix=prefix).events(2_000))
+    publish(platform["CRM_KAFKA_BOOTSTRAP"], events, rate=10_000)
+    expected = independent_fold(events)["totals"]
+    base = platform["CRM_PG_DSN_BASE"]
+    query = (
+        "SELECT customer_id, orders, refunds, gross_revenue, refunded FROM purchase_totals"
+        " WHERE customer_id LIKE $1"
+    )
+
+    async def totals() -> dict[str, tuple[Any, ...]]:
+        rows = await fetch(f"{base}/crm_profile", query, f"{prefix}%")
+        return {
+            r["customer_id"]: (r["orders"], r["refunds"], r["gross_revenue"], r["refunded"])
+            for r in rows
+        }
+
+    await eventually(totals, lambda found: found == expected, what="the first fold")
+    worker = launcher.BY_NAME["profile-worker"]
+    launcher.stop(worker, platform)
+    await fetch(f"{base}/postgres", "DROP DATABASE crm_profile WITH (FORCE)")
+    launcher.start(worker, platform)
+    launcher.wait_healthy([worker], platform)
+    rebuilt = await eventually(
+        totals, lambda found: found == expected, within=180, what="the rebuild"
+    )
+    assert rebuilt == expected
