@@ -69,6 +69,9 @@ def build_app(
         consumer_max_fetch_size=MAX_RECORD_BYTES,
         stream_wait_empty=True,
         broker_commit_interval=1.0,
+        # A replica that dies gives its partitions to the others within ~10 s, not faust's 60 s.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
         store="memory://",
     )
     source = app.topic(*(topic.name for topic in projection.topics))

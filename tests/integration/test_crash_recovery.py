@@ -216,3 +216,50 @@ async def test_a_dropped_projection_is_rebuilt_from_the_log(platform: dict[str, 
         totals, lambda found: found == expected, within=180, what="the rebuild"
     )
     assert rebuilt == expected
+
+
+async def test_a_second_replica_joining_and_dying_mid_stream_changes_no_total(
+    platform: dict[str, str],
+) -> None:
+    """Two rebalances while events flow: partitions move to a new replica and back again."""
+    prefix = unique("rebalance")
+    events = list(Workload(seed=9, customers=200, products=50, prefix=prefix).events(8_000))
+    expected = independent_fold(events)["totals"]
+    replica = launcher.Process(
+        "profile-worker-2",
+        "profile_service.worker",
+        "CRM_PROFILE_WORKER_METRICS_PORT",
+        19111,
+        "/metrics",
+    )
+    replica_env = {**platform, "CRM_PROFILE_WORKER_METRICS_PORT": "19111"}
+    publisher = threading.Thread(
+        target=publish, args=(platform["CRM_KAFKA_BOOTSTRAP"], events, 1_500)
+    )
+    publisher.start()
+    try:
+        await asyncio.sleep(1)
+        launcher.start(replica, replica_env)
+        launcher.wait_healthy([replica], replica_env)
+        await asyncio.sleep(2)
+        launcher.stop(replica, replica_env, kill=True)
+    finally:
+        launcher.stop(replica, replica_env, kill=True)
+        publisher.join()
+    base = platform["CRM_PG_DSN_BASE"]
+    query = (
+        "SELECT customer_id, orders, refunds, gross_revenue, refunded FROM purchase_totals"
+        " WHERE customer_id LIKE $1"
+    )
+
+    async def totals() -> dict[str, tuple[Any, ...]]:
+        rows = await fetch(f"{base}/crm_profile", query, f"{prefix}%")
+        return {
+            r["customer_id"]: (r["orders"], r["refunds"], r["gross_revenue"], r["refunded"])
+            for r in rows
+        }
+
+    found = await eventually(
+        totals, lambda f: f == expected, within=180, what="totals after two rebalances"
+    )
+    assert found == expected
