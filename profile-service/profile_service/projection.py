@@ -81,9 +81,9 @@ def evolve_customers(
     return changed
 
 
-@dataclass(frozen=True)
+@dataclass
 class PurchaseDelta:
-    """What a batch adds to one customer's purchase totals."""
+    """What a batch adds to one customer's purchase totals (accumulated in place: hot path)."""
 
     orders: int = 0
     refunds: int = 0
@@ -93,25 +93,20 @@ class PurchaseDelta:
     first_purchase_at: datetime | None = None
     last_purchase_at: datetime | None = None
 
-    def add(self, event: Event) -> PurchaseDelta:
+    def add(self, event: Event) -> None:
         data = event.data
         if isinstance(data, OrderPlaced):
-            return replace(
-                self,
-                orders=self.orders + 1,
-                items=self.items + sum(line.quantity for line in data.lines),
-                gross_revenue=self.gross_revenue + data.total,
-                first_purchase_at=min(filter(None, (self.first_purchase_at, event.time))),
-                last_purchase_at=max(filter(None, (self.last_purchase_at, event.time))),
-            )
-        if isinstance(data, OrderRefunded):
-            return replace(
-                self,
-                refunds=self.refunds + 1,
-                items=self.items - sum(line.quantity for line in data.lines),
-                refunded=self.refunded + data.total,
-            )
-        return self
+            self.orders += 1
+            self.items += sum(line.quantity for line in data.lines)
+            self.gross_revenue += data.total
+            if self.first_purchase_at is None or event.time < self.first_purchase_at:
+                self.first_purchase_at = event.time
+            if self.last_purchase_at is None or event.time > self.last_purchase_at:
+                self.last_purchase_at = event.time
+        elif isinstance(data, OrderRefunded):
+            self.refunds += 1
+            self.items -= sum(line.quantity for line in data.lines)
+            self.refunded += data.total
 
 
 def purchase_deltas(events: Iterable[Event]) -> dict[str, PurchaseDelta]:
@@ -119,5 +114,8 @@ def purchase_deltas(events: Iterable[Event]) -> dict[str, PurchaseDelta]:
     deltas: dict[str, PurchaseDelta] = {}
     for event in events:
         if isinstance(event.data, OrderPlaced | OrderRefunded):
-            deltas[event.customer_id] = deltas.get(event.customer_id, PurchaseDelta()).add(event)
+            delta = deltas.get(event.customer_id)
+            if delta is None:
+                delta = deltas[event.customer_id] = PurchaseDelta()
+            delta.add(event)
     return deltas

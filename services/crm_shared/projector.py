@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -282,27 +283,31 @@ class BatchProjector:
                 delay = min(delay * 2, self.max_backoff_seconds)
 
     def _count(self, batch: SortedBatch, applied: list[Event], size: int, seconds: float) -> None:
+        """Update metrics once per type, not once per event: labels() lookups are not free."""
         name = self.projection.name
         metrics.BATCH_SIZE.labels(name).observe(size)
         metrics.BATCH_DURATION.labels(name).observe(seconds)
-        for event in batch.events:
-            metrics.EVENTS_CONSUMED.labels(name, event.type).inc()
-        for event_type in batch.ignored_types:
-            metrics.EVENTS_CONSUMED.labels(name, event_type).inc()
-            metrics.EVENTS_IGNORED.labels(name, event_type).inc()
-        applied_ids = {id(e) for e in applied}
-        for event in batch.events:
-            if id(event) not in applied_ids:
-                metrics.EVENTS_DUPLICATE.labels(name, event.type).inc()
+        consumed = Counter(event.type for event in batch.events)
+        ignored = Counter(batch.ignored_types)
+        done = Counter(event.type for event in applied)
+        for event_type, count in (consumed + ignored).items():
+            metrics.EVENTS_CONSUMED.labels(name, event_type).inc(count)
+        for event_type, count in ignored.items():
+            metrics.EVENTS_IGNORED.labels(name, event_type).inc(count)
+        for event_type, count in (consumed - done).items():
+            metrics.EVENTS_DUPLICATE.labels(name, event_type).inc(count)
+        for event_type, count in done.items():
+            metrics.EVENTS_APPLIED.labels(name, event_type).inc(count)
         if not applied:
             return
-        now = datetime.now(UTC)
-        freshness = metrics.FRESHNESS.labels(name)
+        now = datetime.now(UTC).timestamp()
+        observe = metrics.FRESHNESS.labels(name).observe
+        newest = 0.0
         for event in applied:
-            metrics.EVENTS_APPLIED.labels(name, event.type).inc()
-            freshness.observe((now - event.time).total_seconds())
-        newest = max(event.time for event in applied)
-        metrics.LAST_EVENT_TIME.labels(name).set(newest.timestamp())
+            event_time = event.time.timestamp()
+            observe(now - event_time)
+            newest = max(newest, event_time)
+        metrics.LAST_EVENT_TIME.labels(name).set(newest)
 
 
 _TYPE_FIELD = re.compile(rb'"type"\s*:\s*"([A-Za-z0-9_.]{1,128})"')
