@@ -1,0 +1,82 @@
+"""The batch path of each projection without Kafka or faust: decode, claim, fold, commit.
+
+    ./crm bench-folds [--events 40000] [--batch 1000]
+
+Feeds the workload's records straight to each service's BatchProjector, into a scratch
+database per projection, and prints records/s. Set beside `bench/pipeline.py`'s end-to-end
+figure it shows how much of the time is the stream processor and how much is ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import asyncpg
+
+from crm_shared.db import open_pool
+from crm_shared.deadletter import DeadLetter
+from crm_shared.demo.workload import Workload
+from crm_shared.events import encode_event
+from crm_shared.projector import BatchProjector, Projection, RawRecord
+from crm_shared.topics import topic_for
+
+SERVICES = ("profile", "interaction", "broadcast", "recommendation")
+
+
+async def no_dead_letters(letters: Sequence[DeadLetter]) -> None:
+    raise AssertionError(f"the workload produced {len(letters)} invalid records")
+
+
+async def measure(
+    projection: Projection, dsn_base: str, events: list[dict[str, object]], batch: int
+) -> tuple[int, float]:
+    scratch = f"crm_{projection.name}_foldbench"
+    admin = await asyncpg.connect(f"{dsn_base}/postgres")
+    await admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
+    await admin.close()
+    pool = await open_pool(f"{dsn_base}/{scratch}", projection.migrations, 4)
+    topics = {topic.name for topic in projection.topics}
+    records = [
+        RawRecord(topic_for(str(e["type"])), 0, n, str(e["subject"]).encode(), encode_event(e))
+        for n, e in enumerate(events)
+        if topic_for(str(e["type"])) in topics
+    ]
+    projector = BatchProjector(projection, pool, no_dead_letters)
+    started = time.perf_counter()
+    for start in range(0, len(records), batch):
+        await projector.process(records[start : start + batch])
+    elapsed = time.perf_counter() - started
+    await pool.close()
+    admin = await asyncpg.connect(f"{dsn_base}/postgres")
+    await admin.execute(f'DROP DATABASE "{scratch}" WITH (FORCE)')
+    await admin.close()
+    return len(records), elapsed
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=40_000)
+    parser.add_argument("--batch", type=int, default=1_000)
+    args = parser.parse_args()
+    dsn_base = os.environ["CRM_PG_DSN_BASE"]
+    events = list(Workload(seed=2, prefix="fold").events(args.events))
+    for service in SERVICES:
+        projection: Projection = importlib.import_module(f"{service}_service.worker").PROJECTION
+        print(f"[bench] folding into {service} ...", file=sys.stderr, flush=True)
+        count, seconds = await measure(projection, dsn_base, events, args.batch)
+        print(
+            f"{service:15} {count:7,} records in {seconds:5.1f} s "
+            f"= {count / seconds:8,.0f} records/s"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
