@@ -103,7 +103,7 @@ def create_app(settings: BroadcastSettings | None = None) -> FastAPI:
     app = create_api(
         "broadcast",
         "Broadcast service",
-        database_lifespan(settings.dsn, MIGRATIONS, settings.pool_size),
+        database_lifespan(settings, MIGRATIONS),
         "How each customer wants to be reached and what they consent to, folded from preference "
         "and consent events; and whether and how to contact them now.",
     )
@@ -173,10 +173,4 @@ def create_app(settings: BroadcastSettings | None = None) -> FastAPI:
 
 
 if __name__ == "__main__":
-    broadcast_settings = BroadcastSettings()
-    serve(
-        create_app(broadcast_settings),
-        "broadcast-api",
-        broadcast_settings.api_port,
-        broadcast_settings.platform.log_level,
-    )
+    serve(create_app, BroadcastSettings(), "broadcast-api")

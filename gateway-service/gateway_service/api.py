@@ -155,7 +155,7 @@ def _ingest_response(result: ingest.IngestResult) -> IngestResponse:
 
 def gateway_lifespan(settings: GatewaySettings) -> Lifespan:
     """The database (API keys), the Kafka producer and the HTTP client, for the app's life."""
-    database = database_lifespan(settings.dsn, store.MIGRATIONS, settings.pool_size)
+    database = database_lifespan(settings, store.MIGRATIONS)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -256,10 +256,4 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
 
 if __name__ == "__main__":
-    gateway_settings = GatewaySettings()
-    serve(
-        create_app(gateway_settings),
-        "gateway-api",
-        gateway_settings.api_port,
-        gateway_settings.platform.log_level,
-    )
+    serve(create_app, GatewaySettings(), "gateway-api")

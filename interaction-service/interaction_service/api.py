@@ -68,7 +68,7 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
     app = create_api(
         "interaction",
         "Interaction service",
-        database_lifespan(settings.dsn, MIGRATIONS, settings.pool_size),
+        database_lifespan(settings, MIGRATIONS),
         "Every touchpoint of a customer with the company (contacts, feedback, orders, refunds) "
         "and a contact summary, folded from contact and order events.",
     )
@@ -133,10 +133,4 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
 
 
 if __name__ == "__main__":
-    interaction_settings = InteractionSettings()
-    serve(
-        create_app(interaction_settings),
-        "interaction-api",
-        interaction_settings.api_port,
-        interaction_settings.platform.log_level,
-    )
+    serve(create_app, InteractionSettings(), "interaction-api")

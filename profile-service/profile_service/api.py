@@ -85,7 +85,7 @@ def create_app(settings: ProfileSettings | None = None) -> FastAPI:
     app = create_api(
         "profile",
         "Profile service",
-        database_lifespan(settings.dsn, MIGRATIONS, settings.pool_size),
+        database_lifespan(settings, MIGRATIONS),
         "The customer record, identifiers and purchase totals, folded from customer events.",
     )
 
@@ -115,10 +115,4 @@ def create_app(settings: ProfileSettings | None = None) -> FastAPI:
 
 
 if __name__ == "__main__":
-    profile_settings = ProfileSettings()
-    serve(
-        create_app(profile_settings),
-        "profile-api",
-        profile_settings.api_port,
-        profile_settings.platform.log_level,
-    )
+    serve(create_app, ProfileSettings(), "profile-api")

@@ -69,7 +69,7 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
     app = create_api(
         "recommendation",
         "Recommendation service",
-        database_lifespan(settings.dsn, MIGRATIONS, settings.pool_size),
+        database_lifespan(settings, MIGRATIONS),
         "Personalised product recommendations from orders and product views: "
         '"customers who bought X also bought Y".',
     )
@@ -129,10 +129,4 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
 
 
 if __name__ == "__main__":
-    recommendation_settings = RecommendationSettings()
-    serve(
-        create_app(recommendation_settings),
-        "recommendation-api",
-        recommendation_settings.api_port,
-        recommendation_settings.platform.log_level,
-    )
+    serve(create_app, RecommendationSettings(), "recommendation-api")

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import uvicorn
@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from crm_shared import metrics
+from crm_shared.config import ServiceSettings
 from crm_shared.db import open_pool
 from crm_shared.logs import configure_logging
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+S = TypeVar("S", bound=ServiceSettings)
 
 
 def create_api(service: str, title: str, lifespan: Lifespan, description: str = "") -> FastAPI:
@@ -103,12 +105,12 @@ def _route_template(request: Request) -> str:
     return "unmatched"
 
 
-def database_lifespan(dsn: str, migrations: Path, pool_size: int) -> Lifespan:
+def database_lifespan(settings: ServiceSettings, migrations: Path) -> Lifespan:
     """Open (and migrate) the service's database on start-up; close the pool on shutdown."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.pool = await open_pool(dsn, migrations, pool_size)
+        app.state.pool = await open_pool(settings.dsn, migrations, settings.pool_size)
         try:
             yield
         finally:
@@ -123,7 +125,9 @@ async def connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
         yield conn
 
 
-def serve(app: FastAPI, process_name: str, port: int, log_level: str = "INFO") -> None:
-    """Run an API with uvicorn on loopback-or-all interfaces, logging JSON lines."""
-    configure_logging(process_name, log_level)
-    uvicorn.run(app, host="0.0.0.0", port=port, log_config=None, access_log=False)
+def serve(factory: Callable[[S], FastAPI], settings: S, process_name: str) -> None:
+    """Run an API built by `factory` with uvicorn on the settings' port, logging JSON lines."""
+    configure_logging(process_name, settings.platform.log_level)
+    uvicorn.run(
+        factory(settings), host="0.0.0.0", port=settings.api_port, log_config=None, access_log=False
+    )
