@@ -38,3 +38,16 @@ def test_schema_files_accept_what_the_models_build_and_refuse_a_wrong_type() -> 
     except jsonschema.ValidationError:
         return
     raise AssertionError("the schema accepted an envelope of another type")
+
+
+def test_each_worker_subscribes_to_exactly_the_topics_the_contract_says_it_consumes() -> None:
+    from broadcast_service.worker import PROJECTION as broadcast
+    from interaction_service.worker import PROJECTION as interaction
+    from profile_service.worker import PROJECTION as profile
+    from recommendation_service.worker import PROJECTION as recommendation
+
+    for projection in (profile, interaction, broadcast, recommendation):
+        declared = {t.name for t in ALL_TOPICS if f"{projection.name}-service" in t.consumers}
+        assert {t.name for t in projection.topics} == declared, projection.name
+        carried = {event_type for t in projection.topics for event_type in t.event_types}
+        assert projection.folds <= carried, f"{projection.name} folds types it never reads"
