@@ -194,17 +194,9 @@ async def test_a_dropped_projection_is_rebuilt_from_the_log(platform: dict[str, 
     publish(platform["CRM_KAFKA_BOOTSTRAP"], events, rate=10_000)
     expected = independent_fold(events)["totals"]
     base = platform["CRM_PG_DSN_BASE"]
-    query = (
-        "SELECT customer_id, orders, refunds, gross_revenue, refunded FROM purchase_totals"
-        " WHERE customer_id LIKE $1"
-    )
 
     async def totals() -> dict[str, tuple[Any, ...]]:
-        rows = await fetch(f"{base}/crm_profile", query, f"{prefix}%")
-        return {
-            r["customer_id"]: (r["orders"], r["refunds"], r["gross_revenue"], r["refunded"])
-            for r in rows
-        }
+        return (await projections(base, prefix))["totals"]
 
     await eventually(totals, lambda found: found == expected, what="the first fold")
     worker = launcher.BY_NAME["profile-worker"]
@@ -247,17 +239,9 @@ async def test_a_second_replica_joining_and_dying_mid_stream_changes_no_total(
         launcher.stop(replica, replica_env, kill=True)
         publisher.join()
     base = platform["CRM_PG_DSN_BASE"]
-    query = (
-        "SELECT customer_id, orders, refunds, gross_revenue, refunded FROM purchase_totals"
-        " WHERE customer_id LIKE $1"
-    )
 
     async def totals() -> dict[str, tuple[Any, ...]]:
-        rows = await fetch(f"{base}/crm_profile", query, f"{prefix}%")
-        return {
-            r["customer_id"]: (r["orders"], r["refunds"], r["gross_revenue"], r["refunded"])
-            for r in rows
-        }
+        return (await projections(base, prefix))["totals"]
 
     found = await eventually(
         totals, lambda f: f == expected, within=180, what="totals after two rebalances"
