@@ -147,8 +147,10 @@ crm_ensure_system_packages() (
     command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
     command -v mvn >/dev/null 2>&1 || missing+=(maven)
     command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+    # Prometheus and promtool: the test suite checks the scrape configs and dashboard queries.
+    command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
     if ((${#missing[@]} == 0)); then
-        crm__log "system packages: all present (postgresql, kcat, docker-compose, maven, java)"
+        crm__log "system packages: all present (postgresql, kcat, docker-compose, maven, java, prometheus)"
         return 0
     fi
     local -a sudo=()
