@@ -11,10 +11,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
-from typing import Literal
+from typing import Any, Literal, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from crm_shared.events import ChannelPreferenceSet, ConsentGranted, ConsentRevoked, Event
+
+
+class _Versioned(Protocol):
+    @property
+    def version(self) -> tuple[Any, ...]: ...
+
+
+K = TypeVar("K")
+V = TypeVar("V", bound=_Versioned)
 
 EVERY_CHANNEL = "*"
 """The channel of a consent given or refused for every channel at once."""
@@ -76,13 +85,7 @@ def evolve_preferences(
     current: Mapping[str, ChannelPreferences], events: Iterable[Event]
 ) -> dict[str, ChannelPreferences]:
     """Fold a batch of preference events; returns only the records that changed."""
-    changed: dict[str, ChannelPreferences] = {}
-    for event in events:
-        candidate = preferences_from(event)
-        before = changed.get(event.customer_id) or current.get(event.customer_id)
-        if before is None or candidate.version > before.version:
-            changed[event.customer_id] = candidate
-    return changed
+    return _newest(current, ((e.customer_id, preferences_from(e)) for e in events))
 
 
 @dataclass(frozen=True)
@@ -130,12 +133,16 @@ def evolve_consents(
     current: Mapping[ConsentKey, Consent], events: Iterable[Event]
 ) -> dict[ConsentKey, Consent]:
     """Fold a batch of consent events; returns only the states that changed."""
-    changed: dict[ConsentKey, Consent] = {}
-    for event in events:
-        candidate = consent_from(event)
-        before = changed.get(candidate.key) or current.get(candidate.key)
+    return _newest(current, ((c.key, c) for c in map(consent_from, events)))
+
+
+def _newest(current: Mapping[K, V], candidates: Iterable[tuple[K, V]]) -> dict[K, V]:
+    """Last writer wins by version (event time first): what replaces the stored state."""
+    changed: dict[K, V] = {}
+    for key, candidate in candidates:
+        before = changed.get(key) or current.get(key)
         if before is None or candidate.version > before.version:
-            changed[candidate.key] = candidate
+            changed[key] = candidate
     return changed
 
 
