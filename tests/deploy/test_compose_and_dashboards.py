@@ -15,19 +15,12 @@ A missing tool fails the test (with that hint) rather than skipping it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
-import time
 import tomllib
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -36,14 +29,14 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.observability import GENERATOR, dashboard_generator, query, require, running_prometheus
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
 PROMETHEUS_LOCAL = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 PROMETHEUS_DOCKER = ROOT / "deploy" / "prometheus" / "prometheus.docker.yml"
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
-GENERATOR = GRAFANA_DIR / "generate.py"
-APT_HINT = "install it with: apt-get install -y prometheus docker-compose"
 
 # compose service -> (`service` label, component, port)
 PROCESSES: dict[str, tuple[str, str, int]] = {
@@ -66,29 +59,13 @@ PACKAGES = {
 }
 
 
-def _require(binary: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        pytest.fail(f"`{binary}` is not installed (or not on PATH); {APT_HINT}", pytrace=False)
-    return path
-
-
 def _load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
 def generator() -> ModuleType:
-    """deploy/grafana/generate.py imported as a module (deploy/ is no package)."""
-    spec = importlib.util.spec_from_file_location("crm_grafana_generate", GENERATOR)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.modules.pop(spec.name, None)
-    return module
+    return dashboard_generator()
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +79,7 @@ def compose() -> dict[str, Any]:
 
 
 def test_docker_compose_config_is_valid() -> None:
-    binary = _require("docker-compose")
+    binary = require("docker-compose")
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
     result = subprocess.run(
         [binary, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), "config", "-q"],
@@ -228,7 +205,7 @@ def test_prometheus_configs_scrape_every_process() -> None:
 
 
 def test_promtool_accepts_the_prometheus_configs() -> None:
-    promtool = _require("promtool")
+    promtool = require("promtool")
     result = subprocess.run(
         [promtool, "check", "config", str(PROMETHEUS_LOCAL), str(PROMETHEUS_DOCKER)],
         capture_output=True,
@@ -345,83 +322,25 @@ def test_panel_queries_use_real_metric_names(generator: ModuleType) -> None:
 # ----------------------------------------------------------------------------- real Prometheus
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _get_json(url: str) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:  # 400/422 carry the PromQL error as JSON
-        return error.code, json.loads(error.read() or b"{}")
-
-
 @pytest.fixture(scope="module")
 def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Prometheus (Debian's package) on a free loopback port, scraping nothing."""
-    binary = _require("prometheus")
-    workdir = tmp_path_factory.mktemp("prometheus")
-    config = workdir / "prometheus.yml"
-    config.write_text("global:\n  scrape_interval: 15s\nscrape_configs: []\n", encoding="utf-8")
-    port = _free_port()
-    log_path = workdir / "prometheus.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"prometheus exited with {process.returncode}:\n{log_path.read_text()[-4000:]}"
-                )
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"prometheus not ready after 60 s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.2)
+    """A real Prometheus on a free loopback port, scraping nothing."""
+    config = "global:\n  scrape_interval: 15s\nscrape_configs: []\n"
+    with running_prometheus(config, tmp_path_factory.mktemp("prometheus")) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-def _query(url: str, expr: str) -> tuple[int, dict[str, Any]]:
-    return _get_json(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}")
 
 
 @pytest.mark.integration
 def test_panel_queries_are_valid_promql(prometheus_url: str, generator: ModuleType) -> None:
     # The check is meaningful: a broken expression is reported as an error.
-    status, body = _query(prometheus_url, "sum by (projection (rate(crm_events_applied_total[1m]))")
+    status, body = query(prometheus_url, "sum by (projection (rate(crm_events_applied_total[1m]))")
     assert body.get("status") == "error" and body.get("errorType") == "bad_data", (status, body)
 
     queries = generator.prometheus_queries()
     assert queries
     failures = []
     for expr in queries:
-        status, body = _query(prometheus_url, expr)
+        status, body = query(prometheus_url, expr)
         if body.get("status") != "success":
             failures.append(f"{expr}\n  -> HTTP {status}: {body.get('error', body)}")
     assert not failures, "invalid PromQL in the dashboards:\n" + "\n".join(failures)
