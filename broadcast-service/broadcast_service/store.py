@@ -13,6 +13,7 @@ from broadcast_service.projection import (
     ConsentKey,
     QuietWindow,
 )
+from crm_shared.db import columns
 
 
 def _preferences(row: Mapping[str, Any]) -> ChannelPreferences:
@@ -128,13 +129,16 @@ async def add_history(conn: asyncpg.Connection, changes: Collection[Consent]) ->
                              $6::boolean[], $7::timestamptz[])
         ON CONFLICT (source, event_id) DO NOTHING
         """,
-        [c.source for c in changes],
-        [c.event_id for c in changes],
-        [c.customer_id for c in changes],
-        [c.purpose for c in changes],
-        [c.channel for c in changes],
-        [c.granted for c in changes],
-        [c.changed_at for c in changes],
+        *columns(
+            changes,
+            "source",
+            "event_id",
+            "customer_id",
+            "purpose",
+            "channel",
+            "granted",
+            "changed_at",
+        ),
     )
 
 

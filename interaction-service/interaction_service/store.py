@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from crm_shared.db import columns
 from interaction_service.projection import (
     ContactTotals,
     EventKey,
@@ -38,14 +39,17 @@ async def add_to_timeline(
         ON CONFLICT (source, event_id) DO NOTHING
         RETURNING source, event_id
         """,
-        [e.source for e in entries],
-        [e.event_id for e in entries],
-        [e.customer_id for e in entries],
-        [e.occurred_at for e in entries],
-        [e.kind for e in entries],
-        [e.event_type for e in entries],
-        [e.channel for e in entries],
-        [e.summary for e in entries],
+        *columns(
+            entries,
+            "source",
+            "event_id",
+            "customer_id",
+            "occurred_at",
+            "kind",
+            "event_type",
+            "channel",
+            "summary",
+        ),
         [json.dumps(e.details, separators=(",", ":"), ensure_ascii=False) for e in entries],
     )
     return {(row["source"], row["event_id"]) for row in rows}

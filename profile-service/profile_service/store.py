@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 
+from crm_shared.db import columns
 from profile_service.projection import CONTACT_FIELDS, CustomerRecord, PurchaseDelta
 
 
@@ -93,13 +94,16 @@ async def add_purchases(conn: asyncpg.Connection, deltas: Mapping[str, PurchaseD
             last_purchase_at = GREATEST(t.last_purchase_at, EXCLUDED.last_purchase_at)
         """,
         ids,
-        [d.orders for d in values],
-        [d.refunds for d in values],
-        [d.items for d in values],
-        [d.gross_revenue for d in values],
-        [d.refunded for d in values],
-        [d.first_purchase_at for d in values],
-        [d.last_purchase_at for d in values],
+        *columns(
+            values,
+            "orders",
+            "refunds",
+            "items",
+            "gross_revenue",
+            "refunded",
+            "first_purchase_at",
+            "last_purchase_at",
+        ),
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from crm_shared.db import columns
 from recommendation_service.projection import (
     CustomerProduct,
     CustomerProductDelta,
@@ -84,9 +85,7 @@ async def add_customer_products(
         """,
         [customer_id for customer_id, _ in deltas],
         [product_id for _, product_id in deltas],
-        [d.first_bought_at for d in values],
-        [d.last_bought_at for d in values],
-        [d.times_bought for d in values],
+        *columns(values, "first_bought_at", "last_bought_at", "times_bought"),
     )
 
 
@@ -132,12 +131,7 @@ async def add_products(conn: asyncpg.Connection, deltas: Mapping[str, ProductDel
             views = t.views + EXCLUDED.views
         """,
         list(deltas),
-        [d.description for d in values],
-        [d.described_at for d in values],
-        [d.orders for d in values],
-        [d.quantity for d in values],
-        [d.buyers for d in values],
-        [d.views for d in values],
+        *columns(values, "description", "described_at", "orders", "quantity", "buyers", "views"),
     )
 
 
@@ -156,8 +150,7 @@ async def add_views(conn: asyncpg.Connection, deltas: Mapping[CustomerProduct, V
         """,
         [customer_id for customer_id, _ in deltas],
         [product_id for _, product_id in deltas],
-        [v.views for v in values],
-        [v.last_viewed_at for v in values],
+        *columns(values, "views", "last_viewed_at"),
     )
 
 

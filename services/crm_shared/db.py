@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -70,3 +72,9 @@ async def open_pool(dsn: str, migrations: Path, size: int) -> asyncpg.Pool:
     async with pool.acquire() as conn:
         await apply_migrations(conn, migrations)
     return pool
+
+
+def columns(rows: Iterable[Any], *fields: str) -> list[list[Any]]:
+    """Rows (objects with these attributes) as one list per field: the arrays unnest() takes."""
+    materialised = list(rows)
+    return [[getattr(row, name) for row in materialised] for name in fields]

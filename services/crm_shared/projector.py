@@ -9,7 +9,6 @@ its offset is below the stored position or its id is already claimed.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -23,8 +22,16 @@ from typing import TypeVar
 import asyncpg
 
 from crm_shared import metrics
+from crm_shared.db import columns
 from crm_shared.deadletter import DeadLetter
-from crm_shared.events import EVENT_TYPES, Event, InvalidEvent, build_event, parse_event
+from crm_shared.events import (
+    EVENT_TYPES,
+    Event,
+    InvalidEvent,
+    build_event,
+    encode_event,
+    parse_event,
+)
 from crm_shared.topics import Topic
 
 log = logging.getLogger(__name__)
@@ -138,10 +145,7 @@ async def claim_new(conn: asyncpg.Connection, events: Sequence[Event]) -> list[E
         return []
     rows = await conn.fetch(
         CLAIM_SQL,
-        [e.source for e in events],
-        [e.id for e in events],
-        [e.type for e in events],
-        [e.time for e in events],
+        *columns(events, "source", "id", "type", "time"),
     )
     fresh = {(row["source"], row["id"]) for row in rows}
     new: list[Event] = []
@@ -259,7 +263,7 @@ class BatchProjector:
             event_id=event.id,
         )
         return DeadLetter(
-            value=json.dumps(document).encode(),
+            value=encode_event(document),
             key=event.customer_id.encode(),
             reason=f"processing failed: {type(error).__name__}: {error}"[:2000],
             topic="",
