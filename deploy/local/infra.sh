@@ -120,6 +120,30 @@ crm__tail_log() {
 
 # ----------------------------------------------------------------------------- environment
 
+# Where PostgreSQL keeps its data, socket and log: inside the state dir, unless the server runs
+# as the postgres OS user (we are root) and that user cannot reach the state dir (a checkout in a
+# private 0700 folder, e.g. under /root or mktemp -d); then under /var/lib, one folder per state
+# dir. CRM_PG_HOME overrides.
+crm__pg_dir() {
+    if [[ -n "${CRM_PG_HOME:-}" ]]; then echo "$CRM_PG_HOME"; return; fi
+    local dir="$CRM_STATE_DIR"
+    if [[ "$(id -u)" == 0 ]] && id postgres >/dev/null 2>&1; then
+        while [[ ! -d "$dir" ]]; do dir="$(dirname "$dir")"; done
+        if ! runuser -u postgres -- test -x "$dir" 2>/dev/null; then
+            echo "/var/lib/crm-platform/$(printf '%s' "$CRM_STATE_DIR" | sha1sum | cut -c1-12)"
+            return
+        fi
+    fi
+    echo "$CRM_STATE_DIR"
+}
+
+# Delete a state dir and, when it lives elsewhere, its PostgreSQL folder (infra must be stopped).
+crm_wipe_state() {
+    crm_infra_env
+    rm -rf "$CRM_STATE_DIR"
+    if [[ "$CRM_PG_DIR" != "$CRM_STATE_DIR" ]]; then rm -rf "$CRM_PG_DIR"; fi
+}
+
 crm_infra_env() {
     local here
     here="$CRM__INFRA_SH_DIR"
@@ -132,6 +156,8 @@ crm_infra_env() {
     export CRM_KAFKA_PORT="${CRM_KAFKA_PORT:-59092}"
     export CRM_KAFKA_CONTROLLER_PORT="${CRM_KAFKA_CONTROLLER_PORT:-59093}"
     export CRM_CACHE_DIR="${CRM_CACHE_DIR:-${HOME:-/tmp}/.cache/crm-platform}"
+    CRM_PG_DIR="$(crm__pg_dir)"
+    export CRM_PG_DIR
     # Derived every time, so they follow a port change.
     export CRM_KAFKA_BOOTSTRAP="127.0.0.1:$CRM_KAFKA_PORT"
     export CRM_PG_DSN_BASE="postgresql://crm@127.0.0.1:$CRM_PG_PORT"
@@ -240,10 +266,10 @@ crm_start_postgres() (
     local -a dbs=("$@")
     local bin data sock logf
     bin="$(crm__pg_bin)" || crm__die "PostgreSQL binaries not found (run crm_ensure_system_packages)" || return 1
-    data="$CRM_STATE_DIR/pg"
-    sock="$CRM_STATE_DIR/pg-socket"
-    logf="$CRM_STATE_DIR/logs/postgres.log"
-    mkdir -p "$CRM_STATE_DIR/logs"
+    data="$CRM_PG_DIR/pg"
+    sock="$CRM_PG_DIR/pg-socket"
+    logf="$CRM_PG_DIR/logs/postgres.log"
+    mkdir -p "$CRM_STATE_DIR/logs" "$CRM_PG_DIR/logs"
     # Serialise concurrent starts of the same state dir (initdb / pg_ctl races).
     exec 8>"$CRM_STATE_DIR/.pg-start.lock"
     flock -w 180 8 || crm__die "postgres: another start of $CRM_STATE_DIR did not finish in 180 s" || return 1
@@ -347,7 +373,7 @@ crm__pg_init() (
         chown postgres:postgres "$data" "$sock"
         # The postgres user must be able to reach the state dir (e.g. not under /root).
         runuser -u postgres -- test -w "$data" \
-            || crm__die "user postgres cannot write $data: a parent directory is not traversable; use another CRM_STATE_DIR" || return 1
+            || crm__die "user postgres cannot write $data: a parent directory is not traversable; set CRM_PG_HOME" || return 1
     fi
     local out
     if ! out="$(crm__as_pg "$bin/initdb" -D "$data" --username=crm --auth-local=trust \
@@ -401,7 +427,7 @@ crm__pg_create_db() {
 crm__stop_postgres() (
     set -uo pipefail
     crm_infra_env
-    local bin data="$CRM_STATE_DIR/pg"
+    local bin data="$CRM_PG_DIR/pg"
     bin="$(crm__pg_bin)" || { crm__log "postgres: no binaries, nothing to stop"; return 0; }
     if [[ ! -f "$data/PG_VERSION" ]] || ! crm__pg_running "$data"; then
         local -a orphans
@@ -627,8 +653,8 @@ crm_infra_status() {
     else
         echo "kafka:    stopped"; rc=1
     fi
-    if crm__pg_running "$CRM_STATE_DIR/pg"; then
-        echo "postgres: running at $CRM_PG_DSN_BASE (data $CRM_STATE_DIR/pg)"
+    if crm__pg_running "$CRM_PG_DIR/pg"; then
+        echo "postgres: running at $CRM_PG_DSN_BASE (data $CRM_PG_DIR/pg)"
     else
         echo "postgres: stopped"; rc=1
     fi
