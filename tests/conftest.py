@@ -14,20 +14,26 @@ import pytest
 
 from crm_shared import launcher
 
+
+def _port(base: int) -> str:
+    """A test port, shifted by ./crm test's CRM_TEST_SLOT so that checkouts run side by side."""
+    return str(base + 1000 * int(os.environ.get("CRM_TEST_SLOT", "0")))
+
+
 TEST_PORTS = {
-    "CRM_GATEWAY_API_PORT": "18100",
-    "CRM_PROFILE_API_PORT": "18101",
-    "CRM_INTERACTION_API_PORT": "18102",
-    "CRM_BROADCAST_API_PORT": "18103",
-    "CRM_RECOMMENDATION_API_PORT": "18104",
-    "CRM_PROFILE_WORKER_METRICS_PORT": "19101",
-    "CRM_INTERACTION_WORKER_METRICS_PORT": "19102",
-    "CRM_BROADCAST_WORKER_METRICS_PORT": "19103",
-    "CRM_RECOMMENDATION_WORKER_METRICS_PORT": "19104",
-    "CRM_GATEWAY_PROFILE_URL": "http://127.0.0.1:18101",
-    "CRM_GATEWAY_INTERACTION_URL": "http://127.0.0.1:18102",
-    "CRM_GATEWAY_BROADCAST_URL": "http://127.0.0.1:18103",
-    "CRM_GATEWAY_RECOMMENDATION_URL": "http://127.0.0.1:18104",
+    "CRM_GATEWAY_API_PORT": _port(18100),
+    "CRM_PROFILE_API_PORT": _port(18101),
+    "CRM_INTERACTION_API_PORT": _port(18102),
+    "CRM_BROADCAST_API_PORT": _port(18103),
+    "CRM_RECOMMENDATION_API_PORT": _port(18104),
+    "CRM_PROFILE_WORKER_METRICS_PORT": _port(19101),
+    "CRM_INTERACTION_WORKER_METRICS_PORT": _port(19102),
+    "CRM_BROADCAST_WORKER_METRICS_PORT": _port(19103),
+    "CRM_RECOMMENDATION_WORKER_METRICS_PORT": _port(19104),
+    "CRM_GATEWAY_PROFILE_URL": f"http://127.0.0.1:{_port(18101)}",
+    "CRM_GATEWAY_INTERACTION_URL": f"http://127.0.0.1:{_port(18102)}",
+    "CRM_GATEWAY_BROADCAST_URL": f"http://127.0.0.1:{_port(18103)}",
+    "CRM_GATEWAY_RECOMMENDATION_URL": f"http://127.0.0.1:{_port(18104)}",
 }
 
 

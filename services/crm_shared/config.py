@@ -14,6 +14,9 @@ class PlatformSettings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:59092"
     pg_dsn_base: str = "postgresql://crm@127.0.0.1:55432"
     log_level: str = "INFO"
+    max_future_skew_seconds: float = Field(
+        default=300, ge=0, description="Events dated later than now + this are refused"
+    )
 
 
 class ServiceSettings(BaseSettings):

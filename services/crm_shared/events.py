@@ -12,7 +12,7 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -279,6 +279,20 @@ def _describe(where: str, error: ValidationError) -> str:
         for issue in error.errors(include_url=False)[:5]
     )
     return f"invalid {where}: {problems}"
+
+
+MAX_FUTURE_SKEW = timedelta(minutes=5)
+"""How far past the receiver's clock an event may be dated (clocks of publishers drift)."""
+
+
+def check_not_future(event: Event, now: datetime, max_skew: timedelta = MAX_FUTURE_SKEW) -> None:
+    """Refuse an event dated after now + max_skew: under last-writer-wins by event time, an
+    event dated 2099 would otherwise win forever. Raises InvalidEvent with the reason."""
+    if event.time > now + max_skew:
+        raise InvalidEvent(
+            f"time {event.time.isoformat()} is in the future: more than "
+            f"{max_skew.total_seconds():g} s after {now.astimezone(UTC).isoformat()}"
+        )
 
 
 def build_event(
