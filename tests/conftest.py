@@ -15,25 +15,28 @@ import pytest
 from crm_shared import launcher
 
 
-def _port(base: int) -> str:
+def shifted_port(base: int) -> str:
     """A test port, shifted by ./crm test's CRM_TEST_SLOT so that checkouts run side by side."""
     return str(base + 1000 * int(os.environ.get("CRM_TEST_SLOT", "0")))
 
 
 TEST_PORTS = {
-    "CRM_GATEWAY_API_PORT": _port(18100),
-    "CRM_PROFILE_API_PORT": _port(18101),
-    "CRM_INTERACTION_API_PORT": _port(18102),
-    "CRM_BROADCAST_API_PORT": _port(18103),
-    "CRM_RECOMMENDATION_API_PORT": _port(18104),
-    "CRM_PROFILE_WORKER_METRICS_PORT": _port(19101),
-    "CRM_INTERACTION_WORKER_METRICS_PORT": _port(19102),
-    "CRM_BROADCAST_WORKER_METRICS_PORT": _port(19103),
-    "CRM_RECOMMENDATION_WORKER_METRICS_PORT": _port(19104),
-    "CRM_GATEWAY_PROFILE_URL": f"http://127.0.0.1:{_port(18101)}",
-    "CRM_GATEWAY_INTERACTION_URL": f"http://127.0.0.1:{_port(18102)}",
-    "CRM_GATEWAY_BROADCAST_URL": f"http://127.0.0.1:{_port(18103)}",
-    "CRM_GATEWAY_RECOMMENDATION_URL": f"http://127.0.0.1:{_port(18104)}",
+    "CRM_GATEWAY_API_PORT": shifted_port(18100),
+    "CRM_PROFILE_API_PORT": shifted_port(18101),
+    "CRM_INTERACTION_API_PORT": shifted_port(18102),
+    "CRM_BROADCAST_API_PORT": shifted_port(18103),
+    "CRM_RECOMMENDATION_API_PORT": shifted_port(18104),
+    "CRM_PROFILE_WORKER_METRICS_PORT": shifted_port(19101),
+    "CRM_INTERACTION_WORKER_METRICS_PORT": shifted_port(19102),
+    "CRM_BROADCAST_WORKER_METRICS_PORT": shifted_port(19103),
+    "CRM_RECOMMENDATION_WORKER_METRICS_PORT": shifted_port(19104),
+    "CRM_CLOCK_WORKER_METRICS_PORT": shifted_port(19105),
+    "CRM_CLOCK_INTERVAL_SECONDS": "1",
+    "CRM_PROFILE_HALT_RETRY_SECONDS": "1",
+    "CRM_GATEWAY_PROFILE_URL": f"http://127.0.0.1:{shifted_port(18101)}",
+    "CRM_GATEWAY_INTERACTION_URL": f"http://127.0.0.1:{shifted_port(18102)}",
+    "CRM_GATEWAY_BROADCAST_URL": f"http://127.0.0.1:{shifted_port(18103)}",
+    "CRM_GATEWAY_RECOMMENDATION_URL": f"http://127.0.0.1:{shifted_port(18104)}",
 }
 
 

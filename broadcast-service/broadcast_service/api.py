@@ -51,6 +51,13 @@ class ConsentHistoryEntry(BaseModel):
     event_id: str
 
 
+class SegmentMembershipView(BaseModel):
+    segment: str
+    member: bool
+    version: int = Field(description="How many times the membership changed")
+    changed_at: datetime
+
+
 class ChannelCheck(BaseModel):
     channel: str
     consent: projection.ConsentState
@@ -137,6 +144,20 @@ def create_app(settings: BroadcastSettings | None = None) -> FastAPI:
                 event_id=c.event_id,
             )
             for c in history
+        ]
+
+    @app.get("/customers/{customer_id}/segments", response_model=list[SegmentMembershipView])
+    async def get_segments(customer_id: CustomerIdPath, conn: Conn) -> list[SegmentMembershipView]:
+        """The segments the profile service announced the customer in or out of (campaign
+        targets); empty when it announced none."""
+        return [
+            SegmentMembershipView(
+                segment=m.segment,
+                member=m.member,
+                version=m.version_number,
+                changed_at=m.changed_at,
+            )
+            for m in await store.memberships_of(conn, customer_id)
         ]
 
     @app.get("/customers/{customer_id}/decision", response_model=ContactDecision)

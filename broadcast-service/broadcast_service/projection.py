@@ -14,7 +14,14 @@ from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Any, Literal, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from crm_shared.events import ChannelPreferenceSet, ConsentGranted, ConsentRevoked, Event
+from crm_shared.events import (
+    ChannelPreferenceSet,
+    ConsentGranted,
+    ConsentRevoked,
+    Event,
+    SegmentEntered,
+    SegmentLeft,
+)
 
 
 class _Versioned(Protocol):
@@ -134,6 +141,49 @@ def evolve_consents(
 ) -> dict[ConsentKey, Consent]:
     """Fold a batch of consent events; returns only the states that changed."""
     return _newest(current, ((c.key, c) for c in map(consent_from, events)))
+
+
+@dataclass(frozen=True)
+class SegmentMembership:
+    """A customer's membership of a segment as last announced by the profile service."""
+
+    customer_id: str
+    segment: str
+    member: bool
+    version_number: int
+    changed_at: datetime
+    source: str
+    event_id: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.customer_id, self.segment)
+
+    @property
+    def version(self) -> tuple[int]:
+        """The announcer counts its changes: the higher count is the newer state."""
+        return (self.version_number,)
+
+
+def membership_from(event: Event) -> SegmentMembership:
+    data = event.data
+    assert isinstance(data, SegmentEntered | SegmentLeft)
+    return SegmentMembership(
+        customer_id=event.customer_id,
+        segment=data.segment,
+        member=isinstance(data, SegmentEntered),
+        version_number=data.version,
+        changed_at=event.time,
+        source=event.source,
+        event_id=event.id,
+    )
+
+
+def evolve_memberships(
+    current: Mapping[tuple[str, str], SegmentMembership], events: Iterable[Event]
+) -> dict[tuple[str, str], SegmentMembership]:
+    """Fold a batch of segment announcements; returns only the memberships that changed."""
+    return _newest(current, ((m.key, m) for m in map(membership_from, events)))
 
 
 def _newest(current: Mapping[K, V], candidates: Iterable[tuple[K, V]]) -> dict[K, V]:

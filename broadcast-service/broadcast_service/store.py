@@ -12,6 +12,7 @@ from broadcast_service.projection import (
     Consent,
     ConsentKey,
     QuietWindow,
+    SegmentMembership,
 )
 from crm_shared.db import columns
 
@@ -183,3 +184,64 @@ async def is_known(conn: asyncpg.Connection, customer_id: str) -> bool:
         customer_id,
     )
     return known
+
+
+def _membership(row: Mapping[str, Any]) -> SegmentMembership:
+    return SegmentMembership(
+        customer_id=row["customer_id"],
+        segment=row["segment"],
+        member=row["member"],
+        version_number=row["version"],
+        changed_at=row["changed_at"],
+        source=row["source"],
+        event_id=row["event_id"],
+    )
+
+
+async def lock_memberships(
+    conn: asyncpg.Connection, customer_ids: Collection[str]
+) -> dict[tuple[str, str], SegmentMembership]:
+    """The stored memberships of these customers, locked until the batch commits."""
+    rows = await conn.fetch(
+        "SELECT * FROM segment_memberships WHERE customer_id = ANY($1::text[]) FOR UPDATE",
+        list(customer_ids),
+    )
+    return {(row["customer_id"], row["segment"]): _membership(row) for row in rows}
+
+
+async def save_memberships(
+    conn: asyncpg.Connection, memberships: Collection[SegmentMembership]
+) -> None:
+    """Write the newer memberships; the guard repeats the pure rule (higher version wins)."""
+    if not memberships:
+        return
+    await conn.execute(
+        """
+        INSERT INTO segment_memberships AS m (customer_id, segment, member, version, changed_at,
+                                              source, event_id)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::int[], $5::timestamptz[],
+                             $6::text[], $7::text[])
+        ON CONFLICT (customer_id, segment) DO UPDATE SET
+            member = EXCLUDED.member, version = EXCLUDED.version,
+            changed_at = EXCLUDED.changed_at, source = EXCLUDED.source,
+            event_id = EXCLUDED.event_id
+        WHERE m.version < EXCLUDED.version
+        """,
+        *columns(
+            memberships,
+            "customer_id",
+            "segment",
+            "member",
+            "version_number",
+            "changed_at",
+            "source",
+            "event_id",
+        ),
+    )
+
+
+async def memberships_of(conn: asyncpg.Connection, customer_id: str) -> list[SegmentMembership]:
+    rows = await conn.fetch(
+        "SELECT * FROM segment_memberships WHERE customer_id = $1 ORDER BY segment", customer_id
+    )
+    return [_membership(row) for row in rows]

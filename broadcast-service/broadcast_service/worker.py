@@ -12,7 +12,14 @@ import asyncpg
 
 from broadcast_service import metrics, projection, store
 from broadcast_service.config import BroadcastSettings
-from broadcast_service.events import CONSENT_TYPES, FOLDS, PREFERENCE_TYPES, TOPICS
+from broadcast_service.events import (
+    CONSENT_TYPES,
+    FOLDS,
+    PREFERENCE_TYPES,
+    SEGMENT_TYPES,
+    TOPICS,
+)
+from crm_shared.derived import Derived
 from crm_shared.events import Event
 from crm_shared.projector import Projection
 from crm_shared.worker import run_worker
@@ -20,7 +27,7 @@ from crm_shared.worker import run_worker
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
-async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> None:
+async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:
     """Read the touched states, evolve them purely, write back what changed and the history."""
     preference_events = [e for e in events if e.type in PREFERENCE_TYPES]
     if preference_events:
@@ -39,6 +46,15 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> None:
         granted = sum(c.granted for c in history)
         metrics.CONSENT_EVENTS.labels("granted").inc(granted)
         metrics.CONSENT_EVENTS.labels("revoked").inc(len(history) - granted)
+    segment_events = [e for e in events if e.type in SEGMENT_TYPES]
+    if segment_events:
+        stored = await store.lock_memberships(conn, {e.customer_id for e in segment_events})
+        changed_memberships = projection.evolve_memberships(stored, segment_events)
+        await store.save_memberships(conn, list(changed_memberships.values()))
+        metrics.EVENTS_SUPERSEDED.labels("segment").inc(
+            len(segment_events) - len(changed_memberships)
+        )
+    return ()
 
 
 PROJECTION = Projection(

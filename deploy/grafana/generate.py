@@ -158,6 +158,62 @@ OVERVIEW_ROWS: tuple[Row, ...] = (
         ),
     ),
     Row(
+        "Engine: derived events, clock, halts",
+        (
+            Panel(
+                title="Halted consumers",
+                description=(
+                    "1 while a worker has stopped consuming because folding fails for reasons "
+                    "that are not the events' fault (crm_projection_halted); its /healthz and log "
+                    "say why. It resumes by itself once the cause is fixed."
+                ),
+                unit="none",
+                queries=(Query("max by (projection) (crm_projection_halted)", "{{projection}}"),),
+            ),
+            Panel(
+                title="Outbox backlog",
+                description=(
+                    "Derived events written with their view change but not yet acknowledged by "
+                    "Kafka (crm_outbox_backlog), and the age of the oldest one."
+                ),
+                unit="short",
+                queries=(
+                    Query("sum by (projection) (crm_outbox_backlog)", "{{projection}} waiting"),
+                    Query(
+                        "max by (projection) (crm_outbox_oldest_age_seconds)",
+                        "{{projection}} oldest (s)",
+                    ),
+                ),
+            ),
+            Panel(
+                title="Derived events published / s",
+                description="Events the projections derived and relayed to Kafka, by type.",
+                unit="ops",
+                queries=(
+                    Query(
+                        _rate_by("projection, type", "crm_outbox_published_total"),
+                        "{{projection}} {{type}}",
+                    ),
+                ),
+            ),
+            Panel(
+                title="Clock lag",
+                description=(
+                    "Now minus the newest tick each projection read (time rules run on ticks), "
+                    "and minus the newest tick the clock published."
+                ),
+                unit="s",
+                queries=(
+                    Query(
+                        "time() - max by (projection) (crm_clock_timestamp_seconds)",
+                        "{{projection}}",
+                    ),
+                    Query("time() - max(crm_clock_last_tick_timestamp_seconds)", "clock"),
+                ),
+            ),
+        ),
+    ),
+    Row(
         "HTTP",
         (
             Panel(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import asyncpg
 
+from crm_shared.derived import Derived
 from crm_shared.events import Event
 from crm_shared.projector import Projection
 from crm_shared.worker import run_worker
@@ -21,7 +22,7 @@ from interaction_service.events import FOLDS, TOPICS
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
-async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> None:
+async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:
     """Write the timeline rows; add only the rows that were new to the summaries."""
     entries = projection.timeline_entries(events)
     written = await store.add_to_timeline(conn, entries)
@@ -35,6 +36,7 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> None:
     for delta in deltas.values():
         metrics.UNHAPPY_TOUCHPOINTS.labels("complaint").inc(delta.complaints)
         metrics.UNHAPPY_TOUCHPOINTS.labels("refusal").inc(delta.refusals)
+    return ()
 
 
 PROJECTION = Projection(

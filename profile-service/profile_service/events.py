@@ -1,9 +1,12 @@
-"""What the profile service reads: identity changes and purchases. It publishes nothing yet."""
+"""What the profile service reads (identity changes, purchases, the clock's ticks) and what it
+derives (segment membership changes on crm.segments)."""
 
-from crm_shared.topics import CUSTOMERS, ORDERS
+from crm_shared.events import CLOCK_TICKED
+from crm_shared.topics import CUSTOMERS, ORDERS, SEGMENTS
 
 TOPICS = (CUSTOMERS, ORDERS)
+PUBLISHES = (SEGMENTS,)
 
 CUSTOMER_TYPES = frozenset({"crm.customer.registered.v1", "crm.customer.updated.v1"})
 PURCHASE_TYPES = frozenset({"crm.order.placed.v1", "crm.order.refunded.v1"})
-FOLDS = CUSTOMER_TYPES | PURCHASE_TYPES
+FOLDS = CUSTOMER_TYPES | PURCHASE_TYPES | {CLOCK_TICKED}

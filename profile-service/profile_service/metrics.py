@@ -10,3 +10,6 @@ MONEY_FOLDED = Counter(
 CUSTOMERS_CHANGED = Counter(
     "crm_profile_customer_records_changed", "Customer records written by the worker"
 )
+SEGMENT_CHANGES = Counter(
+    "crm_profile_segment_changes", "Customers who entered or left a segment", ["segment"]
+)

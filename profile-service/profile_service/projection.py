@@ -3,16 +3,31 @@
 Contact fields, attributes and identifiers are last-writer-wins by event time, field by field,
 so a late or replayed event never overwrites a newer value. Purchase totals are sums and
 extremes, so they are the same whatever order orders and refunds arrive in.
+
+Time rules read the clock's ticks in the customer's partition of crm.orders (crm_shared.clock),
+never the wall clock, so a rebuild derives what the live run derived.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
-from crm_shared.events import CustomerRegistered, CustomerUpdated, Event, OrderPlaced, OrderRefunded
+from crm_shared.derived import Derived, derive
+from crm_shared.events import (
+    SEGMENT_ENTERED,
+    SEGMENT_LEFT,
+    ClockTicked,
+    CustomerRegistered,
+    CustomerUpdated,
+    Event,
+    OrderPlaced,
+    OrderRefunded,
+    SegmentEntered,
+    SegmentLeft,
+)
 
 CONTACT_FIELDS = ("name", "email", "phone", "country")
 
@@ -92,9 +107,13 @@ class PurchaseDelta:
     refunded: Decimal = Decimal(0)
     first_purchase_at: datetime | None = None
     last_purchase_at: datetime | None = None
+    orders_partition: int | None = None
+    """The crm.orders partition of the batch's last order or refund: whose ticks are its time."""
 
     def add(self, event: Event) -> None:
         data = event.data
+        if event.partition >= 0:
+            self.orders_partition = event.partition
         if isinstance(data, OrderPlaced):
             self.orders += 1
             self.items += sum(line.quantity for line in data.lines)
@@ -119,3 +138,93 @@ def purchase_deltas(events: Iterable[Event]) -> dict[str, PurchaseDelta]:
                 delta = deltas[event.customer_id] = PurchaseDelta()
             delta.add(event)
     return deltas
+
+
+SOURCE = "profile-service"
+"""The source of the events the profile service derives."""
+LAPSED = "lapsed"
+LAPSE_AFTER = timedelta(days=30)
+"""A customer whose last purchase is this old is lapsed. Part of the projection's definition:
+a change shows in a rebuild, which derives the segment's history again under the new rule."""
+
+
+@dataclass(frozen=True)
+class Membership:
+    """Whether a customer is in a segment; `version` counts the changes (1 = the first entry)."""
+
+    customer_id: str
+    segment: str
+    member: bool
+    version: int
+    changed_at: datetime
+
+
+def is_lapsed(last_purchase_at: datetime | None, now: datetime | None) -> bool:
+    """No purchase for LAPSE_AFTER by the partition's clock (no tick yet: not lapsed)."""
+    return (
+        last_purchase_at is not None and now is not None and now - last_purchase_at >= LAPSE_AFTER
+    )
+
+
+def change_membership(
+    current: Membership | None, customer_id: str, segment: str, member: bool, at: datetime
+) -> Membership | None:
+    """The next membership when it changes, else None."""
+    if (current is not None and current.member) == member:
+        return None
+    version = (current.version if current is not None else 0) + 1
+    return Membership(customer_id, segment, member, version, at)
+
+
+def segment_event(change: Membership, cause: Event, reason: str) -> Derived:
+    """The derived event announcing a change; its id comes from the cause and the version."""
+    data = SegmentEntered if change.member else SegmentLeft
+    return derive(
+        cause,
+        SEGMENT_ENTERED if change.member else SEGMENT_LEFT,
+        change.customer_id,
+        data(segment=change.segment, version=change.version, reason=reason),
+        source=SOURCE,
+        time=change.changed_at,
+        part=f"{change.segment}:{change.version}",
+    )
+
+
+@dataclass(frozen=True)
+class LapseCandidate:
+    """A customer of a partition whose last purchase is older than the newest tick allows."""
+
+    customer_id: str
+    last_purchase_at: datetime
+    membership: Membership | None
+
+
+def ticks_by_partition(ticks: Iterable[Event], topic: str) -> dict[int, list[Event]]:
+    """The ticks of one topic, per partition, in log order."""
+    found: dict[int, list[Event]] = {}
+    for tick in ticks:
+        data = tick.data
+        assert isinstance(data, ClockTicked)
+        if data.topic == topic:
+            found.setdefault(data.partition, []).append(tick)
+    return found
+
+
+def lapses(
+    candidates: Iterable[LapseCandidate], ticks: Sequence[Event]
+) -> list[tuple[Membership, Event]]:
+    """Who lapses at which of a partition's ticks (in log order): each candidate at the first
+    tick that makes it lapsed, as if the ticks had been folded one at a time."""
+    changes: list[tuple[Membership, Event]] = []
+    for candidate in candidates:
+        tick = next(t for t in ticks if is_lapsed(candidate.last_purchase_at, t.time))
+        change = change_membership(
+            candidate.membership, candidate.customer_id, LAPSED, True, tick.time
+        )
+        if change is not None:
+            changes.append((change, tick))
+    return changes
+
+
+def lapse_reason(last_purchase_at: datetime) -> str:
+    return f"no purchase for {LAPSE_AFTER.days} days (last on {last_purchase_at.date()})"

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from crm_shared.db import columns
-from profile_service.projection import CONTACT_FIELDS, CustomerRecord, PurchaseDelta
+from profile_service.projection import (
+    CONTACT_FIELDS,
+    CustomerRecord,
+    LapseCandidate,
+    Membership,
+    PurchaseDelta,
+)
 
 
 async def lock_customers(
@@ -81,10 +88,12 @@ async def add_purchases(conn: asyncpg.Connection, deltas: Mapping[str, PurchaseD
     await conn.execute(
         """
         INSERT INTO purchase_totals AS t (customer_id, orders, refunds, items, gross_revenue,
-                                          refunded, first_purchase_at, last_purchase_at)
+                                          refunded, first_purchase_at, last_purchase_at,
+                                          orders_partition)
         SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::bigint[], $5::numeric[],
-                             $6::numeric[], $7::timestamptz[], $8::timestamptz[])
+                             $6::numeric[], $7::timestamptz[], $8::timestamptz[], $9::int[])
         ON CONFLICT (customer_id) DO UPDATE SET
+            orders_partition = coalesce(EXCLUDED.orders_partition, t.orders_partition),
             orders = t.orders + EXCLUDED.orders,
             refunds = t.refunds + EXCLUDED.refunds,
             items = t.items + EXCLUDED.items,
@@ -103,6 +112,7 @@ async def add_purchases(conn: asyncpg.Connection, deltas: Mapping[str, PurchaseD
             "refunded",
             "first_purchase_at",
             "last_purchase_at",
+            "orders_partition",
         ),
     )
 
@@ -134,3 +144,96 @@ async def find_by_identifier(conn: asyncpg.Connection, system: str, value: str) 
         value,
     )
     return found
+
+
+def _membership(row: Mapping[str, Any], segment: str) -> Membership | None:
+    if row["version"] is None:
+        return None
+    return Membership(row["customer_id"], segment, row["member"], row["version"], row["changed_at"])
+
+
+async def advance_clocks(
+    conn: asyncpg.Connection, clocks: Mapping[tuple[str, int], datetime]
+) -> None:
+    """Move each partition's clock forward to its newest tick (never back)."""
+    if clocks:
+        await conn.execute(
+            """
+            INSERT INTO partition_clocks AS c (topic, partition, now)
+            SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[])
+            ON CONFLICT (topic, partition) DO UPDATE SET now = GREATEST(c.now, EXCLUDED.now)
+            """,
+            [topic for topic, _ in clocks],
+            [partition for _, partition in clocks],
+            list(clocks.values()),
+        )
+
+
+async def lapse_candidates(
+    conn: asyncpg.Connection, segment: str, partition: int, cutoff: datetime
+) -> list[LapseCandidate]:
+    """Customers of a crm.orders partition who last bought at or before `cutoff` and are not
+    members of the segment."""
+    rows = await conn.fetch(
+        """
+        SELECT t.customer_id, t.last_purchase_at, m.member, m.version, m.changed_at
+        FROM purchase_totals t
+        LEFT JOIN segment_memberships m ON m.customer_id = t.customer_id AND m.segment = $1
+        WHERE t.orders_partition = $2 AND t.last_purchase_at <= $3 AND m.member IS NOT TRUE
+        ORDER BY t.customer_id
+        """,
+        segment,
+        partition,
+        cutoff,
+    )
+    return [
+        LapseCandidate(row["customer_id"], row["last_purchase_at"], _membership(row, segment))
+        for row in rows
+    ]
+
+
+async def purchase_clocks(
+    conn: asyncpg.Connection, segment: str, orders_topic: str, customer_ids: Collection[str]
+) -> list[tuple[str, datetime | None, datetime | None, Membership | None]]:
+    """(customer, last purchase, the clock of their orders partition, membership) per customer."""
+    rows = await conn.fetch(
+        """
+        SELECT t.customer_id, t.last_purchase_at, c.now, m.member, m.version, m.changed_at
+        FROM purchase_totals t
+        LEFT JOIN partition_clocks c ON c.topic = $2 AND c.partition = t.orders_partition
+        LEFT JOIN segment_memberships m ON m.customer_id = t.customer_id AND m.segment = $1
+        WHERE t.customer_id = ANY($3::text[])
+        ORDER BY t.customer_id
+        """,
+        segment,
+        orders_topic,
+        list(customer_ids),
+    )
+    return [
+        (row["customer_id"], row["last_purchase_at"], row["now"], _membership(row, segment))
+        for row in rows
+    ]
+
+
+async def save_memberships(conn: asyncpg.Connection, changes: Collection[Membership]) -> None:
+    """Write membership changes; a stored higher version is never overwritten."""
+    if changes:
+        await conn.execute(
+            """
+            INSERT INTO segment_memberships AS m (customer_id, segment, member, version, changed_at)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::int[], $5::timestamptz[])
+            ON CONFLICT (customer_id, segment) DO UPDATE SET
+                member = EXCLUDED.member, version = EXCLUDED.version,
+                changed_at = EXCLUDED.changed_at
+            WHERE m.version < EXCLUDED.version
+            """,
+            *columns(changes, "customer_id", "segment", "member", "version", "changed_at"),
+        )
+
+
+async def segments_of(conn: asyncpg.Connection, customer_id: str) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT segment FROM segment_memberships WHERE customer_id = $1 AND member ORDER BY 1",
+        customer_id,
+    )
+    return [row["segment"] for row in rows]

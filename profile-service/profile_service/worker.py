@@ -6,22 +6,29 @@ python -m profile_service.worker
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
 
-from crm_shared.events import Event
+from crm_shared.derived import Derived
+from crm_shared.events import CLOCK_TICKED, ClockTicked, Event
 from crm_shared.projector import Projection
+from crm_shared.topics import ORDERS
 from crm_shared.worker import run_worker
 from profile_service import metrics, projection, store
 from profile_service.config import ProfileSettings
 from profile_service.events import CUSTOMER_TYPES, FOLDS, TOPICS
+from profile_service.projection import Membership
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
-async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> None:
-    """Read the touched records, evolve them purely, write them back with the totals."""
+async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:
+    """Read the touched records, evolve them purely, write them back with the totals; then the
+    segments that depend on them. A run of ticks only moves time (the projector splits runs)."""
+    if events and events[0].type == CLOCK_TICKED:
+        return await fold_ticks(conn, events)
     customer_events = [e for e in events if e.type in CUSTOMER_TYPES]
     if customer_events:
         current = await store.lock_customers(conn, {e.customer_id for e in customer_events})
@@ -33,6 +40,61 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> None:
     for delta in deltas.values():
         metrics.MONEY_FOLDED.labels("order").inc(float(delta.gross_revenue))
         metrics.MONEY_FOLDED.labels("refund").inc(float(delta.refunded))
+    return await _lapse_after_purchases(conn, events, set(deltas))
+
+
+async def _lapse_after_purchases(
+    conn: asyncpg.Connection, events: Sequence[Event], customers: set[str]
+) -> list[Derived]:
+    """A purchase can end a lapse, and a first (old) purchase can start one at once."""
+    if not customers:
+        return []
+    last_cause = {e.customer_id: e for e in events if e.customer_id in customers}
+    changes: list[Membership] = []
+    derived: list[Derived] = []
+    for customer_id, last_purchase, now, current in await store.purchase_clocks(
+        conn, projection.LAPSED, ORDERS.name, customers
+    ):
+        lapsed = projection.is_lapsed(last_purchase, now)
+        cause = last_cause[customer_id]
+        change = projection.change_membership(
+            current, customer_id, projection.LAPSED, lapsed, cause.time
+        )
+        if change is not None and last_purchase is not None:
+            reason = (
+                projection.lapse_reason(last_purchase)
+                if lapsed
+                else f"purchased on {last_purchase.date()}"
+            )
+            changes.append(change)
+            derived.append(projection.segment_event(change, cause, reason))
+    await store.save_memberships(conn, changes)
+    metrics.SEGMENT_CHANGES.labels(projection.LAPSED).inc(len(changes))
+    return derived
+
+
+async def fold_ticks(conn: asyncpg.Connection, ticks: Sequence[Event]) -> list[Derived]:
+    """Advance the partitions' clocks; customers whose last purchase is now too old lapse."""
+    newest: dict[tuple[str, int], datetime] = {}
+    for tick in ticks:
+        data = tick.data
+        assert isinstance(data, ClockTicked)
+        key = (data.topic, data.partition)
+        newest[key] = max(tick.time, newest.get(key, tick.time))
+    await store.advance_clocks(conn, newest)
+    changes: list[Membership] = []
+    derived: list[Derived] = []
+    for partition, partition_ticks in projection.ticks_by_partition(ticks, ORDERS.name).items():
+        cutoff = max(t.time for t in partition_ticks) - projection.LAPSE_AFTER
+        candidates = await store.lapse_candidates(conn, projection.LAPSED, partition, cutoff)
+        by_id = {c.customer_id: c for c in candidates}
+        for change, tick in projection.lapses(candidates, partition_ticks):
+            reason = projection.lapse_reason(by_id[change.customer_id].last_purchase_at)
+            changes.append(change)
+            derived.append(projection.segment_event(change, tick, reason))
+    await store.save_memberships(conn, changes)
+    metrics.SEGMENT_CHANGES.labels(projection.LAPSED).inc(len(changes))
+    return derived
 
 
 PROJECTION = Projection(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import asyncpg
 
+from crm_shared.derived import Derived
 from crm_shared.events import Event
 from crm_shared.projector import Projection
 from crm_shared.worker import run_worker
@@ -20,7 +21,7 @@ from recommendation_service.events import FOLDS, TOPICS
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
-async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> None:
+async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:
     """Read the batch customers' prior purchases once, aggregate purely, upsert the sums."""
     purchases = projection.purchases(events)
     views = projection.view_deltas(events)
@@ -41,6 +42,7 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> None:
         metrics.CO_PURCHASE_INCREMENTS.inc(sum(pairs.values()))
     await store.add_products(conn, projection.product_deltas(purchases, first, views))
     await store.add_views(conn, views)
+    return ()
 
 
 PROJECTION = Projection(

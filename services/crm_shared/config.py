@@ -34,6 +34,12 @@ class ServiceSettings(BaseSettings):
     batch_size: int = Field(default=2000, ge=1, le=50_000)
     batch_within_seconds: float = Field(default=0.05, gt=0, le=10)
     pool_size: int = Field(default=4, ge=1, le=64)
+    halt_after_failures: int = Field(
+        default=10, ge=1, description="Events failing in a row that stop consumption"
+    )
+    halt_retry_seconds: float = Field(
+        default=30, gt=0, le=3600, description="How often a halted worker tries again"
+    )
 
     @property
     def dsn(self) -> str:

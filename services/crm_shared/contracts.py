@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from crm_shared.events import EVENT_TYPES, CloudEvent
-from crm_shared.topics import ALL_TOPICS, DEFAULT_PARTITIONS
+from crm_shared.events import CLOCK_TICKED, EVENT_TYPES, CloudEvent
+from crm_shared.topics import ALL_TOPICS, CLOCK_PRODUCER, DEFAULT_PARTITIONS, EVENT_TOPICS
 
 CONTRACTS_DIR = Path(__file__).resolve().parent.parent / "contracts"
 SCHEMA_DIR = CONTRACTS_DIR / "schemas"
@@ -66,12 +66,14 @@ def asyncapi_document() -> dict[str, Any]:
         }
     for topic in ALL_TOPICS:
         channel_id = topic.name.removeprefix("crm.")
+        ticked = topic in EVENT_TOPICS
+        types = (*topic.event_types, CLOCK_TICKED) if ticked else topic.event_types
+        producers = (*topic.producers, CLOCK_PRODUCER) if ticked else topic.producers
         channels[channel_id] = {
             "address": topic.name,
             "description": topic.description,
             "messages": {
-                message_name(t): {"$ref": f"#/components/messages/{message_name(t)}"}
-                for t in topic.event_types
+                message_name(t): {"$ref": f"#/components/messages/{message_name(t)}"} for t in types
             },
             "bindings": {
                 "kafka": {
@@ -79,10 +81,10 @@ def asyncapi_document() -> dict[str, Any]:
                     "topicConfiguration": {k: _config_value(v) for k, v in topic.config.items()},
                 }
             },
-            "x-producers": list(topic.producers),
+            "x-producers": list(producers),
             "x-consumers": list(topic.consumers),
         }
-        for producer in topic.producers:
+        for producer in producers:
             operations[f"{producer}-sends-{channel_id}"] = {
                 "action": "send",
                 "channel": {"$ref": f"#/channels/{channel_id}"},

@@ -182,6 +182,38 @@ class ConsentRevoked(_EventData):
     channel: Channel | None = None
 
 
+class ClockTicked(_EventData):
+    """Time has come on one partition of one topic: every event before it in the log was
+    published earlier. Published by the platform's clock, never by other systems."""
+
+    topic: str = Field(min_length=1, max_length=249)
+    partition: int = Field(ge=0, le=100_000)
+
+
+class _SegmentChange(_EventData):
+    segment: str = Field(min_length=1, max_length=80, pattern=r"^[a-z0-9_.-]+$")
+    version: int = Field(
+        ge=1,
+        le=2**53,
+        description="Counts this customer's changes of this segment: the higher one is newer",
+    )
+    reason: str = Field(min_length=1, max_length=300)
+
+
+class SegmentEntered(_SegmentChange):
+    """The customer became a member of a segment (derived by the profile service)."""
+
+
+class SegmentLeft(_SegmentChange):
+    """The customer stopped being a member of a segment (derived by the profile service)."""
+
+
+CLOCK_TICKED = "crm.clock.ticked.v1"
+SEGMENT_ENTERED = "crm.segment.entered.v1"
+SEGMENT_LEFT = "crm.segment.left.v1"
+CLOCK_SUBJECT = "clock"
+"""The subject (and key) of every tick: ticks are about time, not about a customer."""
+
 EVENT_TYPES: dict[str, type[_EventData]] = {
     "crm.customer.registered.v1": CustomerRegistered,
     "crm.customer.updated.v1": CustomerUpdated,
@@ -193,6 +225,9 @@ EVENT_TYPES: dict[str, type[_EventData]] = {
     "crm.channel_preference.set.v1": ChannelPreferenceSet,
     "crm.consent.granted.v1": ConsentGranted,
     "crm.consent.revoked.v1": ConsentRevoked,
+    CLOCK_TICKED: ClockTicked,
+    SEGMENT_ENTERED: SegmentEntered,
+    SEGMENT_LEFT: SegmentLeft,
 }
 """Every event type on the wire, by its CloudEvents `type`."""
 
@@ -229,6 +264,8 @@ class Event:
     customer_id: str
     time: datetime
     data: _EventData
+    partition: int = -1
+    """The Kafka partition it was read from (-1 when it did not come from Kafka)."""
 
 
 class InvalidEvent(ValueError):

@@ -66,6 +66,7 @@ PROCESSES: tuple[Process, ...] = (
     _api("broadcast", 8103),
     _api("recommendation", 8104),
     _api("gateway", 8100),
+    Process("clock", "crm_shared.clock", "CRM_CLOCK_WORKER_METRICS_PORT", 9105, "/metrics"),
 )
 BY_NAME = {process.name: process for process in PROCESSES}
 

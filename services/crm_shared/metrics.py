@@ -56,6 +56,34 @@ CONSUMER_LAG = Gauge(
     "Records on a partition not yet applied (high-water mark minus next offset)",
     ["projection", "topic", "partition"],
 )
+OUTBOX_BACKLOG = Gauge(
+    "crm_outbox_backlog", "Derived events written but not yet acknowledged by Kafka", ["projection"]
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "crm_outbox_oldest_age_seconds",
+    "Age of the oldest derived event not yet acknowledged by Kafka (0 when none waits)",
+    ["projection"],
+)
+OUTBOX_PUBLISHED = Counter(
+    "crm_outbox_published", "Derived events relayed to Kafka", ["projection", "type"]
+)
+HALTED = Gauge(
+    "crm_projection_halted",
+    "1 while a worker has stopped consuming because folding fails for reasons that are not "
+    "the events' fault (see its /healthz and log)",
+    ["projection"],
+)
+CLOCK_TIME = Gauge(
+    "crm_clock_timestamp_seconds",
+    "Time of the newest clock tick a projection read; clock lag is time() minus this",
+    ["projection"],
+)
+CLOCK_TICKS_PUBLISHED = Counter(
+    "crm_clock_ticks_published", "Tick records the clock published", ["topic"]
+)
+CLOCK_LAST_TICK = Gauge(
+    "crm_clock_last_tick_timestamp_seconds", "Time of the newest tick the clock published"
+)
 HTTP_REQUESTS = Counter(
     "crm_http_requests", "HTTP requests served", ["service", "route", "method", "status"]
 )

@@ -2,8 +2,10 @@
 
 A batch of raw records is sorted (pure: `sort_batch`) into events to fold, dead letters and
 ignored records; then one PostgreSQL transaction claims the events' ids, lets the service fold
-the new ones and moves the consumed positions. A replayed or re-delivered record changes nothing:
-its offset is below the stored position or its id is already claimed.
+the new ones, writes the events the fold derived to the outbox and moves the consumed positions.
+A replayed or re-delivered record changes nothing: its offset is below the stored position or its
+id is already claimed. A clock tick is a fold boundary: the events before it in the batch are
+folded first, then the tick, then what follows, so a time rule sees the log's own order.
 """
 
 from __future__ import annotations
@@ -14,17 +16,19 @@ import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
 
-from crm_shared import metrics
+from crm_shared import metrics, outbox
 from crm_shared.db import columns
 from crm_shared.deadletter import DeadLetter
+from crm_shared.derived import Derived
 from crm_shared.events import (
+    CLOCK_TICKED,
     EVENT_TYPES,
     Event,
     InvalidEvent,
@@ -38,7 +42,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 TopicPartition = tuple[str, int]
-Fold = Callable[[asyncpg.Connection, Sequence[Event]], Awaitable[None]]
+Fold = Callable[[asyncpg.Connection, Sequence[Event]], Awaitable[Sequence[Derived]]]
+"""Folds events into the view in the caller's transaction; returns the events it derives."""
 SendDeadLetters = Callable[[Sequence[DeadLetter]], Awaitable[None]]
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -52,6 +57,33 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
 )
+
+
+NOT_THE_EVENTS_FAULT: tuple[type[BaseException], ...] = (asyncpg.SyntaxOrAccessError,)
+"""Failures no event can cause: a missing table or column, a type mismatch with the schema."""
+
+
+class ProjectionHalted(Exception):
+    """Folding fails for reasons that are not the events' fault: consumption stops instead of
+    dead-lettering everything while the positions advance."""
+
+
+def systematic_failure(
+    outcomes: Sequence[BaseException | None], streak: int, halt_after: int
+) -> tuple[str | None, int]:
+    """Why folding must halt (None: the failures are poison, dead-letter them), and the streak
+    of consecutive failed events after these outcomes (one per event, None = applied)."""
+    for error in outcomes:
+        if error is None:
+            streak = 0
+            continue
+        streak += 1
+        what = f"{type(error).__name__}: {error}"[:500]
+        if isinstance(error, NOT_THE_EVENTS_FAULT):
+            return f"the projection's database does not fit its code ({what})", streak
+        if streak >= halt_after:
+            return f"{streak} events in a row failed to fold, the last with {what}", streak
+    return None, streak
 
 
 @dataclass(frozen=True)
@@ -81,6 +113,8 @@ class SortedBatch:
     ignored_types: list[str] = field(default_factory=list)
     already_consumed: int = 0
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    newest_tick: datetime | None = None
+    """Time of the newest clock tick read, folded or not (for the clock-lag metric)."""
 
 
 def sort_batch(
@@ -117,8 +151,12 @@ def sort_batch(
                 )
             )
             continue
+        if event.type == CLOCK_TICKED and (
+            batch.newest_tick is None or event.time > batch.newest_tick
+        ):
+            batch.newest_tick = event.time
         if event.type in folds:
-            batch.events.append(event)
+            batch.events.append(replace(event, partition=record.partition))
         else:
             batch.ignored_types.append(event.type)
     return batch
@@ -137,6 +175,20 @@ SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[])
 ON CONFLICT (topic, partition) DO UPDATE
 SET next_offset = GREATEST(consumer_positions.next_offset, EXCLUDED.next_offset), updated_at = now()
 """
+
+
+def runs_between_ticks(events: Sequence[Event]) -> list[Sequence[Event]]:
+    """Split a batch into runs of ticks and runs of other events, in order: a tick is folded
+    after every event before it and before every event after it."""
+    runs: list[Sequence[Event]] = []
+    start = 0
+    for index in range(1, len(events) + 1):
+        if index == len(events) or (events[index].type == CLOCK_TICKED) != (
+            events[start].type == CLOCK_TICKED
+        ):
+            runs.append(events[start:index])
+            start = index
+    return runs
 
 
 async def claim_new(conn: asyncpg.Connection, events: Sequence[Event]) -> list[Event]:
@@ -183,8 +235,19 @@ class BatchProjector:
         *,
         consumer: str | None = None,
         max_backoff_seconds: float = 5.0,
+        on_derived: Callable[[], None] = lambda: None,
+        halt_after: int = 10,
+        halt_retry_seconds: float = 30.0,
     ) -> None:
         self.projection = projection
+        self.halt_after = halt_after
+        self.halt_retry_seconds = halt_retry_seconds
+        self.halted: str | None = None
+        """Why consumption is stopped, while it is (the worker's /healthz reports it)."""
+        self.failure_streak = 0
+        metrics.HALTED.labels(projection.name).set(0)  # the series exists before any halt
+        self.on_derived = on_derived
+        """Called after a commit that wrote derived events (wakes the outbox relay)."""
         self.pool = pool
         self.send_dead_letters = send_dead_letters
         self.consumer = consumer or projection.name
@@ -215,43 +278,91 @@ class BatchProjector:
                         "offset": letter.offset,
                     },
                 )
-        applied = await self._retrying(lambda: self._commit(batch))
+        applied, derived = await self._commit_until_resumed(batch)
         self.positions.update(batch.next_offsets)
+        if derived:
+            self.on_derived()
+        if batch.newest_tick is not None:
+            metrics.CLOCK_TIME.labels(name).set(batch.newest_tick.timestamp())
         self._count(batch, applied, len(records), time.perf_counter() - started)
 
-    async def _commit(self, batch: SortedBatch) -> list[Event]:
+    async def _commit_until_resumed(self, batch: SortedBatch) -> tuple[list[Event], int]:
+        """Commit the batch; while folding is halted, try again every halt_retry_seconds, so
+        that a fixed database or a deployed fix resumes consumption where it stopped."""
+        name = self.projection.name
+        while True:
+            try:
+                result = await self._retrying(lambda: self._commit(batch))
+            except ProjectionHalted as halt:
+                if self.halted is None:
+                    log.error("consumption halted", extra={"projection": name, "reason": str(halt)})
+                self.halted = str(halt)
+                metrics.HALTED.labels(name).set(1)
+                await asyncio.sleep(self.halt_retry_seconds)
+                continue
+            if self.halted is not None:
+                log.warning("consumption resumed", extra={"projection": name})
+                self.halted = None
+                metrics.HALTED.labels(name).set(0)
+            return result
+
+    async def _fold(self, conn: asyncpg.Connection, events: Sequence[Event]) -> int:
+        """Fold run by run (ticks are boundaries) and put what the fold derives in the outbox."""
+        derived: list[Derived] = []
+        for run in runs_between_ticks(events):
+            derived.extend(await self.projection.fold(conn, run))
+        await outbox.write(conn, derived)
+        return len(derived)
+
+    async def _commit(self, batch: SortedBatch) -> tuple[list[Event], int]:
+        """Apply the batch in one transaction; the applied events and how many were derived."""
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 applied = await claim_new(conn, batch.events)
-                await self.projection.fold(conn, applied)
+                derived = await self._fold(conn, applied)
                 await save_positions(conn, batch.next_offsets)
-            return applied
+            self.failure_streak = 0
+            return applied, derived
         except TRANSIENT_ERRORS:
             raise
         except Exception:
             log.exception("batch failed; applying its events one by one to isolate the bad one")
             return await self._commit_one_by_one(batch)
 
-    async def _commit_one_by_one(self, batch: SortedBatch) -> list[Event]:
+    async def _commit_one_by_one(self, batch: SortedBatch) -> tuple[list[Event], int]:
+        """Isolate poison: apply each event alone. When the failures are systematic (see
+        `systematic_failure`), halt without dead-lettering them or moving the positions; the
+        events applied meanwhile are claimed, so the retry skips them."""
         applied: list[Event] = []
-        poison: list[tuple[Event, Exception]] = []
+        derived = 0
+        outcomes: list[Exception | None] = []
         for event in batch.events:
             try:
                 async with self.pool.acquire() as conn, conn.transaction():
                     fresh = await claim_new(conn, [event])
-                    await self.projection.fold(conn, fresh)
+                    derived += await self._fold(conn, fresh)
                 applied.extend(fresh)
+                outcomes.append(None)
             except TRANSIENT_ERRORS:
                 raise
             except Exception as error:
-                poison.append((event, error))
+                outcomes.append(error)
+        halt, streak = systematic_failure(outcomes, self.failure_streak, self.halt_after)
+        if halt is not None:
+            raise ProjectionHalted(halt)
+        self.failure_streak = streak
+        poison = [
+            (event, error)
+            for event, error in zip(batch.events, outcomes, strict=True)
+            if error is not None
+        ]
         if poison:
             await self.send_dead_letters([self._letter_for(event, err) for event, err in poison])
             for event, _ in poison:
                 metrics.EVENTS_DEAD_LETTERED.labels(self.projection.name, event.type).inc()
         async with self.pool.acquire() as conn:
             await save_positions(conn, batch.next_offsets)
-        return applied
+        return applied, derived
 
     def _letter_for(self, event: Event, error: Exception) -> DeadLetter:
         document = build_event(

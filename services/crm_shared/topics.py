@@ -1,13 +1,15 @@
 """The topic catalogue: which event types travel on which topic, and how each topic is configured.
 
 Event types are grouped by domain so that each service subscribes only to what it folds.
+Besides its own types, every event topic carries the clock's ticks, one per partition
+(see crm_shared.clock): time reaches each partition in the log's own order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from crm_shared.events import EVENT_TYPES
+from crm_shared.events import CLOCK_TICKED, EVENT_TYPES, SEGMENT_ENTERED, SEGMENT_LEFT
 
 DEFAULT_PARTITIONS = 12
 _FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
@@ -67,6 +69,13 @@ PREFERENCES = Topic(
     producers=("web-site", "call-centre", "e-mail-service", "gateway-service"),
     consumers=("broadcast-service",),
 )
+SEGMENTS = Topic(
+    "crm.segments",
+    "Who entered and who left a segment, derived by the profile service from what it folded.",
+    (SEGMENT_ENTERED, SEGMENT_LEFT),
+    producers=("profile-service",),
+    consumers=("broadcast-service",),
+)
 DEAD_LETTER = Topic(
     "crm.deadletter",
     "Records that could not be processed: original bytes as the value, the reason and origin "
@@ -83,18 +92,29 @@ DEAD_LETTER = Topic(
     config={**_FOREVER, "max.message.bytes": str(8 * 1024 * 1024)},
 )
 
-EVENT_TOPICS: tuple[Topic, ...] = (CUSTOMERS, ORDERS, BROWSING, CONTACTS, PREFERENCES)
+EVENT_TOPICS: tuple[Topic, ...] = (CUSTOMERS, ORDERS, BROWSING, CONTACTS, PREFERENCES, SEGMENTS)
+CLOCK_PRODUCER = "crm-clock"
+"""Who publishes the ticks that every event topic carries."""
 ALL_TOPICS: tuple[Topic, ...] = (*EVENT_TOPICS, DEAD_LETTER)
 
 TOPIC_OF_TYPE: dict[str, str] = {
     event_type: topic.name for topic in EVENT_TOPICS for event_type in topic.event_types
 }
 
-_unrouted = set(EVENT_TYPES) - set(TOPIC_OF_TYPE)
+_unrouted = set(EVENT_TYPES) - set(TOPIC_OF_TYPE) - {CLOCK_TICKED}
 if _unrouted:  # pragma: no cover - a programming error caught at import in every test run
     raise RuntimeError(f"event types without a topic: {sorted(_unrouted)}")
 
 
 def topic_for(event_type: str) -> str:
-    """The topic an event type is published on."""
+    """The topic an event type is published on (ticks go to every topic: see crm_shared.clock)."""
     return TOPIC_OF_TYPE[event_type]
+
+
+def accepts_from(event_type: str, producer: str) -> bool:
+    """Whether `producer` may publish this type: derived events and ticks come only from the
+    platform's own services, so a client cannot forge them."""
+    topic = TOPIC_OF_TYPE.get(event_type)
+    return topic is not None and producer in next(
+        t.producers for t in EVENT_TOPICS if t.name == topic
+    )

@@ -6,10 +6,15 @@ A service's worker module is three lines: build its Projection, call `run_worker
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from socketserver import ThreadingMixIn
 from typing import Any, cast
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIEnvironment
 
 import asyncpg
 import faust
@@ -18,15 +23,23 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from faust.types import TP
-from prometheus_client import start_http_server
+from prometheus_client import make_wsgi_app
 
 from crm_shared import metrics
 from crm_shared.config import ServiceSettings
 from crm_shared.db import open_pool
 from crm_shared.deadletter import DeadLetter
+from crm_shared.derived import Derived
 from crm_shared.logs import configure_logging, logging_config
-from crm_shared.projector import BatchProjector, Projection, RawRecord, load_positions
-from crm_shared.topics import DEAD_LETTER
+from crm_shared.outbox import OutboxRelay
+from crm_shared.projector import (
+    TRANSIENT_ERRORS,
+    BatchProjector,
+    Projection,
+    RawRecord,
+    load_positions,
+)
+from crm_shared.topics import DEAD_LETTER, EVENT_TOPICS
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +99,24 @@ def build_app(
         ]
         await asyncio.gather(*pending)  # acks=all: each one is on the broker before we move on
 
-    projector = BatchProjector(projection, pool, send_dead_letters)
+    derived_topics = {topic.name: app.topic(topic.name) for topic in EVENT_TOPICS}
+
+    async def send_derived(derived: Sequence[Derived]) -> None:
+        pending = [
+            await derived_topics[item.topic].send(key=item.key, value=item.value)
+            for item in derived
+        ]
+        await asyncio.gather(*pending)  # acks=all: on the broker before the rows are marked sent
+
+    relay = OutboxRelay(projection.name, pool, send_derived)
+    projector = BatchProjector(
+        projection,
+        pool,
+        send_dead_letters,
+        on_derived=relay.wake.set,
+        halt_after=settings.halt_after_failures,
+        halt_retry_seconds=settings.halt_retry_seconds,
+    )
 
     async def fold(stream: faust.StreamT[Any]) -> None:
         async for events in cast(faust.Stream[Any], stream).take_events(
@@ -106,6 +136,11 @@ def build_app(
             _report_lag(app, projection.name, projector.positions)
 
     app.agent(source, name=f"crm-{projection.name}-fold")(fold)
+
+    async def relay_outbox() -> None:
+        await relay.run((*TRANSIENT_ERRORS, KafkaError))
+
+    app.task(relay_outbox)
 
     async def resume_from_database(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         """Reload the stored positions on every rebalance and read on from there."""
@@ -193,13 +228,40 @@ def _report_lag(app: faust.App, name: str, positions: dict[tuple[str, int], int]
             )
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes and probes are counted in metrics, not logged."""
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+def serve_metrics_and_health(port: int, halted: Callable[[], str | None]) -> None:
+    """/metrics for Prometheus and /healthz, which answers 503 with the reason while the
+    worker's consumption is halted; served from a daemon thread."""
+    metrics_app = make_wsgi_app()
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != "/healthz":
+            return cast(Iterable[bytes], metrics_app(environ, start_response))
+        reason = halted()
+        body = {"status": "halted", "reason": reason} if reason else {"status": "ok"}
+        status = "503 Service Unavailable" if reason else "200 OK"
+        start_response(status, [("Content-Type", "application/json")])
+        return [json.dumps(body).encode()]
+
+    server = make_server("0.0.0.0", port, app, _ThreadingServer, _QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+
+
 def run_worker(projection: Projection, settings: ServiceSettings) -> None:
     """Run one projection worker until SIGTERM/SIGINT; faust stops the stream after the batch."""
     configure_logging(f"{projection.name}-worker", settings.platform.log_level)
-    start_http_server(settings.worker_metrics_port)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    app, _ = build_app(projection, settings, loop)
+    app, projector = build_app(projection, settings, loop)
+    serve_metrics_and_health(settings.worker_metrics_port, lambda: projector.halted)
     log.info(
         "worker starting",
         extra={"projection": projection.name, "metrics_port": settings.worker_metrics_port},

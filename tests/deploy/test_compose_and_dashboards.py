@@ -38,8 +38,11 @@ PROMETHEUS_LOCAL = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 PROMETHEUS_DOCKER = ROOT / "deploy" / "prometheus" / "prometheus.docker.yml"
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+
 # compose service -> (`service` label, component, port)
 PROCESSES: dict[str, tuple[str, str, int]] = {
+    "clock": ("clock", "worker", 9105),
     "profile-worker": ("profile", "worker", 9101),
     "interaction-worker": ("interaction", "worker", 9102),
     "broadcast-worker": ("broadcast", "worker", 9103),
@@ -57,6 +60,8 @@ PACKAGES = {
     "recommendation": "recommendation_service",
     "gateway": "gateway_service",
 }
+MODULES = {"clock": "crm_shared.clock"}
+"""Processes whose module is not <package>.worker or <package>.api."""
 
 
 def _load_yaml(path: Path) -> Any:
@@ -135,11 +140,11 @@ def test_compose_wires_the_platform(compose: dict[str, Any]) -> None:
         command = service["command"]
         env = service["environment"]
         prefix = f"CRM_{label.upper()}_"
+        module = MODULES.get(name) or f"{PACKAGES[label]}.{component}"
+        assert command == ["python", "-m", module], name
         if component == "worker":
-            assert command == ["python", "-m", f"{PACKAGES[label]}.worker"], name
             assert env[f"{prefix}WORKER_METRICS_PORT"] == str(port), name
         else:
-            assert command == ["python", "-m", f"{PACKAGES[label]}.api"], name
             assert env[f"{prefix}API_PORT"] == str(port), name
 
     for name, service in services.items():
@@ -154,6 +159,7 @@ def test_compose_wires_the_platform(compose: dict[str, Any]) -> None:
         "./deploy/prometheus/prometheus.docker.yml:/etc/prometheus/prometheus.yml:ro"
         in prometheus_mounts
     )
+    assert "./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in prometheus_mounts
     grafana_env = services["grafana"]["environment"]
     assert str(grafana_env["GF_AUTH_ANONYMOUS_ENABLED"]).lower() == "true"
     assert grafana_env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
@@ -309,6 +315,12 @@ def test_panel_queries_use_real_metric_names(generator: ModuleType) -> None:
         "crm_batch_duration_seconds_bucket",
         "crm_http_requests_total",
         "crm_http_request_duration_seconds_bucket",
+        "crm_projection_halted",
+        "crm_outbox_backlog",
+        "crm_outbox_oldest_age_seconds",
+        "crm_outbox_published_total",
+        "crm_clock_timestamp_seconds",
+        "crm_clock_last_tick_timestamp_seconds",
     }
     used: set[str] = set()
     for expr in generator.panel_queries():
@@ -344,3 +356,44 @@ def test_panel_queries_are_valid_promql(prometheus_url: str, generator: ModuleTy
         if body.get("status") != "success":
             failures.append(f"{expr}\n  -> HTTP {status}: {body.get('error', body)}")
     assert not failures, "invalid PromQL in the dashboards:\n" + "\n".join(failures)
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in _load_yaml(ALERTS)["groups"] for rule in group["rules"]]
+
+
+def test_alert_rules_cover_the_engine_and_use_real_metric_names() -> None:
+    promtool = require("promtool")
+    result = subprocess.run(
+        [promtool, "check", "rules", str(ALERTS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for config in (PROMETHEUS_LOCAL, PROMETHEUS_DOCKER):
+        assert _load_yaml(config)["rule_files"] == ["alerts.yml"], config
+    exported = _exported_metric_names()
+    used: set[str] = set()
+    for rule in _alert_rules():
+        used.update(re.findall(r"\bcrm_[a-z0-9_]+", rule["expr"]))
+        assert rule["annotations"]["summary"], rule["alert"]
+    assert used <= exported, f"unknown metrics: {sorted(used - exported)}"
+    for metric in (
+        "crm_projection_halted",
+        "crm_outbox_oldest_age_seconds",
+        "crm_clock_timestamp_seconds",
+        "crm_clock_last_tick_timestamp_seconds",
+    ):
+        assert metric in used, f"no alert watches {metric}"
+
+
+@pytest.mark.integration
+def test_alert_expressions_are_valid_promql(prometheus_url: str) -> None:
+    failures = []
+    for rule in _alert_rules():
+        status, body = query(prometheus_url, rule["expr"])
+        if body.get("status") != "success":
+            failures.append(f"{rule['alert']}: HTTP {status}: {body.get('error', body)}")
+    assert not failures, "\n".join(failures)

@@ -47,12 +47,12 @@ async def get_json(url: str, **kwargs: Any) -> tuple[int, Any]:
         return response.status_code, response.json()
 
 
-def read_topic(bootstrap: str, topic: str, *, timeout_ms: int = 4000) -> list[Any]:
-    """Every record currently on a topic, from the beginning (no consumer group)."""
+def read_topic(bootstrap: str, topic: str, *, within: float = 60) -> list[Any]:
+    """Every record on a topic when called, from the beginning (no consumer group). It stops at
+    the end offsets it read first, so it ends even while the clock keeps ticking."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
-        consumer_timeout_ms=timeout_ms,
         max_partition_fetch_bytes=16 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
     )
@@ -60,7 +60,15 @@ def read_topic(bootstrap: str, topic: str, *, timeout_ms: int = 4000) -> list[An
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
-        return list(consumer)
+        end = consumer.end_offsets(partitions)
+        records: list[Any] = []
+        deadline = time.monotonic() + within
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not read {topic} to its end within {within} s")
+            for tp, batch in consumer.poll(timeout_ms=1000).items():
+                records.extend(record for record in batch if record.offset < end[tp])
+        return records
     finally:
         consumer.close()
 

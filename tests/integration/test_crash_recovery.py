@@ -17,6 +17,7 @@ from crm_shared import launcher
 from crm_shared.demo.workload import Workload
 from crm_shared.events import encode_event
 from crm_shared.topics import topic_for
+from tests.conftest import shifted_port
 from tests.integration.helpers import eventually, fetch, unique
 
 pytestmark = pytest.mark.integration
@@ -221,10 +222,10 @@ async def test_a_second_replica_joining_and_dying_mid_stream_changes_no_total(
         "profile-worker-2",
         "profile_service.worker",
         "CRM_PROFILE_WORKER_METRICS_PORT",
-        19111,
+        int(shifted_port(19111)),
         "/metrics",
     )
-    replica_env = {**platform, "CRM_PROFILE_WORKER_METRICS_PORT": "19111"}
+    replica_env = {**platform, "CRM_PROFILE_WORKER_METRICS_PORT": shifted_port(19111)}
     publisher = threading.Thread(
         target=publish, args=(platform["CRM_KAFKA_BOOTSTRAP"], events, 1_500)
     )

@@ -12,7 +12,7 @@ import yaml
 from crm_shared import launcher
 from crm_shared.sdk import EventPublisher
 from tests.integration.helpers import unique
-from tests.observability import dashboard_generator, query, running_prometheus
+from tests.observability import dashboard_generator, get_json, query, running_prometheus
 
 pytestmark = pytest.mark.integration
 
@@ -22,6 +22,10 @@ MUST_HAVE_DATA = (
     "crm_events_applied_total",
     "crm_projection_freshness_seconds",
     "crm_http_requests_total",
+    "crm_projection_halted",
+    "crm_outbox_backlog",
+    "crm_clock_timestamp_seconds",
+    "crm_clock_last_tick_timestamp_seconds",
 )
 
 
@@ -29,6 +33,7 @@ def scrape_config(env: dict[str, str]) -> str:
     """deploy/prometheus/prometheus.yml with the test ports instead of the defaults."""
     config: dict[str, Any] = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(ROOT / "deploy/prometheus" / name) for name in config["rule_files"]]
     ports = {str(p.default_port): str(p.port(env)) for p in launcher.PROCESSES}
     for job in config["scrape_configs"]:
         for group in job["static_configs"]:
@@ -70,3 +75,10 @@ async def test_every_panel_query_answers_from_the_running_platform(
                 empty.append(expr)
         assert not failures, "\n".join(failures)
         assert not empty, "panels without data while the platform runs:\n" + "\n".join(empty)
+
+        _, rules = get_json(f"{url}/api/v1/rules")
+        loaded = [r for g in rules["data"]["groups"] for r in g["rules"]]
+        assert {r["name"] for r in loaded} >= {"CrmConsumerHalted", "CrmOutboxStuck"}
+        assert all(r["health"] == "ok" for r in loaded), loaded
+        firing = {r["name"] for r in loaded if r["state"] != "inactive"}
+        assert not firing & {"CrmConsumerHalted", "CrmClockStopped", "CrmProcessDown"}, firing

@@ -8,8 +8,8 @@ import jsonschema
 import yaml
 
 from crm_shared.contracts import ASYNCAPI_FILE, SCHEMA_DIR, drift, message_name
-from crm_shared.events import EVENT_TYPES, build_event
-from crm_shared.topics import ALL_TOPICS
+from crm_shared.events import CLOCK_TICKED, EVENT_TYPES, build_event
+from crm_shared.topics import ALL_TOPICS, EVENT_TOPICS
 
 
 def test_checked_in_contracts_match_the_models() -> None:
@@ -49,5 +49,20 @@ def test_each_worker_subscribes_to_exactly_the_topics_the_contract_says_it_consu
     for projection in (profile, interaction, broadcast, recommendation):
         declared = {t.name for t in ALL_TOPICS if f"{projection.name}-service" in t.consumers}
         assert {t.name for t in projection.topics} == declared, projection.name
-        carried = {event_type for t in projection.topics for event_type in t.event_types}
+        carried = {CLOCK_TICKED} | {e for t in projection.topics for e in t.event_types}
         assert projection.folds <= carried, f"{projection.name} folds types it never reads"
+
+
+def test_derived_events_are_published_only_by_the_service_the_contract_names() -> None:
+    from profile_service.events import PUBLISHES
+
+    for topic in EVENT_TOPICS:
+        assert ("profile-service" in topic.producers) == (topic in PUBLISHES), topic.name
+
+
+def test_every_event_topic_carries_the_clock_ticks() -> None:
+    document = yaml.safe_load(ASYNCAPI_FILE.read_text())
+    for channel in document["channels"].values():
+        if channel["address"] != "crm.deadletter":
+            assert message_name(CLOCK_TICKED) in channel["messages"], channel["address"]
+            assert "crm-clock" in channel["x-producers"]

@@ -1,0 +1,130 @@
+"""Derived events, exactly once with the view: the transactional outbox and its relay.
+
+A fold returns the events it derives (crm_shared.derived); the projector writes them to the
+`outbox` table in the transaction that changes the view and moves the consumed positions. The
+worker's relay publishes unsent rows in order (acks=all), marks them sent, and prunes sent rows
+later. A derived event's id comes from the event that caused it, so a relay that publishes again
+after a crash, or a rebuild that derives the same events again, produces duplicates that
+consumers drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+
+import asyncpg
+
+from crm_shared import metrics
+from crm_shared.db import columns
+from crm_shared.derived import Derived
+
+log = logging.getLogger(__name__)
+
+_RELAY_LOCK = 7412
+"""Advisory lock: one relay at a time per database, so derived events leave in seq order."""
+
+
+async def write(conn: asyncpg.Connection, derived: Sequence[Derived]) -> None:
+    """Add derived events to the outbox; the caller's transaction holds the view change."""
+    if derived:
+        await conn.execute(
+            "INSERT INTO outbox (topic, key, value, event_id, type)"
+            " SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[], $5::text[])",
+            *columns(derived, "topic", "key", "value", "event_id", "type"),
+        )
+
+
+Send = Callable[[Sequence[Derived]], Awaitable[None]]
+"""Publishes to Kafka and returns once every record is acknowledged (acks=all)."""
+
+
+class OutboxRelay:
+    """Publishes a projection's outbox to Kafka, oldest first; woken when a batch derives."""
+
+    def __init__(
+        self,
+        projection: str,
+        pool: asyncpg.Pool,
+        send: Send,
+        *,
+        batch_size: int = 500,
+        idle_seconds: float = 1.0,
+        keep_sent: timedelta = timedelta(minutes=10),
+    ) -> None:
+        self.projection = projection
+        self.pool = pool
+        self.send = send
+        self.batch_size = batch_size
+        self.idle_seconds = idle_seconds
+        self.keep_sent = keep_sent
+        self.wake = asyncio.Event()
+
+    async def relay_once(self) -> int:
+        """Publish up to one batch of unsent events and mark them sent; how many were sent.
+
+        The rows are marked in the transaction that read them, after Kafka acknowledged them: a
+        crash in between publishes them again, and consumers drop the copies by id.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _RELAY_LOCK):
+                return 0  # another replica relays this database
+            rows = await conn.fetch(
+                "SELECT seq, topic, key, value, event_id, type FROM outbox"
+                " WHERE sent_at IS NULL ORDER BY seq LIMIT $1",
+                self.batch_size,
+            )
+            if not rows:
+                return 0
+            derived = [
+                Derived(row["topic"], row["key"], row["value"], row["event_id"], row["type"])
+                for row in rows
+            ]
+            await self.send(derived)
+            await conn.execute(
+                "UPDATE outbox SET sent_at = clock_timestamp() WHERE seq = ANY($1::bigint[])",
+                [row["seq"] for row in rows],
+            )
+        for event_type in {d.type for d in derived}:
+            metrics.OUTBOX_PUBLISHED.labels(self.projection, event_type).inc(
+                sum(d.type == event_type for d in derived)
+            )
+        return len(rows)
+
+    async def report_and_prune(self) -> None:
+        """Export the backlog and its age; delete rows sent longer ago than `keep_sent`."""
+        async with self.pool.acquire() as conn:
+            backlog, oldest_age = await conn.fetchrow(
+                "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(created_at)),"
+                " 0) FROM outbox WHERE sent_at IS NULL"
+            )
+            await conn.execute(
+                "DELETE FROM outbox WHERE sent_at < clock_timestamp() - $1::interval",
+                self.keep_sent,
+            )
+        metrics.OUTBOX_BACKLOG.labels(self.projection).set(backlog)
+        metrics.OUTBOX_OLDEST_AGE.labels(self.projection).set(float(oldest_age))
+
+    async def run(self, transient: tuple[type[BaseException], ...]) -> None:
+        """Relay until cancelled; transient failures (Kafka or the database away) are retried."""
+        delay = 0.1
+        while True:
+            self.wake.clear()  # a batch deriving from now on wakes the wait below
+            try:
+                sent = await self.relay_once()
+                if sent == self.batch_size:
+                    continue  # more is waiting
+                await self.report_and_prune()
+                delay = 0.1
+            except transient as error:
+                log.warning("outbox relay failed, retrying", extra={"error": repr(error)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            try:
+                async with asyncio.timeout(self.idle_seconds):
+                    await self.wake.wait()
+            except TimeoutError:
+                pass
