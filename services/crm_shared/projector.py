@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,9 +26,11 @@ from crm_shared.db import columns
 from crm_shared.deadletter import DeadLetter
 from crm_shared.events import (
     EVENT_TYPES,
+    MAX_FUTURE_SKEW,
     Event,
     InvalidEvent,
     build_event,
+    check_not_future,
     encode_event,
     parse_event,
 )
@@ -88,8 +90,15 @@ def sort_batch(
     positions: dict[TopicPartition, int],
     folds: frozenset[str],
     consumer: str,
+    *,
+    now: datetime,
+    max_future_skew: timedelta = MAX_FUTURE_SKEW,
 ) -> SortedBatch:
-    """Classify records; no I/O. Records below a stored position were applied before."""
+    """Classify records; no I/O. Records below a stored position were applied before.
+
+    A record is dead-lettered when it does not decode to a valid event, when its key is not
+    its subject, or when it is dated after now + skew.
+    """
     batch = SortedBatch()
     for record in records:
         tp = (record.topic, record.partition)
@@ -101,9 +110,8 @@ def sort_batch(
             if record.value is None:
                 raise InvalidEvent("empty record (no value)")
             event = parse_event(record.value)
-            if record.key is not None and record.key.decode(errors="replace") != event.customer_id:
-                key = record.key[:128]
-                raise InvalidEvent(f"message key {key!r} is not the subject {event.customer_id!r}")
+            _check_key(record.key, event)
+            check_not_future(event, now, max_future_skew)
         except InvalidEvent as problem:
             batch.dead_letters.append(
                 DeadLetter(
@@ -122,6 +130,14 @@ def sort_batch(
         else:
             batch.ignored_types.append(event.type)
     return batch
+
+
+def _check_key(key: bytes | None, event: Event) -> None:
+    """The key must be the subject: it keeps a customer's events in order, on one partition."""
+    if key is None:
+        raise InvalidEvent(f"message has no key: the key must be the subject {event.customer_id!r}")
+    if key != event.customer_id.encode():
+        raise InvalidEvent(f"message key {key[:128]!r} is not the subject {event.customer_id!r}")
 
 
 CLAIM_SQL = """
@@ -183,6 +199,7 @@ class BatchProjector:
         *,
         consumer: str | None = None,
         max_backoff_seconds: float = 5.0,
+        max_future_skew: timedelta = MAX_FUTURE_SKEW,
     ) -> None:
         self.projection = projection
         self.pool = pool
@@ -190,6 +207,7 @@ class BatchProjector:
         self.consumer = consumer or projection.name
         self.positions: dict[TopicPartition, int] = {}
         self.max_backoff_seconds = max_backoff_seconds
+        self.max_future_skew = max_future_skew
 
     async def reload_positions(self) -> dict[TopicPartition, int]:
         """Read the stored positions (on start and on every rebalance) and return them."""
@@ -200,7 +218,14 @@ class BatchProjector:
     async def process(self, records: Sequence[RawRecord]) -> None:
         started = time.perf_counter()
         name = self.projection.name
-        batch = sort_batch(records, self.positions, self.projection.folds, self.consumer)
+        batch = sort_batch(
+            records,
+            self.positions,
+            self.projection.folds,
+            self.consumer,
+            now=datetime.now(UTC),
+            max_future_skew=self.max_future_skew,
+        )
         if batch.dead_letters:
             # Delivered before the positions move past them: a dead letter is never lost.
             await self._retrying(lambda: self.send_dead_letters(batch.dead_letters))

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any, cast
 
 import asyncpg
@@ -86,7 +87,12 @@ def build_app(
         ]
         await asyncio.gather(*pending)  # acks=all: each one is on the broker before we move on
 
-    projector = BatchProjector(projection, pool, send_dead_letters)
+    projector = BatchProjector(
+        projection,
+        pool,
+        send_dead_letters,
+        max_future_skew=timedelta(seconds=settings.platform.max_future_skew_seconds),
+    )
 
     async def fold(stream: faust.StreamT[Any]) -> None:
         async for events in cast(faust.Stream[Any], stream).take_events(
