@@ -25,14 +25,16 @@ from crm_shared import metrics
 from crm_shared.db import columns
 from crm_shared.deadletter import DeadLetter
 from crm_shared.events import (
+    CE_HEADER_PREFIX,
     EVENT_TYPES,
     MAX_FUTURE_SKEW,
     Event,
     InvalidEvent,
+    RecordHeaders,
     build_event,
     check_not_future,
+    decode_record,
     encode_event,
-    parse_event,
 )
 from crm_shared.topics import Topic
 
@@ -74,6 +76,7 @@ class RawRecord:
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: RecordHeaders = ()
 
 
 @dataclass
@@ -96,8 +99,8 @@ def sort_batch(
 ) -> SortedBatch:
     """Classify records; no I/O. Records below a stored position were applied before.
 
-    A record is dead-lettered when it does not decode to a valid event, when its key is not
-    its subject, or when it is dated after now + skew.
+    A record is dead-lettered when it does not decode to a valid event (either CloudEvents
+    content mode), when its key is not its subject, or when it is dated after now + skew.
     """
     batch = SortedBatch()
     for record in records:
@@ -109,7 +112,7 @@ def sort_batch(
         try:
             if record.value is None:
                 raise InvalidEvent("empty record (no value)")
-            event = parse_event(record.value)
+            event = decode_record(record.value, record.headers)
             _check_key(record.key, event)
             check_not_future(event, now, max_future_skew)
         except InvalidEvent as problem:
@@ -122,6 +125,7 @@ def sort_batch(
                     partition=record.partition,
                     offset=record.offset,
                     consumer=consumer,
+                    original_headers=record.headers,
                 )
             )
             continue
@@ -230,7 +234,7 @@ class BatchProjector:
             # Delivered before the positions move past them: a dead letter is never lost.
             await self._retrying(lambda: self.send_dead_letters(batch.dead_letters))
             for letter in batch.dead_letters:
-                metrics.EVENTS_DEAD_LETTERED.labels(name, _type_of(letter.value)).inc()
+                metrics.EVENTS_DEAD_LETTERED.labels(name, _type_of(letter)).inc()
                 log.warning(
                     "record dead-lettered",
                     extra={
@@ -342,8 +346,11 @@ class BatchProjector:
 _TYPE_FIELD = re.compile(rb'"type"\s*:\s*"([A-Za-z0-9_.]{1,128})"')
 
 
-def _type_of(value: bytes) -> str:
+def _type_of(letter: DeadLetter) -> str:
     """Known event type of an undecodable record, for the metric label; else 'unknown'."""
-    match = _TYPE_FIELD.search(value[:4096])
-    found = match.group(1).decode() if match else ""
+    raw = dict(letter.original_headers).get(f"{CE_HEADER_PREFIX}type")  # binary mode
+    if raw is None:
+        match = _TYPE_FIELD.search(letter.value[:4096])
+        raw = match.group(1) if match else b""
+    found = raw.decode(errors="replace")
     return found if found in EVENT_TYPES else "unknown"

@@ -25,6 +25,7 @@ from crm_shared import metrics
 from crm_shared.config import ServiceSettings
 from crm_shared.db import open_pool
 from crm_shared.deadletter import DeadLetter
+from crm_shared.events import RecordHeaders
 from crm_shared.logs import configure_logging, logging_config
 from crm_shared.projector import BatchProjector, Projection, RawRecord, load_positions
 from crm_shared.topics import DEAD_LETTER
@@ -105,6 +106,7 @@ def build_app(
                     offset=e.message.offset,
                     key=e.message.key,
                     value=e.message.value,
+                    headers=cast(RecordHeaders, e.message.headers or ()),  # aiokafka's tuples
                 )
                 for e in events
             ]

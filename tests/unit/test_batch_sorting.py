@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+from crm_shared import deadletter
 from crm_shared.events import build_event
 from crm_shared.projector import RawRecord, sort_batch
 
@@ -112,3 +113,36 @@ def test_the_future_is_measured_from_the_now_passed_in_with_the_skew_passed_in()
         soon, {}, FOLDS, "p", now=NOW + timedelta(minutes=1), max_future_skew=timedelta(minutes=1)
     )
     assert [e.id for e in later.events] == ["soon"]
+
+
+def _binary(offset: int, document: dict[str, object], **header_overrides: bytes) -> RawRecord:
+    """A binary-mode record: attributes in ce_ headers, the data as the value."""
+    headers = {
+        **{f"ce_{name}": str(value).encode() for name, value in document.items() if name != "data"},
+        "content-type": b"application/json",
+        **header_overrides,
+    }
+    headers.pop("ce_datacontenttype")
+    value = json.dumps(document["data"]).encode()
+    return RawRecord("crm.orders", 0, offset, b"C1", value, list(headers.items()))
+
+
+def test_binary_mode_records_are_folded_beside_structured_ones() -> None:
+    batch = sort_batch(
+        [_binary(0, _order("bin")), _raw(1, _order("struct"))], {}, FOLDS, "p", now=NOW
+    )
+    assert [e.id for e in batch.events] == ["bin", "struct"]
+    assert batch.dead_letters == []
+
+
+def test_a_refused_binary_mode_record_keeps_its_ce_headers_beside_the_reason() -> None:
+    record = _binary(0, _order("bad"), ce_time=b"2099-01-01T00:00:00Z")
+    [letter] = sort_batch([record], {}, FOLDS, "p", now=NOW).dead_letters
+    headers = deadletter.read_headers(letter.headers())
+    assert headers["ce_id"] == "bad"
+    assert headers["ce_type"] == "crm.order.placed.v1"
+    assert headers["ce_time"] == "2099-01-01T00:00:00Z"
+    assert headers["content-type"] == "application/json"
+    assert "in the future" in headers[deadletter.REASON]
+    assert headers[deadletter.ORIGIN_TOPIC] == "crm.orders"
+    assert letter.value == record.value
