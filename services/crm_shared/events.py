@@ -23,9 +23,31 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 MAX_EVENT_BYTES = 1024 * 1024
 """Largest encoded event we accept: bigger records are dead-lettered, never folded."""
 
+MAX_LINE_QUANTITY = 1_000_000
+"""Most units of one product in one order line."""
+MAX_UNIT_PRICE = Decimal("1000000.0000")
+"""Highest unit price, in the order's currency, to four decimals."""
+MAX_ORDER_LINES = 2000
+"""Most lines in one order or refund.
+
+With these bounds one event adds at most 2e9 items and 2e15 of money (2000 x 10^6 x 10^6) to
+any sum a projection keeps: every projection must fold such an event without overflow, and keep
+sums that grow with many events in columns that cannot overflow in practice (bigint counters,
+numeric(28, 4) money).
+"""
+
 CustomerId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]
 ProductId = Annotated[str, Field(min_length=1, max_length=64)]
-Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=4)]
+Money = Annotated[
+    Decimal,
+    Field(
+        ge=0,
+        le=MAX_UNIT_PRICE,
+        max_digits=11,
+        decimal_places=4,
+        description="From 0 to 1000000 with at most 4 decimals, as a number or a string",
+    ),
+]
 
 
 class Channel(StrEnum):
@@ -73,7 +95,7 @@ class CustomerUpdated(_EventData):
 class OrderLine(_EventData):
     product_id: ProductId
     description: str | None = Field(default=None, max_length=300)
-    quantity: int = Field(gt=0)
+    quantity: int = Field(gt=0, le=MAX_LINE_QUANTITY, description="From 1 to 1000000")
     unit_price: Money
 
 
@@ -85,7 +107,7 @@ class OrderPlaced(_EventData):
     """A customer bought something, on any channel."""
 
     order_id: str = Field(min_length=1, max_length=64)
-    lines: tuple[OrderLine, ...] = Field(min_length=1, max_length=2000)
+    lines: tuple[OrderLine, ...] = Field(min_length=1, max_length=MAX_ORDER_LINES)
     currency: str = Field(default="GBP", min_length=3, max_length=3)
     channel: Channel = Channel.WEB
 
@@ -99,7 +121,7 @@ class OrderRefunded(_EventData):
 
     refund_id: str = Field(min_length=1, max_length=64)
     order_id: str | None = Field(default=None, max_length=64, description="The refunded order")
-    lines: tuple[OrderLine, ...] = Field(min_length=1, max_length=2000)
+    lines: tuple[OrderLine, ...] = Field(min_length=1, max_length=MAX_ORDER_LINES)
     currency: str = Field(default="GBP", min_length=3, max_length=3)
     reason: str | None = Field(default=None, max_length=300)
 
