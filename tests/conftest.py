@@ -16,8 +16,12 @@ from crm_shared import launcher
 
 
 def shifted_port(base: int) -> str:
-    """A test port, shifted by ./crm test's CRM_TEST_SLOT so that checkouts run side by side."""
-    return str(base + 1000 * int(os.environ.get("CRM_TEST_SLOT", "0")))
+    """A test port, shifted by ./crm test's CRM_TEST_SLOT so that checkouts run side by side.
+
+    The shift is 100 a slot: with 1000, slot N's API ports (18100 + 1000 N) were slot N-1's
+    worker metrics ports (19101 + 1000 (N-1)).
+    """
+    return str(base + 100 * int(os.environ.get("CRM_TEST_SLOT", "0")))
 
 
 TEST_PORTS = {

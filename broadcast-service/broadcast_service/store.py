@@ -16,6 +16,13 @@ from broadcast_service.projection import (
 )
 from crm_shared.db import columns
 
+# The order of `ChannelPreferences.version` and `Consent.version`, in SQL, for the WHERE that
+# keeps a newer stored row: text compared by code point (COLLATE "C") as Python compares it.
+_PREFERENCE_VERSION = '({t}.set_at, {t}.source COLLATE "C", {t}.event_id COLLATE "C")'
+_CONSENT_VERSION = (
+    '({t}.changed_at, NOT {t}.granted, {t}.source COLLATE "C", {t}.event_id COLLATE "C")'
+)
+
 
 def _preferences(row: Mapping[str, Any]) -> ChannelPreferences:
     quiet = (
@@ -64,7 +71,7 @@ async def save_preferences(
     # The WHERE is a second line of defence: never overwrite a newer row, even if two workers
     # raced on a customer's first preferences during a rebalance.
     await conn.executemany(
-        """
+        f"""
         INSERT INTO channel_preferences AS p (customer_id, channels, quiet_start, quiet_end,
                                               quiet_timezone, set_at, source, event_id)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -72,7 +79,7 @@ async def save_preferences(
             channels = EXCLUDED.channels, quiet_start = EXCLUDED.quiet_start,
             quiet_end = EXCLUDED.quiet_end, quiet_timezone = EXCLUDED.quiet_timezone,
             set_at = EXCLUDED.set_at, source = EXCLUDED.source, event_id = EXCLUDED.event_id
-        WHERE p.set_at <= EXCLUDED.set_at
+        WHERE {_PREFERENCE_VERSION.format(t="p")} < {_PREFERENCE_VERSION.format(t="EXCLUDED")}
         """,
         [_preference_row(r) for r in records],
     )
@@ -99,17 +106,19 @@ async def lock_consents(
 
 
 async def save_consents(conn: asyncpg.Connection, consents: Collection[Consent]) -> None:
+    """Write the consent states; a stored state that the pure rule ranks higher is kept, so a
+    grant never overwrites a revocation of the same instant, whatever batch it came in."""
     if not consents:
         return
     await conn.executemany(
-        """
+        f"""
         INSERT INTO consents AS c (customer_id, purpose, channel, granted, changed_at,
                                    source, event_id)
         VALUES ($1, $2, $3, $4, $5, $6, $7)
         ON CONFLICT (customer_id, purpose, channel) DO UPDATE SET
             granted = EXCLUDED.granted, changed_at = EXCLUDED.changed_at,
             source = EXCLUDED.source, event_id = EXCLUDED.event_id
-        WHERE c.changed_at <= EXCLUDED.changed_at
+        WHERE {_CONSENT_VERSION.format(t="c")} < {_CONSENT_VERSION.format(t="EXCLUDED")}
         """,
         [
             (c.customer_id, c.purpose, c.channel, c.granted, c.changed_at, c.source, c.event_id)

@@ -67,9 +67,10 @@ async def add_to_summaries(conn: asyncpg.Connection, deltas: Mapping[str, Contac
                                           refusals, complaints, feedback, feedback_score_sum,
                                           first_contact_at, last_contact_at,
                                           first_touchpoint_at, last_touchpoint_at)
-        SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::int[], $5::int[], $6::int[],
-                             $7::int[], $8::int[], $9::bigint[], $10::timestamptz[],
-                             $11::timestamptz[], $12::timestamptz[], $13::timestamptz[])
+        SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+                             $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[],
+                             $10::timestamptz[], $11::timestamptz[], $12::timestamptz[],
+                             $13::timestamptz[])
         ON CONFLICT (customer_id) DO UPDATE SET
             touchpoints = s.touchpoints + EXCLUDED.touchpoints,
             contacts = s.contacts + EXCLUDED.contacts,

@@ -90,7 +90,7 @@ async def add_purchases(conn: asyncpg.Connection, deltas: Mapping[str, PurchaseD
         INSERT INTO purchase_totals AS t (customer_id, orders, refunds, items, gross_revenue,
                                           refunded, first_purchase_at, last_purchase_at,
                                           orders_partition)
-        SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::bigint[], $5::numeric[],
+        SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::numeric[],
                              $6::numeric[], $7::timestamptz[], $8::timestamptz[], $9::int[])
         ON CONFLICT (customer_id) DO UPDATE SET
             orders_partition = coalesce(EXCLUDED.orders_partition, t.orders_partition),

@@ -76,7 +76,7 @@ async def add_customer_products(
         INSERT INTO customer_products AS t (customer_id, product_id, first_bought_at,
                                             last_bought_at, times_bought)
         SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[],
-                             $5::int[])
+                             $5::bigint[])
         ORDER BY 1, 2
         ON CONFLICT (customer_id, product_id) DO UPDATE SET
             first_bought_at = LEAST(t.first_bought_at, EXCLUDED.first_bought_at),
@@ -116,7 +116,7 @@ async def add_products(conn: asyncpg.Connection, deltas: Mapping[str, ProductDel
         """
         INSERT INTO products AS t (product_id, description, described_at, orders, quantity,
                                    buyers, views)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int[], $5::bigint[],
+        SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[], $5::bigint[],
                              $6::int[], $7::bigint[])
         ORDER BY 1
         ON CONFLICT (product_id) DO UPDATE SET
@@ -142,7 +142,7 @@ async def add_views(conn: asyncpg.Connection, deltas: Mapping[CustomerProduct, V
     await conn.execute(
         """
         INSERT INTO product_views AS t (customer_id, product_id, views, last_viewed_at)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[])
+        SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[])
         ORDER BY 1, 2
         ON CONFLICT (customer_id, product_id) DO UPDATE SET
             views = t.views + EXCLUDED.views,

@@ -1,10 +1,13 @@
-"""A dead-letter record: the original bytes as its value, the reason and origin in headers."""
+"""A dead-letter record: the original bytes and headers, and beside them the reason and origin."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+OURS = "crm."
+"""The prefix of the headers the platform adds to a dead letter."""
 REASON = "crm.reason"
 ORIGIN_TOPIC = "crm.topic"
 ORIGIN_PARTITION = "crm.partition"
@@ -24,9 +27,19 @@ class DeadLetter:
     partition: int
     offset: int
     consumer: str
+    original_headers: Sequence[tuple[str, bytes | None]] = ()
+    """The failed record's own headers (a binary-mode event's ce_ attributes), kept as they were."""
 
     def headers(self, now: datetime | None = None) -> list[tuple[str, bytes]]:
+        """The original headers, then ours. An original crm.* header gives way to ours; one
+        without a value is left out (not every Kafka client can send it)."""
+        kept = [
+            (name, value)
+            for name, value in self.original_headers
+            if value is not None and not name.startswith(OURS)
+        ]
         return [
+            *kept,
             (REASON, self.reason.encode()),
             (ORIGIN_TOPIC, self.topic.encode()),
             (ORIGIN_PARTITION, str(self.partition).encode()),

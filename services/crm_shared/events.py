@@ -1,7 +1,7 @@
 """The event contract: the CloudEvents 1.0 envelope and one frozen pydantic model per event type.
 
-Every producer (SDK, gateway, demo loader) and every consumer validates through `parse_event`
-and `build_event`, so what is accepted on the way in is exactly what a projection can fold.
+Every producer (SDK, gateway, demo loader) and every consumer validates through `build_event`
+and `decode_record`, so what is accepted on the way in is exactly what a projection can fold.
 Readers are tolerant (`extra="ignore"`): fields are added, never renamed. A changed meaning is a
 new type with a new version suffix, and old versions stay registered.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -23,9 +23,31 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 MAX_EVENT_BYTES = 1024 * 1024
 """Largest encoded event we accept: bigger records are dead-lettered, never folded."""
 
+MAX_LINE_QUANTITY = 1_000_000
+"""Most units of one product in one order line."""
+MAX_UNIT_PRICE = Decimal("1000000.0000")
+"""Highest unit price, in the order's currency, to four decimals."""
+MAX_ORDER_LINES = 2000
+"""Most lines in one order or refund.
+
+With these bounds one event adds at most 2e9 items and 2e15 of money (2000 x 10^6 x 10^6) to
+any sum a projection keeps: every projection must fold such an event without overflow, and keep
+sums that grow with many events in columns that cannot overflow in practice (bigint counters,
+numeric(28, 4) money).
+"""
+
 CustomerId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]
 ProductId = Annotated[str, Field(min_length=1, max_length=64)]
-Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=4)]
+Money = Annotated[
+    Decimal,
+    Field(
+        ge=0,
+        le=MAX_UNIT_PRICE,
+        max_digits=11,
+        decimal_places=4,
+        description="From 0 to 1000000 with at most 4 decimals, as a number or a string",
+    ),
+]
 
 
 class Channel(StrEnum):
@@ -73,7 +95,7 @@ class CustomerUpdated(_EventData):
 class OrderLine(_EventData):
     product_id: ProductId
     description: str | None = Field(default=None, max_length=300)
-    quantity: int = Field(gt=0)
+    quantity: int = Field(gt=0, le=MAX_LINE_QUANTITY, description="From 1 to 1000000")
     unit_price: Money
 
 
@@ -85,7 +107,7 @@ class OrderPlaced(_EventData):
     """A customer bought something, on any channel."""
 
     order_id: str = Field(min_length=1, max_length=64)
-    lines: tuple[OrderLine, ...] = Field(min_length=1, max_length=2000)
+    lines: tuple[OrderLine, ...] = Field(min_length=1, max_length=MAX_ORDER_LINES)
     currency: str = Field(default="GBP", min_length=3, max_length=3)
     channel: Channel = Channel.WEB
 
@@ -99,7 +121,7 @@ class OrderRefunded(_EventData):
 
     refund_id: str = Field(min_length=1, max_length=64)
     order_id: str | None = Field(default=None, max_length=64, description="The refunded order")
-    lines: tuple[OrderLine, ...] = Field(min_length=1, max_length=2000)
+    lines: tuple[OrderLine, ...] = Field(min_length=1, max_length=MAX_ORDER_LINES)
     currency: str = Field(default="GBP", min_length=3, max_length=3)
     reason: str | None = Field(default=None, max_length=300)
 
@@ -290,6 +312,64 @@ def validate_event(document: Mapping[str, Any]) -> Event:
     except ValidationError as error:
         raise InvalidEvent(_describe("envelope", error)) from None
     return _typed(envelope)
+
+
+RecordHeaders = Sequence[tuple[str, bytes | None]]
+"""Kafka record headers as clients hand them over: (name, value) pairs; a value may be null."""
+
+CE_HEADER_PREFIX = "ce_"
+CONTENT_TYPE_HEADER = "content-type"
+STRUCTURED_FORMAT = b"application/cloudevents"
+"""The media type prefix of a structured-mode record (application/cloudevents+json)."""
+
+
+def decode_record(value: bytes, headers: RecordHeaders = ()) -> Event:
+    """Decode one Kafka record in either CloudEvents content mode; raise InvalidEvent.
+
+    Structured mode (the whole envelope as the value) is what our own producers send. Binary
+    mode, what the official CloudEvents SDKs send, carries the attributes in `ce_` headers and
+    the data as the value; a record is read that way when it has `ce_` headers and its
+    content-type does not name the structured format. Both modes end in the same validation.
+    """
+    binary = _binary_mode_headers(headers) if headers else None
+    if binary is None:
+        return parse_event(value)
+    size = len(value) + sum(len(raw) for raw in binary.values())
+    if size > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"event too large: {size} bytes, limit {MAX_EVENT_BYTES}")
+    document: dict[str, Any] = {}
+    for name, raw in binary.items():
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            raise InvalidEvent(f"header {name} is not UTF-8 text") from None
+        if name == CONTENT_TYPE_HEADER:
+            # "application/json; charset=utf-8" is application/json: parameters are the header's.
+            document["datacontenttype"] = text.split(";", 1)[0].strip().lower()
+        else:
+            document[name.removeprefix(CE_HEADER_PREFIX)] = text
+    try:
+        document["data"] = json.loads(value)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InvalidEvent(
+            f"invalid data: the record value is not JSON (binary mode): {error}"
+        ) from None
+    try:
+        return validate_event(document)
+    except InvalidEvent as problem:
+        raise InvalidEvent(f"{problem} (binary mode)") from None
+
+
+def _binary_mode_headers(headers: RecordHeaders) -> dict[str, bytes] | None:
+    """The `ce_` and content-type headers by lower-case name, or None for a structured record."""
+    found: dict[str, bytes] = {}
+    for name, raw in headers:
+        lower = name.lower()
+        if raw is not None and (lower.startswith(CE_HEADER_PREFIX) or lower == CONTENT_TYPE_HEADER):
+            found[lower] = raw
+    has_attributes = any(name.startswith(CE_HEADER_PREFIX) for name in found)
+    structured = found.get(CONTENT_TYPE_HEADER, b"").lower().startswith(STRUCTURED_FORMAT)
+    return found if has_attributes and not structured else None
 
 
 def _typed(envelope: CloudEvent) -> Event:

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -28,13 +28,17 @@ from crm_shared.db import columns
 from crm_shared.deadletter import DeadLetter
 from crm_shared.derived import Derived
 from crm_shared.events import (
+    CE_HEADER_PREFIX,
     CLOCK_TICKED,
     EVENT_TYPES,
+    MAX_FUTURE_SKEW,
     Event,
     InvalidEvent,
+    RecordHeaders,
     build_event,
+    check_not_future,
+    decode_record,
     encode_event,
-    parse_event,
 )
 from crm_shared.topics import Topic
 
@@ -104,6 +108,7 @@ class RawRecord:
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: RecordHeaders = ()
 
 
 @dataclass
@@ -122,8 +127,15 @@ def sort_batch(
     positions: dict[TopicPartition, int],
     folds: frozenset[str],
     consumer: str,
+    *,
+    now: datetime,
+    max_future_skew: timedelta = MAX_FUTURE_SKEW,
 ) -> SortedBatch:
-    """Classify records; no I/O. Records below a stored position were applied before."""
+    """Classify records; no I/O. Records below a stored position were applied before.
+
+    A record is dead-lettered when it does not decode to a valid event (either CloudEvents
+    content mode), when its key is not its subject, or when it is dated after now + skew.
+    """
     batch = SortedBatch()
     for record in records:
         tp = (record.topic, record.partition)
@@ -134,10 +146,9 @@ def sort_batch(
         try:
             if record.value is None:
                 raise InvalidEvent("empty record (no value)")
-            event = parse_event(record.value)
-            if record.key is not None and record.key.decode(errors="replace") != event.customer_id:
-                key = record.key[:128]
-                raise InvalidEvent(f"message key {key!r} is not the subject {event.customer_id!r}")
+            event = decode_record(record.value, record.headers)
+            _check_key(record.key, event)
+            check_not_future(event, now, max_future_skew)
         except InvalidEvent as problem:
             batch.dead_letters.append(
                 DeadLetter(
@@ -148,6 +159,7 @@ def sort_batch(
                     partition=record.partition,
                     offset=record.offset,
                     consumer=consumer,
+                    original_headers=record.headers,
                 )
             )
             continue
@@ -160,6 +172,14 @@ def sort_batch(
         else:
             batch.ignored_types.append(event.type)
     return batch
+
+
+def _check_key(key: bytes | None, event: Event) -> None:
+    """The key must be the subject: it keeps a customer's events in order, on one partition."""
+    if key is None:
+        raise InvalidEvent(f"message has no key: the key must be the subject {event.customer_id!r}")
+    if key != event.customer_id.encode():
+        raise InvalidEvent(f"message key {key[:128]!r} is not the subject {event.customer_id!r}")
 
 
 CLAIM_SQL = """
@@ -238,6 +258,7 @@ class BatchProjector:
         on_derived: Callable[[], None] = lambda: None,
         halt_after: int = 10,
         halt_retry_seconds: float = 30.0,
+        max_future_skew: timedelta = MAX_FUTURE_SKEW,
     ) -> None:
         self.projection = projection
         self.halt_after = halt_after
@@ -253,6 +274,7 @@ class BatchProjector:
         self.consumer = consumer or projection.name
         self.positions: dict[TopicPartition, int] = {}
         self.max_backoff_seconds = max_backoff_seconds
+        self.max_future_skew = max_future_skew
 
     async def reload_positions(self) -> dict[TopicPartition, int]:
         """Read the stored positions (on start and on every rebalance) and return them."""
@@ -263,12 +285,19 @@ class BatchProjector:
     async def process(self, records: Sequence[RawRecord]) -> None:
         started = time.perf_counter()
         name = self.projection.name
-        batch = sort_batch(records, self.positions, self.projection.folds, self.consumer)
+        batch = sort_batch(
+            records,
+            self.positions,
+            self.projection.folds,
+            self.consumer,
+            now=datetime.now(UTC),
+            max_future_skew=self.max_future_skew,
+        )
         if batch.dead_letters:
             # Delivered before the positions move past them: a dead letter is never lost.
             await self._retrying(lambda: self.send_dead_letters(batch.dead_letters))
             for letter in batch.dead_letters:
-                metrics.EVENTS_DEAD_LETTERED.labels(name, _type_of(letter.value)).inc()
+                metrics.EVENTS_DEAD_LETTERED.labels(name, _type_of(letter)).inc()
                 log.warning(
                     "record dead-lettered",
                     extra={
@@ -428,8 +457,11 @@ class BatchProjector:
 _TYPE_FIELD = re.compile(rb'"type"\s*:\s*"([A-Za-z0-9_.]{1,128})"')
 
 
-def _type_of(value: bytes) -> str:
+def _type_of(letter: DeadLetter) -> str:
     """Known event type of an undecodable record, for the metric label; else 'unknown'."""
-    match = _TYPE_FIELD.search(value[:4096])
-    found = match.group(1).decode() if match else ""
+    raw = dict(letter.original_headers).get(f"{CE_HEADER_PREFIX}type")  # binary mode
+    if raw is None:
+        match = _TYPE_FIELD.search(letter.value[:4096])
+        raw = match.group(1) if match else b""
+    found = raw.decode(errors="replace")
     return found if found in EVENT_TYPES else "unknown"

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
 from socketserver import ThreadingMixIn
 from typing import Any, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -30,6 +31,7 @@ from crm_shared.config import ServiceSettings
 from crm_shared.db import open_pool
 from crm_shared.deadletter import DeadLetter
 from crm_shared.derived import Derived
+from crm_shared.events import RecordHeaders
 from crm_shared.logs import configure_logging, logging_config
 from crm_shared.outbox import OutboxRelay
 from crm_shared.projector import (
@@ -116,6 +118,7 @@ def build_app(
         on_derived=relay.wake.set,
         halt_after=settings.halt_after_failures,
         halt_retry_seconds=settings.halt_retry_seconds,
+        max_future_skew=timedelta(seconds=settings.platform.max_future_skew_seconds),
     )
 
     async def fold(stream: faust.StreamT[Any]) -> None:
@@ -129,6 +132,7 @@ def build_app(
                     offset=e.message.offset,
                     key=e.message.key,
                     value=e.message.value,
+                    headers=cast(RecordHeaders, e.message.headers or ()),  # aiokafka's tuples
                 )
                 for e in events
             ]

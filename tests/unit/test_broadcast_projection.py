@@ -159,6 +159,16 @@ def test_a_revocation_beats_a_grant_of_the_same_instant_in_any_order() -> None:
     assert evolve_consents(stored, [grant]) == {}
 
 
+def test_a_same_instant_revocation_replaces_a_stored_grant_whatever_its_source_and_id() -> None:
+    grant = _granted("C1", 1, "marketing", "email", event_id="z", source="zz-shop")
+    revoke = _revoked("C1", 1, "marketing", "email", event_id="a", source="aa-shop")
+    assert consent_from(revoke).version > consent_from(grant).version
+    stored = evolve_consents({}, [grant])
+    changed = evolve_consents(stored, [revoke])
+    assert not _state(changed, "C1", "marketing", "email").granted
+    assert evolve_consents(changed, [grant]) == {}
+
+
 def test_purposes_and_channels_are_separate_states() -> None:
     changed = evolve_consents(
         {},

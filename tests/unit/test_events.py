@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import pytest
 
-from crm_shared.events import MAX_EVENT_BYTES, InvalidEvent, build_event, parse_event
+from crm_shared.events import (
+    MAX_EVENT_BYTES,
+    InvalidEvent,
+    OrderPlaced,
+    build_event,
+    encode_event,
+    parse_event,
+)
 from crm_shared.topics import ALL_TOPICS, topic_for
 
 
@@ -77,3 +85,43 @@ def test_every_event_type_has_exactly_one_topic() -> None:
     routed = [t for topic in ALL_TOPICS for t in topic.event_types]
     assert len(routed) == len(set(routed))
     assert topic_for("crm.consent.revoked.v1") == "crm.preferences"
+
+
+def _order_with_lines(lines: list[dict[str, object]]) -> dict[str, object]:
+    return build_event(
+        "crm.order.placed.v1", "C-1", {"order_id": "O", "lines": lines}, source="shop"
+    )
+
+
+AT_THE_BOUNDS = {"product_id": "P", "quantity": 1_000_000, "unit_price": "1000000.0000"}
+
+
+def test_an_order_exactly_at_the_bounds_is_accepted_and_sums_exactly() -> None:
+    event = parse_event(encode_event(_order_with_lines([AT_THE_BOUNDS] * 2000)))
+    assert isinstance(event.data, OrderPlaced)
+    assert event.data.total == Decimal(2000) * 1_000_000 * 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("lines", "reason"),
+    [
+        (
+            [{**AT_THE_BOUNDS, "quantity": 1_000_001}],
+            "quantity: Input should be less than or equal to 1000000",
+        ),
+        (
+            [{**AT_THE_BOUNDS, "unit_price": "1000000.0001"}],
+            "unit_price: Input should be less than or equal to 1000000",
+        ),
+        (
+            [{**AT_THE_BOUNDS, "unit_price": "0.00001"}],
+            "unit_price: Decimal input should have no more than 4 decimal places",
+        ),
+        ([AT_THE_BOUNDS] * 2001, "lines: Tuple should have at most 2000 items"),
+    ],
+)
+def test_an_order_beyond_the_bounds_is_refused_with_the_bound(
+    lines: list[dict[str, object]], reason: str
+) -> None:
+    with pytest.raises(InvalidEvent, match=reason):
+        _order_with_lines(lines)
