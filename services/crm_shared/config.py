@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DEDUP_WINDOW_DAYS = 7.0
+"""How long applied event ids are remembered: longer than any producer retry, outbox relay
+repeat or re-drive of dead letters after a fix is expected to take (see docs/decisions.md)."""
 
 
 class PlatformSettings(BaseSettings):
@@ -34,6 +40,16 @@ class ServiceSettings(BaseSettings):
     batch_size: int = Field(default=2000, ge=1, le=50_000)
     batch_within_seconds: float = Field(default=0.05, gt=0, le=10)
     pool_size: int = Field(default=4, ge=1, le=64)
+    dedup_window_days: float = Field(
+        default=DEFAULT_DEDUP_WINDOW_DAYS,
+        gt=0,
+        description="Applied event ids older than this (by applied_at) are pruned",
+    )
+    prune_interval_seconds: float = Field(default=600, gt=0, le=86_400)
+
+    @property
+    def dedup_window(self) -> timedelta:
+        return timedelta(days=self.dedup_window_days)
 
     @property
     def dsn(self) -> str:

@@ -20,7 +20,7 @@ from aiokafka.structs import OffsetAndMetadata
 from faust.types import TP
 from prometheus_client import start_http_server
 
-from crm_shared import metrics
+from crm_shared import metrics, retention
 from crm_shared.config import ServiceSettings
 from crm_shared.db import open_pool
 from crm_shared.deadletter import DeadLetter
@@ -106,6 +106,12 @@ def build_app(
             _report_lag(app, projection.name, projector.positions)
 
     app.agent(source, name=f"crm-{projection.name}-fold")(fold)
+
+    async def prune_bookkeeping() -> None:
+        """Keep applied_events to the deduplication window, on every replica."""
+        await retention.prune_outside_window(pool, projection.name, settings.dedup_window)
+
+    app.timer(settings.prune_interval_seconds)(prune_bookkeeping)
 
     async def resume_from_database(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         """Reload the stored positions on every rebalance and read on from there."""
