@@ -358,6 +358,8 @@ def read_letters(bootstrap: str, stall_seconds: float = 60) -> Iterator[Letter]:
 
 def publish(bootstrap: str, sends: Sequence[Redrive]) -> list[tuple[Redrive, Any]]:
     """Publish the records with acks=all and idempotence; each with its metadata or its error."""
+    if not sends:
+        return []
     producer = KafkaProducer(
         bootstrap_servers=bootstrap,
         client_id="crm-redrive",
@@ -367,26 +369,33 @@ def publish(bootstrap: str, sends: Sequence[Redrive]) -> list[tuple[Redrive, Any
         max_request_size=MAX_RECORD_BYTES,
     )
     progress = Progress("sent", len(sends))
+    outcomes: list[Any] = []
     try:
-        futures = []
         for redrive in sends:
-            futures.append(
-                producer.send(
-                    redrive.topic,
-                    key=redrive.key,
-                    value=redrive.letter.value,
-                    partition=redrive.partition,
-                    headers=[(deadletter.REDRIVEN_FROM, _dead_letter_position(redrive))],
+            try:
+                outcomes.append(
+                    producer.send(
+                        redrive.topic,
+                        key=redrive.key,
+                        value=redrive.letter.value,
+                        partition=redrive.partition,
+                        headers=[(deadletter.REDRIVEN_FROM, _dead_letter_position(redrive))],
+                    )
                 )
-            )
+            except KafkaError as refused:  # e.g. too large: report it, send the others
+                outcomes.append(refused)
             progress.step()
         producer.flush()
     finally:
         producer.close()
-    return [
-        (redrive, future.value if future.succeeded() else future.exception)
-        for redrive, future in zip(sends, futures, strict=True)
-    ]
+    return [(redrive, _outcome(sent)) for redrive, sent in zip(sends, outcomes, strict=True)]
+
+
+def _outcome(sent: Any) -> Any:
+    """The record's metadata once on the broker, else the error that kept it off."""
+    if isinstance(sent, KafkaError):
+        return sent
+    return sent.value if sent.succeeded() else sent.exception
 
 
 def _dead_letter_position(redrive: Redrive) -> bytes:
