@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DEDUP_WINDOW_DAYS = 7.0
+"""How long applied event ids are remembered: longer than any producer retry, outbox relay
+repeat or re-drive of dead letters after a fix is expected to take (see docs/decisions.md)."""
 
 
 class PlatformSettings(BaseSettings):
@@ -40,6 +46,16 @@ class ServiceSettings(BaseSettings):
     halt_retry_seconds: float = Field(
         default=30, gt=0, le=3600, description="How often a halted worker tries again"
     )
+    dedup_window_days: float = Field(
+        default=DEFAULT_DEDUP_WINDOW_DAYS,
+        gt=0,
+        description="Applied event ids older than this (by applied_at) are pruned",
+    )
+    prune_interval_seconds: float = Field(default=600, gt=0, le=86_400)
+
+    @property
+    def dedup_window(self) -> timedelta:
+        return timedelta(days=self.dedup_window_days)
 
     @property
     def dsn(self) -> str:

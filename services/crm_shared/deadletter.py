@@ -14,6 +14,8 @@ ORIGIN_PARTITION = "crm.partition"
 ORIGIN_OFFSET = "crm.offset"
 CONSUMER = "crm.consumer"
 FAILED_AT = "crm.failed_at"
+REDRIVEN_FROM = "crm.redriven_from"
+"""On a record published again from the dead-letter topic: the letter it came from."""
 
 
 @dataclass(frozen=True, slots=True)

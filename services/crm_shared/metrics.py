@@ -40,6 +40,11 @@ BATCH_DURATION = Histogram(
 BATCH_RETRIES = Counter(
     "crm_batch_retries", "Batches retried after a transient failure", ["projection"]
 )
+APPLIED_EVENTS_PRUNED = Counter(
+    "crm_applied_events_pruned",
+    "Applied event ids forgotten because they left the deduplication window",
+    ["projection"],
+)
 FRESHNESS = Histogram(
     "crm_projection_freshness_seconds",
     "Commit time minus event time, per applied event",

@@ -26,7 +26,7 @@ from aiokafka.structs import OffsetAndMetadata
 from faust.types import TP
 from prometheus_client import make_wsgi_app
 
-from crm_shared import metrics
+from crm_shared import metrics, retention
 from crm_shared.config import ServiceSettings
 from crm_shared.db import open_pool
 from crm_shared.deadletter import DeadLetter
@@ -145,6 +145,12 @@ def build_app(
         await relay.run((*TRANSIENT_ERRORS, KafkaError))
 
     app.task(relay_outbox)
+
+    async def prune_bookkeeping() -> None:
+        """Keep applied_events to the deduplication window, on every replica."""
+        await retention.prune_outside_window(pool, projection.name, settings.dedup_window)
+
+    app.timer(settings.prune_interval_seconds)(prune_bookkeeping)
 
     async def resume_from_database(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         """Reload the stored positions on every rebalance and read on from there."""

@@ -1,0 +1,31 @@
+"""Fixtures of component tests: a shared mechanism with real PostgreSQL, without Kafka.
+
+Each test gets a database of its own on the server `./crm test` starts (CRM_PG_DSN_BASE), dropped
+afterwards, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+
+@pytest.fixture
+async def fresh_dsn() -> AsyncIterator[str]:
+    """The DSN of a database no one has used; whoever connects first creates it (open_pool)."""
+    base = os.environ.get("CRM_PG_DSN_BASE")
+    if not base:
+        pytest.fail("component tests need PostgreSQL: run them with ./crm test")
+    name = f"crm_component_{uuid.uuid4().hex[:12]}"
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin = await asyncpg.connect(f"{base}/postgres")
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
