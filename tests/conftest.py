@@ -17,8 +17,11 @@ from crm_shared import launcher
 
 
 def _port(base: int) -> str:
-    """A test port, shifted by ./crm test's CRM_TEST_SLOT so that checkouts run side by side."""
-    return str(base + 1000 * int(os.environ.get("CRM_TEST_SLOT", "0")))
+    """A test port, shifted by ./crm test's CRM_TEST_SLOT so that checkouts run side by side.
+
+    100 a slot keeps the ranges apart (APIs 18100-19004, workers 19101-20004); 1000 a slot put
+    one slot's API ports on the next slot's worker metrics ports."""
+    return str(base + 100 * int(os.environ.get("CRM_TEST_SLOT", "0")))
 
 
 TEST_PORTS = {
