@@ -7,6 +7,7 @@ CRM_PG_DSN_BASE) and run the platform's real processes on test ports.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from collections.abc import Iterator
 
@@ -44,6 +45,10 @@ TEST_PORTS = {
 }
 
 
+# The whole suite runs with the service APIs guarded: they require it, the gateway presents it.
+SERVICE_TOKEN = {"CRM_SERVICE_TOKEN": secrets.token_urlsafe(32)}
+
+
 def _reachable(host_port: str) -> bool:
     host, port = host_port.rsplit(":", 1)
     try:
@@ -63,7 +68,7 @@ def platform_env() -> dict[str, str]:
     for host_port in (bootstrap, dsn_base.rsplit("@", 1)[-1]):
         if not _reachable(host_port):
             pytest.fail(f"{host_port} does not answer: run the suite with ./crm test")
-    return {**os.environ, **TEST_PORTS}
+    return {**os.environ, **TEST_PORTS, **SERVICE_TOKEN}
 
 
 @pytest.fixture(scope="session")

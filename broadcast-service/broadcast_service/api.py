@@ -113,6 +113,7 @@ def create_app(settings: BroadcastSettings | None = None) -> FastAPI:
         database_lifespan(settings, MIGRATIONS),
         "How each customer wants to be reached and what they consent to, folded from preference "
         "and consent events; and whether and how to contact them now.",
+        service_token=settings.platform.service_token,
     )
 
     @app.get("/customers/{customer_id}/preferences", response_model=CustomerPreferences)

@@ -1,5 +1,7 @@
 """Settings of the gateway (`CRM_GATEWAY_` prefix): where the services are, timeouts, limits."""
 
+from typing import ClassVar
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -9,7 +11,12 @@ from crm_shared.config import ServiceSettings
 class GatewaySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CRM_GATEWAY_", extra="ignore")
 
+    # The public entry: it listens on every interface and guards itself with API keys; it
+    # holds the service token (CRM_SERVICE_TOKEN) only to present it to the services.
+    PUBLIC_ENTRY: ClassVar[bool] = True
+
     database: str = "crm_gateway"
+    api_host: str = "0.0.0.0"
     api_port: int = 8100
 
     profile_url: str = "http://127.0.0.1:8101"

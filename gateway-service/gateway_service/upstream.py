@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import httpx
 
-from crm_shared.http import REQUEST_ID_HEADER
+from crm_shared.http import REQUEST_ID_HEADER, service_token_headers
 from gateway_service import metrics
 from gateway_service.composition import (
     PARTS,
@@ -46,6 +46,7 @@ class Services:
     def __init__(self, client: httpx.AsyncClient, settings: GatewaySettings) -> None:
         self._client = client
         self._timeout = settings.upstream_timeout_seconds
+        self._credentials = service_token_headers(settings.platform.service_token)
         self._base_urls = {
             "profile": settings.profile_url.rstrip("/"),
             "interaction": settings.interaction_url.rstrip("/"),
@@ -63,7 +64,7 @@ class Services:
                 return await self._client.get(
                     self._base_urls[service] + path,
                     params=dict(params),
-                    headers={REQUEST_ID_HEADER: request_id},
+                    headers={**self._credentials, REQUEST_ID_HEADER: request_id},
                 )
         except (TimeoutError, httpx.TimeoutException):
             raise UpstreamFailure(timed_out(self._timeout)) from None

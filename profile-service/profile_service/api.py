@@ -87,6 +87,7 @@ def create_app(settings: ProfileSettings | None = None) -> FastAPI:
         "Profile service",
         database_lifespan(settings, MIGRATIONS),
         "The customer record, identifiers and purchase totals, folded from customer events.",
+        service_token=settings.platform.service_token,
     )
 
     @app.get("/customers/{customer_id}", response_model=CustomerProfile)

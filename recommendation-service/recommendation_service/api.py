@@ -72,6 +72,7 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
         database_lifespan(settings, MIGRATIONS),
         "Personalised product recommendations from orders and product views: "
         '"customers who bought X also bought Y".',
+        service_token=settings.platform.service_token,
     )
 
     @app.get("/products/popular", response_model=PopularProducts)

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DEDUP_WINDOW_DAYS = 7.0
 """How long applied event ids are remembered: longer than any producer retry, outbox relay
 repeat or re-drive of dead letters after a fix is expected to take (see docs/decisions.md)."""
+SERVICE_TOKEN_MIN_LENGTH = 16
 
 
 class PlatformSettings(BaseSettings):
     """Where the shared infrastructure is (`CRM_` prefix), as exported by deploy/local/infra.sh."""
 
-    model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore")
+    # It holds a secret: validation errors must not echo what was given.
+    model_config = SettingsConfigDict(env_prefix="CRM_", extra="ignore", hide_input_in_errors=True)
 
     kafka_bootstrap: str = "127.0.0.1:59092"
     pg_dsn_base: str = "postgresql://crm@127.0.0.1:55432"
@@ -23,6 +26,25 @@ class PlatformSettings(BaseSettings):
     max_future_skew_seconds: float = Field(
         default=300, ge=0, description="Events dated later than now + this are refused"
     )
+    service_token: SecretStr | None = Field(
+        default=None,
+        description="The shared secret the services' APIs require (Authorization: Bearer) and "
+        "the gateway sends; no default, like every secret",
+    )
+
+    @field_validator("service_token")
+    @classmethod
+    def _token_fits_a_header(cls, token: SecretStr | None) -> SecretStr | None:
+        """A short token is guessable; anything but printable ASCII cannot travel in a header."""
+        if token is None:
+            return None
+        value = token.get_secret_value()
+        if len(value) < SERVICE_TOKEN_MIN_LENGTH or not all("!" <= c <= "~" for c in value):
+            raise ValueError(
+                f"CRM_SERVICE_TOKEN must be at least {SERVICE_TOKEN_MIN_LENGTH} printable ASCII "
+                "characters without spaces (make one with `openssl rand -hex 32`)"
+            )
+        return token
 
 
 class ServiceSettings(BaseSettings):
@@ -30,10 +52,18 @@ class ServiceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CRM_SERVICE_", extra="ignore")
 
+    # Every service API is internal: reached by the gateway only. The gateway says otherwise.
+    PUBLIC_ENTRY: ClassVar[bool] = False
+
     platform: PlatformSettings = Field(default_factory=PlatformSettings)
     database: str = "crm"
     database_url: str | None = Field(
         default=None, description="Full DSN; defaults to the platform's server and `database`"
+    )
+    api_host: str = Field(
+        default="127.0.0.1",
+        description="Where the API listens; anything but loopback exposes an internal API, "
+        "which then needs CRM_SERVICE_TOKEN",
     )
     api_port: int = 8000
     worker_metrics_port: int = 9000

@@ -1,7 +1,10 @@
-"""The HTTP edge every API shares: request ids, route metrics, JSON errors, /metrics, /healthz."""
+"""The HTTP edge every API shares: request ids, route metrics, JSON errors, /metrics, /healthz,
+and the service token that guards the services' internal APIs."""
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 import time
 import uuid
@@ -16,6 +19,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -27,13 +31,32 @@ from crm_shared.logs import configure_logging
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
+# The only routes of a service API open without the service token: probes (the launcher, compose
+# healthchecks) and Prometheus read them, and neither says anything about a customer.
+OPEN_PATHS = frozenset({"/healthz", "/metrics"})
+SERVICE_TOKEN_CHALLENGE = 'Bearer realm="crm-services"'
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 S = TypeVar("S", bound=ServiceSettings)
 
 
-def create_api(service: str, title: str, lifespan: Lifespan, description: str = "") -> FastAPI:
-    """A FastAPI app with the platform's middleware, error format and operational endpoints."""
+def create_api(
+    service: str,
+    title: str,
+    lifespan: Lifespan,
+    description: str = "",
+    *,
+    service_token: SecretStr | None = None,
+) -> FastAPI:
+    """A FastAPI app with the platform's middleware, error format and operational endpoints.
+
+    With a `service_token`, every route but OPEN_PATHS answers 401 unless the request presents
+    it as `Authorization: Bearer <token>`: the services' APIs pass it, the gateway does not.
+    """
     app = FastAPI(title=title, description=description, lifespan=lifespan, version="1")
+    if service_token is not None:
+        # Registered before `observe`, so `observe` wraps it: a refusal has a request id and
+        # is counted like any other answer.
+        _require_service_token(app, service_token)
 
     @app.middleware("http")
     async def observe(
@@ -75,6 +98,40 @@ def create_api(service: str, title: str, lifespan: Lifespan, description: str = 
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _require_service_token(app: FastAPI, token: SecretStr) -> None:
+    @app.middleware("http")
+    async def authenticate(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        if request.url.path in OPEN_PATHS:
+            return await call_next(request)
+        problem = service_token_problem(request.headers.get("Authorization"), token)
+        if problem is None:
+            return await call_next(request)
+        return error_response(
+            request, 401, problem, headers={"WWW-Authenticate": SERVICE_TOKEN_CHALLENGE}
+        )
+
+
+def service_token_problem(authorization: str | None, token: SecretStr) -> str | None:
+    """Why an Authorization header does not carry the service token, or None when it does."""
+    scheme, _, presented = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        return (
+            "this API is internal to the platform: present the service token as "
+            "'Authorization: Bearer <CRM_SERVICE_TOKEN>', or ask the gateway"
+        )
+    # Constant time, so that the answer's timing says nothing about how much of a guess matched.
+    if not hmac.compare_digest(presented.strip().encode(), token.get_secret_value().encode()):
+        return "the service token is not the one this API was given (CRM_SERVICE_TOKEN)"
+    return None
+
+
+def service_token_headers(token: SecretStr | None) -> dict[str, str]:
+    """The headers that present the service token to a service's API (none without a token)."""
+    return {} if token is None else {"Authorization": f"Bearer {token.get_secret_value()}"}
 
 
 def error_response(
@@ -125,9 +182,47 @@ async def connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
         yield conn
 
 
+def is_loopback(host: str) -> bool:
+    """Whether listening on `host` keeps the API on this machine; a name other than localhost
+    may resolve to anything, so it counts as exposed."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class UnsafeExposure(ValueError):
+    """An internal API was asked to listen beyond loopback with no service token to guard it."""
+
+
+def check_exposure(settings: ServiceSettings) -> None:
+    """Refuse to expose an internal API without the service token. The gateway is exempt: it is
+    the public entry and guards itself with API keys."""
+    if settings.PUBLIC_ENTRY or settings.platform.service_token is not None:
+        return
+    if not is_loopback(settings.api_host):
+        raise UnsafeExposure(
+            f"refusing to listen on {settings.api_host}:{settings.api_port} without a service "
+            "token: anyone who reaches the port could read every customer. Set "
+            "CRM_SERVICE_TOKEN (and give the gateway the same one), or keep the API on 127.0.0.1."
+        )
+
+
 def serve(factory: Callable[[S], FastAPI], settings: S, process_name: str) -> None:
-    """Run an API built by `factory` with uvicorn on the settings' port, logging JSON lines."""
+    """Run an API built by `factory` with uvicorn on the settings' host and port, logging JSON
+    lines; exit at once when that would expose an internal API without its token."""
     configure_logging(process_name, settings.platform.log_level)
+    try:
+        check_exposure(settings)
+    except UnsafeExposure as error:
+        log.critical("%s", error)
+        raise SystemExit(2) from None
     uvicorn.run(
-        factory(settings), host="0.0.0.0", port=settings.api_port, log_config=None, access_log=False
+        factory(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        access_log=False,
     )

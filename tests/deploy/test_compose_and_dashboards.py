@@ -1,6 +1,7 @@
 """The container deployment and the observability-as-code files.
 
-- docker-compose.yml is valid for `docker-compose config -q` and wires the platform as intended;
+- docker-compose.yml is valid for `docker-compose config` and wires the platform as intended,
+  the service APIs guarded by the token the gateway holds;
 - deploy/docker/Dockerfile copies every workspace member;
 - the Prometheus scrape configs (local and compose) name the same jobs and ports, and promtool
   accepts them;
@@ -53,6 +54,12 @@ PROCESSES: dict[str, tuple[str, str, int]] = {
     "broadcast-api": ("broadcast", "api", 8103),
     "recommendation-api": ("recommendation", "api", 8104),
 }
+# The internal APIs: on the compose network for the gateway, behind the service token.
+SERVICE_APIS = [
+    name
+    for name, (label, component, _) in PROCESSES.items()
+    if component == "api" and label != "gateway"
+]
 PACKAGES = {
     "profile": "profile_service",
     "interaction": "interaction_service",
@@ -83,11 +90,18 @@ def compose() -> dict[str, Any]:
 # ----------------------------------------------------------------------------- docker-compose
 
 
-def test_docker_compose_config_is_valid() -> None:
+def _compose_config(service_token: str | None) -> subprocess.CompletedProcess[str]:
+    """`docker-compose config`: the file as compose resolves it, with this CRM_SERVICE_TOKEN."""
     binary = require("docker-compose")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
-    result = subprocess.run(
-        [binary, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), "config", "-q"],
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("COMPOSE_") and k != "CRM_SERVICE_TOKEN"
+    }
+    if service_token is not None:
+        env["CRM_SERVICE_TOKEN"] = service_token
+    return subprocess.run(
+        [binary, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE), "config"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -95,9 +109,23 @@ def test_docker_compose_config_is_valid() -> None:
         timeout=120,
         check=False,
     )
+
+
+def test_docker_compose_config_is_valid() -> None:
+    token = "compose-check-0123456789abcdef"
+    result = _compose_config(token)
     assert result.returncode == 0, (
-        f"docker-compose config -q failed ({result.returncode}):\n{result.stderr}{result.stdout}"
+        f"docker-compose config failed ({result.returncode}):\n{result.stderr}{result.stdout}"
     )
+    resolved = yaml.safe_load(result.stdout)["services"]
+    for name in (*SERVICE_APIS, "gateway"):
+        assert resolved[name]["environment"]["CRM_SERVICE_TOKEN"] == token, name
+
+
+def test_docker_compose_refuses_to_run_without_a_service_token() -> None:
+    result = _compose_config(None)
+    assert result.returncode != 0
+    assert "set CRM_SERVICE_TOKEN" in result.stderr
 
 
 def test_compose_wires_the_platform(compose: dict[str, Any]) -> None:
@@ -146,6 +174,20 @@ def test_compose_wires_the_platform(compose: dict[str, Any]) -> None:
             assert env[f"{prefix}WORKER_METRICS_PORT"] == str(port), name
         else:
             assert env[f"{prefix}API_PORT"] == str(port), name
+
+    # Every service API listens beyond loopback, so it must hold the token the gateway holds,
+    # taken from the environment with no default (compose fails when it is unset).
+    gateway_token = services["gateway"]["environment"]["CRM_SERVICE_TOKEN"]
+    assert gateway_token.startswith("${CRM_SERVICE_TOKEN:?"), gateway_token
+    assert len(SERVICE_APIS) == 4
+    for name in SERVICE_APIS:
+        env = services[name]["environment"]
+        label = PROCESSES[name][0]
+        assert env[f"CRM_{label.upper()}_API_HOST"] == "0.0.0.0", name
+        assert env["CRM_SERVICE_TOKEN"] == gateway_token, name
+        assert "ports" not in services[name], f"{name} is internal: only the gateway is published"
+    for name in {"bootstrap", "demo-load", *PROCESSES} - {"gateway", *SERVICE_APIS}:
+        assert "CRM_SERVICE_TOKEN" not in services[name]["environment"], f"{name} needs no token"
 
     for name, service in services.items():
         assert service.get("restart") in {"unless-stopped", "always", "on-failure", "no"}, name

@@ -41,6 +41,11 @@ async def eventually(
     raise AssertionError(f"timed out waiting for {what or 'condition'}; last seen: {last!r}")
 
 
+def service_auth(platform: dict[str, str]) -> dict[str, str]:
+    """The headers a service API asks of its callers in the platform under test."""
+    return {"Authorization": f"Bearer {platform['CRM_SERVICE_TOKEN']}"}
+
+
 async def get_json(url: str, **kwargs: Any) -> tuple[int, Any]:
     async with httpx.AsyncClient(timeout=5) as client:
         response = await client.get(url, **kwargs)

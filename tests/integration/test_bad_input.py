@@ -13,7 +13,7 @@ from kafka import KafkaProducer
 
 from crm_shared import deadletter, launcher
 from crm_shared.events import build_event
-from tests.integration.helpers import eventually, get_json, read_topic, unique
+from tests.integration.helpers import eventually, get_json, read_topic, service_auth, unique
 
 pytestmark = pytest.mark.integration
 
@@ -133,7 +133,7 @@ async def test_each_kind_of_bad_record_is_dead_lettered_and_the_rest_applied(
 
     profile = f"http://127.0.0.1:{platform['CRM_PROFILE_API_PORT']}/customers/{customer}"
     await eventually(
-        lambda: get_json(profile),
+        lambda: get_json(profile, headers=service_auth(platform)),
         lambda r: r[0] == 200 and r[1]["purchases"]["orders"] == good,
         what=f"all {good} valid orders around the bad records to be applied",
     )

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from crm_shared.sdk import EventPublisher
-from tests.integration.helpers import eventually, fetch, get_json, unique
+from tests.integration.helpers import eventually, fetch, get_json, service_auth, unique
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,7 @@ async def test_profile_folds_orders_refunds_and_late_updates(platform: dict[str,
         _publish_history(publisher, customer)
     url = f"http://127.0.0.1:{platform['CRM_PROFILE_API_PORT']}/customers/{customer}"
     _, body = await eventually(
-        lambda: get_json(url),
+        lambda: get_json(url, headers=service_auth(platform)),
         lambda r: r[0] == 200 and r[1]["purchases"]["refunds"] == 1 and r[1]["phone"] is not None,
         what="the profile to show the orders, the refund and the late update",
     )
@@ -87,7 +87,7 @@ async def test_publishing_the_same_events_again_changes_nothing(platform: dict[s
         _publish_history(publisher, customer)
     url = f"http://127.0.0.1:{platform['CRM_PROFILE_API_PORT']}/customers/{customer}"
     _, first = await eventually(
-        lambda: get_json(url),
+        lambda: get_json(url, headers=service_auth(platform)),
         lambda r: r[0] == 200 and r[1]["purchases"]["refunds"] == 1,
         what="the first copy to be applied",
     )
@@ -105,7 +105,7 @@ async def test_publishing_the_same_events_again_changes_nothing(platform: dict[s
         )
     # The marker is behind the duplicates on the same partition: once it shows, they were seen.
     _, second = await eventually(
-        lambda: get_json(url),
+        lambda: get_json(url, headers=service_auth(platform)),
         lambda r: r[0] == 200 and r[1]["purchases"]["orders"] == 4,
         what="the marker order after the duplicates",
     )
@@ -124,7 +124,8 @@ async def test_publishing_the_same_events_again_changes_nothing(platform: dict[s
 
 async def test_unknown_customer_is_a_clear_404(platform: dict[str, str]) -> None:
     status, body = await get_json(
-        f"http://127.0.0.1:{platform['CRM_PROFILE_API_PORT']}/customers/{unique('nobody')}"
+        f"http://127.0.0.1:{platform['CRM_PROFILE_API_PORT']}/customers/{unique('nobody')}",
+        headers=service_auth(platform),
     )
     assert status == 404
     assert "not known" in body["error"]["message"]
