@@ -16,8 +16,11 @@ from crm_shared import launcher
 
 
 def _port(base: int) -> str:
-    """A test port, shifted by ./crm test's CRM_TEST_SLOT so that checkouts run side by side."""
-    return str(base + 1000 * int(os.environ.get("CRM_TEST_SLOT", "0")))
+    """A test port, shifted by ./crm test's CRM_TEST_SLOT so that checkouts run side by side.
+
+    By 100 a slot: the API ports (18100-18104) stay below the worker ports (19101-19104) for all
+    ten slots; by 1000, slot N's workers took slot N+1's API ports."""
+    return str(base + 100 * int(os.environ.get("CRM_TEST_SLOT", "0")))
 
 
 TEST_PORTS = {
@@ -61,7 +64,8 @@ def platform_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def platform(platform_env: dict[str, str]) -> Iterator[dict[str, str]]:
-    """Every worker and API of the platform, running as real processes for the whole session."""
+    """Every worker and API of the platform, running as real processes for the whole session,
+    each under its supervisor as with `./crm up`."""
     for process in launcher.PROCESSES:
         launcher.start(process, platform_env)
     try:
