@@ -58,6 +58,8 @@ async def test_each_kind_of_bad_record_is_dead_lettered_and_the_rest_applied(
             "event too large",
         ),
     }
+    workers = [launcher.BY_NAME[f"{consumer}-worker"] for consumer in ORDER_CONSUMERS]
+    pids = {worker: launcher.running_pid(worker, platform) for worker in workers}
     producer = KafkaProducer(
         bootstrap_servers=platform["CRM_KAFKA_BOOTSTRAP"],
         acks="all",
@@ -110,5 +112,6 @@ async def test_each_kind_of_bad_record_is_dead_lettered_and_the_rest_applied(
             assert letter[deadletter.ORIGIN_TOPIC] == "crm.orders"
             assert int(letter[deadletter.ORIGIN_OFFSET]) >= 0
 
-    for name in ("profile-worker", "interaction-worker", "recommendation-worker"):
-        assert launcher.running_pid(launcher.BY_NAME[name], platform) is not None, f"{name} died"
+    for worker, pid in pids.items():
+        assert pid is not None, f"{worker.name} was not running"
+        assert launcher.running_pid(worker, platform) == pid, f"{worker.name} died (restarted)"
