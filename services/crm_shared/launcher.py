@@ -136,7 +136,10 @@ def status_line(state: Supervision | None) -> str:
     """One line of `./crm status`: what runs, how often it was restarted, why it last stopped."""
     if state is None:
         return "stopped"
-    running = f"running pid {state.pid}" if state.pid else "waiting to restart"
+    if state.pid is not None:
+        running = f"running pid {state.pid}"
+    else:
+        running = "starting" if state.last_exit is None else "waiting to restart"
     line = f"{running:22} restarts {state.restarts}"
     if state.last_exit is not None and state.last_exit_at is not None:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.last_exit_at))
@@ -159,10 +162,6 @@ def _supervision_file(name: str, env: Mapping[str, str]) -> Path:
 
 def _log_file(name: str, env: Mapping[str, str]) -> Path:
     return state_dir(env) / "logs" / f"{name}.log"
-
-
-def _process_command(module: str) -> list[str]:
-    return [sys.executable, "-m", module]
 
 
 def _supervisor_command(process: Process) -> list[str]:
@@ -389,7 +388,7 @@ def supervise(
     while True:
         started = time.monotonic()
         child = subprocess.Popen(
-            _process_command(module), env=dict(env), stdin=subprocess.DEVNULL, cwd=REPO_ROOT
+            [sys.executable, "-m", module], env=dict(env), stdin=subprocess.DEVNULL, cwd=REPO_ROOT
         )
         if stopping:  # asked to stop while it was being started
             child.terminate()
@@ -446,7 +445,10 @@ def main() -> None:
     if args.action == "start":
         for process in chosen:
             supervisor = start(process, env)
-            print(f"starting {process.name} (supervisor pid {supervisor}, :{process.port(env)})")
+            print(
+                f"starting {process.name} (supervisor pid {supervisor}, :{process.port(env)})",
+                flush=True,
+            )
         wait_healthy(chosen, env)
         print(f"{len(chosen)} processes healthy", flush=True)
     elif args.action == "stop":

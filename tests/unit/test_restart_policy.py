@@ -57,8 +57,9 @@ def test_the_status_line_shows_the_pid_the_restarts_and_the_last_exit() -> None:
     assert "last exit: killed by SIGKILL at 2001-09-" in line
 
 
-def test_the_status_line_of_a_process_between_runs_or_unsupervised() -> None:
+def test_the_status_line_of_a_process_not_running_now() -> None:
     waiting = Supervision(supervisor_pid=10, pid=None, restarts=0, last_exit=1, last_exit_at=1e9)
     assert status_line(waiting).startswith("waiting to restart")
     assert "exit 1" in status_line(waiting)
+    assert status_line(Supervision(supervisor_pid=10, pid=None)).startswith("starting")
     assert status_line(None) == "stopped"
