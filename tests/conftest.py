@@ -73,7 +73,8 @@ def platform_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def platform(platform_env: dict[str, str]) -> Iterator[dict[str, str]]:
-    """Every worker and API of the platform, running as real processes for the whole session."""
+    """Every worker and API of the platform, running as real processes for the whole session,
+    each under its supervisor as with `./crm up`."""
     for process in launcher.PROCESSES:
         launcher.start(process, platform_env)
     try:

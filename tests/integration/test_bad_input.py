@@ -114,6 +114,8 @@ async def test_each_kind_of_bad_record_is_dead_lettered_and_the_rest_applied(
         ),
         "binary mode, wrong schema": _binary_order(customer, 98, quantity="many"),
     }
+    workers = [launcher.BY_NAME[f"{consumer}-worker"] for consumer in ORDER_CONSUMERS]
+    pids = {worker: launcher.running_pid(worker, platform) for worker in workers}
     producer = KafkaProducer(
         bootstrap_servers=platform["CRM_KAFKA_BOOTSTRAP"],
         acks="all",
@@ -170,5 +172,6 @@ async def test_each_kind_of_bad_record_is_dead_lettered_and_the_rest_applied(
             for name, value in bad.headers or []:
                 assert letter[name] == value.decode(), f"{kind}: header {name} not kept"
 
-    for name in ("profile-worker", "interaction-worker", "recommendation-worker"):
-        assert launcher.running_pid(launcher.BY_NAME[name], platform) is not None, f"{name} died"
+    for worker, pid in pids.items():
+        assert pid is not None, f"{worker.name} was not running"
+        assert launcher.running_pid(worker, platform) == pid, f"{worker.name} died (restarted)"
