@@ -13,7 +13,7 @@ from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.v1.event import CloudEvent as SdkEvent
 from kafka import KafkaProducer
 
-from tests.integration.helpers import eventually, get_json, unique
+from tests.integration.helpers import eventually, get_json, service_auth, unique
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +60,7 @@ async def test_orders_from_the_official_cloudevents_sdk_are_folded_in_both_conte
 
     url = f"http://127.0.0.1:{platform['CRM_PROFILE_API_PORT']}/customers/{customer}"
     _, body = await eventually(
-        lambda: get_json(url),
+        lambda: get_json(url, headers=service_auth(platform)),
         lambda r: r[0] == 200 and r[1]["purchases"]["orders"] == 3,
         what="the profile to fold the three orders the CloudEvents SDK sent",
     )
@@ -107,7 +107,7 @@ async def test_a_contact_sent_by_kcat_in_binary_mode_reaches_the_timeline(
     _kcat_binary(platform["CRM_KAFKA_BOOTSTRAP"], "crm.contacts", customer, attributes, data)
     url = f"http://127.0.0.1:{platform['CRM_INTERACTION_API_PORT']}/customers/{customer}/timeline"
     _, page = await eventually(
-        lambda: get_json(url),
+        lambda: get_json(url, headers=service_auth(platform)),
         lambda r: r[0] == 200 and len(r[1]["items"]) == 1,
         what="the binary-mode contact in the timeline",
     )

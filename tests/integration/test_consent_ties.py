@@ -17,7 +17,7 @@ from broadcast_service.projection import ChannelPreferences, Consent
 from broadcast_service.worker import MIGRATIONS
 from crm_shared.db import open_pool
 from crm_shared.sdk import EventPublisher
-from tests.integration.helpers import eventually, fetch, get_json, unique
+from tests.integration.helpers import eventually, fetch, get_json, service_auth, unique
 
 pytestmark = pytest.mark.integration
 
@@ -48,14 +48,14 @@ async def test_a_revocation_and_a_grant_of_the_same_instant_give_revoked_in_eith
             )
         # Folded and committed before the next one is even published: two separate batches.
         await eventually(
-            lambda: get_json(f"{base}/consent-history"),
+            lambda: get_json(f"{base}/consent-history", headers=service_auth(platform)),
             lambda r, n=folded: r[0] == 200 and len(r[1]) == n,
             what=f"{folded} consent event(s) in the history",
         )
         if folded == 1:
-            _, view = await get_json(f"{base}/preferences")
+            _, view = await get_json(f"{base}/preferences", headers=service_auth(platform))
             assert [c["granted"] for c in view["consents"]] == [state == "granted"]
-    _, view = await get_json(f"{base}/preferences")
+    _, view = await get_json(f"{base}/preferences", headers=service_auth(platform))
     assert [(c["purpose"], c["channel"], c["granted"]) for c in view["consents"]] == [
         ("marketing", "email", False)
     ]

@@ -10,7 +10,7 @@ import pytest
 
 from crm_shared.events import MAX_LINE_QUANTITY, MAX_ORDER_LINES, MAX_UNIT_PRICE
 from crm_shared.sdk import EventPublisher
-from tests.integration.helpers import eventually, get_json, read_topic, unique
+from tests.integration.helpers import eventually, get_json, read_topic, service_auth, unique
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,10 @@ async def test_orders_and_refunds_at_the_bounds_are_folded_by_every_projection(
 
     ports = {name: platform[f"CRM_{name.upper()}_API_PORT"] for name in ("profile", "interaction")}
     _, profile = await eventually(
-        lambda: get_json(f"http://127.0.0.1:{ports['profile']}/customers/{customer}"),
+        lambda: get_json(
+            f"http://127.0.0.1:{ports['profile']}/customers/{customer}",
+            headers=service_auth(platform),
+        ),
         lambda r: r[0] == 200 and r[1]["purchases"]["refunds"] == 1,
         what="the profile to fold both orders and the refund",
     )
@@ -60,18 +63,20 @@ async def test_orders_and_refunds_at_the_bounds_are_folded_by_every_projection(
 
     interaction = f"http://127.0.0.1:{ports['interaction']}/customers/{customer}"
     _, page = await eventually(
-        lambda: get_json(f"{interaction}/timeline?order=asc"),
+        lambda: get_json(f"{interaction}/timeline?order=asc", headers=service_auth(platform)),
         lambda r: r[0] == 200 and len(r[1]["items"]) == 3,
         what="the timeline to hold both orders and the refund",
     )
     assert [item["kind"] for item in page["items"]] == ["order", "order", "refund"]
     assert page["items"][0]["summary"].endswith(f"2000 lines, {ORDER_TOTAL:.2f} GBP")
-    _, summary = await get_json(f"{interaction}/summary")
+    _, summary = await get_json(f"{interaction}/summary", headers=service_auth(platform))
     assert summary["touchpoints"] == 3
 
     recommendation = f"http://127.0.0.1:{platform['CRM_RECOMMENDATION_API_PORT']}"
     _, stats = await eventually(
-        lambda: get_json(f"{recommendation}/products/{big}/also-bought"),
+        lambda: get_json(
+            f"{recommendation}/products/{big}/also-bought", headers=service_auth(platform)
+        ),
         lambda r: r[0] == 200 and r[1]["product"]["orders"] == 2,
         what="the recommendation service to fold both orders",
     )

@@ -15,7 +15,7 @@ import pytest
 from crm_shared import launcher
 from crm_shared.demo.workload import Workload
 from crm_shared.sdk import EventPublisher
-from tests.integration.helpers import eventually, fetch, get_json, unique
+from tests.integration.helpers import eventually, fetch, get_json, service_auth, unique
 from tests.integration.test_crash_recovery import independent_fold, projections, publish
 
 pytestmark = pytest.mark.integration
@@ -112,14 +112,18 @@ async def test_a_killed_api_is_restarted_and_answers_again(platform: dict[str, s
     with EventPublisher(platform["CRM_KAFKA_BOOTSTRAP"], source="shop") as sdk:
         sdk.publish("crm.customer.registered.v1", customer, {"name": "Ada"})
     url = f"http://127.0.0.1:{api.port(platform)}/customers/{customer}"
-    await eventually(lambda: get_json(url), lambda r: r[0] == 200, what="the customer")
+    await eventually(
+        lambda: get_json(url, headers=service_auth(platform)),
+        lambda r: r[0] == 200,
+        what="the customer",
+    )
 
     before, after, took = kill_and_wait_for_restart(api, platform)
 
     assert after.restarts == before.restarts + 1
     assert after.last_exit == -signal.SIGKILL
     assert took < BACK_WITHIN
-    status, body = await get_json(url)
+    status, body = await get_json(url, headers=service_auth(platform))
     assert status == 200
     assert body["name"] == "Ada"
 
