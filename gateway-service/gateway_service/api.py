@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import httpx
@@ -177,6 +178,7 @@ def gateway_lifespan(settings: GatewaySettings) -> Lifespan:
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
+    max_future_skew = timedelta(seconds=settings.platform.max_future_skew_seconds)
     app = create_api(
         "gateway",
         "CRM gateway",
@@ -237,12 +239,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         )
 
     @app.post("/v1/events", response_model=IngestResponse)
-    async def post_events(
-        batch: EventBatch, request: Request, _key: EventsWriter
-    ) -> IngestResponse:
-        """Validate up to 1000 events and publish the valid ones to Kafka; a result per event."""
+    async def post_events(batch: EventBatch, request: Request, key: EventsWriter) -> IngestResponse:
+        """Validate up to 1000 events and publish the valid ones to Kafka; a result per event.
+
+        An event is refused, with the reason, when it breaks its contract, claims a source the
+        API key was not issued for, or is dated too far in the future."""
         try:
-            plan = ingest.plan_batch(batch.events)
+            plan = ingest.plan_batch(
+                batch.events,
+                sources=key.sources,
+                now=datetime.now(UTC),
+                max_skew=max_future_skew,
+            )
         except ingest.BatchSizeError as error:
             raise HTTPException(422, str(error)) from None
         events: EventProducer = request.app.state.producer

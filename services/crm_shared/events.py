@@ -26,6 +26,8 @@ MAX_EVENT_BYTES = 1024 * 1024
 CustomerId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]
 ProductId = Annotated[str, Field(min_length=1, max_length=64)]
 Money = Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=4)]
+EventSource = Annotated[str, Field(min_length=1, max_length=256)]
+"""The CloudEvents `source`: the publishing system (shop, pos, ...)."""
 
 
 class Channel(StrEnum):
@@ -204,7 +206,7 @@ class CloudEvent(BaseModel):
 
     specversion: Literal["1.0"]
     id: str = Field(min_length=1, max_length=128)
-    source: str = Field(min_length=1, max_length=256)
+    source: EventSource
     type: str = Field(min_length=1, max_length=128)
     subject: CustomerId
     time: datetime
