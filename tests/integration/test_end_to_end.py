@@ -196,9 +196,11 @@ async def test_the_gateway_refuses_clearly(platform: dict[str, str], keys: dict[
         assert unknown.status_code == 404
         assert "unknown" in unknown.json()["error"]["message"]
         full = {"Authorization": f"Bearer {keys['full']}"}
-        too_many = await client.post("/v1/events", json={"events": [{}] * 1001}, headers=full)
-        assert too_many.status_code == 422
-        assert "1000" in too_many.json()["error"]["message"]
+        for events, problem in (([{}] * 1001, "at most 1000"), ([], "at least 1")):
+            wrong_size = await client.post("/v1/events", json={"events": events}, headers=full)
+            assert wrong_size.status_code == 422
+            (detail,) = wrong_size.json()["error"]["details"]
+            assert detail["where"] == "body.events" and problem in detail["problem"], detail
         not_json = await client.post(
             "/v1/events", content=b"{", headers={**full, "Content-Type": "application/json"}
         )
