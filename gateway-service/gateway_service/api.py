@@ -140,7 +140,7 @@ class ErrorBody(BaseModel):
 
 
 ERRORS: dict[int, dict[str, Any]] = {
-    400: {"description": "The body cannot be read: it is not UTF-8"},
+    400: {"description": "The body cannot be read, e.g. it is not UTF-8"},
     401: {
         "description": "No API key, or one that is malformed, unknown or revoked",
         "headers": {
