@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import httpx
@@ -36,6 +37,16 @@ from gateway_service.ratelimit import RateLimiter
 from gateway_service.upstream import Services, UpstreamFailure, json_body
 
 CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]
+TimelineKind = Literal["contact", "feedback", "order", "refund"]
+"""The kinds of timeline entry the interaction service knows."""
+TIMELINE_MAX_PAGE = 200
+"""The longest timeline page the interaction service gives."""
+TIMELINE_CURSOR_FORMAT = "timeline-cursor"
+"""OpenAPI format of a page cursor: opaque, valid only as a previous page's next_cursor."""
+TimelineCursor = Annotated[
+    str,
+    Field(min_length=1, max_length=1024, json_schema_extra={"format": TIMELINE_CURSOR_FORMAT}),
+]
 
 BEARER = HTTPBearer(auto_error=False, description="Authorization: Bearer crm_<key id>_<secret>")
 API_KEY_HEADER = APIKeyHeader(
@@ -100,8 +111,79 @@ class Customer360(BaseModel):
     missing: list[MissingPart] = Field(description="Parts that are empty, and why")
 
 
+class TimelinePage(BaseModel):
+    customer_id: str
+    items: list[dict[str, Any]] = Field(
+        description="Touchpoints, as the interaction service gives them"
+    )
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null at the end")
+
+
+class Problem(BaseModel):
+    where: str = Field(description="The part of the request, e.g. query.limit")
+    problem: str
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    message: str = Field(description="What went wrong, for a person to read")
+    request_id: str = Field(description="Also in the X-Request-ID header; quote it in reports")
+    details: list[Problem] | None = Field(
+        default=None, description="Each problem of an invalid request (422)"
+    )
+
+
+class ErrorBody(BaseModel):
+    """The platform's one error shape (crm_shared.http.error_response)."""
+
+    error: ErrorDetail
+
+
+ERRORS: dict[int, dict[str, Any]] = {
+    400: {"description": "The body cannot be read, e.g. it is not UTF-8"},
+    401: {
+        "description": "No API key, or one that is malformed, unknown or revoked",
+        "headers": {
+            "WWW-Authenticate": {
+                "description": "The Bearer challenge (RFC 6750)",
+                "schema": {"type": "string"},
+            }
+        },
+    },
+    403: {"description": "The API key lacks the scope this operation needs"},
+    404: {"description": "The customer is unknown"},
+    422: {"description": "The request is invalid: `details` says where"},
+    429: {
+        "description": "The API key exceeded its rate limit",
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait before the next request",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    },
+    502: {"description": "The service behind the gateway answered with an error"},
+    503: {"description": "The service behind the gateway cannot be reached"},
+    504: {"description": "The service behind the gateway did not answer in time"},
+}
+"""What each error status of the gateway means; every one has the body ErrorBody."""
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of the error statuses an operation really gives."""
+    return {status: {"model": ErrorBody, **ERRORS[status]} for status in statuses}
+
+
+GUARDED = (401, 403, 422, 429)
+"""What every operation behind an API key may answer: no key, no scope, bad request, throttled."""
+
+
 class EventBatch(BaseModel):
-    events: list[Any] = Field(description="1 to 1000 CloudEvents 1.0 envelopes (JSON objects)")
+    events: list[Any] = Field(
+        min_length=1,
+        max_length=ingest.MAX_BATCH,
+        description=f"1 to {ingest.MAX_BATCH} CloudEvents 1.0 envelopes (JSON objects)",
+    )
 
 
 class AcceptedEvent(BaseModel):
@@ -177,6 +259,7 @@ def gateway_lifespan(settings: GatewaySettings) -> Lifespan:
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
+    max_future_skew = timedelta(seconds=settings.platform.max_future_skew_seconds)
     app = create_api(
         "gateway",
         "CRM gateway",
@@ -185,7 +268,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         "ingestion, behind API keys with scopes and per-key rate limits.",
     )
 
-    @app.get("/v1/customers/{customer_id}", response_model=Customer360)
+    @app.get(
+        "/v1/customers/{customer_id}", response_model=Customer360, responses=errors(*GUARDED, 404)
+    )
     async def get_customer(
         customer_id: CustomerIdPath, request: Request, _key: CustomersReader
     ) -> Customer360:
@@ -198,15 +283,28 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             raise HTTPException(404, str(error)) from None
         return _view(view)
 
-    @app.get("/v1/customers/{customer_id}/timeline", response_model=dict[str, Any])
+    @app.get(
+        "/v1/customers/{customer_id}/timeline",
+        response_model=TimelinePage,
+        responses=errors(*GUARDED, 404, 502, 503, 504),
+    )
     async def get_timeline(
         customer_id: CustomerIdPath,
         request: Request,
         _key: CustomersReader,
-        limit: Annotated[int | None, Query(ge=1)] = None,
-        cursor: Annotated[str | None, Query(max_length=512)] = None,
-        kind: Annotated[list[str] | None, Query(description="Repeat to ask for several")] = None,
-        order: Annotated[str | None, Query(max_length=10)] = None,
+        limit: Annotated[
+            int | None, Query(ge=1, le=TIMELINE_MAX_PAGE, description="Entries a page (50)")
+        ] = None,
+        cursor: Annotated[
+            TimelineCursor | None,
+            Query(description="The next_cursor of the previous page, as it was given"),
+        ] = None,
+        kind: Annotated[
+            list[TimelineKind] | None, Query(description="Only these kinds; repeat for several")
+        ] = None,
+        order: Annotated[
+            Literal["desc", "asc"] | None, Query(description="By event time (desc)")
+        ] = None,
     ) -> JSONResponse:
         """A page of the customer's timeline, as the interaction service gives it."""
         services: Services = request.app.state.services
@@ -229,22 +327,25 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 "try again later",
             ) from None
         body = json_body(response)
-        if response.status_code in (200, 400, 404, 422) and body is not None:
+        if response.status_code in (200, 404, 422) and body is not None:
             return JSONResponse(body, status_code=response.status_code)
         raise HTTPException(
             502,
             f"the interaction service failed to give the timeline (HTTP {response.status_code})",
         )
 
-    @app.post("/v1/events", response_model=IngestResponse)
-    async def post_events(
-        batch: EventBatch, request: Request, _key: EventsWriter
-    ) -> IngestResponse:
-        """Validate up to 1000 events and publish the valid ones to Kafka; a result per event."""
-        try:
-            plan = ingest.plan_batch(batch.events)
-        except ingest.BatchSizeError as error:
-            raise HTTPException(422, str(error)) from None
+    @app.post("/v1/events", response_model=IngestResponse, responses=errors(*GUARDED, 400))
+    async def post_events(batch: EventBatch, request: Request, key: EventsWriter) -> IngestResponse:
+        """Validate up to 1000 events and publish the valid ones to Kafka; a result per event.
+
+        An event is refused, with the reason, when it breaks its contract, claims a source the
+        API key was not issued for, or is dated too far in the future."""
+        plan = ingest.plan_batch(
+            batch.events,
+            sources=key.sources,
+            now=datetime.now(UTC),
+            max_skew=max_future_skew,
+        )
         events: EventProducer = request.app.state.producer
         failures = await events.publish(plan.publish)
         result = ingest.settle(plan, failures)

@@ -9,9 +9,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+
+from pydantic import TypeAdapter, ValidationError
+
+from crm_shared.events import EventSource
 
 CUSTOMERS_READ = "customers:read"
 EVENTS_WRITE = "events:write"
@@ -20,6 +24,7 @@ SCOPES = frozenset({CUSTOMERS_READ, EVENTS_WRITE})
 KEY_PREFIX = "crm"
 _KEY_ID = re.compile(r"^[0-9a-f]{8,64}$")
 _SECRET = re.compile(r"^[A-Za-z0-9_-]{16,256}$")
+_SOURCE: TypeAdapter[str] = TypeAdapter(EventSource)
 
 REALM = 'Bearer realm="crm-gateway"'
 """WWW-Authenticate challenge when no key was sent (RFC 6750)."""
@@ -51,6 +56,8 @@ class StoredKey:
     name: str
     key_hash: str
     scopes: frozenset[str]
+    sources: frozenset[str]
+    """The CloudEvents sources the key may publish as."""
     created_at: datetime
     revoked_at: datetime | None = None
 
@@ -67,10 +74,15 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _names(text: str | Iterable[str]) -> frozenset[str]:
+    """The distinct non-blank names of a comma-separated list (or of a list), stripped."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    return frozenset(item.strip() for item in items if item.strip())
+
+
 def parse_scopes(text: str | Iterable[str]) -> frozenset[str]:
     """Scopes from 'customers:read,events:write' (or a list); unknown or none is a ValueError."""
-    items = text.split(",") if isinstance(text, str) else list(text)
-    scopes = frozenset(s.strip() for s in items if s.strip())
+    scopes = _names(text)
     if not scopes:
         raise ValueError(f"give at least one scope of {', '.join(sorted(SCOPES))}")
     unknown = scopes - SCOPES
@@ -79,6 +91,27 @@ def parse_scopes(text: str | Iterable[str]) -> frozenset[str]:
             f"unknown scope {', '.join(sorted(unknown))}; known: {', '.join(sorted(SCOPES))}"
         )
     return scopes
+
+
+def parse_sources(text: str | Iterable[str], scopes: Collection[str]) -> frozenset[str]:
+    """The sources a key may publish as, from 'shop,pos' (or a list), each a valid CloudEvents
+    source under the event contract. A key that writes events needs at least one, so that it
+    cannot claim another system's event ids; a key that does not write has none."""
+    sources = _names(text)
+    for source in sorted(sources):
+        try:
+            _SOURCE.validate_python(source)
+        except ValidationError as error:
+            problem = error.errors(include_url=False)[0]["msg"]
+            raise ValueError(f"invalid source {source!r}: {problem}") from None
+    if EVENTS_WRITE in scopes and not sources:
+        raise ValueError(
+            f"a key with the scope {EVENTS_WRITE} needs the sources it may publish as, "
+            "e.g. shop,pos"
+        )
+    if sources and EVENTS_WRITE not in scopes:
+        raise ValueError(f"sources are for keys with the scope {EVENTS_WRITE}, and this has none")
+    return sources
 
 
 def presented_key(authorization: str | None, api_key: str | None) -> str:

@@ -1,11 +1,13 @@
 """Manage the gateway's API keys.
 
-    python -m gateway_service.keys create --name demo --scopes customers:read,events:write
+    python -m gateway_service.keys create --name shop --scopes customers:read,events:write \
+        --sources shop,pos
     python -m gateway_service.keys revoke <key_id>
     python -m gateway_service.keys list
 
 `create` prints the key, and only the key, on stdout: it is shown once and cannot be recovered
-(only a hash is stored). Everything else goes to stderr.
+(only a hash is stored). Everything else goes to stderr. A key with events:write publishes only
+as the CloudEvents sources given in --sources.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import asyncpg
 
 from crm_shared.db import open_pool
 from gateway_service import store
-from gateway_service.auth import SCOPES, format_key, hash_secret, parse_scopes
+from gateway_service.auth import SCOPES, format_key, hash_secret, parse_scopes, parse_sources
 from gateway_service.config import GatewaySettings
 
 
@@ -36,11 +38,13 @@ async def _connection(settings: GatewaySettings) -> AsyncIterator[asyncpg.Connec
         await pool.close()
 
 
-async def create(settings: GatewaySettings, name: str, scopes: frozenset[str]) -> str:
+async def create(
+    settings: GatewaySettings, name: str, scopes: frozenset[str], sources: frozenset[str]
+) -> str:
     key_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)
     async with _connection(settings) as conn:
-        await store.create_key(conn, key_id, name, hash_secret(secret), scopes)
+        await store.create_key(conn, key_id, name, hash_secret(secret), scopes, sources)
     return format_key(key_id, secret)
 
 
@@ -57,11 +61,12 @@ async def revoke(settings: GatewaySettings, key_id: str) -> bool:
 async def show(settings: GatewaySettings) -> None:
     async with _connection(settings) as conn:
         keys = await store.list_keys(conn)
-    print(f"{'KEY ID':<17} {'NAME':<24} {'SCOPES':<30} {'CREATED':<26} REVOKED")
+    print(f"{'KEY ID':<17} {'NAME':<24} {'SCOPES':<30} {'SOURCES':<24} {'CREATED':<26} REVOKED")
     for key in keys:
         revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "-"
+        sources = ",".join(sorted(key.sources)) or "-"
         print(
-            f"{key.key_id:<17} {key.name:<24} {','.join(sorted(key.scopes)):<30} "
+            f"{key.key_id:<17} {key.name:<24} {','.join(sorted(key.scopes)):<30} {sources:<24} "
             f"{key.created_at.isoformat(timespec='seconds'):<26} {revoked}"
         )
 
@@ -74,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     new.add_argument(
         "--scopes", required=True, help=f"comma-separated, of: {', '.join(sorted(SCOPES))}"
     )
+    new.add_argument(
+        "--sources",
+        default="",
+        help="comma-separated CloudEvents sources the key may publish as (needed for events:write)",
+    )
     gone = commands.add_parser("revoke", help="stop a key from working")
     gone.add_argument("key_id")
     commands.add_parser("list", help="every key, revoked ones included")
@@ -83,12 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "create":
         try:
             scopes = parse_scopes(args.scopes)
+            sources = parse_sources(args.sources, scopes)
         except ValueError as error:
             parser.error(str(error))
         name = args.name.strip()
         if not name:
             parser.error("--name must not be empty")
-        key = asyncio.run(create(settings, name, scopes))
+        key = asyncio.run(create(settings, name, scopes, sources))
         print(key)
         print("store this key now: it is not shown again", file=sys.stderr)
         return 0

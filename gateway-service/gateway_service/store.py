@@ -20,23 +20,31 @@ def _key(row: Mapping[str, Any]) -> StoredKey:
         name=row["name"],
         key_hash=row["key_hash"],
         scopes=frozenset(row["scopes"]),
+        sources=frozenset(row["sources"]),
         created_at=row["created_at"],
         revoked_at=row["revoked_at"],
     )
 
 
 async def create_key(
-    conn: asyncpg.Connection, key_id: str, name: str, key_hash: str, scopes: Collection[str]
+    conn: asyncpg.Connection,
+    key_id: str,
+    name: str,
+    key_hash: str,
+    scopes: Collection[str],
+    sources: Collection[str],
 ) -> StoredKey:
     row = await conn.fetchrow(
         """
-        INSERT INTO api_keys (key_id, name, key_hash, scopes) VALUES ($1, $2, $3, $4::text[])
+        INSERT INTO api_keys (key_id, name, key_hash, scopes, sources)
+        VALUES ($1, $2, $3, $4::text[], $5::text[])
         RETURNING *
         """,
         key_id,
         name,
         key_hash,
         sorted(scopes),
+        sorted(sources),
     )
     assert row is not None
     return _key(row)

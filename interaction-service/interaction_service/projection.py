@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import singledispatch
 from typing import Any, Literal, NamedTuple
@@ -288,6 +288,8 @@ def decode_cursor(cursor: str) -> TimelinePosition:
         isinstance(document, list)
         and len(document) == 3
         and all(isinstance(part, str) for part in document)
+        # No stored row has a NUL (PostgreSQL text cannot hold one), and one would fail the query.
+        and not any("\x00" in part for part in document)
     ):
         raise InvalidCursor("the cursor does not hold a timeline position")
     when, source, event_id = document
@@ -297,6 +299,10 @@ def decode_cursor(cursor: str) -> TimelinePosition:
         raise InvalidCursor("the cursor's time is not an ISO 8601 time") from None
     if occurred_at.tzinfo is None:
         raise InvalidCursor("the cursor's time has no UTC offset")
+    try:
+        occurred_at = occurred_at.astimezone(UTC)
+    except OverflowError:
+        raise InvalidCursor("the cursor's time is out of range") from None
     return TimelinePosition(occurred_at, source, event_id)
 
 

@@ -48,6 +48,8 @@ Money = Annotated[
         description="From 0 to 1000000 with at most 4 decimals, as a number or a string",
     ),
 ]
+EventSource = Annotated[str, Field(min_length=1, max_length=256)]
+"""The CloudEvents `source`: the publishing system (shop, pos, ...)."""
 
 
 class Channel(StrEnum):
@@ -261,7 +263,7 @@ class CloudEvent(BaseModel):
 
     specversion: Literal["1.0"]
     id: str = Field(min_length=1, max_length=128)
-    source: str = Field(min_length=1, max_length=256)
+    source: EventSource
     type: str = Field(min_length=1, max_length=128)
     subject: CustomerId
     time: datetime

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -50,6 +52,18 @@ async def get_json(url: str, **kwargs: Any) -> tuple[int, Any]:
     async with httpx.AsyncClient(timeout=5) as client:
         response = await client.get(url, **kwargs)
         return response.status_code, response.json()
+
+
+def create_api_key(env: dict[str, str], name: str, scopes: str, sources: str = "") -> str:
+    """A new gateway API key, made the way an operator makes one (the keys command)."""
+    command = [sys.executable, "-m", "gateway_service.keys", "create", "--name", name]
+    command += ["--scopes", scopes, "--sources", sources]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    return result.stdout.strip()
+
+
+def gateway_url(env: dict[str, str]) -> str:
+    return f"http://127.0.0.1:{env['CRM_GATEWAY_API_PORT']}"
 
 
 def read_topic(bootstrap: str, topic: str, *, within: float = 60) -> list[Any]:

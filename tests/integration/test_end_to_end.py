@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -13,31 +12,11 @@ import pytest
 from crm_shared import launcher
 from crm_shared.events import build_event
 from crm_shared.sdk import EventPublisher
-from tests.integration.helpers import eventually, unique
+from tests.integration.helpers import create_api_key, eventually, gateway_url, unique
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2024, 6, 1, 9, 0, tzinfo=UTC)
-
-
-def _create_key(env: dict[str, str], scopes: str) -> str:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway_service.keys",
-            "create",
-            "--name",
-            "e2e",
-            "--scopes",
-            scopes,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return result.stdout.strip()
 
 
 def _kcat(env: dict[str, str], topic: str, key: str, document: dict[str, object]) -> None:
@@ -52,13 +31,9 @@ def _kcat(env: dict[str, str], topic: str, key: str, document: dict[str, object]
 @pytest.fixture(scope="module")
 def keys(platform: dict[str, str]) -> dict[str, str]:
     return {
-        "full": _create_key(platform, "customers:read,events:write"),
-        "read": _create_key(platform, "customers:read"),
+        "full": create_api_key(platform, "e2e", "customers:read,events:write", "web-site"),
+        "read": create_api_key(platform, "e2e", "customers:read"),
     }
-
-
-def _gateway(platform: dict[str, str]) -> str:
-    return f"http://127.0.0.1:{platform['CRM_GATEWAY_API_PORT']}"
 
 
 async def test_events_from_three_publishers_make_up_the_customer_360(
@@ -136,7 +111,7 @@ async def test_events_from_three_publishers_make_up_the_customer_360(
         event_id=f"{customer}-fb",
     )
     invalid = {**feedback, "id": f"{customer}-bad", "data": {"score": 11}}
-    async with httpx.AsyncClient(base_url=_gateway(platform), timeout=10) as client:
+    async with httpx.AsyncClient(base_url=gateway_url(platform), timeout=10) as client:
         response = await client.post(
             "/v1/events", json={"events": [feedback, invalid]}, headers=headers
         )
@@ -187,7 +162,7 @@ async def test_a_service_that_is_down_is_reported_missing_not_fatal(
         )
     headers = {"X-API-Key": keys["read"]}
     broadcast_api = launcher.BY_NAME["broadcast-api"]
-    async with httpx.AsyncClient(base_url=_gateway(platform), timeout=10) as client:
+    async with httpx.AsyncClient(base_url=gateway_url(platform), timeout=10) as client:
         await eventually(
             lambda: client.get(f"/v1/customers/{customer}", headers=headers),
             lambda r: r.status_code == 200 and r.json()["profile"] is not None,
@@ -207,23 +182,25 @@ async def test_a_service_that_is_down_is_reported_missing_not_fatal(
 
 
 async def test_the_gateway_refuses_clearly(platform: dict[str, str], keys: dict[str, str]) -> None:
-    async with httpx.AsyncClient(base_url=_gateway(platform), timeout=10) as client:
+    async with httpx.AsyncClient(base_url=gateway_url(platform), timeout=10) as client:
         no_key = await client.get("/v1/customers/C1")
         assert no_key.status_code == 401
         assert no_key.headers["WWW-Authenticate"].startswith("Bearer")
         wrong = await client.get("/v1/customers/C1", headers={"Authorization": "Bearer crm_x_y"})
         assert wrong.status_code == 401
         read_only = {"Authorization": f"Bearer {keys['read']}"}
-        forbidden = await client.post("/v1/events", json={"events": []}, headers=read_only)
+        forbidden = await client.post("/v1/events", json={"events": [{}]}, headers=read_only)
         assert forbidden.status_code == 403
         assert "events:write" in forbidden.json()["error"]["message"]
         unknown = await client.get(f"/v1/customers/{unique('nobody')}", headers=read_only)
         assert unknown.status_code == 404
         assert "unknown" in unknown.json()["error"]["message"]
         full = {"Authorization": f"Bearer {keys['full']}"}
-        too_many = await client.post("/v1/events", json={"events": [{}] * 1001}, headers=full)
-        assert too_many.status_code == 422
-        assert "1000" in too_many.json()["error"]["message"]
+        for events, problem in (([{}] * 1001, "at most 1000"), ([], "at least 1")):
+            wrong_size = await client.post("/v1/events", json={"events": events}, headers=full)
+            assert wrong_size.status_code == 422
+            (detail,) = wrong_size.json()["error"]["details"]
+            assert detail["where"] == "body.events" and problem in detail["problem"], detail
         not_json = await client.post(
             "/v1/events", content=b"{", headers={**full, "Content-Type": "application/json"}
         )

@@ -20,6 +20,7 @@ from gateway_service.auth import (
     hash_secret,
     parse_key,
     parse_scopes,
+    parse_sources,
     presented_key,
 )
 
@@ -34,6 +35,7 @@ def _stored(**overrides: object) -> StoredKey:
         "name": "demo",
         "key_hash": hash_secret(SECRET),
         "scopes": frozenset({CUSTOMERS_READ}),
+        "sources": frozenset(),
         "created_at": CREATED,
     }
     fields.update(overrides)
@@ -110,6 +112,29 @@ def test_scopes_parse_from_a_comma_separated_list() -> None:
 def test_unknown_or_no_scopes_are_refused(text: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         parse_scopes(text)
+
+
+def test_sources_parse_from_a_comma_separated_list_for_a_key_that_writes_events() -> None:
+    writer = {CUSTOMERS_READ, EVENTS_WRITE}
+    assert parse_sources(" shop,pos, shop,", writer) == {"shop", "pos"}
+    assert parse_sources(["call-centre"], writer) == {"call-centre"}
+    assert parse_sources("", {CUSTOMERS_READ}) == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("text", "scopes", "problem"),
+    [
+        ("", {EVENTS_WRITE}, "needs the sources it may publish as"),
+        (" , ", {EVENTS_WRITE}, "needs the sources it may publish as"),
+        ("shop," + "x" * 257, {EVENTS_WRITE}, "invalid source 'xxx.*at most 256 characters"),
+        ("shop", {CUSTOMERS_READ}, "sources are for keys with the scope events:write"),
+    ],
+)
+def test_a_writer_without_sources_an_overlong_source_or_sources_for_a_reader_are_refused(
+    text: str, scopes: set[str], problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_sources(text, scopes)
 
 
 def test_the_key_is_read_from_a_bearer_header_in_any_case_or_from_x_api_key() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -12,11 +14,22 @@ from gateway_service.ingest import (
     MAX_BATCH,
     Accepted,
     BatchSizeError,
+    Plan,
     Rejected,
     check_batch_size,
     plan_batch,
     settle,
 )
+
+NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
+SKEW = timedelta(minutes=5)
+SOURCES = frozenset({"shop", "web"})
+
+
+def _plan(
+    documents: Sequence[Any], sources: Collection[str] = SOURCES, now: datetime = NOW
+) -> Plan:
+    return plan_batch(documents, sources=sources, now=now, max_skew=SKEW)
 
 
 def _order(customer: str = "C1", event_id: str = "o1", **overrides: Any) -> dict[str, Any]:
@@ -25,6 +38,7 @@ def _order(customer: str = "C1", event_id: str = "o1", **overrides: Any) -> dict
         customer,
         {"order_id": "O1", "lines": [{"product_id": "P1", "quantity": 1, "unit_price": "2.00"}]},
         source="shop",
+        time=NOW - timedelta(hours=1),
         event_id=event_id,
     )
     document.update(overrides)
@@ -37,13 +51,14 @@ def _consent(customer: str = "C1", event_id: str = "c1") -> dict[str, Any]:
         customer,
         {"purpose": "marketing"},
         source="web",
+        time=NOW - timedelta(hours=1),
         event_id=event_id,
     )
 
 
 def test_valid_events_go_to_their_topic_keyed_by_customer_as_sent() -> None:
     order, consent = _order("C1"), _consent("C2")
-    plan = plan_batch([order, consent])
+    plan = _plan([order, consent])
     assert plan.rejected == ()
     assert [(p.index, p.id, p.topic, p.key) for p in plan.publish] == [
         (0, "o1", "crm.orders", b"C1"),
@@ -53,12 +68,12 @@ def test_valid_events_go_to_their_topic_keyed_by_customer_as_sent() -> None:
 
 
 def test_extension_attributes_are_kept_on_the_wire() -> None:
-    plan = plan_batch([_order(traceparent="00-abc-def-01")])
+    plan = _plan([_order(traceparent="00-abc-def-01")])
     assert json.loads(plan.publish[0].value)["traceparent"] == "00-abc-def-01"
 
 
 def test_each_invalid_event_is_rejected_with_the_contract_reason_and_the_rest_go() -> None:
-    plan = plan_batch(
+    plan = _plan(
         [
             _order(type="crm.nothing.v9", id="x1"),
             "not an object",
@@ -82,10 +97,11 @@ def test_an_event_over_the_size_limit_is_rejected_as_too_large() -> None:
         "crm.customer.updated.v1",
         "C1",
         {"attributes": {"blob": "x" * MAX_EVENT_BYTES}},
-        source="crm",
+        source="shop",
+        time=NOW,
         event_id="big",
     )
-    plan = plan_batch([big, _order()])
+    plan = _plan([big, _order()])
     assert [p.id for p in plan.publish] == ["o1"]
     (rejected,) = plan.rejected
     assert (rejected.index, rejected.id) == (0, "big")
@@ -94,8 +110,46 @@ def test_an_event_over_the_size_limit_is_rejected_as_too_large() -> None:
 
 
 def test_duplicates_within_a_batch_are_both_published_for_the_projections_to_deduplicate() -> None:
-    plan = plan_batch([_order(event_id="same"), _order(event_id="same")])
+    plan = _plan([_order(event_id="same"), _order(event_id="same")])
     assert [(p.index, p.id) for p in plan.publish] == [(0, "same"), (1, "same")]
+
+
+def test_an_event_from_a_source_not_granted_to_the_key_is_rejected_naming_those_granted() -> None:
+    plan = _plan(
+        [_order(event_id="mine"), _order(event_id="theirs", source="pos"), _consent()],
+    )
+    assert [p.id for p in plan.publish] == ["mine", "c1"]
+    (refused,) = plan.rejected
+    assert (refused.index, refused.id) == (1, "theirs")
+    assert refused.reason == "source 'pos' refused: this API key may publish only as 'shop', 'web'"
+
+
+def test_a_key_issued_for_no_source_publishes_nothing_and_says_why() -> None:
+    plan = _plan([_order(), _consent()], sources=())
+    assert plan.publish == ()
+    assert [r.index for r in plan.rejected] == [0, 1]
+    assert all("issued for no source" in r.reason for r in plan.rejected)
+
+
+def test_an_event_dated_beyond_the_allowed_skew_is_rejected_and_the_rest_go() -> None:
+    plan = _plan(
+        [
+            _order(event_id="late-clock", time=(NOW + SKEW).isoformat()),
+            _order(event_id="2099", time="2099-01-01T00:00:00Z"),
+            _order(event_id="past"),
+        ]
+    )
+    assert [p.id for p in plan.publish] == ["late-clock", "past"], "up to now + skew is fine"
+    (refused,) = plan.rejected
+    assert (refused.index, refused.id) == (1, "2099")
+    assert refused.reason.startswith("time 2099-01-01T00:00:00+00:00 is in the future")
+    assert "300 s after 2024-06-01T12:00:00+00:00" in refused.reason
+
+
+def test_the_future_is_judged_by_the_clock_passed_in() -> None:
+    tomorrow = _order(event_id="t", time=(NOW + timedelta(days=1)).isoformat())
+    assert [r.id for r in _plan([tomorrow]).rejected] == ["t"]
+    assert [p.id for p in _plan([tomorrow], now=NOW + timedelta(days=1)).publish] == ["t"]
 
 
 @pytest.mark.parametrize(("count", "problem"), [(0, "empty"), (MAX_BATCH + 1, "holds 1001 events")])
@@ -103,16 +157,16 @@ def test_an_empty_or_too_long_batch_is_refused_as_a_whole(count: int, problem: s
     with pytest.raises(BatchSizeError, match=problem):
         check_batch_size(count)
     with pytest.raises(BatchSizeError, match=problem):
-        plan_batch([_order(event_id=f"e{i}") for i in range(count)])
+        _plan([_order(event_id=f"e{i}") for i in range(count)])
 
 
 def test_a_batch_of_exactly_the_limit_is_planned() -> None:
-    plan = plan_batch([_order(event_id=f"e{i}") for i in range(MAX_BATCH)])
+    plan = _plan([_order(event_id=f"e{i}") for i in range(MAX_BATCH)])
     assert len(plan.publish) == MAX_BATCH
 
 
 def test_acknowledged_events_are_accepted_and_results_keep_the_batch_order() -> None:
-    plan = plan_batch([_order(event_id="a"), "junk", _consent(event_id="b")])
+    plan = _plan([_order(event_id="a"), "junk", _consent(event_id="b")])
     result = settle(plan, {})
     assert (result.accepted, result.rejected) == (2, 1)
     assert result.results == (
@@ -123,7 +177,7 @@ def test_acknowledged_events_are_accepted_and_results_keep_the_batch_order() -> 
 
 
 def test_an_event_kafka_did_not_acknowledge_is_rejected_never_accepted() -> None:
-    plan = plan_batch([_order(event_id="a"), _consent(event_id="b")])
+    plan = _plan([_order(event_id="a"), _consent(event_id="b")])
     result = settle(plan, {1: "no acknowledgement within 10 s"})
     assert (result.accepted, result.rejected) == (1, 1)
     assert result.results[1] == Rejected(
@@ -132,7 +186,38 @@ def test_an_event_kafka_did_not_acknowledge_is_rejected_never_accepted() -> None
 
 
 def test_everything_rejected_when_the_broker_is_away() -> None:
-    plan = plan_batch([_order(event_id="a"), _consent(event_id="b")])
+    plan = _plan([_order(event_id="a"), _consent(event_id="b")])
     result = settle(plan, {0: "cannot reach Kafka", 1: "cannot reach Kafka"})
     assert (result.accepted, result.rejected) == (0, 2)
     assert all(isinstance(r, Rejected) for r in result.results)
+
+
+def test_derived_events_and_clock_ticks_cannot_be_forged_through_the_gateway() -> None:
+    segment = build_event(
+        "crm.segment.entered.v1",
+        "C1",
+        {"segment": "lapsed", "version": 1, "reason": "forged"},
+        source="shop",
+        time=NOW,
+        event_id="forged-segment",
+    )
+    tick = build_event(
+        "crm.clock.ticked.v1",
+        "clock",
+        {"topic": "crm.orders", "partition": 0},
+        source="shop",
+        time=NOW,
+        event_id="forged-tick",
+    )
+    plan = _plan([segment, tick, _order(event_id="real")])
+    assert [p.id for p in plan.publish] == ["real"]
+    assert [(r.id, r.reason) for r in plan.rejected] == [
+        (
+            "forged-segment",
+            "crm.segment.entered.v1 is published by the platform itself, not through the gateway",
+        ),
+        (
+            "forged-tick",
+            "crm.clock.ticked.v1 is published by the platform itself, not through the gateway",
+        ),
+    ]

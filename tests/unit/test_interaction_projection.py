@@ -305,8 +305,10 @@ def _b64(document: object) -> str:
         (_b64({"t": "2024-05-01T10:00:00+00:00"}), "does not hold"),
         (_b64(["2024-05-01T10:00:00+00:00", "s"]), "does not hold"),
         (_b64(["2024-05-01T10:00:00+00:00", "s", 1]), "does not hold"),
+        (_b64(["2024-05-01T10:00:00+00:00", "s\u0000", "1"]), "does not hold"),
         (_b64(["yesterday", "s", "1"]), "not an ISO 8601 time"),
         (_b64(["2024-05-01T10:00:00", "s", "1"]), "no UTC offset"),
+        (_b64(["0001-01-01T00:00:00+05:00", "s", "1"]), "out of range"),
     ],
 )
 def test_a_bad_cursor_is_refused_with_its_reason(cursor: str, reason: str) -> None:
