@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from crm_shared.http import Lifespan, create_api, database_lifespan, serve
+from crm_shared.runtime.http import Lifespan, create_api, database_lifespan, serve
 from gateway_service import composition, ingest, metrics, store
 from gateway_service.auth import (
     CUSTOMERS_READ,

@@ -1,8 +1,8 @@
 """Event ingestion: which events of a batch go to which topic, and what the client is told. Pure.
 
-Each event is checked on its own with the platform's contract (crm_shared.events), so a batch
-is never refused as a whole for one bad event. An event counts as accepted only once Kafka has
-acknowledged it; one that may or may not have reached Kafka is reported rejected, and sending it
+Each event is checked on its own with the platform's contract (crm_shared.contracts.events), so
+a batch is never refused as a whole for one bad event. An event counts as accepted only once Kafka
+has acknowledged it; one that may or may not have reached Kafka is reported rejected, and sending it
 again is safe because projections deduplicate events by (source, id).
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from crm_shared.events import InvalidEvent, encode_event, validate_event
-from crm_shared.topics import topic_for
+from crm_shared.contracts.events import InvalidEvent, encode_event, validate_event
+from crm_shared.contracts.topics import topic_for
 
 MAX_BATCH = 1000
 
