@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import os
 import sys
 import time
@@ -19,14 +18,13 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from crm_shared.db import open_pool
-from crm_shared.deadletter import DeadLetter
-from crm_shared.demo.workload import Workload
-from crm_shared.events import encode_event
-from crm_shared.projector import BatchProjector, Projection, RawRecord
-from crm_shared.topics import topic_for
-
-SERVICES = ("profile", "interaction", "broadcast", "recommendation")
+from crm_shared.contracts.deadletter import DeadLetter
+from crm_shared.contracts.events import encode_event
+from crm_shared.contracts.topics import topic_for
+from crm_shared.ops import platform
+from crm_shared.ops.demo.workload import Workload
+from crm_shared.runtime.db import open_pool
+from crm_shared.runtime.projector import BatchProjector, Projection, RawRecord
 
 
 async def no_dead_letters(letters: Sequence[DeadLetter]) -> None:
@@ -68,12 +66,12 @@ async def main() -> None:
     args = parser.parse_args()
     dsn_base = os.environ["CRM_PG_DSN_BASE"]
     events = list(Workload(seed=2, prefix="fold").events(args.events))
-    for service in SERVICES:
-        projection: Projection = importlib.import_module(f"{service}_service.worker").PROJECTION
-        print(f"[bench] folding into {service} ...", file=sys.stderr, flush=True)
+    for service in platform.projections():
+        projection = service.load_projection()
+        print(f"[bench] folding into {service.name} ...", file=sys.stderr, flush=True)
         count, seconds = await measure(projection, dsn_base, events, args.batch)
         print(
-            f"{service:15} {count:7,} records in {seconds:5.1f} s "
+            f"{service.name:15} {count:7,} records in {seconds:5.1f} s "
             f"= {count / seconds:8,.0f} records/s"
         )
 

@@ -28,14 +28,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka import KafkaConsumer
 from kafka import TopicPartition as KafkaTopicPartition
 
-from crm_shared import launcher
-from crm_shared.demo.workload import Workload
-from crm_shared.events import encode_event
-from crm_shared.topics import EVENT_TOPICS, topic_for
+from crm_shared.contracts.events import encode_event
+from crm_shared.contracts.topics import EVENT_TOPICS, topic_for
+from crm_shared.ops import launcher, platform
+from crm_shared.ops.demo.workload import Workload
+from crm_shared.runtime.service import Process
 
 PROJECTIONS: dict[str, tuple[str, ...]] = {
-    name: tuple(t.name for t in EVENT_TOPICS if f"{name}-service" in t.consumers)
-    for name in ("profile", "interaction", "broadcast", "recommendation")
+    service.name: tuple(topic.name for topic in service.load_projection().topics)
+    for service in platform.projections()
 }
 WORKERS = [launcher.BY_NAME[f"{name}-worker"] for name in PROJECTIONS]
 
@@ -225,7 +226,7 @@ async def baseline(bootstrap: str, dsn_base: str, expected: int) -> float:
     return done / elapsed
 
 
-def rss_mib(process: launcher.Process, env: dict[str, str]) -> float:
+def rss_mib(process: Process, env: dict[str, str]) -> float:
     pid = launcher.running_pid(process, env)
     if pid is None:
         return 0.0

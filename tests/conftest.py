@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from crm_shared import launcher
+from crm_shared.ops import launcher
 
 
 def shifted_port(base: int) -> str:
@@ -26,23 +26,16 @@ def shifted_port(base: int) -> str:
 
 
 TEST_PORTS = {
-    "CRM_GATEWAY_API_PORT": shifted_port(18100),
-    "CRM_PROFILE_API_PORT": shifted_port(18101),
-    "CRM_INTERACTION_API_PORT": shifted_port(18102),
-    "CRM_BROADCAST_API_PORT": shifted_port(18103),
-    "CRM_RECOMMENDATION_API_PORT": shifted_port(18104),
-    "CRM_PROFILE_WORKER_METRICS_PORT": shifted_port(19101),
-    "CRM_INTERACTION_WORKER_METRICS_PORT": shifted_port(19102),
-    "CRM_BROADCAST_WORKER_METRICS_PORT": shifted_port(19103),
-    "CRM_RECOMMENDATION_WORKER_METRICS_PORT": shifted_port(19104),
-    "CRM_CLOCK_WORKER_METRICS_PORT": shifted_port(19105),
-    "CRM_CLOCK_INTERVAL_SECONDS": "1",
-    "CRM_PROFILE_HALT_RETRY_SECONDS": "1",
-    "CRM_GATEWAY_PROFILE_URL": f"http://127.0.0.1:{shifted_port(18101)}",
-    "CRM_GATEWAY_INTERACTION_URL": f"http://127.0.0.1:{shifted_port(18102)}",
-    "CRM_GATEWAY_BROADCAST_URL": f"http://127.0.0.1:{shifted_port(18103)}",
-    "CRM_GATEWAY_RECOMMENDATION_URL": f"http://127.0.0.1:{shifted_port(18104)}",
+    process.port_env: shifted_port(process.default_port + 10_000) for process in launcher.PROCESSES
 }
+"""Every process on its default port + 10,000 (+ the slot's shift), read from the roots."""
+TEST_PORTS |= {
+    f"CRM_GATEWAY_{process.service.upper()}_URL": f"http://127.0.0.1:{TEST_PORTS[process.port_env]}"
+    for process in launcher.PROCESSES
+    if process.component == "api" and process.service != "gateway"
+}
+TEST_SETTINGS = {"CRM_CLOCK_INTERVAL_SECONDS": "1", "CRM_PROFILE_HALT_RETRY_SECONDS": "1"}
+"""A fast clock and quick retries of a halted worker, so tests need not wait minutes."""
 
 
 # The whole suite runs with the service APIs guarded: they require it, the gateway presents it.
@@ -68,7 +61,7 @@ def platform_env() -> dict[str, str]:
     for host_port in (bootstrap, dsn_base.rsplit("@", 1)[-1]):
         if not _reachable(host_port):
             pytest.fail(f"{host_port} does not answer: run the suite with ./crm test")
-    return {**os.environ, **TEST_PORTS, **SERVICE_TOKEN}
+    return {**os.environ, **TEST_PORTS, **TEST_SETTINGS, **SERVICE_TOKEN}
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,8 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
 from broadcast_service import projection, store
-from broadcast_service.config import BroadcastSettings
-from broadcast_service.worker import MIGRATIONS
-from crm_shared.http import connection, create_api, database_lifespan, serve
+from broadcast_service.config import MIGRATIONS, BroadcastSettings
+from crm_shared.runtime.http import connection, create_api, database_lifespan, serve
 
 Conn = Annotated[asyncpg.Connection, Depends(connection)]
 CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]

@@ -1,8 +1,8 @@
 """What the broadcast service reads: channel preferences, consents, and segment membership
 announced by the profile service. It publishes nothing yet."""
 
-from crm_shared.events import SEGMENT_ENTERED, SEGMENT_LEFT
-from crm_shared.topics import PREFERENCES, SEGMENTS
+from crm_shared.contracts.events import SEGMENT_ENTERED, SEGMENT_LEFT
+from crm_shared.contracts.topics import PREFERENCES, SEGMENTS
 
 TOPICS = (PREFERENCES, SEGMENTS)
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Any, Literal, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from crm_shared.events import (
+from crm_shared.contracts.events import (
     ChannelPreferenceSet,
     ConsentGranted,
     ConsentRevoked,

@@ -14,7 +14,7 @@ from broadcast_service.projection import (
     QuietWindow,
     SegmentMembership,
 )
-from crm_shared.db import columns
+from crm_shared.runtime.db import columns
 
 # The order of `ChannelPreferences.version` and `Consent.version`, in SQL, for the WHERE that
 # keeps a newer stored row: text compared by code point (COLLATE "C") as Python compares it.

@@ -6,12 +6,11 @@ python -m broadcast_service.worker
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import asyncpg
 
 from broadcast_service import metrics, projection, store
-from broadcast_service.config import BroadcastSettings
+from broadcast_service.config import MIGRATIONS, BroadcastSettings
 from broadcast_service.events import (
     CONSENT_TYPES,
     FOLDS,
@@ -19,12 +18,10 @@ from broadcast_service.events import (
     SEGMENT_TYPES,
     TOPICS,
 )
-from crm_shared.derived import Derived
-from crm_shared.events import Event
-from crm_shared.projector import Projection
-from crm_shared.worker import run_worker
-
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+from crm_shared.contracts.events import Event
+from crm_shared.runtime.derived import Derived
+from crm_shared.runtime.projector import Projection
+from crm_shared.runtime.worker import run_worker
 
 
 async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:

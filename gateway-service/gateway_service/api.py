@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from crm_shared.http import Lifespan, create_api, database_lifespan, serve
+from crm_shared.runtime.http import Lifespan, create_api, database_lifespan, serve
 from gateway_service import composition, ingest, metrics, store
 from gateway_service.auth import (
     CUSTOMERS_READ,
@@ -134,7 +134,7 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """The platform's one error shape (crm_shared.http.error_response)."""
+    """The platform's one error shape (crm_shared.runtime.http.error_response)."""
 
     error: ErrorDetail
 

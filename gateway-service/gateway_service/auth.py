@@ -15,7 +15,7 @@ from datetime import datetime
 
 from pydantic import TypeAdapter, ValidationError
 
-from crm_shared.events import EventSource
+from crm_shared.contracts.events import EventSource
 
 CUSTOMERS_READ = "customers:read"
 EVENTS_WRITE = "events:write"

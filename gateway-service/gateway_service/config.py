@@ -5,7 +5,7 @@ from typing import ClassVar
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from crm_shared.config import ServiceSettings
+from crm_shared.runtime.config import ServiceSettings
 
 
 class GatewaySettings(ServiceSettings):

@@ -1,10 +1,10 @@
 """Event ingestion: which events of a batch go to which topic, and what the client is told. Pure.
 
-Each event is checked on its own with the platform's contract (crm_shared.events), against the
-sources the API key was issued for and against the clock, so a batch is never refused as a whole
-for one bad event. An event counts as accepted only once Kafka has
-acknowledged it; one that may or may not have reached Kafka is reported rejected, and sending it
-again is safe because projections deduplicate events by (source, id).
+Each event is checked on its own with the platform's contract (crm_shared.contracts.events),
+against the sources the API key was issued for and against the clock, so a batch is never refused
+as a whole for one bad event. An event counts as accepted only once Kafka has acknowledged it;
+one that may or may not have reached Kafka is reported rejected, and sending it again is safe
+because projections deduplicate events by (source, id).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from crm_shared.events import InvalidEvent, check_not_future, encode_event, validate_event
-from crm_shared.topics import accepts_from, topic_for
+from crm_shared.contracts.events import InvalidEvent, check_not_future, encode_event, validate_event
+from crm_shared.contracts.topics import accepts_from, topic_for
 
 GATEWAY = "gateway-service"
 """How the topic catalogue names the gateway among a topic's producers."""

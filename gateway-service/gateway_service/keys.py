@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
-from crm_shared.db import open_pool
+from crm_shared.runtime.db import open_pool
 from gateway_service import store
 from gateway_service.auth import SCOPES, format_key, hash_secret, parse_scopes, parse_sources
 from gateway_service.config import GatewaySettings

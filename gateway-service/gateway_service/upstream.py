@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import httpx
 
-from crm_shared.http import REQUEST_ID_HEADER, service_token_headers
+from crm_shared.runtime.http import REQUEST_ID_HEADER, service_token_headers
 from gateway_service import metrics
 from gateway_service.composition import (
     PARTS,

@@ -12,11 +12,10 @@ import asyncpg
 from fastapi import Depends, FastAPI, HTTPException, Path, Query
 from pydantic import BaseModel
 
-from crm_shared.http import connection, create_api, database_lifespan, serve
+from crm_shared.runtime.http import connection, create_api, database_lifespan, serve
 from interaction_service import projection, store
-from interaction_service.config import InteractionSettings
+from interaction_service.config import MIGRATIONS, InteractionSettings
 from interaction_service.projection import Kind, TimelinePosition
-from interaction_service.worker import MIGRATIONS
 
 Conn = Annotated[asyncpg.Connection, Depends(connection)]
 CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]

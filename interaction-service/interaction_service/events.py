@@ -1,6 +1,6 @@
 """What the interaction service reads: contacts, feedback, orders, refunds. It publishes nothing."""
 
-from crm_shared.topics import CONTACTS, ORDERS
+from crm_shared.contracts.topics import CONTACTS, ORDERS
 
 TOPICS = (CONTACTS, ORDERS)
 

@@ -20,7 +20,7 @@ from decimal import Decimal
 from functools import singledispatch
 from typing import Any, Literal, NamedTuple
 
-from crm_shared.events import (
+from crm_shared.contracts.events import (
     Channel,
     ContactLogged,
     Event,

@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from crm_shared.db import columns
+from crm_shared.runtime.db import columns
 from interaction_service.projection import (
     ContactTotals,
     EventKey,

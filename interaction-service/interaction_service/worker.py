@@ -7,19 +7,16 @@ python -m interaction_service.worker
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import asyncpg
 
-from crm_shared.derived import Derived
-from crm_shared.events import Event
-from crm_shared.projector import Projection
-from crm_shared.worker import run_worker
+from crm_shared.contracts.events import Event
+from crm_shared.runtime.derived import Derived
+from crm_shared.runtime.projector import Projection
+from crm_shared.runtime.worker import run_worker
 from interaction_service import metrics, projection, store
-from interaction_service.config import InteractionSettings
+from interaction_service.config import MIGRATIONS, InteractionSettings
 from interaction_service.events import FOLDS, TOPICS
-
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
 async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:

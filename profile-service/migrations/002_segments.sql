@@ -1,4 +1,4 @@
--- Time, as read from the clock's ticks in each partition of each topic (see crm_shared.clock).
+-- Time, as read from the clock's ticks in each partition of each topic (see crm_shared.runtime.clock).
 CREATE TABLE partition_clocks (
     topic     text        NOT NULL,
     partition integer     NOT NULL,

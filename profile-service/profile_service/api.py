@@ -13,10 +13,9 @@ import asyncpg
 from fastapi import Depends, FastAPI, HTTPException, Path
 from pydantic import BaseModel
 
-from crm_shared.http import connection, create_api, database_lifespan, serve
+from crm_shared.runtime.http import connection, create_api, database_lifespan, serve
 from profile_service import store
-from profile_service.config import ProfileSettings
-from profile_service.worker import MIGRATIONS
+from profile_service.config import MIGRATIONS, ProfileSettings
 
 Conn = Annotated[asyncpg.Connection, Depends(connection)]
 CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]

@@ -1,8 +1,8 @@
 """What the profile service reads (identity changes, purchases, the clock's ticks) and what it
 derives (segment membership changes on crm.segments)."""
 
-from crm_shared.events import CLOCK_TICKED
-from crm_shared.topics import CUSTOMERS, ORDERS, SEGMENTS
+from crm_shared.contracts.events import CLOCK_TICKED
+from crm_shared.contracts.topics import CUSTOMERS, ORDERS, SEGMENTS
 
 TOPICS = (CUSTOMERS, ORDERS)
 PUBLISHES = (SEGMENTS,)

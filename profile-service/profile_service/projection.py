@@ -4,8 +4,8 @@ Contact fields, attributes and identifiers are last-writer-wins by event time, f
 so a late or replayed event never overwrites a newer value. Purchase totals are sums and
 extremes, so they are the same whatever order orders and refunds arrive in.
 
-Time rules read the clock's ticks in the customer's partition of crm.orders (crm_shared.clock),
-never the wall clock, so a rebuild derives what the live run derived.
+Time rules read the clock's ticks in the customer's partition of crm.orders
+(crm_shared.runtime.clock), never the wall clock, so a rebuild derives what the live run derived.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from crm_shared.derived import Derived, derive
-from crm_shared.events import (
+from crm_shared.contracts.events import (
     SEGMENT_ENTERED,
     SEGMENT_LEFT,
     ClockTicked,
@@ -28,6 +27,7 @@ from crm_shared.events import (
     SegmentEntered,
     SegmentLeft,
 )
+from crm_shared.runtime.derived import Derived, derive
 
 CONTACT_FIELDS = ("name", "email", "phone", "country")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from crm_shared.db import columns
+from crm_shared.runtime.db import columns
 from profile_service.projection import (
     CONTACT_FIELDS,
     CustomerRecord,

@@ -7,21 +7,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from pathlib import Path
 
 import asyncpg
 
-from crm_shared.derived import Derived
-from crm_shared.events import CLOCK_TICKED, ClockTicked, Event
-from crm_shared.projector import Projection
-from crm_shared.topics import ORDERS
-from crm_shared.worker import run_worker
+from crm_shared.contracts.events import CLOCK_TICKED, ClockTicked, Event
+from crm_shared.contracts.topics import ORDERS
+from crm_shared.runtime.derived import Derived
+from crm_shared.runtime.projector import Projection
+from crm_shared.runtime.worker import run_worker
 from profile_service import metrics, projection, store
-from profile_service.config import ProfileSettings
+from profile_service.config import MIGRATIONS, ProfileSettings
 from profile_service.events import CUSTOMER_TYPES, FOLDS, TOPICS
 from profile_service.projection import Membership
-
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
 async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:

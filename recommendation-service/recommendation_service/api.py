@@ -11,12 +11,11 @@ import asyncpg
 from fastapi import Depends, FastAPI, HTTPException, Query
 from pydantic import BaseModel
 
-from crm_shared.events import CustomerId, ProductId
-from crm_shared.http import connection, create_api, database_lifespan, serve
+from crm_shared.contracts.events import CustomerId, ProductId
+from crm_shared.runtime.http import connection, create_api, database_lifespan, serve
 from recommendation_service import projection, store
-from recommendation_service.config import RecommendationSettings
+from recommendation_service.config import MIGRATIONS, RecommendationSettings
 from recommendation_service.projection import Strategy
-from recommendation_service.worker import MIGRATIONS
 
 Conn = Annotated[asyncpg.Connection, Depends(connection)]
 Limit = Annotated[int, Query(ge=1, le=100, description="How many products to return")]

@@ -4,7 +4,7 @@ Refunds travel on the orders topic but are not folded for now: a returned produc
 as bought by that customer, for popularity and for "customers who bought X also bought Y".
 """
 
-from crm_shared.topics import BROWSING, ORDERS
+from crm_shared.contracts.topics import BROWSING, ORDERS
 
 TOPICS = (ORDERS, BROWSING)
 

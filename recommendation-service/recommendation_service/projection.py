@@ -20,7 +20,7 @@ from datetime import datetime
 from itertools import islice
 from typing import Literal
 
-from crm_shared.events import Event, OrderPlaced, ProductViewed
+from crm_shared.contracts.events import Event, OrderPlaced, ProductViewed
 
 CO_PURCHASE_PARTNERS = 50
 """A first purchase is paired with at most this many of the customer's most recent products.

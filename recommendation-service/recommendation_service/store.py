@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from crm_shared.db import columns
+from crm_shared.runtime.db import columns
 from recommendation_service.projection import (
     CustomerProduct,
     CustomerProductDelta,

@@ -6,19 +6,16 @@ python -m recommendation_service.worker
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import asyncpg
 
-from crm_shared.derived import Derived
-from crm_shared.events import Event
-from crm_shared.projector import Projection
-from crm_shared.worker import run_worker
+from crm_shared.contracts.events import Event
+from crm_shared.runtime.derived import Derived
+from crm_shared.runtime.projector import Projection
+from crm_shared.runtime.worker import run_worker
 from recommendation_service import metrics, projection, store
-from recommendation_service.config import RecommendationSettings
+from recommendation_service.config import MIGRATIONS, RecommendationSettings
 from recommendation_service.events import FOLDS, TOPICS
-
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
 async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:

@@ -13,11 +13,11 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from crm_shared.db import open_pool
-from crm_shared.deadletter import DeadLetter
-from crm_shared.events import build_event, encode_event
-from crm_shared.projector import BatchProjector, RawRecord
-from crm_shared.retention import prune_applied_events, prune_outside_window
+from crm_shared.contracts.deadletter import DeadLetter
+from crm_shared.contracts.events import build_event, encode_event
+from crm_shared.runtime.db import open_pool
+from crm_shared.runtime.projector import BatchProjector, RawRecord
+from crm_shared.runtime.retention import prune_applied_events, prune_outside_window
 from profile_service.config import ProfileSettings
 from profile_service.worker import PROJECTION
 

@@ -30,6 +30,8 @@ from typing import Any
 import pytest
 import yaml
 
+from crm_shared.ops import launcher
+from crm_shared.runtime.service import Process
 from tests.observability import GENERATOR, dashboard_generator, query, require, running_prometheus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,34 +43,17 @@ GRAFANA_DIR = ROOT / "deploy" / "grafana"
 
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 
-# compose service -> (`service` label, component, port)
-PROCESSES: dict[str, tuple[str, str, int]] = {
-    "clock": ("clock", "worker", 9105),
-    "profile-worker": ("profile", "worker", 9101),
-    "interaction-worker": ("interaction", "worker", 9102),
-    "broadcast-worker": ("broadcast", "worker", 9103),
-    "recommendation-worker": ("recommendation", "worker", 9104),
-    "gateway": ("gateway", "api", 8100),
-    "profile-api": ("profile", "api", 8101),
-    "interaction-api": ("interaction", "api", 8102),
-    "broadcast-api": ("broadcast", "api", 8103),
-    "recommendation-api": ("recommendation", "api", 8104),
+# compose service -> the platform's process (the gateway's compose service is "gateway")
+PROCESSES: dict[str, Process] = {
+    "gateway" if process.name == "gateway-api" else process.name: process
+    for process in launcher.PROCESSES
 }
 # The internal APIs: on the compose network for the gateway, behind the service token.
 SERVICE_APIS = [
     name
-    for name, (label, component, _) in PROCESSES.items()
-    if component == "api" and label != "gateway"
+    for name, process in PROCESSES.items()
+    if process.component == "api" and process.service != "gateway"
 ]
-PACKAGES = {
-    "profile": "profile_service",
-    "interaction": "interaction_service",
-    "broadcast": "broadcast_service",
-    "recommendation": "recommendation_service",
-    "gateway": "gateway_service",
-}
-MODULES = {"clock": "crm_shared.clock"}
-"""Processes whose module is not <package>.worker or <package>.api."""
 
 
 def _load_yaml(path: Path) -> Any:
@@ -143,10 +128,10 @@ def test_compose_wires_the_platform(compose: dict[str, Any]) -> None:
     assert services["postgres"]["image"] == "postgres:15"
     assert "healthcheck" in services["postgres"]
 
-    assert services["bootstrap"]["command"][-1] == "crm_shared.bootstrap"
+    assert services["bootstrap"]["command"][-1] == "crm_shared.ops.bootstrap"
     assert services["bootstrap"]["depends_on"] == {"kafka": {"condition": "service_healthy"}}
     assert services["demo-load"]["profiles"] == ["demo"]
-    assert services["demo-load"]["command"][-1] == "crm_shared.demo.load"
+    assert services["demo-load"]["command"][-1] == "crm_shared.ops.demo.load"
     assert "8100:8100" in services["gateway"]["ports"]
 
     python_services = {"bootstrap", "demo-load", *PROCESSES}
@@ -163,17 +148,10 @@ def test_compose_wires_the_platform(compose: dict[str, Any]) -> None:
             }, name
             assert service["depends_on"]["postgres"] == {"condition": "service_healthy"}, name
 
-    for name, (label, component, port) in PROCESSES.items():
+    for name, process in PROCESSES.items():
         service = services[name]
-        command = service["command"]
-        env = service["environment"]
-        prefix = f"CRM_{label.upper()}_"
-        module = MODULES.get(name) or f"{PACKAGES[label]}.{component}"
-        assert command == ["python", "-m", module], name
-        if component == "worker":
-            assert env[f"{prefix}WORKER_METRICS_PORT"] == str(port), name
-        else:
-            assert env[f"{prefix}API_PORT"] == str(port), name
+        assert service["command"] == ["python", "-m", process.module], name
+        assert service["environment"][process.port_env] == str(process.default_port), name
 
     # Every service API listens beyond loopback, so it must hold the token the gateway holds,
     # taken from the environment with no default (compose fails when it is unset).
@@ -182,7 +160,7 @@ def test_compose_wires_the_platform(compose: dict[str, Any]) -> None:
     assert len(SERVICE_APIS) == 4
     for name in SERVICE_APIS:
         env = services[name]["environment"]
-        label = PROCESSES[name][0]
+        label = PROCESSES[name].service
         assert env[f"CRM_{label.upper()}_API_HOST"] == "0.0.0.0", name
         assert env["CRM_SERVICE_TOKEN"] == gateway_token, name
         assert "ports" not in services[name], f"{name} is internal: only the gateway is published"
@@ -246,7 +224,8 @@ def test_prometheus_configs_scrape_every_process() -> None:
     for job, (docker_target, labels) in docker.items():
         host, port = docker_target.rsplit(":", 1)
         assert host in PROCESSES, f"{job}: {host} is no compose service"
-        label, component, expected_port = PROCESSES[host]
+        process = PROCESSES[host]
+        label, component, expected_port = process.service, process.component, process.default_port
         assert int(port) == expected_port, job
         assert labels == {"service": label, "component": component}, job
         assert local[job] == (f"127.0.0.1:{expected_port}", labels), job
@@ -329,10 +308,10 @@ def test_dashboard_uses_the_provisioned_datasource(generator: ModuleType) -> Non
 
 
 def _exported_metric_names() -> set[str]:
-    """The sample names crm_shared.metrics exposes (counters with _total, histograms' series)."""
+    """The sample names crm_shared.runtime.metrics exposes (counters with _total, histograms)."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    from crm_shared import metrics
+    from crm_shared.runtime import metrics
 
     suffixes = {
         "counter": ["_total"],

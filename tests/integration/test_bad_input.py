@@ -11,8 +11,9 @@ from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.v1.event import CloudEvent as SdkEvent
 from kafka import KafkaProducer
 
-from crm_shared import deadletter, launcher
-from crm_shared.events import build_event
+from crm_shared.contracts import deadletter
+from crm_shared.contracts.events import build_event
+from crm_shared.ops import launcher
 from tests.integration.helpers import eventually, get_json, read_topic, service_auth, unique
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ import pytest
 from broadcast_service import store
 from broadcast_service.projection import ChannelPreferences, Consent
 from broadcast_service.worker import MIGRATIONS
-from crm_shared.db import open_pool
-from crm_shared.sdk import EventPublisher
+from crm_shared.contracts.sdk import EventPublisher
+from crm_shared.runtime.db import open_pool
 from tests.integration.helpers import eventually, fetch, get_json, service_auth, unique
 
 pytestmark = pytest.mark.integration

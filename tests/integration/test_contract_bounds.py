@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from crm_shared.events import MAX_LINE_QUANTITY, MAX_ORDER_LINES, MAX_UNIT_PRICE
-from crm_shared.sdk import EventPublisher
+from crm_shared.contracts.events import MAX_LINE_QUANTITY, MAX_ORDER_LINES, MAX_UNIT_PRICE
+from crm_shared.contracts.sdk import EventPublisher
 from tests.integration.helpers import eventually, get_json, read_topic, service_auth, unique
 
 pytestmark = pytest.mark.integration

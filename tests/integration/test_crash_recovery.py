@@ -7,16 +7,17 @@ import asyncio
 import threading
 import time
 from collections import Counter, defaultdict
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from kafka import KafkaProducer
 
-from crm_shared import launcher
-from crm_shared.demo.workload import Workload
-from crm_shared.events import encode_event
-from crm_shared.topics import topic_for
+from crm_shared.contracts.events import encode_event
+from crm_shared.contracts.topics import topic_for
+from crm_shared.ops import launcher
+from crm_shared.ops.demo.workload import Workload
 from tests.conftest import shifted_port
 from tests.integration.helpers import eventually, fetch, unique
 
@@ -218,14 +219,9 @@ async def test_a_second_replica_joining_and_dying_mid_stream_changes_no_total(
     prefix = unique("rebalance")
     events = list(Workload(seed=9, customers=200, products=50, prefix=prefix).events(8_000))
     expected = independent_fold(events)["totals"]
-    replica = launcher.Process(
-        "profile-worker-2",
-        "profile_service.worker",
-        "CRM_PROFILE_WORKER_METRICS_PORT",
-        int(shifted_port(19111)),
-        "/metrics",
-    )
-    replica_env = {**platform, "CRM_PROFILE_WORKER_METRICS_PORT": shifted_port(19111)}
+    worker = launcher.BY_NAME["profile-worker"]
+    replica = replace(worker, name="profile-worker-2")
+    replica_env = {**platform, worker.port_env: shifted_port(19111)}
     publisher = threading.Thread(
         target=publish, args=(platform["CRM_KAFKA_BOOTSTRAP"], events, 1_500)
     )

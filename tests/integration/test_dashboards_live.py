@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from crm_shared import launcher
-from crm_shared.sdk import EventPublisher
+from crm_shared.contracts.sdk import EventPublisher
+from crm_shared.ops import launcher
 from tests.integration.helpers import unique
 from tests.observability import dashboard_generator, get_json, query, running_prometheus
 

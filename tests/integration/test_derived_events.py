@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from crm_shared import launcher
-from crm_shared.events import SEGMENT_ENTERED, SEGMENT_LEFT
+from crm_shared.contracts.events import SEGMENT_ENTERED, SEGMENT_LEFT
+from crm_shared.ops import launcher
 from tests.integration.helpers import eventually, fetch, read_topic, unique
 from tests.integration.test_crash_recovery import publish
 

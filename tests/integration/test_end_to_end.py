@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from crm_shared import launcher
-from crm_shared.events import build_event
-from crm_shared.sdk import EventPublisher
+from crm_shared.contracts.events import build_event
+from crm_shared.contracts.sdk import EventPublisher
+from crm_shared.ops import launcher
 from tests.integration.helpers import create_api_key, eventually, gateway_url, unique
 
 pytestmark = pytest.mark.integration

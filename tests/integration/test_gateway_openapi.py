@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from crm_shared.events import build_event
+from crm_shared.contracts.events import build_event
 from gateway_service.api import TIMELINE_CURSOR_FORMAT, create_app
 from gateway_service.config import GatewaySettings
 from interaction_service.projection import TimelinePosition, encode_cursor

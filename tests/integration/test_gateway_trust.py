@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from crm_shared.events import build_event
+from crm_shared.contracts.events import build_event
 from tests.integration.helpers import (
     create_api_key,
     eventually,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from crm_shared.deadletter import read_headers
-from crm_shared.events import build_event
+from crm_shared.contracts.deadletter import read_headers
+from crm_shared.contracts.events import build_event
 from tests.integration.helpers import eventually, fetch, get_json, read_topic, unique
 from tests.integration.test_crash_recovery import publish
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from crm_shared.sdk import EventPublisher
+from crm_shared.contracts.sdk import EventPublisher
 from tests.integration.helpers import eventually, fetch, get_json, service_auth, unique
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from kafka import KafkaProducer
 
-from crm_shared.events import CLOCK_SUBJECT, build_event, encode_event
-from crm_shared.sdk import EventPublisher
+from crm_shared.contracts.events import CLOCK_SUBJECT, build_event, encode_event
+from crm_shared.contracts.sdk import EventPublisher
 from tests.integration.helpers import (
     end_offsets,
     eventually,
@@ -33,7 +33,7 @@ BIG_ORDER = 500  # items: over the limit the test's CHECK constraint sets
 def redrive(platform: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """The operator's command, run as they would run it."""
     return subprocess.run(
-        [sys.executable, "-m", "crm_shared.redrive", *args],
+        [sys.executable, "-m", "crm_shared.ops.redrive", *args],
         env=platform,
         capture_output=True,
         text=True,

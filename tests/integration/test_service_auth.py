@@ -23,8 +23,8 @@ from starlette.routing import Route
 
 from broadcast_service.api import create_app as broadcast_app
 from broadcast_service.config import BroadcastSettings
-from crm_shared.config import PlatformSettings, ServiceSettings
-from crm_shared.http import OPEN_PATHS, REQUEST_ID_HEADER
+from crm_shared.runtime.config import PlatformSettings, ServiceSettings
+from crm_shared.runtime.http import OPEN_PATHS, REQUEST_ID_HEADER
 from interaction_service.api import create_app as interaction_app
 from interaction_service.config import InteractionSettings
 from profile_service.api import create_app as profile_app

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from crm_shared import launcher
-from crm_shared.demo.workload import Workload
-from crm_shared.sdk import EventPublisher
+from crm_shared.contracts.sdk import EventPublisher
+from crm_shared.ops import launcher
+from crm_shared.ops.demo.workload import Workload
 from tests.integration.helpers import eventually, fetch, get_json, service_auth, unique
 from tests.integration.test_crash_recovery import independent_fold, projections, publish
 
@@ -50,7 +50,7 @@ def kill_and_wait_for_restart(
 def status_output(env: dict[str, str], process: launcher.Process) -> str:
     """What `./crm status` prints for the process (it runs this command)."""
     result = subprocess.run(
-        [sys.executable, "-m", "crm_shared.launcher", "status", "--only", process.name],
+        [sys.executable, "-m", "crm_shared.ops.launcher", "status", "--only", process.name],
         env=env,
         capture_output=True,
         text=True,
@@ -139,7 +139,7 @@ def test_a_process_killed_with_its_supervisor_starts_again_at_once(
     os.killpg(old.supervisor_pid, signal.SIGKILL)
 
     subprocess.run(
-        [sys.executable, "-m", "crm_shared.launcher", "start", "--only", api.name],
+        [sys.executable, "-m", "crm_shared.ops.launcher", "start", "--only", api.name],
         env=platform,
         capture_output=True,
         timeout=120,

@@ -6,7 +6,7 @@ import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from crm_shared.events import Event, build_event, validate_event
+from crm_shared.contracts.events import Event, build_event, validate_event
 
 _ids = itertools.count(1)
 T0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from crm_shared import deadletter
-from crm_shared.events import build_event
-from crm_shared.projector import RawRecord, sort_batch
+from crm_shared.contracts import deadletter
+from crm_shared.contracts.events import build_event
+from crm_shared.runtime.projector import RawRecord, sort_batch
 
 FOLDS = frozenset({"crm.order.placed.v1"})
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)

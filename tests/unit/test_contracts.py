@@ -7,13 +7,14 @@ import json
 import jsonschema
 import yaml
 
-from crm_shared.contracts import ASYNCAPI_FILE, SCHEMA_DIR, drift, message_name
-from crm_shared.events import CLOCK_TICKED, EVENT_TYPES, build_event
-from crm_shared.topics import ALL_TOPICS, EVENT_TOPICS
+from crm_shared.contracts.events import CLOCK_TICKED, EVENT_TYPES, build_event
+from crm_shared.contracts.generate import ASYNCAPI_FILE, SCHEMA_DIR, drift, message_name
+from crm_shared.contracts.topics import ALL_TOPICS, EVENT_TOPICS
+from crm_shared.ops import platform
 
 
 def test_checked_in_contracts_match_the_models() -> None:
-    assert drift() == [], "run: uv run python -m crm_shared.contracts --write"
+    assert drift() == [], "run: uv run python -m crm_shared.contracts.generate --write"
 
 
 def test_asyncapi_lists_every_topic_and_message() -> None:
@@ -41,12 +42,8 @@ def test_schema_files_accept_what_the_models_build_and_refuse_a_wrong_type() -> 
 
 
 def test_each_worker_subscribes_to_exactly_the_topics_the_contract_says_it_consumes() -> None:
-    from broadcast_service.worker import PROJECTION as broadcast
-    from interaction_service.worker import PROJECTION as interaction
-    from profile_service.worker import PROJECTION as profile
-    from recommendation_service.worker import PROJECTION as recommendation
-
-    for projection in (profile, interaction, broadcast, recommendation):
+    for service in platform.projections():
+        projection = service.load_projection()
         declared = {t.name for t in ALL_TOPICS if f"{projection.name}-service" in t.consumers}
         assert {t.name for t in projection.topics} == declared, projection.name
         carried = {CLOCK_TICKED} | {e for t in projection.topics for e in t.event_types}

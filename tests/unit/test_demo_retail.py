@@ -13,8 +13,9 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from crm_shared.demo import event_order
-from crm_shared.demo.retail import (
+from crm_shared.contracts.events import OrderPlaced, OrderRefunded, validate_event
+from crm_shared.ops.demo import event_order
+from crm_shared.ops.demo.retail import (
     COLUMNS,
     RejectionKind,
     RetailData,
@@ -25,7 +26,6 @@ from crm_shared.demo.retail import (
     read_rows,
     transform,
 )
-from crm_shared.events import OrderPlaced, OrderRefunded, validate_event
 
 _lines = iter(range(2, 10_000))
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from crm_shared.demo import event_order
-from crm_shared.demo.synthetic import AFTER_LAST_SEEN, SOURCE, generate
-from crm_shared.events import validate_event
+from crm_shared.contracts.events import validate_event
+from crm_shared.ops.demo import event_order
+from crm_shared.ops.demo.synthetic import AFTER_LAST_SEEN, SOURCE, generate
 
 T0 = datetime(2010, 12, 1, 8, 26, tzinfo=UTC)
 CUSTOMERS = [

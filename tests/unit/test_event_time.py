@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from crm_shared.events import InvalidEvent, build_event, check_not_future, validate_event
+from crm_shared.contracts.events import InvalidEvent, build_event, check_not_future, validate_event
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 

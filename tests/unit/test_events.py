@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from crm_shared.events import (
+from crm_shared.contracts.events import (
     MAX_EVENT_BYTES,
     InvalidEvent,
     OrderPlaced,
@@ -15,7 +15,7 @@ from crm_shared.events import (
     encode_event,
     parse_event,
 )
-from crm_shared.topics import ALL_TOPICS, topic_for
+from crm_shared.contracts.topics import ALL_TOPICS, topic_for
 
 
 def _order_document(**overrides: object) -> dict[str, object]:

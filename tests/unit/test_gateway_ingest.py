@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from crm_shared.events import MAX_EVENT_BYTES, build_event, encode_event
+from crm_shared.contracts.events import MAX_EVENT_BYTES, build_event, encode_event
 from gateway_service.ingest import (
     MAX_BATCH,
     Accepted,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from crm_shared.projector import systematic_failure
+from crm_shared.runtime.projector import systematic_failure
 
 
 def test_a_single_poison_event_is_poison_not_a_halt() -> None:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from crm_shared.events import Channel, Event
+from crm_shared.contracts.events import Channel, Event
 from interaction_service.projection import (
     CHANNEL_PHRASES,
     SUMMARY_MAX_CHARS,

@@ -10,7 +10,13 @@ import pytest
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.v1.event import CloudEvent as SdkEvent
 
-from crm_shared.events import InvalidEvent, OrderPlaced, build_event, decode_record, encode_event
+from crm_shared.contracts.events import (
+    InvalidEvent,
+    OrderPlaced,
+    build_event,
+    decode_record,
+    encode_event,
+)
 
 TIME = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 DATA = {

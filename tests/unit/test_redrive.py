@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from crm_shared.deadletter import DeadLetter
-from crm_shared.events import build_event, encode_event
-from crm_shared.redrive import (
+from crm_shared.contracts.deadletter import DeadLetter
+from crm_shared.contracts.events import build_event, encode_event
+from crm_shared.ops.redrive import (
     UNKNOWN_TYPE,
     Filters,
     Group,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import signal
 
-from crm_shared.launcher import (
+from crm_shared.ops.launcher import (
     RestartPolicy,
     Supervision,
     describe_exit,

@@ -6,8 +6,8 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from broadcast_service.config import BroadcastSettings
-from crm_shared.config import PlatformSettings, ServiceSettings
-from crm_shared.http import (
+from crm_shared.runtime.config import PlatformSettings, ServiceSettings
+from crm_shared.runtime.http import (
     UnsafeExposure,
     check_exposure,
     is_loopback,

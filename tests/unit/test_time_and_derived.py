@@ -6,10 +6,10 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from broadcast_service.projection import evolve_memberships
-from crm_shared.clock import tick_records, tick_time
-from crm_shared.derived import derive, derived_id
-from crm_shared.events import CLOCK_TICKED, SEGMENT_ENTERED, SEGMENT_LEFT, parse_event
-from crm_shared.projector import runs_between_ticks
+from crm_shared.contracts.events import CLOCK_TICKED, SEGMENT_ENTERED, SEGMENT_LEFT, parse_event
+from crm_shared.runtime.clock import tick_records, tick_time
+from crm_shared.runtime.derived import derive, derived_id
+from crm_shared.runtime.projector import runs_between_ticks
 from profile_service.projection import (
     LAPSE_AFTER,
     LAPSED,

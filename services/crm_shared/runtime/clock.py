@@ -1,6 +1,6 @@
 """The platform's clock: time as events in the log, so that time rules replay.
 
-    python -m crm_shared.clock
+    python -m crm_shared.runtime.clock
 
 Every `interval` seconds the clock publishes a tick (`crm.clock.ticked.v1`, subject `clock`)
 into every partition of every event topic. A projection that folds ticks sees time arrive in
@@ -23,11 +23,12 @@ from prometheus_client import start_http_server
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from crm_shared.config import ServiceSettings
-from crm_shared.events import CLOCK_SUBJECT, CLOCK_TICKED, build_event, encode_event
-from crm_shared.logs import configure_logging
-from crm_shared.metrics import CLOCK_LAST_TICK, CLOCK_TICKS_PUBLISHED
-from crm_shared.topics import CLOCK_PRODUCER, EVENT_TOPICS
+from crm_shared.contracts.events import CLOCK_SUBJECT, CLOCK_TICKED, build_event, encode_event
+from crm_shared.contracts.topics import CLOCK_PRODUCER, EVENT_TOPICS
+from crm_shared.runtime.config import ServiceSettings
+from crm_shared.runtime.logs import configure_logging
+from crm_shared.runtime.metrics import CLOCK_LAST_TICK, CLOCK_TICKS_PUBLISHED
+from crm_shared.runtime.service import Process, Service
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,24 @@ class ClockSettings(ServiceSettings):
 
     interval_seconds: float = Field(default=60, ge=0.5, le=3600, description="Between ticks")
     worker_metrics_port: int = 9105
+
+
+SERVICE = Service(
+    "clock",
+    ClockSettings,
+    (
+        Process(
+            "clock",
+            "crm_shared.runtime.clock",
+            ClockSettings,
+            "worker_metrics_port",
+            "/metrics",
+            "clock",
+            "worker",
+        ),
+    ),
+)
+"""The clock's composition root."""
 
 
 def tick_time(now: datetime, interval_seconds: float) -> datetime:

@@ -1,7 +1,7 @@
 """Starts, supervises and stops the platform's processes on one machine, for `./crm up` and tests.
 
-    python -m crm_shared.launcher start|stop|status [--only NAME ...]
-    python -m crm_shared.launcher supervise NAME MODULE     (what `start` runs for each process)
+    python -m crm_shared.ops.launcher start|stop|status [--only NAME ...]
+    python -m crm_shared.ops.launcher supervise NAME MODULE     (what `start` runs for each process)
 
 Every process has a supervisor of its own, as with runit or daemontools: `start` runs it
 detached, in a session of its own, its pid in $CRM_STATE_DIR/pids/NAME.pid. The supervisor runs
@@ -28,58 +28,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from crm_shared.logs import configure_logging
+from crm_shared.ops import platform
+from crm_shared.runtime.logs import configure_logging
+from crm_shared.runtime.service import Process
 
-log = logging.getLogger("crm_shared.launcher")  # also when run as __main__
+log = logging.getLogger("crm_shared.ops.launcher")  # also when run as __main__
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass(frozen=True)
-class Process:
-    name: str
-    module: str
-    port_env: str
-    default_port: int
-    health_path: str
-
-    def port(self, env: Mapping[str, str]) -> int:
-        return int(env.get(self.port_env, self.default_port))
-
-    def health_url(self, env: Mapping[str, str]) -> str:
-        return f"http://127.0.0.1:{self.port(env)}{self.health_path}"
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
-def _worker(service: str, port: int) -> Process:
-    prefix = f"CRM_{service.upper()}_"
-    return Process(
-        f"{service}-worker",
-        f"{service}_service.worker",
-        prefix + "WORKER_METRICS_PORT",
-        port,
-        "/metrics",
-    )
-
-
-def _api(service: str, port: int) -> Process:
-    prefix = f"CRM_{service.upper()}_"
-    return Process(
-        f"{service}-api", f"{service}_service.api", prefix + "API_PORT", port, "/healthz"
-    )
-
-
-PROCESSES: tuple[Process, ...] = (
-    _worker("profile", 9101),
-    _worker("interaction", 9102),
-    _worker("broadcast", 9103),
-    _worker("recommendation", 9104),
-    _api("profile", 8101),
-    _api("interaction", 8102),
-    _api("broadcast", 8103),
-    _api("recommendation", 8104),
-    _api("gateway", 8100),
-    Process("clock", "crm_shared.clock", "CRM_CLOCK_WORKER_METRICS_PORT", 9105, "/metrics"),
-)
+PROCESSES: tuple[Process, ...] = platform.processes()
 BY_NAME = {process.name: process for process in PROCESSES}
 
 
@@ -166,7 +124,14 @@ def _log_file(name: str, env: Mapping[str, str]) -> Path:
 
 
 def _supervisor_command(process: Process) -> list[str]:
-    return [sys.executable, "-m", "crm_shared.launcher", "supervise", process.name, process.module]
+    return [
+        sys.executable,
+        "-m",
+        "crm_shared.ops.launcher",
+        "supervise",
+        process.name,
+        process.module,
+    ]
 
 
 def _read_pid(path: Path) -> int | None:

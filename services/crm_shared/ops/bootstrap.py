@@ -1,6 +1,6 @@
 """Create the platform's topics with explicit partitions and configs; no auto-creation.
 
-    python -m crm_shared.bootstrap [--partitions 12]
+    python -m crm_shared.ops.bootstrap [--partitions 12]
 
 Safe to run again: missing topics are created, existing ones get their configs re-applied.
 """
@@ -14,9 +14,9 @@ import time
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, RetriableError
 
-from crm_shared.config import PlatformSettings
-from crm_shared.logs import configure_logging
-from crm_shared.topics import ALL_TOPICS, DEFAULT_PARTITIONS
+from crm_shared.contracts.topics import ALL_TOPICS, DEFAULT_PARTITIONS
+from crm_shared.runtime.config import PlatformSettings
+from crm_shared.runtime.logs import configure_logging
 
 log = logging.getLogger("crm.bootstrap")
 

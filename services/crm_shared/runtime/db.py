@@ -48,7 +48,10 @@ async def apply_migrations(conn: asyncpg.Connection, *folders: Path) -> list[str
         done = {row["name"] for row in await conn.fetch("SELECT name FROM schema_migrations")}
         for folder in (SHARED_MIGRATIONS, *folders):
             for path in sorted(folder.glob("*.sql")):
-                name = f"{folder.parent.name}/{path.name}"
+                # Shared migrations keep the name they were recorded under before the package
+                # was split into contracts, runtime and ops.
+                owner = "crm_shared" if folder == SHARED_MIGRATIONS else folder.parent.name
+                name = f"{owner}/{path.name}"
                 if name in done:
                     continue
                 await conn.execute(path.read_text())

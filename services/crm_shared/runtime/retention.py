@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from crm_shared import metrics
+from crm_shared.runtime import metrics
 
 log = logging.getLogger(__name__)
 

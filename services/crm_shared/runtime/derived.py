@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from crm_shared.events import Event, build_event, encode_event
-from crm_shared.topics import topic_for
+from crm_shared.contracts.events import Event, build_event, encode_event
+from crm_shared.contracts.topics import topic_for
 
 _DERIVED_IDS = uuid.UUID("6f1d3c2a-8a51-4f0e-9a7e-2b8c0e4f7d10")
 

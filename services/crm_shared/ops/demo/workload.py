@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from crm_shared.events import build_event
+from crm_shared.contracts.events import build_event
 
 # Share of each event type in the stream: purchases and browsing dominate, as in a real shop.
 MIX: tuple[tuple[str, float], ...] = (

@@ -2,14 +2,14 @@
 
 Event types are grouped by domain so that each service subscribes only to what it folds.
 Besides its own types, every event topic carries the clock's ticks, one per partition
-(see crm_shared.clock): time reaches each partition in the log's own order.
+(see crm_shared.runtime.clock): time reaches each partition in the log's own order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from crm_shared.events import CLOCK_TICKED, EVENT_TYPES, SEGMENT_ENTERED, SEGMENT_LEFT
+from crm_shared.contracts.events import CLOCK_TICKED, EVENT_TYPES, SEGMENT_ENTERED, SEGMENT_LEFT
 
 DEFAULT_PARTITIONS = 12
 _FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
@@ -107,7 +107,7 @@ if _unrouted:  # pragma: no cover - a programming error caught at import in ever
 
 
 def topic_for(event_type: str) -> str:
-    """The topic an event type is published on (ticks go to every topic: see crm_shared.clock)."""
+    """The topic an event type is published on (ticks go everywhere: crm_shared.runtime.clock)."""
     return TOPIC_OF_TYPE[event_type]
 
 

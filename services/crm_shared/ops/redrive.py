@@ -1,7 +1,7 @@
 """Re-drive dead letters: see what failed, and publish the chosen records again once it is fixed.
 
-    python -m crm_shared.redrive list [filters] [--json]
-    python -m crm_shared.redrive publish (filters | --all) [--dry-run] [--json]
+    python -m crm_shared.ops.redrive list [filters] [--json]
+    python -m crm_shared.ops.redrive publish (filters | --all) [--dry-run] [--json]
 
 Filters: --reason SUBSTRING, --consumer NAME, --type TYPE, --topic ORIGIN, --since ISO-TIME.
 The dead-letter topic is read from the beginning up to the end offsets seen at start, with no
@@ -26,10 +26,10 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
-from crm_shared import deadletter
-from crm_shared.config import DEFAULT_DEDUP_WINDOW_DAYS, PlatformSettings
-from crm_shared.events import CloudEvent
-from crm_shared.topics import DEAD_LETTER, EVENT_TOPICS, TOPIC_OF_TYPE, topic_for
+from crm_shared.contracts import deadletter
+from crm_shared.contracts.events import CloudEvent
+from crm_shared.contracts.topics import DEAD_LETTER, EVENT_TOPICS, TOPIC_OF_TYPE, topic_for
+from crm_shared.runtime.config import DEFAULT_DEDUP_WINDOW_DAYS, PlatformSettings
 
 UNKNOWN_TYPE = "unknown"
 EVENT_TOPIC_NAMES = frozenset(topic.name for topic in EVENT_TOPICS)
@@ -320,7 +320,7 @@ def read_letters(bootstrap: str, stall_seconds: float = 60) -> Iterator[Letter]:
         numbers = consumer.partitions_for_topic(DEAD_LETTER.name)
         if not numbers:
             raise SystemExit(
-                f"topic {DEAD_LETTER.name} not found: run python -m crm_shared.bootstrap"
+                f"topic {DEAD_LETTER.name} not found: run python -m crm_shared.ops.bootstrap"
             )
         partitions = [TopicPartition(DEAD_LETTER.name, n) for n in sorted(numbers)]
         consumer.assign(partitions)
@@ -465,7 +465,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     filters.add_argument("--since", type=_since, help="dead-lettered at or after this ISO time")
     filters.add_argument("--json", action="store_true", help="one JSON object per line")
     filters.add_argument("--bootstrap", default=PlatformSettings().kafka_bootstrap)
-    parser = argparse.ArgumentParser(prog="python -m crm_shared.redrive", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m crm_shared.ops.redrive", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", parents=[filters], help="letters grouped by reason, consumer, type")
     publish_ = commands.add_parser(

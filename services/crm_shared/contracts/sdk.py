@@ -19,9 +19,9 @@ from kafka import KafkaProducer
 from kafka.producer.future import FutureRecordMetadata
 from pydantic import BaseModel
 
-from crm_shared.deadletter import DeadLetter
-from crm_shared.events import build_event, encode_event, validate_event
-from crm_shared.topics import DEAD_LETTER, topic_for
+from crm_shared.contracts.deadletter import DeadLetter
+from crm_shared.contracts.events import build_event, encode_event, validate_event
+from crm_shared.contracts.topics import DEAD_LETTER, topic_for
 
 
 class EventPublisher:

@@ -26,22 +26,22 @@ from aiokafka.structs import OffsetAndMetadata
 from faust.types import TP
 from prometheus_client import make_wsgi_app
 
-from crm_shared import metrics, retention
-from crm_shared.config import ServiceSettings
-from crm_shared.db import open_pool
-from crm_shared.deadletter import DeadLetter
-from crm_shared.derived import Derived
-from crm_shared.events import RecordHeaders
-from crm_shared.logs import configure_logging, logging_config
-from crm_shared.outbox import OutboxRelay
-from crm_shared.projector import (
+from crm_shared.contracts.deadletter import DeadLetter
+from crm_shared.contracts.events import RecordHeaders
+from crm_shared.contracts.topics import DEAD_LETTER, EVENT_TOPICS
+from crm_shared.runtime import metrics, retention
+from crm_shared.runtime.config import ServiceSettings
+from crm_shared.runtime.db import open_pool
+from crm_shared.runtime.derived import Derived
+from crm_shared.runtime.logs import configure_logging, logging_config
+from crm_shared.runtime.outbox import OutboxRelay
+from crm_shared.runtime.projector import (
     TRANSIENT_ERRORS,
     BatchProjector,
     Projection,
     RawRecord,
     load_positions,
 )
-from crm_shared.topics import DEAD_LETTER, EVENT_TOPICS
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
-from crm_shared.deadletter import DeadLetter
-from crm_shared.demo import event_order
-from crm_shared.events import InvalidEvent, OrderLine, build_event
+from crm_shared.contracts.deadletter import DeadLetter
+from crm_shared.contracts.events import InvalidEvent, OrderLine, build_event
+from crm_shared.ops.demo import event_order
 
 SOURCE = "uci-online-retail"
 DEAD_LETTER_TOPIC = "source:online_retail.csv"

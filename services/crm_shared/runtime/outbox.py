@@ -1,6 +1,6 @@
 """Derived events, exactly once with the view: the transactional outbox and its relay.
 
-A fold returns the events it derives (crm_shared.derived); the projector writes them to the
+A fold returns the events it derives (crm_shared.runtime.derived); the projector writes them to the
 `outbox` table in the transaction that changes the view and moves the consumed positions. The
 worker's relay publishes unsent rows in order (acks=all), marks them sent, and prunes sent rows
 later. A derived event's id comes from the event that caused it, so a relay that publishes again
@@ -17,9 +17,9 @@ from datetime import timedelta
 
 import asyncpg
 
-from crm_shared import metrics
-from crm_shared.db import columns
-from crm_shared.derived import Derived
+from crm_shared.runtime import metrics
+from crm_shared.runtime.db import columns
+from crm_shared.runtime.derived import Derived
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,8 @@ from typing import TypeVar
 
 import asyncpg
 
-from crm_shared import metrics, outbox
-from crm_shared.db import columns
-from crm_shared.deadletter import DeadLetter
-from crm_shared.derived import Derived
-from crm_shared.events import (
+from crm_shared.contracts.deadletter import DeadLetter
+from crm_shared.contracts.events import (
     CE_HEADER_PREFIX,
     CLOCK_TICKED,
     EVENT_TYPES,
@@ -40,7 +37,10 @@ from crm_shared.events import (
     decode_record,
     encode_event,
 )
-from crm_shared.topics import Topic
+from crm_shared.contracts.topics import Topic
+from crm_shared.runtime import metrics, outbox
+from crm_shared.runtime.db import columns
+from crm_shared.runtime.derived import Derived
 
 log = logging.getLogger(__name__)
 

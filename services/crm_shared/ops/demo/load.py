@@ -1,10 +1,10 @@
 """Publish the demo data set: the UCI invoices as events, synthetic CRM facts, and dead letters.
 
-    python -m crm_shared.demo.load [--data PATH] [--bootstrap HOST:PORT]
+    python -m crm_shared.ops.demo.load [--data PATH] [--bootstrap HOST:PORT]
                                    [--limit-customers N] [--seed 7]
 
 Event ids are derived from the data, so running it again publishes the same events, which
-every consumer deduplicates. Topics must exist first (`python -m crm_shared.bootstrap`).
+every consumer deduplicates. Topics must exist first (`python -m crm_shared.ops.bootstrap`).
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ from pathlib import Path
 
 from kafka.errors import KafkaError
 
-from crm_shared.config import PlatformSettings
-from crm_shared.demo import event_order, retail, synthetic
-from crm_shared.logs import configure_logging
-from crm_shared.sdk import EventPublisher
+from crm_shared.contracts.sdk import EventPublisher
+from crm_shared.ops.demo import event_order, retail, synthetic
+from crm_shared.runtime.config import PlatformSettings
+from crm_shared.runtime.logs import configure_logging
 
 log = logging.getLogger("crm.demo.load")
 
 DATA_FILE = Path("shared") / "data" / "online_retail.csv.gz"
 DATA_ENV = "CRM_DEMO_DATA"
 PROGRESS_EVERY_SECONDS = 5.0
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[4]
 
 
 def default_data_path() -> Path | None:
@@ -88,7 +88,7 @@ def _listed(counts: Counter[str]) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m crm_shared.demo.load",
+        prog="python -m crm_shared.ops.demo.load",
         description="Publish the UCI Online Retail invoices and synthetic CRM facts to Kafka.",
     )
     parser.add_argument(

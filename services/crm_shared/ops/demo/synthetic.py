@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from crm_shared.demo import event_order
-from crm_shared.events import build_event
+from crm_shared.contracts.events import build_event
+from crm_shared.ops.demo import event_order
 
 SOURCE = "demo-generator"
 AFTER_LAST_SEEN = timedelta(days=30)

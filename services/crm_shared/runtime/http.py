@@ -23,10 +23,10 @@ from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from crm_shared import metrics
-from crm_shared.config import ServiceSettings
-from crm_shared.db import open_pool
-from crm_shared.logs import configure_logging
+from crm_shared.runtime import metrics
+from crm_shared.runtime.config import ServiceSettings
+from crm_shared.runtime.db import open_pool
+from crm_shared.runtime.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
