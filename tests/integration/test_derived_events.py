@@ -49,19 +49,10 @@ def expected_memberships(customers: list[str]) -> dict[str, tuple[bool, int]]:
     return {c: (False, 2) if n % 2 == 0 else (True, 1) for n, c in enumerate(customers)}
 
 
-async def profile_memberships(dsn_base: str, prefix: str) -> dict[str, tuple[bool, int]]:
+async def memberships(dsn_base: str, service: str, prefix: str) -> dict[str, tuple[bool, int]]:
+    """The 'lapsed' memberships of the test's customers as one service's database holds them."""
     rows = await fetch(
-        f"{dsn_base}/crm_profile",
-        "SELECT customer_id, member, version FROM segment_memberships"
-        " WHERE segment = 'lapsed' AND customer_id LIKE $1",
-        f"{prefix}%",
-    )
-    return {r["customer_id"]: (r["member"], r["version"]) for r in rows}
-
-
-async def broadcast_memberships(dsn_base: str, prefix: str) -> dict[str, tuple[bool, int]]:
-    rows = await fetch(
-        f"{dsn_base}/crm_broadcast",
+        f"{dsn_base}/crm_{service}",
         "SELECT customer_id, member, version FROM segment_memberships"
         " WHERE segment = 'lapsed' AND customer_id LIKE $1",
         f"{prefix}%",
@@ -106,7 +97,7 @@ async def test_derived_events_survive_sigkill_and_a_rebuild_derives_the_same(
     publisher.start()
     try:
         await eventually(
-            lambda: profile_memberships(base, prefix),
+            lambda: memberships(base, "profile", prefix),
             lambda found: len(found) > CUSTOMERS // 5,
             what="the profile to be deriving lapses",
         )
@@ -114,7 +105,7 @@ async def test_derived_events_survive_sigkill_and_a_rebuild_derives_the_same(
     finally:
         publisher.join()
     await eventually(
-        lambda: profile_memberships(base, prefix),
+        lambda: memberships(base, "profile", prefix),
         lambda found: len(found) == CUSTOMERS,
         within=120,
         what="every customer to lapse",
@@ -126,7 +117,7 @@ async def test_derived_events_survive_sigkill_and_a_rebuild_derives_the_same(
     publisher.start()
     try:
         await eventually(
-            lambda: profile_memberships(base, prefix),
+            lambda: memberships(base, "profile", prefix),
             lambda found: sum(not member for member, _ in found.values()) > CUSTOMERS // 10,
             what="the profile to be deriving departures",
         )
@@ -135,14 +126,14 @@ async def test_derived_events_survive_sigkill_and_a_rebuild_derives_the_same(
         publisher.join()
 
     live = await eventually(
-        lambda: profile_memberships(base, prefix),
+        lambda: memberships(base, "profile", prefix),
         lambda found: found == expected,
         within=120,
         what="the profile to equal the independent fold",
     )
     assert live == expected
     folded = await eventually(
-        lambda: broadcast_memberships(base, prefix),
+        lambda: memberships(base, "broadcast", prefix),
         lambda found: found == expected,
         within=120,
         what="the broadcast service to fold every derived event",
@@ -166,7 +157,7 @@ async def test_derived_events_survive_sigkill_and_a_rebuild_derives_the_same(
     launcher.start(worker, platform)
     launcher.wait_healthy([worker], platform)
     rebuilt = await eventually(
-        lambda: profile_memberships(base, prefix),
+        lambda: memberships(base, "profile", prefix),
         lambda found: found == live,
         within=240,
         what="the rebuilt profile to equal the live one",
