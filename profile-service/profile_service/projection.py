@@ -166,6 +166,11 @@ def is_lapsed(last_purchase_at: datetime | None, now: datetime | None) -> bool:
     )
 
 
+def lapsed_since(last_purchase_at: datetime) -> datetime:
+    """When, in event time, a customer became lapsed: not when a tick happened to show it."""
+    return last_purchase_at + LAPSE_AFTER
+
+
 def change_membership(
     current: Membership | None, customer_id: str, segment: str, member: bool, at: datetime
 ) -> Membership | None:
@@ -219,7 +224,11 @@ def lapses(
     for candidate in candidates:
         tick = next(t for t in ticks if is_lapsed(candidate.last_purchase_at, t.time))
         change = change_membership(
-            candidate.membership, candidate.customer_id, LAPSED, True, tick.time
+            candidate.membership,
+            candidate.customer_id,
+            LAPSED,
+            True,
+            lapsed_since(candidate.last_purchase_at),
         )
         if change is not None:
             changes.append((change, tick))

@@ -52,12 +52,15 @@ async def _lapse_after_purchases(
     for customer_id, last_purchase, now, current in await store.purchase_clocks(
         conn, projection.LAPSED, ORDERS.name, customers
     ):
+        if last_purchase is None:
+            continue  # refunds alone: no purchase to lapse from
         lapsed = projection.is_lapsed(last_purchase, now)
         cause = last_cause[customer_id]
+        since = projection.lapsed_since(last_purchase) if lapsed else cause.time
         change = projection.change_membership(
-            current, customer_id, projection.LAPSED, lapsed, cause.time
+            current, customer_id, projection.LAPSED, lapsed, since
         )
-        if change is not None and last_purchase is not None:
+        if change is not None:
             reason = (
                 projection.lapse_reason(last_purchase)
                 if lapsed

@@ -113,6 +113,10 @@ def test_each_candidate_lapses_at_the_first_tick_that_makes_it_lapsed() -> None:
     again = LapseCandidate("C3", T0, Membership("C3", LAPSED, False, 2, T0))
     found = {m.customer_id: (m.version, tick) for m, tick in lapses([early, later, again], ticks)}
     assert found == {"C1": (1, ticks[0]), "C2": (1, ticks[2]), "C3": (3, ticks[0])}
+    since = {m.customer_id: m.changed_at for m, _ in lapses([early, later], ticks)}
+    assert since == {"C1": T0 + LAPSE_AFTER, "C2": T0 + timedelta(days=15) + LAPSE_AFTER}, (
+        "lapsed since the last purchase + 30 days, not since the tick that showed it"
+    )
 
 
 def test_segment_events_carry_the_version_and_what_caused_them() -> None:
