@@ -54,11 +54,34 @@ async def get_json(url: str, **kwargs: Any) -> tuple[int, Any]:
         return response.status_code, response.json()
 
 
+def run_module(
+    env: dict[str, str], module: str, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """An operator's command (`python -m module args`), run as they would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def create_api_key(env: dict[str, str], name: str, scopes: str, sources: str = "") -> str:
     """A new gateway API key, made the way an operator makes one (the keys command)."""
-    command = [sys.executable, "-m", "gateway_service.keys", "create", "--name", name]
-    command += ["--scopes", scopes, "--sources", sources]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    result = run_module(
+        env,
+        "gateway_service.keys",
+        "create",
+        "--name",
+        name,
+        "--scopes",
+        scopes,
+        "--sources",
+        sources,
+    )
+    assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
 

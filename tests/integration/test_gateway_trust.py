@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -17,6 +16,7 @@ from tests.integration.helpers import (
     eventually,
     gateway_url,
     read_topic,
+    run_module,
     unique,
 )
 
@@ -24,13 +24,7 @@ pytestmark = pytest.mark.integration
 
 
 def _keys_command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway_service.keys", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_module(env, "gateway_service.keys", *args)
 
 
 def _contact(customer: str, event_id: str, source: str, time: datetime) -> dict[str, object]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +20,7 @@ from tests.integration.helpers import (
     execute,
     fetch,
     read_topic,
+    run_module,
     unique,
 )
 
@@ -31,15 +31,7 @@ BIG_ORDER = 500  # items: over the limit the test's CHECK constraint sets
 
 
 def redrive(platform: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """The operator's command, run as they would run it."""
-    return subprocess.run(
-        [sys.executable, "-m", "crm_shared.ops.redrive", *args],
-        env=platform,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_module(platform, "crm_shared.ops.redrive", *args)
 
 
 def json_lines(done: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
