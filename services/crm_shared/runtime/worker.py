@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
 from socketserver import ThreadingMixIn
 from typing import Any, cast
@@ -93,22 +93,19 @@ def build_app(
     dead_letter_topic = app.topic(DEAD_LETTER.name)
 
     async def send_dead_letters(letters: Sequence[DeadLetter]) -> None:
-        pending = [
-            await dead_letter_topic.send(
-                key=letter.key, value=letter.value, headers=letter.headers()
-            )
+        """Each letter is on the broker before the batch's positions move past its record."""
+        await _send_acknowledged(
+            dead_letter_topic.send(key=letter.key, value=letter.value, headers=letter.headers())
             for letter in letters
-        ]
-        await asyncio.gather(*pending)  # acks=all: each one is on the broker before we move on
+        )
 
     derived_topics = {topic.name: app.topic(topic.name) for topic in EVENT_TOPICS}
 
     async def send_derived(derived: Sequence[Derived]) -> None:
-        pending = [
-            await derived_topics[item.topic].send(key=item.key, value=item.value)
-            for item in derived
-        ]
-        await asyncio.gather(*pending)  # acks=all: on the broker before the rows are marked sent
+        """Each derived event is on the broker before its outbox row is marked sent."""
+        await _send_acknowledged(
+            derived_topics[item.topic].send(key=item.key, value=item.value) for item in derived
+        )
 
     relay = OutboxRelay(projection.name, pool, send_derived)
     projector = BatchProjector(
@@ -166,6 +163,12 @@ def build_app(
 
     app.on_partitions_assigned.connect(resume_from_database)  # type: ignore[arg-type]  # mode types receivers as sync
     return app, projector
+
+
+async def _send_acknowledged(sends: Iterable[Awaitable[Awaitable[Any]]]) -> None:
+    """Queue every record first, then wait for all of the broker's acks (acks=all)."""
+    pending = [await send for send in sends]
+    await asyncio.gather(*pending)
 
 
 async def rewind_group_to_database(
