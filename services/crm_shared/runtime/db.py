@@ -29,22 +29,23 @@ async def ensure_database(dsn: str) -> None:
         if not exists:
             await admin.execute(f'CREATE DATABASE "{name}"')
             log.info("database created", extra={"database": name})
-    except asyncpg.DuplicateDatabaseError:
-        pass  # another process of the same service created it first
+    except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+        pass  # another process of the same service created it first (either error, by timing)
     finally:
         await admin.close()
 
 
 async def apply_migrations(conn: asyncpg.Connection, *folders: Path) -> list[str]:
     """Apply the shared bookkeeping and then the service's own migrations; return what ran."""
-    await conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations ("
-        " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-    )
     applied: list[str] = []
     async with conn.transaction():
-        # One migrator at a time, even when a worker and an API start together.
+        # One migrator at a time, even when a worker and an API start together. The lock comes
+        # first: two concurrent CREATE TABLE IF NOT EXISTS can both try to create the table.
         await conn.execute("SELECT pg_advisory_xact_lock(7411)")
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
         done = {row["name"] for row in await conn.fetch("SELECT name FROM schema_migrations")}
         for folder in (SHARED_MIGRATIONS, *folders):
             for path in sorted(folder.glob("*.sql")):
