@@ -89,15 +89,19 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
             raise HTTPException(
                 422, f"invalid cursor: {problem}; pass a next_cursor from a previous page as is"
             ) from None
-        rows = await store.timeline_page(
-            conn,
-            customer_id,
-            kinds=kind,
-            newest_first=order == "desc",
-            after=after,
-            limit=limit + 1,
-        )
-        if not rows and not await store.has_timeline(conn, customer_id):
+        # One snapshot for both reads: a customer's first event committed between them would
+        # otherwise give an empty page for a known customer instead of the event or a 404.
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            rows = await store.timeline_page(
+                conn,
+                customer_id,
+                kinds=kind,
+                newest_first=order == "desc",
+                after=after,
+                limit=limit + 1,
+            )
+            known = bool(rows) or await store.has_timeline(conn, customer_id)
+        if not known:
             raise _unknown(customer_id)
         positions = [TimelinePosition(r["occurred_at"], r["source"], r["event_id"]) for r in rows]
         return TimelinePage(
