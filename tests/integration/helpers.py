@@ -7,12 +7,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
 import httpx
 from kafka import KafkaConsumer, TopicPartition
+
+from crm_shared.ops import launcher
+from crm_shared.runtime.service import Process
 
 T = TypeVar("T")
 
@@ -139,3 +142,22 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         return {tp.partition: end for tp, end in consumer.end_offsets(partitions).items()}
     finally:
         consumer.close()
+
+
+async def kill_and_restart(env: dict[str, str], processes: Sequence[Process]) -> None:
+    """SIGKILL the processes (and their supervisors), then start them again and wait for them."""
+    for process in processes:
+        launcher.stop(process, env, kill=True)
+    await asyncio.sleep(1)
+    for process in processes:
+        launcher.start(process, env)
+    launcher.wait_healthy(processes, env)
+
+
+async def drop_and_rebuild(env: dict[str, str], service: str) -> None:
+    """Stop a projection's worker, drop its database and start it: it replays from offset 0."""
+    worker = launcher.BY_NAME[f"{service}-worker"]
+    launcher.stop(worker, env)
+    await fetch(f"{env['CRM_PG_DSN_BASE']}/postgres", f"DROP DATABASE crm_{service} WITH (FORCE)")
+    launcher.start(worker, env)
+    launcher.wait_healthy([worker], env)

@@ -19,7 +19,7 @@ from crm_shared.contracts.topics import topic_for
 from crm_shared.ops import launcher
 from crm_shared.ops.demo.workload import Workload
 from tests.conftest import shifted_port
-from tests.integration.helpers import eventually, fetch, unique
+from tests.integration.helpers import drop_and_rebuild, eventually, fetch, kill_and_restart, unique
 
 pytestmark = pytest.mark.integration
 
@@ -165,12 +165,7 @@ async def test_killed_workers_resume_without_losing_or_repeating_anything(
             lambda rows: rows[0]["n"] > 1_000,
             what="the workers to be part-way through the stream",
         )
-        for worker in WORKERS:
-            launcher.stop(worker, platform, kill=True)
-        await asyncio.sleep(1)
-        for worker in WORKERS:
-            launcher.start(worker, platform)
-        launcher.wait_healthy(WORKERS, platform)
+        await kill_and_restart(platform, WORKERS)
     finally:
         publisher.join()
 
@@ -201,11 +196,7 @@ async def test_a_dropped_projection_is_rebuilt_from_the_log(platform: dict[str, 
         return (await projections(base, prefix))["totals"]
 
     await eventually(totals, lambda found: found == expected, what="the first fold")
-    worker = launcher.BY_NAME["profile-worker"]
-    launcher.stop(worker, platform)
-    await fetch(f"{base}/postgres", "DROP DATABASE crm_profile WITH (FORCE)")
-    launcher.start(worker, platform)
-    launcher.wait_healthy([worker], platform)
+    await drop_and_rebuild(platform, "profile")
     rebuilt = await eventually(
         totals, lambda found: found == expected, within=180, what="the rebuild"
     )

@@ -19,7 +19,14 @@ import pytest
 
 from crm_shared.contracts.events import SEGMENT_ENTERED, SEGMENT_LEFT
 from crm_shared.ops import launcher
-from tests.integration.helpers import eventually, fetch, read_topic, unique
+from tests.integration.helpers import (
+    drop_and_rebuild,
+    eventually,
+    fetch,
+    kill_and_restart,
+    read_topic,
+    unique,
+)
 from tests.integration.test_crash_recovery import publish
 
 pytestmark = pytest.mark.integration
@@ -71,15 +78,6 @@ def published_changes(bootstrap: str, prefix: str) -> dict[str, dict[int, set[tu
     return found
 
 
-async def kill_and_restart(env: dict[str, str]) -> None:
-    for worker in KILLED:
-        launcher.stop(worker, env, kill=True)
-    await asyncio.sleep(1)
-    for worker in KILLED:
-        launcher.start(worker, env)
-    launcher.wait_healthy(KILLED, env)
-
-
 async def test_derived_events_survive_sigkill_and_a_rebuild_derives_the_same(
     platform: dict[str, str],
 ) -> None:
@@ -101,7 +99,7 @@ async def test_derived_events_survive_sigkill_and_a_rebuild_derives_the_same(
             lambda found: len(found) > CUSTOMERS // 5,
             what="the profile to be deriving lapses",
         )
-        await kill_and_restart(platform)
+        await kill_and_restart(platform, KILLED)
     finally:
         publisher.join()
     await eventually(
@@ -121,7 +119,7 @@ async def test_derived_events_survive_sigkill_and_a_rebuild_derives_the_same(
             lambda found: sum(not member for member, _ in found.values()) > CUSTOMERS // 10,
             what="the profile to be deriving departures",
         )
-        await kill_and_restart(platform)
+        await kill_and_restart(platform, KILLED)
     finally:
         publisher.join()
 
@@ -151,11 +149,7 @@ async def test_derived_events_survive_sigkill_and_a_rebuild_derives_the_same(
     ids_before = {c: {v: p for v, p in h.items()} for c, h in changes.items()}
 
     # Rebuild the profile from offset 0: the same memberships, and only the same derived ids.
-    worker = launcher.BY_NAME["profile-worker"]
-    launcher.stop(worker, platform)
-    await fetch(f"{base}/postgres", "DROP DATABASE crm_profile WITH (FORCE)")
-    launcher.start(worker, platform)
-    launcher.wait_healthy([worker], platform)
+    await drop_and_rebuild(platform, "profile")
     rebuilt = await eventually(
         lambda: memberships(base, "profile", prefix),
         lambda found: found == live,
