@@ -296,7 +296,7 @@ class InvalidEvent(ValueError):
     """The record is not an event we can fold; the message says why, for the dead-letter topic."""
 
 
-def parse_event(raw: bytes) -> Event:
+def parse_event(raw: bytes, partition: int = -1) -> Event:
     """Decode and validate one encoded record; raise InvalidEvent with a readable reason."""
     if len(raw) > MAX_EVENT_BYTES:
         raise InvalidEvent(f"event too large: {len(raw)} bytes, limit {MAX_EVENT_BYTES}")
@@ -304,16 +304,16 @@ def parse_event(raw: bytes) -> Event:
         envelope = CloudEvent.model_validate_json(raw)
     except ValidationError as error:
         raise InvalidEvent(_describe("envelope", error)) from None
-    return _typed(envelope)
+    return _typed(envelope, partition)
 
 
-def validate_event(document: Mapping[str, Any]) -> Event:
+def validate_event(document: Mapping[str, Any], partition: int = -1) -> Event:
     """Validate an already-decoded envelope (the gateway's JSON body), same rules as parse_event."""
     try:
         envelope = CloudEvent.model_validate(document)
     except ValidationError as error:
         raise InvalidEvent(_describe("envelope", error)) from None
-    return _typed(envelope)
+    return _typed(envelope, partition)
 
 
 RecordHeaders = Sequence[tuple[str, bytes | None]]
@@ -325,17 +325,18 @@ STRUCTURED_FORMAT = b"application/cloudevents"
 """The media type prefix of a structured-mode record (application/cloudevents+json)."""
 
 
-def decode_record(value: bytes, headers: RecordHeaders = ()) -> Event:
+def decode_record(value: bytes, headers: RecordHeaders = (), partition: int = -1) -> Event:
     """Decode one Kafka record in either CloudEvents content mode; raise InvalidEvent.
 
     Structured mode (the whole envelope as the value) is what our own producers send. Binary
     mode, what the official CloudEvents SDKs send, carries the attributes in `ce_` headers and
     the data as the value; a record is read that way when it has `ce_` headers and its
     content-type does not name the structured format. Both modes end in the same validation.
+    `partition` is the Kafka partition the record was read from, kept on the event.
     """
     binary = _binary_mode_headers(headers) if headers else None
     if binary is None:
-        return parse_event(value)
+        return parse_event(value, partition)
     size = len(value) + sum(len(raw) for raw in binary.values())
     if size > MAX_EVENT_BYTES:
         raise InvalidEvent(f"event too large: {size} bytes, limit {MAX_EVENT_BYTES}")
@@ -357,7 +358,7 @@ def decode_record(value: bytes, headers: RecordHeaders = ()) -> Event:
             f"invalid data: the record value is not JSON (binary mode): {error}"
         ) from None
     try:
-        return validate_event(document)
+        return validate_event(document, partition)
     except InvalidEvent as problem:
         raise InvalidEvent(f"{problem} (binary mode)") from None
 
@@ -374,7 +375,7 @@ def _binary_mode_headers(headers: RecordHeaders) -> dict[str, bytes] | None:
     return found if has_attributes and not structured else None
 
 
-def _typed(envelope: CloudEvent) -> Event:
+def _typed(envelope: CloudEvent, partition: int) -> Event:
     model = EVENT_TYPES.get(envelope.type)
     if model is None:
         raise InvalidEvent(f"unknown event type {envelope.type!r}")
@@ -389,6 +390,7 @@ def _typed(envelope: CloudEvent) -> Event:
         customer_id=envelope.subject,
         time=envelope.time.astimezone(UTC),
         data=data,
+        partition=partition,
     )
 
 

@@ -16,7 +16,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -146,7 +146,7 @@ def sort_batch(
         try:
             if record.value is None:
                 raise InvalidEvent("empty record (no value)")
-            event = decode_record(record.value, record.headers)
+            event = decode_record(record.value, record.headers, record.partition)
             _check_key(record.key, event)
             check_not_future(event, now, max_future_skew)
         except InvalidEvent as problem:
@@ -168,7 +168,7 @@ def sort_batch(
         ):
             batch.newest_tick = event.time
         if event.type in folds:
-            batch.events.append(replace(event, partition=record.partition))
+            batch.events.append(event)
         else:
             batch.ignored_types.append(event.type)
     return batch
