@@ -67,8 +67,12 @@ class ServiceSettings(BaseSettings):
     )
     api_port: int = 8000
     worker_metrics_port: int = 9000
-    batch_size: int = Field(default=2000, ge=1, le=50_000)
-    batch_within_seconds: float = Field(default=0.05, gt=0, le=10)
+    batch_size: int = Field(
+        default=5000,
+        ge=1,
+        le=50_000,
+        description="Most records one fetch returns, and most gathered while a batch commits",
+    )
     pool_size: int = Field(default=4, ge=1, le=64)
     halt_after_failures: int = Field(
         default=10, ge=1, description="Events failing in a row that stop consumption"

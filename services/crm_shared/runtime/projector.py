@@ -120,6 +120,30 @@ class SortedBatch:
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     newest_tick: datetime | None = None
     """Time of the newest clock tick read, folded or not (for the clock-lag metric)."""
+    records: list[RawRecord] = field(default_factory=list)
+    """The records sorted, kept to sort again when positions moved since (see `stale_for`)."""
+    first_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+
+    def extend(self, later: SortedBatch) -> None:
+        """Append a batch sorted after this one (records read later from the same consumer)."""
+        self.events.extend(later.events)
+        self.dead_letters.extend(later.dead_letters)
+        self.ignored_types.extend(later.ignored_types)
+        self.already_consumed += later.already_consumed
+        for tp, offset in later.next_offsets.items():
+            self.next_offsets[tp] = max(self.next_offsets.get(tp, 0), offset)
+        for tp, offset in later.first_offsets.items():
+            self.first_offsets[tp] = min(self.first_offsets.get(tp, offset), offset)
+        if later.newest_tick is not None and (
+            self.newest_tick is None or later.newest_tick > self.newest_tick
+        ):
+            self.newest_tick = later.newest_tick
+        self.records.extend(later.records)
+
+    def stale_for(self, positions: dict[TopicPartition, int]) -> bool:
+        """Whether some records were sorted as new but are below the positions now stored
+        (sorted before a commit or a seek moved them): then the batch must be sorted again."""
+        return any(offset < positions.get(tp, 0) for tp, offset in self.first_offsets.items())
 
 
 def sort_batch(
@@ -136,13 +160,14 @@ def sort_batch(
     A record is dead-lettered when it does not decode to a valid event (either CloudEvents
     content mode), when its key is not its subject, or when it is dated after now + skew.
     """
-    batch = SortedBatch()
+    batch = SortedBatch(records=list(records))
     for record in records:
         tp = (record.topic, record.partition)
         if record.offset < positions.get(tp, 0):
             batch.already_consumed += 1
             continue
         batch.next_offsets[tp] = max(batch.next_offsets.get(tp, 0), record.offset + 1)
+        batch.first_offsets.setdefault(tp, record.offset)
         try:
             if record.value is None:
                 raise InvalidEvent("empty record (no value)")
@@ -259,6 +284,7 @@ class BatchProjector:
         halt_after: int = 10,
         halt_retry_seconds: float = 30.0,
         max_future_skew: timedelta = MAX_FUTURE_SKEW,
+        max_batch: int = 5000,
     ) -> None:
         self.projection = projection
         self.halt_after = halt_after
@@ -275,6 +301,9 @@ class BatchProjector:
         self.positions: dict[TopicPartition, int] = {}
         self.max_backoff_seconds = max_backoff_seconds
         self.max_future_skew = max_future_skew
+        self.max_batch = max_batch
+        self._waiting: SortedBatch | None = None
+        self._in_flight: asyncio.Future[None] | None = None
 
     async def reload_positions(self) -> dict[TopicPartition, int]:
         """Read the stored positions (on start and on every rebalance) and return them."""
@@ -282,10 +311,9 @@ class BatchProjector:
             self.positions = await load_positions(conn)
         return self.positions
 
-    async def process(self, records: Sequence[RawRecord]) -> None:
-        started = time.perf_counter()
-        name = self.projection.name
-        batch = sort_batch(
+    def sort(self, records: Sequence[RawRecord]) -> SortedBatch:
+        """Decode and classify records against the positions known now (CPU only, no I/O)."""
+        return sort_batch(
             records,
             self.positions,
             self.projection.folds,
@@ -293,6 +321,67 @@ class BatchProjector:
             now=datetime.now(UTC),
             max_future_skew=self.max_future_skew,
         )
+
+    async def process(self, records: Sequence[RawRecord]) -> None:
+        """Sort and apply one batch, start to end (tests and the fold benchmark)."""
+        await self.apply(self.sort(records))
+
+    async def feed(self, records: Sequence[RawRecord]) -> None:
+        """The pipelined path: decode these records now, while the previous batch commits.
+
+        Records gather while a commit is in flight (the batch grows with the load: greedy when
+        records wait) and go to the database as one batch when it is done or when max_batch
+        records wait; with nothing in flight they go at once (an idle projection is fresh).
+        Call with no records to hand on what waits. At most one batch commits at a time, so
+        batches commit in the order they were read.
+        """
+        if records:
+            batch = self.sort(records)
+            if self._waiting is None:
+                self._waiting = batch
+            else:
+                self._waiting.extend(batch)
+        if self._waiting is None:
+            return
+        committing = self._in_flight is not None and not self._in_flight.done()
+        if committing and len(self._waiting.records) < self.max_batch:
+            return
+        await self.settle()
+        batch, self._waiting = self._waiting, None
+        if batch is not None:
+            self._in_flight = asyncio.ensure_future(self.apply(batch))
+
+    @property
+    def gathering(self) -> bool:
+        """Records wait for the commit in flight (the reader should come back soon)."""
+        return self._waiting is not None
+
+    async def settle(self) -> None:
+        """Wait until the batch in flight is committed; raise what it raised."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            await in_flight
+
+    def forget_waiting(self) -> int:
+        """Drop the records gathered but not committed (after a rebalance the reader seeks back
+        to the stored positions and reads them again); returns how many."""
+        dropped = len(self._waiting.records) if self._waiting is not None else 0
+        self._waiting = None
+        return dropped
+
+    async def apply(self, batch: SortedBatch) -> None:
+        """Dead letters first, then one transaction: claims, fold, outbox, positions."""
+        started = time.perf_counter()
+        name = self.projection.name
+        if batch.stale_for(self.positions):
+            batch = sort_batch(
+                batch.records,
+                self.positions,
+                self.projection.folds,
+                self.consumer,
+                now=datetime.now(UTC),
+                max_future_skew=self.max_future_skew,
+            )
         if batch.dead_letters:
             # Delivered before the positions move past them: a dead letter is never lost.
             await self._retrying(lambda: self.send_dead_letters(batch.dead_letters))
@@ -308,12 +397,13 @@ class BatchProjector:
                     },
                 )
         applied, derived = await self._commit_until_resumed(batch)
-        self.positions.update(batch.next_offsets)
+        for tp, offset in batch.next_offsets.items():
+            self.positions[tp] = max(self.positions.get(tp, 0), offset)
         if derived:
             self.on_derived()
         if batch.newest_tick is not None:
             metrics.CLOCK_TIME.labels(name).set(batch.newest_tick.timestamp())
-        self._count(batch, applied, len(records), time.perf_counter() - started)
+        self._count(batch, applied, len(batch.records), time.perf_counter() - started)
 
     async def _commit_until_resumed(self, batch: SortedBatch) -> tuple[list[Event], int]:
         """Commit the batch; while folding is halted, try again every halt_retry_seconds, so

@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from socketserver import ThreadingMixIn
 from typing import Any, cast
@@ -22,12 +22,12 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
-from aiokafka.structs import OffsetAndMetadata
-from faust.types import TP
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from faust.transport.drivers import aiokafka as aiokafka_driver
+from faust.types import TP, ServiceT
 from prometheus_client import make_wsgi_app
 
 from crm_shared.contracts.deadletter import DeadLetter
-from crm_shared.contracts.events import RecordHeaders
 from crm_shared.contracts.topics import DEAD_LETTER, EVENT_TOPICS
 from crm_shared.runtime import metrics, retention
 from crm_shared.runtime.config import ServiceSettings
@@ -46,6 +46,49 @@ from crm_shared.runtime.projector import (
 log = logging.getLogger(__name__)
 
 MAX_RECORD_BYTES = 8 * 1024 * 1024
+
+
+REVOKE_WAIT_SECONDS = 5.0
+"""How long a rebalance waits for the batch in flight (half the group's session timeout)."""
+GATHER_POLL_SECONDS = 0.005
+"""How soon the reader looks again while records wait for the commit in flight."""
+IDLE_POLL_SECONDS = 1.0
+
+FetchHandler = Callable[[Mapping[TP, Sequence[ConsumerRecord[bytes, bytes]]]], Awaitable[None]]
+
+
+class BatchConsumer(aiokafka_driver.Consumer):
+    """faust's Kafka consumer, handing each whole fetch to the projection at once.
+
+    faust keeps the app, the group membership, the fetching thread and the rebalance signals;
+    what this replaces is its per-record path (an awaited callback, a stream queue, an event and
+    an ack for every record), which cost more than our whole fold. It overrides the private
+    `Consumer._drain_messages` (the loop faust's Fetcher runs) and calls the private
+    `_wait_next_records` (one fetch, paused while a rebalance stops the flow):
+    tests/unit/test_faust_contract.py fails when either changes.
+    """
+
+    async def _drain_messages(self, fetcher: ServiceT) -> None:
+        transport = cast(BatchTransport, self.transport)
+        while not (self.should_stop or fetcher.should_stop):
+            # Come back quickly while records gather for the commit in flight.
+            timeout = GATHER_POLL_SECONDS if transport.projector.gathering else IDLE_POLL_SECONDS
+            fetched, _ = await self._wait_next_records(timeout)
+            if not self.should_stop:
+                await transport.handle_fetch(fetched or {})
+
+
+class BatchTransport(aiokafka_driver.Transport):
+    """faust's aiokafka transport with the batch consumer (set as `app.transport`)."""
+
+    Consumer = BatchConsumer
+
+    def __init__(
+        self, app: faust.App, handle_fetch: FetchHandler, projector: BatchProjector
+    ) -> None:
+        super().__init__(app.conf.broker_consumer, app)
+        self.handle_fetch = handle_fetch
+        self.projector = projector
 
 
 def group_id(projection: Projection) -> str:
@@ -82,14 +125,12 @@ def build_app(
         producer_acks=-1,
         producer_max_request_size=MAX_RECORD_BYTES + 64 * 1024,
         consumer_max_fetch_size=MAX_RECORD_BYTES,
-        stream_wait_empty=True,
-        broker_commit_interval=1.0,
+        broker_max_poll_records=settings.batch_size,
         # A replica that dies gives its partitions to the others within ~10 s, not faust's 60 s.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,
         store="memory://",
     )
-    source = app.topic(*(topic.name for topic in projection.topics))
     dead_letter_topic = app.topic(DEAD_LETTER.name)
 
     async def send_dead_letters(letters: Sequence[DeadLetter]) -> None:
@@ -116,27 +157,28 @@ def build_app(
         halt_after=settings.halt_after_failures,
         halt_retry_seconds=settings.halt_retry_seconds,
         max_future_skew=timedelta(seconds=settings.platform.max_future_skew_seconds),
+        max_batch=settings.batch_size,
     )
 
-    async def fold(stream: faust.StreamT[Any]) -> None:
-        async for events in cast(faust.Stream[Any], stream).take_events(
-            settings.batch_size, within=settings.batch_within_seconds
-        ):
-            records = [
+    async def read_fetch(fetched: Mapping[TP, Sequence[ConsumerRecord[bytes, bytes]]]) -> None:
+        await projector.feed(
+            [
                 RawRecord(
-                    topic=e.message.topic,
-                    partition=e.message.partition,
-                    offset=e.message.offset,
-                    key=e.message.key,
-                    value=e.message.value,
-                    headers=cast(RecordHeaders, e.message.headers or ()),  # aiokafka's tuples
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    key=record.key,
+                    value=record.value,
+                    headers=record.headers,
                 )
-                for e in events
+                for records in fetched.values()
+                for record in records
             ]
-            await projector.process(records)
-            _report_lag(app, projection.name, projector.positions)
+        )
+        _report_lag(app, projection.name, projector.positions)
 
-    app.agent(source, name=f"crm-{projection.name}-fold")(fold)
+    app.transport = BatchTransport(app, read_fetch, projector)
+    app.topics.add(app.topic(*(topic.name for topic in projection.topics)))
 
     async def relay_outbox() -> None:
         await relay.run((*TRANSIENT_ERRORS, KafkaError))
@@ -149,19 +191,33 @@ def build_app(
 
     app.timer(settings.prune_interval_seconds)(prune_bookkeeping)
 
+    async def finish_batch(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        """Let the batch in flight commit before the partitions go to another replica (bounded:
+        a halted projection must not hold up the group; the claims keep a late commit exact)."""
+        try:
+            await asyncio.wait_for(asyncio.shield(projector.settle()), REVOKE_WAIT_SECONDS)
+        except TimeoutError:
+            log.warning(
+                "batch still committing at rebalance", extra={"projection": projection.name}
+            )
+
     async def resume_from_database(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
-        """Reload the stored positions on every rebalance and read on from there."""
+        """On every rebalance, read each assigned partition again from its stored position
+        (the start of the log when none is stored); what was gathered but not committed is
+        read again from there."""
         assigned: set[TP] = args[0]
+        dropped = projector.forget_waiting()
         positions = await projector.reload_positions()
         for tp in assigned:
-            next_offset = positions.get((tp.topic, tp.partition))
-            if next_offset is not None:
-                await app.consumer.seek(tp, next_offset)
+            await app.consumer.seek(tp, positions.get((tp.topic, tp.partition), 0))
         log.info(
-            "partitions assigned", extra={"count": len(assigned), "projection": projection.name}
+            "partitions assigned",
+            extra={"count": len(assigned), "projection": projection.name, "reread": dropped},
         )
 
-    app.on_partitions_assigned.connect(resume_from_database)  # type: ignore[arg-type]  # mode types receivers as sync
+    # mode types signal receivers as sync functions
+    app.on_partitions_revoked.connect(finish_batch)  # type: ignore[arg-type]
+    app.on_partitions_assigned.connect(resume_from_database)  # type: ignore[arg-type]
     return app, projector
 
 

@@ -1,0 +1,40 @@
+"""The private parts of faust the batch consumer relies on: these fail when a faust upgrade
+changes them, before a worker silently stops reading (see runtime/worker.py BatchConsumer)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import cast
+
+import faust
+from faust.transport import consumer as faust_consumer
+
+from crm_shared.runtime.projector import BatchProjector
+from crm_shared.runtime.worker import BatchConsumer, BatchTransport
+
+
+def test_the_fetcher_still_runs_the_consumers_drain_loop() -> None:
+    source = inspect.getsource(faust_consumer.Fetcher)
+    assert "consumer._drain_messages(self)" in source
+    assert BatchConsumer._drain_messages is not faust_consumer.Consumer._drain_messages
+
+
+def test_one_fetch_still_waits_for_the_flow_and_returns_records_by_partition() -> None:
+    wait_next = faust_consumer.Consumer._wait_next_records
+    assert inspect.iscoroutinefunction(wait_next)
+    assert list(inspect.signature(wait_next).parameters) == ["self", "timeout"]
+    source = inspect.getsource(wait_next)
+    assert "can_resume_flow" in source  # paused while a rebalance stops the flow
+    assert "return records, active_partitions" in source
+
+
+async def test_an_app_given_the_batch_transport_reads_with_the_batch_consumer() -> None:
+    app = faust.App("contract-test", broker="kafka://127.0.0.1:1", autodiscover=False)
+
+    async def nothing(fetched: object) -> None:
+        raise AssertionError("no fetch happens in this test")
+
+    projector = cast(BatchProjector, None)
+    app.transport = BatchTransport(app, nothing, projector)
+    assert isinstance(app.consumer, BatchConsumer)
+    assert app.consumer.transport is app.transport
