@@ -6,20 +6,24 @@ Runs on the private broker and database that `./crm bench` starts. Three phases,
 1. throughput: publish N events (the workload mix, ~450 bytes each) as fast as possible while the
    four workers run; the clock stops when every projection has applied everything on its topics;
 2. freshness: publish at a fixed rate with event time = now; per projection p50/p99 of
-   (commit time - event time), read from each service's applied_events;
-3. baseline: a minimal pipeline on the same machine and the same records (aiokafka getmany +
-   json decode + COPY into PostgreSQL), so the cost of the stream processor is visible.
+   (commit time - event time), the commit time being PostgreSQL's own for each applied_events
+   row (track_commit_timestamp): the moment a reader can first see the event;
+3. alone: each projection dropped and rebuilt from offset 0 by its worker with no other worker
+   running (records/s from its first commit to the end of its topics);
+4. baseline: a minimal pipeline on the same machine and the same records (aiokafka getmany +
+   json decode + COPY into PostgreSQL): the reference each worker's rate is divided by.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -61,16 +65,21 @@ def end_offsets(bootstrap: str) -> dict[tuple[str, int], int]:
         consumer.close()
 
 
+async def consumed(pool: asyncpg.Pool) -> dict[tuple[str, int], int]:
+    """A projection's stored positions: the next offset it will read, per partition."""
+    rows = await pool.fetch("SELECT topic, partition, next_offset FROM consumer_positions")
+    return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+
+
 async def remaining(
     pools: dict[str, asyncpg.Pool], ends: dict[tuple[str, int], int]
 ) -> dict[str, int]:
     """Records on each projection's topics that it has not consumed yet."""
     left: dict[str, int] = {}
     for name, pool in pools.items():
-        rows = await pool.fetch("SELECT topic, partition, next_offset FROM consumer_positions")
-        done = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
-        left[name] = sum(
-            end - done.get(tp, 0) for tp, end in ends.items() if tp[0] in PROJECTIONS[name]
+        done = await consumed(pool)
+        left[name] = sum(  # positions read after the ends may be past them
+            max(end - done.get(tp, 0), 0) for tp, end in ends.items() if tp[0] in PROJECTIONS[name]
         )
     return left
 
@@ -175,7 +184,7 @@ async def freshness(
             SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag) AS p50,
                    percentile_cont(0.99) WITHIN GROUP (ORDER BY lag) AS p99,
                    count(*) AS n
-            FROM (SELECT extract(epoch FROM applied_at - event_time) AS lag
+            FROM (SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin) - event_time) AS lag
                   FROM applied_events
                   WHERE source = 'bench' AND id LIKE 'f-%' AND event_time >= $1) AS measured
             """,
@@ -183,6 +192,41 @@ async def freshness(
         )
         result[name] = (float(row["p50"] or 0) * 1000, float(row["p99"] or 0) * 1000, int(row["n"]))
     return result
+
+
+async def alone(name: str, env: dict[str, str], dsn_base: str, bootstrap: str) -> tuple[int, float]:
+    """One projection rebuilt from offset 0 by its worker, with no other worker running: the
+    records it consumed per second, counted from its first commit to the end of its topics."""
+    worker = launcher.BY_NAME[f"{name}-worker"]
+    admin = await asyncpg.connect(f"{dsn_base}/postgres")
+    await admin.execute(f'DROP DATABASE IF EXISTS "crm_{name}" WITH (FORCE)')
+    await admin.close()
+    launcher.start(worker, env)
+    try:
+        launcher.wait_healthy([worker], env)
+        pool = await asyncpg.create_pool(f"{dsn_base}/crm_{name}", min_size=1, max_size=2)
+        ends = {tp: end for tp, end in end_offsets(bootstrap).items() if tp[0] in PROJECTIONS[name]}
+        total = sum(ends.values())
+        first: tuple[float, int] | None = None
+        last_report = time.monotonic()
+        while True:
+            done = sum(
+                min(offset, ends.get(tp, 0)) for tp, offset in (await consumed(pool)).items()
+            )
+            now = time.monotonic()
+            if first is None and done:
+                first = (now, done)
+            if done >= total:
+                break
+            if now - last_report > 2:
+                say(f"  {name} alone: {done:,}/{total:,} records")
+                last_report = now
+            await asyncio.sleep(0.02)
+        await pool.close()
+    finally:
+        launcher.stop(worker, env)
+    assert first is not None
+    return total - first[1], now - first[0]
 
 
 async def baseline(bootstrap: str, dsn_base: str, expected: int) -> float:
@@ -226,6 +270,28 @@ async def baseline(bootstrap: str, dsn_base: str, expected: int) -> float:
     return done / elapsed
 
 
+@contextlib.asynccontextmanager
+async def workers_running(env: dict[str, str]) -> AsyncIterator[dict[str, asyncpg.Pool]]:
+    """The four workers started and caught up with their topics; a pool per projection."""
+    say("starting the four projection workers")
+    for worker in WORKERS:
+        launcher.start(worker, env)
+    pools: dict[str, asyncpg.Pool] = {}
+    try:
+        launcher.wait_healthy(WORKERS, env)
+        for name in PROJECTIONS:
+            pools[name] = await asyncpg.create_pool(
+                f"{env['CRM_PG_DSN_BASE']}/crm_{name}", min_size=1, max_size=2
+            )
+        await wait_caught_up(pools, env["CRM_KAFKA_BOOTSTRAP"], time.monotonic())
+        yield pools
+    finally:
+        for pool in pools.values():
+            await pool.close()
+        for worker in WORKERS:
+            launcher.stop(worker, env)
+
+
 def rss_mib(process: Process, env: dict[str, str]) -> float:
     pid = launcher.running_pid(process, env)
     if pid is None:
@@ -247,35 +313,32 @@ async def main() -> None:
     args = parser.parse_args()
     env = {**os.environ, "CRM_LOG_LEVEL": "WARNING"}
     bootstrap, dsn_base = env["CRM_KAFKA_BOOTSTRAP"], env["CRM_PG_DSN_BASE"]
-    say("starting the four projection workers")
-    for worker in WORKERS:
-        launcher.start(worker, env)
-    try:
-        launcher.wait_healthy(WORKERS, env)
-        pools = {
-            name: await asyncpg.create_pool(f"{dsn_base}/crm_{name}", min_size=1, max_size=2)
-            for name in PROJECTIONS
-        }
-        await wait_caught_up(pools, bootstrap, time.monotonic())
+    async with workers_running(env) as pools:
         load = await throughput(args, pools, bootstrap)
         memory = {w.name: rss_mib(w, env) for w in WORKERS}
         fresh = await freshness(args, pools, bootstrap)
-        minimal = await baseline(bootstrap, dsn_base, int(load["events"]))
-        for pool in pools.values():
-            await pool.close()
-    finally:
-        for worker in WORKERS:
-            launcher.stop(worker, env)
+    solo: dict[str, tuple[int, float]] = {}
+    for name in PROJECTIONS:
+        say(f"phase 3: {name} worker alone, from offset 0")
+        solo[name] = await alone(name, env, dsn_base, bootstrap)
+    minimal = await baseline(bootstrap, dsn_base, int(load["events"]))
     print()
     print(
         f"end to end, four projections: {load['events']:,} events of ~{load['bytes']:.0f} bytes "
         f"in {load['seconds']:.1f} s = {load['rate']:,.0f} events/s "
         f"(publishing alone: {load['publish_rate']:,.0f}/s)"
     )
-    print(
-        f"minimal pipeline (aiokafka getmany + json + COPY): {minimal:,.0f} events/s "
-        f"-> platform/minimal = {load['rate'] / minimal:.2f}"
-    )
+    print(f"minimal pipeline (aiokafka getmany + json + COPY): {minimal:,.0f} events/s")
+    print("each worker alone on its topics, from offset 0:")
+    for name, (records, seconds) in solo.items():
+        if not records:
+            print(f"  {name:15} all its records came in one batch: too few to time")
+            continue
+        rate = records / seconds
+        print(
+            f"  {name:15} {records:8,} records in {seconds:5.1f} s = {rate:8,.0f}/s "
+            f"-> worker/minimal = {rate / minimal:.2f}"
+        )
     print(f"freshness at {args.rate:,} events/s for {args.seconds} s (commit time - event time):")
     for name, (p50, p99, n) in fresh.items():
         print(f"  {name:15} p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   ({n:,} events)")

@@ -400,6 +400,9 @@ port = $CRM_PG_PORT
 unix_socket_directories = '$sock'
 max_connections = 200
 shared_buffers = 256MB
+# When each row committed (pg_xact_commit_timestamp): the benchmark's freshness is measured
+# at commit, when a reader can first see an event; a few bytes per transaction.
+track_commit_timestamp = on
 EOF
 )
 

@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 
 from crm_shared.contracts.sdk import EventPublisher
+from crm_shared.runtime.worker import committed_offsets
 from tests.integration.helpers import eventually, fetch, get_json, service_auth, unique
 
 pytestmark = pytest.mark.integration
@@ -129,3 +130,34 @@ async def test_unknown_customer_is_a_clear_404(platform: dict[str, str]) -> None
     )
     assert status == 404
     assert "not known" in body["error"]["message"]
+
+
+async def test_kafka_group_offsets_follow_the_databases_positions(platform: dict[str, str]) -> None:
+    """The positions in PostgreSQL decide where a worker resumes; the group's offsets in Kafka
+    trail them, for lag tools, and are never ahead of them."""
+    customer = unique("offsets")
+    with EventPublisher(platform["CRM_KAFKA_BOOTSTRAP"], source="test-shop") as publisher:
+        _publish_history(publisher, customer)
+    url = f"http://127.0.0.1:{platform['CRM_PROFILE_API_PORT']}/customers/{customer}"
+    await eventually(
+        lambda: get_json(url, headers=service_auth(platform)),
+        lambda r: r[0] == 200 and r[1]["purchases"]["refunds"] == 1,
+        what="the history to be applied",
+    )
+    dsn = f"{platform['CRM_PG_DSN_BASE']}/crm_profile"
+    query = (
+        "SELECT topic, partition, next_offset FROM consumer_positions WHERE topic = 'crm.orders'"
+    )
+    applied = {(r["topic"], r["partition"]): r["next_offset"] for r in await fetch(dsn, query)}
+
+    async def committed() -> dict[tuple[str, int], int]:
+        offsets = await committed_offsets(platform["CRM_KAFKA_BOOTSTRAP"], "crm-profile")
+        return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
+
+    in_kafka = await eventually(
+        committed,
+        lambda found: all(found.get(tp, -1) >= offset for tp, offset in applied.items()),
+        what="the group's offsets to reach the applied positions",
+    )
+    now = {(r["topic"], r["partition"]): r["next_offset"] for r in await fetch(dsn, query)}
+    assert all(in_kafka[tp] <= now[tp] for tp in applied)

@@ -38,3 +38,9 @@ async def test_an_app_given_the_batch_transport_reads_with_the_batch_consumer() 
     app.transport = BatchTransport(app, nothing, projector)
     assert isinstance(app.consumer, BatchConsumer)
     assert app.consumer.transport is app.transport
+
+
+def test_the_consumer_still_commits_offsets_through_its_thread() -> None:
+    commit = faust_consumer.ThreadDelegateConsumer._commit
+    assert list(inspect.signature(commit).parameters) == ["self", "offsets"]
+    assert "self._thread.commit(offsets)" in inspect.getsource(commit)

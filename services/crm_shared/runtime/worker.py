@@ -53,6 +53,8 @@ REVOKE_WAIT_SECONDS = 5.0
 GATHER_POLL_SECONDS = 0.005
 """How soon the reader looks again while records wait for the commit in flight."""
 IDLE_POLL_SECONDS = 1.0
+KAFKA_COMMIT_SECONDS = 1.0
+"""How often the database's positions are copied to the group's offsets in Kafka."""
 
 FetchHandler = Callable[[Mapping[TP, Sequence[ConsumerRecord[bytes, bytes]]]], Awaitable[None]]
 
@@ -64,9 +66,30 @@ class BatchConsumer(aiokafka_driver.Consumer):
     what this replaces is its per-record path (an awaited callback, a stream queue, an event and
     an ack for every record), which cost more than our whole fold. It overrides the private
     `Consumer._drain_messages` (the loop faust's Fetcher runs) and calls the private
-    `_wait_next_records` (one fetch, paused while a rebalance stops the flow):
-    tests/unit/test_faust_contract.py fails when either changes.
+    `_wait_next_records` (one fetch, paused while a rebalance stops the flow), and commits with
+    the private `_commit`: tests/unit/test_faust_contract.py fails when any of them changes.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._positions_committed: dict[tuple[str, int], int] = {}
+        self._positions_committed_at = 0.0
+
+    async def commit_positions(self, positions: Mapping[tuple[str, int], int]) -> None:
+        """Copy positions the database holds to the group's offsets in Kafka, at most every
+        KAFKA_COMMIT_SECONDS: lag tools see them, and faust's seek to committed offsets after a
+        rebalance lands where we resume. The database stays the source of truth (ahead or equal).
+        """
+        now = time.monotonic()
+        if positions == self._positions_committed or (
+            now - self._positions_committed_at < KAFKA_COMMIT_SECONDS
+        ):
+            return
+        self._positions_committed = dict(positions)
+        self._positions_committed_at = now
+        await self._commit(
+            {TP(topic, partition): offset for (topic, partition), offset in positions.items()}
+        )
 
     async def _drain_messages(self, fetcher: ServiceT) -> None:
         transport = cast(BatchTransport, self.transport)
@@ -176,6 +199,7 @@ def build_app(
             ]
         )
         _report_lag(app, projection.name, projector.positions)
+        await cast(BatchConsumer, app.consumer).commit_positions(projector.positions)
 
     app.transport = BatchTransport(app, read_fetch, projector)
     app.topics.add(app.topic(*(topic.name for topic in projection.topics)))
@@ -238,7 +262,7 @@ async def rewind_group_to_database(
     """
     async with pool.acquire() as conn:
         positions = await load_positions(conn)
-    committed = await _committed_offsets(bootstrap, group_id)
+    committed = await committed_offsets(bootstrap, group_id)
     rewind = {
         tp: positions.get((tp.topic, tp.partition), 0)
         for tp, meta in committed.items()
@@ -261,7 +285,7 @@ async def rewind_group_to_database(
     return {(tp.topic, tp.partition): offset for tp, offset in rewind.items()}
 
 
-async def _committed_offsets(
+async def committed_offsets(
     bootstrap: str, group_id: str, wait_seconds: float = 60
 ) -> dict[TopicPartition, OffsetAndMetadata]:
     """The group's committed offsets; waits while a new broker is still creating its group

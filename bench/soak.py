@@ -1,0 +1,127 @@
+"""Soak: the four workers under a steady load for a long time; memory must stay flat, lag low.
+
+    ./crm soak [--minutes 30] [--rate 2000] [--sample-seconds 30] [--json PATH]
+
+Publishes the workload mix at `--rate` events/s (event time = now) for `--minutes`, samples
+each worker's RSS and the records it has yet to apply every `--sample-seconds`, and shows them
+as it goes. At the end it compares each worker's RSS over the last fifth of the run with the
+fifth after the warm-up (the first fifth): the target is flat within +-10 % and at most 300 MiB.
+Not part of the test suite: it takes half an hour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+
+from bench.pipeline import (
+    PROJECTIONS,
+    WORKERS,
+    encoded,
+    end_offsets,
+    publish,
+    remaining,
+    rss_mib,
+    say,
+    workers_running,
+)
+from crm_shared.ops.demo.workload import Workload
+
+MAX_RSS_MIB = 300
+FLAT_WITHIN = 0.10
+
+
+def drift(samples: list[float]) -> tuple[float, float, float]:
+    """Mean RSS after the warm-up (second fifth of the samples), over the last fifth, and the
+    relative change between them."""
+    fifth = max(len(samples) // 5, 1)
+    settled = statistics.fmean(samples[fifth : 2 * fifth] or samples)
+    final = statistics.fmean(samples[-fifth:])
+    return settled, final, (final - settled) / settled if settled else 0.0
+
+
+async def sample(
+    pools: dict[str, asyncpg.Pool],
+    bootstrap: str,
+    env: dict[str, str],
+    until: float,
+    every: float,
+    rss: dict[str, list[float]],
+    lag: dict[str, list[int]],
+) -> None:
+    started = time.monotonic()
+    while time.monotonic() < until:
+        await asyncio.sleep(every)
+        left = await remaining(pools, await asyncio.to_thread(end_offsets, bootstrap))
+        for worker in WORKERS:
+            rss[worker.name].append(rss_mib(worker, env))
+        for name, count in left.items():
+            lag[name].append(count)
+        say(
+            f"  {(time.monotonic() - started) / 60:5.1f} min  RSS "
+            + ", ".join(f"{w.name} {rss[w.name][-1]:.0f}" for w in WORKERS)
+            + " MiB  lag "
+            + ", ".join(f"{name} {left[name]:,}" for name in PROJECTIONS)
+        )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--minutes", type=float, default=30)
+    parser.add_argument("--rate", type=int, default=2_000)
+    parser.add_argument("--sample-seconds", type=float, default=30)
+    parser.add_argument("--json", type=Path, help="also write the figures there as JSON")
+    args = parser.parse_args()
+    env = {**os.environ, "CRM_LOG_LEVEL": "WARNING"}
+    bootstrap = env["CRM_KAFKA_BOOTSTRAP"]
+    rss: dict[str, list[float]] = {w.name: [] for w in WORKERS}
+    lag: dict[str, list[int]] = {name: [] for name in PROJECTIONS}
+    async with workers_running(env) as pools:
+        total = int(args.rate * args.minutes * 60)
+        say(f"publishing {total:,} events at {args.rate:,}/s for {args.minutes:g} min")
+        workload = Workload(seed=11, prefix=f"soak-{int(time.time())}")
+        started = time.monotonic()
+        live = (encoded([workload.event(datetime.now(UTC))])[0] for _ in range(total))
+        await asyncio.gather(
+            publish(bootstrap, live, total, started, rate=args.rate),
+            sample(
+                pools, bootstrap, env, started + args.minutes * 60, args.sample_seconds, rss, lag
+            ),
+        )
+    figures: dict[str, dict[str, float | int | bool]] = {}
+    print(f"\nsoak: {args.minutes:g} min at {args.rate:,} events/s")
+    for worker in WORKERS:
+        settled, final, change = drift(rss[worker.name])
+        peak = max(rss[worker.name])
+        name = worker.name.removesuffix("-worker")
+        verdict = "flat" if abs(change) <= FLAT_WITHIN and peak <= MAX_RSS_MIB else "NOT flat"
+        print(
+            f"  {worker.name:22} RSS {settled:5.0f} -> {final:5.0f} MiB ({change:+.1%}), "
+            f"peak {peak:.0f} MiB: {verdict}; lag max {max(lag[name]):,}, last {lag[name][-1]:,}"
+        )
+        figures[worker.name] = {
+            "rss_settled_mib": settled,
+            "rss_final_mib": final,
+            "rss_change": change,
+            "rss_peak_mib": peak,
+            "lag_max": max(lag[name]),
+            "lag_last": lag[name][-1],
+            "flat": verdict == "flat",
+        }
+    if args.json:
+        report = {"minutes": args.minutes, "rate": args.rate, "workers": figures}
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
