@@ -26,6 +26,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -302,27 +303,51 @@ def rss_mib(process: Process, env: dict[str, str]) -> float:
     return 0.0
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--rate", type=int, default=2_000, help="events/s in the freshness phase")
     parser.add_argument("--seconds", type=int, default=20, help="length of the freshness phase")
     parser.add_argument("--seed", type=int, default=7)
-    args = parser.parse_args()
-    env = {**os.environ, "CRM_LOG_LEVEL": "WARNING"}
+
+
+async def run(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+    """Every phase; the figures as a JSON-ready dict."""
     bootstrap, dsn_base = env["CRM_KAFKA_BOOTSTRAP"], env["CRM_PG_DSN_BASE"]
     async with workers_running(env) as pools:
         load = await throughput(args, pools, bootstrap)
         memory = {w.name: rss_mib(w, env) for w in WORKERS}
         fresh = await freshness(args, pools, bootstrap)
-    solo: dict[str, tuple[int, float]] = {}
+    solo: dict[str, dict[str, float]] = {}
     for name in PROJECTIONS:
         say(f"phase 3: {name} worker alone, from offset 0")
-        solo[name] = await alone(name, env, dsn_base, bootstrap)
+        records, seconds = await alone(name, env, dsn_base, bootstrap)
+        solo[name] = {"records": records, "seconds": seconds}
     minimal = await baseline(bootstrap, dsn_base, int(load["events"]))
-    print()
+    for figures in solo.values():
+        if figures["records"]:
+            figures["rate"] = figures["records"] / figures["seconds"]
+            figures["ratio_to_minimal"] = figures["rate"] / minimal
+    return {
+        "end_to_end": load,
+        "minimal_pipeline_rate": minimal,
+        "alone": solo,
+        "freshness_ms": {
+            "rate": args.rate,
+            "seconds": args.seconds,
+            **{
+                name: {"p50": p50, "p99": p99, "events": n} for name, (p50, p99, n) in fresh.items()
+            },
+        },
+        "worker_rss_mib": memory,
+    }
+
+
+def show(report: dict[str, Any]) -> None:
+    load, minimal, fresh = (
+        report["end_to_end"],
+        report["minimal_pipeline_rate"],
+        report["freshness_ms"],
+    )
     print(
         f"end to end, four projections: {load['events']:,} events of ~{load['bytes']:.0f} bytes "
         f"in {load['seconds']:.1f} s = {load['rate']:,.0f} events/s "
@@ -330,22 +355,42 @@ async def main() -> None:
     )
     print(f"minimal pipeline (aiokafka getmany + json + COPY): {minimal:,.0f} events/s")
     print("each worker alone on its topics, from offset 0:")
-    for name, (records, seconds) in solo.items():
-        if not records:
+    for name, figures in report["alone"].items():
+        if "rate" not in figures:
             print(f"  {name:15} all its records came in one batch: too few to time")
             continue
-        rate = records / seconds
         print(
-            f"  {name:15} {records:8,} records in {seconds:5.1f} s = {rate:8,.0f}/s "
-            f"-> worker/minimal = {rate / minimal:.2f}"
+            f"  {name:15} {figures['records']:8,} records in {figures['seconds']:5.1f} s "
+            f"= {figures['rate']:8,.0f}/s -> worker/minimal = {figures['ratio_to_minimal']:.2f}"
         )
-    print(f"freshness at {args.rate:,} events/s for {args.seconds} s (commit time - event time):")
-    for name, (p50, p99, n) in fresh.items():
-        print(f"  {name:15} p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   ({n:,} events)")
+    print(
+        f"freshness at {fresh['rate']:,} events/s for {fresh['seconds']} s "
+        "(commit time - event time):"
+    )
+    for name in PROJECTIONS:
+        row = fresh[name]
+        print(
+            f"  {name:15} p50 {row['p50']:7.1f} ms   p99 {row['p99']:7.1f} ms   "
+            f"({row['events']:,} events)"
+        )
     print(
         "worker memory after phase 1 (RSS): "
-        + ", ".join(f"{k} {v:.0f} MiB" for k, v in memory.items())
+        + ", ".join(f"{k} {v:.0f} MiB" for k, v in report["worker_rss_mib"].items())
     )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    add_arguments(parser)
+    parser.add_argument("--json", type=Path, help="also write the figures there as JSON")
+    args = parser.parse_args()
+    report = await run(args, {**os.environ, "CRM_LOG_LEVEL": "WARNING"})
+    print()
+    show(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
