@@ -38,6 +38,7 @@ from crm_shared.runtime.outbox import OutboxRelay
 from crm_shared.runtime.projector import (
     TRANSIENT_ERRORS,
     BatchProjector,
+    PeriodicJob,
     Projection,
     RawRecord,
     load_positions,
@@ -149,6 +150,9 @@ def build_app(
 
     app.timer(settings.prune_interval_seconds)(prune_bookkeeping)
 
+    for job in projection.periodic:
+        app.timer(job.interval_seconds, name=f"{projection.name}-{job.name}")(_every(job, pool))
+
     async def resume_from_database(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         """Reload the stored positions on every rebalance and read on from there."""
         assigned: set[TP] = args[0]
@@ -163,6 +167,15 @@ def build_app(
 
     app.on_partitions_assigned.connect(resume_from_database)  # type: ignore[arg-type]  # mode types receivers as sync
     return app, projector
+
+
+def _every(job: PeriodicJob, pool: asyncpg.Pool) -> Callable[[], Awaitable[None]]:
+    """The argument-less coroutine function a faust timer calls."""
+
+    async def run() -> None:
+        await job.run(pool)
+
+    return run
 
 
 async def _send_acknowledged(sends: Iterable[Awaitable[Awaitable[Any]]]) -> None:
