@@ -160,9 +160,10 @@ async def refresh_similar_products(
     by product code, `kept` of them. The marked products' lists are rebuilt whole. A purchase
     that adds a buyer to X also raises X's count in the lists of the buyer's other products Y:
     X's full row of counts is computed anyway, so each (Y, X) that reaches Y's current last
-    place is written, and Y's list trimmed back to `kept`. Counts only grow (refunds are not
-    folded), so an entry that falls out of a list can only come back through a new mark, and the
-    lists equal a full recomputation once the marks are cleared.
+    place, among the `kept` best of the run for Y, is written, and Y's list trimmed back to
+    `kept`. Counts only grow (refunds are not folded), so an entry that falls out of a list can
+    only come back through a new mark, and the lists equal a full recomputation once the marks
+    are cleared.
     """
     if not products:
         return 0
@@ -207,10 +208,15 @@ async def refresh_similar_products(
             ) last ON true
         ),
         reverse AS (
-            SELECT c.other_product_id AS product_id, c.product_id AS other_product_id,
-                   c.co_buyers
-            FROM goods_co c JOIN last_places l ON l.product_id = c.other_product_id
-            WHERE c.co_buyers >= l.co_buyers
+            SELECT product_id, other_product_id, co_buyers FROM (
+                SELECT c.other_product_id AS product_id, c.product_id AS other_product_id,
+                       c.co_buyers, row_number() OVER (
+                           PARTITION BY c.other_product_id ORDER BY c.co_buyers DESC, c.product_id
+                       ) AS rank
+                FROM goods_co c JOIN last_places l ON l.product_id = c.other_product_id
+                WHERE c.co_buyers >= l.co_buyers
+            ) ranked
+            WHERE rank <= $2
         ),
         written AS (
             INSERT INTO similar_products AS t (product_id, other_product_id, co_buyers)
