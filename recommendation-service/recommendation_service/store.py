@@ -173,14 +173,15 @@ async def refresh_similar_products(
     rows = await conn.fetch(
         """
         WITH marked AS (SELECT unnest($1::text[]) AS product_id),
-        co AS (
-            SELECT m.product_id, other.product_id AS other_product_id,
-                   count(*)::int AS co_buyers
-            FROM marked m
-            JOIN customer_products mine ON mine.product_id = m.product_id
-            JOIN customer_products other
-              ON other.customer_id = mine.customer_id AND other.product_id <> m.product_id
-            GROUP BY 1, 2
+        co AS (  -- one small aggregate per marked product: a hash of one row of counts
+            SELECT m.product_id, c.other_product_id, c.co_buyers
+            FROM marked m CROSS JOIN LATERAL (
+                SELECT other.product_id AS other_product_id, count(*)::int AS co_buyers
+                FROM customer_products mine
+                JOIN customer_products other ON other.customer_id = mine.customer_id
+                WHERE mine.product_id = m.product_id AND other.product_id <> m.product_id
+                GROUP BY 1
+            ) c
         ),
         goods_co AS (
             SELECT co.* FROM co JOIN products p ON p.product_id = co.other_product_id
@@ -335,33 +336,32 @@ async def recommended_for(
             ORDER BY last_bought_at DESC, product_id DESC
             LIMIT $3
         ),
-        co AS (
+        co AS (  -- similar_products holds goods only
             SELECT s.other_product_id AS product_id, sum(s.co_buyers)::bigint AS co_buyers
             FROM seeds JOIN similar_products s USING (product_id)
             GROUP BY 1
         ),
         viewed AS (
-            SELECT product_id FROM product_views
-            WHERE customer_id = $1 AND EXISTS (SELECT 1 FROM seeds)
+            SELECT v.product_id FROM product_views v JOIN products p USING (product_id)
+            WHERE v.customer_id = $1 AND p.goods AND EXISTS (SELECT 1 FROM seeds)
         ),
-        candidates AS (
+        ranked AS (
             SELECT product_id, COALESCE(co.co_buyers, 0) AS co_buyers,
-                   viewed.product_id IS NOT NULL AS viewed
-            FROM co FULL JOIN viewed USING (product_id)
-        ),
-        scored AS (
-            SELECT c.*, p.description,
-                   CASE WHEN c.viewed THEN (c.co_buyers + 1) * $4::float8
-                        ELSE c.co_buyers::float8 END AS score
-            FROM candidates c JOIN products p USING (product_id)
-            WHERE p.goods AND NOT EXISTS (
+                   viewed.product_id IS NOT NULL AS viewed,
+                   CASE WHEN viewed.product_id IS NOT NULL
+                        THEN (COALESCE(co.co_buyers, 0) + 1) * $4::float8
+                        ELSE co.co_buyers::float8 END AS score
+            FROM co FULL JOIN viewed USING (product_id) AS candidate
+            WHERE NOT EXISTS (
                 SELECT 1 FROM customer_products b
-                WHERE b.customer_id = $1 AND b.product_id = c.product_id
+                WHERE b.customer_id = $1 AND b.product_id = candidate.product_id
             )
+            ORDER BY score DESC, co_buyers DESC, product_id
+            LIMIT $2
         )
-        SELECT product_id, description, score, co_buyers, viewed FROM scored
-        ORDER BY score DESC, co_buyers DESC, product_id
-        LIMIT $2
+        SELECT r.product_id, p.description, r.score, r.co_buyers, r.viewed
+        FROM ranked r LEFT JOIN products p USING (product_id)
+        ORDER BY r.score DESC, r.co_buyers DESC, r.product_id
         """,
         customer_id,
         limit,

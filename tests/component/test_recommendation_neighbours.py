@@ -19,13 +19,13 @@ from crm_shared.contracts.topics import topic_for
 from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.projector import BatchProjector, RawRecord
 from recommendation_service import store
-from recommendation_service.projection import NEIGHBOURS_KEPT, VIEW_BOOST, is_goods
+from recommendation_service.projection import NEIGHBOURS_KEPT, VIEW_BOOST
 from recommendation_service.worker import PROJECTION, refresh_neighbours
+from tests.similar_products import SimilarLists, plain_similar_products
 
 pytestmark = pytest.mark.component
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
-Lists = dict[str, list[tuple[str, int]]]
 
 
 def _order(n: int, customer: str, products: Sequence[str]) -> dict[str, Any]:
@@ -70,32 +70,13 @@ def _orders(seed: int, count: int) -> list[dict[str, Any]]:
     ]
 
 
-def expected_lists(events: Sequence[dict[str, Any]], kept: int) -> Lists:
-    """Top `kept` goods per good by distinct customers who bought both, ties by code: plainly."""
-    bought: dict[str, set[str]] = defaultdict(set)
-    for event in events:
-        if event["type"] == "crm.order.placed.v1":
-            bought[event["subject"]].update(line["product_id"] for line in event["data"]["lines"])
-    co: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for products in bought.values():
-        goods = [p for p in products if is_goods(p)]
-        for a in goods:
-            for b in goods:
-                if a != b:
-                    co[a][b] += 1
-    return {
-        p: sorted(others.items(), key=lambda item: (-item[1], item[0]))[:kept]
-        for p, others in co.items()
-    }
-
-
-async def stored_lists(pool: asyncpg.Pool) -> Lists:
+async def stored_lists(pool: asyncpg.Pool) -> SimilarLists:
     async with pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT product_id, other_product_id, co_buyers FROM similar_products"
             " ORDER BY product_id, co_buyers DESC, other_product_id"
         )
-    lists: Lists = defaultdict(list)
+    lists: SimilarLists = defaultdict(list)
     for row in rows:
         lists[row["product_id"]].append((row["other_product_id"], row["co_buyers"]))
     return dict(lists)
@@ -144,7 +125,7 @@ async def test_similar_products_equal_a_plain_recomputation_whatever_the_batches
 ) -> None:
     events = _orders(seed=3, count=400)
     await fold(pool, events, batch, job_every)
-    expected = expected_lists(events, NEIGHBOURS_KEPT)
+    expected = plain_similar_products(events, NEIGHBOURS_KEPT)
     assert max(len(others) for others in expected.values()) == NEIGHBOURS_KEPT  # lists trimmed
     assert await stored_lists(pool) == expected
 
