@@ -76,13 +76,15 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
 
     @app.get("/products/popular", response_model=PopularProducts)
     async def popular(conn: Conn, limit: Limit = 10) -> PopularProducts:
-        """The most bought products: by distinct buyers, then quantity sold."""
+        """The most bought goods (never postage, fees or vouchers): by distinct buyers, then
+        quantity sold."""
         rows = await store.popular_products(conn, limit)
         return PopularProducts(products=[_stats(row) for row in rows])
 
     @app.get("/products/{product_id}/also-bought", response_model=AlsoBought)
     async def also_bought(product_id: ProductId, conn: Conn, limit: Limit = 10) -> AlsoBought:
-        """Customers who bought this product also bought these, most shared buyers first."""
+        """Customers who bought this product also bought these, most shared buyers first
+        (precomputed: a purchase shows here within about two seconds)."""
         found = await store.product(conn, product_id)
         if found is None:
             raise HTTPException(
@@ -98,30 +100,28 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
         customer_id: CustomerId, conn: Conn, limit: Limit = 10
     ) -> CustomerRecommendations:
         """Products to offer this customer; the popular ones when their purchases say nothing."""
-        bought = await store.bought_products(conn, customer_id)
-        co_buyers = await store.co_buyers_with(conn, bought[: projection.RECOMMENDATION_SEEDS])
-        viewed = await store.viewed_products(conn, customer_id)
-        popular = await store.popular_products(conn, limit, exclude=bought)
-        ranked = projection.recommend(
-            set(bought),
-            co_buyers,
-            viewed,
-            [(row["product_id"], row["buyers"]) for row in popular],
-            limit,
+        personal = await store.recommended_for(
+            conn, customer_id, limit, projection.RECOMMENDATION_SEEDS, projection.VIEW_BOOST
         )
-        described = await store.descriptions(conn, [item.product_id for item in ranked.items])
+        if personal:
+            return CustomerRecommendations(
+                customer_id=customer_id,
+                strategy="co-purchase",
+                recommendations=[RecommendedProduct.model_validate(row) for row in personal],
+            )
+        popular = await store.popular_products(conn, limit, not_bought_by=customer_id)
         return CustomerRecommendations(
             customer_id=customer_id,
-            strategy=ranked.strategy,
+            strategy="popular",
             recommendations=[
                 RecommendedProduct(
-                    product_id=item.product_id,
-                    description=described.get(item.product_id),
-                    score=item.score,
-                    co_buyers=item.co_buyers,
-                    viewed=item.viewed,
+                    product_id=row["product_id"],
+                    description=row["description"],
+                    score=float(row["buyers"]),
+                    co_buyers=0,
+                    viewed=False,
                 )
-                for item in ranked.items
+                for row in popular
             ],
         )
 

@@ -1,12 +1,17 @@
 """Metrics of the recommendation service, beside the shared crm_* worker and HTTP metrics."""
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 FIRST_PURCHASES = Counter(
     "crm_recommendation_first_purchases",
     "Products bought by a customer for the first time (new distinct buyers)",
 )
-CO_PURCHASE_INCREMENTS = Counter(
-    "crm_recommendation_co_purchase_increments",
-    "Co-buyers added to pairs of products (each pair is stored in both directions)",
+NEIGHBOURS_REFRESHED = Counter(
+    "crm_recommendation_neighbours_refreshed",
+    "Products whose similar products the neighbour job recomputed",
+)
+NEIGHBOUR_JOB_SECONDS = Histogram(
+    "crm_recommendation_neighbour_job_seconds",
+    "Duration of the neighbour job's runs that found products to refresh",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )

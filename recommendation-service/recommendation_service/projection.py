@@ -1,10 +1,12 @@
-"""How orders and product views become recommendation statistics, and how recommendations rank.
+"""How orders and product views become recommendation statistics, and what may be recommended.
 
 Pure: no I/O, time comes from the events. Counts are sums and extremes, and a product's
 description is last-writer-wins by event time, so they are the same whatever order events
-arrive in. Distinct buyers and co-purchases count a customer's FIRST purchase of a product: a
-late order is simply another first purchase or not, and a pair of products is counted for a
-customer when the second of the two is first bought, whichever that is.
+arrive in. Distinct buyers count a customer's FIRST purchase of a product: a late order is
+simply another first purchase or not. Pairs of products ("also bought") are not counted here:
+the fold marks the goods that gained a buyer and the worker's neighbour job recomputes them
+from the customer-product table (store.refresh_similar_products), so they depend on which
+customers bought what, never on batch boundaries.
 
 Refunds (crm.order.refunded.v1) are not folded for now: a returned product still counts as
 bought by that customer, in popularity as in "customers who bought X also bought Y".
@@ -12,39 +14,34 @@ bought by that customer, in popularity as in "customers who bought X also bought
 
 from __future__ import annotations
 
-import heapq
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, replace
 from datetime import datetime
-from itertools import islice
 from typing import Literal
 
 from crm_shared.contracts.events import Event, OrderPlaced, ProductViewed
 
-CO_PURCHASE_PARTNERS = 50
-"""A first purchase is paired with at most this many of the customer's most recent products.
+NEIGHBOURS_KEPT = 50
+"""Similar products kept per product, most co-buyers first: also-bought returns at most this."""
 
-Wholesale customers of the retail data hold over 1,000 distinct products: pairing each new
-product with all of them would cost thousands of upserts per order line, and a customer's
-share of co_purchases would grow with the square of their range. The price of the bound:
-co-purchase counts are independent of the order purchases arrive in only while a customer has
-at most this many products before buying a new one; beyond that, which earlier products are
-"the most recent" depends on the order in which purchases were folded.
-"""
-
-RECOMMENDATION_SEEDS = 100
+RECOMMENDATION_SEEDS = 50
 """Recommendations start from at most this many of the customer's most recently bought products,
-so that a wholesale customer's request reads a bounded part of co_purchases."""
+so that a wholesale customer's request reads a bounded part of similar_products."""
 
 VIEW_BOOST = 1.5
 """Viewed-but-not-bought candidates score (co-buyers + 1) x VIEW_BOOST: having looked at a product
 lifts it, and ranks it even when no co-purchase points to it."""
 
+NOT_GOODS = frozenset(
+    {"POST", "DOT", "C2", "M", "D", "S", "B", "PADS", "CRUK", "AMAZONFEE", "BANK CHARGES"}
+)
+"""Codes of the Online Retail data that are not products: postage (POST, DOT, C2 carriage),
+manual adjustments (M, B bad debt, PADS), discounts (D), samples (S), fees and commissions."""
+GIFT_VOUCHER_PREFIX = "GIFT_"
+"""Gift vouchers: gift_0001_10, gift_0001_20, ..."""
+
 CustomerProduct = tuple[str, str]
 """(customer_id, product_id)"""
-ProductPair = tuple[str, str]
-"""Two product ids, the smaller first."""
 Strategy = Literal["co-purchase", "popular"]
 
 
@@ -82,16 +79,6 @@ def purchases(events: Iterable[Event]) -> list[Purchase]:
     return found
 
 
-@dataclass(frozen=True)
-class PriorPurchases:
-    """What was stored before the batch about the batch's customers."""
-
-    bought: Set[CustomerProduct]
-    """Which of the batch's (customer, product) pairs had been bought before."""
-    recent: Mapping[str, Sequence[str]]
-    """Each customer's most recently bought products, newest first, at most CO_PURCHASE_PARTNERS."""
-
-
 def first_purchases(batch: Iterable[Purchase], bought: Set[CustomerProduct]) -> list[Purchase]:
     """Purchases of a product the customer never bought before, each pair once, in batch order."""
     seen: set[CustomerProduct] = set()
@@ -105,36 +92,15 @@ def first_purchases(batch: Iterable[Purchase], bought: Set[CustomerProduct]) -> 
     return first
 
 
-def co_purchase_increments(
-    first: Iterable[CustomerProduct],
-    recent: Mapping[str, Sequence[str]],
-    partners: int = CO_PURCHASE_PARTNERS,
-) -> Counter[ProductPair]:
-    """New co-buyers per pair of products, from first purchases in event order.
+def is_goods(product_id: str) -> bool:
+    """Whether a product code names goods, which may be recommended and counted as popular."""
+    code = product_id.strip().upper()
+    return code not in NOT_GOODS and not code.startswith(GIFT_VOUCHER_PREFIX)
 
-    Each first purchase pairs with the customer's `partners` most recent earlier products: the
-    stored ones (`recent`, newest first), then those first bought earlier in this batch or
-    earlier in the same order. A product repeated in the input counts once. Keys are unordered
-    pairs written (smaller id, larger id); the store keeps each pair in both directions.
-    """
-    keys: list[ProductPair] = []
-    history: dict[str, list[str]] = {}  # per customer, oldest first, so appending is cheap
-    owned: dict[str, set[str]] = {}
-    for customer_id, product_id in first:
-        products = history.get(customer_id)
-        if products is None:
-            stored = list(islice(recent.get(customer_id, ()), partners))
-            products = history[customer_id] = stored[::-1]
-            owned[customer_id] = set(stored)
-        if product_id in owned[customer_id]:
-            continue
-        keys.extend(
-            (product_id, other) if product_id < other else (other, product_id)
-            for other in islice(reversed(products), partners)
-        )
-        products.append(product_id)
-        owned[customer_id].add(product_id)
-    return Counter(keys)  # counting a list runs in C: much faster than += per pair
+
+def neighbours_to_refresh(first: Iterable[Purchase]) -> list[str]:
+    """Goods that gained a buyer, sorted: their similar products must be recomputed."""
+    return sorted({p.product_id for p in first if is_goods(p.product_id)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,10 +153,12 @@ def view_deltas(events: Iterable[Event]) -> dict[CustomerProduct, ViewDelta]:
     return deltas
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ProductDelta:
-    """What a batch adds to one product's statistics."""
+    """What a batch adds to one product's statistics; built in place (replace() per purchase
+    was a measurable share of the fold)."""
 
+    goods: bool
     orders: int = 0
     quantity: int = 0
     buyers: int = 0
@@ -207,74 +175,24 @@ def product_deltas(
 ) -> dict[str, ProductDelta]:
     """Orders, quantity, new distinct buyers, views and the newest description per product."""
     deltas: dict[str, ProductDelta] = {}
+
+    def delta(product_id: str) -> ProductDelta:
+        found = deltas.get(product_id)
+        if found is None:
+            found = deltas[product_id] = ProductDelta(is_goods(product_id))
+        return found
+
     for purchase in batch:
-        before = deltas.get(purchase.product_id, ProductDelta())
-        newer = purchase.description is not None and (
-            before.described_at is None or purchase.time >= before.described_at
-        )
-        deltas[purchase.product_id] = replace(
-            before,
-            orders=before.orders + 1,
-            quantity=before.quantity + purchase.quantity,
-            description=purchase.description if newer else before.description,
-            described_at=purchase.time if newer else before.described_at,
-        )
+        product = delta(purchase.product_id)
+        product.orders += 1
+        product.quantity += purchase.quantity
+        if purchase.description is not None and (
+            product.described_at is None or purchase.time >= product.described_at
+        ):
+            product.description = purchase.description
+            product.described_at = purchase.time
     for purchase in first:
-        before = deltas.get(purchase.product_id, ProductDelta())
-        deltas[purchase.product_id] = replace(before, buyers=before.buyers + 1)
+        delta(purchase.product_id).buyers += 1
     for (_, product_id), view in views.items():
-        before = deltas.get(product_id, ProductDelta())
-        deltas[product_id] = replace(before, views=before.views + view.views)
+        delta(product_id).views += view.views
     return deltas
-
-
-@dataclass(frozen=True, slots=True)
-class Recommendation:
-    product_id: str
-    score: float
-    """Co-purchase score, or the number of distinct buyers for the popular strategy."""
-    co_buyers: int = 0
-    viewed: bool = False
-
-
-@dataclass(frozen=True)
-class Recommendations:
-    strategy: Strategy
-    items: tuple[Recommendation, ...]
-
-
-def score(co_buyers: int, viewed: bool) -> float:
-    """Summed co-buyers, lifted for a product the customer looked at but did not buy."""
-    return (co_buyers + 1) * VIEW_BOOST if viewed else float(co_buyers)
-
-
-def recommend(
-    bought: Set[str],
-    co_buyers: Mapping[str, int],
-    viewed: Set[str],
-    popular: Sequence[tuple[str, int]],
-    limit: int,
-) -> Recommendations:
-    """Rank what to offer a customer; products they bought are never offered.
-
-    `co_buyers` sums, per candidate, the co-buyer counts with the customer's products; `popular`
-    is (product, distinct buyers), most popular first. A customer who bought nothing, or whose
-    products point nowhere, gets the popular products instead, and the strategy says so.
-    """
-    if bought:
-        candidates = (co_buyers.keys() | viewed) - bought
-        ranked = heapq.nsmallest(
-            limit,
-            (
-                Recommendation(
-                    p, score(co_buyers.get(p, 0), p in viewed), co_buyers.get(p, 0), p in viewed
-                )
-                for p in candidates
-                if co_buyers.get(p, 0) > 0 or p in viewed
-            ),
-            key=lambda r: (-r.score, -r.co_buyers, r.product_id),
-        )
-        if ranked:
-            return Recommendations("co-purchase", tuple(ranked))
-    fallback = (Recommendation(p, float(buyers)) for p, buyers in popular if p not in bought)
-    return Recommendations("popular", tuple(islice(fallback, limit)))

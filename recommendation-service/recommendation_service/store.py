@@ -2,12 +2,13 @@
 
 Writes are unnest-based upserts of per-batch aggregates, sorted by key in SQL, so that two
 workers folding overlapping products lock rows in the same order instead of deadlocking.
+Reads are single indexed queries over precomputed rows: products' counts (folded) and
+similar_products (the neighbour job's); nothing is aggregated over a customer's history.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -16,53 +17,32 @@ from crm_shared.runtime.db import columns
 from recommendation_service.projection import (
     CustomerProduct,
     CustomerProductDelta,
-    PriorPurchases,
     ProductDelta,
-    ProductPair,
     ViewDelta,
 )
 
+NEIGHBOUR_JOB_LOCK = 7412
+"""Transaction advisory lock of the neighbour job: one run at a time, whatever the replicas."""
 
-async def prior_purchases(
-    conn: asyncpg.Connection, batch: Collection[CustomerProduct], recent: int
-) -> PriorPurchases:
-    """In one query: which of these pairs were bought before, and each customer's recent products.
+
+async def bought_before(
+    conn: asyncpg.Connection, batch: Collection[CustomerProduct]
+) -> set[CustomerProduct]:
+    """Which of these (customer, product) pairs were bought before the batch.
 
     Not locked: one customer's orders are on one partition (keyed by customer), so only one
     worker folds a given customer at a time.
     """
     rows = await conn.fetch(
         """
-        WITH wanted AS (
-            SELECT * FROM unnest($1::text[], $2::text[]) AS w(customer_id, product_id)
-        )
-        SELECT c.customer_id, r.product_id, r.rank
-        FROM (SELECT DISTINCT customer_id FROM wanted) AS c
-        CROSS JOIN LATERAL (
-            SELECT cp.product_id,
-                   row_number() OVER (ORDER BY cp.last_bought_at DESC, cp.product_id DESC) AS rank
-            FROM customer_products cp
-            WHERE cp.customer_id = c.customer_id
-            ORDER BY cp.last_bought_at DESC, cp.product_id DESC
-            LIMIT $3
-        ) AS r
-        UNION ALL
-        SELECT cp.customer_id, cp.product_id, NULL
-        FROM wanted JOIN customer_products cp USING (customer_id, product_id)
+        SELECT cp.customer_id, cp.product_id
+        FROM unnest($1::text[], $2::text[]) AS w(customer_id, product_id)
+        JOIN customer_products cp USING (customer_id, product_id)
         """,
         [customer_id for customer_id, _ in batch],
         [product_id for _, product_id in batch],
-        recent,
     )
-    bought = {(row["customer_id"], row["product_id"]) for row in rows}
-    ranked: dict[str, list[tuple[int, str]]] = {}
-    for row in rows:
-        if row["rank"] is not None:
-            ranked.setdefault(row["customer_id"], []).append((row["rank"], row["product_id"]))
-    return PriorPurchases(
-        bought=bought,
-        recent={c: [product for _, product in sorted(items)] for c, items in ranked.items()},
-    )
+    return {(row["customer_id"], row["product_id"]) for row in rows}
 
 
 async def add_customer_products(
@@ -89,22 +69,19 @@ async def add_customer_products(
     )
 
 
-async def add_co_purchases(conn: asyncpg.Connection, pairs: Counter[ProductPair]) -> None:
-    """Add co-buyers to each pair in both directions; the pairs cross the wire once."""
-    if not pairs:
+async def mark_for_refresh(conn: asyncpg.Connection, products: Sequence[str]) -> None:
+    """Ask the neighbour job to recompute these products (sorted: rows lock in one order).
+
+    A product already marked gets a new mark, so a job run that read the old one keeps it.
+    """
+    if not products:
         return
     await conn.execute(
         """
-        WITH pairs AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int[]) AS p(a, b, n))
-        INSERT INTO co_purchases AS t (product_id, other_product_id, buyers)
-        SELECT a, b, n FROM pairs UNION ALL SELECT b, a, n FROM pairs
-        ORDER BY 1, 2
-        ON CONFLICT (product_id, other_product_id) DO UPDATE SET
-            buyers = t.buyers + EXCLUDED.buyers
+        INSERT INTO dirty_products AS t (product_id) SELECT unnest($1::text[]) ORDER BY 1
+        ON CONFLICT (product_id) DO UPDATE SET mark = EXCLUDED.mark
         """,
-        [a for a, _ in pairs],
-        [b for _, b in pairs],
-        list(pairs.values()),
+        products,
     )
 
 
@@ -114,12 +91,13 @@ async def add_products(conn: asyncpg.Connection, deltas: Mapping[str, ProductDel
     values = deltas.values()
     await conn.execute(
         """
-        INSERT INTO products AS t (product_id, description, described_at, orders, quantity,
-                                   buyers, views)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[], $5::bigint[],
-                             $6::int[], $7::bigint[])
+        INSERT INTO products AS t (product_id, goods, description, described_at, orders,
+                                   quantity, buyers, views)
+        SELECT * FROM unnest($1::text[], $2::bool[], $3::text[], $4::timestamptz[], $5::bigint[],
+                             $6::bigint[], $7::int[], $8::bigint[])
         ORDER BY 1
         ON CONFLICT (product_id) DO UPDATE SET
+            goods = EXCLUDED.goods,
             description = CASE
                 WHEN EXCLUDED.described_at >= t.described_at OR t.described_at IS NULL
                     THEN COALESCE(EXCLUDED.description, t.description)
@@ -131,7 +109,9 @@ async def add_products(conn: asyncpg.Connection, deltas: Mapping[str, ProductDel
             views = t.views + EXCLUDED.views
         """,
         list(deltas),
-        *columns(values, "description", "described_at", "orders", "quantity", "buyers", "views"),
+        *columns(
+            values, "goods", "description", "described_at", "orders", "quantity", "buyers", "views"
+        ),
     )
 
 
@@ -154,22 +134,165 @@ async def add_views(conn: asyncpg.Connection, deltas: Mapping[CustomerProduct, V
     )
 
 
+# --- the neighbour job ---------------------------------------------------------------------
+
+
+async def lock_neighbour_job(conn: asyncpg.Connection) -> bool:
+    """Take the job's lock for this transaction; False when another replica's run holds it."""
+    return bool(await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", NEIGHBOUR_JOB_LOCK))
+
+
+async def products_to_refresh(conn: asyncpg.Connection, limit: int) -> dict[str, int]:
+    """Up to `limit` marked products, longest waiting first, with their marks."""
+    rows = await conn.fetch(
+        "SELECT product_id, mark FROM dirty_products ORDER BY mark LIMIT $1", limit
+    )
+    return {row["product_id"]: row["mark"] for row in rows}
+
+
+async def refresh_similar_products(
+    conn: asyncpg.Connection, products: Collection[str], kept: int
+) -> int:
+    """Recompute the similar products of `products` from customer_products; return how many
+    other products' lists changed.
+
+    A product's neighbours are the goods with the most distinct customers who bought both, ties
+    by product code, `kept` of them. The marked products' lists are rebuilt whole. A purchase
+    that adds a buyer to X also raises X's count in the lists of the buyer's other products Y:
+    X's full row of counts is computed anyway, so each (Y, X) that reaches Y's current last
+    place, among the `kept` best of the run for Y, is written, and Y's list trimmed back to
+    `kept`. Counts only grow (refunds are not folded), so an entry that falls out of a list can
+    only come back through a new mark, and the lists equal a full recomputation once the marks
+    are cleared.
+    """
+    if not products:
+        return 0
+    await conn.execute(
+        "DELETE FROM similar_products WHERE product_id = ANY($1::text[])", list(products)
+    )
+    rows = await conn.fetch(
+        """
+        WITH marked AS (SELECT unnest($1::text[]) AS product_id),
+        co AS (  -- one small aggregate per marked product: a hash of one row of counts
+            SELECT m.product_id, c.other_product_id, c.co_buyers
+            FROM marked m CROSS JOIN LATERAL (
+                SELECT other.product_id AS other_product_id, count(*)::int AS co_buyers
+                FROM customer_products mine
+                JOIN customer_products other ON other.customer_id = mine.customer_id
+                WHERE mine.product_id = m.product_id AND other.product_id <> m.product_id
+                GROUP BY 1
+            ) c
+        ),
+        goods_co AS (
+            SELECT co.* FROM co JOIN products p ON p.product_id = co.other_product_id
+            WHERE p.goods
+        ),
+        own AS (
+            SELECT product_id, other_product_id, co_buyers FROM (
+                SELECT *, row_number() OVER (
+                    PARTITION BY product_id ORDER BY co_buyers DESC, other_product_id
+                ) AS rank
+                FROM goods_co
+            ) ranked
+            WHERE rank <= $2
+        ),
+        last_places AS (
+            SELECT y.product_id, COALESCE(last.co_buyers, 0) AS co_buyers
+            FROM (
+                SELECT DISTINCT other_product_id AS product_id FROM goods_co
+                EXCEPT SELECT product_id FROM marked
+            ) y
+            LEFT JOIN LATERAL (
+                SELECT s.co_buyers FROM similar_products s WHERE s.product_id = y.product_id
+                ORDER BY s.co_buyers DESC, s.other_product_id
+                OFFSET $2 - 1 LIMIT 1
+            ) last ON true
+        ),
+        reverse AS (
+            SELECT product_id, other_product_id, co_buyers FROM (
+                SELECT c.other_product_id AS product_id, c.product_id AS other_product_id,
+                       c.co_buyers, row_number() OVER (
+                           PARTITION BY c.other_product_id ORDER BY c.co_buyers DESC, c.product_id
+                       ) AS rank
+                FROM goods_co c JOIN last_places l ON l.product_id = c.other_product_id
+                WHERE c.co_buyers >= l.co_buyers
+            ) ranked
+            WHERE rank <= $2
+        ),
+        written AS (
+            INSERT INTO similar_products AS t (product_id, other_product_id, co_buyers)
+            SELECT * FROM own UNION ALL SELECT * FROM reverse
+            ON CONFLICT (product_id, other_product_id) DO UPDATE SET
+                co_buyers = EXCLUDED.co_buyers
+            RETURNING product_id
+        )
+        SELECT DISTINCT product_id FROM written
+        EXCEPT SELECT product_id FROM marked
+        """,
+        list(products),
+        kept,
+    )
+    others = [row["product_id"] for row in rows]
+    if others:
+        await conn.execute(
+            """
+            DELETE FROM similar_products s USING (
+                SELECT product_id, other_product_id, row_number() OVER (
+                    PARTITION BY product_id ORDER BY co_buyers DESC, other_product_id
+                ) AS rank
+                FROM similar_products WHERE product_id = ANY($1::text[])
+            ) ranked
+            WHERE ranked.rank > $2
+              AND s.product_id = ranked.product_id
+              AND s.other_product_id = ranked.other_product_id
+            """,
+            others,
+            kept,
+        )
+    return len(others)
+
+
+async def clear_marks(conn: asyncpg.Connection, marks: Mapping[str, int]) -> None:
+    """Unmark the products refreshed, unless marked again meanwhile (their mark changed).
+    Rows lock in product order, as the fold's marking does."""
+    await conn.execute(
+        """
+        DELETE FROM dirty_products WHERE product_id IN (
+            SELECT d.product_id
+            FROM dirty_products d JOIN unnest($1::text[], $2::bigint[]) AS m(product_id, mark)
+              ON d.product_id = m.product_id AND d.mark = m.mark
+            ORDER BY d.product_id
+            FOR UPDATE OF d
+        )
+        """,
+        list(marks),
+        list(marks.values()),
+    )
+
+
+# --- reads -------------------------------------------------------------------------------------
+
 _PRODUCT_COLUMNS = "product_id, description, orders, quantity, buyers, views"
 
 
 async def popular_products(
-    conn: asyncpg.Connection, limit: int, exclude: Collection[str] = ()
+    conn: asyncpg.Connection, limit: int, not_bought_by: str | None = None
 ) -> list[dict[str, Any]]:
-    """The most bought products: by distinct buyers, then quantity, then id."""
+    """The most bought goods: by distinct buyers, then quantity, then id; optionally only those
+    a customer has not bought (an anti-join, however many they bought)."""
     rows = await conn.fetch(
         f"""
-        SELECT {_PRODUCT_COLUMNS} FROM products
-        WHERE buyers > 0 AND NOT (product_id = ANY($2::text[]))
+        SELECT {_PRODUCT_COLUMNS} FROM products p
+        WHERE goods AND buyers > 0
+          AND NOT EXISTS (
+              SELECT 1 FROM customer_products b
+              WHERE b.customer_id = $2 AND b.product_id = p.product_id
+          )
         ORDER BY buyers DESC, quantity DESC, product_id
         LIMIT $1
         """,
         limit,
-        list(exclude),
+        not_bought_by,
     )
     return [dict(row) for row in rows]
 
@@ -184,13 +307,13 @@ async def product(conn: asyncpg.Connection, product_id: str) -> dict[str, Any] |
 async def also_bought(
     conn: asyncpg.Connection, product_id: str, limit: int
 ) -> list[dict[str, Any]]:
-    """Products with the most distinct buyers in common with this one, highest first."""
+    """The product's precomputed neighbours: most distinct buyers in common first."""
     rows = await conn.fetch(
         """
-        SELECT c.other_product_id AS product_id, p.description, c.buyers AS co_buyers
-        FROM co_purchases c LEFT JOIN products p ON p.product_id = c.other_product_id
-        WHERE c.product_id = $1
-        ORDER BY c.buyers DESC, c.other_product_id
+        SELECT s.other_product_id AS product_id, p.description, s.co_buyers
+        FROM similar_products s LEFT JOIN products p ON p.product_id = s.other_product_id
+        WHERE s.product_id = $1
+        ORDER BY s.co_buyers DESC, s.other_product_id
         LIMIT $2
         """,
         product_id,
@@ -199,43 +322,50 @@ async def also_bought(
     return [dict(row) for row in rows]
 
 
-async def bought_products(conn: asyncpg.Connection, customer_id: str) -> list[str]:
-    """Every product the customer bought, most recently bought first."""
+async def recommended_for(
+    conn: asyncpg.Connection, customer_id: str, limit: int, seeds: int, view_boost: float
+) -> list[dict[str, Any]]:
+    """Goods to offer a customer who bought something, from precomputed neighbours: the similar
+    products of their `seeds` most recently bought products, co-buyers summed, and the goods they
+    viewed, lifted by `view_boost` (score (co-buyers + 1) x boost). Never what they bought.
+    Empty when they bought nothing, or when nothing points anywhere."""
     rows = await conn.fetch(
         """
-        SELECT product_id FROM customer_products WHERE customer_id = $1
-        ORDER BY last_bought_at DESC, product_id DESC
+        WITH seeds AS (
+            SELECT product_id FROM customer_products WHERE customer_id = $1
+            ORDER BY last_bought_at DESC, product_id DESC
+            LIMIT $3
+        ),
+        co AS (  -- similar_products holds goods only
+            SELECT s.other_product_id AS product_id, sum(s.co_buyers)::bigint AS co_buyers
+            FROM seeds JOIN similar_products s USING (product_id)
+            GROUP BY 1
+        ),
+        viewed AS (
+            SELECT v.product_id FROM product_views v JOIN products p USING (product_id)
+            WHERE v.customer_id = $1 AND p.goods AND EXISTS (SELECT 1 FROM seeds)
+        ),
+        ranked AS (
+            SELECT product_id, COALESCE(co.co_buyers, 0) AS co_buyers,
+                   viewed.product_id IS NOT NULL AS viewed,
+                   CASE WHEN viewed.product_id IS NOT NULL
+                        THEN (COALESCE(co.co_buyers, 0) + 1) * $4::float8
+                        ELSE co.co_buyers::float8 END AS score
+            FROM co FULL JOIN viewed USING (product_id) AS candidate
+            WHERE NOT EXISTS (
+                SELECT 1 FROM customer_products b
+                WHERE b.customer_id = $1 AND b.product_id = candidate.product_id
+            )
+            ORDER BY score DESC, co_buyers DESC, product_id
+            LIMIT $2
+        )
+        SELECT r.product_id, p.description, r.score, r.co_buyers, r.viewed
+        FROM ranked r LEFT JOIN products p USING (product_id)
+        ORDER BY r.score DESC, r.co_buyers DESC, r.product_id
         """,
         customer_id,
+        limit,
+        seeds,
+        view_boost,
     )
-    return [row["product_id"] for row in rows]
-
-
-async def co_buyers_with(conn: asyncpg.Connection, products: Collection[str]) -> dict[str, int]:
-    """Per other product, the co-buyer counts with these products summed."""
-    if not products:
-        return {}
-    rows = await conn.fetch(
-        """
-        SELECT other_product_id, sum(buyers)::bigint AS co_buyers FROM co_purchases
-        WHERE product_id = ANY($1::text[])
-        GROUP BY other_product_id
-        """,
-        list(products),
-    )
-    return {row["other_product_id"]: row["co_buyers"] for row in rows}
-
-
-async def viewed_products(conn: asyncpg.Connection, customer_id: str) -> set[str]:
-    rows = await conn.fetch(
-        "SELECT product_id FROM product_views WHERE customer_id = $1", customer_id
-    )
-    return {row["product_id"] for row in rows}
-
-
-async def descriptions(conn: asyncpg.Connection, ids: Collection[str]) -> dict[str, str | None]:
-    rows = await conn.fetch(
-        "SELECT product_id, description FROM products WHERE product_id = ANY($1::text[])",
-        list(ids),
-    )
-    return {row["product_id"]: row["description"] for row in rows}
+    return [dict(row) for row in rows]

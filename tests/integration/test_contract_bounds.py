@@ -77,8 +77,8 @@ async def test_orders_and_refunds_at_the_bounds_are_folded_by_every_projection(
         lambda: get_json(
             f"{recommendation}/products/{big}/also-bought", headers=service_auth(platform)
         ),
-        lambda r: r[0] == 200 and r[1]["product"]["orders"] == 2,
-        what="the recommendation service to fold both orders",
+        lambda r: r[0] == 200 and r[1]["product"]["orders"] == 2 and r[1]["also_bought"],
+        what="the recommendation service to fold both orders and refresh their neighbours",
     )
     assert stats["product"]["quantity"] == 2 * (MAX_ORDER_LINES - 1) * MAX_LINE_QUANTITY  # > 2^31
     assert stats["product"]["buyers"] == 1

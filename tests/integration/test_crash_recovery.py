@@ -18,8 +18,10 @@ from crm_shared.contracts.events import encode_event
 from crm_shared.contracts.topics import topic_for
 from crm_shared.ops import launcher
 from crm_shared.ops.demo.workload import Workload
+from recommendation_service.projection import NEIGHBOURS_KEPT
 from tests.conftest import shifted_port
 from tests.integration.helpers import drop_and_rebuild, eventually, fetch, kill_and_restart, unique
+from tests.similar_products import plain_similar_products
 
 pytestmark = pytest.mark.integration
 
@@ -77,6 +79,7 @@ def independent_fold(events: list[dict[str, Any]]) -> dict[str, Any]:
         "consents": {k: granted for k, (_, granted) in consents.items() if k not in ties},
         "products": {p: (len(buyers[p]), quantity[p]) for p in buyers},
         "views": dict(views),
+        "similar": plain_similar_products(events, NEIGHBOURS_KEPT),
     }
 
 
@@ -120,7 +123,17 @@ async def projections(dsn_base: str, prefix: str) -> dict[str, Any]:
         "SELECT product_id, buyers, quantity, views FROM products WHERE product_id LIKE $1",
         like,
     )
+    similar = await fetch(
+        f"{dsn_base}/crm_recommendation",
+        "SELECT product_id, other_product_id, co_buyers FROM similar_products"
+        " WHERE product_id LIKE $1 ORDER BY product_id, co_buyers DESC, other_product_id",
+        like,
+    )
+    lists: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for r in similar:
+        lists[r["product_id"]].append((r["other_product_id"], r["co_buyers"]))
     return {
+        "similar": dict(lists),
         "totals": {
             r["customer_id"]: (r["orders"], r["refunds"], r["gross_revenue"], r["refunded"])
             for r in totals
@@ -139,7 +152,8 @@ async def projections(dsn_base: str, prefix: str) -> dict[str, Any]:
 def matches(actual: dict[str, Any], expected: dict[str, Any]) -> bool:
     consents_ok = all(actual["consents"].get(k) == v for k, v in expected["consents"].items())
     return consents_ok and all(
-        actual[part] == expected[part] for part in ("totals", "timeline", "products", "views")
+        actual[part] == expected[part]
+        for part in ("totals", "timeline", "products", "views", "similar")
     )
 
 
@@ -179,6 +193,7 @@ async def test_killed_workers_resume_without_losing_or_repeating_anything(
     assert actual["timeline"] == expected["timeline"]
     assert actual["products"] == expected["products"]
     assert actual["views"] == expected["views"]
+    assert actual["similar"] == expected["similar"]  # the neighbour job caught up, exactly
     assert len(expected["consents"]) > 100
     for key, granted in expected["consents"].items():
         assert actual["consents"][key] == granted, key

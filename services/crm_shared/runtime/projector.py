@@ -91,6 +91,16 @@ def systematic_failure(
 
 
 @dataclass(frozen=True)
+class PeriodicJob:
+    """Work a worker repeats beside the fold (e.g. refreshing precomputed results), on every
+    replica. `run` must never raise: a failed run leaves its work to the next one."""
+
+    name: str
+    interval_seconds: float
+    run: Callable[[asyncpg.Pool], Awaitable[None]]
+
+
+@dataclass(frozen=True)
 class Projection:
     """What a service supplies: its name, what it reads and folds, and how it folds a batch."""
 
@@ -99,6 +109,7 @@ class Projection:
     folds: frozenset[str]
     migrations: Path
     fold: Fold
+    periodic: tuple[PeriodicJob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

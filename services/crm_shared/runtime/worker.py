@@ -38,6 +38,7 @@ from crm_shared.runtime.outbox import OutboxRelay
 from crm_shared.runtime.projector import (
     TRANSIENT_ERRORS,
     BatchProjector,
+    PeriodicJob,
     Projection,
     RawRecord,
     load_positions,
@@ -215,6 +216,9 @@ def build_app(
 
     app.timer(settings.prune_interval_seconds)(prune_bookkeeping)
 
+    for job in projection.periodic:
+        app.timer(job.interval_seconds, name=f"{projection.name}-{job.name}")(_every(job, pool))
+
     async def finish_batch(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         """Let the batch in flight commit before the partitions go to another replica (bounded:
         a halted projection must not hold up the group; the claims keep a late commit exact)."""
@@ -243,6 +247,15 @@ def build_app(
     app.on_partitions_revoked.connect(finish_batch)  # type: ignore[arg-type]
     app.on_partitions_assigned.connect(resume_from_database)  # type: ignore[arg-type]
     return app, projector
+
+
+def _every(job: PeriodicJob, pool: asyncpg.Pool) -> Callable[[], Awaitable[None]]:
+    """The argument-less coroutine function a faust timer calls."""
+
+    async def run() -> None:
+        await job.run(pool)
+
+    return run
 
 
 async def _send_acknowledged(sends: Iterable[Awaitable[Awaitable[Any]]]) -> None:

@@ -1,0 +1,199 @@
+"""Similar products and personal recommendations on real PostgreSQL (no Kafka): the neighbour job
+gives what a plain recomputation from the purchases gives, whatever the batch boundaries and
+whenever it runs; reads rank from the precomputed rows."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from crm_shared.contracts.deadletter import DeadLetter
+from crm_shared.contracts.events import build_event, encode_event
+from crm_shared.contracts.topics import topic_for
+from crm_shared.runtime.db import open_pool
+from crm_shared.runtime.projector import BatchProjector, RawRecord
+from recommendation_service import store
+from recommendation_service.projection import NEIGHBOURS_KEPT, VIEW_BOOST
+from recommendation_service.worker import PROJECTION, refresh_neighbours
+from tests.similar_products import SimilarLists, plain_similar_products
+
+pytestmark = pytest.mark.component
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def _order(n: int, customer: str, products: Sequence[str]) -> dict[str, Any]:
+    return build_event(
+        "crm.order.placed.v1",
+        customer,
+        {
+            "order_id": f"O{n}",
+            "lines": [{"product_id": p, "quantity": 1, "unit_price": "1"} for p in products],
+        },
+        source="shop",
+        time=T0 + timedelta(minutes=n),
+        event_id=f"order-{n}",
+    )
+
+
+def _view(n: int, customer: str, product: str) -> dict[str, Any]:
+    return build_event(
+        "crm.product.viewed.v1",
+        customer,
+        {"product_id": product},
+        source="web",
+        time=T0 + timedelta(minutes=n),
+        event_id=f"view-{n}",
+    )
+
+
+def _orders(seed: int, count: int) -> list[dict[str, Any]]:
+    """Skewed baskets: some customers buy far more than `kept` products, popular goods tie."""
+    rng = random.Random(seed)
+    products = [f"P{i:03}" for i in range(120)] + ["POST", "gift_0001_10"]
+    return [
+        _order(
+            n,
+            f"C{int(rng.paretovariate(0.8)) % 40}",
+            [
+                products[int(rng.paretovariate(0.7)) % len(products)]
+                for _ in range(rng.randint(1, 9))
+            ],
+        )
+        for n in range(count)
+    ]
+
+
+async def stored_lists(pool: asyncpg.Pool) -> SimilarLists:
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT product_id, other_product_id, co_buyers FROM similar_products"
+            " ORDER BY product_id, co_buyers DESC, other_product_id"
+        )
+    lists: SimilarLists = defaultdict(list)
+    for row in rows:
+        lists[row["product_id"]].append((row["other_product_id"], row["co_buyers"]))
+    return dict(lists)
+
+
+async def no_dead_letters(letters: Sequence[DeadLetter]) -> None:
+    raise AssertionError(f"unexpected dead letters: {letters}")
+
+
+@pytest.fixture
+async def pool(fresh_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await open_pool(fresh_dsn, PROJECTION.migrations, 4)
+    yield pool
+    await pool.close()
+
+
+async def project(
+    pool: asyncpg.Pool, events: Sequence[dict[str, Any]], batch: int, offset: int = 0
+) -> None:
+    """Fold in batches of `batch` records, the first at `offset`; the job does not run."""
+    projector = BatchProjector(PROJECTION, pool, no_dead_letters)
+    records = [
+        RawRecord(topic_for(e["type"]), 0, offset + n, e["subject"].encode(), encode_event(e))
+        for n, e in enumerate(events)
+    ]
+    for start in range(0, len(records), batch):
+        await projector.process(records[start : start + batch])
+
+
+async def fold(
+    pool: asyncpg.Pool, events: Sequence[dict[str, Any]], batch: int, job_every: int
+) -> None:
+    """Fold in batches of `batch` events; run the job (a few products at a time) after every
+    `job_every` batches, then until nothing is marked."""
+    for number, start in enumerate(range(0, len(events), batch)):
+        await project(pool, events[start : start + batch], batch, offset=start)
+        if number % job_every == 0:
+            await refresh_neighbours(pool, max_products=7)
+    while await refresh_neighbours(pool, max_products=7):
+        pass
+
+
+@pytest.mark.parametrize(("batch", "job_every"), [(1, 1), (7, 3), (50, 2), (400, 1)])
+async def test_similar_products_equal_a_plain_recomputation_whatever_the_batches(
+    pool: asyncpg.Pool, batch: int, job_every: int
+) -> None:
+    events = _orders(seed=3, count=400)
+    await fold(pool, events, batch, job_every)
+    expected = plain_similar_products(events, NEIGHBOURS_KEPT)
+    assert max(len(others) for others in expected.values()) == NEIGHBOURS_KEPT  # lists trimmed
+    assert await stored_lists(pool) == expected
+
+
+async def test_a_purchase_made_while_the_job_runs_is_refreshed_by_the_next_run(
+    pool: asyncpg.Pool,
+) -> None:
+    await fold(pool, [_order(0, "C1", ["JAM", "TEA"])], batch=1, job_every=1)
+    async with pool.acquire() as conn, conn.transaction():
+        marks = await store.products_to_refresh(conn, 10)
+        assert marks == {}
+    async with pool.acquire() as reader:
+        await project(pool, [_order(1, "C2", ["JAM", "TEA"])], batch=1, offset=1)
+        # The job reads the marks, a purchase marks JAM again, then the job clears what it read.
+        async with reader.transaction():
+            marks = await store.products_to_refresh(reader, 10)
+            await store.refresh_similar_products(reader, marks, NEIGHBOURS_KEPT)
+            async with pool.acquire() as folder:
+                await store.mark_for_refresh(folder, ["JAM"])
+            await store.clear_marks(reader, marks)
+        assert set(await store.products_to_refresh(reader, 10)) == {"JAM"}
+    assert (await stored_lists(pool))["JAM"] == [("TEA", 2)]
+
+
+async def test_non_goods_are_neither_similar_nor_popular_nor_recommended(
+    pool: asyncpg.Pool,
+) -> None:
+    events = [_order(n, f"C{n}", ["POST", "MUG", "gift_0001_20", "M", "TEA"]) for n in range(5)] + [
+        _order(9, "C9", ["MUG"]),
+        _view(10, "C9", "DOT"),
+    ]
+    await fold(pool, events, batch=3, job_every=1)
+    async with pool.acquire() as conn:
+        popular = [p["product_id"] for p in await store.popular_products(conn, 10)]
+        assert popular == ["MUG", "TEA"]
+        assert [p["product_id"] for p in await store.also_bought(conn, "MUG", 10)] == ["TEA"]
+        assert await store.also_bought(conn, "POST", 10) == []
+        recommended = await store.recommended_for(conn, "C9", 10, 50, VIEW_BOOST)
+        assert [(r["product_id"], r["co_buyers"]) for r in recommended] == [("TEA", 5)]
+
+
+async def test_recommendations_sum_neighbours_boost_views_and_skip_what_was_bought(
+    pool: asyncpg.Pool,
+) -> None:
+    events = [
+        _order(1, "C1", ["JAM", "MUG"]),
+        _order(2, "C2", ["JAM", "MUG", "CUP"]),
+        _order(3, "C3", ["TEA", "CUP"]),
+        _order(4, "C4", ["TEA", "CUP", "POT"]),
+        _order(5, "C5", ["JAM", "TEA"]),  # the customer
+        _view(6, "C5", "POT"),
+        _view(7, "C5", "BAG"),  # viewed, never bought by anyone
+        _view(8, "C5", "JAM"),  # viewed and bought: never offered
+    ]
+    await fold(pool, events, batch=2, job_every=1)
+    async with pool.acquire() as conn:
+        ranked = await store.recommended_for(conn, "C5", 10, 50, VIEW_BOOST)
+        # CUP: 1 with JAM + 2 with TEA; MUG: 2 with JAM; POT: 1 with TEA, viewed: (1 + 1) x 1.5.
+        assert [(r["product_id"], r["score"], r["co_buyers"], r["viewed"]) for r in ranked] == [
+            ("CUP", 3.0, 3, False),
+            ("POT", 2 * VIEW_BOOST, 1, True),
+            ("MUG", 2.0, 2, False),
+            ("BAG", VIEW_BOOST, 0, True),
+        ]
+        assert [r["product_id"] for r in await store.recommended_for(conn, "C5", 2, 50, 1.5)] == [
+            "CUP",
+            "POT",
+        ]
+        assert await store.recommended_for(conn, "nobody", 10, 50, VIEW_BOOST) == []
+        not_bought = await store.popular_products(conn, 3, not_bought_by="C5")
+        assert [p["product_id"] for p in not_bought] == ["CUP", "MUG", "POT"]
