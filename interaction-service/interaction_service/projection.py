@@ -212,7 +212,8 @@ class ContactTotals:
         self.first_touchpoint_at = _earliest(self.first_touchpoint_at, when)
         self.last_touchpoint_at = _latest(self.last_touchpoint_at, when)
         data = event.data
-        if isinstance(data, ContactLogged):
+        # type() rather than isinstance(): pydantic models check instances through ABCMeta.
+        if type(data) is ContactLogged:
             self.contacts += 1
             if data.direction == "inbound":
                 self.inbound += 1
@@ -221,7 +222,7 @@ class ContactTotals:
             self.refusals += data.outcome.strip().lower() == REFUSED
             self.first_contact_at = _earliest(self.first_contact_at, when)
             self.last_contact_at = _latest(self.last_contact_at, when)
-        elif isinstance(data, FeedbackGiven):
+        elif type(data) is FeedbackGiven:
             self.feedback += 1
             self.feedback_score_sum += data.score
             self.complaints += data.kind == "complaint"
