@@ -69,19 +69,25 @@ async def save_preferences(
     if not records:
         return
     # The WHERE is a second line of defence: never overwrite a newer row, even if two workers
-    # raced on a customer's first preferences during a rebalance.
-    await conn.executemany(
+    # raced on a customer's first preferences during a rebalance. Channel lists travel as
+    # comma-separated text: unnest cannot take an array of arrays of different lengths.
+    await conn.execute(
         f"""
         INSERT INTO channel_preferences AS p (customer_id, channels, quiet_start, quiet_end,
                                               quiet_timezone, set_at, source, event_id)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        SELECT customer_id, string_to_array(channels, ','), quiet_start, quiet_end,
+               quiet_timezone, set_at, source, event_id
+        FROM unnest($1::text[], $2::text[], $3::time[], $4::time[], $5::text[],
+                    $6::timestamptz[], $7::text[], $8::text[])
+             AS r(customer_id, channels, quiet_start, quiet_end, quiet_timezone, set_at, source,
+                  event_id)
         ON CONFLICT (customer_id) DO UPDATE SET
             channels = EXCLUDED.channels, quiet_start = EXCLUDED.quiet_start,
             quiet_end = EXCLUDED.quiet_end, quiet_timezone = EXCLUDED.quiet_timezone,
             set_at = EXCLUDED.set_at, source = EXCLUDED.source, event_id = EXCLUDED.event_id
         WHERE {_PREFERENCE_VERSION.format(t="p")} < {_PREFERENCE_VERSION.format(t="EXCLUDED")}
         """,
-        [_preference_row(r) for r in records],
+        *(list(column) for column in zip(*map(_preference_row, records), strict=True)),
     )
 
 
@@ -90,7 +96,16 @@ def _preference_row(r: ChannelPreferences) -> tuple[Any, ...]:
     start, end, timezone = (
         (None, None, None) if quiet is None else (quiet.start, quiet.end, quiet.timezone)
     )
-    return (r.customer_id, list(r.channels), start, end, timezone, r.set_at, r.source, r.event_id)
+    return (
+        r.customer_id,
+        ",".join(r.channels),
+        start,
+        end,
+        timezone,
+        r.set_at,
+        r.source,
+        r.event_id,
+    )
 
 
 async def lock_consents(
@@ -110,20 +125,27 @@ async def save_consents(conn: asyncpg.Connection, consents: Collection[Consent])
     grant never overwrites a revocation of the same instant, whatever batch it came in."""
     if not consents:
         return
-    await conn.executemany(
+    await conn.execute(
         f"""
         INSERT INTO consents AS c (customer_id, purpose, channel, granted, changed_at,
                                    source, event_id)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[],
+                             $5::timestamptz[], $6::text[], $7::text[])
         ON CONFLICT (customer_id, purpose, channel) DO UPDATE SET
             granted = EXCLUDED.granted, changed_at = EXCLUDED.changed_at,
             source = EXCLUDED.source, event_id = EXCLUDED.event_id
         WHERE {_CONSENT_VERSION.format(t="c")} < {_CONSENT_VERSION.format(t="EXCLUDED")}
         """,
-        [
-            (c.customer_id, c.purpose, c.channel, c.granted, c.changed_at, c.source, c.event_id)
-            for c in consents
-        ],
+        *columns(
+            consents,
+            "customer_id",
+            "purpose",
+            "channel",
+            "granted",
+            "changed_at",
+            "source",
+            "event_id",
+        ),
     )
 
 

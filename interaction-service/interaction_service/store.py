@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
 import asyncpg
 
-from crm_shared.runtime.db import columns
 from interaction_service.projection import (
     ContactTotals,
     EventKey,
@@ -39,18 +37,8 @@ async def add_to_timeline(
         ON CONFLICT (source, event_id) DO NOTHING
         RETURNING source, event_id
         """,
-        *columns(
-            entries,
-            "source",
-            "event_id",
-            "customer_id",
-            "occurred_at",
-            "kind",
-            "event_type",
-            "channel",
-            "summary",
-        ),
-        [json.dumps(e.details, separators=(",", ":"), ensure_ascii=False) for e in entries],
+        # The arrays are the entries' fields, in TimelineEntry's order.
+        *(list(column) for column in zip(*entries, strict=True)),
     )
     return {(row["source"], row["event_id"]) for row in rows}
 

@@ -11,7 +11,7 @@ Time rules read the clock's ticks in the customer's partition of crm.orders
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -28,6 +28,7 @@ from crm_shared.contracts.events import (
     SegmentLeft,
 )
 from crm_shared.runtime.derived import Derived, derive
+from profile_service.events import PURCHASE_TYPES
 
 CONTACT_FIELDS = ("name", "email", "phone", "country")
 
@@ -51,38 +52,45 @@ def evolve_customer(record: CustomerRecord | None, event: Event) -> CustomerReco
     current = record or CustomerRecord(customer_id=event.customer_id)
     when = event.time.isoformat()
     times = dict(current.field_times)
-
-    def newer(key: str) -> bool:
-        if times.get(key, "") > when:
-            return False
-        times[key] = when
-        return True
-
     contact = dict(current.contact)
     for name in CONTACT_FIELDS:
         value = getattr(data, name)
-        if value is not None and newer(name):
+        if value is not None and times.get(name, "") <= when:
+            times[name] = when
             contact[name] = value
-    attributes = dict(current.attributes)
-    attributes.update({k: v for k, v in data.attributes.items() if newer(f"attributes.{k}")})
-    identifiers = dict(current.identifiers)
-    identifiers.update({k: v for k, v in data.identifiers.items() if newer(f"identifiers.{k}")})
+    attributes = _newer_entries(current.attributes, data.attributes, "attributes.", times, when)
+    identifiers = _newer_entries(current.identifiers, data.identifiers, "identifiers.", times, when)
 
     registered_at = current.registered_at
     if isinstance(data, CustomerRegistered) and (
         registered_at is None or event.time < registered_at
     ):
         registered_at = event.time
-    updated_at = max(filter(None, (current.updated_at, event.time)))
-    return replace(
-        current,
-        contact=contact,
-        attributes=attributes,
-        identifiers=identifiers,
-        field_times=times,
-        registered_at=registered_at,
-        updated_at=updated_at,
+    updated_at = current.updated_at
+    if updated_at is None or event.time > updated_at:
+        updated_at = event.time
+    return CustomerRecord(
+        current.customer_id, contact, attributes, identifiers, times, registered_at, updated_at
     )
+
+
+def _newer_entries(
+    stored: Mapping[str, str],
+    incoming: Mapping[str, str],
+    prefix: str,
+    times: dict[str, str],
+    when: str,
+) -> Mapping[str, str]:
+    """`stored` with the incoming entries no newer event has set ('prefix + key' in `times`,
+    which records `when` for each entry taken)."""
+    if not incoming:
+        return stored
+    merged = dict(stored)
+    for key, value in incoming.items():
+        if times.get(prefix + key, "") <= when:
+            times[prefix + key] = when
+            merged[key] = value
+    return merged
 
 
 def evolve_customers(
@@ -114,7 +122,7 @@ class PurchaseDelta:
         data = event.data
         if event.partition >= 0:
             self.orders_partition = event.partition
-        if isinstance(data, OrderPlaced):
+        if type(data) is OrderPlaced:
             self.orders += 1
             self.items += sum(line.quantity for line in data.lines)
             self.gross_revenue += data.total
@@ -122,7 +130,7 @@ class PurchaseDelta:
                 self.first_purchase_at = event.time
             if self.last_purchase_at is None or event.time > self.last_purchase_at:
                 self.last_purchase_at = event.time
-        elif isinstance(data, OrderRefunded):
+        elif type(data) is OrderRefunded:
             self.refunds += 1
             self.items -= sum(line.quantity for line in data.lines)
             self.refunded += data.total
@@ -132,7 +140,7 @@ def purchase_deltas(events: Iterable[Event]) -> dict[str, PurchaseDelta]:
     """Sum a batch's orders and refunds per customer."""
     deltas: dict[str, PurchaseDelta] = {}
     for event in events:
-        if isinstance(event.data, OrderPlaced | OrderRefunded):
+        if event.type in PURCHASE_TYPES:
             delta = deltas.get(event.customer_id)
             if delta is None:
                 delta = deltas[event.customer_id] = PurchaseDelta()

@@ -41,42 +41,45 @@ def _record(row: Mapping[str, Any]) -> CustomerRecord:
 
 
 async def save_customers(conn: asyncpg.Connection, records: Collection[CustomerRecord]) -> None:
+    """Write the records (one per customer) and their identifiers, one statement each."""
     if not records:
         return
-    await conn.executemany(
+    await conn.execute(
         """
         INSERT INTO customers (customer_id, name, email, phone, country, attributes, identifiers,
                                field_times, registered_at, updated_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                             $6::jsonb[], $7::jsonb[], $8::jsonb[], $9::timestamptz[],
+                             $10::timestamptz[])
         ON CONFLICT (customer_id) DO UPDATE SET
             name = EXCLUDED.name, email = EXCLUDED.email, phone = EXCLUDED.phone,
             country = EXCLUDED.country, attributes = EXCLUDED.attributes,
             identifiers = EXCLUDED.identifiers, field_times = EXCLUDED.field_times,
             registered_at = EXCLUDED.registered_at, updated_at = EXCLUDED.updated_at
         """,
-        [
-            (
-                r.customer_id,
-                *(r.contact.get(name) for name in CONTACT_FIELDS),
-                dict(r.attributes),
-                dict(r.identifiers),
-                dict(r.field_times),
-                r.registered_at,
-                r.updated_at,
-            )
-            for r in records
-        ],
+        [r.customer_id for r in records],
+        *([r.contact.get(name) for r in records] for name in CONTACT_FIELDS),
+        [dict(r.attributes) for r in records],
+        [dict(r.identifiers) for r in records],
+        [dict(r.field_times) for r in records],
+        [r.registered_at for r in records],
+        [r.updated_at for r in records],
     )
-    identifiers = [
-        (system, value, r.customer_id) for r in records for system, value in r.identifiers.items()
-    ]
-    if identifiers:
-        await conn.executemany(
+    # An identifier claimed by two records of the batch goes to the later one, as row-by-row
+    # upserts in this order would give (one statement may not update a row twice).
+    owners = {
+        (system, value): r.customer_id for r in records for system, value in r.identifiers.items()
+    }
+    if owners:
+        await conn.execute(
             """
-            INSERT INTO customer_identifiers (system, value, customer_id) VALUES ($1, $2, $3)
+            INSERT INTO customer_identifiers (system, value, customer_id)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
             ON CONFLICT (system, value) DO UPDATE SET customer_id = EXCLUDED.customer_id
             """,
-            identifiers,
+            [system for system, _ in owners],
+            [value for _, value in owners],
+            list(owners.values()),
         )
 
 
@@ -90,8 +93,9 @@ async def add_purchases(conn: asyncpg.Connection, deltas: Mapping[str, PurchaseD
         INSERT INTO purchase_totals AS t (customer_id, orders, refunds, items, gross_revenue,
                                           refunded, first_purchase_at, last_purchase_at,
                                           orders_partition)
-        SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::numeric[],
-                             $6::numeric[], $7::timestamptz[], $8::timestamptz[], $9::int[])
+        SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[],
+                             $5::text[]::numeric[], $6::text[]::numeric[], $7::timestamptz[],
+                             $8::timestamptz[], $9::int[])
         ON CONFLICT (customer_id) DO UPDATE SET
             orders_partition = coalesce(EXCLUDED.orders_partition, t.orders_partition),
             orders = t.orders + EXCLUDED.orders,
@@ -103,17 +107,11 @@ async def add_purchases(conn: asyncpg.Connection, deltas: Mapping[str, PurchaseD
             last_purchase_at = GREATEST(t.last_purchase_at, EXCLUDED.last_purchase_at)
         """,
         ids,
-        *columns(
-            values,
-            "orders",
-            "refunds",
-            "items",
-            "gross_revenue",
-            "refunded",
-            "first_purchase_at",
-            "last_purchase_at",
-            "orders_partition",
-        ),
+        *columns(values, "orders", "refunds", "items"),
+        # Money as text: PostgreSQL parses it for less than asyncpg's binary numeric encoding.
+        [str(d.gross_revenue) for d in values],
+        [str(d.refunded) for d in values],
+        *columns(values, "first_purchase_at", "last_purchase_at", "orders_partition"),
     )
 
 

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
 
 from crm_shared.contracts.events import (
     MAX_EVENT_BYTES,
+    Event,
     InvalidEvent,
     OrderPlaced,
     build_event,
     encode_event,
     parse_event,
+    parse_event_in_two_steps,
 )
 from crm_shared.contracts.topics import ALL_TOPICS, topic_for
+from crm_shared.ops.demo.workload import Workload
 
 
 def _order_document(**overrides: object) -> dict[str, object]:
@@ -125,3 +129,73 @@ def test_an_order_beyond_the_bounds_is_refused_with_the_bound(
 ) -> None:
     with pytest.raises(InvalidEvent, match=reason):
         _order_with_lines(lines)
+
+
+# ----------------------------------------------------------------------------- one-pass parsing
+
+_ENVELOPE = (
+    '{"specversion":"1.0","id":"e1","source":"shop","type":"%s","subject":"C-1",'
+    '"time":"2024-05-01T10:00:00Z","data":%s}'
+)
+
+
+def _order_with(price: str = '"1"', quantity: str = "1") -> str:
+    line = f'{{"product_id":"P","quantity":{quantity},"unit_price":{price}}}'
+    return _ENVELOPE % ("crm.order.placed.v1", f'{{"order_id":"O","lines":[{line}]}}')
+
+
+_VIEWED = _ENVELOPE % ("crm.product.viewed.v1", '{"product_id":"P"}')
+_NEAR_MISSES = [
+    *(
+        _order_with(price=price)
+        for price in ("3.0", "1e2", "2.55", "1.00000000000000001", "-0.0", "1000000.0", "7")
+    ),
+    *(_order_with(price=price) for price in ('"3.0"', "0.00005", "1000000.01", "NaN", "true")),
+    *(_order_with(quantity=q) for q in ("2.0", "1e2", '"3"', "2.5", "true", "1000001")),
+    _VIEWED.replace('"type"', '"type":"crm.order.placed.v1","type"'),
+    _VIEWED.replace('"data"', '"type":"crm.order.placed.v1","data"'),
+    _VIEWED.replace('"data"', '"data":{"product_id":"Z"},"data"'),
+    _VIEWED.replace('{"product_id":"P"}', '{"product_id":"P","product_id":"Q"}'),
+    _VIEWED.replace('{"product_id":"P"}', "[1]"),
+    _VIEWED.replace("2024-05-01T10:00:00Z", "1714557600"),
+    _VIEWED.replace("2024-05-01T10:00:00Z", "2024-05-01T12:00:00+02:00"),
+    _VIEWED.replace("2024-05-01T10:00:00Z", "2024-05-01T10:00:00"),
+    _VIEWED[:-1] + ',"datacontenttype":"text/plain"}',
+    _ENVELOPE % ("crm.feedback.given.v1", '{"score":5.0,"kind":"praise","channel":"email"}'),
+    _ENVELOPE % ("crm.feedback.given.v1", '{"score":true}'),
+    _ENVELOPE % ("crm.customer.registered.v1", '{"attributes":{"a":"1","a":2}}'),
+    _ENVELOPE % ("crm.channel_preference.set.v1", '{"channels":["email","email"]}'),
+    _ENVELOPE
+    % (
+        "crm.channel_preference.set.v1",
+        '{"channels":["sms"],"quiet_hours":{"start":"22:00","end":"07:00","timezone":"Mars/Base"}}',
+    ),
+    _ENVELOPE % ("crm.segment.entered.v1", '{"segment":"lapsed","version":1.0,"reason":"r"}'),
+    _ENVELOPE % ("crm.nothing.v9", "{}"),
+]
+
+
+def _outcome(parse: Callable[[bytes], Event], raw: bytes) -> tuple[str, object, str]:
+    try:
+        event = parse(raw)
+    except InvalidEvent as problem:
+        return ("refused", None, str(problem))
+    return ("accepted", event, event.data.model_dump_json())
+
+
+@pytest.mark.parametrize("record", _NEAR_MISSES)
+def test_one_pass_parsing_accepts_reads_and_refuses_exactly_as_the_two_steps(record: str) -> None:
+    raw = record.encode()
+    assert _outcome(parse_event, raw) == _outcome(parse_event_in_two_steps, raw)
+
+
+def test_one_pass_parsing_reads_the_workload_exactly_as_the_two_steps() -> None:
+    for document in Workload(seed=5, prefix="parse").events(3000):
+        raw = encode_event(document)
+        assert _outcome(parse_event, raw) == _outcome(parse_event_in_two_steps, raw)
+
+
+def test_a_json_number_price_keeps_its_python_reading() -> None:
+    event = parse_event(_order_with(price="3.0").encode())
+    assert isinstance(event.data, OrderPlaced)
+    assert str(event.data.lines[0].unit_price) == "3.0"

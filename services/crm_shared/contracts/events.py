@@ -15,10 +15,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, cast
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+)
 
 MAX_EVENT_BYTES = 1024 * 1024
 """Largest encoded event we accept: bigger records are dead-lettered, never folded."""
@@ -38,6 +48,15 @@ numeric(28, 4) money).
 
 CustomerId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]
 ProductId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+def _json_number_as_python_reads_it(value: Any, info: ValidationInfo) -> Any:
+    """Parsing JSON straight into a Decimal keeps no trailing zero of a number (3.0 gives
+    Decimal('3')); from the parsed document it is the float's text (Decimal('3.0')). Both
+    parsing paths of `parse_event` must give the same value, so JSON numbers go by the text."""
+    return str(value) if info.mode == "json" and isinstance(value, float) else value
+
+
 Money = Annotated[
     Decimal,
     Field(
@@ -47,6 +66,7 @@ Money = Annotated[
         decimal_places=4,
         description="From 0 to 1000000 with at most 4 decimals, as a number or a string",
     ),
+    BeforeValidator(_json_number_as_python_reads_it),
 ]
 EventSource = Annotated[str, Field(min_length=1, max_length=256)]
 """The CloudEvents `source`: the publishing system (shop, pos, ...)."""
@@ -296,10 +316,50 @@ class InvalidEvent(ValueError):
     """The record is not an event we can fold; the message says why, for the dead-letter topic."""
 
 
+def _typed_envelope(event_type: str, model: type[_EventData]) -> type[CloudEvent]:
+    """The envelope of one event type with its data typed: one validation checks both."""
+    this_type: Any = Literal.__getitem__(event_type)
+    envelope: type[CloudEvent] = create_model(
+        f"{model.__name__}Envelope", __base__=CloudEvent, type=(this_type, ...), data=(model, ...)
+    )
+    return envelope
+
+
+_ANY_TYPED_ENVELOPE: Any = Annotated[
+    Union.__getitem__(tuple(_typed_envelope(t, m) for t, m in EVENT_TYPES.items())),
+    Field(discriminator="type"),
+]
+_TYPED_ENVELOPES = TypeAdapter[CloudEvent](_ANY_TYPED_ENVELOPE)
+"""Every event type's typed envelope, chosen by `type` while parsing (the hot path)."""
+
+
 def parse_event(raw: bytes, partition: int = -1) -> Event:
-    """Decode and validate one encoded record; raise InvalidEvent with a readable reason."""
+    """Decode and validate one encoded record; raise InvalidEvent with a readable reason.
+
+    A valid record is parsed and validated in one pass of its typed envelope. Anything that pass
+    refuses goes through the two-step validation (envelope, then data), which alone decides
+    whether it is refused and says why: the one pass accepts nothing the two steps refuse
+    (tests/unit/test_events.py compares them), so both accept the same records.
+    """
     if len(raw) > MAX_EVENT_BYTES:
         raise InvalidEvent(f"event too large: {len(raw)} bytes, limit {MAX_EVENT_BYTES}")
+    try:
+        typed = _TYPED_ENVELOPES.validate_json(raw)
+    except ValidationError:
+        return parse_event_in_two_steps(raw, partition)
+    return Event(
+        id=typed.id,
+        source=typed.source,
+        type=typed.type,
+        customer_id=typed.subject,
+        time=typed.time.astimezone(UTC),
+        data=cast(_EventData, typed.data),
+        partition=partition,
+    )
+
+
+def parse_event_in_two_steps(raw: bytes, partition: int = -1) -> Event:
+    """The envelope, then the data by its type: the reference rules and their error reasons."""
     try:
         envelope = CloudEvent.model_validate_json(raw)
     except ValidationError as error:
