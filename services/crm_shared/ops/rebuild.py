@@ -311,8 +311,11 @@ class Rebuild:
                 await shadow.hold_live_writes(admin, live, self.wait_seconds)
                 held_from = time.monotonic()
                 await self._catch_up_exactly(admin, folder, live, progress)
-                live_prints = await shadow.fingerprints(admin, live)
-                rebuilt_prints = await shadow.fingerprints(admin, shadow.SHADOW_SCHEMA)
+                # Two sessions, so that PostgreSQL reads both schemas side by side.
+                live_prints, rebuilt_prints = await asyncio.gather(
+                    shadow.fingerprints(admin, live),
+                    shadow.fingerprints(builder, shadow.SHADOW_SCHEMA),
+                )
                 missing = await shadow.applied_ids_missing(admin, live, shadow.SHADOW_SCHEMA)
                 differences = compare(live_prints, rebuilt_prints, missing)
                 retired = None
