@@ -5,7 +5,8 @@
 Starts the projection's worker, publishes N events of the workload mix, waits until the worker
 has folded them, then runs the rebuild (crm_shared.ops.rebuild) in this process and prints its
 report: the replay's rate, what was applied, how long the live writes were held, and whether the
-rebuilt tables equal the live ones.
+rebuilt tables equal the live ones; and, for comparison in the same run, the live worker's rate
+over the same records (from the first publish until it caught up).
 """
 
 from __future__ import annotations
@@ -48,14 +49,18 @@ async def main() -> None:
         pool = await asyncpg.create_pool(
             f"{env['CRM_PG_DSN_BASE']}/crm_{service.name}", min_size=1, max_size=1
         )
-        await wait_caught_up({service.name: pool}, bootstrap, started)
+        live_seconds = await wait_caught_up({service.name: pool}, bootstrap, started) - started
         await pool.close()
-        say(f"live worker caught up after {time.monotonic() - started:.1f} s; rebuilding")
+        say(f"live worker caught up after {live_seconds:.1f} s; rebuilding")
         rebuild = Rebuild(service, batch_records=args.batch_records, wait_seconds=120)
         outcome = await rebuild.run(force=False, progress=sys.stderr)
     finally:
         launcher.stop(worker, env)
     print(outcome.report)
+    print(
+        f"for comparison, the live worker folded the same records as they were published: "
+        f"{outcome.replayed / live_seconds:,.0f} records/s"
+    )
     for difference in outcome.differences:
         print(f"  differs: {difference}")
     print("switched" if outcome.switched else "NOT switched")
