@@ -348,11 +348,22 @@ class Rebuild:
     async def _replay(
         self, folder: BulkFolder, start: Offsets, until: Offsets, bar: ProgressBar
     ) -> None:
+        """Fold the range batch by batch, decoding the next batch while one folds."""
         done = 0
-        async for batch in self.reader.read(start, until):
-            await folder.fold(batch)
-            done += len(batch)
-            bar.update(done)
+        folding: asyncio.Task[None] | None = None
+        try:
+            async for records in self.reader.read(start, until):
+                batch = await folder.decode(records)
+                if folding is not None:
+                    await folding
+                folding = asyncio.create_task(folder.fold(batch, len(records)))
+                done += len(records)
+                bar.update(done)
+            if folding is not None:
+                await folding
+        finally:
+            if folding is not None and not folding.done():
+                folding.cancel()
         bar.update(done, final=True)
 
     async def _follow_live(
