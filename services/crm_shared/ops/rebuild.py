@@ -32,6 +32,7 @@ from typing import IO
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from crm_shared.ops import platform
 from crm_shared.runtime import shadow
@@ -436,8 +437,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rebuild = Rebuild(service, batch_records=args.batch_records, wait_seconds=args.wait_seconds)
     try:
         outcome = asyncio.run(rebuild.run(force=args.force, progress=sys.stderr))
-    except RebuildFailed as error:
-        print(f"rebuild of {args.projection} failed: {error}", file=sys.stderr)
+    except (RebuildFailed, asyncpg.PostgresError, KafkaError, OSError) as error:
+        # The live view is untouched: the switch is one transaction, and it did not commit.
+        print(
+            f"rebuild of {args.projection} failed: {type(error).__name__}: {error}", file=sys.stderr
+        )
         return 2
     print(outcome.report)
     for difference in outcome.differences:
