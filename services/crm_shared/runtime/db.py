@@ -78,6 +78,17 @@ async def open_pool(dsn: str, migrations: Path, size: int) -> asyncpg.Pool:
     return pool
 
 
+async def connect_in_schema(dsn: str, schema: str, **settings: str) -> asyncpg.Connection:
+    """A connection whose unqualified names resolve in `schema` alone: the projection's code
+    (its folds and migrations) then reads and writes that schema's tables, e.g. a rebuild's
+    shadow. Further server settings (synchronous_commit, ...) may be given."""
+    conn: asyncpg.Connection = await asyncpg.connect(
+        dsn, server_settings={"search_path": schema, **settings}
+    )
+    await _init_connection(conn)
+    return conn
+
+
 def columns(rows: Iterable[Any], *fields: str) -> list[list[Any]]:
     """Rows (objects with these attributes) as one list per field: the arrays unnest() takes."""
     materialised = list(rows)

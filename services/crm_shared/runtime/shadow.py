@@ -1,0 +1,170 @@
+"""The SQL of a rebuild: a shadow schema beside the live one, its fingerprints, and the switch.
+
+A projection's code addresses its tables unqualified, so a connection whose search_path is the
+shadow schema folds into the shadow while the live schema (normally `public`) keeps serving.
+The switch renames the schemas in one transaction; PostgreSQL invalidates every cached plan when
+a schema is renamed, so the live processes' next statements resolve to the new tables.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from crm_shared.runtime.db import apply_migrations
+
+SHADOW_SCHEMA = "rebuild_shadow"
+
+NOT_FINGERPRINTED = frozenset({"outbox", "schema_migrations", "applied_events"})
+"""Bookkeeping whose rows differ by design: derived events are not written again by a rebuild,
+migrations are applied at other times, and the live projection forgets applied ids past the
+deduplication window (those are compared one way: applied_ids_missing)."""
+
+BOOKKEEPING_COLUMNS: dict[str, frozenset[str]] = {"consumer_positions": frozenset({"updated_at"})}
+"""Columns that say when, not what: left out of a table's checksum."""
+
+LIVE_WRITES = ("applied_events", "consumer_positions", "outbox")
+"""Every live worker transaction writes the first two (and the relay the outbox): holding them
+stops the live side's writes, while its readers go on."""
+
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def quoted(name: str) -> str:
+    """A schema or table name fit for SQL text; anything unusual is refused, not escaped."""
+    if not _IDENTIFIER.fullmatch(name):
+        raise ValueError(f"not a plain identifier: {name!r}")
+    return f'"{name}"'
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a table holds, in two numbers: its rows and an order-free checksum of their text."""
+
+    rows: int
+    checksum: str
+    columns: tuple[str, ...]
+
+
+async def live_schema(conn: asyncpg.Connection) -> str | None:
+    """The schema the projection's processes read (where their search_path finds
+    consumer_positions), or None when the projection's database holds no projection yet."""
+    schema: str | None = await conn.fetchval(
+        "SELECT relnamespace::regnamespace::text FROM pg_class"
+        " WHERE oid = to_regclass('consumer_positions')"
+    )
+    return schema
+
+
+async def create_shadow(conn: asyncpg.Connection, shadow: str, migrations: Path) -> None:
+    """A fresh shadow schema (a leftover of a failed rebuild is dropped) with the projection's
+    migrations applied, its tables unlogged while they are filled. `conn`'s search_path must be
+    the shadow alone (db.connect_in_schema)."""
+    await conn.execute(f"DROP SCHEMA IF EXISTS {quoted(shadow)} CASCADE")
+    await conn.execute(f"CREATE SCHEMA {quoted(shadow)}")
+    await apply_migrations(conn, migrations)
+    for table in await tables(conn, shadow):
+        await conn.execute(f"ALTER TABLE {quoted(shadow)}.{quoted(table)} SET UNLOGGED")
+
+
+async def make_durable(conn: asyncpg.Connection, schema: str) -> None:
+    """Turn the unlogged tables logged (written to the WAL once) before they go live."""
+    for table in await tables(conn, schema):
+        await conn.execute(f"ALTER TABLE {quoted(schema)}.{quoted(table)} SET LOGGED")
+
+
+async def drop_schema(conn: asyncpg.Connection, schema: str) -> None:
+    await conn.execute(f"DROP SCHEMA IF EXISTS {quoted(schema)} CASCADE")
+
+
+async def tables(conn: asyncpg.Connection, schema: str) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY c.relname",
+        schema,
+    )
+    return [row["relname"] for row in rows]
+
+
+async def positions(conn: asyncpg.Connection, schema: str) -> dict[tuple[str, int], int]:
+    rows = await conn.fetch(
+        f"SELECT topic, partition, next_offset FROM {quoted(schema)}.consumer_positions"
+    )
+    return {(row["topic"], row["partition"]): row["next_offset"] for row in rows}
+
+
+async def fingerprints(conn: asyncpg.Connection, schema: str) -> dict[str, Fingerprint]:
+    """Every compared table's row count and checksum: the sum of the first 60 bits of each row's
+    md5 (columns by name, bookkeeping columns left out). A sum needs no sort and no memory
+    beyond one row, and does not depend on the physical order of rows or columns."""
+    found: dict[str, Fingerprint] = {}
+    for table in await tables(conn, schema):
+        if table in NOT_FINGERPRINTED:
+            continue
+        names = await conn.fetch(
+            "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass"
+            " AND attnum > 0 AND NOT attisdropped ORDER BY attname",
+            f"{quoted(schema)}.{quoted(table)}",
+        )
+        kept = tuple(
+            row["attname"]
+            for row in names
+            if row["attname"] not in BOOKKEEPING_COLUMNS.get(table, frozenset())
+        )
+        row_text = f"ROW({', '.join(quoted(name) for name in kept)})::text"
+        rows, checksum = await conn.fetchrow(
+            f"SELECT count(*), coalesce(sum(('x' || left(md5({row_text}), 15))::bit(60)::bigint),"
+            f" 0)::text FROM {quoted(schema)}.{quoted(table)}"
+        )
+        found[table] = Fingerprint(rows, checksum, kept)
+    return found
+
+
+async def applied_ids_missing(conn: asyncpg.Connection, live: str, shadow: str) -> int:
+    """Event ids the live projection applied (and still remembers) that the shadow did not."""
+    missing: int = await conn.fetchval(
+        f"SELECT count(*) FROM {quoted(live)}.applied_events l WHERE NOT EXISTS ("
+        f" SELECT 1 FROM {quoted(shadow)}.applied_events s"
+        " WHERE s.source = l.source AND s.id = l.id)"
+    )
+    return missing
+
+
+async def hold_live_writes(conn: asyncpg.Connection, live: str, timeout_seconds: float) -> None:
+    """In the caller's transaction: wait for the live batch in flight to commit, then stop the
+    next ones (they block on their first write) until the transaction ends. Reads go on."""
+    await conn.execute(f"SET LOCAL lock_timeout = '{int(timeout_seconds * 1000)}ms'")
+    held = ", ".join(f"{quoted(live)}.{table}" for table in LIVE_WRITES)
+    await conn.execute(f"LOCK TABLE {held} IN EXCLUSIVE MODE")
+
+
+async def carry_unsent_outbox(conn: asyncpg.Connection, live: str, shadow: str) -> int:
+    """Move the derived events the live relay has not published yet into the shadow's outbox,
+    under their sequence numbers (a relay blocked on marking them sent marks the same rows), and
+    continue the shadow's sequence after the live one. Returns how many were carried."""
+    status = await conn.execute(
+        f"INSERT INTO {quoted(shadow)}.outbox"
+        " (seq, topic, key, value, event_id, type, created_at, sent_at) OVERRIDING SYSTEM VALUE"
+        " SELECT seq, topic, key, value, event_id, type, created_at, sent_at"
+        f" FROM {quoted(live)}.outbox WHERE sent_at IS NULL ORDER BY seq"
+    )
+    live_sequence = await conn.fetchval(
+        "SELECT pg_get_serial_sequence($1, 'seq')", f"{quoted(live)}.outbox"
+    )
+    last, called = await conn.fetchrow(f"SELECT last_value, is_called FROM {live_sequence}")
+    await conn.execute(
+        "SELECT setval(pg_get_serial_sequence($1, 'seq'), $2, $3)",
+        f"{quoted(shadow)}.outbox",
+        last,
+        called,
+    )
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def switch(conn: asyncpg.Connection, live: str, shadow: str, retired: str) -> None:
+    """In the caller's transaction: the live schema is retired and the shadow takes its name."""
+    await conn.execute(f"ALTER SCHEMA {quoted(live)} RENAME TO {quoted(retired)}")
+    await conn.execute(f"ALTER SCHEMA {quoted(shadow)} RENAME TO {quoted(live)}")
