@@ -313,7 +313,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             if value is not None
         }
         try:
-            response, body = await services.timeline_page(
+            answer, body = await services.timeline_page(
                 customer_id, params, request.state.request_id
             )
         except UpstreamFailure as failure:
@@ -322,12 +322,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 f"the interaction service cannot give the timeline now ({failure}); "
                 "try again later",
             ) from None
-        if response.status_code in (200, 404, 422) and body is not None:
+        if answer.status in (200, 404, 422) and body is not None:
             # The service's own bytes: it shaped them with its response model already.
-            return Response(response.content, status_code=response.status_code, media_type=JSON)
+            return Response(answer.content, status_code=answer.status, media_type=JSON)
         raise HTTPException(
             502,
-            f"the interaction service failed to give the timeline (HTTP {response.status_code})",
+            f"the interaction service failed to give the timeline (HTTP {answer.status})",
         )
 
     @app.post("/v1/events", response_model=IngestResponse, responses=errors(*GUARDED, 400))

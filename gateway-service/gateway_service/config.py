@@ -30,7 +30,7 @@ class GatewaySettings(ServiceSettings):
         default=64,
         ge=1,
         le=1000,
-        description="Connections kept open to each service (beyond them, calls wait their turn)",
+        description="Connections open to each service at most (beyond them, calls wait their turn)",
     )
     key_cache_seconds: float = Field(
         default=5.0,

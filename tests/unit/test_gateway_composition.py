@@ -136,7 +136,7 @@ def test_failure_labels_for_metrics() -> None:
 
 
 def test_the_rendered_view_splices_in_each_part_as_its_service_sent_it() -> None:
-    sent = b'{"customer_id": "C1",  "name": "Ann\u00e9", "total": "10.50"}'
+    sent = rb'{"customer_id": "C1",  "name": "Ann\u00e9", "total": "10.50"}'
     outcomes = _outcomes(
         profile=from_response(200, json.loads(sent), sent),
         preferences=NotFound(),
