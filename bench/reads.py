@@ -2,28 +2,34 @@
 
     ./crm bench-reads [--events 40000] [--seconds 15] [--concurrency 20]
 
-Starts every process of the platform on the bench's own broker and database, publishes a
-workload, waits until the projections hold it, then asks the gateway for random customers'
-360s and timeline pages from `--concurrency` clients for `--seconds` each, with an API key whose
-rate limit is out of the way. Prints requests/s and latency percentiles, beside the gateway's
-health check as the floor of what one request costs. Targets (issue "Speed"): the 360 at
-500 requests/s with p99 <= 50 ms, the timeline at 1,000 requests/s with p99 <= 25 ms.
+Starts every process of the platform on the bench's own broker, database and ports, publishes a
+workload, waits until the projections hold it, then drives the gateway with wrk (C, one thread,
+`--concurrency` keep-alive connections; bench/reads.lua spreads the requests over the customers
+who bought) for `--seconds` per target, with an API key and a rate limit high enough to stay out
+of the way (the limiter still runs). Prints requests/s and latency percentiles beside the
+gateway's health check (the floor of what one request costs), and the CPU each process spent per
+request, read from /proc before and after: less noisy than requests/s on a shared machine.
+Targets (issue "Speed"): the 360 at 500 requests/s with p99 <= 50 ms, the timeline at
+1,000 requests/s with p99 <= 25 ms.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
-import random
+import resource
 import secrets
-import statistics
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
-import httpx
 
 from bench.pipeline import encoded, publish, say, wait_caught_up
 from crm_shared.ops import launcher, platform
@@ -31,31 +37,171 @@ from crm_shared.ops.demo.workload import Workload
 
 PROJECTIONS = tuple(service.name for service in platform.projections())
 ORDER = "crm.order.placed.v1"
+LUA_SCRIPT = Path(__file__).with_name("reads.lua")
+PORT_SHIFT = 15_000
+"""The bench's processes listen on their default port + this: clear of a running demo (the
+defaults), of the test slots (+10,000 + 100 a slot) and of Linux's ephemeral ports."""
+TARGETS = {
+    "health check": "/healthz",
+    "customer 360": "/v1/customers/{id}",
+    "timeline page": "/v1/customers/{id}/timeline?limit=20",
+}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-async def hammer(
-    client: httpx.AsyncClient, path_of: Callable[[], str], seconds: float, concurrency: int
-) -> tuple[float, list[float], int]:
-    """Requests/s, every latency (ms) and the count of answers other than 200."""
-    deadline = time.monotonic() + seconds
-    latencies: list[float] = []
-    failures = 0
+@dataclass(frozen=True)
+class LoadResult:
+    """What wrk measured for one target (bench/reads.lua's last line)."""
 
-    async def one_client() -> None:
-        nonlocal failures
-        while time.monotonic() < deadline:
-            started = time.perf_counter()
-            response = await client.get(path_of())
-            latencies.append((time.perf_counter() - started) * 1000)
-            failures += response.status_code != 200
+    requests: int
+    seconds: float
+    not_2xx: int
+    socket_errors: int
+    p50_ms: float
+    p99_ms: float
 
-    started = time.monotonic()
-    await asyncio.gather(*(one_client() for _ in range(concurrency)))
-    return len(latencies) / (time.monotonic() - started), latencies, failures
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    return statistics.quantiles(values, n=1000)[int(fraction * 1000) - 1] if values else 0.0
+def parse_wrk(output: str) -> LoadResult:
+    """The figures from the JSON line bench/reads.lua prints when wrk is done."""
+    line = next(text for text in reversed(output.splitlines()) if text.startswith("{"))
+    figures = json.loads(line)
+    return LoadResult(
+        requests=figures["requests"],
+        seconds=figures["duration_us"] / 1e6,
+        not_2xx=figures["not_2xx"],
+        socket_errors=figures["socket_errors"],
+        p50_ms=figures["p50_us"] / 1000,
+        p99_ms=figures["p99_us"] / 1000,
+    )
+
+
+async def run_wrk(
+    url: str, key: str, ids_file: Path, template: str, seconds: float, concurrency: int
+) -> LoadResult:
+    wrk = await asyncio.create_subprocess_exec(
+        "wrk",
+        "--threads",
+        "1",
+        "--connections",
+        str(concurrency),
+        "--duration",
+        f"{seconds:g}s",
+        "--timeout",
+        "10s",
+        "--header",
+        f"Authorization: Bearer {key}",
+        "--script",
+        str(LUA_SCRIPT),
+        url,
+        "--",
+        str(ids_file),
+        template,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await wrk.communicate()
+    if wrk.returncode != 0:
+        raise RuntimeError(f"wrk failed ({wrk.returncode}): {err.decode()}")
+    return parse_wrk(out.decode())
+
+
+def _cpu_ticks(pid: int) -> int:
+    """utime + stime of one process, in clock ticks; 0 when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+            tree.setdefault(parent, []).append(int(entry.name))
+    return tree
+
+
+def cpu_seconds(roots: Mapping[str, int]) -> dict[str, float]:
+    """CPU seconds each named process has used so far, its descendants included (uvicorn's
+    workers, PostgreSQL's backends)."""
+    tree = _children()
+
+    def total(pid: int) -> int:
+        return _cpu_ticks(pid) + sum(total(child) for child in tree.get(pid, []))
+
+    return {name: total(pid) / CLOCK_TICKS for name, pid in roots.items()}
+
+
+def measured_processes(env: Mapping[str, str]) -> dict[str, int]:
+    """The APIs and PostgreSQL: what a read costs CPU in."""
+    roots = {
+        process.name: pid
+        for process in launcher.PROCESSES
+        if process.component == "api" and (pid := launcher.running_pid(process, env))
+    }
+    postmaster = Path(env["CRM_PG_DIR"]) / "pg" / "postmaster.pid"
+    roots["postgres"] = int(postmaster.read_text().split()[0])
+    return roots
+
+
+def own_children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_line(spent: Mapping[str, float], requests: int) -> str:
+    """CPU ms per request of each process that spent any, and in all."""
+    per_request = {
+        name: seconds * 1000 / requests for name, seconds in spent.items() if seconds > 0
+    }
+    parts = "  ".join(f"{name.removesuffix('-api')} {ms:.2f}" for name, ms in per_request.items())
+    return f"CPU ms/request: {parts}  (all {sum(per_request.values()):.2f})"
+
+
+def bench_env(base: Mapping[str, str]) -> dict[str, str]:
+    """The processes' environment: quiet logs, a service token, a limit out of the way, ports."""
+    ports = {p.port_env: str(p.default_port + PORT_SHIFT) for p in launcher.PROCESSES}
+    services = {
+        f"CRM_GATEWAY_{p.service.upper()}_URL": f"http://127.0.0.1:{ports[p.port_env]}"
+        for p in launcher.PROCESSES
+        if p.component == "api" and p.service != "gateway"
+    }
+    return {
+        **base,
+        **ports,
+        **services,
+        "CRM_LOG_LEVEL": "WARNING",
+        "CRM_SERVICE_TOKEN": secrets.token_urlsafe(32),
+        "CRM_GATEWAY_RATE_PER_SECOND": "1000000",
+        "CRM_GATEWAY_RATE_BURST": "1000000",
+    }
+
+
+async def create_key(env: Mapping[str, str]) -> str:
+    result = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway_service.keys",
+        "create",
+        "--name",
+        "bench",
+        "--scopes",
+        "customers:read",
+        env=dict(env),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    return (await result.communicate())[0].decode().strip()
 
 
 async def main() -> None:
@@ -64,21 +210,19 @@ async def main() -> None:
     )
     parser.add_argument("--events", type=int, default=40_000)
     parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--warmup", type=float, default=2, help="unmeasured seconds per target")
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--seed", type=int, default=3)
     args = parser.parse_args()
-    env = {
-        **os.environ,
-        "CRM_LOG_LEVEL": "WARNING",
-        "CRM_SERVICE_TOKEN": secrets.token_urlsafe(32),
-        "CRM_GATEWAY_RATE_PER_SECOND": "1000000",
-        "CRM_GATEWAY_RATE_BURST": "1000000",
-    }
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (deploy/local/infra.sh installs it)")
+    env = bench_env(os.environ)
     bootstrap, dsn_base = env["CRM_KAFKA_BOOTSTRAP"], env["CRM_PG_DSN_BASE"]
     processes = [p for p in launcher.PROCESSES if p.name != "clock"]
     say(f"starting {len(processes)} processes")
     for process in processes:
         launcher.start(process, env)
+    rows: list[tuple[str, LoadResult, dict[str, float], float]] = []
     try:
         launcher.wait_healthy(processes, env)
         workload = Workload(seed=args.seed, prefix="r")
@@ -95,54 +239,40 @@ async def main() -> None:
         await wait_caught_up(pools, bootstrap, started)
         for pool in pools.values():
             await pool.close()
-        result = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway_service.keys",
-            "create",
-            "--name",
-            "bench",
-            "--scopes",
-            "customers:read",
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        key = (await result.communicate())[0].decode().strip()
+        key = await create_key(env)
         gateway = f"http://127.0.0.1:{launcher.BY_NAME['gateway-api'].port(env)}"
-        limits = httpx.Limits(max_connections=args.concurrency)
-        async with httpx.AsyncClient(
-            base_url=gateway,
-            headers={"Authorization": f"Bearer {key}"},
-            limits=limits,
-            timeout=30,
-        ) as client:
-            targets: dict[str, Callable[[], str]] = {
-                "health check": lambda: "/healthz",
-                "customer 360": lambda: f"/v1/customers/{random.choice(customers)}",
-                "timeline page": lambda: (
-                    f"/v1/customers/{random.choice(customers)}/timeline?limit=20"
-                ),
-            }
-            rows = []
-            for name, path_of in targets.items():
-                say(f"{name}: {args.concurrency} clients for {args.seconds:g} s")
-                rate, latencies, failures = await hammer(
-                    client, path_of, args.seconds, args.concurrency
+        measured = measured_processes(env)
+        with tempfile.TemporaryDirectory() as folder:
+            ids_file = Path(folder) / "customers.txt"
+            ids_file.write_text("\n".join(customers) + "\n")
+            for name, template in TARGETS.items():
+                say(f"{name}: wrk, {args.concurrency} connections, {args.warmup:g} s warm-up")
+                await run_wrk(gateway, key, ids_file, template, args.warmup, args.concurrency)
+                say(f"{name}: measuring for {args.seconds:g} s")
+                before, wrk_before = cpu_seconds(measured), own_children_cpu()
+                result = await run_wrk(
+                    gateway, key, ids_file, template, args.seconds, args.concurrency
                 )
-                rows.append((name, rate, latencies, failures))
+                after, wrk_spent = cpu_seconds(measured), own_children_cpu() - wrk_before
+                spent = {name: after[name] - before[name] for name in measured}
+                rows.append((name, result, spent, wrk_spent))
+                say(f"{name}: {result.rate:,.0f} requests/s, p99 {result.p99_ms:.1f} ms")
     finally:
         for process in reversed(processes):
             launcher.stop(process, env)
     print()
     print(
-        f"gateway reads, {args.concurrency} concurrent clients (httpx, on the same 2 cores), "
-        f"{len(customers):,} customers:"
+        f"gateway reads, wrk with {args.concurrency} connections for {args.seconds:g} s each "
+        f"(on the same 2 cores), {len(customers):,} customers:"
     )
-    for name, rate, latencies, failures in rows:
+    for name, result, spent, wrk_spent in rows:
         print(
-            f"  {name:14} {rate:8,.0f} requests/s   p50 {percentile(latencies, 0.5):6.1f} ms"
-            f"   p99 {percentile(latencies, 0.99):6.1f} ms   ({failures} not 200)"
+            f"  {name:14} {result.rate:8,.0f} requests/s   p50 {result.p50_ms:6.1f} ms"
+            f"   p99 {result.p99_ms:6.1f} ms   ({result.not_2xx} not 2xx, "
+            f"{result.socket_errors} socket errors)"
         )
+        requests = max(result.requests, 1)
+        print(f"  {'':14} {cpu_line(spent, requests)}; wrk {wrk_spent * 1000 / requests:.2f}")
 
 
 if __name__ == "__main__":

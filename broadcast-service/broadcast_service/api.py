@@ -9,12 +9,18 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import asyncpg
-from fastapi import Depends, FastAPI, HTTPException, Path, Query
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from broadcast_service import projection, store
 from broadcast_service.config import MIGRATIONS, BroadcastSettings
-from crm_shared.runtime.http import connection, create_api, database_lifespan, serve
+from crm_shared.runtime.http import (
+    connection,
+    create_api,
+    database_lifespan,
+    model_response,
+    serve,
+)
 
 Conn = Annotated[asyncpg.Connection, Depends(connection)]
 CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]
@@ -116,13 +122,13 @@ def create_app(settings: BroadcastSettings | None = None) -> FastAPI:
     )
 
     @app.get("/customers/{customer_id}/preferences", response_model=CustomerPreferences)
-    async def get_preferences(customer_id: CustomerIdPath, conn: Conn) -> CustomerPreferences:
+    async def get_preferences(customer_id: CustomerIdPath, conn: Conn) -> Response:
         """The customer's preferred channels, quiet hours and current consents."""
         preferences = await store.preferences_of(conn, customer_id)
         consents = await store.consents_of(conn, customer_id)
         if preferences is None and not consents:
             raise _unknown(customer_id)
-        return _preferences_view(customer_id, preferences, consents)
+        return model_response(_preferences_view(customer_id, preferences, consents))
 
     @app.get("/customers/{customer_id}/consent-history", response_model=list[ConsentHistoryEntry])
     async def get_consent_history(

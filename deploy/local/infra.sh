@@ -175,8 +175,10 @@ crm_ensure_system_packages() (
     command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
     # Prometheus and promtool: the test suite checks the scrape configs and dashboard queries.
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+    # wrk: the load generator of ./crm bench-reads (a Python client would be the ceiling).
+    command -v wrk >/dev/null 2>&1 || missing+=(wrk)
     if ((${#missing[@]} == 0)); then
-        crm__log "system packages: all present (postgresql, kcat, docker-compose, maven, java, prometheus)"
+        crm__log "system packages: all present (postgresql, kcat, docker-compose, maven, java, prometheus, wrk)"
         return 0
     fi
     local -a sudo=()

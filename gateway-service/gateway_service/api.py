@@ -12,18 +12,18 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-import httpx
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from crm_shared.runtime.http import Lifespan, create_api, database_lifespan, serve
-from gateway_service import composition, ingest, metrics, store
+from gateway_service import composition, ingest, metrics, store, upstream
 from gateway_service.auth import (
     CUSTOMERS_READ,
     EVENTS_WRITE,
     Forbidden,
+    KeyCache,
     StoredKey,
     Unauthorized,
     check_key,
@@ -34,11 +34,12 @@ from gateway_service.auth import (
 from gateway_service.config import GatewaySettings
 from gateway_service.producer import EventProducer
 from gateway_service.ratelimit import RateLimiter
-from gateway_service.upstream import Services, UpstreamFailure, json_body
+from gateway_service.upstream import Services, UpstreamFailure
 
 CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]
 TimelineKind = Literal["contact", "feedback", "order", "refund"]
 """The kinds of timeline entry the interaction service knows."""
+JSON = "application/json"
 TIMELINE_MAX_PAGE = 200
 """The longest timeline page the interaction service gives."""
 TIMELINE_CURSOR_FORMAT = "timeline-cursor"
@@ -64,9 +65,7 @@ def require(scope: str) -> Callable[..., Awaitable[StoredKey]]:
     ) -> StoredKey:
         try:
             presented = parse_key(presented_key(request.headers.get("Authorization"), api_key))
-            async with request.app.state.pool.acquire() as conn:
-                stored = await store.find_key(conn, presented.key_id)
-            key = check_key(presented, stored)
+            key = check_key(presented, await _stored_key(request, presented.key_id))
         except Unauthorized as error:
             raise HTTPException(
                 401, str(error), headers={"WWW-Authenticate": error.challenge}
@@ -88,6 +87,19 @@ def require(scope: str) -> Callable[..., Awaitable[StoredKey]]:
         return key
 
     return guard
+
+
+async def _stored_key(request: Request, key_id: str) -> StoredKey | None:
+    """The key as stored, from the cache while it is fresh, else from the database."""
+    cache: KeyCache = request.app.state.key_cache
+    now = time.monotonic()
+    stored = cache.get(key_id, now)
+    if stored is None:
+        async with request.app.state.pool.acquire() as conn:
+            stored = await store.find_key(conn, key_id)
+        if stored is not None:
+            cache.put(stored, now)
+    return stored
 
 
 CustomersReader = Annotated[StoredKey, Depends(require(CUSTOMERS_READ))]
@@ -206,22 +218,6 @@ class IngestResponse(BaseModel):
     results: list[AcceptedEvent | RejectedEvent] = Field(description="One per event, in order")
 
 
-def _view(view: composition.Customer360) -> Customer360:
-    return Customer360(
-        customer_id=view.customer_id,
-        profile=_plain(view.profile),
-        timeline=_plain(view.timeline),
-        contact_summary=_plain(view.contact_summary),
-        preferences=_plain(view.preferences),
-        recommendations=_plain(view.recommendations),
-        missing=[MissingPart(part=m.part, reason=m.reason) for m in view.missing],
-    )
-
-
-def _plain(body: Any) -> dict[str, Any] | None:
-    return None if body is None else dict(body)
-
-
 def _ingest_response(result: ingest.IngestResult) -> IngestResponse:
     return IngestResponse(
         accepted=result.accepted,
@@ -236,7 +232,7 @@ def _ingest_response(result: ingest.IngestResult) -> IngestResponse:
 
 
 def gateway_lifespan(settings: GatewaySettings) -> Lifespan:
-    """The database (API keys), the Kafka producer and the HTTP client, for the app's life."""
+    """The database (API keys), the Kafka producer and the HTTP clients, for the app's life."""
     database = database_lifespan(settings, store.MIGRATIONS)
 
     @asynccontextmanager
@@ -246,12 +242,10 @@ def gateway_lifespan(settings: GatewaySettings) -> Lifespan:
             events = EventProducer(settings)
             stack.push_async_callback(events.stop)
             await events.connect()  # when Kafka is down, it connects again on the next ingest
-            client = await stack.enter_async_context(
-                httpx.AsyncClient(timeout=settings.upstream_timeout_seconds)
-            )
+            app.state.services = await stack.enter_async_context(upstream.connect(settings))
             app.state.producer = events
-            app.state.services = Services(client, settings)
             app.state.rate_limiter = RateLimiter(settings.rate_per_second, settings.rate_burst)
+            app.state.key_cache = KeyCache(settings.key_cache_seconds)
             yield
 
     return lifespan
@@ -273,7 +267,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     async def get_customer(
         customer_id: CustomerIdPath, request: Request, _key: CustomersReader
-    ) -> Customer360:
+    ) -> Response:
         """The customer 360 from every service; what a service cannot give is listed in missing."""
         services: Services = request.app.state.services
         outcomes = await services.customer_360(customer_id, request.state.request_id)
@@ -281,7 +275,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             view = composition.compose(customer_id, outcomes)
         except composition.CustomerUnknown as error:
             raise HTTPException(404, str(error)) from None
-        return _view(view)
+        return Response(composition.render(view), media_type=JSON)
 
     @app.get(
         "/v1/customers/{customer_id}/timeline",
@@ -305,7 +299,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         order: Annotated[
             Literal["desc", "asc"] | None, Query(description="By event time (desc)")
         ] = None,
-    ) -> JSONResponse:
+    ) -> Response:
         """A page of the customer's timeline, as the interaction service gives it."""
         services: Services = request.app.state.services
         params = {
@@ -319,19 +313,21 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             if value is not None
         }
         try:
-            response = await services.timeline_page(customer_id, params, request.state.request_id)
+            answer, body = await services.timeline_page(
+                customer_id, params, request.state.request_id
+            )
         except UpstreamFailure as failure:
             raise HTTPException(
                 504 if failure.outcome.label == "timeout" else 503,
                 f"the interaction service cannot give the timeline now ({failure}); "
                 "try again later",
             ) from None
-        body = json_body(response)
-        if response.status_code in (200, 404, 422) and body is not None:
-            return JSONResponse(body, status_code=response.status_code)
+        if answer.status in (200, 404, 422) and body is not None:
+            # The service's own bytes: it shaped them with its response model already.
+            return Response(answer.content, status_code=answer.status, media_type=JSON)
         raise HTTPException(
             502,
-            f"the interaction service failed to give the timeline (HTTP {response.status_code})",
+            f"the interaction service failed to give the timeline (HTTP {answer.status})",
         )
 
     @app.post("/v1/events", response_model=IngestResponse, responses=errors(*GUARDED, 400))

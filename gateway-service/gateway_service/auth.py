@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from pydantic import TypeAdapter, ValidationError
@@ -158,3 +158,29 @@ def check_scope(key: StoredKey, scope: str) -> None:
         raise Forbidden(
             f"the API key {key.key_id} lacks the scope {scope!r} (it grants: {granted})"
         )
+
+
+@dataclass
+class KeyCache:
+    """Stored keys by id, each kept for `ttl` seconds after it was read, so that a request need
+    not ask PostgreSQL: a revocation takes effect within `ttl`. Only keys that exist are kept
+    (their number is the number of keys issued), and the secret is still checked every time.
+    Pure: the caller passes the (monotonic) time in."""
+
+    ttl: float
+    _entries: dict[str, tuple[StoredKey, float]] = field(default_factory=dict)
+
+    def get(self, key_id: str, now: float) -> StoredKey | None:
+        """The key read less than `ttl` seconds ago, or None."""
+        entry = self._entries.get(key_id)
+        if entry is None:
+            return None
+        key, read_at = entry
+        if not 0 <= now - read_at < self.ttl:  # expired, or the clock stepped back
+            del self._entries[key_id]
+            return None
+        return key
+
+    def put(self, key: StoredKey, now: float) -> None:
+        if self.ttl > 0:
+            self._entries[key.key_id] = (key, now)

@@ -8,6 +8,7 @@ whole fails only when no service knows the customer at all.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -45,6 +46,8 @@ PARTS: tuple[Part, ...] = (
 class Found:
     body: Mapping[str, Any]
     label: Literal["found"] = "found"
+    raw: bytes | None = field(default=None, compare=False, repr=False)
+    """The body as the service sent it, when there is such a text: the view passes it on as is."""
 
 
 @dataclass(frozen=True)
@@ -74,15 +77,15 @@ def errored(why: str) -> Failed:
     return Failed("error", f"error: {why}")
 
 
-def from_response(status: int, body: Any) -> Outcome:
-    """What a service's HTTP answer means for its part."""
+def from_response(status: int, body: Any, raw: bytes | None = None) -> Outcome:
+    """What a service's HTTP answer means for its part; `raw` is the JSON text of `body`."""
     if status == 404:
         return NotFound()
     if status != 200:
         return errored(f"HTTP {status}")
     if not isinstance(body, dict):
         return errored("the response is not a JSON object")
-    return Found(body)
+    return Found(body, raw=raw)
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,8 @@ class Customer360:
     preferences: Mapping[str, Any] | None
     recommendations: Mapping[str, Any] | None
     missing: tuple[MissingPart, ...]
+    raw: Mapping[str, bytes] = field(default_factory=dict)
+    """The JSON text of each found part that came with one, by part name."""
 
 
 class CustomerUnknown(LookupError):
@@ -129,4 +134,27 @@ def compose(customer_id: str, outcomes: Mapping[str, Outcome]) -> Customer360:
         preferences=bodies["preferences"],
         recommendations=bodies["recommendations"],
         missing=missing,
+        raw={
+            name: outcome.raw
+            for name, outcome in ordered
+            if isinstance(outcome, Found) and outcome.raw is not None
+        },
     )
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def render(view: Customer360) -> bytes:
+    """The view as one JSON object, each found part spliced in as the text its service sent:
+    the parts are neither validated again nor re-encoded (the services' response models have
+    shaped them already)."""
+    fields = [b'"customer_id":' + _json(view.customer_id)]
+    fields.extend(
+        _json(part.name) + b":" + (view.raw.get(part.name) or _json(getattr(view, part.name)))
+        for part in PARTS
+    )
+    missing = [{"part": m.part, "reason": m.reason} for m in view.missing]
+    fields.append(b'"missing":' + _json(missing))
+    return b"{" + b",".join(fields) + b"}"

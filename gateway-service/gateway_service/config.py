@@ -26,6 +26,19 @@ class GatewaySettings(ServiceSettings):
     upstream_timeout_seconds: float = Field(
         default=2.0, gt=0, le=60, description="Deadline of each call to a service"
     )
+    upstream_connections: int = Field(
+        default=64,
+        ge=1,
+        le=1000,
+        description="Connections open to each service at most (beyond them, calls wait their turn)",
+    )
+    key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="How long a verified API key is trusted without asking the database: a "
+        "revoked key works for at most this long (0: ask every time)",
+    )
 
     rate_per_second: float = Field(
         default=20.0, gt=0, description="Requests per second each API key may sustain"

@@ -9,10 +9,16 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from fastapi import Depends, FastAPI, HTTPException, Path, Query
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Response
 from pydantic import BaseModel
 
-from crm_shared.runtime.http import connection, create_api, database_lifespan, serve
+from crm_shared.runtime.http import (
+    connection,
+    create_api,
+    database_lifespan,
+    model_response,
+    serve,
+)
 from interaction_service import projection, store
 from interaction_service.config import MIGRATIONS, InteractionSettings
 from interaction_service.projection import Kind, TimelinePosition
@@ -81,7 +87,7 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
         cursor: str | None = None,
         kind: Annotated[list[Kind] | None, Query()] = None,
         order: Literal["desc", "asc"] = "desc",
-    ) -> TimelinePage:
+    ) -> Response:
         """The customer's touchpoints in event-time order (newest first by default), paged."""
         try:
             after = projection.decode_cursor(cursor) if cursor is not None else None
@@ -89,10 +95,9 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
             raise HTTPException(
                 422, f"invalid cursor: {problem}; pass a next_cursor from a previous page as is"
             ) from None
-        # One snapshot for both reads: a customer's first event committed between them would
-        # otherwise give an empty page for a known customer instead of the event or a 404.
-        async with conn.transaction(isolation="repeatable_read", readonly=True):
-            rows = await store.timeline_page(
+
+        async def read_page() -> list[dict[str, Any]]:
+            return await store.timeline_page(
                 conn,
                 customer_id,
                 kinds=kind,
@@ -100,23 +105,35 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
                 after=after,
                 limit=limit + 1,
             )
-            known = bool(rows) or await store.has_timeline(conn, customer_id)
+
+        rows = await read_page()
+        known = bool(rows)
+        if not known:
+            # Unknown customer, or a page past the end or a filter that matches nothing: ask
+            # again, both questions in one snapshot, or a customer's first event committed
+            # between them would give an empty page for a known customer instead of the event
+            # or a 404. The common case, a page with rows, needs neither the second read nor
+            # the transaction.
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                rows = await read_page()
+                known = bool(rows) or await store.has_timeline(conn, customer_id)
         if not known:
             raise _unknown(customer_id)
         positions = [TimelinePosition(r["occurred_at"], r["source"], r["event_id"]) for r in rows]
-        return TimelinePage(
+        page = TimelinePage(
             customer_id=customer_id,
             items=[TimelineItem(**row) for row in rows[:limit]],
             next_cursor=projection.next_cursor(positions, limit),
         )
+        return model_response(page)
 
     @app.get("/customers/{customer_id}/summary", response_model=ContactSummary)
-    async def get_summary(customer_id: CustomerIdPath, conn: Conn) -> ContactSummary:
+    async def get_summary(customer_id: CustomerIdPath, conn: Conn) -> Response:
         """Contact counts, complaints, refusals and average satisfaction of one customer."""
         totals = await store.contact_summary(conn, customer_id)
         if totals is None:
             raise _unknown(customer_id)
-        return ContactSummary(
+        summary = ContactSummary(
             customer_id=customer_id,
             touchpoints=totals.touchpoints,
             contacts=totals.contacts,
@@ -132,6 +149,7 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
             first_touchpoint_at=totals.first_touchpoint_at,
             last_touchpoint_at=totals.last_touchpoint_at,
         )
+        return model_response(summary)
 
     return app
 

@@ -10,10 +10,16 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import Depends, FastAPI, HTTPException, Path
+from fastapi import Depends, FastAPI, HTTPException, Path, Response
 from pydantic import BaseModel
 
-from crm_shared.runtime.http import connection, create_api, database_lifespan, serve
+from crm_shared.runtime.http import (
+    connection,
+    create_api,
+    database_lifespan,
+    model_response,
+    serve,
+)
 from profile_service import store
 from profile_service.config import MIGRATIONS, ProfileSettings
 
@@ -90,14 +96,14 @@ def create_app(settings: ProfileSettings | None = None) -> FastAPI:
     )
 
     @app.get("/customers/{customer_id}", response_model=CustomerProfile)
-    async def get_customer(customer_id: CustomerIdPath, conn: Conn) -> CustomerProfile:
+    async def get_customer(customer_id: CustomerIdPath, conn: Conn) -> Response:
         """The customer's record: contact fields, attributes, identifiers and purchase totals."""
         view = await store.customer_view(conn, customer_id)
         if view is None:
             raise HTTPException(
                 404, f"customer {customer_id!r} is not known to the profile service"
             )
-        return _profile(view)
+        return model_response(_profile(view))
 
     @app.get("/identifiers/{system}/{value}", response_model=IdentifierMatch)
     async def find_customer(

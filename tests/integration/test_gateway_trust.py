@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
 from crm_shared.contracts.events import build_event
+from gateway_service.config import GatewaySettings
 from tests.integration.helpers import (
     create_api_key,
     eventually,
@@ -107,3 +109,26 @@ def test_a_key_that_writes_events_cannot_be_created_without_sources(
     assert refused.returncode == 2
     assert refused.stdout == "", "no key is printed"
     assert "needs the sources it may publish as" in refused.stderr
+
+
+async def test_a_revoked_key_stops_working_within_the_key_cache_time(
+    platform: dict[str, str],
+) -> None:
+    key = create_api_key(platform, "to-revoke", "customers:read")
+    key_id = key.split("_")[1]
+    headers = {"Authorization": f"Bearer {key}"}
+    cache_seconds = GatewaySettings().key_cache_seconds
+    async with httpx.AsyncClient(base_url=gateway_url(platform), timeout=10) as client:
+        # A known key, now cached: the answer is about the customer, not the key.
+        assert (await client.get("/v1/customers/nobody-here", headers=headers)).status_code == 404
+        revoked = _keys_command(platform, "revoke", key_id)
+        assert revoked.returncode == 0, revoked.stderr
+        refused_at = time.monotonic()
+        refused = await eventually(
+            lambda: client.get("/v1/customers/nobody-here", headers=headers),
+            lambda r: r.status_code == 401,
+            within=cache_seconds + 5,
+            what="the revoked key refused",
+        )
+    assert time.monotonic() - refused_at <= cache_seconds + 1
+    assert f"the API key {key_id} was revoked at" in refused.json()["error"]["message"]

@@ -12,6 +12,7 @@ from gateway_service.auth import (
     INVALID_TOKEN,
     REALM,
     Forbidden,
+    KeyCache,
     StoredKey,
     Unauthorized,
     check_key,
@@ -156,3 +157,22 @@ def test_no_key_at_all_asks_for_one_with_a_plain_challenge() -> None:
     with pytest.raises(Unauthorized, match="an API key is required") as raised:
         presented_key(None, "  ")
     assert raised.value.challenge == REALM
+
+
+def test_a_cached_key_is_served_until_its_time_is_up_then_read_again() -> None:
+    cache = KeyCache(ttl=5)
+    key = _stored()
+    cache.put(key, now=100.0)
+    assert cache.get(KEY_ID, now=104.9) is key
+    assert cache.get(KEY_ID, now=105.0) is None  # a revocation is seen within the ttl
+    assert cache.get(KEY_ID, now=101.0) is None  # and the stale entry is gone
+
+
+def test_a_key_cache_forgets_when_the_clock_steps_back_and_keeps_nothing_without_a_ttl() -> None:
+    cache = KeyCache(ttl=5)
+    cache.put(_stored(), now=100.0)
+    assert cache.get(KEY_ID, now=99.0) is None
+    uncached = KeyCache(ttl=0)
+    uncached.put(_stored(), now=100.0)
+    assert uncached.get(KEY_ID, now=100.0) is None
+    assert cache.get("another", now=100.0) is None

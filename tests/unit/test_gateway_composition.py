@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from gateway_service.composition import (
@@ -15,6 +17,7 @@ from gateway_service.composition import (
     compose,
     errored,
     from_response,
+    render,
     timed_out,
     unavailable,
 )
@@ -130,3 +133,33 @@ def test_failure_labels_for_metrics() -> None:
     ]
     assert timed_out(1.5).reason == "timeout after 1.5 s"
     assert (Found({}).label, NotFound().label) == ("found", "not_found")
+
+
+def test_the_rendered_view_splices_in_each_part_as_its_service_sent_it() -> None:
+    sent = rb'{"customer_id": "C1",  "name": "Ann\u00e9", "total": "10.50"}'
+    outcomes = _outcomes(
+        profile=from_response(200, json.loads(sent), sent),
+        preferences=NotFound(),
+        recommendations=timed_out(2.0),
+    )
+    rendered = render(compose("C1", outcomes))
+    assert sent in rendered  # the service's bytes, neither decoded nor encoded again
+    assert json.loads(rendered) == {
+        "customer_id": "C1",
+        "profile": {"customer_id": "C1", "name": "Anné", "total": "10.50"},
+        "timeline": {"part": "timeline"},
+        "contact_summary": {"part": "contact_summary"},
+        "preferences": None,
+        "recommendations": None,
+        "missing": [
+            {"part": "preferences", "reason": "not found"},
+            {"part": "recommendations", "reason": "timeout after 2.0 s"},
+        ],
+    }
+
+
+def test_the_rendered_view_escapes_what_it_encodes_itself() -> None:
+    rendered = render(compose('C"1', _outcomes(timeline=errored('HTTP 500 "bad"'))))
+    view = json.loads(rendered)
+    assert view["customer_id"] == 'C"1'
+    assert view["missing"] == [{"part": "timeline", "reason": 'error: HTTP 500 "bad"'}]
