@@ -243,5 +243,38 @@ def lapses(
     return changes
 
 
+def purchase_lapses(
+    events: Iterable[Event],
+    before: Mapping[str, tuple[datetime | None, Membership | None]],
+    clocks: Mapping[int, datetime],
+) -> list[tuple[Membership, Event, str]]:
+    """The lapsed-segment changes a batch's purchases make, each with its cause and reason.
+
+    A purchase can end a lapse, and an old first purchase can start one at once (by the clock of
+    its partition). The events are replayed one at a time in log order from the state before the
+    batch, so the memberships, their times and the derived events' ids are the same whatever the
+    batch boundaries: a rebuild in large batches must equal the live fold.
+    """
+    state = dict(before)
+    changes: list[tuple[Membership, Event, str]] = []
+    for event in events:
+        if event.type not in PURCHASE_TYPES:
+            continue
+        last, current = state.get(event.customer_id, (None, None))
+        if type(event.data) is OrderPlaced and (last is None or event.time > last):
+            last = event.time
+        if last is None:
+            continue  # refunds alone: no purchase to lapse from
+        lapsed = is_lapsed(last, clocks.get(event.partition))
+        since = lapsed_since(last) if lapsed else event.time
+        change = change_membership(current, event.customer_id, LAPSED, lapsed, since)
+        if change is not None:
+            current = change
+            reason = lapse_reason(last) if lapsed else f"purchased on {last.date()}"
+            changes.append((change, event, reason))
+        state[event.customer_id] = (last, current)
+    return changes
+
+
 def lapse_reason(last_purchase_at: datetime) -> str:
     return f"no purchase for {LAPSE_AFTER.days} days (last on {last_purchase_at.date()})"

@@ -190,27 +190,36 @@ async def lapse_candidates(
     ]
 
 
-async def purchase_clocks(
-    conn: asyncpg.Connection, segment: str, orders_topic: str, customer_ids: Collection[str]
-) -> list[tuple[str, datetime | None, datetime | None, Membership | None]]:
-    """(customer, last purchase, the clock of their orders partition, membership) per customer."""
+async def lapse_states(
+    conn: asyncpg.Connection, segment: str, customer_ids: Collection[str]
+) -> dict[str, tuple[datetime | None, Membership | None]]:
+    """(last purchase, membership) of the customers who have purchase totals."""
     rows = await conn.fetch(
         """
-        SELECT t.customer_id, t.last_purchase_at, c.now, m.member, m.version, m.changed_at
+        SELECT t.customer_id, t.last_purchase_at, m.member, m.version, m.changed_at
         FROM purchase_totals t
-        LEFT JOIN partition_clocks c ON c.topic = $2 AND c.partition = t.orders_partition
         LEFT JOIN segment_memberships m ON m.customer_id = t.customer_id AND m.segment = $1
-        WHERE t.customer_id = ANY($3::text[])
-        ORDER BY t.customer_id
+        WHERE t.customer_id = ANY($2::text[])
         """,
         segment,
-        orders_topic,
         list(customer_ids),
     )
-    return [
-        (row["customer_id"], row["last_purchase_at"], row["now"], _membership(row, segment))
-        for row in rows
-    ]
+    return {
+        row["customer_id"]: (row["last_purchase_at"], _membership(row, segment)) for row in rows
+    }
+
+
+async def partition_clocks(
+    conn: asyncpg.Connection, topic: str, partitions: Collection[int]
+) -> dict[int, datetime]:
+    """The clock (newest tick's time) of each of the topic's partitions that has ticked."""
+    rows = await conn.fetch(
+        "SELECT partition, now FROM partition_clocks"
+        " WHERE topic = $1 AND partition = ANY($2::int[])",
+        topic,
+        list(partitions),
+    )
+    return {row["partition"]: row["now"] for row in rows}
 
 
 async def save_memberships(conn: asyncpg.Connection, changes: Collection[Membership]) -> None:

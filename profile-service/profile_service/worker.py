@@ -33,45 +33,22 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
         await store.save_customers(conn, list(changed.values()))
         metrics.CUSTOMERS_CHANGED.inc(len(changed))
     deltas = projection.purchase_deltas(events)
+    # Read before the totals move: the lapses are replayed event by event from this state.
+    before = await store.lapse_states(conn, projection.LAPSED, deltas)
+    clocks = await store.partition_clocks(
+        conn, ORDERS.name, {e.partition for e in events if e.customer_id in deltas}
+    )
     await store.add_purchases(conn, deltas)
     if deltas:  # per batch: a labels() lookup per customer costs more than the addition
         totals = deltas.values()
         metrics.MONEY_FOLDED.labels("order").inc(float(sum(d.gross_revenue for d in totals)))
         metrics.MONEY_FOLDED.labels("refund").inc(float(sum(d.refunded for d in totals)))
-    return await _lapse_after_purchases(conn, events, set(deltas))
-
-
-async def _lapse_after_purchases(
-    conn: asyncpg.Connection, events: Sequence[Event], customers: set[str]
-) -> list[Derived]:
-    """A purchase can end a lapse, and a first (old) purchase can start one at once."""
-    if not customers:
+    if not deltas:
         return []
-    last_cause = {e.customer_id: e for e in events if e.customer_id in customers}
-    changes: list[Membership] = []
-    derived: list[Derived] = []
-    for customer_id, last_purchase, now, current in await store.purchase_clocks(
-        conn, projection.LAPSED, ORDERS.name, customers
-    ):
-        if last_purchase is None:
-            continue  # refunds alone: no purchase to lapse from
-        lapsed = projection.is_lapsed(last_purchase, now)
-        cause = last_cause[customer_id]
-        since = projection.lapsed_since(last_purchase) if lapsed else cause.time
-        change = projection.change_membership(
-            current, customer_id, projection.LAPSED, lapsed, since
-        )
-        if change is not None:
-            reason = (
-                projection.lapse_reason(last_purchase)
-                if lapsed
-                else f"purchased on {last_purchase.date()}"
-            )
-            changes.append(change)
-            derived.append(projection.segment_event(change, cause, reason))
-    await store.save_memberships(conn, changes)
+    changes = projection.purchase_lapses(events, before, clocks)
+    await store.save_memberships(conn, [change for change, _, _ in changes])
     metrics.SEGMENT_CHANGES.labels(projection.LAPSED).inc(len(changes))
-    return derived
+    return [projection.segment_event(change, cause, reason) for change, cause, reason in changes]
 
 
 async def fold_ticks(conn: asyncpg.Connection, ticks: Sequence[Event]) -> list[Derived]:

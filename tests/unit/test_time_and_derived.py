@@ -6,7 +6,13 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from broadcast_service.projection import evolve_memberships
-from crm_shared.contracts.events import CLOCK_TICKED, SEGMENT_ENTERED, SEGMENT_LEFT, parse_event
+from crm_shared.contracts.events import (
+    CLOCK_TICKED,
+    SEGMENT_ENTERED,
+    SEGMENT_LEFT,
+    Event,
+    parse_event,
+)
 from crm_shared.runtime.clock import tick_records, tick_time
 from crm_shared.runtime.derived import derive, derived_id
 from crm_shared.runtime.projector import runs_between_ticks
@@ -18,9 +24,10 @@ from profile_service.projection import (
     change_membership,
     is_lapsed,
     lapses,
+    purchase_lapses,
     segment_event,
 )
-from tests.unit.events_factory import T0, event, order
+from tests.unit.events_factory import T0, event, order, refund
 
 
 def _tick(minutes: float, partition: int = 0, topic: str = "crm.orders"):
@@ -148,3 +155,57 @@ def test_broadcast_keeps_the_highest_announced_version_whatever_the_arrival_orde
         assert (result.member, result.version_number) == (True, 3)
     stored = evolve_memberships({}, [v3])
     assert evolve_memberships(stored, [v2]) == {}
+
+
+def _replay_in_batches(
+    events: list[Event], sizes: list[int], now: datetime
+) -> list[tuple[Membership, Event, str]]:
+    """Fold purchases batch by batch, carrying the state a real fold would store in between."""
+    state: dict[str, tuple[datetime | None, Membership | None]] = {}
+    changes: list[tuple[Membership, Event, str]] = []
+    start = 0
+    for size in sizes:
+        batch = events[start : start + size]
+        start += size
+        found = purchase_lapses(batch, state, {-1: now})
+        changes.extend(found)
+        for purchase in batch:
+            last, member = state.get(purchase.customer_id, (None, None))
+            if purchase.type == "crm.order.placed.v1":
+                last = max(purchase.time, last) if last else purchase.time
+            state[purchase.customer_id] = (last, member)
+        for change, _, _ in found:
+            last, _ = state[change.customer_id]
+            state[change.customer_id] = (last, change)
+    return changes
+
+
+def test_purchases_out_of_time_order_lapse_alike_whatever_the_batch_boundaries() -> None:
+    """An old purchase lapses the customer at once; a later-dated one that arrives next keeps
+    the first membership: one batch or two give the same changes, times and causes."""
+    now = T0 + timedelta(days=200)
+    first = order("c1", "o1", ("P", 1, "1.00"), minutes=0)
+    later_dated = order("c1", "o2", ("P", 1, "1.00"), minutes=60 * 24 * 40)
+    history = [first, later_dated]
+    together = _replay_in_batches(history, [2], now)
+    apart = _replay_in_batches(history, [1, 1], now)
+    assert together == apart
+    [(change, cause, _)] = together
+    assert (change.member, change.version, cause.id) == (True, 1, first.id)
+    assert change.changed_at == T0 + LAPSE_AFTER
+
+
+def test_a_purchase_by_the_clock_ends_a_lapse_and_a_refund_alone_changes_nothing() -> None:
+    lapsed = Membership("c2", LAPSED, True, 1, T0 + LAPSE_AFTER)
+    now = T0 + timedelta(days=45)
+    back = order("c2", "o3", ("P", 1, "1.00"), minutes=60 * 24 * 44)
+    [(change, cause, reason)] = purchase_lapses([back], {"c2": (T0, lapsed)}, {-1: now})
+    assert (change.member, change.version, change.changed_at, cause) == (
+        False,
+        2,
+        back.time,
+        back,
+    )
+    assert reason.startswith("purchased on")
+    only_refund = refund("c3", "r1", ("P", 1, "1.00"))
+    assert purchase_lapses([only_refund], {}, {-1: now}) == []
