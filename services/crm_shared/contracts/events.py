@@ -347,15 +347,7 @@ def parse_event(raw: bytes, partition: int = -1) -> Event:
         typed = _TYPED_ENVELOPES.validate_json(raw)
     except ValidationError:
         return parse_event_in_two_steps(raw, partition)
-    return Event(
-        id=typed.id,
-        source=typed.source,
-        type=typed.type,
-        customer_id=typed.subject,
-        time=typed.time.astimezone(UTC),
-        data=cast(_EventData, typed.data),
-        partition=partition,
-    )
+    return _event(typed, cast(_EventData, typed.data), partition)
 
 
 def parse_event_in_two_steps(raw: bytes, partition: int = -1) -> Event:
@@ -443,6 +435,11 @@ def _typed(envelope: CloudEvent, partition: int) -> Event:
         data = model.model_validate(envelope.data)
     except ValidationError as error:
         raise InvalidEvent(_describe(f"data of {envelope.type}", error)) from None
+    return _event(envelope, data, partition)
+
+
+def _event(envelope: CloudEvent, data: _EventData, partition: int) -> Event:
+    """The event a projection reads, from a validated envelope and its typed data."""
     return Event(
         id=envelope.id,
         source=envelope.source,

@@ -64,6 +64,10 @@ def in_tick_rounds(events: Sequence[Event]) -> list[Event]:
 class RebuildFailed(Exception):
     """The shadow cannot be built with this code and schema (not one event's fault)."""
 
+    @classmethod
+    def schema_mismatch(cls, error: BaseException) -> RebuildFailed:
+        return cls(f"the projection's schema does not fit its code: {error}")
+
 
 @dataclass
 class BulkTally:
@@ -130,9 +134,7 @@ class BulkFolder:
         except TRANSIENT_ERRORS:
             raise
         except NOT_THE_EVENTS_FAULT as error:
-            raise RebuildFailed(
-                f"the projection's schema does not fit its code: {error}"
-            ) from error
+            raise RebuildFailed.schema_mismatch(error) from error
         except Exception:
             log.exception("bulk batch failed; folding its events one by one to isolate the bad one")
             async with self.conn.transaction():
@@ -172,9 +174,7 @@ class BulkFolder:
             except TRANSIENT_ERRORS:
                 raise
             except NOT_THE_EVENTS_FAULT as error:
-                raise RebuildFailed(
-                    f"the projection's schema does not fit its code: {error}"
-                ) from error
+                raise RebuildFailed.schema_mismatch(error) from error
             except Exception as error:
                 log.warning("event failed to fold", extra={"id": event.id, "error": repr(error)})
                 self.tally.failed.append(event.id)

@@ -81,9 +81,9 @@ class BatchConsumer(aiokafka_driver.Consumer):
         KAFKA_COMMIT_SECONDS: lag tools see them, and faust's seek to committed offsets after a
         rebalance lands where we resume. The database stays the source of truth (ahead or equal).
         """
-        now = time.monotonic()
-        if positions == self._positions_committed or (
-            now - self._positions_committed_at < KAFKA_COMMIT_SECONDS
+        now = time.monotonic()  # checked first: the reader calls this every few milliseconds
+        if now - self._positions_committed_at < KAFKA_COMMIT_SECONDS or (
+            positions == self._positions_committed
         ):
             return
         self._positions_committed = dict(positions)
