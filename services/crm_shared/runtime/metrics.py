@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import collections
+from bisect import bisect_left
+from collections.abc import Sequence
+
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_CONSUMED = Counter(
@@ -98,3 +102,16 @@ HTTP_LATENCY = Histogram(
     ["service", "route", "method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+
+
+def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
+    """`histogram.observe(amount)` for each amount, at one lock and bucket increment per bucket
+    touched instead of two per amount (a batch's freshness costs about 2 µs an event otherwise).
+
+    prometheus_client has no public bulk observe, so this writes the child's bucket and sum
+    values as `observe` does; tests/unit/test_metrics_bulk.py fails if that stops being so."""
+    bounds: Sequence[float] = histogram._upper_bounds
+    per_bucket = collections.Counter(bisect_left(bounds, amount) for amount in amounts)
+    for index, count in per_bucket.items():
+        histogram._buckets[index].inc(count)
+    histogram._sum.inc(sum(amounts))
