@@ -183,7 +183,7 @@ def _collector_paused() -> Iterator[None]:
 
     Decoding allocates about twenty tracked objects an event (models, their dicts, tuples) that
     live until the batch commits, so the collector would run every few dozen events and walk the
-    batch again each time: about a quarter of the decode's CPU. Decoding makes no cycles worth
+    batch again each time: a quarter to a third of the decode's CPU. Decoding makes no cycles worth
     collecting at once; the collector runs as usual once the batch is sorted (the count of
     allocations carries over, so the next collection comes right after)."""
     if not gc.isenabled():
