@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from crm_shared.runtime.http import (
     connection,
@@ -62,9 +62,43 @@ class ContactSummary(BaseModel):
     last_touchpoint_at: datetime | None
 
 
+class InteractionOverview(BaseModel):
+    timeline: TimelinePage = Field(description="The first page, newest first")
+    contact_summary: ContactSummary | None = Field(description="null when none was folded yet")
+
+
 def _unknown(customer_id: str) -> HTTPException:
     return HTTPException(
         404, f"customer {customer_id!r} has no recorded interactions in the interaction service"
+    )
+
+
+def _page(customer_id: str, rows: list[dict[str, Any]], limit: int) -> TimelinePage:
+    """A page of at most `limit` items from `limit` + 1 rows; the extra one says there is more."""
+    positions = [TimelinePosition(r["occurred_at"], r["source"], r["event_id"]) for r in rows]
+    return TimelinePage(
+        customer_id=customer_id,
+        items=[TimelineItem(**row) for row in rows[:limit]],
+        next_cursor=projection.next_cursor(positions, limit),
+    )
+
+
+def _summary(customer_id: str, totals: projection.ContactTotals) -> ContactSummary:
+    return ContactSummary(
+        customer_id=customer_id,
+        touchpoints=totals.touchpoints,
+        contacts=totals.contacts,
+        inbound=totals.inbound,
+        outbound=totals.outbound,
+        refusals=totals.refusals,
+        complaints=totals.complaints,
+        feedback=totals.feedback,
+        feedback_score_sum=totals.feedback_score_sum,
+        average_satisfaction=totals.average_satisfaction,
+        first_contact_at=totals.first_contact_at,
+        last_contact_at=totals.last_contact_at,
+        first_touchpoint_at=totals.first_touchpoint_at,
+        last_touchpoint_at=totals.last_touchpoint_at,
     )
 
 
@@ -119,13 +153,7 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
                 known = bool(rows) or await store.has_timeline(conn, customer_id)
         if not known:
             raise _unknown(customer_id)
-        positions = [TimelinePosition(r["occurred_at"], r["source"], r["event_id"]) for r in rows]
-        page = TimelinePage(
-            customer_id=customer_id,
-            items=[TimelineItem(**row) for row in rows[:limit]],
-            next_cursor=projection.next_cursor(positions, limit),
-        )
-        return model_response(page)
+        return model_response(_page(customer_id, rows, limit))
 
     @app.get("/customers/{customer_id}/summary", response_model=ContactSummary)
     async def get_summary(customer_id: CustomerIdPath, conn: Conn) -> Response:
@@ -133,23 +161,36 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
         totals = await store.contact_summary(conn, customer_id)
         if totals is None:
             raise _unknown(customer_id)
-        summary = ContactSummary(
-            customer_id=customer_id,
-            touchpoints=totals.touchpoints,
-            contacts=totals.contacts,
-            inbound=totals.inbound,
-            outbound=totals.outbound,
-            refusals=totals.refusals,
-            complaints=totals.complaints,
-            feedback=totals.feedback,
-            feedback_score_sum=totals.feedback_score_sum,
-            average_satisfaction=totals.average_satisfaction,
-            first_contact_at=totals.first_contact_at,
-            last_contact_at=totals.last_contact_at,
-            first_touchpoint_at=totals.first_touchpoint_at,
-            last_touchpoint_at=totals.last_touchpoint_at,
+        return model_response(_summary(customer_id, totals))
+
+    @app.get("/customers/{customer_id}/overview", response_model=InteractionOverview)
+    async def get_overview(
+        customer_id: CustomerIdPath,
+        conn: Conn,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
+    ) -> Response:
+        """The first timeline page and the contact summary in one answer (the customer 360's
+        share, one call instead of two)."""
+
+        async def read() -> tuple[list[dict[str, Any]], projection.ContactTotals | None]:
+            rows = await store.timeline_page(
+                conn, customer_id, kinds=None, newest_first=True, after=None, limit=limit + 1
+            )
+            return rows, await store.contact_summary(conn, customer_id)
+
+        rows, totals = await read()
+        if not rows or totals is None:
+            # The worker writes both in one transaction: read them again in one snapshot, or an
+            # event committed between the two reads would show in only one of them.
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                rows, totals = await read()
+        if not rows and totals is None:
+            raise _unknown(customer_id)
+        overview = InteractionOverview(
+            timeline=_page(customer_id, rows, limit),
+            contact_summary=None if totals is None else _summary(customer_id, totals),
         )
-        return model_response(summary)
+        return model_response(overview)
 
     return app
 
