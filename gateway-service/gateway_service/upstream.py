@@ -1,4 +1,4 @@
-"""Calls from the gateway to the services' APIs, over one long-lived httpx client.
+"""Calls from the gateway to the services' APIs, over one long-lived httpx transport.
 
 Every call has a deadline, forwards the request id, and ends in a composition outcome; no
 exception of a service's making reaches the gateway's handlers.
@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import httpx
@@ -72,7 +72,7 @@ def base_urls(settings: GatewaySettings) -> dict[str, str]:
 
 @asynccontextmanager
 async def connect(settings: GatewaySettings) -> AsyncIterator[Services]:
-    """The services behind one client, its connections kept alive, for as long as the context
+    """The services behind one transport, its connections kept alive, for as long as the context
     lasts."""
 
     def session() -> aiohttp.ClientSession:  # made on the first call, inside the event loop
@@ -80,36 +80,58 @@ async def connect(settings: GatewaySettings) -> AsyncIterator[Services]:
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=settings.upstream_connections)
         )
 
-    async with httpx.AsyncClient(
-        transport=AiohttpTransport(client=session),
-        headers=service_token_headers(settings.platform.service_token),
-        timeout=settings.upstream_timeout_seconds,
-    ) as client:
-        yield Services(client, base_urls(settings), settings.upstream_timeout_seconds)
+    async with AiohttpTransport(client=session) as transport:
+        yield Services(
+            transport,
+            base_urls(settings),
+            settings.upstream_timeout_seconds,
+            service_token_headers(settings.platform.service_token),
+        )
 
 
 class Services:
-    """The four services behind the gateway, as seen from one replica."""
+    """The four services behind the gateway, as seen from one replica.
+
+    Requests go straight to the httpx transport (httpx's public transport API) rather than
+    through `httpx.AsyncClient`: the client's per-request work (merging the URL, its query and
+    the headers, the auth and redirect flows, the cookie jar) cost more CPU than the call itself,
+    for nothing this gateway uses (docs/decisions.md)."""
 
     def __init__(
-        self, client: httpx.AsyncClient, base_urls: Mapping[str, str], timeout: float
+        self,
+        transport: httpx.AsyncBaseTransport,
+        base_urls: Mapping[str, str],
+        timeout: float,
+        headers: Mapping[str, str],
     ) -> None:
-        self._client = client
+        self._transport = transport
         self._base_urls = base_urls
         self._timeout = timeout
+        self._headers = dict(headers)
+        self._extensions = {
+            "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        }
 
     async def get(
         self, service: str, path: str, params: Mapping[str, Any], request_id: str
     ) -> Answer:
         """GET a service's path; UpstreamFailure when it does not answer in time or at all."""
+        url = self._base_urls[service] + path
+        if params:
+            url += "?" + urlencode(query_pairs(params))
+        request = httpx.Request(
+            "GET",
+            url,
+            headers={**self._headers, REQUEST_ID_HEADER: request_id},
+            extensions=self._extensions,
+        )
         try:
             async with asyncio.timeout(self._timeout):
-                response = await self._client.get(
-                    self._base_urls[service] + path,
-                    params=query_pairs(params),
-                    headers={REQUEST_ID_HEADER: request_id},
-                )
-                return Answer(response.status_code, response.content)
+                response = await self._transport.handle_async_request(request)
+                try:
+                    return Answer(response.status_code, await response.aread())
+                finally:
+                    await response.aclose()
         except (httpx.TransportError, aiohttp.ClientError, OSError) as error:  # timeouts included
             if _timed_out(error):
                 raise UpstreamFailure(timed_out(self._timeout)) from None
