@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Response
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from crm_shared.runtime.http import (
@@ -17,6 +17,7 @@ from crm_shared.runtime.http import (
     create_api,
     database_lifespan,
     model_response,
+    pool_of,
     serve,
 )
 from interaction_service import projection, store
@@ -116,7 +117,7 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
     @app.get("/customers/{customer_id}/timeline", response_model=TimelinePage)
     async def get_timeline(
         customer_id: CustomerIdPath,
-        conn: Conn,
+        request: Request,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
         cursor: str | None = None,
         kind: Annotated[list[Kind] | None, Query()] = None,
@@ -130,7 +131,7 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
                 422, f"invalid cursor: {problem}; pass a next_cursor from a previous page as is"
             ) from None
 
-        async def read_page() -> list[dict[str, Any]]:
+        async def read_page(conn: asyncpg.Connection) -> list[dict[str, Any]]:
             return await store.timeline_page(
                 conn,
                 customer_id,
@@ -140,17 +141,18 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
                 limit=limit + 1,
             )
 
-        rows = await read_page()
-        known = bool(rows)
-        if not known:
-            # Unknown customer, or a page past the end or a filter that matches nothing: ask
-            # again, both questions in one snapshot, or a customer's first event committed
-            # between them would give an empty page for a known customer instead of the event
-            # or a 404. The common case, a page with rows, needs neither the second read nor
-            # the transaction.
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                rows = await read_page()
-                known = bool(rows) or await store.has_timeline(conn, customer_id)
+        async with pool_of(request).acquire() as conn:
+            rows = await read_page(conn)
+            known = bool(rows)
+            if not known:
+                # Unknown customer, or a page past the end or a filter that matches nothing: ask
+                # again, both questions in one snapshot, or a customer's first event committed
+                # between them would give an empty page for a known customer instead of the
+                # event or a 404. The common case, a page with rows, needs neither the second
+                # read nor the transaction.
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    rows = await read_page(conn)
+                    known = bool(rows) or await store.has_timeline(conn, customer_id)
         if not known:
             raise _unknown(customer_id)
         return model_response(_page(customer_id, rows, limit))
@@ -166,24 +168,27 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
     @app.get("/customers/{customer_id}/overview", response_model=InteractionOverview)
     async def get_overview(
         customer_id: CustomerIdPath,
-        conn: Conn,
+        request: Request,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
     ) -> Response:
         """The first timeline page and the contact summary in one answer (the customer 360's
         share, one call instead of two)."""
 
-        async def read() -> tuple[list[dict[str, Any]], projection.ContactTotals | None]:
+        async def read(
+            conn: asyncpg.Connection,
+        ) -> tuple[list[dict[str, Any]], projection.ContactTotals | None]:
             rows = await store.timeline_page(
                 conn, customer_id, kinds=None, newest_first=True, after=None, limit=limit + 1
             )
             return rows, await store.contact_summary(conn, customer_id)
 
-        rows, totals = await read()
-        if not rows or totals is None:
-            # The worker writes both in one transaction: read them again in one snapshot, or an
-            # event committed between the two reads would show in only one of them.
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                rows, totals = await read()
+        async with pool_of(request).acquire() as conn:
+            rows, totals = await read(conn)
+            if not rows or totals is None:
+                # The worker writes both in one transaction: read them again in one snapshot, or
+                # an event committed between the two reads would show in only one of them.
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    rows, totals = await read(conn)
         if not rows and totals is None:
             raise _unknown(customer_id)
         overview = InteractionOverview(
