@@ -1,8 +1,9 @@
 """End-to-end benchmark: events/s through all four projections, freshness, and a minimal baseline.
 
-    ./crm bench [--events 200000] [--rate 2000] [--seconds 20]
+    python -m bench.pipeline [--events 200000] [--rate 2000] [--seconds 20]
 
-Runs on the private broker and database that `./crm bench` starts. Three phases, progress shown:
+The first phase of `./crm bench` (bench/full.py), on the private broker and database it
+starts. Three phases, progress shown:
 1. throughput: publish N events (the workload mix, ~450 bytes each) as fast as possible while the
    four workers run; the clock stops when every projection has applied everything on its topics;
 2. freshness: publish at a fixed rate with event time = now; per projection p50/p99 of

@@ -28,6 +28,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -38,9 +39,10 @@ from crm_shared.ops.demo.workload import Workload
 PROJECTIONS = tuple(service.name for service in platform.projections())
 ORDER = "crm.order.placed.v1"
 LUA_SCRIPT = Path(__file__).with_name("reads.lua")
-PORT_SHIFT = 15_000
-"""The bench's processes listen on their default port + this: clear of a running demo (the
-defaults), of the test slots (+10,000 + 100 a slot) and of Linux's ephemeral ports."""
+PORT_SHIFT = 15_000 + 100 * int(os.environ.get("CRM_TEST_SLOT", "0"))
+"""The bench's processes listen on their default port + this (+100 a CRM_TEST_SLOT, so that
+checkouts bench side by side): clear of a running demo (the defaults), of the test slots
+(+10,000 + 100 a slot) and of Linux's ephemeral ports."""
 TARGETS = {
     "health check": "/healthz",
     "customer 360": "/v1/customers/{id}",
@@ -160,13 +162,11 @@ def own_children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def cpu_line(spent: Mapping[str, float], requests: int) -> str:
+def cpu_line(per_request: Mapping[str, float]) -> str:
     """CPU ms per request of each process that spent any, and in all."""
-    per_request = {
-        name: seconds * 1000 / requests for name, seconds in spent.items() if seconds > 0
-    }
-    parts = "  ".join(f"{name.removesuffix('-api')} {ms:.2f}" for name, ms in per_request.items())
-    return f"CPU ms/request: {parts}  (all {sum(per_request.values()):.2f})"
+    spent = {name: ms for name, ms in per_request.items() if ms > 0}
+    parts = "  ".join(f"{name.removesuffix('-api')} {ms:.2f}" for name, ms in spent.items())
+    return f"CPU ms/request: {parts}  (all {sum(spent.values()):.2f})"
 
 
 def bench_env(base: Mapping[str, str]) -> dict[str, str]:
@@ -204,25 +204,25 @@ async def create_key(env: Mapping[str, str]) -> str:
     return (await result.communicate())[0].decode().strip()
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=40_000)
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--warmup", type=float, default=2, help="unmeasured seconds per target")
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--seed", type=int, default=3)
-    args = parser.parse_args()
+
+
+async def run(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]:
+    """Every process started, a workload published and folded, each target driven by wrk; the
+    figures as a JSON-ready dict. `env` comes from bench_env."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (deploy/local/infra.sh installs it)")
-    env = bench_env(os.environ)
     bootstrap, dsn_base = env["CRM_KAFKA_BOOTSTRAP"], env["CRM_PG_DSN_BASE"]
     processes = [p for p in launcher.PROCESSES if p.name != "clock"]
     say(f"starting {len(processes)} processes")
     for process in processes:
         launcher.start(process, env)
-    rows: list[tuple[str, LoadResult, dict[str, float], float]] = []
+    targets: dict[str, dict[str, Any]] = {}
     try:
         launcher.wait_healthy(processes, env)
         workload = Workload(seed=args.seed, prefix="r")
@@ -255,24 +255,61 @@ async def main() -> None:
                 )
                 after, wrk_spent = cpu_seconds(measured), own_children_cpu() - wrk_before
                 spent = {name: after[name] - before[name] for name in measured}
-                rows.append((name, result, spent, wrk_spent))
+                targets[name] = target_figures(result, spent, wrk_spent)
                 say(f"{name}: {result.rate:,.0f} requests/s, p99 {result.p99_ms:.1f} ms")
     finally:
         for process in reversed(processes):
             launcher.stop(process, env)
-    print()
+    return {
+        "concurrency": args.concurrency,
+        "seconds": args.seconds,
+        "customers": len(customers),
+        "targets": targets,
+    }
+
+
+def target_figures(
+    result: LoadResult, spent: Mapping[str, float], wrk_spent: float
+) -> dict[str, Any]:
+    """One target's figures: wrk's, and the CPU ms per request of each process."""
+    requests = max(result.requests, 1)
+    return {
+        "rate": result.rate,
+        "p50_ms": result.p50_ms,
+        "p99_ms": result.p99_ms,
+        "requests": result.requests,
+        "not_2xx": result.not_2xx,
+        "socket_errors": result.socket_errors,
+        "cpu_ms_per_request": {name: seconds * 1000 / requests for name, seconds in spent.items()},
+        "wrk_cpu_ms_per_request": wrk_spent * 1000 / requests,
+    }
+
+
+def show(report: Mapping[str, Any]) -> None:
     print(
-        f"gateway reads, wrk with {args.concurrency} connections for {args.seconds:g} s each "
-        f"(on the same 2 cores), {len(customers):,} customers:"
+        f"gateway reads, wrk with {report['concurrency']} connections for "
+        f"{report['seconds']:g} s each (on the same 2 cores), {report['customers']:,} customers:"
     )
-    for name, result, spent, wrk_spent in rows:
+    for name, figures in report["targets"].items():
         print(
-            f"  {name:14} {result.rate:8,.0f} requests/s   p50 {result.p50_ms:6.1f} ms"
-            f"   p99 {result.p99_ms:6.1f} ms   ({result.not_2xx} not 2xx, "
-            f"{result.socket_errors} socket errors)"
+            f"  {name:14} {figures['rate']:8,.0f} requests/s   p50 {figures['p50_ms']:6.1f} ms"
+            f"   p99 {figures['p99_ms']:6.1f} ms   ({figures['not_2xx']} not 2xx, "
+            f"{figures['socket_errors']} socket errors)"
         )
-        requests = max(result.requests, 1)
-        print(f"  {'':14} {cpu_line(spent, requests)}; wrk {wrk_spent * 1000 / requests:.2f}")
+        print(
+            f"  {'':14} {cpu_line(figures['cpu_ms_per_request'])}; "
+            f"wrk {figures['wrk_cpu_ms_per_request']:.2f}"
+        )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    add_arguments(parser)
+    report = await run(parser.parse_args(), bench_env(os.environ))
+    print()
+    show(report)
 
 
 if __name__ == "__main__":

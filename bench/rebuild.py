@@ -16,6 +16,8 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import asyncpg
 
@@ -25,17 +27,19 @@ from crm_shared.ops.demo.workload import Workload
 from crm_shared.ops.rebuild import DEFAULT_BATCH_RECORDS, Rebuild
 
 
-async def main() -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     names = [service.name for service in platform.projections()]
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    parser.add_argument(
+        "--events", type=int, default=100_000, help="published first; 0: rebuild what is there"
     )
-    parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--projection", choices=names, default="profile")
     parser.add_argument("--batch-records", type=int, default=DEFAULT_BATCH_RECORDS)
     parser.add_argument("--seed", type=int, default=7)
-    args = parser.parse_args()
-    env = {**os.environ, "CRM_LOG_LEVEL": "WARNING"}
+
+
+async def run(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]:
+    """The projection's worker started, the workload published and folded, then the rebuild;
+    the figures as a JSON-ready dict."""
     service = next(s for s in platform.projections() if s.name == args.projection)
     worker = launcher.BY_NAME[f"{service.name}-worker"]
     bootstrap = env["CRM_KAFKA_BOOTSTRAP"]
@@ -56,14 +60,39 @@ async def main() -> None:
         outcome = await rebuild.run(force=False, progress=sys.stderr)
     finally:
         launcher.stop(worker, env)
-    print(outcome.report)
-    print(
-        f"for comparison, the live worker folded the same records as they were published: "
-        f"{outcome.replayed / live_seconds:,.0f} records/s"
-    )
-    for difference in outcome.differences:
+    return {
+        "projection": service.name,
+        "records": outcome.replayed,
+        "seconds": outcome.replay_seconds,
+        "rate": outcome.replayed / outcome.replay_seconds if outcome.replay_seconds else 0.0,
+        "held_seconds": outcome.held_seconds,
+        "switched": outcome.switched,
+        "differences": [str(difference) for difference in outcome.differences],
+        "report": outcome.report,
+        # The live worker's rate over the same records, when it folded them as they came.
+        "live_rate": outcome.replayed / live_seconds if records else None,
+    }
+
+
+def show(report: Mapping[str, Any]) -> None:
+    print(report["report"])
+    if report["live_rate"] is not None:
+        print(
+            f"for comparison, the live worker folded the same records as they were published: "
+            f"{report['live_rate']:,.0f} records/s"
+        )
+    for difference in report["differences"]:
         print(f"  differs: {difference}")
-    print("switched" if outcome.switched else "NOT switched")
+    print("switched" if report["switched"] else "NOT switched")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    add_arguments(parser)
+    report = await run(parser.parse_args(), {**os.environ, "CRM_LOG_LEVEL": "WARNING"})
+    show(report)
 
 
 if __name__ == "__main__":

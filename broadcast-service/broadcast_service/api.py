@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import asyncpg
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Response
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from broadcast_service import projection, store
@@ -19,6 +19,7 @@ from crm_shared.runtime.http import (
     create_api,
     database_lifespan,
     model_response,
+    pool_of,
     serve,
 )
 
@@ -122,10 +123,10 @@ def create_app(settings: BroadcastSettings | None = None) -> FastAPI:
     )
 
     @app.get("/customers/{customer_id}/preferences", response_model=CustomerPreferences)
-    async def get_preferences(customer_id: CustomerIdPath, conn: Conn) -> Response:
+    async def get_preferences(customer_id: CustomerIdPath, request: Request) -> Response:
         """The customer's preferred channels, quiet hours and current consents."""
-        preferences = await store.preferences_of(conn, customer_id)
-        consents = await store.consents_of(conn, customer_id)
+        async with pool_of(request).acquire() as conn:
+            preferences, consents = await store.preferences_and_consents(conn, customer_id)
         if preferences is None and not consents:
             raise _unknown(customer_id)
         return model_response(_preferences_view(customer_id, preferences, consents))
@@ -177,8 +178,7 @@ def create_app(settings: BroadcastSettings | None = None) -> FastAPI:
         if at is not None and at.tzinfo is None:
             raise HTTPException(422, "at must carry a UTC offset, e.g. 2024-05-01T10:00:00Z")
         when = at or datetime.now(UTC)
-        preferences = await store.preferences_of(conn, customer_id)
-        consents = await store.consents_of(conn, customer_id)
+        preferences, consents = await store.preferences_and_consents(conn, customer_id)
         if preferences is None and not consents:
             raise _unknown(customer_id)
         decision = projection.contact_decision(preferences, consents, purpose, when)

@@ -174,20 +174,36 @@ async def add_history(conn: asyncpg.Connection, changes: Collection[Consent]) ->
     )
 
 
-async def preferences_of(conn: asyncpg.Connection, customer_id: str) -> ChannelPreferences | None:
-    row = await conn.fetchrow(
-        "SELECT * FROM channel_preferences WHERE customer_id = $1", customer_id
-    )
-    return None if row is None else _preferences(row)
+_PREFERENCES_AND_CONSENTS = """
+SELECT p.*,
+       ARRAY(SELECT ROW(c.purpose, c.channel, c.granted, c.changed_at, c.source, c.event_id)
+             FROM consents AS c WHERE c.customer_id = $1
+             ORDER BY c.purpose, c.channel COLLATE "C") AS consents
+FROM (SELECT $1::text AS customer_id) AS asked
+LEFT JOIN channel_preferences AS p ON p.customer_id = asked.customer_id
+"""
 
 
-async def consents_of(conn: asyncpg.Connection, customer_id: str) -> list[Consent]:
-    """The customer's current consents, by purpose and then channel ('*' first)."""
-    rows = await conn.fetch(
-        'SELECT * FROM consents WHERE customer_id = $1 ORDER BY purpose, channel COLLATE "C"',
-        customer_id,
-    )
-    return [_consent(row) for row in rows]
+async def preferences_and_consents(
+    conn: asyncpg.Connection, customer_id: str
+) -> tuple[ChannelPreferences | None, list[Consent]]:
+    """The customer's preferences (None when never set) and current consents, by purpose and then
+    channel ('*' first): one statement, as a read of a customer's reach is on the 360's path."""
+    row = await conn.fetchrow(_PREFERENCES_AND_CONSENTS, customer_id)
+    preferences = None if row["customer_id"] is None else _preferences(row)
+    consents = [
+        Consent(
+            customer_id=customer_id,
+            purpose=purpose,
+            channel=channel,
+            granted=granted,
+            changed_at=changed_at,
+            source=source,
+            event_id=event_id,
+        )
+        for purpose, channel, granted, changed_at, source, event_id in row["consents"]
+    ]
+    return preferences, consents
 
 
 async def history_of(conn: asyncpg.Connection, customer_id: str, limit: int) -> list[Consent]:

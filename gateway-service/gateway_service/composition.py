@@ -9,7 +9,7 @@ whole fails only when no service knows the customer at all.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,12 +25,24 @@ class Part:
     params: Mapping[str, str] = field(default_factory=dict)
     knows_customer: bool = True
     """False for parts that answer for anyone (popular products), so they prove nothing."""
+    member: str | None = None
+    """When the call answers several parts: the member of its JSON object that holds this one.
+    Parts with the same call are asked once."""
 
+
+INTERACTION_OVERVIEW = "/customers/{customer_id}/overview"
+"""The timeline's first page and the contact summary, in one answer."""
 
 PARTS: tuple[Part, ...] = (
     Part("profile", "profile", "/customers/{customer_id}"),
-    Part("timeline", "interaction", "/customers/{customer_id}/timeline", {"limit": "20"}),
-    Part("contact_summary", "interaction", "/customers/{customer_id}/summary"),
+    Part("timeline", "interaction", INTERACTION_OVERVIEW, {"limit": "20"}, member="timeline"),
+    Part(
+        "contact_summary",
+        "interaction",
+        INTERACTION_OVERVIEW,
+        {"limit": "20"},
+        member="contact_summary",
+    ),
     Part("preferences", "broadcast", "/customers/{customer_id}/preferences"),
     Part(
         "recommendations",
@@ -40,6 +52,18 @@ PARTS: tuple[Part, ...] = (
         knows_customer=False,
     ),
 )
+
+
+def calls(parts: Iterable[Part]) -> tuple[tuple[Part, ...], ...]:
+    """The parts grouped by the service call that answers them, in the order of their first."""
+    grouped: dict[tuple[str, str, tuple[tuple[str, str], ...]], list[Part]] = {}
+    for part in parts:
+        grouped.setdefault((part.service, part.path, tuple(part.params.items())), []).append(part)
+    return tuple(tuple(group) for group in grouped.values())
+
+
+CALLS = calls(PARTS)
+"""What the gateway asks for a customer 360: four calls for five parts."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +110,23 @@ def from_response(status: int, body: Any, raw: bytes | None = None) -> Outcome:
     if not isinstance(body, dict):
         return errored("the response is not a JSON object")
     return Found(body, raw=raw)
+
+
+def outcomes_of(parts: Iterable[Part], answer: Outcome) -> dict[str, Outcome]:
+    """Each part's outcome from the outcome of the call that answers them all: a whole answer
+    for a part without a member, else its member (not found when the member is null)."""
+    return {part.name: _member(part, answer) for part in parts}
+
+
+def _member(part: Part, answer: Outcome) -> Outcome:
+    if part.member is None or not isinstance(answer, Found):
+        return answer
+    body = answer.body.get(part.member)
+    if body is None:
+        return NotFound()
+    if not isinstance(body, dict):
+        return errored(f"{part.member} in the response is not a JSON object")
+    return Found(body)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Calls from the gateway to the services' APIs, over one long-lived httpx client.
+"""Calls from the gateway to the services' APIs, over one long-lived httpx transport.
 
 Every call has a deadline, forwards the request id, and ends in a composition outcome; no
 exception of a service's making reaches the gateway's handlers.
@@ -6,7 +6,7 @@ exception of a service's making reaches the gateway's handlers.
 httpx sends its requests through aiohttp (httpx-aiohttp's transport): measured on this machine
 with 20 calls in flight, httpx's own connection pool cost 5.3 to 5.8 ms of CPU per call (it
 asks every idle pooled connection, through anyio, whether its socket is readable), httpx over
-aiohttp 0.8 to 1.0 ms, a bare aiohttp session 0.4 ms. The gateway makes five calls per customer
+aiohttp 0.8 to 1.0 ms, a bare aiohttp session 0.4 ms. The gateway makes four calls per customer
 360 (docs/decisions.md).
 """
 
@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import httpx
@@ -29,11 +29,12 @@ from httpx_aiohttp import AiohttpTransport
 from crm_shared.runtime.http import REQUEST_ID_HEADER, service_token_headers
 from gateway_service import metrics
 from gateway_service.composition import (
-    PARTS,
+    CALLS,
     Failed,
     Outcome,
     Part,
     from_response,
+    outcomes_of,
     timed_out,
     unavailable,
 )
@@ -71,7 +72,7 @@ def base_urls(settings: GatewaySettings) -> dict[str, str]:
 
 @asynccontextmanager
 async def connect(settings: GatewaySettings) -> AsyncIterator[Services]:
-    """The services behind one client, its connections kept alive, for as long as the context
+    """The services behind one transport, its connections kept alive, for as long as the context
     lasts."""
 
     def session() -> aiohttp.ClientSession:  # made on the first call, inside the event loop
@@ -79,53 +80,80 @@ async def connect(settings: GatewaySettings) -> AsyncIterator[Services]:
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=settings.upstream_connections)
         )
 
-    async with httpx.AsyncClient(
-        transport=AiohttpTransport(client=session),
-        headers=service_token_headers(settings.platform.service_token),
-        timeout=settings.upstream_timeout_seconds,
-    ) as client:
-        yield Services(client, base_urls(settings), settings.upstream_timeout_seconds)
+    async with AiohttpTransport(client=session) as transport:
+        yield Services(
+            transport,
+            base_urls(settings),
+            settings.upstream_timeout_seconds,
+            service_token_headers(settings.platform.service_token),
+        )
 
 
 class Services:
-    """The four services behind the gateway, as seen from one replica."""
+    """The four services behind the gateway, as seen from one replica.
+
+    Requests go straight to the httpx transport (httpx's public transport API) rather than
+    through `httpx.AsyncClient`: the client's per-request work (merging the URL, its query and
+    the headers, the auth and redirect flows, the cookie jar) cost more CPU than the call itself,
+    for nothing this gateway uses (docs/decisions.md)."""
 
     def __init__(
-        self, client: httpx.AsyncClient, base_urls: Mapping[str, str], timeout: float
+        self,
+        transport: httpx.AsyncBaseTransport,
+        base_urls: Mapping[str, str],
+        timeout: float,
+        headers: Mapping[str, str],
     ) -> None:
-        self._client = client
+        self._transport = transport
         self._base_urls = base_urls
         self._timeout = timeout
+        self._headers = dict(headers)
+        self._extensions = {
+            "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        }
 
     async def get(
         self, service: str, path: str, params: Mapping[str, Any], request_id: str
     ) -> Answer:
         """GET a service's path; UpstreamFailure when it does not answer in time or at all."""
+        url = self._base_urls[service] + path
+        if params:
+            url += "?" + urlencode(query_pairs(params))
+        request = httpx.Request(
+            "GET",
+            url,
+            headers={**self._headers, REQUEST_ID_HEADER: request_id},
+            extensions=self._extensions,
+        )
         try:
             async with asyncio.timeout(self._timeout):
-                response = await self._client.get(
-                    self._base_urls[service] + path,
-                    params=query_pairs(params),
-                    headers={REQUEST_ID_HEADER: request_id},
-                )
-                return Answer(response.status_code, response.content)
+                response = await self._transport.handle_async_request(request)
+                try:
+                    return Answer(response.status_code, await response.aread())
+                finally:
+                    await response.aclose()
         except (httpx.TransportError, aiohttp.ClientError, OSError) as error:  # timeouts included
             if _timed_out(error):
                 raise UpstreamFailure(timed_out(self._timeout)) from None
             raise UpstreamFailure(unavailable(_why(error))) from None
 
-    async def part(self, part: Part, customer_id: str, request_id: str) -> Outcome:
-        """One part of the customer 360, counted by outcome."""
-        outcome: Outcome
+    async def parts(
+        self, parts: tuple[Part, ...], customer_id: str, request_id: str
+    ) -> dict[str, Outcome]:
+        """The parts of the customer 360 one call answers, each counted by outcome."""
+        call = parts[0]
+        answer: Outcome
         try:
-            answer = await self.get(
-                part.service, customer_path(part.path, customer_id), part.params, request_id
+            response = await self.get(
+                call.service, customer_path(call.path, customer_id), call.params, request_id
             )
-            outcome = from_response(answer.status, json_body(answer.content), answer.content)
+            answer = from_response(response.status, json_body(response.content), response.content)
         except UpstreamFailure as failure:
-            outcome = failure.outcome
-        metrics.UPSTREAM_REQUESTS.labels(part.name, outcome.label).inc()
-        return outcome
+            answer = failure.outcome
+        outcomes = outcomes_of(parts, answer)
+        for name, outcome in outcomes.items():
+            metrics.UPSTREAM_REQUESTS.labels(name, outcome.label).inc()
+        return outcomes
 
     async def timeline_page(
         self, customer_id: str, params: Mapping[str, Any], request_id: str
@@ -144,11 +172,11 @@ class Services:
         return answer, body
 
     async def customer_360(self, customer_id: str, request_id: str) -> dict[str, Outcome]:
-        """Every part of the 360, asked in parallel; each part's outcome by part name."""
-        outcomes = await asyncio.gather(
-            *(self.part(part, customer_id, request_id) for part in PARTS)
+        """Every part of the 360, its calls made in parallel; each part's outcome by part name."""
+        answers = await asyncio.gather(
+            *(self.parts(parts, customer_id, request_id) for parts in CALLS)
         )
-        return {part.name: outcome for part, outcome in zip(PARTS, outcomes, strict=True)}
+        return {name: outcome for outcomes in answers for name, outcome in outcomes.items()}
 
 
 def query_pairs(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:

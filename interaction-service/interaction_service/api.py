@@ -9,14 +9,15 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Response
-from pydantic import BaseModel
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from pydantic import BaseModel, Field
 
 from crm_shared.runtime.http import (
     connection,
     create_api,
     database_lifespan,
     model_response,
+    pool_of,
     serve,
 )
 from interaction_service import projection, store
@@ -62,9 +63,43 @@ class ContactSummary(BaseModel):
     last_touchpoint_at: datetime | None
 
 
+class InteractionOverview(BaseModel):
+    timeline: TimelinePage = Field(description="The first page, newest first")
+    contact_summary: ContactSummary | None = Field(description="null when none was folded yet")
+
+
 def _unknown(customer_id: str) -> HTTPException:
     return HTTPException(
         404, f"customer {customer_id!r} has no recorded interactions in the interaction service"
+    )
+
+
+def _page(customer_id: str, rows: list[dict[str, Any]], limit: int) -> TimelinePage:
+    """A page of at most `limit` items from `limit` + 1 rows; the extra one says there is more."""
+    positions = [TimelinePosition(r["occurred_at"], r["source"], r["event_id"]) for r in rows]
+    return TimelinePage(
+        customer_id=customer_id,
+        items=[TimelineItem(**row) for row in rows[:limit]],
+        next_cursor=projection.next_cursor(positions, limit),
+    )
+
+
+def _summary(customer_id: str, totals: projection.ContactTotals) -> ContactSummary:
+    return ContactSummary(
+        customer_id=customer_id,
+        touchpoints=totals.touchpoints,
+        contacts=totals.contacts,
+        inbound=totals.inbound,
+        outbound=totals.outbound,
+        refusals=totals.refusals,
+        complaints=totals.complaints,
+        feedback=totals.feedback,
+        feedback_score_sum=totals.feedback_score_sum,
+        average_satisfaction=totals.average_satisfaction,
+        first_contact_at=totals.first_contact_at,
+        last_contact_at=totals.last_contact_at,
+        first_touchpoint_at=totals.first_touchpoint_at,
+        last_touchpoint_at=totals.last_touchpoint_at,
     )
 
 
@@ -82,7 +117,7 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
     @app.get("/customers/{customer_id}/timeline", response_model=TimelinePage)
     async def get_timeline(
         customer_id: CustomerIdPath,
-        conn: Conn,
+        request: Request,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
         cursor: str | None = None,
         kind: Annotated[list[Kind] | None, Query()] = None,
@@ -96,7 +131,7 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
                 422, f"invalid cursor: {problem}; pass a next_cursor from a previous page as is"
             ) from None
 
-        async def read_page() -> list[dict[str, Any]]:
+        async def read_page(conn: asyncpg.Connection) -> list[dict[str, Any]]:
             return await store.timeline_page(
                 conn,
                 customer_id,
@@ -106,26 +141,21 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
                 limit=limit + 1,
             )
 
-        rows = await read_page()
-        known = bool(rows)
-        if not known:
-            # Unknown customer, or a page past the end or a filter that matches nothing: ask
-            # again, both questions in one snapshot, or a customer's first event committed
-            # between them would give an empty page for a known customer instead of the event
-            # or a 404. The common case, a page with rows, needs neither the second read nor
-            # the transaction.
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                rows = await read_page()
-                known = bool(rows) or await store.has_timeline(conn, customer_id)
+        async with pool_of(request).acquire() as conn:
+            rows = await read_page(conn)
+            known = bool(rows)
+            if not known:
+                # Unknown customer, or a page past the end or a filter that matches nothing: ask
+                # again, both questions in one snapshot, or a customer's first event committed
+                # between them would give an empty page for a known customer instead of the
+                # event or a 404. The common case, a page with rows, needs neither the second
+                # read nor the transaction.
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    rows = await read_page(conn)
+                    known = bool(rows) or await store.has_timeline(conn, customer_id)
         if not known:
             raise _unknown(customer_id)
-        positions = [TimelinePosition(r["occurred_at"], r["source"], r["event_id"]) for r in rows]
-        page = TimelinePage(
-            customer_id=customer_id,
-            items=[TimelineItem(**row) for row in rows[:limit]],
-            next_cursor=projection.next_cursor(positions, limit),
-        )
-        return model_response(page)
+        return model_response(_page(customer_id, rows, limit))
 
     @app.get("/customers/{customer_id}/summary", response_model=ContactSummary)
     async def get_summary(customer_id: CustomerIdPath, conn: Conn) -> Response:
@@ -133,23 +163,39 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
         totals = await store.contact_summary(conn, customer_id)
         if totals is None:
             raise _unknown(customer_id)
-        summary = ContactSummary(
-            customer_id=customer_id,
-            touchpoints=totals.touchpoints,
-            contacts=totals.contacts,
-            inbound=totals.inbound,
-            outbound=totals.outbound,
-            refusals=totals.refusals,
-            complaints=totals.complaints,
-            feedback=totals.feedback,
-            feedback_score_sum=totals.feedback_score_sum,
-            average_satisfaction=totals.average_satisfaction,
-            first_contact_at=totals.first_contact_at,
-            last_contact_at=totals.last_contact_at,
-            first_touchpoint_at=totals.first_touchpoint_at,
-            last_touchpoint_at=totals.last_touchpoint_at,
+        return model_response(_summary(customer_id, totals))
+
+    @app.get("/customers/{customer_id}/overview", response_model=InteractionOverview)
+    async def get_overview(
+        customer_id: CustomerIdPath,
+        request: Request,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
+    ) -> Response:
+        """The first timeline page and the contact summary in one answer (the customer 360's
+        share, one call instead of two)."""
+
+        async def read(
+            conn: asyncpg.Connection,
+        ) -> tuple[list[dict[str, Any]], projection.ContactTotals | None]:
+            rows = await store.timeline_page(
+                conn, customer_id, kinds=None, newest_first=True, after=None, limit=limit + 1
+            )
+            return rows, await store.contact_summary(conn, customer_id)
+
+        async with pool_of(request).acquire() as conn:
+            rows, totals = await read(conn)
+            if not rows or totals is None:
+                # The worker writes both in one transaction: read them again in one snapshot, or
+                # an event committed between the two reads would show in only one of them.
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    rows, totals = await read(conn)
+        if not rows and totals is None:
+            raise _unknown(customer_id)
+        overview = InteractionOverview(
+            timeline=_page(customer_id, rows, limit),
+            contact_summary=None if totals is None else _summary(customer_id, totals),
         )
-        return model_response(summary)
+        return model_response(overview)
 
     return app
 

@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import Depends, FastAPI, HTTPException, Path, Response
+from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
 from pydantic import BaseModel
 
 from crm_shared.runtime.http import (
@@ -18,6 +18,7 @@ from crm_shared.runtime.http import (
     create_api,
     database_lifespan,
     model_response,
+    pool_of,
     serve,
 )
 from profile_service import store
@@ -96,9 +97,10 @@ def create_app(settings: ProfileSettings | None = None) -> FastAPI:
     )
 
     @app.get("/customers/{customer_id}", response_model=CustomerProfile)
-    async def get_customer(customer_id: CustomerIdPath, conn: Conn) -> Response:
+    async def get_customer(customer_id: CustomerIdPath, request: Request) -> Response:
         """The customer's record: contact fields, attributes, identifiers and purchase totals."""
-        view = await store.customer_view(conn, customer_id)
+        async with pool_of(request).acquire() as conn:
+            view = await store.customer_view(conn, customer_id)
         if view is None:
             raise HTTPException(
                 404, f"customer {customer_id!r} is not known to the profile service"

@@ -117,7 +117,7 @@ async def test_the_consent_guard_in_sql_keeps_what_the_pure_rule_keeps(
         rows = [replace(consent, customer_id=customer) for consent in order]
         await _save_in_turn(broadcast_db, store.save_consents, rows)
         async with broadcast_db.acquire() as conn:
-            stored = await store.consents_of(conn, customer)
+            _, stored = await store.preferences_and_consents(conn, customer)
         assert stored == [max(rows, key=lambda c: c.version)]
 
 
@@ -135,5 +135,5 @@ async def test_the_preference_guard_in_sql_breaks_ties_by_source_and_id_like_the
             rows = [replace(preferences, customer_id=customer) for preferences in order]
             await _save_in_turn(broadcast_db, store.save_preferences, rows)
             async with broadcast_db.acquire() as conn:
-                stored = await store.preferences_of(conn, customer)
+                stored, _ = await store.preferences_and_consents(conn, customer)
             assert stored == max(rows, key=lambda p: p.version)

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from gateway_service.composition import (
+    CALLS,
     PARTS,
     CustomerUnknown,
     Failed,
@@ -14,9 +15,12 @@ from gateway_service.composition import (
     MissingPart,
     NotFound,
     Outcome,
+    Part,
+    calls,
     compose,
     errored,
     from_response,
+    outcomes_of,
     render,
     timed_out,
     unavailable,
@@ -34,15 +38,62 @@ def _outcomes(**overrides: Outcome) -> dict[str, Outcome]:
 def test_the_parts_and_the_calls_that_fill_them() -> None:
     assert NAMES == ["profile", "timeline", "contact_summary", "preferences", "recommendations"]
     calls = {part.name: (part.service, part.path, dict(part.params)) for part in PARTS}
-    assert calls["timeline"] == (
-        "interaction",
-        "/customers/{customer_id}/timeline",
-        {"limit": "20"},
+    assert (
+        calls["timeline"]
+        == calls["contact_summary"]
+        == (
+            "interaction",
+            "/customers/{customer_id}/overview",
+            {"limit": "20"},
+        )
     )
-    assert calls["contact_summary"][:2] == ("interaction", "/customers/{customer_id}/summary")
     assert calls["preferences"][:2] == ("broadcast", "/customers/{customer_id}/preferences")
     assert calls["recommendations"][0] == "recommendation"
     assert calls["recommendations"][2] == {"limit": "10"}
+
+
+def test_parts_answered_by_the_same_call_are_asked_once() -> None:
+    assert [[part.name for part in group] for group in CALLS] == [
+        ["profile"],
+        ["timeline", "contact_summary"],
+        ["preferences"],
+        ["recommendations"],
+    ]
+
+
+def test_the_same_path_with_other_parameters_is_another_call() -> None:
+    first = Part("a", "interaction", "/x", {"limit": "1"}, member="a")
+    second = Part("b", "interaction", "/x", {"limit": "2"}, member="b")
+    assert calls([first, second]) == ((first,), (second,))
+
+
+def test_one_answer_gives_each_of_its_parts_its_member() -> None:
+    timeline, summary = CALLS[1]
+    answer = Found({"timeline": {"items": []}, "contact_summary": {"touchpoints": 2}})
+    assert outcomes_of((timeline, summary), answer) == {
+        "timeline": Found({"items": []}),
+        "contact_summary": Found({"touchpoints": 2}),
+    }
+
+
+def test_a_null_member_is_not_found_and_a_member_that_is_no_object_an_error() -> None:
+    timeline, summary = CALLS[1]
+    outcomes = outcomes_of((timeline, summary), Found({"timeline": [1], "contact_summary": None}))
+    assert outcomes == {
+        "timeline": Failed("error", "error: timeline in the response is not a JSON object"),
+        "contact_summary": NotFound(),
+    }
+
+
+@pytest.mark.parametrize("answer", [NotFound(), timed_out(2.0), errored("HTTP 500")])
+def test_a_call_that_fails_or_finds_nothing_leaves_each_of_its_parts_so(answer: Outcome) -> None:
+    assert outcomes_of(CALLS[1], answer) == {"timeline": answer, "contact_summary": answer}
+
+
+def test_a_part_without_a_member_is_the_whole_answer() -> None:
+    (profile,) = CALLS[0]
+    answer = Found({"customer_id": "C1"}, raw=b'{"customer_id":"C1"}')
+    assert outcomes_of((profile,), answer)["profile"] is answer
 
 
 def test_every_part_found_gives_a_full_view_with_nothing_missing() -> None:

@@ -248,6 +248,14 @@ async def connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
         yield conn
 
 
+def pool_of(request: Request) -> asyncpg.Pool:
+    """The API's pool, for routes on the customer 360's path to acquire from in the handler:
+    the generator dependency `connection` costs about 0.1 ms of FastAPI's machinery a request,
+    half of what such a route costs in FastAPI."""
+    pool: asyncpg.Pool = request.app.state.pool
+    return pool
+
+
 def is_loopback(host: str) -> bool:
     """Whether listening on `host` keeps the API on this machine; a name other than localhost
     may resolve to anything, so it counts as exposed."""
