@@ -117,6 +117,9 @@ def create_app(settings: ProfileSettings | None = None) -> FastAPI:
             raise HTTPException(404, f"no customer has {system} id {value!r}")
         return IdentifierMatch(system=system, value=value, customer_id=customer_id)
 
+    from profile_service import analytics_api  # imported here: it imports this module's types
+
+    app.include_router(analytics_api.router)
     return app
 
 
