@@ -349,6 +349,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         metrics.INGESTED_EVENTS.labels("rejected").inc(result.rejected)
         return _ingest_response(result)
 
+    from gateway_service import profile_reads  # imported here: it imports this module's guards
+
+    app.include_router(profile_reads.router)
     return app
 
 

@@ -18,7 +18,7 @@ from profile_service import analytics, commerce, store
 from profile_service.api import Conn, CustomerIdPath
 
 CurrencyQuery = Annotated[
-    str, Query(min_length=3, max_length=3, description="ISO 4217 code of the amounts")
+    str, Query(pattern=r"^[A-Z]{3}$", description="ISO 4217 code of the amounts")
 ]
 
 router = APIRouter()
@@ -153,20 +153,21 @@ async def top_customers(
     conn: Conn,
     currency: CurrencyQuery = "GBP",
     share: Annotated[
-        Decimal, Query(gt=0, le=1, description="Share of net revenue to reach, e.g. 0.25")
-    ] = analytics.DEFAULT_TOP_SHARE,
+        float, Query(gt=0, le=1, description="Share of net revenue to reach, e.g. 0.25")
+    ] = float(analytics.DEFAULT_TOP_SHARE),
     points: Annotated[int, Query(ge=2, le=100, description="Points of the Pareto curve")] = 20,
 ) -> Response:
     """The smallest set of customers bringing `share` of net revenue, their share of the active
     population, and the Pareto curve (best customers first)."""
-    found = await store.top_customers(conn, currency, share, points)
+    wanted = Decimal(str(share))
+    found = await store.top_customers(conn, currency, wanted, points)
     active, revenue = found["active"], found["revenue"]
     top = found["top"] or 0
     curve = analytics.pareto_curve(active, revenue, found["running_at"], points)
     return model_response(
         TopCustomers(
             currency=currency,
-            share=share,
+            share=wanted,
             customers=top,
             active_customers=active,
             population_share=round(Decimal(top) / active, 4) if active else None,
@@ -182,17 +183,14 @@ async def olap_cube(
     conn: Conn,
     currency: CurrencyQuery = "GBP",
     by: Annotated[
-        str,
-        Query(
-            max_length=200,
-            description="Comma-separated dimensions among segment, country, channel, month",
-        ),
-    ] = "",
+        list[str] | None,
+        Query(description="Dimensions among segment, country, channel, month; repeat for several"),
+    ] = None,
 ) -> Response:
     """Customers, orders, net revenue and average order value for every combination of the
     chosen dimensions, with subtotals and the grand total (rolled-up dimensions listed)."""
     try:
-        dimensions = analytics.cube_dimensions([d.strip() for d in by.split(",") if d.strip()])
+        dimensions = analytics.cube_dimensions(by or [])
     except analytics.UnknownDimension as problem:
         raise HTTPException(422, str(problem)) from None
     rows = await store.cube(conn, currency, dimensions)

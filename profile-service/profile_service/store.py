@@ -485,7 +485,7 @@ async def cube(
     """Customers, orders, net revenue and average order value in one currency, for every
     combination of the dimensions (CUBE): a dimension rolled up is NULL and listed in rolled_up.
     Revenue is net of refunds, dated when refunded; a refund naming no known order has channel
-    'unknown'."""
+    'unknown'. With no facts at all the grand total is one row of zeros."""
     unknown = set(dimensions) - set(_CUBE_EXPRESSIONS)
     if unknown:
         raise ValueError(f"unknown cube dimensions {sorted(unknown)}")
@@ -499,7 +499,8 @@ async def cube(
         f"""
         SELECT {"".join(s + ", " for s in selected)}{flags} AS rolled_up,
                count(DISTINCT f.customer_id)::bigint AS customers,
-               sum(f.orders)::bigint AS orders, sum(f.revenue) AS revenue
+               coalesce(sum(f.orders), 0)::bigint AS orders,
+               coalesce(sum(f.revenue), 0) AS revenue
         FROM revenue_facts f
         LEFT JOIN customers c ON c.customer_id = f.customer_id
         LEFT JOIN rfm_scores s ON s.customer_id = f.customer_id AND s.currency = f.currency

@@ -238,3 +238,11 @@ async def test_the_cube_totals_equal_the_customer_totals_in_every_breakdown() ->
     assert {c["channel"] for c in by_channel} == {"web", "store", "unknown"}
     finest = [c for c in cells if not any(c["rolled_up"])]
     assert sum(c["orders"] for c in finest) == orders
+
+
+async def test_a_currency_without_purchases_has_a_grand_total_of_zeros() -> None:
+    async with _folded(1000) as pool, pool.acquire() as conn:
+        cells = await store.cube(conn, "JPY", ("segment",))
+    assert [(c["customers"], c["orders"], c["revenue"], c["rolled_up"]) for c in cells] == [
+        (0, 0, 0, [True])
+    ]
