@@ -391,8 +391,11 @@ async def projection_mark(conn: asyncpg.Connection) -> tuple[int, datetime | Non
 
 
 async def refresh_rfm(conn: asyncpg.Connection) -> None:
-    """Recompute every RFM score (set-based, in SQL); readers keep the old ones meanwhile."""
-    await conn.execute("REFRESH MATERIALIZED VIEW CONCURRENTLY rfm_scores")
+    """Recompute every RFM score (set-based, in SQL); readers keep the old ones meanwhile. The
+    sorts and aggregates get the memory to stay off disk (this transaction only)."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL work_mem = '128MB'")
+        await conn.execute("REFRESH MATERIALIZED VIEW CONCURRENTLY rfm_scores")
 
 
 def _segment_rule() -> list[list[Any]]:
