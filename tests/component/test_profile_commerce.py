@@ -17,11 +17,14 @@ import pytest
 
 from crm_shared.contracts.deadletter import DeadLetter
 from crm_shared.contracts.events import CLOCK_SUBJECT, build_event, encode_event
+from crm_shared.contracts.topics import topic_for
+from crm_shared.ops.demo.retail import load_retail
 from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.projector import BatchProjector, RawRecord
 from crm_shared.runtime.shadow import Fingerprint, fingerprints
 from profile_service import analytics, store
 from profile_service.worker import PROJECTION
+from tests.unit.test_demo_retail import DATA
 
 pytestmark = pytest.mark.component
 
@@ -246,3 +249,51 @@ async def test_a_currency_without_purchases_has_a_grand_total_of_zeros() -> None
     assert [(c["customers"], c["orders"], c["revenue"], c["rolled_up"]) for c in cells] == [
         (0, 0, 0, [True])
     ]
+
+
+@pytest.mark.skipif(DATA is None, reason="shared/data/online_retail.csv.gz not found")
+async def test_the_online_retail_file_gives_its_known_totals_in_the_commerce_views(
+    fresh_dsn: str,
+) -> None:
+    assert DATA is not None
+    events = [
+        document
+        for document in load_retail(DATA).events
+        if topic_for(document["type"]) in ("crm.orders", "crm.customers")
+    ]
+    records = [
+        RawRecord(
+            topic_for(document["type"]),
+            0,
+            offset,
+            str(document["subject"]).encode(),
+            encode_event(document),
+        )
+        for offset, document in enumerate(events)
+    ]
+    pool = await open_pool(fresh_dsn, PROJECTION.migrations, 2)
+    try:
+
+        async def no_dead_letters(letters: Sequence[DeadLetter]) -> None:
+            raise AssertionError(f"unexpected dead letters: {letters[:3]}")
+
+        projector = BatchProjector(PROJECTION, pool, no_dead_letters)
+        await projector.reload_positions()
+        for start in range(0, len(records), 5000):
+            await projector.process(records[start : start + 5000])
+        totals = await pool.fetchrow(
+            "SELECT count(*) AS customers, count(*) FILTER (WHERE orders > 0) AS buyers,"
+            " sum(gross_revenue) AS gross, sum(net_revenue) AS net"
+            " FROM customer_currency_totals WHERE currency = 'GBP'"
+        )
+        disagreeing = await pool.fetchval(
+            "SELECT count(*) FROM customer_currency_totals c"
+            " FULL JOIN purchase_totals p USING (customer_id)"
+            " WHERE c.net_revenue IS DISTINCT FROM p.gross_revenue - p.refunded"
+        )
+    finally:
+        await pool.close()
+    assert (totals["customers"], totals["buyers"]) == (4_372, 4_339)
+    assert round(totals["gross"], 2) == Decimal("8911407.90")
+    assert round(totals["net"], 2) == Decimal("8300065.81")
+    assert disagreeing == 0  # the views and the fold's own sums give every customer alike
