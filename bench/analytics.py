@@ -30,7 +30,7 @@ FILL = [
     INSERT INTO orders (customer_id, order_id, source, event_id, placed_at, channel, currency,
                         amount, line_count, items)
     SELECT 'c' || c, 'c' || c || '-' || k, 'bench', 'c' || c || '-' || k,
-           timestamptz '2023-01-01' + ((c * 7919 + k * 104729) % 730) * interval '1 day',
+           timestamptz '2023-01-01' + ((c::bigint * 7919 + k * 104729) % 730) * interval '1 day',
            (ARRAY['web', 'store', 'phone'])[1 + (c + k) % 3], 'GBP',
            ((c * 31 + k * 17) % 500 + 5)::numeric, 1 + k % 4, 1 + k % 4
     FROM generate_series(1, $1) AS c, generate_series(1, 1 + (c % 5)) AS k
