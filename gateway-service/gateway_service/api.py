@@ -349,6 +349,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         metrics.INGESTED_EVENTS.labels("rejected").inc(result.rejected)
         return _ingest_response(result)
 
+    from gateway_service import profile_reads  # imported here: it imports this module's guards
+
+    # Its routes as the app's own: this FastAPI wraps an included router in one opaque route.
+    app.router.routes.extend(profile_reads.router.routes)
     return app
 
 

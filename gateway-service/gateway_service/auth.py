@@ -19,7 +19,9 @@ from crm_shared.contracts.events import EventSource
 
 CUSTOMERS_READ = "customers:read"
 EVENTS_WRITE = "events:write"
-SCOPES = frozenset({CUSTOMERS_READ, EVENTS_WRITE})
+ANALYTICS_READ = "analytics:read"
+"""Figures across customers (top customers, the cube, RFM segment sizes)."""
+SCOPES = frozenset({CUSTOMERS_READ, EVENTS_WRITE, ANALYTICS_READ})
 
 KEY_PREFIX = "crm"
 _KEY_ID = re.compile(r"^[0-9a-f]{8,64}$")

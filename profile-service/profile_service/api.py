@@ -119,6 +119,10 @@ def create_app(settings: ProfileSettings | None = None) -> FastAPI:
             raise HTTPException(404, f"no customer has {system} id {value!r}")
         return IdentifierMatch(system=system, value=value, customer_id=customer_id)
 
+    from profile_service import analytics_api  # imported here: it imports this module's types
+
+    # Its routes as the app's own: this FastAPI wraps an included router in one opaque route.
+    app.router.routes.extend(analytics_api.router.routes)
     return app
 
 

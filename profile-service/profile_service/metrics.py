@@ -1,6 +1,6 @@
 """Metrics of the profile service, beside the shared crm_* worker and HTTP metrics."""
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge, Histogram
 
 MONEY_FOLDED = Counter(
     "crm_profile_money_folded",
@@ -12,4 +12,14 @@ CUSTOMERS_CHANGED = Counter(
 )
 SEGMENT_CHANGES = Counter(
     "crm_profile_segment_changes", "Customers who entered or left a segment", ["segment"]
+)
+RFM_CUSTOMERS = Gauge(
+    "crm_profile_rfm_customers",
+    "Customers in each RFM segment, per currency, as of the last refresh of the scores",
+    ["currency", "segment"],
+)
+RFM_REFRESH_SECONDS = Histogram(
+    "crm_profile_rfm_refresh_seconds",
+    "Time to recompute every RFM score",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )

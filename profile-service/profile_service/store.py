@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
 from crm_shared.runtime.db import columns
+from profile_service import analytics
+from profile_service.commerce import CommerceRows, CurrencyTotals
 from profile_service.projection import (
     CONTACT_FIELDS,
     CustomerRecord,
@@ -244,3 +247,272 @@ async def segments_of(conn: asyncpg.Connection, customer_id: str) -> list[str]:
         customer_id,
     )
     return [row["segment"] for row in rows]
+
+
+# --- commerce: orders, lines, refunds, cancellations ---------------------------------------------
+
+_FIRST_WINS = (
+    "WHERE (EXCLUDED.{time}, EXCLUDED.source, EXCLUDED.event_id) < (t.{time}, t.source, t.event_id)"
+)
+"""The guard of a business id's upsert: the earlier event by (time, source, id) is kept, as in
+commerce._precedence."""
+
+
+async def save_commerce(conn: asyncpg.Connection, rows: CommerceRows) -> None:
+    """Write a batch's commerce rows, one statement per table."""
+    if rows.orders:
+        await conn.execute(
+            """
+            INSERT INTO orders AS t (customer_id, order_id, source, event_id, placed_at, channel,
+                                     currency, amount, line_count, items)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                                 $5::timestamptz[], $6::text[], $7::text[],
+                                 $8::text[]::numeric[], $9::int[], $10::bigint[])
+            ON CONFLICT (customer_id, order_id) DO UPDATE SET
+                source = EXCLUDED.source, event_id = EXCLUDED.event_id,
+                placed_at = EXCLUDED.placed_at, channel = EXCLUDED.channel,
+                currency = EXCLUDED.currency, amount = EXCLUDED.amount,
+                line_count = EXCLUDED.line_count, items = EXCLUDED.items
+            """
+            + _FIRST_WINS.format(time="placed_at"),
+            *columns(rows.orders, "customer_id", "order_id", "source", "event_id", "placed_at"),
+            *columns(rows.orders, "channel", "currency"),
+            [str(row.amount) for row in rows.orders],
+            *columns(rows.orders, "line_count", "items"),
+        )
+    if rows.lines:
+        await conn.execute(
+            """
+            INSERT INTO order_lines (customer_id, order_id, source, event_id, line_no, product_id,
+                                     description, quantity, unit_price)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[],
+                                 $6::text[], $7::text[], $8::int[], $9::text[]::numeric[])
+            ON CONFLICT DO NOTHING
+            """,
+            *columns(rows.lines, "customer_id", "order_id", "source", "event_id", "line_no"),
+            *columns(rows.lines, "product_id", "description", "quantity"),
+            [str(row.unit_price) for row in rows.lines],
+        )
+    if rows.refunds:
+        await conn.execute(
+            """
+            INSERT INTO refunds AS t (customer_id, refund_id, source, event_id, refunded_at,
+                                      order_id, currency, amount, line_count, items, reason)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                                 $5::timestamptz[], $6::text[], $7::text[],
+                                 $8::text[]::numeric[], $9::int[], $10::bigint[], $11::text[])
+            ON CONFLICT (customer_id, refund_id) DO UPDATE SET
+                source = EXCLUDED.source, event_id = EXCLUDED.event_id,
+                refunded_at = EXCLUDED.refunded_at, order_id = EXCLUDED.order_id,
+                currency = EXCLUDED.currency, amount = EXCLUDED.amount,
+                line_count = EXCLUDED.line_count, items = EXCLUDED.items, reason = EXCLUDED.reason
+            """
+            + _FIRST_WINS.format(time="refunded_at"),
+            *columns(rows.refunds, "customer_id", "refund_id", "source", "event_id"),
+            *columns(rows.refunds, "refunded_at", "order_id", "currency"),
+            [str(row.amount) for row in rows.refunds],
+            *columns(rows.refunds, "line_count", "items", "reason"),
+        )
+    if rows.cancellations:
+        await conn.execute(
+            """
+            INSERT INTO order_cancellations AS t (customer_id, order_id, source, event_id,
+                                                  cancelled_at, reason)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                                 $5::timestamptz[], $6::text[])
+            ON CONFLICT (customer_id, order_id) DO UPDATE SET
+                source = EXCLUDED.source, event_id = EXCLUDED.event_id,
+                cancelled_at = EXCLUDED.cancelled_at, reason = EXCLUDED.reason
+            """
+            + _FIRST_WINS.format(time="cancelled_at"),
+            *columns(
+                rows.cancellations,
+                "customer_id",
+                "order_id",
+                "source",
+                "event_id",
+                "cancelled_at",
+                "reason",
+            ),
+        )
+
+
+async def currency_totals(conn: asyncpg.Connection, customer_id: str) -> list[CurrencyTotals]:
+    """The customer's purchases per currency, derived from the commerce facts."""
+    rows = await conn.fetch(
+        """
+        SELECT currency, orders, gross_revenue, refunded, net_revenue, first_purchase_at,
+               last_purchase_at
+        FROM customer_currency_totals WHERE customer_id = $1 ORDER BY currency
+        """,
+        customer_id,
+    )
+    return [CurrencyTotals(**dict(row)) for row in rows]
+
+
+async def channel_counts(conn: asyncpg.Connection, customer_id: str) -> dict[str, int]:
+    """How many of the customer's orders (not cancelled) came through each channel."""
+    rows = await conn.fetch(
+        """
+        SELECT channel, sum(orders)::int AS orders FROM revenue_facts
+        WHERE customer_id = $1 AND orders = 1 GROUP BY channel
+        """,
+        customer_id,
+    )
+    return {row["channel"]: row["orders"] for row in rows}
+
+
+async def cancelled_orders(conn: asyncpg.Connection, customer_id: str) -> int:
+    found: int = await conn.fetchval(
+        "SELECT count(*) FROM order_cancellations WHERE customer_id = $1", customer_id
+    )
+    return found
+
+
+async def customer_country(conn: asyncpg.Connection, customer_id: str) -> str | None:
+    country: str | None = await conn.fetchval(
+        "SELECT country FROM customers WHERE customer_id = $1", customer_id
+    )
+    return country
+
+
+# --- analysis across customers: RFM, top customers, the cube -------------------------------------
+
+
+async def projection_mark(conn: asyncpg.Connection) -> tuple[int, datetime | None]:
+    """What changes whenever the fold applies something (consumed offsets) or time moves (the
+    newest tick): the RFM scores need a refresh only when it moved."""
+    row = await conn.fetchrow(
+        "SELECT (SELECT coalesce(sum(next_offset), 0) FROM consumer_positions)::bigint AS offsets,"
+        " (SELECT max(now) FROM partition_clocks) AS newest_tick"
+    )
+    assert row is not None
+    return row["offsets"], row["newest_tick"]
+
+
+async def refresh_rfm(conn: asyncpg.Connection) -> None:
+    """Recompute every RFM score (set-based, in SQL); readers keep the old ones meanwhile. The
+    sorts and aggregates get the memory to stay off disk (this transaction only)."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL work_mem = '128MB'")
+        await conn.execute("REFRESH MATERIALIZED VIEW CONCURRENTLY rfm_scores")
+
+
+def _segment_rule() -> list[list[Any]]:
+    """The RFM segment rule as four arrays, for SQL to join with (unnest)."""
+    table = analytics.segment_table()
+    return [[row[i] for row in table] for i in range(4)]
+
+
+_SEGMENTS = "unnest($1::int[], $2::int[], $3::int[], $4::text[]) AS rule(r, f, m, segment)"
+
+
+async def rfm_of(conn: asyncpg.Connection, customer_id: str) -> list[dict[str, Any]]:
+    """The customer's RFM measures, scores and segment in each currency they bought in."""
+    rows = await conn.fetch(
+        f"""
+        SELECT s.currency, s.recency_days, s.frequency, s.monetary, s.last_purchase_at, s.as_of,
+               s.r, s.f, s.m, rule.segment
+        FROM rfm_scores s JOIN {_SEGMENTS} USING (r, f, m)
+        WHERE s.customer_id = $5 ORDER BY s.currency
+        """,
+        *_segment_rule(),
+        customer_id,
+    )
+    return [dict(row) for row in rows]
+
+
+async def segment_sizes(conn: asyncpg.Connection) -> dict[tuple[str, str], int]:
+    """How many customers each RFM segment holds, per currency."""
+    rows = await conn.fetch(
+        f"""
+        SELECT s.currency, rule.segment, count(*)::int AS customers
+        FROM rfm_scores s JOIN {_SEGMENTS} USING (r, f, m)
+        GROUP BY s.currency, rule.segment
+        """,
+        *_segment_rule(),
+    )
+    return {(row["currency"], row["segment"]): row["customers"] for row in rows}
+
+
+async def top_customers(
+    conn: asyncpg.Connection, currency: str, share: Decimal, points: int
+) -> dict[str, Any]:
+    """The smallest set of customers whose net revenue reaches `share` of the total (the best
+    first), their share of the active population, and `points` points of the Pareto curve
+    (population share -> revenue share, best customers first)."""
+    row = await conn.fetchrow(
+        """
+        WITH ranked AS (
+            SELECT row_number() OVER w AS rank, sum(monetary) OVER w AS running
+            FROM rfm_scores WHERE currency = $1 AND monetary > 0
+            WINDOW w AS (ORDER BY monetary DESC, customer_id ROWS UNBOUNDED PRECEDING)
+        ),
+        population AS (
+            SELECT count(*) AS active, coalesce(sum(monetary) FILTER (WHERE monetary > 0), 0)
+                   AS revenue, max(as_of) AS as_of
+            FROM rfm_scores WHERE currency = $1
+        )
+        SELECT p.active, p.revenue, p.as_of,
+               (SELECT min(rank) FROM ranked WHERE running >= $2 * p.revenue) AS top,
+               (SELECT coalesce(array_agg(rank ORDER BY rank), '{}') FROM ranked
+                WHERE rank IN (SELECT ceil(g * p.active::numeric / $3)
+                               FROM generate_series(1, $3) AS g)) AS ranks,
+               (SELECT coalesce(array_agg(running ORDER BY rank), '{}') FROM ranked
+                WHERE rank IN (SELECT ceil(g * p.active::numeric / $3)
+                               FROM generate_series(1, $3) AS g)) AS runnings
+        FROM population p
+        """,
+        currency,
+        share,
+        points,
+    )
+    assert row is not None
+    found = dict(row)
+    found["running_at"] = dict(zip(found.pop("ranks"), found.pop("runnings"), strict=True))
+    return found
+
+
+_CUBE_EXPRESSIONS = {
+    "segment": "coalesce(rule.segment, 'unscored')",
+    "country": "coalesce(c.country, 'unknown')",
+    "channel": "coalesce(f.channel, 'unknown')",
+    "month": "to_char(f.at AT TIME ZONE 'UTC', 'YYYY-MM')",
+}
+"""The SQL of each cube dimension (names checked by analytics.cube_dimensions)."""
+
+
+async def cube(
+    conn: asyncpg.Connection, currency: str, dimensions: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Customers, orders, net revenue and average order value in one currency, for every
+    combination of the dimensions (CUBE): a dimension rolled up is NULL and listed in rolled_up.
+    Revenue is net of refunds, dated when refunded; a refund naming no known order has channel
+    'unknown'. With no facts at all the grand total is one row of zeros."""
+    unknown = set(dimensions) - set(_CUBE_EXPRESSIONS)
+    if unknown:
+        raise ValueError(f"unknown cube dimensions {sorted(unknown)}")
+    selected = [f"{_CUBE_EXPRESSIONS[d]} AS {d}" for d in dimensions]
+    rolled_up = [f"GROUPING({_CUBE_EXPRESSIONS[d]}) = 1" for d in dimensions]
+    grouping = (
+        f"CUBE ({', '.join(_CUBE_EXPRESSIONS[d] for d in dimensions)})" if dimensions else "()"
+    )
+    flags = f"ARRAY[{', '.join(rolled_up)}]::bool[]" if dimensions else "'{}'::bool[]"
+    rows = await conn.fetch(
+        f"""
+        SELECT {"".join(s + ", " for s in selected)}{flags} AS rolled_up,
+               count(DISTINCT f.customer_id)::bigint AS customers,
+               coalesce(sum(f.orders), 0)::bigint AS orders,
+               coalesce(sum(f.revenue), 0) AS revenue
+        FROM revenue_facts f
+        LEFT JOIN customers c ON c.customer_id = f.customer_id
+        LEFT JOIN rfm_scores s ON s.customer_id = f.customer_id AND s.currency = f.currency
+        LEFT JOIN {_SEGMENTS} ON rule.r = s.r AND rule.f = s.f AND rule.m = s.m
+        WHERE f.currency = $5
+        GROUP BY {grouping}
+        ORDER BY {", ".join([*(f"{d} NULLS FIRST" for d in dimensions), "1"])}
+        """,
+        *_segment_rule(),
+        currency,
+    )
+    return [dict(row) for row in rows]

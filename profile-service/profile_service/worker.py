@@ -5,6 +5,8 @@ python -m profile_service.worker
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -13,9 +15,9 @@ import asyncpg
 from crm_shared.contracts.events import CLOCK_TICKED, ClockTicked, Event
 from crm_shared.contracts.topics import ORDERS
 from crm_shared.runtime.derived import Derived
-from crm_shared.runtime.projector import Projection
+from crm_shared.runtime.projector import PeriodicJob, Projection
 from crm_shared.runtime.worker import run_worker
-from profile_service import metrics, projection, store
+from profile_service import analytics, commerce, metrics, projection, store
 from profile_service.config import MIGRATIONS, ProfileSettings
 from profile_service.events import CUSTOMER_TYPES, FOLDS, TOPICS
 from profile_service.projection import Membership
@@ -32,6 +34,7 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
         changed = projection.evolve_customers(current, customer_events)
         await store.save_customers(conn, list(changed.values()))
         metrics.CUSTOMERS_CHANGED.inc(len(changed))
+    await store.save_commerce(conn, commerce.commerce_rows(events))
     deltas = projection.purchase_deltas(events)
     # Read before the totals move: the lapses are replayed event by event from this state.
     before = await store.lapse_states(conn, projection.LAPSED, deltas)
@@ -75,8 +78,55 @@ async def fold_ticks(conn: asyncpg.Connection, ticks: Sequence[Event]) -> list[D
     return derived
 
 
+log = logging.getLogger(__name__)
+
+RFM_REFRESH_INTERVAL_SECONDS = 10.0
+"""How often the worker looks whether the projection moved, and then recomputes the RFM scores
+(a no-op look costs one small query)."""
+RFM_REFRESH_DUTY = 0.1
+"""At most this share of the time goes to refreshing: after a refresh of d seconds the next one
+waits d / RFM_REFRESH_DUTY (a 60 s refresh of a million customers: every 10 minutes)."""
+
+
+class RfmRefresher:
+    """Recomputes the RFM scores when the fold applied something or time moved since the last
+    run, and publishes the segment sizes as gauges. Never raises: a failed run retries next."""
+
+    def __init__(self) -> None:
+        self.refreshed_at_mark: tuple[int, datetime | None] | None = None
+        self.not_before = 0.0
+
+    async def __call__(self, pool: asyncpg.Pool) -> None:
+        if time.monotonic() < self.not_before:
+            return
+        try:
+            async with pool.acquire() as conn:
+                mark = await store.projection_mark(conn)
+                if mark == self.refreshed_at_mark:
+                    return
+                started = time.monotonic()
+                await store.refresh_rfm(conn)
+                sizes = await store.segment_sizes(conn)
+            took = time.monotonic() - started
+            self.not_before = started + took / RFM_REFRESH_DUTY
+            metrics.RFM_REFRESH_SECONDS.observe(took)
+            for currency in {currency for currency, _ in sizes}:
+                for segment in analytics.RFM_SEGMENTS:
+                    metrics.RFM_CUSTOMERS.labels(currency, segment).set(
+                        sizes.get((currency, segment), 0)
+                    )
+            self.refreshed_at_mark = mark
+        except Exception:
+            log.exception("refreshing the RFM scores failed; retrying at the next interval")
+
+
 PROJECTION = Projection(
-    name="profile", topics=TOPICS, folds=FOLDS, migrations=MIGRATIONS, fold=fold
+    name="profile",
+    topics=TOPICS,
+    folds=FOLDS,
+    migrations=MIGRATIONS,
+    fold=fold,
+    periodic=(PeriodicJob("rfm-scores", RFM_REFRESH_INTERVAL_SECONDS, RfmRefresher()),),
 )
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def before_generate_path_parameters(
 
 @pytest.fixture(scope="module")
 def key_headers(platform: dict[str, str]) -> dict[str, str]:
-    key = create_api_key(platform, "openapi", "customers:read,events:write", SOURCE)
+    key = create_api_key(platform, "openapi", "customers:read,events:write,analytics:read", SOURCE)
     return {"Authorization": f"Bearer {key}"}
 
 
@@ -130,6 +130,11 @@ async def test_the_running_gateway_serves_the_document_under_test(
         "/v1/customers/{customer_id}",
         "/v1/customers/{customer_id}/timeline",
         "/v1/events",
+        "/v1/customers/{customer_id}/purchases",
+        "/v1/customers/{customer_id}/rfm",
+        "/v1/analytics/rfm-segments",
+        "/v1/analytics/top-customers",
+        "/v1/analytics/cube",
     }
 
 

@@ -153,6 +153,14 @@ class OrderRefunded(_EventData):
         return _lines_total(self.lines)
 
 
+class OrderCancelled(_EventData):
+    """An order was cancelled as a whole: it no longer counts as a purchase, and refunds of it are
+    part of the cancellation (money that went back for it is not subtracted a second time)."""
+
+    order_id: str = Field(min_length=1, max_length=64, description="The cancelled order")
+    reason: str | None = Field(default=None, max_length=300)
+
+
 class ProductViewed(_EventData):
     """A customer looked at a product (web, app, kiosk)."""
 
@@ -264,6 +272,7 @@ EVENT_TYPES: dict[str, type[_EventData]] = {
     "crm.customer.updated.v1": CustomerUpdated,
     "crm.order.placed.v1": OrderPlaced,
     "crm.order.refunded.v1": OrderRefunded,
+    "crm.order.cancelled.v1": OrderCancelled,
     "crm.product.viewed.v1": ProductViewed,
     "crm.contact.logged.v1": ContactLogged,
     "crm.feedback.given.v1": FeedbackGiven,

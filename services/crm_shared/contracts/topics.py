@@ -44,7 +44,7 @@ CUSTOMERS = Topic(
 ORDERS = Topic(
     "crm.orders",
     "Purchases and refunds from the shop, POS and every other sales channel.",
-    ("crm.order.placed.v1", "crm.order.refunded.v1"),
+    ("crm.order.placed.v1", "crm.order.refunded.v1", "crm.order.cancelled.v1"),
     producers=("shop", "pos", "gateway-service"),
     consumers=("profile-service", "interaction-service", "recommendation-service"),
 )

@@ -1,0 +1,299 @@
+"""Profile commerce and analysis on real PostgreSQL (no Kafka): the folded orders, refunds and
+cancellations are the same whatever the batch boundaries and the order of arrival, and the RFM
+scores, top customers and cube computed in SQL agree with independent computations."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+
+from crm_shared.contracts.deadletter import DeadLetter
+from crm_shared.contracts.events import CLOCK_SUBJECT, build_event, encode_event
+from crm_shared.contracts.topics import topic_for
+from crm_shared.ops.demo.retail import load_retail
+from crm_shared.runtime.db import open_pool
+from crm_shared.runtime.projector import BatchProjector, RawRecord
+from crm_shared.runtime.shadow import Fingerprint, fingerprints
+from profile_service import analytics, store
+from profile_service.worker import PROJECTION
+from tests.unit.test_demo_retail import DATA
+
+pytestmark = pytest.mark.component
+
+DAY0 = datetime(2024, 1, 1, tzinfo=UTC)
+COMMERCE_TABLES = ("orders", "order_lines", "refunds", "order_cancellations")
+
+
+def _lines(*prices: str) -> list[dict[str, Any]]:
+    return [{"product_id": f"P{i}", "quantity": 1, "unit_price": p} for i, p in enumerate(prices)]
+
+
+def _event(kind: str, customer: str, day: float, data: dict[str, Any], eid: str) -> dict[str, Any]:
+    return build_event(
+        f"crm.order.{kind}.v1",
+        customer,
+        data,
+        source="shop",
+        time=DAY0 + timedelta(days=day),
+        event_id=eid,
+    )
+
+
+def _placed(customer: str, order: str, day: float, *prices: str, **extra: Any) -> dict[str, Any]:
+    data = {"order_id": order, "lines": _lines(*prices), **extra}
+    return _event("placed", customer, day, data, f"{order}@{day}")
+
+
+def _refunded(
+    customer: str, refund: str, day: float, price: str, order: str | None = None
+) -> dict[str, Any]:
+    data = {"refund_id": refund, "order_id": order, "lines": _lines(price)}
+    return _event("refunded", customer, day, data, refund)
+
+
+def _cancelled(customer: str, order: str, day: float) -> dict[str, Any]:
+    return _event("cancelled", customer, day, {"order_id": order}, f"cancel-{order}")
+
+
+def _tick(partition: int, day: int) -> dict[str, Any]:
+    return build_event(
+        "crm.clock.ticked.v1",
+        CLOCK_SUBJECT,
+        {"topic": "crm.orders", "partition": partition},
+        source="crm-clock",
+        time=DAY0 + timedelta(days=day),
+        event_id=f"tick:{day}:{partition}",
+    )
+
+
+def _crowd() -> list[dict[str, Any]]:
+    """Thirty customers with 1 to 5 orders of growing size, for the population-wide figures."""
+    events = []
+    for n in range(30):
+        for k in range(n % 5 + 1):
+            events.append(_placed(f"K{n}", f"K{n}-{k}", n + 3 * k, str(5 + n * 3)))
+    return events
+
+
+# Partition 0: the special cases; partition 1: the crowd. Each in its log order.
+LOGS: dict[int, list[dict[str, Any]]] = {
+    0: [
+        _placed("A", "O1", 0, "10", "5"),
+        _placed("A", "O3", 5, "7", currency="EUR"),
+        _cancelled("B", "O4", 4),  # before the order it cancels
+        _placed("B", "O4", 3, "50"),
+        _refunded("B", "R2", 6, "50", order="O4"),  # part of the cancellation
+        _placed("A", "O1", 1, "99"),  # the same order id again, later: not kept
+        _placed("A", "O2", 10, "20", channel="store"),
+        _refunded("A", "R1", 12, "5", order="O1"),  # partial
+        _placed("B", "O5", 20, "30"),
+        _refunded("B", "R3", 21, "4"),  # names no order
+        _tick(0, 40),
+    ],
+    1: [*_crowd(), _tick(1, 45)],
+}
+
+
+def _records(reverse: bool) -> list[RawRecord]:
+    """The partitions interleaved; reversed, every event arrives in the opposite order."""
+    logs = {p: list(reversed(log)) if reverse else log for p, log in LOGS.items()}
+    records = []
+    for offset in range(max(len(log) for log in logs.values())):
+        for partition, log in logs.items():
+            if offset < len(log):
+                event = log[offset]
+                records.append(
+                    RawRecord(
+                        "crm.orders",
+                        partition,
+                        offset,
+                        str(event["subject"]).encode(),
+                        encode_event(event),
+                    )
+                )
+    return records
+
+
+@asynccontextmanager
+async def _folded(size: int, *, reverse: bool = False) -> AsyncIterator[asyncpg.Pool]:
+    """A fresh profile database fed the logs in batches of `size`, its RFM scores refreshed."""
+    base = os.environ.get("CRM_PG_DSN_BASE")
+    if not base:
+        pytest.fail("component tests need PostgreSQL: run them with ./crm test")
+    name = f"crm_component_{uuid.uuid4().hex[:12]}"
+    pool = await open_pool(f"{base}/{name}", PROJECTION.migrations, 2)
+    try:
+
+        async def no_dead_letters(letters: Sequence[DeadLetter]) -> None:
+            raise AssertionError(f"unexpected dead letters: {letters}")
+
+        projector = BatchProjector(PROJECTION, pool, no_dead_letters)
+        await projector.reload_positions()
+        records = _records(reverse)
+        for start in range(0, len(records), size):
+            await projector.process(records[start : start + size])
+        async with pool.acquire() as conn:
+            await store.refresh_rfm(conn)
+        yield pool
+    finally:
+        await pool.close()
+        admin = await asyncpg.connect(f"{base}/postgres")
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def _state(pool: asyncpg.Pool) -> tuple[dict[str, Fingerprint], list[Any], list[Any]]:
+    async with pool.acquire() as conn:
+        tables = await fingerprints(conn, "public")
+        totals = await conn.fetch("SELECT * FROM customer_currency_totals ORDER BY 1, 2")
+        scores = await conn.fetch("SELECT * FROM rfm_scores ORDER BY 1, 2")
+    return (
+        {t: tables[t] for t in COMMERCE_TABLES},
+        [tuple(r) for r in totals],
+        [tuple(r) for r in scores],
+    )
+
+
+async def test_commerce_is_the_same_whatever_the_batches_and_the_order_of_arrival() -> None:
+    async with _folded(1) as pool:
+        reference = await _state(pool)
+    assert reference[0]["orders"].rows == 5 + sum(n % 5 + 1 for n in range(30))
+    for size, reverse in ((5, False), (1000, False), (1, True), (7, True)):
+        async with _folded(size, reverse=reverse) as pool:
+            assert await _state(pool) == reference, (size, reverse)
+
+
+async def test_refunds_cancellations_and_currencies_make_the_customer_totals() -> None:
+    async with _folded(4) as pool, pool.acquire() as conn:
+        a = {t.currency: t for t in await store.currency_totals(conn, "A")}
+        b = {t.currency: t for t in await store.currency_totals(conn, "B")}
+        channels = await store.channel_counts(conn, "A")
+    # A: O1 (first placement, 15) partly refunded (5), O2 20; EUR apart.
+    assert (a["GBP"].orders, a["GBP"].gross_revenue, a["GBP"].refunded) == (2, 35, 5)
+    assert a["GBP"].net_revenue == Decimal(30)
+    assert (a["EUR"].orders, a["EUR"].net_revenue) == (1, Decimal(7))
+    # B: O4 cancelled (its refund with it), O5 30, a refund of 4 that names no order.
+    assert (b["GBP"].orders, b["GBP"].gross_revenue, b["GBP"].refunded) == (1, 30, 4)
+    assert b["GBP"].first_purchase_at == DAY0 + timedelta(days=20)
+    assert channels == {"web": 2, "store": 1}  # EUR orders count too: channels are not money
+
+
+async def test_rfm_scores_in_sql_match_the_reference_by_the_replayable_clock() -> None:
+    async with _folded(6) as pool, pool.acquire() as conn:
+        rows = await conn.fetch("SELECT * FROM rfm_scores WHERE currency = 'GBP'")
+        sizes = await store.segment_sizes(conn)
+        mine = await store.rfm_of(conn, "K29")
+    by_id = {row["customer_id"]: row for row in rows}
+    measures = {
+        c: analytics.Measures(r["recency_days"], r["frequency"], r["monetary"])
+        for c, r in by_id.items()
+    }
+    expected = analytics.rfm_scores(measures)
+    assert {c: (r["r"], r["f"], r["m"]) for c, r in by_id.items()} == expected
+    # Recency by the clock of the customer's partition (day 45 for the crowd, 40 for A and B).
+    assert by_id["K29"]["as_of"] == DAY0 + timedelta(days=45)
+    assert by_id["A"]["recency_days"] == 30
+    assert sum(count for (currency, _), count in sizes.items() if currency == "GBP") == 32
+    assert mine[0]["segment"] == analytics.rfm_segment(*expected["K29"])
+
+
+async def test_top_customers_are_the_fewest_reaching_the_share() -> None:
+    async with _folded(9) as pool, pool.acquire() as conn:
+        rows = await conn.fetch("SELECT monetary FROM rfm_scores WHERE currency = 'GBP'")
+        found = await store.top_customers(conn, "GBP", Decimal("0.25"), 10)
+    amounts = sorted((r["monetary"] for r in rows if r["monetary"] > 0), reverse=True)
+    total, running, needed = sum(amounts), Decimal(0), 0
+    for amount in amounts:
+        if running >= total / 4:
+            break
+        running += amount
+        needed += 1
+    assert (found["top"], found["active"], found["revenue"]) == (needed, len(rows), total)
+    curve = analytics.pareto_curve(found["active"], total, found["running_at"], 10)
+    assert curve[-1].revenue_share == 1
+    shares = [point.revenue_share for point in curve]
+    assert shares == sorted(shares)
+
+
+async def test_the_cube_totals_equal_the_customer_totals_in_every_breakdown() -> None:
+    async with _folded(8) as pool, pool.acquire() as conn:
+        net = await conn.fetchval(
+            "SELECT sum(net_revenue) FROM customer_currency_totals WHERE currency = 'GBP'"
+        )
+        orders = await conn.fetchval(
+            "SELECT sum(orders) FROM customer_currency_totals WHERE currency = 'GBP'"
+        )
+        cells = await store.cube(conn, "GBP", ("segment", "channel", "month"))
+        grand = await store.cube(conn, "GBP", ())
+    assert [(c["orders"], c["revenue"], c["customers"]) for c in grand] == [(orders, net, 32)]
+    total = [c for c in cells if all(c["rolled_up"])]
+    assert [(c["orders"], c["revenue"]) for c in total] == [(orders, net)]
+    by_channel = [c for c in cells if c["rolled_up"] == [True, False, True]]
+    assert sum(c["revenue"] for c in by_channel) == net
+    assert {c["channel"] for c in by_channel} == {"web", "store", "unknown"}
+    finest = [c for c in cells if not any(c["rolled_up"])]
+    assert sum(c["orders"] for c in finest) == orders
+
+
+async def test_a_currency_without_purchases_has_a_grand_total_of_zeros() -> None:
+    async with _folded(1000) as pool, pool.acquire() as conn:
+        cells = await store.cube(conn, "JPY", ("segment",))
+    assert [(c["customers"], c["orders"], c["revenue"], c["rolled_up"]) for c in cells] == [
+        (0, 0, 0, [True])
+    ]
+
+
+@pytest.mark.skipif(DATA is None, reason="shared/data/online_retail.csv.gz not found")
+async def test_the_online_retail_file_gives_its_known_totals_in_the_commerce_views(
+    fresh_dsn: str,
+) -> None:
+    assert DATA is not None
+    events = [
+        document
+        for document in load_retail(DATA).events
+        if topic_for(document["type"]) in ("crm.orders", "crm.customers")
+    ]
+    records = [
+        RawRecord(
+            topic_for(document["type"]),
+            0,
+            offset,
+            str(document["subject"]).encode(),
+            encode_event(document),
+        )
+        for offset, document in enumerate(events)
+    ]
+    pool = await open_pool(fresh_dsn, PROJECTION.migrations, 2)
+    try:
+
+        async def no_dead_letters(letters: Sequence[DeadLetter]) -> None:
+            raise AssertionError(f"unexpected dead letters: {letters[:3]}")
+
+        projector = BatchProjector(PROJECTION, pool, no_dead_letters)
+        await projector.reload_positions()
+        for start in range(0, len(records), 5000):
+            await projector.process(records[start : start + 5000])
+        totals = await pool.fetchrow(
+            "SELECT count(*) AS customers, count(*) FILTER (WHERE orders > 0) AS buyers,"
+            " sum(gross_revenue) AS gross, sum(net_revenue) AS net"
+            " FROM customer_currency_totals WHERE currency = 'GBP'"
+        )
+        disagreeing = await pool.fetchval(
+            "SELECT count(*) FROM customer_currency_totals c"
+            " FULL JOIN purchase_totals p USING (customer_id)"
+            " WHERE c.net_revenue IS DISTINCT FROM p.gross_revenue - p.refunded"
+        )
+    finally:
+        await pool.close()
+    assert (totals["customers"], totals["buyers"]) == (4_372, 4_339)
+    assert round(totals["gross"], 2) == Decimal("8911407.90")
+    assert round(totals["net"], 2) == Decimal("8300065.81")
+    assert disagreeing == 0  # the views and the fold's own sums give every customer alike

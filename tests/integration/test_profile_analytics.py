@@ -1,0 +1,164 @@
+"""Purchases, RFM, top customers and the cube through the real broker, database and gateway:
+orders, a partial refund and a cancellation published to Kafka come out of the gateway's
+analysis routes, which ask for their scopes and check their parameters."""
+
+from __future__ import annotations
+
+import random
+import string
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.helpers import (
+    create_api_key,
+    eventually,
+    gateway_url,
+    service_auth,
+    unique,
+)
+from tests.integration.test_crash_recovery import publish
+
+pytestmark = pytest.mark.integration
+
+BUYERS = 10
+START = datetime.now(UTC) - timedelta(days=200)
+
+
+def _envelope(kind: str, customer: str, day: int, eid: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": eid,
+        "source": "shop",
+        "type": f"crm.order.{kind}.v1",
+        "subject": customer,
+        "time": (START + timedelta(days=day)).isoformat(),
+        "data": data,
+    }
+
+
+def _events(prefix: str, currency: str) -> tuple[list[dict[str, Any]], dict[str, Decimal]]:
+    """Buyer n places n + 1 orders of 10 x (n + 1), ten days apart, on the web; buyer 0 has a
+    second order cancelled, buyer 1 returns part of its first order. Also their net revenue."""
+    events, net = [], {}
+    for n in range(BUYERS):
+        customer = f"{prefix}-{n}"
+        price = Decimal(10 * (n + 1))
+        for k in range(n + 1):
+            order = {
+                "order_id": f"{customer}-o{k}",
+                "currency": currency,
+                "channel": "store" if k % 2 else "web",
+                "lines": [{"product_id": "P-1", "quantity": 1, "unit_price": str(price)}],
+            }
+            events.append(_envelope("placed", customer, 10 * k + n, f"{customer}-o{k}", order))
+        net[customer] = price * (n + 1)
+    first, second = f"{prefix}-0", f"{prefix}-1"
+    late = {"order_id": f"{first}-o9", "currency": currency, "lines": [
+        {"product_id": "P-2", "quantity": 3, "unit_price": "100"}
+    ]}  # fmt: skip
+    events.append(_envelope("placed", first, 50, f"{first}-o9", late))
+    events.append(_envelope("cancelled", first, 51, f"{first}-c9", {"order_id": f"{first}-o9"}))
+    refund = {
+        "refund_id": f"{second}-r1",
+        "order_id": f"{second}-o0",
+        "currency": currency,
+        "lines": [{"product_id": "P-1", "quantity": 1, "unit_price": "5"}],
+    }
+    events.append(_envelope("refunded", second, 30, f"{second}-r1", refund))
+    net[second] -= 5
+    return events, net
+
+
+async def test_purchase_analysis_reaches_the_gateway_with_scopes(platform: dict[str, str]) -> None:
+    prefix = unique("analysis")
+    currency = "".join(random.choices(string.ascii_uppercase, k=3))  # its own population
+    events, net = _events(prefix, currency)
+    publish(platform["CRM_KAFKA_BOOTSTRAP"], events, rate=5_000)
+    analyst = create_api_key(platform, "analyst", "customers:read,analytics:read")
+    reader = create_api_key(platform, "reader", "customers:read")
+    base = gateway_url(platform)
+    async with httpx.AsyncClient(
+        base_url=base, timeout=10, headers={"Authorization": f"Bearer {analyst}"}
+    ) as gateway:
+
+        async def get(path: str, **params: Any) -> tuple[int, Any]:
+            answer = await gateway.get(path, params=params)
+            return answer.status_code, answer.json()
+
+        second = f"{prefix}-1"
+        status, summary = await eventually(
+            lambda: get(f"/v1/customers/{second}/purchases"),
+            lambda found: found[0] == 200 and Decimal(found[1]["by_currency"][0]["refunded"]) == 5,
+            what="the partial refund in the purchase summary",
+        )
+        (mine,) = summary["by_currency"]
+        assert (mine["currency"], mine["orders"]) == (currency, 2)
+        assert Decimal(mine["net_revenue"]) == net[second] == Decimal(35)
+        assert Decimal(mine["average_order_value"]) == Decimal("17.50")
+        assert Decimal(mine["mean_days_between_purchases"]) == 10
+        assert summary["favourite_channels"] == ["store", "web"]
+
+        first = f"{prefix}-0"
+        _, cancelled = await eventually(
+            lambda: get(f"/v1/customers/{first}/purchases"),
+            lambda found: found[0] == 200 and found[1]["cancelled_orders"] == 1,
+            what="the cancellation",
+        )
+        assert cancelled["by_currency"][0]["orders"] == 1  # the cancelled order does not count
+
+        last = f"{prefix}-{BUYERS - 1}"
+        _, rfm = await eventually(
+            lambda: get(f"/v1/customers/{last}/rfm"),
+            lambda found: (
+                found[0] == 200
+                and any(
+                    s["currency"] == currency and s["frequency"] == BUYERS
+                    for s in found[1]["scores"]
+                )
+            ),
+            what="the RFM scores refreshed by the worker",
+        )
+        (score,) = [s for s in rfm["scores"] if s["currency"] == currency]
+        assert (score["f"], score["m"]) == (5, 5)
+
+        total = sum(net.values())
+        _, top = await eventually(
+            lambda: get("/v1/analytics/top-customers", currency=currency, share=0.5, points=10),
+            lambda found: found[0] == 200 and Decimal(found[1]["revenue"]) == total,
+            what="every buyer in the top-customer figures",
+        )
+        ranked = sorted(net.values(), reverse=True)
+        needed = next(i for i in range(1, BUYERS + 1) if sum(ranked[:i]) >= total / 2)
+        assert (top["customers"], top["active_customers"]) == (needed, BUYERS)
+        assert Decimal(top["population_share"]) == Decimal(needed) / BUYERS
+        assert len(top["pareto"]) == 10 and Decimal(top["pareto"][-1]["revenue_share"]) == 1
+
+        status, cube = await get("/v1/analytics/cube", currency=currency, by=["segment", "channel"])
+        assert status == 200, cube
+        grand = [c for c in cube["cells"] if c["rolled_up"] == ["segment", "channel"]]
+        assert [(Decimal(c["revenue"]), c["customers"]) for c in grand] == [(total, BUYERS)]
+        by_channel = {c["channel"]: c for c in cube["cells"] if c["rolled_up"] == ["segment"]}
+        assert set(by_channel) == {"web", "store"}
+        assert sum(c["orders"] for c in by_channel.values()) == sum(n + 1 for n in range(BUYERS))
+
+        status, refused = await get("/v1/analytics/cube", by=["colour"])
+        assert status == 422 and "by" in str(refused)
+
+    async with httpx.AsyncClient(timeout=10, headers=service_auth(platform)) as service:
+        answer = await service.get(
+            f"http://127.0.0.1:{platform['CRM_PROFILE_API_PORT']}/analytics/cube",
+            params={"by": ["segment", "colour"]},
+        )
+    assert answer.status_code == 422
+    assert "unknown cube dimension(s) 'colour'" in answer.text
+
+    async with httpx.AsyncClient(base_url=base, timeout=10) as gateway:
+        answer = await gateway.get(
+            "/v1/analytics/top-customers", headers={"Authorization": f"Bearer {reader}"}
+        )
+    assert answer.status_code == 403
+    assert "analytics:read" in answer.text
