@@ -182,32 +182,71 @@ class ItemKnn:
         return np.asarray((self.seeds[rows] @ self.similar).todense(), dtype=np.float32)
 
 
-def cosine_neighbours(bought: sparse.csr_matrix, neighbours: int) -> sparse.csr_matrix:
-    """Each product's `neighbours` most similar products by cosine of their buyer sets (ties by
-    product order), as a sparse products x products matrix."""
+SIMILARITY_BLOCK = 512
+"""Products whose rows of co-buyer counts are computed at a time: bounds the memory to a block
+by the catalogue (512 x 3,600 floats for the UCI data), not the catalogue squared."""
+
+
+def _best_per_row(
+    values: npt.NDArray[np.float64], kept: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """(rows, columns) of each row's `kept` largest positive values, ties by column: a partition
+    finds each row's k-th value, and only the values at or above it are sorted."""
+    if values.shape[1] > kept:
+        kth = -np.partition(-values, kept - 1, axis=1)[:, kept - 1]
+        candidates = (values >= kth[:, None]) & (values > 0)
+    else:
+        candidates = values > 0
+    rows, columns = np.nonzero(candidates)
+    order = np.lexsort((columns, -values[rows, columns], rows))
+    rows, columns = rows[order], columns[order]
+    starts = np.searchsorted(rows, rows, side="left")
+    first_k = np.arange(len(rows)) - starts < kept
+    return rows[first_k], columns[first_k]
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbours:
+    """Each product's most similar products: cosine and distinct co-buyers, same pattern."""
+
+    similarity: sparse.csr_matrix
+    co_buyers: sparse.csr_matrix
+
+
+def nearest_neighbours(bought: sparse.csr_matrix, kept: int) -> Neighbours:
+    """Each product's `kept` most similar products by cosine of their buyer sets (the arithmetic
+    of `cosine`, so equal ratios tie exactly), ties by product order. A function of `bought`
+    alone: whatever order the purchases came in."""
     items = bought.T.tocsr().astype(np.float64)
-    co = (items @ items.T).toarray()
-    buyers = np.maximum(np.diag(co), 1.0)
-    np.fill_diagonal(co, 0.0)
-    return top_per_row(co / np.sqrt(np.outer(buyers, buyers)), neighbours)  # as `cosine`
+    count = items.shape[0]
+    buyers = np.maximum(np.asarray(items.sum(axis=1)).ravel(), 1.0)
+    rows: list[npt.NDArray[np.intp]] = []
+    columns: list[npt.NDArray[np.intp]] = []
+    similarities: list[npt.NDArray[np.float64]] = []
+    counts: list[npt.NDArray[np.float64]] = []
+    for start in range(0, count, SIMILARITY_BLOCK):
+        block = np.arange(start, min(start + SIMILARITY_BLOCK, count))
+        co = (items[block] @ items.T).toarray()
+        co[np.arange(len(block)), block] = 0.0
+        similarity = co / np.sqrt(np.outer(buyers[block], buyers))
+        block_rows, best_columns = _best_per_row(similarity, kept)
+        rows.append(block[block_rows])
+        columns.append(best_columns)
+        similarities.append(similarity[block_rows, best_columns])
+        counts.append(co[block_rows, best_columns])
 
+    def matrix(values: list[npt.NDArray[np.float64]]) -> sparse.csr_matrix:
+        if not values:
+            return sparse.csr_matrix((count, count))
+        index = (np.concatenate(rows), np.concatenate(columns))
+        return sparse.csr_matrix((np.concatenate(values), index), shape=(count, count))
 
-def top_per_row(dense: npt.NDArray[np.float64], kept: int) -> sparse.csr_matrix:
-    """The `kept` largest positive values of each row (ties by column), the rest dropped."""
-    order = np.argsort(-dense, axis=1, kind="stable")[:, :kept]
-    rows = np.repeat(np.arange(dense.shape[0]), order.shape[1])
-    columns = order.ravel()
-    values = dense[rows, columns]
-    positive = values > 0
-    return sparse.csr_matrix(
-        (values[positive], (rows[positive], columns[positive])), shape=dense.shape
-    )
+    return Neighbours(matrix(similarities), matrix(counts))
 
 
 def fit_item_knn(past: History, neighbours: int, half_life_days: float) -> ItemKnn:
-    return ItemKnn(
-        cosine_neighbours(past.bought, neighbours), recency_weights(past, half_life_days)
-    )
+    similar = nearest_neighbours(past.bought, neighbours).similarity
+    return ItemKnn(similar, recency_weights(past, half_life_days))
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,3 +336,46 @@ def popularity_share(past: History) -> Mapping[str, float]:
 
 def names(past: History, columns: Sequence[int]) -> list[str]:
     return [past.products[column] for column in columns]
+
+
+SimilarPair = tuple[str, str]
+"""(product, similar product)"""
+Similar = tuple[int, float]
+"""(distinct co-buyers, cosine)"""
+
+
+def similar_products(
+    kept: Iterable[tuple[str, str]], neighbours: int
+) -> dict[SimilarPair, Similar]:
+    """Every product's `neighbours` most similar products (`nearest_neighbours`) from the
+    distinct (customer, product) pairs of buyers who kept some of the product: what the service
+    stores."""
+    customers: dict[str, int] = {}
+    pairs = [(customers.setdefault(c, len(customers)), p) for c, p in kept]
+    products = sorted({p for _, p in pairs})
+    columns = {p: n for n, p in enumerate(products)}
+    bought = sparse.csr_matrix(
+        (np.ones(len(pairs)), ([c for c, _ in pairs], [columns[p] for _, p in pairs])),
+        shape=(len(customers), len(products)),
+    )
+    found = nearest_neighbours(bought, neighbours)
+    co = found.co_buyers.tocoo()
+    keys = zip(
+        [products[row] for row in co.row.tolist()],
+        [products[column] for column in co.col.tolist()],
+        strict=True,
+    )
+    values = zip(
+        co.data.astype(np.int64).tolist(), found.similarity.tocoo().data.tolist(), strict=True
+    )
+    return dict(zip(keys, values, strict=True))
+
+
+def changed_similar_products(
+    stored: Mapping[SimilarPair, Similar], computed: Mapping[SimilarPair, Similar]
+) -> tuple[dict[SimilarPair, Similar], list[SimilarPair]]:
+    """What to write so that the stored lists equal the computed ones: pairs new or changed, and
+    pairs to delete."""
+    upserts = {pair: value for pair, value in computed.items() if stored.get(pair) != value}
+    deletes = sorted(pair for pair in stored if pair not in computed)
+    return upserts, deletes

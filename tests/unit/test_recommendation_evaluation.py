@@ -25,17 +25,18 @@ from recommendation_service.models import (
     AlsParameters,
     Blend,
     Interaction,
+    changed_similar_products,
     cosine,
-    cosine_neighbours,
     fit_als,
     fit_item_knn,
     fit_popularity,
     fit_seasonal,
     history,
     names,
+    nearest_neighbours,
     scaled,
+    similar_products,
     top_k,
-    top_per_row,
 )
 
 T = datetime(2011, 9, 1, tzinfo=UTC)
@@ -153,13 +154,37 @@ def test_cosine_neighbours_keep_the_most_similar_with_ties_by_product() -> None:
     bought_matrix = sparse.csr_matrix(
         np.array([[1, 1, 0], [0, 1, 1], [1, 0, 0], [0, 0, 1]], dtype=np.float64)
     )
-    similar = cosine_neighbours(bought_matrix, neighbours=1).toarray()
-    assert similar.tolist() == [[0, 0.5, 0], [0.5, 0, 0], [0, 0.5, 0]]  # 1 / sqrt(2 x 2)
+    found = nearest_neighbours(bought_matrix, kept=1)
+    assert found.similarity.toarray().tolist() == [[0, 0.5, 0], [0.5, 0, 0], [0, 0.5, 0]]
+    assert found.co_buyers.toarray().tolist() == [[0, 1, 0], [1, 0, 0], [0, 1, 0]]
+    everything = nearest_neighbours(bought_matrix, kept=5)  # A and C share nobody: not listed
+    assert everything.similarity.nnz == 4
 
 
-def test_top_per_row_drops_zeros() -> None:
-    kept = top_per_row(np.array([[0.0, 0.2, 0.5], [0.0, 0.0, 0.0]]), kept=5)
-    assert kept.toarray().tolist() == [[0.0, 0.2, 0.5], [0.0, 0.0, 0.0]]
+def test_similar_products_are_what_the_service_stores_and_only_changes_are_written() -> None:
+    kept = [
+        ("C1", "JAM"),
+        ("C1", "TEA"),
+        ("C2", "JAM"),
+        ("C2", "TEA"),
+        ("C3", "JAM"),
+        ("C3", "MUG"),
+    ]
+    found = similar_products(kept, neighbours=1)
+    assert found == {
+        ("JAM", "TEA"): (2, 2 / math.sqrt(3 * 2)),
+        ("TEA", "JAM"): (2, 2 / math.sqrt(2 * 3)),
+        ("MUG", "JAM"): (1, 1 / math.sqrt(1 * 3)),
+    }
+    assert similar_products(reversed(kept), neighbours=1) == found  # order-free
+    stored = {
+        ("JAM", "TEA"): (1, 0.5),
+        ("JAM", "MUG"): (1, 0.5),
+        ("MUG", "JAM"): found["MUG", "JAM"],
+    }
+    upserts, deletes = changed_similar_products(stored, found)
+    assert upserts == {key: found[key] for key in [("JAM", "TEA"), ("TEA", "JAM")]}
+    assert deletes == [("JAM", "MUG")]
 
 
 def test_top_k_leaves_out_what_was_bought_and_what_has_no_score() -> None:
