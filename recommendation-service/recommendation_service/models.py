@@ -3,12 +3,11 @@ item-kNN with cosine similarity on co-purchase, ALS on implicit feedback, and th
 
 No I/O and no clock: the time a model is trained at is passed in. The offline evaluation
 (`recommendation_service.evaluation`) trains and ranks with them; the service's neighbour job
-computes the same cosine (`cosine`) in SQL.
+stores what `similar_products` computes, the evaluated item-kNN's neighbours.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,7 +21,7 @@ from threadpoolctl import threadpool_limits
 from recommendation_service.projection import is_goods
 
 Scores = npt.NDArray[np.float32]
-"""customers x products: higher is better; -inf never recommended."""
+"""customers x products: higher is better; 0 or below is never recommended."""
 SECONDS_PER_DAY = 86_400.0
 
 
@@ -34,20 +33,6 @@ class Interaction:
     product_id: str
     quantity: int
     time: datetime
-
-
-def cosine(co_buyers: int, buyers: int, other_buyers: int) -> float:
-    """Cosine similarity of two products' sets of buyers: shared buyers over the geometric mean
-    of the sets' sizes. Unlike a raw count it does not make every product similar to the
-    bestsellers."""
-    if co_buyers <= 0:
-        return 0.0
-    return co_buyers / math.sqrt(buyers * other_buyers)
-
-
-def decay(age_seconds: float, half_life_days: float) -> float:
-    """Weight of a signal `age_seconds` old: 1 when new, a half after each half-life."""
-    return float(0.5 ** (max(age_seconds, 0.0) / (half_life_days * SECONDS_PER_DAY)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,9 +199,11 @@ class Neighbours:
 
 
 def nearest_neighbours(bought: sparse.csr_matrix, kept: int) -> Neighbours:
-    """Each product's `kept` most similar products by cosine of their buyer sets (the arithmetic
-    of `cosine`, so equal ratios tie exactly), ties by product order. A function of `bought`
-    alone: whatever order the purchases came in."""
+    """Each product's `kept` most similar products by cosine of their buyer sets: shared buyers
+    over the square root of the product of both buyer counts (so equal ratios tie exactly).
+    Unlike a raw count of shared buyers it does not make every product similar to the
+    bestsellers. Ties by product order; a function of `bought` alone, whatever order the
+    purchases came in."""
     items = bought.T.tocsr().astype(np.float64)
     count = items.shape[0]
     buyers = np.maximum(np.asarray(items.sum(axis=1)).ravel(), 1.0)

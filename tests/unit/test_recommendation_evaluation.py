@@ -26,7 +26,6 @@ from recommendation_service.models import (
     Blend,
     Interaction,
     changed_similar_products,
-    cosine,
     fit_als,
     fit_item_knn,
     fit_popularity,
@@ -141,12 +140,6 @@ def test_split_keeps_goods_new_to_customers_who_have_a_past() -> None:
 
 
 # --- the recommenders ------------------------------------------------------------------------
-
-
-def test_cosine_of_two_buyer_sets() -> None:
-    assert cosine(2, 4, 4) == 0.5
-    assert cosine(3, 3, 12) == pytest.approx(0.5)
-    assert cosine(0, 4, 4) == 0.0
 
 
 def test_cosine_neighbours_keep_the_most_similar_with_ties_by_product() -> None:
