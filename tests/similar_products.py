@@ -3,6 +3,7 @@ published events: what the neighbour job must converge to (component and crash t
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -10,23 +11,46 @@ from typing import Any
 from recommendation_service.projection import is_goods
 
 SimilarLists = dict[str, list[tuple[str, int]]]
-"""product -> [(other product, distinct customers who bought both)], best first."""
+"""product -> [(other product, distinct customers who kept both)], most similar first."""
+
+
+def units_kept(events: Iterable[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """(customer, product) -> units ordered minus units refunded."""
+    units: dict[tuple[str, str], int] = defaultdict(int)
+    for event in events:
+        sign = {"crm.order.placed.v1": 1, "crm.order.refunded.v1": -1}.get(event["type"])
+        if sign is None:
+            continue
+        for line in event["data"]["lines"]:
+            units[event["subject"], line["product_id"]] += sign * line["quantity"]
+    return units
+
+
+def kept_products(events: Iterable[dict[str, Any]]) -> dict[str, set[str]]:
+    """customer -> the goods they kept some of: units ordered minus units refunded above zero."""
+    kept: dict[str, set[str]] = defaultdict(set)
+    for (customer, product), count in units_kept(events).items():
+        if count > 0 and is_goods(product):
+            kept[customer].add(product)
+    return kept
 
 
 def plain_similar_products(events: Iterable[dict[str, Any]], kept: int) -> SimilarLists:
-    """Top `kept` goods per good by distinct customers who bought both, ties by code."""
-    bought: dict[str, set[str]] = defaultdict(set)
-    for event in events:
-        if event["type"] == "crm.order.placed.v1":
-            bought[event["subject"]].update(line["product_id"] for line in event["data"]["lines"])
+    """Top `kept` goods per good by cosine of their buyer sets (co-buyers over the square root of
+    the product of both buyer counts), ties by code; with the co-buyer counts."""
+    buyers: dict[str, int] = defaultdict(int)
     co: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for products in bought.values():
-        goods = [p for p in products if is_goods(p)]
-        for a in goods:
-            for b in goods:
+    for products in kept_products(events).values():
+        for a in products:
+            buyers[a] += 1
+            for b in products:
                 if a != b:
                     co[a][b] += 1
+
+    def similarity(a: str, b: str) -> float:
+        return co[a][b] / math.sqrt(buyers[a] * buyers[b])
+
     return {
-        p: sorted(others.items(), key=lambda item: (-item[1], item[0]))[:kept]
-        for p, others in co.items()
+        a: [(b, co[a][b]) for b in sorted(others, key=lambda b: (-similarity(a, b), b))[:kept]]
+        for a, others in co.items()
     }

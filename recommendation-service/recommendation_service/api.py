@@ -38,6 +38,8 @@ class CoPurchased(BaseModel):
     product_id: str
     description: str | None
     co_buyers: int
+    similarity: float
+    """Cosine of the two products' sets of buyers: co-buyers / sqrt(buyers x other's buyers)."""
 
 
 class AlsoBought(BaseModel):
@@ -83,8 +85,9 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
 
     @app.get("/products/{product_id}/also-bought", response_model=AlsoBought)
     async def also_bought(product_id: ProductId, conn: Conn, limit: Limit = 10) -> AlsoBought:
-        """Customers who bought this product also bought these, most shared buyers first
-        (precomputed: a purchase shows here within about two seconds)."""
+        """Customers who bought this product also bought these, most similar first (cosine of
+        their buyers; a refunded product's buyer no longer counts; precomputed: a purchase
+        shows here within about two seconds)."""
         found = await store.product(conn, product_id)
         if found is None:
             raise HTTPException(
@@ -100,9 +103,7 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
         customer_id: CustomerId, conn: Conn, limit: Limit = 10
     ) -> CustomerRecommendations:
         """Products to offer this customer; the popular ones when their purchases say nothing."""
-        personal = await store.recommended_for(
-            conn, customer_id, limit, projection.RECOMMENDATION_SEEDS, projection.VIEW_BOOST
-        )
+        personal = await store.recommended_for(conn, customer_id, limit, projection.Ranking())
         if personal:
             return CustomerRecommendations(
                 customer_id=customer_id,

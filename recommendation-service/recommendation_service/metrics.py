@@ -4,11 +4,11 @@ from prometheus_client import Counter, Histogram
 
 FIRST_PURCHASES = Counter(
     "crm_recommendation_first_purchases",
-    "Products bought by a customer for the first time (new distinct buyers)",
+    "Customers who became buyers of a product (kept none of it before, some now)",
 )
 NEIGHBOURS_REFRESHED = Counter(
     "crm_recommendation_neighbours_refreshed",
-    "Products whose similar products the neighbour job recomputed",
+    "Marked products (gained or lost a buyer) the neighbour job's runs cleared",
 )
 NEIGHBOUR_JOB_SECONDS = Histogram(
     "crm_recommendation_neighbour_job_seconds",

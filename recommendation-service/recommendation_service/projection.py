@@ -1,36 +1,60 @@
-"""How orders and product views become recommendation statistics, and what may be recommended.
+"""How orders, refunds and product views become recommendation statistics, and what may be
+recommended.
 
 Pure: no I/O, time comes from the events. Counts are sums and extremes, and a product's
 description is last-writer-wins by event time, so they are the same whatever order events
-arrive in. Distinct buyers count a customer's FIRST purchase of a product: a late order is
-simply another first purchase or not. Pairs of products ("also bought") are not counted here:
-the fold marks the goods that gained a buyer and the worker's neighbour job recomputes them
-from the customer-product table (store.refresh_similar_products), so they depend on which
-customers bought what, never on batch boundaries.
-
-Refunds (crm.order.refunded.v1) are not folded for now: a returned product still counts as
-bought by that customer, in popularity as in "customers who bought X also bought Y".
+arrive in. A customer is a buyer of a product while they kept some of it: units ordered minus
+units refunded above zero, a sum, so a refund folded before its order changes nothing in the
+end. Refunds are negative signals: a customer who returned everything of a product no longer
+votes for it, in popularity as in similar products. Pairs of products ("also bought") are not
+counted here: the fold marks the goods that gained or lost a buyer and the worker's neighbour job
+recomputes the similar products from the customer-product table (`models.nearest_neighbours`),
+so they depend on who kept what, never on batch boundaries.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
-from crm_shared.contracts.events import Event, OrderPlaced, ProductViewed
+from crm_shared.contracts.events import Event, OrderPlaced, OrderRefunded, ProductViewed
 
 NEIGHBOURS_KEPT = 50
 """Similar products kept per product, most co-buyers first: also-bought returns at most this."""
 
+NEIGHBOURS_VOTING = 10
+"""Of each seed's similar products, the most similar this many vote for a customer's
+recommendations: 10 ranked better than 50 in the offline evaluation (docs/recommendation-
+evaluation.md); "also bought" still lists up to NEIGHBOURS_KEPT."""
+
 RECOMMENDATION_SEEDS = 50
-"""Recommendations start from at most this many of the customer's most recently bought products,
-so that a wholesale customer's request reads a bounded part of similar_products."""
+"""Recommendations start from at most this many of the customer's most recently bought products
+(that they kept), so that a wholesale customer's request reads a bounded part of
+similar_products."""
+
+SEED_HALF_LIFE_DAYS = 90.0
+"""A seed's vote halves for every this many days it was bought before the customer's latest
+purchase (the evaluated item-kNN's recency weight, measured from their own last purchase rather
+than a clock)."""
 
 VIEW_BOOST = 1.5
-"""Viewed-but-not-bought candidates score (co-buyers + 1) x VIEW_BOOST: having looked at a product
-lifts it, and ranks it even when no co-purchase points to it."""
+VIEWED_SIMILARITY = 0.1
+"""Viewed-but-not-bought candidates score (similarity + VIEWED_SIMILARITY) x VIEW_BOOST: having
+looked at a product lifts it, and ranks it even when no co-purchase points to it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """How a customer's recommendations are ranked from the precomputed neighbours."""
+
+    seeds: int = RECOMMENDATION_SEEDS
+    voting: int = NEIGHBOURS_VOTING
+    seed_half_life_days: float = SEED_HALF_LIFE_DAYS
+    view_boost: float = VIEW_BOOST
+    viewed_similarity: float = VIEWED_SIMILARITY
+
 
 NOT_GOODS = frozenset(
     {"POST", "DOT", "C2", "M", "D", "S", "B", "PADS", "CRUK", "AMAZONFEE", "BANK CHARGES"}
@@ -79,17 +103,41 @@ def purchases(events: Iterable[Event]) -> list[Purchase]:
     return found
 
 
-def first_purchases(batch: Iterable[Purchase], bought: Set[CustomerProduct]) -> list[Purchase]:
-    """Purchases of a product the customer never bought before, each pair once, in batch order."""
-    seen: set[CustomerProduct] = set()
-    first: list[Purchase] = []
+def returned_units(events: Iterable[Event]) -> dict[CustomerProduct, int]:
+    """Units refunded per (customer, product) in the batch."""
+    units: dict[CustomerProduct, int] = {}
+    for event in events:
+        if not isinstance(event.data, OrderRefunded):
+            continue
+        for line in event.data.lines:
+            key = (event.customer_id, line.product_id)
+            units[key] = units.get(key, 0) + line.quantity
+    return units
+
+
+def units_kept_deltas(
+    batch: Iterable[Purchase], returned: Mapping[CustomerProduct, int]
+) -> dict[CustomerProduct, int]:
+    """Units the batch adds to (orders) or takes from (refunds) what each customer kept."""
+    deltas = {key: -units for key, units in returned.items()}
     for purchase in batch:
         key = (purchase.customer_id, purchase.product_id)
-        if key in bought or key in seen:
-            continue
-        seen.add(key)
-        first.append(purchase)
-    return first
+        deltas[key] = deltas.get(key, 0) + purchase.quantity
+    return deltas
+
+
+def buyer_changes(
+    kept_before: Mapping[CustomerProduct, int], deltas: Mapping[CustomerProduct, int]
+) -> dict[CustomerProduct, int]:
+    """+1 where a customer became a buyer of a product (kept none before, some after), -1 where
+    they stopped being one (returned all they kept); other pairs are left out."""
+    changes: dict[CustomerProduct, int] = {}
+    for key, delta in deltas.items():
+        before = kept_before.get(key, 0)
+        change = int(before + delta > 0) - int(before > 0)
+        if change:
+            changes[key] = change
+    return changes
 
 
 def is_goods(product_id: str) -> bool:
@@ -98,36 +146,39 @@ def is_goods(product_id: str) -> bool:
     return code not in NOT_GOODS and not code.startswith(GIFT_VOUCHER_PREFIX)
 
 
-def neighbours_to_refresh(first: Iterable[Purchase]) -> list[str]:
-    """Goods that gained a buyer, sorted: their similar products must be recomputed."""
-    return sorted({p.product_id for p in first if is_goods(p.product_id)})
+def neighbours_to_refresh(changes: Mapping[CustomerProduct, int]) -> list[str]:
+    """Goods that gained or lost a buyer, sorted: their similar products must be recomputed."""
+    return sorted({product for _, product in changes if is_goods(product)})
 
 
 @dataclass(frozen=True, slots=True)
 class CustomerProductDelta:
-    """What a batch adds to one customer's record of one product."""
+    """What a batch adds to one customer's record of one product; no times when the batch only
+    refunded it."""
 
     times_bought: int
-    first_bought_at: datetime
-    last_bought_at: datetime
+    first_bought_at: datetime | None
+    last_bought_at: datetime | None
+    units_kept: int
 
 
 def customer_product_deltas(
-    batch: Iterable[Purchase],
+    batch: Iterable[Purchase], units_kept: Mapping[CustomerProduct, int]
 ) -> dict[CustomerProduct, CustomerProductDelta]:
-    """Orders per (customer, product) in the batch, with their first and last time."""
-    deltas: dict[CustomerProduct, CustomerProductDelta] = {}
+    """Orders per (customer, product) in the batch, their first and last time, and the units
+    kept (`units_kept_deltas`, refunds included)."""
+    deltas: dict[CustomerProduct, CustomerProductDelta] = {
+        key: CustomerProductDelta(0, None, None, units) for key, units in units_kept.items()
+    }
     for purchase in batch:
         key = (purchase.customer_id, purchase.product_id)
-        before = deltas.get(key)
-        if before is None:
-            deltas[key] = CustomerProductDelta(1, purchase.time, purchase.time)
-        else:
-            deltas[key] = CustomerProductDelta(
-                before.times_bought + 1,
-                min(before.first_bought_at, purchase.time),
-                max(before.last_bought_at, purchase.time),
-            )
+        before = deltas[key]
+        deltas[key] = CustomerProductDelta(
+            before.times_bought + 1,
+            min(before.first_bought_at or purchase.time, purchase.time),
+            max(before.last_bought_at or purchase.time, purchase.time),
+            before.units_kept,
+        )
     return deltas
 
 
@@ -170,10 +221,11 @@ class ProductDelta:
 
 def product_deltas(
     batch: Iterable[Purchase],
-    first: Iterable[Purchase],
+    changes: Mapping[CustomerProduct, int],
     views: Mapping[CustomerProduct, ViewDelta],
 ) -> dict[str, ProductDelta]:
-    """Orders, quantity, new distinct buyers, views and the newest description per product."""
+    """Orders, quantity, the change in distinct buyers (`buyer_changes`), views and the newest
+    description per product."""
     deltas: dict[str, ProductDelta] = {}
 
     def delta(product_id: str) -> ProductDelta:
@@ -191,8 +243,8 @@ def product_deltas(
         ):
             product.description = purchase.description
             product.described_at = purchase.time
-    for purchase in first:
-        delta(purchase.product_id).buyers += 1
+    for (_, product_id), change in changes.items():
+        delta(product_id).buyers += change
     for (_, product_id), view in views.items():
         delta(product_id).views += view.views
     return deltas

@@ -14,10 +14,12 @@ from typing import Any
 import asyncpg
 
 from crm_shared.runtime.db import columns
+from recommendation_service.models import Similar, SimilarPair
 from recommendation_service.projection import (
     CustomerProduct,
     CustomerProductDelta,
     ProductDelta,
+    Ranking,
     ViewDelta,
 )
 
@@ -25,24 +27,24 @@ NEIGHBOUR_JOB_LOCK = 7412
 """Transaction advisory lock of the neighbour job: one run at a time, whatever the replicas."""
 
 
-async def bought_before(
+async def units_kept(
     conn: asyncpg.Connection, batch: Collection[CustomerProduct]
-) -> set[CustomerProduct]:
-    """Which of these (customer, product) pairs were bought before the batch.
+) -> dict[CustomerProduct, int]:
+    """Units each of these customers kept of these products before the batch (absent: none).
 
-    Not locked: one customer's orders are on one partition (keyed by customer), so only one
-    worker folds a given customer at a time.
+    Not locked: one customer's orders and refunds are on one partition (keyed by customer), so
+    only one worker folds a given customer at a time.
     """
     rows = await conn.fetch(
         """
-        SELECT cp.customer_id, cp.product_id
+        SELECT cp.customer_id, cp.product_id, cp.units_kept
         FROM unnest($1::text[], $2::text[]) AS w(customer_id, product_id)
         JOIN customer_products cp USING (customer_id, product_id)
         """,
         [customer_id for customer_id, _ in batch],
         [product_id for _, product_id in batch],
     )
-    return {(row["customer_id"], row["product_id"]) for row in rows}
+    return {(row["customer_id"], row["product_id"]): row["units_kept"] for row in rows}
 
 
 async def add_customer_products(
@@ -54,18 +56,19 @@ async def add_customer_products(
     await conn.execute(
         """
         INSERT INTO customer_products AS t (customer_id, product_id, first_bought_at,
-                                            last_bought_at, times_bought)
+                                            last_bought_at, times_bought, units_kept)
         SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[],
-                             $5::bigint[])
+                             $5::bigint[], $6::bigint[])
         ORDER BY 1, 2
         ON CONFLICT (customer_id, product_id) DO UPDATE SET
             first_bought_at = LEAST(t.first_bought_at, EXCLUDED.first_bought_at),
             last_bought_at = GREATEST(t.last_bought_at, EXCLUDED.last_bought_at),
-            times_bought = t.times_bought + EXCLUDED.times_bought
+            times_bought = t.times_bought + EXCLUDED.times_bought,
+            units_kept = t.units_kept + EXCLUDED.units_kept
         """,
         [customer_id for customer_id, _ in deltas],
         [product_id for _, product_id in deltas],
-        *columns(values, "first_bought_at", "last_bought_at", "times_bought"),
+        *columns(values, "first_bought_at", "last_bought_at", "times_bought", "units_kept"),
     )
 
 
@@ -142,114 +145,61 @@ async def lock_neighbour_job(conn: asyncpg.Connection) -> bool:
     return bool(await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", NEIGHBOUR_JOB_LOCK))
 
 
-async def products_to_refresh(conn: asyncpg.Connection, limit: int) -> dict[str, int]:
-    """Up to `limit` marked products, longest waiting first, with their marks."""
-    rows = await conn.fetch(
-        "SELECT product_id, mark FROM dirty_products ORDER BY mark LIMIT $1", limit
-    )
+async def marked_products(conn: asyncpg.Connection) -> dict[str, int]:
+    """The products marked for the neighbour job, with their marks."""
+    rows = await conn.fetch("SELECT product_id, mark FROM dirty_products")
     return {row["product_id"]: row["mark"] for row in rows}
 
 
-async def refresh_similar_products(
-    conn: asyncpg.Connection, products: Collection[str], kept: int
-) -> int:
-    """Recompute the similar products of `products` from customer_products; return how many
-    other products' lists changed.
-
-    A product's neighbours are the goods with the most distinct customers who bought both, ties
-    by product code, `kept` of them. The marked products' lists are rebuilt whole. A purchase
-    that adds a buyer to X also raises X's count in the lists of the buyer's other products Y:
-    X's full row of counts is computed anyway, so each (Y, X) that reaches Y's current last
-    place, among the `kept` best of the run for Y, is written, and Y's list trimmed back to
-    `kept`. Counts only grow (refunds are not folded), so an entry that falls out of a list can
-    only come back through a new mark, and the lists equal a full recomputation once the marks
-    are cleared.
-    """
-    if not products:
-        return 0
-    await conn.execute(
-        "DELETE FROM similar_products WHERE product_id = ANY($1::text[])", list(products)
-    )
+async def kept_goods(conn: asyncpg.Connection) -> list[tuple[str, str]]:
+    """Every (customer, product) where the customer kept some of a product that is goods: what
+    similar products are computed from."""
     rows = await conn.fetch(
         """
-        WITH marked AS (SELECT unnest($1::text[]) AS product_id),
-        co AS (  -- one small aggregate per marked product: a hash of one row of counts
-            SELECT m.product_id, c.other_product_id, c.co_buyers
-            FROM marked m CROSS JOIN LATERAL (
-                SELECT other.product_id AS other_product_id, count(*)::int AS co_buyers
-                FROM customer_products mine
-                JOIN customer_products other ON other.customer_id = mine.customer_id
-                WHERE mine.product_id = m.product_id AND other.product_id <> m.product_id
-                GROUP BY 1
-            ) c
-        ),
-        goods_co AS (
-            SELECT co.* FROM co JOIN products p ON p.product_id = co.other_product_id
-            WHERE p.goods
-        ),
-        own AS (
-            SELECT product_id, other_product_id, co_buyers FROM (
-                SELECT *, row_number() OVER (
-                    PARTITION BY product_id ORDER BY co_buyers DESC, other_product_id
-                ) AS rank
-                FROM goods_co
-            ) ranked
-            WHERE rank <= $2
-        ),
-        last_places AS (
-            SELECT y.product_id, COALESCE(last.co_buyers, 0) AS co_buyers
-            FROM (
-                SELECT DISTINCT other_product_id AS product_id FROM goods_co
-                EXCEPT SELECT product_id FROM marked
-            ) y
-            LEFT JOIN LATERAL (
-                SELECT s.co_buyers FROM similar_products s WHERE s.product_id = y.product_id
-                ORDER BY s.co_buyers DESC, s.other_product_id
-                OFFSET $2 - 1 LIMIT 1
-            ) last ON true
-        ),
-        reverse AS (
-            SELECT product_id, other_product_id, co_buyers FROM (
-                SELECT c.other_product_id AS product_id, c.product_id AS other_product_id,
-                       c.co_buyers, row_number() OVER (
-                           PARTITION BY c.other_product_id ORDER BY c.co_buyers DESC, c.product_id
-                       ) AS rank
-                FROM goods_co c JOIN last_places l ON l.product_id = c.other_product_id
-                WHERE c.co_buyers >= l.co_buyers
-            ) ranked
-            WHERE rank <= $2
-        ),
-        written AS (
-            INSERT INTO similar_products AS t (product_id, other_product_id, co_buyers)
-            SELECT * FROM own UNION ALL SELECT * FROM reverse
-            ON CONFLICT (product_id, other_product_id) DO UPDATE SET
-                co_buyers = EXCLUDED.co_buyers
-            RETURNING product_id
-        )
-        SELECT DISTINCT product_id FROM written
-        EXCEPT SELECT product_id FROM marked
-        """,
-        list(products),
-        kept,
+        SELECT cp.customer_id, cp.product_id
+        FROM customer_products cp JOIN products p USING (product_id)
+        WHERE cp.units_kept > 0 AND p.goods
+        """
     )
-    others = [row["product_id"] for row in rows]
-    if others:
+    return [(row[0], row[1]) for row in rows]
+
+
+async def stored_similar_products(conn: asyncpg.Connection) -> dict[SimilarPair, Similar]:
+    rows = await conn.fetch(
+        "SELECT product_id, other_product_id, co_buyers, similarity FROM similar_products"
+    )
+    return {(row[0], row[1]): (row[2], row[3]) for row in rows}
+
+
+async def write_similar_products(
+    conn: asyncpg.Connection, upserts: Mapping[SimilarPair, Similar], deletes: Sequence[SimilarPair]
+) -> None:
+    """Apply the neighbour job's changes, in key order (rows lock in one order)."""
+    if deletes:
         await conn.execute(
             """
-            DELETE FROM similar_products s USING (
-                SELECT product_id, other_product_id, row_number() OVER (
-                    PARTITION BY product_id ORDER BY co_buyers DESC, other_product_id
-                ) AS rank
-                FROM similar_products WHERE product_id = ANY($1::text[])
-            ) ranked
-            WHERE ranked.rank > $2
-              AND s.product_id = ranked.product_id
-              AND s.other_product_id = ranked.other_product_id
+            DELETE FROM similar_products s
+            USING unnest($1::text[], $2::text[]) AS d(product_id, other_product_id)
+            WHERE s.product_id = d.product_id AND s.other_product_id = d.other_product_id
             """,
-            others,
-            kept,
+            [product for product, _ in deletes],
+            [other for _, other in deletes],
         )
-    return len(others)
+    if upserts:
+        keys = sorted(upserts)
+        await conn.execute(
+            """
+            INSERT INTO similar_products AS t (product_id, other_product_id, co_buyers,
+                                               similarity)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[])
+            ON CONFLICT (product_id, other_product_id) DO UPDATE SET
+                co_buyers = EXCLUDED.co_buyers, similarity = EXCLUDED.similarity
+            """,
+            [product for product, _ in keys],
+            [other for _, other in keys],
+            [upserts[key][0] for key in keys],
+            [upserts[key][1] for key in keys],
+        )
 
 
 async def clear_marks(conn: asyncpg.Connection, marks: Mapping[str, int]) -> None:
@@ -307,13 +257,13 @@ async def product(conn: asyncpg.Connection, product_id: str) -> dict[str, Any] |
 async def also_bought(
     conn: asyncpg.Connection, product_id: str, limit: int
 ) -> list[dict[str, Any]]:
-    """The product's precomputed neighbours: most distinct buyers in common first."""
+    """The product's precomputed neighbours: most similar (cosine of the buyer sets) first."""
     rows = await conn.fetch(
         """
-        SELECT s.other_product_id AS product_id, p.description, s.co_buyers
+        SELECT s.other_product_id AS product_id, p.description, s.co_buyers, s.similarity
         FROM similar_products s LEFT JOIN products p ON p.product_id = s.other_product_id
         WHERE s.product_id = $1
-        ORDER BY s.co_buyers DESC, s.other_product_id
+        ORDER BY s.similarity DESC, s.other_product_id
         LIMIT $2
         """,
         product_id,
@@ -323,22 +273,37 @@ async def also_bought(
 
 
 async def recommended_for(
-    conn: asyncpg.Connection, customer_id: str, limit: int, seeds: int, view_boost: float
+    conn: asyncpg.Connection, customer_id: str, limit: int, ranking: Ranking
 ) -> list[dict[str, Any]]:
-    """Goods to offer a customer who bought something, from precomputed neighbours: the similar
-    products of their `seeds` most recently bought products, co-buyers summed, and the goods they
-    viewed, lifted by `view_boost` (score (co-buyers + 1) x boost). Never what they bought.
-    Empty when they bought nothing, or when nothing points anywhere."""
+    """Goods to offer a customer who kept something they bought, from precomputed neighbours:
+    the `ranking.voting` most similar products of each of their `ranking.seeds` most recently
+    bought products (kept ones), cosines summed, each seed weighed by how long before their
+    latest purchase it was bought; and the goods they viewed, lifted (score (similarity +
+    `ranking.viewed_similarity`) x `ranking.view_boost`). Never what they bought or returned.
+    Empty when they kept nothing, or when nothing points anywhere."""
     rows = await conn.fetch(
         """
         WITH seeds AS (
-            SELECT product_id FROM customer_products WHERE customer_id = $1
+            SELECT product_id, last_bought_at FROM customer_products
+            WHERE customer_id = $1 AND units_kept > 0 AND last_bought_at IS NOT NULL
             ORDER BY last_bought_at DESC, product_id DESC
             LIMIT $3
         ),
+        weighted AS (
+            SELECT product_id, power(0.5, extract(epoch FROM
+                       max(last_bought_at) OVER () - last_bought_at) / ($6 * 86400.0)) AS weight
+            FROM seeds
+        ),
         co AS (  -- similar_products holds goods only
-            SELECT s.other_product_id AS product_id, sum(s.co_buyers)::bigint AS co_buyers
-            FROM seeds JOIN similar_products s USING (product_id)
+            SELECT n.other_product_id AS product_id,
+                   sum(w.weight * n.similarity)::float8 AS similarity,
+                   sum(n.co_buyers)::bigint AS co_buyers
+            FROM weighted w CROSS JOIN LATERAL (
+                SELECT s.other_product_id, s.similarity, s.co_buyers FROM similar_products s
+                WHERE s.product_id = w.product_id
+                ORDER BY s.similarity DESC, s.other_product_id
+                LIMIT $5
+            ) n
             GROUP BY 1
         ),
         viewed AS (
@@ -349,8 +314,8 @@ async def recommended_for(
             SELECT product_id, COALESCE(co.co_buyers, 0) AS co_buyers,
                    viewed.product_id IS NOT NULL AS viewed,
                    CASE WHEN viewed.product_id IS NOT NULL
-                        THEN (COALESCE(co.co_buyers, 0) + 1) * $4::float8
-                        ELSE co.co_buyers::float8 END AS score
+                        THEN (COALESCE(co.similarity, 0) + $7::float8) * $4::float8
+                        ELSE co.similarity END AS score
             FROM co FULL JOIN viewed USING (product_id) AS candidate
             WHERE NOT EXISTS (
                 SELECT 1 FROM customer_products b
@@ -365,7 +330,10 @@ async def recommended_for(
         """,
         customer_id,
         limit,
-        seeds,
-        view_boost,
+        ranking.seeds,
+        ranking.view_boost,
+        ranking.voting,
+        ranking.seed_half_life_days,
+        ranking.viewed_similarity,
     )
     return [dict(row) for row in rows]

@@ -4,6 +4,7 @@ whenever it runs; reads rank from the precomputed rows."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
@@ -19,7 +20,12 @@ from crm_shared.contracts.topics import topic_for
 from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.projector import BatchProjector, RawRecord
 from recommendation_service import store
-from recommendation_service.projection import NEIGHBOURS_KEPT, VIEW_BOOST
+from recommendation_service.projection import (
+    NEIGHBOURS_KEPT,
+    VIEW_BOOST,
+    VIEWED_SIMILARITY,
+    Ranking,
+)
 from recommendation_service.worker import PROJECTION, refresh_neighbours
 from tests.similar_products import SimilarLists, plain_similar_products
 
@@ -42,6 +48,20 @@ def _order(n: int, customer: str, products: Sequence[str]) -> dict[str, Any]:
     )
 
 
+def _refund(n: int, customer: str, products: Sequence[str]) -> dict[str, Any]:
+    return build_event(
+        "crm.order.refunded.v1",
+        customer,
+        {
+            "refund_id": f"R{n}",
+            "lines": [{"product_id": p, "quantity": 1, "unit_price": "1"} for p in products],
+        },
+        source="shop",
+        time=T0 + timedelta(minutes=n),
+        event_id=f"refund-{n}",
+    )
+
+
 def _view(n: int, customer: str, product: str) -> dict[str, Any]:
     return build_event(
         "crm.product.viewed.v1",
@@ -54,27 +74,30 @@ def _view(n: int, customer: str, product: str) -> dict[str, Any]:
 
 
 def _orders(seed: int, count: int) -> list[dict[str, Any]]:
-    """Skewed baskets: some customers buy far more than `kept` products, popular goods tie."""
+    """Skewed baskets: some customers buy far more than `kept` products, popular goods tie;
+    one order in six is refunded in part, some of those refunds before the order comes."""
     rng = random.Random(seed)
     products = [f"P{i:03}" for i in range(120)] + ["POST", "gift_0001_10"]
-    return [
-        _order(
-            n,
-            f"C{int(rng.paretovariate(0.8)) % 40}",
-            [
-                products[int(rng.paretovariate(0.7)) % len(products)]
-                for _ in range(rng.randint(1, 9))
-            ],
-        )
-        for n in range(count)
-    ]
+    events = []
+    for n in range(count):
+        customer = f"C{int(rng.paretovariate(0.8)) % 40}"
+        basket = [
+            products[int(rng.paretovariate(0.7)) % len(products)] for _ in range(rng.randint(1, 9))
+        ]
+        placed = _order(n, customer, basket)
+        if rng.random() < 1 / 6:
+            returned = _refund(n, customer, sorted(set(basket))[: rng.randint(1, 3)])
+            events += [returned, placed] if rng.random() < 0.3 else [placed, returned]
+        else:
+            events.append(placed)
+    return events
 
 
 async def stored_lists(pool: asyncpg.Pool) -> SimilarLists:
     async with pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT product_id, other_product_id, co_buyers FROM similar_products"
-            " ORDER BY product_id, co_buyers DESC, other_product_id"
+            " ORDER BY product_id, similarity DESC, other_product_id"
         )
     lists: SimilarLists = defaultdict(list)
     for row in rows:
@@ -109,13 +132,13 @@ async def project(
 async def fold(
     pool: asyncpg.Pool, events: Sequence[dict[str, Any]], batch: int, job_every: int
 ) -> None:
-    """Fold in batches of `batch` events; run the job (a few products at a time) after every
-    `job_every` batches, then until nothing is marked."""
+    """Fold in batches of `batch` events; run the job after every `job_every` batches, then
+    until nothing is marked."""
     for number, start in enumerate(range(0, len(events), batch)):
         await project(pool, events[start : start + batch], batch, offset=start)
         if number % job_every == 0:
-            await refresh_neighbours(pool, max_products=7)
-    while await refresh_neighbours(pool, max_products=7):
+            await refresh_neighbours(pool)
+    while await refresh_neighbours(pool):
         pass
 
 
@@ -135,19 +158,47 @@ async def test_a_purchase_made_while_the_job_runs_is_refreshed_by_the_next_run(
 ) -> None:
     await fold(pool, [_order(0, "C1", ["JAM", "TEA"])], batch=1, job_every=1)
     async with pool.acquire() as conn, conn.transaction():
-        marks = await store.products_to_refresh(conn, 10)
-        assert marks == {}
+        assert await store.marked_products(conn) == {}
     async with pool.acquire() as reader:
         await project(pool, [_order(1, "C2", ["JAM", "TEA"])], batch=1, offset=1)
         # The job reads the marks, a purchase marks JAM again, then the job clears what it read.
         async with reader.transaction():
-            marks = await store.products_to_refresh(reader, 10)
-            await store.refresh_similar_products(reader, marks, NEIGHBOURS_KEPT)
+            marks = await store.marked_products(reader)
             async with pool.acquire() as folder:
                 await store.mark_for_refresh(folder, ["JAM"])
             await store.clear_marks(reader, marks)
-        assert set(await store.products_to_refresh(reader, 10)) == {"JAM"}
+        assert set(await store.marked_products(reader)) == {"JAM"}
+    assert await refresh_neighbours(pool) == 1
     assert (await stored_lists(pool))["JAM"] == [("TEA", 2)]
+
+
+async def test_a_refund_of_everything_takes_the_buyer_out_of_similar_and_popular_products(
+    pool: asyncpg.Pool,
+) -> None:
+    events = [
+        _order(1, "C1", ["JAM", "MUG", "TEA"]),
+        _order(2, "C2", ["JAM", "MUG"]),
+        _refund(3, "C2", ["MUG"]),
+        _refund(4, "C3", ["TEA"]),  # before its order: nothing kept in the end
+        _order(5, "C3", ["JAM", "TEA"]),
+    ]
+    await fold(pool, events, batch=2, job_every=1)
+    lists = await stored_lists(pool)
+    assert lists == plain_similar_products(events, NEIGHBOURS_KEPT)
+    # JAM: 3 buyers, MUG: 1 (C2 returned it), TEA: 1 (C3's refund came first)
+    assert lists["JAM"] == [("MUG", 1), ("TEA", 1)]
+    async with pool.acquire() as conn:
+        popular = await store.popular_products(conn, 10)
+        assert [(p["product_id"], p["buyers"]) for p in popular] == [
+            ("JAM", 3),
+            ("MUG", 1),
+            ("TEA", 1),
+        ]
+        (mug,) = [p for p in await store.also_bought(conn, "JAM", 10) if p["product_id"] == "MUG"]
+        assert mug["similarity"] == pytest.approx(1 / math.sqrt(3 * 1))
+        # C2 returned MUG: it is neither a seed of C2's recommendations nor offered to C2
+        ranked = await store.recommended_for(conn, "C2", 10, Ranking())
+        assert [r["product_id"] for r in ranked] == ["TEA"]
 
 
 async def test_non_goods_are_neither_similar_nor_popular_nor_recommended(
@@ -163,7 +214,7 @@ async def test_non_goods_are_neither_similar_nor_popular_nor_recommended(
         assert popular == ["MUG", "TEA"]
         assert [p["product_id"] for p in await store.also_bought(conn, "MUG", 10)] == ["TEA"]
         assert await store.also_bought(conn, "POST", 10) == []
-        recommended = await store.recommended_for(conn, "C9", 10, 50, VIEW_BOOST)
+        recommended = await store.recommended_for(conn, "C9", 10, Ranking())
         assert [(r["product_id"], r["co_buyers"]) for r in recommended] == [("TEA", 5)]
 
 
@@ -181,19 +232,40 @@ async def test_recommendations_sum_neighbours_boost_views_and_skip_what_was_boug
         _view(8, "C5", "JAM"),  # viewed and bought: never offered
     ]
     await fold(pool, events, batch=2, job_every=1)
+    # buyers: JAM 3, TEA 3, CUP 3, MUG 2, POT 1; cosine = co-buyers / sqrt(buyers x buyers)
+    cup = 1 / math.sqrt(3 * 3) + 2 / math.sqrt(3 * 3)  # with JAM, with TEA
+    mug = 2 / math.sqrt(3 * 2)  # with JAM
+    pot = (1 / math.sqrt(3 * 1) + VIEWED_SIMILARITY) * VIEW_BOOST  # with TEA, viewed
+    bag = VIEWED_SIMILARITY * VIEW_BOOST
     async with pool.acquire() as conn:
-        ranked = await store.recommended_for(conn, "C5", 10, 50, VIEW_BOOST)
-        # CUP: 1 with JAM + 2 with TEA; MUG: 2 with JAM; POT: 1 with TEA, viewed: (1 + 1) x 1.5.
-        assert [(r["product_id"], r["score"], r["co_buyers"], r["viewed"]) for r in ranked] == [
-            ("CUP", 3.0, 3, False),
-            ("POT", 2 * VIEW_BOOST, 1, True),
-            ("MUG", 2.0, 2, False),
-            ("BAG", VIEW_BOOST, 0, True),
+        ranked = await store.recommended_for(conn, "C5", 10, Ranking())
+        assert [(r["product_id"], r["co_buyers"], r["viewed"]) for r in ranked] == [
+            ("POT", 1, True),
+            ("CUP", 3, False),
+            ("MUG", 2, False),
+            ("BAG", 0, True),
         ]
-        assert [r["product_id"] for r in await store.recommended_for(conn, "C5", 2, 50, 1.5)] == [
-            "CUP",
-            "POT",
-        ]
-        assert await store.recommended_for(conn, "nobody", 10, 50, VIEW_BOOST) == []
+        assert [r["score"] for r in ranked] == pytest.approx([pot, cup, mug, bag])
+        two = await store.recommended_for(conn, "C5", 2, Ranking())
+        assert [r["product_id"] for r in two] == ["POT", "CUP"]
+        one_voter = await store.recommended_for(conn, "C5", 10, Ranking(voting=1))
+        # JAM's nearest is MUG, TEA's is CUP: POT gets no vote, only its view (tied with BAG)
+        assert [r["product_id"] for r in one_voter] == ["MUG", "CUP", "BAG", "POT"]
+        assert await store.recommended_for(conn, "nobody", 10, Ranking()) == []
         not_bought = await store.popular_products(conn, 3, not_bought_by="C5")
         assert [p["product_id"] for p in not_bought] == ["CUP", "MUG", "POT"]
+
+
+async def test_older_seeds_vote_less(pool: asyncpg.Pool) -> None:
+    events = [
+        _order(1, "C1", ["OLD", "CUP"]),
+        _order(2, "C2", ["NEW", "JUG"]),
+        _order(3, "C3", ["OLD"]),  # the customer: OLD long before NEW
+        _order(3 + 60 * 24 * 90, "C3", ["NEW"]),
+    ]
+    await fold(pool, events, batch=4, job_every=1)
+    async with pool.acquire() as conn:
+        ranked = await store.recommended_for(conn, "C3", 10, Ranking())
+    assert [r["product_id"] for r in ranked] == ["JUG", "CUP"]
+    # CUP: cosine(OLD, CUP) = 1 / sqrt(2 x 1) weighed by a half (bought one half-life earlier)
+    assert [r["score"] for r in ranked] == pytest.approx([1 / math.sqrt(2), 0.5 / math.sqrt(2)])

@@ -21,7 +21,7 @@ from crm_shared.ops.demo.workload import Workload
 from recommendation_service.projection import NEIGHBOURS_KEPT
 from tests.conftest import shifted_port
 from tests.integration.helpers import drop_and_rebuild, eventually, fetch, kill_and_restart, unique
-from tests.similar_products import plain_similar_products
+from tests.similar_products import plain_similar_products, units_kept
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,6 @@ def independent_fold(events: list[dict[str, Any]]) -> dict[str, Any]:
     timeline: Counter[str] = Counter()
     consents: dict[tuple[str, str, str], tuple[str, bool]] = {}
     ties: set[tuple[str, str, str]] = set()
-    buyers: dict[str, set[str]] = defaultdict(set)
     quantity: Counter[str] = Counter()
     views: Counter[str] = Counter()
     for e in events:
@@ -52,7 +51,6 @@ def independent_fold(events: list[dict[str, Any]]) -> dict[str, Any]:
             totals[customer][0] += 1
             totals[customer][2] += _lines_total(data["lines"])
             for line in data["lines"]:
-                buyers[line["product_id"]].add(customer)
                 quantity[line["product_id"]] += line["quantity"]
         elif kind == "crm.order.refunded.v1":
             totals[customer][1] += 1
@@ -73,11 +71,12 @@ def independent_fold(events: list[dict[str, Any]]) -> dict[str, Any]:
             "crm.feedback.given.v1",
         ):
             timeline[customer] += 1
+    kept_buyers = Counter(p for (_, p), units in units_kept(events).items() if units > 0)
     return {
         "totals": {c: tuple(v) for c, v in totals.items()},
         "timeline": dict(timeline),
         "consents": {k: granted for k, (_, granted) in consents.items() if k not in ties},
-        "products": {p: (len(buyers[p]), quantity[p]) for p in buyers},
+        "products": {p: (kept_buyers[p], quantity[p]) for p in quantity},
         "views": dict(views),
         "similar": plain_similar_products(events, NEIGHBOURS_KEPT),
     }
@@ -126,7 +125,7 @@ async def projections(dsn_base: str, prefix: str) -> dict[str, Any]:
     similar = await fetch(
         f"{dsn_base}/crm_recommendation",
         "SELECT product_id, other_product_id, co_buyers FROM similar_products"
-        " WHERE product_id LIKE $1 ORDER BY product_id, co_buyers DESC, other_product_id",
+        " WHERE product_id LIKE $1 ORDER BY product_id, similarity DESC, other_product_id",
         like,
     )
     lists: dict[str, list[tuple[str, int]]] = defaultdict(list)

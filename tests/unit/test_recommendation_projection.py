@@ -6,12 +6,14 @@ import pytest
 
 from recommendation_service.projection import (
     ViewDelta,
+    buyer_changes,
     customer_product_deltas,
-    first_purchases,
     is_goods,
     neighbours_to_refresh,
     product_deltas,
     purchases,
+    returned_units,
+    units_kept_deltas,
     view_deltas,
 )
 from tests.unit.events_factory import at, event, order, refund
@@ -66,34 +68,40 @@ def test_a_line_without_description_keeps_the_one_of_an_earlier_line() -> None:
     assert found.description == "Mug"
 
 
-# --- first purchases ---------------------------------------------------------------------------
+# --- units kept and buyers: refunds are negative signals ----------------------------------------
 
 
-def test_first_purchases_skip_what_was_bought_before_and_repeats_within_the_batch() -> None:
-    batch = purchases(
-        [
-            _order("C1", _line("P1"), _line("P2"), minutes=0),
-            _order("C1", _line("P2"), _line("P3"), minutes=5),
-            _order("C2", _line("P1"), minutes=6),
-        ]
-    )
-    first = first_purchases(batch, bought={("C1", "P1")})
-    assert [(p.customer_id, p.product_id) for p in first] == [
-        ("C1", "P2"),
-        ("C1", "P3"),
-        ("C2", "P1"),
+def test_units_kept_add_orders_and_take_refunds() -> None:
+    events = [
+        _order("C1", _line("P1", 3), _line("P2", 1), minutes=0),
+        refund("C1", "R1", ("P1", 2, "1"), minutes=5),
+        refund("C2", "R2", ("P3", 1, "1"), minutes=6),  # folded before its order
     ]
+    deltas = units_kept_deltas(purchases(events), returned_units(events))
+    assert deltas == {("C1", "P1"): 1, ("C1", "P2"): 1, ("C2", "P3"): -1}
 
 
-def test_a_late_order_of_an_already_bought_product_is_not_a_first_purchase() -> None:
-    late = purchases([_order("C1", _line("P1"), minutes=-60)])
-    assert first_purchases(late, bought={("C1", "P1")}) == []
+def test_a_customer_is_a_buyer_while_they_keep_some_of_the_product() -> None:
+    changes = buyer_changes(
+        kept_before={("C1", "P1"): 2, ("C1", "P2"): 1, ("C2", "P1"): -1},
+        deltas={
+            ("C1", "P1"): -2,  # returned all: no longer a buyer
+            ("C1", "P2"): 5,  # bought again: already a buyer
+            ("C2", "P1"): 1,  # its order after its refund: still nothing kept
+            ("C3", "P1"): 1,  # new buyer
+            ("C4", "P1"): -1,  # a refund first: not a buyer yet
+        },
+    )
+    assert changes == {("C1", "P1"): -1, ("C3", "P1"): 1}
 
 
-def test_of_two_orders_in_one_batch_the_earlier_by_event_time_is_the_first_purchase() -> None:
-    batch = purchases([_order("C1", _line("P1"), minutes=9), _order("C1", _line("P1"), minutes=2)])
-    (first,) = first_purchases(batch, bought=set())
-    assert first.time == at(2)
+def test_buyers_are_the_same_whatever_the_order_of_an_order_and_its_refund() -> None:
+    order_first = buyer_changes({}, {("C1", "P1"): 2})
+    then_refund = buyer_changes({("C1", "P1"): 2}, {("C1", "P1"): -2})
+    refund_first = buyer_changes({}, {("C1", "P1"): -2})
+    then_order = buyer_changes({("C1", "P1"): -2}, {("C1", "P1"): 2})
+    assert sum(order_first.values()) + sum(then_refund.values()) == 0
+    assert sum(refund_first.values()) + sum(then_order.values()) == 0
 
 
 # --- goods and marks for the neighbour job -----------------------------------------------------
@@ -128,7 +136,7 @@ def test_stock_codes_and_other_product_ids_are_goods(code: str) -> None:
     assert is_goods(code)
 
 
-def test_only_goods_that_gained_a_buyer_are_marked_once_each_sorted() -> None:
+def test_only_goods_that_gained_or_lost_a_buyer_are_marked_once_each_sorted() -> None:
     batch = purchases(
         [
             _order("C1", _line("P2"), _line("POST"), _line("P1"), minutes=0),
@@ -136,8 +144,9 @@ def test_only_goods_that_gained_a_buyer_are_marked_once_each_sorted() -> None:
             _order("C1", _line("P3"), minutes=2),
         ]
     )
-    first = first_purchases(batch, bought={("C1", "P3")})
-    assert neighbours_to_refresh(first) == ["P1", "P2"]
+    changes = buyer_changes({("C1", "P3"): 1}, units_kept_deltas(batch, {}))
+    assert neighbours_to_refresh(changes) == ["P1", "P2"]
+    assert neighbours_to_refresh({("C1", "P4"): -1, ("C1", "POST"): -1}) == ["P4"]
 
 
 # --- customer products, views and product statistics -------------------------------------------
@@ -151,10 +160,14 @@ def test_customer_product_deltas_count_orders_and_keep_first_and_last_time() -> 
             _order("C2", _line("P1", 1), minutes=20),
         ]
     )
-    deltas = customer_product_deltas(batch)
+    deltas = customer_product_deltas(batch, {("C1", "P1"): 4, ("C2", "P1"): 1, ("C3", "P1"): -1})
     c1 = deltas["C1", "P1"]
     assert (c1.times_bought, c1.first_bought_at, c1.last_bought_at) == (2, at(10), at(30))
+    assert c1.units_kept == 4
     assert deltas["C2", "P1"].times_bought == 1
+    refunded_only = deltas["C3", "P1"]
+    assert (refunded_only.times_bought, refunded_only.last_bought_at) == (0, None)
+    assert refunded_only.units_kept == -1
 
 
 def test_view_deltas_count_views_and_keep_the_latest_time_whatever_the_arrival_order() -> None:
@@ -166,7 +179,7 @@ def test_view_deltas_count_views_and_keep_the_latest_time_whatever_the_arrival_o
     assert view_deltas([order("C1", "O1", ("P1", 1, "1"))]) == {}
 
 
-def test_product_deltas_sum_orders_quantity_new_buyers_and_views() -> None:
+def test_product_deltas_sum_orders_quantity_buyer_changes_and_views() -> None:
     batch = purchases(
         [
             _order("C1", _line("P1", 2), _line("P2", 1), minutes=1),
@@ -174,12 +187,13 @@ def test_product_deltas_sum_orders_quantity_new_buyers_and_views() -> None:
             _order("C2", _line("P1", 1), minutes=3),
         ]
     )
-    first = first_purchases(batch, bought={("C2", "P1")})
+    changes = buyer_changes({("C2", "P1"): 1}, units_kept_deltas(batch, {}))
+    changes["C4", "P2"] = -1  # a refund took a buyer away
     views = {("C3", "P1"): ViewDelta(4, at(0)), ("C3", "P9"): ViewDelta(1, at(0))}
-    deltas = product_deltas(batch, first, views)
+    deltas = product_deltas(batch, changes, views)
     p1 = deltas["P1"]
     assert (p1.orders, p1.quantity, p1.buyers, p1.views, p1.goods) == (3, 6, 1, 4, True)
-    assert (deltas["P2"].orders, deltas["P2"].buyers) == (1, 1)
+    assert (deltas["P2"].orders, deltas["P2"].buyers) == (1, 0)
     assert (deltas["P9"].orders, deltas["P9"].views, deltas["P9"].description) == (0, 1, None)
 
 
@@ -191,13 +205,13 @@ def test_the_description_is_the_newest_by_event_time_not_by_arrival() -> None:
             _order("C3", _line("P1", 1), minutes=30),
         ]
     )
-    p1 = product_deltas(batch, [], {})["P1"]
+    p1 = product_deltas(batch, {}, {})["P1"]
     assert (p1.description, p1.described_at) == ("New name", at(20))
 
 
 def test_product_deltas_say_which_products_are_not_goods() -> None:
     batch = purchases([_order("C1", _line("P1"), _line("POST"), _line("gift_0001_20"))])
-    deltas = product_deltas(batch, first_purchases(batch, bought=set()), {})
+    deltas = product_deltas(batch, buyer_changes({}, units_kept_deltas(batch, {})), {})
     assert {p: d.goods for p, d in deltas.items()} == {
         "P1": True,
         "POST": False,

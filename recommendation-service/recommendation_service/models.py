@@ -1,0 +1,368 @@
+"""The recommenders, as pure functions over a customer-by-product history: decayed popularity,
+item-kNN with cosine similarity on co-purchase, ALS on implicit feedback, and their blend.
+
+No I/O and no clock: the time a model is trained at is passed in. The offline evaluation
+(`recommendation_service.evaluation`) trains and ranks with them; the service's neighbour job
+stores what `similar_products` computes, the evaluated item-kNN's neighbours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+from scipy import sparse
+from threadpoolctl import threadpool_limits
+
+from recommendation_service.projection import is_goods
+
+Scores = npt.NDArray[np.float32]
+"""customers x products: higher is better; 0 or below is never recommended."""
+SECONDS_PER_DAY = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """Units of a product a customer bought (positive) or returned (negative) at a time."""
+
+    customer_id: str
+    product_id: str
+    quantity: int
+    time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """What customers bought before `trained_at`, as sparse customer x product matrices.
+
+    A customer counts as a buyer of a product while they kept some of it: units bought minus
+    units returned above zero. Refunds are negative signals, and a fully returned product is
+    neither a seed of their recommendations nor a vote for it. Only goods (`is_goods`) appear.
+    """
+
+    customers: tuple[str, ...]
+    products: tuple[str, ...]
+    trained_at: datetime
+    bought: sparse.csr_matrix
+    """1 where the customer kept some of the product."""
+    last_bought_age_days: sparse.csr_matrix
+    """Days from the customer's last purchase of the product to `trained_at` (same pattern, + 1
+    so that a purchase at the training time is not a structural zero)."""
+
+    @property
+    def buyers(self) -> npt.NDArray[np.float64]:
+        """Distinct buyers per product."""
+        return np.asarray(self.bought.sum(axis=0)).ravel()
+
+    def index(self) -> dict[str, int]:
+        return {customer: row for row, customer in enumerate(self.customers)}
+
+
+def history(interactions: Iterable[Interaction], trained_at: datetime) -> History:
+    """The history of the goods bought or returned before `trained_at`."""
+    kept: dict[tuple[str, str], int] = {}
+    last: dict[tuple[str, str], datetime] = {}
+    for item in interactions:
+        if item.time >= trained_at or not is_goods(item.product_id):
+            continue
+        key = (item.customer_id, item.product_id)
+        kept[key] = kept.get(key, 0) + item.quantity
+        if item.quantity > 0 and (key not in last or item.time > last[key]):
+            last[key] = item.time
+    pairs = sorted(key for key, units in kept.items() if units > 0 and key in last)
+    customers = tuple(sorted({customer for customer, _ in pairs}))
+    products = tuple(sorted({product for _, product in pairs}))
+    rows = {customer: n for n, customer in enumerate(customers)}
+    columns = {product: n for n, product in enumerate(products)}
+    row_index = np.fromiter((rows[c] for c, _ in pairs), dtype=np.int32, count=len(pairs))
+    column_index = np.fromiter((columns[p] for _, p in pairs), dtype=np.int32, count=len(pairs))
+    ages = np.fromiter(
+        ((trained_at - last[pair]).total_seconds() / SECONDS_PER_DAY + 1.0 for pair in pairs),
+        dtype=np.float64,
+        count=len(pairs),
+    )
+    shape = (len(customers), len(products))
+    ones = np.ones(len(pairs), dtype=np.float64)
+    return History(
+        customers=customers,
+        products=products,
+        trained_at=trained_at,
+        bought=sparse.csr_matrix((ones, (row_index, column_index)), shape=shape),
+        last_bought_age_days=sparse.csr_matrix((ages, (row_index, column_index)), shape=shape),
+    )
+
+
+def recency_weights(past: History, half_life_days: float) -> sparse.csr_matrix:
+    """The bought matrix with each purchase weighted by the decay of its last purchase."""
+    weights = past.last_bought_age_days.copy()
+    weights.data = 0.5 ** ((weights.data - 1.0) / half_life_days)
+    return weights
+
+
+class Recommender(Protocol):
+    """Scores every product for some customers (rows of the history they were trained on)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def scores(self, rows: npt.NDArray[np.intp]) -> Scores: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DecayedPopularity:
+    """Trending goods: each buyer votes for a product with the decayed weight of their last
+    purchase of it. The same list for everyone: the baseline and the fallback."""
+
+    votes: npt.NDArray[np.float32]
+    name: str
+
+    def scores(self, rows: npt.NDArray[np.intp]) -> Scores:
+        return np.broadcast_to(self.votes, (len(rows), len(self.votes))).copy()
+
+
+def fit_popularity(past: History, half_life_days: float, name: str) -> DecayedPopularity:
+    """Popular goods by decayed distinct buyers; `math.inf` half-life: plain distinct buyers."""
+    votes = np.asarray(recency_weights(past, half_life_days).sum(axis=0)).ravel()
+    return DecayedPopularity(votes.astype(np.float32), name)
+
+
+SEASON_DAYS = 100
+"""The seasonal recommender looks at this many days, starting a year before training time."""
+
+
+def fit_seasonal(past: History, interactions: Iterable[Interaction]) -> DecayedPopularity:
+    """What sold in the coming weeks a year ago: distinct buyers per product between 365 days
+    before the training time and SEASON_DAYS later (gifts and decorations sell in season).
+    All zeros when the history is shorter than a year."""
+    start = past.trained_at - timedelta(days=365)
+    end = start + timedelta(days=SEASON_DAYS)
+    columns = {product: column for column, product in enumerate(past.products)}
+    buyers = {
+        (item.customer_id, columns[item.product_id])
+        for item in interactions
+        if item.quantity > 0 and start <= item.time < end and item.product_id in columns
+    }
+    votes = np.zeros(len(past.products), dtype=np.float32)
+    np.add.at(votes, [column for _, column in buyers], 1.0)
+    return DecayedPopularity(votes, "seasonal")
+
+
+@dataclass(frozen=True, slots=True)
+class ItemKnn:
+    """Item-kNN: a candidate's score is the sum of its cosine similarities to what the customer
+    bought, each purchase weighted by its recency, over each product's `neighbours` most
+    similar products only."""
+
+    similar: sparse.csr_matrix
+    """products x products, row i: the neighbours of i and their cosine."""
+    seeds: sparse.csr_matrix
+    """customers x products: recency-weighted purchases."""
+    name: str = "item-knn"
+
+    def scores(self, rows: npt.NDArray[np.intp]) -> Scores:
+        return np.asarray((self.seeds[rows] @ self.similar).todense(), dtype=np.float32)
+
+
+SIMILARITY_BLOCK = 512
+"""Products whose rows of co-buyer counts are computed at a time: bounds the memory to a block
+by the catalogue (512 x 3,600 floats for the UCI data), not the catalogue squared."""
+
+
+def _best_per_row(
+    values: npt.NDArray[np.float64], kept: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """(rows, columns) of each row's `kept` largest positive values, ties by column: a partition
+    finds each row's k-th value, and only the values at or above it are sorted."""
+    if values.shape[1] > kept:
+        kth = -np.partition(-values, kept - 1, axis=1)[:, kept - 1]
+        candidates = (values >= kth[:, None]) & (values > 0)
+    else:
+        candidates = values > 0
+    rows, columns = np.nonzero(candidates)
+    order = np.lexsort((columns, -values[rows, columns], rows))
+    rows, columns = rows[order], columns[order]
+    starts = np.searchsorted(rows, rows, side="left")
+    first_k = np.arange(len(rows)) - starts < kept
+    return rows[first_k], columns[first_k]
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbours:
+    """Each product's most similar products: cosine and distinct co-buyers, same pattern."""
+
+    similarity: sparse.csr_matrix
+    co_buyers: sparse.csr_matrix
+
+
+def nearest_neighbours(bought: sparse.csr_matrix, kept: int) -> Neighbours:
+    """Each product's `kept` most similar products by cosine of their buyer sets: shared buyers
+    over the square root of the product of both buyer counts (so equal ratios tie exactly).
+    Unlike a raw count of shared buyers it does not make every product similar to the
+    bestsellers. Ties by product order; a function of `bought` alone, whatever order the
+    purchases came in."""
+    items = bought.T.tocsr().astype(np.float64)
+    count = items.shape[0]
+    buyers = np.maximum(np.asarray(items.sum(axis=1)).ravel(), 1.0)
+    rows: list[npt.NDArray[np.intp]] = []
+    columns: list[npt.NDArray[np.intp]] = []
+    similarities: list[npt.NDArray[np.float64]] = []
+    counts: list[npt.NDArray[np.float64]] = []
+    for start in range(0, count, SIMILARITY_BLOCK):
+        block = np.arange(start, min(start + SIMILARITY_BLOCK, count))
+        co = (items[block] @ items.T).toarray()
+        co[np.arange(len(block)), block] = 0.0
+        similarity = co / np.sqrt(np.outer(buyers[block], buyers))
+        block_rows, best_columns = _best_per_row(similarity, kept)
+        rows.append(block[block_rows])
+        columns.append(best_columns)
+        similarities.append(similarity[block_rows, best_columns])
+        counts.append(co[block_rows, best_columns])
+
+    def matrix(values: list[npt.NDArray[np.float64]]) -> sparse.csr_matrix:
+        if not values:
+            return sparse.csr_matrix((count, count))
+        index = (np.concatenate(rows), np.concatenate(columns))
+        return sparse.csr_matrix((np.concatenate(values), index), shape=(count, count))
+
+    return Neighbours(matrix(similarities), matrix(counts))
+
+
+def fit_item_knn(past: History, neighbours: int, half_life_days: float) -> ItemKnn:
+    similar = nearest_neighbours(past.bought, neighbours).similarity
+    return ItemKnn(similar, recency_weights(past, half_life_days))
+
+
+@dataclass(frozen=True, slots=True)
+class Als:
+    """Matrix factorisation of implicit feedback (Hu, Koren and Volinsky 2008) with the
+    `implicit` library: a customer's score for a product is the dot product of their factors."""
+
+    customer_factors: npt.NDArray[np.float32]
+    product_factors: npt.NDArray[np.float32]
+    name: str = "als"
+
+    def scores(self, rows: npt.NDArray[np.intp]) -> Scores:
+        return np.asarray(self.customer_factors[rows] @ self.product_factors.T, dtype=np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class AlsParameters:
+    factors: int = 64
+    regularization: float = 0.1
+    alpha: float = 2.0
+    iterations: int = 15
+    half_life_days: float = 90.0
+    """Confidence of a purchase: 1 + alpha x its recency weight."""
+    seed: int = 7
+
+
+def fit_als(past: History, parameters: AlsParameters) -> Als:
+    """Deterministic for a seed: one thread, and BLAS limited to one (as `implicit` advises)."""
+    from implicit.cpu.als import AlternatingLeastSquares  # heavy import, only when training
+
+    weights = recency_weights(past, parameters.half_life_days).astype(np.float32)
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(
+            factors=parameters.factors,
+            regularization=parameters.regularization,
+            alpha=parameters.alpha,
+            iterations=parameters.iterations,
+            random_state=parameters.seed,
+            num_threads=1,
+        )
+        model.fit(weights.tocsr(), show_progress=False)
+    return Als(
+        np.asarray(model.user_factors, dtype=np.float32),
+        np.asarray(model.item_factors, dtype=np.float32),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Blend:
+    """A weighted sum of recommenders whose scores are first scaled per customer to [0, 1] (by
+    the customer's best score), so that no model dominates by the size of its numbers."""
+
+    parts: tuple[tuple[Recommender, float], ...]
+    name: str = "blend"
+
+    def scores(self, rows: npt.NDArray[np.intp]) -> Scores:
+        total = np.zeros((len(rows), 0), dtype=np.float32)
+        for model, weight in self.parts:
+            part = scaled(model.scores(rows)) * np.float32(weight)
+            total = part if total.size == 0 else total + part
+        return total
+
+
+def scaled(scores: Scores) -> Scores:
+    """Each row divided by its largest value (rows with nothing positive stay as they are), and
+    negatives raised to 0."""
+    top = scores.max(axis=1, keepdims=True)
+    divisor = np.where(top > 0, top, 1.0)
+    return (np.maximum(scores, 0.0) / divisor).astype(np.float32)
+
+
+def top_k(scores: Scores, already: sparse.csr_matrix, k: int) -> list[npt.NDArray[np.intp]]:
+    """Each row's `k` best product columns, best first, ties broken by column (product code
+    order). Only positive scores: a model recommends nothing it has no reason for. Leaves out
+    `already` (what the customer bought)."""
+    masked = scores.copy()
+    masked[already.nonzero()] = 0.0
+    order = np.argsort(-masked, axis=1, kind="stable")[:, :k]
+    return [row[masked[n, row] > 0] for n, row in enumerate(order)]
+
+
+def popularity_share(past: History) -> Mapping[str, float]:
+    """Share of the customers who bought each product: what novelty is measured against."""
+    shares = past.buyers / max(len(past.customers), 1)
+    return dict(zip(past.products, shares.tolist(), strict=True))
+
+
+def names(past: History, columns: Sequence[int]) -> list[str]:
+    return [past.products[column] for column in columns]
+
+
+SimilarPair = tuple[str, str]
+"""(product, similar product)"""
+Similar = tuple[int, float]
+"""(distinct co-buyers, cosine)"""
+
+
+def similar_products(
+    kept: Iterable[tuple[str, str]], neighbours: int
+) -> dict[SimilarPair, Similar]:
+    """Every product's `neighbours` most similar products (`nearest_neighbours`) from the
+    distinct (customer, product) pairs of buyers who kept some of the product: what the service
+    stores."""
+    customers: dict[str, int] = {}
+    pairs = [(customers.setdefault(c, len(customers)), p) for c, p in kept]
+    products = sorted({p for _, p in pairs})
+    columns = {p: n for n, p in enumerate(products)}
+    bought = sparse.csr_matrix(
+        (np.ones(len(pairs)), ([c for c, _ in pairs], [columns[p] for _, p in pairs])),
+        shape=(len(customers), len(products)),
+    )
+    found = nearest_neighbours(bought, neighbours)
+    co = found.co_buyers.tocoo()
+    keys = zip(
+        [products[row] for row in co.row.tolist()],
+        [products[column] for column in co.col.tolist()],
+        strict=True,
+    )
+    values = zip(
+        co.data.astype(np.int64).tolist(), found.similarity.tocoo().data.tolist(), strict=True
+    )
+    return dict(zip(keys, values, strict=True))
+
+
+def changed_similar_products(
+    stored: Mapping[SimilarPair, Similar], computed: Mapping[SimilarPair, Similar]
+) -> tuple[dict[SimilarPair, Similar], list[SimilarPair]]:
+    """What to write so that the stored lists equal the computed ones: pairs new or changed, and
+    pairs to delete."""
+    upserts = {pair: value for pair, value in computed.items() if stored.get(pair) != value}
+    deletes = sorted(pair for pair in stored if pair not in computed)
+    return upserts, deletes

@@ -1,0 +1,280 @@
+"""Recommenders and their offline evaluation: metrics on hand-made rankings, each model on tiny
+histories whose answer is known, and the evaluation command on a sample of the real file."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+from scipy import sparse
+
+from crm_shared.contracts.events import build_event
+from crm_shared.ops.demo.load import default_data_path
+from recommendation_service import evaluate
+from recommendation_service.evaluation import (
+    coverage,
+    hit_rate_at_k,
+    interactions,
+    ndcg_at_k,
+    novelty,
+    split,
+)
+from recommendation_service.models import (
+    AlsParameters,
+    Blend,
+    Interaction,
+    changed_similar_products,
+    fit_als,
+    fit_item_knn,
+    fit_popularity,
+    fit_seasonal,
+    history,
+    names,
+    nearest_neighbours,
+    scaled,
+    similar_products,
+    top_k,
+)
+
+T = datetime(2011, 9, 1, tzinfo=UTC)
+
+
+def bought(customer: str, product: str, days_before: float, quantity: int = 1) -> Interaction:
+    return Interaction(customer, product, quantity, T - timedelta(days=days_before))
+
+
+def rows(*indices: int) -> np.ndarray:
+    return np.array(indices, dtype=np.intp)
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+def test_ndcg_of_known_rankings() -> None:
+    assert ndcg_at_k(["a", "b", "c"], {"a"}) == 1.0
+    assert ndcg_at_k(["x", "a", "y"], {"a"}) == pytest.approx(1 / math.log2(3))
+    # two relevant, found at ranks 1 and 3: (1 + 1/2) / (1 + 1/log2(3))
+    assert ndcg_at_k(["a", "x", "b"], {"a", "b"}) == pytest.approx(1.5 / (1 + 1 / math.log2(3)))
+    assert ndcg_at_k(["x", "y"], {"a"}) == 0.0
+    assert ndcg_at_k(["a"], set()) == 0.0
+
+
+def test_ndcg_ideal_counts_at_most_k_relevant_products() -> None:
+    relevant = {f"p{n}" for n in range(30)}
+    assert ndcg_at_k([f"p{n}" for n in range(10)], relevant, k=10) == pytest.approx(1.0)
+    assert ndcg_at_k(["p0", "p1"], relevant, k=2) == pytest.approx(1.0)
+
+
+def test_hit_rate_looks_at_the_first_k_only() -> None:
+    assert hit_rate_at_k(["x", "a"], {"a"}, k=2) == 1.0
+    assert hit_rate_at_k(["x", "a"], {"a"}, k=1) == 0.0
+
+
+def test_coverage_and_novelty() -> None:
+    assert coverage([["a", "b"], ["b", "c"]], catalogue_size=6) == 0.5
+    # "a" bought by half the customers (1 bit), "b" by an eighth (3 bits)
+    assert novelty([["a", "b"], ["b"]], {"a": 0.5, "b": 0.125}) == pytest.approx((1 + 3 + 3) / 3)
+
+
+# --- the history -------------------------------------------------------------------------------
+
+
+def test_history_counts_what_was_kept_before_the_split_and_only_goods() -> None:
+    past = history(
+        [
+            bought("C1", "MUG", 10, quantity=3),
+            bought("C1", "MUG", 5, quantity=-3),  # all returned: no longer a buyer
+            bought("C1", "TEA", 10, quantity=2),
+            bought("C1", "TEA", 5, quantity=-1),  # some kept
+            bought("C1", "POST", 10),
+            bought("C2", "JAM", -1),  # after the split
+            bought("C2", "MUG", 20),
+        ],
+        T,
+    )
+    assert past.customers == ("C1", "C2")
+    assert past.products == ("MUG", "TEA")
+    assert past.bought.toarray().tolist() == [[0, 1], [1, 0]]
+    assert past.last_bought_age_days[0, 1] == pytest.approx(11.0)
+
+
+def test_interactions_read_orders_as_purchases_and_refunds_as_returns() -> None:
+    line = {"product_id": "MUG", "unit_price": "1.00"}
+    placed = build_event(
+        "crm.order.placed.v1",
+        "C1",
+        {"order_id": "O1", "lines": [{**line, "quantity": 2}]},
+        source="shop",
+        time=T,
+    )
+    refunded = build_event(
+        "crm.order.refunded.v1",
+        "C1",
+        {"refund_id": "R1", "lines": [{**line, "quantity": 1}]},
+        source="shop",
+        time=T,
+    )
+    viewed = build_event("crm.product.viewed.v1", "C1", {"product_id": "JAM"}, source="web")
+    found = interactions([placed, refunded, viewed])
+    assert [(i.customer_id, i.product_id, i.quantity) for i in found] == [
+        ("C1", "MUG", 2),
+        ("C1", "MUG", -1),
+    ]
+
+
+def test_split_keeps_goods_new_to_customers_who_have_a_past() -> None:
+    data = split(
+        [
+            bought("C1", "MUG", 10),
+            bought("C1", "MUG", -3),  # bought again: not new
+            bought("C1", "TEA", -3),
+            bought("C1", "POST", -3),  # not goods
+            bought("C2", "JAM", -3),  # no past
+            bought("C3", "JAM", 10),
+        ],
+        T,
+    )
+    assert data.relevant == {"C1": frozenset({"TEA"})}
+
+
+# --- the recommenders ------------------------------------------------------------------------
+
+
+def test_cosine_neighbours_keep_the_most_similar_with_ties_by_product() -> None:
+    # columns A, B, C; B shares one buyer with A and one with C
+    bought_matrix = sparse.csr_matrix(
+        np.array([[1, 1, 0], [0, 1, 1], [1, 0, 0], [0, 0, 1]], dtype=np.float64)
+    )
+    found = nearest_neighbours(bought_matrix, kept=1)
+    assert found.similarity.toarray().tolist() == [[0, 0.5, 0], [0.5, 0, 0], [0, 0.5, 0]]
+    assert found.co_buyers.toarray().tolist() == [[0, 1, 0], [1, 0, 0], [0, 1, 0]]
+    everything = nearest_neighbours(bought_matrix, kept=5)  # A and C share nobody: not listed
+    assert everything.similarity.nnz == 4
+
+
+def test_similar_products_are_what_the_service_stores_and_only_changes_are_written() -> None:
+    kept = [
+        ("C1", "JAM"),
+        ("C1", "TEA"),
+        ("C2", "JAM"),
+        ("C2", "TEA"),
+        ("C3", "JAM"),
+        ("C3", "MUG"),
+    ]
+    found = similar_products(kept, neighbours=1)
+    assert found == {
+        ("JAM", "TEA"): (2, 2 / math.sqrt(3 * 2)),
+        ("TEA", "JAM"): (2, 2 / math.sqrt(2 * 3)),
+        ("MUG", "JAM"): (1, 1 / math.sqrt(1 * 3)),
+    }
+    assert similar_products(reversed(kept), neighbours=1) == found  # order-free
+    stored = {
+        ("JAM", "TEA"): (1, 0.5),
+        ("JAM", "MUG"): (1, 0.5),
+        ("MUG", "JAM"): found["MUG", "JAM"],
+    }
+    upserts, deletes = changed_similar_products(stored, found)
+    assert upserts == {key: found[key] for key in [("JAM", "TEA"), ("TEA", "JAM")]}
+    assert deletes == [("JAM", "MUG")]
+
+
+def test_top_k_leaves_out_what_was_bought_and_what_has_no_score() -> None:
+    scores = np.array([[0.9, 0.5, 0.5, 0.0, 0.7]], dtype=np.float32)
+    already = sparse.csr_matrix(np.array([[1, 0, 0, 0, 0]]))
+    assert top_k(scores, already, 10)[0].tolist() == [4, 1, 2]
+
+
+def test_decayed_popularity_prefers_recent_buyers() -> None:
+    past = history([bought("C1", "OLD", 60), bought("C2", "OLD", 60), bought("C3", "NEW", 1)], T)
+    plain = fit_popularity(past, math.inf, "popularity").scores(rows(0))[0]
+    assert plain[past.products.index("OLD")] > plain[past.products.index("NEW")]
+    trending = fit_popularity(past, 10.0, "trending").scores(rows(0))[0]
+    assert trending[past.products.index("NEW")] > trending[past.products.index("OLD")]
+
+
+def test_seasonal_counts_buyers_of_the_coming_weeks_a_year_ago() -> None:
+    found = [
+        bought("C1", "XMAS", 365 - 80),
+        bought("C2", "XMAS", 365 - 90),
+        bought("C1", "SUN", 365 + 30),  # before the season
+        bought("C3", "SUN", 200),  # after it
+    ]
+    past = history(found, T)
+    votes = dict(zip(past.products, fit_seasonal(past, found).votes.tolist(), strict=True))
+    assert votes == {"SUN": 0.0, "XMAS": 2.0}
+
+
+def test_item_knn_sums_the_similarity_to_what_the_customer_bought() -> None:
+    found = [
+        bought("C1", "JAM", 5),
+        bought("C1", "TEA", 5),
+        bought("C2", "JAM", 5),
+        bought("C2", "TEA", 5),
+        bought("C3", "JAM", 5),
+        bought("C3", "MUG", 5),
+        bought("C4", "JAM", 5),  # the customer
+    ]
+    past = history(found, T)
+    knn = fit_item_knn(past, neighbours=10, half_life_days=math.inf)
+    ranked = top_k(knn.scores(rows(3)), past.bought[[3]], 10)[0].tolist()
+    assert names(past, ranked) == ["TEA", "MUG"]
+
+
+def _two_tastes() -> list[Interaction]:
+    """Ten customers like tea things, ten like garden things; T9 has not bought TEAPOT yet."""
+    found = []
+    for n in range(10):
+        found += [
+            bought(f"T{n}", p, 3) for p in ("TEA", "CUP", "TEAPOT") if (n, p) != (9, "TEAPOT")
+        ]
+        found += [bought(f"G{n}", p, 3) for p in ("SPADE", "SEEDS", "HOSE")]
+    return found
+
+
+def test_als_recommends_what_customers_of_the_same_taste_bought() -> None:
+    past = history(_two_tastes(), T)
+    als = fit_als(past, AlsParameters(factors=4, iterations=20))
+    customer = past.customers.index("T9")
+    ranked = top_k(als.scores(rows(customer)), past.bought[[customer]], 1)[0].tolist()
+    assert names(past, ranked) == ["TEAPOT"]
+
+
+def test_blend_scales_each_model_per_customer_before_weighing() -> None:
+    assert scaled(np.array([[2.0, 1.0, -1.0], [0.0, 0.0, 0.0]], dtype=np.float32)).tolist() == [
+        [1.0, 0.5, 0.0],
+        [0.0, 0.0, 0.0],
+    ]
+    past = history(_two_tastes(), T)
+    big = fit_popularity(past, math.inf, "big")  # votes in the tens
+    small = fit_item_knn(past, neighbours=10, half_life_days=math.inf)  # cosines below 1
+    blend = Blend(((big, 1.0), (small, 3.0)))
+    customer = past.customers.index("T9")
+    expected = scaled(big.scores(rows(customer))) + 3 * scaled(small.scores(rows(customer)))
+    assert blend.scores(rows(customer)) == pytest.approx(expected)
+
+
+# --- the command on the real file ---------------------------------------------------------------
+
+DATA = default_data_path()
+
+
+@pytest.mark.skipif(DATA is None, reason="shared/data/online_retail.csv.gz not found")
+def test_evaluation_of_a_sample_ranks_the_blend_above_every_single_model(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert evaluate.main(["--sample", "600"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    rows_by_name = {
+        cells[1].strip(): [float(c.strip().rstrip("%")) for c in cells[2:-1]]
+        for line in table
+        if line.startswith("| ") and not line.startswith("| recommender")
+        for cells in [line.split("|")]
+    }
+    assert list(rows_by_name) == ["popularity", "trending", "seasonal", "item-knn", "als", "blend"]
+    ndcg = {name: figures[1] for name, figures in rows_by_name.items()}
+    assert ndcg["popularity"] > 0
+    assert ndcg["item-knn"] > 1.5 * ndcg["popularity"]
+    assert ndcg["als"] > 1.5 * ndcg["popularity"]
+    assert ndcg["blend"] > max(ndcg["item-knn"], ndcg["als"], ndcg["seasonal"])
