@@ -95,11 +95,14 @@ def systematic_failure(
 @dataclass(frozen=True)
 class PeriodicJob:
     """Work a worker repeats beside the fold (e.g. refreshing precomputed results), on every
-    replica. `run` must never raise: a failed run leaves its work to the next one."""
+    replica, every `interval_seconds` but at most `duty` of the time: after a run of d seconds
+    the next waits at least d / duty, so a job that grows with the data never starves the fold
+    on a small machine. A run that raises is logged; its work waits for the next run."""
 
     name: str
     interval_seconds: float
-    run: Callable[[asyncpg.Pool], Awaitable[None]]
+    run: Callable[[asyncpg.Pool], Awaitable[object]]
+    duty: float = 1.0
 
 
 @dataclass(frozen=True)

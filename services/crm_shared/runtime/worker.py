@@ -217,7 +217,9 @@ def build_app(
     app.timer(settings.prune_interval_seconds)(prune_bookkeeping)
 
     for job in projection.periodic:
-        app.timer(job.interval_seconds, name=f"{projection.name}-{job.name}")(_every(job, pool))
+        app.timer(job.interval_seconds, name=f"{projection.name}-{job.name}")(
+            periodic_runner(job, pool)
+        )
 
     async def finish_batch(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         """Let the batch in flight commit before the partitions go to another replica (bounded:
@@ -249,11 +251,25 @@ def build_app(
     return app, projector
 
 
-def _every(job: PeriodicJob, pool: asyncpg.Pool) -> Callable[[], Awaitable[None]]:
-    """The argument-less coroutine function a faust timer calls."""
+def periodic_runner(
+    job: PeriodicJob, pool: asyncpg.Pool, clock: Callable[[], float] = time.monotonic
+) -> Callable[[], Awaitable[None]]:
+    """The argument-less coroutine function a faust timer calls: it skips ticks while the job
+    is over its duty, and never lets a failed run stop the timer."""
+    not_before = 0.0
 
     async def run() -> None:
-        await job.run(pool)
+        nonlocal not_before
+        started = clock()
+        if started < not_before:
+            return
+        try:
+            await job.run(pool)
+        except Exception:
+            log.exception(
+                "periodic job failed; its work waits for the next run", extra={"job": job.name}
+            )
+        not_before = started + (clock() - started) / job.duty
 
     return run
 
