@@ -24,22 +24,9 @@ CurrencyQuery = Annotated[
 router = APIRouter()
 
 
-class CurrencyPurchases(BaseModel):
-    currency: str
-    orders: int
-    gross_revenue: Decimal
-    refunded: Decimal
-    net_revenue: Decimal
-    average_order_value: Decimal | None
-    first_purchase_at: datetime | None
-    last_purchase_at: datetime | None
-    mean_days_between_purchases: Decimal | None
-    average_yearly_purchase: Decimal | None
-
-
 class PurchaseSummary(BaseModel):
     customer_id: str
-    by_currency: list[CurrencyPurchases]
+    by_currency: list[commerce.CurrencySummary]
     cancelled_orders: int
     favourite_channels: list[str]
     favourite_countries: list[str]
@@ -118,7 +105,7 @@ async def purchase_summary(customer_id: CustomerIdPath, conn: Conn) -> Response:
     return model_response(
         PurchaseSummary(
             customer_id=customer_id,
-            by_currency=[CurrencyPurchases(**vars(s)) for s in summaries],
+            by_currency=summaries,
             cancelled_orders=cancelled,
             favourite_channels=commerce.favourites(channels),
             favourite_countries=[country] if country else [],

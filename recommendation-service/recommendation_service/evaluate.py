@@ -18,7 +18,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from crm_shared.ops.demo import retail
-from crm_shared.ops.demo.load import DATA_ENV, default_data_path
+from crm_shared.ops.demo.load import DATA_ENV, add_data_argument
 from crm_shared.ops.rebuild import ProgressBar
 from recommendation_service import evaluation
 from recommendation_service.models import AlsParameters
@@ -31,12 +31,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m recommendation_service.evaluate",
         description="Train the recommenders before a date, score their top 10 after it.",
     )
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=default_data_path(),
-        help=f"the UCI CSV (default: ${DATA_ENV} or found above the repo)",
-    )
+    add_data_argument(parser)
     parser.add_argument(
         "--split",
         type=date.fromisoformat,

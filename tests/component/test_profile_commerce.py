@@ -4,8 +4,6 @@ scores, top customers and cube computed in SQL agree with independent computatio
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -24,6 +22,7 @@ from crm_shared.runtime.projector import BatchProjector, RawRecord
 from crm_shared.runtime.shadow import Fingerprint, fingerprints
 from profile_service import analytics, store
 from profile_service.worker import PROJECTION
+from tests.component.partition_logs import folded_in_batches, interleaved
 from tests.unit.test_demo_retail import DATA
 
 pytestmark = pytest.mark.component
@@ -105,49 +104,16 @@ LOGS: dict[int, list[dict[str, Any]]] = {
 def _records(reverse: bool) -> list[RawRecord]:
     """The partitions interleaved; reversed, every event arrives in the opposite order."""
     logs = {p: list(reversed(log)) if reverse else log for p, log in LOGS.items()}
-    records = []
-    for offset in range(max(len(log) for log in logs.values())):
-        for partition, log in logs.items():
-            if offset < len(log):
-                event = log[offset]
-                records.append(
-                    RawRecord(
-                        "crm.orders",
-                        partition,
-                        offset,
-                        str(event["subject"]).encode(),
-                        encode_event(event),
-                    )
-                )
-    return records
+    return interleaved(logs, "crm.orders")
 
 
 @asynccontextmanager
 async def _folded(size: int, *, reverse: bool = False) -> AsyncIterator[asyncpg.Pool]:
     """A fresh profile database fed the logs in batches of `size`, its RFM scores refreshed."""
-    base = os.environ.get("CRM_PG_DSN_BASE")
-    if not base:
-        pytest.fail("component tests need PostgreSQL: run them with ./crm test")
-    name = f"crm_component_{uuid.uuid4().hex[:12]}"
-    pool = await open_pool(f"{base}/{name}", PROJECTION.migrations, 2)
-    try:
-
-        async def no_dead_letters(letters: Sequence[DeadLetter]) -> None:
-            raise AssertionError(f"unexpected dead letters: {letters}")
-
-        projector = BatchProjector(PROJECTION, pool, no_dead_letters)
-        await projector.reload_positions()
-        records = _records(reverse)
-        for start in range(0, len(records), size):
-            await projector.process(records[start : start + size])
+    async with folded_in_batches(PROJECTION, _records(reverse), size) as pool:
         async with pool.acquire() as conn:
             await store.refresh_rfm(conn)
         yield pool
-    finally:
-        await pool.close()
-        admin = await asyncpg.connect(f"{base}/postgres")
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def _state(pool: asyncpg.Pool) -> tuple[dict[str, Fingerprint], list[Any], list[Any]]:

@@ -5,20 +5,15 @@ the same events, under the same ids, whatever the batch boundaries."""
 from __future__ import annotations
 
 import json
-import os
-import uuid
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import pytest
 
-from crm_shared.contracts.deadletter import DeadLetter
-from crm_shared.contracts.events import CLOCK_SUBJECT, build_event, encode_event
-from crm_shared.runtime.db import open_pool
-from crm_shared.runtime.projector import BatchProjector, RawRecord
+from crm_shared.contracts.events import CLOCK_SUBJECT, build_event
+from crm_shared.runtime.projector import RawRecord
 from profile_service.worker import PROJECTION
+from tests.component.partition_logs import folded_in_batches, interleaved
 
 pytestmark = pytest.mark.component
 
@@ -69,40 +64,12 @@ EXPECTED = {"A": (True, 3), "B": (True, 1), "C": (True, 1)}
 
 def _records() -> list[RawRecord]:
     """The two partitions as a consumer might see them: interleaved, each in its own order."""
-    records = []
-    for offset in range(max(len(log) for log in LOGS.values())):
-        for partition, log in LOGS.items():
-            if offset < len(log):
-                event = log[offset]
-                records.append(
-                    RawRecord(
-                        "crm.orders",
-                        partition,
-                        offset,
-                        str(event["subject"]).encode(),
-                        encode_event(event),
-                    )
-                )
-    return records
+    return interleaved(LOGS, "crm.orders")
 
 
 async def _fold_in_batches_of(size: int) -> tuple[dict[str, tuple[bool, int]], list[Any]]:
     """Memberships and outbox of a fresh profile database fed the log in batches of `size`."""
-    base = os.environ.get("CRM_PG_DSN_BASE")
-    if not base:
-        pytest.fail("component tests need PostgreSQL: run them with ./crm test")
-    name = f"crm_component_{uuid.uuid4().hex[:12]}"
-    pool = await open_pool(f"{base}/{name}", PROJECTION.migrations, 2)
-    try:
-
-        async def no_dead_letters(letters: Sequence[DeadLetter]) -> None:
-            raise AssertionError(f"unexpected dead letters: {letters}")
-
-        projector = BatchProjector(PROJECTION, pool, no_dead_letters)
-        await projector.reload_positions()
-        records = _records()
-        for start in range(0, len(records), size):
-            await projector.process(records[start : start + size])
+    async with folded_in_batches(PROJECTION, _records(), size) as pool:
         rows = await pool.fetch(
             "SELECT customer_id, member, version FROM segment_memberships WHERE segment = 'lapsed'"
         )
@@ -117,11 +84,6 @@ async def _fold_in_batches_of(size: int) -> tuple[dict[str, tuple[bool, int]], l
             )
             for r in outbox
         ]
-    finally:
-        await pool.close()
-        admin = await asyncpg.connect(f"{base}/postgres")
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def test_the_lapse_rule_derives_the_same_events_whatever_the_batch_boundaries() -> None:

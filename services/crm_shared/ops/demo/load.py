@@ -86,17 +86,22 @@ def _listed(counts: Counter[str]) -> str:
     return ", ".join(f"{name}: {n}" for name, n in counts.most_common()) or "none"
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m crm_shared.ops.demo.load",
-        description="Publish the UCI Online Retail invoices and synthetic CRM facts to Kafka.",
-    )
+def add_data_argument(parser: argparse.ArgumentParser) -> None:
+    """`--data`, the UCI file: every command that reads it finds it the same way."""
     parser.add_argument(
         "--data",
         type=Path,
         default=default_data_path(),
         help=f"the UCI CSV (default: ${DATA_ENV} or found above the repo)",
     )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m crm_shared.ops.demo.load",
+        description="Publish the UCI Online Retail invoices and synthetic CRM facts to Kafka.",
+    )
+    add_data_argument(parser)
     parser.add_argument(
         "--bootstrap",
         default=PlatformSettings().kafka_bootstrap,

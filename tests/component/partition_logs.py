@@ -1,0 +1,64 @@
+"""Hand-written partition logs as a consumer might read them, for fold tests without Kafka."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import pytest
+
+from crm_shared.contracts.deadletter import DeadLetter
+from crm_shared.contracts.events import encode_event
+from crm_shared.runtime.db import open_pool
+from crm_shared.runtime.projector import BatchProjector, Projection, RawRecord
+
+
+def interleaved(logs: Mapping[int, Sequence[dict[str, Any]]], topic: str) -> list[RawRecord]:
+    """The partitions' events interleaved offset by offset, each partition in its own order."""
+    records = []
+    for offset in range(max(len(log) for log in logs.values())):
+        for partition, log in logs.items():
+            if offset < len(log):
+                event = log[offset]
+                records.append(
+                    RawRecord(
+                        topic,
+                        partition,
+                        offset,
+                        str(event["subject"]).encode(),
+                        encode_event(event),
+                    )
+                )
+    return records
+
+
+@asynccontextmanager
+async def folded_in_batches(
+    projection: Projection, records: Sequence[RawRecord], size: int
+) -> AsyncIterator[asyncpg.Pool]:
+    """A fresh database of the projection fed the records in batches of `size` (any dead
+    letter fails the test), dropped afterwards."""
+    base = os.environ.get("CRM_PG_DSN_BASE")
+    if not base:
+        pytest.fail("component tests need PostgreSQL: run them with ./crm test")
+    name = f"crm_component_{uuid.uuid4().hex[:12]}"
+    pool = await open_pool(f"{base}/{name}", projection.migrations, 2)
+    try:
+
+        async def no_dead_letters(letters: Sequence[DeadLetter]) -> None:
+            raise AssertionError(f"unexpected dead letters: {letters}")
+
+        projector = BatchProjector(projection, pool, no_dead_letters)
+        await projector.reload_positions()
+        for start in range(0, len(records), size):
+            await projector.process(records[start : start + size])
+        yield pool
+    finally:
+        await pool.close()
+        admin = await asyncpg.connect(f"{base}/postgres")
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
