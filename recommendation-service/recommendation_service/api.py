@@ -8,11 +8,18 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from pydantic import BaseModel
 
 from crm_shared.contracts.events import CustomerId, ProductId
-from crm_shared.runtime.http import connection, create_api, database_lifespan, serve
+from crm_shared.runtime.http import (
+    connection,
+    create_api,
+    database_lifespan,
+    model_response,
+    pool_of,
+    serve,
+)
 from recommendation_service import projection, store
 from recommendation_service.config import MIGRATIONS, RecommendationSettings
 from recommendation_service.projection import Strategy
@@ -100,30 +107,41 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
 
     @app.get("/customers/{customer_id}/recommendations", response_model=CustomerRecommendations)
     async def recommendations(
-        customer_id: CustomerId, conn: Conn, limit: Limit = 10
-    ) -> CustomerRecommendations:
-        """Products to offer this customer; the popular ones when their purchases say nothing."""
-        personal = await store.recommended_for(conn, customer_id, limit, projection.Ranking())
-        if personal:
-            return CustomerRecommendations(
-                customer_id=customer_id,
-                strategy="co-purchase",
-                recommendations=[RecommendedProduct.model_validate(row) for row in personal],
+        customer_id: CustomerId, request: Request, limit: Limit = 10
+    ) -> Response:
+        """Products to offer this customer; the popular ones when their purchases say nothing.
+        On the customer 360's path: the pool is taken in the handler and the answer serialised
+        once (`pool_of`, `model_response`)."""
+        async with pool_of(request).acquire() as conn:
+            personal = await store.recommended_for(conn, customer_id, limit, projection.Ranking())
+            popular = (
+                []
+                if personal
+                else await store.popular_products(conn, limit, not_bought_by=customer_id)
             )
-        popular = await store.popular_products(conn, limit, not_bought_by=customer_id)
-        return CustomerRecommendations(
-            customer_id=customer_id,
-            strategy="popular",
-            recommendations=[
-                RecommendedProduct(
-                    product_id=row["product_id"],
-                    description=row["description"],
-                    score=float(row["buyers"]),
-                    co_buyers=0,
-                    viewed=False,
+        if personal:
+            return model_response(
+                CustomerRecommendations(
+                    customer_id=customer_id,
+                    strategy="co-purchase",
+                    recommendations=[RecommendedProduct.model_validate(row) for row in personal],
                 )
-                for row in popular
-            ],
+            )
+        return model_response(
+            CustomerRecommendations(
+                customer_id=customer_id,
+                strategy="popular",
+                recommendations=[
+                    RecommendedProduct(
+                        product_id=row["product_id"],
+                        description=row["description"],
+                        score=float(row["buyers"]),
+                        co_buyers=0,
+                        viewed=False,
+                    )
+                    for row in popular
+                ],
+            )
         )
 
     return app
