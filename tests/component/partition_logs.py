@@ -6,15 +6,28 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 import pytest
 
 from crm_shared.contracts.deadletter import DeadLetter
-from crm_shared.contracts.events import encode_event
+from crm_shared.contracts.events import CLOCK_SUBJECT, build_event, encode_event
 from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.projector import BatchProjector, Projection, RawRecord
+
+
+def orders_tick(partition: int, at: datetime) -> dict[str, Any]:
+    """The clock's tick at `at` in one partition of crm.orders."""
+    return build_event(
+        "crm.clock.ticked.v1",
+        CLOCK_SUBJECT,
+        {"topic": "crm.orders", "partition": partition},
+        source="crm-clock",
+        time=at,
+        event_id=f"tick:{at.isoformat()}:crm.orders:{partition}",
+    )
 
 
 def interleaved(logs: Mapping[int, Sequence[dict[str, Any]]], topic: str) -> list[RawRecord]:

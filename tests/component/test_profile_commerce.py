@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from crm_shared.contracts.deadletter import DeadLetter
-from crm_shared.contracts.events import CLOCK_SUBJECT, build_event, encode_event
+from crm_shared.contracts.events import build_event, encode_event
 from crm_shared.contracts.topics import topic_for
 from crm_shared.ops.demo.retail import load_retail
 from crm_shared.runtime.db import open_pool
@@ -22,7 +22,7 @@ from crm_shared.runtime.projector import BatchProjector, RawRecord
 from crm_shared.runtime.shadow import Fingerprint, fingerprints
 from profile_service import analytics, store
 from profile_service.worker import PROJECTION
-from tests.component.partition_logs import folded_in_batches, interleaved
+from tests.component.partition_logs import folded_in_batches, interleaved, orders_tick
 from tests.unit.test_demo_retail import DATA
 
 pytestmark = pytest.mark.component
@@ -63,14 +63,7 @@ def _cancelled(customer: str, order: str, day: float) -> dict[str, Any]:
 
 
 def _tick(partition: int, day: int) -> dict[str, Any]:
-    return build_event(
-        "crm.clock.ticked.v1",
-        CLOCK_SUBJECT,
-        {"topic": "crm.orders", "partition": partition},
-        source="crm-clock",
-        time=DAY0 + timedelta(days=day),
-        event_id=f"tick:{day}:{partition}",
-    )
+    return orders_tick(partition, DAY0 + timedelta(days=day))
 
 
 def _crowd() -> list[dict[str, Any]]:

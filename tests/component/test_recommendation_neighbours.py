@@ -34,32 +34,25 @@ pytestmark = pytest.mark.component
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-def _order(n: int, customer: str, products: Sequence[str]) -> dict[str, Any]:
+def _lines_event(kind: str, n: int, customer: str, products: Sequence[str]) -> dict[str, Any]:
+    """An order (kind "placed") or a refund (kind "refunded") of one unit of each product."""
+    ids = {"order_id": f"O{n}"} if kind == "placed" else {"refund_id": f"R{n}"}
     return build_event(
-        "crm.order.placed.v1",
+        f"crm.order.{kind}.v1",
         customer,
-        {
-            "order_id": f"O{n}",
-            "lines": [{"product_id": p, "quantity": 1, "unit_price": "1"} for p in products],
-        },
+        {**ids, "lines": [{"product_id": p, "quantity": 1, "unit_price": "1"} for p in products]},
         source="shop",
         time=T0 + timedelta(minutes=n),
-        event_id=f"order-{n}",
+        event_id=f"{'order' if kind == 'placed' else 'refund'}-{n}",
     )
+
+
+def _order(n: int, customer: str, products: Sequence[str]) -> dict[str, Any]:
+    return _lines_event("placed", n, customer, products)
 
 
 def _refund(n: int, customer: str, products: Sequence[str]) -> dict[str, Any]:
-    return build_event(
-        "crm.order.refunded.v1",
-        customer,
-        {
-            "refund_id": f"R{n}",
-            "lines": [{"product_id": p, "quantity": 1, "unit_price": "1"} for p in products],
-        },
-        source="shop",
-        time=T0 + timedelta(minutes=n),
-        event_id=f"refund-{n}",
-    )
+    return _lines_event("refunded", n, customer, products)
 
 
 def _view(n: int, customer: str, product: str) -> dict[str, Any]:

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from crm_shared.contracts.events import CLOCK_SUBJECT, build_event
+from crm_shared.contracts.events import build_event
 from crm_shared.runtime.projector import RawRecord
 from profile_service.worker import PROJECTION
-from tests.component.partition_logs import folded_in_batches, interleaved
+from tests.component.partition_logs import folded_in_batches, interleaved, orders_tick
 
 pytestmark = pytest.mark.component
 
@@ -35,14 +35,7 @@ def _order(customer: str, day: int) -> dict[str, Any]:
 
 
 def _tick(partition: int, day: int) -> dict[str, Any]:
-    return build_event(
-        "crm.clock.ticked.v1",
-        CLOCK_SUBJECT,
-        {"topic": "crm.orders", "partition": partition},
-        source="crm-clock",
-        time=DAY0 + timedelta(days=day),
-        event_id=f"tick:{day}:crm.orders:{partition}",
-    )
+    return orders_tick(partition, DAY0 + timedelta(days=day))
 
 
 # Each partition's log, in order. A and C live on partition 0, B on partition 1.
