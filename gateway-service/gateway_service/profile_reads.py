@@ -1,7 +1,8 @@
-"""The gateway's routes to the profile service's purchase analysis: a customer's purchase summary
-and RFM scores (scope customers:read), and the figures across customers, top customers, the
-cube and the RFM segment sizes (scope analytics:read). The service's answers are passed on as
-they are; the gateway checks the parameters first, so that its document says what is valid.
+"""The gateway's routes to the profile service's purchase analysis: a customer's purchase summary,
+RFM scores and stated opinions (scope customers:read), and the figures across customers, top
+customers, the cube, the RFM segment sizes and the opinion counts (scope analytics:read). The
+service's answers are passed on as they are; the gateway checks the parameters first, so that
+its document says what is valid.
 
 Mounted by gateway_service.api's create_app, whose guards and types it shares.
 """
@@ -9,6 +10,7 @@ Mounted by gateway_service.api's create_app, whose guards and types it shares.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -120,3 +122,34 @@ async def get_cube(
     chosen dimensions, with subtotals and the grand total."""
     params = {"currency": currency, "by": by or []}
     return await _from_profile(request, "cube", "/analytics/cube", params)
+
+
+@router.get(
+    "/v1/customers/{customer_id}/opinions",
+    response_model=dict[str, Any],
+    responses=errors(*GUARDED, 404, *UPSTREAM),
+)
+async def get_opinions(
+    customer_id: CustomerIdPath, request: Request, _key: CustomersReader
+) -> Response:
+    """What the customer dislikes, which competitors they buy from and why they did not buy."""
+    return await _from_profile(
+        request, "opinions", customer_path("/customers/{customer_id}/opinions", customer_id)
+    )
+
+
+@router.get(
+    "/v1/analytics/opinions",
+    response_model=dict[str, Any],
+    responses=errors(*GUARDED, 422, *UPSTREAM),
+)
+async def get_opinion_summary(
+    request: Request,
+    _key: AnalyticsReader,
+    since: Annotated[datetime | None, Query(description="Statements from this time on")] = None,
+    until: Annotated[datetime | None, Query(description="Statements before this time")] = None,
+) -> Response:
+    """Across customers: dislikes, competitor brands bought (and why) and reasons for not
+    buying, each with how many customers stated it."""
+    params = {k: v.isoformat() for k, v in (("since", since), ("until", until)) if v is not None}
+    return await _from_profile(request, "opinion_summary", "/analytics/opinions", params)

@@ -119,10 +119,12 @@ def create_app(settings: ProfileSettings | None = None) -> FastAPI:
             raise HTTPException(404, f"no customer has {system} id {value!r}")
         return IdentifierMatch(system=system, value=value, customer_id=customer_id)
 
-    from profile_service import analytics_api  # imported here: it imports this module's types
+    # imported here: they import this module's types
+    from profile_service import analytics_api, opinions_api
 
-    # Its routes as the app's own: this FastAPI wraps an included router in one opaque route.
+    # Their routes as the app's own: this FastAPI wraps an included router in one opaque route.
     app.router.routes.extend(analytics_api.router.routes)
+    app.router.routes.extend(opinions_api.router.routes)
     return app
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from crm_shared.runtime.db import columns
-from profile_service import analytics
+from profile_service import analytics, opinions
 from profile_service.commerce import CommerceRows, CurrencyTotals
 from profile_service.projection import (
     CONTACT_FIELDS,
@@ -514,5 +514,70 @@ async def cube(
         """,
         *_segment_rule(),
         currency,
+    )
+    return [dict(row) for row in rows]
+
+
+async def save_opinions(conn: asyncpg.Connection, rows: Sequence[opinions.OpinionRow]) -> None:
+    """Store a batch's statements; one seen before (same event) is left as it is."""
+    if not rows:
+        return
+    await conn.execute(
+        """
+        INSERT INTO customer_opinions (customer_id, event_id, kind, topic, topic_key, reason,
+                                       competitor, about, comment, captured_via, source,
+                                       stated_at)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                             $11::text[], $12::timestamptz[])
+        ON CONFLICT DO NOTHING
+        """,
+        *columns(rows, "customer_id", "event_id", "kind", "topic"),
+        [opinions.brand_key(row.topic) for row in rows],
+        *columns(rows, "reason", "competitor", "about", "comment", "captured_via", "source"),
+        [row.stated_at for row in rows],
+    )
+
+
+async def opinions_of(conn: asyncpg.Connection, customer_id: str) -> list[dict[str, Any]]:
+    """A customer's statements, newest first."""
+    rows = await conn.fetch(
+        """
+        SELECT kind, topic, reason, competitor, about, comment, captured_via, source, stated_at
+        FROM customer_opinions WHERE customer_id = $1
+        ORDER BY stated_at DESC, event_id
+        """,
+        customer_id,
+    )
+    return [dict(row) for row in rows]
+
+
+async def opinion_counts(
+    conn: asyncpg.Connection, since: datetime | None, until: datetime | None
+) -> list[dict[str, Any]]:
+    """Per kind and topic (brands grouped by `brand_key`): statements, distinct customers, the
+    most frequent spelling, and the reasons given with their counts; most customers first."""
+    rows = await conn.fetch(
+        """
+        WITH chosen AS (
+            SELECT * FROM customer_opinions
+            WHERE ($1::timestamptz IS NULL OR stated_at >= $1)
+              AND ($2::timestamptz IS NULL OR stated_at < $2)
+        ),
+        reasons AS (
+            SELECT kind, topic_key, jsonb_object_agg(reason, n) AS reasons
+            FROM (SELECT kind, topic_key, reason, count(*) AS n FROM chosen
+                  WHERE reason IS NOT NULL GROUP BY kind, topic_key, reason) r
+            GROUP BY kind, topic_key
+        )
+        SELECT c.kind, mode() WITHIN GROUP (ORDER BY c.topic) AS topic,
+               count(*) AS statements, count(DISTINCT c.customer_id) AS customers,
+               coalesce(r.reasons, '{}'::jsonb) AS reasons
+        FROM chosen c LEFT JOIN reasons r USING (kind, topic_key)
+        GROUP BY c.kind, c.topic_key, r.reasons
+        ORDER BY c.kind, customers DESC, statements DESC, topic
+        """,
+        since,
+        until,
     )
     return [dict(row) for row in rows]

@@ -235,6 +235,83 @@ class ConsentRevoked(_EventData):
     channel: Channel | None = None
 
 
+class CaptureMethod(StrEnum):
+    """How what a customer said reached a company system."""
+
+    SURVEY = "survey"
+    CALL = "call"
+    FEEDBACK = "feedback"
+    CHAT = "chat"
+    EMAIL = "email"
+    STORE = "store"
+    WEB = "web"
+    OTHER = "other"
+
+
+class DislikedAspect(StrEnum):
+    """What of the brand a customer dislikes: a closed list, so that they can be counted."""
+
+    PRICE = "price"
+    QUALITY = "quality"
+    DESIGN = "design"
+    ASSORTMENT = "assortment"
+    AVAILABILITY = "availability"
+    DELIVERY = "delivery"
+    SERVICE = "service"
+    BRAND_IMAGE = "brand_image"
+    SUSTAINABILITY = "sustainability"
+    OTHER = "other"
+
+
+class DeclineReason(StrEnum):
+    """Why a customer did not buy from us."""
+
+    PRICE = "price"
+    QUALITY = "quality"
+    AVAILABILITY = "availability"
+    DELIVERY = "delivery"
+    SERVICE = "service"
+    PREFERS_COMPETITOR = "prefers_competitor"
+    NO_NEED = "no_need"
+    TRUST = "trust"
+    OTHER = "other"
+
+
+Brand = Annotated[str, Field(min_length=1, max_length=120)]
+
+
+class DislikeStated(_EventData):
+    """A customer said what they dislike about the brand (a survey answer, a call, feedback)."""
+
+    aspect: DislikedAspect
+    about: str | None = Field(
+        default=None, max_length=200, description="The product, category or topic, if named"
+    )
+    comment: str | None = Field(default=None, max_length=4000)
+    captured_via: CaptureMethod = CaptureMethod.SURVEY
+
+
+class CompetitorPurchaseReported(_EventData):
+    """A customer buys a competing brand: which, in what category and why, as they said."""
+
+    brand: Brand
+    category: str | None = Field(default=None, max_length=120)
+    reason: DeclineReason | None = Field(default=None, description="Why they buy it and not ours")
+    comment: str | None = Field(default=None, max_length=4000)
+    captured_via: CaptureMethod = CaptureMethod.SURVEY
+
+
+class PurchaseDeclined(_EventData):
+    """A customer did not buy from us, and said why (a lost sale, an abandoned quote)."""
+
+    reason: DeclineReason
+    product_id: ProductId | None = None
+    category: str | None = Field(default=None, max_length=120)
+    competitor_brand: Brand | None = Field(default=None, description="Bought there instead")
+    comment: str | None = Field(default=None, max_length=4000)
+    captured_via: CaptureMethod = CaptureMethod.SURVEY
+
+
 class ClockTicked(_EventData):
     """Time has come on one partition of one topic: every event before it in the log was
     published earlier. Published by the platform's clock, never by other systems."""
@@ -264,6 +341,11 @@ class SegmentLeft(_SegmentChange):
 CLOCK_TICKED = "crm.clock.ticked.v1"
 SEGMENT_ENTERED = "crm.segment.entered.v1"
 SEGMENT_LEFT = "crm.segment.left.v1"
+DISLIKE_STATED = "crm.customer.dislike.stated.v1"
+COMPETITOR_PURCHASE_REPORTED = "crm.customer.competitor_purchase.reported.v1"
+PURCHASE_DECLINED = "crm.customer.purchase.declined.v1"
+OPINION_TYPES = frozenset({DISLIKE_STATED, COMPETITOR_PURCHASE_REPORTED, PURCHASE_DECLINED})
+"""What customers tell of the brand and its competitors: kept on the profile, counted across."""
 CLOCK_SUBJECT = "clock"
 """The subject (and key) of every tick: ticks are about time, not about a customer."""
 
@@ -279,6 +361,9 @@ EVENT_TYPES: dict[str, type[_EventData]] = {
     "crm.channel_preference.set.v1": ChannelPreferenceSet,
     "crm.consent.granted.v1": ConsentGranted,
     "crm.consent.revoked.v1": ConsentRevoked,
+    DISLIKE_STATED: DislikeStated,
+    COMPETITOR_PURCHASE_REPORTED: CompetitorPurchaseReported,
+    PURCHASE_DECLINED: PurchaseDeclined,
     CLOCK_TICKED: ClockTicked,
     SEGMENT_ENTERED: SegmentEntered,
     SEGMENT_LEFT: SegmentLeft,

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from crm_shared.contracts.events import CLOCK_TICKED, EVENT_TYPES, SEGMENT_ENTERED, SEGMENT_LEFT
+from crm_shared.contracts.events import (
+    CLOCK_TICKED,
+    EVENT_TYPES,
+    OPINION_TYPES,
+    SEGMENT_ENTERED,
+    SEGMENT_LEFT,
+)
 
 DEFAULT_PARTITIONS = 12
 _FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
@@ -36,9 +42,10 @@ class Topic:
 
 CUSTOMERS = Topic(
     "crm.customers",
-    "Identity and profile changes of customers.",
-    ("crm.customer.registered.v1", "crm.customer.updated.v1"),
-    producers=("shop", "pos", "call-centre", "gateway-service"),
+    "Identity and profile changes of customers, and what they tell of the brand and its "
+    "competitors (dislikes, competitor purchases, reasons for not buying).",
+    ("crm.customer.registered.v1", "crm.customer.updated.v1", *sorted(OPINION_TYPES)),
+    producers=("shop", "pos", "call-centre", "survey-tool", "gateway-service"),
     consumers=("profile-service",),
 )
 ORDERS = Topic(
