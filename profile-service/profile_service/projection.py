@@ -93,6 +93,31 @@ def _newer_entries(
     return merged
 
 
+@dataclass(frozen=True, slots=True)
+class IdentifierClaim:
+    """A record holds an identifier since `claimed_at` (the event time that set it)."""
+
+    system: str
+    value: str
+    customer_id: str
+    claimed_at: datetime
+
+
+def identifier_claims(record: CustomerRecord) -> list[IdentifierClaim]:
+    """The identifiers a record holds now, each with the time it was set. Of the records that
+    claim one (system, value), the newest claim owns it, whatever order events were processed
+    in; a record that moved to another value no longer claims the old one."""
+    return [
+        IdentifierClaim(
+            system,
+            value,
+            record.customer_id,
+            datetime.fromisoformat(record.field_times[f"identifiers.{system}"]),
+        )
+        for system, value in record.identifiers.items()
+    ]
+
+
 def evolve_customers(
     current: Mapping[str, CustomerRecord], events: Iterable[Event]
 ) -> dict[str, CustomerRecord]:

@@ -18,6 +18,7 @@ from profile_service.projection import (
     LapseCandidate,
     Membership,
     PurchaseDelta,
+    identifier_claims,
 )
 
 
@@ -68,21 +69,19 @@ async def save_customers(conn: asyncpg.Connection, records: Collection[CustomerR
         [r.registered_at for r in records],
         [r.updated_at for r in records],
     )
-    # An identifier claimed by two records of the batch goes to the later one, as row-by-row
-    # upserts in this order would give (one statement may not update a row twice).
-    owners = {
-        (system, value): r.customer_id for r in records for system, value in r.identifiers.items()
-    }
-    if owners:
+    # Each record's claims replace its earlier ones: a value it moved away from stops finding it.
+    claims = [claim for r in records for claim in identifier_claims(r)]
+    await conn.execute(
+        "DELETE FROM customer_identifiers WHERE customer_id = ANY($1::text[])",
+        [r.customer_id for r in records],
+    )
+    if claims:
         await conn.execute(
             """
-            INSERT INTO customer_identifiers (system, value, customer_id)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
-            ON CONFLICT (system, value) DO UPDATE SET customer_id = EXCLUDED.customer_id
+            INSERT INTO customer_identifiers (system, value, customer_id, claimed_at)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
             """,
-            [system for system, _ in owners],
-            [value for _, value in owners],
-            list(owners.values()),
+            *columns(claims, "system", "value", "customer_id", "claimed_at"),
         )
 
 
@@ -139,8 +138,12 @@ async def customer_view(conn: asyncpg.Connection, customer_id: str) -> dict[str,
 
 
 async def find_by_identifier(conn: asyncpg.Connection, system: str, value: str) -> str | None:
+    """The customer whose claim on the identifier is the newest by event time."""
     found: str | None = await conn.fetchval(
-        "SELECT customer_id FROM customer_identifiers WHERE system = $1 AND value = $2",
+        """
+        SELECT customer_id FROM customer_identifiers WHERE system = $1 AND value = $2
+        ORDER BY claimed_at DESC, customer_id LIMIT 1
+        """,
         system,
         value,
     )

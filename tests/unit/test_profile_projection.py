@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from profile_service.projection import evolve_customers, purchase_deltas
+from profile_service.projection import evolve_customers, identifier_claims, purchase_deltas
 from tests.unit.events_factory import at, event, order, refund
 
 
@@ -78,3 +78,18 @@ def test_purchase_totals_net_refunds_and_track_first_and_last_purchase() -> None
 
 def test_customer_events_do_not_touch_purchase_totals() -> None:
     assert purchase_deltas([_registered("C1", 0, name="Ann")]) == {}
+
+
+def test_identifier_claims_carry_the_event_time_that_set_each_identifier() -> None:
+    record = evolve_customers(
+        {},
+        [
+            _registered("C1", 0, identifiers={"pos": "77", "email": "a@b.c"}),
+            _updated("C1", 5, identifiers={"pos": "78"}),
+        ],
+    )["C1"]
+    claims = sorted(identifier_claims(record), key=lambda c: c.system)
+    assert [(c.system, c.value, c.customer_id, c.claimed_at) for c in claims] == [
+        ("email", "a@b.c", "C1", at(0)),
+        ("pos", "78", "C1", at(5)),  # the replaced card "77" is no longer claimed
+    ]
