@@ -1,8 +1,9 @@
 """The batch path of each projection without Kafka or faust: decode, claim, fold, commit.
 
-    ./crm bench-folds [--events 40000] [--batch 1000] [projection ...]
+    ./crm bench-folds [--events 40000 | --retail] [--batch 1000] [projection ...]
 
-Feeds the workload's records straight to each service's BatchProjector (or to those named),
+Feeds the workload's records (or, with `--retail`, the UCI Online Retail file as the demo
+loader publishes it) straight to each service's BatchProjector (or to those named),
 into a scratch database per projection, and prints records/s and the CPU time of this process
 per record: decode, fold and statements in Python, without PostgreSQL's share. Set beside
 `bench/pipeline.py`'s end-to-end figure it shows how much of the time is the stream processor
@@ -24,6 +25,8 @@ from crm_shared.contracts.deadletter import DeadLetter
 from crm_shared.contracts.events import encode_event
 from crm_shared.contracts.topics import topic_for
 from crm_shared.ops import platform
+from crm_shared.ops.demo.load import default_data_path
+from crm_shared.ops.demo.retail import load_retail
 from crm_shared.ops.demo.workload import Workload
 from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.projector import BatchProjector, Projection, RawRecord
@@ -64,11 +67,23 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--events", type=int, default=40_000)
+    parser.add_argument(
+        "--retail",
+        action="store_true",
+        help="fold the UCI Online Retail file's events instead of the workload",
+    )
     parser.add_argument("--batch", type=int, default=1_000)
     parser.add_argument("projections", nargs="*", help="only these (default: every projection)")
     args = parser.parse_args()
     dsn_base = os.environ["CRM_PG_DSN_BASE"]
-    events = list(Workload(seed=2, prefix="fold").events(args.events))
+    if args.retail:
+        data = default_data_path()
+        if data is None:
+            parser.error("the UCI file was not found (set $CRM_DEMO_DATA)")
+        print(f"[bench] reading {data} ...", file=sys.stderr, flush=True)
+        events = load_retail(data).events
+    else:
+        events = list(Workload(seed=2, prefix="fold").events(args.events))
     for service in platform.projections():
         if args.projections and service.name not in args.projections:
             continue
