@@ -164,6 +164,10 @@ ERRORS: dict[int, dict[str, Any]] = {
     },
     403: {"description": "The API key lacks the scope this operation needs"},
     404: {"description": "The customer is unknown"},
+    409: {
+        "description": "The request conflicts with what is known, e.g. merging away an "
+        "identified person without force"
+    },
     422: {"description": "The request is invalid: `details` says where"},
     429: {
         "description": "The API key exceeded its rate limit",
@@ -349,10 +353,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         metrics.INGESTED_EVENTS.labels("rejected").inc(result.rejected)
         return _ingest_response(result)
 
-    from gateway_service import profile_reads  # imported here: it imports this module's guards
+    # imported here: they import this module's guards
+    from gateway_service import merges, profile_reads
 
-    # Its routes as the app's own: this FastAPI wraps an included router in one opaque route.
+    # Their routes as the app's own: this FastAPI wraps an included router in one opaque route.
     app.router.routes.extend(profile_reads.router.routes)
+    app.router.routes.extend(merges.router.routes)
     return app
 
 

@@ -153,3 +153,18 @@ async def get_opinion_summary(
     buying, each with how many customers stated it."""
     params = {k: v.isoformat() for k, v in (("since", since), ("until", until)) if v is not None}
     return await _from_profile(request, "opinion_summary", "/analytics/opinions", params)
+
+
+@router.get(
+    "/v1/customers/{customer_id}/merges",
+    response_model=dict[str, Any],
+    responses=errors(*GUARDED, 404, *UPSTREAM),
+)
+async def get_merges(
+    customer_id: CustomerIdPath, request: Request, _key: CustomersReader
+) -> Response:
+    """The person this record belongs to, its records, what identifies it, and the merges and
+    unmerges that decided it."""
+    return await _from_profile(
+        request, "merges", customer_path("/customers/{customer_id}/merges", customer_id)
+    )

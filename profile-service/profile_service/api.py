@@ -5,6 +5,7 @@ python -m profile_service.api
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -21,8 +22,9 @@ from crm_shared.runtime.http import (
     pool_of,
     serve,
 )
-from profile_service import store
+from profile_service import identity, store
 from profile_service.config import MIGRATIONS, ProfileSettings
+from profile_service.projection import CONTACT_FIELDS
 
 Conn = Annotated[asyncpg.Connection, Depends(connection)]
 CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]
@@ -51,6 +53,30 @@ class CustomerProfile(BaseModel):
     registered_at: datetime | None
     updated_at: datetime | None
     purchases: PurchaseTotals
+    merged_ids: list[str] = []
+    """Records merged into this person (their histories count here); `customer_id` names the
+    person, so asking for a merged record answers with the person it belongs to."""
+
+
+class MergeStatementOut(BaseModel):
+    customer_id: str
+    into_id: str
+    merged: bool
+    reason: str | None
+    source: str
+    event_id: str
+    at: datetime
+
+
+class MergeHistory(BaseModel):
+    customer_id: str
+    person_id: str
+    """The record naming the person this record belongs to now (itself when merged into none)."""
+    members: list[str]
+    identified_by: list[str]
+    """What makes this record an identified person (merging it away must be asked for)."""
+    statements: list[MergeStatementOut]
+    """Every merge and unmerge connecting this record to others, oldest first."""
 
 
 class IdentifierMatch(BaseModel):
@@ -83,7 +109,29 @@ def _profile(view: dict[str, Any]) -> CustomerProfile:
             first_purchase_at=view["first_purchase_at"],
             last_purchase_at=view["last_purchase_at"],
         ),
+        merged_ids=view.get("merged_ids", []),
     )
+
+
+async def person_view(conn: asyncpg.Connection, customer_id: str) -> dict[str, Any]:
+    """The view of the person a record belongs to: its records combined, their purchase totals
+    added up (docs/decisions.md, merges)."""
+    links = identity.standing_links(await store.merge_statements_around(conn, customer_id))
+    root = identity.root_of(links, customer_id)
+    members = identity.members_of(links, root)
+    records = await store.records_of(conn, members)
+    person = identity.combined_record(root, [records[m] for m in members if m in records])
+    return {
+        **(await store.purchase_totals_of(conn, members)),
+        **{name: person.contact.get(name) for name in CONTACT_FIELDS},
+        "customer_id": root,
+        "registered": bool(records),
+        "attributes": dict(person.attributes),
+        "identifiers": dict(person.identifiers),
+        "registered_at": person.registered_at,
+        "updated_at": person.updated_at,
+        "merged_ids": members[1:],
+    }
 
 
 def create_app(settings: ProfileSettings | None = None) -> FastAPI:
@@ -101,11 +149,34 @@ def create_app(settings: ProfileSettings | None = None) -> FastAPI:
         """The customer's record: contact fields, attributes, identifiers and purchase totals."""
         async with pool_of(request).acquire() as conn:
             view = await store.customer_view(conn, customer_id)
+            if view is not None and view["in_merges"]:
+                view = await person_view(conn, customer_id)
         if view is None:
             raise HTTPException(
                 404, f"customer {customer_id!r} is not known to the profile service"
             )
         return model_response(_profile(view))
+
+    @app.get("/customers/{customer_id}/merges", response_model=MergeHistory)
+    async def merge_history(customer_id: CustomerIdPath, conn: Conn) -> MergeHistory:
+        """Who this record is one person with, what identifies it, and the merges and unmerges
+        that decided it."""
+        statements = await store.merge_statements_around(conn, customer_id)
+        records = await store.records_of(conn, [customer_id])
+        if not statements and customer_id not in records:
+            raise HTTPException(
+                404, f"customer {customer_id!r} is not known to the profile service"
+            )
+        links = identity.standing_links(statements)
+        root = identity.root_of(links, customer_id)
+        record = records.get(customer_id)
+        return MergeHistory(
+            customer_id=customer_id,
+            person_id=root,
+            members=identity.members_of(links, root),
+            identified_by=identity.identified_by(record) if record else [],
+            statements=[MergeStatementOut(**asdict(s)) for s in statements],
+        )
 
     @app.get("/identifiers/{system}/{value}", response_model=IdentifierMatch)
     async def find_customer(

@@ -1,8 +1,8 @@
-"""What the profile service reads (identity changes, what customers say of the brand and its
-competitors, purchases and cancellations, the clock's ticks) and what it derives (segment
-membership changes on crm.segments)."""
+"""What the profile service reads (identity changes and merges, what customers say of the brand
+and its competitors, purchases and cancellations, the clock's ticks) and what it derives
+(segment membership changes on crm.segments)."""
 
-from crm_shared.contracts.events import CLOCK_TICKED, OPINION_TYPES
+from crm_shared.contracts.events import CLOCK_TICKED, MERGE_TYPES, OPINION_TYPES
 from crm_shared.contracts.topics import CUSTOMERS, ORDERS, SEGMENTS
 
 TOPICS = (CUSTOMERS, ORDERS)
@@ -11,4 +11,6 @@ PUBLISHES = (SEGMENTS,)
 CUSTOMER_TYPES = frozenset({"crm.customer.registered.v1", "crm.customer.updated.v1"})
 PURCHASE_TYPES = frozenset({"crm.order.placed.v1", "crm.order.refunded.v1"})
 ORDER_CANCELLED = "crm.order.cancelled.v1"
-FOLDS = CUSTOMER_TYPES | OPINION_TYPES | PURCHASE_TYPES | {ORDER_CANCELLED, CLOCK_TICKED}
+FOLDS = (
+    CUSTOMER_TYPES | MERGE_TYPES | OPINION_TYPES | PURCHASE_TYPES | {ORDER_CANCELLED, CLOCK_TICKED}
+)

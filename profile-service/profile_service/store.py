@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from crm_shared.runtime.db import columns
-from profile_service import analytics, opinions
+from profile_service import analytics, identity, opinions
 from profile_service.commerce import CommerceRows, CurrencyTotals
 from profile_service.projection import (
     CONTACT_FIELDS,
@@ -125,14 +125,17 @@ async def customer_view(conn: asyncpg.Connection, customer_id: str) -> dict[str,
                c.identifiers, c.registered_at, c.updated_at,
                p.orders, p.refunds, p.items, p.gross_revenue, p.refunded,
                p.first_purchase_at, p.last_purchase_at,
-               (c.customer_id IS NOT NULL) AS registered, (p.customer_id IS NOT NULL) AS purchased
+               (c.customer_id IS NOT NULL) AS registered,
+               (p.customer_id IS NOT NULL) AS purchased,
+               EXISTS (SELECT 1 FROM merge_statements m
+                       WHERE m.customer_id = $1 OR m.into_id = $1) AS in_merges
         FROM (SELECT $1::text AS id) AS wanted
         LEFT JOIN customers c ON c.customer_id = wanted.id
         LEFT JOIN purchase_totals p ON p.customer_id = wanted.id
         """,
         customer_id,
     )
-    if row is None or not (row["registered"] or row["purchased"]):
+    if row is None or not (row["registered"] or row["purchased"] or row["in_merges"]):
         return None
     return dict(row)
 
@@ -584,3 +587,73 @@ async def opinion_counts(
         until,
     )
     return [dict(row) for row in rows]
+
+
+async def save_merge_statements(
+    conn: asyncpg.Connection, statements: Sequence[identity.MergeStatement]
+) -> None:
+    """Keep a batch's merge and unmerge statements; one seen before is left as it is."""
+    if not statements:
+        return
+    await conn.execute(
+        """
+        INSERT INTO merge_statements (customer_id, into_id, merged, reason, source, event_id, at)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::text[], $5::text[],
+                             $6::text[], $7::timestamptz[])
+        ON CONFLICT DO NOTHING
+        """,
+        *columns(statements, "customer_id", "into_id", "merged", "reason", "source"),
+        *columns(statements, "event_id", "at"),
+    )
+
+
+MAX_MERGE_DEPTH = 32
+"""How far the statements around a record are followed: people merged from more records than
+this are not expected (a runaway merge is refused by the API first)."""
+
+
+async def merge_statements_around(
+    conn: asyncpg.Connection, customer_id: str
+) -> list[identity.MergeStatement]:
+    """Every statement connecting records to this one, directly or through others."""
+    rows = await conn.fetch(
+        """
+        WITH RECURSIVE related(id, depth) AS (
+            SELECT $1::text, 0
+            UNION
+            SELECT CASE WHEN m.customer_id = r.id THEN m.into_id ELSE m.customer_id END,
+                   r.depth + 1
+            FROM related r
+            JOIN merge_statements m ON r.id IN (m.customer_id, m.into_id)
+            WHERE r.depth < $2
+        )
+        SELECT DISTINCT m.* FROM merge_statements m
+        WHERE m.customer_id IN (SELECT id FROM related) OR m.into_id IN (SELECT id FROM related)
+        ORDER BY m.at, m.event_id
+        """,
+        customer_id,
+        MAX_MERGE_DEPTH,
+    )
+    return [identity.MergeStatement(**dict(row)) for row in rows]
+
+
+async def records_of(conn: asyncpg.Connection, ids: Sequence[str]) -> dict[str, CustomerRecord]:
+    rows = await conn.fetch("SELECT * FROM customers WHERE customer_id = ANY($1::text[])", ids)
+    return {row["customer_id"]: _record(row) for row in rows}
+
+
+async def purchase_totals_of(conn: asyncpg.Connection, ids: Sequence[str]) -> dict[str, Any]:
+    """The older purchase totals of several records added up (extremes across them)."""
+    row = await conn.fetchrow(
+        """
+        SELECT count(*) > 0 AS purchased, sum(orders)::int AS orders,
+               sum(refunds)::int AS refunds, sum(items)::bigint AS items,
+               sum(gross_revenue) AS gross_revenue, sum(refunded) AS refunded,
+               min(first_purchase_at) AS first_purchase_at,
+               max(last_purchase_at) AS last_purchase_at
+        FROM purchase_totals WHERE customer_id = ANY($1::text[])
+        """,
+        ids,
+    )
+    assert row is not None
+    return dict(row)

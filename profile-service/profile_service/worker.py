@@ -16,7 +16,15 @@ from crm_shared.contracts.topics import ORDERS
 from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.projector import PeriodicJob, Projection
 from crm_shared.runtime.worker import run_worker
-from profile_service import analytics, commerce, metrics, opinions, projection, store
+from profile_service import (
+    analytics,
+    commerce,
+    identity,
+    metrics,
+    opinions,
+    projection,
+    store,
+)
 from profile_service.config import MIGRATIONS, ProfileSettings
 from profile_service.events import CUSTOMER_TYPES, FOLDS, TOPICS
 from profile_service.projection import Membership
@@ -35,6 +43,7 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
         metrics.CUSTOMERS_CHANGED.inc(len(changed))
     await store.save_commerce(conn, commerce.commerce_rows(events))
     await store.save_opinions(conn, opinions.opinion_rows(events))
+    await store.save_merge_statements(conn, identity.merge_statements(events))
     deltas = projection.purchase_deltas(events)
     # Read before the totals move: the lapses are replayed event by event from this state.
     before = await store.lapse_states(conn, projection.LAPSED, deltas)

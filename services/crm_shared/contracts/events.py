@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Union, cast
 from zoneinfo import ZoneInfo
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -235,6 +236,35 @@ class ConsentRevoked(_EventData):
     channel: Channel | None = None
 
 
+PLACEHOLDER_IDS = frozenset(
+    {"null", "none", "nil", "undefined", "nan", "0", "-1", "anonymous", "guest", "unknown"}
+)
+"""Ids that careless clients send for "no id" (PostHog refuses the same): merging one would
+fuse every customer it was ever sent for into one person."""
+
+
+def _not_a_placeholder(customer_id: str) -> str:
+    if customer_id.strip().casefold() in PLACEHOLDER_IDS:
+        raise ValueError(f"{customer_id!r} is a placeholder, not a customer id")
+    return customer_id
+
+
+class CustomerMerged(_EventData):
+    """Another customer record is the same person as the subject: from the merge's time its
+    history counts for the subject. Its own events stay as they were, so an unmerge gives it
+    back."""
+
+    merged_customer_id: Annotated[CustomerId, AfterValidator(_not_a_placeholder)]
+    reason: str | None = Field(default=None, max_length=300)
+
+
+class CustomerUnmerged(_EventData):
+    """A record merged into the subject is a person of its own again, with its history."""
+
+    customer_id: CustomerId
+    reason: str | None = Field(default=None, max_length=300)
+
+
 class CaptureMethod(StrEnum):
     """How what a customer said reached a company system."""
 
@@ -341,6 +371,9 @@ class SegmentLeft(_SegmentChange):
 CLOCK_TICKED = "crm.clock.ticked.v1"
 SEGMENT_ENTERED = "crm.segment.entered.v1"
 SEGMENT_LEFT = "crm.segment.left.v1"
+CUSTOMER_MERGED = "crm.customer.merged.v1"
+CUSTOMER_UNMERGED = "crm.customer.unmerged.v1"
+MERGE_TYPES = frozenset({CUSTOMER_MERGED, CUSTOMER_UNMERGED})
 DISLIKE_STATED = "crm.customer.dislike.stated.v1"
 COMPETITOR_PURCHASE_REPORTED = "crm.customer.competitor_purchase.reported.v1"
 PURCHASE_DECLINED = "crm.customer.purchase.declined.v1"
@@ -361,6 +394,8 @@ EVENT_TYPES: dict[str, type[_EventData]] = {
     "crm.channel_preference.set.v1": ChannelPreferenceSet,
     "crm.consent.granted.v1": ConsentGranted,
     "crm.consent.revoked.v1": ConsentRevoked,
+    CUSTOMER_MERGED: CustomerMerged,
+    CUSTOMER_UNMERGED: CustomerUnmerged,
     DISLIKE_STATED: DislikeStated,
     COMPETITOR_PURCHASE_REPORTED: CompetitorPurchaseReported,
     PURCHASE_DECLINED: PurchaseDeclined,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from crm_shared.contracts.events import (
     CLOCK_TICKED,
     EVENT_TYPES,
+    MERGE_TYPES,
     OPINION_TYPES,
     SEGMENT_ENTERED,
     SEGMENT_LEFT,
@@ -42,9 +43,14 @@ class Topic:
 
 CUSTOMERS = Topic(
     "crm.customers",
-    "Identity and profile changes of customers, and what they tell of the brand and its "
-    "competitors (dislikes, competitor purchases, reasons for not buying).",
-    ("crm.customer.registered.v1", "crm.customer.updated.v1", *sorted(OPINION_TYPES)),
+    "Identity and profile changes of customers (merges and unmerges too), and what they tell "
+    "of the brand and its competitors (dislikes, competitor purchases, reasons for not buying).",
+    (
+        "crm.customer.registered.v1",
+        "crm.customer.updated.v1",
+        *sorted(MERGE_TYPES),
+        *sorted(OPINION_TYPES),
+    ),
     producers=("shop", "pos", "call-centre", "survey-tool", "gateway-service"),
     consumers=("profile-service",),
 )

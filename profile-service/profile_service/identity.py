@@ -1,0 +1,138 @@
+"""Merged customers: which records are one person, decided from merge statements. Pure: no I/O.
+
+Like PostHog's person overrides, a merge never rewrites events or records: each statement
+("record X is part of Y", "X is apart again") is kept, and who is one person is derived from
+them when read. So an unmerge gives a record its own history back, and the statements fold the
+same in any order:
+- about each record, its newest statement decides (by event time, then event id);
+- the standing merges are applied oldest first, and one that would close a cycle (Y already
+  belongs to X) is ignored;
+- a person is named by its root record, the one merged into nothing; chains are followed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from crm_shared.contracts.events import CustomerMerged, CustomerUnmerged, Event
+from profile_service.projection import CONTACT_FIELDS, CustomerRecord
+
+
+@dataclass(frozen=True, slots=True)
+class MergeStatement:
+    customer_id: str
+    """The record merged away, or split off again."""
+    into_id: str
+    """The record it was merged into, or split from."""
+    merged: bool
+    reason: str | None
+    source: str
+    event_id: str
+    at: datetime
+
+    @property
+    def rank(self) -> tuple[datetime, str]:
+        return (self.at, self.event_id)
+
+
+def merge_statements(events: Iterable[Event]) -> list[MergeStatement]:
+    """The statements of a batch's merges and unmerges; a record merged into itself says
+    nothing and is skipped."""
+    found = []
+    for event in events:
+        data = event.data
+        if type(data) is CustomerMerged:
+            other, merged = data.merged_customer_id, True
+        elif type(data) is CustomerUnmerged:
+            other, merged = data.customer_id, False
+        else:
+            continue
+        if other != event.customer_id:
+            found.append(
+                MergeStatement(
+                    other,
+                    event.customer_id,
+                    merged,
+                    data.reason,
+                    event.source,
+                    event.id,
+                    event.time,
+                )
+            )
+    return found
+
+
+def standing_links(statements: Iterable[MergeStatement]) -> dict[str, str]:
+    """Record -> the record it is merged into, now."""
+    newest: dict[str, MergeStatement] = {}
+    for statement in statements:
+        known = newest.get(statement.customer_id)
+        if known is None or statement.rank > known.rank:
+            newest[statement.customer_id] = statement
+    links: dict[str, str] = {}
+    for statement in sorted(newest.values(), key=lambda s: s.rank):
+        if statement.merged and root_of(links, statement.into_id) != statement.customer_id:
+            links[statement.customer_id] = statement.into_id
+    return links
+
+
+def root_of(links: Mapping[str, str], customer_id: str) -> str:
+    """The record naming the person `customer_id` belongs to (itself when merged into none)."""
+    seen = {customer_id}
+    while customer_id in links:
+        customer_id = links[customer_id]
+        if customer_id in seen:  # cannot happen with links from standing_links
+            raise ValueError(f"merge cycle through {customer_id!r}")
+        seen.add(customer_id)
+    return customer_id
+
+
+def members_of(links: Mapping[str, str], root: str) -> list[str]:
+    """Every record of the person named by `root`, the root first, then by id."""
+    others = sorted(c for c in links if root_of(links, c) == root)
+    return [root, *others]
+
+
+def combined_record(person_id: str, records: Sequence[CustomerRecord]) -> CustomerRecord:
+    """One record for a person: each field and entry from the record that set it last by event
+    time (a tie goes to the later record in `records`), registered at the earliest
+    registration."""
+    times: dict[str, str] = {}
+    contact: dict[str, str | None] = {}
+    attributes: dict[str, str] = {}
+    identifiers: dict[str, str] = {}
+    for record in records:
+        for key, when in record.field_times.items():
+            if when < times.get(key, ""):
+                continue
+            if key in CONTACT_FIELDS and key in record.contact:
+                contact[key] = record.contact[key]
+            elif key.startswith("attributes.") and key[11:] in record.attributes:
+                attributes[key[11:]] = record.attributes[key[11:]]
+            elif key.startswith("identifiers.") and key[12:] in record.identifiers:
+                identifiers[key[12:]] = record.identifiers[key[12:]]
+            else:
+                continue
+            times[key] = when
+    registered = [r.registered_at for r in records if r.registered_at is not None]
+    updated = [r.updated_at for r in records if r.updated_at is not None]
+    return CustomerRecord(
+        person_id,
+        contact,
+        attributes,
+        identifiers,
+        times,
+        min(registered, default=None),
+        max(updated, default=None),
+    )
+
+
+def identified_by(record: CustomerRecord) -> list[str]:
+    """What makes a record an identified person (an e-mail, a phone, ids in other systems):
+    merging such a record away needs to be asked for explicitly."""
+    return [
+        *(name for name in ("email", "phone") if record.contact.get(name)),
+        *(f"{system} id" for system in sorted(record.identifiers)),
+    ]
