@@ -5,7 +5,6 @@ python -m profile_service.api
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -58,16 +57,6 @@ class CustomerProfile(BaseModel):
     person, so asking for a merged record answers with the person it belongs to."""
 
 
-class MergeStatementOut(BaseModel):
-    customer_id: str
-    into_id: str
-    merged: bool
-    reason: str | None
-    source: str
-    event_id: str
-    at: datetime
-
-
 class MergeHistory(BaseModel):
     customer_id: str
     person_id: str
@@ -75,7 +64,7 @@ class MergeHistory(BaseModel):
     members: list[str]
     identified_by: list[str]
     """What makes this record an identified person (merging it away must be asked for)."""
-    statements: list[MergeStatementOut]
+    statements: list[identity.MergeStatement]
     """Every merge and unmerge connecting this record to others, oldest first."""
 
 
@@ -175,7 +164,7 @@ def create_app(settings: ProfileSettings | None = None) -> FastAPI:
             person_id=root,
             members=identity.members_of(links, root),
             identified_by=identity.identified_by(record) if record else [],
-            statements=[MergeStatementOut(**asdict(s)) for s in statements],
+            statements=statements,
         )
 
     @app.get("/identifiers/{system}/{value}", response_model=IdentifierMatch)

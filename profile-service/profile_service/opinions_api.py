@@ -13,26 +13,14 @@ from pydantic import BaseModel
 from crm_shared.runtime.http import model_response
 from profile_service import store
 from profile_service.api import Conn, CustomerIdPath
-from profile_service.opinions import OpinionKind
+from profile_service.opinions import OpinionKind, OpinionRow
 
 router = APIRouter()
 
 
-class Opinion(BaseModel):
-    kind: OpinionKind
-    topic: str
-    reason: str | None
-    competitor: str | None
-    about: str | None
-    comment: str | None
-    captured_via: str
-    source: str
-    stated_at: datetime
-
-
 class CustomerOpinions(BaseModel):
     customer_id: str
-    opinions: list[Opinion]
+    opinions: list[OpinionRow]
 
 
 class OpinionCount(BaseModel):
@@ -59,9 +47,7 @@ async def customer_opinions(customer_id: CustomerIdPath, conn: Conn) -> Response
     rows = await store.opinions_of(conn, customer_id)
     if not rows:
         raise HTTPException(404, f"customer {customer_id!r} has stated no opinion")
-    return model_response(
-        CustomerOpinions(customer_id=customer_id, opinions=[Opinion(**row) for row in rows])
-    )
+    return model_response(CustomerOpinions(customer_id=customer_id, opinions=rows))
 
 
 @router.get("/analytics/opinions", response_model=OpinionSummary)

@@ -545,17 +545,21 @@ async def save_opinions(conn: asyncpg.Connection, rows: Sequence[opinions.Opinio
     )
 
 
-async def opinions_of(conn: asyncpg.Connection, customer_id: str) -> list[dict[str, Any]]:
+async def opinions_of(conn: asyncpg.Connection, customer_id: str) -> list[opinions.OpinionRow]:
     """A customer's statements, newest first."""
     rows = await conn.fetch(
         """
-        SELECT kind, topic, reason, competitor, about, comment, captured_via, source, stated_at
+        SELECT customer_id, event_id, kind, topic, reason, competitor, about, comment,
+               captured_via, source, stated_at
         FROM customer_opinions WHERE customer_id = $1
         ORDER BY stated_at DESC, event_id
         """,
         customer_id,
     )
-    return [dict(row) for row in rows]
+    return [
+        opinions.OpinionRow(**{**dict(row), "kind": opinions.OpinionKind(row["kind"])})
+        for row in rows
+    ]
 
 
 async def opinion_counts(
