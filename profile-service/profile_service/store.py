@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import fields
 from datetime import datetime
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any
 
 import asyncpg
 
 from crm_shared.runtime.db import columns
 from profile_service import analytics
-from profile_service.commerce import CommerceRows, CurrencyTotals
+from profile_service.commerce import (
+    CancellationRow,
+    CommerceRows,
+    CurrencyTotals,
+    LineRow,
+    OrderRow,
+    RefundRow,
+)
 from profile_service.projection import (
     CONTACT_FIELDS,
     CustomerRecord,
@@ -335,6 +344,27 @@ async def save_commerce(conn: asyncpg.Connection, rows: CommerceRows) -> None:
                 "reason",
             ),
         )
+
+
+_COMMERCE_TABLES = (
+    ("orders", OrderRow),
+    ("order_lines", LineRow),
+    ("refunds", RefundRow),
+    ("order_cancellations", CancellationRow),
+)
+"""Each commerce table and its row type, whose fields are the table's columns."""
+
+
+async def append_commerce(conn: asyncpg.Connection, rows: CommerceRows) -> None:
+    """Append rows whose ids no row holds yet (commerce.split_new), one COPY per table: a
+    rebuild's bulk path, without the upserts' conflict checks."""
+    batches: tuple[Sequence[Any], ...] = (rows.orders, rows.lines, rows.refunds, rows.cancellations)
+    for (table, kind), found in zip(_COMMERCE_TABLES, batches, strict=True):
+        if found:
+            names = [column.name for column in fields(kind)]
+            await conn.copy_records_to_table(
+                table, records=map(attrgetter(*names), found), columns=names
+            )
 
 
 async def currency_totals(conn: asyncpg.Connection, customer_id: str) -> list[CurrencyTotals]:
