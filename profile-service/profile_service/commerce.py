@@ -13,13 +13,15 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from crm_shared.contracts.events import Event, OrderCancelled, OrderPlaced, OrderRefunded
 
 
-@dataclass(frozen=True, slots=True)
-class OrderRow:
+class OrderRow(NamedTuple):
+    """One row of `orders`, its fields the table's columns in order. The rows are named tuples:
+    one per order line is built on the fold's hot path, and COPY takes them as they are."""
+
     customer_id: str
     order_id: str
     source: str
@@ -32,8 +34,7 @@ class OrderRow:
     items: int
 
 
-@dataclass(frozen=True, slots=True)
-class LineRow:
+class LineRow(NamedTuple):
     customer_id: str
     order_id: str
     source: str
@@ -45,8 +46,7 @@ class LineRow:
     unit_price: Decimal
 
 
-@dataclass(frozen=True, slots=True)
-class RefundRow:
+class RefundRow(NamedTuple):
     customer_id: str
     refund_id: str
     source: str
@@ -60,8 +60,7 @@ class RefundRow:
     reason: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class CancellationRow:
+class CancellationRow(NamedTuple):
     customer_id: str
     order_id: str
     source: str

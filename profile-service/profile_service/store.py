@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import fields
 from datetime import datetime
 from decimal import Decimal
-from operator import attrgetter
 from typing import Any
 
 import asyncpg
@@ -346,25 +344,22 @@ async def save_commerce(conn: asyncpg.Connection, rows: CommerceRows) -> None:
         )
 
 
-_COMMERCE_TABLES = (
-    ("orders", OrderRow),
-    ("order_lines", LineRow),
-    ("refunds", RefundRow),
-    ("order_cancellations", CancellationRow),
+_COMMERCE_TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("orders", OrderRow._fields),
+    ("order_lines", LineRow._fields),
+    ("refunds", RefundRow._fields),
+    ("order_cancellations", CancellationRow._fields),
 )
-"""Each commerce table and its row type, whose fields are the table's columns."""
+"""Each commerce table and its columns: its row type's fields, in order."""
 
 
 async def append_commerce(conn: asyncpg.Connection, rows: CommerceRows) -> None:
     """Append rows whose ids no row holds yet (commerce.split_new), one COPY per table: a
     rebuild's bulk path, without the upserts' conflict checks."""
     batches: tuple[Sequence[Any], ...] = (rows.orders, rows.lines, rows.refunds, rows.cancellations)
-    for (table, kind), found in zip(_COMMERCE_TABLES, batches, strict=True):
+    for (table, names), found in zip(_COMMERCE_TABLES, batches, strict=True):
         if found:
-            names = [column.name for column in fields(kind)]
-            await conn.copy_records_to_table(
-                table, records=map(attrgetter(*names), found), columns=names
-            )
+            await conn.copy_records_to_table(table, records=found, columns=names)
 
 
 async def currency_totals(conn: asyncpg.Connection, customer_id: str) -> list[CurrencyTotals]:
