@@ -6,12 +6,15 @@
 2. The projection's topics are replayed into it in bulk from their first offsets to the end
    offsets seen at start (large batches read straight from the partitions, no consumer group);
    then it follows the live worker's positions, while the live projection keeps serving.
-3. The live worker's writes are held (its next transaction waits on a table lock), the shadow
-   catches up to exactly the live positions, and every table's row count and checksum are
-   compared with the live one. Equal: the schemas are renamed in the same transaction (live ->
-   retired_<time>, shadow -> live) and the live worker's waiting statement lands in the new
-   tables. Different: the differences are printed, nothing is switched, the exit code is 1
-   (--force switches anyway, e.g. after a fix of the folds that was meant to change the view).
+3. Every table's row count and checksum are compared with the live one as a snapshot shows
+   it, the shadow folded to exactly the positions in that snapshot (the live worker goes on).
+4. The live worker's writes are held (its next transaction waits on a table lock), the shadow
+   catches up to exactly the live positions, and what that catch-up could change is compared
+   (its customers' rows, the ids applied since the snapshot). Equal: the schemas are renamed in
+   the same transaction (live -> retired_<time>, shadow -> live) and the live worker's waiting
+   statement lands in the new tables. Different (in 3 or 4): the differences are printed,
+   nothing is switched, the exit code is 1 (--force switches anyway, e.g. after a fix of the
+   folds that was meant to change the view).
 
 Progress goes to stderr; the outcome and the rate to stdout. The retired schema is kept for a
 look back; `DROP SCHEMA <name> CASCADE` frees its space.
