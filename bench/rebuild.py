@@ -54,10 +54,14 @@ async def run(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any
             f"{env['CRM_PG_DSN_BASE']}/crm_{service.name}", min_size=1, max_size=1
         )
         live_seconds = await wait_caught_up({service.name: pool}, bootstrap, started) - started
+        postmaster = await postmaster_pid(pool)
         await pool.close()
         say(f"live worker caught up after {live_seconds:.1f} s; rebuilding")
         rebuild = Rebuild(service, batch_records=args.batch_records, wait_seconds=120)
+        cpu_before, pg_before = time.process_time(), postgres_cpu_seconds(postmaster)
         outcome = await rebuild.run(force=False, progress=sys.stderr)
+        cpu_seconds = time.process_time() - cpu_before
+        pg_seconds = postgres_cpu_seconds(postmaster) - pg_before
     finally:
         launcher.stop(worker, env)
     return {
@@ -66,6 +70,11 @@ async def run(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any
         "seconds": outcome.replay_seconds,
         "rate": outcome.replayed / outcome.replay_seconds if outcome.replay_seconds else 0.0,
         "held_seconds": outcome.held_seconds,
+        # CPU per 10,000 records, whole command (replay, follow, compare, switch): less noisy
+        # than the rate on a shared machine. PostgreSQL's is its whole server's, so it
+        # includes the live worker's queries.
+        "python_cpu_per_10k": cpu_seconds * 10_000 / max(outcome.replayed, 1),
+        "postgres_cpu_per_10k": pg_seconds * 10_000 / max(outcome.replayed, 1),
         "switched": outcome.switched,
         "differences": [str(difference) for difference in outcome.differences],
         "report": outcome.report,
@@ -74,8 +83,39 @@ async def run(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any
     }
 
 
+def _stat(pid: int | str) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (index 0 is the state)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()
+
+
+def postgres_cpu_seconds(postmaster: int) -> float:
+    """CPU seconds (user + system) that this PostgreSQL server has used so far: its postmaster,
+    the children it has reaped (a closed connection's backend) and those still running."""
+    fields = _stat(postmaster)
+    total = sum(int(value) for value in fields[11:15])
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            child = _stat(pid)
+        except OSError:
+            continue  # gone meanwhile
+        if child[1] == str(postmaster):
+            total += int(child[11]) + int(child[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def postmaster_pid(pool: asyncpg.Pool) -> int:
+    """The pid of the server's postmaster: the parent of this connection's backend."""
+    backend = await pool.fetchval("SELECT pg_backend_pid()")
+    return int(_stat(backend)[1])
+
+
 def show(report: Mapping[str, Any]) -> None:
     print(report["report"])
+    print(
+        f"CPU per 10,000 records: rebuild (Python) {report['python_cpu_per_10k']:.2f} s, "
+        f"PostgreSQL {report['postgres_cpu_per_10k']:.2f} s"
+    )
     if report["live_rate"] is not None:
         print(
             f"for comparison, the live worker folded the same records as they were published: "

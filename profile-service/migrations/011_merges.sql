@@ -1,8 +1,8 @@
 -- Merges and unmerges as statements (profile_service.identity): kept, never rewritten; who is one
 -- person is derived from them when read, so an unmerge gives a record its own history back.
 CREATE TABLE merge_statements (
-    customer_id text        NOT NULL,  -- the record merged away, or split off again
-    into_id     text        NOT NULL,  -- the record it was merged into, or split from
+    customer_id text        NOT NULL,  -- the record kept: the statement's subject
+    other_id    text        NOT NULL,  -- the record merged into it, or split off again
     merged      boolean     NOT NULL,
     reason      text,
     source      text        NOT NULL,
@@ -10,4 +10,4 @@ CREATE TABLE merge_statements (
     at          timestamptz NOT NULL,
     PRIMARY KEY (customer_id, event_id)
 );
-CREATE INDEX merge_statements_into ON merge_statements (into_id);
+CREATE INDEX merge_statements_other ON merge_statements (other_id);

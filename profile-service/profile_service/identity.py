@@ -23,9 +23,9 @@ from profile_service.projection import CONTACT_FIELDS, CustomerRecord
 @dataclass(frozen=True, slots=True)
 class MergeStatement:
     customer_id: str
-    """The record merged away, or split off again."""
-    into_id: str
-    """The record it was merged into, or split from."""
+    """The record kept: the statement's subject."""
+    other_id: str
+    """The record merged into it, or split off from it again."""
     merged: bool
     reason: str | None
     source: str
@@ -52,8 +52,8 @@ def merge_statements(events: Iterable[Event]) -> list[MergeStatement]:
         if other != event.customer_id:
             found.append(
                 MergeStatement(
-                    other,
                     event.customer_id,
+                    other,
                     merged,
                     data.reason,
                     event.source,
@@ -68,13 +68,13 @@ def standing_links(statements: Iterable[MergeStatement]) -> dict[str, str]:
     """Record -> the record it is merged into, now."""
     newest: dict[str, MergeStatement] = {}
     for statement in statements:
-        known = newest.get(statement.customer_id)
+        known = newest.get(statement.other_id)
         if known is None or statement.rank > known.rank:
-            newest[statement.customer_id] = statement
+            newest[statement.other_id] = statement
     links: dict[str, str] = {}
     for statement in sorted(newest.values(), key=lambda s: s.rank):
-        if statement.merged and root_of(links, statement.into_id) != statement.customer_id:
-            links[statement.customer_id] = statement.into_id
+        if statement.merged and root_of(links, statement.customer_id) != statement.other_id:
+            links[statement.other_id] = statement.customer_id
     return links
 
 

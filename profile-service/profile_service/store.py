@@ -11,7 +11,14 @@ import asyncpg
 
 from crm_shared.runtime.db import columns
 from profile_service import analytics, identity, opinions
-from profile_service.commerce import CommerceRows, CurrencyTotals
+from profile_service.commerce import (
+    CancellationRow,
+    CommerceRows,
+    CurrencyTotals,
+    LineRow,
+    OrderRow,
+    RefundRow,
+)
 from profile_service.projection import (
     CONTACT_FIELDS,
     CustomerRecord,
@@ -128,7 +135,7 @@ async def customer_view(conn: asyncpg.Connection, customer_id: str) -> dict[str,
                (c.customer_id IS NOT NULL) AS registered,
                (p.customer_id IS NOT NULL) AS purchased,
                EXISTS (SELECT 1 FROM merge_statements m
-                       WHERE m.customer_id = $1 OR m.into_id = $1) AS in_merges
+                       WHERE m.customer_id = $1 OR m.other_id = $1) AS in_merges
         FROM (SELECT $1::text AS id) AS wanted
         LEFT JOIN customers c ON c.customer_id = wanted.id
         LEFT JOIN purchase_totals p ON p.customer_id = wanted.id
@@ -341,6 +348,24 @@ async def save_commerce(conn: asyncpg.Connection, rows: CommerceRows) -> None:
                 "reason",
             ),
         )
+
+
+_COMMERCE_TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("orders", OrderRow._fields),
+    ("order_lines", LineRow._fields),
+    ("refunds", RefundRow._fields),
+    ("order_cancellations", CancellationRow._fields),
+)
+"""Each commerce table and its columns: its row type's fields, in order."""
+
+
+async def append_commerce(conn: asyncpg.Connection, rows: CommerceRows) -> None:
+    """Append rows whose ids no row holds yet (commerce.split_new), one COPY per table: a
+    rebuild's bulk path, without the upserts' conflict checks."""
+    batches: tuple[Sequence[Any], ...] = (rows.orders, rows.lines, rows.refunds, rows.cancellations)
+    for (table, names), found in zip(_COMMERCE_TABLES, batches, strict=True):
+        if found:
+            await conn.copy_records_to_table(table, records=found, columns=names)
 
 
 async def currency_totals(conn: asyncpg.Connection, customer_id: str) -> list[CurrencyTotals]:
@@ -601,12 +626,12 @@ async def save_merge_statements(
         return
     await conn.execute(
         """
-        INSERT INTO merge_statements (customer_id, into_id, merged, reason, source, event_id, at)
+        INSERT INTO merge_statements (customer_id, other_id, merged, reason, source, event_id, at)
         SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::text[], $5::text[],
                              $6::text[], $7::timestamptz[])
         ON CONFLICT DO NOTHING
         """,
-        *columns(statements, "customer_id", "into_id", "merged", "reason", "source"),
+        *columns(statements, "customer_id", "other_id", "merged", "reason", "source"),
         *columns(statements, "event_id", "at"),
     )
 
@@ -625,14 +650,14 @@ async def merge_statements_around(
         WITH RECURSIVE related(id, depth) AS (
             SELECT $1::text, 0
             UNION
-            SELECT CASE WHEN m.customer_id = r.id THEN m.into_id ELSE m.customer_id END,
+            SELECT CASE WHEN m.customer_id = r.id THEN m.other_id ELSE m.customer_id END,
                    r.depth + 1
             FROM related r
-            JOIN merge_statements m ON r.id IN (m.customer_id, m.into_id)
+            JOIN merge_statements m ON r.id IN (m.customer_id, m.other_id)
             WHERE r.depth < $2
         )
         SELECT DISTINCT m.* FROM merge_statements m
-        WHERE m.customer_id IN (SELECT id FROM related) OR m.into_id IN (SELECT id FROM related)
+        WHERE m.customer_id IN (SELECT id FROM related) OR m.other_id IN (SELECT id FROM related)
         ORDER BY m.at, m.event_id
         """,
         customer_id,

@@ -31,6 +31,28 @@ from profile_service.projection import Membership
 
 
 async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:
+    """The commerce facts (upserts: the first event of an id wins), then the rest of the view."""
+    await store.save_commerce(conn, commerce.commerce_rows(events))
+    return await fold_view(conn, events)
+
+
+class BulkFold:
+    """A rebuild's fold (Projection.bulk_fold): the same rows, but those naming an id the
+    rebuild has not written yet are appended with COPY; only the others take the upserts."""
+
+    def __init__(self) -> None:
+        self.written = commerce.WrittenIds()
+
+    async def __call__(
+        self, conn: asyncpg.Connection, events: Sequence[Event]
+    ) -> Sequence[Derived]:
+        new, known = commerce.split_new(commerce.commerce_rows(events), self.written)
+        await store.append_commerce(conn, new)
+        await store.save_commerce(conn, known)
+        return await fold_view(conn, events)
+
+
+async def fold_view(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:
     """Read the touched records, evolve them purely, write them back with the totals; then the
     segments that depend on them. A run of ticks only moves time (the projector splits runs)."""
     if events and events[0].type == CLOCK_TICKED:
@@ -41,7 +63,6 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
         changed = projection.evolve_customers(current, customer_events)
         await store.save_customers(conn, list(changed.values()))
         metrics.CUSTOMERS_CHANGED.inc(len(changed))
-    await store.save_commerce(conn, commerce.commerce_rows(events))
     await store.save_opinions(conn, opinions.opinion_rows(events))
     await store.save_merge_statements(conn, identity.merge_statements(events))
     deltas = projection.purchase_deltas(events)
@@ -125,6 +146,7 @@ PROJECTION = Projection(
     folds=FOLDS,
     migrations=MIGRATIONS,
     fold=fold,
+    bulk_fold=BulkFold,
     periodic=(
         PeriodicJob(
             "rfm-scores", RFM_REFRESH_INTERVAL_SECONDS, RfmRefresher(), duty=RFM_REFRESH_DUTY

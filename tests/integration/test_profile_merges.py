@@ -130,7 +130,7 @@ async def test_merge_and_unmerge_through_the_gateway(platform: dict[str, str]) -
 
         history = (await gateway.get(f"/v1/customers/{guest}/merges")).json()
         assert (history["person_id"], history["identified_by"]) == (guest, [])
-        assert [(s["customer_id"], s["merged"]) for s in history["statements"]] == [
+        assert [(s["other_id"], s["merged"]) for s in history["statements"]] == [
             (guest, True),
             (card, True),
             (guest, False),

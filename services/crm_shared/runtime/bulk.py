@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from crm_shared.contracts.events import MAX_FUTURE_SKEW, ClockTicked, Event
+from crm_shared.contracts.events import CLOCK_TICKED, MAX_FUTURE_SKEW, ClockTicked, Event
 from crm_shared.contracts.topics import topic_for
 from crm_shared.runtime.projector import (
     NOT_THE_EVENTS_FAULT,
@@ -95,12 +95,28 @@ class BulkFolder:
         max_future_skew: timedelta = MAX_FUTURE_SKEW,
     ) -> None:
         self.projection = projection
+        self.fold_batch = projection.bulk_fold() if projection.bulk_fold else projection.fold
         self.conn = conn
         self.consumer = consumer
         self.max_future_skew = max_future_skew
         self.positions: dict[TopicPartition, int] = {}
         self.seen: set[tuple[str, str]] = set()
         self.tally = BulkTally()
+        self.touched: set[str] | None = None
+        """Customers of the events folded since `watch()`; None: not watching, or a clock tick
+        was folded (its fold may change any customer's rows)."""
+
+    def watch(self) -> None:
+        """From now on, collect in `touched` the customers whose rows the folds may change."""
+        self.touched = set()
+
+    def _note_touched(self, events: Sequence[Event]) -> None:
+        if self.touched is None:
+            return
+        if any(event.type == CLOCK_TICKED for event in events):
+            self.touched = None
+        else:
+            self.touched.update(event.customer_id for event in events)
 
     async def decode(self, records: Sequence[RawRecord]) -> SortedBatch:
         """Sort and decode a batch a chunk at a time, yielding between chunks, so that the fold
@@ -141,6 +157,7 @@ class BulkFolder:
                 applied = await self._fold_one_by_one(fresh)
                 await self._record(applied, batch.next_offsets)
         self.positions.update(batch.next_offsets)
+        self._note_touched(batch.events)  # duplicates too: the live side may have applied them
         self.tally.records += records
         self.tally.applied += len(applied)
         self.tally.duplicates += len(batch.events) - len(fresh)
@@ -161,7 +178,7 @@ class BulkFolder:
         """Fold run by run, ticks being boundaries; what the fold derives is dropped (see the
         module's docstring)."""
         for run in runs_between_ticks(events):
-            await self.projection.fold(self.conn, run)
+            await self.fold_batch(self.conn, run)
 
     async def _fold_one_by_one(self, events: Sequence[Event]) -> list[Event]:
         """Each event in a savepoint of its own; those that fail are left out and counted."""
@@ -169,7 +186,7 @@ class BulkFolder:
         for event in events:
             try:
                 async with self.conn.transaction():
-                    await self.projection.fold(self.conn, [event])
+                    await self.fold_batch(self.conn, [event])
                 applied.append(event)
             except TRANSIENT_ERRORS:
                 raise

@@ -115,6 +115,10 @@ class Projection:
     migrations: Path
     fold: Fold
     periodic: tuple[PeriodicJob, ...] = ()
+    bulk_fold: Callable[[], Fold] | None = None
+    """Makes the fold of one rebuild (crm_shared.runtime.bulk), where nobody else writes the
+    shadow: the same view as `fold`, written more cheaply (e.g. COPY of new rows), holding
+    what it needs to know across batches. None: a rebuild folds with `fold`."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,9 @@ a schema is renamed, so the live processes' next statements resolve to the new t
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
@@ -22,6 +24,10 @@ NOT_FINGERPRINTED = frozenset({"outbox", "schema_migrations", "applied_events"})
 """Bookkeeping whose rows differ by design: derived events are not written again by a rebuild,
 migrations are applied at other times, and the live projection forgets applied ids past the
 deduplication window (those are compared one way: applied_ids_missing)."""
+
+SCOPED_COLUMN = "customer_id"
+"""Rows with this column change only with events about that customer (or with a clock tick):
+the held comparison after a catch-up looks at the catch-up's customers' rows alone."""
 
 BOOKKEEPING_COLUMNS: dict[str, frozenset[str]] = {"consumer_positions": frozenset({"updated_at"})}
 """Columns that say when, not what: left out of a table's checksum."""
@@ -96,10 +102,16 @@ async def positions(conn: asyncpg.Connection, schema: str) -> dict[tuple[str, in
     return {(row["topic"], row["partition"]): row["next_offset"] for row in rows}
 
 
-async def fingerprints(conn: asyncpg.Connection, schema: str) -> dict[str, Fingerprint]:
+async def fingerprints(
+    conn: asyncpg.Connection, schema: str, customers: Sequence[str] | None = None
+) -> dict[str, Fingerprint]:
     """Every compared table's row count and checksum: the sum of the first 60 bits of each row's
     md5 (columns by name, bookkeeping columns left out). A sum needs no sort and no memory
-    beyond one row, and does not depend on the physical order of rows or columns."""
+    beyond one row, and does not depend on the physical order of rows or columns.
+
+    With `customers`, a table that has a `customer_id` column is fingerprinted over those
+    customers' rows only (the others whole): after a comparison of everything, what events of
+    these customers alone changed (SCOPED_COLUMN)."""
     found: dict[str, Fingerprint] = {}
     for table in await tables(conn, schema):
         if table in NOT_FINGERPRINTED:
@@ -115,22 +127,47 @@ async def fingerprints(conn: asyncpg.Connection, schema: str) -> dict[str, Finge
             if row["attname"] not in BOOKKEEPING_COLUMNS.get(table, frozenset())
         )
         row_text = f"ROW({', '.join(quoted(name) for name in kept)})::text"
+        scoped = customers is not None and SCOPED_COLUMN in kept
         rows, checksum = await conn.fetchrow(
             f"SELECT count(*), coalesce(sum(('x' || left(md5({row_text}), 15))::bit(60)::bigint),"
             f" 0)::text FROM {quoted(schema)}.{quoted(table)}"
+            + (f" WHERE {SCOPED_COLUMN} = ANY($1::text[])" if scoped else ""),
+            *([list(customers or ())] if scoped else []),
         )
         found[table] = Fingerprint(rows, checksum, kept)
     return found
 
 
-async def applied_ids_missing(conn: asyncpg.Connection, live: str, shadow: str) -> int:
-    """Event ids the live projection applied (and still remembers) that the shadow did not."""
+async def applied_ids_missing(
+    conn: asyncpg.Connection,
+    live: str,
+    shadow: str,
+    *,
+    applied_before: datetime | None = None,
+    applied_since: datetime | None = None,
+) -> int:
+    """Event ids the live projection applied (and still remembers) that the shadow did not;
+    only those applied before or since a time when given (applied_events.applied_at)."""
     missing: int = await conn.fetchval(
         f"SELECT count(*) FROM {quoted(live)}.applied_events l WHERE NOT EXISTS ("
         f" SELECT 1 FROM {quoted(shadow)}.applied_events s"
         " WHERE s.source = l.source AND s.id = l.id)"
+        " AND ($1::timestamptz IS NULL OR l.applied_at < $1)"
+        " AND ($2::timestamptz IS NULL OR l.applied_at >= $2)",
+        applied_before,
+        applied_since,
     )
     return missing
+
+
+async def oldest_transaction_start(conn: asyncpg.Connection) -> datetime:
+    """When the oldest transaction now open in this database began (this statement's own, if
+    none is older): whatever commits from now on was applied at or after it."""
+    started: datetime = await conn.fetchval(
+        "SELECT least(min(xact_start), statement_timestamp()) FROM pg_stat_activity"
+        " WHERE datname = current_database()"
+    )
+    return started
 
 
 async def hold_live_writes(conn: asyncpg.Connection, live: str, timeout_seconds: float) -> None:

@@ -1,0 +1,69 @@
+"""The comparison held under the lock, on a real PostgreSQL: fingerprints scoped to the catch-up's
+customers see their rows only (tables without a customer column whole), and applied ids are
+compared before or since a time."""
+
+from __future__ import annotations
+
+from crm_shared.runtime import shadow
+from crm_shared.runtime.db import connect_in_schema, open_pool
+from profile_service.config import MIGRATIONS
+
+SHADOW = shadow.SHADOW_SCHEMA
+
+
+async def test_scoped_fingerprints_see_only_those_customers_rows(fresh_dsn: str) -> None:
+    pool = await open_pool(fresh_dsn, MIGRATIONS, 2)
+    builder = await connect_in_schema(fresh_dsn, SHADOW)
+    try:
+        await shadow.create_shadow(builder, SHADOW, MIGRATIONS)
+        for schema in ("public", SHADOW):
+            await builder.execute(
+                f"INSERT INTO {schema}.purchase_totals (customer_id, orders)"
+                " VALUES ('a', 1), ('b', 2)"
+            )
+        await builder.execute(
+            f"UPDATE {SHADOW}.purchase_totals SET orders = 9 WHERE customer_id = 'b'"
+        )
+        await builder.execute(
+            f"INSERT INTO {SHADOW}.partition_clocks (topic, partition, now)"
+            " VALUES ('crm.orders', 0, now())"
+        )
+        live = await shadow.fingerprints(builder, "public", ["a"])
+        rebuilt = await shadow.fingerprints(builder, SHADOW, ["a"])
+        assert live["purchase_totals"] == rebuilt["purchase_totals"]
+        assert live["purchase_totals"].rows == 1
+        # A table without customer_id is compared whole, whoever the scope names.
+        assert live["partition_clocks"] != rebuilt["partition_clocks"]
+        scoped_live = await shadow.fingerprints(builder, "public", ["b"])
+        scoped_rebuilt = await shadow.fingerprints(builder, SHADOW, ["b"])
+        assert scoped_live["purchase_totals"] != scoped_rebuilt["purchase_totals"]
+        nobody = await shadow.fingerprints(builder, SHADOW, [])
+        assert nobody["purchase_totals"].rows == 0
+    finally:
+        await pool.close()
+        await builder.close()
+
+
+async def test_applied_ids_missing_before_or_since_a_time(fresh_dsn: str) -> None:
+    pool = await open_pool(fresh_dsn, MIGRATIONS, 2)
+    builder = await connect_in_schema(fresh_dsn, SHADOW)
+    try:
+        await shadow.create_shadow(builder, SHADOW, MIGRATIONS)
+        insert = "INSERT INTO public.applied_events (source, id, type, event_time)"
+        await builder.execute(insert + " VALUES ('s', 'before', 't', now())")
+        since = await shadow.oldest_transaction_start(builder)
+        await builder.execute(insert + " VALUES ('s', 'after', 't', now())")
+        await builder.execute(
+            f"{insert.replace('public', SHADOW)} VALUES ('s', 'after', 't', now())"
+        )
+        assert await shadow.applied_ids_missing(builder, "public", SHADOW) == 1
+        missing_before = await shadow.applied_ids_missing(
+            builder, "public", SHADOW, applied_before=since
+        )
+        missing_since = await shadow.applied_ids_missing(
+            builder, "public", SHADOW, applied_since=since
+        )
+        assert (missing_before, missing_since) == (1, 0)
+    finally:
+        await pool.close()
+        await builder.close()
