@@ -21,7 +21,9 @@ CUSTOMERS_READ = "customers:read"
 EVENTS_WRITE = "events:write"
 ANALYTICS_READ = "analytics:read"
 """Figures across customers (top customers, the cube, RFM segment sizes)."""
-SCOPES = frozenset({CUSTOMERS_READ, EVENTS_WRITE, ANALYTICS_READ})
+ANALYTICS_WRITE = "analytics:write"
+"""Asking for analysis work (fitting the lifetime-value model again)."""
+SCOPES = frozenset({CUSTOMERS_READ, EVENTS_WRITE, ANALYTICS_READ, ANALYTICS_WRITE})
 
 KEY_PREFIX = "crm"
 _KEY_ID = re.compile(r"^[0-9a-f]{8,64}$")

@@ -23,6 +23,10 @@ NOT_FINGERPRINTED = frozenset({"outbox", "schema_migrations", "applied_events"})
 migrations are applied at other times, and the live projection forgets applied ids past the
 deduplication window (those are compared one way: applied_ids_missing)."""
 
+FITTED_PREFIX = "fitted_"
+"""Tables of statistical models a worker fits from its projection at wall-clock times (the
+profile's lifetime-value model): a rebuild's shadow holds none until the worker fits again."""
+
 BOOKKEEPING_COLUMNS: dict[str, frozenset[str]] = {"consumer_positions": frozenset({"updated_at"})}
 """Columns that say when, not what: left out of a table's checksum."""
 
@@ -102,7 +106,7 @@ async def fingerprints(conn: asyncpg.Connection, schema: str) -> dict[str, Finge
     beyond one row, and does not depend on the physical order of rows or columns."""
     found: dict[str, Fingerprint] = {}
     for table in await tables(conn, schema):
-        if table in NOT_FINGERPRINTED:
+        if table in NOT_FINGERPRINTED or table.startswith(FITTED_PREFIX):
             continue
         names = await conn.fetch(
             "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass"
