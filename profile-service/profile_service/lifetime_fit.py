@@ -5,10 +5,13 @@ only the worker imports it (profile_service.lifetime holds the types and the rea
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +30,21 @@ from profile_service.lifetime import (
     SpendParameters,
 )
 
+PENALTIES = (0.0, 0.001, 0.01)
+"""L2 penalties on the parameters, tried in turn: the plain maximum likelihood (the published
+fit) first; a population it cannot fit (say no one seems to drop out, so a and b grow without
+bound) gets the smallest penalty that converges, as the lifetimes documentation advises."""
+
+
+def _converged(fitter_class: Any, what: str, *data: np.ndarray) -> Any:
+    for penalty in PENALTIES:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # it prints the optimiser's state
+                return fitter_class(penalizer_coef=penalty).fit(*data)
+        except ConvergenceError:
+            continue
+    raise ModelNotFitted(f"{what} did not converge, even with a penalty of {PENALTIES[-1]}")
+
 
 def fit_purchases(
     repeat_purchases: Sequence[int] | np.ndarray,
@@ -34,11 +52,9 @@ def fit_purchases(
     age: Sequence[float] | np.ndarray,
 ) -> PurchaseParameters:
     """BG/NBD by maximum likelihood; the time unit of `span` and `age` is alpha's."""
-    fitter = BetaGeoFitter()
-    try:
-        fitter.fit(np.asarray(repeat_purchases), np.asarray(span), np.asarray(age))
-    except ConvergenceError as error:
-        raise ModelNotFitted(f"BG/NBD did not converge: {error}") from None
+    fitter = _converged(
+        BetaGeoFitter, "BG/NBD", np.asarray(repeat_purchases), np.asarray(span), np.asarray(age)
+    )
     r, alpha, a, b = (float(v) for v in fitter.params_[["r", "alpha", "a", "b"]])
     return PurchaseParameters(
         r=_checked("r", r), alpha=_checked("alpha", alpha), a=_checked("a", a), b=_checked("b", b)
@@ -49,11 +65,9 @@ def fit_spend(
     repeat_purchases: Sequence[int] | np.ndarray, mean_spend: Sequence[float] | np.ndarray
 ) -> SpendParameters:
     """Gamma-Gamma by maximum likelihood, on customers with repeat purchases of positive mean."""
-    fitter = GammaGammaFitter()
-    try:
-        fitter.fit(np.asarray(repeat_purchases), np.asarray(mean_spend))
-    except ConvergenceError as error:
-        raise ModelNotFitted(f"Gamma-Gamma did not converge: {error}") from None
+    fitter = _converged(
+        GammaGammaFitter, "Gamma-Gamma", np.asarray(repeat_purchases), np.asarray(mean_spend)
+    )
     p, q, gamma = (float(v) for v in fitter.params_[["p", "q", "v"]])
     if q <= 1:
         raise ModelNotFitted(f"Gamma-Gamma gave q = {q:.3g} <= 1: the mean spend has no mean")

@@ -28,13 +28,13 @@ class LifetimeRefitter:
     """Fits when `lifetime.refit_trigger` says so, on one replica at a time (an advisory lock),
     and publishes the model in use as gauges on every look."""
 
-    def __init__(self) -> None:
+    def __init__(self, executor: Executor | None = None) -> None:
         self.fitted_at_mark: tuple[int, datetime | None] | None = None
-        self._executor: Executor | None = None
+        self._executor = executor
 
     def executor(self) -> Executor:
-        """One child process for the worker's life, started on the first fit (spawned: the
-        worker's threads must not be forked)."""
+        """The one given, else one child process for the worker's life, started on the first fit
+        (spawned: the worker's threads must not be forked)."""
         if self._executor is None:
             self._executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         return self._executor

@@ -135,6 +135,9 @@ async def test_the_running_gateway_serves_the_document_under_test(
         "/v1/analytics/rfm-segments",
         "/v1/analytics/top-customers",
         "/v1/analytics/cube",
+        "/v1/customers/{customer_id}/lifetime-value",
+        "/v1/analytics/lifetime-value/model",
+        "/v1/analytics/lifetime-value/refits",
     }
 
 
