@@ -21,6 +21,7 @@ from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.projector import BatchProjector, RawRecord
 from crm_shared.runtime.shadow import fingerprints
 from profile_service import store
+from profile_service.lifetime import FittedVersion
 from profile_service.lifetime_fit import fit_all
 from profile_service.lifetime_job import LifetimeRefitter
 from profile_service.worker import PROJECTION
@@ -30,6 +31,7 @@ from tests.unit.test_demo_retail import DATA
 pytestmark = pytest.mark.component
 
 DAY0 = datetime(2024, 1, 1, tzinfo=UTC)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _order(customer: str, order: str, day: float, price: str, currency: str = "GBP") -> Any:
@@ -198,15 +200,28 @@ async def test_the_online_retail_file_fits_sane_parameters_and_consistent_predic
             started = time.perf_counter()
             histories, as_of = await store.purchase_histories(conn)
             read_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            fit = fit_all(histories)
+            fit_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            fitted = FittedVersion(NOW, as_of, fit_seconds, "test", fit.models, fit.predictions)
+            version = await store.save_lifetime_model(conn, fitted, [])
+            swap_seconds = time.perf_counter() - started
+            reads = []
+            for history in histories[:500]:
+                started = time.perf_counter()
+                [scored] = await store.lifetime_of(conn, history.customer_id)
+                reads.append(time.perf_counter() - started)
+                assert scored.version == version
     finally:
         await pool.close()
-    started = time.perf_counter()
-    fit = fit_all(histories)
-    fit_seconds = time.perf_counter() - started
     [model] = fit.models
+    reads.sort()
     print(
         f"\nUCI lifetime fit: {len(histories)} histories read in {read_seconds:.2f} s, "
-        f"fitted and predicted in {fit_seconds:.2f} s, as of {as_of}: {model}"
+        f"fitted and predicted in {fit_seconds:.2f} s, swapped in {swap_seconds:.2f} s, "
+        f"a customer read p50 {reads[250] * 1000:.2f} ms p99 {reads[495] * 1000:.2f} ms, "
+        f"as of {as_of}: {model}"
     )
     assert model.currency == "GBP"
     assert model.customers == 4_339  # every customer with an order that was not cancelled
