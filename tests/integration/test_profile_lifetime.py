@@ -85,9 +85,11 @@ async def test_a_refit_asked_through_the_gateway_scores_the_new_customers(
 
         _, model = await eventually(
             lambda: get("/v1/analytics/lifetime-value/model"),
-            lambda found: found[0] == 200 and found[1]["version"] > before,
+            lambda found: (
+                found[0] == 200 and found[1]["version"] > before and found[1]["pending_refits"] == 0
+            ),
             within=120,
-            what="the refit swapped in",
+            what="the requested refit swapped in",
         )
         (mine,) = [c for c in model["currencies"] if c["currency"] == currency]
         assert mine["customers"] == CUSTOMERS and mine["repeat_customers"] == CUSTOMERS
