@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import math
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 
@@ -227,3 +229,14 @@ def test_the_model_is_fitted_again_when_asked_when_missing_or_old_with_new_data(
     fitted_at: datetime | None, requested: bool, moved: bool, trigger: str | None
 ) -> None:
     assert refit_trigger(fitted_at, NOW, requested, moved) == trigger
+
+
+def test_the_profile_api_reads_lifetime_values_without_loading_the_fitting() -> None:
+    probe = (
+        "import sys, profile_service.api, profile_service.lifetime_api; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'lifetimes', 'pandas'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]"
