@@ -197,12 +197,10 @@ def refit_trigger(
     refit_after: timedelta = REFIT_AFTER,
 ) -> str | None:
     """Why the model is to be fitted now, or None: a refit was asked for; there is no model yet
-    and the projection moved; or the model is old and the projection moved since it was fitted.
-    The schedule is by the wall clock: when to fit is operations, not a fact of the log."""
+    (a fresh or rebuilt projection); or the model is old and the projection moved since it was
+    fitted. The schedule is by the wall clock: when to fit is operations, not a fact of the log."""
     if requested:
         return "requested"
-    if not moved:
-        return None
     if fitted_at is None:
         return "first"
-    return "scheduled" if now - fitted_at >= refit_after else None
+    return "scheduled" if moved and now - fitted_at >= refit_after else None

@@ -217,7 +217,7 @@ def test_reasons_state_the_expected_purchases_and_how_the_value_is_made() -> Non
 @pytest.mark.parametrize(
     ("fitted_at", "requested", "moved", "trigger"),
     [
-        (None, False, False, None),
+        (None, False, False, "first"),
         (None, False, True, "first"),
         (NOW - timedelta(minutes=5), True, False, "requested"),
         (NOW - timedelta(minutes=5), False, True, None),
