@@ -3,6 +3,8 @@
 -- holds none (the `fitted_` prefix keeps them out of its comparison), and the worker fits again.
 -- A fit writes a new version with its parameters and every customer's predictions, and makes it
 -- the current one, in one transaction: readers see the old version or the new, never a mix.
+-- Older versions and their parameters stay as the history of fits; their predictions go. No
+-- foreign keys: a rebuild turns each table unlogged and back one by one.
 CREATE TABLE fitted_lifetime_models (
     version      bigint           PRIMARY KEY,
     fitted_at    timestamptz      NOT NULL,
@@ -17,7 +19,7 @@ CREATE UNIQUE INDEX fitted_lifetime_models_current ON fitted_lifetime_models (cu
     WHERE current;
 
 CREATE TABLE fitted_lifetime_parameters (
-    version          bigint           NOT NULL REFERENCES fitted_lifetime_models ON DELETE CASCADE,
+    version          bigint           NOT NULL,
     currency         text             NOT NULL,
     customers        integer          NOT NULL,
     repeat_customers integer          NOT NULL,
