@@ -258,7 +258,7 @@ OVERVIEW_ROWS: tuple[Row, ...] = (
                 title="Lifetime-value model age",
                 description=(
                     "Now minus the fit date of the model in use; the worker fits again every "
-                    "hour when purchases or time moved, and on request."
+                    "10 minutes when purchases or time moved, and on request."
                 ),
                 unit="s",
                 queries=(

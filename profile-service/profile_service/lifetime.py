@@ -185,7 +185,7 @@ class Scored:
     prediction: Prediction
 
 
-REFIT_AFTER = timedelta(hours=1)
+REFIT_AFTER = timedelta(minutes=10)
 """A model older than this is fitted again, when the projection moved since."""
 
 

@@ -1,15 +1,14 @@
 """The worker's periodic job that fits the lifetime-value model again: on request (the API files
 a request), when there is none yet, and when it is older than REFIT_AFTER and the projection
-moved. The fit runs in a child process, so the fold keeps its core; the new version is swapped in
-with its predictions in one transaction (store.save_lifetime_model)."""
+moved. The fit runs in a thread (numpy releases the interpreter lock in its array work; the
+job's duty keeps the fold's share); the new version is swapped in with its predictions in one
+transaction (store.save_lifetime_model)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import time
-from concurrent.futures import Executor, ProcessPoolExecutor
 from datetime import UTC, datetime
 
 import asyncpg
@@ -28,16 +27,8 @@ class LifetimeRefitter:
     """Fits when `lifetime.refit_trigger` says so, on one replica at a time (an advisory lock),
     and publishes the model in use as gauges on every look."""
 
-    def __init__(self, executor: Executor | None = None) -> None:
+    def __init__(self) -> None:
         self.fitted_at_mark: tuple[int, datetime | None] | None = None
-        self._executor = executor
-
-    def executor(self) -> Executor:
-        """The one given, else one child process for the worker's life, started on the first fit
-        (spawned: the worker's threads must not be forked)."""
-        if self._executor is None:
-            self._executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        return self._executor
 
     async def __call__(self, pool: asyncpg.Pool) -> None:
         async with pool.acquire() as conn:
@@ -69,8 +60,7 @@ class LifetimeRefitter:
             return None
         fitted_at = datetime.now(UTC)
         started = time.monotonic()
-        loop = asyncio.get_running_loop()
-        fit = await loop.run_in_executor(self.executor(), lifetime_fit.fit_all, histories)
+        fit = await asyncio.to_thread(lifetime_fit.fit_all, histories)
         seconds = time.monotonic() - started
         metrics.LIFETIME_FIT_SECONDS.observe(seconds)
         version = await store.save_lifetime_model(

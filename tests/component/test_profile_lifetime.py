@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -129,29 +128,26 @@ async def test_a_fit_is_swapped_in_whole_and_a_requested_refit_replaces_it() -> 
             orders_tick(1, DAY0 + timedelta(days=260)),
         ],
     }
-    with ProcessPoolExecutor(1) as executor:
-        refitter = LifetimeRefitter(executor)
-        async with folded_in_batches(PROJECTION, interleaved(logs, "crm.orders"), 50) as pool:
-            await refitter(pool)
-            async with pool.acquire() as conn:
-                first = await store.current_lifetime_model(conn)
-                scored = await store.lifetime_of(conn, "K5")
-                before = await fingerprints(conn, "public")
-            await refitter(pool)  # nothing moved, nobody asked: no new version
-            async with pool.acquire() as conn:
-                unchanged = await store.current_lifetime_model(conn)
-                request = await store.request_lifetime_refit(conn)
-                waiting = await store.current_lifetime_model(conn)
-            await refitter(pool)
-            async with pool.acquire() as conn:
-                second = await store.current_lifetime_model(conn)
-                rescored = await store.lifetime_of(conn, "K5")
-                versions = await conn.fetch(
-                    "SELECT DISTINCT version FROM fitted_lifetime_predictions"
-                )
-                answered = await conn.fetchval(
-                    "SELECT version FROM fitted_lifetime_requests WHERE id = $1", request["id"]
-                )
+    refitter = LifetimeRefitter()
+    async with folded_in_batches(PROJECTION, interleaved(logs, "crm.orders"), 50) as pool:
+        await refitter(pool)
+        async with pool.acquire() as conn:
+            first = await store.current_lifetime_model(conn)
+            scored = await store.lifetime_of(conn, "K5")
+            before = await fingerprints(conn, "public")
+        await refitter(pool)  # nothing moved, nobody asked: no new version
+        async with pool.acquire() as conn:
+            unchanged = await store.current_lifetime_model(conn)
+            request = await store.request_lifetime_refit(conn)
+            waiting = await store.current_lifetime_model(conn)
+        await refitter(pool)
+        async with pool.acquire() as conn:
+            second = await store.current_lifetime_model(conn)
+            rescored = await store.lifetime_of(conn, "K5")
+            versions = await conn.fetch("SELECT DISTINCT version FROM fitted_lifetime_predictions")
+            answered = await conn.fetchval(
+                "SELECT version FROM fitted_lifetime_requests WHERE id = $1", request["id"]
+            )
     assert first is not None and second is not None and unchanged is not None
     assert (first.version, first.trigger) == (1, "first")
     assert [m.currency for m in first.models] == ["GBP"]
