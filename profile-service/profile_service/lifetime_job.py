@@ -10,10 +10,14 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import asyncpg
 
-from profile_service import lifetime, lifetime_fit, metrics, store
+from profile_service import lifetime, metrics, store
+
+if TYPE_CHECKING:
+    from profile_service import lifetime_fit
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +64,7 @@ class LifetimeRefitter:
             return None
         fitted_at = datetime.now(UTC)
         started = time.monotonic()
-        fit = await asyncio.to_thread(lifetime_fit.fit_all, histories)
+        fit = await asyncio.to_thread(_fit_all, histories)
         seconds = time.monotonic() - started
         metrics.LIFETIME_FIT_SECONDS.observe(seconds)
         version = await store.save_lifetime_model(
@@ -81,6 +85,15 @@ class LifetimeRefitter:
             },
         )
         return version
+
+
+def _fit_all(histories: list[lifetime.PurchaseHistory]) -> lifetime_fit.Fit:
+    """lifetime_fit.fit_all, imported in the fitting thread on the first fit: pandas and
+    lifetimes take seconds to import (half a minute on a loaded machine), and the worker must
+    start and turn healthy without waiting for them."""
+    from profile_service import lifetime_fit
+
+    return lifetime_fit.fit_all(histories)
 
 
 def _publish(current: lifetime.ModelInUse | None) -> None:
