@@ -240,6 +240,86 @@ OVERVIEW_ROWS: tuple[Row, ...] = (
             ),
         ),
     ),
+    Row(
+        "Profile: lifetime value",
+        (
+            Panel(
+                title="Lifetime-value model version",
+                description=(
+                    "Version of the BG/NBD and Gamma-Gamma model the profile serves "
+                    "(crm_profile_lifetime_model_version; 0 before the first fit)."
+                ),
+                unit="none",
+                queries=(Query("max(crm_profile_lifetime_model_version)", "version"),),
+                kind="stat",
+                width=GRID_WIDTH // 4,
+            ),
+            Panel(
+                title="Lifetime-value model age",
+                description=(
+                    "Now minus the fit date of the model in use; the worker fits again every "
+                    "10 minutes when purchases or time moved, and on request."
+                ),
+                unit="s",
+                queries=(
+                    Query(
+                        "time() - max(crm_profile_lifetime_model_fitted_timestamp_seconds > 0)",
+                        "age",
+                    ),
+                ),
+                kind="stat",
+                width=GRID_WIDTH // 4,
+            ),
+            Panel(
+                title="Customers scored by lifetime value",
+                description=(
+                    "Customers the model in use predicts, per currency "
+                    "(crm_profile_lifetime_customers_scored), and the fit time p99."
+                ),
+                unit="short",
+                queries=(
+                    Query(
+                        "max by (currency) (crm_profile_lifetime_customers_scored)",
+                        "{{currency}}",
+                    ),
+                    Query(
+                        _quantile_by(0.99, "job", "crm_profile_lifetime_fit_seconds"),
+                        "fit p99 (s)",
+                    ),
+                ),
+            ),
+        ),
+    ),
+    Row(
+        "Profile: RFM",
+        (
+            Panel(
+                title="Customers per RFM segment",
+                description=(
+                    "Customers in each named RFM segment, per currency, as of the worker's last "
+                    "refresh of the scores (crm_profile_rfm_customers)."
+                ),
+                unit="short",
+                queries=(
+                    Query(
+                        "max by (currency, segment) (crm_profile_rfm_customers)",
+                        "{{currency}} {{segment}}",
+                    ),
+                ),
+            ),
+            Panel(
+                title="RFM refresh time p99",
+                description="Time to recompute every RFM score (crm_profile_rfm_refresh_seconds).",
+                unit="s",
+                queries=(
+                    Query(
+                        _quantile_by(0.99, "job", "crm_profile_rfm_refresh_seconds"),
+                        "refresh p99",
+                    ),
+                ),
+            ),
+        ),
+    ),
 )
 
 

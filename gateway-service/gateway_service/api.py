@@ -359,6 +359,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     # Their routes as the app's own: this FastAPI wraps an included router in one opaque route.
     app.router.routes.extend(profile_reads.router.routes)
     app.router.routes.extend(merges.router.routes)
+    from gateway_service import lifetime_reads
+
+    app.router.routes.extend(lifetime_reads.router.routes)
     return app
 
 

@@ -23,7 +23,9 @@ ANALYTICS_READ = "analytics:read"
 """Figures across customers (top customers, the cube, RFM segment sizes)."""
 CUSTOMERS_MERGE = "customers:merge"
 """Merging customer records into one person, and splitting them again."""
-SCOPES = frozenset({CUSTOMERS_READ, EVENTS_WRITE, ANALYTICS_READ, CUSTOMERS_MERGE})
+ANALYTICS_WRITE = "analytics:write"
+"""Asking for analysis work (fitting the lifetime-value model again)."""
+SCOPES = frozenset({CUSTOMERS_READ, EVENTS_WRITE, ANALYTICS_READ, ANALYTICS_WRITE, CUSTOMERS_MERGE})
 
 KEY_PREFIX = "crm"
 _KEY_ID = re.compile(r"^[0-9a-f]{8,64}$")

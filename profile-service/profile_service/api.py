@@ -185,6 +185,9 @@ def create_app(settings: ProfileSettings | None = None) -> FastAPI:
     # Their routes as the app's own: this FastAPI wraps an included router in one opaque route.
     app.router.routes.extend(analytics_api.router.routes)
     app.router.routes.extend(opinions_api.router.routes)
+    from profile_service import lifetime_api
+
+    app.router.routes.extend(lifetime_api.router.routes)
     return app
 
 

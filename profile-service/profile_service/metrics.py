@@ -23,3 +23,20 @@ RFM_REFRESH_SECONDS = Histogram(
     "Time to recompute every RFM score",
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
+LIFETIME_MODEL_VERSION = Gauge(
+    "crm_profile_lifetime_model_version", "Version of the lifetime-value model in use (0: none)"
+)
+LIFETIME_MODEL_FITTED = Gauge(
+    "crm_profile_lifetime_model_fitted_timestamp_seconds",
+    "When the lifetime-value model in use was fitted (Unix time; 0: none)",
+)
+LIFETIME_CUSTOMERS_SCORED = Gauge(
+    "crm_profile_lifetime_customers_scored",
+    "Customers the lifetime-value model in use scored, per currency",
+    ["currency"],
+)
+LIFETIME_FIT_SECONDS = Histogram(
+    "crm_profile_lifetime_fit_seconds",
+    "Time to fit the lifetime-value models and predict every customer (outside the database)",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)

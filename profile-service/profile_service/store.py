@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import astuple
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -18,6 +19,16 @@ from profile_service.commerce import (
     LineRow,
     OrderRow,
     RefundRow,
+)
+from profile_service.lifetime import (
+    CurrencyModel,
+    FittedVersion,
+    ModelInUse,
+    Prediction,
+    PurchaseHistory,
+    PurchaseParameters,
+    Scored,
+    SpendParameters,
 )
 from profile_service.projection import (
     CONTACT_FIELDS,
@@ -686,3 +697,255 @@ async def purchase_totals_of(conn: asyncpg.Connection, ids: Sequence[str]) -> di
     )
     assert row is not None
     return dict(row)
+
+
+# ----------------------------------------------------------------------------- lifetime value
+
+_LIFETIME_FIT_LOCK = 7_0_0_7
+"""Advisory lock key: one replica fits at a time, the others skip their turn."""
+
+
+async def try_lifetime_fit_lock(conn: asyncpg.Connection) -> bool:
+    """Take the session's fit lock unless another replica holds it (release_lifetime_fit_lock)."""
+    taken: bool = await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LIFETIME_FIT_LOCK)
+    return taken
+
+
+async def release_lifetime_fit_lock(conn: asyncpg.Connection) -> None:
+    await conn.execute("SELECT pg_advisory_unlock($1)", _LIFETIME_FIT_LOCK)
+
+
+async def purchase_histories(
+    conn: asyncpg.Connection,
+) -> tuple[list[PurchaseHistory], datetime | None]:
+    """Every customer's purchase days per currency (orders not cancelled; several orders on one
+    UTC day are one purchase, their value net of the refunds naming them), measured against the
+    clock of the customer's crm.orders partition, else the newest tick, else the newest purchase
+    (as the RFM scores are): repeat days, days from the first to the last and to the clock.
+    Also the newest clock any was measured against."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL work_mem = '128MB'")
+        rows = await conn.fetch(
+            """
+            WITH refunded AS (
+                SELECT customer_id, order_id, currency, sum(amount) AS amount
+                FROM refunds WHERE order_id IS NOT NULL GROUP BY 1, 2, 3
+            ),
+            days AS (
+                SELECT o.customer_id, o.currency, (o.placed_at AT TIME ZONE 'UTC')::date AS day,
+                       sum(o.amount - coalesce(r.amount, 0))::float8 AS spend,
+                       max(o.placed_at) AS last_at
+                FROM orders o
+                LEFT JOIN refunded r USING (customer_id, order_id, currency)
+                WHERE NOT EXISTS (
+                    SELECT 1 FROM order_cancellations c
+                    WHERE c.customer_id = o.customer_id AND c.order_id = o.order_id
+                )
+                GROUP BY 1, 2, 3
+            ),
+            numbered AS (
+                SELECT d.*, row_number() OVER (
+                    PARTITION BY customer_id, currency ORDER BY day) AS nth
+                FROM days d
+            ),
+            histories AS (
+                SELECT customer_id, currency, count(*)::int - 1 AS repeat_purchases,
+                       min(day) AS first_day, max(day) - min(day) AS span_days,
+                       avg(spend) FILTER (WHERE nth > 1) AS mean_repeat_spend,
+                       max(last_at) AS last_at
+                FROM numbered GROUP BY 1, 2
+            ),
+            clocked AS (
+                SELECT h.*, coalesce(
+                           pc.now,
+                           (SELECT max(now) FROM partition_clocks WHERE topic = 'crm.orders'),
+                           max(h.last_at) OVER ()
+                       ) AS as_of
+                FROM histories h
+                LEFT JOIN purchase_totals p ON p.customer_id = h.customer_id
+                LEFT JOIN partition_clocks pc
+                    ON pc.topic = 'crm.orders' AND pc.partition = p.orders_partition
+            )
+            SELECT customer_id, currency, repeat_purchases, span_days::float8 AS span_days,
+                   greatest(span_days, extract(epoch FROM
+                       as_of - (first_day::timestamp AT TIME ZONE 'UTC')) / 86400)::float8
+                       AS age_days,
+                   mean_repeat_spend, as_of
+            FROM clocked
+            """
+        )
+    histories = [
+        PurchaseHistory(
+            row["customer_id"],
+            row["currency"],
+            row["repeat_purchases"],
+            row["span_days"],
+            row["age_days"],
+            row["mean_repeat_spend"],
+        )
+        for row in rows
+    ]
+    return histories, max((row["as_of"] for row in rows), default=None)
+
+
+async def save_lifetime_model(
+    conn: asyncpg.Connection, fitted: FittedVersion, request_ids: Collection[int]
+) -> int:
+    """Write a fitted version with its parameters and predictions, make it the current one, drop
+    the older versions' predictions and mark the requests it answers, in one transaction."""
+    async with conn.transaction():
+        await conn.execute("LOCK TABLE fitted_lifetime_models IN EXCLUSIVE MODE")
+        version: int = await conn.fetchval(
+            "INSERT INTO fitted_lifetime_models"
+            " (version, fitted_at, as_of, horizon_days, fit_seconds, trigger, skipped)"
+            " SELECT coalesce(max(version), 0) + 1, $1, $2, $3, $4, $5, $6::jsonb"
+            " FROM fitted_lifetime_models RETURNING version",
+            fitted.fitted_at,
+            fitted.as_of,
+            fitted.horizon_days,
+            fitted.fit_seconds,
+            fitted.trigger,
+            fitted.skipped,
+        )
+        await conn.executemany(
+            "INSERT INTO fitted_lifetime_parameters (version, currency, customers,"
+            " repeat_customers, r, alpha, a, b, p, q, gamma)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            [
+                (
+                    version,
+                    m.currency,
+                    m.customers,
+                    m.repeat_customers,
+                    *astuple(m.purchases),
+                    *astuple(m.spend),
+                )
+                for m in fitted.models
+            ],
+        )
+        await conn.copy_records_to_table(
+            "fitted_lifetime_predictions",
+            columns=[
+                "version",
+                "customer_id",
+                "currency",
+                "repeat_purchases",
+                "span_days",
+                "age_days",
+                "mean_repeat_spend",
+                "probability_alive",
+                "expected_purchases",
+                "expected_spend",
+            ],
+            records=[
+                (
+                    version,
+                    h.customer_id,
+                    h.currency,
+                    h.repeat_purchases,
+                    h.span_days,
+                    h.age_days,
+                    h.mean_repeat_spend,
+                    p.probability_alive,
+                    p.expected_purchases,
+                    p.expected_spend,
+                )
+                for h, p in fitted.predictions
+            ],
+        )
+        await conn.execute("UPDATE fitted_lifetime_models SET current = false WHERE current")
+        await conn.execute(
+            "UPDATE fitted_lifetime_models SET current = true WHERE version = $1", version
+        )
+        await conn.execute("DELETE FROM fitted_lifetime_predictions WHERE version < $1", version)
+        await conn.execute(
+            "UPDATE fitted_lifetime_requests SET version = $1 WHERE id = ANY($2::bigint[])",
+            version,
+            list(request_ids),
+        )
+    return version
+
+
+async def request_lifetime_refit(conn: asyncpg.Connection) -> asyncpg.Record:
+    row: asyncpg.Record = await conn.fetchrow(
+        "INSERT INTO fitted_lifetime_requests DEFAULT VALUES RETURNING id, requested_at"
+    )
+    return row
+
+
+async def pending_lifetime_requests(conn: asyncpg.Connection) -> list[int]:
+    rows = await conn.fetch("SELECT id FROM fitted_lifetime_requests WHERE version IS NULL")
+    return [row["id"] for row in rows]
+
+
+async def current_lifetime_model(conn: asyncpg.Connection) -> ModelInUse | None:
+    """The current version's fit, its parameters per currency and the refits still waiting."""
+    row = await conn.fetchrow(
+        "SELECT version, fitted_at, as_of, horizon_days, fit_seconds, trigger, skipped,"
+        " (SELECT count(*) FROM fitted_lifetime_requests WHERE version IS NULL) AS pending"
+        " FROM fitted_lifetime_models WHERE current"
+    )
+    if row is None:
+        return None
+    parameters = await conn.fetch(
+        "SELECT currency, customers, repeat_customers, r, alpha, a, b, p, q, gamma"
+        " FROM fitted_lifetime_parameters WHERE version = $1 ORDER BY currency",
+        row["version"],
+    )
+    return ModelInUse(
+        version=row["version"],
+        fitted_at=row["fitted_at"],
+        as_of=row["as_of"],
+        horizon_days=row["horizon_days"],
+        fit_seconds=row["fit_seconds"],
+        trigger=row["trigger"],
+        skipped=row["skipped"],
+        pending_refits=row["pending"],
+        models=[
+            CurrencyModel(
+                p["currency"],
+                PurchaseParameters(p["r"], p["alpha"], p["a"], p["b"]),
+                SpendParameters(p["p"], p["q"], p["gamma"]),
+                p["customers"],
+                p["repeat_customers"],
+            )
+            for p in parameters
+        ],
+    )
+
+
+async def lifetime_of(conn: asyncpg.Connection, customer_id: str) -> list[Scored]:
+    """The customer's predictions by the current version, per currency."""
+    rows = await conn.fetch(
+        "SELECT m.version, m.fitted_at, m.as_of, m.horizon_days, p.currency,"
+        " p.repeat_purchases, p.span_days, p.age_days, p.mean_repeat_spend,"
+        " p.probability_alive, p.expected_purchases, p.expected_spend"
+        " FROM fitted_lifetime_models m JOIN fitted_lifetime_predictions p"
+        " ON p.version = m.version AND p.customer_id = $1"
+        " WHERE m.current ORDER BY p.currency",
+        customer_id,
+    )
+    return [
+        Scored(
+            row["version"],
+            row["fitted_at"],
+            row["as_of"],
+            row["horizon_days"],
+            PurchaseHistory(
+                customer_id,
+                row["currency"],
+                row["repeat_purchases"],
+                row["span_days"],
+                row["age_days"],
+                row["mean_repeat_spend"],
+            ),
+            Prediction(
+                customer_id,
+                row["currency"],
+                row["probability_alive"],
+                row["expected_purchases"],
+                row["expected_spend"],
+            ),
+        )
+        for row in rows
+    ]

@@ -20,6 +20,7 @@ from profile_service import (
     analytics,
     commerce,
     identity,
+    lifetime_job,
     metrics,
     opinions,
     projection,
@@ -150,6 +151,12 @@ PROJECTION = Projection(
     periodic=(
         PeriodicJob(
             "rfm-scores", RFM_REFRESH_INTERVAL_SECONDS, RfmRefresher(), duty=RFM_REFRESH_DUTY
+        ),
+        PeriodicJob(
+            "lifetime-value",
+            lifetime_job.CHECK_INTERVAL_SECONDS,
+            lifetime_job.LifetimeRefitter(),
+            duty=lifetime_job.FIT_DUTY,
         ),
     ),
 )

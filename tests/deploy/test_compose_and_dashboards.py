@@ -308,10 +308,12 @@ def test_dashboard_uses_the_provisioned_datasource(generator: ModuleType) -> Non
 
 
 def _exported_metric_names() -> set[str]:
-    """The sample names crm_shared.runtime.metrics exposes (counters with _total, histograms)."""
+    """The sample names crm_shared.runtime.metrics and the services' own metrics modules expose
+    (counters with _total, histograms)."""
     from prometheus_client.metrics import MetricWrapperBase
 
     from crm_shared.runtime import metrics
+    from profile_service import metrics as profile_metrics
 
     suffixes = {
         "counter": ["_total"],
@@ -319,7 +321,7 @@ def _exported_metric_names() -> set[str]:
         "histogram": ["_bucket", "_sum", "_count"],
     }
     names: set[str] = set()
-    for value in vars(metrics).values():
+    for value in [*vars(metrics).values(), *vars(profile_metrics).values()]:
         if isinstance(value, MetricWrapperBase):
             for family in value.describe():
                 names.update(family.name + suffix for suffix in suffixes[family.type])

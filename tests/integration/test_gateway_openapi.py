@@ -145,6 +145,9 @@ async def test_the_running_gateway_serves_the_document_under_test(
         "/v1/analytics/opinions",
         "/v1/customers/{customer_id}/merges",
         "/v1/customers/{customer_id}/merges/{other_customer_id}",
+        "/v1/customers/{customer_id}/lifetime-value",
+        "/v1/analytics/lifetime-value/model",
+        "/v1/analytics/lifetime-value/refits",
     }
 
 

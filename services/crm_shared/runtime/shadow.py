@@ -28,6 +28,9 @@ deduplication window (those are compared one way: applied_ids_missing)."""
 SCOPED_COLUMN = "customer_id"
 """Rows with this column change only with events about that customer (or with a clock tick):
 the held comparison after a catch-up looks at the catch-up's customers' rows alone."""
+FITTED_PREFIX = "fitted_"
+"""Tables of statistical models a worker fits from its projection at wall-clock times (the
+profile's lifetime-value model): a rebuild's shadow holds none until the worker fits again."""
 
 BOOKKEEPING_COLUMNS: dict[str, frozenset[str]] = {"consumer_positions": frozenset({"updated_at"})}
 """Columns that say when, not what: left out of a table's checksum."""
@@ -114,7 +117,7 @@ async def fingerprints(
     these customers alone changed (SCOPED_COLUMN)."""
     found: dict[str, Fingerprint] = {}
     for table in await tables(conn, schema):
-        if table in NOT_FINGERPRINTED:
+        if table in NOT_FINGERPRINTED or table.startswith(FITTED_PREFIX):
             continue
         names = await conn.fetch(
             "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass"
