@@ -21,7 +21,11 @@ CUSTOMERS_READ = "customers:read"
 EVENTS_WRITE = "events:write"
 ANALYTICS_READ = "analytics:read"
 """Figures across customers (top customers, the cube, RFM segment sizes)."""
-SCOPES = frozenset({CUSTOMERS_READ, EVENTS_WRITE, ANALYTICS_READ})
+RECOMMENDATIONS_READ = "recommendations:read"
+RECOMMENDATIONS_TRAIN = "recommendations:train"
+SCOPES = frozenset(
+    {CUSTOMERS_READ, EVENTS_WRITE, ANALYTICS_READ, RECOMMENDATIONS_READ, RECOMMENDATIONS_TRAIN}
+)
 
 KEY_PREFIX = "crm"
 _KEY_ID = re.compile(r"^[0-9a-f]{8,64}$")

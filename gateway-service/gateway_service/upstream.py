@@ -116,11 +116,17 @@ class Services:
         self, service: str, path: str, params: Mapping[str, Any], request_id: str
     ) -> Answer:
         """GET a service's path; UpstreamFailure when it does not answer in time or at all."""
+        return await self.send("GET", service, path, params, request_id)
+
+    async def send(
+        self, method: str, service: str, path: str, params: Mapping[str, Any], request_id: str
+    ) -> Answer:
+        """Ask a service's path without a body (GET, or a POST that names what it does)."""
         url = self._base_urls[service] + path
         if params:
             url += "?" + urlencode(query_pairs(params))
         request = httpx.Request(
-            "GET",
+            method,
             url,
             headers={**self._headers, REQUEST_ID_HEADER: request_id},
             extensions=self._extensions,

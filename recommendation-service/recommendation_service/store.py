@@ -426,10 +426,11 @@ async def write_picks(
         )
 
 
-async def swap_model(conn: asyncpg.Connection, version: int) -> list[int]:
+async def swap_model(conn: asyncpg.Connection, version: int, answering: int | None) -> None:
     """Serve `version`: point at it, drop the picks of other versions (customers the new version
-    has nothing for) and prune all but the VERSIONS_KEPT newest. The caller's transaction makes
-    it one change to readers. Returns the pending retrain requests it answered."""
+    has nothing for), prune all but the VERSIONS_KEPT newest, and answer the retrain requests up
+    to `answering` (those made before its training began). The caller's transaction makes it
+    one change to readers."""
     await conn.execute(
         """
         INSERT INTO current_model (singleton, version) VALUES (true, $1)
@@ -446,14 +447,14 @@ async def swap_model(conn: asyncpg.Connection, version: int) -> list[int]:
         """,
         VERSIONS_KEPT,
     )
-    rows = await conn.fetch(
+    await conn.execute(
         """
         UPDATE retrain_requests SET version = $1, answered_at = now()
-        WHERE answered_at IS NULL RETURNING request_id
+        WHERE answered_at IS NULL AND request_id <= $2
         """,
         version,
+        answering or 0,
     )
-    return [row[0] for row in rows]
 
 
 async def mark_customers(conn: asyncpg.Connection, customers: Sequence[str]) -> None:
@@ -500,12 +501,12 @@ async def request_retrain(conn: asyncpg.Connection) -> dict[str, Any]:
     return dict(row)
 
 
-async def retrain_requested(conn: asyncpg.Connection) -> bool:
-    return bool(
-        await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM retrain_requests WHERE answered_at IS NULL)"
-        )
+async def newest_pending_retrain(conn: asyncpg.Connection) -> int | None:
+    """The newest retrain request not answered yet, if any."""
+    found: int | None = await conn.fetchval(
+        "SELECT max(request_id) FROM retrain_requests WHERE answered_at IS NULL"
     )
+    return found
 
 
 async def retrain_request(conn: asyncpg.Connection, request_id: int) -> dict[str, Any] | None:

@@ -165,9 +165,10 @@ async def train_model(pool: asyncpg.Pool) -> int | None:
             return None
         try:
             current = await store.current_model(conn)
+            pending = await store.newest_pending_retrain(conn)
             due = serving.training_due(
                 current["trained_at"] if current else None,
-                await store.retrain_requested(conn),
+                pending is not None,
                 datetime.now(UTC),
                 MODEL_RETRAIN_SECONDS,
             )
@@ -186,7 +187,7 @@ async def train_model(pool: asyncpg.Pool) -> int | None:
                 await store.lock_picks(conn, wait=True)
                 version = await store.add_model_version(conn, model, datetime.now(UTC), figures)
                 await store.write_picks(conn, version, await compute_picks(conn, model, None))
-                await store.swap_model(conn, version)
+                await store.swap_model(conn, version, answering=pending)
         finally:
             await store.unlock_trainer(conn)
     metrics.MODEL_SWAPS.inc()
