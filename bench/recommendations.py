@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import resource
@@ -213,7 +214,7 @@ async def trained_on_everything(pool: asyncpg.Pool) -> dict[str, Any]:
             row = await pool.fetchrow(
                 "SELECT version, metrics FROM model_versions WHERE version = $1", version
             )
-            return dict(row)
+            return {"version": row["version"], "metrics": json.loads(row["metrics"])}
         await asyncio.sleep(0.5)
 
 

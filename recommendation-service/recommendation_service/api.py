@@ -112,6 +112,16 @@ def _stats(row: dict[str, Any]) -> ProductStats:
     return ProductStats.model_validate(row)
 
 
+def _personal_body(customer_id: str, found: dict[str, Any]) -> str:
+    """The answer around the picks' JSON as PostgreSQL gave it: nothing is parsed again."""
+    return (
+        f'{{"customer_id": {json.dumps(customer_id)}, "strategy": "personal", '
+        f'"model": {{"version": {found["version"]}, '
+        f'"trained_at": "{found["trained_at"].isoformat()}"}}, '
+        f'"recommendations": {found["picks"]}}}'
+    )
+
+
 def _stamp(version: dict[str, Any] | None) -> dict[str, Any]:
     return version or {"version": None, "trained_at": None}
 
@@ -181,24 +191,18 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
         the model has nothing for them. On the customer 360's path: one row read, serialised
         once."""
         async with pool_of(request).acquire() as conn:
-            found = await store.customer_picks(conn, customer_id)
+            found = await store.customer_picks(conn, customer_id, limit)
             if found is None:
                 popular = await store.popular_products(conn, limit, not_bought_by=customer_id)
                 stamp = await store.current_version(conn)
         if found is not None:
-            body = {
-                "customer_id": customer_id,
-                "strategy": "personal",
-                "model": {"version": found["version"], "trained_at": found["trained_at"]},
-                "recommendations": found["picks"][:limit],
-            }
-        else:
-            body = {
-                "customer_id": customer_id,
-                "strategy": "popular",
-                "model": _stamp(stamp),
-                "recommendations": [_popular_pick(row) for row in popular],
-            }
+            return Response(_personal_body(customer_id, found), media_type=JSON)
+        body = {
+            "customer_id": customer_id,
+            "strategy": "popular",
+            "model": _stamp(stamp),
+            "recommendations": [_popular_pick(row) for row in popular],
+        }
         return Response(json.dumps(body, default=datetime.isoformat), media_type=JSON)
 
     @app.get(

@@ -520,15 +520,21 @@ async def retrain_request(conn: asyncpg.Connection, request_id: int) -> dict[str
     return dict(row) if row is not None else None
 
 
-async def customer_picks(conn: asyncpg.Connection, customer_id: str) -> dict[str, Any] | None:
-    """A customer's precomputed picks with their version's training time: one row."""
+async def customer_picks(
+    conn: asyncpg.Connection, customer_id: str, limit: int
+) -> dict[str, Any] | None:
+    """A customer's first `limit` precomputed picks, as JSON text ready to serve, with their
+    version and its training time: one row, sliced by PostgreSQL (no JSON work in Python)."""
     row = await conn.fetchrow(
         """
-        SELECT p.picks, p.version, v.trained_at
+        SELECT jsonb_path_query_array(p.picks, '$[0 to $last]',
+                                      jsonb_build_object('last', $2::int - 1))::text AS picks,
+               p.version, v.trained_at
         FROM customer_picks p JOIN model_versions v USING (version)
         WHERE p.customer_id = $1
         """,
         customer_id,
+        limit,
     )
     return dict(row) if row is not None else None
 

@@ -4,6 +4,9 @@ the version served; a retrain request is answered by the next version; old versi
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import asyncpg
 import pytest
 
@@ -31,9 +34,11 @@ async def _folded(pool: asyncpg.Pool) -> None:
     await fold(pool, events, batch=2, job_every=1)
 
 
-async def _picks(pool: asyncpg.Pool, customer: str) -> dict[str, object] | None:
+async def _picks(pool: asyncpg.Pool, customer: str, limit: int = 50) -> dict[str, Any] | None:
+    """The customer's stored picks as the API reads them, decoded."""
     async with pool.acquire() as conn:
-        return await store.customer_picks(conn, customer)
+        found = await store.customer_picks(conn, customer, limit)
+    return found and {**found, "picks": json.loads(found["picks"])}
 
 
 async def test_training_swaps_in_a_version_with_every_customers_picks(pool: asyncpg.Pool) -> None:
@@ -65,6 +70,8 @@ async def test_training_swaps_in_a_version_with_every_customers_picks(pool: asyn
                 assert pick["reason"]["product_id"] in basket
     mine = await _picks(pool, "ME")
     assert mine is not None
+    first = await _picks(pool, "ME", limit=1)
+    assert first is not None and first["picks"] == mine["picks"][:1]
     # JAM's buyers all bought TEA: the strongest vote, and the reason names JAM
     assert mine["picks"][0]["product_id"] == "TEA"
     assert mine["picks"][0]["reason"] == {
