@@ -52,6 +52,11 @@ TOP_10 = {
     "gateway": "/v1/customers/{id}/recommendations?limit=10",
 }
 POLL_SECONDS = 0.02
+CONNECTIONS = 64
+"""Keep-alive connections of the load generator: requests due while all are busy wait for one
+(and count that wait), instead of opening thousands of sockets when the server falls behind."""
+GIVE_UP_SECONDS = 120
+"""A purchase whose change takes longer is counted at this (a machine that busy says enough)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,7 +137,7 @@ async def top_10(
     random.Random(args.seed).shuffle(order)
     measured = measured_processes(env)
     figures: dict[str, Any] = {}
-    connector = aiohttp.TCPConnector(limit=0)
+    connector = aiohttp.TCPConnector(limit=CONNECTIONS)
     async with aiohttp.ClientSession(connector=connector) as session:
         for target, template in TOP_10.items():
             urls = [bases[target] + template.format(id=customer) for customer in order]
@@ -150,7 +155,8 @@ async def top_10(
             figures[target] = result
             say(
                 f"{target}: {result['rate']:,.0f} requests/s, p50 {result['p50_ms']:.2f} ms, "
-                f"p99 {result['p99_ms']:.2f} ms"
+                f"p99 {result['p99_ms']:.2f} ms, {result['failures']} failed; "
+                f"{cpu_line(result['cpu_ms_per_request'])}"
             )
     return figures
 
@@ -191,8 +197,9 @@ async def similar_changes(
                 )
                 publisher.flush()
                 while await similar(product) == before:
-                    if time.perf_counter() - started > 60:
-                        raise RuntimeError(f"{product}'s similar items did not change in 60 s")
+                    if time.perf_counter() - started > GIVE_UP_SECONDS:
+                        say(f"{product}'s similar items did not change in {GIVE_UP_SECONDS} s")
+                        break
                     await asyncio.sleep(POLL_SECONDS)
                 seconds.append(time.perf_counter() - started)
                 say(f"purchase {n + 1}: {product}'s similar items changed in {seconds[-1]:.2f} s")
