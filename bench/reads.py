@@ -188,7 +188,7 @@ def bench_env(base: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-async def create_key(env: Mapping[str, str]) -> str:
+async def create_key(env: Mapping[str, str], scopes: str = "customers:read") -> str:
     result = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -197,7 +197,7 @@ async def create_key(env: Mapping[str, str]) -> str:
         "--name",
         "bench",
         "--scopes",
-        "customers:read",
+        scopes,
         env=dict(env),
         stdout=asyncio.subprocess.PIPE,
     )

@@ -362,6 +362,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     from gateway_service import lifetime_reads
 
     app.router.routes.extend(lifetime_reads.router.routes)
+    from gateway_service import recommendation_reads  # likewise
+
+    app.router.routes.extend(recommendation_reads.router.routes)
     return app
 
 

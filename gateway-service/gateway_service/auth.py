@@ -25,7 +25,19 @@ CUSTOMERS_MERGE = "customers:merge"
 """Merging customer records into one person, and splitting them again."""
 ANALYTICS_WRITE = "analytics:write"
 """Asking for analysis work (fitting the lifetime-value model again)."""
-SCOPES = frozenset({CUSTOMERS_READ, EVENTS_WRITE, ANALYTICS_READ, ANALYTICS_WRITE, CUSTOMERS_MERGE})
+RECOMMENDATIONS_READ = "recommendations:read"
+RECOMMENDATIONS_TRAIN = "recommendations:train"
+SCOPES = frozenset(
+    {
+        CUSTOMERS_READ,
+        EVENTS_WRITE,
+        ANALYTICS_READ,
+        ANALYTICS_WRITE,
+        CUSTOMERS_MERGE,
+        RECOMMENDATIONS_READ,
+        RECOMMENDATIONS_TRAIN,
+    }
+)
 
 KEY_PREFIX = "crm"
 _KEY_ID = re.compile(r"^[0-9a-f]{8,64}$")

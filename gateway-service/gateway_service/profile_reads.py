@@ -13,12 +13,12 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
-from gateway_service import metrics
-from gateway_service.api import GUARDED, JSON, CustomerIdPath, CustomersReader, errors, require
+from gateway_service.api import GUARDED, CustomerIdPath, CustomersReader, errors, require
 from gateway_service.auth import ANALYTICS_READ, StoredKey
-from gateway_service.upstream import Services, UpstreamFailure, customer_path
+from gateway_service.passthrough import passed_on
+from gateway_service.upstream import customer_path
 
 AnalyticsReader = Annotated[StoredKey, Depends(require(ANALYTICS_READ))]
 CurrencyQuery = Annotated[
@@ -34,22 +34,7 @@ async def _from_profile(
     request: Request, part: str, path: str, params: Mapping[str, Any] | None = None
 ) -> Response:
     """The profile service's answer as it is (200, 404, 422); 502/503/504 when it fails."""
-    services: Services = request.app.state.services
-    try:
-        answer = await services.get("profile", path, params or {}, request.state.request_id)
-    except UpstreamFailure as failure:
-        metrics.UPSTREAM_REQUESTS.labels(part, failure.outcome.label).inc()
-        raise HTTPException(
-            504 if failure.outcome.label == "timeout" else 503,
-            f"the profile service cannot give the {part} now ({failure}); try again later",
-        ) from None
-    found = answer.status in (200, 404, 422)
-    metrics.UPSTREAM_REQUESTS.labels(part, "found" if found else "error").inc()
-    if found:
-        return Response(answer.content, status_code=answer.status, media_type=JSON)
-    raise HTTPException(
-        502, f"the profile service failed to give the {part} (HTTP {answer.status})"
-    )
+    return await passed_on(request, "profile", part, path, params)
 
 
 @router.get(

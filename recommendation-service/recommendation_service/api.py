@@ -5,27 +5,32 @@ python -m recommendation_service.api
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from crm_shared.contracts.events import CustomerId, ProductId
 from crm_shared.runtime.http import (
     connection,
     create_api,
     database_lifespan,
-    model_response,
     pool_of,
     serve,
 )
-from recommendation_service import projection, store
+from recommendation_service import serving, store
 from recommendation_service.config import MIGRATIONS, RecommendationSettings
 from recommendation_service.projection import Strategy
 
 Conn = Annotated[asyncpg.Connection, Depends(connection)]
+JSON = "application/json"
 Limit = Annotated[int, Query(ge=1, le=100, description="How many products to return")]
+PicksLimit = Annotated[
+    int, Query(ge=1, le=serving.PICKS_KEPT, description="How many products to return")
+]
 
 
 class ProductStats(BaseModel):
@@ -54,22 +59,94 @@ class AlsoBought(BaseModel):
     also_bought: list[CoPurchased]
 
 
+class PickReason(BaseModel):
+    kind: serving.ReasonKind
+    product_id: str | None = Field(description="bought-together: the product it goes with")
+    text: str
+
+
 class RecommendedProduct(BaseModel):
     product_id: str
     description: str | None
     score: float
-    co_buyers: int
-    viewed: bool
+    reason: PickReason
+
+
+class ModelStamp(BaseModel):
+    """The model version an answer comes from; null before the first training."""
+
+    version: int | None
+    trained_at: datetime | None
 
 
 class CustomerRecommendations(BaseModel):
     customer_id: str
     strategy: Strategy
+    model: ModelStamp
     recommendations: list[RecommendedProduct]
+
+
+class SimilarProducts(BaseModel):
+    product_id: str
+    strategy: Literal["bought-together", "popular"]
+    model: ModelStamp
+    similar: list[RecommendedProduct]
+
+
+class ModelVersion(BaseModel):
+    version: int
+    trained_at: datetime
+    data_as_of: datetime = Field(description="Just after the newest purchase it was trained on")
+    parameters: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+class RetrainRequest(BaseModel):
+    request_id: int
+    requested_at: datetime
+    version: int | None = Field(None, description="The version that answered it, once swapped in")
+    answered_at: datetime | None = None
 
 
 def _stats(row: dict[str, Any]) -> ProductStats:
     return ProductStats.model_validate(row)
+
+
+def _personal_body(customer_id: str, found: dict[str, Any]) -> str:
+    """The answer around the picks' JSON as PostgreSQL gave it: nothing is parsed again."""
+    return (
+        f'{{"customer_id": {json.dumps(customer_id)}, "strategy": "personal", '
+        f'"model": {{"version": {found["version"]}, '
+        f'"trained_at": "{found["trained_at"].isoformat()}"}}, '
+        f'"recommendations": {found["picks"]}}}'
+    )
+
+
+def _stamp(version: dict[str, Any] | None) -> dict[str, Any]:
+    return version or {"version": None, "trained_at": None}
+
+
+def _popular_pick(row: dict[str, Any]) -> dict[str, Any]:
+    reason = serving.Reason("popular")
+    return {
+        "product_id": row["product_id"],
+        "description": row["description"],
+        "score": float(row["buyers"]),
+        "reason": {"kind": reason.kind, "product_id": None, "text": reason.text},
+    }
+
+
+def _together_pick(row: dict[str, Any], product_id: str) -> dict[str, Any]:
+    return {
+        "product_id": row["product_id"],
+        "description": row["description"],
+        "score": row["similarity"],
+        "reason": {
+            "kind": "bought-together",
+            "product_id": product_id,
+            "text": f"bought together with {product_id} by {row['co_buyers']} customers",
+        },
+    }
 
 
 def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
@@ -107,42 +184,80 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
 
     @app.get("/customers/{customer_id}/recommendations", response_model=CustomerRecommendations)
     async def recommendations(
-        customer_id: CustomerId, request: Request, limit: Limit = 10
+        customer_id: CustomerId, request: Request, limit: PicksLimit = 10
     ) -> Response:
-        """Products to offer this customer; the popular ones when their purchases say nothing.
-        On the customer 360's path: the pool is taken in the handler and the answer serialised
-        once (`pool_of`, `model_response`)."""
+        """The customer's picks, precomputed by the served model (the blend) and kept current
+        after their own purchases, each with its reason; popular goods they have not bought when
+        the model has nothing for them. On the customer 360's path: one row read, serialised
+        once."""
         async with pool_of(request).acquire() as conn:
-            personal = await store.recommended_for(conn, customer_id, limit, projection.Ranking())
-            popular = (
-                []
-                if personal
-                else await store.popular_products(conn, limit, not_bought_by=customer_id)
+            found = await store.customer_picks(conn, customer_id, limit)
+            if found is None:
+                popular = await store.popular_products(conn, limit, not_bought_by=customer_id)
+                stamp = await store.current_version(conn)
+        if found is not None:
+            return Response(_personal_body(customer_id, found), media_type=JSON)
+        body = {
+            "customer_id": customer_id,
+            "strategy": "popular",
+            "model": _stamp(stamp),
+            "recommendations": [_popular_pick(row) for row in popular],
+        }
+        return Response(json.dumps(body, default=datetime.isoformat), media_type=JSON)
+
+    @app.get(
+        "/products/{product_id}/similar",
+        response_model=SimilarProducts,
+        responses={404: {"description": "The product was never bought nor viewed"}},
+    )
+    async def similar(product_id: ProductId, conn: Conn, limit: Limit = 10) -> Response:
+        """Products bought together with this one, most similar first (cosine of their buyers,
+        kept current by the neighbour job: a purchase shows here within about two seconds);
+        popular goods when none is (a new product), each with its reason."""
+        if await store.product(conn, product_id) is None:
+            raise HTTPException(
+                404, f"product {product_id!r} is not known to the recommendation service"
             )
-        if personal:
-            return model_response(
-                CustomerRecommendations(
-                    customer_id=customer_id,
-                    strategy="co-purchase",
-                    recommendations=[RecommendedProduct.model_validate(row) for row in personal],
-                )
-            )
-        return model_response(
-            CustomerRecommendations(
-                customer_id=customer_id,
-                strategy="popular",
-                recommendations=[
-                    RecommendedProduct(
-                        product_id=row["product_id"],
-                        description=row["description"],
-                        score=float(row["buyers"]),
-                        co_buyers=0,
-                        viewed=False,
-                    )
-                    for row in popular
-                ],
-            )
-        )
+        together = await store.also_bought(conn, product_id, limit)
+        popular = [] if together else await store.popular_products(conn, limit + 1)
+        body = {
+            "product_id": product_id,
+            "strategy": "bought-together" if together else "popular",
+            "model": _stamp(await store.current_version(conn)),
+            "similar": [_together_pick(row, product_id) for row in together]
+            or [_popular_pick(row) for row in popular if row["product_id"] != product_id][:limit],
+        }
+        return Response(json.dumps(body, default=datetime.isoformat), media_type=JSON)
+
+    @app.get(
+        "/model",
+        response_model=ModelVersion,
+        responses={404: {"description": "No model has been trained yet"}},
+    )
+    async def model(conn: Conn) -> ModelVersion:
+        """The model version served: when it was trained, on what, with which parameters."""
+        found = await store.current_model(conn)
+        if found is None:
+            raise HTTPException(404, "no model has been trained yet")
+        return ModelVersion.model_validate(found)
+
+    @app.post("/model/retrain", response_model=RetrainRequest, status_code=202)
+    async def retrain(conn: Conn) -> RetrainRequest:
+        """Ask for a new version now: the worker's trainer trains it in the background and swaps
+        it in with every customer's picks; follow the request to see which version answered."""
+        return RetrainRequest.model_validate(await store.request_retrain(conn))
+
+    @app.get(
+        "/model/retrain/{request_id}",
+        response_model=RetrainRequest,
+        responses={404: {"description": "No such request"}},
+    )
+    async def retrain_status(request_id: int, conn: Conn) -> RetrainRequest:
+        """A retrain request: pending, or answered by the version it names."""
+        found = await store.retrain_request(conn, request_id)
+        if found is None:
+            raise HTTPException(404, f"no retrain request {request_id}")
+        return RetrainRequest.model_validate(found)
 
     return app
 

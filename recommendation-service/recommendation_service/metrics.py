@@ -15,3 +15,15 @@ NEIGHBOUR_JOB_SECONDS = Histogram(
     "Duration of the neighbour job's runs that found products to refresh",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+PICKS_REFRESHED = Counter(
+    "crm_recommendation_picks_refreshed",
+    "Customers whose precomputed picks the picks job recomputed after their own events",
+)
+MODEL_SWAPS = Counter(
+    "crm_recommendation_model_swaps", "Model versions trained and swapped in by the trainer"
+)
+MODEL_JOB_SECONDS = Histogram(
+    "crm_recommendation_model_job_seconds",
+    "Duration of a training and swap: fitting, every customer's picks, the swap's transaction",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120),
+)

@@ -291,10 +291,14 @@ class Blend:
 
     def scores(self, rows: npt.NDArray[np.intp]) -> Scores:
         total = np.zeros((len(rows), 0), dtype=np.float32)
-        for model, weight in self.parts:
-            part = scaled(model.scores(rows)) * np.float32(weight)
+        for part in self.part_scores(rows):
             total = part if total.size == 0 else total + part
         return total
+
+    def part_scores(self, rows: npt.NDArray[np.intp]) -> list[Scores]:
+        """Each part's scaled and weighted scores, in `parts` order: what the sum is made of,
+        and what tells which model a recommendation owes most to."""
+        return [scaled(model.scores(rows)) * np.float32(weight) for model, weight in self.parts]
 
 
 def scaled(scores: Scores) -> Scores:

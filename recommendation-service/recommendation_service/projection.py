@@ -24,38 +24,6 @@ from crm_shared.contracts.events import Event, OrderPlaced, OrderRefunded, Produ
 NEIGHBOURS_KEPT = 50
 """Similar products kept per product, most co-buyers first: also-bought returns at most this."""
 
-NEIGHBOURS_VOTING = 10
-"""Of each seed's similar products, the most similar this many vote for a customer's
-recommendations: 10 ranked better than 50 in the offline evaluation (docs/recommendation-
-evaluation.md); "also bought" still lists up to NEIGHBOURS_KEPT."""
-
-RECOMMENDATION_SEEDS = 50
-"""Recommendations start from at most this many of the customer's most recently bought products
-(that they kept), so that a wholesale customer's request reads a bounded part of
-similar_products."""
-
-SEED_HALF_LIFE_DAYS = 90.0
-"""A seed's vote halves for every this many days it was bought before the customer's latest
-purchase (the evaluated item-kNN's recency weight, measured from their own last purchase rather
-than a clock)."""
-
-VIEW_BOOST = 1.5
-VIEWED_SIMILARITY = 0.1
-"""Viewed-but-not-bought candidates score (similarity + VIEWED_SIMILARITY) x VIEW_BOOST: having
-looked at a product lifts it, and ranks it even when no co-purchase points to it."""
-
-
-@dataclass(frozen=True, slots=True)
-class Ranking:
-    """How a customer's recommendations are ranked from the precomputed neighbours."""
-
-    seeds: int = RECOMMENDATION_SEEDS
-    voting: int = NEIGHBOURS_VOTING
-    seed_half_life_days: float = SEED_HALF_LIFE_DAYS
-    view_boost: float = VIEW_BOOST
-    viewed_similarity: float = VIEWED_SIMILARITY
-
-
 NOT_GOODS = frozenset(
     {"POST", "DOT", "C2", "M", "D", "S", "B", "PADS", "CRUK", "AMAZONFEE", "BANK CHARGES"}
 )
@@ -66,7 +34,7 @@ GIFT_VOUCHER_PREFIX = "GIFT_"
 
 CustomerProduct = tuple[str, str]
 """(customer_id, product_id)"""
-Strategy = Literal["co-purchase", "popular"]
+Strategy = Literal["personal", "popular"]
 
 
 @dataclass(frozen=True, slots=True)

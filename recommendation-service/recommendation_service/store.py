@@ -8,7 +8,9 @@ similar_products (the neighbour job's); nothing is aggregated over a customer's 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -19,9 +21,9 @@ from recommendation_service.projection import (
     CustomerProduct,
     CustomerProductDelta,
     ProductDelta,
-    Ranking,
     ViewDelta,
 )
+from recommendation_service.serving import Kept, Neighbour, ServingModel
 
 NEIGHBOUR_JOB_LOCK = 7412
 """Transaction advisory lock of the neighbour job: one run at a time, whatever the replicas."""
@@ -272,68 +274,276 @@ async def also_bought(
     return [dict(row) for row in rows]
 
 
-async def recommended_for(
-    conn: asyncpg.Connection, customer_id: str, limit: int, ranking: Ranking
-) -> list[dict[str, Any]]:
-    """Goods to offer a customer who kept something they bought, from precomputed neighbours:
-    the `ranking.voting` most similar products of each of their `ranking.seeds` most recently
-    bought products (kept ones), cosines summed, each seed weighed by how long before their
-    latest purchase it was bought; and the goods they viewed, lifted (score (similarity +
-    `ranking.viewed_similarity`) x `ranking.view_boost`). Never what they bought or returned.
-    Empty when they kept nothing, or when nothing points anywhere."""
+# --- the served model: versions, the swap, precomputed picks ----------------------------------
+
+TRAINER_LOCK = 7413
+"""Session advisory lock of the trainer: one training at a time, whatever the replicas."""
+PICKS_LOCK = 7414
+"""Transaction advisory lock over customers' picks: the swap rewrites all of them, the refresh
+job some; one at a time, so a refresh never writes picks of a version being replaced."""
+VERSIONS_KEPT = 2
+"""Model versions kept after a swap: the current one and the one it replaced."""
+
+
+async def try_lock_trainer(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", TRAINER_LOCK))
+
+
+async def unlock_trainer(conn: asyncpg.Connection) -> None:
+    await conn.execute("SELECT pg_advisory_unlock($1)", TRAINER_LOCK)
+
+
+async def lock_picks(conn: asyncpg.Connection, wait: bool) -> bool:
+    """Take the picks lock for this transaction; without `wait`, False when it is held."""
+    if wait:
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", PICKS_LOCK)
+        return True
+    return bool(await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", PICKS_LOCK))
+
+
+async def current_model(conn: asyncpg.Connection) -> dict[str, Any] | None:
+    """The version served, with its training time, parameters and metrics; None before the
+    first training."""
+    row = await conn.fetchrow(
+        """
+        SELECT v.version, v.trained_at, v.data_as_of, v.parameters, v.metrics
+        FROM current_model c JOIN model_versions v USING (version)
+        """
+    )
+    return dict(row) if row is not None else None
+
+
+async def model_products(
+    conn: asyncpg.Connection, version: int
+) -> list[tuple[str, list[float], float]]:
+    rows = await conn.fetch(
+        "SELECT product_id, factors, seasonal FROM model_products WHERE version = $1", version
+    )
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+async def kept_purchases(
+    conn: asyncpg.Connection, customers: Sequence[str] | None = None
+) -> list[Kept]:
+    """Goods that customers (all, or these) kept some of, with their first and last purchase."""
     rows = await conn.fetch(
         """
-        WITH seeds AS (
-            SELECT product_id, last_bought_at FROM customer_products
-            WHERE customer_id = $1 AND units_kept > 0 AND last_bought_at IS NOT NULL
-            ORDER BY last_bought_at DESC, product_id DESC
-            LIMIT $3
-        ),
-        weighted AS (
-            SELECT product_id, power(0.5, extract(epoch FROM
-                       max(last_bought_at) OVER () - last_bought_at) / ($6 * 86400.0)) AS weight
-            FROM seeds
-        ),
-        co AS (  -- similar_products holds goods only
-            SELECT n.other_product_id AS product_id,
-                   sum(w.weight * n.similarity)::float8 AS similarity,
-                   sum(n.co_buyers)::bigint AS co_buyers
-            FROM weighted w CROSS JOIN LATERAL (
-                SELECT s.other_product_id, s.similarity, s.co_buyers FROM similar_products s
-                WHERE s.product_id = w.product_id
-                ORDER BY s.similarity DESC, s.other_product_id
-                LIMIT $5
-            ) n
-            GROUP BY 1
-        ),
-        viewed AS (
-            SELECT v.product_id FROM product_views v JOIN products p USING (product_id)
-            WHERE v.customer_id = $1 AND p.goods AND EXISTS (SELECT 1 FROM seeds)
-        ),
-        ranked AS (
-            SELECT product_id, COALESCE(co.co_buyers, 0) AS co_buyers,
-                   viewed.product_id IS NOT NULL AS viewed,
-                   CASE WHEN viewed.product_id IS NOT NULL
-                        THEN (COALESCE(co.similarity, 0) + $7::float8) * $4::float8
-                        ELSE co.similarity END AS score
-            FROM co FULL JOIN viewed USING (product_id) AS candidate
-            WHERE NOT EXISTS (
-                SELECT 1 FROM customer_products b
-                WHERE b.customer_id = $1 AND b.product_id = candidate.product_id
-            )
-            ORDER BY score DESC, co_buyers DESC, product_id
-            LIMIT $2
+        SELECT cp.customer_id, cp.product_id, cp.first_bought_at, cp.last_bought_at
+        FROM customer_products cp JOIN products p USING (product_id)
+        WHERE cp.units_kept > 0 AND p.goods AND cp.last_bought_at IS NOT NULL
+          AND ($1::text[] IS NULL OR cp.customer_id = ANY($1::text[]))
+        """,
+        customers,
+    )
+    return [Kept(row[0], row[1], row[2], row[3]) for row in rows]
+
+
+async def voting_neighbours(
+    conn: asyncpg.Connection, per_product: int, products: Sequence[str] | None = None
+) -> list[Neighbour]:
+    """Each product's (all, or these) `per_product` most similar products: those that vote."""
+    rows = await conn.fetch(
+        """
+        SELECT product_id, other_product_id, similarity FROM (
+            SELECT product_id, other_product_id, similarity,
+                   row_number() OVER (PARTITION BY product_id
+                                      ORDER BY similarity DESC, other_product_id) AS rank
+            FROM similar_products
+            WHERE $2::text[] IS NULL OR product_id = ANY($2::text[])
+        ) ranked
+        WHERE rank <= $1
+        """,
+        per_product,
+        products,
+    )
+    return [Neighbour(row[0], row[1], row[2]) for row in rows]
+
+
+async def descriptions(
+    conn: asyncpg.Connection, products: Collection[str]
+) -> dict[str, str | None]:
+    rows = await conn.fetch(
+        "SELECT product_id, description FROM products WHERE product_id = ANY($1::text[])",
+        list(products),
+    )
+    return {row[0]: row[1] for row in rows}
+
+
+async def add_model_version(
+    conn: asyncpg.Connection,
+    model: ServingModel,
+    trained_at: datetime,
+    metrics: Mapping[str, Any],
+) -> int:
+    """Write a version and its products' factors; it serves nobody until `swap_model`."""
+    version: int = await conn.fetchval(
+        """
+        INSERT INTO model_versions (trained_at, data_as_of, parameters, metrics)
+        VALUES ($1, $2, $3, $4) RETURNING version
+        """,
+        trained_at,
+        model.data_as_of,
+        model.described(),
+        dict(metrics),
+    )
+    await conn.execute(
+        """
+        INSERT INTO model_products (version, product_id, factors, seasonal)
+        SELECT $1, ($2::text[])[i], ($3::real[])[(i - 1) * $5 + 1 : i * $5], ($4::real[])[i]
+        FROM generate_subscripts($2::text[], 1) AS i
+        """,
+        version,
+        list(model.products),
+        model.product_factors.ravel().tolist(),
+        model.seasonal.tolist(),
+        model.parameters.factors,
+    )
+    return version
+
+
+async def write_picks(
+    conn: asyncpg.Connection, version: int, picks: Mapping[str, list[dict[str, Any]]]
+) -> None:
+    """Store customers' picks computed with `version`; an empty list removes the customer's row
+    (they get popular products)."""
+    found = sorted(customer for customer, documents in picks.items() if documents)
+    gone = sorted(customer for customer, documents in picks.items() if not documents)
+    if gone:
+        await conn.execute("DELETE FROM customer_picks WHERE customer_id = ANY($1::text[])", gone)
+    if found:
+        await conn.execute(
+            """
+            INSERT INTO customer_picks AS t (customer_id, version, computed_at, picks)
+            SELECT customer_id, $1, now(), picks::jsonb
+            FROM unnest($2::text[], $3::text[]) AS u(customer_id, picks)
+            ON CONFLICT (customer_id) DO UPDATE SET
+                version = EXCLUDED.version, computed_at = EXCLUDED.computed_at,
+                picks = EXCLUDED.picks
+            """,
+            version,
+            found,
+            [json.dumps(picks[customer]) for customer in found],
         )
-        SELECT r.product_id, p.description, r.score, r.co_buyers, r.viewed
-        FROM ranked r LEFT JOIN products p USING (product_id)
-        ORDER BY r.score DESC, r.co_buyers DESC, r.product_id
+
+
+async def swap_model(conn: asyncpg.Connection, version: int, answering: int | None) -> None:
+    """Serve `version`: point at it, drop the picks of other versions (customers the new version
+    has nothing for), prune all but the VERSIONS_KEPT newest, and answer the retrain requests up
+    to `answering` (those made before its training began). The caller's transaction makes it
+    one change to readers."""
+    await conn.execute(
+        """
+        INSERT INTO current_model (singleton, version) VALUES (true, $1)
+        ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version
+        """,
+        version,
+    )
+    await conn.execute("DELETE FROM customer_picks WHERE version <> $1", version)
+    await conn.execute(
+        """
+        DELETE FROM model_versions WHERE version NOT IN (
+            SELECT version FROM model_versions ORDER BY version DESC LIMIT $1
+        )
+        """,
+        VERSIONS_KEPT,
+    )
+    await conn.execute(
+        """
+        UPDATE retrain_requests SET version = $1, answered_at = now()
+        WHERE answered_at IS NULL AND request_id <= $2
+        """,
+        version,
+        answering or 0,
+    )
+
+
+async def mark_customers(conn: asyncpg.Connection, customers: Sequence[str]) -> None:
+    """Ask the picks job to recompute these customers (sorted: rows lock in one order)."""
+    if not customers:
+        return
+    await conn.execute(
+        """
+        INSERT INTO dirty_customers AS t (customer_id) SELECT unnest($1::text[]) ORDER BY 1
+        ON CONFLICT (customer_id) DO UPDATE SET mark = EXCLUDED.mark
+        """,
+        customers,
+    )
+
+
+async def marked_customers(conn: asyncpg.Connection, limit: int) -> dict[str, int]:
+    rows = await conn.fetch(
+        "SELECT customer_id, mark FROM dirty_customers ORDER BY mark LIMIT $1", limit
+    )
+    return {row[0]: row[1] for row in rows}
+
+
+async def clear_customer_marks(conn: asyncpg.Connection, marks: Mapping[str, int]) -> None:
+    """Unmark the customers refreshed, unless marked again meanwhile."""
+    await conn.execute(
+        """
+        DELETE FROM dirty_customers WHERE customer_id IN (
+            SELECT d.customer_id
+            FROM dirty_customers d JOIN unnest($1::text[], $2::bigint[]) AS m(customer_id, mark)
+              ON d.customer_id = m.customer_id AND d.mark = m.mark
+            ORDER BY d.customer_id
+            FOR UPDATE OF d
+        )
+        """,
+        list(marks),
+        list(marks.values()),
+    )
+
+
+async def request_retrain(conn: asyncpg.Connection) -> dict[str, Any]:
+    row = await conn.fetchrow(
+        "INSERT INTO retrain_requests DEFAULT VALUES RETURNING request_id, requested_at"
+    )
+    return dict(row)
+
+
+async def newest_pending_retrain(conn: asyncpg.Connection) -> int | None:
+    """The newest retrain request not answered yet, if any."""
+    found: int | None = await conn.fetchval(
+        "SELECT max(request_id) FROM retrain_requests WHERE answered_at IS NULL"
+    )
+    return found
+
+
+async def retrain_request(conn: asyncpg.Connection, request_id: int) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        """
+        SELECT request_id, requested_at, version, answered_at FROM retrain_requests
+        WHERE request_id = $1
+        """,
+        request_id,
+    )
+    return dict(row) if row is not None else None
+
+
+async def customer_picks(
+    conn: asyncpg.Connection, customer_id: str, limit: int
+) -> dict[str, Any] | None:
+    """A customer's first `limit` precomputed picks, as JSON text ready to serve, with their
+    version and its training time: one row, sliced by PostgreSQL (no JSON work in Python)."""
+    row = await conn.fetchrow(
+        """
+        SELECT jsonb_path_query_array(p.picks, '$[0 to $last]',
+                                      jsonb_build_object('last', $2::int - 1))::text AS picks,
+               p.version, v.trained_at
+        FROM customer_picks p JOIN model_versions v USING (version)
+        WHERE p.customer_id = $1
         """,
         customer_id,
         limit,
-        ranking.seeds,
-        ranking.view_boost,
-        ranking.voting,
-        ranking.seed_half_life_days,
-        ranking.viewed_similarity,
     )
-    return [dict(row) for row in rows]
+    return dict(row) if row is not None else None
+
+
+async def current_version(conn: asyncpg.Connection) -> dict[str, Any] | None:
+    """The version served and its training time, for answers not read from a customer's row."""
+    row = await conn.fetchrow(
+        """
+        SELECT v.version, v.trained_at FROM current_model c JOIN model_versions v USING (version)
+        """
+    )
+    return dict(row) if row is not None else None

@@ -1,5 +1,7 @@
 """Recommendation worker: folds orders, refunds and product views into product, customer and
-view stats, and keeps each product's similar products precomputed (the neighbour job).
+view stats, keeps each product's similar products precomputed (the neighbour job), trains the
+personalised model and swaps it in (the trainer), and keeps customers' picks current (the picks
+job).
 
 python -m recommendation_service.worker
 """
@@ -9,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
@@ -16,8 +20,9 @@ from crm_shared.contracts.events import Event
 from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.projector import PeriodicJob, Projection
 from crm_shared.runtime.worker import run_worker
-from recommendation_service import metrics, models, projection, store
+from recommendation_service import metrics, models, projection, serving, store
 from recommendation_service.config import MIGRATIONS, RecommendationSettings
+from recommendation_service.evaluation import KNN_NEIGHBOURS
 from recommendation_service.events import FOLDS, TOPICS
 
 NEIGHBOUR_JOB_INTERVAL_SECONDS = 1.0
@@ -26,6 +31,17 @@ NEIGHBOUR_JOB_DUTY = 0.5
 """At most this share of the time goes to the neighbour job: it recomputes the whole catalogue
 (about 1.6 s of CPU on the Online Retail data), and under a steady stream of purchases it would
 otherwise run back to back and take a core from the fold on this 2-core machine."""
+TRAINER_INTERVAL_SECONDS = 2.0
+"""How often the trainer looks for a retrain request: one is answered within about this plus a
+training."""
+TRAINER_DUTY = 0.2
+"""A training takes seconds of CPU (ALS on the Online Retail data): at most this share of it."""
+MODEL_RETRAIN_SECONDS = 3600.0
+"""A version this old is replaced by a new one trained on everything kept since."""
+PICKS_JOB_INTERVAL_SECONDS = 0.25
+PICKS_JOB_DUTY = 0.3
+PICKS_BATCH = 500
+"""Customers whose picks one run of the picks job recomputes at most."""
 
 
 async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:
@@ -43,6 +59,7 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
             conn, projection.customer_product_deltas(purchases, units)
         )
         await store.mark_for_refresh(conn, projection.neighbours_to_refresh(changes))
+        await store.mark_customers(conn, sorted({customer for customer, _ in units}))
         metrics.FIRST_PURCHASES.inc(sum(1 for change in changes.values() if change > 0))
     await store.add_products(conn, projection.product_deltas(purchases, changes, views))
     await store.add_views(conn, views)
@@ -76,6 +93,108 @@ async def refresh_neighbours(pool: asyncpg.Pool) -> int:
     return len(marks)
 
 
+class ServedModel:
+    """The version served, as this process last loaded it: loaded again only when another one
+    has been swapped in."""
+
+    def __init__(self) -> None:
+        self._loaded: tuple[int, serving.ServingModel] | None = None
+
+    async def current(self, conn: asyncpg.Connection) -> tuple[int, serving.ServingModel] | None:
+        found = await store.current_model(conn)
+        if found is None:
+            return None
+        if self._loaded is None or self._loaded[0] != found["version"]:
+            rows = await store.model_products(conn, found["version"])
+            model = serving.model_from_rows(rows, found["parameters"], found["data_as_of"])
+            self._loaded = (found["version"], model)
+        return self._loaded
+
+
+SERVED = ServedModel()
+
+
+async def compute_picks(
+    conn: asyncpg.Connection, model: serving.ServingModel, customers: Sequence[str] | None
+) -> dict[str, list[dict[str, Any]]]:
+    """Picks of these customers (None: everyone who kept goods) as stored; an empty list for a
+    customer the model has nothing for."""
+    kept = await store.kept_purchases(conn, customers)
+    who = sorted({item.customer_id for item in kept}) if customers is None else list(customers)
+    seeds = None if customers is None else sorted({item.product_id for item in kept})
+    neighbours = await store.voting_neighbours(conn, KNN_NEIGHBOURS, seeds)
+    found = await asyncio.to_thread(serving.personal_picks, model, who, kept, neighbours)
+    named = await store.descriptions(
+        conn, {pick.product_id for picks in found.values() for pick in picks}
+    )
+    return {
+        customer: [
+            serving.pick_document(pick, named.get(pick.product_id))
+            for pick in found.get(customer, [])
+        ]
+        for customer in who
+    }
+
+
+async def refresh_picks(pool: asyncpg.Pool) -> int:
+    """One run of the picks job: recompute the picks of customers whose orders or refunds
+    arrived, with the version served, in one transaction under the picks lock (never while a
+    swap writes everyone's). Before the first version their marks wait. Returns how many."""
+    async with pool.acquire() as conn, conn.transaction():
+        if not await store.lock_picks(conn, wait=False):
+            return 0
+        marks = await store.marked_customers(conn, PICKS_BATCH)
+        loaded = await SERVED.current(conn) if marks else None
+        if loaded is None:
+            return 0
+        version, model = loaded
+        await store.write_picks(conn, version, await compute_picks(conn, model, list(marks)))
+        await store.clear_customer_marks(conn, marks)
+    metrics.PICKS_REFRESHED.inc(len(marks))
+    return len(marks)
+
+
+async def train_model(pool: asyncpg.Pool) -> int | None:
+    """One run of the trainer: when a retrain was requested, no version exists or the current
+    one is MODEL_RETRAIN_SECONDS old, train the blend on what customers kept (in a thread, no
+    transaction open), then in one transaction write the version, every customer's picks with
+    it, point at it and prune old versions: readers see the old model and picks or the new ones.
+    Returns the version swapped in, None when nothing was due (or another replica trains)."""
+    async with pool.acquire() as conn:
+        if not await store.try_lock_trainer(conn):
+            return None
+        try:
+            current = await store.current_model(conn)
+            pending = await store.newest_pending_retrain(conn)
+            due = serving.training_due(
+                current["trained_at"] if current else None,
+                pending is not None,
+                datetime.now(UTC),
+                MODEL_RETRAIN_SECONDS,
+            )
+            kept = await store.kept_purchases(conn) if due else []
+            if not kept:
+                return None
+            started = time.perf_counter()
+            model = await asyncio.to_thread(serving.train, kept, models.AlsParameters())
+            figures = {
+                "customers": len({item.customer_id for item in kept}),
+                "products": len(model.products),
+                "purchases": len(kept),
+                "training_seconds": round(time.perf_counter() - started, 3),
+            }
+            async with conn.transaction():
+                await store.lock_picks(conn, wait=True)
+                version = await store.add_model_version(conn, model, datetime.now(UTC), figures)
+                await store.write_picks(conn, version, await compute_picks(conn, model, None))
+                await store.swap_model(conn, version, answering=pending)
+        finally:
+            await store.unlock_trainer(conn)
+    metrics.MODEL_SWAPS.inc()
+    metrics.MODEL_JOB_SECONDS.observe(time.perf_counter() - started)
+    return version
+
+
 PROJECTION = Projection(
     name="recommendation",
     topics=TOPICS,
@@ -88,6 +207,10 @@ PROJECTION = Projection(
             NEIGHBOUR_JOB_INTERVAL_SECONDS,
             refresh_neighbours,
             duty=NEIGHBOUR_JOB_DUTY,
+        ),
+        PeriodicJob("train-model", TRAINER_INTERVAL_SECONDS, train_model, duty=TRAINER_DUTY),
+        PeriodicJob(
+            "customer-picks", PICKS_JOB_INTERVAL_SECONDS, refresh_picks, duty=PICKS_JOB_DUTY
         ),
     ),
 )

@@ -1,6 +1,6 @@
-"""Similar products and personal recommendations on real PostgreSQL (no Kafka): the neighbour job
-gives what a plain recomputation from the purchases gives, whatever the batch boundaries and
-whenever it runs; reads rank from the precomputed rows."""
+"""Similar products on real PostgreSQL (no Kafka): the neighbour job gives what a plain
+recomputation from the purchases gives, whatever the batch boundaries and whenever it runs; reads
+rank from the precomputed rows. Personal picks: test_recommendation_serving."""
 
 from __future__ import annotations
 
@@ -20,12 +20,7 @@ from crm_shared.contracts.topics import topic_for
 from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.projector import BatchProjector, RawRecord
 from recommendation_service import store
-from recommendation_service.projection import (
-    NEIGHBOURS_KEPT,
-    VIEW_BOOST,
-    VIEWED_SIMILARITY,
-    Ranking,
-)
+from recommendation_service.projection import NEIGHBOURS_KEPT
 from recommendation_service.worker import PROJECTION, refresh_neighbours
 from tests.similar_products import SimilarLists, plain_similar_products
 
@@ -189,12 +184,9 @@ async def test_a_refund_of_everything_takes_the_buyer_out_of_similar_and_popular
         ]
         (mug,) = [p for p in await store.also_bought(conn, "JAM", 10) if p["product_id"] == "MUG"]
         assert mug["similarity"] == pytest.approx(1 / math.sqrt(3 * 1))
-        # C2 returned MUG: it is neither a seed of C2's recommendations nor offered to C2
-        ranked = await store.recommended_for(conn, "C2", 10, Ranking())
-        assert [r["product_id"] for r in ranked] == ["TEA"]
 
 
-async def test_non_goods_are_neither_similar_nor_popular_nor_recommended(
+async def test_non_goods_are_neither_similar_nor_popular(
     pool: asyncpg.Pool,
 ) -> None:
     events = [_order(n, f"C{n}", ["POST", "MUG", "gift_0001_20", "M", "TEA"]) for n in range(5)] + [
@@ -207,58 +199,3 @@ async def test_non_goods_are_neither_similar_nor_popular_nor_recommended(
         assert popular == ["MUG", "TEA"]
         assert [p["product_id"] for p in await store.also_bought(conn, "MUG", 10)] == ["TEA"]
         assert await store.also_bought(conn, "POST", 10) == []
-        recommended = await store.recommended_for(conn, "C9", 10, Ranking())
-        assert [(r["product_id"], r["co_buyers"]) for r in recommended] == [("TEA", 5)]
-
-
-async def test_recommendations_sum_neighbours_boost_views_and_skip_what_was_bought(
-    pool: asyncpg.Pool,
-) -> None:
-    events = [
-        _order(1, "C1", ["JAM", "MUG"]),
-        _order(2, "C2", ["JAM", "MUG", "CUP"]),
-        _order(3, "C3", ["TEA", "CUP"]),
-        _order(4, "C4", ["TEA", "CUP", "POT"]),
-        _order(5, "C5", ["JAM", "TEA"]),  # the customer
-        _view(6, "C5", "POT"),
-        _view(7, "C5", "BAG"),  # viewed, never bought by anyone
-        _view(8, "C5", "JAM"),  # viewed and bought: never offered
-    ]
-    await fold(pool, events, batch=2, job_every=1)
-    # buyers: JAM 3, TEA 3, CUP 3, MUG 2, POT 1; cosine = co-buyers / sqrt(buyers x buyers)
-    cup = 1 / math.sqrt(3 * 3) + 2 / math.sqrt(3 * 3)  # with JAM, with TEA
-    mug = 2 / math.sqrt(3 * 2)  # with JAM
-    pot = (1 / math.sqrt(3 * 1) + VIEWED_SIMILARITY) * VIEW_BOOST  # with TEA, viewed
-    bag = VIEWED_SIMILARITY * VIEW_BOOST
-    async with pool.acquire() as conn:
-        ranked = await store.recommended_for(conn, "C5", 10, Ranking())
-        assert [(r["product_id"], r["co_buyers"], r["viewed"]) for r in ranked] == [
-            ("POT", 1, True),
-            ("CUP", 3, False),
-            ("MUG", 2, False),
-            ("BAG", 0, True),
-        ]
-        assert [r["score"] for r in ranked] == pytest.approx([pot, cup, mug, bag])
-        two = await store.recommended_for(conn, "C5", 2, Ranking())
-        assert [r["product_id"] for r in two] == ["POT", "CUP"]
-        one_voter = await store.recommended_for(conn, "C5", 10, Ranking(voting=1))
-        # JAM's nearest is MUG, TEA's is CUP: POT gets no vote, only its view (tied with BAG)
-        assert [r["product_id"] for r in one_voter] == ["MUG", "CUP", "BAG", "POT"]
-        assert await store.recommended_for(conn, "nobody", 10, Ranking()) == []
-        not_bought = await store.popular_products(conn, 3, not_bought_by="C5")
-        assert [p["product_id"] for p in not_bought] == ["CUP", "MUG", "POT"]
-
-
-async def test_older_seeds_vote_less(pool: asyncpg.Pool) -> None:
-    events = [
-        _order(1, "C1", ["OLD", "CUP"]),
-        _order(2, "C2", ["NEW", "JUG"]),
-        _order(3, "C3", ["OLD"]),  # the customer: OLD long before NEW
-        _order(3 + 60 * 24 * 90, "C3", ["NEW"]),
-    ]
-    await fold(pool, events, batch=4, job_every=1)
-    async with pool.acquire() as conn:
-        ranked = await store.recommended_for(conn, "C3", 10, Ranking())
-    assert [r["product_id"] for r in ranked] == ["JUG", "CUP"]
-    # CUP: cosine(OLD, CUP) = 1 / sqrt(2 x 1) weighed by a half (bought one half-life earlier)
-    assert [r["score"] for r in ranked] == pytest.approx([1 / math.sqrt(2), 0.5 / math.sqrt(2)])

@@ -148,6 +148,13 @@ async def test_the_running_gateway_serves_the_document_under_test(
         "/v1/customers/{customer_id}/lifetime-value",
         "/v1/analytics/lifetime-value/model",
         "/v1/analytics/lifetime-value/refits",
+        "/v1/customers/{customer_id}/recommendations",
+        "/v1/products/popular",
+        "/v1/products/{product_id}/similar",
+        "/v1/products/{product_id}/also-bought",
+        "/v1/recommendations/model",
+        "/v1/recommendations/model/retrain",
+        "/v1/recommendations/model/retrain/{request_id}",
     }
 
 

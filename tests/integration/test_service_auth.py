@@ -50,6 +50,7 @@ SAMPLE_PATH_VALUES = {
     "system": "loyalty_card",
     "value": "card-auth-sample",
     "product_id": "85123A",
+    "request_id": "1",
 }
 PATH_PARAMETER = re.compile(r"{(\w+)(?::\w+)?}")
 

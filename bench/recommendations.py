@@ -1,0 +1,314 @@
+"""The served recommendations: a customer's top 10 at a fixed request rate, straight from the
+recommendation service and through the gateway, and how soon a purchase changes similar items.
+
+    ./crm bench-recommendations [--rate 1000] [--seconds 15] [--sample N] [--data PATH]
+
+Starts the recommendation worker, its API and the gateway on the bench's own broker, database and
+ports, publishes the UCI Online Retail orders and refunds (`--sample N`: the first N customers),
+waits until the worker holds them and a model version trained on all of them is swapped in with
+every customer's picks, then:
+
+- top 10: an open-loop load generator (aiohttp, one process) sends `--rate` requests/s at fixed
+  times for `--seconds`, spread over the customers who bought, first to the service, then to the
+  gateway. Latency is counted from the time a request was due, so a stall is not hidden by fewer
+  requests being sent (no coordinated omission). Prints the achieved rate, p50/p99 and the CPU
+  each process spent per request (from /proc; less noisy than latency on a shared machine);
+- freshness: `--purchases` times, a new customer buys a product that others bought, and the
+  product's similar items are polled every 20 ms until they change: from publishing to the
+  changed answer.
+
+Targets (issue 9, "Served fast"): top-10 p99 <= 5 ms at 1,000 requests/s; a purchase changes the
+similar-item results within 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from bench.pipeline import encoded, publish, say, wait_caught_up
+from bench.reads import bench_env, cpu_line, cpu_seconds, create_key, measured_processes
+from crm_shared.contracts.sdk import EventPublisher
+from crm_shared.ops import launcher
+from crm_shared.ops.demo import retail
+from crm_shared.ops.demo.load import DATA_ENV, add_data_argument
+from recommendation_service.evaluation import ORDER_PLACED, ORDER_REFUNDED
+
+PROCESSES = ("recommendation-worker", "recommendation-api", "gateway-api")
+TOP_10 = {
+    "service": "/customers/{id}/recommendations?limit=10",
+    "gateway": "/v1/customers/{id}/recommendations?limit=10",
+}
+POLL_SECONDS = 0.02
+CONNECTIONS = 64
+"""Keep-alive connections of the load generator: requests due while all are busy wait for one
+(and count that wait), instead of opening thousands of sockets when the server falls behind."""
+GIVE_UP_SECONDS = 120
+"""A purchase whose change takes longer is counted at this (a machine that busy says enough)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_argument(parser)
+    parser.add_argument("--sample", type=int, help="only the first N customers of the file")
+    parser.add_argument("--rate", type=float, default=1000, help="requests/s (1000)")
+    parser.add_argument("--seconds", type=float, default=15, help="measured seconds a target")
+    parser.add_argument("--warmup", type=float, default=3, help="unmeasured seconds a target")
+    parser.add_argument("--purchases", type=int, default=10, help="freshness measurements")
+    parser.add_argument("--seed", type=int, default=3)
+
+
+async def fixed_rate(
+    session: aiohttp.ClientSession,
+    urls: Sequence[str],
+    headers: Mapping[str, str],
+    rate: float,
+    seconds: float,
+) -> dict[str, Any]:
+    """Send `rate` requests/s at fixed times for `seconds`; latency from each one's due time."""
+    latencies: list[float] = []
+    failures = 0
+    total = int(rate * seconds)
+
+    async def one(url: str, due: float) -> None:
+        nonlocal failures
+        try:
+            async with session.get(url, headers=headers) as response:
+                await response.read()
+                if response.status != 200:
+                    failures += 1
+        except aiohttp.ClientError:
+            failures += 1
+        latencies.append(time.perf_counter() - due)
+
+    started = time.perf_counter()
+    tasks = []
+    for n in range(total):
+        due = started + n / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(urls[n % len(urls)], due)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - started
+    ordered = sorted(latencies)
+    return {
+        "requests": total,
+        "rate": total / elapsed,
+        "failures": failures,
+        "p50_ms": ordered[len(ordered) // 2] * 1000,
+        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+        "max_ms": ordered[-1] * 1000,
+    }
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def top_10(
+    args: argparse.Namespace,
+    env: Mapping[str, str],
+    customers: Sequence[str],
+    key: str,
+) -> dict[str, Any]:
+    """Each target at the fixed rate: latencies, and CPU ms per request of every process."""
+    bases = {
+        "service": f"http://127.0.0.1:{launcher.BY_NAME['recommendation-api'].port(env)}",
+        "gateway": f"http://127.0.0.1:{launcher.BY_NAME['gateway-api'].port(env)}",
+    }
+    headers = {
+        "service": {"Authorization": f"Bearer {env['CRM_SERVICE_TOKEN']}"},
+        "gateway": {"Authorization": f"Bearer {key}"},
+    }
+    order = list(customers)
+    random.Random(args.seed).shuffle(order)
+    measured = measured_processes(env)
+    figures: dict[str, Any] = {}
+    connector = aiohttp.TCPConnector(limit=CONNECTIONS)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for target, template in TOP_10.items():
+            urls = [bases[target] + template.format(id=customer) for customer in order]
+            say(f"top 10 from the {target}: {args.warmup:g} s warm-up at {args.rate:g}/s")
+            await fixed_rate(session, urls, headers[target], args.rate, args.warmup)
+            say(f"top 10 from the {target}: measuring for {args.seconds:g} s")
+            before, mine = cpu_seconds(measured), own_cpu()
+            result = await fixed_rate(session, urls, headers[target], args.rate, args.seconds)
+            after, mine = cpu_seconds(measured), own_cpu() - mine
+            requests = max(result["requests"], 1)
+            result["cpu_ms_per_request"] = {
+                name: (after[name] - before[name]) * 1000 / requests for name in measured
+            }
+            result["load_generator_cpu_ms_per_request"] = mine * 1000 / requests
+            figures[target] = result
+            say(
+                f"{target}: {result['rate']:,.0f} requests/s, p50 {result['p50_ms']:.2f} ms, "
+                f"p99 {result['p99_ms']:.2f} ms, {result['failures']} failed; "
+                f"{cpu_line(result['cpu_ms_per_request'])}"
+            )
+    return figures
+
+
+async def similar_changes(
+    env: Mapping[str, str], pool: asyncpg.Pool, purchases: int, seed: int
+) -> list[float]:
+    """Seconds from publishing a purchase to the product's similar items changing."""
+    service = f"http://127.0.0.1:{launcher.BY_NAME['recommendation-api'].port(env)}"
+    headers = {"Authorization": f"Bearer {env['CRM_SERVICE_TOKEN']}"}
+    rows = await pool.fetch(
+        "SELECT product_id FROM products WHERE goods AND buyers BETWEEN 2 AND 50"
+        " AND EXISTS (SELECT 1 FROM similar_products s WHERE s.product_id = products.product_id)"
+        " ORDER BY product_id"
+    )
+    products = random.Random(seed).sample([row[0] for row in rows], purchases)
+    seconds: list[float] = []
+    async with aiohttp.ClientSession() as session:
+
+        async def similar(product: str) -> bytes:
+            url = f"{service}/products/{product}/similar?limit=10"
+            async with session.get(url, headers=headers) as response:
+                return await response.read()
+
+        with EventPublisher(env["CRM_KAFKA_BOOTSTRAP"], source="bench") as publisher:
+            for n, product in enumerate(products):
+                before = await similar(product)
+                customer = f"bench-fresh-{seed}-{n}"
+                started = time.perf_counter()
+                publisher.publish(
+                    ORDER_PLACED,
+                    customer,
+                    {
+                        "order_id": f"{customer}-1",
+                        "lines": [{"product_id": product, "quantity": 1, "unit_price": "1.00"}],
+                    },
+                    time=datetime.now(UTC),
+                )
+                publisher.flush()
+                while await similar(product) == before:
+                    if time.perf_counter() - started > GIVE_UP_SECONDS:
+                        say(f"{product}'s similar items did not change in {GIVE_UP_SECONDS} s")
+                        break
+                    await asyncio.sleep(POLL_SECONDS)
+                seconds.append(time.perf_counter() - started)
+                say(f"purchase {n + 1}: {product}'s similar items changed in {seconds[-1]:.2f} s")
+    return seconds
+
+
+async def trained_on_everything(pool: asyncpg.Pool) -> dict[str, Any]:
+    """Ask for a version now (the worker trained one on what it had when the first orders came)
+    and wait until it is served and every customer's picks are current."""
+    request = await pool.fetchval(
+        "INSERT INTO retrain_requests DEFAULT VALUES RETURNING request_id"
+    )
+    while True:
+        version = await pool.fetchval(
+            "SELECT version FROM retrain_requests WHERE request_id = $1", request
+        )
+        marked = await pool.fetchval("SELECT count(*) FROM dirty_customers")
+        if version is not None and marked == 0:
+            row = await pool.fetchrow(
+                "SELECT version, metrics FROM model_versions WHERE version = $1", version
+            )
+            return {"version": row["version"], "metrics": json.loads(row["metrics"])}
+        await asyncio.sleep(0.5)
+
+
+async def run(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+    if args.data is None or not args.data.is_file():
+        raise SystemExit(f"data file not found: {args.data} (use --data or ${DATA_ENV})")
+    bootstrap, dsn_base = env["CRM_KAFKA_BOOTSTRAP"], env["CRM_PG_DSN_BASE"]
+    processes = [launcher.BY_NAME[name] for name in PROCESSES]
+    say("reading the UCI Online Retail file")
+    data = retail.load_retail(args.data)
+    if args.sample:
+        data = retail.limit_customers(data, args.sample)
+    events = [e for e in data.events if e["type"] in (ORDER_PLACED, ORDER_REFUNDED)]
+    customers = sorted({str(e["subject"]) for e in events if e["type"] == ORDER_PLACED})
+    say(f"starting {', '.join(PROCESSES)}")
+    for process in processes:
+        launcher.start(process, env)
+    try:
+        launcher.wait_healthy(processes, env)
+        say(f"publishing {len(events):,} orders and refunds of {len(customers):,} customers")
+        started = time.monotonic()
+        await publish(bootstrap, encoded(events), len(events), started)
+        pool = await asyncpg.create_pool(f"{dsn_base}/crm_recommendation", min_size=1, max_size=2)
+        try:
+            await wait_caught_up({"recommendation": pool}, bootstrap, started)
+            say("training a version on everything and computing every customer's picks")
+            model = await trained_on_everything(pool)
+            say(f"version {model['version']} served: {model['metrics']}")
+            picked = await pool.fetchval("SELECT count(*) FROM customer_picks")
+            key = await create_key(env, "recommendations:read")
+            reads = await top_10(args, env, customers, key)
+            say(f"freshness: {args.purchases} purchases")
+            changes = await similar_changes(env, pool, args.purchases, args.seed)
+        finally:
+            await pool.close()
+    finally:
+        for process in reversed(processes):
+            launcher.stop(process, env)
+    return {
+        "customers": len(customers),
+        "customers_with_picks": picked,
+        "model": {"version": model["version"], "metrics": model["metrics"]},
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "top_10": reads,
+        "similar_change_seconds": {
+            "purchases": len(changes),
+            "p50": statistics.median(changes),
+            "max": max(changes),
+        },
+    }
+
+
+def show(report: Mapping[str, Any]) -> None:
+    metrics = report["model"]["metrics"]
+    print(
+        f"recommendations: {report['customers']:,} customers ({report['customers_with_picks']:,} "
+        f"with precomputed picks), model version {report['model']['version']} trained in "
+        f"{metrics['training_seconds']:.1f} s on {metrics['purchases']:,} kept purchases; "
+        f"top 10 at {report['rate']:,.0f} requests/s for {report['seconds']:g} s, open loop:"
+    )
+    for target, figures in report["top_10"].items():
+        print(
+            f"  {target:8} {figures['rate']:7,.0f} requests/s   p50 {figures['p50_ms']:6.2f} ms"
+            f"   p99 {figures['p99_ms']:6.2f} ms   max {figures['max_ms']:7.1f} ms"
+            f"   ({figures['failures']} failed)"
+        )
+        print(
+            f"  {'':8} {cpu_line(figures['cpu_ms_per_request'])}; load generator "
+            f"{figures['load_generator_cpu_ms_per_request']:.2f}"
+        )
+    change = report["similar_change_seconds"]
+    print(
+        f"  a purchase changes the product's similar items in {change['p50']:.2f} s "
+        f"(median of {change['purchases']}), at most {change['max']:.2f} s"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    add_arguments(parser)
+    report = await run(parser.parse_args(), bench_env(os.environ))
+    print()
+    show(report)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,142 @@
+"""The gateway's routes to the recommendation service: a customer's precomputed picks, similar
+items, "also bought" and popular goods, the model served (scope recommendations:read), and a
+retrain request (scope recommendations:train). Each answer carries the model version and its
+training time, as the service gives it; the gateway checks the parameters first, so that its
+document says what is valid.
+
+Mounted by gateway_service.api's create_app, whose guards and types it shares.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+
+from gateway_service.api import GUARDED, CustomerIdPath, errors, require
+from gateway_service.auth import RECOMMENDATIONS_READ, RECOMMENDATIONS_TRAIN, StoredKey
+from gateway_service.passthrough import passed_on
+from gateway_service.upstream import customer_path
+
+RecommendationsReader = Annotated[StoredKey, Depends(require(RECOMMENDATIONS_READ))]
+RecommendationsTrainer = Annotated[StoredKey, Depends(require(RECOMMENDATIONS_TRAIN))]
+ProductIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^/]+$")]
+PICKS_KEPT = 50
+"""The most picks the service keeps per customer (recommendation_service.serving.PICKS_KEPT)."""
+UPSTREAM = (502, 503, 504)
+
+router = APIRouter()
+
+
+def _limit(most: int) -> Any:
+    return Query(ge=1, le=most, description="How many products to return (10)")
+
+
+def _product_path(template: str, product_id: str) -> str:
+    return template.format(product_id=quote(product_id, safe=""))
+
+
+async def _from_recommendation(
+    request: Request, part: str, path: str, params: dict[str, Any] | None = None
+) -> Response:
+    return await passed_on(request, "recommendation", part, path, params)
+
+
+@router.get(
+    "/v1/customers/{customer_id}/recommendations",
+    response_model=dict[str, Any],
+    responses=errors(*GUARDED, *UPSTREAM),
+)
+async def get_recommendations(
+    customer_id: CustomerIdPath,
+    request: Request,
+    _key: RecommendationsReader,
+    limit: Annotated[int, _limit(PICKS_KEPT)] = 10,
+) -> Response:
+    """The customer's personal top picks, each with its reason, and the model version and its
+    training time; popular goods they have not bought when the model has nothing for them."""
+    path = customer_path("/customers/{customer_id}/recommendations", customer_id)
+    return await _from_recommendation(request, "recommendations", path, {"limit": limit})
+
+
+@router.get(
+    "/v1/products/popular",
+    response_model=dict[str, Any],
+    responses=errors(*GUARDED, *UPSTREAM),
+)
+async def get_popular(
+    request: Request, _key: RecommendationsReader, limit: Annotated[int, _limit(100)] = 10
+) -> Response:
+    """The most bought goods (never postage, fees or vouchers): by buyers, then quantity."""
+    return await _from_recommendation(request, "popular", "/products/popular", {"limit": limit})
+
+
+@router.get(
+    "/v1/products/{product_id}/similar",
+    response_model=dict[str, Any],
+    responses=errors(*GUARDED, 404, *UPSTREAM),
+)
+async def get_similar(
+    product_id: ProductIdPath,
+    request: Request,
+    _key: RecommendationsReader,
+    limit: Annotated[int, _limit(100)] = 10,
+) -> Response:
+    """Products bought together with this one, each with its reason, and the model version;
+    popular goods for a product nothing was bought with yet."""
+    path = _product_path("/products/{product_id}/similar", product_id)
+    return await _from_recommendation(request, "similar", path, {"limit": limit})
+
+
+@router.get(
+    "/v1/products/{product_id}/also-bought",
+    response_model=dict[str, Any],
+    responses=errors(*GUARDED, 404, *UPSTREAM),
+)
+async def get_also_bought(
+    product_id: ProductIdPath,
+    request: Request,
+    _key: RecommendationsReader,
+    limit: Annotated[int, _limit(100)] = 10,
+) -> Response:
+    """The product's statistics and the products its buyers also bought, with their co-buyers
+    and cosine similarity."""
+    path = _product_path("/products/{product_id}/also-bought", product_id)
+    return await _from_recommendation(request, "also_bought", path, {"limit": limit})
+
+
+@router.get(
+    "/v1/recommendations/model",
+    response_model=dict[str, Any],
+    responses=errors(*GUARDED, 404, *UPSTREAM),
+)
+async def get_model(request: Request, _key: RecommendationsReader) -> Response:
+    """The model version served: its training time, parameters and figures."""
+    return await _from_recommendation(request, "model", "/model")
+
+
+@router.post(
+    "/v1/recommendations/model/retrain",
+    response_model=dict[str, Any],
+    status_code=202,
+    responses=errors(*GUARDED, *UPSTREAM),
+)
+async def post_retrain(request: Request, _key: RecommendationsTrainer) -> Response:
+    """Ask for a new model version now: trained in the background and swapped in with every
+    customer's picks; follow the request to see the version that answered it."""
+    return await passed_on(request, "recommendation", "retrain", "/model/retrain", method="POST")
+
+
+@router.get(
+    "/v1/recommendations/model/retrain/{request_id}",
+    response_model=dict[str, Any],
+    responses=errors(*GUARDED, 404, *UPSTREAM),
+)
+async def get_retrain(
+    request_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
+    request: Request,
+    _key: RecommendationsTrainer,
+) -> Response:
+    """A retrain request: pending, or answered by the version it names."""
+    return await _from_recommendation(request, "retrain", f"/model/retrain/{request_id}")

@@ -1,0 +1,300 @@
+"""The personalised model as served: the evaluated blend (item-kNN + ALS + seasonal, weights of
+`evaluation.BLEND_WEIGHTS`), trained on what customers kept, and each customer's top-k picks
+computed from it ahead of any request, each with the reason it was picked.
+
+Pure: the worker reads the rows, calls these functions in a thread and writes what they return.
+The ALS product factors and the seasonal votes are the model version's; the item-kNN part reads
+the neighbour job's live similar products, so a new product enters customers' lists through
+co-purchase before any retraining. A customer's ALS factors are solved from their own purchases
+and the version's product factors (`implicit`'s `recalculate_user`), at a swap for everyone and
+after their own events for them alone: one computation whatever the occasion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from scipy import sparse
+from threadpoolctl import threadpool_limits
+
+from recommendation_service.evaluation import (
+    BLEND_WEIGHTS,
+    KNN_HALF_LIFE_DAYS,
+    KNN_NEIGHBOURS,
+    SCORING_CHUNK,
+)
+from recommendation_service.models import (
+    SECONDS_PER_DAY,
+    Als,
+    AlsParameters,
+    Blend,
+    DecayedPopularity,
+    Interaction,
+    ItemKnn,
+    Recommender,
+    fit_als,
+    fit_seasonal,
+    history,
+    top_k,
+)
+
+PICKS_KEPT = 50
+"""Picks stored per customer: a request asks for at most this many."""
+
+ReasonKind = Literal["bought-together", "similar-customers", "seasonal", "popular"]
+REASON_TEXT: Mapping[ReasonKind, str] = {
+    "bought-together": "bought together with {product}",
+    "similar-customers": "bought by customers who buy what you buy",
+    "seasonal": "sells well at this time of year",
+    "popular": "popular",
+}
+PART_REASONS: Mapping[str, ReasonKind] = {
+    "item-knn": "bought-together",
+    "als": "similar-customers",
+    "seasonal": "seasonal",
+}
+"""The reason each part of the blend gives when a pick owes most to it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """A product a customer kept some of, with their first and last purchase of it."""
+
+    customer_id: str
+    product_id: str
+    first_bought_at: datetime
+    last_bought_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbour:
+    product_id: str
+    other_product_id: str
+    similarity: float
+
+
+@dataclass(frozen=True, slots=True)
+class ServingModel:
+    """One trained version: the products it knows, their ALS factors and seasonal votes."""
+
+    products: tuple[str, ...]
+    product_factors: npt.NDArray[np.float32]
+    seasonal: npt.NDArray[np.float32]
+    parameters: AlsParameters
+    data_as_of: datetime
+    """Just after the newest purchase trained on: the time recency weights are measured from."""
+
+    def described(self) -> dict[str, Any]:
+        """The parameters as stored with the version."""
+        return {
+            "als": asdict(self.parameters),
+            "blend_weights": dict(BLEND_WEIGHTS),
+            "knn_neighbours": KNN_NEIGHBOURS,
+            "knn_half_life_days": KNN_HALF_LIFE_DAYS,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    kind: ReasonKind
+    product_id: str | None = None
+    """With bought-together: the customer's product the pick was bought with."""
+
+    @property
+    def text(self) -> str:
+        return REASON_TEXT[self.kind].format(product=self.product_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    product_id: str
+    score: float
+    reason: Reason
+
+
+def train(kept: Sequence[Kept], parameters: AlsParameters) -> ServingModel:
+    """Fit ALS and the seasonal votes on what customers kept, as the evaluation trains them.
+
+    The projection keeps each customer's first and last purchase of a product, not every order:
+    the last one dates the purchase for recency, and either counts it in a season."""
+    if not kept:
+        raise ValueError("nothing to train on: no customer kept any goods")
+    data_as_of = max(item.last_bought_at for item in kept) + timedelta(seconds=1)
+    last = [Interaction(k.customer_id, k.product_id, 1, k.last_bought_at) for k in kept]
+    past = history(last, data_as_of)
+    als = fit_als(past, parameters)
+    if not np.all(np.isfinite(als.product_factors)):
+        raise ArithmeticError("ALS diverged: its product factors are not all finite")
+    first = (Interaction(k.customer_id, k.product_id, 1, k.first_bought_at) for k in kept)
+    seasonal = fit_seasonal(past, [*last, *first])
+    return ServingModel(past.products, als.product_factors, seasonal.votes, parameters, data_as_of)
+
+
+def model_from_rows(
+    rows: Iterable[tuple[str, Sequence[float], float]],
+    parameters: Mapping[str, Any],
+    data_as_of: datetime,
+) -> ServingModel:
+    """A stored version back in memory: (product, factors, seasonal vote) rows, sorted here."""
+    ordered = sorted(rows, key=lambda row: row[0])
+    als = AlsParameters(**parameters["als"])
+    return ServingModel(
+        tuple(row[0] for row in ordered),
+        np.array([row[1] for row in ordered], dtype=np.float32).reshape(-1, als.factors),
+        np.array([row[2] for row in ordered], dtype=np.float32),
+        als,
+        data_as_of,
+    )
+
+
+def customer_factors(model: ServingModel, weights: sparse.csr_matrix) -> npt.NDArray[np.float32]:
+    """ALS factors of customers (rows of recency weights over the model's products), solved
+    against the model's product factors as a training step would."""
+    from implicit.cpu.als import AlternatingLeastSquares  # heavy import, only when needed
+
+    parameters = model.parameters
+    solver = AlternatingLeastSquares(
+        factors=parameters.factors,
+        regularization=parameters.regularization,
+        alpha=parameters.alpha,
+        num_threads=1,
+    )
+    solver.item_factors = model.product_factors
+    with threadpool_limits(1, "blas"):
+        found = solver.recalculate_user(np.arange(weights.shape[0]), weights.astype(np.float32))
+    return np.asarray(found, dtype=np.float32).reshape(weights.shape[0], parameters.factors)
+
+
+def personal_picks(
+    model: ServingModel,
+    customers: Sequence[str],
+    kept: Iterable[Kept],
+    neighbours: Iterable[Neighbour],
+    k: int = PICKS_KEPT,
+) -> dict[str, list[Pick]]:
+    """Each customer's `k` best products by the blend, never one they kept or bought, each with
+    the part of the blend it owes most to (for item-kNN, the customer's product that voted most).
+    Goods only: the neighbours and the model hold nothing else. Customers who kept nothing, or
+    have no pick, are absent: the reader falls back to popular products."""
+    columns = {product: n for n, product in enumerate(model.products)}
+    neighbours_list = list(neighbours)
+    for pair in neighbours_list:
+        for product in (pair.product_id, pair.other_product_id):
+            columns.setdefault(product, len(columns))
+    rows = {customer: n for n, customer in enumerate(customers)}
+    owned = [item for item in kept if item.customer_id in rows]
+    if not owned:
+        return {}
+    for item in owned:
+        columns.setdefault(item.product_id, len(columns))
+    shape = (len(rows), len(columns))
+    row_index = [rows[item.customer_id] for item in owned]
+    column_index = [columns[item.product_id] for item in owned]
+    ages = np.array(
+        [
+            max((model.data_as_of - item.last_bought_at).total_seconds(), 0.0) / SECONDS_PER_DAY
+            for item in owned
+        ]
+    )
+
+    def recency(half_life_days: float) -> sparse.csr_matrix:
+        weights = 0.5 ** (ages / half_life_days)
+        return sparse.csr_matrix((weights, (row_index, column_index)), shape=shape)
+
+    known = len(model.products)
+    als_weights = recency(model.parameters.half_life_days)[:, :known]
+    padding = np.zeros((len(columns) - known, model.parameters.factors), dtype=np.float32)
+    similar = sparse.csr_matrix(
+        (
+            [pair.similarity for pair in neighbours_list],
+            (
+                [columns[pair.product_id] for pair in neighbours_list],
+                [columns[pair.other_product_id] for pair in neighbours_list],
+            ),
+        ),
+        shape=(len(columns), len(columns)),
+    )
+    seeds = recency(KNN_HALF_LIFE_DAYS)
+    parts: dict[str, Recommender] = {
+        "item-knn": ItemKnn(similar, seeds),
+        "als": Als(
+            customer_factors(model, als_weights), np.vstack([model.product_factors, padding])
+        ),
+        "seasonal": DecayedPopularity(
+            np.concatenate([model.seasonal, np.zeros(len(columns) - known, np.float32)]), "seasonal"
+        ),
+    }
+    blend = Blend(tuple((parts[name], weight) for name, weight in BLEND_WEIGHTS.items()))
+    buyers = {item.customer_id for item in owned}
+    bought = sparse.csr_matrix((np.ones(len(owned)), (row_index, column_index)), shape=shape)
+    products = list(columns)
+    picks: dict[str, list[Pick]] = {}
+    for start in range(0, len(customers), SCORING_CHUNK):
+        chunk = np.arange(start, min(start + SCORING_CHUNK, len(customers)), dtype=np.intp)
+        part_scores = blend.part_scores(chunk)
+        total = np.sum(part_scores, axis=0)
+        for offset, (row, chosen) in enumerate(
+            zip(chunk.tolist(), top_k(total, bought[chunk], k), strict=True)
+        ):
+            if len(chosen) == 0 or customers[row] not in buyers:
+                continue
+            owing = np.argmax(np.stack([part[offset, chosen] for part in part_scores]), axis=0)
+            voters = _strongest_seeds(seeds[row], similar, chosen)
+            picks[customers[row]] = [
+                Pick(
+                    products[column],
+                    round(float(total[offset, column]), 6),
+                    _reason(blend, int(part), products, int(voter)),
+                )
+                for column, part, voter in zip(chosen.tolist(), owing, voters, strict=True)
+            ]
+    return picks
+
+
+def _strongest_seeds(
+    seeds: sparse.csr_matrix, similar: sparse.csr_matrix, chosen: npt.NDArray[np.intp]
+) -> npt.NDArray[np.intp]:
+    """For each chosen column, the customer's product whose weighted similarity to it is the
+    largest (-1 when none points to it)."""
+    owned = seeds.indices
+    if len(owned) == 0:
+        return np.full(len(chosen), -1, dtype=np.intp)
+    votes = similar[owned][:, chosen].toarray() * seeds.data[:, None]
+    best = np.argmax(votes, axis=0)
+    return np.where(votes.max(axis=0) > 0, owned[best], -1).astype(np.intp)
+
+
+def _reason(blend: Blend, part: int, products: Sequence[str], voter: int) -> Reason:
+    kind = PART_REASONS[blend.parts[part][0].name]
+    if kind == "bought-together":
+        return Reason(kind, products[voter]) if voter >= 0 else Reason("similar-customers")
+    return Reason(kind)
+
+
+def pick_document(pick: Pick, description: str | None) -> dict[str, Any]:
+    """A pick as stored and served."""
+    return {
+        "product_id": pick.product_id,
+        "description": description,
+        "score": pick.score,
+        "reason": {
+            "kind": pick.reason.kind,
+            "product_id": pick.reason.product_id,
+            "text": pick.reason.text,
+        },
+    }
+
+
+def training_due(
+    trained_at: datetime | None, requested: bool, now: datetime, interval_seconds: float
+) -> bool:
+    """Whether to train now: on request, when no version exists, or when the current one is
+    `interval_seconds` old (wall-clock: this schedules work, it decides nothing in the view)."""
+    if requested or trained_at is None:
+        return True
+    return (now - trained_at).total_seconds() >= interval_seconds

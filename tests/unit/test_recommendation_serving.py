@@ -1,0 +1,115 @@
+"""The served model's pure parts: training on what customers kept, each customer's picks from a
+version and the live neighbours, their reasons, and when to train."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from recommendation_service.models import AlsParameters
+from recommendation_service.serving import (
+    Kept,
+    Neighbour,
+    ServingModel,
+    model_from_rows,
+    personal_picks,
+    pick_document,
+    train,
+    training_due,
+)
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+SMALL = AlsParameters(factors=4, iterations=3)
+
+
+def _kept(customer: str, *products: str, day: int = 0) -> list[Kept]:
+    when = T0 + timedelta(days=day)
+    return [Kept(customer, product, when, when) for product in products]
+
+
+def _both_ways(product: str, other: str, similarity: float) -> list[Neighbour]:
+    return [Neighbour(product, other, similarity), Neighbour(other, product, similarity)]
+
+
+def _model(products: tuple[str, ...], seasonal: list[float] | None = None) -> ServingModel:
+    """A version whose ALS knows nothing (zero factors): only item-kNN and the season vote."""
+    return ServingModel(
+        products,
+        np.zeros((len(products), SMALL.factors), dtype=np.float32),
+        np.array(seasonal or [0.0] * len(products), dtype=np.float32),
+        SMALL,
+        T0 + timedelta(days=30),
+    )
+
+
+def test_training_learns_the_goods_kept_and_dates_the_version_after_the_newest_purchase() -> None:
+    kept = [*_kept("C1", "JAM", "TEA"), *_kept("C2", "JAM", "MUG", day=3), *_kept("C3", "POST")]
+    model = train(kept, SMALL)
+    assert model.products == ("JAM", "MUG", "TEA")  # POST is not goods
+    assert model.product_factors.shape == (3, SMALL.factors)
+    assert model.data_as_of == T0 + timedelta(days=3, seconds=1)
+    assert np.isfinite(model.product_factors).all()
+    with pytest.raises(ValueError, match="nothing to train on"):
+        train([], SMALL)
+
+
+def test_a_stored_version_reads_back_as_it_was_trained() -> None:
+    model = train([*_kept("C1", "JAM", "TEA"), *_kept("C2", "JAM", "MUG")], SMALL)
+    rows = [
+        (product, model.product_factors[n].tolist(), float(model.seasonal[n]))
+        for n, product in reversed(list(enumerate(model.products)))
+    ]
+    again = model_from_rows(rows, model.described(), model.data_as_of)
+    assert again.products == model.products
+    assert np.array_equal(again.product_factors, model.product_factors)
+    assert again.parameters == SMALL
+
+
+def test_picks_leave_out_what_was_bought_and_name_the_product_that_voted_most() -> None:
+    model = _model(("CUP", "JAM", "MUG", "TEA"))
+    neighbours = [
+        *_both_ways("JAM", "TEA", 0.9),
+        *_both_ways("JAM", "MUG", 0.4),
+        *_both_ways("CUP", "MUG", 0.8),
+        *_both_ways("JAM", "CUP", 0.1),
+    ]
+    picks = personal_picks(model, ["ME"], _kept("ME", "JAM", "CUP"), neighbours)
+    assert [pick.product_id for pick in picks["ME"]] == ["MUG", "TEA"]
+    mug, tea = picks["ME"]
+    assert (mug.reason.kind, mug.reason.product_id) == ("bought-together", "CUP")
+    assert (tea.reason.kind, tea.reason.product_id) == ("bought-together", "JAM")
+    assert pick_document(tea, "Tea")["reason"]["text"] == "bought together with JAM"
+
+
+def test_a_product_the_version_never_saw_is_offered_through_its_live_neighbours() -> None:
+    picks = personal_picks(
+        _model(("JAM",)), ["ME"], _kept("ME", "JAM"), _both_ways("JAM", "NEW", 0.5)
+    )
+    assert [(p.product_id, p.reason.product_id) for p in picks["ME"]] == [("NEW", "JAM")]
+
+
+def test_the_season_vote_explains_picks_no_purchase_points_to() -> None:
+    model = _model(("JAM", "TREE"), seasonal=[0.0, 5.0])
+    picks = personal_picks(model, ["ME", "NOBODY"], _kept("ME", "JAM"), [])
+    assert [(p.product_id, p.reason.kind) for p in picks["ME"]] == [("TREE", "seasonal")]
+    assert "NOBODY" not in picks  # kept nothing: the reader falls back to popular goods
+
+
+def test_picks_are_the_same_whatever_the_customers_computed_with_them() -> None:
+    baskets = (("JAM", "TEA"), ("TEA", "MUG"), ("JAM", "MUG", "TEA"))
+    model = train([item for n in range(9) for item in _kept(f"C{n}", *baskets[n % 3])], SMALL)
+    kept = [item for n in range(600) for item in _kept(f"X{n}", ("JAM", "TEA", "MUG")[n % 3])]
+    neighbours = [*_both_ways("JAM", "TEA", 0.7), *_both_ways("TEA", "MUG", 0.3)]
+    everyone = personal_picks(model, [f"X{n}" for n in range(600)], kept, neighbours)
+    alone = personal_picks(model, ["X599"], kept, neighbours)
+    assert alone["X599"] == everyone["X599"]
+
+
+def test_training_is_due_on_request_without_a_version_or_when_the_version_is_old() -> None:
+    now = T0 + timedelta(hours=2)
+    assert training_due(None, False, now, 3600)
+    assert training_due(now, True, now, 3600)
+    assert not training_due(now - timedelta(minutes=59), False, now, 3600)
+    assert training_due(now - timedelta(hours=1), False, now, 3600)
