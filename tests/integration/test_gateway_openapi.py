@@ -81,7 +81,12 @@ def _about_the_known_customer(generated: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def key_headers(platform: dict[str, str]) -> dict[str, str]:
-    key = create_api_key(platform, "openapi", "customers:read,events:write,analytics:read", SOURCE)
+    key = create_api_key(
+        platform,
+        "openapi",
+        "customers:read,events:write,analytics:read,recommendations:read",
+        SOURCE,
+    )
     return {"Authorization": f"Bearer {key}"}
 
 
