@@ -16,7 +16,7 @@ from crm_shared.contracts.topics import ORDERS
 from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.projector import PeriodicJob, Projection
 from crm_shared.runtime.worker import run_worker
-from profile_service import analytics, commerce, metrics, projection, store
+from profile_service import analytics, commerce, metrics, projection, segment_fold, store
 from profile_service.config import MIGRATIONS, ProfileSettings
 from profile_service.events import CUSTOMER_TYPES, FOLDS, TOPICS
 from profile_service.projection import Membership
@@ -114,7 +114,7 @@ PROJECTION = Projection(
     topics=TOPICS,
     folds=FOLDS,
     migrations=MIGRATIONS,
-    fold=fold,
+    fold=segment_fold.with_operator_segments(fold),
     periodic=(
         PeriodicJob(
             "rfm-scores", RFM_REFRESH_INTERVAL_SECONDS, RfmRefresher(), duty=RFM_REFRESH_DUTY
