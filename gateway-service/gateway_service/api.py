@@ -353,6 +353,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     # Its routes as the app's own: this FastAPI wraps an included router in one opaque route.
     app.router.routes.extend(profile_reads.router.routes)
+    from gateway_service import segment_reads
+
+    app.router.routes.extend(segment_reads.router.routes)
     return app
 
 

@@ -21,7 +21,11 @@ CUSTOMERS_READ = "customers:read"
 EVENTS_WRITE = "events:write"
 ANALYTICS_READ = "analytics:read"
 """Figures across customers (top customers, the cube, RFM segment sizes)."""
-SCOPES = frozenset({CUSTOMERS_READ, EVENTS_WRITE, ANALYTICS_READ})
+SEGMENTS_READ = "segments:read"
+"""Operator segments: definitions, sizes, members (who is in them) and a customer's segments."""
+SEGMENTS_WRITE = "segments:write"
+"""Define, redefine and retire operator segments."""
+SCOPES = frozenset({CUSTOMERS_READ, EVENTS_WRITE, ANALYTICS_READ, SEGMENTS_READ, SEGMENTS_WRITE})
 
 KEY_PREFIX = "crm"
 _KEY_ID = re.compile(r"^[0-9a-f]{8,64}$")

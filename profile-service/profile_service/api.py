@@ -123,6 +123,9 @@ def create_app(settings: ProfileSettings | None = None) -> FastAPI:
 
     # Its routes as the app's own: this FastAPI wraps an included router in one opaque route.
     app.router.routes.extend(analytics_api.router.routes)
+    from profile_service import segments_api
+
+    app.router.routes.extend(segments_api.router.routes)
     return app
 
 

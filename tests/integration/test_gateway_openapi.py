@@ -135,6 +135,11 @@ async def test_the_running_gateway_serves_the_document_under_test(
         "/v1/analytics/rfm-segments",
         "/v1/analytics/top-customers",
         "/v1/analytics/cube",
+        "/v1/segments",
+        "/v1/segments/{segment}",
+        "/v1/segments/{segment}/size",
+        "/v1/segments/{segment}/members",
+        "/v1/customers/{customer_id}/segments",
     }
 
 
