@@ -719,32 +719,64 @@ class _CompiledRule:
         if isinstance(rule, MeasureBetween):
             return self._between(self._measure(rule), rule)
         if isinstance(rule, Bought):
-            spec = rule.bought
-            where = [_NOT_CANCELLED, *self.window("o.placed_at", spec.within_days)]
-            if spec.product_ids is not None:
-                where.append(
-                    f"l.product_id = ANY({self.parameter(list(spec.product_ids), 'text[]')})"
-                )
-            if spec.description_contains is not None:
-                needle = self.parameter(spec.description_contains, "text")
-                where.append(f"strpos(lower(l.description), lower({needle})) > 0")
             alias = self.join(
-                "SELECT DISTINCT o.customer_id FROM orders o JOIN scope s USING (customer_id)"
+                "SELECT DISTINCT o.customer_id FROM orders o"
+                " JOIN segment_candidates s USING (customer_id)"
                 " JOIN order_lines l USING (customer_id, order_id, source, event_id)"
-                f" WHERE {' AND '.join(where)}"
+                f" WHERE {' AND '.join(self._bought_where(rule.bought))}"
             )
             return f"({alias}.customer_id IS NOT NULL)"
         assert isinstance(rule, Rfm)
-        triples = segments.rfm_triples(rule.rfm)
         alias = self.join(
-            "SELECT DISTINCT r.customer_id FROM rfm_scores r JOIN scope s USING (customer_id)"
-            f" WHERE r.currency = {self.parameter(rule.rfm.currency, 'text')}"
+            "SELECT DISTINCT r.customer_id FROM rfm_scores r"
+            " JOIN segment_candidates s USING (customer_id)"
+            f" WHERE {self._rfm_where(rule.rfm)}"
+        )
+        return f"({alias}.customer_id IS NOT NULL)"
+
+    def necessary(self, rule: Rule) -> list[str]:
+        """Conditions over the scope row `s` that the rule implies (those of the conditions it
+        requires of everyone: itself, or the members of a top-level `all`) that are cheap to
+        test first: a selective one shrinks the candidates before the measures are summed."""
+        found = []
+        for condition in rule.all if isinstance(rule, AllOf) else (rule,):
+            if isinstance(condition, FieldIn):
+                found.append(
+                    "EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = s.customer_id"
+                    f" AND {self.expression(condition)})"
+                )
+            elif isinstance(condition, Bought):
+                found.append(
+                    "EXISTS (SELECT 1 FROM orders o"
+                    " JOIN order_lines l USING (customer_id, order_id, source, event_id)"
+                    " WHERE o.customer_id = s.customer_id"
+                    f" AND {' AND '.join(self._bought_where(condition.bought))})"
+                )
+            elif isinstance(condition, Rfm):
+                found.append(
+                    "EXISTS (SELECT 1 FROM rfm_scores r WHERE r.customer_id = s.customer_id"
+                    f" AND {self._rfm_where(condition.rfm)})"
+                )
+        return found
+
+    def _bought_where(self, spec: rules.BoughtSpec) -> list[str]:
+        where = [_NOT_CANCELLED, *self.window("o.placed_at", spec.within_days)]
+        if spec.product_ids is not None:
+            where.append(f"l.product_id = ANY({self.parameter(list(spec.product_ids), 'text[]')})")
+        if spec.description_contains is not None:
+            needle = self.parameter(spec.description_contains, "text")
+            where.append(f"strpos(lower(l.description), lower({needle})) > 0")
+        return where
+
+    def _rfm_where(self, spec: rules.RfmSpec) -> str:
+        triples = segments.rfm_triples(spec)
+        return (
+            f"r.currency = {self.parameter(spec.currency, 'text')}"
             " AND (r.r, r.f, r.m) IN (SELECT * FROM unnest("
             f"{self.parameter([t[0] for t in triples], 'int[]')},"
             f" {self.parameter([t[1] for t in triples], 'int[]')},"
             f" {self.parameter([t[2] for t in triples], 'int[]')}))"
         )
-        return f"({alias}.customer_id IS NOT NULL)"
 
     def _orders_where(self, rule: MeasureBetween) -> list[str]:
         where = [_NOT_CANCELLED]
@@ -760,7 +792,8 @@ class _CompiledRule:
         if measure in (Measure.ORDERS, Measure.GROSS_REVENUE, Measure.DAYS_SINCE_LAST_PURCHASE):
             alias = self.join(
                 "SELECT o.customer_id, count(*) AS n, sum(o.amount) AS amount,"
-                " max(o.placed_at) AS last FROM orders o JOIN scope s USING (customer_id)"
+                " max(o.placed_at) AS last"
+                " FROM orders o JOIN segment_candidates s USING (customer_id)"
                 f" WHERE {' AND '.join(self._orders_where(rule))} GROUP BY o.customer_id"
             )
             if measure == Measure.ORDERS:
@@ -781,10 +814,12 @@ class _CompiledRule:
                 refunds.append(f"o.channel = {self.parameter(rule.channel, 'text')}")
             alias = self.join(
                 "SELECT customer_id, sum(amount) AS amount FROM ("
-                " SELECT o.customer_id, o.amount FROM orders o JOIN scope s USING (customer_id)"
+                " SELECT o.customer_id, o.amount"
+                " FROM orders o JOIN segment_candidates s USING (customer_id)"
                 f" WHERE {' AND '.join(orders)}"
                 " UNION ALL"
-                " SELECT r.customer_id, -r.amount FROM refunds r JOIN scope s USING (customer_id)"
+                " SELECT r.customer_id, -r.amount"
+                " FROM refunds r JOIN segment_candidates s USING (customer_id)"
                 " LEFT JOIN orders o ON o.customer_id = r.customer_id"
                 " AND o.order_id = r.order_id AND o.currency = r.currency"
                 f" WHERE {' AND '.join(refunds)}) AS money GROUP BY customer_id"
@@ -796,14 +831,15 @@ class _CompiledRule:
                 where.append(f"r.currency = {self.parameter(rule.currency, 'text')}")
             alias = self.join(
                 "SELECT r.customer_id, count(*) AS n"
-                " FROM refunds r JOIN scope s USING (customer_id)"
+                " FROM refunds r JOIN segment_candidates s USING (customer_id)"
                 f" WHERE {' AND '.join(where)} GROUP BY r.customer_id"
             )
             return f"coalesce({alias}.n, 0)"
         where = ["true", *self.window("x.cancelled_at", rule.within_days)]
         alias = self.join(
             "SELECT x.customer_id, count(*) AS n FROM order_cancellations x"
-            f" JOIN scope s USING (customer_id) WHERE {' AND '.join(where)} GROUP BY x.customer_id"
+            " JOIN segment_candidates s USING (customer_id)"
+            f" WHERE {' AND '.join(where)} GROUP BY x.customer_id"
         )
         return f"coalesce({alias}.n, 0)"
 
@@ -822,7 +858,7 @@ _NOT_CANCELLED = (
     " WHERE x.customer_id = o.customer_id AND x.order_id = o.order_id)"
 )
 
-EVERYONE = "SELECT customer_id FROM customers UNION SELECT customer_id FROM purchase_totals"
+EVERYONE = "SELECT customer_id FROM customers FULL JOIN purchase_totals USING (customer_id)"
 """The customers a rule is evaluated over: everyone the profile knows."""
 IN_PARTITIONS = "SELECT customer_id FROM purchase_totals WHERE orders_partition = ANY($1::int[])"
 """The customers whose time is these crm.orders partitions' clocks ($1)."""
@@ -830,23 +866,50 @@ AMONG = "SELECT DISTINCT unnest($1::text[]) AS customer_id"
 """The customers named in $1."""
 
 
-def _matching_sql(rule: Rule, universe: str, first_parameter: int) -> tuple[str, list[Any]]:
-    """`WITH scope ..., matching ...`: the customers of the universe that the rule holds for."""
-    compiled = _CompiledRule(first_parameter)
+async def _match(
+    conn: asyncpg.Connection, rule: Rule, universe: str, arguments: Sequence[Any]
+) -> tuple[str, list[Any]]:
+    """Fill the temporary tables segment_scope (the universe's customers with their clocks) and
+    segment_candidates (those passing the rule's cheap necessary conditions), with statistics,
+    so that the planner sizes its joins right; then the `WITH matching` of the customers the
+    rule holds for, and its parameters (from $1). Inside the caller's transaction."""
+    # Compiling a rule's large plan costs seconds; and the row estimates of its joins (each
+    # leaf joins the candidates to orders and lines on the same key) come out far too low, which
+    # made nested loops over thousands of candidates quadratic: hash joins it is.
+    await conn.execute("SET LOCAL jit = off")
+    await conn.execute("SET LOCAL enable_nestloop = off")
+    await conn.execute("DROP TABLE IF EXISTS pg_temp.segment_scope, pg_temp.segment_candidates")
+    for table in ("segment_scope", "segment_candidates"):  # CREATE ... AS takes no parameters
+        await conn.execute(
+            f"CREATE TEMP TABLE {table} (customer_id text, orders_partition int, now timestamptz)"
+            " ON COMMIT DROP"
+        )
+    await conn.execute(
+        f"""
+        INSERT INTO segment_scope
+        SELECT u.customer_id, p.orders_partition, pc.now
+        FROM ({universe}) u
+        LEFT JOIN purchase_totals p ON p.customer_id = u.customer_id
+        LEFT JOIN partition_clocks pc
+            ON pc.topic = 'crm.orders' AND pc.partition = p.orders_partition
+        """,
+        *arguments,
+    )
+    prefilter = _CompiledRule(1)
+    necessary = " AND ".join(["true", *prefilter.necessary(rule)])
+    await conn.execute(
+        f"INSERT INTO segment_candidates SELECT * FROM segment_scope s WHERE {necessary}",
+        *prefilter.parameters,
+    )
+    await conn.execute("ANALYZE segment_scope, segment_candidates")
+    compiled = _CompiledRule(1)
     where = compiled.expression(rule)
     profile = (
         "LEFT JOIN customers c ON c.customer_id = s.customer_id" if compiled.reads_profile else ""
     )
     sql = f"""
-        WITH scope AS MATERIALIZED (
-            SELECT u.customer_id, p.orders_partition, pc.now
-            FROM ({universe}) u
-            LEFT JOIN purchase_totals p ON p.customer_id = u.customer_id
-            LEFT JOIN partition_clocks pc
-                ON pc.topic = 'crm.orders' AND pc.partition = p.orders_partition
-        ),
-        matching AS (
-            SELECT s.customer_id FROM scope s {profile} {" ".join(compiled.joins)}
+        WITH matching AS (
+            SELECT s.customer_id FROM segment_candidates s {profile} {" ".join(compiled.joins)}
             WHERE {where}
         )
         """
@@ -858,10 +921,11 @@ async def matching_customers(
 ) -> list[str]:
     """Who the rule holds for among the universe (EVERYONE, or AMONG / IN_PARTITIONS with
     their argument), in customer order."""
-    sql, parameters = _matching_sql(rule, universe, len(arguments) + 1)
-    rows = await conn.fetch(
-        sql + "SELECT customer_id FROM matching ORDER BY customer_id", *arguments, *parameters
-    )
+    async with conn.transaction():
+        sql, parameters = await _match(conn, rule, universe, arguments)
+        rows = await conn.fetch(
+            sql + "SELECT customer_id FROM matching ORDER BY customer_id", *parameters
+        )
     return [row["customer_id"] for row in rows]
 
 
@@ -869,24 +933,30 @@ async def segment_verdicts(
     conn: asyncpg.Connection, segment: str, rule: Rule, universe: str = EVERYONE, *arguments: Any
 ) -> list[tuple[str, bool, Membership | None, int | None]]:
     """(customer, whether the rule holds, membership, crm.orders partition) of the customers
-    of the universe whose membership of the segment the rule contradicts."""
-    sql, parameters = _matching_sql(rule, universe, len(arguments) + 2)
-    rows = await conn.fetch(
-        sql
-        + f"""
-        SELECT s.customer_id, s.orders_partition, x.customer_id IS NOT NULL AS holds,
-               m.member, m.version, m.changed_at
-        FROM scope s
-        LEFT JOIN matching x ON x.customer_id = s.customer_id
-        LEFT JOIN segment_memberships m
-            ON m.customer_id = s.customer_id AND m.segment = ${len(arguments) + 1}::text
-        WHERE (x.customer_id IS NOT NULL) <> coalesce(m.member, false)
-        ORDER BY s.customer_id
-        """,
-        *arguments,
-        segment,
-        *parameters,
-    )
+    of the universe whose membership of the segment the rule contradicts: those it holds for
+    who are not members, and the members it no longer holds for."""
+    async with conn.transaction():
+        sql, parameters = await _match(conn, rule, universe, arguments)
+        segment_parameter = f"${len(parameters) + 1}::text"
+        rows = await conn.fetch(
+            sql
+            + f"""
+            SELECT s.customer_id, s.orders_partition, true AS holds,
+                   m.member, m.version, m.changed_at
+            FROM matching x JOIN segment_candidates s USING (customer_id)
+            LEFT JOIN segment_memberships m
+                ON m.customer_id = x.customer_id AND m.segment = {segment_parameter}
+            WHERE m.member IS NOT TRUE
+            UNION ALL
+            SELECT s.customer_id, s.orders_partition, false, m.member, m.version, m.changed_at
+            FROM segment_memberships m JOIN segment_scope s USING (customer_id)
+            WHERE m.segment = {segment_parameter} AND m.member
+              AND NOT EXISTS (SELECT 1 FROM matching x WHERE x.customer_id = m.customer_id)
+            ORDER BY 1
+            """,
+            *parameters,
+            segment,
+        )
     return [
         (r["customer_id"], r["holds"], _membership(r, segment), r["orders_partition"]) for r in rows
     ]
