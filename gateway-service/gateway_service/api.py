@@ -365,6 +365,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     from gateway_service import recommendation_reads  # likewise
 
     app.router.routes.extend(recommendation_reads.router.routes)
+    from gateway_service import segment_reads
+
+    app.router.routes.extend(segment_reads.router.routes)
     return app
 
 

@@ -27,6 +27,10 @@ ANALYTICS_WRITE = "analytics:write"
 """Asking for analysis work (fitting the lifetime-value model again)."""
 RECOMMENDATIONS_READ = "recommendations:read"
 RECOMMENDATIONS_TRAIN = "recommendations:train"
+SEGMENTS_READ = "segments:read"
+"""Operator segments: definitions, sizes, members (who is in them) and a customer's segments."""
+SEGMENTS_WRITE = "segments:write"
+"""Define, redefine and retire operator segments."""
 SCOPES = frozenset(
     {
         CUSTOMERS_READ,
@@ -36,6 +40,8 @@ SCOPES = frozenset(
         CUSTOMERS_MERGE,
         RECOMMENDATIONS_READ,
         RECOMMENDATIONS_TRAIN,
+        SEGMENTS_READ,
+        SEGMENTS_WRITE,
     }
 )
 

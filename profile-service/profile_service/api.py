@@ -188,6 +188,9 @@ def create_app(settings: ProfileSettings | None = None) -> FastAPI:
     from profile_service import lifetime_api
 
     app.router.routes.extend(lifetime_api.router.routes)
+    from profile_service import segments_api
+
+    app.router.routes.extend(segments_api.router.routes)
     return app
 
 

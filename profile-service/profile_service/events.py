@@ -2,15 +2,28 @@
 and its competitors, purchases and cancellations, the clock's ticks) and what it derives
 (segment membership changes on crm.segments)."""
 
-from crm_shared.contracts.events import CLOCK_TICKED, MERGE_TYPES, OPINION_TYPES
-from crm_shared.contracts.topics import CUSTOMERS, ORDERS, SEGMENTS
+from crm_shared.contracts.events import (
+    CLOCK_TICKED,
+    MERGE_TYPES,
+    OPINION_TYPES,
+    SEGMENT_DEFINED,
+    SEGMENT_RETIRED,
+)
+from crm_shared.contracts.topics import CUSTOMERS, ORDERS, SEGMENT_DEFINITIONS, SEGMENTS
 
-TOPICS = (CUSTOMERS, ORDERS)
+TOPICS = (CUSTOMERS, ORDERS, SEGMENT_DEFINITIONS)
 PUBLISHES = (SEGMENTS,)
 
 CUSTOMER_TYPES = frozenset({"crm.customer.registered.v1", "crm.customer.updated.v1"})
 PURCHASE_TYPES = frozenset({"crm.order.placed.v1", "crm.order.refunded.v1"})
 ORDER_CANCELLED = "crm.order.cancelled.v1"
+DEFINITION_TYPES = frozenset({SEGMENT_DEFINED, SEGMENT_RETIRED})
+"""Operator segments' definitions (profile_service.segment_fold)."""
 FOLDS = (
-    CUSTOMER_TYPES | MERGE_TYPES | OPINION_TYPES | PURCHASE_TYPES | {ORDER_CANCELLED, CLOCK_TICKED}
+    CUSTOMER_TYPES
+    | MERGE_TYPES
+    | OPINION_TYPES
+    | PURCHASE_TYPES
+    | DEFINITION_TYPES
+    | {ORDER_CANCELLED, CLOCK_TICKED}
 )

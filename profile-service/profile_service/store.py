@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import astuple
 from datetime import datetime
 from decimal import Decimal
@@ -10,8 +10,22 @@ from typing import Any
 
 import asyncpg
 
+from crm_shared.contracts import segment_rules as rules
+from crm_shared.contracts.events import Event
+from crm_shared.contracts.segment_rules import (
+    ATTRIBUTE_PREFIX,
+    AllOf,
+    AnyOf,
+    Bought,
+    FieldIn,
+    Measure,
+    MeasureBetween,
+    NotRule,
+    Rfm,
+    Rule,
+)
 from crm_shared.runtime.db import columns
-from profile_service import analytics, identity, opinions
+from profile_service import analytics, identity, opinions, segments
 from profile_service.commerce import (
     CancellationRow,
     CommerceRows,
@@ -949,3 +963,486 @@ async def lifetime_of(conn: asyncpg.Connection, customer_id: str) -> list[Scored
         )
         for row in rows
     ]
+
+
+# --- operator segments: definitions, rules compiled to SQL, members -------------------------------
+
+
+async def save_segment_definition(
+    conn: asyncpg.Connection,
+    event: Event,
+    description: str | None,
+    rule: Any,
+    time_dependent: bool,
+    retired: bool,
+) -> bool:
+    """Store a definition or retirement unless a newer one by (time, source, id) is stored;
+    whether it was stored. A retirement keeps the rule it retires."""
+    stored: str | None = await conn.fetchval(
+        """
+        INSERT INTO segment_definitions AS t (segment, description, rule, time_dependent, retired,
+                                              changed_at, source, event_id)
+        VALUES ($1, $2, coalesce($3::jsonb, '{}'), $4, $5, $6, $7, $8)
+        ON CONFLICT (segment) DO UPDATE SET
+            description = coalesce(EXCLUDED.description, t.description),
+            rule = CASE WHEN EXCLUDED.retired THEN t.rule ELSE EXCLUDED.rule END,
+            time_dependent = EXCLUDED.time_dependent AND NOT EXCLUDED.retired,
+            retired = EXCLUDED.retired, changed_at = EXCLUDED.changed_at,
+            source = EXCLUDED.source, event_id = EXCLUDED.event_id
+        WHERE (EXCLUDED.changed_at, EXCLUDED.source, EXCLUDED.event_id)
+              > (t.changed_at, t.source, t.event_id)
+        RETURNING segment
+        """,
+        event.customer_id,
+        description,
+        rule,
+        time_dependent,
+        retired,
+        event.time,
+        event.source,
+        event.id,
+    )
+    return stored is not None
+
+
+async def active_segments(
+    conn: asyncpg.Connection, *, timed_only: bool = False
+) -> list[segments.Definition]:
+    """The segments that are not retired (only those whose rules read time, if asked)."""
+    rows = await conn.fetch(
+        "SELECT segment, rule, time_dependent FROM segment_definitions"
+        " WHERE NOT retired AND (time_dependent OR NOT $1) ORDER BY segment",
+        timed_only,
+    )
+    return [segments.definition(r["segment"], r["rule"], r["time_dependent"]) for r in rows]
+
+
+async def segment_members_locked(conn: asyncpg.Connection, segment: str) -> list[Membership]:
+    """Every current member of a segment, locked until the batch commits."""
+    rows = await conn.fetch(
+        "SELECT customer_id, member, version, changed_at FROM segment_memberships"
+        " WHERE segment = $1 AND member ORDER BY customer_id FOR UPDATE",
+        segment,
+    )
+    return [
+        Membership(r["customer_id"], segment, True, r["version"], r["changed_at"]) for r in rows
+    ]
+
+
+async def memberships_of(
+    conn: asyncpg.Connection, customer_ids: Collection[str], names: Collection[str]
+) -> dict[tuple[str, str], Membership]:
+    """The memberships of these customers in these segments, by (customer, segment)."""
+    rows = await conn.fetch(
+        "SELECT customer_id, segment, member, version, changed_at FROM segment_memberships"
+        " WHERE customer_id = ANY($1::text[]) AND segment = ANY($2::text[])",
+        list(customer_ids),
+        list(names),
+    )
+    return {
+        (r["customer_id"], r["segment"]): Membership(
+            r["customer_id"], r["segment"], r["member"], r["version"], r["changed_at"]
+        )
+        for r in rows
+    }
+
+
+async def customer_facts(
+    conn: asyncpg.Connection, customer_ids: Collection[str], *, with_lines: bool
+) -> dict[str, segments.CustomerFacts]:
+    """What a rule can ask about these customers (their order lines only if `with_lines`)."""
+    ids = list(customer_ids)
+    parts: dict[str, dict[str, Any]] = {i: {"customer_id": i} for i in ids}
+    for row in await conn.fetch(
+        "SELECT customer_id, name, email, phone, country, attributes FROM customers"
+        " WHERE customer_id = ANY($1::text[])",
+        ids,
+    ):
+        profile = {name: row[name] for name in CONTACT_FIELDS if row[name] is not None}
+        profile.update({ATTRIBUTE_PREFIX + k: v for k, v in (row["attributes"] or {}).items()})
+        parts[row["customer_id"]]["profile"] = profile
+    queries: dict[str, tuple[str, Callable[[Mapping[str, Any]], Any]]] = {
+        "orders": (
+            "SELECT customer_id, order_id, placed_at, channel, currency, amount FROM orders"
+            " WHERE customer_id = ANY($1::text[])",
+            lambda r: segments.OrderFact(
+                r["order_id"], r["placed_at"], r["channel"], r["currency"], r["amount"]
+            ),
+        ),
+        "refunds": (
+            "SELECT customer_id, order_id, refunded_at, currency, amount FROM refunds"
+            " WHERE customer_id = ANY($1::text[])",
+            lambda r: segments.RefundFact(
+                r["order_id"], r["refunded_at"], r["currency"], r["amount"]
+            ),
+        ),
+        "cancellations": (
+            "SELECT customer_id, order_id, cancelled_at FROM order_cancellations"
+            " WHERE customer_id = ANY($1::text[])",
+            lambda r: (r["order_id"], r["cancelled_at"]),
+        ),
+        "rfm": (
+            "SELECT customer_id, currency, r, f, m FROM rfm_scores"
+            " WHERE customer_id = ANY($1::text[])",
+            lambda r: (r["currency"], (r["r"], r["f"], r["m"])),
+        ),
+    }
+    if with_lines:
+        queries["lines"] = (
+            "SELECT l.customer_id, l.order_id, l.product_id, l.description FROM order_lines l"
+            " JOIN orders o USING (customer_id, order_id, source, event_id)"
+            " WHERE l.customer_id = ANY($1::text[])",
+            lambda r: segments.LineFact(r["order_id"], r["product_id"], r["description"]),
+        )
+    for part, (query, make) in queries.items():
+        found: dict[str, list[Any]] = {}
+        for row in await conn.fetch(query, ids):
+            found.setdefault(row["customer_id"], []).append(make(row))
+        for customer_id, items in found.items():
+            parts[customer_id][part] = dict(items) if part in ("cancellations", "rfm") else items
+    for row in await conn.fetch(
+        """
+        SELECT p.customer_id, pc.now FROM purchase_totals p
+        JOIN partition_clocks pc ON pc.topic = 'crm.orders' AND pc.partition = p.orders_partition
+        WHERE p.customer_id = ANY($1::text[])
+        """,
+        ids,
+    ):
+        parts[row["customer_id"]]["now"] = row["now"]
+    return {i: segments.CustomerFacts(**part) for i, part in parts.items()}
+
+
+class _CompiledRule:
+    """A rule as SQL: a boolean expression over the scope row `s`, the joins it reads, and its
+    parameters. Every value of the rule is a parameter; the text holds only fixed fragments."""
+
+    def __init__(self, first_parameter: int) -> None:
+        self.first_parameter = first_parameter
+        self.parameters: list[Any] = []
+        self.joins: list[str] = []
+        self.reads_profile = False
+
+    def parameter(self, value: Any, sql_type: str) -> str:
+        self.parameters.append(value)
+        return f"${self.first_parameter + len(self.parameters) - 1}::{sql_type}"
+
+    def join(self, subquery: str) -> str:
+        alias = f"l{len(self.joins)}"
+        self.joins.append(f"LEFT JOIN ({subquery}) {alias} ON {alias}.customer_id = s.customer_id")
+        return alias
+
+    def window(self, column: str, days: int | None) -> list[str]:
+        if days is None:
+            return []
+        return [f"{column} >= s.now - {self.parameter(days, 'int')} * interval '24 hours'"]
+
+    def expression(self, rule: Rule) -> str:
+        if isinstance(rule, AllOf | AnyOf):
+            glue = " AND " if isinstance(rule, AllOf) else " OR "
+            return "(" + glue.join(self.expression(c) for c in rules.children(rule)) + ")"
+        if isinstance(rule, NotRule):
+            return f"(NOT {self.expression(rule.not_)})"
+        if isinstance(rule, FieldIn):
+            self.reads_profile = True
+            values = self.parameter(list(rule.in_), "text[]")
+            if rule.field in CONTACT_FIELDS:  # a column name from the fixed list
+                return f"coalesce(c.{rule.field} = ANY({values}), false)"
+            key = self.parameter(rule.field.removeprefix(ATTRIBUTE_PREFIX), "text")
+            return f"coalesce(c.attributes ->> {key} = ANY({values}), false)"
+        if isinstance(rule, MeasureBetween):
+            return self._between(self._measure(rule), rule)
+        if isinstance(rule, Bought):
+            alias = self.join(
+                "SELECT DISTINCT o.customer_id FROM orders o"
+                " JOIN segment_candidates s USING (customer_id)"
+                " JOIN order_lines l USING (customer_id, order_id, source, event_id)"
+                f" WHERE {' AND '.join(self._bought_where(rule.bought))}"
+            )
+            return f"({alias}.customer_id IS NOT NULL)"
+        assert isinstance(rule, Rfm)
+        alias = self.join(
+            "SELECT DISTINCT r.customer_id FROM rfm_scores r"
+            " JOIN segment_candidates s USING (customer_id)"
+            f" WHERE {self._rfm_where(rule.rfm)}"
+        )
+        return f"({alias}.customer_id IS NOT NULL)"
+
+    def necessary(self, rule: Rule) -> list[str]:
+        """Conditions over the scope row `s` that the rule implies (those of the conditions it
+        requires of everyone: itself, or the members of a top-level `all`) that are cheap to
+        test first: a selective one shrinks the candidates before the measures are summed."""
+        found = []
+        for condition in rule.all if isinstance(rule, AllOf) else (rule,):
+            if isinstance(condition, FieldIn):
+                found.append(
+                    "EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = s.customer_id"
+                    f" AND {self.expression(condition)})"
+                )
+            elif isinstance(condition, Bought):
+                found.append(
+                    "EXISTS (SELECT 1 FROM orders o"
+                    " JOIN order_lines l USING (customer_id, order_id, source, event_id)"
+                    " WHERE o.customer_id = s.customer_id"
+                    f" AND {' AND '.join(self._bought_where(condition.bought))})"
+                )
+            elif isinstance(condition, Rfm):
+                found.append(
+                    "EXISTS (SELECT 1 FROM rfm_scores r WHERE r.customer_id = s.customer_id"
+                    f" AND {self._rfm_where(condition.rfm)})"
+                )
+        return found
+
+    def _bought_where(self, spec: rules.BoughtSpec) -> list[str]:
+        where = [_NOT_CANCELLED, *self.window("o.placed_at", spec.within_days)]
+        if spec.product_ids is not None:
+            where.append(f"l.product_id = ANY({self.parameter(list(spec.product_ids), 'text[]')})")
+        if spec.description_contains is not None:
+            needle = self.parameter(spec.description_contains, "text")
+            where.append(f"strpos(lower(l.description), lower({needle})) > 0")
+        return where
+
+    def _rfm_where(self, spec: rules.RfmSpec) -> str:
+        triples = segments.rfm_triples(spec)
+        return (
+            f"r.currency = {self.parameter(spec.currency, 'text')}"
+            " AND (r.r, r.f, r.m) IN (SELECT * FROM unnest("
+            f"{self.parameter([t[0] for t in triples], 'int[]')},"
+            f" {self.parameter([t[1] for t in triples], 'int[]')},"
+            f" {self.parameter([t[2] for t in triples], 'int[]')}))"
+        )
+
+    def _orders_where(self, rule: MeasureBetween) -> list[str]:
+        where = [_NOT_CANCELLED]
+        if rule.currency is not None:
+            where.append(f"o.currency = {self.parameter(rule.currency, 'text')}")
+        if rule.channel is not None:
+            where.append(f"o.channel = {self.parameter(rule.channel, 'text')}")
+        return where + self.window("o.placed_at", rule.within_days)
+
+    def _measure(self, rule: MeasureBetween) -> str:
+        """The measured value's SQL (NULL when there is none, as segments.measure_value)."""
+        measure = rule.measure
+        if measure in (Measure.ORDERS, Measure.GROSS_REVENUE, Measure.DAYS_SINCE_LAST_PURCHASE):
+            alias = self.join(
+                "SELECT o.customer_id, count(*) AS n, sum(o.amount) AS amount,"
+                " max(o.placed_at) AS last"
+                " FROM orders o JOIN segment_candidates s USING (customer_id)"
+                f" WHERE {' AND '.join(self._orders_where(rule))} GROUP BY o.customer_id"
+            )
+            if measure == Measure.ORDERS:
+                return f"coalesce({alias}.n, 0)"
+            if measure == Measure.GROSS_REVENUE:
+                return f"coalesce({alias}.amount, 0)"
+            return f"(extract(epoch FROM s.now) - extract(epoch FROM {alias}.last))"
+        if measure == Measure.NET_REVENUE:
+            orders = self._orders_where(rule)
+            currency = self.parameter(rule.currency, "text")
+            refunds = [
+                f"r.currency = {currency}",
+                "NOT EXISTS (SELECT 1 FROM order_cancellations x"
+                " WHERE x.customer_id = r.customer_id AND x.order_id = r.order_id)",
+                *self.window("r.refunded_at", rule.within_days),
+            ]
+            if rule.channel is not None:
+                refunds.append(f"o.channel = {self.parameter(rule.channel, 'text')}")
+            alias = self.join(
+                "SELECT customer_id, sum(amount) AS amount FROM ("
+                " SELECT o.customer_id, o.amount"
+                " FROM orders o JOIN segment_candidates s USING (customer_id)"
+                f" WHERE {' AND '.join(orders)}"
+                " UNION ALL"
+                " SELECT r.customer_id, -r.amount"
+                " FROM refunds r JOIN segment_candidates s USING (customer_id)"
+                " LEFT JOIN orders o ON o.customer_id = r.customer_id"
+                " AND o.order_id = r.order_id AND o.currency = r.currency"
+                f" WHERE {' AND '.join(refunds)}) AS money GROUP BY customer_id"
+            )
+            return f"coalesce({alias}.amount, 0)"
+        if measure == Measure.REFUNDS:
+            where = ["true", *self.window("r.refunded_at", rule.within_days)]
+            if rule.currency is not None:
+                where.append(f"r.currency = {self.parameter(rule.currency, 'text')}")
+            alias = self.join(
+                "SELECT r.customer_id, count(*) AS n"
+                " FROM refunds r JOIN segment_candidates s USING (customer_id)"
+                f" WHERE {' AND '.join(where)} GROUP BY r.customer_id"
+            )
+            return f"coalesce({alias}.n, 0)"
+        where = ["true", *self.window("x.cancelled_at", rule.within_days)]
+        alias = self.join(
+            "SELECT x.customer_id, count(*) AS n FROM order_cancellations x"
+            " JOIN segment_candidates s USING (customer_id)"
+            f" WHERE {' AND '.join(where)} GROUP BY x.customer_id"
+        )
+        return f"coalesce({alias}.n, 0)"
+
+    def _between(self, value: str, rule: MeasureBetween) -> str:
+        scale = segments.SECONDS_PER_DAY if rule.measure == Measure.DAYS_SINCE_LAST_PURCHASE else 1
+        bounds = []
+        if rule.at_least is not None:
+            bounds.append(f"{value} >= {self.parameter(rule.at_least * scale, 'numeric')}")
+        if rule.at_most is not None:
+            bounds.append(f"{value} <= {self.parameter(rule.at_most * scale, 'numeric')}")
+        return f"coalesce({' AND '.join(bounds)}, false)"
+
+
+_NOT_CANCELLED = (
+    "NOT EXISTS (SELECT 1 FROM order_cancellations x"
+    " WHERE x.customer_id = o.customer_id AND x.order_id = o.order_id)"
+)
+
+EVERYONE = "SELECT customer_id FROM customers FULL JOIN purchase_totals USING (customer_id)"
+"""The customers a rule is evaluated over: everyone the profile knows."""
+IN_PARTITIONS = "SELECT customer_id FROM purchase_totals WHERE orders_partition = ANY($1::int[])"
+"""The customers whose time is these crm.orders partitions' clocks ($1)."""
+AMONG = "SELECT DISTINCT unnest($1::text[]) AS customer_id"
+"""The customers named in $1."""
+
+
+async def _match(
+    conn: asyncpg.Connection, rule: Rule, universe: str, arguments: Sequence[Any]
+) -> tuple[str, list[Any]]:
+    """Fill the temporary tables segment_scope (the universe's customers with their clocks) and
+    segment_candidates (those passing the rule's cheap necessary conditions), with statistics,
+    so that the planner sizes its joins right; then the `WITH matching` of the customers the
+    rule holds for, and its parameters (from $1). Inside the caller's transaction."""
+    # Compiling a rule's large plan costs seconds; and the row estimates of its joins (each
+    # leaf joins the candidates to orders and lines on the same key) come out far too low, which
+    # made nested loops over thousands of candidates quadratic: hash joins it is.
+    await conn.execute("SET LOCAL jit = off")
+    await conn.execute("SET LOCAL enable_nestloop = off")
+    await conn.execute("DROP TABLE IF EXISTS pg_temp.segment_scope, pg_temp.segment_candidates")
+    for table in ("segment_scope", "segment_candidates"):  # CREATE ... AS takes no parameters
+        await conn.execute(
+            f"CREATE TEMP TABLE {table} (customer_id text, orders_partition int, now timestamptz)"
+            " ON COMMIT DROP"
+        )
+    await conn.execute(
+        f"""
+        INSERT INTO segment_scope
+        SELECT u.customer_id, p.orders_partition, pc.now
+        FROM ({universe}) u
+        LEFT JOIN purchase_totals p ON p.customer_id = u.customer_id
+        LEFT JOIN partition_clocks pc
+            ON pc.topic = 'crm.orders' AND pc.partition = p.orders_partition
+        """,
+        *arguments,
+    )
+    prefilter = _CompiledRule(1)
+    necessary = " AND ".join(["true", *prefilter.necessary(rule)])
+    await conn.execute(
+        f"INSERT INTO segment_candidates SELECT * FROM segment_scope s WHERE {necessary}",
+        *prefilter.parameters,
+    )
+    await conn.execute("ANALYZE segment_scope, segment_candidates")
+    compiled = _CompiledRule(1)
+    where = compiled.expression(rule)
+    profile = (
+        "LEFT JOIN customers c ON c.customer_id = s.customer_id" if compiled.reads_profile else ""
+    )
+    sql = f"""
+        WITH matching AS (
+            SELECT s.customer_id FROM segment_candidates s {profile} {" ".join(compiled.joins)}
+            WHERE {where}
+        )
+        """
+    return sql, compiled.parameters
+
+
+async def matching_customers(
+    conn: asyncpg.Connection, rule: Rule, universe: str = EVERYONE, *arguments: Any
+) -> list[str]:
+    """Who the rule holds for among the universe (EVERYONE, or AMONG / IN_PARTITIONS with
+    their argument), in customer order."""
+    async with conn.transaction():
+        sql, parameters = await _match(conn, rule, universe, arguments)
+        rows = await conn.fetch(
+            sql + "SELECT customer_id FROM matching ORDER BY customer_id", *parameters
+        )
+    return [row["customer_id"] for row in rows]
+
+
+async def segment_verdicts(
+    conn: asyncpg.Connection, segment: str, rule: Rule, universe: str = EVERYONE, *arguments: Any
+) -> list[tuple[str, bool, Membership | None, int | None]]:
+    """(customer, whether the rule holds, membership, crm.orders partition) of the customers
+    of the universe whose membership of the segment the rule contradicts: those it holds for
+    who are not members, and the members it no longer holds for."""
+    async with conn.transaction():
+        sql, parameters = await _match(conn, rule, universe, arguments)
+        segment_parameter = f"${len(parameters) + 1}::text"
+        rows = await conn.fetch(
+            sql
+            + f"""
+            SELECT s.customer_id, s.orders_partition, true AS holds,
+                   m.member, m.version, m.changed_at
+            FROM matching x JOIN segment_candidates s USING (customer_id)
+            LEFT JOIN segment_memberships m
+                ON m.customer_id = x.customer_id AND m.segment = {segment_parameter}
+            WHERE m.member IS NOT TRUE
+            UNION ALL
+            SELECT s.customer_id, s.orders_partition, false, m.member, m.version, m.changed_at
+            FROM segment_memberships m JOIN segment_scope s USING (customer_id)
+            WHERE m.segment = {segment_parameter} AND m.member
+              AND NOT EXISTS (SELECT 1 FROM matching x WHERE x.customer_id = m.customer_id)
+            ORDER BY 1
+            """,
+            *parameters,
+            segment,
+        )
+    return [
+        (r["customer_id"], r["holds"], _membership(r, segment), r["orders_partition"]) for r in rows
+    ]
+
+
+async def segment_definitions(
+    conn: asyncpg.Connection, segment: str | None = None
+) -> list[dict[str, Any]]:
+    """Every operator segment's definition (or the one named) with its member count."""
+    rows = await conn.fetch(
+        """
+        SELECT d.segment, d.description, d.rule, d.retired, d.time_dependent, d.changed_at,
+               (SELECT count(*) FROM segment_memberships m
+                WHERE m.segment = d.segment AND m.member)::bigint AS members
+        FROM segment_definitions d WHERE $1::text IS NULL OR d.segment = $1
+        ORDER BY d.segment
+        """,
+        segment,
+    )
+    return [dict(row) for row in rows]
+
+
+async def segment_size(conn: asyncpg.Connection, segment: str) -> int:
+    size: int = await conn.fetchval(
+        "SELECT count(*) FROM segment_memberships WHERE segment = $1 AND member", segment
+    )
+    return size
+
+
+async def segment_members(
+    conn: asyncpg.Connection, segment: str, after: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """A page of a segment's members in customer order, after the cursor (a customer id)."""
+    rows = await conn.fetch(
+        """
+        SELECT customer_id, version, changed_at AS since FROM segment_memberships
+        WHERE segment = $1 AND member AND customer_id > coalesce($2, '')
+        ORDER BY customer_id LIMIT $3
+        """,
+        segment,
+        after,
+        limit,
+    )
+    return [dict(row) for row in rows]
+
+
+async def customer_segments(conn: asyncpg.Connection, customer_id: str) -> list[dict[str, Any]]:
+    """The segments the customer is a member of, with when they entered and the version."""
+    rows = await conn.fetch(
+        """
+        SELECT segment, version, changed_at AS since FROM segment_memberships
+        WHERE customer_id = $1 AND member ORDER BY segment
+        """,
+        customer_id,
+    )
+    return [dict(row) for row in rows]

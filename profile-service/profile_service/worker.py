@@ -24,6 +24,7 @@ from profile_service import (
     metrics,
     opinions,
     projection,
+    segment_fold,
     store,
 )
 from profile_service.config import MIGRATIONS, ProfileSettings
@@ -146,8 +147,8 @@ PROJECTION = Projection(
     topics=TOPICS,
     folds=FOLDS,
     migrations=MIGRATIONS,
-    fold=fold,
-    bulk_fold=BulkFold,
+    fold=segment_fold.with_operator_segments(fold),
+    bulk_fold=lambda: segment_fold.with_operator_segments(BulkFold()),
     periodic=(
         PeriodicJob(
             "rfm-scores", RFM_REFRESH_INTERVAL_SECONDS, RfmRefresher(), duty=RFM_REFRESH_DUTY

@@ -160,6 +160,11 @@ async def test_the_running_gateway_serves_the_document_under_test(
         "/v1/recommendations/model",
         "/v1/recommendations/model/retrain",
         "/v1/recommendations/model/retrain/{request_id}",
+        "/v1/segments",
+        "/v1/segments/{segment}",
+        "/v1/segments/{segment}/size",
+        "/v1/segments/{segment}/members",
+        "/v1/customers/{customer_id}/segments",
     }
 
 

@@ -32,6 +32,8 @@ from pydantic import (
 )
 from pydantic_core import CoreSchema, SchemaValidator, core_schema
 
+from crm_shared.contracts import segment_rules
+
 MAX_EVENT_BYTES = 1024 * 1024
 """Largest encoded event we accept: bigger records are dead-lettered, never folded."""
 
@@ -368,6 +370,40 @@ class SegmentLeft(_SegmentChange):
     """The customer stopped being a member of a segment (derived by the profile service)."""
 
 
+SegmentName = Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[a-z0-9_.-]+$")]
+RESERVED_SEGMENTS = frozenset({"lapsed"})
+"""Segments the profile service derives by its own rules: an operator may not define them."""
+
+
+class SegmentDefined(_EventData):
+    """An operator defined a segment, or replaced its rule (crm_shared.contracts.segment_rules).
+    The subject (and key) is the segment's name, so one segment's definitions stay in order."""
+
+    segment: SegmentName
+    description: str | None = Field(default=None, max_length=500)
+    rule: segment_rules.Rule
+
+    @field_validator("segment")
+    @classmethod
+    def _not_reserved(cls, segment: str) -> str:
+        if segment in RESERVED_SEGMENTS:
+            raise ValueError(f"segment {segment!r} is derived by the platform's own rule")
+        return segment
+
+    @field_validator("rule")
+    @classmethod
+    def _bounded(cls, rule: segment_rules.Rule) -> segment_rules.Rule:
+        segment_rules.check_size(rule)
+        return rule
+
+
+class SegmentRetired(_EventData):
+    """An operator retired a segment: every member leaves it, and it is no longer evaluated."""
+
+    segment: SegmentName
+    reason: str | None = Field(default=None, max_length=300)
+
+
 CLOCK_TICKED = "crm.clock.ticked.v1"
 SEGMENT_ENTERED = "crm.segment.entered.v1"
 SEGMENT_LEFT = "crm.segment.left.v1"
@@ -379,6 +415,8 @@ COMPETITOR_PURCHASE_REPORTED = "crm.customer.competitor_purchase.reported.v1"
 PURCHASE_DECLINED = "crm.customer.purchase.declined.v1"
 OPINION_TYPES = frozenset({DISLIKE_STATED, COMPETITOR_PURCHASE_REPORTED, PURCHASE_DECLINED})
 """What customers tell of the brand and its competitors: kept on the profile, counted across."""
+SEGMENT_DEFINED = "crm.segment.defined.v1"
+SEGMENT_RETIRED = "crm.segment.retired.v1"
 CLOCK_SUBJECT = "clock"
 """The subject (and key) of every tick: ticks are about time, not about a customer."""
 
@@ -402,6 +440,8 @@ EVENT_TYPES: dict[str, type[_EventData]] = {
     CLOCK_TICKED: ClockTicked,
     SEGMENT_ENTERED: SegmentEntered,
     SEGMENT_LEFT: SegmentLeft,
+    SEGMENT_DEFINED: SegmentDefined,
+    SEGMENT_RETIRED: SegmentRetired,
 }
 """Every event type on the wire, by its CloudEvents `type`."""
 

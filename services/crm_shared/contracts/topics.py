@@ -14,8 +14,10 @@ from crm_shared.contracts.events import (
     EVENT_TYPES,
     MERGE_TYPES,
     OPINION_TYPES,
+    SEGMENT_DEFINED,
     SEGMENT_ENTERED,
     SEGMENT_LEFT,
+    SEGMENT_RETIRED,
 )
 
 DEFAULT_PARTITIONS = 12
@@ -89,6 +91,13 @@ SEGMENTS = Topic(
     producers=("profile-service",),
     consumers=("broadcast-service",),
 )
+SEGMENT_DEFINITIONS = Topic(
+    "crm.segment-definitions",
+    "Operator-defined segments: their rules and retirements, keyed by the segment's name.",
+    (SEGMENT_DEFINED, SEGMENT_RETIRED),
+    producers=("gateway-segments",),
+    consumers=("profile-service",),
+)
 DEAD_LETTER = Topic(
     "crm.deadletter",
     "Records that could not be processed: original bytes as the value, the reason and origin "
@@ -105,7 +114,15 @@ DEAD_LETTER = Topic(
     config={**_FOREVER, "max.message.bytes": str(8 * 1024 * 1024)},
 )
 
-EVENT_TOPICS: tuple[Topic, ...] = (CUSTOMERS, ORDERS, BROWSING, CONTACTS, PREFERENCES, SEGMENTS)
+EVENT_TOPICS: tuple[Topic, ...] = (
+    CUSTOMERS,
+    ORDERS,
+    BROWSING,
+    CONTACTS,
+    PREFERENCES,
+    SEGMENTS,
+    SEGMENT_DEFINITIONS,
+)
 CLOCK_PRODUCER = "crm-clock"
 """Who publishes the ticks that every event topic carries."""
 ALL_TOPICS: tuple[Topic, ...] = (*EVENT_TOPICS, DEAD_LETTER)
