@@ -19,9 +19,7 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
-
-from crm_shared.runtime.db import open_pool
+from bench.scratch import fresh_pool
 from profile_service import store
 from profile_service.config import MIGRATIONS
 
@@ -72,11 +70,7 @@ async def main(customers: int, repeat: int) -> None:
     base = os.environ.get("CRM_PG_DSN_BASE")
     if not base:
         sys.exit("set CRM_PG_DSN_BASE (./crm bench-analytics does)")
-    scratch = "crm_profile_analyticsbench"
-    admin = await asyncpg.connect(f"{base}/postgres")
-    await admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
-    await admin.close()
-    pool = await open_pool(f"{base}/{scratch}", MIGRATIONS, 2)
+    pool = await fresh_pool(base, "crm_profile_analyticsbench", MIGRATIONS, 2)
     try:
         async with pool.acquire() as conn:
             started = time.perf_counter()

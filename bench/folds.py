@@ -19,8 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-import asyncpg
-
+from bench.scratch import drop_database, fresh_pool
 from crm_shared.contracts.deadletter import DeadLetter
 from crm_shared.contracts.events import encode_event
 from crm_shared.contracts.topics import topic_for
@@ -28,7 +27,6 @@ from crm_shared.ops import platform
 from crm_shared.ops.demo.load import default_data_path
 from crm_shared.ops.demo.retail import load_retail
 from crm_shared.ops.demo.workload import Workload
-from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.projector import BatchProjector, Projection, RawRecord
 
 
@@ -40,10 +38,7 @@ async def measure(
     projection: Projection, dsn_base: str, events: list[dict[str, object]], batch: int
 ) -> tuple[int, float, float]:
     scratch = f"crm_{projection.name}_foldbench"
-    admin = await asyncpg.connect(f"{dsn_base}/postgres")
-    await admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
-    await admin.close()
-    pool = await open_pool(f"{dsn_base}/{scratch}", projection.migrations, 4)
+    pool = await fresh_pool(dsn_base, scratch, projection.migrations, 4)
     topics = {topic.name for topic in projection.topics}
     records = [
         RawRecord(topic_for(str(e["type"])), 0, n, str(e["subject"]).encode(), encode_event(e))
@@ -56,9 +51,7 @@ async def measure(
         await projector.process(records[start : start + batch])
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     await pool.close()
-    admin = await asyncpg.connect(f"{dsn_base}/postgres")
-    await admin.execute(f'DROP DATABASE "{scratch}" WITH (FORCE)')
-    await admin.close()
+    await drop_database(dsn_base, scratch)
     return len(records), elapsed, cpu
 
 

@@ -33,9 +33,9 @@ from typing import Any
 import asyncpg
 
 from bench.analytics import FILL
+from bench.scratch import fresh_pool
 from crm_shared.contracts.events import SEGMENT_DEFINED, build_event, encode_event, parse_event
 from crm_shared.runtime import outbox
-from crm_shared.runtime.db import open_pool
 from profile_service import segment_fold, store
 from profile_service.config import MIGRATIONS
 
@@ -75,11 +75,7 @@ async def main(customers: int, repeat: int) -> None:
     base = os.environ.get("CRM_PG_DSN_BASE")
     if not base:
         sys.exit("set CRM_PG_DSN_BASE (./crm bench-segments does)")
-    scratch = "crm_profile_segmentsbench"
-    admin = await asyncpg.connect(f"{base}/postgres")
-    await admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
-    await admin.close()
-    pool = await open_pool(f"{base}/{scratch}", MIGRATIONS, 2)
+    pool = await fresh_pool(base, "crm_profile_segmentsbench", MIGRATIONS, 2)
     try:
         async with pool.acquire() as conn:
             started = time.perf_counter()
