@@ -93,7 +93,7 @@ async def define_segment(
     "/v1/segments/{segment}",
     status_code=202,
     response_model=SegmentCommandAccepted,
-    responses=errors(*GUARDED, 503),
+    responses=errors(*GUARDED, 400, 503),
 )
 async def retire_segment(
     segment: SegmentPath,

@@ -51,6 +51,7 @@ SAMPLE_PATH_VALUES = {
     "value": "card-auth-sample",
     "product_id": "85123A",
     "request_id": "1",
+    "segment": "big-spenders",
 }
 PATH_PARAMETER = re.compile(r"{(\w+)(?::\w+)?}")
 

@@ -32,8 +32,16 @@ FITTED_PREFIX = "fitted_"
 """Tables of statistical models a worker fits from its projection at wall-clock times (the
 profile's lifetime-value model): a rebuild's shadow holds none until the worker fits again."""
 
-BOOKKEEPING_COLUMNS: dict[str, frozenset[str]] = {"consumer_positions": frozenset({"updated_at"})}
+BOOKKEEPING_COLUMNS: dict[str, frozenset[str]] = {
+    "consumer_positions": frozenset({"updated_at"}),
+    "segment_memberships": frozenset({"version", "changed_at"}),
+}
 """Columns that say when, not what: left out of a table's checksum."""
+COMPARED_ROWS: dict[str, str] = {"segment_memberships": "member"}
+"""Tables compared over the rows this condition keeps. A segment's history does not replay
+exactly (an entry and an exit inside one batch cancel out, and operator definitions interleave
+with customer events differently): a rebuild must give the same members, not the same versions
+(docs/decisions.md, operator segments)."""
 
 LIVE_WRITES = ("applied_events", "consumer_positions", "outbox")
 """Every live worker transaction writes the first two (and the relay the outbox): holding them
@@ -134,7 +142,8 @@ async def fingerprints(
         rows, checksum = await conn.fetchrow(
             f"SELECT count(*), coalesce(sum(('x' || left(md5({row_text}), 15))::bit(60)::bigint),"
             f" 0)::text FROM {quoted(schema)}.{quoted(table)}"
-            + (f" WHERE {SCOPED_COLUMN} = ANY($1::text[])" if scoped else ""),
+            + f" WHERE {COMPARED_ROWS.get(table, 'true')}"
+            + (f" AND {SCOPED_COLUMN} = ANY($1::text[])" if scoped else ""),
             *([list(customers or ())] if scoped else []),
         )
         found[table] = Fingerprint(rows, checksum, kept)
