@@ -21,7 +21,7 @@ from tests.integration.helpers import (
     service_auth,
     unique,
 )
-from tests.integration.test_recommendation_api import SIMILAR_WITHIN_SECONDS, _order
+from tests.integration.test_recommendation_api import _order
 
 pytestmark = pytest.mark.integration
 
@@ -144,7 +144,6 @@ async def test_picks_similar_items_and_retraining_through_the_gateway(
     _, changed = await eventually(
         similar_to_jam,
         lambda r: "by 2 customers" in r[1]["similar"][1]["reason"]["text"],
-        within=SIMILAR_WITHIN_SECONDS,
         what="mug's second co-buyer with jam in jam's similar items",
     )
     assert _ids(changed["similar"]) == [tea, mug] and _stamped(changed)
