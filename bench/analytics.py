@@ -91,12 +91,13 @@ async def main(customers: int, repeat: int) -> None:
                 "top customers (25 %, 20 points)": lambda: store.top_customers(
                     conn, "GBP", Decimal("0.25"), 20
                 ),
-                "cube, grand total only": lambda: store.cube(conn, "GBP", ()),
-                "cube by segment x channel": lambda: store.cube(
-                    conn, "GBP", ("segment", "channel")
+                "cube refresh (every currency, 32 grouping sets)": lambda: store.refresh_cube(conn),
+                "cube read, grand total only": lambda: store.cube(conn, "GBP", ()),
+                "cube read by segment x channel": lambda: store.cube(
+                    conn, "GBP", ("rfm_segment", "channel")
                 ),
-                "cube by all four dimensions": lambda: store.cube(
-                    conn, "GBP", ("segment", "country", "channel", "month")
+                "cube read by all five dimensions": lambda: store.cube(
+                    conn, "GBP", ("segment", "rfm_segment", "country", "channel", "month")
                 ),
             }
             for name, run in figures.items():

@@ -308,13 +308,21 @@ OVERVIEW_ROWS: tuple[Row, ...] = (
                 ),
             ),
             Panel(
-                title="RFM refresh time p99",
-                description="Time to recompute every RFM score (crm_profile_rfm_refresh_seconds).",
+                title="RFM and cube refresh time p99",
+                description=(
+                    "Time to recompute every RFM score (crm_profile_rfm_refresh_seconds), then "
+                    "every cell of the revenue cube (crm_profile_cube_refresh_seconds): how stale "
+                    "the segment sizes and the cube can be, beside the refresh interval."
+                ),
                 unit="s",
                 queries=(
                     Query(
                         _quantile_by(0.99, "job", "crm_profile_rfm_refresh_seconds"),
-                        "refresh p99",
+                        "RFM refresh p99",
+                    ),
+                    Query(
+                        _quantile_by(0.99, "job", "crm_profile_cube_refresh_seconds"),
+                        "cube refresh p99",
                     ),
                 ),
             ),

@@ -24,7 +24,7 @@ AnalyticsReader = Annotated[StoredKey, Depends(require(ANALYTICS_READ))]
 CurrencyQuery = Annotated[
     str, Query(pattern=r"^[A-Z]{3}$", description="ISO 4217 code of the amounts (GBP)")
 ]
-CubeDimension = Literal["segment", "country", "channel", "month"]
+CubeDimension = Literal["segment", "rfm_segment", "country", "channel", "month"]
 UPSTREAM = (502, 503, 504)
 
 router = APIRouter()

@@ -122,9 +122,10 @@ def rfm_scores(population: Mapping[str, Measures]) -> dict[str, tuple[int, int, 
 
 DEFAULT_TOP_SHARE = Decimal("0.25")
 
-CUBE_DIMENSIONS = ("segment", "country", "channel", "month")
-"""What the cube may be broken down by: RFM segment, the customer's country, the order's sales
-channel and the month (UTC) of the order or refund."""
+CUBE_DIMENSIONS = ("segment", "rfm_segment", "country", "channel", "month")
+"""What the cube may be broken down by: the segments the customer is a member of (operators' and
+the built-in ones: a customer in two counts in both), the RFM segment, the customer's country,
+the order's sales channel and the month (UTC) of the order or refund."""
 
 
 class UnknownDimension(ValueError):

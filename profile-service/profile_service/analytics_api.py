@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from crm_shared.runtime.http import model_response
 from profile_service import analytics, commerce, store
@@ -70,6 +70,7 @@ class TopCustomers(BaseModel):
 
 class CubeCell(BaseModel):
     segment: str | None = None
+    rfm_segment: str | None = None
     country: str | None = None
     channel: str | None = None
     month: str | None = None
@@ -84,6 +85,10 @@ class Cube(BaseModel):
     currency: str
     dimensions: list[str]
     cells: list[CubeCell]
+    computed_at: datetime | None = Field(
+        description="When the worker computed these figures (it does after each refresh of the "
+        "RFM scores); None: not yet, or no purchases in this currency"
+    )
 
 
 class SegmentSize(BaseModel):
@@ -171,11 +176,15 @@ async def olap_cube(
     currency: CurrencyQuery = "GBP",
     by: Annotated[
         list[str] | None,
-        Query(description="Dimensions among segment, country, channel, month; repeat for several"),
+        Query(
+            description="Dimensions among segment, rfm_segment, country, channel, month; "
+            "repeat for several"
+        ),
     ] = None,
 ) -> Response:
     """Customers, orders, net revenue and average order value for every combination of the
-    chosen dimensions, with subtotals and the grand total (rolled-up dimensions listed)."""
+    chosen dimensions, with subtotals and the grand total (rolled-up dimensions listed), as the
+    worker last computed them: a read is a lookup, however many facts there are."""
     try:
         dimensions = analytics.cube_dimensions(by or [])
     except analytics.UnknownDimension as problem:
@@ -194,4 +203,11 @@ async def olap_cube(
                 average_order_value=round(revenue / orders, 2) if orders else None,
             )
         )
-    return model_response(Cube(currency=currency, dimensions=list(dimensions), cells=cells))
+    return model_response(
+        Cube(
+            currency=currency,
+            dimensions=list(dimensions),
+            cells=cells,
+            computed_at=rows[0]["computed_at"],
+        )
+    )

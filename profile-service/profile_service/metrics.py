@@ -23,6 +23,11 @@ RFM_REFRESH_SECONDS = Histogram(
     "Time to recompute every RFM score",
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
+CUBE_REFRESH_SECONDS = Histogram(
+    "crm_profile_cube_refresh_seconds",
+    "Time to recompute every cell of the revenue cube, all currencies",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
 LIFETIME_MODEL_VERSION = Gauge(
     "crm_profile_lifetime_model_version", "Version of the lifetime-value model in use (0: none)"
 )

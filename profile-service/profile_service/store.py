@@ -530,48 +530,100 @@ async def top_customers(
 
 
 _CUBE_EXPRESSIONS = {
-    "segment": "coalesce(rule.segment, 'unscored')",
+    "segment": "m.segment",
+    "rfm_segment": "coalesce(rule.segment, 'unscored')",
     "country": "coalesce(c.country, 'unknown')",
     "channel": "coalesce(f.channel, 'unknown')",
     "month": "to_char(f.at AT TIME ZONE 'UTC', 'YYYY-MM')",
 }
-"""The SQL of each cube dimension (names checked by analytics.cube_dimensions)."""
+"""The SQL of each cube dimension, in the order of the cube's GROUPING bits (segment: 16)."""
+_SEGMENT_BIT = 1 << (len(_CUBE_EXPRESSIONS) - 1)
+
+
+def _rolled_up_bit(dimension: str) -> int:
+    return 1 << (len(_CUBE_EXPRESSIONS) - 1 - list(_CUBE_EXPRESSIONS).index(dimension))
+
+
+async def refresh_cube(conn: asyncpg.Connection) -> None:
+    """Recompute every cell of every currency's cube in one transaction (readers see the old
+    cube or the new one): customers, orders and net revenue, refunds dated when refunded and a
+    refund naming no known order on channel 'unknown'. Reads the RFM scores: refresh them first.
+
+    A customer may be in several segments, so the cells of one segment come from the facts of
+    its members (a second CUBE), and every other cell from all facts: rolled up over segments,
+    nobody counts twice."""
+    others = ", ".join(list(_CUBE_EXPRESSIONS.values())[1:])
+    facts = f"""
+        FROM revenue_facts f
+        LEFT JOIN customers c ON c.customer_id = f.customer_id
+        LEFT JOIN rfm_scores s ON s.customer_id = f.customer_id AND s.currency = f.currency
+        LEFT JOIN {_SEGMENTS} ON rule.r = s.r AND rule.f = s.f AND rule.m = s.m"""
+    measures = "count(DISTINCT f.customer_id), sum(f.orders), sum(f.revenue), now()"
+    async with conn.transaction():
+        await conn.execute("SET LOCAL work_mem = '128MB'")
+        await conn.execute("DELETE FROM computed_revenue_cube")
+        await conn.execute(
+            f"""
+            INSERT INTO computed_revenue_cube (currency, rolled_up, segment, rfm_segment, country,
+                                               channel, month, customers, orders, revenue,
+                                               computed_at)
+            SELECT f.currency, {_SEGMENT_BIT} + GROUPING({others}), NULL, {others}, {measures}
+            {facts}
+            GROUP BY f.currency, CUBE ({others})
+            UNION ALL
+            SELECT f.currency, GROUPING({others}), m.segment, {others}, {measures}
+            {facts}
+            JOIN segment_memberships m ON m.customer_id = f.customer_id AND m.member
+            GROUP BY f.currency, m.segment, CUBE ({others})
+            """,
+            *_segment_rule(),
+        )
 
 
 async def cube(
     conn: asyncpg.Connection, currency: str, dimensions: Sequence[str]
 ) -> list[dict[str, Any]]:
-    """Customers, orders, net revenue and average order value in one currency, for every
-    combination of the dimensions (CUBE): a dimension rolled up is NULL and listed in rolled_up.
-    Revenue is net of refunds, dated when refunded; a refund naming no known order has channel
-    'unknown'. With no facts at all the grand total is one row of zeros."""
+    """The cells of the precomputed cube over these dimensions (CUBE of them: a dimension rolled
+    up is None and True in `rolled_up`), as of the last refresh_cube. A currency without facts
+    has a grand total of zeros."""
     unknown = set(dimensions) - set(_CUBE_EXPRESSIONS)
     if unknown:
         raise ValueError(f"unknown cube dimensions {sorted(unknown)}")
-    selected = [f"{_CUBE_EXPRESSIONS[d]} AS {d}" for d in dimensions]
-    rolled_up = [f"GROUPING({_CUBE_EXPRESSIONS[d]}) = 1" for d in dimensions]
-    grouping = (
-        f"CUBE ({', '.join(_CUBE_EXPRESSIONS[d] for d in dimensions)})" if dimensions else "()"
-    )
-    flags = f"ARRAY[{', '.join(rolled_up)}]::bool[]" if dimensions else "'{}'::bool[]"
+    always_rolled_up = sum(_rolled_up_bit(d) for d in _CUBE_EXPRESSIONS if d not in dimensions)
+    order = ", ".join([*(f"{d} NULLS FIRST" for d in dimensions), "rolled_up"])
     rows = await conn.fetch(
         f"""
-        SELECT {"".join(s + ", " for s in selected)}{flags} AS rolled_up,
-               count(DISTINCT f.customer_id)::bigint AS customers,
-               coalesce(sum(f.orders), 0)::bigint AS orders,
-               coalesce(sum(f.revenue), 0) AS revenue
-        FROM revenue_facts f
-        LEFT JOIN customers c ON c.customer_id = f.customer_id
-        LEFT JOIN rfm_scores s ON s.customer_id = f.customer_id AND s.currency = f.currency
-        LEFT JOIN {_SEGMENTS} ON rule.r = s.r AND rule.f = s.f AND rule.m = s.m
-        WHERE f.currency = $5
-        GROUP BY {grouping}
-        ORDER BY {", ".join([*(f"{d} NULLS FIRST" for d in dimensions), "1"])}
+        SELECT segment, rfm_segment, country, channel, month, rolled_up, customers, orders,
+               revenue, computed_at
+        FROM computed_revenue_cube
+        WHERE currency = $1 AND rolled_up & $2 = $2
+        ORDER BY {order}
         """,
-        *_segment_rule(),
         currency,
+        always_rolled_up,
     )
-    return [dict(row) for row in rows]
+    if not rows:
+        return [
+            {
+                **dict.fromkeys(dimensions),
+                "rolled_up": [True] * len(dimensions),
+                "customers": 0,
+                "orders": 0,
+                "revenue": Decimal(0),
+                "computed_at": None,
+            }
+        ]
+    return [
+        {
+            **{d: row[d] for d in dimensions},
+            "rolled_up": [bool(row["rolled_up"] & _rolled_up_bit(d)) for d in dimensions],
+            "customers": row["customers"],
+            "orders": row["orders"],
+            "revenue": row["revenue"],
+            "computed_at": row["computed_at"],
+        }
+        for row in rows
+    ]
 
 
 async def save_opinions(conn: asyncpg.Connection, rows: Sequence[opinions.OpinionRow]) -> None:

@@ -112,15 +112,16 @@ async def fold_ticks(conn: asyncpg.Connection, ticks: Sequence[Event]) -> list[D
 
 RFM_REFRESH_INTERVAL_SECONDS = 10.0
 """How often the worker looks whether the projection moved, and then recomputes the RFM scores
-(a no-op look costs one small query)."""
+and the cube (a no-op look costs one small query)."""
 RFM_REFRESH_DUTY = 0.1
 """At most this share of the time goes to refreshing (a 60 s refresh of a million customers:
 every 10 minutes)."""
 
 
 class RfmRefresher:
-    """Recomputes the RFM scores when the fold applied something or time moved since the last
-    run, and publishes the segment sizes as gauges."""
+    """Recomputes the RFM scores, then the cube (broken down by their segments), when the fold
+    applied something or time moved since the last run, and publishes the segment sizes as
+    gauges."""
 
     def __init__(self) -> None:
         self.refreshed_at_mark: tuple[int, datetime | None] | None = None
@@ -133,7 +134,10 @@ class RfmRefresher:
             started = time.monotonic()
             await store.refresh_rfm(conn)
             sizes = await store.segment_sizes(conn)
-        metrics.RFM_REFRESH_SECONDS.observe(time.monotonic() - started)
+            scored = time.monotonic()
+            await store.refresh_cube(conn)
+        metrics.RFM_REFRESH_SECONDS.observe(scored - started)
+        metrics.CUBE_REFRESH_SECONDS.observe(time.monotonic() - scored)
         for currency in {currency for currency, _ in sizes}:
             for segment in analytics.RFM_SEGMENTS:
                 metrics.RFM_CUSTOMERS.labels(currency, segment).set(

@@ -102,10 +102,12 @@ def _records(reverse: bool) -> list[RawRecord]:
 
 @asynccontextmanager
 async def _folded(size: int, *, reverse: bool = False) -> AsyncIterator[asyncpg.Pool]:
-    """A fresh profile database fed the logs in batches of `size`, its RFM scores refreshed."""
+    """A fresh profile database fed the logs in batches of `size`, its RFM scores and cube
+    refreshed."""
     async with folded_in_batches(PROJECTION, _records(reverse), size) as pool:
         async with pool.acquire() as conn:
             await store.refresh_rfm(conn)
+            await store.refresh_cube(conn)
         yield pool
 
 
@@ -190,7 +192,7 @@ async def test_the_cube_totals_equal_the_customer_totals_in_every_breakdown() ->
         orders = await conn.fetchval(
             "SELECT sum(orders) FROM customer_currency_totals WHERE currency = 'GBP'"
         )
-        cells = await store.cube(conn, "GBP", ("segment", "channel", "month"))
+        cells = await store.cube(conn, "GBP", ("rfm_segment", "channel", "month"))
         grand = await store.cube(conn, "GBP", ())
     assert [(c["orders"], c["revenue"], c["customers"]) for c in grand] == [(orders, net, 32)]
     total = [c for c in cells if all(c["rolled_up"])]
@@ -200,6 +202,51 @@ async def test_the_cube_totals_equal_the_customer_totals_in_every_breakdown() ->
     assert {c["channel"] for c in by_channel} == {"web", "store", "unknown"}
     finest = [c for c in cells if not any(c["rolled_up"])]
     assert sum(c["orders"] for c in finest) == orders
+
+
+async def test_a_customer_counts_in_each_of_their_segments_and_once_in_the_totals() -> None:
+    async with _folded(8) as pool, pool.acquire() as conn:
+        await conn.executemany(
+            "INSERT INTO segment_memberships (customer_id, segment, member, version, changed_at)"
+            " VALUES ($1, $2, $3, 1, now())",
+            [
+                ("K1", "vip", True),
+                ("K2", "vip", True),
+                ("K2", "newsletter", True),
+                ("K3", "vip", False),  # left the segment: not a member
+            ],
+        )
+        await store.refresh_cube(conn)
+        net = {
+            row["customer_id"]: row["net_revenue"]
+            for row in await conn.fetch(
+                "SELECT customer_id, net_revenue FROM customer_currency_totals"
+                " WHERE currency = 'GBP'"
+            )
+        }
+        members = await conn.fetch(
+            "SELECT segment, customer_id FROM segment_memberships WHERE member"
+        )
+        by_segment = await store.cube(conn, "GBP", ("segment",))
+        by_both = await store.cube(conn, "GBP", ("segment", "channel"))
+    (grand,) = [c for c in by_segment if c["rolled_up"] == [True]]
+    assert (grand["customers"], grand["revenue"]) == (len(net), sum(net.values()))
+    segments = {c["segment"]: c for c in by_segment if c["rolled_up"] == [False]}
+    expected: dict[str, list[str]] = {}
+    for row in members:  # the fold's own segments (lapsed) too
+        if row["customer_id"] in net:
+            expected.setdefault(row["segment"], []).append(row["customer_id"])
+    assert {"vip", "newsletter"} <= set(expected)
+    assert {
+        segment: (cell["customers"], cell["revenue"]) for segment, cell in segments.items()
+    } == {
+        segment: (len(buyers), sum(net[b] for b in buyers)) for segment, buyers in expected.items()
+    }
+    assert (segments["newsletter"]["customers"], segments["newsletter"]["orders"]) == (1, 3)
+    vip_by_channel = [
+        c for c in by_both if c["segment"] == "vip" and c["rolled_up"] == [False, False]
+    ]
+    assert sum(c["revenue"] for c in vip_by_channel) == net["K1"] + net["K2"]
 
 
 async def test_a_currency_without_purchases_has_a_grand_total_of_zeros() -> None:

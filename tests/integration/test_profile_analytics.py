@@ -137,11 +137,15 @@ async def test_purchase_analysis_reaches_the_gateway_with_scopes(platform: dict[
         assert Decimal(top["population_share"]) == Decimal(needed) / BUYERS
         assert len(top["pareto"]) == 10 and Decimal(top["pareto"][-1]["revenue_share"]) == 1
 
-        status, cube = await get("/v1/analytics/cube", currency=currency, by=["segment", "channel"])
-        assert status == 200, cube
-        grand = [c for c in cube["cells"] if c["rolled_up"] == ["segment", "channel"]]
+        _, cube = await eventually(  # the worker recomputes the cube after the RFM scores
+            lambda: get("/v1/analytics/cube", currency=currency, by=["rfm_segment", "channel"]),
+            lambda found: found[0] == 200 and Decimal(found[1]["cells"][0]["revenue"]) == total,
+            what="every buyer in the cube",
+        )
+        assert cube["computed_at"] is not None
+        grand = [c for c in cube["cells"] if c["rolled_up"] == ["rfm_segment", "channel"]]
         assert [(Decimal(c["revenue"]), c["customers"]) for c in grand] == [(total, BUYERS)]
-        by_channel = {c["channel"]: c for c in cube["cells"] if c["rolled_up"] == ["segment"]}
+        by_channel = {c["channel"]: c for c in cube["cells"] if c["rolled_up"] == ["rfm_segment"]}
         assert set(by_channel) == {"web", "store"}
         assert sum(c["orders"] for c in by_channel.values()) == sum(n + 1 for n in range(BUYERS))
 

@@ -28,9 +28,10 @@ deduplication window (those are compared one way: applied_ids_missing)."""
 SCOPED_COLUMN = "customer_id"
 """Rows with this column change only with events about that customer (or with a clock tick):
 the held comparison after a catch-up looks at the catch-up's customers' rows alone."""
-FITTED_PREFIX = "fitted_"
-"""Tables of statistical models a worker fits from its projection at wall-clock times (the
-profile's lifetime-value model): a rebuild's shadow holds none until the worker fits again."""
+WORKER_COMPUTED_PREFIXES = ("fitted_", "computed_")
+"""Tables a worker computes from its projection at wall-clock times (the profile's lifetime-value
+model, `fitted_*`, and its revenue cube, `computed_*`): a rebuild's shadow holds none until the
+worker computes them again."""
 
 BOOKKEEPING_COLUMNS: dict[str, frozenset[str]] = {
     "consumer_positions": frozenset({"updated_at"}),
@@ -125,7 +126,7 @@ async def fingerprints(
     these customers alone changed (SCOPED_COLUMN)."""
     found: dict[str, Fingerprint] = {}
     for table in await tables(conn, schema):
-        if table in NOT_FINGERPRINTED or table.startswith(FITTED_PREFIX):
+        if table in NOT_FINGERPRINTED or table.startswith(WORKER_COMPUTED_PREFIXES):
             continue
         names = await conn.fetch(
             "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass"
