@@ -348,8 +348,11 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
             report["similar_products"] = await pool.fetchval(
                 "SELECT count(*) FROM similar_products"
             )
-            say(f"freshness: {args.purchases} purchases")
-            report["similar_change_seconds"] = await freshness(env, pool, args.purchases, args.seed)
+            chosen = await products_to_buy(pool, args.purchases, args.bestsellers, args.seed)
+            report["similar_change_seconds"] = {}
+            for kind, bought in chosen.items():
+                say(f"freshness: {len(bought)} purchases of {kind} products")
+                report["similar_change_seconds"][kind] = await freshness(env, pool, bought, kind)
         finally:
             await pool.close()
     finally:
