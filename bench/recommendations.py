@@ -13,7 +13,8 @@ every customer's picks, then:
   gateway. Latency is counted from the time a request was due, so a stall is not hidden by fewer
   requests being sent (no coordinated omission). Prints the achieved rate, p50/p99 and the CPU
   each process spent per request (from /proc; less noisy than latency on a shared machine);
-- freshness: once the neighbour job has computed the whole catalogue (no product marked),
+- freshness: once the neighbour job has computed the whole catalogue (no product marked) and
+  the picks job every customer's picks,
   `--purchases` times, a new customer buys a product that others bought, and the product's
   similar items are polled every 20 ms until they change: from publishing to the changed
   answer (median and p95), with the neighbour job's runs meanwhile and the worker's CPU per run
@@ -191,10 +192,13 @@ async def neighbour_job_runs(env: Mapping[str, str]) -> tuple[float, float]:
 
 
 async def catalogue_computed(pool: asyncpg.Pool) -> float:
-    """Wait until the neighbour job has no product marked; seconds waited."""
+    """Wait until the neighbour job has no product marked and the picks job no customer (it
+    recomputes every customer's picks after the load, in the same process): seconds waited."""
     started = time.monotonic()
     while True:
-        if not await pool.fetchval("SELECT count(*) FROM dirty_products"):
+        if not await pool.fetchval(
+            "SELECT (SELECT count(*) FROM dirty_products) + (SELECT count(*) FROM dirty_customers)"
+        ):
             return time.monotonic() - started
         await asyncio.sleep(0.2)
 
@@ -359,7 +363,7 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
                 report["rate"], report["seconds"] = args.rate, args.seconds
                 key = await create_key(env, "recommendations:read")
                 report["top_10"] = await top_10(args, env, customers, key)
-            say("waiting for the neighbour job to compute the whole catalogue")
+            say("waiting for the neighbour and picks jobs to catch up with the load")
             report["catalogue_wait_seconds"] = await catalogue_computed(pool)
             report["similar_products"] = await pool.fetchval(
                 "SELECT count(*) FROM similar_products"
