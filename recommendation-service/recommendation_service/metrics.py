@@ -10,6 +10,13 @@ NEIGHBOURS_REFRESHED = Counter(
     "crm_recommendation_neighbours_refreshed",
     "Marked products (gained or lost a buyer) the neighbour job's runs cleared",
 )
+NEIGHBOUR_LISTS = Counter(
+    "crm_recommendation_neighbour_lists",
+    "Similar-product lists the neighbour job's incremental runs looked at: computed from buyers' "
+    "baskets (marked products, and lists a merge could not settle), merged with the marked "
+    "products' new entries, or left unchanged (none of those could enter)",
+    ["how"],
+)
 NEIGHBOUR_JOB_SECONDS = Histogram(
     "crm_recommendation_neighbour_job_seconds",
     "Duration of the neighbour job's runs that found products to refresh",

@@ -8,7 +8,7 @@ stores what `similar_products` computes, the evaluated item-kNN's neighbours.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -172,7 +172,7 @@ SIMILARITY_BLOCK = 512
 by the catalogue (512 x 3,600 floats for the UCI data), not the catalogue squared."""
 
 
-def _best_per_row(
+def best_per_row(
     values: npt.NDArray[np.float64], kept: int
 ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
     """(rows, columns) of each row's `kept` largest positive values, ties by column: a partition
@@ -191,6 +191,29 @@ def _best_per_row(
 
 
 @dataclass(frozen=True, slots=True)
+class CosineBlock:
+    """Some products' rows of distinct co-buyers and cosine against every product (dense)."""
+
+    rows: npt.NDArray[np.intp]
+    co: npt.NDArray[np.float64]
+    similarity: npt.NDArray[np.float64]
+
+
+def cosine_blocks(
+    items: sparse.csr_matrix, buyers: npt.NDArray[np.float64], rows: npt.NDArray[np.intp]
+) -> Iterator[CosineBlock]:
+    """The `rows` of products x customers `items`, SIMILARITY_BLOCK at a time: shared buyers
+    (0 with itself) over the square root of the product of both buyer counts (`buyers`, one per
+    product), so equal ratios tie exactly and the value is the same whichever side computes it.
+    """
+    for start in range(0, len(rows), SIMILARITY_BLOCK):
+        block = rows[start : start + SIMILARITY_BLOCK]
+        co = (items[block] @ items.T).toarray()
+        co[np.arange(len(block)), block] = 0.0
+        yield CosineBlock(block, co, co / np.sqrt(np.outer(buyers[block], buyers)))
+
+
+@dataclass(frozen=True, slots=True)
 class Neighbours:
     """Each product's most similar products: cosine and distinct co-buyers, same pattern."""
 
@@ -199,11 +222,10 @@ class Neighbours:
 
 
 def nearest_neighbours(bought: sparse.csr_matrix, kept: int) -> Neighbours:
-    """Each product's `kept` most similar products by cosine of their buyer sets: shared buyers
-    over the square root of the product of both buyer counts (so equal ratios tie exactly).
-    Unlike a raw count of shared buyers it does not make every product similar to the
-    bestsellers. Ties by product order; a function of `bought` alone, whatever order the
-    purchases came in."""
+    """Each product's `kept` most similar products by cosine of their buyer sets
+    (`cosine_blocks`). Unlike a raw count of shared buyers it does not make every product
+    similar to the bestsellers. Ties by product order; a function of `bought` alone, whatever
+    order the purchases came in."""
     items = bought.T.tocsr().astype(np.float64)
     count = items.shape[0]
     buyers = np.maximum(np.asarray(items.sum(axis=1)).ravel(), 1.0)
@@ -211,16 +233,12 @@ def nearest_neighbours(bought: sparse.csr_matrix, kept: int) -> Neighbours:
     columns: list[npt.NDArray[np.intp]] = []
     similarities: list[npt.NDArray[np.float64]] = []
     counts: list[npt.NDArray[np.float64]] = []
-    for start in range(0, count, SIMILARITY_BLOCK):
-        block = np.arange(start, min(start + SIMILARITY_BLOCK, count))
-        co = (items[block] @ items.T).toarray()
-        co[np.arange(len(block)), block] = 0.0
-        similarity = co / np.sqrt(np.outer(buyers[block], buyers))
-        block_rows, best_columns = _best_per_row(similarity, kept)
-        rows.append(block[block_rows])
+    for block in cosine_blocks(items, buyers, np.arange(count)):
+        block_rows, best_columns = best_per_row(block.similarity, kept)
+        rows.append(block.rows[block_rows])
         columns.append(best_columns)
-        similarities.append(similarity[block_rows, best_columns])
-        counts.append(co[block_rows, best_columns])
+        similarities.append(block.similarity[block_rows, best_columns])
+        counts.append(block.co[block_rows, best_columns])
 
     def matrix(values: list[npt.NDArray[np.float64]]) -> sparse.csr_matrix:
         if not values:

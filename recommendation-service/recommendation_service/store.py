@@ -17,6 +17,7 @@ import asyncpg
 
 from crm_shared.runtime.db import columns
 from recommendation_service.models import Similar, SimilarPair
+from recommendation_service.neighbours import Entry, KeptGood, Lists
 from recommendation_service.projection import (
     CustomerProduct,
     CustomerProductDelta,
@@ -153,9 +154,84 @@ async def marked_products(conn: asyncpg.Connection) -> dict[str, int]:
     return {row["product_id"]: row["mark"] for row in rows}
 
 
+async def buyers_in_all(conn: asyncpg.Connection, products: Sequence[str]) -> int:
+    """The number of buyers of these products, summed: what refreshing them costs."""
+    found: int = await conn.fetchval(
+        "SELECT COALESCE(sum(buyers), 0) FROM products WHERE product_id = ANY($1::text[])",
+        products,
+    )
+    return found
+
+
+async def goods_kept_by_buyers_of(
+    conn: asyncpg.Connection, products: Sequence[str]
+) -> list[KeptGood]:
+    """Every good kept by the customers who kept one of `products`, with the good's number of
+    buyers, in one statement (one snapshot): what those products' similar lists are computed
+    from. Index lookups: the products' buyers, then each buyer's products."""
+    rows = await conn.fetch(
+        """
+        SELECT cp.customer_id, cp.product_id, p.buyers
+        FROM customer_products cp JOIN products p USING (product_id)
+        WHERE cp.units_kept > 0 AND p.goods AND cp.customer_id IN (
+            SELECT customer_id FROM customer_products
+            WHERE product_id = ANY($1::text[]) AND units_kept > 0
+        )
+        """,
+        products,
+    )
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+async def similar_lists(conn: asyncpg.Connection, products: Sequence[str]) -> Lists:
+    """The stored lists of these products."""
+    rows = await conn.fetch(
+        """
+        SELECT product_id, other_product_id, co_buyers, similarity FROM similar_products
+        WHERE product_id = ANY($1::text[])
+        """,
+        products,
+    )
+    lists: Lists = {}
+    for row in rows:
+        lists.setdefault(row[0], []).append((row[1], row[2], row[3]))
+    return lists
+
+
+async def products_naming(conn: asyncpg.Connection, products: Sequence[str]) -> set[str]:
+    """The products whose stored list names one of these."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT product_id FROM similar_products WHERE other_product_id = ANY($1::text[])",
+        products,
+    )
+    return {row[0] for row in rows}
+
+
+async def last_of_full_lists(
+    conn: asyncpg.Connection, products: Sequence[str], kept: int
+) -> dict[str, Entry]:
+    """The `kept`-th entry of each of these products' lists that has one: the last of a full
+    list, in the lists' order (ties by code point, as Python orders product codes)."""
+    rows = await conn.fetch(
+        """
+        SELECT l.product_id, k.other_product_id, k.co_buyers, k.similarity
+        FROM unnest($1::text[]) AS l(product_id)
+        JOIN LATERAL (
+            SELECT other_product_id, co_buyers, similarity FROM similar_products s
+            WHERE s.product_id = l.product_id
+            ORDER BY similarity DESC, other_product_id COLLATE "C"
+            OFFSET $2::int - 1 LIMIT 1
+        ) k ON true
+        """,
+        products,
+        kept,
+    )
+    return {row[0]: (row[1], row[2], row[3]) for row in rows}
+
+
 async def kept_goods(conn: asyncpg.Connection) -> list[tuple[str, str]]:
     """Every (customer, product) where the customer kept some of a product that is goods: what
-    similar products are computed from."""
+    similar products are computed from (all of them: `models.similar_products`)."""
     rows = await conn.fetch(
         """
         SELECT cp.customer_id, cp.product_id

@@ -20,17 +20,23 @@ from crm_shared.contracts.events import Event
 from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.projector import PeriodicJob, Projection
 from crm_shared.runtime.worker import run_worker
-from recommendation_service import metrics, models, projection, serving, store
+from recommendation_service import metrics, models, neighbours, projection, serving, store
 from recommendation_service.config import MIGRATIONS, RecommendationSettings
 from recommendation_service.evaluation import KNN_NEIGHBOURS
 from recommendation_service.events import FOLDS, TOPICS
 
-NEIGHBOUR_JOB_INTERVAL_SECONDS = 1.0
+NEIGHBOUR_JOB_INTERVAL_SECONDS = 0.25
 """A purchase shows in "also bought" within about this plus one run (the target is 2 s)."""
 NEIGHBOUR_JOB_DUTY = 0.5
-"""At most this share of the time goes to the neighbour job: it recomputes the whole catalogue
-(about 1.6 s of CPU on the Online Retail data), and under a steady stream of purchases it would
-otherwise run back to back and take a core from the fold on this 2-core machine."""
+"""At most this share of the time goes to the neighbour job: under a steady stream of purchases
+(a bulk load, a rebuild) it would otherwise run back to back and take a core from the fold on
+this 2-core machine."""
+NEIGHBOUR_INCREMENTAL_BUYERS = 2_000
+"""Up to this many buyers of the marked products in all, a run brings up to date only the lists
+they can change (`neighbour_changes`); beyond it (a bulk load, a rebuild) it recomputes the whole
+catalogue. An incremental run's cost grows with its marks' buyers and the whole one's does not:
+on the Online Retail data marks with 2,000 buyers cost about 0.4 s of pure CPU against 1.4 to
+1.7 s, so a run stays below a whole recomputation's cost with room for the reads."""
 TRAINER_INTERVAL_SECONDS = 2.0
 """How often the trainer looks for a retrain request: one is answered within about this plus a
 training."""
@@ -66,14 +72,56 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
     return ()
 
 
+async def neighbour_changes(
+    conn: asyncpg.Connection, marked: Sequence[str]
+) -> tuple[dict[models.SimilarPair, models.Similar], list[models.SimilarPair]]:
+    """What to write so that every list a change of the `marked` products' buyers can touch is
+    what a whole recomputation gives (`neighbours`): the marked rows from their buyers' baskets,
+    the lists of what is bought with them or names them merged with their new entries, and those
+    the merge cannot settle computed in full. Numpy and the merge in threads, not the loop."""
+    kept = await store.goods_kept_by_buyers_of(conn, marked)
+    rows = await asyncio.to_thread(
+        neighbours.computed_rows, kept, marked, projection.NEIGHBOURS_KEPT, True
+    )
+    naming = await store.products_naming(conn, marked)
+    boundaries = await store.last_of_full_lists(
+        conn, sorted(set(rows.crossing) - naming), projection.NEIGHBOURS_KEPT
+    )
+    to_merge = neighbours.lists_to_merge(boundaries, naming, rows)
+    stored = await store.similar_lists(conn, sorted({*marked, *to_merge}))
+    merged = await asyncio.to_thread(
+        neighbours.merged_lists, stored, to_merge, rows, projection.NEIGHBOURS_KEPT
+    )
+    lists = {**merged.lists, **rows.lists}
+    if merged.unsettled:
+        kept = await store.goods_kept_by_buyers_of(conn, merged.unsettled)
+        full = await asyncio.to_thread(
+            neighbours.computed_rows, kept, merged.unsettled, projection.NEIGHBOURS_KEPT, False
+        )
+        lists.update(full.lists)
+    metrics.NEIGHBOUR_LISTS.labels("unchanged").inc(len(set(rows.crossing) - set(to_merge)))
+    metrics.NEIGHBOUR_LISTS.labels("merged").inc(len(merged.lists))
+    metrics.NEIGHBOUR_LISTS.labels("computed").inc(len(rows.lists) + len(merged.unsettled))
+    return models.changed_similar_products(neighbours.pairs(stored), neighbours.pairs(lists))
+
+
+async def whole_catalogue_changes(
+    conn: asyncpg.Connection,
+) -> tuple[dict[models.SimilarPair, models.Similar], list[models.SimilarPair]]:
+    """What to write so that every list is what `models.similar_products` computes from all
+    that customers kept (numpy, in a thread)."""
+    kept = await store.kept_goods(conn)
+    computed = await asyncio.to_thread(models.similar_products, kept, projection.NEIGHBOURS_KEPT)
+    stored = await store.stored_similar_products(conn)
+    return models.changed_similar_products(stored, computed)
+
+
 async def refresh_neighbours(pool: asyncpg.Pool) -> int:
-    """One run of the neighbour job: when products are marked, recompute every product's similar
-    products from who kept what (`models.similar_products`, in a thread: numpy, not the event
-    loop), write what changed in one transaction (readers see the old lists or the new ones),
-    then unmark. Cosine changes with either product's number of buyers, so a new buyer of X
-    moves X in the lists of everything bought with it: the whole catalogue is recomputed, a
-    block of products at a time. Returns how many marks were cleared; 0 when another replica's
-    run holds the lock."""
+    """One run of the neighbour job: when products are marked, bring every similar-product list
+    their buyers' changes can touch up to date (`neighbour_changes`, or the whole catalogue when
+    the marked products have over NEIGHBOUR_INCREMENTAL_BUYERS buyers) in one transaction
+    (readers see the old lists or the new ones), then unmark those not marked again meanwhile.
+    Returns how many marks were cleared; 0 when another replica's run holds the lock."""
     started = time.perf_counter()
     async with pool.acquire() as conn, conn.transaction():
         if not await store.lock_neighbour_job(conn):
@@ -81,12 +129,12 @@ async def refresh_neighbours(pool: asyncpg.Pool) -> int:
         marks = await store.marked_products(conn)
         if not marks:
             return 0
-        kept = await store.kept_goods(conn)
-        computed = await asyncio.to_thread(
-            models.similar_products, kept, projection.NEIGHBOURS_KEPT
-        )
-        stored = await store.stored_similar_products(conn)
-        await store.write_similar_products(conn, *models.changed_similar_products(stored, computed))
+        marked = sorted(marks)
+        if await store.buyers_in_all(conn, marked) > NEIGHBOUR_INCREMENTAL_BUYERS:
+            changes = await whole_catalogue_changes(conn)
+        else:
+            changes = await neighbour_changes(conn, marked)
+        await store.write_similar_products(conn, *changes)
         await store.clear_marks(conn, marks)
     metrics.NEIGHBOURS_REFRESHED.inc(len(marks))
     metrics.NEIGHBOUR_JOB_SECONDS.observe(time.perf_counter() - started)

@@ -13,13 +13,14 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from crm_shared.contracts.deadletter import DeadLetter
 from crm_shared.contracts.events import build_event, encode_event
 from crm_shared.contracts.topics import topic_for
 from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.projector import BatchProjector, RawRecord
-from recommendation_service import store
+from recommendation_service import models, projection, store, worker
 from recommendation_service.projection import NEIGHBOURS_KEPT
 from recommendation_service.worker import PROJECTION, refresh_neighbours
 from tests.similar_products import SimilarLists, plain_similar_products
@@ -199,3 +200,32 @@ async def test_non_goods_are_neither_similar_nor_popular(
         assert popular == ["MUG", "TEA"]
         assert [p["product_id"] for p in await store.also_bought(conn, "MUG", 10)] == ["TEA"]
         assert await store.also_bought(conn, "POST", 10) == []
+
+
+def lists_brought_up_to_date(how: str) -> float:
+    return REGISTRY.get_sample_value("crm_recommendation_neighbour_lists_total", {"how": how}) or 0
+
+
+@pytest.mark.parametrize(("kept", "incremental_buyers"), [(3, 2_000), (50, 2_000), (3, 0)])
+async def test_each_run_leaves_exactly_what_a_whole_recomputation_gives(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, kept: int, incremental_buyers: int
+) -> None:
+    """Purchases and refunds in random batches, a run after each: the stored lists always equal
+    `models.similar_products` over everything kept, whether the run refreshed only the lists the
+    marked products touch or (over the bound) the whole catalogue."""
+    monkeypatch.setattr(projection, "NEIGHBOURS_KEPT", kept)
+    monkeypatch.setattr(worker, "NEIGHBOUR_INCREMENTAL_BUYERS", incremental_buyers)
+    merged_before = lists_brought_up_to_date("merged")
+    events = _orders(seed=11, count=240)
+    rng = random.Random(11)
+    start = 0
+    while start < len(events):
+        size = rng.randint(1, 12)
+        await project(pool, events[start : start + size], size, offset=start)
+        start += size
+        await refresh_neighbours(pool)
+        async with pool.acquire() as conn:
+            expected = models.similar_products(await store.kept_goods(conn), kept)
+            assert await store.stored_similar_products(conn) == expected, f"after {start} events"
+    merged = lists_brought_up_to_date("merged") - merged_before
+    assert merged > 0 if incremental_buyers else merged == 0

@@ -1,0 +1,117 @@
+"""The neighbour job's incremental step (recommendation_service.neighbours), pure: after any
+sequence of purchases and refunds, refreshing only the lists the changed products can touch
+gives exactly the lists a whole recomputation (`models.similar_products`) gives."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+import pytest
+
+from recommendation_service.models import similar_products
+from recommendation_service.neighbours import (
+    ComputedRows,
+    Lists,
+    computed_rows,
+    lists_to_merge,
+    merged_lists,
+    pairs,
+    rank,
+)
+
+
+class Catalogue:
+    """Who keeps what, and the stored lists, in memory: the job's reads and writes without SQL."""
+
+    def __init__(self, neighbours: int) -> None:
+        self.neighbours = neighbours
+        self.kept: dict[str, set[str]] = defaultdict(set)
+        self.stored: Lists = {}
+
+    def kept_by_buyers_of(self, products: list[str]) -> list[tuple[str, str, int]]:
+        buyers: dict[str, int] = defaultdict(int)
+        for goods in self.kept.values():
+            for product in goods:
+                buyers[product] += 1
+        customers = [c for c, goods in self.kept.items() if goods & set(products)]
+        return [(c, p, buyers[p]) for c in customers for p in self.kept[c]]
+
+    def refresh(self, marked: list[str]) -> tuple[int, int]:
+        """One incremental run, as the worker's; returns (lists merged, lists computed in full)."""
+        rows = computed_rows(self.kept_by_buyers_of(marked), marked, self.neighbours, True)
+        naming = {p for p, entries in self.stored.items() if any(e[0] in marked for e in entries)}
+        boundaries = {
+            p: sorted(entries, key=rank)[self.neighbours - 1]
+            for p, entries in self.stored.items()
+            if len(entries) >= self.neighbours
+        }
+        to_merge = lists_to_merge(boundaries, naming, rows)
+        merged = merged_lists(self.stored, to_merge, rows, self.neighbours)
+        lists = {**merged.lists, **rows.lists}
+        full = computed_rows(
+            self.kept_by_buyers_of(merged.unsettled), merged.unsettled, self.neighbours, False
+        )
+        lists.update(full.lists)
+        for product, entries in lists.items():
+            self.stored[product] = entries
+        return len(merged.lists), len(merged.unsettled) + len(rows.lists)
+
+    def whole(self) -> dict[tuple[str, str], tuple[int, float]]:
+        kept = [(c, p) for c, goods in self.kept.items() for p in goods]
+        return similar_products(kept, self.neighbours)
+
+
+@pytest.mark.parametrize(("seed", "neighbours"), [(1, 2), (2, 3), (3, 5), (4, 50)])
+def test_refreshing_the_marked_products_equals_a_whole_recomputation(
+    seed: int, neighbours: int
+) -> None:
+    rng = random.Random(seed)
+    products = [f"P{n:02}" for n in range(30)]
+    catalogue = Catalogue(neighbours)
+    merged = computed = 0
+    for step in range(150):
+        # a few customers change at once: buy (skewed towards popular goods) or return all of one
+        changed: set[str] = set()
+        for _ in range(rng.randint(1, 3)):
+            customer = f"C{rng.randrange(25)}"
+            goods = catalogue.kept[customer]
+            if goods and rng.random() < 0.3:
+                product = rng.choice(sorted(goods))
+                goods.discard(product)
+            else:
+                product = products[min(int(rng.expovariate(0.15)), len(products) - 1)]
+                if product in goods:
+                    continue
+                goods.add(product)
+            changed.add(product)
+        if not changed:
+            continue
+        done = catalogue.refresh(sorted(changed))
+        merged, computed = merged + done[0], computed + done[1]
+        assert pairs(catalogue.stored) == catalogue.whole(), f"step {step}"
+    assert merged > 0 and computed > 0  # both ways of bringing a list up to date were taken
+
+
+def test_a_product_that_leaves_a_full_list_lets_the_next_one_in() -> None:
+    # A's list keeps 1: B (2 shared buyers of 2 each) before C; when B's buyers return it, C enters
+    catalogue = Catalogue(neighbours=1)
+    catalogue.kept.update({"C1": {"A", "B"}, "C2": {"A", "B"}, "C3": {"A", "C"}, "C4": {"C"}})
+    catalogue.refresh(["A", "B", "C"])
+    assert catalogue.stored["A"] == [("B", 2, pytest.approx(2 / 6**0.5))]
+    catalogue.kept["C1"].discard("B")
+    catalogue.kept["C2"].discard("B")
+    catalogue.refresh(["B"])
+    assert [entry[0] for entry in catalogue.stored["A"]] == ["C"]
+    assert catalogue.stored["B"] == []
+    assert pairs(catalogue.stored) == catalogue.whole()
+
+
+def test_the_marked_rows_and_their_crossing_entries_share_one_value() -> None:
+    kept = [("C1", "A", 2), ("C1", "B", 1), ("C2", "A", 2), ("C2", "C", 3)]
+    rows: ComputedRows = computed_rows(kept, ["A"], neighbours=5, crossing=True)
+    assert [entry[0] for entry in rows.lists["A"]] == ["B", "C"]  # 1/sqrt(2) before 1/sqrt(6)
+    assert rows.crossing == {
+        "B": [("A", 1, rows.lists["A"][0][2])],
+        "C": [("A", 1, rows.lists["A"][1][2])],
+    }
