@@ -115,7 +115,10 @@ def _aware(when: datetime | None, name: str) -> datetime | None:
         return None
     if when.tzinfo is None:
         raise HTTPException(422, f"{name} must carry a UTC offset, e.g. 2024-05-01T10:00:00Z")
-    return when.astimezone(UTC)
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:
+        raise HTTPException(422, f"{name} is out of range") from None
 
 
 def _timeline_query(

@@ -24,6 +24,7 @@ from functools import singledispatch
 from typing import Literal, NamedTuple, get_args
 
 from crm_shared.contracts.events import (
+    MAX_FUTURE_SKEW,
     Channel,
     ChannelPreferenceSet,
     ConsentGranted,
@@ -262,10 +263,20 @@ def _preference(data: ChannelPreferenceSet) -> Touchpoint:
 
 
 def recorded_at(event: Event) -> datetime:
-    """When the log recorded the event; its event time when it did not come from Kafka."""
+    """When the log recorded the event (its event time when it did not come from Kafka), but
+    never more than MAX_FUTURE_SKEW before its event time: nothing is known before it happens,
+    give or take the clock drift the platform accepts. So a read as of an instant needs to look
+    only at entries dated up to that instant plus the skew (`as_of_horizon`)."""
     if event.log_time_ms < 0:
         return event.time
-    return _EPOCH + timedelta(milliseconds=event.log_time_ms)
+    logged = _EPOCH + timedelta(milliseconds=event.log_time_ms)
+    earliest = event.time - MAX_FUTURE_SKEW
+    return logged if logged > earliest else earliest
+
+
+def as_of_horizon(as_of: datetime) -> datetime:
+    """The latest event time an entry recorded by `as_of` can have (see `recorded_at`)."""
+    return as_of + MAX_FUTURE_SKEW
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

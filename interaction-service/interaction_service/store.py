@@ -15,6 +15,7 @@ from interaction_service.projection import (
     TimelineEntry,
     TimelinePosition,
     TimelineQuery,
+    as_of_horizon,
 )
 
 _TOTALS_COLUMNS = tuple(f.name for f in fields(ContactTotals))
@@ -124,6 +125,9 @@ def page_statement(
     conditions = [
         f"customer_id = {arg(customer_id, 'text')}",
         f"recorded_at <= {arg(as_of, 'timestamptz')}",
+        # Implied by the line above (see projection.recorded_at), and a range of the index: a
+        # read as of a past instant starts there instead of filtering everything after it.
+        f"occurred_at <= {arg(as_of_horizon(as_of), 'timestamptz')}",
     ]
     for field, column in _FILTERS:
         values: tuple[str, ...] = getattr(query, field)

@@ -44,3 +44,6 @@ CREATE INDEX timeline_customer_channel_time
 CREATE INDEX timeline_customer_department_time
     ON timeline (customer_id, department, occurred_at, source, event_id)
     WHERE department IS NOT NULL;
+-- What a customer's timeline received after an instant (recorded_after): few rows, found by
+-- the time they were recorded.
+CREATE INDEX timeline_customer_recorded ON timeline (customer_id, recorded_at);

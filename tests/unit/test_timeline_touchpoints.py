@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from crm_shared.contracts.events import (
+    MAX_FUTURE_SKEW,
     ContactLogged,
     ContactOutcome,
     InvalidEvent,
@@ -16,6 +17,7 @@ from crm_shared.contracts.events import (
 from crm_shared.contracts.upcast import contact_logged_v2, department_code, outcome_from_text
 from interaction_service.projection import (
     CHANNEL_PHRASES,
+    as_of_horizon,
     summary_deltas,
     timeline_entry,
     unlisted_outcomes,
@@ -331,3 +333,13 @@ def test_the_recorded_time_is_the_log_time_or_else_the_event_time() -> None:
     assert timeline_entry(contact).recorded_at == at(5)
     logged = replace(contact, log_time_ms=1_717_230_600_250)
     assert timeline_entry(logged).recorded_at == datetime(2024, 6, 1, 8, 30, 0, 250000, tzinfo=UTC)
+
+
+def test_nothing_is_recorded_more_than_the_allowed_skew_before_it_happened() -> None:
+    """A record logged before its event time (a producer's clock ahead) counts as recorded at
+    most MAX_FUTURE_SKEW early, so an as-of read may stop at as_of + MAX_FUTURE_SKEW."""
+    contact = event("crm.contact.logged.v2", "C1", CONTACT_V2, minutes=60)
+    logged_early = replace(contact, log_time_ms=int(at(0).timestamp() * 1000))
+    recorded = timeline_entry(logged_early).recorded_at
+    assert recorded == at(60) - MAX_FUTURE_SKEW
+    assert as_of_horizon(recorded) == at(60)
