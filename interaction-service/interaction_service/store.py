@@ -113,8 +113,9 @@ def page_statement(
     """The SQL of one page read and its arguments.
 
     The statement has a condition only for each filter the query uses, a single value compared
-    with `=`: a prepared statement's generic plan then still walks the index of that filter in
-    event-time order. Every fragment is fixed text: no value is ever spliced into the SQL.
+    with `=`, so the plan can walk the index of that filter in event-time order (migration 003
+    also makes the database plan each read for its customer). Every fragment is fixed text and
+    every value a parameter, but the limit.
     """
     args: list[object] = []
 
@@ -149,10 +150,11 @@ def page_statement(
         )
         conditions.append(f"(occurred_at, source, event_id) {comparison} ({position})")
     direction = "DESC" if query.newest_first else "ASC"
+    # The limit is written in (an int): the planner then knows how few rows a page needs.
     sql = (
         f"SELECT {_PAGE_COLUMNS} FROM timeline WHERE {' AND '.join(conditions)} "
         f"ORDER BY occurred_at {direction}, source {direction}, event_id {direction} "
-        f"LIMIT {arg(limit, 'int')}"
+        f"LIMIT {int(limit)}"
     )
     return sql, args
 
