@@ -328,6 +328,40 @@ OVERVIEW_ROWS: tuple[Row, ...] = (
             ),
         ),
     ),
+    Row(
+        "Interaction: timeline",
+        (
+            Panel(
+                title="Timeline entries written / s",
+                description=(
+                    "Touchpoints written to customer timelines, by kind "
+                    "(crm_interaction_timeline_entries_total)."
+                ),
+                unit="ops",
+                queries=(
+                    Query(_rate_by("kind", "crm_interaction_timeline_entries_total"), "{{kind}}"),
+                ),
+            ),
+            Panel(
+                title="Touchpoint outcomes / s",
+                description=(
+                    "Entries by kind and structured outcome (contacts, messages, consents), and "
+                    "v1 contacts whose free-text outcome is in no list (read as other)."
+                ),
+                unit="ops",
+                queries=(
+                    Query(
+                        _rate_by("kind, outcome", "crm_interaction_touchpoint_outcomes_total"),
+                        "{{kind}} {{outcome}}",
+                    ),
+                    Query(
+                        f"sum(rate(crm_interaction_unlisted_outcomes_total[{RATE}]))",
+                        "unlisted v1 outcomes",
+                    ),
+                ),
+            ),
+        ),
+    ),
 )
 
 

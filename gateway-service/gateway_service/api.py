@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
+from crm_shared.contracts.events import Channel
 from crm_shared.runtime.http import Lifespan, create_api, database_lifespan, serve
 from gateway_service import composition, ingest, metrics, store, upstream
 from gateway_service.auth import (
@@ -37,7 +38,17 @@ from gateway_service.ratelimit import RateLimiter
 from gateway_service.upstream import Services, UpstreamFailure
 
 CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]
-TimelineKind = Literal["contact", "feedback", "order", "refund"]
+TimelineKind = Literal[
+    "contact",
+    "feedback",
+    "order",
+    "refund",
+    "cancellation",
+    "session",
+    "message",
+    "consent",
+    "preference",
+]
 """The kinds of timeline entry the interaction service knows."""
 JSON = "application/json"
 TIMELINE_MAX_PAGE = 200
@@ -129,6 +140,9 @@ class TimelinePage(BaseModel):
         description="Touchpoints, as the interaction service gives them"
     )
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null at the end")
+    as_of: datetime = Field(
+        description="Every page of this read shows the entries recorded by this instant"
+    )
 
 
 class Problem(BaseModel):
@@ -284,7 +298,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @app.get(
         "/v1/customers/{customer_id}/timeline",
         response_model=TimelinePage,
-        responses=errors(*GUARDED, 404, 502, 503, 504),
+        responses=errors(*GUARDED, 400, 404, 502, 503, 504),
     )
     async def get_timeline(
         customer_id: CustomerIdPath,
@@ -303,16 +317,50 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         order: Annotated[
             Literal["desc", "asc"] | None, Query(description="By event time (desc)")
         ] = None,
+        event_type: Annotated[
+            list[str] | None,
+            Query(description="Only these event types, e.g. crm.contact.logged.v2; repeat"),
+        ] = None,
+        channel: Annotated[
+            list[Channel] | None, Query(description="Only these channels; repeat for several")
+        ] = None,
+        department: Annotated[
+            list[str] | None,
+            Query(description="Only these department codes (lower-case slugs), e.g. support"),
+        ] = None,
+        occurred_from: Annotated[
+            datetime | None, Query(alias="from", description="Event time at or after (RFC 3339)")
+        ] = None,
+        occurred_to: Annotated[
+            datetime | None, Query(alias="to", description="Event time before (RFC 3339)")
+        ] = None,
+        recorded_after: Annotated[
+            datetime | None,
+            Query(description="Only entries recorded after this instant: what arrived late"),
+        ] = None,
+        as_of: Annotated[
+            datetime | None,
+            Query(description="The timeline as it was recorded at this instant (default: now)"),
+        ] = None,
     ) -> Response:
-        """A page of the customer's timeline, as the interaction service gives it."""
+        """A page of the customer's timeline, as the interaction service gives it: filtered by
+        kind, event type, channel, department and period, as of an instant, paged by cursor.
+        A cursor is valid only with the filters of the page that gave it (400 otherwise)."""
         services: Services = request.app.state.services
         params = {
-            name: value
+            name: value.isoformat() if isinstance(value, datetime) else value
             for name, value in (
                 ("limit", limit),
                 ("cursor", cursor),
                 ("kind", kind),
                 ("order", order),
+                ("event_type", event_type),
+                ("channel", channel),
+                ("department", department),
+                ("from", occurred_from),
+                ("to", occurred_to),
+                ("recorded_after", recorded_after),
+                ("as_of", as_of),
             )
             if value is not None
         }
@@ -326,7 +374,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 f"the interaction service cannot give the timeline now ({failure}); "
                 "try again later",
             ) from None
-        if answer.status in (200, 404, 422) and body is not None:
+        if answer.status in (200, 400, 404, 422) and body is not None:
             # The service's own bytes: it shaped them with its response model already.
             return Response(answer.content, status_code=answer.status, media_type=JSON)
         raise HTTPException(

@@ -5,13 +5,15 @@ python -m interaction_service.api
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
+from crm_shared.contracts.events import DEPARTMENT_PATTERN, Channel
 from crm_shared.runtime.http import (
     connection,
     create_api,
@@ -22,20 +24,33 @@ from crm_shared.runtime.http import (
 )
 from interaction_service import projection, store
 from interaction_service.config import MIGRATIONS, InteractionSettings
-from interaction_service.projection import Kind, TimelinePosition
+from interaction_service.events import FOLDS
+from interaction_service.projection import Direction, Kind, TimelinePosition, TimelineQuery
 
 Conn = Annotated[asyncpg.Connection, Depends(connection)]
 CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]
 MAX_PAGE = 200
+MAX_FILTER_VALUES = 20
+"""Most values of one list filter (kind, event_type, channel, department)."""
+DEPARTMENT_CODE = re.compile(DEPARTMENT_PATTERN)
+MAX_DEPARTMENT_CHARS = 80
 
 
 class TimelineItem(BaseModel):
     source: str
     event_id: str
     occurred_at: datetime
+    recorded_at: datetime = Field(description="When the log recorded the event")
     kind: Kind
     event_type: str
     channel: str | None
+    direction: Direction | None
+    department: str | None = Field(description="A department code (contacts)")
+    employee_id: str | None
+    topic: str | None
+    outcome: str | None = Field(
+        description="A contact outcome, a message outcome, or granted/revoked for a consent"
+    )
     summary: str
     details: dict[str, Any]
 
@@ -44,6 +59,9 @@ class TimelinePage(BaseModel):
     customer_id: str
     items: list[TimelineItem]
     next_cursor: str | None
+    as_of: datetime = Field(
+        description="Every page of this read shows the entries the log had recorded by then"
+    )
 
 
 class ContactSummary(BaseModel):
@@ -74,14 +92,77 @@ def _unknown(customer_id: str) -> HTTPException:
     )
 
 
-def _page(customer_id: str, rows: list[dict[str, Any]], limit: int) -> TimelinePage:
+def _page(
+    customer_id: str,
+    rows: list[dict[str, Any]],
+    limit: int,
+    query: TimelineQuery,
+    as_of: datetime,
+) -> TimelinePage:
     """A page of at most `limit` items from `limit` + 1 rows; the extra one says there is more."""
     positions = [TimelinePosition(r["occurred_at"], r["source"], r["event_id"]) for r in rows]
     return TimelinePage(
         customer_id=customer_id,
         items=[TimelineItem(**row) for row in rows[:limit]],
-        next_cursor=projection.next_cursor(positions, limit),
+        next_cursor=projection.next_cursor(positions, limit, query, as_of),
+        as_of=as_of,
     )
+
+
+def _aware(when: datetime | None, name: str) -> datetime | None:
+    """A query time as UTC; a time without an offset is refused rather than guessed."""
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        raise HTTPException(422, f"{name} must carry a UTC offset, e.g. 2024-05-01T10:00:00Z")
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:
+        raise HTTPException(422, f"{name} is out of range") from None
+
+
+def _timeline_query(
+    kinds: list[Kind] | None,
+    event_types: list[str] | None,
+    channels: list[Channel] | None,
+    departments: list[str] | None,
+    occurred_from: datetime | None,
+    occurred_to: datetime | None,
+    recorded_after: datetime | None,
+    newest_first: bool,
+) -> TimelineQuery:
+    """The query of a timeline request, or a 422 that says which filter is wrong."""
+    unknown = sorted(set(event_types or ()) - FOLDS)
+    if unknown:
+        raise HTTPException(
+            422, f"event_type {unknown[0]!r} is not on timelines; one of {sorted(FOLDS)}"
+        )
+    for name, values in (
+        ("kind", kinds),
+        ("event_type", event_types),
+        ("channel", channels),
+        ("department", departments),
+    ):
+        if values is not None and len(values) > MAX_FILTER_VALUES:
+            raise HTTPException(422, f"at most {MAX_FILTER_VALUES} values of {name}")
+    for code in departments or ():
+        if len(code) > MAX_DEPARTMENT_CHARS or not DEPARTMENT_CODE.match(code):
+            raise HTTPException(
+                422, f"department {code[:100]!r} is not a department code (lower-case slug)"
+            )
+    try:
+        return TimelineQuery(
+            kinds=tuple(kinds or ()),
+            event_types=tuple(event_types or ()),
+            channels=tuple(channel.value for channel in channels or ()),
+            departments=tuple(departments or ()),
+            occurred_from=_aware(occurred_from, "from"),
+            occurred_before=_aware(occurred_to, "to"),
+            recorded_after=_aware(recorded_after, "recorded_after"),
+            newest_first=newest_first,
+        )
+    except projection.InvalidQuery as problem:
+        raise HTTPException(422, str(problem)) from None
 
 
 def _summary(customer_id: str, totals: projection.ContactTotals) -> ContactSummary:
@@ -121,24 +202,59 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
         cursor: str | None = None,
         kind: Annotated[list[Kind] | None, Query()] = None,
+        event_type: Annotated[list[str] | None, Query(description="Only these event types")] = None,
+        channel: Annotated[list[Channel] | None, Query()] = None,
+        department: Annotated[
+            list[str] | None, Query(description="Department codes, e.g. support")
+        ] = None,
+        occurred_from: Annotated[
+            datetime | None, Query(alias="from", description="Event time at or after")
+        ] = None,
+        occurred_to: Annotated[
+            datetime | None, Query(alias="to", description="Event time before")
+        ] = None,
+        recorded_after: Annotated[
+            datetime | None,
+            Query(description="Only entries the log recorded after this instant (late arrivals)"),
+        ] = None,
+        as_of: Annotated[
+            datetime | None,
+            Query(description="The timeline as the log had recorded it then (default: now)"),
+        ] = None,
         order: Literal["desc", "asc"] = "desc",
     ) -> Response:
-        """The customer's touchpoints in event-time order (newest first by default), paged."""
-        try:
-            after = projection.decode_cursor(cursor) if cursor is not None else None
-        except projection.InvalidCursor as problem:
-            raise HTTPException(
-                422, f"invalid cursor: {problem}; pass a next_cursor from a previous page as is"
-            ) from None
+        """The customer's touchpoints in event-time order (newest first by default), filtered and
+        paged; every page of one read is as of the first page's instant."""
+        query = _timeline_query(
+            kind,
+            event_type,
+            channel,
+            department,
+            occurred_from,
+            occurred_to,
+            recorded_after,
+            newest_first=order == "desc",
+        )
+        requested_as_of = _aware(as_of, "as_of")
+        after: TimelinePosition | None = None
+        if cursor is None:
+            read_as_of = requested_as_of or datetime.now(UTC)
+        else:
+            try:
+                decoded = projection.decode_cursor(cursor)
+            except projection.InvalidCursor as problem:
+                raise HTTPException(
+                    422, f"invalid cursor: {problem}; pass a next_cursor from a previous page as is"
+                ) from None
+            try:
+                projection.check_cursor(decoded, query, requested_as_of)
+            except projection.CursorMismatch as problem:
+                raise HTTPException(400, str(problem)) from None
+            after, read_as_of = decoded.position, decoded.as_of
 
         async def read_page(conn: asyncpg.Connection) -> list[dict[str, Any]]:
             return await store.timeline_page(
-                conn,
-                customer_id,
-                kinds=kind,
-                newest_first=order == "desc",
-                after=after,
-                limit=limit + 1,
+                conn, customer_id, query, as_of=read_as_of, after=after, limit=limit + 1
             )
 
         async with pool_of(request).acquire() as conn:
@@ -155,7 +271,7 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
                     known = bool(rows) or await store.has_timeline(conn, customer_id)
         if not known:
             raise _unknown(customer_id)
-        return model_response(_page(customer_id, rows, limit))
+        return model_response(_page(customer_id, rows, limit, query, read_as_of))
 
     @app.get("/customers/{customer_id}/summary", response_model=ContactSummary)
     async def get_summary(customer_id: CustomerIdPath, conn: Conn) -> Response:
@@ -174,11 +290,13 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
         """The first timeline page and the contact summary in one answer (the customer 360's
         share, one call instead of two)."""
 
+        query, as_of = TimelineQuery(), datetime.now(UTC)
+
         async def read(
             conn: asyncpg.Connection,
         ) -> tuple[list[dict[str, Any]], projection.ContactTotals | None]:
             rows = await store.timeline_page(
-                conn, customer_id, kinds=None, newest_first=True, after=None, limit=limit + 1
+                conn, customer_id, query, as_of=as_of, after=None, limit=limit + 1
             )
             return rows, await store.contact_summary(conn, customer_id)
 
@@ -192,7 +310,7 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
         if not rows and totals is None:
             raise _unknown(customer_id)
         overview = InteractionOverview(
-            timeline=_page(customer_id, rows, limit),
+            timeline=_page(customer_id, rows, limit, query, as_of),
             contact_summary=None if totals is None else _summary(customer_id, totals),
         )
         return model_response(overview)

@@ -1,14 +1,28 @@
-"""What the interaction service reads: contacts, feedback, orders, refunds. It publishes nothing."""
+"""What the interaction service reads: every touchpoint of a customer (contacts, feedback,
+orders, refunds and cancellations, web and app sessions, consent and preference changes, the
+broadcast service's message outcomes). It publishes nothing."""
 
-from crm_shared.contracts.topics import CONTACTS, ORDERS
+from crm_shared.contracts.events import (
+    CONTACT_LOGGED_V2,
+    MESSAGE_OUTCOME_RECORDED,
+    SESSION_RECORDED,
+)
+from crm_shared.contracts.topics import CONTACTS, MESSAGES, ORDERS, PREFERENCES, SESSIONS
 
-TOPICS = (CONTACTS, ORDERS)
+TOPICS = (CONTACTS, ORDERS, PREFERENCES, SESSIONS, MESSAGES)
 
 FOLDS = frozenset(
     {
         "crm.contact.logged.v1",
+        CONTACT_LOGGED_V2,
         "crm.feedback.given.v1",
         "crm.order.placed.v1",
         "crm.order.refunded.v1",
+        "crm.order.cancelled.v1",
+        "crm.channel_preference.set.v1",
+        "crm.consent.granted.v1",
+        "crm.consent.revoked.v1",
+        SESSION_RECORDED,
+        MESSAGE_OUTCOME_RECORDED,
     }
 )

@@ -12,3 +12,12 @@ UNHAPPY_TOUCHPOINTS = Counter(
     "Complaints (feedback of kind complaint) and refusals (contact outcome refused) folded",
     ["reason"],
 )
+TOUCHPOINT_OUTCOMES = Counter(
+    "crm_interaction_touchpoint_outcomes",
+    "Timeline entries written with an outcome, by kind (contact, message, consent) and outcome",
+    ["kind", "outcome"],
+)
+UNLISTED_OUTCOMES = Counter(
+    "crm_interaction_unlisted_outcomes",
+    "v1 contacts whose free-text outcome names no listed outcome (folded as 'other')",
+)

@@ -3,39 +3,62 @@ from the events.
 
 Each event is one timeline row keyed by its (source, id), so a duplicate is the same row. The
 contact summary is counts, sums and extremes only, so it is the same whatever order events
-arrive in. The timeline's page cursor is also here: an opaque encoding of the last row's
-position (event time, then event key), so pages stay stable while late events arrive.
+arrive in. The timeline's queries and page cursors are also here: a cursor is an opaque
+encoding of the last row's position (event time, then event key), of the query's filters and of
+the instant the read is as of, so the pages of one read are one stable list while late events
+arrive (see docs/decisions.md, "Timeline").
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import singledispatch
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 from crm_shared.contracts.events import (
+    MAX_FUTURE_SKEW,
     Channel,
+    ChannelPreferenceSet,
+    ConsentGranted,
+    ConsentRevoked,
     ContactLogged,
+    ContactLoggedV2,
+    ContactOutcome,
     Event,
     FeedbackGiven,
+    MessageOutcomeRecorded,
+    OrderCancelled,
     OrderLine,
     OrderPlaced,
     OrderRefunded,
+    SessionRecorded,
 )
+from crm_shared.contracts.upcast import department_code, outcome_from_text
 
-Kind = Literal["contact", "feedback", "order", "refund"]
-KINDS: tuple[Kind, ...] = ("contact", "feedback", "order", "refund")
+Kind = Literal[
+    "contact",
+    "feedback",
+    "order",
+    "refund",
+    "cancellation",
+    "session",
+    "message",
+    "consent",
+    "preference",
+]
+KINDS: tuple[Kind, ...] = get_args(Kind)
+Direction = Literal["inbound", "outbound"]
 
 SUMMARY_MAX_CHARS = 200
 COMMENT_MAX_CHARS = 80
-REFUSED = "refused"
 
 CHANNEL_PHRASES: dict[Channel, str] = {
     Channel.EMAIL: "email",
@@ -47,6 +70,8 @@ CHANNEL_PHRASES: dict[Channel, str] = {
     Channel.STORE: "store visit",
     Channel.CHAT: "chat",
     Channel.SOCIAL: "social media message",
+    Channel.MEETING: "meeting",
+    Channel.APP: "app message",
 }
 """How a contact on each channel reads in a summary: 'inbound phone call to support: ...'."""
 
@@ -73,10 +98,18 @@ def distinct(events: Iterable[Event]) -> list[Event]:
 # ----------------------------------------------------------------------------- timeline
 
 
-class Description(NamedTuple):
+class Touchpoint(NamedTuple):
+    """What a timeline row says of one event: its kind, the structured columns a timeline is
+    filtered by, and a one-line summary for people."""
+
     kind: Kind
-    channel: Channel | None
     summary: str
+    channel: Channel | None = None
+    direction: Direction | None = None
+    department: str | None = None
+    employee_id: str | None = None
+    topic: str | None = None
+    outcome: str | None = None
 
 
 class TimelineEntry(NamedTuple):
@@ -86,9 +119,16 @@ class TimelineEntry(NamedTuple):
     event_id: str
     customer_id: str
     occurred_at: datetime
+    recorded_at: datetime
+    """When the log recorded the event (its Kafka timestamp): what an as-of read goes by."""
     kind: Kind
     event_type: str
     channel: Channel | None
+    direction: Direction | None
+    department: str | None
+    employee_id: str | None
+    topic: str | None
+    outcome: str | None
     summary: str
     details: str
     """The event's data as a JSON object (stored as jsonb)."""
@@ -105,66 +145,193 @@ def _lines_and_money(lines: Sequence[OrderLine], total: Decimal, currency: str) 
     return f"{count} line{'' if count == 1 else 's'}, {total:.2f} {currency}"
 
 
+def _with_reason(summary: str, reason: str | None) -> str:
+    return f"{summary} ({reason.strip()})" if reason and reason.strip() else summary
+
+
 @singledispatch
-def describe(data: object) -> Description:
-    """Kind, channel and human summary of one touchpoint's data."""
+def describe(data: object) -> Touchpoint:
+    """The touchpoint one event's data stands for."""
     raise TypeError(f"{type(data).__name__} is not a touchpoint")
 
 
-@describe.register
-def _contact(data: ContactLogged) -> Description:
+def _contact(
+    data: ContactLogged | ContactLoggedV2,
+    department: str,
+    outcome: ContactOutcome,
+    outcome_words: str,
+) -> Touchpoint:
     preposition = "to" if data.direction == "inbound" else "from"
     summary = (
-        f"{data.direction} {CHANNEL_PHRASES[data.channel]} {preposition} {data.department}: "
-        f"{data.topic} -> {data.outcome}"
+        f"{data.direction} {CHANNEL_PHRASES[data.channel]} {preposition} "
+        f"{department}: {data.topic} -> {outcome_words}"
     )
-    return Description("contact", data.channel, summary)
+    return Touchpoint(
+        "contact",
+        summary,
+        data.channel,
+        data.direction,
+        department,
+        data.employee_id,
+        data.topic,
+        outcome.value,
+    )
 
 
 @describe.register
-def _feedback(data: FeedbackGiven) -> Description:
+def _contact_v1(data: ContactLogged) -> Touchpoint:
+    # The columns come from the tolerant mapping (crm_shared.contracts.upcast, the same as
+    # contact_logged_v2 without building the model); the summary keeps the words said.
+    return _contact(
+        data,
+        department_code(data.department),
+        outcome_from_text(data.outcome),
+        data.outcome.strip(),
+    )
+
+
+@describe.register
+def _contact_v2(data: ContactLoggedV2) -> Touchpoint:
+    return _contact(data, data.department, data.outcome, data.outcome.value.replace("_", " "))
+
+
+@describe.register
+def _feedback(data: FeedbackGiven) -> Touchpoint:
     summary = f"feedback {data.score}/5 {data.kind}"
     if data.comment and data.comment.strip():
         summary += f": {_shorten(data.comment, COMMENT_MAX_CHARS)}"
-    return Description("feedback", data.channel, summary)
+    return Touchpoint("feedback", summary, data.channel, "inbound", topic=data.kind)
 
 
 @describe.register
-def _order(data: OrderPlaced) -> Description:
+def _order(data: OrderPlaced) -> Touchpoint:
     summary = f"order {data.order_id}: {_lines_and_money(data.lines, data.total, data.currency)}"
-    return Description("order", data.channel, summary)
+    return Touchpoint("order", summary, data.channel, "inbound")
 
 
 @describe.register
-def _refund(data: OrderRefunded) -> Description:
+def _refund(data: OrderRefunded) -> Touchpoint:
     of_order = f" of order {data.order_id}" if data.order_id else ""
     summary = (
         f"refund {data.refund_id}{of_order}: "
         f"{_lines_and_money(data.lines, data.total, data.currency)}"
     )
-    if data.reason and data.reason.strip():
-        summary += f" ({data.reason.strip()})"
-    return Description("refund", None, summary)
+    return Touchpoint("refund", _with_reason(summary, data.reason))
+
+
+@describe.register
+def _cancellation(data: OrderCancelled) -> Touchpoint:
+    return Touchpoint("cancellation", _with_reason(f"order {data.order_id} cancelled", data.reason))
+
+
+@describe.register
+def _session(data: SessionRecorded) -> Touchpoint:
+    minutes, seconds = divmod(data.duration_seconds, 60)
+    pages = f"{data.pages_viewed} page{'' if data.pages_viewed == 1 else 's'}"
+    summary = f"{data.channel} session {data.session_id}: {pages} in {minutes} min {seconds} s"
+    return Touchpoint("session", summary, data.channel, "inbound", topic=data.entry_page)
+
+
+@describe.register
+def _message(data: MessageOutcomeRecorded) -> Touchpoint:
+    of_campaign = f" of campaign {data.campaign_id}" if data.campaign_id else ""
+    summary = f"{data.purpose} {data.channel} message {data.message_id}{of_campaign}: "
+    return Touchpoint(
+        "message",
+        _with_reason(summary + data.outcome.value, data.reason),
+        data.channel,
+        "outbound",
+        topic=data.purpose,
+        outcome=data.outcome.value,
+    )
+
+
+def _consent(data: ConsentGranted | ConsentRevoked, outcome: str) -> Touchpoint:
+    on = f"on {data.channel}" if data.channel else "on every channel"
+    summary = f"consent to {data.purpose} {on} {outcome}"
+    return Touchpoint(
+        "consent", summary, data.channel, "inbound", topic=data.purpose, outcome=outcome
+    )
+
+
+@describe.register
+def _consent_granted(data: ConsentGranted) -> Touchpoint:
+    return _consent(data, "granted")
+
+
+@describe.register
+def _consent_revoked(data: ConsentRevoked) -> Touchpoint:
+    return _consent(data, "revoked")
+
+
+@describe.register
+def _preference(data: ChannelPreferenceSet) -> Touchpoint:
+    summary = "channel preference: " + ", ".join(data.channels)
+    if data.quiet_hours is not None:
+        quiet = data.quiet_hours
+        summary += f"; quiet hours {quiet.start}-{quiet.end} {quiet.timezone}"
+    return Touchpoint("preference", summary, data.channels[0], "inbound")
+
+
+def recorded_at(event: Event) -> datetime:
+    """When the log recorded the event (its event time when it did not come from Kafka), but
+    never more than MAX_FUTURE_SKEW before its event time: nothing is known before it happens,
+    give or take the clock drift the platform accepts. So a read as of an instant needs to look
+    only at entries dated up to that instant plus the skew (`as_of_horizon`)."""
+    if event.log_time_ms < 0:
+        return event.time
+    logged = _EPOCH + timedelta(milliseconds=event.log_time_ms)
+    earliest = event.time - MAX_FUTURE_SKEW
+    return logged if logged > earliest else earliest
+
+
+def as_of_horizon(as_of: datetime) -> datetime:
+    """The latest event time an entry recorded by `as_of` can have (see `recorded_at`)."""
+    return as_of + MAX_FUTURE_SKEW
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def timeline_entry(event: Event) -> TimelineEntry:
-    kind, channel, summary = describe(event.data)
+    kind, summary, channel, direction, department, employee_id, topic, outcome = describe(
+        event.data
+    )
+    # Positional: keyword arguments to a named tuple cost a third of the row on the hot path.
     return TimelineEntry(
-        source=event.source,
-        event_id=event.id,
-        customer_id=event.customer_id,
-        occurred_at=event.time,
-        kind=kind,
-        event_type=event.type,
-        channel=channel,
-        summary=_shorten(summary, SUMMARY_MAX_CHARS),
-        details=event.data.model_dump_json(),
+        event.source,
+        event.id,
+        event.customer_id,
+        event.time,
+        recorded_at(event),
+        kind,
+        event.type,
+        channel,
+        direction,
+        department,
+        employee_id,
+        topic,
+        outcome,
+        _shorten(summary, SUMMARY_MAX_CHARS),
+        event.data.model_dump_json(),
     )
 
 
 def timeline_entries(events: Iterable[Event]) -> list[TimelineEntry]:
     """One entry per distinct event of the batch."""
     return [timeline_entry(event) for event in distinct(events)]
+
+
+def unlisted_outcomes(events: Iterable[Event]) -> list[str]:
+    """The free-text outcomes of v1 contacts that the tolerant mapping read as `other`, while
+    they said something else: what producers should be moved to v2 or a synonym for."""
+    return [
+        data.outcome
+        for data in (event.data for event in events)
+        if type(data) is ContactLogged
+        and outcome_from_text(data.outcome) is ContactOutcome.OTHER
+        and data.outcome.strip().lower() != ContactOutcome.OTHER
+    ]
 
 
 # ----------------------------------------------------------------------------- contact summary
@@ -213,13 +380,16 @@ class ContactTotals:
         self.last_touchpoint_at = _latest(self.last_touchpoint_at, when)
         data = event.data
         # type() rather than isinstance(): pydantic models check instances through ABCMeta.
-        if type(data) is ContactLogged:
+        if type(data) is ContactLogged or type(data) is ContactLoggedV2:
+            outcome = (
+                outcome_from_text(data.outcome) if type(data) is ContactLogged else data.outcome
+            )
             self.contacts += 1
             if data.direction == "inbound":
                 self.inbound += 1
             else:
                 self.outbound += 1
-            self.refusals += data.outcome.strip().lower() == REFUSED
+            self.refusals += outcome is ContactOutcome.REFUSED
             self.first_contact_at = _earliest(self.first_contact_at, when)
             self.last_contact_at = _latest(self.last_contact_at, when)
         elif type(data) is FeedbackGiven:
@@ -244,7 +414,7 @@ def summary_deltas(events: Iterable[Event]) -> dict[str, ContactTotals]:
     return deltas
 
 
-# ----------------------------------------------------------------------------- page cursor
+# ----------------------------------------------------------------------------- queries and cursors
 
 
 class TimelinePosition(NamedTuple):
@@ -255,23 +425,107 @@ class TimelinePosition(NamedTuple):
     event_id: str
 
 
+class InvalidQuery(ValueError):
+    """Filters that cannot go together; the message says why."""
+
+
+@dataclass(frozen=True)
+class TimelineQuery:
+    """Which rows of a timeline a read wants, and in which order. Empty tuples mean any value;
+    the period is [occurred_from, occurred_before) in event time; `recorded_after` keeps only
+    rows the log recorded after that instant (what arrived since a previous read)."""
+
+    kinds: tuple[str, ...] = ()
+    event_types: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()
+    departments: tuple[str, ...] = ()
+    occurred_from: datetime | None = None
+    occurred_before: datetime | None = None
+    recorded_after: datetime | None = None
+    newest_first: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("kinds", "event_types", "channels", "departments"):
+            # One spelling per filter, whatever order or repetition the values came in.
+            object.__setattr__(self, name, tuple(sorted(set(getattr(self, name)))))
+        if (
+            self.occurred_from is not None
+            and self.occurred_before is not None
+            and self.occurred_from >= self.occurred_before
+        ):
+            raise InvalidQuery("the period is empty: 'from' must be before 'to'")
+
+    def fingerprint(self) -> str:
+        """A short digest of the filters and order: a cursor carries it, so that it is not used
+        with other filters (its position would mean another place in another list)."""
+        document = [
+            list(self.kinds),
+            list(self.event_types),
+            list(self.channels),
+            list(self.departments),
+            *(_instant(t) for t in (self.occurred_from, self.occurred_before, self.recorded_after)),
+            self.newest_first,
+        ]
+        raw = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+        return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _instant(time: datetime | None) -> str | None:
+    return None if time is None else time.astimezone(UTC).isoformat()
+
+
+class PageCursor(NamedTuple):
+    """Where the next page starts, for which query, and the instant the whole read is as of:
+    every page of one read shows the timeline as the log had recorded it at that instant."""
+
+    position: TimelinePosition
+    query: str
+    """The fingerprint of the query that issued the cursor."""
+    as_of: datetime
+
+
 class InvalidCursor(ValueError):
     """A cursor this API did not issue (or one that was altered); the message says why."""
 
 
+class CursorMismatch(ValueError):
+    """A valid cursor used with other filters or another as_of than the read that issued it."""
+
+
 CURSOR_MAX_CHARS = 1024
 _CURSOR_ALPHABET = re.compile(r"^[A-Za-z0-9_-]+$")
+_FINGERPRINT = re.compile(r"^[0-9a-f]{16}$")
 
 
-def encode_cursor(position: TimelinePosition) -> str:
-    """Opaque, URL-safe form of a position: base64url (unpadded) of a small JSON array."""
-    document = [position.occurred_at.isoformat(), position.source, position.event_id]
+def encode_cursor(cursor: PageCursor) -> str:
+    """Opaque, URL-safe form of a cursor: base64url (unpadded) of a small JSON array."""
+    position = cursor.position
+    document = [
+        position.occurred_at.isoformat(),
+        position.source,
+        position.event_id,
+        cursor.query,
+        cursor.as_of.isoformat(),
+    ]
     raw = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
 
-def decode_cursor(cursor: str) -> TimelinePosition:
-    """The position a cursor stands for; raise InvalidCursor with the reason."""
+def _aware_time(text: str, what: str) -> datetime:
+    try:
+        time = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidCursor(f"the cursor's {what} is not an ISO 8601 time") from None
+    if time.tzinfo is None:
+        raise InvalidCursor(f"the cursor's {what} has no UTC offset")
+    try:
+        return time.astimezone(UTC)
+    except OverflowError:
+        raise InvalidCursor(f"the cursor's {what} is out of range") from None
+
+
+def decode_cursor(cursor: str) -> PageCursor:
+    """The cursor a string stands for; raise InvalidCursor with the reason."""
     if not cursor:
         raise InvalidCursor("the cursor is empty")
     if len(cursor) > CURSOR_MAX_CHARS:
@@ -285,26 +539,36 @@ def decode_cursor(cursor: str) -> TimelinePosition:
         raise InvalidCursor("the cursor does not decode to a timeline position") from None
     if not (
         isinstance(document, list)
-        and len(document) == 3
+        and len(document) == 5
         and all(isinstance(part, str) for part in document)
         # No stored row has a NUL (PostgreSQL text cannot hold one), and one would fail the query.
         and not any("\x00" in part for part in document)
+        and _FINGERPRINT.match(document[3])
     ):
         raise InvalidCursor("the cursor does not hold a timeline position")
-    when, source, event_id = document
-    try:
-        occurred_at = datetime.fromisoformat(when)
-    except ValueError:
-        raise InvalidCursor("the cursor's time is not an ISO 8601 time") from None
-    if occurred_at.tzinfo is None:
-        raise InvalidCursor("the cursor's time has no UTC offset")
-    try:
-        occurred_at = occurred_at.astimezone(UTC)
-    except OverflowError:
-        raise InvalidCursor("the cursor's time is out of range") from None
-    return TimelinePosition(occurred_at, source, event_id)
+    when, source, event_id, query, as_of = document
+    position = TimelinePosition(_aware_time(when, "time"), source, event_id)
+    return PageCursor(position, query, _aware_time(as_of, "as_of"))
 
 
-def next_cursor(fetched: Sequence[TimelinePosition], limit: int) -> str | None:
+def check_cursor(cursor: PageCursor, query: TimelineQuery, as_of: datetime | None) -> None:
+    """Refuse a cursor issued for another query or another as_of (CursorMismatch)."""
+    if cursor.query != query.fingerprint():
+        raise CursorMismatch(
+            "the cursor belongs to a read with other filters or another order; pass the same "
+            "filters as the first page, or start again without a cursor"
+        )
+    if as_of is not None and as_of != cursor.as_of:
+        raise CursorMismatch(
+            f"the cursor belongs to a read as of {cursor.as_of.isoformat()}; pass that as_of "
+            "or none"
+        )
+
+
+def next_cursor(
+    fetched: Sequence[TimelinePosition], limit: int, query: TimelineQuery, as_of: datetime
+) -> str | None:
     """The cursor after a page; `fetched` is up to limit + 1 rows, the extra one meaning more."""
-    return encode_cursor(fetched[limit - 1]) if len(fetched) > limit else None
+    if len(fetched) <= limit:
+        return None
+    return encode_cursor(PageCursor(fetched[limit - 1], query.fingerprint(), as_of))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -13,9 +14,12 @@ from interaction_service.projection import (
     EventKey,
     TimelineEntry,
     TimelinePosition,
+    TimelineQuery,
+    as_of_horizon,
 )
 
 _TOTALS_COLUMNS = tuple(f.name for f in fields(ContactTotals))
+_ENTRY_COLUMNS = ", ".join(TimelineEntry._fields)
 
 
 async def add_to_timeline(
@@ -25,15 +29,13 @@ async def add_to_timeline(
     if not entries:
         return set()
     rows = await conn.fetch(
-        """
-        INSERT INTO timeline (source, event_id, customer_id, occurred_at, kind, event_type,
-                              channel, summary, details)
-        SELECT source, event_id, customer_id, occurred_at, kind, event_type, channel, summary,
-               details::jsonb
-        FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
-                    $6::text[], $7::text[], $8::text[], $9::text[])
-             AS e(source, event_id, customer_id, occurred_at, kind, event_type, channel,
-                  summary, details)
+        f"""
+        INSERT INTO timeline ({_ENTRY_COLUMNS})
+        SELECT {_ENTRY_COLUMNS.replace("details", "details::jsonb")}
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+                    $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
+                    $12::text[], $13::text[], $14::text[], $15::text[])
+             AS e({_ENTRY_COLUMNS})
         ON CONFLICT (source, event_id) DO NOTHING
         RETURNING source, event_id
         """,
@@ -87,46 +89,89 @@ async def contact_summary(conn: asyncpg.Connection, customer_id: str) -> Contact
     return None if row is None else ContactTotals(**dict(row))
 
 
-_PAGE_SQL = """
-SELECT source, event_id, occurred_at, kind, event_type, channel, summary, details
-FROM timeline
-WHERE customer_id = $1
-  AND ($2::text[] IS NULL OR kind = ANY($2::text[]))
-  {after}
-ORDER BY occurred_at {direction}, source {direction}, event_id {direction}
-LIMIT $3
-"""
-# Only these four statements are ever built: direction and cursor come from fixed fragments.
-_PAGE_STATEMENTS = {
-    (newest_first, with_cursor): _PAGE_SQL.format(
-        direction="DESC" if newest_first else "ASC",
-        after=(
-            f"AND (occurred_at, source, event_id) {'<' if newest_first else '>'} "
-            "($4::timestamptz, $5::text, $6::text)"
-            if with_cursor
-            else ""
-        ),
+_PAGE_COLUMNS = (
+    "source, event_id, occurred_at, recorded_at, kind, event_type, channel, direction, "
+    "department, employee_id, topic, outcome, summary, details"
+)
+_FILTERS = (
+    ("kinds", "kind"),
+    ("event_types", "event_type"),
+    ("channels", "channel"),
+    ("departments", "department"),
+)
+"""The list filters of a query and the column each one constrains."""
+
+
+def page_statement(
+    customer_id: str,
+    query: TimelineQuery,
+    *,
+    as_of: datetime,
+    after: TimelinePosition | None,
+    limit: int,
+) -> tuple[str, list[object]]:
+    """The SQL of one page read and its arguments.
+
+    The statement has a condition only for each filter the query uses, a single value compared
+    with `=`, so the plan can walk the index of that filter in event-time order (migration 003
+    also makes the database plan each read for its customer). Every fragment is fixed text and
+    every value a parameter, but the limit.
+    """
+    args: list[object] = []
+
+    def arg(value: object, cast: str) -> str:
+        args.append(value)
+        return f"${len(args)}::{cast}"
+
+    conditions = [
+        f"customer_id = {arg(customer_id, 'text')}",
+        f"recorded_at <= {arg(as_of, 'timestamptz')}",
+        # Implied by the line above (see projection.recorded_at), and a range of the index: a
+        # read as of a past instant starts there instead of filtering everything after it.
+        f"occurred_at <= {arg(as_of_horizon(as_of), 'timestamptz')}",
+    ]
+    for field, column in _FILTERS:
+        values: tuple[str, ...] = getattr(query, field)
+        if len(values) == 1:
+            conditions.append(f"{column} = {arg(values[0], 'text')}")
+        elif values:
+            conditions.append(f"{column} = ANY({arg(list(values), 'text[]')})")
+    if query.occurred_from is not None:
+        conditions.append(f"occurred_at >= {arg(query.occurred_from, 'timestamptz')}")
+    if query.occurred_before is not None:
+        conditions.append(f"occurred_at < {arg(query.occurred_before, 'timestamptz')}")
+    if query.recorded_after is not None:
+        conditions.append(f"recorded_at > {arg(query.recorded_after, 'timestamptz')}")
+    if after is not None:
+        comparison = "<" if query.newest_first else ">"
+        position = (
+            f"{arg(after.occurred_at, 'timestamptz')}, {arg(after.source, 'text')}, "
+            f"{arg(after.event_id, 'text')}"
+        )
+        conditions.append(f"(occurred_at, source, event_id) {comparison} ({position})")
+    direction = "DESC" if query.newest_first else "ASC"
+    # The limit is written in (an int): the planner then knows how few rows a page needs.
+    sql = (
+        f"SELECT {_PAGE_COLUMNS} FROM timeline WHERE {' AND '.join(conditions)} "
+        f"ORDER BY occurred_at {direction}, source {direction}, event_id {direction} "
+        f"LIMIT {int(limit)}"
     )
-    for newest_first in (True, False)
-    for with_cursor in (True, False)
-}
+    return sql, args
 
 
 async def timeline_page(
     conn: asyncpg.Connection,
     customer_id: str,
+    query: TimelineQuery,
     *,
-    kinds: Collection[str] | None,
-    newest_first: bool,
+    as_of: datetime,
     after: TimelinePosition | None,
     limit: int,
 ) -> list[dict[str, Any]]:
-    """Up to `limit` timeline rows after the position, in event-time order, then by key."""
-    args: list[Any] = [customer_id, sorted(set(kinds)) if kinds else None, limit]
-    if after is not None:
-        args.extend(after)
-    rows = await conn.fetch(_PAGE_STATEMENTS[(newest_first, after is not None)], *args)
-    return [dict(row) for row in rows]
+    """Up to `limit` rows of the query recorded by `as_of` after the position, in event-time
+    order, then by key."""
+    sql, args = page_statement(customer_id, query, as_of=as_of, after=after, limit=limit)
+    return [dict(row) for row in await conn.fetch(sql, *args)]
 
 
 async def has_timeline(conn: asyncpg.Connection, customer_id: str) -> bool:

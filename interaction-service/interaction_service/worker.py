@@ -1,11 +1,13 @@
-"""Interaction worker: folds contacts, feedback, orders and refunds into customer timelines and
-contact summaries.
+"""Interaction worker: folds every touchpoint (contacts, feedback, orders, refunds and
+cancellations, sessions, consents and preferences, message outcomes) into customer timelines
+and contact summaries.
 
 python -m interaction_service.worker
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 
@@ -19,6 +21,8 @@ from interaction_service import metrics, projection, store
 from interaction_service.config import MIGRATIONS, InteractionSettings
 from interaction_service.events import FOLDS, TOPICS
 
+log = logging.getLogger(__name__)
+
 
 async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:
     """Write the timeline rows; add only the rows that were new to the summaries."""
@@ -28,10 +32,20 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
     new = [e for e in events if projection.event_key(e) in written]
     deltas = projection.summary_deltas(new)
     await store.add_to_summaries(conn, deltas)
-    # Counted per kind, not per row: a labels() lookup per row costs more than the row.
-    written_kinds = Counter(e.kind for e in entries if (e.source, e.event_id) in written)
-    for kind, count in written_kinds.items():
+    # Counted per label, not per row: a labels() lookup per row costs more than the row.
+    written_entries = [e for e in entries if (e.source, e.event_id) in written]
+    for kind, count in Counter(e.kind for e in written_entries).items():
         metrics.TIMELINE_ENTRIES.labels(kind).inc(count)
+    outcomes = Counter((e.kind, e.outcome) for e in written_entries if e.outcome is not None)
+    for (kind, outcome), count in outcomes.items():
+        metrics.TOUCHPOINT_OUTCOMES.labels(kind, outcome).inc(count)
+    unlisted = projection.unlisted_outcomes(new)
+    if unlisted:
+        metrics.UNLISTED_OUTCOMES.inc(len(unlisted))
+        log.info(
+            "contact outcomes not in the list, folded as other",
+            extra={"count": len(unlisted), "examples": sorted(set(unlisted))[:5]},
+        )
     totals = deltas.values()
     if totals:
         metrics.UNHAPPY_TOUCHPOINTS.labels("complaint").inc(sum(t.complaints for t in totals))

@@ -18,6 +18,7 @@ from crm_shared.contracts.events import encode_event
 from crm_shared.contracts.topics import topic_for
 from crm_shared.ops import launcher
 from crm_shared.ops.demo.workload import Workload
+from interaction_service.events import FOLDS as TIMELINE_TYPES
 from recommendation_service.projection import NEIGHBOURS_KEPT
 from tests.conftest import shifted_port
 from tests.integration.helpers import drop_and_rebuild, eventually, fetch, kill_and_restart, unique
@@ -64,12 +65,7 @@ def independent_fold(events: list[dict[str, Any]]) -> dict[str, Any]:
                 ties.add(key)  # same instant, opposite states: the tie rule is not what we test
             if key not in consents or state[0] > consents[key][0]:
                 consents[key] = state
-        if kind in (
-            "crm.order.placed.v1",
-            "crm.order.refunded.v1",
-            "crm.contact.logged.v1",
-            "crm.feedback.given.v1",
-        ):
+        if kind in TIMELINE_TYPES:
             timeline[customer] += 1
     kept_buyers = Counter(p for (_, p), units in units_kept(events).items() if units > 0)
     return {

@@ -136,7 +136,7 @@ async def test_events_from_three_publishers_make_up_the_customer_360(
             return (
                 bool(v.get("profile"))
                 and bool(v.get("preferences"))
-                and len(timeline.get("items", [])) == 3  # type: ignore[union-attr]
+                and len(timeline.get("items", [])) == 5  # type: ignore[union-attr]
             )
 
         customer360 = await eventually(
@@ -146,7 +146,8 @@ async def test_events_from_three_publishers_make_up_the_customer_360(
     assert profile["name"] == "Grace Hopper"  # type: ignore[index]
     assert profile["purchases"]["orders"] == 1  # type: ignore[index]
     kinds = [item["kind"] for item in customer360["timeline"]["items"]]  # type: ignore[index]
-    assert kinds == ["feedback", "order", "contact"], "newest first"
+    # Newest first; the three at 09:00 by source, descending (web-site, shop, call-centre).
+    assert kinds == ["feedback", "order", "preference", "consent", "contact"]
     assert customer360["preferences"]["channels"] == ["sms", "email"]  # type: ignore[index]
     assert customer360["contact_summary"]["average_satisfaction"] == 5  # type: ignore[index]
     assert customer360["missing"] == []

@@ -30,7 +30,12 @@ from schemathesis.specs.openapi.checks import (
 from crm_shared.contracts.events import build_event
 from gateway_service.api import TIMELINE_CURSOR_FORMAT, create_app
 from gateway_service.config import GatewaySettings
-from interaction_service.projection import TimelinePosition, encode_cursor
+from interaction_service.projection import (
+    PageCursor,
+    TimelinePosition,
+    TimelineQuery,
+    encode_cursor,
+)
 from tests.integration.helpers import create_api_key, eventually, gateway_url, unique
 
 pytestmark = pytest.mark.integration
@@ -47,10 +52,14 @@ KNOWN_CUSTOMER = unique("openapi")
 
 # A cursor is valid only as a previous page's next_cursor; the document says so with its format,
 # and here is how such cursors are made: from positions a stored row could have (UTC times, text
-# without NUL, which PostgreSQL cannot hold).
+# without NUL, which PostgreSQL cannot hold), for an unfiltered read as of some instant (with
+# other filters the answer is a documented 400).
 stored_text = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=40)
 issued_cursors = st.builds(
-    TimelinePosition, st.datetimes(timezones=st.just(UTC)), stored_text, stored_text
+    PageCursor,
+    st.builds(TimelinePosition, st.datetimes(timezones=st.just(UTC)), stored_text, stored_text),
+    st.just(TimelineQuery().fingerprint()),
+    st.datetimes(timezones=st.just(UTC)),
 ).map(encode_cursor)
 schemathesis.openapi.format(TIMELINE_CURSOR_FORMAT, issued_cursors)
 

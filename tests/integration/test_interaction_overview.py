@@ -43,7 +43,15 @@ async def test_the_overview_holds_the_first_page_and_the_summary(
     )
     _, page = await get_json(f"{url}/timeline?limit=2", headers=auth)
     _, summary = await get_json(f"{url}/summary", headers=auth)
-    assert overview == {"timeline": page, "contact_summary": summary}
+    # Each read is as of its own instant, which its cursor holds: the rest is the same.
+    without_instant = {"as_of", "next_cursor"}
+
+    def same_page(timeline: dict[str, object]) -> dict[str, object]:
+        return {k: v for k, v in timeline.items() if k not in without_instant}
+
+    assert same_page(overview["timeline"]) == same_page(page)
+    assert overview["contact_summary"] == summary
+    assert overview["timeline"]["next_cursor"] is not None
     assert [item["event_id"] for item in page["items"]] == [f"{customer}-call-{n}" for n in (2, 1)]
     assert page["next_cursor"] is not None
 

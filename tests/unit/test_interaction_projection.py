@@ -14,9 +14,14 @@ from interaction_service.projection import (
     CHANNEL_PHRASES,
     SUMMARY_MAX_CHARS,
     ContactTotals,
+    CursorMismatch,
     InvalidCursor,
+    InvalidQuery,
+    PageCursor,
     TimelinePosition,
+    TimelineQuery,
     average_score,
+    check_cursor,
     decode_cursor,
     encode_cursor,
     next_cursor,
@@ -268,14 +273,17 @@ def test_average_satisfaction_is_none_without_feedback_and_rounded_to_two_places
 # ----------------------------------------------------------------------------- page cursor
 
 POSITION = TimelinePosition(datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=UTC), "shop", "e-1/ü")
+AS_OF = datetime(2024, 6, 1, 8, 30, tzinfo=UTC)
+QUERY = TimelineQuery(kinds=("contact",), channels=("phone", "email"))
+CURSOR = PageCursor(POSITION, QUERY.fingerprint(), AS_OF)
 
 
-def test_a_cursor_round_trips_to_the_same_position() -> None:
-    assert decode_cursor(encode_cursor(POSITION)) == POSITION
+def test_a_cursor_round_trips_to_the_same_position_query_and_as_of() -> None:
+    assert decode_cursor(encode_cursor(CURSOR)) == CURSOR
 
 
 def test_a_cursor_is_url_safe_and_unpadded() -> None:
-    cursor = encode_cursor(TimelinePosition(at(0), "s?/+=&", "id with spaces"))
+    cursor = encode_cursor(CURSOR._replace(position=TimelinePosition(at(0), "s?/+=&", "id sp")))
     assert cursor.replace("-", "").replace("_", "").isalnum()
     assert "=" not in cursor
 
@@ -283,14 +291,18 @@ def test_a_cursor_is_url_safe_and_unpadded() -> None:
 def test_a_cursor_keeps_the_offset_as_the_same_instant() -> None:
     paris = timezone(timedelta(hours=2))
     position = TimelinePosition(datetime(2024, 5, 1, 12, 0, tzinfo=paris), "s", "1")
-    assert decode_cursor(encode_cursor(position)).occurred_at == datetime(
-        2024, 5, 1, 10, tzinfo=UTC
-    )
+    decoded = decode_cursor(encode_cursor(PageCursor(position, "0" * 16, AS_OF.astimezone(paris))))
+    assert decoded.position.occurred_at == datetime(2024, 5, 1, 10, tzinfo=UTC)
+    assert decoded.as_of == AS_OF
 
 
 def _b64(document: object) -> str:
     raw = json.dumps(document).encode() if not isinstance(document, bytes) else document
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+T = "2024-05-01T10:00:00+00:00"
+FP = "0123456789abcdef"
 
 
 @pytest.mark.parametrize(
@@ -303,13 +315,15 @@ def _b64(document: object) -> str:
         ("a", "does not decode"),
         (_b64(b"\xff\xfe"), "does not decode"),
         (_b64(b"not json"), "does not decode"),
-        (_b64({"t": "2024-05-01T10:00:00+00:00"}), "does not hold"),
-        (_b64(["2024-05-01T10:00:00+00:00", "s"]), "does not hold"),
-        (_b64(["2024-05-01T10:00:00+00:00", "s", 1]), "does not hold"),
-        (_b64(["2024-05-01T10:00:00+00:00", "s\u0000", "1"]), "does not hold"),
-        (_b64(["yesterday", "s", "1"]), "not an ISO 8601 time"),
-        (_b64(["2024-05-01T10:00:00", "s", "1"]), "no UTC offset"),
-        (_b64(["0001-01-01T00:00:00+05:00", "s", "1"]), "out of range"),
+        (_b64({"t": T}), "does not hold"),
+        (_b64([T, "s", "1"]), "does not hold"),
+        (_b64([T, "s", 1, FP, T]), "does not hold"),
+        (_b64([T, "s\u0000", "1", FP, T]), "does not hold"),
+        (_b64([T, "s", "1", "not-a-digest", T]), "does not hold"),
+        (_b64(["yesterday", "s", "1", FP, T]), "time is not an ISO 8601 time"),
+        (_b64(["2024-05-01T10:00:00", "s", "1", FP, T]), "time has no UTC offset"),
+        (_b64(["0001-01-01T00:00:00+05:00", "s", "1", FP, T]), "time is out of range"),
+        (_b64([T, "s", "1", FP, "2024-05-01T10:00:00"]), "as_of has no UTC offset"),
     ],
 )
 def test_a_bad_cursor_is_refused_with_its_reason(cursor: str, reason: str) -> None:
@@ -317,12 +331,46 @@ def test_a_bad_cursor_is_refused_with_its_reason(cursor: str, reason: str) -> No
         decode_cursor(cursor)
 
 
-def test_next_cursor_points_at_the_last_row_of_a_full_page() -> None:
+def test_next_cursor_points_at_the_last_row_of_a_full_page_for_the_same_query() -> None:
     rows = [TimelinePosition(at(-i), "s", str(i)) for i in range(4)]
-    assert decode_cursor(next_cursor(rows, 3) or "") == rows[2]
+    assert decode_cursor(next_cursor(rows, 3, QUERY, AS_OF) or "") == PageCursor(
+        rows[2], QUERY.fingerprint(), AS_OF
+    )
 
 
 def test_there_is_no_next_cursor_when_nothing_follows() -> None:
     rows = [TimelinePosition(at(-i), "s", str(i)) for i in range(3)]
-    assert next_cursor(rows, 3) is None
-    assert next_cursor([], 50) is None
+    assert next_cursor(rows, 3, QUERY, AS_OF) is None
+    assert next_cursor([], 50, QUERY, AS_OF) is None
+
+
+def test_the_fingerprint_ignores_the_order_and_repetition_of_filter_values() -> None:
+    same = TimelineQuery(channels=("email", "phone", "email"), kinds=("contact",))
+    assert same.fingerprint() == QUERY.fingerprint()
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        TimelineQuery(kinds=("contact",), channels=("phone",)),
+        TimelineQuery(kinds=("contact",), channels=("phone", "email"), newest_first=False),
+        TimelineQuery(kinds=("contact",), channels=("phone", "email"), departments=("sales",)),
+        TimelineQuery(kinds=("contact",), channels=("phone", "email"), occurred_from=at(0)),
+        TimelineQuery(kinds=("contact",), channels=("phone", "email"), recorded_after=at(0)),
+    ],
+)
+def test_a_cursor_used_with_other_filters_is_refused(other: TimelineQuery) -> None:
+    with pytest.raises(CursorMismatch, match="other filters"):
+        check_cursor(CURSOR, other, None)
+
+
+def test_a_cursor_is_accepted_with_its_own_query_and_as_of_or_none() -> None:
+    check_cursor(CURSOR, QUERY, None)
+    check_cursor(CURSOR, QUERY, AS_OF)
+    with pytest.raises(CursorMismatch, match="as of 2024-06-01T08:30:00"):
+        check_cursor(CURSOR, QUERY, AS_OF + timedelta(seconds=1))
+
+
+def test_an_empty_period_is_refused() -> None:
+    with pytest.raises(InvalidQuery, match="period is empty"):
+        TimelineQuery(occurred_from=at(10), occurred_before=at(10))

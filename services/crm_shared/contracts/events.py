@@ -88,6 +88,8 @@ class Channel(StrEnum):
     STORE = "store"
     CHAT = "chat"
     SOCIAL = "social"
+    MEETING = "meeting"
+    APP = "app"
 
 
 class _EventData(BaseModel):
@@ -186,6 +188,47 @@ class ContactLogged(_EventData):
     note: str | None = Field(default=None, max_length=4000)
 
 
+class ContactOutcome(StrEnum):
+    """How a contact ended: a closed list, so outcomes are counted by value, not matched as text."""
+
+    RESOLVED = "resolved"
+    UNRESOLVED = "unresolved"
+    ESCALATED = "escalated"
+    TRANSFERRED = "transferred"
+    CALLBACK_SCHEDULED = "callback_scheduled"
+    REFUSED = "refused"
+    NO_ANSWER = "no_answer"
+    INFORMATION_GIVEN = "information_given"
+    SALE = "sale"
+    COMPLAINT_REGISTERED = "complaint_registered"
+    OTHER = "other"
+
+
+DEPARTMENT_PATTERN = r"^[a-z0-9]+(?:[-_][a-z0-9]+)*$"
+DepartmentCode = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=80,
+        pattern=DEPARTMENT_PATTERN,
+        description="A lower-case slug naming the department, e.g. support, after-sales",
+    ),
+]
+
+
+class ContactLoggedV2(_EventData):
+    """One touchpoint between the customer and an employee or department, with its department as
+    a code and its outcome from a closed list (v1 carried both as free text)."""
+
+    channel: Channel
+    direction: Literal["inbound", "outbound"]
+    department: DepartmentCode
+    employee_id: str | None = Field(default=None, max_length=80)
+    topic: str = Field(min_length=1, max_length=200)
+    outcome: ContactOutcome
+    note: str | None = Field(default=None, max_length=4000)
+
+
 class FeedbackGiven(_EventData):
     """Praise, a complaint or a suggestion, with a satisfaction score from 1 (worst) to 5."""
 
@@ -236,6 +279,46 @@ class ConsentRevoked(_EventData):
 
     purpose: str = Field(min_length=1, max_length=80)
     channel: Channel | None = None
+
+
+class SessionRecorded(_EventData):
+    """A customer's visit to the web site or a session in an app, reported when it ended; the
+    event time is when it started."""
+
+    session_id: str = Field(min_length=1, max_length=128)
+    channel: Literal[Channel.WEB, Channel.APP] = Channel.WEB
+    duration_seconds: int = Field(default=0, ge=0, le=7 * 24 * 3600)
+    pages_viewed: int = Field(default=0, ge=0, le=100_000, description="Pages or app screens")
+    entry_page: str | None = Field(default=None, max_length=500)
+    device: str | None = Field(
+        default=None, max_length=80, description="e.g. ios, android, desktop"
+    )
+
+
+class MessageOutcome(StrEnum):
+    """What became of a message the broadcast service sent."""
+
+    SENT = "sent"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    OPENED = "opened"
+    CLICKED = "clicked"
+    FAILED = "failed"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+class MessageOutcomeRecorded(_EventData):
+    """The broadcast service learned what became of one message to the customer (sent,
+    delivered, bounced, ...): one event per step, all with the message's id."""
+
+    message_id: str = Field(min_length=1, max_length=128)
+    campaign_id: str | None = Field(default=None, max_length=128, description="None: one-off")
+    channel: Channel
+    purpose: str = Field(min_length=1, max_length=80, description="e.g. marketing, service")
+    outcome: MessageOutcome
+    reason: str | None = Field(
+        default=None, max_length=300, description="Why it bounced or failed, or what was clicked"
+    )
 
 
 PLACEHOLDER_IDS = frozenset(
@@ -417,6 +500,9 @@ OPINION_TYPES = frozenset({DISLIKE_STATED, COMPETITOR_PURCHASE_REPORTED, PURCHAS
 """What customers tell of the brand and its competitors: kept on the profile, counted across."""
 SEGMENT_DEFINED = "crm.segment.defined.v1"
 SEGMENT_RETIRED = "crm.segment.retired.v1"
+CONTACT_LOGGED_V2 = "crm.contact.logged.v2"
+SESSION_RECORDED = "crm.session.recorded.v1"
+MESSAGE_OUTCOME_RECORDED = "crm.message.outcome.recorded.v1"
 CLOCK_SUBJECT = "clock"
 """The subject (and key) of every tick: ticks are about time, not about a customer."""
 
@@ -442,6 +528,9 @@ EVENT_TYPES: dict[str, type[_EventData]] = {
     SEGMENT_LEFT: SegmentLeft,
     SEGMENT_DEFINED: SegmentDefined,
     SEGMENT_RETIRED: SegmentRetired,
+    CONTACT_LOGGED_V2: ContactLoggedV2,
+    SESSION_RECORDED: SessionRecorded,
+    MESSAGE_OUTCOME_RECORDED: MessageOutcomeRecorded,
 }
 """Every event type on the wire, by its CloudEvents `type`."""
 
@@ -480,6 +569,9 @@ class Event:
     data: _EventData
     partition: int = -1
     """The Kafka partition it was read from (-1 when it did not come from Kafka)."""
+    log_time_ms: int = -1
+    """The Kafka record's timestamp in ms since the epoch: when the log recorded it, as opposed
+    to `time`, when it happened (-1 when it did not come from Kafka)."""
 
 
 class InvalidEvent(ValueError):
@@ -563,7 +655,7 @@ _VALIDATE_TYPED_JSON = _native_validator(_TYPED_ENVELOPES.core_schema).validate_
 the time's offset, called without TypeAdapter's per-call Python wrapper."""
 
 
-def parse_event(raw: bytes, partition: int = -1) -> Event:
+def parse_event(raw: bytes, partition: int = -1, log_time_ms: int = -1) -> Event:
     """Decode and validate one encoded record; raise InvalidEvent with a readable reason.
 
     A valid record is parsed and validated in one pass of its typed envelope. Anything that pass
@@ -576,26 +668,28 @@ def parse_event(raw: bytes, partition: int = -1) -> Event:
     try:
         typed: CloudEvent = _VALIDATE_TYPED_JSON(raw)
     except ValidationError:
-        return parse_event_in_two_steps(raw, partition)
-    return _event(typed, cast(_EventData, typed.data), partition)
+        return parse_event_in_two_steps(raw, partition, log_time_ms)
+    return _event(typed, cast(_EventData, typed.data), partition, log_time_ms)
 
 
-def parse_event_in_two_steps(raw: bytes, partition: int = -1) -> Event:
+def parse_event_in_two_steps(raw: bytes, partition: int = -1, log_time_ms: int = -1) -> Event:
     """The envelope, then the data by its type: the reference rules and their error reasons."""
     try:
         envelope = CloudEvent.model_validate_json(raw)
     except ValidationError as error:
         raise InvalidEvent(_describe("envelope", error)) from None
-    return _typed(envelope, partition)
+    return _typed(envelope, partition, log_time_ms)
 
 
-def validate_event(document: Mapping[str, Any], partition: int = -1) -> Event:
+def validate_event(
+    document: Mapping[str, Any], partition: int = -1, log_time_ms: int = -1
+) -> Event:
     """Validate an already-decoded envelope (the gateway's JSON body), same rules as parse_event."""
     try:
         envelope = CloudEvent.model_validate(document)
     except ValidationError as error:
         raise InvalidEvent(_describe("envelope", error)) from None
-    return _typed(envelope, partition)
+    return _typed(envelope, partition, log_time_ms)
 
 
 RecordHeaders = Sequence[tuple[str, bytes | None]]
@@ -607,18 +701,21 @@ STRUCTURED_FORMAT = b"application/cloudevents"
 """The media type prefix of a structured-mode record (application/cloudevents+json)."""
 
 
-def decode_record(value: bytes, headers: RecordHeaders = (), partition: int = -1) -> Event:
+def decode_record(
+    value: bytes, headers: RecordHeaders = (), partition: int = -1, log_time_ms: int = -1
+) -> Event:
     """Decode one Kafka record in either CloudEvents content mode; raise InvalidEvent.
 
     Structured mode (the whole envelope as the value) is what our own producers send. Binary
     mode, what the official CloudEvents SDKs send, carries the attributes in `ce_` headers and
     the data as the value; a record is read that way when it has `ce_` headers and its
     content-type does not name the structured format. Both modes end in the same validation.
-    `partition` is the Kafka partition the record was read from, kept on the event.
+    `partition` and `log_time_ms` are the Kafka partition and timestamp of the record, kept on
+    the event.
     """
     binary = _binary_mode_headers(headers) if headers else None
     if binary is None:
-        return parse_event(value, partition)
+        return parse_event(value, partition, log_time_ms)
     size = len(value) + sum(len(raw) for raw in binary.values())
     if size > MAX_EVENT_BYTES:
         raise InvalidEvent(f"event too large: {size} bytes, limit {MAX_EVENT_BYTES}")
@@ -640,7 +737,7 @@ def decode_record(value: bytes, headers: RecordHeaders = (), partition: int = -1
             f"invalid data: the record value is not JSON (binary mode): {error}"
         ) from None
     try:
-        return validate_event(document, partition)
+        return validate_event(document, partition, log_time_ms)
     except InvalidEvent as problem:
         raise InvalidEvent(f"{problem} (binary mode)") from None
 
@@ -657,7 +754,7 @@ def _binary_mode_headers(headers: RecordHeaders) -> dict[str, bytes] | None:
     return found if has_attributes and not structured else None
 
 
-def _typed(envelope: CloudEvent, partition: int) -> Event:
+def _typed(envelope: CloudEvent, partition: int, log_time_ms: int) -> Event:
     model = EVENT_TYPES.get(envelope.type)
     if model is None:
         raise InvalidEvent(f"unknown event type {envelope.type!r}")
@@ -665,10 +762,10 @@ def _typed(envelope: CloudEvent, partition: int) -> Event:
         data = model.model_validate(envelope.data)
     except ValidationError as error:
         raise InvalidEvent(_describe(f"data of {envelope.type}", error)) from None
-    return _event(envelope, data, partition)
+    return _event(envelope, data, partition, log_time_ms)
 
 
-def _event(envelope: CloudEvent, data: _EventData, partition: int) -> Event:
+def _event(envelope: CloudEvent, data: _EventData, partition: int, log_time_ms: int) -> Event:
     """The event a projection reads, from a validated envelope and its typed data."""
     return Event(
         id=envelope.id,
@@ -678,6 +775,7 @@ def _event(envelope: CloudEvent, data: _EventData, partition: int) -> Event:
         time=envelope.time.astimezone(UTC),
         data=data,
         partition=partition,
+        log_time_ms=log_time_ms,
     )
 
 

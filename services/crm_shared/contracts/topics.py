@@ -11,13 +11,16 @@ from dataclasses import dataclass, field
 
 from crm_shared.contracts.events import (
     CLOCK_TICKED,
+    CONTACT_LOGGED_V2,
     EVENT_TYPES,
     MERGE_TYPES,
+    MESSAGE_OUTCOME_RECORDED,
     OPINION_TYPES,
     SEGMENT_DEFINED,
     SEGMENT_ENTERED,
     SEGMENT_LEFT,
     SEGMENT_RETIRED,
+    SESSION_RECORDED,
 )
 
 DEFAULT_PARTITIONS = 12
@@ -73,7 +76,7 @@ BROWSING = Topic(
 CONTACTS = Topic(
     "crm.contacts",
     "Touchpoints with employees and departments, and the feedback customers give.",
-    ("crm.contact.logged.v1", "crm.feedback.given.v1"),
+    ("crm.contact.logged.v1", "crm.feedback.given.v1", CONTACT_LOGGED_V2),
     producers=("call-centre", "e-mail-service", "web-site", "gateway-service"),
     consumers=("interaction-service",),
 )
@@ -82,7 +85,7 @@ PREFERENCES = Topic(
     "How each customer wants to be reached, and what they consent to.",
     ("crm.channel_preference.set.v1", "crm.consent.granted.v1", "crm.consent.revoked.v1"),
     producers=("web-site", "call-centre", "e-mail-service", "gateway-service"),
-    consumers=("broadcast-service",),
+    consumers=("broadcast-service", "interaction-service"),
 )
 SEGMENTS = Topic(
     "crm.segments",
@@ -97,6 +100,21 @@ SEGMENT_DEFINITIONS = Topic(
     (SEGMENT_DEFINED, SEGMENT_RETIRED),
     producers=("gateway-segments",),
     consumers=("profile-service",),
+)
+SESSIONS = Topic(
+    "crm.sessions",
+    "Visits to the web site and sessions in apps, one event per session when it ends.",
+    (SESSION_RECORDED,),
+    producers=("web-site", "mobile-app", "gateway-service"),
+    consumers=("interaction-service",),
+)
+MESSAGES = Topic(
+    "crm.messages",
+    "What became of each message the broadcast service sent (sent, delivered, bounced, opened, "
+    "clicked, failed, unsubscribed), derived by the broadcast service.",
+    (MESSAGE_OUTCOME_RECORDED,),
+    producers=("broadcast-service",),
+    consumers=("interaction-service",),
 )
 DEAD_LETTER = Topic(
     "crm.deadletter",
@@ -122,6 +140,8 @@ EVENT_TOPICS: tuple[Topic, ...] = (
     PREFERENCES,
     SEGMENTS,
     SEGMENT_DEFINITIONS,
+    SESSIONS,
+    MESSAGES,
 )
 CLOCK_PRODUCER = "crm-clock"
 """Who publishes the ticks that every event topic carries."""

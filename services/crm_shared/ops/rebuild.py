@@ -217,6 +217,7 @@ class LogReader:
                         r.key,
                         r.value,
                         tuple(r.headers or ()),
+                        r.timestamp,
                     )
                     for r in records
                     if r.offset < end

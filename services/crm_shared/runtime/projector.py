@@ -129,6 +129,8 @@ class RawRecord:
     key: bytes | None
     value: bytes | None
     headers: RecordHeaders = ()
+    timestamp_ms: int = -1
+    """The record's Kafka timestamp (-1 when unknown), kept on its event as `log_time_ms`."""
 
 
 @dataclass
@@ -222,7 +224,9 @@ def _sort(
         try:
             if record.value is None:
                 raise InvalidEvent("empty record (no value)")
-            event = decode_record(record.value, record.headers, record.partition)
+            event = decode_record(
+                record.value, record.headers, record.partition, record.timestamp_ms
+            )
             _check_key(record.key, event)
             check_not_future(event, now, max_future_skew)
         except InvalidEvent as problem:

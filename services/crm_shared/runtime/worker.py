@@ -194,6 +194,7 @@ def build_app(
                     key=record.key,
                     value=record.value,
                     headers=record.headers,
+                    timestamp_ms=record.timestamp,
                 )
                 for records in fetched.values()
                 for record in records

@@ -1,0 +1,71 @@
+"""Old event versions read as the current ones (upcast on read): a consumer folds one shape.
+
+`crm.contact.logged.v1` carried its department and outcome as free text; v2 has a department
+code and an outcome from a closed list. A v1 contact is read as v2 by a tolerant mapping: the
+department becomes its slug, and an outcome that names a known value (in any case, with spaces
+or hyphens, or a common synonym) becomes that value; any other text becomes `other`. The
+original text stays in the event's data. Producers repeat a few texts, so both mappings are
+cached: a fold pays a dictionary lookup per contact.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from crm_shared.contracts.events import ContactLogged, ContactLoggedV2, ContactOutcome
+
+UNKNOWN_DEPARTMENT = "unknown"
+"""The code of a v1 department whose text has no letter or digit."""
+
+OUTCOME_SYNONYMS: dict[str, ContactOutcome] = {
+    "refusal": ContactOutcome.REFUSED,
+    "declined": ContactOutcome.REFUSED,
+    "callback": ContactOutcome.CALLBACK_SCHEDULED,
+    "call_back": ContactOutcome.CALLBACK_SCHEDULED,
+    "no_reply": ContactOutcome.NO_ANSWER,
+    "no_response": ContactOutcome.NO_ANSWER,
+    "info_given": ContactOutcome.INFORMATION_GIVEN,
+    "informed": ContactOutcome.INFORMATION_GIVEN,
+    "sold": ContactOutcome.SALE,
+    "complaint": ContactOutcome.COMPLAINT_REGISTERED,
+    "solved": ContactOutcome.RESOLVED,
+    "escalation": ContactOutcome.ESCALATED,
+    "transfer": ContactOutcome.TRANSFERRED,
+}
+"""Free-text outcomes seen in v1 contacts that mean a listed value under another word."""
+
+_SEPARATORS = re.compile(r"[\s-]+")
+_NOT_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+@lru_cache(maxsize=4096)
+def outcome_from_text(text: str) -> ContactOutcome:
+    """The listed outcome a v1 free-text outcome names, `other` when it names none."""
+    word = _SEPARATORS.sub("_", text.strip().lower())
+    try:
+        return ContactOutcome(word)
+    except ValueError:
+        return OUTCOME_SYNONYMS.get(word, ContactOutcome.OTHER)
+
+
+@lru_cache(maxsize=4096)
+def department_code(text: str) -> str:
+    """A v1 department's slug: 'Customer Service' -> 'customer-service'."""
+    return _NOT_SLUG.sub("-", text.lower())[:80].strip("-") or UNKNOWN_DEPARTMENT
+
+
+def contact_logged_v2(contact: ContactLogged | ContactLoggedV2) -> ContactLoggedV2:
+    """A contact of either version as v2 (a v2 contact as it is)."""
+    if isinstance(contact, ContactLoggedV2):
+        return contact
+    # Both values are valid by construction, so the model is built without validating again.
+    return ContactLoggedV2.model_construct(
+        channel=contact.channel,
+        direction=contact.direction,
+        department=department_code(contact.department),
+        employee_id=contact.employee_id,
+        topic=contact.topic,
+        outcome=outcome_from_text(contact.outcome),
+        note=contact.note,
+    )
