@@ -1,14 +1,22 @@
-"""What the interaction service reads: contacts, feedback, orders, refunds. It publishes nothing."""
+"""What the interaction service reads: contacts, feedback, orders, refunds, case steps and the
+clock's ticks (for case deadlines). It publishes what it derives from cases (PUBLISHES)."""
 
-from crm_shared.contracts.topics import CONTACTS, ORDERS
+from crm_shared.contracts.events import CASE_STEP_TYPES, CLOCK_TICKED
+from crm_shared.contracts.topics import CASE_SIGNALS, CASES, CONTACTS, ORDERS
 
-TOPICS = (CONTACTS, ORDERS)
+TOPICS = (CONTACTS, ORDERS, CASES)
 
-FOLDS = frozenset(
-    {
-        "crm.contact.logged.v1",
-        "crm.feedback.given.v1",
-        "crm.order.placed.v1",
-        "crm.order.refunded.v1",
-    }
+FOLDS = (
+    frozenset(
+        {
+            "crm.contact.logged.v1",
+            "crm.feedback.given.v1",
+            "crm.order.placed.v1",
+            "crm.order.refunded.v1",
+        }
+    )
+    | CASE_STEP_TYPES
+    | {CLOCK_TICKED}
 )
+
+PUBLISHES = (CASE_SIGNALS,)

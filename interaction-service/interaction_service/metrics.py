@@ -1,6 +1,6 @@
 """Metrics of the interaction service, beside the shared crm_* worker and HTTP metrics."""
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 TIMELINE_ENTRIES = Counter(
     "crm_interaction_timeline_entries",
@@ -11,4 +11,19 @@ UNHAPPY_TOUCHPOINTS = Counter(
     "crm_interaction_unhappy_touchpoints",
     "Complaints (feedback of kind complaint) and refusals (contact outcome refused) folded",
     ["reason"],
+)
+SLA_BREACHES = Counter(
+    "crm_interaction_case_sla_breaches",
+    "SLA targets cases missed, counted when the worker folds the breach",
+    ["target", "priority"],
+)
+CASE_STEPS_REJECTED = Counter(
+    "crm_interaction_case_steps_rejected",
+    "Case steps kept as rejected: not allowed from the case's status, or for an unknown case",
+    ["step"],
+)
+OPEN_CASES = Gauge(
+    "crm_interaction_open_cases",
+    "Cases being handled (open or assigned), per department and priority, read from the table",
+    ["department", "priority"],
 )
