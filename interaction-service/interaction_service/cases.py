@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import singledispatch
-from typing import Literal
+from typing import Literal, TypeVar
 
 from crm_shared.contracts.events import (
     CASE_SLA_BREACHED,
@@ -54,7 +54,7 @@ SOURCE = "interaction-service"
 Status = Literal["open", "assigned", "resolved", "closed"]
 ACTIVE: frozenset[Status] = frozenset({"open", "assigned"})
 """Statuses in which the case is being handled: its clock runs and its deadlines apply."""
-SLA_TARGETS: tuple[SlaTarget, ...] = ("first_response", "resolution")
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -545,11 +545,9 @@ def cost_of_handling(
     return total.quantize(Decimal("0.01"))
 
 
-def handling_by(
-    case: Case, key: Callable[[Stint], str | None], until: datetime
-) -> dict[str | None, float]:
+def handling_by(case: Case, key: Callable[[Stint], K], until: datetime) -> dict[K, float]:
     """Seconds of handling per department, per employee, or any key of a stint."""
-    totals: dict[str | None, float] = {}
+    totals: dict[K, float] = {}
     for stint in case.stints:
         name = key(stint)
         totals[name] = totals.get(name, 0.0) + stint.seconds(until)

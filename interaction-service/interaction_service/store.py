@@ -285,6 +285,17 @@ async def department_cases(conn: asyncpg.Connection, department: str) -> list[Ca
     return [_case(row) for row in rows]
 
 
+async def department_known(conn: asyncpg.Connection, department: str) -> bool:
+    """Whether the department ever held a case (now or before a transfer)."""
+    known: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM cases WHERE department = $1)"
+        " OR EXISTS (SELECT 1 FROM cases, jsonb_array_elements(stints) AS s"
+        "            WHERE s->>'department' = $1)",
+        department,
+    )
+    return known
+
+
 async def department_breaches(conn: asyncpg.Connection, department: str) -> dict[str, int]:
     """SLA targets missed while the department held the case, per target."""
     rows = await conn.fetch(

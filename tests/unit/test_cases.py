@@ -105,9 +105,9 @@ def test_the_seeded_scenario_gives_its_figures_exactly() -> None:
     assert by_employee == {e: t.total_seconds() for e, t in scenario.EXPECTED_BY_EMPLOYEE.items()}
     cost = cases.cost_of_handling(case, scenario.CASE_RATES, SETTINGS.default_cost_per_hour, end)
     assert cost == scenario.EXPECTED_COST
-    assert case.resolution_seconds() == (26 * scenario.HOUR).total_seconds()
-    assert [(b.target, b.due_at) for b in folded.breaches] == [
-        ("resolution", T0 + scenario.EXPECTED_RESOLUTION_DUE)
+    assert case.resolution_seconds() == scenario.EXPECTED_RESOLUTION.total_seconds()
+    assert [(b.target, b.due_at, b.department) for b in folded.breaches] == [
+        ("resolution", T0 + scenario.RESOLUTION_DUE, "complaints")
     ]
     assert all(s.accepted for s in folded.steps)
     types = [d["type"] for d in derived_documents(folded)]
