@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import singledispatch
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from crm_shared.contracts.events import (
     CASE_SLA_BREACHED,
@@ -175,7 +175,8 @@ class StepRecord:
     step: str
     accepted: bool
     reason: str | None
-    details: str
+    details: dict[str, Any]
+    """The step's data (stored as jsonb)."""
 
 
 @dataclass
@@ -511,7 +512,7 @@ def _record(event: Event, data: CaseStep, reason: str | None) -> StepRecord:
         step=step_name(event.type),
         accepted=reason is None,
         reason=reason,
-        details=data.model_dump_json(),
+        details=data.model_dump(mode="json"),
     )
 
 

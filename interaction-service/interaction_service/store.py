@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import astuple, fields
 from datetime import datetime
@@ -145,18 +144,17 @@ _CASE_COLUMNS = tuple(f.name for f in fields(Case))
 _CASE_SELECT = f"SELECT {', '.join(_CASE_COLUMNS)} FROM cases"
 
 
-def _stints_json(stints: Sequence[Stint]) -> str:
-    return json.dumps(
-        [
-            {
-                "department": s.department,
-                "employee_id": s.employee_id,
-                "started_at": s.started_at.isoformat(),
-                "ended_at": None if s.ended_at is None else s.ended_at.isoformat(),
-            }
-            for s in stints
-        ]
-    )
+def _stints_document(stints: Sequence[Stint]) -> list[dict[str, Any]]:
+    """The stints as the jsonb column holds them (the pool's codec encodes the list)."""
+    return [
+        {
+            "department": s.department,
+            "employee_id": s.employee_id,
+            "started_at": s.started_at.isoformat(),
+            "ended_at": None if s.ended_at is None else s.ended_at.isoformat(),
+        }
+        for s in stints
+    ]
 
 
 def _stint(item: Mapping[str, Any]) -> Stint:
@@ -171,7 +169,7 @@ def _stint(item: Mapping[str, Any]) -> Stint:
 
 def _case(row: Mapping[str, Any]) -> Case:
     values = dict(row)
-    values["stints"] = tuple(_stint(item) for item in json.loads(values["stints"]))
+    values["stints"] = tuple(_stint(item) for item in values["stints"])
     return Case(**values)
 
 
@@ -218,7 +216,7 @@ async def overdue_cases_for_update(
 async def save_cases(conn: asyncpg.Connection, cases: Iterable[Case]) -> None:
     """Insert or replace the cases' rows."""
     rows = [
-        tuple(_stints_json(c.stints) if n == "stints" else getattr(c, n) for n in _CASE_COLUMNS)
+        tuple(_stints_document(c.stints) if n == "stints" else getattr(c, n) for n in _CASE_COLUMNS)
         for c in sorted(cases, key=lambda c: c.case_id)
     ]
     if not rows:
