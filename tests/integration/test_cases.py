@@ -13,6 +13,7 @@ import httpx
 import pytest
 from kafka import KafkaProducer
 
+from crm_shared.contracts.events import build_event
 from crm_shared.contracts.sdk import EventPublisher
 from crm_shared.contracts.topics import CASE_SIGNALS, CASES
 from crm_shared.runtime.clock import tick_records
@@ -161,7 +162,6 @@ async def test_the_seeded_complaint_scenario_gives_its_figures_exactly(
 async def test_a_department_shows_open_cases_backlog_and_workload(
     platform: dict[str, str],
 ) -> None:
-    bootstrap = platform["CRM_KAFKA_BOOTSTRAP"]
     department = unique("dept").lower()
     customer = unique("dept-customer")
     now = datetime.now(UTC).replace(microsecond=0)
@@ -182,11 +182,44 @@ async def test_a_department_shows_open_cases_backlog_and_workload(
         )
         for n, when in enumerate(opened)
     ]
-    _publish(bootstrap, customer, now, steps)
+    # Opened through the gateway as events; a breach (derived by the platform) cannot be forged.
+    documents = [
+        build_event(
+            t, customer, data, source="call-centre", time=now + after, event_id=f"{customer}-{n}"
+        )
+        for n, (after, t, data) in enumerate(steps)
+    ]
+    forged = build_event(
+        "crm.case.sla_breached.v1",
+        customer,
+        {
+            "case_id": f"{customer}-0",
+            "target": "resolution",
+            "priority": "low",
+            "department": department,
+            "due_at": now.isoformat(),
+        },
+        source="call-centre",
+        time=now,
+    )
+    key = create_api_key(platform, unique("call-centre"), "events:write", "call-centre")
+    async with httpx.AsyncClient(base_url=gateway_url(platform), timeout=10) as client:
+        response = await client.post(
+            "/v1/events",
+            json={"events": [*documents, forged]},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+    body = response.json()
+    assert (body["accepted"], body["rejected"]) == (3, 1), body
+    assert body["results"][3]["reason"] == (
+        "crm.case.sla_breached.v1 is published by the platform itself, not through the gateway"
+    )
     api = f"http://127.0.0.1:{platform['CRM_INTERACTION_API_PORT']}"
     auth = service_auth(platform)
     status, view = await eventually(
-        lambda: get_json(f"{api}/departments/{department}?at={now.isoformat()}", headers=auth),
+        lambda: get_json(
+            f"{api}/departments/{department}", params={"at": now.isoformat()}, headers=auth
+        ),
         lambda r: r[0] == 200 and r[1]["open_cases"] == 3,
         what="the department to hold three open cases",
     )
