@@ -1,8 +1,8 @@
 """What the interaction service reads: contacts, feedback, orders, refunds, case steps and the
-clock's ticks (for case deadlines). It publishes what it derives from cases (PUBLISHES)."""
+clock's ticks (for case deadlines). What it derives from cases goes on crm.case-signals."""
 
 from crm_shared.contracts.events import CASE_STEP_TYPES, CLOCK_TICKED
-from crm_shared.contracts.topics import CASE_SIGNALS, CASES, CONTACTS, ORDERS
+from crm_shared.contracts.topics import CASES, CONTACTS, ORDERS
 
 TOPICS = (CONTACTS, ORDERS, CASES)
 
@@ -18,5 +18,3 @@ FOLDS = (
     | CASE_STEP_TYPES
     | {CLOCK_TICKED}
 )
-
-PUBLISHES = (CASE_SIGNALS,)
