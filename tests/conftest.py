@@ -6,6 +6,7 @@ CRM_PG_DSN_BASE) and run the platform's real processes on test ports.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from crm_shared.ops import launcher
+from tests import case_scenario
 
 
 def shifted_port(base: int) -> str:
@@ -35,6 +37,9 @@ TEST_PORTS |= {
     if process.component == "api" and process.service != "gateway"
 }
 TEST_SETTINGS = {"CRM_CLOCK_INTERVAL_SECONDS": "1", "CRM_PROFILE_HALT_RETRY_SECONDS": "1"}
+TEST_SETTINGS["CRM_CASES_COST_PER_HOUR"] = json.dumps(
+    {department: str(rate) for department, rate in case_scenario.CASE_RATES.items()}
+)
 """A fast clock and quick retries of a halted worker, so tests need not wait minutes."""
 
 

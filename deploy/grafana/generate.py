@@ -362,6 +362,44 @@ OVERVIEW_ROWS: tuple[Row, ...] = (
             ),
         ),
     ),
+    Row(
+        "Interaction: cases",
+        (
+            Panel(
+                title="Open cases per department",
+                description=(
+                    "Cases being handled (open or assigned) per department and priority, read "
+                    "from the table every 10 s by the interaction worker "
+                    "(crm_interaction_open_cases)."
+                ),
+                unit="short",
+                queries=(
+                    Query(
+                        "max by (department, priority) (crm_interaction_open_cases)",
+                        "{{department}} {{priority}}",
+                    ),
+                ),
+            ),
+            Panel(
+                title="SLA breaches",
+                description=(
+                    "SLA targets missed per second, by target and priority, as the clock's ticks "
+                    "or late steps pass the deadlines (crm_interaction_case_sla_breaches_total)."
+                ),
+                unit="ops",
+                queries=(
+                    Query(
+                        _rate_by("target, priority", "crm_interaction_case_sla_breaches_total"),
+                        "{{target}} {{priority}}",
+                    ),
+                    Query(
+                        _rate_by("step", "crm_interaction_case_steps_rejected_total"),
+                        "rejected {{step}}",
+                    ),
+                ),
+            ),
+        ),
+    ),
 )
 
 

@@ -416,6 +416,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     from gateway_service import segment_reads
 
     app.router.routes.extend(segment_reads.router.routes)
+    from gateway_service import case_routes
+
+    app.router.routes.extend(case_routes.router.routes)
     return app
 
 

@@ -31,6 +31,8 @@ SEGMENTS_READ = "segments:read"
 """Operator segments: definitions, sizes, members (who is in them) and a customer's segments."""
 SEGMENTS_WRITE = "segments:write"
 """Define, redefine and retire operator segments."""
+CASES_READ = "cases:read"
+"""Cases (requests, questions, complaints), their figures and the department views."""
 SCOPES = frozenset(
     {
         CUSTOMERS_READ,
@@ -42,6 +44,7 @@ SCOPES = frozenset(
         RECOMMENDATIONS_TRAIN,
         SEGMENTS_READ,
         SEGMENTS_WRITE,
+        CASES_READ,
     }
 )
 

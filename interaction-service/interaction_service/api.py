@@ -22,7 +22,7 @@ from crm_shared.runtime.http import (
     pool_of,
     serve,
 )
-from interaction_service import projection, store
+from interaction_service import cases_api, projection, store
 from interaction_service.config import MIGRATIONS, InteractionSettings
 from interaction_service.events import FOLDS
 from interaction_service.projection import Direction, Kind, TimelinePosition, TimelineQuery
@@ -315,6 +315,7 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
         )
         return model_response(overview)
 
+    cases_api.install(app)
     return app
 
 

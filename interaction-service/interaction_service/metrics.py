@@ -1,6 +1,6 @@
 """Metrics of the interaction service, beside the shared crm_* worker and HTTP metrics."""
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 TIMELINE_ENTRIES = Counter(
     "crm_interaction_timeline_entries",
@@ -20,4 +20,19 @@ TOUCHPOINT_OUTCOMES = Counter(
 UNLISTED_OUTCOMES = Counter(
     "crm_interaction_unlisted_outcomes",
     "v1 contacts whose free-text outcome names no listed outcome (folded as 'other')",
+)
+SLA_BREACHES = Counter(
+    "crm_interaction_case_sla_breaches",
+    "SLA targets cases missed, counted when the worker folds the breach",
+    ["target", "priority"],
+)
+CASE_STEPS_REJECTED = Counter(
+    "crm_interaction_case_steps_rejected",
+    "Case steps kept as rejected: not allowed from the case's status, or for an unknown case",
+    ["step"],
+)
+OPEN_CASES = Gauge(
+    "crm_interaction_open_cases",
+    "Cases being handled (open or assigned), per department and priority, read from the table",
+    ["department", "priority"],
 )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import fields
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import astuple, fields
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
+from interaction_service.cases import Breach, Case, Opening, StepRecord, Stint
 from interaction_service.projection import (
     ContactTotals,
     EventKey,
@@ -179,3 +180,198 @@ async def has_timeline(conn: asyncpg.Connection, customer_id: str) -> bool:
         "SELECT EXISTS (SELECT 1 FROM timeline WHERE customer_id = $1)", customer_id
     )
     return found
+
+
+# ----------------------------------------------------------------------------- cases
+
+_CASE_COLUMNS = tuple(f.name for f in fields(Case))
+_CASE_SELECT = f"SELECT {', '.join(_CASE_COLUMNS)} FROM cases"
+
+
+def _stints_document(stints: Sequence[Stint]) -> list[dict[str, Any]]:
+    """The stints as the jsonb column holds them (the pool's codec encodes the list)."""
+    return [
+        {
+            "department": s.department,
+            "employee_id": s.employee_id,
+            "started_at": s.started_at.isoformat(),
+            "ended_at": None if s.ended_at is None else s.ended_at.isoformat(),
+        }
+        for s in stints
+    ]
+
+
+def _stint(item: Mapping[str, Any]) -> Stint:
+    ended = item["ended_at"]
+    return Stint(
+        item["department"],
+        item["employee_id"],
+        datetime.fromisoformat(item["started_at"]),
+        None if ended is None else datetime.fromisoformat(ended),
+    )
+
+
+def _case(row: Mapping[str, Any]) -> Case:
+    values = dict(row)
+    values["stints"] = tuple(_stint(item) for item in values["stints"])
+    return Case(**values)
+
+
+async def cases_for_update(conn: asyncpg.Connection, case_ids: Collection[str]) -> dict[str, Case]:
+    """The stored cases among these ids, locked until the transaction ends (in id order)."""
+    rows = await conn.fetch(
+        f"{_CASE_SELECT} WHERE case_id = ANY($1::text[]) ORDER BY case_id FOR UPDATE",
+        sorted(case_ids),
+    )
+    return {row["case_id"]: _case(row) for row in rows}
+
+
+async def openings_since(
+    conn: asyncpg.Connection, customer_ids: Collection[str], since: datetime
+) -> list[Opening]:
+    """The customers' cases opened at or after `since` (what a repeat is compared with)."""
+    rows = await conn.fetch(
+        "SELECT case_id, customer_id, topic, opened_at FROM cases"
+        " WHERE customer_id = ANY($1::text[]) AND opened_at >= $2",
+        list(customer_ids),
+        since,
+    )
+    return [Opening(r["case_id"], r["customer_id"], r["topic"], r["opened_at"]) for r in rows]
+
+
+async def overdue_cases_for_update(
+    conn: asyncpg.Connection, partition: int, now: datetime
+) -> list[Case]:
+    """Cases of a crm.cases partition being handled with a deadline not yet counted before
+    `now`, locked (in id order)."""
+    rows = await conn.fetch(
+        f"""{_CASE_SELECT}
+        WHERE partition = $1 AND status IN ('open', 'assigned')
+          AND ((NOT resolution_breached AND resolution_due < $2)
+               OR (first_response_at IS NULL AND NOT first_response_breached
+                   AND first_response_due < $2))
+        ORDER BY case_id FOR UPDATE""",
+        partition,
+        now,
+    )
+    return [_case(row) for row in rows]
+
+
+async def save_cases(conn: asyncpg.Connection, cases: Iterable[Case]) -> None:
+    """Insert or replace the cases' rows."""
+    rows = [
+        tuple(_stints_document(c.stints) if n == "stints" else getattr(c, n) for n in _CASE_COLUMNS)
+        for c in sorted(cases, key=lambda c: c.case_id)
+    ]
+    if not rows:
+        return
+    placeholders = ", ".join(
+        f"${i}::jsonb" if n == "stints" else f"${i}" for i, n in enumerate(_CASE_COLUMNS, 1)
+    )
+    updates = ", ".join(f"{n} = EXCLUDED.{n}" for n in _CASE_COLUMNS if n != "case_id")
+    await conn.executemany(
+        f"INSERT INTO cases ({', '.join(_CASE_COLUMNS)}) VALUES ({placeholders})"
+        f" ON CONFLICT (case_id) DO UPDATE SET {updates}",
+        rows,
+    )
+
+
+async def add_case_steps(conn: asyncpg.Connection, steps: Sequence[StepRecord]) -> None:
+    """Record the steps in their cases' history (a step already recorded stays as it was)."""
+    if steps:
+        await conn.executemany(
+            "INSERT INTO case_steps (source, event_id, case_id, customer_id, occurred_at, step,"
+            " accepted, reason, details) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)"
+            " ON CONFLICT (source, event_id) DO NOTHING",
+            [astuple(step) for step in steps],
+        )
+
+
+async def add_breaches(conn: asyncpg.Connection, breaches: Sequence[Breach]) -> None:
+    if breaches:
+        await conn.executemany(
+            "INSERT INTO case_breaches (case_id, customer_id, target, due_at, priority, department)"
+            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (case_id, target) DO NOTHING",
+            [astuple(breach) for breach in breaches],
+        )
+
+
+async def customer_cases(conn: asyncpg.Connection, customer_id: str) -> list[Case]:
+    """The customer's cases, newest first."""
+    rows = await conn.fetch(
+        f"{_CASE_SELECT} WHERE customer_id = $1 ORDER BY opened_at DESC, case_id", customer_id
+    )
+    return [_case(row) for row in rows]
+
+
+async def case_with_history(
+    conn: asyncpg.Connection, case_id: str
+) -> tuple[Case, list[dict[str, Any]]] | None:
+    """A case and its steps in event-time order, or None when no such case was opened."""
+    row = await conn.fetchrow(f"{_CASE_SELECT} WHERE case_id = $1", case_id)
+    if row is None:
+        return None
+    steps = await conn.fetch(
+        "SELECT source, event_id, occurred_at, step, accepted, reason, details FROM case_steps"
+        " WHERE case_id = $1 ORDER BY occurred_at, source, event_id",
+        case_id,
+    )
+    return _case(row), [dict(step) for step in steps]
+
+
+async def department_cases(conn: asyncpg.Connection, department: str) -> list[Case]:
+    """The cases a department holds now and is handling."""
+    rows = await conn.fetch(
+        f"{_CASE_SELECT} WHERE department = $1 AND status IN ('open', 'assigned')", department
+    )
+    return [_case(row) for row in rows]
+
+
+async def department_known(conn: asyncpg.Connection, department: str) -> bool:
+    """Whether the department ever held a case (now or before a transfer)."""
+    known: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM cases WHERE department = $1)"
+        " OR EXISTS (SELECT 1 FROM cases, jsonb_array_elements(stints) AS s"
+        "            WHERE s->>'department' = $1)",
+        department,
+    )
+    return known
+
+
+async def department_breaches(conn: asyncpg.Connection, department: str) -> dict[str, int]:
+    """SLA targets missed while the department held the case, per target."""
+    rows = await conn.fetch(
+        "SELECT target, count(*) AS missed FROM case_breaches WHERE department = $1"
+        " GROUP BY target",
+        department,
+    )
+    return {row["target"]: row["missed"] for row in rows}
+
+
+async def department_totals(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    """Per department that ever held a case: cases held now, open among them, breaches."""
+    rows = await conn.fetch(
+        """
+        SELECT d.department,
+               coalesce(c.held, 0) AS cases,
+               coalesce(c.open, 0) AS open_cases,
+               coalesce(b.missed, 0) AS sla_breaches
+        FROM (SELECT department FROM cases UNION SELECT department FROM case_breaches) d
+        LEFT JOIN (SELECT department, count(*) AS held,
+                          count(*) FILTER (WHERE status IN ('open', 'assigned')) AS open
+                   FROM cases GROUP BY department) c USING (department)
+        LEFT JOIN (SELECT department, count(*) AS missed FROM case_breaches
+                   GROUP BY department) b USING (department)
+        ORDER BY d.department
+        """
+    )
+    return [dict(row) for row in rows]
+
+
+async def open_case_counts(conn: asyncpg.Connection) -> dict[tuple[str, str], int]:
+    """Cases being handled, per (department, priority): what the open-cases gauge shows."""
+    rows = await conn.fetch(
+        "SELECT department, priority, count(*) AS open FROM cases"
+        " WHERE status IN ('open', 'assigned') GROUP BY department, priority"
+    )
+    return {(row["department"], row["priority"]): row["open"] for row in rows}

@@ -17,7 +17,7 @@ from crm_shared.contracts.events import Event
 from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.projector import Projection
 from crm_shared.runtime.worker import run_worker
-from interaction_service import metrics, projection, store
+from interaction_service import case_fold, metrics, projection, store
 from interaction_service.config import MIGRATIONS, InteractionSettings
 from interaction_service.events import FOLDS, TOPICS
 
@@ -54,7 +54,12 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
 
 
 PROJECTION = Projection(
-    name="interaction", topics=TOPICS, folds=FOLDS, migrations=MIGRATIONS, fold=fold
+    name="interaction",
+    topics=TOPICS,
+    folds=FOLDS,
+    migrations=MIGRATIONS,
+    fold=case_fold.with_cases(fold),
+    periodic=(case_fold.OPEN_CASES_JOB,),
 )
 
 if __name__ == "__main__":

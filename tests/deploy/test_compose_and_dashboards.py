@@ -322,11 +322,8 @@ def _exported_metric_names() -> set[str]:
         "histogram": ["_bucket", "_sum", "_count"],
     }
     names: set[str] = set()
-    for value in [
-        *vars(metrics).values(),
-        *vars(profile_metrics).values(),
-        *vars(interaction_metrics).values(),
-    ]:
+    modules = (metrics, profile_metrics, interaction_metrics)
+    for value in [v for module in modules for v in vars(module).values()]:
         if isinstance(value, MetricWrapperBase):
             for family in value.describe():
                 names.update(family.name + suffix for suffix in suffixes[family.type])

@@ -178,6 +178,10 @@ async def test_the_running_gateway_serves_the_document_under_test(
         "/v1/segments/{segment}/size",
         "/v1/segments/{segment}/members",
         "/v1/customers/{customer_id}/segments",
+        "/v1/customers/{customer_id}/cases",
+        "/v1/cases/{case_id}",
+        "/v1/departments",
+        "/v1/departments/{department}",
     }
 
 

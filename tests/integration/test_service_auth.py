@@ -52,6 +52,8 @@ SAMPLE_PATH_VALUES = {
     "product_id": "85123A",
     "request_id": "1",
     "segment": "big-spenders",
+    "case_id": "K-auth-sample",
+    "department": "support",
 }
 PATH_PARAMETER = re.compile(r"{(\w+)(?::\w+)?}")
 

@@ -487,6 +487,104 @@ class SegmentRetired(_EventData):
     reason: str | None = Field(default=None, max_length=300)
 
 
+CaseId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]
+"""A case's id, unique across customers (the opening system makes it: a UUID or prefixed id)."""
+Department = Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[a-z0-9_.-]+$")]
+"""A department's code (support, billing, complaints): a structured value, lower case."""
+EmployeeId = Annotated[str, Field(min_length=1, max_length=80)]
+CaseKind = Literal["request", "question", "complaint"]
+CasePriority = Literal["urgent", "high", "normal", "low"]
+SlaTarget = Literal["first_response", "resolution"]
+
+
+class CaseStep(_EventData):
+    case_id: CaseId
+
+
+class CaseOpened(CaseStep):
+    """A customer's request, question or complaint became a case, in a department's queue (or
+    straight with an employee)."""
+
+    kind: CaseKind
+    priority: CasePriority = "normal"
+    topic: str = Field(min_length=1, max_length=200, description="What it is about")
+    channel: Channel
+    department: Department
+    employee_id: EmployeeId | None = None
+    contact_id: str | None = Field(default=None, max_length=128, description="The contact event")
+    order_id: str | None = Field(default=None, max_length=64, description="The order it concerns")
+    description: str | None = Field(default=None, max_length=4000)
+
+
+class CaseAssigned(CaseStep):
+    """An employee of a department took the case (its first response when it is the first)."""
+
+    employee_id: EmployeeId
+    department: Department
+
+
+class CaseTransferred(CaseStep):
+    """The case moved to another employee or department (to a queue when no employee is named)."""
+
+    from_employee_id: EmployeeId | None = None
+    from_department: Department
+    to_employee_id: EmployeeId | None = None
+    to_department: Department
+    reason: str = Field(min_length=1, max_length=300)
+
+
+class CaseEscalated(CaseStep):
+    """The case went up a level (team lead, manager, ...)."""
+
+    level: int = Field(ge=1, le=10)
+    reason: str = Field(min_length=1, max_length=300)
+
+
+class CaseResolved(CaseStep):
+    """The customer's matter was settled. `first_contact` is the resolver's word that it was
+    settled in the contact that opened it; absent, it is derived from the case's steps."""
+
+    resolution: str = Field(min_length=1, max_length=2000)
+    first_contact: bool | None = None
+
+
+class CaseReopened(CaseStep):
+    """A resolved case came back: the matter was not settled after all."""
+
+    reason: str = Field(min_length=1, max_length=300)
+
+
+class CaseClosed(CaseStep):
+    """The case is filed for good; a closed case takes no more steps."""
+
+    reason: str | None = Field(default=None, max_length=300)
+
+
+class CaseSlaBreached(CaseStep):
+    """A case missed its SLA target (derived by the interaction service from the clock's ticks
+    and the case's steps); `time` is the deadline that passed."""
+
+    target: SlaTarget
+    priority: CasePriority
+    department: Department
+    due_at: datetime
+
+
+class ComplaintOpened(CaseStep):
+    """A complaint is open (opened or reopened): hold back promotions to the customer."""
+
+    topic: str = Field(min_length=1, max_length=200)
+    priority: CasePriority
+    department: Department
+    reopened: bool = False
+
+
+class ComplaintClosed(CaseStep):
+    """A complaint is no longer open (resolved or closed)."""
+
+    outcome: Literal["resolved", "closed"]
+
+
 CLOCK_TICKED = "crm.clock.ticked.v1"
 SEGMENT_ENTERED = "crm.segment.entered.v1"
 SEGMENT_LEFT = "crm.segment.left.v1"
@@ -505,6 +603,30 @@ SESSION_RECORDED = "crm.session.recorded.v1"
 MESSAGE_OUTCOME_RECORDED = "crm.message.outcome.recorded.v1"
 CLOCK_SUBJECT = "clock"
 """The subject (and key) of every tick: ticks are about time, not about a customer."""
+CASE_OPENED = "crm.case.opened.v1"
+CASE_ASSIGNED = "crm.case.assigned.v1"
+CASE_TRANSFERRED = "crm.case.transferred.v1"
+CASE_ESCALATED = "crm.case.escalated.v1"
+CASE_RESOLVED = "crm.case.resolved.v1"
+CASE_REOPENED = "crm.case.reopened.v1"
+CASE_CLOSED = "crm.case.closed.v1"
+CASE_STEP_TYPES = frozenset(
+    {
+        CASE_OPENED,
+        CASE_ASSIGNED,
+        CASE_TRANSFERRED,
+        CASE_ESCALATED,
+        CASE_RESOLVED,
+        CASE_REOPENED,
+        CASE_CLOSED,
+    }
+)
+"""A case's lifecycle steps, one type per step, published by the systems that handle cases."""
+CASE_SLA_BREACHED = "crm.case.sla_breached.v1"
+COMPLAINT_OPENED = "crm.complaint.opened.v1"
+COMPLAINT_CLOSED = "crm.complaint.closed.v1"
+CASE_SIGNAL_TYPES = frozenset({CASE_SLA_BREACHED, COMPLAINT_OPENED, COMPLAINT_CLOSED})
+"""What the interaction service derives from cases for the others."""
 
 EVENT_TYPES: dict[str, type[_EventData]] = {
     "crm.customer.registered.v1": CustomerRegistered,
@@ -531,6 +653,16 @@ EVENT_TYPES: dict[str, type[_EventData]] = {
     CONTACT_LOGGED_V2: ContactLoggedV2,
     SESSION_RECORDED: SessionRecorded,
     MESSAGE_OUTCOME_RECORDED: MessageOutcomeRecorded,
+    CASE_OPENED: CaseOpened,
+    CASE_ASSIGNED: CaseAssigned,
+    CASE_TRANSFERRED: CaseTransferred,
+    CASE_ESCALATED: CaseEscalated,
+    CASE_RESOLVED: CaseResolved,
+    CASE_REOPENED: CaseReopened,
+    CASE_CLOSED: CaseClosed,
+    CASE_SLA_BREACHED: CaseSlaBreached,
+    COMPLAINT_OPENED: ComplaintOpened,
+    COMPLAINT_CLOSED: ComplaintClosed,
 }
 """Every event type on the wire, by its CloudEvents `type`."""
 

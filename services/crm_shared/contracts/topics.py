@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from crm_shared.contracts.events import (
+    CASE_SIGNAL_TYPES,
+    CASE_STEP_TYPES,
     CLOCK_TICKED,
     CONTACT_LOGGED_V2,
     EVENT_TYPES,
@@ -116,6 +118,22 @@ MESSAGES = Topic(
     producers=("broadcast-service",),
     consumers=("interaction-service",),
 )
+CASES = Topic(
+    "crm.cases",
+    "The lifecycle of customers' requests, questions and complaints: opened, assigned, "
+    "transferred, escalated, resolved, reopened, closed; each step carries the case id.",
+    tuple(sorted(CASE_STEP_TYPES)),
+    producers=("call-centre", "gateway-service"),
+    consumers=("interaction-service",),
+)
+CASE_SIGNALS = Topic(
+    "crm.case-signals",
+    "What the interaction service derives from cases: SLA breaches (driven by the clock), and "
+    "complaints becoming open or no longer open (so promotions can be held back).",
+    tuple(sorted(CASE_SIGNAL_TYPES)),
+    producers=("interaction-service",),
+    consumers=(),
+)
 DEAD_LETTER = Topic(
     "crm.deadletter",
     "Records that could not be processed: original bytes as the value, the reason and origin "
@@ -142,6 +160,8 @@ EVENT_TOPICS: tuple[Topic, ...] = (
     SEGMENT_DEFINITIONS,
     SESSIONS,
     MESSAGES,
+    CASES,
+    CASE_SIGNALS,
 )
 CLOCK_PRODUCER = "crm-clock"
 """Who publishes the ticks that every event topic carries."""
