@@ -21,10 +21,13 @@ from functools import singledispatch
 from typing import Literal, NamedTuple
 
 from crm_shared.contracts.events import (
+    SCORE_SCALES,
     Channel,
     ContactLogged,
     Event,
     FeedbackGiven,
+    FeedbackGivenV2,
+    Measure,
     OrderLine,
     OrderPlaced,
     OrderRefunded,
@@ -130,6 +133,14 @@ def _feedback(data: FeedbackGiven) -> Description:
 
 
 @describe.register
+def _scored_feedback(data: FeedbackGivenV2) -> Description:
+    summary = f"feedback {data.measure} {data.score}/{SCORE_SCALES[data.measure][1]} {data.kind}"
+    if data.comment and data.comment.strip():
+        summary += f": {_shorten(data.comment, COMMENT_MAX_CHARS)}"
+    return Description("feedback", data.channel, summary)
+
+
+@describe.register
 def _order(data: OrderPlaced) -> Description:
     summary = f"order {data.order_id}: {_lines_and_money(data.lines, data.total, data.currency)}"
     return Description("order", data.channel, summary)
@@ -226,6 +237,12 @@ class ContactTotals:
             self.feedback += 1
             self.feedback_score_sum += data.score
             self.complaints += data.kind == "complaint"
+        elif type(data) is FeedbackGivenV2:
+            # Only CSAT scores are on the 1-5 scale that average_satisfaction averages.
+            self.complaints += data.kind == "complaint"
+            if data.measure is Measure.CSAT:
+                self.feedback += 1
+                self.feedback_score_sum += data.score
 
 
 def average_score(score_sum: int, count: int) -> float | None:

@@ -29,6 +29,7 @@ from pydantic import (
     ValidationInfo,
     create_model,
     field_validator,
+    model_validator,
 )
 from pydantic_core import CoreSchema, SchemaValidator, core_schema
 
@@ -404,6 +405,117 @@ class SegmentRetired(_EventData):
     reason: str | None = Field(default=None, max_length=300)
 
 
+class Measure(StrEnum):
+    """What a feedback score measures; each has its own scale (SCORE_SCALES)."""
+
+    CSAT = "csat"
+    """Satisfaction, 1 (very dissatisfied) to 5 (very satisfied)."""
+    NPS = "nps"
+    """Likelihood to recommend, 0 to 10 (Net Promoter Score)."""
+    CES = "ces"
+    """Customer effort: "it was easy", 1 (strongly disagree) to 7 (strongly agree)."""
+
+
+SCORE_SCALES: dict[Measure, tuple[int, int]] = {
+    Measure.CSAT: (1, 5),
+    Measure.NPS: (0, 10),
+    Measure.CES: (1, 7),
+}
+"""The lowest and highest score of each measure."""
+
+
+class RatedKind(StrEnum):
+    """What a score can rate: the touchpoint it was asked after."""
+
+    CONTACT = "contact"
+    ORDER = "order"
+    MESSAGE = "message"
+    CASE = "case"
+
+
+class RatedItem(_EventData):
+    """The contact (its event id), order, message or case a score rates."""
+
+    kind: RatedKind
+    id: str = Field(min_length=1, max_length=128)
+
+
+class ExperienceDimension(StrEnum):
+    """Attributes of an experience a rating may score apart from the whole."""
+
+    RELIABILITY = "reliability"
+    EFFICIENCY = "efficiency"
+    CONVENIENCE = "convenience"
+    INTEGRITY = "integrity"
+
+
+TouchpointName = Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[a-z0-9_.-]+$")]
+DimensionScore = Annotated[int, Field(ge=1, le=5)]
+FeedbackKind = Literal["praise", "complaint", "suggestion", "comment"]
+
+
+class FeedbackGivenV2(_EventData):
+    """Feedback scored on a measure (CSAT 1-5, NPS 0-10, effort 1-7) at a touchpoint, linked to
+    what it rates, with praise, a complaint or a suggestion and optional dimension scores (1-5).
+    Version 1 (a 1-5 score only) reads as a CSAT score of the channel's touchpoint."""
+
+    measure: Measure = Measure.CSAT
+    score: int = Field(ge=0, le=10, description="Within the measure's scale (SCORE_SCALES)")
+    kind: FeedbackKind = "comment"
+    comment: str | None = Field(default=None, max_length=4000)
+    channel: Channel = Channel.WEB
+    touchpoint: TouchpointName | None = Field(
+        default=None, description="Where it was asked (checkout, call-centre); default: channel"
+    )
+    department: str | None = Field(default=None, min_length=1, max_length=80)
+    about: RatedItem | None = None
+    dimensions: dict[ExperienceDimension, DimensionScore] = Field(
+        default_factory=dict, description="Scores 1-5 of the experience's attributes"
+    )
+
+    @model_validator(mode="after")
+    def _on_the_measures_scale(self) -> FeedbackGivenV2:
+        low, high = SCORE_SCALES[self.measure]
+        if not low <= self.score <= high:
+            raise ValueError(f"a {self.measure} score is from {low} to {high}, not {self.score}")
+        return self
+
+
+class DetractorScored(_EventData):
+    """A customer gave a detractor score (NPS 0-6, CSAT 1-2, effort 1-2): derived by the
+    interaction service, so that promotions to them can be held back."""
+
+    measure: Measure
+    score: int = Field(ge=0, le=10)
+    touchpoint: TouchpointName
+    department: str | None = Field(default=None, max_length=80)
+    about: RatedItem | None = None
+    feedback_source: EventSource
+    feedback_id: str = Field(min_length=1, max_length=128)
+
+
+class JourneyStage(StrEnum):
+    """Where a customer is in their journey (docs/journey.md has the state machine)."""
+
+    AWARE = "aware"
+    CONSIDERING = "considering"
+    FIRST_PURCHASE = "first_purchase"
+    REPEAT = "repeat"
+    LOYAL = "loyal"
+    ADVOCATE = "advocate"
+    AT_RISK = "at_risk"
+    LOST = "lost"
+
+
+class JourneyStageChanged(_EventData):
+    """A customer's journey stage changed: derived by the interaction service."""
+
+    from_stage: JourneyStage | None = Field(description="None when the customer was new")
+    to_stage: JourneyStage
+    trigger: str = Field(min_length=1, max_length=80, description="What moved it")
+    version: int = Field(ge=1, le=2**53, description="Counts this customer's stage changes")
+
+
 CLOCK_TICKED = "crm.clock.ticked.v1"
 SEGMENT_ENTERED = "crm.segment.entered.v1"
 SEGMENT_LEFT = "crm.segment.left.v1"
@@ -417,6 +529,9 @@ OPINION_TYPES = frozenset({DISLIKE_STATED, COMPETITOR_PURCHASE_REPORTED, PURCHAS
 """What customers tell of the brand and its competitors: kept on the profile, counted across."""
 SEGMENT_DEFINED = "crm.segment.defined.v1"
 SEGMENT_RETIRED = "crm.segment.retired.v1"
+FEEDBACK_GIVEN_V2 = "crm.feedback.given.v2"
+DETRACTOR_SCORED = "crm.customer.detractor_scored.v1"
+JOURNEY_STAGE_CHANGED = "crm.journey.stage_changed.v1"
 CLOCK_SUBJECT = "clock"
 """The subject (and key) of every tick: ticks are about time, not about a customer."""
 
@@ -442,6 +557,9 @@ EVENT_TYPES: dict[str, type[_EventData]] = {
     SEGMENT_LEFT: SegmentLeft,
     SEGMENT_DEFINED: SegmentDefined,
     SEGMENT_RETIRED: SegmentRetired,
+    FEEDBACK_GIVEN_V2: FeedbackGivenV2,
+    DETRACTOR_SCORED: DetractorScored,
+    JOURNEY_STAGE_CHANGED: JourneyStageChanged,
 }
 """Every event type on the wire, by its CloudEvents `type`."""
 

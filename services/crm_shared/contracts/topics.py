@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 
 from crm_shared.contracts.events import (
     CLOCK_TICKED,
+    DETRACTOR_SCORED,
     EVENT_TYPES,
+    FEEDBACK_GIVEN_V2,
+    JOURNEY_STAGE_CHANGED,
     MERGE_TYPES,
     OPINION_TYPES,
     SEGMENT_DEFINED,
@@ -73,7 +76,7 @@ BROWSING = Topic(
 CONTACTS = Topic(
     "crm.contacts",
     "Touchpoints with employees and departments, and the feedback customers give.",
-    ("crm.contact.logged.v1", "crm.feedback.given.v1"),
+    ("crm.contact.logged.v1", "crm.feedback.given.v1", FEEDBACK_GIVEN_V2),
     producers=("call-centre", "e-mail-service", "web-site", "gateway-service"),
     consumers=("interaction-service",),
 )
@@ -97,6 +100,14 @@ SEGMENT_DEFINITIONS = Topic(
     (SEGMENT_DEFINED, SEGMENT_RETIRED),
     producers=("gateway-segments",),
     consumers=("profile-service",),
+)
+EXPERIENCE = Topic(
+    "crm.experience",
+    "Detractor scores and journey stage changes, derived by the interaction service from the "
+    "feedback, contacts and orders it folds.",
+    (DETRACTOR_SCORED, JOURNEY_STAGE_CHANGED),
+    producers=("interaction-service",),
+    consumers=(),
 )
 DEAD_LETTER = Topic(
     "crm.deadletter",
@@ -122,6 +133,7 @@ EVENT_TOPICS: tuple[Topic, ...] = (
     PREFERENCES,
     SEGMENTS,
     SEGMENT_DEFINITIONS,
+    EXPERIENCE,
 )
 CLOCK_PRODUCER = "crm-clock"
 """Who publishes the ticks that every event topic carries."""
