@@ -368,6 +368,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     from gateway_service import segment_reads
 
     app.router.routes.extend(segment_reads.router.routes)
+    from gateway_service import experience_reads
+
+    app.router.routes.extend(experience_reads.router.routes)
     return app
 
 

@@ -31,6 +31,8 @@ SEGMENTS_READ = "segments:read"
 """Operator segments: definitions, sizes, members (who is in them) and a customer's segments."""
 SEGMENTS_WRITE = "segments:write"
 """Define, redefine and retire operator segments."""
+EXPERIENCE_READ = "experience:read"
+"""The voice of the customer and the journey: ratings, stages, trends across customers."""
 SCOPES = frozenset(
     {
         CUSTOMERS_READ,
@@ -42,6 +44,7 @@ SCOPES = frozenset(
         RECOMMENDATIONS_TRAIN,
         SEGMENTS_READ,
         SEGMENTS_WRITE,
+        EXPERIENCE_READ,
     }
 )
 

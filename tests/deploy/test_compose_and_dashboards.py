@@ -313,6 +313,7 @@ def _exported_metric_names() -> set[str]:
     from prometheus_client.metrics import MetricWrapperBase
 
     from crm_shared.runtime import metrics
+    from interaction_service import metrics as interaction_metrics
     from profile_service import metrics as profile_metrics
 
     suffixes = {
@@ -321,7 +322,11 @@ def _exported_metric_names() -> set[str]:
         "histogram": ["_bucket", "_sum", "_count"],
     }
     names: set[str] = set()
-    for value in [*vars(metrics).values(), *vars(profile_metrics).values()]:
+    for value in [
+        *vars(metrics).values(),
+        *vars(profile_metrics).values(),
+        *vars(interaction_metrics).values(),
+    ]:
         if isinstance(value, MetricWrapperBase):
             for family in value.describe():
                 names.update(family.name + suffix for suffix in suffixes[family.type])

@@ -88,7 +88,7 @@ def key_headers(platform: dict[str, str]) -> dict[str, str]:
     key = create_api_key(
         platform,
         "openapi",
-        "customers:read,events:write,analytics:read,recommendations:read",
+        "customers:read,events:write,analytics:read,recommendations:read,experience:read",
         SOURCE,
     )
     return {"Authorization": f"Bearer {key}"}
@@ -169,6 +169,11 @@ async def test_the_running_gateway_serves_the_document_under_test(
         "/v1/segments/{segment}/size",
         "/v1/segments/{segment}/members",
         "/v1/customers/{customer_id}/segments",
+        "/v1/customers/{customer_id}/feedback",
+        "/v1/customers/{customer_id}/journey",
+        "/v1/experience/trends",
+        "/v1/experience/dimensions",
+        "/v1/journey/stages",
     }
 
 
