@@ -303,7 +303,7 @@ async def clock_of(conn: asyncpg.Connection, topic: str, partition: int | None) 
 def _rating(row: Mapping[str, Any]) -> Rating:
     values = dict(row)
     values["measure"] = Measure(values["measure"])
-    values["dimensions"] = json.loads(values["dimensions"])
+    values["dimensions"] = dict(values["dimensions"])  # the pool decodes jsonb
     return Rating(**values)
 
 
