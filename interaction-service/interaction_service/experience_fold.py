@@ -79,9 +79,7 @@ async def fold_ticks(conn: asyncpg.Connection, ticks: Sequence[Event]) -> list[D
         if topic != ORDERS.name:
             continue
         newest = max(t.time for t in partition_ticks)
-        for before in await store.inactive_journeys(
-            conn, partition, journey.inactive_since(newest)
-        ):
+        for before in await store.inactive_journeys(conn, partition, newest):
             after, moves = journey.ticks(before, [t.time for t in partition_ticks])
             for index, transition in moves:
                 transitions.append(transition)
@@ -101,6 +99,7 @@ async def refresh_gauges(pool: asyncpg.Pool) -> None:
         stages = await store.stage_counts(conn)
     for channel, at in newest.items():
         metrics.FEEDBACK_LAST_TIME.labels(channel).set(at.timestamp())
+    metrics.NPS.clear()  # a touchpoint without ratings in the window has no NPS now
     for touchpoint, counts in recent.items():
         nps = experience.figures(counts).nps
         if nps is not None:

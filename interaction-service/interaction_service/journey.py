@@ -238,11 +238,6 @@ def ticks(
     return journey, moves
 
 
-def inactive_since(now: datetime) -> datetime:
-    """Customers whose last order is at or before this may change stage by inactivity at `now`."""
-    return now - AT_RISK_AFTER
-
-
 def stage_changed_event(cause: Event, transition: Transition) -> Derived:
     """The derived event of a transition; its id comes from the cause and the version."""
     return derive(

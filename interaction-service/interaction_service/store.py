@@ -19,7 +19,7 @@ from interaction_service.experience import (
     Rating,
     ScoreCounts,
 )
-from interaction_service.journey import Journey, Transition
+from interaction_service.journey import AT_RISK_AFTER, LOST_AFTER, Journey, Transition
 from interaction_service.projection import (
     ContactTotals,
     EventKey,
@@ -200,16 +200,18 @@ async def lock_journeys(
 
 
 async def inactive_journeys(
-    conn: asyncpg.Connection, partition: int, last_order_before: datetime
+    conn: asyncpg.Connection, partition: int, now: datetime
 ) -> list[Journey]:
-    """Locked journeys of an order partition, not lost yet, whose last order is at or before the
-    time given: those a tick may move to at risk or lost."""
+    """Locked journeys of an order partition that a tick at `now` may move: not at risk yet and
+    no order for AT_RISK_AFTER, or not lost yet and no order for LOST_AFTER."""
     rows = await conn.fetch(
         f"SELECT {', '.join(_JOURNEY_COLUMNS)} FROM journeys"
         " WHERE order_partition = $1 AND stage <> 'lost' AND last_order_at <= $2"
+        " AND (stage <> 'at_risk' OR last_order_at <= $3)"
         " ORDER BY customer_id FOR UPDATE",
         partition,
-        last_order_before,
+        now - AT_RISK_AFTER,
+        now - LOST_AFTER,
     )
     return [_journey(row) for row in rows]
 
