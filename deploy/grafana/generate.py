@@ -400,6 +400,56 @@ OVERVIEW_ROWS: tuple[Row, ...] = (
             ),
         ),
     ),
+    Row(
+        "Interaction: voice of the customer and journey",
+        (
+            Panel(
+                title="NPS per touchpoint (30 days)",
+                description=(
+                    "Net Promoter Score (% promoters 9-10 minus % detractors 0-6) per touchpoint "
+                    "over the 30 days before the newest rating (crm_interaction_nps)."
+                ),
+                unit="short",
+                queries=(Query("max by (touchpoint) (crm_interaction_nps)", "{{touchpoint}}"),),
+            ),
+            Panel(
+                title="Detractor scores",
+                description=(
+                    "Detractor scores per measure, each announced on crm.experience "
+                    "(crm_interaction_detractor_scores_total)."
+                ),
+                unit="ops",
+                queries=(
+                    Query(
+                        _rate_by("measure", "crm_interaction_detractor_scores_total"),
+                        "{{measure}}",
+                    ),
+                ),
+            ),
+            Panel(
+                title="Since the last feedback, per channel",
+                description=(
+                    "Now minus the event time of each channel's newest feedback; the "
+                    "CrmFeedbackChannelSilent alert fires past a day "
+                    "(crm_interaction_feedback_last_timestamp_seconds)."
+                ),
+                unit="s",
+                queries=(
+                    Query(
+                        "time() - max by (channel) "
+                        "(crm_interaction_feedback_last_timestamp_seconds)",
+                        "{{channel}}",
+                    ),
+                ),
+            ),
+            Panel(
+                title="Customers per journey stage",
+                description="Customers in each journey stage (crm_interaction_journey_customers).",
+                unit="short",
+                queries=(Query("max by (stage) (crm_interaction_journey_customers)", "{{stage}}"),),
+            ),
+        ),
+    ),
 )
 
 

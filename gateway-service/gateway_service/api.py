@@ -419,6 +419,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     from gateway_service import case_routes
 
     app.router.routes.extend(case_routes.router.routes)
+    from gateway_service import experience_reads
+
+    app.router.routes.extend(experience_reads.router.routes)
     return app
 
 

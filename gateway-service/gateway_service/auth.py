@@ -33,6 +33,8 @@ SEGMENTS_WRITE = "segments:write"
 """Define, redefine and retire operator segments."""
 CASES_READ = "cases:read"
 """Cases (requests, questions, complaints), their figures and the department views."""
+EXPERIENCE_READ = "experience:read"
+"""The voice of the customer and the journey: ratings, stages, trends across customers."""
 SCOPES = frozenset(
     {
         CUSTOMERS_READ,
@@ -45,6 +47,7 @@ SCOPES = frozenset(
         SEGMENTS_READ,
         SEGMENTS_WRITE,
         CASES_READ,
+        EXPERIENCE_READ,
     }
 )
 

@@ -316,6 +316,9 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
         return model_response(overview)
 
     cases_api.install(app)
+    from interaction_service import experience_api  # imported here: it imports this module
+
+    app.router.routes.extend(experience_api.router.routes)
     return app
 
 

@@ -33,11 +33,12 @@ def sla_policy() -> cases.SlaPolicy:
 
 
 def with_cases(fold: Fold) -> Fold:
-    """`fold` for every event but case steps and ticks, which go to the case folds."""
+    """`fold` for every event but case steps, which go to the case fold; ticks go to both (case
+    deadlines here, whatever else moves with time there: the journeys)."""
 
     async def fold_all(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:
         if events and events[0].type == CLOCK_TICKED:  # a run of ticks (the projector splits)
-            return await fold_ticks(conn, events)
+            return [*await fold_ticks(conn, events), *await fold(conn, events)]
         steps = [e for e in events if e.type in CASE_STEP_TYPES]
         if not steps:
             return await fold(conn, events)

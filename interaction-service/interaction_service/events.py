@@ -1,12 +1,14 @@
 """What the interaction service reads: every touchpoint of a customer (contacts, feedback,
 orders, refunds and cancellations, web and app sessions, consent and preference changes, the
-broadcast service's message outcomes), case steps and the clock's ticks (for case deadlines).
-What it derives from cases goes on crm.case-signals."""
+broadcast service's message outcomes), case steps and the clock's ticks (case deadlines, journey
+time). What it derives goes on crm.case-signals (SLA breaches, complaints open and closed) and
+crm.experience (detractor scores, journey stage changes)."""
 
 from crm_shared.contracts.events import (
     CASE_STEP_TYPES,
     CLOCK_TICKED,
     CONTACT_LOGGED_V2,
+    FEEDBACK_GIVEN_V2,
     MESSAGE_OUTCOME_RECORDED,
     SESSION_RECORDED,
 )
@@ -20,6 +22,7 @@ FOLDS = (
             "crm.contact.logged.v1",
             CONTACT_LOGGED_V2,
             "crm.feedback.given.v1",
+            FEEDBACK_GIVEN_V2,
             "crm.order.placed.v1",
             "crm.order.refunded.v1",
             "crm.order.cancelled.v1",

@@ -36,3 +36,32 @@ OPEN_CASES = Gauge(
     "Cases being handled (open or assigned), per department and priority, read from the table",
     ["department", "priority"],
 )
+
+# The voice of the customer and the journey (experience_fold.py). The gauges are set from the
+# tables every few seconds, so they are right straight after a restart.
+DETRACTORS = Counter(
+    "crm_interaction_detractor_scores",
+    "Detractor scores folded (NPS 0-6, CSAT 1-2, effort 1-2), each announced on crm.experience",
+    ["measure"],
+)
+NPS = Gauge(
+    "crm_interaction_nps",
+    "Net Promoter Score (-100 to 100) per touchpoint over the 30 days before the newest rating "
+    "or tick",
+    ["touchpoint"],
+)
+FEEDBACK_LAST_TIME = Gauge(
+    "crm_interaction_feedback_last_timestamp_seconds",
+    "Event time of the newest feedback per channel (a channel that goes silent stops moving)",
+    ["channel"],
+)
+JOURNEY_TRANSITIONS = Counter(
+    "crm_interaction_journey_transitions",
+    "Journey stage changes folded, by the stage entered",
+    ["stage"],
+)
+JOURNEY_CUSTOMERS = Gauge(
+    "crm_interaction_journey_customers",
+    "Customers in each journey stage",
+    ["stage"],
+)

@@ -25,6 +25,7 @@ from typing import Literal, NamedTuple, get_args
 
 from crm_shared.contracts.events import (
     MAX_FUTURE_SKEW,
+    SCORE_SCALES,
     Channel,
     ChannelPreferenceSet,
     ConsentGranted,
@@ -34,6 +35,8 @@ from crm_shared.contracts.events import (
     ContactOutcome,
     Event,
     FeedbackGiven,
+    FeedbackGivenV2,
+    Measure,
     MessageOutcomeRecorded,
     OrderCancelled,
     OrderLine,
@@ -201,6 +204,16 @@ def _feedback(data: FeedbackGiven) -> Touchpoint:
     if data.comment and data.comment.strip():
         summary += f": {_shorten(data.comment, COMMENT_MAX_CHARS)}"
     return Touchpoint("feedback", summary, data.channel, "inbound", topic=data.kind)
+
+
+@describe.register
+def _scored_feedback(data: FeedbackGivenV2) -> Touchpoint:
+    summary = f"feedback {data.measure} {data.score}/{SCORE_SCALES[data.measure][1]} {data.kind}"
+    if data.comment and data.comment.strip():
+        summary += f": {_shorten(data.comment, COMMENT_MAX_CHARS)}"
+    return Touchpoint(
+        "feedback", summary, data.channel, "inbound", data.department, topic=data.kind
+    )
 
 
 @describe.register
@@ -396,6 +409,12 @@ class ContactTotals:
             self.feedback += 1
             self.feedback_score_sum += data.score
             self.complaints += data.kind == "complaint"
+        elif type(data) is FeedbackGivenV2:
+            # Only CSAT scores are on the 1-5 scale that average_satisfaction averages.
+            self.complaints += data.kind == "complaint"
+            if data.measure is Measure.CSAT:
+                self.feedback += 1
+                self.feedback_score_sum += data.score
 
 
 def average_score(score_sum: int, count: int) -> float | None:

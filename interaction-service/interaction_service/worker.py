@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from crm_shared.contracts.events import Event
+from crm_shared.contracts.events import CLOCK_TICKED, Event
 from crm_shared.runtime.derived import Derived
-from crm_shared.runtime.projector import Projection
+from crm_shared.runtime.projector import PeriodicJob, Projection
 from crm_shared.runtime.worker import run_worker
-from interaction_service import case_fold, metrics, projection, store
+from interaction_service import case_fold, experience_fold, metrics, projection, store
 from interaction_service.config import MIGRATIONS, InteractionSettings
 from interaction_service.events import FOLDS, TOPICS
 
@@ -25,7 +25,10 @@ log = logging.getLogger(__name__)
 
 
 async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:
-    """Write the timeline rows; add only the rows that were new to the summaries."""
+    """Write the timeline rows; add only the rows that were new to the summaries; then the
+    ratings and journeys (a run of ticks only moves the journeys' time)."""
+    if events and events[0].type == CLOCK_TICKED:
+        return await experience_fold.fold_ticks(conn, events)
     entries = projection.timeline_entries(events)
     written = await store.add_to_timeline(conn, entries)
     # A row already present was counted when it was written: the summary follows the timeline.
@@ -50,7 +53,7 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
     if totals:
         metrics.UNHAPPY_TOUCHPOINTS.labels("complaint").inc(sum(t.complaints for t in totals))
         metrics.UNHAPPY_TOUCHPOINTS.labels("refusal").inc(sum(t.refusals for t in totals))
-    return ()
+    return await experience_fold.fold(conn, new)
 
 
 PROJECTION = Projection(
@@ -59,7 +62,15 @@ PROJECTION = Projection(
     folds=FOLDS,
     migrations=MIGRATIONS,
     fold=case_fold.with_cases(fold),
-    periodic=(case_fold.OPEN_CASES_JOB,),
+    periodic=(
+        case_fold.OPEN_CASES_JOB,
+        PeriodicJob(
+            "experience-gauges",
+            experience_fold.GAUGE_INTERVAL_SECONDS,
+            experience_fold.refresh_gauges,
+            duty=0.1,
+        ),
+    ),
 )
 
 if __name__ == "__main__":

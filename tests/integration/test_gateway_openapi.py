@@ -97,7 +97,7 @@ def key_headers(platform: dict[str, str]) -> dict[str, str]:
     key = create_api_key(
         platform,
         "openapi",
-        "customers:read,events:write,analytics:read,recommendations:read",
+        "customers:read,events:write,analytics:read,recommendations:read,experience:read",
         SOURCE,
     )
     return {"Authorization": f"Bearer {key}"}
@@ -182,6 +182,11 @@ async def test_the_running_gateway_serves_the_document_under_test(
         "/v1/cases/{case_id}",
         "/v1/departments",
         "/v1/departments/{department}",
+        "/v1/customers/{customer_id}/feedback",
+        "/v1/customers/{customer_id}/journey",
+        "/v1/experience/trends",
+        "/v1/experience/dimensions",
+        "/v1/journey/stages",
     }
 
 

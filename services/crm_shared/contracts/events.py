@@ -29,6 +29,7 @@ from pydantic import (
     ValidationInfo,
     create_model,
     field_validator,
+    model_validator,
 )
 from pydantic_core import CoreSchema, SchemaValidator, core_schema
 
@@ -489,8 +490,6 @@ class SegmentRetired(_EventData):
 
 CaseId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]
 """A case's id, unique across customers (the opening system makes it: a UUID or prefixed id)."""
-Department = Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[a-z0-9_.-]+$")]
-"""A department's code (support, billing, complaints): a structured value, lower case."""
 EmployeeId = Annotated[str, Field(min_length=1, max_length=80)]
 CaseKind = Literal["request", "question", "complaint"]
 CasePriority = Literal["urgent", "high", "normal", "low"]
@@ -509,7 +508,7 @@ class CaseOpened(CaseStep):
     priority: CasePriority = "normal"
     topic: str = Field(min_length=1, max_length=200, description="What it is about")
     channel: Channel
-    department: Department
+    department: DepartmentCode
     employee_id: EmployeeId | None = None
     contact_id: str | None = Field(default=None, max_length=128, description="The contact event")
     order_id: str | None = Field(default=None, max_length=64, description="The order it concerns")
@@ -520,16 +519,16 @@ class CaseAssigned(CaseStep):
     """An employee of a department took the case (its first response when it is the first)."""
 
     employee_id: EmployeeId
-    department: Department
+    department: DepartmentCode
 
 
 class CaseTransferred(CaseStep):
     """The case moved to another employee or department (to a queue when no employee is named)."""
 
     from_employee_id: EmployeeId | None = None
-    from_department: Department
+    from_department: DepartmentCode
     to_employee_id: EmployeeId | None = None
-    to_department: Department
+    to_department: DepartmentCode
     reason: str = Field(min_length=1, max_length=300)
 
 
@@ -566,7 +565,7 @@ class CaseSlaBreached(CaseStep):
 
     target: SlaTarget
     priority: CasePriority
-    department: Department
+    department: DepartmentCode
     due_at: datetime
 
 
@@ -575,7 +574,7 @@ class ComplaintOpened(CaseStep):
 
     topic: str = Field(min_length=1, max_length=200)
     priority: CasePriority
-    department: Department
+    department: DepartmentCode
     reopened: bool = False
 
 
@@ -583,6 +582,117 @@ class ComplaintClosed(CaseStep):
     """A complaint is no longer open (resolved or closed)."""
 
     outcome: Literal["resolved", "closed"]
+
+
+class Measure(StrEnum):
+    """What a feedback score measures; each has its own scale (SCORE_SCALES)."""
+
+    CSAT = "csat"
+    """Satisfaction, 1 (very dissatisfied) to 5 (very satisfied)."""
+    NPS = "nps"
+    """Likelihood to recommend, 0 to 10 (Net Promoter Score)."""
+    CES = "ces"
+    """Customer effort: "it was easy", 1 (strongly disagree) to 7 (strongly agree)."""
+
+
+SCORE_SCALES: dict[Measure, tuple[int, int]] = {
+    Measure.CSAT: (1, 5),
+    Measure.NPS: (0, 10),
+    Measure.CES: (1, 7),
+}
+"""The lowest and highest score of each measure."""
+
+
+class RatedKind(StrEnum):
+    """What a score can rate: the touchpoint it was asked after."""
+
+    CONTACT = "contact"
+    ORDER = "order"
+    MESSAGE = "message"
+    CASE = "case"
+
+
+class RatedItem(_EventData):
+    """The contact (its event id), order, message or case a score rates."""
+
+    kind: RatedKind
+    id: str = Field(min_length=1, max_length=128)
+
+
+class ExperienceDimension(StrEnum):
+    """Attributes of an experience a rating may score apart from the whole."""
+
+    RELIABILITY = "reliability"
+    EFFICIENCY = "efficiency"
+    CONVENIENCE = "convenience"
+    INTEGRITY = "integrity"
+
+
+TouchpointName = Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[a-z0-9_.-]+$")]
+DimensionScore = Annotated[int, Field(ge=1, le=5)]
+FeedbackKind = Literal["praise", "complaint", "suggestion", "comment"]
+
+
+class FeedbackGivenV2(_EventData):
+    """Feedback scored on a measure (CSAT 1-5, NPS 0-10, effort 1-7) at a touchpoint, linked to
+    what it rates, with praise, a complaint or a suggestion and optional dimension scores (1-5).
+    Version 1 (a 1-5 score only) reads as a CSAT score of the channel's touchpoint."""
+
+    measure: Measure = Measure.CSAT
+    score: int = Field(ge=0, le=10, description="Within the measure's scale (SCORE_SCALES)")
+    kind: FeedbackKind = "comment"
+    comment: str | None = Field(default=None, max_length=4000)
+    channel: Channel = Channel.WEB
+    touchpoint: TouchpointName | None = Field(
+        default=None, description="Where it was asked (checkout, call-centre); default: channel"
+    )
+    department: DepartmentCode | None = None
+    about: RatedItem | None = None
+    dimensions: dict[ExperienceDimension, DimensionScore] = Field(
+        default_factory=dict, description="Scores 1-5 of the experience's attributes"
+    )
+
+    @model_validator(mode="after")
+    def _on_the_measures_scale(self) -> FeedbackGivenV2:
+        low, high = SCORE_SCALES[self.measure]
+        if not low <= self.score <= high:
+            raise ValueError(f"a {self.measure} score is from {low} to {high}, not {self.score}")
+        return self
+
+
+class DetractorScored(_EventData):
+    """A customer gave a detractor score (NPS 0-6, CSAT 1-2, effort 1-2): derived by the
+    interaction service, so that promotions to them can be held back."""
+
+    measure: Measure
+    score: int = Field(ge=0, le=10)
+    touchpoint: TouchpointName
+    department: str | None = Field(default=None, max_length=80)
+    about: RatedItem | None = None
+    feedback_source: EventSource
+    feedback_id: str = Field(min_length=1, max_length=128)
+
+
+class JourneyStage(StrEnum):
+    """Where a customer is in their journey (docs/journey.md has the state machine)."""
+
+    AWARE = "aware"
+    CONSIDERING = "considering"
+    FIRST_PURCHASE = "first_purchase"
+    REPEAT = "repeat"
+    LOYAL = "loyal"
+    ADVOCATE = "advocate"
+    AT_RISK = "at_risk"
+    LOST = "lost"
+
+
+class JourneyStageChanged(_EventData):
+    """A customer's journey stage changed: derived by the interaction service."""
+
+    from_stage: JourneyStage | None = Field(description="None when the customer was new")
+    to_stage: JourneyStage
+    trigger: str = Field(min_length=1, max_length=80, description="What moved it")
+    version: int = Field(ge=1, le=2**53, description="Counts this customer's stage changes")
 
 
 CLOCK_TICKED = "crm.clock.ticked.v1"
@@ -601,6 +711,9 @@ SEGMENT_RETIRED = "crm.segment.retired.v1"
 CONTACT_LOGGED_V2 = "crm.contact.logged.v2"
 SESSION_RECORDED = "crm.session.recorded.v1"
 MESSAGE_OUTCOME_RECORDED = "crm.message.outcome.recorded.v1"
+FEEDBACK_GIVEN_V2 = "crm.feedback.given.v2"
+DETRACTOR_SCORED = "crm.customer.detractor_scored.v1"
+JOURNEY_STAGE_CHANGED = "crm.journey.stage_changed.v1"
 CLOCK_SUBJECT = "clock"
 """The subject (and key) of every tick: ticks are about time, not about a customer."""
 CASE_OPENED = "crm.case.opened.v1"
@@ -663,6 +776,9 @@ EVENT_TYPES: dict[str, type[_EventData]] = {
     CASE_SLA_BREACHED: CaseSlaBreached,
     COMPLAINT_OPENED: ComplaintOpened,
     COMPLAINT_CLOSED: ComplaintClosed,
+    FEEDBACK_GIVEN_V2: FeedbackGivenV2,
+    DETRACTOR_SCORED: DetractorScored,
+    JOURNEY_STAGE_CHANGED: JourneyStageChanged,
 }
 """Every event type on the wire, by its CloudEvents `type`."""
 

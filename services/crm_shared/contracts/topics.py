@@ -14,7 +14,10 @@ from crm_shared.contracts.events import (
     CASE_STEP_TYPES,
     CLOCK_TICKED,
     CONTACT_LOGGED_V2,
+    DETRACTOR_SCORED,
     EVENT_TYPES,
+    FEEDBACK_GIVEN_V2,
+    JOURNEY_STAGE_CHANGED,
     MERGE_TYPES,
     MESSAGE_OUTCOME_RECORDED,
     OPINION_TYPES,
@@ -78,7 +81,7 @@ BROWSING = Topic(
 CONTACTS = Topic(
     "crm.contacts",
     "Touchpoints with employees and departments, and the feedback customers give.",
-    ("crm.contact.logged.v1", "crm.feedback.given.v1", CONTACT_LOGGED_V2),
+    ("crm.contact.logged.v1", CONTACT_LOGGED_V2, "crm.feedback.given.v1", FEEDBACK_GIVEN_V2),
     producers=("call-centre", "e-mail-service", "web-site", "gateway-service"),
     consumers=("interaction-service",),
 )
@@ -134,6 +137,14 @@ CASE_SIGNALS = Topic(
     producers=("interaction-service",),
     consumers=(),
 )
+EXPERIENCE = Topic(
+    "crm.experience",
+    "Detractor scores and journey stage changes, derived by the interaction service from the "
+    "feedback, contacts and orders it folds.",
+    (DETRACTOR_SCORED, JOURNEY_STAGE_CHANGED),
+    producers=("interaction-service",),
+    consumers=(),
+)
 DEAD_LETTER = Topic(
     "crm.deadletter",
     "Records that could not be processed: original bytes as the value, the reason and origin "
@@ -162,6 +173,7 @@ EVENT_TOPICS: tuple[Topic, ...] = (
     MESSAGES,
     CASES,
     CASE_SIGNALS,
+    EXPERIENCE,
 )
 CLOCK_PRODUCER = "crm-clock"
 """Who publishes the ticks that every event topic carries."""

@@ -36,13 +36,16 @@ worker computes them again."""
 BOOKKEEPING_COLUMNS: dict[str, frozenset[str]] = {
     "consumer_positions": frozenset({"updated_at"}),
     "segment_memberships": frozenset({"version", "changed_at"}),
+    "journeys": frozenset({"version", "entered_at"}),
 }
 """Columns that say when, not what: left out of a table's checksum."""
-COMPARED_ROWS: dict[str, str] = {"segment_memberships": "member"}
+COMPARED_ROWS: dict[str, str] = {"segment_memberships": "member", "journey_transitions": "false"}
 """Tables compared over the rows this condition keeps. A segment's history does not replay
 exactly (an entry and an exit inside one batch cancel out, and operator definitions interleave
 with customer events differently): a rebuild must give the same members, not the same versions
-(docs/decisions.md, operator segments)."""
+(docs/decisions.md, operator segments). Likewise a journey's path: orders and contacts travel on
+two topics that keep no order between them, so a rebuild gives the same stages, not always the
+same transitions (docs/journey.md)."""
 
 LIVE_WRITES = ("applied_events", "consumer_positions", "outbox")
 """Every live worker transaction writes the first two (and the relay the outbox): holding them

@@ -1,0 +1,159 @@
+"""The journey state machine, pure: each stage's trigger, clock-driven at risk and lost, the
+recovery by a new order, and the time in stage."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from crm_shared.contracts.events import (
+    CLOCK_SUBJECT,
+    CLOCK_TICKED,
+    JOURNEY_STAGE_CHANGED,
+    Event,
+    JourneyStage,
+)
+from interaction_service.journey import (
+    AT_RISK_AFTER,
+    LOST_AFTER,
+    LOYAL_ORDERS,
+    Journey,
+    Transition,
+    evolve,
+    stage_changed_event,
+    tick,
+    ticks,
+    time_in_stage,
+)
+from tests.unit.events_factory import T0, at, event, order
+
+DAY = 24 * 60.0
+
+
+def _contact(customer: str, direction: str, minutes: float) -> Event:
+    return event(
+        "crm.contact.logged.v1",
+        customer,
+        {
+            "channel": "phone",
+            "direction": direction,
+            "department": "sales",
+            "topic": "offer",
+            "outcome": "interested",
+        },
+        minutes=minutes,
+    )
+
+
+def _nps(customer: str, score: int, minutes: float, kind: str = "comment") -> Event:
+    return event(
+        "crm.feedback.given.v2",
+        customer,
+        {"measure": "nps", "score": score, "kind": kind},
+        minutes=minutes,
+    )
+
+
+def _clock_tick(days: float) -> Event:
+    return event(
+        CLOCK_TICKED,
+        CLOCK_SUBJECT,
+        {"topic": "crm.orders", "partition": 0},
+        minutes=days * DAY,
+        source="crm-clock",
+    )
+
+
+def _run(events: list[Event]) -> tuple[Journey, list[Transition]]:
+    journey = Journey(events[0].customer_id)
+    moves: list[Transition] = []
+    for e in events:
+        journey, transition = evolve(journey, e, None)
+        if transition is not None:
+            moves.append(transition)
+    return journey, moves
+
+
+def test_a_journey_moves_through_its_stages_with_each_trigger() -> None:
+    events = [
+        _contact("C-1", "outbound", 0),
+        _contact("C-1", "inbound", 10),
+        order("C-1", "O-1", ("P", 1, "1.00"), minutes=20),
+        order("C-1", "O-2", ("P", 1, "1.00"), minutes=30),
+        _nps("C-1", 10, 40),
+        _nps("C-1", 9, 50, kind="praise"),
+    ]
+    journey, moves = _run(events)
+    assert [(m.from_stage, m.to_stage, m.trigger) for m in moves] == [
+        (None, JourneyStage.AWARE, "outbound_contact"),
+        (JourneyStage.AWARE, JourneyStage.CONSIDERING, "inbound_contact"),
+        (JourneyStage.CONSIDERING, JourneyStage.FIRST_PURCHASE, "order_placed"),
+        (JourneyStage.FIRST_PURCHASE, JourneyStage.REPEAT, "order_placed"),
+        (JourneyStage.REPEAT, JourneyStage.LOYAL, "feedback"),
+        (JourneyStage.LOYAL, JourneyStage.ADVOCATE, "feedback"),
+    ]
+    assert [m.version for m in moves] == [1, 2, 3, 4, 5, 6]
+    assert journey.stage is JourneyStage.ADVOCATE and journey.entered_at == at(50)
+    assert (journey.first_order_id, journey.first_contact_id) == ("O-1", events[1].id)
+
+
+def test_enough_orders_make_a_customer_loyal_without_a_promoter_score() -> None:
+    journey, moves = _run(
+        [order("C-2", f"O-{n}", ("P", 1, "1.00"), minutes=n) for n in range(LOYAL_ORDERS)]
+    )
+    assert journey.stage is JourneyStage.LOYAL
+    assert moves[-1].to_stage is JourneyStage.LOYAL and journey.orders == LOYAL_ORDERS
+
+
+def test_a_detractor_score_after_a_promoters_takes_away_loyalty() -> None:
+    journey, _ = _run(
+        [order("C-3", "O-1", ("P", 1, "1.00")), _nps("C-3", 10, 1), _nps("C-3", 2, 2)]
+    )
+    assert journey.stage is JourneyStage.FIRST_PURCHASE and not journey.promoter
+
+
+def test_the_clock_moves_an_inactive_customer_to_at_risk_then_lost_and_an_order_recovers() -> None:
+    journey, _ = _run(
+        [order("C-4", "O-1", ("P", 1, "1.00")), order("C-4", "O-2", ("P", 1, "1.00"), minutes=1)]
+    )
+    last_order = at(1)
+    journey, moved = tick(journey, last_order + AT_RISK_AFTER - timedelta(seconds=1))
+    assert moved is None and journey.stage is JourneyStage.REPEAT
+    journey, moved = tick(journey, last_order + AT_RISK_AFTER + timedelta(days=3))
+    assert moved is not None and (moved.to_stage, moved.trigger) == (JourneyStage.AT_RISK, "clock")
+    assert journey.entered_at == last_order + AT_RISK_AFTER  # when it became so, not the tick
+    journey, moved = tick(journey, last_order + LOST_AFTER)
+    assert moved is not None and moved.to_stage is JourneyStage.LOST
+    recovery = order("C-4", "O-3", ("P", 1, "1.00"), minutes=200 * DAY)
+    journey, moved = evolve(journey, recovery, None)
+    assert moved is not None and (moved.from_stage, moved.to_stage) == (
+        JourneyStage.LOST,
+        JourneyStage.REPEAT,
+    )
+
+
+def test_several_ticks_at_once_give_the_transitions_of_one_tick_at_a_time() -> None:
+    journey, _ = _run([order("C-5", "O-1", ("P", 1, "1.00"))])
+    times = [T0 + timedelta(days=d) for d in (10, 61, 62, 130)]
+    _, moves = ticks(journey, times)
+    assert [(index, t.to_stage) for index, t in moves] == [
+        (1, JourneyStage.AT_RISK),
+        (3, JourneyStage.LOST),
+    ]
+
+
+def test_a_late_old_order_is_judged_by_the_partitions_clock() -> None:
+    clock = T0 + timedelta(days=100)
+    _, moved = evolve(Journey("C-6"), order("C-6", "O-1", ("P", 1, "1.00")), clock)
+    assert moved is not None and moved.to_stage is JourneyStage.AT_RISK
+    assert moved.at == T0 + AT_RISK_AFTER
+
+
+def test_a_transition_derives_an_event_whose_id_depends_on_cause_and_version() -> None:
+    cause = _clock_tick(70)
+    journey, _ = _run([order("C-7", "O-1", ("P", 1, "1.00"))])
+    _, moved = tick(journey, cause.time)
+    assert moved is not None
+    derived = stage_changed_event(cause, moved)
+    assert derived.type == JOURNEY_STAGE_CHANGED and derived.key == b"C-7"
+    assert stage_changed_event(cause, moved).event_id == derived.event_id
+    assert time_in_stage(journey, at(60)) == timedelta(minutes=60)
