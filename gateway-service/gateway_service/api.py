@@ -17,7 +17,8 @@ from fastapi.responses import Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from crm_shared.contracts.events import Channel
+from crm_shared.contracts.events import Channel, DepartmentCode
+from crm_shared.contracts.timeline import TimelineEventType, TimelineKind
 from crm_shared.runtime.http import Lifespan, create_api, database_lifespan, serve
 from gateway_service import composition, ingest, metrics, store, upstream
 from gateway_service.auth import (
@@ -38,18 +39,6 @@ from gateway_service.ratelimit import RateLimiter
 from gateway_service.upstream import Services, UpstreamFailure
 
 CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]
-TimelineKind = Literal[
-    "contact",
-    "feedback",
-    "order",
-    "refund",
-    "cancellation",
-    "session",
-    "message",
-    "consent",
-    "preference",
-]
-"""The kinds of timeline entry the interaction service knows."""
 JSON = "application/json"
 TIMELINE_MAX_PAGE = 200
 """The longest timeline page the interaction service gives."""
@@ -318,14 +307,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             Literal["desc", "asc"] | None, Query(description="By event time (desc)")
         ] = None,
         event_type: Annotated[
-            list[str] | None,
+            list[TimelineEventType] | None,
             Query(description="Only these event types, e.g. crm.contact.logged.v2; repeat"),
         ] = None,
         channel: Annotated[
             list[Channel] | None, Query(description="Only these channels; repeat for several")
         ] = None,
         department: Annotated[
-            list[str] | None,
+            list[DepartmentCode] | None,
             Query(description="Only these department codes (lower-case slugs), e.g. support"),
         ] = None,
         occurred_from: Annotated[

@@ -108,7 +108,7 @@ async def _publish(
     "/v1/customers/{customer_id}/merges",
     response_model=MergeAccepted,
     status_code=202,
-    responses=errors(*GUARDED, 409, 422, 502, 503),
+    responses=errors(*GUARDED, 400, 409, 422, 502, 503),
 )
 async def merge_customer(
     customer_id: CustomerIdPath, merge: MergeRequest, request: Request, _key: CustomersMerger

@@ -14,6 +14,7 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Respo
 from pydantic import BaseModel, Field
 
 from crm_shared.contracts.events import DEPARTMENT_PATTERN, Channel
+from crm_shared.contracts.timeline import TIMELINE_EVENT_TYPES
 from crm_shared.runtime.http import (
     connection,
     create_api,
@@ -24,7 +25,6 @@ from crm_shared.runtime.http import (
 )
 from interaction_service import cases_api, projection, store
 from interaction_service.config import MIGRATIONS, InteractionSettings
-from interaction_service.events import FOLDS
 from interaction_service.projection import Direction, Kind, TimelinePosition, TimelineQuery
 
 Conn = Annotated[asyncpg.Connection, Depends(connection)]
@@ -132,10 +132,11 @@ def _timeline_query(
     newest_first: bool,
 ) -> TimelineQuery:
     """The query of a timeline request, or a 422 that says which filter is wrong."""
-    unknown = sorted(set(event_types or ()) - FOLDS)
+    unknown = sorted(set(event_types or ()) - TIMELINE_EVENT_TYPES)
     if unknown:
         raise HTTPException(
-            422, f"event_type {unknown[0]!r} is not on timelines; one of {sorted(FOLDS)}"
+            422,
+            f"event_type {unknown[0]!r} is not on timelines; one of {sorted(TIMELINE_EVENT_TYPES)}",
         )
     for name, values in (
         ("kind", kinds),
@@ -150,19 +151,16 @@ def _timeline_query(
             raise HTTPException(
                 422, f"department {code[:100]!r} is not a department code (lower-case slug)"
             )
-    try:
-        return TimelineQuery(
-            kinds=tuple(kinds or ()),
-            event_types=tuple(event_types or ()),
-            channels=tuple(channel.value for channel in channels or ()),
-            departments=tuple(departments or ()),
-            occurred_from=_aware(occurred_from, "from"),
-            occurred_before=_aware(occurred_to, "to"),
-            recorded_after=_aware(recorded_after, "recorded_after"),
-            newest_first=newest_first,
-        )
-    except projection.InvalidQuery as problem:
-        raise HTTPException(422, str(problem)) from None
+    return TimelineQuery(
+        kinds=tuple(kinds or ()),
+        event_types=tuple(event_types or ()),
+        channels=tuple(channel.value for channel in channels or ()),
+        departments=tuple(departments or ()),
+        occurred_from=_aware(occurred_from, "from"),
+        occurred_before=_aware(occurred_to, "to"),
+        recorded_after=_aware(recorded_after, "recorded_after"),
+        newest_first=newest_first,
+    )
 
 
 def _summary(customer_id: str, totals: projection.ContactTotals) -> ContactSummary:

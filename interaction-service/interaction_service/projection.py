@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import singledispatch
-from typing import Literal, NamedTuple, get_args
+from typing import Literal, NamedTuple
 
 from crm_shared.contracts.events import (
     MAX_FUTURE_SKEW,
@@ -44,20 +44,11 @@ from crm_shared.contracts.events import (
     OrderRefunded,
     SessionRecorded,
 )
+from crm_shared.contracts.timeline import TIMELINE_KINDS, TimelineKind
 from crm_shared.contracts.upcast import department_code, outcome_from_text
 
-Kind = Literal[
-    "contact",
-    "feedback",
-    "order",
-    "refund",
-    "cancellation",
-    "session",
-    "message",
-    "consent",
-    "preference",
-]
-KINDS: tuple[Kind, ...] = get_args(Kind)
+Kind = TimelineKind
+KINDS = TIMELINE_KINDS
 Direction = Literal["inbound", "outbound"]
 
 SUMMARY_MAX_CHARS = 200
@@ -444,10 +435,6 @@ class TimelinePosition(NamedTuple):
     event_id: str
 
 
-class InvalidQuery(ValueError):
-    """Filters that cannot go together; the message says why."""
-
-
 @dataclass(frozen=True)
 class TimelineQuery:
     """Which rows of a timeline a read wants, and in which order. Empty tuples mean any value;
@@ -467,12 +454,6 @@ class TimelineQuery:
         for name in ("kinds", "event_types", "channels", "departments"):
             # One spelling per filter, whatever order or repetition the values came in.
             object.__setattr__(self, name, tuple(sorted(set(getattr(self, name)))))
-        if (
-            self.occurred_from is not None
-            and self.occurred_before is not None
-            and self.occurred_from >= self.occurred_before
-        ):
-            raise InvalidQuery("the period is empty: 'from' must be before 'to'")
 
     def fingerprint(self) -> str:
         """A short digest of the filters and order: a cursor carries it, so that it is not used

@@ -204,5 +204,17 @@ def test_the_gateway_answers_as_its_openapi_document_says(
 ) -> None:
     time.sleep(PACE_SECONDS)
     case.call_and_validate(
-        base_url=gateway_url(platform), headers=key_headers, checks=CHECKS, timeout=30
+        base_url=gateway_url(platform), headers=key_headers, checks=_checks(case), timeout=30
     )
+
+
+def _checks(case: schemathesis.Case) -> list[Any]:
+    """A timeline cursor is valid only with the filters, order and instant of the read that
+    issued it (else a documented 400): a rule across parameters that OpenAPI cannot state, so a
+    cursor sent with other parameters is not held to be accepted (its answer is still checked
+    against the document)."""
+    query = case.query or {}
+    other_parameters = set(query) - {"cursor", "limit"}
+    if case.operation.path.endswith("/timeline") and "cursor" in query and other_parameters:
+        return [check for check in CHECKS if check is not positive_data_acceptance]
+    return CHECKS

@@ -331,7 +331,6 @@ async def test_the_gateway_serves_the_filtered_timeline_as_of_an_instant(
 @pytest.mark.parametrize(
     ("query", "problem"),
     [
-        ("from=2024-05-01T00:00:00Z&to=2024-04-01T00:00:00Z", "period is empty"),
         ("department=Customer%20Service", "not a department code"),
         ("event_type=crm.product.viewed.v1", "is not on timelines"),
         ("as_of=2024-05-01T00:00:00", "must carry a UTC offset"),

@@ -16,7 +16,6 @@ from interaction_service.projection import (
     ContactTotals,
     CursorMismatch,
     InvalidCursor,
-    InvalidQuery,
     PageCursor,
     TimelinePosition,
     TimelineQuery,
@@ -369,8 +368,3 @@ def test_a_cursor_is_accepted_with_its_own_query_and_as_of_or_none() -> None:
     check_cursor(CURSOR, QUERY, AS_OF)
     with pytest.raises(CursorMismatch, match="as of 2024-06-01T08:30:00"):
         check_cursor(CURSOR, QUERY, AS_OF + timedelta(seconds=1))
-
-
-def test_an_empty_period_is_refused() -> None:
-    with pytest.raises(InvalidQuery, match="period is empty"):
-        TimelineQuery(occurred_from=at(10), occurred_before=at(10))

@@ -1,0 +1,39 @@
+"""What a customer's timeline holds: the kinds of entry and the event types that become entries.
+
+Shared by the interaction service, which keeps the timeline, and the gateway, which serves it and
+documents its filters: one list, so the gateway never offers a filter the service refuses.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+TimelineKind = Literal[
+    "contact",
+    "feedback",
+    "order",
+    "refund",
+    "cancellation",
+    "session",
+    "message",
+    "consent",
+    "preference",
+]
+TIMELINE_KINDS: tuple[TimelineKind, ...] = get_args(TimelineKind)
+
+TimelineEventType = Literal[
+    "crm.contact.logged.v1",
+    "crm.contact.logged.v2",
+    "crm.feedback.given.v1",
+    "crm.feedback.given.v2",
+    "crm.order.placed.v1",
+    "crm.order.refunded.v1",
+    "crm.order.cancelled.v1",
+    "crm.channel_preference.set.v1",
+    "crm.consent.granted.v1",
+    "crm.consent.revoked.v1",
+    "crm.session.recorded.v1",
+    "crm.message.outcome.recorded.v1",
+]
+TIMELINE_EVENT_TYPES: frozenset[str] = frozenset(get_args(TimelineEventType))
+"""Every event of these types is one timeline entry."""
