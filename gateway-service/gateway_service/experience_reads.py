@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from crm_shared.contracts.events import TouchpointName
 from gateway_service.api import GUARDED, CustomerIdPath, errors, require
 from gateway_service.auth import EXPERIENCE_READ, StoredKey
 from gateway_service.passthrough import passed_on
@@ -89,7 +90,7 @@ async def get_trends(
 async def get_dimensions(
     request: Request,
     _key: ExperienceReader,
-    touchpoint: Annotated[str | None, Query(min_length=1, max_length=80)] = None,
+    touchpoint: Annotated[TouchpointName | None, Query()] = None,
 ) -> Response:
     """Per touchpoint, the mean score of each experience dimension and of the functional and
     emotional ones together."""

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel
 
-from crm_shared.contracts.events import JourneyStage, Measure, RatedItem, RatedKind
+from crm_shared.contracts.events import JourneyStage, Measure, RatedItem, RatedKind, TouchpointName
 from crm_shared.contracts.topics import ORDERS
 from crm_shared.runtime.http import model_response
 from interaction_service import experience, journey, store
@@ -201,7 +201,7 @@ async def experience_trends(
 @router.get("/experience/dimensions", response_model=Dimensions)
 async def experience_dimensions(
     conn: Conn,
-    touchpoint: Annotated[str | None, Query(min_length=1, max_length=80)] = None,
+    touchpoint: Annotated[TouchpointName | None, Query()] = None,
 ) -> Response:
     """Per touchpoint: the mean score (1-5) of each experience dimension (reliability,
     efficiency, convenience, integrity) and of the functional and emotional ones together."""

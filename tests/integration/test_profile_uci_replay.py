@@ -196,14 +196,15 @@ async def test_the_online_retail_replay_through_kafka_matches_pandas(
                     found += [{"customer": customer, **s} for s in answer.json()["scores"]]
             return found
 
-        scores = await eventually(
+        scores = await eventually(  # a refresh may have begun before the last orders folded
             scored,
             lambda found: (
                 len(found) == sum(c in active.index for c in sample)
                 and len({s["as_of"] for s in found}) == 1
+                and all(s["frequency"] == active.loc[s["customer"], "orders"] for s in found)
             ),
             within=120,
-            what="RFM scores of the sample refreshed against one clock",
+            what="RFM scores of the sample refreshed against one clock, after every order",
         )
         rfm = _rfm(expected, datetime.fromisoformat(scores[0]["as_of"]))
         for score in scores:
