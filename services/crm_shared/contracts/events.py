@@ -239,19 +239,20 @@ class FeedbackGiven(_EventData):
     channel: Channel = Channel.WEB
 
 
+def _iana_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (KeyError, ValueError, OSError):
+        raise ValueError(f"unknown IANA time zone {name!r}") from None
+    return name
+
+
 class QuietHours(_EventData):
     start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     timezone: str = Field(default="UTC", max_length=64, description="IANA time zone name")
 
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, name: str) -> str:
-        try:
-            ZoneInfo(name)
-        except (KeyError, ValueError, OSError):
-            raise ValueError(f"unknown IANA time zone {name!r}") from None
-        return name
+    _known_zone = field_validator("timezone")(classmethod(lambda cls, name: _iana_zone(name)))
 
 
 class ChannelPreferenceSet(_EventData):
@@ -280,6 +281,158 @@ class ConsentRevoked(_EventData):
 
     purpose: str = Field(min_length=1, max_length=80)
     channel: Channel | None = None
+
+
+class ContactPurpose(StrEnum):
+    """Why the company contacts a customer or uses their data; each has its own consent."""
+
+    MARKETING = "marketing"
+    SERVICE = "service"
+    TRANSACTIONAL = "transactional"
+    PERSONALISATION = "personalisation"
+
+
+REACHABLE_CHANNELS = (
+    Channel.EMAIL,
+    Channel.SMS,
+    Channel.PHONE,
+    Channel.PUSH,
+    Channel.MAIL,
+    Channel.CHAT,
+)
+"""The channels the company can send on: e-mail, SMS, voice call, push, post, messenger."""
+
+
+class ChannelSetting(_EventData):
+    """How the customer wants one channel used: where, when not, how often, and a pause."""
+
+    channel: Channel
+    address: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=320,
+        description="e-mail address, phone number, device token, postal address or handle",
+    )
+    quiet_hours: QuietHours | None = None
+    max_per_day: int | None = Field(default=None, ge=0, le=1000)
+    max_per_week: int | None = Field(default=None, ge=0, le=7000)
+    paused_until: datetime | None = Field(
+        default=None, description="No messages on this channel before this instant"
+    )
+
+    @field_validator("channel")
+    @classmethod
+    def _reachable(cls, channel: Channel) -> Channel:
+        if channel not in REACHABLE_CHANNELS:
+            allowed = ", ".join(c.value for c in REACHABLE_CHANNELS)
+            raise ValueError(f"{channel.value!r} is not a channel we send on ({allowed})")
+        return channel
+
+    @field_validator("paused_until")
+    @classmethod
+    def _aware(cls, instant: datetime | None) -> datetime | None:
+        if instant is not None and instant.tzinfo is None:
+            raise ValueError("paused_until must carry a UTC offset")
+        return instant
+
+
+class ChannelPreferenceSetV2(_EventData):
+    """The customer's whole channel set-up, channels in order of preference: it replaces the
+    previous one. v1 (channels and one quiet window) reads as v2 with that window on each."""
+
+    channels: tuple[ChannelSetting, ...] = Field(min_length=1, max_length=len(REACHABLE_CHANNELS))
+    timezone: str = Field(default="UTC", max_length=64, description="IANA time zone name")
+
+    @field_validator("channels")
+    @classmethod
+    def _distinct(cls, channels: tuple[ChannelSetting, ...]) -> tuple[ChannelSetting, ...]:
+        if len({c.channel for c in channels}) != len(channels):
+            raise ValueError("each channel may be listed once")
+        return channels
+
+    _known_zone = field_validator("timezone")(classmethod(lambda cls, name: _iana_zone(name)))
+
+
+class ConsentState(StrEnum):
+    """Granted; asked but not yet confirmed (double opt-in); refused when asked; withdrawn."""
+
+    GRANTED = "granted"
+    PENDING = "pending"
+    DENIED = "denied"
+    REVOKED = "revoked"
+
+
+class ConsentCapture(StrEnum):
+    """How a consent decision was captured: part of its evidence."""
+
+    WEB_FORM = "web_form"
+    DOUBLE_OPT_IN = "double_opt_in"
+    PREFERENCE_CENTRE = "preference_centre"
+    UNSUBSCRIBE_LINK = "unsubscribe_link"
+    CALL_CENTRE = "call_centre"
+    IN_STORE = "in_store"
+    PAPER = "paper"
+    IMPORT = "import"
+    BOUNCE = "bounce"
+    COMPLAINT = "complaint"
+    API = "api"
+
+
+class ConsentRecorded(_EventData):
+    """A consent decision for a purpose on a channel (None: every channel) with its evidence.
+    The envelope's source and time say where and when it was captured; v1 grants and
+    revocations read as this with capture method `api`."""
+
+    purpose: ContactPurpose
+    channel: Channel | None = Field(default=None, description="None means every channel")
+    state: ConsentState
+    capture_method: ConsentCapture
+    wording_version: str | None = Field(
+        default=None, min_length=1, max_length=80, description="The text the customer agreed to"
+    )
+    evidence: str | None = Field(
+        default=None, max_length=500, description="e.g. form URL and IP, call recording id"
+    )
+
+
+class DoNotContactReason(StrEnum):
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    COMPLAINT = "complaint"
+    LEGAL = "legal"
+
+
+class DoNotContactAdded(_EventData):
+    """The customer must not be contacted on a channel (None: any channel) for a reason."""
+
+    channel: Channel | None = None
+    reason: DoNotContactReason
+    note: str | None = Field(default=None, max_length=300)
+
+
+class DoNotContactRemoved(_EventData):
+    """A do-not-contact entry for the channel (None: the any-channel entry) is lifted."""
+
+    channel: Channel | None = None
+    note: str | None = Field(default=None, max_length=300)
+
+
+class RecommendedProduct(_EventData):
+    product_id: str = Field(min_length=1, max_length=64)
+    description: str | None = Field(default=None, max_length=300)
+    score: float
+    reason: str = Field(min_length=1, max_length=300, description="For people, e.g. why")
+
+
+class RecommendationsRefreshed(_EventData):
+    """A customer's personal top-k list changed (their events arrived, or a model was swapped
+    in): derived by the recommendation service so that messages can carry it."""
+
+    picks: tuple[RecommendedProduct, ...] = Field(max_length=100)
+    new_products: tuple[RecommendedProduct, ...] = Field(default=(), max_length=100)
+    personalised: bool = Field(description="False without consent to personalisation")
+    model_version: int | None = Field(default=None, ge=1)
+    version: int = Field(ge=1, le=2**53, description="Counts this customer's list changes")
 
 
 class SessionRecorded(_EventData):
@@ -714,6 +867,11 @@ MESSAGE_OUTCOME_RECORDED = "crm.message.outcome.recorded.v1"
 FEEDBACK_GIVEN_V2 = "crm.feedback.given.v2"
 DETRACTOR_SCORED = "crm.customer.detractor_scored.v1"
 JOURNEY_STAGE_CHANGED = "crm.journey.stage_changed.v1"
+CHANNEL_PREFERENCE_SET_V2 = "crm.channel_preference.set.v2"
+CONSENT_RECORDED = "crm.consent.recorded.v2"
+DO_NOT_CONTACT_ADDED = "crm.do_not_contact.added.v1"
+DO_NOT_CONTACT_REMOVED = "crm.do_not_contact.removed.v1"
+RECOMMENDATIONS_REFRESHED = "crm.recommendations.refreshed.v1"
 CLOCK_SUBJECT = "clock"
 """The subject (and key) of every tick: ticks are about time, not about a customer."""
 CASE_OPENED = "crm.case.opened.v1"
@@ -779,6 +937,11 @@ EVENT_TYPES: dict[str, type[_EventData]] = {
     FEEDBACK_GIVEN_V2: FeedbackGivenV2,
     DETRACTOR_SCORED: DetractorScored,
     JOURNEY_STAGE_CHANGED: JourneyStageChanged,
+    CHANNEL_PREFERENCE_SET_V2: ChannelPreferenceSetV2,
+    CONSENT_RECORDED: ConsentRecorded,
+    DO_NOT_CONTACT_ADDED: DoNotContactAdded,
+    DO_NOT_CONTACT_REMOVED: DoNotContactRemoved,
+    RECOMMENDATIONS_REFRESHED: RecommendationsRefreshed,
 }
 """Every event type on the wire, by its CloudEvents `type`."""
 

@@ -12,15 +12,20 @@ from dataclasses import dataclass, field
 from crm_shared.contracts.events import (
     CASE_SIGNAL_TYPES,
     CASE_STEP_TYPES,
+    CHANNEL_PREFERENCE_SET_V2,
     CLOCK_TICKED,
+    CONSENT_RECORDED,
     CONTACT_LOGGED_V2,
     DETRACTOR_SCORED,
+    DO_NOT_CONTACT_ADDED,
+    DO_NOT_CONTACT_REMOVED,
     EVENT_TYPES,
     FEEDBACK_GIVEN_V2,
     JOURNEY_STAGE_CHANGED,
     MERGE_TYPES,
     MESSAGE_OUTCOME_RECORDED,
     OPINION_TYPES,
+    RECOMMENDATIONS_REFRESHED,
     SEGMENT_DEFINED,
     SEGMENT_ENTERED,
     SEGMENT_LEFT,
@@ -87,8 +92,17 @@ CONTACTS = Topic(
 )
 PREFERENCES = Topic(
     "crm.preferences",
-    "How each customer wants to be reached, and what they consent to.",
-    ("crm.channel_preference.set.v1", "crm.consent.granted.v1", "crm.consent.revoked.v1"),
+    "How each customer wants to be reached, what they consent to (with its evidence), and "
+    "where they must not be contacted.",
+    (
+        "crm.channel_preference.set.v1",
+        CHANNEL_PREFERENCE_SET_V2,
+        "crm.consent.granted.v1",
+        "crm.consent.revoked.v1",
+        CONSENT_RECORDED,
+        DO_NOT_CONTACT_ADDED,
+        DO_NOT_CONTACT_REMOVED,
+    ),
     producers=("web-site", "call-centre", "e-mail-service", "gateway-service"),
     consumers=("broadcast-service", "interaction-service"),
 )
@@ -145,6 +159,14 @@ EXPERIENCE = Topic(
     producers=("interaction-service",),
     consumers=(),
 )
+RECOMMENDATIONS = Topic(
+    "crm.recommendations",
+    "Each customer's personal top-k products and new products whenever the list changes, "
+    "derived by the recommendation service (for messages that carry recommendations).",
+    (RECOMMENDATIONS_REFRESHED,),
+    producers=("recommendation-service",),
+    consumers=(),
+)
 DEAD_LETTER = Topic(
     "crm.deadletter",
     "Records that could not be processed: original bytes as the value, the reason and origin "
@@ -174,6 +196,7 @@ EVENT_TOPICS: tuple[Topic, ...] = (
     CASES,
     CASE_SIGNALS,
     EXPERIENCE,
+    RECOMMENDATIONS,
 )
 CLOCK_PRODUCER = "crm-clock"
 """Who publishes the ticks that every event topic carries."""
