@@ -225,6 +225,15 @@ def quiet_until(window: QuietWindow, at: datetime) -> datetime | None:
     return datetime.combine(end_day, end, tzinfo=zone).astimezone(UTC)
 
 
+@dataclass(frozen=True)
+class RecentSend:
+    """A message already sent to the customer, by any campaign: what frequency caps count."""
+
+    channel: str
+    purpose: str
+    sent_at: datetime
+
+
 ConsentState = Literal["granted", "revoked", "none"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -12,6 +13,7 @@ from broadcast_service.projection import (
     Consent,
     ConsentKey,
     QuietWindow,
+    RecentSend,
     SegmentMembership,
 )
 from crm_shared.runtime.db import columns
@@ -292,3 +294,22 @@ async def memberships_of(conn: asyncpg.Connection, customer_id: str) -> list[Seg
         "SELECT * FROM segment_memberships WHERE customer_id = $1 ORDER BY segment", customer_id
     )
     return [_membership(row) for row in rows]
+
+
+async def recent_sends(
+    conn: asyncpg.Connection, customer_ids: Collection[str], since: datetime
+) -> dict[str, list[RecentSend]]:
+    """The messages sent to these customers since `since`, by every campaign, oldest first."""
+    rows = await conn.fetch(
+        "SELECT customer_id, channel, purpose, sent_at FROM outbound_messages"
+        " WHERE state = 'sent' AND customer_id = ANY($1::text[]) AND sent_at >= $2"
+        " ORDER BY sent_at",
+        list(customer_ids),
+        since,
+    )
+    sends: dict[str, list[RecentSend]] = {}
+    for row in rows:
+        sends.setdefault(row["customer_id"], []).append(
+            RecentSend(row["channel"], row["purpose"], row["sent_at"])
+        )
+    return sends
