@@ -1,17 +1,24 @@
 """What the profile service reads (identity changes and merges, what customers say of the brand
-and its competitors, purchases and cancellations, the clock's ticks) and what it derives
-(segment membership changes on crm.segments)."""
+and its competitors, purchases and cancellations, complaints opened, the clock's ticks) and what
+it derives (segment membership changes on crm.segments)."""
 
 from crm_shared.contracts.events import (
     CLOCK_TICKED,
+    COMPLAINT_OPENED,
     MERGE_TYPES,
     OPINION_TYPES,
     SEGMENT_DEFINED,
     SEGMENT_RETIRED,
 )
-from crm_shared.contracts.topics import CUSTOMERS, ORDERS, SEGMENT_DEFINITIONS, SEGMENTS
+from crm_shared.contracts.topics import (
+    CASE_SIGNALS,
+    CUSTOMERS,
+    ORDERS,
+    SEGMENT_DEFINITIONS,
+    SEGMENTS,
+)
 
-TOPICS = (CUSTOMERS, ORDERS, SEGMENT_DEFINITIONS)
+TOPICS = (CUSTOMERS, ORDERS, SEGMENT_DEFINITIONS, CASE_SIGNALS)
 PUBLISHES = (SEGMENTS,)
 
 CUSTOMER_TYPES = frozenset({"crm.customer.registered.v1", "crm.customer.updated.v1"})
@@ -25,5 +32,5 @@ FOLDS = (
     | OPINION_TYPES
     | PURCHASE_TYPES
     | DEFINITION_TYPES
-    | {ORDER_CANCELLED, CLOCK_TICKED}
+    | {ORDER_CANCELLED, COMPLAINT_OPENED, CLOCK_TICKED}
 )

@@ -79,6 +79,8 @@ class CustomerFacts:
     """When each cancelled order was cancelled, by order id."""
     rfm: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
     """(R, F, M) per currency, as the RFM scores were last refreshed."""
+    complaints: Sequence[datetime] = ()
+    """When each of the customer's complaint cases was first opened."""
     now: datetime | None = None
     """The clock of the customer's crm.orders partition (None before its first tick)."""
 
@@ -158,14 +160,11 @@ def measure_value(facts: CustomerFacts, condition: MeasureBetween) -> Decimal | 
                 and _in_window(refund.refunded_at, facts.now, condition.within_days)
             )
         )
-    if measure == Measure.CANCELLATIONS:
-        return Decimal(
-            sum(
-                1
-                for at in facts.cancellations.values()
-                if _in_window(at, facts.now, condition.within_days)
-            )
+    if measure in (Measure.CANCELLATIONS, Measure.COMPLAINTS):
+        dates = (
+            facts.cancellations.values() if measure == Measure.CANCELLATIONS else facts.complaints
         )
+        return Decimal(sum(1 for at in dates if _in_window(at, facts.now, condition.within_days)))
     orders = _live_orders(facts, condition)
     if not orders or facts.now is None:
         return None

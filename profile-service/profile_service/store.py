@@ -25,7 +25,7 @@ from crm_shared.contracts.segment_rules import (
     Rule,
 )
 from crm_shared.runtime.db import columns
-from profile_service import analytics, identity, opinions, segments
+from profile_service import analytics, complaints, identity, opinions, segments
 from profile_service.commerce import (
     CancellationRow,
     CommerceRows,
@@ -647,6 +647,24 @@ async def save_opinions(conn: asyncpg.Connection, rows: Sequence[opinions.Opinio
     )
 
 
+async def save_complaints(
+    conn: asyncpg.Connection, rows: Sequence[complaints.ComplaintRow]
+) -> None:
+    """Store a batch's complaint openings: a case keeps its earliest opening, whatever the order
+    the announcements are folded in."""
+    if not rows:
+        return
+    await conn.execute(
+        """
+        INSERT INTO complaints AS t (customer_id, case_id, opened_at)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
+        ON CONFLICT (customer_id, case_id) DO UPDATE SET opened_at = excluded.opened_at
+        WHERE excluded.opened_at < t.opened_at
+        """,
+        *columns(rows, "customer_id", "case_id", "opened_at"),
+    )
+
+
 async def opinions_of(conn: asyncpg.Connection, customer_id: str) -> list[opinions.OpinionRow]:
     """A customer's statements, newest first."""
     rows = await conn.fetch(
@@ -1133,6 +1151,10 @@ async def customer_facts(
             " WHERE customer_id = ANY($1::text[])",
             lambda r: (r["order_id"], r["cancelled_at"]),
         ),
+        "complaints": (
+            "SELECT customer_id, opened_at FROM complaints WHERE customer_id = ANY($1::text[])",
+            lambda r: r["opened_at"],
+        ),
         "rfm": (
             "SELECT customer_id, currency, r, f, m FROM rfm_scores"
             " WHERE customer_id = ANY($1::text[])",
@@ -1320,9 +1342,14 @@ class _CompiledRule:
                 f" WHERE {' AND '.join(where)} GROUP BY r.customer_id"
             )
             return f"coalesce({alias}.n, 0)"
-        where = ["true", *self.window("x.cancelled_at", rule.within_days)]
+        table, at = (
+            ("order_cancellations", "cancelled_at")
+            if measure == Measure.CANCELLATIONS
+            else ("complaints", "opened_at")
+        )
+        where = ["true", *self.window(f"x.{at}", rule.within_days)]
         alias = self.join(
-            "SELECT x.customer_id, count(*) AS n FROM order_cancellations x"
+            f"SELECT x.customer_id, count(*) AS n FROM {table} x"
             " JOIN segment_candidates s USING (customer_id)"
             f" WHERE {' AND '.join(where)} GROUP BY x.customer_id"
         )

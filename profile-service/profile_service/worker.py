@@ -19,6 +19,7 @@ from crm_shared.runtime.worker import run_worker
 from profile_service import (
     analytics,
     commerce,
+    complaints,
     identity,
     lifetime_job,
     metrics,
@@ -66,6 +67,7 @@ async def fold_view(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequen
         await store.save_customers(conn, list(changed.values()))
         metrics.CUSTOMERS_CHANGED.inc(len(changed))
     await store.save_opinions(conn, opinions.opinion_rows(events))
+    await store.save_complaints(conn, complaints.complaint_rows(events))
     await store.save_merge_statements(conn, identity.merge_statements(events))
     deltas = projection.purchase_deltas(events)
     # Read before the totals move: the lapses are replayed event by event from this state.

@@ -130,6 +130,23 @@ class Log:
             "crm.orders", partition, "crm.order.cancelled.v1", customer, {"order_id": order_id}, day
         )
 
+    def complaint(self, customer: str, partition: int, case_id: str, day: float) -> None:
+        data = {
+            "case_id": case_id,
+            "topic": "late delivery",
+            "priority": "normal",
+            "department": "customer-service",
+        }
+        self.event(
+            "crm.case-signals",
+            partition,
+            "crm.complaint.opened.v1",
+            customer,
+            data,
+            day,
+            source="interaction-service",
+        )
+
     def register(self, customer: str, country: str, tier: str | None, day: float) -> None:
         data = {"country": country, "attributes": {"tier": tier} if tier else {}}
         self.event("crm.customers", 0, "crm.customer.registered.v1", customer, data, day)
@@ -175,6 +192,11 @@ def _varied_log(customers: int = 60) -> Log:
                 )
             if rng.random() < 0.15:
                 log.cancel(customer, partition, order_id, rng.choice([50, 97]))
+        for k in range(rng.choice([0, 0, 1, 2, 3])):
+            case_id, day = f"{customer}-case{k}", rng.choice([20, 80, 95])
+            log.complaint(customer, partition, case_id, day)
+            if rng.random() < 0.3:  # reopened: still one complaint, from its first opening
+                log.complaint(customer, partition, case_id, day + 2)
     log.tick(0, 100)
     log.tick(1, 100)
     return log
@@ -194,6 +216,8 @@ RULES: list[dict[str, Any]] = [
     {"measure": "refunds", "at_least": 1},
     {"measure": "refunds", "currency": "GBP", "within_days": 10, "at_least": 1},
     {"measure": "cancellations", "within_days": 30, "at_least": 1},
+    {"measure": "complaints", "at_least": 2},
+    {"measure": "complaints", "within_days": 30, "at_least": 1},
     {"measure": "days_since_last_purchase", "at_least": 10, "at_most": 30},
     {"measure": "days_since_last_purchase", "currency": "GBP", "at_least": 60},
     {"bought": {"product_ids": ["P2"]}},

@@ -24,20 +24,21 @@ from tests.integration.test_crash_recovery import publish
 pytestmark = pytest.mark.integration
 
 
+def _recent(
+    kind: str, customer: str, data: Any, source: str, minutes_ago: int, event_id: str
+) -> Any:
+    """An event of a few minutes ago, whose id is its business id."""
+    time = datetime.now(UTC) - timedelta(minutes=minutes_ago)
+    return build_event(kind, customer, data, source=source, time=time, event_id=event_id)
+
+
 def _order(customer: str, order_id: str, currency: str, price: str, product: str) -> Any:
     data = {
         "order_id": order_id,
         "currency": currency,
         "lines": [{"product_id": product, "quantity": 1, "unit_price": price}],
     }
-    return build_event(
-        "crm.order.placed.v1",
-        customer,
-        data,
-        source="shop",
-        time=datetime.now(UTC) - timedelta(minutes=5),
-        event_id=order_id,
-    )
+    return _recent("crm.order.placed.v1", customer, data, "shop", 5, order_id)
 
 
 def _refund(customer: str, order_id: str, currency: str, amount: str) -> Any:
@@ -47,14 +48,7 @@ def _refund(customer: str, order_id: str, currency: str, amount: str) -> Any:
         "currency": currency,
         "lines": [{"product_id": "any", "quantity": 1, "unit_price": amount}],
     }
-    return build_event(
-        "crm.order.refunded.v1",
-        customer,
-        data,
-        source="shop",
-        time=datetime.now(UTC) - timedelta(minutes=4),
-        event_id=f"{order_id}-r",
-    )
+    return _recent("crm.order.refunded.v1", customer, data, "shop", 4, f"{order_id}-r")
 
 
 def _announcements(bootstrap: str, segment: str) -> list[tuple[str, str, int]]:
@@ -65,6 +59,24 @@ def _announcements(bootstrap: str, segment: str) -> list[tuple[str, str, int]]:
         if event["type"] != CLOCK_TICKED and event["data"]["segment"] == segment:
             found.append((event["subject"], event["type"].split(".")[2], event["data"]["version"]))
     return sorted(set(found), key=lambda a: (a[0], a[2]))
+
+
+async def _define(
+    gateway: httpx.AsyncClient,
+    headers: dict[str, str],
+    segment: str,
+    rule: dict[str, Any],
+    description: str,
+) -> None:
+    """Define the segment through the gateway and wait until the profile worker folded it."""
+    document = {"segment": segment, "description": description, "rule": rule}
+    defined = await gateway.post("/v1/segments", json=document, headers=headers)
+    assert defined.status_code == 202, defined.text
+    await eventually(
+        lambda: gateway.get(f"/v1/segments/{segment}", headers=headers),
+        lambda r: r.status_code == 200,
+        what="the definition folded by the profile worker",
+    )
 
 
 async def test_a_segment_defined_through_the_gateway_follows_the_events(
@@ -104,17 +116,7 @@ async def test_a_segment_defined_through_the_gateway_follows_the_events(
         )
         assert unread.status_code == 403 and "segments:read" in unread.text
 
-        defined = await gateway.post(
-            "/v1/segments",
-            json={"segment": segment, "description": "big recent buyers", "rule": rule},
-            headers=as_operator,
-        )
-        assert defined.status_code == 202, defined.text
-        await eventually(
-            lambda: gateway.get(f"/v1/segments/{segment}", headers=as_operator),
-            lambda r: r.status_code == 200,
-            what="the definition folded by the profile worker",
-        )
+        await _define(gateway, as_operator, segment, rule, "big recent buyers")
 
         a, b, c, d = (f"{prefix}-{name}" for name in "abcd")
         publish(
@@ -205,3 +207,38 @@ async def test_an_invalid_definition_on_kafka_is_dead_lettered_with_the_reason(
     )
     assert letter[deadletter.CONSUMER] == "profile"
     assert "a rule is an object with one of the keys" in letter[deadletter.REASON]
+
+
+def _complaint_case(customer: str, case_id: str) -> Any:
+    data = {
+        "case_id": case_id,
+        "kind": "complaint",
+        "topic": "parcel arrived broken",
+        "channel": "phone",
+        "department": "customer-service",
+    }
+    return _recent("crm.case.opened.v1", customer, data, "call-centre", 3, case_id)
+
+
+async def test_complaints_the_interaction_service_announces_move_customers_into_a_segment(
+    platform: dict[str, str],
+) -> None:
+    """The issue's own example, "at least 3 complaints", end to end: cases opened at the call
+    centre, complaints derived by the interaction service, counted by the profile service."""
+    bootstrap = platform["CRM_KAFKA_BOOTSTRAP"]
+    prefix = unique("cmp")
+    segment = prefix.lower()
+    operator = create_api_key(platform, "segment-operator", "segments:write,segments:read")
+    async with httpx.AsyncClient(base_url=gateway_url(platform), timeout=10) as gateway:
+        as_operator = {"Authorization": f"Bearer {operator}"}
+        rule = {"measure": "complaints", "at_least": 3}
+        await _define(gateway, as_operator, segment, rule, "three complaints or more")
+        angry, calm = f"{prefix}-angry", f"{prefix}-calm"
+        cases = [_complaint_case(angry, f"{angry}-case{n}") for n in range(3)]
+        cases += [_complaint_case(calm, f"{calm}-case{n}") for n in range(2)]
+        publish(bootstrap, cases, rate=1000)
+        await eventually(
+            lambda: asyncio.to_thread(_announcements, bootstrap, segment),
+            lambda found: found == [(angry, "entered", 1)],
+            what="the customer with three complaints entering the segment (two are not enough)",
+        )

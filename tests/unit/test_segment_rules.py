@@ -82,6 +82,8 @@ def test_a_valid_definition_survives_the_wire_and_dumps_as_written() -> None:
         ({"measure": "orders"}, "give at_least, at_most or both"),
         ({"measure": "orders", "at_least": 5, "at_most": 1}, "at_least is above at_most"),
         ({"measure": "cancellations", "currency": "GBP", "at_least": 1}, "have no currency"),
+        ({"measure": "complaints", "currency": "GBP", "at_least": 1}, "have no currency"),
+        ({"measure": "complaints", "channel": "web", "at_least": 1}, "has no channel"),
         ({"measure": "refunds", "channel": "web", "at_least": 1}, "refunds has no channel"),
         ({"measure": "days_since_last_purchase", "within_days": 3, "at_least": 1}, "no within"),
         ({"measure": "visits", "at_least": 1}, "measure"),
@@ -150,6 +152,7 @@ CUSTOMER = CustomerFacts(
     ),
     cancellations={"o3": NOW - timedelta(days=4)},
     rfm={"GBP": (5, 4, 4)},
+    complaints=(NOW - timedelta(days=100), NOW - timedelta(days=20), NOW - timedelta(days=2)),
     now=NOW,
 )
 
@@ -172,6 +175,9 @@ CUSTOMER = CustomerFacts(
         ({"measure": "refunds", "at_least": 3}, True),
         ({"measure": "refunds", "within_days": 5, "at_least": 2, "at_most": 2}, True),
         ({"measure": "cancellations", "within_days": 3, "at_least": 1}, False),
+        ({"measure": "complaints", "at_least": 3}, True),
+        ({"measure": "complaints", "within_days": 90, "at_least": 3}, False),
+        ({"measure": "complaints", "within_days": 30, "at_least": 2, "at_most": 2}, True),
         ({"measure": "days_since_last_purchase", "at_least": 2, "at_most": 2}, True),
         ({"measure": "days_since_last_purchase", "currency": "GBP", "at_least": 21}, False),
         ({"bought": {"description_contains": "heart"}}, True),

@@ -11,7 +11,9 @@ A rule is one node:
 - `{"measure": "orders", "currency": "GBP", "channel": "web", "within_days": 90,
   "at_least": 3, "at_most": 10}` a count or amount of what the customer did: `orders` (orders
   not cancelled), `refunds`, `cancellations`, `gross_revenue`, `net_revenue` (a currency is
-  required: amounts of different currencies are never added), or `days_since_last_purchase`;
+  required: amounts of different currencies are never added), `days_since_last_purchase`, or
+  `complaints` (complaint cases the interaction service announced open, each counted once from
+  its first opening: "at least 3 complaints in 90 days");
 - `{"bought": {"product_ids": ["85123A"], "description_contains": "heart",
   "within_days": 90}}` an order not cancelled had a line of one of these products or whose
   description contains the text (case-insensitive);
@@ -100,6 +102,7 @@ class Measure(StrEnum):
     GROSS_REVENUE = "gross_revenue"
     NET_REVENUE = "net_revenue"
     DAYS_SINCE_LAST_PURCHASE = "days_since_last_purchase"
+    COMPLAINTS = "complaints"
 
 
 MONEY_MEASURES = frozenset({Measure.GROSS_REVENUE, Measure.NET_REVENUE})
@@ -107,6 +110,7 @@ ORDER_MEASURES = frozenset(
     {Measure.ORDERS, Measure.GROSS_REVENUE, Measure.NET_REVENUE, Measure.DAYS_SINCE_LAST_PURCHASE}
 )
 """Measures over orders, which have a channel."""
+COUNTS_WITHOUT_CURRENCY = frozenset({Measure.CANCELLATIONS, Measure.COMPLAINTS})
 
 
 class MeasureBetween(_Node):
@@ -127,8 +131,8 @@ class MeasureBetween(_Node):
             raise ValueError("at_least is above at_most: no customer could match")
         if self.measure in MONEY_MEASURES and self.currency is None:
             raise ValueError(f"{self.measure} needs a currency: amounts are never mixed")
-        if self.measure == Measure.CANCELLATIONS and self.currency is not None:
-            raise ValueError("cancellations have no currency")
+        if self.measure in COUNTS_WITHOUT_CURRENCY and self.currency is not None:
+            raise ValueError(f"{self.measure} have no currency")
         if self.channel is not None and self.measure not in ORDER_MEASURES:
             raise ValueError(f"{self.measure} has no channel")
         if self.measure == Measure.DAYS_SINCE_LAST_PURCHASE and self.within_days is not None:

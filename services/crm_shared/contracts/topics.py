@@ -149,7 +149,7 @@ CASE_SIGNALS = Topic(
     "complaints becoming open or no longer open (so promotions can be held back).",
     tuple(sorted(CASE_SIGNAL_TYPES)),
     producers=("interaction-service",),
-    consumers=(),
+    consumers=("profile-service",),
 )
 EXPERIENCE = Topic(
     "crm.experience",
