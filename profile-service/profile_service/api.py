@@ -40,6 +40,13 @@ class PurchaseTotals(BaseModel):
     last_purchase_at: datetime | None
 
 
+class FieldProvenance(BaseModel):
+    """Where a field's value came from: the system that set it and the event time."""
+
+    source: str | None
+    set_at: datetime
+
+
 class CustomerProfile(BaseModel):
     customer_id: str
     registered: bool
@@ -55,6 +62,9 @@ class CustomerProfile(BaseModel):
     merged_ids: list[str] = []
     """Records merged into this person (their histories count here); `customer_id` names the
     person, so asking for a merged record answers with the person it belongs to."""
+    provenance: dict[str, FieldProvenance] = {}
+    """Per field ('email', 'attributes.tier', 'identifiers.pos'): which source set the value
+    shown, and when (docs/decisions.md, attribute provenance)."""
 
 
 class MergeHistory(BaseModel):
@@ -99,6 +109,12 @@ def _profile(view: dict[str, Any]) -> CustomerProfile:
             last_purchase_at=view["last_purchase_at"],
         ),
         merged_ids=view.get("merged_ids", []),
+        provenance={
+            key: FieldProvenance(
+                source=(view["field_sources"] or {}).get(key), set_at=datetime.fromisoformat(when)
+            )
+            for key, when in sorted((view["field_times"] or {}).items())
+        },
     )
 
 
@@ -120,6 +136,8 @@ async def person_view(conn: asyncpg.Connection, customer_id: str) -> dict[str, A
         "registered_at": person.registered_at,
         "updated_at": person.updated_at,
         "merged_ids": members[1:],
+        "field_times": person.field_times,
+        "field_sources": person.field_sources,
     }
 
 

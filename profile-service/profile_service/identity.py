@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from crm_shared.contracts.events import CustomerMerged, CustomerUnmerged, Event
-from profile_service.projection import CONTACT_FIELDS, CustomerRecord
+from profile_service.projection import CONTACT_FIELDS, CustomerRecord, wins
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,16 +96,18 @@ def members_of(links: Mapping[str, str], root: str) -> list[str]:
 
 
 def combined_record(person_id: str, records: Sequence[CustomerRecord]) -> CustomerRecord:
-    """One record for a person: each field and entry from the record that set it last by event
-    time (a tie goes to the later record in `records`), registered at the earliest
-    registration."""
+    """One record for a person: each field and entry from the record that set it last, by the
+    rule of a single record (projection.wins; a full tie goes to the later record in
+    `records`), with its provenance; registered at the earliest registration."""
     times: dict[str, str] = {}
+    sources: dict[str, str] = {}
     contact: dict[str, str | None] = {}
     attributes: dict[str, str] = {}
     identifiers: dict[str, str] = {}
     for record in records:
         for key, when in record.field_times.items():
-            if when < times.get(key, ""):
+            source = record.field_sources.get(key, "")
+            if not wins(when, source, times, sources, key):
                 continue
             if key in CONTACT_FIELDS and key in record.contact:
                 contact[key] = record.contact[key]
@@ -115,7 +117,7 @@ def combined_record(person_id: str, records: Sequence[CustomerRecord]) -> Custom
                 identifiers[key[12:]] = record.identifiers[key[12:]]
             else:
                 continue
-            times[key] = when
+            times[key], sources[key] = when, source
     registered = [r.registered_at for r in records if r.registered_at is not None]
     updated = [r.updated_at for r in records if r.updated_at is not None]
     return CustomerRecord(
@@ -126,6 +128,7 @@ def combined_record(person_id: str, records: Sequence[CustomerRecord]) -> Custom
         times,
         min(registered, default=None),
         max(updated, default=None),
+        sources,
     )
 
 

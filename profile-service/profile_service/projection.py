@@ -1,8 +1,10 @@
 """How events change a customer's profile. Pure: no I/O, time comes from the events.
 
 Contact fields, attributes and identifiers are last-writer-wins by event time, field by field,
-so a late or replayed event never overwrites a newer value. Purchase totals are sums and
-extremes, so they are the same whatever order orders and refunds arrive in.
+so a late or replayed event never overwrites a newer value; two sources setting a field at the
+same instant are ordered by the source's name, so the winner never depends on arrival order.
+Each field keeps its provenance: the source system and the event time that set it. Purchase
+totals are sums and extremes, so they are the same whatever order orders and refunds arrive in.
 
 Time rules read the clock's ticks in the customer's partition of crm.orders
 (crm_shared.runtime.clock), never the wall clock, so a rebuild derives what the live run derived.
@@ -43,6 +45,18 @@ class CustomerRecord:
     """ISO event time that last set each field: 'name', 'attributes.tier', 'identifiers.pos'."""
     registered_at: datetime | None = None
     updated_at: datetime | None = None
+    field_sources: Mapping[str, str] = field(default_factory=dict)
+    """The source system (the event's `source`) that last set each field, keyed as field_times."""
+
+
+def wins(
+    when: str, source: str, times: Mapping[str, str], sources: Mapping[str, str], key: str
+) -> bool:
+    """Whether a value set at `when` by `source` replaces the field's stored value: the newer
+    event time wins; at the same instant the greater source name does (a fixed, documented order,
+    so replays and rebuilds pick the same value); the same source at the same instant: the
+    value folded last, as before."""
+    return (when, source) >= (times.get(key, ""), sources.get(key, ""))
 
 
 def evolve_customer(record: CustomerRecord | None, event: Event) -> CustomerRecord:
@@ -50,16 +64,18 @@ def evolve_customer(record: CustomerRecord | None, event: Event) -> CustomerReco
     data = event.data
     assert isinstance(data, CustomerRegistered | CustomerUpdated)
     current = record or CustomerRecord(customer_id=event.customer_id)
-    when = event.time.isoformat()
+    when, source = event.time.isoformat(), event.source
     times = dict(current.field_times)
+    sources = dict(current.field_sources)
     contact = dict(current.contact)
     for name in CONTACT_FIELDS:
         value = getattr(data, name)
-        if value is not None and times.get(name, "") <= when:
-            times[name] = when
+        if value is not None and wins(when, source, times, sources, name):
+            times[name], sources[name] = when, source
             contact[name] = value
-    attributes = _newer_entries(current.attributes, data.attributes, "attributes.", times, when)
-    identifiers = _newer_entries(current.identifiers, data.identifiers, "identifiers.", times, when)
+    taken = (times, sources, when, source)
+    attributes = _newer_entries(current.attributes, data.attributes, "attributes.", *taken)
+    identifiers = _newer_entries(current.identifiers, data.identifiers, "identifiers.", *taken)
 
     registered_at = current.registered_at
     if isinstance(data, CustomerRegistered) and (
@@ -70,7 +86,14 @@ def evolve_customer(record: CustomerRecord | None, event: Event) -> CustomerReco
     if updated_at is None or event.time > updated_at:
         updated_at = event.time
     return CustomerRecord(
-        current.customer_id, contact, attributes, identifiers, times, registered_at, updated_at
+        current.customer_id,
+        contact,
+        attributes,
+        identifiers,
+        times,
+        registered_at,
+        updated_at,
+        sources,
     )
 
 
@@ -79,16 +102,18 @@ def _newer_entries(
     incoming: Mapping[str, str],
     prefix: str,
     times: dict[str, str],
+    sources: dict[str, str],
     when: str,
+    source: str,
 ) -> Mapping[str, str]:
-    """`stored` with the incoming entries no newer event has set ('prefix + key' in `times`,
-    which records `when` for each entry taken)."""
+    """`stored` with the incoming entries that win over what set them ('prefix + key' in
+    `times` and `sources`, which record `when` and `source` for each entry taken)."""
     if not incoming:
         return stored
     merged = dict(stored)
     for key, value in incoming.items():
-        if times.get(prefix + key, "") <= when:
-            times[prefix + key] = when
+        if wins(when, source, times, sources, prefix + key):
+            times[prefix + key], sources[prefix + key] = when, source
             merged[key] = value
     return merged
 

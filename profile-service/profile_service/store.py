@@ -73,6 +73,7 @@ def _record(row: Mapping[str, Any]) -> CustomerRecord:
         field_times=row["field_times"],
         registered_at=row["registered_at"],
         updated_at=row["updated_at"],
+        field_sources=row["field_sources"],
     )
 
 
@@ -83,15 +84,16 @@ async def save_customers(conn: asyncpg.Connection, records: Collection[CustomerR
     await conn.execute(
         """
         INSERT INTO customers (customer_id, name, email, phone, country, attributes, identifiers,
-                               field_times, registered_at, updated_at)
+                               field_times, registered_at, updated_at, field_sources)
         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                              $6::jsonb[], $7::jsonb[], $8::jsonb[], $9::timestamptz[],
-                             $10::timestamptz[])
+                             $10::timestamptz[], $11::jsonb[])
         ON CONFLICT (customer_id) DO UPDATE SET
             name = EXCLUDED.name, email = EXCLUDED.email, phone = EXCLUDED.phone,
             country = EXCLUDED.country, attributes = EXCLUDED.attributes,
             identifiers = EXCLUDED.identifiers, field_times = EXCLUDED.field_times,
-            registered_at = EXCLUDED.registered_at, updated_at = EXCLUDED.updated_at
+            registered_at = EXCLUDED.registered_at, updated_at = EXCLUDED.updated_at,
+            field_sources = EXCLUDED.field_sources
         """,
         [r.customer_id for r in records],
         *([r.contact.get(name) for r in records] for name in CONTACT_FIELDS),
@@ -100,6 +102,7 @@ async def save_customers(conn: asyncpg.Connection, records: Collection[CustomerR
         [dict(r.field_times) for r in records],
         [r.registered_at for r in records],
         [r.updated_at for r in records],
+        [dict(r.field_sources) for r in records],
     )
     # Each record's claims replace its earlier ones: a value it moved away from stops finding it.
     claims = [claim for r in records for claim in identifier_claims(r)]
@@ -154,7 +157,7 @@ async def customer_view(conn: asyncpg.Connection, customer_id: str) -> dict[str,
     row = await conn.fetchrow(
         """
         SELECT $1::text AS customer_id, c.name, c.email, c.phone, c.country, c.attributes,
-               c.identifiers, c.registered_at, c.updated_at,
+               c.identifiers, c.registered_at, c.updated_at, c.field_times, c.field_sources,
                p.orders, p.refunds, p.items, p.gross_revenue, p.refunded,
                p.first_purchase_at, p.last_purchase_at,
                (c.customer_id IS NOT NULL) AS registered,

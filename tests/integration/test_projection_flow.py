@@ -79,6 +79,12 @@ async def test_profile_folds_orders_refunds_and_late_updates(platform: dict[str,
     assert body["country"] == "UK", "a late event must not overwrite a newer field"
     assert body["phone"] == "+44 20 0000", "a late event still sets fields nobody set later"
     assert body["identifiers"] == {"loyalty_card": f"card-{customer}"}
+    # Provenance: the source and event time behind each value shown.
+    provenance = body["provenance"]
+    assert provenance["country"]["source"] == "test-shop"
+    assert datetime.fromisoformat(provenance["country"]["set_at"]) == T0
+    assert datetime.fromisoformat(provenance["phone"]["set_at"]) == T0 - timedelta(days=30)
+    assert provenance["identifiers.loyalty_card"]["source"] == "test-shop"
 
 
 async def test_publishing_the_same_events_again_changes_nothing(platform: dict[str, str]) -> None:

@@ -73,3 +73,18 @@ def test_the_person_takes_each_field_from_the_record_that_set_it_last() -> None:
     assert identified_by(records["B"]) == ["phone", "pos id"]
     assert identified_by(evolve_customers({}, [event(
         "crm.customer.registered.v1", "G", {"name": "Guest"})])["G"]) == []  # fmt: skip
+
+
+def test_the_person_keeps_the_provenance_of_each_field_it_shows() -> None:
+    records = evolve_customers(
+        {},
+        [
+            event("crm.customer.registered.v1", "A", {"email": "a@x"}, minutes=1, source="shop"),
+            event("crm.customer.registered.v1", "B", {"email": "b@x"}, minutes=4, source="pos"),
+            event("crm.customer.updated.v1", "A", {"country": "UK"}, minutes=6, source="crm-ui"),
+        ],
+    )
+    person = combined_record("A", [records["A"], records["B"]])
+    assert person.contact == {"email": "b@x", "country": "UK"}
+    assert person.field_sources == {"email": "pos", "country": "crm-ui"}
+    assert person.field_times == {"email": at(4).isoformat(), "country": at(6).isoformat()}

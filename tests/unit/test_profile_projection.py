@@ -93,3 +93,31 @@ def test_identifier_claims_carry_the_event_time_that_set_each_identifier() -> No
         ("email", "a@b.c", "C1", at(0)),
         ("pos", "78", "C1", at(5)),  # the replaced card "77" is no longer claimed
     ]
+
+
+def test_each_field_keeps_the_source_and_time_that_set_it() -> None:
+    shop = event("crm.customer.registered.v1", "C1", {"email": "a@shop"}, minutes=0, source="shop")
+    pos = event(
+        "crm.customer.updated.v1",
+        "C1",
+        {"country": "UK", "attributes": {"tier": "gold"}},
+        minutes=5,
+        source="pos",
+    )
+    record = evolve_customers({}, [shop, pos])["C1"]
+    assert record.field_sources == {"email": "shop", "country": "pos", "attributes.tier": "pos"}
+    assert record.field_times["email"] == at(0).isoformat()
+    assert record.field_times["attributes.tier"] == at(5).isoformat()
+
+
+def test_two_sources_setting_a_field_at_the_same_instant_agree_whatever_the_order() -> None:
+    """Same event time: the greater source name wins, so a replay in another order (another
+    partition interleaving, a rebuild) shows the same value."""
+    call_centre = event(
+        "crm.customer.updated.v1", "C1", {"phone": "+44 1"}, minutes=3, source="call-centre"
+    )
+    web = event("crm.customer.updated.v1", "C1", {"phone": "+44 2"}, minutes=3, source="web-site")
+    forward = evolve_customers({}, [call_centre, web])["C1"]
+    backward = evolve_customers({}, [web, call_centre])["C1"]
+    assert forward.contact["phone"] == backward.contact["phone"] == "+44 2"
+    assert forward.field_sources["phone"] == backward.field_sources["phone"] == "web-site"
