@@ -16,11 +16,11 @@ from pydantic import BaseModel, Field
 from broadcast_service import metrics, projection, store
 from broadcast_service.config import MIGRATIONS, BroadcastSettings
 from broadcast_service.decision import (
-    CAP_LOOKBACK,
     CustomerReach,
     Decision,
     Reason,
     contact_decision,
+    sends_since,
 )
 from crm_shared.contracts.events import Channel, ContactPurpose
 from crm_shared.runtime.http import (
@@ -315,7 +315,7 @@ def create_app(settings: BroadcastSettings | None = None) -> FastAPI:
         reach = (await store.reaches_of(conn, [customer_id]))[customer_id]
         if not _known(reach):
             raise _unknown(customer_id)
-        sends = await store.recent_sends(conn, [customer_id], when - CAP_LOOKBACK)
+        sends = await store.recent_sends(conn, [customer_id], sends_since(when))
         decision = contact_decision(
             reach,
             sends.get(customer_id, []),

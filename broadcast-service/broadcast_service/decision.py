@@ -53,8 +53,14 @@ MARKETING = "marketing"
 DAY = timedelta(days=1)
 WEEK = timedelta(days=7)
 CAP_LOOKBACK = WEEK
-"""How far back the sends that the frequency budget counts go: load `recent_sends` since
-`at - CAP_LOOKBACK`."""
+"""How far back the sends that the frequency budget counts go (see `sends_since`)."""
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def sends_since(at: datetime) -> datetime:
+    """Since when to load the sends a decision at `at` counts (`store.recent_sends`)."""
+    return at - CAP_LOOKBACK if at - _EARLIEST > CAP_LOOKBACK else _EARLIEST
+
 
 BLOCKS_EVERY_PURPOSE = frozenset({"legal", "bounced"})
 """Do-not-contact reasons that stop transactional messages too."""
@@ -213,7 +219,11 @@ def quiet_until(window: QuietWindow, at: datetime) -> datetime | None:
         pass
     if len(_QUIET) >= _QUIET_MAX:
         _QUIET.clear()
-    until = _QUIET[key] = _quiet_until(window, at)
+    try:
+        until = _quiet_until(window, at)
+    except OverflowError:  # the window's day is past the end of the calendar
+        until = None
+    _QUIET[key] = until
     return until
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping
 from datetime import datetime, time
 from typing import Any
@@ -109,14 +110,15 @@ async def save_preferences(
         return
     # The WHERE is a second line of defence: never overwrite a newer row, even if two workers
     # raced on a customer's first preferences during a rebalance. Channel lists travel as
-    # comma-separated text: unnest cannot take an array of arrays of different lengths.
+    # comma-separated text and set-ups as JSON text: unnest cannot take an array of arrays of
+    # different lengths (a list of lists would be read as one two-dimensional array).
     await conn.execute(
         f"""
         INSERT INTO channel_preferences AS p (customer_id, channels, timezone, settings, set_at,
                                               source, event_id)
-        SELECT customer_id, string_to_array(channels, ','), timezone, settings, set_at, source,
-               event_id
-        FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::timestamptz[],
+        SELECT customer_id, string_to_array(channels, ','), timezone, settings::jsonb, set_at,
+               source, event_id
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
                     $6::text[], $7::text[])
              AS r(customer_id, channels, timezone, settings, set_at, source, event_id)
         ON CONFLICT (customer_id) DO UPDATE SET
@@ -135,7 +137,7 @@ def _preference_row(r: ChannelPreferences) -> tuple[Any, ...]:
         r.customer_id,
         ",".join(setup.channel for setup in r.channels),
         r.timezone,
-        [_setup_item(setup) for setup in r.channels],
+        json.dumps([_setup_item(setup) for setup in r.channels]),
         r.set_at,
         r.source,
         r.event_id,

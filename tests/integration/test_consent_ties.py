@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from broadcast_service import store
-from broadcast_service.projection import ChannelPreferences, Consent
+from broadcast_service.projection import ChannelPreferences, ChannelSetup, Consent
 from broadcast_service.worker import MIGRATIONS
 from crm_shared.contracts.sdk import EventPublisher
 from crm_shared.runtime.db import open_pool
@@ -82,14 +82,15 @@ async def broadcast_db(platform_env: dict[str, str]) -> AsyncIterator[asyncpg.Po
 
 
 def _consent(granted: bool, source: str, event_id: str, minutes: int = 0) -> Consent:
+    state = "granted" if granted else "revoked"
     return Consent(
-        "C", "marketing", "email", granted, T + timedelta(minutes=minutes), source, event_id
+        "C", "marketing", "email", state, T + timedelta(minutes=minutes), source, event_id
     )
 
 
 def _preferences(source: str, event_id: str, minutes: int = 0) -> ChannelPreferences:
     return ChannelPreferences(
-        "C", ("email",), None, T + timedelta(minutes=minutes), source, event_id
+        "C", (ChannelSetup("email"),), "UTC", T + timedelta(minutes=minutes), source, event_id
     )
 
 

@@ -6,6 +6,9 @@ department becomes its slug, and an outcome that names a known value (in any cas
 or hyphens, or a common synonym) becomes that value; any other text becomes `other`. The
 original text stays in the event's data. Producers repeat a few texts, so both mappings are
 cached: a fold pays a dictionary lookup per contact.
+
+Channel preferences and consents of v1 read as v2 the same way (`channel_preference_v2`,
+`consent_recorded`): the rules are in docs/decisions.md ("Preferences, consent with evidence").
 """
 
 from __future__ import annotations
