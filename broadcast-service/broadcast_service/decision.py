@@ -23,7 +23,8 @@ The rules (docs/decisions.md, "The contact decision"), channel by channel in the
   the whole budget; marketing and personalisation leave its last message to service (a budget of
   n gives them n - 1 when n >= 2);
 - holds (marketing only): an open complaint stops it, a detractor score delays it for a while.
-A refused channel has no instant; a channel only delayed says the instant it becomes possible.
+A refused channel gives what refuses it (do-not-contact, address, consent, open complaint) and
+no instant; a channel only delayed gives every delay and the instant they have all passed.
 """
 
 from __future__ import annotations
@@ -227,6 +228,26 @@ def quiet_until(window: QuietWindow, at: datetime) -> datetime | None:
     return until
 
 
+_QUIET_REASONS: dict[tuple[time, time, str, datetime], Reason | None] = {}
+
+
+def _quiet_reason(window: QuietWindow, at: datetime) -> Reason | None:
+    """The quiet-hours reason of a window at an instant, or None: cached like `quiet_until`, as
+    formatting its text costs more than the rest of a decision."""
+    key = (window.start, window.end, window.timezone, at)
+    try:
+        return _QUIET_REASONS[key]
+    except KeyError:
+        pass
+    if len(_QUIET_REASONS) >= _QUIET_MAX:
+        _QUIET_REASONS.clear()
+    until = quiet_until(window, at)
+    label = f"{window.end:%H:%M} {zone_label(window.timezone)}"
+    reason = None if until is None else Reason("quiet_hours", f"quiet hours until {label}", until)
+    _QUIET_REASONS[key] = reason
+    return reason
+
+
 def _quiet_until(window: QuietWindow, at: datetime) -> datetime | None:
     start, end = window.start, window.end
     if start == end:
@@ -290,6 +311,8 @@ def _cap_reason(
     """None when the channel's budget over `span` has room for the purpose, else why not and
     when the oldest counted sends leave the window (never called for transactional)."""
     limit = cap if purpose == SERVICE or cap < 2 else cap - 1
+    if len(sent) < limit:  # fewer sends in all than the budget: no need to count the window
+        return None
     since = at - span
     counted = [s for s in sent if since < s <= at]
     if len(counted) < limit:
@@ -302,14 +325,11 @@ def _cap_reason(
     return Reason(code, text, counted[len(counted) - limit] + span)
 
 
-def _channel_verdict(
-    reach: CustomerReach,
-    setup: ChannelSetup,
-    sends: Sequence[RecentSend],
-    purpose: str,
-    at: datetime,
-    policy: ContactPolicy,
-) -> ChannelVerdict:
+def _refusals(
+    reach: CustomerReach, setup: ChannelSetup, purpose: str, policy: ContactPolicy
+) -> list[Reason]:
+    """What forbids the channel whatever the time: do-not-contact, no address, no consent, an
+    open complaint."""
     channel = setup.channel
     reasons: list[Reason] = []
     listed_entries = reach.do_not_contact
@@ -326,56 +346,86 @@ def _channel_verdict(
     refused = _consent_reason(reach.consents, purpose, channel, policy)
     if refused is not None:
         reasons.append(refused)
-    if purpose != TRANSACTIONAL:
-        paused_until = setup.paused_until
-        if paused_until is not None and paused_until > at:
-            text = f"{channel} paused until {paused_until.isoformat()}"
-            reasons.append(Reason("paused", text, paused_until))
-        window = setup.quiet_hours
-        if window is not None:
-            quiet_end = quiet_until(window, at)
-            if quiet_end is not None:
-                label = f"{window.end:%H:%M} {zone_label(window.timezone)}"
-                reasons.append(Reason("quiet_hours", f"quiet hours until {label}", quiet_end))
-        per_day, per_week = setup.max_per_day, setup.max_per_week
-        if per_day is not None or per_week is not None:
-            sent = [s.sent_at for s in sends if s.channel == channel]
-            if per_day is not None:
-                capped = _cap_reason(sent, per_day, purpose, at, DAY)
-                if capped is not None:
-                    reasons.append(capped)
-            if per_week is not None:
-                capped = _cap_reason(sent, per_week, purpose, at, WEEK)
-                if capped is not None:
-                    reasons.append(capped)
-    holds = reach.holds
-    if purpose == MARKETING and holds is not NO_HOLDS:
-        if holds.open_complaints:
-            cases = ", ".join(holds.open_complaints)
-            reasons.append(Reason("complaint_open", f"complaint open (case {cases})"))
-        detractor = holds.detractor
-        if detractor is not None and detractor.scored_at + policy.detractor_hold > at:
-            until = detractor.scored_at + policy.detractor_hold
+    if purpose == MARKETING and reach.holds.open_complaints:
+        cases = ", ".join(reach.holds.open_complaints)
+        reasons.append(Reason("complaint_open", f"complaint open (case {cases})"))
+    return reasons
+
+
+def _delays(
+    reach: CustomerReach,
+    setup: ChannelSetup,
+    sends: Sequence[RecentSend],
+    purpose: str,
+    at: datetime,
+    policy: ContactPolicy,
+) -> list[Reason]:
+    """What holds the channel back for a while (never transactional): a pause, quiet hours,
+    the frequency budget, a detractor score."""
+    channel = setup.channel
+    reasons: list[Reason] = []
+    paused_until = setup.paused_until
+    if paused_until is not None and paused_until > at:
+        text = f"{channel} paused until {paused_until.isoformat()}"
+        reasons.append(Reason("paused", text, paused_until))
+    window = setup.quiet_hours
+    if window is not None:
+        quiet = _quiet_reason(window, at)
+        if quiet is not None:
+            reasons.append(quiet)
+    per_day, per_week = setup.max_per_day, setup.max_per_week
+    if per_day is not None or per_week is not None:
+        sent = [s.sent_at for s in sends if s.channel == channel] if sends else []
+        if per_day is not None:
+            capped = _cap_reason(sent, per_day, purpose, at, DAY)
+            if capped is not None:
+                reasons.append(capped)
+        if per_week is not None:
+            capped = _cap_reason(sent, per_week, purpose, at, WEEK)
+            if capped is not None:
+                reasons.append(capped)
+    detractor = reach.holds.detractor
+    if purpose == MARKETING and detractor is not None:
+        until = detractor.scored_at + policy.detractor_hold
+        if until > at:
             score = f"{detractor.measure} {detractor.score}"
             text = f"detractor score {score} on {detractor.scored_at:%Y-%m-%d}"
             reasons.append(Reason("detractor", text, until))
-    if not reasons:
-        return ChannelVerdict(channel, setup.address, True, (ALLOWED,), at)
+    return reasons
+
+
+def _channel_verdict(
+    reach: CustomerReach,
+    setup: ChannelSetup,
+    sends: Sequence[RecentSend],
+    purpose: str,
+    at: datetime,
+    policy: ContactPolicy,
+) -> ChannelVerdict:
+    """A channel refused (with every reason that does not pass with time), delayed (with every
+    reason and the instant they have all passed), or allowed."""
+    refusals = _refusals(reach, setup, purpose, policy)
+    if refusals:
+        return ChannelVerdict(setup.channel, setup.address, False, tuple(refusals))
+    if purpose == TRANSACTIONAL:
+        return ChannelVerdict(setup.channel, setup.address, True, (ALLOWED,), at)
+    delays = _delays(reach, setup, sends, purpose, at, policy)
+    if not delays:
+        return ChannelVerdict(setup.channel, setup.address, True, (ALLOWED,), at)
     return ChannelVerdict(
-        channel, setup.address, False, tuple(reasons), _possible_at(setup, reasons, purpose)
+        setup.channel, setup.address, False, tuple(delays), _possible_at(setup, delays)
     )
 
 
-def _possible_at(setup: ChannelSetup, reasons: list[Reason], purpose: str) -> datetime | None:
-    """When every reason has passed (None when one does not pass with time), moved past the
+def _possible_at(setup: ChannelSetup, delays: list[Reason]) -> datetime | None:
+    """When every delay has passed (None when one does not pass with time), moved past the
     quiet hours it may land in: the earliest instant the channel may be possible."""
-    if any(r.until is None for r in reasons):
+    untils = [reason.until for reason in delays]
+    if None in untils:
         return None
-    instant = max(r.until for r in reasons if r.until is not None)
+    instant = max(until for until in untils if until is not None)
     window = setup.quiet_hours
-    if window is not None and purpose != TRANSACTIONAL:
-        instant = quiet_until(window, instant) or instant
-    return instant
+    return instant if window is None else quiet_until(window, instant) or instant
 
 
 NO_PREFERENCES = Reason("no_preferences", "no channel set-up")

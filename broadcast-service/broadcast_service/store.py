@@ -213,17 +213,6 @@ async def add_history(conn: asyncpg.Connection, changes: Collection[Consent]) ->
     )
 
 
-async def preferences_and_consents(
-    conn: asyncpg.Connection, customer_id: str
-) -> tuple[ChannelPreferences | None, list[Consent]]:
-    """The customer's preferences (None when never set) and current consents, by purpose and then
-    channel ('*' first)."""
-    reach = (await reaches_of(conn, [customer_id]))[customer_id]
-    return reach.preferences, sorted(
-        reach.consents.values(), key=lambda c: (c.purpose, c.channel.encode())
-    )
-
-
 async def history_of(conn: asyncpg.Connection, customer_id: str, limit: int) -> list[Consent]:
     """The customer's consent events with their evidence, newest first."""
     rows = await conn.fetch(

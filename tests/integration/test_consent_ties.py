@@ -118,8 +118,8 @@ async def test_the_consent_guard_in_sql_keeps_what_the_pure_rule_keeps(
         rows = [replace(consent, customer_id=customer) for consent in order]
         await _save_in_turn(broadcast_db, store.save_consents, rows)
         async with broadcast_db.acquire() as conn:
-            _, stored = await store.preferences_and_consents(conn, customer)
-        assert stored == [max(rows, key=lambda c: c.version)]
+            reach = (await store.reaches_of(conn, [customer]))[customer]
+        assert list(reach.consents.values()) == [max(rows, key=lambda c: c.version)]
 
 
 async def test_the_preference_guard_in_sql_breaks_ties_by_source_and_id_like_the_pure_rule(
@@ -136,5 +136,5 @@ async def test_the_preference_guard_in_sql_breaks_ties_by_source_and_id_like_the
             rows = [replace(preferences, customer_id=customer) for preferences in order]
             await _save_in_turn(broadcast_db, store.save_preferences, rows)
             async with broadcast_db.acquire() as conn:
-                stored, _ = await store.preferences_and_consents(conn, customer)
-            assert stored == max(rows, key=lambda p: p.version)
+                reach = (await store.reaches_of(conn, [customer]))[customer]
+            assert reach.preferences == max(rows, key=lambda p: p.version)

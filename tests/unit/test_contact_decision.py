@@ -378,7 +378,7 @@ def test_asking_about_one_channel_considers_only_that_channel() -> None:
     assert decision.codes == ("channel_not_chosen",)
 
 
-def test_every_reason_of_a_channel_is_given() -> None:
+def test_a_refused_channel_gives_every_refusal_and_no_delay() -> None:
     at_night = datetime(2024, 5, 1, 22, 30, tzinfo=UTC)
     reach = _reach(
         _setup(address=None, quiet_hours=NIGHT),
@@ -386,7 +386,20 @@ def test_every_reason_of_a_channel_is_given() -> None:
         complaints=("K1",),
     )
     decision = _decide(reach, at=at_night)
-    assert decision.codes == ("no_address", "consent_refused", "quiet_hours", "complaint_open")
+    assert decision.codes == ("no_address", "consent_refused", "complaint_open")
+    assert decision.possible_at is None
+
+
+def test_a_delayed_channel_gives_every_delay_and_the_instant_they_have_all_passed() -> None:
+    at_night = datetime(2024, 5, 1, 22, 30, tzinfo=UTC)
+    paused = at_night + timedelta(days=3)
+    reach = _reach(
+        _setup(quiet_hours=NIGHT, paused_until=paused), consents=GRANTED, detractor_days_ago=29
+    )
+    decision = _decide(reach, at=at_night)
+    assert decision.codes == ("paused", "quiet_hours", "detractor")
+    # The pause ends last, at 23:30 in London: quiet, so 07:00 the next morning.
+    assert decision.possible_at == datetime(2024, 5, 5, 6, 0, tzinfo=UTC)
 
 
 def test_the_earliest_delayed_channel_gives_the_decisions_instant() -> None:
