@@ -440,7 +440,7 @@ def contact_decision(
     policy: ContactPolicy = DEFAULT_POLICY,
 ) -> Decision:
     """May we contact the customer now for `purpose`, and on which channel (or on `channel`
-    only)? `sends` are the messages sent to them since `at - CAP_LOOKBACK`, by every campaign."""
+    only)? `sends` are the messages sent to them since `sends_since(at)`, by every campaign."""
     if at.tzinfo is None:
         raise ValueError("at must carry a UTC offset")
     wanted = normalise_purpose(purpose)

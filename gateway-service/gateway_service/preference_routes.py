@@ -64,7 +64,9 @@ async def _publish(
         document = build_event(
             event_type,
             customer_id,
-            data,
+            # Only what the caller gave: a quiet window that names no zone is read in the
+            # customer's zone, so its default must not be written into the event.
+            data.model_dump(mode="json", exclude_unset=True),
             source=f"gateway:{key.key_id}",
             time=datetime.now(UTC),
             event_id=str(uuid.uuid4()),
