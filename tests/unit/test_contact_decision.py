@@ -8,6 +8,7 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from broadcast_service.decision import (
     ContactPolicy,
@@ -17,6 +18,7 @@ from broadcast_service.decision import (
     quiet_until,
     reach_of,
 )
+from broadcast_service.metrics import count_decision
 from broadcast_service.projection import (
     ChannelPreferences,
     ChannelSetup,
@@ -560,3 +562,24 @@ def test_reach_of_keeps_only_listed_entries_and_open_complaints() -> None:
 def test_a_decision_is_the_same_for_the_same_inputs() -> None:
     reach = _reach(_setup(quiet_hours=NIGHT, max_per_day=3), consents=GRANTED)
     assert _decide(reach, sends=[_sent(1)]) == _decide(replace(reach), sends=[_sent(1)])
+
+
+def test_decisions_are_counted_by_outcome_and_each_reason_code() -> None:
+    def count(outcome: str, reason: str) -> float:
+        labels = {"outcome": outcome, "reason": reason}
+        return REGISTRY.get_sample_value("crm_broadcast_decisions_total", labels) or 0.0
+
+    before = (
+        count("refused", "no_address"),
+        count("delayed", "paused"),
+        count("contact", "allowed"),
+    )
+    count_decision(_decide(_reach(_setup(address=None), consents=GRANTED)))
+    count_decision(_decide(_reach(_setup(paused_until=NOW + timedelta(1)), consents=GRANTED)))
+    count_decision(_decide(_reach(_setup(), consents=GRANTED)))
+    after = (
+        count("refused", "no_address"),
+        count("delayed", "paused"),
+        count("contact", "allowed"),
+    )
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1.0, 1.0, 1.0]
