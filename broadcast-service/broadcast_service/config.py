@@ -1,9 +1,12 @@
 """Settings of the broadcast service (`CRM_BROADCAST_` prefix)."""
 
+from datetime import timedelta
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from broadcast_service.decision import ContactPolicy
 from crm_shared.runtime.config import ServiceSettings
 
 
@@ -13,6 +16,20 @@ class BroadcastSettings(ServiceSettings):
     database: str = "crm_broadcast"
     api_port: int = 8103
     worker_metrics_port: int = 9103
+    double_opt_in: str = Field(
+        default="marketing:email",
+        pattern=r"^([a-z]+:[a-z]+(,[a-z]+:[a-z]+)*)?$",
+        description="purpose:channel pairs whose grants count only once confirmed; empty: none",
+    )
+    detractor_hold_days: int = Field(default=30, ge=0, le=3650)
+    """How long a detractor score holds marketing back."""
+
+    def contact_policy(self) -> ContactPolicy:
+        pairs = (pair.split(":") for pair in self.double_opt_in.split(",") if pair)
+        return ContactPolicy(
+            double_opt_in=frozenset((purpose, channel) for purpose, channel in pairs),
+            detractor_hold=timedelta(days=self.detractor_hold_days),
+        )
 
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"

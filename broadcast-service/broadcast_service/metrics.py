@@ -2,9 +2,11 @@
 
 from prometheus_client import Counter
 
+from broadcast_service.decision import Decision
+
 CONSENT_EVENTS = Counter(
     "crm_broadcast_consent_events",
-    "Consent grants and revocations folded into the consent history",
+    "Consent events folded into the consent history, by state (granted, pending, denied, revoked)",
     ["state"],
 )
 EVENTS_SUPERSEDED = Counter(
@@ -13,3 +15,16 @@ EVENTS_SUPERSEDED = Counter(
     "their batch): they change no current state",
     ["kind"],
 )
+DECISIONS = Counter(
+    "crm_broadcast_decisions",
+    "Contact decisions answered, by outcome (contact, delayed, refused) and reason code (every "
+    "distinct code of a decision counts once)",
+    ["outcome", "reason"],
+)
+
+
+def count_decision(decision: Decision) -> None:
+    """Count one decision under its outcome and each of its reason codes."""
+    outcome = "contact" if decision.contact else "delayed" if decision.possible_at else "refused"
+    for code in decision.codes:
+        DECISIONS.labels(outcome, code).inc()

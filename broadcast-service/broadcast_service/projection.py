@@ -1,27 +1,38 @@
-"""How customers want to be reached, what they consent to, and whether to contact them now.
+"""How customers want to be reached, what they consent to, where they must not be contacted,
+and what holds promotions back (open complaints, detractor scores): the folds the contact
+decision (broadcast_service.decision) reads.
 
-Pure: no I/O, time comes from the events or is passed in. Preferences and consents are
-last-writer-wins by event time, so a late or replayed event never overwrites a newer state.
-Events of the same instant are ordered by (source, id), except that a revocation beats a grant
-of the same instant: when in doubt, do not contact.
+Pure: no I/O, time comes from the events or is passed in. Every state is last-writer-wins by
+event time, so a late or replayed event never overwrites a newer state. Events of the same
+instant are ordered by (source, id), except that the more cautious state wins a tie (a
+refusal over a grant, a do-not-contact entry over its removal, an open complaint over its
+closing): when in doubt, do not contact. v1 preferences and consents are read as v2.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta, tzinfo
+from datetime import UTC, datetime, time
 from typing import Any, Literal, Protocol, TypeVar, cast
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from crm_shared.contracts.events import (
     ChannelPreferenceSet,
+    ChannelPreferenceSetV2,
+    ComplaintClosed,
+    ComplaintOpened,
     ConsentGranted,
+    ConsentRecorded,
     ConsentRevoked,
+    DetractorScored,
+    DoNotContactAdded,
+    DoNotContactRemoved,
     Event,
+    QuietHours,
     SegmentEntered,
     SegmentLeft,
 )
+from crm_shared.contracts.upcast import channel_preference_v2, consent_recorded
 
 
 class _Versioned(Protocol):
@@ -39,12 +50,18 @@ ConsentKey = tuple[str, str, str]
 """(customer_id, purpose, channel)"""
 
 
+ConsentStateName = Literal["granted", "pending", "denied", "revoked"]
+
+_REFUSAL_RANK: dict[str, int] = {"granted": 0, "pending": 1, "denied": 2, "revoked": 2}
+"""How strongly a consent state refuses: of two states of the same instant the stronger wins."""
+
+
 def normalise_purpose(purpose: str) -> str:
     """'Marketing ' and 'marketing' are one purpose: a refusal must not miss by spelling."""
     return purpose.strip().lower()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class QuietWindow:
     """Local wall-clock times between which the customer is not contacted; may cross midnight.
 
@@ -56,11 +73,25 @@ class QuietWindow:
     timezone: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
+class ChannelSetup:
+    """How the customer wants one channel used: where, when not, how often, and a pause."""
+
+    channel: str
+    address: str | None = None
+    quiet_hours: QuietWindow | None = None
+    max_per_day: int | None = None
+    max_per_week: int | None = None
+    paused_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ChannelPreferences:
+    """A customer's channel set-up, channels in order of preference, and the event that set it."""
+
     customer_id: str
-    channels: tuple[str, ...]
-    quiet_hours: QuietWindow | None
+    channels: tuple[ChannelSetup, ...]
+    timezone: str
     set_at: datetime
     source: str
     event_id: str
@@ -70,18 +101,33 @@ class ChannelPreferences:
         return (self.set_at, self.source, self.event_id)
 
 
+def _window(quiet: QuietHours | None, customer_zone: str) -> QuietWindow | None:
+    """A channel's quiet window, read in its own time zone when it names one, else in the
+    customer's."""
+    if quiet is None:
+        return None
+    zone = quiet.timezone if "timezone" in quiet.model_fields_set else customer_zone
+    return QuietWindow(time.fromisoformat(quiet.start), time.fromisoformat(quiet.end), zone)
+
+
 def preferences_from(event: Event) -> ChannelPreferences:
-    data = event.data
-    assert isinstance(data, ChannelPreferenceSet)
-    quiet = data.quiet_hours
+    data = channel_preference_v2(cast(ChannelPreferenceSet | ChannelPreferenceSetV2, event.data))
     return ChannelPreferences(
         customer_id=event.customer_id,
-        channels=tuple(channel.value for channel in data.channels),
-        quiet_hours=None
-        if quiet is None
-        else QuietWindow(
-            time.fromisoformat(quiet.start), time.fromisoformat(quiet.end), quiet.timezone
+        channels=tuple(
+            ChannelSetup(
+                channel=setting.channel.value,
+                address=setting.address,
+                quiet_hours=_window(setting.quiet_hours, data.timezone),
+                max_per_day=setting.max_per_day,
+                max_per_week=setting.max_per_week,
+                paused_until=None
+                if setting.paused_until is None
+                else setting.paused_until.astimezone(UTC),
+            )
+            for setting in data.channels
         ),
+        timezone=data.timezone,
         set_at=event.time,
         source=event.source,
         event_id=event.id,
@@ -91,44 +137,56 @@ def preferences_from(event: Event) -> ChannelPreferences:
 def evolve_preferences(
     current: Mapping[str, ChannelPreferences], events: Iterable[Event]
 ) -> dict[str, ChannelPreferences]:
-    """Fold a batch of preference events; returns only the records that changed."""
+    """Fold a batch of preference events (v1 read as v2); returns only the records that changed."""
     return _newest(current, ((e.customer_id, preferences_from(e)) for e in events))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Consent:
-    """A consent state, and the event that set it; also one row of the consent history."""
+    """A consent state with its evidence, and the event that set it; also one row of the consent
+    history. `source` and `changed_at` are where and when it was captured."""
 
     customer_id: str
     purpose: str
     channel: str
-    granted: bool
+    state: ConsentStateName
     changed_at: datetime
     source: str
     event_id: str
+    capture_method: str = "api"
+    wording_version: str | None = None
+    evidence: str | None = None
+
+    @property
+    def granted(self) -> bool:
+        return self.state == "granted"
 
     @property
     def key(self) -> ConsentKey:
         return (self.customer_id, self.purpose, self.channel)
 
     @property
-    def version(self) -> tuple[datetime, bool, str, str]:
-        return (self.changed_at, not self.granted, self.source, self.event_id)
+    def version(self) -> tuple[datetime, int, str, str]:
+        return (self.changed_at, _REFUSAL_RANK[self.state], self.source, self.event_id)
 
 
 def consent_from(event: Event) -> Consent:
     # type() rather than isinstance(): pydantic models check instances through ABCMeta, slowly.
-    data = cast(ConsentGranted | ConsentRevoked, event.data)
-    if type(data) not in (ConsentGranted, ConsentRevoked):
+    data = event.data
+    if type(data) not in (ConsentGranted, ConsentRevoked, ConsentRecorded):
         raise TypeError(f"{type(data).__name__} is not a consent")
+    recorded = consent_recorded(cast(ConsentGranted | ConsentRevoked | ConsentRecorded, data))
     return Consent(
         customer_id=event.customer_id,
-        purpose=normalise_purpose(data.purpose),
-        channel=EVERY_CHANNEL if data.channel is None else data.channel.value,
-        granted=type(data) is ConsentGranted,
+        purpose=recorded.purpose.value,
+        channel=EVERY_CHANNEL if recorded.channel is None else recorded.channel.value,
+        state=recorded.state.value,
         changed_at=event.time,
         source=event.source,
         event_id=event.id,
+        capture_method=recorded.capture_method.value,
+        wording_version=recorded.wording_version,
+        evidence=recorded.evidence,
     )
 
 
@@ -141,8 +199,132 @@ def consent_changes(events: Iterable[Event]) -> list[Consent]:
 def evolve_consents(
     current: Mapping[ConsentKey, Consent], events: Iterable[Event]
 ) -> dict[ConsentKey, Consent]:
-    """Fold a batch of consent events; returns only the states that changed."""
+    """Fold a batch of consent events (v1 read as v2); returns only the states that changed."""
     return _newest(current, ((c.key, c) for c in map(consent_from, events)))
+
+
+DncKey = tuple[str, str]
+"""(customer_id, channel): one do-not-contact entry per channel, '*' for every channel."""
+
+
+@dataclass(frozen=True, slots=True)
+class DoNotContact:
+    """A do-not-contact entry (listed) or its removal (not listed), and the event that set it."""
+
+    customer_id: str
+    channel: str
+    listed: bool
+    reason: str | None
+    note: str | None
+    changed_at: datetime
+    source: str
+    event_id: str
+
+    @property
+    def key(self) -> DncKey:
+        return (self.customer_id, self.channel)
+
+    @property
+    def version(self) -> tuple[datetime, bool, str, str]:
+        """At the same instant an addition beats a removal: when in doubt, do not contact."""
+        return (self.changed_at, self.listed, self.source, self.event_id)
+
+
+def do_not_contact_from(event: Event) -> DoNotContact:
+    data = cast(DoNotContactAdded | DoNotContactRemoved, event.data)
+    added = type(data) is DoNotContactAdded
+    return DoNotContact(
+        customer_id=event.customer_id,
+        channel=EVERY_CHANNEL if data.channel is None else data.channel.value,
+        listed=added,
+        reason=cast(DoNotContactAdded, data).reason.value if added else None,
+        note=data.note,
+        changed_at=event.time,
+        source=event.source,
+        event_id=event.id,
+    )
+
+
+def evolve_do_not_contact(
+    current: Mapping[DncKey, DoNotContact], events: Iterable[Event]
+) -> dict[DncKey, DoNotContact]:
+    """Fold a batch of do-not-contact events; returns only the entries that changed."""
+    return _newest(current, ((d.key, d) for d in map(do_not_contact_from, events)))
+
+
+@dataclass(frozen=True, slots=True)
+class ComplaintHold:
+    """Whether one complaint of the customer is open, as the interaction service last said."""
+
+    customer_id: str
+    case_id: str
+    open: bool
+    changed_at: datetime
+    source: str
+    event_id: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.customer_id, self.case_id)
+
+    @property
+    def version(self) -> tuple[datetime, bool, str, str]:
+        """At the same instant "open" beats "closed": when in doubt, hold back."""
+        return (self.changed_at, self.open, self.source, self.event_id)
+
+
+def complaint_from(event: Event) -> ComplaintHold:
+    data = cast(ComplaintOpened | ComplaintClosed, event.data)
+    return ComplaintHold(
+        customer_id=event.customer_id,
+        case_id=data.case_id,
+        open=type(data) is ComplaintOpened,
+        changed_at=event.time,
+        source=event.source,
+        event_id=event.id,
+    )
+
+
+def evolve_complaints(
+    current: Mapping[tuple[str, str], ComplaintHold], events: Iterable[Event]
+) -> dict[tuple[str, str], ComplaintHold]:
+    """Fold a batch of complaint signals; returns only the complaints that changed."""
+    return _newest(current, ((c.key, c) for c in map(complaint_from, events)))
+
+
+@dataclass(frozen=True, slots=True)
+class DetractorHold:
+    """The customer's latest detractor score: promotions wait a while after it."""
+
+    customer_id: str
+    measure: str
+    score: int
+    scored_at: datetime
+    source: str
+    event_id: str
+
+    @property
+    def version(self) -> tuple[datetime, str, str]:
+        return (self.scored_at, self.source, self.event_id)
+
+
+def detractor_from(event: Event) -> DetractorHold:
+    data = cast(DetractorScored, event.data)
+    return DetractorHold(
+        customer_id=event.customer_id,
+        measure=data.measure.value,
+        score=data.score,
+        scored_at=event.time,
+        source=event.source,
+        event_id=event.id,
+    )
+
+
+def evolve_detractors(
+    current: Mapping[str, DetractorHold], events: Iterable[Event]
+) -> dict[str, DetractorHold]:
+    """Fold a batch of detractor scores: the latest per customer; returns what changed."""
+    return _newest(current, ((e.customer_id, detractor_from(e)) for e in events))
 
 
 @dataclass(frozen=True)
@@ -198,33 +380,6 @@ def _newest(current: Mapping[K, V], candidates: Iterable[tuple[K, V]]) -> dict[K
     return changed
 
 
-def known_zone(name: str) -> ZoneInfo | None:
-    """The named IANA time zone, or None: the event contract does not check the name."""
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        return None
-
-
-def quiet_until(window: QuietWindow, at: datetime) -> datetime | None:
-    """When the quiet period `at` falls in ends (UTC), or None when `at` is outside the window."""
-    if at.tzinfo is None:
-        raise ValueError("at must carry a UTC offset")
-    zone: tzinfo = known_zone(window.timezone) or UTC  # unknown zones are read as UTC
-    local = at.astimezone(zone)
-    now, start, end = local.time(), window.start, window.end
-    if start == end:
-        return None
-    if start < end:
-        inside, end_day = start <= now < end, local.date()
-    else:  # crosses midnight, e.g. 22:00-07:00
-        inside = now >= start or now < end
-        end_day = local.date() + timedelta(days=1) if now >= start else local.date()
-    if not inside:
-        return None
-    return datetime.combine(end_day, end, tzinfo=zone).astimezone(UTC)
-
-
 @dataclass(frozen=True)
 class RecentSend:
     """A message already sent to the customer, by any campaign: what frequency caps count."""
@@ -232,82 +387,3 @@ class RecentSend:
     channel: str
     purpose: str
     sent_at: datetime
-
-
-ConsentState = Literal["granted", "revoked", "none"]
-
-
-@dataclass(frozen=True)
-class ChannelCheck:
-    """The consent state of one preferred channel, and where it came from (the channel or '*')."""
-
-    channel: str
-    consent: ConsentState
-    scope: str | None
-
-
-@dataclass(frozen=True)
-class Decision:
-    """The channel to use now, or None; the reason is meant for people."""
-
-    channel: str | None
-    reason: str
-    quiet_until: datetime | None = None
-    checks: tuple[ChannelCheck, ...] = ()
-
-    @property
-    def contact(self) -> bool:
-        return self.channel is not None
-
-
-def _check(channel: str, states: Mapping[str, Consent]) -> ChannelCheck:
-    """The newer of the channel's own state and the every-channel state decides.
-
-    A later "no marketing at all" withdraws an older e-mail-only grant, and a later e-mail-only
-    grant re-opens e-mail after an older general refusal: the customer's latest word counts.
-    """
-    candidates = [s for s in (states.get(channel), states.get(EVERY_CHANNEL)) if s is not None]
-    state = max(candidates, key=lambda s: (s.changed_at, s.channel != EVERY_CHANNEL), default=None)
-    if state is None:
-        return ChannelCheck(channel, "none", None)
-    return ChannelCheck(channel, "granted" if state.granted else "revoked", state.channel)
-
-
-def contact_decision(
-    preferences: ChannelPreferences | None,
-    consents: Iterable[Consent],
-    purpose: str,
-    at: datetime,
-) -> Decision:
-    """The first preferred channel with consent for the purpose, unless it is quiet time.
-
-    Of a channel's own consent state and the '*' state the newer decides (see `_check`).
-    """
-    if at.tzinfo is None:
-        raise ValueError("at must carry a UTC offset")
-    if preferences is None or not preferences.channels:
-        return Decision(None, "no channel preference set")
-    wanted = normalise_purpose(purpose)
-    states = {consent.channel: consent for consent in consents if consent.purpose == wanted}
-    checks = tuple(_check(channel, states) for channel in preferences.channels)
-    usable = [check.channel for check in checks if check.consent == "granted"]
-    if not usable:
-        return Decision(None, f"no consent for {wanted}", checks=checks)
-    window = preferences.quiet_hours
-    until = None if window is None else quiet_until(window, at)
-    if window is not None and until is not None:
-        return Decision(
-            None,
-            f"quiet hours until {window.end:%H:%M} {_zone_label(window.timezone)}",
-            quiet_until=until,
-            checks=checks,
-        )
-    return Decision(
-        usable[0],
-        f"{usable[0]} is the first preferred channel with consent for {wanted}",
-        checks=checks,
-    )
-
-
-def _zone_label(name: str) -> str:
-    return name if known_zone(name) else f"UTC (unknown time zone {name!r})"

@@ -1,4 +1,5 @@
-"""Broadcast worker: folds channel preferences and consents, and keeps every consent event.
+"""Broadcast worker: folds channel set-ups, consents (keeping every consent event with its
+evidence), do-not-contact entries, segment membership, and the holds on promotions.
 
 python -m broadcast_service.worker
 """
@@ -12,7 +13,10 @@ import asyncpg
 from broadcast_service import metrics, projection, store
 from broadcast_service.config import MIGRATIONS, BroadcastSettings
 from broadcast_service.events import (
+    COMPLAINT_TYPES,
     CONSENT_TYPES,
+    DETRACTOR_TYPES,
+    DO_NOT_CONTACT_TYPES,
     FOLDS,
     PREFERENCE_TYPES,
     SEGMENT_TYPES,
@@ -40,9 +44,24 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
         await store.save_consents(conn, list(changed_consents.values()))
         await store.add_history(conn, history)
         metrics.EVENTS_SUPERSEDED.labels("consent").inc(len(history) - len(changed_consents))
-        granted = sum(c.granted for c in history)
-        metrics.CONSENT_EVENTS.labels("granted").inc(granted)
-        metrics.CONSENT_EVENTS.labels("revoked").inc(len(history) - granted)
+        for consent in history:
+            metrics.CONSENT_EVENTS.labels(consent.state).inc()
+    dnc_events = [e for e in events if e.type in DO_NOT_CONTACT_TYPES]
+    if dnc_events:
+        stored_dnc = await store.lock_do_not_contact(conn, {e.customer_id for e in dnc_events})
+        changed_dnc = projection.evolve_do_not_contact(stored_dnc, dnc_events)
+        await store.save_do_not_contact(conn, list(changed_dnc.values()))
+        metrics.EVENTS_SUPERSEDED.labels("do_not_contact").inc(len(dnc_events) - len(changed_dnc))
+    complaint_events = [e for e in events if e.type in COMPLAINT_TYPES]
+    if complaint_events:
+        stored_holds = await store.lock_complaints(conn, {e.customer_id for e in complaint_events})
+        changed_holds = projection.evolve_complaints(stored_holds, complaint_events)
+        await store.save_complaints(conn, list(changed_holds.values()))
+    detractor_events = [e for e in events if e.type in DETRACTOR_TYPES]
+    if detractor_events:
+        stored_scores = await store.lock_detractors(conn, {e.customer_id for e in detractor_events})
+        changed_scores = projection.evolve_detractors(stored_scores, detractor_events)
+        await store.save_detractors(conn, list(changed_scores.values()))
     segment_events = [e for e in events if e.type in SEGMENT_TYPES]
     if segment_events:
         stored = await store.lock_memberships(conn, {e.customer_id for e in segment_events})

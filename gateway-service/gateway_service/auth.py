@@ -35,6 +35,11 @@ CASES_READ = "cases:read"
 """Cases (requests, questions, complaints), their figures and the department views."""
 EXPERIENCE_READ = "experience:read"
 """The voice of the customer and the journey: ratings, stages, trends across customers."""
+PREFERENCES_READ = "preferences:read"
+"""A customer's channel set-up, consents with evidence, do-not-contact entries, holds, and the
+contact decision with its reasons."""
+PREFERENCES_WRITE = "preferences:write"
+"""Set a customer's channels, record consents and do-not-contact entries (as events)."""
 SCOPES = frozenset(
     {
         CUSTOMERS_READ,
@@ -48,6 +53,8 @@ SCOPES = frozenset(
         SEGMENTS_WRITE,
         CASES_READ,
         EXPERIENCE_READ,
+        PREFERENCES_READ,
+        PREFERENCES_WRITE,
     }
 )
 

@@ -49,7 +49,8 @@ class TimelineItem(BaseModel):
     employee_id: str | None
     topic: str | None
     outcome: str | None = Field(
-        description="A contact outcome, a message outcome, or granted/revoked for a consent"
+        description="A contact outcome, a message outcome, a consent state (granted, pending, "
+        "denied, revoked), or do_not_contact / do_not_contact_lifted"
     )
     summary: str
     details: dict[str, Any]

@@ -28,11 +28,15 @@ from crm_shared.contracts.events import (
     SCORE_SCALES,
     Channel,
     ChannelPreferenceSet,
+    ChannelPreferenceSetV2,
     ConsentGranted,
+    ConsentRecorded,
     ConsentRevoked,
     ContactLogged,
     ContactLoggedV2,
     ContactOutcome,
+    DoNotContactAdded,
+    DoNotContactRemoved,
     Event,
     FeedbackGiven,
     FeedbackGivenV2,
@@ -266,6 +270,38 @@ def _consent_granted(data: ConsentGranted) -> Touchpoint:
 @describe.register
 def _consent_revoked(data: ConsentRevoked) -> Touchpoint:
     return _consent(data, "revoked")
+
+
+@describe.register
+def _consent_recorded(data: ConsentRecorded) -> Touchpoint:
+    on = f"on {data.channel}" if data.channel else "on every channel"
+    how = data.capture_method.value.replace("_", " ")
+    summary = f"consent to {data.purpose} {on} {data.state} ({how})"
+    return Touchpoint(
+        "consent", summary, data.channel, "inbound", topic=data.purpose, outcome=data.state
+    )
+
+
+@describe.register
+def _do_not_contact_added(data: DoNotContactAdded) -> Touchpoint:
+    on = f"on {data.channel}" if data.channel else "on any channel"
+    summary = _with_reason(f"do not contact {on}: {data.reason}", data.note)
+    return Touchpoint("consent", summary, data.channel, topic=data.reason, outcome="do_not_contact")
+
+
+@describe.register
+def _do_not_contact_removed(data: DoNotContactRemoved) -> Touchpoint:
+    on = f"on {data.channel}" if data.channel else "on any channel"
+    summary = _with_reason(f"do-not-contact lifted {on}", data.note)
+    return Touchpoint("consent", summary, data.channel, outcome="do_not_contact_lifted")
+
+
+@describe.register
+def _preference_v2(data: ChannelPreferenceSetV2) -> Touchpoint:
+    summary = f"channel preference ({data.timezone}): " + ", ".join(
+        setting.channel for setting in data.channels
+    )
+    return Touchpoint("preference", summary, data.channels[0].channel, "inbound")
 
 
 @describe.register

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from broadcast_service import store
-from broadcast_service.projection import ChannelPreferences, Consent
+from broadcast_service.projection import ChannelPreferences, ChannelSetup, Consent
 from broadcast_service.worker import MIGRATIONS
 from crm_shared.contracts.sdk import EventPublisher
 from crm_shared.runtime.db import open_pool
@@ -82,14 +82,15 @@ async def broadcast_db(platform_env: dict[str, str]) -> AsyncIterator[asyncpg.Po
 
 
 def _consent(granted: bool, source: str, event_id: str, minutes: int = 0) -> Consent:
+    state = "granted" if granted else "revoked"
     return Consent(
-        "C", "marketing", "email", granted, T + timedelta(minutes=minutes), source, event_id
+        "C", "marketing", "email", state, T + timedelta(minutes=minutes), source, event_id
     )
 
 
 def _preferences(source: str, event_id: str, minutes: int = 0) -> ChannelPreferences:
     return ChannelPreferences(
-        "C", ("email",), None, T + timedelta(minutes=minutes), source, event_id
+        "C", (ChannelSetup("email"),), "UTC", T + timedelta(minutes=minutes), source, event_id
     )
 
 
@@ -117,8 +118,8 @@ async def test_the_consent_guard_in_sql_keeps_what_the_pure_rule_keeps(
         rows = [replace(consent, customer_id=customer) for consent in order]
         await _save_in_turn(broadcast_db, store.save_consents, rows)
         async with broadcast_db.acquire() as conn:
-            _, stored = await store.preferences_and_consents(conn, customer)
-        assert stored == [max(rows, key=lambda c: c.version)]
+            reach = (await store.reaches_of(conn, [customer]))[customer]
+        assert list(reach.consents.values()) == [max(rows, key=lambda c: c.version)]
 
 
 async def test_the_preference_guard_in_sql_breaks_ties_by_source_and_id_like_the_pure_rule(
@@ -135,5 +136,5 @@ async def test_the_preference_guard_in_sql_breaks_ties_by_source_and_id_like_the
             rows = [replace(preferences, customer_id=customer) for preferences in order]
             await _save_in_turn(broadcast_db, store.save_preferences, rows)
             async with broadcast_db.acquire() as conn:
-                stored, _ = await store.preferences_and_consents(conn, customer)
-            assert stored == max(rows, key=lambda p: p.version)
+                reach = (await store.reaches_of(conn, [customer]))[customer]
+            assert reach.preferences == max(rows, key=lambda p: p.version)

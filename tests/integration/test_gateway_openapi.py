@@ -97,7 +97,8 @@ def key_headers(platform: dict[str, str]) -> dict[str, str]:
     key = create_api_key(
         platform,
         "openapi",
-        "customers:read,events:write,analytics:read,recommendations:read,experience:read",
+        "customers:read,events:write,analytics:read,recommendations:read,experience:read,"
+        "preferences:read",
         SOURCE,
     )
     return {"Authorization": f"Bearer {key}"}
@@ -187,6 +188,11 @@ async def test_the_running_gateway_serves_the_document_under_test(
         "/v1/experience/trends",
         "/v1/experience/dimensions",
         "/v1/journey/stages",
+        "/v1/customers/{customer_id}/preferences",
+        "/v1/customers/{customer_id}/consent-history",
+        "/v1/customers/{customer_id}/contact-decision",
+        "/v1/customers/{customer_id}/consents",
+        "/v1/customers/{customer_id}/do-not-contact",
     }
 
 

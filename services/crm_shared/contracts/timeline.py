@@ -34,6 +34,10 @@ TimelineEventType = Literal[
     "crm.consent.revoked.v1",
     "crm.session.recorded.v1",
     "crm.message.outcome.recorded.v1",
+    "crm.channel_preference.set.v2",
+    "crm.consent.recorded.v2",
+    "crm.do_not_contact.added.v1",
+    "crm.do_not_contact.removed.v1",
 ]
 TIMELINE_EVENT_TYPES: frozenset[str] = frozenset(get_args(TimelineEventType))
 """Every event of these types is one timeline entry."""

@@ -149,7 +149,7 @@ CASE_SIGNALS = Topic(
     "complaints becoming open or no longer open (so promotions can be held back).",
     tuple(sorted(CASE_SIGNAL_TYPES)),
     producers=("interaction-service",),
-    consumers=("profile-service",),
+    consumers=("profile-service", "broadcast-service"),
 )
 EXPERIENCE = Topic(
     "crm.experience",
@@ -157,7 +157,7 @@ EXPERIENCE = Topic(
     "feedback, contacts and orders it folds.",
     (DETRACTOR_SCORED, JOURNEY_STAGE_CHANGED),
     producers=("interaction-service",),
-    consumers=(),
+    consumers=("broadcast-service",),
 )
 RECOMMENDATIONS = Topic(
     "crm.recommendations",
