@@ -12,7 +12,7 @@ import asyncpg
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from broadcast_service import projection, store
+from broadcast_service import campaign_api, projection, store
 from broadcast_service.config import MIGRATIONS, BroadcastSettings
 from crm_shared.runtime.http import (
     connection,
@@ -196,6 +196,7 @@ def create_app(settings: BroadcastSettings | None = None) -> FastAPI:
             ],
         )
 
+    campaign_api.add_routes(app, settings.plan_batch_size)
     return app
 
 

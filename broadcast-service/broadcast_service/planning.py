@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -53,9 +53,15 @@ class PlanResult:
     seconds: float
 
 
-async def plan(conn: asyncpg.Connection, campaign: Campaign, planner: Planner) -> PlanResult:
+async def plan(
+    conn: asyncpg.Connection,
+    campaign: Campaign,
+    planner: Planner,
+    progress: Callable[[int, int], object] | None = None,
+) -> PlanResult:
     """Plan the campaign at its send instant: one decision per recipient, one message per
-    recipient reached (ids derived from campaign and customer: planning again adds none)."""
+    recipient reached (ids derived from campaign and customer: planning again adds none).
+    `progress(decided, recipients)` is called after each batch."""
     started = time.perf_counter()
     at = campaign.send_at
     definition = campaign.definition
@@ -70,6 +76,8 @@ async def plan(conn: asyncpg.Connection, campaign: Campaign, planner: Planner) -
         await store.add_messages(conn, part.messages)
         planned += len(part.messages)
         reasons.update(part.reasons)
+        if progress is not None:
+            progress(sum(reasons.values()), len(ids))
     seconds = time.perf_counter() - started
     await store.record_plan(conn, campaign.campaign_id, at, seconds, reasons, PLANNED_REASONS)
     metrics.CAMPAIGNS_PLANNED.inc()

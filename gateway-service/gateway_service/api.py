@@ -411,6 +411,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     from gateway_service import experience_reads
 
     app.router.routes.extend(experience_reads.router.routes)
+    from gateway_service import campaign_routes
+
+    app.router.routes.extend(campaign_routes.router.routes)
     return app
 
 

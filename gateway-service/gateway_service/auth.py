@@ -35,6 +35,10 @@ CASES_READ = "cases:read"
 """Cases (requests, questions, complaints), their figures and the department views."""
 EXPERIENCE_READ = "experience:read"
 """The voice of the customer and the journey: ratings, stages, trends across customers."""
+CAMPAIGNS_READ = "campaigns:read"
+"""Campaigns and newsletters with their reasons and progress, and dry runs."""
+CAMPAIGNS_WRITE = "campaigns:write"
+"""Define and cancel campaigns and newsletters (which message customers)."""
 SCOPES = frozenset(
     {
         CUSTOMERS_READ,
@@ -48,6 +52,8 @@ SCOPES = frozenset(
         SEGMENTS_WRITE,
         CASES_READ,
         EXPERIENCE_READ,
+        CAMPAIGNS_READ,
+        CAMPAIGNS_WRITE,
     }
 )
 

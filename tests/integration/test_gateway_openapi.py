@@ -187,6 +187,9 @@ async def test_the_running_gateway_serves_the_document_under_test(
         "/v1/experience/trends",
         "/v1/experience/dimensions",
         "/v1/journey/stages",
+        "/v1/campaigns",
+        "/v1/campaigns/{campaign_id}",
+        "/v1/campaigns/dry-run",
     }
 
 
