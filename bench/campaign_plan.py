@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from bench.scratch import fresh_pool
 from bench.segments import cpu_seconds
-from broadcast_service import campaigns, planning
+from broadcast_service import campaigns, planning, store
 from broadcast_service.config import MIGRATIONS
 from broadcast_service.templates import Links
 from crm_shared.contracts.events import CAMPAIGN_DEFINED, build_event, validate_event
@@ -110,12 +110,21 @@ async def main(customers: int) -> None:
             planner = planning.Planner(Links("bench-link-secret-0123456789", "https://crm"), 10_000)
             shown = time.perf_counter()
 
-            def progress(decided: int, total: int) -> None:
+            def progress(decided: int) -> None:
                 nonlocal shown
-                if time.perf_counter() - shown >= 1 or decided == total:
+                if time.perf_counter() - shown >= 1 or decided == customers:
                     shown = time.perf_counter()
-                    print(f"  planned {decided:,} of {total:,} recipients", flush=True)
+                    print(f"  decided {decided:,} of {customers:,} recipients", flush=True)
 
+            await store.save_campaigns(conn, [campaign])
+            started = time.perf_counter()
+            async with conn.transaction(readonly=True):
+                reasons = await planning.dry_run(conn, campaign, at, 10_000)
+            seconds = time.perf_counter() - started
+            print(
+                f"dry run (decisions only, nothing rendered or written) of"
+                f" {sum(reasons.values()):,} recipients in {seconds:.2f} s"
+            )
             backend = conn.get_server_pid()
             own_cpu, pg_cpu = time.process_time(), cpu_seconds(backend)
             async with conn.transaction():

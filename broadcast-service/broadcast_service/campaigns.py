@@ -150,7 +150,7 @@ def decide(recipient: Recipient, purpose: str, channels: Sequence[str], at: date
     The only call of the contact decision in planning (and dry runs), so that the decision can
     be swapped in one place. A decision held back by quiet hours is planned for their end."""
     preferences = recipient.preferences
-    if preferences is not None:
+    if preferences is not None and not all(c in channels for c in preferences.channels):
         allowed = tuple(c for c in preferences.channels if c in channels)
         preferences = replace(preferences, channels=allowed)
     decision = projection.contact_decision(preferences, recipient.consents, purpose, at)
@@ -266,8 +266,8 @@ def _render(
         purpose=campaign.definition.purpose.value,
         channel=template.channel.value,
         message_id=msg_id,
-        recommendations=[vars(p) for p in recipient.recommendations[:limit]],
-        new_products=[vars(p) for p in recipient.new_products[:limit]],
+        recommendations=recipient.recommendations[:limit],
+        new_products=recipient.new_products[:limit],
     )
     return render(template, personal, links)
 

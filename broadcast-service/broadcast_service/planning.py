@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -41,11 +41,6 @@ def planner_from_settings() -> Planner:
     return Planner(Links(secret, settings.public_url), settings.plan_batch_size)
 
 
-def _batches(ids: Sequence[str], size: int) -> Iterator[Sequence[str]]:
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size]
-
-
 @dataclass(frozen=True)
 class PlanResult:
     messages: int
@@ -57,27 +52,30 @@ async def plan(
     conn: asyncpg.Connection,
     campaign: Campaign,
     planner: Planner,
-    progress: Callable[[int, int], object] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> PlanResult:
     """Plan the campaign at its send instant: one decision per recipient, one message per
     recipient reached (ids derived from campaign and customer: planning again adds none).
-    `progress(decided, recipients)` is called after each batch."""
+    `progress(recipients decided so far)` is called after each batch."""
     started = time.perf_counter()
     at = campaign.send_at
     definition = campaign.definition
-    ids = await store.target_customers(conn, definition.target)
     reasons: Counter[str] = Counter()
     planned = 0
-    for batch in _batches(ids, planner.batch_size):
-        found = await store.recipients(
-            conn, batch, at - SEND_HISTORY, definition.include_recommendations
-        )
-        part = campaigns.plan_batch(campaign, found, at, planner.links, planned)
+    batches = store.recipient_batches(
+        conn,
+        definition.target,
+        at - SEND_HISTORY,
+        definition.include_recommendations,
+        planner.batch_size,
+    )
+    async for batch in batches:
+        part = campaigns.plan_batch(campaign, batch, at, planner.links, planned)
         await store.add_messages(conn, part.messages)
         planned += len(part.messages)
         reasons.update(part.reasons)
         if progress is not None:
-            progress(sum(reasons.values()), len(ids))
+            progress(sum(reasons.values()))
     seconds = time.perf_counter() - started
     await store.record_plan(conn, campaign.campaign_id, at, seconds, reasons, PLANNED_REASONS)
     metrics.CAMPAIGNS_PLANNED.inc()
@@ -90,10 +88,10 @@ async def plan(
 async def dry_run(
     conn: asyncpg.Connection, campaign: Campaign, at: datetime, batch_size: int
 ) -> Counter[str]:
-    """Recipients per decision reason if the campaign were planned at `at`; writes nothing."""
-    ids = await store.target_customers(conn, campaign.definition.target)
+    """Recipients per decision reason if the campaign were planned at `at`; writes nothing.
+    Inside a transaction (the cursor needs one), read-only for callers that want it so."""
     reasons: Counter[str] = Counter()
-    for batch in _batches(ids, batch_size):
-        found = await store.recipients(conn, batch, at - SEND_HISTORY, False)
-        reasons.update(campaigns.dry_run(campaign, found, at))
+    target = campaign.definition.target
+    async for batch in store.recipient_batches(conn, target, at - SEND_HISTORY, False, batch_size):
+        reasons.update(campaigns.dry_run(campaign, batch, at))
     return reasons

@@ -8,6 +8,7 @@ template without links signs nothing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -56,8 +57,9 @@ class Personalisation:
     purpose: str
     channel: str
     message_id: str
-    recommendations: list[dict[str, Any]]
-    new_products: list[dict[str, Any]]
+    recommendations: Sequence[object]
+    new_products: Sequence[object]
+    """Products with product_id, description and reason (attributes or keys)."""
 
 
 @dataclass(frozen=True)
