@@ -41,6 +41,8 @@ TEST_SETTINGS["CRM_CASES_COST_PER_HOUR"] = json.dumps(
     {department: str(rate) for department, rate in case_scenario.CASE_RATES.items()}
 )
 """A fast clock and quick retries of a halted worker, so tests need not wait minutes."""
+TEST_SETTINGS["CRM_LINK_SECRET"] = "links-of-the-test-suite-" + secrets.token_hex(8)
+"""Signs the links in planned messages (the broadcast worker) and checks them (the gateway)."""
 
 
 # The whole suite runs with the service APIs guarded: they require it, the gateway presents it.

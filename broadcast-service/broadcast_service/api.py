@@ -13,7 +13,7 @@ import asyncpg
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from broadcast_service import metrics, projection, store
+from broadcast_service import campaign_api, metrics, projection, store
 from broadcast_service.config import MIGRATIONS, BroadcastSettings
 from broadcast_service.decision import (
     CustomerReach,
@@ -327,6 +327,7 @@ def create_app(settings: BroadcastSettings | None = None) -> FastAPI:
         metrics.count_decision(decision)
         return _decision_view(customer_id, decision)
 
+    campaign_api.add_routes(app, settings.plan_batch_size)
     return app
 
 

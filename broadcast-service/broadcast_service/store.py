@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from datetime import datetime, time
 from typing import Any
 
 import asyncpg
 
+from broadcast_service.campaigns import (
+    Campaign,
+    CustomerContact,
+    CustomerProducts,
+    PlannedMessage,
+    Product,
+    Recipient,
+    addresses_of,
+)
 from broadcast_service.decision import CustomerReach, reach_of
 from broadcast_service.projection import (
     ChannelPreferences,
@@ -23,6 +32,7 @@ from broadcast_service.projection import (
     RecentSend,
     SegmentMembership,
 )
+from crm_shared.contracts.events import CampaignDefined, CampaignTarget
 from crm_shared.runtime.db import columns
 
 # The order of each state's `version`, in SQL, for the WHERE that keeps a newer stored row: text
@@ -494,3 +504,268 @@ async def recent_sends(
             RecentSend(row["channel"], row["purpose"], row["sent_at"])
         )
     return sends
+
+
+# Campaigns: definitions, plans and progress.
+
+
+def _campaign(row: Mapping[str, Any]) -> Campaign:
+    return Campaign(
+        campaign_id=row["campaign_id"],
+        definition=CampaignDefined.model_validate(row["definition"]),
+        send_at=row["send_at"],
+        state=row["state"],
+        defined_at=row["defined_at"],
+        source=row["source"],
+        event_id=row["event_id"],
+        planned_at=row["planned_at"],
+        cancelled_at=row["cancelled_at"],
+        cancel_reason=row["cancel_reason"],
+    )
+
+
+async def lock_campaigns(conn: asyncpg.Connection, ids: Collection[str]) -> dict[str, Campaign]:
+    """The stored campaigns of these ids, locked until the batch commits."""
+    rows = await conn.fetch(
+        "SELECT * FROM campaigns WHERE campaign_id = ANY($1::text[]) FOR UPDATE", list(ids)
+    )
+    return {row["campaign_id"]: _campaign(row) for row in rows}
+
+
+async def save_campaigns(conn: asyncpg.Connection, campaigns: Collection[Campaign]) -> None:
+    """Write the campaigns as the pure fold left them (it already kept planned ones fixed)."""
+    for c in campaigns:
+        await conn.execute(
+            """
+            INSERT INTO campaigns (campaign_id, name, kind, purpose, definition, send_at, state,
+                                   defined_at, source, event_id, planned_at, cancelled_at,
+                                   cancel_reason)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+            ON CONFLICT (campaign_id) DO UPDATE SET
+                name = EXCLUDED.name, kind = EXCLUDED.kind, purpose = EXCLUDED.purpose,
+                definition = EXCLUDED.definition, send_at = EXCLUDED.send_at,
+                state = EXCLUDED.state, defined_at = EXCLUDED.defined_at,
+                source = EXCLUDED.source, event_id = EXCLUDED.event_id,
+                cancelled_at = EXCLUDED.cancelled_at, cancel_reason = EXCLUDED.cancel_reason
+            """,
+            c.campaign_id,
+            c.definition.name,
+            c.definition.kind.value,
+            c.definition.purpose.value,
+            c.definition.model_dump(mode="json"),
+            c.send_at,
+            c.state,
+            c.defined_at,
+            c.source,
+            c.event_id,
+            c.planned_at,
+            c.cancelled_at,
+            c.cancel_reason,
+        )
+
+
+async def due_campaigns(conn: asyncpg.Connection, now: datetime) -> list[Campaign]:
+    """Scheduled campaigns whose send instant has come, oldest first, locked."""
+    rows = await conn.fetch(
+        "SELECT * FROM campaigns WHERE state = 'scheduled' AND send_at <= $1"
+        " ORDER BY send_at, campaign_id FOR UPDATE",
+        now,
+    )
+    return [_campaign(row) for row in rows]
+
+
+_RECIPIENTS = """
+SELECT asked.customer_id, p.channels, p.quiet_start, p.quiet_end, p.quiet_timezone, p.set_at,
+       p.source, p.event_id, k.name, k.email, k.phone,
+       CASE WHEN $2 THEN r.picks END AS picks, CASE WHEN $2 THEN r.new_products END AS new_products,
+       ARRAY(SELECT ROW(c.purpose, c.channel, c.granted, c.changed_at, c.source, c.event_id)
+             FROM consents AS c WHERE c.customer_id = asked.customer_id) AS consents
+FROM ({target}) AS asked
+LEFT JOIN channel_preferences AS p ON p.customer_id = asked.customer_id
+LEFT JOIN customer_contacts AS k ON k.customer_id = asked.customer_id
+LEFT JOIN customer_recommendations AS r ON r.customer_id = asked.customer_id
+ORDER BY asked.customer_id
+"""
+_SEGMENT_MEMBERS = "SELECT customer_id FROM segment_memberships WHERE segment = $1 AND member"
+_LISTED = "SELECT DISTINCT unnest($1::text[]) AS customer_id"
+
+
+async def recipient_batches(
+    conn: asyncpg.Connection,
+    target: CampaignTarget,
+    since: datetime,
+    products: bool,
+    batch_size: int,
+) -> AsyncIterator[list[Recipient]]:
+    """The campaign's recipients in customer id order, `batch_size` at a time, with what
+    planning needs: preferences, consents, name, addresses, recommendations (if `products`), and
+    their sends since `since`. One statement walks the target and every table in key order
+    (merge joins, through a cursor); one more per batch reads the sends. Inside the caller's
+    transaction, with JIT off: it costs more than it saves on these statements."""
+    await conn.execute("SET LOCAL jit = off")
+    argument: str | list[str]
+    if target.segment is not None:
+        query, argument = _RECIPIENTS.format(target=_SEGMENT_MEMBERS), target.segment
+    else:
+        query, argument = _RECIPIENTS.format(target=_LISTED), list(target.customer_ids or ())
+    cursor = await conn.cursor(query, argument, products)
+    while rows := await cursor.fetch(batch_size):
+        sends = await recent_sends(conn, [row["customer_id"] for row in rows], since)
+        yield [_recipient(row, sends.get(row["customer_id"], ())) for row in rows]
+
+
+def _recipient(row: Mapping[str, Any], sends: Iterable[RecentSend]) -> Recipient:
+    customer_id = row["customer_id"]
+    return Recipient(
+        customer_id=customer_id,
+        preferences=None if row["channels"] is None else _preferences(row),
+        consents=tuple(
+            Consent(customer_id, purpose, channel, granted, changed_at, source, event_id)
+            for purpose, channel, granted, changed_at, source, event_id in row["consents"]
+        ),
+        recent_sends=tuple(sends),
+        name=row["name"],
+        addresses=addresses_of(row["email"], row["phone"]),
+        recommendations=_products(row["picks"]),
+        new_products=_products(row["new_products"]),
+    )
+
+
+def _products(items: list[dict[str, Any]] | None) -> tuple[Product, ...]:
+    return tuple(Product(**item) for item in items or ())
+
+
+async def add_messages(conn: asyncpg.Connection, messages: Sequence[PlannedMessage]) -> int:
+    """Insert the planned messages; one already planned (same id) is left as it is. How many
+    were new."""
+    if not messages:
+        return 0
+    status = await conn.execute(
+        """
+        INSERT INTO outbound_messages (message_id, campaign_id, customer_id, channel, address,
+                                       purpose, subject, body_text, body_html, not_before,
+                                       planned_at)
+        SELECT *, now() FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                    $6::text[], $7::text[], $8::text[], $9::text[],
+                                    $10::timestamptz[])
+        ON CONFLICT (message_id) DO NOTHING
+        """,
+        *columns(
+            messages,
+            "message_id",
+            "campaign_id",
+            "customer_id",
+            "channel",
+            "address",
+            "purpose",
+            "subject",
+            "body_text",
+            "body_html",
+            "not_before",
+        ),
+    )
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def record_plan(
+    conn: asyncpg.Connection,
+    campaign_id: str,
+    planned_at: datetime,
+    seconds: float,
+    reasons: Mapping[str, int],
+    planned_reasons: Collection[str],
+) -> None:
+    """Mark the campaign planned at its decision instant, with its recipients per reason."""
+    await conn.execute(
+        "UPDATE campaigns SET state = 'planned', planned_at = $2, plan_seconds = $3"
+        " WHERE campaign_id = $1",
+        campaign_id,
+        planned_at,
+        seconds,
+    )
+    await conn.execute(
+        """
+        INSERT INTO campaign_reasons (campaign_id, reason, planned, recipients)
+        SELECT $1, * FROM unnest($2::text[], $3::boolean[], $4::bigint[])
+        ON CONFLICT (campaign_id, reason) DO UPDATE SET recipients = EXCLUDED.recipients
+        """,
+        campaign_id,
+        list(reasons),
+        [reason in planned_reasons for reason in reasons],
+        list(reasons.values()),
+    )
+
+
+async def cancel_messages(conn: asyncpg.Connection, campaign_id: str) -> int:
+    """Cancel the campaign's messages the sender has not claimed yet; how many."""
+    status = await conn.execute(
+        "UPDATE outbound_messages SET state = 'cancelled'"
+        " WHERE campaign_id = $1 AND state = 'planned'",
+        campaign_id,
+    )
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def save_recommendations(
+    conn: asyncpg.Connection, lists: Collection[CustomerProducts]
+) -> None:
+    """Keep each customer's newest list; the guard repeats the rule (higher version wins)."""
+    if not lists:
+        return
+    await conn.execute(
+        """
+        INSERT INTO customer_recommendations AS r (customer_id, picks, new_products, version,
+                                                   changed_at)
+        SELECT customer_id, picks::jsonb, new_products::jsonb, version, changed_at
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::timestamptz[])
+            AS t(customer_id, picks, new_products, version, changed_at)
+        ON CONFLICT (customer_id) DO UPDATE SET
+            picks = EXCLUDED.picks, new_products = EXCLUDED.new_products,
+            version = EXCLUDED.version, changed_at = EXCLUDED.changed_at
+        WHERE r.version < EXCLUDED.version
+        """,
+        *columns(lists, "customer_id", "picks_json", "new_products_json", "version", "changed_at"),
+    )
+
+
+async def save_contacts(conn: asyncpg.Connection, contacts: Collection[CustomerContact]) -> None:
+    """Names and addresses: a newer event's fields replace the stored ones, absent ones stay."""
+    if not contacts:
+        return
+    await conn.execute(
+        """
+        INSERT INTO customer_contacts AS k (customer_id, name, email, phone, changed_at)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+        ON CONFLICT (customer_id) DO UPDATE SET
+            name = COALESCE(EXCLUDED.name, k.name), email = COALESCE(EXCLUDED.email, k.email),
+            phone = COALESCE(EXCLUDED.phone, k.phone), changed_at = EXCLUDED.changed_at
+        WHERE k.changed_at <= EXCLUDED.changed_at
+        """,
+        *columns(contacts, "customer_id", "name", "email", "phone", "changed_at"),
+    )
+
+
+async def campaign_rows(
+    conn: asyncpg.Connection, campaign_id: str | None, limit: int
+) -> list[Mapping[str, Any]]:
+    """Campaigns (one, or the newest `limit`) with their reasons and their messages counted by
+    channel and state."""
+    return list(
+        await conn.fetch(
+            """
+            SELECT c.*,
+                   ARRAY(SELECT ROW(r.reason, r.planned, r.recipients) FROM campaign_reasons AS r
+                         WHERE r.campaign_id = c.campaign_id ORDER BY r.recipients DESC, r.reason)
+                       AS reasons,
+                   ARRAY(SELECT ROW(m.channel, m.state, count(*)) FROM outbound_messages AS m
+                         WHERE m.campaign_id = c.campaign_id GROUP BY m.channel, m.state
+                         ORDER BY m.channel, m.state) AS progress
+            FROM campaigns AS c
+            WHERE $1::text IS NULL OR c.campaign_id = $1
+            ORDER BY c.defined_at DESC, c.campaign_id
+            LIMIT $2
+            """,
+            campaign_id,
+            limit,
+        )
+    )

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from broadcast_service import metrics, projection, store
+from broadcast_service import campaign_fold, metrics, projection, store
 from broadcast_service.config import MIGRATIONS, BroadcastSettings
 from broadcast_service.events import (
     COMPLAINT_TYPES,
@@ -74,7 +74,11 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
 
 
 PROJECTION = Projection(
-    name="broadcast", topics=TOPICS, folds=FOLDS, migrations=MIGRATIONS, fold=fold
+    name="broadcast",
+    topics=TOPICS,
+    folds=FOLDS,
+    migrations=MIGRATIONS,
+    fold=campaign_fold.with_campaigns(fold),
 )
 
 if __name__ == "__main__":

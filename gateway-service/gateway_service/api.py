@@ -414,6 +414,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     from gateway_service import preference_routes
 
     app.router.routes.extend(preference_routes.router.routes)
+    from gateway_service import campaign_routes
+
+    app.router.routes.extend(campaign_routes.router.routes)
     return app
 
 

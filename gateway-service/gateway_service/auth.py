@@ -40,6 +40,10 @@ PREFERENCES_READ = "preferences:read"
 contact decision with its reasons."""
 PREFERENCES_WRITE = "preferences:write"
 """Set a customer's channels, record consents and do-not-contact entries (as events)."""
+CAMPAIGNS_READ = "campaigns:read"
+"""Campaigns and newsletters with their reasons and progress, and dry runs."""
+CAMPAIGNS_WRITE = "campaigns:write"
+"""Define and cancel campaigns and newsletters (which message customers)."""
 SCOPES = frozenset(
     {
         CUSTOMERS_READ,
@@ -55,6 +59,8 @@ SCOPES = frozenset(
         EXPERIENCE_READ,
         PREFERENCES_READ,
         PREFERENCES_WRITE,
+        CAMPAIGNS_READ,
+        CAMPAIGNS_WRITE,
     }
 )
 

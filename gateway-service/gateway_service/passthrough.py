@@ -23,12 +23,15 @@ async def passed_on(
     path: str,
     params: Mapping[str, Any] | None = None,
     method: str = "GET",
+    content: bytes | None = None,
 ) -> Response:
     """The service's answer as it is (200, 202, 404, 422), counted under `part`; 503/504 when
     it cannot be asked, 502 when it fails."""
     services: Services = request.app.state.services
     try:
-        answer = await services.send(method, service, path, params or {}, request.state.request_id)
+        answer = await services.send(
+            method, service, path, params or {}, request.state.request_id, content
+        )
     except UpstreamFailure as failure:
         metrics.UPSTREAM_REQUESTS.labels(part, failure.outcome.label).inc()
         raise HTTPException(

@@ -119,18 +119,24 @@ class Services:
         return await self.send("GET", service, path, params, request_id)
 
     async def send(
-        self, method: str, service: str, path: str, params: Mapping[str, Any], request_id: str
+        self,
+        method: str,
+        service: str,
+        path: str,
+        params: Mapping[str, Any],
+        request_id: str,
+        content: bytes | None = None,
     ) -> Answer:
-        """Call a service's path without a body (GET, or a POST that asks for work);
+        """Call a service's path (GET, or a POST that asks for work, with a JSON body or none);
         UpstreamFailure when it does not answer in time or at all."""
         url = self._base_urls[service] + path
         if params:
             url += "?" + urlencode(query_pairs(params))
+        headers = {**self._headers, REQUEST_ID_HEADER: request_id}
+        if content is not None:
+            headers["Content-Type"] = "application/json"
         request = httpx.Request(
-            method,
-            url,
-            headers={**self._headers, REQUEST_ID_HEADER: request_id},
-            extensions=self._extensions,
+            method, url, headers=headers, content=content, extensions=self._extensions
         )
         try:
             async with asyncio.timeout(self._timeout):

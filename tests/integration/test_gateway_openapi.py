@@ -193,6 +193,9 @@ async def test_the_running_gateway_serves_the_document_under_test(
         "/v1/customers/{customer_id}/contact-decision",
         "/v1/customers/{customer_id}/consents",
         "/v1/customers/{customer_id}/do-not-contact",
+        "/v1/campaigns",
+        "/v1/campaigns/{campaign_id}",
+        "/v1/campaigns/dry-run",
     }
 
 

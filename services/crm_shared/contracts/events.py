@@ -33,7 +33,7 @@ from pydantic import (
 )
 from pydantic_core import CoreSchema, SchemaValidator, core_schema
 
-from crm_shared.contracts import segment_rules
+from crm_shared.contracts import message_templates, segment_rules
 
 MAX_EVENT_BYTES = 1024 * 1024
 """Largest encoded event we accept: bigger records are dead-lettered, never folded."""
@@ -848,6 +848,105 @@ class JourneyStageChanged(_EventData):
     version: int = Field(ge=1, le=2**53, description="Counts this customer's stage changes")
 
 
+CampaignId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]
+MAX_CAMPAIGN_LIST = 50_000
+"""Most customers an explicit campaign list names (the event stays under MAX_EVENT_BYTES);
+larger audiences are segments."""
+
+
+class CampaignKind(StrEnum):
+    CAMPAIGN = "campaign"
+    NEWSLETTER = "newsletter"
+
+
+class MessageTemplate(_EventData):
+    """What a campaign sends on one channel: a subject, a text body and an optional HTML body,
+    each a Jinja2 template (crm_shared.contracts.message_templates) checked when defined."""
+
+    channel: Channel
+    subject: str | None = Field(default=None, min_length=1, max_length=300)
+    text: str = Field(min_length=1, max_length=20_000)
+    html: str | None = Field(default=None, min_length=1, max_length=100_000)
+
+    @field_validator("channel")
+    @classmethod
+    def _reachable(cls, channel: Channel) -> Channel:
+        if channel not in REACHABLE_CHANNELS:
+            raise ValueError(f"{channel.value!r} is not a channel we send on")
+        return channel
+
+    @model_validator(mode="after")
+    def _compiles(self) -> MessageTemplate:
+        for part, source, html in (
+            ("subject", self.subject, False),
+            ("text", self.text, False),
+            ("html", self.html, True),
+        ):
+            if source is not None:
+                try:
+                    message_templates.compile_template(source, html)
+                except ValueError as error:
+                    raise ValueError(f"{self.channel.value} {part}: {error}") from None
+        return self
+
+
+class CampaignTarget(_EventData):
+    """Who a campaign is for: the members of a segment, or an explicit list of customers."""
+
+    segment: SegmentName | None = None
+    customer_ids: tuple[CustomerId, ...] | None = Field(
+        default=None, min_length=1, max_length=MAX_CAMPAIGN_LIST
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> CampaignTarget:
+        if (self.segment is None) == (self.customer_ids is None):
+            raise ValueError("name either a segment or a list of customer_ids, not both")
+        return self
+
+
+class CampaignDefined(_EventData):
+    """An operator defined a campaign or newsletter. The subject (and key) is the campaign's id.
+    It is planned when defined (no send_at) or at send_at; the channels it may use are those of
+    its templates, the customer's preferred order deciding among them."""
+
+    name: str = Field(min_length=1, max_length=200)
+    kind: CampaignKind = CampaignKind.CAMPAIGN
+    purpose: ContactPurpose
+    target: CampaignTarget
+    templates: tuple[MessageTemplate, ...] = Field(min_length=1, max_length=len(REACHABLE_CHANNELS))
+    send_at: datetime | None = Field(default=None, description="None: as soon as it is defined")
+    include_recommendations: bool = Field(
+        default=False, description="Load each recipient's top products and new products"
+    )
+    max_recommendations: int = Field(default=3, ge=1, le=20)
+    throttle_per_second: int | None = Field(
+        default=None, ge=1, le=100_000, description="Most messages a second; None: no limit"
+    )
+
+    @field_validator("templates")
+    @classmethod
+    def _one_per_channel(
+        cls, templates: tuple[MessageTemplate, ...]
+    ) -> tuple[MessageTemplate, ...]:
+        if len({t.channel for t in templates}) != len(templates):
+            raise ValueError("one template per channel")
+        return templates
+
+    @field_validator("send_at")
+    @classmethod
+    def _aware(cls, instant: datetime | None) -> datetime | None:
+        if instant is not None and instant.tzinfo is None:
+            raise ValueError("send_at must carry a UTC offset")
+        return instant
+
+
+class CampaignCancelled(_EventData):
+    """An operator cancelled a campaign: what is not sent yet will not be."""
+
+    reason: str | None = Field(default=None, max_length=300)
+
+
 CLOCK_TICKED = "crm.clock.ticked.v1"
 SEGMENT_ENTERED = "crm.segment.entered.v1"
 SEGMENT_LEFT = "crm.segment.left.v1"
@@ -872,6 +971,8 @@ CONSENT_RECORDED = "crm.consent.recorded.v2"
 DO_NOT_CONTACT_ADDED = "crm.do_not_contact.added.v1"
 DO_NOT_CONTACT_REMOVED = "crm.do_not_contact.removed.v1"
 RECOMMENDATIONS_REFRESHED = "crm.recommendations.refreshed.v1"
+CAMPAIGN_DEFINED = "crm.campaign.defined.v1"
+CAMPAIGN_CANCELLED = "crm.campaign.cancelled.v1"
 CLOCK_SUBJECT = "clock"
 """The subject (and key) of every tick: ticks are about time, not about a customer."""
 CASE_OPENED = "crm.case.opened.v1"
@@ -942,6 +1043,8 @@ EVENT_TYPES: dict[str, type[_EventData]] = {
     DO_NOT_CONTACT_ADDED: DoNotContactAdded,
     DO_NOT_CONTACT_REMOVED: DoNotContactRemoved,
     RECOMMENDATIONS_REFRESHED: RecommendationsRefreshed,
+    CAMPAIGN_DEFINED: CampaignDefined,
+    CAMPAIGN_CANCELLED: CampaignCancelled,
 }
 """Every event type on the wire, by its CloudEvents `type`."""
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from crm_shared.contracts.events import (
+    CAMPAIGN_CANCELLED,
+    CAMPAIGN_DEFINED,
     CASE_SIGNAL_TYPES,
     CASE_STEP_TYPES,
     CHANNEL_PREFERENCE_SET_V2,
@@ -67,7 +69,7 @@ CUSTOMERS = Topic(
         *sorted(OPINION_TYPES),
     ),
     producers=("shop", "pos", "call-centre", "survey-tool", "gateway-service"),
-    consumers=("profile-service",),
+    consumers=("profile-service", "broadcast-service"),
 )
 ORDERS = Topic(
     "crm.orders",
@@ -165,7 +167,14 @@ RECOMMENDATIONS = Topic(
     "derived by the recommendation service (for messages that carry recommendations).",
     (RECOMMENDATIONS_REFRESHED,),
     producers=("recommendation-service",),
-    consumers=(),
+    consumers=("broadcast-service",),
+)
+CAMPAIGNS = Topic(
+    "crm.campaigns",
+    "Campaigns and newsletters operators define and cancel, keyed by the campaign's id.",
+    (CAMPAIGN_DEFINED, CAMPAIGN_CANCELLED),
+    producers=("gateway-campaigns",),
+    consumers=("broadcast-service",),
 )
 DEAD_LETTER = Topic(
     "crm.deadletter",
@@ -197,6 +206,7 @@ EVENT_TOPICS: tuple[Topic, ...] = (
     CASE_SIGNALS,
     EXPERIENCE,
     RECOMMENDATIONS,
+    CAMPAIGNS,
 )
 CLOCK_PRODUCER = "crm-clock"
 """Who publishes the ticks that every event topic carries."""

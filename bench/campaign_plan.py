@@ -1,0 +1,150 @@
+"""Planning a campaign to a million customers: one contact decision each, every message rendered
+(name, top recommendations, a signed unsubscribe link) and written to outbound_messages.
+
+    ./crm bench-campaign-plan [--customers 1000000]
+
+Fills a scratch broadcast database straight in SQL (segment members, channel preferences, some
+with quiet hours, consents for 90 % of them, names and addresses, three recommendations each),
+then times `broadcast_service.planning.plan`, the code the worker runs when a campaign is due,
+in one transaction as the worker does. Prints progress, the wall time and the rate, and the CPU
+time of this process and of the PostgreSQL backend (on a shared machine, compare CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from datetime import UTC, datetime
+
+from bench.scratch import fresh_pool
+from bench.segments import cpu_seconds
+from broadcast_service import campaigns, planning, store
+from broadcast_service.config import MIGRATIONS
+from broadcast_service.templates import Links
+from crm_shared.contracts.events import CAMPAIGN_DEFINED, build_event, validate_event
+
+SEGMENT = "bench"
+FILL = [
+    """
+    INSERT INTO segment_memberships (customer_id, segment, member, version, changed_at, source,
+                                     event_id)
+    SELECT 'c' || c, 'bench', true, 1, timestamptz '2025-01-01', 'bench', 's' || c
+    FROM generate_series(1, $1) AS c
+    """,
+    """
+    INSERT INTO channel_preferences (customer_id, channels, quiet_start, quiet_end, quiet_timezone,
+                                     set_at, source, event_id)
+    SELECT 'c' || c, CASE WHEN c % 4 = 0 THEN ARRAY['sms', 'email'] ELSE ARRAY['email'] END,
+           CASE WHEN c % 10 = 0 THEN time '21:00' END, CASE WHEN c % 10 = 0 THEN time '08:00' END,
+           CASE WHEN c % 10 = 0 THEN 'Europe/Paris' END,
+           timestamptz '2025-01-01', 'bench', 'p' || c
+    FROM generate_series(1, $1) AS c
+    """,
+    """
+    INSERT INTO consents (customer_id, purpose, channel, granted, changed_at, source, event_id)
+    SELECT 'c' || c, 'marketing', '*', true, timestamptz '2025-01-01', 'bench', 'k' || c
+    FROM generate_series(1, $1) AS c WHERE c % 10 <> 7
+    """,
+    """
+    INSERT INTO customer_contacts (customer_id, name, email, phone, changed_at)
+    SELECT 'c' || c, 'Customer ' || c, 'c' || c || '@example.com',
+           CASE WHEN c % 8 = 0 THEN '+4477' || c END, timestamptz '2025-01-01'
+    FROM generate_series(1, $1) AS c
+    """,
+    """
+    INSERT INTO customer_recommendations (customer_id, picks, new_products, version, changed_at)
+    SELECT 'c' || c,
+           jsonb_build_array(
+               jsonb_build_object('product_id', 'P' || c % 500, 'description',
+                                  'Product ' || c % 500, 'reason', 'bought with your last order'),
+               jsonb_build_object('product_id', 'P' || c % 300, 'description',
+                                  'Product ' || c % 300, 'reason', 'popular near you'),
+               jsonb_build_object('product_id', 'P' || c % 200, 'description',
+                                  'Product ' || c % 200, 'reason', 'you viewed it')),
+           '[{"product_id": "N1", "description": "New teapot", "reason": "new"}]'::jsonb,
+           1, timestamptz '2025-01-01'
+    FROM generate_series(1, $1) AS c
+    """,
+]
+
+DEFINITION = {
+    "name": "Spring newsletter",
+    "kind": "newsletter",
+    "purpose": "marketing",
+    "target": {"segment": SEGMENT},
+    "templates": [
+        {
+            "channel": "email",
+            "subject": "{{ name }}, our picks for you",
+            "text": "Hello {{ name }},\n{% for p in recommendations %}- {{ p.description }}"
+            " ({{ p.reason }})\n{% endfor %}New: {% for p in new_products %}{{ p.description }}"
+            "{% endfor %}\nUnsubscribe: {{ unsubscribe_url }}",
+        },
+        {"channel": "sms", "text": "{{ name }}: spring picks are in. Stop: {{ unsubscribe_url }}"},
+    ],
+    "include_recommendations": True,
+    "throttle_per_second": 2000,
+}
+
+
+async def main(customers: int) -> None:
+    base = os.environ.get("CRM_PG_DSN_BASE")
+    if not base:
+        sys.exit("set CRM_PG_DSN_BASE (./crm bench-campaign-plan does)")
+    pool = await fresh_pool(base, "crm_broadcast_planbench", MIGRATIONS, 2)
+    try:
+        async with pool.acquire() as conn:
+            started = time.perf_counter()
+            for step, statement in enumerate(FILL, 1):
+                print(f"filling ({step}/{len(FILL)}) ...", flush=True)
+                await conn.execute(statement, customers)
+            await conn.execute("VACUUM ANALYZE")
+            print(f"filled {customers:,} customers in {time.perf_counter() - started:.1f} s")
+
+            at = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
+            event = build_event(CAMPAIGN_DEFINED, "bench", DEFINITION, source="bench", time=at)
+            campaign = campaigns.campaign_from(validate_event(event))
+            planner = planning.Planner(Links("bench-link-secret-0123456789", "https://crm"), 10_000)
+            shown = time.perf_counter()
+
+            def progress(decided: int) -> None:
+                nonlocal shown
+                if time.perf_counter() - shown >= 1 or decided == customers:
+                    shown = time.perf_counter()
+                    print(f"  decided {decided:,} of {customers:,} recipients", flush=True)
+
+            await store.save_campaigns(conn, [campaign])
+            started = time.perf_counter()
+            async with conn.transaction(readonly=True):
+                reasons = await planning.dry_run(conn, campaign, at, 10_000)
+            seconds = time.perf_counter() - started
+            print(
+                f"dry run (decisions only, nothing rendered or written) of"
+                f" {sum(reasons.values()):,} recipients in {seconds:.2f} s"
+            )
+            backend = conn.get_server_pid()
+            own_cpu, pg_cpu = time.process_time(), cpu_seconds(backend)
+            async with conn.transaction():
+                result = await planning.plan(conn, campaign, planner, progress)
+            own_cpu, pg_cpu = time.process_time() - own_cpu, cpu_seconds(backend) - pg_cpu
+            recipients = sum(result.reasons.values())
+            for reason, count in result.reasons.most_common():
+                print(f"  {reason:40} {count:>10,}")
+            print(
+                f"planned a campaign to {recipients:,} customers ({result.messages:,} messages)"
+                f" in {result.seconds:.2f} s: {recipients / result.seconds:,.0f} recipients/s;"
+                f" CPU {own_cpu:.2f} s planner + {pg_cpu:.2f} s PostgreSQL"
+                f" ({1e6 * (own_cpu + pg_cpu) / recipients:.1f} µs a recipient)"
+            )
+    finally:
+        await pool.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=1_000_000)
+    args = parser.parse_args()
+    asyncio.run(main(args.customers))

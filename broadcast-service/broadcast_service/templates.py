@@ -1,0 +1,101 @@
+"""Rendering a campaign's templates for one recipient, with their signed links.
+
+Pure apart from the links' signing time (itsdangerous dates what it signs): the templates were
+checked when the campaign was defined (crm_shared.contracts.message_templates); rendering uses
+the same sandboxed environments. Only the variables a template uses are computed, so a
+template without links signs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from crm_shared.contracts.events import MessageTemplate
+from crm_shared.contracts.message_templates import compile_template, referenced_variables
+from crm_shared.runtime.links import LinkClaims, link_url, sign_link
+
+PREFERENCE_CENTRE_PATH = "/preferences"
+UNSUBSCRIBE_PATH = "/unsubscribe"
+"""Where the gateway serves the preference centre and one-click unsubscribe."""
+
+
+class LinksUnavailable(RuntimeError):
+    """A template asks for a signed link but no link secret is configured."""
+
+
+@dataclass(frozen=True)
+class Links:
+    """How links in messages are made: the secret they are signed with (CRM_LINK_SECRET) and
+    the public address of the gateway that serves them (CRM_PUBLIC_URL)."""
+
+    secret: str | None
+    public_url: str
+
+    def _signed(self, path: str, claims: LinkClaims) -> str:
+        if self.secret is None:
+            raise LinksUnavailable("set CRM_LINK_SECRET to put signed links in messages")
+        return link_url(self.public_url, path, sign_link(self.secret, claims))
+
+    def preference_centre(self, customer_id: str) -> str:
+        return self._signed(PREFERENCE_CENTRE_PATH, LinkClaims(customer_id))
+
+    def unsubscribe(self, customer_id: str, purpose: str, channel: str, message_id: str) -> str:
+        """Withdraws consent to this purpose on this channel (RFC 8058 one-click)."""
+        return self._signed(UNSUBSCRIBE_PATH, LinkClaims(customer_id, purpose, channel, message_id))
+
+
+@dataclass(frozen=True)
+class Personalisation:
+    """What one recipient's message may say: see message_templates.TEMPLATE_VARIABLES."""
+
+    customer_id: str
+    name: str | None
+    campaign: str
+    purpose: str
+    channel: str
+    message_id: str
+    recommendations: Sequence[object]
+    new_products: Sequence[object]
+    """Products with product_id, description and reason (attributes or keys)."""
+
+
+@dataclass(frozen=True)
+class RenderedMessage:
+    subject: str | None
+    text: str
+    html: str | None
+
+
+@lru_cache(maxsize=64)
+def _variables(subject: str | None, text: str, html: str | None) -> frozenset[str]:
+    return referenced_variables(*(s for s in (subject, text, html) if s is not None))
+
+
+def render(template: MessageTemplate, who: Personalisation, links: Links) -> RenderedMessage:
+    """The message for one recipient; raises what the template raises (the planner counts it)."""
+    used = _variables(template.subject, template.text, template.html)
+    context: dict[str, Any] = {
+        "customer_id": who.customer_id,
+        "name": who.name,
+        "campaign": who.campaign,
+        "recommendations": who.recommendations,
+        "new_products": who.new_products,
+    }
+    if "preference_centre_url" in used:
+        context["preference_centre_url"] = links.preference_centre(who.customer_id)
+    if "unsubscribe_url" in used:
+        context["unsubscribe_url"] = links.unsubscribe(
+            who.customer_id, who.purpose, who.channel, who.message_id
+        )
+    return RenderedMessage(
+        subject=None
+        if template.subject is None
+        else compile_template(template.subject, False).render(context),
+        text=compile_template(template.text, False).render(context),
+        html=None
+        if template.html is None
+        else compile_template(template.html, True).render(context),
+    )

@@ -1,0 +1,239 @@
+"""Campaigns, purely: definitions folded, templates checked and rendered, recipients decided
+and planned (one message each, ids stable, quiet hours and throttle in not_before)."""
+
+from __future__ import annotations
+
+from datetime import time, timedelta
+from typing import Any
+
+import pytest
+
+from broadcast_service.campaigns import (
+    PLANNED,
+    PLANNED_AFTER_QUIET_HOURS,
+    TEMPLATE_FAILED,
+    Campaign,
+    Product,
+    Recipient,
+    campaign_from,
+    dry_run,
+    evolve_campaigns,
+    message_id,
+    newest_contacts,
+    newest_recommendations,
+    plan_batch,
+)
+from broadcast_service.projection import ChannelPreferences, Consent, QuietWindow
+from broadcast_service.templates import Links
+from crm_shared.contracts.events import (
+    CAMPAIGN_CANCELLED,
+    CAMPAIGN_DEFINED,
+    InvalidEvent,
+    build_event,
+)
+from crm_shared.runtime.links import read_link
+from tests.unit.events_factory import T0, at, event
+
+LINKS = Links("a-secret-for-the-unit-tests", "https://crm.example.com")
+EMAIL_TEMPLATE = {
+    "channel": "email",
+    "subject": "For you, {{ name or 'friend' }}",
+    "text": "{% for p in recommendations %}{{ p.description }} ({{ p.reason }})\n{% endfor %}"
+    "New: {% for p in new_products %}{{ p.description }}{% endfor %}\n"
+    "Unsubscribe: {{ unsubscribe_url }}",
+    "html": "<p>Hello {{ name }}</p><a href='{{ preference_centre_url }}'>preferences</a>",
+}
+
+
+def _definition(**overrides: Any) -> dict[str, Any]:
+    return {
+        "name": "Spring picks",
+        "kind": "newsletter",
+        "purpose": "marketing",
+        "target": {"segment": "vip"},
+        "templates": [EMAIL_TEMPLATE, {"channel": "sms", "text": "Hi {{ name }}"}],
+        "include_recommendations": True,
+        "max_recommendations": 2,
+    } | overrides
+
+
+def _campaign(campaign_id: str = "spring", minutes: float = 0, **overrides: Any) -> Campaign:
+    return campaign_from(
+        event(CAMPAIGN_DEFINED, campaign_id, _definition(**overrides), minutes=minutes)
+    )
+
+
+def _recipient(
+    customer: str, *channels: str, quiet: QuietWindow | None = None, **kw: Any
+) -> Recipient:
+    preferences = ChannelPreferences(customer, channels, quiet, T0, "test", f"p-{customer}")
+    consent = Consent(customer, "marketing", "*", True, T0, "test", f"c-{customer}")
+    defaults: dict[str, Any] = {
+        "name": "Ada",
+        "addresses": {"email": f"{customer}@example.com", "sms": "+441234"},
+        "recommendations": tuple(
+            Product(f"P{i}", f"Product {i}", f"because {i}") for i in range(1, 4)
+        ),
+        "new_products": (Product("N1", "Brand new", "new"),),
+    }
+    return Recipient(customer, preferences, (consent,), **(defaults | kw))
+
+
+def test_a_template_naming_an_unknown_variable_is_refused_when_defined() -> None:
+    bad = _definition(templates=[{"channel": "email", "text": "Hi {{ first_name }}"}])
+    with pytest.raises(InvalidEvent, match=r"unknown template variable.*first_name"):
+        build_event(CAMPAIGN_DEFINED, "c1", bad, source="test")
+
+
+def test_a_template_that_does_not_compile_is_refused_with_its_line() -> None:
+    bad = _definition(
+        templates=[{"channel": "email", "text": "ok\n{% for p in recommendations %}"}]
+    )
+    with pytest.raises(InvalidEvent, match="email text: template syntax error on line 2"):
+        build_event(CAMPAIGN_DEFINED, "c1", bad, source="test")
+
+
+def test_a_target_names_a_segment_or_a_list_not_both() -> None:
+    both = _definition(target={"segment": "vip", "customer_ids": ["C1"]})
+    with pytest.raises(InvalidEvent, match="either a segment or a list"):
+        build_event(CAMPAIGN_DEFINED, "c1", both, source="test")
+
+
+def test_a_scheduled_definition_is_replaced_by_a_newer_one_until_planned() -> None:
+    first = event(CAMPAIGN_DEFINED, "c1", _definition(name="one"), minutes=0)
+    second = event(CAMPAIGN_DEFINED, "c1", _definition(name="two"), minutes=1)
+    folded = evolve_campaigns({}, [second, first])  # late first loses
+    assert folded["c1"].definition.name == "two"
+    planned = {"c1": Campaign(**{**vars(folded["c1"]), "state": "planned"})}
+    third = event(CAMPAIGN_DEFINED, "c1", _definition(name="three"), minutes=2)
+    assert evolve_campaigns(planned, [third]) == {}
+
+
+def test_a_cancellation_cancels_and_a_later_definition_does_not_revive_it() -> None:
+    defined = event(CAMPAIGN_DEFINED, "c1", _definition(), minutes=0)
+    cancelled = event(CAMPAIGN_CANCELLED, "c1", {"reason": "typo"}, minutes=1)
+    again = event(CAMPAIGN_DEFINED, "c1", _definition(), minutes=2)
+    folded = evolve_campaigns({}, [defined, cancelled, again])
+    assert folded["c1"].state == "cancelled"
+    assert folded["c1"].cancel_reason == "typo"
+
+
+def test_an_immediate_campaign_is_due_when_defined_and_a_scheduled_one_at_its_time() -> None:
+    now = _campaign()
+    later = _campaign(send_at=at(30).isoformat())
+    assert now.due(now.defined_at)
+    assert not later.due(later.defined_at)
+    assert not later.due(at(29))
+    assert later.due(at(30))
+
+
+def test_planning_renders_personal_recommendations_and_links() -> None:
+    campaign = _campaign()
+    plan = plan_batch(campaign, [_recipient("C1", "email")], at(0), LINKS, 0)
+    (message,) = plan.messages
+    assert message.message_id == message_id("spring", "C1")
+    assert (message.channel, message.address, message.not_before) == (
+        "email",
+        "C1@example.com",
+        at(0),
+    )
+    assert message.subject == "For you, Ada"
+    assert "Product 1 (because 1)\nProduct 2 (because 2)\n" in message.body_text
+    assert "Product 3" not in message.body_text  # max_recommendations
+    assert "New: Brand new" in message.body_text
+    token = message.body_text.rsplit("?token=", 1)[1]
+    claims = read_link(LINKS.secret or "", token)
+    assert (claims.customer_id, claims.purpose, claims.channel, claims.message_id) == (
+        "C1",
+        "marketing",
+        "email",
+        message.message_id,
+    )
+    assert message.body_html is not None and "https://crm.example.com/preferences?token=" in (
+        message.body_html
+    )
+    assert plan.reasons == {PLANNED: 1}
+
+
+def test_html_bodies_escape_what_customers_typed() -> None:
+    plan = plan_batch(_campaign(), [_recipient("C1", "email", name="<b>Bo</b>")], at(0), LINKS, 0)
+    assert "<p>Hello &lt;b&gt;Bo&lt;/b&gt;</p>" in (plan.messages[0].body_html or "")
+
+
+def test_the_customers_order_picks_among_the_campaigns_channels() -> None:
+    email_only = _campaign(templates=[EMAIL_TEMPLATE])
+    plan = plan_batch(email_only, [_recipient("C1", "sms", "email")], at(0), LINKS, 0)
+    assert [m.channel for m in plan.messages] == ["email"]
+    both = plan_batch(_campaign(), [_recipient("C1", "sms", "email")], at(0), LINKS, 0)
+    assert [(m.channel, m.body_text) for m in both.messages] == [("sms", "Hi Ada")]
+
+
+def test_recipients_who_may_not_be_contacted_are_counted_by_reason() -> None:
+    no_consent = Recipient("C2", ChannelPreferences("C2", ("email",), None, T0, "t", "p"), ())
+    no_address = _recipient("C3", "email", addresses={})
+    unknown = Recipient("C4", None, ())
+    recipients = [_recipient("C1", "email"), no_consent, no_address, unknown]
+    plan = plan_batch(_campaign(), recipients, at(0), LINKS, 0)
+    assert [m.customer_id for m in plan.messages] == ["C1"]
+    expected = {
+        PLANNED: 1,
+        "no consent for marketing": 1,
+        "no address for email": 1,
+        "no channel preference set": 1,
+    }
+    assert plan.reasons == expected
+    assert dry_run(_campaign(), recipients, at(0)) == expected
+
+
+def test_quiet_hours_move_the_message_to_their_end() -> None:
+    night = QuietWindow(time(9, 0), time(12, 0), "Europe/London")  # T0 is 11:00 in London
+    plan = plan_batch(_campaign(), [_recipient("C1", "email", quiet=night)], at(0), LINKS, 0)
+    assert plan.messages[0].not_before == at(60)
+    assert plan.reasons == {PLANNED_AFTER_QUIET_HOURS: 1}
+
+
+def test_a_throttle_spreads_the_messages_over_time_across_batches() -> None:
+    campaign = _campaign(throttle_per_second=2)
+    first = plan_batch(campaign, [_recipient(f"C{i}", "email") for i in range(3)], at(0), LINKS, 0)
+    second = plan_batch(campaign, [_recipient("C9", "email")], at(0), LINKS, 3)
+    assert [m.not_before - at(0) for m in [*first.messages, *second.messages]] == [
+        timedelta(seconds=s) for s in (0, 0.5, 1, 1.5)
+    ]
+
+
+def test_a_template_failing_for_one_recipient_is_their_reason_not_a_crash() -> None:
+    campaign = _campaign(templates=[{"channel": "email", "text": "{{ 1 // (name | length) }}"}])
+    recipients = [_recipient("C1", "email"), _recipient("C2", "email", name="")]
+    plan = plan_batch(campaign, recipients, at(0), LINKS, 0)
+    assert [m.customer_id for m in plan.messages] == ["C1"]
+    assert plan.reasons == {PLANNED: 1, TEMPLATE_FAILED: 1}
+
+
+def test_links_without_a_secret_fail_the_recipient_not_the_plan() -> None:
+    plan = plan_batch(_campaign(), [_recipient("C1", "email")], at(0), Links(None, "x"), 0)
+    assert plan.messages == [] and plan.reasons == {TEMPLATE_FAILED: 1}
+
+
+def test_planning_twice_gives_the_same_message_ids() -> None:
+    recipients = [_recipient(f"C{i}", "email") for i in range(5)]
+    once = plan_batch(_campaign(), recipients, at(0), LINKS, 0)
+    twice = plan_batch(_campaign(), recipients, at(0), LINKS, 0)
+    assert [m.message_id for m in once.messages] == [m.message_id for m in twice.messages]
+    assert len({m.message_id for m in once.messages}) == 5
+
+
+def test_the_highest_recommendation_version_wins_within_a_batch() -> None:
+    def refreshed(version: int, product: str) -> Any:
+        pick = {"product_id": product, "description": product, "score": 1.0, "reason": "r"}
+        data = {"picks": [pick], "personalised": True, "version": version}
+        return event("crm.recommendations.refreshed.v1", "C1", data)
+
+    (newest,) = newest_recommendations([refreshed(3, "B"), refreshed(2, "A")])
+    assert newest.version == 3 and '"product_id": "B"' in newest.picks_json
+
+
+def test_a_customer_update_keeps_fields_it_does_not_name() -> None:
+    registered = event("crm.customer.registered.v1", "C1", {"name": "Ada", "email": "a@x"})
+    updated = event("crm.customer.updated.v1", "C1", {"phone": "+44"}, minutes=1)
+    (contact,) = newest_contacts([updated, registered])
+    assert (contact.name, contact.email, contact.phone) == ("Ada", "a@x", "+44")
