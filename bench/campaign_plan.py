@@ -3,8 +3,9 @@
 
     ./crm bench-campaign-plan [--customers 1000000]
 
-Fills a scratch broadcast database straight in SQL (segment members, channel preferences, some
-with quiet hours, consents for 90 % of them, names and addresses, three recommendations each),
+Fills a scratch broadcast database straight in SQL (segment members, channel set-ups, some
+with quiet hours or a weekly cap, confirmed consents for 90 % of them, names and registered
+addresses, three recommendations each),
 then times `broadcast_service.planning.plan`, the code the worker runs when a campaign is due,
 in one transaction as the worker does. Prints progress, the wall time and the rate, and the CPU
 time of this process and of the PostgreSQL backend (on a shared machine, compare CPU).
@@ -35,17 +36,26 @@ FILL = [
     FROM generate_series(1, $1) AS c
     """,
     """
-    INSERT INTO channel_preferences (customer_id, channels, quiet_start, quiet_end, quiet_timezone,
-                                     set_at, source, event_id)
+    INSERT INTO channel_preferences (customer_id, channels, timezone, settings, set_at, source,
+                                     event_id)
     SELECT 'c' || c, CASE WHEN c % 4 = 0 THEN ARRAY['sms', 'email'] ELSE ARRAY['email'] END,
-           CASE WHEN c % 10 = 0 THEN time '21:00' END, CASE WHEN c % 10 = 0 THEN time '08:00' END,
-           CASE WHEN c % 10 = 0 THEN 'Europe/Paris' END,
+           'Europe/Paris',
+           CASE WHEN c % 4 = 0 THEN jsonb_build_array(jsonb_build_object('channel', 'sms'))
+                ELSE '[]'::jsonb END
+           || jsonb_build_array(jsonb_build_object(
+                  'channel', 'email',
+                  'quiet_start', CASE WHEN c % 10 = 0 THEN '21:00' END,
+                  'quiet_end', CASE WHEN c % 10 = 0 THEN '08:00' END,
+                  'quiet_timezone', CASE WHEN c % 10 = 0 THEN 'Europe/Paris' END,
+                  'max_per_week', CASE WHEN c % 5 = 0 THEN 3 END)),
            timestamptz '2025-01-01', 'bench', 'p' || c
     FROM generate_series(1, $1) AS c
     """,
     """
-    INSERT INTO consents (customer_id, purpose, channel, granted, changed_at, source, event_id)
-    SELECT 'c' || c, 'marketing', '*', true, timestamptz '2025-01-01', 'bench', 'k' || c
+    INSERT INTO consents (customer_id, purpose, channel, granted, state, capture_method,
+                          changed_at, source, event_id)
+    SELECT 'c' || c, 'marketing', '*', true, 'granted', 'double_opt_in',
+           timestamptz '2025-01-01', 'bench', 'k' || c
     FROM generate_series(1, $1) AS c WHERE c % 10 <> 7
     """,
     """

@@ -327,7 +327,7 @@ def create_app(settings: BroadcastSettings | None = None) -> FastAPI:
         metrics.count_decision(decision)
         return _decision_view(customer_id, decision)
 
-    campaign_api.add_routes(app, settings.plan_batch_size)
+    campaign_api.add_routes(app, settings.plan_batch_size, settings.contact_policy())
     return app
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from broadcast_service import planning, store
 from broadcast_service.campaigns import campaign_from
+from broadcast_service.decision import ContactPolicy
 from crm_shared.contracts.events import CAMPAIGN_DEFINED, CampaignDefined, Event
 from crm_shared.runtime.http import connection
 
@@ -93,8 +94,9 @@ def _view(row: Mapping[str, Any]) -> CampaignView:
     )
 
 
-def add_routes(app: FastAPI, batch_size: int) -> None:
-    """Mount the campaign routes; dry runs decide `batch_size` recipients per set of queries."""
+def add_routes(app: FastAPI, batch_size: int, policy: ContactPolicy) -> None:
+    """Mount the campaign routes; dry runs decide `batch_size` recipients per set of queries,
+    under the company's contact policy."""
     router = APIRouter()
 
     @router.get("/campaigns", response_model=list[CampaignView])
@@ -128,7 +130,7 @@ def add_routes(app: FastAPI, batch_size: int) -> None:
             Event("dry-run", "dry-run", CAMPAIGN_DEFINED, "dry-run", when, definition)
         )
         async with conn.transaction(readonly=True):
-            reasons = await planning.dry_run(conn, campaign, when, batch_size)
+            reasons = await planning.dry_run(conn, campaign, when, batch_size, policy)
         planned = planning.PLANNED_REASONS
         return DryRun(
             at=when,

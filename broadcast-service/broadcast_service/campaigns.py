@@ -17,15 +17,19 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
-from broadcast_service import projection
-from broadcast_service.projection import ChannelPreferences, Consent, RecentSend
+from broadcast_service.decision import (
+    DEFAULT_POLICY,
+    ContactPolicy,
+    CustomerReach,
+    contact_decision,
+)
+from broadcast_service.projection import RecentSend
 from broadcast_service.templates import Links, Personalisation, RenderedMessage, render
 from crm_shared.contracts.events import (
     CAMPAIGN_CANCELLED,
     CAMPAIGN_DEFINED,
     CampaignCancelled,
     CampaignDefined,
-    Channel,
     CustomerRegistered,
     CustomerUpdated,
     Event,
@@ -39,7 +43,7 @@ CampaignState = Literal["scheduled", "planned", "cancelled"]
 _MESSAGE_IDS = uuid.UUID("0b8f6f0e-3f5c-4d55-9a11-5e2f4c7d9a31")
 
 PLANNED = "planned"
-PLANNED_AFTER_QUIET_HOURS = "planned after quiet hours"
+PLANNED_LATER = "planned for when a delay ends"
 TEMPLATE_FAILED = "template failed to render"
 
 
@@ -126,44 +130,55 @@ class Recipient:
     """What planning knows of one recipient: what the decision weighs, and what personalises."""
 
     customer_id: str
-    preferences: ChannelPreferences | None
-    consents: tuple[Consent, ...]
+    reach: CustomerReach
     recent_sends: tuple[RecentSend, ...] = ()
     name: str | None = None
-    addresses: Mapping[str, str] = field(default_factory=dict)
     recommendations: tuple[Product, ...] = ()
     new_products: tuple[Product, ...] = ()
 
 
 @dataclass(frozen=True)
 class Reach:
-    """The outcome of the decision for one recipient: a channel and when, or why not."""
+    """The outcome of the decision for one recipient: a channel, its address and when, or why
+    not (the decision's reason codes)."""
 
     channel: str | None
     reason: str
     not_before: datetime | None = None
+    address: str | None = None
 
 
-def decide(recipient: Recipient, purpose: str, channels: Sequence[str], at: datetime) -> Reach:
+def _campaign_channels(reach: CustomerReach, channels: Sequence[str]) -> CustomerReach:
+    """The customer's set-up narrowed to the channels the campaign has a template for."""
+    preferences = reach.preferences
+    if preferences is None or all(s.channel in channels for s in preferences.channels):
+        return reach
+    allowed = tuple(s for s in preferences.channels if s.channel in channels)
+    return replace(reach, preferences=replace(preferences, channels=allowed))
+
+
+def decide(
+    recipient: Recipient,
+    purpose: str,
+    channels: Sequence[str],
+    at: datetime,
+    policy: ContactPolicy = DEFAULT_POLICY,
+) -> Reach:
     """The one contact decision per recipient: the campaign's channels, in the customer's order.
 
-    The only call of the contact decision in planning (and dry runs), so that the decision can
-    be swapped in one place. A decision held back by quiet hours is planned for their end."""
-    preferences = recipient.preferences
-    if preferences is not None and not all(c in channels for c in preferences.channels):
-        allowed = tuple(c for c in preferences.channels if c in channels)
-        preferences = replace(preferences, channels=allowed)
-    decision = projection.contact_decision(preferences, recipient.consents, purpose, at)
+    The only call of the contact decision in planning (and dry runs). A recipient only delayed
+    (quiet hours, a pause, a detractor hold, a full budget) is planned for the instant the
+    decision says a channel becomes possible, if the decision at that instant allows it."""
+    reach = _campaign_channels(recipient.reach, channels)
+    sends = recipient.recent_sends
+    decision = contact_decision(reach, sends, purpose, at, policy=policy)
     if decision.channel is not None:
-        return Reach(decision.channel, PLANNED, at)
-    if decision.quiet_until is not None:
-        later = projection.contact_decision(
-            preferences, recipient.consents, purpose, decision.quiet_until
-        )
+        return Reach(decision.channel, PLANNED, at, decision.address)
+    if decision.possible_at is not None:
+        later = contact_decision(reach, sends, purpose, decision.possible_at, policy=policy)
         if later.channel is not None:
-            return Reach(later.channel, PLANNED_AFTER_QUIET_HOURS, decision.quiet_until)
-        return Reach(None, later.reason)
-    return Reach(None, decision.reason)
+            return Reach(later.channel, PLANNED_LATER, decision.possible_at, later.address)
+    return Reach(None, " + ".join(decision.codes))
 
 
 @dataclass(frozen=True)
@@ -191,26 +206,35 @@ class Plan:
 
 
 def reach_each(
-    campaign: Campaign, recipients: Iterable[Recipient], at: datetime
+    campaign: Campaign,
+    recipients: Iterable[Recipient],
+    at: datetime,
+    policy: ContactPolicy = DEFAULT_POLICY,
 ) -> Iterator[tuple[Recipient, Reach]]:
-    """The decision for each recipient at `at`; one without an address on the chosen channel
-    is not reached."""
+    """The decision for each recipient at `at`."""
     definition = campaign.definition
     channels = [t.channel.value for t in definition.templates]
     for recipient in recipients:
-        reach = decide(recipient, definition.purpose.value, channels, at)
-        if reach.channel is not None and reach.channel not in recipient.addresses:
-            reach = Reach(None, f"no address for {reach.channel}")
-        yield recipient, reach
+        yield recipient, decide(recipient, definition.purpose.value, channels, at, policy)
 
 
-def dry_run(campaign: Campaign, recipients: Iterable[Recipient], at: datetime) -> Counter[str]:
+def dry_run(
+    campaign: Campaign,
+    recipients: Iterable[Recipient],
+    at: datetime,
+    policy: ContactPolicy = DEFAULT_POLICY,
+) -> Counter[str]:
     """Recipients per decision reason, planned ones included: a dry run's whole answer."""
-    return Counter(reach.reason for _, reach in reach_each(campaign, recipients, at))
+    return Counter(reach.reason for _, reach in reach_each(campaign, recipients, at, policy))
 
 
 def plan_batch(
-    campaign: Campaign, recipients: Iterable[Recipient], at: datetime, links: Links, first: int
+    campaign: Campaign,
+    recipients: Iterable[Recipient],
+    at: datetime,
+    links: Links,
+    first: int,
+    policy: ContactPolicy = DEFAULT_POLICY,
 ) -> Plan:
     """Messages for the recipients who may be reached at `at`, rendered from the templates.
 
@@ -221,7 +245,7 @@ def plan_batch(
     templates = {t.channel.value: t for t in definition.templates}
     throttle = definition.throttle_per_second
     plan = Plan()
-    for recipient, reach in reach_each(campaign, recipients, at):
+    for recipient, reach in reach_each(campaign, recipients, at, policy):
         if reach.channel is None or reach.not_before is None:
             plan.reasons[reach.reason] += 1
             continue
@@ -240,7 +264,7 @@ def plan_batch(
                 campaign_id=campaign.campaign_id,
                 customer_id=recipient.customer_id,
                 channel=reach.channel,
-                address=recipient.addresses[reach.channel],
+                address=reach.address or "",
                 purpose=definition.purpose.value,
                 subject=rendered.subject,
                 body_text=rendered.text,
@@ -270,17 +294,6 @@ def _render(
         new_products=recipient.new_products[:limit],
     )
     return render(template, personal, links)
-
-
-def addresses_of(email: str | None, phone: str | None) -> dict[str, str]:
-    """Where a customer's registered e-mail and phone reach them, by channel."""
-    found: dict[str, str] = {}
-    if email:
-        found[Channel.EMAIL.value] = email
-    if phone:
-        found[Channel.SMS.value] = phone
-        found[Channel.PHONE.value] = phone
-    return found
 
 
 @dataclass(frozen=True)

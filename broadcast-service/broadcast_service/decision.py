@@ -30,7 +30,7 @@ no instant; a channel only delayed gives every delay and the instant they have a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -167,17 +167,46 @@ class CustomerReach:
     holds: Holds = NO_HOLDS
 
 
+def registered_addresses(email: str | None, phone: str | None) -> dict[str, str]:
+    """Where the e-mail and phone a customer registered with (crm.customers) reach them."""
+    found: dict[str, str] = {}
+    if email:
+        found["email"] = email
+    if phone:
+        found["sms"] = found["phone"] = phone
+    return found
+
+
+def with_registered_addresses(
+    preferences: ChannelPreferences | None, registered: Mapping[str, str]
+) -> ChannelPreferences | None:
+    """The set-up with each channel that names no address of its own given the address the
+    customer registered for it, if any: a customer who chose e-mail in a v1 preference (which
+    carried no addresses) is reached at the e-mail they registered with."""
+    if preferences is None or not registered:
+        return preferences
+    if all(s.address is not None or s.channel not in registered for s in preferences.channels):
+        return preferences
+    filled = tuple(
+        s if s.address is not None else replace(s, address=registered.get(s.channel))
+        for s in preferences.channels
+    )
+    return replace(preferences, channels=filled)
+
+
 def reach_of(
     preferences: ChannelPreferences | None,
     consents: Iterable[Consent] = (),
     do_not_contact: Iterable[DoNotContact] = (),
     complaints: Iterable[ComplaintHold] = (),
     detractor: DetractorHold | None = None,
+    registered: Mapping[str, str] | None = None,
 ) -> CustomerReach:
-    """A customer's reach from their folded states (entries no longer listed or open dropped)."""
+    """A customer's reach from their folded states (entries no longer listed or open dropped),
+    channels without an address of their own falling back on the registered ones."""
     open_cases = tuple(sorted(c.case_id for c in complaints if c.open))
     return CustomerReach(
-        preferences=preferences,
+        preferences=with_registered_addresses(preferences, registered or {}),
         consents={(c.purpose, c.channel): c for c in consents},
         do_not_contact={d.channel: d for d in do_not_contact if d.listed},
         holds=Holds(open_cases, detractor) if open_cases or detractor else NO_HOLDS,

@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import cache
 
 import asyncpg
@@ -20,17 +20,17 @@ import asyncpg
 from broadcast_service import campaigns, metrics, store
 from broadcast_service.campaigns import Campaign
 from broadcast_service.config import BroadcastSettings
+from broadcast_service.decision import DEFAULT_POLICY, ContactPolicy, sends_since
 from broadcast_service.templates import Links
 
-SEND_HISTORY = timedelta(days=7)
-"""How far back the sends the decision's frequency caps count are read (a week's cap)."""
-PLANNED_REASONS = frozenset({campaigns.PLANNED, campaigns.PLANNED_AFTER_QUIET_HOURS})
+PLANNED_REASONS = frozenset({campaigns.PLANNED, campaigns.PLANNED_LATER})
 
 
 @dataclass(frozen=True)
 class Planner:
     links: Links
     batch_size: int
+    policy: ContactPolicy = DEFAULT_POLICY
 
 
 @cache
@@ -38,7 +38,9 @@ def planner_from_settings() -> Planner:
     """The worker's planner, from its settings (read once, when a campaign is first planned)."""
     settings = BroadcastSettings()
     secret = settings.link_secret.get_secret_value() if settings.link_secret else None
-    return Planner(Links(secret, settings.public_url), settings.plan_batch_size)
+    return Planner(
+        Links(secret, settings.public_url), settings.plan_batch_size, settings.contact_policy()
+    )
 
 
 @dataclass(frozen=True)
@@ -65,12 +67,12 @@ async def plan(
     batches = store.recipient_batches(
         conn,
         definition.target,
-        at - SEND_HISTORY,
+        sends_since(at),
         definition.include_recommendations,
         planner.batch_size,
     )
     async for batch in batches:
-        part = campaigns.plan_batch(campaign, batch, at, planner.links, planned)
+        part = campaigns.plan_batch(campaign, batch, at, planner.links, planned, planner.policy)
         await store.add_messages(conn, part.messages)
         planned += len(part.messages)
         reasons.update(part.reasons)
@@ -86,12 +88,16 @@ async def plan(
 
 
 async def dry_run(
-    conn: asyncpg.Connection, campaign: Campaign, at: datetime, batch_size: int
+    conn: asyncpg.Connection,
+    campaign: Campaign,
+    at: datetime,
+    batch_size: int,
+    policy: ContactPolicy = DEFAULT_POLICY,
 ) -> Counter[str]:
     """Recipients per decision reason if the campaign were planned at `at`; writes nothing.
     Inside a transaction (the cursor needs one), read-only for callers that want it so."""
     reasons: Counter[str] = Counter()
     target = campaign.definition.target
-    async for batch in store.recipient_batches(conn, target, at - SEND_HISTORY, False, batch_size):
-        reasons.update(campaigns.dry_run(campaign, batch, at))
+    async for batch in store.recipient_batches(conn, target, sends_since(at), False, batch_size):
+        reasons.update(campaigns.dry_run(campaign, batch, at, policy))
     return reasons

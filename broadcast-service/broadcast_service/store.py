@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from datetime import datetime, time
 from typing import Any
 
@@ -16,9 +16,8 @@ from broadcast_service.campaigns import (
     PlannedMessage,
     Product,
     Recipient,
-    addresses_of,
 )
-from broadcast_service.decision import CustomerReach, reach_of
+from broadcast_service.decision import CustomerReach, reach_of, registered_addresses
 from broadcast_service.projection import (
     ChannelPreferences,
     ChannelSetup,
@@ -397,6 +396,14 @@ async def reaches_of(
     detractors = await conn.fetch(
         "SELECT * FROM detractor_holds WHERE customer_id = ANY($1::text[])", ids
     )
+    contacts = await conn.fetch(
+        "SELECT customer_id, email, phone FROM customer_contacts"
+        " WHERE customer_id = ANY($1::text[])",
+        ids,
+    )
+    registered = {
+        row["customer_id"]: registered_addresses(row["email"], row["phone"]) for row in contacts
+    }
     setups = {row["customer_id"]: _preferences(row) for row in preferences}
     by_customer: dict[str, tuple[list[Any], list[Any], list[Any]]] = {i: ([], [], []) for i in ids}
     for row in consents:
@@ -407,7 +414,12 @@ async def reaches_of(
         by_customer[row["customer_id"]][2].append(_complaint(row))
     scores = {row["customer_id"]: _detractor(row) for row in detractors}
     return {
-        customer_id: reach_of(setups.get(customer_id), *found, detractor=scores.get(customer_id))
+        customer_id: reach_of(
+            setups.get(customer_id),
+            *found,
+            detractor=scores.get(customer_id),
+            registered=registered.get(customer_id),
+        )
         for customer_id, found in by_customer.items()
     }
 
@@ -575,13 +587,9 @@ async def due_campaigns(conn: asyncpg.Connection, now: datetime) -> list[Campaig
 
 
 _RECIPIENTS = """
-SELECT asked.customer_id, p.channels, p.quiet_start, p.quiet_end, p.quiet_timezone, p.set_at,
-       p.source, p.event_id, k.name, k.email, k.phone,
-       CASE WHEN $2 THEN r.picks END AS picks, CASE WHEN $2 THEN r.new_products END AS new_products,
-       ARRAY(SELECT ROW(c.purpose, c.channel, c.granted, c.changed_at, c.source, c.event_id)
-             FROM consents AS c WHERE c.customer_id = asked.customer_id) AS consents
+SELECT asked.customer_id, k.name,
+       CASE WHEN $2 THEN r.picks END AS picks, CASE WHEN $2 THEN r.new_products END AS new_products
 FROM ({target}) AS asked
-LEFT JOIN channel_preferences AS p ON p.customer_id = asked.customer_id
 LEFT JOIN customer_contacts AS k ON k.customer_id = asked.customer_id
 LEFT JOIN customer_recommendations AS r ON r.customer_id = asked.customer_id
 ORDER BY asked.customer_id
@@ -598,10 +606,11 @@ async def recipient_batches(
     batch_size: int,
 ) -> AsyncIterator[list[Recipient]]:
     """The campaign's recipients in customer id order, `batch_size` at a time, with what
-    planning needs: preferences, consents, name, addresses, recommendations (if `products`), and
-    their sends since `since`. One statement walks the target and every table in key order
-    (merge joins, through a cursor); one more per batch reads the sends. Inside the caller's
-    transaction, with JIT off: it costs more than it saves on these statements."""
+    planning needs: what the decision reads (`reaches_of`, the same loader as the decision API's,
+    so a plan and a single decision agree), their sends since `since`, name and recommendations
+    (if `products`). One statement walks the target with names and lists (through a cursor); a
+    few more per batch read the rest. Inside the caller's transaction, with JIT off: it costs
+    more than it saves on these statements."""
     await conn.execute("SET LOCAL jit = off")
     argument: str | list[str]
     if target.segment is not None:
@@ -610,25 +619,20 @@ async def recipient_batches(
         query, argument = _RECIPIENTS.format(target=_LISTED), list(target.customer_ids or ())
     cursor = await conn.cursor(query, argument, products)
     while rows := await cursor.fetch(batch_size):
-        sends = await recent_sends(conn, [row["customer_id"] for row in rows], since)
-        yield [_recipient(row, sends.get(row["customer_id"], ())) for row in rows]
-
-
-def _recipient(row: Mapping[str, Any], sends: Iterable[RecentSend]) -> Recipient:
-    customer_id = row["customer_id"]
-    return Recipient(
-        customer_id=customer_id,
-        preferences=None if row["channels"] is None else _preferences(row),
-        consents=tuple(
-            Consent(customer_id, purpose, channel, granted, changed_at, source, event_id)
-            for purpose, channel, granted, changed_at, source, event_id in row["consents"]
-        ),
-        recent_sends=tuple(sends),
-        name=row["name"],
-        addresses=addresses_of(row["email"], row["phone"]),
-        recommendations=_products(row["picks"]),
-        new_products=_products(row["new_products"]),
-    )
+        ids = [row["customer_id"] for row in rows]
+        reaches = await reaches_of(conn, ids)
+        sends = await recent_sends(conn, ids, since)
+        yield [
+            Recipient(
+                customer_id=row["customer_id"],
+                reach=reaches[row["customer_id"]],
+                recent_sends=tuple(sends.get(row["customer_id"], ())),
+                name=row["name"],
+                recommendations=_products(row["picks"]),
+                new_products=_products(row["new_products"]),
+            )
+            for row in rows
+        ]
 
 
 def _products(items: list[dict[str, Any]] | None) -> tuple[Product, ...]:

@@ -36,7 +36,8 @@ TEMPLATE = {
 
 
 class Audience:
-    """Customers of one test run: two in the segment (one without consent), one outside."""
+    """Customers of one test run: two in the segment (one without consent), one outside. Their
+    v1 preferences name no address: the e-mail they registered with is used."""
 
     def __init__(self) -> None:
         prefix = unique("camp")
@@ -52,7 +53,12 @@ class Audience:
                 ("crm.channel_preference.set.v1", customer, {"channels": ["email"]}),
             ]
             if customer != self.refuser:
-                facts.append(("crm.consent.granted.v1", customer, {"purpose": "marketing"}))
+                confirmed = {
+                    "purpose": "marketing",
+                    "state": "granted",
+                    "capture_method": "double_opt_in",
+                }
+                facts.append(("crm.consent.recorded.v2", customer, confirmed))
         for customer in (self.member, self.refuser):
             entered = {"segment": self.segment, "version": 1, "reason": "test"}
             facts.append(("crm.segment.entered.v1", customer, entered))
@@ -133,7 +139,7 @@ async def test_a_dry_run_breaks_down_the_reasons_and_writes_nothing(
     assert (result["recipients"], result["reach"]) == (2, 1)
     assert {r["reason"]: r["recipients"] for r in result["reasons"]} == {
         "planned": 1,
-        "no consent for marketing": 1,
+        "no_consent": 1,
     }
     written = await fetch(
         _broadcast(platform),
@@ -160,7 +166,7 @@ async def test_a_segment_campaign_is_planned_for_members_with_their_recommendati
     assert "Blue teapot: you liked cups" in message["body_text"]
     assert "/unsubscribe?token=" in message["body_text"]
     assert view["reasons"] == [
-        {"reason": "no consent for marketing", "planned": False, "recipients": 1},
+        {"reason": "no_consent", "planned": False, "recipients": 1},
         {"reason": "planned", "planned": True, "recipients": 1},
     ]
     assert view["messages"] == 1

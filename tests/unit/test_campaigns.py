@@ -10,7 +10,7 @@ import pytest
 
 from broadcast_service.campaigns import (
     PLANNED,
-    PLANNED_AFTER_QUIET_HOURS,
+    PLANNED_LATER,
     TEMPLATE_FAILED,
     Campaign,
     Product,
@@ -23,7 +23,8 @@ from broadcast_service.campaigns import (
     newest_recommendations,
     plan_batch,
 )
-from broadcast_service.projection import ChannelPreferences, Consent, QuietWindow
+from broadcast_service.decision import reach_of, registered_addresses
+from broadcast_service.projection import ChannelPreferences, ChannelSetup, Consent, QuietWindow
 from broadcast_service.templates import Links
 from crm_shared.contracts.events import (
     CAMPAIGN_CANCELLED,
@@ -64,19 +65,30 @@ def _campaign(campaign_id: str = "spring", minutes: float = 0, **overrides: Any)
 
 
 def _recipient(
-    customer: str, *channels: str, quiet: QuietWindow | None = None, **kw: Any
+    customer: str,
+    *channels: str,
+    quiet: QuietWindow | None = None,
+    addresses: dict[str, str] | None = None,
+    consents: tuple[Consent, ...] | None = None,
+    **kw: Any,
 ) -> Recipient:
-    preferences = ChannelPreferences(customer, channels, quiet, T0, "test", f"p-{customer}")
-    consent = Consent(customer, "marketing", "*", True, T0, "test", f"c-{customer}")
+    where = (
+        {"email": f"{customer}@example.com", "sms": "+441234"} if addresses is None else addresses
+    )
+    setups = tuple(ChannelSetup(channel, where.get(channel), quiet) for channel in channels)
+    preferences = ChannelPreferences(customer, setups, "Europe/London", T0, "test", f"p-{customer}")
+    confirmed = Consent(
+        customer, "marketing", "*", "granted", T0, "test", f"c-{customer}", "double_opt_in"
+    )
     defaults: dict[str, Any] = {
         "name": "Ada",
-        "addresses": {"email": f"{customer}@example.com", "sms": "+441234"},
         "recommendations": tuple(
             Product(f"P{i}", f"Product {i}", f"because {i}") for i in range(1, 4)
         ),
         "new_products": (Product("N1", "Brand new", "new"),),
     }
-    return Recipient(customer, preferences, (consent,), **(defaults | kw))
+    reach = reach_of(preferences, (confirmed,) if consents is None else consents)
+    return Recipient(customer, reach, **(defaults | kw))
 
 
 def test_a_template_naming_an_unknown_variable_is_refused_when_defined() -> None:
@@ -168,28 +180,32 @@ def test_the_customers_order_picks_among_the_campaigns_channels() -> None:
     assert [(m.channel, m.body_text) for m in both.messages] == [("sms", "Hi Ada")]
 
 
-def test_recipients_who_may_not_be_contacted_are_counted_by_reason() -> None:
-    no_consent = Recipient("C2", ChannelPreferences("C2", ("email",), None, T0, "t", "p"), ())
+def test_recipients_who_may_not_be_contacted_are_counted_by_reason_codes() -> None:
+    no_consent = _recipient("C2", "email", consents=())
     no_address = _recipient("C3", "email", addresses={})
-    unknown = Recipient("C4", None, ())
+    unknown = Recipient("C4", reach_of(None))
     recipients = [_recipient("C1", "email"), no_consent, no_address, unknown]
     plan = plan_batch(_campaign(), recipients, at(0), LINKS, 0)
     assert [m.customer_id for m in plan.messages] == ["C1"]
-    expected = {
-        PLANNED: 1,
-        "no consent for marketing": 1,
-        "no address for email": 1,
-        "no channel preference set": 1,
-    }
+    expected = {PLANNED: 1, "no_consent": 1, "no_address": 1, "no_preferences": 1}
     assert plan.reasons == expected
     assert dry_run(_campaign(), recipients, at(0)) == expected
+
+
+def test_a_channel_without_its_own_address_uses_the_registered_one() -> None:
+    setup = ChannelPreferences("C1", (ChannelSetup("email"),), "UTC", T0, "test", "p")
+    confirmed = Consent("C1", "marketing", "*", "granted", T0, "test", "c", "double_opt_in")
+    registered = registered_addresses("ada@example.com", None)
+    recipient = Recipient("C1", reach_of(setup, (confirmed,), registered=registered), name="Ada")
+    (message,) = plan_batch(_campaign(), [recipient], at(0), LINKS, 0).messages
+    assert message.address == "ada@example.com"
 
 
 def test_quiet_hours_move_the_message_to_their_end() -> None:
     night = QuietWindow(time(9, 0), time(12, 0), "Europe/London")  # T0 is 11:00 in London
     plan = plan_batch(_campaign(), [_recipient("C1", "email", quiet=night)], at(0), LINKS, 0)
     assert plan.messages[0].not_before == at(60)
-    assert plan.reasons == {PLANNED_AFTER_QUIET_HOURS: 1}
+    assert plan.reasons == {PLANNED_LATER: 1}
 
 
 def test_a_throttle_spreads_the_messages_over_time_across_batches() -> None:

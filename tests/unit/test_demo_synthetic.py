@@ -63,9 +63,8 @@ def test_counts_per_customer_are_in_the_documented_ranges(documents: list[dict[s
         per_customer[document["subject"]][document["type"]] += 1
     assert len(per_customer) == len(CUSTOMERS)
     for counts in per_customer.values():
-        assert counts["crm.channel_preference.set.v1"] == 1
-        assert 1 <= counts["crm.consent.granted.v1"] <= 3
-        assert counts["crm.consent.revoked.v1"] <= counts["crm.consent.granted.v1"]
+        assert counts["crm.channel_preference.set.v2"] == 1
+        assert 1 <= counts["crm.consent.recorded.v2"] <= 9
         assert counts["crm.contact.logged.v1"] <= 6
         assert counts["crm.feedback.given.v1"] <= 3
         assert counts["crm.product.viewed.v1"] <= 15
@@ -80,11 +79,16 @@ def test_the_facts_cover_what_the_services_must_handle(documents: list[dict[str,
     assert {f["score"] for f in feedback} == {1, 2, 3, 4, 5}
     assert {f["kind"] for f in feedback} == {"praise", "complaint", "suggestion", "comment"}
     assert all(f["kind"] != "praise" for f in feedback if f["score"] <= 2)
-    preferences = [d["data"] for d in documents if d["type"] == "crm.channel_preference.set.v1"]
-    assert any(p.get("quiet_hours") for p in preferences)
-    assert any(not p.get("quiet_hours") for p in preferences)
-    purposes = {d["data"]["purpose"] for d in documents if d["type"] == "crm.consent.granted.v1"}
-    assert purposes == {"marketing", "newsletter", "profiling"}
+    setups = [d["data"] for d in documents if d["type"] == "crm.channel_preference.set.v2"]
+    channels = [c for setup in setups for c in setup["channels"]]
+    assert all(c["address"] for c in channels)
+    assert any(c.get("quiet_hours") for c in channels)
+    assert any(not c.get("quiet_hours") for c in channels)
+    assert any(c.get("max_per_week") for c in channels)
+    consents = [d["data"] for d in documents if d["type"] == "crm.consent.recorded.v2"]
+    assert {c["purpose"] for c in consents} == {"marketing", "service", "personalisation"}
+    assert {c["state"] for c in consents} == {"granted", "revoked"}
+    assert "double_opt_in" in {c["capture_method"] for c in consents}
     views = [d["data"] for d in documents if d["type"] == "crm.product.viewed.v1"]
     assert {v["product_id"] for v in views} <= set(PRODUCTS)
     popularity = Counter(v["product_id"] for v in views)
@@ -92,16 +96,23 @@ def test_the_facts_cover_what_the_services_must_handle(documents: list[dict[str,
 
 
 def test_a_revocation_follows_its_grant(documents: list[dict[str, Any]]) -> None:
-    granted = {
-        (d["subject"], d["data"]["purpose"]): datetime.fromisoformat(d["time"])
-        for d in documents
-        if d["type"] == "crm.consent.granted.v1"
-    }
-    revoked = [d for d in documents if d["type"] == "crm.consent.revoked.v1"]
+    granted: dict[tuple[str, str], datetime] = {}
+    revoked = []
+    for document in documents:
+        if document["type"] != "crm.consent.recorded.v2":
+            continue
+        key = (document["subject"], document["data"]["purpose"])
+        if document["data"]["state"] == "granted":
+            granted[key] = max(granted.get(key, datetime.min.replace(tzinfo=UTC)), _at(document))
+        else:
+            revoked.append((key, _at(document)))
     assert revoked
-    for document in revoked:
-        grant = granted[document["subject"], document["data"]["purpose"]]
-        assert grant <= datetime.fromisoformat(document["time"])
+    for key, when in revoked:
+        assert granted[key] <= when
+
+
+def _at(document: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(document["time"])
 
 
 def test_bad_input_is_refused() -> None:

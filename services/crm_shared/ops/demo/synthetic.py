@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from crm_shared.contracts.events import build_event
+from crm_shared.contracts.events import CHANNEL_PREFERENCE_SET_V2, CONSENT_RECORDED, build_event
 from crm_shared.ops.demo import event_order
 
 SOURCE = "demo-generator"
@@ -112,8 +112,11 @@ _FEEDBACK: dict[int, tuple[tuple[str, str | None], ...]] = {
 _SCORE_WEIGHTS = (1, 1, 2, 4, 5)
 _FEEDBACK_CHANNELS = ("web", "web", "email", "phone")
 _PREFERRED_CHANNELS = ("email", "phone", "sms", "mail", "push")
+_TIMEZONE = "Europe/London"
 _QUIET_HOURS = (("21:00", "08:00"), ("22:00", "07:00"), ("12:00", "14:00"), ("18:00", "09:00"))
-_PURPOSES = ("marketing", "newsletter", "profiling")
+_PURPOSES = ("marketing", "service", "personalisation")
+_CAPTURES = ("web_form", "web_form", "in_store", "call_centre")
+_WORDING = "privacy-notice-2011-01"
 _REVOKE_PROBABILITY = 0.2
 _VIEW_CHANNELS = ("web", "web", "web", "web", "email", "social")
 
@@ -167,53 +170,70 @@ def _event(
 
 
 def _preference(customer_id: str, window: _Window) -> list[dict[str, Any]]:
-    """One preference, set within a week of the first invoice (when the account was made)."""
+    """One channel set-up (v2), within a week of the first invoice (when the account was made):
+    1-3 channels in order, each with its address, some with quiet hours or a weekly cap."""
     rng = window.rng
-    data: dict[str, Any] = {
-        "channels": rng.sample(_PREFERRED_CHANNELS, rng.randint(1, 3)),
-    }
-    if rng.random() < 0.4:
-        start, end = rng.choice(_QUIET_HOURS)
-        data["quiet_hours"] = {"start": start, "end": end, "timezone": "Europe/London"}
+    channels = []
+    for channel in rng.sample(_PREFERRED_CHANNELS, rng.randint(1, 3)):
+        setting: dict[str, Any] = {"channel": channel, "address": _address(customer_id, channel)}
+        if rng.random() < 0.4:
+            start, end = rng.choice(_QUIET_HOURS)
+            setting["quiet_hours"] = {"start": start, "end": end, "timezone": _TIMEZONE}
+        if rng.random() < 0.3:
+            setting["max_per_week"] = rng.choice((1, 2, 3))
+        channels.append(setting)
     time = window.time(end=min(window.end, window.start + timedelta(days=7)))
-    return [
-        _event(
-            "crm.channel_preference.set.v1",
-            customer_id,
-            data,
-            time,
-            f"demo-preference-{customer_id}",
-        )
-    ]
+    data = {"channels": channels, "timezone": _TIMEZONE}
+    event_id = f"demo-preference-{customer_id}"
+    return [_event(CHANNEL_PREFERENCE_SET_V2, customer_id, data, time, event_id)]
+
+
+def _address(customer_id: str, channel: str) -> str:
+    """A made-up address in a reserved domain or number range: nothing real is ever reached."""
+    digits = "".join(c for c in customer_id if c.isdigit()).rjust(6, "0")[-6:]
+    return {
+        "email": f"customer-{customer_id}@example.com",
+        "sms": f"+44 7700 9{digits[:2]} {digits[2:]}",
+        "phone": f"+44 20 7946 {digits[-4:]}",
+        "mail": f"{digits} Demo Street, London",
+        "push": f"device-{customer_id}",
+    }[channel]
 
 
 def _consents(customer_id: str, window: _Window) -> list[dict[str, Any]]:
-    """1-3 purposes granted; some revoked later, which the broadcast service must honour."""
+    """1-3 purposes decided with their evidence. A web-form grant of marketing is confirmed by
+    double opt-in most of the time (else it stays pending); some decisions are later revoked,
+    which the broadcast service must honour."""
     rng = window.rng
     documents = []
     for purpose in rng.sample(_PURPOSES, rng.randint(1, 3)):
-        data: dict[str, Any] = {"purpose": purpose}
-        if purpose == "newsletter" and rng.random() < 0.5:
+        capture = rng.choice(_CAPTURES)
+        data: dict[str, Any] = {
+            "purpose": purpose,
+            "state": "granted",
+            "capture_method": capture,
+            "wording_version": _WORDING,
+        }
+        if purpose == "marketing" and rng.random() < 0.5:
             data["channel"] = "email"
         granted = window.time()
-        documents.append(
-            _event(
-                "crm.consent.granted.v1",
-                customer_id,
-                data,
-                granted,
-                f"demo-consent-{customer_id}-{purpose}",
-            )
-        )
+        event_id = f"demo-consent-{customer_id}-{purpose}"
+        documents.append(_event(CONSENT_RECORDED, customer_id, data, granted, event_id))
+        if purpose == "marketing" and capture == "web_form" and rng.random() < 0.8:
+            confirmed = window.time(start=granted)
+            data = data | {"capture_method": "double_opt_in", "evidence": "confirmation link"}
+            event_id = f"demo-consent-confirmed-{customer_id}-{purpose}"
+            documents.append(_event(CONSENT_RECORDED, customer_id, data, confirmed, event_id))
+            granted = confirmed
         if rng.random() < _REVOKE_PROBABILITY:
+            data = data | {
+                "state": "revoked",
+                "capture_method": "unsubscribe_link",
+                "evidence": "unsubscribe link in a newsletter",
+            }
+            event_id = f"demo-consent-revoked-{customer_id}-{purpose}"
             documents.append(
-                _event(
-                    "crm.consent.revoked.v1",
-                    customer_id,
-                    data,
-                    window.time(start=granted),
-                    f"demo-consent-revoked-{customer_id}-{purpose}",
-                )
+                _event(CONSENT_RECORDED, customer_id, data, window.time(start=granted), event_id)
             )
     return documents
 
