@@ -193,8 +193,8 @@ def _address(customer_id: str, channel: str) -> str:
     digits = "".join(c for c in customer_id if c.isdigit()).rjust(6, "0")[-6:]
     return {
         "email": f"customer-{customer_id}@example.com",
-        "sms": f"+44 7700 9{digits[:2]} {digits[2:]}",
-        "phone": f"+44 20 7946 {digits[-4:]}",
+        "sms": f"+44 7700 900{digits[-3:]}",
+        "phone": f"+44 20 7946 0{digits[-3:]}",
         "mail": f"{digits} Demo Street, London",
         "push": f"device-{customer_id}",
     }[channel]
