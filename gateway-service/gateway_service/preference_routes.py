@@ -151,7 +151,7 @@ async def get_contact_decision(
     "/v1/customers/{customer_id}/preferences",
     response_model=PreferenceCommandAccepted,
     status_code=202,
-    responses=errors(*GUARDED, 503),
+    responses=errors(*GUARDED, 400, 503),
 )
 async def set_preferences(
     customer_id: CustomerIdPath,
@@ -168,7 +168,7 @@ async def set_preferences(
     "/v1/customers/{customer_id}/consents",
     response_model=PreferenceCommandAccepted,
     status_code=202,
-    responses=errors(*GUARDED, 503),
+    responses=errors(*GUARDED, 400, 503),
 )
 async def record_consent(
     customer_id: CustomerIdPath,
@@ -185,7 +185,7 @@ async def record_consent(
     "/v1/customers/{customer_id}/do-not-contact",
     response_model=PreferenceCommandAccepted,
     status_code=202,
-    responses=errors(*GUARDED, 503),
+    responses=errors(*GUARDED, 400, 503),
 )
 async def add_do_not_contact(
     customer_id: CustomerIdPath,
