@@ -145,14 +145,19 @@ class Reach:
 
 
 def decide(recipient: Recipient, purpose: str, channels: Sequence[str], at: datetime) -> Reach:
-    """The one contact decision per recipient: the campaign's channels, in the customer's order.
+    """The one contact decision per recipient, among the campaign's channels the customer has
+    an address for, in the customer's order.
 
     The only call of the contact decision in planning (and dry runs), so that the decision can
     be swapped in one place. A decision held back by quiet hours is planned for their end."""
     preferences = recipient.preferences
-    if preferences is not None and not all(c in channels for c in preferences.channels):
-        allowed = tuple(c for c in preferences.channels if c in channels)
-        preferences = replace(preferences, channels=allowed)
+    if preferences is not None:
+        allowed = [c for c in preferences.channels if c in channels]
+        reachable = tuple(c for c in allowed if c in recipient.addresses)
+        if allowed and not reachable:
+            return Reach(None, f"no address for {', '.join(allowed)}")
+        if reachable != preferences.channels:
+            preferences = replace(preferences, channels=reachable)
     decision = projection.contact_decision(preferences, recipient.consents, purpose, at)
     if decision.channel is not None:
         return Reach(decision.channel, PLANNED, at)
@@ -193,15 +198,11 @@ class Plan:
 def reach_each(
     campaign: Campaign, recipients: Iterable[Recipient], at: datetime
 ) -> Iterator[tuple[Recipient, Reach]]:
-    """The decision for each recipient at `at`; one without an address on the chosen channel
-    is not reached."""
+    """The decision for each recipient at `at`."""
     definition = campaign.definition
     channels = [t.channel.value for t in definition.templates]
     for recipient in recipients:
-        reach = decide(recipient, definition.purpose.value, channels, at)
-        if reach.channel is not None and reach.channel not in recipient.addresses:
-            reach = Reach(None, f"no address for {reach.channel}")
-        yield recipient, reach
+        yield recipient, decide(recipient, definition.purpose.value, channels, at)
 
 
 def dry_run(campaign: Campaign, recipients: Iterable[Recipient], at: datetime) -> Counter[str]:

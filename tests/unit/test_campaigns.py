@@ -169,7 +169,12 @@ def test_the_customers_order_picks_among_the_campaigns_channels() -> None:
 
 
 def test_recipients_who_may_not_be_contacted_are_counted_by_reason() -> None:
-    no_consent = Recipient("C2", ChannelPreferences("C2", ("email",), None, T0, "t", "p"), ())
+    no_consent = Recipient(
+        "C2",
+        ChannelPreferences("C2", ("email",), None, T0, "t", "p"),
+        (),
+        addresses={"email": "c2@example.com"},
+    )
     no_address = _recipient("C3", "email", addresses={})
     unknown = Recipient("C4", None, ())
     recipients = [_recipient("C1", "email"), no_consent, no_address, unknown]
@@ -212,6 +217,14 @@ def test_a_template_failing_for_one_recipient_is_their_reason_not_a_crash() -> N
 def test_links_without_a_secret_fail_the_recipient_not_the_plan() -> None:
     plan = plan_batch(_campaign(), [_recipient("C1", "email")], at(0), Links(None, "x"), 0)
     assert plan.messages == [] and plan.reasons == {TEMPLATE_FAILED: 1}
+
+
+def test_a_preferred_channel_without_an_address_gives_way_to_the_next() -> None:
+    sms_first = _recipient("C1", "sms", "email", addresses={"email": "c1@example.com"})
+    plan = plan_batch(_campaign(), [sms_first], at(0), LINKS, 0)
+    assert [(m.channel, m.address) for m in plan.messages] == [("email", "c1@example.com")]
+    no_address = _recipient("C2", "sms", "email", addresses={})
+    assert dry_run(_campaign(), [no_address], at(0)) == {"no address for sms, email": 1}
 
 
 def test_planning_twice_gives_the_same_message_ids() -> None:
