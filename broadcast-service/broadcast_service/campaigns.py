@@ -87,8 +87,8 @@ def evolve_campaigns(
     """Fold definitions and cancellations in order; returns only the campaigns that changed.
 
     A newer definition replaces a scheduled one; a planned or cancelled campaign keeps its plan
-    (a cancellation of a planned campaign cancels what is not sent yet). A cancellation that
-    arrives before its definition is kept, and the later definition does not revive it."""
+    (a cancellation of a planned campaign cancels what is not sent yet), and a cancelled one
+    stays cancelled. A cancellation of a campaign never defined changes nothing."""
     changed: dict[str, Campaign] = {}
     for event in events:
         before = changed.get(event.customer_id) or current.get(event.customer_id)
