@@ -127,15 +127,23 @@ async def main(customers: int) -> None:
                     print(f"  decided {decided:,} of {customers:,} recipients", flush=True)
 
             await store.save_campaigns(conn, [campaign])
-            started = time.perf_counter()
+            backend = conn.get_server_pid()
+            started, own_cpu, pg_cpu = (
+                time.perf_counter(),
+                time.process_time(),
+                cpu_seconds(backend),
+            )
             async with conn.transaction(readonly=True):
                 reasons = await planning.dry_run(conn, campaign, at, 10_000)
             seconds = time.perf_counter() - started
+            own_cpu, pg_cpu = time.process_time() - own_cpu, cpu_seconds(backend) - pg_cpu
+            decided = sum(reasons.values())
             print(
-                f"dry run (decisions only, nothing rendered or written) of"
-                f" {sum(reasons.values()):,} recipients in {seconds:.2f} s"
+                f"dry run (decisions only, nothing rendered or written) of {decided:,} recipients"
+                f" in {seconds:.2f} s; CPU {own_cpu:.2f} s planner + {pg_cpu:.2f} s PostgreSQL"
+                f" ({1e6 * (own_cpu + pg_cpu) / decided:.1f} µs a recipient)",
+                flush=True,
             )
-            backend = conn.get_server_pid()
             own_cpu, pg_cpu = time.process_time(), cpu_seconds(backend)
             async with conn.transaction():
                 result = await planning.plan(conn, campaign, planner, progress)

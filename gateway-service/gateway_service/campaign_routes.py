@@ -91,7 +91,7 @@ async def _publish(
     "/v1/campaigns",
     status_code=202,
     response_model=CampaignCommandAccepted,
-    responses=errors(*GUARDED, 503),
+    responses=errors(*GUARDED, 400, 503),
 )
 async def define_campaign(
     definition: CampaignDefinition, request: Request, key: CampaignsWriter
@@ -108,7 +108,7 @@ async def define_campaign(
     "/v1/campaigns/{campaign_id}",
     status_code=202,
     response_model=CampaignCommandAccepted,
-    responses=errors(*GUARDED, 503),
+    responses=errors(*GUARDED, 400, 503),
 )
 async def cancel_campaign(
     campaign_id: CampaignIdPath,
@@ -124,7 +124,7 @@ async def cancel_campaign(
 @router.post(
     "/v1/campaigns/dry-run",
     response_model=dict[str, Any],
-    responses=errors(*GUARDED, *UPSTREAM),
+    responses=errors(*GUARDED, 400, *UPSTREAM),
 )
 async def dry_run_campaign(
     definition: CampaignDefined,

@@ -230,6 +230,14 @@ def test_links_without_a_secret_fail_the_recipient_not_the_plan() -> None:
     assert plan.messages == [] and plan.reasons == {TEMPLATE_FAILED: 1}
 
 
+def test_a_preferred_channel_without_an_address_gives_way_to_the_next() -> None:
+    sms_first = _recipient("C1", "sms", "email", addresses={"email": "c1@example.com"})
+    plan = plan_batch(_campaign(), [sms_first], at(0), LINKS, 0)
+    assert [(m.channel, m.address) for m in plan.messages] == [("email", "c1@example.com")]
+    no_address = _recipient("C2", "sms", "email", addresses={})
+    assert dry_run(_campaign(), [no_address], at(0)) == {"no_address": 1}
+
+
 def test_planning_twice_gives_the_same_message_ids() -> None:
     recipients = [_recipient(f"C{i}", "email") for i in range(5)]
     once = plan_batch(_campaign(), recipients, at(0), LINKS, 0)
