@@ -411,6 +411,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     from gateway_service import experience_reads
 
     app.router.routes.extend(experience_reads.router.routes)
+    from gateway_service.centre_routes import centre_router
+
+    app.router.routes.extend(centre_router(settings).routes)
     return app
 
 

@@ -12,6 +12,7 @@ DEFAULT_DEDUP_WINDOW_DAYS = 7.0
 """How long applied event ids are remembered: longer than any producer retry, outbox relay
 repeat or re-drive of dead letters after a fix is expected to take (see docs/decisions.md)."""
 SERVICE_TOKEN_MIN_LENGTH = 16
+LINK_SECRET_MIN_LENGTH = 32
 
 
 class PlatformSettings(BaseSettings):
@@ -45,6 +46,23 @@ class PlatformSettings(BaseSettings):
                 "characters without spaces (make one with `openssl rand -hex 32`)"
             )
         return token
+
+    link_secret: SecretStr | None = Field(
+        default=None,
+        description="The secret that signs the links in messages (preference centre, one-click "
+        "unsubscribe): the broadcast service mints them, the gateway reads them; no default",
+    )
+
+    @field_validator("link_secret")
+    @classmethod
+    def _secret_long_enough(cls, secret: SecretStr | None) -> SecretStr | None:
+        """Anyone who guesses the secret can change any customer's preferences."""
+        if secret is not None and len(secret.get_secret_value()) < LINK_SECRET_MIN_LENGTH:
+            raise ValueError(
+                f"CRM_LINK_SECRET must be at least {LINK_SECRET_MIN_LENGTH} characters "
+                "(make one with `openssl rand -hex 32`)"
+            )
+        return secret
 
 
 class ServiceSettings(BaseSettings):
