@@ -53,7 +53,9 @@ ONE_CLICK = ("List-Unsubscribe", "One-Click")
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
     # The token is in the page's address: no other site may learn it from a Referer header.
-    "Referrer-Policy": "no-referrer",
+    # (Not no-referrer: then the browser sends `Origin: null` with the form, which the CSRF
+    # check must refuse.)
+    "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",

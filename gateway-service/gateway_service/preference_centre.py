@@ -270,17 +270,15 @@ def _channel_setup(
             "max_per_week": _number(fields, prefix + "max_per_week", problems),
             "paused_until": _pause_end(fields, prefix + "paused_until", zone, now, problems),
         }
-        if len(problems) > before:
-            continue
         try:
-            ranked.append(
-                (rank or position + 100, position, ChannelSetting.model_validate(setting))
-            )
+            checked = ChannelSetting.model_validate(setting)
         except ValidationError as error:  # the contract's own bounds, e.g. at most 1000 a day
             for issue in error.errors():
-                problems[prefix + FIELD_OF_SETTING.get(str(issue["loc"][0]), "address")] = str(
-                    issue["msg"]
-                )
+                name = prefix + FIELD_OF_SETTING.get(str(issue["loc"][0]), "address")
+                problems.setdefault(name, str(issue["msg"]))
+            continue
+        if len(problems) == before:
+            ranked.append((rank or position + 100, position, checked))
     if not ranked and not problems:
         problems["channels"] = (
             "tick at least one channel; to receive no messages, untick the consents below"
@@ -318,12 +316,15 @@ def _quiet_hours(
     start, end = fields.get(prefix + "quiet_start", ""), fields.get(prefix + "quiet_end", "")
     if not start and not end:
         return None
+    valid = True
     for name, value in ((prefix + "quiet_start", start), (prefix + "quiet_end", end)):
         if not TIME_OF_DAY.match(value):
             problems[name] = "enter a time as HH:MM (24 hours), e.g. 21:30; or clear both times"
-    if start == end and prefix + "quiet_start" not in problems:
+            valid = False
+    if valid and start == end:
         problems[prefix + "quiet_end"] = "quiet hours must end at another time than they start"
-    return {"start": start, "end": end, "timezone": timezone}
+        valid = False
+    return {"start": start, "end": end, "timezone": timezone} if valid else None
 
 
 def _pause_end(

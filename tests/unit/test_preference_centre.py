@@ -185,6 +185,25 @@ def test_invalid_fields_are_named_with_what_to_do(field: str, value: str, messag
     assert message in raised.value.problems[field]
 
 
+def test_every_problem_of_a_channel_is_named_at_once() -> None:
+    shown = _shown_of(CentreState())
+    submitted = {
+        **shown,
+        "email.enabled": CHECKED,
+        "email.address": "ann at example",
+        "email.max_per_day": "5000",
+        "email.quiet_start": "7pm",
+    }
+    with pytest.raises(InvalidForm) as raised:
+        read_form(submitted, shown, NOW)
+    assert set(raised.value.problems) == {
+        "email.address",
+        "email.max_per_day",
+        "email.quiet_start",
+        "email.quiet_end",
+    }
+
+
 def test_quiet_hours_need_both_ends_apart() -> None:
     shown = _shown_of(CentreState())
     submitted = {**shown, "email.enabled": CHECKED, "email.quiet_start": "22:00"}
