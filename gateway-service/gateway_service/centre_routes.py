@@ -127,10 +127,11 @@ def centre_router(settings: GatewaySettings) -> APIRouter:
         fields = {name: value for name, value in form.items() if isinstance(value, str)}
         shown_json = fields.get("shown", "")
         shown = preference_centre.shown_values(shown_json)
+        typed = _as_typed(shown, fields)
         try:
             submission = preference_centre.read_form(fields, shown, datetime.now(UTC))
         except InvalidForm as invalid:
-            return _form_page(request, token, {**shown, **fields}, shown_json, invalid.problems)
+            return _form_page(request, token, typed, shown_json, invalid.problems)
         evidence = preference_centre.link_evidence("preference centre", claims, _client(request))
         events = preference_centre.submission_events(submission, wording_version, evidence)
         try:
@@ -139,7 +140,7 @@ def centre_router(settings: GatewaySettings) -> APIRouter:
             )
         except Refused as refused:
             problems = {"form": refused.message}
-            return _form_page(request, token, {**shown, **fields}, shown_json, problems, 503)
+            return _form_page(request, token, typed, shown_json, problems, refused.status)
         for kind, _data in events:
             metrics.PREFERENCE_CENTRE_EVENTS.labels(kind).inc()
         return _page(request, "saved.html", {"summary": _summary(submission), "token": token})
@@ -199,8 +200,14 @@ async def current_state(request: Request, customer_id: str) -> CentreState:
     if not found and answer.status != 404:
         metrics.UPSTREAM_REQUESTS.labels("preference_centre", "error").inc()
         raise _try_later()
-    metrics.UPSTREAM_REQUESTS.labels("preference_centre", "found").inc()
+    metrics.UPSTREAM_REQUESTS.labels("preference_centre", "found" if found else "not_found").inc()
     return preference_centre.state_from_broadcast(body if found else None)
+
+
+def _as_typed(shown: dict[str, str], fields: dict[str, str]) -> dict[str, str]:
+    """The form as the customer sent it, to show again: a box they unticked is not sent, so
+    every field the page had starts empty."""
+    return {name: "" for name in shown} | fields
 
 
 def _try_later() -> Refused:

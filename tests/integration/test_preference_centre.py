@@ -5,7 +5,9 @@ that only an RFC 8058 POST unsubscribes."""
 
 from __future__ import annotations
 
+import html as htmllib
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -229,6 +231,21 @@ async def test_the_page_shows_what_the_broadcast_service_stored(platform: dict[s
     assert 'name="email.rank" id="email.rank" value="2"' in html
     assert 'id="consent.marketing.sms" aria-label="marketing by SMS" checked' in html
     assert 'id="consent.marketing.email" aria-label="marketing by E-mail">' in html
+
+    # Sent back with the SMS consent unticked and a bad address: the page comes back as the
+    # customer left it, the box still unticked, and nothing is published.
+    shown_field = re.search(r'name="shown" value="([^"]*)"', html)
+    assert shown_field is not None
+    shown = htmllib.unescape(shown_field[1])
+    form = {name: value for name, value in json.loads(shown).items() if value}
+    del form["consent.marketing.sms"]
+    form |= {"token": page.url.params["token"], "shown": shown, "email.address": "nobody"}
+    async with httpx.AsyncClient(timeout=10) as client:
+        again = await client.post(str(page.url), data=form)
+    assert again.status_code == 422
+    assert 'id="consent.marketing.sms" aria-label="marketing by SMS">' in again.text
+    assert 'value="nobody"' in again.text
+    assert [e["source"] for e in _events_of(platform, customer)] == ["web-site", "web-site"]
 
 
 def test_an_expired_altered_or_missing_link_gets_a_page_saying_so(
