@@ -141,14 +141,15 @@ def consent_field(purpose: str, channel: str) -> str:
 def state_from_broadcast(body: Mapping[str, Any] | None) -> CentreState:
     """The page's state from the broadcast service's GET /customers/{id}/preferences (None: it
     knows nothing of the customer). Today's answer has channel names, one quiet window and
-    granted flags; channel entries shaped like the v2 contract's ChannelSetting are read too, and
-    anything it cannot read is left out rather than shown wrong."""
+    granted flags; a v2 answer's `channel_setup` (entries shaped like the contract's
+    ChannelSetting, in order) and consent `state` are read when present. Anything it cannot read
+    is left out rather than shown wrong."""
     if body is None:
         return CentreState()
     quiet = body.get("quiet_hours")
     timezone = str(body.get("timezone") or (quiet or {}).get("timezone") or "UTC")
     channels: list[ChannelSetting] = []
-    for entry in body.get("channels") or ():
+    for entry in body.get("channel_setup") or body.get("channels") or ():
         document = dict(entry) if isinstance(entry, Mapping) else {"channel": entry}
         if "quiet_hours" not in document and quiet:
             document["quiet_hours"] = quiet

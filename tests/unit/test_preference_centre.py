@@ -61,16 +61,26 @@ def test_todays_broadcast_answer_fills_the_page_in_the_customers_order() -> None
     assert values["consent.personalisation.all"] == CHECKED
 
 
-def test_v2_channel_entries_and_consent_states_are_read_too() -> None:
+def test_a_v2_channel_set_up_and_consent_states_are_read_too() -> None:
     answer = {
         "timezone": "America/New_York",
-        "channels": [{"channel": "email", "address": "ann@example.com", "max_per_week": 3}],
-        "consents": [{"purpose": "service", "channel": "email", "state": "pending"}],
+        "channels": ["sms", "email"],
+        "channel_setup": [
+            {"channel": "sms", "address": "+1 212 555 0100", "paused_until": None},
+            {"channel": "email", "address": "ann@example.com", "max_per_week": 3},
+        ],
+        "consents": [
+            {"purpose": "service", "channel": "email", "state": "pending", "granted": False},
+            {"purpose": "service", "channel": "sms", "state": "granted", "granted": True},
+        ],
     }
     values = _shown_of(state_from_broadcast(answer))
+    assert values["timezone"] == "America/New_York"
+    assert (values["sms.rank"], values["email.rank"]) == ("1", "2")
     assert values["email.address"] == "ann@example.com"
     assert values["email.max_per_week"] == "3"
     assert values["consent.service.email"] == ""  # pending is not granted until confirmed
+    assert values["consent.service.sms"] == CHECKED
 
 
 def test_an_unknown_customer_gets_an_empty_form() -> None:

@@ -12,7 +12,7 @@ DEFAULT_DEDUP_WINDOW_DAYS = 7.0
 """How long applied event ids are remembered: longer than any producer retry, outbox relay
 repeat or re-drive of dead letters after a fix is expected to take (see docs/decisions.md)."""
 SERVICE_TOKEN_MIN_LENGTH = 16
-LINK_SECRET_MIN_LENGTH = 32
+LINK_SECRET_MIN_LENGTH = 16
 
 
 class PlatformSettings(BaseSettings):
