@@ -84,7 +84,8 @@ def centre_router(settings: GatewaySettings) -> APIRouter:
     wording_version = settings.consent_wording_version
     router = APIRouter(include_in_schema=False)
 
-    def claims_of(token: str | None) -> LinkClaims:
+    def claims_of(token: str | None) -> tuple[str, LinkClaims]:
+        """The token, now known to be there, and what it says; Refused when it says nothing."""
         if secret is None:
             raise Refused(
                 503,
@@ -98,7 +99,7 @@ def centre_router(settings: GatewaySettings) -> APIRouter:
                 "This page opens from the link in one of our messages; the link is incomplete.",
             )
         try:
-            return read_link(secret.get_secret_value(), token, max_age)
+            return token, read_link(secret.get_secret_value(), token, max_age)
         except InvalidLink as error:
             raise Refused(403, "Link not valid", f"Sorry: {error}.") from None
 
@@ -106,11 +107,10 @@ def centre_router(settings: GatewaySettings) -> APIRouter:
     async def show_preferences(request: Request, token: TokenQuery = None) -> Response:
         """The preference centre, filled with what the customer chose before."""
         try:
-            claims = claims_of(token)
+            token, claims = claims_of(token)
             state = await current_state(request, claims.customer_id)
         except Refused as refused:
             return _refusal(request, refused)
-        assert token is not None
         values = preference_centre.form_values(state, datetime.now(UTC))
         return _form_page(request, token, values, json.dumps(values, sort_keys=True), {})
 
@@ -118,12 +118,11 @@ def centre_router(settings: GatewaySettings) -> APIRouter:
     async def save_preferences(request: Request, token: TokenQuery = None) -> Response:
         """Publish what the customer changed, and confirm it."""
         try:
-            claims = claims_of(token)
+            token, claims = claims_of(token)
             form = await _form(request)
             _check_same_site(request, form, token)
         except Refused as refused:
             return _refusal(request, refused)
-        assert token is not None
         fields = {name: value for name, value in form.items() if isinstance(value, str)}
         shown_json = fields.get("shown", "")
         shown = preference_centre.shown_values(shown_json)
@@ -149,10 +148,10 @@ def centre_router(settings: GatewaySettings) -> APIRouter:
     async def confirm_unsubscribe(request: Request, token: TokenQuery = None) -> Response:
         """A page with an unsubscribe button; opening it changes nothing."""
         try:
-            record = _withdrawal(claims_of(token), request)
+            token, claims = claims_of(token)
+            record = _withdrawal(claims, request)
         except Refused as refused:
             return _refusal(request, refused)
-        assert token is not None
         context = {"token": token, "what": _consent_label(record.purpose, record.channel)}
         return _page(request, "unsubscribe.html", context)
 
@@ -161,7 +160,7 @@ def centre_router(settings: GatewaySettings) -> APIRouter:
         """RFC 8058 one-click unsubscribe: the body `List-Unsubscribe=One-Click` withdraws the
         consent the link names; a repeated click publishes the same event again (same id)."""
         try:
-            claims = claims_of(token)
+            token, claims = claims_of(token)
             form = await _form(request)
             if form.get(ONE_CLICK[0]) != ONE_CLICK[1]:
                 raise Refused(
@@ -170,7 +169,6 @@ def centre_router(settings: GatewaySettings) -> APIRouter:
                     "An unsubscribe request carries List-Unsubscribe=One-Click (RFC 8058).",
                 )
             record = _withdrawal(claims, request)
-            assert token is not None
             event_id = preference_centre.unsubscribe_event_id(token)
             await _publish(request, claims.customer_id, [(CONSENT_RECORDED, record, event_id)])
         except Refused as refused:
@@ -226,7 +224,7 @@ async def _form(request: Request) -> FormData:
         raise Refused(400, "Form not readable", f"The form could not be read ({error}).") from None
 
 
-def _check_same_site(request: Request, form: FormData, token: str | None) -> None:
+def _check_same_site(request: Request, form: FormData, token: str) -> None:
     """The CSRF defence of a form behind a token link: the form carries the token it was served
     with, and a browser that says where the request comes from must say it comes from here."""
     if form.get("token") != token:
