@@ -4,6 +4,7 @@ changed), the problems it names, and what a one-click unsubscribe withdraws."""
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import SecretStr
 
 from crm_shared.contracts.events import (
     CHANNEL_PREFERENCE_SET_V2,
@@ -14,6 +15,7 @@ from crm_shared.contracts.events import (
     ConsentState,
     ContactPurpose,
 )
+from crm_shared.runtime.config import PlatformSettings
 from crm_shared.runtime.links import LinkClaims
 from gateway_service.preference_centre import (
     CHECKED,
@@ -267,3 +269,11 @@ def test_transactional_messages_and_unknown_purposes_cannot_be_unsubscribed() ->
 def test_the_same_link_gives_the_same_unsubscribe_event_id() -> None:
     assert unsubscribe_event_id("token-a") == unsubscribe_event_id("token-a")
     assert unsubscribe_event_id("token-a") != unsubscribe_event_id("token-b")
+
+
+def test_the_link_secret_is_long_or_unset() -> None:
+    assert PlatformSettings(link_secret=SecretStr("")).link_secret is None
+    with pytest.raises(ValueError, match="CRM_LINK_SECRET must be at least 16"):
+        PlatformSettings(link_secret=SecretStr("short"))
+    secret = PlatformSettings(link_secret=SecretStr("0123456789abcdef")).link_secret
+    assert secret is not None and secret.get_secret_value() == "0123456789abcdef"

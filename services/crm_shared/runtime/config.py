@@ -56,8 +56,11 @@ class PlatformSettings(BaseSettings):
     @field_validator("link_secret")
     @classmethod
     def _secret_long_enough(cls, secret: SecretStr | None) -> SecretStr | None:
-        """Anyone who guesses the secret can change any customer's preferences."""
-        if secret is not None and len(secret.get_secret_value()) < LINK_SECRET_MIN_LENGTH:
+        """Anyone who guesses the secret can change any customer's preferences. Empty is unset
+        (compose passes `${CRM_LINK_SECRET:-}`): then no link can be read."""
+        if secret is None or not secret.get_secret_value():
+            return None
+        if len(secret.get_secret_value()) < LINK_SECRET_MIN_LENGTH:
             raise ValueError(
                 f"CRM_LINK_SECRET must be at least {LINK_SECRET_MIN_LENGTH} characters "
                 "(make one with `openssl rand -hex 32`)"
