@@ -47,6 +47,8 @@ TEST_SETTINGS["CRM_LINK_SECRET"] = "links-of-the-test-suite-" + secrets.token_he
 
 # The whole suite runs with the service APIs guarded: they require it, the gateway presents it.
 SERVICE_TOKEN = {"CRM_SERVICE_TOKEN": secrets.token_urlsafe(32)}
+LINK_SECRET = {"CRM_LINK_SECRET": secrets.token_hex(32)}
+"""Signs the links in messages: the broadcast service mints them, the gateway reads them."""
 
 
 def _reachable(host_port: str) -> bool:
@@ -68,7 +70,7 @@ def platform_env() -> dict[str, str]:
     for host_port in (bootstrap, dsn_base.rsplit("@", 1)[-1]):
         if not _reachable(host_port):
             pytest.fail(f"{host_port} does not answer: run the suite with ./crm test")
-    return {**os.environ, **TEST_PORTS, **TEST_SETTINGS, **SERVICE_TOKEN}
+    return {**os.environ, **TEST_PORTS, **TEST_SETTINGS, **SERVICE_TOKEN, **LINK_SECRET}
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,10 @@
-"""Settings of the broadcast service (`CRM_BROADCAST_` prefix; links: `CRM_LINK_SECRET`,
-`CRM_PUBLIC_URL`)."""
+"""Settings of the broadcast service (`CRM_BROADCAST_` prefix; the links in messages are signed
+with the platform's `CRM_LINK_SECRET` and point at `CRM_PUBLIC_URL`)."""
 
 from datetime import timedelta
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from broadcast_service.decision import ContactPolicy
@@ -24,18 +24,6 @@ class BroadcastSettings(ServiceSettings):
     )
     detractor_hold_days: int = Field(default=30, ge=0, le=3650)
     """How long a detractor score holds marketing back."""
-    # Platform-wide names (no service prefix): the gateway reads the links these sign.
-    link_secret: SecretStr | None = Field(
-        default=None,
-        min_length=16,
-        validation_alias=AliasChoices("CRM_LINK_SECRET", "link_secret"),
-        description="Signs the preference-centre and unsubscribe links in messages; no default",
-    )
-    public_url: str = Field(
-        default="http://127.0.0.1:8100",
-        validation_alias=AliasChoices("CRM_PUBLIC_URL", "public_url"),
-        description="The gateway's address as customers reach it: the base of those links",
-    )
     plan_batch_size: int = Field(
         default=10_000, ge=1, le=100_000, description="Recipients decided per set of queries"
     )

@@ -37,9 +37,10 @@ class Planner:
 def planner_from_settings() -> Planner:
     """The worker's planner, from its settings (read once, when a campaign is first planned)."""
     settings = BroadcastSettings()
-    secret = settings.link_secret.get_secret_value() if settings.link_secret else None
+    platform = settings.platform
+    secret = platform.link_secret.get_secret_value() if platform.link_secret else None
     return Planner(
-        Links(secret, settings.public_url), settings.plan_batch_size, settings.contact_policy()
+        Links(secret, platform.public_url), settings.plan_batch_size, settings.contact_policy()
     )
 
 

@@ -177,8 +177,11 @@ crm_ensure_system_packages() (
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
     # wrk: the load generator of ./crm bench-reads (a Python client would be the ceiling).
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+    # Chromium and its driver: the test suite opens the preference centre in a real browser.
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
     if ((${#missing[@]} == 0)); then
-        crm__log "system packages: all present (postgresql, kcat, docker-compose, maven, java, prometheus, wrk)"
+        crm__log "system packages: all present (postgresql, kcat, docker-compose, maven, java, prometheus, wrk, chromium)"
         return 0
     fi
     local -a sudo=()

@@ -417,6 +417,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     from gateway_service import campaign_routes
 
     app.router.routes.extend(campaign_routes.router.routes)
+    from gateway_service.centre_routes import centre_router
+
+    app.router.routes.extend(centre_router(settings).routes)
     return app
 
 

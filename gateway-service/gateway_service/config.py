@@ -6,6 +6,10 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from crm_shared.runtime.config import ServiceSettings
+from crm_shared.runtime.links import DEFAULT_LINK_LIFETIME
+
+CONSENT_WORDING_VERSION = "preference-centre-2026-11"
+"""The consent wording the preference centre templates show (templates/preferences.html)."""
 
 
 class GatewaySettings(ServiceSettings):
@@ -49,4 +53,18 @@ class GatewaySettings(ServiceSettings):
 
     publish_timeout_seconds: float = Field(
         default=10.0, gt=0, le=120, description="How long an ingest waits for Kafka's acks"
+    )
+
+    link_max_age_days: float = Field(
+        default=DEFAULT_LINK_LIFETIME.days,
+        gt=0,
+        le=730,
+        description="How long a preference-centre or unsubscribe link in a message keeps working",
+    )
+    consent_wording_version: str = Field(
+        default=CONSENT_WORDING_VERSION,
+        min_length=1,
+        max_length=80,
+        description="The version of the consent text the preference centre shows, recorded as "
+        "the evidence of every consent given there: change it when the text changes",
     )

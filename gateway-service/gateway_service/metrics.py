@@ -13,3 +13,9 @@ INGESTED_EVENTS = Counter(
     "Events received on POST /v1/events: accepted (acknowledged by Kafka) or rejected",
     ["status"],
 )
+PREFERENCE_CENTRE_EVENTS = Counter(
+    "crm_gateway_preference_centre_events",
+    "Events the preference centre published: channel set-ups and consents changed on its page, "
+    "and one-click unsubscribes (repeated clicks included)",
+    ["kind"],
+)

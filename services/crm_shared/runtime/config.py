@@ -12,6 +12,7 @@ DEFAULT_DEDUP_WINDOW_DAYS = 7.0
 """How long applied event ids are remembered: longer than any producer retry, outbox relay
 repeat or re-drive of dead letters after a fix is expected to take (see docs/decisions.md)."""
 SERVICE_TOKEN_MIN_LENGTH = 16
+LINK_SECRET_MIN_LENGTH = 16
 
 
 class PlatformSettings(BaseSettings):
@@ -45,6 +46,32 @@ class PlatformSettings(BaseSettings):
                 "characters without spaces (make one with `openssl rand -hex 32`)"
             )
         return token
+
+    link_secret: SecretStr | None = Field(
+        default=None,
+        description="The secret that signs the links in messages (preference centre, one-click "
+        "unsubscribe): the broadcast service mints them, the gateway reads them; no default",
+    )
+
+    public_url: str = Field(
+        default="http://127.0.0.1:8100",
+        description="The gateway's address as customers reach it: the base of the links in "
+        "messages",
+    )
+
+    @field_validator("link_secret")
+    @classmethod
+    def _secret_long_enough(cls, secret: SecretStr | None) -> SecretStr | None:
+        """Anyone who guesses the secret can change any customer's preferences. Empty is unset
+        (compose passes `${CRM_LINK_SECRET:-}`): then no link can be read."""
+        if secret is None or not secret.get_secret_value():
+            return None
+        if len(secret.get_secret_value()) < LINK_SECRET_MIN_LENGTH:
+            raise ValueError(
+                f"CRM_LINK_SECRET must be at least {LINK_SECRET_MIN_LENGTH} characters "
+                "(make one with `openssl rand -hex 32`)"
+            )
+        return secret
 
 
 class ServiceSettings(BaseSettings):
