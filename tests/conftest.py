@@ -43,6 +43,22 @@ TEST_SETTINGS["CRM_CASES_COST_PER_HOUR"] = json.dumps(
 """A fast clock and quick retries of a halted worker, so tests need not wait minutes."""
 
 
+SENDER_SETTINGS = {
+    "CRM_LINK_SECRET": secrets.token_hex(32),
+    "CRM_BROADCAST_SMTP_PORT": shifted_port(12525),
+    "CRM_BROADCAST_WEBHOOK_URLS": json.dumps(
+        {ch: f"http://127.0.0.1:{shifted_port(12580)}/{ch}" for ch in ("sms", "push")}
+    ),
+    "CRM_BROADCAST_LEASE_SECONDS": "3",
+    "CRM_BROADCAST_RETRY_BASE_SECONDS": "0.5",
+    "CRM_BROADCAST_RETRY_CAP_SECONDS": "2",
+    "CRM_BROADCAST_MAX_ATTEMPTS": "3",
+    "CRM_BROADCAST_IDLE_SECONDS": "0.2",
+}
+"""The sender sends to the SMTP and webhook servers the delivery tests run on these ports, and
+retries and takes over dead senders' messages within seconds."""
+TEST_SETTINGS |= SENDER_SETTINGS
+
 # The whole suite runs with the service APIs guarded: they require it, the gateway presents it.
 SERVICE_TOKEN = {"CRM_SERVICE_TOKEN": secrets.token_urlsafe(32)}
 
