@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from broadcast_service import projection, store
 from broadcast_service.config import MIGRATIONS, BroadcastSettings
+from broadcast_service.delivery_api import add_delivery_routes
 from crm_shared.runtime.http import (
     connection,
     create_api,
@@ -196,6 +197,7 @@ def create_app(settings: BroadcastSettings | None = None) -> FastAPI:
             ],
         )
 
+    add_delivery_routes(app)
     return app
 
 

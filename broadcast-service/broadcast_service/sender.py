@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import uvloop
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
@@ -338,7 +339,7 @@ def main() -> None:
     settings = SenderSettings()
     configure_logging("broadcast-sender", settings.platform.log_level)
     start_http_server(settings.sender_metrics_port)
-    asyncio.run(serve(settings))
+    uvloop.run(serve(settings))
 
 
 if __name__ == "__main__":
