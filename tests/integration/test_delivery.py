@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
@@ -331,4 +332,53 @@ async def test_a_sender_killed_mid_campaign_sends_every_message_once(
     outcomes = await asyncio.to_thread(_events, platform, "crm.messages", set(customers))
     assert Counter(e["data"]["outcome"] for e in {e["id"]: e for e in outcomes}.values()) == {
         "sent": count
+    }
+
+
+async def test_provider_reports_are_recorded_once_and_an_unsubscribe_revokes_consent(
+    platform: dict[str, str], mail_server: MailServer
+) -> None:
+    campaign, eve = unique("reports"), unique("eve")
+    _reachable(platform, [eve], ["email"])
+    await _folded(platform, [eve])
+    await _plan(platform, [_message(eve, campaign, f"{eve}@example.com")])
+    await _settled(platform, campaign, 1)
+    api = f"http://127.0.0.1:{platform['CRM_BROADCAST_API_PORT']}"
+    url = f"{api}/messages/{campaign}.{eve}/reports"
+    async with httpx.AsyncClient(timeout=5, headers=service_auth(platform)) as client:
+        answers = [
+            (await client.post(url, json={"outcome": outcome})).json()["recorded"]
+            for outcome in ("delivered", "delivered", "opened", "unsubscribed")
+        ]
+        assert answers == [True, False, True, True]
+        unknown = await client.post(
+            f"{api}/messages/nothing-{eve}/reports", json={"outcome": "opened"}
+        )
+        assert unknown.status_code == 404
+        wrong = await client.post(url, json={"outcome": "exploded"})
+        assert wrong.status_code == 422
+        results = (await client.get(f"{api}/campaigns/{campaign}/delivery")).json()
+    assert results["channels"] == {
+        "email": {"sent": 1, "delivered": 1, "opened": 1, "unsubscribed": 1}
+    }
+    outcomes = await eventually(
+        lambda: asyncio.to_thread(_events, platform, "crm.messages", {eve}),
+        lambda events: len(events) == 4,
+        what="four outcomes on crm.messages",
+    )
+    assert sorted(e["data"]["outcome"] for e in outcomes) == [
+        "delivered",
+        "opened",
+        "sent",
+        "unsubscribed",
+    ]
+    preferences = await asyncio.to_thread(_events, platform, "crm.preferences", {eve})
+    (revoked,) = [e for e in preferences if e["type"] == "crm.consent.recorded.v2"]
+    assert revoked["data"] | {"evidence": None} == {
+        "purpose": "marketing",
+        "channel": "email",
+        "state": "revoked",
+        "capture_method": "unsubscribe_link",
+        "wording_version": None,
+        "evidence": None,
     }
