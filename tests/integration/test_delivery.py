@@ -280,14 +280,26 @@ async def test_an_opt_out_after_planning_is_not_sent(
         _message(stays, campaign, f"{stays}@example.com"),
         _message(leaves, campaign, f"{leaves}@example.com"),
     ]
-    later = datetime.now(UTC) + timedelta(seconds=3)
     conn = await asyncpg.connect(_dsn(platform))
     try:
-        await store.add_planned(conn, planned, later)  # planned for a moment from now
+        await store.add_planned(conn, planned, datetime.now(UTC) + timedelta(hours=1))
     finally:
         await conn.close()
     with EventPublisher(platform["CRM_KAFKA_BOOTSTRAP"], source="web-site") as crm:
         crm.publish("crm.consent.revoked.v1", leaves, {"purpose": "marketing"})
+    await eventually(
+        lambda: fetch(
+            _dsn(platform), "SELECT granted FROM consents WHERE customer_id = $1", leaves
+        ),
+        lambda rows: [r["granted"] for r in rows] == [False],
+        what="the opt-out folded",
+    )
+    # The campaign's hour comes: both messages are due, after the opt-out.
+    await fetch(
+        _dsn(platform),
+        "UPDATE outbound_messages SET not_before = now() WHERE campaign_id = $1",
+        campaign,
+    )
     states = await _settled(platform, campaign, 2)
     assert states[f"{campaign}.{stays}"][0] == "sent"
     assert states[f"{campaign}.{leaves}"] == ("cancelled", 0)
@@ -326,6 +338,7 @@ async def test_a_sender_killed_mid_campaign_sends_every_message_once(
     arrived = {mid: n for mid, n in mail_server.message_ids().items() if mid in expected}
     assert set(arrived) == expected  # none lost
     copies = sum(arrived.values()) - count
+    print(f"SIGKILL mid-campaign: {count} messages, {copies} arrived a second time")
     # Only a message the server accepted in the instant before the sender recorded it can
     # arrive twice, with the same Message-ID; at most one recording interval's worth.
     assert copies <= 64, f"{copies} messages arrived twice"
