@@ -3,6 +3,7 @@ backoff, the e-mail it writes (RFC 8058 headers, Message-ID) and the events each
 
 from __future__ import annotations
 
+import time as time_module
 from datetime import UTC, datetime, time, timedelta
 from email import message_from_bytes, policy
 from urllib.parse import parse_qs, urlsplit
@@ -26,6 +27,7 @@ from broadcast_service.delivery import (
 )
 from broadcast_service.mail import ONE_CLICK, MailIdentity, build_email
 from broadcast_service.projection import ChannelPreferences, Consent, QuietWindow
+from broadcast_service.sender import Throttle
 from crm_shared.contracts.events import MessageOutcome, parse_event
 from crm_shared.runtime.links import read_link
 
@@ -227,3 +229,16 @@ def test_an_unsubscribe_or_complaint_revokes_the_consent(
     assert consent.type == "crm.consent.recorded.v2"
     assert (consent.data.state, consent.data.capture_method) == ("revoked", capture)
     assert (consent.data.purpose, consent.data.channel) == ("marketing", "email")
+
+
+async def test_the_throttle_spaces_sends_evenly_and_zero_means_no_limit() -> None:
+    started = time_module.monotonic()
+    throttle = Throttle(100)
+    for _ in range(6):
+        await throttle.wait()
+    assert time_module.monotonic() - started >= 0.05  # five intervals of 10 ms after the first
+    unlimited = Throttle(0)
+    started = time_module.monotonic()
+    for _ in range(1000):
+        await unlimited.wait()
+    assert time_module.monotonic() - started < 0.05
