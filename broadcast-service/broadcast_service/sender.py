@@ -21,8 +21,10 @@ sends them again with the same Message-ID or Idempotency-Key (see docs/decisions
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import signal
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -106,6 +108,12 @@ class Sender:
         self.jitter = jitter
         self.on_recorded = on_recorded
         self.throttle = Throttle(settings.send_rate)
+        self.stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Claim nothing more; the batch in flight is sent and recorded, then `run` returns:
+        a restart (SIGTERM) leaves nothing in 'sending' to be sent twice."""
+        self.stopping.set()
 
     async def claim(self) -> list[OutboundMessage]:
         """Lock the due messages, check them again, and mark those that may go 'sending'."""
@@ -235,22 +243,23 @@ class Sender:
         _count(attempts, steps, recorded)
 
     async def run(self) -> None:
-        """Claim and send until cancelled; a database away is waited for, not fatal."""
+        """Claim and send until stopped; a database away is waited for, not fatal."""
         delay = 0.5
-        while True:
+        while not self.stopping.is_set():
             try:
                 messages = await self.claim()
                 if messages:
                     await self.send_batch(messages)
-                else:
-                    await asyncio.sleep(self.settings.idle_seconds)
-                delay = 0.5
+                    delay = 0.5
+                    continue
+                pause = self.settings.idle_seconds
             except TRANSIENT_ERRORS as error:
                 log.warning(
                     "sender cannot reach the database, retrying", extra={"error": repr(error)}
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                pause, delay = delay, min(delay * 2, 10.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), pause)
 
     async def report_queue(self) -> None:
         """Export the queue depth every few seconds."""
@@ -319,6 +328,8 @@ async def serve(settings: SenderSettings) -> None:
     relay = OutboxRelay("broadcast", pool, publish)
     adapters = build_adapters(settings)
     sender = Sender(pool, adapters, settings, on_recorded=relay.wake.set)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, sender.stop)
     log.info("sender starting", extra={"metrics_port": settings.sender_metrics_port})
     tasks = [
         asyncio.create_task(relay.run((*TRANSIENT_ERRORS, KafkaError))),
@@ -326,6 +337,7 @@ async def serve(settings: SenderSettings) -> None:
     ]
     try:
         await sender.run()
+        log.info("sender stopped after recording the messages in flight")
     finally:
         for task in tasks:
             task.cancel()

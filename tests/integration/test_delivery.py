@@ -27,6 +27,7 @@ from broadcast_service import store
 from broadcast_service.delivery import OutboundMessage
 from broadcast_service.service import SENDER
 from crm_shared.contracts.sdk import EventPublisher
+from crm_shared.ops import launcher
 from tests.conftest import SENDER_SETTINGS
 from tests.integration.helpers import (
     eventually,
@@ -312,14 +313,25 @@ async def test_an_opt_out_after_planning_is_not_sent(
     assert "no consent for marketing" in row["last_error"]
 
 
-async def test_a_sender_killed_mid_campaign_sends_every_message_once(
-    platform: dict[str, str], mail_server: MailServer
+async def _restart(env: dict[str, str], kill: bool) -> None:
+    if kill:
+        await kill_and_restart(env, [SENDER])
+    else:  # SIGTERM, as the supervisor and `./crm down` stop it
+        launcher.stop(SENDER, env)
+        launcher.start(SENDER, env)
+        await asyncio.sleep(1)  # until the new supervisor has exec'd (its command line is read)
+        launcher.wait_healthy([SENDER], env)
+
+
+@pytest.mark.parametrize("kill", [True, False], ids=["SIGKILL", "SIGTERM"])
+async def test_a_sender_stopped_mid_campaign_sends_every_message_once(
+    platform: dict[str, str], mail_server: MailServer, kill: bool
 ) -> None:
-    campaign, count = unique("crash"), 600
+    campaign, count = unique("crash" if kill else "restart"), 600
     customers = [f"{campaign}-c{n}" for n in range(count)]
     _reachable(platform, customers, ["email"])
     await _folded(platform, customers)
-    slow = {**platform, "CRM_BROADCAST_SEND_RATE": "150"}  # long enough to be killed midway
+    slow = {**platform, "CRM_BROADCAST_SEND_RATE": "150"}  # long enough to be stopped midway
     await kill_and_restart(slow, [SENDER])
     try:
         await _plan(platform, [_message(c, campaign, f"{c}@example.com") for c in customers])
@@ -328,7 +340,7 @@ async def test_a_sender_killed_mid_campaign_sends_every_message_once(
             lambda states: sum(state == "sent" for state, _ in states.values()) >= 100,
             what="the campaign under way",
         )
-        await kill_and_restart(slow, [SENDER])
+        await _restart(slow, kill)
         states = await _settled(platform, campaign, count)
     finally:
         await kill_and_restart(platform, [SENDER])
@@ -338,10 +350,13 @@ async def test_a_sender_killed_mid_campaign_sends_every_message_once(
     arrived = {mid: n for mid, n in mail_server.message_ids().items() if mid in expected}
     assert set(arrived) == expected  # none lost
     copies = sum(arrived.values()) - count
-    print(f"SIGKILL mid-campaign: {count} messages, {copies} arrived a second time")
-    # Only a message the server accepted in the instant before the sender recorded it can
-    # arrive twice, with the same Message-ID; at most one recording interval's worth.
-    assert copies <= 64, f"{copies} messages arrived twice"
+    print(f"{'SIGKILL' if kill else 'SIGTERM'} mid-campaign: {count} messages, {copies} twice")
+    if kill:
+        # Only a message the server accepted in the instant before the sender recorded it can
+        # arrive twice, with the same Message-ID: at most a recording interval's worth.
+        assert copies <= 64, f"{copies} messages arrived twice"
+    else:  # a stopped sender finishes and records its batch first
+        assert copies == 0
     outcomes = await asyncio.to_thread(_events, platform, "crm.messages", set(customers))
     assert Counter(e["data"]["outcome"] for e in {e["id"]: e for e in outcomes}.values()) == {
         "sent": count
