@@ -189,6 +189,7 @@ def bench_env(base: Mapping[str, str]) -> dict[str, str]:
         **services,
         "CRM_LOG_LEVEL": "WARNING",
         "CRM_SERVICE_TOKEN": secrets.token_urlsafe(32),
+        "CRM_LINK_SECRET": secrets.token_hex(32),
         "CRM_GATEWAY_RATE_PER_SECOND": "1000000",
         "CRM_GATEWAY_RATE_BURST": "1000000",
     }

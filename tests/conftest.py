@@ -41,14 +41,28 @@ TEST_SETTINGS["CRM_CASES_COST_PER_HOUR"] = json.dumps(
     {department: str(rate) for department, rate in case_scenario.CASE_RATES.items()}
 )
 """A fast clock and quick retries of a halted worker, so tests need not wait minutes."""
-TEST_SETTINGS["CRM_LINK_SECRET"] = "links-of-the-test-suite-" + secrets.token_hex(8)
-"""Signs the links in planned messages (the broadcast worker) and checks them (the gateway)."""
 
+
+SENDER_SETTINGS = {
+    "CRM_BROADCAST_SMTP_PORT": shifted_port(12525),
+    "CRM_BROADCAST_WEBHOOK_URLS": json.dumps(
+        {ch: f"http://127.0.0.1:{shifted_port(12580)}/{ch}" for ch in ("sms", "push")}
+    ),
+    "CRM_BROADCAST_LEASE_SECONDS": "3",
+    "CRM_BROADCAST_RETRY_BASE_SECONDS": "0.5",
+    "CRM_BROADCAST_RETRY_CAP_SECONDS": "2",
+    "CRM_BROADCAST_MAX_ATTEMPTS": "3",
+    "CRM_BROADCAST_IDLE_SECONDS": "0.2",
+}
+"""The sender sends to the SMTP and webhook servers the delivery tests run on these ports, and
+retries and takes over dead senders' messages within seconds."""
+TEST_SETTINGS |= SENDER_SETTINGS
 
 # The whole suite runs with the service APIs guarded: they require it, the gateway presents it.
 SERVICE_TOKEN = {"CRM_SERVICE_TOKEN": secrets.token_urlsafe(32)}
 LINK_SECRET = {"CRM_LINK_SECRET": secrets.token_hex(32)}
-"""Signs the links in messages: the broadcast service mints them, the gateway reads them."""
+"""Signs the links in messages: the broadcast planner and sender mint them, the gateway reads
+them."""
 
 
 def _reachable(host_port: str) -> bool:

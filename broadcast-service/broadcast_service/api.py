@@ -22,6 +22,7 @@ from broadcast_service.decision import (
     contact_decision,
     sends_since,
 )
+from broadcast_service.delivery_api import add_delivery_routes
 from crm_shared.contracts.events import Channel, ContactPurpose
 from crm_shared.runtime.http import (
     connection,
@@ -328,6 +329,7 @@ def create_app(settings: BroadcastSettings | None = None) -> FastAPI:
         return _decision_view(customer_id, decision)
 
     campaign_api.add_routes(app, settings.plan_batch_size, settings.contact_policy())
+    add_delivery_routes(app)
     return app
 
 

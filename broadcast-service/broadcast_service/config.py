@@ -1,10 +1,12 @@
 """Settings of the broadcast service (`CRM_BROADCAST_` prefix; the links in messages are signed
 with the platform's `CRM_LINK_SECRET` and point at `CRM_PUBLIC_URL`)."""
 
+from __future__ import annotations
+
 from datetime import timedelta
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from broadcast_service.decision import ContactPolicy
@@ -38,3 +40,44 @@ class BroadcastSettings(ServiceSettings):
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 """The service's own SQL migrations, applied in name order by the worker and the API."""
+
+
+class SenderSettings(BroadcastSettings):
+    """The sender's settings (`CRM_BROADCAST_` prefix, like the rest of the service); the links
+    it signs use the platform's `CRM_LINK_SECRET` (required) and `CRM_PUBLIC_URL`."""
+
+    sender_metrics_port: int = 9113
+    mail_from: str = "CRM <news@crm.example.com>"
+    message_id_domain: str = "crm.example.com"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_timeout_seconds: float = Field(default=30, gt=0)
+    smtp_connections: int = Field(
+        default=16, ge=1, le=512, description="SMTP connections kept open: messages in flight"
+    )
+    webhook_urls: dict[str, str] = Field(
+        default_factory=dict,
+        description='Provider URL per channel, JSON: {"sms": "https://...", "push": "..."}',
+    )
+    webhook_timeout_seconds: float = Field(default=10, gt=0)
+    webhook_connections: int = Field(default=32, ge=1, le=512)
+    send_rate: float = Field(
+        default=0, ge=0, description="Most messages a second this sender sends; 0: no limit"
+    )
+    claim_batch: int = Field(default=500, ge=1, le=10_000)
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    retry_base_seconds: float = Field(default=30, gt=0)
+    retry_cap_seconds: float = Field(default=3600, gt=0)
+    lease_seconds: float = Field(
+        default=300,
+        gt=0,
+        description="How long a claimed message stays this sender's; then another resolves it",
+    )
+    idle_seconds: float = Field(default=1.0, gt=0, le=60, description="Poll when nothing is due")
+
+    @model_validator(mode="after")
+    def _signs_links(self) -> SenderSettings:
+        """Every marketing e-mail carries a signed unsubscribe link: no secret, no sending."""
+        if self.platform.link_secret is None:
+            raise ValueError("the sender needs CRM_LINK_SECRET (make one: openssl rand -hex 32)")
+        return self

@@ -18,6 +18,7 @@ from broadcast_service.campaigns import (
     Recipient,
 )
 from broadcast_service.decision import CustomerReach, reach_of, registered_addresses
+from broadcast_service.delivery import OutboundMessage
 from broadcast_service.projection import (
     ChannelPreferences,
     ChannelSetup,
@@ -773,3 +774,173 @@ async def campaign_rows(
             limit,
         )
     )
+
+
+# ----------------------------------------------------------------------------- sending
+
+_OUTBOUND_FIELDS = (
+    "message_id, campaign_id, customer_id, channel, address, purpose, subject, body_text,"
+    " body_html, attempts"
+)
+
+
+def _outbound(row: Mapping[str, Any]) -> OutboundMessage:
+    return OutboundMessage(**{name: row[name] for name in OutboundMessage.__slots__})
+
+
+async def claim_due(conn: asyncpg.Connection, now: datetime, limit: int) -> list[OutboundMessage]:
+    """Lock up to `limit` messages due now: planned ones whose time has come, and 'sending' ones
+    whose lease ended (their sender died). Rows another sender holds are skipped, not waited for.
+    """
+    rows = await conn.fetch(
+        f"""
+        SELECT {_OUTBOUND_FIELDS} FROM outbound_messages
+        WHERE (state = 'planned' AND not_before <= $1
+               AND (next_attempt_at IS NULL OR next_attempt_at <= $1))
+           OR (state = 'sending' AND next_attempt_at <= $1)
+        ORDER BY not_before
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+        """,
+        now,
+        limit,
+    )
+    return [_outbound(row) for row in rows]
+
+
+async def start_sending(
+    conn: asyncpg.Connection, message_ids: Collection[str], lease_until: datetime
+) -> None:
+    """The ledger's first step, committed before any adapter is called: the attempt is counted,
+    and the message is this sender's until `lease_until`."""
+    await conn.execute(
+        "UPDATE outbound_messages SET state = 'sending', attempts = attempts + 1,"
+        " next_attempt_at = $2 WHERE message_id = ANY($1::text[])",
+        list(message_ids),
+        lease_until,
+    )
+
+
+async def hold_back(
+    conn: asyncpg.Connection,
+    message_ids: Sequence[str],
+    states: Sequence[str],
+    next_attempts: Sequence[datetime | None],
+    reasons: Sequence[str],
+) -> None:
+    """Messages the re-check refused: cancelled, or planned again for after the quiet hours."""
+    await conn.execute(
+        """
+        UPDATE outbound_messages AS m
+        SET state = r.state, next_attempt_at = r.next_attempt_at, last_error = r.reason
+        FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[])
+             AS r(message_id, state, next_attempt_at, reason)
+        WHERE m.message_id = r.message_id
+        """,
+        list(message_ids),
+        list(states),
+        list(next_attempts),
+        list(reasons),
+    )
+
+
+async def finish_attempts(
+    conn: asyncpg.Connection,
+    message_ids: Sequence[str],
+    states: Sequence[str],
+    next_attempts: Sequence[datetime | None],
+    errors: Sequence[str | None],
+    references: Sequence[str | None],
+    at: datetime,
+) -> set[str]:
+    """Record what the adapters answered; returns the messages recorded. A message no longer
+    'sending' (its lease ended and another sender took it) is left to that sender."""
+    rows = await conn.fetch(
+        """
+        UPDATE outbound_messages AS m
+        SET state = r.state, next_attempt_at = r.next_attempt_at, last_error = r.error,
+            provider_reference = coalesce(r.reference, m.provider_reference),
+            sent_at = CASE WHEN r.state = 'sent' THEN $6::timestamptz END
+        FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[])
+             AS r(message_id, state, next_attempt_at, error, reference)
+        WHERE m.message_id = r.message_id AND m.state = 'sending'
+        RETURNING m.message_id
+        """,
+        list(message_ids),
+        list(states),
+        list(next_attempts),
+        list(errors),
+        list(references),
+        at,
+    )
+    return {row["message_id"] for row in rows}
+
+
+async def add_outcomes(
+    conn: asyncpg.Connection,
+    messages: Sequence[OutboundMessage],
+    outcomes: Sequence[str],
+    reasons: Sequence[str | None],
+    at: datetime,
+) -> list[int]:
+    """Record outcomes once each; returns the positions of those recorded now (not before), and
+    counts them in the campaign results in the same statement."""
+    rows = await conn.fetch(
+        """
+        WITH given AS (
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+                 WITH ORDINALITY AS r(message_id, outcome, reason, campaign_id, channel, position)
+        ), added AS (
+            INSERT INTO message_outcomes (message_id, outcome, reason, recorded_at)
+            SELECT message_id, outcome, reason, $6 FROM given
+            ON CONFLICT DO NOTHING
+            RETURNING message_id, outcome
+        ), counted AS (
+            INSERT INTO campaign_results AS c (campaign_id, channel, outcome, messages)
+            SELECT g.campaign_id, g.channel, g.outcome, count(*)
+            FROM given AS g JOIN added USING (message_id, outcome)
+            WHERE g.campaign_id IS NOT NULL
+            GROUP BY g.campaign_id, g.channel, g.outcome
+            ON CONFLICT (campaign_id, channel, outcome)
+            DO UPDATE SET messages = c.messages + EXCLUDED.messages
+        )
+        SELECT g.position FROM given AS g JOIN added USING (message_id, outcome)
+        """,
+        [m.message_id for m in messages],
+        list(outcomes),
+        list(reasons),
+        [m.campaign_id for m in messages],
+        [m.channel for m in messages],
+        at,
+    )
+    return sorted(int(row["position"]) - 1 for row in rows)
+
+
+async def outbound_message(conn: asyncpg.Connection, message_id: str) -> OutboundMessage | None:
+    row = await conn.fetchrow(
+        f"SELECT {_OUTBOUND_FIELDS} FROM outbound_messages WHERE message_id = $1", message_id
+    )
+    return None if row is None else _outbound(row)
+
+
+async def due_messages(conn: asyncpg.Connection, now: datetime) -> int:
+    """How many planned messages wait to be sent now: the sender's queue depth."""
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM outbound_messages WHERE state = 'planned' AND not_before <= $1"
+        " AND (next_attempt_at IS NULL OR next_attempt_at <= $1)",
+        now,
+    )
+    return count
+
+
+async def campaign_results(conn: asyncpg.Connection, campaign_id: str) -> dict[str, dict[str, int]]:
+    """A campaign's messages by channel and outcome (sent, delivered, opened, clicked, bounced,
+    failed, cancelled, ...)."""
+    rows = await conn.fetch(
+        "SELECT channel, outcome, messages FROM campaign_results WHERE campaign_id = $1",
+        campaign_id,
+    )
+    results: dict[str, dict[str, int]] = {}
+    for row in rows:
+        results.setdefault(row["channel"], {})[row["outcome"]] = row["messages"]
+    return results

@@ -450,6 +450,49 @@ OVERVIEW_ROWS: tuple[Row, ...] = (
             ),
         ),
     ),
+    Row(
+        "Broadcast: sending",
+        (
+            Panel(
+                title="Messages / s by channel and outcome",
+                description=(
+                    "What became of messages: sent, bounced, failed, cancelled at send time, and "
+                    "the providers' reports (crm_broadcast_messages_total)."
+                ),
+                unit="ops",
+                queries=(
+                    Query(
+                        _rate_by("channel, outcome", "crm_broadcast_messages_total"),
+                        "{{channel}} {{outcome}}",
+                    ),
+                ),
+            ),
+            Panel(
+                title="Send latency p95 and retries",
+                description=(
+                    "95th percentile of one adapter call (crm_broadcast_send_seconds), and "
+                    "temporary failures planned again with backoff (crm_broadcast_send_retries)."
+                ),
+                unit="s",
+                queries=(
+                    Query(
+                        _quantile_by(0.95, "channel", "crm_broadcast_send_seconds"),
+                        "p95 {{channel}}",
+                    ),
+                    Query(
+                        _rate_by("channel", "crm_broadcast_send_retries_total"),
+                        "retries/s {{channel}}",
+                    ),
+                ),
+            ),
+            Panel(
+                title="Send queue",
+                description="Planned messages due now that no sender has claimed yet.",
+                unit="short",
+                queries=(Query("max(crm_broadcast_send_queue)", "due"),),
+            ),
+        ),
+    ),
 )
 
 

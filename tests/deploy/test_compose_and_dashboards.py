@@ -312,6 +312,7 @@ def _exported_metric_names() -> set[str]:
     (counters with _total, histograms)."""
     from prometheus_client.metrics import MetricWrapperBase
 
+    from broadcast_service import metrics as broadcast_metrics
     from crm_shared.runtime import metrics
     from interaction_service import metrics as interaction_metrics
     from profile_service import metrics as profile_metrics
@@ -322,7 +323,7 @@ def _exported_metric_names() -> set[str]:
         "histogram": ["_bucket", "_sum", "_count"],
     }
     names: set[str] = set()
-    modules = (metrics, profile_metrics, interaction_metrics)
+    modules = (metrics, profile_metrics, interaction_metrics, broadcast_metrics)
     for value in [v for module in modules for v in vars(module).values()]:
         if isinstance(value, MetricWrapperBase):
             for family in value.describe():

@@ -105,7 +105,7 @@ PREFERENCES = Topic(
         DO_NOT_CONTACT_ADDED,
         DO_NOT_CONTACT_REMOVED,
     ),
-    producers=("web-site", "call-centre", "e-mail-service", "gateway-service"),
+    producers=("web-site", "call-centre", "e-mail-service", "gateway-service", "broadcast-service"),
     consumers=("broadcast-service", "interaction-service"),
 )
 SEGMENTS = Topic(

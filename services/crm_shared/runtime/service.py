@@ -26,10 +26,10 @@ class Process:
     name: str
     module: str
     settings: type[ServiceSettings]
-    port_field: Literal["api_port", "worker_metrics_port"]
+    port_field: Literal["api_port", "worker_metrics_port", "sender_metrics_port"]
     health_path: str
     service: str
-    component: Literal["worker", "api"]
+    component: Literal["worker", "api", "sender"]
 
     @property
     def port_env(self) -> str:

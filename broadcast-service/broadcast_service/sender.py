@@ -1,0 +1,367 @@
+"""Broadcast sender: sends the planned messages through the adapter of their channel, exactly once
+as far as the ledger can tell, and publishes what became of them.
+
+python -m broadcast_service.sender
+
+A process of its own (not a job of the worker), so that sending scales and fails apart from
+folding: several senders share the work by claiming rows with FOR UPDATE SKIP LOCKED. Each
+message goes through the ledger in `outbound_messages`:
+
+1. claim: the due rows are locked, checked again against the customer's current consents
+   (cancelled or postponed when refused) and marked 'sending' with the attempt counted and a
+   lease, in one commit, before any adapter is called;
+2. send: through the adapter, at most `send_rate` a second, `smtp_connections` at a time;
+3. record: 'sent', planned again with backoff, or 'failed', with the outcome events written to the
+   outbox in the same commit (so an event is published if and only if the step is recorded).
+
+A sender killed between 1 and 3 leaves rows in 'sending'; when their lease ends, the next claim
+sends them again with the same Message-ID or Idempotency-Key (see docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import uvloop
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from prometheus_client import start_http_server
+
+from broadcast_service import delivery, metrics, store
+from broadcast_service.adapters import Adapter, SmtpAdapter, WebhookAdapter
+from broadcast_service.config import MIGRATIONS, SenderSettings
+from broadcast_service.decision import sends_since
+from broadcast_service.delivery import (
+    NextStep,
+    OutboundMessage,
+    Result,
+    SendResult,
+)
+from broadcast_service.mail import MailIdentity
+from broadcast_service.projection import RecentSend
+from crm_shared.contracts.events import Channel
+from crm_shared.runtime import outbox
+from crm_shared.runtime.db import open_pool
+from crm_shared.runtime.derived import Derived
+from crm_shared.runtime.logs import configure_logging
+from crm_shared.runtime.outbox import OutboxRelay
+from crm_shared.runtime.projector import TRANSIENT_ERRORS
+
+log = logging.getLogger(__name__)
+
+CANCELLED = "cancelled"
+RECORD_EVERY_SECONDS = 0.05
+"""How often finished sends are recorded while a batch is under way: the longer, the fewer
+commits, and the more messages a crash leaves in 'sending' to be sent again."""
+QUEUE_REPORT_SECONDS = 5.0
+WEBHOOK_CHANNELS = (Channel.SMS, Channel.PUSH, Channel.PHONE, Channel.CHAT)
+
+
+class Throttle:
+    """At most `rate` starts a second, evenly spaced (0: no limit)."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = 1 / rate if rate > 0 else 0.0
+        self.clock = clock
+        self.next_slot = 0.0
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        now = self.clock()
+        slot = max(now, self.next_slot)
+        self.next_slot = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    message: OutboundMessage
+    result: SendResult
+
+
+class Sender:
+    """Claims, sends and records; the pool, the adapters and the clock are given."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        adapters: Mapping[str, Adapter],
+        settings: SenderSettings,
+        *,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        jitter: Callable[[], float] = random.random,
+        on_recorded: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.pool = pool
+        self.adapters = adapters
+        self.settings = settings
+        self.now = now
+        self.jitter = jitter
+        self.on_recorded = on_recorded
+        self.throttle = Throttle(settings.send_rate)
+        self.policy = settings.contact_policy()
+        self.stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Claim nothing more; the batch in flight is sent and recorded, then `run` returns:
+        a restart (SIGTERM) leaves nothing in 'sending' to be sent twice."""
+        self.stopping.set()
+
+    async def claim(self) -> list[OutboundMessage]:
+        """Lock the due messages, check them again, and mark those that may go 'sending'."""
+        now = self.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            due = await store.claim_due(conn, now, self.settings.claim_batch)
+            if not due:
+                return []
+            customers = {message.customer_id for message in due}
+            reaches = await store.reaches_of(conn, customers)
+            sends = await store.recent_sends(conn, customers, sends_since(now))
+            ready: list[OutboundMessage] = []
+            held: list[tuple[OutboundMessage, delivery.SendVerdict]] = []
+            for message in due:
+                customer_sends = sends.setdefault(message.customer_id, [])
+                verdict = delivery.send_time_check(
+                    message, reaches[message.customer_id], customer_sends, now, self.policy
+                )
+                if verdict.send:
+                    ready.append(message)
+                    # Counted at once: two campaigns' messages in one batch share the budget.
+                    customer_sends.append(RecentSend(message.channel, message.purpose, now))
+                else:
+                    held.append((message, verdict))
+            if held:
+                await self._hold_back(conn, held, now)
+            if ready:
+                lease_until = now + timedelta(seconds=self.settings.lease_seconds)
+                await store.start_sending(conn, [m.message_id for m in ready], lease_until)
+        return ready
+
+    async def _hold_back(
+        self,
+        conn: asyncpg.Connection,
+        held: Sequence[tuple[OutboundMessage, delivery.SendVerdict]],
+        now: datetime,
+    ) -> None:
+        """Refused at send time: postponed past quiet hours, or cancelled with the reason."""
+        await store.hold_back(
+            conn,
+            [message.message_id for message, _ in held],
+            ["planned" if v.wait_until else CANCELLED for _, v in held],
+            [v.wait_until for _, v in held],
+            [v.reason for _, v in held],
+        )
+        cancelled = [(message, v) for message, v in held if v.wait_until is None]
+        if cancelled:
+            await store.add_outcomes(
+                conn,
+                [message for message, _ in cancelled],
+                [CANCELLED] * len(cancelled),
+                [v.reason for _, v in cancelled],
+                now,
+            )
+        for message, _ in cancelled:
+            metrics.MESSAGES.labels(message.channel, CANCELLED).inc()
+
+    async def send_batch(self, messages: Sequence[OutboundMessage]) -> None:
+        """Send the claimed messages; record what finished every RECORD_EVERY_SECONDS."""
+        finished: list[Attempt] = []
+
+        async def attempt(message: OutboundMessage) -> None:
+            finished.append(await self._attempt(message))
+
+        sending = asyncio.ensure_future(asyncio.gather(*map(attempt, messages)))
+        while True:
+            done, _ = await asyncio.wait({sending}, timeout=RECORD_EVERY_SECONDS)
+            ready, finished[:] = list(finished), []
+            if ready:
+                await self.record(ready)
+            if done:
+                sending.result()
+                return
+
+    async def _attempt(self, message: OutboundMessage) -> Attempt:
+        await self.throttle.wait()
+        adapter = self.adapters.get(message.channel)
+        if adapter is None:
+            return Attempt(
+                message, SendResult(Result.PERMANENT, f"no adapter for {message.channel}")
+            )
+        started = time.perf_counter()
+        result = await adapter.send(message)
+        metrics.SEND_SECONDS.labels(message.channel).observe(time.perf_counter() - started)
+        return Attempt(message, result)
+
+    async def record(self, attempts: Sequence[Attempt]) -> None:
+        """The ledger's last step and the outcome events, in one commit."""
+        now = self.now()
+        settings = self.settings
+        steps = [
+            delivery.next_step(
+                a.result,
+                a.message.attempts + 1,  # counted by start_sending after the row was read
+                settings.max_attempts,
+                now,
+                timedelta(seconds=settings.retry_base_seconds),
+                timedelta(seconds=settings.retry_cap_seconds),
+                self.jitter(),
+            )
+            for a in attempts
+        ]
+        async with self.pool.acquire() as conn, conn.transaction():
+            recorded = await store.finish_attempts(
+                conn,
+                [a.message.message_id for a in attempts],
+                [step.state for step in steps],
+                [step.retry_at for step in steps],
+                [None if a.result.result is Result.SENT else a.result.detail for a in attempts],
+                [a.result.provider_reference for a in attempts],
+                now,
+            )
+            told = [
+                (a, step)
+                for a, step in zip(attempts, steps, strict=True)
+                if step.outcome is not None and a.message.message_id in recorded
+            ]
+            new = await store.add_outcomes(
+                conn,
+                [a.message for a, _ in told],
+                [str(step.outcome) for _, step in told],
+                [a.result.detail for a, _ in told],
+                now,
+            )
+            await outbox.write(conn, list(_events((told[i] for i in new), now)))
+        self.on_recorded()
+        _count(attempts, steps, recorded)
+
+    async def run(self) -> None:
+        """Claim and send until stopped; a database away is waited for, not fatal."""
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                messages = await self.claim()
+                if messages:
+                    await self.send_batch(messages)
+                    delay = 0.5
+                    continue
+                pause = self.settings.idle_seconds
+            except TRANSIENT_ERRORS as error:
+                log.warning(
+                    "sender cannot reach the database, retrying", extra={"error": repr(error)}
+                )
+                pause, delay = delay, min(delay * 2, 10.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), pause)
+
+    async def report_queue(self) -> None:
+        """Export the queue depth every few seconds."""
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    metrics.SEND_QUEUE.set(await store.due_messages(conn, self.now()))
+            except TRANSIENT_ERRORS:
+                pass
+            await asyncio.sleep(QUEUE_REPORT_SECONDS)
+
+
+def _events(told: Iterable[tuple[Attempt, NextStep]], at: datetime) -> Iterable[Derived]:
+    for attempt, step in told:
+        yield from delivery.events_of_step(attempt.message, step, attempt.result.detail, at)
+
+
+def _count(attempts: Sequence[Attempt], steps: Sequence[NextStep], recorded: set[str]) -> None:
+    for attempt, step in zip(attempts, steps, strict=True):
+        if attempt.message.message_id not in recorded:
+            continue
+        channel = attempt.message.channel
+        if step.outcome is None:
+            metrics.SEND_RETRIES.labels(channel).inc()
+        else:
+            metrics.MESSAGES.labels(channel, step.outcome).inc()
+
+
+def _link_secret(settings: SenderSettings) -> str:
+    secret = settings.platform.link_secret
+    assert secret is not None  # SenderSettings refuses to be made without one
+    return secret.get_secret_value()
+
+
+def build_adapters(settings: SenderSettings) -> dict[str, Adapter]:
+    """The adapter of every channel the sender can send on (post has none: nothing is printed)."""
+    identity = MailIdentity(
+        sender=settings.mail_from,
+        message_id_domain=settings.message_id_domain,
+        links_base_url=settings.platform.public_url,
+        link_secret=_link_secret(settings),
+    )
+    mail = SmtpAdapter(
+        identity,
+        settings.smtp_host,
+        settings.smtp_port,
+        settings.smtp_connections,
+        settings.smtp_timeout_seconds,
+        lambda: datetime.now(UTC),
+    )
+    webhook = WebhookAdapter(
+        settings.webhook_urls, settings.webhook_connections, settings.webhook_timeout_seconds
+    )
+    return {Channel.EMAIL: mail, **dict.fromkeys(WEBHOOK_CHANNELS, webhook)}
+
+
+async def serve(settings: SenderSettings) -> None:
+    """The sender's composition root: pool, Kafka producer, outbox relay, adapters."""
+    pool = await open_pool(settings.dsn, MIGRATIONS, settings.pool_size)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.platform.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        client_id="crm-broadcast-sender",
+    )
+    await producer.start()
+
+    async def publish(derived: Sequence[Derived]) -> None:
+        sends = [await producer.send(d.topic, d.value, key=d.key) for d in derived]
+        await asyncio.gather(*sends)
+
+    relay = OutboxRelay("broadcast", pool, publish)
+    adapters = build_adapters(settings)
+    sender = Sender(pool, adapters, settings, on_recorded=relay.wake.set)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, sender.stop)
+    log.info("sender starting", extra={"metrics_port": settings.sender_metrics_port})
+    tasks = [
+        asyncio.create_task(relay.run((*TRANSIENT_ERRORS, KafkaError))),
+        asyncio.create_task(sender.report_queue()),
+    ]
+    try:
+        await sender.run()
+        log.info("sender stopped after recording the messages in flight")
+    finally:
+        for task in tasks:
+            task.cancel()
+        for adapter in {id(a): a for a in adapters.values()}.values():
+            await adapter.close()
+        await producer.stop()
+        await pool.close()
+
+
+def main() -> None:
+    settings = SenderSettings()
+    configure_logging("broadcast-sender", settings.platform.log_level)
+    start_http_server(settings.sender_metrics_port)
+    uvloop.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

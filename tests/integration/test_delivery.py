@@ -1,0 +1,416 @@
+"""The sender on real Kafka, PostgreSQL and SMTP: an aiosmtpd server on loopback and a local HTTP
+server stand for the mail relay and the SMS provider, on the ports the platform's sender is given
+(tests/conftest.py SENDER_SETTINGS). Messages are planned straight into `outbound_messages`, as
+the campaign planner does."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as SMTPServer
+from aiosmtpd.smtp import Envelope, Session
+
+from broadcast_service import store
+from broadcast_service.campaigns import PlannedMessage
+from broadcast_service.service import SENDER
+from crm_shared.contracts.sdk import EventPublisher
+from crm_shared.ops import launcher
+from tests.conftest import SENDER_SETTINGS
+from tests.integration.helpers import (
+    eventually,
+    fetch,
+    get_json,
+    kill_and_restart,
+    read_topic,
+    service_auth,
+    unique,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class MailServer:
+    """Accepts mail like a relay; addresses starting with `bounce` are unknown (550), those
+    starting with `busy` are refused once for a while (451)."""
+
+    received: list[Any] = field(default_factory=list)
+    deferred: set[str] = field(default_factory=set)
+
+    async def handle_RCPT(
+        self, server: SMTPServer, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        if address.startswith("bounce"):
+            return "550 5.1.1 no such user"
+        if address.startswith("busy") and address not in self.deferred:
+            self.deferred.add(address)
+            return "451 4.3.0 try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTPServer, session: Session, envelope: Envelope) -> str:
+        assert isinstance(envelope.content, bytes)
+        self.received.append(message_from_bytes(envelope.content, policy=policy.default))
+        return "250 OK queued"
+
+    def message_ids(self) -> Counter[str]:
+        return Counter(str(mail["Message-ID"]) for mail in self.received)
+
+
+@dataclass
+class Provider:
+    """An SMS provider: records each request, and sends a message posted twice (same
+    Idempotency-Key) once."""
+
+    requests: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+
+
+def _port(setting: str) -> int:
+    return int(SENDER_SETTINGS[setting])
+
+
+@pytest.fixture(scope="module")
+def mail_server(platform: dict[str, str]) -> Iterator[MailServer]:
+    handler = MailServer()
+    controller = Controller(handler, hostname="127.0.0.1", port=_port("CRM_BROADCAST_SMTP_PORT"))
+    controller.start()
+    try:
+        yield handler
+    finally:
+        controller.stop()
+
+
+@pytest.fixture(scope="module")
+def provider(platform: dict[str, str]) -> Iterator[Provider]:
+    recorded = Provider()
+    url = json.loads(SENDER_SETTINGS["CRM_BROADCAST_WEBHOOK_URLS"])["sms"]
+    port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            recorded.requests.append((self.path, self.headers["Idempotency-Key"], body))
+            self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield recorded
+    finally:
+        server.shutdown()
+
+
+def _dsn(platform: dict[str, str]) -> str:
+    return f"{platform['CRM_PG_DSN_BASE']}/crm_broadcast"
+
+
+def _reachable(platform: dict[str, str], customers: Sequence[str], channels: Sequence[str]) -> None:
+    """Customers who chose these channels (with addresses) and consent to marketing on every
+    channel, confirmed by double opt-in."""
+    confirmed = {"purpose": "marketing", "state": "granted", "capture_method": "double_opt_in"}
+    with EventPublisher(platform["CRM_KAFKA_BOOTSTRAP"], source="web-site") as crm:
+        for customer in customers:
+            setup = [{"channel": c, "address": _address(customer, c)} for c in channels]
+            crm.publish("crm.channel_preference.set.v2", customer, {"channels": setup})
+            crm.publish("crm.consent.recorded.v2", customer, confirmed)
+
+
+def _address(customer: str, channel: str) -> str:
+    return f"{customer}@example.com" if channel == "email" else "+44 7700 900123"
+
+
+async def _folded(platform: dict[str, str], customers: Sequence[str]) -> None:
+    await eventually(
+        lambda: fetch(
+            _dsn(platform),
+            "SELECT count(*) AS n FROM consents WHERE customer_id = ANY($1::text[])",
+            list(customers),
+        ),
+        lambda rows: rows[0]["n"] == len(customers),
+        what="consents folded",
+    )
+
+
+def _message(customer: str, campaign: str, address: str, channel: str = "email") -> PlannedMessage:
+    return PlannedMessage(
+        message_id=f"{campaign}.{customer}",
+        campaign_id=campaign,
+        customer_id=customer,
+        channel=channel,
+        address=address,
+        purpose="marketing",
+        subject=f"Picks for {customer}",
+        body_text=f"Hello {customer}",
+        body_html=f"<p>Hello {customer}</p>",
+        not_before=datetime.now(UTC),
+    )
+
+
+async def _plan(platform: dict[str, str], messages: Sequence[PlannedMessage]) -> None:
+    conn = await asyncpg.connect(_dsn(platform))
+    try:
+        await store.add_messages(conn, messages)
+    finally:
+        await conn.close()
+
+
+async def _states(platform: dict[str, str], campaign: str) -> dict[str, tuple[str, int]]:
+    rows = await fetch(
+        _dsn(platform),
+        "SELECT message_id, state, attempts FROM outbound_messages WHERE campaign_id = $1",
+        campaign,
+    )
+    return {row["message_id"]: (row["state"], row["attempts"]) for row in rows}
+
+
+async def _settled(
+    platform: dict[str, str], campaign: str, count: int
+) -> dict[str, tuple[str, int]]:
+    return await eventually(
+        lambda: _states(platform, campaign),
+        lambda states: (
+            len(states) == count
+            and all(state in ("sent", "failed", "cancelled") for state, _ in states.values())
+        ),
+        within=120,
+        what=f"every message of {campaign} sent, failed or cancelled",
+    )
+
+
+def _events(platform: dict[str, str], topic: str, customers: set[str]) -> list[dict[str, Any]]:
+    records = read_topic(platform["CRM_KAFKA_BOOTSTRAP"], topic)
+    found = [json.loads(record.value) for record in records]
+    return [event for event in found if event.get("subject") in customers]
+
+
+async def test_messages_go_out_with_their_headers_and_outcomes_reach_the_timeline(
+    platform: dict[str, str], mail_server: MailServer, provider: Provider
+) -> None:
+    campaign, ada, bob = unique("welcome"), unique("ada"), unique("bob")
+    _reachable(platform, [ada, bob], ["email", "sms"])
+    await _folded(platform, [ada, bob])
+    await _plan(
+        platform,
+        [
+            _message(ada, campaign, f"{ada}@example.com"),
+            _message(bob, campaign, "+4915112345678", channel="sms"),
+        ],
+    )
+    states = await _settled(platform, campaign, 2)
+    assert set(states.values()) == {("sent", 1)}
+
+    (mail,) = [m for m in mail_server.received if m["To"] == f"{ada}@example.com"]
+    assert mail["Message-ID"] == f"<{campaign}.{ada}@crm.example.com>"
+    assert mail["Subject"] == f"Picks for {ada}"
+    assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert mail["List-Unsubscribe"].startswith("<http://127.0.0.1:8100/unsubscribe?token=")
+    assert mail.get_body(("plain",)).get_content() == f"Hello {ada}"
+    assert mail.get_body(("html",)).get_content() == f"<p>Hello {ada}</p>"
+
+    (request,) = [r for r in provider.requests if r[2]["customer_id"] == bob]
+    assert request[0] == "/sms" and request[1] == f"{campaign}.{bob}"
+    assert (request[2]["to"], request[2]["text"]) == ("+4915112345678", f"Hello {bob}")
+
+    outcomes = await asyncio.to_thread(_events, platform, "crm.messages", {ada, bob})
+    assert sorted((e["subject"], e["data"]["outcome"]) for e in outcomes) == sorted(
+        [(ada, "sent"), (bob, "sent")]
+    )
+    url = f"http://127.0.0.1:{platform['CRM_INTERACTION_API_PORT']}/customers/{ada}/timeline"
+    _, page = await eventually(
+        lambda: get_json(url, headers=service_auth(platform)),
+        lambda r: r[0] == 200 and any(i["kind"] == "message" for i in r[1]["items"]),
+        what="the sent message on the timeline",
+    )
+    ada_event = next(e for e in outcomes if e["subject"] == ada)
+    assert ada_event["id"] in [i["event_id"] for i in page["items"] if i["kind"] == "message"]
+
+    results = await fetch(
+        _dsn(platform),
+        "SELECT channel, outcome, messages FROM campaign_results WHERE campaign_id = $1"
+        " ORDER BY channel",
+        campaign,
+    )
+    assert [tuple(r) for r in results] == [("email", "sent", 1), ("sms", "sent", 1)]
+
+
+async def test_a_temporary_failure_is_retried_and_a_hard_bounce_stops_contact(
+    platform: dict[str, str], mail_server: MailServer
+) -> None:
+    campaign, busy, gone = unique("retry"), unique("busy"), unique("gone")
+    _reachable(platform, [busy, gone], ["email"])
+    await _folded(platform, [busy, gone])
+    await _plan(
+        platform,
+        [
+            _message(busy, campaign, f"busy-{busy}@example.com"),
+            _message(gone, campaign, f"bounce-{gone}@example.com"),
+        ],
+    )
+    states = await _settled(platform, campaign, 2)
+    assert states[f"{campaign}.{busy}"] == ("sent", 2)  # refused once with 451, then sent
+    assert states[f"{campaign}.{gone}"] == ("failed", 1)  # 550: not tried again
+    assert mail_server.message_ids()[f"<{campaign}.{busy}@crm.example.com>"] == 1
+
+    outcomes = await asyncio.to_thread(_events, platform, "crm.messages", {busy, gone})
+    assert sorted((e["subject"], e["data"]["outcome"]) for e in outcomes) == sorted(
+        [(busy, "sent"), (gone, "bounced")]
+    )
+    preferences = await asyncio.to_thread(_events, platform, "crm.preferences", {gone})
+    (dnc,) = [e for e in preferences if e["type"] == "crm.do_not_contact.added.v1"]
+    assert dnc["source"] == "broadcast-service"
+    assert (dnc["data"]["channel"], dnc["data"]["reason"]) == ("email", "bounced")
+
+
+async def test_an_opt_out_after_planning_is_not_sent(
+    platform: dict[str, str], mail_server: MailServer
+) -> None:
+    campaign, stays, leaves = unique("optout"), unique("stays"), unique("leaves")
+    _reachable(platform, [stays, leaves], ["email"])
+    await _folded(platform, [stays, leaves])
+    planned = [
+        _message(stays, campaign, f"{stays}@example.com"),
+        _message(leaves, campaign, f"{leaves}@example.com"),
+    ]
+    later = datetime.now(UTC) + timedelta(hours=1)
+    await _plan(platform, [replace(message, not_before=later) for message in planned])
+    with EventPublisher(platform["CRM_KAFKA_BOOTSTRAP"], source="web-site") as crm:
+        crm.publish("crm.consent.revoked.v1", leaves, {"purpose": "marketing"})
+    await eventually(
+        lambda: fetch(
+            _dsn(platform), "SELECT granted FROM consents WHERE customer_id = $1", leaves
+        ),
+        lambda rows: [r["granted"] for r in rows] == [False],
+        what="the opt-out folded",
+    )
+    # The campaign's hour comes: both messages are due, after the opt-out.
+    await fetch(
+        _dsn(platform),
+        "UPDATE outbound_messages SET not_before = now() WHERE campaign_id = $1",
+        campaign,
+    )
+    states = await _settled(platform, campaign, 2)
+    assert states[f"{campaign}.{stays}"][0] == "sent"
+    assert states[f"{campaign}.{leaves}"] == ("cancelled", 0)
+    assert f"{leaves}@example.com" not in {m["To"] for m in mail_server.received}
+    (row,) = await fetch(
+        _dsn(platform),
+        "SELECT last_error FROM outbound_messages WHERE message_id = $1",
+        f"{campaign}.{leaves}",
+    )
+    assert "no consent for marketing" in row["last_error"]
+
+
+async def _restart(env: dict[str, str], kill: bool) -> None:
+    if kill:
+        await kill_and_restart(env, [SENDER])
+    else:  # SIGTERM, as the supervisor and `./crm down` stop it
+        launcher.stop(SENDER, env)
+        launcher.start(SENDER, env)
+        await asyncio.sleep(1)  # until the new supervisor has exec'd (its command line is read)
+        launcher.wait_healthy([SENDER], env)
+
+
+@pytest.mark.parametrize("kill", [True, False], ids=["SIGKILL", "SIGTERM"])
+async def test_a_sender_stopped_mid_campaign_sends_every_message_once(
+    platform: dict[str, str], mail_server: MailServer, kill: bool
+) -> None:
+    campaign, count = unique("crash" if kill else "restart"), 600
+    customers = [f"{campaign}-c{n}" for n in range(count)]
+    _reachable(platform, customers, ["email"])
+    await _folded(platform, customers)
+    slow = {**platform, "CRM_BROADCAST_SEND_RATE": "150"}  # long enough to be stopped midway
+    await kill_and_restart(slow, [SENDER])
+    try:
+        await _plan(platform, [_message(c, campaign, f"{c}@example.com") for c in customers])
+        await eventually(
+            lambda: _states(platform, campaign),
+            lambda states: sum(state == "sent" for state, _ in states.values()) >= 100,
+            what="the campaign under way",
+        )
+        await _restart(slow, kill)
+        states = await _settled(platform, campaign, count)
+    finally:
+        await kill_and_restart(platform, [SENDER])
+    assert Counter(state for state, _ in states.values()) == {"sent": count}
+
+    expected = {f"<{campaign}.{c}@crm.example.com>" for c in customers}
+    arrived = {mid: n for mid, n in mail_server.message_ids().items() if mid in expected}
+    assert set(arrived) == expected  # none lost
+    copies = sum(arrived.values()) - count
+    print(f"{'SIGKILL' if kill else 'SIGTERM'} mid-campaign: {count} messages, {copies} twice")
+    if kill:
+        # Only a message the server accepted in the instant before the sender recorded it can
+        # arrive twice, with the same Message-ID: at most a recording interval's worth.
+        assert copies <= 64, f"{copies} messages arrived twice"
+    else:  # a stopped sender finishes and records its batch first
+        assert copies == 0
+    outcomes = await asyncio.to_thread(_events, platform, "crm.messages", set(customers))
+    assert Counter(e["data"]["outcome"] for e in {e["id"]: e for e in outcomes}.values()) == {
+        "sent": count
+    }
+
+
+async def test_provider_reports_are_recorded_once_and_an_unsubscribe_revokes_consent(
+    platform: dict[str, str], mail_server: MailServer
+) -> None:
+    campaign, eve = unique("reports"), unique("eve")
+    _reachable(platform, [eve], ["email"])
+    await _folded(platform, [eve])
+    await _plan(platform, [_message(eve, campaign, f"{eve}@example.com")])
+    await _settled(platform, campaign, 1)
+    api = f"http://127.0.0.1:{platform['CRM_BROADCAST_API_PORT']}"
+    url = f"{api}/messages/{campaign}.{eve}/reports"
+    async with httpx.AsyncClient(timeout=5, headers=service_auth(platform)) as client:
+        answers = [
+            (await client.post(url, json={"outcome": outcome})).json()["recorded"]
+            for outcome in ("delivered", "delivered", "opened", "unsubscribed")
+        ]
+        assert answers == [True, False, True, True]
+        unknown = await client.post(
+            f"{api}/messages/nothing-{eve}/reports", json={"outcome": "opened"}
+        )
+        assert unknown.status_code == 404
+        wrong = await client.post(url, json={"outcome": "exploded"})
+        assert wrong.status_code == 422
+        results = (await client.get(f"{api}/campaigns/{campaign}/delivery")).json()
+    assert results["channels"] == {
+        "email": {"sent": 1, "delivered": 1, "opened": 1, "unsubscribed": 1}
+    }
+    outcomes = await eventually(
+        lambda: asyncio.to_thread(_events, platform, "crm.messages", {eve}),
+        lambda events: len(events) == 4,
+        what="four outcomes on crm.messages",
+    )
+    assert sorted(e["data"]["outcome"] for e in outcomes) == [
+        "delivered",
+        "opened",
+        "sent",
+        "unsubscribed",
+    ]
+    preferences = await asyncio.to_thread(_events, platform, "crm.preferences", {eve})
+    (revoked,) = [e for e in preferences if e["type"] == "crm.consent.recorded.v2"]
+    assert revoked["data"] | {"evidence": None} == {
+        "purpose": "marketing",
+        "channel": "email",
+        "state": "revoked",
+        "capture_method": "unsubscribe_link",
+        "wording_version": None,
+        "evidence": None,
+    }
