@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from crm_shared.runtime import shadow
 from crm_shared.runtime.db import connect_in_schema, open_pool
+from broadcast_service.config import MIGRATIONS as BROADCAST_MIGRATIONS
 from profile_service.config import MIGRATIONS
 
 SHADOW = shadow.SHADOW_SCHEMA
@@ -64,6 +65,32 @@ async def test_applied_ids_missing_before_or_since_a_time(fresh_dsn: str) -> Non
             builder, "public", SHADOW, applied_since=since
         )
         assert (missing_before, missing_since) == (1, 0)
+    finally:
+        await pool.close()
+        await builder.close()
+
+
+async def test_the_send_ledger_is_carried_into_the_shadow_not_compared(fresh_dsn: str) -> None:
+    """A replay cannot redo a send: the live ledger replaces whatever the shadow planned, so the
+    rebuilt broadcast projection knows every message already sent."""
+    pool = await open_pool(fresh_dsn, BROADCAST_MIGRATIONS, 2)
+    builder = await connect_in_schema(fresh_dsn, SHADOW)
+    try:
+        await shadow.create_shadow(builder, SHADOW, BROADCAST_MIGRATIONS)
+        row = (
+            "INSERT INTO {schema}.outbound_messages (message_id, customer_id, channel, address,"
+            " purpose, body_text, not_before, state, planned_at, sent_at)"
+            " VALUES ('m1', 'c1', 'email', 'a@example.com', 'marketing', 'hi', now(), {state},"
+            " now(), {sent})"
+        )
+        await builder.execute(row.format(schema="public", state="'sent'", sent="now()"))
+        await builder.execute(row.format(schema=SHADOW, state="'planned'", sent="NULL"))
+        live = await shadow.fingerprints(builder, "public")
+        assert "outbound_messages" not in live
+        async with builder.transaction():
+            assert await shadow.carry_ledgers(builder, "public", SHADOW) == 1
+        states = await builder.fetch(f"SELECT message_id, state FROM {SHADOW}.outbound_messages")
+        assert [(r["message_id"], r["state"]) for r in states] == [("m1", "sent")]
     finally:
         await pool.close()
         await builder.close()

@@ -345,6 +345,7 @@ class Rebuild:
                     if force or not differences:
                         retired = f"retired_{datetime.now(UTC):%Y%m%d_%H%M%S}"
                         await shadow.carry_unsent_outbox(admin, live, shadow.SHADOW_SCHEMA)
+                        await shadow.carry_ledgers(admin, live, shadow.SHADOW_SCHEMA)
                         await shadow.switch(admin, live, shadow.SHADOW_SCHEMA, retired)
                 held_seconds = time.monotonic() - held_from
         finally:

@@ -33,6 +33,12 @@ WORKER_COMPUTED_PREFIXES = ("fitted_", "computed_")
 model, `fitted_*`, and its revenue cube, `computed_*`): a rebuild's shadow holds none until the
 worker computes them again."""
 
+CARRIED_TABLES = ("outbound_messages", "message_outcomes", "campaign_results")
+"""What a service did in the world rather than what the log says: the broadcast service's send
+ledger (which messages went out, and what became of them). A replay cannot redo a send, so a
+rebuild does not compare these tables and carries the live rows into the shadow at the switch,
+under a lock that holds the sender's writes: a rebuilt projection never sends a message twice."""
+
 BOOKKEEPING_COLUMNS: dict[str, frozenset[str]] = {
     "consumer_positions": frozenset({"updated_at"}),
     "segment_memberships": frozenset({"version", "changed_at"}),
@@ -129,7 +135,11 @@ async def fingerprints(
     these customers alone changed (SCOPED_COLUMN)."""
     found: dict[str, Fingerprint] = {}
     for table in await tables(conn, schema):
-        if table in NOT_FINGERPRINTED or table.startswith(WORKER_COMPUTED_PREFIXES):
+        if (
+            table in NOT_FINGERPRINTED
+            or table in CARRIED_TABLES
+            or table.startswith(WORKER_COMPUTED_PREFIXES)
+        ):
             continue
         names = await conn.fetch(
             "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass"
@@ -215,6 +225,20 @@ async def carry_unsent_outbox(conn: asyncpg.Connection, live: str, shadow: str) 
         called,
     )
     return int(status.rsplit(" ", 1)[-1])
+
+
+async def carry_ledgers(conn: asyncpg.Connection, live: str, shadow: str) -> int:
+    """In the caller's transaction: the live rows of the CARRIED_TABLES the live schema has
+    replace the shadow's, with the live tables locked against writes (a sender's update waits,
+    then lands in the new tables after the switch). Returns how many rows were carried."""
+    carried = 0
+    for table in set(CARRIED_TABLES) & set(await tables(conn, live)):
+        source, target = f"{quoted(live)}.{quoted(table)}", f"{quoted(shadow)}.{quoted(table)}"
+        await conn.execute(f"LOCK TABLE {source} IN EXCLUSIVE MODE")
+        await conn.execute(f"DELETE FROM {target}")
+        status = await conn.execute(f"INSERT INTO {target} SELECT * FROM {source}")
+        carried += int(status.rsplit(" ", 1)[-1])
+    return carried
 
 
 async def switch(conn: asyncpg.Connection, live: str, shadow: str, retired: str) -> None:
