@@ -4,9 +4,9 @@ compared before or since a time."""
 
 from __future__ import annotations
 
+from broadcast_service.config import MIGRATIONS as BROADCAST_MIGRATIONS
 from crm_shared.runtime import shadow
 from crm_shared.runtime.db import connect_in_schema, open_pool
-from broadcast_service.config import MIGRATIONS as BROADCAST_MIGRATIONS
 from profile_service.config import MIGRATIONS
 
 SHADOW = shadow.SHADOW_SCHEMA
