@@ -314,7 +314,7 @@ async def test_an_opt_out_after_planning_is_not_sent(
         "SELECT last_error FROM outbound_messages WHERE message_id = $1",
         f"{campaign}.{leaves}",
     )
-    assert "no consent for marketing" in row["last_error"]
+    assert "consent to marketing on email revoked" in row["last_error"]
 
 
 async def _restart(env: dict[str, str], kill: bool) -> None:
@@ -405,7 +405,11 @@ async def test_provider_reports_are_recorded_once_and_an_unsubscribe_revokes_con
         "unsubscribed",
     ]
     preferences = await asyncio.to_thread(_events, platform, "crm.preferences", {eve})
-    (revoked,) = [e for e in preferences if e["type"] == "crm.consent.recorded.v2"]
+    (revoked,) = [
+        e
+        for e in preferences
+        if e["type"] == "crm.consent.recorded.v2" and e["data"]["state"] == "revoked"
+    ]
     assert revoked["data"] | {"evidence": None} == {
         "purpose": "marketing",
         "channel": "email",
