@@ -16,7 +16,6 @@ and almost nothing is published. For each: wall time, the training's share (the 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -68,8 +67,8 @@ async def _swap(pool: asyncpg.Pool) -> dict[str, Any]:
     version = await train_model(pool)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     async with pool.acquire() as conn:
-        metrics = json.loads(
-            await conn.fetchval("SELECT metrics FROM model_versions WHERE version = $1", version)
+        metrics = await conn.fetchval(
+            "SELECT metrics FROM model_versions WHERE version = $1", version
         )
         published = await conn.fetchval("SELECT count(*) FROM outbox") - published_before
         customers = await conn.fetchval("SELECT count(*) FROM customer_picks")

@@ -192,10 +192,13 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
         serialised once."""
         async with pool_of(request).acquire() as conn:
             found = await store.customer_picks(conn, customer_id, limit)
-            if found is not None and found["personalised"] and not _allowed(found["consent"]):
-                found = None  # refused since the picks were computed: the job replaces them
             if found is None:
                 allowed = _allowed(await store.consent_state(conn, customer_id))
+            else:
+                allowed = _allowed(found["consent"])
+                if found["personalised"] and not allowed:
+                    found = None  # refused since the picks were computed: the job replaces them
+            if found is None:
                 popular = await store.popular_products(
                     conn, limit, not_bought_by=customer_id if allowed else None
                 )

@@ -10,10 +10,13 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
 from crm_shared.contracts.events import RECOMMENDATIONS_REFRESHED, build_event
 from recommendation_service import store
+from recommendation_service.api import create_app
+from recommendation_service.config import RecommendationSettings
 from recommendation_service.published import NEW_PRODUCTS, PUBLISHED_PICKS
 from recommendation_service.worker import refresh_picks, train_model
 from tests.component.test_recommendation_neighbours import T0, pool, project
@@ -21,6 +24,22 @@ from tests.component.test_recommendation_serving import _folded
 
 pytestmark = pytest.mark.component
 __all__ = ["pool"]
+
+
+async def _api_answer(dsn: str, customer: str) -> dict[str, Any]:
+    """The API's answer for a customer's recommendations, served from this database."""
+    settings = RecommendationSettings(database_url=dsn)
+    token = settings.platform.service_token
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://api") as client,
+    ):
+        response = await client.get(f"/customers/{customer}/recommendations", headers=headers)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
 
 
 async def _published(pool: asyncpg.Pool) -> dict[str, list[dict[str, Any]]]:
@@ -78,15 +97,20 @@ async def test_a_swap_publishes_each_customers_list_once_and_only_changes_after(
 
 
 async def test_revoking_consent_publishes_popular_goods_and_granting_again_personal_picks(
-    pool: asyncpg.Pool,
+    pool: asyncpg.Pool, fresh_dsn: str
 ) -> None:
     await _folded(pool)
     await train_model(pool)
     while await refresh_picks(pool):
         pass
     before = await _published(pool)
+    assert (await _api_answer(fresh_dsn, "ME"))["strategy"] == "personal"
 
     await project(pool, [_consent(1, "ME", "revoked")], 1)
+    # before the picks job runs, the API already refuses the stored personal picks
+    answer = await _api_answer(fresh_dsn, "ME")
+    assert answer["strategy"] == "popular"
+    assert "JAM" in {pick["product_id"] for pick in answer["recommendations"]}  # not filtered
     assert await refresh_picks(pool) == 1
     async with pool.acquire() as conn:
         stored = await store.customer_picks(conn, "ME", 50)
