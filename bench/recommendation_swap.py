@@ -10,7 +10,8 @@ own trainer (`train_model`): the first computes and publishes every customer's l
 new), the second retrains on the same data, so lists are computed again but almost none change
 and almost nothing is published. For each: wall time, the training's share (the version's
 `training_seconds`), the rest (lists, outbox, the swap's statements), this process's CPU time
-(threads included; PostgreSQL's not) and the events put in the outbox.
+(threads included) and PostgreSQL's (every backend of the bench's server), and the events put
+in the outbox.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import argparse
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from bench.pipeline import say
+from bench.reads import cpu_seconds
 from bench.scratch import drop_database, fresh_pool
 from crm_shared.contracts.deadletter import DeadLetter
 from crm_shared.contracts.events import build_event, encode_event
@@ -59,13 +62,15 @@ def _revocations(events: list[dict[str, Any]], every: int) -> list[dict[str, Any
     ]
 
 
-async def _swap(pool: asyncpg.Pool) -> dict[str, Any]:
+async def _swap(pool: asyncpg.Pool, postmaster: int) -> dict[str, Any]:
     async with pool.acquire() as conn:
         published_before = await conn.fetchval("SELECT count(*) FROM outbox")
         await store.request_retrain(conn)
+    postgres_started = cpu_seconds({"postgres": postmaster})["postgres"]
     started, cpu_started = time.perf_counter(), time.process_time()
     version = await train_model(pool)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    postgres = cpu_seconds({"postgres": postmaster})["postgres"] - postgres_started
     async with pool.acquire() as conn:
         metrics = await conn.fetchval(
             "SELECT metrics FROM model_versions WHERE version = $1", version
@@ -79,12 +84,13 @@ async def _swap(pool: asyncpg.Pool) -> dict[str, Any]:
         "training_seconds": training,
         "lists_and_swap_seconds": round(wall - training, 2),
         "cpu_seconds": round(cpu, 2),
+        "postgres_cpu_seconds": round(postgres, 2),
         "customers_with_lists": customers,
         "events_published": published,
     }
 
 
-async def run(args: argparse.Namespace, dsn_base: str) -> dict[str, Any]:
+async def run(args: argparse.Namespace, dsn_base: str, pg_dir: str) -> dict[str, Any]:
     if args.data is None or not args.data.is_file():
         raise SystemExit(f"data file not found: {args.data}")
     say("reading the UCI Online Retail file")
@@ -94,6 +100,7 @@ async def run(args: argparse.Namespace, dsn_base: str) -> dict[str, Any]:
     events = [e for e in data.events if topic_for(str(e["type"])) == "crm.orders"]
     if args.refused_every:
         events += _revocations(events, args.refused_every)
+    postmaster = int((Path(pg_dir) / "pg" / "postmaster.pid").read_text().split()[0])
     pool = await fresh_pool(dsn_base, SCRATCH, PROJECTION.migrations, 4)
     try:
         say(f"folding {len(events):,} events")
@@ -108,10 +115,10 @@ async def run(args: argparse.Namespace, dsn_base: str) -> dict[str, Any]:
         while await refresh_neighbours(pool):
             pass
         say("first swap: every customer's list is new")
-        first = await _swap(pool)
+        first = await _swap(pool, postmaster)
         say(f"  {first}")
         say("second swap: the same data")
-        second = await _swap(pool)
+        second = await _swap(pool, postmaster)
         say(f"  {second}")
     finally:
         await pool.close()

@@ -433,7 +433,10 @@ async def main() -> None:
     add_arguments(parser)
     args = parser.parse_args()
     if args.swap:
-        print(json.dumps(await recommendation_swap.run(args, os.environ["CRM_PG_DSN_BASE"])))
+        report = await recommendation_swap.run(
+            args, os.environ["CRM_PG_DSN_BASE"], os.environ["CRM_PG_DIR"]
+        )
+        print(json.dumps(report))
         return
     report = await run(args, bench_env(os.environ))
     print()
