@@ -44,6 +44,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from bench import recommendation_swap
 from bench.pipeline import encoded, publish, say, wait_caught_up
 from bench.reads import bench_env, cpu_line, cpu_seconds, create_key, measured_processes
 from crm_shared.contracts.sdk import EventPublisher
@@ -81,6 +82,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="measure only how soon a purchase changes similar items (no training, no top 10)",
     )
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument(
+        "--swap",
+        action="store_true",
+        help="only time model swaps on a scratch database (bench/recommendation_swap.py)",
+    )
+    parser.add_argument(
+        "--refused-every",
+        type=int,
+        default=0,
+        help="with --swap: every K-th customer revokes consent to personalisation",
+    )
 
 
 async def fixed_rate(
@@ -419,7 +431,14 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     add_arguments(parser)
-    report = await run(parser.parse_args(), bench_env(os.environ))
+    args = parser.parse_args()
+    if args.swap:
+        report = await recommendation_swap.run(
+            args, os.environ["CRM_PG_DSN_BASE"], os.environ["CRM_PG_DIR"]
+        )
+        print(json.dumps(report))
+        return
+    report = await run(args, bench_env(os.environ))
     print()
     show(report)
 

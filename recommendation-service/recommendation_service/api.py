@@ -13,7 +13,7 @@ import asyncpg
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from crm_shared.contracts.events import CustomerId, ProductId
+from crm_shared.contracts.events import ConsentState, CustomerId, ProductId
 from crm_shared.runtime.http import (
     connection,
     create_api,
@@ -23,7 +23,9 @@ from crm_shared.runtime.http import (
 )
 from recommendation_service import serving, store
 from recommendation_service.config import MIGRATIONS, RecommendationSettings
+from recommendation_service.consent import personalisation_allowed
 from recommendation_service.projection import Strategy
+from recommendation_service.published import popular_document
 
 Conn = Annotated[asyncpg.Connection, Depends(connection)]
 JSON = "application/json"
@@ -112,10 +114,11 @@ def _stats(row: dict[str, Any]) -> ProductStats:
     return ProductStats.model_validate(row)
 
 
-def _personal_body(customer_id: str, found: dict[str, Any]) -> str:
+def _stored_body(customer_id: str, found: dict[str, Any]) -> str:
     """The answer around the picks' JSON as PostgreSQL gave it: nothing is parsed again."""
+    strategy = "personal" if found["personalised"] else "popular"
     return (
-        f'{{"customer_id": {json.dumps(customer_id)}, "strategy": "personal", '
+        f'{{"customer_id": {json.dumps(customer_id)}, "strategy": "{strategy}", '
         f'"model": {{"version": {found["version"]}, '
         f'"trained_at": "{found["trained_at"].isoformat()}"}}, '
         f'"recommendations": {found["picks"]}}}'
@@ -124,16 +127,6 @@ def _personal_body(customer_id: str, found: dict[str, Any]) -> str:
 
 def _stamp(version: dict[str, Any] | None) -> dict[str, Any]:
     return version or {"version": None, "trained_at": None}
-
-
-def _popular_pick(row: dict[str, Any]) -> dict[str, Any]:
-    reason = serving.Reason("popular")
-    return {
-        "product_id": row["product_id"],
-        "description": row["description"],
-        "score": float(row["buyers"]),
-        "reason": {"kind": reason.kind, "product_id": None, "text": reason.text},
-    }
 
 
 def _together_pick(row: dict[str, Any], product_id: str) -> dict[str, Any]:
@@ -159,6 +152,12 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
         '"customers who bought X also bought Y".',
         service_token=settings.platform.service_token,
     )
+
+    def _allowed(state: str | None) -> bool:
+        """Whether a customer's consent (None: never decided) allows personal picks."""
+        return personalisation_allowed(
+            ConsentState(state) if state is not None else None, settings.personalisation_default
+        )
 
     @app.get("/products/popular", response_model=PopularProducts)
     async def popular(conn: Conn, limit: Limit = 10) -> PopularProducts:
@@ -187,21 +186,30 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
         customer_id: CustomerId, request: Request, limit: PicksLimit = 10
     ) -> Response:
         """The customer's picks, precomputed by the served model (the blend) and kept current
-        after their own purchases, each with its reason; popular goods they have not bought when
-        the model has nothing for them. On the customer 360's path: one row read, serialised
-        once."""
+        after their own purchases and consents, each with its reason; popular goods they have not
+        bought when the model has nothing for them, and popular goods alone (strategy `popular`)
+        when they do not allow personalisation. On the customer 360's path: one row read,
+        serialised once."""
         async with pool_of(request).acquire() as conn:
             found = await store.customer_picks(conn, customer_id, limit)
             if found is None:
-                popular = await store.popular_products(conn, limit, not_bought_by=customer_id)
+                allowed = _allowed(await store.consent_state(conn, customer_id))
+            else:
+                allowed = _allowed(found["consent"])
+                if found["personalised"] and not allowed:
+                    found = None  # refused since the picks were computed: the job replaces them
+            if found is None:
+                popular = await store.popular_products(
+                    conn, limit, not_bought_by=customer_id if allowed else None
+                )
                 stamp = await store.current_version(conn)
         if found is not None:
-            return Response(_personal_body(customer_id, found), media_type=JSON)
+            return Response(_stored_body(customer_id, found), media_type=JSON)
         body = {
             "customer_id": customer_id,
             "strategy": "popular",
             "model": _stamp(stamp),
-            "recommendations": [_popular_pick(row) for row in popular],
+            "recommendations": [popular_document(row) for row in popular],
         }
         return Response(json.dumps(body, default=datetime.isoformat), media_type=JSON)
 
@@ -225,7 +233,9 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
             "strategy": "bought-together" if together else "popular",
             "model": _stamp(await store.current_version(conn)),
             "similar": [_together_pick(row, product_id) for row in together]
-            or [_popular_pick(row) for row in popular if row["product_id"] != product_id][:limit],
+            or [popular_document(row) for row in popular if row["product_id"] != product_id][
+                :limit
+            ],
         }
         return Response(json.dumps(body, default=datetime.isoformat), media_type=JSON)
 

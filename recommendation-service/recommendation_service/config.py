@@ -5,6 +5,7 @@ from pathlib import Path
 from pydantic_settings import SettingsConfigDict
 
 from crm_shared.runtime.config import ServiceSettings
+from recommendation_service.consent import PersonalisationDefault
 
 
 class RecommendationSettings(ServiceSettings):
@@ -13,6 +14,10 @@ class RecommendationSettings(ServiceSettings):
     database: str = "crm_recommendation"
     api_port: int = 8104
     worker_metrics_port: int = 9104
+    personalisation_default: PersonalisationDefault = PersonalisationDefault.ALLOWED
+    """For customers who never decided on personalisation: allowed (the service's behaviour before
+    it read consents, and what legitimate interest covers in most shops) or refused (where the
+    law asks for consent first). A change applies to lists as they are next computed."""
 
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"

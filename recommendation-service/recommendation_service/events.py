@@ -1,11 +1,23 @@
-"""What the recommendation service reads: orders, refunds (negative signals) and product views.
-It publishes nothing yet."""
+"""What the recommendation service reads: orders, refunds (negative signals), product views and
+consents to personalisation; it publishes each customer's list on crm.recommendations."""
 
-from crm_shared.contracts.topics import BROWSING, ORDERS
+from crm_shared.contracts.events import CONSENT_RECORDED
+from crm_shared.contracts.topics import BROWSING, ORDERS, PREFERENCES
 
-TOPICS = (ORDERS, BROWSING)
+TOPICS = (ORDERS, BROWSING, PREFERENCES)
 
 ORDER_PLACED = "crm.order.placed.v1"
 ORDER_REFUNDED = "crm.order.refunded.v1"
 PRODUCT_VIEWED = "crm.product.viewed.v1"
-FOLDS = frozenset({ORDER_PLACED, ORDER_REFUNDED, PRODUCT_VIEWED})
+CONSENT_GRANTED = "crm.consent.granted.v1"
+CONSENT_REVOKED = "crm.consent.revoked.v1"
+FOLDS = frozenset(
+    {
+        ORDER_PLACED,
+        ORDER_REFUNDED,
+        PRODUCT_VIEWED,
+        CONSENT_GRANTED,
+        CONSENT_REVOKED,
+        CONSENT_RECORDED,
+    }
+)

@@ -34,3 +34,14 @@ MODEL_JOB_SECONDS = Histogram(
     "Duration of a training and swap: fitting, every customer's picks, the swap's transaction",
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120),
 )
+LISTS_PUBLISHED = Counter(
+    "crm_recommendation_lists_published",
+    "Customers' lists published on crm.recommendations because what they name changed, by "
+    "whether they were personal",
+    ["personalised"],
+)
+LISTS_WITHOUT_CONSENT = Counter(
+    "crm_recommendation_lists_without_consent",
+    "Customers' lists computed from popular goods alone because the customer does not allow "
+    "personalisation (refused, pending, or never asked with the default refused)",
+)

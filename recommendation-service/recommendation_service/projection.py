@@ -185,6 +185,8 @@ class ProductDelta:
     description: str | None = None
     described_at: datetime | None = None
     """Event time of the description; the stored one is replaced only by a newer one."""
+    first_sold_at: datetime | None = None
+    """Event time of the batch's earliest purchase: the stored one is the earliest of all."""
 
 
 def product_deltas(
@@ -206,6 +208,8 @@ def product_deltas(
         product = delta(purchase.product_id)
         product.orders += 1
         product.quantity += purchase.quantity
+        if product.first_sold_at is None or purchase.time < product.first_sold_at:
+            product.first_sold_at = purchase.time
         if purchase.description is not None and (
             product.described_at is None or purchase.time >= product.described_at
         ):

@@ -15,7 +15,9 @@ from typing import Any
 
 import asyncpg
 
+from crm_shared.contracts.events import ConsentState
 from crm_shared.runtime.db import columns
+from recommendation_service.consent import ConsentDecision
 from recommendation_service.models import Similar, SimilarPair
 from recommendation_service.neighbours import Entry, KeptGood, Lists
 from recommendation_service.projection import (
@@ -24,6 +26,7 @@ from recommendation_service.projection import (
     ProductDelta,
     ViewDelta,
 )
+from recommendation_service.published import Publication, ServedList
 from recommendation_service.serving import Kept, Neighbour, ServingModel
 
 NEIGHBOUR_JOB_LOCK = 7412
@@ -98,12 +101,13 @@ async def add_products(conn: asyncpg.Connection, deltas: Mapping[str, ProductDel
     await conn.execute(
         """
         INSERT INTO products AS t (product_id, goods, description, described_at, orders,
-                                   quantity, buyers, views)
+                                   quantity, buyers, views, first_sold_at)
         SELECT * FROM unnest($1::text[], $2::bool[], $3::text[], $4::timestamptz[], $5::bigint[],
-                             $6::bigint[], $7::int[], $8::bigint[])
+                             $6::bigint[], $7::int[], $8::bigint[], $9::timestamptz[])
         ORDER BY 1
         ON CONFLICT (product_id) DO UPDATE SET
             goods = EXCLUDED.goods,
+            first_sold_at = LEAST(t.first_sold_at, EXCLUDED.first_sold_at),
             description = CASE
                 WHEN EXCLUDED.described_at >= t.described_at OR t.described_at IS NULL
                     THEN COALESCE(EXCLUDED.description, t.description)
@@ -116,7 +120,15 @@ async def add_products(conn: asyncpg.Connection, deltas: Mapping[str, ProductDel
         """,
         list(deltas),
         *columns(
-            values, "goods", "description", "described_at", "orders", "quantity", "buyers", "views"
+            values,
+            "goods",
+            "description",
+            "described_at",
+            "orders",
+            "quantity",
+            "buyers",
+            "views",
+            "first_sold_at",
         ),
     )
 
@@ -478,27 +490,25 @@ async def add_model_version(
 
 
 async def write_picks(
-    conn: asyncpg.Connection, version: int, picks: Mapping[str, list[dict[str, Any]]]
+    conn: asyncpg.Connection, version: int, lists: Mapping[str, ServedList]
 ) -> None:
-    """Store customers' picks computed with `version`; an empty list removes the customer's row
-    (they get popular products)."""
-    found = sorted(customer for customer, documents in picks.items() if documents)
-    gone = sorted(customer for customer, documents in picks.items() if not documents)
-    if gone:
-        await conn.execute("DELETE FROM customer_picks WHERE customer_id = ANY($1::text[])", gone)
+    """Store customers' lists computed with `version`, personal or not."""
+    found = sorted(lists)
     if found:
         await conn.execute(
             """
-            INSERT INTO customer_picks AS t (customer_id, version, computed_at, picks)
-            SELECT customer_id, $1, now(), picks::jsonb
-            FROM unnest($2::text[], $3::text[]) AS u(customer_id, picks)
+            INSERT INTO customer_picks AS t (customer_id, version, computed_at, picks,
+                                             personalised)
+            SELECT customer_id, $1, now(), picks::jsonb, personalised
+            FROM unnest($2::text[], $3::text[], $4::bool[]) AS u(customer_id, picks, personalised)
             ON CONFLICT (customer_id) DO UPDATE SET
                 version = EXCLUDED.version, computed_at = EXCLUDED.computed_at,
-                picks = EXCLUDED.picks
+                picks = EXCLUDED.picks, personalised = EXCLUDED.personalised
             """,
             version,
             found,
-            [json.dumps(picks[customer]) for customer in found],
+            [json.dumps(lists[customer].picks) for customer in found],
+            [lists[customer].personalised for customer in found],
         )
 
 
@@ -600,13 +610,16 @@ async def customer_picks(
     conn: asyncpg.Connection, customer_id: str, limit: int
 ) -> dict[str, Any] | None:
     """A customer's first `limit` precomputed picks, as JSON text ready to serve, with their
-    version and its training time: one row, sliced by PostgreSQL (no JSON work in Python)."""
+    version and its training time, whether they are personal and the customer's consent to
+    personalisation (null: never decided): one row, sliced by PostgreSQL (no JSON work in
+    Python)."""
     row = await conn.fetchrow(
         """
         SELECT jsonb_path_query_array(p.picks, '$[0 to $last]',
                                       jsonb_build_object('last', $2::int - 1))::text AS picks,
-               p.version, v.trained_at
+               p.version, v.trained_at, p.personalised, c.state AS consent
         FROM customer_picks p JOIN model_versions v USING (version)
+        LEFT JOIN personalisation_consents c USING (customer_id)
         WHERE p.customer_id = $1
         """,
         customer_id,
@@ -623,3 +636,107 @@ async def current_version(conn: asyncpg.Connection) -> dict[str, Any] | None:
         """
     )
     return dict(row) if row is not None else None
+
+
+# --- consent to personalisation and published lists ----------------------------------------
+
+
+async def record_consents(conn: asyncpg.Connection, decisions: Sequence[ConsentDecision]) -> None:
+    """Keep each customer's latest personalisation decision: last writer wins by (decided_at,
+    source, event_id), ties included, as `ConsentDecision.order` (sorted: rows lock in one
+    order)."""
+    if not decisions:
+        return
+    ordered = sorted(decisions, key=lambda decision: decision.customer_id)
+    await conn.execute(
+        """
+        INSERT INTO personalisation_consents AS t (customer_id, state, decided_at, source,
+                                                   event_id)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[])
+        ON CONFLICT (customer_id) DO UPDATE SET
+            state = EXCLUDED.state, decided_at = EXCLUDED.decided_at,
+            source = EXCLUDED.source, event_id = EXCLUDED.event_id
+        WHERE (EXCLUDED.decided_at, EXCLUDED.source COLLATE "C", EXCLUDED.event_id COLLATE "C")
+            > (t.decided_at, t.source COLLATE "C", t.event_id COLLATE "C")
+        """,
+        *columns(ordered, "customer_id", "state", "decided_at", "source", "event_id"),
+    )
+
+
+async def consent_states(
+    conn: asyncpg.Connection, customers: Sequence[str]
+) -> dict[str, ConsentState]:
+    """The personalisation decision of each of these customers who made one."""
+    rows = await conn.fetch(
+        """
+        SELECT customer_id, state FROM personalisation_consents
+        WHERE customer_id = ANY($1::text[])
+        """,
+        customers,
+    )
+    return {row[0]: ConsentState(row[1]) for row in rows}
+
+
+async def consent_state(conn: asyncpg.Connection, customer_id: str) -> str | None:
+    """A customer's personalisation decision (None: never decided)."""
+    found: str | None = await conn.fetchval(
+        "SELECT state FROM personalisation_consents WHERE customer_id = $1", customer_id
+    )
+    return found
+
+
+async def customers_with_lists(conn: asyncpg.Connection) -> list[str]:
+    """Customers who have a stored list: a swap computes theirs again, whatever they kept."""
+    rows = await conn.fetch("SELECT customer_id FROM customer_picks")
+    return [row[0] for row in rows]
+
+
+async def newest_products(conn: asyncpg.Connection, limit: int) -> list[dict[str, Any]]:
+    """The goods first sold most recently (event time), newest first."""
+    rows = await conn.fetch(
+        f"""
+        SELECT {_PRODUCT_COLUMNS} FROM products
+        WHERE goods AND buyers > 0 AND first_sold_at IS NOT NULL
+        ORDER BY first_sold_at DESC, product_id
+        LIMIT $1
+        """,
+        limit,
+    )
+    return [dict(row) for row in rows]
+
+
+async def published_lists(
+    conn: asyncpg.Connection, customers: Sequence[str]
+) -> dict[str, tuple[int, str]]:
+    """(version, signature) of the list last published for each of these customers."""
+    rows = await conn.fetch(
+        """
+        SELECT customer_id, version, signature FROM published_lists
+        WHERE customer_id = ANY($1::text[])
+        """,
+        customers,
+    )
+    return {row[0]: (row[1], row[2]) for row in rows}
+
+
+async def save_published(
+    conn: asyncpg.Connection, publications: Sequence[Publication], at: datetime
+) -> None:
+    """Remember what was published (in the transaction that put the events in the outbox)."""
+    if not publications:
+        return
+    await conn.execute(
+        """
+        INSERT INTO published_lists AS t (customer_id, version, signature, published_at)
+        SELECT customer_id, version, signature, $4
+        FROM unnest($1::text[], $2::bigint[], $3::text[]) AS u(customer_id, version, signature)
+        ORDER BY 1
+        ON CONFLICT (customer_id) DO UPDATE SET
+            version = EXCLUDED.version, signature = EXCLUDED.signature,
+            published_at = EXCLUDED.published_at
+        """,
+        [publication.customer_id for publication in publications],
+        [publication.version for publication in publications],
+        [publication.served.signature() for publication in publications],
+        at,
+    )

@@ -10,18 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from functools import cache
 
 import asyncpg
 
 from crm_shared.contracts.events import Event
+from crm_shared.runtime import outbox
 from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.projector import PeriodicJob, Projection
 from crm_shared.runtime.worker import run_worker
-from recommendation_service import metrics, models, neighbours, projection, serving, store
+from recommendation_service import (
+    consent,
+    metrics,
+    models,
+    neighbours,
+    projection,
+    published,
+    serving,
+    store,
+)
 from recommendation_service.config import MIGRATIONS, RecommendationSettings
+from recommendation_service.consent import PersonalisationDefault
 from recommendation_service.evaluation import KNN_NEIGHBOURS
 from recommendation_service.events import FOLDS, TOPICS
 
@@ -48,6 +59,9 @@ PICKS_JOB_INTERVAL_SECONDS = 0.25
 PICKS_JOB_DUTY = 0.3
 PICKS_BATCH = 500
 """Customers whose picks one run of the picks job recomputes at most."""
+CATALOGUE_SLACK = 200
+"""Popular and new goods read beyond those a list shows, for the lists that leave out what the
+customer kept (a customer who kept more of them than this may get a shorter list)."""
 
 
 async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:
@@ -58,6 +72,7 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
     views = projection.view_deltas(events)
     changes: dict[projection.CustomerProduct, int] = {}
     units = projection.units_kept_deltas(purchases, projection.returned_units(events))
+    decisions = consent.latest_decisions(events)
     if units:
         kept_before = await store.units_kept(conn, units.keys())
         changes = projection.buyer_changes(kept_before, units)
@@ -65,8 +80,9 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
             conn, projection.customer_product_deltas(purchases, units)
         )
         await store.mark_for_refresh(conn, projection.neighbours_to_refresh(changes))
-        await store.mark_customers(conn, sorted({customer for customer, _ in units}))
         metrics.FIRST_PURCHASES.inc(sum(1 for change in changes.values() if change > 0))
+    await store.record_consents(conn, list(decisions.values()))
+    await store.mark_customers(conn, sorted({customer for customer, _ in units} | set(decisions)))
     await store.add_products(conn, projection.product_deltas(purchases, changes, views))
     await store.add_views(conn, views)
     return ()
@@ -162,32 +178,86 @@ class ServedModel:
 SERVED = ServedModel()
 
 
-async def compute_picks(
+@cache
+def personalisation_default() -> PersonalisationDefault:
+    """What customers who never decided get, in this process (read once from the settings)."""
+    return RecommendationSettings().personalisation_default
+
+
+async def served_lists(
     conn: asyncpg.Connection, model: serving.ServingModel, customers: Sequence[str] | None
-) -> dict[str, list[dict[str, Any]]]:
-    """Picks of these customers (None: everyone who kept goods) as stored; an empty list for a
-    customer the model has nothing for."""
-    kept = await store.kept_purchases(conn, customers)
-    who = sorted({item.customer_id for item in kept}) if customers is None else list(customers)
-    seeds = None if customers is None else sorted({item.product_id for item in kept})
+) -> dict[str, published.ServedList]:
+    """The lists of these customers (None: everyone who kept goods or has a list): personal
+    picks from the model for those who allow personalisation (their data alone is read), popular
+    goods for the others and for those the model has nothing for."""
+    if customers is None:
+        everyone = await store.kept_purchases(conn)
+        listed = await store.customers_with_lists(conn)
+        who = sorted({item.customer_id for item in everyone}.union(listed))
+    else:
+        who = list(customers)
+    states = await store.consent_states(conn, who)
+    default = personalisation_default()
+    allowed = [c for c in who if consent.personalisation_allowed(states.get(c), default)]
+    may = set(allowed)
+    if customers is None:
+        kept = [item for item in everyone if item.customer_id in may]
+        seeds = None
+    else:
+        kept = await store.kept_purchases(conn, allowed)
+        seeds = sorted({item.product_id for item in kept})
     neighbours = await store.voting_neighbours(conn, KNN_NEIGHBOURS, seeds)
-    found = await asyncio.to_thread(serving.personal_picks, model, who, kept, neighbours)
+    found = await asyncio.to_thread(serving.personal_picks, model, allowed, kept, neighbours)
     named = await store.descriptions(
         conn, {pick.product_id for picks in found.values() for pick in picks}
     )
-    return {
-        customer: [
-            serving.pick_document(pick, named.get(pick.product_id))
-            for pick in found.get(customer, [])
-        ]
+    kept_by: dict[str, set[str]] = {}
+    for item in kept:
+        kept_by.setdefault(item.customer_id, set()).add(item.product_id)
+    popular = await store.popular_products(conn, serving.PICKS_KEPT + CATALOGUE_SLACK)
+    newest = await store.newest_products(conn, published.NEW_PRODUCTS + CATALOGUE_SLACK)
+    lists = {
+        customer: published.served_list(
+            [
+                serving.pick_document(pick, named.get(pick.product_id))
+                for pick in found.get(customer, [])
+            ],
+            customer in may,
+            kept_by.get(customer, set()),
+            popular,
+            newest,
+        )
         for customer in who
     }
+    metrics.LISTS_WITHOUT_CONSENT.inc(len(who) - len(allowed))
+    return lists
+
+
+async def write_lists(
+    conn: asyncpg.Connection, version: int, lists: Mapping[str, published.ServedList]
+) -> int:
+    """Store the lists and, in the same transaction, publish through the outbox those whose
+    content changed since last published. Returns how many were published."""
+    await store.write_picks(conn, version, lists)
+    stored = await store.published_lists(conn, sorted(lists))
+    publications = published.changed_lists(stored, lists)
+    now = datetime.now(UTC)
+    await outbox.write(
+        conn, [published.refreshed_event(found, version, now) for found in publications]
+    )
+    await store.save_published(conn, publications, now)
+    for personalised in (True, False):
+        metrics.LISTS_PUBLISHED.labels(str(personalised).lower()).inc(
+            sum(found.served.personalised is personalised for found in publications)
+        )
+    return len(publications)
 
 
 async def refresh_picks(pool: asyncpg.Pool) -> int:
-    """One run of the picks job: recompute the picks of customers whose orders or refunds
-    arrived, with the version served, in one transaction under the picks lock (never while a
-    swap writes everyone's). Before the first version their marks wait. Returns how many."""
+    """One run of the picks job: recompute the lists of customers whose orders, refunds or
+    consents arrived, with the version served, and publish those that changed, in one
+    transaction under the picks lock (never while a swap writes everyone's). Before the first
+    version their marks wait. Returns how many customers."""
     async with pool.acquire() as conn, conn.transaction():
         if not await store.lock_picks(conn, wait=False):
             return 0
@@ -196,7 +266,7 @@ async def refresh_picks(pool: asyncpg.Pool) -> int:
         if loaded is None:
             return 0
         version, model = loaded
-        await store.write_picks(conn, version, await compute_picks(conn, model, list(marks)))
+        await write_lists(conn, version, await served_lists(conn, model, list(marks)))
         await store.clear_customer_marks(conn, marks)
     metrics.PICKS_REFRESHED.inc(len(marks))
     return len(marks)
@@ -234,7 +304,7 @@ async def train_model(pool: asyncpg.Pool) -> int | None:
             async with conn.transaction():
                 await store.lock_picks(conn, wait=True)
                 version = await store.add_model_version(conn, model, datetime.now(UTC), figures)
-                await store.write_picks(conn, version, await compute_picks(conn, model, None))
+                await write_lists(conn, version, await served_lists(conn, model, None))
                 await store.swap_model(conn, version, answering=pending)
         finally:
             await store.unlock_trainer(conn)

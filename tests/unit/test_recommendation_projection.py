@@ -218,3 +218,16 @@ def test_product_deltas_say_which_products_are_not_goods() -> None:
         "gift_0001_20": False,
     }
     assert deltas["POST"].buyers == 1  # still counted: distinct buyers stay true to the orders
+
+
+def test_a_product_is_first_sold_at_its_earliest_purchase_by_event_time_not_by_arrival() -> None:
+    batch = purchases(
+        [
+            _order("C1", _line("P1"), minutes=20),
+            _order("C2", _line("P1"), _line("P2"), minutes=5),
+            _order("C3", _line("P1"), minutes=30),
+        ]
+    )
+    deltas = product_deltas(batch, {}, {("C4", "P9"): ViewDelta(1, at(1))})
+    assert (deltas["P1"].first_sold_at, deltas["P2"].first_sold_at) == (at(5), at(5))
+    assert deltas["P9"].first_sold_at is None  # viewed, never sold

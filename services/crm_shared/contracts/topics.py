@@ -106,7 +106,7 @@ PREFERENCES = Topic(
         DO_NOT_CONTACT_REMOVED,
     ),
     producers=("web-site", "call-centre", "e-mail-service", "gateway-service", "broadcast-service"),
-    consumers=("broadcast-service", "interaction-service"),
+    consumers=("broadcast-service", "interaction-service", "recommendation-service"),
 )
 SEGMENTS = Topic(
     "crm.segments",

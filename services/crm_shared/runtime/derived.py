@@ -50,8 +50,24 @@ def derive(
     """A validated derived event whose id derives from its cause; `part` tells apart several
     events of one type that one cause derives for one customer."""
     event_id = derived_id(cause, event_type, customer_id, part)
-    document = build_event(
+    return derived_event(
         event_type, customer_id, data, source=source, time=time or cause.time, event_id=event_id
+    )
+
+
+def derived_event(
+    event_type: str,
+    customer_id: str,
+    data: BaseModel | Mapping[str, Any],
+    *,
+    source: str,
+    time: datetime,
+    event_id: str,
+) -> Derived:
+    """A validated derived event with an id of the caller's making: for what a periodic job
+    derives with no event as its cause (the id must still repeat when the job's run does)."""
+    document = build_event(
+        event_type, customer_id, data, source=source, time=time, event_id=event_id
     )
     return Derived(
         topic_for(event_type), customer_id.encode(), encode_event(document), event_id, event_type
