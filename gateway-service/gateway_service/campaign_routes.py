@@ -11,11 +11,11 @@ Mounted by gateway_service.api's create_app, whose guards and types it shares.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from crm_shared.contracts.events import (
@@ -23,16 +23,11 @@ from crm_shared.contracts.events import (
     CAMPAIGN_DEFINED,
     CampaignDefined,
     CampaignId,
-    InvalidEvent,
-    build_event,
-    encode_event,
 )
-from crm_shared.contracts.topics import topic_for
 from gateway_service.api import GUARDED, errors, require
 from gateway_service.auth import CAMPAIGNS_READ, CAMPAIGNS_WRITE, StoredKey
-from gateway_service.ingest import Publish
+from gateway_service.commands import publish_command
 from gateway_service.passthrough import passed_on
-from gateway_service.producer import EventProducer
 
 CampaignsReader = Annotated[StoredKey, Depends(require(CAMPAIGNS_READ))]
 CampaignsWriter = Annotated[StoredKey, Depends(require(CAMPAIGNS_WRITE))]
@@ -64,27 +59,10 @@ class CampaignCommandAccepted(BaseModel):
 async def _publish(
     request: Request, key: StoredKey, event_type: str, campaign_id: str, data: dict[str, Any]
 ) -> CampaignCommandAccepted:
-    """Validate the event as the worker will, publish it keyed by the campaign, wait for the ack."""
-    try:
-        document = build_event(
-            event_type,
-            campaign_id,
-            data,
-            source=f"gateway:{key.key_id}",
-            time=datetime.now(UTC),
-            event_id=str(uuid.uuid4()),
-        )
-        value = encode_event(document)
-    except InvalidEvent as invalid:
-        raise HTTPException(422, str(invalid)) from None
-    producer: EventProducer = request.app.state.producer
-    item = Publish(0, document["id"], topic_for(event_type), campaign_id.encode(), value)
-    failures = await producer.publish([item])
-    if failures:
-        raise HTTPException(503, f"the campaign event was not published: {failures[0]}")
-    return CampaignCommandAccepted(
-        campaign_id=campaign_id, event_id=document["id"], type=event_type
-    )
+    """Publish the campaign's event, keyed by the campaign."""
+    source = f"gateway:{key.key_id}"
+    event_id = await publish_command(request, event_type, campaign_id, data, source)
+    return CampaignCommandAccepted(campaign_id=campaign_id, event_id=event_id, type=event_type)
 
 
 @router.post(

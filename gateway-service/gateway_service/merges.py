@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -23,16 +22,11 @@ from crm_shared.contracts.events import (
     CUSTOMER_MERGED,
     CUSTOMER_UNMERGED,
     CustomerId,
-    InvalidEvent,
-    build_event,
-    encode_event,
 )
-from crm_shared.contracts.topics import topic_for
 from gateway_service import metrics
 from gateway_service.api import GUARDED, CustomerIdPath, errors, require
 from gateway_service.auth import CUSTOMERS_MERGE, StoredKey
-from gateway_service.ingest import Publish
-from gateway_service.producer import EventProducer
+from gateway_service.commands import publish_command
 from gateway_service.upstream import Services, UpstreamFailure, customer_path
 
 CustomersMerger = Annotated[StoredKey, Depends(require(CUSTOMERS_MERGE))]
@@ -80,27 +74,11 @@ async def _identified_by(request: Request, customer_id: str) -> list[str]:
 async def _publish(
     request: Request, event_type: str, customer_id: str, data: dict[str, Any]
 ) -> MergeAccepted:
-    try:
-        document = build_event(
-            event_type,
-            customer_id,
-            data,
-            source=SOURCE,
-            time=datetime.now(UTC),
-            event_id=f"{event_type}:{uuid.uuid4().hex}",
-        )
-    except InvalidEvent as error:
-        raise HTTPException(422, str(error)) from None
-    producer: EventProducer = request.app.state.producer
-    item = Publish(
-        0, document["id"], topic_for(event_type), customer_id.encode(), encode_event(document)
-    )
-    failures = await producer.publish([item])
-    if failures:
-        raise HTTPException(503, f"the event was not published: {failures[0]}; try again")
+    event_id = f"{event_type}:{uuid.uuid4().hex}"
+    await publish_command(request, event_type, customer_id, data, SOURCE, event_id)
     other = data.get("merged_customer_id") or data["customer_id"]
     return MergeAccepted(
-        event_id=document["id"], type=event_type, customer_id=customer_id, other_customer_id=other
+        event_id=event_id, type=event_type, customer_id=customer_id, other_customer_id=other
     )
 
 

@@ -12,11 +12,10 @@ Mounted by gateway_service.api's create_app, whose guards and types it shares.
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel
 
 from crm_shared.contracts.events import (
@@ -30,16 +29,11 @@ from crm_shared.contracts.events import (
     ContactPurpose,
     DoNotContactAdded,
     DoNotContactRemoved,
-    InvalidEvent,
-    build_event,
-    encode_event,
 )
-from crm_shared.contracts.topics import topic_for
 from gateway_service.api import GUARDED, CustomerIdPath, errors, require
 from gateway_service.auth import PREFERENCES_READ, PREFERENCES_WRITE, StoredKey
-from gateway_service.ingest import Publish
+from gateway_service.commands import publish_command
 from gateway_service.passthrough import passed_on
-from gateway_service.producer import EventProducer
 from gateway_service.upstream import customer_path
 
 PreferencesReader = Annotated[StoredKey, Depends(require(PREFERENCES_READ))]
@@ -58,30 +52,12 @@ class PreferenceCommandAccepted(BaseModel):
 async def _publish(
     request: Request, key: StoredKey, event_type: str, customer_id: str, data: BaseModel
 ) -> PreferenceCommandAccepted:
-    """Validate the event as the worker will, publish it keyed by the customer, wait for the
-    ack."""
-    try:
-        document = build_event(
-            event_type,
-            customer_id,
-            # Only what the caller gave: a quiet window that names no zone is read in the
-            # customer's zone, so its default must not be written into the event.
-            data.model_dump(mode="json", exclude_unset=True),
-            source=f"gateway:{key.key_id}",
-            time=datetime.now(UTC),
-            event_id=str(uuid.uuid4()),
-        )
-        value = encode_event(document)
-    except InvalidEvent as invalid:
-        raise HTTPException(422, str(invalid)) from None
-    producer: EventProducer = request.app.state.producer
-    item = Publish(0, document["id"], topic_for(event_type), customer_id.encode(), value)
-    failures = await producer.publish([item])
-    if failures:
-        raise HTTPException(503, f"the preference event was not published: {failures[0]}")
-    return PreferenceCommandAccepted(
-        event_id=document["id"], type=event_type, customer_id=customer_id
-    )
+    """Publish the customer's event. Only what the caller gave: a quiet window that names no
+    zone is read in the customer's zone, so its default must not be written into the event."""
+    given = data.model_dump(mode="json", exclude_unset=True)
+    source = f"gateway:{key.key_id}"
+    event_id = await publish_command(request, event_type, customer_id, given, source)
+    return PreferenceCommandAccepted(event_id=event_id, type=event_type, customer_id=customer_id)
 
 
 async def _from_broadcast(

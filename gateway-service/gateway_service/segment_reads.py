@@ -9,26 +9,19 @@ Mounted by gateway_service.api's create_app, whose guards and types it shares.
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from pydantic import BaseModel
 
 from crm_shared.contracts.events import (
     SEGMENT_DEFINED,
     SEGMENT_RETIRED,
-    InvalidEvent,
     SegmentDefined,
-    build_event,
-    encode_event,
 )
-from crm_shared.contracts.topics import topic_for
 from gateway_service.api import GUARDED, CustomerIdPath, errors, require
 from gateway_service.auth import SEGMENTS_READ, SEGMENTS_WRITE, StoredKey
-from gateway_service.ingest import Publish
-from gateway_service.producer import EventProducer
+from gateway_service.commands import publish_command
 from gateway_service.profile_reads import UPSTREAM, _from_profile
 from gateway_service.upstream import customer_path
 
@@ -53,25 +46,10 @@ class SegmentRetirement(BaseModel):
 async def _publish(
     request: Request, key: StoredKey, event_type: str, segment: str, data: dict[str, Any]
 ) -> SegmentCommandAccepted:
-    """Validate the event as the worker will, publish it keyed by the segment, wait for the ack."""
-    try:
-        document = build_event(
-            event_type,
-            segment,
-            data,
-            source=f"gateway:{key.key_id}",
-            time=datetime.now(UTC),
-            event_id=str(uuid.uuid4()),
-        )
-        value = encode_event(document)
-    except InvalidEvent as invalid:
-        raise HTTPException(422, str(invalid)) from None
-    producer: EventProducer = request.app.state.producer
-    item = Publish(0, document["id"], topic_for(event_type), segment.encode(), value)
-    failures = await producer.publish([item])
-    if failures:
-        raise HTTPException(503, f"the segment event was not published: {failures[0]}")
-    return SegmentCommandAccepted(segment=segment, event_id=document["id"], type=event_type)
+    """Publish the segment's event, keyed by the segment."""
+    source = f"gateway:{key.key_id}"
+    event_id = await publish_command(request, event_type, segment, data, source)
+    return SegmentCommandAccepted(segment=segment, event_id=event_id, type=event_type)
 
 
 @router.post(
