@@ -31,7 +31,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, time, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
+from functools import lru_cache
 from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -232,49 +233,32 @@ def zone_label(name: str) -> str:
     return name if zone_of(name) is not UTC or name == "UTC" else f"UTC (unknown zone {name!r})"
 
 
-_QUIET: dict[tuple[time, time, str, datetime], datetime | None] = {}
 _QUIET_MAX = 4096
+"""Windows and instants remembered: a campaign asks about one instant for every recipient."""
 
 
+@lru_cache(maxsize=_QUIET_MAX)
 def quiet_until(window: QuietWindow, at: datetime) -> datetime | None:
     """When the quiet period `at` falls in ends (UTC), or None when `at` is outside the window.
 
     Wall-clock times are read in the window's zone on the day they fall, so a window keeps its
     local times across a daylight-saving change (22:00-07:00 is 21:00-06:00 UTC in a London
     summer and 22:00-07:00 UTC in winter)."""
-    key = (window.start, window.end, window.timezone, at)
     try:
-        return _QUIET[key]
-    except KeyError:
-        pass
-    if len(_QUIET) >= _QUIET_MAX:
-        _QUIET.clear()
-    try:
-        until = _quiet_until(window, at)
+        return _quiet_until(window, at)
     except OverflowError:  # the window's day is past the end of the calendar
-        until = None
-    _QUIET[key] = until
-    return until
+        return None
 
 
-_QUIET_REASONS: dict[tuple[time, time, str, datetime], Reason | None] = {}
-
-
+@lru_cache(maxsize=_QUIET_MAX)
 def _quiet_reason(window: QuietWindow, at: datetime) -> Reason | None:
     """The quiet-hours reason of a window at an instant, or None: cached like `quiet_until`, as
     formatting its text costs more than the rest of a decision."""
-    key = (window.start, window.end, window.timezone, at)
-    try:
-        return _QUIET_REASONS[key]
-    except KeyError:
-        pass
-    if len(_QUIET_REASONS) >= _QUIET_MAX:
-        _QUIET_REASONS.clear()
     until = quiet_until(window, at)
+    if until is None:
+        return None
     label = f"{window.end:%H:%M} {zone_label(window.timezone)}"
-    reason = None if until is None else Reason("quiet_hours", f"quiet hours until {label}", until)
-    _QUIET_REASONS[key] = reason
-    return reason
+    return Reason("quiet_hours", f"quiet hours until {label}", until)
 
 
 def _quiet_until(window: QuietWindow, at: datetime) -> datetime | None:
