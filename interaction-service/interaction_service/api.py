@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Respo
 from pydantic import BaseModel, Field
 
 from crm_shared.contracts.events import DEPARTMENT_PATTERN, Channel
-from crm_shared.contracts.timeline import TIMELINE_EVENT_TYPES
+from crm_shared.contracts.timeline import MAX_FILTER_VALUES, TIMELINE_EVENT_TYPES
 from crm_shared.runtime.http import (
     connection,
     create_api,
@@ -30,7 +30,6 @@ from interaction_service.projection import Direction, Kind, TimelinePosition, Ti
 Conn = Annotated[asyncpg.Connection, Depends(connection)]
 CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]
 MAX_PAGE = 200
-MAX_FILTER_VALUES = 20
 """Most values of one list filter (kind, event_type, channel, department)."""
 DEPARTMENT_CODE = re.compile(DEPARTMENT_PATTERN)
 MAX_DEPARTMENT_CHARS = 80

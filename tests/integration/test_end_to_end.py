@@ -133,8 +133,9 @@ async def test_events_from_three_publishers_make_up_the_customer_360(
 
         def complete(v: dict[str, object]) -> bool:
             timeline = v.get("timeline") or {}
+            profile = v.get("profile") or {}
             return (
-                bool(v.get("profile"))
+                profile.get("name") is not None  # type: ignore[union-attr]
                 and bool(v.get("preferences"))
                 and len(timeline.get("items", [])) == 5  # type: ignore[union-attr]
             )

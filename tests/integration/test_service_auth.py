@@ -54,6 +54,8 @@ SAMPLE_PATH_VALUES = {
     "segment": "big-spenders",
     "case_id": "K-auth-sample",
     "department": "support",
+    "campaign_id": "spring-auth-sample",
+    "message_id": "m-auth-sample",
 }
 PATH_PARAMETER = re.compile(r"{(\w+)(?::\w+)?}")
 

@@ -41,3 +41,6 @@ TimelineEventType = Literal[
 ]
 TIMELINE_EVENT_TYPES: frozenset[str] = frozenset(get_args(TimelineEventType))
 """Every event of these types is one timeline entry."""
+
+MAX_FILTER_VALUES = 20
+"""Most values one timeline filter (kind, event type, channel, department) takes in a request."""
