@@ -247,15 +247,24 @@ def start(process: Process, env: Mapping[str, str]) -> int:
     return child.pid
 
 
+START_GRACE_SECONDS = 5.0
+"""How long a supervisor just started may not yet be recognisable as one (on a loaded machine
+the fork runs a while before it becomes the supervisor's command)."""
+
+
 def wait_healthy(processes: Iterable[Process], env: Mapping[str, str], timeout: float = 90) -> None:
     """Wait until every process answers on its health URL; fail with the log tail if one exits
     meanwhile: its supervisor would start it again, but a failing start needs a person."""
     since = time.time()
     pending = list(processes)
     deadline = time.monotonic() + timeout
+    grace_ends = time.monotonic() + START_GRACE_SECONDS
     while pending:
         process = pending[0]
         state = status(process, env)
+        if state is None and time.monotonic() < grace_ends:
+            time.sleep(0.1)  # a supervisor just forked shows the parent's command line until exec
+            continue
         if state is None:
             raise RuntimeError(f"{process.name} is not running:\n{log_tail(process, env)}")
         if state.last_exit is not None and (state.last_exit_at or 0) >= since:
