@@ -9,6 +9,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 
 from crm_shared.contracts.events import RECOMMENDATIONS_REFRESHED
@@ -49,9 +50,28 @@ async def test_revoking_and_granting_consent_switch_the_api_and_the_published_li
             _order(publisher, f"{run}-c{n}", n, jam, tea, mug)
         _order(publisher, me, 10, jam)
     service = f"http://127.0.0.1:{platform['CRM_RECOMMENDATION_API_PORT']}"
-    reader = {
-        "Authorization": "Bearer " + create_api_key(platform, f"{run}-r", "recommendations:read")
-    }
+    scopes = "recommendations:read,recommendations:train"
+    reader = {"Authorization": "Bearer " + create_api_key(platform, f"{run}-r", scopes)}
+    # A model that knows my purchases (whatever earlier tests trained does not), asked for once
+    # the purchases are folded (JAM's similar items show them).
+    await eventually(
+        lambda: get_json(f"{gateway_url(platform)}/v1/products/{jam}/similar", headers=reader),
+        lambda r: r[0] == 200 and r[1]["strategy"] == "bought-together",
+        what="the purchases folded",
+    )
+    async with httpx.AsyncClient(base_url=gateway_url(platform), timeout=5) as client:
+        asked = await client.post("/v1/recommendations/model/retrain", headers=reader)
+        assert asked.status_code == 202, asked.text
+        request_id = asked.json()["request_id"]
+        await eventually(
+            lambda: get_json(
+                f"{gateway_url(platform)}/v1/recommendations/model/retrain/{request_id}",
+                headers=reader,
+            ),
+            lambda r: r[0] == 200 and r[1]["version"] is not None,
+            within=120,
+            what="a model trained on my purchases",
+        )
 
     async def mine() -> tuple[int, Any]:
         return await get_json(
