@@ -30,21 +30,18 @@ from crm_shared.contracts.events import (
     ConsentRecorded,
     ContactPurpose,
     InvalidEvent,
-    build_event,
-    encode_event,
 )
-from crm_shared.contracts.topics import topic_for
 from crm_shared.runtime.links import InvalidLink, LinkClaims, read_link
 from gateway_service import metrics, preference_centre
+from gateway_service.commands import NotPublished, publish_events
 from gateway_service.config import GatewaySettings
-from gateway_service.ingest import GATEWAY, Publish
+from gateway_service.ingest import GATEWAY
 from gateway_service.preference_centre import (
     CentreState,
     InvalidForm,
     InvalidUnsubscribe,
     Submission,
 )
-from gateway_service.producer import EventProducer
 from gateway_service.upstream import Services, UpstreamFailure, customer_path, json_body
 
 MAX_TOKEN_LENGTH = 2048
@@ -255,28 +252,17 @@ async def _publish(
 ) -> None:
     """Publish the events, each with its id (a fresh one when None); Refused (503) unless Kafka
     acknowledged every one."""
-    now = datetime.now(UTC)
-    items: list[Publish] = []
-    for index, (event_type, data, event_id) in enumerate(events):
-        try:
-            document = build_event(
-                event_type, customer_id, data, source=GATEWAY, time=now, event_id=event_id
-            )
-        except InvalidEvent as error:
-            raise Refused(400, "Not saved", f"Sorry: {error}.") from None
-        topic = topic_for(event_type)
-        items.append(
-            Publish(index, document["id"], topic, customer_id.encode(), encode_event(document))
-        )
-    producer: EventProducer = request.app.state.producer
-    failures = await producer.publish(items)
-    if failures:
+    try:
+        await publish_events(request, customer_id, events, GATEWAY)
+    except InvalidEvent as error:
+        raise Refused(400, "Not saved", f"Sorry: {error}.") from None
+    except NotPublished:
         raise Refused(
             503,
             "Please try again later",
             "Your choice could not be recorded right now, so nothing was changed. "
             "Please try again in a minute.",
-        )
+        ) from None
 
 
 def _consent_label(purpose: str, channel: str | None) -> str:
