@@ -86,7 +86,7 @@ async def test_picks_similar_items_and_retraining_through_the_gateway(
             f"{gateway}/v1/recommendations/model/retrain/{request_id}", headers=reader
         ),
         lambda r: r[0] == 200 and r[1]["version"] is not None,
-        within=120,
+        within=300,
         what="the retrain request to be answered",
     )
     status, model = await get_json(f"{gateway}/v1/recommendations/model", headers=reader)
