@@ -73,6 +73,9 @@ Money = Annotated[
     ),
     BeforeValidator(_json_number_as_python_reads_it),
 ]
+CountryCode = Annotated[
+    str, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2, upper case (GB, FR)")
+]
 EventSource = Annotated[str, Field(min_length=1, max_length=256)]
 """The CloudEvents `source`: the publishing system (shop, pos, ...)."""
 
@@ -139,6 +142,9 @@ class OrderPlaced(_EventData):
     lines: tuple[OrderLine, ...] = Field(min_length=1, max_length=MAX_ORDER_LINES)
     currency: str = Field(default="GBP", min_length=3, max_length=3)
     channel: Channel = Channel.WEB
+    country: CountryCode | None = Field(
+        default=None, description="Where it was sold or shipped to: trending is kept per country"
+    )
 
     @property
     def total(self) -> Decimal:
@@ -947,6 +953,44 @@ class CampaignCancelled(_EventData):
     reason: str | None = Field(default=None, max_length=300)
 
 
+class ProductKind(StrEnum):
+    """What a catalogue entry sells: only goods are recommended or counted as popular."""
+
+    GOODS = "goods"
+    POSTAGE = "postage"
+    FEE = "fee"
+    VOUCHER = "voucher"
+    ADJUSTMENT = "adjustment"
+    DISCOUNT = "discount"
+    SAMPLE = "sample"
+
+
+class ProductCatalogued(_EventData):
+    """A product's current catalogue record (state transfer): published when it is listed and
+    whenever any of it changes; the latest by event time wins. The subject (and key) is the
+    product's id where it fits the subject's pattern, else any stable key of the product."""
+
+    product_id: ProductId
+    name: str = Field(min_length=1, max_length=300)
+    description: str | None = Field(default=None, max_length=4000)
+    category: str | None = Field(default=None, min_length=1, max_length=120)
+    price: Money
+    currency: str = Field(default="GBP", pattern=r"^[A-Z]{3}$")
+    available: bool = Field(description="In stock and offered for sale")
+    kind: ProductKind = ProductKind.GOODS
+    listed_at: datetime | None = Field(
+        default=None, description="When it was first offered; None: the event's time"
+    )
+
+    @field_validator("listed_at")
+    @classmethod
+    def _aware(cls, instant: datetime | None) -> datetime | None:
+        if instant is not None and instant.tzinfo is None:
+            raise ValueError("listed_at must carry a UTC offset")
+        return instant
+
+
+PRODUCT_CATALOGUED = "crm.product.catalogued.v1"
 CLOCK_TICKED = "crm.clock.ticked.v1"
 SEGMENT_ENTERED = "crm.segment.entered.v1"
 SEGMENT_LEFT = "crm.segment.left.v1"
@@ -1045,6 +1089,7 @@ EVENT_TYPES: dict[str, type[_EventData]] = {
     RECOMMENDATIONS_REFRESHED: RecommendationsRefreshed,
     CAMPAIGN_DEFINED: CampaignDefined,
     CAMPAIGN_CANCELLED: CampaignCancelled,
+    PRODUCT_CATALOGUED: ProductCatalogued,
 }
 """Every event type on the wire, by its CloudEvents `type`."""
 

@@ -27,6 +27,7 @@ from crm_shared.contracts.events import (
     MERGE_TYPES,
     MESSAGE_OUTCOME_RECORDED,
     OPINION_TYPES,
+    PRODUCT_CATALOGUED,
     RECOMMENDATIONS_REFRESHED,
     SEGMENT_DEFINED,
     SEGMENT_ENTERED,
@@ -113,7 +114,7 @@ SEGMENTS = Topic(
     "Who entered and who left a segment, derived by the profile service from what it folded.",
     (SEGMENT_ENTERED, SEGMENT_LEFT),
     producers=("profile-service",),
-    consumers=("broadcast-service",),
+    consumers=("broadcast-service", "recommendation-service"),
 )
 SEGMENT_DEFINITIONS = Topic(
     "crm.segment-definitions",
@@ -176,6 +177,14 @@ CAMPAIGNS = Topic(
     producers=("gateway-campaigns",),
     consumers=("broadcast-service",),
 )
+CATALOGUE = Topic(
+    "crm.catalogue",
+    "The product catalogue: each product's current record (name, category, price, availability, "
+    "kind) whenever it is listed or changes, keyed by the product.",
+    (PRODUCT_CATALOGUED,),
+    producers=("shop", "pim", "gateway-service"),
+    consumers=("recommendation-service",),
+)
 DEAD_LETTER = Topic(
     "crm.deadletter",
     "Records that could not be processed: original bytes as the value, the reason and origin "
@@ -207,6 +216,7 @@ EVENT_TOPICS: tuple[Topic, ...] = (
     EXPERIENCE,
     RECOMMENDATIONS,
     CAMPAIGNS,
+    CATALOGUE,
 )
 CLOCK_PRODUCER = "crm-clock"
 """Who publishes the ticks that every event topic carries."""
