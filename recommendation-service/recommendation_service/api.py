@@ -1,4 +1,5 @@
-"""Recommendation read API: popular products, "also bought", and per-customer recommendations.
+"""Recommendation read API: popular and trending products, "also bought", similar products and
+per-customer recommendations (those two narrowed by the catalogue on request).
 
 python -m recommendation_service.api
 """
@@ -6,14 +7,23 @@ python -m recommendation_service.api
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from crm_shared.contracts.events import ConsentState, CustomerId, ProductId
+from crm_shared.contracts.events import (
+    MAX_UNIT_PRICE,
+    ConsentState,
+    CountryCode,
+    CustomerId,
+    ProductId,
+    SegmentName,
+)
 from crm_shared.runtime.http import (
     connection,
     create_api,
@@ -21,7 +31,8 @@ from crm_shared.runtime.http import (
     pool_of,
     serve,
 )
-from recommendation_service import serving, store
+from recommendation_service import serving, store, trending
+from recommendation_service.catalogue import CatalogueFilter, InvalidFilter, topped_up
 from recommendation_service.config import MIGRATIONS, RecommendationSettings
 from recommendation_service.consent import personalisation_allowed
 from recommendation_service.projection import Strategy
@@ -33,6 +44,39 @@ Limit = Annotated[int, Query(ge=1, le=100, description="How many products to ret
 PicksLimit = Annotated[
     int, Query(ge=1, le=serving.PICKS_KEPT, description="How many products to return")
 ]
+
+
+def catalogue_filter(
+    category: Annotated[
+        str | None, Query(min_length=1, max_length=120, description="Only this category")
+    ] = None,
+    min_price: Annotated[
+        Decimal | None,
+        Query(ge=0, le=MAX_UNIT_PRICE, decimal_places=4, description="Lowest price, in `currency`"),
+    ] = None,
+    max_price: Annotated[
+        Decimal | None,
+        Query(
+            ge=0, le=MAX_UNIT_PRICE, decimal_places=4, description="Highest price, in `currency`"
+        ),
+    ] = None,
+    currency: Annotated[
+        str | None,
+        Query(pattern=r"^[A-Z]{3}$", description="Only goods priced in it (GBP with a price)"),
+    ] = None,
+    available: Annotated[
+        bool | None, Query(description="Only goods in stock (true) or out of stock (false)")
+    ] = None,
+) -> CatalogueFilter:
+    """The catalogue filter of a request; any condition leaves out products the catalogue does
+    not know. A range no price fits is a 422."""
+    try:
+        return CatalogueFilter(category, min_price, max_price, currency, available)
+    except InvalidFilter as problem:
+        raise HTTPException(422, str(problem)) from None
+
+
+Filter = Annotated[CatalogueFilter, Depends(catalogue_filter)]
 
 
 class ProductStats(BaseModel):
@@ -95,6 +139,29 @@ class SimilarProducts(BaseModel):
     similar: list[RecommendedProduct]
 
 
+class TrendingReason(BaseModel):
+    kind: Literal["trending"]
+    product_id: None
+    text: str = Field(description='"trending", "trending in GB", "popular in your segment"')
+
+
+class TrendingProduct(BaseModel):
+    product_id: str
+    description: str | None
+    score: float = Field(description="Purchases decayed by their age as of `as_of`")
+    purchases: int
+    last_bought_at: datetime
+    reason: TrendingReason
+
+
+class TrendingProducts(BaseModel):
+    country: str | None
+    segment: str | None
+    half_life_days: float
+    as_of: datetime | None = Field(description="The newest purchase among them (event time)")
+    products: list[TrendingProduct]
+
+
 class ModelVersion(BaseModel):
     version: int
     trained_at: datetime
@@ -142,6 +209,16 @@ def _together_pick(row: dict[str, Any], product_id: str) -> dict[str, Any]:
     }
 
 
+def _narrowed(
+    picks: Sequence[Mapping[str, Any]],
+    popular: Sequence[Mapping[str, Any]],
+    limit: int,
+    excluded: Sequence[str] = (),
+) -> list[Mapping[str, Any]]:
+    """Filtered picks topped up with the popular goods that match, each with its reason."""
+    return topped_up(picks, [popular_document(row) for row in popular], limit, excluded)
+
+
 def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
     settings = settings or RecommendationSettings()
     app = create_api(
@@ -183,13 +260,16 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
 
     @app.get("/customers/{customer_id}/recommendations", response_model=CustomerRecommendations)
     async def recommendations(
-        customer_id: CustomerId, request: Request, limit: PicksLimit = 10
+        customer_id: CustomerId, request: Request, wanted: Filter, limit: PicksLimit = 10
     ) -> Response:
         """The customer's picks, precomputed by the served model (the blend) and kept current
         after their own purchases and consents, each with its reason; popular goods they have not
         bought when the model has nothing for them, and popular goods alone (strategy `popular`)
         when they do not allow personalisation. On the customer 360's path: one row read,
-        serialised once."""
+        serialised once. With a catalogue filter, the picks that match, topped up with popular
+        goods that match."""
+        if wanted.active:
+            return await filtered_recommendations(customer_id, request, wanted, limit)
         async with pool_of(request).acquire() as conn:
             found = await store.customer_picks(conn, customer_id, limit)
             if found is None:
@@ -213,19 +293,100 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
         }
         return Response(json.dumps(body, default=datetime.isoformat), media_type=JSON)
 
+    async def filtered_recommendations(
+        customer_id: str, request: Request, wanted: CatalogueFilter, limit: int
+    ) -> Response:
+        async with pool_of(request).acquire() as conn:
+            found = await store.customer_picks(conn, customer_id, 1)
+            allowed = _allowed(
+                found["consent"] if found else await store.consent_state(conn, customer_id)
+            )
+            personal = found is not None and (allowed or not found["personalised"])
+            picks = await store.filtered_picks(conn, customer_id, wanted, limit) if personal else []
+            popular = await store.popular_matching(
+                conn, wanted, limit + len(picks), not_bought_by=customer_id if allowed else None
+            )
+            stamp = await store.current_version(conn)
+        personalised = bool(picks) and found is not None and found["personalised"]
+        body = {
+            "customer_id": customer_id,
+            "strategy": "personal" if personalised else "popular",
+            "model": _stamp(stamp),
+            "recommendations": _narrowed(picks, popular, limit),
+        }
+        return Response(json.dumps(body, default=datetime.isoformat), media_type=JSON)
+
+    @app.get("/products/trending", response_model=TrendingProducts)
+    async def trending_products(
+        conn: Conn,
+        country: Annotated[
+            CountryCode | None, Query(description="Trending in this country (ISO 3166-1)")
+        ] = None,
+        segment: Annotated[
+            SegmentName | None, Query(description="Popular among this segment's members")
+        ] = None,
+        limit: Limit = 10,
+    ) -> TrendingProducts:
+        """Goods by purchases decayed with their age (half-life in event time), for everyone,
+        in one country or among one segment's members; never postage, fees or vouchers, nor
+        what the catalogue says is out of stock."""
+        try:
+            scope = trending.scope_of(country, segment)
+        except ValueError as problem:
+            raise HTTPException(422, str(problem)) from None
+        rows = await store.trending(conn, scope, limit)
+        as_of = max((row["last_bought_at"] for row in rows), default=None)
+        half_life = settings.trending_half_life_days
+        reason = {
+            "kind": "trending",
+            "product_id": None,
+            "text": trending.reason_text(country, segment),
+        }
+        return TrendingProducts(
+            country=country,
+            segment=segment,
+            half_life_days=half_life,
+            as_of=as_of,
+            products=[
+                TrendingProduct.model_validate(
+                    {
+                        **row,
+                        "score": trending.decayed_score(row["log_score"], as_of, half_life),
+                        "reason": reason,
+                    }
+                )
+                for row in rows
+                if as_of is not None
+            ],
+        )
+
     @app.get(
         "/products/{product_id}/similar",
         response_model=SimilarProducts,
         responses={404: {"description": "The product was never bought nor viewed"}},
     )
-    async def similar(product_id: ProductId, conn: Conn, limit: Limit = 10) -> Response:
+    async def similar(
+        product_id: ProductId, conn: Conn, wanted: Filter, limit: Limit = 10
+    ) -> Response:
         """Products bought together with this one, most similar first (cosine of their buyers,
         kept current by the neighbour job: a purchase shows here within about two seconds);
-        popular goods when none is (a new product), each with its reason."""
+        popular goods when none is (a new product), each with its reason. With a catalogue
+        filter, those that match, topped up with popular goods that match."""
         if await store.product(conn, product_id) is None:
             raise HTTPException(
                 404, f"product {product_id!r} is not known to the recommendation service"
             )
+        if wanted.active:
+            matching = await store.also_bought_matching(conn, product_id, wanted, limit)
+            popular = await store.popular_matching(conn, wanted, limit + len(matching) + 1)
+            picks = [_together_pick(row, product_id) for row in matching]
+            narrowed: dict[str, Any] = {
+                "product_id": product_id,
+                "strategy": "bought-together" if matching else "popular",
+                "model": _stamp(await store.current_version(conn)),
+                "similar": _narrowed(picks, popular, limit, excluded=[product_id]),
+            }
+            return Response(json.dumps(narrowed, default=datetime.isoformat), media_type=JSON)
         together = await store.also_bought(conn, product_id, limit)
         popular = [] if together else await store.popular_products(conn, limit + 1)
         body = {

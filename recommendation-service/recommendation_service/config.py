@@ -2,10 +2,12 @@
 
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from crm_shared.runtime.config import ServiceSettings
 from recommendation_service.consent import PersonalisationDefault
+from recommendation_service.trending import DEFAULT_HALF_LIFE_DAYS
 
 
 class RecommendationSettings(ServiceSettings):
@@ -18,6 +20,10 @@ class RecommendationSettings(ServiceSettings):
     """For customers who never decided on personalisation: allowed (the service's behaviour before
     it read consents, and what legitimate interest covers in most shops) or refused (where the
     law asks for consent first). A change applies to lists as they are next computed."""
+    trending_half_life_days: float = Field(default=DEFAULT_HALF_LIFE_DAYS, gt=0, le=3650)
+    """How fast a purchase's weight in trending halves, in days of event time. It is folded into
+    the stored scores: a change applies to purchases folded after it (rebuild to apply it to
+    all)."""
 
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"

@@ -1,10 +1,16 @@
-"""What the recommendation service reads: orders, refunds (negative signals), product views and
-consents to personalisation; it publishes each customer's list on crm.recommendations."""
+"""What the recommendation service reads: orders, refunds (negative signals), product views,
+consents to personalisation, the product catalogue and segment membership changes; it publishes
+each customer's list on crm.recommendations."""
 
-from crm_shared.contracts.events import CONSENT_RECORDED
-from crm_shared.contracts.topics import BROWSING, ORDERS, PREFERENCES
+from crm_shared.contracts.events import (
+    CONSENT_RECORDED,
+    PRODUCT_CATALOGUED,
+    SEGMENT_ENTERED,
+    SEGMENT_LEFT,
+)
+from crm_shared.contracts.topics import BROWSING, CATALOGUE, ORDERS, PREFERENCES, SEGMENTS
 
-TOPICS = (ORDERS, BROWSING, PREFERENCES)
+TOPICS = (ORDERS, BROWSING, PREFERENCES, CATALOGUE, SEGMENTS)
 
 ORDER_PLACED = "crm.order.placed.v1"
 ORDER_REFUNDED = "crm.order.refunded.v1"
@@ -19,5 +25,8 @@ FOLDS = frozenset(
         CONSENT_GRANTED,
         CONSENT_REVOKED,
         CONSENT_RECORDED,
+        PRODUCT_CATALOGUED,
+        SEGMENT_ENTERED,
+        SEGMENT_LEFT,
     }
 )

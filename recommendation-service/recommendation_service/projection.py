@@ -46,6 +46,8 @@ class Purchase:
     quantity: int
     time: datetime
     description: str | None = None
+    country: str | None = None
+    """The order's country, if it names one: trending is kept per country."""
 
 
 def purchases(events: Iterable[Event]) -> list[Purchase]:
@@ -59,7 +61,12 @@ def purchases(events: Iterable[Event]) -> list[Purchase]:
             before = merged.get(line.product_id)
             if before is None:
                 merged[line.product_id] = Purchase(
-                    event.customer_id, line.product_id, line.quantity, event.time, line.description
+                    event.customer_id,
+                    line.product_id,
+                    line.quantity,
+                    event.time,
+                    line.description,
+                    event.data.country,
                 )
             else:
                 merged[line.product_id] = replace(

@@ -17,6 +17,7 @@ import asyncpg
 
 from crm_shared.contracts.events import ConsentState
 from crm_shared.runtime.db import columns
+from recommendation_service.catalogue import CatalogueFilter, CatalogueRecord
 from recommendation_service.consent import ConsentDecision
 from recommendation_service.models import Similar, SimilarPair
 from recommendation_service.neighbours import Entry, KeptGood, Lists
@@ -28,6 +29,7 @@ from recommendation_service.projection import (
 )
 from recommendation_service.published import Publication, ServedList
 from recommendation_service.serving import Kept, Neighbour, ServingModel
+from recommendation_service.trending import RANK_DECIMALS, Scoped, SegmentChange, TrendDelta
 
 NEIGHBOUR_JOB_LOCK = 7412
 """Transaction advisory lock of the neighbour job: one run at a time, whatever the replicas."""
@@ -106,7 +108,7 @@ async def add_products(conn: asyncpg.Connection, deltas: Mapping[str, ProductDel
                              $6::bigint[], $7::int[], $8::bigint[], $9::timestamptz[])
         ORDER BY 1
         ON CONFLICT (product_id) DO UPDATE SET
-            goods = EXCLUDED.goods,
+            goods = CASE WHEN t.catalogued THEN t.goods ELSE EXCLUDED.goods END,
             first_sold_at = LEAST(t.first_sold_at, EXCLUDED.first_sold_at),
             description = CASE
                 WHEN EXCLUDED.described_at >= t.described_at OR t.described_at IS NULL
@@ -692,12 +694,17 @@ async def customers_with_lists(conn: asyncpg.Connection) -> list[str]:
 
 
 async def newest_products(conn: asyncpg.Connection, limit: int) -> list[dict[str, Any]]:
-    """The goods first sold most recently (event time), newest first."""
+    """New arrivals: the goods first listed most recently (event time), or first sold for those
+    never listed, newest first; never one the catalogue says is unavailable."""
     rows = await conn.fetch(
         f"""
-        SELECT {_PRODUCT_COLUMNS} FROM products
-        WHERE goods AND buyers > 0 AND first_sold_at IS NOT NULL
-        ORDER BY first_sold_at DESC, product_id
+        SELECT {_PRODUCT_COLUMNS} FROM products p
+        WHERE goods AND (buyers > 0 OR listed_at IS NOT NULL)
+          AND COALESCE(listed_at, first_sold_at) IS NOT NULL
+          AND NOT EXISTS (
+              SELECT 1 FROM catalogue c WHERE c.product_id = p.product_id AND NOT c.available
+          )
+        ORDER BY COALESCE(listed_at, first_sold_at) DESC, product_id
         LIMIT $1
         """,
         limit,
@@ -740,3 +747,248 @@ async def save_published(
         [publication.served.signature() for publication in publications],
         at,
     )
+
+
+# --- the catalogue, segment membership and trending -----------------------------------------
+
+
+async def record_catalogue(
+    conn: asyncpg.Connection, records: Sequence[CatalogueRecord]
+) -> list[str]:
+    """Keep each product's latest catalogue record (last writer wins by (recorded_at, source,
+    event_id), ties included, as `CatalogueRecord.order`) and its earliest listing; bring the
+    products' goods, first listing and name (last-writer-wins by event time, as order lines'
+    descriptions) up to date. Returns the products whose goods-or-not changed (sorted)."""
+    if not records:
+        return []
+    ordered = sorted(records, key=lambda record: record.product_id)
+    await conn.execute(
+        """
+        INSERT INTO catalogue AS t (product_id, name, description, category, price, currency,
+                                    available, kind, first_listed_at, recorded_at, source,
+                                    event_id)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[],
+                             $6::text[], $7::bool[], $8::text[], $9::timestamptz[],
+                             $10::timestamptz[], $11::text[], $12::text[])
+        ON CONFLICT (product_id) DO UPDATE SET
+            name = EXCLUDED.name, description = EXCLUDED.description,
+            category = EXCLUDED.category, price = EXCLUDED.price, currency = EXCLUDED.currency,
+            available = EXCLUDED.available, kind = EXCLUDED.kind,
+            recorded_at = EXCLUDED.recorded_at, source = EXCLUDED.source,
+            event_id = EXCLUDED.event_id
+        WHERE (EXCLUDED.recorded_at, EXCLUDED.source COLLATE "C", EXCLUDED.event_id COLLATE "C")
+            > (t.recorded_at, t.source COLLATE "C", t.event_id COLLATE "C")
+        """,
+        *columns(
+            ordered,
+            "product_id",
+            "name",
+            "description",
+            "category",
+            "price",
+            "currency",
+            "available",
+            "kind",
+            "first_listed_at",
+            "recorded_at",
+            "source",
+            "event_id",
+        ),
+    )
+    products = [record.product_id for record in ordered]
+    rows = await conn.fetch(
+        """
+        WITH listed AS (
+            UPDATE catalogue c SET first_listed_at = LEAST(c.first_listed_at, u.first)
+            FROM unnest($1::text[], $2::timestamptz[]) AS u(product_id, first)
+            WHERE c.product_id = u.product_id
+            RETURNING c.product_id, c.kind = 'goods' AS goods, c.first_listed_at, c.name,
+                      c.recorded_at
+        ), before AS (
+            SELECT product_id, goods FROM products WHERE product_id = ANY($1::text[])
+        ), written AS (
+            INSERT INTO products AS t (product_id, goods, catalogued, listed_at, description,
+                                       described_at)
+            SELECT product_id, goods, true, first_listed_at, name, recorded_at FROM listed
+            ORDER BY product_id
+            ON CONFLICT (product_id) DO UPDATE SET
+                goods = EXCLUDED.goods, catalogued = true, listed_at = EXCLUDED.listed_at,
+                description = CASE
+                    WHEN EXCLUDED.described_at >= t.described_at OR t.described_at IS NULL
+                        THEN EXCLUDED.description
+                    ELSE t.description END,
+                described_at = GREATEST(t.described_at, EXCLUDED.described_at)
+            RETURNING product_id, goods
+        )
+        SELECT w.product_id FROM written w JOIN before b USING (product_id)
+        WHERE w.goods <> b.goods ORDER BY 1
+        """,
+        products,
+        [record.first_listed_at for record in ordered],
+    )
+    return [row[0] for row in rows]
+
+
+async def record_segment_changes(
+    conn: asyncpg.Connection, changes: Sequence[SegmentChange]
+) -> None:
+    """Keep each customer's membership of each segment: the change with the higher version."""
+    if not changes:
+        return
+    ordered = sorted(changes, key=lambda change: (change.customer_id, change.segment))
+    await conn.execute(
+        """
+        INSERT INTO segment_members AS t (customer_id, segment, member, version)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::bigint[])
+        ON CONFLICT (customer_id, segment) DO UPDATE SET
+            member = EXCLUDED.member, version = EXCLUDED.version
+        WHERE EXCLUDED.version > t.version
+        """,
+        *columns(ordered, "customer_id", "segment", "member", "version"),
+    )
+
+
+async def segments_of(conn: asyncpg.Connection, customers: Sequence[str]) -> dict[str, list[str]]:
+    """The segments each of these customers is a member of now."""
+    rows = await conn.fetch(
+        """
+        SELECT customer_id, segment FROM segment_members
+        WHERE member AND customer_id = ANY($1::text[])
+        """,
+        customers,
+    )
+    found: dict[str, list[str]] = {}
+    for row in rows:
+        found.setdefault(row[0], []).append(row[1])
+    return found
+
+
+async def add_trending(conn: asyncpg.Connection, deltas: Mapping[Scoped, TrendDelta]) -> None:
+    """Add the batch's decayed purchases: log_score becomes ln(e^old + e^new), computed as
+    `trending.log_add` does (a difference below -50 adds nothing a double holds)."""
+    if not deltas:
+        return
+    keys = sorted(deltas)
+    values = [deltas[key] for key in keys]
+    await conn.execute(
+        """
+        INSERT INTO trending AS t (scope, product_id, log_score, purchases, last_bought_at)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::bigint[],
+                             $5::timestamptz[])
+        ON CONFLICT (scope, product_id) DO UPDATE SET
+            log_score = GREATEST(t.log_score, EXCLUDED.log_score)
+                + ln(1 + exp(GREATEST(-abs(t.log_score - EXCLUDED.log_score), -50))),
+            purchases = t.purchases + EXCLUDED.purchases,
+            last_bought_at = GREATEST(t.last_bought_at, EXCLUDED.last_bought_at)
+        """,
+        [scope for scope, _ in keys],
+        [product for _, product in keys],
+        *columns(values, "log_score", "purchases", "last_bought_at"),
+    )
+
+
+async def trending(conn: asyncpg.Connection, scope: str, limit: int) -> list[dict[str, Any]]:
+    """The scope's goods by decayed purchases (log_score compared to RANK_DECIMALS, then id),
+    never one the catalogue says is unavailable."""
+    rows = await conn.fetch(
+        """
+        SELECT t.product_id, p.description, t.log_score, t.purchases, t.last_bought_at
+        FROM trending t JOIN products p USING (product_id)
+        LEFT JOIN catalogue c USING (product_id)
+        WHERE t.scope = $1 AND p.goods AND c.available IS DISTINCT FROM false
+        ORDER BY round(t.log_score::numeric, $3) DESC, t.product_id
+        LIMIT $2
+        """,
+        scope,
+        limit,
+        RANK_DECIMALS,
+    )
+    return [dict(row) for row in rows]
+
+
+def _matching(alias: str, first: int) -> str:
+    """The SQL condition of a `CatalogueFilter` on catalogue rows `alias`, its five arguments
+    (`_filter_arguments`) from $first on; a NULL argument is no condition."""
+    category, low, high, currency, available = (f"${n}" for n in range(first, first + 5))
+    return f"""({category}::text IS NULL OR {alias}.category = {category})
+          AND ({low}::numeric IS NULL OR {alias}.price >= {low})
+          AND ({high}::numeric IS NULL OR {alias}.price <= {high})
+          AND ({currency}::text IS NULL OR {alias}.currency = {currency})
+          AND ({available}::bool IS NULL OR {alias}.available = {available})"""
+
+
+def _filter_arguments(wanted: CatalogueFilter) -> tuple[Any, ...]:
+    return (
+        wanted.category,
+        wanted.min_price,
+        wanted.max_price,
+        wanted.price_currency,
+        wanted.available,
+    )
+
+
+async def filtered_picks(
+    conn: asyncpg.Connection, customer_id: str, wanted: CatalogueFilter, limit: int
+) -> list[dict[str, Any]]:
+    """The customer's stored picks, best first, that the catalogue says match: products it does
+    not know never do."""
+    rows = await conn.fetch(
+        f"""
+        SELECT e.pick FROM customer_picks p
+        CROSS JOIN LATERAL jsonb_array_elements(p.picks) WITH ORDINALITY AS e(pick, rank)
+        JOIN catalogue c ON c.product_id = e.pick->>'product_id'
+        WHERE p.customer_id = $1 AND {_matching("c", 3)}
+        ORDER BY e.rank
+        LIMIT $2
+        """,
+        customer_id,
+        limit,
+        *_filter_arguments(wanted),
+    )
+    return [row[0] for row in rows]
+
+
+async def popular_matching(
+    conn: asyncpg.Connection,
+    wanted: CatalogueFilter,
+    limit: int,
+    not_bought_by: str | None = None,
+) -> list[dict[str, Any]]:
+    """The most bought goods that match (as `popular_products`, narrowed by the catalogue)."""
+    rows = await conn.fetch(
+        f"""
+        SELECT p.product_id, p.description, p.orders, p.quantity, p.buyers, p.views
+        FROM products p JOIN catalogue c USING (product_id)
+        WHERE p.goods AND p.buyers > 0 AND {_matching("c", 3)}
+          AND NOT EXISTS (
+              SELECT 1 FROM customer_products b
+              WHERE b.customer_id = $2 AND b.product_id = p.product_id
+          )
+        ORDER BY p.buyers DESC, p.quantity DESC, p.product_id
+        LIMIT $1
+        """,
+        limit,
+        not_bought_by,
+        *_filter_arguments(wanted),
+    )
+    return [dict(row) for row in rows]
+
+
+async def also_bought_matching(
+    conn: asyncpg.Connection, product_id: str, wanted: CatalogueFilter, limit: int
+) -> list[dict[str, Any]]:
+    """The product's precomputed neighbours that match, most similar first."""
+    rows = await conn.fetch(
+        f"""
+        SELECT s.other_product_id AS product_id, p.description, s.co_buyers, s.similarity
+        FROM similar_products s JOIN catalogue c ON c.product_id = s.other_product_id
+        LEFT JOIN products p ON p.product_id = s.other_product_id
+        WHERE s.product_id = $1 AND {_matching("c", 3)}
+        ORDER BY s.similarity DESC, s.other_product_id
+        LIMIT $2
+        """,
+        product_id,
+        limit,
+        *_filter_arguments(wanted),
+    )
+    return [dict(row) for row in rows]

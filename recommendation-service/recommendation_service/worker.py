@@ -22,6 +22,7 @@ from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.projector import PeriodicJob, Projection
 from crm_shared.runtime.worker import run_worker
 from recommendation_service import (
+    catalogue,
     consent,
     metrics,
     models,
@@ -30,6 +31,7 @@ from recommendation_service import (
     published,
     serving,
     store,
+    trending,
 )
 from recommendation_service.config import MIGRATIONS, RecommendationSettings
 from recommendation_service.consent import PersonalisationDefault
@@ -67,7 +69,9 @@ customer kept (a customer who kept more of them than this may get a shorter list
 
 async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:
     """Read what the batch's customers kept of its products with one lookup, aggregate purely,
-    upsert the sums, mark the goods that gained or lost a buyer for the neighbour job. A few
+    upsert the sums, mark the goods that gained or lost a buyer for the neighbour job; keep the
+    catalogue (marking products it reclassifies), segment membership (before the purchases, so
+    one counts in the segments its customer is in once its batch is folded) and trending. A few
     statements per batch, none per pair."""
     purchases = projection.purchases(events)
     views = projection.view_deltas(events)
@@ -86,6 +90,17 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
     await store.mark_customers(conn, sorted({customer for customer, _ in units} | set(decisions)))
     await store.add_products(conn, projection.product_deltas(purchases, changes, views))
     await store.add_views(conn, views)
+    reclassified = await store.record_catalogue(
+        conn, list(catalogue.latest_records(events).values())
+    )
+    await store.mark_for_refresh(conn, reclassified)
+    await store.record_segment_changes(conn, list(trending.latest_segment_changes(events).values()))
+    if purchases:
+        customers = sorted({purchase.customer_id for purchase in purchases})
+        segments = await store.segments_of(conn, customers)
+        await store.add_trending(
+            conn, trending.trend_deltas(purchases, segments, trending_half_life_days())
+        )
     return ()
 
 
@@ -177,6 +192,12 @@ class ServedModel:
 
 
 SERVED = ServedModel()
+
+
+@cache
+def trending_half_life_days() -> float:
+    """The half-life trending is folded with, in this process (read once from the settings)."""
+    return RecommendationSettings().trending_half_life_days
 
 
 @cache
