@@ -1,5 +1,6 @@
-"""The gateway's routes to the recommendation service: a customer's precomputed picks, similar
-items, "also bought" and popular goods, the model served (scope recommendations:read), and a
+"""The gateway's routes to the recommendation service: a customer's precomputed picks and similar
+items (both narrowed by the catalogue on request), "also bought", popular and trending goods, the
+model served (scope recommendations:read), and a
 retrain request (scope recommendations:train). Each answer carries the model version and its
 training time, as the service gives it; the gateway checks the parameters first, so that its
 document says what is valid.
@@ -9,11 +10,13 @@ Mounted by gateway_service.api's create_app, whose guards and types it shares.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
+from crm_shared.contracts.events import MAX_UNIT_PRICE, CountryCode, SegmentName
 from gateway_service.api import GUARDED, CustomerIdPath, errors, require
 from gateway_service.auth import RECOMMENDATIONS_READ, RECOMMENDATIONS_TRAIN, StoredKey
 from gateway_service.passthrough import passed_on
@@ -37,6 +40,43 @@ def _product_path(template: str, product_id: str) -> str:
     return template.format(product_id=quote(product_id, safe=""))
 
 
+def catalogue_params(
+    category: Annotated[
+        str | None, Query(min_length=1, max_length=120, description="Only this category")
+    ] = None,
+    min_price: Annotated[
+        Decimal | None,
+        Query(ge=0, le=MAX_UNIT_PRICE, decimal_places=4, description="Lowest price, in `currency`"),
+    ] = None,
+    max_price: Annotated[
+        Decimal | None,
+        Query(
+            ge=0, le=MAX_UNIT_PRICE, decimal_places=4, description="Highest price, in `currency`"
+        ),
+    ] = None,
+    currency: Annotated[
+        str | None,
+        Query(pattern=r"^[A-Z]{3}$", description="Only goods priced in it (GBP with a price)"),
+    ] = None,
+    available: Annotated[
+        bool | None, Query(description="Only goods in stock (true) or out of stock (false)")
+    ] = None,
+) -> dict[str, str]:
+    """The catalogue filter as the service's query parameters (those given). Products the
+    catalogue does not know never match a filter; a range no price fits is a 422."""
+    given = {
+        "category": category,
+        "min_price": min_price,
+        "max_price": max_price,
+        "currency": currency,
+        "available": None if available is None else str(available).lower(),
+    }
+    return {name: str(value) for name, value in given.items() if value is not None}
+
+
+CatalogueParams = Annotated[dict[str, str], Depends(catalogue_params)]
+
+
 async def _from_recommendation(
     request: Request, part: str, path: str, params: dict[str, Any] | None = None
 ) -> Response:
@@ -52,12 +92,15 @@ async def get_recommendations(
     customer_id: CustomerIdPath,
     request: Request,
     _key: RecommendationsReader,
+    narrowed: CatalogueParams,
     limit: Annotated[int, _limit(PICKS_KEPT)] = 10,
 ) -> Response:
     """The customer's personal top picks, each with its reason, and the model version and its
-    training time; popular goods they have not bought when the model has nothing for them."""
+    training time; popular goods they have not bought when the model has nothing for them. With
+    a catalogue filter, the picks that match topped up with popular goods that match."""
     path = customer_path("/customers/{customer_id}/recommendations", customer_id)
-    return await _from_recommendation(request, "recommendations", path, {"limit": limit})
+    params = {"limit": limit, **narrowed}
+    return await _from_recommendation(request, "recommendations", path, params)
 
 
 @router.get(
@@ -81,12 +124,38 @@ async def get_similar(
     product_id: ProductIdPath,
     request: Request,
     _key: RecommendationsReader,
+    narrowed: CatalogueParams,
     limit: Annotated[int, _limit(100)] = 10,
 ) -> Response:
     """Products bought together with this one, each with its reason, and the model version;
-    popular goods for a product nothing was bought with yet."""
+    popular goods for a product nothing was bought with yet. With a catalogue filter, those that
+    match topped up with popular goods that match."""
     path = _product_path("/products/{product_id}/similar", product_id)
-    return await _from_recommendation(request, "similar", path, {"limit": limit})
+    params = {"limit": limit, **narrowed}
+    return await _from_recommendation(request, "similar", path, params)
+
+
+@router.get(
+    "/v1/products/trending",
+    response_model=dict[str, Any],
+    responses=errors(*GUARDED, *UPSTREAM),
+)
+async def get_trending(
+    request: Request,
+    _key: RecommendationsReader,
+    country: Annotated[
+        CountryCode | None, Query(description="Trending in this country (ISO 3166-1)")
+    ] = None,
+    segment: Annotated[
+        SegmentName | None, Query(description="Popular among this segment's members")
+    ] = None,
+    limit: Annotated[int, _limit(100)] = 10,
+) -> Response:
+    """Goods by purchases decayed with their age, for everyone, in one country or among one
+    segment's members (one of them at most), each with its reason ("trending in GB")."""
+    given = {"country": country, "segment": segment}
+    params = {"limit": limit, **{k: v for k, v in given.items() if v is not None}}
+    return await _from_recommendation(request, "trending", "/products/trending", params)
 
 
 @router.get(

@@ -171,6 +171,7 @@ async def test_the_running_gateway_serves_the_document_under_test(
         "/v1/products/popular",
         "/v1/products/{product_id}/similar",
         "/v1/products/{product_id}/also-bought",
+        "/v1/products/trending",
         "/v1/recommendations/model",
         "/v1/recommendations/model/retrain",
         "/v1/recommendations/model/retrain/{request_id}",
