@@ -26,18 +26,18 @@ ALTER TABLE products ADD COLUMN listed_at timestamptz;
 CREATE INDEX products_arrivals
     ON products ((COALESCE(listed_at, first_sold_at)) DESC, product_id) WHERE goods;
 
--- Decayed purchases per scope ('' everyone, 'country:GB', 'segment:vip') and product, in log
--- space: log_score = ln(sum of 2^((t - 2000-01-01) / half-life)) over the purchases' event times,
--- so that adding one is a log-add-exp and the ranking at any instant is the order of log_score.
+-- Decayed purchases per scope ('' everyone, 'country:GB', 'segment:vip') and product: the sum of
+-- round(2^((t - 2000-01-01) / half-life) x 10^9) over the purchases' event times, an integer, so
+-- sums are exact in any order and the ranking at any instant is the order of score.
 CREATE TABLE trending (
-    scope          text             NOT NULL,
-    product_id     text             NOT NULL,
-    log_score      double precision NOT NULL,
-    purchases      bigint           NOT NULL,
-    last_bought_at timestamptz      NOT NULL,
+    scope          text        NOT NULL,
+    product_id     text        NOT NULL,
+    score          numeric     NOT NULL,
+    purchases      bigint      NOT NULL,
+    last_bought_at timestamptz NOT NULL,
     PRIMARY KEY (scope, product_id)
 );
-CREATE INDEX trending_ranked ON trending (scope, log_score DESC, product_id);
+CREATE INDEX trending_ranked ON trending (scope, score DESC, product_id);
 
 -- Segment membership from crm.segment.entered.v1 / left.v1: the higher version wins.
 CREATE TABLE segment_members (

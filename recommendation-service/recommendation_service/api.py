@@ -351,7 +351,7 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
                 TrendingProduct.model_validate(
                     {
                         **row,
-                        "score": trending.decayed_score(row["log_score"], as_of, half_life),
+                        "score": trending.decayed_score(row["score"], as_of, half_life),
                         "reason": reason,
                     }
                 )

@@ -20,10 +20,10 @@ class RecommendationSettings(ServiceSettings):
     """For customers who never decided on personalisation: allowed (the service's behaviour before
     it read consents, and what legitimate interest covers in most shops) or refused (where the
     law asks for consent first). A change applies to lists as they are next computed."""
-    trending_half_life_days: float = Field(default=DEFAULT_HALF_LIFE_DAYS, gt=0, le=3650)
+    trending_half_life_days: float = Field(default=DEFAULT_HALF_LIFE_DAYS, ge=1, le=3650)
     """How fast a purchase's weight in trending halves, in days of event time. It is folded into
     the stored scores: a change applies to purchases folded after it (rebuild to apply it to
-    all)."""
+    all). At least a day: the exact sums grow by about 16 digits a year at 7 days, 110 at 1."""
 
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"

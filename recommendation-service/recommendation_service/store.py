@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -29,7 +30,7 @@ from recommendation_service.projection import (
 )
 from recommendation_service.published import Publication, ServedList
 from recommendation_service.serving import Kept, Neighbour, ServingModel
-from recommendation_service.trending import RANK_DECIMALS, Scoped, SegmentChange, TrendDelta
+from recommendation_service.trending import Scoped, SegmentChange, TrendDelta
 
 NEIGHBOUR_JOB_LOCK = 7412
 """Transaction advisory lock of the neighbour job: one run at a time, whatever the replicas."""
@@ -864,44 +865,42 @@ async def segments_of(conn: asyncpg.Connection, customers: Sequence[str]) -> dic
 
 
 async def add_trending(conn: asyncpg.Connection, deltas: Mapping[Scoped, TrendDelta]) -> None:
-    """Add the batch's decayed purchases: log_score becomes ln(e^old + e^new), computed as
-    `trending.log_add` does (a difference below -50 adds nothing a double holds)."""
+    """Add the batch's decayed purchases: exact integer sums, the same in any order."""
     if not deltas:
         return
     keys = sorted(deltas)
     values = [deltas[key] for key in keys]
     await conn.execute(
         """
-        INSERT INTO trending AS t (scope, product_id, log_score, purchases, last_bought_at)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::bigint[],
+        INSERT INTO trending AS t (scope, product_id, score, purchases, last_bought_at)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::numeric[], $4::bigint[],
                              $5::timestamptz[])
         ON CONFLICT (scope, product_id) DO UPDATE SET
-            log_score = GREATEST(t.log_score, EXCLUDED.log_score)
-                + ln(1 + exp(GREATEST(-abs(t.log_score - EXCLUDED.log_score), -50))),
+            score = t.score + EXCLUDED.score,
             purchases = t.purchases + EXCLUDED.purchases,
             last_bought_at = GREATEST(t.last_bought_at, EXCLUDED.last_bought_at)
         """,
         [scope for scope, _ in keys],
         [product for _, product in keys],
-        *columns(values, "log_score", "purchases", "last_bought_at"),
+        [Decimal(value.score) for value in values],
+        *columns(values, "purchases", "last_bought_at"),
     )
 
 
 async def trending(conn: asyncpg.Connection, scope: str, limit: int) -> list[dict[str, Any]]:
-    """The scope's goods by decayed purchases (log_score compared to RANK_DECIMALS, then id),
-    never one the catalogue says is unavailable."""
+    """The scope's goods by decayed purchases, then id, never one the catalogue says is
+    unavailable."""
     rows = await conn.fetch(
         """
-        SELECT t.product_id, p.description, t.log_score, t.purchases, t.last_bought_at
+        SELECT t.product_id, p.description, t.score, t.purchases, t.last_bought_at
         FROM trending t JOIN products p USING (product_id)
         LEFT JOIN catalogue c USING (product_id)
         WHERE t.scope = $1 AND p.goods AND c.available IS DISTINCT FROM false
-        ORDER BY round(t.log_score::numeric, $3) DESC, t.product_id
+        ORDER BY t.score DESC, t.product_id
         LIMIT $2
         """,
         scope,
         limit,
-        RANK_DECIMALS,
     )
     return [dict(row) for row in rows]
 

@@ -1,12 +1,14 @@
 """Trending goods: purchases decayed with their age, for everyone, per country and per segment.
 
 Pure: no I/O, time comes from the events. A purchase at event time t weighs 2^-(age / half-life)
-at any later instant. Kept as one number per (scope, product) in log space against a fixed epoch,
-log_score = ln(sum over purchases of 2^((t - EPOCH) / half-life)): adding a purchase is a
-log-add-exp, which never overflows (the weights themselves would: 2^1350 by 2026 with a 7-day
-half-life), and the ranking at any instant is the order of log_score, so it needs no clock and a
-replay gives the same one. A purchase counts in the scope of everyone, of its order's country
-(when the order names one) and of each segment its customer is in when its batch is folded.
+at any later instant. Kept as one number per (scope, product) against a fixed epoch: the sum of
+each purchase's `weight`, 2^((t - EPOCH) / half-life) as an integer (53 significant bits, the
+rest zeros). Integers add exactly in any order, so a replay in other batch boundaries stores the
+same sums to the last digit (a rebuild compares equal); PostgreSQL's numeric holds them whatever
+their size (2^1350 by 2026 with a 7-day half-life, which a double cannot hold); and the ranking
+at any instant is the order of the sums, so it needs no clock. A purchase counts in the scope of
+everyone, of its order's country (when the order names one) and of each segment its customer is
+in when its batch is folded.
 """
 
 from __future__ import annotations
@@ -15,21 +17,20 @@ import math
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from crm_shared.contracts.events import Event, SegmentEntered, SegmentLeft
 from recommendation_service.projection import Purchase
 
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-"""Where log weights are measured from: any fixed instant gives the same ranking."""
+"""Where weights are measured from: any fixed instant before the data gives the same ranking."""
 SECONDS_PER_DAY = 86_400.0
 DEFAULT_HALF_LIFE_DAYS = 7.0
 EVERYONE = ""
 """The scope every purchase counts in."""
-RANK_DECIMALS = 9
-"""log_score is compared rounded to this many decimals: sums of the same purchases folded in
-other batches differ in their last bits, and must not reorder ties (broken by product id)."""
-_TINY = -50.0
-"""Below this difference of logs the smaller term changes nothing a double can hold."""
+MANTISSA_BITS = 52
+"""A purchase at EPOCH weighs 2^52: the fraction of a half-life is kept to a double's precision,
+and purchases up to 52 half-lives before the epoch still count."""
 
 Scoped = tuple[str, str]
 """(scope, product_id)"""
@@ -43,28 +44,26 @@ def segment_scope(segment: str) -> str:
     return f"segment:{segment}"
 
 
-def log_weight(time: datetime, half_life_days: float) -> float:
-    """ln of 2^((time - EPOCH) / half-life): one purchase's term in log space."""
+def weight(time: datetime, half_life_days: float) -> int:
+    """One purchase at `time`: 2^((time - EPOCH) / half-life) x 2^52, as an integer: the
+    fraction of a half-life as a double's mantissa, shifted by the whole half-lives."""
     half_lives = (time - EPOCH).total_seconds() / (half_life_days * SECONDS_PER_DAY)
-    return half_lives * math.log(2.0)
+    whole = math.floor(half_lives)
+    mantissa = round(math.exp2(half_lives - whole) * (1 << MANTISSA_BITS))
+    return mantissa << whole if whole >= 0 else mantissa >> -whole
 
 
-def log_add(a: float, b: float) -> float:
-    """ln(e^a + e^b) without forming either (the store's SQL computes the same)."""
-    high, low = max(a, b), min(a, b)
-    return high + math.log1p(math.exp(max(low - high, _TINY)))
-
-
-def decayed_score(log_score: float, at: datetime, half_life_days: float) -> float:
-    """The decayed purchases a log_score stands for, as of `at` (its newest purchase or later)."""
-    return math.exp(min(log_score - log_weight(at, half_life_days), 700.0))
+def decayed_score(score: int | Decimal, at: datetime, half_life_days: float) -> float:
+    """The decayed purchases a stored sum stands for, as of `at` (integer division of Python
+    ints is correctly rounded whatever their size)."""
+    return int(score) / weight(at, half_life_days)
 
 
 @dataclass(frozen=True, slots=True)
 class TrendDelta:
-    """What a batch adds to one (scope, product): its log-summed weights, purchases, newest."""
+    """What a batch adds to one (scope, product): its summed weights, purchases, newest."""
 
-    log_score: float
+    score: int
     purchases: int
     last_bought_at: datetime
 
@@ -75,23 +74,22 @@ def trend_deltas(
     half_life_days: float,
 ) -> dict[Scoped, TrendDelta]:
     """Each purchase's weight added to every scope it counts in; `segments_of` gives each
-    customer's segments at the fold. Sorted by event time first, so the sums of one batch do not
-    depend on its order."""
+    customer's segments at the fold."""
     deltas: dict[Scoped, TrendDelta] = {}
-    for purchase in sorted(batch, key=lambda p: (p.time, p.customer_id, p.product_id)):
-        weight = log_weight(purchase.time, half_life_days)
+    for purchase in batch:
+        added = weight(purchase.time, half_life_days)
         scopes = [EVERYONE]
         if purchase.country is not None:
             scopes.append(country_scope(purchase.country))
-        scopes.extend(segment_scope(s) for s in sorted(segments_of.get(purchase.customer_id, ())))
+        scopes.extend(segment_scope(s) for s in segments_of.get(purchase.customer_id, ()))
         for scope in scopes:
             key = (scope, purchase.product_id)
             before = deltas.get(key)
             deltas[key] = (
-                TrendDelta(weight, 1, purchase.time)
+                TrendDelta(added, 1, purchase.time)
                 if before is None
                 else TrendDelta(
-                    log_add(before.log_score, weight),
+                    before.score + added,
                     before.purchases + 1,
                     max(before.last_bought_at, purchase.time),
                 )

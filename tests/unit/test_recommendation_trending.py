@@ -1,8 +1,7 @@
-"""Trending arithmetic: decayed purchases in log space, scopes, segment membership changes."""
+"""Trending arithmetic: decayed purchases as exact integer sums, scopes, segment membership."""
 
 from __future__ import annotations
 
-import math
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -14,12 +13,11 @@ from recommendation_service.trending import (
     country_scope,
     decayed_score,
     latest_segment_changes,
-    log_add,
-    log_weight,
     reason_text,
     scope_of,
     segment_scope,
     trend_deltas,
+    weight,
 )
 from tests.unit.events_factory import event
 
@@ -32,41 +30,45 @@ def _bought(product: str, days_ago: float, customer: str = "C1", country: str | 
 
 def test_a_purchase_weighs_half_as_much_one_half_life_later() -> None:
     [delta] = trend_deltas([_bought("P1", 7)], {}, 7.0).values()
-    assert decayed_score(delta.log_score, NOW, 7.0) == pytest.approx(0.5)
-    assert decayed_score(delta.log_score, NOW - timedelta(days=7), 7.0) == pytest.approx(1.0)
+    assert decayed_score(delta.score, NOW, 7.0) == pytest.approx(0.5)
+    assert decayed_score(delta.score, NOW - timedelta(days=7), 7.0) == pytest.approx(1.0)
 
 
-def test_log_space_sums_equal_the_decayed_weights_summed_directly() -> None:
+def test_sums_equal_the_decayed_weights_summed_directly() -> None:
     ages = [0.5, 3, 7, 14, 30, 90]
     [delta] = trend_deltas([_bought("P1", age) for age in ages], {}, 7.0).values()
-    assert decayed_score(delta.log_score, NOW, 7.0) == pytest.approx(
+    assert decayed_score(delta.score, NOW, 7.0) == pytest.approx(
         sum(0.5 ** (age / 7) for age in ages)
     )
     assert delta.purchases == len(ages)
     assert delta.last_bought_at == NOW - timedelta(days=0.5)
 
 
-def test_weights_decades_after_the_epoch_stay_finite() -> None:
-    """2^(days / 0.1) would overflow a double; its logarithm and the log-add do not."""
+def test_weights_far_beyond_what_a_double_holds_stay_exact_integers() -> None:
+    """2^(days / 1) by 2090 is about 10^9900: a double overflows, an integer does not."""
     far = datetime(2090, 1, 1, tzinfo=UTC)
-    big = log_weight(far, 0.1)
-    assert math.isfinite(big) and big > 1e5
-    assert log_add(big, big) == pytest.approx(big + math.log(2))
-    assert log_add(big, 0.0) == big  # a negligible term adds nothing, without underflow
+    big = weight(far, 1.0)
+    assert isinstance(big, int) and big.bit_length() > 30_000
+    assert decayed_score(big + big, far, 1.0) == pytest.approx(2.0)
+    assert weight(datetime(2000, 1, 1, tzinfo=UTC), 7.0) == 2**52  # the epoch weighs 1
 
 
-def test_the_sum_does_not_depend_on_the_order_of_the_batch() -> None:
+def test_the_sums_are_the_same_whatever_the_order_and_the_batches() -> None:
     batch = [_bought(f"P{n % 3}", n * 1.7, customer=f"C{n}") for n in range(30)]
     shuffled = batch[:]
     random.Random(4).shuffle(shuffled)
-    assert trend_deltas(batch, {}, 7.0) == trend_deltas(shuffled, {}, 7.0)
+    whole = trend_deltas(batch, {}, 7.0)
+    assert trend_deltas(shuffled, {}, 7.0) == whole
+    parts = [trend_deltas(shuffled[start : start + 7], {}, 7.0) for start in range(0, 30, 7)]
+    for key, delta in whole.items():
+        assert sum(part[key].score for part in parts if key in part) == delta.score
 
 
 def test_a_recent_purchase_outranks_older_ones() -> None:
     deltas = trend_deltas(
         [_bought("OLD", 30), _bought("OLD", 31), _bought("OLD", 32), _bought("NEW", 1)], {}, 7.0
     )
-    assert deltas[(EVERYONE, "NEW")].log_score > deltas[(EVERYONE, "OLD")].log_score
+    assert deltas[(EVERYONE, "NEW")].score > deltas[(EVERYONE, "OLD")].score
 
 
 def test_a_purchase_counts_for_everyone_its_country_and_its_customers_segments() -> None:
