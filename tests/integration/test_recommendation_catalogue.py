@@ -171,6 +171,6 @@ async def test_catalogue_filters_and_trending_through_the_gateway(
     [letter] = await eventually(
         dead_lettered, lambda found: len(found) >= 1, what="the bad record's dead letter"
     )
-    assert letter[deadletter.CONSUMER] == "recommendation-service"
+    assert letter[deadletter.CONSUMER] == "recommendation"
     assert letter[deadletter.ORIGIN_TOPIC] == "crm.catalogue"
     assert "price" in letter[deadletter.REASON]
