@@ -33,8 +33,12 @@ SEGMENTS_WRITE = "segments:write"
 """Define, redefine and retire operator segments."""
 CASES_READ = "cases:read"
 """Cases (requests, questions, complaints), their figures and the department views."""
+CASES_WRITE = "cases:write"
+"""Open cases and move them through their steps (as events on crm.cases)."""
 EXPERIENCE_READ = "experience:read"
 """The voice of the customer and the journey: ratings, stages, trends across customers."""
+EXPERIENCE_WRITE = "experience:write"
+"""Record a customer's feedback (CSAT, NPS, effort scores, as events on crm.contacts)."""
 PREFERENCES_READ = "preferences:read"
 """A customer's channel set-up, consents with evidence, do-not-contact entries, holds, and the
 contact decision with its reasons."""
@@ -56,7 +60,9 @@ SCOPES = frozenset(
         SEGMENTS_READ,
         SEGMENTS_WRITE,
         CASES_READ,
+        CASES_WRITE,
         EXPERIENCE_READ,
+        EXPERIENCE_WRITE,
         PREFERENCES_READ,
         PREFERENCES_WRITE,
         CAMPAIGNS_READ,

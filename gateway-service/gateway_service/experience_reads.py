@@ -2,6 +2,8 @@
 (scope experience:read): a customer's ratings and journey, and across customers the trends,
 the experience dimensions and the journey stage counts. The service's answers are passed on as
 they are; the gateway checks the parameters first, so that its document says what is valid.
+Recording a customer's feedback (scope experience:write) is a command: it publishes
+crm.feedback.given.v2 on crm.contacts, validated as the worker will validate it, and answers 202.
 
 Mounted by gateway_service.api's create_app, whose guards and types it shares.
 """
@@ -13,15 +15,18 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel
 
-from crm_shared.contracts.events import TouchpointName
+from crm_shared.contracts.events import FEEDBACK_GIVEN_V2, FeedbackGivenV2, TouchpointName
 from gateway_service.api import GUARDED, CustomerIdPath, errors, require
-from gateway_service.auth import EXPERIENCE_READ, StoredKey
+from gateway_service.auth import EXPERIENCE_READ, EXPERIENCE_WRITE, StoredKey
+from gateway_service.commands import publish_command
 from gateway_service.passthrough import passed_on
 from gateway_service.profile_reads import UPSTREAM
 from gateway_service.upstream import customer_path
 
 ExperienceReader = Annotated[StoredKey, Depends(require(EXPERIENCE_READ))]
+ExperienceWriter = Annotated[StoredKey, Depends(require(EXPERIENCE_WRITE))]
 
 router = APIRouter()
 
@@ -108,3 +113,26 @@ async def get_dimensions(
 async def get_stage_counts(request: Request, _key: ExperienceReader) -> Response:
     """How many customers are in each journey stage."""
     return await _from_interaction(request, "journey_stages", "/journey/stages")
+
+
+class FeedbackAccepted(BaseModel):
+    event_id: str
+    type: str
+    customer_id: str
+
+
+@router.post(
+    "/v1/customers/{customer_id}/feedback",
+    status_code=202,
+    response_model=FeedbackAccepted,
+    responses=errors(*GUARDED, 400, 503),
+)
+async def give_feedback(
+    customer_id: CustomerIdPath, feedback: FeedbackGivenV2, request: Request, key: ExperienceWriter
+) -> FeedbackAccepted:
+    """Record the customer's CSAT (1-5), NPS (0-10) or effort (1-7) score at a touchpoint, with
+    what it rates, praise, a complaint or a suggestion, and dimension scores."""
+    data = feedback.model_dump(mode="json", exclude_none=True)
+    source = f"gateway:{key.key_id}"
+    event_id = await publish_command(request, FEEDBACK_GIVEN_V2, customer_id, data, source)
+    return FeedbackAccepted(event_id=event_id, type=FEEDBACK_GIVEN_V2, customer_id=customer_id)

@@ -44,12 +44,13 @@ class TimelineItem(BaseModel):
     event_type: str
     channel: str | None
     direction: Direction | None
-    department: str | None = Field(description="A department code (contacts)")
+    department: str | None = Field(description="A department code (contacts, cases, feedback)")
     employee_id: str | None
     topic: str | None
     outcome: str | None = Field(
         description="A contact outcome, a message outcome, a consent state (granted, pending, "
-        "denied, revoked), or do_not_contact / do_not_contact_lifted"
+        "denied, revoked), do_not_contact / do_not_contact_lifted, or a case's step (opened, "
+        "assigned, transferred, escalated, resolved, reopened, closed)"
     )
     summary: str
     details: dict[str, Any]

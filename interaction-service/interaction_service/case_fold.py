@@ -33,18 +33,17 @@ def sla_policy() -> cases.SlaPolicy:
 
 
 def with_cases(fold: Fold) -> Fold:
-    """`fold` for every event but case steps, which go to the case fold; ticks go to both (case
-    deadlines here, whatever else moves with time there: the journeys)."""
+    """`fold` for every event, case steps included (each is a touchpoint on the timeline), and
+    the case fold for the steps; ticks go to both (case deadlines here, whatever else moves with
+    time there: the journeys)."""
 
     async def fold_all(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:
         if events and events[0].type == CLOCK_TICKED:  # a run of ticks (the projector splits)
             return [*await fold_ticks(conn, events), *await fold(conn, events)]
+        derived = list(await fold(conn, events))
         steps = [e for e in events if e.type in CASE_STEP_TYPES]
-        if not steps:
-            return await fold(conn, events)
-        others = [e for e in events if e.type not in CASE_STEP_TYPES]
-        derived = list(await fold(conn, others)) if others else []
-        derived.extend(await fold_steps(conn, steps))
+        if steps:
+            derived.extend(await fold_steps(conn, steps))
         return derived
 
     return fold_all

@@ -37,6 +37,7 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> list[Derive
 
 async def _move_journeys(conn: asyncpg.Connection, events: Sequence[Event]) -> list[Derived]:
     current = await store.lock_journeys(conn, {e.customer_id for e in events})
+    stored = dict(current)
     clocks = await store.experience_clocks(conn, ORDERS.name)
     derived: list[Derived] = []
     transitions: list[Transition] = []
@@ -50,7 +51,9 @@ async def _move_journeys(conn: asyncpg.Connection, events: Sequence[Event]) -> l
         if transition is not None:
             transitions.append(transition)
             derived.append(journey.stage_changed_event(event, transition))
-    await store.save_journeys(conn, list(current.values()))
+    # Only what changed is written: most product views find the customer already interested.
+    changed = [j for customer, j in current.items() if stored.get(customer) != j]
+    await store.save_journeys(conn, changed)
     await _record(conn, transitions)
     return derived
 

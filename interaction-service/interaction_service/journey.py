@@ -18,6 +18,7 @@ from functools import singledispatch
 from crm_shared.contracts.events import (
     JOURNEY_STAGE_CHANGED,
     ContactLogged,
+    ContactLoggedV2,
     Event,
     FeedbackGiven,
     FeedbackGivenV2,
@@ -137,6 +138,17 @@ def _order(data: OrderPlaced, journey: Journey, event: Event) -> tuple[Journey, 
 
 @observe.register
 def _contact(data: ContactLogged, journey: Journey, event: Event) -> tuple[Journey, str]:
+    return _contacted(data, journey, event)
+
+
+@observe.register
+def _contact_v2(data: ContactLoggedV2, journey: Journey, event: Event) -> tuple[Journey, str]:
+    return _contacted(data, journey, event)
+
+
+def _contacted(
+    data: ContactLogged | ContactLoggedV2, journey: Journey, event: Event
+) -> tuple[Journey, str]:
     if data.direction == "outbound":
         return journey, "outbound_contact"
     first = _earlier(journey.first_contact_at, event.time)
@@ -177,7 +189,14 @@ def _view(data: ProductViewed, journey: Journey, event: Event) -> tuple[Journey,
     return replace(journey, interested=True), "product_viewed"
 
 
-JOURNEY_DATA = (OrderPlaced, ContactLogged, FeedbackGiven, FeedbackGivenV2, ProductViewed)
+JOURNEY_DATA = (
+    OrderPlaced,
+    ContactLogged,
+    ContactLoggedV2,
+    FeedbackGiven,
+    FeedbackGivenV2,
+    ProductViewed,
+)
 """The event data that moves a journey."""
 
 

@@ -26,6 +26,13 @@ from typing import Literal, NamedTuple
 from crm_shared.contracts.events import (
     MAX_FUTURE_SKEW,
     SCORE_SCALES,
+    CaseAssigned,
+    CaseClosed,
+    CaseEscalated,
+    CaseOpened,
+    CaseReopened,
+    CaseResolved,
+    CaseTransferred,
     Channel,
     ChannelPreferenceSet,
     ChannelPreferenceSetV2,
@@ -311,6 +318,87 @@ def _preference(data: ChannelPreferenceSet) -> Touchpoint:
         quiet = data.quiet_hours
         summary += f"; quiet hours {quiet.start}-{quiet.end} {quiet.timezone}"
     return Touchpoint("preference", summary, data.channels[0], "inbound")
+
+
+# A case step's outcome is the step itself ("opened", ..., "closed"): a closed list, like the
+# steps. Whether the case's status allowed it is the case's history to say (accepted or rejected);
+# the timeline records what was done with the customer, as every other touchpoint.
+
+
+def _owner(department: str, employee_id: str | None) -> str:
+    return f"{employee_id} in {department}" if employee_id else f"the {department} queue"
+
+
+@describe.register
+def _case_opened(data: CaseOpened) -> Touchpoint:
+    summary = (
+        f"{data.kind} {data.case_id} opened ({data.priority}) for "
+        f"{_owner(data.department, data.employee_id)}: {data.topic}"
+    )
+    return Touchpoint(
+        "case",
+        summary,
+        data.channel,
+        "inbound",
+        data.department,
+        data.employee_id,
+        data.topic,
+        "opened",
+    )
+
+
+@describe.register
+def _case_assigned(data: CaseAssigned) -> Touchpoint:
+    summary = f"case {data.case_id} assigned to {_owner(data.department, data.employee_id)}"
+    return Touchpoint(
+        "case",
+        summary,
+        department=data.department,
+        employee_id=data.employee_id,
+        outcome="assigned",
+    )
+
+
+@describe.register
+def _case_transferred(data: CaseTransferred) -> Touchpoint:
+    origin = _owner(data.from_department, data.from_employee_id)
+    summary = (
+        f"case {data.case_id} transferred from {origin} "
+        f"to {_owner(data.to_department, data.to_employee_id)} ({data.reason.strip()})"
+    )
+    return Touchpoint(
+        "case",
+        summary,
+        department=data.to_department,
+        employee_id=data.to_employee_id,
+        outcome="transferred",
+    )
+
+
+@describe.register
+def _case_escalated(data: CaseEscalated) -> Touchpoint:
+    summary = f"case {data.case_id} escalated to level {data.level} ({data.reason.strip()})"
+    return Touchpoint("case", summary, outcome="escalated")
+
+
+@describe.register
+def _case_resolved(data: CaseResolved) -> Touchpoint:
+    first = " in the first contact" if data.first_contact else ""
+    summary = f"case {data.case_id} resolved{first}: {_shorten(data.resolution, COMMENT_MAX_CHARS)}"
+    return Touchpoint("case", summary, outcome="resolved")
+
+
+@describe.register
+def _case_reopened(data: CaseReopened) -> Touchpoint:
+    summary = f"case {data.case_id} reopened ({data.reason.strip()})"
+    return Touchpoint("case", summary, outcome="reopened")
+
+
+@describe.register
+def _case_closed(data: CaseClosed) -> Touchpoint:
+    return Touchpoint(
+        "case", _with_reason(f"case {data.case_id} closed", data.reason), outcome="closed"
+    )
 
 
 def recorded_at(event: Event) -> datetime:

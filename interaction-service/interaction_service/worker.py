@@ -1,6 +1,6 @@
 """Interaction worker: folds every touchpoint (contacts, feedback, orders, refunds and
-cancellations, sessions, consents and preferences, message outcomes) into customer timelines
-and contact summaries.
+cancellations, sessions, consents and preferences, message outcomes, case steps) into customer
+timelines and contact summaries; product views only move journeys.
 
 python -m interaction_service.worker
 """
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from crm_shared.contracts.events import CLOCK_TICKED, Event
+from crm_shared.contracts.events import CLOCK_TICKED, PRODUCT_VIEWED, Event
 from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.projector import PeriodicJob, Projection
 from crm_shared.runtime.worker import run_worker
@@ -29,10 +29,12 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
     ratings and journeys (a run of ticks only moves the journeys' time)."""
     if events and events[0].type == CLOCK_TICKED:
         return await experience_fold.fold_ticks(conn, events)
-    entries = projection.timeline_entries(events)
+    # Product views show interest (the journey) but are not touchpoints: no timeline row.
+    touchpoints = [e for e in events if e.type != PRODUCT_VIEWED]
+    entries = projection.timeline_entries(touchpoints)
     written = await store.add_to_timeline(conn, entries)
     # A row already present was counted when it was written: the summary follows the timeline.
-    new = [e for e in events if projection.event_key(e) in written]
+    new = [e for e in touchpoints if projection.event_key(e) in written]
     deltas = projection.summary_deltas(new)
     await store.add_to_summaries(conn, deltas)
     # Counted per label, not per row: a labels() lookup per row costs more than the row.
@@ -53,6 +55,8 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
     if totals:
         metrics.UNHAPPY_TOUCHPOINTS.labels("complaint").inc(sum(t.complaints for t in totals))
         metrics.UNHAPPY_TOUCHPOINTS.labels("refusal").inc(sum(t.refusals for t in totals))
+    if len(touchpoints) < len(events):  # the views, in batch order among the new touchpoints
+        new = [e for e in events if e.type == PRODUCT_VIEWED or projection.event_key(e) in written]
     return await experience_fold.fold(conn, new)
 
 

@@ -15,10 +15,10 @@ import pytest
 from kafka import KafkaProducer
 
 from crm_shared.contracts.events import encode_event
+from crm_shared.contracts.timeline import TIMELINE_EVENT_TYPES as TIMELINE_TYPES
 from crm_shared.contracts.topics import topic_for
 from crm_shared.ops import launcher
 from crm_shared.ops.demo.workload import Workload
-from interaction_service.events import FOLDS as TIMELINE_TYPES
 from recommendation_service.projection import NEIGHBOURS_KEPT
 from tests.conftest import shifted_port
 from tests.integration.helpers import drop_and_rebuild, eventually, fetch, kill_and_restart, unique

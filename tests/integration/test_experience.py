@@ -294,3 +294,48 @@ async def test_the_gateway_serves_the_experience_under_its_scope(
     assert body["customers"] == sum(body["stages"].values())
     assert refused.status_code == 403 and "experience:read" in refused.text
     assert invalid.status_code == 422
+
+
+async def test_a_product_view_moves_an_aware_customer_to_considering_and_is_no_touchpoint(
+    platform: dict[str, str],
+) -> None:
+    customer = unique("browsing")
+    now = datetime.now(UTC).replace(microsecond=0)
+    api, auth = _api(platform), service_auth(platform)
+    journey_url = f"{api}/customers/{customer}/journey"
+    # One at a time: contacts and views travel on two topics, which keep no order between them.
+    with EventPublisher(platform["CRM_KAFKA_BOOTSTRAP"], source="web-site") as publisher:
+        publisher.publish(
+            "crm.contact.logged.v1",
+            customer,
+            _contact("outbound"),
+            time=now - timedelta(hours=2),
+            event_id=f"{customer}-call",
+        )
+        publisher.flush()
+        await eventually(
+            lambda: get_json(journey_url, headers=auth),
+            lambda r: r[0] == 200 and r[1]["stage"] == "aware",
+            what="the outbound call to make the customer aware",
+        )
+        for n in range(2):
+            publisher.publish(
+                "crm.product.viewed.v1",
+                customer,
+                {"product_id": f"P-{n}", "channel": "app"},
+                time=now - timedelta(hours=1, minutes=-n),
+                event_id=f"{customer}-view-{n}",
+            )
+    _, journey = await eventually(
+        lambda: get_json(journey_url, headers=auth),
+        lambda r: r[1]["stage"] == "considering",
+        what="the product view to make the customer considering",
+    )
+    assert [(t["from_stage"], t["to_stage"], t["trigger"]) for t in journey["transitions"]] == [
+        (None, "aware", "outbound_contact"),
+        ("aware", "considering", "product_viewed"),
+    ]
+    assert datetime.fromisoformat(journey["entered_at"]) == now - timedelta(hours=1)
+    # Interest shown, not a touchpoint: the timeline holds the call only.
+    _, summary = await get_json(f"{api}/customers/{customer}/summary", headers=auth)
+    assert summary["touchpoints"] == 1

@@ -197,6 +197,12 @@ async def test_the_running_gateway_serves_the_document_under_test(
         "/v1/campaigns",
         "/v1/campaigns/{campaign_id}",
         "/v1/campaigns/dry-run",
+        "/v1/customers/{customer_id}/cases/{case_id}/assign",
+        "/v1/customers/{customer_id}/cases/{case_id}/transfer",
+        "/v1/customers/{customer_id}/cases/{case_id}/escalate",
+        "/v1/customers/{customer_id}/cases/{case_id}/resolve",
+        "/v1/customers/{customer_id}/cases/{case_id}/reopen",
+        "/v1/customers/{customer_id}/cases/{case_id}/close",
     }
 
 

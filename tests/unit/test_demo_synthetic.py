@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 
-from crm_shared.contracts.events import validate_event
+from crm_shared.contracts.events import CASE_STEP_TYPES, Measure, validate_event
 from crm_shared.ops.demo import event_order
 from crm_shared.ops.demo.synthetic import AFTER_LAST_SEEN, SOURCE, generate
+from interaction_service import cases
+from interaction_service.case_fold import sla_policy
 
 T0 = datetime(2010, 12, 1, 8, 26, tzinfo=UTC)
 CUSTOMERS = [
@@ -120,3 +122,25 @@ def test_bad_input_is_refused() -> None:
         generate(CUSTOMERS[:1], [], seed=7)
     with pytest.raises(ValueError, match="last seen before first seen"):
         generate([("1", T0, T0 - timedelta(days=1))], PRODUCTS, seed=7)
+
+
+def test_demo_cases_run_through_every_step_and_the_case_fold_accepts_them_all(
+    documents: list[dict[str, Any]],
+) -> None:
+    steps = [validate_event(d) for d in documents if d["type"] in CASE_STEP_TYPES]
+    assert {s.type for s in steps} == CASE_STEP_TYPES
+    folded = cases.fold_steps({}, [], steps, sla_policy())
+    assert [r.reason for r in folded.steps if not r.accepted] == []
+    statuses = Counter(case.status for case in folded.cases.values())
+    assert set(statuses) == {"open", "assigned", "resolved", "closed"}
+    assert any(case.department_transfers for case in folded.cases.values())
+    assert any(case.reopens for case in folded.cases.values())
+
+
+def test_demo_scores_rate_resolved_cases_on_their_scales(documents: list[dict[str, Any]]) -> None:
+    resolved = {d["data"]["case_id"] for d in documents if d["type"] == "crm.case.resolved.v1"}
+    scores = [validate_event(d).data for d in documents if d["type"] == "crm.feedback.given.v2"]
+    assert {s.measure for s in scores} == {Measure.NPS, Measure.CSAT, Measure.CES}  # type: ignore[union-attr]
+    rated = {s.about.id for s in scores if s.about is not None}  # type: ignore[union-attr]
+    assert rated == resolved
+    assert any(s.dimensions for s in scores)  # type: ignore[union-attr]

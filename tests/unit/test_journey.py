@@ -157,3 +157,42 @@ def test_a_transition_derives_an_event_whose_id_depends_on_cause_and_version() -
     assert derived.type == JOURNEY_STAGE_CHANGED and derived.key == b"C-7"
     assert stage_changed_event(cause, moved).event_id == derived.event_id
     assert time_in_stage(journey, at(60)) == timedelta(minutes=60)
+
+
+def _view(customer: str, minutes: float) -> Event:
+    return event("crm.product.viewed.v1", customer, {"product_id": "P-1"}, minutes=minutes)
+
+
+def test_a_product_view_moves_an_aware_customer_to_considering() -> None:
+    journey, moves = _run([_contact("C-5", "outbound", 0), _view("C-5", 10), _view("C-5", 20)])
+    assert [(m.from_stage, m.to_stage, m.trigger) for m in moves] == [
+        (None, JourneyStage.AWARE, "outbound_contact"),
+        (JourneyStage.AWARE, JourneyStage.CONSIDERING, "product_viewed"),
+    ]
+    assert journey.entered_at == at(10)
+
+
+def test_a_product_view_of_a_buyer_changes_nothing() -> None:
+    bought, _ = _run([order("C-6", "O-1", ("P", 1, "1.00"), minutes=0)])
+    after, transition = evolve(bought, _view("C-6", 10), None)
+    assert transition is None and after == bought
+
+
+def test_an_inbound_v2_contact_shows_interest_and_is_the_first_service_contact() -> None:
+    contact = event(
+        "crm.contact.logged.v2",
+        "C-7",
+        {
+            "channel": "chat",
+            "direction": "inbound",
+            "department": "support",
+            "topic": "sizes",
+            "outcome": "information_given",
+        },
+        minutes=5,
+    )
+    journey, moves = _run([contact])
+    assert [(m.to_stage, m.trigger) for m in moves] == [
+        (JourneyStage.CONSIDERING, "inbound_contact")
+    ]
+    assert journey.first_contact_id == contact.id

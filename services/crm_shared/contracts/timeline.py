@@ -18,6 +18,7 @@ TimelineKind = Literal[
     "message",
     "consent",
     "preference",
+    "case",
 ]
 TIMELINE_KINDS: tuple[TimelineKind, ...] = get_args(TimelineKind)
 
@@ -38,6 +39,13 @@ TimelineEventType = Literal[
     "crm.consent.recorded.v2",
     "crm.do_not_contact.added.v1",
     "crm.do_not_contact.removed.v1",
+    "crm.case.opened.v1",
+    "crm.case.assigned.v1",
+    "crm.case.transferred.v1",
+    "crm.case.escalated.v1",
+    "crm.case.resolved.v1",
+    "crm.case.reopened.v1",
+    "crm.case.closed.v1",
 ]
 TIMELINE_EVENT_TYPES: frozenset[str] = frozenset(get_args(TimelineEventType))
 """Every event of these types is one timeline entry."""

@@ -84,7 +84,7 @@ BROWSING = Topic(
     "What customers look at on the web site and in apps.",
     ("crm.product.viewed.v1",),
     producers=("web-site", "gateway-service"),
-    consumers=("recommendation-service",),
+    consumers=("recommendation-service", "interaction-service"),
 )
 CONTACTS = Topic(
     "crm.contacts",

@@ -1,5 +1,5 @@
 """Seeded synthetic CRM facts around the real customers: contacts, feedback, preferences,
-consents and product views, which the retail data set does not have.
+consents, product views, cases and scored feedback, which the retail data set does not have.
 
 Pure and deterministic: each customer gets its own `random.Random(f"{seed}:{customer_id}")`,
 so a customer's facts are the same whether the whole file or only the first N customers are
@@ -13,7 +13,19 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from crm_shared.contracts.events import CHANNEL_PREFERENCE_SET_V2, CONSENT_RECORDED, build_event
+from crm_shared.contracts.events import (
+    CASE_ASSIGNED,
+    CASE_CLOSED,
+    CASE_ESCALATED,
+    CASE_OPENED,
+    CASE_REOPENED,
+    CASE_RESOLVED,
+    CASE_TRANSFERRED,
+    CHANNEL_PREFERENCE_SET_V2,
+    CONSENT_RECORDED,
+    FEEDBACK_GIVEN_V2,
+    build_event,
+)
 from crm_shared.ops.demo import event_order
 
 SOURCE = "demo-generator"
@@ -144,6 +156,9 @@ def generate(
         documents += _contacts(customer_id, window)
         documents += _feedback(customer_id, window)
         documents += _views(customer_id, window, products)
+        # Drawn last, so that the facts above stay what they were before cases were generated.
+        cases = _cases(customer_id, window)
+        documents += cases + _scores(customer_id, window, cases)
     documents.sort(key=event_order)
     return documents
 
@@ -320,4 +335,145 @@ def _views(customer_id: str, window: _Window, products: Sequence[str]) -> list[d
                 f"demo-view-{customer_id}-{number}",
             )
         )
+    return documents
+
+
+_CASE_PROBABILITY = 0.3
+_CASE_KINDS = ("complaint", "request", "request", "question")
+_CASE_PRIORITIES = ("urgent", "high", "normal", "normal", "normal", "low")
+_CASE_DEPARTMENTS = ("support", "service", "billing")
+_CASE_CHANNELS = ("phone", "phone", "email", "chat", "web")
+CASE_SPAN = timedelta(days=7)
+"""A demo case's steps all fall within this long after its opening (inside the window)."""
+_RESOLUTIONS = (
+    "replacement sent",
+    "refund issued",
+    "explained the policy",
+    "delivery rebooked",
+    "account corrected",
+)
+
+
+def _employee(rng: random.Random, department: str) -> str:
+    return f"E{_FIRST_EMPLOYEE[department] + rng.randrange(_EMPLOYEES_PER_DEPARTMENT)}"
+
+
+def _cases(customer_id: str, window: _Window) -> list[dict[str, Any]]:
+    """For about a third of the customers 1-2 cases, each through a plausible lifecycle: opened
+    in a queue or with an employee, mostly assigned, sometimes transferred to another department
+    or escalated, mostly resolved (a few reopened and resolved again), most resolved ones closed;
+    the rest stay open (and miss their SLA targets by the clock)."""
+    rng = window.rng
+    if rng.random() >= _CASE_PROBABILITY:
+        return []
+    documents = []
+    for number in range(rng.randint(1, 2)):
+        case_id = f"demo-case-{customer_id}-{number}"
+        department = rng.choice(_CASE_DEPARTMENTS)
+        employee = _employee(rng, department) if rng.random() < 0.3 else None
+        when = window.time(end=max(window.start, window.end - CASE_SPAN))
+        steps: list[tuple[str, dict[str, Any]]] = [
+            (
+                CASE_OPENED,
+                {
+                    "kind": rng.choice(_CASE_KINDS),
+                    "priority": rng.choice(_CASE_PRIORITIES),
+                    "topic": rng.choice(_TOPICS[department]),
+                    "channel": rng.choice(_CASE_CHANNELS),
+                    "department": department,
+                    "employee_id": employee,
+                },
+            )
+        ]
+        if employee is None and rng.random() < 0.8:
+            employee = _employee(rng, department)
+            steps.append((CASE_ASSIGNED, {"employee_id": employee, "department": department}))
+        if rng.random() < 0.25:
+            target = rng.choice([d for d in _CASE_DEPARTMENTS if d != department])
+            to_employee = _employee(rng, target) if rng.random() < 0.5 else None
+            transfer = {
+                "from_employee_id": employee,
+                "from_department": department,
+                "to_employee_id": to_employee,
+                "to_department": target,
+                "reason": f"needs {target}",
+            }
+            steps.append((CASE_TRANSFERRED, transfer))
+            department, employee = target, to_employee
+        if rng.random() < 0.1:
+            steps.append((CASE_ESCALATED, {"level": 1, "reason": "customer asked for a manager"}))
+        if rng.random() < 0.85:
+            steps.append((CASE_RESOLVED, {"resolution": rng.choice(_RESOLUTIONS)}))
+            if rng.random() < 0.1:
+                steps.append((CASE_REOPENED, {"reason": "the problem came back"}))
+                steps.append((CASE_RESOLVED, {"resolution": rng.choice(_RESOLUTIONS)}))
+            if rng.random() < 0.7:
+                steps.append((CASE_CLOSED, {"reason": "customer confirmed"}))
+        # Strictly later step by step, all within CASE_SPAN of the opening.
+        gaps = sorted(rng.sample(range(1, int(CASE_SPAN.total_seconds()) // 60), len(steps) - 1))
+        for index, (event_type, data) in enumerate(steps):
+            time = when + timedelta(minutes=gaps[index - 1]) if index else when
+            event_id = f"{case_id}-{index}"
+            step = {"case_id": case_id, **{k: v for k, v in data.items() if v is not None}}
+            documents.append(_event(event_type, customer_id, step, time, event_id))
+    return documents
+
+
+_NPS_WEIGHTS = (1, 1, 1, 1, 1, 2, 2, 4, 6, 7, 5)
+"""Weights of NPS scores 0 to 10: mostly passives and promoters, some detractors."""
+_NPS_PROBABILITY = 0.5
+_DIMENSIONS = ("reliability", "efficiency", "convenience", "integrity")
+
+
+def _scores(
+    customer_id: str, window: _Window, cases: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Scored feedback (v2): an NPS survey for about half the customers, and after each
+    resolution a CSAT and an effort score linked to the case, rated by the department that
+    resolved it, some with experience dimensions."""
+    rng = window.rng
+    documents = []
+    if rng.random() < _NPS_PROBABILITY:
+        data: dict[str, Any] = {
+            "measure": "nps",
+            "score": rng.choices(range(11), weights=_NPS_WEIGHTS)[0],
+            "channel": "email",
+            "touchpoint": "nps-survey",
+        }
+        event_id = f"demo-nps-{customer_id}"
+        documents.append(_event(FEEDBACK_GIVEN_V2, customer_id, data, window.time(), event_id))
+    holders: dict[str, str] = {}
+    for step in cases:
+        case = step["data"]
+        if step["type"] in (CASE_OPENED, CASE_TRANSFERRED):
+            holders[case["case_id"]] = case.get("to_department") or case["department"]
+        if step["type"] != CASE_RESOLVED:
+            continue
+        resolved = datetime.fromisoformat(step["time"])
+        after = min(window.end, resolved + timedelta(hours=rng.randint(1, 48)))
+        csat = rng.choices(range(1, 6), weights=_SCORE_WEIGHTS)[0]
+        kind, comment = rng.choice(_FEEDBACK[csat])
+        rated = {"kind": "case", "id": case["case_id"]}
+        common = {
+            "channel": "email",
+            "touchpoint": "case-survey",
+            "department": holders[case["case_id"]],
+            "about": rated,
+        }
+        dimensions = {
+            d: max(1, min(5, csat + rng.randint(-1, 1)))
+            for d in rng.sample(_DIMENSIONS, rng.randint(0, 2))
+        }
+        satisfaction = {
+            **common,
+            "measure": "csat",
+            "score": csat,
+            "kind": kind,
+            "comment": comment,
+            "dimensions": dimensions,
+        }
+        effort = {**common, "measure": "ces", "score": max(1, min(7, csat + rng.randint(0, 2)))}
+        for name, data in (("csat", satisfaction), ("ces", effort)):
+            event_id = f"demo-{name}-{step['id']}"
+            documents.append(_event(FEEDBACK_GIVEN_V2, customer_id, data, after, event_id))
     return documents
