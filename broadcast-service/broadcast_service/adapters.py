@@ -27,6 +27,9 @@ from broadcast_service.mail import MailIdentity, build_email
 
 
 class Adapter(Protocol):
+    connections: int
+    """How many messages it sends at a time."""
+
     async def send(self, message: OutboundMessage) -> SendResult: ...
 
     async def close(self) -> None: ...
@@ -47,6 +50,7 @@ class SmtpAdapter:
     ) -> None:
         self.identity = identity
         self.clock = clock
+        self.connections = connections
         self.idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
         for _ in range(connections):
             self.idle.put_nowait(aiosmtplib.SMTP(hostname=host, port=port, timeout=timeout))
@@ -87,6 +91,7 @@ class WebhookAdapter:
 
     def __init__(self, urls: Mapping[str, str], connections: int, timeout: float) -> None:
         self.urls = dict(urls)
+        self.connections = connections
         self.client = httpx.AsyncClient(
             timeout=timeout,
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
