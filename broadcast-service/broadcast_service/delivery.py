@@ -8,6 +8,7 @@ database.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -215,11 +216,15 @@ def expired_claim(channel: str, started: bool) -> ExpiredClaim:
 # ----------------------------------------------------------------------------- message content
 
 
+_MESSAGE_ID_LOCAL = re.compile(r"[A-Za-z0-9._-]+")
+"""What a message id may be to stand as the Message-ID's left part as it is."""
+
+
 def message_id_header(message_id: str, domain: str) -> str:
     """The RFC 5322 Message-ID of a message: the same on every attempt, so a copy sent again
     after a crash is recognisable as the same message by whoever receives it."""
-    safe = all(c.isascii() and (c.isalnum() or c in "._-") for c in message_id)
-    local = message_id if safe and message_id else str(uuid.uuid5(_EVENT_IDS, message_id))
+    safe = _MESSAGE_ID_LOCAL.fullmatch(message_id)
+    local = message_id if safe else str(uuid.uuid5(_EVENT_IDS, message_id))
     return f"<{local}@{domain}>"
 
 

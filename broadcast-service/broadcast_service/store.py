@@ -876,6 +876,15 @@ async def plan_again(conn: asyncpg.Connection, message_ids: Collection[str]) -> 
     )
 
 
+async def release_unstarted(conn: asyncpg.Connection, sender: str) -> None:
+    """A stopping sender's claims it did not start: planned again at once, not after the lease."""
+    await conn.execute(
+        "UPDATE outbound_messages SET state = 'planned', next_attempt_at = NULL, claimed_by = NULL"
+        " WHERE claimed_by = $1 AND state = 'sending' AND started_at IS NULL",
+        sender,
+    )
+
+
 async def hold_back(
     conn: asyncpg.Connection,
     message_ids: Sequence[str],

@@ -143,3 +143,10 @@ async def test_a_dead_senders_claims_are_replanned_resent_or_given_up_once_the_l
         assert not await store.finish_attempts(
             conn, ["spring.C-texted"], ["sent"], [None], [None], [None], T, dead.identity
         )
+        # Stopping (SIGTERM) before starting them: planned again at once, not after the lease.
+        await store.release_unstarted(conn, survivor.identity)
+    ledger = await _ledger(pool)
+    assert (ledger["spring.C-queued"], ledger["spring.C-texted"]) == (
+        ("planned", 0, None),
+        ("planned", 1, None),
+    )

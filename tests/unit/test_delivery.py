@@ -33,7 +33,7 @@ from broadcast_service.delivery import (
     send_time_check,
     smtp_result,
 )
-from broadcast_service.mail import ONE_CLICK, MailIdentity, build_email
+from broadcast_service.mail import ONE_CLICK, MailIdentity, build_email, smtp_path
 from broadcast_service.projection import (
     ChannelPreferences,
     ChannelSetup,
@@ -383,3 +383,16 @@ async def test_when_the_database_fails_nothing_starts_and_the_records_are_kept_f
 
     assert await _with_writer(ledger, work()) is False
     assert database.commits == [([], ["done"])]
+
+
+def test_an_address_goes_into_the_envelope_only_if_it_cannot_break_the_command() -> None:
+    assert smtp_path("ada.lovelace+news@example.com") == b"<ada.lovelace+news@example.com>"
+    for unsafe in (
+        "no-at-sign",
+        "ada@example.com>\r\nRCPT TO:<eve@example.com",
+        "ada @example.com",
+        '"ada"@example.com',
+        "adä@example.com",
+    ):
+        with pytest.raises(ValueError, match="SMTP cannot send to"):
+            smtp_path(unsafe)
