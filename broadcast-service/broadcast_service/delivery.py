@@ -8,6 +8,7 @@ database.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -180,14 +181,50 @@ def next_step(
     return NextStep("failed", None, MessageOutcome.FAILED)
 
 
+# ----------------------------------------------------------------------------- expired claims
+
+DEDUPED_CHANNELS = frozenset({Channel.SMS, Channel.PUSH, Channel.PHONE, Channel.CHAT})
+"""Channels sent through a webhook provider, which sends a message posted twice with the same
+Idempotency-Key once: sending one of them again cannot make it arrive twice."""
+INTERRUPTED_REASON = "interrupted mid-send: not sent again so it cannot arrive twice"
+
+
+class ExpiredClaim(StrEnum):
+    """What becomes of a claimed message whose lease ended before it was recorded."""
+
+    REPLAN = "replan"  # never started: nothing went out, plan it again
+    RESEND = "resend"  # started, the provider dedupes: send again with the same key
+    INTERRUPTED = "interrupted"  # started, the channel cannot dedupe: it may have arrived
+
+    @property
+    def sends(self) -> bool:
+        """Whether the message is planned again (as opposed to failed for good)."""
+        return self is not ExpiredClaim.INTERRUPTED
+
+
+def expired_claim(channel: str, started: bool) -> ExpiredClaim:
+    """The fate of a claim whose sender died (or stalled past its lease). Only a started message
+    may have reached the provider; SMTP has no idempotency, so an e-mail (or any channel not known
+    to dedupe) that may have arrived is given up as interrupted rather than risk a second copy."""
+    if not started:
+        return ExpiredClaim.REPLAN
+    if channel in DEDUPED_CHANNELS:
+        return ExpiredClaim.RESEND
+    return ExpiredClaim.INTERRUPTED
+
+
 # ----------------------------------------------------------------------------- message content
+
+
+_MESSAGE_ID_LOCAL = re.compile(r"[A-Za-z0-9._-]+")
+"""What a message id may be to stand as the Message-ID's left part as it is."""
 
 
 def message_id_header(message_id: str, domain: str) -> str:
     """The RFC 5322 Message-ID of a message: the same on every attempt, so a copy sent again
     after a crash is recognisable as the same message by whoever receives it."""
-    safe = all(c.isascii() and (c.isalnum() or c in "._-") for c in message_id)
-    local = message_id if safe and message_id else str(uuid.uuid5(_EVENT_IDS, message_id))
+    safe = _MESSAGE_ID_LOCAL.fullmatch(message_id)
+    local = message_id if safe else str(uuid.uuid5(_EVENT_IDS, message_id))
     return f"<{local}@{domain}>"
 
 

@@ -7,10 +7,12 @@ Pure: the signing secret, the links' base URL and the time are passed in.
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime
+from functools import lru_cache
 
 from broadcast_service.delivery import OutboundMessage, is_marketing, message_id_header
 from crm_shared.runtime.links import LinkClaims, link_url, sign_link
@@ -41,6 +43,24 @@ def unsubscribe_url(identity: MailIdentity, message: OutboundMessage) -> str:
     return link_url(
         identity.links_base_url, UNSUBSCRIBE_PATH, sign_link(identity.link_secret, claims)
     )
+
+
+_OUTSIDE_A_PATH = re.compile(r'[\s<>"\x00-\x1f\x7f]')
+
+
+def smtp_path(address: str) -> bytes:
+    """An address as the SMTP envelope carries it (RFC 5321: `<local@domain>`). Raises
+    ValueError for one that cannot be carried as it is: not ASCII, no @, or a character that
+    would end the path or the command (space, brackets, quotes, control characters)."""
+    if not address.isascii() or "@" not in address or _OUTSIDE_A_PATH.search(address):
+        raise ValueError(f"SMTP cannot send to {address!r}")
+    return b"<" + address.encode("ascii") + b">"
+
+
+@lru_cache(maxsize=4)
+def _date(at: datetime) -> str:
+    """The Date header, written once a second rather than once a message."""
+    return format_datetime(at)
 
 
 def _header(value: str) -> str:
@@ -74,7 +94,7 @@ def build_email(identity: MailIdentity, message: OutboundMessage, at: datetime) 
         f"From: {_header(identity.sender)}",
         f"To: {_header(message.address)}",
         f"Subject: {_header(message.subject or '')}",
-        f"Date: {format_datetime(at)}",
+        f"Date: {_date(at.replace(microsecond=0))}",
         f"Message-ID: {message_id}",
         "MIME-Version: 1.0",
     ]

@@ -63,3 +63,10 @@ SEND_QUEUE = Gauge(
     "crm_broadcast_send_queue",
     "Planned messages due now that no sender has claimed yet",
 )
+EXPIRED_CLAIMS = Counter(
+    "crm_broadcast_expired_claims",
+    "Claimed messages whose sender died before recording them, by channel and fate: replan "
+    "(never started), resend (started, the provider dedupes), interrupted (a started e-mail, "
+    "failed rather than risk a second copy)",
+    ["channel", "fate"],
+)

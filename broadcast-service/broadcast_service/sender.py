@@ -8,14 +8,20 @@ folding: several senders share the work by claiming rows with FOR UPDATE SKIP LO
 message goes through the ledger in `outbound_messages`:
 
 1. claim: the due rows are locked, checked again against the customer's current consents
-   (cancelled or postponed when refused) and marked 'sending' with the attempt counted and a
-   lease, in one commit, before any adapter is called;
-2. send: through the adapter, at most `send_rate` a second, `smtp_connections` at a time;
-3. record: 'sent', planned again with backoff, or 'failed', with the outcome events written to the
+   (cancelled or postponed when refused) and marked 'sending' with this sender's id and a lease,
+   in one commit, before any adapter is called;
+2. start: just before its adapter call, the message is marked started and its attempt counted;
+   the send waits for that commit, and at most as many messages as the adapter has connections
+   are started and not yet recorded;
+3. send: through the adapter, at most `send_rate` a second;
+4. record: 'sent', planned again with backoff, or 'failed', with the outcome events written to the
    outbox in the same commit (so an event is published if and only if the step is recorded).
 
-A sender killed between 1 and 3 leaves rows in 'sending'; when their lease ends, the next claim
-sends them again with the same Message-ID or Idempotency-Key (see docs/decisions.md).
+One writer task commits the start marks and the records together (group commit), so a message
+costs a share of a commit rather than one. A claim whose lease ended is resolved by
+`delivery.expired_claim`: never started, it is planned again; started on a channel whose provider
+dedupes, it is sent again with the same Idempotency-Key; a started e-mail may have arrived, so it
+is recorded as failed (interrupted) and never sent twice (see docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -41,6 +48,9 @@ from broadcast_service.adapters import Adapter, SmtpAdapter, WebhookAdapter
 from broadcast_service.config import MIGRATIONS, SenderSettings
 from broadcast_service.decision import sends_since
 from broadcast_service.delivery import (
+    DEDUPED_CHANNELS,
+    INTERRUPTED_REASON,
+    ExpiredClaim,
     NextStep,
     OutboundMessage,
     Result,
@@ -59,11 +69,10 @@ from crm_shared.runtime.projector import TRANSIENT_ERRORS
 log = logging.getLogger(__name__)
 
 CANCELLED = "cancelled"
-RECORD_EVERY_SECONDS = 0.05
-"""How often finished sends are recorded while a batch is under way: the longer, the fewer
-commits, and the more messages a crash leaves in 'sending' to be sent again."""
+GROUP_COMMIT_LINGER_SECONDS = 0.003
+"""How long the ledger writer waits for more to commit: a few ms of latency a message buys a
+commit (six statements) shared by many messages instead of a few, on the sender and PostgreSQL."""
 QUEUE_REPORT_SECONDS = 5.0
-WEBHOOK_CHANNELS = (Channel.SMS, Channel.PUSH, Channel.PHONE, Channel.CHAT)
 
 
 class Throttle:
@@ -90,6 +99,80 @@ class Attempt:
     result: SendResult
 
 
+Commit = Callable[[list[str], list[Attempt]], Awaitable[set[str]]]
+"""Commits start marks and finished attempts in one transaction; returns the messages started."""
+
+
+class GroupCommit:
+    """The sender's one ledger writer: the start marks of the next sends and the records of the
+    finished ones go into one commit, the next `linger` seconds after something is queued and the
+    previous is done (so one commit carries many messages). A send waits for its start mark; a
+    record is not waited for, but is queued before the next start of its connection, so it is
+    committed no later than that."""
+
+    def __init__(self, commit: Commit, linger: float = GROUP_COMMIT_LINGER_SECONDS) -> None:
+        self.commit = commit
+        self.linger = linger
+        self.starts: dict[str, asyncio.Future[bool]] = {}
+        self.finished: list[Attempt] = []
+        self.pending = asyncio.Event()
+        self.settled = asyncio.Event()
+        self.settled.set()
+
+    async def start(self, message_id: str) -> bool:
+        """Whether the message may go now: its start mark is committed. False if this sender no
+        longer holds it or the database failed: then it is left claimed, and its lease lapses."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.starts[message_id] = future
+        self._wake()
+        return await future
+
+    def finish(self, attempt: Attempt) -> None:
+        self.finished.append(attempt)
+        self._wake()
+
+    def _wake(self) -> None:
+        self.settled.clear()
+        self.pending.set()
+
+    async def flush(self) -> None:
+        """Until everything queued is committed."""
+        await self.settled.wait()
+
+    async def run(self) -> None:
+        """Commit whatever is queued, again and again; a database away is waited for."""
+        delay = 0.1
+        while True:
+            await self.pending.wait()
+            await asyncio.sleep(self.linger)
+            self.pending.clear()
+            starts, self.starts = self.starts, {}
+            finished, self.finished = self.finished, []
+            if not starts and not finished:
+                self.settled.set()
+                continue
+            try:
+                started = await self.commit(list(starts), finished)
+            except TRANSIENT_ERRORS as error:
+                log.warning("sender cannot record, retrying", extra={"error": repr(error)})
+                _answer(starts, set())
+                self.finished[:0] = finished
+                self.pending.set()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            delay = 0.1
+            _answer(starts, started)
+            if not self.pending.is_set():
+                self.settled.set()
+
+
+def _answer(starts: Mapping[str, asyncio.Future[bool]], started: set[str]) -> None:
+    for message_id, future in starts.items():
+        if not future.done():  # its send was cancelled meanwhile
+            future.set_result(message_id in started)
+
+
 class Sender:
     """Claims, sends and records; the pool, the adapters and the clock are given."""
 
@@ -112,10 +195,21 @@ class Sender:
         self.throttle = Throttle(settings.send_rate)
         self.policy = settings.contact_policy()
         self.stopping = asyncio.Event()
+        self.identity = uuid.uuid4().hex
+        """Whose claims these are: a sender records only messages it still holds."""
+        by_adapter: dict[int, asyncio.Semaphore] = {}
+        self.slots = {
+            channel: by_adapter.setdefault(id(adapter), asyncio.Semaphore(adapter.connections))
+            for channel, adapter in adapters.items()
+        }
+        """Messages started and not yet recorded, at most one per connection of the adapter:
+        all that a crash can leave ambiguous."""
+        self.ledger = GroupCommit(self._commit)
 
     def stop(self) -> None:
-        """Claim nothing more; the batch in flight is sent and recorded, then `run` returns:
-        a restart (SIGTERM) leaves nothing in 'sending' to be sent twice."""
+        """Claim and start nothing more; the messages on the wire are recorded, the rest of the
+        batch is planned again at once, then `run` returns: a restart (SIGTERM) leaves nothing
+        started and unrecorded, and waits for a few sends rather than a whole throttled batch."""
         self.stopping.set()
 
     async def claim(self) -> list[OutboundMessage]:
@@ -145,7 +239,8 @@ class Sender:
                 await self._hold_back(conn, held, now)
             if ready:
                 lease_until = now + timedelta(seconds=self.settings.lease_seconds)
-                await store.start_sending(conn, [m.message_id for m in ready], lease_until)
+                ids = [m.message_id for m in ready]
+                await store.hold_claims(conn, ids, self.identity, lease_until)
         return ready
 
     async def _hold_back(
@@ -175,42 +270,63 @@ class Sender:
             metrics.MESSAGES.labels(message.channel, CANCELLED).inc()
 
     async def send_batch(self, messages: Sequence[OutboundMessage]) -> None:
-        """Send the claimed messages; record what finished every RECORD_EVERY_SECONDS."""
-        finished: list[Attempt] = []
+        """Send the claimed messages and return once every one is recorded (or left claimed)."""
 
-        async def attempt(message: OutboundMessage) -> None:
-            finished.append(await self._attempt(message))
+        async def send_all() -> None:
+            await asyncio.gather(*map(self._attempt, messages))
+            await self.ledger.flush()
 
-        sending = asyncio.ensure_future(asyncio.gather(*map(attempt, messages)))
-        while True:
-            done, _ = await asyncio.wait({sending}, timeout=RECORD_EVERY_SECONDS)
-            ready, finished[:] = list(finished), []
-            if ready:
-                await self.record(ready)
-            if done:
-                sending.result()
-                return
+        writer = asyncio.create_task(self.ledger.run())
+        sending = asyncio.create_task(send_all())
+        try:
+            done, _ = await asyncio.wait({writer, sending}, return_when=asyncio.FIRST_COMPLETED)
+            if writer in done:
+                writer.result()  # the writer failed for good: its error ends the sender
+            sending.result()
+        finally:
+            sending.cancel()
+            writer.cancel()
 
-    async def _attempt(self, message: OutboundMessage) -> Attempt:
-        await self.throttle.wait()
+    async def _attempt(self, message: OutboundMessage) -> None:
         adapter = self.adapters.get(message.channel)
         if adapter is None:
-            return Attempt(
-                message, SendResult(Result.PERMANENT, f"no adapter for {message.channel}")
-            )
-        started = time.perf_counter()
-        result = await adapter.send(message)
-        metrics.SEND_SECONDS.labels(message.channel).observe(time.perf_counter() - started)
-        return Attempt(message, result)
+            result = SendResult(Result.PERMANENT, f"no adapter for {message.channel}")
+            self.ledger.finish(Attempt(message, result))
+            return
+        async with self.slots[message.channel]:
+            await self.throttle.wait()
+            if self.stopping.is_set() or not await self.ledger.start(message.message_id):
+                return  # left claimed and not started: planned again (see run and recover)
+            started = time.perf_counter()
+            result = await adapter.send(message)
+            metrics.SEND_SECONDS.labels(message.channel).observe(time.perf_counter() - started)
+            self.ledger.finish(Attempt(message, result))
 
-    async def record(self, attempts: Sequence[Attempt]) -> None:
-        """The ledger's last step and the outcome events, in one commit."""
+    async def _commit(self, starts: list[str], finished: list[Attempt]) -> set[str]:
+        """One group commit: the records of finished attempts and the next start marks."""
         now = self.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            steps, recorded = await self._record(conn, finished, now)
+            started: set[str] = set()
+            if starts:
+                lease_until = now + timedelta(seconds=self.settings.lease_seconds)
+                started = await store.mark_started(conn, starts, self.identity, now, lease_until)
+        if finished:
+            self.on_recorded()
+            _count(finished, steps, recorded)
+        return started
+
+    async def _record(
+        self, conn: asyncpg.Connection, attempts: Sequence[Attempt], now: datetime
+    ) -> tuple[list[NextStep], set[str]]:
+        """The ledger's last step and the outcome events, in the caller's transaction."""
+        if not attempts:
+            return [], set()
         settings = self.settings
         steps = [
             delivery.next_step(
                 a.result,
-                a.message.attempts + 1,  # counted by start_sending after the row was read
+                a.message.attempts + 1,  # counted by the start mark after the row was read
                 settings.max_attempts,
                 now,
                 timedelta(seconds=settings.retry_base_seconds),
@@ -219,37 +335,65 @@ class Sender:
             )
             for a in attempts
         ]
+        recorded = await store.finish_attempts(
+            conn,
+            [a.message.message_id for a in attempts],
+            [step.state for step in steps],
+            [step.retry_at for step in steps],
+            [None if a.result.result is Result.SENT else a.result.detail for a in attempts],
+            [a.result.provider_reference for a in attempts],
+            now,
+            self.identity,
+        )
+        told = [
+            (a, step)
+            for a, step in zip(attempts, steps, strict=True)
+            if step.outcome is not None and a.message.message_id in recorded
+        ]
+        new = await store.add_outcomes(
+            conn,
+            [a.message for a, _ in told],
+            [str(step.outcome) for _, step in told],
+            [a.result.detail for a, _ in told],
+            now,
+        )
+        await outbox.write(conn, list(_events((told[i] for i in new), now)))
+        return steps, recorded
+
+    async def recover(self) -> None:
+        """Resolve the claims whose lease ended, as `delivery.expired_claim` says: planned again,
+        or failed as interrupted with its outcome event (an e-mail that may have arrived)."""
+        now = self.now()
         async with self.pool.acquire() as conn, conn.transaction():
-            recorded = await store.finish_attempts(
-                conn,
-                [a.message.message_id for a in attempts],
-                [step.state for step in steps],
-                [step.retry_at for step in steps],
-                [None if a.result.result is Result.SENT else a.result.detail for a in attempts],
-                [a.result.provider_reference for a in attempts],
-                now,
+            expired = await store.take_expired_claims(
+                conn, now, self.identity, self.settings.claim_batch
             )
-            told = [
-                (a, step)
-                for a, step in zip(attempts, steps, strict=True)
-                if step.outcome is not None and a.message.message_id in recorded
+            fates = [delivery.expired_claim(m.channel, started) for m, started in expired]
+            again = [m.message_id for (m, _), f in zip(expired, fates, strict=True) if f.sends]
+            if again:
+                await store.plan_again(conn, again)
+            interrupted = [
+                Attempt(m, SendResult(Result.PERMANENT, INTERRUPTED_REASON))
+                for (m, _), fate in zip(expired, fates, strict=True)
+                if fate is ExpiredClaim.INTERRUPTED
             ]
-            new = await store.add_outcomes(
-                conn,
-                [a.message for a, _ in told],
-                [str(step.outcome) for _, step in told],
-                [a.result.detail for a, _ in told],
-                now,
+            steps, recorded = await self._record(conn, interrupted, now)
+        if interrupted:
+            self.on_recorded()
+            _count(interrupted, steps, recorded)
+            log.warning(
+                "e-mails interrupted mid-send by a sender that died, recorded as failed",
+                extra={"messages": len(interrupted)},
             )
-            await outbox.write(conn, list(_events((told[i] for i in new), now)))
-        self.on_recorded()
-        _count(attempts, steps, recorded)
+        for (message, _), fate in zip(expired, fates, strict=True):
+            metrics.EXPIRED_CLAIMS.labels(message.channel, fate).inc()
 
     async def run(self) -> None:
         """Claim and send until stopped; a database away is waited for, not fatal."""
         delay = 0.5
         while not self.stopping.is_set():
             try:
+                await self.recover()
                 messages = await self.claim()
                 if messages:
                     await self.send_batch(messages)
@@ -263,6 +407,9 @@ class Sender:
                 pause, delay = delay, min(delay * 2, 10.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), pause)
+        with contextlib.suppress(*TRANSIENT_ERRORS):  # or they go back when their lease ends
+            async with self.pool.acquire() as conn:
+                await store.release_unstarted(conn, self.identity)
 
     async def report_queue(self) -> None:
         """Export the queue depth every few seconds."""
@@ -316,7 +463,7 @@ def build_adapters(settings: SenderSettings) -> dict[str, Adapter]:
     webhook = WebhookAdapter(
         settings.webhook_urls, settings.webhook_connections, settings.webhook_timeout_seconds
     )
-    return {Channel.EMAIL: mail, **dict.fromkeys(WEBHOOK_CHANNELS, webhook)}
+    return {Channel.EMAIL: mail, **dict.fromkeys(sorted(DEDUPED_CHANNELS), webhook)}
 
 
 async def serve(settings: SenderSettings) -> None:

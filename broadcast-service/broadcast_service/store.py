@@ -789,15 +789,14 @@ def _outbound(row: Mapping[str, Any]) -> OutboundMessage:
 
 
 async def claim_due(conn: asyncpg.Connection, now: datetime, limit: int) -> list[OutboundMessage]:
-    """Lock up to `limit` messages due now: planned ones whose time has come, and 'sending' ones
-    whose lease ended (their sender died). Rows another sender holds are skipped, not waited for.
+    """Lock up to `limit` planned messages whose time has come. Rows another sender holds are
+    skipped, not waited for. Claims whose lease ended are resolved by `take_expired_claims` first.
     """
     rows = await conn.fetch(
         f"""
         SELECT {_OUTBOUND_FIELDS} FROM outbound_messages
-        WHERE (state = 'planned' AND not_before <= $1
-               AND (next_attempt_at IS NULL OR next_attempt_at <= $1))
-           OR (state = 'sending' AND next_attempt_at <= $1)
+        WHERE state = 'planned' AND not_before <= $1
+          AND (next_attempt_at IS NULL OR next_attempt_at <= $1)
         ORDER BY not_before
         LIMIT $2
         FOR UPDATE SKIP LOCKED
@@ -808,16 +807,81 @@ async def claim_due(conn: asyncpg.Connection, now: datetime, limit: int) -> list
     return [_outbound(row) for row in rows]
 
 
-async def start_sending(
-    conn: asyncpg.Connection, message_ids: Collection[str], lease_until: datetime
+async def hold_claims(
+    conn: asyncpg.Connection, message_ids: Collection[str], sender: str, lease_until: datetime
 ) -> None:
-    """The ledger's first step, committed before any adapter is called: the attempt is counted,
-    and the message is this sender's until `lease_until`."""
+    """The claim, committed before any adapter is called: the messages are `sender`'s until
+    `lease_until`, not started yet (nothing is on the wire, so a crash now loses nothing)."""
     await conn.execute(
-        "UPDATE outbound_messages SET state = 'sending', attempts = attempts + 1,"
-        " next_attempt_at = $2 WHERE message_id = ANY($1::text[])",
+        "UPDATE outbound_messages SET state = 'sending', claimed_by = $2, started_at = NULL,"
+        " next_attempt_at = $3 WHERE message_id = ANY($1::text[])",
         list(message_ids),
+        sender,
         lease_until,
+    )
+
+
+async def mark_started(
+    conn: asyncpg.Connection,
+    message_ids: Collection[str],
+    sender: str,
+    at: datetime,
+    lease_until: datetime,
+) -> set[str]:
+    """The start marks, committed just before the adapter calls: the attempt is counted and the
+    lease renewed. Returns the messages marked; one `sender` no longer holds (its lease ended and
+    another sender took it over) is not, and must not be sent."""
+    rows = await conn.fetch(
+        "UPDATE outbound_messages SET started_at = $3, attempts = attempts + 1,"
+        " next_attempt_at = $4 WHERE message_id = ANY($1::text[]) AND state = 'sending'"
+        " AND claimed_by = $2 AND started_at IS NULL RETURNING message_id",
+        list(message_ids),
+        sender,
+        at,
+        lease_until,
+    )
+    return {row["message_id"] for row in rows}
+
+
+async def take_expired_claims(
+    conn: asyncpg.Connection, now: datetime, sender: str, limit: int
+) -> list[tuple[OutboundMessage, bool]]:
+    """Take over up to `limit` claims whose lease ended (their sender died or stalled), each with
+    whether it was started: `sender` holds them until this transaction decides their fate."""
+    rows = await conn.fetch(
+        f"""
+        UPDATE outbound_messages SET claimed_by = $2
+        WHERE message_id IN (
+            SELECT message_id FROM outbound_messages
+            WHERE state = 'sending' AND next_attempt_at <= $1
+            ORDER BY next_attempt_at
+            LIMIT $3
+            FOR UPDATE SKIP LOCKED
+        )
+        RETURNING {_OUTBOUND_FIELDS}, started_at IS NOT NULL AS started
+        """,
+        now,
+        sender,
+        limit,
+    )
+    return [(_outbound(row), row["started"]) for row in rows]
+
+
+async def plan_again(conn: asyncpg.Connection, message_ids: Collection[str]) -> None:
+    """Expired claims that may be sent (again): planned and due at once."""
+    await conn.execute(
+        "UPDATE outbound_messages SET state = 'planned', next_attempt_at = NULL, claimed_by = NULL"
+        " WHERE message_id = ANY($1::text[])",
+        list(message_ids),
+    )
+
+
+async def release_unstarted(conn: asyncpg.Connection, sender: str) -> None:
+    """A stopping sender's claims it did not start: planned again at once, not after the lease."""
+    await conn.execute(
+        "UPDATE outbound_messages SET state = 'planned', next_attempt_at = NULL, claimed_by = NULL"
+        " WHERE claimed_by = $1 AND state = 'sending' AND started_at IS NULL",
+        sender,
     )
 
 
@@ -852,9 +916,10 @@ async def finish_attempts(
     errors: Sequence[str | None],
     references: Sequence[str | None],
     at: datetime,
+    sender: str,
 ) -> set[str]:
-    """Record what the adapters answered; returns the messages recorded. A message no longer
-    'sending' (its lease ended and another sender took it) is left to that sender."""
+    """Record what the adapters answered; returns the messages recorded. A message `sender` no
+    longer holds (its lease ended and another sender took it) is left to that sender."""
     rows = await conn.fetch(
         """
         UPDATE outbound_messages AS m
@@ -863,7 +928,7 @@ async def finish_attempts(
             sent_at = CASE WHEN r.state = 'sent' THEN $6::timestamptz END
         FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[])
              AS r(message_id, state, next_attempt_at, error, reference)
-        WHERE m.message_id = r.message_id AND m.state = 'sending'
+        WHERE m.message_id = r.message_id AND m.state = 'sending' AND m.claimed_by = $7
         RETURNING m.message_id
         """,
         list(message_ids),
@@ -872,6 +937,7 @@ async def finish_attempts(
         list(errors),
         list(references),
         at,
+        sender,
     )
     return {row["message_id"] for row in rows}
 

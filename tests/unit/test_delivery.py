@@ -3,6 +3,7 @@ backoff, the e-mail it writes (RFC 8058 headers, Message-ID) and the events each
 
 from __future__ import annotations
 
+import asyncio
 import time as time_module
 from collections.abc import Sequence
 from dataclasses import replace
@@ -15,6 +16,8 @@ import pytest
 
 from broadcast_service.decision import reach_of
 from broadcast_service.delivery import (
+    INTERRUPTED_REASON,
+    ExpiredClaim,
     NextStep,
     OutboundMessage,
     ReportedOutcome,
@@ -23,13 +26,14 @@ from broadcast_service.delivery import (
     backoff,
     events_of_report,
     events_of_step,
+    expired_claim,
     http_result,
     message_id_header,
     next_step,
     send_time_check,
     smtp_result,
 )
-from broadcast_service.mail import ONE_CLICK, MailIdentity, build_email
+from broadcast_service.mail import ONE_CLICK, MailIdentity, build_email, smtp_path
 from broadcast_service.projection import (
     ChannelPreferences,
     ChannelSetup,
@@ -37,7 +41,7 @@ from broadcast_service.projection import (
     QuietWindow,
     RecentSend,
 )
-from broadcast_service.sender import Throttle
+from broadcast_service.sender import Attempt, GroupCommit, Throttle
 from crm_shared.contracts.events import MessageOutcome, parse_event
 from crm_shared.runtime.links import read_link
 
@@ -271,3 +275,124 @@ async def test_the_throttle_spaces_sends_evenly_and_zero_means_no_limit() -> Non
     for _ in range(1000):
         await unlimited.wait()
     assert time_module.monotonic() - started < 0.05
+
+
+# ----------------------------------------------------------------------------- after a crash
+
+
+@pytest.mark.parametrize(
+    ("channel", "started", "fate"),
+    [
+        ("email", False, ExpiredClaim.REPLAN),
+        ("sms", False, ExpiredClaim.REPLAN),
+        ("post", False, ExpiredClaim.REPLAN),
+        ("email", True, ExpiredClaim.INTERRUPTED),
+        ("post", True, ExpiredClaim.INTERRUPTED),
+        ("sms", True, ExpiredClaim.RESEND),
+        ("push", True, ExpiredClaim.RESEND),
+        ("phone", True, ExpiredClaim.RESEND),
+        ("chat", True, ExpiredClaim.RESEND),
+    ],
+)
+def test_an_expired_claim_is_sent_again_only_where_it_cannot_arrive_twice(
+    channel: str, started: bool, fate: ExpiredClaim
+) -> None:
+    assert expired_claim(channel, started) is fate
+    assert fate.sends is (fate is not ExpiredClaim.INTERRUPTED)
+
+
+def test_an_interrupted_email_is_recorded_as_failed_with_the_reason() -> None:
+    result = SendResult(Result.PERMANENT, INTERRUPTED_REASON)
+    step = next_step(result, 1, 5, NOW, timedelta(seconds=30), timedelta(hours=1), 0.0)
+    assert (step.state, step.retry_at, step.outcome) == ("failed", None, MessageOutcome.FAILED)
+    (event,) = [parse_event(d.value) for d in events_of_step(_message(), step, result.detail, NOW)]
+    assert (event.data.outcome, event.data.reason) == ("failed", INTERRUPTED_REASON)
+
+
+class _Ledger:
+    """Stands in for the database transaction: records what each commit carried."""
+
+    def __init__(self, refused: frozenset[str] = frozenset(), fail_first: bool = False) -> None:
+        self.commits: list[tuple[list[str], list[str]]] = []
+        self.refused = refused
+        self.fail_first = fail_first
+
+    async def commit(self, starts: list[str], finished: list[Attempt]) -> set[str]:
+        await asyncio.sleep(0.001)
+        if self.fail_first:
+            self.fail_first = False
+            raise ConnectionResetError("database restarted")
+        self.commits.append((starts, [a.message.message_id for a in finished]))
+        return set(starts) - self.refused
+
+
+def _attempt(message_id: str) -> Attempt:
+    return Attempt(_message(message_id=message_id), SendResult(Result.SENT, "accepted"))
+
+
+async def _with_writer(ledger: GroupCommit, work: Any) -> Any:
+    writer = asyncio.create_task(ledger.run())
+    try:
+        return await work
+    finally:
+        writer.cancel()
+
+
+async def test_start_marks_asked_together_share_one_commit_and_a_refused_one_does_not_go() -> None:
+    database = _Ledger(refused=frozenset({"m3"}))
+    ledger = GroupCommit(database.commit)
+    answers = await _with_writer(
+        ledger, asyncio.gather(*(ledger.start(f"m{n}") for n in range(1, 5)))
+    )
+    assert answers == [True, True, False, True]
+    assert database.commits == [(["m1", "m2", "m3", "m4"], [])]
+
+
+async def test_a_record_is_committed_no_later_than_the_next_start_queued_after_it() -> None:
+    database = _Ledger()
+    ledger = GroupCommit(database.commit)
+
+    async def connection() -> None:
+        for n in range(3):
+            assert await ledger.start(f"m{n}")
+            ledger.finish(_attempt(f"m{n}"))
+        await ledger.flush()
+
+    await _with_writer(ledger, connection())
+    committed: dict[str, int] = {}
+    for index, (starts, finished) in enumerate(database.commits):
+        committed |= {f"start {m}": index for m in starts} | {
+            f"record {m}": index for m in finished
+        }
+    for n in range(3):
+        assert committed[f"start m{n}"] < committed[f"record m{n}"]
+    for n in range(2):
+        assert committed[f"record m{n}"] <= committed[f"start m{n + 1}"]
+    assert sum(len(finished) for _, finished in database.commits) == 3
+
+
+async def test_when_the_database_fails_nothing_starts_and_the_records_are_kept_for_later() -> None:
+    database = _Ledger(fail_first=True)
+    ledger = GroupCommit(database.commit)
+    ledger.finish(_attempt("done"))
+
+    async def work() -> bool:
+        first = await ledger.start("next")
+        await ledger.flush()
+        return first
+
+    assert await _with_writer(ledger, work()) is False
+    assert database.commits == [([], ["done"])]
+
+
+def test_an_address_goes_into_the_envelope_only_if_it_cannot_break_the_command() -> None:
+    assert smtp_path("ada.lovelace+news@example.com") == b"<ada.lovelace+news@example.com>"
+    for unsafe in (
+        "no-at-sign",
+        "ada@example.com>\r\nRCPT TO:<eve@example.com",
+        "ada @example.com",
+        '"ada"@example.com',
+        "adä@example.com",
+    ):
+        with pytest.raises(ValueError, match="SMTP cannot send to"):
+            smtp_path(unsafe)

@@ -1,0 +1,152 @@
+"""The sender's ledger on real PostgreSQL: what a sender that died mid-batch leaves behind, and how
+the next sender resolves it once the lease ends (no adapter is called: only the ledger is read)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from broadcast_service import store
+from broadcast_service.adapters import Adapter
+from broadcast_service.campaigns import PlannedMessage
+from broadcast_service.config import MIGRATIONS, SenderSettings
+from broadcast_service.delivery import INTERRUPTED_REASON
+from broadcast_service.projection import ChannelPreferences, ChannelSetup, Consent
+from broadcast_service.sender import Sender, build_adapters
+from crm_shared.runtime.db import open_pool
+
+pytestmark = pytest.mark.component
+
+T = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+LEASE = timedelta(seconds=300)
+CUSTOMERS = ("C-mailed", "C-queued", "C-texted")
+
+
+@pytest.fixture
+async def pool(fresh_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await open_pool(fresh_dsn, MIGRATIONS, 4)
+    long_ago = T - timedelta(days=30)
+    async with pool.acquire() as conn:
+        await store.save_preferences(
+            conn,
+            [
+                ChannelPreferences(
+                    c,
+                    (ChannelSetup("email", f"{c}@example.com"), ChannelSetup("sms", "+44 7700")),
+                    "UTC",
+                    long_ago,
+                    "web",
+                    c,
+                )
+                for c in CUSTOMERS
+            ],
+        )
+        await store.save_consents(
+            conn,
+            [
+                Consent(c, "marketing", "*", "granted", long_ago, "web", c, "double_opt_in")
+                for c in CUSTOMERS
+            ],
+        )
+        await store.add_messages(
+            conn,
+            [
+                _planned("C-mailed", "email", "mailed@example.com"),
+                _planned("C-queued", "email", "queued@example.com"),
+                _planned("C-texted", "sms", "+44 7700 900123"),
+            ],
+        )
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def _planned(customer: str, channel: str, address: str) -> PlannedMessage:
+    return PlannedMessage(
+        message_id=f"spring.{customer}",
+        campaign_id="spring",
+        customer_id=customer,
+        channel=channel,
+        address=address,
+        purpose="marketing",
+        subject="Spring picks",
+        body_text="Hello",
+        body_html=None,
+        not_before=T - timedelta(minutes=1),
+    )
+
+
+@pytest.fixture
+async def adapters(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[dict[str, Adapter]]:
+    monkeypatch.setenv("CRM_LINK_SECRET", "link-secret-for-tests-0123456789")
+    made = build_adapters(SenderSettings())
+    try:
+        yield made
+    finally:
+        for adapter in {id(a): a for a in made.values()}.values():
+            await adapter.close()
+
+
+def _sender(pool: asyncpg.Pool, adapters: dict[str, Adapter], at: datetime) -> Sender:
+    return Sender(pool, adapters, SenderSettings(), now=lambda: at)
+
+
+async def _ledger(pool: asyncpg.Pool) -> dict[str, tuple[str, int, str | None]]:
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT message_id, state, attempts, last_error FROM outbound_messages"
+        )
+    return {r["message_id"]: (r["state"], r["attempts"], r["last_error"]) for r in rows}
+
+
+async def test_a_dead_senders_claims_are_replanned_resent_or_given_up_once_the_lease_ends(
+    pool: asyncpg.Pool, adapters: dict[str, Adapter]
+) -> None:
+    dead = _sender(pool, adapters, T)
+    claimed = await dead.claim()
+    assert sorted(m.customer_id for m in claimed) == list(CUSTOMERS)
+    # It died with the e-mail to C-mailed and the SMS to C-texted on the wire; C-queued waited.
+    async with pool.acquire() as conn:
+        started = await store.mark_started(
+            conn, ["spring.C-mailed", "spring.C-texted"], dead.identity, T, T + LEASE
+        )
+    assert started == {"spring.C-mailed", "spring.C-texted"}
+
+    survivor = _sender(pool, adapters, T + LEASE - timedelta(seconds=1))
+    await survivor.recover()
+    assert await survivor.claim() == []  # still leased: neither resolved nor claimed again
+
+    survivor = _sender(pool, adapters, T + LEASE + timedelta(seconds=1))
+    await survivor.recover()
+    assert await _ledger(pool) == {
+        "spring.C-mailed": ("failed", 1, INTERRUPTED_REASON),  # may have arrived: never again
+        "spring.C-queued": ("planned", 0, None),  # nothing went out
+        "spring.C-texted": ("planned", 1, None),  # the provider dedupes: sent again
+    }
+    async with pool.acquire() as conn:
+        outcomes = await conn.fetch("SELECT message_id, outcome, reason FROM message_outcomes")
+        events = await conn.fetch("SELECT type, key FROM outbox")
+        results = await conn.fetch("SELECT channel, outcome, messages FROM campaign_results")
+        # The dead sender, had it lived on, could neither start nor record what it lost.
+        assert not await store.mark_started(conn, ["spring.C-queued"], dead.identity, T, T + LEASE)
+    assert [tuple(r) for r in outcomes] == [("spring.C-mailed", "failed", INTERRUPTED_REASON)]
+    assert [tuple(r) for r in events] == [("crm.message.outcome.recorded.v1", b"C-mailed")]
+    assert [tuple(r) for r in results] == [("email", "failed", 1)]
+
+    again = await survivor.claim()
+    assert sorted(m.message_id for m in again) == ["spring.C-queued", "spring.C-texted"]
+    async with pool.acquire() as conn:
+        assert not await store.finish_attempts(
+            conn, ["spring.C-texted"], ["sent"], [None], [None], [None], T, dead.identity
+        )
+        # Stopping (SIGTERM) before starting them: planned again at once, not after the lease.
+        await store.release_unstarted(conn, survivor.identity)
+    ledger = await _ledger(pool)
+    assert (ledger["spring.C-queued"], ledger["spring.C-texted"]) == (
+        ("planned", 0, None),
+        ("planned", 1, None),
+    )
