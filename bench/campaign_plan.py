@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import os
+import pstats
 import sys
 import time
 from collections import Counter
@@ -102,7 +104,7 @@ DEFINITION = {
 }
 
 
-async def main(customers: int, chunk: int) -> None:
+async def main(customers: int, chunk: int, profile: bool) -> None:
     base = os.environ.get("CRM_PG_DSN_BASE")
     if not base:
         sys.exit("set CRM_PG_DSN_BASE (./crm bench-campaign-plan does)")
@@ -157,9 +159,15 @@ async def main(customers: int, chunk: int) -> None:
                     flush=True,
                 )
 
+        profiler = cProfile.Profile() if profile else None
         started, own_cpu, pg_cpu = time.perf_counter(), time.process_time(), cpu_seconds(backend)
+        if profiler is not None:
+            profiler.enable()
         chunks = await planning.plan_due(pool, planner, progress)
         seconds = time.perf_counter() - started
+        if profiler is not None:
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         own_cpu, pg_cpu = time.process_time() - own_cpu, cpu_seconds(backend) - pg_cpu
         recipients = total.total()
         for reason, count in total.most_common():
@@ -178,5 +186,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--chunk", type=int, default=10_000, help="recipients per transaction")
+    parser.add_argument(
+        "--profile", action="store_true", help="print where the planner's CPU goes (cProfile)"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.customers, args.chunk))
+    asyncio.run(main(args.customers, args.chunk, args.profile))

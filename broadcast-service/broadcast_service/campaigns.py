@@ -13,10 +13,11 @@ each message carries the recommendations current when it leaves.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal, NamedTuple
@@ -124,7 +125,28 @@ def evolve_campaigns(
 
 def message_id(campaign_id: str, customer_id: str) -> str:
     """The same campaign and customer always give the same message id (the plan's dedup key)."""
-    return str(uuid.uuid5(_MESSAGE_IDS, f"{campaign_id}\x1f{customer_id}"))
+    return message_ids(campaign_id)(customer_id)
+
+
+def message_ids(campaign_id: str) -> Callable[[str], str]:
+    """`message_id` for one campaign, a third of the cost of uuid.uuid5 (a plan makes a million):
+    the same UUID 5, hashed from the campaign's prefix and formatted without a UUID object."""
+    prefix = hashlib.sha1(_MESSAGE_IDS.bytes + f"{campaign_id}\x1f".encode(), usedforsecurity=False)
+
+    def of(customer_id: str) -> str:
+        digest = prefix.copy()
+        digest.update(customer_id.encode())
+        raw = digest.digest()
+        h = (
+            raw[:6]
+            + bytes((raw[6] & 0x0F | 0x50,))
+            + raw[7:8]
+            + bytes((raw[8] & 0x3F | 0x80,))
+            + raw[9:16]
+        ).hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+    return of
 
 
 @dataclass(frozen=True)
@@ -275,6 +297,7 @@ def plan_batch(
     campaign_id = campaign.campaign_id
     purpose = definition.purpose.value
     throttle = definition.throttle_per_second
+    id_of = message_ids(campaign_id)
     plan = Plan()
     rows = plan.messages
     reasons = plan.reasons
@@ -288,7 +311,7 @@ def plan_batch(
             not_before = max(not_before, at + timedelta(seconds=(first + len(rows)) / throttle))
         rows.append(
             PlannedRow(
-                message_id(campaign_id, customer_id),
+                id_of(customer_id),
                 campaign_id,
                 customer_id,
                 reach.channel,

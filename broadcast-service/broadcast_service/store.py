@@ -6,6 +6,7 @@ import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time
+from functools import lru_cache
 from typing import Any
 
 import asyncpg
@@ -49,20 +50,23 @@ _CONSENT_VERSION = (
 _LISTED_VERSION = '({t}.changed_at, {t}.{flag}, {t}.source COLLATE "C", {t}.event_id COLLATE "C")'
 
 
+@lru_cache(maxsize=4096)
+def _quiet_window(start: str, end: str, timezone: str) -> QuietWindow:
+    """One object per distinct window: a plan reads a million set-ups that share a few (and the
+    decision's quiet-hours cache then hashes the same object)."""
+    return QuietWindow(time.fromisoformat(start), time.fromisoformat(end), timezone)
+
+
 def _setup(item: Mapping[str, Any]) -> ChannelSetup:
     start = item.get("quiet_start")
     paused = item.get("paused_until")
     return ChannelSetup(
-        channel=item["channel"],
-        address=item.get("address"),
-        quiet_hours=None
-        if start is None
-        else QuietWindow(
-            time.fromisoformat(start), time.fromisoformat(item["quiet_end"]), item["quiet_timezone"]
-        ),
-        max_per_day=item.get("max_per_day"),
-        max_per_week=item.get("max_per_week"),
-        paused_until=None if paused is None else datetime.fromisoformat(paused),
+        item["channel"],
+        item.get("address"),
+        None if start is None else _quiet_window(start, item["quiet_end"], item["quiet_timezone"]),
+        item.get("max_per_day"),
+        item.get("max_per_week"),
+        None if paused is None else datetime.fromisoformat(paused),
     )
 
 

@@ -3,6 +3,7 @@ narrow row each, ids stable, quiet hours and throttle in not_before), messages r
 
 from __future__ import annotations
 
+import uuid
 from datetime import time, timedelta
 from typing import Any
 
@@ -253,6 +254,13 @@ def test_a_preferred_channel_without_an_address_gives_way_to_the_next() -> None:
     assert [(m.channel, m.address) for m in plan.messages] == [("email", "c1@example.com")]
     no_address = _recipient("C2", "sms", "email", addresses={})
     assert dry_run(_campaign(), [no_address], at(0)) == {"no_address": 1}
+
+
+def test_message_ids_are_the_uuid5_of_campaign_and_customer() -> None:
+    namespace = uuid.UUID("0b8f6f0e-3f5c-4d55-9a11-5e2f4c7d9a31")
+    for campaign, customer in [("spring", "C1"), ("été", "Zoë-7"), ("", "")]:
+        expected = uuid.uuid5(namespace, f"{campaign}\x1f{customer}")
+        assert message_id(campaign, customer) == str(expected)
 
 
 def test_planning_twice_gives_the_same_message_ids() -> None:
