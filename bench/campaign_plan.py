@@ -1,30 +1,34 @@
-"""Planning a campaign to a million customers: one contact decision each, every message rendered
-(name, top recommendations, a signed unsubscribe link) and written to outbound_messages.
+"""Planning a campaign to a million customers: one contact decision each, one narrow row per
+recipient reached written to outbound_messages (messages are rendered when the sender claims
+them, see broadcast_service.rendering).
 
-    ./crm bench-campaign-plan [--customers 1000000]
+    ./crm bench-campaign-plan [--customers 1000000] [--chunk 10000]
 
 Fills a scratch broadcast database straight in SQL (segment members, channel set-ups, some
 with quiet hours or a weekly cap, confirmed consents for 90 % of them, names and registered
 addresses, three recommendations each),
-then times `broadcast_service.planning.plan`, the code the worker runs when a campaign is due,
-in one transaction as the worker does. Prints progress, the wall time and the rate, and the CPU
-time of this process and of the PostgreSQL backend (on a shared machine, compare CPU).
+marks a campaign 'planning' as the fold does when it is due, then times
+`broadcast_service.planning.plan_due`, the code the worker's planning job runs: a transaction
+per chunk. Prints progress, the wall time and the rate, and the CPU time of this process and of
+the PostgreSQL backend (on a shared machine, compare CPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import os
+import pstats
 import sys
 import time
+from collections import Counter
 from datetime import UTC, datetime
 
 from bench.scratch import fresh_pool
 from bench.segments import cpu_seconds
 from broadcast_service import campaigns, planning, store
 from broadcast_service.config import MIGRATIONS
-from broadcast_service.templates import Links
 from crm_shared.contracts.events import CAMPAIGN_DEFINED, build_event, validate_event
 
 SEGMENT = "bench"
@@ -100,11 +104,12 @@ DEFINITION = {
 }
 
 
-async def main(customers: int) -> None:
+async def main(customers: int, chunk: int, profile: bool) -> None:
     base = os.environ.get("CRM_PG_DSN_BASE")
     if not base:
         sys.exit("set CRM_PG_DSN_BASE (./crm bench-campaign-plan does)")
-    pool = await fresh_pool(base, "crm_broadcast_planbench", MIGRATIONS, 2)
+    # One connection: the same PostgreSQL backend fills, dry-runs and plans (its CPU is read).
+    pool = await fresh_pool(base, "crm_broadcast_planbench", MIGRATIONS, 1)
     try:
         async with pool.acquire() as conn:
             started = time.perf_counter()
@@ -117,15 +122,7 @@ async def main(customers: int) -> None:
             at = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
             event = build_event(CAMPAIGN_DEFINED, "bench", DEFINITION, source="bench", time=at)
             campaign = campaigns.campaign_from(validate_event(event))
-            planner = planning.Planner(Links("bench-link-secret-0123456789", "https://crm"), 10_000)
-            shown = time.perf_counter()
-
-            def progress(decided: int) -> None:
-                nonlocal shown
-                if time.perf_counter() - shown >= 1 or decided == customers:
-                    shown = time.perf_counter()
-                    print(f"  decided {decided:,} of {customers:,} recipients", flush=True)
-
+            planner = planning.Planner(chunk)
             await store.save_campaigns(conn, [campaign])
             backend = conn.get_server_pid()
             started, own_cpu, pg_cpu = (
@@ -134,29 +131,53 @@ async def main(customers: int) -> None:
                 cpu_seconds(backend),
             )
             async with conn.transaction(readonly=True):
-                reasons = await planning.dry_run(conn, campaign, at, 10_000)
+                reasons = await planning.dry_run(conn, campaign, at, chunk)
             seconds = time.perf_counter() - started
             own_cpu, pg_cpu = time.process_time() - own_cpu, cpu_seconds(backend) - pg_cpu
             decided = sum(reasons.values())
             print(
-                f"dry run (decisions only, nothing rendered or written) of {decided:,} recipients"
+                f"dry run (decisions only, nothing written) of {decided:,} recipients"
                 f" in {seconds:.2f} s; CPU {own_cpu:.2f} s planner + {pg_cpu:.2f} s PostgreSQL"
                 f" ({1e6 * (own_cpu + pg_cpu) / decided:.1f} µs a recipient)",
                 flush=True,
             )
-            own_cpu, pg_cpu = time.process_time(), cpu_seconds(backend)
-            async with conn.transaction():
-                result = await planning.plan(conn, campaign, planner, progress)
-            own_cpu, pg_cpu = time.process_time() - own_cpu, cpu_seconds(backend) - pg_cpu
-            recipients = sum(result.reasons.values())
-            for reason, count in result.reasons.most_common():
-                print(f"  {reason:40} {count:>10,}")
-            print(
-                f"planned a campaign to {recipients:,} customers ({result.messages:,} messages)"
-                f" in {result.seconds:.2f} s: {recipients / result.seconds:,.0f} recipients/s;"
-                f" CPU {own_cpu:.2f} s planner + {pg_cpu:.2f} s PostgreSQL"
-                f" ({1e6 * (own_cpu + pg_cpu) / recipients:.1f} µs a recipient)"
-            )
+            await store.save_campaigns(conn, campaigns.start_due({"bench": campaign}).values())
+
+        total: Counter[str] = Counter()
+        messages = 0
+        shown = started = time.perf_counter()
+
+        def progress(chunk: planning.ChunkPlanned) -> None:
+            nonlocal shown, messages
+            total.update(chunk.reasons)
+            messages += chunk.messages
+            if time.perf_counter() - shown >= 1 or chunk.finished:
+                shown = time.perf_counter()
+                print(
+                    f"  {shown - started:5.1f} s: decided {total.total():,} of {customers:,}"
+                    f" recipients, {messages:,} rows",
+                    flush=True,
+                )
+
+        profiler = cProfile.Profile() if profile else None
+        started, own_cpu, pg_cpu = time.perf_counter(), time.process_time(), cpu_seconds(backend)
+        if profiler is not None:
+            profiler.enable()
+        chunks = await planning.plan_due(pool, planner, progress)
+        seconds = time.perf_counter() - started
+        if profiler is not None:
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        own_cpu, pg_cpu = time.process_time() - own_cpu, cpu_seconds(backend) - pg_cpu
+        recipients = total.total()
+        for reason, count in total.most_common():
+            print(f"  {reason:40} {count:>10,}")
+        print(
+            f"planned a campaign to {recipients:,} customers ({messages:,} messages,"
+            f" {chunks} chunks of {chunk:,}) in {seconds:.2f} s: {recipients / seconds:,.0f}"
+            f" recipients/s; CPU {own_cpu:.2f} s planner + {pg_cpu:.2f} s PostgreSQL"
+            f" ({1e6 * (own_cpu + pg_cpu) / recipients:.1f} µs a recipient)"
+        )
     finally:
         await pool.close()
 
@@ -164,5 +185,9 @@ async def main(customers: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--chunk", type=int, default=10_000, help="recipients per transaction")
+    parser.add_argument(
+        "--profile", action="store_true", help="print where the planner's CPU goes (cProfile)"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.customers))
+    asyncio.run(main(args.customers, args.chunk, args.profile))

@@ -48,7 +48,9 @@ class CampaignView(BaseModel):
     name: str
     kind: str
     purpose: str
-    state: str = Field(description="scheduled, planned or cancelled")
+    state: str = Field(
+        description="scheduled, planning (being planned, chunk by chunk), planned or cancelled"
+    )
     send_at: datetime
     defined_at: datetime
     planned_at: datetime | None

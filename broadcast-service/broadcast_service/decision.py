@@ -30,7 +30,7 @@ no instant; a channel only delayed gives every delay and the instant they have a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
 from typing import NamedTuple
@@ -188,11 +188,23 @@ def with_registered_addresses(
         return preferences
     if all(s.address is not None or s.channel not in registered for s in preferences.channels):
         return preferences
+    # Built field by field rather than with dataclasses.replace: a plan does this for a million
+    # customers, and replace costs several times more.
     filled = tuple(
-        s if s.address is not None else replace(s, address=registered.get(s.channel))
+        s
+        if s.address is not None
+        else ChannelSetup(
+            s.channel,
+            registered.get(s.channel),
+            s.quiet_hours,
+            s.max_per_day,
+            s.max_per_week,
+            s.paused_until,
+        )
         for s in preferences.channels
     )
-    return replace(preferences, channels=filled)
+    p = preferences
+    return ChannelPreferences(p.customer_id, filled, p.timezone, p.set_at, p.source, p.event_id)
 
 
 def reach_of(

@@ -43,7 +43,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 
-from broadcast_service import delivery, metrics, store
+from broadcast_service import delivery, metrics, rendering, store
 from broadcast_service.adapters import Adapter, SmtpAdapter, WebhookAdapter
 from broadcast_service.config import MIGRATIONS, SenderSettings
 from broadcast_service.decision import sends_since
@@ -219,6 +219,7 @@ class Sender:
             due = await store.claim_due(conn, now, self.settings.claim_batch)
             if not due:
                 return []
+            due = await rendering.render_claimed(conn, due, rendering.links_of(self.settings), now)
             customers = {message.customer_id for message in due}
             reaches = await store.reaches_of(conn, customers)
             sends = await store.recent_sends(conn, customers, sends_since(now))

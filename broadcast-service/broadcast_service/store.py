@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, time
+from functools import lru_cache
 from typing import Any
 
 import asyncpg
 
 from broadcast_service.campaigns import (
+    PLANNED_ROW_COLUMNS,
+    Addressee,
     Campaign,
     CustomerContact,
     CustomerProducts,
     PlannedMessage,
+    PlannedRow,
     Product,
     Recipient,
 )
@@ -45,20 +50,23 @@ _CONSENT_VERSION = (
 _LISTED_VERSION = '({t}.changed_at, {t}.{flag}, {t}.source COLLATE "C", {t}.event_id COLLATE "C")'
 
 
+@lru_cache(maxsize=4096)
+def _quiet_window(start: str, end: str, timezone: str) -> QuietWindow:
+    """One object per distinct window: a plan reads a million set-ups that share a few (and the
+    decision's quiet-hours cache then hashes the same object)."""
+    return QuietWindow(time.fromisoformat(start), time.fromisoformat(end), timezone)
+
+
 def _setup(item: Mapping[str, Any]) -> ChannelSetup:
     start = item.get("quiet_start")
     paused = item.get("paused_until")
     return ChannelSetup(
-        channel=item["channel"],
-        address=item.get("address"),
-        quiet_hours=None
-        if start is None
-        else QuietWindow(
-            time.fromisoformat(start), time.fromisoformat(item["quiet_end"]), item["quiet_timezone"]
-        ),
-        max_per_day=item.get("max_per_day"),
-        max_per_week=item.get("max_per_week"),
-        paused_until=None if paused is None else datetime.fromisoformat(paused),
+        item["channel"],
+        item.get("address"),
+        None if start is None else _quiet_window(start, item["quiet_end"], item["quiet_timezone"]),
+        item.get("max_per_day"),
+        item.get("max_per_week"),
+        None if paused is None else datetime.fromisoformat(paused),
     )
 
 
@@ -577,67 +585,128 @@ async def save_campaigns(conn: asyncpg.Connection, campaigns: Collection[Campaig
         )
 
 
-async def due_campaigns(conn: asyncpg.Connection, now: datetime) -> list[Campaign]:
-    """Scheduled campaigns whose send instant has come, oldest first, locked."""
-    rows = await conn.fetch(
-        "SELECT * FROM campaigns WHERE state = 'scheduled' AND send_at <= $1"
-        " ORDER BY send_at, campaign_id FOR UPDATE",
-        now,
+async def start_due_campaigns(conn: asyncpg.Connection, now: datetime) -> int:
+    """Mark the scheduled campaigns whose send instant has come 'planning'; how many."""
+    status = await conn.execute(
+        "UPDATE campaigns SET state = 'planning' WHERE state = 'scheduled' AND send_at <= $1", now
     )
-    return [_campaign(row) for row in rows]
+    return int(status.rsplit(" ", 1)[1])
 
 
-_RECIPIENTS = """
-SELECT asked.customer_id, k.name,
-       CASE WHEN $2 THEN r.picks END AS picks, CASE WHEN $2 THEN r.new_products END AS new_products
-FROM ({target}) AS asked
-LEFT JOIN customer_contacts AS k ON k.customer_id = asked.customer_id
-LEFT JOIN customer_recommendations AS r ON r.customer_id = asked.customer_id
-ORDER BY asked.customer_id
+@dataclass(frozen=True)
+class PlanningCampaign:
+    """A campaign being planned, with how far its plan got."""
+
+    campaign: Campaign
+    cursor: str | None
+    """The last recipient decided, in id order (None: none yet)."""
+    messages: int
+    """Rows planned so far."""
+
+
+async def lock_next_planning(conn: asyncpg.Connection) -> PlanningCampaign | None:
+    """The oldest campaign being planned that no other planner holds, locked until the chunk
+    commits (a second worker replica takes another campaign, or waits for the next run)."""
+    row = await conn.fetchrow(
+        "SELECT * FROM campaigns WHERE state = 'planning' ORDER BY send_at, campaign_id"
+        " LIMIT 1 FOR UPDATE SKIP LOCKED"
+    )
+    if row is None:
+        return None
+    return PlanningCampaign(_campaign(row), row["plan_cursor"], row["plan_messages"])
+
+
+_SEGMENT_MEMBERS = """
+SELECT customer_id FROM segment_memberships
+WHERE segment = $1 AND member AND ($2::text IS NULL OR customer_id > $2)
+ORDER BY customer_id LIMIT $3
 """
-_SEGMENT_MEMBERS = "SELECT customer_id FROM segment_memberships WHERE segment = $1 AND member"
-_LISTED = "SELECT DISTINCT unnest($1::text[]) AS customer_id"
+_LISTED = """
+SELECT DISTINCT customer_id FROM unnest($1::text[]) AS listed(customer_id)
+WHERE $2::text IS NULL OR customer_id > $2
+ORDER BY customer_id LIMIT $3
+"""
 
 
-async def recipient_batches(
+async def recipients_after(
     conn: asyncpg.Connection,
     target: CampaignTarget,
+    after: str | None,
+    limit: int,
     since: datetime,
-    products: bool,
-    batch_size: int,
-) -> AsyncIterator[list[Recipient]]:
-    """The campaign's recipients in customer id order, `batch_size` at a time, with what
-    planning needs: what the decision reads (`reaches_of`, the same loader as the decision API's,
-    so a plan and a single decision agree), their sends since `since`, name and recommendations
-    (if `products`). One statement walks the target with names and lists (through a cursor); a
-    few more per batch read the rest. Inside the caller's transaction, with JIT off: it costs
-    more than it saves on these statements."""
+) -> list[Recipient]:
+    """Up to `limit` recipients of the target after `after`, in customer id order (a keyset
+    cursor: a plan resumes from the last recipient it committed), with what the decision reads
+    (`reaches_of`, the same loader as the decision API's, so a plan and a single decision agree)
+    and their sends since `since`. JIT off in the caller's transaction: it costs more than it
+    saves on these statements."""
     await conn.execute("SET LOCAL jit = off")
-    argument: str | list[str]
     if target.segment is not None:
-        query, argument = _RECIPIENTS.format(target=_SEGMENT_MEMBERS), target.segment
+        rows = await conn.fetch(_SEGMENT_MEMBERS, target.segment, after, limit)
     else:
-        query, argument = _RECIPIENTS.format(target=_LISTED), list(target.customer_ids or ())
-    cursor = await conn.cursor(query, argument, products)
-    while rows := await cursor.fetch(batch_size):
-        ids = [row["customer_id"] for row in rows]
-        reaches = await reaches_of(conn, ids)
-        sends = await recent_sends(conn, ids, since)
-        yield [
-            Recipient(
-                customer_id=row["customer_id"],
-                reach=reaches[row["customer_id"]],
-                recent_sends=tuple(sends.get(row["customer_id"], ())),
-                name=row["name"],
-                recommendations=_products(row["picks"]),
-                new_products=_products(row["new_products"]),
-            )
-            for row in rows
-        ]
+        rows = await conn.fetch(_LISTED, list(target.customer_ids or ()), after, limit)
+    ids = [row["customer_id"] for row in rows]
+    if not ids:
+        return []
+    reaches = await reaches_of(conn, ids)
+    sends = await recent_sends(conn, ids, since)
+    return [Recipient(i, reaches[i], tuple(sends.get(i, ()))) for i in ids]
 
 
-def _products(items: list[dict[str, Any]] | None) -> tuple[Product, ...]:
-    return tuple(Product(**item) for item in items or ())
+async def add_planned_rows(
+    conn: asyncpg.Connection, rows: Sequence[PlannedRow], planned_at: datetime
+) -> None:
+    """Write a chunk's rows with COPY: the campaign's cursor, committed with them, is what
+    keeps a resumed plan from writing a recipient twice."""
+    if rows:
+        await conn.copy_records_to_table(
+            "outbound_messages",
+            records=[(*row, planned_at) for row in rows],
+            columns=[*PLANNED_ROW_COLUMNS, "planned_at"],
+        )
+
+
+async def record_plan_chunk(
+    conn: asyncpg.Connection,
+    campaign_id: str,
+    cursor: str | None,
+    messages: int,
+    seconds: float,
+    reasons: Mapping[str, int],
+    planned_reasons: Collection[str],
+) -> None:
+    """Move the campaign's cursor past the chunk, adding its rows, time and reasons."""
+    await conn.execute(
+        "UPDATE campaigns SET plan_cursor = $2, plan_messages = plan_messages + $3,"
+        " plan_seconds = coalesce(plan_seconds, 0) + $4 WHERE campaign_id = $1",
+        campaign_id,
+        cursor,
+        messages,
+        seconds,
+    )
+    await conn.execute(
+        """
+        INSERT INTO campaign_reasons AS c (campaign_id, reason, planned, recipients)
+        SELECT $1, * FROM unnest($2::text[], $3::boolean[], $4::bigint[])
+        ON CONFLICT (campaign_id, reason) DO UPDATE
+        SET recipients = c.recipients + EXCLUDED.recipients
+        """,
+        campaign_id,
+        list(reasons),
+        [reason in planned_reasons for reason in reasons],
+        list(reasons.values()),
+    )
+
+
+async def finish_plan(conn: asyncpg.Connection, campaign_id: str, planned_at: datetime) -> float:
+    """Mark the campaign planned at its decision instant; the seconds its chunks took."""
+    seconds: float = await conn.fetchval(
+        "UPDATE campaigns SET state = 'planned', planned_at = $2,"
+        " plan_seconds = coalesce(plan_seconds, 0) WHERE campaign_id = $1 RETURNING plan_seconds",
+        campaign_id,
+        planned_at,
+    )
+    return seconds
 
 
 async def add_messages(conn: asyncpg.Connection, messages: Sequence[PlannedMessage]) -> int:
@@ -670,35 +739,6 @@ async def add_messages(conn: asyncpg.Connection, messages: Sequence[PlannedMessa
         ),
     )
     return int(status.rsplit(" ", 1)[1])
-
-
-async def record_plan(
-    conn: asyncpg.Connection,
-    campaign_id: str,
-    planned_at: datetime,
-    seconds: float,
-    reasons: Mapping[str, int],
-    planned_reasons: Collection[str],
-) -> None:
-    """Mark the campaign planned at its decision instant, with its recipients per reason."""
-    await conn.execute(
-        "UPDATE campaigns SET state = 'planned', planned_at = $2, plan_seconds = $3"
-        " WHERE campaign_id = $1",
-        campaign_id,
-        planned_at,
-        seconds,
-    )
-    await conn.execute(
-        """
-        INSERT INTO campaign_reasons (campaign_id, reason, planned, recipients)
-        SELECT $1, * FROM unnest($2::text[], $3::boolean[], $4::bigint[])
-        ON CONFLICT (campaign_id, reason) DO UPDATE SET recipients = EXCLUDED.recipients
-        """,
-        campaign_id,
-        list(reasons),
-        [reason in planned_reasons for reason in reasons],
-        list(reasons.values()),
-    )
 
 
 async def cancel_messages(conn: asyncpg.Connection, campaign_id: str) -> int:
@@ -779,9 +819,10 @@ async def campaign_rows(
 # ----------------------------------------------------------------------------- sending
 
 _OUTBOUND_FIELDS = (
-    "message_id, campaign_id, customer_id, channel, address, purpose, subject, body_text,"
-    " body_html, attempts"
+    "message_id, campaign_id, customer_id, channel, address, purpose, subject,"
+    " coalesce(body_text, '') AS body_text, body_html, attempts"
 )
+"""A campaign's row has no content until the claim renders it (rendering.render_claimed)."""
 
 
 def _outbound(row: Mapping[str, Any]) -> OutboundMessage:
@@ -1010,3 +1051,86 @@ async def campaign_results(conn: asyncpg.Connection, campaign_id: str) -> dict[s
     for row in rows:
         results.setdefault(row["channel"], {})[row["outcome"]] = row["messages"]
     return results
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+@dataclass(frozen=True)
+class Unrendered:
+    """A claimed campaign message without content yet, with what personalises it."""
+
+    message_id: str
+    campaign_id: str
+    channel: str
+    addressee: Addressee
+
+
+async def unrendered(
+    conn: asyncpg.Connection, message_ids: Collection[str]
+) -> tuple[list[Unrendered], dict[str, Campaign]]:
+    """Which of these messages are not rendered yet, with their recipients' current names and
+    recommendations (when their campaign includes them), and the campaigns they come from."""
+    rows = await conn.fetch(
+        """
+        SELECT m.message_id, m.campaign_id, m.customer_id, m.channel, k.name,
+               CASE WHEN (c.definition->>'include_recommendations')::boolean
+                    THEN r.picks END AS picks,
+               CASE WHEN (c.definition->>'include_recommendations')::boolean
+                    THEN r.new_products END AS new_products
+        FROM outbound_messages AS m
+        JOIN campaigns AS c ON c.campaign_id = m.campaign_id
+        LEFT JOIN customer_contacts AS k ON k.customer_id = m.customer_id
+        LEFT JOIN customer_recommendations AS r ON r.customer_id = m.customer_id
+        WHERE m.message_id = ANY($1::text[]) AND m.body_text IS NULL
+        """,
+        list(message_ids),
+    )
+    if not rows:
+        return [], {}
+    found = [
+        Unrendered(
+            row["message_id"],
+            row["campaign_id"],
+            row["channel"],
+            Addressee(
+                row["customer_id"],
+                row["name"],
+                _products(row["picks"]),
+                _products(row["new_products"]),
+            ),
+        )
+        for row in rows
+    ]
+    campaign_rows = await conn.fetch(
+        "SELECT * FROM campaigns WHERE campaign_id = ANY($1::text[])",
+        list({u.campaign_id for u in found}),
+    )
+    return found, {row["campaign_id"]: _campaign(row) for row in campaign_rows}
+
+
+def _products(items: list[dict[str, Any]] | None) -> tuple[Product, ...]:
+    return tuple(Product(**item) for item in items or ())
+
+
+async def save_rendered(
+    conn: asyncpg.Connection,
+    message_ids: Sequence[str],
+    subjects: Sequence[str | None],
+    texts: Sequence[str],
+    htmls: Sequence[str | None],
+) -> None:
+    """Keep what the claim rendered: an attempt after a crash or a retry sends the same."""
+    await conn.execute(
+        """
+        UPDATE outbound_messages AS m
+        SET subject = r.subject, body_text = r.body_text, body_html = r.body_html
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+             AS r(message_id, subject, body_text, body_html)
+        WHERE m.message_id = r.message_id
+        """,
+        list(message_ids),
+        list(subjects),
+        list(texts),
+        list(htmls),
+    )

@@ -75,7 +75,7 @@ def _variables(subject: str | None, text: str, html: str | None) -> frozenset[st
 
 
 def render(template: MessageTemplate, who: Personalisation, links: Links) -> RenderedMessage:
-    """The message for one recipient; raises what the template raises (the planner counts it)."""
+    """The message for one recipient; raises what the template raises (the sender cancels it)."""
     used = _variables(template.subject, template.text, template.html)
     context: dict[str, Any] = {
         "customer_id": who.customer_id,

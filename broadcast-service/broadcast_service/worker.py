@@ -1,5 +1,6 @@
 """Broadcast worker: folds channel set-ups, consents (keeping every consent event with its
-evidence), do-not-contact entries, segment membership, and the holds on promotions.
+evidence), do-not-contact entries, segment membership, and the holds on promotions; plans the
+campaigns that are due, chunk by chunk, beside the fold.
 
 python -m broadcast_service.worker
 """
@@ -10,7 +11,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from broadcast_service import campaign_fold, metrics, projection, store
+from broadcast_service import campaign_fold, metrics, planning, projection, store
 from broadcast_service.config import MIGRATIONS, BroadcastSettings
 from broadcast_service.events import (
     COMPLAINT_TYPES,
@@ -79,6 +80,7 @@ PROJECTION = Projection(
     folds=FOLDS,
     migrations=MIGRATIONS,
     fold=campaign_fold.with_campaigns(fold),
+    periodic=(planning.PLANNING_JOB,),
 )
 
 if __name__ == "__main__":

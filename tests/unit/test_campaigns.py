@@ -1,8 +1,9 @@
-"""Campaigns, purely: definitions folded, templates checked and rendered, recipients decided
-and planned (one message each, ids stable, quiet hours and throttle in not_before)."""
+"""Campaigns, purely: definitions folded, templates checked, recipients decided and planned (one
+narrow row each, ids stable, quiet hours and throttle in not_before), messages rendered."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import time, timedelta
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from broadcast_service.campaigns import (
     PLANNED,
     PLANNED_LATER,
-    TEMPLATE_FAILED,
+    Addressee,
     Campaign,
     Product,
     Recipient,
@@ -22,10 +23,12 @@ from broadcast_service.campaigns import (
     newest_contacts,
     newest_recommendations,
     plan_batch,
+    render_for,
+    start_due,
 )
 from broadcast_service.decision import reach_of, registered_addresses
 from broadcast_service.projection import ChannelPreferences, ChannelSetup, Consent, QuietWindow
-from broadcast_service.templates import Links
+from broadcast_service.templates import Links, LinksUnavailable
 from crm_shared.contracts.events import (
     CAMPAIGN_CANCELLED,
     CAMPAIGN_DEFINED,
@@ -70,7 +73,6 @@ def _recipient(
     quiet: QuietWindow | None = None,
     addresses: dict[str, str] | None = None,
     consents: tuple[Consent, ...] | None = None,
-    **kw: Any,
 ) -> Recipient:
     where = (
         {"email": f"{customer}@example.com", "sms": "+441234"} if addresses is None else addresses
@@ -80,15 +82,17 @@ def _recipient(
     confirmed = Consent(
         customer, "marketing", "*", "granted", T0, "test", f"c-{customer}", "double_opt_in"
     )
-    defaults: dict[str, Any] = {
-        "name": "Ada",
-        "recommendations": tuple(
-            Product(f"P{i}", f"Product {i}", f"because {i}") for i in range(1, 4)
-        ),
-        "new_products": (Product("N1", "Brand new", "new"),),
-    }
     reach = reach_of(preferences, (confirmed,) if consents is None else consents)
-    return Recipient(customer, reach, **(defaults | kw))
+    return Recipient(customer, reach)
+
+
+def _addressee(customer: str, name: str | None = "Ada") -> Addressee:
+    return Addressee(
+        customer,
+        name,
+        tuple(Product(f"P{i}", f"Product {i}", f"because {i}") for i in range(1, 4)),
+        (Product("N1", "Brand new", "new"),),
+    )
 
 
 def test_a_template_naming_an_unknown_variable_is_refused_when_defined() -> None:
@@ -139,45 +143,53 @@ def test_an_immediate_campaign_is_due_when_defined_and_a_scheduled_one_at_its_ti
     assert later.due(at(30))
 
 
-def test_planning_renders_personal_recommendations_and_links() -> None:
-    campaign = _campaign()
-    plan = plan_batch(campaign, [_recipient("C1", "email")], at(0), LINKS, 0)
-    (message,) = plan.messages
-    assert message.message_id == message_id("spring", "C1")
-    assert (message.channel, message.address, message.not_before) == (
+def test_planning_writes_a_narrow_row_with_a_stable_id() -> None:
+    plan = plan_batch(_campaign(), [_recipient("C1", "email")], at(0), 0)
+    (row,) = plan.messages
+    assert row == (
+        message_id("spring", "C1"),
+        "spring",
+        "C1",
         "email",
         "C1@example.com",
+        "marketing",
         at(0),
     )
+    assert plan.reasons == {PLANNED: 1}
+
+
+def test_rendering_gives_personal_recommendations_and_signed_links() -> None:
+    msg_id = message_id("spring", "C1")
+    message = render_for(_campaign(), "email", _addressee("C1"), msg_id, LINKS)
     assert message.subject == "For you, Ada"
-    assert "Product 1 (because 1)\nProduct 2 (because 2)\n" in message.body_text
-    assert "Product 3" not in message.body_text  # max_recommendations
-    assert "New: Brand new" in message.body_text
-    token = message.body_text.rsplit("?token=", 1)[1]
+    assert "Product 1 (because 1)\nProduct 2 (because 2)\n" in message.text
+    assert "Product 3" not in message.text  # max_recommendations
+    assert "New: Brand new" in message.text
+    token = message.text.rsplit("?token=", 1)[1]
     claims = read_link(LINKS.secret or "", token)
     assert (claims.customer_id, claims.purpose, claims.channel, claims.message_id) == (
         "C1",
         "marketing",
         "email",
-        message.message_id,
+        msg_id,
     )
-    assert message.body_html is not None and "https://crm.example.com/preferences?token=" in (
-        message.body_html
+    assert message.html is not None and "https://crm.example.com/preferences?token=" in (
+        message.html
     )
-    assert plan.reasons == {PLANNED: 1}
 
 
 def test_html_bodies_escape_what_customers_typed() -> None:
-    plan = plan_batch(_campaign(), [_recipient("C1", "email", name="<b>Bo</b>")], at(0), LINKS, 0)
-    assert "<p>Hello &lt;b&gt;Bo&lt;/b&gt;</p>" in (plan.messages[0].body_html or "")
+    message = render_for(_campaign(), "email", _addressee("C1", "<b>Bo</b>"), "m1", LINKS)
+    assert "<p>Hello &lt;b&gt;Bo&lt;/b&gt;</p>" in (message.html or "")
 
 
 def test_the_customers_order_picks_among_the_campaigns_channels() -> None:
     email_only = _campaign(templates=[EMAIL_TEMPLATE])
-    plan = plan_batch(email_only, [_recipient("C1", "sms", "email")], at(0), LINKS, 0)
+    plan = plan_batch(email_only, [_recipient("C1", "sms", "email")], at(0), 0)
     assert [m.channel for m in plan.messages] == ["email"]
-    both = plan_batch(_campaign(), [_recipient("C1", "sms", "email")], at(0), LINKS, 0)
-    assert [(m.channel, m.body_text) for m in both.messages] == [("sms", "Hi Ada")]
+    both = plan_batch(_campaign(), [_recipient("C1", "sms", "email")], at(0), 0)
+    assert [m.channel for m in both.messages] == ["sms"]
+    assert render_for(_campaign(), "sms", _addressee("C1"), "m1", LINKS).text == "Hi Ada"
 
 
 def test_recipients_who_may_not_be_contacted_are_counted_by_reason_codes() -> None:
@@ -185,7 +197,7 @@ def test_recipients_who_may_not_be_contacted_are_counted_by_reason_codes() -> No
     no_address = _recipient("C3", "email", addresses={})
     unknown = Recipient("C4", reach_of(None))
     recipients = [_recipient("C1", "email"), no_consent, no_address, unknown]
-    plan = plan_batch(_campaign(), recipients, at(0), LINKS, 0)
+    plan = plan_batch(_campaign(), recipients, at(0), 0)
     assert [m.customer_id for m in plan.messages] == ["C1"]
     expected = {PLANNED: 1, "no_consent": 1, "no_address": 1, "no_preferences": 1}
     assert plan.reasons == expected
@@ -196,52 +208,65 @@ def test_a_channel_without_its_own_address_uses_the_registered_one() -> None:
     setup = ChannelPreferences("C1", (ChannelSetup("email"),), "UTC", T0, "test", "p")
     confirmed = Consent("C1", "marketing", "*", "granted", T0, "test", "c", "double_opt_in")
     registered = registered_addresses("ada@example.com", None)
-    recipient = Recipient("C1", reach_of(setup, (confirmed,), registered=registered), name="Ada")
-    (message,) = plan_batch(_campaign(), [recipient], at(0), LINKS, 0).messages
+    recipient = Recipient("C1", reach_of(setup, (confirmed,), registered=registered))
+    (message,) = plan_batch(_campaign(), [recipient], at(0), 0).messages
     assert message.address == "ada@example.com"
 
 
 def test_quiet_hours_move_the_message_to_their_end() -> None:
     night = QuietWindow(time(9, 0), time(12, 0), "Europe/London")  # T0 is 11:00 in London
-    plan = plan_batch(_campaign(), [_recipient("C1", "email", quiet=night)], at(0), LINKS, 0)
+    plan = plan_batch(_campaign(), [_recipient("C1", "email", quiet=night)], at(0), 0)
     assert plan.messages[0].not_before == at(60)
     assert plan.reasons == {PLANNED_LATER: 1}
 
 
 def test_a_throttle_spreads_the_messages_over_time_across_batches() -> None:
     campaign = _campaign(throttle_per_second=2)
-    first = plan_batch(campaign, [_recipient(f"C{i}", "email") for i in range(3)], at(0), LINKS, 0)
-    second = plan_batch(campaign, [_recipient("C9", "email")], at(0), LINKS, 3)
+    first = plan_batch(campaign, [_recipient(f"C{i}", "email") for i in range(3)], at(0), 0)
+    second = plan_batch(campaign, [_recipient("C9", "email")], at(0), 3)
     assert [m.not_before - at(0) for m in [*first.messages, *second.messages]] == [
         timedelta(seconds=s) for s in (0, 0.5, 1, 1.5)
     ]
 
 
-def test_a_template_failing_for_one_recipient_is_their_reason_not_a_crash() -> None:
+def test_a_template_failing_for_one_recipient_raises_for_that_recipient_only() -> None:
     campaign = _campaign(templates=[{"channel": "email", "text": "{{ 1 // (name | length) }}"}])
-    recipients = [_recipient("C1", "email"), _recipient("C2", "email", name="")]
-    plan = plan_batch(campaign, recipients, at(0), LINKS, 0)
-    assert [m.customer_id for m in plan.messages] == ["C1"]
-    assert plan.reasons == {PLANNED: 1, TEMPLATE_FAILED: 1}
+    assert render_for(campaign, "email", _addressee("C1"), "m1", LINKS).text == "0"
+    with pytest.raises(ZeroDivisionError):
+        render_for(campaign, "email", _addressee("C2", ""), "m2", LINKS)
 
 
-def test_links_without_a_secret_fail_the_recipient_not_the_plan() -> None:
-    plan = plan_batch(_campaign(), [_recipient("C1", "email")], at(0), Links(None, "x"), 0)
-    assert plan.messages == [] and plan.reasons == {TEMPLATE_FAILED: 1}
+def test_links_without_a_secret_fail_the_rendering() -> None:
+    with pytest.raises(LinksUnavailable):
+        render_for(_campaign(), "email", _addressee("C1"), "m1", Links(None, "x"))
+
+
+def test_an_immediate_campaign_is_marked_planning_and_a_scheduled_one_waits() -> None:
+    now, later = _campaign("now"), _campaign("later", send_at=at(30).isoformat())
+    marked = start_due({"now": now, "later": later})
+    assert (marked["now"].state, marked["later"].state) == ("planning", "scheduled")
+    assert marked["now"].fixed and not marked["later"].fixed
 
 
 def test_a_preferred_channel_without_an_address_gives_way_to_the_next() -> None:
     sms_first = _recipient("C1", "sms", "email", addresses={"email": "c1@example.com"})
-    plan = plan_batch(_campaign(), [sms_first], at(0), LINKS, 0)
+    plan = plan_batch(_campaign(), [sms_first], at(0), 0)
     assert [(m.channel, m.address) for m in plan.messages] == [("email", "c1@example.com")]
     no_address = _recipient("C2", "sms", "email", addresses={})
     assert dry_run(_campaign(), [no_address], at(0)) == {"no_address": 1}
 
 
+def test_message_ids_are_the_uuid5_of_campaign_and_customer() -> None:
+    namespace = uuid.UUID("0b8f6f0e-3f5c-4d55-9a11-5e2f4c7d9a31")
+    for campaign, customer in [("spring", "C1"), ("été", "Zoë-7"), ("", "")]:
+        expected = uuid.uuid5(namespace, f"{campaign}\x1f{customer}")
+        assert message_id(campaign, customer) == str(expected)
+
+
 def test_planning_twice_gives_the_same_message_ids() -> None:
     recipients = [_recipient(f"C{i}", "email") for i in range(5)]
-    once = plan_batch(_campaign(), recipients, at(0), LINKS, 0)
-    twice = plan_batch(_campaign(), recipients, at(0), LINKS, 0)
+    once = plan_batch(_campaign(), recipients, at(0), 0)
+    twice = plan_batch(_campaign(), recipients, at(0), 0)
     assert [m.message_id for m in once.messages] == [m.message_id for m in twice.messages]
     assert len({m.message_id for m in once.messages}) == 5
 

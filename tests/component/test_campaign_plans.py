@@ -1,0 +1,181 @@
+"""Campaign plans on real PostgreSQL: the planning job plans chunk by chunk with a cursor, so a
+plan interrupted mid-way resumes without planning anyone twice; the sender's claim renders the
+narrow rows once, with the recipient's name, recommendations and signed links, and cancels only
+the message whose template fails."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from broadcast_service import campaigns, planning, rendering, store
+from broadcast_service.config import MIGRATIONS
+from broadcast_service.templates import Links
+from crm_shared.contracts.events import CAMPAIGN_DEFINED, build_event, validate_event
+from crm_shared.runtime.db import open_pool
+from crm_shared.runtime.links import read_link
+
+pytestmark = pytest.mark.component
+
+AT = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
+LINKS = Links("a-secret-for-the-component-tests", "https://crm.example.com")
+EMAIL = {
+    "channel": "email",
+    "subject": "Picks for {{ name }}",
+    "text": "{% for p in recommendations %}{{ p.description }}\n{% endfor %}"
+    "{{ 10 // (name | length) }} Unsubscribe: {{ unsubscribe_url }}",
+}
+CUSTOMERS = 25
+
+
+@pytest.fixture
+async def pool(fresh_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """Customers C01..C25 in segment 'vip', e-mail with a confirmed marketing consent, named
+    (C07 with an empty name, which the template divides by), C01 with a recommendation."""
+    pool = await open_pool(fresh_dsn, MIGRATIONS, 2)
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """
+            INSERT INTO segment_memberships
+            SELECT 'C' || lpad(c::text, 2, '0'), 'vip', true, 1, $1, 't', 's' || c
+            FROM generate_series(1, $2) AS c
+            """,
+            AT,
+            CUSTOMERS,
+        )
+        await conn.execute(
+            """
+            INSERT INTO channel_preferences (customer_id, channels, timezone, settings, set_at,
+                                             source, event_id)
+            SELECT customer_id, ARRAY['email'], 'UTC', '[{"channel": "email"}]', $1, 't',
+                   customer_id
+            FROM segment_memberships
+            """,
+            AT,
+        )
+        await conn.execute(
+            """
+            INSERT INTO consents (customer_id, purpose, channel, granted, state, capture_method,
+                                  changed_at, source, event_id)
+            SELECT customer_id, 'marketing', '*', true, 'granted', 'double_opt_in', $1, 't',
+                   'k' || customer_id
+            FROM segment_memberships
+            """,
+            AT,
+        )
+        await conn.execute(
+            """
+            INSERT INTO customer_contacts (customer_id, name, email, changed_at)
+            SELECT customer_id, CASE WHEN customer_id = 'C07' THEN '' ELSE 'Ada' END,
+                   customer_id || '@example.com', $1
+            FROM segment_memberships
+            """,
+            AT,
+        )
+        await conn.execute(
+            "INSERT INTO customer_recommendations VALUES ('C01', $1, '[]', 1, $2)",
+            [{"product_id": "P7", "description": "Blue teapot", "reason": "you liked cups"}],
+            AT,
+        )
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def _mark_planning(conn: asyncpg.Connection, **overrides: Any) -> campaigns.Campaign:
+    definition = {
+        "name": "Spring",
+        "purpose": "marketing",
+        "target": {"segment": "vip"},
+        "templates": [EMAIL],
+        "include_recommendations": True,
+        "throttle_per_second": 10,
+    } | overrides
+    event = build_event(CAMPAIGN_DEFINED, "spring", definition, source="test", time=AT)
+    campaign = campaigns.campaign_from(validate_event(event))
+    await store.save_campaigns(conn, campaigns.start_due({"spring": campaign}).values())
+    return campaign
+
+
+class Crash(Exception):
+    pass
+
+
+async def test_a_plan_interrupted_between_chunks_resumes_and_plans_nobody_twice(
+    pool: asyncpg.Pool,
+) -> None:
+    planner = planning.Planner(chunk_size=10)
+    async with pool.acquire() as conn:
+        await _mark_planning(conn)
+        async with conn.transaction():
+            first = await planning.plan_chunk(conn, planner)
+        assert first is not None and (first.recipients, first.finished) == (10, False)
+        with pytest.raises(Crash):
+            async with conn.transaction():
+                await planning.plan_chunk(conn, planner)
+                raise Crash  # the worker dies before the second chunk commits
+    assert await planning.plan_due(pool, planner) == 2  # the second chunk again, then the last
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT customer_id, not_before, body_text FROM outbound_messages ORDER BY not_before"
+        )
+        view = await conn.fetchrow("SELECT * FROM campaigns WHERE campaign_id = 'spring'")
+        reasons = await conn.fetch("SELECT reason, recipients FROM campaign_reasons")
+    assert sorted(r["customer_id"] for r in rows) == [f"C{n:02}" for n in range(1, 26)]
+    # The throttle numbers the messages across chunks: one every 0.1 s, none twice.
+    assert [r["not_before"] for r in rows] == [AT + timedelta(seconds=n / 10) for n in range(25)]
+    assert all(r["body_text"] is None for r in rows)  # rendered when claimed
+    assert (view["state"], view["planned_at"], view["plan_messages"]) == ("planned", AT, 25)
+    assert [(r["reason"], r["recipients"]) for r in reasons] == [(campaigns.PLANNED, 25)]
+    assert await planning.plan_due(pool, planner) == 0
+
+
+async def test_a_cancellation_stops_a_plan_between_chunks(pool: asyncpg.Pool) -> None:
+    planner = planning.Planner(chunk_size=10)
+    async with pool.acquire() as conn:
+        await _mark_planning(conn)
+        async with conn.transaction():
+            await planning.plan_chunk(conn, planner)
+        await conn.execute("UPDATE campaigns SET state = 'cancelled'")
+    assert await planning.plan_due(pool, planner) == 0
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM outbound_messages") == 10
+
+
+async def test_the_claim_renders_each_message_once_and_cancels_only_a_failing_one(
+    pool: asyncpg.Pool,
+) -> None:
+    planner = planning.Planner(chunk_size=100)
+    async with pool.acquire() as conn:
+        await _mark_planning(conn, throttle_per_second=None)
+    await planning.plan_due(pool, planner)
+    async with pool.acquire() as conn, conn.transaction():
+        claimed = await store.claim_due(conn, AT + timedelta(minutes=1), 100)
+        assert len(claimed) == CUSTOMERS and {m.body_text for m in claimed} == {""}
+        ready = await rendering.render_claimed(conn, claimed, LINKS, AT)
+    by_customer = {m.customer_id: m for m in ready}
+    assert len(ready) == CUSTOMERS - 1 and "C07" not in by_customer
+    ada = by_customer["C01"]
+    assert ada.subject == "Picks for Ada"
+    assert ada.body_text.startswith("Blue teapot\n3 Unsubscribe: https://crm.example.com/")
+    claims = read_link(LINKS.secret or "", ada.body_text.rsplit("?token=", 1)[1])
+    assert (claims.customer_id, claims.message_id) == ("C01", ada.message_id)
+    assert by_customer["C02"].body_text.startswith("3 Unsubscribe: ")  # no recommendations
+    async with pool.acquire() as conn:
+        stored = await store.outbound_message(conn, ada.message_id)
+        failed = await conn.fetchrow(
+            "SELECT state, last_error FROM outbound_messages WHERE customer_id = 'C07'"
+        )
+        results = await store.campaign_results(conn, "spring")
+        # Rendered once: a later claim (a retry) sends what was rendered, not a new rendering.
+        again = await rendering.render_claimed(conn, [stored] if stored else [], LINKS, AT)
+    assert stored is not None and stored.body_text == ada.body_text
+    assert again == [stored]
+    assert failed["state"] == "cancelled"
+    assert failed["last_error"].startswith(campaigns.TEMPLATE_FAILED)
+    assert results == {"email": {"cancelled": 1}}
