@@ -64,3 +64,38 @@ SELECT customer_id, currency, recency_days, frequency, monetary, last_purchase_a
 FROM measured;
 CREATE UNIQUE INDEX rfm_scores_key ON rfm_scores (currency, customer_id);
 CREATE INDEX rfm_scores_customer ON rfm_scores (customer_id);
+
+-- Refunds and items beside the money, so that a customer's purchase block (counts across
+-- currencies) and its per-currency totals come from one read of the same facts: items signed
+-- like the money (an order's are added, a refund's taken off). Columns appended: the views keep
+-- their columns and order.
+CREATE OR REPLACE VIEW revenue_facts AS
+SELECT o.customer_id, o.placed_at AS at, o.channel, o.currency, 1 AS orders, o.amount AS revenue,
+       o.items
+FROM orders o
+WHERE NOT EXISTS (
+    SELECT 1 FROM order_cancellations c
+    WHERE c.customer_id = o.customer_id AND c.order_id = o.order_id
+)
+UNION ALL
+SELECT r.customer_id, r.refunded_at, o.channel, r.currency, 0, -r.amount, -r.items
+FROM refunds r
+LEFT JOIN orders o
+    ON o.customer_id = r.customer_id AND o.order_id = r.order_id AND o.currency = r.currency
+WHERE NOT EXISTS (
+    SELECT 1 FROM order_cancellations c
+    WHERE c.customer_id = r.customer_id AND c.order_id = r.order_id
+);
+
+CREATE OR REPLACE VIEW customer_currency_totals AS
+SELECT customer_id, currency,
+       sum(orders)::bigint                                     AS orders,
+       coalesce(sum(revenue) FILTER (WHERE orders = 1), 0)     AS gross_revenue,
+       coalesce(-sum(revenue) FILTER (WHERE orders = 0), 0)    AS refunded,
+       sum(revenue)                                            AS net_revenue,
+       min(at) FILTER (WHERE orders = 1)                       AS first_purchase_at,
+       max(at) FILTER (WHERE orders = 1)                       AS last_purchase_at,
+       count(*) FILTER (WHERE orders = 0)                      AS refunds,
+       sum(items)::bigint                                      AS items
+FROM revenue_facts
+GROUP BY customer_id, currency;

@@ -102,9 +102,8 @@ async def purchase_summary(customer_id: CustomerIdPath, conn: Conn) -> Response:
     """Orders, revenue net of refunds and cancellations, averages and favourites, per currency,
     of the person the record belongs to (its merged and aliased records included)."""
     person = await find_person(conn, customer_id)
-    counts = await store.purchase_counts(conn, person.records)
-    totals = await store.currency_totals(conn, person.records)
-    if not totals and not counts["cancelled_orders"]:
+    totals, cancelled = await store.purchases_of(conn, person.records)
+    if not totals and not cancelled:
         raise HTTPException(404, f"customer {customer_id!r} has no purchases")
     country = (await combined_record(conn, person))[0].contact.get("country")
     channels = await store.channel_counts(conn, person.records)
@@ -113,7 +112,7 @@ async def purchase_summary(customer_id: CustomerIdPath, conn: Conn) -> Response:
         PurchaseSummary(
             customer_id=person.person_id,
             by_currency=summaries,
-            cancelled_orders=counts["cancelled_orders"],
+            cancelled_orders=cancelled,
             favourite_channels=commerce.favourites(channels),
             favourite_countries=[country] if country else [],
         )

@@ -167,9 +167,9 @@ async def person_view(conn: asyncpg.Connection, customer_id: str) -> dict[str, A
 
 async def purchases_of(conn: asyncpg.Connection, records: Sequence[str]) -> PurchaseTotals:
     """The purchase block of a person's records, from the same facts as the purchase summary."""
-    counts = await store.purchase_counts(conn, records)
-    totals = await store.currency_totals(conn, records)
-    return PurchaseTotals(**counts, by_currency=[commerce.summarise(t) for t in totals])
+    totals, cancelled = await store.purchases_of(conn, records)
+    counts = commerce.counts_across(totals, cancelled)
+    return PurchaseTotals(**vars(counts), by_currency=[commerce.summarise(t) for t in totals])
 
 
 def create_app(settings: ProfileSettings | None = None) -> FastAPI:
