@@ -127,6 +127,8 @@ class Person:
 async def find_person(conn: asyncpg.Connection, customer_id: str) -> Person:
     """The person a record belongs to, from the merges around it and the aliases its records
     hold (identity.person_of and person_records, over what concerns this record)."""
+    if not await store.in_a_person(conn, customer_id):
+        return Person(customer_id, [customer_id], [])
     holders = await store.alias_holders(conn, [customer_id])
     start = holders.get(customer_id, customer_id)
     links = identity.standing_links(await store.merge_statements_around(conn, start))

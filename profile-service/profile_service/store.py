@@ -153,21 +153,32 @@ async def add_purchases(conn: asyncpg.Connection, deltas: Mapping[str, PurchaseD
     )
 
 
+_IN_MERGES = "EXISTS (SELECT 1 FROM merge_statements m WHERE m.customer_id = $1 OR m.other_id = $1)"
+"""Whether the record $1 was ever merged with another (it may belong to a person of several)."""
+_ALIASED = """(
+    EXISTS (SELECT 1 FROM identifier_aliases a WHERE a.record_id = $1)
+    OR EXISTS (SELECT 1 FROM customer_identifiers i JOIN identifier_aliases a USING (system, value)
+               WHERE i.customer_id = $1))"""
+"""Whether the record $1 is an alias, or claims an identifier an alias names."""
+
+
+async def in_a_person(conn: asyncpg.Connection, customer_id: str) -> bool:
+    """Whether the record may belong to a person of several records (merges, aliases): if
+    not, it is a person of its own, with no more to look up."""
+    found: bool = await conn.fetchval(f"SELECT {_IN_MERGES} OR {_ALIASED}", customer_id)
+    return found
+
+
 async def customer_view(conn: asyncpg.Connection, customer_id: str) -> dict[str, Any] | None:
     """The customer record, whether it belongs to a person of several records (merges,
     aliases), or None when the customer is unknown."""
     row = await conn.fetchrow(
-        """
+        f"""
         SELECT $1::text AS customer_id, c.name, c.email, c.phone, c.country, c.attributes,
                c.identifiers, c.registered_at, c.updated_at, c.field_times, c.field_sources,
                (c.customer_id IS NOT NULL) AS registered,
                (p.customer_id IS NOT NULL) AS purchased,
-               EXISTS (SELECT 1 FROM merge_statements m
-                       WHERE m.customer_id = $1 OR m.other_id = $1) AS in_merges,
-               (EXISTS (SELECT 1 FROM identifier_aliases a WHERE a.record_id = $1)
-                OR EXISTS (SELECT 1 FROM customer_identifiers i
-                           JOIN identifier_aliases a USING (system, value)
-                           WHERE i.customer_id = $1)) AS aliased
+               {_IN_MERGES} AS in_merges, {_ALIASED} AS aliased
         FROM (SELECT $1::text AS id) AS wanted
         LEFT JOIN customers c ON c.customer_id = wanted.id
         LEFT JOIN purchase_totals p ON p.customer_id = wanted.id
