@@ -87,7 +87,7 @@ async def main(customers: int, repeat: int) -> None:
                 "RFM refresh (concurrent, as the worker does)": lambda: store.refresh_rfm(conn),
                 "RFM segment sizes": lambda: store.segment_sizes(conn),
                 "one customer's RFM": lambda: store.rfm_of(conn, "c4242"),
-                "one customer's purchase totals": lambda: store.currency_totals(conn, "c4242"),
+                "one customer's purchase totals": lambda: store.purchases_of(conn, ["c4242"]),
                 "top customers (25 %, 20 points)": lambda: store.top_customers(
                     conn, "GBP", Decimal("0.25"), 20
                 ),

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from crm_shared.runtime.http import model_response
 from profile_service import analytics, commerce, store
-from profile_service.api import Conn, CustomerIdPath
+from profile_service.api import Conn, CustomerIdPath, combined_record, find_person
 
 CurrencyQuery = Annotated[
     str, Query(pattern=r"^[A-Z]{3}$", description="ISO 4217 code of the amounts")
@@ -99,17 +99,18 @@ class SegmentSize(BaseModel):
 
 @router.get("/customers/{customer_id}/purchases", response_model=PurchaseSummary)
 async def purchase_summary(customer_id: CustomerIdPath, conn: Conn) -> Response:
-    """Orders, revenue net of refunds and cancellations, averages and favourites, per currency."""
-    totals = await store.currency_totals(conn, customer_id)
-    cancelled = await store.cancelled_orders(conn, customer_id)
+    """Orders, revenue net of refunds and cancellations, averages and favourites, per currency,
+    of the person the record belongs to (its merged and aliased records included)."""
+    person = await find_person(conn, customer_id)
+    totals, cancelled = await store.purchases_of(conn, person.records)
     if not totals and not cancelled:
         raise HTTPException(404, f"customer {customer_id!r} has no purchases")
-    country = await store.customer_country(conn, customer_id)
-    channels = await store.channel_counts(conn, customer_id)
+    country = (await combined_record(conn, person))[0].contact.get("country")
+    channels = await store.channel_counts(conn, person.records)
     summaries = [commerce.summarise(t) for t in totals]
     return model_response(
         PurchaseSummary(
-            customer_id=customer_id,
+            customer_id=person.person_id,
             by_currency=summaries,
             cancelled_orders=cancelled,
             favourite_channels=commerce.favourites(channels),
@@ -120,13 +121,15 @@ async def purchase_summary(customer_id: CustomerIdPath, conn: Conn) -> Response:
 
 @router.get("/customers/{customer_id}/rfm", response_model=CustomerRfm)
 async def customer_rfm(customer_id: CustomerIdPath, conn: Conn) -> Response:
-    """Recency, frequency, monetary value, their 1-5 scores and the RFM segment, per currency
-    (as of the scores' last refresh, by the replayable clock)."""
-    rows = await store.rfm_of(conn, customer_id)
+    """Recency, frequency, monetary value, their 1-5 scores and the RFM segment, per currency,
+    of the person the record belongs to (as of the scores' last refresh, by the replayable
+    clock)."""
+    person = await find_person(conn, customer_id)
+    rows = await store.rfm_of(conn, person.person_id)
     if not rows:
         raise HTTPException(404, f"customer {customer_id!r} has no RFM score (no order yet)")
     return model_response(
-        CustomerRfm(customer_id=customer_id, scores=[RfmScore(**row) for row in rows])
+        CustomerRfm(customer_id=person.person_id, scores=[RfmScore(**row) for row in rows])
     )
 
 

@@ -5,8 +5,9 @@ python -m profile_service.api
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Annotated, Any
 
 import asyncpg
@@ -21,23 +22,26 @@ from crm_shared.runtime.http import (
     pool_of,
     serve,
 )
-from profile_service import identity, store
+from profile_service import commerce, identity, store
 from profile_service.config import MIGRATIONS, ProfileSettings
-from profile_service.projection import CONTACT_FIELDS
+from profile_service.projection import CONTACT_FIELDS, CustomerRecord
 
 Conn = Annotated[asyncpg.Connection, Depends(connection)]
 CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]
 
 
 class PurchaseTotals(BaseModel):
+    """What the person bought, by the rules of the purchase summary: counts add up across
+    currencies, money only within one (`by_currency`); cancelled orders and the refunds of
+    cancelled orders do not count."""
+
     orders: int
     refunds: int
     items: int
-    gross_revenue: Decimal
-    refunded: Decimal
-    net_revenue: Decimal
+    cancelled_orders: int
     first_purchase_at: datetime | None
     last_purchase_at: datetime | None
+    by_currency: list[commerce.CurrencySummary]
 
 
 class FieldProvenance(BaseModel):
@@ -62,6 +66,9 @@ class CustomerProfile(BaseModel):
     merged_ids: list[str] = []
     """Records merged into this person (their histories count here); `customer_id` names the
     person, so asking for a merged record answers with the person it belongs to."""
+    aliases: list[str] = []
+    """Records of events that named this person by an identifier it holds (a subject such as
+    `email:ann@example.com`): their histories count here too."""
     provenance: dict[str, FieldProvenance] = {}
     """Per field ('email', 'attributes.tier', 'identifiers.pos'): which source set the value
     shown, and when (docs/decisions.md, attribute provenance)."""
@@ -84,9 +91,7 @@ class IdentifierMatch(BaseModel):
     customer_id: str
 
 
-def _profile(view: dict[str, Any]) -> CustomerProfile:
-    gross = view["gross_revenue"] or Decimal(0)
-    refunded = view["refunded"] or Decimal(0)
+def _profile(view: dict[str, Any], purchases: PurchaseTotals) -> CustomerProfile:
     return CustomerProfile(
         customer_id=view["customer_id"],
         registered=view["registered"],
@@ -98,17 +103,9 @@ def _profile(view: dict[str, Any]) -> CustomerProfile:
         identifiers=view["identifiers"] or {},
         registered_at=view["registered_at"],
         updated_at=view["updated_at"],
-        purchases=PurchaseTotals(
-            orders=view["orders"] or 0,
-            refunds=view["refunds"] or 0,
-            items=view["items"] or 0,
-            gross_revenue=gross,
-            refunded=refunded,
-            net_revenue=gross - refunded,
-            first_purchase_at=view["first_purchase_at"],
-            last_purchase_at=view["last_purchase_at"],
-        ),
+        purchases=purchases,
         merged_ids=view.get("merged_ids", []),
+        aliases=view.get("aliases", []),
         provenance={
             key: FieldProvenance(
                 source=(view["field_sources"] or {}).get(key), set_at=datetime.fromisoformat(when)
@@ -118,27 +115,63 @@ def _profile(view: dict[str, Any]) -> CustomerProfile:
     )
 
 
+@dataclass(frozen=True)
+class Person:
+    """The records that are one person: `records` (the person's id first) includes `aliases`."""
+
+    person_id: str
+    records: list[str]
+    aliases: list[str]
+
+
+async def find_person(conn: asyncpg.Connection, customer_id: str) -> Person:
+    """The person a record belongs to, from the merges around it and the aliases its records
+    hold (identity.person_of and person_records, over what concerns this record)."""
+    if not await store.in_a_person(conn, customer_id):
+        return Person(customer_id, [customer_id], [])
+    holders = await store.alias_holders(conn, [customer_id])
+    start = holders.get(customer_id, customer_id)
+    links = identity.standing_links(await store.merge_statements_around(conn, start))
+    root = identity.person_of(customer_id, links, holders)
+    merged = identity.members_of(links, root)
+    holders |= await store.alias_holders(conn, await store.aliases_claimed_by(conn, merged))
+    records = identity.person_records(root, links, holders)
+    return Person(root, records, [r for r in records if r in holders])
+
+
+async def combined_record(conn: asyncpg.Connection, person: Person) -> tuple[CustomerRecord, bool]:
+    """One customer record for the person, field by field from its records; and whether any
+    of them was registered (has a record at all)."""
+    records = await store.records_of(conn, person.records)
+    found = [records[r] for r in person.records if r in records]
+    return identity.combined_record(person.person_id, found), bool(found)
+
+
 async def person_view(conn: asyncpg.Connection, customer_id: str) -> dict[str, Any]:
-    """The view of the person a record belongs to: its records combined, their purchase totals
-    added up (docs/decisions.md, merges)."""
-    links = identity.standing_links(await store.merge_statements_around(conn, customer_id))
-    root = identity.root_of(links, customer_id)
-    members = identity.members_of(links, root)
-    records = await store.records_of(conn, members)
-    person = identity.combined_record(root, [records[m] for m in members if m in records])
+    """The view of the person a record belongs to: its records combined (docs/decisions.md,
+    merges and identifier references)."""
+    person = await find_person(conn, customer_id)
+    combined, registered = await combined_record(conn, person)
     return {
-        **(await store.purchase_totals_of(conn, members)),
-        **{name: person.contact.get(name) for name in CONTACT_FIELDS},
-        "customer_id": root,
-        "registered": bool(records),
-        "attributes": dict(person.attributes),
-        "identifiers": dict(person.identifiers),
-        "registered_at": person.registered_at,
-        "updated_at": person.updated_at,
-        "merged_ids": members[1:],
-        "field_times": person.field_times,
-        "field_sources": person.field_sources,
+        **{name: combined.contact.get(name) for name in CONTACT_FIELDS},
+        "customer_id": person.person_id,
+        "registered": registered,
+        "attributes": dict(combined.attributes),
+        "identifiers": dict(combined.identifiers),
+        "registered_at": combined.registered_at,
+        "updated_at": combined.updated_at,
+        "merged_ids": [r for r in person.records[1:] if r not in person.aliases],
+        "aliases": person.aliases,
+        "field_times": combined.field_times,
+        "field_sources": combined.field_sources,
     }
+
+
+async def purchases_of(conn: asyncpg.Connection, records: Sequence[str]) -> PurchaseTotals:
+    """The purchase block of a person's records, from the same facts as the purchase summary."""
+    totals, cancelled = await store.purchases_of(conn, records)
+    counts = commerce.counts_across(totals, cancelled)
+    return PurchaseTotals(**vars(counts), by_currency=[commerce.summarise(t) for t in totals])
 
 
 def create_app(settings: ProfileSettings | None = None) -> FastAPI:
@@ -156,13 +189,15 @@ def create_app(settings: ProfileSettings | None = None) -> FastAPI:
         """The customer's record: contact fields, attributes, identifiers and purchase totals."""
         async with pool_of(request).acquire() as conn:
             view = await store.customer_view(conn, customer_id)
-            if view is not None and view["in_merges"]:
+            if view is None:
+                raise HTTPException(
+                    404, f"customer {customer_id!r} is not known to the profile service"
+                )
+            if view["in_merges"] or view["aliased"]:
                 view = await person_view(conn, customer_id)
-        if view is None:
-            raise HTTPException(
-                404, f"customer {customer_id!r} is not known to the profile service"
-            )
-        return model_response(_profile(view))
+            records = [view["customer_id"], *view.get("merged_ids", []), *view.get("aliases", [])]
+            purchases = await purchases_of(conn, records)
+        return model_response(_profile(view, purchases))
 
     @app.get("/customers/{customer_id}/merges", response_model=MergeHistory)
     async def merge_history(customer_id: CustomerIdPath, conn: Conn) -> MergeHistory:

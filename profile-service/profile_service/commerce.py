@@ -230,6 +230,35 @@ class CurrencyTotals:
     net_revenue: Decimal
     first_purchase_at: datetime | None
     last_purchase_at: datetime | None
+    refunds: int = 0
+    items: int = 0
+    """Items ordered less items refunded."""
+
+
+@dataclass(frozen=True)
+class PurchaseCounts:
+    """What of a customer's purchases adds up across currencies: counts and dates, not money."""
+
+    orders: int
+    refunds: int
+    items: int
+    cancelled_orders: int
+    first_purchase_at: datetime | None
+    last_purchase_at: datetime | None
+
+
+def counts_across(totals: Sequence[CurrencyTotals], cancelled_orders: int) -> PurchaseCounts:
+    """The counts and dates of the per-currency totals, added up (money stays per currency)."""
+    firsts = [t.first_purchase_at for t in totals if t.first_purchase_at is not None]
+    lasts = [t.last_purchase_at for t in totals if t.last_purchase_at is not None]
+    return PurchaseCounts(
+        orders=sum(t.orders for t in totals),
+        refunds=sum(t.refunds for t in totals),
+        items=sum(t.items for t in totals),
+        cancelled_orders=cancelled_orders,
+        first_purchase_at=min(firsts, default=None),
+        last_purchase_at=max(lasts, default=None),
+    )
 
 
 @dataclass(frozen=True)

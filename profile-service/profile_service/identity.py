@@ -95,6 +95,36 @@ def members_of(links: Mapping[str, str], root: str) -> list[str]:
     return [root, *others]
 
 
+def person_of(record: str, links: Mapping[str, str], holders: Mapping[str, str]) -> str:
+    """The person a record belongs to: merges are followed to their root, and an alias (a record
+    named by an identifier reference) counts for the customer holding the identifier (`holders`,
+    alias -> holder), whose merges are followed in turn."""
+    person = root_of(links, record)
+    seen = {person}
+    while person in holders:
+        person = root_of(links, holders[person])
+        if person in seen:  # aliases holding each other: the chain stops where it closes
+            break
+        seen.add(person)
+    return person
+
+
+def person_records(root: str, links: Mapping[str, str], holders: Mapping[str, str]) -> list[str]:
+    """Every record of the person named by `root` (merged or aliased into it): the root first,
+    then by id."""
+    others = {r for r in (*links, *holders) if r != root and person_of(r, links, holders) == root}
+    return [root, *sorted(others)]
+
+
+def persons(links: Mapping[str, str], holders: Mapping[str, str]) -> dict[str, str]:
+    """Record -> person for every record of a person made of more than one record (its root
+    included), from every standing merge and every held alias: what analyses across customers
+    group by, so that one person counts once."""
+    found = {record: person_of(record, links, holders) for record in (*links, *holders)}
+    grouped = {record: person for record, person in found.items() if record != person}
+    return {**{person: person for person in grouped.values()}, **grouped}
+
+
 def combined_record(person_id: str, records: Sequence[CustomerRecord]) -> CustomerRecord:
     """One record for a person: each field and entry from the record that set it last, by the
     rule of a single record (projection.wins; a full tie goes to the later record in

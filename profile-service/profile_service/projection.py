@@ -31,6 +31,7 @@ from crm_shared.contracts.events import (
 )
 from crm_shared.runtime.derived import Derived, derive
 from profile_service.events import PURCHASE_TYPES
+from profile_service.references import CONTACT_IDENTIFIERS, normalised_identifier
 
 CONTACT_FIELDS = ("name", "email", "phone", "country")
 
@@ -129,18 +130,23 @@ class IdentifierClaim:
 
 
 def identifier_claims(record: CustomerRecord) -> list[IdentifierClaim]:
-    """The identifiers a record holds now, each with the time it was set. Of the records that
-    claim one (system, value), the newest claim owns it, whatever order events were processed
-    in; a record that moved to another value no longer claims the old one."""
-    return [
-        IdentifierClaim(
-            system,
-            value,
-            record.customer_id,
-            datetime.fromisoformat(record.field_times[f"identifiers.{system}"]),
-        )
-        for system, value in record.identifiers.items()
-    ]
+    """The identifiers a record holds now, each with the time it was set: its ids in other
+    systems, and its e-mail and phone as identifiers of those kinds, values normalised
+    (references.normalised_identifier). Of the records that claim one (system, value), the
+    newest claim owns it, whatever order events were processed in; a record that moved to
+    another value no longer claims the old one."""
+    entries = [(s, v, f"identifiers.{s}") for s, v in record.identifiers.items()]
+    entries += [(n, v, n) for n in CONTACT_IDENTIFIERS if (v := record.contact.get(n))]
+    claims: dict[tuple[str, str], IdentifierClaim] = {}
+    for system, value, key in entries:
+        claimed_at = datetime.fromisoformat(record.field_times[key])
+        normalised = normalised_identifier(system, value)
+        known = claims.get((system, normalised))
+        if known is None or claimed_at > known.claimed_at:
+            claims[system, normalised] = IdentifierClaim(
+                system, normalised, record.customer_id, claimed_at
+            )
+    return list(claims.values())
 
 
 def evolve_customers(

@@ -52,6 +52,7 @@ from profile_service.projection import (
     PurchaseDelta,
     identifier_claims,
 )
+from profile_service.references import IdentifierReference, normalised_identifier
 
 
 async def lock_customers(
@@ -152,18 +153,32 @@ async def add_purchases(conn: asyncpg.Connection, deltas: Mapping[str, PurchaseD
     )
 
 
+_IN_MERGES = "EXISTS (SELECT 1 FROM merge_statements m WHERE m.customer_id = $1 OR m.other_id = $1)"
+"""Whether the record $1 was ever merged with another (it may belong to a person of several)."""
+_ALIASED = """(
+    EXISTS (SELECT 1 FROM identifier_aliases a WHERE a.record_id = $1)
+    OR EXISTS (SELECT 1 FROM customer_identifiers i JOIN identifier_aliases a USING (system, value)
+               WHERE i.customer_id = $1))"""
+"""Whether the record $1 is an alias, or claims an identifier an alias names."""
+
+
+async def in_a_person(conn: asyncpg.Connection, customer_id: str) -> bool:
+    """Whether the record may belong to a person of several records (merges, aliases): if
+    not, it is a person of its own, with no more to look up."""
+    found: bool = await conn.fetchval(f"SELECT {_IN_MERGES} OR {_ALIASED}", customer_id)
+    return found
+
+
 async def customer_view(conn: asyncpg.Connection, customer_id: str) -> dict[str, Any] | None:
-    """The customer record with purchase totals, or None when the customer is unknown."""
+    """The customer record, whether it belongs to a person of several records (merges,
+    aliases), or None when the customer is unknown."""
     row = await conn.fetchrow(
-        """
+        f"""
         SELECT $1::text AS customer_id, c.name, c.email, c.phone, c.country, c.attributes,
                c.identifiers, c.registered_at, c.updated_at, c.field_times, c.field_sources,
-               p.orders, p.refunds, p.items, p.gross_revenue, p.refunded,
-               p.first_purchase_at, p.last_purchase_at,
                (c.customer_id IS NOT NULL) AS registered,
                (p.customer_id IS NOT NULL) AS purchased,
-               EXISTS (SELECT 1 FROM merge_statements m
-                       WHERE m.customer_id = $1 OR m.other_id = $1) AS in_merges
+               {_IN_MERGES} AS in_merges, {_ALIASED} AS aliased
         FROM (SELECT $1::text AS id) AS wanted
         LEFT JOIN customers c ON c.customer_id = wanted.id
         LEFT JOIN purchase_totals p ON p.customer_id = wanted.id
@@ -176,16 +191,87 @@ async def customer_view(conn: asyncpg.Connection, customer_id: str) -> dict[str,
 
 
 async def find_by_identifier(conn: asyncpg.Connection, system: str, value: str) -> str | None:
-    """The customer whose claim on the identifier is the newest by event time."""
+    """The customer whose claim on the identifier (value normalised) is the newest by event
+    time."""
     found: str | None = await conn.fetchval(
         """
         SELECT customer_id FROM customer_identifiers WHERE system = $1 AND value = $2
         ORDER BY claimed_at DESC, customer_id LIMIT 1
         """,
         system,
-        value,
+        normalised_identifier(system, value),
     )
     return found
+
+
+async def save_aliases(
+    conn: asyncpg.Connection, aliases: Mapping[str, IdentifierReference]
+) -> None:
+    """Remember which identifier each alias record (a subject naming one) names."""
+    if aliases:
+        await conn.execute(
+            """
+            INSERT INTO identifier_aliases (record_id, system, value)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+            ON CONFLICT DO NOTHING
+            """,
+            list(aliases),
+            [reference.system for reference in aliases.values()],
+            [reference.value for reference in aliases.values()],
+        )
+
+
+async def alias_holders(
+    conn: asyncpg.Connection, aliases: Collection[str] | None = None
+) -> dict[str, str]:
+    """Alias record -> the customer holding the identifier it names (the newest claim, as
+    find_by_identifier; the alias's own claim aside), for these aliases or (None) every one. An
+    alias whose identifier nobody holds is left out: it is a person of its own until claimed."""
+    rows = await conn.fetch(
+        """
+        SELECT a.record_id, h.customer_id
+        FROM identifier_aliases a
+        CROSS JOIN LATERAL (
+            SELECT i.customer_id FROM customer_identifiers i
+            WHERE i.system = a.system AND i.value = a.value AND i.customer_id <> a.record_id
+            ORDER BY i.claimed_at DESC, i.customer_id LIMIT 1
+        ) h
+        WHERE $1::text[] IS NULL OR a.record_id = ANY($1::text[])
+        """,
+        None if aliases is None else list(aliases),
+    )
+    return {row["record_id"]: row["customer_id"] for row in rows}
+
+
+async def aliases_claimed_by(conn: asyncpg.Connection, ids: Collection[str]) -> list[str]:
+    """The alias records naming an identifier that one of these records claims (whether its
+    claim is the newest: alias_holders says)."""
+    rows = await conn.fetch(
+        """
+        SELECT DISTINCT a.record_id FROM customer_identifiers i
+        JOIN identifier_aliases a USING (system, value)
+        WHERE i.customer_id = ANY($1::text[])
+        """,
+        list(ids),
+    )
+    return [row["record_id"] for row in rows]
+
+
+async def all_merge_statements(conn: asyncpg.Connection) -> list[identity.MergeStatement]:
+    rows = await conn.fetch("SELECT * FROM merge_statements ORDER BY at, event_id")
+    return [identity.MergeStatement(**dict(row)) for row in rows]
+
+
+async def save_persons(conn: asyncpg.Connection, persons: Mapping[str, str]) -> None:
+    """Replace the record -> person map the analyses group by (identity.persons)."""
+    async with conn.transaction():
+        await conn.execute("DELETE FROM computed_persons")
+        if persons:
+            await conn.copy_records_to_table(
+                "computed_persons",
+                records=list(persons.items()),
+                columns=["record_id", "person_id"],
+            )
 
 
 def _membership(row: Mapping[str, Any], segment: str) -> Membership | None:
@@ -396,43 +482,49 @@ async def append_commerce(conn: asyncpg.Connection, rows: CommerceRows) -> None:
             await conn.copy_records_to_table(table, records=found, columns=names)
 
 
-async def currency_totals(conn: asyncpg.Connection, customer_id: str) -> list[CurrencyTotals]:
-    """The customer's purchases per currency, derived from the commerce facts."""
-    rows = await conn.fetch(
-        """
-        SELECT currency, orders, gross_revenue, refunded, net_revenue, first_purchase_at,
-               last_purchase_at
-        FROM customer_currency_totals WHERE customer_id = $1 ORDER BY currency
-        """,
-        customer_id,
-    )
-    return [CurrencyTotals(**dict(row)) for row in rows]
+_PURCHASES = """
+    SELECT currency, sum(orders)::bigint AS orders, sum(gross_revenue) AS gross_revenue,
+           sum(refunded) AS refunded, sum(net_revenue) AS net_revenue,
+           min(first_purchase_at) AS first_purchase_at, max(last_purchase_at) AS last_purchase_at,
+           sum(refunds)::bigint AS refunds, sum(items)::bigint AS items,
+           (SELECT count(*) FROM order_cancellations WHERE customer_id {match}) AS cancelled
+    FROM (SELECT NULL) AS always  -- one row even without purchases: the cancellations' count
+    LEFT JOIN customer_currency_totals ON customer_id {match}
+    GROUP BY currency ORDER BY currency
+"""
+_ONE_RECORD = _PURCHASES.format(match="= $1::text")
+"""For one record: planned once and reused (with `= ANY($1)` PostgreSQL expects ten records,
+finds the reusable plan dearer than planning each time, and planning costs more than running)."""
+_SEVERAL_RECORDS = _PURCHASES.format(match="= ANY($1::text[])")
 
 
-async def channel_counts(conn: asyncpg.Connection, customer_id: str) -> dict[str, int]:
-    """How many of the customer's orders (not cancelled) came through each channel."""
+async def purchases_of(
+    conn: asyncpg.Connection, ids: Sequence[str]
+) -> tuple[list[CurrencyTotals], int]:
+    """The purchases of these records (one customer, or a person's records) per currency, and
+    how many of their orders were cancelled, in one read."""
+    if len(ids) == 1:
+        rows = await conn.fetch(_ONE_RECORD, ids[0])
+    else:
+        rows = await conn.fetch(_SEVERAL_RECORDS, list(ids))
+    totals = [
+        CurrencyTotals(**{k: v for k, v in row.items() if k != "cancelled"})
+        for row in rows
+        if row["currency"] is not None
+    ]
+    return totals, rows[0]["cancelled"]
+
+
+async def channel_counts(conn: asyncpg.Connection, ids: Sequence[str]) -> dict[str, int]:
+    """How many of these records' orders (not cancelled) came through each channel."""
     rows = await conn.fetch(
         """
         SELECT channel, sum(orders)::int AS orders FROM revenue_facts
-        WHERE customer_id = $1 AND orders = 1 GROUP BY channel
+        WHERE customer_id = ANY($1::text[]) AND orders = 1 GROUP BY channel
         """,
-        customer_id,
+        list(ids),
     )
     return {row["channel"]: row["orders"] for row in rows}
-
-
-async def cancelled_orders(conn: asyncpg.Connection, customer_id: str) -> int:
-    found: int = await conn.fetchval(
-        "SELECT count(*) FROM order_cancellations WHERE customer_id = $1", customer_id
-    )
-    return found
-
-
-async def customer_country(conn: asyncpg.Connection, customer_id: str) -> str | None:
-    country: str | None = await conn.fetchval(
-        "SELECT country FROM customers WHERE customer_id = $1", customer_id
-    )
-    return country
 
 
 # --- analysis across customers: RFM, top customers, the cube -------------------------------------
@@ -535,7 +627,7 @@ async def top_customers(
 _CUBE_EXPRESSIONS = {
     "segment": "m.segment",
     "rfm_segment": "coalesce(rule.segment, 'unscored')",
-    "country": "coalesce(c.country, 'unknown')",
+    "country": "coalesce(person_country.country, c.country, 'unknown')",
     "channel": "coalesce(f.channel, 'unknown')",
     "month": "to_char(f.at AT TIME ZONE 'UTC', 'YYYY-MM')",
 }
@@ -547,21 +639,50 @@ def _rolled_up_bit(dimension: str) -> int:
     return 1 << (len(_CUBE_EXPRESSIONS) - 1 - list(_CUBE_EXPRESSIONS).index(dimension))
 
 
+_PERSONS = """
+    WITH person_facts AS (
+        SELECT coalesce(p.person_id, r.customer_id) AS person_id, r.*
+        FROM revenue_facts r LEFT JOIN computed_persons p ON p.record_id = r.customer_id
+    ),
+    person_countries AS (
+        SELECT DISTINCT ON (p.person_id) p.person_id, c.country
+        FROM computed_persons p JOIN customers c ON c.customer_id = p.record_id
+        WHERE c.country IS NOT NULL
+        ORDER BY p.person_id, c.field_times ->> 'country' DESC,
+                 coalesce(c.field_sources ->> 'country', '') DESC,
+                 c.customer_id <> p.person_id DESC, c.customer_id DESC
+    ),
+    person_segments AS (
+        SELECT m.customer_id AS person_id, m.segment FROM segment_memberships m
+        WHERE m.member
+          AND NOT EXISTS (SELECT 1 FROM computed_persons p WHERE p.record_id = m.customer_id)
+        UNION ALL
+        SELECT DISTINCT p.person_id, m.segment FROM segment_memberships m
+        JOIN computed_persons p ON p.record_id = m.customer_id
+        WHERE m.member
+    )"""
+"""The facts, countries and segments of persons (computed_persons): a person's country is taken
+from its records as identity.combined_record takes it (the newest by event time, then source),
+and it is in a segment when one of its records is."""
+
+
 async def refresh_cube(conn: asyncpg.Connection) -> None:
     """Recompute every cell of every currency's cube in one transaction (readers see the old
-    cube or the new one): customers, orders and net revenue, refunds dated when refunded and a
-    refund naming no known order on channel 'unknown'. Reads the RFM scores: refresh them first.
+    cube or the new one): persons, orders and net revenue, refunds dated when refunded and a
+    refund naming no known order on channel 'unknown'. Reads the RFM scores and the persons:
+    refresh them first.
 
-    A customer may be in several segments, so the cells of one segment come from the facts of
+    A person may be in several segments, so the cells of one segment come from the facts of
     its members (a second CUBE), and every other cell from all facts: rolled up over segments,
     nobody counts twice."""
     others = ", ".join(list(_CUBE_EXPRESSIONS.values())[1:])
     facts = f"""
-        FROM revenue_facts f
-        LEFT JOIN customers c ON c.customer_id = f.customer_id
-        LEFT JOIN rfm_scores s ON s.customer_id = f.customer_id AND s.currency = f.currency
+        FROM person_facts f
+        LEFT JOIN customers c ON c.customer_id = f.person_id
+        LEFT JOIN person_countries person_country ON person_country.person_id = f.person_id
+        LEFT JOIN rfm_scores s ON s.customer_id = f.person_id AND s.currency = f.currency
         LEFT JOIN {_SEGMENTS} ON rule.r = s.r AND rule.f = s.f AND rule.m = s.m"""
-    measures = "count(DISTINCT f.customer_id), sum(f.orders), sum(f.revenue), now()"
+    measures = "count(DISTINCT f.person_id), sum(f.orders), sum(f.revenue), now()"
     async with conn.transaction():
         await conn.execute("SET LOCAL work_mem = '128MB'")
         await conn.execute("DELETE FROM computed_revenue_cube")
@@ -570,13 +691,14 @@ async def refresh_cube(conn: asyncpg.Connection) -> None:
             INSERT INTO computed_revenue_cube (currency, rolled_up, segment, rfm_segment, country,
                                                channel, month, customers, orders, revenue,
                                                computed_at)
+            {_PERSONS}
             SELECT f.currency, {_SEGMENT_BIT} + GROUPING({others}), NULL, {others}, {measures}
             {facts}
             GROUP BY f.currency, CUBE ({others})
             UNION ALL
             SELECT f.currency, GROUPING({others}), m.segment, {others}, {measures}
             {facts}
-            JOIN segment_memberships m ON m.customer_id = f.customer_id AND m.member
+            JOIN person_segments m ON m.person_id = f.person_id
             GROUP BY f.currency, m.segment, CUBE ({others})
             """,
             *_segment_rule(),
@@ -767,23 +889,6 @@ async def merge_statements_around(
 async def records_of(conn: asyncpg.Connection, ids: Sequence[str]) -> dict[str, CustomerRecord]:
     rows = await conn.fetch("SELECT * FROM customers WHERE customer_id = ANY($1::text[])", ids)
     return {row["customer_id"]: _record(row) for row in rows}
-
-
-async def purchase_totals_of(conn: asyncpg.Connection, ids: Sequence[str]) -> dict[str, Any]:
-    """The older purchase totals of several records added up (extremes across them)."""
-    row = await conn.fetchrow(
-        """
-        SELECT count(*) > 0 AS purchased, sum(orders)::int AS orders,
-               sum(refunds)::int AS refunds, sum(items)::bigint AS items,
-               sum(gross_revenue) AS gross_revenue, sum(refunded) AS refunded,
-               min(first_purchase_at) AS first_purchase_at,
-               max(last_purchase_at) AS last_purchase_at
-        FROM purchase_totals WHERE customer_id = ANY($1::text[])
-        """,
-        ids,
-    )
-    assert row is not None
-    return dict(row)
 
 
 # ----------------------------------------------------------------------------- lifetime value

@@ -25,6 +25,7 @@ from profile_service import (
     metrics,
     opinions,
     projection,
+    references,
     segment_fold,
     store,
 )
@@ -60,6 +61,7 @@ async def fold_view(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequen
     segments that depend on them. A run of ticks only moves time (the projector splits runs)."""
     if events and events[0].type == CLOCK_TICKED:
         return await fold_ticks(conn, events)
+    await store.save_aliases(conn, references.aliases({e.customer_id for e in events}))
     customer_events = [e for e in events if e.type in CUSTOMER_TYPES]
     if customer_events:
         current = await store.lock_customers(conn, {e.customer_id for e in customer_events})
@@ -112,6 +114,14 @@ async def fold_ticks(conn: asyncpg.Connection, ticks: Sequence[Event]) -> list[D
     return derived
 
 
+async def refresh_persons(conn: asyncpg.Connection) -> None:
+    """Recompute who is one person (every standing merge, every alias of a held identifier), for
+    the analyses across customers to group by."""
+    links = identity.standing_links(await store.all_merge_statements(conn))
+    holders = await store.alias_holders(conn)
+    await store.save_persons(conn, identity.persons(links, holders))
+
+
 RFM_REFRESH_INTERVAL_SECONDS = 10.0
 """How often the worker looks whether the projection moved, and then recomputes the RFM scores
 and the cube (a no-op look costs one small query)."""
@@ -121,9 +131,9 @@ every 10 minutes)."""
 
 
 class RfmRefresher:
-    """Recomputes the RFM scores, then the cube (broken down by their segments), when the fold
-    applied something or time moved since the last run, and publishes the segment sizes as
-    gauges."""
+    """Recomputes the persons, the RFM scores, then the cube (broken down by their segments),
+    when the fold applied something or time moved since the last run, and publishes the segment
+    sizes as gauges."""
 
     def __init__(self) -> None:
         self.refreshed_at_mark: tuple[int, datetime | None] | None = None
@@ -134,6 +144,7 @@ class RfmRefresher:
             if mark == self.refreshed_at_mark:
                 return
             started = time.monotonic()
+            await refresh_persons(conn)
             await store.refresh_rfm(conn)
             sizes = await store.segment_sizes(conn)
             scored = time.monotonic()

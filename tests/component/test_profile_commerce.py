@@ -20,7 +20,7 @@ from crm_shared.ops.demo.retail import load_retail
 from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.projector import BatchProjector, RawRecord
 from crm_shared.runtime.shadow import Fingerprint, fingerprints
-from profile_service import analytics, store
+from profile_service import analytics, commerce, store
 from profile_service.worker import PROJECTION
 from tests.component.partition_logs import folded_in_batches, interleaved, orders_tick
 from tests.unit.test_demo_retail import DATA
@@ -134,9 +134,9 @@ async def test_commerce_is_the_same_whatever_the_batches_and_the_order_of_arriva
 
 async def test_refunds_cancellations_and_currencies_make_the_customer_totals() -> None:
     async with _folded(4) as pool, pool.acquire() as conn:
-        a = {t.currency: t for t in await store.currency_totals(conn, "A")}
-        b = {t.currency: t for t in await store.currency_totals(conn, "B")}
-        channels = await store.channel_counts(conn, "A")
+        a = {t.currency: t for t in (await store.purchases_of(conn, ["A"]))[0]}
+        b = {t.currency: t for t in (await store.purchases_of(conn, ["B"]))[0]}
+        channels = await store.channel_counts(conn, ["A"])
     # A: O1 (first placement, 15) partly refunded (5), O2 20; EUR apart.
     assert (a["GBP"].orders, a["GBP"].gross_revenue, a["GBP"].refunded) == (2, 35, 5)
     assert a["GBP"].net_revenue == Decimal(30)
@@ -145,6 +145,26 @@ async def test_refunds_cancellations_and_currencies_make_the_customer_totals() -
     assert (b["GBP"].orders, b["GBP"].gross_revenue, b["GBP"].refunded) == (1, 30, 4)
     assert b["GBP"].first_purchase_at == DAY0 + timedelta(days=20)
     assert channels == {"web": 2, "store": 1}  # EUR orders count too: channels are not money
+
+
+async def test_counts_across_currencies_leave_cancelled_orders_and_their_refunds_out() -> None:
+    async with _folded(3) as pool, pool.acquire() as conn:
+        a = commerce.counts_across(*await store.purchases_of(conn, ["A"]))
+        b = commerce.counts_across(*await store.purchases_of(conn, ["B"]))
+        both, _ = await store.purchases_of(conn, ["A", "B"])
+        nobody = await store.purchases_of(conn, ["Z"])
+    # A: O1 (2 items) partly refunded (1 item), O2 1 item, O3 in EUR 1 item: three orders.
+    assert (a.orders, a.refunds, a.items, a.cancelled_orders) == (3, 1, 3, 0)
+    assert (a.first_purchase_at, a.last_purchase_at) == (DAY0, DAY0 + timedelta(days=10))
+    # B: O4 cancelled with its refund; O5 kept, and the refund naming no order.
+    assert (b.orders, b.refunds, b.items, b.cancelled_orders) == (1, 1, 0, 1)
+    assert b.first_purchase_at == DAY0 + timedelta(days=20)
+    # Two records' totals added per currency, never across currencies.
+    assert [(t.currency, t.orders, t.net_revenue) for t in both] == [
+        ("EUR", 1, Decimal(7)),
+        ("GBP", 3, Decimal(30 + 26)),
+    ]
+    assert nobody == ([], 0)
 
 
 async def test_rfm_scores_in_sql_match_the_reference_by_the_replayable_clock() -> None:
