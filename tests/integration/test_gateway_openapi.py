@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import httpx
@@ -238,5 +238,8 @@ def _breaks_a_rule_across_parameters(path: str, query: dict[str, Any]) -> bool:
     asked for a country or a segment, not both; a price range must not be empty."""
     if path == "/v1/products/trending":
         return query.get("country") is not None and query.get("segment") is not None
-    low, high = query.get("min_price"), query.get("max_price")
-    return low is not None and high is not None and Decimal(str(low)) > Decimal(str(high))
+    try:
+        low, high = (Decimal(str(query[name])) for name in ("min_price", "max_price"))
+    except (KeyError, InvalidOperation):  # absent, or not a price (its 422 is held to be one)
+        return False
+    return low > high
