@@ -10,13 +10,12 @@ Mounted by gateway_service.api's create_app, whose guards and types it shares.
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
-from crm_shared.contracts.events import MAX_UNIT_PRICE, CountryCode, SegmentName
+from crm_shared.contracts.events import CATEGORY_PATTERN, CountryCode, SegmentName
 from gateway_service.api import GUARDED, CustomerIdPath, errors, require
 from gateway_service.auth import RECOMMENDATIONS_READ, RECOMMENDATIONS_TRAIN, StoredKey
 from gateway_service.passthrough import passed_on
@@ -28,6 +27,8 @@ ProductIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^/]
 PICKS_KEPT = 50
 """The most picks the service keeps per customer (recommendation_service.serving.PICKS_KEPT)."""
 UPSTREAM = (502, 503, 504)
+PRICE_PATTERN = r"^(1000000(\.0{1,4})?|[0-9]{1,6}(\.[0-9]{1,4})?)$"
+"""A price as the contract's Money reads it: 0 to 1000000, at most four decimals."""
 
 router = APIRouter()
 
@@ -42,17 +43,17 @@ def _product_path(template: str, product_id: str) -> str:
 
 def catalogue_params(
     category: Annotated[
-        str | None, Query(min_length=1, max_length=120, description="Only this category")
+        str | None,
+        Query(
+            min_length=1, max_length=120, pattern=CATEGORY_PATTERN, description="Only this category"
+        ),
     ] = None,
     min_price: Annotated[
-        Decimal | None,
-        Query(ge=0, le=MAX_UNIT_PRICE, decimal_places=4, description="Lowest price, in `currency`"),
+        str | None, Query(pattern=PRICE_PATTERN, description="Lowest price, in `currency`")
     ] = None,
     max_price: Annotated[
-        Decimal | None,
-        Query(
-            ge=0, le=MAX_UNIT_PRICE, decimal_places=4, description="Highest price, in `currency`"
-        ),
+        str | None,
+        Query(pattern=PRICE_PATTERN, description="Highest price, in `currency` (not below min)"),
     ] = None,
     currency: Annotated[
         str | None,
@@ -147,7 +148,8 @@ async def get_trending(
         CountryCode | None, Query(description="Trending in this country (ISO 3166-1)")
     ] = None,
     segment: Annotated[
-        SegmentName | None, Query(description="Popular among this segment's members")
+        SegmentName | None,
+        Query(description="Popular among this segment's members (not with a country)"),
     ] = None,
     limit: Annotated[int, _limit(100)] = 10,
 ) -> Response:

@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from crm_shared.contracts.events import (
+    CATEGORY_PATTERN,
     MAX_UNIT_PRICE,
     ConsentState,
     CountryCode,
@@ -48,7 +49,10 @@ PicksLimit = Annotated[
 
 def catalogue_filter(
     category: Annotated[
-        str | None, Query(min_length=1, max_length=120, description="Only this category")
+        str | None,
+        Query(
+            min_length=1, max_length=120, pattern=CATEGORY_PATTERN, description="Only this category"
+        ),
     ] = None,
     min_price: Annotated[
         Decimal | None,

@@ -18,6 +18,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from crm_shared.contracts.events import Event, SegmentEntered, SegmentLeft
 from recommendation_service.projection import Purchase
@@ -74,27 +75,27 @@ def trend_deltas(
     half_life_days: float,
 ) -> dict[Scoped, TrendDelta]:
     """Each purchase's weight added to every scope it counts in; `segments_of` gives each
-    customer's segments at the fold."""
-    deltas: dict[Scoped, TrendDelta] = {}
+    customer's segments at the fold. Built in place, one weight per event time (an order's lines
+    share theirs): this runs for every purchase the fold sees."""
+    weights: dict[datetime, int] = {}
+    sums: dict[Scoped, list[Any]] = {}
     for purchase in batch:
-        added = weight(purchase.time, half_life_days)
+        added = weights.get(purchase.time)
+        if added is None:
+            added = weights[purchase.time] = weight(purchase.time, half_life_days)
         scopes = [EVERYONE]
         if purchase.country is not None:
             scopes.append(country_scope(purchase.country))
         scopes.extend(segment_scope(s) for s in segments_of.get(purchase.customer_id, ()))
         for scope in scopes:
-            key = (scope, purchase.product_id)
-            before = deltas.get(key)
-            deltas[key] = (
-                TrendDelta(added, 1, purchase.time)
-                if before is None
-                else TrendDelta(
-                    before.score + added,
-                    before.purchases + 1,
-                    max(before.last_bought_at, purchase.time),
-                )
-            )
-    return deltas
+            found = sums.get((scope, purchase.product_id))
+            if found is None:
+                sums[scope, purchase.product_id] = [added, 1, purchase.time]
+            else:
+                found[0] += added
+                found[1] += 1
+                found[2] = max(found[2], purchase.time)
+    return {key: TrendDelta(*found) for key, found in sums.items()}
 
 
 @dataclass(frozen=True, slots=True)

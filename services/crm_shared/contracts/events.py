@@ -953,6 +953,10 @@ class CampaignCancelled(_EventData):
     reason: str | None = Field(default=None, max_length=300)
 
 
+CATEGORY_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+"""A catalogue category: any text without control characters (PostgreSQL cannot hold NUL)."""
+
+
 class ProductKind(StrEnum):
     """What a catalogue entry sells: only goods are recommended or counted as popular."""
 
@@ -973,7 +977,9 @@ class ProductCatalogued(_EventData):
     product_id: ProductId
     name: str = Field(min_length=1, max_length=300)
     description: str | None = Field(default=None, max_length=4000)
-    category: str | None = Field(default=None, min_length=1, max_length=120)
+    category: str | None = Field(
+        default=None, min_length=1, max_length=120, pattern=CATEGORY_PATTERN
+    )
     price: Money
     currency: str = Field(default="GBP", pattern=r"^[A-Z]{3}$")
     available: bool = Field(description="In stock and offered for sale")
