@@ -30,7 +30,6 @@ from interaction_service.projection import Direction, Kind, TimelinePosition, Ti
 Conn = Annotated[asyncpg.Connection, Depends(connection)]
 CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]
 MAX_PAGE = 200
-"""Most values of one list filter (kind, event_type, channel, department)."""
 DEPARTMENT_CODE = re.compile(DEPARTMENT_PATTERN)
 MAX_DEPARTMENT_CHARS = 80
 

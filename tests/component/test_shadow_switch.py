@@ -1,6 +1,6 @@
 """The rebuild's switch on a real PostgreSQL: a live writer held by the lock lands in the new
 tables, cached statements follow the rename, unsent derived events are carried, and the
-fingerprints tell equal tables from different ones."""
+fingerprints tell equal tables from different ones, showing the rows that differ."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 
 import asyncpg
 
+from crm_shared.ops.rebuild import compare, with_examples
 from crm_shared.runtime import shadow
 from crm_shared.runtime.db import connect_in_schema, open_pool
 from crm_shared.runtime.derived import Derived
@@ -110,5 +111,34 @@ async def test_fingerprints_match_for_equal_rows_and_differ_when_one_changes(
         assert changed["purchase_totals"].checksum != live["purchase_totals"].checksum
         assert changed["customers"] == live["customers"]
     finally:
+        await pool.close()
+        await builder.close()
+
+
+async def test_a_difference_shows_the_rows_found_on_one_side_only(fresh_dsn: str) -> None:
+    pool = await open_pool(fresh_dsn, MIGRATIONS, 1)
+    builder = await connect_in_schema(fresh_dsn, SHADOW)
+    admin = await pool.acquire()
+    try:
+        await shadow.create_shadow(builder, SHADOW, MIGRATIONS)
+        rows = {"public": "('a', 1), ('b', 2), ('c', 4)", SHADOW: "('a', 1), ('b', 3)"}
+        for schema, values in rows.items():
+            await admin.execute(
+                f"INSERT INTO {schema}.purchase_totals (customer_id, orders) VALUES {values}"
+            )
+        live = await shadow.fingerprints(admin, "public")
+        rebuilt = await shadow.fingerprints(builder, SHADOW)
+        differences = compare(live, rebuilt, missing_applied=0)
+        assert [d.table for d in differences] == ["purchase_totals"]
+        (explained,) = await with_examples(differences, admin, "public", builder, None)
+        # "<side>: (customer_id, ...) = (<customer>,...)": customer a is equal on both sides.
+        shown = [(e.split(": ", 1)[0], e.split(" = (", 1)[1][0]) for e in explained.examples]
+        assert shown == [("live only", "b"), ("live only", "c"), ("rebuilt only", "b")]
+        assert explained.examples[0].startswith("live only: (customer_id, ")
+        (scoped,) = await with_examples(differences, admin, "public", builder, ["c"])
+        assert [e.split(" = (", 1)[1][0] for e in scoped.examples] == ["c"]
+        assert str(scoped).startswith("purchase_totals: rows differ: live 3, rebuilt 2\n")
+    finally:
+        await pool.release(admin)
         await pool.close()
         await builder.close()

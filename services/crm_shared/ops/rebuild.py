@@ -30,7 +30,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import IO
 
@@ -58,13 +58,19 @@ DEFAULT_BATCH_RECORDS = 20_000
 MAX_FETCH_BYTES = 64 * 1024 * 1024
 
 
+EXAMPLES_PER_SIDE = 3
+"""Rows shown per side of a table that differs: enough to see what differs, short in a log."""
+
+
 @dataclass(frozen=True)
 class Difference:
     table: str
     detail: str
+    examples: tuple[str, ...] = ()
+    """A few rows found on one side only, each prefixed with its side."""
 
     def __str__(self) -> str:
-        return f"{self.table}: {self.detail}"
+        return f"{self.table}: {self.detail}" + "".join(f"\n      {e}" for e in self.examples)
 
 
 def compare(
@@ -105,6 +111,39 @@ def compare(
             )
         )
     return found
+
+
+async def with_examples(
+    differences: Sequence[Difference],
+    live_conn: asyncpg.Connection,
+    live: str,
+    shadow_conn: asyncpg.Connection,
+    customers: Sequence[str] | None,
+) -> list[Difference]:
+    """Each table whose rows differ, with a few rows found on one side only (read by both
+    connections as they stand: the caller keeps the live side's snapshot), so that an operator
+    sees what differs and not only that something does."""
+    explained: list[Difference] = []
+    for difference in differences:
+        if not difference.detail.startswith(("rows differ", "checksums differ")):
+            explained.append(difference)
+            continue
+        table = difference.table
+        live_digests, rebuilt_digests = await asyncio.gather(
+            shadow.row_digests(live_conn, live, table, customers),
+            shadow.row_digests(shadow_conn, shadow.SHADOW_SCHEMA, table, customers),
+        )
+        only_live = sorted((live_digests - rebuilt_digests).keys())[:EXAMPLES_PER_SIDE]
+        only_rebuilt = sorted((rebuilt_digests - live_digests).keys())[:EXAMPLES_PER_SIDE]
+        live_rows, rebuilt_rows = await asyncio.gather(
+            shadow.rows_of_digests(live_conn, live, table, only_live),
+            shadow.rows_of_digests(shadow_conn, shadow.SHADOW_SCHEMA, table, only_rebuilt),
+        )
+        examples = tuple(f"live only: {row}" for row in live_rows) + tuple(
+            f"rebuilt only: {row}" for row in rebuilt_rows
+        )
+        explained.append(replace(difference, examples=examples))
+    return explained
 
 
 def format_duration(seconds: float) -> str:
@@ -437,10 +476,11 @@ class Rebuild:
                 shadow.fingerprints(admin, live),
                 shadow.fingerprints(builder, shadow.SHADOW_SCHEMA),
             )
-        missing = await shadow.applied_ids_missing(
-            builder, live, shadow.SHADOW_SCHEMA, applied_before=since
-        )
-        return since, compare(live_prints, rebuilt_prints, missing)
+            missing = await shadow.applied_ids_missing(
+                builder, live, shadow.SHADOW_SCHEMA, applied_before=since
+            )
+            differences = compare(live_prints, rebuilt_prints, missing)
+            return since, await with_examples(differences, admin, live, builder, None)
 
     async def _compare(
         self,
@@ -462,7 +502,8 @@ class Rebuild:
         missing = await shadow.applied_ids_missing(
             admin, live, shadow.SHADOW_SCHEMA, applied_since=applied_since
         )
-        return compare(live_prints, rebuilt_prints, missing)
+        differences = compare(live_prints, rebuilt_prints, missing)
+        return await with_examples(differences, admin, live, builder, scope)
 
     async def _catch_up_to(
         self, folder: BulkFolder, positions: Offsets, label: str, progress: IO[str]

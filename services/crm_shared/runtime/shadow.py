@@ -9,6 +9,7 @@ a schema is renamed, so the live processes' next statements resolve to the new t
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -125,6 +126,52 @@ async def positions(conn: asyncpg.Connection, schema: str) -> dict[tuple[str, in
     return {(row["topic"], row["partition"]): row["next_offset"] for row in rows}
 
 
+@dataclass(frozen=True)
+class _Compared:
+    """How one table is compared: its columns (bookkeeping left out), each row as text, and the
+    rows kept (COMPARED_ROWS, and the scope's customers when given)."""
+
+    source: str
+    columns: tuple[str, ...]
+    row_text: str
+    where: str
+    args: tuple[list[str], ...]
+
+
+async def _compared_tables(
+    conn: asyncpg.Connection, schema: str, customers: Sequence[str] | None
+) -> dict[str, _Compared]:
+    found: dict[str, _Compared] = {}
+    for table in await tables(conn, schema):
+        if (
+            table in NOT_FINGERPRINTED
+            or table in CARRIED_TABLES
+            or table.startswith(WORKER_COMPUTED_PREFIXES)
+        ):
+            continue
+        source = f"{quoted(schema)}.{quoted(table)}"
+        names = await conn.fetch(
+            "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass"
+            " AND attnum > 0 AND NOT attisdropped ORDER BY attname",
+            source,
+        )
+        kept = tuple(
+            row["attname"]
+            for row in names
+            if row["attname"] not in BOOKKEEPING_COLUMNS.get(table, frozenset())
+        )
+        scoped = customers is not None and SCOPED_COLUMN in kept
+        found[table] = _Compared(
+            source,
+            kept,
+            f"ROW({', '.join(quoted(name) for name in kept)})::text",
+            f"{COMPARED_ROWS.get(table, 'true')}"
+            + (f" AND {SCOPED_COLUMN} = ANY($1::text[])" if scoped else ""),
+            (list(customers or ()),) if scoped else (),
+        )
+    return found
+
+
 async def fingerprints(
     conn: asyncpg.Connection, schema: str, customers: Sequence[str] | None = None
 ) -> dict[str, Fingerprint]:
@@ -136,34 +183,40 @@ async def fingerprints(
     customers' rows only (the others whole): after a comparison of everything, what events of
     these customers alone changed (SCOPED_COLUMN)."""
     found: dict[str, Fingerprint] = {}
-    for table in await tables(conn, schema):
-        if (
-            table in NOT_FINGERPRINTED
-            or table in CARRIED_TABLES
-            or table.startswith(WORKER_COMPUTED_PREFIXES)
-        ):
-            continue
-        names = await conn.fetch(
-            "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass"
-            " AND attnum > 0 AND NOT attisdropped ORDER BY attname",
-            f"{quoted(schema)}.{quoted(table)}",
-        )
-        kept = tuple(
-            row["attname"]
-            for row in names
-            if row["attname"] not in BOOKKEEPING_COLUMNS.get(table, frozenset())
-        )
-        row_text = f"ROW({', '.join(quoted(name) for name in kept)})::text"
-        scoped = customers is not None and SCOPED_COLUMN in kept
+    for table, compared in (await _compared_tables(conn, schema, customers)).items():
         rows, checksum = await conn.fetchrow(
-            f"SELECT count(*), coalesce(sum(('x' || left(md5({row_text}), 15))::bit(60)::bigint),"
-            f" 0)::text FROM {quoted(schema)}.{quoted(table)}"
-            + f" WHERE {COMPARED_ROWS.get(table, 'true')}"
-            + (f" AND {SCOPED_COLUMN} = ANY($1::text[])" if scoped else ""),
-            *([list(customers or ())] if scoped else []),
+            f"SELECT count(*), coalesce(sum(('x' || left(md5({compared.row_text}), 15))"
+            f"::bit(60)::bigint), 0)::text FROM {compared.source} WHERE {compared.where}",
+            *compared.args,
         )
-        found[table] = Fingerprint(rows, checksum, kept)
+        found[table] = Fingerprint(rows, checksum, compared.columns)
     return found
+
+
+async def row_digests(
+    conn: asyncpg.Connection, schema: str, table: str, customers: Sequence[str] | None = None
+) -> Counter[str]:
+    """The md5 of each compared row of one table (as `fingerprints` sees them), counted: two
+    sides' digests tell which rows differ once their fingerprints do."""
+    compared = (await _compared_tables(conn, schema, customers))[table]
+    rows = await conn.fetch(
+        f"SELECT md5({compared.row_text}) AS digest FROM {compared.source} WHERE {compared.where}",
+        *compared.args,
+    )
+    return Counter(row["digest"] for row in rows)
+
+
+async def rows_of_digests(
+    conn: asyncpg.Connection, schema: str, table: str, digests: Sequence[str]
+) -> list[str]:
+    """The compared rows of one table whose md5 is one of these, as text (columns by name)."""
+    compared = (await _compared_tables(conn, schema, None))[table]
+    rows = await conn.fetch(
+        f"SELECT {compared.row_text} AS row FROM {compared.source}"
+        f" WHERE {compared.where} AND md5({compared.row_text}) = ANY($1::text[]) ORDER BY 1",
+        list(digests),
+    )
+    return [f"({', '.join(compared.columns)}) = {row['row']}" for row in rows]
 
 
 async def applied_ids_missing(
