@@ -1478,8 +1478,16 @@ _NOT_CANCELLED = (
     " WHERE x.customer_id = o.customer_id AND x.order_id = o.order_id)"
 )
 
-EVERYONE = "SELECT customer_id FROM customers FULL JOIN purchase_totals USING (customer_id)"
-"""The customers a rule is evaluated over: everyone the profile knows."""
+EVERYONE = (
+    "SELECT customer_id FROM customers UNION SELECT customer_id FROM purchase_totals"
+    " UNION SELECT customer_id FROM complaints UNION SELECT customer_id FROM customer_opinions"
+    " UNION SELECT customer_id FROM merge_statements"
+)
+"""The customers a rule is evaluated over: everyone the profile knows, whatever fact made it know
+them (a complaint or an opinion alone, too). After a run of events every customer it touched is
+evaluated (segment_fold.on_facts), so a definition folded after a customer's facts must reach
+them as well: a replay, whose definitions fall elsewhere among the facts, gives the same
+members."""
 IN_PARTITIONS = "SELECT customer_id FROM purchase_totals WHERE orders_partition = ANY($1::int[])"
 """The customers whose time is these crm.orders partitions' clocks ($1)."""
 AMONG = "SELECT DISTINCT unnest($1::text[]) AS customer_id"

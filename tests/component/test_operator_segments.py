@@ -147,6 +147,10 @@ class Log:
             source="interaction-service",
         )
 
+    def dislike(self, customer: str, day: float) -> None:
+        data = {"aspect": "price"}
+        self.event("crm.customers", 0, "crm.customer.dislike.stated.v1", customer, data, day)
+
     def register(self, customer: str, country: str, tier: str | None, day: float) -> None:
         data = {"country": country, "attributes": {"tier": tier} if tier else {}}
         self.event("crm.customers", 0, "crm.customer.registered.v1", customer, data, day)
@@ -380,3 +384,30 @@ async def test_retiring_a_segment_moves_every_member_out_and_older_definitions_l
         ("a", "left"),
         ("b", "left"),
     ]
+
+
+async def test_a_definition_folded_after_the_facts_reaches_customers_known_by_any_fact() -> None:
+    """A replay folds a definition and facts of other topics in another order than the live
+    worker did: customers known only by a complaint or an opinion must be evaluated either way."""
+    rules: dict[str, dict[str, Any]] = {
+        "complainers": {"measure": "complaints", "at_least": 1},
+        "not-french": {"not": {"field": "country", "in": ["France"]}},
+    }
+
+    def facts(log: Log) -> None:
+        log.complaint("angry", 0, "angry-case1", 1)
+        log.dislike("critic", 1)
+        log.register("french", "France", None, 1)
+
+    definitions_first, definitions_last = Log(), Log()
+    for segment, rule in rules.items():
+        definitions_first.define(segment, rule, 0)
+    facts(definitions_first)
+    facts(definitions_last)
+    for segment, rule in rules.items():
+        definitions_last.define(segment, rule, 2)
+    live, _ = await _fold(definitions_first.records, 1)
+    replayed, _ = await _fold(definitions_last.records, 3)  # the facts, then the definitions
+    members = {key for key, (member, _) in live.items() if member}
+    assert members == {("complainers", "angry"), ("not-french", "angry"), ("not-french", "critic")}
+    assert {key for key, (member, _) in replayed.items() if member} == members
