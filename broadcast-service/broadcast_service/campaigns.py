@@ -184,6 +184,8 @@ class Reach:
     reason: str
     not_before: datetime | None = None
     address: str | None = None
+    codes: tuple[str, ...] = ()
+    """The reason codes of the decision at the campaign's instant (`allowed` when planned)."""
 
 
 def _campaign_channels(reach: CustomerReach, channels: Sequence[str]) -> CustomerReach:
@@ -211,12 +213,20 @@ def decide(
     sends = recipient.recent_sends
     decision = contact_decision(reach, sends, purpose, at, policy=policy)
     if decision.channel is not None:
-        return Reach(decision.channel, PLANNED, at, decision.address)
+        return Reach(decision.channel, PLANNED, at, decision.address, decision.codes)
     if decision.possible_at is not None:
         later = contact_decision(reach, sends, purpose, decision.possible_at, policy=policy)
         if later.channel is not None:
-            return Reach(later.channel, PLANNED_LATER, decision.possible_at, later.address)
-    return Reach(None, " + ".join(decision.codes))
+            return Reach(
+                later.channel, PLANNED_LATER, decision.possible_at, later.address, decision.codes
+            )
+    return Reach(None, " + ".join(decision.codes), codes=decision.codes)
+
+
+def outcome_of(reason: str) -> str:
+    """A recipient's decision as the contact decision's outcomes name it: contact (planned now),
+    delayed (planned for when a delay ends) or refused (not planned)."""
+    return "contact" if reason == PLANNED else "delayed" if reason == PLANNED_LATER else "refused"
 
 
 class PlannedRow(NamedTuple):
@@ -257,6 +267,8 @@ class Plan:
 
     messages: list[PlannedRow] = field(default_factory=list)
     reasons: Counter[str] = field(default_factory=Counter)
+    decided: Counter[tuple[str, tuple[str, ...]]] = field(default_factory=Counter)
+    """Recipients per (reason, the decision's codes): the reasons above, code by code."""
 
 
 def reach_each(
@@ -300,9 +312,9 @@ def plan_batch(
     id_of = message_ids(campaign_id)
     plan = Plan()
     rows = plan.messages
-    reasons = plan.reasons
+    decided = plan.decided
     for recipient, reach in reach_each(campaign, recipients, at, policy):
-        reasons[reach.reason] += 1
+        decided[reach.reason, reach.codes] += 1
         if reach.channel is None or reach.not_before is None:
             continue
         customer_id = recipient.customer_id
@@ -320,6 +332,8 @@ def plan_batch(
                 not_before,
             )
         )
+    for (reason, _), count in decided.items():
+        plan.reasons[reason] += count
     return plan
 
 

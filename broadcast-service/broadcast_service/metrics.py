@@ -1,7 +1,10 @@
 """Metrics of the broadcast service, beside the shared crm_* worker and HTTP metrics."""
 
+from collections.abc import Mapping
+
 from prometheus_client import Counter, Gauge, Histogram
 
+from broadcast_service.campaigns import outcome_of
 from broadcast_service.decision import Decision
 
 CONSENT_EVENTS = Counter(
@@ -17,17 +20,27 @@ EVENTS_SUPERSEDED = Counter(
 )
 DECISIONS = Counter(
     "crm_broadcast_decisions",
-    "Contact decisions answered, by outcome (contact, delayed, refused) and reason code (every "
-    "distinct code of a decision counts once)",
-    ["outcome", "reason"],
+    "Contact decisions made (asked through the API, and one per campaign recipient planned), by "
+    "purpose, outcome (contact, delayed, refused) and reason code (every distinct code of a "
+    "decision counts once)",
+    ["purpose", "outcome", "reason"],
 )
 
 
 def count_decision(decision: Decision) -> None:
-    """Count one decision under its outcome and each of its reason codes."""
+    """Count one decision under its purpose, outcome and each of its reason codes."""
     outcome = "contact" if decision.contact else "delayed" if decision.possible_at else "refused"
     for code in decision.codes:
-        DECISIONS.labels(outcome, code).inc()
+        DECISIONS.labels(decision.purpose, outcome, code).inc()
+
+
+def count_planned(purpose: str, decided: Mapping[tuple[str, tuple[str, ...]], int]) -> None:
+    """Count a planned chunk's decisions (recipients per reason and codes) like count_decision,
+    a campaign's recipient that is not planned being refused."""
+    for (reason, codes), recipients in decided.items():
+        outcome = outcome_of(reason)
+        for code in codes:
+            DECISIONS.labels(purpose, outcome, code).inc(recipients)
 
 
 CAMPAIGNS_PLANNED = Counter("crm_broadcast_campaigns_planned", "Campaigns planned")

@@ -59,6 +59,9 @@ class ChunkPlanned:
     reasons: Counter[str]
     seconds: float
     finished: bool
+    purpose: str
+    decided: Counter[tuple[str, tuple[str, ...]]]
+    """Recipients per (reason, decision codes), for crm_broadcast_decisions."""
 
 
 async def plan_chunk(conn: asyncpg.Connection, planner: Planner) -> ChunkPlanned | None:
@@ -92,7 +95,14 @@ async def plan_chunk(conn: asyncpg.Connection, planner: Planner) -> ChunkPlanned
         metrics.CAMPAIGNS_PLANNED.inc()
         metrics.PLANNING_SECONDS.observe(total)
     return ChunkPlanned(
-        campaign.campaign_id, len(recipients), len(plan.messages), plan.reasons, seconds, finished
+        campaign.campaign_id,
+        len(recipients),
+        len(plan.messages),
+        plan.reasons,
+        seconds,
+        finished,
+        campaign.definition.purpose.value,
+        plan.decided,
     )
 
 
@@ -113,6 +123,7 @@ async def plan_due(
             chunks += 1
             for reason, count in chunk.reasons.items():
                 metrics.CAMPAIGN_RECIPIENTS.labels(reason).inc(count)
+            metrics.count_planned(chunk.purpose, chunk.decided)
             metrics.PLANNING_CHUNK_SECONDS.observe(chunk.seconds)
             log.info(
                 "campaign plan chunk committed",

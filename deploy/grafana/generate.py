@@ -493,6 +493,29 @@ OVERVIEW_ROWS: tuple[Row, ...] = (
             ),
         ),
     ),
+    Row(
+        "Broadcast: contact decisions",
+        (
+            Panel(
+                title="Why customers were not contacted",
+                description=(
+                    "Refused contact decisions / s by purpose and reason code: campaign recipients "
+                    "not planned and decisions asked through the API "
+                    "(crm_broadcast_decisions_total, outcome refused; each code of a decision "
+                    "counts once)."
+                ),
+                unit="ops",
+                queries=(
+                    Query(
+                        _rate_by(
+                            "purpose, reason", 'crm_broadcast_decisions_total{outcome="refused"}'
+                        ),
+                        "{{purpose}} {{reason}}",
+                    ),
+                ),
+            ),
+        ),
+    ),
 )
 
 

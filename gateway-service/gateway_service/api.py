@@ -18,7 +18,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import BaseModel, Field
 
 from crm_shared.contracts.events import Channel, DepartmentCode
-from crm_shared.contracts.timeline import MAX_FILTER_VALUES, TimelineEventType, TimelineKind
+from crm_shared.contracts.timeline import TimelineEventType, TimelineFilter, TimelineKind
 from crm_shared.runtime.http import Lifespan, create_api, database_lifespan, serve
 from gateway_service import composition, ingest, metrics, store, upstream
 from gateway_service.auth import (
@@ -301,31 +301,21 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             Query(description="The next_cursor of the previous page, as it was given"),
         ] = None,
         kind: Annotated[
-            list[TimelineKind] | None,
-            Query(max_length=MAX_FILTER_VALUES, description="Only these kinds; repeat for several"),
+            TimelineFilter[TimelineKind], Query(description="Only these kinds; repeat for several")
         ] = None,
         order: Annotated[
             Literal["desc", "asc"] | None, Query(description="By event time (desc)")
         ] = None,
         event_type: Annotated[
-            list[TimelineEventType] | None,
-            Query(
-                max_length=MAX_FILTER_VALUES,
-                description="Only these event types, e.g. crm.contact.logged.v2; repeat",
-            ),
+            TimelineFilter[TimelineEventType],
+            Query(description="Only these event types, e.g. crm.contact.logged.v2; repeat"),
         ] = None,
         channel: Annotated[
-            list[Channel] | None,
-            Query(
-                max_length=MAX_FILTER_VALUES, description="Only these channels; repeat for several"
-            ),
+            TimelineFilter[Channel], Query(description="Only these channels; repeat for several")
         ] = None,
         department: Annotated[
-            list[DepartmentCode] | None,
-            Query(
-                max_length=MAX_FILTER_VALUES,
-                description="Only these department codes (lower-case slugs), e.g. support",
-            ),
+            TimelineFilter[DepartmentCode],
+            Query(description="Only these department codes (lower-case slugs), e.g. support"),
         ] = None,
         occurred_from: Annotated[
             datetime | None, Query(alias="from", description="Event time at or after (RFC 3339)")

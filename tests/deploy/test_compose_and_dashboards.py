@@ -42,6 +42,7 @@ PROMETHEUS_DOCKER = ROOT / "deploy" / "prometheus" / "prometheus.docker.yml"
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+ALERT_TESTS = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
 
 # compose service -> the platform's process (the gateway's compose service is "gateway")
 PROCESSES: dict[str, Process] = {
@@ -413,6 +414,7 @@ def test_alert_rules_cover_the_engine_and_use_real_metric_names() -> None:
         "crm_outbox_oldest_age_seconds",
         "crm_clock_timestamp_seconds",
         "crm_clock_last_tick_timestamp_seconds",
+        "crm_periodic_job_consecutive_failures",
     ):
         assert metric in used, f"no alert watches {metric}"
 
@@ -425,3 +427,18 @@ def test_alert_expressions_are_valid_promql(prometheus_url: str) -> None:
         if body.get("status") != "success":
             failures.append(f"{rule['alert']}: HTTP {status}: {body.get('error', body)}")
     assert not failures, "\n".join(failures)
+
+
+def test_alert_rules_fire_when_their_unit_tests_say() -> None:
+    """`promtool test rules`: e.g. a periodic job failing for 15 minutes alerts, one that
+    recovered meanwhile does not."""
+    promtool = require("promtool")
+    result = subprocess.run(
+        [promtool, "test", "rules", ALERT_TESTS.name],
+        cwd=ALERT_TESTS.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

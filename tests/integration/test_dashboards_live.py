@@ -6,12 +6,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
 from crm_shared.contracts.sdk import EventPublisher
 from crm_shared.ops import launcher
-from tests.integration.helpers import unique
+from tests.integration.helpers import eventually, service_auth, unique
 from tests.observability import dashboard_generator, get_json, query, running_prometheus
 
 pytestmark = pytest.mark.integration
@@ -26,6 +27,7 @@ MUST_HAVE_DATA = (
     "crm_outbox_backlog",
     "crm_clock_timestamp_seconds",
     "crm_clock_last_tick_timestamp_seconds",
+    "crm_broadcast_decisions_total",
 )
 
 
@@ -44,6 +46,25 @@ def scrape_config(env: dict[str, str]) -> str:
     return yaml.safe_dump(config)
 
 
+async def _refuse_a_contact(platform: dict[str, str], sdk: EventPublisher, customer: str) -> None:
+    """A customer with an e-mail set-up but no consent: asking to market to them is refused
+    (no_consent), which the "Why customers were not contacted" panel shows."""
+    sdk.publish(
+        "crm.channel_preference.set.v2",
+        customer,
+        {"channels": [{"channel": "email", "address": f"{customer}@example.com"}]},
+    )
+    port = platform["CRM_BROADCAST_API_PORT"]
+    url = f"http://127.0.0.1:{port}/customers/{customer}/decision?purpose=marketing"
+    async with httpx.AsyncClient(headers=service_auth(platform), timeout=5) as client:
+        decision = await eventually(
+            lambda: client.get(url),
+            lambda r: r.status_code == 200,
+            what="a contact decision once the set-up is folded",
+        )
+    assert decision.json()["channel"] is None, decision.text
+
+
 async def test_every_panel_query_answers_from_the_running_platform(
     platform: dict[str, str], tmp_path: Path
 ) -> None:
@@ -60,6 +81,7 @@ async def test_every_panel_query_answers_from_the_running_platform(
                     },
                 )
                 await asyncio.sleep(0.2)
+            await _refuse_a_contact(platform, sdk, customer)
         await asyncio.sleep(3)  # a few more scrapes, so that rate() has two samples
         _, up = query(url, "up")
         targets = {r["metric"]["job"]: r["value"][1] for r in up["data"]["result"]}

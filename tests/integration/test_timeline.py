@@ -5,6 +5,7 @@ event (see docs/decisions.md, "Timeline")."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from crm_shared.contracts.sdk import EventPublisher
+from crm_shared.contracts.timeline import MAX_FILTER_VALUES
 from tests.integration.helpers import (
     create_api_key,
     eventually,
@@ -344,3 +346,34 @@ async def test_a_bad_filter_is_refused_with_its_reason(
     status, body = await get_json(f"{url}?{query}", headers=service_auth(platform))
     assert status == 422
     assert problem in body["error"]["message"]
+
+
+async def test_more_filter_values_than_the_contract_allows_are_refused_by_service_and_gateway(
+    platform: dict[str, str],
+) -> None:
+    customer = unique("many-filters")
+    one_value = {
+        "kind": "order",
+        "event_type": "crm.order.placed.v1",
+        "channel": "email",
+        "department": "support",
+    }
+    key = create_api_key(platform, "timeline-filters", "customers:read")
+    readers = [
+        (_timeline_url(platform, customer), service_auth(platform)),
+        (
+            f"{gateway_url(platform)}/v1/customers/{customer}/timeline",
+            {"Authorization": f"Bearer {key}"},
+        ),
+    ]
+    async with httpx.AsyncClient(timeout=10) as client:
+        for (url, headers), (name, value) in itertools.product(readers, one_value.items()):
+            at_most = [(name, value)] * MAX_FILTER_VALUES
+            allowed = await client.get(url, params=at_most, headers=headers)
+            # past validation to the read, which knows no such customer
+            assert allowed.status_code == 404, (url, name, allowed.text)
+            refused = await client.get(url, params=[*at_most, (name, value)], headers=headers)
+            assert refused.status_code == 422, (url, name)
+            problems = refused.json()["error"]["details"]
+            assert [problem["where"] for problem in problems] == [f"query.{name}"], problems
+            assert f"at most {MAX_FILTER_VALUES}" in problems[0]["problem"]

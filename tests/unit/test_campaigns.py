@@ -8,6 +8,7 @@ from datetime import time, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from broadcast_service.campaigns import (
     PLANNED,
@@ -27,6 +28,7 @@ from broadcast_service.campaigns import (
     start_due,
 )
 from broadcast_service.decision import reach_of, registered_addresses
+from broadcast_service.metrics import count_planned
 from broadcast_service.projection import ChannelPreferences, ChannelSetup, Consent, QuietWindow
 from broadcast_service.templates import Links, LinksUnavailable
 from crm_shared.contracts.events import (
@@ -286,3 +288,27 @@ def test_a_customer_update_keeps_fields_it_does_not_name() -> None:
     updated = event("crm.customer.updated.v1", "C1", {"phone": "+44"}, minutes=1)
     (contact,) = newest_contacts([updated, registered])
     assert (contact.name, contact.email, contact.phone) == ("Ada", "a@x", "+44")
+
+
+def test_planned_recipients_count_as_decisions_by_purpose_outcome_and_reason_code() -> None:
+    def count(outcome: str, reason: str) -> float:
+        labels = {"purpose": "marketing", "outcome": outcome, "reason": reason}
+        return REGISTRY.get_sample_value("crm_broadcast_decisions_total", labels) or 0.0
+
+    night = QuietWindow(time(9, 0), time(12, 0), "Europe/London")  # T0 is 11:00 in London
+    recipients = [
+        _recipient("C1", "email"),
+        _recipient("C2", "email", quiet=night),
+        _recipient("C3", "email", consents=()),
+        _recipient("C4", "email", consents=()),
+    ]
+    plan = plan_batch(_campaign(), recipients, at(0), 0)
+    assert plan.decided == {
+        (PLANNED, ("allowed",)): 1,
+        (PLANNED_LATER, ("quiet_hours",)): 1,
+        ("no_consent", ("no_consent",)): 2,
+    }
+    keys = [("contact", "allowed"), ("delayed", "quiet_hours"), ("refused", "no_consent")]
+    before = [count(*key) for key in keys]
+    count_planned("marketing", plan.decided)
+    assert [count(*key) - was for key, was in zip(keys, before, strict=True)] == [1.0, 1.0, 2.0]

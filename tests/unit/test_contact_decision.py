@@ -564,9 +564,9 @@ def test_a_decision_is_the_same_for_the_same_inputs() -> None:
     assert _decide(reach, sends=[_sent(1)]) == _decide(replace(reach), sends=[_sent(1)])
 
 
-def test_decisions_are_counted_by_outcome_and_each_reason_code() -> None:
+def test_decisions_are_counted_by_purpose_outcome_and_each_reason_code() -> None:
     def count(outcome: str, reason: str) -> float:
-        labels = {"outcome": outcome, "reason": reason}
+        labels = {"purpose": "marketing", "outcome": outcome, "reason": reason}
         return REGISTRY.get_sample_value("crm_broadcast_decisions_total", labels) or 0.0
 
     before = (

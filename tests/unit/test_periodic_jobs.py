@@ -1,14 +1,20 @@
-"""A worker's periodic jobs: held to their share of the time, and never stopped by a failure."""
+"""A worker's periodic jobs: held to their share of the time, never stopped by a failure, and
+backing off while they keep failing."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any, cast
 
 import asyncpg
+import pytest
+from prometheus_client import REGISTRY
 
 from crm_shared.runtime.projector import PeriodicJob
-from crm_shared.runtime.worker import periodic_runner
+from crm_shared.runtime.worker import failure_backoff_seconds, periodic_runner
 
 
 class FakeClock:
@@ -22,19 +28,33 @@ class FakeClock:
 
 
 def runner_for(
-    duty: float, seconds_per_run: float, fail: bool = False
+    duty: float, seconds_per_run: float, failures: Sequence[bool] = (), name: str = "test-job"
 ) -> tuple[Any, list[float], FakeClock]:
+    """A runner of a job whose n-th run fails when failures[n] is true (later runs succeed)."""
     clock = FakeClock()
     runs: list[float] = []
 
     async def work(pool: asyncpg.Pool) -> None:
         runs.append(clock.now)
         clock.now += seconds_per_run
-        if fail:
+        if len(runs) <= len(failures) and failures[len(runs) - 1]:
             raise RuntimeError("the database went away")
 
-    job = PeriodicJob("test-job", 1.0, work, duty=duty)
-    return periodic_runner(job, cast(asyncpg.Pool, None), clock), runs, clock
+    job = PeriodicJob(name, 1.0, work, duty=duty)
+    return periodic_runner(job, cast(asyncpg.Pool, None), "test", clock), runs, clock
+
+
+def tick_until(run: Any, clock: FakeClock, end: float, every: float) -> None:
+    """Call the runner as a faust timer would, every `every` seconds until `end`."""
+    while clock.now < end:
+        asyncio.run(run())
+        clock.now += every
+
+
+def consecutive_failures(name: str) -> float | None:
+    return REGISTRY.get_sample_value(
+        "crm_periodic_job_consecutive_failures", {"projection": "test", "periodic_job": name}
+    )
 
 
 def test_a_job_waits_its_run_time_divided_by_its_duty_before_the_next_run() -> None:
@@ -56,10 +76,59 @@ def test_a_job_at_full_duty_runs_at_every_tick() -> None:
     assert runs == [100.0, 101.0, 102.0]
 
 
-def test_a_failing_run_is_logged_and_the_job_runs_again_later(caplog: Any) -> None:
-    run, runs, clock = runner_for(duty=0.5, seconds_per_run=1.0, fail=True)
-    asyncio.run(run())
-    clock.now = 102.0
-    asyncio.run(run())
-    assert runs == [100.0, 102.0]
-    assert "periodic job failed" in caplog.text
+def test_the_backoff_doubles_from_two_seconds_up_to_five_minutes() -> None:
+    assert [failure_backoff_seconds(n) for n in range(11)] == [
+        0.0,
+        2.0,
+        4.0,
+        8.0,
+        16.0,
+        32.0,
+        64.0,
+        128.0,
+        256.0,
+        300.0,
+        300.0,
+    ]
+    assert failure_backoff_seconds(100_000) == 300.0
+
+
+def test_a_job_that_fails_twice_rests_2_then_4_seconds_then_runs_at_every_tick_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    run, runs, clock = runner_for(
+        duty=1.0, seconds_per_run=0.0, failures=(True, True), name="fails-twice"
+    )
+    tick_until(run, clock, end=100.6, every=0.5)
+    assert consecutive_failures("fails-twice") == 1
+    tick_until(run, clock, end=107.6, every=0.5)
+    assert runs == [100.0, 102.0, 106.0, 106.5, 107.0, 107.5]
+    assert consecutive_failures("fails-twice") == 0
+    failed = [record for record in caplog.records if record.levelno == logging.ERROR]
+    assert [(r.__dict__["attempt"], r.__dict__["next_delay_seconds"]) for r in failed] == [
+        (1, 2.0),
+        (2, 4.0),
+    ]
+    assert all(record.exc_info for record in failed)
+    assert "periodic job recovered" in caplog.text
+
+
+def test_the_failures_of_a_job_that_keeps_failing_are_counted_while_it_rests_longer() -> None:
+    run, runs, clock = runner_for(
+        duty=1.0, seconds_per_run=1.0, failures=(True,) * 20, name="keeps-failing"
+    )
+    tick_until(run, clock, end=1000.0, every=1.0)
+    # each rest counts from the failed run's end: 2, 4, 8, ... 256, then 300 s
+    assert [later - earlier for earlier, later in pairwise(runs)] == [
+        3.0,
+        5.0,
+        9.0,
+        17.0,
+        33.0,
+        65.0,
+        129.0,
+        257.0,
+        301.0,
+    ]
+    assert consecutive_failures("keeps-failing") == len(runs)

@@ -6,7 +6,9 @@ documents its filters: one list, so the gateway never offers a filter the servic
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Annotated, Literal, TypeVar, get_args
+
+from pydantic import Field
 
 TimelineKind = Literal[
     "contact",
@@ -52,3 +54,9 @@ TIMELINE_EVENT_TYPES: frozenset[str] = frozenset(get_args(TimelineEventType))
 
 MAX_FILTER_VALUES = 20
 """Most values one timeline filter (kind, event type, channel, department) takes in a request."""
+
+FilterValue = TypeVar("FilterValue")
+TimelineFilter = Annotated[list[FilterValue] | None, Field(max_length=MAX_FILTER_VALUES)]
+"""A repeatable timeline filter (`?kind=order&kind=refund`): absent means any value, more than
+MAX_FILTER_VALUES values are refused (422). Both readers declare their filters with it, e.g.
+`Annotated[TimelineFilter[TimelineKind], Query(description=...)]`."""

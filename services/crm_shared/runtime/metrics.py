@@ -93,6 +93,12 @@ CLOCK_TICKS_PUBLISHED = Counter(
 CLOCK_LAST_TICK = Gauge(
     "crm_clock_last_tick_timestamp_seconds", "Time of the newest tick the clock published"
 )
+PERIODIC_JOB_CONSECUTIVE_FAILURES = Gauge(
+    "crm_periodic_job_consecutive_failures",
+    "Runs of a worker's periodic job that failed in a row (0 after a success); the job backs "
+    "off exponentially meanwhile",
+    ["projection", "periodic_job"],
+)
 HTTP_REQUESTS = Counter(
     "crm_http_requests", "HTTP requests served", ["service", "route", "method", "status"]
 )

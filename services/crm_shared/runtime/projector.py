@@ -97,7 +97,8 @@ class PeriodicJob:
     """Work a worker repeats beside the fold (e.g. refreshing precomputed results), on every
     replica, every `interval_seconds` but at most `duty` of the time: after a run of d seconds
     the next waits at least d / duty, so a job that grows with the data never starves the fold
-    on a small machine. A run that raises is logged; its work waits for the next run."""
+    on a small machine. A run that raises is logged; its work waits for the next run, which
+    comes later after each failure in a row (2 s doubling to 5 minutes, reset by a success)."""
 
     name: str
     interval_seconds: float

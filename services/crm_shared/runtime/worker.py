@@ -219,7 +219,7 @@ def build_app(
 
     for job in projection.periodic:
         app.timer(job.interval_seconds, name=f"{projection.name}-{job.name}")(
-            periodic_runner(job, pool)
+            periodic_runner(job, pool, projection.name)
         )
 
     async def finish_batch(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
@@ -252,25 +252,57 @@ def build_app(
     return app, projector
 
 
+FAILURE_BACKOFF_BASE_SECONDS = 2.0
+FAILURE_BACKOFF_CAP_SECONDS = 300.0
+
+
+def failure_backoff_seconds(
+    consecutive_failures: int,
+    base: float = FAILURE_BACKOFF_BASE_SECONDS,
+    cap: float = FAILURE_BACKOFF_CAP_SECONDS,
+) -> float:
+    """How long a periodic job rests after its n-th failure in a row: `base` doubling up to
+    `cap`, so a lasting cause (a missing table, a bad model input) is retried every few minutes
+    instead of flooding the log and the database; none before the first failure."""
+    if consecutive_failures < 1:
+        return 0.0
+    return float(min(cap, base * 2 ** min(consecutive_failures - 1, 62)))
+
+
 def periodic_runner(
-    job: PeriodicJob, pool: asyncpg.Pool, clock: Callable[[], float] = time.monotonic
+    job: PeriodicJob,
+    pool: asyncpg.Pool,
+    projection: str,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Callable[[], Awaitable[None]]:
     """The argument-less coroutine function a faust timer calls: it skips ticks while the job
-    is over its duty, and never lets a failed run stop the timer."""
+    is over its duty or resting after failures (failure_backoff_seconds), and never lets a
+    failed run stop the timer."""
     not_before = 0.0
+    failures = 0
+    consecutive_failures = metrics.PERIODIC_JOB_CONSECUTIVE_FAILURES.labels(projection, job.name)
 
     async def run() -> None:
-        nonlocal not_before
+        nonlocal not_before, failures
         started = clock()
         if started < not_before:
             return
         try:
             await job.run(pool)
         except Exception:
+            failures += 1
+            delay = failure_backoff_seconds(failures)
             log.exception(
-                "periodic job failed; its work waits for the next run", extra={"job": job.name}
+                "periodic job failed; its work waits for a later run",
+                extra={"job": job.name, "attempt": failures, "next_delay_seconds": delay},
             )
-        not_before = started + (clock() - started) / job.duty
+        else:
+            if failures:
+                log.info("periodic job recovered", extra={"job": job.name, "failures": failures})
+            failures, delay = 0, 0.0
+        consecutive_failures.set(failures)
+        finished = clock()
+        not_before = max(started + (finished - started) / job.duty, finished + delay)
 
     return run
 

@@ -1,4 +1,5 @@
-"""Publish the demo data set: the UCI invoices as events, synthetic CRM facts, and dead letters.
+"""Publish the demo data set: the UCI invoices as events, synthetic CRM facts, dead letters and
+a newsletter to the lapsed customers.
 
     python -m crm_shared.ops.demo.load [--data PATH] [--bootstrap HOST:PORT]
                                    [--limit-customers N] [--seed 7]
@@ -17,12 +18,14 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from kafka.errors import KafkaError
 
 from crm_shared.contracts.sdk import EventPublisher
-from crm_shared.ops.demo import event_order, retail, synthetic
+from crm_shared.ops.demo import event_order, newsletter, retail, synthetic
 from crm_shared.runtime.config import PlatformSettings
 from crm_shared.runtime.logs import configure_logging
 
@@ -134,6 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def demo_events(data: retail.RetailData, seed: int, loaded_at: datetime) -> list[dict[str, Any]]:
+    """Every envelope to publish, in publishing order: the invoices and the synthetic facts by
+    event time, then the demo newsletter to the lapsed customers (sent a few minutes later)."""
+    generated = synthetic.generate(data.customers, data.products, seed=seed)
+    return [*heapq.merge(data.events, generated, key=event_order), newsletter.definition(loaded_at)]
+
+
 def load(publisher: EventPublisher, data_path: Path, limit: int | None, seed: int) -> int:
     """Transform, publish in event-time order, dead-letter the rejections; 0 when all landed."""
     started = time.monotonic()
@@ -141,8 +151,7 @@ def load(publisher: EventPublisher, data_path: Path, limit: int | None, seed: in
     data = retail.load_retail(data_path)
     if limit is not None:
         data = retail.limit_customers(data, limit)
-    generated = synthetic.generate(data.customers, data.products, seed=seed)
-    events = list(heapq.merge(data.events, generated, key=event_order))
+    events = demo_events(data, seed, datetime.now(UTC))
     log.info(
         "transformed in %.1f s: %d events, %d dead letters",
         time.monotonic() - started,
