@@ -1,6 +1,6 @@
 """The read path through the gateway: the customer 360 and the timeline under concurrent load.
 
-    ./crm bench-reads [--events 40000] [--seconds 15] [--concurrency 20]
+    ./crm bench-reads [--events 40000] [--seconds 15] [--concurrency 20] [--only TARGET ...]
 
 Starts every process of the platform on the bench's own broker, database and ports, publishes a
 workload, waits until the projections hold it, then drives the gateway with wrk (C, one thread,
@@ -11,7 +11,8 @@ gateway's health check (the floor of what one request costs), and the CPU each p
 request, read from /proc before and after: less noisy than requests/s on a shared machine.
 Targets (issue "Speed"): the 360 at 500 requests/s with p99 <= 50 ms, the timeline at
 1,000 requests/s with p99 <= 25 ms; the profile's own reads (purchases, RFM, segments) are
-measured the same way.
+measured the same way, and the profile's record (its part of the 360) on the profile's API
+itself (`--only "profile record"`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ TARGETS = {
 }
 """The 360 and the timeline are the speed issue's targets; purchases, RFM and segments are the
 profile API's own reads (the profile issue asks for their p99 at load)."""
+SERVICE_TARGETS = {"profile record": ("profile-api", "/customers/{id}")}
+"""Reads of one service's API itself, with the service token, past the gateway: what that
+service and PostgreSQL spend on their part of the 360 (the profile's record and purchases)."""
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -151,6 +155,10 @@ def cpu_seconds(roots: Mapping[str, int]) -> dict[str, float]:
     return {name: total(pid) / CLOCK_TICKS for name, pid in roots.items()}
 
 
+def api_url(process: str, env: Mapping[str, str]) -> str:
+    return f"http://127.0.0.1:{launcher.BY_NAME[process].port(env)}"
+
+
 def measured_processes(env: Mapping[str, str]) -> dict[str, int]:
     """The APIs and PostgreSQL: what a read costs CPU in."""
     roots = {
@@ -217,6 +225,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=float, default=2, help="unmeasured seconds per target")
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=[*TARGETS, *SERVICE_TARGETS],
+        metavar="TARGET",
+        help="measure only this target (repeatable; default: every one)",
+    )
 
 
 async def run(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]:
@@ -247,18 +262,23 @@ async def run(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any
         for pool in pools.values():
             await pool.close()
         key = await create_key(env)
-        gateway = f"http://127.0.0.1:{launcher.BY_NAME['gateway-api'].port(env)}"
+        gateway = api_url("gateway-api", env)
+        endpoints = {name: (gateway, key, path) for name, path in TARGETS.items()} | {
+            name: (api_url(process, env), env["CRM_SERVICE_TOKEN"], path)
+            for name, (process, path) in SERVICE_TARGETS.items()
+        }
         measured = measured_processes(env)
         with tempfile.TemporaryDirectory() as folder:
             ids_file = Path(folder) / "customers.txt"
             ids_file.write_text("\n".join(customers) + "\n")
-            for name, template in TARGETS.items():
+            for name in args.only or endpoints:
+                url, token, template = endpoints[name]
                 say(f"{name}: wrk, {args.concurrency} connections, {args.warmup:g} s warm-up")
-                await run_wrk(gateway, key, ids_file, template, args.warmup, args.concurrency)
+                await run_wrk(url, token, ids_file, template, args.warmup, args.concurrency)
                 say(f"{name}: measuring for {args.seconds:g} s")
                 before, wrk_before = cpu_seconds(measured), own_children_cpu()
                 result = await run_wrk(
-                    gateway, key, ids_file, template, args.seconds, args.concurrency
+                    url, token, ids_file, template, args.seconds, args.concurrency
                 )
                 after, wrk_spent = cpu_seconds(measured), own_children_cpu() - wrk_before
                 spent = {name: after[name] - before[name] for name in measured}

@@ -167,9 +167,8 @@ async def person_view(conn: asyncpg.Connection, customer_id: str) -> dict[str, A
     }
 
 
-async def purchases_of(conn: asyncpg.Connection, records: Sequence[str]) -> PurchaseTotals:
-    """The purchase block of a person's records, from the same facts as the purchase summary."""
-    totals, cancelled = await store.purchases_of(conn, records)
+def purchase_totals(totals: Sequence[commerce.CurrencyTotals], cancelled: int) -> PurchaseTotals:
+    """The purchase block, from the same facts as the purchase summary."""
     counts = commerce.counts_across(totals, cancelled)
     return PurchaseTotals(**vars(counts), by_currency=[commerce.summarise(t) for t in totals])
 
@@ -188,16 +187,16 @@ def create_app(settings: ProfileSettings | None = None) -> FastAPI:
     async def get_customer(customer_id: CustomerIdPath, request: Request) -> Response:
         """The customer's record: contact fields, attributes, identifiers and purchase totals."""
         async with pool_of(request).acquire() as conn:
-            view = await store.customer_view(conn, customer_id)
+            view, totals, cancelled = await store.customer_view_with_purchases(conn, customer_id)
             if view is None:
                 raise HTTPException(
                     404, f"customer {customer_id!r} is not known to the profile service"
                 )
-            if view["in_merges"] or view["aliased"]:
+            if view["in_merges"] or view["aliased"]:  # a person of several records: rare
                 view = await person_view(conn, customer_id)
-            records = [view["customer_id"], *view.get("merged_ids", []), *view.get("aliases", [])]
-            purchases = await purchases_of(conn, records)
-        return model_response(_profile(view, purchases))
+                records = [view["customer_id"], *view["merged_ids"], *view["aliases"]]
+                totals, cancelled = await store.purchases_of(conn, records)
+        return model_response(_profile(view, purchase_totals(totals, cancelled)))
 
     @app.get("/customers/{customer_id}/merges", response_model=MergeHistory)
     async def merge_history(customer_id: CustomerIdPath, conn: Conn) -> MergeHistory:

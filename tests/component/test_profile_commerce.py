@@ -323,3 +323,16 @@ async def test_the_online_retail_file_gives_its_known_totals_in_the_commerce_vie
     assert round(totals["gross"], 2) == Decimal("8911407.90")
     assert round(totals["net"], 2) == Decimal("8300065.81")
     assert disagreeing == 0  # the views and the fold's own sums give every customer alike
+
+
+async def test_the_record_with_its_purchases_in_one_statement_is_the_two_reads_apart() -> None:
+    async with _folded(4) as pool, pool.acquire() as conn:
+        for customer in ("A", "B", "Z"):
+            view, totals, cancelled = await store.customer_view_with_purchases(conn, customer)
+            assert view == await store.customer_view(conn, customer), customer
+            assert (totals, cancelled) == await store.purchases_of(conn, [customer]), customer
+        a_view, a_totals, _ = await store.customer_view_with_purchases(conn, "A")
+        unknown = await store.customer_view_with_purchases(conn, "Z")
+    assert a_view is not None and a_view["purchased"] and not a_view["in_merges"]
+    assert [t.currency for t in a_totals] == ["EUR", "GBP"]  # one row a currency, in order
+    assert unknown == (None, [], 0)
