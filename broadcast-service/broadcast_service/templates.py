@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from broadcast_service.tracking import Tracker, track_html, track_text
+from broadcast_service.tracking import Tracker, track_email
 from crm_shared.contracts.events import Channel, MessageTemplate
 from crm_shared.contracts.message_templates import compile_template, referenced_variables
 from crm_shared.runtime.links import LinkClaims, link_url, sign_link
@@ -116,8 +116,5 @@ def render(template: MessageTemplate, who: Personalisation, links: Links) -> Ren
 
 def tracked(message: RenderedMessage, message_id: str, tracker: Tracker) -> RenderedMessage:
     """The e-mail with its web links through the click redirect and, in HTML, the open pixel."""
-    return RenderedMessage(
-        subject=message.subject,
-        text=track_text(message.text, message_id, tracker),
-        html=None if message.html is None else track_html(message.html, message_id, tracker),
-    )
+    text, html = track_email(message.text, message.html, message_id, tracker)
+    return RenderedMessage(subject=message.subject, text=text, html=html)

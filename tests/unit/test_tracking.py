@@ -14,7 +14,7 @@ import pytest
 
 from broadcast_service.campaigns import Addressee, campaign_from, render_for
 from broadcast_service.templates import Links
-from broadcast_service.tracking import Tracker, track_html, track_text
+from broadcast_service.tracking import Tracker, track_email, track_html, track_text
 from crm_shared.contracts.events import CAMPAIGN_DEFINED
 from crm_shared.runtime.links import (
     CLICK_PATH,
@@ -33,6 +33,11 @@ from tests.unit.events_factory import event
 SECRET = "a-secret-for-the-tracking-tests"
 PUBLIC = "https://crm.example.com"
 TRACKER = Tracker(SECRET, PUBLIC)
+PIXEL = TRACKER.pixel_url("m-1")
+
+
+def _click(target: str) -> str | None:
+    return TRACKER.click_url("m-1", target)
 
 
 def _claims_of(url: str) -> tuple[str, TrackingClaims]:
@@ -101,7 +106,7 @@ def test_html_links_lead_through_the_click_redirect_and_the_pixel_closes_the_bod
         f'<a href="{PUBLIC}/preferences?token=abc">preferences</a>'
         "</body></html>"
     )
-    tracked = track_html(body, "m-1", TRACKER)
+    tracked = track_html(body, PIXEL, _click)
     teapot, cups, mail, top, preferences = _hrefs(tracked.replace("href='", 'href="'))
     assert _claims_of(teapot) == (
         CLICK_PATH,
@@ -116,7 +121,7 @@ def test_html_links_lead_through_the_click_redirect_and_the_pixel_closes_the_bod
 
 
 def test_html_without_a_body_tag_gets_the_pixel_at_its_end() -> None:
-    tracked = track_html("<p>Hello</p>", "m-1", TRACKER)
+    tracked = track_html("<p>Hello</p>", PIXEL, _click)
     assert tracked.startswith("<p>Hello</p><img src=") and tracked.endswith(">")
 
 
@@ -125,7 +130,7 @@ def test_text_links_are_tracked_and_keep_the_sentence_around_them() -> None:
         "See https://shop.example/teapot. Or (https://shop.example/cups), "
         f"preferences: {PUBLIC}/preferences?token=abc"
     )
-    tracked = track_text(text, "m-1", TRACKER)
+    tracked = track_text(text, _click)
     teapot = tracked.split("See ", 1)[1].split(". Or", 1)[0]
     cups = tracked.split("Or (", 1)[1].split("), ", 1)[0]
     assert _claims_of(teapot)[1].target == "https://shop.example/teapot"
@@ -133,11 +138,23 @@ def test_text_links_are_tracked_and_keep_the_sentence_around_them() -> None:
     assert tracked.endswith(f"preferences: {PUBLIC}/preferences?token=abc")
 
 
+def test_a_target_linked_twice_is_signed_once_for_both_parts() -> None:
+    text, body = track_email(
+        "https://shop.example/a https://shop.example/a",
+        '<a href="https://shop.example/a">a</a>',
+        "m-1",
+        TRACKER,
+    )
+    first, second = text.split(" ")
+    assert first == second == _hrefs(body or "")[0]
+    assert _claims_of(first) == (CLICK_PATH, TrackingClaims("m-1", "https://shop.example/a"))
+
+
 def test_a_target_too_long_for_a_token_stays_as_it_is() -> None:
     noise = "".join(hashlib.sha256(str(n).encode()).hexdigest() for n in range(150))
     long_target = f"https://shop.example/{noise}"  # hex compresses by half at most
     assert TRACKER.click_url("m-1", long_target) is None
-    assert track_text(long_target, "m-1", TRACKER) == long_target
+    assert track_text(long_target, _click) == long_target
 
 
 def _campaign(**template: Any) -> Any:
