@@ -52,7 +52,7 @@ class Tracker:
     def click_url(self, message_id: str, target: str) -> str | None:
         """The tracked link to `target`, or None when it is not tracked: not a web address, one
         of the platform's own pages, or so long that its token would not be read."""
-        if not is_web_address(target) or self.is_own(target):
+        if self.is_own(target) or not is_web_address(target):
             return None
         token = sign_tracking(self.secret, TrackingClaims(message_id, target))
         if len(token) > MAX_TRACKING_TOKEN_LENGTH:

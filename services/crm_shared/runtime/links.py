@@ -9,6 +9,7 @@ which serves the preference centre, reads them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -27,6 +28,8 @@ CLICK_PATH = "/track/click"
 MAX_TRACKING_TOKEN_LENGTH = 4096
 """The longest tracking token the gateway reads; a link whose token would be longer (a very long
 target) is left untracked rather than broken."""
+_ASCII_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
+"""Spaces and control characters, which no address we redirect to may hold."""
 DEFAULT_LINK_LIFETIME = timedelta(days=60)
 """Long enough for a newsletter read weeks later; RFC 8058 asks unsubscribe links to last."""
 
@@ -124,7 +127,7 @@ def read_tracking(
 def is_web_address(url: str) -> bool:
     """Whether the URL is an absolute http or https address with a host and without spaces or
     control characters: what a tracked link may lead to."""
-    if any(c.isspace() or not c.isprintable() for c in url):
+    if _ASCII_UNSAFE.search(url) or not (url.isascii() or url.isprintable()):
         return False
     try:
         parts = urlsplit(url)
