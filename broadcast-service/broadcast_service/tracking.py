@@ -39,7 +39,7 @@ Click = Callable[[str], str | None]
 
 @dataclass(frozen=True)
 class Tracker:
-    """Makes one message's tracking links: signed with the link secret, served by the gateway
+    """Makes e-mails' tracking links: signed with the link secret, served by the gateway
     at `public_url`."""
 
     secret: str
