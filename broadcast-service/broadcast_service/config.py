@@ -29,6 +29,10 @@ class BroadcastSettings(ServiceSettings):
     plan_batch_size: int = Field(
         default=10_000, ge=1, le=100_000, description="Recipients decided per set of queries"
     )
+    email_tracking: bool = Field(
+        default=True,
+        description="Track e-mails' opens (a pixel) and clicks (links through the gateway)",
+    )
 
     def contact_policy(self) -> ContactPolicy:
         pairs = (pair.split(":") for pair in self.double_opt_in.split(",") if pair)

@@ -23,6 +23,7 @@ from broadcast_service.decision import (
     contact_decision,
 )
 from broadcast_service.projection import RecentSend
+from crm_shared.contracts.delivery_reports import ReportedOutcome
 from crm_shared.contracts.events import (
     CONSENT_RECORDED,
     DO_NOT_CONTACT_ADDED,
@@ -319,18 +320,6 @@ def events_of_step(
     if step.do_not_contact:
         events.append(bounce_do_not_contact(message, detail, at))
     return events
-
-
-class ReportedOutcome(StrEnum):
-    """What a provider's delivery report may say about a message."""
-
-    DELIVERED = "delivered"
-    OPENED = "opened"
-    CLICKED = "clicked"
-    BOUNCED = "bounced"
-    FAILED = "failed"
-    UNSUBSCRIBED = "unsubscribed"
-    COMPLAINED = "complained"
 
 
 def events_of_report(

@@ -12,36 +12,14 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import FastAPI, HTTPException, Path, Request
-from pydantic import BaseModel, Field
 
 from broadcast_service import delivery, metrics, store
+from crm_shared.contracts.delivery_reports import CampaignDelivery, DeliveryReport, ReportRecorded
 from crm_shared.runtime import outbox
 from crm_shared.runtime.http import pool_of
 
 MessageIdPath = Annotated[str, Path(min_length=1, max_length=128)]
 CampaignIdPath = Annotated[str, Path(min_length=1, max_length=128)]
-
-
-class DeliveryReport(BaseModel):
-    outcome: delivery.ReportedOutcome
-    reason: str | None = Field(
-        default=None, max_length=300, description="e.g. the bounce text or the link clicked"
-    )
-    at: datetime | None = Field(default=None, description="When it happened; default now")
-
-
-class ReportRecorded(BaseModel):
-    message_id: str
-    outcome: delivery.ReportedOutcome
-    recorded: bool = Field(description="False when this outcome of the message was known already")
-
-
-class CampaignDelivery(BaseModel):
-    campaign_id: str
-    channels: dict[str, dict[str, int]] = Field(
-        description="Messages by channel and outcome: sent, delivered, opened, clicked, bounced, "
-        "failed, unsubscribed, complained, cancelled"
-    )
 
 
 def add_delivery_routes(app: FastAPI) -> None:
@@ -53,8 +31,6 @@ def add_delivery_routes(app: FastAPI) -> None:
         complained): published as the message's outcome; a bounce or an unsubscribe also
         stops contact."""
         at = body.at or datetime.now(UTC)
-        if at.tzinfo is None:
-            raise HTTPException(422, "at must carry a UTC offset, e.g. 2024-05-01T10:00:00Z")
         async with pool_of(request).acquire() as conn, conn.transaction():
             message = await store.outbound_message(conn, message_id)
             if message is None:

@@ -24,10 +24,11 @@ CANCELLED = "cancelled"
 
 
 def links_of(settings: BroadcastSettings) -> Links:
-    """How messages' links are made: CRM_LINK_SECRET and CRM_PUBLIC_URL."""
+    """How messages' links are made: CRM_LINK_SECRET, CRM_PUBLIC_URL and
+    CRM_BROADCAST_EMAIL_TRACKING."""
     platform = settings.platform
     secret = platform.link_secret.get_secret_value() if platform.link_secret else None
-    return Links(secret, platform.public_url)
+    return Links(secret, platform.public_url, settings.email_tracking)
 
 
 async def render_claimed(

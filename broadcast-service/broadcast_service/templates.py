@@ -1,4 +1,5 @@
-"""Rendering a campaign's templates for one recipient, with their signed links.
+"""Rendering a campaign's templates for one recipient, with their signed links; an e-mail's
+web links and open pixel are tracked (broadcast_service.tracking).
 
 Pure apart from the links' signing time (itsdangerous dates what it signs): the templates were
 checked when the campaign was defined (crm_shared.contracts.message_templates); rendering uses
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from crm_shared.contracts.events import MessageTemplate
+from broadcast_service.tracking import Tracker, track_email
+from crm_shared.contracts.events import Channel, MessageTemplate
 from crm_shared.contracts.message_templates import compile_template, referenced_variables
 from crm_shared.runtime.links import LinkClaims, link_url, sign_link
 
@@ -28,11 +30,13 @@ class LinksUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class Links:
-    """How links in messages are made: the secret they are signed with (CRM_LINK_SECRET) and
-    the public address of the gateway that serves them (CRM_PUBLIC_URL)."""
+    """How links in messages are made: the secret they are signed with (CRM_LINK_SECRET), the
+    public address of the gateway that serves them (CRM_PUBLIC_URL), and whether e-mails'
+    opens and clicks are tracked (CRM_BROADCAST_EMAIL_TRACKING)."""
 
     secret: str | None
     public_url: str
+    tracking: bool = True
 
     def _signed(self, path: str, claims: LinkClaims) -> str:
         if self.secret is None:
@@ -45,6 +49,13 @@ class Links:
     def unsubscribe(self, customer_id: str, purpose: str, channel: str, message_id: str) -> str:
         """Withdraws consent to this purpose on this channel (RFC 8058 one-click)."""
         return self._signed(UNSUBSCRIBE_PATH, LinkClaims(customer_id, purpose, channel, message_id))
+
+    def tracker(self) -> Tracker | None:
+        """What tracks e-mails' opens and clicks; None when tracking is off or nothing can sign
+        (tracking is never a reason to hold a message back)."""
+        if not self.tracking or self.secret is None:
+            return None
+        return Tracker(self.secret, self.public_url)
 
 
 @dataclass(frozen=True)
@@ -90,7 +101,7 @@ def render(template: MessageTemplate, who: Personalisation, links: Links) -> Ren
         context["unsubscribe_url"] = links.unsubscribe(
             who.customer_id, who.purpose, who.channel, who.message_id
         )
-    return RenderedMessage(
+    rendered = RenderedMessage(
         subject=None
         if template.subject is None
         else compile_template(template.subject, False).render(context),
@@ -99,3 +110,11 @@ def render(template: MessageTemplate, who: Personalisation, links: Links) -> Ren
         if template.html is None
         else compile_template(template.html, True).render(context),
     )
+    tracker = links.tracker() if who.channel == Channel.EMAIL else None
+    return rendered if tracker is None else tracked(rendered, who.message_id, tracker)
+
+
+def tracked(message: RenderedMessage, message_id: str, tracker: Tracker) -> RenderedMessage:
+    """The e-mail with its web links through the click redirect and, in HTML, the open pixel."""
+    text, html = track_email(message.text, message.html, message_id, tracker)
+    return RenderedMessage(subject=message.subject, text=text, html=html)

@@ -420,6 +420,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     from gateway_service.centre_routes import centre_router
 
     app.router.routes.extend(centre_router(settings).routes)
+    from gateway_service import delivery_routes
+
+    app.router.routes.extend(delivery_routes.router.routes)
+    from gateway_service.tracking_routes import tracking_router
+
+    app.router.routes.extend(tracking_router(settings).routes)
     return app
 
 

@@ -48,6 +48,9 @@ CAMPAIGNS_READ = "campaigns:read"
 """Campaigns and newsletters with their reasons and progress, and dry runs."""
 CAMPAIGNS_WRITE = "campaigns:write"
 """Define and cancel campaigns and newsletters (which message customers)."""
+DELIVERIES_WRITE = "deliveries:write"
+"""Report what became of a message (delivery providers' callbacks): a bounce, an unsubscribe or
+a complaint stops contact."""
 SCOPES = frozenset(
     {
         CUSTOMERS_READ,
@@ -67,6 +70,7 @@ SCOPES = frozenset(
         PREFERENCES_WRITE,
         CAMPAIGNS_READ,
         CAMPAIGNS_WRITE,
+        DELIVERIES_WRITE,
     }
 )
 

@@ -19,3 +19,10 @@ PREFERENCE_CENTRE_EVENTS = Counter(
     "and one-click unsubscribes (repeated clicks included)",
     ["kind"],
 )
+TRACKING_REPORTS = Counter(
+    "crm_gateway_tracking_reports",
+    "Opens (pixel) and clicks (redirect) of tracked e-mails passed to the broadcast service, by "
+    "result: recorded, repeated (known already), unknown (no such message), failed (not "
+    "recorded: the broadcast service was down or failed; the image or redirect was served still)",
+    ["outcome", "result"],
+)

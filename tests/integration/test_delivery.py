@@ -6,6 +6,7 @@ the campaign planner does."""
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import threading
 from collections import Counter
@@ -15,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
 
 import asyncpg
 import httpx
@@ -31,8 +33,10 @@ from crm_shared.contracts.sdk import EventPublisher
 from crm_shared.ops import launcher
 from tests.conftest import SENDER_SETTINGS
 from tests.integration.helpers import (
+    create_api_key,
     eventually,
     fetch,
+    gateway_url,
     get_json,
     kill_and_restart,
     read_topic,
@@ -435,3 +439,118 @@ async def test_provider_reports_are_recorded_once_and_an_unsubscribe_revokes_con
         "wording_version": None,
         "evidence": None,
     }
+
+
+TEAPOTS = "https://shop.example/teapots?from=mail&x=1"
+
+
+def _through_gateway(platform: dict[str, str], url: str) -> str:
+    """A link from a received mail (made for CRM_PUBLIC_URL), sent to the gateway under test."""
+    parts = urlsplit(url)
+    return f"{gateway_url(platform)}{parts.path}?{parts.query}"
+
+
+async def test_opens_and_clicks_of_a_campaign_email_are_counted_through_the_gateway(
+    platform: dict[str, str], mail_server: MailServer
+) -> None:
+    ann = unique("ann")
+    _reachable(platform, [ann], ["email"])
+    await _folded(platform, [ann])
+    operator = create_api_key(platform, "tracking", "campaigns:read,campaigns:write")
+    provider = create_api_key(platform, "mail-provider", "deliveries:write")
+    template = {
+        "channel": "email",
+        "subject": "Teapots",
+        "text": f"Teapots: {TEAPOTS}\nUnsubscribe: {{{{ unsubscribe_url }}}}",
+        "html": f'<p>Teapots</p><a href="{html.escape(TEAPOTS)}">see them</a>',
+    }
+    definition = {
+        "name": "Teapots",
+        "purpose": "marketing",
+        "target": {"customer_ids": [ann]},
+        "templates": [template],
+    }
+    async with httpx.AsyncClient(base_url=gateway_url(platform), timeout=30) as gateway:
+        defined = await gateway.post(
+            "/v1/campaigns", json=definition, headers={"Authorization": f"Bearer {operator}"}
+        )
+        assert defined.status_code == 202, defined.text
+        campaign = defined.json()["campaign_id"]
+        mail = await eventually(
+            lambda: _mail_to(mail_server, f"{ann}@example.com"),
+            lambda found: found is not None,
+            within=120,
+            what="the campaign's e-mail received",
+        )
+        assert mail is not None
+        page = mail.get_body(("html",)).get_content()
+        pixel = html.unescape(page.split('<img src="', 1)[1].split('"', 1)[0])
+        tracked = html.unescape(page.split('<a href="', 1)[1].split('"', 1)[0])
+        text = mail.get_body(("plain",)).get_content()
+        assert TEAPOTS not in page and TEAPOTS not in text  # every link to it is tracked
+        assert "/unsubscribe?token=" in text  # the platform's own link stays as it is
+
+        # A mail client loads the image, the customer clicks, the client loads it again.
+        opened = await gateway.get(_through_gateway(platform, pixel))
+        clicked = await gateway.get(_through_gateway(platform, tracked))
+        again = await gateway.get(_through_gateway(platform, pixel))
+        assert (opened.status_code, opened.headers["content-type"]) == (200, "image/gif")
+        assert again.content == opened.content and "no-store" in again.headers["cache-control"]
+        assert (clicked.status_code, clicked.headers["location"]) == (302, TEAPOTS)
+
+        token = parse_qs(urlsplit(tracked).query)["token"][0]
+        tampered = tracked.replace(quote(token, safe=""), quote(token[:-2] + "xx", safe=""))
+        refused = await gateway.get(_through_gateway(platform, tampered))
+        assert refused.status_code == 403 and "location" not in refused.headers
+        assert "not valid" in refused.text
+
+        # The mail provider reports the delivery through the gateway, with its own key.
+        as_provider = {"Authorization": f"Bearer {provider}"}
+        reports = f"/v1/messages/{_message_id(mail)}/reports"
+        delivered = await gateway.post(reports, json={"outcome": "delivered"}, headers=as_provider)
+        assert delivered.json() == {
+            "message_id": _message_id(mail),
+            "outcome": "delivered",
+            "recorded": True,
+        }
+        naive = {"outcome": "bounced", "at": "2026-11-28T10:00:00"}
+        invalid = await gateway.post(reports, json=naive, headers=as_provider)
+        assert invalid.status_code == 422 and "UTC offset" in invalid.text
+        unknown = await gateway.post(
+            f"/v1/messages/nothing-{ann}/reports", json={"outcome": "opened"}, headers=as_provider
+        )
+        assert unknown.status_code == 404
+        not_allowed = await gateway.post(
+            reports, json={"outcome": "opened"}, headers={"Authorization": f"Bearer {operator}"}
+        )
+        assert not_allowed.status_code == 403 and "deliveries:write" in not_allowed.text
+
+        results = await gateway.get(
+            f"/v1/campaigns/{campaign}/delivery", headers={"Authorization": f"Bearer {operator}"}
+        )
+    assert results.status_code == 200, results.text
+    assert results.json() == {
+        "campaign_id": campaign,
+        "channels": {"email": {"sent": 1, "delivered": 1, "opened": 1, "clicked": 1}},
+    }
+    outcomes = await eventually(
+        lambda: asyncio.to_thread(_events, platform, "crm.messages", {ann}),
+        lambda events: len(events) == 4,
+        what="four outcomes on crm.messages",
+    )
+    assert sorted((e["data"]["outcome"], e["data"]["reason"]) for e in outcomes) == [
+        ("clicked", TEAPOTS),
+        ("delivered", None),
+        ("opened", None),
+        ("sent", None),
+    ]
+
+
+async def _mail_to(server: MailServer, address: str) -> Any:
+    """The mail received for this address, or None yet."""
+    return next((m for m in server.received if m["To"] == address), None)
+
+
+def _message_id(mail: Any) -> str:
+    """The platform's message id, from the Message-ID header the sender derived from it."""
+    return str(mail["Message-ID"]).strip("<>").split("@", 1)[0]

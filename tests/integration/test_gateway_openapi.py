@@ -204,6 +204,8 @@ async def test_the_running_gateway_serves_the_document_under_test(
         "/v1/customers/{customer_id}/cases/{case_id}/resolve",
         "/v1/customers/{customer_id}/cases/{case_id}/reopen",
         "/v1/customers/{customer_id}/cases/{case_id}/close",
+        "/v1/messages/{message_id}/reports",
+        "/v1/campaigns/{campaign_id}/delivery",
     }
 
 
