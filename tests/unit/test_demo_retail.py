@@ -17,6 +17,7 @@ from crm_shared.contracts.events import OrderPlaced, OrderRefunded, validate_eve
 from crm_shared.ops.demo import event_order
 from crm_shared.ops.demo.retail import (
     COLUMNS,
+    COUNTRY_CODES,
     RejectionKind,
     RetailData,
     Row,
@@ -212,6 +213,22 @@ def test_customers_are_registered_before_their_first_invoice_and_follow_country_
     assert data.summary.customer_updates == 1
 
 
+def test_orders_carry_their_invoice_country_as_an_iso_code_when_it_names_one() -> None:
+    data = transform(
+        [
+            row(invoice="1", country="EIRE"),
+            row(invoice="2", country="RSA"),
+            row(invoice="3", country="Channel Islands"),
+            row(invoice="4", country="Unspecified"),
+            row(invoice="C5", quantity="-1", country="France"),
+        ]
+    )
+    orders = of_type(data, "crm.order.placed.v1")
+    assert [order["data"].get("country") for order in orders] == ["IE", "ZA", None, None]
+    (refund,) = of_type(data, "crm.order.refunded.v1")
+    assert "country" not in refund["data"]  # a refund says nothing of where goods went
+
+
 def test_limit_keeps_the_first_customers_with_their_events_and_rejections() -> None:
     data = transform(
         [
@@ -381,3 +398,12 @@ def test_multi_country_customers_get_updates(full: RetailData) -> None:
     updated = Counter(d["subject"] for d in full.events if d["type"] == "crm.customer.updated.v1")
     assert len(updated) == 8
     assert updated["12394"] == 1  # Belgium, then Denmark
+
+
+@real_file
+def test_every_named_country_of_the_file_has_a_code(full: RetailData) -> None:
+    orders = [d["data"] for d in full.events if d["type"] == "crm.order.placed.v1"]
+    countries = Counter(order.get("country") for order in orders)
+    # Hong Kong's lines name no customer, so none of them becomes an order.
+    assert set(countries) - {None} == set(COUNTRY_CODES.values()) - {"HK"}
+    assert countries["GB"] > 0.85 * len(orders)  # a British shop, as the file says

@@ -45,6 +45,46 @@ SHOP_TIMEZONE = ZoneInfo("Europe/London")
 REGISTERED_BEFORE_FIRST_INVOICE = timedelta(seconds=1)
 UNKNOWN_COUNTRIES = frozenset({"", "Unspecified"})
 """Country values that say nothing: they never set or change a customer's country."""
+COUNTRY_CODES = {
+    "Australia": "AU",
+    "Austria": "AT",
+    "Bahrain": "BH",
+    "Belgium": "BE",
+    "Brazil": "BR",
+    "Canada": "CA",
+    "Cyprus": "CY",
+    "Czech Republic": "CZ",
+    "Denmark": "DK",
+    "EIRE": "IE",
+    "Finland": "FI",
+    "France": "FR",
+    "Germany": "DE",
+    "Greece": "GR",
+    "Hong Kong": "HK",
+    "Iceland": "IS",
+    "Israel": "IL",
+    "Italy": "IT",
+    "Japan": "JP",
+    "Lebanon": "LB",
+    "Lithuania": "LT",
+    "Malta": "MT",
+    "Netherlands": "NL",
+    "Norway": "NO",
+    "Poland": "PL",
+    "Portugal": "PT",
+    "RSA": "ZA",
+    "Saudi Arabia": "SA",
+    "Singapore": "SG",
+    "Spain": "ES",
+    "Sweden": "SE",
+    "Switzerland": "CH",
+    "USA": "US",
+    "United Arab Emirates": "AE",
+    "United Kingdom": "GB",
+}
+"""The file's country names as ISO 3166-1 codes, which an order's `country` carries (trending is
+kept per country). "Channel Islands" (Jersey or Guernsey) and "European Community" name no one
+country: their orders carry none, like "Unspecified"."""
 _PRODUCT_CODE = re.compile(r"^\d{5}")
 """Real products have a five-digit stock code; POST, M, DOT, BANK CHARGES, ... are not goods."""
 
@@ -290,7 +330,9 @@ def _invoice(invoice_no: str, rows: list[Row]) -> tuple[_Sale | None, list[Rejec
     if accepted:  # every accepted line carries the owner's CustomerID
         try:
             sale = _Sale(
-                document=_document(invoice_no, customer_id, time, accepted, is_refund=is_refund),
+                document=_document(
+                    invoice_no, customer_id, time, accepted, is_refund=is_refund, country=country
+                ),
                 customer_id=customer_id,
                 time=time,
                 country=country,
@@ -346,8 +388,10 @@ def _document(
     lines: list[dict[str, Any]],
     *,
     is_refund: bool,
+    country: str | None,
 ) -> dict[str, Any]:
-    """The validated envelope of an order or a refund; raises InvalidEvent."""
+    """The validated envelope of an order (with the country's code, when it has one) or a
+    refund; raises InvalidEvent."""
     if is_refund:
         data = {"refund_id": invoice_no, "lines": lines, "currency": "GBP", "reason": "cancelled"}
         return build_event(
@@ -359,6 +403,9 @@ def _document(
             event_id=f"refund-{invoice_no}",
         )
     data = {"order_id": invoice_no, "lines": lines, "currency": "GBP", "channel": "web"}
+    code = COUNTRY_CODES.get(country or "")
+    if code is not None:
+        data["country"] = code
     return build_event(
         "crm.order.placed.v1",
         customer_id,
