@@ -486,6 +486,23 @@ OVERVIEW_ROWS: tuple[Row, ...] = (
                 ),
             ),
             Panel(
+                title="Tracked opens and clicks / s by result",
+                description=(
+                    "E-mail opens (pixel) and clicks (redirect) the gateway passed to the "
+                    "broadcast service: recorded, repeated (known already), unknown (no such "
+                    "message) or failed (not recorded; the customer was served anyway) "
+                    "(crm_gateway_tracking_reports). Opens are a lower bound: mail clients "
+                    "that block images never fetch the pixel."
+                ),
+                unit="ops",
+                queries=(
+                    Query(
+                        _rate_by("outcome, result", "crm_gateway_tracking_reports_total"),
+                        "{{outcome}} {{result}}",
+                    ),
+                ),
+            ),
+            Panel(
                 title="Send queue",
                 description="Planned messages due now that no sender has claimed yet.",
                 unit="short",

@@ -309,14 +309,16 @@ def test_dashboard_uses_the_provisioned_datasource(generator: ModuleType) -> Non
 
 
 def _exported_metric_names() -> set[str]:
-    """The sample names crm_shared.runtime.metrics and the services' own metrics modules expose
+    """The sample names crm_shared.runtime.metrics and every service's own metrics module expose
     (counters with _total, histograms)."""
     from prometheus_client.metrics import MetricWrapperBase
 
     from broadcast_service import metrics as broadcast_metrics
     from crm_shared.runtime import metrics
+    from gateway_service import metrics as gateway_metrics
     from interaction_service import metrics as interaction_metrics
     from profile_service import metrics as profile_metrics
+    from recommendation_service import metrics as recommendation_metrics
 
     suffixes = {
         "counter": ["_total"],
@@ -324,7 +326,14 @@ def _exported_metric_names() -> set[str]:
         "histogram": ["_bucket", "_sum", "_count"],
     }
     names: set[str] = set()
-    modules = (metrics, profile_metrics, interaction_metrics, broadcast_metrics)
+    modules = (
+        metrics,
+        profile_metrics,
+        interaction_metrics,
+        broadcast_metrics,
+        recommendation_metrics,
+        gateway_metrics,
+    )
     for value in [v for module in modules for v in vars(module).values()]:
         if isinstance(value, MetricWrapperBase):
             for family in value.describe():
