@@ -89,7 +89,8 @@ def test_a_customer_changes_channels_quiet_hours_and_consent_in_a_browser(
 ) -> None:
     customer = unique("centre-browser")
     claims = LinkClaims(customer, message_id="newsletter-42")
-    browser.get(_link(platform, "/preferences", claims))
+    link = _link(platform, "/preferences", claims)
+    browser.get(link)
     assert browser.find_element(By.TAG_NAME, "h1").text == "Your contact preferences"
     # Nothing is stored for this customer: an empty form.
     assert not browser.find_element(By.NAME, "email.enabled").is_selected()
@@ -150,6 +151,49 @@ def test_a_customer_changes_channels_quiet_hours_and_consent_in_a_browser(
     assert marketing["wording_version"]
     assert "link from message newsletter-42" in marketing["evidence"]
     assert (personalisation["purpose"], personalisation["channel"]) == ("personalisation", None)
+
+    # The broadcast service folds what was published: the page, opened again, shows it stored.
+    def stored(page: webdriver.Chrome) -> bool:
+        page.get(link)
+        return bool(page.find_element(By.NAME, "email.enabled").is_selected())
+
+    WebDriverWait(browser, 120, poll_frequency=1).until(stored)
+    shown = {
+        name: browser.find_element(By.NAME, name).get_attribute("value")
+        for name in (
+            "sms.rank",
+            "sms.address",
+            "sms.paused_until",
+            "email.rank",
+            "email.quiet_start",
+        )
+    }
+    assert shown == {
+        "sms.rank": "1",
+        "sms.address": "+49 151 2345678",
+        "sms.paused_until": "2099-01-15",  # the day chosen, in the customer's own time zone
+        "email.rank": "2",
+        "email.quiet_start": "21:30",
+    }
+    assert (
+        Select(browser.find_element(By.NAME, "timezone")).first_selected_option.get_attribute(
+            "value"
+        )
+        == "Europe/Berlin"
+    )
+    ticked = {
+        name: browser.find_element(By.NAME, name).is_selected()
+        for name in (
+            "consent.marketing.email",
+            "consent.marketing.sms",
+            "consent.personalisation.all",
+        )
+    }
+    assert ticked == {
+        "consent.marketing.email": True,
+        "consent.marketing.sms": False,
+        "consent.personalisation.all": True,
+    }
 
 
 def test_the_browser_shows_problems_and_publishes_nothing_until_they_are_fixed(
