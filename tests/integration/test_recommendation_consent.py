@@ -129,7 +129,9 @@ async def test_revoking_and_granting_consent_switch_the_api_and_the_published_li
         within=30,
         what="my list published again without personalisation",
     )
-    assert refused[-1]["version"] == lists[-1]["version"] + 1
+    # Newer than my personal list; the picks job may have published another list in between.
+    assert refused[-1]["version"] > lists[-1]["version"]
+    assert len({found["version"] for found in refused}) == len(refused)  # no version used twice
     assert {pick["reason"] for pick in refused[-1]["picks"]} == {"popular"}
 
     with EventPublisher(platform["CRM_KAFKA_BOOTSTRAP"], source="call-centre") as publisher:
@@ -152,4 +154,5 @@ async def test_revoking_and_granting_consent_switch_the_api_and_the_published_li
         within=30,
         what="my list published again with personalisation",
     )
-    assert granted[-1]["version"] == refused[-1]["version"] + 1
+    assert granted[-1]["version"] > refused[-1]["version"]
+    assert len({found["version"] for found in granted}) == len(granted)
