@@ -1,7 +1,7 @@
 """Rendering a campaign's templates for one recipient, with their signed links; an e-mail's
 web links and open pixel are tracked (broadcast_service.tracking).
 
-Pure apart from the links' signing time (itsdangerous dates what it signs): the templates were
+Pure apart from the links' signing time (a link is dated when it is signed): the templates were
 checked when the campaign was defined (crm_shared.contracts.message_templates); rendering uses
 the same sandboxed environments. Only the variables a template uses are computed, so a
 template without links signs nothing.
