@@ -268,8 +268,11 @@ async def all_merge_statements(conn: asyncpg.Connection) -> list[identity.MergeS
 
 
 async def save_persons(conn: asyncpg.Connection, persons: Mapping[str, str]) -> None:
-    """Replace the record -> person map the analyses group by (identity.persons)."""
+    """Replace the record -> person map the analyses group by (identity.persons). The table lock
+    makes two replacements (the RFM refresh's and the lifetime fit's) wait for each other: both
+    deleting what they saw and copying the same rows in would collide on the key."""
     async with conn.transaction():
+        await conn.execute("LOCK TABLE computed_persons IN EXCLUSIVE MODE")
         await conn.execute("DELETE FROM computed_persons")
         if persons:
             await conn.copy_records_to_table(
@@ -277,6 +280,13 @@ async def save_persons(conn: asyncpg.Connection, persons: Mapping[str, str]) -> 
                 records=list(persons.items()),
                 columns=["record_id", "person_id"],
             )
+
+
+async def refresh_persons(conn: asyncpg.Connection) -> None:
+    """Recompute who is one person (every standing merge, every alias of a held identifier), for
+    the analyses across customers to group by."""
+    links = identity.standing_links(await all_merge_statements(conn))
+    await save_persons(conn, identity.persons(links, await alias_holders(conn)))
 
 
 def _membership(row: Mapping[str, Any], segment: str) -> Membership | None:
@@ -940,11 +950,12 @@ async def release_lifetime_fit_lock(conn: asyncpg.Connection) -> None:
 async def purchase_histories(
     conn: asyncpg.Connection,
 ) -> tuple[list[PurchaseHistory], datetime | None]:
-    """Every customer's purchase days per currency (orders not cancelled; several orders on one
-    UTC day are one purchase, their value net of the refunds naming them), measured against the
-    clock of the customer's crm.orders partition, else the newest tick, else the newest purchase
-    (as the RFM scores are): repeat days, days from the first to the last and to the clock.
-    Also the newest clock any was measured against."""
+    """Every person's purchase days per currency (orders not cancelled; several orders on one
+    UTC day are one purchase, their value net of the refunds naming them), the orders of a
+    person's records together (computed_persons, as the RFM scores group them), measured
+    against the clock of the person's crm.orders partition, else the newest tick, else the
+    newest purchase (as the RFM scores are): repeat days, days from the first to the last and
+    to the clock. Also the newest clock any was measured against."""
     async with conn.transaction():
         await conn.execute("SET LOCAL work_mem = '128MB'")
         rows = await conn.fetch(
@@ -954,11 +965,13 @@ async def purchase_histories(
                 FROM refunds WHERE order_id IS NOT NULL GROUP BY 1, 2, 3
             ),
             days AS (
-                SELECT o.customer_id, o.currency, (o.placed_at AT TIME ZONE 'UTC')::date AS day,
+                SELECT coalesce(p.person_id, o.customer_id) AS customer_id, o.currency,
+                       (o.placed_at AT TIME ZONE 'UTC')::date AS day,
                        sum(o.amount - coalesce(r.amount, 0))::float8 AS spend,
                        max(o.placed_at) AS last_at
                 FROM orders o
                 LEFT JOIN refunded r USING (customer_id, order_id, currency)
+                LEFT JOIN computed_persons p ON p.record_id = o.customer_id
                 WHERE NOT EXISTS (
                     SELECT 1 FROM order_cancellations c
                     WHERE c.customer_id = o.customer_id AND c.order_id = o.order_id
@@ -1137,7 +1150,7 @@ async def current_lifetime_model(conn: asyncpg.Connection) -> ModelInUse | None:
 
 
 async def lifetime_of(conn: asyncpg.Connection, customer_id: str) -> list[Scored]:
-    """The customer's predictions by the current version, per currency."""
+    """The predictions of a person (named by its id) by the current version, per currency."""
     rows = await conn.fetch(
         "SELECT m.version, m.fitted_at, m.as_of, m.horizon_days, p.currency,"
         " p.repeat_purchases, p.span_days, p.age_days, p.mean_repeat_spend,"

@@ -114,14 +114,6 @@ async def fold_ticks(conn: asyncpg.Connection, ticks: Sequence[Event]) -> list[D
     return derived
 
 
-async def refresh_persons(conn: asyncpg.Connection) -> None:
-    """Recompute who is one person (every standing merge, every alias of a held identifier), for
-    the analyses across customers to group by."""
-    links = identity.standing_links(await store.all_merge_statements(conn))
-    holders = await store.alias_holders(conn)
-    await store.save_persons(conn, identity.persons(links, holders))
-
-
 RFM_REFRESH_INTERVAL_SECONDS = 10.0
 """How often the worker looks whether the projection moved, and then recomputes the RFM scores
 and the cube (a no-op look costs one small query)."""
@@ -144,7 +136,7 @@ class RfmRefresher:
             if mark == self.refreshed_at_mark:
                 return
             started = time.monotonic()
-            await refresh_persons(conn)
+            await store.refresh_persons(conn)
             await store.refresh_rfm(conn)
             sizes = await store.segment_sizes(conn)
             scored = time.monotonic()
