@@ -59,7 +59,6 @@ class LifetimeRefitter:
     async def fit(self, conn: asyncpg.Connection, trigger: str, requests: list[int]) -> int | None:
         """Fit on the histories as they are now and swap the version in; None when there is
         nothing to fit and nobody asked."""
-        await store.refresh_persons(conn)  # a person's records are fitted as one customer
         histories, as_of = await store.purchase_histories(conn)
         if not histories and not requests:
             return None
