@@ -3,6 +3,9 @@ platform's service token as the gateway calls it."""
 
 from __future__ import annotations
 
+import os
+
+import asyncpg
 import httpx
 from fastapi import FastAPI
 
@@ -18,3 +21,8 @@ async def api_get(app: FastAPI, settings: ServiceSettings, path: str) -> httpx.R
         httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://api") as client,
     ):
         return await client.get(path, headers=headers)
+
+
+async def database_url(conn: asyncpg.Connection | asyncpg.Pool) -> str:
+    """The DSN of the test database `conn` is connected to (for a service's settings)."""
+    return f"{os.environ['CRM_PG_DSN_BASE']}/{await conn.fetchval('SELECT current_database()')}"

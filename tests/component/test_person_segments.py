@@ -11,8 +11,11 @@ from typing import Any
 import pytest
 
 from crm_shared.runtime.projector import RawRecord
+from profile_service.api import create_app
+from profile_service.config import ProfileSettings
 from profile_service.worker import PROJECTION
 from tests.component.partition_logs import folded_in_batches
+from tests.component.service_api import api_get, database_url
 from tests.component.test_operator_segments import Log, _consistent
 
 pytestmark = pytest.mark.component
@@ -91,6 +94,8 @@ async def test_the_merge_takes_the_absorbed_record_out_and_moves_the_person() ->
     log = _person_log(other="visitor", unmerged=False, definitions_last=False)
     async with folded_in_batches(PROJECTION, log.records, 1) as pool:
         rows = await pool.fetch("SELECT value FROM outbox ORDER BY seq")
+        settings = ProfileSettings(database_url=await database_url(pool))
+        asked = await api_get(create_app(settings), settings, "/customers/visitor/segments")
     announced = [
         (e["subject"], e["type"].split(".")[2], e["data"]["segment"], e["time"][:10])
         for e in (json.loads(row["value"]) for row in rows)
@@ -104,6 +109,10 @@ async def test_the_merge_takes_the_absorbed_record_out_and_moves_the_person() ->
         ("ann", "entered", "uk", "2024-02-15"),
         ("ann", "entered", "lapsed", "2024-03-01"),  # day 60: 30 days after the person's last
     ]
+    # Asking for the merged record answers for its person.
+    answer = asked.json()
+    assert answer["customer_id"] == "ann"
+    assert [m["segment"] for m in answer["segments"]] == ["complainers", "lapsed", "uk"]
 
 
 async def test_an_unmerge_evaluates_both_records_again() -> None:

@@ -5,7 +5,6 @@ Online Retail file."""
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import Iterable, Sequence
@@ -30,7 +29,7 @@ from profile_service.lifetime_fit import fit_all
 from profile_service.lifetime_job import LifetimeRefitter
 from profile_service.worker import PROJECTION
 from tests.component.partition_logs import folded_in_batches, interleaved, orders_tick
-from tests.component.service_api import api_get
+from tests.component.service_api import api_get, database_url
 from tests.unit.test_demo_retail import DATA
 
 pytestmark = pytest.mark.component
@@ -208,8 +207,7 @@ def _person_logs(unmerged: bool) -> list[RawRecord]:
 
 async def _lifetime_answer(conn: asyncpg.Connection, customer_id: str) -> tuple[int, Any]:
     """GET /customers/{id}/lifetime-value of the profile API over the test's database."""
-    database = await conn.fetchval("SELECT current_database()")
-    settings = ProfileSettings(database_url=f"{os.environ['CRM_PG_DSN_BASE']}/{database}")
+    settings = ProfileSettings(database_url=await database_url(conn))
     path = f"/customers/{customer_id}/lifetime-value"
     response = await api_get(create_app(settings), settings, path)
     return response.status_code, response.json()
