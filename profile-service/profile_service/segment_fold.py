@@ -38,11 +38,13 @@ from profile_service.projection import Membership
 
 @dataclass(frozen=True)
 class Folded:
-    """What the profile's own fold derived, and the records whose person it changed
-    (identity.persons_changed): their segments are evaluated again."""
+    """What the profile's own fold derived, the records whose person it changed
+    (identity.persons_changed: their segments are evaluated again), and those of its records
+    that belong to a person of several (they are evaluated as that person)."""
 
     derived: Sequence[Derived]
     persons_changed: Collection[str] = ()
+    of_persons: Collection[str] = ()
 
 
 ViewFold = Callable[[asyncpg.Connection, Sequence[Event]], Awaitable[Folded]]
@@ -62,7 +64,7 @@ def with_operator_segments(fold: ViewFold) -> Fold:
         for event in events:
             if event.type in DEFINITION_TYPES:
                 derived.extend(await on_definition(conn, event))
-        derived.extend(await on_facts(conn, facts, folded.persons_changed))
+        derived.extend(await on_facts(conn, facts, folded))
         return derived
 
     return fold_with_segments
@@ -106,7 +108,7 @@ async def on_definition(conn: asyncpg.Connection, event: Event) -> list[Derived]
 
 
 async def on_facts(
-    conn: asyncpg.Connection, events: Sequence[Event], persons_changed: Collection[str]
+    conn: asyncpg.Connection, events: Sequence[Event], folded: Folded
 ) -> list[Derived]:
     """Evaluate the customers a run touched against every active segment; each change is
     caused by the customer's last event of the run and dated by it. The records of persons of
@@ -117,9 +119,9 @@ async def on_facts(
         return []
     by_id = {e.id: e for e in events}
     merges = {s.other_id: by_id[s.event_id] for s in identity.merge_statements(events)}
-    grouped = await store.persons_of(conn, causes)
-    personal = {c: e for c, e in causes.items() if c in grouped or c in persons_changed}
-    personal |= {r: causes.get(r, merges.get(r, events[-1])) for r in persons_changed}
+    moved = folded.persons_changed
+    personal = {c: e for c, e in causes.items() if c in folded.of_persons or c in moved}
+    personal |= {r: causes.get(r, merges.get(r, events[-1])) for r in moved}
     derived = await on_persons(conn, personal)
     causes = {c: e for c, e in causes.items() if c not in personal}
     active = await store.active_segments(conn)

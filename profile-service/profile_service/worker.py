@@ -79,8 +79,8 @@ async def fold_view(conn: asyncpg.Connection, events: Sequence[Event]) -> Folded
         bool(statements or new_aliases),
         {e.customer_id for e in customer_events},
     )
+    grouped = (await store.persons_of(conn, {e.customer_id for e in events})).keys()
     deltas = projection.purchase_deltas(events)
-    grouped = await store.persons_of(conn, deltas) if deltas else {}
     own = {customer for customer in deltas if customer not in grouped and customer not in moved}
     # Read before the totals move: the lapses are replayed event by event from this state.
     before = await store.lapse_states(conn, projection.LAPSED, own)
@@ -93,7 +93,7 @@ async def fold_view(conn: asyncpg.Connection, events: Sequence[Event]) -> Folded
         metrics.MONEY_FOLDED.labels("order").inc(float(sum(d.gross_revenue for d in totals)))
         metrics.MONEY_FOLDED.labels("refund").inc(float(sum(d.refunded for d in totals)))
     if not own:
-        return Folded([], moved)
+        return Folded([], moved, grouped)
     purchases = [e for e in events if e.customer_id in own]
     changes = projection.purchase_lapses(purchases, before, clocks)
     await store.save_memberships(conn, [change for change, _, _ in changes])
@@ -101,6 +101,7 @@ async def fold_view(conn: asyncpg.Connection, events: Sequence[Event]) -> Folded
     return Folded(
         [projection.segment_event(change, cause, reason) for change, cause, reason in changes],
         moved,
+        grouped,
     )
 
 
