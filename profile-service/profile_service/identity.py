@@ -125,6 +125,18 @@ def persons(links: Mapping[str, str], holders: Mapping[str, str]) -> dict[str, s
     return {**{person: person for person in grouped.values()}, **grouped}
 
 
+def persons_changed(before: Mapping[str, str], after: Mapping[str, str]) -> set[str]:
+    """Of two record -> person maps (identity.persons), every record whose person changed with
+    its persons before and after: whose segments must be evaluated again (a record merged away
+    leaves them, the persons that gained or lost records are evaluated over their records)."""
+    found: set[str] = set()
+    for record in before.keys() | after.keys():
+        old, new = before.get(record, record), after.get(record, record)
+        if old != new:
+            found |= {record, old, new}
+    return found
+
+
 def combined_record(person_id: str, records: Sequence[CustomerRecord]) -> CustomerRecord:
     """One record for a person: each field and entry from the record that set it last, by the
     rule of a single record (projection.wins; a full tie goes to the later record in

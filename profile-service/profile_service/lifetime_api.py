@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from crm_shared.runtime.http import model_response
 from profile_service import lifetime, store
-from profile_service.api import Conn, CustomerIdPath
+from profile_service.api import Conn, CustomerIdPath, find_person
 
 router = APIRouter()
 
@@ -110,8 +110,10 @@ def _parameters(model: lifetime.CurrencyModel) -> CurrencyParameters:
 @router.get("/customers/{customer_id}/lifetime-value", response_model=CustomerLifetime)
 async def customer_lifetime(customer_id: CustomerIdPath, conn: Conn) -> Response:
     """Probability alive, expected purchases, expected spend and lifetime value over the
-    model's horizon, per currency, each with its reason in plain words."""
-    found = await store.lifetime_of(conn, customer_id)
+    model's horizon, per currency, each with its reason in plain words: those of the person the
+    record belongs to (its merged and aliased records' purchases together)."""
+    person = await find_person(conn, customer_id)
+    found = await store.lifetime_of(conn, person.person_id)
     if not found:
         raise HTTPException(
             404,
@@ -121,7 +123,7 @@ async def customer_lifetime(customer_id: CustomerIdPath, conn: Conn) -> Response
     first = found[0]
     return model_response(
         CustomerLifetime(
-            customer_id=customer_id,
+            customer_id=person.person_id,
             model_version=first.version,
             fitted_at=first.fitted_at,
             as_of=first.as_of,

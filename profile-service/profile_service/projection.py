@@ -321,15 +321,33 @@ def purchase_lapses(
             last = event.time
         if last is None:
             continue  # refunds alone: no purchase to lapse from
-        lapsed = is_lapsed(last, clocks.get(event.partition))
-        since = lapsed_since(last) if lapsed else event.time
-        change = change_membership(current, event.customer_id, LAPSED, lapsed, since)
-        if change is not None:
-            current = change
-            reason = lapse_reason(last) if lapsed else f"purchased on {last.date()}"
-            changes.append((change, event, reason))
+        found = lapse_change(current, event.customer_id, last, clocks.get(event.partition), event)
+        if found is not None:
+            current = found[0]
+            changes.append((found[0], event, found[1]))
         state[event.customer_id] = (last, current)
     return changes
+
+
+def lapse_change(
+    current: Membership | None,
+    customer_id: str,
+    last_purchase_at: datetime | None,
+    now: datetime | None,
+    cause: Event,
+) -> tuple[Membership, str] | None:
+    """The lapsed-segment change, with its reason, of a customer whose last purchase (of all
+    of a person's records) and clock are these, judged when `cause` happened; None when none."""
+    lapsed = is_lapsed(last_purchase_at, now)
+    since = lapsed_since(last_purchase_at) if last_purchase_at and lapsed else cause.time
+    change = change_membership(current, customer_id, LAPSED, lapsed, since)
+    if change is None:
+        return None
+    if last_purchase_at is None:
+        return change, "no purchase"
+    if lapsed:
+        return change, lapse_reason(last_purchase_at)
+    return change, f"purchased on {last_purchase_at.date()}"
 
 
 def lapse_reason(last_purchase_at: datetime) -> str:

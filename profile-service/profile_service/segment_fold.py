@@ -6,6 +6,11 @@
 - When the clock ticks in crm.orders partitions, the segments whose rules read time are
   evaluated again, in SQL, over the customers of those partitions.
 
+A person of several records (merged, or aliased by an identifier it holds: person_records) is
+evaluated here in Python over its records' facts together, for the lapsed segment and every
+operator segment, and is left out of the SQL evaluations: its id (the root record's) is the
+member, and a record that belongs to another person is a member of nothing.
+
 Each change is written to segment_memberships with the next version and announced as a derived
 segment entered/left event in the same transaction (the outbox), so it is published exactly once.
 The membership after a run depends only on the facts and the clocks, so it is the same whatever
@@ -15,7 +20,9 @@ the batch boundaries (docs/decisions.md says what that leaves out).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -24,25 +31,40 @@ from crm_shared.contracts.segment_rules import is_time_dependent
 from crm_shared.contracts.topics import ORDERS
 from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.projector import Fold
-from profile_service import metrics, projection, segments, store
+from profile_service import identity, metrics, projection, segments, store
 from profile_service.events import DEFINITION_TYPES
 from profile_service.projection import Membership
 
 
-def with_operator_segments(fold: Fold) -> Fold:
+@dataclass(frozen=True)
+class Folded:
+    """What the profile's own fold derived, the records whose person it changed
+    (identity.persons_changed: their segments are evaluated again), and those of its records
+    that belong to a person of several (they are evaluated as that person)."""
+
+    derived: Sequence[Derived]
+    persons_changed: Collection[str] = ()
+    of_persons: Collection[str] = ()
+
+
+ViewFold = Callable[[asyncpg.Connection, Sequence[Event]], Awaitable[Folded]]
+
+
+def with_operator_segments(fold: ViewFold) -> Fold:
     """The profile fold, then the operator segments of what it folded."""
 
     async def fold_with_segments(
         conn: asyncpg.Connection, events: Sequence[Event]
     ) -> Sequence[Derived]:
         if events and events[0].type == CLOCK_TICKED:
-            return [*await fold(conn, events), *await on_ticks(conn, events)]
+            return [*(await fold(conn, events)).derived, *await on_ticks(conn, events)]
         facts = [e for e in events if e.type not in DEFINITION_TYPES]
-        derived = list(await fold(conn, facts)) if facts else []
+        folded = await fold(conn, facts) if facts else Folded([])
+        derived = list(folded.derived)
         for event in events:
             if event.type in DEFINITION_TYPES:
                 derived.extend(await on_definition(conn, event))
-        derived.extend(await on_facts(conn, facts))
+        derived.extend(await on_facts(conn, facts, folded))
         return derived
 
     return fold_with_segments
@@ -78,38 +100,121 @@ async def on_definition(conn: asyncpg.Connection, event: Event) -> list[Derived]
         event.time,
     )
     await _record(conn, changes)
-    return segments.announce(changes, event)
+    persons = await store.persons_of_several(conn)
+    return [
+        *segments.announce(changes, event),
+        *await on_persons(conn, dict.fromkeys(persons, event)),
+    ]
 
 
-async def on_facts(conn: asyncpg.Connection, events: Sequence[Event]) -> list[Derived]:
+async def on_facts(
+    conn: asyncpg.Connection, events: Sequence[Event], folded: Folded
+) -> list[Derived]:
     """Evaluate the customers a run touched against every active segment; each change is
-    caused by the customer's last event of the run and dated by it."""
+    caused by the customer's last event of the run and dated by it. The records of persons of
+    several, and those whose person changed, go to on_persons (a record merged away by the
+    run's merge is caused by it; one an identifier's claim moved, by the run's last event)."""
     causes = {e.customer_id: e for e in events}
     if not causes:
         return []
+    by_id = {e.id: e for e in events}
+    merges = {s.other_id: by_id[s.event_id] for s in identity.merge_statements(events)}
+    moved = folded.persons_changed
+    personal = {c: e for c, e in causes.items() if c in folded.of_persons or c in moved}
+    personal |= {r: causes.get(r, merges.get(r, events[-1])) for r in moved}
+    derived = await on_persons(conn, personal)
+    causes = {c: e for c, e in causes.items() if c not in personal}
     active = await store.active_segments(conn)
-    if not active:
-        return []
+    if not active or not causes:
+        return derived
     with_lines = any(segments.uses_products(d.rule) for d in active)
     facts = await store.customer_facts(conn, causes, with_lines=with_lines)
     current = await store.memberships_of(conn, causes, [d.segment for d in active])
     changes: list[Membership] = []
-    derived: list[Derived] = []
     for customer_id in sorted(causes):
         cause = causes[customer_id]
-        for definition in active:
-            change = projection.change_membership(
-                current.get((customer_id, definition.segment)),
-                customer_id,
-                definition.segment,
-                segments.matches(definition.rule, facts[customer_id]),
-                cause.time,
-            )
-            if change is not None:
-                changes.append(change)
-                derived.extend(segments.announce([change], cause))
+        found = _moves(active, facts[customer_id], current, cause.time)
+        changes.extend(found)
+        derived.extend(segments.announce(found, cause))
     await _record(conn, changes)
     return derived
+
+
+def _moves(
+    active: Sequence[segments.Definition],
+    facts: segments.CustomerFacts,
+    current: Mapping[tuple[str, str], Membership],
+    at: datetime,
+) -> list[Membership]:
+    """The changes of a customer's (or person's) memberships of the active segments."""
+    changes = []
+    for definition in active:
+        change = projection.change_membership(
+            current.get((facts.customer_id, definition.segment)),
+            facts.customer_id,
+            definition.segment,
+            segments.matches(definition.rule, facts),
+            at,
+        )
+        if change is not None:
+            changes.append(change)
+    return changes
+
+
+async def on_persons(conn: asyncpg.Connection, causes: Mapping[str, Event]) -> list[Derived]:
+    """Evaluate the persons these records belong to over their records' facts together, for
+    the lapsed segment and every active segment; a record that belongs to another person leaves
+    every segment it is in. A person's changes are caused by the newest of its records' causes
+    (by event time, then id) and dated by it; a lapse is dated when it began."""
+    if not causes:
+        return []
+    grouped = await store.persons_of(conn, causes)
+    absorbed = {r: cause for r, cause in causes.items() if grouped.get(r, r) != r}
+    person_causes: dict[str, Event] = {}
+    for record, cause in causes.items():
+        person = grouped.get(record, record)
+        known = person_causes.get(person)
+        if known is None or (cause.time, cause.id) > (known.time, known.id):
+            person_causes[person] = cause
+    active = await store.active_segments(conn)
+    names = [projection.LAPSED, *(d.segment for d in active)]
+    records = await store.records_of_persons(conn, person_causes)
+    everyone = {r for own in records.values() for r in own} | absorbed.keys()
+    with_lines = any(segments.uses_products(d.rule) for d in active)
+    facts = await store.customer_facts(conn, everyone, with_lines=with_lines)
+    customers = await store.records_of(conn, sorted(everyone))
+    lasts = await store.lapse_states(conn, projection.LAPSED, everyone)
+    current = await store.memberships_of(conn, everyone, names)
+    changes: list[tuple[Membership, Event, str]] = []
+    for (record, segment), membership in sorted(current.items()):
+        if record in absorbed and membership.member:
+            left = projection.change_membership(
+                membership, record, segment, False, absorbed[record].time
+            )
+            assert left is not None
+            changes.append((left, absorbed[record], ABSORBED_REASON.format(grouped[record])))
+    for person, cause in sorted(person_causes.items()):
+        own = records[person]
+        combined = identity.combined_record(person, [customers[r] for r in own if r in customers])
+        profile = segments.profile_of(combined.contact, combined.attributes)
+        together = segments.person_facts(person, [facts[r] for r in own], profile)
+        purchases = [lasts[r][0] for r in own if r in lasts]
+        lapse = projection.lapse_change(
+            current.get((person, projection.LAPSED)),
+            person,
+            max((at for at in purchases if at is not None), default=None),
+            together.now,
+            cause,
+        )
+        if lapse is not None:
+            changes.append((lapse[0], cause, lapse[1]))
+        for change in _moves(active, together, current, cause.time):
+            changes.append((change, cause, segments.reason(change)))
+    await _record(conn, [change for change, _, _ in changes])
+    return [projection.segment_event(change, cause, why) for change, cause, why in changes]
+
+
+ABSORBED_REASON = "now part of customer {}"
 
 
 async def on_ticks(conn: asyncpg.Connection, ticks: Sequence[Event]) -> list[Derived]:
@@ -137,4 +242,9 @@ async def on_ticks(conn: asyncpg.Connection, ticks: Sequence[Event]) -> list[Der
                 changes.append(change)
                 derived.extend(segments.announce([change], tick))
         await _record(conn, changes)
-    return derived
+    ticked: dict[str, Event] = {}  # a person's newest tick among its records' partitions
+    for person, partition in await store.persons_in_partitions(conn, list(newest)):
+        tick = newest[partition]
+        if person not in ticked or tick.time > ticked[person].time:
+            ticked[person] = tick
+    return [*derived, *await on_persons(conn, ticked)]

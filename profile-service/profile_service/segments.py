@@ -9,7 +9,7 @@ compare the two on the same data.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -83,6 +83,56 @@ class CustomerFacts:
     """When each of the customer's complaint cases was first opened."""
     now: datetime | None = None
     """The clock of the customer's crm.orders partition (None before its first tick)."""
+
+
+def profile_of(contact: Mapping[str, str | None], attributes: Mapping[str, str]) -> dict[str, str]:
+    """A record's fields as rules name them: contact fields by name, attributes with their
+    prefix; absent fields are absent."""
+    profile = {name: value for name, value in contact.items() if value is not None}
+    profile.update({rules.ATTRIBUTE_PREFIX + key: value for key, value in attributes.items()})
+    return profile
+
+
+def _own_order(record: str, order_id: str) -> str:
+    """An order id made unique across a person's records (each record numbers its own)."""
+    return f"{len(record)}:{record}:{order_id}"
+
+
+def person_facts(
+    person_id: str, parts: Sequence[CustomerFacts], profile: Mapping[str, str]
+) -> CustomerFacts:
+    """The facts of a person of several records: every record's orders, lines, refunds,
+    cancellations and complaints together (order ids kept apart per record), the person's
+    combined profile, its RFM scores (computed per person, under its id), and the newest clock
+    among its records' partitions."""
+    nows = [part.now for part in parts if part.now is not None]
+    return CustomerFacts(
+        person_id,
+        profile,
+        orders=[
+            replace(o, order_id=_own_order(p.customer_id, o.order_id))
+            for p in parts
+            for o in p.orders
+        ],
+        lines=[
+            replace(line, order_id=_own_order(p.customer_id, line.order_id))
+            for p in parts
+            for line in p.lines
+        ],
+        refunds=[
+            replace(r, order_id=r.order_id and _own_order(p.customer_id, r.order_id))
+            for p in parts
+            for r in p.refunds
+        ],
+        cancellations={
+            _own_order(p.customer_id, order): at
+            for p in parts
+            for order, at in p.cancellations.items()
+        },
+        rfm=next((p.rfm for p in parts if p.customer_id == person_id), {}),
+        complaints=[at for p in parts for at in p.complaints],
+        now=max(nows, default=None),
+    )
 
 
 def rfm_triples(spec: rules.RfmSpec) -> list[tuple[int, int, int]]:

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from crm_shared.contracts.events import RESERVED_SEGMENTS, SegmentName
 from crm_shared.runtime.http import model_response
 from profile_service import store
-from profile_service.api import Conn, CustomerIdPath
+from profile_service.api import Conn, CustomerIdPath, find_person
 
 SegmentPath = Annotated[str, Path(min_length=1, max_length=80, pattern=r"^[a-z0-9_.-]+$")]
 MAX_PAGE = 1000
@@ -113,10 +113,12 @@ class CustomerMemberships(BaseModel):
 
 @router.get("/customers/{customer_id}/segments", response_model=CustomerMemberships)
 async def get_customer_segments(customer_id: CustomerIdPath, conn: Conn) -> Response:
-    """The segments the customer is in now (operator segments and the platform's own)."""
+    """The segments the customer is in now (operator segments and the platform's own): those
+    of the person the record belongs to, whose id answers."""
     if await store.customer_view(conn, customer_id) is None:
         raise HTTPException(404, f"customer {customer_id!r} is not known to the profile service")
-    rows = await store.customer_segments(conn, customer_id)
+    person = await find_person(conn, customer_id)
+    rows = await store.customer_segments(conn, person.person_id)
     return model_response(
-        CustomerMemberships(customer_id=customer_id, segments=[Membership(**r) for r in rows])
+        CustomerMemberships(customer_id=person.person_id, segments=[Membership(**r) for r in rows])
     )

@@ -211,19 +211,22 @@ async def find_by_identifier(conn: asyncpg.Connection, system: str, value: str) 
 
 async def save_aliases(
     conn: asyncpg.Connection, aliases: Mapping[str, IdentifierReference]
-) -> None:
-    """Remember which identifier each alias record (a subject naming one) names."""
-    if aliases:
-        await conn.execute(
-            """
-            INSERT INTO identifier_aliases (record_id, system, value)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
-            ON CONFLICT DO NOTHING
-            """,
-            list(aliases),
-            [reference.system for reference in aliases.values()],
-            [reference.value for reference in aliases.values()],
-        )
+) -> list[str]:
+    """Remember which identifier each alias record (a subject naming one) names; the aliases
+    not known before."""
+    if not aliases:
+        return []
+    rows = await conn.fetch(
+        """
+        INSERT INTO identifier_aliases (record_id, system, value)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+        ON CONFLICT DO NOTHING RETURNING record_id
+        """,
+        list(aliases),
+        [reference.system for reference in aliases.values()],
+        [reference.value for reference in aliases.values()],
+    )
+    return [row["record_id"] for row in rows]
 
 
 async def alias_holders(
@@ -267,16 +270,93 @@ async def all_merge_statements(conn: asyncpg.Connection) -> list[identity.MergeS
     return [identity.MergeStatement(**dict(row)) for row in rows]
 
 
-async def save_persons(conn: asyncpg.Connection, persons: Mapping[str, str]) -> None:
-    """Replace the record -> person map the analyses group by (identity.persons)."""
-    async with conn.transaction():
-        await conn.execute("DELETE FROM computed_persons")
-        if persons:
-            await conn.copy_records_to_table(
-                "computed_persons",
-                records=list(persons.items()),
-                columns=["record_id", "person_id"],
-            )
+async def touches_persons(conn: asyncpg.Connection, ids: Collection[str]) -> bool:
+    """Whether a change to these records' claims may change who is one person: one of them
+    belongs to a person of several records, or claims an identifier an alias names."""
+    found: bool = await conn.fetchval(
+        """
+        SELECT EXISTS (SELECT 1 FROM person_records WHERE record_id = ANY($1::text[]))
+            OR EXISTS (SELECT 1 FROM customer_identifiers i
+                       JOIN identifier_aliases a USING (system, value)
+                       WHERE i.customer_id = ANY($1::text[]))
+        """,
+        list(ids),
+    )
+    return found
+
+
+async def person_records(conn: asyncpg.Connection) -> dict[str, str]:
+    """The folded record -> person map, locked until the batch commits: folds that change it
+    (replicas folding other partitions) take turns, each seeing the other's statements."""
+    await conn.execute("LOCK TABLE person_records IN EXCLUSIVE MODE")
+    rows = await conn.fetch("SELECT record_id, person_id FROM person_records")
+    return {row["record_id"]: row["person_id"] for row in rows}
+
+
+async def save_person_records(
+    conn: asyncpg.Connection, before: Mapping[str, str], after: Mapping[str, str]
+) -> None:
+    """Write the rows of the record -> person map that differ from `before`."""
+    gone = [record for record in before if record not in after]
+    changed = {r: p for r, p in after.items() if before.get(r) != p}
+    if gone:
+        await conn.execute("DELETE FROM person_records WHERE record_id = ANY($1::text[])", gone)
+    if changed:
+        await conn.execute(
+            """
+            INSERT INTO person_records AS t (record_id, person_id)
+            SELECT * FROM unnest($1::text[], $2::text[])
+            ON CONFLICT (record_id) DO UPDATE SET person_id = EXCLUDED.person_id
+            """,
+            list(changed),
+            list(changed.values()),
+        )
+
+
+async def persons_of(conn: asyncpg.Connection, ids: Collection[str]) -> dict[str, str]:
+    """Record -> person for those of these records that belong to a person of several."""
+    rows = await conn.fetch(
+        "SELECT record_id, person_id FROM person_records WHERE record_id = ANY($1::text[])",
+        list(ids),
+    )
+    return {row["record_id"]: row["person_id"] for row in rows}
+
+
+async def records_of_persons(
+    conn: asyncpg.Connection, persons: Collection[str]
+) -> dict[str, list[str]]:
+    """Each person's records, its own id first (a person of one record: itself alone)."""
+    found: dict[str, list[str]] = {person: [person] for person in persons}
+    rows = await conn.fetch(
+        "SELECT record_id, person_id FROM person_records"
+        " WHERE person_id = ANY($1::text[]) AND record_id <> person_id ORDER BY record_id",
+        list(persons),
+    )
+    for row in rows:
+        found[row["person_id"]].append(row["record_id"])
+    return found
+
+
+async def persons_of_several(conn: asyncpg.Connection) -> list[str]:
+    """Every person made of several records."""
+    rows = await conn.fetch("SELECT DISTINCT person_id FROM person_records ORDER BY person_id")
+    return [row["person_id"] for row in rows]
+
+
+async def persons_in_partitions(
+    conn: asyncpg.Connection, partitions: Collection[int]
+) -> list[tuple[str, int]]:
+    """(person, crm.orders partition) of the persons of several records with a record whose
+    purchases are in one of these partitions."""
+    rows = await conn.fetch(
+        """
+        SELECT DISTINCT r.person_id, t.orders_partition FROM person_records r
+        JOIN purchase_totals t ON t.customer_id = r.record_id
+        WHERE t.orders_partition = ANY($1::int[]) ORDER BY 1, 2
+        """,
+        list(partitions),
+    )
+    return [(row["person_id"], row["orders_partition"]) for row in rows]
 
 
 def _membership(row: Mapping[str, Any], segment: str) -> Membership | None:
@@ -306,13 +386,14 @@ async def lapse_candidates(
     conn: asyncpg.Connection, segment: str, partition: int, cutoff: datetime
 ) -> list[LapseCandidate]:
     """Customers of a crm.orders partition who last bought at or before `cutoff` and are not
-    members of the segment."""
+    members of the segment, persons of several records aside (segment_fold.on_persons)."""
     rows = await conn.fetch(
         """
         SELECT t.customer_id, t.last_purchase_at, m.member, m.version, m.changed_at
         FROM purchase_totals t
         LEFT JOIN segment_memberships m ON m.customer_id = t.customer_id AND m.segment = $1
         WHERE t.orders_partition = $2 AND t.last_purchase_at <= $3 AND m.member IS NOT TRUE
+          AND NOT EXISTS (SELECT 1 FROM person_records r WHERE r.record_id = t.customer_id)
         ORDER BY t.customer_id
         """,
         segment,
@@ -672,28 +753,22 @@ def _rolled_up_bit(dimension: str) -> int:
 _PERSONS = """
     WITH person_facts AS (
         SELECT coalesce(p.person_id, r.customer_id) AS person_id, r.*
-        FROM revenue_facts r LEFT JOIN computed_persons p ON p.record_id = r.customer_id
+        FROM revenue_facts r LEFT JOIN person_records p ON p.record_id = r.customer_id
     ),
     person_countries AS (
         SELECT DISTINCT ON (p.person_id) p.person_id, c.country
-        FROM computed_persons p JOIN customers c ON c.customer_id = p.record_id
+        FROM person_records p JOIN customers c ON c.customer_id = p.record_id
         WHERE c.country IS NOT NULL
         ORDER BY p.person_id, c.field_times ->> 'country' DESC,
                  coalesce(c.field_sources ->> 'country', '') DESC,
                  c.customer_id <> p.person_id DESC, c.customer_id DESC
     ),
     person_segments AS (
-        SELECT m.customer_id AS person_id, m.segment FROM segment_memberships m
-        WHERE m.member
-          AND NOT EXISTS (SELECT 1 FROM computed_persons p WHERE p.record_id = m.customer_id)
-        UNION ALL
-        SELECT DISTINCT p.person_id, m.segment FROM segment_memberships m
-        JOIN computed_persons p ON p.record_id = m.customer_id
-        WHERE m.member
+        SELECT m.customer_id AS person_id, m.segment FROM segment_memberships m WHERE m.member
     )"""
-"""The facts, countries and segments of persons (computed_persons): a person's country is taken
-from its records as identity.combined_record takes it (the newest by event time, then source),
-and it is in a segment when one of its records is."""
+"""The facts, countries and segments of persons (person_records): a person's country is taken
+from its records as identity.combined_record takes it (the newest by event time, then source);
+segment members are persons already (a record merged away is a member of none)."""
 
 
 async def refresh_cube(conn: asyncpg.Connection) -> None:
@@ -940,11 +1015,12 @@ async def release_lifetime_fit_lock(conn: asyncpg.Connection) -> None:
 async def purchase_histories(
     conn: asyncpg.Connection,
 ) -> tuple[list[PurchaseHistory], datetime | None]:
-    """Every customer's purchase days per currency (orders not cancelled; several orders on one
-    UTC day are one purchase, their value net of the refunds naming them), measured against the
-    clock of the customer's crm.orders partition, else the newest tick, else the newest purchase
-    (as the RFM scores are): repeat days, days from the first to the last and to the clock.
-    Also the newest clock any was measured against."""
+    """Every person's purchase days per currency (orders not cancelled; several orders on one
+    UTC day are one purchase, their value net of the refunds naming them), the orders of a
+    person's records together (person_records, as the RFM scores group them), measured
+    against the clock of the person's crm.orders partition, else the newest tick, else the
+    newest purchase (as the RFM scores are): repeat days, days from the first to the last and
+    to the clock. Also the newest clock any was measured against."""
     async with conn.transaction():
         await conn.execute("SET LOCAL work_mem = '128MB'")
         rows = await conn.fetch(
@@ -954,11 +1030,13 @@ async def purchase_histories(
                 FROM refunds WHERE order_id IS NOT NULL GROUP BY 1, 2, 3
             ),
             days AS (
-                SELECT o.customer_id, o.currency, (o.placed_at AT TIME ZONE 'UTC')::date AS day,
+                SELECT coalesce(p.person_id, o.customer_id) AS customer_id, o.currency,
+                       (o.placed_at AT TIME ZONE 'UTC')::date AS day,
                        sum(o.amount - coalesce(r.amount, 0))::float8 AS spend,
                        max(o.placed_at) AS last_at
                 FROM orders o
                 LEFT JOIN refunded r USING (customer_id, order_id, currency)
+                LEFT JOIN person_records p ON p.record_id = o.customer_id
                 WHERE NOT EXISTS (
                     SELECT 1 FROM order_cancellations c
                     WHERE c.customer_id = o.customer_id AND c.order_id = o.order_id
@@ -1137,7 +1215,7 @@ async def current_lifetime_model(conn: asyncpg.Connection) -> ModelInUse | None:
 
 
 async def lifetime_of(conn: asyncpg.Connection, customer_id: str) -> list[Scored]:
-    """The customer's predictions by the current version, per currency."""
+    """The predictions of a person (named by its id) by the current version, per currency."""
     rows = await conn.fetch(
         "SELECT m.version, m.fitted_at, m.as_of, m.horizon_days, p.currency,"
         " p.repeat_purchases, p.span_days, p.age_days, p.mean_repeat_spend,"
@@ -1266,9 +1344,8 @@ async def customer_facts(
         " WHERE customer_id = ANY($1::text[])",
         ids,
     ):
-        profile = {name: row[name] for name in CONTACT_FIELDS if row[name] is not None}
-        profile.update({ATTRIBUTE_PREFIX + k: v for k, v in (row["attributes"] or {}).items()})
-        parts[row["customer_id"]]["profile"] = profile
+        contact = {name: row[name] for name in CONTACT_FIELDS}
+        parts[row["customer_id"]]["profile"] = segments.profile_of(contact, row["attributes"] or {})
     queries: dict[str, tuple[str, Callable[[Mapping[str, Any]], Any]]] = {
         "orders": (
             "SELECT customer_id, order_id, placed_at, channel, currency, amount FROM orders"
@@ -1512,14 +1589,20 @@ EVERYONE = (
     "SELECT customer_id FROM customers UNION SELECT customer_id FROM purchase_totals"
     " UNION SELECT customer_id FROM complaints UNION SELECT customer_id FROM customer_opinions"
     " UNION SELECT customer_id FROM merge_statements"
+    " EXCEPT SELECT record_id FROM person_records"
 )
 """The customers a rule is evaluated over: everyone the profile knows, whatever fact made it know
 them (a complaint or an opinion alone, too). After a run of events every customer it touched is
 evaluated (segment_fold.on_facts), so a definition folded after a customer's facts must reach
 them as well: a replay, whose definitions fall elsewhere among the facts, gives the same
-members."""
-IN_PARTITIONS = "SELECT customer_id FROM purchase_totals WHERE orders_partition = ANY($1::int[])"
-"""The customers whose time is these crm.orders partitions' clocks ($1)."""
+members. Persons of several records are left out: their records' facts are combined, in Python
+(segment_fold.on_persons)."""
+IN_PARTITIONS = (
+    "SELECT customer_id FROM purchase_totals WHERE orders_partition = ANY($1::int[])"
+    " EXCEPT SELECT record_id FROM person_records"
+)
+"""The customers whose time is these crm.orders partitions' clocks ($1), persons of several
+records aside."""
 AMONG = "SELECT DISTINCT unnest($1::text[]) AS customer_id"
 """The customers named in $1."""
 

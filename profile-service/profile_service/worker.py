@@ -6,7 +6,7 @@ python -m profile_service.worker
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
 import asyncpg
@@ -32,9 +32,10 @@ from profile_service import (
 from profile_service.config import MIGRATIONS, ProfileSettings
 from profile_service.events import CUSTOMER_TYPES, FOLDS, TOPICS
 from profile_service.projection import Membership
+from profile_service.segment_fold import Folded
 
 
-async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:
+async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Folded:
     """The commerce facts (upserts: the first event of an id wins), then the rest of the view."""
     await store.save_commerce(conn, commerce.commerce_rows(events))
     return await fold_view(conn, events)
@@ -47,21 +48,22 @@ class BulkFold:
     def __init__(self) -> None:
         self.written = commerce.WrittenIds()
 
-    async def __call__(
-        self, conn: asyncpg.Connection, events: Sequence[Event]
-    ) -> Sequence[Derived]:
+    async def __call__(self, conn: asyncpg.Connection, events: Sequence[Event]) -> Folded:
         new, known = commerce.split_new(commerce.commerce_rows(events), self.written)
         await store.append_commerce(conn, new)
         await store.save_commerce(conn, known)
         return await fold_view(conn, events)
 
 
-async def fold_view(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:
-    """Read the touched records, evolve them purely, write them back with the totals; then the
-    segments that depend on them. A run of ticks only moves time (the projector splits runs)."""
+async def fold_view(conn: asyncpg.Connection, events: Sequence[Event]) -> Folded:
+    """Read the touched records, evolve them purely, write them back with the totals; then who
+    is one person, and the lapses of the customers who are a person of one record (the persons
+    of several are segment_fold's). A run of ticks only moves time (the projector splits runs)."""
     if events and events[0].type == CLOCK_TICKED:
-        return await fold_ticks(conn, events)
-    await store.save_aliases(conn, references.aliases({e.customer_id for e in events}))
+        return Folded(await fold_ticks(conn, events))
+    new_aliases = await store.save_aliases(
+        conn, references.aliases({e.customer_id for e in events})
+    )
     customer_events = [e for e in events if e.type in CUSTOMER_TYPES]
     if customer_events:
         current = await store.lock_customers(conn, {e.customer_id for e in customer_events})
@@ -70,10 +72,18 @@ async def fold_view(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequen
         metrics.CUSTOMERS_CHANGED.inc(len(changed))
     await store.save_opinions(conn, opinions.opinion_rows(events))
     await store.save_complaints(conn, complaints.complaint_rows(events))
-    await store.save_merge_statements(conn, identity.merge_statements(events))
+    statements = identity.merge_statements(events)
+    await store.save_merge_statements(conn, statements)
+    moved = await fold_persons(
+        conn,
+        bool(statements or new_aliases),
+        {e.customer_id for e in customer_events},
+    )
+    grouped = (await store.persons_of(conn, {e.customer_id for e in events})).keys()
     deltas = projection.purchase_deltas(events)
+    own = {customer for customer in deltas if customer not in grouped and customer not in moved}
     # Read before the totals move: the lapses are replayed event by event from this state.
-    before = await store.lapse_states(conn, projection.LAPSED, deltas)
+    before = await store.lapse_states(conn, projection.LAPSED, own)
     clocks = await store.partition_clocks(
         conn, ORDERS.name, {e.partition for e in events if e.customer_id in deltas}
     )
@@ -82,12 +92,33 @@ async def fold_view(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequen
         totals = deltas.values()
         metrics.MONEY_FOLDED.labels("order").inc(float(sum(d.gross_revenue for d in totals)))
         metrics.MONEY_FOLDED.labels("refund").inc(float(sum(d.refunded for d in totals)))
-    if not deltas:
-        return []
-    changes = projection.purchase_lapses(events, before, clocks)
+    if not own:
+        return Folded([], moved, grouped)
+    purchases = [e for e in events if e.customer_id in own]
+    changes = projection.purchase_lapses(purchases, before, clocks)
     await store.save_memberships(conn, [change for change, _, _ in changes])
     metrics.SEGMENT_CHANGES.labels(projection.LAPSED).inc(len(changes))
-    return [projection.segment_event(change, cause, reason) for change, cause, reason in changes]
+    return Folded(
+        [projection.segment_event(change, cause, reason) for change, cause, reason in changes],
+        moved,
+        grouped,
+    )
+
+
+async def fold_persons(
+    conn: asyncpg.Connection, may_change: bool, claimants: Collection[str]
+) -> set[str]:
+    """Recompute who is one person (identity.persons over every standing merge and every alias
+    of a held identifier) when the batch may have changed it: merge statements or new aliases
+    (`may_change`), or records whose claims changed (`claimants`) that hold or may take an
+    alias's identifier, or belong to a person of several. Returns identity.persons_changed."""
+    if not may_change and not (claimants and await store.touches_persons(conn, claimants)):
+        return set()
+    before = await store.person_records(conn)
+    links = identity.standing_links(await store.all_merge_statements(conn))
+    after = identity.persons(links, await store.alias_holders(conn))
+    await store.save_person_records(conn, before, after)
+    return identity.persons_changed(before, after)
 
 
 async def fold_ticks(conn: asyncpg.Connection, ticks: Sequence[Event]) -> list[Derived]:
@@ -114,14 +145,6 @@ async def fold_ticks(conn: asyncpg.Connection, ticks: Sequence[Event]) -> list[D
     return derived
 
 
-async def refresh_persons(conn: asyncpg.Connection) -> None:
-    """Recompute who is one person (every standing merge, every alias of a held identifier), for
-    the analyses across customers to group by."""
-    links = identity.standing_links(await store.all_merge_statements(conn))
-    holders = await store.alias_holders(conn)
-    await store.save_persons(conn, identity.persons(links, holders))
-
-
 RFM_REFRESH_INTERVAL_SECONDS = 10.0
 """How often the worker looks whether the projection moved, and then recomputes the RFM scores
 and the cube (a no-op look costs one small query)."""
@@ -131,7 +154,7 @@ every 10 minutes)."""
 
 
 class RfmRefresher:
-    """Recomputes the persons, the RFM scores, then the cube (broken down by their segments),
+    """Recomputes the RFM scores, then the cube (broken down by their segments),
     when the fold applied something or time moved since the last run, and publishes the segment
     sizes as gauges."""
 
@@ -144,7 +167,6 @@ class RfmRefresher:
             if mark == self.refreshed_at_mark:
                 return
             started = time.monotonic()
-            await refresh_persons(conn)
             await store.refresh_rfm(conn)
             sizes = await store.segment_sizes(conn)
             scored = time.monotonic()

@@ -1,6 +1,7 @@
 """Lifetime value on real PostgreSQL (no Kafka): the purchase histories the models read, a fit
-swapped in with every customer's prediction, a requested refit replacing it, and the fit on the
-real UCI Online Retail file."""
+swapped in with every customer's prediction, a requested refit replacing it, one person's
+records (merged, aliased) fitted and answered as one customer, and the fit on the real UCI
+Online Retail file."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 
 from crm_shared.contracts.deadletter import DeadLetter
@@ -20,11 +22,14 @@ from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.projector import BatchProjector, RawRecord
 from crm_shared.runtime.shadow import fingerprints
 from profile_service import store
+from profile_service.api import create_app
+from profile_service.config import ProfileSettings
 from profile_service.lifetime import FittedVersion
 from profile_service.lifetime_fit import fit_all
 from profile_service.lifetime_job import LifetimeRefitter
 from profile_service.worker import PROJECTION
 from tests.component.partition_logs import folded_in_batches, interleaved, orders_tick
+from tests.component.service_api import api_get, database_url
 from tests.unit.test_demo_retail import DATA
 
 pytestmark = pytest.mark.component
@@ -166,6 +171,82 @@ async def test_a_fit_is_swapped_in_whole_and_a_requested_refit_replaces_it() -> 
     assert [row["version"] for row in versions] == [2]  # the old predictions went with the swap
     assert answered == 2
     assert not any(table.startswith("fitted_") for table in before)  # not compared by rebuilds
+
+
+def _customer(kind: str, day: float, data: dict[str, Any]) -> Any:
+    """An event of Ann's customer record."""
+    at = DAY0 + timedelta(days=day)
+    kind = f"crm.customer.{kind}.v1"
+    return build_event(kind, "ann", data, source="shop", time=at, event_id=f"ann-{kind}")
+
+
+def _person_logs(unmerged: bool) -> list[RawRecord]:
+    """Ann bought on day 0, the visitor record merged into her on day 20, and an order naming
+    her e-mail on day 40; Bob once; with the crowd of the fit. `unmerged`: the visitor is split
+    off again on day 45."""
+    customers = [
+        _customer("registered", 0, {"email": "ann@x.test"}),
+        _customer("merged", 30, {"merged_customer_id": "visitor"}),
+        *([_customer("unmerged", 45, {"customer_id": "visitor"})] if unmerged else []),
+    ]
+    orders = {
+        0: [
+            *_crowd(40, seed=2),
+            _order("ann", "a1", 0, "10"),
+            _order("email:ann@x.test", "e1", 40, "30"),
+            orders_tick(0, DAY0 + timedelta(days=260)),
+        ],
+        1: [
+            _order("visitor", "v1", 20, "20"),
+            _order("bob", "b1", 5, "50"),
+            orders_tick(1, DAY0 + timedelta(days=260)),
+        ],
+    }
+    return [*interleaved({0: customers}, "crm.customers"), *interleaved(orders, "crm.orders")]
+
+
+async def _lifetime_answer(conn: asyncpg.Connection, customer_id: str) -> tuple[int, Any]:
+    """GET /customers/{id}/lifetime-value of the profile API over the test's database."""
+    settings = ProfileSettings(database_url=await database_url(conn))
+    path = f"/customers/{customer_id}/lifetime-value"
+    response = await api_get(create_app(settings), settings, path)
+    return response.status_code, response.json()
+
+
+@pytest.mark.parametrize("size", [1, 25])
+async def test_a_person_is_fitted_and_answered_as_one_customer(size: int) -> None:
+    async with folded_in_batches(PROJECTION, _person_logs(unmerged=False), size) as pool:
+        await LifetimeRefitter()(pool)
+        async with pool.acquire() as conn:
+            histories, _ = await store.purchase_histories(conn)
+            answers = {c: await _lifetime_answer(conn, c) for c in ("ann", "visitor", "bob")}
+            alias = await _lifetime_answer(conn, "email:ann@x.test")
+    found = {h.customer_id: h for h in histories}
+    assert "visitor" not in found and "email:ann@x.test" not in found
+    ann = found["ann"]
+    # Days 0, 20 and 40 from three records: two repeat purchases of mean spend 25.
+    assert (ann.repeat_purchases, ann.span_days, ann.mean_repeat_spend) == (2, 40, 25)
+    status, by_ann = answers["ann"]
+    assert status == 200 and by_ann["customer_id"] == "ann"
+    [figures] = by_ann["by_currency"]
+    assert figures["purchase_days"] == 3
+    assert answers["visitor"] == (200, by_ann)  # a merged record answers for its person
+    assert alias == (200, by_ann)
+    status, by_bob = answers["bob"]
+    assert status == 200 and by_bob["by_currency"][0]["purchase_days"] == 1
+
+
+async def test_an_unmerged_record_is_fitted_apart_again() -> None:
+    async with folded_in_batches(PROJECTION, _person_logs(unmerged=True), 25) as pool:
+        await LifetimeRefitter()(pool)
+        async with pool.acquire() as conn:
+            histories, _ = await store.purchase_histories(conn)
+            status, visitor = await _lifetime_answer(conn, "visitor")
+    found = {h.customer_id: h for h in histories}
+    assert (found["ann"].repeat_purchases, found["ann"].span_days) == (1, 40)
+    assert (found["visitor"].repeat_purchases, found["visitor"].span_days) == (0, 0)
+    assert status == 200 and visitor["customer_id"] == "visitor"
+    assert visitor["by_currency"][0]["purchase_days"] == 1
 
 
 @pytest.mark.skipif(DATA is None, reason="shared/data/online_retail.csv.gz not found")

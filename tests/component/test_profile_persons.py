@@ -72,7 +72,7 @@ async def _analysed(pool: asyncpg.Pool) -> dict[str, Any]:
     async with pool.acquire() as conn:
         scores = await conn.fetch("SELECT * FROM rfm_scores WHERE currency = 'GBP'")
         return {
-            "persons": dict(await conn.fetch("SELECT record_id, person_id FROM computed_persons")),
+            "persons": dict(await conn.fetch("SELECT record_id, person_id FROM person_records")),
             "scores": {r["customer_id"]: (r["frequency"], r["monetary"]) for r in scores},
             "top": await store.top_customers(conn, "GBP", Decimal("0.5"), 4),
             "grand": await store.cube(conn, "GBP", ()),

@@ -9,7 +9,6 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 
 from crm_shared.contracts.events import build_event
@@ -17,6 +16,7 @@ from recommendation_service import store
 from recommendation_service.api import create_app
 from recommendation_service.config import RecommendationSettings
 from recommendation_service.worker import train_model
+from tests.component.service_api import api_get
 from tests.component.test_recommendation_neighbours import T0, fold, pool
 
 pytestmark = pytest.mark.component
@@ -99,14 +99,7 @@ def _events() -> list[dict[str, Any]]:
 
 async def _get(dsn: str, path: str) -> tuple[int, Any]:
     settings = RecommendationSettings(database_url=dsn)
-    token = settings.platform.service_token
-    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://api") as client,
-    ):
-        response = await client.get(path, headers=headers)
+    response = await api_get(create_app(settings), settings, path)
     return response.status_code, response.json()
 
 

@@ -10,7 +10,6 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 
 from crm_shared.contracts.events import RECOMMENDATIONS_REFRESHED, build_event
@@ -19,6 +18,7 @@ from recommendation_service.api import create_app
 from recommendation_service.config import RecommendationSettings
 from recommendation_service.published import NEW_PRODUCTS, PUBLISHED_PICKS
 from recommendation_service.worker import refresh_picks, train_model
+from tests.component.service_api import api_get
 from tests.component.test_recommendation_neighbours import T0, pool, project
 from tests.component.test_recommendation_serving import _folded
 
@@ -29,14 +29,8 @@ __all__ = ["pool"]
 async def _api_answer(dsn: str, customer: str) -> dict[str, Any]:
     """The API's answer for a customer's recommendations, served from this database."""
     settings = RecommendationSettings(database_url=dsn)
-    token = settings.platform.service_token
-    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://api") as client,
-    ):
-        response = await client.get(f"/customers/{customer}/recommendations", headers=headers)
+    path = f"/customers/{customer}/recommendations"
+    response = await api_get(create_app(settings), settings, path)
     assert response.status_code == 200, response.text
     answer: dict[str, Any] = response.json()
     return answer

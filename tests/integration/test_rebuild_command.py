@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
+from crm_shared.contracts.events import build_event
 from crm_shared.ops.demo.workload import Workload
 from tests.integration.helpers import eventually, execute, fetch, service_auth, unique
 from tests.integration.test_crash_recovery import independent_fold, projections, publish
@@ -34,6 +36,17 @@ async def rebuild(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
+def _merge(kept: str, other: str, after: dict[str, Any], *, merged: bool) -> dict[str, Any]:
+    """A merge (or unmerge) of two records, dated like the event it follows."""
+    kind, data = (
+        ("crm.customer.merged.v1", {"merged_customer_id": other})
+        if merged
+        else ("crm.customer.unmerged.v1", {"customer_id": other})
+    )
+    at = datetime.fromisoformat(str(after["time"]))
+    return build_event(kind, kept, data, source="crm-test", time=at + timedelta(seconds=1))
+
+
 async def schemas(dsn: str) -> set[str]:
     rows = await fetch(dsn, "SELECT nspname FROM pg_namespace")
     return {row["nspname"] for row in rows}
@@ -45,6 +58,14 @@ async def test_a_rebuild_switches_over_with_every_event_while_the_api_keeps_serv
     prefix = unique("rebuild-switch")
     workload = Workload(seed=11, customers=60, products=30, prefix=prefix)
     before, during, after = (list(workload.events(n)) for n in (2_000, 1_500, 300))
+    # Persons of several records, whose segments the rebuild must derive as the live run did:
+    # a merge before, another during the rebuild, and an unmerge of the first during it.
+    buyers = sorted({e["subject"] for e in before if e["type"] == "crm.order.placed.v1"})
+    before.append(_merge(buyers[0], buyers[1], before[-1], merged=True))
+    during[500:500] = [
+        _merge(buyers[2], buyers[3], during[499], merged=True),
+        _merge(buyers[0], buyers[1], during[499], merged=False),
+    ]
     bootstrap, base = platform["CRM_KAFKA_BOOTSTRAP"], platform["CRM_PG_DSN_BASE"]
     profile_db = f"{base}/crm_profile"
 
@@ -89,6 +110,12 @@ async def test_a_rebuild_switches_over_with_every_event_while_the_api_keeps_serv
     assert "differs:" not in out, out
     assert found == expected
     assert answers and set(answers) == {200}, [a for a in answers if a != 200][:5]
+    persons = await fetch(
+        profile_db,
+        "SELECT record_id, person_id FROM person_records WHERE record_id = ANY($1::text[])",
+        buyers[:4],
+    )
+    assert dict(persons) == {buyers[2]: buyers[2], buyers[3]: buyers[2]}  # the rebuilt map
     assert any(name.startswith("retired_") for name in await schemas(profile_db))
     assert "rebuild_shadow" not in await schemas(profile_db)
 

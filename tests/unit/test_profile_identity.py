@@ -14,6 +14,7 @@ from profile_service.identity import (
     identified_by,
     members_of,
     merge_statements,
+    persons_changed,
     root_of,
     standing_links,
 )
@@ -88,3 +89,13 @@ def test_the_person_keeps_the_provenance_of_each_field_it_shows() -> None:
     assert person.contact == {"email": "b@x", "country": "UK"}
     assert person.field_sources == {"email": "pos", "country": "crm-ui"}
     assert person.field_times == {"email": at(4).isoformat(), "country": at(6).isoformat()}
+
+
+def test_persons_changed_names_each_moved_record_with_its_persons_before_and_after() -> None:
+    before = {"ann": "ann", "visitor": "ann", "bob": "bob", "email:b": "bob"}
+    after = {"ann": "ann", "visitor": "ann", "cat": "cat", "email:b": "cat"}
+    # bob lost his alias to cat; ann's person did not change.
+    assert persons_changed(before, after) == {"email:b", "bob", "cat"}
+    assert persons_changed(before, before) == set()
+    # An unmerge: the visitor is a person of its own again, Ann loses a record.
+    assert persons_changed({"ann": "ann", "visitor": "ann"}, {}) == {"visitor", "ann"}

@@ -214,3 +214,37 @@ def test_without_a_clock_no_time_window_holds_anything() -> None:
 def test_rfm_conditions_accept_the_score_triples_of_their_segments_and_bounds() -> None:
     spec = _rule({"rfm": {"currency": "GBP", "segments": ["lost"], "max_f": 1}}).rfm
     assert segments.rfm_triples(spec) == [(1, 1, 1), (1, 1, 2), (1, 1, 3)]  # F-M mean 1 or 2
+
+
+def test_a_persons_facts_are_its_records_together_with_order_ids_kept_apart() -> None:
+    def order(order_id: str, days_ago: int) -> OrderFact:
+        return OrderFact(order_id, NOW - timedelta(days=days_ago), "web", "GBP", Decimal(10))
+
+    ann = CustomerFacts(
+        "ann",
+        orders=[order("o1", 40)],
+        lines=[LineFact("o1", "P1", "mug")],
+        complaints=[NOW, NOW],
+        rfm={"GBP": (1, 1, 1)},
+        now=NOW - timedelta(days=1),
+    )
+    visitor = CustomerFacts(
+        "visitor",
+        orders=[order("o1", 5)],  # the same id on another record: another order
+        refunds=[RefundFact("o1", NOW, "GBP", Decimal(4))],
+        cancellations={"o1": NOW},
+        complaints=[NOW],
+        now=NOW,
+    )
+    person = segments.person_facts("ann", [ann, visitor], {"country": "UK"})
+
+    def holds(rule: dict[str, Any]) -> bool:
+        return segments.matches(segments.RULE.validate_python(rule), person)
+
+    assert person.customer_id == "ann" and person.now == NOW and person.rfm == ann.rfm
+    assert holds({"measure": "complaints", "at_least": 3})
+    assert holds({"field": "country", "in": ["UK"]})
+    # The visitor's o1 is cancelled (and its refund with it), Ann's o1 is not.
+    assert holds({"measure": "orders", "at_most": 1, "at_least": 1})
+    assert holds({"measure": "net_revenue", "currency": "GBP", "at_least": 10, "at_most": 10})
+    assert holds({"bought": {"product_ids": ["P1"]}})
