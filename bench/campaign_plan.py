@@ -130,7 +130,7 @@ async def main(customers: int, chunk: int, profile: bool) -> None:
                 time.process_time(),
                 cpu_seconds(backend),
             )
-            async with conn.transaction(readonly=True):
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
                 reasons = await planning.dry_run(conn, campaign, at, chunk)
             seconds = time.perf_counter() - started
             own_cpu, pg_cpu = time.process_time() - own_cpu, cpu_seconds(backend) - pg_cpu

@@ -203,7 +203,7 @@ def test_recipients_who_may_not_be_contacted_are_counted_by_reason_codes() -> No
     assert [m.customer_id for m in plan.messages] == ["C1"]
     expected = {PLANNED: 1, "no_consent": 1, "no_address": 1, "no_preferences": 1}
     assert plan.reasons == expected
-    assert dry_run(_campaign(), recipients, at(0)) == expected
+    assert dry_run(_campaign(), [(r, 1) for r in recipients], at(0)) == expected
 
 
 def test_a_channel_without_its_own_address_uses_the_registered_one() -> None:
@@ -255,7 +255,7 @@ def test_a_preferred_channel_without_an_address_gives_way_to_the_next() -> None:
     plan = plan_batch(_campaign(), [sms_first], at(0), 0)
     assert [(m.channel, m.address) for m in plan.messages] == [("email", "c1@example.com")]
     no_address = _recipient("C2", "sms", "email", addresses={})
-    assert dry_run(_campaign(), [no_address], at(0)) == {"no_address": 1}
+    assert dry_run(_campaign(), [(no_address, 3)], at(0)) == {"no_address": 3}
 
 
 def test_message_ids_are_the_uuid5_of_campaign_and_customer() -> None:
