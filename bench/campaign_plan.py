@@ -1,6 +1,6 @@
-"""Planning a campaign to a million customers: one contact decision each, one narrow row per
-recipient reached written to outbound_messages (messages are rendered when the sender claims
-them, see broadcast_service.rendering).
+"""Planning a campaign to a million customers: the contact decision of each (made once per
+decision signature), one narrow row per recipient reached written to outbound_messages (messages
+are rendered when the sender claims them, see broadcast_service.rendering).
 
     ./crm bench-campaign-plan [--customers 1000000] [--chunk 10000]
 
