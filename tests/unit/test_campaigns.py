@@ -17,6 +17,7 @@ from broadcast_service.campaigns import (
     Campaign,
     Product,
     Recipient,
+    SignedRecipient,
     campaign_from,
     dry_run,
     evolve_campaigns,
@@ -24,6 +25,7 @@ from broadcast_service.campaigns import (
     newest_contacts,
     newest_recommendations,
     plan_batch,
+    plan_signed,
     render_for,
     start_due,
 )
@@ -248,6 +250,31 @@ def test_an_immediate_campaign_is_marked_planning_and_a_scheduled_one_waits() ->
     marked = start_due({"now": now, "later": later})
     assert (marked["now"].state, marked["later"].state) == ("planning", "scheduled")
     assert marked["now"].fixed and not marked["later"].fixed
+
+
+def test_recipients_sharing_a_signature_get_its_decision_at_their_own_addresses() -> None:
+    # The example's sms has its own address and its e-mail the registered one; so do the
+    # others', at their own addresses (the signature says which channels have one, not which).
+    setups = (ChannelSetup("sms", "+1"), ChannelSetup("email"))
+    preferences = ChannelPreferences("C1", setups, "UTC", T0, "test", "p-C1")
+    consent = Consent("C1", "marketing", "*", "granted", T0, "test", "c-C1", "double_opt_in")
+    reach = reach_of(preferences, (consent,), registered={"email": "c1@example.com"})
+    example = Recipient("C1", reach)
+    signed = [
+        SignedRecipient("C1", "s", ["+1", None], "c1@example.com", None),
+        SignedRecipient("C2", "s", ["+2", None], "c2@example.com", "+9"),
+        SignedRecipient("C3", "t", None, None, None),
+    ]
+    refused = _recipient("C3", "email", addresses={}, consents=())
+    plan = plan_signed(_campaign(), signed, {"s": example, "t": refused}, at(0), 0)
+    assert [(m.customer_id, m.channel, m.address) for m in plan.messages] == [
+        ("C1", "sms", "+1"),
+        ("C2", "sms", "+2"),
+    ]
+    assert plan.reasons == {PLANNED: 2, "no_address + no_consent": 1}
+    email_only = _campaign(templates=[{"channel": "email", "text": "Hi"}])
+    plan = plan_signed(email_only, signed[:2], {"s": example}, at(0), 0)
+    assert [m.address for m in plan.messages] == ["c1@example.com", "c2@example.com"]
 
 
 def test_a_preferred_channel_without_an_address_gives_way_to_the_next() -> None:
