@@ -1,6 +1,6 @@
-"""Planning a campaign to a million customers: one contact decision each, one narrow row per
-recipient reached written to outbound_messages (messages are rendered when the sender claims
-them, see broadcast_service.rendering).
+"""Planning a campaign to a million customers: the contact decision of each (made once per
+decision signature), one narrow row per recipient reached written to outbound_messages (messages
+are rendered when the sender claims them, see broadcast_service.rendering).
 
     ./crm bench-campaign-plan [--customers 1000000] [--chunk 10000]
 
@@ -130,7 +130,7 @@ async def main(customers: int, chunk: int, profile: bool) -> None:
                 time.process_time(),
                 cpu_seconds(backend),
             )
-            async with conn.transaction(readonly=True):
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
                 reasons = await planning.dry_run(conn, campaign, at, chunk)
             seconds = time.perf_counter() - started
             own_cpu, pg_cpu = time.process_time() - own_cpu, cpu_seconds(backend) - pg_cpu

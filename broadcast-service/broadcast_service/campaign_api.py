@@ -131,7 +131,7 @@ def add_routes(app: FastAPI, batch_size: int, policy: ContactPolicy) -> None:
         campaign = campaign_from(
             Event("dry-run", "dry-run", CAMPAIGN_DEFINED, "dry-run", when, definition)
         )
-        async with conn.transaction(readonly=True):
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
             reasons = await planning.dry_run(conn, campaign, when, batch_size, policy)
         planned = planning.PLANNED_REASONS
         return DryRun(

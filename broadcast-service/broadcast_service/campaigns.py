@@ -3,12 +3,13 @@ their messages rendered.
 
 Pure: no I/O; time comes from events (the definition, the clock's ticks) and is passed in.
 A campaign's definition is last-writer-wins by event time until it is due, then fixed. It is
-planned once, at its send instant: one contact decision per recipient (`decide`, the single
-place this module asks for one), one narrow row per recipient who may be contacted (who, on
-which channel and address, from when), with an id derived from the campaign and the customer,
-so planning again adds nothing. The row is rendered from the templates (`render_for`) when the
-sender claims it, not when it is planned: planning costs a decision and a narrow row per
-recipient, and each message carries the recommendations current when it leaves.
+planned once, at its send instant: the contact decision of each recipient (`decide`, the single
+place this module asks for one; made once per decision signature, `plan_signed`, as recipients
+with equal signatures get equal decisions), one narrow row per recipient who may be contacted
+(who, on which channel and address, from when), with an id derived from the campaign and the
+customer, so planning again adds nothing. The row is rendered from the templates (`render_for`)
+when the sender claims it, not when it is planned: planning costs a decision and a narrow row
+per recipient, and each message carries the recommendations current when it leaves.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from broadcast_service.decision import (
     ContactPolicy,
     CustomerReach,
     contact_decision,
+    registered_addresses,
+    setup_address,
 )
 from broadcast_service.projection import RecentSend
 from broadcast_service.templates import Links, Personalisation, RenderedMessage, render
@@ -284,14 +287,55 @@ def reach_each(
         yield recipient, decide(recipient, definition.purpose.value, channels, at, policy)
 
 
+class SignedRecipient(NamedTuple):
+    """A recipient as planning reads them: their decision signature (`store._SIGNATURE`:
+    recipients with equal signatures get equal decisions) and their own addresses."""
+
+    customer_id: str
+    signature: str
+    addresses: Sequence[str | None] | None
+    """The address each channel of their set-up names, in its order (None: none names one)."""
+    email: str | None
+    phone: str | None
+    """What they registered with (`registered_addresses`)."""
+
+    def address(self, index: int, channel: str) -> str | None:
+        """The address of the set-up's channel at `index`, as `reach_of` gives it."""
+        own = self.addresses[index] if self.addresses else None
+        return setup_address(own, channel, registered_addresses(self.email, self.phone))
+
+
+def _indexed(recipient: Recipient) -> Recipient:
+    """The recipient with each address replaced by the position of its channel in the set-up.
+    The decision only asks whether a channel has an address and passes the one it picks
+    through, so deciding for one recipient of a signature names the position, and each
+    recipient sharing the signature is reached at their own address there."""
+    preferences = recipient.reach.preferences
+    if preferences is None:
+        return recipient
+    setups = tuple(
+        s if s.address is None else replace(s, address=str(i))
+        for i, s in enumerate(preferences.channels)
+    )
+    reach = replace(recipient.reach, preferences=replace(preferences, channels=setups))
+    return replace(recipient, reach=reach)
+
+
 def dry_run(
     campaign: Campaign,
-    recipients: Iterable[Recipient],
+    groups: Iterable[tuple[Recipient, int]],
     at: datetime,
     policy: ContactPolicy = DEFAULT_POLICY,
 ) -> Counter[str]:
-    """Recipients per decision reason, planned ones included: a dry run's whole answer."""
-    return Counter(reach.reason for _, reach in reach_each(campaign, recipients, at, policy))
+    """Recipients per decision reason, planned ones included: a dry run's whole answer. Each
+    group is one recipient and how many share their decision signature: one decision each."""
+    definition = campaign.definition
+    channels = [t.channel.value for t in definition.templates]
+    reasons: Counter[str] = Counter()
+    for example, recipients in groups:
+        reach = decide(example, definition.purpose.value, channels, at, policy)
+        reasons[reach.reason] += recipients
+    return reasons
 
 
 def plan_batch(
@@ -301,10 +345,56 @@ def plan_batch(
     first: int,
     policy: ContactPolicy = DEFAULT_POLICY,
 ) -> Plan:
-    """One narrow row per recipient who may be reached at `at`.
+    """One narrow row per recipient who may be reached at `at`, each recipient decided alone
+    (what `plan_signed` must equal).
 
     `first` is how many messages the earlier batches planned: with a throttle, message n is
     not sent before at + n / throttle, so the sender spreads the campaign by not_before."""
+    decided = (
+        (r.customer_id, reach, reach.address)
+        for r, reach in reach_each(campaign, recipients, at, policy)
+    )
+    return _plan(campaign, decided, at, first)
+
+
+def plan_signed(
+    campaign: Campaign,
+    recipients: Iterable[SignedRecipient],
+    examples: Mapping[str, Recipient],
+    at: datetime,
+    first: int,
+    policy: ContactPolicy = DEFAULT_POLICY,
+) -> Plan:
+    """`plan_batch` deciding once per decision signature: `examples` holds one recipient of
+    each signature (read by `store.recipients_of`), whose decision every recipient sharing it
+    gets, at their own address."""
+    definition = campaign.definition
+    channels = [t.channel.value for t in definition.templates]
+    purpose = definition.purpose.value
+    outcomes: dict[str, Reach] = {}
+
+    def decided() -> Iterator[tuple[str, Reach, str | None]]:
+        for recipient in recipients:
+            reach = outcomes.get(recipient.signature)
+            if reach is None:
+                example = _indexed(examples[recipient.signature])
+                reach = decide(example, purpose, channels, at, policy)
+                outcomes[recipient.signature] = reach
+            address = None
+            if reach.channel is not None and reach.address is not None:
+                address = recipient.address(int(reach.address), reach.channel)
+            yield recipient.customer_id, reach, address
+
+    return _plan(campaign, decided(), at, first)
+
+
+def _plan(
+    campaign: Campaign,
+    decided: Iterable[tuple[str, Reach, str | None]],
+    at: datetime,
+    first: int,
+) -> Plan:
+    """The rows and reasons of recipients decided: (customer id, decision, their address)."""
     definition = campaign.definition
     campaign_id = campaign.campaign_id
     purpose = definition.purpose.value
@@ -312,12 +402,11 @@ def plan_batch(
     id_of = message_ids(campaign_id)
     plan = Plan()
     rows = plan.messages
-    decided = plan.decided
-    for recipient, reach in reach_each(campaign, recipients, at, policy):
-        decided[reach.reason, reach.codes] += 1
+    counted = plan.decided
+    for customer_id, reach, address in decided:
+        counted[reach.reason, reach.codes] += 1
         if reach.channel is None or reach.not_before is None:
             continue
-        customer_id = recipient.customer_id
         not_before = reach.not_before
         if throttle:
             not_before = max(not_before, at + timedelta(seconds=(first + len(rows)) / throttle))
@@ -327,12 +416,12 @@ def plan_batch(
                 campaign_id,
                 customer_id,
                 reach.channel,
-                reach.address or "",
+                address or "",
                 purpose,
                 not_before,
             )
         )
-    for (reason, _), count in decided.items():
+    for (reason, _), count in counted.items():
         plan.reasons[reason] += count
     return plan
 

@@ -178,6 +178,11 @@ def registered_addresses(email: str | None, phone: str | None) -> dict[str, str]
     return found
 
 
+def setup_address(own: str | None, channel: str, registered: Mapping[str, str]) -> str | None:
+    """A channel's address: the set-up's own, else the one the customer registered for it."""
+    return own if own is not None else registered.get(channel)
+
+
 def with_registered_addresses(
     preferences: ChannelPreferences | None, registered: Mapping[str, str]
 ) -> ChannelPreferences | None:
@@ -195,7 +200,7 @@ def with_registered_addresses(
         if s.address is not None
         else ChannelSetup(
             s.channel,
-            registered.get(s.channel),
+            setup_address(s.address, s.channel, registered),
             s.quiet_hours,
             s.max_per_day,
             s.max_per_week,

@@ -21,6 +21,7 @@ from broadcast_service.campaigns import (
     PlannedRow,
     Product,
     Recipient,
+    SignedRecipient,
 )
 from broadcast_service.decision import CustomerReach, reach_of, registered_addresses
 from broadcast_service.delivery import OutboundMessage
@@ -628,29 +629,137 @@ ORDER BY customer_id LIMIT $3
 """
 
 
-async def recipients_after(
-    conn: asyncpg.Connection,
-    target: CampaignTarget,
-    after: str | None,
-    limit: int,
-    since: datetime,
+async def recipients_of(
+    conn: asyncpg.Connection, customer_ids: Sequence[str], since: datetime
 ) -> list[Recipient]:
-    """Up to `limit` recipients of the target after `after`, in customer id order (a keyset
-    cursor: a plan resumes from the last recipient it committed), with what the decision reads
-    (`reaches_of`, the same loader as the decision API's, so a plan and a single decision agree)
-    and their sends since `since`. JIT off in the caller's transaction: it costs more than it
-    saves on these statements."""
-    await conn.execute("SET LOCAL jit = off")
-    if target.segment is not None:
-        rows = await conn.fetch(_SEGMENT_MEMBERS, target.segment, after, limit)
-    else:
-        rows = await conn.fetch(_LISTED, list(target.customer_ids or ()), after, limit)
-    ids = [row["customer_id"] for row in rows]
-    if not ids:
+    """These customers with what the decision reads (`reaches_of`, the same loader as the
+    decision API's, so a plan and a single decision agree) and their sends since `since`."""
+    if not customer_ids:
         return []
-    reaches = await reaches_of(conn, ids)
-    sends = await recent_sends(conn, ids, since)
-    return [Recipient(i, reaches[i], tuple(sends.get(i, ()))) for i in ids]
+    reaches = await reaches_of(conn, customer_ids)
+    sends = await recent_sends(conn, customer_ids, since)
+    return [Recipient(i, reaches[i], tuple(sends.get(i, ()))) for i in customer_ids]
+
+
+# A recipient's decision signature: everything `reaches_of` and `recent_sends` give the decision
+# for a campaign's purpose, but for what the decision only passes through or compares among
+# itself (docs/decisions.md, "Planning by decision signature"): addresses become whether there
+# is one (the row takes the recipient's own), consent instants their order within the
+# customer's consents of the purpose, open complaints whether there is one, sends only those of
+# channels with a cap. The rest is as stored, so recipients with equal signatures are decided
+# alike by `contact_decision`. $4 is the campaign's purpose (normalised), $5 `sends_since`.
+_SIGNATURE = """
+ROW(p.timezone, s.shape, coalesce(c.email, '') <> '', coalesce(c.phone, '') <> '', k.consents,
+    (SELECT array_agg(ROW(d.channel, d.reason) ORDER BY d.channel COLLATE "C")
+     FROM do_not_contact AS d WHERE d.customer_id = r.customer_id AND d.listed),
+    EXISTS (SELECT FROM complaint_holds AS h WHERE h.customer_id = r.customer_id AND h.open),
+    (SELECT h.scored_at FROM detractor_holds AS h WHERE h.customer_id = r.customer_id),
+    CASE WHEN s.capped IS NOT NULL THEN
+        (SELECT array_agg(ROW(o.channel, o.sent_at) ORDER BY o.sent_at, o.channel COLLATE "C")
+         FROM outbound_messages AS o
+         WHERE o.state = 'sent' AND o.customer_id = r.customer_id AND o.sent_at >= $5
+           AND o.channel = ANY (s.capped))
+    END)::text
+"""
+# The chunk's rows of the set-ups, contacts and consents are read by their ids (index scans),
+# not joined whole: a join would scan every table once per chunk.
+_SIGNED = """
+WITH chunk AS MATERIALIZED ({members}),
+     chunk_ids AS (SELECT array_agg(customer_id) AS ids FROM chunk)
+SELECT r.customer_id, {signature} AS signature, s.addresses, c.email, c.phone
+FROM chunk AS r
+LEFT JOIN channel_preferences AS p
+    ON p.customer_id = r.customer_id AND p.customer_id = ANY ((SELECT ids FROM chunk_ids)::text[])
+LEFT JOIN customer_contacts AS c
+    ON c.customer_id = r.customer_id AND c.customer_id = ANY ((SELECT ids FROM chunk_ids)::text[])
+LEFT JOIN (
+    SELECT customer_id,
+           array_agg(ROW(channel, state, capture_method, rank) ORDER BY channel COLLATE "C")
+               AS consents
+    FROM (SELECT customer_id, channel, state, capture_method,
+                 dense_rank() OVER (PARTITION BY customer_id ORDER BY changed_at) AS rank
+          FROM consents
+          WHERE customer_id = ANY ((SELECT ids FROM chunk_ids)::text[]) AND purpose = $4) AS ranked
+    GROUP BY customer_id
+) AS k ON k.customer_id = r.customer_id
+LEFT JOIN LATERAL (
+    SELECT jsonb_agg((e - 'address') || jsonb_build_object('address', e ->> 'address' IS NOT NULL)
+                     ORDER BY n) AS shape,
+           CASE WHEN bool_or(e ->> 'address' IS NOT NULL)
+                THEN array_agg(e ->> 'address' ORDER BY n) END AS addresses,
+           array_agg(e ->> 'channel')
+               FILTER (WHERE e ->> 'max_per_day' IS NOT NULL OR e ->> 'max_per_week' IS NOT NULL)
+               AS capped
+    FROM jsonb_array_elements(p.settings) WITH ORDINALITY AS u(e, n)
+) AS s ON true
+"""
+_SIGNED_ROWS = _SIGNED + "ORDER BY r.customer_id"
+_SIGNED_GROUPS = f"""
+SELECT min(customer_id) AS example, count(*) AS recipients,
+       max(max(customer_id)) OVER () AS last
+FROM ({_SIGNED}) AS signed GROUP BY signature
+"""
+
+
+@dataclass(frozen=True)
+class SignatureRead:
+    """Which recipients a plan or dry run reads by decision signature, and for what."""
+
+    target: CampaignTarget
+    purpose: str
+    """The campaign's purpose, normalised: the consents read are this purpose's."""
+    since: datetime
+    """`sends_since` the decision instant."""
+    limit: int
+    """Recipients per chunk."""
+
+
+async def _signed(
+    conn: asyncpg.Connection, shape: str, read: SignatureRead, after: str | None
+) -> list[asyncpg.Record]:
+    """The chunk of recipients after `after` read by `shape`, with JIT off in the caller's
+    transaction: it costs more than it saves on these statements."""
+    await conn.execute("SET LOCAL jit = off")
+    target = read.target
+    members, key = (
+        (_SEGMENT_MEMBERS, target.segment)
+        if target.segment is not None
+        else (_LISTED, list(target.customer_ids or ()))
+    )
+    statement = shape.format(members=members, signature=_SIGNATURE)
+    rows: list[asyncpg.Record] = await conn.fetch(
+        statement, key, after, read.limit, read.purpose, read.since
+    )
+    return rows
+
+
+async def signed_recipients_after(
+    conn: asyncpg.Connection, read: SignatureRead, after: str | None
+) -> list[SignedRecipient]:
+    """The next chunk of recipients after `after`, in customer id order (a keyset cursor: a
+    plan resumes from the last recipient it committed), each with its decision signature and
+    its addresses."""
+    return [SignedRecipient(*row) for row in await _signed(conn, _SIGNED_ROWS, read, after)]
+
+
+@dataclass(frozen=True)
+class SignatureGroup:
+    """The recipients of a chunk that share a decision signature."""
+
+    example: str
+    """One of them (the least id), whose reach is read to decide for all."""
+    recipients: int
+    last: str
+    """The greatest id of the chunk (the dry run's cursor)."""
+
+
+async def signature_groups_after(
+    conn: asyncpg.Connection, read: SignatureRead, after: str | None
+) -> list[SignatureGroup]:
+    """The next chunk of recipients after `after`, counted by decision signature: a dry run
+    reads nothing per recipient."""
+    rows = await _signed(conn, _SIGNED_GROUPS, read, after)
+    return [SignatureGroup(row["example"], row["recipients"], row["last"]) for row in rows]
 
 
 async def add_planned_rows(

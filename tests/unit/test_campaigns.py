@@ -17,6 +17,7 @@ from broadcast_service.campaigns import (
     Campaign,
     Product,
     Recipient,
+    SignedRecipient,
     campaign_from,
     dry_run,
     evolve_campaigns,
@@ -24,6 +25,7 @@ from broadcast_service.campaigns import (
     newest_contacts,
     newest_recommendations,
     plan_batch,
+    plan_signed,
     render_for,
     start_due,
 )
@@ -203,7 +205,7 @@ def test_recipients_who_may_not_be_contacted_are_counted_by_reason_codes() -> No
     assert [m.customer_id for m in plan.messages] == ["C1"]
     expected = {PLANNED: 1, "no_consent": 1, "no_address": 1, "no_preferences": 1}
     assert plan.reasons == expected
-    assert dry_run(_campaign(), recipients, at(0)) == expected
+    assert dry_run(_campaign(), [(r, 1) for r in recipients], at(0)) == expected
 
 
 def test_a_channel_without_its_own_address_uses_the_registered_one() -> None:
@@ -250,12 +252,37 @@ def test_an_immediate_campaign_is_marked_planning_and_a_scheduled_one_waits() ->
     assert marked["now"].fixed and not marked["later"].fixed
 
 
+def test_recipients_sharing_a_signature_get_its_decision_at_their_own_addresses() -> None:
+    # The example's sms has its own address and its e-mail the registered one; so do the
+    # others', at their own addresses (the signature says which channels have one, not which).
+    setups = (ChannelSetup("sms", "+1"), ChannelSetup("email"))
+    preferences = ChannelPreferences("C1", setups, "UTC", T0, "test", "p-C1")
+    consent = Consent("C1", "marketing", "*", "granted", T0, "test", "c-C1", "double_opt_in")
+    reach = reach_of(preferences, (consent,), registered={"email": "c1@example.com"})
+    example = Recipient("C1", reach)
+    signed = [
+        SignedRecipient("C1", "s", ["+1", None], "c1@example.com", None),
+        SignedRecipient("C2", "s", ["+2", None], "c2@example.com", "+9"),
+        SignedRecipient("C3", "t", None, None, None),
+    ]
+    refused = _recipient("C3", "email", addresses={}, consents=())
+    plan = plan_signed(_campaign(), signed, {"s": example, "t": refused}, at(0), 0)
+    assert [(m.customer_id, m.channel, m.address) for m in plan.messages] == [
+        ("C1", "sms", "+1"),
+        ("C2", "sms", "+2"),
+    ]
+    assert plan.reasons == {PLANNED: 2, "no_address + no_consent": 1}
+    email_only = _campaign(templates=[{"channel": "email", "text": "Hi"}])
+    plan = plan_signed(email_only, signed[:2], {"s": example}, at(0), 0)
+    assert [m.address for m in plan.messages] == ["c1@example.com", "c2@example.com"]
+
+
 def test_a_preferred_channel_without_an_address_gives_way_to_the_next() -> None:
     sms_first = _recipient("C1", "sms", "email", addresses={"email": "c1@example.com"})
     plan = plan_batch(_campaign(), [sms_first], at(0), 0)
     assert [(m.channel, m.address) for m in plan.messages] == [("email", "c1@example.com")]
     no_address = _recipient("C2", "sms", "email", addresses={})
-    assert dry_run(_campaign(), [no_address], at(0)) == {"no_address": 1}
+    assert dry_run(_campaign(), [(no_address, 3)], at(0)) == {"no_address": 3}
 
 
 def test_message_ids_are_the_uuid5_of_campaign_and_customer() -> None:
