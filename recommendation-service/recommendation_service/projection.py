@@ -39,7 +39,8 @@ Strategy = Literal["personal", "popular"]
 
 @dataclass(frozen=True, slots=True)
 class Purchase:
-    """One product in one order; several lines of the same product in an order are merged."""
+    """One product in one order (or, from `refunds`, in one refund); several lines of the same
+    product in it are merged."""
 
     customer_id: str
     product_id: str
@@ -47,17 +48,29 @@ class Purchase:
     time: datetime
     description: str | None = None
     country: str | None = None
-    """The order's country, if it names one: trending is kept per country."""
+    """The order's (or refund's) country, if it names one: trending is kept per country."""
 
 
 def purchases(events: Iterable[Event]) -> list[Purchase]:
     """The batch's orders as purchases, in event-time order (ties keep batch order)."""
-    orders = sorted((e for e in events if isinstance(e.data, OrderPlaced)), key=lambda e: e.time)
+    return _merged_lines(events, OrderPlaced)
+
+
+def refunds(events: Iterable[Event]) -> list[Purchase]:
+    """The batch's refunds, one per product and refund, in event-time order: units refunded."""
+    return _merged_lines(events, OrderRefunded)
+
+
+def _merged_lines(
+    events: Iterable[Event], kind: type[OrderPlaced] | type[OrderRefunded]
+) -> list[Purchase]:
+    chosen = sorted((e for e in events if isinstance(e.data, kind)), key=lambda e: e.time)
     found: list[Purchase] = []
-    for event in orders:
-        assert isinstance(event.data, OrderPlaced)
+    for event in chosen:
+        data = event.data
+        assert isinstance(data, OrderPlaced | OrderRefunded)
         merged: dict[str, Purchase] = {}
-        for line in event.data.lines:
+        for line in data.lines:
             before = merged.get(line.product_id)
             if before is None:
                 merged[line.product_id] = Purchase(
@@ -66,7 +79,7 @@ def purchases(events: Iterable[Event]) -> list[Purchase]:
                     line.quantity,
                     event.time,
                     line.description,
-                    event.data.country,
+                    data.country,
                 )
             else:
                 merged[line.product_id] = replace(
@@ -81,12 +94,9 @@ def purchases(events: Iterable[Event]) -> list[Purchase]:
 def returned_units(events: Iterable[Event]) -> dict[CustomerProduct, int]:
     """Units refunded per (customer, product) in the batch."""
     units: dict[CustomerProduct, int] = {}
-    for event in events:
-        if not isinstance(event.data, OrderRefunded):
-            continue
-        for line in event.data.lines:
-            key = (event.customer_id, line.product_id)
-            units[key] = units.get(key, 0) + line.quantity
+    for refund in refunds(events):
+        key = (refund.customer_id, refund.product_id)
+        units[key] = units.get(key, 0) + refund.quantity
     return units
 
 

@@ -865,7 +865,8 @@ async def segments_of(conn: asyncpg.Connection, customers: Sequence[str]) -> dic
 
 
 async def add_trending(conn: asyncpg.Connection, deltas: Mapping[Scoped, TrendDelta]) -> None:
-    """Add the batch's decayed purchases: exact integer sums, the same in any order."""
+    """Add the batch's decayed purchases and subtract its refunds: exact integer sums, the same
+    in any order."""
     if not deltas:
         return
     keys = sorted(deltas)
@@ -888,14 +889,14 @@ async def add_trending(conn: asyncpg.Connection, deltas: Mapping[Scoped, TrendDe
 
 
 async def trending(conn: asyncpg.Connection, scope: str, limit: int) -> list[dict[str, Any]]:
-    """The scope's goods by decayed purchases, then id, never one the catalogue says is
-    unavailable."""
+    """The scope's goods by decayed purchases less refunds, then id: only those above zero
+    (a refunded purchase is not trending), never one the catalogue says is unavailable."""
     rows = await conn.fetch(
         """
         SELECT t.product_id, p.description, t.score, t.purchases, t.last_bought_at
         FROM trending t JOIN products p USING (product_id)
         LEFT JOIN catalogue c USING (product_id)
-        WHERE t.scope = $1 AND p.goods AND c.available IS DISTINCT FROM false
+        WHERE t.scope = $1 AND t.score > 0 AND p.goods AND c.available IS DISTINCT FROM false
         ORDER BY t.score DESC, t.product_id
         LIMIT $2
         """,

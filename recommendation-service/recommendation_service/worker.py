@@ -95,11 +95,13 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
     )
     await store.mark_for_refresh(conn, reclassified)
     await store.record_segment_changes(conn, list(trending.latest_segment_changes(events).values()))
-    if purchases:
-        customers = sorted({purchase.customer_id for purchase in purchases})
+    refunded = projection.refunds(events)
+    if purchases or refunded:
+        customers = sorted({item.customer_id for item in [*purchases, *refunded]})
         segments = await store.segments_of(conn, customers)
         await store.add_trending(
-            conn, trending.trend_deltas(purchases, segments, trending_half_life_days())
+            conn,
+            trending.trend_deltas(purchases, refunded, segments, trending_half_life_days()),
         )
     return ()
 
