@@ -23,8 +23,10 @@ from recommendation_service.consent import ConsentDecision
 from recommendation_service.models import Similar, SimilarPair
 from recommendation_service.neighbours import Entry, KeptGood, Lists
 from recommendation_service.projection import (
+    CustomerOrder,
     CustomerProduct,
     CustomerProductDelta,
+    OrderEntry,
     ProductDelta,
     ViewDelta,
 )
@@ -54,6 +56,86 @@ async def units_kept(
         [product_id for _, product_id in batch],
     )
     return {(row["customer_id"], row["product_id"]): row["units_kept"] for row in rows}
+
+
+async def cancelled_orders(
+    conn: asyncpg.Connection, orders: Collection[CustomerOrder]
+) -> set[CustomerOrder]:
+    """Which of these orders were cancelled before the batch."""
+    rows = await conn.fetch(
+        """
+        SELECT c.customer_id, c.order_id
+        FROM unnest($1::text[], $2::text[]) AS w(customer_id, order_id)
+        JOIN cancelled_orders c USING (customer_id, order_id)
+        """,
+        [customer_id for customer_id, _ in orders],
+        [order_id for _, order_id in orders],
+    )
+    return {(row["customer_id"], row["order_id"]) for row in rows}
+
+
+async def cancel_orders(
+    conn: asyncpg.Connection, orders: Sequence[CustomerOrder]
+) -> list[OrderEntry]:
+    """Record these orders (not cancelled before) as cancelled and remove the entries of their
+    orders and refunds folded so far, returning them: what the cancellation takes back."""
+    if not orders:
+        return []
+    await conn.execute(
+        """
+        INSERT INTO cancelled_orders (customer_id, order_id)
+        SELECT * FROM unnest($1::text[], $2::text[]) ORDER BY 1, 2
+        ON CONFLICT DO NOTHING
+        """,
+        [customer_id for customer_id, _ in orders],
+        [order_id for _, order_id in orders],
+    )
+    rows = await conn.fetch(
+        """
+        DELETE FROM order_entries e
+        USING unnest($1::text[], $2::text[]) AS w(customer_id, order_id)
+        WHERE e.customer_id = w.customer_id AND e.order_id = w.order_id
+        RETURNING e.*
+        """,
+        [customer_id for customer_id, _ in orders],
+        [order_id for _, order_id in orders],
+    )
+    return [
+        OrderEntry(
+            row["customer_id"],
+            row["order_id"],
+            row["source"],
+            row["event_id"],
+            row["refund"],
+            row["at"],
+            row["country"],
+            tuple(json.loads(row["segments"])),
+            tuple((product, units) for product, units in json.loads(row["lines"])),
+        )
+        for row in rows
+    ]
+
+
+async def add_order_entries(conn: asyncpg.Connection, entries: Sequence[OrderEntry]) -> None:
+    """Keep what these orders and refunds counted, for a cancellation to come (an event folded
+    again keeps its first entry)."""
+    if not entries:
+        return
+    await conn.execute(
+        """
+        INSERT INTO order_entries (customer_id, order_id, source, event_id, refund, at, country,
+                                   segments, lines)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[],
+                             $6::timestamptz[], $7::text[], $8::jsonb[], $9::jsonb[])
+        ORDER BY 1, 2, 3, 4
+        ON CONFLICT DO NOTHING
+        """,
+        *columns(
+            entries, "customer_id", "order_id", "source", "event_id", "refund", "time", "country"
+        ),
+        [json.dumps(entry.segments) for entry in entries],
+        [json.dumps(entry.lines) for entry in entries],
+    )
 
 
 async def add_customer_products(

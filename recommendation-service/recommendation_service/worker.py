@@ -1,7 +1,7 @@
-"""Recommendation worker: folds orders, refunds and product views into product, customer and
-view stats, keeps each product's similar products precomputed (the neighbour job), trains the
-personalised model and swaps it in (the trainer), and keeps customers' picks current (the picks
-job).
+"""Recommendation worker: folds orders, refunds, cancellations and product views into product,
+customer and view stats, keeps each product's similar products precomputed (the neighbour job),
+trains the personalised model and swaps it in (the trainer), and keeps customers' picks current
+(the picks job).
 
 python -m recommendation_service.worker
 """
@@ -68,15 +68,27 @@ customer kept (a customer who kept more of them than this may get a shorter list
 
 
 async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:
-    """Read what the batch's customers kept of its products with one lookup, aggregate purely,
-    upsert the sums, mark the goods that gained or lost a buyer for the neighbour job; keep the
-    catalogue (marking products it reclassifies), segment membership (before the purchases, so
-    one counts in the segments its customer is in once its batch is folded) and trending. A few
-    statements per batch, none per pair."""
-    purchases = projection.purchases(events)
+    """Settle the batch's cancellations first (what orders and refunds of cancelled orders count:
+    nothing, or less what they counted when folded), read what the batch's customers kept of its
+    products with one lookup, aggregate purely, upsert the sums, mark the goods that gained or
+    lost a buyer for the neighbour job; keep the catalogue (marking products it reclassifies),
+    segment membership (before the purchases, so one counts in the segments its customer is in
+    once its batch is folded), trending, and the entries a cancellation to come takes back. A
+    few statements per batch, none per pair."""
+    orders = projection.purchases(events)
+    refunds = projection.refunds(events)
+    cancelling = projection.cancellations(events)
+    named = projection.orders_named([*orders, *refunds])
+    cancelled_before = await store.cancelled_orders(conn, named | cancelling)
+    cancelled = cancelled_before | cancelling
+    taken_orders, taken_refunds = projection.taken_back(
+        await store.cancel_orders(conn, sorted(cancelling - cancelled_before))
+    )
+    purchases = projection.counted(orders, cancelled) + taken_orders
+    refunded = projection.not_cancelled(refunds, cancelled) + taken_refunds
     views = projection.view_deltas(events)
     changes: dict[projection.CustomerProduct, int] = {}
-    units = projection.units_kept_deltas(purchases, projection.returned_units(events))
+    units = projection.units_kept_deltas(purchases, projection.returned_units(refunded))
     decisions = consent.latest_decisions(events)
     if units:
         kept_before = await store.units_kept(conn, units.keys())
@@ -95,7 +107,6 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
     )
     await store.mark_for_refresh(conn, reclassified)
     await store.record_segment_changes(conn, list(trending.latest_segment_changes(events).values()))
-    refunded = projection.refunds(events)
     if purchases or refunded:
         customers = sorted({item.customer_id for item in [*purchases, *refunded]})
         segments = await store.segments_of(conn, customers)
@@ -103,6 +114,7 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
             conn,
             trending.trend_deltas(purchases, refunded, segments, trending_half_life_days()),
         )
+        await store.add_order_entries(conn, projection.order_entries(purchases, refunded, segments))
     return ()
 
 
