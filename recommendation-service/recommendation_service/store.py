@@ -495,6 +495,13 @@ async def model_products(
     return [(row[0], row[1], row[2]) for row in rows]
 
 
+async def model_ease(conn: asyncpg.Connection, version: int) -> list[tuple[str, str, float]]:
+    rows = await conn.fetch(
+        "SELECT product_id, other_product_id, weight FROM model_ease WHERE version = $1", version
+    )
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
 async def kept_purchases(
     conn: asyncpg.Connection, customers: Sequence[str] | None = None
 ) -> list[Kept]:
@@ -548,7 +555,8 @@ async def add_model_version(
     trained_at: datetime,
     metrics: Mapping[str, Any],
 ) -> int:
-    """Write a version and its products' factors; it serves nobody until `swap_model`."""
+    """Write a version, its products' factors and its EASE weights; it serves nobody until
+    `swap_model`."""
     version: int = await conn.fetchval(
         """
         INSERT INTO model_versions (trained_at, data_as_of, parameters, metrics)
@@ -570,6 +578,19 @@ async def add_model_version(
         model.product_factors.ravel().tolist(),
         model.seasonal.tolist(),
         model.parameters.factors,
+    )
+    ease = model.ease.tocoo()
+    await conn.execute(
+        """
+        INSERT INTO model_ease (version, product_id, other_product_id, weight)
+        SELECT $1, ($2::text[])[p + 1], ($2::text[])[o + 1], w
+        FROM unnest($3::int[], $4::int[], $5::real[]) AS e(p, o, w)
+        """,
+        version,
+        list(model.products),
+        ease.row.tolist(),
+        ease.col.tolist(),
+        ease.data.tolist(),
     )
     return version
 

@@ -199,8 +199,13 @@ class ServedModel:
         if found is None:
             return None
         if self._loaded is None or self._loaded[0] != found["version"]:
-            rows = await store.model_products(conn, found["version"])
-            model = serving.model_from_rows(rows, found["parameters"], found["data_as_of"])
+            version = found["version"]
+            model = serving.model_from_rows(
+                await store.model_products(conn, version),
+                await store.model_ease(conn, version),
+                found["parameters"],
+                found["data_as_of"],
+            )
             self._loaded = (found["version"], model)
         return self._loaded
 
@@ -330,7 +335,9 @@ async def train_model(pool: asyncpg.Pool) -> int | None:
             if not kept:
                 return None
             started = time.perf_counter()
-            model = await asyncio.to_thread(serving.train, kept, models.AlsParameters())
+            model = await asyncio.to_thread(
+                serving.train, kept, models.AlsParameters(), models.EaseParameters()
+            )
             figures = {
                 "customers": len({item.customer_id for item in kept}),
                 "products": len(model.products),

@@ -1,16 +1,20 @@
-"""The served model on real PostgreSQL (no Kafka): the trainer writes a version and every
-customer's picks and swaps them in at once; a customer's own purchase refreshes their picks with
-the version served; a retrain request is answered by the next version; old versions are pruned."""
+"""The served model on real PostgreSQL (no Kafka): the trainer writes a version (ALS factors,
+seasonal votes, EASE weights) and every customer's picks and swaps them in at once; a customer's
+own purchase refreshes their picks with the version served; a retrain request is answered by the
+next version; old versions are pruned with their weights."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
 import asyncpg
 import pytest
 
-from recommendation_service import store
+from recommendation_service import serving, store
+from recommendation_service.evaluation import BLEND_WEIGHTS
+from recommendation_service.models import AlsParameters, EaseParameters
 from recommendation_service.store import VERSIONS_KEPT
 from recommendation_service.worker import refresh_neighbours, refresh_picks, train_model
 from tests.component.test_recommendation_neighbours import _order, fold, pool, project
@@ -52,12 +56,20 @@ async def test_training_swaps_in_a_version_with_every_customers_picks(pool: asyn
         assert model is not None and model["version"] == version
         assert model["metrics"]["customers"] == len(BASKETS)
         assert model["metrics"]["products"] == 4  # JAM TEA MUG CUP: goods only
-        assert model["parameters"]["blend_weights"] == {
-            "item-knn": 1.0,
-            "als": 1.0,
-            "seasonal": 1.0,
-        }
+        assert model["parameters"]["blend_weights"] == BLEND_WEIGHTS
+        assert model["parameters"]["ease"] == asdict(EaseParameters())
         stored = await conn.fetch("SELECT customer_id, version FROM customer_picks")
+        weights = await store.model_ease(conn, version)
+        trained = serving.train(
+            await store.kept_purchases(conn), AlsParameters(), EaseParameters()
+        ).ease.tocoo()
+    # the version's EASE weights are what training computes (EASE has no randomness)
+    assert sorted(weights) == sorted(
+        (trained_products[a], trained_products[b], float(w))
+        for trained_products in [("CUP", "JAM", "MUG", "TEA")]
+        for a, b, w in zip(trained.row, trained.col, trained.data, strict=True)
+    )
+    assert weights
     assert {row["customer_id"] for row in stored} == set(BASKETS)
     assert {row["version"] for row in stored} == {version}
     for customer, basket in BASKETS.items():
@@ -121,3 +133,7 @@ async def test_a_retrain_request_is_answered_by_the_next_version_and_old_ones_pr
         assert {
             row["version"] for row in await conn.fetch("SELECT version FROM customer_picks")
         } == {versions[-1]}
+        # a version's EASE weights go with it
+        assert {
+            row["version"] for row in await conn.fetch("SELECT DISTINCT version FROM model_ease")
+        } == set(versions[-VERSIONS_KEPT:])
