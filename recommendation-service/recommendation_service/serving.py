@@ -173,9 +173,16 @@ def model_from_rows(
         np.array([row[2] for row in ordered], dtype=np.float32),
         ease,
         als,
-        EaseParameters(**parameters["ease"]),
+        # a version trained before EASE was served has no weights: `outdated` replaces it
+        EaseParameters(**parameters.get("ease", {})),
         data_as_of,
     )
+
+
+def outdated(parameters: Mapping[str, Any]) -> bool:
+    """Whether a stored version was trained for another blend than the one served now (one from
+    before EASE was served): the trainer replaces it at once instead of within the hour."""
+    return parameters.get("blend_weights") != BLEND_WEIGHTS
 
 
 def customer_factors(model: ServingModel, weights: sparse.csr_matrix) -> npt.NDArray[np.float32]:

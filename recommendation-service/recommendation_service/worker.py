@@ -327,7 +327,8 @@ async def train_model(pool: asyncpg.Pool) -> int | None:
             pending = await store.newest_pending_retrain(conn)
             due = serving.training_due(
                 current["trained_at"] if current else None,
-                pending is not None,
+                pending is not None
+                or (current is not None and serving.outdated(current["parameters"])),
                 datetime.now(UTC),
                 MODEL_RETRAIN_SECONDS,
             )

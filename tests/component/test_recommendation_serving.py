@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from recommendation_service import serving, store
+from recommendation_service import serving, store, worker
 from recommendation_service.evaluation import BLEND_WEIGHTS
 from recommendation_service.models import AlsParameters, EaseParameters
 from recommendation_service.store import VERSIONS_KEPT
@@ -137,3 +137,35 @@ async def test_a_retrain_request_is_answered_by_the_next_version_and_old_ones_pr
         assert {
             row["version"] for row in await conn.fetch("SELECT DISTINCT version FROM model_ease")
         } == set(versions[-VERSIONS_KEPT:])
+
+
+async def test_a_version_trained_for_the_blend_served_before_is_replaced_at_once(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version written before the EASE blend was served (no EASE parameters or weights): the
+    picks job still serves with it, and the trainer replaces it without waiting for the hour."""
+    await _folded(pool)
+    first = await train_model(pool)
+    assert first is not None
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """
+            UPDATE model_versions SET parameters = parameters - 'ease'
+                || '{"blend_weights": {"item-knn": 1.0, "als": 1.0, "seasonal": 1.0}}'::jsonb
+            WHERE version = $1
+            """,
+            first,
+        )
+        await conn.execute("DELETE FROM model_ease WHERE version = $1", first)
+    monkeypatch.setattr(worker, "SERVED", worker.ServedModel())  # loads the version as stored
+    while await refresh_picks(pool):  # the marks of the first orders
+        pass
+    await project(pool, [_order(50, "ME", ["TEA"])], batch=1, offset=50)
+    assert await refresh_picks(pool) == 1
+    mine = await _picks(pool, "ME")
+    assert mine is not None and mine["version"] == first and mine["picks"]
+    second = await train_model(pool)
+    assert second is not None and second > first
+    async with pool.acquire() as conn:
+        model = await store.current_model(conn)
+    assert model is not None and model["parameters"]["blend_weights"] == BLEND_WEIGHTS

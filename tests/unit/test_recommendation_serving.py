@@ -15,6 +15,7 @@ from recommendation_service.serving import (
     Neighbour,
     ServingModel,
     model_from_rows,
+    outdated,
     personal_picks,
     pick_document,
     train,
@@ -145,6 +146,21 @@ def test_an_ease_pick_is_bought_together_with_the_customers_product_that_weighs_
         ("TEA", "bought-together", "CUP"),
         ("MUG", "bought-together", "JAM"),
     ]
+
+
+def test_a_version_trained_for_the_blend_served_before_reads_back_and_is_outdated() -> None:
+    model = train([*_kept("C1", "JAM", "TEA"), *_kept("C2", "JAM", "MUG")], SMALL, EASE)
+    rows = [
+        (product, model.product_factors[n].tolist(), float(model.seasonal[n]))
+        for n, product in enumerate(model.products)
+    ]
+    before = {
+        "als": model.described()["als"],
+        "blend_weights": {"item-knn": 1.0, "als": 1.0, "seasonal": 1.0},
+    }
+    old = model_from_rows(rows, [], before, model.data_as_of)
+    assert old.ease.nnz == 0 and personal_picks(old, ["ME"], _kept("ME", "JAM"), [])
+    assert outdated(before) and not outdated(model.described())
 
 
 def test_training_is_due_on_request_without_a_version_or_when_the_version_is_old() -> None:
