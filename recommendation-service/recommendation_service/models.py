@@ -265,6 +265,29 @@ class EaseParameters:
     bytes, several times over while it is inverted): a cap for catalogues of 100,000 goods."""
 
 
+EASE_BLOCK_ROWS = 256
+"""Rows of the dense EASE weights ranked at a time: ranking makes several copies of what it
+ranks, which for the whole matrix tripled the training's peak memory."""
+
+
+def _largest_per_row(
+    weights: npt.NDArray[np.float64], kept: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """`best_per_row` of the weights' absolute values, a block of rows at a time (each row is
+    ranked alone, so the result is the same as for the whole matrix at once)."""
+    rows: list[npt.NDArray[np.intp]] = []
+    columns: list[npt.NDArray[np.intp]] = []
+    for start in range(0, len(weights), EASE_BLOCK_ROWS):
+        block_rows, block_columns = best_per_row(
+            np.abs(weights[start : start + EASE_BLOCK_ROWS]), kept
+        )
+        rows.append(block_rows + start)
+        columns.append(block_columns)
+    if not rows:
+        return np.empty(0, np.intp), np.empty(0, np.intp)
+    return np.concatenate(rows), np.concatenate(columns)
+
+
 def fit_ease(past: History, parameters: EaseParameters) -> ItemKnn:
     """EASE (Steck 2019), a linear item-item model with a closed form: B = I - P diag(1/diag P),
     P = (X^T X + lambda I)^-1, diag B = 0; a customer's score for j is the sum of B[i, j] over
@@ -277,10 +300,11 @@ def fit_ease(past: History, parameters: EaseParameters) -> ItemKnn:
     gram = (bought.T @ bought).toarray()
     gram[np.diag_indices_from(gram)] += parameters.regularization
     with threadpool_limits(1, "blas"):  # the same figures every run, and one core of two
-        inverse = np.linalg.inv(gram)
-    weights = -inverse / np.diag(inverse)[None, :]
+        weights = np.linalg.inv(gram)
+    del gram  # the worker trains beside its fold: at most two dense matrices alive at once
+    weights /= -np.diag(weights).copy()[None, :]
     np.fill_diagonal(weights, 0.0)
-    rows, columns = best_per_row(np.abs(weights), parameters.kept)
+    rows, columns = _largest_per_row(weights, parameters.kept)
     count = len(past.products)
     similar = sparse.csr_matrix(
         (weights[rows, columns], (chosen[rows], chosen[columns])), shape=(count, count)

@@ -22,10 +22,13 @@ from recommendation_service.evaluation import (
     split,
 )
 from recommendation_service.models import (
+    EASE_BLOCK_ROWS,
     AlsParameters,
     Blend,
     EaseParameters,
     Interaction,
+    _largest_per_row,
+    best_per_row,
     changed_similar_products,
     fit_als,
     fit_ease,
@@ -317,3 +320,13 @@ def test_evaluation_of_a_sample_ranks_the_blend_above_every_single_model(
     assert ndcg["als"] > 1.5 * ndcg["popularity"]
     assert ndcg["ease"] > 1.5 * ndcg["popularity"]
     assert ndcg["blend"] > max(ndcg["item-knn"], ndcg["als"], ndcg["seasonal"], ndcg["ease"])
+
+
+def test_ease_weights_ranked_a_block_of_rows_at_a_time_equal_the_whole_ranking() -> None:
+    """The blocks exist to bound the training's memory; they must not change what is kept."""
+    weights = np.random.default_rng(3).normal(size=(EASE_BLOCK_ROWS + 45, 300))
+    weights[7] = 0.0  # a product with no weights keeps none
+    expected = best_per_row(np.abs(weights), 10)
+    rows, columns = _largest_per_row(weights, 10)
+    assert np.array_equal(rows, expected[0]) and np.array_equal(columns, expected[1])
+    assert 7 not in rows and len(rows) == 10 * (len(weights) - 1)
