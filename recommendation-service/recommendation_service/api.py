@@ -152,7 +152,9 @@ class TrendingReason(BaseModel):
 class TrendingProduct(BaseModel):
     product_id: str
     description: str | None
-    score: float = Field(description="Purchases decayed by their age as of `as_of`")
+    score: float = Field(
+        description="Purchases less refunds, each decayed by its age as of `as_of`; above zero"
+    )
     purchases: int
     last_bought_at: datetime
     reason: TrendingReason

@@ -21,7 +21,7 @@ from crm_shared.ops.demo import retail
 from crm_shared.ops.demo.load import DATA_ENV, add_data_argument
 from crm_shared.ops.rebuild import ProgressBar
 from recommendation_service import evaluation
-from recommendation_service.models import AlsParameters
+from recommendation_service.models import AlsParameters, EaseParameters
 
 DEFAULT_SPLIT = date(2011, 9, 1)
 
@@ -69,7 +69,9 @@ def run(data_path: Path, split_day: date, sample: int | None) -> str:
     split = evaluation.split(found, split_at)
     if not split.relevant:
         raise SystemExit(f"no customer bought before and after {split_day}: nothing to evaluate")
-    models = evaluation.train(found, split, AlsParameters(), lambda name: stage(f"training {name}"))
+    models = evaluation.train(
+        found, split, AlsParameters(), EaseParameters(), lambda name: stage(f"training {name}")
+    )
     figures = []
     for model in models:
         bar = ProgressBar(sys.stderr, f"scoring {model.name:<10}", len(split.relevant))

@@ -1,6 +1,6 @@
-"""What the recommendation service reads: orders, refunds (negative signals), product views,
-consents to personalisation, the product catalogue and segment membership changes; it publishes
-each customer's list on crm.recommendations."""
+"""What the recommendation service reads: orders, refunds (negative signals), cancellations,
+product views, consents to personalisation, the product catalogue and segment membership changes;
+it publishes each customer's list on crm.recommendations."""
 
 from crm_shared.contracts.events import (
     CONSENT_RECORDED,
@@ -14,6 +14,7 @@ TOPICS = (ORDERS, BROWSING, PREFERENCES, CATALOGUE, SEGMENTS)
 
 ORDER_PLACED = "crm.order.placed.v1"
 ORDER_REFUNDED = "crm.order.refunded.v1"
+ORDER_CANCELLED = "crm.order.cancelled.v1"
 PRODUCT_VIEWED = "crm.product.viewed.v1"
 CONSENT_GRANTED = "crm.consent.granted.v1"
 CONSENT_REVOKED = "crm.consent.revoked.v1"
@@ -21,6 +22,7 @@ FOLDS = frozenset(
     {
         ORDER_PLACED,
         ORDER_REFUNDED,
+        ORDER_CANCELLED,
         PRODUCT_VIEWED,
         CONSENT_GRANTED,
         CONSENT_REVOKED,

@@ -155,10 +155,10 @@ def fit_seasonal(past: History, interactions: Iterable[Interaction]) -> DecayedP
 class ItemKnn:
     """Item-kNN: a candidate's score is the sum of its cosine similarities to what the customer
     bought, each purchase weighted by its recency, over each product's `neighbours` most
-    similar products only."""
+    similar products only. EASE (`fit_ease`) scores the same way with its learned weights."""
 
     similar: sparse.csr_matrix
-    """products x products, row i: the neighbours of i and their cosine."""
+    """products x products, row i: the neighbours of i and their weight (cosine for item-kNN)."""
     seeds: sparse.csr_matrix
     """customers x products: recency-weighted purchases."""
     name: str = "item-knn"
@@ -252,6 +252,64 @@ def nearest_neighbours(bought: sparse.csr_matrix, kept: int) -> Neighbours:
 def fit_item_knn(past: History, neighbours: int, half_life_days: float) -> ItemKnn:
     similar = nearest_neighbours(past.bought, neighbours).similarity
     return ItemKnn(similar, recency_weights(past, half_life_days))
+
+
+@dataclass(frozen=True, slots=True)
+class EaseParameters:
+    regularization: float = 200.0
+    """lambda, added to the Gram matrix's diagonal: 200 to 800 ranked alike on the UCI data."""
+    kept: int = 100
+    """Weights kept per product, the largest in absolute value (negative weights matter)."""
+    max_products: int = 5_000
+    """Only the most-bought goods enter the dense products x products matrix (8 x max_products^2
+    bytes, several times over while it is inverted): a cap for catalogues of 100,000 goods."""
+
+
+EASE_BLOCK_ROWS = 256
+"""Rows of the dense EASE weights ranked at a time: ranking makes several copies of what it
+ranks, which for the whole matrix tripled the training's peak memory."""
+
+
+def _largest_per_row(
+    weights: npt.NDArray[np.float64], kept: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """`best_per_row` of the weights' absolute values, a block of rows at a time (each row is
+    ranked alone, so the result is the same as for the whole matrix at once)."""
+    rows: list[npt.NDArray[np.intp]] = []
+    columns: list[npt.NDArray[np.intp]] = []
+    for start in range(0, len(weights), EASE_BLOCK_ROWS):
+        block_rows, block_columns = best_per_row(
+            np.abs(weights[start : start + EASE_BLOCK_ROWS]), kept
+        )
+        rows.append(block_rows + start)
+        columns.append(block_columns)
+    if not rows:
+        return np.empty(0, np.intp), np.empty(0, np.intp)
+    return np.concatenate(rows), np.concatenate(columns)
+
+
+def fit_ease(past: History, parameters: EaseParameters) -> ItemKnn:
+    """EASE (Steck 2019), a linear item-item model with a closed form: B = I - P diag(1/diag P),
+    P = (X^T X + lambda I)^-1, diag B = 0; a customer's score for j is the sum of B[i, j] over
+    the products i they kept. Only the `max_products` most-bought goods (ties by product order)
+    take part, and each keeps its `kept` largest weights: scored like item-kNN, over these."""
+    buyers = past.buyers
+    order = np.lexsort((np.arange(len(buyers)), -buyers))
+    chosen = np.sort(order[: parameters.max_products])
+    bought = past.bought[:, chosen].astype(np.float64)
+    gram = (bought.T @ bought).toarray()
+    gram[np.diag_indices_from(gram)] += parameters.regularization
+    with threadpool_limits(1, "blas"):  # the same figures every run, and one core of two
+        weights = np.linalg.inv(gram)
+    del gram  # the worker trains beside its fold: at most two dense matrices alive at once
+    weights /= -np.diag(weights).copy()[None, :]
+    np.fill_diagonal(weights, 0.0)
+    rows, columns = _largest_per_row(weights, parameters.kept)
+    count = len(past.products)
+    similar = sparse.csr_matrix(
+        (weights[rows, columns], (chosen[rows], chosen[columns])), shape=(count, count)
+    )
+    return ItemKnn(similar, past.bought, "ease")
 
 
 @dataclass(frozen=True, slots=True)

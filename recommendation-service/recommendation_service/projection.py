@@ -10,16 +10,30 @@ votes for it, in popularity as in similar products. Pairs of products ("also bou
 counted here: the fold marks the goods that gained or lost a buyer and the worker's neighbour job
 recomputes the similar products from the customer-product table (`models.nearest_neighbours`),
 so they depend on who kept what, never on batch boundaries.
+
+A cancelled order (`OrderCancelled`) counts as not bought, like an order refunded in full, and the
+refunds naming it are part of the cancellation: neither counts. Every order, and every refund
+naming an order, is kept as an `OrderEntry` until its order is cancelled: a cancellation folded
+after them takes their counts back (`taken_back`, sign -1), one folded before them makes them
+count for nothing (sign 0), so the sums are the same whatever the order of arrival. Extremes
+(first and last purchase times, first sale, description) include cancelled orders either way:
+they cannot be taken back from a LEAST/GREATEST, and counting them always keeps them exact.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
-from crm_shared.contracts.events import Event, OrderPlaced, OrderRefunded, ProductViewed
+from crm_shared.contracts.events import (
+    Event,
+    OrderCancelled,
+    OrderPlaced,
+    OrderRefunded,
+    ProductViewed,
+)
 
 NEIGHBOURS_KEPT = 50
 """Similar products kept per product, most co-buyers first: also-bought returns at most this."""
@@ -34,12 +48,15 @@ GIFT_VOUCHER_PREFIX = "GIFT_"
 
 CustomerProduct = tuple[str, str]
 """(customer_id, product_id)"""
+CustomerOrder = tuple[str, str]
+"""(customer_id, order_id): orders are keyed by customer, like their events"""
 Strategy = Literal["personal", "popular"]
 
 
 @dataclass(frozen=True, slots=True)
 class Purchase:
-    """One product in one order; several lines of the same product in an order are merged."""
+    """One product in one order (or, from `refunds`, in one refund); several lines of the same
+    product in it are merged."""
 
     customer_id: str
     product_id: str
@@ -47,17 +64,40 @@ class Purchase:
     time: datetime
     description: str | None = None
     country: str | None = None
-    """The order's country, if it names one: trending is kept per country."""
+    """The order's (or refund's) country, if it names one: trending is kept per country."""
+    order_id: str | None = None
+    """The order (a refund's: the order it names, if any): its cancellation finds it by this."""
+    event: tuple[str, str] = ("", "")
+    """(source, id) of the event it comes from: its order entry's key."""
+    sign: int = 1
+    """How it counts: 1 as it comes; 0 its order was cancelled before it was folded (an order's
+    times and description still count, nothing else); -1 taken back by the cancellation of its
+    order, folded after it."""
+    segments: tuple[str, ...] | None = None
+    """The segments it counted in when it was folded (what is taken back); None: its customer's
+    at this fold."""
 
 
 def purchases(events: Iterable[Event]) -> list[Purchase]:
     """The batch's orders as purchases, in event-time order (ties keep batch order)."""
-    orders = sorted((e for e in events if isinstance(e.data, OrderPlaced)), key=lambda e: e.time)
+    return _merged_lines(events, OrderPlaced)
+
+
+def refunds(events: Iterable[Event]) -> list[Purchase]:
+    """The batch's refunds, one per product and refund, in event-time order: units refunded."""
+    return _merged_lines(events, OrderRefunded)
+
+
+def _merged_lines(
+    events: Iterable[Event], kind: type[OrderPlaced] | type[OrderRefunded]
+) -> list[Purchase]:
+    chosen = sorted((e for e in events if isinstance(e.data, kind)), key=lambda e: e.time)
     found: list[Purchase] = []
-    for event in orders:
-        assert isinstance(event.data, OrderPlaced)
+    for event in chosen:
+        data = event.data
+        assert isinstance(data, OrderPlaced | OrderRefunded)
         merged: dict[str, Purchase] = {}
-        for line in event.data.lines:
+        for line in data.lines:
             before = merged.get(line.product_id)
             if before is None:
                 merged[line.product_id] = Purchase(
@@ -66,7 +106,9 @@ def purchases(events: Iterable[Event]) -> list[Purchase]:
                     line.quantity,
                     event.time,
                     line.description,
-                    event.data.country,
+                    data.country,
+                    data.order_id,
+                    (event.source, event.id),
                 )
             else:
                 merged[line.product_id] = replace(
@@ -78,26 +120,123 @@ def purchases(events: Iterable[Event]) -> list[Purchase]:
     return found
 
 
-def returned_units(events: Iterable[Event]) -> dict[CustomerProduct, int]:
-    """Units refunded per (customer, product) in the batch."""
+def cancellations(events: Iterable[Event]) -> set[CustomerOrder]:
+    """The orders the batch cancels."""
+    return {
+        (event.customer_id, event.data.order_id)
+        for event in events
+        if isinstance(event.data, OrderCancelled)
+    }
+
+
+def orders_named(items: Iterable[Purchase]) -> set[CustomerOrder]:
+    """The orders these purchases and refunds are or name: whether they are cancelled matters."""
+    return {(item.customer_id, item.order_id) for item in items if item.order_id is not None}
+
+
+def counted(orders: Iterable[Purchase], cancelled: Collection[CustomerOrder]) -> list[Purchase]:
+    """The batch's purchases, those of cancelled orders with sign 0 (their times only count)."""
+    return [
+        replace(item, sign=0) if (item.customer_id, item.order_id) in cancelled else item
+        for item in orders
+    ]
+
+
+def not_cancelled(
+    refunded: Iterable[Purchase], cancelled: Collection[CustomerOrder]
+) -> list[Purchase]:
+    """The batch's refunds but those naming a cancelled order: part of its cancellation."""
+    return [item for item in refunded if (item.customer_id, item.order_id) not in cancelled]
+
+
+@dataclass(frozen=True, slots=True)
+class OrderEntry:
+    """An order, or a refund naming one, as it was folded: what cancelling the order takes back
+    (its lines as (product, units), the segments it counted in for trending)."""
+
+    customer_id: str
+    order_id: str
+    source: str
+    event_id: str
+    refund: bool
+    time: datetime
+    country: str | None
+    segments: tuple[str, ...]
+    lines: tuple[tuple[str, int], ...]
+
+
+def order_entries(
+    orders: Iterable[Purchase],
+    refunded: Iterable[Purchase],
+    segments_of: Mapping[str, Collection[str]],
+) -> list[OrderEntry]:
+    """The entries of the batch's orders and refunds naming an order that counted as they came
+    (sign 1), one per event, with their customer's segments at this fold."""
+    lines: dict[tuple[str, str, str, str, bool], list[Purchase]] = {}
+    for items, refund in ((orders, False), (refunded, True)):
+        for item in items:
+            if item.sign == 1 and item.order_id is not None:
+                key = (item.customer_id, item.order_id, *item.event, refund)
+                lines.setdefault(key, []).append(item)
+    return [
+        OrderEntry(
+            customer,
+            order,
+            source,
+            event_id,
+            refund,
+            items[0].time,
+            items[0].country,
+            tuple(sorted(segments_of.get(customer, ()))),
+            tuple((item.product_id, item.quantity) for item in items),
+        )
+        for (customer, order, source, event_id, refund), items in lines.items()
+    ]
+
+
+def taken_back(entries: Iterable[OrderEntry]) -> tuple[list[Purchase], list[Purchase]]:
+    """The purchases and refunds that cancelled orders take back (sign -1), in the scopes they
+    counted in when folded."""
+    orders: list[Purchase] = []
+    refunded: list[Purchase] = []
+    for entry in entries:
+        found = refunded if entry.refund else orders
+        found.extend(
+            Purchase(
+                entry.customer_id,
+                product,
+                units,
+                entry.time,
+                None,
+                entry.country,
+                entry.order_id,
+                (entry.source, entry.event_id),
+                -1,
+                entry.segments,
+            )
+            for product, units in entry.lines
+        )
+    return orders, refunded
+
+
+def returned_units(refunded: Iterable[Purchase]) -> dict[CustomerProduct, int]:
+    """Units refunded (or, taken back, given back) per (customer, product)."""
     units: dict[CustomerProduct, int] = {}
-    for event in events:
-        if not isinstance(event.data, OrderRefunded):
-            continue
-        for line in event.data.lines:
-            key = (event.customer_id, line.product_id)
-            units[key] = units.get(key, 0) + line.quantity
+    for refund in refunded:
+        key = (refund.customer_id, refund.product_id)
+        units[key] = units.get(key, 0) + refund.sign * refund.quantity
     return units
 
 
 def units_kept_deltas(
     batch: Iterable[Purchase], returned: Mapping[CustomerProduct, int]
 ) -> dict[CustomerProduct, int]:
-    """Units the batch adds to (orders) or takes from (refunds) what each customer kept."""
+    """Units the batch adds to (orders) or takes from (refunds) what each customer kept; a
+    cancelled order adds none (its pair is still listed, for its times)."""
     deltas = {key: -units for key, units in returned.items()}
     for purchase in batch:
         key = (purchase.customer_id, purchase.product_id)
-        deltas[key] = deltas.get(key, 0) + purchase.quantity
+        deltas[key] = deltas.get(key, 0) + purchase.sign * purchase.quantity
     return deltas
 
 
@@ -140,18 +279,24 @@ class CustomerProductDelta:
 def customer_product_deltas(
     batch: Iterable[Purchase], units_kept: Mapping[CustomerProduct, int]
 ) -> dict[CustomerProduct, CustomerProductDelta]:
-    """Orders per (customer, product) in the batch, their first and last time, and the units
-    kept (`units_kept_deltas`, refunds included)."""
+    """Orders per (customer, product) in the batch (less those taken back), their first and
+    last time (cancelled orders' too), and the units kept (`units_kept_deltas`, refunds
+    included)."""
     deltas: dict[CustomerProduct, CustomerProductDelta] = {
         key: CustomerProductDelta(0, None, None, units) for key, units in units_kept.items()
     }
     for purchase in batch:
         key = (purchase.customer_id, purchase.product_id)
         before = deltas[key]
+        dated = purchase.sign >= 0
         deltas[key] = CustomerProductDelta(
-            before.times_bought + 1,
-            min(before.first_bought_at or purchase.time, purchase.time),
-            max(before.last_bought_at or purchase.time, purchase.time),
+            before.times_bought + purchase.sign,
+            min(before.first_bought_at or purchase.time, purchase.time)
+            if dated
+            else before.first_bought_at,
+            max(before.last_bought_at or purchase.time, purchase.time)
+            if dated
+            else before.last_bought_at,
             before.units_kept,
         )
     return deltas
@@ -201,8 +346,9 @@ def product_deltas(
     changes: Mapping[CustomerProduct, int],
     views: Mapping[CustomerProduct, ViewDelta],
 ) -> dict[str, ProductDelta]:
-    """Orders, quantity, the change in distinct buyers (`buyer_changes`), views and the newest
-    description per product."""
+    """Orders, quantity (less those taken back), the change in distinct buyers
+    (`buyer_changes`), views and the newest description and first sale (cancelled orders'
+    too) per product."""
     deltas: dict[str, ProductDelta] = {}
 
     def delta(product_id: str) -> ProductDelta:
@@ -213,8 +359,10 @@ def product_deltas(
 
     for purchase in batch:
         product = delta(purchase.product_id)
-        product.orders += 1
-        product.quantity += purchase.quantity
+        product.orders += purchase.sign
+        product.quantity += purchase.sign * purchase.quantity
+        if purchase.sign < 0:
+            continue
         if product.first_sold_at is None or purchase.time < product.first_sold_at:
             product.first_sold_at = purchase.time
         if purchase.description is not None and (

@@ -1,9 +1,10 @@
-"""The personalised model as served: the evaluated blend (item-kNN + ALS + seasonal, weights of
-`evaluation.BLEND_WEIGHTS`), trained on what customers kept, and each customer's top-k picks
+"""The personalised model as served: the evaluated blend (EASE + ALS + item-kNN + seasonal,
+`evaluation.served_blend`), trained on what customers kept, and each customer's top-k picks
 computed from it ahead of any request, each with the reason it was picked.
 
 Pure: the worker reads the rows, calls these functions in a thread and writes what they return.
-The ALS product factors and the seasonal votes are the model version's; the item-kNN part reads
+The EASE weights, the ALS product factors and the seasonal votes are the model version's (EASE
+capped as the evaluation fits it: `EaseParameters`); the item-kNN part reads
 the neighbour job's live similar products, so a new product enters customers' lists through
 co-purchase before any retraining. A customer's ALS factors are solved from their own purchases
 and the version's product factors (`implicit`'s `recalculate_user`), at a swap for everyone and
@@ -27,17 +28,19 @@ from recommendation_service.evaluation import (
     KNN_HALF_LIFE_DAYS,
     KNN_NEIGHBOURS,
     SCORING_CHUNK,
+    served_blend,
 )
 from recommendation_service.models import (
     SECONDS_PER_DAY,
     Als,
     AlsParameters,
-    Blend,
     DecayedPopularity,
+    EaseParameters,
     Interaction,
     ItemKnn,
     Recommender,
     fit_als,
+    fit_ease,
     fit_seasonal,
     history,
     top_k,
@@ -54,6 +57,7 @@ REASON_TEXT: Mapping[ReasonKind, str] = {
     "popular": "popular",
 }
 PART_REASONS: Mapping[str, ReasonKind] = {
+    "ease": "bought-together",
     "item-knn": "bought-together",
     "als": "similar-customers",
     "seasonal": "seasonal",
@@ -80,12 +84,16 @@ class Neighbour:
 
 @dataclass(frozen=True, slots=True)
 class ServingModel:
-    """One trained version: the products it knows, their ALS factors and seasonal votes."""
+    """One trained version: the products it knows, their ALS factors, seasonal votes and EASE
+    weights."""
 
     products: tuple[str, ...]
     product_factors: npt.NDArray[np.float32]
     seasonal: npt.NDArray[np.float32]
+    ease: sparse.csr_matrix
+    """products x products: each product's kept EASE weights towards others (`fit_ease`)."""
     parameters: AlsParameters
+    ease_parameters: EaseParameters
     data_as_of: datetime
     """Just after the newest purchase trained on: the time recency weights are measured from."""
 
@@ -93,6 +101,7 @@ class ServingModel:
         """The parameters as stored with the version."""
         return {
             "als": asdict(self.parameters),
+            "ease": asdict(self.ease_parameters),
             "blend_weights": dict(BLEND_WEIGHTS),
             "knn_neighbours": KNN_NEIGHBOURS,
             "knn_half_life_days": KNN_HALF_LIFE_DAYS,
@@ -117,8 +126,9 @@ class Pick:
     reason: Reason
 
 
-def train(kept: Sequence[Kept], parameters: AlsParameters) -> ServingModel:
-    """Fit ALS and the seasonal votes on what customers kept, as the evaluation trains them.
+def train(kept: Sequence[Kept], parameters: AlsParameters, ease: EaseParameters) -> ServingModel:
+    """Fit ALS, EASE and the seasonal votes on what customers kept, as the evaluation trains
+    them.
 
     The projection keeps each customer's first and last purchase of a product, not every order:
     the last one dates the purchase for recency, and either counts it in a season."""
@@ -132,24 +142,47 @@ def train(kept: Sequence[Kept], parameters: AlsParameters) -> ServingModel:
         raise ArithmeticError("ALS diverged: its product factors are not all finite")
     first = (Interaction(k.customer_id, k.product_id, 1, k.first_bought_at) for k in kept)
     seasonal = fit_seasonal(past, [*last, *first])
-    return ServingModel(past.products, als.product_factors, seasonal.votes, parameters, data_as_of)
+    weights = fit_ease(past, ease).similar.astype(np.float32)
+    return ServingModel(
+        past.products, als.product_factors, seasonal.votes, weights, parameters, ease, data_as_of
+    )
 
 
 def model_from_rows(
     rows: Iterable[tuple[str, Sequence[float], float]],
+    ease_rows: Iterable[tuple[str, str, float]],
     parameters: Mapping[str, Any],
     data_as_of: datetime,
 ) -> ServingModel:
-    """A stored version back in memory: (product, factors, seasonal vote) rows, sorted here."""
+    """A stored version back in memory: (product, factors, seasonal vote) rows, sorted here, and
+    (product, other product, EASE weight) rows."""
     ordered = sorted(rows, key=lambda row: row[0])
     als = AlsParameters(**parameters["als"])
+    index = {row[0]: n for n, row in enumerate(ordered)}
+    weights = list(ease_rows)
+    ease = sparse.csr_matrix(
+        (
+            np.array([row[2] for row in weights], dtype=np.float32),
+            ([index[row[0]] for row in weights], [index[row[1]] for row in weights]),
+        ),
+        shape=(len(ordered), len(ordered)),
+    )
     return ServingModel(
         tuple(row[0] for row in ordered),
         np.array([row[1] for row in ordered], dtype=np.float32).reshape(-1, als.factors),
         np.array([row[2] for row in ordered], dtype=np.float32),
+        ease,
         als,
+        # a version trained before EASE was served has no weights: `outdated` replaces it
+        EaseParameters(**parameters.get("ease", {})),
         data_as_of,
     )
+
+
+def outdated(parameters: Mapping[str, Any]) -> bool:
+    """Whether a stored version was trained for another blend than the one served now (one from
+    before EASE was served): the trainer replaces it at once instead of within the hour."""
+    return parameters.get("blend_weights") != BLEND_WEIGHTS
 
 
 def customer_factors(model: ServingModel, weights: sparse.csr_matrix) -> npt.NDArray[np.float32]:
@@ -178,7 +211,8 @@ def personal_picks(
     k: int = PICKS_KEPT,
 ) -> dict[str, list[Pick]]:
     """Each customer's `k` best products by the blend, never one they kept or bought, each with
-    the part of the blend it owes most to (for item-kNN, the customer's product that voted most).
+    the part of the blend it owes most to (for item-kNN and EASE, the customer's product that
+    voted most).
     Goods only: the neighbours and the model hold nothing else. Customers who kept nothing, or
     have no pick, are absent: the reader falls back to popular products."""
     columns = {product: n for n, product in enumerate(model.products)}
@@ -220,7 +254,13 @@ def personal_picks(
         shape=(len(columns), len(columns)),
     )
     seeds = recency(KNN_HALF_LIFE_DAYS)
+    bought = sparse.csr_matrix((np.ones(len(owned)), (row_index, column_index)), shape=shape)
+    ease = model.ease.tocoo()
+    ease_weights = sparse.csr_matrix(
+        (ease.data, (ease.row, ease.col)), shape=(len(columns), len(columns))
+    )
     parts: dict[str, Recommender] = {
+        "ease": ItemKnn(ease_weights, bought, "ease"),
         "item-knn": ItemKnn(similar, seeds),
         "als": Als(
             customer_factors(model, als_weights), np.vstack([model.product_factors, padding])
@@ -229,9 +269,8 @@ def personal_picks(
             np.concatenate([model.seasonal, np.zeros(len(columns) - known, np.float32)]), "seasonal"
         ),
     }
-    blend = Blend(tuple((parts[name], weight) for name, weight in BLEND_WEIGHTS.items()))
+    blend = served_blend(parts)
     buyers = {item.customer_id for item in owned}
-    bought = sparse.csr_matrix((np.ones(len(owned)), (row_index, column_index)), shape=shape)
     products = list(columns)
     picks: dict[str, list[Pick]] = {}
     for start in range(0, len(customers), SCORING_CHUNK):
@@ -244,14 +283,17 @@ def personal_picks(
             if len(chosen) == 0 or customers[row] not in buyers:
                 continue
             owing = np.argmax(np.stack([part[offset, chosen] for part in part_scores]), axis=0)
-            voters = _strongest_seeds(seeds[row], similar, chosen)
+            voters = {
+                "item-knn": _strongest_seeds(seeds[row], similar, chosen),
+                "ease": _strongest_seeds(bought[row], ease_weights, chosen),
+            }
             picks[customers[row]] = [
                 Pick(
                     products[column],
                     round(float(total[offset, column]), 6),
-                    _reason(blend, int(part), products, int(voter)),
+                    _reason(blend.parts[part][0].name, products, voters, n),
                 )
-                for column, part, voter in zip(chosen.tolist(), owing, voters, strict=True)
+                for n, (column, part) in enumerate(zip(chosen.tolist(), owing, strict=True))
             ]
     return picks
 
@@ -269,9 +311,17 @@ def _strongest_seeds(
     return np.where(votes.max(axis=0) > 0, owned[best], -1).astype(np.intp)
 
 
-def _reason(blend: Blend, part: int, products: Sequence[str], voter: int) -> Reason:
-    kind = PART_REASONS[blend.parts[part][0].name]
+def _reason(
+    part: str,
+    products: Sequence[str],
+    voters: Mapping[str, npt.NDArray[np.intp]],
+    n: int,
+) -> Reason:
+    """Why the `n`th pick was chosen: the reason of the part it owes most to, with, for a part
+    that votes through the customer's products, the one that voted most."""
+    kind = PART_REASONS[part]
     if kind == "bought-together":
+        voter = int(voters[part][n])
         return Reason(kind, products[voter]) if voter >= 0 else Reason("similar-customers")
     return Reason(kind)
 

@@ -23,8 +23,10 @@ from recommendation_service.consent import ConsentDecision
 from recommendation_service.models import Similar, SimilarPair
 from recommendation_service.neighbours import Entry, KeptGood, Lists
 from recommendation_service.projection import (
+    CustomerOrder,
     CustomerProduct,
     CustomerProductDelta,
+    OrderEntry,
     ProductDelta,
     ViewDelta,
 )
@@ -54,6 +56,86 @@ async def units_kept(
         [product_id for _, product_id in batch],
     )
     return {(row["customer_id"], row["product_id"]): row["units_kept"] for row in rows}
+
+
+async def cancelled_orders(
+    conn: asyncpg.Connection, orders: Collection[CustomerOrder]
+) -> set[CustomerOrder]:
+    """Which of these orders were cancelled before the batch."""
+    rows = await conn.fetch(
+        """
+        SELECT c.customer_id, c.order_id
+        FROM unnest($1::text[], $2::text[]) AS w(customer_id, order_id)
+        JOIN cancelled_orders c USING (customer_id, order_id)
+        """,
+        [customer_id for customer_id, _ in orders],
+        [order_id for _, order_id in orders],
+    )
+    return {(row["customer_id"], row["order_id"]) for row in rows}
+
+
+async def cancel_orders(
+    conn: asyncpg.Connection, orders: Sequence[CustomerOrder]
+) -> list[OrderEntry]:
+    """Record these orders (not cancelled before) as cancelled and remove the entries of their
+    orders and refunds folded so far, returning them: what the cancellation takes back."""
+    if not orders:
+        return []
+    await conn.execute(
+        """
+        INSERT INTO cancelled_orders (customer_id, order_id)
+        SELECT * FROM unnest($1::text[], $2::text[]) ORDER BY 1, 2
+        ON CONFLICT DO NOTHING
+        """,
+        [customer_id for customer_id, _ in orders],
+        [order_id for _, order_id in orders],
+    )
+    rows = await conn.fetch(
+        """
+        DELETE FROM order_entries e
+        USING unnest($1::text[], $2::text[]) AS w(customer_id, order_id)
+        WHERE e.customer_id = w.customer_id AND e.order_id = w.order_id
+        RETURNING e.*
+        """,
+        [customer_id for customer_id, _ in orders],
+        [order_id for _, order_id in orders],
+    )
+    return [
+        OrderEntry(
+            row["customer_id"],
+            row["order_id"],
+            row["source"],
+            row["event_id"],
+            row["refund"],
+            row["at"],
+            row["country"],
+            tuple(json.loads(row["segments"])),
+            tuple((product, units) for product, units in json.loads(row["lines"])),
+        )
+        for row in rows
+    ]
+
+
+async def add_order_entries(conn: asyncpg.Connection, entries: Sequence[OrderEntry]) -> None:
+    """Keep what these orders and refunds counted, for a cancellation to come (an event folded
+    again keeps its first entry)."""
+    if not entries:
+        return
+    await conn.execute(
+        """
+        INSERT INTO order_entries (customer_id, order_id, source, event_id, refund, at, country,
+                                   segments, lines)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[],
+                             $6::timestamptz[], $7::text[], $8::jsonb[], $9::jsonb[])
+        ORDER BY 1, 2, 3, 4
+        ON CONFLICT DO NOTHING
+        """,
+        *columns(
+            entries, "customer_id", "order_id", "source", "event_id", "refund", "time", "country"
+        ),
+        [json.dumps(entry.segments) for entry in entries],
+        [json.dumps(entry.lines) for entry in entries],
+    )
 
 
 async def add_customer_products(
@@ -413,6 +495,13 @@ async def model_products(
     return [(row[0], row[1], row[2]) for row in rows]
 
 
+async def model_ease(conn: asyncpg.Connection, version: int) -> list[tuple[str, str, float]]:
+    rows = await conn.fetch(
+        "SELECT product_id, other_product_id, weight FROM model_ease WHERE version = $1", version
+    )
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
 async def kept_purchases(
     conn: asyncpg.Connection, customers: Sequence[str] | None = None
 ) -> list[Kept]:
@@ -466,7 +555,8 @@ async def add_model_version(
     trained_at: datetime,
     metrics: Mapping[str, Any],
 ) -> int:
-    """Write a version and its products' factors; it serves nobody until `swap_model`."""
+    """Write a version, its products' factors and its EASE weights; it serves nobody until
+    `swap_model`."""
     version: int = await conn.fetchval(
         """
         INSERT INTO model_versions (trained_at, data_as_of, parameters, metrics)
@@ -488,6 +578,19 @@ async def add_model_version(
         model.product_factors.ravel().tolist(),
         model.seasonal.tolist(),
         model.parameters.factors,
+    )
+    ease = model.ease.tocoo()
+    await conn.execute(
+        """
+        INSERT INTO model_ease (version, product_id, other_product_id, weight)
+        SELECT $1, ($2::text[])[p + 1], ($2::text[])[o + 1], w
+        FROM unnest($3::int[], $4::int[], $5::real[]) AS e(p, o, w)
+        """,
+        version,
+        list(model.products),
+        ease.row.tolist(),
+        ease.col.tolist(),
+        ease.data.tolist(),
     )
     return version
 
@@ -865,7 +968,8 @@ async def segments_of(conn: asyncpg.Connection, customers: Sequence[str]) -> dic
 
 
 async def add_trending(conn: asyncpg.Connection, deltas: Mapping[Scoped, TrendDelta]) -> None:
-    """Add the batch's decayed purchases: exact integer sums, the same in any order."""
+    """Add the batch's decayed purchases and subtract its refunds: exact integer sums, the same
+    in any order."""
     if not deltas:
         return
     keys = sorted(deltas)
@@ -888,14 +992,14 @@ async def add_trending(conn: asyncpg.Connection, deltas: Mapping[Scoped, TrendDe
 
 
 async def trending(conn: asyncpg.Connection, scope: str, limit: int) -> list[dict[str, Any]]:
-    """The scope's goods by decayed purchases, then id, never one the catalogue says is
-    unavailable."""
+    """The scope's goods by decayed purchases less refunds, then id: only those above zero
+    (a refunded purchase is not trending), never one the catalogue says is unavailable."""
     rows = await conn.fetch(
         """
         SELECT t.product_id, p.description, t.score, t.purchases, t.last_bought_at
         FROM trending t JOIN products p USING (product_id)
         LEFT JOIN catalogue c USING (product_id)
-        WHERE t.scope = $1 AND p.goods AND c.available IS DISTINCT FROM false
+        WHERE t.scope = $1 AND t.score > 0 AND p.goods AND c.available IS DISTINCT FROM false
         ORDER BY t.score DESC, t.product_id
         LIMIT $2
         """,

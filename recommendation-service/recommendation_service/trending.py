@@ -8,7 +8,10 @@ same sums to the last digit (a rebuild compares equal); PostgreSQL's numeric hol
 their size (2^1350 by 2026 with a 7-day half-life, which a double cannot hold); and the ranking
 at any instant is the order of the sums, so it needs no clock. A purchase counts in the scope of
 everyone, of its order's country (when the order names one) and of each segment its customer is
-in when its batch is folded.
+in when its batch is folded. A refund counts against the same scopes (its own country, its
+customer's segments at its fold): issue 9's negative signal. A cancelled order counts as not
+bought: its cancellation takes back the weights it and the refunds naming it added, in the scopes
+they counted in (projection.OrderEntry).
 """
 
 from __future__ import annotations
@@ -62,39 +65,48 @@ def decayed_score(score: int | Decimal, at: datetime, half_life_days: float) -> 
 
 @dataclass(frozen=True, slots=True)
 class TrendDelta:
-    """What a batch adds to one (scope, product): its summed weights, purchases, newest."""
+    """What a batch adds to one (scope, product): its summed weights (refunds subtracted), its
+    purchases, the newest (None when the batch only refunded it)."""
 
     score: int
     purchases: int
-    last_bought_at: datetime
+    last_bought_at: datetime | None
 
 
 def trend_deltas(
     batch: Iterable[Purchase],
+    refunded: Iterable[Purchase],
     segments_of: Mapping[str, Collection[str]],
     half_life_days: float,
 ) -> dict[Scoped, TrendDelta]:
-    """Each purchase's weight added to every scope it counts in; `segments_of` gives each
-    customer's segments at the fold. Built in place, one weight per event time (an order's lines
-    share theirs): this runs for every purchase the fold sees."""
+    """Each purchase's weight added to, and each refund's subtracted from, every scope it counts
+    in; `segments_of` gives each customer's segments at the fold (an item taken back by a
+    cancellation brings its own). A refund weighs as a purchase at its own time, whatever the
+    units: a refunded purchase ends below zero (the refund is the later, heavier one), a negative
+    signal that decays like the others. An item's sign (`Purchase.sign`) says how it counts: one
+    of a cancelled order only dates the row, one taken back undoes what it added. Built in place,
+    one weight per event time (an order's lines share theirs): this runs for every purchase the
+    fold sees."""
     weights: dict[datetime, int] = {}
     sums: dict[Scoped, list[Any]] = {}
-    for purchase in batch:
-        added = weights.get(purchase.time)
+    signed = [(purchase, purchase.sign, True) for purchase in batch]
+    signed += [(refund, -refund.sign, False) for refund in refunded]
+    for item, sign, bought in signed:
+        added = weights.get(item.time)
         if added is None:
-            added = weights[purchase.time] = weight(purchase.time, half_life_days)
+            added = weights[item.time] = weight(item.time, half_life_days)
         scopes = [EVERYONE]
-        if purchase.country is not None:
-            scopes.append(country_scope(purchase.country))
-        scopes.extend(segment_scope(s) for s in segments_of.get(purchase.customer_id, ()))
+        if item.country is not None:
+            scopes.append(country_scope(item.country))
+        segments = segments_of.get(item.customer_id, ()) if item.segments is None else item.segments
+        scopes.extend(segment_scope(s) for s in segments)
         for scope in scopes:
-            found = sums.get((scope, purchase.product_id))
-            if found is None:
-                sums[scope, purchase.product_id] = [added, 1, purchase.time]
-            else:
-                found[0] += added
-                found[1] += 1
-                found[2] = max(found[2], purchase.time)
+            found = sums.setdefault((scope, item.product_id), [0, 0, None])
+            found[0] += sign * added
+            if bought:
+                found[1] += sign
+                if sign >= 0:
+                    found[2] = item.time if found[2] is None else max(found[2], item.time)
     return {key: TrendDelta(*found) for key, found in sums.items()}
 
 

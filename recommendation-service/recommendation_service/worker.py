@@ -1,7 +1,7 @@
-"""Recommendation worker: folds orders, refunds and product views into product, customer and
-view stats, keeps each product's similar products precomputed (the neighbour job), trains the
-personalised model and swaps it in (the trainer), and keeps customers' picks current (the picks
-job).
+"""Recommendation worker: folds orders, refunds, cancellations and product views into product,
+customer and view stats, keeps each product's similar products precomputed (the neighbour job),
+trains the personalised model and swaps it in (the trainer), and keeps customers' picks current
+(the picks job).
 
 python -m recommendation_service.worker
 """
@@ -68,15 +68,27 @@ customer kept (a customer who kept more of them than this may get a shorter list
 
 
 async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:
-    """Read what the batch's customers kept of its products with one lookup, aggregate purely,
-    upsert the sums, mark the goods that gained or lost a buyer for the neighbour job; keep the
-    catalogue (marking products it reclassifies), segment membership (before the purchases, so
-    one counts in the segments its customer is in once its batch is folded) and trending. A few
-    statements per batch, none per pair."""
-    purchases = projection.purchases(events)
+    """Settle the batch's cancellations first (what orders and refunds of cancelled orders count:
+    nothing, or less what they counted when folded), read what the batch's customers kept of its
+    products with one lookup, aggregate purely, upsert the sums, mark the goods that gained or
+    lost a buyer for the neighbour job; keep the catalogue (marking products it reclassifies),
+    segment membership (before the purchases, so one counts in the segments its customer is in
+    once its batch is folded), trending, and the entries a cancellation to come takes back. A
+    few statements per batch, none per pair."""
+    orders = projection.purchases(events)
+    refunds = projection.refunds(events)
+    cancelling = projection.cancellations(events)
+    named = projection.orders_named([*orders, *refunds])
+    cancelled_before = await store.cancelled_orders(conn, named | cancelling)
+    cancelled = cancelled_before | cancelling
+    taken_orders, taken_refunds = projection.taken_back(
+        await store.cancel_orders(conn, sorted(cancelling - cancelled_before))
+    )
+    purchases = projection.counted(orders, cancelled) + taken_orders
+    refunded = projection.not_cancelled(refunds, cancelled) + taken_refunds
     views = projection.view_deltas(events)
     changes: dict[projection.CustomerProduct, int] = {}
-    units = projection.units_kept_deltas(purchases, projection.returned_units(events))
+    units = projection.units_kept_deltas(purchases, projection.returned_units(refunded))
     decisions = consent.latest_decisions(events)
     if units:
         kept_before = await store.units_kept(conn, units.keys())
@@ -95,12 +107,14 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
     )
     await store.mark_for_refresh(conn, reclassified)
     await store.record_segment_changes(conn, list(trending.latest_segment_changes(events).values()))
-    if purchases:
-        customers = sorted({purchase.customer_id for purchase in purchases})
+    if purchases or refunded:
+        customers = sorted({item.customer_id for item in [*purchases, *refunded]})
         segments = await store.segments_of(conn, customers)
         await store.add_trending(
-            conn, trending.trend_deltas(purchases, segments, trending_half_life_days())
+            conn,
+            trending.trend_deltas(purchases, refunded, segments, trending_half_life_days()),
         )
+        await store.add_order_entries(conn, projection.order_entries(purchases, refunded, segments))
     return ()
 
 
@@ -185,8 +199,13 @@ class ServedModel:
         if found is None:
             return None
         if self._loaded is None or self._loaded[0] != found["version"]:
-            rows = await store.model_products(conn, found["version"])
-            model = serving.model_from_rows(rows, found["parameters"], found["data_as_of"])
+            version = found["version"]
+            model = serving.model_from_rows(
+                await store.model_products(conn, version),
+                await store.model_ease(conn, version),
+                found["parameters"],
+                found["data_as_of"],
+            )
             self._loaded = (found["version"], model)
         return self._loaded
 
@@ -308,7 +327,8 @@ async def train_model(pool: asyncpg.Pool) -> int | None:
             pending = await store.newest_pending_retrain(conn)
             due = serving.training_due(
                 current["trained_at"] if current else None,
-                pending is not None,
+                pending is not None
+                or (current is not None and serving.outdated(current["parameters"])),
                 datetime.now(UTC),
                 MODEL_RETRAIN_SECONDS,
             )
@@ -316,7 +336,9 @@ async def train_model(pool: asyncpg.Pool) -> int | None:
             if not kept:
                 return None
             started = time.perf_counter()
-            model = await asyncio.to_thread(serving.train, kept, models.AlsParameters())
+            model = await asyncio.to_thread(
+                serving.train, kept, models.AlsParameters(), models.EaseParameters()
+            )
             figures = {
                 "customers": len({item.customer_id for item in kept}),
                 "products": len(model.products),

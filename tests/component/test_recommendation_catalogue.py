@@ -1,7 +1,8 @@
 """The catalogue, its filters and trending on real PostgreSQL (no Kafka): catalogue records fold
 latest-by-event-time whatever the batches, the kind decides what is goods, new arrivals come by
 first listing, filtered picks are topped up with popular goods that match, and trending is kept
-for everyone, per country and per segment, the same whatever the batch boundaries."""
+for everyone, per country and per segment, refunds counted against it, the same whatever the
+batch boundaries."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import asyncpg
 import pytest
 
 from crm_shared.contracts.events import build_event
-from recommendation_service import store
+from recommendation_service import store, trending
 from recommendation_service.api import create_app
 from recommendation_service.config import RecommendationSettings
 from recommendation_service.worker import train_model
@@ -209,3 +210,52 @@ async def test_filters_narrow_picks_and_similar_items_and_top_them_up(
     assert garden["strategy"] == "popular" and _ids(garden["similar"]) == ["SEED"]
     status, _ = await _get(fresh_dsn, "/products/JAM/similar?currency=pounds")
     assert status == 422
+
+
+def _refund(n: int, customer: str, country: str, product: str, day: int) -> dict[str, Any]:
+    return build_event(
+        "crm.order.refunded.v1",
+        customer,
+        {
+            "refund_id": f"R{n}",
+            "lines": [{"product_id": product, "quantity": 1, "unit_price": "1"}],
+            "country": country,
+        },
+        source="shop",
+        time=T0 + timedelta(days=day),
+        event_id=f"refund-{n}",
+    )
+
+
+@pytest.mark.parametrize("batch", [1, 3, 100])
+async def test_refunds_count_against_trending_whatever_the_batches(
+    pool: asyncpg.Pool, batch: int
+) -> None:
+    """C2 (GB) returns the JAM of their day-1 order on day 6, folded before any order; C4 (FR,
+    vip) returns the BOWL of their day-3 order on day 7. Each refund subtracts a purchase's
+    weight at its own time from everyone, its country and its customer's segments."""
+    events = _events()
+    segment_at = next(n for n, e in enumerate(events) if e["type"] == "crm.segment.entered.v1")
+    events.insert(0, _refund(1, "C2", "GB", "JAM", day=6))
+    events.insert(segment_at + 2, _refund(2, "C4", "FR", "BOWL", day=7))
+    await fold(pool, events, batch, job_every=1)
+    _, ranks = await _state(pool)
+    # JAM: days 0, 1, 2, 5 less day 6 falls below TEA (days 0 to 3); BOWL, refunded after its
+    # only purchase, is below zero and trends nowhere.
+    assert ranks[""] == ["TEA", "JAM", "SEED", "CUP"]
+    assert ranks["country:GB"] == ["TEA", "JAM"]
+    assert ranks["country:FR"] == ["TEA", "SEED", "CUP", "JAM"]
+    assert ranks["segment:vip"] == ["SEED", "TEA"]
+
+    def weight(day: int) -> int:
+        return trending.weight(T0 + timedelta(days=day), trending.DEFAULT_HALF_LIFE_DAYS)
+
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT scope, product_id, score, purchases FROM trending")
+    stored = {
+        (row["scope"], row["product_id"]): (int(row["score"]), row["purchases"]) for row in rows
+    }
+    assert stored[("", "JAM")] == (sum(map(weight, (0, 1, 2, 5))) - weight(6), 4)
+    assert stored[("country:GB", "JAM")] == (sum(map(weight, (0, 1, 5))) - weight(6), 3)
+    assert stored[("", "BOWL")] == (weight(3) - weight(7), 1)
+    assert stored[("segment:vip", "BOWL")] == (weight(3) - weight(7), 1)

@@ -1,16 +1,20 @@
-"""The served model on real PostgreSQL (no Kafka): the trainer writes a version and every
-customer's picks and swaps them in at once; a customer's own purchase refreshes their picks with
-the version served; a retrain request is answered by the next version; old versions are pruned."""
+"""The served model on real PostgreSQL (no Kafka): the trainer writes a version (ALS factors,
+seasonal votes, EASE weights) and every customer's picks and swaps them in at once; a customer's
+own purchase refreshes their picks with the version served; a retrain request is answered by the
+next version; old versions are pruned with their weights."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
 import asyncpg
 import pytest
 
-from recommendation_service import store
+from recommendation_service import serving, store, worker
+from recommendation_service.evaluation import BLEND_WEIGHTS
+from recommendation_service.models import AlsParameters, EaseParameters
 from recommendation_service.store import VERSIONS_KEPT
 from recommendation_service.worker import refresh_neighbours, refresh_picks, train_model
 from tests.component.test_recommendation_neighbours import _order, fold, pool, project
@@ -52,12 +56,20 @@ async def test_training_swaps_in_a_version_with_every_customers_picks(pool: asyn
         assert model is not None and model["version"] == version
         assert model["metrics"]["customers"] == len(BASKETS)
         assert model["metrics"]["products"] == 4  # JAM TEA MUG CUP: goods only
-        assert model["parameters"]["blend_weights"] == {
-            "item-knn": 1.0,
-            "als": 1.0,
-            "seasonal": 1.0,
-        }
+        assert model["parameters"]["blend_weights"] == BLEND_WEIGHTS
+        assert model["parameters"]["ease"] == asdict(EaseParameters())
         stored = await conn.fetch("SELECT customer_id, version FROM customer_picks")
+        weights = await store.model_ease(conn, version)
+        trained = serving.train(
+            await store.kept_purchases(conn), AlsParameters(), EaseParameters()
+        ).ease.tocoo()
+    # the version's EASE weights are what training computes (EASE has no randomness)
+    assert sorted(weights) == sorted(
+        (trained_products[a], trained_products[b], float(w))
+        for trained_products in [("CUP", "JAM", "MUG", "TEA")]
+        for a, b, w in zip(trained.row, trained.col, trained.data, strict=True)
+    )
+    assert weights
     assert {row["customer_id"] for row in stored} == set(BASKETS)
     assert {row["version"] for row in stored} == {version}
     for customer, basket in BASKETS.items():
@@ -121,3 +133,39 @@ async def test_a_retrain_request_is_answered_by_the_next_version_and_old_ones_pr
         assert {
             row["version"] for row in await conn.fetch("SELECT version FROM customer_picks")
         } == {versions[-1]}
+        # a version's EASE weights go with it
+        assert {
+            row["version"] for row in await conn.fetch("SELECT DISTINCT version FROM model_ease")
+        } == set(versions[-VERSIONS_KEPT:])
+
+
+async def test_a_version_trained_for_the_blend_served_before_is_replaced_at_once(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version written before the EASE blend was served (no EASE parameters or weights): the
+    picks job still serves with it, and the trainer replaces it without waiting for the hour."""
+    await _folded(pool)
+    first = await train_model(pool)
+    assert first is not None
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """
+            UPDATE model_versions SET parameters = parameters - 'ease'
+                || '{"blend_weights": {"item-knn": 1.0, "als": 1.0, "seasonal": 1.0}}'::jsonb
+            WHERE version = $1
+            """,
+            first,
+        )
+        await conn.execute("DELETE FROM model_ease WHERE version = $1", first)
+    monkeypatch.setattr(worker, "SERVED", worker.ServedModel())  # loads the version as stored
+    while await refresh_picks(pool):  # the marks of the first orders
+        pass
+    await project(pool, [_order(50, "ME", ["TEA"])], batch=1, offset=50)
+    assert await refresh_picks(pool) == 1
+    mine = await _picks(pool, "ME")
+    assert mine is not None and mine["version"] == first and mine["picks"]
+    second = await train_model(pool)
+    assert second is not None and second > first
+    async with pool.acquire() as conn:
+        model = await store.current_model(conn)
+    assert model is not None and model["parameters"]["blend_weights"] == BLEND_WEIGHTS

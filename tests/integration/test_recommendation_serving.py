@@ -1,10 +1,12 @@
 """The served model through Kafka, the recommendation service and the gateway: a retrain request
-swaps in a version with every customer's picks; a customer's own purchase refreshes their picks;
+swaps in a version (the EASE blend) with every customer's picks; a customer's own purchase, and
+its cancellation, refresh their picks;
 similar items change within two seconds of a purchase; every answer names the model version and
 its training time; the gateway's routes need the recommendation scopes."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,6 +14,8 @@ import httpx
 import pytest
 
 from crm_shared.contracts.sdk import EventPublisher
+from recommendation_service.evaluation import BLEND_WEIGHTS
+from recommendation_service.models import EaseParameters
 from recommendation_service.projection import is_goods
 from tests.integration.helpers import (
     create_api_key,
@@ -92,6 +96,8 @@ async def test_picks_similar_items_and_retraining_through_the_gateway(
     status, model = await get_json(f"{gateway}/v1/recommendations/model", headers=reader)
     assert status == 200 and model["version"] >= answered["version"]
     assert model["parameters"]["als"]["factors"] > 0
+    assert model["parameters"]["blend_weights"] == BLEND_WEIGHTS
+    assert model["parameters"]["ease"] == asdict(EaseParameters())
     assert model["metrics"]["customers"] >= len(buyers) + 1
 
     # My picks were computed with that version, and say why: JAM's buyers bought TEA and MUG.
@@ -108,6 +114,7 @@ async def test_picks_similar_items_and_retraining_through_the_gateway(
     assert jam not in picks and all(is_goods(product) for product in picks)
     assert picks[tea]["reason"]["kind"] == "bought-together"
     assert picks[tea]["reason"]["product_id"] == jam
+    assert mug in picks
     assert all(pick["reason"]["text"] for pick in picks.values())
     status, direct = await get_json(
         f"{service}/customers/{me}/recommendations", headers=service_auth(platform)
@@ -124,6 +131,31 @@ async def test_picks_similar_items_and_retraining_through_the_gateway(
         what="my picks to leave out what I just bought",
     )
     assert refreshed["strategy"] == "personal"
+
+    # A cancelled order counts as not bought: MUG leaves my picks with my order of it and comes
+    # back when the order is cancelled.
+    with EventPublisher(platform["CRM_KAFKA_BOOTSTRAP"], source="shop") as publisher:
+        _order(publisher, me, 22, mug)
+    await eventually(
+        my_picks,
+        lambda r: mug not in _ids(r[1]["recommendations"]),
+        within=30,
+        what="my picks to leave out the mug I ordered",
+    )
+    with EventPublisher(platform["CRM_KAFKA_BOOTSTRAP"], source="shop") as publisher:
+        publisher.publish(
+            "crm.order.cancelled.v1",
+            me,
+            {"order_id": f"{me}-22", "reason": "changed my mind"},
+            time=T0 + timedelta(minutes=23),
+            event_id=f"{me}-cancel-22",
+        )
+    await eventually(
+        my_picks,
+        lambda r: mug in _ids(r[1]["recommendations"]),
+        within=30,
+        what="the mug back in my picks once its order is cancelled",
+    )
 
     # A customer the model has nothing for gets popular goods, stamped with the version served.
     status, theirs = await get_json(

@@ -213,7 +213,7 @@ def test_customers_are_registered_before_their_first_invoice_and_follow_country_
     assert data.summary.customer_updates == 1
 
 
-def test_orders_carry_their_invoice_country_as_an_iso_code_when_it_names_one() -> None:
+def test_orders_and_refunds_carry_their_invoice_country_as_an_iso_code_when_it_names_one() -> None:
     data = transform(
         [
             row(invoice="1", country="EIRE"),
@@ -226,7 +226,7 @@ def test_orders_carry_their_invoice_country_as_an_iso_code_when_it_names_one() -
     orders = of_type(data, "crm.order.placed.v1")
     assert [order["data"].get("country") for order in orders] == ["IE", "ZA", None, None]
     (refund,) = of_type(data, "crm.order.refunded.v1")
-    assert "country" not in refund["data"]  # a refund says nothing of where goods went
+    assert refund["data"]["country"] == "FR"  # trending counts it against France
 
 
 def test_limit_keeps_the_first_customers_with_their_events_and_rejections() -> None:

@@ -22,11 +22,16 @@ from recommendation_service.evaluation import (
     split,
 )
 from recommendation_service.models import (
+    EASE_BLOCK_ROWS,
     AlsParameters,
     Blend,
+    EaseParameters,
     Interaction,
+    _largest_per_row,
+    best_per_row,
     changed_similar_products,
     fit_als,
+    fit_ease,
     fit_item_knn,
     fit_popularity,
     fit_seasonal,
@@ -241,6 +246,34 @@ def test_als_recommends_what_customers_of_the_same_taste_bought() -> None:
     assert names(past, ranked) == ["TEAPOT"]
 
 
+def test_ease_recommends_what_customers_of_the_same_taste_bought() -> None:
+    past = history(_two_tastes(), T)
+    ease = fit_ease(past, EaseParameters(regularization=1.0))
+    customer = past.customers.index("T9")
+    ranked = top_k(ease.scores(rows(customer)), past.bought[[customer]], 10)[0].tolist()
+    assert names(past, ranked) == ["TEAPOT"]
+
+
+def test_ease_learns_weights_among_the_most_bought_goods_only() -> None:
+    found = [
+        *(bought(f"C{n}", "JAM", 5) for n in range(4)),
+        *(bought(f"C{n}", "TEA", 5) for n in range(3)),
+        *(bought(f"C{n}", "MUG", 5) for n in range(2)),
+        bought("C9", "JAM", 5),
+    ]
+    past = history(found, T)
+    capped = fit_ease(past, EaseParameters(regularization=1.0, max_products=2)).similar.toarray()
+    mug = past.products.index("MUG")
+    assert not capped[mug].any() and not capped[:, mug].any()
+    assert capped[past.products.index("JAM"), past.products.index("TEA")] > 0
+    whole = fit_ease(past, EaseParameters(regularization=1.0)).similar
+    assert whole.diagonal().tolist() == [0.0, 0.0, 0.0]
+    assert whole[past.products.index("JAM"), mug] > 0
+    assert (
+        fit_ease(past, EaseParameters(regularization=1.0, kept=1)).similar.getnnz(axis=1).max() == 1
+    )
+
+
 def test_blend_scales_each_model_per_customer_before_weighing() -> None:
     assert scaled(np.array([[2.0, 1.0, -1.0], [0.0, 0.0, 0.0]], dtype=np.float32)).tolist() == [
         [1.0, 0.5, 0.0],
@@ -272,9 +305,28 @@ def test_evaluation_of_a_sample_ranks_the_blend_above_every_single_model(
         if line.startswith("| ") and not line.startswith("| recommender")
         for cells in [line.split("|")]
     }
-    assert list(rows_by_name) == ["popularity", "trending", "seasonal", "item-knn", "als", "blend"]
+    assert list(rows_by_name) == [
+        "popularity",
+        "trending",
+        "seasonal",
+        "item-knn",
+        "als",
+        "ease",
+        "blend",
+    ]
     ndcg = {name: figures[1] for name, figures in rows_by_name.items()}
     assert ndcg["popularity"] > 0
     assert ndcg["item-knn"] > 1.5 * ndcg["popularity"]
     assert ndcg["als"] > 1.5 * ndcg["popularity"]
-    assert ndcg["blend"] > max(ndcg["item-knn"], ndcg["als"], ndcg["seasonal"])
+    assert ndcg["ease"] > 1.5 * ndcg["popularity"]
+    assert ndcg["blend"] > max(ndcg["item-knn"], ndcg["als"], ndcg["seasonal"], ndcg["ease"])
+
+
+def test_ease_weights_ranked_a_block_of_rows_at_a_time_equal_the_whole_ranking() -> None:
+    """The blocks exist to bound the training's memory; they must not change what is kept."""
+    weights = np.random.default_rng(3).normal(size=(EASE_BLOCK_ROWS + 45, 300))
+    weights[7] = 0.0  # a product with no weights keeps none
+    expected = best_per_row(np.abs(weights), 10)
+    rows, columns = _largest_per_row(weights, 10)
+    assert np.array_equal(rows, expected[0]) and np.array_equal(columns, expected[1])
+    assert 7 not in rows and len(rows) == 10 * (len(weights) - 1)

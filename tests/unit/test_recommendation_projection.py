@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import pytest
 
+from crm_shared.contracts.events import Event
 from recommendation_service.projection import (
+    CustomerProductDelta,
     ViewDelta,
     buyer_changes,
+    cancellations,
+    counted,
     customer_product_deltas,
     is_goods,
     neighbours_to_refresh,
+    not_cancelled,
+    order_entries,
+    orders_named,
     product_deltas,
     purchases,
+    refunds,
     returned_units,
+    taken_back,
     units_kept_deltas,
     view_deltas,
 )
+from recommendation_service.trending import trend_deltas
 from tests.unit.events_factory import at, event, order, refund
 
 
@@ -77,7 +87,7 @@ def test_units_kept_add_orders_and_take_refunds() -> None:
         refund("C1", "R1", ("P1", 2, "1"), minutes=5),
         refund("C2", "R2", ("P3", 1, "1"), minutes=6),  # folded before its order
     ]
-    deltas = units_kept_deltas(purchases(events), returned_units(events))
+    deltas = units_kept_deltas(purchases(events), returned_units(refunds(events)))
     assert deltas == {("C1", "P1"): 1, ("C1", "P2"): 1, ("C2", "P3"): -1}
 
 
@@ -231,3 +241,81 @@ def test_a_product_is_first_sold_at_its_earliest_purchase_by_event_time_not_by_a
     deltas = product_deltas(batch, {}, {("C4", "P9"): ViewDelta(1, at(1))})
     assert (deltas["P1"].first_sold_at, deltas["P2"].first_sold_at) == (at(5), at(5))
     assert deltas["P9"].first_sold_at is None  # viewed, never sold
+
+
+# --- cancelled orders count as not bought -------------------------------------------------------
+
+
+def _cancelled(customer: str, order_id: str, minutes: float) -> Event:
+    return event("crm.order.cancelled.v1", customer, {"order_id": order_id}, minutes=minutes)
+
+
+def _refund_of(order_id: str, refund_id: str, product: str, units: int, minutes: float) -> Event:
+    return event(
+        "crm.order.refunded.v1",
+        "C1",
+        {
+            "refund_id": refund_id,
+            "order_id": order_id,
+            "lines": [{"product_id": product, "quantity": units, "unit_price": "1"}],
+            "country": "GB",
+        },
+        minutes=minutes,
+    )
+
+
+def test_cancellations_and_the_orders_purchases_and_refunds_name() -> None:
+    events = [
+        order("C1", "O1", ("P1", 2, "1"), minutes=0),
+        _refund_of("O1", "R1", "P1", 1, minutes=5),
+        refund("C1", "R2", ("P2", 1, "1"), minutes=6),  # names no order
+        _cancelled("C1", "O1", minutes=9),
+    ]
+    assert cancellations(events) == {("C1", "O1")}
+    assert orders_named([*purchases(events), *refunds(events)]) == {("C1", "O1")}
+    assert [p.sign for p in counted(purchases(events), {("C1", "O1")})] == [0]
+    assert [r.product_id for r in not_cancelled(refunds(events), {("C1", "O1")})] == ["P2"]
+
+
+def test_an_order_cancelled_before_it_is_folded_only_dates_its_pairs() -> None:
+    batch = counted(purchases([order("C1", "O1", ("P1", 2, "1"), minutes=3)]), {("C1", "O1")})
+    units = units_kept_deltas(batch, {})
+    assert units == {("C1", "P1"): 0}
+    assert customer_product_deltas(batch, units) == {
+        ("C1", "P1"): CustomerProductDelta(0, at(3), at(3), 0)
+    }
+    (product,) = product_deltas(batch, {}, {}).values()
+    assert (product.orders, product.quantity, product.first_sold_at) == (0, 0, at(3))
+
+
+def test_taking_back_an_order_and_its_refund_undoes_what_they_counted() -> None:
+    """Folded as they come, then taken back from their entries: the counts add up to zero, the
+    segments they counted in come from the entries, not from the customer's segments now."""
+    events = [
+        order("C1", "O1", ("P1", 2, "1"), ("P2", 1, "1"), minutes=0),
+        _refund_of("O1", "R1", "P1", 1, minutes=5),
+    ]
+    placed, returned = purchases(events), refunds(events)
+    entries = order_entries(placed, returned, {"C1": ["vip"]})
+    assert [(e.refund, e.segments, e.lines) for e in entries] == [
+        (False, ("vip",), (("P1", 2), ("P2", 1))),
+        (True, ("vip",), (("P1", 1),)),
+    ]
+    taken_orders, taken_refunds = taken_back(entries)
+    both = [*placed, *taken_orders]
+    units = units_kept_deltas(both, returned_units([*returned, *taken_refunds]))
+    assert units == {("C1", "P1"): 0, ("C1", "P2"): 0}
+    assert {d.times_bought for d in customer_product_deltas(both, units).values()} == {0}
+    assert {(d.orders, d.quantity) for d in product_deltas(both, {}, {}).values()} == {(0, 0)}
+    folded = trend_deltas(placed, returned, {"C1": ["vip"]}, 7.0)
+    undone = trend_deltas(taken_orders, taken_refunds, {"C1": ["left vip"]}, 7.0)
+    assert (
+        set(undone)
+        == set(folded)
+        == {(scope, product) for scope in ("", "segment:vip") for product in ("P1", "P2")}
+        | {("country:GB", "P1")}
+    )
+    assert {
+        (folded[key].score + undone[key].score, folded[key].purchases + undone[key].purchases)
+        for key in folded
+    } == {(0, 0)}

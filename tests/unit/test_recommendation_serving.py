@@ -7,13 +7,15 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from scipy import sparse
 
-from recommendation_service.models import AlsParameters
+from recommendation_service.models import AlsParameters, EaseParameters
 from recommendation_service.serving import (
     Kept,
     Neighbour,
     ServingModel,
     model_from_rows,
+    outdated,
     personal_picks,
     pick_document,
     train,
@@ -22,6 +24,7 @@ from recommendation_service.serving import (
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 SMALL = AlsParameters(factors=4, iterations=3)
+EASE = EaseParameters(regularization=1.0)
 
 
 def _kept(customer: str, *products: str, day: int = 0) -> list[Kept]:
@@ -33,38 +36,62 @@ def _both_ways(product: str, other: str, similarity: float) -> list[Neighbour]:
     return [Neighbour(product, other, similarity), Neighbour(other, product, similarity)]
 
 
-def _model(products: tuple[str, ...], seasonal: list[float] | None = None) -> ServingModel:
-    """A version whose ALS knows nothing (zero factors): only item-kNN and the season vote."""
+def _model(
+    products: tuple[str, ...],
+    seasonal: list[float] | None = None,
+    ease: dict[tuple[str, str], float] | None = None,
+) -> ServingModel:
+    """A version whose ALS knows nothing (zero factors): item-kNN, the season vote and the EASE
+    weights given (none by default)."""
+    index = {product: n for n, product in enumerate(products)}
+    weights = ease or {}
     return ServingModel(
         products,
         np.zeros((len(products), SMALL.factors), dtype=np.float32),
         np.array(seasonal or [0.0] * len(products), dtype=np.float32),
+        sparse.csr_matrix(
+            (
+                np.array(list(weights.values()), dtype=np.float32),
+                ([index[a] for a, _ in weights], [index[b] for _, b in weights]),
+            ),
+            shape=(len(products), len(products)),
+        ),
         SMALL,
+        EASE,
         T0 + timedelta(days=30),
     )
 
 
 def test_training_learns_the_goods_kept_and_dates_the_version_after_the_newest_purchase() -> None:
     kept = [*_kept("C1", "JAM", "TEA"), *_kept("C2", "JAM", "MUG", day=3), *_kept("C3", "POST")]
-    model = train(kept, SMALL)
+    model = train(kept, SMALL, EASE)
     assert model.products == ("JAM", "MUG", "TEA")  # POST is not goods
     assert model.product_factors.shape == (3, SMALL.factors)
+    assert model.ease.shape == (3, 3) and model.ease.diagonal().tolist() == [0, 0, 0]
+    assert model.ease[0, 2] > 0  # JAM -> TEA: bought together by C1
     assert model.data_as_of == T0 + timedelta(days=3, seconds=1)
     assert np.isfinite(model.product_factors).all()
     with pytest.raises(ValueError, match="nothing to train on"):
-        train([], SMALL)
+        train([], SMALL, EASE)
 
 
 def test_a_stored_version_reads_back_as_it_was_trained() -> None:
-    model = train([*_kept("C1", "JAM", "TEA"), *_kept("C2", "JAM", "MUG")], SMALL)
+    model = train([*_kept("C1", "JAM", "TEA"), *_kept("C2", "JAM", "MUG")], SMALL, EASE)
     rows = [
         (product, model.product_factors[n].tolist(), float(model.seasonal[n]))
         for n, product in reversed(list(enumerate(model.products)))
     ]
-    again = model_from_rows(rows, model.described(), model.data_as_of)
+    ease = model.ease.tocoo()
+    weights = [
+        (model.products[a], model.products[b], float(w))
+        for a, b, w in zip(ease.row, ease.col, ease.data, strict=True)
+    ]
+    assert weights
+    again = model_from_rows(rows, weights, model.described(), model.data_as_of)
     assert again.products == model.products
     assert np.array_equal(again.product_factors, model.product_factors)
-    assert again.parameters == SMALL
+    assert np.array_equal(again.ease.toarray(), model.ease.toarray())
+    assert again.parameters == SMALL and again.ease_parameters == EASE
 
 
 def test_picks_leave_out_what_was_bought_and_name_the_product_that_voted_most() -> None:
@@ -99,12 +126,41 @@ def test_the_season_vote_explains_picks_no_purchase_points_to() -> None:
 
 def test_picks_are_the_same_whatever_the_customers_computed_with_them() -> None:
     baskets = (("JAM", "TEA"), ("TEA", "MUG"), ("JAM", "MUG", "TEA"))
-    model = train([item for n in range(9) for item in _kept(f"C{n}", *baskets[n % 3])], SMALL)
+    model = train([item for n in range(9) for item in _kept(f"C{n}", *baskets[n % 3])], SMALL, EASE)
     kept = [item for n in range(600) for item in _kept(f"X{n}", ("JAM", "TEA", "MUG")[n % 3])]
     neighbours = [*_both_ways("JAM", "TEA", 0.7), *_both_ways("TEA", "MUG", 0.3)]
     everyone = personal_picks(model, [f"X{n}" for n in range(600)], kept, neighbours)
     alone = personal_picks(model, ["X599"], kept, neighbours)
     assert alone["X599"] == everyone["X599"]
+
+
+def test_an_ease_pick_is_bought_together_with_the_customers_product_that_weighs_most() -> None:
+    """No neighbours, no season: the EASE weights alone pick, and the reason names the product
+    of the customer's with the largest weight towards the pick; a negative weight never picks."""
+    model = _model(
+        ("CUP", "JAM", "MUG", "TEA", "TRAY"),
+        ease={("JAM", "TEA"): 0.2, ("CUP", "TEA"): 0.5, ("JAM", "MUG"): 0.3, ("CUP", "TRAY"): -1.0},
+    )
+    picks = personal_picks(model, ["ME"], _kept("ME", "JAM", "CUP"), [])
+    assert [(p.product_id, p.reason.kind, p.reason.product_id) for p in picks["ME"]] == [
+        ("TEA", "bought-together", "CUP"),
+        ("MUG", "bought-together", "JAM"),
+    ]
+
+
+def test_a_version_trained_for_the_blend_served_before_reads_back_and_is_outdated() -> None:
+    model = train([*_kept("C1", "JAM", "TEA"), *_kept("C2", "JAM", "MUG")], SMALL, EASE)
+    rows = [
+        (product, model.product_factors[n].tolist(), float(model.seasonal[n]))
+        for n, product in enumerate(model.products)
+    ]
+    before = {
+        "als": model.described()["als"],
+        "blend_weights": {"item-knn": 1.0, "als": 1.0, "seasonal": 1.0},
+    }
+    old = model_from_rows(rows, [], before, model.data_as_of)
+    assert old.ease.nnz == 0 and personal_picks(old, ["ME"], _kept("ME", "JAM"), [])
+    assert outdated(before) and not outdated(model.described())
 
 
 def test_training_is_due_on_request_without_a_version_or_when_the_version_is_old() -> None:

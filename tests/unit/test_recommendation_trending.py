@@ -1,4 +1,5 @@
-"""Trending arithmetic: decayed purchases as exact integer sums, scopes, segment membership."""
+"""Trending arithmetic: decayed purchases less refunds as exact integer sums, scopes, segment
+membership."""
 
 from __future__ import annotations
 
@@ -29,14 +30,14 @@ def _bought(product: str, days_ago: float, customer: str = "C1", country: str | 
 
 
 def test_a_purchase_weighs_half_as_much_one_half_life_later() -> None:
-    [delta] = trend_deltas([_bought("P1", 7)], {}, 7.0).values()
+    [delta] = trend_deltas([_bought("P1", 7)], [], {}, 7.0).values()
     assert decayed_score(delta.score, NOW, 7.0) == pytest.approx(0.5)
     assert decayed_score(delta.score, NOW - timedelta(days=7), 7.0) == pytest.approx(1.0)
 
 
 def test_sums_equal_the_decayed_weights_summed_directly() -> None:
     ages = [0.5, 3, 7, 14, 30, 90]
-    [delta] = trend_deltas([_bought("P1", age) for age in ages], {}, 7.0).values()
+    [delta] = trend_deltas([_bought("P1", age) for age in ages], [], {}, 7.0).values()
     assert decayed_score(delta.score, NOW, 7.0) == pytest.approx(
         sum(0.5 ** (age / 7) for age in ages)
     )
@@ -55,18 +56,27 @@ def test_weights_far_beyond_what_a_double_holds_stay_exact_integers() -> None:
 
 def test_the_sums_are_the_same_whatever_the_order_and_the_batches() -> None:
     batch = [_bought(f"P{n % 3}", n * 1.7, customer=f"C{n}") for n in range(30)]
-    shuffled = batch[:]
+    refunded = [_bought(f"P{n % 3}", n * 1.3, customer=f"C{n}") for n in range(0, 30, 4)]
+    shuffled, refunds_shuffled = batch[:], refunded[:]
     random.Random(4).shuffle(shuffled)
-    whole = trend_deltas(batch, {}, 7.0)
-    assert trend_deltas(shuffled, {}, 7.0) == whole
-    parts = [trend_deltas(shuffled[start : start + 7], {}, 7.0) for start in range(0, 30, 7)]
+    random.Random(5).shuffle(refunds_shuffled)
+    whole = trend_deltas(batch, refunded, {}, 7.0)
+    assert trend_deltas(shuffled, refunds_shuffled, {}, 7.0) == whole
+    parts = [
+        trend_deltas(shuffled[start : start + 7], refunds_shuffled[start // 7 :: 5], {}, 7.0)
+        for start in range(0, 35, 7)
+    ]
     for key, delta in whole.items():
         assert sum(part[key].score for part in parts if key in part) == delta.score
+        assert sum(part[key].purchases for part in parts if key in part) == delta.purchases
 
 
 def test_a_recent_purchase_outranks_older_ones() -> None:
     deltas = trend_deltas(
-        [_bought("OLD", 30), _bought("OLD", 31), _bought("OLD", 32), _bought("NEW", 1)], {}, 7.0
+        [_bought("OLD", 30), _bought("OLD", 31), _bought("OLD", 32), _bought("NEW", 1)],
+        [],
+        {},
+        7.0,
     )
     assert deltas[(EVERYONE, "NEW")].score > deltas[(EVERYONE, "OLD")].score
 
@@ -74,6 +84,7 @@ def test_a_recent_purchase_outranks_older_ones() -> None:
 def test_a_purchase_counts_for_everyone_its_country_and_its_customers_segments() -> None:
     deltas = trend_deltas(
         [_bought("P1", 1, "C1", "GB"), _bought("P1", 2, "C2")],
+        [],
         {"C1": ["vip", "new"], "C9": ["vip"]},
         7.0,
     )
@@ -83,6 +94,31 @@ def test_a_purchase_counts_for_everyone_its_country_and_its_customers_segments()
         segment_scope("vip"): 1,
         segment_scope("new"): 1,
     }
+
+
+def test_a_refunded_purchase_counts_below_nothing_and_its_weight_decays() -> None:
+    """Bought 10 days ago, refunded 3 days ago: 2^-10/7 - 2^-3/7 as of now, in every scope the
+    refund counts in (its country, its customer's segments); the purchase count stays."""
+    deltas = trend_deltas(
+        [_bought("P1", 10, "C1", "GB"), _bought("P2", 1, "C2", "GB")],
+        [_bought("P1", 3, "C1", "GB")],
+        {"C1": ["vip"]},
+        7.0,
+    )
+    for scope in (EVERYONE, country_scope("GB"), segment_scope("vip")):
+        refunded = deltas[(scope, "P1")]
+        assert decayed_score(refunded.score, NOW, 7.0) == pytest.approx(
+            0.5 ** (10 / 7) - 0.5 ** (3 / 7)
+        )
+        assert refunded.purchases == 1 and refunded.last_bought_at == NOW - timedelta(days=10)
+    assert deltas[(EVERYONE, "P2")].score > 0 > deltas[(EVERYONE, "P1")].score
+
+
+def test_a_refund_folded_alone_subtracts_and_dates_nothing() -> None:
+    [(key, delta)] = trend_deltas([], [_bought("P1", 3)], {}, 7.0).items()
+    assert key == (EVERYONE, "P1")
+    assert delta.score == -weight(NOW - timedelta(days=3), 7.0)
+    assert (delta.purchases, delta.last_bought_at) == (0, None)
 
 
 def test_the_newest_segment_change_is_the_highest_version_whatever_the_order() -> None:

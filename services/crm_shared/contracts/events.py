@@ -159,6 +159,10 @@ class OrderRefunded(_EventData):
     lines: tuple[OrderLine, ...] = Field(min_length=1, max_length=MAX_ORDER_LINES)
     currency: str = Field(default="GBP", min_length=3, max_length=3)
     reason: str | None = Field(default=None, max_length=300)
+    country: CountryCode | None = Field(
+        default=None,
+        description="Where the goods came back from: a refund counts against trending there",
+    )
 
     @property
     def total(self) -> Decimal:

@@ -390,10 +390,18 @@ def _document(
     is_refund: bool,
     country: str | None,
 ) -> dict[str, Any]:
-    """The validated envelope of an order (with the country's code, when it has one) or a
-    refund; raises InvalidEvent."""
+    """The validated envelope of an order or a refund, with the country's code when it has one
+    (trending counts orders for and refunds against their country); raises InvalidEvent."""
+    code = COUNTRY_CODES.get(country or "")
+    located = {} if code is None else {"country": code}
     if is_refund:
-        data = {"refund_id": invoice_no, "lines": lines, "currency": "GBP", "reason": "cancelled"}
+        data = {
+            "refund_id": invoice_no,
+            "lines": lines,
+            "currency": "GBP",
+            "reason": "cancelled",
+            **located,
+        }
         return build_event(
             "crm.order.refunded.v1",
             customer_id,
@@ -402,10 +410,7 @@ def _document(
             time=time,
             event_id=f"refund-{invoice_no}",
         )
-    data = {"order_id": invoice_no, "lines": lines, "currency": "GBP", "channel": "web"}
-    code = COUNTRY_CODES.get(country or "")
-    if code is not None:
-        data["country"] = code
+    data = {"order_id": invoice_no, "lines": lines, "currency": "GBP", "channel": "web", **located}
     return build_event(
         "crm.order.placed.v1",
         customer_id,
