@@ -62,9 +62,16 @@ class OutboundMessage:
     body_text: str
     body_html: str | None
     attempts: int
+    campaign_cancelled: bool = False
+    """Its campaign was cancelled after it was planned: the fold cancels the planned rows, but
+    not one a sender held then (claimed, then planned again to retry), which the re-check stops."""
 
 
 # ----------------------------------------------------------------------------- the re-check
+
+
+CAMPAIGN_CANCELLED = "campaign cancelled"
+"""The reason a message of a cancelled campaign is not sent."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,10 @@ def send_time_check(
     opted out, complained or was listed as do-not-contact after the campaign was planned is not
     sent to, and the frequency budget counts what every campaign sent since. The one place the
     sender asks the decision; a channel only delayed (quiet hours, a pause, a full budget, a
-    detractor hold) postpones the message, any other refusal cancels it."""
+    detractor hold) postpones the message, any other refusal cancels it, and so does the
+    cancellation of its campaign."""
+    if message.campaign_cancelled:
+        return SendVerdict(False, CAMPAIGN_CANCELLED)
     decision = contact_decision(
         reach, sends, message.purpose, at, channel=message.channel, policy=policy
     )

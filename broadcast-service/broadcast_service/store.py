@@ -929,9 +929,12 @@ async def campaign_rows(
 
 _OUTBOUND_FIELDS = (
     "message_id, campaign_id, customer_id, channel, address, purpose, subject,"
-    " coalesce(body_text, '') AS body_text, body_html, attempts"
+    " coalesce(body_text, '') AS body_text, body_html, attempts,"
+    " EXISTS (SELECT 1 FROM campaigns c WHERE c.campaign_id = outbound_messages.campaign_id"
+    " AND c.state = 'cancelled') AS campaign_cancelled"
 )
-"""A campaign's row has no content until the claim renders it (rendering.render_claimed)."""
+"""A campaign's row has no content until the claim renders it (rendering.render_claimed); a
+row of a campaign cancelled since is not sent (delivery.send_time_check)."""
 
 
 def _outbound(row: Mapping[str, Any]) -> OutboundMessage:

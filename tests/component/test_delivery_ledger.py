@@ -150,3 +150,27 @@ async def test_a_dead_senders_claims_are_replanned_resent_or_given_up_once_the_l
         ("planned", 0, None),
         ("planned", 1, None),
     )
+
+
+async def test_a_claim_held_when_its_campaign_was_cancelled_is_not_sent_when_it_comes_back(
+    pool: asyncpg.Pool, adapters: dict[str, Adapter]
+) -> None:
+    """The fold cancels a cancelled campaign's planned rows; those a sender held at that moment
+    come back as planned (a lease ended, or a retry) and are cancelled at their next claim."""
+    dead = _sender(pool, adapters, T)
+    assert len(await dead.claim()) == len(CUSTOMERS)
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO campaigns (campaign_id, name, kind, purpose, definition, send_at, state,"
+            " defined_at, source, event_id, cancelled_at, cancel_reason) VALUES ('spring',"
+            " 'Spring', 'campaign', 'marketing', '{}', $1, 'cancelled', $1, 'test', 'e-1', $1,"
+            " 'wrong offer')",
+            T,
+        )
+        assert await store.cancel_messages(conn, "spring") == 0  # all held by the sender
+    survivor = _sender(pool, adapters, T + LEASE + timedelta(seconds=1))
+    await survivor.recover()  # none started: all planned again
+    assert await survivor.claim() == []
+    assert await _ledger(pool) == {
+        f"spring.{c}": ("cancelled", 0, "campaign cancelled") for c in CUSTOMERS
+    }

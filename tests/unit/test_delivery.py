@@ -16,6 +16,7 @@ import pytest
 
 from broadcast_service.decision import reach_of
 from broadcast_service.delivery import (
+    CAMPAIGN_CANCELLED,
     INTERRUPTED_REASON,
     ExpiredClaim,
     NextStep,
@@ -100,6 +101,15 @@ def test_a_message_for_a_channel_without_consent_is_cancelled_even_if_another_ha
     consents = [_consent("granted", "sms")]
     verdict = send_time_check(_message(), _reach("sms", "email", consents=consents), (), NOW)
     assert not verdict.send and "email" in verdict.reason
+
+
+def test_a_message_of_a_cancelled_campaign_is_cancelled_though_the_customer_consents() -> None:
+    """A message a sender held when its campaign was cancelled (claimed, then planned again to
+    retry) is stopped at its next claim, even in quiet hours (cancelled, not postponed)."""
+    quiet = QuietWindow(time(11), time(13), "UTC")
+    reach = _reach("email", consents=[_consent("granted")], quiet=quiet)
+    verdict = send_time_check(_message(campaign_cancelled=True), reach, (), NOW)
+    assert (verdict.send, verdict.reason, verdict.wait_until) == (False, CAMPAIGN_CANCELLED, None)
 
 
 def test_quiet_hours_postpone_rather_than_cancel() -> None:
