@@ -123,7 +123,8 @@ async def test_picks_similar_items_and_retraining_through_the_gateway(
     assert mug in picks
     assert all(pick["reason"]["text"] for pick in picks.values())
     status, direct = await get_json(
-        f"{service}/customers/{me}/recommendations", headers=service_auth(platform)
+        f"{service}/customers/{me}/recommendations?limit={PICKS_KEPT}",
+        headers=service_auth(platform),
     )
     assert (status, direct) == (200, mine)  # the gateway passes the service's answer on
 
