@@ -48,6 +48,10 @@ from recommendation_service.models import (
 
 PICKS_KEPT = 50
 """Picks stored per customer: a request asks for at most this many."""
+MIN_PICK_SCORE = 1e-4
+"""A product whose blended score is below this is no pick (each part's best counts its weight,
+0.2 to 1): what ALS gives products nothing points to is rounding noise, not "bought by customers
+who buy what you buy", and the reader tops the list up with popular goods instead."""
 
 ReasonKind = Literal["bought-together", "similar-customers", "seasonal", "popular"]
 REASON_TEXT: Mapping[ReasonKind, str] = {
@@ -280,6 +284,7 @@ def personal_picks(
         for offset, (row, chosen) in enumerate(
             zip(chunk.tolist(), top_k(total, bought[chunk], k), strict=True)
         ):
+            chosen = chosen[total[offset, chosen] >= MIN_PICK_SCORE]
             if len(chosen) == 0 or customers[row] not in buyers:
                 continue
             owing = np.argmax(np.stack([part[offset, chosen] for part in part_scores]), axis=0)

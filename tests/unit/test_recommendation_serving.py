@@ -11,6 +11,7 @@ from scipy import sparse
 
 from recommendation_service.models import AlsParameters, EaseParameters
 from recommendation_service.serving import (
+    MIN_PICK_SCORE,
     Kept,
     Neighbour,
     ServingModel,
@@ -108,6 +109,15 @@ def test_picks_leave_out_what_was_bought_and_name_the_product_that_voted_most() 
     assert (mug.reason.kind, mug.reason.product_id) == ("bought-together", "CUP")
     assert (tea.reason.kind, tea.reason.product_id) == ("bought-together", "JAM")
     assert pick_document(tea, "Tea")["reason"]["text"] == "bought together with JAM"
+
+
+def test_a_product_scoring_only_rounding_noise_is_no_pick() -> None:
+    """A neighbour whose similarity is noise next to the best one's does not make a pick: the
+    reader offers popular goods rather than a reason that is not one."""
+    neighbours = [*_both_ways("JAM", "TEA", 0.9), *_both_ways("JAM", "MUG", 1e-7)]
+    picks = personal_picks(_model(("JAM", "MUG", "TEA")), ["ME"], _kept("ME", "JAM"), neighbours)
+    assert [pick.product_id for pick in picks["ME"]] == ["TEA"]
+    assert picks["ME"][0].score >= MIN_PICK_SCORE
 
 
 def test_a_product_the_version_never_saw_is_offered_through_its_live_neighbours() -> None:
