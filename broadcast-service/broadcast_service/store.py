@@ -809,8 +809,10 @@ SELECT encode(set_byte(set_byte(d.h, 6, (get_byte(d.h, 6) & 15) | 128),
 FROM plan_recipients AS r
 JOIN unnest($8::text[], $9::text[], $10::integer[], $11::text[], $12::timestamptz[])
     AS o(signature, channel, position, registered, not_before) USING (signature)
-CROSS JOIN LATERAL (SELECT substr(sha256($3::bytea || convert_to(r.customer_id, 'UTF8')), 1, 16))
-    AS d(h)
+CROSS JOIN LATERAL (
+    -- OFFSET 0 keeps the hash a column computed once, not an expression repeated at each use
+    SELECT substr(sha256($3::bytea || convert_to(r.customer_id, 'UTF8')), 1, 16) OFFSET 0
+) AS d(h)
 """
 
 
