@@ -992,25 +992,31 @@ async def campaign_rows(
 
 _OUTBOUND_FIELDS = (
     "message_id, campaign_id, customer_id, channel, address, purpose, subject,"
-    " coalesce(body_text, '') AS body_text, body_html, attempts,"
-    " EXISTS (SELECT 1 FROM campaigns c WHERE c.campaign_id = outbound_messages.campaign_id"
-    " AND c.state = 'cancelled') AS campaign_cancelled"
+    " coalesce(body_text, '') AS body_text, body_html, attempts"
 )
-"""A campaign's row has no content until the claim renders it (rendering.render_claimed); a
-row of a campaign cancelled since is not sent (delivery.send_time_check)."""
+"""A campaign's row has no content until the claim renders it (rendering.render_claimed)."""
+_OUTBOUND_NAMES = tuple(name for name in OutboundMessage.__slots__ if name != "campaign_cancelled")
 
 
-def _outbound(row: Mapping[str, Any]) -> OutboundMessage:
-    return OutboundMessage(**{name: row[name] for name in OutboundMessage.__slots__})
+def _outbound(row: Mapping[str, Any], campaign_cancelled: bool = False) -> OutboundMessage:
+    return OutboundMessage(
+        **{name: row[name] for name in _OUTBOUND_NAMES}, campaign_cancelled=campaign_cancelled
+    )
 
 
 async def claim_due(conn: asyncpg.Connection, now: datetime, limit: int) -> list[OutboundMessage]:
     """Lock up to `limit` planned messages whose time has come. Rows another sender holds are
     skipped, not waited for. Claims whose lease ended are resolved by `take_expired_claims` first.
+    Each says whether its campaign was cancelled since (the sender's re-check then stops it):
+    only the claim reads it, as a message is sent only after a claim.
     """
     rows = await conn.fetch(
         f"""
-        SELECT {_OUTBOUND_FIELDS} FROM outbound_messages
+        SELECT {_OUTBOUND_FIELDS},
+               EXISTS (SELECT FROM campaigns AS c
+                       WHERE c.campaign_id = outbound_messages.campaign_id
+                         AND c.state = 'cancelled') AS campaign_cancelled
+        FROM outbound_messages
         WHERE state = 'planned' AND not_before <= $1
           AND (next_attempt_at IS NULL OR next_attempt_at <= $1)
         ORDER BY not_before
@@ -1020,7 +1026,7 @@ async def claim_due(conn: asyncpg.Connection, now: datetime, limit: int) -> list
         now,
         limit,
     )
-    return [_outbound(row) for row in rows]
+    return [_outbound(row, row["campaign_cancelled"]) for row in rows]
 
 
 async def hold_claims(
