@@ -4,32 +4,31 @@ their messages rendered.
 Pure: no I/O; time comes from events (the definition, the clock's ticks) and is passed in.
 A campaign's definition is last-writer-wins by event time until it is due, then fixed. It is
 planned once, at its send instant: the contact decision of each recipient (`decide`, the single
-place this module asks for one; made once per decision signature, `plan_signed`, as recipients
-with equal signatures get equal decisions), one narrow row per recipient who may be contacted
-(who, on which channel and address, from when), with an id derived from the campaign and the
-customer, so planning again adds nothing. The row is rendered from the templates (`render_for`)
-when the sender claims it, not when it is planned: planning costs a decision and a narrow row
-per recipient, and each message carries the recommendations current when it leaves.
+place this module asks for one), made once per decision signature (`plan_signatures`: recipients
+with equal signatures get equal decisions), gives one narrow row per recipient who may be
+contacted (who, on which channel and address, from when), written in SQL from the decisions of
+the signatures, with an id derived from the campaign and the customer (`message_id_prefix`), so
+planning again adds nothing. The row is rendered from the templates (`render_for`) when the
+sender claims it, not when it is planned: planning costs a decision per signature and a narrow
+row per recipient, and each message carries the recommendations current when it leaves.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Literal, NamedTuple
 
 from broadcast_service.decision import (
     DEFAULT_POLICY,
+    REGISTERED_FIELDS,
     ContactPolicy,
     CustomerReach,
     contact_decision,
-    registered_addresses,
-    setup_address,
 )
 from broadcast_service.projection import RecentSend
 from broadcast_service.templates import Links, Personalisation, RenderedMessage, render
@@ -126,30 +125,11 @@ def evolve_campaigns(
     return changed
 
 
-def message_id(campaign_id: str, customer_id: str) -> str:
-    """The same campaign and customer always give the same message id (the plan's dedup key)."""
-    return message_ids(campaign_id)(customer_id)
-
-
-def message_ids(campaign_id: str) -> Callable[[str], str]:
-    """`message_id` for one campaign, about a quarter of uuid.uuid5's cost (a plan makes a million):
-    the same UUID 5, hashed from the campaign's prefix and formatted without a UUID object."""
-    prefix = hashlib.sha1(_MESSAGE_IDS.bytes + f"{campaign_id}\x1f".encode(), usedforsecurity=False)
-
-    def of(customer_id: str) -> str:
-        digest = prefix.copy()
-        digest.update(customer_id.encode())
-        raw = digest.digest()
-        h = (
-            raw[:6]
-            + bytes((raw[6] & 0x0F | 0x50,))
-            + raw[7:8]
-            + bytes((raw[8] & 0x3F | 0x80,))
-            + raw[9:16]
-        ).hex()
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-    return of
+def message_id_prefix(campaign_id: str) -> bytes:
+    """What a message id hashes before the customer id: a campaign's message to a customer is
+    the UUID (version 8) of SHA-256 over this prefix and the customer id (UTF-8), made in SQL
+    as planning writes the rows, so planning again gives the same ids (the plan's dedup key)."""
+    return _MESSAGE_IDS.bytes + f"{campaign_id}\x1f".encode()
 
 
 @dataclass(frozen=True)
@@ -232,22 +212,6 @@ def outcome_of(reason: str) -> str:
     return "contact" if reason == PLANNED else "delayed" if reason == PLANNED_LATER else "refused"
 
 
-class PlannedRow(NamedTuple):
-    """One row of outbound_messages as planning writes it (COPY takes the tuple as it is): the
-    content is rendered when the sender claims it."""
-
-    message_id: str
-    campaign_id: str
-    customer_id: str
-    channel: str
-    address: str
-    purpose: str
-    not_before: datetime
-
-
-PLANNED_ROW_COLUMNS = PlannedRow._fields
-
-
 @dataclass(frozen=True)
 class PlannedMessage:
     """A ready-made message, its content given (a one-off message, or a benchmark's)."""
@@ -264,45 +228,55 @@ class PlannedMessage:
     not_before: datetime
 
 
-@dataclass
-class Plan:
-    """What planning a batch of recipients gave: the messages, and recipients per reason."""
+class Reached(NamedTuple):
+    """How the recipients sharing a decision signature are reached: planning writes their rows
+    from it in SQL, each at their own address."""
 
-    messages: list[PlannedRow] = field(default_factory=list)
+    signature: str
+    channel: str
+    position: int | None
+    """The channel's place in their set-up: its address there is theirs, else the registered
+    one (None: the decision picked no address)."""
+    registered: str | None
+    """Which registered address the channel falls back on (`REGISTERED_FIELDS`)."""
+    not_before: datetime
+
+
+@dataclass
+class SignedPlan:
+    """What deciding a chunk's decision signatures gave: how the reached ones are reached, and
+    recipients per reason."""
+
+    reached: list[Reached] = field(default_factory=list)
     reasons: Counter[str] = field(default_factory=Counter)
     decided: Counter[tuple[str, tuple[str, ...]]] = field(default_factory=Counter)
     """Recipients per (reason, the decision's codes): the reasons above, code by code."""
 
 
-def reach_each(
+def plan_signatures(
     campaign: Campaign,
-    recipients: Iterable[Recipient],
+    groups: Iterable[tuple[str, Recipient, int]],
     at: datetime,
     policy: ContactPolicy = DEFAULT_POLICY,
-) -> Iterator[tuple[Recipient, Reach]]:
-    """The decision for each recipient at `at`."""
+) -> SignedPlan:
+    """One decision per decision signature: each group is a signature, one of its recipients
+    (read whole by `store.recipients_of`) and how many share it, who all get its decision (a
+    plan's, or a dry run's answer: its reasons)."""
     definition = campaign.definition
     channels = [t.channel.value for t in definition.templates]
-    for recipient in recipients:
-        yield recipient, decide(recipient, definition.purpose.value, channels, at, policy)
-
-
-class SignedRecipient(NamedTuple):
-    """A recipient as planning reads them: their decision signature (`store._SIGNATURE`:
-    recipients with equal signatures get equal decisions) and their own addresses."""
-
-    customer_id: str
-    signature: str
-    addresses: Sequence[str | None] | None
-    """The address each channel of their set-up names, in its order (None: none names one)."""
-    email: str | None
-    phone: str | None
-    """What they registered with (`registered_addresses`)."""
-
-    def address(self, index: int, channel: str) -> str | None:
-        """The address of the set-up's channel at `index`, as `reach_of` gives it."""
-        own = self.addresses[index] if self.addresses else None
-        return setup_address(own, channel, registered_addresses(self.email, self.phone))
+    purpose = definition.purpose.value
+    plan = SignedPlan()
+    for signature, example, recipients in groups:
+        reach = decide(_indexed(example), purpose, channels, at, policy)
+        plan.decided[reach.reason, reach.codes] += recipients
+        plan.reasons[reach.reason] += recipients
+        if reach.channel is not None and reach.not_before is not None:
+            position = None if reach.address is None else int(reach.address)
+            registered = REGISTERED_FIELDS.get(reach.channel)
+            plan.reached.append(
+                Reached(signature, reach.channel, position, registered, reach.not_before)
+            )
+    return plan
 
 
 def _indexed(recipient: Recipient) -> Recipient:
@@ -319,111 +293,6 @@ def _indexed(recipient: Recipient) -> Recipient:
     )
     reach = replace(recipient.reach, preferences=replace(preferences, channels=setups))
     return replace(recipient, reach=reach)
-
-
-def dry_run(
-    campaign: Campaign,
-    groups: Iterable[tuple[Recipient, int]],
-    at: datetime,
-    policy: ContactPolicy = DEFAULT_POLICY,
-) -> Counter[str]:
-    """Recipients per decision reason, planned ones included: a dry run's whole answer. Each
-    group is one recipient and how many share their decision signature: one decision each."""
-    definition = campaign.definition
-    channels = [t.channel.value for t in definition.templates]
-    reasons: Counter[str] = Counter()
-    for example, recipients in groups:
-        reach = decide(example, definition.purpose.value, channels, at, policy)
-        reasons[reach.reason] += recipients
-    return reasons
-
-
-def plan_batch(
-    campaign: Campaign,
-    recipients: Iterable[Recipient],
-    at: datetime,
-    first: int,
-    policy: ContactPolicy = DEFAULT_POLICY,
-) -> Plan:
-    """One narrow row per recipient who may be reached at `at`, each recipient decided alone
-    (what `plan_signed` must equal).
-
-    `first` is how many messages the earlier batches planned: with a throttle, message n is
-    not sent before at + n / throttle, so the sender spreads the campaign by not_before."""
-    decided = (
-        (r.customer_id, reach, reach.address)
-        for r, reach in reach_each(campaign, recipients, at, policy)
-    )
-    return _plan(campaign, decided, at, first)
-
-
-def plan_signed(
-    campaign: Campaign,
-    recipients: Iterable[SignedRecipient],
-    examples: Mapping[str, Recipient],
-    at: datetime,
-    first: int,
-    policy: ContactPolicy = DEFAULT_POLICY,
-) -> Plan:
-    """`plan_batch` deciding once per decision signature: `examples` holds one recipient of
-    each signature (read by `store.recipients_of`), whose decision every recipient sharing it
-    gets, at their own address."""
-    definition = campaign.definition
-    channels = [t.channel.value for t in definition.templates]
-    purpose = definition.purpose.value
-    outcomes: dict[str, Reach] = {}
-
-    def decided() -> Iterator[tuple[str, Reach, str | None]]:
-        for recipient in recipients:
-            reach = outcomes.get(recipient.signature)
-            if reach is None:
-                example = _indexed(examples[recipient.signature])
-                reach = decide(example, purpose, channels, at, policy)
-                outcomes[recipient.signature] = reach
-            address = None
-            if reach.channel is not None and reach.address is not None:
-                address = recipient.address(int(reach.address), reach.channel)
-            yield recipient.customer_id, reach, address
-
-    return _plan(campaign, decided(), at, first)
-
-
-def _plan(
-    campaign: Campaign,
-    decided: Iterable[tuple[str, Reach, str | None]],
-    at: datetime,
-    first: int,
-) -> Plan:
-    """The rows and reasons of recipients decided: (customer id, decision, their address)."""
-    definition = campaign.definition
-    campaign_id = campaign.campaign_id
-    purpose = definition.purpose.value
-    throttle = definition.throttle_per_second
-    id_of = message_ids(campaign_id)
-    plan = Plan()
-    rows = plan.messages
-    counted = plan.decided
-    for customer_id, reach, address in decided:
-        counted[reach.reason, reach.codes] += 1
-        if reach.channel is None or reach.not_before is None:
-            continue
-        not_before = reach.not_before
-        if throttle:
-            not_before = max(not_before, at + timedelta(seconds=(first + len(rows)) / throttle))
-        rows.append(
-            PlannedRow(
-                id_of(customer_id),
-                campaign_id,
-                customer_id,
-                reach.channel,
-                address or "",
-                purpose,
-                not_before,
-            )
-        )
-    for (reason, _), count in counted.items():
-        plan.reasons[reason] += count
-    return plan
 
 
 def render_for(

@@ -168,14 +168,15 @@ class CustomerReach:
     holds: Holds = NO_HOLDS
 
 
+REGISTERED_FIELDS: Mapping[str, str] = {"email": "email", "sms": "phone", "phone": "phone"}
+"""Which address a customer registered with (crm.customers' `email` or `phone`) each channel
+falls back on when their set-up names none (planning applies it in SQL by these names)."""
+
+
 def registered_addresses(email: str | None, phone: str | None) -> dict[str, str]:
     """Where the e-mail and phone a customer registered with (crm.customers) reach them."""
-    found: dict[str, str] = {}
-    if email:
-        found["email"] = email
-    if phone:
-        found["sms"] = found["phone"] = phone
-    return found
+    given = {"email": email or "", "phone": phone or ""}
+    return {channel: given[f] for channel, f in REGISTERED_FIELDS.items() if given[f]}
 
 
 def setup_address(own: str | None, channel: str, registered: Mapping[str, str]) -> str | None:

@@ -64,7 +64,8 @@ class OutboundMessage:
     attempts: int
     campaign_cancelled: bool = False
     """Its campaign was cancelled after it was planned: the fold cancels the planned rows, but
-    not one a sender held then (claimed, then planned again to retry), which the re-check stops."""
+    not one a sender held then (claimed, then planned again to retry), which the re-check stops.
+    Read by the claim only (`store.claim_due`); other reads of a message leave it False."""
 
 
 # ----------------------------------------------------------------------------- the re-check

@@ -1,8 +1,10 @@
-"""Planning campaigns, and their dry runs: recipients read chunk by chunk with their decision
-signature (`store.signed_recipients_after`: all the decision reads of them, but who they are),
-one recipient of each signature read whole and decided purely (broadcast_service.campaigns),
-every recipient sharing it given that decision at their own address, the narrow rows written
-with COPY. A chunk of 10,000 customers who look alike costs a few dozen decisions, not 10,000.
+"""Planning campaigns, and their dry runs, by decision signature: a chunk of recipients is
+counted by signature in SQL (`store.signature_groups_after`: all the decision reads of them, but
+who they are), one recipient of each signature is read whole and decided purely
+(`campaigns.plan_signatures`), and one INSERT ... SELECT writes the narrow row of every recipient
+of a reached signature, at their own address (`store.add_planned_rows`). The planner handles
+signatures, never recipients: a chunk of 10,000 customers who look alike costs a few dozen
+decisions and no per-recipient work in Python.
 
 Planning runs as a job of the worker (`PLANNING_JOB`), not inside the fold: the fold only marks
 a campaign 'planning' when it is due, so a campaign to a million customers never holds the
@@ -27,7 +29,7 @@ from functools import cache
 import asyncpg
 
 from broadcast_service import campaigns, metrics, store
-from broadcast_service.campaigns import Campaign, Recipient
+from broadcast_service.campaigns import Campaign
 from broadcast_service.config import BroadcastSettings
 from broadcast_service.decision import DEFAULT_POLICY, ContactPolicy, sends_since
 from broadcast_service.projection import normalise_purpose
@@ -79,32 +81,40 @@ async def plan_chunk(conn: asyncpg.Connection, planner: Planner) -> ChunkPlanned
     campaign = planning.campaign
     at = campaign.send_at
     read = _signature_read(campaign, at, planner.chunk_size)
-    recipients = await store.signed_recipients_after(conn, read, planning.cursor)
-    examples = await _examples(conn, [(r.signature, r.customer_id) for r in recipients], read.since)
-    plan = campaigns.plan_signed(
-        campaign, recipients, examples, at, planning.messages, planner.policy
+    groups = await store.signature_groups_after(conn, read, planning.cursor, keep=True)
+    plan = await _decided(conn, campaign, groups, at, read.since, planner.policy)
+    definition = campaign.definition
+    rows = store.PlannedRows(
+        campaign.campaign_id,
+        definition.purpose.value,
+        campaigns.message_id_prefix(campaign.campaign_id),
+        at,
+        definition.throttle_per_second,
+        planning.messages,
+        datetime.now(UTC),
     )
-    await store.add_planned_rows(conn, plan.messages, datetime.now(UTC))
-    cursor = recipients[-1].customer_id if recipients else planning.cursor
+    messages = await store.add_planned_rows(conn, rows, plan.reached)
+    recipients = sum(g.recipients for g in groups)
+    cursor = groups[0].last if groups else planning.cursor
     seconds = time.perf_counter() - started
     await store.record_plan_chunk(
         conn,
         campaign.campaign_id,
         cursor,
-        len(plan.messages),
+        messages,
         seconds,
         plan.reasons,
         PLANNED_REASONS,
     )
-    finished = len(recipients) < planner.chunk_size
+    finished = recipients < planner.chunk_size
     if finished:
         total = await store.finish_plan(conn, campaign.campaign_id, at)
         metrics.CAMPAIGNS_PLANNED.inc()
         metrics.PLANNING_SECONDS.observe(total)
     return ChunkPlanned(
         campaign.campaign_id,
-        len(recipients),
-        len(plan.messages),
+        recipients,
+        messages,
         plan.reasons,
         seconds,
         finished,
@@ -169,31 +179,33 @@ async def dry_run(
     read = _signature_read(campaign, at, batch_size)
     after: str | None = None
     while groups := await store.signature_groups_after(conn, read, after):
-        examples = await store.recipients_of(conn, [g.example for g in groups], read.since)
-        reasons.update(
-            campaigns.dry_run(
-                campaign, zip(examples, [g.recipients for g in groups], strict=True), at, policy
-            )
-        )
+        reasons.update((await _decided(conn, campaign, groups, at, read.since, policy)).reasons)
         if sum(g.recipients for g in groups) < batch_size:
             break
         after = groups[0].last
     return reasons
 
 
+async def _decided(
+    conn: asyncpg.Connection,
+    campaign: Campaign,
+    groups: Sequence[store.SignatureGroup],
+    at: datetime,
+    since: datetime,
+    policy: ContactPolicy,
+) -> campaigns.SignedPlan:
+    """The decision at `at` of each signature of a chunk, its example read whole (with its
+    sends since `since`)."""
+    examples = await store.recipients_of(conn, [g.example for g in groups], since)
+    return campaigns.plan_signatures(
+        campaign,
+        ((g.signature, e, g.recipients) for g, e in zip(groups, examples, strict=True)),
+        at,
+        policy,
+    )
+
+
 def _signature_read(campaign: Campaign, at: datetime, chunk: int) -> store.SignatureRead:
     """What a plan or dry run of the campaign at `at` reads, `chunk` recipients at a time."""
     purpose = normalise_purpose(campaign.definition.purpose.value)
     return store.SignatureRead(campaign.definition.target, purpose, sends_since(at), chunk)
-
-
-async def _examples(
-    conn: asyncpg.Connection, signed: Sequence[tuple[str, str]], since: datetime
-) -> dict[str, Recipient]:
-    """One recipient of each (signature, customer id), the first given, read whole."""
-    first: dict[str, str] = {}
-    for signature, customer_id in signed:
-        first.setdefault(signature, customer_id)
-    return dict(
-        zip(first, await store.recipients_of(conn, list(first.values()), since), strict=True)
-    )

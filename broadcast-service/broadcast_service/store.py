@@ -12,16 +12,14 @@ from typing import Any
 import asyncpg
 
 from broadcast_service.campaigns import (
-    PLANNED_ROW_COLUMNS,
     Addressee,
     Campaign,
     CustomerContact,
     CustomerProducts,
     PlannedMessage,
-    PlannedRow,
     Product,
+    Reached,
     Recipient,
-    SignedRecipient,
 )
 from broadcast_service.decision import CustomerReach, reach_of, registered_addresses
 from broadcast_service.delivery import OutboundMessage
@@ -693,12 +691,23 @@ LEFT JOIN LATERAL (
     FROM jsonb_array_elements(p.settings) WITH ORDINALITY AS u(e, n)
 ) AS s ON true
 """
-_SIGNED_ROWS = _SIGNED + "ORDER BY r.customer_id"
-_SIGNED_GROUPS = f"""
-SELECT min(customer_id) AS example, count(*) AS recipients,
+_GROUPS = """
+SELECT signature, min(customer_id) AS example, count(*) AS recipients,
        max(max(customer_id)) OVER () AS last
-FROM ({_SIGNED}) AS signed GROUP BY signature
+FROM {signed} GROUP BY signature
 """
+_SIGNATURE_GROUPS = _GROUPS.format(signed=f"({_SIGNED}) AS signed")
+# A plan keeps the chunk's recipients (who, signature, addresses) for its INSERT ... SELECT:
+# the signatures are built once, and only their groups come back to the planner.
+_PLAN_RECIPIENTS = """
+CREATE TEMP TABLE plan_recipients (
+    customer_id text, signature text, addresses text[], email text, phone text
+) ON COMMIT DROP
+"""
+_KEPT_SIGNATURE_GROUPS = (
+    f"WITH signed AS (INSERT INTO plan_recipients {_SIGNED} RETURNING customer_id, signature)"
+    + _GROUPS.format(signed="signed")
+)
 
 
 @dataclass(frozen=True)
@@ -733,46 +742,100 @@ async def _signed(
     return rows
 
 
-async def signed_recipients_after(
-    conn: asyncpg.Connection, read: SignatureRead, after: str | None
-) -> list[SignedRecipient]:
-    """The next chunk of recipients after `after`, in customer id order (a keyset cursor: a
-    plan resumes from the last recipient it committed), each with its decision signature and
-    its addresses."""
-    return [SignedRecipient(*row) for row in await _signed(conn, _SIGNED_ROWS, read, after)]
-
-
 @dataclass(frozen=True)
 class SignatureGroup:
     """The recipients of a chunk that share a decision signature."""
 
+    signature: str
     example: str
     """One of them (the least id), whose reach is read to decide for all."""
     recipients: int
     last: str
-    """The greatest id of the chunk (the dry run's cursor)."""
+    """The greatest id of the chunk (its cursor)."""
 
 
 async def signature_groups_after(
-    conn: asyncpg.Connection, read: SignatureRead, after: str | None
+    conn: asyncpg.Connection, read: SignatureRead, after: str | None, *, keep: bool = False
 ) -> list[SignatureGroup]:
-    """The next chunk of recipients after `after`, counted by decision signature: a dry run
-    reads nothing per recipient."""
-    rows = await _signed(conn, _SIGNED_GROUPS, read, after)
-    return [SignatureGroup(row["example"], row["recipients"], row["last"]) for row in rows]
+    """The next chunk of recipients after `after`, in customer id order (a keyset cursor: a plan
+    resumes after the last recipient it committed), counted by decision signature: nothing is
+    read per recipient. `keep` keeps the recipients in the transaction's `plan_recipients`
+    for `add_planned_rows` (a read-only transaction cannot)."""
+    if keep:
+        await conn.execute(_PLAN_RECIPIENTS)
+    rows = await _signed(conn, _KEPT_SIGNATURE_GROUPS if keep else _SIGNATURE_GROUPS, read, after)
+    return [SignatureGroup(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class PlannedRows:
+    """What a chunk's rows share: their campaign, and when and how fast it sends."""
+
+    campaign_id: str
+    purpose: str
+    id_prefix: bytes
+    """`campaigns.message_id_prefix` of the campaign."""
+    at: datetime
+    throttle: int | None
+    """Messages a second at most: message n is not sent before `at` + n / throttle."""
+    first: int
+    """The rows the campaign's earlier chunks planned (the n of this chunk's first row)."""
+    planned_at: datetime
+
+
+# Each kept recipient whose signature was reached gets a row: the id is the UUID (version 8) of
+# SHA-256 over the campaign's prefix and the customer id; the address is their own at the
+# channel's place in their set-up, else the registered one the channel falls back on (an empty
+# one counts as none, as in `registered_addresses`); the throttle counts the rows in customer id
+# order, in whole microseconds.
+_ADD_PLANNED_ROWS = """
+INSERT INTO outbound_messages (message_id, campaign_id, customer_id, channel, address, purpose,
+                               not_before, planned_at)
+SELECT encode(set_byte(set_byte(d.h, 6, (get_byte(d.h, 6) & 15) | 128),
+                       8, (get_byte(d.h, 8) & 63) | 128), 'hex')::uuid::text,
+       $1, r.customer_id, o.channel,
+       coalesce(CASE WHEN o.position IS NOT NULL THEN
+                    coalesce(r.addresses[o.position + 1],
+                             CASE o.registered WHEN 'email' THEN nullif(r.email, '')
+                                               WHEN 'phone' THEN nullif(r.phone, '') END)
+                END, ''),
+       $2,
+       CASE WHEN $5::bigint IS NULL THEN o.not_before
+            ELSE greatest(o.not_before, $4::timestamptz + interval '1 microsecond'
+                          * ((row_number() OVER (ORDER BY r.customer_id) - 1 + $6::bigint)
+                             * 1000000 / $5::bigint))
+       END,
+       $7
+FROM plan_recipients AS r
+JOIN unnest($8::text[], $9::text[], $10::integer[], $11::text[], $12::timestamptz[])
+    AS o(signature, channel, position, registered, not_before) USING (signature)
+CROSS JOIN LATERAL (
+    -- OFFSET 0 keeps the hash a column computed once, not an expression repeated at each use
+    SELECT substr(sha256($3::bytea || convert_to(r.customer_id, 'UTF8')), 1, 16) OFFSET 0
+) AS d(h)
+"""
 
 
 async def add_planned_rows(
-    conn: asyncpg.Connection, rows: Sequence[PlannedRow], planned_at: datetime
-) -> None:
-    """Write a chunk's rows with COPY: the campaign's cursor, committed with them, is what
-    keeps a resumed plan from writing a recipient twice."""
-    if rows:
-        await conn.copy_records_to_table(
-            "outbound_messages",
-            records=[(*row, planned_at) for row in rows],
-            columns=[*PLANNED_ROW_COLUMNS, "planned_at"],
-        )
+    conn: asyncpg.Connection, rows: PlannedRows, reached: Sequence[Reached]
+) -> int:
+    """Write a row for each recipient the chunk kept (`signature_groups_after(keep=True)`) whose
+    signature was reached, with one INSERT ... SELECT; how many. The campaign's cursor,
+    committed with them, is what keeps a resumed plan from writing a recipient twice."""
+    if not reached:
+        return 0
+    status = await conn.execute(
+        _ADD_PLANNED_ROWS,
+        rows.campaign_id,
+        rows.purpose,
+        rows.id_prefix,
+        rows.at,
+        rows.throttle,
+        rows.first,
+        rows.planned_at,
+        *columns(reached, "signature", "channel", "position", "registered", "not_before"),
+    )
+    return int(status.rsplit(" ", 1)[1])
 
 
 async def record_plan_chunk(
@@ -929,25 +992,31 @@ async def campaign_rows(
 
 _OUTBOUND_FIELDS = (
     "message_id, campaign_id, customer_id, channel, address, purpose, subject,"
-    " coalesce(body_text, '') AS body_text, body_html, attempts,"
-    " EXISTS (SELECT 1 FROM campaigns c WHERE c.campaign_id = outbound_messages.campaign_id"
-    " AND c.state = 'cancelled') AS campaign_cancelled"
+    " coalesce(body_text, '') AS body_text, body_html, attempts"
 )
-"""A campaign's row has no content until the claim renders it (rendering.render_claimed); a
-row of a campaign cancelled since is not sent (delivery.send_time_check)."""
+"""A campaign's row has no content until the claim renders it (rendering.render_claimed)."""
+_OUTBOUND_NAMES = tuple(name for name in OutboundMessage.__slots__ if name != "campaign_cancelled")
 
 
-def _outbound(row: Mapping[str, Any]) -> OutboundMessage:
-    return OutboundMessage(**{name: row[name] for name in OutboundMessage.__slots__})
+def _outbound(row: Mapping[str, Any], campaign_cancelled: bool = False) -> OutboundMessage:
+    return OutboundMessage(
+        **{name: row[name] for name in _OUTBOUND_NAMES}, campaign_cancelled=campaign_cancelled
+    )
 
 
 async def claim_due(conn: asyncpg.Connection, now: datetime, limit: int) -> list[OutboundMessage]:
     """Lock up to `limit` planned messages whose time has come. Rows another sender holds are
     skipped, not waited for. Claims whose lease ended are resolved by `take_expired_claims` first.
+    Each says whether its campaign was cancelled since (the sender's re-check then stops it):
+    only the claim reads it, as a message is sent only after a claim.
     """
     rows = await conn.fetch(
         f"""
-        SELECT {_OUTBOUND_FIELDS} FROM outbound_messages
+        SELECT {_OUTBOUND_FIELDS},
+               EXISTS (SELECT FROM campaigns AS c
+                       WHERE c.campaign_id = outbound_messages.campaign_id
+                         AND c.state = 'cancelled') AS campaign_cancelled
+        FROM outbound_messages
         WHERE state = 'planned' AND not_before <= $1
           AND (next_attempt_at IS NULL OR next_attempt_at <= $1)
         ORDER BY not_before
@@ -957,7 +1026,7 @@ async def claim_due(conn: asyncpg.Connection, now: datetime, limit: int) -> list
         now,
         limit,
     )
-    return [_outbound(row) for row in rows]
+    return [_outbound(row, row["campaign_cancelled"]) for row in rows]
 
 
 async def hold_claims(

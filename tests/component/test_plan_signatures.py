@@ -1,9 +1,10 @@
 """Planning by decision signature on real PostgreSQL: a plan that decides once per signature
 (`planning.plan_due`) writes exactly the rows, and counts exactly the reasons, that deciding
-each recipient alone gives (`campaigns.plan_batch` over `store.recipients_of`), over a varied
+each recipient alone gives (`tests.campaign_reference.plan_batch` over `store.recipients_of`),
+rows made in Python, over a varied
 population: quiet hours in several zones at a daylight-saving edge, caps reached by sends at the
 window's edges, pauses, holds, refusals of every kind, SMS first, own and registered addresses
-and missing ones."""
+and missing ones, a throttle across chunks."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from broadcast_service.projection import (
 )
 from crm_shared.contracts.events import CAMPAIGN_DEFINED, build_event, validate_event
 from crm_shared.runtime.db import open_pool
+from tests.campaign_reference import PLANNED_ROW_COLUMNS, plan_batch, planned_row
 
 pytestmark = pytest.mark.component
 
@@ -258,33 +260,33 @@ async def pool(fresh_dsn: str) -> AsyncIterator[asyncpg.Pool]:
         await opened.close()
 
 
-def _campaign(purpose: str, channels: tuple[str, ...]) -> campaigns.Campaign:
-    definition = {
+def _campaign(purpose: str, channels: tuple[str, ...], throttle: int | None) -> campaigns.Campaign:
+    definition: dict[str, Any] = {
         "name": "Spring",
         "kind": "campaign",
         "purpose": purpose,
         "target": {"segment": "all"},
         "templates": [{"channel": channel, "text": "Hello"} for channel in channels],
+        "throttle_per_second": throttle,
     }
-    event = build_event(
-        CAMPAIGN_DEFINED, f"{purpose}-{len(channels)}", definition, source="t", time=AT
-    )
+    campaign_id = f"{purpose}-{len(channels)}-{throttle}"
+    event = build_event(CAMPAIGN_DEFINED, campaign_id, definition, source="t", time=AT)
     return campaigns.campaign_from(validate_event(event))
 
 
 @pytest.mark.parametrize(
-    ("purpose", "channels"),
+    ("purpose", "channels", "throttle"),
     [
-        ("marketing", ("email", "sms")),
-        ("marketing", ("email",)),
-        ("service", ("sms", "email")),
-        ("transactional", ("email", "sms")),
+        ("marketing", ("email", "sms"), None),
+        ("marketing", ("email",), None),
+        ("service", ("sms", "email"), 7),  # 1/7 s is no whole number of microseconds
+        ("transactional", ("email", "sms"), None),
     ],
 )
 async def test_planning_by_signature_equals_deciding_each_recipient_alone(
-    pool: asyncpg.Pool, purpose: str, channels: tuple[str, ...]
+    pool: asyncpg.Pool, purpose: str, channels: tuple[str, ...], throttle: int | None
 ) -> None:
-    campaign = _campaign(purpose, channels)
+    campaign = _campaign(purpose, channels, throttle)
     since = sends_since(AT)
     async with pool.acquire() as conn:
         async with conn.transaction():
@@ -294,18 +296,16 @@ async def test_planning_by_signature_equals_deciding_each_recipient_alone(
                     "SELECT customer_id FROM customer_contacts ORDER BY customer_id"
                 )
             ]
-            expected = campaigns.plan_batch(
-                campaign, await store.recipients_of(conn, ids, since), AT, 0
-            )
+            expected = plan_batch(campaign, await store.recipients_of(conn, ids, since), AT, 0)
             read = store.SignatureRead(campaign.definition.target, purpose, since, CUSTOMERS)
-            signed = await store.signed_recipients_after(conn, read, None)
+            signatures = await store.signature_groups_after(conn, read, None)
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             dry_run = await planning.dry_run(conn, campaign, AT, CHUNK)
         await store.save_campaigns(conn, campaigns.start_due({"c": campaign}).values())
     chunks = await planning.plan_due(pool, planning.Planner(CHUNK))
     async with pool.acquire() as conn:
         rows = await conn.fetch(
-            f"SELECT {', '.join(campaigns.PLANNED_ROW_COLUMNS)} FROM outbound_messages"
+            f"SELECT {', '.join(PLANNED_ROW_COLUMNS)} FROM outbound_messages"
             " WHERE campaign_id = $1 ORDER BY customer_id",
             campaign.campaign_id,
         )
@@ -314,11 +314,12 @@ async def test_planning_by_signature_equals_deciding_each_recipient_alone(
             campaign.campaign_id,
         )
     assert chunks == CUSTOMERS // CHUNK + 1
-    assert [campaigns.PlannedRow(*row) for row in rows] == expected.messages
+    assert [tuple(row) for row in rows] == [planned_row(m) for m in expected.messages]
     assert {row["reason"]: row["recipients"] for row in counted} == expected.reasons
     assert dry_run == expected.reasons
     # Not a trivial population: recipients share signatures, and the reasons are varied.
-    assert 30 < len({r.signature for r in signed}) < CUSTOMERS / 2
+    assert sum(g.recipients for g in signatures) == CUSTOMERS
+    assert 30 < len(signatures) < CUSTOMERS / 2
     codes = Counter(code for (_, codes), n in expected.decided.items() for code in codes)
     assert len(expected.messages) > CUSTOMERS / 10
     assert {"no_preferences", "no_address", "do_not_contact"} <= set(codes)
@@ -330,3 +331,6 @@ async def test_planning_by_signature_equals_deciding_each_recipient_alone(
         assert expected.reasons[campaigns.PLANNED_LATER] > 0
     assert any(m.address.startswith("own") for m in expected.messages)
     assert any(m.channel == "sms" for m in expected.messages) == ("sms" in channels)
+    if throttle:
+        spread = timedelta(seconds=(len(expected.messages) - 1) // throttle)
+        assert max(m.not_before for m in expected.messages) >= AT + spread

@@ -3,6 +3,7 @@ narrow row each, ids stable, quiet hours and throttle in not_before), messages r
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import time, timedelta
 from typing import Any
@@ -16,16 +17,13 @@ from broadcast_service.campaigns import (
     Addressee,
     Campaign,
     Product,
+    Reached,
     Recipient,
-    SignedRecipient,
     campaign_from,
-    dry_run,
     evolve_campaigns,
-    message_id,
     newest_contacts,
     newest_recommendations,
-    plan_batch,
-    plan_signed,
+    plan_signatures,
     render_for,
     start_due,
 )
@@ -40,6 +38,7 @@ from crm_shared.contracts.events import (
     build_event,
 )
 from crm_shared.runtime.links import read_link
+from tests.campaign_reference import message_id, plan_batch, planned_row
 from tests.unit.events_factory import T0, at, event
 
 LINKS = Links("a-secret-for-the-unit-tests", "https://crm.example.com")
@@ -150,7 +149,7 @@ def test_an_immediate_campaign_is_due_when_defined_and_a_scheduled_one_at_its_ti
 def test_planning_writes_a_narrow_row_with_a_stable_id() -> None:
     plan = plan_batch(_campaign(), [_recipient("C1", "email")], at(0), 0)
     (row,) = plan.messages
-    assert row == (
+    assert planned_row(row) == (
         message_id("spring", "C1"),
         "spring",
         "C1",
@@ -205,7 +204,8 @@ def test_recipients_who_may_not_be_contacted_are_counted_by_reason_codes() -> No
     assert [m.customer_id for m in plan.messages] == ["C1"]
     expected = {PLANNED: 1, "no_consent": 1, "no_address": 1, "no_preferences": 1}
     assert plan.reasons == expected
-    assert dry_run(_campaign(), [(r, 1) for r in recipients], at(0)) == expected
+    groups = [(r.customer_id, r, 1) for r in recipients]
+    assert plan_signatures(_campaign(), groups, at(0)).reasons == expected
 
 
 def test_a_channel_without_its_own_address_uses_the_registered_one() -> None:
@@ -252,29 +252,22 @@ def test_an_immediate_campaign_is_marked_planning_and_a_scheduled_one_waits() ->
     assert marked["now"].fixed and not marked["later"].fixed
 
 
-def test_recipients_sharing_a_signature_get_its_decision_at_their_own_addresses() -> None:
-    # The example's sms has its own address and its e-mail the registered one; so do the
-    # others', at their own addresses (the signature says which channels have one, not which).
+def test_a_signature_is_reached_at_the_place_of_its_channel_in_the_set_up() -> None:
+    # The example's sms has its own address and its e-mail the registered one: the recipients
+    # sharing its signature are reached at their own address at that place, or the registered
+    # one the channel falls back on (planning fills it in SQL).
     setups = (ChannelSetup("sms", "+1"), ChannelSetup("email"))
     preferences = ChannelPreferences("C1", setups, "UTC", T0, "test", "p-C1")
     consent = Consent("C1", "marketing", "*", "granted", T0, "test", "c-C1", "double_opt_in")
     reach = reach_of(preferences, (consent,), registered={"email": "c1@example.com"})
     example = Recipient("C1", reach)
-    signed = [
-        SignedRecipient("C1", "s", ["+1", None], "c1@example.com", None),
-        SignedRecipient("C2", "s", ["+2", None], "c2@example.com", "+9"),
-        SignedRecipient("C3", "t", None, None, None),
-    ]
     refused = _recipient("C3", "email", addresses={}, consents=())
-    plan = plan_signed(_campaign(), signed, {"s": example, "t": refused}, at(0), 0)
-    assert [(m.customer_id, m.channel, m.address) for m in plan.messages] == [
-        ("C1", "sms", "+1"),
-        ("C2", "sms", "+2"),
-    ]
+    plan = plan_signatures(_campaign(), [("s", example, 2), ("t", refused, 1)], at(0))
+    assert plan.reached == [Reached("s", "sms", 0, "phone", at(0))]
     assert plan.reasons == {PLANNED: 2, "no_address + no_consent": 1}
     email_only = _campaign(templates=[{"channel": "email", "text": "Hi"}])
-    plan = plan_signed(email_only, signed[:2], {"s": example}, at(0), 0)
-    assert [m.address for m in plan.messages] == ["c1@example.com", "c2@example.com"]
+    plan = plan_signatures(email_only, [("s", example, 2)], at(0))
+    assert plan.reached == [Reached("s", "email", 1, "email", at(0))]
 
 
 def test_a_preferred_channel_without_an_address_gives_way_to_the_next() -> None:
@@ -282,14 +275,18 @@ def test_a_preferred_channel_without_an_address_gives_way_to_the_next() -> None:
     plan = plan_batch(_campaign(), [sms_first], at(0), 0)
     assert [(m.channel, m.address) for m in plan.messages] == [("email", "c1@example.com")]
     no_address = _recipient("C2", "sms", "email", addresses={})
-    assert dry_run(_campaign(), [(no_address, 3)], at(0)) == {"no_address": 3}
+    assert plan_signatures(_campaign(), [("s", no_address, 3)], at(0)).reasons == {"no_address": 3}
 
 
-def test_message_ids_are_the_uuid5_of_campaign_and_customer() -> None:
+def test_message_ids_are_the_sha256_uuid_of_campaign_and_customer() -> None:
     namespace = uuid.UUID("0b8f6f0e-3f5c-4d55-9a11-5e2f4c7d9a31")
     for campaign, customer in [("spring", "C1"), ("été", "Zoë-7"), ("", "")]:
-        expected = uuid.uuid5(namespace, f"{campaign}\x1f{customer}")
+        name = f"{campaign}\x1f{customer}".encode()
+        digest = bytearray(hashlib.sha256(namespace.bytes + name).digest()[:16])
+        digest[6], digest[8] = digest[6] & 0x0F | 0x80, digest[8] & 0x3F | 0x80
+        expected = uuid.UUID(bytes=bytes(digest))
         assert message_id(campaign, customer) == str(expected)
+        assert (expected.version, expected.variant) == (8, uuid.RFC_4122)
 
 
 def test_planning_twice_gives_the_same_message_ids() -> None:
