@@ -276,7 +276,7 @@ def sweep(
 
 def sweep_report(found: Sequence[tuple[Weights, Figures]], baseline: Figures) -> str:
     """A Markdown table of the weightings, best NDCG first; a part absent from a weighting
-    (it scored nothing) shows as -."""
+    (it scored nothing) shows as -, and "(served)" marks the served weights of the parts shown."""
     ranked = sorted(found, key=lambda row: -row[1].ndcg)
     base = baseline.ndcg or 1.0
     lines = [
