@@ -9,6 +9,7 @@ recommender is for, so every recommender leaves out what the customer bought.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from recommendation_service.models import (
     AlsParameters,
@@ -24,6 +26,7 @@ from recommendation_service.models import (
     History,
     Interaction,
     Recommender,
+    Scores,
     fit_als,
     fit_ease,
     fit_item_knn,
@@ -96,7 +99,9 @@ class Split:
     relevant: Mapping[str, frozenset[str]]
 
 
-def split(found: Sequence[Interaction], at: datetime) -> Split:
+def split(found: Sequence[Interaction], at: datetime, until: datetime | None = None) -> Split:
+    """The past before `at`; relevant, the new goods bought from `at` on (before `until` when
+    given: a validation window that ends where the test split begins)."""
     past = history(found, at)
     known = set(past.customers)
     rows, columns = past.bought.nonzero()
@@ -106,6 +111,7 @@ def split(found: Sequence[Interaction], at: datetime) -> Split:
         key = (item.customer_id, item.product_id)
         if (
             item.time >= at
+            and (until is None or item.time < until)
             and item.quantity > 0
             and item.customer_id in known
             and key not in kept
@@ -113,6 +119,12 @@ def split(found: Sequence[Interaction], at: datetime) -> Split:
         ):
             new.setdefault(item.customer_id, set()).add(item.product_id)
     return Split(past, {customer: frozenset(products) for customer, products in new.items()})
+
+
+def evaluated_rows(data: Split) -> npt.NDArray[np.intp]:
+    """The history rows of the evaluated customers, in customer order."""
+    index = data.past.index()
+    return np.array([index[customer] for customer in sorted(data.relevant)], dtype=np.intp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +143,7 @@ def evaluate(
 ) -> Figures:
     """Rank the top K for every evaluated customer and average the metrics over them."""
     customers = sorted(data.relevant)
-    index = data.past.index()
-    rows = np.array([index[customer] for customer in customers], dtype=np.intp)
+    rows = evaluated_rows(data)
     lists: list[list[str]] = []
     for start in range(0, len(rows), SCORING_CHUNK):
         chunk = rows[start : start + SCORING_CHUNK]
@@ -158,13 +169,20 @@ KNN_HALF_LIFE_DAYS = 90.0
 BLEND_WEIGHTS = {"ease": 1.0, "als": 0.6, "item-knn": 0.2, "seasonal": 0.6}
 """The blend the service serves (`serving.py`), EASE first, tuned on the 2011-09-01 split: it
 ranks above the item-kNN + ALS + seasonal blend (equal weights, served before) on both splits,
-below the target of 2.5 times popularity (docs/recommendation-evaluation.md)."""
+below the target of 2.5 times popularity (docs/recommendation-evaluation.md). Chosen instead on
+a validation window before that split (`evaluate --until`), the blend ranked lower on it (2.37)."""
 
 
 def served_blend(parts: Mapping[str, Recommender]) -> Blend:
     """The blend as served, of its fitted parts by name: the evaluation ranks with this, and
     `serving.personal_picks` picks with it."""
-    return Blend(tuple((parts[name], weight) for name, weight in BLEND_WEIGHTS.items()), "blend")
+    return blend(parts, BLEND_WEIGHTS)
+
+
+def blend(parts: Mapping[str, Recommender], weights: Mapping[str, float]) -> Blend:
+    """The blend of the named parts with these weights; a part weighed 0 is left out (it would
+    add nothing)."""
+    return Blend(tuple((parts[name], w) for name, w in weights.items() if w > 0), "blend")
 
 
 def train(
@@ -190,6 +208,90 @@ def train(
     progress("ease")
     single.append(fit_ease(past, ease))
     return [*single, served_blend({model.name: model for model in single})]
+
+
+@dataclass(frozen=True, slots=True)
+class Cached:
+    """A recommender's scores for the evaluated customers, computed once, so that a sweep blends
+    the same fitted parts under many weightings without scoring them again. Only the evaluated
+    customers' rows (`evaluated_rows`) may be asked for."""
+
+    positions: npt.NDArray[np.intp]
+    """History row -> row of `table` (-1 for customers not evaluated)."""
+    table: Scores
+    name: str
+
+    def scores(self, rows: npt.NDArray[np.intp]) -> Scores:
+        return self.table[self.positions[rows]]
+
+
+def cached(model: Recommender, data: Split) -> Cached:
+    rows = evaluated_rows(data)
+    positions = np.full(len(data.past.customers), -1, dtype=np.intp)
+    positions[rows] = np.arange(len(rows))
+    chunks = [model.scores(rows[s : s + SCORING_CHUNK]) for s in range(0, len(rows), SCORING_CHUNK)]
+    width = len(data.past.products)
+    table = np.vstack(chunks) if chunks else np.zeros((0, width), dtype=np.float32)
+    return Cached(positions, table, model.name)
+
+
+Weights = Mapping[str, float]
+SWEEP_VALUES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+"""Weights tried for each part but the first (EASE, at 1: only the ratios matter)."""
+
+
+def weightings(parts: Sequence[str], values: Sequence[float] = SWEEP_VALUES) -> list[Weights]:
+    """Every weighting of the parts: the first at 1, each other at each of `values`."""
+    first, *others = parts
+    return [
+        {first: 1.0, **dict(zip(others, chosen, strict=True))}
+        for chosen in itertools.product(values, repeat=len(others))
+    ]
+
+
+def cache_parts(parts: Mapping[str, Recommender], data: Split) -> dict[str, Cached]:
+    """The served blend's fitted parts, each scored once for the evaluated customers."""
+    return {name: cached(parts[name], data) for name in BLEND_WEIGHTS}
+
+
+def scoring_parts(parts: Mapping[str, Cached]) -> list[str]:
+    """The parts that score anything: weighing one that scores nothing (the seasonal part on a
+    split less than a year after the data begins) changes nothing, so a sweep leaves it out."""
+    return [name for name, part in parts.items() if (part.table > 0).any()]
+
+
+def sweep(
+    parts: Mapping[str, Cached],
+    data: Split,
+    grid: Sequence[Weights],
+    progress: Callable[[int], None] = lambda done: None,
+) -> list[tuple[Weights, Figures]]:
+    """The blend of the scored parts under each weighting of `grid`: the figures `evaluate`
+    gives the same blend of the fitted parts."""
+    found = []
+    for done, weights in enumerate(grid, start=1):
+        found.append((weights, evaluate(blend(parts, weights), data)))
+        progress(done)
+    return found
+
+
+def sweep_report(found: Sequence[tuple[Weights, Figures]], baseline: Figures) -> str:
+    """A Markdown table of the weightings, best NDCG first; a part absent from a weighting
+    (it scored nothing) shows as -, and "(served)" marks the served weights of the parts shown."""
+    ranked = sorted(found, key=lambda row: -row[1].ndcg)
+    base = baseline.ndcg or 1.0
+    lines = [
+        "| " + " | ".join(BLEND_WEIGHTS) + " | hit rate@10 | NDCG@10 | NDCG ÷ popularity |",
+        "|" + "---|" * (len(BLEND_WEIGHTS) + 3),
+    ]
+    for weights, figures in ranked:
+        cells = [f"{weights[name]:g}" if name in weights else "-" for name in BLEND_WEIGHTS]
+        served = all(BLEND_WEIGHTS[name] == weight for name, weight in weights.items())
+        lines.append(
+            f"| {' | '.join(cells)} | {figures.hit_rate:.3f} | {figures.ndcg:.4f} "
+            f"| {figures.ndcg / base:.3f}{' (served)' if served else ''} |"
+        )
+    return "\n".join(lines)
 
 
 def report(figures: Sequence[Figures]) -> str:

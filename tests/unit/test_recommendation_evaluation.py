@@ -14,12 +14,23 @@ from crm_shared.contracts.events import build_event
 from crm_shared.ops.demo.load import default_data_path
 from recommendation_service import evaluate
 from recommendation_service.evaluation import (
+    BLEND_WEIGHTS,
+    blend,
+    cache_parts,
     coverage,
     hit_rate_at_k,
     interactions,
     ndcg_at_k,
     novelty,
+    scoring_parts,
     split,
+    sweep,
+    sweep_report,
+    train,
+    weightings,
+)
+from recommendation_service.evaluation import (
+    evaluate as evaluate_model,
 )
 from recommendation_service.models import (
     EASE_BLOCK_ROWS,
@@ -141,6 +152,18 @@ def test_split_keeps_goods_new_to_customers_who_have_a_past() -> None:
         ],
         T,
     )
+    assert data.relevant == {"C1": frozenset({"TEA"})}
+
+
+def test_a_validation_window_ends_before_the_test_split() -> None:
+    found = [
+        bought("C1", "MUG", 10),
+        bought("C1", "TEA", -3),
+        bought("C1", "JAM", -30),  # on the day the window ends: the test split's
+        bought("C2", "MUG", 10),
+        bought("C2", "JAM", -40),  # only after the window
+    ]
+    data = split(found, T, until=T + timedelta(days=30))
     assert data.relevant == {"C1": frozenset({"TEA"})}
 
 
@@ -330,3 +353,87 @@ def test_ease_weights_ranked_a_block_of_rows_at_a_time_equal_the_whole_ranking()
     rows, columns = _largest_per_row(weights, 10)
     assert np.array_equal(rows, expected[0]) and np.array_equal(columns, expected[1])
     assert 7 not in rows and len(rows) == 10 * (len(weights) - 1)
+
+
+# --- choosing the blend's weights: a sweep over parts scored once -----------------------------
+
+
+def _shop() -> list[Interaction]:
+    """Forty customers who buy among twelve goods at random, before and after T."""
+    rng = np.random.default_rng(11)
+    return [
+        bought(f"C{customer}", f"P{product}", float(days))
+        for customer in range(40)
+        for product, days in zip(
+            rng.choice(12, size=6, replace=False), rng.integers(-60, 200, size=6), strict=True
+        )
+    ]
+
+
+def test_weightings_keep_the_first_part_at_one_and_try_every_value_for_the_others() -> None:
+    grid = weightings(["ease", "als", "item-knn"], (0.0, 0.5))
+    assert grid == [
+        {"ease": 1.0, "als": 0.0, "item-knn": 0.0},
+        {"ease": 1.0, "als": 0.0, "item-knn": 0.5},
+        {"ease": 1.0, "als": 0.5, "item-knn": 0.0},
+        {"ease": 1.0, "als": 0.5, "item-knn": 0.5},
+    ]
+
+
+def test_a_sweep_gives_the_figures_of_each_blend_of_the_fitted_parts() -> None:
+    found = _shop()
+    data = split(found, T)
+    models = train(found, data, AlsParameters(factors=4, iterations=5), EaseParameters(1.0))
+    fitted = {model.name: model for model in models}
+    parts = cache_parts(fitted, data)
+    # the history is shorter than a year: the seasonal part scores nothing and is not swept
+    assert scoring_parts(parts) == ["ease", "als", "item-knn"]
+    grid = weightings(scoring_parts(parts), (0.0, 0.3, 1.0))
+    done: list[int] = []
+    found_figures = sweep(parts, data, grid, done.append)
+    assert done == list(range(1, len(grid) + 1))
+    for weights, figures in found_figures:
+        assert figures == evaluate_model(blend(fitted, weights), data)
+    assert len({figures.ndcg for _, figures in found_figures}) > 1  # the weights matter here
+    served = {name: BLEND_WEIGHTS[name] for name in scoring_parts(parts)}
+    assert sweep(parts, data, [served])[0][1] == evaluate_model(models[-1], data)
+
+
+def test_the_sweep_report_ranks_the_best_ndcg_first_and_marks_the_served_weights() -> None:
+    found = _shop()
+    data = split(found, T)
+    models = train(found, data, AlsParameters(factors=4, iterations=5), EaseParameters(1.0))
+    parts = cache_parts({model.name: model for model in models}, data)
+    served = {name: BLEND_WEIGHTS[name] for name in ("ease", "als", "item-knn")}
+    other = {"ease": 1.0, "als": 0.0, "item-knn": 0.0}
+    found_figures = sweep(parts, data, [other, served])
+    lines = sweep_report(found_figures, evaluate_model(models[0], data)).splitlines()
+    ndcg = [float(line.split("|")[6]) for line in lines[2:]]
+    assert ndcg == sorted(ndcg, reverse=True) and len(ndcg) == 2
+    (marked,) = [line for line in lines[2:] if "(served)" in line]
+    assert marked.split("|")[1:5] == [f" {served[n]:g} " for n in served] + [" - "]
+
+
+@pytest.mark.skipif(DATA is None, reason="shared/data/online_retail.csv.gz not found")
+def test_the_command_changes_model_parameters_and_refuses_unknown_ones() -> None:
+    args = evaluate.parse_args(
+        ["--ease", "regularization=50", "--ease", "kept=20", "--als", "factors=8"]
+    )
+    assert args.ease == EaseParameters(regularization=50.0, kept=20)
+    assert args.als == AlsParameters(factors=8)
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--ease", "lambda=50"])
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--split", "2011-09-01", "--until", "2011-08-01"])
+
+
+@pytest.mark.skipif(DATA is None, reason="shared/data/online_retail.csv.gz not found")
+def test_the_sweep_of_a_sample_on_a_validation_window(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--sample", "400", "--split", "2011-07-01", "--until", "2011-09-01", "--sweep"]
+    assert evaluate.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "until 2011-09-01" in out
+    rows = [line for line in out.splitlines() if line.startswith("| 1 |")]
+    # no season a year before 2011-07-01 in the file: the seasonal weight is not swept
+    assert len(rows) == len(weightings(["ease", "als", "item-knn"]))
+    assert all(line.split("|")[4].strip() == "-" for line in rows)
