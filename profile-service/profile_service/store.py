@@ -265,32 +265,61 @@ async def aliases_claimed_by(conn: asyncpg.Connection, ids: Collection[str]) -> 
     return [row["record_id"] for row in rows]
 
 
-async def all_merge_statements(conn: asyncpg.Connection) -> list[identity.MergeStatement]:
-    rows = await conn.fetch("SELECT * FROM merge_statements ORDER BY at, event_id")
+async def merge_statements_of(
+    conn: asyncpg.Connection, ids: Collection[str]
+) -> list[identity.MergeStatement]:
+    """The merge and unmerge statements whose subject (the record kept) is one of these."""
+    rows = await conn.fetch(
+        "SELECT * FROM merge_statements WHERE customer_id = ANY($1::text[]) ORDER BY at, event_id",
+        list(ids),
+    )
     return [identity.MergeStatement(**dict(row)) for row in rows]
 
 
-async def touches_persons(conn: asyncpg.Connection, ids: Collection[str]) -> bool:
-    """Whether a change to these records' claims may change who is one person: one of them
-    belongs to a person of several records, or claims an identifier an alias names."""
-    found: bool = await conn.fetchval(
+async def batch_persons(
+    conn: asyncpg.Connection, ids: Collection[str], claimants: Collection[str]
+) -> tuple[dict[str, str], set[str]]:
+    """Record -> person for those of these records that belong to a person of several, and
+    those of the `claimants` that claim an identifier an alias names: what a batch asks on every
+    run, in one statement."""
+    rows = await conn.fetch(
         """
-        SELECT EXISTS (SELECT 1 FROM person_records WHERE record_id = ANY($1::text[]))
-            OR EXISTS (SELECT 1 FROM customer_identifiers i
-                       JOIN identifier_aliases a USING (system, value)
-                       WHERE i.customer_id = ANY($1::text[]))
+        SELECT record_id, person_id FROM person_records WHERE record_id = ANY($1::text[])
+        UNION ALL
+        SELECT DISTINCT i.customer_id, NULL FROM customer_identifiers i
+        JOIN identifier_aliases a USING (system, value) WHERE i.customer_id = ANY($2::text[])
+        """,
+        list(ids),
+        list(claimants),
+    )
+    grouped = {row[0]: row[1] for row in rows if row[1] is not None}
+    return grouped, {row[0] for row in rows if row[1] is None}
+
+
+async def lock_person_records(conn: asyncpg.Connection) -> None:
+    """Hold the record -> person map until the batch commits: folds that change it (replicas
+    folding other partitions) take turns, each seeing the other's statements and claims."""
+    await conn.execute("LOCK TABLE person_records IN EXCLUSIVE MODE")
+
+
+async def person_neighbours(conn: asyncpg.Connection, ids: Collection[str]) -> set[str]:
+    """The records one step from these among those that may be one person with them: merge
+    statements either way, the folded person map either way, and an alias and the claimants of
+    the identifier it names either way."""
+    rows = await conn.fetch(
+        """
+        SELECT other_id AS id FROM merge_statements WHERE customer_id = ANY($1::text[])
+        UNION SELECT customer_id FROM merge_statements WHERE other_id = ANY($1::text[])
+        UNION SELECT person_id FROM person_records WHERE record_id = ANY($1::text[])
+        UNION SELECT record_id FROM person_records WHERE person_id = ANY($1::text[])
+        UNION SELECT i.customer_id FROM identifier_aliases a
+              JOIN customer_identifiers i USING (system, value) WHERE a.record_id = ANY($1::text[])
+        UNION SELECT a.record_id FROM customer_identifiers i
+              JOIN identifier_aliases a USING (system, value) WHERE i.customer_id = ANY($1::text[])
         """,
         list(ids),
     )
-    return found
-
-
-async def person_records(conn: asyncpg.Connection) -> dict[str, str]:
-    """The folded record -> person map, locked until the batch commits: folds that change it
-    (replicas folding other partitions) take turns, each seeing the other's statements."""
-    await conn.execute("LOCK TABLE person_records IN EXCLUSIVE MODE")
-    rows = await conn.fetch("SELECT record_id, person_id FROM person_records")
-    return {row["record_id"]: row["person_id"] for row in rows}
+    return {row["id"] for row in rows}
 
 
 async def save_person_records(
