@@ -235,18 +235,19 @@ async def alias_holders(
     """Alias record -> the customer holding the identifier it names (the newest claim, as
     find_by_identifier; the alias's own claim aside), for these aliases or (None) every one. An
     alias whose identifier nobody holds is left out: it is a person of its own until claimed."""
+    among = "" if aliases is None else f"WITH {_WANTED} "
     rows = await conn.fetch(
-        """
-        SELECT a.record_id, h.customer_id
+        f"""
+        {among}SELECT a.record_id, h.customer_id
         FROM identifier_aliases a
         CROSS JOIN LATERAL (
             SELECT i.customer_id FROM customer_identifiers i
             WHERE i.system = a.system AND i.value = a.value AND i.customer_id <> a.record_id
             ORDER BY i.claimed_at DESC, i.customer_id LIMIT 1
         ) h
-        WHERE $1::text[] IS NULL OR a.record_id = ANY($1::text[])
+        {"" if aliases is None else "WHERE a.record_id IN (SELECT id FROM wanted)"}
         """,
-        None if aliases is None else list(aliases),
+        *(() if aliases is None else (list(aliases),)),
     )
     return {row["record_id"]: row["customer_id"] for row in rows}
 
@@ -265,12 +266,18 @@ async def aliases_claimed_by(conn: asyncpg.Connection, ids: Collection[str]) -> 
     return [row["record_id"] for row in rows]
 
 
+_WANTED = "wanted AS (SELECT DISTINCT unnest($1::text[]) AS id)"
+"""The ids of $1 as a table: joined, many ids are looked up by index (or hashed) instead of each
+row being compared with the whole array, as `= ANY($1)` does once PostgreSQL scans the table."""
+
+
 async def merge_statements_of(
     conn: asyncpg.Connection, ids: Collection[str]
 ) -> list[identity.MergeStatement]:
     """The merge and unmerge statements whose subject (the record kept) is one of these."""
     rows = await conn.fetch(
-        "SELECT * FROM merge_statements WHERE customer_id = ANY($1::text[]) ORDER BY at, event_id",
+        f"WITH {_WANTED} SELECT m.* FROM wanted w JOIN merge_statements m ON m.customer_id = w.id"
+        " ORDER BY m.at, m.event_id",
         list(ids),
     )
     return [identity.MergeStatement(**dict(row)) for row in rows]
@@ -283,8 +290,9 @@ async def batch_persons(
     those of the `claimants` that claim an identifier an alias names: what a batch asks on every
     run, in one statement."""
     rows = await conn.fetch(
-        """
-        SELECT record_id, person_id FROM person_records WHERE record_id = ANY($1::text[])
+        f"""
+        WITH {_WANTED}
+        SELECT p.record_id, p.person_id FROM wanted w JOIN person_records p ON p.record_id = w.id
         UNION ALL
         SELECT DISTINCT i.customer_id, NULL FROM customer_identifiers i
         JOIN identifier_aliases a USING (system, value) WHERE i.customer_id = ANY($2::text[])
@@ -307,15 +315,16 @@ async def person_neighbours(conn: asyncpg.Connection, ids: Collection[str]) -> s
     statements either way, the folded person map either way, and an alias and the claimants of
     the identifier it names either way."""
     rows = await conn.fetch(
-        """
-        SELECT other_id AS id FROM merge_statements WHERE customer_id = ANY($1::text[])
-        UNION SELECT customer_id FROM merge_statements WHERE other_id = ANY($1::text[])
-        UNION SELECT person_id FROM person_records WHERE record_id = ANY($1::text[])
-        UNION SELECT record_id FROM person_records WHERE person_id = ANY($1::text[])
-        UNION SELECT i.customer_id FROM identifier_aliases a
-              JOIN customer_identifiers i USING (system, value) WHERE a.record_id = ANY($1::text[])
-        UNION SELECT a.record_id FROM customer_identifiers i
-              JOIN identifier_aliases a USING (system, value) WHERE i.customer_id = ANY($1::text[])
+        f"""
+        WITH {_WANTED}
+        SELECT m.other_id AS id FROM wanted w JOIN merge_statements m ON m.customer_id = w.id
+        UNION SELECT m.customer_id FROM wanted w JOIN merge_statements m ON m.other_id = w.id
+        UNION SELECT p.person_id FROM wanted w JOIN person_records p ON p.record_id = w.id
+        UNION SELECT p.record_id FROM wanted w JOIN person_records p ON p.person_id = w.id
+        UNION SELECT i.customer_id FROM wanted w JOIN identifier_aliases a ON a.record_id = w.id
+              JOIN customer_identifiers i ON (i.system, i.value) = (a.system, a.value)
+        UNION SELECT a.record_id FROM wanted w JOIN customer_identifiers i ON i.customer_id = w.id
+              JOIN identifier_aliases a ON (a.system, a.value) = (i.system, i.value)
         """,
         list(ids),
     )
@@ -345,7 +354,8 @@ async def save_person_records(
 async def persons_of(conn: asyncpg.Connection, ids: Collection[str]) -> dict[str, str]:
     """Record -> person for those of these records that belong to a person of several."""
     rows = await conn.fetch(
-        "SELECT record_id, person_id FROM person_records WHERE record_id = ANY($1::text[])",
+        f"WITH {_WANTED} SELECT p.record_id, p.person_id"
+        " FROM wanted w JOIN person_records p ON p.record_id = w.id",
         list(ids),
     )
     return {row["record_id"]: row["person_id"] for row in rows}
@@ -1369,8 +1379,8 @@ async def customer_facts(
     ids = list(customer_ids)
     parts: dict[str, dict[str, Any]] = {i: {"customer_id": i} for i in ids}
     for row in await conn.fetch(
-        "SELECT customer_id, name, email, phone, country, attributes FROM customers"
-        " WHERE customer_id = ANY($1::text[])",
+        f"WITH {_WANTED} SELECT customer_id, name, email, phone, country, attributes FROM customers"
+        " WHERE customer_id IN (SELECT id FROM wanted)",
         ids,
     ):
         contact = {name: row[name] for name in CONTACT_FIELDS}
@@ -1378,30 +1388,31 @@ async def customer_facts(
     queries: dict[str, tuple[str, Callable[[Mapping[str, Any]], Any]]] = {
         "orders": (
             "SELECT customer_id, order_id, placed_at, channel, currency, amount FROM orders"
-            " WHERE customer_id = ANY($1::text[])",
+            " WHERE customer_id IN (SELECT id FROM wanted)",
             lambda r: segments.OrderFact(
                 r["order_id"], r["placed_at"], r["channel"], r["currency"], r["amount"]
             ),
         ),
         "refunds": (
             "SELECT customer_id, order_id, refunded_at, currency, amount FROM refunds"
-            " WHERE customer_id = ANY($1::text[])",
+            " WHERE customer_id IN (SELECT id FROM wanted)",
             lambda r: segments.RefundFact(
                 r["order_id"], r["refunded_at"], r["currency"], r["amount"]
             ),
         ),
         "cancellations": (
             "SELECT customer_id, order_id, cancelled_at FROM order_cancellations"
-            " WHERE customer_id = ANY($1::text[])",
+            " WHERE customer_id IN (SELECT id FROM wanted)",
             lambda r: (r["order_id"], r["cancelled_at"]),
         ),
         "complaints": (
-            "SELECT customer_id, opened_at FROM complaints WHERE customer_id = ANY($1::text[])",
+            "SELECT customer_id, opened_at FROM complaints"
+            " WHERE customer_id IN (SELECT id FROM wanted)",
             lambda r: r["opened_at"],
         ),
         "rfm": (
             "SELECT customer_id, currency, r, f, m FROM rfm_scores"
-            " WHERE customer_id = ANY($1::text[])",
+            " WHERE customer_id IN (SELECT id FROM wanted)",
             lambda r: (r["currency"], (r["r"], r["f"], r["m"])),
         ),
     }
@@ -1409,20 +1420,21 @@ async def customer_facts(
         queries["lines"] = (
             "SELECT l.customer_id, l.order_id, l.product_id, l.description FROM order_lines l"
             " JOIN orders o USING (customer_id, order_id, source, event_id)"
-            " WHERE l.customer_id = ANY($1::text[])",
+            " WHERE l.customer_id IN (SELECT id FROM wanted)",
             lambda r: segments.LineFact(r["order_id"], r["product_id"], r["description"]),
         )
     for part, (query, make) in queries.items():
         found: dict[str, list[Any]] = {}
-        for row in await conn.fetch(query, ids):
+        for row in await conn.fetch(f"WITH {_WANTED} {query}", ids):
             found.setdefault(row["customer_id"], []).append(make(row))
         for customer_id, items in found.items():
             parts[customer_id][part] = dict(items) if part in ("cancellations", "rfm") else items
     for row in await conn.fetch(
-        """
+        f"""
+        WITH {_WANTED}
         SELECT p.customer_id, pc.now FROM purchase_totals p
         JOIN partition_clocks pc ON pc.topic = 'crm.orders' AND pc.partition = p.orders_partition
-        WHERE p.customer_id = ANY($1::text[])
+        WHERE p.customer_id IN (SELECT id FROM wanted)
         """,
         ids,
     ):
