@@ -235,20 +235,20 @@ async def alias_holders(
     """Alias record -> the customer holding the identifier it names (the newest claim, as
     find_by_identifier; the alias's own claim aside), for these aliases or (None) every one. An
     alias whose identifier nobody holds is left out: it is a person of its own until claimed."""
-    among = "" if aliases is None else f"WITH {_WANTED} "
-    rows = await conn.fetch(
-        f"""
-        {among}SELECT a.record_id, h.customer_id
+    query = """
+        SELECT a.record_id, h.customer_id
         FROM identifier_aliases a
         CROSS JOIN LATERAL (
             SELECT i.customer_id FROM customer_identifiers i
             WHERE i.system = a.system AND i.value = a.value AND i.customer_id <> a.record_id
             ORDER BY i.claimed_at DESC, i.customer_id LIMIT 1
         ) h
-        {"" if aliases is None else "WHERE a.record_id IN (SELECT id FROM wanted)"}
-        """,
-        *(() if aliases is None else (list(aliases),)),
-    )
+    """
+    if aliases is None:
+        rows = await conn.fetch(query)
+    else:
+        among = f"WITH {_WANTED} {query} WHERE a.record_id IN (SELECT id FROM wanted)"
+        rows = await conn.fetch(among, list(aliases))
     return {row["record_id"]: row["customer_id"] for row in rows}
 
 

@@ -149,6 +149,14 @@ async def person_region(conn: asyncpg.Connection, seeds: Collection[str]) -> set
     return region
 
 
+async def persons_around(conn: asyncpg.Connection, events: Sequence[Event]) -> set[str]:
+    """The records whose rows folding these events may change besides the events' own
+    (Projection.related): those connected to their customers and to the records their merge
+    statements name (person_region), as the database stands; a rebuild asks before and after."""
+    ids = {e.customer_id for e in events}
+    return await person_region(conn, ids | {s.other_id for s in identity.merge_statements(events)})
+
+
 async def fold_ticks(conn: asyncpg.Connection, ticks: Sequence[Event]) -> list[Derived]:
     """Advance the partitions' clocks; customers whose last purchase is now too old lapse."""
     newest: dict[tuple[str, int], datetime] = {}
@@ -216,6 +224,7 @@ PROJECTION = Projection(
     migrations=MIGRATIONS,
     fold=segment_fold.with_operator_segments(fold),
     bulk_fold=lambda: segment_fold.with_operator_segments(BulkFold()),
+    related=persons_around,
     periodic=(
         PeriodicJob(
             "rfm-scores", RFM_REFRESH_INTERVAL_SECONDS, RfmRefresher(), duty=RFM_REFRESH_DUTY
