@@ -5,10 +5,12 @@ what the live fold wrote, row for row (every table's count and checksum)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 
 from crm_shared.contracts.events import build_event
@@ -26,25 +28,30 @@ SHADOW = shadow.SHADOW_SCHEMA
 DAY0 = datetime(2024, 5, 1, tzinfo=UTC)
 
 
+@asynccontextmanager
+async def _shadow_of(pool: asyncpg.Pool) -> AsyncIterator[tuple[asyncpg.Connection, BulkFolder]]:
+    """A fresh shadow schema in the pool's database, and a bulk folder into it."""
+    database = await pool.fetchval("SELECT current_database()")
+    builder = await connect_in_schema(
+        f"{os.environ['CRM_PG_DSN_BASE']}/{database}", SHADOW, synchronous_commit="off"
+    )
+    try:
+        await shadow.create_shadow(builder, SHADOW, PROJECTION.migrations)
+        yield builder, BulkFolder(PROJECTION, builder, consumer="profile-test")
+    finally:
+        await builder.close()
+
+
 async def _bulk_folded_beside_live(records: Sequence[RawRecord], size: int) -> list[str]:
     """The records folded live one by one into `public` and in bulk batches of `size` into the
     shadow of the same database; the tables whose fingerprints differ (with both fingerprints)."""
-    async with folded_in_batches(PROJECTION, records, 1) as pool:
-        database = await pool.fetchval("SELECT current_database()")
-        builder = await connect_in_schema(
-            f"{os.environ['CRM_PG_DSN_BASE']}/{database}", SHADOW, synchronous_commit="off"
-        )
-        try:
-            await shadow.create_shadow(builder, SHADOW, PROJECTION.migrations)
-            folder = BulkFolder(PROJECTION, builder, consumer="profile-test")
-            for start in range(0, len(records), size):
-                batch = records[start : start + size]
-                await folder.fold(await folder.decode(batch), len(batch))
-            async with pool.acquire() as conn:
-                live = await shadow.fingerprints(conn, "public")
-                rebuilt = await shadow.fingerprints(conn, SHADOW)
-        finally:
-            await builder.close()
+    async with folded_in_batches(PROJECTION, records, 1) as pool, _shadow_of(pool) as (_, folder):
+        for start in range(0, len(records), size):
+            batch = records[start : start + size]
+            await folder.fold(await folder.decode(batch), len(batch))
+        async with pool.acquire() as conn:
+            live = await shadow.fingerprints(conn, "public")
+            rebuilt = await shadow.fingerprints(conn, SHADOW)
     assert "orders" in live and "order_lines" in live
     return [
         f"{table}: {live.get(table)} != {rebuilt.get(table)}"
@@ -98,20 +105,14 @@ async def test_a_catch_up_watches_the_records_its_persons_share() -> None:
     before += interleaved({0: orders[:2]}, "crm.orders")
     catch_up = [*interleaved({0: orders}, "crm.orders")[2:]]
     catch_up += interleaved({0: customers}, "crm.customers")[5:]
-    async with folded_in_batches(PROJECTION, [], 1) as pool:
-        database = await pool.fetchval("SELECT current_database()")
-        builder = await connect_in_schema(
-            f"{os.environ['CRM_PG_DSN_BASE']}/{database}", SHADOW, synchronous_commit="off"
-        )
-        try:
-            await shadow.create_shadow(builder, SHADOW, PROJECTION.migrations)
-            folder = BulkFolder(PROJECTION, builder, consumer="profile-test")
-            await folder.fold(await folder.decode(before), len(before))
-            folder.watch()
-            await folder.fold(await folder.decode(catch_up), len(catch_up))
-            persons = dict(await builder.fetch("SELECT record_id, person_id FROM person_records"))
-        finally:
-            await builder.close()
+    async with (
+        folded_in_batches(PROJECTION, [], 1) as pool,
+        _shadow_of(pool) as (builder, folder),
+    ):
+        await folder.fold(await folder.decode(before), len(before))
+        folder.watch()
+        await folder.fold(await folder.decode(catch_up), len(catch_up))
+        persons = dict(await builder.fetch("SELECT record_id, person_id FROM person_records"))
     assert persons["email:carl@x.test"] == "bob"  # the catch-up moved the alias
     assert folder.touched is not None
     assert {"visitor2", "bob"} < folder.touched  # named by the catch-up's events
