@@ -271,12 +271,13 @@ _WANTED = "wanted AS (SELECT DISTINCT unnest($1::text[]) AS id)"
 row being compared with the whole array, as `= ANY($1)` does once PostgreSQL scans the table."""
 
 
-async def merge_statements_of(
+async def merge_statements_about(
     conn: asyncpg.Connection, ids: Collection[str]
 ) -> list[identity.MergeStatement]:
-    """The merge and unmerge statements whose subject (the record kept) is one of these."""
+    """The merge and unmerge statements about these records (each merged into, or split off
+    from, its subject)."""
     rows = await conn.fetch(
-        f"WITH {_WANTED} SELECT m.* FROM wanted w JOIN merge_statements m ON m.customer_id = w.id"
+        f"WITH {_WANTED} SELECT m.* FROM wanted w JOIN merge_statements m ON m.other_id = w.id"
         " ORDER BY m.at, m.event_id",
         list(ids),
     )
@@ -310,15 +311,25 @@ async def lock_person_records(conn: asyncpg.Connection) -> None:
     await conn.execute("LOCK TABLE person_records IN EXCLUSIVE MODE")
 
 
+_MAY_STAND = """m.merged AND NOT EXISTS (
+    SELECT 1 FROM merge_statements n
+    WHERE n.other_id = m.other_id AND (n.at, n.event_id) > (m.at, m.event_id))"""
+"""The merge statement m is the newest about the record it merges (identity.standing_links
+applies it unless it would close a cycle)."""
+
+
 async def person_neighbours(conn: asyncpg.Connection, ids: Collection[str]) -> set[str]:
-    """The records one step from these among those that may be one person with them: merge
-    statements either way, the folded person map either way, and an alias and the claimants of
-    the identifier it names either way."""
+    """The records one step from these among those that may be one person with them: a merge
+    that may stand either way (the newest statement about a record, when a merge), the folded
+    person map either way, and an alias and the claimants of the identifier it names either
+    way. Superseded statements and unmerges connect nothing."""
     rows = await conn.fetch(
         f"""
         WITH {_WANTED}
         SELECT m.other_id AS id FROM wanted w JOIN merge_statements m ON m.customer_id = w.id
+              WHERE {_MAY_STAND}
         UNION SELECT m.customer_id FROM wanted w JOIN merge_statements m ON m.other_id = w.id
+              WHERE {_MAY_STAND}
         UNION SELECT p.person_id FROM wanted w JOIN person_records p ON p.record_id = w.id
         UNION SELECT p.record_id FROM wanted w JOIN person_records p ON p.person_id = w.id
         UNION SELECT i.customer_id FROM wanted w JOIN identifier_aliases a ON a.record_id = w.id

@@ -124,17 +124,18 @@ async def fold_persons(conn: asyncpg.Connection, seeds: Collection[str]) -> Pers
     the batch's merge statements, its new aliases, and claimants that hold or may take an
     alias's identifier or belong to a person of several), and write the difference.
 
-    The region is every record connected to a seed by merge statements, the folded map before
-    and the claims on an alias's identifier (person_region): a record's person follows only from
-    the statements about the records of its chain and the holders of the aliases on it, so the
-    persons of the region come out of its own statements and holders as identity.persons over
-    everything gives them, and no record outside it changes person."""
+    The region is every record connected to a seed by merges that may stand, the folded map
+    before and the claims on an alias's identifier (person_region): a record's person follows
+    only from the statements about the records of its chain and the holders of the aliases on
+    it, so the persons of the region come out of the statements about its records and their
+    holders as identity.persons over everything gives them, and no record outside it changes
+    person (a seed's old person is in the map before, its new one connected after)."""
     if not seeds:
         return PersonsFolded()
     await store.lock_person_records(conn)
     region = await person_region(conn, seeds)
     before = await store.persons_of(conn, region)
-    links = identity.standing_links(await store.merge_statements_of(conn, region))
+    links = identity.standing_links(await store.merge_statements_about(conn, region))
     after = identity.persons(links, await store.alias_holders(conn, region))
     await store.save_person_records(conn, before, after)
     return PersonsFolded(identity.persons_changed(before, after), region, after)
