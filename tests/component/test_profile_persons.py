@@ -154,7 +154,7 @@ async def _whole_map(pool: asyncpg.Pool) -> dict[str, str]:
         return identity.persons(links, await store.alias_holders(conn))
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
 async def test_the_folded_person_map_is_the_whole_computation_whatever_the_batches(
     seed: int,
 ) -> None:
