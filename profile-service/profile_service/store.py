@@ -235,8 +235,7 @@ async def alias_holders(
     """Alias record -> the customer holding the identifier it names (the newest claim, as
     find_by_identifier; the alias's own claim aside), for these aliases or (None) every one. An
     alias whose identifier nobody holds is left out: it is a person of its own until claimed."""
-    rows = await conn.fetch(
-        """
+    query = """
         SELECT a.record_id, h.customer_id
         FROM identifier_aliases a
         CROSS JOIN LATERAL (
@@ -244,10 +243,12 @@ async def alias_holders(
             WHERE i.system = a.system AND i.value = a.value AND i.customer_id <> a.record_id
             ORDER BY i.claimed_at DESC, i.customer_id LIMIT 1
         ) h
-        WHERE $1::text[] IS NULL OR a.record_id = ANY($1::text[])
-        """,
-        None if aliases is None else list(aliases),
-    )
+    """
+    if aliases is None:
+        rows = await conn.fetch(query)
+    else:
+        among = f"WITH {_WANTED} {query} WHERE a.record_id IN (SELECT id FROM wanted)"
+        rows = await conn.fetch(among, list(aliases))
     return {row["record_id"]: row["customer_id"] for row in rows}
 
 
@@ -265,32 +266,80 @@ async def aliases_claimed_by(conn: asyncpg.Connection, ids: Collection[str]) -> 
     return [row["record_id"] for row in rows]
 
 
-async def all_merge_statements(conn: asyncpg.Connection) -> list[identity.MergeStatement]:
-    rows = await conn.fetch("SELECT * FROM merge_statements ORDER BY at, event_id")
+_WANTED = "wanted AS (SELECT DISTINCT unnest($1::text[]) AS id)"
+"""The ids of $1 as a table: joined, many ids are looked up by index (or hashed) instead of each
+row being compared with the whole array, as `= ANY($1)` does once PostgreSQL scans the table."""
+
+
+async def merge_statements_about(
+    conn: asyncpg.Connection, ids: Collection[str]
+) -> list[identity.MergeStatement]:
+    """The merge and unmerge statements about these records (each merged into, or split off
+    from, its subject)."""
+    rows = await conn.fetch(
+        f"WITH {_WANTED} SELECT m.* FROM wanted w JOIN merge_statements m ON m.other_id = w.id"
+        " ORDER BY m.at, m.event_id",
+        list(ids),
+    )
     return [identity.MergeStatement(**dict(row)) for row in rows]
 
 
-async def touches_persons(conn: asyncpg.Connection, ids: Collection[str]) -> bool:
-    """Whether a change to these records' claims may change who is one person: one of them
-    belongs to a person of several records, or claims an identifier an alias names."""
-    found: bool = await conn.fetchval(
-        """
-        SELECT EXISTS (SELECT 1 FROM person_records WHERE record_id = ANY($1::text[]))
-            OR EXISTS (SELECT 1 FROM customer_identifiers i
-                       JOIN identifier_aliases a USING (system, value)
-                       WHERE i.customer_id = ANY($1::text[]))
+async def batch_persons(
+    conn: asyncpg.Connection, ids: Collection[str], claimants: Collection[str]
+) -> tuple[dict[str, str], set[str]]:
+    """Record -> person for those of these records that belong to a person of several, and
+    those of the `claimants` that claim an identifier an alias names: what a batch asks on every
+    run, in one statement."""
+    rows = await conn.fetch(
+        f"""
+        WITH {_WANTED}
+        SELECT p.record_id, p.person_id FROM wanted w JOIN person_records p ON p.record_id = w.id
+        UNION ALL
+        SELECT DISTINCT i.customer_id, NULL FROM customer_identifiers i
+        JOIN identifier_aliases a USING (system, value) WHERE i.customer_id = ANY($2::text[])
+        """,
+        list(ids),
+        list(claimants),
+    )
+    grouped = {row[0]: row[1] for row in rows if row[1] is not None}
+    return grouped, {row[0] for row in rows if row[1] is None}
+
+
+async def lock_person_records(conn: asyncpg.Connection) -> None:
+    """Hold the record -> person map until the batch commits: folds that change it (replicas
+    folding other partitions) take turns, each seeing the other's statements and claims."""
+    await conn.execute("LOCK TABLE person_records IN EXCLUSIVE MODE")
+
+
+_MAY_STAND = """m.merged AND NOT EXISTS (
+    SELECT 1 FROM merge_statements n
+    WHERE n.other_id = m.other_id AND (n.at, n.event_id) > (m.at, m.event_id))"""
+"""The merge statement m is the newest about the record it merges (identity.standing_links
+applies it unless it would close a cycle)."""
+
+
+async def person_neighbours(conn: asyncpg.Connection, ids: Collection[str]) -> set[str]:
+    """The records one step from these among those that may be one person with them: a merge
+    that may stand either way (the newest statement about a record, when a merge), the folded
+    person map either way, and an alias and the claimants of the identifier it names either
+    way. Superseded statements and unmerges connect nothing."""
+    rows = await conn.fetch(
+        f"""
+        WITH {_WANTED}
+        SELECT m.other_id AS id FROM wanted w JOIN merge_statements m ON m.customer_id = w.id
+              WHERE {_MAY_STAND}
+        UNION SELECT m.customer_id FROM wanted w JOIN merge_statements m ON m.other_id = w.id
+              WHERE {_MAY_STAND}
+        UNION SELECT p.person_id FROM wanted w JOIN person_records p ON p.record_id = w.id
+        UNION SELECT p.record_id FROM wanted w JOIN person_records p ON p.person_id = w.id
+        UNION SELECT i.customer_id FROM wanted w JOIN identifier_aliases a ON a.record_id = w.id
+              JOIN customer_identifiers i ON (i.system, i.value) = (a.system, a.value)
+        UNION SELECT a.record_id FROM wanted w JOIN customer_identifiers i ON i.customer_id = w.id
+              JOIN identifier_aliases a ON (a.system, a.value) = (i.system, i.value)
         """,
         list(ids),
     )
-    return found
-
-
-async def person_records(conn: asyncpg.Connection) -> dict[str, str]:
-    """The folded record -> person map, locked until the batch commits: folds that change it
-    (replicas folding other partitions) take turns, each seeing the other's statements."""
-    await conn.execute("LOCK TABLE person_records IN EXCLUSIVE MODE")
-    rows = await conn.fetch("SELECT record_id, person_id FROM person_records")
-    return {row["record_id"]: row["person_id"] for row in rows}
+    return {row["id"] for row in rows}
 
 
 async def save_person_records(
@@ -316,7 +365,8 @@ async def save_person_records(
 async def persons_of(conn: asyncpg.Connection, ids: Collection[str]) -> dict[str, str]:
     """Record -> person for those of these records that belong to a person of several."""
     rows = await conn.fetch(
-        "SELECT record_id, person_id FROM person_records WHERE record_id = ANY($1::text[])",
+        f"WITH {_WANTED} SELECT p.record_id, p.person_id"
+        " FROM wanted w JOIN person_records p ON p.record_id = w.id",
         list(ids),
     )
     return {row["record_id"]: row["person_id"] for row in rows}
@@ -1340,8 +1390,8 @@ async def customer_facts(
     ids = list(customer_ids)
     parts: dict[str, dict[str, Any]] = {i: {"customer_id": i} for i in ids}
     for row in await conn.fetch(
-        "SELECT customer_id, name, email, phone, country, attributes FROM customers"
-        " WHERE customer_id = ANY($1::text[])",
+        f"WITH {_WANTED} SELECT customer_id, name, email, phone, country, attributes FROM customers"
+        " WHERE customer_id IN (SELECT id FROM wanted)",
         ids,
     ):
         contact = {name: row[name] for name in CONTACT_FIELDS}
@@ -1349,30 +1399,31 @@ async def customer_facts(
     queries: dict[str, tuple[str, Callable[[Mapping[str, Any]], Any]]] = {
         "orders": (
             "SELECT customer_id, order_id, placed_at, channel, currency, amount FROM orders"
-            " WHERE customer_id = ANY($1::text[])",
+            " WHERE customer_id IN (SELECT id FROM wanted)",
             lambda r: segments.OrderFact(
                 r["order_id"], r["placed_at"], r["channel"], r["currency"], r["amount"]
             ),
         ),
         "refunds": (
             "SELECT customer_id, order_id, refunded_at, currency, amount FROM refunds"
-            " WHERE customer_id = ANY($1::text[])",
+            " WHERE customer_id IN (SELECT id FROM wanted)",
             lambda r: segments.RefundFact(
                 r["order_id"], r["refunded_at"], r["currency"], r["amount"]
             ),
         ),
         "cancellations": (
             "SELECT customer_id, order_id, cancelled_at FROM order_cancellations"
-            " WHERE customer_id = ANY($1::text[])",
+            " WHERE customer_id IN (SELECT id FROM wanted)",
             lambda r: (r["order_id"], r["cancelled_at"]),
         ),
         "complaints": (
-            "SELECT customer_id, opened_at FROM complaints WHERE customer_id = ANY($1::text[])",
+            "SELECT customer_id, opened_at FROM complaints"
+            " WHERE customer_id IN (SELECT id FROM wanted)",
             lambda r: r["opened_at"],
         ),
         "rfm": (
             "SELECT customer_id, currency, r, f, m FROM rfm_scores"
-            " WHERE customer_id = ANY($1::text[])",
+            " WHERE customer_id IN (SELECT id FROM wanted)",
             lambda r: (r["currency"], (r["r"], r["f"], r["m"])),
         ),
     }
@@ -1380,20 +1431,21 @@ async def customer_facts(
         queries["lines"] = (
             "SELECT l.customer_id, l.order_id, l.product_id, l.description FROM order_lines l"
             " JOIN orders o USING (customer_id, order_id, source, event_id)"
-            " WHERE l.customer_id = ANY($1::text[])",
+            " WHERE l.customer_id IN (SELECT id FROM wanted)",
             lambda r: segments.LineFact(r["order_id"], r["product_id"], r["description"]),
         )
     for part, (query, make) in queries.items():
         found: dict[str, list[Any]] = {}
-        for row in await conn.fetch(query, ids):
+        for row in await conn.fetch(f"WITH {_WANTED} {query}", ids):
             found.setdefault(row["customer_id"], []).append(make(row))
         for customer_id, items in found.items():
             parts[customer_id][part] = dict(items) if part in ("cancellations", "rfm") else items
     for row in await conn.fetch(
-        """
+        f"""
+        WITH {_WANTED}
         SELECT p.customer_id, pc.now FROM purchase_totals p
         JOIN partition_clocks pc ON pc.topic = 'crm.orders' AND pc.partition = p.orders_partition
-        WHERE p.customer_id = ANY($1::text[])
+        WHERE p.customer_id IN (SELECT id FROM wanted)
         """,
         ids,
     ):

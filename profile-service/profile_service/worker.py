@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
@@ -74,12 +75,15 @@ async def fold_view(conn: asyncpg.Connection, events: Sequence[Event]) -> Folded
     await store.save_complaints(conn, complaints.complaint_rows(events))
     statements = identity.merge_statements(events)
     await store.save_merge_statements(conn, statements)
-    moved = await fold_persons(
-        conn,
-        bool(statements or new_aliases),
-        {e.customer_id for e in customer_events},
-    )
-    grouped = (await store.persons_of(conn, {e.customer_id for e in events})).keys()
+    claimants = {e.customer_id for e in customer_events}
+    ids = {e.customer_id for e in events}
+    grouped, claiming = await store.batch_persons(conn, ids, claimants)
+    seeds = {r for s in statements for r in (s.customer_id, s.other_id)}
+    seeds |= {*new_aliases, *claiming, *(claimants & grouped.keys())}
+    persons = await fold_persons(conn, seeds)
+    moved = persons.changed
+    grouped = {r: p for r, p in grouped.items() if r not in persons.region}
+    grouped |= {r: persons.after[r] for r in ids & persons.after.keys()}
     deltas = projection.purchase_deltas(events)
     own = {customer for customer in deltas if customer not in grouped and customer not in moved}
     # Read before the totals move: the lapses are replayed event by event from this state.
@@ -105,20 +109,53 @@ async def fold_view(conn: asyncpg.Connection, events: Sequence[Event]) -> Folded
     )
 
 
-async def fold_persons(
-    conn: asyncpg.Connection, may_change: bool, claimants: Collection[str]
-) -> set[str]:
-    """Recompute who is one person (identity.persons over every standing merge and every alias
-    of a held identifier) when the batch may have changed it: merge statements or new aliases
-    (`may_change`), or records whose claims changed (`claimants`) that hold or may take an
-    alias's identifier, or belong to a person of several. Returns identity.persons_changed."""
-    if not may_change and not (claimants and await store.touches_persons(conn, claimants)):
-        return set()
-    before = await store.person_records(conn)
-    links = identity.standing_links(await store.all_merge_statements(conn))
-    after = identity.persons(links, await store.alias_holders(conn))
+@dataclass(frozen=True)
+class PersonsFolded:
+    """What fold_persons changed: identity.persons_changed of the region it looked at, the
+    region, and its record -> person map after (identity.persons)."""
+
+    changed: set[str] = field(default_factory=set)
+    region: set[str] = field(default_factory=set)
+    after: dict[str, str] = field(default_factory=dict)
+
+
+async def fold_persons(conn: asyncpg.Connection, seeds: Collection[str]) -> PersonsFolded:
+    """Recompute who is one person around the records whose links may have changed (`seeds`:
+    the batch's merge statements, its new aliases, and claimants that hold or may take an
+    alias's identifier or belong to a person of several), and write the difference.
+
+    The region is every record connected to a seed by merges that may stand, the folded map
+    before and the claims on an alias's identifier (person_region): a record's person follows
+    only from the statements about the records of its chain and the holders of the aliases on
+    it, so the persons of the region come out of the statements about its records and their
+    holders as identity.persons over everything gives them, and no record outside it changes
+    person (a seed's old person is in the map before, its new one connected after)."""
+    if not seeds:
+        return PersonsFolded()
+    await store.lock_person_records(conn)
+    region = await person_region(conn, seeds)
+    before = await store.persons_of(conn, region)
+    links = identity.standing_links(await store.merge_statements_about(conn, region))
+    after = identity.persons(links, await store.alias_holders(conn, region))
     await store.save_person_records(conn, before, after)
-    return identity.persons_changed(before, after)
+    return PersonsFolded(identity.persons_changed(before, after), region, after)
+
+
+async def person_region(conn: asyncpg.Connection, seeds: Collection[str]) -> set[str]:
+    """The seeds and every record connected to them (store.person_neighbours), step by step."""
+    region, frontier = set(seeds), set(seeds)
+    while frontier:
+        frontier = await store.person_neighbours(conn, frontier) - region
+        region |= frontier
+    return region
+
+
+async def persons_around(conn: asyncpg.Connection, events: Sequence[Event]) -> set[str]:
+    """The records whose rows folding these events may change besides the events' own
+    (Projection.related): those connected to their customers and to the records their merge
+    statements name (person_region), as the database stands; a rebuild asks before and after."""
+    ids = {e.customer_id for e in events}
+    return await person_region(conn, ids | {s.other_id for s in identity.merge_statements(events)})
 
 
 async def fold_ticks(conn: asyncpg.Connection, ticks: Sequence[Event]) -> list[Derived]:
@@ -188,6 +225,7 @@ PROJECTION = Projection(
     migrations=MIGRATIONS,
     fold=segment_fold.with_operator_segments(fold),
     bulk_fold=lambda: segment_fold.with_operator_segments(BulkFold()),
+    related=persons_around,
     periodic=(
         PeriodicJob(
             "rfm-scores", RFM_REFRESH_INTERVAL_SECONDS, RfmRefresher(), duty=RFM_REFRESH_DUTY

@@ -5,6 +5,7 @@ keeps its orders apart until someone claims it."""
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -13,7 +14,8 @@ import asyncpg
 import pytest
 
 from crm_shared.contracts.events import build_event
-from profile_service import store
+from crm_shared.runtime.projector import RawRecord
+from profile_service import identity, store
 from profile_service.worker import PROJECTION, RfmRefresher
 from tests.component.partition_logs import folded_in_batches, interleaved, orders_tick
 
@@ -108,3 +110,60 @@ async def test_an_identifier_claimed_later_brings_its_orders_to_the_claimant() -
     assert found["persons"]["email:nobody@x.test"] == "bob"
     assert found["scores"]["bob"] == (2, Decimal(107))
     assert "email:nobody@x.test" not in found["scores"]
+
+
+def _random_log(seed: int) -> list[RawRecord]:
+    """Updates moving a few e-mails between customers, orders naming customers or those
+    e-mails, merges between any of them (aliases too) and unmerges of earlier merges, at random
+    times."""
+    r = random.Random(seed)
+    customers = [f"c{n}" for n in range(24)]
+    emails = [f"e{n}@x.test" for n in range(5)]
+    records = [*customers, *(f"email:{e}" for e in emails)]
+    merged: list[tuple[str, str]] = []
+    logs: dict[str, dict[int, list[dict[str, Any]]]] = {"crm.customers": {}, "crm.orders": {}}
+    for n in range(150):
+        roll = r.random()
+        if roll < 0.3:
+            kind, subject = "crm.customer.updated.v1", r.choice(customers)
+            data: dict[str, Any] = {"email": r.choice(emails)}
+        elif roll < 0.75 or (roll >= 0.9 and not merged):
+            kind, subject = "crm.order.placed.v1", r.choice(records)
+            line = {"product_id": "P", "quantity": 1, "unit_price": "1"}
+            data = {"order_id": f"o{n}", "lines": [line]}
+        elif roll < 0.9:
+            subject, other = r.sample(records, 2)
+            merged.append((subject, other))
+            kind, data = "crm.customer.merged.v1", {"merged_customer_id": other}
+        else:
+            subject, other = r.choice(merged)
+            kind, data = "crm.customer.unmerged.v1", {"customer_id": other}
+        at = DAY0 + timedelta(hours=r.randrange(2_000))
+        event = build_event(kind, subject, data, source="shop", time=at, event_id=f"e-{n}")
+        topic = "crm.orders" if kind == "crm.order.placed.v1" else "crm.customers"
+        logs[topic].setdefault(sum(subject.encode()) % 2, []).append(event)
+    customer_log = interleaved(logs["crm.customers"], "crm.customers")
+    return [*customer_log, *interleaved(logs["crm.orders"], "crm.orders")]
+
+
+async def _whole_map(pool: asyncpg.Pool) -> dict[str, str]:
+    """identity.persons over every standing merge and every held alias."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT * FROM merge_statements")
+        links = identity.standing_links(identity.MergeStatement(**dict(row)) for row in rows)
+        return identity.persons(links, await store.alias_holders(conn))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+async def test_the_folded_person_map_is_the_whole_computation_whatever_the_batches(
+    seed: int,
+) -> None:
+    records = _random_log(seed)
+    maps = []
+    for size in (1, 7, len(records)):
+        async with folded_in_batches(PROJECTION, records, size) as pool:
+            folded = dict(await pool.fetch("SELECT record_id, person_id FROM person_records"))
+            assert folded == await _whole_map(pool), size
+            maps.append(folded)
+    assert maps[0] == maps[1] == maps[2]
+    assert len(set(maps[0].values())) > 1  # several persons of several records were met

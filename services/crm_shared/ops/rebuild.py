@@ -10,7 +10,8 @@
    it, the shadow folded to exactly the positions in that snapshot (the live worker goes on).
 4. The live worker's writes are held (its next transaction waits on a table lock), the shadow
    catches up to exactly the live positions, and what that catch-up could change is compared
-   (its customers' rows, the ids applied since the snapshot). Equal: the schemas are renamed in
+   (the rows of its customers and of those the projection relates to them, e.g. the other
+   records of their persons; the ids applied since the snapshot). Equal: the schemas are renamed in
    the same transaction (live -> retired_<time>, shadow -> live) and the live worker's waiting
    statement lands in the new tables. Different (in 3 or 4): the differences are printed,
    nothing is switched, the exit code is 1 (--force switches anyway, e.g. after a fix of the
@@ -492,7 +493,8 @@ class Rebuild:
         applied_since: datetime,
     ) -> list[Difference]:
         """While the live writes are held, after `_compare_unheld`: the rows of the customers
-        the catch-up folded (every row when it folded a clock tick, or `customers` is None)."""
+        the catch-up folded and of those the projection relates to them (BulkFolder.touched;
+        every row when it folded a clock tick, or `customers` is None)."""
         scope = sorted(customers) if customers is not None else None
         # Two sessions, so that PostgreSQL reads both schemas side by side.
         live_prints, rebuilt_prints = await asyncio.gather(

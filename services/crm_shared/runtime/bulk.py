@@ -103,20 +103,32 @@ class BulkFolder:
         self.seen: set[tuple[str, str]] = set()
         self.tally = BulkTally()
         self.touched: set[str] | None = None
-        """Customers of the events folded since `watch()`; None: not watching, or a clock tick
-        was folded (its fold may change any customer's rows)."""
+        """Customers of the events folded since `watch()` and those the projection relates to
+        them (Projection.related); None: not watching, or a clock tick was folded (its fold may
+        change any customer's rows)."""
 
     def watch(self) -> None:
         """From now on, collect in `touched` the customers whose rows the folds may change."""
         self.touched = set()
 
-    def _note_touched(self, events: Sequence[Event]) -> None:
+    def _note_touched(self, events: Sequence[Event], related: set[str]) -> None:
         if self.touched is None:
             return
         if any(event.type == CLOCK_TICKED for event in events):
             self.touched = None
         else:
             self.touched.update(event.customer_id for event in events)
+            self.touched |= related
+
+    async def _related(self, events: Sequence[Event]) -> set[str]:
+        """While watching, the customers besides the events' own whose rows their fold may
+        change, as the shadow stands now (Projection.related); asked before and after a fold."""
+        related = self.projection.related
+        if self.touched is None or related is None:
+            return set()
+        if any(event.type == CLOCK_TICKED for event in events):
+            return set()  # every row is compared after a tick
+        return set(await related(self.conn, events))
 
     async def decode(self, records: Sequence[RawRecord]) -> SortedBatch:
         """Sort and decode a batch a chunk at a time, yielding between chunks, so that the fold
@@ -145,8 +157,10 @@ class BulkFolder:
         applied = fresh
         try:
             async with self.conn.transaction():
+                related = await self._related(batch.events)
                 await self._fold_runs(applied)
                 await self._record(applied, batch.next_offsets)
+                related |= await self._related(batch.events)
         except TRANSIENT_ERRORS:
             raise
         except NOT_THE_EVENTS_FAULT as error:
@@ -154,10 +168,13 @@ class BulkFolder:
         except Exception:
             log.exception("bulk batch failed; folding its events one by one to isolate the bad one")
             async with self.conn.transaction():
+                related = await self._related(batch.events)
                 applied = await self._fold_one_by_one(fresh)
                 await self._record(applied, batch.next_offsets)
+                related |= await self._related(batch.events)
         self.positions.update(batch.next_offsets)
-        self._note_touched(batch.events)  # duplicates too: the live side may have applied them
+        # Duplicates too: the live side may have applied them.
+        self._note_touched(batch.events, related)
         self.tally.records += records
         self.tally.applied += len(applied)
         self.tally.duplicates += len(batch.events) - len(fresh)

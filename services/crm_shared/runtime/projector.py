@@ -16,7 +16,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 TopicPartition = tuple[str, int]
 Fold = Callable[[asyncpg.Connection, Sequence[Event]], Awaitable[Sequence[Derived]]]
+Related = Callable[[asyncpg.Connection, Sequence[Event]], Awaitable[Collection[str]]]
 """Folds events into the view in the caller's transaction; returns the events it derives."""
 SendDeadLetters = Callable[[Sequence[DeadLetter]], Awaitable[None]]
 
@@ -120,6 +121,11 @@ class Projection:
     """Makes the fold of one rebuild (crm_shared.runtime.bulk), where nobody else writes the
     shadow: the same view as `fold`, written more cheaply (e.g. COPY of new rows), holding
     what it needs to know across batches. None: a rebuild folds with `fold`."""
+    related: Related | None = None
+    """The customers besides the events' own whose rows folding these events may change (the
+    profile's: the other records of the persons they belong to), as the database of the fold
+    shows them. A rebuild asks its shadow before and after each batch of the final catch-up, so
+    that the comparison under the lock covers their rows too. None: the events' customers."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,8 +27,9 @@ migrations are applied at other times, and the live projection forgets applied i
 deduplication window (those are compared one way: applied_ids_missing)."""
 
 SCOPED_COLUMN = "customer_id"
-"""Rows with this column change only with events about that customer (or with a clock tick):
-the held comparison after a catch-up looks at the catch-up's customers' rows alone."""
+"""Rows with this column change only with events about that customer, about a customer the
+projection relates to it (Projection.related) or with a clock tick: the held comparison after a
+catch-up looks at those customers' rows alone."""
 WORKER_COMPUTED_PREFIXES = ("fitted_", "computed_")
 """Tables a worker computes from its projection at wall-clock times (the profile's lifetime-value
 model, `fitted_*`, and its revenue cube, `computed_*`): a rebuild's shadow holds none until the
