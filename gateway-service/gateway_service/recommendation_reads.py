@@ -41,7 +41,7 @@ def _product_path(template: str, product_id: str) -> str:
     return template.format(product_id=quote(product_id, safe=""))
 
 
-def catalogue_params(
+async def catalogue_params(
     category: Annotated[
         str | None,
         Query(
@@ -64,7 +64,8 @@ def catalogue_params(
     ] = None,
 ) -> dict[str, str]:
     """The catalogue filter as the service's query parameters (those given). Products the
-    catalogue does not know never match a filter; a range no price fits is a 422."""
+    catalogue does not know never match a filter; a range no price fits is a 422. Async so that
+    FastAPI does not hand it to a worker thread (recommendation_service.api.catalogue_filter)."""
     given = {
         "category": category,
         "min_price": min_price,

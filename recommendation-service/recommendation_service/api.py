@@ -47,7 +47,7 @@ PicksLimit = Annotated[
 ]
 
 
-def catalogue_filter(
+async def catalogue_filter(
     category: Annotated[
         str | None,
         Query(
@@ -73,7 +73,9 @@ def catalogue_filter(
     ] = None,
 ) -> CatalogueFilter:
     """The catalogue filter of a request; any condition leaves out products the catalogue does
-    not know. A range no price fits is a 422."""
+    not know. A range no price fits is a 422. Async though it waits for nothing: FastAPI runs a
+    plain function dependency in a worker thread, a hand-off that cost about a tenth of a top-10
+    request's CPU."""
     try:
         return CatalogueFilter(category, min_price, max_price, currency, available)
     except InvalidFilter as problem:

@@ -22,10 +22,10 @@ they cannot be taken back from a LEAST/GREATEST, and counting them always keeps 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 from crm_shared.contracts.events import (
     Event,
@@ -53,10 +53,10 @@ CustomerOrder = tuple[str, str]
 Strategy = Literal["personal", "popular"]
 
 
-@dataclass(frozen=True, slots=True)
-class Purchase:
+class Purchase(NamedTuple):
     """One product in one order (or, from `refunds`, in one refund); several lines of the same
-    product in it are merged."""
+    product in it are merged. A named tuple, not a frozen dataclass: the fold makes one per line
+    and a frozen dataclass's __init__ (a setattr per field) was a measurable share of it."""
 
     customer_id: str
     product_id: str
@@ -73,7 +73,7 @@ class Purchase:
     """How it counts: 1 as it comes; 0 its order was cancelled before it was folded (an order's
     times and description still count, nothing else); -1 taken back by the cancellation of its
     order, folded after it."""
-    segments: tuple[str, ...] | None = None
+    segments: Sequence[str] | None = None
     """The segments it counted in when it was folded (what is taken back); None: its customer's
     at this fold."""
 
@@ -96,27 +96,28 @@ def _merged_lines(
     for event in chosen:
         data = event.data
         assert isinstance(data, OrderPlaced | OrderRefunded)
-        merged: dict[str, Purchase] = {}
+        merged: dict[str, list[Any]] = {}
         for line in data.lines:
             before = merged.get(line.product_id)
             if before is None:
-                merged[line.product_id] = Purchase(
-                    event.customer_id,
-                    line.product_id,
-                    line.quantity,
-                    event.time,
-                    line.description,
-                    data.country,
-                    data.order_id,
-                    (event.source, event.id),
-                )
+                merged[line.product_id] = [line.quantity, line.description]
             else:
-                merged[line.product_id] = replace(
-                    before,
-                    quantity=before.quantity + line.quantity,
-                    description=line.description or before.description,
-                )
-        found.extend(merged.values())
+                before[0] += line.quantity
+                before[1] = line.description or before[1]
+        source_id = (event.source, event.id)
+        found.extend(
+            Purchase(
+                event.customer_id,
+                product_id,
+                quantity,
+                event.time,
+                description,
+                data.country,
+                data.order_id,
+                source_id,
+            )
+            for product_id, (quantity, description) in merged.items()
+        )
     return found
 
 
@@ -137,7 +138,7 @@ def orders_named(items: Iterable[Purchase]) -> set[CustomerOrder]:
 def counted(orders: Iterable[Purchase], cancelled: Collection[CustomerOrder]) -> list[Purchase]:
     """The batch's purchases, those of cancelled orders with sign 0 (their times only count)."""
     return [
-        replace(item, sign=0) if (item.customer_id, item.order_id) in cancelled else item
+        item._replace(sign=0) if (item.customer_id, item.order_id) in cancelled else item
         for item in orders
     ]
 
@@ -149,8 +150,7 @@ def not_cancelled(
     return [item for item in refunded if (item.customer_id, item.order_id) not in cancelled]
 
 
-@dataclass(frozen=True, slots=True)
-class OrderEntry:
+class OrderEntry(NamedTuple):
     """An order, or a refund naming one, as it was folded: what cancelling the order takes back
     (its lines as (product, units), the segments it counted in for trending)."""
 
@@ -161,8 +161,8 @@ class OrderEntry:
     refund: bool
     time: datetime
     country: str | None
-    segments: tuple[str, ...]
-    lines: tuple[tuple[str, int], ...]
+    segments: list[str]
+    lines: list[tuple[str, int]]
 
 
 def order_entries(
@@ -171,27 +171,28 @@ def order_entries(
     segments_of: Mapping[str, Collection[str]],
 ) -> list[OrderEntry]:
     """The entries of the batch's orders and refunds naming an order that counted as they came
-    (sign 1), one per event, with their customer's segments at this fold."""
-    lines: dict[tuple[str, str, str, str, bool], list[Purchase]] = {}
+    (sign 1), one per event, with their customer's segments at this fold. Every order of every
+    batch passes here: one entry per event, its lines appended in place."""
+    entries: dict[tuple[str, str, bool], OrderEntry] = {}
     for items, refund in ((orders, False), (refunded, True)):
         for item in items:
-            if item.sign == 1 and item.order_id is not None:
-                key = (item.customer_id, item.order_id, *item.event, refund)
-                lines.setdefault(key, []).append(item)
-    return [
-        OrderEntry(
-            customer,
-            order,
-            source,
-            event_id,
-            refund,
-            items[0].time,
-            items[0].country,
-            tuple(sorted(segments_of.get(customer, ()))),
-            tuple((item.product_id, item.quantity) for item in items),
-        )
-        for (customer, order, source, event_id, refund), items in lines.items()
-    ]
+            if item.sign != 1 or item.order_id is None:
+                continue
+            key = (*item.event, refund)
+            entry = entries.get(key)
+            if entry is None:
+                entry = entries[key] = OrderEntry(
+                    item.customer_id,
+                    item.order_id,
+                    *item.event,
+                    refund,
+                    item.time,
+                    item.country,
+                    sorted(segments_of.get(item.customer_id, ())),
+                    [],
+                )
+            entry.lines.append((item.product_id, item.quantity))
+    return list(entries.values())
 
 
 def taken_back(entries: Iterable[OrderEntry]) -> tuple[list[Purchase], list[Purchase]]:

@@ -61,15 +61,18 @@ async def units_kept(
 async def cancelled_orders(
     conn: asyncpg.Connection, orders: Collection[CustomerOrder]
 ) -> set[CustomerOrder]:
-    """Which of these orders were cancelled before the batch."""
+    """Which of these orders were cancelled before the batch. Every order of the batch is looked
+    up, so they go as one JSON array: asyncpg spends about 0.5 µs of our CPU on each element of
+    a text[] parameter, the pool's jsonb codec (json.dumps) a fifth of that."""
+    if not orders:
+        return set()
     rows = await conn.fetch(
         """
         SELECT c.customer_id, c.order_id
-        FROM unnest($1::text[], $2::text[]) AS w(customer_id, order_id)
-        JOIN cancelled_orders c USING (customer_id, order_id)
+        FROM jsonb_array_elements($1::jsonb) AS w
+        JOIN cancelled_orders c ON c.customer_id = w->>0 AND c.order_id = w->>1
         """,
-        [customer_id for customer_id, _ in orders],
-        [order_id for _, order_id in orders],
+        list(orders),
     )
     return {(row["customer_id"], row["order_id"]) for row in rows}
 
@@ -109,8 +112,8 @@ async def cancel_orders(
             row["refund"],
             row["at"],
             row["country"],
-            tuple(json.loads(row["segments"])),
-            tuple((product, units) for product, units in json.loads(row["lines"])),
+            row["segments"],
+            [(product, units) for product, units in row["lines"]],
         )
         for row in rows
     ]
@@ -118,23 +121,34 @@ async def cancel_orders(
 
 async def add_order_entries(conn: asyncpg.Connection, entries: Sequence[OrderEntry]) -> None:
     """Keep what these orders and refunds counted, for a cancellation to come (an event folded
-    again keeps its first entry)."""
+    again keeps its first entry). One row per order: the batch goes as one JSON array, not nine
+    arrays and two JSON documents per row (`cancelled_orders` says why)."""
     if not entries:
         return
     await conn.execute(
         """
         INSERT INTO order_entries (customer_id, order_id, source, event_id, refund, at, country,
                                    segments, lines)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[],
-                             $6::timestamptz[], $7::text[], $8::jsonb[], $9::jsonb[])
+        SELECT e->>0, e->>1, e->>2, e->>3, (e->>4)::boolean, (e->>5)::timestamptz, e->>6,
+               e->7, e->8
+        FROM jsonb_array_elements($1::jsonb) AS e
         ORDER BY 1, 2, 3, 4
         ON CONFLICT DO NOTHING
         """,
-        *columns(
-            entries, "customer_id", "order_id", "source", "event_id", "refund", "time", "country"
-        ),
-        [json.dumps(entry.segments) for entry in entries],
-        [json.dumps(entry.lines) for entry in entries],
+        [
+            (
+                entry.customer_id,
+                entry.order_id,
+                entry.source,
+                entry.event_id,
+                entry.refund,
+                entry.time.isoformat(),
+                entry.country,
+                entry.segments,
+                entry.lines,
+            )
+            for entry in entries
+        ],
     )
 
 

@@ -17,8 +17,9 @@ import asyncpg
 import pytest
 
 from crm_shared.contracts.events import build_event
-from recommendation_service import trending
+from recommendation_service import store, trending
 from recommendation_service.projection import NEIGHBOURS_KEPT
+from recommendation_service.worker import PROJECTION
 from tests.component.test_recommendation_neighbours import T0, fold, pool, stored_lists
 from tests.similar_products import plain_similar_products
 
@@ -208,3 +209,24 @@ async def test_a_cancelled_order_counts_as_not_bought_whatever_the_batches_and_o
     async with pool.acquire() as conn:
         entries = await conn.fetch("SELECT DISTINCT order_id FROM order_entries")
     assert cancelled and not cancelled & {row["order_id"] for row in entries}
+
+
+async def test_an_entry_written_as_json_text_before_migration_012_is_taken_back_alike(
+    pool: asyncpg.Pool,
+) -> None:
+    """Entries used to hold their segments and lines as JSON text inside jsonb; migration 012
+    unwraps them, so a cancellation reads an old entry as it reads a new one."""
+    migration = PROJECTION.migrations / "012_order_entries_json.sql"
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """
+            INSERT INTO order_entries (customer_id, order_id, source, event_id, refund, at,
+                                       country, segments, lines)
+            VALUES ('C1', 'O1', 'shop', 'O1', false, $1, 'GB', to_jsonb('["vip"]'::text),
+                    to_jsonb('[["P1", 2], ["P2", 1]]'::text))
+            """,
+            T0,
+        )
+        await conn.execute(migration.read_text())
+        (entry,) = await store.cancel_orders(conn, [("C1", "O1")])
+    assert (entry.segments, entry.lines, entry.time) == (["vip"], [("P1", 2), ("P2", 1)], T0)

@@ -28,7 +28,11 @@ class FakeClock:
 
 
 def runner_for(
-    duty: float, seconds_per_run: float, failures: Sequence[bool] = (), name: str = "test-job"
+    duty: float,
+    seconds_per_run: float,
+    failures: Sequence[bool] = (),
+    name: str = "test-job",
+    burst: float = 0.0,
 ) -> tuple[Any, list[float], FakeClock]:
     """A runner of a job whose n-th run fails when failures[n] is true (later runs succeed)."""
     clock = FakeClock()
@@ -40,7 +44,7 @@ def runner_for(
         if len(runs) <= len(failures) and failures[len(runs) - 1]:
             raise RuntimeError("the database went away")
 
-    job = PeriodicJob(name, 1.0, work, duty=duty)
+    job = PeriodicJob(name, 1.0, work, duty=duty, burst_seconds=burst)
     return periodic_runner(job, cast(asyncpg.Pool, None), "test", clock), runs, clock
 
 
@@ -66,6 +70,25 @@ def test_a_job_waits_its_run_time_divided_by_its_duty_before_the_next_run() -> N
     clock.now = 108.0
     asyncio.run(run())
     assert runs == [100.0, 108.0]
+
+
+def test_after_a_quiet_spell_a_job_with_a_burst_runs_at_once_then_is_held_to_its_duty() -> None:
+    """Half duty, 3 s of burst, runs of 1 s: rest earns a second of running per second."""
+    run, runs, clock = runner_for(duty=0.5, seconds_per_run=1.0, burst=3.0)
+    clock.now = 110.0  # ten quiet seconds: the credit is full (3 s)
+    tick_until(run, clock, end=120.0, every=0.25)
+    # 110, 111.25 and 112.5 spend the burst (each tick after a run earns 0.25 s back); from
+    # then on a run of 1 s needs 1 s of rest, as without a burst
+    assert runs[:4] == [110.0, 111.25, 112.5, 113.75]
+    assert [later - earlier for earlier, later in pairwise(runs[4:])] == [2.0] * (len(runs) - 5)
+    assert len(runs) - 5 >= 2
+
+
+def test_a_job_without_a_burst_waits_after_a_quiet_spell_as_before() -> None:
+    run, runs, clock = runner_for(duty=0.5, seconds_per_run=1.0)
+    clock.now = 110.0
+    tick_until(run, clock, end=115.0, every=0.25)
+    assert runs == [110.0, 112.0, 114.0]
 
 
 def test_a_job_at_full_duty_runs_at_every_tick() -> None:

@@ -298,8 +298,8 @@ def test_taking_back_an_order_and_its_refund_undoes_what_they_counted() -> None:
     placed, returned = purchases(events), refunds(events)
     entries = order_entries(placed, returned, {"C1": ["vip"]})
     assert [(e.refund, e.segments, e.lines) for e in entries] == [
-        (False, ("vip",), (("P1", 2), ("P2", 1))),
-        (True, ("vip",), (("P1", 1),)),
+        (False, ["vip"], [("P1", 2), ("P2", 1)]),
+        (True, ["vip"], [("P1", 1)]),
     ]
     taken_orders, taken_refunds = taken_back(entries)
     both = [*placed, *taken_orders]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -101,7 +101,7 @@ class Observe:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _header(scope, _REQUEST_ID_KEY) or uuid.uuid4().hex
+        request_id = _header(scope, _REQUEST_ID_KEY) or secrets.token_hex(16)
         scope.setdefault("state", {})["request_id"] = request_id
         request_id_header = (_REQUEST_ID_KEY, request_id.encode("latin-1"))
         status = 500

@@ -98,13 +98,17 @@ class PeriodicJob:
     """Work a worker repeats beside the fold (e.g. refreshing precomputed results), on every
     replica, every `interval_seconds` but at most `duty` of the time: after a run of d seconds
     the next waits at least d / duty, so a job that grows with the data never starves the fold
-    on a small machine. A run that raises is logged; its work waits for the next run, which
-    comes later after each failure in a row (2 s doubling to 5 minutes, reset by a success)."""
+    on a small machine. With `burst_seconds`, rest beyond that earns runs that need not wait,
+    up to this many seconds of them: after a quiet spell a run starts at its next tick, while
+    back-to-back runs are still held to `duty` (plus the burst once). A run that raises is
+    logged; its work waits for the next run, which comes later after each failure in a row (2 s
+    doubling to 5 minutes, reset by a success)."""
 
     name: str
     interval_seconds: float
     run: Callable[[asyncpg.Pool], Awaitable[object]]
     duty: float = 1.0
+    burst_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

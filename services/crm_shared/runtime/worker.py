@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -277,15 +278,28 @@ def periodic_runner(
 ) -> Callable[[], Awaitable[None]]:
     """The argument-less coroutine function a faust timer calls: it skips ticks while the job
     is over its duty or resting after failures (failure_backoff_seconds), and never lets a
-    failed run stop the timer."""
+    failed run stop the timer.
+
+    The duty is kept as credit, in seconds of running: a run spends its length, a second of rest
+    earns duty / (1 - duty), up to the job's burst; a tick runs the job while the credit is not
+    below zero. Without a burst, a run of d seconds is followed by d / duty - d of rest."""
     not_before = 0.0
     failures = 0
+    credit = 0.0
+    finished_at = clock()
+    earned_per_second = job.duty / (1.0 - job.duty) if job.duty < 1.0 else math.inf
     consecutive_failures = metrics.PERIODIC_JOB_CONSECUTIVE_FAILURES.labels(projection, job.name)
 
     async def run() -> None:
-        nonlocal not_before, failures
+        nonlocal not_before, failures, credit, finished_at
         started = clock()
         if started < not_before:
+            return
+        rested = started - finished_at
+        available = (
+            min(credit + rested * earned_per_second, job.burst_seconds) if rested > 0 else credit
+        )
+        if available < 0 and earned_per_second != math.inf:
             return
         try:
             await job.run(pool)
@@ -301,8 +315,9 @@ def periodic_runner(
                 log.info("periodic job recovered", extra={"job": job.name, "failures": failures})
             failures, delay = 0, 0.0
         consecutive_failures.set(failures)
-        finished = clock()
-        not_before = max(started + (finished - started) / job.duty, finished + delay)
+        finished_at = clock()
+        credit = available - (finished_at - started)
+        not_before = finished_at + delay
 
     return run
 
