@@ -128,7 +128,9 @@ async def test_feedback_gives_exact_trends_dimensions_and_a_detractor_event(
     assert {e["source"] for e in detractors} == {"interaction-service"}
 
 
-async def test_the_nps_gauge_shows_a_touchpoints_recent_scores(platform: dict[str, str]) -> None:
+async def test_the_nps_and_last_feedback_gauges_show_the_recent_scores(
+    platform: dict[str, str],
+) -> None:
     run = unique("nps")
     touchpoint = f"{run}-desk"
     now = datetime.now(UTC).replace(microsecond=0)
@@ -137,18 +139,23 @@ async def test_the_nps_gauge_shows_a_touchpoints_recent_scores(platform: dict[st
             publisher.publish(
                 "crm.feedback.given.v2",
                 f"{run}-c{n}",
-                {"measure": "nps", "score": score, "touchpoint": touchpoint, "channel": "store"},
+                {"measure": "nps", "score": score, "touchpoint": touchpoint, "channel": "social"},
                 time=now - timedelta(minutes=n),
                 event_id=f"{run}-{n}",
             )
-    # Promoters 10 and 9, detractor 3: (2 - 1) / 3 = 33.3 (the gauge is set every 15 s).
+    port = platform["CRM_INTERACTION_WORKER_METRICS_PORT"]
+    # Promoters 10 and 9, detractor 3: (2 - 1) / 3 = 33.3 (the gauges are set every 15 s).
     await eventually(
-        lambda: metric_value(
-            platform["CRM_INTERACTION_WORKER_METRICS_PORT"],
-            f'crm_interaction_nps{{touchpoint="{touchpoint}"}}',
-        ),
+        lambda: metric_value(port, f'crm_interaction_nps{{touchpoint="{touchpoint}"}}'),
         lambda value: value == 33.3,
         what="the NPS gauge of the touchpoint",
+    )
+    # No other test rates on social: the silent-channel alert's gauge is our newest rating's time.
+    assert (
+        await metric_value(
+            port, 'crm_interaction_feedback_last_timestamp_seconds{channel="social"}'
+        )
+        == now.timestamp()
     )
 
 
