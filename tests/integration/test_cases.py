@@ -188,6 +188,19 @@ async def test_the_seeded_complaint_scenario_gives_its_figures_exactly(
         assert complaints.status_code == 200
         assert complaints.json()["sla_breaches"].get("resolution", 0) >= 1
 
+    # A key without cases:read is refused every case read, and told which scope it lacks.
+    other = create_api_key(platform, unique("customers-reader"), "customers:read")
+    async with httpx.AsyncClient(
+        base_url=gateway_url(platform), headers={"Authorization": f"Bearer {other}"}
+    ) as client:
+        for path in (
+            f"/v1/cases/{case_id}",
+            f"/v1/customers/{customer}/cases",
+            "/v1/departments/complaints",
+        ):
+            refused = await client.get(path)
+            assert refused.status_code == 403 and "cases:read" in refused.text, path
+
 
 async def test_a_department_shows_open_cases_backlog_and_workload(
     platform: dict[str, str],
