@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -116,6 +117,25 @@ def read_topic(bootstrap: str, topic: str, *, within: float = 60) -> list[Any]:
         return records
     finally:
         consumer.close()
+
+
+async def experience_events(bootstrap: str, customer: str, event_type: str) -> list[dict[str, Any]]:
+    """The customer's events of one type on crm.experience, in log order."""
+    records = await asyncio.to_thread(read_topic, bootstrap, "crm.experience")
+    found = [json.loads(record.value) for record in records]
+    return [e for e in found if e["subject"] == customer and e["type"] == event_type]
+
+
+async def metric_value(port: str, sample: str) -> float | None:
+    """One sample's value (name with its labels, as exposed) on a process's /metrics; None when
+    the process does not expose it."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == sample:
+            return float(value)
+    return None
 
 
 async def fetch(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from kafka import KafkaProducer
 
-from crm_shared.contracts.events import build_event
+from crm_shared.contracts.events import DETRACTOR_SCORED, build_event
 from crm_shared.contracts.sdk import EventPublisher
 from crm_shared.contracts.topics import CASE_SIGNALS, CASES
 from crm_shared.runtime.clock import tick_records
@@ -21,8 +21,10 @@ from tests import case_scenario as scenario
 from tests.integration.helpers import (
     create_api_key,
     eventually,
+    experience_events,
     gateway_url,
     get_json,
+    metric_value,
     read_topic,
     service_auth,
     unique,
@@ -52,6 +54,10 @@ def _tick(bootstrap: str, at: datetime) -> None:
         producer.close()
 
 
+BREACHES = 'crm_interaction_case_sla_breaches_total{priority="high",target="resolution"}'
+OPEN_COMPLAINTS = 'crm_interaction_open_cases{department="complaints",priority="high"}'
+
+
 def _seconds(delta: timedelta) -> float:
     return delta.total_seconds()
 
@@ -74,6 +80,14 @@ async def test_the_seeded_complaint_scenario_gives_its_figures_exactly(
     )
     _, before_tick = await get_json(f"{api}/cases/{case_id}", headers=auth)
     assert not before_tick["figures"]["resolution_breached"]
+    metrics_port = platform["CRM_INTERACTION_WORKER_METRICS_PORT"]
+    breaches_before = await metric_value(metrics_port, BREACHES) or 0.0
+    # The reopened case is handled by complaints: the gauge (set every 10 s) counts it.
+    open_before = await eventually(
+        lambda: metric_value(metrics_port, OPEN_COMPLAINTS),
+        lambda value: (value or 0) >= 1,
+        what="the open-cases gauge to count the reopened case",
+    )
 
     _tick(bootstrap, t0 + scenario.TICK_AFTER)
     await eventually(
@@ -81,6 +95,7 @@ async def test_the_seeded_complaint_scenario_gives_its_figures_exactly(
         lambda r: r[1]["figures"]["resolution_breached"],
         what="the tick to breach the resolution target",
     )
+    assert await metric_value(metrics_port, BREACHES) == breaches_before + 1
     first = len(scenario.steps(case_id))
     _publish(bootstrap, customer, t0, scenario.final_steps(case_id), first)
     with EventPublisher(bootstrap, source="survey-tool") as publisher:
@@ -95,6 +110,11 @@ async def test_the_seeded_complaint_scenario_gives_its_figures_exactly(
         lambda: get_json(f"{api}/cases/{case_id}", headers=auth),
         lambda r: r[1]["status"] == "closed",
         what="the case to be closed",
+    )
+    await eventually(
+        lambda: metric_value(metrics_port, OPEN_COMPLAINTS),
+        lambda value: value == (open_before or 0) - 1,
+        what="the open-cases gauge to drop the closed case",
     )
 
     figures = case["figures"]
@@ -143,6 +163,16 @@ async def test_the_seeded_complaint_scenario_gives_its_figures_exactly(
         what="the feedback to reach the summary",
     )
     assert contacts[1]["average_satisfaction"] == 1.0
+    # The score of 1 (a v1 feedback, read as CSAT) is a detractor's: one event, for this feedback.
+    detractors = await eventually(
+        lambda: experience_events(bootstrap, customer, DETRACTOR_SCORED),
+        lambda found: len(found) >= 1,
+        what="the detractor event on crm.experience",
+    )
+    assert [
+        (e["source"], e["data"]["measure"], e["data"]["score"], e["data"]["feedback_id"])
+        for e in {e["id"]: e for e in detractors}.values()
+    ] == [("interaction-service", "csat", scenario.FEEDBACK["score"], f"{customer}-feedback")]
 
     # Through the gateway, with the cases:read scope, the same answer.
     key = create_api_key(platform, unique("cases-reader"), "cases:read")
@@ -157,6 +187,19 @@ async def test_the_seeded_complaint_scenario_gives_its_figures_exactly(
         complaints = await client.get("/v1/departments/complaints")
         assert complaints.status_code == 200
         assert complaints.json()["sla_breaches"].get("resolution", 0) >= 1
+
+    # A key without cases:read is refused every case read, and told which scope it lacks.
+    other = create_api_key(platform, unique("customers-reader"), "customers:read")
+    async with httpx.AsyncClient(
+        base_url=gateway_url(platform), headers={"Authorization": f"Bearer {other}"}
+    ) as client:
+        for path in (
+            f"/v1/cases/{case_id}",
+            f"/v1/customers/{customer}/cases",
+            "/v1/departments/complaints",
+        ):
+            refused = await client.get(path)
+            assert refused.status_code == 403 and "cases:read" in refused.text, path
 
 
 async def test_a_department_shows_open_cases_backlog_and_workload(

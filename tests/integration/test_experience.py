@@ -5,8 +5,6 @@ customer to at risk; the gateway serves it all under the scope experience:read."
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,9 +18,10 @@ from interaction_service.journey import AT_RISK_AFTER
 from tests.integration.helpers import (
     create_api_key,
     eventually,
+    experience_events,
     gateway_url,
     get_json,
-    read_topic,
+    metric_value,
     service_auth,
     unique,
 )
@@ -35,15 +34,6 @@ AUGUST = datetime(2024, 8, 5, 9, 0, tzinfo=UTC)
 
 def _api(platform: dict[str, str]) -> str:
     return f"http://127.0.0.1:{platform['CRM_INTERACTION_API_PORT']}"
-
-
-async def _experience_events(
-    bootstrap: str, customer: str, event_type: str
-) -> list[dict[str, Any]]:
-    """The customer's events of one type on crm.experience, in log order."""
-    records = await asyncio.to_thread(read_topic, bootstrap, "crm.experience")
-    found = [json.loads(record.value) for record in records]
-    return [e for e in found if e["subject"] == customer and e["type"] == event_type]
 
 
 async def test_feedback_gives_exact_trends_dimensions_and_a_detractor_event(
@@ -125,7 +115,7 @@ async def test_feedback_gives_exact_trends_dimensions_and_a_detractor_event(
 
     # NPS 2, CSAT 2 and NPS 0 are detractors' scores: three events, one per feedback.
     detractors = await eventually(
-        lambda: _experience_events(platform["CRM_KAFKA_BOOTSTRAP"], customer, DETRACTOR_SCORED),
+        lambda: experience_events(platform["CRM_KAFKA_BOOTSTRAP"], customer, DETRACTOR_SCORED),
         lambda found: len({e["id"] for e in found}) == 3,
         what="three detractor events on crm.experience",
     )
@@ -136,6 +126,37 @@ async def test_feedback_gives_exact_trends_dimensions_and_a_detractor_event(
     ]
     assert {e["data"]["feedback_id"] for e in detractors} == {f"{run}-4", f"{run}-7", f"{run}-10"}
     assert {e["source"] for e in detractors} == {"interaction-service"}
+
+
+async def test_the_nps_and_last_feedback_gauges_show_the_recent_scores(
+    platform: dict[str, str],
+) -> None:
+    run = unique("nps")
+    touchpoint = f"{run}-desk"
+    now = datetime.now(UTC).replace(microsecond=0)
+    with EventPublisher(platform["CRM_KAFKA_BOOTSTRAP"], source="survey-tool") as publisher:
+        for n, score in enumerate((10, 9, 3)):
+            publisher.publish(
+                "crm.feedback.given.v2",
+                f"{run}-c{n}",
+                {"measure": "nps", "score": score, "touchpoint": touchpoint, "channel": "social"},
+                time=now - timedelta(minutes=n),
+                event_id=f"{run}-{n}",
+            )
+    port = platform["CRM_INTERACTION_WORKER_METRICS_PORT"]
+    # Promoters 10 and 9, detractor 3: (2 - 1) / 3 = 33.3 (the gauges are set every 15 s).
+    await eventually(
+        lambda: metric_value(port, f'crm_interaction_nps{{touchpoint="{touchpoint}"}}'),
+        lambda value: value == 33.3,
+        what="the NPS gauge of the touchpoint",
+    )
+    # No other test rates on social: the silent-channel alert's gauge is our newest rating's time.
+    assert (
+        await metric_value(
+            port, 'crm_interaction_feedback_last_timestamp_seconds{channel="social"}'
+        )
+        == now.timestamp()
+    )
 
 
 def _contact(direction: str) -> dict[str, Any]:
@@ -217,9 +238,7 @@ async def test_a_journey_runs_through_its_stages_and_publishes_every_transition(
     assert service["satisfaction"]["event_id"] == f"{customer}-3"
 
     published = await eventually(
-        lambda: _experience_events(
-            platform["CRM_KAFKA_BOOTSTRAP"], customer, JOURNEY_STAGE_CHANGED
-        ),
+        lambda: experience_events(platform["CRM_KAFKA_BOOTSTRAP"], customer, JOURNEY_STAGE_CHANGED),
         lambda found: len({e["id"] for e in found}) == len(expected),
         what="every transition on crm.experience",
     )

@@ -7,12 +7,20 @@ import pytest
 
 from crm_shared.contracts.deadletter import read_headers
 from crm_shared.contracts.events import build_event
-from tests.integration.helpers import eventually, fetch, get_json, read_topic, unique
+from tests.integration.helpers import (
+    eventually,
+    fetch,
+    get_json,
+    metric_value,
+    read_topic,
+    unique,
+)
 from tests.integration.test_crash_recovery import publish
 
 pytestmark = pytest.mark.integration
 
 ORDERS = 30
+HALTED = 'crm_projection_halted{projection="profile"}'
 
 
 def _orders(prefix: str) -> list[dict[str, object]]:
@@ -34,21 +42,6 @@ async def _health(port: str) -> tuple[int, object]:
     return await get_json(f"http://127.0.0.1:{port}/healthz")
 
 
-async def _halted_metric(port: str) -> str:
-    import httpx
-
-    async with httpx.AsyncClient(timeout=5) as client:
-        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
-    return next(
-        (
-            line.rsplit(" ", 1)[1]
-            for line in text.splitlines()
-            if line.startswith('crm_projection_halted{projection="profile"}')
-        ),
-        "absent",
-    )
-
-
 async def test_a_schema_mismatch_halts_the_worker_until_it_is_fixed(
     platform: dict[str, str],
 ) -> None:
@@ -66,7 +59,7 @@ async def test_a_schema_mismatch_halts_the_worker_until_it_is_fixed(
         )
         assert isinstance(body, dict) and body["status"] == "halted"
         assert "does not fit its code" in body["reason"] and "items" in body["reason"]
-        assert await _halted_metric(port) == "1.0"
+        assert await metric_value(port, HALTED) == 1.0
         # The other consumers of the same topic go on.
         await eventually(
             lambda: fetch(
@@ -99,7 +92,7 @@ async def test_a_schema_mismatch_halts_the_worker_until_it_is_fixed(
     )
     assert resumed[0]["items"] == 2 * ORDERS
     assert (await _health(port))[0] == 200
-    assert await _halted_metric(port) == "0.0"
+    assert await metric_value(port, HALTED) == 0.0
     letters = [
         record
         for record in read_topic(bootstrap, "crm.deadletter")
