@@ -113,7 +113,10 @@ class AlsoBought(BaseModel):
 
 class PickReason(BaseModel):
     kind: serving.ReasonKind
-    product_id: str | None = Field(description="bought-together: the product it goes with")
+    product_id: str | None = Field(
+        description="bought-together: the product it goes with; bought-after: the product it "
+        "often follows"
+    )
     text: str
 
 

@@ -52,6 +52,9 @@ class History:
     last_bought_age_days: sparse.csr_matrix
     """Days from the customer's last purchase of the product to `trained_at` (same pattern, + 1
     so that a purchase at the training time is not a structural zero)."""
+    first_bought_age_days: sparse.csr_matrix
+    """Days from the customer's first purchase of the product to `trained_at` (same pattern and
+    offset): what they went on to buy after it (`fit_sequels`)."""
 
     @property
     def buyers(self) -> npt.NDArray[np.float64]:
@@ -66,13 +69,17 @@ def history(interactions: Iterable[Interaction], trained_at: datetime) -> Histor
     """The history of the goods bought or returned before `trained_at`."""
     kept: dict[tuple[str, str], int] = {}
     last: dict[tuple[str, str], datetime] = {}
+    first: dict[tuple[str, str], datetime] = {}
     for item in interactions:
         if item.time >= trained_at or not is_goods(item.product_id):
             continue
         key = (item.customer_id, item.product_id)
         kept[key] = kept.get(key, 0) + item.quantity
-        if item.quantity > 0 and (key not in last or item.time > last[key]):
-            last[key] = item.time
+        if item.quantity > 0:
+            if key not in last or item.time > last[key]:
+                last[key] = item.time
+            if key not in first or item.time < first[key]:
+                first[key] = item.time
     pairs = sorted(key for key, units in kept.items() if units > 0 and key in last)
     customers = tuple(sorted({customer for customer, _ in pairs}))
     products = tuple(sorted({product for _, product in pairs}))
@@ -80,19 +87,24 @@ def history(interactions: Iterable[Interaction], trained_at: datetime) -> Histor
     columns = {product: n for n, product in enumerate(products)}
     row_index = np.fromiter((rows[c] for c, _ in pairs), dtype=np.int32, count=len(pairs))
     column_index = np.fromiter((columns[p] for _, p in pairs), dtype=np.int32, count=len(pairs))
-    ages = np.fromiter(
-        ((trained_at - last[pair]).total_seconds() / SECONDS_PER_DAY + 1.0 for pair in pairs),
-        dtype=np.float64,
-        count=len(pairs),
-    )
     shape = (len(customers), len(products))
+
+    def ages(times: Mapping[tuple[str, str], datetime]) -> sparse.csr_matrix:
+        days = np.fromiter(
+            ((trained_at - times[pair]).total_seconds() / SECONDS_PER_DAY + 1.0 for pair in pairs),
+            dtype=np.float64,
+            count=len(pairs),
+        )
+        return sparse.csr_matrix((days, (row_index, column_index)), shape=shape)
+
     ones = np.ones(len(pairs), dtype=np.float64)
     return History(
         customers=customers,
         products=products,
         trained_at=trained_at,
         bought=sparse.csr_matrix((ones, (row_index, column_index)), shape=shape),
-        last_bought_age_days=sparse.csr_matrix((ages, (row_index, column_index)), shape=shape),
+        last_bought_age_days=ages(last),
+        first_bought_age_days=ages(first),
     )
 
 
@@ -271,16 +283,16 @@ ranks, which for the whole matrix tripled the training's peak memory."""
 
 
 def _largest_per_row(
-    weights: npt.NDArray[np.float64], kept: int
+    weights: npt.NDArray[np.float64] | sparse.csr_matrix, kept: int
 ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
     """`best_per_row` of the weights' absolute values, a block of rows at a time (each row is
     ranked alone, so the result is the same as for the whole matrix at once)."""
     rows: list[npt.NDArray[np.intp]] = []
     columns: list[npt.NDArray[np.intp]] = []
-    for start in range(0, len(weights), EASE_BLOCK_ROWS):
-        block_rows, block_columns = best_per_row(
-            np.abs(weights[start : start + EASE_BLOCK_ROWS]), kept
-        )
+    for start in range(0, weights.shape[0], EASE_BLOCK_ROWS):
+        block = weights[start : start + EASE_BLOCK_ROWS]
+        dense = block if isinstance(block, np.ndarray) else block.toarray()
+        block_rows, block_columns = best_per_row(np.abs(dense), kept)
         rows.append(block_rows + start)
         columns.append(block_columns)
     if not rows:
@@ -310,6 +322,61 @@ def fit_ease(past: History, parameters: EaseParameters) -> ItemKnn:
         (weights[rows, columns], (chosen[rows], chosen[columns])), shape=(count, count)
     )
     return ItemKnn(similar, past.bought, "ease")
+
+
+SEQUEL_GAP_DAYS = 0.5
+"""A product counts as bought after another when the customer's first purchase of it came more
+than this after their first purchase of the other: in a later order, not the same basket."""
+SEQUELS_KEPT = 50
+"""Weights kept per product for the sequel part, the largest (docs/recommendation-evaluation.md)."""
+SEQUEL_ROWS_BLOCK = 512
+"""A customer's products compared with all their others this many at a time: bounds the memory
+for customers who bought thousands of goods."""
+SEQUEL_PAIRS_BLOCK = 1_000_000
+"""Ordered pairs gathered before they are added to the counts: bounds the memory of the lists."""
+
+
+def sequel_counts(past: History) -> sparse.csr_matrix:
+    """products x products: in row i, column j, the customers who kept both i and j and first
+    bought j after first buying i (`SEQUEL_GAP_DAYS`). Unlike co-purchase it has a direction:
+    what people go on to buy, which is what a recommendation for the weeks ahead foresees."""
+    ages = past.first_bought_age_days
+    count = len(past.products)
+    total = sparse.csr_matrix((count, count), dtype=np.float64)
+    earlier: list[npt.NDArray[np.int32]] = []
+    later: list[npt.NDArray[np.int32]] = []
+
+    def counted() -> sparse.csr_matrix:
+        pairs = (np.concatenate(earlier), np.concatenate(later))
+        earlier.clear()
+        later.clear()
+        return sparse.csr_matrix((np.ones(len(pairs[0])), pairs), shape=(count, count))
+
+    for customer in range(ages.shape[0]):
+        start, end = ages.indptr[customer], ages.indptr[customer + 1]
+        products, days = ages.indices[start:end], ages.data[start:end]
+        for block in range(0, len(products), SEQUEL_ROWS_BLOCK):
+            # an older first purchase has more days of age: i before j when age_i - age_j > gap
+            gaps = days[block : block + SEQUEL_ROWS_BLOCK, None] - days[None, :]
+            first, then = np.nonzero(gaps > SEQUEL_GAP_DAYS)
+            earlier.append(products[block + first])
+            later.append(products[then])
+        if sum(map(len, earlier)) >= SEQUEL_PAIRS_BLOCK:
+            total = total + counted()
+    return total + counted() if earlier else total
+
+
+def fit_sequels(past: History, kept: int, half_life_days: float) -> ItemKnn:
+    """Sequels: a candidate's score is the sum, over what the customer bought (weighted by its
+    recency), of how often buyers of that product went on to buy the candidate
+    (`sequel_counts`), over the square root of both products' buyer counts, as cosine does. Each
+    product keeps its `kept` largest weights."""
+    scale = sparse.diags(1.0 / np.sqrt(np.maximum(past.buyers, 1.0)))
+    weights = (scale @ sequel_counts(past) @ scale).tocsr()
+    rows, columns = _largest_per_row(weights, kept)
+    chosen = sparse.csr_matrix((np.ones(len(rows)), (rows, columns)), shape=weights.shape)
+    similar = sparse.csr_matrix(weights.multiply(chosen))
+    return ItemKnn(similar, recency_weights(past, half_life_days), "sequel")
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from recommendation_service.evaluation import (
 )
 from recommendation_service.models import (
     SECONDS_PER_DAY,
+    SEQUELS_KEPT,
     Als,
     AlsParameters,
     DecayedPopularity,
@@ -42,6 +43,7 @@ from recommendation_service.models import (
     fit_als,
     fit_ease,
     fit_seasonal,
+    fit_sequels,
     history,
     top_k,
 )
@@ -53,9 +55,10 @@ MIN_PICK_SCORE = 1e-4
 0.2 to 1): what ALS gives products nothing points to is rounding noise, not "bought by customers
 who buy what you buy", and the reader tops the list up with popular goods instead."""
 
-ReasonKind = Literal["bought-together", "similar-customers", "seasonal", "popular"]
+ReasonKind = Literal["bought-together", "bought-after", "similar-customers", "seasonal", "popular"]
 REASON_TEXT: Mapping[ReasonKind, str] = {
     "bought-together": "bought together with {product}",
+    "bought-after": "often bought after {product}",
     "similar-customers": "bought by customers who buy what you buy",
     "seasonal": "sells well at this time of year",
     "popular": "popular",
@@ -65,6 +68,7 @@ PART_REASONS: Mapping[str, ReasonKind] = {
     "item-knn": "bought-together",
     "als": "similar-customers",
     "seasonal": "seasonal",
+    "sequel": "bought-after",
 }
 """The reason each part of the blend gives when a pick owes most to it."""
 
@@ -88,18 +92,24 @@ class Neighbour:
 
 @dataclass(frozen=True, slots=True)
 class ServingModel:
-    """One trained version: the products it knows, their ALS factors, seasonal votes and EASE
-    weights."""
+    """One trained version: the products it knows, their ALS factors, seasonal votes, EASE
+    weights and sequel weights."""
 
     products: tuple[str, ...]
     product_factors: npt.NDArray[np.float32]
     seasonal: npt.NDArray[np.float32]
     ease: sparse.csr_matrix
     """products x products: each product's kept EASE weights towards others (`fit_ease`)."""
+    sequels: sparse.csr_matrix
+    """products x products: each product's kept sequel weights towards others (`fit_sequels`)."""
     parameters: AlsParameters
     ease_parameters: EaseParameters
     data_as_of: datetime
     """Just after the newest purchase trained on: the time recency weights are measured from."""
+
+    def item_weights(self) -> dict[str, sparse.csr_matrix]:
+        """The product-to-product weights, by the blend's part they belong to, as stored."""
+        return {"ease": self.ease, "sequel": self.sequels}
 
     def described(self) -> dict[str, Any]:
         """The parameters as stored with the version."""
@@ -109,6 +119,7 @@ class ServingModel:
             "blend_weights": dict(BLEND_WEIGHTS),
             "knn_neighbours": KNN_NEIGHBOURS,
             "knn_half_life_days": KNN_HALF_LIFE_DAYS,
+            "sequels_kept": SEQUELS_KEPT,
         }
 
 
@@ -116,7 +127,8 @@ class ServingModel:
 class Reason:
     kind: ReasonKind
     product_id: str | None = None
-    """With bought-together: the customer's product the pick was bought with."""
+    """With bought-together and bought-after: the customer's product the pick was bought with,
+    or after."""
 
     @property
     def text(self) -> str:
@@ -131,51 +143,65 @@ class Pick:
 
 
 def train(kept: Sequence[Kept], parameters: AlsParameters, ease: EaseParameters) -> ServingModel:
-    """Fit ALS, EASE and the seasonal votes on what customers kept, as the evaluation trains
-    them.
+    """Fit ALS, EASE, the sequels and the seasonal votes on what customers kept, as the
+    evaluation trains them.
 
     The projection keeps each customer's first and last purchase of a product, not every order:
-    the last one dates the purchase for recency, and either counts it in a season."""
+    the last one dates the purchase for recency, the first orders purchases for the sequels, and
+    either counts it in a season."""
     if not kept:
         raise ValueError("nothing to train on: no customer kept any goods")
     data_as_of = max(item.last_bought_at for item in kept) + timedelta(seconds=1)
-    last = [Interaction(k.customer_id, k.product_id, 1, k.last_bought_at) for k in kept]
-    past = history(last, data_as_of)
+    purchases = [
+        *(Interaction(k.customer_id, k.product_id, 1, k.last_bought_at) for k in kept),
+        *(Interaction(k.customer_id, k.product_id, 1, k.first_bought_at) for k in kept),
+    ]
+    past = history(purchases, data_as_of)
     als = fit_als(past, parameters)
     if not np.all(np.isfinite(als.product_factors)):
         raise ArithmeticError("ALS diverged: its product factors are not all finite")
-    first = (Interaction(k.customer_id, k.product_id, 1, k.first_bought_at) for k in kept)
-    seasonal = fit_seasonal(past, [*last, *first])
-    weights = fit_ease(past, ease).similar.astype(np.float32)
+    seasonal = fit_seasonal(past, purchases)
     return ServingModel(
-        past.products, als.product_factors, seasonal.votes, weights, parameters, ease, data_as_of
+        past.products,
+        als.product_factors,
+        seasonal.votes,
+        fit_ease(past, ease).similar.astype(np.float32),
+        fit_sequels(past, SEQUELS_KEPT, KNN_HALF_LIFE_DAYS).similar.astype(np.float32),
+        parameters,
+        ease,
+        data_as_of,
     )
 
 
 def model_from_rows(
     rows: Iterable[tuple[str, Sequence[float], float]],
-    ease_rows: Iterable[tuple[str, str, float]],
+    item_weights: Mapping[str, Iterable[tuple[str, str, float]]],
     parameters: Mapping[str, Any],
     data_as_of: datetime,
 ) -> ServingModel:
     """A stored version back in memory: (product, factors, seasonal vote) rows, sorted here, and
-    (product, other product, EASE weight) rows."""
+    by part (`ServingModel.item_weights`), (product, other product, weight) rows (none for a
+    part the version did not store)."""
     ordered = sorted(rows, key=lambda row: row[0])
     als = AlsParameters(**parameters["als"])
     index = {row[0]: n for n, row in enumerate(ordered)}
-    weights = list(ease_rows)
-    ease = sparse.csr_matrix(
-        (
-            np.array([row[2] for row in weights], dtype=np.float32),
-            ([index[row[0]] for row in weights], [index[row[1]] for row in weights]),
-        ),
-        shape=(len(ordered), len(ordered)),
-    )
+
+    def matrix(part: str) -> sparse.csr_matrix:
+        weights = list(item_weights.get(part, ()))
+        return sparse.csr_matrix(
+            (
+                np.array([row[2] for row in weights], dtype=np.float32),
+                ([index[row[0]] for row in weights], [index[row[1]] for row in weights]),
+            ),
+            shape=(len(ordered), len(ordered)),
+        )
+
     return ServingModel(
         tuple(row[0] for row in ordered),
         np.array([row[1] for row in ordered], dtype=np.float32).reshape(-1, als.factors),
         np.array([row[2] for row in ordered], dtype=np.float32),
-        ease,
+        matrix("ease"),
+        matrix("sequel"),
         als,
         # a version trained before EASE was served has no weights: `outdated` replaces it
         EaseParameters(**parameters.get("ease", {})),
@@ -259,12 +285,18 @@ def personal_picks(
     )
     seeds = recency(KNN_HALF_LIFE_DAYS)
     bought = sparse.csr_matrix((np.ones(len(owned)), (row_index, column_index)), shape=shape)
-    ease = model.ease.tocoo()
-    ease_weights = sparse.csr_matrix(
-        (ease.data, (ease.row, ease.col)), shape=(len(columns), len(columns))
-    )
+
+    def padded(weights: sparse.csr_matrix) -> sparse.csr_matrix:
+        found = weights.tocoo()
+        return sparse.csr_matrix(
+            (found.data, (found.row, found.col)), shape=(len(columns), len(columns))
+        )
+
+    ease_weights = padded(model.ease)
+    sequel_weights = padded(model.sequels)
     parts: dict[str, Recommender] = {
         "ease": ItemKnn(ease_weights, bought, "ease"),
+        "sequel": ItemKnn(sequel_weights, seeds, "sequel"),
         "item-knn": ItemKnn(similar, seeds),
         "als": Als(
             customer_factors(model, als_weights), np.vstack([model.product_factors, padding])
@@ -291,6 +323,7 @@ def personal_picks(
             voters = {
                 "item-knn": _strongest_seeds(seeds[row], similar, chosen),
                 "ease": _strongest_seeds(bought[row], ease_weights, chosen),
+                "sequel": _strongest_seeds(seeds[row], sequel_weights, chosen),
             }
             picks[customers[row]] = [
                 Pick(
@@ -325,7 +358,7 @@ def _reason(
     """Why the `n`th pick was chosen: the reason of the part it owes most to, with, for a part
     that votes through the customer's products, the one that voted most."""
     kind = PART_REASONS[part]
-    if kind == "bought-together":
+    if kind in ("bought-together", "bought-after"):
         voter = int(voters[part][n])
         return Reason(kind, products[voter]) if voter >= 0 else Reason("similar-customers")
     return Reason(kind)

@@ -509,11 +509,21 @@ async def model_products(
     return [(row[0], row[1], row[2]) for row in rows]
 
 
-async def model_ease(conn: asyncpg.Connection, version: int) -> list[tuple[str, str, float]]:
+async def model_item_weights(
+    conn: asyncpg.Connection, version: int
+) -> dict[str, list[tuple[str, str, float]]]:
+    """The version's product-to-product weights, by part (EASE, sequels)."""
     rows = await conn.fetch(
-        "SELECT product_id, other_product_id, weight FROM model_ease WHERE version = $1", version
+        """
+        SELECT part, product_id, other_product_id, weight FROM model_item_weights
+        WHERE version = $1
+        """,
+        version,
     )
-    return [(row[0], row[1], row[2]) for row in rows]
+    found: dict[str, list[tuple[str, str, float]]] = {}
+    for row in rows:
+        found.setdefault(row[0], []).append((row[1], row[2], row[3]))
+    return found
 
 
 async def kept_purchases(
@@ -569,8 +579,8 @@ async def add_model_version(
     trained_at: datetime,
     metrics: Mapping[str, Any],
 ) -> int:
-    """Write a version, its products' factors and its EASE weights; it serves nobody until
-    `swap_model`."""
+    """Write a version, its products' factors and its EASE and sequel weights; it serves nobody
+    until `swap_model`."""
     version: int = await conn.fetchval(
         """
         INSERT INTO model_versions (trained_at, data_as_of, parameters, metrics)
@@ -593,19 +603,21 @@ async def add_model_version(
         model.seasonal.tolist(),
         model.parameters.factors,
     )
-    ease = model.ease.tocoo()
-    await conn.execute(
-        """
-        INSERT INTO model_ease (version, product_id, other_product_id, weight)
-        SELECT $1, ($2::text[])[p + 1], ($2::text[])[o + 1], w
-        FROM unnest($3::int[], $4::int[], $5::real[]) AS e(p, o, w)
-        """,
-        version,
-        list(model.products),
-        ease.row.tolist(),
-        ease.col.tolist(),
-        ease.data.tolist(),
-    )
+    for part, matrix in model.item_weights().items():
+        weights = matrix.tocoo()
+        await conn.execute(
+            """
+            INSERT INTO model_item_weights (version, part, product_id, other_product_id, weight)
+            SELECT $1, $2, ($3::text[])[p + 1], ($3::text[])[o + 1], w
+            FROM unnest($4::int[], $5::int[], $6::real[]) AS e(p, o, w)
+            """,
+            version,
+            part,
+            list(model.products),
+            weights.row.tolist(),
+            weights.col.tolist(),
+            weights.data.tolist(),
+        )
     return version
 
 

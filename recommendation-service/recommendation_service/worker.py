@@ -206,7 +206,7 @@ class ServedModel:
             version = found["version"]
             model = serving.model_from_rows(
                 await store.model_products(conn, version),
-                await store.model_ease(conn, version),
+                await store.model_item_weights(conn, version),
                 found["parameters"],
                 found["data_as_of"],
             )

@@ -59,17 +59,16 @@ async def test_training_swaps_in_a_version_with_every_customers_picks(pool: asyn
         assert model["parameters"]["blend_weights"] == BLEND_WEIGHTS
         assert model["parameters"]["ease"] == asdict(EaseParameters())
         stored = await conn.fetch("SELECT customer_id, version FROM customer_picks")
-        weights = await store.model_ease(conn, version)
-        trained = serving.train(
-            await store.kept_purchases(conn), AlsParameters(), EaseParameters()
-        ).ease.tocoo()
-    # the version's EASE weights are what training computes (EASE has no randomness)
-    assert sorted(weights) == sorted(
-        (trained_products[a], trained_products[b], float(w))
-        for trained_products in [("CUP", "JAM", "MUG", "TEA")]
-        for a, b, w in zip(trained.row, trained.col, trained.data, strict=True)
-    )
-    assert weights
+        weights = await store.model_item_weights(conn, version)
+        trained = serving.train(await store.kept_purchases(conn), AlsParameters(), EaseParameters())
+    # the version's EASE and sequel weights are what training computes (neither has randomness)
+    for part, matrix in trained.item_weights().items():
+        found = matrix.tocoo()
+        assert sorted(weights.get(part, [])) == sorted(
+            (trained.products[a], trained.products[b], float(w))
+            for a, b, w in zip(found.row, found.col, found.data, strict=True)
+        ), part
+    assert weights["ease"]
     assert {row["customer_id"] for row in stored} == set(BASKETS)
     assert {row["version"] for row in stored} == {version}
     for customer, basket in BASKETS.items():
@@ -133,9 +132,10 @@ async def test_a_retrain_request_is_answered_by_the_next_version_and_old_ones_pr
         assert {
             row["version"] for row in await conn.fetch("SELECT version FROM customer_picks")
         } == {versions[-1]}
-        # a version's EASE weights go with it
+        # a version's EASE and sequel weights go with it
         assert {
-            row["version"] for row in await conn.fetch("SELECT DISTINCT version FROM model_ease")
+            row["version"]
+            for row in await conn.fetch("SELECT DISTINCT version FROM model_item_weights")
         } == set(versions[-VERSIONS_KEPT:])
 
 
@@ -156,7 +156,7 @@ async def test_a_version_trained_for_the_blend_served_before_is_replaced_at_once
             """,
             first,
         )
-        await conn.execute("DELETE FROM model_ease WHERE version = $1", first)
+        await conn.execute("DELETE FROM model_item_weights WHERE version = $1", first)
     monkeypatch.setattr(worker, "SERVED", worker.ServedModel())  # loads the version as stored
     while await refresh_picks(pool):  # the marks of the first orders
         pass

@@ -37,6 +37,7 @@ from recommendation_service.models import (
     AlsParameters,
     Blend,
     EaseParameters,
+    History,
     Interaction,
     _largest_per_row,
     best_per_row,
@@ -46,10 +47,12 @@ from recommendation_service.models import (
     fit_item_knn,
     fit_popularity,
     fit_seasonal,
+    fit_sequels,
     history,
     names,
     nearest_neighbours,
     scaled,
+    sequel_counts,
     similar_products,
     top_k,
 )
@@ -114,6 +117,12 @@ def test_history_counts_what_was_kept_before_the_split_and_only_goods() -> None:
     assert past.products == ("MUG", "TEA")
     assert past.bought.toarray().tolist() == [[0, 1], [1, 0]]
     assert past.last_bought_age_days[0, 1] == pytest.approx(11.0)
+
+
+def test_history_dates_each_product_s_first_and_last_purchase() -> None:
+    past = history([bought("C1", "MUG", 10), bought("C1", "MUG", 3), bought("C1", "MUG", 1, -1)], T)
+    assert past.first_bought_age_days[0, 0] == pytest.approx(11.0)
+    assert past.last_bought_age_days[0, 0] == pytest.approx(4.0)  # a return is no purchase
 
 
 def test_interactions_read_orders_as_purchases_and_refunds_as_returns() -> None:
@@ -297,6 +306,51 @@ def test_ease_learns_weights_among_the_most_bought_goods_only() -> None:
     )
 
 
+def _sequel_history() -> History:
+    return history(
+        [
+            bought("C1", "JAM", 30),
+            bought("C1", "TEA", 20),
+            bought("C1", "MUG", 20),  # in the same order as TEA: neither follows the other
+            bought("C1", "JAM", 5),  # bought again: its first purchase sets the order
+            bought("C2", "JAM", 30),
+            bought("C2", "TEA", 10),
+            bought("C3", "TEA", 30),
+            bought("C3", "JAM", 10),
+            bought("C3", "CUP", 40),
+            bought("C3", "CUP", 35, quantity=-1),  # returned: C3 is no buyer of CUP
+        ],
+        T,
+    )
+
+
+def test_sequels_count_the_customers_who_went_on_to_buy_in_a_later_order() -> None:
+    past = _sequel_history()
+    at = past.products.index
+    counts = sequel_counts(past).toarray()
+    assert "CUP" not in past.products
+    assert counts[at("JAM"), at("TEA")] == 2  # C1 and C2
+    assert counts[at("TEA"), at("JAM")] == 1  # C3
+    assert counts[at("JAM"), at("MUG")] == 1
+    assert counts[at("TEA"), at("MUG")] == counts[at("MUG"), at("TEA")] == 0
+    assert counts.diagonal().tolist() == [0.0] * len(past.products)
+
+
+def test_sequel_weights_are_scaled_by_both_buyer_counts_and_kept_per_product() -> None:
+    past = _sequel_history()
+    at = past.products.index
+    weights = fit_sequels(past, 2, 90.0).similar
+    assert weights[at("JAM"), at("TEA")] == pytest.approx(2 / 3)  # 2 of 3 buyers each
+    assert weights[at("JAM"), at("MUG")] == pytest.approx(1 / np.sqrt(3))
+    strongest = fit_sequels(past, 1, 90.0)
+    assert strongest.similar[at("JAM")].nonzero()[1].tolist() == [at("TEA")]
+    customer = past.customers.index("C2")  # JAM, then TEA: MUG is what JAM's buyers went on to
+    ranked = top_k(strongest.scores(rows(customer)), past.bought[[customer]], 10)[0].tolist()
+    assert names(past, ranked) == []  # TEA is kept; MUG fell to the kept limit
+    ranked = top_k(fit_sequels(past, 2, 90.0).scores(rows(customer)), past.bought[[customer]], 10)
+    assert names(past, ranked[0].tolist()) == ["MUG"]
+
+
 def test_blend_scales_each_model_per_customer_before_weighing() -> None:
     assert scaled(np.array([[2.0, 1.0, -1.0], [0.0, 0.0, 0.0]], dtype=np.float32)).tolist() == [
         [1.0, 0.5, 0.0],
@@ -335,6 +389,7 @@ def test_evaluation_of_a_sample_ranks_the_blend_above_every_single_model(
         "item-knn",
         "als",
         "ease",
+        "sequel",
         "blend",
     ]
     ndcg = {name: figures[1] for name, figures in rows_by_name.items()}
@@ -342,7 +397,9 @@ def test_evaluation_of_a_sample_ranks_the_blend_above_every_single_model(
     assert ndcg["item-knn"] > 1.5 * ndcg["popularity"]
     assert ndcg["als"] > 1.5 * ndcg["popularity"]
     assert ndcg["ease"] > 1.5 * ndcg["popularity"]
-    assert ndcg["blend"] > max(ndcg["item-knn"], ndcg["als"], ndcg["seasonal"], ndcg["ease"])
+    assert ndcg["sequel"] > ndcg["popularity"]
+    singles = ("item-knn", "als", "seasonal", "ease", "sequel")
+    assert ndcg["blend"] > max(ndcg[name] for name in singles)
 
 
 def test_ease_weights_ranked_a_block_of_rows_at_a_time_equal_the_whole_ranking() -> None:
@@ -387,7 +444,7 @@ def test_a_sweep_gives_the_figures_of_each_blend_of_the_fitted_parts() -> None:
     fitted = {model.name: model for model in models}
     parts = cache_parts(fitted, data)
     # the history is shorter than a year: the seasonal part scores nothing and is not swept
-    assert scoring_parts(parts) == ["ease", "als", "item-knn"]
+    assert scoring_parts(parts) == ["ease", "als", "item-knn", "sequel"]
     grid = weightings(scoring_parts(parts), (0.0, 0.3, 1.0))
     done: list[int] = []
     found_figures = sweep(parts, data, grid, done.append)
@@ -411,7 +468,7 @@ def test_the_sweep_report_ranks_the_best_ndcg_first_and_marks_the_served_weights
     ndcg = [float(line.split("|")[6]) for line in lines[2:]]
     assert ndcg == sorted(ndcg, reverse=True) and len(ndcg) == 2
     (marked,) = [line for line in lines[2:] if "(served)" in line]
-    assert marked.split("|")[1:5] == [f" {served[n]:g} " for n in served] + [" - "]
+    assert marked.split("|")[1:6] == [f" {served[n]:g} " for n in served] + [" - ", " - "]
 
 
 @pytest.mark.skipif(DATA is None, reason="shared/data/online_retail.csv.gz not found")
@@ -435,5 +492,5 @@ def test_the_sweep_of_a_sample_on_a_validation_window(capsys: pytest.CaptureFixt
     assert "until 2011-09-01" in out
     rows = [line for line in out.splitlines() if line.startswith("| 1 |")]
     # no season a year before 2011-07-01 in the file: the seasonal weight is not swept
-    assert len(rows) == len(weightings(["ease", "als", "item-knn"]))
+    assert len(rows) == len(weightings(["ease", "als", "item-knn", "sequel"]))
     assert all(line.split("|")[4].strip() == "-" for line in rows)

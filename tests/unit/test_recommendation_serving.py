@@ -41,22 +41,27 @@ def _model(
     products: tuple[str, ...],
     seasonal: list[float] | None = None,
     ease: dict[tuple[str, str], float] | None = None,
+    sequels: dict[tuple[str, str], float] | None = None,
 ) -> ServingModel:
-    """A version whose ALS knows nothing (zero factors): item-kNN, the season vote and the EASE
-    weights given (none by default)."""
+    """A version whose ALS knows nothing (zero factors): item-kNN, the season vote, the EASE
+    and the sequel weights given (none by default)."""
     index = {product: n for n, product in enumerate(products)}
-    weights = ease or {}
-    return ServingModel(
-        products,
-        np.zeros((len(products), SMALL.factors), dtype=np.float32),
-        np.array(seasonal or [0.0] * len(products), dtype=np.float32),
-        sparse.csr_matrix(
+
+    def matrix(weights: dict[tuple[str, str], float]) -> sparse.csr_matrix:
+        return sparse.csr_matrix(
             (
                 np.array(list(weights.values()), dtype=np.float32),
                 ([index[a] for a, _ in weights], [index[b] for _, b in weights]),
             ),
             shape=(len(products), len(products)),
-        ),
+        )
+
+    return ServingModel(
+        products,
+        np.zeros((len(products), SMALL.factors), dtype=np.float32),
+        np.array(seasonal or [0.0] * len(products), dtype=np.float32),
+        matrix(ease or {}),
+        matrix(sequels or {}),
         SMALL,
         EASE,
         T0 + timedelta(days=30),
@@ -77,21 +82,27 @@ def test_training_learns_the_goods_kept_and_dates_the_version_after_the_newest_p
 
 
 def test_a_stored_version_reads_back_as_it_was_trained() -> None:
-    model = train([*_kept("C1", "JAM", "TEA"), *_kept("C2", "JAM", "MUG")], SMALL, EASE)
+    kept = [*_kept("C1", "JAM", "TEA"), *_kept("C2", "JAM"), *_kept("C2", "MUG", day=3)]
+    model = train(kept, SMALL, EASE)
+    assert model.sequels[0, 1] > 0 and model.sequels[1, 0] == 0  # C2: JAM, then MUG
     rows = [
         (product, model.product_factors[n].tolist(), float(model.seasonal[n]))
         for n, product in reversed(list(enumerate(model.products)))
     ]
-    ease = model.ease.tocoo()
-    weights = [
-        (model.products[a], model.products[b], float(w))
-        for a, b, w in zip(ease.row, ease.col, ease.data, strict=True)
-    ]
-    assert weights
+    weights = {
+        part: [
+            (model.products[a], model.products[b], float(w))
+            for a, b, w in zip(found.row, found.col, found.data, strict=True)
+        ]
+        for part, matrix in model.item_weights().items()
+        for found in [matrix.tocoo()]
+    }
+    assert weights["ease"] and weights["sequel"]
     again = model_from_rows(rows, weights, model.described(), model.data_as_of)
     assert again.products == model.products
     assert np.array_equal(again.product_factors, model.product_factors)
     assert np.array_equal(again.ease.toarray(), model.ease.toarray())
+    assert np.array_equal(again.sequels.toarray(), model.sequels.toarray())
     assert again.parameters == SMALL and again.ease_parameters == EASE
 
 
@@ -109,6 +120,15 @@ def test_picks_leave_out_what_was_bought_and_name_the_product_that_voted_most() 
     assert (mug.reason.kind, mug.reason.product_id) == ("bought-together", "CUP")
     assert (tea.reason.kind, tea.reason.product_id) == ("bought-together", "JAM")
     assert pick_document(tea, "Tea")["reason"]["text"] == "bought together with JAM"
+
+
+def test_a_pick_owed_to_the_sequels_names_the_product_it_follows() -> None:
+    model = _model(("JAM", "MUG", "TEA"), sequels={("JAM", "TEA"): 0.9, ("TEA", "JAM"): 0.0})
+    picks = personal_picks(model, ["ME"], _kept("ME", "JAM"), [])
+    assert [pick.product_id for pick in picks["ME"]] == ["TEA"]
+    (tea,) = picks["ME"]
+    assert (tea.reason.kind, tea.reason.product_id) == ("bought-after", "JAM")
+    assert pick_document(tea, "Tea")["reason"]["text"] == "often bought after JAM"
 
 
 def test_a_product_scoring_only_rounding_noise_is_no_pick() -> None:
@@ -168,8 +188,10 @@ def test_a_version_trained_for_the_blend_served_before_reads_back_and_is_outdate
         "als": model.described()["als"],
         "blend_weights": {"item-knn": 1.0, "als": 1.0, "seasonal": 1.0},
     }
-    old = model_from_rows(rows, [], before, model.data_as_of)
-    assert old.ease.nnz == 0 and personal_picks(old, ["ME"], _kept("ME", "JAM"), [])
+    old = model_from_rows(rows, {}, before, model.data_as_of)
+    assert old.ease.nnz == old.sequels.nnz == 0 and personal_picks(
+        old, ["ME"], _kept("ME", "JAM"), []
+    )
     assert outdated(before) and not outdated(model.described())
 
 
