@@ -342,7 +342,7 @@ def sequel_counts(past: History) -> sparse.csr_matrix:
     what people go on to buy, which is what a recommendation for the weeks ahead foresees."""
     ages = past.first_bought_age_days
     count = len(past.products)
-    total = sparse.csr_matrix((count, count), dtype=np.float64)
+    total = sparse.csr_matrix((count, count), dtype=np.float32)
     earlier: list[npt.NDArray[np.int32]] = []
     later: list[npt.NDArray[np.int32]] = []
 
@@ -350,7 +350,8 @@ def sequel_counts(past: History) -> sparse.csr_matrix:
         pairs = (np.concatenate(earlier), np.concatenate(later))
         earlier.clear()
         later.clear()
-        return sparse.csr_matrix((np.ones(len(pairs[0])), pairs), shape=(count, count))
+        ones = np.ones(len(pairs[0]), dtype=np.float32)  # counts stay exact below 2**24
+        return sparse.csr_matrix((ones, pairs), shape=(count, count))
 
     for customer in range(ages.shape[0]):
         start, end = ages.indptr[customer], ages.indptr[customer + 1]
@@ -371,8 +372,10 @@ def fit_sequels(past: History, kept: int, half_life_days: float) -> ItemKnn:
     recency), of how often buyers of that product went on to buy the candidate
     (`sequel_counts`), over the square root of both products' buyer counts, as cosine does. Each
     product keeps its `kept` largest weights."""
-    scale = sparse.diags(1.0 / np.sqrt(np.maximum(past.buyers, 1.0)))
-    weights = (scale @ sequel_counts(past) @ scale).tocsr()
+    weights = sequel_counts(past)  # scaled in place: the counts are the largest matrix here
+    scale = (1.0 / np.sqrt(np.maximum(past.buyers, 1.0))).astype(np.float32)
+    weights.data *= scale[np.repeat(np.arange(weights.shape[0]), np.diff(weights.indptr))]
+    weights.data *= scale[weights.indices]
     rows, columns = _largest_per_row(weights, kept)
     chosen = sparse.csr_matrix((np.ones(len(rows)), (rows, columns)), shape=weights.shape)
     similar = sparse.csr_matrix(weights.multiply(chosen))
