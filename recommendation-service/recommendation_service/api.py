@@ -26,6 +26,7 @@ from crm_shared.contracts.events import (
     SegmentName,
 )
 from crm_shared.runtime.http import (
+    DirectRoute,
     connection,
     create_api,
     database_lifespan,
@@ -279,11 +280,6 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
             product=_stats(found), also_bought=[CoPurchased.model_validate(r) for r in rows]
         )
 
-    @app.get(
-        "/customers/{customer_id}/recommendations",
-        response_model=CustomerRecommendations,
-        openapi_extra=documented_parameters({"customer_id": CUSTOMER_ID}, PICKS_QUERY),
-    )
     async def recommendations(request: Request) -> Response:
         """The customer's picks, precomputed by the served model (the blend) and kept current
         after their own purchases and consents, each with its reason; popular goods they have not
@@ -291,8 +287,8 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
         when they do not allow personalisation. On the customer 360's path: one row read,
         served as PostgreSQL's JSON text. With a catalogue filter, the picks that match, topped
         up with popular goods that match."""
-        # The parameters are validated here in one go: FastAPI solving them one by one cost
-        # about as much as the rest of the request (docs/performance.md, 2026-11-29).
+        # Validated here in one go, the route a DirectRoute: FastAPI solving eight parameters
+        # one by one cost about as much as the rest of the request (docs/performance.md).
         customer_id = parsed(CUSTOMER_ID, request.path_params["customer_id"], "path", "customer_id")
         query = parsed(PICKS_QUERY, dict(request.query_params), "query")
         wanted, limit = query.wanted(), query.limit
@@ -320,6 +316,15 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
             "recommendations": [popular_document(row) for row in popular],
         }
         return Response(json.dumps(body, default=datetime.isoformat), media_type=JSON)
+
+    app.router.add_api_route(
+        "/customers/{customer_id}/recommendations",
+        recommendations,
+        methods=["GET"],
+        response_model=CustomerRecommendations,
+        openapi_extra=documented_parameters({"customer_id": CUSTOMER_ID}, PICKS_QUERY),
+        route_class_override=DirectRoute,
+    )
 
     async def filtered_recommendations(
         customer_id: str, request: Request, wanted: CatalogueFilter, limit: int

@@ -8,7 +8,7 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -213,6 +214,20 @@ def model_response(model: BaseModel) -> Response:
     has FastAPI validate it again against the response model and encode it a second time; the
     decorator's response_model still documents the shape."""
     return Response(model.model_dump_json(), media_type="application/json")
+
+
+Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+class DirectRoute(APIRoute):
+    """A route FastAPI documents (its response model, `documented_parameters`) but does not
+    solve: the endpoint takes the Request, validates its parameters itself (`parsed`) and returns
+    a Response. FastAPI's request handler (dependency solving, response checks) cost about a
+    tenth of a top-10 request even with the Request as its only parameter."""
+
+    def get_route_handler(self) -> Endpoint:
+        endpoint: Endpoint = self.endpoint
+        return endpoint
 
 
 def parsed(adapter: TypeAdapter[T], value: object, *where: str) -> T:
