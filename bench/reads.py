@@ -71,6 +71,7 @@ class LoadResult:
     socket_errors: int
     p50_ms: float
     p99_ms: float
+    max_ms: float
 
     @property
     def rate(self) -> float:
@@ -88,12 +89,22 @@ def parse_wrk(output: str) -> LoadResult:
         socket_errors=figures["socket_errors"],
         p50_ms=figures["p50_us"] / 1000,
         p99_ms=figures["p99_us"] / 1000,
+        max_ms=figures["max_us"] / 1000,
     )
 
 
 async def run_wrk(
-    url: str, key: str, ids_file: Path, template: str, seconds: float, concurrency: int
-) -> LoadResult:
+    url: str,
+    key: str,
+    ids_file: Path,
+    template: str,
+    seconds: float,
+    concurrency: int,
+    script: Path = LUA_SCRIPT,
+    *script_args: str,
+) -> str:
+    """wrk's output: one thread, `concurrency` keep-alive connections, `script` given the ids
+    file, the path template and `script_args`."""
     wrk = await asyncio.create_subprocess_exec(
         "wrk",
         "--threads",
@@ -107,18 +118,19 @@ async def run_wrk(
         "--header",
         f"Authorization: Bearer {key}",
         "--script",
-        str(LUA_SCRIPT),
+        str(script),
         url,
         "--",
         str(ids_file),
         template,
+        *script_args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await wrk.communicate()
     if wrk.returncode != 0:
         raise RuntimeError(f"wrk failed ({wrk.returncode}): {err.decode()}")
-    return parse_wrk(out.decode())
+    return out.decode()
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -277,8 +289,8 @@ async def run(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any
                 await run_wrk(url, token, ids_file, template, args.warmup, args.concurrency)
                 say(f"{name}: measuring for {args.seconds:g} s")
                 before, wrk_before = cpu_seconds(measured), own_children_cpu()
-                result = await run_wrk(
-                    url, token, ids_file, template, args.seconds, args.concurrency
+                result = parse_wrk(
+                    await run_wrk(url, token, ids_file, template, args.seconds, args.concurrency)
                 )
                 after, wrk_spent = cpu_seconds(measured), own_children_cpu() - wrk_before
                 spent = {name: after[name] - before[name] for name in measured}

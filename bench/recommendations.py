@@ -2,24 +2,26 @@
 recommendation service and through the gateway, and how soon a purchase changes similar items.
 
     ./crm bench-recommendations [--rate 1000] [--seconds 15] [--sample N] [--data PATH]
+                                [--target service|gateway ...] [--top-10-only]
 
 Starts the recommendation worker, its API and the gateway on the bench's own broker, database and
 ports, publishes the UCI Online Retail orders and refunds (`--sample N`: the first N customers),
 waits until the worker holds them and a model version trained on all of them is swapped in with
 every customer's picks, then:
 
-- top 10: an open-loop load generator (aiohttp, one process) sends `--rate` requests/s at fixed
-  times for `--seconds`, spread over the customers who bought, first to the service, then to the
-  gateway. Latency is counted from the time a request was due, so a stall is not hidden by fewer
-  requests being sent (no coordinated omission). Prints the achieved rate, p50/p99 and the CPU
-  each process spent per request (from /proc; less noisy than latency on a shared machine);
+- top 10: wrk (C, one thread, `--connections` keep-alive connections; bench/fixed_rate.lua)
+  sends `--rate` requests/s on a fixed schedule for `--seconds`, spread over the customers who
+  bought, first to the service, then to the gateway (`--target` picks one). A request due while
+  every connection is busy starts late and is counted so (wrk times a request from when it is
+  sent). Prints the achieved rate, p50/p99/max, errors, the load average and the CPU each process
+  spent per request (from /proc; less noisy than latency on a shared machine), wrk's included;
 - freshness: once the neighbour job has computed the whole catalogue (no product marked) and
   the picks job every customer's picks,
   `--purchases` times, a new customer buys a product that others bought, and the product's
   similar items are polled every 20 ms until they change: from publishing to the changed
   answer (median and p95), with the neighbour job's runs meanwhile and the worker's CPU per run
   (from /proc; the worker does little else while one purchase at a time arrives).
-  `--freshness-only` skips the training and the top 10.
+  `--freshness-only` skips the training and the top 10, `--top-10-only` this.
 
 Targets (issue 9, "Served fast"): top-10 p99 <= 5 ms at 1,000 requests/s; a purchase changes the
 similar-item results within 2 s.
@@ -33,10 +35,11 @@ import json
 import math
 import os
 import random
-import resource
 import statistics
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,7 +49,17 @@ import asyncpg
 
 from bench import recommendation_swap
 from bench.pipeline import encoded, publish, say, wait_caught_up
-from bench.reads import bench_env, cpu_line, cpu_seconds, create_key, measured_processes
+from bench.reads import (
+    LoadResult,
+    bench_env,
+    cpu_line,
+    cpu_seconds,
+    create_key,
+    measured_processes,
+    own_children_cpu,
+    parse_wrk,
+    run_wrk,
+)
 from crm_shared.contracts.sdk import EventPublisher
 from crm_shared.ops import launcher
 from crm_shared.ops.demo import retail
@@ -59,9 +72,7 @@ TOP_10 = {
     "gateway": "/v1/customers/{id}/recommendations?limit=10",
 }
 POLL_SECONDS = 0.02
-CONNECTIONS = 64
-"""Keep-alive connections of the load generator: requests due while all are busy wait for one
-(and count that wait), instead of opening thousands of sockets when the server falls behind."""
+PACING_SCRIPT = Path(__file__).with_name("fixed_rate.lua")
 GIVE_UP_SECONDS = 120
 """A purchase whose change takes longer is counted at this (a machine that busy says enough)."""
 
@@ -72,6 +83,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=1000, help="requests/s (1000)")
     parser.add_argument("--seconds", type=float, default=15, help="measured seconds a target")
     parser.add_argument("--warmup", type=float, default=3, help="unmeasured seconds a target")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=64,
+        help="wrk's keep-alive connections (64): a request due while all are busy starts late",
+    )
+    parser.add_argument(
+        "--target",
+        dest="targets",
+        action="append",
+        choices=list(TOP_10),
+        help="top 10 from this target only (repeatable; default: the service, then the gateway)",
+    )
     parser.add_argument("--purchases", type=int, default=20, help="freshness measurements")
     parser.add_argument(
         "--bestsellers", type=int, default=3, help="freshness of the N most bought products"
@@ -80,6 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--freshness-only",
         action="store_true",
         help="measure only how soon a purchase changes similar items (no training, no top 10)",
+    )
+    parser.add_argument(
+        "--top-10-only", action="store_true", help="measure only the top 10 (no freshness)"
     )
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument(
@@ -95,53 +122,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def fixed_rate(
-    session: aiohttp.ClientSession,
-    urls: Sequence[str],
-    headers: Mapping[str, str],
-    rate: float,
-    seconds: float,
-) -> dict[str, Any]:
-    """Send `rate` requests/s at fixed times for `seconds`; latency from each one's due time."""
-    latencies: list[float] = []
-    failures = 0
-    total = int(rate * seconds)
+@dataclass(frozen=True)
+class Paced:
+    """One target at the fixed rate: wrk's figures, the slots that started late, the load
+    average around the run and the CPU ms each process spent per request."""
 
-    async def one(url: str, due: float) -> None:
-        nonlocal failures
-        try:
-            async with session.get(url, headers=headers) as response:
-                await response.read()
-                if response.status != 200:
-                    failures += 1
-        except aiohttp.ClientError:
-            failures += 1
-        latencies.append(time.perf_counter() - due)
+    result: LoadResult
+    late: int
+    late_max_ms: float
+    load_average: tuple[float, float]
+    cpu_ms_per_request: dict[str, float]
+    wrk_cpu_ms_per_request: float
 
-    started = time.perf_counter()
-    tasks = []
-    for n in range(total):
-        due = started + n / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(urls[n % len(urls)], due)))
-    await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - started
-    ordered = sorted(latencies)
-    return {
-        "requests": total,
-        "rate": total / elapsed,
-        "failures": failures,
-        "p50_ms": ordered[len(ordered) // 2] * 1000,
-        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
-        "max_ms": ordered[-1] * 1000,
-    }
+    def line(self) -> str:
+        r = self.result
+        return (
+            f"{r.rate:7,.0f} requests/s   p50 {r.p50_ms:6.2f} ms   p99 {r.p99_ms:6.2f} ms   "
+            f"max {r.max_ms:7.1f} ms   ({r.not_2xx} not 2xx, {r.socket_errors} socket errors; "
+            f"{self.late} started late, at most {self.late_max_ms:.1f} ms; load average "
+            f"{self.load_average[0]:.1f} to {self.load_average[1]:.1f})"
+        )
 
 
-def own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def parse_pacing(output: str) -> tuple[int, float]:
+    """(slots started late, the latest by ms) from bench/fixed_rate.lua's pacing line."""
+    line = next(text for text in output.splitlines() if text.startswith('{"late"'))
+    figures = json.loads(line)
+    return figures["late"], figures["late_max_us"] / 1000
+
+
+async def paced(
+    url: str, token: str, ids_file: Path, template: str, args: argparse.Namespace, seconds: float
+) -> str:
+    """wrk's output of `seconds` at `--rate` requests/s over `--connections` connections."""
+    return await run_wrk(
+        url,
+        token,
+        ids_file,
+        template,
+        seconds,
+        args.connections,
+        PACING_SCRIPT,
+        f"{args.rate:g}",
+    )
 
 
 async def top_10(
@@ -149,41 +172,42 @@ async def top_10(
     env: Mapping[str, str],
     customers: Sequence[str],
     key: str,
-) -> dict[str, Any]:
+) -> dict[str, Paced]:
     """Each target at the fixed rate: latencies, and CPU ms per request of every process."""
     bases = {
         "service": f"http://127.0.0.1:{launcher.BY_NAME['recommendation-api'].port(env)}",
         "gateway": f"http://127.0.0.1:{launcher.BY_NAME['gateway-api'].port(env)}",
     }
-    headers = {
-        "service": {"Authorization": f"Bearer {env['CRM_SERVICE_TOKEN']}"},
-        "gateway": {"Authorization": f"Bearer {key}"},
-    }
-    order = list(customers)
-    random.Random(args.seed).shuffle(order)
+    tokens = {"service": env["CRM_SERVICE_TOKEN"], "gateway": key}
     measured = measured_processes(env)
-    figures: dict[str, Any] = {}
-    connector = aiohttp.TCPConnector(limit=CONNECTIONS)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        for target, template in TOP_10.items():
-            urls = [bases[target] + template.format(id=customer) for customer in order]
+    figures: dict[str, Paced] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        ids_file = Path(folder) / "customers.txt"
+        ids_file.write_text("\n".join(customers) + "\n")
+        for target in args.targets or TOP_10:
+            url, template = bases[target], TOP_10[target]
             say(f"top 10 from the {target}: {args.warmup:g} s warm-up at {args.rate:g}/s")
-            await fixed_rate(session, urls, headers[target], args.rate, args.warmup)
+            await paced(url, tokens[target], ids_file, template, args, args.warmup)
             say(f"top 10 from the {target}: measuring for {args.seconds:g} s")
-            before, mine = cpu_seconds(measured), own_cpu()
-            result = await fixed_rate(session, urls, headers[target], args.rate, args.seconds)
-            after, mine = cpu_seconds(measured), own_cpu() - mine
-            requests = max(result["requests"], 1)
-            result["cpu_ms_per_request"] = {
-                name: (after[name] - before[name]) * 1000 / requests for name in measured
-            }
-            result["load_generator_cpu_ms_per_request"] = mine * 1000 / requests
-            figures[target] = result
-            say(
-                f"{target}: {result['rate']:,.0f} requests/s, p50 {result['p50_ms']:.2f} ms, "
-                f"p99 {result['p99_ms']:.2f} ms, {result['failures']} failed; "
-                f"{cpu_line(result['cpu_ms_per_request'])}"
+            load_before = os.getloadavg()[0]
+            before, wrk_before = cpu_seconds(measured), own_children_cpu()
+            output = await paced(url, tokens[target], ids_file, template, args, args.seconds)
+            after, wrk_spent = cpu_seconds(measured), own_children_cpu() - wrk_before
+            result = parse_wrk(output)
+            requests = max(result.requests, 1)
+            late, late_max_ms = parse_pacing(output)
+            figures[target] = Paced(
+                result=result,
+                late=late,
+                late_max_ms=late_max_ms,
+                load_average=(load_before, os.getloadavg()[0]),
+                cpu_ms_per_request={
+                    name: (after[name] - before[name]) * 1000 / requests for name in measured
+                },
+                wrk_cpu_ms_per_request=wrk_spent * 1000 / requests,
             )
+            say(f"{target}: {figures[target].line()}")
+            say(f"{target}: {cpu_line(figures[target].cpu_ms_per_request)}")
     return figures
 
 
@@ -375,6 +399,8 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
                 report["rate"], report["seconds"] = args.rate, args.seconds
                 key = await create_key(env, "recommendations:read")
                 report["top_10"] = await top_10(args, env, customers, key)
+            if args.top_10_only:
+                return report
             say("waiting for the neighbour and picks jobs to catch up with the load")
             report["catalogue_wait_seconds"] = await catalogue_computed(pool)
             report["similar_products"] = await pool.fetchval(
@@ -401,18 +427,16 @@ def show(report: Mapping[str, Any]) -> None:
             f"  {report['customers_with_picks']:,} with precomputed picks, model version "
             f"{report['model']['version']} trained in {metrics['training_seconds']:.1f} s on "
             f"{metrics['purchases']:,} kept purchases; top 10 at {report['rate']:,.0f} "
-            f"requests/s for {report['seconds']:g} s, open loop:"
+            f"requests/s for {report['seconds']:g} s, wrk on a fixed schedule:"
         )
         for target, figures in report["top_10"].items():
+            print(f"  {target:8} {figures.line()}")
             print(
-                f"  {target:8} {figures['rate']:7,.0f} requests/s   p50 {figures['p50_ms']:6.2f} ms"
-                f"   p99 {figures['p99_ms']:6.2f} ms   max {figures['max_ms']:7.1f} ms"
-                f"   ({figures['failures']} failed)"
+                f"  {'':8} {cpu_line(figures.cpu_ms_per_request)}; wrk "
+                f"{figures.wrk_cpu_ms_per_request:.2f}"
             )
-            print(
-                f"  {'':8} {cpu_line(figures['cpu_ms_per_request'])}; load generator "
-                f"{figures['load_generator_cpu_ms_per_request']:.2f}"
-            )
+    if "similar_change_seconds" not in report:
+        return
     print(
         f"  {report['similar_products']:,} similar-product rows; "
         "a purchase changes the similar items"

@@ -212,6 +212,49 @@ async def test_filters_narrow_picks_and_similar_items_and_top_them_up(
     assert status == 422
 
 
+async def test_a_customers_picks_refuse_bad_parameters_with_where_and_why(
+    pool: asyncpg.Pool, fresh_dsn: str
+) -> None:
+    """The route validates its parameters itself (one model, not FastAPI's per-parameter
+    solving): each bad one is still a 422 that names it, as FastAPI's own are."""
+    await fold(pool, _events(), 10, job_every=1)
+    assert await train_model(pool) is not None
+    bad = {
+        "/customers/ME/recommendations?limit=0": "query.limit",
+        "/customers/ME/recommendations?limit=51": "query.limit",
+        "/customers/ME/recommendations?limit=ten": "query.limit",
+        "/customers/ME/recommendations?available=maybe": "query.available",
+        "/customers/ME/recommendations?currency=pounds&limit=3": "query.currency",
+        "/customers/ME/recommendations?min_price=-1": "query.min_price",
+        "/customers/M%20E/recommendations": "path.customer_id",
+    }
+    for path, where in bad.items():
+        status, refused = await _get(fresh_dsn, path)
+        assert status == 422, path
+        assert refused["error"]["message"] == "the request is invalid"
+        assert [problem["where"] for problem in refused["error"]["details"]] == [where], path
+    status, answer = await _get(fresh_dsn, "/customers/ME/recommendations?limit=2&unknown=1")
+    assert status == 200 and len(answer["recommendations"]) == 2  # unknown ones are ignored
+
+
+def test_the_customers_picks_route_documents_its_parameters_and_answer() -> None:
+    operation = create_app(RecommendationSettings()).openapi()["paths"][
+        "/customers/{customer_id}/recommendations"
+    ]["get"]
+    documented = {(p["name"], p["in"], p["required"]) for p in operation["parameters"]}
+    assert documented == {
+        ("customer_id", "path", True),
+        ("limit", "query", False),
+        ("category", "query", False),
+        ("min_price", "query", False),
+        ("max_price", "query", False),
+        ("currency", "query", False),
+        ("available", "query", False),
+    }
+    answer = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/CustomerRecommendations"}
+
+
 def _refund(n: int, customer: str, country: str, product: str, day: int) -> dict[str, Any]:
     return build_event(
         "crm.order.refunded.v1",
