@@ -69,6 +69,8 @@ class ChunkPlanned:
     purpose: str
     decided: Counter[tuple[str, tuple[str, ...]]]
     """Recipients per (reason, decision codes), for crm_broadcast_decisions."""
+    campaign_seconds: float | None = None
+    """Once finished, how long the whole plan took, its chunks added up."""
 
 
 async def plan_chunk(conn: asyncpg.Connection, planner: Planner) -> ChunkPlanned | None:
@@ -107,10 +109,7 @@ async def plan_chunk(conn: asyncpg.Connection, planner: Planner) -> ChunkPlanned
         PLANNED_REASONS,
     )
     finished = recipients < planner.chunk_size
-    if finished:
-        total = await store.finish_plan(conn, campaign.campaign_id, at)
-        metrics.CAMPAIGNS_PLANNED.inc()
-        metrics.PLANNING_SECONDS.observe(total)
+    total = await store.finish_plan(conn, campaign.campaign_id, at) if finished else None
     return ChunkPlanned(
         campaign.campaign_id,
         recipients,
@@ -120,6 +119,7 @@ async def plan_chunk(conn: asyncpg.Connection, planner: Planner) -> ChunkPlanned
         finished,
         campaign.definition.purpose.value,
         plan.decided,
+        total,
     )
 
 
@@ -139,7 +139,10 @@ async def plan_due(
                 chunk = await plan_chunk(conn, planner)
             if chunk is None:
                 return chunks
-            chunks += 1
+            chunks += 1  # counted once committed: a chunk rolled back is planned again
+            if chunk.campaign_seconds is not None:
+                metrics.CAMPAIGNS_PLANNED.inc()
+                metrics.PLANNING_SECONDS.observe(chunk.campaign_seconds)
             for reason, count in chunk.reasons.items():
                 metrics.CAMPAIGN_RECIPIENTS.labels(reason).inc(count)
             metrics.count_planned(chunk.purpose, chunk.decided)

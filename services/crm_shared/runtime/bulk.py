@@ -20,6 +20,7 @@ import asyncpg
 
 from crm_shared.contracts.events import CLOCK_TICKED, MAX_FUTURE_SKEW, ClockTicked, Event
 from crm_shared.contracts.topics import topic_for
+from crm_shared.runtime import metrics
 from crm_shared.runtime.projector import (
     NOT_THE_EVENTS_FAULT,
     TRANSIENT_ERRORS,
@@ -156,22 +157,24 @@ class BulkFolder:
         fresh = self._first_sightings(in_tick_rounds(batch.events))
         applied = fresh
         try:
-            async with self.conn.transaction():
-                related = await self._related(batch.events)
-                await self._fold_runs(applied)
-                await self._record(applied, batch.next_offsets)
-                related |= await self._related(batch.events)
+            with metrics.counted_on_commit():
+                async with self.conn.transaction():
+                    related = await self._related(batch.events)
+                    await self._fold_runs(applied)
+                    await self._record(applied, batch.next_offsets)
+                    related |= await self._related(batch.events)
         except TRANSIENT_ERRORS:
             raise
         except NOT_THE_EVENTS_FAULT as error:
             raise RebuildFailed.schema_mismatch(error) from error
         except Exception:
             log.exception("bulk batch failed; folding its events one by one to isolate the bad one")
-            async with self.conn.transaction():
-                related = await self._related(batch.events)
-                applied = await self._fold_one_by_one(fresh)
-                await self._record(applied, batch.next_offsets)
-                related |= await self._related(batch.events)
+            with metrics.counted_on_commit():
+                async with self.conn.transaction():
+                    related = await self._related(batch.events)
+                    applied = await self._fold_one_by_one(fresh)
+                    await self._record(applied, batch.next_offsets)
+                    related |= await self._related(batch.events)
         self.positions.update(batch.next_offsets)
         # Duplicates too: the live side may have applied them.
         self._note_touched(batch.events, related)
@@ -202,8 +205,9 @@ class BulkFolder:
         applied: list[Event] = []
         for event in events:
             try:
-                async with self.conn.transaction():
-                    await self.fold_batch(self.conn, [event])
+                with metrics.counted_on_commit():  # a savepoint rolled back counts nothing
+                    async with self.conn.transaction():
+                        await self.fold_batch(self.conn, [event])
                 applied.append(event)
             except TRANSIENT_ERRORS:
                 raise
