@@ -14,10 +14,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from crm_shared.contracts.deadletter import DeadLetter
-from crm_shared.contracts.events import Event, build_event, encode_event
-from crm_shared.runtime.derived import Derived
-from crm_shared.runtime.projector import BatchProjector, Fold, RawRecord
+from crm_shared.contracts.events import build_event, encode_event
+from crm_shared.runtime.projector import BatchProjector, RawRecord
 from interaction_service.worker import PROJECTION
+from tests.component.partition_logs import failing_after
 from tests.component.pools import migrated_pool
 
 pytestmark = pytest.mark.component
@@ -58,23 +58,6 @@ def contacts_counted() -> float:
     )
 
 
-def failing_after(fold: Fold, fails: type[Exception], when: int) -> Fold:
-    """The real fold, then `fails` raised for the first `when` calls that fold the poison."""
-    calls = 0
-
-    async def fold_then_fail(
-        conn: asyncpg.Connection, events: Sequence[Event]
-    ) -> Sequence[Derived]:
-        nonlocal calls
-        derived = await fold(conn, events)
-        if any(event.id == POISON for event in events) and calls < when:
-            calls += 1
-            raise fails("failed after the fold had counted")
-        return derived
-
-    return fold_then_fail
-
-
 async def test_a_batch_folded_again_event_by_event_counts_each_event_once(
     pool: asyncpg.Pool,
 ) -> None:
@@ -84,7 +67,7 @@ async def test_a_batch_folded_again_event_by_event_counts_each_event_once(
         letters.extend(sent)
 
     projection = dataclasses.replace(
-        PROJECTION, fold=failing_after(PROJECTION.fold, ValueError, when=2)
+        PROJECTION, fold=failing_after(PROJECTION.fold, POISON, ValueError, when=2)
     )
     projector = BatchProjector(projection, pool, keep)
     await projector.reload_positions()
@@ -102,7 +85,7 @@ async def test_a_batch_retried_after_a_serialization_failure_counts_each_event_o
         raise AssertionError(f"unexpected dead letters: {letters}")
 
     projection = dataclasses.replace(
-        PROJECTION, fold=failing_after(PROJECTION.fold, asyncpg.SerializationError, when=1)
+        PROJECTION, fold=failing_after(PROJECTION.fold, POISON, asyncpg.SerializationError, when=1)
     )
     projector = BatchProjector(projection, pool, no_dead_letters, max_backoff_seconds=0.1)
     await projector.reload_positions()
