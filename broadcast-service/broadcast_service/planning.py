@@ -83,8 +83,8 @@ async def plan_chunk(conn: asyncpg.Connection, planner: Planner) -> ChunkPlanned
     campaign = planning.campaign
     at = campaign.send_at
     read = _signature_read(campaign, at, planner.chunk_size)
-    groups = await store.signature_groups_after(conn, read, planning.cursor, keep=True)
-    plan = await _decided(conn, campaign, groups, at, read.since, planner.policy)
+    chunk = await store.signature_groups_after(conn, read, planning.cursor, keep=True)
+    plan = await _decided(conn, campaign, chunk.groups, at, read.since, planner.policy)
     definition = campaign.definition
     rows = store.PlannedRows(
         campaign.campaign_id,
@@ -96,8 +96,8 @@ async def plan_chunk(conn: asyncpg.Connection, planner: Planner) -> ChunkPlanned
         datetime.now(UTC),
     )
     messages = await store.add_planned_rows(conn, rows, plan.reached)
-    recipients = sum(g.recipients for g in groups)
-    cursor = groups[0].last if groups else planning.cursor
+    recipients = chunk.recipients
+    cursor = chunk.last if chunk.last is not None else planning.cursor
     seconds = time.perf_counter() - started
     await store.record_plan_chunk(
         conn,
@@ -181,12 +181,14 @@ async def dry_run(
     reasons: Counter[str] = Counter()
     read = _signature_read(campaign, at, batch_size)
     after: str | None = None
-    while groups := await store.signature_groups_after(conn, read, after):
-        reasons.update((await _decided(conn, campaign, groups, at, read.since, policy)).reasons)
-        if sum(g.recipients for g in groups) < batch_size:
-            break
-        after = groups[0].last
-    return reasons
+    while True:
+        chunk = await store.signature_groups_after(conn, read, after)
+        reasons.update(
+            (await _decided(conn, campaign, chunk.groups, at, read.since, policy)).reasons
+        )
+        if chunk.recipients < batch_size:
+            return reasons
+        after = chunk.last
 
 
 async def _decided(
