@@ -438,6 +438,21 @@ class BatchProjector:
         if in_flight is not None:
             await in_flight
 
+    async def abandon(self, wait_seconds: float = 2.0) -> None:
+        """On shutdown: cancel the batch in flight and drop what waits, so that stopping never
+        waits for a long batch (its transaction rolls back: the next start reads its records
+        again from the stored positions); waits up to `wait_seconds` for the rollback."""
+        waiting = self.forget_waiting()
+        in_flight, self._in_flight = self._in_flight, None
+        cancelled = in_flight is not None and not in_flight.done()
+        if in_flight is not None and cancelled:
+            in_flight.cancel()
+            await asyncio.wait([in_flight], timeout=wait_seconds)
+        log.info(
+            "stopping: records not committed are left to the next start",
+            extra={"projection": self.projection.name, "waiting": waiting, "cancelled": cancelled},
+        )
+
     def forget_waiting(self) -> int:
         """Drop the records gathered but not committed (after a rebalance the reader seeks back
         to the stored positions and reads them again); returns how many."""
