@@ -69,6 +69,8 @@ class ChunkPlanned:
     purpose: str
     decided: Counter[tuple[str, tuple[str, ...]]]
     """Recipients per (reason, decision codes), for crm_broadcast_decisions."""
+    campaign_seconds: float | None = None
+    """Once finished, how long the whole plan took, its chunks added up."""
 
 
 async def plan_chunk(conn: asyncpg.Connection, planner: Planner) -> ChunkPlanned | None:
@@ -81,8 +83,8 @@ async def plan_chunk(conn: asyncpg.Connection, planner: Planner) -> ChunkPlanned
     campaign = planning.campaign
     at = campaign.send_at
     read = _signature_read(campaign, at, planner.chunk_size)
-    groups = await store.signature_groups_after(conn, read, planning.cursor, keep=True)
-    plan = await _decided(conn, campaign, groups, at, read.since, planner.policy)
+    chunk = await store.signature_groups_after(conn, read, planning.cursor, keep=True)
+    plan = await _decided(conn, campaign, chunk.groups, at, read.since, planner.policy)
     definition = campaign.definition
     rows = store.PlannedRows(
         campaign.campaign_id,
@@ -94,8 +96,8 @@ async def plan_chunk(conn: asyncpg.Connection, planner: Planner) -> ChunkPlanned
         datetime.now(UTC),
     )
     messages = await store.add_planned_rows(conn, rows, plan.reached)
-    recipients = sum(g.recipients for g in groups)
-    cursor = groups[0].last if groups else planning.cursor
+    recipients = chunk.recipients
+    cursor = chunk.last if chunk.last is not None else planning.cursor
     seconds = time.perf_counter() - started
     await store.record_plan_chunk(
         conn,
@@ -107,10 +109,7 @@ async def plan_chunk(conn: asyncpg.Connection, planner: Planner) -> ChunkPlanned
         PLANNED_REASONS,
     )
     finished = recipients < planner.chunk_size
-    if finished:
-        total = await store.finish_plan(conn, campaign.campaign_id, at)
-        metrics.CAMPAIGNS_PLANNED.inc()
-        metrics.PLANNING_SECONDS.observe(total)
+    total = await store.finish_plan(conn, campaign.campaign_id, at) if finished else None
     return ChunkPlanned(
         campaign.campaign_id,
         recipients,
@@ -120,6 +119,7 @@ async def plan_chunk(conn: asyncpg.Connection, planner: Planner) -> ChunkPlanned
         finished,
         campaign.definition.purpose.value,
         plan.decided,
+        total,
     )
 
 
@@ -139,7 +139,10 @@ async def plan_due(
                 chunk = await plan_chunk(conn, planner)
             if chunk is None:
                 return chunks
-            chunks += 1
+            chunks += 1  # counted once committed: a chunk rolled back is planned again
+            if chunk.campaign_seconds is not None:
+                metrics.CAMPAIGNS_PLANNED.inc()
+                metrics.PLANNING_SECONDS.observe(chunk.campaign_seconds)
             for reason, count in chunk.reasons.items():
                 metrics.CAMPAIGN_RECIPIENTS.labels(reason).inc(count)
             metrics.count_planned(chunk.purpose, chunk.decided)
@@ -178,12 +181,14 @@ async def dry_run(
     reasons: Counter[str] = Counter()
     read = _signature_read(campaign, at, batch_size)
     after: str | None = None
-    while groups := await store.signature_groups_after(conn, read, after):
-        reasons.update((await _decided(conn, campaign, groups, at, read.since, policy)).reasons)
-        if sum(g.recipients for g in groups) < batch_size:
-            break
-        after = groups[0].last
-    return reasons
+    while True:
+        chunk = await store.signature_groups_after(conn, read, after)
+        reasons.update(
+            (await _decided(conn, campaign, chunk.groups, at, read.since, policy)).reasons
+        )
+        if chunk.recipients < batch_size:
+            return reasons
+        after = chunk.last
 
 
 async def _decided(

@@ -19,6 +19,7 @@ from broadcast_service import campaigns, metrics, store
 from broadcast_service.config import BroadcastSettings
 from broadcast_service.delivery import OutboundMessage
 from broadcast_service.templates import Links, RenderedMessage
+from crm_shared.runtime.metrics import count
 
 CANCELLED = "cancelled"
 
@@ -66,7 +67,7 @@ async def render_claimed(
         await store.hold_back(conn, ids, [CANCELLED] * len(ids), [None] * len(ids), reasons)
         await store.add_outcomes(conn, cancelled, [CANCELLED] * len(ids), reasons, now)
         for message in cancelled:
-            metrics.MESSAGES.labels(message.channel, CANCELLED).inc()
+            count(metrics.MESSAGES.labels(message.channel, CANCELLED))
     return [
         _with_content(m, rendered.get(m.message_id)) for m in messages if m.message_id not in failed
     ]

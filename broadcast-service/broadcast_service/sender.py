@@ -63,6 +63,7 @@ from crm_shared.runtime import outbox
 from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.logs import configure_logging
+from crm_shared.runtime.metrics import count, counted_on_commit
 from crm_shared.runtime.outbox import OutboxRelay
 from crm_shared.runtime.projector import TRANSIENT_ERRORS
 
@@ -215,33 +216,38 @@ class Sender:
     async def claim(self) -> list[OutboundMessage]:
         """Lock the due messages, check them again, and mark those that may go 'sending'."""
         now = self.now()
-        async with self.pool.acquire() as conn, conn.transaction():
-            due = await store.claim_due(conn, now, self.settings.claim_batch)
-            if not due:
-                return []
-            due = await rendering.render_claimed(conn, due, rendering.links_of(self.settings), now)
-            customers = {message.customer_id for message in due}
-            reaches = await store.reaches_of(conn, customers)
-            sends = await store.recent_sends(conn, customers, sends_since(now))
-            ready: list[OutboundMessage] = []
-            held: list[tuple[OutboundMessage, delivery.SendVerdict]] = []
-            for message in due:
-                customer_sends = sends.setdefault(message.customer_id, [])
-                verdict = delivery.send_time_check(
-                    message, reaches[message.customer_id], customer_sends, now, self.policy
-                )
-                if verdict.send:
-                    ready.append(message)
-                    # Counted at once: two campaigns' messages in one batch share the budget.
-                    customer_sends.append(RecentSend(message.channel, message.purpose, now))
-                else:
-                    held.append((message, verdict))
-            if held:
-                await self._hold_back(conn, held, now)
-            if ready:
-                lease_until = now + timedelta(seconds=self.settings.lease_seconds)
-                ids = [m.message_id for m in ready]
-                await store.hold_claims(conn, ids, self.identity, lease_until)
+        with counted_on_commit():  # a claim rolled back counts no cancellation
+            async with self.pool.acquire() as conn, conn.transaction():
+                return await self._claim(conn, now)
+
+    async def _claim(self, conn: asyncpg.Connection, now: datetime) -> list[OutboundMessage]:
+        """The claim, in the caller's transaction."""
+        due = await store.claim_due(conn, now, self.settings.claim_batch)
+        if not due:
+            return []
+        due = await rendering.render_claimed(conn, due, rendering.links_of(self.settings), now)
+        customers = {message.customer_id for message in due}
+        reaches = await store.reaches_of(conn, customers)
+        sends = await store.recent_sends(conn, customers, sends_since(now))
+        ready: list[OutboundMessage] = []
+        held: list[tuple[OutboundMessage, delivery.SendVerdict]] = []
+        for message in due:
+            customer_sends = sends.setdefault(message.customer_id, [])
+            verdict = delivery.send_time_check(
+                message, reaches[message.customer_id], customer_sends, now, self.policy
+            )
+            if verdict.send:
+                ready.append(message)
+                # Counted at once: two campaigns' messages in one batch share the budget.
+                customer_sends.append(RecentSend(message.channel, message.purpose, now))
+            else:
+                held.append((message, verdict))
+        if held:
+            await self._hold_back(conn, held, now)
+        if ready:
+            lease_until = now + timedelta(seconds=self.settings.lease_seconds)
+            ids = [m.message_id for m in ready]
+            await store.hold_claims(conn, ids, self.identity, lease_until)
         return ready
 
     async def _hold_back(
@@ -268,7 +274,7 @@ class Sender:
                 now,
             )
         for message, _ in cancelled:
-            metrics.MESSAGES.labels(message.channel, CANCELLED).inc()
+            count(metrics.MESSAGES.labels(message.channel, CANCELLED))
 
     async def send_batch(self, messages: Sequence[OutboundMessage]) -> None:
         """Send the claimed messages and return once every one is recorded (or left claimed)."""

@@ -691,10 +691,12 @@ LEFT JOIN LATERAL (
     FROM jsonb_array_elements(p.settings) WITH ORDINALITY AS u(e, n)
 ) AS s ON true
 """
+# The groups, and one row more for the whole chunk (its signature NULL: a signature never is):
+# how many recipients it holds and the greatest id, the plan's cursor.
 _GROUPS = """
 SELECT signature, min(customer_id) AS example, count(*) AS recipients,
-       max(max(customer_id)) OVER () AS last
-FROM {signed} GROUP BY signature
+       CASE WHEN GROUPING(signature) = 1 THEN max(customer_id) END AS last
+FROM {signed} GROUP BY GROUPING SETS ((signature), ())
 """
 _SIGNATURE_GROUPS = _GROUPS.format(signed=f"({_SIGNED}) AS signed")
 # A plan keeps the chunk's recipients (who, signature, addresses) for its INSERT ... SELECT:
@@ -750,13 +752,21 @@ class SignatureGroup:
     example: str
     """One of them (the least id), whose reach is read to decide for all."""
     recipients: int
-    last: str
-    """The greatest id of the chunk (its cursor)."""
+
+
+@dataclass(frozen=True)
+class SignatureChunk:
+    """A chunk of recipients counted by decision signature."""
+
+    groups: list[SignatureGroup]
+    recipients: int
+    last: str | None
+    """The greatest id of the chunk, the cursor after it (None: the chunk is empty)."""
 
 
 async def signature_groups_after(
     conn: asyncpg.Connection, read: SignatureRead, after: str | None, *, keep: bool = False
-) -> list[SignatureGroup]:
+) -> SignatureChunk:
     """The next chunk of recipients after `after`, in customer id order (a keyset cursor: a plan
     resumes after the last recipient it committed), counted by decision signature: nothing is
     read per recipient. `keep` keeps the recipients in the transaction's `plan_recipients`
@@ -764,7 +774,9 @@ async def signature_groups_after(
     if keep:
         await conn.execute(_PLAN_RECIPIENTS)
     rows = await _signed(conn, _KEPT_SIGNATURE_GROUPS if keep else _SIGNATURE_GROUPS, read, after)
-    return [SignatureGroup(*row) for row in rows]
+    whole = next(row for row in rows if row["signature"] is None)
+    groups = [SignatureGroup(*row[:3]) for row in rows if row["signature"] is not None]
+    return SignatureChunk(groups, whole["recipients"], whole["last"])
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ python -m broadcast_service.worker
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import asyncpg
@@ -25,6 +26,7 @@ from broadcast_service.events import (
 )
 from crm_shared.contracts.events import Event
 from crm_shared.runtime.derived import Derived
+from crm_shared.runtime.metrics import count
 from crm_shared.runtime.projector import Projection
 from crm_shared.runtime.worker import run_worker
 
@@ -36,7 +38,7 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
         current = await store.lock_preferences(conn, {e.customer_id for e in preference_events})
         changed = projection.evolve_preferences(current, preference_events)
         await store.save_preferences(conn, list(changed.values()))
-        metrics.EVENTS_SUPERSEDED.labels("preference").inc(len(preference_events) - len(changed))
+        count(metrics.EVENTS_SUPERSEDED.labels("preference"), len(preference_events) - len(changed))
     consent_events = [e for e in events if e.type in CONSENT_TYPES]
     if consent_events:
         history = projection.consent_changes(consent_events)
@@ -44,15 +46,16 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
         changed_consents = projection.evolve_consents(current_consents, consent_events)
         await store.save_consents(conn, list(changed_consents.values()))
         await store.add_history(conn, history)
-        metrics.EVENTS_SUPERSEDED.labels("consent").inc(len(history) - len(changed_consents))
-        for consent in history:
-            metrics.CONSENT_EVENTS.labels(consent.state).inc()
+        count(metrics.EVENTS_SUPERSEDED.labels("consent"), len(history) - len(changed_consents))
+        for state, states in Counter(consent.state for consent in history).items():
+            count(metrics.CONSENT_EVENTS.labels(state), states)
     dnc_events = [e for e in events if e.type in DO_NOT_CONTACT_TYPES]
     if dnc_events:
         stored_dnc = await store.lock_do_not_contact(conn, {e.customer_id for e in dnc_events})
         changed_dnc = projection.evolve_do_not_contact(stored_dnc, dnc_events)
         await store.save_do_not_contact(conn, list(changed_dnc.values()))
-        metrics.EVENTS_SUPERSEDED.labels("do_not_contact").inc(len(dnc_events) - len(changed_dnc))
+        superseded = len(dnc_events) - len(changed_dnc)
+        count(metrics.EVENTS_SUPERSEDED.labels("do_not_contact"), superseded)
     complaint_events = [e for e in events if e.type in COMPLAINT_TYPES]
     if complaint_events:
         stored_holds = await store.lock_complaints(conn, {e.customer_id for e in complaint_events})
@@ -68,8 +71,9 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
         stored = await store.lock_memberships(conn, {e.customer_id for e in segment_events})
         changed_memberships = projection.evolve_memberships(stored, segment_events)
         await store.save_memberships(conn, list(changed_memberships.values()))
-        metrics.EVENTS_SUPERSEDED.labels("segment").inc(
-            len(segment_events) - len(changed_memberships)
+        count(
+            metrics.EVENTS_SUPERSEDED.labels("segment"),
+            len(segment_events) - len(changed_memberships),
         )
     return ()
 

@@ -14,6 +14,7 @@ import asyncpg
 from crm_shared.contracts.events import CASE_STEP_TYPES, CLOCK_TICKED, CaseStep, ClockTicked, Event
 from crm_shared.contracts.topics import CASES
 from crm_shared.runtime.derived import Derived
+from crm_shared.runtime.metrics import count
 from crm_shared.runtime.projector import Fold, PeriodicJob
 from interaction_service import cases, metrics, store
 from interaction_service.case_settings import CaseSettings
@@ -60,7 +61,7 @@ async def fold_steps(conn: asyncpg.Connection, steps: Sequence[Event]) -> list[D
     await _write(conn, folded)
     for record in folded.steps:
         if not record.accepted:
-            metrics.CASE_STEPS_REJECTED.labels(record.step).inc()
+            count(metrics.CASE_STEPS_REJECTED.labels(record.step))
     return folded.derived
 
 
@@ -88,7 +89,7 @@ async def _write(conn: asyncpg.Connection, folded: cases.Folded) -> None:
     await store.add_case_steps(conn, folded.steps)
     await store.add_breaches(conn, folded.breaches)
     for breach in folded.breaches:
-        metrics.SLA_BREACHES.labels(breach.target, breach.priority).inc()
+        count(metrics.SLA_BREACHES.labels(breach.target, breach.priority))
 
 
 async def refresh_open_cases(pool: asyncpg.Pool) -> None:
@@ -98,8 +99,8 @@ async def refresh_open_cases(pool: asyncpg.Pool) -> None:
         counts = await store.open_case_counts(conn)
     for labels in _gauge_labels() - counts.keys():
         metrics.OPEN_CASES.labels(*labels).set(0)
-    for (department, priority), count in counts.items():
-        metrics.OPEN_CASES.labels(department, priority).set(count)
+    for (department, priority), open_cases in counts.items():
+        metrics.OPEN_CASES.labels(department, priority).set(open_cases)
 
 
 def _gauge_labels() -> set[tuple[str, str]]:

@@ -13,6 +13,7 @@ import asyncpg
 from crm_shared.contracts.events import ClockTicked, Event, JourneyStage
 from crm_shared.contracts.topics import ORDERS
 from crm_shared.runtime.derived import Derived
+from crm_shared.runtime.metrics import count
 from interaction_service import experience, journey, metrics, store
 from interaction_service.journey import Journey, Transition
 
@@ -27,8 +28,8 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> list[Derive
     await store.add_ratings(conn, ratings)
     derived = experience.detractor_events(events)
     low = Counter(r.measure for r in ratings if experience.is_detractor(r.measure, r.score))
-    for measure, count in low.items():
-        metrics.DETRACTORS.labels(measure.value).inc(count)
+    for measure, ratings_low in low.items():
+        count(metrics.DETRACTORS.labels(measure.value), ratings_low)
     moving = [e for e in events if type(e.data) in journey.JOURNEY_DATA]
     if moving:
         derived.extend(await _move_journeys(conn, moving))
@@ -60,8 +61,8 @@ async def _move_journeys(conn: asyncpg.Connection, events: Sequence[Event]) -> l
 
 async def _record(conn: asyncpg.Connection, transitions: Sequence[Transition]) -> None:
     await store.add_transitions(conn, transitions)
-    for stage, count in Counter(t.to_stage.value for t in transitions).items():
-        metrics.JOURNEY_TRANSITIONS.labels(stage).inc(count)
+    for stage, moves in Counter(t.to_stage.value for t in transitions).items():
+        count(metrics.JOURNEY_TRANSITIONS.labels(stage), moves)
 
 
 async def fold_ticks(conn: asyncpg.Connection, ticks: Sequence[Event]) -> list[Derived]:

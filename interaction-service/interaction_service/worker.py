@@ -15,6 +15,7 @@ import asyncpg
 
 from crm_shared.contracts.events import CLOCK_TICKED, PRODUCT_VIEWED, Event
 from crm_shared.runtime.derived import Derived
+from crm_shared.runtime.metrics import count
 from crm_shared.runtime.projector import PeriodicJob, Projection
 from crm_shared.runtime.worker import run_worker
 from interaction_service import case_fold, experience_fold, metrics, projection, store
@@ -39,22 +40,22 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
     await store.add_to_summaries(conn, deltas)
     # Counted per label, not per row: a labels() lookup per row costs more than the row.
     written_entries = [e for e in entries if (e.source, e.event_id) in written]
-    for kind, count in Counter(e.kind for e in written_entries).items():
-        metrics.TIMELINE_ENTRIES.labels(kind).inc(count)
+    for kind, entries_of_kind in Counter(e.kind for e in written_entries).items():
+        count(metrics.TIMELINE_ENTRIES.labels(kind), entries_of_kind)
     outcomes = Counter((e.kind, e.outcome) for e in written_entries if e.outcome is not None)
-    for (kind, outcome), count in outcomes.items():
-        metrics.TOUCHPOINT_OUTCOMES.labels(kind, outcome).inc(count)
+    for (kind, outcome), times in outcomes.items():
+        count(metrics.TOUCHPOINT_OUTCOMES.labels(kind, outcome), times)
     unlisted = projection.unlisted_outcomes(new)
     if unlisted:
-        metrics.UNLISTED_OUTCOMES.inc(len(unlisted))
+        count(metrics.UNLISTED_OUTCOMES, len(unlisted))
         log.info(
             "contact outcomes not in the list, folded as other",
             extra={"count": len(unlisted), "examples": sorted(set(unlisted))[:5]},
         )
     totals = deltas.values()
     if totals:
-        metrics.UNHAPPY_TOUCHPOINTS.labels("complaint").inc(sum(t.complaints for t in totals))
-        metrics.UNHAPPY_TOUCHPOINTS.labels("refusal").inc(sum(t.refusals for t in totals))
+        count(metrics.UNHAPPY_TOUCHPOINTS.labels("complaint"), sum(t.complaints for t in totals))
+        count(metrics.UNHAPPY_TOUCHPOINTS.labels("refusal"), sum(t.refusals for t in totals))
     if len(touchpoints) < len(events):  # the views, in batch order among the new touchpoints
         new = [e for e in events if e.type == PRODUCT_VIEWED or projection.event_key(e) in written]
     return await experience_fold.fold(conn, new)

@@ -30,6 +30,7 @@ from crm_shared.contracts.events import CLOCK_TICKED, Event, SegmentDefined, Seg
 from crm_shared.contracts.segment_rules import is_time_dependent
 from crm_shared.contracts.topics import ORDERS
 from crm_shared.runtime.derived import Derived
+from crm_shared.runtime.metrics import count
 from crm_shared.runtime.projector import Fold
 from profile_service import identity, metrics, projection, segments, store
 from profile_service.events import DEFINITION_TYPES
@@ -72,8 +73,8 @@ def with_operator_segments(fold: ViewFold) -> Fold:
 
 async def _record(conn: asyncpg.Connection, changes: list[Membership]) -> None:
     await store.save_memberships(conn, changes)
-    for segment, count in Counter(change.segment for change in changes).items():
-        metrics.SEGMENT_CHANGES.labels(segment).inc(count)
+    for segment, moves in Counter(change.segment for change in changes).items():
+        count(metrics.SEGMENT_CHANGES.labels(segment), moves)
 
 
 async def on_definition(conn: asyncpg.Connection, event: Event) -> list[Derived]:

@@ -15,6 +15,7 @@ import asyncpg
 from crm_shared.contracts.events import CLOCK_TICKED, ClockTicked, Event
 from crm_shared.contracts.topics import ORDERS
 from crm_shared.runtime.derived import Derived
+from crm_shared.runtime.metrics import count
 from crm_shared.runtime.projector import PeriodicJob, Projection
 from crm_shared.runtime.worker import run_worker
 from profile_service import (
@@ -70,7 +71,7 @@ async def fold_view(conn: asyncpg.Connection, events: Sequence[Event]) -> Folded
         current = await store.lock_customers(conn, {e.customer_id for e in customer_events})
         changed = projection.evolve_customers(current, customer_events)
         await store.save_customers(conn, list(changed.values()))
-        metrics.CUSTOMERS_CHANGED.inc(len(changed))
+        count(metrics.CUSTOMERS_CHANGED, len(changed))
     await store.save_opinions(conn, opinions.opinion_rows(events))
     await store.save_complaints(conn, complaints.complaint_rows(events))
     statements = identity.merge_statements(events)
@@ -94,14 +95,14 @@ async def fold_view(conn: asyncpg.Connection, events: Sequence[Event]) -> Folded
     await store.add_purchases(conn, deltas)
     if deltas:  # per batch: a labels() lookup per customer costs more than the addition
         totals = deltas.values()
-        metrics.MONEY_FOLDED.labels("order").inc(float(sum(d.gross_revenue for d in totals)))
-        metrics.MONEY_FOLDED.labels("refund").inc(float(sum(d.refunded for d in totals)))
+        count(metrics.MONEY_FOLDED.labels("order"), float(sum(d.gross_revenue for d in totals)))
+        count(metrics.MONEY_FOLDED.labels("refund"), float(sum(d.refunded for d in totals)))
     if not own:
         return Folded([], moved, grouped)
     purchases = [e for e in events if e.customer_id in own]
     changes = projection.purchase_lapses(purchases, before, clocks)
     await store.save_memberships(conn, [change for change, _, _ in changes])
-    metrics.SEGMENT_CHANGES.labels(projection.LAPSED).inc(len(changes))
+    count(metrics.SEGMENT_CHANGES.labels(projection.LAPSED), len(changes))
     return Folded(
         [projection.segment_event(change, cause, reason) for change, cause, reason in changes],
         moved,
@@ -178,7 +179,7 @@ async def fold_ticks(conn: asyncpg.Connection, ticks: Sequence[Event]) -> list[D
             changes.append(change)
             derived.append(projection.segment_event(change, tick, reason))
     await store.save_memberships(conn, changes)
-    metrics.SEGMENT_CHANGES.labels(projection.LAPSED).inc(len(changes))
+    count(metrics.SEGMENT_CHANGES.labels(projection.LAPSED), len(changes))
     return derived
 
 

@@ -19,6 +19,7 @@ import asyncpg
 from crm_shared.contracts.events import Event
 from crm_shared.runtime import outbox
 from crm_shared.runtime.derived import Derived
+from crm_shared.runtime.metrics import count, counted_on_commit
 from crm_shared.runtime.projector import PeriodicJob, Projection
 from crm_shared.runtime.worker import run_worker
 from recommendation_service import (
@@ -101,7 +102,7 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
             conn, projection.customer_product_deltas(purchases, units)
         )
         await store.mark_for_refresh(conn, projection.neighbours_to_refresh(changes))
-        metrics.FIRST_PURCHASES.inc(sum(1 for change in changes.values() if change > 0))
+        count(metrics.FIRST_PURCHASES, sum(1 for change in changes.values() if change > 0))
     await store.record_consents(conn, list(decisions.values()))
     await store.mark_customers(conn, sorted({customer for customer, _ in units} | set(decisions)))
     await store.add_products(conn, projection.product_deltas(purchases, changes, views))
@@ -149,9 +150,9 @@ async def neighbour_changes(
             neighbours.computed_rows, kept, merged.unsettled, projection.NEIGHBOURS_KEPT, False
         )
         lists.update(full.lists)
-    metrics.NEIGHBOUR_LISTS.labels("unchanged").inc(len(set(rows.crossing) - set(to_merge)))
-    metrics.NEIGHBOUR_LISTS.labels("merged").inc(len(merged.lists))
-    metrics.NEIGHBOUR_LISTS.labels("computed").inc(len(rows.lists) + len(merged.unsettled))
+    count(metrics.NEIGHBOUR_LISTS.labels("unchanged"), len(set(rows.crossing) - set(to_merge)))
+    count(metrics.NEIGHBOUR_LISTS.labels("merged"), len(merged.lists))
+    count(metrics.NEIGHBOUR_LISTS.labels("computed"), len(rows.lists) + len(merged.unsettled))
     return models.changed_similar_products(neighbours.pairs(stored), neighbours.pairs(lists))
 
 
@@ -173,19 +174,20 @@ async def refresh_neighbours(pool: asyncpg.Pool) -> int:
     (readers see the old lists or the new ones), then unmark those not marked again meanwhile.
     Returns how many marks were cleared; 0 when another replica's run holds the lock."""
     started = time.perf_counter()
-    async with pool.acquire() as conn, conn.transaction():
-        if not await store.lock_neighbour_job(conn):
-            return 0
-        marks = await store.marked_products(conn)
-        if not marks:
-            return 0
-        marked = sorted(marks)
-        if await store.buyers_in_all(conn, marked) > NEIGHBOUR_INCREMENTAL_BUYERS:
-            changes = await whole_catalogue_changes(conn)
-        else:
-            changes = await neighbour_changes(conn, marked)
-        await store.write_similar_products(conn, *changes)
-        await store.clear_marks(conn, marks)
+    with counted_on_commit():
+        async with pool.acquire() as conn, conn.transaction():
+            if not await store.lock_neighbour_job(conn):
+                return 0
+            marks = await store.marked_products(conn)
+            if not marks:
+                return 0
+            marked = sorted(marks)
+            if await store.buyers_in_all(conn, marked) > NEIGHBOUR_INCREMENTAL_BUYERS:
+                changes = await whole_catalogue_changes(conn)
+            else:
+                changes = await neighbour_changes(conn, marked)
+            await store.write_similar_products(conn, *changes)
+            await store.clear_marks(conn, marks)
     metrics.NEIGHBOURS_REFRESHED.inc(len(marks))
     metrics.NEIGHBOUR_JOB_SECONDS.observe(time.perf_counter() - started)
     return len(marks)
@@ -274,7 +276,7 @@ async def served_lists(
         )
         for customer in who
     }
-    metrics.LISTS_WITHOUT_CONSENT.inc(len(who) - len(allowed))
+    count(metrics.LISTS_WITHOUT_CONSENT, len(who) - len(allowed))
     return lists
 
 
@@ -292,8 +294,9 @@ async def write_lists(
     )
     await store.save_published(conn, publications, now)
     for personalised in (True, False):
-        metrics.LISTS_PUBLISHED.labels(str(personalised).lower()).inc(
-            sum(found.served.personalised is personalised for found in publications)
+        count(
+            metrics.LISTS_PUBLISHED.labels(str(personalised).lower()),
+            sum(found.served.personalised is personalised for found in publications),
         )
     return len(publications)
 
@@ -303,16 +306,17 @@ async def refresh_picks(pool: asyncpg.Pool) -> int:
     consents arrived, with the version served, and publish those that changed, in one
     transaction under the picks lock (never while a swap writes everyone's). Before the first
     version their marks wait. Returns how many customers."""
-    async with pool.acquire() as conn, conn.transaction():
-        if not await store.lock_picks(conn, wait=False):
-            return 0
-        marks = await store.marked_customers(conn, PICKS_BATCH)
-        loaded = await SERVED.current(conn) if marks else None
-        if loaded is None:
-            return 0
-        version, model = loaded
-        await write_lists(conn, version, await served_lists(conn, model, list(marks)))
-        await store.clear_customer_marks(conn, marks)
+    with counted_on_commit():
+        async with pool.acquire() as conn, conn.transaction():
+            if not await store.lock_picks(conn, wait=False):
+                return 0
+            marks = await store.marked_customers(conn, PICKS_BATCH)
+            loaded = await SERVED.current(conn) if marks else None
+            if loaded is None:
+                return 0
+            version, model = loaded
+            await write_lists(conn, version, await served_lists(conn, model, list(marks)))
+            await store.clear_customer_marks(conn, marks)
     metrics.PICKS_REFRESHED.inc(len(marks))
     return len(marks)
 
@@ -349,11 +353,12 @@ async def train_model(pool: asyncpg.Pool) -> int | None:
                 "purchases": len(kept),
                 "training_seconds": round(time.perf_counter() - started, 3),
             }
-            async with conn.transaction():
-                await store.lock_picks(conn, wait=True)
-                version = await store.add_model_version(conn, model, datetime.now(UTC), figures)
-                await write_lists(conn, version, await served_lists(conn, model, None))
-                await store.swap_model(conn, version, answering=pending)
+            with counted_on_commit():
+                async with conn.transaction():
+                    await store.lock_picks(conn, wait=True)
+                    version = await store.add_model_version(conn, model, datetime.now(UTC), figures)
+                    await write_lists(conn, version, await served_lists(conn, model, None))
+                    await store.swap_model(conn, version, answering=pending)
         finally:
             await store.unlock_trainer(conn)
     metrics.MODEL_SWAPS.inc()

@@ -13,9 +13,10 @@ import asyncpg
 import pytest
 
 from crm_shared.contracts.deadletter import DeadLetter
-from crm_shared.contracts.events import CLOCK_SUBJECT, build_event, encode_event
+from crm_shared.contracts.events import CLOCK_SUBJECT, Event, build_event, encode_event
 from crm_shared.runtime.db import open_pool
-from crm_shared.runtime.projector import BatchProjector, Projection, RawRecord
+from crm_shared.runtime.derived import Derived
+from crm_shared.runtime.projector import BatchProjector, Fold, Projection, RawRecord
 
 
 def orders_tick(partition: int, at: datetime) -> dict[str, Any]:
@@ -47,6 +48,24 @@ def interleaved(logs: Mapping[int, Sequence[dict[str, Any]]], topic: str) -> lis
                     )
                 )
     return records
+
+
+def failing_after(fold: Fold, poison_id: str, fails: type[Exception], when: int) -> Fold:
+    """`fold`, then `fails` raised, the first `when` times it folds the event `poison_id`:
+    a failure after the fold has written and counted."""
+    calls = 0
+
+    async def fold_then_fail(
+        conn: asyncpg.Connection, events: Sequence[Event]
+    ) -> Sequence[Derived]:
+        nonlocal calls
+        derived = await fold(conn, events)
+        if any(event.id == poison_id for event in events) and calls < when:
+            calls += 1
+            raise fails("failed after the fold")
+        return derived
+
+    return fold_then_fail
 
 
 @asynccontextmanager

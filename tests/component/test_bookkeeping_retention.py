@@ -15,11 +15,11 @@ from prometheus_client import REGISTRY
 
 from crm_shared.contracts.deadletter import DeadLetter
 from crm_shared.contracts.events import build_event, encode_event
-from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.projector import BatchProjector, RawRecord
 from crm_shared.runtime.retention import prune_applied_events, prune_outside_window
 from profile_service.config import ProfileSettings
 from profile_service.worker import PROJECTION
+from tests.component.pools import migrated_pool
 
 pytestmark = pytest.mark.component
 
@@ -29,11 +29,8 @@ WINDOW = ProfileSettings().dedup_window
 
 @pytest.fixture
 async def pool(fresh_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await open_pool(fresh_dsn, PROJECTION.migrations, 2)
-    try:
+    async with migrated_pool(fresh_dsn, PROJECTION.migrations) as pool:
         yield pool
-    finally:
-        await pool.close()
 
 
 @pytest.fixture

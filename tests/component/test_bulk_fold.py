@@ -19,7 +19,7 @@ from crm_shared.runtime.bulk import BulkFolder
 from crm_shared.runtime.db import connect_in_schema
 from crm_shared.runtime.projector import RawRecord
 from profile_service.worker import PROJECTION
-from tests.component.partition_logs import folded_in_batches, interleaved
+from tests.component.partition_logs import failing_after, folded_in_batches, interleaved
 from tests.component.test_profile_commerce import LOGS, _placed, _records
 
 pytestmark = pytest.mark.component
@@ -87,11 +87,13 @@ def _order(subject: str, day: int) -> dict[str, Any]:
     return _event("crm.order.placed.v1", subject, day, {"order_id": f"o{day}", "lines": [line]})
 
 
-async def test_a_catch_up_watches_the_records_its_persons_share() -> None:
+@pytest.mark.parametrize("poisoned", [False, True])
+async def test_a_catch_up_watches_the_records_its_persons_share(poisoned: bool) -> None:
     """Before the catch-up: visitor2 merged into visitor, visitor into ann; carl holds
     carl@x.test, which orders named. The catch-up: an order of visitor2 (the person ann is
     evaluated again) and bob taking carl@x.test (its alias leaves carl for bob). The records
-    whose rows may change without being named must be watched."""
+    whose rows may change without being named must be watched, also when the catch-up holds an
+    event that fails to fold (its batch is folded again event by event)."""
     customers = [
         _event("crm.customer.registered.v1", "ann", 1, {"email": "ann@x.test"}),
         _event("crm.customer.merged.v1", "visitor", 2, {"merged_customer_id": "visitor2"}),
@@ -105,15 +107,20 @@ async def test_a_catch_up_watches_the_records_its_persons_share() -> None:
     before += interleaved({0: orders[:2]}, "crm.orders")
     catch_up = [*interleaved({0: orders}, "crm.orders")[2:]]
     catch_up += interleaved({0: customers}, "crm.customers")[5:]
+    poison = _order("zed", 10)
+    if poisoned:
+        catch_up += interleaved({0: [*orders, poison]}, "crm.orders")[3:]
     async with (
         folded_in_batches(PROJECTION, [], 1) as pool,
         _shadow_of(pool) as (builder, folder),
     ):
         await folder.fold(await folder.decode(before), len(before))
+        folder.fold_batch = failing_after(folder.fold_batch, poison["id"], ValueError, when=2)
         folder.watch()
         await folder.fold(await folder.decode(catch_up), len(catch_up))
         persons = dict(await builder.fetch("SELECT record_id, person_id FROM person_records"))
     assert persons["email:carl@x.test"] == "bob"  # the catch-up moved the alias
+    assert folder.tally.failed == ([poison["id"]] if poisoned else [])
     assert folder.touched is not None
     assert {"visitor2", "bob"} < folder.touched  # named by the catch-up's events
     assert {"ann", "visitor", "carl", "email:carl@x.test"} <= folder.touched

@@ -318,8 +318,9 @@ async def test_planning_by_signature_equals_deciding_each_recipient_alone(
     assert {row["reason"]: row["recipients"] for row in counted} == expected.reasons
     assert dry_run == expected.reasons
     # Not a trivial population: recipients share signatures, and the reasons are varied.
-    assert sum(g.recipients for g in signatures) == CUSTOMERS
-    assert 30 < len(signatures) < CUSTOMERS / 2
+    assert sum(g.recipients for g in signatures.groups) == signatures.recipients == CUSTOMERS
+    assert signatures.last == ids[-1]
+    assert 30 < len(signatures.groups) < CUSTOMERS / 2
     codes = Counter(code for (_, codes), n in expected.decided.items() for code in codes)
     assert len(expected.messages) > CUSTOMERS / 10
     assert {"no_preferences", "no_address", "do_not_contact"} <= set(codes)

@@ -7,10 +7,11 @@ import inspect
 from typing import cast
 
 import faust
+import mode
 from faust.transport import consumer as faust_consumer
 
 from crm_shared.runtime.projector import BatchProjector
-from crm_shared.runtime.worker import BatchConsumer, BatchTransport
+from crm_shared.runtime.worker import BatchConsumer, BatchTransport, BoundedStopWorker
 
 
 def test_the_fetcher_still_runs_the_consumers_drain_loop() -> None:
@@ -44,3 +45,12 @@ def test_the_consumer_still_commits_offsets_through_its_thread() -> None:
     commit = faust_consumer.ThreadDelegateConsumer._commit
     assert list(inspect.signature(commit).parameters) == ["self", "offsets"]
     assert "self._thread.commit(offsets)" in inspect.getsource(commit)
+
+
+def test_a_stop_signal_still_goes_through_the_workers_schedule_shutdown() -> None:
+    """BoundedStopWorker arms its stop deadline there."""
+    on_sigterm = inspect.getsource(mode.Worker._on_sigterm)
+    assert "self._schedule_shutdown(signal.SIGTERM)" in on_sigterm
+    schedule = mode.Worker._schedule_shutdown
+    assert list(inspect.signature(schedule).parameters) == ["self", "signal"]
+    assert BoundedStopWorker._schedule_shutdown is not schedule

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -20,6 +20,7 @@ import asyncpg
 
 from crm_shared.contracts.events import CLOCK_TICKED, MAX_FUTURE_SKEW, ClockTicked, Event
 from crm_shared.contracts.topics import topic_for
+from crm_shared.runtime import metrics
 from crm_shared.runtime.projector import (
     NOT_THE_EVENTS_FAULT,
     TRANSIENT_ERRORS,
@@ -154,24 +155,15 @@ class BulkFolder:
     async def fold(self, batch: SortedBatch, records: int) -> None:
         """Fold a decoded batch of `records` records in one transaction; batches in log order."""
         fresh = self._first_sightings(in_tick_rounds(batch.events))
-        applied = fresh
         try:
-            async with self.conn.transaction():
-                related = await self._related(batch.events)
-                await self._fold_runs(applied)
-                await self._record(applied, batch.next_offsets)
-                related |= await self._related(batch.events)
+            applied, related = await self._in_transaction(batch, fresh, self._fold_runs)
         except TRANSIENT_ERRORS:
             raise
         except NOT_THE_EVENTS_FAULT as error:
             raise RebuildFailed.schema_mismatch(error) from error
         except Exception:
             log.exception("bulk batch failed; folding its events one by one to isolate the bad one")
-            async with self.conn.transaction():
-                related = await self._related(batch.events)
-                applied = await self._fold_one_by_one(fresh)
-                await self._record(applied, batch.next_offsets)
-                related |= await self._related(batch.events)
+            applied, related = await self._in_transaction(batch, fresh, self._fold_one_by_one)
         self.positions.update(batch.next_offsets)
         # Duplicates too: the live side may have applied them.
         self._note_touched(batch.events, related)
@@ -180,6 +172,23 @@ class BulkFolder:
         self.tally.duplicates += len(batch.events) - len(fresh)
         self.tally.ignored += len(batch.ignored_types)
         self.tally.dead_letters += len(batch.dead_letters)
+
+    async def _in_transaction(
+        self,
+        batch: SortedBatch,
+        fresh: Sequence[Event],
+        fold: Callable[[Sequence[Event]], Awaitable[Sequence[Event]]],
+    ) -> tuple[Sequence[Event], set[str]]:
+        """One transaction: `fold` the fresh events, record those it applied and the positions;
+        while watching, the customers related to the batch's events before and after the fold.
+        Returns what was applied and those customers; counts only once it commits."""
+        with metrics.counted_on_commit():
+            async with self.conn.transaction():
+                related = await self._related(batch.events)
+                applied = await fold(fresh)
+                await self._record(applied, batch.next_offsets)
+                related |= await self._related(batch.events)
+        return applied, related
 
     def _first_sightings(self, events: Sequence[Event]) -> list[Event]:
         """Events whose (source, id) this rebuild has not met before, in log order."""
@@ -191,19 +200,21 @@ class BulkFolder:
                 fresh.append(event)
         return fresh
 
-    async def _fold_runs(self, events: Sequence[Event]) -> None:
+    async def _fold_runs(self, events: Sequence[Event]) -> Sequence[Event]:
         """Fold run by run, ticks being boundaries; what the fold derives is dropped (see the
-        module's docstring)."""
+        module's docstring). All of them are applied."""
         for run in runs_between_ticks(events):
             await self.fold_batch(self.conn, run)
+        return events
 
     async def _fold_one_by_one(self, events: Sequence[Event]) -> list[Event]:
         """Each event in a savepoint of its own; those that fail are left out and counted."""
         applied: list[Event] = []
         for event in events:
             try:
-                async with self.conn.transaction():
-                    await self.fold_batch(self.conn, [event])
+                with metrics.counted_on_commit():  # a savepoint rolled back counts nothing
+                    async with self.conn.transaction():
+                        await self.fold_batch(self.conn, [event])
                 applied.append(event)
             except TRANSIENT_ERRORS:
                 raise

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import collections
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -121,3 +123,35 @@ def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
     for index, count in per_bucket.items():
         histogram._buckets[index].inc(count)
     histogram._sum.inc(sum(amounts))
+
+
+_held: ContextVar[list[tuple[Counter, float]] | None] = ContextVar("crm_held_counts", default=None)
+
+
+def count(counter: Counter, amount: float = 1) -> None:
+    """`counter.inc(amount)` for work of the transaction under way: inside `counted_on_commit`
+    it waits until that block ends without raising (a batch folded again after a failure or a
+    serialization retry counts once); elsewhere it counts at once."""
+    held = _held.get()
+    if held is None:
+        counter.inc(amount)
+    else:
+        held.append((counter, amount))
+
+
+@contextmanager
+def counted_on_commit() -> Iterator[None]:
+    """Hold the `count`s made in this block (around a transaction) until it ends; drop them when
+    it raises. Nested in another (a savepoint), its counts join the outer block's."""
+    held: list[tuple[Counter, float]] = []
+    outer = _held.get()
+    token = _held.set(held)
+    try:
+        yield
+    finally:
+        _held.reset(token)
+    if outer is not None:
+        outer.extend(held)
+        return
+    for counter, amount in held:
+        counter.inc(amount)

@@ -49,8 +49,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 TopicPartition = tuple[str, int]
 Fold = Callable[[asyncpg.Connection, Sequence[Event]], Awaitable[Sequence[Derived]]]
+"""Folds events into the view in the caller's transaction; returns the events it derives. It
+counts its work with `metrics.count`, which the projector applies once the batch is committed."""
 Related = Callable[[asyncpg.Connection, Sequence[Event]], Awaitable[Collection[str]]]
-"""Folds events into the view in the caller's transaction; returns the events it derives."""
 SendDeadLetters = Callable[[Sequence[DeadLetter]], Awaitable[None]]
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -437,6 +438,21 @@ class BatchProjector:
         if in_flight is not None:
             await in_flight
 
+    async def abandon(self, wait_seconds: float = 2.0) -> None:
+        """On shutdown: cancel the batch in flight and drop what waits, so that stopping never
+        waits for a long batch (its transaction rolls back: the next start reads its records
+        again from the stored positions); waits up to `wait_seconds` for the rollback."""
+        waiting = self.forget_waiting()
+        in_flight, self._in_flight = self._in_flight, None
+        cancelled = in_flight is not None and not in_flight.done()
+        if in_flight is not None and cancelled:
+            in_flight.cancel()
+            await asyncio.wait([in_flight], timeout=wait_seconds)
+        log.info(
+            "stopping: records not committed are left to the next start",
+            extra={"projection": self.projection.name, "waiting": waiting, "cancelled": cancelled},
+        )
+
     def forget_waiting(self) -> int:
         """Drop the records gathered but not committed (after a rebalance the reader seeks back
         to the stored positions and reads them again); returns how many."""
@@ -511,10 +527,12 @@ class BatchProjector:
     async def _commit(self, batch: SortedBatch) -> tuple[list[Event], int]:
         """Apply the batch in one transaction; the applied events and how many were derived."""
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                applied = await claim_new(conn, batch.events)
-                derived = await self._fold(conn, applied)
-                await save_positions(conn, batch.next_offsets)
+            # What the fold counts (metrics.count) is counted once the batch is committed.
+            with metrics.counted_on_commit():
+                async with self.pool.acquire() as conn, conn.transaction():
+                    applied = await claim_new(conn, batch.events)
+                    derived = await self._fold(conn, applied)
+                    await save_positions(conn, batch.next_offsets)
             self.failure_streak = 0
             return applied, derived
         except TRANSIENT_ERRORS:
@@ -532,9 +550,10 @@ class BatchProjector:
         outcomes: list[Exception | None] = []
         for event in batch.events:
             try:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    fresh = await claim_new(conn, [event])
-                    derived += await self._fold(conn, fresh)
+                with metrics.counted_on_commit():
+                    async with self.pool.acquire() as conn, conn.transaction():
+                        fresh = await claim_new(conn, [event])
+                        derived += await self._fold(conn, fresh)
                 applied.extend(fresh)
                 outcomes.append(None)
             except TRANSIENT_ERRORS:

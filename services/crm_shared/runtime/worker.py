@@ -9,12 +9,14 @@ import asyncio
 import json
 import logging
 import math
+import os
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from socketserver import ThreadingMixIn
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIEnvironment
 
@@ -24,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from faust.exceptions import NotReady
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, ServiceT
 from prometheus_client import make_wsgi_app
@@ -208,7 +211,8 @@ def build_app(
     app.topics.add(app.topic(*(topic.name for topic in projection.topics)))
 
     async def relay_outbox() -> None:
-        await relay.run((*TRANSIENT_ERRORS, KafkaError))
+        # NotReady: the producer stops before this task while the worker stops; the rows wait.
+        await relay.run((*TRANSIENT_ERRORS, KafkaError, NotReady))
 
     app.task(relay_outbox)
 
@@ -247,9 +251,15 @@ def build_app(
             extra={"count": len(assigned), "projection": projection.name, "reread": dropped},
         )
 
+    async def abandon_batch(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
+        """Stopping (after the revocation's bounded wait): cancel what is still in flight rather
+        than let it hold the stop and the event loop (exactly once: it rolls back)."""
+        await projector.abandon()
+
     # mode types signal receivers as sync functions
     app.on_partitions_revoked.connect(finish_batch)  # type: ignore[arg-type]
     app.on_partitions_assigned.connect(resume_from_database)  # type: ignore[arg-type]
+    app.on_before_shutdown.connect(abandon_batch)  # type: ignore[arg-type]
     return app, projector
 
 
@@ -436,10 +446,53 @@ def run_worker(projection: Projection, settings: ServiceSettings) -> None:
         "worker starting",
         extra={"projection": projection.name, "metrics_port": settings.worker_metrics_port},
     )
-    faust.Worker(
-        app,
-        loop=loop,
-        loglevel=settings.platform.log_level,
-        logging_config=logging_config(f"{projection.name}-worker", settings.platform.log_level),
-        quiet=True,
-    ).execute_from_commandline()
+    try:
+        BoundedStopWorker(
+            app,
+            loop=loop,
+            loglevel=settings.platform.log_level,
+            logging_config=logging_config(f"{projection.name}-worker", settings.platform.log_level),
+            quiet=True,
+        ).execute_from_commandline()
+    except SystemExit as stopped:
+        exit_now(stopped.code)
+
+
+STOP_SECONDS = 8.0
+"""At most this long from a stop signal to the process's end: the batch in flight gets
+REVOKE_WAIT_SECONDS to commit, then is cancelled (see `abandon_batch`); whatever still holds the
+stop after this (a step of a fold that does not yield, a query slow to cancel) is cut short as a
+crash would be, which loses nothing (the positions are in the view's transaction)."""
+
+
+class BoundedStopWorker(faust.Worker):
+    """faust's worker, whose stop after SIGTERM or SIGINT ends the process within STOP_SECONDS.
+
+    The deadline is armed in `_schedule_shutdown`, mode's private handler of those signals
+    (tests/unit/test_faust_contract.py fails if it changes), run from the loop's signal callback:
+    a thread ends the process when it expires, whatever the event loop is doing."""
+
+    def _schedule_shutdown(self, signal: Any) -> None:
+        deadline = threading.Timer(STOP_SECONDS, _stop_overran, args=(signal,))
+        deadline.daemon = True
+        deadline.start()
+        super()._schedule_shutdown(signal)
+
+
+def _stop_overran(signal: Any) -> None:
+    log.error("worker still stopping after its deadline: exiting", extra={"signal": str(signal)})
+    exit_now(1)
+
+
+def exit_now(code: str | int | None) -> NoReturn:
+    """End the process once faust has stopped, without waiting for threads: a periodic job's
+    computation in a thread (a model fit, a neighbour list) cannot be interrupted, and the
+    interpreter would wait for it at exit, a minute or more after SIGTERM. Its result was to be
+    written by a transaction that will not come now, so nothing is lost; the job runs again at
+    the next start."""
+    if isinstance(code, str):
+        print(code, file=sys.stderr)  # what SystemExit would have printed
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
