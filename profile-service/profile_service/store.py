@@ -18,6 +18,8 @@ from crm_shared.contracts.segment_rules import (
     AnyOf,
     Bought,
     FieldIn,
+    Lifetime,
+    LifetimeFigure,
     Measure,
     MeasureBetween,
     NotRule,
@@ -1426,6 +1428,17 @@ async def customer_facts(
             " WHERE customer_id IN (SELECT id FROM wanted)",
             lambda r: (r["currency"], (r["r"], r["f"], r["m"])),
         ),
+        "lifetime": (
+            "SELECT p.customer_id, p.currency, p.probability_alive, p.expected_purchases,"
+            f" p.expected_spend FROM {_CURRENT_PREDICTIONS}"
+            " WHERE p.customer_id IN (SELECT id FROM wanted)",
+            lambda r: (
+                r["currency"],
+                segments.LifetimePrediction(
+                    r["probability_alive"], r["expected_purchases"], r["expected_spend"]
+                ),
+            ),
+        ),
     }
     if with_lines:
         queries["lines"] = (
@@ -1439,7 +1452,8 @@ async def customer_facts(
         for row in await conn.fetch(f"WITH {_WANTED} {query}", ids):
             found.setdefault(row["customer_id"], []).append(make(row))
         for customer_id, items in found.items():
-            parts[customer_id][part] = dict(items) if part in ("cancellations", "rfm") else items
+            keyed = part in ("cancellations", "rfm", "lifetime")
+            parts[customer_id][part] = dict(items) if keyed else items
     for row in await conn.fetch(
         f"""
         WITH {_WANTED}
@@ -1500,6 +1514,13 @@ class _CompiledRule:
                 f" WHERE {' AND '.join(self._bought_where(rule.bought))}"
             )
             return f"({alias}.customer_id IS NOT NULL)"
+        if isinstance(rule, Lifetime):
+            alias = self.join(
+                f"SELECT p.customer_id FROM {_CURRENT_PREDICTIONS}"
+                " JOIN segment_candidates s USING (customer_id)"
+                f" WHERE {self._lifetime_where(rule.lifetime)}"
+            )
+            return f"({alias}.customer_id IS NOT NULL)"
         assert isinstance(rule, Rfm)
         alias = self.join(
             "SELECT DISTINCT r.customer_id FROM rfm_scores r"
@@ -1531,6 +1552,12 @@ class _CompiledRule:
                     "EXISTS (SELECT 1 FROM rfm_scores r WHERE r.customer_id = s.customer_id"
                     f" AND {self._rfm_where(condition.rfm)})"
                 )
+            elif isinstance(condition, Lifetime):
+                found.append(
+                    f"EXISTS (SELECT 1 FROM {_CURRENT_PREDICTIONS}"
+                    " WHERE p.customer_id = s.customer_id"
+                    f" AND {self._lifetime_where(condition.lifetime)})"
+                )
         return found
 
     def _bought_where(self, spec: rules.BoughtSpec) -> list[str]:
@@ -1551,6 +1578,17 @@ class _CompiledRule:
             f" {self.parameter([t[1] for t in triples], 'int[]')},"
             f" {self.parameter([t[2] for t in triples], 'int[]')}))"
         )
+
+    def _lifetime_where(self, spec: rules.LifetimeSpec) -> str:
+        """The prediction `p` in the currency with its figure within the bounds, in double
+        precision (segments.lifetime_figure computes the same)."""
+        value = _LIFETIME_FIGURES[spec.figure]
+        where = [f"p.currency = {self.parameter(spec.currency, 'text')}"]
+        if spec.at_least is not None:
+            where.append(f"{value} >= {self.parameter(float(spec.at_least), 'float8')}")
+        if spec.at_most is not None:
+            where.append(f"{value} <= {self.parameter(float(spec.at_most), 'float8')}")
+        return " AND ".join(where)
 
     def _orders_where(self, rule: MeasureBetween) -> list[str]:
         where = [_NOT_CANCELLED]
@@ -1631,6 +1669,18 @@ class _CompiledRule:
             bounds.append(f"{value} <= {self.parameter(rule.at_most * scale, 'numeric')}")
         return f"coalesce({' AND '.join(bounds)}, false)"
 
+
+_CURRENT_PREDICTIONS = (
+    "fitted_lifetime_predictions p"
+    " JOIN fitted_lifetime_models m ON m.version = p.version AND m.current"
+)
+"""The predictions of the lifetime-value model in use, as `p`."""
+_LIFETIME_FIGURES = {
+    LifetimeFigure.PROBABILITY_ALIVE: "p.probability_alive",
+    LifetimeFigure.CHURN_PROBABILITY: "(1 - p.probability_alive)",
+    LifetimeFigure.EXPECTED_PURCHASES: "p.expected_purchases",
+    LifetimeFigure.LIFETIME_VALUE: "(p.expected_purchases * p.expected_spend)",
+}
 
 _NOT_CANCELLED = (
     "NOT EXISTS (SELECT 1 FROM order_cancellations x"
