@@ -23,7 +23,7 @@ from crm_shared.runtime.shadow import Fingerprint, fingerprints
 from profile_service import analytics, commerce, store
 from profile_service.worker import PROJECTION
 from tests.component.partition_logs import folded_in_batches, interleaved, orders_tick
-from tests.unit.test_demo_retail import DATA
+from tests.uci_data import DATA, real_file
 
 pytestmark = pytest.mark.component
 
@@ -277,7 +277,7 @@ async def test_a_currency_without_purchases_has_a_grand_total_of_zeros() -> None
     ]
 
 
-@pytest.mark.skipif(DATA is None, reason="shared/data/online_retail.csv.gz not found")
+@real_file
 async def test_the_online_retail_file_gives_its_known_totals_in_the_commerce_views(
     fresh_dsn: str,
 ) -> None:

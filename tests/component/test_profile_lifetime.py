@@ -30,7 +30,7 @@ from profile_service.lifetime_job import LifetimeRefitter
 from profile_service.worker import PROJECTION
 from tests.component.partition_logs import folded_in_batches, interleaved, orders_tick
 from tests.component.service_api import api_get, database_url
-from tests.unit.test_demo_retail import DATA
+from tests.uci_data import DATA, real_file
 
 pytestmark = pytest.mark.component
 
@@ -249,7 +249,7 @@ async def test_an_unmerged_record_is_fitted_apart_again() -> None:
     assert visitor["by_currency"][0]["purchase_days"] == 1
 
 
-@pytest.mark.skipif(DATA is None, reason="shared/data/online_retail.csv.gz not found")
+@real_file
 async def test_the_online_retail_file_fits_sane_parameters_and_consistent_predictions(
     fresh_dsn: str,
 ) -> None:
