@@ -21,8 +21,8 @@ from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.projector import BatchProjector, RawRecord
 from crm_shared.runtime.shadow import Fingerprint, fingerprints
 from profile_service import analytics, commerce, store
-from profile_service.worker import PROJECTION
-from tests.component.partition_logs import folded_in_batches, interleaved, orders_tick
+from profile_service.worker import PROJECTION, RfmRefresher
+from tests.component.partition_logs import fold_more, folded_in_batches, interleaved, orders_tick
 from tests.uci_data import DATA, real_file
 
 pytestmark = pytest.mark.component
@@ -184,6 +184,31 @@ async def test_rfm_scores_in_sql_match_the_reference_by_the_replayable_clock() -
     assert by_id["A"]["recency_days"] == 30
     assert sum(count for (currency, _), count in sizes.items() if currency == "GBP") == 32
     assert mine[0]["segment"] == analytics.rfm_segment(*expected["K29"])
+
+
+async def test_the_worker_keeps_scores_current_as_the_population_changes() -> None:
+    """A's monetary score falls from 5 to 2 when bigger spenders arrive, with no event of A's:
+    the worker's periodic job scores the population again once the projection moved."""
+    log = [
+        _placed("A", "A1", 0, "100"),
+        _placed("B", "B1", 1, "50"),
+        _tick(0, 5),
+        *(_placed(c, f"{c}1", 6, price) for c, price in (("C", "200"), ("D", "300"), ("E", "400"))),
+        _tick(0, 7),
+    ]
+    records = interleaved({0: log}, "crm.orders")
+    refresher = RfmRefresher()
+
+    async def a_scores(pool: asyncpg.Pool) -> tuple[int, int, int]:
+        await refresher(pool)
+        async with pool.acquire() as conn:
+            (a,) = await store.rfm_of(conn, "A")
+        return a["r"], a["f"], a["m"]
+
+    async with folded_in_batches(PROJECTION, records[:3], 3) as pool:
+        assert await a_scores(pool) == (1, 1, 5)  # the older buyer, the bigger spender of two
+        await fold_more(PROJECTION, pool, records[3:])
+        assert await a_scores(pool) == (1, 1, 2)  # the second smallest spender of five
 
 
 async def test_top_customers_are_the_fewest_reaching_the_share() -> None:
