@@ -6,7 +6,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import astuple, fields
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -529,21 +529,22 @@ async def save_commerce(conn: asyncpg.Connection, rows: CommerceRows) -> None:
         await conn.execute(
             """
             INSERT INTO orders AS t (customer_id, order_id, source, event_id, placed_at, channel,
-                                     currency, amount, line_count, items)
+                                     currency, amount, line_count, items, country)
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
                                  $5::timestamptz[], $6::text[], $7::text[],
-                                 $8::text[]::numeric[], $9::int[], $10::bigint[])
+                                 $8::text[]::numeric[], $9::int[], $10::bigint[], $11::text[])
             ON CONFLICT (customer_id, order_id) DO UPDATE SET
                 source = EXCLUDED.source, event_id = EXCLUDED.event_id,
                 placed_at = EXCLUDED.placed_at, channel = EXCLUDED.channel,
                 currency = EXCLUDED.currency, amount = EXCLUDED.amount,
-                line_count = EXCLUDED.line_count, items = EXCLUDED.items
+                line_count = EXCLUDED.line_count, items = EXCLUDED.items,
+                country = EXCLUDED.country
             """
             + _FIRST_WINS.format(time="placed_at"),
             *columns(rows.orders, "customer_id", "order_id", "source", "event_id", "placed_at"),
             *columns(rows.orders, "channel", "currency"),
             [str(row.amount) for row in rows.orders],
-            *columns(rows.orders, "line_count", "items"),
+            *columns(rows.orders, "line_count", "items", "country"),
         )
     if rows.lines:
         await conn.execute(
@@ -678,16 +679,24 @@ async def customer_view_with_purchases(
     return (_known_view(rows[0]), *_purchases(rows))
 
 
-async def channel_counts(conn: asyncpg.Connection, ids: Sequence[str]) -> dict[str, int]:
-    """How many of these records' orders (not cancelled) came through each channel."""
+OrderDimension = Literal["channel", "country"]
+
+
+async def order_counts(
+    conn: asyncpg.Connection, ids: Sequence[str], by: OrderDimension
+) -> dict[str, int]:
+    """How many of these records' orders (not cancelled) came through each channel, or went to
+    each country (orders that name one)."""
+    column = {"channel": "o.channel", "country": "o.country"}[by]  # never the caller's text
     rows = await conn.fetch(
-        """
-        SELECT channel, sum(orders)::int AS orders FROM revenue_facts
-        WHERE customer_id = ANY($1::text[]) AND orders = 1 GROUP BY channel
+        f"""
+        SELECT {column} AS value, count(*)::int AS orders FROM orders o
+        WHERE o.customer_id = ANY($1::text[]) AND {column} IS NOT NULL AND {_NOT_CANCELLED}
+        GROUP BY 1
         """,
         list(ids),
     )
-    return {row["channel"]: row["orders"] for row in rows}
+    return {row["value"]: row["orders"] for row in rows}
 
 
 # --- analysis across customers: RFM, top customers, the cube -------------------------------------

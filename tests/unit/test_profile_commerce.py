@@ -39,6 +39,17 @@ def test_an_order_becomes_one_row_with_its_lines_amount_and_channel() -> None:
         3,
     )
     assert (placed.placed_at, placed.channel, placed.currency) == (at(3), "web", "GBP")
+    assert placed.country is None  # the event names none
+    shipped = event(
+        "crm.order.placed.v1",
+        "C1",
+        {
+            "order_id": "O2",
+            "country": "FR",
+            "lines": [{"product_id": "P1", "quantity": 1, "unit_price": "1"}],
+        },
+    )
+    assert [o.country for o in commerce_rows([shipped]).orders] == ["FR"]
     assert [(line.line_no, line.product_id, line.quantity) for line in rows.lines] == [
         (1, "P1", 2),
         (2, "P2", 1),
