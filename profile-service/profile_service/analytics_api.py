@@ -30,8 +30,9 @@ class PurchaseSummary(BaseModel):
     cancelled_orders: int
     favourite_channels: list[str]
     favourite_countries: list[str]
-    """Orders carry no country: the customer's own country, when known. Orders carry no product
-    category either, so there are no favourite categories."""
+    """Where the orders went (those naming a country), most orders first; when none names one,
+    the customer's own country, when known. Orders carry no product category, so there are no
+    favourite categories yet."""
 
 
 class RfmScore(BaseModel):
@@ -105,8 +106,11 @@ async def purchase_summary(customer_id: CustomerIdPath, conn: Conn) -> Response:
     totals, cancelled = await store.purchases_of(conn, person.records)
     if not totals and not cancelled:
         raise HTTPException(404, f"customer {customer_id!r} has no purchases")
-    country = (await combined_record(conn, person))[0].contact.get("country")
-    channels = await store.channel_counts(conn, person.records)
+    channels = await store.order_counts(conn, person.records, "channel")
+    countries = commerce.favourites(await store.order_counts(conn, person.records, "country"))
+    if not countries:
+        country = (await combined_record(conn, person))[0].contact.get("country")
+        countries = [country] if country else []
     summaries = [commerce.summarise(t) for t in totals]
     return model_response(
         PurchaseSummary(
@@ -114,7 +118,7 @@ async def purchase_summary(customer_id: CustomerIdPath, conn: Conn) -> Response:
             by_currency=summaries,
             cancelled_orders=cancelled,
             favourite_channels=commerce.favourites(channels),
-            favourite_countries=[country] if country else [],
+            favourite_countries=countries,
         )
     )
 

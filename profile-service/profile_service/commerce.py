@@ -32,6 +32,7 @@ class OrderRow(NamedTuple):
     amount: Decimal
     line_count: int
     items: int
+    country: str | None
 
 
 class LineRow(NamedTuple):
@@ -122,6 +123,7 @@ def commerce_rows(events: Iterable[Event]) -> CommerceRows:
                         data.total,
                         len(data.lines),
                         sum(line.quantity for line in data.lines),
+                        data.country,
                     ),
                 )
             )

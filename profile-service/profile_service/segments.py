@@ -23,6 +23,8 @@ from crm_shared.contracts.segment_rules import (
     AnyOf,
     Bought,
     FieldIn,
+    Lifetime,
+    LifetimeFigure,
     Measure,
     MeasureBetween,
     NotRule,
@@ -66,6 +68,26 @@ class RefundFact:
 
 
 @dataclass(frozen=True)
+class LifetimePrediction:
+    """What the model in use predicts for the customer in one currency (as stored)."""
+
+    probability_alive: float
+    expected_purchases: float
+    expected_spend: float
+
+
+def lifetime_figure(prediction: LifetimePrediction, figure: LifetimeFigure) -> float:
+    """One figure of a prediction, computed as the SQL of store._CompiledRule computes it."""
+    if figure == LifetimeFigure.PROBABILITY_ALIVE:
+        return prediction.probability_alive
+    if figure == LifetimeFigure.CHURN_PROBABILITY:
+        return 1 - prediction.probability_alive
+    if figure == LifetimeFigure.EXPECTED_PURCHASES:
+        return prediction.expected_purchases
+    return prediction.expected_purchases * prediction.expected_spend
+
+
+@dataclass(frozen=True)
 class CustomerFacts:
     """What the profile knows of one customer that a rule can ask about."""
 
@@ -79,6 +101,8 @@ class CustomerFacts:
     """When each cancelled order was cancelled, by order id."""
     rfm: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
     """(R, F, M) per currency, as the RFM scores were last refreshed."""
+    lifetime: Mapping[str, LifetimePrediction] = field(default_factory=dict)
+    """The lifetime-value model's predictions per currency, by the version in use."""
     complaints: Sequence[datetime] = ()
     """When each of the customer's complaint cases was first opened."""
     now: datetime | None = None
@@ -130,6 +154,7 @@ def person_facts(
             for order, at in p.cancellations.items()
         },
         rfm=next((p.rfm for p in parts if p.customer_id == person_id), {}),
+        lifetime=next((p.lifetime for p in parts if p.customer_id == person_id), {}),
         complaints=[at for p in parts for at in p.complaints],
         now=max(nows, default=None),
     )
@@ -266,9 +291,22 @@ def matches(rule: Rule, facts: CustomerFacts) -> bool:
         return _between(measure_value(facts, rule), rule)
     if isinstance(rule, Bought):
         return _bought(facts, rule.bought)
+    if isinstance(rule, Lifetime):
+        return _lifetime_between(facts, rule.lifetime)
     assert isinstance(rule, Rfm)
     scores = facts.rfm.get(rule.rfm.currency)
     return scores is not None and scores in rfm_triples(rule.rfm)
+
+
+def _lifetime_between(facts: CustomerFacts, spec: rules.LifetimeSpec) -> bool:
+    """The figure within the bounds, compared as double precision like the SQL (a customer
+    without a prediction in the currency has no figure)."""
+    prediction = facts.lifetime.get(spec.currency)
+    if prediction is None:
+        return False
+    value = lifetime_figure(prediction, spec.figure)
+    low, high = spec.at_least, spec.at_most
+    return (low is None or value >= float(low)) and (high is None or value <= float(high))
 
 
 def uses_products(rule: Rule) -> bool:

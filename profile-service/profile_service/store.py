@@ -6,7 +6,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import astuple, fields
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -18,6 +18,8 @@ from crm_shared.contracts.segment_rules import (
     AnyOf,
     Bought,
     FieldIn,
+    Lifetime,
+    LifetimeFigure,
     Measure,
     MeasureBetween,
     NotRule,
@@ -527,21 +529,22 @@ async def save_commerce(conn: asyncpg.Connection, rows: CommerceRows) -> None:
         await conn.execute(
             """
             INSERT INTO orders AS t (customer_id, order_id, source, event_id, placed_at, channel,
-                                     currency, amount, line_count, items)
+                                     currency, amount, line_count, items, country)
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
                                  $5::timestamptz[], $6::text[], $7::text[],
-                                 $8::text[]::numeric[], $9::int[], $10::bigint[])
+                                 $8::text[]::numeric[], $9::int[], $10::bigint[], $11::text[])
             ON CONFLICT (customer_id, order_id) DO UPDATE SET
                 source = EXCLUDED.source, event_id = EXCLUDED.event_id,
                 placed_at = EXCLUDED.placed_at, channel = EXCLUDED.channel,
                 currency = EXCLUDED.currency, amount = EXCLUDED.amount,
-                line_count = EXCLUDED.line_count, items = EXCLUDED.items
+                line_count = EXCLUDED.line_count, items = EXCLUDED.items,
+                country = EXCLUDED.country
             """
             + _FIRST_WINS.format(time="placed_at"),
             *columns(rows.orders, "customer_id", "order_id", "source", "event_id", "placed_at"),
             *columns(rows.orders, "channel", "currency"),
             [str(row.amount) for row in rows.orders],
-            *columns(rows.orders, "line_count", "items"),
+            *columns(rows.orders, "line_count", "items", "country"),
         )
     if rows.lines:
         await conn.execute(
@@ -676,16 +679,24 @@ async def customer_view_with_purchases(
     return (_known_view(rows[0]), *_purchases(rows))
 
 
-async def channel_counts(conn: asyncpg.Connection, ids: Sequence[str]) -> dict[str, int]:
-    """How many of these records' orders (not cancelled) came through each channel."""
+OrderDimension = Literal["channel", "country"]
+
+
+async def order_counts(
+    conn: asyncpg.Connection, ids: Sequence[str], by: OrderDimension
+) -> dict[str, int]:
+    """How many of these records' orders (not cancelled) came through each channel, or went to
+    each country (orders that name one)."""
+    column = {"channel": "o.channel", "country": "o.country"}[by]  # never the caller's text
     rows = await conn.fetch(
-        """
-        SELECT channel, sum(orders)::int AS orders FROM revenue_facts
-        WHERE customer_id = ANY($1::text[]) AND orders = 1 GROUP BY channel
+        f"""
+        SELECT {column} AS value, count(*)::int AS orders FROM orders o
+        WHERE o.customer_id = ANY($1::text[]) AND {column} IS NOT NULL AND {_NOT_CANCELLED}
+        GROUP BY 1
         """,
         list(ids),
     )
-    return {row["channel"]: row["orders"] for row in rows}
+    return {row["value"]: row["orders"] for row in rows}
 
 
 # --- analysis across customers: RFM, top customers, the cube -------------------------------------
@@ -1426,6 +1437,17 @@ async def customer_facts(
             " WHERE customer_id IN (SELECT id FROM wanted)",
             lambda r: (r["currency"], (r["r"], r["f"], r["m"])),
         ),
+        "lifetime": (
+            "SELECT p.customer_id, p.currency, p.probability_alive, p.expected_purchases,"
+            f" p.expected_spend FROM {_CURRENT_PREDICTIONS}"
+            " WHERE p.customer_id IN (SELECT id FROM wanted)",
+            lambda r: (
+                r["currency"],
+                segments.LifetimePrediction(
+                    r["probability_alive"], r["expected_purchases"], r["expected_spend"]
+                ),
+            ),
+        ),
     }
     if with_lines:
         queries["lines"] = (
@@ -1439,7 +1461,8 @@ async def customer_facts(
         for row in await conn.fetch(f"WITH {_WANTED} {query}", ids):
             found.setdefault(row["customer_id"], []).append(make(row))
         for customer_id, items in found.items():
-            parts[customer_id][part] = dict(items) if part in ("cancellations", "rfm") else items
+            keyed = part in ("cancellations", "rfm", "lifetime")
+            parts[customer_id][part] = dict(items) if keyed else items
     for row in await conn.fetch(
         f"""
         WITH {_WANTED}
@@ -1500,6 +1523,13 @@ class _CompiledRule:
                 f" WHERE {' AND '.join(self._bought_where(rule.bought))}"
             )
             return f"({alias}.customer_id IS NOT NULL)"
+        if isinstance(rule, Lifetime):
+            alias = self.join(
+                f"SELECT p.customer_id FROM {_CURRENT_PREDICTIONS}"
+                " JOIN segment_candidates s USING (customer_id)"
+                f" WHERE {self._lifetime_where(rule.lifetime)}"
+            )
+            return f"({alias}.customer_id IS NOT NULL)"
         assert isinstance(rule, Rfm)
         alias = self.join(
             "SELECT DISTINCT r.customer_id FROM rfm_scores r"
@@ -1531,6 +1561,12 @@ class _CompiledRule:
                     "EXISTS (SELECT 1 FROM rfm_scores r WHERE r.customer_id = s.customer_id"
                     f" AND {self._rfm_where(condition.rfm)})"
                 )
+            elif isinstance(condition, Lifetime):
+                found.append(
+                    f"EXISTS (SELECT 1 FROM {_CURRENT_PREDICTIONS}"
+                    " WHERE p.customer_id = s.customer_id"
+                    f" AND {self._lifetime_where(condition.lifetime)})"
+                )
         return found
 
     def _bought_where(self, spec: rules.BoughtSpec) -> list[str]:
@@ -1551,6 +1587,17 @@ class _CompiledRule:
             f" {self.parameter([t[1] for t in triples], 'int[]')},"
             f" {self.parameter([t[2] for t in triples], 'int[]')}))"
         )
+
+    def _lifetime_where(self, spec: rules.LifetimeSpec) -> str:
+        """The prediction `p` in the currency with its figure within the bounds, in double
+        precision (segments.lifetime_figure computes the same)."""
+        value = _LIFETIME_FIGURES[spec.figure]
+        where = [f"p.currency = {self.parameter(spec.currency, 'text')}"]
+        if spec.at_least is not None:
+            where.append(f"{value} >= {self.parameter(float(spec.at_least), 'float8')}")
+        if spec.at_most is not None:
+            where.append(f"{value} <= {self.parameter(float(spec.at_most), 'float8')}")
+        return " AND ".join(where)
 
     def _orders_where(self, rule: MeasureBetween) -> list[str]:
         where = [_NOT_CANCELLED]
@@ -1631,6 +1678,18 @@ class _CompiledRule:
             bounds.append(f"{value} <= {self.parameter(rule.at_most * scale, 'numeric')}")
         return f"coalesce({' AND '.join(bounds)}, false)"
 
+
+_CURRENT_PREDICTIONS = (
+    "fitted_lifetime_predictions p"
+    " JOIN fitted_lifetime_models m ON m.version = p.version AND m.current"
+)
+"""The predictions of the lifetime-value model in use, as `p`."""
+_LIFETIME_FIGURES = {
+    LifetimeFigure.PROBABILITY_ALIVE: "p.probability_alive",
+    LifetimeFigure.CHURN_PROBABILITY: "(1 - p.probability_alive)",
+    LifetimeFigure.EXPECTED_PURCHASES: "p.expected_purchases",
+    LifetimeFigure.LIFETIME_VALUE: "(p.expected_purchases * p.expected_spend)",
+}
 
 _NOT_CANCELLED = (
     "NOT EXISTS (SELECT 1 FROM order_cancellations x"

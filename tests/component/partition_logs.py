@@ -66,6 +66,18 @@ def failing_after(fold: Fold, poison_id: str, fails: type[Exception], when: int)
         return derived
 
     return fold_then_fail
+async def no_dead_letters(letters: Sequence[DeadLetter]) -> None:
+    raise AssertionError(f"unexpected dead letters: {letters}")
+
+
+async def fold_more(
+    projection: Projection, pool: asyncpg.Pool, records: Sequence[RawRecord]
+) -> None:
+    """Fold records that continue the logs already folded into the pool, as a worker restarted
+    from the stored positions would."""
+    projector = BatchProjector(projection, pool, no_dead_letters)
+    await projector.reload_positions()
+    await projector.process(records)
 
 
 @asynccontextmanager
@@ -80,10 +92,6 @@ async def folded_in_batches(
     name = f"crm_component_{uuid.uuid4().hex[:12]}"
     pool = await open_pool(f"{base}/{name}", projection.migrations, 2)
     try:
-
-        async def no_dead_letters(letters: Sequence[DeadLetter]) -> None:
-            raise AssertionError(f"unexpected dead letters: {letters}")
-
         projector = BatchProjector(projection, pool, no_dead_letters)
         await projector.reload_positions()
         for start in range(0, len(records), size):

@@ -10,12 +10,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 
 from crm_shared.contracts.events import build_event, encode_event
 from crm_shared.contracts.segment_rules import Rule
 from crm_shared.runtime.projector import RawRecord
 from profile_service import segments, store
+from profile_service.lifetime import FittedVersion, Prediction, PurchaseHistory
 from profile_service.worker import PROJECTION
 from tests.component.partition_logs import folded_in_batches, orders_tick
 
@@ -229,6 +231,15 @@ RULES: list[dict[str, Any]] = [
     {"bought": {"product_ids": ["P3", "P4"], "description_contains": "cushion"}},
     {"rfm": {"currency": "GBP", "min_r": 3}},
     {"rfm": {"currency": "EUR", "segments": ["champions", "lost", "new"]}},
+    {"lifetime": {"currency": "GBP", "figure": "churn_probability", "at_least": 0.5}},
+    {"lifetime": {"currency": "GBP", "figure": "lifetime_value", "at_least": 40, "at_most": 90}},
+    {"not": {"lifetime": {"currency": "EUR", "figure": "probability_alive", "at_least": 0.3}}},
+    {
+        "all": [
+            {"lifetime": {"currency": "GBP", "figure": "expected_purchases", "at_most": 2}},
+            {"measure": "orders", "at_least": 1},
+        ]
+    },
     {
         "any": [
             {
@@ -254,6 +265,29 @@ def _rule(document: dict[str, Any]) -> Rule:
     return segments.RULE.validate_python(document)
 
 
+async def _fitted(conn: asyncpg.Connection, customers: Sequence[str], version: int) -> None:
+    """A lifetime model swapped in as the worker swaps one, with made-up predictions for most
+    customers in GBP and some in EUR (the rule language reads them, whoever fitted them)."""
+    rng = random.Random(version)
+    predictions = [
+        (
+            PurchaseHistory(customer, currency, 1, 10.0, 20.0, 5.0),
+            Prediction(
+                customer,
+                currency,
+                rng.choice([0.05, 0.3, 0.5, 0.75, 0.99]),
+                rng.choice([0.5, 2.0, 3.25]),
+                rng.choice([12.0, 20.0, 30.5]),
+            ),
+        )
+        for customer in customers
+        for currency in ("GBP", "EUR")
+        if rng.random() < (0.8 if currency == "GBP" else 0.4)
+    ]
+    fitted = FittedVersion(DAY0, DAY0, 0.1, "test", [], predictions)
+    assert await store.save_lifetime_model(conn, fitted, []) == version
+
+
 async def test_sql_selects_the_customers_the_python_evaluator_selects() -> None:
     log = _varied_log()
     async with folded_in_batches(PROJECTION, log.records, 50) as pool, pool.acquire() as conn:
@@ -262,6 +296,8 @@ async def test_sql_selects_the_customers_the_python_evaluator_selects() -> None:
             r["customer_id"]
             for r in await conn.fetch(f"SELECT customer_id FROM ({store.EVERYONE}) u ORDER BY 1")
         ]
+        await _fitted(conn, everyone, 1)
+        await _fitted(conn, everyone, 2)  # the rules read the version in use only
         facts = await store.customer_facts(conn, everyone, with_lines=True)
         assert any(f.now is None and f.orders for f in facts.values())  # partition 2: no tick
         for document in RULES:

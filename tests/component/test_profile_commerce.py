@@ -21,9 +21,12 @@ from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.projector import BatchProjector, RawRecord
 from crm_shared.runtime.shadow import Fingerprint, fingerprints
 from profile_service import analytics, commerce, store
-from profile_service.worker import PROJECTION
-from tests.component.partition_logs import folded_in_batches, interleaved, orders_tick
-from tests.unit.test_demo_retail import DATA
+from profile_service.api import create_app
+from profile_service.config import ProfileSettings
+from profile_service.worker import PROJECTION, RfmRefresher
+from tests.component.partition_logs import fold_more, folded_in_batches, interleaved, orders_tick
+from tests.component.service_api import api_get, database_url
+from tests.uci_data import DATA, real_file
 
 pytestmark = pytest.mark.component
 
@@ -81,12 +84,12 @@ LOGS: dict[int, list[dict[str, Any]]] = {
         _placed("A", "O1", 0, "10", "5"),
         _placed("A", "O3", 5, "7", currency="EUR"),
         _cancelled("B", "O4", 4),  # before the order it cancels
-        _placed("B", "O4", 3, "50"),
+        _placed("B", "O4", 3, "50", country="DE"),  # cancelled: goes nowhere
         _refunded("B", "R2", 6, "50", order="O4"),  # part of the cancellation
         _placed("A", "O1", 1, "99"),  # the same order id again, later: not kept
-        _placed("A", "O2", 10, "20", channel="store"),
+        _placed("A", "O2", 10, "20", channel="store", country="FR"),
         _refunded("A", "R1", 12, "5", order="O1"),  # partial
-        _placed("B", "O5", 20, "30"),
+        _placed("B", "O5", 20, "30", country="IE"),
         _refunded("B", "R3", 21, "4"),  # names no order
         _tick(0, 40),
     ],
@@ -136,7 +139,8 @@ async def test_refunds_cancellations_and_currencies_make_the_customer_totals() -
     async with _folded(4) as pool, pool.acquire() as conn:
         a = {t.currency: t for t in (await store.purchases_of(conn, ["A"]))[0]}
         b = {t.currency: t for t in (await store.purchases_of(conn, ["B"]))[0]}
-        channels = await store.channel_counts(conn, ["A"])
+        channels = await store.order_counts(conn, ["A"], "channel")
+        countries = await store.order_counts(conn, ["A", "B"], "country")
     # A: O1 (first placement, 15) partly refunded (5), O2 20; EUR apart.
     assert (a["GBP"].orders, a["GBP"].gross_revenue, a["GBP"].refunded) == (2, 35, 5)
     assert a["GBP"].net_revenue == Decimal(30)
@@ -145,6 +149,31 @@ async def test_refunds_cancellations_and_currencies_make_the_customer_totals() -
     assert (b["GBP"].orders, b["GBP"].gross_revenue, b["GBP"].refunded) == (1, 30, 4)
     assert b["GBP"].first_purchase_at == DAY0 + timedelta(days=20)
     assert channels == {"web": 2, "store": 1}  # EUR orders count too: channels are not money
+    assert countries == {"FR": 1, "IE": 1}  # orders naming a country, not cancelled
+
+
+async def test_favourite_countries_are_where_orders_went_else_the_customers_own() -> None:
+    registered = build_event(
+        "crm.customer.registered.v1",
+        "K1",
+        {"country": "United Kingdom"},
+        source="shop",
+        time=DAY0,
+        event_id="K1-registered",
+    )
+    records = [*_records(reverse=False), *interleaved({0: [registered]}, "crm.customers")]
+    async with folded_in_batches(PROJECTION, records, 50) as pool:
+        settings = ProfileSettings(database_url=await database_url(pool))
+        answers = {
+            customer: (
+                await api_get(create_app(settings), settings, f"/customers/{customer}/purchases")
+            ).json()
+            for customer in ("A", "K1", "K2")
+        }
+    assert answers["A"]["favourite_channels"] == ["web", "store"]
+    assert answers["A"]["favourite_countries"] == ["FR"]
+    assert answers["K1"]["favourite_countries"] == ["United Kingdom"]  # no order names one
+    assert answers["K2"]["favourite_countries"] == []
 
 
 async def test_counts_across_currencies_leave_cancelled_orders_and_their_refunds_out() -> None:
@@ -184,6 +213,31 @@ async def test_rfm_scores_in_sql_match_the_reference_by_the_replayable_clock() -
     assert by_id["A"]["recency_days"] == 30
     assert sum(count for (currency, _), count in sizes.items() if currency == "GBP") == 32
     assert mine[0]["segment"] == analytics.rfm_segment(*expected["K29"])
+
+
+async def test_the_worker_keeps_scores_current_as_the_population_changes() -> None:
+    """A's monetary score falls from 5 to 2 when bigger spenders arrive, with no event of A's:
+    the worker's periodic job scores the population again once the projection moved."""
+    log = [
+        _placed("A", "A1", 0, "100"),
+        _placed("B", "B1", 1, "50"),
+        _tick(0, 5),
+        *(_placed(c, f"{c}1", 6, price) for c, price in (("C", "200"), ("D", "300"), ("E", "400"))),
+        _tick(0, 7),
+    ]
+    records = interleaved({0: log}, "crm.orders")
+    refresher = RfmRefresher()
+
+    async def a_scores(pool: asyncpg.Pool) -> tuple[int, int, int]:
+        await refresher(pool)
+        async with pool.acquire() as conn:
+            (a,) = await store.rfm_of(conn, "A")
+        return a["r"], a["f"], a["m"]
+
+    async with folded_in_batches(PROJECTION, records[:3], 3) as pool:
+        assert await a_scores(pool) == (1, 1, 5)  # the older buyer, the bigger spender of two
+        await fold_more(PROJECTION, pool, records[3:])
+        assert await a_scores(pool) == (1, 1, 2)  # the second smallest spender of five
 
 
 async def test_top_customers_are_the_fewest_reaching_the_share() -> None:
@@ -277,7 +331,7 @@ async def test_a_currency_without_purchases_has_a_grand_total_of_zeros() -> None
     ]
 
 
-@pytest.mark.skipif(DATA is None, reason="shared/data/online_retail.csv.gz not found")
+@real_file
 async def test_the_online_retail_file_gives_its_known_totals_in_the_commerce_views(
     fresh_dsn: str,
 ) -> None:

@@ -24,13 +24,13 @@ from crm_shared.runtime.shadow import fingerprints
 from profile_service import store
 from profile_service.api import create_app
 from profile_service.config import ProfileSettings
-from profile_service.lifetime import FittedVersion
+from profile_service.lifetime import REFIT_AFTER, FittedVersion
 from profile_service.lifetime_fit import fit_all
 from profile_service.lifetime_job import LifetimeRefitter
 from profile_service.worker import PROJECTION
-from tests.component.partition_logs import folded_in_batches, interleaved, orders_tick
+from tests.component.partition_logs import fold_more, folded_in_batches, interleaved, orders_tick
 from tests.component.service_api import api_get, database_url
-from tests.unit.test_demo_retail import DATA
+from tests.uci_data import DATA, real_file
 
 pytestmark = pytest.mark.component
 
@@ -173,6 +173,39 @@ async def test_a_fit_is_swapped_in_whole_and_a_requested_refit_replaces_it() -> 
     assert not any(table.startswith("fitted_") for table in before)  # not compared by rebuilds
 
 
+async def test_an_old_model_is_refitted_on_schedule_once_the_projection_moved() -> None:
+    """The job's schedule: a model younger than REFIT_AFTER is kept though orders arrive; once
+    it is older, the next look fits again ("scheduled") and swaps the new version in."""
+    log = [*_crowd(40, seed=3), orders_tick(0, DAY0 + timedelta(days=260))]
+    more = [
+        _order("late", "l1", 255, "30"),
+        _order("late", "l2", 258, "30"),
+        orders_tick(0, DAY0 + timedelta(days=261)),
+    ]
+    records = interleaved({0: [*log, *more]}, "crm.orders")
+    refitter = LifetimeRefitter()
+    async with folded_in_batches(PROJECTION, records[: len(log)], 100) as pool:
+        await refitter(pool)
+        await fold_more(PROJECTION, pool, records[len(log) :])
+        await refitter(pool)  # the projection moved, but the model is new: kept
+        async with pool.acquire() as conn:
+            kept = await store.current_lifetime_model(conn)
+            unscored = await store.lifetime_of(conn, "late")
+            await conn.execute(  # as if fitted REFIT_AFTER and a minute ago
+                "UPDATE fitted_lifetime_models SET fitted_at = fitted_at - $1::interval",
+                REFIT_AFTER + timedelta(minutes=1),
+            )
+        await refitter(pool)
+        async with pool.acquire() as conn:
+            refitted = await store.current_lifetime_model(conn)
+            scored = await store.lifetime_of(conn, "late")
+    assert kept is not None and (kept.version, kept.trigger) == (1, "first")
+    assert unscored == []
+    assert refitted is not None and (refitted.version, refitted.trigger) == (2, "scheduled")
+    assert refitted.fitted_at > kept.fitted_at
+    assert [s.version for s in scored] == [2]
+
+
 def _customer(kind: str, day: float, data: dict[str, Any]) -> Any:
     """An event of Ann's customer record."""
     at = DAY0 + timedelta(days=day)
@@ -249,7 +282,7 @@ async def test_an_unmerged_record_is_fitted_apart_again() -> None:
     assert visitor["by_currency"][0]["purchase_days"] == 1
 
 
-@pytest.mark.skipif(DATA is None, reason="shared/data/online_retail.csv.gz not found")
+@real_file
 async def test_the_online_retail_file_fits_sane_parameters_and_consistent_predictions(
     fresh_dsn: str,
 ) -> None:

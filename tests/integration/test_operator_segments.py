@@ -18,7 +18,14 @@ from kafka import KafkaProducer
 
 from crm_shared.contracts import deadletter
 from crm_shared.contracts.events import CLOCK_TICKED, build_event, encode_event
-from tests.integration.helpers import create_api_key, eventually, gateway_url, read_topic, unique
+from tests.integration.helpers import (
+    create_api_key,
+    eventually,
+    fetch,
+    gateway_url,
+    read_topic,
+    unique,
+)
 from tests.integration.test_crash_recovery import publish
 
 pytestmark = pytest.mark.integration
@@ -59,6 +66,17 @@ def _announcements(bootstrap: str, segment: str) -> list[tuple[str, str, int]]:
         if event["type"] != CLOCK_TICKED and event["data"]["segment"] == segment:
             found.append((event["subject"], event["type"].split(".")[2], event["data"]["version"]))
     return sorted(set(found), key=lambda a: (a[0], a[2]))
+
+
+async def _broadcast_members(platform: dict[str, str], segment: str) -> dict[str, tuple[bool, int]]:
+    """The segment's memberships as the broadcast service folded them from crm.segments (what
+    its campaigns target): customer -> (member, version)."""
+    rows = await fetch(
+        f"{platform['CRM_PG_DSN_BASE']}/crm_broadcast",
+        "SELECT customer_id, member, version FROM segment_memberships WHERE segment = $1",
+        segment,
+    )
+    return {r["customer_id"]: (r["member"], r["version"]) for r in rows}
 
 
 async def _define(
@@ -144,6 +162,11 @@ async def test_a_segment_defined_through_the_gateway_follows_the_events(
             lambda found: found == [*entered[:1], (a, "left", 2), *entered[1:]],
             what="a's exit on crm.segments",
         )
+        await eventually(  # the broadcast service consumes the entries and exits
+            lambda: _broadcast_members(platform, segment),
+            lambda found: found == {a: (False, 2), b: (True, 1), c: (True, 1), d: (True, 1)},
+            what="the broadcast service folding the segment's entries and exit",
+        )
 
         pages: list[str] = []
         cursor: str | None = None
@@ -175,6 +198,11 @@ async def test_a_segment_defined_through_the_gateway_follows_the_events(
         )
     left = _announcements(bootstrap, segment)
     assert {(who, kind) for who, kind, _ in left} >= {(b, "left"), (c, "left"), (d, "left")}
+    await eventually(
+        lambda: _broadcast_members(platform, segment),
+        lambda found: not any(member for member, _ in found.values()) and len(found) == 4,
+        what="the broadcast service letting every member of the retired segment go",
+    )
 
 
 async def test_an_invalid_definition_on_kafka_is_dead_lettered_with_the_reason(

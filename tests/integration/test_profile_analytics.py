@@ -1,6 +1,7 @@
 """Purchases, RFM, top customers and the cube through the real broker, database and gateway:
 orders, a partial refund and a cancellation published to Kafka come out of the gateway's
-analysis routes, which ask for their scopes and check their parameters."""
+analysis routes, which ask for their scopes and check their parameters; every route of the
+profile service on the gateway refuses a key without its scope, naming the scope."""
 
 from __future__ import annotations
 
@@ -124,6 +125,10 @@ async def test_purchase_analysis_reaches_the_gateway_with_scopes(platform: dict[
         )
         (score,) = [s for s in rfm["scores"] if s["currency"] == currency]
         assert (score["f"], score["m"]) == (5, 5)
+        status, sizes = await get("/v1/analytics/rfm-segments")
+        assert status == 200
+        mine = {s["segment"]: s["customers"] for s in sizes if s["currency"] == currency}
+        assert sum(mine.values()) == BUYERS and mine.get(score["segment"], 0) >= 1
 
         total = sum(net.values())
         _, top = await eventually(
@@ -166,3 +171,56 @@ async def test_purchase_analysis_reaches_the_gateway_with_scopes(platform: dict[
         )
     assert answer.status_code == 403
     assert "analytics:read" in answer.text
+
+
+PROFILE_ROUTES: list[tuple[str, str, str]] = [
+    ("GET", "/v1/customers/{c}", "customers:read"),
+    ("GET", "/v1/customers/{c}/merges", "customers:read"),
+    ("GET", "/v1/customers/{c}/purchases", "customers:read"),
+    ("GET", "/v1/customers/{c}/rfm", "customers:read"),
+    ("GET", "/v1/customers/{c}/lifetime-value", "customers:read"),
+    ("GET", "/v1/customers/{c}/opinions", "customers:read"),
+    ("POST", "/v1/customers/{c}/merges", "customers:merge"),
+    ("DELETE", "/v1/customers/{c}/merges/{c}-other", "customers:merge"),
+    ("GET", "/v1/analytics/rfm-segments", "analytics:read"),
+    ("GET", "/v1/analytics/top-customers", "analytics:read"),
+    ("GET", "/v1/analytics/cube", "analytics:read"),
+    ("GET", "/v1/analytics/opinions", "analytics:read"),
+    ("GET", "/v1/analytics/lifetime-value/model", "analytics:read"),
+    ("POST", "/v1/analytics/lifetime-value/refits", "analytics:write"),
+    ("GET", "/v1/customers/{c}/segments", "segments:read"),
+    ("GET", "/v1/segments", "segments:read"),
+    ("GET", "/v1/segments/{s}", "segments:read"),
+    ("GET", "/v1/segments/{s}/size", "segments:read"),
+    ("GET", "/v1/segments/{s}/members", "segments:read"),
+    ("POST", "/v1/segments", "segments:write"),
+    ("DELETE", "/v1/segments/{s}", "segments:write"),
+]
+"""Every profile-service route of the gateway (issue 7, item 10) and the scope it needs."""
+BODIES = {
+    "/v1/customers/{c}/merges": {"customer_id": "someone-else"},
+    "/v1/segments": {"segment": "scoped", "rule": {"measure": "orders", "at_least": 1}},
+}
+
+
+async def test_every_profile_route_refuses_a_key_without_its_scope(
+    platform: dict[str, str],
+) -> None:
+    customer, segment = unique("scoped"), "scoped"
+    scopes = {scope for _, _, scope in PROFILE_ROUTES}
+    lacking = {  # a key with every other scope of these routes
+        scope: create_api_key(platform, unique("unscoped"), ",".join(sorted(scopes - {scope})))
+        for scope in scopes
+    }
+    async with httpx.AsyncClient(base_url=gateway_url(platform), timeout=10) as gateway:
+        for method, template, scope in PROFILE_ROUTES:
+            key = lacking[scope]
+            path = template.format(c=customer, s=segment)
+            refused = await gateway.request(
+                method,
+                path,
+                json=BODIES.get(template) if method == "POST" else None,
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert refused.status_code == 403, (method, path, refused.text)
+            assert scope in refused.text, (method, path, refused.text)

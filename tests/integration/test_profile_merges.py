@@ -106,6 +106,11 @@ async def test_merge_and_unmerge_through_the_gateway(platform: dict[str, str]) -
             f"/v1/customers/{ann}/merges", json={"customer_id": "null"}
         )
         assert placeholder.status_code == 422 and "placeholder" in placeholder.text
+        into_placeholder = await gateway.post(
+            "/v1/customers/0/merges", json={"customer_id": f"{prefix}-nobody"}
+        )
+        assert into_placeholder.status_code == 422, into_placeholder.text
+        assert "'0' is a placeholder" in into_placeholder.text
         itself = await gateway.post(f"/v1/customers/{ann}/merges", json={"customer_id": ann})
         assert itself.status_code == 422 and "itself" in itself.text
         forced = await gateway.post(

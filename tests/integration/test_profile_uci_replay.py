@@ -30,11 +30,11 @@ from tests.integration.helpers import (
     unique,
 )
 from tests.integration.test_crash_recovery import publish
-from tests.unit.test_demo_retail import DATA
+from tests.uci_data import DATA, real_file
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(DATA is None, reason="shared/data/online_retail.csv.gz not found"),
+    real_file,
 ]
 
 SAMPLE = 150

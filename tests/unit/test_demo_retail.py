@@ -27,6 +27,7 @@ from crm_shared.ops.demo.retail import (
     read_rows,
     transform,
 )
+from tests.uci_data import DATA, real_file
 
 _lines = iter(range(2, 10_000))
 
@@ -297,16 +298,6 @@ def test_read_rows_numbers_lines_and_checks_the_header(tmp_path: Path) -> None:
 
 
 # --- the real file against the facts in shared/data/README.md ---------------------------------
-
-DATA = next(
-    (
-        folder / "shared" / "data" / "online_retail.csv.gz"
-        for folder in Path(__file__).resolve().parents
-        if (folder / "shared" / "data" / "online_retail.csv.gz").is_file()
-    ),
-    None,
-)
-real_file = pytest.mark.skipif(DATA is None, reason="shared/data/online_retail.csv.gz not found")
 
 
 @pytest.fixture(scope="module")

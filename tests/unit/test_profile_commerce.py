@@ -15,7 +15,9 @@ def _cancel(customer: str, order_id: str, minutes: float) -> Event:
     return event("crm.order.cancelled.v1", customer, {"order_id": order_id}, minutes=minutes)
 
 
-def _order_in(currency: str, order_id: str, minutes: float, channel: str = "web") -> Event:
+def _order_in(
+    currency: str, order_id: str, minutes: float, channel: str = "web", **extra: str
+) -> Event:
     return event(
         "crm.order.placed.v1",
         "C1",
@@ -24,6 +26,7 @@ def _order_in(currency: str, order_id: str, minutes: float, channel: str = "web"
             "currency": currency,
             "channel": channel,
             "lines": [{"product_id": "P", "quantity": 2, "unit_price": "5"}],
+            **extra,
         },
         minutes=minutes,
     )
@@ -39,6 +42,9 @@ def test_an_order_becomes_one_row_with_its_lines_amount_and_channel() -> None:
         3,
     )
     assert (placed.placed_at, placed.channel, placed.currency) == (at(3), "web", "GBP")
+    assert placed.country is None  # the event names none
+    shipped = _order_in("GBP", "O2", 0, country="FR")
+    assert [o.country for o in commerce_rows([shipped]).orders] == ["FR"]
     assert [(line.line_no, line.product_id, line.quantity) for line in rows.lines] == [
         (1, "P1", 2),
         (2, "P2", 1),

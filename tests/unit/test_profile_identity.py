@@ -54,6 +54,8 @@ def test_a_record_merged_into_itself_says_nothing() -> None:
 def test_placeholder_ids_cannot_be_merged(placeholder: str) -> None:
     with pytest.raises(InvalidEvent, match="placeholder"):
         _merge("A", placeholder, 1)
+    with pytest.raises(InvalidEvent, match=r"subject.*placeholder"):  # nor be merged into
+        _merge(placeholder, "A", 1)
 
 
 def test_the_person_takes_each_field_from_the_record_that_set_it_last() -> None:

@@ -11,7 +11,6 @@ import pytest
 from scipy import sparse
 
 from crm_shared.contracts.events import build_event
-from crm_shared.ops.demo.load import default_data_path
 from recommendation_service import evaluate
 from recommendation_service.evaluation import (
     BLEND_WEIGHTS,
@@ -56,6 +55,7 @@ from recommendation_service.models import (
     similar_products,
     top_k,
 )
+from tests.uci_data import real_file
 
 T = datetime(2011, 9, 1, tzinfo=UTC)
 
@@ -367,10 +367,8 @@ def test_blend_scales_each_model_per_customer_before_weighing() -> None:
 
 # --- the command on the real file ---------------------------------------------------------------
 
-DATA = default_data_path()
 
-
-@pytest.mark.skipif(DATA is None, reason="shared/data/online_retail.csv.gz not found")
+@real_file
 def test_evaluation_of_a_sample_ranks_the_blend_above_every_single_model(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -471,7 +469,7 @@ def test_the_sweep_report_ranks_the_best_ndcg_first_and_marks_the_served_weights
     assert marked.split("|")[1:6] == [f" {served[n]:g} " for n in served] + [" - ", " - "]
 
 
-@pytest.mark.skipif(DATA is None, reason="shared/data/online_retail.csv.gz not found")
+@real_file
 def test_the_command_changes_model_parameters_and_refuses_unknown_ones() -> None:
     args = evaluate.parse_args(
         ["--ease", "regularization=50", "--ease", "kept=20", "--als", "factors=8"]
@@ -484,7 +482,7 @@ def test_the_command_changes_model_parameters_and_refuses_unknown_ones() -> None
         evaluate.parse_args(["--split", "2011-09-01", "--until", "2011-08-01"])
 
 
-@pytest.mark.skipif(DATA is None, reason="shared/data/online_retail.csv.gz not found")
+@real_file
 def test_the_sweep_of_a_sample_on_a_validation_window(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--sample", "400", "--split", "2011-07-01", "--until", "2011-09-01", "--sweep"]
     assert evaluate.main(argv) == 0

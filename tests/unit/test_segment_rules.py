@@ -91,6 +91,24 @@ def test_a_valid_definition_survives_the_wire_and_dumps_as_written() -> None:
         ({"bought": {"product_ids": ["A"], "within_days": 0}}, "greater than or equal to 1"),
         ({"rfm": {"currency": "GBP", "segments": ["whales"]}}, "champions"),
         ({"rfm": {"currency": "gbp"}}, "currency"),
+        ({"lifetime": {"currency": "GBP", "figure": "churn_probability"}}, "give at_least"),
+        ({"lifetime": {"figure": "lifetime_value", "at_least": 1}}, "currency"),
+        ({"lifetime": {"currency": "GBP", "figure": "loyalty", "at_least": 1}}, "figure"),
+        (
+            {"lifetime": {"currency": "GBP", "figure": "probability_alive", "at_least": 2}},
+            "probability_alive is a probability: bounds from 0 to 1",
+        ),
+        (
+            {
+                "lifetime": {
+                    "currency": "GBP",
+                    "figure": "expected_purchases",
+                    "at_least": 3,
+                    "at_most": 2,
+                }
+            },
+            "at_least is above at_most",
+        ),
         ({"all": [{"field": "country", "in": ["x"]}], "extra": 1}, "extra"),
     ],
 )
@@ -117,12 +135,14 @@ def _rule(document: dict[str, Any]) -> Any:
     return segments.RULE.validate_python(document)
 
 
-def test_time_dependent_rules_are_those_reading_the_clock_or_the_rfm_scores() -> None:
+def test_time_dependent_rules_are_those_reading_the_clock_the_rfm_scores_or_the_model() -> None:
     assert not is_time_dependent(_rule({"measure": "orders", "at_least": 1}))
     assert not is_time_dependent(_rule({"bought": {"product_ids": ["A"]}}))
     assert is_time_dependent(_rule({"not": {"bought": {"product_ids": ["A"], "within_days": 9}}}))
     assert is_time_dependent(_rule({"measure": "days_since_last_purchase", "at_least": 1}))
     assert is_time_dependent(_rule({"any": [{"rfm": {"currency": "GBP"}}]}))
+    churn = {"currency": "GBP", "figure": "churn_probability", "at_least": 0.5}
+    assert is_time_dependent(_rule({"not": {"lifetime": churn}}))
 
 
 def _order(
@@ -152,6 +172,7 @@ CUSTOMER = CustomerFacts(
     ),
     cancellations={"o3": NOW - timedelta(days=4)},
     rfm={"GBP": (5, 4, 4)},
+    lifetime={"GBP": segments.LifetimePrediction(0.25, 2.0, 12.5)},
     complaints=(NOW - timedelta(days=100), NOW - timedelta(days=20), NOW - timedelta(days=2)),
     now=NOW,
 )
@@ -188,6 +209,14 @@ CUSTOMER = CustomerFacts(
         ({"rfm": {"currency": "GBP", "min_f": 5}}, False),
         ({"rfm": {"currency": "EUR"}}, False),
         ({"not": {"rfm": {"currency": "EUR"}}}, True),
+        ({"lifetime": {"currency": "GBP", "figure": "probability_alive", "at_most": 0.25}}, True),
+        ({"lifetime": {"currency": "GBP", "figure": "probability_alive", "at_most": 0.2}}, False),
+        ({"lifetime": {"currency": "GBP", "figure": "churn_probability", "at_least": 0.75}}, True),
+        ({"lifetime": {"currency": "GBP", "figure": "churn_probability", "at_least": 0.8}}, False),
+        ({"lifetime": {"currency": "GBP", "figure": "expected_purchases", "at_least": 2}}, True),
+        ({"lifetime": {"currency": "GBP", "figure": "lifetime_value", "at_least": 25}}, True),
+        ({"lifetime": {"currency": "GBP", "figure": "lifetime_value", "at_least": 25.01}}, False),
+        ({"lifetime": {"currency": "EUR", "figure": "lifetime_value", "at_least": 0}}, False),
         ({"all": [{"measure": "orders", "at_least": 1}, {"field": "country", "in": ["x"]}]}, False),
         (
             {"any": [{"measure": "orders", "at_least": 9}, {"field": "country", "in": ["France"]}]},
@@ -226,6 +255,7 @@ def test_a_persons_facts_are_its_records_together_with_order_ids_kept_apart() ->
         lines=[LineFact("o1", "P1", "mug")],
         complaints=[NOW, NOW],
         rfm={"GBP": (1, 1, 1)},
+        lifetime={"GBP": segments.LifetimePrediction(0.5, 1.0, 10.0)},
         now=NOW - timedelta(days=1),
     )
     visitor = CustomerFacts(
@@ -234,6 +264,7 @@ def test_a_persons_facts_are_its_records_together_with_order_ids_kept_apart() ->
         refunds=[RefundFact("o1", NOW, "GBP", Decimal(4))],
         cancellations={"o1": NOW},
         complaints=[NOW],
+        lifetime={"GBP": segments.LifetimePrediction(0.9, 4.0, 10.0)},  # fitted before the merge
         now=NOW,
     )
     person = segments.person_facts("ann", [ann, visitor], {"country": "UK"})
@@ -242,6 +273,7 @@ def test_a_persons_facts_are_its_records_together_with_order_ids_kept_apart() ->
         return segments.matches(segments.RULE.validate_python(rule), person)
 
     assert person.customer_id == "ann" and person.now == NOW and person.rfm == ann.rfm
+    assert person.lifetime == ann.lifetime  # fitted per person, under the person's id
     assert holds({"measure": "complaints", "at_least": 3})
     assert holds({"field": "country", "in": ["UK"]})
     # The visitor's o1 is cancelled (and its refund with it), Ann's o1 is not.

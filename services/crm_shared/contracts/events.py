@@ -492,8 +492,12 @@ PLACEHOLDER_IDS = frozenset(
 fuse every customer it was ever sent for into one person."""
 
 
+def _is_placeholder(customer_id: str) -> bool:
+    return customer_id.strip().casefold() in PLACEHOLDER_IDS
+
+
 def _not_a_placeholder(customer_id: str) -> str:
-    if customer_id.strip().casefold() in PLACEHOLDER_IDS:
+    if _is_placeholder(customer_id):
         raise ValueError(f"{customer_id!r} is a placeholder, not a customer id")
     return customer_id
 
@@ -501,7 +505,7 @@ def _not_a_placeholder(customer_id: str) -> str:
 class CustomerMerged(_EventData):
     """Another customer record is the same person as the subject: from the merge's time its
     history counts for the subject. Its own events stay as they were, so an unmerge gives it
-    back."""
+    back. Neither the subject nor the record merged may be a placeholder id (PLACEHOLDER_IDS)."""
 
     merged_customer_id: Annotated[CustomerId, AfterValidator(_not_a_placeholder)]
     reason: str | None = Field(default=None, max_length=300)
@@ -1337,6 +1341,11 @@ def _typed(envelope: CloudEvent, partition: int, log_time_ms: int) -> Event:
 
 def _event(envelope: CloudEvent, data: _EventData, partition: int, log_time_ms: int) -> Event:
     """The event a projection reads, from a validated envelope and its typed data."""
+    if isinstance(data, CustomerMerged) and _is_placeholder(envelope.subject):
+        raise InvalidEvent(
+            f"invalid subject of {envelope.type}: {envelope.subject!r} is a placeholder, not a"
+            " customer id: nothing is merged into it"
+        )
     return Event(
         id=envelope.id,
         source=envelope.source,

@@ -18,10 +18,16 @@ A rule is one node:
   "within_days": 90}}` an order not cancelled had a line of one of these products or whose
   description contains the text (case-insensitive);
 - `{"rfm": {"currency": "GBP", "segments": ["champions"], "min_r": 4}}` the customer's RFM
-  scores in a currency: named segments and score bounds.
+  scores in a currency: named segments and score bounds;
+- `{"lifetime": {"currency": "GBP", "figure": "churn_probability", "at_least": 0.7}}` a figure
+  of the lifetime-value model in use for the customer in a currency: `probability_alive`,
+  `churn_probability` (1 - probability_alive), `expected_purchases` or `lifetime_value` (over
+  the model's horizon); a customer the model has not scored in that currency has none.
 
 `within_days` and `days_since_last_purchase` read the replayable clock of the customer's
-crm.orders partition; before that partition has ticked, no time window holds anything.
+crm.orders partition; before that partition has ticked, no time window holds anything. RFM and
+lifetime conditions read what the worker last computed (scores refreshed, model fitted), so
+segments using them are evaluated again at every tick.
 """
 
 from __future__ import annotations
@@ -113,6 +119,17 @@ ORDER_MEASURES = frozenset(
 COUNTS_WITHOUT_CURRENCY = frozenset({Measure.CANCELLATIONS, Measure.COMPLAINTS})
 
 
+Bound = Annotated[Decimal, Field(ge=0, le=Decimal("1e15"))]
+
+
+def _check_bounds(at_least: Decimal | None, at_most: Decimal | None) -> None:
+    """Bounds (inclusive) that some value could meet: at least one, the lower not above."""
+    if at_least is None and at_most is None:
+        raise ValueError("give at_least, at_most or both")
+    if at_least is not None and at_most is not None and at_least > at_most:
+        raise ValueError("at_least is above at_most: no customer could match")
+
+
 class MeasureBetween(_Node):
     """A count, an amount or a recency in days is within bounds (inclusive)."""
 
@@ -120,15 +137,12 @@ class MeasureBetween(_Node):
     currency: Currency | None = None
     channel: Annotated[str, Field(min_length=1, max_length=40)] | None = None
     within_days: WindowDays | None = None
-    at_least: Decimal | None = Field(default=None, ge=0, le=Decimal("1e15"))
-    at_most: Decimal | None = Field(default=None, ge=0, le=Decimal("1e15"))
+    at_least: Bound | None = None
+    at_most: Bound | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> MeasureBetween:
-        if self.at_least is None and self.at_most is None:
-            raise ValueError("give at_least, at_most or both")
-        if self.at_least is not None and self.at_most is not None and self.at_least > self.at_most:
-            raise ValueError("at_least is above at_most: no customer could match")
+        _check_bounds(self.at_least, self.at_most)
         if self.measure in MONEY_MEASURES and self.currency is None:
             raise ValueError(f"{self.measure} needs a currency: amounts are never mixed")
         if self.measure in COUNTS_WITHOUT_CURRENCY and self.currency is not None:
@@ -181,6 +195,39 @@ class Rfm(_Node):
     rfm: RfmSpec
 
 
+class LifetimeFigure(StrEnum):
+    PROBABILITY_ALIVE = "probability_alive"
+    CHURN_PROBABILITY = "churn_probability"
+    EXPECTED_PURCHASES = "expected_purchases"
+    LIFETIME_VALUE = "lifetime_value"
+
+
+PROBABILITIES = frozenset({LifetimeFigure.PROBABILITY_ALIVE, LifetimeFigure.CHURN_PROBABILITY})
+
+
+class LifetimeSpec(_Node):
+    currency: Currency
+    figure: LifetimeFigure
+    at_least: Bound | None = None
+    at_most: Bound | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LifetimeSpec:
+        _check_bounds(self.at_least, self.at_most)
+        if self.figure in PROBABILITIES and any(
+            bound is not None and bound > 1 for bound in (self.at_least, self.at_most)
+        ):
+            raise ValueError(f"{self.figure} is a probability: bounds from 0 to 1")
+        return self
+
+
+class Lifetime(_Node):
+    """A figure of the lifetime-value model in use for the customer in a currency (as last
+    fitted) is within bounds (inclusive)."""
+
+    lifetime: LifetimeSpec
+
+
 class AllOf(_Node):
     all: tuple[Rule, ...] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
 
@@ -195,7 +242,7 @@ class NotRule(_Node):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
-_TAGS = ("all", "any", "not", "field", "measure", "bought", "rfm")
+_TAGS = ("all", "any", "not", "field", "measure", "bought", "rfm", "lifetime")
 
 
 def _tag_of(node: Any) -> str | None:
@@ -211,6 +258,7 @@ def _tag_of(node: Any) -> str | None:
             MeasureBetween: "measure",
             Bought: "bought",
             Rfm: "rfm",
+            Lifetime: "lifetime",
         }.get(type(node))
     return None
 
@@ -222,7 +270,8 @@ Rule = Annotated[
     | Annotated[FieldIn, Tag("field")]
     | Annotated[MeasureBetween, Tag("measure")]
     | Annotated[Bought, Tag("bought")]
-    | Annotated[Rfm, Tag("rfm")],
+    | Annotated[Rfm, Tag("rfm")]
+    | Annotated[Lifetime, Tag("lifetime")],
     Discriminator(
         _tag_of,
         custom_error_type="unknown_rule",
@@ -260,12 +309,12 @@ def check_size(rule: Rule) -> None:
 
 
 def is_time_dependent(rule: Rule) -> bool:
-    """Whether the rule can change with time alone (a window, a recency, the RFM scores): such
-    segments are evaluated again when the clock ticks."""
+    """Whether the rule can change with time alone (a window, a recency, the RFM scores, the
+    lifetime model): such segments are evaluated again when the clock ticks."""
     if isinstance(rule, MeasureBetween):
         return rule.within_days is not None or rule.measure == Measure.DAYS_SINCE_LAST_PURCHASE
     if isinstance(rule, Bought):
         return rule.bought.within_days is not None
-    if isinstance(rule, Rfm):
+    if isinstance(rule, Rfm | Lifetime):
         return True
     return any(is_time_dependent(child) for child in children(rule))
