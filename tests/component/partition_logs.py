@@ -66,6 +66,8 @@ def failing_after(fold: Fold, poison_id: str, fails: type[Exception], when: int)
         return derived
 
     return fold_then_fail
+
+
 async def no_dead_letters(letters: Sequence[DeadLetter]) -> None:
     raise AssertionError(f"unexpected dead letters: {letters}")
 
