@@ -78,11 +78,13 @@ async def test_sigterm_stops_a_worker_mid_batch_within_bounds_and_the_batch_appl
                 event_id=f"{prefix}-{n}",
             )
 
-    async def open_transactions() -> int:
+    async def stalled_folds() -> int:
+        """Transactions whose last statement is the fold's insert: not one of the start-up's
+        (migrations), which came before the worker's signal handlers and ended it at once."""
         rows = await fetch(
             f"{platform_env['CRM_PG_DSN_BASE']}/postgres",
-            "SELECT count(*) AS n FROM pg_stat_activity"
-            " WHERE datname = $1 AND state LIKE 'idle in transaction%'",
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1"
+            " AND state LIKE 'idle in transaction%' AND query LIKE 'INSERT INTO folded%'",
             database,
         )
         return int(rows[0]["n"])
@@ -90,7 +92,7 @@ async def test_sigterm_stops_a_worker_mid_batch_within_bounds_and_the_batch_appl
     worker = start(env, fold_stall=120, job_stall=120)
     try:
         # A batch is folding (its transaction open, the fold stalling) and the job computing.
-        await eventually(open_transactions, lambda n: n > 0, within=90, what="a batch in flight")
+        await eventually(stalled_folds, lambda n: n > 0, within=90, what="a batch in flight")
     finally:
         seconds, code = stop(worker)
     assert code == 0 and seconds < STOP_WITHIN, f"stopped after {seconds:.1f} s with {code}"
