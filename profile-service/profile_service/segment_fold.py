@@ -31,8 +31,8 @@ from crm_shared.contracts.segment_rules import is_time_dependent
 from crm_shared.contracts.topics import ORDERS
 from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.projector import Fold
-from profile_service import identity, metrics, projection, segments, store
-from profile_service.events import DEFINITION_TYPES
+from profile_service import catalogue, identity, metrics, projection, segments, store
+from profile_service.events import CATALOGUE_TYPES, DEFINITION_TYPES
 from profile_service.projection import Membership
 
 
@@ -58,7 +58,9 @@ def with_operator_segments(fold: ViewFold) -> Fold:
     ) -> Sequence[Derived]:
         if events and events[0].type == CLOCK_TICKED:
             return [*(await fold(conn, events)).derived, *await on_ticks(conn, events)]
-        facts = [e for e in events if e.type not in DEFINITION_TYPES]
+        products = [e for e in events if e.type in CATALOGUE_TYPES]
+        await fold_catalogue(conn, products)
+        facts = [e for e in events if e.type not in DEFINITION_TYPES | CATALOGUE_TYPES]
         folded = await fold(conn, facts) if facts else Folded([])
         derived = list(folded.derived)
         for event in events:
@@ -68,6 +70,17 @@ def with_operator_segments(fold: ViewFold) -> Fold:
         return derived
 
     return fold_with_segments
+
+
+async def fold_catalogue(conn: asyncpg.Connection, events: Sequence[Event]) -> set[str]:
+    """Keep the products' categories (lock, evolve, save); the products they reclassify."""
+    if not events:
+        return set()
+    ids = {row.product_id for e in events if (row := catalogue.category_row(e)) is not None}
+    stored = await store.lock_categories(conn, ids)
+    written = catalogue.newer_rows(stored, events)
+    await store.save_categories(conn, written)
+    return catalogue.reclassified(stored, written)
 
 
 async def _record(conn: asyncpg.Connection, changes: list[Membership]) -> None:

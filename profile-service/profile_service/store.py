@@ -28,6 +28,7 @@ from crm_shared.contracts.segment_rules import (
 )
 from crm_shared.runtime.db import columns
 from profile_service import analytics, complaints, identity, opinions, segments
+from profile_service.catalogue import CategoryRow
 from profile_service.commerce import (
     CancellationRow,
     CommerceRows,
@@ -619,6 +620,49 @@ async def append_commerce(conn: asyncpg.Connection, rows: CommerceRows) -> None:
     for (table, names), found in zip(_COMMERCE_TABLES, batches, strict=True):
         if found:
             await conn.copy_records_to_table(table, records=found, columns=names)
+
+
+async def lock_categories(
+    conn: asyncpg.Connection, product_ids: Collection[str]
+) -> dict[str, CategoryRow]:
+    """The stored category rows of these products, locked until the transaction ends."""
+    rows = await conn.fetch(
+        "SELECT product_id, category, recorded_at, source, event_id FROM product_categories"
+        " WHERE product_id = ANY($1::text[]) ORDER BY product_id FOR UPDATE",
+        list(product_ids),
+    )
+    return {row["product_id"]: CategoryRow(*row.values()) for row in rows}
+
+
+async def save_categories(conn: asyncpg.Connection, rows: Collection[CategoryRow]) -> None:
+    """Write products' categories; the guard keeps a newer row (catalogue.CategoryRow.order),
+    should another transaction have written one since the lock."""
+    if rows:
+        await conn.execute(
+            """
+            INSERT INTO product_categories AS t (product_id, category, recorded_at, source,
+                                                 event_id)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[],
+                                 $5::text[])
+            ON CONFLICT (product_id) DO UPDATE SET
+                category = EXCLUDED.category, recorded_at = EXCLUDED.recorded_at,
+                source = EXCLUDED.source, event_id = EXCLUDED.event_id
+            WHERE (t.recorded_at, t.source, t.event_id)
+                < (EXCLUDED.recorded_at, EXCLUDED.source, EXCLUDED.event_id)
+            """,
+            *columns(rows, "product_id", "category", "recorded_at", "source", "event_id"),
+        )
+
+
+async def buyers_in_persons(conn: asyncpg.Connection, product_ids: Collection[str]) -> list[str]:
+    """The records of persons of several records that bought one of these products."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT l.customer_id FROM order_lines l"
+        " JOIN person_records p ON p.record_id = l.customer_id"
+        " WHERE l.product_id = ANY($1::text[]) ORDER BY 1",
+        list(product_ids),
+    )
+    return [row["customer_id"] for row in rows]
 
 
 _PURCHASES = """
@@ -1714,6 +1758,12 @@ IN_PARTITIONS = (
 )
 """The customers whose time is these crm.orders partitions' clocks ($1), persons of several
 records aside."""
+BUYERS = (
+    "SELECT customer_id FROM order_lines WHERE product_id = ANY($1::text[])"
+    " EXCEPT SELECT record_id FROM person_records"
+)
+"""The customers that bought one of the products in $1 (any order line, kept or not), persons
+of several records aside."""
 AMONG = "SELECT DISTINCT unnest($1::text[]) AS customer_id"
 """The customers named in $1."""
 
