@@ -723,18 +723,30 @@ async def customer_view_with_purchases(
     return (_known_view(rows[0]), *_purchases(rows))
 
 
-OrderDimension = Literal["channel", "country"]
+OrderDimension = Literal["channel", "country", "category"]
+_ORDER_DIMENSIONS: dict[OrderDimension, tuple[str, str]] = {
+    "channel": ("o.channel", ""),
+    "country": ("o.country", ""),
+    "category": (
+        "c.category",
+        " JOIN order_lines l USING (customer_id, order_id, source, event_id)"
+        " JOIN product_categories c ON c.product_id = l.product_id",
+    ),
+}
+"""Each dimension's column and the joins that reach it (fixed text, never the caller's)."""
 
 
 async def order_counts(
     conn: asyncpg.Connection, ids: Sequence[str], by: OrderDimension
 ) -> dict[str, int]:
-    """How many of these records' orders (not cancelled) came through each channel, or went to
-    each country (orders that name one)."""
-    column = {"channel": "o.channel", "country": "o.country"}[by]  # never the caller's text
+    """How many of these records' orders (not cancelled) came through each channel, went to
+    each country (orders that name one), or had a line of each category (lines of products the
+    catalogue gives one; an order of two categories counts for both)."""
+    column, joins = _ORDER_DIMENSIONS[by]
     rows = await conn.fetch(
         f"""
-        SELECT {column} AS value, count(*)::int AS orders FROM orders o
+        SELECT {column} AS value, count(DISTINCT (o.customer_id, o.order_id))::int AS orders
+        FROM orders o{joins}
         WHERE o.customer_id = ANY($1::text[]) AND {column} IS NOT NULL AND {_NOT_CANCELLED}
         GROUP BY 1
         """,

@@ -164,6 +164,7 @@ async def test_refunds_cancellations_and_currencies_make_the_customer_totals() -
         b = {t.currency: t for t in (await store.purchases_of(conn, ["B"]))[0]}
         channels = await store.order_counts(conn, ["A"], "channel")
         countries = await store.order_counts(conn, ["A", "B"], "country")
+        categories = await store.order_counts(conn, ["A", "B"], "category")
     # A: O1 (first placement, 15) partly refunded (5), O2 20; EUR apart.
     assert (a["GBP"].orders, a["GBP"].gross_revenue, a["GBP"].refunded) == (2, 35, 5)
     assert a["GBP"].net_revenue == Decimal(30)
@@ -173,6 +174,9 @@ async def test_refunds_cancellations_and_currencies_make_the_customer_totals() -
     assert b["GBP"].first_purchase_at == DAY0 + timedelta(days=20)
     assert channels == {"web": 2, "store": 1}  # EUR orders count too: channels are not money
     assert countries == {"FR": 1, "IE": 1}  # orders naming a country, not cancelled
+    # Orders not cancelled with a line of the category: A's O1 (P0, P1), O2 and O3 (P0), B's O5
+    # (P0; O4 is cancelled). P0 counts as garden, its latest record, on every order.
+    assert categories == {"garden": 4, "candles": 1}
 
 
 async def test_products_keep_their_latest_catalogued_category() -> None:
@@ -201,6 +205,8 @@ async def test_favourite_countries_are_where_orders_went_else_the_customers_own(
         }
     assert answers["A"]["favourite_channels"] == ["web", "store"]
     assert answers["A"]["favourite_countries"] == ["FR"]
+    assert answers["A"]["favourite_categories"] == ["garden", "candles"]
+    assert answers["K2"]["favourite_categories"] == ["garden"]
     assert answers["K1"]["favourite_countries"] == ["United Kingdom"]  # no order names one
     assert answers["K2"]["favourite_countries"] == []
 
