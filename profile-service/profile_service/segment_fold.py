@@ -58,8 +58,7 @@ def with_operator_segments(fold: ViewFold) -> Fold:
     ) -> Sequence[Derived]:
         if events and events[0].type == CLOCK_TICKED:
             return [*(await fold(conn, events)).derived, *await on_ticks(conn, events)]
-        products = [e for e in events if e.type in CATALOGUE_TYPES]
-        await fold_catalogue(conn, products)
+        reclassified = await fold_catalogue(conn, [e for e in events if e.type in CATALOGUE_TYPES])
         facts = [e for e in events if e.type not in DEFINITION_TYPES | CATALOGUE_TYPES]
         folded = await fold(conn, facts) if facts else Folded([])
         derived = list(folded.derived)
@@ -67,20 +66,51 @@ def with_operator_segments(fold: ViewFold) -> Fold:
             if event.type in DEFINITION_TYPES:
                 derived.extend(await on_definition(conn, event))
         derived.extend(await on_facts(conn, facts, folded))
+        derived.extend(await on_reclassified(conn, reclassified))
         return derived
 
     return fold_with_segments
 
 
-async def fold_catalogue(conn: asyncpg.Connection, events: Sequence[Event]) -> set[str]:
-    """Keep the products' categories (lock, evolve, save); the products they reclassify."""
+async def fold_catalogue(conn: asyncpg.Connection, events: Sequence[Event]) -> dict[str, Event]:
+    """Keep the products' categories (lock, evolve, save); the products they reclassify, each
+    with the record that did."""
     if not events:
-        return set()
+        return {}
     ids = {row.product_id for e in events if (row := catalogue.category_row(e)) is not None}
     stored = await store.lock_categories(conn, ids)
     written = catalogue.newer_rows(stored, events)
     await store.save_categories(conn, written)
-    return catalogue.reclassified(stored, written)
+    by_id = {e.id: e for e in events}
+    causes = {row.product_id: by_id[row.event_id] for row in written}
+    return {product: causes[product] for product in catalogue.reclassified(stored, written)}
+
+
+async def on_reclassified(conn: asyncpg.Connection, causes: Mapping[str, Event]) -> list[Derived]:
+    """Evaluate the segments whose rules ask for categories over the buyers of the products
+    a run reclassified (in SQL; persons of several in Python), whatever the order they bought
+    in; the changes are caused by the newest of the records (by event time, then id), dated by
+    it."""
+    if not causes:
+        return []
+    asking = [d for d in await store.active_segments(conn) if segments.uses_categories(d.rule)]
+    if not asking:
+        return []
+    cause = max(causes.values(), key=lambda e: (e.time, e.id))
+    derived: list[Derived] = []
+    for definition in asking:
+        verdicts = await store.segment_verdicts(
+            conn, definition.segment, definition.rule, store.BUYERS, list(causes)
+        )
+        changes = segments.moves(
+            ((customer, holds, current) for customer, holds, current, _ in verdicts),
+            definition.segment,
+            cause.time,
+        )
+        await _record(conn, changes)
+        derived.extend(segments.announce(changes, cause))
+    buyers = await store.buyers_in_persons(conn, list(causes))
+    return [*derived, *await on_persons(conn, dict.fromkeys(buyers, cause))]
 
 
 async def _record(conn: asyncpg.Connection, changes: list[Membership]) -> None:

@@ -57,6 +57,8 @@ class LineFact:
     order_id: str
     product_id: str
     description: str | None
+    category: str | None = None
+    """The product's category in the catalogue as folded now (None: it has none)."""
 
 
 @dataclass(frozen=True)
@@ -270,6 +272,7 @@ def _bought(facts: CustomerFacts, spec: rules.BoughtSpec) -> bool:
             order is not None
             and (spec.product_ids is None or line.product_id in spec.product_ids)
             and (needle is None or _contains(line.description, needle))
+            and (spec.categories is None or line.category in spec.categories)
             and _in_window(order.placed_at, facts.now, spec.within_days)
         ):
             return True
@@ -312,6 +315,14 @@ def _lifetime_between(facts: CustomerFacts, spec: rules.LifetimeSpec) -> bool:
 def uses_products(rule: Rule) -> bool:
     """Whether evaluating the rule reads order lines (they are loaded only then)."""
     return isinstance(rule, Bought) or any(uses_products(c) for c in rules.children(rule))
+
+
+def uses_categories(rule: Rule) -> bool:
+    """Whether the rule asks which category a bought product is in: a reclassification of a
+    product can move its buyers in or out."""
+    if isinstance(rule, Bought):
+        return rule.bought.categories is not None
+    return any(uses_categories(c) for c in rules.children(rule))
 
 
 @dataclass(frozen=True)

@@ -1507,10 +1507,13 @@ async def customer_facts(
     }
     if with_lines:
         queries["lines"] = (
-            "SELECT l.customer_id, l.order_id, l.product_id, l.description FROM order_lines l"
-            " JOIN orders o USING (customer_id, order_id, source, event_id)"
+            "SELECT l.customer_id, l.order_id, l.product_id, l.description, c.category"
+            " FROM order_lines l JOIN orders o USING (customer_id, order_id, source, event_id)"
+            " LEFT JOIN product_categories c ON c.product_id = l.product_id"
             " WHERE l.customer_id IN (SELECT id FROM wanted)",
-            lambda r: segments.LineFact(r["order_id"], r["product_id"], r["description"]),
+            lambda r: segments.LineFact(
+                r["order_id"], r["product_id"], r["description"], r["category"]
+            ),
         )
     for part, (query, make) in queries.items():
         found: dict[str, list[Any]] = {}
@@ -1632,6 +1635,11 @@ class _CompiledRule:
         if spec.description_contains is not None:
             needle = self.parameter(spec.description_contains, "text")
             where.append(f"strpos(lower(l.description), lower({needle})) > 0")
+        if spec.categories is not None:
+            where.append(
+                "l.product_id IN (SELECT product_id FROM product_categories"
+                f" WHERE category = ANY({self.parameter(list(spec.categories), 'text[]')}))"
+            )
         return where
 
     def _rfm_where(self, spec: rules.RfmSpec) -> str:
