@@ -170,8 +170,7 @@ async def on_facts(
     active = await store.active_segments(conn)
     if not active or not causes:
         return derived
-    with_lines = any(segments.uses_products(d.rule) for d in active)
-    facts = await store.customer_facts(conn, causes, with_lines=with_lines)
+    facts = await store.customer_facts(conn, causes, segments.lines_read(active))
     current = await store.memberships_of(conn, causes, [d.segment for d in active])
     changes: list[Membership] = []
     for customer_id in sorted(causes):
@@ -223,8 +222,7 @@ async def on_persons(conn: asyncpg.Connection, causes: Mapping[str, Event]) -> l
     names = [projection.LAPSED, *(d.segment for d in active)]
     records = await store.records_of_persons(conn, person_causes)
     everyone = {r for own in records.values() for r in own} | absorbed.keys()
-    with_lines = any(segments.uses_products(d.rule) for d in active)
-    facts = await store.customer_facts(conn, everyone, with_lines=with_lines)
+    facts = await store.customer_facts(conn, everyone, segments.lines_read(active))
     customers = await store.records_of(conn, sorted(everyone))
     lasts = await store.lapse_states(conn, projection.LAPSED, everyone)
     current = await store.memberships_of(conn, everyone, names)

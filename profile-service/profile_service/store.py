@@ -1451,9 +1451,11 @@ async def memberships_of(
 
 
 async def customer_facts(
-    conn: asyncpg.Connection, customer_ids: Collection[str], *, with_lines: bool
+    conn: asyncpg.Connection, customer_ids: Collection[str], lines: Sequence[rules.BoughtSpec]
 ) -> dict[str, segments.CustomerFacts]:
-    """What a rule can ask about these customers (their order lines only if `with_lines`)."""
+    """What a rule can ask about these customers: of their order lines only those one of
+    `lines` names (segments.bought_specs of the rules to evaluate): a wholesale customer has
+    thousands, and reading them all for every batch of their orders stalled the fold."""
     ids = list(customer_ids)
     parts: dict[str, dict[str, Any]] = {i: {"customer_id": i} for i in ids}
     for row in await conn.fetch(
@@ -1505,19 +1507,22 @@ async def customer_facts(
             ),
         ),
     }
-    if with_lines:
+    named = _CompiledRule(first_parameter=2)  # the lines' parameters follow the ids
+    if lines:
+        either = " OR ".join(f"({' AND '.join(named.named_lines(spec))})" for spec in lines)
         queries["lines"] = (
             "SELECT l.customer_id, l.order_id, l.product_id, l.description, c.category"
             " FROM order_lines l JOIN orders o USING (customer_id, order_id, source, event_id)"
             " LEFT JOIN product_categories c ON c.product_id = l.product_id"
-            " WHERE l.customer_id IN (SELECT id FROM wanted)",
+            f" WHERE l.customer_id IN (SELECT id FROM wanted) AND ({either})",
             lambda r: segments.LineFact(
                 r["order_id"], r["product_id"], r["description"], r["category"]
             ),
         )
     for part, (query, make) in queries.items():
         found: dict[str, list[Any]] = {}
-        for row in await conn.fetch(f"WITH {_WANTED} {query}", ids):
+        arguments = named.parameters if part == "lines" else []
+        for row in await conn.fetch(f"WITH {_WANTED} {query}", ids, *arguments):
             found.setdefault(row["customer_id"], []).append(make(row))
         for customer_id, items in found.items():
             keyed = part in ("cancellations", "rfm", "lifetime")
@@ -1629,7 +1634,16 @@ class _CompiledRule:
         return found
 
     def _bought_where(self, spec: rules.BoughtSpec) -> list[str]:
-        where = [_NOT_CANCELLED, *self.window("o.placed_at", spec.within_days)]
+        return [
+            _NOT_CANCELLED,
+            *self.window("o.placed_at", spec.within_days),
+            *self.named_lines(spec),
+        ]
+
+    def named_lines(self, spec: rules.BoughtSpec) -> list[str]:
+        """The conditions on an order line `l` of what the spec names (product, description,
+        category); it always names one."""
+        where = []
         if spec.product_ids is not None:
             where.append(f"l.product_id = ANY({self.parameter(list(spec.product_ids), 'text[]')})")
         if spec.description_contains is not None:

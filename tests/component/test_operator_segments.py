@@ -310,7 +310,8 @@ async def test_sql_selects_the_customers_the_python_evaluator_selects() -> None:
         ]
         await _fitted(conn, everyone, 1)
         await _fitted(conn, everyone, 2)  # the rules read the version in use only
-        facts = await store.customer_facts(conn, everyone, with_lines=True)
+        named = [spec for document in RULES for spec in segments.bought_specs(_rule(document))]
+        facts = await store.customer_facts(conn, everyone, named)
         assert any(f.now is None and f.orders for f in facts.values())  # partition 2: no tick
         for document in RULES:
             rule = _rule(document)

@@ -140,6 +140,24 @@ def _rule(document: dict[str, Any]) -> Any:
     return segments.RULE.validate_python(document)
 
 
+def test_the_lines_a_rule_reads_are_those_its_bought_conditions_name_wherever_they_sit() -> None:
+    kitchen = {"categories": ["kitchen"], "within_days": 30}
+    mug = {"product_ids": ["MUG"]}
+    rule = _rule(
+        {
+            "all": [
+                {"measure": "orders", "at_least": 1},
+                {"any": [{"bought": kitchen}, {"not": {"bought": mug}}]},
+            ]
+        }
+    )
+    named = [s.model_dump(mode="json", exclude_none=True) for s in segments.bought_specs(rule)]
+    assert named == [kitchen, mug]
+    assert segments.bought_specs(_rule({"measure": "orders", "at_least": 1})) == []
+    assert segments.uses_categories(rule)
+    assert not segments.uses_categories(_rule({"bought": mug}))
+
+
 def test_time_dependent_rules_are_those_reading_the_clock_the_rfm_scores_or_the_model() -> None:
     assert not is_time_dependent(_rule({"measure": "orders", "at_least": 1}))
     assert not is_time_dependent(_rule({"bought": {"product_ids": ["A"]}}))
