@@ -31,8 +31,10 @@ class PurchaseSummary(BaseModel):
     favourite_channels: list[str]
     favourite_countries: list[str]
     """Where the orders went (those naming a country), most orders first; when none names one,
-    the customer's own country, when known. Orders carry no product category, so there are no
-    favourite categories yet."""
+    the customer's own country, when known."""
+    favourite_categories: list[str]
+    """The catalogue categories (crm.catalogue) of the products in the orders not cancelled,
+    most orders first; products the catalogue gives no category do not count."""
 
 
 class RfmScore(BaseModel):
@@ -119,6 +121,9 @@ async def purchase_summary(customer_id: CustomerIdPath, conn: Conn) -> Response:
             cancelled_orders=cancelled,
             favourite_channels=commerce.favourites(channels),
             favourite_countries=countries,
+            favourite_categories=commerce.favourites(
+                await store.order_counts(conn, person.records, "category")
+            ),
         )
     )
 

@@ -32,8 +32,8 @@ from crm_shared.contracts.topics import ORDERS
 from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.metrics import count
 from crm_shared.runtime.projector import Fold
-from profile_service import identity, metrics, projection, segments, store
-from profile_service.events import DEFINITION_TYPES
+from profile_service import catalogue, identity, metrics, projection, segments, store
+from profile_service.events import CATALOGUE_TYPES, DEFINITION_TYPES
 from profile_service.projection import Membership
 
 
@@ -59,16 +59,59 @@ def with_operator_segments(fold: ViewFold) -> Fold:
     ) -> Sequence[Derived]:
         if events and events[0].type == CLOCK_TICKED:
             return [*(await fold(conn, events)).derived, *await on_ticks(conn, events)]
-        facts = [e for e in events if e.type not in DEFINITION_TYPES]
+        reclassified = await fold_catalogue(conn, [e for e in events if e.type in CATALOGUE_TYPES])
+        facts = [e for e in events if e.type not in DEFINITION_TYPES | CATALOGUE_TYPES]
         folded = await fold(conn, facts) if facts else Folded([])
         derived = list(folded.derived)
         for event in events:
             if event.type in DEFINITION_TYPES:
                 derived.extend(await on_definition(conn, event))
         derived.extend(await on_facts(conn, facts, folded))
+        derived.extend(await on_reclassified(conn, reclassified))
         return derived
 
     return fold_with_segments
+
+
+async def fold_catalogue(conn: asyncpg.Connection, events: Sequence[Event]) -> dict[str, Event]:
+    """Keep the products' categories (lock, evolve, save); the products they reclassify, each
+    with the record that did."""
+    if not events:
+        return {}
+    ids = {row.product_id for e in events if (row := catalogue.category_row(e)) is not None}
+    stored = await store.lock_categories(conn, ids)
+    written = catalogue.newer_rows(stored, events)
+    await store.save_categories(conn, written)
+    by_id = {e.id: e for e in events}
+    causes = {row.product_id: by_id[row.event_id] for row in written}
+    return {product: causes[product] for product in catalogue.reclassified(stored, written)}
+
+
+async def on_reclassified(conn: asyncpg.Connection, causes: Mapping[str, Event]) -> list[Derived]:
+    """Evaluate the segments whose rules ask for categories over the buyers of the products
+    a run reclassified (in SQL; persons of several in Python), whatever the order they bought
+    in; the changes are caused by the newest of the records (by event time, then id), dated by
+    it."""
+    if not causes:
+        return []
+    asking = [d for d in await store.active_segments(conn) if segments.uses_categories(d.rule)]
+    if not asking:
+        return []
+    cause = max(causes.values(), key=lambda e: (e.time, e.id))
+    derived: list[Derived] = []
+    for definition in asking:
+        verdicts = await store.segment_verdicts(
+            conn, definition.segment, definition.rule, store.BUYERS, list(causes)
+        )
+        changes = segments.moves(
+            ((customer, holds, current) for customer, holds, current, _ in verdicts),
+            definition.segment,
+            cause.time,
+        )
+        await _record(conn, changes)
+        derived.extend(segments.announce(changes, cause))
+    buyers = await store.buyers_in_persons(conn, list(causes))
+    return [*derived, *await on_persons(conn, dict.fromkeys(buyers, cause))]
 
 
 async def _record(conn: asyncpg.Connection, changes: list[Membership]) -> None:
@@ -128,8 +171,7 @@ async def on_facts(
     active = await store.active_segments(conn)
     if not active or not causes:
         return derived
-    with_lines = any(segments.uses_products(d.rule) for d in active)
-    facts = await store.customer_facts(conn, causes, with_lines=with_lines)
+    facts = await store.customer_facts(conn, causes, segments.lines_read(active))
     current = await store.memberships_of(conn, causes, [d.segment for d in active])
     changes: list[Membership] = []
     for customer_id in sorted(causes):
@@ -181,8 +223,7 @@ async def on_persons(conn: asyncpg.Connection, causes: Mapping[str, Event]) -> l
     names = [projection.LAPSED, *(d.segment for d in active)]
     records = await store.records_of_persons(conn, person_causes)
     everyone = {r for own in records.values() for r in own} | absorbed.keys()
-    with_lines = any(segments.uses_products(d.rule) for d in active)
-    facts = await store.customer_facts(conn, everyone, with_lines=with_lines)
+    facts = await store.customer_facts(conn, everyone, segments.lines_read(active))
     customers = await store.records_of(conn, sorted(everyone))
     lasts = await store.lapse_states(conn, projection.LAPSED, everyone)
     current = await store.memberships_of(conn, everyone, names)

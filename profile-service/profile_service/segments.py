@@ -57,6 +57,8 @@ class LineFact:
     order_id: str
     product_id: str
     description: str | None
+    category: str | None = None
+    """The product's category in the catalogue as folded now (None: it has none)."""
 
 
 @dataclass(frozen=True)
@@ -270,6 +272,7 @@ def _bought(facts: CustomerFacts, spec: rules.BoughtSpec) -> bool:
             order is not None
             and (spec.product_ids is None or line.product_id in spec.product_ids)
             and (needle is None or _contains(line.description, needle))
+            and (spec.categories is None or line.category in spec.categories)
             and _in_window(order.placed_at, facts.now, spec.within_days)
         ):
             return True
@@ -309,9 +312,23 @@ def _lifetime_between(facts: CustomerFacts, spec: rules.LifetimeSpec) -> bool:
     return (low is None or value >= float(low)) and (high is None or value <= float(high))
 
 
-def uses_products(rule: Rule) -> bool:
-    """Whether evaluating the rule reads order lines (they are loaded only then)."""
-    return isinstance(rule, Bought) or any(uses_products(c) for c in rules.children(rule))
+def bought_specs(rule: Rule) -> list[rules.BoughtSpec]:
+    """The rule's "bought" conditions: evaluating it reads only the order lines one of them
+    names by product, description or category (store.customer_facts loads no others)."""
+    if isinstance(rule, Bought):
+        return [rule.bought]
+    return [spec for child in rules.children(rule) for spec in bought_specs(child)]
+
+
+def lines_read(active: Sequence[Definition]) -> list[rules.BoughtSpec]:
+    """The "bought" conditions of the active segments: the order lines their evaluation reads."""
+    return [spec for definition in active for spec in bought_specs(definition.rule)]
+
+
+def uses_categories(rule: Rule) -> bool:
+    """Whether the rule asks which category a bought product is in: a reclassification of a
+    product can move its buyers in or out."""
+    return any(spec.categories is not None for spec in bought_specs(rule))
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from crm_shared.contracts.segment_rules import (
 )
 from crm_shared.runtime.db import columns
 from profile_service import analytics, complaints, identity, opinions, segments
+from profile_service.catalogue import CategoryRow
 from profile_service.commerce import (
     CancellationRow,
     CommerceRows,
@@ -621,6 +622,49 @@ async def append_commerce(conn: asyncpg.Connection, rows: CommerceRows) -> None:
             await conn.copy_records_to_table(table, records=found, columns=names)
 
 
+async def lock_categories(
+    conn: asyncpg.Connection, product_ids: Collection[str]
+) -> dict[str, CategoryRow]:
+    """The stored category rows of these products, locked until the transaction ends."""
+    rows = await conn.fetch(
+        "SELECT product_id, category, recorded_at, source, event_id FROM product_categories"
+        " WHERE product_id = ANY($1::text[]) ORDER BY product_id FOR UPDATE",
+        list(product_ids),
+    )
+    return {row["product_id"]: CategoryRow(*row.values()) for row in rows}
+
+
+async def save_categories(conn: asyncpg.Connection, rows: Collection[CategoryRow]) -> None:
+    """Write products' categories; the guard keeps a newer row (catalogue.CategoryRow.order),
+    should another transaction have written one since the lock."""
+    if rows:
+        await conn.execute(
+            """
+            INSERT INTO product_categories AS t (product_id, category, recorded_at, source,
+                                                 event_id)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[],
+                                 $5::text[])
+            ON CONFLICT (product_id) DO UPDATE SET
+                category = EXCLUDED.category, recorded_at = EXCLUDED.recorded_at,
+                source = EXCLUDED.source, event_id = EXCLUDED.event_id
+            WHERE (t.recorded_at, t.source, t.event_id)
+                < (EXCLUDED.recorded_at, EXCLUDED.source, EXCLUDED.event_id)
+            """,
+            *columns(rows, "product_id", "category", "recorded_at", "source", "event_id"),
+        )
+
+
+async def buyers_in_persons(conn: asyncpg.Connection, product_ids: Collection[str]) -> list[str]:
+    """The records of persons of several records that bought one of these products."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT l.customer_id FROM order_lines l"
+        " JOIN person_records p ON p.record_id = l.customer_id"
+        " WHERE l.product_id = ANY($1::text[]) ORDER BY 1",
+        list(product_ids),
+    )
+    return [row["customer_id"] for row in rows]
+
+
 _PURCHASES = """
     SELECT currency, sum(orders)::bigint AS orders, sum(gross_revenue) AS gross_revenue,
            sum(refunded) AS refunded, sum(net_revenue) AS net_revenue,
@@ -679,18 +723,30 @@ async def customer_view_with_purchases(
     return (_known_view(rows[0]), *_purchases(rows))
 
 
-OrderDimension = Literal["channel", "country"]
+OrderDimension = Literal["channel", "country", "category"]
+_ORDER_DIMENSIONS: dict[OrderDimension, tuple[str, str]] = {
+    "channel": ("o.channel", ""),
+    "country": ("o.country", ""),
+    "category": (
+        "c.category",
+        " JOIN order_lines l USING (customer_id, order_id, source, event_id)"
+        " JOIN product_categories c ON c.product_id = l.product_id",
+    ),
+}
+"""Each dimension's column and the joins that reach it (fixed text, never the caller's)."""
 
 
 async def order_counts(
     conn: asyncpg.Connection, ids: Sequence[str], by: OrderDimension
 ) -> dict[str, int]:
-    """How many of these records' orders (not cancelled) came through each channel, or went to
-    each country (orders that name one)."""
-    column = {"channel": "o.channel", "country": "o.country"}[by]  # never the caller's text
+    """How many of these records' orders (not cancelled) came through each channel, went to
+    each country (orders that name one), or had a line of each category (lines of products the
+    catalogue gives one; an order of two categories counts for both)."""
+    column, joins = _ORDER_DIMENSIONS[by]
     rows = await conn.fetch(
         f"""
-        SELECT {column} AS value, count(*)::int AS orders FROM orders o
+        SELECT {column} AS value, count(DISTINCT (o.customer_id, o.order_id))::int AS orders
+        FROM orders o{joins}
         WHERE o.customer_id = ANY($1::text[]) AND {column} IS NOT NULL AND {_NOT_CANCELLED}
         GROUP BY 1
         """,
@@ -1395,9 +1451,11 @@ async def memberships_of(
 
 
 async def customer_facts(
-    conn: asyncpg.Connection, customer_ids: Collection[str], *, with_lines: bool
+    conn: asyncpg.Connection, customer_ids: Collection[str], lines: Sequence[rules.BoughtSpec]
 ) -> dict[str, segments.CustomerFacts]:
-    """What a rule can ask about these customers (their order lines only if `with_lines`)."""
+    """What a rule can ask about these customers: of their order lines only those one of
+    `lines` names (segments.bought_specs of the rules to evaluate): a wholesale customer has
+    thousands, and reading them all for every batch of their orders stalled the fold."""
     ids = list(customer_ids)
     parts: dict[str, dict[str, Any]] = {i: {"customer_id": i} for i in ids}
     for row in await conn.fetch(
@@ -1449,16 +1507,22 @@ async def customer_facts(
             ),
         ),
     }
-    if with_lines:
+    named = _CompiledRule(first_parameter=2)  # the lines' parameters follow the ids
+    if lines:
+        either = " OR ".join(f"({' AND '.join(named.named_lines(spec))})" for spec in lines)
         queries["lines"] = (
-            "SELECT l.customer_id, l.order_id, l.product_id, l.description FROM order_lines l"
-            " JOIN orders o USING (customer_id, order_id, source, event_id)"
-            " WHERE l.customer_id IN (SELECT id FROM wanted)",
-            lambda r: segments.LineFact(r["order_id"], r["product_id"], r["description"]),
+            "SELECT l.customer_id, l.order_id, l.product_id, l.description, c.category"
+            " FROM order_lines l JOIN orders o USING (customer_id, order_id, source, event_id)"
+            " LEFT JOIN product_categories c ON c.product_id = l.product_id"
+            f" WHERE l.customer_id IN (SELECT id FROM wanted) AND ({either})",
+            lambda r: segments.LineFact(
+                r["order_id"], r["product_id"], r["description"], r["category"]
+            ),
         )
     for part, (query, make) in queries.items():
         found: dict[str, list[Any]] = {}
-        for row in await conn.fetch(f"WITH {_WANTED} {query}", ids):
+        arguments = named.parameters if part == "lines" else []
+        for row in await conn.fetch(f"WITH {_WANTED} {query}", ids, *arguments):
             found.setdefault(row["customer_id"], []).append(make(row))
         for customer_id, items in found.items():
             keyed = part in ("cancellations", "rfm", "lifetime")
@@ -1570,12 +1634,26 @@ class _CompiledRule:
         return found
 
     def _bought_where(self, spec: rules.BoughtSpec) -> list[str]:
-        where = [_NOT_CANCELLED, *self.window("o.placed_at", spec.within_days)]
+        return [
+            _NOT_CANCELLED,
+            *self.window("o.placed_at", spec.within_days),
+            *self.named_lines(spec),
+        ]
+
+    def named_lines(self, spec: rules.BoughtSpec) -> list[str]:
+        """The conditions on an order line `l` of what the spec names (product, description,
+        category); it always names one."""
+        where = []
         if spec.product_ids is not None:
             where.append(f"l.product_id = ANY({self.parameter(list(spec.product_ids), 'text[]')})")
         if spec.description_contains is not None:
             needle = self.parameter(spec.description_contains, "text")
             where.append(f"strpos(lower(l.description), lower({needle})) > 0")
+        if spec.categories is not None:
+            where.append(
+                "l.product_id IN (SELECT product_id FROM product_categories"
+                f" WHERE category = ANY({self.parameter(list(spec.categories), 'text[]')}))"
+            )
         return where
 
     def _rfm_where(self, spec: rules.RfmSpec) -> str:
@@ -1714,6 +1792,12 @@ IN_PARTITIONS = (
 )
 """The customers whose time is these crm.orders partitions' clocks ($1), persons of several
 records aside."""
+BUYERS = (
+    "SELECT customer_id FROM order_lines WHERE product_id = ANY($1::text[])"
+    " EXCEPT SELECT record_id FROM person_records"
+)
+"""The customers that bought one of the products in $1 (any order line, kept or not), persons
+of several records aside."""
 AMONG = "SELECT DISTINCT unnest($1::text[]) AS customer_id"
 """The customers named in $1."""
 

@@ -32,7 +32,7 @@ from profile_service import (
     store,
 )
 from profile_service.config import MIGRATIONS, ProfileSettings
-from profile_service.events import CUSTOMER_TYPES, FOLDS, TOPICS
+from profile_service.events import CATALOGUE_TYPES, CUSTOMER_TYPES, FOLDS, TOPICS
 from profile_service.projection import Membership
 from profile_service.segment_fold import Folded
 
@@ -155,7 +155,7 @@ async def persons_around(conn: asyncpg.Connection, events: Sequence[Event]) -> s
     """The records whose rows folding these events may change besides the events' own
     (Projection.related): those connected to their customers and to the records their merge
     statements name (person_region), as the database stands; a rebuild asks before and after."""
-    ids = {e.customer_id for e in events}
+    ids = {e.customer_id for e in events if e.type not in CATALOGUE_TYPES}  # keyed by product
     return await person_region(conn, ids | {s.other_id for s in identity.merge_statements(events)})
 
 

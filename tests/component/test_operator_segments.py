@@ -157,6 +157,11 @@ class Log:
         data = {"country": country, "attributes": {"tier": tier} if tier else {}}
         self.event("crm.customers", 0, "crm.customer.registered.v1", customer, data, day)
 
+    def catalogue(self, product: str, category: str | None, day: float) -> None:
+        data = {"product_id": product, "name": product, "category": category}
+        data |= {"price": "1", "available": True}
+        self.event("crm.catalogue", 0, "crm.product.catalogued.v1", product, data, day, "pim")
+
     def tick(self, partition: int, day: float) -> None:
         self.add("crm.orders", partition, orders_tick(partition, _day(day)))
 
@@ -167,6 +172,9 @@ def _varied_log(customers: int = 60) -> Log:
     partition's clock at day 100."""
     rng = random.Random(7)
     log = Log()
+    log.catalogue("P1", "lighting", 0)
+    log.catalogue("P2", "kitchen", 0)
+    log.catalogue("P4", "textiles", 0)  # P3: never categorised
     for n in range(customers):
         customer, partition = f"c{n:02d}", n % 3
         if n % 4:
@@ -203,6 +211,7 @@ def _varied_log(customers: int = 60) -> Log:
             log.complaint(customer, partition, case_id, day)
             if rng.random() < 0.3:  # reopened: still one complaint, from its first opening
                 log.complaint(customer, partition, case_id, day + 2)
+    log.catalogue("P2", "garden", 60)  # reclassified after some orders
     log.tick(0, 100)
     log.tick(1, 100)
     return log
@@ -229,6 +238,9 @@ RULES: list[dict[str, Any]] = [
     {"bought": {"product_ids": ["P2"]}},
     {"bought": {"description_contains": "heart", "within_days": 30}},
     {"bought": {"product_ids": ["P3", "P4"], "description_contains": "cushion"}},
+    {"bought": {"categories": ["garden"], "within_days": 30}},
+    {"bought": {"categories": ["lighting", "textiles"]}},
+    {"not": {"bought": {"categories": ["kitchen", "textiles"], "description_contains": "heart"}}},
     {"rfm": {"currency": "GBP", "min_r": 3}},
     {"rfm": {"currency": "EUR", "segments": ["champions", "lost", "new"]}},
     {"lifetime": {"currency": "GBP", "figure": "churn_probability", "at_least": 0.5}},
@@ -298,7 +310,8 @@ async def test_sql_selects_the_customers_the_python_evaluator_selects() -> None:
         ]
         await _fitted(conn, everyone, 1)
         await _fitted(conn, everyone, 2)  # the rules read the version in use only
-        facts = await store.customer_facts(conn, everyone, with_lines=True)
+        named = [spec for document in RULES for spec in segments.bought_specs(_rule(document))]
+        facts = await store.customer_facts(conn, everyone, named)
         assert any(f.now is None and f.orders for f in facts.values())  # partition 2: no tick
         for document in RULES:
             rule = _rule(document)
@@ -402,6 +415,34 @@ async def test_the_clock_moves_customers_in_and_out_of_time_windows() -> None:
         ("left", "dormant", 2, _day(32).isoformat()),
     ]
     assert memberships == {("recent", "a"): (False, 2), ("dormant", "a"): (False, 2)}
+
+
+async def test_a_reclassified_product_moves_its_buyers_in_and_out() -> None:
+    log = Log()
+    log.define("kitchen", {"bought": {"categories": ["kitchen"], "within_days": 90}}, 0)
+    log.catalogue("P2", "kitchen", 0)
+    log.order("a", 0, "a1", 1, products=["P2"])
+    log.order("b", 1, "b1", 1, products=["P1"])
+    log.order("c", 0, "c1", 1, products=["P1"])
+    log.cancel("c", 0, "c1", 2)  # c's order does not count
+    log.tick(0, 3)  # a enters
+    log.tick(1, 3)
+    log.catalogue("P2", "garden", 4)  # a leaves
+    log.catalogue("P1", "kitchen", 5)  # b enters; c does not
+    log.catalogue("P1", "garden", 1)  # late and older: nothing moves
+    for size in (1, 3, len(log.records)):
+        memberships, announced = await _fold(log.records, size)
+        assert {k: m for k, (m, _) in memberships.items()} == {
+            ("kitchen", "a"): False,
+            ("kitchen", "b"): True,
+        }, size
+        _consistent(memberships, announced)
+    one_by_one = [(c, kind, time) for c, kind, _, _, time in (await _fold(log.records, 1))[1]]
+    assert one_by_one == [
+        ("a", "entered", _day(3).isoformat()),
+        ("a", "left", _day(4).isoformat()),  # dated by the catalogue record
+        ("b", "entered", _day(5).isoformat()),
+    ]
 
 
 async def test_retiring_a_segment_moves_every_member_out_and_older_definitions_lose() -> None:

@@ -31,7 +31,7 @@ from tests.uci_data import DATA, real_file
 pytestmark = pytest.mark.component
 
 DAY0 = datetime(2024, 1, 1, tzinfo=UTC)
-COMMERCE_TABLES = ("orders", "order_lines", "refunds", "order_cancellations")
+COMMERCE_TABLES = ("orders", "order_lines", "refunds", "order_cancellations", "product_categories")
 
 
 def _lines(*prices: str) -> list[dict[str, Any]]:
@@ -97,10 +97,33 @@ LOGS: dict[int, list[dict[str, Any]]] = {
 }
 
 
+def _catalogued(product: str, day: float, category: str) -> dict[str, Any]:
+    data = {"product_id": product, "name": product, "price": "1", "available": True}
+    return build_event(
+        "crm.product.catalogued.v1",
+        product,
+        {**data, "category": category},
+        source="pim",
+        time=DAY0 + timedelta(days=day),
+        event_id=f"{product}@{day}",
+    )
+
+
+CATALOGUE_LOG = [
+    _catalogued("P0", 1, "kitchen"),
+    _catalogued("P1", 1, "candles"),
+    _catalogued("P0", 30, "garden"),  # reclassified
+    _catalogued("P9", 2, "toys"),  # never bought
+    _catalogued("P0", 0, "toys"),  # late and older: changes nothing
+]
+
+
 def _records(reverse: bool) -> list[RawRecord]:
-    """The partitions interleaved; reversed, every event arrives in the opposite order."""
+    """The partitions interleaved, then the catalogue; reversed, every event arrives in the
+    opposite order."""
     logs = {p: list(reversed(log)) if reverse else log for p, log in LOGS.items()}
-    return interleaved(logs, "crm.orders")
+    catalogue = list(reversed(CATALOGUE_LOG)) if reverse else CATALOGUE_LOG
+    return [*interleaved(logs, "crm.orders"), *interleaved({0: catalogue}, "crm.catalogue")]
 
 
 @asynccontextmanager
@@ -141,6 +164,7 @@ async def test_refunds_cancellations_and_currencies_make_the_customer_totals() -
         b = {t.currency: t for t in (await store.purchases_of(conn, ["B"]))[0]}
         channels = await store.order_counts(conn, ["A"], "channel")
         countries = await store.order_counts(conn, ["A", "B"], "country")
+        categories = await store.order_counts(conn, ["A", "B"], "category")
     # A: O1 (first placement, 15) partly refunded (5), O2 20; EUR apart.
     assert (a["GBP"].orders, a["GBP"].gross_revenue, a["GBP"].refunded) == (2, 35, 5)
     assert a["GBP"].net_revenue == Decimal(30)
@@ -150,6 +174,15 @@ async def test_refunds_cancellations_and_currencies_make_the_customer_totals() -
     assert b["GBP"].first_purchase_at == DAY0 + timedelta(days=20)
     assert channels == {"web": 2, "store": 1}  # EUR orders count too: channels are not money
     assert countries == {"FR": 1, "IE": 1}  # orders naming a country, not cancelled
+    # Orders not cancelled with a line of the category: A's O1 (P0, P1), O2 and O3 (P0), B's O5
+    # (P0; O4 is cancelled). P0 counts as garden, its latest record, on every order.
+    assert categories == {"garden": 4, "candles": 1}
+
+
+async def test_products_keep_their_latest_catalogued_category() -> None:
+    async with _folded(2, reverse=True) as pool, pool.acquire() as conn:
+        rows = await conn.fetch("SELECT product_id, category FROM product_categories ORDER BY 1")
+    assert [tuple(row) for row in rows] == [("P0", "garden"), ("P1", "candles"), ("P9", "toys")]
 
 
 async def test_favourite_countries_are_where_orders_went_else_the_customers_own() -> None:
@@ -172,6 +205,8 @@ async def test_favourite_countries_are_where_orders_went_else_the_customers_own(
         }
     assert answers["A"]["favourite_channels"] == ["web", "store"]
     assert answers["A"]["favourite_countries"] == ["FR"]
+    assert answers["A"]["favourite_categories"] == ["garden", "candles"]
+    assert answers["K2"]["favourite_categories"] == ["garden"]
     assert answers["K1"]["favourite_countries"] == ["United Kingdom"]  # no order names one
     assert answers["K2"]["favourite_countries"] == []
 

@@ -1,7 +1,9 @@
 """Operator segments through the real broker, database and gateway: a segment defined through the
 gateway takes in the customers whose purchases published to Kafka match it, announces each entry
 and exit on crm.segments, serves its members page by page, and lets everyone go when retired.
-An invalid definition is refused with the reason, by the gateway and by the worker."""
+A segment of a catalogue category bought in the last 90 days follows the orders and the
+catalogue's reclassifications. An invalid definition is refused with the reason, by the gateway
+and by the worker."""
 
 from __future__ import annotations
 
@@ -56,6 +58,13 @@ def _refund(customer: str, order_id: str, currency: str, amount: str) -> Any:
         "lines": [{"product_id": "any", "quantity": 1, "unit_price": amount}],
     }
     return _recent("crm.order.refunded.v1", customer, data, "shop", 4, f"{order_id}-r")
+
+
+def _catalogued(product: str, category: str, minutes_ago: int) -> Any:
+    data = {"product_id": product, "name": product, "category": category}
+    data |= {"price": "1", "available": True}
+    event_id = f"{product}-{minutes_ago}"
+    return _recent("crm.product.catalogued.v1", product, data, "pim", minutes_ago, event_id)
 
 
 def _announcements(bootstrap: str, segment: str) -> list[tuple[str, str, int]]:
@@ -270,3 +279,42 @@ async def test_complaints_the_interaction_service_announces_move_customers_into_
             lambda found: found == [(angry, "entered", 1)],
             what="the customer with three complaints entering the segment (two are not enough)",
         )
+
+
+async def test_a_segment_of_a_category_bought_in_the_last_90_days_follows_the_catalogue(
+    platform: dict[str, str],
+) -> None:
+    bootstrap = platform["CRM_KAFKA_BOOTSTRAP"]
+    prefix = unique("cat")
+    segment, kitchen = prefix.lower(), f"{prefix} kitchen"
+    kettle, lamp = f"{prefix}-kettle", f"{prefix}-lamp"
+    operator = create_api_key(platform, "segment-operator", "segments:write,segments:read")
+    a, b, c = (f"{prefix}-{name}" for name in "abc")
+    long_ago = build_event(  # bought 100 days ago: outside the window
+        "crm.order.placed.v1",
+        c,
+        {"order_id": f"{c}-1", "lines": [{"product_id": kettle, "quantity": 1, "unit_price": "3"}]},
+        source="shop",
+        time=datetime.now(UTC) - timedelta(days=100),
+        event_id=f"{c}-1",
+    )
+    publish(bootstrap, [_catalogued(kettle, kitchen, 10), _catalogued(lamp, "lighting", 10)], 100)
+    async with httpx.AsyncClient(base_url=gateway_url(platform), timeout=10) as gateway:
+        as_operator = {"Authorization": f"Bearer {operator}"}
+        rule = {"bought": {"categories": [kitchen], "within_days": 90}}
+        await _define(gateway, as_operator, segment, rule, "kitchen buyers of the last 90 days")
+        orders = [_order(a, f"{a}-1", "GBP", "20", kettle), _order(b, f"{b}-1", "GBP", "9", lamp)]
+        publish(bootstrap, [*orders, long_ago], rate=1000)
+        await eventually(
+            lambda: asyncio.to_thread(_announcements, bootstrap, segment),
+            lambda found: found == [(a, "entered", 1)],
+            what="the kitchen buyer's entry on crm.segments",
+        )
+        publish(bootstrap, [_catalogued(lamp, kitchen, 1)], rate=100)  # the lamp moves to kitchen
+        await eventually(
+            lambda: asyncio.to_thread(_announcements, bootstrap, segment),
+            lambda found: found == [(a, "entered", 1), (b, "entered", 1)],
+            what="the lamp buyer's entry once the lamp is reclassified",
+        )
+        size = await gateway.get(f"/v1/segments/{segment}/size", headers=as_operator)
+        assert size.json() == {"segment": segment, "members": 2}  # c bought too long ago

@@ -1,5 +1,6 @@
 """Purchases, RFM, top customers and the cube through the real broker, database and gateway:
-orders, a partial refund and a cancellation published to Kafka come out of the gateway's
+orders, a partial refund, a cancellation and the catalogue's categories of the products bought
+published to Kafka come out of the gateway's
 analysis routes, which ask for their scopes and check their parameters; every route of the
 profile service on the gateway refuses a key without its scope, naming the scope."""
 
@@ -53,13 +54,13 @@ def _events(prefix: str, currency: str) -> tuple[list[dict[str, Any]], dict[str,
                 "order_id": f"{customer}-o{k}",
                 "currency": currency,
                 "channel": "store" if k % 2 else "web",
-                "lines": [{"product_id": "P-1", "quantity": 1, "unit_price": str(price)}],
+                "lines": [{"product_id": f"{prefix}-P1", "quantity": 1, "unit_price": str(price)}],
             }
             events.append(_envelope("placed", customer, 10 * k + n, f"{customer}-o{k}", order))
         net[customer] = price * (n + 1)
     first, second = f"{prefix}-0", f"{prefix}-1"
     late = {"order_id": f"{first}-o9", "currency": currency, "lines": [
-        {"product_id": "P-2", "quantity": 3, "unit_price": "100"}
+        {"product_id": f"{prefix}-P2", "quantity": 3, "unit_price": "100"}
     ]}  # fmt: skip
     events.append(_envelope("placed", first, 50, f"{first}-o9", late))
     events.append(_envelope("cancelled", first, 51, f"{first}-c9", {"order_id": f"{first}-o9"}))
@@ -67,11 +68,26 @@ def _events(prefix: str, currency: str) -> tuple[list[dict[str, Any]], dict[str,
         "refund_id": f"{second}-r1",
         "order_id": f"{second}-o0",
         "currency": currency,
-        "lines": [{"product_id": "P-1", "quantity": 1, "unit_price": "5"}],
+        "lines": [{"product_id": f"{prefix}-P1", "quantity": 1, "unit_price": "5"}],
     }
     events.append(_envelope("refunded", second, 30, f"{second}-r1", refund))
     net[second] -= 5
+    for product, category in (("P1", "candles"), ("P2", "garden")):  # P2: only cancelled
+        record = {"product_id": f"{prefix}-{product}", "name": product, "category": category}
+        events.append(_catalogued({**record, "price": "1", "available": True}))
     return events, net
+
+
+def _catalogued(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": f"{record['product_id']}-catalogued",
+        "source": "pim",
+        "type": "crm.product.catalogued.v1",
+        "subject": record["product_id"],
+        "time": START.isoformat(),
+        "data": record,
+    }
 
 
 async def test_purchase_analysis_reaches_the_gateway_with_scopes(platform: dict[str, str]) -> None:
@@ -106,10 +122,15 @@ async def test_purchase_analysis_reaches_the_gateway_with_scopes(platform: dict[
         first = f"{prefix}-0"
         _, cancelled = await eventually(
             lambda: get(f"/v1/customers/{first}/purchases"),
-            lambda found: found[0] == 200 and found[1]["cancelled_orders"] == 1,
-            what="the cancellation",
+            lambda found: (
+                found[0] == 200
+                and found[1]["cancelled_orders"] == 1
+                and found[1]["favourite_categories"] != []
+            ),
+            what="the cancellation and the catalogue's categories",
         )
         assert cancelled["by_currency"][0]["orders"] == 1  # the cancelled order does not count
+        assert cancelled["favourite_categories"] == ["candles"]  # garden: only the cancelled order
 
         last = f"{prefix}-{BUYERS - 1}"
         _, rfm = await eventually(

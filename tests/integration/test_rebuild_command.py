@@ -47,6 +47,19 @@ def _merge(kept: str, other: str, after: dict[str, Any], *, merged: bool) -> dic
     return build_event(kind, kept, data, source="crm-test", time=at + timedelta(seconds=1))
 
 
+def _catalogued(product: str, category: str, after: dict[str, Any], seconds: int) -> dict[str, Any]:
+    """A product's catalogue record, dated `seconds` after the event it follows."""
+    data = {"product_id": product, "name": product, "category": category}
+    at = datetime.fromisoformat(str(after["time"])) + timedelta(seconds=seconds)
+    return build_event(
+        "crm.product.catalogued.v1",
+        product,
+        data | {"price": "1", "available": True},
+        source="pim",
+        time=at,
+    )
+
+
 async def schemas(dsn: str) -> set[str]:
     rows = await fetch(dsn, "SELECT nspname FROM pg_namespace")
     return {row["nspname"] for row in rows}
@@ -65,6 +78,16 @@ async def test_a_rebuild_switches_over_with_every_event_while_the_api_keeps_serv
     during[500:500] = [
         _merge(buyers[2], buyers[3], during[499], merged=True),
         _merge(buyers[0], buyers[1], during[499], merged=False),
+    ]
+    # A product bought, catalogued before and reclassified during the rebuild (a later record
+    # first, then a late, older one): the rebuilt categories must be the live ones.
+    product = next(e for e in before if e["type"] == "crm.order.placed.v1")["data"]["lines"][0]
+    product_id = product["product_id"]
+    listed = before[-1]
+    before.append(_catalogued(product_id, "kitchen", listed, 0))
+    during[700:700] = [
+        _catalogued(product_id, "garden", listed, 2),
+        _catalogued(product_id, "toys", listed, 1),
     ]
     bootstrap, base = platform["CRM_KAFKA_BOOTSTRAP"], platform["CRM_PG_DSN_BASE"]
     profile_db = f"{base}/crm_profile"
@@ -116,6 +139,10 @@ async def test_a_rebuild_switches_over_with_every_event_while_the_api_keeps_serv
         buyers[:4],
     )
     assert dict(persons) == {buyers[2]: buyers[2], buyers[3]: buyers[2]}  # the rebuilt map
+    categories = await fetch(
+        profile_db, "SELECT category FROM product_categories WHERE product_id = $1", product_id
+    )
+    assert [row["category"] for row in categories] == ["garden"]
     assert any(name.startswith("retired_") for name in await schemas(profile_db))
     assert "rebuild_shadow" not in await schemas(profile_db)
 

@@ -87,7 +87,12 @@ def test_a_valid_definition_survives_the_wire_and_dumps_as_written() -> None:
         ({"measure": "refunds", "channel": "web", "at_least": 1}, "refunds has no channel"),
         ({"measure": "days_since_last_purchase", "within_days": 3, "at_least": 1}, "no within"),
         ({"measure": "visits", "at_least": 1}, "measure"),
-        ({"bought": {"within_days": 30}}, "give product_ids, description_contains or both"),
+        (
+            {"bought": {"within_days": 30}},
+            "give product_ids, description_contains, categories or several",
+        ),
+        ({"bought": {"categories": []}}, "at least 1 item"),
+        ({"bought": {"categories": [""]}}, "at least 1 character"),
         ({"bought": {"product_ids": ["A"], "within_days": 0}}, "greater than or equal to 1"),
         ({"rfm": {"currency": "GBP", "segments": ["whales"]}}, "champions"),
         ({"rfm": {"currency": "gbp"}}, "currency"),
@@ -135,6 +140,24 @@ def _rule(document: dict[str, Any]) -> Any:
     return segments.RULE.validate_python(document)
 
 
+def test_the_lines_a_rule_reads_are_those_its_bought_conditions_name_wherever_they_sit() -> None:
+    kitchen = {"categories": ["kitchen"], "within_days": 30}
+    mug = {"product_ids": ["MUG"]}
+    rule = _rule(
+        {
+            "all": [
+                {"measure": "orders", "at_least": 1},
+                {"any": [{"bought": kitchen}, {"not": {"bought": mug}}]},
+            ]
+        }
+    )
+    named = [s.model_dump(mode="json", exclude_none=True) for s in segments.bought_specs(rule)]
+    assert named == [kitchen, mug]
+    assert segments.bought_specs(_rule({"measure": "orders", "at_least": 1})) == []
+    assert segments.uses_categories(rule)
+    assert not segments.uses_categories(_rule({"bought": mug}))
+
+
 def test_time_dependent_rules_are_those_reading_the_clock_the_rfm_scores_or_the_model() -> None:
     assert not is_time_dependent(_rule({"measure": "orders", "at_least": 1}))
     assert not is_time_dependent(_rule({"bought": {"product_ids": ["A"]}}))
@@ -161,9 +184,9 @@ CUSTOMER = CustomerFacts(
         _order("o4", 2, "7", currency="EUR"),
     ),
     lines=(
-        LineFact("o1", "A", "Red HEART lantern"),
-        LineFact("o2", "B", None),
-        LineFact("o3", "C", "Blue star"),
+        LineFact("o1", "A", "Red HEART lantern", "lighting"),
+        LineFact("o2", "B", None, "kitchen"),
+        LineFact("o3", "C", "Blue star", "garden"),
     ),
     refunds=(
         RefundFact("o2", NOW - timedelta(days=10), "GBP", Decimal("5")),
@@ -205,6 +228,11 @@ CUSTOMER = CustomerFacts(
         ({"bought": {"description_contains": "heart", "within_days": 99}}, False),
         ({"bought": {"product_ids": ["C"]}}, False),  # only in the cancelled order
         ({"bought": {"product_ids": ["B"], "description_contains": "b"}}, False),  # no text
+        ({"bought": {"categories": ["kitchen", "toys"], "within_days": 30}}, True),  # o2
+        ({"bought": {"categories": ["kitchen"], "within_days": 10}}, False),
+        ({"bought": {"categories": ["garden"]}}, False),  # only in the cancelled order
+        ({"bought": {"categories": ["lighting"], "description_contains": "heart"}}, True),
+        ({"bought": {"categories": ["kitchen"], "product_ids": ["A"]}}, False),  # not one line
         ({"rfm": {"currency": "GBP", "segments": ["champions"]}}, True),
         ({"rfm": {"currency": "GBP", "min_f": 5}}, False),
         ({"rfm": {"currency": "EUR"}}, False),

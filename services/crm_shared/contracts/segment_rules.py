@@ -15,8 +15,10 @@ A rule is one node:
   `complaints` (complaint cases the interaction service announced open, each counted once from
   its first opening: "at least 3 complaints in 90 days");
 - `{"bought": {"product_ids": ["85123A"], "description_contains": "heart",
-  "within_days": 90}}` an order not cancelled had a line of one of these products or whose
-  description contains the text (case-insensitive);
+  "categories": ["kitchen"], "within_days": 90}}` an order not cancelled had a line that meets
+  every option given: one of these products, a description that contains the text
+  (case-insensitive), a product the catalogue (crm.catalogue) puts in one of these categories
+  now (a product it has not categorised is in none; "bought category X in the last 90 days");
 - `{"rfm": {"currency": "GBP", "segments": ["champions"], "min_r": 4}}` the customer's RFM
   scores in a currency: named segments and score bounds;
 - `{"lifetime": {"currency": "GBP", "figure": "churn_probability", "at_least": 0.7}}` a figure
@@ -75,6 +77,7 @@ ATTRIBUTE_PREFIX = "attributes."
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. GBP")]
 Text = Annotated[str, Field(min_length=1, max_length=300)]
 WindowDays = Annotated[int, Field(ge=1, le=MAX_WINDOW_DAYS)]
+Category = Annotated[str, Field(min_length=1, max_length=120, description="A catalogue category")]
 
 
 class _Node(BaseModel):
@@ -159,17 +162,20 @@ class BoughtSpec(_Node):
         default=None, min_length=1, max_length=MAX_LIST_ITEMS
     )
     description_contains: Text | None = None
+    categories: tuple[Category, ...] | None = Field(
+        default=None, min_length=1, max_length=MAX_LIST_ITEMS
+    )
     within_days: WindowDays | None = None
 
     @model_validator(mode="after")
     def _something_bought(self) -> BoughtSpec:
-        if self.product_ids is None and self.description_contains is None:
-            raise ValueError("give product_ids, description_contains or both")
+        if self.product_ids is None and self.description_contains is None and not self.categories:
+            raise ValueError("give product_ids, description_contains, categories or several")
         return self
 
 
 class Bought(_Node):
-    """An order that is not cancelled had a line of these products (or descriptions)."""
+    """An order that is not cancelled had a line of these products (descriptions, categories)."""
 
     bought: BoughtSpec
 

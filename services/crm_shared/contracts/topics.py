@@ -183,7 +183,7 @@ CATALOGUE = Topic(
     "kind) whenever it is listed or changes, keyed by the product.",
     (PRODUCT_CATALOGUED,),
     producers=("shop", "pim", "gateway-service"),
-    consumers=("recommendation-service",),
+    consumers=("recommendation-service", "profile-service"),
 )
 DEAD_LETTER = Topic(
     "crm.deadletter",
