@@ -12,7 +12,7 @@ from scipy import sparse
 
 from crm_shared.contracts.events import build_event
 from crm_shared.ops.demo.load import default_data_path
-from recommendation_service import evaluate
+from recommendation_service import evaluate, models
 from recommendation_service.evaluation import (
     BLEND_WEIGHTS,
     blend,
@@ -34,6 +34,7 @@ from recommendation_service.evaluation import (
 )
 from recommendation_service.models import (
     EASE_BLOCK_ROWS,
+    SEQUEL_GAP_DAYS,
     AlsParameters,
     Blend,
     EaseParameters,
@@ -334,6 +335,48 @@ def test_sequels_count_the_customers_who_went_on_to_buy_in_a_later_order() -> No
     assert counts[at("JAM"), at("MUG")] == 1
     assert counts[at("TEA"), at("MUG")] == counts[at("MUG"), at("TEA")] == 0
     assert counts.diagonal().tolist() == [0.0] * len(past.products)
+
+
+def _reference_sequel_counts(past: History) -> np.ndarray:
+    """sequel_counts the plain way: every ordered pair of each customer's products."""
+    counts = np.zeros((len(past.products), len(past.products)))
+    ages = past.first_bought_age_days
+    for customer in range(ages.shape[0]):
+        start, end = ages.indptr[customer], ages.indptr[customer + 1]
+        kept = list(zip(ages.indices[start:end], ages.data[start:end], strict=True))
+        for earlier, earlier_age in kept:
+            for later, later_age in kept:
+                if earlier_age - later_age > SEQUEL_GAP_DAYS:
+                    counts[earlier, later] += 1
+    return counts
+
+
+def _random_history(seed: int) -> History:
+    """Purchases and returns on quarter days (so that gaps of exactly SEQUEL_GAP_DAYS occur) and
+    at any time, some customers with many goods, some with one."""
+    rng = np.random.default_rng(seed)
+    found = []
+    for customer in range(40):
+        for _ in range(int(rng.integers(1, 40))):
+            product = f"P{int(rng.integers(0, 25)):02d}"
+            days = rng.integers(0, 80) / 4 if rng.random() < 0.5 else rng.uniform(0, 20)
+            quantity = -1 if rng.random() < 0.1 else int(rng.integers(1, 4))
+            found.append(bought(f"C{customer:02d}", product, float(days), quantity))
+    return history(found, T)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("pairs_block", [models.SEQUEL_PAIRS_BLOCK, 7])
+def test_sequel_counts_equal_every_ordered_pair_counted_one_by_one(
+    seed: int, pairs_block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(models, "SEQUEL_PAIRS_BLOCK", pairs_block)
+    past = _random_history(seed)
+    expected = _reference_sequel_counts(past)
+    assert expected.sum() > 100  # enough pairs to compare, and blocks to split them into
+    counts = sequel_counts(past)
+    assert counts.dtype == np.float32
+    assert np.array_equal(counts.toarray(), expected)
 
 
 def test_sequel_weights_are_scaled_by_both_buyer_counts_and_kept_per_product() -> None:
