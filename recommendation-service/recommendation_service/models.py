@@ -52,9 +52,10 @@ class History:
     last_bought_age_days: sparse.csr_matrix
     """Days from the customer's last purchase of the product to `trained_at` (same pattern, + 1
     so that a purchase at the training time is not a structural zero)."""
-    first_bought_age_days: sparse.csr_matrix
+    first_bought_age_days: sparse.csr_matrix | None
     """Days from the customer's first purchase of the product to `trained_at` (same pattern and
-    offset): what they went on to buy after it (`fit_sequels`)."""
+    offset): what they went on to buy after it (`fit_sequels`). None unless `history` was asked
+    for the first purchases: only the sequel part reads them."""
 
     @property
     def buyers(self) -> npt.NDArray[np.float64]:
@@ -65,11 +66,15 @@ class History:
         return {customer: row for row, customer in enumerate(self.customers)}
 
 
-def history(interactions: Iterable[Interaction], trained_at: datetime) -> History:
-    """The history of the goods bought or returned before `trained_at`."""
+def history(
+    interactions: Iterable[Interaction], trained_at: datetime, *, first_purchases: bool = False
+) -> History:
+    """The history of the goods bought or returned before `trained_at`; with `first_purchases`
+    also when each customer first bought each product (`History.first_bought_age_days`), which
+    costs a second date per pair that only the sequel part needs."""
     kept: dict[tuple[str, str], int] = {}
     last: dict[tuple[str, str], datetime] = {}
-    first: dict[tuple[str, str], datetime] = {}
+    first: dict[tuple[str, str], datetime] | None = {} if first_purchases else None
     for item in interactions:
         if item.time >= trained_at or not is_goods(item.product_id):
             continue
@@ -78,7 +83,7 @@ def history(interactions: Iterable[Interaction], trained_at: datetime) -> Histor
         if item.quantity > 0:
             if key not in last or item.time > last[key]:
                 last[key] = item.time
-            if key not in first or item.time < first[key]:
+            if first is not None and (key not in first or item.time < first[key]):
                 first[key] = item.time
     pairs = sorted(key for key, units in kept.items() if units > 0 and key in last)
     customers = tuple(sorted({customer for customer, _ in pairs}))
@@ -104,7 +109,7 @@ def history(interactions: Iterable[Interaction], trained_at: datetime) -> Histor
         trained_at=trained_at,
         bought=sparse.csr_matrix((ones, (row_index, column_index)), shape=shape),
         last_bought_age_days=ages(last),
-        first_bought_age_days=ages(first),
+        first_bought_age_days=None if first is None else ages(first),
     )
 
 
@@ -362,6 +367,8 @@ def sequel_counts(past: History) -> sparse.csr_matrix:
     products bought after one are a run up to the customer's end (`_sequel_starts`), and the
     pairs are those runs laid end to end, SEQUEL_PAIRS_BLOCK at a time."""
     ages = past.first_bought_age_days
+    if ages is None:
+        raise ValueError("sequels need the first purchases: history(..., first_purchases=True)")
     count = len(past.products)
     customers = np.repeat(np.arange(ages.shape[0]), np.diff(ages.indptr))
     order = np.lexsort((-ages.data, customers))

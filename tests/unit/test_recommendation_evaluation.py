@@ -121,9 +121,21 @@ def test_history_counts_what_was_kept_before_the_split_and_only_goods() -> None:
 
 
 def test_history_dates_each_product_s_first_and_last_purchase() -> None:
-    past = history([bought("C1", "MUG", 10), bought("C1", "MUG", 3), bought("C1", "MUG", 1, -1)], T)
+    found = [bought("C1", "MUG", 10), bought("C1", "MUG", 3), bought("C1", "MUG", 1, -1)]
+    past = history(found, T, first_purchases=True)
+    assert past.first_bought_age_days is not None
     assert past.first_bought_age_days[0, 0] == pytest.approx(11.0)
     assert past.last_bought_age_days[0, 0] == pytest.approx(4.0)  # a return is no purchase
+
+
+def test_history_dates_first_purchases_only_when_asked_and_sequels_need_them() -> None:
+    found = [bought("C1", "MUG", 10), bought("C1", "TEA", 3), bought("C2", "MUG", 2)]
+    plain, dated = history(found, T), history(found, T, first_purchases=True)
+    assert plain.first_bought_age_days is None
+    assert (plain.bought != dated.bought).nnz == 0
+    assert (plain.last_bought_age_days != dated.last_bought_age_days).nnz == 0
+    with pytest.raises(ValueError, match="first_purchases=True"):
+        fit_sequels(plain, 2, 90.0)
 
 
 def test_interactions_read_orders_as_purchases_and_refunds_as_returns() -> None:
@@ -322,6 +334,7 @@ def _sequel_history() -> History:
             bought("C3", "CUP", 35, quantity=-1),  # returned: C3 is no buyer of CUP
         ],
         T,
+        first_purchases=True,
     )
 
 
@@ -341,6 +354,7 @@ def _reference_sequel_counts(past: History) -> np.ndarray:
     """sequel_counts the plain way: every ordered pair of each customer's products."""
     counts = np.zeros((len(past.products), len(past.products)))
     ages = past.first_bought_age_days
+    assert ages is not None
     for customer in range(ages.shape[0]):
         start, end = ages.indptr[customer], ages.indptr[customer + 1]
         kept = list(zip(ages.indices[start:end], ages.data[start:end], strict=True))
@@ -362,7 +376,7 @@ def _random_history(seed: int) -> History:
             days = rng.integers(0, 80) / 4 if rng.random() < 0.5 else rng.uniform(0, 20)
             quantity = -1 if rng.random() < 0.1 else int(rng.integers(1, 4))
             found.append(bought(f"C{customer:02d}", product, float(days), quantity))
-    return history(found, T)
+    return history(found, T, first_purchases=True)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
