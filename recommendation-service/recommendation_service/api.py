@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, TypeAdapter
 
 from crm_shared.contracts.events import (
@@ -31,6 +32,7 @@ from crm_shared.runtime.http import (
     create_api,
     database_lifespan,
     documented_parameters,
+    error_response,
     parsed,
     pool_of,
     serve,
@@ -72,13 +74,11 @@ class CatalogueQuery(BaseModel):
     )
 
     def wanted(self) -> CatalogueFilter:
-        """The filter; a range no price fits is a 422."""
-        try:
-            return CatalogueFilter(
-                self.category, self.min_price, self.max_price, self.currency, self.available
-            )
-        except InvalidFilter as problem:
-            raise HTTPException(422, str(problem)) from None
+        """The filter; a range no price fits is an InvalidFilter (a ValueError), which the app
+        answers with a 422 and its reason (`create_app`)."""
+        return CatalogueFilter(
+            self.category, self.min_price, self.max_price, self.currency, self.available
+        )
 
 
 class PicksQuery(CatalogueQuery):
@@ -254,6 +254,12 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
         '"customers who bought X also bought Y".',
         service_token=settings.platform.service_token,
     )
+
+    @app.exception_handler(InvalidFilter)
+    async def invalid_filter(request: Request, problem: InvalidFilter) -> JSONResponse:
+        """A catalogue filter nothing can match, from whichever route read it: a 422 that says
+        why, as the request's own bad values are."""
+        return error_response(request, 422, str(problem))
 
     def _allowed(state: str | None) -> bool:
         """Whether a customer's consent (None: never decided) allows personal picks."""
