@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, TypeAdapter
 
 from crm_shared.contracts.events import (
-    CATEGORY_PATTERN,
     MAX_UNIT_PRICE,
+    CategoryName,
     ConsentState,
     CountryCode,
     CustomerId,
@@ -53,13 +53,7 @@ class CatalogueQuery(BaseModel):
     """A request's catalogue filter; any condition leaves out products the catalogue does not
     know."""
 
-    category: str | None = Field(
-        None,
-        min_length=1,
-        max_length=120,
-        pattern=CATEGORY_PATTERN,
-        description="Only this category",
-    )
+    category: CategoryName | None = Field(None, description="Only this category")
     min_price: Decimal | None = Field(
         None, ge=0, le=MAX_UNIT_PRICE, decimal_places=4, description="Lowest price, in `currency`"
     )
@@ -253,6 +247,7 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
         "Personalised product recommendations from orders and product views: "
         '"customers who bought X also bought Y".',
         service_token=settings.platform.service_token,
+        check_responses=settings.platform.check_responses,
     )
 
     @app.exception_handler(InvalidFilter)
