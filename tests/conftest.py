@@ -58,6 +58,11 @@ SENDER_SETTINGS = {
 retries and takes over dead senders' messages within seconds."""
 TEST_SETTINGS |= SENDER_SETTINGS
 
+CHECK_RESPONSES = {"CRM_CHECK_RESPONSES": "1"}
+"""Every API the suite builds in its own process or starts checks its DirectRoutes' answers
+against their response models (crm_shared.runtime.http.DirectRoute), which production skips."""
+os.environ.update(CHECK_RESPONSES)
+
 # The whole suite runs with the service APIs guarded: they require it, the gateway presents it.
 SERVICE_TOKEN = {"CRM_SERVICE_TOKEN": secrets.token_urlsafe(32)}
 LINK_SECRET = {"CRM_LINK_SECRET": secrets.token_hex(32)}

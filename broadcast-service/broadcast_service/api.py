@@ -245,6 +245,7 @@ def create_app(settings: BroadcastSettings | None = None) -> FastAPI:
         "How each customer wants to be reached and what they consent to, folded from preference "
         "and consent events; and whether and how to contact them now.",
         service_token=settings.platform.service_token,
+        check_responses=settings.platform.check_responses,
     )
 
     @app.get("/customers/{customer_id}/preferences", response_model=CustomerPreferences)

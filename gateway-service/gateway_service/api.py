@@ -55,38 +55,53 @@ API_KEY_HEADER = APIKeyHeader(
 )
 
 
+KEY_SECURITY: dict[str, Any] = {
+    "security": [{API_KEY_HEADER.scheme_name: []}, {BEARER.scheme_name: []}]
+}
+"""The `openapi_extra` of a DirectRoute that admits the key itself (`admitted`): the security
+`require`'s dependencies document."""
+
+
 def require(scope: str) -> Callable[..., Awaitable[StoredKey]]:
     """A dependency admitting only a working, non-throttled API key that grants `scope`."""
 
     async def guard(
         request: Request,
-        api_key: Annotated[str | None, Security(API_KEY_HEADER)],
+        _api_key: Annotated[str | None, Security(API_KEY_HEADER)],
         _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
     ) -> StoredKey:
-        try:
-            presented = parse_key(presented_key(request.headers.get("Authorization"), api_key))
-            key = check_key(presented, await _stored_key(request, presented.key_id))
-        except Unauthorized as error:
-            raise HTTPException(
-                401, str(error), headers={"WWW-Authenticate": error.challenge}
-            ) from None
-        limiter: RateLimiter = request.app.state.rate_limiter
-        retry_after = limiter.check(key.key_id, time.monotonic())
-        if retry_after:
-            raise HTTPException(
-                429,
-                f"rate limit exceeded for API key {key.key_id} "
-                f"({limiter.rate:g} requests/s, bursts of {limiter.burst}); "
-                f"retry after {retry_after} s",
-                headers={"Retry-After": str(retry_after)},
-            )
-        try:
-            check_scope(key, scope)
-        except Forbidden as error:
-            raise HTTPException(403, str(error)) from None
-        return key
+        return await admitted(request, scope)
 
     return guard
+
+
+async def admitted(request: Request, scope: str) -> StoredKey:
+    """The request's API key if it works, is not throttled and grants `scope`; otherwise the
+    HTTPException to answer (401, 429, 403). Routes ask through `require`, a DirectRoute
+    (crm_shared.runtime.http) directly."""
+    api_key = request.headers.get(API_KEY_HEADER.model.name)
+    try:
+        presented = parse_key(presented_key(request.headers.get("Authorization"), api_key))
+        key = check_key(presented, await _stored_key(request, presented.key_id))
+    except Unauthorized as error:
+        raise HTTPException(
+            401, str(error), headers={"WWW-Authenticate": error.challenge}
+        ) from None
+    limiter: RateLimiter = request.app.state.rate_limiter
+    retry_after = limiter.check(key.key_id, time.monotonic())
+    if retry_after:
+        raise HTTPException(
+            429,
+            f"rate limit exceeded for API key {key.key_id} "
+            f"({limiter.rate:g} requests/s, bursts of {limiter.burst}); "
+            f"retry after {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+        )
+    try:
+        check_scope(key, scope)
+    except Forbidden as error:
+        raise HTTPException(403, str(error)) from None
+    return key
 
 
 async def _stored_key(request: Request, key_id: str) -> StoredKey | None:
@@ -267,6 +282,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         gateway_lifespan(settings),
         "The public entry of the CRM platform: the customer 360, the timeline and event "
         "ingestion, behind API keys with scopes and per-key rate limits.",
+        check_responses=settings.platform.check_responses,
     )
 
     @app.get(

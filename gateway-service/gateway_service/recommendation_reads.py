@@ -14,9 +14,11 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import BaseModel, Field, TypeAdapter
 
-from crm_shared.contracts.events import CATEGORY_PATTERN, CountryCode, SegmentName
-from gateway_service.api import GUARDED, CustomerIdPath, errors, require
+from crm_shared.contracts.events import CategoryName, CountryCode, CustomerId, SegmentName
+from crm_shared.runtime.http import DirectRoute, documented_parameters, parsed
+from gateway_service.api import GUARDED, KEY_SECURITY, admitted, errors, require
 from gateway_service.auth import RECOMMENDATIONS_READ, RECOMMENDATIONS_TRAIN, StoredKey
 from gateway_service.passthrough import passed_on
 from gateway_service.upstream import customer_path
@@ -41,42 +43,52 @@ def _product_path(template: str, product_id: str) -> str:
     return template.format(product_id=quote(product_id, safe=""))
 
 
-async def catalogue_params(
-    category: Annotated[
-        str | None,
-        Query(
-            min_length=1, max_length=120, pattern=CATEGORY_PATTERN, description="Only this category"
-        ),
-    ] = None,
-    min_price: Annotated[
-        str | None, Query(pattern=PRICE_PATTERN, description="Lowest price, in `currency`")
-    ] = None,
-    max_price: Annotated[
-        str | None,
-        Query(pattern=PRICE_PATTERN, description="Highest price, in `currency` (not below min)"),
-    ] = None,
-    currency: Annotated[
-        str | None,
-        Query(pattern=r"^[A-Z]{3}$", description="Only goods priced in it (GBP with a price)"),
-    ] = None,
-    available: Annotated[
-        bool | None, Query(description="Only goods in stock (true) or out of stock (false)")
-    ] = None,
-) -> dict[str, str]:
-    """The catalogue filter as the service's query parameters (those given). Products the
-    catalogue does not know never match a filter; a range no price fits is a 422. Async so that
-    FastAPI does not hand it to a worker thread (recommendation_service.api.catalogue_filter)."""
-    given = {
-        "category": category,
-        "min_price": min_price,
-        "max_price": max_price,
-        "currency": currency,
-        "available": None if available is None else str(available).lower(),
-    }
-    return {name: str(value) for name, value in given.items() if value is not None}
+class CatalogueQuery(BaseModel):
+    """A request's catalogue filter, checked here so that the document says what is valid.
+    Products the catalogue does not know never match a filter; a range no price fits is a 422
+    (the service's)."""
+
+    category: CategoryName | None = Field(None, description="Only this category")
+    min_price: str | None = Field(
+        None, pattern=PRICE_PATTERN, description="Lowest price, in `currency`"
+    )
+    max_price: str | None = Field(
+        None, pattern=PRICE_PATTERN, description="Highest price, in `currency` (not below min)"
+    )
+    currency: str | None = Field(
+        None, pattern=r"^[A-Z]{3}$", description="Only goods priced in it (GBP with a price)"
+    )
+    available: bool | None = Field(
+        None, description="Only goods in stock (true) or out of stock (false)"
+    )
+
+    def params(self) -> dict[str, str]:
+        """The filter as the service's query parameters (those given)."""
+        given = {
+            "category": self.category,
+            "min_price": self.min_price,
+            "max_price": self.max_price,
+            "currency": self.currency,
+            "available": None if self.available is None else str(self.available).lower(),
+        }
+        return {name: str(value) for name, value in given.items() if value is not None}
+
+
+class PicksQuery(CatalogueQuery):
+    """A customer's top picks: how many, and the catalogue filter."""
+
+    limit: int = Field(10, ge=1, le=PICKS_KEPT, description="How many products to return (10)")
+
+
+async def catalogue_params(query: Annotated[CatalogueQuery, Query()]) -> dict[str, str]:
+    """The catalogue filter as the service's query parameters. Async so that FastAPI does not
+    hand it to a worker thread (recommendation_service.api.catalogue_filter)."""
+    return query.params()
 
 
 CatalogueParams = Annotated[dict[str, str], Depends(catalogue_params)]
+CUSTOMER_ID = TypeAdapter(CustomerId)
+PICKS_QUERY = TypeAdapter(PicksQuery)
 
 
 async def _from_recommendation(
@@ -85,24 +97,29 @@ async def _from_recommendation(
     return await passed_on(request, "recommendation", part, path, params)
 
 
-@router.get(
-    "/v1/customers/{customer_id}/recommendations",
-    response_model=dict[str, Any],
-    responses=errors(*GUARDED, *UPSTREAM),
-)
-async def get_recommendations(
-    customer_id: CustomerIdPath,
-    request: Request,
-    _key: RecommendationsReader,
-    narrowed: CatalogueParams,
-    limit: Annotated[int, _limit(PICKS_KEPT)] = 10,
-) -> Response:
+async def get_recommendations(request: Request) -> Response:
     """The customer's personal top picks, each with its reason, and the model version and its
     training time; popular goods they have not bought when the model has nothing for them. With
     a catalogue filter, the picks that match topped up with popular goods that match."""
+    # A DirectRoute, as the service's: the key first (FastAPI solved the guard before the
+    # parameters), then the path and the query validated in one go.
+    await admitted(request, RECOMMENDATIONS_READ)
+    customer_id = parsed(CUSTOMER_ID, request.path_params["customer_id"], "path", "customer_id")
+    query = parsed(PICKS_QUERY, dict(request.query_params), "query")
     path = customer_path("/customers/{customer_id}/recommendations", customer_id)
-    params = {"limit": limit, **narrowed}
+    params = {"limit": query.limit, **query.params()}
     return await _from_recommendation(request, "recommendations", path, params)
+
+
+router.add_api_route(
+    "/v1/customers/{customer_id}/recommendations",
+    get_recommendations,
+    methods=["GET"],
+    response_model=dict[str, Any],
+    responses=errors(*GUARDED, *UPSTREAM),
+    openapi_extra=documented_parameters({"customer_id": CUSTOMER_ID}, PICKS_QUERY) | KEY_SECURITY,
+    route_class_override=DirectRoute,
+)
 
 
 @router.get(

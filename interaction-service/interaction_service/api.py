@@ -183,6 +183,7 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
         "Every touchpoint of a customer with the company (contacts, feedback, orders, refunds) "
         "and a contact summary, folded from contact and order events.",
         service_token=settings.platform.service_token,
+        check_responses=settings.platform.check_responses,
     )
 
     @app.get("/customers/{customer_id}/timeline", response_model=TimelinePage)

@@ -181,6 +181,7 @@ def create_app(settings: ProfileSettings | None = None) -> FastAPI:
         database_lifespan(settings, MIGRATIONS),
         "The customer record, identifiers and purchase totals, folded from customer events.",
         service_token=settings.platform.service_token,
+        check_responses=settings.platform.check_responses,
     )
 
     @app.get("/customers/{customer_id}", response_model=CustomerProfile)

@@ -14,11 +14,12 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, TypeAdapter
 
 from crm_shared.contracts.events import (
-    CATEGORY_PATTERN,
     MAX_UNIT_PRICE,
+    CategoryName,
     ConsentState,
     CountryCode,
     CustomerId,
@@ -31,6 +32,7 @@ from crm_shared.runtime.http import (
     create_api,
     database_lifespan,
     documented_parameters,
+    error_response,
     parsed,
     pool_of,
     serve,
@@ -51,13 +53,7 @@ class CatalogueQuery(BaseModel):
     """A request's catalogue filter; any condition leaves out products the catalogue does not
     know."""
 
-    category: str | None = Field(
-        None,
-        min_length=1,
-        max_length=120,
-        pattern=CATEGORY_PATTERN,
-        description="Only this category",
-    )
+    category: CategoryName | None = Field(None, description="Only this category")
     min_price: Decimal | None = Field(
         None, ge=0, le=MAX_UNIT_PRICE, decimal_places=4, description="Lowest price, in `currency`"
     )
@@ -72,13 +68,11 @@ class CatalogueQuery(BaseModel):
     )
 
     def wanted(self) -> CatalogueFilter:
-        """The filter; a range no price fits is a 422."""
-        try:
-            return CatalogueFilter(
-                self.category, self.min_price, self.max_price, self.currency, self.available
-            )
-        except InvalidFilter as problem:
-            raise HTTPException(422, str(problem)) from None
+        """The filter; a range no price fits is an InvalidFilter (a ValueError), which the app
+        answers with a 422 and its reason (`create_app`)."""
+        return CatalogueFilter(
+            self.category, self.min_price, self.max_price, self.currency, self.available
+        )
 
 
 class PicksQuery(CatalogueQuery):
@@ -253,7 +247,14 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
         "Personalised product recommendations from orders and product views: "
         '"customers who bought X also bought Y".',
         service_token=settings.platform.service_token,
+        check_responses=settings.platform.check_responses,
     )
+
+    @app.exception_handler(InvalidFilter)
+    async def invalid_filter(request: Request, problem: InvalidFilter) -> JSONResponse:
+        """A catalogue filter nothing can match, from whichever route read it: a 422 that says
+        why, as the request's own bad values are."""
+        return error_response(request, 422, str(problem))
 
     def _allowed(state: str | None) -> bool:
         """Whether a customer's consent (None: never decided) allows personal picks."""

@@ -104,7 +104,7 @@ class Split:
 def split(found: Sequence[Interaction], at: datetime, until: datetime | None = None) -> Split:
     """The past before `at`; relevant, the new goods bought from `at` on (before `until` when
     given: a validation window that ends where the test split begins)."""
-    past = history(found, at)
+    past = history(found, at, first_purchases=True)  # the blend has a sequel part
     known = set(past.customers)
     rows, columns = past.bought.nonzero()
     kept = {(past.customers[r], past.products[c]) for r, c in zip(rows, columns, strict=True)}

@@ -52,9 +52,10 @@ class History:
     last_bought_age_days: sparse.csr_matrix
     """Days from the customer's last purchase of the product to `trained_at` (same pattern, + 1
     so that a purchase at the training time is not a structural zero)."""
-    first_bought_age_days: sparse.csr_matrix
+    first_bought_age_days: sparse.csr_matrix | None
     """Days from the customer's first purchase of the product to `trained_at` (same pattern and
-    offset): what they went on to buy after it (`fit_sequels`)."""
+    offset): what they went on to buy after it (`fit_sequels`). None unless `history` was asked
+    for the first purchases: only the sequel part reads them."""
 
     @property
     def buyers(self) -> npt.NDArray[np.float64]:
@@ -65,11 +66,15 @@ class History:
         return {customer: row for row, customer in enumerate(self.customers)}
 
 
-def history(interactions: Iterable[Interaction], trained_at: datetime) -> History:
-    """The history of the goods bought or returned before `trained_at`."""
+def history(
+    interactions: Iterable[Interaction], trained_at: datetime, *, first_purchases: bool = False
+) -> History:
+    """The history of the goods bought or returned before `trained_at`; with `first_purchases`
+    also when each customer first bought each product (`History.first_bought_age_days`), which
+    costs a second date per pair that only the sequel part needs."""
     kept: dict[tuple[str, str], int] = {}
     last: dict[tuple[str, str], datetime] = {}
-    first: dict[tuple[str, str], datetime] = {}
+    first: dict[tuple[str, str], datetime] | None = {} if first_purchases else None
     for item in interactions:
         if item.time >= trained_at or not is_goods(item.product_id):
             continue
@@ -78,7 +83,7 @@ def history(interactions: Iterable[Interaction], trained_at: datetime) -> Histor
         if item.quantity > 0:
             if key not in last or item.time > last[key]:
                 last[key] = item.time
-            if key not in first or item.time < first[key]:
+            if first is not None and (key not in first or item.time < first[key]):
                 first[key] = item.time
     pairs = sorted(key for key, units in kept.items() if units > 0 and key in last)
     customers = tuple(sorted({customer for customer, _ in pairs}))
@@ -104,7 +109,7 @@ def history(interactions: Iterable[Interaction], trained_at: datetime) -> Histor
         trained_at=trained_at,
         bought=sparse.csr_matrix((ones, (row_index, column_index)), shape=shape),
         last_bought_age_days=ages(last),
-        first_bought_age_days=ages(first),
+        first_bought_age_days=None if first is None else ages(first),
     )
 
 
@@ -329,42 +334,65 @@ SEQUEL_GAP_DAYS = 0.5
 than this after their first purchase of the other: in a later order, not the same basket."""
 SEQUELS_KEPT = 50
 """Weights kept per product for the sequel part, the largest (docs/recommendation-evaluation.md)."""
-SEQUEL_ROWS_BLOCK = 512
-"""A customer's products compared with all their others this many at a time: bounds the memory
-for customers who bought thousands of goods."""
 SEQUEL_PAIRS_BLOCK = 1_000_000
 """Ordered pairs gathered before they are added to the counts: bounds the memory of the lists."""
+
+
+def _sequel_starts(
+    days: npt.NDArray[np.float64], ends: npt.NDArray[np.intp]
+) -> npt.NDArray[np.intp]:
+    """For each entry of `days` (each customer's first-purchase ages, oldest first, a customer's
+    entries ending before `ends`), the first entry of its customer bought after it: the first
+    whose age is more than SEQUEL_GAP_DAYS below. The test is `age_i - age_j > gap` exactly as
+    it reads, and a rounded difference only grows as age_j falls, so every customer's entries
+    split once, found by a bisection of all entries at the same time."""
+    low = np.arange(len(days))  # never after: age_i - age_i is 0
+    high = ends.copy()  # the customer's end stands for "after"
+    while True:
+        open_ = high - low > 1
+        if not open_.any():
+            return high
+        middle = (low + high) // 2  # low itself where closed, whose test is false
+        after = days - days[middle] > SEQUEL_GAP_DAYS
+        high = np.where(open_ & after, middle, high)
+        low = np.where(open_ & ~after, middle, low)
 
 
 def sequel_counts(past: History) -> sparse.csr_matrix:
     """products x products: in row i, column j, the customers who kept both i and j and first
     bought j after first buying i (`SEQUEL_GAP_DAYS`). Unlike co-purchase it has a direction:
-    what people go on to buy, which is what a recommendation for the weeks ahead foresees."""
+    what people go on to buy, which is what a recommendation for the weeks ahead foresees.
+
+    Vectorised over customers: each customer's products sorted oldest first purchase first, the
+    products bought after one are a run up to the customer's end (`_sequel_starts`), and the
+    pairs are those runs laid end to end, SEQUEL_PAIRS_BLOCK at a time."""
     ages = past.first_bought_age_days
+    if ages is None:
+        raise ValueError("sequels need the first purchases: history(..., first_purchases=True)")
     count = len(past.products)
+    customers = np.repeat(np.arange(ages.shape[0]), np.diff(ages.indptr))
+    order = np.lexsort((-ages.data, customers))
+    days, products = ages.data[order], ages.indices[order]
+    ends = ages.indptr[1:][customers].astype(np.intp)  # sorting kept each customer's span
+    starts = _sequel_starts(days, ends)
+    runs = ends - starts
     total = sparse.csr_matrix((count, count), dtype=np.float32)
-    earlier: list[npt.NDArray[np.int32]] = []
-    later: list[npt.NDArray[np.int32]] = []
-
-    def counted() -> sparse.csr_matrix:
-        pairs = (np.concatenate(earlier), np.concatenate(later))
-        earlier.clear()
-        later.clear()
-        ones = np.ones(len(pairs[0]), dtype=np.float32)  # counts stay exact below 2**24
-        return sparse.csr_matrix((ones, pairs), shape=(count, count))
-
-    for customer in range(ages.shape[0]):
-        start, end = ages.indptr[customer], ages.indptr[customer + 1]
-        products, days = ages.indices[start:end], ages.data[start:end]
-        for block in range(0, len(products), SEQUEL_ROWS_BLOCK):
-            # an older first purchase has more days of age: i before j when age_i - age_j > gap
-            gaps = days[block : block + SEQUEL_ROWS_BLOCK, None] - days[None, :]
-            first, then = np.nonzero(gaps > SEQUEL_GAP_DAYS)
-            earlier.append(products[block + first])
-            later.append(products[then])
-        if sum(map(len, earlier)) >= SEQUEL_PAIRS_BLOCK:
-            total = total + counted()
-    return total + counted() if earlier else total
+    done = np.concatenate(([0], np.cumsum(runs)))
+    first = 0
+    while first < len(runs):
+        # entries whose pairs end within the next block (at least one, however long its run)
+        last = max(
+            int(np.searchsorted(done, done[first] + SEQUEL_PAIRS_BLOCK, "right")) - 1, first + 1
+        )
+        block = slice(first, last)
+        lengths = runs[block]
+        offsets = np.repeat(starts[block] - (done[block] - done[first]), lengths)
+        later = products[np.arange(int(lengths.sum())) + offsets]
+        earlier = np.repeat(products[block], lengths)
+        ones = np.ones(len(later), dtype=np.float32)  # counts stay exact below 2**24
+        total = total + sparse.csr_matrix((ones, (earlier, later)), shape=(count, count))
+        first = last
+    return total
 
 
 def fit_sequels(past: History, kept: int, half_life_days: float) -> ItemKnn:

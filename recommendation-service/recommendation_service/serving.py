@@ -156,7 +156,7 @@ def train(kept: Sequence[Kept], parameters: AlsParameters, ease: EaseParameters)
         *(Interaction(k.customer_id, k.product_id, 1, k.last_bought_at) for k in kept),
         *(Interaction(k.customer_id, k.product_id, 1, k.first_bought_at) for k in kept),
     ]
-    past = history(purchases, data_as_of)
+    past = history(purchases, data_as_of, first_purchases=True)
     als = fit_als(past, parameters)
     if not np.all(np.isfinite(als.product_factors)):
         raise ArithmeticError("ALS diverged: its product factors are not all finite")

@@ -7,9 +7,12 @@ import itertools
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 
 from crm_shared.contracts.events import InvalidEvent
+from crm_shared.runtime.http import service_token_headers
+from recommendation_service.api import CatalogueQuery, create_app
 from recommendation_service.catalogue import (
     CatalogueFilter,
     InvalidFilter,
@@ -17,6 +20,7 @@ from recommendation_service.catalogue import (
     record_of,
     topped_up,
 )
+from recommendation_service.config import RecommendationSettings
 from tests.unit.events_factory import at, event
 
 CATALOGUED = "crm.product.catalogued.v1"
@@ -76,6 +80,24 @@ def test_a_price_range_no_price_fits_is_refused_with_a_message() -> None:
     with pytest.raises(InvalidFilter, match="min_price 5 is above max_price 2"):
         CatalogueFilter(min_price=Decimal(5), max_price=Decimal(2))
     assert CatalogueFilter(min_price=Decimal(2), max_price=Decimal(2)).active
+
+
+async def test_an_empty_price_range_is_a_value_error_of_the_query_and_a_422_at_the_edge() -> None:
+    """The query model raises a plain ValueError; the app answers it as FastAPI answers an
+    HTTPException: 422 and the reason, before any database is asked."""
+    with pytest.raises(ValueError, match="min_price 5 is above max_price 2: no price fits"):
+        CatalogueQuery(min_price=Decimal(5), max_price=Decimal(2)).wanted()
+    settings = RecommendationSettings()
+    transport = httpx.ASGITransport(create_app(settings))  # no lifespan: no pool to ask
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        answer = await client.get(
+            "/customers/ME/recommendations?min_price=5&max_price=2",
+            headers=service_token_headers(settings.platform.service_token),
+        )
+    assert answer.status_code == 422
+    error = answer.json()["error"]
+    assert error["message"] == "min_price 5 is above max_price 2: no price fits"
+    assert error["request_id"] == answer.headers["X-Request-ID"] and "details" not in error
 
 
 def test_any_condition_leaves_out_products_the_catalogue_does_not_know() -> None:

@@ -11,7 +11,7 @@ import pytest
 from scipy import sparse
 
 from crm_shared.contracts.events import build_event
-from recommendation_service import evaluate
+from recommendation_service import evaluate, models
 from recommendation_service.evaluation import (
     BLEND_WEIGHTS,
     blend,
@@ -33,6 +33,7 @@ from recommendation_service.evaluation import (
 )
 from recommendation_service.models import (
     EASE_BLOCK_ROWS,
+    SEQUEL_GAP_DAYS,
     AlsParameters,
     Blend,
     EaseParameters,
@@ -120,9 +121,21 @@ def test_history_counts_what_was_kept_before_the_split_and_only_goods() -> None:
 
 
 def test_history_dates_each_product_s_first_and_last_purchase() -> None:
-    past = history([bought("C1", "MUG", 10), bought("C1", "MUG", 3), bought("C1", "MUG", 1, -1)], T)
+    found = [bought("C1", "MUG", 10), bought("C1", "MUG", 3), bought("C1", "MUG", 1, -1)]
+    past = history(found, T, first_purchases=True)
+    assert past.first_bought_age_days is not None
     assert past.first_bought_age_days[0, 0] == pytest.approx(11.0)
     assert past.last_bought_age_days[0, 0] == pytest.approx(4.0)  # a return is no purchase
+
+
+def test_history_dates_first_purchases_only_when_asked_and_sequels_need_them() -> None:
+    found = [bought("C1", "MUG", 10), bought("C1", "TEA", 3), bought("C2", "MUG", 2)]
+    plain, dated = history(found, T), history(found, T, first_purchases=True)
+    assert plain.first_bought_age_days is None
+    assert (plain.bought != dated.bought).nnz == 0
+    assert (plain.last_bought_age_days != dated.last_bought_age_days).nnz == 0
+    with pytest.raises(ValueError, match="first_purchases=True"):
+        fit_sequels(plain, 2, 90.0)
 
 
 def test_interactions_read_orders_as_purchases_and_refunds_as_returns() -> None:
@@ -321,6 +334,7 @@ def _sequel_history() -> History:
             bought("C3", "CUP", 35, quantity=-1),  # returned: C3 is no buyer of CUP
         ],
         T,
+        first_purchases=True,
     )
 
 
@@ -334,6 +348,49 @@ def test_sequels_count_the_customers_who_went_on_to_buy_in_a_later_order() -> No
     assert counts[at("JAM"), at("MUG")] == 1
     assert counts[at("TEA"), at("MUG")] == counts[at("MUG"), at("TEA")] == 0
     assert counts.diagonal().tolist() == [0.0] * len(past.products)
+
+
+def _reference_sequel_counts(past: History) -> np.ndarray:
+    """sequel_counts the plain way: every ordered pair of each customer's products."""
+    counts = np.zeros((len(past.products), len(past.products)))
+    ages = past.first_bought_age_days
+    assert ages is not None
+    for customer in range(ages.shape[0]):
+        start, end = ages.indptr[customer], ages.indptr[customer + 1]
+        kept = list(zip(ages.indices[start:end], ages.data[start:end], strict=True))
+        for earlier, earlier_age in kept:
+            for later, later_age in kept:
+                if earlier_age - later_age > SEQUEL_GAP_DAYS:
+                    counts[earlier, later] += 1
+    return counts
+
+
+def _random_history(seed: int) -> History:
+    """Purchases and returns on quarter days (so that gaps of exactly SEQUEL_GAP_DAYS occur) and
+    at any time, some customers with many goods, some with one."""
+    rng = np.random.default_rng(seed)
+    found = []
+    for customer in range(40):
+        for _ in range(int(rng.integers(1, 40))):
+            product = f"P{int(rng.integers(0, 25)):02d}"
+            days = rng.integers(0, 80) / 4 if rng.random() < 0.5 else rng.uniform(0, 20)
+            quantity = -1 if rng.random() < 0.1 else int(rng.integers(1, 4))
+            found.append(bought(f"C{customer:02d}", product, float(days), quantity))
+    return history(found, T, first_purchases=True)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("pairs_block", [models.SEQUEL_PAIRS_BLOCK, 7])
+def test_sequel_counts_equal_every_ordered_pair_counted_one_by_one(
+    seed: int, pairs_block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(models, "SEQUEL_PAIRS_BLOCK", pairs_block)
+    past = _random_history(seed)
+    expected = _reference_sequel_counts(past)
+    assert expected.sum() > 100  # enough pairs to compare, and blocks to split them into
+    counts = sequel_counts(past)
+    assert counts.dtype == np.float32
+    assert np.array_equal(counts.toarray(), expected)
 
 
 def test_sequel_weights_are_scaled_by_both_buyer_counts_and_kept_per_product() -> None:

@@ -963,6 +963,8 @@ class CampaignCancelled(_EventData):
 
 CATEGORY_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 """A catalogue category: any text without control characters (PostgreSQL cannot hold NUL)."""
+CategoryName = Annotated[str, Field(min_length=1, max_length=120, pattern=CATEGORY_PATTERN)]
+"""A category as a request names it (the catalogue filters of the recommendation reads)."""
 
 
 class ProductKind(StrEnum):

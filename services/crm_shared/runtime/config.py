@@ -47,6 +47,12 @@ class PlatformSettings(BaseSettings):
             )
         return token
 
+    check_responses: bool = Field(
+        default=False,
+        description="APIs check their DirectRoutes' answers against the response models, "
+        "which costs a parse of each answer: the test suite sets it",
+    )
+
     link_secret: SecretStr | None = Field(
         default=None,
         description="The secret that signs the links in messages (preference centre, one-click "
