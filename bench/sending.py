@@ -1,6 +1,6 @@
 """Sending to a local SMTP server: how many messages a second one sender gets through.
 
-    ./crm bench-send [--messages 20000] [--connections 16] [--profile FILE]
+    ./crm bench-send [--messages 20000] [--connections 64] [--profile FILE]
 
 Fills a scratch broadcast database with customers who chose e-mail and consent to marketing,
 plans one marketing e-mail (plain text and HTML, with the one-click unsubscribe link) to each,
@@ -200,7 +200,9 @@ async def run(counter: IO[bytes], messages: int, connections: int, profile: str 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=20_000)
-    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--connections", type=int, default=64, help="CRM_BROADCAST_SMTP_CONNECTIONS"
+    )
     parser.add_argument("--profile", metavar="FILE", help="run the sender under cProfile")
     args = parser.parse_args()
     if not os.environ.get("CRM_PG_DSN_BASE"):

@@ -203,7 +203,7 @@ crm_ensure_system_packages() (
     fi
     if [[ " ${missing[*]} " == *" postfix "* ]]; then
         # Postfix as a mail system is not wanted: "No configuration" writes no main.cf, so no
-        # daemon is started now or at boot (its init script refuses to run without one).
+        # daemon is started now or at boot (its init script and systemd unit need one).
         echo "postfix postfix/main_mailer_type select No configuration" \
             | "${sudo[@]}" debconf-set-selections || crm__die "debconf-set-selections failed" || return 1
     fi
