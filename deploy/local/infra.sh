@@ -177,11 +177,14 @@ crm_ensure_system_packages() (
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
     # wrk: the load generator of ./crm bench-reads (a Python client would be the ceiling).
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+    # smtp-sink (Postfix's C test server): the SMTP server of ./crm bench-send, so the bench
+    # measures the sender rather than a Python server. Only the binary is used: see below.
+    [[ -x /usr/sbin/smtp-sink ]] || missing+=(postfix)
     # Chromium and its driver: the test suite opens the preference centre in a real browser.
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
     if ((${#missing[@]} == 0)); then
-        crm__log "system packages: all present (postgresql, kcat, docker-compose, maven, java, prometheus, wrk, chromium)"
+        crm__log "system packages: all present (postgresql, kcat, docker-compose, maven, java, prometheus, wrk, chromium, smtp-sink)"
         return 0
     fi
     local -a sudo=()
@@ -197,6 +200,12 @@ crm_ensure_system_packages() (
     if [[ " ${missing[*]} " == *" postgresql-15 "* ]] && ! apt-cache show postgresql-15 >/dev/null 2>&1; then
         # Not Debian 12: take the distribution's default major instead.
         missing=("${missing[@]/postgresql-15/postgresql}")
+    fi
+    if [[ " ${missing[*]} " == *" postfix "* ]]; then
+        # Postfix as a mail system is not wanted: "No configuration" writes no main.cf, so no
+        # daemon is started now or at boot (its init script and systemd unit need one).
+        echo "postfix postfix/main_mailer_type select No configuration" \
+            | "${sudo[@]}" debconf-set-selections || crm__die "debconf-set-selections failed" || return 1
     fi
     crm__log "+ apt-get install -y --no-install-recommends ${missing[*]}"
     "${apt[@]}" install -y -q --no-install-recommends "${missing[@]}" \
