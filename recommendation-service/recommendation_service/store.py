@@ -279,17 +279,24 @@ async def co_buyers_of(conn: asyncpg.Connection, products: Sequence[str]) -> lis
     kept both and both goods' numbers of buyers, counted by PostgreSQL in one statement (one
     snapshot): what those products' similar lists are computed from. A row per pair of goods
     (about 3,400 for a bestseller) instead of its buyers' baskets (about 96,000 kept pairs).
-    Index lookups: the products' buyers, then each buyer's products."""
+    The buyers first (an index scan), then each buyer's basket (primary key), counted in a hash
+    by (product, other good), and only then the goods' buyers joined: grouping the 96,000 joined
+    rows by four columns made PostgreSQL sort them on disk."""
     rows = await conn.fetch(
         """
-        SELECT m.product_id, cp.product_id, count(*)::int, mp.buyers, p.buyers
-        FROM customer_products m
-        JOIN products mp ON mp.product_id = m.product_id
-        JOIN customer_products cp ON cp.customer_id = m.customer_id
-        JOIN products p ON p.product_id = cp.product_id
-        WHERE m.product_id = ANY($1::text[]) AND m.units_kept > 0 AND mp.goods
-          AND cp.units_kept > 0 AND p.goods AND cp.product_id <> m.product_id
-        GROUP BY m.product_id, mp.buyers, cp.product_id, p.buyers
+        WITH buyers AS MATERIALIZED (
+            SELECT customer_id, product_id FROM customer_products
+            WHERE product_id = ANY($1::text[]) AND units_kept > 0
+        ), shared AS (
+            SELECT b.product_id, cp.product_id AS other_product_id, count(*)::int AS co_buyers
+            FROM buyers b JOIN customer_products cp USING (customer_id)
+            WHERE cp.units_kept > 0 AND cp.product_id <> b.product_id
+            GROUP BY b.product_id, cp.product_id
+        )
+        SELECT s.product_id, s.other_product_id, s.co_buyers, mp.buyers, p.buyers
+        FROM shared s
+        JOIN products mp ON mp.product_id = s.product_id AND mp.goods
+        JOIN products p ON p.product_id = s.other_product_id AND p.goods
         """,
         products,
     )
