@@ -5,7 +5,7 @@ recomputation of the whole catalogue (`models.similar_products`) gives.
 Cosine is co(X, Y) / sqrt(n_X n_Y). When X gains or loses a buyer, n_X and co(X, Y) for the
 goods Y in that customer's basket change, so X's whole row changes and, in the row of every Y
 bought with X (or that listed X), only the entry for X changes. So the marked products' rows are
-computed in full from their buyers' baskets, and each other affected product's stored top list
+computed in full from their co-buyer counts, and each other affected product's stored top list
 is merged with its new entries for the marked products, when they can change it at all. A
 stored list that was full hides the entries ranked after its last one; when the merge needs one
 of those (a marked product left the list), that product's row is computed in full as well.
@@ -17,16 +17,15 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import sparse
 
-from recommendation_service.models import Similar, SimilarPair, best_per_row, cosine_blocks
+from recommendation_service.models import Similar, SimilarPair
 
 Entry = tuple[str, int, float]
 """(other product, distinct co-buyers, cosine)"""
 Lists = dict[str, list[Entry]]
 """product -> its most similar products, most similar first (ties by product code)."""
-KeptGood = tuple[str, str, int]
-"""(customer, a good they kept, the good's number of buyers)"""
+CoBuyers = tuple[str, str, int, int, int]
+"""(product, other product, customers who kept both, the product's buyers, the other's buyers)"""
 
 
 def rank(entry: Entry) -> tuple[float, str]:
@@ -43,53 +42,34 @@ class ComputedRows:
 
 
 def computed_rows(
-    kept: Iterable[KeptGood], rows: Collection[str], neighbours: int, crossing: bool
+    co_buyers: Iterable[CoBuyers], rows: Collection[str], neighbours: int, crossing: bool
 ) -> ComputedRows:
-    """The `rows` products' top `neighbours` lists from `kept`: every good kept by every customer
-    who kept one of them, with each good's number of buyers (all of them, not only these
-    customers). With `crossing`, also the rows' entries seen from the other products' side
-    (cosine is symmetric). The arithmetic is `models.nearest_neighbours`'s, so the values are
-    bit for bit those of a whole recomputation."""
-    triples = list(kept)
-    customers: dict[str, int] = {}
-    for customer, _, _ in triples:
-        customers.setdefault(customer, len(customers))
-    buyers_of = {product: buyers for _, product, buyers in triples}
-    products = sorted(buyers_of)
-    columns = {product: n for n, product in enumerate(products)}
-    items = sparse.csr_matrix(
-        (
-            np.ones(len(triples)),
-            ([columns[p] for _, p, _ in triples], [customers[c] for c, _, _ in triples]),
-        ),
-        shape=(len(products), len(customers)),
-    )
-    buyers = np.maximum(np.array([buyers_of[p] for p in products], dtype=np.float64), 1.0)
-    wanted = np.array(sorted(columns[p] for p in rows if p in columns), dtype=np.intp)
-    outside = np.ones(len(products), dtype=bool)
-    outside[wanted] = False
+    """The `rows` products' top `neighbours` lists from `co_buyers`: for each of them, every
+    other good kept by one of its buyers, with the distinct customers who kept both and both
+    goods' numbers of buyers (all of them). With `crossing`, also the rows' entries seen from
+    the other products' side (cosine is symmetric). The arithmetic is `models.cosine_blocks`'s
+    (co / sqrt(n_a x n_b) in float64) and ties go by product code, as `models.best_per_row`
+    orders its columns, so the lists are bit for bit those of a whole recomputation."""
+    found = list(co_buyers)
     lists: Lists = {product: [] for product in rows}
     across: Lists = {}
-    for block in cosine_blocks(items, buyers, wanted):
-        best_rows, best_columns = best_per_row(block.similarity, neighbours)
-        for row, column in zip(best_rows.tolist(), best_columns.tolist(), strict=True):
-            lists[products[block.rows[row]]].append(
-                (
-                    products[column],
-                    int(block.co[row, column]),
-                    float(block.similarity[row, column]),
-                )
-            )
-        if crossing:
-            cross_rows, cross_columns = np.nonzero((block.co > 0) & outside[None, :])
-            for row, column in zip(cross_rows.tolist(), cross_columns.tolist(), strict=True):
-                across.setdefault(products[column], []).append(
-                    (
-                        products[block.rows[row]],
-                        int(block.co[row, column]),
-                        float(block.similarity[row, column]),
-                    )
-                )
+    if not found:
+        return ComputedRows(lists, across)
+    products, others, co, product_buyers, other_buyers = zip(*found, strict=True)
+    similarity = np.asarray(co, dtype=np.float64) / np.sqrt(
+        np.maximum(np.asarray(product_buyers, dtype=np.float64), 1.0)
+        * np.maximum(np.asarray(other_buyers, dtype=np.float64), 1.0)
+    )
+    entries = sorted(
+        zip(products, others, co, similarity.tolist(), strict=True),
+        key=lambda entry: (entry[0], -entry[3], entry[1]),
+    )
+    for product, other, shared, cosine in entries:
+        row = lists[product]
+        if len(row) < neighbours:
+            row.append((other, shared, cosine))
+        if crossing and other not in lists:
+            across.setdefault(other, []).append((product, shared, cosine))
     return ComputedRows(lists, across)
 
 

@@ -21,7 +21,7 @@ from crm_shared.runtime.db import columns
 from recommendation_service.catalogue import CatalogueFilter, CatalogueRecord
 from recommendation_service.consent import ConsentDecision
 from recommendation_service.models import Similar, SimilarPair
-from recommendation_service.neighbours import Entry, KeptGood, Lists
+from recommendation_service.neighbours import CoBuyers, Entry, Lists
 from recommendation_service.projection import (
     CustomerOrder,
     CustomerProduct,
@@ -274,24 +274,33 @@ async def buyers_in_all(conn: asyncpg.Connection, products: Sequence[str]) -> in
     return found
 
 
-async def goods_kept_by_buyers_of(
-    conn: asyncpg.Connection, products: Sequence[str]
-) -> list[KeptGood]:
-    """Every good kept by the customers who kept one of `products`, with the good's number of
-    buyers, in one statement (one snapshot): what those products' similar lists are computed
-    from. Index lookups: the products' buyers, then each buyer's products."""
+async def co_buyers_of(conn: asyncpg.Connection, products: Sequence[str]) -> list[CoBuyers]:
+    """For each of these goods, every other good kept by one of its buyers: the customers who
+    kept both and both goods' numbers of buyers, counted by PostgreSQL in one statement (one
+    snapshot): what those products' similar lists are computed from. A row per pair of goods
+    (about 3,400 for a bestseller) instead of its buyers' baskets (about 96,000 kept pairs).
+    The buyers first (an index scan), then each buyer's basket (primary key), counted in a hash
+    by (product, other good), and only then the goods' buyers joined: grouping the 96,000 joined
+    rows by four columns made PostgreSQL sort them on disk."""
     rows = await conn.fetch(
         """
-        SELECT cp.customer_id, cp.product_id, p.buyers
-        FROM customer_products cp JOIN products p USING (product_id)
-        WHERE cp.units_kept > 0 AND p.goods AND cp.customer_id IN (
-            SELECT customer_id FROM customer_products
+        WITH buyers AS MATERIALIZED (
+            SELECT customer_id, product_id FROM customer_products
             WHERE product_id = ANY($1::text[]) AND units_kept > 0
+        ), shared AS (
+            SELECT b.product_id, cp.product_id AS other_product_id, count(*)::int AS co_buyers
+            FROM buyers b JOIN customer_products cp USING (customer_id)
+            WHERE cp.units_kept > 0 AND cp.product_id <> b.product_id
+            GROUP BY b.product_id, cp.product_id
         )
+        SELECT s.product_id, s.other_product_id, s.co_buyers, mp.buyers, p.buyers
+        FROM shared s
+        JOIN products mp ON mp.product_id = s.product_id AND mp.goods
+        JOIN products p ON p.product_id = s.other_product_id AND p.goods
         """,
         products,
     )
-    return [(row[0], row[1], row[2]) for row in rows]
+    return [(row[0], row[1], row[2], row[3], row[4]) for row in rows]
 
 
 async def similar_lists(conn: asyncpg.Connection, products: Sequence[str]) -> Lists:

@@ -127,12 +127,12 @@ async def neighbour_changes(
     conn: asyncpg.Connection, marked: Sequence[str]
 ) -> tuple[dict[models.SimilarPair, models.Similar], list[models.SimilarPair]]:
     """What to write so that every list a change of the `marked` products' buyers can touch is
-    what a whole recomputation gives (`neighbours`): the marked rows from their buyers' baskets,
+    what a whole recomputation gives (`neighbours`): the marked rows from their co-buyer counts,
     the lists of what is bought with them or names them merged with their new entries, and those
     the merge cannot settle computed in full. Numpy and the merge in threads, not the loop."""
-    kept = await store.goods_kept_by_buyers_of(conn, marked)
+    co_buyers = await store.co_buyers_of(conn, marked)
     rows = await asyncio.to_thread(
-        neighbours.computed_rows, kept, marked, projection.NEIGHBOURS_KEPT, True
+        neighbours.computed_rows, co_buyers, marked, projection.NEIGHBOURS_KEPT, True
     )
     naming = await store.products_naming(conn, marked)
     boundaries = await store.last_of_full_lists(
@@ -145,9 +145,9 @@ async def neighbour_changes(
     )
     lists = {**merged.lists, **rows.lists}
     if merged.unsettled:
-        kept = await store.goods_kept_by_buyers_of(conn, merged.unsettled)
+        co_buyers = await store.co_buyers_of(conn, merged.unsettled)
         full = await asyncio.to_thread(
-            neighbours.computed_rows, kept, merged.unsettled, projection.NEIGHBOURS_KEPT, False
+            neighbours.computed_rows, co_buyers, merged.unsettled, projection.NEIGHBOURS_KEPT, False
         )
         lists.update(full.lists)
     count(metrics.NEIGHBOUR_LISTS.labels("unchanged"), len(set(rows.crossing) - set(to_merge)))

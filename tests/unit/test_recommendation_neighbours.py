@@ -11,6 +11,7 @@ import pytest
 
 from recommendation_service.models import similar_products
 from recommendation_service.neighbours import (
+    CoBuyers,
     ComputedRows,
     Lists,
     computed_rows,
@@ -29,17 +30,22 @@ class Catalogue:
         self.kept: dict[str, set[str]] = defaultdict(set)
         self.stored: Lists = {}
 
-    def kept_by_buyers_of(self, products: list[str]) -> list[tuple[str, str, int]]:
+    def co_buyers_of(self, products: list[str]) -> list[CoBuyers]:
+        """What `store.co_buyers_of` reads: per product and other good, the customers who kept
+        both, and both goods' buyers."""
         buyers: dict[str, int] = defaultdict(int)
+        shared: dict[tuple[str, str], int] = defaultdict(int)
         for goods in self.kept.values():
             for product in goods:
                 buyers[product] += 1
-        customers = [c for c, goods in self.kept.items() if goods & set(products)]
-        return [(c, p, buyers[p]) for c in customers for p in self.kept[c]]
+                if product in products:
+                    for other in goods - {product}:
+                        shared[product, other] += 1
+        return [(p, o, co, buyers[p], buyers[o]) for (p, o), co in shared.items()]
 
     def refresh(self, marked: list[str]) -> tuple[int, int]:
         """One incremental run, as the worker's; returns (lists merged, lists computed in full)."""
-        rows = computed_rows(self.kept_by_buyers_of(marked), marked, self.neighbours, True)
+        rows = computed_rows(self.co_buyers_of(marked), marked, self.neighbours, True)
         naming = {p for p, entries in self.stored.items() if any(e[0] in marked for e in entries)}
         boundaries = {
             p: sorted(entries, key=rank)[self.neighbours - 1]
@@ -50,7 +56,7 @@ class Catalogue:
         merged = merged_lists(self.stored, to_merge, rows, self.neighbours)
         lists = {**merged.lists, **rows.lists}
         full = computed_rows(
-            self.kept_by_buyers_of(merged.unsettled), merged.unsettled, self.neighbours, False
+            self.co_buyers_of(merged.unsettled), merged.unsettled, self.neighbours, False
         )
         lists.update(full.lists)
         for product, entries in lists.items():
@@ -108,8 +114,8 @@ def test_a_product_that_leaves_a_full_list_lets_the_next_one_in() -> None:
 
 
 def test_the_marked_rows_and_their_crossing_entries_share_one_value() -> None:
-    kept = [("C1", "A", 2), ("C1", "B", 1), ("C2", "A", 2), ("C2", "C", 3)]
-    rows: ComputedRows = computed_rows(kept, ["A"], neighbours=5, crossing=True)
+    co_buyers = [("A", "B", 1, 2, 1), ("A", "C", 1, 2, 3)]
+    rows: ComputedRows = computed_rows(co_buyers, ["A"], neighbours=5, crossing=True)
     assert [entry[0] for entry in rows.lists["A"]] == ["B", "C"]  # 1/sqrt(2) before 1/sqrt(6)
     assert rows.crossing == {
         "B": [("A", 1, rows.lists["A"][0][2])],
