@@ -205,8 +205,13 @@ async def test_a_segment_defined_through_the_gateway_follows_the_events(
             lambda r: r.json()["members"] == 0,
             what="every member to leave the retired segment",
         )
-    left = _announcements(bootstrap, segment)
-    assert {(who, kind) for who, kind, _ in left} >= {(b, "left"), (c, "left"), (d, "left")}
+    await eventually(  # the exits reach crm.segments through the outbox, after the commit
+        lambda: asyncio.to_thread(_announcements, bootstrap, segment),
+        lambda found: (
+            {(who, kind) for who, kind, _ in found} >= {(b, "left"), (c, "left"), (d, "left")}
+        ),
+        what="the exits of the retired segment's members on crm.segments",
+    )
     await eventually(
         lambda: _broadcast_members(platform, segment),
         lambda found: not any(member for member, _ in found.values()) and len(found) == 4,

@@ -72,7 +72,7 @@ async def test_a_worker_killed_mid_stream_is_restarted_and_loses_nothing(
     )
     publisher.start()
     try:
-        await eventually(
+        part_way = await eventually(
             lambda: fetch(
                 f"{platform['CRM_PG_DSN_BASE']}/crm_profile",
                 "SELECT count(*) AS n FROM applied_events WHERE id LIKE $1",
@@ -81,12 +81,13 @@ async def test_a_worker_killed_mid_stream_is_restarted_and_loses_nothing(
             lambda rows: rows[0]["n"] > 500,
             what="the profile worker to be part-way through the stream",
         )
-        flowing = publisher.is_alive()
         before, after, took = kill_and_wait_for_restart(worker, platform)
     finally:
         publisher.join()
 
-    assert flowing, "the stream had ended before the kill: publish more slowly"
+    # Mid-stream for the worker: it had events left to fold when it was killed (the publisher
+    # may have finished by then: a busy machine folds slower than 1,500 events/s).
+    assert part_way[0]["n"] < len(events), "the worker had folded everything before the kill"
     assert after.restarts == before.restarts + 1
     assert after.pid != before.pid
     assert after.last_exit == -signal.SIGKILL
