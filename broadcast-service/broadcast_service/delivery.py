@@ -16,6 +16,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from pydantic import BaseModel
+
 from broadcast_service.decision import (
     DEFAULT_POLICY,
     ContactPolicy,
@@ -37,7 +39,7 @@ from crm_shared.contracts.events import (
     DoNotContactReason,
     MessageOutcome,
     MessageOutcomeRecorded,
-    build_event,
+    build_event_of,
     encode_event,
 )
 from crm_shared.contracts.topics import topic_for
@@ -261,11 +263,15 @@ def is_marketing(message: OutboundMessage) -> bool:
 # ----------------------------------------------------------------------------- events
 
 
-def _event(event_type: str, customer_id: str, data: Any, at: datetime, *identity: str) -> Derived:
+def _event(
+    event_type: str, customer_id: str, data: BaseModel, at: datetime, *identity: str
+) -> Derived:
     """A derived event whose id comes from the message and the step: recording the step again
     (a retry after a crash, a provider reporting twice) gives the same id, which consumers drop."""
     event_id = str(uuid.uuid5(_EVENT_IDS, "\x1f".join((event_type, *identity))))
-    document = build_event(event_type, customer_id, data, source=SOURCE, time=at, event_id=event_id)
+    document = build_event_of(
+        event_type, customer_id, data, source=SOURCE, time=at, event_id=event_id
+    )
     return Derived(
         topic_for(event_type), customer_id.encode(), encode_event(document), event_id, event_type
     )

@@ -1393,7 +1393,45 @@ def build_event(
 ) -> dict[str, Any]:
     """Wrap data in a validated envelope, ready to encode; the id defaults to a fresh UUID."""
     payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else dict(data)
-    document = {
+    document = _envelope(event_type, customer_id, payload, source, time, event_id)
+    validate_event(document)
+    return document
+
+
+def build_event_of(
+    event_type: str,
+    customer_id: str,
+    data: BaseModel,
+    *,
+    source: str,
+    time: datetime | None = None,
+    event_id: str | None = None,
+) -> dict[str, Any]:
+    """build_event for data that is its type's model, validated when it was built: the envelope
+    is validated, the data not a second time. Half the cost for a producer of many events (the
+    sender publishes one per message)."""
+    if type(data) is not EVENT_TYPES.get(event_type):
+        raise InvalidEvent(f"{type(data).__name__} is not the data of {event_type!r}")
+    document = _envelope(
+        event_type, customer_id, data.model_dump(mode="json"), source, time, event_id
+    )
+    try:
+        envelope = CloudEvent.model_validate(document)
+    except ValidationError as error:
+        raise InvalidEvent(_describe("envelope", error)) from None
+    _event(envelope, data, -1, -1)
+    return document
+
+
+def _envelope(
+    event_type: str,
+    customer_id: str,
+    payload: dict[str, Any],
+    source: str,
+    time: datetime | None,
+    event_id: str | None,
+) -> dict[str, Any]:
+    return {
         "specversion": "1.0",
         "id": event_id or str(uuid.uuid4()),
         "source": source,
@@ -1403,14 +1441,16 @@ def build_event(
         "datacontenttype": "application/json",
         "data": payload,
     }
-    validate_event(document)
-    return document
+
+
+_WIRE_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+"""Made once: json.dumps with options builds an encoder per call, which cost half an encoding."""
 
 
 def encode_event(document: Mapping[str, Any]) -> bytes:
     """The wire form of an envelope: compact strict JSON (no NaN), at most MAX_EVENT_BYTES."""
     try:
-        text = json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _WIRE_JSON.encode(document)
     except ValueError as error:
         raise InvalidEvent(f"not encodable as JSON: {error}") from None
     value = text.encode()
