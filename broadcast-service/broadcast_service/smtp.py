@@ -114,8 +114,13 @@ _BARE_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 def _wire(content: bytes) -> bytes:
     """The content as DATA carries it: CRLF line ends, a leading dot doubled, ended by
-    CRLF.CRLF. The usual content (already CRLF, no line starting with a dot) costs three scans."""
-    if content.count(b"\n") != content.count(b"\r\n") or b"\r\n" not in content[-2:]:
+    CRLF.CRLF. The usual content (already CRLF, no line starting with a dot) costs a few scans."""
+    crlf = content.count(b"\r\n")
+    if (
+        content.count(b"\n") != crlf
+        or content.count(b"\r") != crlf
+        or not content.endswith(b"\r\n")
+    ):
         content = _BARE_LINE_END.sub(b"\r\n", content)
         if not content.endswith(b"\r\n"):
             content += b"\r\n"
