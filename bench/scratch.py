@@ -18,7 +18,9 @@ async def drop_database(dsn_base: str, name: str) -> None:
         await admin.close()
 
 
-async def fresh_pool(dsn_base: str, name: str, migrations: Path, size: int) -> asyncpg.Pool:
-    """A pool on database `name`, emptied and migrated first."""
+async def fresh_pool(
+    dsn_base: str, name: str, migrations: Path, size: int, *, reset_sessions: bool = True
+) -> asyncpg.Pool:
+    """A pool on database `name`, emptied and migrated first (`reset_sessions` as open_pool's)."""
     await drop_database(dsn_base, name)
-    return await open_pool(f"{dsn_base}/{name}", migrations, size)
+    return await open_pool(f"{dsn_base}/{name}", migrations, size, reset_sessions=reset_sessions)

@@ -1,6 +1,7 @@
-"""The edges the sender sends through: SMTP for e-mail (aiosmtplib) and an HTTP webhook (httpx)
-for SMS, push, voice and messenger providers. Each turns one message into a SendResult and
-never raises for what the network or the provider does: delivery.py says what the answer means.
+"""The edges the sender sends through: SMTP for e-mail (`smtp.SmtpConnection`) and an HTTP
+webhook (httpx) for SMS, push, voice and messenger providers. Each turns one message into a
+SendResult and never raises for what the network or the provider does: delivery.py says what the
+answer means.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ from datetime import datetime
 from email.utils import parseaddr
 from typing import Protocol
 
-import aiosmtplib
 import httpx
-from aiosmtplib import SMTPStatus
 
 from broadcast_service.delivery import (
     OutboundMessage,
@@ -26,6 +25,7 @@ from broadcast_service.delivery import (
     webhook_body,
 )
 from broadcast_service.mail import MailIdentity, build_email, smtp_path
+from broadcast_service.smtp import SmtpConnection
 
 
 class Adapter(Protocol):
@@ -41,10 +41,8 @@ class SmtpAdapter:
     """E-mail over SMTP through a fixed number of connections, each kept open for many messages
     (the number is the concurrency: one SMTP transaction at a time per connection).
 
-    Each message is MAIL, RCPT and DATA through aiosmtplib's command API rather than `sendmail`,
-    which parses both addresses twice with the email package and arms a timer per command: that
-    was a third of the sender's CPU a message. The addresses are checked once (`smtp_path`) and
-    one timeout covers the whole transaction.
+    Each message is one transaction of `smtp.SmtpConnection`: the envelope pipelined when the
+    server offers it, the addresses checked once (`smtp_path`), one timeout over the whole.
     """
 
     def __init__(
@@ -60,69 +58,37 @@ class SmtpAdapter:
         self.clock = clock
         self.connections = connections
         self.timeout = timeout
-        self.mail_from = b"FROM:" + smtp_path(parseaddr(identity.sender)[1])
-        self.idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
+        self.mail_from = smtp_path(parseaddr(identity.sender)[1])
+        self.idle: asyncio.Queue[SmtpConnection] = asyncio.Queue()
         for _ in range(connections):
-            self.idle.put_nowait(aiosmtplib.SMTP(hostname=host, port=port, timeout=timeout))
+            self.idle.put_nowait(SmtpConnection(host, port))
 
     async def send(self, message: OutboundMessage) -> SendResult:
         try:
-            rcpt_to = b"TO:" + smtp_path(message.address)
+            rcpt_to = smtp_path(message.address)
         except ValueError as error:
             return SendResult(Result.PERMANENT, str(error)[:300])
         content = build_email(self.identity, message, self.clock())
-        reference = message_id_header(message.message_id, self.identity.message_id_domain)
-        smtp = await self.idle.get()
+        connection = await self.idle.get()
         try:
             async with asyncio.timeout(self.timeout):
-                return await self._transaction(smtp, rcpt_to, content, reference)
-        except aiosmtplib.SMTPResponseException as error:  # DATA refused
-            await _reset(smtp, error.code)
-            return smtp_result(error.code, error.message, recipient_refused=False)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
-            smtp.close()  # connection lost or refused: the next send reconnects
+                refused = await connection.send(self.mail_from, rcpt_to, content)
+        except (OSError, TimeoutError) as error:  # the connection is dropped: the next reopens
             return SendResult(Result.TEMPORARY, f"SMTP connection: {error!r}"[:300])
         finally:
-            self.idle.put_nowait(smtp)
-
-    async def _transaction(
-        self, smtp: aiosmtplib.SMTP, rcpt_to: bytes, content: bytes, reference: str
-    ) -> SendResult:
-        """One message, each command answered before the next (aiosmtpd offers no PIPELINING);
-        the commands set no timers of their own: the caller times the whole."""
-        if not smtp.is_connected:
-            await smtp.connect(timeout=None)
-            if smtp.is_ehlo_or_helo_needed:
-                await smtp.ehlo(timeout=None)
-        mail = await smtp.execute_command(b"MAIL", self.mail_from, timeout=None)
-        if mail.code != SMTPStatus.completed:
-            await smtp.rset(timeout=None)
-            return smtp_result(mail.code, mail.message, recipient_refused=False)
-        rcpt = await smtp.execute_command(b"RCPT", rcpt_to, timeout=None)
-        if rcpt.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
-            await smtp.rset(timeout=None)
-            return smtp_result(rcpt.code, rcpt.message, recipient_refused=True)
-        await smtp.data(content, timeout=None)
+            self.idle.put_nowait(connection)
+        if refused is not None:
+            reply = refused.reply
+            return smtp_result(reply.code, reply.message, recipient_refused=refused.recipient)
+        reference = message_id_header(message.message_id, self.identity.message_id_domain)
         return SendResult(Result.SENT, "accepted", reference)
 
     async def close(self) -> None:
         while not self.idle.empty():
-            smtp = self.idle.get_nowait()
-            if smtp.is_connected:
-                with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
-                    await smtp.quit()
-
-
-async def _reset(smtp: aiosmtplib.SMTP, code: int) -> None:
-    """After a refused DATA the envelope is dropped (RSET); after an answer SMTP does not define
-    there, or a failed RSET, the connection is closed and the next send starts afresh."""
-    if code >= 400:
-        try:
-            await smtp.rset()
-            return
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            pass
-    smtp.close()
+            connection = self.idle.get_nowait()
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(self.timeout):
+                    await connection.quit()
 
 
 class WebhookAdapter:

@@ -8,6 +8,7 @@ database.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from collections.abc import Sequence
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
+
+from pydantic import BaseModel
 
 from broadcast_service.decision import (
     DEFAULT_POLICY,
@@ -37,7 +40,7 @@ from crm_shared.contracts.events import (
     DoNotContactReason,
     MessageOutcome,
     MessageOutcomeRecorded,
-    build_event,
+    build_event_of,
     encode_event,
 )
 from crm_shared.contracts.topics import topic_for
@@ -261,11 +264,28 @@ def is_marketing(message: OutboundMessage) -> bool:
 # ----------------------------------------------------------------------------- events
 
 
-def _event(event_type: str, customer_id: str, data: Any, at: datetime, *identity: str) -> Derived:
+_EVENT_IDS_BYTES = _EVENT_IDS.bytes
+
+
+def _uuid5(name: str) -> str:
+    """`str(uuid.uuid5(_EVENT_IDS, name))` without building a UUID object (a third of the cost
+    of an outcome event's id): SHA-1 of namespace and name, version 5, RFC 4122 variant."""
+    digest = bytearray(hashlib.sha1(_EVENT_IDS_BYTES + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _event(
+    event_type: str, customer_id: str, data: BaseModel, at: datetime, *identity: str
+) -> Derived:
     """A derived event whose id comes from the message and the step: recording the step again
     (a retry after a crash, a provider reporting twice) gives the same id, which consumers drop."""
-    event_id = str(uuid.uuid5(_EVENT_IDS, "\x1f".join((event_type, *identity))))
-    document = build_event(event_type, customer_id, data, source=SOURCE, time=at, event_id=event_id)
+    event_id = _uuid5("\x1f".join((event_type, *identity)))
+    document = build_event_of(
+        event_type, customer_id, data, source=SOURCE, time=at, event_id=event_id
+    )
     return Derived(
         topic_for(event_type), customer_id.encode(), encode_event(document), event_id, event_type
     )

@@ -67,7 +67,7 @@ def _header(value: str) -> str:
     """A header value as it travels: ASCII as it is, anything else as an RFC 2047 encoded word."""
     if value.isascii() and "\r" not in value and "\n" not in value:
         return value
-    return Header(value.replace("\r", " ").replace("\n", " "), "utf-8").encode()
+    return Header(value.replace("\r", " ").replace("\n", " "), "utf-8").encode(linesep="\r\n")
 
 
 def _part(content_type: str, body: str) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time as time_module
+import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
@@ -16,6 +17,7 @@ import pytest
 
 from broadcast_service.decision import reach_of
 from broadcast_service.delivery import (
+    _EVENT_IDS,
     CAMPAIGN_CANCELLED,
     INTERRUPTED_REASON,
     ExpiredClaim,
@@ -31,9 +33,11 @@ from broadcast_service.delivery import (
     http_result,
     message_id_header,
     next_step,
+    outcome_event,
     send_time_check,
     smtp_result,
 )
+from broadcast_service.delivery import _uuid5 as _uuid5
 from broadcast_service.mail import ONE_CLICK, MailIdentity, build_email, smtp_path
 from broadcast_service.projection import (
     ChannelPreferences,
@@ -43,7 +47,17 @@ from broadcast_service.projection import (
     RecentSend,
 )
 from broadcast_service.sender import Attempt, GroupCommit, Throttle
-from crm_shared.contracts.events import MessageOutcome, parse_event
+from crm_shared.contracts.events import (
+    MESSAGE_OUTCOME_RECORDED,
+    Channel,
+    InvalidEvent,
+    MessageOutcome,
+    MessageOutcomeRecorded,
+    build_event,
+    build_event_of,
+    encode_event,
+    parse_event,
+)
 from crm_shared.runtime.links import read_link
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -225,6 +239,13 @@ def test_a_service_email_has_no_unsubscribe_and_encodes_what_is_not_ascii() -> N
     assert email.get_content() == "Déjà là"
 
 
+def test_a_long_subject_that_is_not_ascii_is_folded_with_crlf_and_reads_back_whole() -> None:
+    subject = "Vos sélections de la semaine : théières, présentoirs à gâteaux et lanternes " * 2
+    raw = build_email(IDENTITY, _message(subject=subject), NOW)
+    assert raw.count(b"\n") == raw.count(b"\r\n")  # SMTP carries no bare line feed
+    assert message_from_bytes(raw, policy=policy.default)["Subject"] == subject
+
+
 def test_message_ids_the_header_cannot_carry_become_a_stable_uuid() -> None:
     first = message_id_header("campaign:C 1", "crm.example")
     assert first == message_id_header("campaign:C 1", "crm.example")
@@ -247,6 +268,59 @@ def test_a_sent_message_publishes_one_outcome_with_a_repeatable_id() -> None:
         "C-1",
     )
     assert event.data.outcome == "sent" and event.data.campaign_id == "spring-sale"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        _message(),
+        _message(campaign_id=None, purpose="service", customer_id="email:ann@example.com"),
+        _message(purpose="Marketing Newsletter"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("outcome", "reason"),
+    [(MessageOutcome.SENT, None), (MessageOutcome.FAILED, "SMTP 554 refusé " + "x" * 400)],
+)
+def test_an_outcome_event_is_the_one_the_fully_validated_path_builds(
+    message: OutboundMessage, outcome: MessageOutcome, reason: str | None
+) -> None:
+    """The sender validates an outcome's data once, as its model is built, and the envelope
+    alone after (build_event_of): the bytes are those build_event gives after validating it all."""
+    derived = outcome_event(message, outcome, reason, NOW)
+    data = MessageOutcomeRecorded(
+        message_id=message.message_id,
+        campaign_id=message.campaign_id,
+        channel=Channel(message.channel),
+        purpose=message.purpose,
+        outcome=outcome,
+        reason=None if reason is None else reason[:300],
+    )
+    document = build_event(
+        MESSAGE_OUTCOME_RECORDED,
+        message.customer_id,
+        data.model_dump(mode="json"),
+        source="broadcast-service",
+        time=NOW,
+        event_id=derived.event_id,
+    )
+    assert derived.value == encode_event(document)
+    assert parse_event(derived.value).data == data
+
+
+@pytest.mark.parametrize("name", ["", "crm.message.outcome.recorded.v1\x1fm-1\x1fsent", "é" * 300])
+def test_event_ids_are_the_standard_name_based_uuids(name: str) -> None:
+    assert _uuid5(name) == str(uuid.uuid5(_EVENT_IDS, name))
+
+
+def test_building_an_event_of_a_model_still_refuses_a_bad_envelope_or_another_types_data() -> None:
+    data = MessageOutcomeRecorded(
+        message_id="m-1", channel=Channel.EMAIL, purpose="marketing", outcome=MessageOutcome.SENT
+    )
+    with pytest.raises(InvalidEvent, match="subject"):
+        build_event_of(MESSAGE_OUTCOME_RECORDED, "C 1 with spaces", data, source="s", time=NOW)
+    with pytest.raises(InvalidEvent, match="not the data"):
+        build_event_of("crm.do_not_contact.added.v1", "C-1", data, source="s", time=NOW)
 
 
 def test_a_hard_bounce_publishes_the_bounce_and_do_not_contact() -> None:

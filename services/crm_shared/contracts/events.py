@@ -78,6 +78,8 @@ CountryCode = Annotated[
 ]
 EventSource = Annotated[str, Field(min_length=1, max_length=256)]
 """The CloudEvents `source`: the publishing system (shop, pos, ...)."""
+EventId = Annotated[str, Field(min_length=1, max_length=128)]
+"""The CloudEvents `id`: unique per source, the idempotency key."""
 
 
 class Channel(StrEnum):
@@ -1117,7 +1119,7 @@ class CloudEvent(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     specversion: Literal["1.0"]
-    id: str = Field(min_length=1, max_length=128)
+    id: EventId
     source: EventSource
     type: str = Field(min_length=1, max_length=128)
     subject: CustomerId
@@ -1393,7 +1395,57 @@ def build_event(
 ) -> dict[str, Any]:
     """Wrap data in a validated envelope, ready to encode; the id defaults to a fresh UUID."""
     payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else dict(data)
-    document = {
+    document = _envelope(event_type, customer_id, payload, source, time, event_id)
+    validate_event(document)
+    return document
+
+
+def build_event_of(
+    event_type: str,
+    customer_id: str,
+    data: BaseModel,
+    *,
+    source: str,
+    time: datetime | None = None,
+    event_id: str | None = None,
+) -> dict[str, Any]:
+    """build_event for data that is its type's model, validated when it was built: not validated
+    again, and of the envelope only what the caller gives (subject, source, id, time) is checked,
+    with the envelope's own types; a third of the cost for a producer of many events (the sender
+    publishes one per message). tests/unit/test_delivery.py compares it with build_event."""
+    if type(data) is not EVENT_TYPES.get(event_type):
+        raise InvalidEvent(f"{type(data).__name__} is not the data of {event_type!r}")
+    if isinstance(data, CustomerMerged):  # a rule across subject and data: the full path
+        return build_event(
+            event_type, customer_id, data, source=source, time=time, event_id=event_id
+        )
+    if time is not None and time.tzinfo is None:
+        raise InvalidEvent("invalid envelope: time must carry a UTC offset")
+    given = [("subject", _SUBJECT, customer_id), ("source", _SOURCE, source)]
+    if event_id is not None:
+        given.append(("id", _EVENT_ID, event_id))
+    for field, adapter, value in given:
+        try:
+            adapter.validate_python(value)
+        except ValidationError as error:
+            raise InvalidEvent(_describe(f"envelope {field}", error)) from None
+    return _envelope(event_type, customer_id, data.model_dump(mode="json"), source, time, event_id)
+
+
+_SUBJECT = TypeAdapter[str](CustomerId)
+_SOURCE = TypeAdapter[str](EventSource)
+_EVENT_ID = TypeAdapter[str](EventId)
+
+
+def _envelope(
+    event_type: str,
+    customer_id: str,
+    payload: dict[str, Any],
+    source: str,
+    time: datetime | None,
+    event_id: str | None,
+) -> dict[str, Any]:
+    return {
         "specversion": "1.0",
         "id": event_id or str(uuid.uuid4()),
         "source": source,
@@ -1403,14 +1455,16 @@ def build_event(
         "datacontenttype": "application/json",
         "data": payload,
     }
-    validate_event(document)
-    return document
+
+
+_WIRE_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+"""Made once: json.dumps with options builds an encoder per call, which cost half an encoding."""
 
 
 def encode_event(document: Mapping[str, Any]) -> bytes:
     """The wire form of an envelope: compact strict JSON (no NaN), at most MAX_EVENT_BYTES."""
     try:
-        text = json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _WIRE_JSON.encode(document)
     except ValueError as error:
         raise InvalidEvent(f"not encodable as JSON: {error}") from None
     value = text.encode()
