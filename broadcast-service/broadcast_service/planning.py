@@ -1,10 +1,12 @@
 """Planning campaigns, and their dry runs, by decision signature: a chunk of recipients is
 counted by signature in SQL (`store.signature_groups_after`: all the decision reads of them, but
 who they are), one recipient of each signature is read whole and decided purely
-(`campaigns.plan_signatures`), and one INSERT ... SELECT writes the narrow row of every recipient
-of a reached signature, at their own address (`store.add_planned_rows`). The planner handles
-signatures, never recipients: a chunk of 10,000 customers who look alike costs a few dozen
-decisions and no per-recipient work in Python.
+(`campaigns.plan_signatures`), and one statement keeps the message of every recipient of a reached
+signature, at their own address, as one row of arrays for the chunk (`store.add_plan_chunk`);
+the sender writes a chunk out as outbound_messages rows when its first message is due
+(`store.take_due_chunk`). The planner handles signatures, never recipients: a chunk of 10,000
+customers who look alike costs a few dozen decisions, no per-recipient work in Python and no
+row per recipient.
 
 Planning runs as a job of the worker (`PLANNING_JOB`), not inside the fold: the fold only marks
 a campaign 'planning' when it is due, so a campaign to a million customers never holds the
@@ -95,7 +97,7 @@ async def plan_chunk(conn: asyncpg.Connection, planner: Planner) -> ChunkPlanned
         planning.messages,
         datetime.now(UTC),
     )
-    messages = await store.add_planned_rows(conn, rows, plan.reached)
+    messages = await store.add_plan_chunk(conn, rows, plan.reached)
     recipients = chunk.recipients
     cursor = chunk.last if chunk.last is not None else planning.cursor
     seconds = time.perf_counter() - started

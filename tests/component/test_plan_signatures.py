@@ -31,7 +31,7 @@ from broadcast_service.projection import (
 )
 from crm_shared.contracts.events import CAMPAIGN_DEFINED, build_event, validate_event
 from crm_shared.runtime.db import open_pool
-from tests.campaign_reference import PLANNED_ROW_COLUMNS, plan_batch, planned_row
+from tests.campaign_reference import PLANNED_ROW_COLUMNS, plan_batch, planned_row, write_out_plans
 
 pytestmark = pytest.mark.component
 
@@ -304,6 +304,9 @@ async def test_planning_by_signature_equals_deciding_each_recipient_alone(
         await store.save_campaigns(conn, campaigns.start_due({"c": campaign}).values())
     chunks = await planning.plan_due(pool, planning.Planner(CHUNK))
     async with pool.acquire() as conn:
+        written = "SELECT count(*) FROM outbound_messages WHERE campaign_id = $1"
+        assert await conn.fetchval(written, campaign.campaign_id) == 0  # kept in chunks
+        assert await write_out_plans(conn) == len(expected.messages)
         rows = await conn.fetch(
             f"SELECT {', '.join(PLANNED_ROW_COLUMNS)} FROM outbound_messages"
             " WHERE campaign_id = $1 ORDER BY customer_id",
