@@ -603,16 +603,31 @@ class PlanningCampaign:
     """Rows planned so far."""
 
 
-async def lock_next_planning(conn: asyncpg.Connection) -> PlanningCampaign | None:
-    """The oldest campaign being planned that no other planner holds, locked until the chunk
-    commits (a second worker replica takes another campaign, or waits for the next run)."""
+async def next_planning(conn: asyncpg.Connection) -> PlanningCampaign | None:
+    """The oldest campaign being planned, as far as its committed chunks got (not locked: each
+    chunk is written under `lock_planning`, only where this left off)."""
     row = await conn.fetchrow(
-        "SELECT * FROM campaigns WHERE state = 'planning' ORDER BY send_at, campaign_id"
-        " LIMIT 1 FOR UPDATE SKIP LOCKED"
+        "SELECT * FROM campaigns WHERE state = 'planning' ORDER BY send_at, campaign_id LIMIT 1"
     )
     if row is None:
         return None
     return PlanningCampaign(_campaign(row), row["plan_cursor"], row["plan_messages"])
+
+
+async def lock_planning(
+    conn: asyncpg.Connection, campaign_id: str, after: str | None
+) -> int | None:
+    """Lock the campaign until the caller's transaction commits; the messages it planned so far
+    if it is still being planned and its cursor is `after` (else None: cancelled, finished, or
+    another planner wrote that chunk)."""
+    row = await conn.fetchrow(
+        "SELECT state, plan_cursor, plan_messages FROM campaigns WHERE campaign_id = $1 FOR UPDATE",
+        campaign_id,
+    )
+    if row is None or row["state"] != "planning" or row["plan_cursor"] != after:
+        return None
+    messages: int = row["plan_messages"]
+    return messages
 
 
 _SEGMENT_MEMBERS = """
@@ -700,11 +715,13 @@ FROM {signed} GROUP BY GROUPING SETS ((signature), ())
 """
 _SIGNATURE_GROUPS = _GROUPS.format(signed=f"({_SIGNED}) AS signed")
 # A plan keeps the chunk's recipients (who, signature, addresses) for its INSERT ... SELECT:
-# the signatures are built once, and only their groups come back to the planner.
+# the signatures are built once, and only their groups come back to the planner. The table is
+# the session's, emptied for each chunk: the chunk is read in one transaction and written in
+# the next (`add_plan_chunk`).
 _PLAN_RECIPIENTS = """
-CREATE TEMP TABLE plan_recipients (
+CREATE TEMP TABLE IF NOT EXISTS plan_recipients (
     customer_id text, signature text, addresses text[], email text, phone text
-) ON COMMIT DROP
+)
 """
 _KEPT_SIGNATURE_GROUPS = (
     f"WITH signed AS (INSERT INTO plan_recipients {_SIGNED} RETURNING customer_id, signature)"
@@ -725,23 +742,39 @@ class SignatureRead:
     """Recipients per chunk."""
 
 
+def _members(target: CampaignTarget) -> tuple[str, object]:
+    """The statement listing a target's recipients after $2 ($3 at most, in id order), and $1."""
+    if target.segment is not None:
+        return _SEGMENT_MEMBERS, target.segment
+    return _LISTED, list(target.customer_ids or ())
+
+
 async def _signed(
     conn: asyncpg.Connection, shape: str, read: SignatureRead, after: str | None
 ) -> list[asyncpg.Record]:
     """The chunk of recipients after `after` read by `shape`, with JIT off in the caller's
     transaction: it costs more than it saves on these statements."""
     await conn.execute("SET LOCAL jit = off")
-    target = read.target
-    members, key = (
-        (_SEGMENT_MEMBERS, target.segment)
-        if target.segment is not None
-        else (_LISTED, list(target.customer_ids or ()))
-    )
+    members, key = _members(read.target)
     statement = shape.format(members=members, signature=_SIGNATURE)
     rows: list[asyncpg.Record] = await conn.fetch(
         statement, key, after, read.limit, read.purpose, read.since
     )
     return rows
+
+
+async def chunk_end(conn: asyncpg.Connection, read: SignatureRead, after: str | None) -> str | None:
+    """The last recipient of the full chunk after `after` (None: fewer than a chunk are left, so
+    that chunk is the plan's last), read from the target's ids alone: where the next chunk
+    starts, before this one is read."""
+    members, key = _members(read.target)
+    last: str | None = await conn.fetchval(
+        f"SELECT max(customer_id) FROM ({members}) AS chunk HAVING count(*) = $3",
+        key,
+        after,
+        read.limit,
+    )
+    return last
 
 
 @dataclass(frozen=True)
@@ -769,10 +802,11 @@ async def signature_groups_after(
 ) -> SignatureChunk:
     """The next chunk of recipients after `after`, in customer id order (a keyset cursor: a plan
     resumes after the last recipient it committed), counted by decision signature: nothing is
-    read per recipient. `keep` keeps the recipients in the transaction's `plan_recipients`
-    for `add_plan_chunk` (a read-only transaction cannot)."""
+    read per recipient. `keep` keeps the recipients in the session's `plan_recipients` for
+    `add_plan_chunk` (a read-only transaction cannot)."""
     if keep:
         await conn.execute(_PLAN_RECIPIENTS)
+        await conn.execute("TRUNCATE plan_recipients")
     rows = await _signed(conn, _KEPT_SIGNATURE_GROUPS if keep else _SIGNATURE_GROUPS, read, after)
     whole = next(row for row in rows if row["signature"] is None)
     groups = [SignatureGroup(*row[:3]) for row in rows if row["signature"] is not None]
