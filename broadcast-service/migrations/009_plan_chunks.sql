@@ -21,3 +21,9 @@ CREATE TABLE plan_chunks (
     PRIMARY KEY (campaign_id, first)
 );
 CREATE INDEX plan_chunks_due ON plan_chunks (due) WHERE NOT cancelled;
+-- Not compressed: a chunk of 10,000 takes about 500 KB so, and compressing it cost about a third
+-- of the chunk's write (pglz 1.6 µs of CPU a message, lz4 0.6; measured on the bench's plan).
+ALTER TABLE plan_chunks ALTER COLUMN customer_ids SET STORAGE EXTERNAL,
+    ALTER COLUMN channels SET STORAGE EXTERNAL,
+    ALTER COLUMN addresses SET STORAGE EXTERNAL,
+    ALTER COLUMN not_befores SET STORAGE EXTERNAL;
