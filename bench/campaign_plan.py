@@ -11,7 +11,7 @@ marks a campaign 'planning' as the fold does when it is due, then times
 `broadcast_service.planning.plan_due`, the code the worker's planning job runs: chunks read on
 `--connections` connections at once, a transaction per chunk written. Prints progress, the wall
 time and the rate, and the CPU time of this process and of the PostgreSQL backends (on a shared
-machine, compare CPU).
+machine, compare CPU); then times writing the planned chunks out as rows, the senders' share.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import pstats
 import sys
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -116,6 +116,24 @@ async def backends_cpu(conn: asyncpg.Connection) -> dict[int, float]:
     return {row["pid"]: cpu_seconds(row["pid"]) for row in pids}
 
 
+async def write_out(pool: asyncpg.Pool, at: datetime, messages: int) -> None:
+    """Time what planning left to the senders: every chunk written out as its rows, a chunk a
+    transaction, as a claim does when the chunk is due (`store.take_due_chunk`)."""
+    until = at + timedelta(days=1)
+    async with pool.acquire() as conn:
+        backend = conn.get_server_pid()
+        started, pg_cpu = time.perf_counter(), cpu_seconds(backend)
+        written = 0
+        while taken := await store.take_due_chunk(conn, until, messages + 1):
+            written += taken
+        seconds, pg_cpu = time.perf_counter() - started, cpu_seconds(backend) - pg_cpu
+    print(
+        f"written out {written:,} messages as rows (the senders' share, paid when due) in"
+        f" {seconds:.2f} s; CPU {pg_cpu:.2f} s PostgreSQL ({1e6 * pg_cpu / written:.1f} µs a"
+        " message)"
+    )
+
+
 async def main(customers: int, chunk: int, connections: int, profile: bool) -> None:
     base = os.environ.get("CRM_PG_DSN_BASE")
     if not base:
@@ -194,8 +212,10 @@ async def main(customers: int, chunk: int, connections: int, profile: bool) -> N
             f" {chunks} chunks of {chunk:,}, {connections} connections) in {seconds:.2f} s:"
             f" {recipients / seconds:,.0f}"
             f" recipients/s; CPU {own_cpu:.2f} s planner + {pg_cpu:.2f} s PostgreSQL"
-            f" ({1e6 * (own_cpu + pg_cpu) / recipients:.1f} µs a recipient)"
+            f" ({1e6 * (own_cpu + pg_cpu) / recipients:.1f} µs a recipient)",
+            flush=True,
         )
+        await write_out(pool, at, messages)
     finally:
         await pool.close()
 
