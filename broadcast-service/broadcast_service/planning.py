@@ -101,17 +101,18 @@ class _CampaignPlan:
         self.lock = asyncio.Lock()
         self.turns = asyncio.Condition()
 
-    async def next_chunk(self, conn: asyncpg.Connection) -> tuple[int, str | None] | None:
-        """The next chunk to read (its place and the recipient it starts after), None when
-        every chunk is handed out or the plan stopped."""
+    async def next_chunk(self, conn: asyncpg.Connection) -> tuple[int, str | None, bool] | None:
+        """The next chunk to read (its place, the recipient it starts after, whether it is
+        dense), None when every chunk is handed out or the plan stopped."""
         async with self.lock:
             if self.stopped or self.last_handed:
                 return None
-            chunk = (self.handed, self.after)
-            self.after = await store.chunk_end(conn, self.read, self.after)
+            after = self.after
+            end = await store.chunk_end(conn, self.read, after)
+            self.after = end.last
             self.handed += 1
-            self.last_handed = self.after is None
-            return chunk
+            self.last_handed = end.last is None
+            return self.handed - 1, after, end.dense
 
     @contextlib.asynccontextmanager
     async def turn(self, index: int) -> AsyncIterator[None]:
@@ -135,12 +136,14 @@ async def _plan_chunks(
     written = 0
     async with pool.acquire() as conn:
         while (handed := await plan.next_chunk(conn)) is not None:
-            index, after = handed
+            index, after, dense = handed
             started = time.perf_counter()
             # Repeatable read: a chunk's signatures and the recipients read to decide for them
             # come from one snapshot, so a change committed in between cannot part them.
             async with conn.transaction(isolation="repeatable_read"):
-                chunk = await store.signature_groups_after(conn, read, after, keep=True)
+                chunk = await store.signature_groups_after(
+                    conn, read, after, keep=True, dense=dense
+                )
                 decided = await _decided(
                     conn, campaign, chunk.groups, campaign.send_at, read.since, planner.policy
                 )

@@ -675,24 +675,25 @@ ROW(p.timezone, s.shape, coalesce(c.email, '') <> '', coalesce(c.phone, '') <> '
     END)::text
 """
 # The chunk's rows of the set-ups, contacts and consents are read by their ids (index scans),
-# not joined whole: a join would scan every table once per chunk.
+# not joined whole: a join would scan every table once per chunk. A dense chunk (most customers
+# between its first and last id are in it) reads them by that id range instead: one index range
+# scan a table rather than one descent a recipient, the same rows joined to each recipient.
 _SIGNED = """
 WITH chunk AS MATERIALIZED ({members}),
-     chunk_ids AS (SELECT array_agg(customer_id) AS ids FROM chunk)
+     chunk_ids AS (SELECT array_agg(customer_id) AS ids, min(customer_id) AS lo,
+                          max(customer_id) AS hi FROM chunk)
 SELECT r.customer_id, {signature} AS signature, s.addresses, c.email, c.phone
 FROM chunk AS r
-LEFT JOIN channel_preferences AS p
-    ON p.customer_id = r.customer_id AND p.customer_id = ANY ((SELECT ids FROM chunk_ids)::text[])
-LEFT JOIN customer_contacts AS c
-    ON c.customer_id = r.customer_id AND c.customer_id = ANY ((SELECT ids FROM chunk_ids)::text[])
+LEFT JOIN channel_preferences AS p ON p.customer_id = r.customer_id AND {p_in_chunk}
+LEFT JOIN customer_contacts AS c ON c.customer_id = r.customer_id AND {c_in_chunk}
 LEFT JOIN (
     SELECT customer_id,
            array_agg(ROW(channel, state, capture_method, rank) ORDER BY channel COLLATE "C")
                AS consents
     FROM (SELECT customer_id, channel, state, capture_method,
                  dense_rank() OVER (PARTITION BY customer_id ORDER BY changed_at) AS rank
-          FROM consents
-          WHERE customer_id = ANY ((SELECT ids FROM chunk_ids)::text[]) AND purpose = $4) AS ranked
+          FROM consents AS k
+          WHERE {k_in_chunk} AND purpose = $4) AS ranked
     GROUP BY customer_id
 ) AS k ON k.customer_id = r.customer_id
 LEFT JOIN LATERAL (
@@ -749,32 +750,71 @@ def _members(target: CampaignTarget) -> tuple[str, object]:
     return _LISTED, list(target.customer_ids or ())
 
 
+_BY_IDS = "{t}.customer_id = ANY ((SELECT ids FROM chunk_ids)::text[])"
+_BY_RANGE = "{t}.customer_id BETWEEN (SELECT lo FROM chunk_ids) AND (SELECT hi FROM chunk_ids)"
+
+
 async def _signed(
-    conn: asyncpg.Connection, shape: str, read: SignatureRead, after: str | None
+    conn: asyncpg.Connection, shape: str, read: SignatureRead, after: str | None, dense: bool
 ) -> list[asyncpg.Record]:
-    """The chunk of recipients after `after` read by `shape`, with JIT off in the caller's
-    transaction: it costs more than it saves on these statements."""
+    """The chunk of recipients after `after` read by `shape` (by id range if `dense`), with JIT
+    off in the caller's transaction: it costs more than it saves on these statements."""
     await conn.execute("SET LOCAL jit = off")
     members, key = _members(read.target)
-    statement = shape.format(members=members, signature=_SIGNATURE)
+    in_chunk = _BY_RANGE if dense else _BY_IDS
+    statement = shape.format(
+        members=members,
+        signature=_SIGNATURE,
+        p_in_chunk=in_chunk.format(t="p"),
+        c_in_chunk=in_chunk.format(t="c"),
+        k_in_chunk=in_chunk.format(t="k"),
+    )
     rows: list[asyncpg.Record] = await conn.fetch(
         statement, key, after, read.limit, read.purpose, read.since
     )
     return rows
 
 
-async def chunk_end(conn: asyncpg.Connection, read: SignatureRead, after: str | None) -> str | None:
-    """The last recipient of the full chunk after `after` (None: fewer than a chunk are left, so
-    that chunk is the plan's last), read from the target's ids alone: where the next chunk
-    starts, before this one is read."""
+@dataclass(frozen=True)
+class ChunkEnd:
+    """Where the chunk after a cursor ends, and how it is best read."""
+
+    last: str | None
+    """Its last recipient (None: fewer than a chunk are left, so it is the plan's last)."""
+    dense: bool
+    """Whether its id range holds at most twice as many set-ups, contacts and consents as it has
+    recipients: then reading it by range costs less than by id."""
+
+
+# The set-ups, contacts and consents of the purpose in the chunk's id range are counted up to
+# twice the chunk's size, so a sparse chunk costs no more to count than a dense one.
+_CHUNK_END = """
+WITH chunk AS MATERIALIZED ({members}),
+     span AS (SELECT min(customer_id) AS lo, max(customer_id) AS hi, count(*) AS recipients
+              FROM chunk)
+SELECT CASE WHEN recipients = $3 THEN hi END AS last,
+       greatest((SELECT count(*) FROM (SELECT FROM channel_preferences AS p
+                                       WHERE p.customer_id BETWEEN lo AND hi
+                                       LIMIT 2 * $3) AS t),
+                (SELECT count(*) FROM (SELECT FROM customer_contacts AS c
+                                       WHERE c.customer_id BETWEEN lo AND hi
+                                       LIMIT 2 * $3) AS t),
+                (SELECT count(*) FROM (SELECT FROM consents AS k
+                                       WHERE k.customer_id BETWEEN lo AND hi AND purpose = $4
+                                       LIMIT 2 * $3) AS t)) <= 2 * recipients AS dense
+FROM span
+"""
+
+
+async def chunk_end(conn: asyncpg.Connection, read: SignatureRead, after: str | None) -> ChunkEnd:
+    """Where the chunk after `after` ends, read from the target's ids alone (where the next chunk
+    starts, before this one is read), and whether it is dense."""
     members, key = _members(read.target)
-    last: str | None = await conn.fetchval(
-        f"SELECT max(customer_id) FROM ({members}) AS chunk HAVING count(*) = $3",
-        key,
-        after,
-        read.limit,
+    row = await conn.fetchrow(
+        _CHUNK_END.format(members=members), key, after, read.limit, read.purpose
     )
-    return last
+    assert row is not None  # one row: an aggregate without GROUP BY
+    return ChunkEnd(row["last"], bool(row["dense"]))
 
 
 @dataclass(frozen=True)
@@ -798,16 +838,23 @@ class SignatureChunk:
 
 
 async def signature_groups_after(
-    conn: asyncpg.Connection, read: SignatureRead, after: str | None, *, keep: bool = False
+    conn: asyncpg.Connection,
+    read: SignatureRead,
+    after: str | None,
+    *,
+    keep: bool = False,
+    dense: bool = False,
 ) -> SignatureChunk:
     """The next chunk of recipients after `after`, in customer id order (a keyset cursor: a plan
     resumes after the last recipient it committed), counted by decision signature: nothing is
     read per recipient. `keep` keeps the recipients in the session's `plan_recipients` for
-    `add_plan_chunk` (a read-only transaction cannot)."""
+    `add_plan_chunk` (a read-only transaction cannot). `dense`: read by the chunk's id range
+    (`chunk_end` says when that is cheaper); the same rows either way."""
     if keep:
         await conn.execute(_PLAN_RECIPIENTS)
         await conn.execute("TRUNCATE plan_recipients")
-    rows = await _signed(conn, _KEPT_SIGNATURE_GROUPS if keep else _SIGNATURE_GROUPS, read, after)
+    shape = _KEPT_SIGNATURE_GROUPS if keep else _SIGNATURE_GROUPS
+    rows = await _signed(conn, shape, read, after, dense)
     whole = next(row for row in rows if row["signature"] is None)
     groups = [SignatureGroup(*row[:3]) for row in rows if row["signature"] is not None]
     return SignatureChunk(groups, whole["recipients"], whole["last"])

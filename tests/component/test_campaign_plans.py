@@ -17,7 +17,12 @@ import pytest
 from broadcast_service import campaigns, planning, rendering, store
 from broadcast_service.config import MIGRATIONS
 from broadcast_service.templates import Links
-from crm_shared.contracts.events import CAMPAIGN_DEFINED, build_event, validate_event
+from crm_shared.contracts.events import (
+    CAMPAIGN_DEFINED,
+    CampaignTarget,
+    build_event,
+    validate_event,
+)
 from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.links import read_link
 from tests.campaign_reference import message_id, write_out_plans
@@ -155,6 +160,24 @@ async def test_a_cancellation_stops_a_plan_between_chunks(pool: asyncpg.Pool) ->
     assert await planning.plan_due(pool, planner) == 0
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT sum(messages) FROM plan_chunks") == 10
+
+
+async def test_a_chunk_is_read_by_id_range_only_where_its_range_is_dense(
+    pool: asyncpg.Pool,
+) -> None:
+    async with pool.acquire() as conn:
+        campaign = await _mark_planning(conn)
+        await conn.execute(
+            "INSERT INTO segment_memberships VALUES ('C01', 'ends', true, 1, $1, 't', 'e1'),"
+            " ('C25', 'ends', true, 1, $1, 't', 'e25')",
+            AT,
+        )
+        everyone = store.SignatureRead(campaign.definition.target, "marketing", AT, 10)
+        ends = store.SignatureRead(CampaignTarget(segment="ends"), "marketing", AT, 10)
+        assert await store.chunk_end(conn, everyone, None) == store.ChunkEnd("C10", True)
+        assert await store.chunk_end(conn, everyone, "C20") == store.ChunkEnd(None, True)
+        # Two recipients 25 customers apart: read by id, not the 23 customers between them.
+        assert await store.chunk_end(conn, ends, None) == store.ChunkEnd(None, False)
 
 
 async def test_two_planners_at_once_plan_each_recipient_once(
