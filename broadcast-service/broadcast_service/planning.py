@@ -285,7 +285,8 @@ async def dry_run(
     read = _signature_read(campaign, at, batch_size)
     after: str | None = None
     while True:
-        chunk = await store.signature_groups_after(conn, read, after)
+        dense = (await store.chunk_end(conn, read, after)).dense
+        chunk = await store.signature_groups_after(conn, read, after, dense=dense)
         reasons.update(
             (await _decided(conn, campaign, chunk.groups, at, read.since, policy)).reasons
         )
