@@ -2,15 +2,16 @@
 decision signature), one narrow row per recipient reached written to outbound_messages (messages
 are rendered when the sender claims them, see broadcast_service.rendering).
 
-    ./crm bench-campaign-plan [--customers 1000000] [--chunk 10000]
+    ./crm bench-campaign-plan [--customers 1000000] [--chunk 10000] [--connections 2]
 
 Fills a scratch broadcast database straight in SQL (segment members, channel set-ups, some
 with quiet hours or a weekly cap, confirmed consents for 90 % of them, names and registered
 addresses, three recommendations each),
 marks a campaign 'planning' as the fold does when it is due, then times
-`broadcast_service.planning.plan_due`, the code the worker's planning job runs: a transaction
-per chunk. Prints progress, the wall time and the rate, and the CPU time of this process and of
-the PostgreSQL backend (on a shared machine, compare CPU).
+`broadcast_service.planning.plan_due`, the code the worker's planning job runs: chunks read on
+`--connections` connections at once, a transaction per chunk written. Prints progress, the wall
+time and the rate, and the CPU time of this process and of the PostgreSQL backends (on a shared
+machine, compare CPU); then times writing the planned chunks out as rows, the senders' share.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import pstats
 import sys
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
 
 from bench.scratch import fresh_pool
 from bench.segments import cpu_seconds
@@ -104,12 +107,39 @@ DEFINITION = {
 }
 
 
-async def main(customers: int, chunk: int, profile: bool) -> None:
+async def backends_cpu(conn: asyncpg.Connection) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend connected to the bench's database."""
+    pids = await conn.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        " AND backend_type = 'client backend'"
+    )
+    return {row["pid"]: cpu_seconds(row["pid"]) for row in pids}
+
+
+async def write_out(pool: asyncpg.Pool, at: datetime, messages: int) -> None:
+    """Time what planning left to the senders: every chunk written out as its rows, a chunk a
+    transaction, as a claim does when the chunk is due (`store.take_due_chunk`)."""
+    until = at + timedelta(days=1)
+    async with pool.acquire() as conn:
+        backend = conn.get_server_pid()
+        started, pg_cpu = time.perf_counter(), cpu_seconds(backend)
+        written = 0
+        while taken := await store.take_due_chunk(conn, until, messages + 1):
+            written += taken
+        seconds, pg_cpu = time.perf_counter() - started, cpu_seconds(backend) - pg_cpu
+    print(
+        f"written out {written:,} messages as rows (the senders' share, paid when due) in"
+        f" {seconds:.2f} s; CPU {pg_cpu:.2f} s PostgreSQL ({1e6 * pg_cpu / written:.1f} µs a"
+        " message)"
+    )
+
+
+async def main(customers: int, chunk: int, connections: int, profile: bool) -> None:
     base = os.environ.get("CRM_PG_DSN_BASE")
     if not base:
         sys.exit("set CRM_PG_DSN_BASE (./crm bench-campaign-plan does)")
-    # One connection: the same PostgreSQL backend fills, dry-runs and plans (its CPU is read).
-    pool = await fresh_pool(base, "crm_broadcast_planbench", MIGRATIONS, 1)
+    # The pool's backends are the planner's: their CPU is read before and after the plan.
+    pool = await fresh_pool(base, "crm_broadcast_planbench", MIGRATIONS, connections)
     try:
         async with pool.acquire() as conn:
             started = time.perf_counter()
@@ -122,7 +152,7 @@ async def main(customers: int, chunk: int, profile: bool) -> None:
             at = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
             event = build_event(CAMPAIGN_DEFINED, "bench", DEFINITION, source="bench", time=at)
             campaign = campaigns.campaign_from(validate_event(event))
-            planner = planning.Planner(chunk)
+            planner = planning.Planner(chunk, connections=connections)
             await store.save_campaigns(conn, [campaign])
             backend = conn.get_server_pid()
             started, own_cpu, pg_cpu = (
@@ -160,7 +190,9 @@ async def main(customers: int, chunk: int, profile: bool) -> None:
                 )
 
         profiler = cProfile.Profile() if profile else None
-        started, own_cpu, pg_cpu = time.perf_counter(), time.process_time(), cpu_seconds(backend)
+        async with pool.acquire() as conn:
+            before = await backends_cpu(conn)
+        started, own_cpu = time.perf_counter(), time.process_time()
         if profiler is not None:
             profiler.enable()
         chunks = await planning.plan_due(pool, planner, progress)
@@ -168,16 +200,22 @@ async def main(customers: int, chunk: int, profile: bool) -> None:
         if profiler is not None:
             profiler.disable()
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
-        own_cpu, pg_cpu = time.process_time() - own_cpu, cpu_seconds(backend) - pg_cpu
+        own_cpu = time.process_time() - own_cpu
+        async with pool.acquire() as conn:
+            after = await backends_cpu(conn)
+        pg_cpu = sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
         recipients = total.total()
         for reason, count in total.most_common():
             print(f"  {reason:40} {count:>10,}")
         print(
             f"planned a campaign to {recipients:,} customers ({messages:,} messages,"
-            f" {chunks} chunks of {chunk:,}) in {seconds:.2f} s: {recipients / seconds:,.0f}"
+            f" {chunks} chunks of {chunk:,}, {connections} connections) in {seconds:.2f} s:"
+            f" {recipients / seconds:,.0f}"
             f" recipients/s; CPU {own_cpu:.2f} s planner + {pg_cpu:.2f} s PostgreSQL"
-            f" ({1e6 * (own_cpu + pg_cpu) / recipients:.1f} µs a recipient)"
+            f" ({1e6 * (own_cpu + pg_cpu) / recipients:.1f} µs a recipient)",
+            flush=True,
         )
+        await write_out(pool, at, messages)
     finally:
         await pool.close()
 
@@ -187,7 +225,10 @@ if __name__ == "__main__":
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--chunk", type=int, default=10_000, help="recipients per transaction")
     parser.add_argument(
+        "--connections", type=int, default=2, help="chunks read at once, a connection each"
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="print where the planner's CPU goes (cProfile)"
     )
     args = parser.parse_args()
-    asyncio.run(main(args.customers, args.chunk, args.profile))
+    asyncio.run(main(args.customers, args.chunk, args.connections, args.profile))

@@ -10,8 +10,11 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
+import asyncpg
+
+from broadcast_service import store
 from broadcast_service.campaigns import (
     Campaign,
     PlannedMessage,
@@ -91,3 +94,12 @@ def plan_batch(
             )
         )
     return plan
+
+
+async def write_out_plans(conn: asyncpg.Connection) -> int:
+    """Write out every planned chunk as its outbound_messages rows, as senders do when the
+    chunks are due (`store.take_due_chunk`); how many messages."""
+    written = 0
+    while taken := await store.take_due_chunk(conn, datetime.max.replace(tzinfo=UTC), 2**62):
+        written += taken
+    return written

@@ -29,6 +29,12 @@ class BroadcastSettings(ServiceSettings):
     plan_batch_size: int = Field(
         default=10_000, ge=1, le=100_000, description="Recipients decided per set of queries"
     )
+    plan_connections: int = Field(
+        default=2,
+        ge=1,
+        le=8,
+        description="Chunks of a plan read at once, a connection each (of the worker's pool)",
+    )
     email_tracking: bool = Field(
         default=True,
         description="Track e-mails' opens (a pixel) and clicks (links through the gateway)",

@@ -1,10 +1,12 @@
 """Planning campaigns, and their dry runs, by decision signature: a chunk of recipients is
 counted by signature in SQL (`store.signature_groups_after`: all the decision reads of them, but
 who they are), one recipient of each signature is read whole and decided purely
-(`campaigns.plan_signatures`), and one INSERT ... SELECT writes the narrow row of every recipient
-of a reached signature, at their own address (`store.add_planned_rows`). The planner handles
-signatures, never recipients: a chunk of 10,000 customers who look alike costs a few dozen
-decisions and no per-recipient work in Python.
+(`campaigns.plan_signatures`), and one statement keeps the message of every recipient of a reached
+signature, at their own address, as one row of arrays for the chunk (`store.add_plan_chunk`);
+the sender writes a chunk out as outbound_messages rows when its first message is due
+(`store.take_due_chunk`). The planner handles signatures, never recipients: a chunk of 10,000
+customers who look alike costs a few dozen decisions, no per-recipient work in Python and no
+row per recipient.
 
 Planning runs as a job of the worker (`PLANNING_JOB`), not inside the fold: the fold only marks
 a campaign 'planning' when it is due, so a campaign to a million customers never holds the
@@ -18,10 +20,12 @@ signatures and the recipients read whole to decide for them come from one snapsh
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -46,13 +50,16 @@ PLANNING_INTERVAL_SECONDS = 0.5
 class Planner:
     chunk_size: int
     policy: ContactPolicy = DEFAULT_POLICY
+    connections: int = 2
+    """Chunks read at once, each on a connection of its own (PostgreSQL does the reading: two
+    backends use both cores of a small machine); they are written one after another."""
 
 
 @cache
 def planner_from_settings() -> Planner:
     """The worker's planner, from its settings (read once, when a campaign is first planned)."""
     settings = BroadcastSettings()
-    return Planner(settings.plan_batch_size, settings.contact_policy())
+    return Planner(settings.plan_batch_size, settings.contact_policy(), settings.plan_connections)
 
 
 @dataclass(frozen=True)
@@ -73,53 +80,161 @@ class ChunkPlanned:
     """Once finished, how long the whole plan took, its chunks added up."""
 
 
-async def plan_chunk(conn: asyncpg.Connection, planner: Planner) -> ChunkPlanned | None:
-    """Plan the next chunk of the oldest campaign being planned (None: nothing to plan). The
-    caller owns the transaction; the campaign stays locked until it commits."""
-    started = time.perf_counter()
-    planning = await store.lock_next_planning(conn)
-    if planning is None:
+class _CampaignPlan:
+    """One campaign's plan shared by the connections planning it: where the next chunk to read
+    starts, and whose turn it is to write (chunks are written in id order, each after the one
+    before it committed, so the cursor and the throttle's numbering stay those of one
+    connection planning alone)."""
+
+    def __init__(self, planning: store.PlanningCampaign, planner: Planner) -> None:
+        self.campaign = planning.campaign
+        self.planner = planner
+        self.read = _signature_read(self.campaign, self.campaign.send_at, planner.chunk_size)
+        self.after = planning.cursor
+        self.handed = 0
+        self.last_handed = False
+        self.written = 0
+        self.stopped = False
+        self.last_written = 0.0
+        """When the latest chunk was written (perf_counter): a chunk's time runs from then, or
+        from its read if later, so that the chunks' times add up to the plan's."""
+        self.lock = asyncio.Lock()
+        self.turns = asyncio.Condition()
+
+    async def next_chunk(self, conn: asyncpg.Connection) -> tuple[int, str | None, bool] | None:
+        """The next chunk to read (its place, the recipient it starts after, whether it is
+        dense), None when every chunk is handed out or the plan stopped."""
+        async with self.lock:
+            if self.stopped or self.last_handed:
+                return None
+            after = self.after
+            end = await store.chunk_end(conn, self.read, after)
+            self.after = end.last
+            self.handed += 1
+            self.last_handed = end.last is None
+            return self.handed - 1, after, end.dense
+
+    @contextlib.asynccontextmanager
+    async def turn(self, index: int) -> AsyncIterator[None]:
+        """Wait until the chunks before this one are written, then pass the turn on."""
+        async with self.turns:
+            await self.turns.wait_for(lambda: self.written == index)
+        try:
+            yield
+        finally:
+            async with self.turns:
+                self.written = index + 1
+                self.turns.notify_all()
+
+
+async def _plan_chunks(
+    pool: asyncpg.Pool, plan: _CampaignPlan, progress: Callable[[ChunkPlanned], object] | None
+) -> int:
+    """Read chunks of the campaign on one connection, writing each in its turn; how many this
+    connection wrote."""
+    campaign, planner, read = plan.campaign, plan.planner, plan.read
+    written = 0
+    async with pool.acquire() as conn:
+        while (handed := await plan.next_chunk(conn)) is not None:
+            index, after, dense = handed
+            started = time.perf_counter()
+            # Repeatable read: a chunk's signatures and the recipients read to decide for them
+            # come from one snapshot, so a change committed in between cannot part them.
+            async with conn.transaction(isolation="repeatable_read"):
+                chunk = await store.signature_groups_after(
+                    conn, read, after, keep=True, dense=dense
+                )
+                decided = await _decided(
+                    conn, campaign, chunk.groups, campaign.send_at, read.since, planner.policy
+                )
+            async with plan.turn(index):
+                if plan.stopped:
+                    return written
+                async with conn.transaction():
+                    done = await _write_chunk(conn, plan, after, chunk, decided, started)
+                plan.last_written = time.perf_counter()
+                # None: cancelled, or planned by another planner meanwhile.
+                plan.stopped = done is None or done.finished
+            if done is None:
+                return written
+            written += 1  # counted once committed: a chunk rolled back is planned again
+            _committed(done)
+            if progress is not None:
+                progress(done)
+    return written
+
+
+async def _write_chunk(
+    conn: asyncpg.Connection,
+    plan: _CampaignPlan,
+    after: str | None,
+    chunk: store.SignatureChunk,
+    decided: campaigns.SignedPlan,
+    started: float,
+) -> ChunkPlanned | None:
+    """In the caller's transaction: the chunk read after `after` kept with the campaign's
+    cursor, if the campaign is still being planned from there (None: it is not)."""
+    campaign = plan.campaign
+    first = await store.lock_planning(conn, campaign.campaign_id, after)
+    if first is None:
         return None
-    campaign = planning.campaign
-    at = campaign.send_at
-    read = _signature_read(campaign, at, planner.chunk_size)
-    chunk = await store.signature_groups_after(conn, read, planning.cursor, keep=True)
-    plan = await _decided(conn, campaign, chunk.groups, at, read.since, planner.policy)
     definition = campaign.definition
     rows = store.PlannedRows(
         campaign.campaign_id,
         definition.purpose.value,
         campaigns.message_id_prefix(campaign.campaign_id),
-        at,
+        campaign.send_at,
         definition.throttle_per_second,
-        planning.messages,
+        first,
         datetime.now(UTC),
     )
-    messages = await store.add_planned_rows(conn, rows, plan.reached)
-    recipients = chunk.recipients
-    cursor = chunk.last if chunk.last is not None else planning.cursor
-    seconds = time.perf_counter() - started
+    messages = await store.add_plan_chunk(conn, rows, decided.reached)
+    cursor = chunk.last if chunk.last is not None else after
+    seconds = time.perf_counter() - max(started, plan.last_written)
     await store.record_plan_chunk(
         conn,
         campaign.campaign_id,
         cursor,
         messages,
         seconds,
-        plan.reasons,
+        decided.reasons,
         PLANNED_REASONS,
     )
-    finished = recipients < planner.chunk_size
-    total = await store.finish_plan(conn, campaign.campaign_id, at) if finished else None
+    finished = chunk.recipients < plan.planner.chunk_size
+    total = (
+        await store.finish_plan(conn, campaign.campaign_id, campaign.send_at) if finished else None
+    )
     return ChunkPlanned(
         campaign.campaign_id,
-        recipients,
+        chunk.recipients,
         messages,
-        plan.reasons,
+        decided.reasons,
         seconds,
         finished,
-        campaign.definition.purpose.value,
-        plan.decided,
+        definition.purpose.value,
+        decided.decided,
         total,
+    )
+
+
+def _committed(chunk: ChunkPlanned) -> None:
+    """Count and log a committed chunk (recipients per reason, decisions, times)."""
+    if chunk.campaign_seconds is not None:
+        metrics.CAMPAIGNS_PLANNED.inc()
+        metrics.PLANNING_SECONDS.observe(chunk.campaign_seconds)
+    for reason, count in chunk.reasons.items():
+        metrics.CAMPAIGN_RECIPIENTS.labels(reason).inc(count)
+    metrics.count_planned(chunk.purpose, chunk.decided)
+    metrics.PLANNING_CHUNK_SECONDS.observe(chunk.seconds)
+    log.info(
+        "campaign plan chunk committed",
+        extra={
+            "campaign_id": chunk.campaign_id,
+            "recipients": chunk.recipients,
+            "messages": chunk.messages,
+            "seconds": round(chunk.seconds, 3),
+            "finished": chunk.finished,
+        },
     )
 
 
@@ -128,37 +243,25 @@ async def plan_due(
     planner: Planner,
     progress: Callable[[ChunkPlanned], object] | None = None,
 ) -> int:
-    """Plan every campaign marked 'planning', a chunk per transaction, until none is left;
-    returns the chunks planned. Each chunk is logged and counted (recipients per reason)."""
+    """Plan every campaign marked 'planning', oldest first, a chunk per transaction, over
+    `planner.connections` connections at once, until none is left (or a round plans nothing:
+    another planner holds it); returns the chunks planned."""
     chunks = 0
-    async with pool.acquire() as conn:
-        while True:
-            # Repeatable read: a chunk's signatures and the recipients read to decide for them
-            # come from one snapshot, so a change committed in between cannot part them.
-            async with conn.transaction(isolation="repeatable_read"):
-                chunk = await plan_chunk(conn, planner)
-            if chunk is None:
-                return chunks
-            chunks += 1  # counted once committed: a chunk rolled back is planned again
-            if chunk.campaign_seconds is not None:
-                metrics.CAMPAIGNS_PLANNED.inc()
-                metrics.PLANNING_SECONDS.observe(chunk.campaign_seconds)
-            for reason, count in chunk.reasons.items():
-                metrics.CAMPAIGN_RECIPIENTS.labels(reason).inc(count)
-            metrics.count_planned(chunk.purpose, chunk.decided)
-            metrics.PLANNING_CHUNK_SECONDS.observe(chunk.seconds)
-            log.info(
-                "campaign plan chunk committed",
-                extra={
-                    "campaign_id": chunk.campaign_id,
-                    "recipients": chunk.recipients,
-                    "messages": chunk.messages,
-                    "seconds": round(chunk.seconds, 3),
-                    "finished": chunk.finished,
-                },
-            )
-            if progress is not None:
-                progress(chunk)
+    while True:
+        async with pool.acquire() as conn:
+            planning = await store.next_planning(conn)
+        if planning is None:
+            return chunks
+        plan = _CampaignPlan(planning, planner)
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(_plan_chunks(pool, plan, progress))
+                for _ in range(planner.connections)
+            ]
+        planned = sum(task.result() for task in tasks)
+        if planned == 0:
+            return chunks
+        chunks += planned
 
 
 async def _plan_due_campaigns(pool: asyncpg.Pool) -> None:
@@ -182,7 +285,8 @@ async def dry_run(
     read = _signature_read(campaign, at, batch_size)
     after: str | None = None
     while True:
-        chunk = await store.signature_groups_after(conn, read, after)
+        dense = (await store.chunk_end(conn, read, after)).dense
+        chunk = await store.signature_groups_after(conn, read, after, dense=dense)
         reasons.update(
             (await _decided(conn, campaign, chunk.groups, at, read.since, policy)).reasons
         )

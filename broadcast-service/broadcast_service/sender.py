@@ -7,8 +7,10 @@ A process of its own (not a job of the worker), so that sending scales and fails
 folding: several senders share the work by claiming rows with FOR UPDATE SKIP LOCKED. Each
 message goes through the ledger in `outbound_messages`:
 
-1. claim: the due rows are locked, checked again against the customer's current consents
-   (cancelled or postponed when refused) and marked 'sending' with this sender's id and a lease,
+1. claim: a campaign's planned chunk whose first message is due is written out as rows when
+   fewer than a claim's worth are due (`store.take_due_chunk`), then the due rows are locked,
+   checked again against the customer's current consents (cancelled or postponed when refused)
+   and marked 'sending' with this sender's id and a lease,
    in one commit, before any adapter is called;
 2. start: just before its adapter call, the message is marked started and its attempt counted;
    the send waits for that commit, and at most as many messages as the adapter has connections
@@ -223,7 +225,9 @@ class Sender:
                 return await self._claim(conn, now)
 
     async def _claim(self, conn: asyncpg.Connection, now: datetime) -> list[OutboundMessage]:
-        """The claim, in the caller's transaction."""
+        """The claim, in the caller's transaction. A campaign's planned chunk is written out as
+        rows here, when fewer than a claim's worth of rows are due."""
+        await store.take_due_chunk(conn, now, self.settings.claim_batch)
         due = await store.claim_due(conn, now, self.settings.claim_batch)
         if not due:
             return []

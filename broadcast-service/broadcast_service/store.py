@@ -603,16 +603,31 @@ class PlanningCampaign:
     """Rows planned so far."""
 
 
-async def lock_next_planning(conn: asyncpg.Connection) -> PlanningCampaign | None:
-    """The oldest campaign being planned that no other planner holds, locked until the chunk
-    commits (a second worker replica takes another campaign, or waits for the next run)."""
+async def next_planning(conn: asyncpg.Connection) -> PlanningCampaign | None:
+    """The oldest campaign being planned, as far as its committed chunks got (not locked: each
+    chunk is written under `lock_planning`, only where this left off)."""
     row = await conn.fetchrow(
-        "SELECT * FROM campaigns WHERE state = 'planning' ORDER BY send_at, campaign_id"
-        " LIMIT 1 FOR UPDATE SKIP LOCKED"
+        "SELECT * FROM campaigns WHERE state = 'planning' ORDER BY send_at, campaign_id LIMIT 1"
     )
     if row is None:
         return None
     return PlanningCampaign(_campaign(row), row["plan_cursor"], row["plan_messages"])
+
+
+async def lock_planning(
+    conn: asyncpg.Connection, campaign_id: str, after: str | None
+) -> int | None:
+    """Lock the campaign until the caller's transaction commits; the messages it planned so far
+    if it is still being planned and its cursor is `after` (else None: cancelled, finished, or
+    another planner wrote that chunk)."""
+    row = await conn.fetchrow(
+        "SELECT state, plan_cursor, plan_messages FROM campaigns WHERE campaign_id = $1 FOR UPDATE",
+        campaign_id,
+    )
+    if row is None or row["state"] != "planning" or row["plan_cursor"] != after:
+        return None
+    messages: int = row["plan_messages"]
+    return messages
 
 
 _SEGMENT_MEMBERS = """
@@ -660,24 +675,25 @@ ROW(p.timezone, s.shape, coalesce(c.email, '') <> '', coalesce(c.phone, '') <> '
     END)::text
 """
 # The chunk's rows of the set-ups, contacts and consents are read by their ids (index scans),
-# not joined whole: a join would scan every table once per chunk.
+# not joined whole: a join would scan every table once per chunk. A dense chunk (most customers
+# between its first and last id are in it) reads them by that id range instead: one index range
+# scan a table rather than one descent a recipient, the same rows joined to each recipient.
 _SIGNED = """
 WITH chunk AS MATERIALIZED ({members}),
-     chunk_ids AS (SELECT array_agg(customer_id) AS ids FROM chunk)
+     chunk_ids AS (SELECT array_agg(customer_id) AS ids, min(customer_id) AS lo,
+                          max(customer_id) AS hi FROM chunk)
 SELECT r.customer_id, {signature} AS signature, s.addresses, c.email, c.phone
 FROM chunk AS r
-LEFT JOIN channel_preferences AS p
-    ON p.customer_id = r.customer_id AND p.customer_id = ANY ((SELECT ids FROM chunk_ids)::text[])
-LEFT JOIN customer_contacts AS c
-    ON c.customer_id = r.customer_id AND c.customer_id = ANY ((SELECT ids FROM chunk_ids)::text[])
+LEFT JOIN channel_preferences AS p ON p.customer_id = r.customer_id AND {p_in_chunk}
+LEFT JOIN customer_contacts AS c ON c.customer_id = r.customer_id AND {c_in_chunk}
 LEFT JOIN (
     SELECT customer_id,
            array_agg(ROW(channel, state, capture_method, rank) ORDER BY channel COLLATE "C")
                AS consents
     FROM (SELECT customer_id, channel, state, capture_method,
                  dense_rank() OVER (PARTITION BY customer_id ORDER BY changed_at) AS rank
-          FROM consents
-          WHERE customer_id = ANY ((SELECT ids FROM chunk_ids)::text[]) AND purpose = $4) AS ranked
+          FROM consents AS k
+          WHERE {k_in_chunk} AND purpose = $4) AS ranked
     GROUP BY customer_id
 ) AS k ON k.customer_id = r.customer_id
 LEFT JOIN LATERAL (
@@ -700,11 +716,13 @@ FROM {signed} GROUP BY GROUPING SETS ((signature), ())
 """
 _SIGNATURE_GROUPS = _GROUPS.format(signed=f"({_SIGNED}) AS signed")
 # A plan keeps the chunk's recipients (who, signature, addresses) for its INSERT ... SELECT:
-# the signatures are built once, and only their groups come back to the planner.
+# the signatures are built once, and only their groups come back to the planner. The table is
+# the session's, emptied for each chunk: the chunk is read in one transaction and written in
+# the next (`add_plan_chunk`).
 _PLAN_RECIPIENTS = """
-CREATE TEMP TABLE plan_recipients (
+CREATE TEMP TABLE IF NOT EXISTS plan_recipients (
     customer_id text, signature text, addresses text[], email text, phone text
-) ON COMMIT DROP
+)
 """
 _KEPT_SIGNATURE_GROUPS = (
     f"WITH signed AS (INSERT INTO plan_recipients {_SIGNED} RETURNING customer_id, signature)"
@@ -725,23 +743,78 @@ class SignatureRead:
     """Recipients per chunk."""
 
 
+def _members(target: CampaignTarget) -> tuple[str, object]:
+    """The statement listing a target's recipients after $2 ($3 at most, in id order), and $1."""
+    if target.segment is not None:
+        return _SEGMENT_MEMBERS, target.segment
+    return _LISTED, list(target.customer_ids or ())
+
+
+_BY_IDS = "{t}.customer_id = ANY ((SELECT ids FROM chunk_ids)::text[])"
+_BY_RANGE = "{t}.customer_id BETWEEN (SELECT lo FROM chunk_ids) AND (SELECT hi FROM chunk_ids)"
+
+
 async def _signed(
-    conn: asyncpg.Connection, shape: str, read: SignatureRead, after: str | None
+    conn: asyncpg.Connection, shape: str, read: SignatureRead, after: str | None, dense: bool
 ) -> list[asyncpg.Record]:
-    """The chunk of recipients after `after` read by `shape`, with JIT off in the caller's
-    transaction: it costs more than it saves on these statements."""
+    """The chunk of recipients after `after` read by `shape` (by id range if `dense`), with JIT
+    off in the caller's transaction: it costs more than it saves on these statements."""
     await conn.execute("SET LOCAL jit = off")
-    target = read.target
-    members, key = (
-        (_SEGMENT_MEMBERS, target.segment)
-        if target.segment is not None
-        else (_LISTED, list(target.customer_ids or ()))
+    members, key = _members(read.target)
+    in_chunk = _BY_RANGE if dense else _BY_IDS
+    statement = shape.format(
+        members=members,
+        signature=_SIGNATURE,
+        p_in_chunk=in_chunk.format(t="p"),
+        c_in_chunk=in_chunk.format(t="c"),
+        k_in_chunk=in_chunk.format(t="k"),
     )
-    statement = shape.format(members=members, signature=_SIGNATURE)
     rows: list[asyncpg.Record] = await conn.fetch(
         statement, key, after, read.limit, read.purpose, read.since
     )
     return rows
+
+
+@dataclass(frozen=True)
+class ChunkEnd:
+    """Where the chunk after a cursor ends, and how it is best read."""
+
+    last: str | None
+    """Its last recipient (None: fewer than a chunk are left, so it is the plan's last)."""
+    dense: bool
+    """Whether its id range holds at most twice as many set-ups, contacts and consents as it has
+    recipients: then reading it by range costs less than by id."""
+
+
+# The set-ups, contacts and consents of the purpose in the chunk's id range are counted up to
+# twice the chunk's size, so a sparse chunk costs no more to count than a dense one.
+_CHUNK_END = """
+WITH chunk AS MATERIALIZED ({members}),
+     span AS (SELECT min(customer_id) AS lo, max(customer_id) AS hi, count(*) AS recipients
+              FROM chunk)
+SELECT CASE WHEN recipients = $3 THEN hi END AS last,
+       greatest((SELECT count(*) FROM (SELECT FROM channel_preferences AS p
+                                       WHERE p.customer_id BETWEEN lo AND hi
+                                       LIMIT 2 * $3) AS t),
+                (SELECT count(*) FROM (SELECT FROM customer_contacts AS c
+                                       WHERE c.customer_id BETWEEN lo AND hi
+                                       LIMIT 2 * $3) AS t),
+                (SELECT count(*) FROM (SELECT FROM consents AS k
+                                       WHERE k.customer_id BETWEEN lo AND hi AND purpose = $4
+                                       LIMIT 2 * $3) AS t)) <= 2 * recipients AS dense
+FROM span
+"""
+
+
+async def chunk_end(conn: asyncpg.Connection, read: SignatureRead, after: str | None) -> ChunkEnd:
+    """Where the chunk after `after` ends, read from the target's ids alone (where the next chunk
+    starts, before this one is read), and whether it is dense."""
+    members, key = _members(read.target)
+    row = await conn.fetchrow(
+        _CHUNK_END.format(members=members), key, after, read.limit, read.purpose
+    )
+    assert row is not None  # one row: an aggregate without GROUP BY
+    return ChunkEnd(row["last"], bool(row["dense"]))
 
 
 @dataclass(frozen=True)
@@ -765,15 +838,23 @@ class SignatureChunk:
 
 
 async def signature_groups_after(
-    conn: asyncpg.Connection, read: SignatureRead, after: str | None, *, keep: bool = False
+    conn: asyncpg.Connection,
+    read: SignatureRead,
+    after: str | None,
+    *,
+    keep: bool = False,
+    dense: bool = False,
 ) -> SignatureChunk:
     """The next chunk of recipients after `after`, in customer id order (a keyset cursor: a plan
     resumes after the last recipient it committed), counted by decision signature: nothing is
-    read per recipient. `keep` keeps the recipients in the transaction's `plan_recipients`
-    for `add_planned_rows` (a read-only transaction cannot)."""
+    read per recipient. `keep` keeps the recipients in the session's `plan_recipients` for
+    `add_plan_chunk` (a read-only transaction cannot). `dense`: read by the chunk's id range
+    (`chunk_end` says when that is cheaper); the same rows either way."""
     if keep:
         await conn.execute(_PLAN_RECIPIENTS)
-    rows = await _signed(conn, _KEPT_SIGNATURE_GROUPS if keep else _SIGNATURE_GROUPS, read, after)
+        await conn.execute("TRUNCATE plan_recipients")
+    shape = _KEPT_SIGNATURE_GROUPS if keep else _SIGNATURE_GROUPS
+    rows = await _signed(conn, shape, read, after, dense)
     whole = next(row for row in rows if row["signature"] is None)
     groups = [SignatureGroup(*row[:3]) for row in rows if row["signature"] is not None]
     return SignatureChunk(groups, whole["recipients"], whole["last"])
@@ -795,58 +876,107 @@ class PlannedRows:
     planned_at: datetime
 
 
-# Each kept recipient whose signature was reached gets a row: the id is the UUID (version 8) of
-# SHA-256 over the campaign's prefix and the customer id; the address is their own at the
-# channel's place in their set-up, else the registered one the channel falls back on (an empty
-# one counts as none, as in `registered_addresses`); the throttle counts the rows in customer id
-# order, in whole microseconds.
-_ADD_PLANNED_ROWS = """
-INSERT INTO outbound_messages (message_id, campaign_id, customer_id, channel, address, purpose,
-                               not_before, planned_at)
-SELECT encode(set_byte(set_byte(d.h, 6, (get_byte(d.h, 6) & 15) | 128),
-                       8, (get_byte(d.h, 8) & 63) | 128), 'hex')::uuid::text,
-       $1, r.customer_id, o.channel,
-       coalesce(CASE WHEN o.position IS NOT NULL THEN
-                    coalesce(r.addresses[o.position + 1],
-                             CASE o.registered WHEN 'email' THEN nullif(r.email, '')
-                                               WHEN 'phone' THEN nullif(r.phone, '') END)
-                END, ''),
-       $2,
-       CASE WHEN $5::bigint IS NULL THEN o.not_before
-            ELSE greatest(o.not_before, $4::timestamptz + interval '1 microsecond'
-                          * ((row_number() OVER (ORDER BY r.customer_id) - 1 + $6::bigint)
-                             * 1000000 / $5::bigint))
-       END,
-       $7
-FROM plan_recipients AS r
-JOIN unnest($8::text[], $9::text[], $10::integer[], $11::text[], $12::timestamptz[])
-    AS o(signature, channel, position, registered, not_before) USING (signature)
-CROSS JOIN LATERAL (
-    -- OFFSET 0 keeps the hash a column computed once, not an expression repeated at each use
-    SELECT substr(sha256($3::bytea || convert_to(r.customer_id, 'UTF8')), 1, 16) OFFSET 0
-) AS d(h)
+# The chunk's messages, one per kept recipient whose signature was reached, kept as one
+# plan_chunks row of arrays in customer id order (`take_due_chunk` writes them out when the
+# sender needs them): the address is their own at the channel's place in their set-up, else the
+# registered one the channel falls back on (an empty one counts as none, as in
+# `registered_addresses`); the throttle counts the messages in customer id order, in whole
+# microseconds.
+_ADD_PLAN_CHUNK = """
+WITH planned AS MATERIALIZED (
+    SELECT r.customer_id, o.channel,
+           coalesce(CASE WHEN o.position IS NOT NULL THEN
+                        coalesce(r.addresses[o.position + 1],
+                                 CASE o.registered WHEN 'email' THEN nullif(r.email, '')
+                                                   WHEN 'phone' THEN nullif(r.phone, '') END)
+                    END, '') AS address,
+           row_number() OVER (ORDER BY r.customer_id) - 1 AS n,
+           o.not_before
+    FROM plan_recipients AS r
+    JOIN unnest($7::text[], $8::text[], $9::integer[], $10::text[], $11::timestamptz[])
+        AS o(signature, channel, position, registered, not_before) USING (signature)
+), throttled AS MATERIALIZED (
+    SELECT customer_id, channel, address, n,
+           CASE WHEN $5::bigint IS NULL THEN not_before
+                ELSE greatest(not_before, $4::timestamptz + interval '1 microsecond'
+                                          * ((n + $6::bigint) * 1000000 / $5::bigint))
+           END AS not_before
+    FROM planned
+)
+INSERT INTO plan_chunks (campaign_id, first, id_prefix, purpose, planned_at, due, messages,
+                         customer_ids, channels, addresses, not_befores, by_channel)
+SELECT $1, $6, $3, $2, $12, min(not_before), count(*),
+       array_agg(customer_id ORDER BY n), array_agg(channel ORDER BY n),
+       array_agg(address ORDER BY n), array_agg(not_before ORDER BY n),
+       (SELECT jsonb_object_agg(channel, messages)
+        FROM (SELECT channel, count(*) AS messages FROM planned GROUP BY channel) AS c)
+FROM throttled
+HAVING count(*) > 0
+RETURNING messages
 """
 
 
-async def add_planned_rows(
+async def add_plan_chunk(
     conn: asyncpg.Connection, rows: PlannedRows, reached: Sequence[Reached]
 ) -> int:
-    """Write a row for each recipient the chunk kept (`signature_groups_after(keep=True)`) whose
-    signature was reached, with one INSERT ... SELECT; how many. The campaign's cursor,
-    committed with them, is what keeps a resumed plan from writing a recipient twice."""
+    """Keep the messages of each recipient the chunk kept (`signature_groups_after(keep=True)`)
+    whose signature was reached, as one plan_chunks row; how many. The campaign's cursor,
+    committed with it, is what keeps a resumed plan from planning a recipient twice."""
     if not reached:
         return 0
-    status = await conn.execute(
-        _ADD_PLANNED_ROWS,
+    messages: int | None = await conn.fetchval(
+        _ADD_PLAN_CHUNK,
         rows.campaign_id,
         rows.purpose,
         rows.id_prefix,
         rows.at,
         rows.throttle,
         rows.first,
-        rows.planned_at,
         *columns(reached, "signature", "channel", "position", "registered", "not_before"),
+        rows.planned_at,
     )
+    return messages or 0
+
+
+# The earliest due chunk, when fewer than $2 planned rows are due, deleted and written out as its
+# outbound_messages rows in the caller's transaction (the claim's): each message's id is the UUID
+# (version 8) of SHA-256 over the campaign's prefix and the customer id. The conflict clause is a
+# second guard only: a chunk is deleted as it is written out, so no message is written twice.
+_TAKE_DUE_CHUNK = """
+WITH taken AS (
+    DELETE FROM plan_chunks
+    WHERE (campaign_id, first) = (SELECT campaign_id, first FROM plan_chunks
+                                  WHERE NOT cancelled AND due <= $1
+                                    AND (SELECT count(*)
+                                         FROM (SELECT FROM outbound_messages
+                                               WHERE state = 'planned' AND not_before <= $1
+                                                 AND (next_attempt_at IS NULL
+                                                      OR next_attempt_at <= $1)
+                                               LIMIT $2) AS ready) < $2
+                                  ORDER BY due LIMIT 1 FOR UPDATE SKIP LOCKED)
+    RETURNING *
+)
+INSERT INTO outbound_messages (message_id, campaign_id, customer_id, channel, address, purpose,
+                               not_before, planned_at)
+SELECT encode(set_byte(set_byte(d.h, 6, (get_byte(d.h, 6) & 15) | 128),
+                       8, (get_byte(d.h, 8) & 63) | 128), 'hex')::uuid::text,
+       t.campaign_id, m.customer_id, m.channel, m.address, t.purpose, m.not_before, t.planned_at
+FROM taken AS t
+CROSS JOIN LATERAL unnest(t.customer_ids, t.channels, t.addresses, t.not_befores)
+    AS m(customer_id, channel, address, not_before)
+CROSS JOIN LATERAL (
+    -- OFFSET 0 keeps the hash a column computed once, not an expression repeated at each use
+    SELECT substr(sha256(t.id_prefix || convert_to(m.customer_id, 'UTF8')), 1, 16) OFFSET 0
+) AS d(h)
+ON CONFLICT (message_id) DO NOTHING
+"""
+
+
+async def take_due_chunk(conn: asyncpg.Connection, now: datetime, wanted: int) -> int:
+    """Write out the planned chunk due first (its first message due at `now`) when fewer than
+    `wanted` planned messages are due, unless another sender holds it; how many messages it
+    wrote (0: none due, or enough due already)."""
+    status = await conn.execute(_TAKE_DUE_CHUNK, now, wanted)
     return int(status.rsplit(" ", 1)[1])
 
 
@@ -926,13 +1056,21 @@ async def add_messages(conn: asyncpg.Connection, messages: Sequence[PlannedMessa
 
 
 async def cancel_messages(conn: asyncpg.Connection, campaign_id: str) -> int:
-    """Cancel the campaign's messages the sender has not claimed yet; how many."""
+    """Cancel the campaign's messages the sender has not claimed yet; how many. Its chunks not
+    written out yet are marked first (waiting for a sender that is writing one out), then the
+    rows, so a chunk written out meanwhile has its rows cancelled too."""
+    chunks = await conn.fetchval(
+        "WITH marked AS (UPDATE plan_chunks SET cancelled = true"
+        " WHERE campaign_id = $1 AND NOT cancelled RETURNING messages)"
+        " SELECT coalesce(sum(messages), 0) FROM marked",
+        campaign_id,
+    )
     status = await conn.execute(
         "UPDATE outbound_messages SET state = 'cancelled'"
         " WHERE campaign_id = $1 AND state = 'planned'",
         campaign_id,
     )
-    return int(status.rsplit(" ", 1)[1])
+    return int(chunks) + int(status.rsplit(" ", 1)[1])
 
 
 async def save_recommendations(
@@ -978,7 +1116,7 @@ async def campaign_rows(
     conn: asyncpg.Connection, campaign_id: str | None, limit: int
 ) -> list[Mapping[str, Any]]:
     """Campaigns (one, or the newest `limit`) with their reasons and their messages counted by
-    channel and state."""
+    channel and state (those of chunks not written out yet as planned, or cancelled)."""
     return list(
         await conn.fetch(
             """
@@ -986,9 +1124,16 @@ async def campaign_rows(
                    ARRAY(SELECT ROW(r.reason, r.planned, r.recipients) FROM campaign_reasons AS r
                          WHERE r.campaign_id = c.campaign_id ORDER BY r.recipients DESC, r.reason)
                        AS reasons,
-                   ARRAY(SELECT ROW(m.channel, m.state, count(*)) FROM outbound_messages AS m
-                         WHERE m.campaign_id = c.campaign_id GROUP BY m.channel, m.state
-                         ORDER BY m.channel, m.state) AS progress
+                   ARRAY(SELECT ROW(p.channel, p.state, sum(p.messages)::bigint)
+                         FROM (SELECT m.channel, m.state, count(*) AS messages
+                               FROM outbound_messages AS m WHERE m.campaign_id = c.campaign_id
+                               GROUP BY m.channel, m.state
+                               UNION ALL
+                               SELECT b.key, CASE WHEN k.cancelled THEN 'cancelled'
+                                                  ELSE 'planned' END, b.value::bigint
+                               FROM plan_chunks AS k, jsonb_each_text(k.by_channel) AS b
+                               WHERE k.campaign_id = c.campaign_id) AS p
+                         GROUP BY p.channel, p.state ORDER BY p.channel, p.state) AS progress
             FROM campaigns AS c
             WHERE $1::text IS NULL OR c.campaign_id = $1
             ORDER BY c.defined_at DESC, c.campaign_id
@@ -1224,10 +1369,13 @@ async def outbound_message(conn: asyncpg.Connection, message_id: str) -> Outboun
 
 
 async def due_messages(conn: asyncpg.Connection, now: datetime) -> int:
-    """How many planned messages wait to be sent now: the sender's queue depth."""
+    """How many planned messages wait to be sent now: the sender's queue depth (a due chunk not
+    written out yet counts whole)."""
     count: int = await conn.fetchval(
-        "SELECT count(*) FROM outbound_messages WHERE state = 'planned' AND not_before <= $1"
-        " AND (next_attempt_at IS NULL OR next_attempt_at <= $1)",
+        "SELECT (SELECT count(*) FROM outbound_messages WHERE state = 'planned'"
+        " AND not_before <= $1 AND (next_attempt_at IS NULL OR next_attempt_at <= $1))"
+        " + (SELECT coalesce(sum(messages), 0) FROM plan_chunks WHERE NOT cancelled"
+        " AND due <= $1)::bigint",
         now,
     )
     return count

@@ -1,10 +1,12 @@
 """Campaign plans on real PostgreSQL: the planning job plans chunk by chunk with a cursor, so a
-plan interrupted mid-way resumes without planning anyone twice; the sender's claim renders the
-narrow rows once, with the recipient's name, recommendations and signed links, and cancels only
-the message whose template fails."""
+plan interrupted mid-way resumes without planning anyone twice; a planned chunk is written out as
+rows once, when its first message is due and the sender needs rows, and a cancelled campaign's
+chunks never are; the sender's claim renders the narrow rows once, with the recipient's name,
+recommendations and signed links, and cancels only the message whose template fails."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,9 +17,15 @@ import pytest
 from broadcast_service import campaigns, planning, rendering, store
 from broadcast_service.config import MIGRATIONS
 from broadcast_service.templates import Links
-from crm_shared.contracts.events import CAMPAIGN_DEFINED, build_event, validate_event
+from crm_shared.contracts.events import (
+    CAMPAIGN_DEFINED,
+    CampaignTarget,
+    build_event,
+    validate_event,
+)
 from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.links import read_link
+from tests.campaign_reference import message_id, write_out_plans
 
 pytestmark = pytest.mark.component
 
@@ -106,21 +114,27 @@ class Crash(Exception):
     pass
 
 
+def _crash(chunk: planning.ChunkPlanned) -> None:
+    raise Crash  # the worker dies once a chunk has committed
+
+
+@pytest.mark.parametrize("connections", [1, 2])
 async def test_a_plan_interrupted_between_chunks_resumes_and_plans_nobody_twice(
-    pool: asyncpg.Pool,
+    pool: asyncpg.Pool, connections: int
 ) -> None:
-    planner = planning.Planner(chunk_size=10)
+    planner = planning.Planner(chunk_size=10, connections=connections)
     async with pool.acquire() as conn:
         await _mark_planning(conn)
-        async with conn.transaction():
-            first = await planning.plan_chunk(conn, planner)
-        assert first is not None and (first.recipients, first.finished) == (10, False)
-        with pytest.raises(Crash):
-            async with conn.transaction():
-                await planning.plan_chunk(conn, planner)
-                raise Crash  # the worker dies before the second chunk commits
-    assert await planning.plan_due(pool, planner) == 2  # the second chunk again, then the last
+    with pytest.raises(ExceptionGroup) as crashed:
+        await planning.plan_due(pool, planner, _crash)
+    assert crashed.group_contains(Crash)
+    resumed = await planning.plan_due(pool, planner)
+    if connections == 1:  # the second chunk, then the last
+        assert resumed == 2
+    else:  # the other connection may have written the second chunk before it was stopped
+        assert resumed in (1, 2)
     async with pool.acquire() as conn:
+        assert await write_out_plans(conn) == 25
         rows = await conn.fetch(
             "SELECT customer_id, not_before, body_text FROM outbound_messages ORDER BY not_before"
         )
@@ -136,15 +150,58 @@ async def test_a_plan_interrupted_between_chunks_resumes_and_plans_nobody_twice(
 
 
 async def test_a_cancellation_stops_a_plan_between_chunks(pool: asyncpg.Pool) -> None:
-    planner = planning.Planner(chunk_size=10)
+    planner = planning.Planner(chunk_size=10, connections=1)
     async with pool.acquire() as conn:
         await _mark_planning(conn)
-        async with conn.transaction():
-            await planning.plan_chunk(conn, planner)
+    with pytest.raises(ExceptionGroup):
+        await planning.plan_due(pool, planner, _crash)
+    async with pool.acquire() as conn:
         await conn.execute("UPDATE campaigns SET state = 'cancelled'")
     assert await planning.plan_due(pool, planner) == 0
     async with pool.acquire() as conn:
-        assert await conn.fetchval("SELECT count(*) FROM outbound_messages") == 10
+        assert await conn.fetchval("SELECT sum(messages) FROM plan_chunks") == 10
+
+
+async def test_a_chunk_is_read_by_id_range_only_where_its_range_is_dense(
+    pool: asyncpg.Pool,
+) -> None:
+    async with pool.acquire() as conn:
+        campaign = await _mark_planning(conn)
+        await conn.execute(
+            "INSERT INTO segment_memberships VALUES ('C01', 'ends', true, 1, $1, 't', 'e1'),"
+            " ('C25', 'ends', true, 1, $1, 't', 'e25')",
+            AT,
+        )
+        everyone = store.SignatureRead(campaign.definition.target, "marketing", AT, 10)
+        ends = store.SignatureRead(CampaignTarget(segment="ends"), "marketing", AT, 10)
+        assert await store.chunk_end(conn, everyone, None) == store.ChunkEnd("C10", True)
+        assert await store.chunk_end(conn, everyone, "C20") == store.ChunkEnd(None, True)
+        # Two recipients 25 customers apart: read by id, not the 23 customers between them.
+        assert await store.chunk_end(conn, ends, None) == store.ChunkEnd(None, False)
+
+
+async def test_two_planners_at_once_plan_each_recipient_once(
+    pool: asyncpg.Pool, fresh_dsn: str
+) -> None:
+    """Two worker replicas planning the same campaign: each chunk is written by one of them,
+    where the campaign's cursor stands, in id order, so the throttle numbers it as one would."""
+    async with pool.acquire() as conn:
+        await _mark_planning(conn)
+    replicas = await open_pool(fresh_dsn, MIGRATIONS, 5)
+    try:
+        planner = planning.Planner(chunk_size=4, connections=2)
+        planned = await asyncio.gather(*(planning.plan_due(replicas, planner) for _ in range(2)))
+        async with replicas.acquire() as conn:
+            assert await write_out_plans(conn) == CUSTOMERS
+            rows = await conn.fetch("SELECT customer_id, not_before FROM outbound_messages")
+            view = await conn.fetchrow("SELECT * FROM campaigns")
+    finally:
+        await replicas.close()
+    assert sum(planned) == CUSTOMERS // 4 + 1
+    assert sorted((r["customer_id"], r["not_before"]) for r in rows) == [
+        (f"C{n:02}", AT + timedelta(seconds=(n - 1) / 10)) for n in range(1, CUSTOMERS + 1)
+    ]
+    assert (view["state"], view["plan_messages"]) == ("planned", CUSTOMERS)
 
 
 async def test_the_claim_renders_each_message_once_and_cancels_only_a_failing_one(
@@ -155,6 +212,7 @@ async def test_the_claim_renders_each_message_once_and_cancels_only_a_failing_on
         await _mark_planning(conn, throttle_per_second=None)
     await planning.plan_due(pool, planner)
     async with pool.acquire() as conn, conn.transaction():
+        assert await store.take_due_chunk(conn, AT + timedelta(minutes=1), 100) == CUSTOMERS
         claimed = await store.claim_due(conn, AT + timedelta(minutes=1), 100)
         assert len(claimed) == CUSTOMERS and {m.body_text for m in claimed} == {""}
         ready = await rendering.render_claimed(conn, claimed, LINKS, AT)
@@ -179,3 +237,57 @@ async def test_the_claim_renders_each_message_once_and_cancels_only_a_failing_on
     assert failed["state"] == "cancelled"
     assert failed["last_error"].startswith(campaigns.TEMPLATE_FAILED)
     assert results == {"email": {"cancelled": 1}}
+
+
+async def test_a_chunk_is_written_out_once_when_due_and_when_the_sender_needs_rows(
+    pool: asyncpg.Pool,
+) -> None:
+    # Throttled to 10 a second in chunks of 10: the chunks' first messages are due at AT,
+    # AT + 1 s and AT + 2 s.
+    async with pool.acquire() as conn:
+        await _mark_planning(conn)
+    assert await planning.plan_due(pool, planning.Planner(chunk_size=10)) == 3
+    second = AT + timedelta(seconds=1.5)
+    async with pool.acquire() as conn, pool.acquire() as other:
+        assert await conn.fetchval("SELECT count(*) FROM outbound_messages") == 0
+        assert await store.take_due_chunk(conn, AT - timedelta(seconds=1), 100) == 0
+        assert await store.take_due_chunk(conn, AT, 100) == 10
+        assert await store.take_due_chunk(conn, AT, 100) == 0  # the next is not due yet
+        assert await store.take_due_chunk(conn, second, 10) == 0  # 10 rows due: enough
+        with pytest.raises(Crash):
+            async with conn.transaction():
+                assert await store.take_due_chunk(conn, second, 100) == 10
+                raise Crash  # the sender dies before its claim commits: nothing written
+        async with conn.transaction():
+            assert await store.take_due_chunk(conn, second, 100) == 10
+            # A second sender skips the chunk the first holds, rather than writing it again.
+            assert await store.take_due_chunk(other, second, 100) == 0
+        assert await store.take_due_chunk(other, AT + timedelta(seconds=3), 100) == 5
+        assert await store.take_due_chunk(other, AT + timedelta(days=1), 100) == 0
+        rows = await conn.fetch(
+            "SELECT message_id, customer_id, not_before FROM outbound_messages ORDER BY customer_id"
+        )
+        assert await conn.fetchval("SELECT count(*) FROM plan_chunks") == 0
+    assert [(r["message_id"], r["not_before"]) for r in rows] == [
+        (message_id("spring", f"C{n:02}"), AT + timedelta(seconds=(n - 1) / 10))
+        for n in range(1, CUSTOMERS + 1)
+    ]
+
+
+async def test_cancelling_cancels_the_rows_and_the_chunks_not_written_out(
+    pool: asyncpg.Pool,
+) -> None:
+    async with pool.acquire() as conn:
+        await _mark_planning(conn)
+    await planning.plan_due(pool, planning.Planner(chunk_size=10))
+    async with pool.acquire() as conn:
+        assert await store.take_due_chunk(conn, AT, 100) == 10
+        (view,) = await store.campaign_rows(conn, "spring", 1)
+        assert [tuple(p) for p in view["progress"]] == [("email", "planned", 25)]
+        async with conn.transaction():
+            assert await store.cancel_messages(conn, "spring") == 25
+        (view,) = await store.campaign_rows(conn, "spring", 1)
+        assert [tuple(p) for p in view["progress"]] == [("email", "cancelled", 25)]
+        assert await store.due_messages(conn, AT + timedelta(days=1)) == 0
+        assert await store.take_due_chunk(conn, AT + timedelta(days=1), 100) == 0
+        assert await conn.fetchval("SELECT count(*) FROM outbound_messages") == 10

@@ -31,7 +31,7 @@ from broadcast_service.projection import (
 )
 from crm_shared.contracts.events import CAMPAIGN_DEFINED, build_event, validate_event
 from crm_shared.runtime.db import open_pool
-from tests.campaign_reference import PLANNED_ROW_COLUMNS, plan_batch, planned_row
+from tests.campaign_reference import PLANNED_ROW_COLUMNS, plan_batch, planned_row, write_out_plans
 
 pytestmark = pytest.mark.component
 
@@ -299,11 +299,15 @@ async def test_planning_by_signature_equals_deciding_each_recipient_alone(
             expected = plan_batch(campaign, await store.recipients_of(conn, ids, since), AT, 0)
             read = store.SignatureRead(campaign.definition.target, purpose, since, CUSTOMERS)
             signatures = await store.signature_groups_after(conn, read, None)
+            by_range = await store.signature_groups_after(conn, read, None, dense=True)
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             dry_run = await planning.dry_run(conn, campaign, AT, CHUNK)
         await store.save_campaigns(conn, campaigns.start_due({"c": campaign}).values())
     chunks = await planning.plan_due(pool, planning.Planner(CHUNK))
     async with pool.acquire() as conn:
+        written = "SELECT count(*) FROM outbound_messages WHERE campaign_id = $1"
+        assert await conn.fetchval(written, campaign.campaign_id) == 0  # kept in chunks
+        assert await write_out_plans(conn) == len(expected.messages)
         rows = await conn.fetch(
             f"SELECT {', '.join(PLANNED_ROW_COLUMNS)} FROM outbound_messages"
             " WHERE campaign_id = $1 ORDER BY customer_id",
@@ -320,6 +324,9 @@ async def test_planning_by_signature_equals_deciding_each_recipient_alone(
     # Not a trivial population: recipients share signatures, and the reasons are varied.
     assert sum(g.recipients for g in signatures.groups) == signatures.recipients == CUSTOMERS
     assert signatures.last == ids[-1]
+    # Read by id range (a dense chunk) or by id, the chunk has the same signatures.
+    assert (by_range.recipients, by_range.last) == (signatures.recipients, signatures.last)
+    assert sorted(by_range.groups, key=str) == sorted(signatures.groups, key=str)
     assert 30 < len(signatures.groups) < CUSTOMERS / 2
     codes = Counter(code for (_, codes), n in expected.decided.items() for code in codes)
     assert len(expected.messages) > CUSTOMERS / 10

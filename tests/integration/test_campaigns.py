@@ -114,6 +114,16 @@ async def _messages(platform: dict[str, str], campaign_id: str) -> list[Any]:
     )
 
 
+async def _written_out(platform: dict[str, str], campaign_id: str, messages: int) -> list[Any]:
+    """The campaign's rows, once the sender has written out its planned chunks (when due)."""
+    found: list[Any] = await eventually(
+        lambda: _messages(platform, campaign_id),
+        lambda rows: len(rows) == messages,
+        what=f"the {messages} messages of {campaign_id} written out by the sender",
+    )
+    return found
+
+
 async def _planned(client: httpx.AsyncClient, campaign_id: str, within: float = 60) -> Any:
     answer = await eventually(
         lambda: client.get(f"/v1/campaigns/{campaign_id}"),
@@ -158,7 +168,7 @@ async def test_a_segment_campaign_is_planned_for_members_with_their_recommendati
     # The platform's sender claims it (rendering it), and fails: no mail server here takes it.
     messages = await eventually(
         lambda: _messages(platform, campaign_id),
-        lambda found: all(m["body_text"] is not None for m in found),
+        lambda found: bool(found) and all(m["body_text"] is not None for m in found),
         what="the planned message rendered by the sender's claim",
     )
     assert [m["customer_id"] for m in messages] == [audience.member]
@@ -193,7 +203,7 @@ async def test_a_scheduled_campaign_is_planned_only_after_its_time(
         assert await _messages(platform, campaign_id) == []
     view = await _planned(client, campaign_id)
     assert datetime.fromisoformat(view["planned_at"]) == send_at
-    (message,) = await _messages(platform, campaign_id)
+    (message,) = await _written_out(platform, campaign_id, 1)
     assert message["not_before"] >= send_at
 
 
@@ -205,7 +215,7 @@ async def test_a_redelivered_definition_or_a_restart_plans_nothing_twice(
     definition = build_event(CAMPAIGN_DEFINED, campaign_id, audience.campaign(), source="test")
     publish(bootstrap, [definition], rate=100)
     await _planned(client, campaign_id)
-    first = await _messages(platform, campaign_id)
+    first = await _written_out(platform, campaign_id, 1)
     redefined = build_event(
         CAMPAIGN_DEFINED, campaign_id, audience.campaign(name="Changed"), source="test"
     )
@@ -251,9 +261,13 @@ async def test_cancelling_a_planned_campaign_cancels_its_messages(
     )
     assert view.json()["cancel_reason"] == "wrong offer"
     # A message the sender held at that moment (claimed, failing: no mail server here) is not
-    # cancelled by the fold but by the sender's re-check when it comes back to be retried.
-    await eventually(
-        lambda: _messages(platform, campaign_id),
-        lambda rows: [m["state"] for m in rows] == ["cancelled"],
+    # cancelled by the fold but by the sender's re-check when it comes back to be retried; one
+    # still in its planned chunk is cancelled there and never written out.
+    cancelled = await eventually(
+        lambda: client.get(f"/v1/campaigns/{campaign_id}"),
+        lambda r: [(p["channel"], p["cancelled"]) for p in r.json()["progress"]] == [("email", 1)],
         what="the campaign's message cancelled",
     )
+    (progress,) = cancelled.json()["progress"]
+    assert progress["planned"] + progress["sending"] + progress["failed"] == 0
+    assert [m["state"] for m in await _messages(platform, campaign_id)] in ([], ["cancelled"])

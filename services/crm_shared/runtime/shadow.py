@@ -35,13 +35,20 @@ WORKER_COMPUTED_PREFIXES = ("fitted_", "computed_")
 model, `fitted_*`, and its revenue cube, `computed_*`): a rebuild's shadow holds none until the
 worker computes them again."""
 
-CARRIED_TABLES = ("outbound_messages", "message_outcomes", "campaign_results", "published_lists")
+CARRIED_TABLES = (
+    "outbound_messages",
+    "plan_chunks",
+    "message_outcomes",
+    "campaign_results",
+    "published_lists",
+)
 """What a service did in the world rather than what the log says: the broadcast service's send
-ledger (which messages went out, and what became of them) and the lists the recommendation
-service published (with their per-customer versions, which consumers order by). A replay cannot
-redo a send or unpublish a list, so a rebuild does not compare these tables and carries the live
-rows into the shadow at the switch, under a lock that holds their writers: a rebuilt projection
-never sends a message twice nor publishes a list under a version already used."""
+ledger (which messages went out or are planned to, and what became of them) and the lists the
+recommendation service published (with their per-customer versions, which consumers order by).
+A replay cannot redo a send or unpublish a list, so a rebuild does not compare these tables and
+carries the live rows into the shadow at the switch, under a lock that holds their writers: a
+rebuilt projection never sends a message twice nor publishes a list under a version already
+used."""
 
 BOOKKEEPING_COLUMNS: dict[str, frozenset[str]] = {
     "consumer_positions": frozenset({"updated_at"}),
