@@ -1,14 +1,21 @@
 """The neighbour job's incremental step, pure: which similar-product lists a set of marked
-products (goods that gained or lost a buyer) can change, and their new lists, equal to what a
-recomputation of the whole catalogue (`models.similar_products`) gives.
+products (goods that gained or lost a buyer) can change, and their new lists, whose served part
+(the first `served` entries) equals what a recomputation of the whole catalogue
+(`models.similar_products`) gives.
 
 Cosine is co(X, Y) / sqrt(n_X n_Y). When X gains or loses a buyer, n_X and co(X, Y) for the
 goods Y in that customer's basket change, so X's whole row changes and, in the row of every Y
 bought with X (or that listed X), only the entry for X changes. So the marked products' rows are
-computed in full from their co-buyer counts, and each other affected product's stored top list
-is merged with its new entries for the marked products, when they can change it at all. A
-stored list that was full hides the entries ranked after its last one; when the merge needs one
-of those (a marked product left the list), that product's row is computed in full as well.
+computed in full from their co-buyer counts, and each other affected product's stored list is
+merged with its new entries for the marked products, when they can change it at all.
+
+A stored list is always the exact start of its product's ranking: complete when it has fewer
+than `served` entries, otherwise possibly cut off after its last one. A list computed in full
+keeps up to `served` + a reserve; a merge that moves an entry past the last one drops it (the
+entries hidden behind the last may now rank before it), so the list shortens by one, and only a
+list that would fall short of `served` is computed in full again. Without the reserve, every
+purchase that pushes a product out of a full list costs that list's whole row: for a product
+listed by dozens of bestsellers, seconds.
 """
 
 from __future__ import annotations
@@ -77,9 +84,10 @@ def lists_to_merge(
     boundaries: Mapping[str, Entry], naming: Collection[str], marked: ComputedRows
 ) -> list[str]:
     """Which products outside the marked rows may get a new list: those whose stored list names
-    a marked product, is not full (no entry in `boundaries`, each full list's last entry) or
-    would let in one of their new entries (ranked before its last). The other lists stay as they
-    are: their entries did not change and the new ones rank after all of them."""
+    a marked product, is complete (no entry in `boundaries`, the last entry of each list that
+    may be cut off) or would let in one of their new entries (ranked before its last). The other
+    lists stay as they are: their entries did not change and the new ones rank after all of
+    them."""
     return sorted(
         product
         for product in {*marked.crossing, *naming} - set(marked.lists)
@@ -101,12 +109,14 @@ def merged_lists(
     stored: Mapping[str, list[Entry]],
     products: Iterable[str],
     marked: ComputedRows,
-    neighbours: int,
+    served: int,
+    capacity: int,
 ) -> Merged:
     """New lists of `products` (outside the marked rows): the stored list without the marked
-    products, plus their new entries, trimmed. Entries the stored list left out rank after its
-    last one and did not change (neither product was marked), so the merge is exact as long as
-    the new list is filled from entries ranked no lower than that; otherwise unsettled."""
+    products, plus their new entries, trimmed to `capacity`. A list of `served` entries or more
+    may hide entries ranked after its last one, which did not change (neither product was
+    marked): the new list keeps only what ranks no lower than that last entry, and is unsettled
+    when that leaves fewer than `served`. A shorter list is complete: everything is known."""
     lists: Lists = {}
     unsettled: list[str] = []
     for product in products:
@@ -116,12 +126,13 @@ def merged_lists(
             + marked.crossing.get(product, []),
             key=rank,
         )
-        if len(old) >= neighbours:
+        if len(old) >= served:
             last = rank(old[-1])
-            if sum(1 for entry in candidates if rank(entry) <= last) < neighbours:
+            candidates = [entry for entry in candidates if rank(entry) <= last]
+            if len(candidates) < served:
                 unsettled.append(product)
                 continue
-        lists[product] = candidates[:neighbours]
+        lists[product] = candidates[:capacity]
     return Merged(lists, unsettled)
 
 

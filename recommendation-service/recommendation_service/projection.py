@@ -36,7 +36,11 @@ from crm_shared.contracts.events import (
 )
 
 NEIGHBOURS_KEPT = 50
-"""Similar products kept per product, most co-buyers first: also-bought returns at most this."""
+"""Similar products served per product, most similar first: also-bought returns at most this."""
+NEIGHBOURS_RESERVE = 10
+"""Entries a list computed in full keeps beyond NEIGHBOURS_KEPT, so that a purchase that moves a
+product off the end of a full list shortens it instead of costing its whole row
+(`recommendation_service.neighbours`)."""
 
 NOT_GOODS = frozenset(
     {"POST", "DOT", "C2", "M", "D", "S", "B", "PADS", "CRUK", "AMAZONFEE", "BANK CHARGES"}

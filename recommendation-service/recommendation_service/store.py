@@ -18,6 +18,7 @@ import asyncpg
 
 from crm_shared.contracts.events import ConsentState
 from crm_shared.runtime.db import columns
+from recommendation_service import projection
 from recommendation_service.catalogue import CatalogueFilter, CatalogueRecord
 from recommendation_service.consent import ConsentDecision
 from recommendation_service.models import Similar, SimilarPair
@@ -327,11 +328,12 @@ async def products_naming(conn: asyncpg.Connection, products: Sequence[str]) -> 
     return {row[0] for row in rows}
 
 
-async def last_of_full_lists(
-    conn: asyncpg.Connection, products: Sequence[str], kept: int
+async def last_of_long_lists(
+    conn: asyncpg.Connection, products: Sequence[str], served: int
 ) -> dict[str, Entry]:
-    """The `kept`-th entry of each of these products' lists that has one: the last of a full
-    list, in the lists' order (ties by code point, as Python orders product codes)."""
+    """The last entry of each of these products' lists that has `served` entries or more (those
+    that may be cut off after it), in the lists' order (ties by code point, as Python orders
+    product codes)."""
     rows = await conn.fetch(
         """
         SELECT l.product_id, k.other_product_id, k.co_buyers, k.similarity
@@ -339,12 +341,18 @@ async def last_of_full_lists(
         JOIN LATERAL (
             SELECT other_product_id, co_buyers, similarity FROM similar_products s
             WHERE s.product_id = l.product_id
+            ORDER BY similarity, other_product_id COLLATE "C" DESC
+            LIMIT 1
+        ) k ON true
+        WHERE EXISTS (
+            SELECT 1 FROM similar_products s
+            WHERE s.product_id = l.product_id
             ORDER BY similarity DESC, other_product_id COLLATE "C"
             OFFSET $2::int - 1 LIMIT 1
-        ) k ON true
+        )
         """,
         products,
-        kept,
+        served,
     )
     return {row[0]: (row[1], row[2], row[3]) for row in rows}
 
@@ -455,17 +463,18 @@ async def product(conn: asyncpg.Connection, product_id: str) -> dict[str, Any] |
 async def also_bought(
     conn: asyncpg.Connection, product_id: str, limit: int
 ) -> list[dict[str, Any]]:
-    """The product's precomputed neighbours: most similar (cosine of the buyer sets) first."""
+    """The product's precomputed neighbours: most similar (cosine of the buyer sets) first, at
+    most NEIGHBOURS_KEPT (what the list keeps beyond them depends on its history)."""
     rows = await conn.fetch(
         """
         SELECT s.other_product_id AS product_id, p.description, s.co_buyers, s.similarity
         FROM similar_products s LEFT JOIN products p ON p.product_id = s.other_product_id
         WHERE s.product_id = $1
-        ORDER BY s.similarity DESC, s.other_product_id
+        ORDER BY s.similarity DESC, s.other_product_id COLLATE "C"
         LIMIT $2
         """,
         product_id,
-        limit,
+        min(limit, projection.NEIGHBOURS_KEPT),
     )
     return [dict(row) for row in rows]
 
@@ -1115,18 +1124,25 @@ async def popular_matching(
 async def also_bought_matching(
     conn: asyncpg.Connection, product_id: str, wanted: CatalogueFilter, limit: int
 ) -> list[dict[str, Any]]:
-    """The product's precomputed neighbours that match, most similar first."""
+    """The product's precomputed neighbours that match, most similar first: among the
+    NEIGHBOURS_KEPT served (what the list keeps beyond them depends on its history)."""
     rows = await conn.fetch(
         f"""
         SELECT s.other_product_id AS product_id, p.description, s.co_buyers, s.similarity
-        FROM similar_products s JOIN catalogue c ON c.product_id = s.other_product_id
+        FROM (
+            SELECT other_product_id, co_buyers, similarity FROM similar_products
+            WHERE product_id = $1
+            ORDER BY similarity DESC, other_product_id COLLATE "C"
+            LIMIT $8::int
+        ) s JOIN catalogue c ON c.product_id = s.other_product_id
         LEFT JOIN products p ON p.product_id = s.other_product_id
-        WHERE s.product_id = $1 AND {_matching("c", 3)}
-        ORDER BY s.similarity DESC, s.other_product_id
+        WHERE {_matching("c", 3)}
+        ORDER BY s.similarity DESC, s.other_product_id COLLATE "C"
         LIMIT $2
         """,
         product_id,
         limit,
         *_filter_arguments(wanted),
+        projection.NEIGHBOURS_KEPT,
     )
     return [dict(row) for row in rows]

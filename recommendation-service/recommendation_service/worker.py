@@ -123,31 +123,34 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
     return ()
 
 
+def list_capacity() -> int:
+    """Entries a list computed in full keeps: those served and the reserve."""
+    return projection.NEIGHBOURS_KEPT + projection.NEIGHBOURS_RESERVE
+
+
 async def neighbour_changes(
     conn: asyncpg.Connection, marked: Sequence[str]
 ) -> tuple[dict[models.SimilarPair, models.Similar], list[models.SimilarPair]]:
-    """What to write so that every list a change of the `marked` products' buyers can touch is
-    what a whole recomputation gives (`neighbours`): the marked rows from their co-buyer counts,
-    the lists of what is bought with them or names them merged with their new entries, and those
-    the merge cannot settle computed in full. Numpy and the merge in threads, not the loop."""
+    """What to write so that every list a change of the `marked` products' buyers can touch
+    serves what a whole recomputation gives (`neighbours`): the marked rows from their co-buyer
+    counts, the lists of what is bought with them or names them merged with their new entries,
+    and those the merge cannot settle computed in full. Numpy and the merge in threads, not the
+    loop."""
+    served, capacity = projection.NEIGHBOURS_KEPT, list_capacity()
     co_buyers = await store.co_buyers_of(conn, marked)
-    rows = await asyncio.to_thread(
-        neighbours.computed_rows, co_buyers, marked, projection.NEIGHBOURS_KEPT, True
-    )
+    rows = await asyncio.to_thread(neighbours.computed_rows, co_buyers, marked, capacity, True)
     naming = await store.products_naming(conn, marked)
-    boundaries = await store.last_of_full_lists(
-        conn, sorted(set(rows.crossing) - naming), projection.NEIGHBOURS_KEPT
-    )
+    boundaries = await store.last_of_long_lists(conn, sorted(set(rows.crossing) - naming), served)
     to_merge = neighbours.lists_to_merge(boundaries, naming, rows)
     stored = await store.similar_lists(conn, sorted({*marked, *to_merge}))
     merged = await asyncio.to_thread(
-        neighbours.merged_lists, stored, to_merge, rows, projection.NEIGHBOURS_KEPT
+        neighbours.merged_lists, stored, to_merge, rows, served, capacity
     )
     lists = {**merged.lists, **rows.lists}
     if merged.unsettled:
         co_buyers = await store.co_buyers_of(conn, merged.unsettled)
         full = await asyncio.to_thread(
-            neighbours.computed_rows, co_buyers, merged.unsettled, projection.NEIGHBOURS_KEPT, False
+            neighbours.computed_rows, co_buyers, merged.unsettled, capacity, False
         )
         lists.update(full.lists)
     count(metrics.NEIGHBOUR_LISTS.labels("unchanged"), len(set(rows.crossing) - set(to_merge)))
@@ -160,9 +163,9 @@ async def whole_catalogue_changes(
     conn: asyncpg.Connection,
 ) -> tuple[dict[models.SimilarPair, models.Similar], list[models.SimilarPair]]:
     """What to write so that every list is what `models.similar_products` computes from all
-    that customers kept (numpy, in a thread)."""
+    that customers kept, reserve included (numpy, in a thread)."""
     kept = await store.kept_goods(conn)
-    computed = await asyncio.to_thread(models.similar_products, kept, projection.NEIGHBOURS_KEPT)
+    computed = await asyncio.to_thread(models.similar_products, kept, list_capacity())
     stored = await store.stored_similar_products(conn)
     return models.changed_similar_products(stored, computed)
 

@@ -23,7 +23,12 @@ from crm_shared.runtime.projector import BatchProjector, RawRecord
 from recommendation_service import models, projection, store, worker
 from recommendation_service.projection import NEIGHBOURS_KEPT
 from recommendation_service.worker import PROJECTION, refresh_neighbours
-from tests.similar_products import SimilarLists, plain_similar_products
+from tests.similar_products import (
+    SERVED_SIMILAR_SQL,
+    SimilarLists,
+    assert_serves,
+    plain_similar_products,
+)
 
 pytestmark = pytest.mark.component
 
@@ -83,11 +88,9 @@ def _orders(seed: int, count: int) -> list[dict[str, Any]]:
 
 
 async def stored_lists(pool: asyncpg.Pool) -> SimilarLists:
+    """The served part of every stored list."""
     async with pool.acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT product_id, other_product_id, co_buyers FROM similar_products"
-            " ORDER BY product_id, similarity DESC, other_product_id"
-        )
+        rows = await conn.fetch(SERVED_SIMILAR_SQL, projection.NEIGHBOURS_KEPT, "%")
     lists: SimilarLists = defaultdict(list)
     for row in rows:
         lists[row["product_id"]].append((row["other_product_id"], row["co_buyers"]))
@@ -206,14 +209,23 @@ def lists_brought_up_to_date(how: str) -> float:
     return REGISTRY.get_sample_value("crm_recommendation_neighbour_lists_total", {"how": how}) or 0
 
 
-@pytest.mark.parametrize(("kept", "incremental_buyers"), [(3, 2_000), (50, 2_000), (3, 0)])
-async def test_each_run_leaves_exactly_what_a_whole_recomputation_gives(
-    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, kept: int, incremental_buyers: int
+@pytest.mark.parametrize(
+    ("kept", "reserve", "incremental_buyers"),
+    [(3, 0, 2_000), (3, 2, 2_000), (50, 10, 2_000), (3, 2, 0)],
+)
+async def test_each_run_serves_exactly_what_a_whole_recomputation_gives(
+    pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+    kept: int,
+    reserve: int,
+    incremental_buyers: int,
 ) -> None:
-    """Purchases and refunds in random batches, a run after each: the stored lists always equal
-    `models.similar_products` over everything kept, whether the run refreshed only the lists the
-    marked products touch or (over the bound) the whole catalogue."""
+    """Purchases and refunds in random batches, a run after each: the stored lists always serve
+    what `models.similar_products` gives over everything kept, and keep exact starts of its
+    lists, whether the run refreshed only the lists the marked products touch (spending the
+    reserve) or (over the bound) the whole catalogue."""
     monkeypatch.setattr(projection, "NEIGHBOURS_KEPT", kept)
+    monkeypatch.setattr(projection, "NEIGHBOURS_RESERVE", reserve)
     monkeypatch.setattr(worker, "NEIGHBOUR_INCREMENTAL_BUYERS", incremental_buyers)
     merged_before = lists_brought_up_to_date("merged")
     events = _orders(seed=11, count=240)
@@ -225,7 +237,10 @@ async def test_each_run_leaves_exactly_what_a_whole_recomputation_gives(
         start += size
         await refresh_neighbours(pool)
         async with pool.acquire() as conn:
-            expected = models.similar_products(await store.kept_goods(conn), kept)
-            assert await store.stored_similar_products(conn) == expected, f"after {start} events"
+            whole = models.similar_products(await store.kept_goods(conn), kept + reserve)
+            stored = await store.stored_similar_products(conn)
+            assert_serves(stored, whole, kept, f"after {start} events")
+            if not reserve:
+                assert stored == whole, f"after {start} events"
     merged = lists_brought_up_to_date("merged") - merged_before
     assert merged > 0 if incremental_buyers else merged == 0

@@ -22,7 +22,7 @@ from crm_shared.ops.demo.workload import Workload
 from recommendation_service.projection import NEIGHBOURS_KEPT
 from tests.conftest import shifted_port
 from tests.integration.helpers import drop_and_rebuild, eventually, fetch, kill_and_restart, unique
-from tests.similar_products import plain_similar_products, units_kept
+from tests.similar_products import SERVED_SIMILAR_SQL, plain_similar_products, units_kept
 
 pytestmark = pytest.mark.integration
 
@@ -124,8 +124,8 @@ async def projections(dsn_base: str, prefix: str) -> dict[str, Any]:
     )
     similar = await fetch(
         f"{dsn_base}/crm_recommendation",
-        "SELECT product_id, other_product_id, co_buyers FROM similar_products"
-        " WHERE product_id LIKE $1 ORDER BY product_id, similarity DESC, other_product_id",
+        SERVED_SIMILAR_SQL,
+        NEIGHBOURS_KEPT,
         like,
     )
     lists: dict[str, list[tuple[str, int]]] = defaultdict(list)

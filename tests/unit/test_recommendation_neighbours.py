@@ -1,6 +1,7 @@
 """The neighbour job's incremental step (recommendation_service.neighbours), pure: after any
 sequence of purchases and refunds, refreshing only the lists the changed products can touch
-gives exactly the lists a whole recomputation (`models.similar_products`) gives."""
+serves exactly the lists a whole recomputation (`models.similar_products`) gives, and every
+stored list is the exact start of its whole list, however much of its reserve is left."""
 
 from __future__ import annotations
 
@@ -20,13 +21,15 @@ from recommendation_service.neighbours import (
     pairs,
     rank,
 )
+from tests.similar_products import assert_serves
 
 
 class Catalogue:
     """Who keeps what, and the stored lists, in memory: the job's reads and writes without SQL."""
 
-    def __init__(self, neighbours: int) -> None:
-        self.neighbours = neighbours
+    def __init__(self, served: int, reserve: int = 0) -> None:
+        self.served = served
+        self.capacity = served + reserve
         self.kept: dict[str, set[str]] = defaultdict(set)
         self.stored: Lists = {}
 
@@ -45,36 +48,39 @@ class Catalogue:
 
     def refresh(self, marked: list[str]) -> tuple[int, int]:
         """One incremental run, as the worker's; returns (lists merged, lists computed in full)."""
-        rows = computed_rows(self.co_buyers_of(marked), marked, self.neighbours, True)
+        rows = computed_rows(self.co_buyers_of(marked), marked, self.capacity, True)
         naming = {p for p, entries in self.stored.items() if any(e[0] in marked for e in entries)}
-        boundaries = {
-            p: sorted(entries, key=rank)[self.neighbours - 1]
+        boundaries = {  # what store.last_of_long_lists reads
+            p: sorted(entries, key=rank)[-1]
             for p, entries in self.stored.items()
-            if len(entries) >= self.neighbours
+            if len(entries) >= self.served
         }
         to_merge = lists_to_merge(boundaries, naming, rows)
-        merged = merged_lists(self.stored, to_merge, rows, self.neighbours)
+        merged = merged_lists(self.stored, to_merge, rows, self.served, self.capacity)
         lists = {**merged.lists, **rows.lists}
         full = computed_rows(
-            self.co_buyers_of(merged.unsettled), merged.unsettled, self.neighbours, False
+            self.co_buyers_of(merged.unsettled), merged.unsettled, self.capacity, False
         )
         lists.update(full.lists)
         for product, entries in lists.items():
             self.stored[product] = entries
         return len(merged.lists), len(merged.unsettled) + len(rows.lists)
 
-    def whole(self) -> dict[tuple[str, str], tuple[int, float]]:
+    def check(self, step: int) -> None:
         kept = [(c, p) for c, goods in self.kept.items() for p in goods]
-        return similar_products(kept, self.neighbours)
+        assert_serves(pairs(self.stored), similar_products(kept, self.capacity), self.served, step)
 
 
-@pytest.mark.parametrize(("seed", "neighbours"), [(1, 2), (2, 3), (3, 5), (4, 50)])
-def test_refreshing_the_marked_products_equals_a_whole_recomputation(
-    seed: int, neighbours: int
+@pytest.mark.parametrize(
+    ("seed", "served", "reserve"),
+    [(1, 2, 0), (2, 3, 0), (3, 5, 0), (4, 50, 0), (5, 3, 2), (6, 5, 4)],
+)
+def test_refreshing_the_marked_products_serves_a_whole_recomputation(
+    seed: int, served: int, reserve: int
 ) -> None:
     rng = random.Random(seed)
     products = [f"P{n:02}" for n in range(30)]
-    catalogue = Catalogue(neighbours)
+    catalogue = Catalogue(served, reserve)
     merged = computed = 0
     for step in range(150):
         # a few customers change at once: buy (skewed towards popular goods) or return all of one
@@ -95,13 +101,34 @@ def test_refreshing_the_marked_products_equals_a_whole_recomputation(
             continue
         done = catalogue.refresh(sorted(changed))
         merged, computed = merged + done[0], computed + done[1]
-        assert pairs(catalogue.stored) == catalogue.whole(), f"step {step}"
+        catalogue.check(step)
+        if not reserve:
+            assert pairs(catalogue.stored) == similar_products(
+                [(c, p) for c, goods in catalogue.kept.items() for p in goods], served
+            ), f"step {step}"
     assert merged > 0 and computed > 0  # both ways of bringing a list up to date were taken
+
+
+def test_the_reserve_spares_a_full_computation_when_a_product_leaves_a_full_list() -> None:
+    # A's list serves 1 and keeps 1 more: B (2 shared buyers of 2 each), then C; B's buyers
+    # return it, so C moves up from the reserve and A's row is not computed again
+    catalogue = Catalogue(served=1, reserve=1)
+    catalogue.kept.update(
+        {"C1": {"A", "B"}, "C2": {"A", "B"}, "C3": {"A", "C"}, "C4": {"C"}, "C5": {"A", "D"}}
+    )
+    catalogue.refresh(["A", "B", "C", "D"])
+    assert [entry[0] for entry in catalogue.stored["A"]] == ["B", "D"]
+    catalogue.kept["C1"].discard("B")
+    catalogue.kept["C2"].discard("B")
+    merged, computed = catalogue.refresh(["B"])
+    assert [entry[0] for entry in catalogue.stored["A"]] == ["D"]
+    assert (merged, computed) == (1, 1)  # A merged; only B's own row computed
+    catalogue.check(0)
 
 
 def test_a_product_that_leaves_a_full_list_lets_the_next_one_in() -> None:
     # A's list keeps 1: B (2 shared buyers of 2 each) before C; when B's buyers return it, C enters
-    catalogue = Catalogue(neighbours=1)
+    catalogue = Catalogue(served=1)
     catalogue.kept.update({"C1": {"A", "B"}, "C2": {"A", "B"}, "C3": {"A", "C"}, "C4": {"C"}})
     catalogue.refresh(["A", "B", "C"])
     assert catalogue.stored["A"] == [("B", 2, pytest.approx(2 / 6**0.5))]
@@ -110,7 +137,7 @@ def test_a_product_that_leaves_a_full_list_lets_the_next_one_in() -> None:
     catalogue.refresh(["B"])
     assert [entry[0] for entry in catalogue.stored["A"]] == ["C"]
     assert catalogue.stored["B"] == []
-    assert pairs(catalogue.stored) == catalogue.whole()
+    catalogue.check(0)
 
 
 def test_the_marked_rows_and_their_crossing_entries_share_one_value() -> None:
