@@ -174,3 +174,19 @@ async def test_a_claim_held_when_its_campaign_was_cancelled_is_not_sent_when_it_
     assert await _ledger(pool) == {
         f"spring.{c}": ("cancelled", 0, "campaign cancelled") for c in CUSTOMERS
     }
+
+
+async def test_outcomes_counted_by_several_sessions_add_up_in_the_campaigns_results(
+    pool: asyncpg.Pool,
+) -> None:
+    """Each session counts into a shard of its own (senders do not wait for each other's
+    commits on one row); the results are their sum."""
+    async with pool.acquire() as first, pool.acquire() as second:
+        claimed = await store.claim_due(first, T, 10)
+        mailed = [m for m in claimed if m.channel == "email"]
+        await store.add_outcomes(first, mailed[:1], ["sent"], [None], T)
+        await store.add_outcomes(second, mailed[1:], ["sent"], [None], T)
+        await store.add_outcomes(second, mailed, ["sent", "delivered"], [None, None], T)
+        assert await store.campaign_results(first, "spring") == {
+            "email": {"sent": 2, "delivered": 1}
+        }
