@@ -3,6 +3,7 @@ the next sender resolves it once the lease ends (no adapter is called: only the 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -13,7 +14,7 @@ from broadcast_service import store
 from broadcast_service.adapters import Adapter
 from broadcast_service.campaigns import PlannedMessage
 from broadcast_service.config import MIGRATIONS, SenderSettings
-from broadcast_service.delivery import INTERRUPTED_REASON
+from broadcast_service.delivery import INTERRUPTED_REASON, OutboundMessage, Result, SendResult
 from broadcast_service.projection import ChannelPreferences, ChannelSetup, Consent
 from broadcast_service.sender import Sender, build_adapters
 from crm_shared.runtime.db import open_pool
@@ -190,3 +191,57 @@ async def test_outcomes_counted_by_several_sessions_add_up_in_the_campaigns_resu
         assert await store.campaign_results(first, "spring") == {
             "email": {"sent": 2, "delivered": 1}
         }
+
+
+class _HeldAdapter:
+    """One connection whose send waits until let go: a message stays on the wire meanwhile."""
+
+    connections = 1
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.on_the_wire = asyncio.Event()
+        self.let_go = asyncio.Event()
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        self.sent.append(message.message_id)
+        self.on_the_wire.set()
+        await self.let_go.wait()
+        return SendResult(Result.SENT, "accepted")
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_the_next_batch_is_claimed_while_one_is_sent_and_a_stop_releases_it(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRM_LINK_SECRET", "link-secret-for-tests-0123456789")
+    monkeypatch.setenv("CRM_BROADCAST_CLAIM_BATCH", "1")
+    held = _HeldAdapter()
+    sender = Sender(pool, {"email": held, "sms": held}, SenderSettings(), now=lambda: T)
+    running = asyncio.create_task(sender.run())
+    await asyncio.wait_for(held.on_the_wire.wait(), 10)
+
+    async def claimed_by_the_sender() -> int:
+        async with pool.acquire() as conn:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM outbound_messages WHERE claimed_by = $1",
+                    sender.identity,
+                )
+            )
+
+    for _ in range(100):  # the next batch of one is claimed while the first is on the wire
+        if await claimed_by_the_sender() >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert await claimed_by_the_sender() >= 2
+    sender.stop()
+    held.let_go.set()
+    await asyncio.wait_for(running, 10)
+    ledger = await _ledger(pool)
+    assert len(held.sent) == 1  # stopped: nothing more started
+    assert ledger.pop(held.sent[0]) == ("sent", 1, None)
+    assert set(ledger.values()) == {("planned", 0, None)}  # released at once, never started
+    assert await claimed_by_the_sender() == 1  # only the one sent keeps its sender
