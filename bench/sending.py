@@ -199,7 +199,8 @@ async def fill(sender_settings: SenderSettings, messages: int) -> Any:
 
 async def sender_process(profile: str | None) -> None:
     """One sender of the bench, in a process of its own (`--sender-only`): set up, say `ready`,
-    wait for `go` on stdin, send until nothing is due, then print its figures as one JSON line."""
+    wait for `go` on stdin, send until nothing is due, print its figures as one JSON line, and
+    close once told `done`."""
     settings = SenderSettings()
     pool = await open_pool(
         f"{settings.platform.pg_dsn_base}/{DATABASE}",
@@ -233,6 +234,9 @@ async def sender_process(profile: str | None) -> None:
             **asdict(commits),
         }
         print(json.dumps(figures), flush=True)
+        # Connected until the bench has read PostgreSQL's CPU: a backend that exits meanwhile
+        # is counted neither among the running nor, until reaped, in its parent's.
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     finally:
         for adapter in {id(a): a for a in adapters.values()}.values():
             await adapter.close()
@@ -289,6 +293,10 @@ async def run(
         reporter.cancel()
         server_cpu = cpu_of(server.pid) - server_cpu
         postgres_cpu = postgres_cpu_seconds(postmaster) - postgres_cpu
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write(b"done\n")
+            await child.stdin.drain()
         codes = [await child.wait() for child in children]
         if any(codes) or not all(outputs):
             sys.exit("[bench-send] a sender failed")
