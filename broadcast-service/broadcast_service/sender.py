@@ -303,8 +303,13 @@ class Sender:
 
     async def _send_claimed(self) -> None:
         """Batches in turn, each claimed while the one before it is sent; returns once every
-        message claimed is recorded (or left claimed), also when a claim fails."""
+        message claimed is recorded (or left claimed). When a claim or a send fails, the sends
+        in flight still finish and are recorded before the error goes on (a send cut short would
+        be recorded as interrupted, never sent again); when cancelled (the sender stops or its
+        ledger writer failed for good), they are cancelled too: what has not started stays
+        claimed and its lease lapses (`delivery.expired_claim`)."""
         previous: asyncio.Future[list[None]] = asyncio.gather()
+        current = previous
         claiming = asyncio.create_task(self._next_batch())
         try:
             while batch := await claiming:
@@ -316,10 +321,17 @@ class Sender:
                 claiming = asyncio.create_task(self._next_batch())
                 await previous
                 previous = current
-        finally:
-            claiming.cancel()  # only if still running (an error): rolled back, or left claimed
             await previous
             await self.ledger.flush()
+        except asyncio.CancelledError:
+            for work in (claiming, previous, current):
+                work.cancel()
+            raise
+        except Exception:
+            claiming.cancel()  # rolled back, or left claimed
+            await asyncio.gather(previous, current, return_exceptions=True)
+            await self.ledger.flush()
+            raise
 
     async def _next_batch(self) -> list[OutboundMessage]:
         """The claims whose lease ended resolved, then the next batch claimed (none once

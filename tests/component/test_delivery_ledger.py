@@ -245,3 +245,37 @@ async def test_the_next_batch_is_claimed_while_one_is_sent_and_a_stop_releases_i
     assert ledger.pop(held.sent[0]) == ("sent", 1, None)
     assert set(ledger.values()) == {("planned", 0, None)}  # released at once, never started
     assert await claimed_by_the_sender() == 1  # only the one sent keeps its sender
+
+
+class _BrokenSecondAdapter(_HeldAdapter):
+    """Two connections: the first message waits on the wire until let go, the second raises
+    (an adapter's bug: adapters return results for what they expect)."""
+
+    connections = 2
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        if not self.sent:
+            return await super().send(message)
+        self.sent.append(message.message_id)
+        raise RuntimeError("adapter bug")
+
+
+async def test_a_send_that_raises_lets_the_one_in_flight_finish_and_be_recorded(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRM_LINK_SECRET", "link-secret-for-tests-0123456789")
+    monkeypatch.setenv("CRM_BROADCAST_CLAIM_BATCH", "1")
+    adapter = _BrokenSecondAdapter()
+    sender = Sender(pool, {"email": adapter, "sms": adapter}, SenderSettings(), now=lambda: T)
+    running = asyncio.create_task(sender.run())
+    await asyncio.wait_for(adapter.on_the_wire.wait(), 10)
+    for _ in range(100):  # the next batch's send fails while the first is on the wire
+        if len(adapter.sent) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert len(adapter.sent) >= 2
+    adapter.let_go.set()
+    with pytest.raises(RuntimeError, match="adapter bug"):
+        await asyncio.wait_for(running, 10)
+    ledger = await _ledger(pool)
+    assert ledger[adapter.sent[0]] == ("sent", 1, None)  # finished and recorded before the error
