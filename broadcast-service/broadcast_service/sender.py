@@ -20,10 +20,13 @@ message goes through the ledger in `outbound_messages`:
    outbox in the same commit (so an event is published if and only if the step is recorded).
 
 One writer task commits the start marks and the records together (group commit), so a message
-costs a share of a commit rather than one. A claim whose lease ended is resolved by
-`delivery.expired_claim`: never started, it is planned again; started on a channel whose provider
-dedupes, it is sent again with the same Idempotency-Key; a started e-mail may have arrived, so it
-is recorded as failed (interrupted) and never sent twice (see docs/decisions.md).
+costs a share of a commit rather than one. The next batch is claimed while the current one is
+sent (`send_due`), so the connections do not wait for claims.
+
+A claim whose lease ended is resolved by `delivery.expired_claim`: never started, it is planned
+again; started on a channel whose provider dedupes, it is sent again with the same
+Idempotency-Key; a started e-mail may have arrived, so it is recorded as failed (interrupted)
+and never sent twice (see docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -282,15 +285,13 @@ class Sender:
         for message, _ in cancelled:
             count(metrics.MESSAGES.labels(message.channel, CANCELLED))
 
-    async def send_batch(self, messages: Sequence[OutboundMessage]) -> None:
-        """Send the claimed messages and return once every one is recorded (or left claimed)."""
-
-        async def send_all() -> None:
-            await asyncio.gather(*map(self._attempt, messages))
-            await self.ledger.flush()
-
+    async def send_due(self) -> None:
+        """Claim and send until nothing is due or the sender stops. The next batch is claimed
+        while the current one is sent, and its sends queue for the connections behind the
+        current one's, so no connection waits for a claim or for the end of a batch; the one
+        ledger writer serves both batches."""
         writer = asyncio.create_task(self.ledger.run())
-        sending = asyncio.create_task(send_all())
+        sending = asyncio.create_task(self._send_claimed())
         try:
             done, _ = await asyncio.wait({writer, sending}, return_when=asyncio.FIRST_COMPLETED)
             if writer in done:
@@ -299,6 +300,46 @@ class Sender:
         finally:
             sending.cancel()
             writer.cancel()
+
+    async def _send_claimed(self) -> None:
+        """Batches in turn, each claimed while the one before it is sent; returns once every
+        message claimed is recorded (or left claimed). When a claim or a send fails, the sends
+        in flight still finish and are recorded before the error goes on (a send cut short would
+        be recorded as interrupted, never sent again); when cancelled (the sender stops or its
+        ledger writer failed for good), they are cancelled too: what has not started stays
+        claimed and its lease lapses (`delivery.expired_claim`)."""
+        previous: asyncio.Future[list[None]] = asyncio.gather()
+        current = previous
+        claiming = asyncio.create_task(self._next_batch())
+        try:
+            while batch := await claiming:
+                current = asyncio.gather(*map(self._attempt, batch))
+                if self.throttle.interval:
+                    # Throttled, a batch takes long: the next one claimed now would wait for it,
+                    # and its leases, which run from the claim, could end before it starts.
+                    await current
+                claiming = asyncio.create_task(self._next_batch())
+                await previous
+                previous = current
+            await previous
+            await self.ledger.flush()
+        except asyncio.CancelledError:
+            for work in (claiming, previous, current):
+                work.cancel()
+            raise
+        except Exception:
+            claiming.cancel()  # rolled back, or left claimed
+            await asyncio.gather(previous, current, return_exceptions=True)
+            await self.ledger.flush()
+            raise
+
+    async def _next_batch(self) -> list[OutboundMessage]:
+        """The claims whose lease ended resolved, then the next batch claimed (none once
+        stopping)."""
+        if self.stopping.is_set():
+            return []
+        await self.recover()
+        return await self.claim()
 
     async def _attempt(self, message: OutboundMessage) -> None:
         adapter = self.adapters.get(message.channel)
@@ -406,13 +447,8 @@ class Sender:
         delay = 0.5
         while not self.stopping.is_set():
             try:
-                await self.recover()
-                messages = await self.claim()
-                if messages:
-                    await self.send_batch(messages)
-                    delay = 0.5
-                    continue
-                pause = self.settings.idle_seconds
+                await self.send_due()
+                pause, delay = self.settings.idle_seconds, 0.5
             except TRANSIENT_ERRORS as error:
                 log.warning(
                     "sender cannot reach the database, retrying", extra={"error": repr(error)}

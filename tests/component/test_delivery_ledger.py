@@ -3,6 +3,7 @@ the next sender resolves it once the lease ends (no adapter is called: only the 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -13,7 +14,7 @@ from broadcast_service import store
 from broadcast_service.adapters import Adapter
 from broadcast_service.campaigns import PlannedMessage
 from broadcast_service.config import MIGRATIONS, SenderSettings
-from broadcast_service.delivery import INTERRUPTED_REASON
+from broadcast_service.delivery import INTERRUPTED_REASON, OutboundMessage, Result, SendResult
 from broadcast_service.projection import ChannelPreferences, ChannelSetup, Consent
 from broadcast_service.sender import Sender, build_adapters
 from crm_shared.runtime.db import open_pool
@@ -174,3 +175,107 @@ async def test_a_claim_held_when_its_campaign_was_cancelled_is_not_sent_when_it_
     assert await _ledger(pool) == {
         f"spring.{c}": ("cancelled", 0, "campaign cancelled") for c in CUSTOMERS
     }
+
+
+async def test_outcomes_counted_by_several_sessions_add_up_in_the_campaigns_results(
+    pool: asyncpg.Pool,
+) -> None:
+    """Each session counts into a shard of its own (senders do not wait for each other's
+    commits on one row); the results are their sum."""
+    async with pool.acquire() as first, pool.acquire() as second:
+        claimed = await store.claim_due(first, T, 10)
+        mailed = [m for m in claimed if m.channel == "email"]
+        await store.add_outcomes(first, mailed[:1], ["sent"], [None], T)
+        await store.add_outcomes(second, mailed[1:], ["sent"], [None], T)
+        await store.add_outcomes(second, mailed, ["sent", "delivered"], [None, None], T)
+        assert await store.campaign_results(first, "spring") == {
+            "email": {"sent": 2, "delivered": 1}
+        }
+
+
+class _HeldAdapter:
+    """One connection whose send waits until let go: a message stays on the wire meanwhile."""
+
+    connections = 1
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.on_the_wire = asyncio.Event()
+        self.let_go = asyncio.Event()
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        self.sent.append(message.message_id)
+        self.on_the_wire.set()
+        await self.let_go.wait()
+        return SendResult(Result.SENT, "accepted")
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_the_next_batch_is_claimed_while_one_is_sent_and_a_stop_releases_it(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRM_LINK_SECRET", "link-secret-for-tests-0123456789")
+    monkeypatch.setenv("CRM_BROADCAST_CLAIM_BATCH", "1")
+    held = _HeldAdapter()
+    sender = Sender(pool, {"email": held, "sms": held}, SenderSettings(), now=lambda: T)
+    running = asyncio.create_task(sender.run())
+    await asyncio.wait_for(held.on_the_wire.wait(), 10)
+
+    async def claimed_by_the_sender() -> int:
+        async with pool.acquire() as conn:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM outbound_messages WHERE claimed_by = $1",
+                    sender.identity,
+                )
+            )
+
+    for _ in range(100):  # the next batch of one is claimed while the first is on the wire
+        if await claimed_by_the_sender() >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert await claimed_by_the_sender() >= 2
+    sender.stop()
+    held.let_go.set()
+    await asyncio.wait_for(running, 10)
+    ledger = await _ledger(pool)
+    assert len(held.sent) == 1  # stopped: nothing more started
+    assert ledger.pop(held.sent[0]) == ("sent", 1, None)
+    assert set(ledger.values()) == {("planned", 0, None)}  # released at once, never started
+    assert await claimed_by_the_sender() == 1  # only the one sent keeps its sender
+
+
+class _BrokenSecondAdapter(_HeldAdapter):
+    """Two connections: the first message waits on the wire until let go, the second raises
+    (an adapter's bug: adapters return results for what they expect)."""
+
+    connections = 2
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        if not self.sent:
+            return await super().send(message)
+        self.sent.append(message.message_id)
+        raise RuntimeError("adapter bug")
+
+
+async def test_a_send_that_raises_lets_the_one_in_flight_finish_and_be_recorded(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRM_LINK_SECRET", "link-secret-for-tests-0123456789")
+    monkeypatch.setenv("CRM_BROADCAST_CLAIM_BATCH", "1")
+    adapter = _BrokenSecondAdapter()
+    sender = Sender(pool, {"email": adapter, "sms": adapter}, SenderSettings(), now=lambda: T)
+    running = asyncio.create_task(sender.run())
+    await asyncio.wait_for(adapter.on_the_wire.wait(), 10)
+    for _ in range(100):  # the next batch's send fails while the first is on the wire
+        if len(adapter.sent) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert len(adapter.sent) >= 2
+    adapter.let_go.set()
+    with pytest.raises(RuntimeError, match="adapter bug"):
+        await asyncio.wait_for(running, 10)
+    ledger = await _ledger(pool)
+    assert ledger[adapter.sent[0]] == ("sent", 1, None)  # finished and recorded before the error
