@@ -663,10 +663,7 @@ async def recipients_of(
 # alike by `contact_decision`. $4 is the campaign's purpose (normalised), $5 `sends_since`.
 _SIGNATURE = """
 ROW(p.timezone, s.shape, coalesce(c.email, '') <> '', coalesce(c.phone, '') <> '', k.consents,
-    (SELECT array_agg(ROW(d.channel, d.reason) ORDER BY d.channel COLLATE "C")
-     FROM do_not_contact AS d WHERE d.customer_id = r.customer_id AND d.listed),
-    EXISTS (SELECT FROM complaint_holds AS h WHERE h.customer_id = r.customer_id AND h.open),
-    (SELECT h.scored_at FROM detractor_holds AS h WHERE h.customer_id = r.customer_id),
+    d.listed, h.customer_id IS NOT NULL, t.scored_at,
     CASE WHEN s.capped IS NOT NULL THEN
         (SELECT array_agg(ROW(o.channel, o.sent_at) ORDER BY o.sent_at, o.channel COLLATE "C")
          FROM outbound_messages AS o
@@ -674,10 +671,21 @@ ROW(p.timezone, s.shape, coalesce(c.email, '') <> '', coalesce(c.phone, '') <> '
            AND o.channel = ANY (s.capped))
     END)::text
 """
-# The chunk's rows of the set-ups, contacts and consents are read by their ids (index scans),
-# not joined whole: a join would scan every table once per chunk. A dense chunk (most customers
-# between its first and last id are in it) reads them by that id range instead: one index range
-# scan a table rather than one descent a recipient, the same rows joined to each recipient.
+# The chunk's rows of the set-ups, contacts, consents, do-not-contact entries and holds are read
+# by their ids (index scans), not joined whole: a join would scan every table once per chunk. A
+# dense chunk (most customers between its first and last id are in it) reads them by that id
+# range instead: one index range scan a table rather than one descent a recipient, the same rows
+# joined to each recipient. Only the sends are read a recipient at a time (by id and instant),
+# and only for recipients with a cap.
+#
+# A customer's consents are aggregated in the order of one sort, by instant then channel, with
+# no ORDER BY in the aggregate (in PostgreSQL 15 that sorts each customer's consents apart, as
+# much again as the rest of the consents' read). The order only decides which equal consents
+# look alike: each element carries its channel, state, method and rank, so two customers whose
+# arrays are equal have equal consents whatever the order; the sort only makes equal consents
+# give equal arrays, so that they share a signature. The sort compares ids by code point
+# (COLLATE "C", memcmp): it only groups a customer's consents, and the database's collation
+# (even C.UTF-8) compares through the C library, several times slower.
 _SIGNED = """
 WITH chunk AS MATERIALIZED ({members}),
      chunk_ids AS (SELECT array_agg(customer_id) AS ids, min(customer_id) AS lo,
@@ -687,15 +695,26 @@ FROM chunk AS r
 LEFT JOIN channel_preferences AS p ON p.customer_id = r.customer_id AND {p_in_chunk}
 LEFT JOIN customer_contacts AS c ON c.customer_id = r.customer_id AND {c_in_chunk}
 LEFT JOIN (
-    SELECT customer_id,
-           array_agg(ROW(channel, state, capture_method, rank) ORDER BY channel COLLATE "C")
-               AS consents
+    SELECT customer_id, array_agg(ROW(channel, state, capture_method, rank)) AS consents
     FROM (SELECT customer_id, channel, state, capture_method,
                  dense_rank() OVER (PARTITION BY customer_id ORDER BY changed_at) AS rank
-          FROM consents AS k
-          WHERE {k_in_chunk} AND purpose = $4) AS ranked
+          FROM (SELECT customer_id COLLATE "C" AS customer_id, channel, state, capture_method,
+                       changed_at
+                FROM consents AS k
+                WHERE {k_in_chunk} AND purpose = $4
+                ORDER BY 1, changed_at, channel COLLATE "C") AS sorted) AS ranked
     GROUP BY customer_id
-) AS k ON k.customer_id = r.customer_id
+) AS k ON k.customer_id = r.customer_id COLLATE "C"
+LEFT JOIN (
+    SELECT customer_id, array_agg(ROW(channel, reason) ORDER BY channel COLLATE "C") AS listed
+    FROM do_not_contact AS d
+    WHERE {d_in_chunk} AND listed
+    GROUP BY customer_id
+) AS d ON d.customer_id = r.customer_id
+LEFT JOIN (
+    SELECT DISTINCT customer_id FROM complaint_holds AS h WHERE {h_in_chunk} AND open
+) AS h ON h.customer_id = r.customer_id
+LEFT JOIN detractor_holds AS t ON t.customer_id = r.customer_id AND {t_in_chunk}
 LEFT JOIN LATERAL (
     SELECT jsonb_agg((e - 'address') || jsonb_build_object('address', e ->> 'address' IS NOT NULL)
                      ORDER BY n) AS shape,
@@ -750,6 +769,8 @@ def _members(target: CampaignTarget) -> tuple[str, object]:
     return _LISTED, list(target.customer_ids or ())
 
 
+_CHUNK_TABLES = "pckdht"
+"""The aliases in `_SIGNED` of the tables whose rows of the chunk are read by id or by range."""
 _BY_IDS = "{t}.customer_id = ANY ((SELECT ids FROM chunk_ids)::text[])"
 _BY_RANGE = "{t}.customer_id BETWEEN (SELECT lo FROM chunk_ids) AND (SELECT hi FROM chunk_ids)"
 
@@ -765,9 +786,7 @@ async def _signed(
     statement = shape.format(
         members=members,
         signature=_SIGNATURE,
-        p_in_chunk=in_chunk.format(t="p"),
-        c_in_chunk=in_chunk.format(t="c"),
-        k_in_chunk=in_chunk.format(t="k"),
+        **{f"{table}_in_chunk": in_chunk.format(t=table) for table in _CHUNK_TABLES},
     )
     rows: list[asyncpg.Record] = await conn.fetch(
         statement, key, after, read.limit, read.purpose, read.since
@@ -783,7 +802,8 @@ class ChunkEnd:
     """Its last recipient (None: fewer than a chunk are left, so it is the plan's last)."""
     dense: bool
     """Whether its id range holds at most twice as many set-ups, contacts and consents as it has
-    recipients: then reading it by range costs less than by id."""
+    recipients: then reading it by range costs less than by id. The do-not-contact entries and
+    holds are read by range with them, uncounted: they are few, a handful a customer at most."""
 
 
 # The set-ups, contacts and consents of the purpose in the chunk's id range are counted up to
