@@ -686,6 +686,11 @@ ROW(p.timezone, s.shape, coalesce(c.email, '') <> '', coalesce(c.phone, '') <> '
 # give equal arrays, so that they share a signature. The sort compares ids by code point
 # (COLLATE "C", memcmp): it only groups a customer's consents, and the database's collation
 # (even C.UTF-8) compares through the C library, several times slower.
+#
+# The set-up's shape is made text where it is made, once per distinct set-up when the planner
+# memoizes the lateral join on the settings (as it does on the bench's), not once a recipient
+# when the signature is: the signature's text is the same, a text column's output being the
+# jsonb's.
 _SIGNED = """
 WITH chunk AS MATERIALIZED ({members}),
      chunk_ids AS (SELECT array_agg(customer_id) AS ids, min(customer_id) AS lo,
@@ -717,7 +722,7 @@ LEFT JOIN (
 LEFT JOIN detractor_holds AS t ON t.customer_id = r.customer_id AND {t_in_chunk}
 LEFT JOIN LATERAL (
     SELECT jsonb_agg((e - 'address') || jsonb_build_object('address', e ->> 'address' IS NOT NULL)
-                     ORDER BY n) AS shape,
+                     ORDER BY n)::text AS shape,
            CASE WHEN bool_or(e ->> 'address' IS NOT NULL)
                 THEN array_agg(e ->> 'address' ORDER BY n) END AS addresses,
            array_agg(e ->> 'channel')
@@ -960,13 +965,18 @@ async def add_plan_chunk(
 
 # The earliest due chunk, when fewer than $2 planned rows are due, deleted and written out as its
 # outbound_messages rows in the caller's transaction (the claim's): each message's id is the UUID
-# (version 8) of SHA-256 over the campaign's prefix and the customer id. The conflict clause is a
-# second guard only: a chunk is deleted as it is written out, so no message is written twice.
+# (version 8) of SHA-256 over the campaign's prefix and the customer id. No conflict clause: a
+# chunk is deleted as it is written out and a campaign's chunks hold each recipient once, so no
+# message is written twice (one that were would fail the claim, not be skipped unseen). The
+# claim runs this every time: whether any chunk is due is asked first (an index probe), so the
+# count of the due rows, which reads up to $2 of them, runs only when a chunk could be taken.
 _TAKE_DUE_CHUNK = """
 WITH taken AS (
     DELETE FROM plan_chunks
     WHERE (campaign_id, first) = (SELECT campaign_id, first FROM plan_chunks
                                   WHERE NOT cancelled AND due <= $1
+                                    AND EXISTS (SELECT FROM plan_chunks
+                                                WHERE NOT cancelled AND due <= $1)
                                     AND (SELECT count(*)
                                          FROM (SELECT FROM outbound_messages
                                                WHERE state = 'planned' AND not_before <= $1
@@ -988,7 +998,6 @@ CROSS JOIN LATERAL (
     -- OFFSET 0 keeps the hash a column computed once, not an expression repeated at each use
     SELECT substr(sha256(t.id_prefix || convert_to(m.customer_id, 'UTF8')), 1, 16) OFFSET 0
 ) AS d(h)
-ON CONFLICT (message_id) DO NOTHING
 """
 
 
