@@ -33,7 +33,9 @@ class BroadcastSettings(ServiceSettings):
         default=2,
         ge=1,
         le=8,
-        description="Chunks of a plan read at once, a connection each (of the worker's pool)",
+        description="Chunks of a plan read at once, a connection each of the worker's pool"
+        " (CRM_BROADCAST_POOL_SIZE, 4): it must also hold the fold's and the outbox relay's"
+        " one each, so raise the pool with this",
     )
     email_tracking: bool = Field(
         default=True,

@@ -308,7 +308,7 @@ async def _decided(
     examples = await store.recipients_of(conn, [g.example for g in groups], since)
     return campaigns.plan_signatures(
         campaign,
-        ((g.signature, e, g.recipients) for g, e in zip(groups, examples, strict=True)),
+        ((g.number, e, g.recipients) for g, e in zip(groups, examples, strict=True)),
         at,
         policy,
     )

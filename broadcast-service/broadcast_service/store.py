@@ -692,10 +692,11 @@ ROW(p.timezone, s.shape, coalesce(c.email, '') <> '', coalesce(c.phone, '') <> '
 # when the signature is: the signature's text is the same, a text column's output being the
 # jsonb's.
 _SIGNED = """
-WITH chunk AS MATERIALIZED ({members}),
+WITH chunk AS MATERIALIZED (SELECT customer_id, row_number() OVER (ORDER BY customer_id) AS place
+                            FROM ({members}) AS members),
      chunk_ids AS (SELECT array_agg(customer_id) AS ids, min(customer_id) AS lo,
                           max(customer_id) AS hi FROM chunk)
-SELECT r.customer_id, {signature} AS signature, s.addresses, c.email, c.phone
+SELECT r.customer_id, r.place, {signature} AS signature, s.addresses, c.email, c.phone
 FROM chunk AS r
 LEFT JOIN channel_preferences AS p ON p.customer_id = r.customer_id AND {p_in_chunk}
 LEFT JOIN customer_contacts AS c ON c.customer_id = r.customer_id AND {c_in_chunk}
@@ -731,27 +732,34 @@ LEFT JOIN LATERAL (
     FROM jsonb_array_elements(p.settings) WITH ORDINALITY AS u(e, n)
 ) AS s ON true
 """
-# The groups, and one row more for the whole chunk (its signature NULL: a signature never is):
-# how many recipients it holds and the greatest id, the plan's cursor.
+# The groups, numbered in the order of their least ids, and one row more for the whole chunk
+# (its signature NULL: a signature never is): how many recipients it holds and the greatest id,
+# the plan's cursor.
 _GROUPS = """
 SELECT signature, min(customer_id) AS example, count(*) AS recipients,
-       CASE WHEN GROUPING(signature) = 1 THEN max(customer_id) END AS last
+       CASE WHEN GROUPING(signature) = 1 THEN max(customer_id) END AS last,
+       row_number() OVER (ORDER BY GROUPING(signature), min(customer_id)) AS number
 FROM {signed} GROUP BY GROUPING SETS ((signature), ())
 """
 _SIGNATURE_GROUPS = _GROUPS.format(signed=f"({_SIGNED}) AS signed")
-# A plan keeps the chunk's recipients (who, signature, addresses) for its INSERT ... SELECT:
-# the signatures are built once, and only their groups come back to the planner. The table is
-# the session's, emptied for each chunk: the chunk is read in one transaction and written in
-# the next (`add_plan_chunk`).
+# A plan keeps the chunk's recipients (who, their place in the chunk, their signature's number,
+# addresses) for its INSERT ... SELECT: the signatures are built once, only their groups come
+# back to the planner, and the long signature text is neither stored nor joined on again. The
+# table is the session's, emptied for each chunk: the chunk is read in one transaction and
+# written in the next (`add_plan_chunk`).
 _PLAN_RECIPIENTS = """
 CREATE TEMP TABLE IF NOT EXISTS plan_recipients (
-    customer_id text, signature text, addresses text[], email text, phone text
+    customer_id text, place bigint, signature bigint, addresses text[], email text, phone text
 )
 """
-_KEPT_SIGNATURE_GROUPS = (
-    f"WITH signed AS (INSERT INTO plan_recipients {_SIGNED} RETURNING customer_id, signature)"
-    + _GROUPS.format(signed="signed")
-)
+_KEPT_SIGNATURE_GROUPS = f"""
+WITH signed AS MATERIALIZED ({_SIGNED}),
+     groups AS MATERIALIZED ({_GROUPS.format(signed="signed")}),
+     kept AS (INSERT INTO plan_recipients
+              SELECT s.customer_id, s.place, g.number, s.addresses, s.email, s.phone
+              FROM signed AS s JOIN groups AS g ON g.signature = s.signature)
+SELECT * FROM groups
+"""
 
 
 @dataclass(frozen=True)
@@ -850,6 +858,8 @@ class SignatureGroup:
     example: str
     """One of them (the least id), whose reach is read to decide for all."""
     recipients: int
+    number: int
+    """The signature's number in its chunk (a plan keeps it with each of its recipients)."""
 
 
 @dataclass(frozen=True)
@@ -881,7 +891,11 @@ async def signature_groups_after(
     shape = _KEPT_SIGNATURE_GROUPS if keep else _SIGNATURE_GROUPS
     rows = await _signed(conn, shape, read, after, dense)
     whole = next(row for row in rows if row["signature"] is None)
-    groups = [SignatureGroup(*row[:3]) for row in rows if row["signature"] is not None]
+    groups = [
+        SignatureGroup(row["signature"], row["example"], row["recipients"], row["number"])
+        for row in rows
+        if row["signature"] is not None
+    ]
     return SignatureChunk(groups, whole["recipients"], whole["last"])
 
 
@@ -902,11 +916,13 @@ class PlannedRows:
 
 
 # The chunk's messages, one per kept recipient whose signature was reached, kept as one
-# plan_chunks row of arrays in customer id order (`take_due_chunk` writes them out when the
-# sender needs them): the address is their own at the channel's place in their set-up, else the
-# registered one the channel falls back on (an empty one counts as none, as in
-# `registered_addresses`); the throttle counts the messages in customer id order, in whole
-# microseconds.
+# plan_chunks row of arrays (`take_due_chunk` writes them out when the sender needs them): the
+# address is their own at the channel's place in their set-up, else the registered one the
+# channel falls back on (an empty one counts as none, as in `registered_addresses`); the
+# throttle counts the messages in customer id order (their place in the chunk), in whole
+# microseconds. The arrays are aligned, each message at the same index in all four, since every
+# aggregate takes the same rows in the same order; no ORDER BY in them (each would sort the
+# chunk apart), as nothing reads them in order: each message carries its own not-before.
 _ADD_PLAN_CHUNK = """
 WITH planned AS MATERIALIZED (
     SELECT r.customer_id, o.channel,
@@ -915,10 +931,10 @@ WITH planned AS MATERIALIZED (
                                  CASE o.registered WHEN 'email' THEN nullif(r.email, '')
                                                    WHEN 'phone' THEN nullif(r.phone, '') END)
                     END, '') AS address,
-           row_number() OVER (ORDER BY r.customer_id) - 1 AS n,
+           row_number() OVER (ORDER BY r.place) - 1 AS n,
            o.not_before
     FROM plan_recipients AS r
-    JOIN unnest($7::text[], $8::text[], $9::integer[], $10::text[], $11::timestamptz[])
+    JOIN unnest($7::bigint[], $8::text[], $9::integer[], $10::text[], $11::timestamptz[])
         AS o(signature, channel, position, registered, not_before) USING (signature)
 ), throttled AS MATERIALIZED (
     SELECT customer_id, channel, address, n,
@@ -931,8 +947,7 @@ WITH planned AS MATERIALIZED (
 INSERT INTO plan_chunks (campaign_id, first, id_prefix, purpose, planned_at, due, messages,
                          customer_ids, channels, addresses, not_befores, by_channel)
 SELECT $1, $6, $3, $2, $12, min(not_before), count(*),
-       array_agg(customer_id ORDER BY n), array_agg(channel ORDER BY n),
-       array_agg(address ORDER BY n), array_agg(not_before ORDER BY n),
+       array_agg(customer_id), array_agg(channel), array_agg(address), array_agg(not_before),
        (SELECT jsonb_object_agg(channel, messages)
         FROM (SELECT channel, count(*) AS messages FROM planned GROUP BY channel) AS c)
 FROM throttled
