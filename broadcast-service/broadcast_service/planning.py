@@ -52,7 +52,8 @@ class Planner:
     policy: ContactPolicy = DEFAULT_POLICY
     connections: int = 2
     """Chunks read at once, each on a connection of its own (PostgreSQL does the reading: two
-    backends use both cores of a small machine); they are written one after another."""
+    backends use both cores of a small machine); they are written one after another, so the
+    worker reads on three (`plan_connections`): one reads while another waits its turn."""
 
 
 @cache
