@@ -2,7 +2,7 @@
 decision signature), one narrow row per recipient reached written to outbound_messages (messages
 are rendered when the sender claims them, see broadcast_service.rendering).
 
-    ./crm bench-campaign-plan [--customers 1000000] [--chunk 10000] [--connections 2]
+    ./crm bench-campaign-plan [--customers 1000000] [--chunk 10000] [--connections 3]
 
 Fills a scratch broadcast database straight in SQL (segment members, channel set-ups, some
 with quiet hours or a weekly cap, confirmed consents for 90 % of them, names and registered
@@ -225,7 +225,7 @@ if __name__ == "__main__":
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--chunk", type=int, default=10_000, help="recipients per transaction")
     parser.add_argument(
-        "--connections", type=int, default=2, help="chunks read at once, a connection each"
+        "--connections", type=int, default=3, help="chunks read at once, a connection each"
     )
     parser.add_argument(
         "--profile", action="store_true", help="print where the planner's CPU goes (cProfile)"

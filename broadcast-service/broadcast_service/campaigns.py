@@ -232,7 +232,8 @@ class Reached(NamedTuple):
     """How the recipients sharing a decision signature are reached: planning writes their rows
     from it in SQL, each at their own address."""
 
-    signature: str
+    signature: int
+    """The signature's number in its chunk (`store.SignatureGroup.number`)."""
     channel: str
     position: int | None
     """The channel's place in their set-up: its address there is theirs, else the registered
@@ -255,7 +256,7 @@ class SignedPlan:
 
 def plan_signatures(
     campaign: Campaign,
-    groups: Iterable[tuple[str, Recipient, int]],
+    groups: Iterable[tuple[int, Recipient, int]],
     at: datetime,
     policy: ContactPolicy = DEFAULT_POLICY,
 ) -> SignedPlan:

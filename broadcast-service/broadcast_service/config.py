@@ -30,15 +30,33 @@ class BroadcastSettings(ServiceSettings):
         default=10_000, ge=1, le=100_000, description="Recipients decided per set of queries"
     )
     plan_connections: int = Field(
-        default=2,
+        default=3,
         ge=1,
         le=8,
-        description="Chunks of a plan read at once, a connection each (of the worker's pool)",
+        description="Chunks of a plan read at once, a connection each of the worker's pool:"
+        " three keep two cores busy while a chunk is written in its turn",
+    )
+    pool_size: int = Field(
+        default=5,
+        ge=3,
+        le=64,
+        description="Connections of each process's pool; the worker's holds the plan's"
+        " connections, the fold's and the outbox relay's (the API and the sender have their own)",
     )
     email_tracking: bool = Field(
         default=True,
         description="Track e-mails' opens (a pixel) and clicks (links through the gateway)",
     )
+
+    @model_validator(mode="after")
+    def _pool_holds_the_plan(self) -> BroadcastSettings:
+        """A plan never takes the fold's or the outbox relay's connection of the worker's pool."""
+        if self.pool_size < self.plan_connections + 2:
+            raise ValueError(
+                f"pool_size ({self.pool_size}) must be at least plan_connections"
+                f" ({self.plan_connections}) + 2: the worker's fold and outbox relay need one each"
+            )
+        return self
 
     def contact_policy(self) -> ContactPolicy:
         pairs = (pair.split(":") for pair in self.double_opt_in.split(",") if pair)

@@ -52,7 +52,8 @@ class Planner:
     policy: ContactPolicy = DEFAULT_POLICY
     connections: int = 2
     """Chunks read at once, each on a connection of its own (PostgreSQL does the reading: two
-    backends use both cores of a small machine); they are written one after another."""
+    backends use both cores of a small machine); they are written one after another, so the
+    worker reads on three (`plan_connections`): one reads while another waits its turn."""
 
 
 @cache
@@ -308,7 +309,7 @@ async def _decided(
     examples = await store.recipients_of(conn, [g.example for g in groups], since)
     return campaigns.plan_signatures(
         campaign,
-        ((g.signature, e, g.recipients) for g, e in zip(groups, examples, strict=True)),
+        ((g.number, e, g.recipients) for g, e in zip(groups, examples, strict=True)),
         at,
         policy,
     )

@@ -663,10 +663,7 @@ async def recipients_of(
 # alike by `contact_decision`. $4 is the campaign's purpose (normalised), $5 `sends_since`.
 _SIGNATURE = """
 ROW(p.timezone, s.shape, coalesce(c.email, '') <> '', coalesce(c.phone, '') <> '', k.consents,
-    (SELECT array_agg(ROW(d.channel, d.reason) ORDER BY d.channel COLLATE "C")
-     FROM do_not_contact AS d WHERE d.customer_id = r.customer_id AND d.listed),
-    EXISTS (SELECT FROM complaint_holds AS h WHERE h.customer_id = r.customer_id AND h.open),
-    (SELECT h.scored_at FROM detractor_holds AS h WHERE h.customer_id = r.customer_id),
+    d.listed, h.customer_id IS NOT NULL, t.scored_at,
     CASE WHEN s.capped IS NOT NULL THEN
         (SELECT array_agg(ROW(o.channel, o.sent_at) ORDER BY o.sent_at, o.channel COLLATE "C")
          FROM outbound_messages AS o
@@ -674,31 +671,59 @@ ROW(p.timezone, s.shape, coalesce(c.email, '') <> '', coalesce(c.phone, '') <> '
            AND o.channel = ANY (s.capped))
     END)::text
 """
-# The chunk's rows of the set-ups, contacts and consents are read by their ids (index scans),
-# not joined whole: a join would scan every table once per chunk. A dense chunk (most customers
-# between its first and last id are in it) reads them by that id range instead: one index range
-# scan a table rather than one descent a recipient, the same rows joined to each recipient.
+# The chunk's rows of the set-ups, contacts, consents, do-not-contact entries and holds are read
+# by their ids (index scans), not joined whole: a join would scan every table once per chunk. A
+# dense chunk (most customers between its first and last id are in it) reads them by that id
+# range instead: one index range scan a table rather than one descent a recipient, the same rows
+# joined to each recipient. Only the sends are read a recipient at a time (by id and instant),
+# and only for recipients with a cap.
+#
+# A customer's consents are aggregated in the order of one sort, by instant then channel, with
+# no ORDER BY in the aggregate (in PostgreSQL 15 that sorts each customer's consents apart, as
+# much again as the rest of the consents' read). The order only decides which equal consents
+# look alike: each element carries its channel, state, method and rank, so two customers whose
+# arrays are equal have equal consents whatever the order; the sort only makes equal consents
+# give equal arrays, so that they share a signature. The sort compares ids by code point
+# (COLLATE "C", memcmp): it only groups a customer's consents, and the database's collation
+# (even C.UTF-8) compares through the C library, several times slower.
+#
+# The set-up's shape is made text where it is made, once per distinct set-up when the planner
+# memoizes the lateral join on the settings (as it does on the bench's), not once a recipient
+# when the signature is: the signature's text is the same, a text column's output being the
+# jsonb's.
 _SIGNED = """
-WITH chunk AS MATERIALIZED ({members}),
+WITH chunk AS MATERIALIZED (SELECT customer_id, row_number() OVER (ORDER BY customer_id) AS place
+                            FROM ({members}) AS members),
      chunk_ids AS (SELECT array_agg(customer_id) AS ids, min(customer_id) AS lo,
                           max(customer_id) AS hi FROM chunk)
-SELECT r.customer_id, {signature} AS signature, s.addresses, c.email, c.phone
+SELECT r.customer_id, r.place, {signature} AS signature, s.addresses, c.email, c.phone
 FROM chunk AS r
 LEFT JOIN channel_preferences AS p ON p.customer_id = r.customer_id AND {p_in_chunk}
 LEFT JOIN customer_contacts AS c ON c.customer_id = r.customer_id AND {c_in_chunk}
 LEFT JOIN (
-    SELECT customer_id,
-           array_agg(ROW(channel, state, capture_method, rank) ORDER BY channel COLLATE "C")
-               AS consents
+    SELECT customer_id, array_agg(ROW(channel, state, capture_method, rank)) AS consents
     FROM (SELECT customer_id, channel, state, capture_method,
                  dense_rank() OVER (PARTITION BY customer_id ORDER BY changed_at) AS rank
-          FROM consents AS k
-          WHERE {k_in_chunk} AND purpose = $4) AS ranked
+          FROM (SELECT customer_id COLLATE "C" AS customer_id, channel, state, capture_method,
+                       changed_at
+                FROM consents AS k
+                WHERE {k_in_chunk} AND purpose = $4
+                ORDER BY 1, changed_at, channel COLLATE "C") AS sorted) AS ranked
     GROUP BY customer_id
-) AS k ON k.customer_id = r.customer_id
+) AS k ON k.customer_id = r.customer_id COLLATE "C"
+LEFT JOIN (
+    SELECT customer_id, array_agg(ROW(channel, reason) ORDER BY channel COLLATE "C") AS listed
+    FROM do_not_contact AS d
+    WHERE {d_in_chunk} AND listed
+    GROUP BY customer_id
+) AS d ON d.customer_id = r.customer_id
+LEFT JOIN (
+    SELECT DISTINCT customer_id FROM complaint_holds AS h WHERE {h_in_chunk} AND open
+) AS h ON h.customer_id = r.customer_id
+LEFT JOIN detractor_holds AS t ON t.customer_id = r.customer_id AND {t_in_chunk}
 LEFT JOIN LATERAL (
     SELECT jsonb_agg((e - 'address') || jsonb_build_object('address', e ->> 'address' IS NOT NULL)
-                     ORDER BY n) AS shape,
+                     ORDER BY n)::text AS shape,
            CASE WHEN bool_or(e ->> 'address' IS NOT NULL)
                 THEN array_agg(e ->> 'address' ORDER BY n) END AS addresses,
            array_agg(e ->> 'channel')
@@ -707,27 +732,34 @@ LEFT JOIN LATERAL (
     FROM jsonb_array_elements(p.settings) WITH ORDINALITY AS u(e, n)
 ) AS s ON true
 """
-# The groups, and one row more for the whole chunk (its signature NULL: a signature never is):
-# how many recipients it holds and the greatest id, the plan's cursor.
+# The groups, numbered in the order of their least ids, and one row more for the whole chunk
+# (its signature NULL: a signature never is): how many recipients it holds and the greatest id,
+# the plan's cursor.
 _GROUPS = """
 SELECT signature, min(customer_id) AS example, count(*) AS recipients,
-       CASE WHEN GROUPING(signature) = 1 THEN max(customer_id) END AS last
+       CASE WHEN GROUPING(signature) = 1 THEN max(customer_id) END AS last,
+       row_number() OVER (ORDER BY GROUPING(signature), min(customer_id)) AS number
 FROM {signed} GROUP BY GROUPING SETS ((signature), ())
 """
 _SIGNATURE_GROUPS = _GROUPS.format(signed=f"({_SIGNED}) AS signed")
-# A plan keeps the chunk's recipients (who, signature, addresses) for its INSERT ... SELECT:
-# the signatures are built once, and only their groups come back to the planner. The table is
-# the session's, emptied for each chunk: the chunk is read in one transaction and written in
-# the next (`add_plan_chunk`).
+# A plan keeps the chunk's recipients (who, their place in the chunk, their signature's number,
+# addresses) for its INSERT ... SELECT: the signatures are built once, only their groups come
+# back to the planner, and the long signature text is neither stored nor joined on again. The
+# table is the session's, emptied for each chunk: the chunk is read in one transaction and
+# written in the next (`add_plan_chunk`).
 _PLAN_RECIPIENTS = """
 CREATE TEMP TABLE IF NOT EXISTS plan_recipients (
-    customer_id text, signature text, addresses text[], email text, phone text
+    customer_id text, place bigint, signature bigint, addresses text[], email text, phone text
 )
 """
-_KEPT_SIGNATURE_GROUPS = (
-    f"WITH signed AS (INSERT INTO plan_recipients {_SIGNED} RETURNING customer_id, signature)"
-    + _GROUPS.format(signed="signed")
-)
+_KEPT_SIGNATURE_GROUPS = f"""
+WITH signed AS MATERIALIZED ({_SIGNED}),
+     groups AS MATERIALIZED ({_GROUPS.format(signed="signed")}),
+     kept AS (INSERT INTO plan_recipients
+              SELECT s.customer_id, s.place, g.number, s.addresses, s.email, s.phone
+              FROM signed AS s JOIN groups AS g ON g.signature = s.signature)
+SELECT * FROM groups
+"""
 
 
 @dataclass(frozen=True)
@@ -750,6 +782,8 @@ def _members(target: CampaignTarget) -> tuple[str, object]:
     return _LISTED, list(target.customer_ids or ())
 
 
+_CHUNK_TABLES = "pckdht"
+"""The aliases in `_SIGNED` of the tables whose rows of the chunk are read by id or by range."""
 _BY_IDS = "{t}.customer_id = ANY ((SELECT ids FROM chunk_ids)::text[])"
 _BY_RANGE = "{t}.customer_id BETWEEN (SELECT lo FROM chunk_ids) AND (SELECT hi FROM chunk_ids)"
 
@@ -765,9 +799,7 @@ async def _signed(
     statement = shape.format(
         members=members,
         signature=_SIGNATURE,
-        p_in_chunk=in_chunk.format(t="p"),
-        c_in_chunk=in_chunk.format(t="c"),
-        k_in_chunk=in_chunk.format(t="k"),
+        **{f"{table}_in_chunk": in_chunk.format(t=table) for table in _CHUNK_TABLES},
     )
     rows: list[asyncpg.Record] = await conn.fetch(
         statement, key, after, read.limit, read.purpose, read.since
@@ -783,7 +815,8 @@ class ChunkEnd:
     """Its last recipient (None: fewer than a chunk are left, so it is the plan's last)."""
     dense: bool
     """Whether its id range holds at most twice as many set-ups, contacts and consents as it has
-    recipients: then reading it by range costs less than by id."""
+    recipients: then reading it by range costs less than by id. The do-not-contact entries and
+    holds are read by range with them, uncounted: they are few, a handful a customer at most."""
 
 
 # The set-ups, contacts and consents of the purpose in the chunk's id range are counted up to
@@ -825,6 +858,8 @@ class SignatureGroup:
     example: str
     """One of them (the least id), whose reach is read to decide for all."""
     recipients: int
+    number: int
+    """The signature's number in its chunk (a plan keeps it with each of its recipients)."""
 
 
 @dataclass(frozen=True)
@@ -856,7 +891,11 @@ async def signature_groups_after(
     shape = _KEPT_SIGNATURE_GROUPS if keep else _SIGNATURE_GROUPS
     rows = await _signed(conn, shape, read, after, dense)
     whole = next(row for row in rows if row["signature"] is None)
-    groups = [SignatureGroup(*row[:3]) for row in rows if row["signature"] is not None]
+    groups = [
+        SignatureGroup(row["signature"], row["example"], row["recipients"], row["number"])
+        for row in rows
+        if row["signature"] is not None
+    ]
     return SignatureChunk(groups, whole["recipients"], whole["last"])
 
 
@@ -877,11 +916,13 @@ class PlannedRows:
 
 
 # The chunk's messages, one per kept recipient whose signature was reached, kept as one
-# plan_chunks row of arrays in customer id order (`take_due_chunk` writes them out when the
-# sender needs them): the address is their own at the channel's place in their set-up, else the
-# registered one the channel falls back on (an empty one counts as none, as in
-# `registered_addresses`); the throttle counts the messages in customer id order, in whole
-# microseconds.
+# plan_chunks row of arrays (`take_due_chunk` writes them out when the sender needs them): the
+# address is their own at the channel's place in their set-up, else the registered one the
+# channel falls back on (an empty one counts as none, as in `registered_addresses`); the
+# throttle counts the messages in customer id order (their place in the chunk), in whole
+# microseconds. The arrays are aligned, each message at the same index in all four, since every
+# aggregate takes the same rows in the same order; no ORDER BY in them (each would sort the
+# chunk apart), as nothing reads them in order: each message carries its own not-before.
 _ADD_PLAN_CHUNK = """
 WITH planned AS MATERIALIZED (
     SELECT r.customer_id, o.channel,
@@ -890,10 +931,10 @@ WITH planned AS MATERIALIZED (
                                  CASE o.registered WHEN 'email' THEN nullif(r.email, '')
                                                    WHEN 'phone' THEN nullif(r.phone, '') END)
                     END, '') AS address,
-           row_number() OVER (ORDER BY r.customer_id) - 1 AS n,
+           row_number() OVER (ORDER BY r.place) - 1 AS n,
            o.not_before
     FROM plan_recipients AS r
-    JOIN unnest($7::text[], $8::text[], $9::integer[], $10::text[], $11::timestamptz[])
+    JOIN unnest($7::bigint[], $8::text[], $9::integer[], $10::text[], $11::timestamptz[])
         AS o(signature, channel, position, registered, not_before) USING (signature)
 ), throttled AS MATERIALIZED (
     SELECT customer_id, channel, address, n,
@@ -906,8 +947,7 @@ WITH planned AS MATERIALIZED (
 INSERT INTO plan_chunks (campaign_id, first, id_prefix, purpose, planned_at, due, messages,
                          customer_ids, channels, addresses, not_befores, by_channel)
 SELECT $1, $6, $3, $2, $12, min(not_before), count(*),
-       array_agg(customer_id ORDER BY n), array_agg(channel ORDER BY n),
-       array_agg(address ORDER BY n), array_agg(not_before ORDER BY n),
+       array_agg(customer_id), array_agg(channel), array_agg(address), array_agg(not_before),
        (SELECT jsonb_object_agg(channel, messages)
         FROM (SELECT channel, count(*) AS messages FROM planned GROUP BY channel) AS c)
 FROM throttled
@@ -940,13 +980,18 @@ async def add_plan_chunk(
 
 # The earliest due chunk, when fewer than $2 planned rows are due, deleted and written out as its
 # outbound_messages rows in the caller's transaction (the claim's): each message's id is the UUID
-# (version 8) of SHA-256 over the campaign's prefix and the customer id. The conflict clause is a
-# second guard only: a chunk is deleted as it is written out, so no message is written twice.
+# (version 8) of SHA-256 over the campaign's prefix and the customer id. No conflict clause: a
+# chunk is deleted as it is written out and a campaign's chunks hold each recipient once, so no
+# message is written twice (one that were would fail the claim, not be skipped unseen). The
+# claim runs this every time: whether any chunk is due is asked first (an index probe), so the
+# count of the due rows, which reads up to $2 of them, runs only when a chunk could be taken.
 _TAKE_DUE_CHUNK = """
 WITH taken AS (
     DELETE FROM plan_chunks
     WHERE (campaign_id, first) = (SELECT campaign_id, first FROM plan_chunks
                                   WHERE NOT cancelled AND due <= $1
+                                    AND EXISTS (SELECT FROM plan_chunks
+                                                WHERE NOT cancelled AND due <= $1)
                                     AND (SELECT count(*)
                                          FROM (SELECT FROM outbound_messages
                                                WHERE state = 'planned' AND not_before <= $1
@@ -968,7 +1013,6 @@ CROSS JOIN LATERAL (
     -- OFFSET 0 keeps the hash a column computed once, not an expression repeated at each use
     SELECT substr(sha256(t.id_prefix || convert_to(m.customer_id, 'UTF8')), 1, 16) OFFSET 0
 ) AS d(h)
-ON CONFLICT (message_id) DO NOTHING
 """
 
 

@@ -204,7 +204,7 @@ def test_recipients_who_may_not_be_contacted_are_counted_by_reason_codes() -> No
     assert [m.customer_id for m in plan.messages] == ["C1"]
     expected = {PLANNED: 1, "no_consent": 1, "no_address": 1, "no_preferences": 1}
     assert plan.reasons == expected
-    groups = [(r.customer_id, r, 1) for r in recipients]
+    groups = [(n, r, 1) for n, r in enumerate(recipients)]
     assert plan_signatures(_campaign(), groups, at(0)).reasons == expected
 
 
@@ -262,12 +262,12 @@ def test_a_signature_is_reached_at_the_place_of_its_channel_in_the_set_up() -> N
     reach = reach_of(preferences, (consent,), registered={"email": "c1@example.com"})
     example = Recipient("C1", reach)
     refused = _recipient("C3", "email", addresses={}, consents=())
-    plan = plan_signatures(_campaign(), [("s", example, 2), ("t", refused, 1)], at(0))
-    assert plan.reached == [Reached("s", "sms", 0, "phone", at(0))]
+    plan = plan_signatures(_campaign(), [(1, example, 2), (2, refused, 1)], at(0))
+    assert plan.reached == [Reached(1, "sms", 0, "phone", at(0))]
     assert plan.reasons == {PLANNED: 2, "no_address + no_consent": 1}
     email_only = _campaign(templates=[{"channel": "email", "text": "Hi"}])
-    plan = plan_signatures(email_only, [("s", example, 2)], at(0))
-    assert plan.reached == [Reached("s", "email", 1, "email", at(0))]
+    plan = plan_signatures(email_only, [(1, example, 2)], at(0))
+    assert plan.reached == [Reached(1, "email", 1, "email", at(0))]
 
 
 def test_a_preferred_channel_without_an_address_gives_way_to_the_next() -> None:
@@ -275,7 +275,7 @@ def test_a_preferred_channel_without_an_address_gives_way_to_the_next() -> None:
     plan = plan_batch(_campaign(), [sms_first], at(0), 0)
     assert [(m.channel, m.address) for m in plan.messages] == [("email", "c1@example.com")]
     no_address = _recipient("C2", "sms", "email", addresses={})
-    assert plan_signatures(_campaign(), [("s", no_address, 3)], at(0)).reasons == {"no_address": 3}
+    assert plan_signatures(_campaign(), [(1, no_address, 3)], at(0)).reasons == {"no_address": 3}
 
 
 def test_message_ids_are_the_sha256_uuid_of_campaign_and_customer() -> None:
