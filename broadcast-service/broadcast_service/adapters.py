@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from email.utils import parseaddr
@@ -25,7 +26,9 @@ from broadcast_service.delivery import (
     webhook_body,
 )
 from broadcast_service.mail import MailIdentity, build_email, smtp_path
-from broadcast_service.smtp import SmtpConnection
+from broadcast_service.smtp import SmtpConnection, SmtpSecurity
+
+log = logging.getLogger(__name__)
 
 
 class Adapter(Protocol):
@@ -53,6 +56,7 @@ class SmtpAdapter:
         connections: int,
         timeout: float,
         clock: Callable[[], datetime],
+        security: SmtpSecurity,
     ) -> None:
         self.identity = identity
         self.clock = clock
@@ -61,7 +65,7 @@ class SmtpAdapter:
         self.mail_from = smtp_path(parseaddr(identity.sender)[1])
         self.idle: asyncio.Queue[SmtpConnection] = asyncio.Queue()
         for _ in range(connections):
-            self.idle.put_nowait(SmtpConnection(host, port))
+            self.idle.put_nowait(SmtpConnection(host, port, security))
 
     async def send(self, message: OutboundMessage) -> SendResult:
         try:
@@ -74,6 +78,7 @@ class SmtpAdapter:
             async with asyncio.timeout(self.timeout):
                 refused = await connection.send(self.mail_from, rcpt_to, content)
         except (OSError, TimeoutError) as error:  # the connection is dropped: the next reopens
+            log.warning("SMTP connection failed", extra={"error": repr(error)[:300]})
             return SendResult(Result.TEMPORARY, f"SMTP connection: {error!r}"[:300])
         finally:
             self.idle.put_nowait(connection)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from broadcast_service.decision import ContactPolicy
+from broadcast_service.smtp import SmtpSecurity
 from crm_shared.runtime.config import ServiceSettings
 
 
@@ -80,6 +82,17 @@ class SenderSettings(BroadcastSettings):
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=25, ge=1, le=65535)
     smtp_timeout_seconds: float = Field(default=30, gt=0)
+    smtp_tls: Literal["none", "starttls", "implicit"] = Field(
+        default="none",
+        description="starttls (port 587: refused if not offered) or implicit (465); none: clear",
+    )
+    smtp_ca_file: Path | None = Field(
+        default=None, description="CA certificates (PEM) to verify the server by; else the system's"
+    )
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = Field(
+        default=None, description="With smtp_username: AUTH PLAIN, only over TLS or to loopback"
+    )
     smtp_connections: int = Field(
         default=16, ge=1, le=512, description="SMTP connections kept open: messages in flight"
     )
@@ -108,4 +121,13 @@ class SenderSettings(BroadcastSettings):
         """Every marketing e-mail carries a signed unsubscribe link: no secret, no sending."""
         if self.platform.link_secret is None:
             raise ValueError("the sender needs CRM_LINK_SECRET (make one: openssl rand -hex 32)")
+        if (self.smtp_username is None) != (self.smtp_password is None):
+            raise ValueError("set both CRM_BROADCAST_SMTP_USERNAME and _PASSWORD, or neither")
         return self
+
+    def smtp_security(self) -> SmtpSecurity:
+        credentials = None
+        if self.smtp_username is not None and self.smtp_password is not None:
+            credentials = (self.smtp_username, self.smtp_password.get_secret_value())
+        ca_file = None if self.smtp_ca_file is None else str(self.smtp_ca_file)
+        return SmtpSecurity(self.smtp_tls, credentials, ca_file)

@@ -512,6 +512,7 @@ def build_adapters(settings: SenderSettings) -> dict[str, Adapter]:
         settings.smtp_connections,
         settings.smtp_timeout_seconds,
         lambda: datetime.now(UTC),
+        settings.smtp_security(),
     )
     webhook = WebhookAdapter(
         settings.webhook_urls, settings.webhook_connections, settings.webhook_timeout_seconds

@@ -11,17 +11,25 @@ what a reply means.
 
 The content is taken as given: CRLF line ends (`mail.build_email` writes them; anything else is
 normalised here), dot-stuffed here (RFC 5321 4.5.2).
+
+A provider is reached over TLS (STARTTLS on 587 or implicit on 465, certificates verified) and
+logged in to with AUTH PLAIN (`SmtpSecurity`); a session that cannot be set up so fails the
+connection (`SmtpSessionError`) before any mail is sent, never falling back to the clear.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import socket
+import ssl
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
-from typing import cast
+from typing import Literal, cast
+
+from crm_shared.runtime.http import is_loopback
 
 OK = 250
 FORWARDED = 251
@@ -37,6 +45,32 @@ class Reply:
 class SmtpProtocolError(OSError):
     """The server said something that is not an SMTP reply, or closed the connection: the
     connection is dropped and the next transaction starts on a new one."""
+
+
+class SmtpSessionError(SmtpProtocolError):
+    """The session could not be set up as configured (STARTTLS not offered or refused, AUTH
+    refused): the connection fails, like any other, and nothing is sent on it."""
+
+
+TlsMode = Literal["none", "starttls", "implicit"]
+
+
+@dataclass(frozen=True)
+class SmtpSecurity:
+    """How the connections are protected and whom they log in as; one TLS context (verifying,
+    with the system's CAs or `ca_file`'s) shared by all of them."""
+
+    tls: TlsMode = "none"
+    credentials: tuple[str, str] | None = field(default=None, repr=False)
+    ca_file: str | None = None
+    context: ssl.SSLContext | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        context = None if self.tls == "none" else ssl.create_default_context(cafile=self.ca_file)
+        object.__setattr__(self, "context", context)
+
+
+PLAIN = SmtpSecurity()
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +174,12 @@ def _local_name() -> str:
 class SmtpConnection:
     """One connection to an SMTP server, opened on first use and again after it was dropped."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, security: SmtpSecurity = PLAIN) -> None:
+        if security.credentials is not None and security.tls == "none" and not is_loopback(host):
+            raise ValueError(f"SMTP credentials would go to {host} in the clear: set TLS")
         self.host = host
         self.port = port
+        self.security = security
         self.replies: _Replies | None = None
         self.pipelining = False
 
@@ -152,21 +189,52 @@ class SmtpConnection:
 
     async def _connect(self) -> _Replies:
         loop = asyncio.get_running_loop()
-        _, replies = await loop.create_connection(_Replies, self.host, self.port)
+        security = self.security
+        implicit = security.context if security.tls == "implicit" else None
+        _, replies = await loop.create_connection(_Replies, self.host, self.port, ssl=implicit)
         self.replies = replies
         (greeting,) = await replies.read(1)
         if greeting.code != 220:
             raise SmtpProtocolError(f"greeting {greeting.code} {greeting.message}")
+        keywords = await self._hello(replies)
+        if security.tls == "starttls":
+            await self._start_tls(replies, keywords)
+            keywords = await self._hello(replies)  # RFC 3207: forget what was said in the clear
+        if security.credentials is not None:
+            user, password = security.credentials
+            token = base64.b64encode(f"\0{user}\0{password}".encode())
+            (auth,) = await self._command(replies, b"AUTH PLAIN " + token)
+            if auth.code != 235:
+                raise SmtpSessionError(f"AUTH refused: {auth.code} {auth.message}")
+        self.pipelining = "PIPELINING" in keywords
+        return replies
+
+    async def _hello(self, replies: _Replies) -> set[str]:
+        """EHLO (HELO if refused): the extensions the server offers."""
         (hello,) = await self._command(replies, b"EHLO " + _local_name().encode())
         if hello.code == OK:
-            keywords = {line.split(" ", 1)[0].upper() for line in hello.message.split("\n")[1:]}
-            self.pipelining = "PIPELINING" in keywords
-        else:
-            (hello,) = await self._command(replies, b"HELO " + _local_name().encode())
-            self.pipelining = False
-            if hello.code != OK:
-                raise SmtpProtocolError(f"HELO refused: {hello.code} {hello.message}")
-        return replies
+            return {line.split(" ", 1)[0].upper() for line in hello.message.split("\n")[1:]}
+        (hello,) = await self._command(replies, b"HELO " + _local_name().encode())
+        if hello.code != OK:
+            raise SmtpProtocolError(f"HELO refused: {hello.code} {hello.message}")
+        return set()
+
+    async def _start_tls(self, replies: _Replies, keywords: set[str]) -> None:
+        """Upgrade to TLS, or fail: a server that does not offer it gets nothing in the clear."""
+        if "STARTTLS" not in keywords:
+            raise SmtpSessionError(f"{self.host} does not offer STARTTLS: nothing sent")
+        (ready,) = await self._command(replies, b"STARTTLS")
+        if ready.code != 220:
+            raise SmtpSessionError(f"STARTTLS refused: {ready.code} {ready.message}")
+        if replies.buffer or replies.replies:  # sent before TLS: could be injected
+            raise SmtpSessionError("the server spoke past its STARTTLS reply")
+        assert replies.transport is not None and self.security.context is not None
+        upgraded = await asyncio.get_running_loop().start_tls(
+            replies.transport, replies, self.security.context, server_hostname=self.host
+        )
+        if upgraded is None:
+            raise SmtpProtocolError("connection closed during the TLS handshake")
+        replies.transport = upgraded
 
     async def _command(self, replies: _Replies, *commands: bytes) -> list[Reply]:
         """Write the commands in one go and read one reply each."""

@@ -336,8 +336,8 @@ def pool_of(request: Request) -> asyncpg.Pool:
 
 
 def is_loopback(host: str) -> bool:
-    """Whether listening on `host` keeps the API on this machine; a name other than localhost
-    may resolve to anything, so it counts as exposed."""
+    """Whether `host` is this machine (listening there keeps an API on it; sending there keeps
+    credentials on it); a name other than localhost may resolve to anything, so it does not."""
     if host == "localhost":
         return True
     try:
