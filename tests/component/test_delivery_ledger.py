@@ -213,15 +213,23 @@ class _HeldAdapter:
         pass
 
 
+async def _sending_one_at_a_time(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, adapter: _HeldAdapter
+) -> tuple[Sender, asyncio.Task[None]]:
+    """A sender claiming batches of one, running until its first message is on the wire."""
+    monkeypatch.setenv("CRM_LINK_SECRET", "link-secret-for-tests-0123456789")
+    monkeypatch.setenv("CRM_BROADCAST_CLAIM_BATCH", "1")
+    sender = Sender(pool, {"email": adapter, "sms": adapter}, SenderSettings(), now=lambda: T)
+    running = asyncio.create_task(sender.run())
+    await asyncio.wait_for(adapter.on_the_wire.wait(), 10)
+    return sender, running
+
+
 async def test_the_next_batch_is_claimed_while_one_is_sent_and_a_stop_releases_it(
     pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("CRM_LINK_SECRET", "link-secret-for-tests-0123456789")
-    monkeypatch.setenv("CRM_BROADCAST_CLAIM_BATCH", "1")
     held = _HeldAdapter()
-    sender = Sender(pool, {"email": held, "sms": held}, SenderSettings(), now=lambda: T)
-    running = asyncio.create_task(sender.run())
-    await asyncio.wait_for(held.on_the_wire.wait(), 10)
+    sender, running = await _sending_one_at_a_time(pool, monkeypatch, held)
 
     async def claimed_by_the_sender() -> int:
         async with pool.acquire() as conn:
@@ -263,12 +271,8 @@ class _BrokenSecondAdapter(_HeldAdapter):
 async def test_a_send_that_raises_lets_the_one_in_flight_finish_and_be_recorded(
     pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("CRM_LINK_SECRET", "link-secret-for-tests-0123456789")
-    monkeypatch.setenv("CRM_BROADCAST_CLAIM_BATCH", "1")
     adapter = _BrokenSecondAdapter()
-    sender = Sender(pool, {"email": adapter, "sms": adapter}, SenderSettings(), now=lambda: T)
-    running = asyncio.create_task(sender.run())
-    await asyncio.wait_for(adapter.on_the_wire.wait(), 10)
+    _, running = await _sending_one_at_a_time(pool, monkeypatch, adapter)
     for _ in range(100):  # the next batch's send fails while the first is on the wire
         if len(adapter.sent) >= 2:
             break
