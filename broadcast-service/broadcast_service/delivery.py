@@ -40,11 +40,8 @@ from crm_shared.contracts.events import (
     DoNotContactReason,
     MessageOutcome,
     MessageOutcomeRecorded,
-    build_event_of,
-    encode_event,
 )
-from crm_shared.contracts.topics import topic_for
-from crm_shared.runtime.derived import Derived
+from crm_shared.runtime.derived import Derived, derived_event
 
 SOURCE = "broadcast-service"
 """The CloudEvents source of everything the sender and the delivery reports publish."""
@@ -283,12 +280,7 @@ def _event(
     """A derived event whose id comes from the message and the step: recording the step again
     (a retry after a crash, a provider reporting twice) gives the same id, which consumers drop."""
     event_id = _uuid5("\x1f".join((event_type, *identity)))
-    document = build_event_of(
-        event_type, customer_id, data, source=SOURCE, time=at, event_id=event_id
-    )
-    return Derived(
-        topic_for(event_type), customer_id.encode(), encode_event(document), event_id, event_type
-    )
+    return derived_event(event_type, customer_id, data, source=SOURCE, time=at, event_id=event_id)
 
 
 def _channel(message: OutboundMessage) -> Channel:

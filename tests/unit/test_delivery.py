@@ -54,7 +54,6 @@ from crm_shared.contracts.events import (
     MessageOutcome,
     MessageOutcomeRecorded,
     build_event,
-    build_event_of,
     encode_event,
     parse_event,
 )
@@ -286,7 +285,8 @@ def test_an_outcome_event_is_the_one_the_fully_validated_path_builds(
     message: OutboundMessage, outcome: MessageOutcome, reason: str | None
 ) -> None:
     """The sender validates an outcome's data once, as its model is built, and the envelope
-    alone after (build_event_of): the bytes are those build_event gives after validating it all."""
+    alone after (build_event given the model): the bytes are those build_event gives after
+    validating it all (given the data as a mapping)."""
     derived = outcome_event(message, outcome, reason, NOW)
     data = MessageOutcomeRecorded(
         message_id=message.message_id,
@@ -317,10 +317,25 @@ def test_building_an_event_of_a_model_still_refuses_a_bad_envelope_or_another_ty
     data = MessageOutcomeRecorded(
         message_id="m-1", channel=Channel.EMAIL, purpose="marketing", outcome=MessageOutcome.SENT
     )
-    with pytest.raises(InvalidEvent, match="subject"):
-        build_event_of(MESSAGE_OUTCOME_RECORDED, "C 1 with spaces", data, source="s", time=NOW)
-    with pytest.raises(InvalidEvent, match="not the data"):
-        build_event_of("crm.do_not_contact.added.v1", "C-1", data, source="s", time=NOW)
+    build_event(MESSAGE_OUTCOME_RECORDED, "C-1", data, source="s", time=NOW, event_id="e-1")
+    refused = [
+        ({"customer_id": "C 1 with spaces"}, "subject"),
+        ({"source": ""}, "source"),
+        ({"event_id": ""}, "id"),
+        ({"time": NOW.replace(tzinfo=None)}, "UTC offset"),
+        ({"event_type": "crm.do_not_contact.added.v1"}, "data of crm.do_not_contact.added.v1"),
+    ]
+    for change, reason in refused:
+        given: dict[str, Any] = {
+            "event_type": MESSAGE_OUTCOME_RECORDED,
+            "customer_id": "C-1",
+            "data": data,
+            "source": "s",
+            "time": NOW,
+            "event_id": "e-1",
+        }
+        with pytest.raises(InvalidEvent, match=reason):
+            build_event(**(given | change))
 
 
 def test_a_hard_bounce_publishes_the_bounce_and_do_not_contact() -> None:

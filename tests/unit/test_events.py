@@ -199,3 +199,23 @@ def test_a_json_number_price_keeps_its_python_reading() -> None:
     event = parse_event(_order_with(price="3.0").encode())
     assert isinstance(event.data, OrderPlaced)
     assert str(event.data.lines[0].unit_price) == "3.0"
+
+
+def test_an_events_model_builds_what_its_data_as_a_mapping_builds_after_full_validation() -> None:
+    """build_event trusts its type's model (validated when built) and checks only the envelope:
+    the full validation of the same data must accept it, with the same bytes."""
+    for document in Workload(seed=7, prefix="model").events(500):
+        event = parse_event(encode_event(document))
+        mapping = event.data.model_dump(mode="json")
+        built = [
+            build_event(
+                event.type,
+                event.customer_id,
+                data,
+                source=event.source,
+                time=event.time,
+                event_id=event.id,
+            )
+            for data in (event.data, mapping)
+        ]
+        assert encode_event(built[0]) == encode_event(built[1])
