@@ -13,8 +13,9 @@ The content is taken as given: CRLF line ends (`mail.build_email` writes them; a
 normalised here), dot-stuffed here (RFC 5321 4.5.2).
 
 A provider is reached over TLS (STARTTLS on 587 or implicit on 465, certificates verified) and
-logged in to with AUTH PLAIN (`SmtpSecurity`); a session that cannot be set up so fails the
-connection (`SmtpSessionError`) before any mail is sent, never falling back to the clear.
+logged in to with AUTH PLAIN, or LOGIN when the server offers only that (`SmtpSecurity`); a
+session that cannot be set up so fails the connection (`SmtpSessionError`) before any mail is
+sent, never falling back to the clear.
 """
 
 from __future__ import annotations
@@ -201,25 +202,55 @@ class SmtpConnection:
             await self._start_tls(replies, keywords)
             keywords = await self._hello(replies)  # RFC 3207: forget what was said in the clear
         if security.credentials is not None:
-            user, password = security.credentials
-            token = base64.b64encode(f"\0{user}\0{password}".encode())
-            (auth,) = await self._command(replies, b"AUTH PLAIN " + token)
-            if auth.code != 235:
-                raise SmtpSessionError(f"AUTH refused: {auth.code} {auth.message}")
+            await self._log_in(replies, keywords.get("AUTH", set()), security.credentials)
         self.pipelining = "PIPELINING" in keywords
         return replies
 
-    async def _hello(self, replies: _Replies) -> set[str]:
-        """EHLO (HELO if refused): the extensions the server offers."""
+    async def _hello(self, replies: _Replies) -> dict[str, set[str]]:
+        """EHLO (HELO if refused): the extensions the server offers, each with its parameters
+        (`AUTH`'s are its mechanisms; the old `AUTH=LOGIN` form counts too)."""
         (hello,) = await self._command(replies, b"EHLO " + _local_name().encode())
-        if hello.code == OK:
-            return {line.split(" ", 1)[0].upper() for line in hello.message.split("\n")[1:]}
-        (hello,) = await self._command(replies, b"HELO " + _local_name().encode())
         if hello.code != OK:
-            raise SmtpProtocolError(f"HELO refused: {hello.code} {hello.message}")
-        return set()
+            (hello,) = await self._command(replies, b"HELO " + _local_name().encode())
+            if hello.code != OK:
+                raise SmtpProtocolError(f"HELO refused: {hello.code} {hello.message}")
+            return {}
+        offered: dict[str, set[str]] = {}
+        for line in hello.message.split("\n")[1:]:
+            words = line.upper().split()
+            if words and words[0].startswith("AUTH="):
+                words = ["AUTH", words[0].removeprefix("AUTH="), *words[1:]]
+            if words:
+                offered.setdefault(words[0], set()).update(words[1:])
+        return offered
 
-    async def _start_tls(self, replies: _Replies, keywords: set[str]) -> None:
+    async def _log_in(
+        self, replies: _Replies, mechanisms: set[str], credentials: tuple[str, str]
+    ) -> None:
+        """AUTH PLAIN if the server offers it, else AUTH LOGIN; a server that offers neither
+        fails the connection, and credentials never go to a server that did not ask for them."""
+        user, password = credentials
+        if "PLAIN" in mechanisms:
+            steps = [b"AUTH PLAIN " + base64.b64encode(f"\0{user}\0{password}".encode())]
+        elif "LOGIN" in mechanisms:
+            steps = [b"AUTH LOGIN", base64.b64encode(user.encode())]
+            steps.append(base64.b64encode(password.encode()))
+        else:
+            offered = " ".join(sorted(mechanisms)) or "none"
+            raise SmtpSessionError(
+                f"{self.host} offers no AUTH mechanism we speak (PLAIN, LOGIN; offered: "
+                f"{offered}): credentials are set, nothing sent"
+            )
+        *challenged, last = steps
+        for step in challenged:  # LOGIN: each answers a 334 challenge
+            (challenge,) = await self._command(replies, step)
+            if challenge.code != 334:
+                raise SmtpSessionError(f"AUTH refused: {challenge.code} {challenge.message}")
+        (auth,) = await self._command(replies, last)
+        if auth.code != 235:
+            raise SmtpSessionError(f"AUTH refused: {auth.code} {auth.message}")
+
+    async def _start_tls(self, replies: _Replies, keywords: dict[str, set[str]]) -> None:
         """Upgrade to TLS, or fail: a server that does not offer it gets nothing in the clear."""
         if "STARTTLS" not in keywords:
             raise SmtpSessionError(f"{self.host} does not offer STARTTLS: nothing sent")

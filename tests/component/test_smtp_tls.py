@@ -1,7 +1,8 @@
 """The sender's SMTP client against aiosmtpd over TLS on loopback, with a self-signed certificate
 made here (openssl) and given as the CA: STARTTLS and implicit TLS deliver, logged in with AUTH
-PLAIN; a server without STARTTLS, or a wrong password, fails the connection before any mail is
-sent, and the adapter reports that as a temporary failure (the message is retried)."""
+PLAIN (LOGIN when only that is offered); a server without STARTTLS, without a mechanism we speak,
+or a wrong password, fails the connection before any mail is sent, and the adapter reports that
+as a temporary failure (the message is retried)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import shutil
 import socket
 import ssl
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.component
 
 MESSAGE = b"From: news@crm.example.com\r\nTo: ada@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
 USER, PASSWORD = "crm", "s3cret"
+AIOSMTPD_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +53,12 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 class _Keeper:
-    """Keeps each message with whether its session was logged in and over TLS."""
+    """Keeps each message with whether its session was logged in and over TLS, and the AUTH
+    mechanism of each log-in the server checked."""
 
     def __init__(self) -> None:
         self.received: list[tuple[bytes | None, bool, bool]] = []
+        self.mechanisms: list[str] = []
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Envelope) -> str:
         content = envelope.original_content
@@ -62,29 +66,34 @@ class _Keeper:
         self.received.append((content, bool(session.authenticated), over_tls))
         return "250 OK queued"
 
-
-def _authenticate(
-    server: Any, session: Any, envelope: Any, mechanism: str, data: Any
-) -> AuthResult:
-    assert isinstance(data, LoginPassword)
-    right = (data.login, data.password) == (USER.encode(), PASSWORD.encode())
-    return AuthResult(success=right, handled=False)  # not handled: aiosmtpd answers 535
+    def authenticate(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+    ) -> AuthResult:
+        assert isinstance(data, LoginPassword)
+        self.mechanisms.append(mechanism)
+        right = (data.login, data.password) == (USER.encode(), PASSWORD.encode())
+        return AuthResult(success=right, handled=False)  # not handled: aiosmtpd answers 535
 
 
 @pytest.fixture
 def serve(certificate: tuple[Path, Path]) -> Iterator[Any]:
     """Starts aiosmtpd on a free loopback port: `starttls` offers STARTTLS (and AUTH only
-    after it), `implicit` speaks TLS from the connect, `none` offers neither."""
+    after it), `implicit` speaks TLS from the connect, `none` offers neither; AUTH offers the
+    `mechanisms` given (aiosmtpd's PLAIN and LOGIN by default)."""
     controllers: list[Controller] = []
 
-    def start(tls: TlsMode) -> tuple[_Keeper, int]:
+    def start(tls: TlsMode, mechanisms: Iterable[str] = AIOSMTPD_MECHANISMS) -> tuple[_Keeper, int]:
         server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         server_context.load_cert_chain(*certificate)
         with socket.socket() as probe:  # aiosmtpd's controller cannot be given port 0
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         keeper = _Keeper()
-        options: dict[str, Any] = {"authenticator": _authenticate, "auth_require_tls": True}
+        options: dict[str, Any] = {
+            "authenticator": keeper.authenticate,
+            "auth_require_tls": True,
+            "auth_exclude_mechanism": AIOSMTPD_MECHANISMS - set(mechanisms),
+        }
         if tls == "starttls":
             options |= {"tls_context": server_context, "require_starttls": True}
         elif tls == "implicit":  # aiosmtpd counts only STARTTLS as TLS for AUTH
@@ -117,6 +126,50 @@ async def test_a_message_goes_over_tls_logged_in(
     assert await _send(connection) is None  # the same session, still over TLS
     await connection.quit()
     assert keeper.received == [(MESSAGE, True, True)] * 2
+    assert keeper.mechanisms == ["PLAIN"]  # offered PLAIN and LOGIN: PLAIN, once a session
+
+
+async def test_a_server_offering_only_login_is_logged_in_with_login(
+    serve: Any, certificate: tuple[Path, Path]
+) -> None:
+    keeper, port = serve("starttls", mechanisms={"LOGIN"})
+    connection = SmtpConnection("127.0.0.1", port, _security("starttls", certificate))
+    assert await _send(connection) is None
+    await connection.quit()
+    assert keeper.mechanisms == ["LOGIN"]
+    assert keeper.received == [(MESSAGE, True, True)]
+
+
+async def test_a_wrong_password_over_login_is_refused(
+    serve: Any, certificate: tuple[Path, Path]
+) -> None:
+    keeper, port = serve("starttls", mechanisms={"LOGIN"})
+    connection = SmtpConnection("127.0.0.1", port, _security("starttls", certificate, "wrong"))
+    with pytest.raises(SmtpSessionError, match="AUTH refused: 535"):
+        await _send(connection)
+    assert keeper.mechanisms == ["LOGIN"] and keeper.received == []
+
+
+@pytest.mark.parametrize(
+    ("tls", "mechanisms", "offered"),
+    [("none", AIOSMTPD_MECHANISMS, "none"), ("starttls", (), "none")],
+    ids=["no-auth-line", "auth-without-mechanisms"],
+)
+async def test_credentials_never_go_to_a_server_that_offers_no_mechanism_we_speak(
+    serve: Any,
+    certificate: tuple[Path, Path],
+    tls: TlsMode,
+    mechanisms: Iterable[str],
+    offered: str,
+) -> None:
+    """`none`: aiosmtpd offers AUTH only over TLS, so on this plain (loopback) session it
+    offers none; `auth-without-mechanisms`: an AUTH line naming no mechanism."""
+    keeper, port = serve(tls, mechanisms=mechanisms)
+    connection = SmtpConnection("127.0.0.1", port, _security(tls, certificate))
+    with pytest.raises(SmtpSessionError, match=f"offers no AUTH mechanism.*offered: {offered}"):
+        await _send(connection)
+    assert not connection.is_connected
+    assert keeper.mechanisms == [] and keeper.received == []
 
 
 async def test_a_server_without_starttls_gets_nothing(
