@@ -16,6 +16,7 @@ from typing import Protocol
 
 import httpx
 
+from broadcast_service import metrics
 from broadcast_service.delivery import (
     OutboundMessage,
     Result,
@@ -64,6 +65,8 @@ class SmtpAdapter:
         self.timeout = timeout
         self.mail_from = smtp_path(parseaddr(identity.sender)[1])
         self.idle: asyncio.Queue[SmtpConnection] = asyncio.Queue()
+        self.failed_in_a_row = 0
+        """Connections failed since a transaction last went through (an outage's length)."""
         for _ in range(connections):
             self.idle.put_nowait(SmtpConnection(host, port, security))
 
@@ -78,15 +81,32 @@ class SmtpAdapter:
             async with asyncio.timeout(self.timeout):
                 refused = await connection.send(self.mail_from, rcpt_to, content)
         except (OSError, TimeoutError) as error:  # the connection is dropped: the next reopens
-            log.warning("SMTP connection failed", extra={"error": repr(error)[:300]})
+            self._connection_failed(error)
             return SendResult(Result.TEMPORARY, f"SMTP connection: {error!r}"[:300])
         finally:
             self.idle.put_nowait(connection)
+        self._connection_worked()
         if refused is not None:
             reply = refused.reply
             return smtp_result(reply.code, reply.message, recipient_refused=refused.recipient)
         reference = message_id_header(message.message_id, self.identity.message_id_domain)
         return SendResult(Result.SENT, "accepted", reference)
+
+    def _connection_failed(self, error: BaseException) -> None:
+        """Count the failure; log it at WARNING only if it is the first since a transaction
+        went through: with the relay down every connection of every round fails, and one
+        warning an outage (and "recovered" at its end) says it all."""
+        metrics.SMTP_CONNECTION_FAILURES.inc()
+        self.failed_in_a_row += 1
+        level = logging.WARNING if self.failed_in_a_row == 1 else logging.DEBUG
+        log.log(level, "SMTP connection failed", extra={"error": repr(error)[:300]})
+
+    def _connection_worked(self) -> None:
+        """End an outage, if there was one, with one line saying how many connections failed."""
+        if self.failed_in_a_row:
+            failed = self.failed_in_a_row
+            log.info("SMTP connection recovered", extra={"failed_connections": failed})
+            self.failed_in_a_row = 0
 
     async def close(self) -> None:
         while not self.idle.empty():

@@ -72,6 +72,11 @@ SEND_SECONDS = Histogram(
     ["channel"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+SMTP_CONNECTION_FAILURES = Counter(
+    "crm_broadcast_smtp_connection_failures",
+    "SMTP transactions that failed with their connection (refused, dropped, timed out, TLS or "
+    "AUTH not set up): the message is retried; the log says an outage once, at its first failure",
+)
 SEND_QUEUE = Gauge(
     "crm_broadcast_send_queue",
     "Planned messages due now that no sender has claimed yet",

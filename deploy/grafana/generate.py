@@ -468,10 +468,12 @@ OVERVIEW_ROWS: tuple[Row, ...] = (
                 ),
             ),
             Panel(
-                title="Send latency p95 and retries",
+                title="Send latency p95, retries and failed SMTP connections",
                 description=(
-                    "95th percentile of one adapter call (crm_broadcast_send_seconds), and "
-                    "temporary failures planned again with backoff (crm_broadcast_send_retries)."
+                    "95th percentile of one adapter call (crm_broadcast_send_seconds), "
+                    "temporary failures planned again with backoff (crm_broadcast_send_retries), "
+                    "and failed SMTP connections (crm_broadcast_smtp_connection_failures: the "
+                    "relay is down or refuses TLS or AUTH)."
                 ),
                 unit="s",
                 queries=(
@@ -482,6 +484,10 @@ OVERVIEW_ROWS: tuple[Row, ...] = (
                     Query(
                         _rate_by("channel", "crm_broadcast_send_retries_total"),
                         "retries/s {{channel}}",
+                    ),
+                    Query(
+                        f"sum(rate(crm_broadcast_smtp_connection_failures_total[{RATE}]))",
+                        "failed SMTP connections/s",
                     ),
                 ),
             ),

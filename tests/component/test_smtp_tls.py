@@ -6,6 +6,7 @@ as a temporary failure (the message is retried)."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import ssl
@@ -18,11 +19,13 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword
+from prometheus_client import REGISTRY
 
+from broadcast_service import adapters
 from broadcast_service.adapters import SmtpAdapter
 from broadcast_service.delivery import OutboundMessage, Result
 from broadcast_service.mail import MailIdentity
-from broadcast_service.smtp import SmtpConnection, SmtpSecurity, SmtpSessionError, TlsMode
+from broadcast_service.smtp import PLAIN, SmtpConnection, SmtpSecurity, SmtpSessionError, TlsMode
 
 pytestmark = pytest.mark.component
 
@@ -59,6 +62,18 @@ class _Keeper:
     def __init__(self) -> None:
         self.received: list[tuple[bytes | None, bool, bool]] = []
         self.mechanisms: list[str] = []
+        self.down = False
+        """Drop every session at MAIL, like a relay going away."""
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if self.down:
+            server.transport.abort()
+            return "421 4.3.2 going away"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Envelope) -> str:
         content = envelope.original_content
@@ -229,3 +244,34 @@ def test_credentials_never_go_in_the_clear_to_a_remote_host() -> None:
     with pytest.raises(ValueError, match="in the clear"):
         SmtpConnection("smtp.example.com", 25, SmtpSecurity("none", (USER, PASSWORD)))
     SmtpConnection("127.0.0.1", 25, SmtpSecurity("none", (USER, PASSWORD)))  # loopback: allowed
+
+
+async def test_a_relay_outage_is_logged_once_at_its_start_and_once_at_its_end(
+    serve: Any, certificate: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every connection of every round fails while the relay is down: one warning, the repeats
+    at DEBUG, "recovered" once a transaction goes through, and a warning again at the next."""
+    keeper, port = serve("none")
+    identity = MailIdentity("CRM <news@crm.example.com>", "crm.example.com", "http://x", "k")
+    adapter = SmtpAdapter(identity, "127.0.0.1", port, 2, 10, lambda: datetime.now(UTC), PLAIN)
+    counted = "crm_broadcast_smtp_connection_failures_total"
+    failures_before = REGISTRY.get_sample_value(counted) or 0.0
+    caplog.set_level(logging.DEBUG, logger=adapters.__name__)
+    results = []
+    for down in (True, True, True, False, False, True):
+        keeper.down = down
+        results.append((await adapter.send(_message())).result)
+    await adapter.close()
+    assert results == [Result.TEMPORARY] * 3 + [Result.SENT] * 2 + [Result.TEMPORARY]
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == adapters.__name__]
+    failed, recovered = "SMTP connection failed", "SMTP connection recovered"
+    assert logged == [
+        ("WARNING", failed),
+        ("DEBUG", failed),
+        ("DEBUG", failed),
+        ("INFO", recovered),
+        ("WARNING", failed),
+    ]
+    (end,) = [r for r in caplog.records if r.getMessage() == recovered]
+    assert end.failed_connections == 3  # type: ignore[attr-defined]
+    assert (REGISTRY.get_sample_value(counted) or 0.0) - failures_before == 4
