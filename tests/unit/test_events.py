@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -19,6 +20,7 @@ from crm_shared.contracts.events import (
     parse_event_in_two_steps,
 )
 from crm_shared.contracts.topics import ALL_TOPICS, topic_for
+from crm_shared.ops.demo.synthetic import generate
 from crm_shared.ops.demo.workload import Workload
 
 
@@ -203,8 +205,14 @@ def test_a_json_number_price_keeps_its_python_reading() -> None:
 
 def test_an_events_model_builds_what_its_data_as_a_mapping_builds_after_full_validation() -> None:
     """build_event trusts its type's model (validated when built) and checks only the envelope:
-    the full validation of the same data must accept it, with the same bytes."""
-    for document in Workload(seed=7, prefix="model").events(500):
+    the full validation of the same data must accept it, with the same bytes (the workload's
+    orders, refunds, views, contacts and feedback; the demo's preferences, consents, cases and
+    journeys)."""
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    customers = [(f"C-{n}", start, start + timedelta(days=400)) for n in range(40)]
+    documents = [*Workload(seed=7, prefix="model").events(500), *generate(customers, ["P1", "P2"])]
+    assert len({document["type"] for document in documents}) >= 12
+    for document in documents:
         event = parse_event(encode_event(document))
         mapping = event.data.model_dump(mode="json")
         built = [
