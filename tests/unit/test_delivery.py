@@ -336,6 +336,9 @@ def test_building_an_event_of_a_model_still_refuses_a_bad_envelope_or_another_ty
         }
         with pytest.raises(InvalidEvent, match=reason):
             build_event(**(given | change))
+        as_mapping = given | {"data": data.model_dump(mode="json")} | change
+        with pytest.raises(InvalidEvent, match=reason):  # the full validation agrees
+            build_event(**as_mapping)
 
 
 def test_a_hard_bounce_publishes_the_bounce_and_do_not_contact() -> None:

@@ -1446,7 +1446,7 @@ def _envelope(
 ) -> dict[str, Any]:
     return {
         "specversion": "1.0",
-        "id": event_id or str(uuid.uuid4()),
+        "id": str(uuid.uuid4()) if event_id is None else event_id,
         "source": source,
         "type": event_type,
         "subject": customer_id,
