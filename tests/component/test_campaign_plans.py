@@ -199,6 +199,11 @@ async def test_a_chunk_is_read_by_id_range_only_where_its_range_is_dense(
         ends = store.SignatureRead(CampaignTarget(segment="ends"), "marketing", AT, 10)
         assert await store.range_ends(conn, everyone, None) == ["C10", "C20"]
         assert await store.range_ends(conn, everyone, "C03") == ["C13", "C23"]
+        # A list is cut alike, each customer once.
+        listed = CampaignTarget(customer_ids=("C05", "C01", "C09", "C01", "C03"))
+        pairs = store.SignatureRead(listed, "marketing", AT, 2)
+        assert await store.range_ends(conn, pairs, None) == ["C03", "C09"]
+        assert await store.range_ends(conn, pairs, "C03") == ["C09"]
         assert await store.is_dense(conn, everyone, None, "C10")
         assert await store.is_dense(conn, everyone, "C20", None)
         # Two recipients 25 customers apart: read by id, not the 23 customers between them.
