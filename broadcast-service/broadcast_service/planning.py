@@ -243,6 +243,8 @@ async def plan_due(
                 return chunks
             read = _signature_read(campaign, campaign.send_at, planner.chunk_size)
             ranges = await store.ranges_to_plan(conn, campaign, read)
+        if not ranges:
+            continue  # planned already, or cancelled meanwhile: marked so
         plan = _CampaignPlan(campaign, read, ranges, planner)
         async with asyncio.TaskGroup() as group:
             tasks = [

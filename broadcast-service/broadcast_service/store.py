@@ -623,10 +623,15 @@ async def ranges_to_plan(
     conn: asyncpg.Connection, campaign: Campaign, read: SignatureRead
 ) -> list[PlanRange]:
     """The campaign's ranges not planned yet, cut first if its planning has just started (the
-    campaign locked meanwhile, so two planners cut them once)."""
+    campaign locked meanwhile, so two planners cut them once). None left: the campaign is marked
+    planned (its ranges came planned, carried by a rebuild), or is no longer being planned."""
     campaign_id = campaign.campaign_id
     async with conn.transaction():
-        await conn.execute("SELECT FROM campaigns WHERE campaign_id = $1 FOR UPDATE", campaign_id)
+        state = await conn.fetchval(
+            "SELECT state FROM campaigns WHERE campaign_id = $1 FOR UPDATE", campaign_id
+        )
+        if state != "planning":
+            return []
         cut = await conn.fetchrow(
             "SELECT bool_or(last IS NULL) AS whole, max(number) AS number, max(last) AS last"
             " FROM plan_ranges WHERE campaign_id = $1",
@@ -648,6 +653,8 @@ async def ranges_to_plan(
             " ORDER BY number",
             campaign_id,
         )
+        if not rows:
+            await finish_plan(conn, campaign_id, campaign.send_at)
     return [PlanRange(r["number"], r["after"], r["last"]) for r in rows]
 
 

@@ -185,6 +185,20 @@ async def test_a_plan_begun_under_the_old_cursor_resumes_after_it(pool: asyncpg.
     assert [tuple(r) for r in ranges] == [(0, None, "C12"), (1, "C12", "C22"), (2, "C22", None)]
 
 
+async def test_a_campaign_whose_ranges_are_all_planned_is_marked_planned(
+    pool: asyncpg.Pool,
+) -> None:
+    """A rebuild replays a campaign to 'planning' and carries its planned ranges: it is marked
+    planned again, and nobody is planned twice."""
+    async with pool.acquire() as conn:
+        await _mark_planning(conn)
+        await conn.execute("INSERT INTO plan_ranges VALUES ('spring', 0, NULL, NULL, true)")
+    assert await planning.plan_due(pool, planning.Planner(chunk_size=10, connections=2)) == 0
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT state FROM campaigns") == "planned"
+        assert await conn.fetchval("SELECT count(*) FROM plan_chunks") == 0
+
+
 async def test_a_chunk_is_read_by_id_range_only_where_its_range_is_dense(
     pool: asyncpg.Pool,
 ) -> None:
