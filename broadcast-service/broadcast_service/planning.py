@@ -1,5 +1,5 @@
 """Planning campaigns, and their dry runs, by decision signature: a chunk of recipients is
-counted by signature in SQL (`store.signature_groups_after`: all the decision reads of them, but
+counted by signature in SQL (`store.signature_groups`: all the decision reads of them, but
 who they are), one recipient of each signature is read whole and decided purely
 (`campaigns.plan_signatures`), and one statement keeps the message of every recipient of a reached
 signature, at their own address, as one row of arrays for the chunk (`store.add_plan_chunk`);
@@ -10,22 +10,25 @@ row per recipient.
 
 Planning runs as a job of the worker (`PLANNING_JOB`), not inside the fold: the fold only marks
 a campaign 'planning' when it is due, so a campaign to a million customers never holds the
-fold. Each chunk is one transaction: the campaign locked, its rows, its cursor (the last
-recipient decided, in id order) and its reasons so far; a crash resumes after the last chunk
-committed, and no recipient is planned twice. The decision instant is the send instant either
-way, so a plan decides as the old in-fold plan did. The API's dry run reads in a read-only
-transaction and writes nothing. Both read in repeatable-read transactions, so a chunk's
-signatures and the recipients read whole to decide for them come from one snapshot.
+fold. When planning starts, the campaign's recipients are cut into ranges of a chunk each (in
+id order, `store.ranges_to_plan`); connections, and worker replicas, plan ranges at once and in
+any order, each range claimed by one of them (`store.claim_range`). Each chunk's write is one
+transaction: the campaign locked, the range marked planned, its rows and its reasons; a crash
+resumes with the ranges not planned yet, and no recipient is planned twice. The throttle numbers
+messages in the order chunks commit (docs/decisions.md, "Ranges planned in any order"). The
+decision instant is the send instant either way, so a plan decides as the old in-fold plan did.
+The API's dry run reads in a read-only transaction and writes nothing. Both read in
+repeatable-read transactions, so a chunk's signatures and the recipients read whole to decide
+for them come from one snapshot.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -49,18 +52,17 @@ PLANNING_INTERVAL_SECONDS = 0.5
 @dataclass(frozen=True)
 class Planner:
     chunk_size: int
+    connections: int
+    """Chunks planned at once, each on a connection of its own (PostgreSQL does the reading: two
+    backends use both cores of a small machine, a third reads while another writes)."""
     policy: ContactPolicy = DEFAULT_POLICY
-    connections: int = 2
-    """Chunks read at once, each on a connection of its own (PostgreSQL does the reading: two
-    backends use both cores of a small machine); they are written one after another, so the
-    worker reads on three (`plan_connections`): one reads while another waits its turn."""
 
 
 @cache
 def planner_from_settings() -> Planner:
     """The worker's planner, from its settings (read once, when a campaign is first planned)."""
     settings = BroadcastSettings()
-    return Planner(settings.plan_batch_size, settings.contact_policy(), settings.plan_connections)
+    return Planner(settings.plan_batch_size, settings.plan_connections, settings.contact_policy())
 
 
 @dataclass(frozen=True)
@@ -82,81 +84,50 @@ class ChunkPlanned:
 
 
 class _CampaignPlan:
-    """One campaign's plan shared by the connections planning it: where the next chunk to read
-    starts, and whose turn it is to write (chunks are written in id order, each after the one
-    before it committed, so the cursor and the throttle's numbering stay those of one
-    connection planning alone)."""
+    """One campaign's plan shared by the connections planning it: the ranges left to hand out.
+    Ranges are planned in any order, each committed on its own, so the connections never wait
+    for each other but for the campaign's row lock while one commits its chunk."""
 
-    def __init__(self, planning: store.PlanningCampaign, planner: Planner) -> None:
-        self.campaign = planning.campaign
+    def __init__(
+        self,
+        campaign: Campaign,
+        read: store.SignatureRead,
+        ranges: list[store.PlanRange],
+        planner: Planner,
+    ) -> None:
+        self.campaign = campaign
         self.planner = planner
-        self.read = _signature_read(self.campaign, self.campaign.send_at, planner.chunk_size)
-        self.after = planning.cursor
-        self.handed = 0
-        self.last_handed = False
-        self.written = 0
+        self.read = read
+        self.ranges = deque(ranges)
         self.stopped = False
         self.last_written = 0.0
         """When the latest chunk was written (perf_counter): a chunk's time runs from then, or
         from its read if later, so that the chunks' times add up to the plan's."""
-        self.lock = asyncio.Lock()
-        self.turns = asyncio.Condition()
 
-    async def next_chunk(self, conn: asyncpg.Connection) -> tuple[int, str | None, bool] | None:
-        """The next chunk to read (its place, the recipient it starts after, whether it is
-        dense), None when every chunk is handed out or the plan stopped."""
-        async with self.lock:
-            if self.stopped or self.last_handed:
-                return None
-            after = self.after
-            end = await store.chunk_end(conn, self.read, after)
-            self.after = end.last
-            self.handed += 1
-            self.last_handed = end.last is None
-            return self.handed - 1, after, end.dense
-
-    @contextlib.asynccontextmanager
-    async def turn(self, index: int) -> AsyncIterator[None]:
-        """Wait until the chunks before this one are written, then pass the turn on."""
-        async with self.turns:
-            await self.turns.wait_for(lambda: self.written == index)
-        try:
-            yield
-        finally:
-            async with self.turns:
-                self.written = index + 1
-                self.turns.notify_all()
+    def next_range(self) -> store.PlanRange | None:
+        """The next range to plan, None when every range is handed out or the plan stopped."""
+        if self.stopped or not self.ranges:
+            return None
+        return self.ranges.popleft()
 
 
 async def _plan_chunks(
     pool: asyncpg.Pool, plan: _CampaignPlan, progress: Callable[[ChunkPlanned], object] | None
 ) -> int:
-    """Read chunks of the campaign on one connection, writing each in its turn; how many this
-    connection wrote."""
-    campaign, planner, read = plan.campaign, plan.planner, plan.read
+    """Plan ranges of the campaign on one connection, each read then written; how many chunks
+    this connection wrote."""
+    campaign_id = plan.campaign.campaign_id
     written = 0
     async with pool.acquire() as conn:
-        while (handed := await plan.next_chunk(conn)) is not None:
-            index, after, dense = handed
-            started = time.perf_counter()
-            # Repeatable read: a chunk's signatures and the recipients read to decide for them
-            # come from one snapshot, so a change committed in between cannot part them.
-            async with conn.transaction(isolation="repeatable_read"):
-                chunk = await store.signature_groups_after(
-                    conn, read, after, keep=True, dense=dense
-                )
-                decided = await _decided(
-                    conn, campaign, chunk.groups, campaign.send_at, read.since, planner.policy
-                )
-            async with plan.turn(index):
-                if plan.stopped:
-                    return written
-                async with conn.transaction():
-                    done = await _write_chunk(conn, plan, after, chunk, decided, started)
-                plan.last_written = time.perf_counter()
-                # None: cancelled, or planned by another planner meanwhile.
-                plan.stopped = done is None or done.finished
-            if done is None:
+        while (planned := plan.next_range()) is not None:
+            if not await store.claim_range(conn, campaign_id, planned.number):
+                continue  # another planner (a replica) is planning it
+            try:
+                done = await _plan_range(conn, plan, planned)
+            finally:
+                await store.release_range(conn, campaign_id, planned.number)
+            if done is None:  # cancelled, or planned by another planner meanwhile
+                plan.stopped = True
                 return written
             written += 1  # counted once committed: a chunk rolled back is planned again
             _committed(done)
@@ -165,18 +136,43 @@ async def _plan_chunks(
     return written
 
 
+async def _plan_range(
+    conn: asyncpg.Connection, plan: _CampaignPlan, planned: store.PlanRange
+) -> ChunkPlanned | None:
+    """Read, decide and write one range (None: the campaign is no longer planned from it)."""
+    campaign, planner, read = plan.campaign, plan.planner, plan.read
+    started = time.perf_counter()
+    # Repeatable read: a chunk's signatures and the recipients read to decide for them come
+    # from one snapshot, so a change committed in between cannot part them.
+    async with conn.transaction(isolation="repeatable_read"):
+        dense = await store.is_dense(conn, read, planned.after, planned.last)
+        chunk = await store.signature_groups(
+            conn, read, planned.after, planned.last, keep=True, dense=dense
+        )
+        decided = await _decided(
+            conn, campaign, chunk.groups, campaign.send_at, read.since, planner.policy
+        )
+    if plan.stopped:
+        return None
+    async with conn.transaction():
+        done = await _write_chunk(conn, plan, planned.number, chunk, decided, started)
+    plan.last_written = time.perf_counter()
+    return done
+
+
 async def _write_chunk(
     conn: asyncpg.Connection,
     plan: _CampaignPlan,
-    after: str | None,
+    number: int,
     chunk: store.SignatureChunk,
     decided: campaigns.SignedPlan,
     started: float,
 ) -> ChunkPlanned | None:
-    """In the caller's transaction: the chunk read after `after` kept with the campaign's
-    cursor, if the campaign is still being planned from there (None: it is not)."""
+    """In the caller's transaction: range `number`'s chunk kept with the campaign, if the
+    campaign is still being planned and the range is not planned yet (None: it is not). The
+    throttle numbers the messages in the order chunks are written (in id order within one)."""
     campaign = plan.campaign
-    first = await store.lock_planning(conn, campaign.campaign_id, after)
+    first = await store.lock_planning(conn, campaign.campaign_id, number)
     if first is None:
         return None
     definition = campaign.definition
@@ -190,18 +186,10 @@ async def _write_chunk(
         datetime.now(UTC),
     )
     messages = await store.add_plan_chunk(conn, rows, decided.reached)
-    cursor = chunk.last if chunk.last is not None else after
     seconds = time.perf_counter() - max(started, plan.last_written)
-    await store.record_plan_chunk(
-        conn,
-        campaign.campaign_id,
-        cursor,
-        messages,
-        seconds,
-        decided.reasons,
-        PLANNED_REASONS,
+    finished = await store.record_plan_chunk(
+        conn, campaign.campaign_id, messages, seconds, decided.reasons, PLANNED_REASONS
     )
-    finished = chunk.recipients < plan.planner.chunk_size
     total = (
         await store.finish_plan(conn, campaign.campaign_id, campaign.send_at) if finished else None
     )
@@ -244,16 +232,20 @@ async def plan_due(
     planner: Planner,
     progress: Callable[[ChunkPlanned], object] | None = None,
 ) -> int:
-    """Plan every campaign marked 'planning', oldest first, a chunk per transaction, over
+    """Plan every campaign marked 'planning', oldest first, a range per transaction, over
     `planner.connections` connections at once, until none is left (or a round plans nothing:
-    another planner holds it); returns the chunks planned."""
+    other planners hold its ranges); returns the chunks planned."""
     chunks = 0
     while True:
         async with pool.acquire() as conn:
-            planning = await store.next_planning(conn)
-        if planning is None:
-            return chunks
-        plan = _CampaignPlan(planning, planner)
+            campaign = await store.next_planning(conn)
+            if campaign is None:
+                return chunks
+            read = _signature_read(campaign, campaign.send_at, planner.chunk_size)
+            ranges = await store.ranges_to_plan(conn, campaign, read)
+        if not ranges:
+            continue  # planned already, or cancelled meanwhile: marked so
+        plan = _CampaignPlan(campaign, read, ranges, planner)
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(_plan_chunks(pool, plan, progress))
@@ -284,16 +276,13 @@ async def dry_run(
     that want it so; JIT is turned off in it."""
     reasons: Counter[str] = Counter()
     read = _signature_read(campaign, at, batch_size)
-    after: str | None = None
-    while True:
-        dense = (await store.chunk_end(conn, read, after)).dense
-        chunk = await store.signature_groups_after(conn, read, after, dense=dense)
+    for after, last in store.cut_ranges(None, await store.range_ends(conn, read, None)):
+        dense = await store.is_dense(conn, read, after, last)
+        chunk = await store.signature_groups(conn, read, after, last, dense=dense)
         reasons.update(
             (await _decided(conn, campaign, chunk.groups, at, read.since, policy)).reasons
         )
-        if chunk.recipients < batch_size:
-            return reasons
-        after = chunk.last
+    return reasons
 
 
 async def _decided(

@@ -592,54 +592,119 @@ async def start_due_campaigns(conn: asyncpg.Connection, now: datetime) -> int:
     return int(status.rsplit(" ", 1)[1])
 
 
-@dataclass(frozen=True)
-class PlanningCampaign:
-    """A campaign being planned, with how far its plan got."""
-
-    campaign: Campaign
-    cursor: str | None
-    """The last recipient decided, in id order (None: none yet)."""
-    messages: int
-    """Rows planned so far."""
-
-
-async def next_planning(conn: asyncpg.Connection) -> PlanningCampaign | None:
-    """The oldest campaign being planned, as far as its committed chunks got (not locked: each
-    chunk is written under `lock_planning`, only where this left off)."""
+async def next_planning(conn: asyncpg.Connection) -> Campaign | None:
+    """The oldest campaign being planned (not locked: each chunk is written under
+    `lock_planning`, only if its range is not planned yet)."""
     row = await conn.fetchrow(
         "SELECT * FROM campaigns WHERE state = 'planning' ORDER BY send_at, campaign_id LIMIT 1"
     )
-    if row is None:
-        return None
-    return PlanningCampaign(_campaign(row), row["plan_cursor"], row["plan_messages"])
+    return None if row is None else _campaign(row)
 
 
-async def lock_planning(
-    conn: asyncpg.Connection, campaign_id: str, after: str | None
-) -> int | None:
-    """Lock the campaign until the caller's transaction commits; the messages it planned so far
-    if it is still being planned and its cursor is `after` (else None: cancelled, finished, or
-    another planner wrote that chunk)."""
-    row = await conn.fetchrow(
-        "SELECT state, plan_cursor, plan_messages FROM campaigns WHERE campaign_id = $1 FOR UPDATE",
+@dataclass(frozen=True)
+class PlanRange:
+    """One chunk of a campaign's recipients: those after `after` up to `last`, in id order."""
+
+    number: int
+    after: str | None
+    """None: from the first recipient."""
+    last: str | None
+    """None: to the last recipient."""
+
+
+def cut_ranges(after: str | None, ends: Sequence[str]) -> list[tuple[str | None, str | None]]:
+    """The ranges from `after` on, each ending at one of `ends` (ascending), and the last one
+    open-ended: recipients who join the target meanwhile fall in one of them."""
+    bounds = [after, *ends]
+    return [*zip(bounds, ends, strict=False), (bounds[-1], None)]
+
+
+async def ranges_to_plan(
+    conn: asyncpg.Connection, campaign: Campaign, read: SignatureRead
+) -> list[PlanRange]:
+    """The campaign's ranges not planned yet, cut first if its planning has just started (the
+    campaign locked meanwhile, so two planners cut them once). None left: the campaign is marked
+    planned (its ranges came planned, carried by a rebuild), or is no longer being planned."""
+    campaign_id = campaign.campaign_id
+    async with conn.transaction():
+        state = await conn.fetchval(
+            "SELECT state FROM campaigns WHERE campaign_id = $1 FOR UPDATE", campaign_id
+        )
+        if state != "planning":
+            return []
+        cut = await conn.fetchrow(
+            "SELECT bool_or(last IS NULL) AS whole, max(number) AS number, max(last) AS last"
+            " FROM plan_ranges WHERE campaign_id = $1",
+            campaign_id,
+        )
+        assert cut is not None  # one row: an aggregate without GROUP BY
+        if not cut["whole"]:
+            after = cut["last"]
+            ends = await range_ends(conn, read, after)
+            first = 0 if cut["number"] is None else cut["number"] + 1
+            ranges = cut_ranges(after, ends)
+            await conn.executemany(
+                "INSERT INTO plan_ranges (campaign_id, number, after, last)"
+                " VALUES ($1, $2, $3, $4)",
+                [(campaign_id, first + n, a, b) for n, (a, b) in enumerate(ranges)],
+            )
+        rows = await conn.fetch(
+            "SELECT number, after, last FROM plan_ranges WHERE campaign_id = $1 AND NOT planned"
+            " ORDER BY number",
+            campaign_id,
+        )
+        if not rows:
+            await finish_plan(conn, campaign_id, campaign.send_at)
+    return [PlanRange(r["number"], r["after"], r["last"]) for r in rows]
+
+
+async def claim_range(conn: asyncpg.Connection, campaign_id: str, number: int) -> bool:
+    """Hold the range for this connection's session (False: another planner holds it), so that
+    planners sharing a campaign read different ranges; `release_range` lets it go, and so does
+    the session's end (a crashed planner's ranges are planned by the next)."""
+    claimed: bool = await conn.fetchval(
+        "SELECT pg_try_advisory_lock(hashtext($1), $2)", campaign_id, number
+    )
+    return claimed
+
+
+async def release_range(conn: asyncpg.Connection, campaign_id: str, number: int) -> None:
+    await conn.execute("SELECT pg_advisory_unlock(hashtext($1), $2)", campaign_id, number)
+
+
+async def lock_planning(conn: asyncpg.Connection, campaign_id: str, number: int) -> int | None:
+    """Lock the campaign until the caller's transaction commits and mark the range planned; the
+    messages the campaign planned so far (the throttle's first number for this chunk), or None
+    if the campaign is no longer being planned or the range was planned already (by a planner
+    that held it before)."""
+    messages: int | None = await conn.fetchval(
+        "SELECT plan_messages FROM campaigns WHERE campaign_id = $1 AND state = 'planning'"
+        " FOR UPDATE",
         campaign_id,
     )
-    if row is None or row["state"] != "planning" or row["plan_cursor"] != after:
+    if messages is None:
         return None
-    messages: int = row["plan_messages"]
-    return messages
+    status = await conn.execute(
+        "UPDATE plan_ranges SET planned = true"
+        " WHERE campaign_id = $1 AND number = $2 AND NOT planned",
+        campaign_id,
+        number,
+    )
+    return messages if status == "UPDATE 1" else None
 
 
+# A target's recipients up to $3 (NULL: to the last) that are {after}: after $2 (`_AFTER`), or
+# after a column.
 _SEGMENT_MEMBERS = """
 SELECT customer_id FROM segment_memberships
-WHERE segment = $1 AND member AND ($2::text IS NULL OR customer_id > $2)
-ORDER BY customer_id LIMIT $3
+WHERE segment = $1 AND member AND {after} AND ($3::text IS NULL OR customer_id <= $3)
 """
 _LISTED = """
 SELECT DISTINCT customer_id FROM unnest($1::text[]) AS listed(customer_id)
-WHERE $2::text IS NULL OR customer_id > $2
-ORDER BY customer_id LIMIT $3
+WHERE {after} AND ($3::text IS NULL OR customer_id <= $3)
 """
+_AFTER = "($2::text IS NULL OR customer_id > $2)"
+"""After $2 (NULL: from the first)."""
 
 
 async def recipients_of(
@@ -694,8 +759,8 @@ ROW(p.timezone, s.shape, coalesce(c.email, '') <> '', coalesce(c.phone, '') <> '
 _SIGNED = """
 WITH chunk AS MATERIALIZED (SELECT customer_id, row_number() OVER (ORDER BY customer_id) AS place
                             FROM ({members}) AS members),
-     chunk_ids AS (SELECT array_agg(customer_id) AS ids, min(customer_id) AS lo,
-                          max(customer_id) AS hi FROM chunk)
+     chunk_ids AS (SELECT array_agg(customer_id) AS ids FROM chunk),
+     chunk_span AS (SELECT min(customer_id) AS lo, max(customer_id) AS hi FROM chunk)
 SELECT r.customer_id, r.place, {signature} AS signature, s.addresses, c.email, c.phone
 FROM chunk AS r
 LEFT JOIN channel_preferences AS p ON p.customer_id = r.customer_id AND {p_in_chunk}
@@ -733,11 +798,9 @@ LEFT JOIN LATERAL (
 ) AS s ON true
 """
 # The groups, numbered in the order of their least ids, and one row more for the whole chunk
-# (its signature NULL: a signature never is): how many recipients it holds and the greatest id,
-# the plan's cursor.
+# (its signature NULL: a signature never is): how many recipients it holds.
 _GROUPS = """
 SELECT signature, min(customer_id) AS example, count(*) AS recipients,
-       CASE WHEN GROUPING(signature) = 1 THEN max(customer_id) END AS last,
        row_number() OVER (ORDER BY GROUPING(signature), min(customer_id)) AS number
 FROM {signed} GROUP BY GROUPING SETS ((signature), ())
 """
@@ -772,27 +835,33 @@ class SignatureRead:
     since: datetime
     """`sends_since` the decision instant."""
     limit: int
-    """Recipients per chunk."""
+    """Recipients per chunk (a plan's ranges hold this many when cut)."""
 
 
 def _members(target: CampaignTarget) -> tuple[str, object]:
-    """The statement listing a target's recipients after $2 ($3 at most, in id order), and $1."""
+    """The statement listing a target's recipients after $2 up to $3, and $1."""
     if target.segment is not None:
-        return _SEGMENT_MEMBERS, target.segment
-    return _LISTED, list(target.customer_ids or ())
+        return _SEGMENT_MEMBERS.format(after=_AFTER), target.segment
+    return _LISTED.format(after=_AFTER), list(target.customer_ids or ())
 
 
 _CHUNK_TABLES = "pckdht"
 """The aliases in `_SIGNED` of the tables whose rows of the chunk are read by id or by range."""
 _BY_IDS = "{t}.customer_id = ANY ((SELECT ids FROM chunk_ids)::text[])"
-_BY_RANGE = "{t}.customer_id BETWEEN (SELECT lo FROM chunk_ids) AND (SELECT hi FROM chunk_ids)"
+_BY_RANGE = "{t}.customer_id BETWEEN (SELECT lo FROM chunk_span) AND (SELECT hi FROM chunk_span)"
 
 
 async def _signed(
-    conn: asyncpg.Connection, shape: str, read: SignatureRead, after: str | None, dense: bool
+    conn: asyncpg.Connection,
+    shape: str,
+    read: SignatureRead,
+    after: str | None,
+    last: str | None,
+    dense: bool,
 ) -> list[asyncpg.Record]:
-    """The chunk of recipients after `after` read by `shape` (by id range if `dense`), with JIT
-    off in the caller's transaction: it costs more than it saves on these statements."""
+    """The chunk of recipients after `after` up to `last` read by `shape` (by id range if
+    `dense`), with JIT off in the caller's transaction: it costs more than it saves on these
+    statements."""
     await conn.execute("SET LOCAL jit = off")
     members, key = _members(read.target)
     in_chunk = _BY_RANGE if dense else _BY_IDS
@@ -802,52 +871,68 @@ async def _signed(
         **{f"{table}_in_chunk": in_chunk.format(t=table) for table in _CHUNK_TABLES},
     )
     rows: list[asyncpg.Record] = await conn.fetch(
-        statement, key, after, read.limit, read.purpose, read.since
+        statement, key, after, last, read.purpose, read.since
     )
     return rows
 
 
-@dataclass(frozen=True)
-class ChunkEnd:
-    """Where the chunk after a cursor ends, and how it is best read."""
+# Every $4-th recipient after $2, in id order: the ends of a plan's ranges. A segment's are found
+# a hop at a time, each the $4-th member after the one before it (an index-only scan that skips
+# to it: about a third of the cost of numbering every member); a list's are numbered in one pass
+# (a hop would unnest the list again).
+_SEGMENT_ENDS = f"""
+WITH RECURSIVE ends(customer_id) AS (
+    (SELECT customer_id FROM ({_SEGMENT_MEMBERS.format(after=_AFTER)}) AS members
+     ORDER BY customer_id OFFSET $4 - 1 LIMIT 1)
+    UNION ALL
+    SELECT (SELECT m.customer_id
+            FROM ({_SEGMENT_MEMBERS.format(after="customer_id > e.customer_id")}) AS m
+            ORDER BY m.customer_id OFFSET $4 - 1 LIMIT 1)
+    FROM ends AS e WHERE e.customer_id IS NOT NULL
+)
+SELECT customer_id FROM ends WHERE customer_id IS NOT NULL
+"""
+_LISTED_ENDS = f"""
+SELECT customer_id FROM (SELECT customer_id, row_number() OVER (ORDER BY customer_id) AS n
+                         FROM ({_LISTED.format(after=_AFTER)}) AS members) AS numbered
+WHERE n % $4 = 0
+ORDER BY customer_id
+"""
 
-    last: str | None
-    """Its last recipient (None: fewer than a chunk are left, so it is the plan's last)."""
-    dense: bool
-    """Whether its id range holds at most twice as many set-ups, contacts and consents as it has
-    recipients: then reading it by range costs less than by id. The do-not-contact entries and
-    holds are read by range with them, uncounted: they are few, a handful a customer at most."""
+
+async def range_ends(conn: asyncpg.Connection, read: SignatureRead, after: str | None) -> list[str]:
+    """Where the chunks of `read.limit` recipients after `after` end (`cut_ranges`), in id
+    order, read from the target's ids alone."""
+    ends = _SEGMENT_ENDS if read.target.segment is not None else _LISTED_ENDS
+    _, key = _members(read.target)
+    rows = await conn.fetch(ends, key, after, None, read.limit)
+    return [row["customer_id"] for row in rows]
 
 
-# The set-ups, contacts and consents of the purpose in the chunk's id range are counted up to
-# twice the chunk's size, so a sparse chunk costs no more to count than a dense one.
-_CHUNK_END = """
-WITH chunk AS MATERIALIZED ({members}),
-     span AS (SELECT min(customer_id) AS lo, max(customer_id) AS hi, count(*) AS recipients
-              FROM chunk)
-SELECT CASE WHEN recipients = $3 THEN hi END AS last,
-       greatest((SELECT count(*) FROM (SELECT FROM channel_preferences AS p
-                                       WHERE p.customer_id BETWEEN lo AND hi
-                                       LIMIT 2 * $3) AS t),
-                (SELECT count(*) FROM (SELECT FROM customer_contacts AS c
-                                       WHERE c.customer_id BETWEEN lo AND hi
-                                       LIMIT 2 * $3) AS t),
-                (SELECT count(*) FROM (SELECT FROM consents AS k
-                                       WHERE k.customer_id BETWEEN lo AND hi AND purpose = $4
-                                       LIMIT 2 * $3) AS t)) <= 2 * recipients AS dense
+# The customers in the chunk's id range are counted (their contacts: the service hears of every
+# customer through them) up to twice the chunk's size, so a sparse chunk costs no more to count
+# than a dense one. Their set-ups, consents, do-not-contact entries and holds are at most one or
+# a few a customer, so the customers' count says how many of those a range read takes too.
+_DENSE = """
+WITH span AS (SELECT min(customer_id) AS lo, max(customer_id) AS hi, count(*) AS recipients
+              FROM ({members}) AS members)
+SELECT (SELECT count(*) FROM (SELECT FROM customer_contacts AS c
+                              WHERE c.customer_id BETWEEN lo AND hi LIMIT 2 * $4) AS t)
+       <= 2 * recipients
 FROM span
 """
 
 
-async def chunk_end(conn: asyncpg.Connection, read: SignatureRead, after: str | None) -> ChunkEnd:
-    """Where the chunk after `after` ends, read from the target's ids alone (where the next chunk
-    starts, before this one is read), and whether it is dense."""
+async def is_dense(
+    conn: asyncpg.Connection, read: SignatureRead, after: str | None, last: str | None
+) -> bool:
+    """Whether the id range of the chunk after `after` up to `last` holds at most twice as many
+    customers as recipients: then reading their rows by range costs less than by id."""
     members, key = _members(read.target)
-    row = await conn.fetchrow(
-        _CHUNK_END.format(members=members), key, after, read.limit, read.purpose
+    dense: bool | None = await conn.fetchval(
+        _DENSE.format(members=members), key, after, last, read.limit
     )
-    assert row is not None  # one row: an aggregate without GROUP BY
-    return ChunkEnd(row["last"], bool(row["dense"]))
+    return bool(dense)
 
 
 @dataclass(frozen=True)
@@ -868,35 +953,34 @@ class SignatureChunk:
 
     groups: list[SignatureGroup]
     recipients: int
-    last: str | None
-    """The greatest id of the chunk, the cursor after it (None: the chunk is empty)."""
 
 
-async def signature_groups_after(
+async def signature_groups(
     conn: asyncpg.Connection,
     read: SignatureRead,
     after: str | None,
+    last: str | None,
     *,
     keep: bool = False,
     dense: bool = False,
 ) -> SignatureChunk:
-    """The next chunk of recipients after `after`, in customer id order (a keyset cursor: a plan
-    resumes after the last recipient it committed), counted by decision signature: nothing is
-    read per recipient. `keep` keeps the recipients in the session's `plan_recipients` for
-    `add_plan_chunk` (a read-only transaction cannot). `dense`: read by the chunk's id range
-    (`chunk_end` says when that is cheaper); the same rows either way."""
+    """The chunk of recipients after `after` up to `last` in customer id order (a plan's range),
+    counted by decision signature: nothing is read per recipient. `keep` keeps the recipients in
+    the session's `plan_recipients` for `add_plan_chunk` (a read-only transaction cannot).
+    `dense`: read by the chunk's id range (`is_dense` says when that is cheaper); the same rows
+    either way."""
     if keep:
         await conn.execute(_PLAN_RECIPIENTS)
         await conn.execute("TRUNCATE plan_recipients")
     shape = _KEPT_SIGNATURE_GROUPS if keep else _SIGNATURE_GROUPS
-    rows = await _signed(conn, shape, read, after, dense)
+    rows = await _signed(conn, shape, read, after, last, dense)
     whole = next(row for row in rows if row["signature"] is None)
     groups = [
         SignatureGroup(row["signature"], row["example"], row["recipients"], row["number"])
         for row in rows
         if row["signature"] is not None
     ]
-    return SignatureChunk(groups, whole["recipients"], whole["last"])
+    return SignatureChunk(groups, whole["recipients"])
 
 
 @dataclass(frozen=True)
@@ -959,9 +1043,9 @@ RETURNING messages
 async def add_plan_chunk(
     conn: asyncpg.Connection, rows: PlannedRows, reached: Sequence[Reached]
 ) -> int:
-    """Keep the messages of each recipient the chunk kept (`signature_groups_after(keep=True)`)
-    whose signature was reached, as one plan_chunks row; how many. The campaign's cursor,
-    committed with it, is what keeps a resumed plan from planning a recipient twice."""
+    """Keep the messages of each recipient the chunk kept (`signature_groups(keep=True)`) whose
+    signature was reached, as one plan_chunks row; how many. The range's flag, committed with it
+    (`lock_planning`), is what keeps a resumed plan from planning a recipient twice."""
     if not reached:
         return 0
     messages: int | None = await conn.fetchval(
@@ -1027,18 +1111,17 @@ async def take_due_chunk(conn: asyncpg.Connection, now: datetime, wanted: int) -
 async def record_plan_chunk(
     conn: asyncpg.Connection,
     campaign_id: str,
-    cursor: str | None,
     messages: int,
     seconds: float,
     reasons: Mapping[str, int],
     planned_reasons: Collection[str],
-) -> None:
-    """Move the campaign's cursor past the chunk, adding its rows, time and reasons."""
+) -> bool:
+    """Add a chunk's rows, time and reasons to its campaign; whether every range of the campaign
+    is planned now (in the caller's transaction, under `lock_planning`)."""
     await conn.execute(
-        "UPDATE campaigns SET plan_cursor = $2, plan_messages = plan_messages + $3,"
-        " plan_seconds = coalesce(plan_seconds, 0) + $4 WHERE campaign_id = $1",
+        "UPDATE campaigns SET plan_messages = plan_messages + $2,"
+        " plan_seconds = coalesce(plan_seconds, 0) + $3 WHERE campaign_id = $1",
         campaign_id,
-        cursor,
         messages,
         seconds,
     )
@@ -1054,6 +1137,11 @@ async def record_plan_chunk(
         [reason in planned_reasons for reason in reasons],
         list(reasons.values()),
     )
+    complete: bool = await conn.fetchval(
+        "SELECT NOT EXISTS (SELECT FROM plan_ranges WHERE campaign_id = $1 AND NOT planned)",
+        campaign_id,
+    )
+    return complete
 
 
 async def finish_plan(conn: asyncpg.Connection, campaign_id: str, planned_at: datetime) -> float:

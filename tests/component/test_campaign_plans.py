@@ -1,5 +1,6 @@
-"""Campaign plans on real PostgreSQL: the planning job plans chunk by chunk with a cursor, so a
-plan interrupted mid-way resumes without planning anyone twice; a planned chunk is written out as
+"""Campaign plans on real PostgreSQL: the planning job cuts a campaign into ranges and plans them
+in any order, each marked planned with its chunk, so a plan interrupted mid-way resumes without
+planning anyone twice, and two planners share the ranges; a planned chunk is written out as
 rows once, when its first message is due and the sender needs rows, and a cancelled campaign's
 chunks never are; the sender's claim renders the narrow rows once, with the recipient's name,
 recommendations and signed links, and cancels only the message whose template fails."""
@@ -162,6 +163,42 @@ async def test_a_cancellation_stops_a_plan_between_chunks(pool: asyncpg.Pool) ->
         assert await conn.fetchval("SELECT sum(messages) FROM plan_chunks") == 10
 
 
+async def test_a_plan_begun_under_the_old_cursor_resumes_after_it(pool: asyncpg.Pool) -> None:
+    """Migration 011 keeps a plan begun before ranges as one planned range up to its cursor:
+    planning resumes after it, with the throttle's numbering where it stopped."""
+    async with pool.acquire() as conn:
+        await _mark_planning(conn)
+        await conn.execute("INSERT INTO plan_ranges VALUES ('spring', 0, NULL, 'C12', true)")
+        await conn.execute("UPDATE campaigns SET plan_messages = 12")
+    planner = planning.Planner(chunk_size=10, connections=2)
+    assert await planning.plan_due(pool, planner) == 2  # C13-C22, C23-C25
+    async with pool.acquire() as conn:
+        assert await write_out_plans(conn) == 13
+        rows = await conn.fetch(
+            "SELECT customer_id, not_before FROM outbound_messages ORDER BY not_before"
+        )
+        ranges = await conn.fetch("SELECT number, after, last FROM plan_ranges ORDER BY number")
+    assert sorted(r["customer_id"] for r in rows) == [f"C{n:02}" for n in range(13, 26)]
+    assert [r["not_before"] for r in rows] == [
+        AT + timedelta(seconds=n / 10) for n in range(12, 25)
+    ]
+    assert [tuple(r) for r in ranges] == [(0, None, "C12"), (1, "C12", "C22"), (2, "C22", None)]
+
+
+async def test_a_campaign_whose_ranges_are_all_planned_is_marked_planned(
+    pool: asyncpg.Pool,
+) -> None:
+    """A rebuild replays a campaign to 'planning' and carries its planned ranges: it is marked
+    planned again, and nobody is planned twice."""
+    async with pool.acquire() as conn:
+        await _mark_planning(conn)
+        await conn.execute("INSERT INTO plan_ranges VALUES ('spring', 0, NULL, NULL, true)")
+    assert await planning.plan_due(pool, planning.Planner(chunk_size=10, connections=2)) == 0
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT state FROM campaigns") == "planned"
+        assert await conn.fetchval("SELECT count(*) FROM plan_chunks") == 0
+
+
 async def test_a_chunk_is_read_by_id_range_only_where_its_range_is_dense(
     pool: asyncpg.Pool,
 ) -> None:
@@ -174,17 +211,25 @@ async def test_a_chunk_is_read_by_id_range_only_where_its_range_is_dense(
         )
         everyone = store.SignatureRead(campaign.definition.target, "marketing", AT, 10)
         ends = store.SignatureRead(CampaignTarget(segment="ends"), "marketing", AT, 10)
-        assert await store.chunk_end(conn, everyone, None) == store.ChunkEnd("C10", True)
-        assert await store.chunk_end(conn, everyone, "C20") == store.ChunkEnd(None, True)
+        assert await store.range_ends(conn, everyone, None) == ["C10", "C20"]
+        assert await store.range_ends(conn, everyone, "C03") == ["C13", "C23"]
+        # A list is cut alike, each customer once.
+        listed = CampaignTarget(customer_ids=("C05", "C01", "C09", "C01", "C03"))
+        pairs = store.SignatureRead(listed, "marketing", AT, 2)
+        assert await store.range_ends(conn, pairs, None) == ["C03", "C09"]
+        assert await store.range_ends(conn, pairs, "C03") == ["C09"]
+        assert await store.is_dense(conn, everyone, None, "C10")
+        assert await store.is_dense(conn, everyone, "C20", None)
         # Two recipients 25 customers apart: read by id, not the 23 customers between them.
-        assert await store.chunk_end(conn, ends, None) == store.ChunkEnd(None, False)
+        assert await store.range_ends(conn, ends, None) == []
+        assert not await store.is_dense(conn, ends, None, None)
 
 
 async def test_two_planners_at_once_plan_each_recipient_once(
     pool: asyncpg.Pool, fresh_dsn: str
 ) -> None:
-    """Two worker replicas planning the same campaign: each chunk is written by one of them,
-    where the campaign's cursor stands, in id order, so the throttle numbers it as one would."""
+    """Two worker replicas planning the same campaign: each range is planned by one of them, and
+    the throttle gives each message a slot of its own, in id order within a chunk."""
     async with pool.acquire() as conn:
         await _mark_planning(conn)
     replicas = await open_pool(fresh_dsn, MIGRATIONS, 5)
@@ -193,21 +238,29 @@ async def test_two_planners_at_once_plan_each_recipient_once(
         planned = await asyncio.gather(*(planning.plan_due(replicas, planner) for _ in range(2)))
         async with replicas.acquire() as conn:
             assert await write_out_plans(conn) == CUSTOMERS
-            rows = await conn.fetch("SELECT customer_id, not_before FROM outbound_messages")
+            rows = await conn.fetch(
+                "SELECT customer_id, not_before FROM outbound_messages ORDER BY customer_id"
+            )
             view = await conn.fetchrow("SELECT * FROM campaigns")
+            ranges = await conn.fetch("SELECT after, last, planned FROM plan_ranges")
     finally:
         await replicas.close()
-    assert sum(planned) == CUSTOMERS // 4 + 1
-    assert sorted((r["customer_id"], r["not_before"]) for r in rows) == [
-        (f"C{n:02}", AT + timedelta(seconds=(n - 1) / 10)) for n in range(1, CUSTOMERS + 1)
-    ]
+    assert sum(planned) == CUSTOMERS // 4 + 1 == len(ranges)
+    assert all(r["planned"] for r in ranges)
+    assert [r["customer_id"] for r in rows] == [f"C{n:02}" for n in range(1, CUSTOMERS + 1)]
+    slots = [AT + timedelta(seconds=n / 10) for n in range(CUSTOMERS)]
+    assert sorted(r["not_before"] for r in rows) == slots
+    for chunk in range(0, CUSTOMERS, 4):  # a range's recipients: C01-C04, C05-C08, ...
+        times = [r["not_before"] for r in rows[chunk : chunk + 4]]
+        assert times == sorted(times)
+        assert times[-1] - times[0] == timedelta(seconds=(len(times) - 1) / 10)
     assert (view["state"], view["plan_messages"]) == ("planned", CUSTOMERS)
 
 
 async def test_the_claim_renders_each_message_once_and_cancels_only_a_failing_one(
     pool: asyncpg.Pool,
 ) -> None:
-    planner = planning.Planner(chunk_size=100)
+    planner = planning.Planner(chunk_size=100, connections=1)
     async with pool.acquire() as conn:
         await _mark_planning(conn, throttle_per_second=None)
     await planning.plan_due(pool, planner)
@@ -246,7 +299,7 @@ async def test_a_chunk_is_written_out_once_when_due_and_when_the_sender_needs_ro
     # AT + 1 s and AT + 2 s.
     async with pool.acquire() as conn:
         await _mark_planning(conn)
-    assert await planning.plan_due(pool, planning.Planner(chunk_size=10)) == 3
+    assert await planning.plan_due(pool, planning.Planner(chunk_size=10, connections=1)) == 3
     second = AT + timedelta(seconds=1.5)
     async with pool.acquire() as conn, pool.acquire() as other:
         assert await conn.fetchval("SELECT count(*) FROM outbound_messages") == 0
@@ -279,7 +332,7 @@ async def test_cancelling_cancels_the_rows_and_the_chunks_not_written_out(
 ) -> None:
     async with pool.acquire() as conn:
         await _mark_planning(conn)
-    await planning.plan_due(pool, planning.Planner(chunk_size=10))
+    await planning.plan_due(pool, planning.Planner(chunk_size=10, connections=2))
     async with pool.acquire() as conn:
         assert await store.take_due_chunk(conn, AT, 100) == 10
         (view,) = await store.campaign_rows(conn, "spring", 1)

@@ -30,6 +30,7 @@ from broadcast_service.campaigns import (
 from broadcast_service.decision import reach_of, registered_addresses
 from broadcast_service.metrics import count_planned
 from broadcast_service.projection import ChannelPreferences, ChannelSetup, Consent, QuietWindow
+from broadcast_service.store import cut_ranges
 from broadcast_service.templates import Links, LinksUnavailable
 from crm_shared.contracts.events import (
     CAMPAIGN_CANCELLED,
@@ -336,3 +337,9 @@ def test_planned_recipients_count_as_decisions_by_purpose_outcome_and_reason_cod
     before = [count(*key) for key in keys]
     count_planned("marketing", plan.decided)
     assert [count(*key) - was for key, was in zip(keys, before, strict=True)] == [1.0, 1.0, 2.0]
+
+
+def test_a_plan_is_cut_into_ranges_ending_at_each_end_and_one_open_ended() -> None:
+    assert cut_ranges(None, ["C10", "C20"]) == [(None, "C10"), ("C10", "C20"), ("C20", None)]
+    assert cut_ranges("C05", ["C15"]) == [("C05", "C15"), ("C15", None)]
+    assert cut_ranges(None, []) == [(None, None)]

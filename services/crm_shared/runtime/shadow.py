@@ -38,12 +38,14 @@ worker computes them again."""
 CARRIED_TABLES = (
     "outbound_messages",
     "plan_chunks",
+    "plan_ranges",
     "message_outcomes",
     "campaign_results",
     "published_lists",
 )
 """What a service did in the world rather than what the log says: the broadcast service's send
-ledger (which messages went out or are planned to, and what became of them) and the lists the
+ledger (which messages went out or are planned to, which parts of a campaign are planned, and
+what became of them) and the lists the
 recommendation service published (with their per-customer versions, which consumers order by).
 A replay cannot redo a send or unpublish a list, so a rebuild does not compare these tables and
 carries the live rows into the shadow at the switch, under a lock that holds their writers: a
