@@ -15,11 +15,19 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
 from fastapi.responses import Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 
-from crm_shared.contracts.events import Channel, DepartmentCode
+from crm_shared.contracts.events import Channel, CustomerId, DepartmentCode
 from crm_shared.contracts.timeline import TimelineEventType, TimelineFilter, TimelineKind
-from crm_shared.runtime.http import Lifespan, create_api, database_lifespan, serve
+from crm_shared.runtime.http import (
+    DirectRoute,
+    Lifespan,
+    create_api,
+    database_lifespan,
+    documented_parameters,
+    parsed,
+    serve,
+)
 from gateway_service import composition, ingest, metrics, store, upstream
 from gateway_service.auth import (
     CUSTOMERS_READ,
@@ -39,6 +47,8 @@ from gateway_service.ratelimit import RateLimiter
 from gateway_service.upstream import Services, UpstreamFailure
 
 CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]
+CUSTOMER_ID = TypeAdapter(CustomerId)
+"""A customer id in a DirectRoute's path, as the contract and CustomerIdPath read it."""
 JSON = "application/json"
 TIMELINE_MAX_PAGE = 200
 """The longest timeline page the interaction service gives."""
@@ -253,6 +263,21 @@ def _ingest_response(result: ingest.IngestResult) -> IngestResponse:
     )
 
 
+async def get_customer(request: Request) -> Response:
+    """The customer 360 from every service; what a service cannot give is listed in missing."""
+    # A DirectRoute (the busiest read): the key first, as FastAPI solved the guard before the
+    # path, then the path; FastAPI's dependency solving was about 40 % of the route's own time.
+    await admitted(request, CUSTOMERS_READ)
+    customer_id = parsed(CUSTOMER_ID, request.path_params["customer_id"], "path", "customer_id")
+    services: Services = request.app.state.services
+    outcomes = await services.customer_360(customer_id, request.state.request_id)
+    try:
+        view = composition.compose(customer_id, outcomes)
+    except composition.CustomerUnknown as error:
+        raise HTTPException(404, str(error)) from None
+    return Response(composition.render(view), media_type=JSON)
+
+
 def gateway_lifespan(settings: GatewaySettings) -> Lifespan:
     """The database (API keys), the Kafka producer and the HTTP clients, for the app's life."""
     database = database_lifespan(settings, store.MIGRATIONS)
@@ -285,20 +310,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         check_responses=settings.platform.check_responses,
     )
 
-    @app.get(
-        "/v1/customers/{customer_id}", response_model=Customer360, responses=errors(*GUARDED, 404)
+    app.router.add_api_route(
+        "/v1/customers/{customer_id}",
+        get_customer,
+        methods=["GET"],
+        response_model=Customer360,
+        responses=errors(*GUARDED, 404),
+        openapi_extra=documented_parameters({"customer_id": CUSTOMER_ID}) | KEY_SECURITY,
+        route_class_override=DirectRoute,
     )
-    async def get_customer(
-        customer_id: CustomerIdPath, request: Request, _key: CustomersReader
-    ) -> Response:
-        """The customer 360 from every service; what a service cannot give is listed in missing."""
-        services: Services = request.app.state.services
-        outcomes = await services.customer_360(customer_id, request.state.request_id)
-        try:
-            view = composition.compose(customer_id, outcomes)
-        except composition.CustomerUnknown as error:
-            raise HTTPException(404, str(error)) from None
-        return Response(composition.render(view), media_type=JSON)
 
     @app.get(
         "/v1/customers/{customer_id}/timeline",

@@ -16,9 +16,9 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field, TypeAdapter
 
-from crm_shared.contracts.events import CategoryName, CountryCode, CustomerId, SegmentName
+from crm_shared.contracts.events import CategoryName, CountryCode, SegmentName
 from crm_shared.runtime.http import DirectRoute, documented_parameters, parsed
-from gateway_service.api import GUARDED, KEY_SECURITY, admitted, errors, require
+from gateway_service.api import CUSTOMER_ID, GUARDED, KEY_SECURITY, admitted, errors, require
 from gateway_service.auth import RECOMMENDATIONS_READ, RECOMMENDATIONS_TRAIN, StoredKey
 from gateway_service.passthrough import passed_on
 from gateway_service.upstream import customer_path
@@ -87,7 +87,6 @@ async def catalogue_params(query: Annotated[CatalogueQuery, Query()]) -> dict[st
 
 
 CatalogueParams = Annotated[dict[str, str], Depends(catalogue_params)]
-CUSTOMER_ID = TypeAdapter(CustomerId)
 PICKS_QUERY = TypeAdapter(PicksQuery)
 
 

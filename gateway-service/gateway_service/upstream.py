@@ -142,7 +142,7 @@ class Services:
             async with asyncio.timeout(self._timeout):
                 response = await self._transport.handle_async_request(request)
                 try:
-                    return Answer(response.status_code, await response.aread())
+                    return Answer(response.status_code, await _content(response))
                 finally:
                     await response.aclose()
         except (httpx.TransportError, aiohttp.ClientError, OSError) as error:  # timeouts included
@@ -199,6 +199,17 @@ def query_pairs(params: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
         for name, value in params.items()
         for item in (value if isinstance(value, list | tuple) else (value,))
     )
+
+
+async def _content(response: httpx.Response) -> bytes:
+    """The answer's bytes, read straight from the transport's stream: `aread` passes every chunk
+    through a decoder and a re-chunker, about a tenth of a call's CPU. The services send their
+    bodies unencoded; an encoded one (not expected) still goes through `aread` to be decoded."""
+    if "content-encoding" in response.headers or not isinstance(
+        response.stream, httpx.AsyncByteStream
+    ):
+        return await response.aread()
+    return b"".join([chunk async for chunk in response.stream])
 
 
 def json_body(content: bytes) -> Any:

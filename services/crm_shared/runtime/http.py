@@ -58,7 +58,15 @@ def create_api(
     With `check_responses` (CRM_CHECK_RESPONSES, which the test suite sets) its DirectRoutes
     check their answers against their response models.
     """
-    app = FastAPI(title=title, description=description, lifespan=lifespan, version="1")
+    # No OpenTelemetry here (metrics are Prometheus's): FastAPI's native telemetry, on by
+    # default, otherwise asks for the global providers on every request.
+    app = FastAPI(
+        title=title,
+        description=description,
+        lifespan=lifespan,
+        version="1",
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     app.state.check_responses = check_responses
     if service_token is not None:
         # Added before `Observe`, so `Observe` wraps it: a refusal has a request id and is
@@ -271,11 +279,12 @@ def parsed(adapter: TypeAdapter[T], value: object, *where: str) -> T:
 
 
 def documented_parameters(
-    path: Mapping[str, TypeAdapter[Any]], query: TypeAdapter[Any]
+    path: Mapping[str, TypeAdapter[Any]], query: TypeAdapter[Any] | None = None
 ) -> dict[str, Any]:
     """The `openapi_extra` of such a route: its path parameters and the fields of its query
-    model as the OpenAPI parameters FastAPI would have documented from a signature."""
-    schema = query.json_schema()
+    model (if it takes a query) as the OpenAPI parameters FastAPI would have documented from a
+    signature."""
+    schema = query.json_schema() if query is not None else {"properties": {}}
     required = set(schema.get("required", ()))
     parameters = [
         {"name": name, "in": "path", "required": True, "schema": adapter.json_schema()}
