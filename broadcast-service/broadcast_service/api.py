@@ -25,10 +25,14 @@ from broadcast_service.decision import (
 from broadcast_service.delivery_api import add_delivery_routes
 from crm_shared.contracts.events import Channel, ContactPurpose
 from crm_shared.runtime.http import (
+    CUSTOMER_ID,
+    DirectRoute,
     connection,
     create_api,
     database_lifespan,
+    documented_parameters,
     model_response,
+    path_customer_id,
     pool_of,
     serve,
 )
@@ -248,15 +252,24 @@ def create_app(settings: BroadcastSettings | None = None) -> FastAPI:
         check_responses=settings.platform.check_responses,
     )
 
-    @app.get("/customers/{customer_id}/preferences", response_model=CustomerPreferences)
-    async def get_preferences(customer_id: CustomerIdPath, request: Request) -> Response:
+    async def get_preferences(request: Request) -> Response:
         """The customer's channel set-up, consents with their evidence, do-not-contact entries
         and the holds on promotions (open complaints, latest detractor score)."""
+        customer_id = path_customer_id(request)  # a DirectRoute: on the customer 360's path
         async with pool_of(request).acquire() as conn:
             reach = (await store.reaches_of(conn, [customer_id]))[customer_id]
         if not _known(reach):
             raise _unknown(customer_id)
         return model_response(_preferences_view(customer_id, reach))
+
+    app.router.add_api_route(
+        "/customers/{customer_id}/preferences",
+        get_preferences,
+        methods=["GET"],
+        response_model=CustomerPreferences,
+        openapi_extra=documented_parameters({"customer_id": CUSTOMER_ID}),
+        route_class_override=DirectRoute,
+    )
 
     @app.get("/customers/{customer_id}/consent-history", response_model=list[ConsentHistoryEntry])
     async def get_consent_history(

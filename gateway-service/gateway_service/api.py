@@ -15,17 +15,18 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
 from fastapi.responses import Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Field
 
-from crm_shared.contracts.events import Channel, CustomerId, DepartmentCode
+from crm_shared.contracts.events import Channel, DepartmentCode
 from crm_shared.contracts.timeline import TimelineEventType, TimelineFilter, TimelineKind
 from crm_shared.runtime.http import (
+    CUSTOMER_ID,
     DirectRoute,
     Lifespan,
     create_api,
     database_lifespan,
     documented_parameters,
-    parsed,
+    path_customer_id,
     serve,
 )
 from gateway_service import composition, ingest, metrics, store, upstream
@@ -47,8 +48,6 @@ from gateway_service.ratelimit import RateLimiter
 from gateway_service.upstream import Services, UpstreamFailure
 
 CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@+-]+$")]
-CUSTOMER_ID = TypeAdapter(CustomerId)
-"""A customer id in a DirectRoute's path, as the contract and CustomerIdPath read it."""
 JSON = "application/json"
 TIMELINE_MAX_PAGE = 200
 """The longest timeline page the interaction service gives."""
@@ -268,7 +267,7 @@ async def get_customer(request: Request) -> Response:
     # A DirectRoute (the busiest read): the key first, as FastAPI solved the guard before the
     # path, then the path; FastAPI's dependency solving was about 40 % of the route's own time.
     await admitted(request, CUSTOMERS_READ)
-    customer_id = parsed(CUSTOMER_ID, request.path_params["customer_id"], "path", "customer_id")
+    customer_id = path_customer_id(request)
     services: Services = request.app.state.services
     outcomes = await services.customer_360(customer_id, request.state.request_id)
     try:

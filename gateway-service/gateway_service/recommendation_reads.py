@@ -17,8 +17,14 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field, TypeAdapter
 
 from crm_shared.contracts.events import CategoryName, CountryCode, SegmentName
-from crm_shared.runtime.http import DirectRoute, documented_parameters, parsed
-from gateway_service.api import CUSTOMER_ID, GUARDED, KEY_SECURITY, admitted, errors, require
+from crm_shared.runtime.http import (
+    CUSTOMER_ID,
+    DirectRoute,
+    documented_parameters,
+    parsed,
+    path_customer_id,
+)
+from gateway_service.api import GUARDED, KEY_SECURITY, admitted, errors, require
 from gateway_service.auth import RECOMMENDATIONS_READ, RECOMMENDATIONS_TRAIN, StoredKey
 from gateway_service.passthrough import passed_on
 from gateway_service.upstream import customer_path
@@ -103,7 +109,7 @@ async def get_recommendations(request: Request) -> Response:
     # A DirectRoute, as the service's: the key first (FastAPI solved the guard before the
     # parameters), then the path and the query validated in one go.
     await admitted(request, RECOMMENDATIONS_READ)
-    customer_id = parsed(CUSTOMER_ID, request.path_params["customer_id"], "path", "customer_id")
+    customer_id = path_customer_id(request)
     query = parsed(PICKS_QUERY, dict(request.query_params), "query")
     path = customer_path("/customers/{customer_id}/recommendations", customer_id)
     params = {"limit": query.limit, **query.params()}

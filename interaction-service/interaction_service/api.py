@@ -11,15 +11,20 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 
 from crm_shared.contracts.events import DEPARTMENT_PATTERN, Channel
 from crm_shared.contracts.timeline import TIMELINE_EVENT_TYPES, TimelineFilter
 from crm_shared.runtime.http import (
+    CUSTOMER_ID,
+    DirectRoute,
     connection,
     create_api,
     database_lifespan,
+    documented_parameters,
     model_response,
+    parsed,
+    path_customer_id,
     pool_of,
     serve,
 )
@@ -174,6 +179,15 @@ def _summary(customer_id: str, totals: projection.ContactTotals) -> ContactSumma
     )
 
 
+class OverviewQuery(BaseModel):
+    """The overview's query: how long its timeline page is."""
+
+    limit: int = Field(20, ge=1, le=MAX_PAGE, description="Entries of the first page (20)")
+
+
+OVERVIEW_QUERY = TypeAdapter(OverviewQuery)
+
+
 def create_app(settings: InteractionSettings | None = None) -> FastAPI:
     settings = settings or InteractionSettings()
     app = create_api(
@@ -274,14 +288,12 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
             raise _unknown(customer_id)
         return model_response(_summary(customer_id, totals))
 
-    @app.get("/customers/{customer_id}/overview", response_model=InteractionOverview)
-    async def get_overview(
-        customer_id: CustomerIdPath,
-        request: Request,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
-    ) -> Response:
+    async def get_overview(request: Request) -> Response:
         """The first timeline page and the contact summary in one answer (the customer 360's
         share, one call instead of two)."""
+        # A DirectRoute: FastAPI's parameter solving was a tenth of this read.
+        customer_id = path_customer_id(request)
+        limit = parsed(OVERVIEW_QUERY, dict(request.query_params), "query").limit
 
         query, as_of = TimelineQuery(), datetime.now(UTC)
 
@@ -307,6 +319,15 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
             contact_summary=None if totals is None else _summary(customer_id, totals),
         )
         return model_response(overview)
+
+    app.router.add_api_route(
+        "/customers/{customer_id}/overview",
+        get_overview,
+        methods=["GET"],
+        response_model=InteractionOverview,
+        openapi_extra=documented_parameters({"customer_id": CUSTOMER_ID}, OVERVIEW_QUERY),
+        route_class_override=DirectRoute,
+    )
 
     cases_api.install(app)
     from interaction_service import experience_api  # imported here: it imports this module

@@ -15,10 +15,14 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
 from pydantic import BaseModel
 
 from crm_shared.runtime.http import (
+    CUSTOMER_ID,
+    DirectRoute,
     connection,
     create_api,
     database_lifespan,
+    documented_parameters,
     model_response,
+    path_customer_id,
     pool_of,
     serve,
 )
@@ -184,9 +188,9 @@ def create_app(settings: ProfileSettings | None = None) -> FastAPI:
         check_responses=settings.platform.check_responses,
     )
 
-    @app.get("/customers/{customer_id}", response_model=CustomerProfile)
-    async def get_customer(customer_id: CustomerIdPath, request: Request) -> Response:
+    async def get_customer(request: Request) -> Response:
         """The customer's record: contact fields, attributes, identifiers and purchase totals."""
+        customer_id = path_customer_id(request)  # a DirectRoute: on the customer 360's path
         async with pool_of(request).acquire() as conn:
             view, totals, cancelled = await store.customer_view_with_purchases(conn, customer_id)
             if view is None:
@@ -198,6 +202,15 @@ def create_app(settings: ProfileSettings | None = None) -> FastAPI:
                 records = [view["customer_id"], *view["merged_ids"], *view["aliases"]]
                 totals, cancelled = await store.purchases_of(conn, records)
         return model_response(_profile(view, purchase_totals(totals, cancelled)))
+
+    app.router.add_api_route(
+        "/customers/{customer_id}",
+        get_customer,
+        methods=["GET"],
+        response_model=CustomerProfile,
+        openapi_extra=documented_parameters({"customer_id": CUSTOMER_ID}),
+        route_class_override=DirectRoute,
+    )
 
     @app.get("/customers/{customer_id}/merges", response_model=MergeHistory)
     async def merge_history(customer_id: CustomerIdPath, conn: Conn) -> MergeHistory:

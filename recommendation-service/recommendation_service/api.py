@@ -22,11 +22,11 @@ from crm_shared.contracts.events import (
     CategoryName,
     ConsentState,
     CountryCode,
-    CustomerId,
     ProductId,
     SegmentName,
 )
 from crm_shared.runtime.http import (
+    CUSTOMER_ID,
     DirectRoute,
     connection,
     create_api,
@@ -34,6 +34,7 @@ from crm_shared.runtime.http import (
     documented_parameters,
     error_response,
     parsed,
+    path_customer_id,
     pool_of,
     serve,
 )
@@ -89,7 +90,6 @@ async def catalogue_filter(query: Annotated[CatalogueQuery, Query()]) -> Catalog
 
 
 Filter = Annotated[CatalogueFilter, Depends(catalogue_filter)]
-CUSTOMER_ID = TypeAdapter(CustomerId)
 PICKS_QUERY = TypeAdapter(PicksQuery)
 
 
@@ -293,7 +293,7 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
         up with popular goods that match."""
         # Validated here in one go, the route a DirectRoute: FastAPI solving eight parameters
         # one by one cost about as much as the rest of the request (docs/performance.md).
-        customer_id = parsed(CUSTOMER_ID, request.path_params["customer_id"], "path", "customer_id")
+        customer_id = path_customer_id(request)
         query = parsed(PICKS_QUERY, dict(request.query_params), "query")
         wanted, limit = query.wanted(), query.limit
         if wanted.active:

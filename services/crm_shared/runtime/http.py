@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from crm_shared.contracts.events import CustomerId
 from crm_shared.runtime import metrics
 from crm_shared.runtime.config import ServiceSettings
 from crm_shared.runtime.db import open_pool
@@ -276,6 +277,15 @@ def parsed(adapter: TypeAdapter[T], value: object, *where: str) -> T:
         raise RequestValidationError(
             [{**issue, "loc": (*where, *issue["loc"])} for issue in error.errors()]
         ) from None
+
+
+CUSTOMER_ID: TypeAdapter[str] = TypeAdapter(CustomerId)
+"""A customer id in a DirectRoute's path, read as the contract reads it."""
+
+
+def path_customer_id(request: Request) -> str:
+    """The DirectRoute's `{customer_id}`, validated (a 422 at `path.customer_id` otherwise)."""
+    return parsed(CUSTOMER_ID, request.path_params["customer_id"], "path", "customer_id")
 
 
 def documented_parameters(
