@@ -8,7 +8,7 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -277,6 +277,17 @@ def parsed(adapter: TypeAdapter[T], value: object, *where: str) -> T:
         raise RequestValidationError(
             [{**issue, "loc": (*where, *issue["loc"])} for issue in error.errors()]
         ) from None
+
+
+def query_values(request: Request, repeatable: Collection[str] = ()) -> dict[str, Any]:
+    """The query for a DirectRoute's model: the last value of each parameter, as FastAPI reads
+    one, and every value of the `repeatable` ones (?kind=a&kind=b) as a list."""
+    params = request.query_params
+    values: dict[str, Any] = dict(params)
+    for name in repeatable:
+        if name in values:
+            values[name] = params.getlist(name)
+    return values
 
 
 CUSTOMER_ID: TypeAdapter[str] = TypeAdapter(CustomerId)
