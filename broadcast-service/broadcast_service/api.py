@@ -25,12 +25,10 @@ from broadcast_service.decision import (
 from broadcast_service.delivery_api import add_delivery_routes
 from crm_shared.contracts.events import Channel, ContactPurpose
 from crm_shared.runtime.http import (
-    CUSTOMER_ID,
-    DirectRoute,
+    add_customer_read,
     connection,
     create_api,
     database_lifespan,
-    documented_parameters,
     model_response,
     path_customer_id,
     pool_of,
@@ -262,13 +260,8 @@ def create_app(settings: BroadcastSettings | None = None) -> FastAPI:
             raise _unknown(customer_id)
         return model_response(_preferences_view(customer_id, reach))
 
-    app.router.add_api_route(
-        "/customers/{customer_id}/preferences",
-        get_preferences,
-        methods=["GET"],
-        response_model=CustomerPreferences,
-        openapi_extra=documented_parameters({"customer_id": CUSTOMER_ID}),
-        route_class_override=DirectRoute,
+    add_customer_read(
+        app.router, "/customers/{customer_id}/preferences", get_preferences, CustomerPreferences
     )
 
     @app.get("/customers/{customer_id}/consent-history", response_model=list[ConsentHistoryEntry])

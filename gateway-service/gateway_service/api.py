@@ -20,12 +20,10 @@ from pydantic import BaseModel, Field, TypeAdapter
 from crm_shared.contracts.events import Channel, DepartmentCode
 from crm_shared.contracts.timeline import TimelineEventType, TimelineFilter, TimelineKind
 from crm_shared.runtime.http import (
-    CUSTOMER_ID,
-    DirectRoute,
     Lifespan,
+    add_customer_read,
     create_api,
     database_lifespan,
-    documented_parameters,
     parsed,
     path_customer_id,
     query_values,
@@ -386,25 +384,23 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         check_responses=settings.platform.check_responses,
     )
 
-    app.router.add_api_route(
+    add_customer_read(
+        app.router,
         "/v1/customers/{customer_id}",
         get_customer,
-        methods=["GET"],
-        response_model=Customer360,
+        Customer360,
+        openapi_extra=KEY_SECURITY,
         responses=errors(*GUARDED, 404),
-        openapi_extra=documented_parameters({"customer_id": CUSTOMER_ID}) | KEY_SECURITY,
-        route_class_override=DirectRoute,
     )
 
-    app.router.add_api_route(
+    add_customer_read(
+        app.router,
         "/v1/customers/{customer_id}/timeline",
         get_timeline,
-        methods=["GET"],
-        response_model=TimelinePage,
+        TimelinePage,
+        TIMELINE_QUERY,
+        openapi_extra=KEY_SECURITY,
         responses=errors(*GUARDED, 400, 404, 502, 503, 504),
-        openapi_extra=documented_parameters({"customer_id": CUSTOMER_ID}, TIMELINE_QUERY)
-        | KEY_SECURITY,
-        route_class_override=DirectRoute,
     )
 
     @app.post("/v1/events", response_model=IngestResponse, responses=errors(*GUARDED, 400))

@@ -18,9 +18,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 
 from crm_shared.contracts.events import CategoryName, CountryCode, SegmentName
 from crm_shared.runtime.http import (
-    CUSTOMER_ID,
-    DirectRoute,
-    documented_parameters,
+    add_customer_read,
     parsed,
     path_customer_id,
 )
@@ -116,14 +114,14 @@ async def get_recommendations(request: Request) -> Response:
     return await _from_recommendation(request, "recommendations", path, params)
 
 
-router.add_api_route(
+add_customer_read(
+    router,
     "/v1/customers/{customer_id}/recommendations",
     get_recommendations,
-    methods=["GET"],
-    response_model=dict[str, Any],
+    dict[str, Any],
+    PICKS_QUERY,
+    openapi_extra=KEY_SECURITY,
     responses=errors(*GUARDED, *UPSTREAM),
-    openapi_extra=documented_parameters({"customer_id": CUSTOMER_ID}, PICKS_QUERY) | KEY_SECURITY,
-    route_class_override=DirectRoute,
 )
 
 

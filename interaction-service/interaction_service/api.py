@@ -16,12 +16,10 @@ from pydantic import BaseModel, Field, TypeAdapter
 from crm_shared.contracts.events import DEPARTMENT_PATTERN, Channel
 from crm_shared.contracts.timeline import TIMELINE_EVENT_TYPES, TimelineFilter
 from crm_shared.runtime.http import (
-    CUSTOMER_ID,
-    DirectRoute,
+    add_customer_read,
     connection,
     create_api,
     database_lifespan,
-    documented_parameters,
     model_response,
     parsed,
     path_customer_id,
@@ -320,13 +318,12 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
         )
         return model_response(overview)
 
-    app.router.add_api_route(
+    add_customer_read(
+        app.router,
         "/customers/{customer_id}/overview",
         get_overview,
-        methods=["GET"],
-        response_model=InteractionOverview,
-        openapi_extra=documented_parameters({"customer_id": CUSTOMER_ID}, OVERVIEW_QUERY),
-        route_class_override=DirectRoute,
+        InteractionOverview,
+        OVERVIEW_QUERY,
     )
 
     cases_api.install(app)

@@ -15,12 +15,10 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
 from pydantic import BaseModel
 
 from crm_shared.runtime.http import (
-    CUSTOMER_ID,
-    DirectRoute,
+    add_customer_read,
     connection,
     create_api,
     database_lifespan,
-    documented_parameters,
     model_response,
     path_customer_id,
     pool_of,
@@ -203,14 +201,7 @@ def create_app(settings: ProfileSettings | None = None) -> FastAPI:
                 totals, cancelled = await store.purchases_of(conn, records)
         return model_response(_profile(view, purchase_totals(totals, cancelled)))
 
-    app.router.add_api_route(
-        "/customers/{customer_id}",
-        get_customer,
-        methods=["GET"],
-        response_model=CustomerProfile,
-        openapi_extra=documented_parameters({"customer_id": CUSTOMER_ID}),
-        route_class_override=DirectRoute,
-    )
+    add_customer_read(app.router, "/customers/{customer_id}", get_customer, CustomerProfile)
 
     @app.get("/customers/{customer_id}/merges", response_model=MergeHistory)
     async def merge_history(customer_id: CustomerIdPath, conn: Conn) -> MergeHistory:

@@ -26,12 +26,10 @@ from crm_shared.contracts.events import (
     SegmentName,
 )
 from crm_shared.runtime.http import (
-    CUSTOMER_ID,
-    DirectRoute,
+    add_customer_read,
     connection,
     create_api,
     database_lifespan,
-    documented_parameters,
     error_response,
     parsed,
     path_customer_id,
@@ -321,13 +319,12 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
         }
         return Response(json.dumps(body, default=datetime.isoformat), media_type=JSON)
 
-    app.router.add_api_route(
+    add_customer_read(
+        app.router,
         "/customers/{customer_id}/recommendations",
         recommendations,
-        methods=["GET"],
-        response_model=CustomerRecommendations,
-        openapi_extra=documented_parameters({"customer_id": CUSTOMER_ID}, PICKS_QUERY),
-        route_class_override=DirectRoute,
+        CustomerRecommendations,
+        PICKS_QUERY,
     )
 
     async def filtered_recommendations(

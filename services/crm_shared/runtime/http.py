@@ -18,7 +18,7 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError, ResponseValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -297,6 +297,30 @@ CUSTOMER_ID: TypeAdapter[str] = TypeAdapter(CustomerId)
 def path_customer_id(request: Request) -> str:
     """The DirectRoute's `{customer_id}`, validated (a 422 at `path.customer_id` otherwise)."""
     return parsed(CUSTOMER_ID, request.path_params["customer_id"], "path", "customer_id")
+
+
+def add_customer_read(
+    router: APIRouter,
+    path: str,
+    endpoint: Endpoint,
+    response_model: Any,
+    query: TypeAdapter[Any] | None = None,
+    *,
+    openapi_extra: Mapping[str, Any] | None = None,
+    **route: Any,
+) -> None:
+    """A GET DirectRoute on `router` for a path with `{customer_id}`; the document lists the
+    customer id, the fields of `query` (when the read takes one) and `openapi_extra`."""
+    router.add_api_route(
+        path,
+        endpoint,
+        methods=["GET"],
+        response_model=response_model,
+        openapi_extra=documented_parameters({"customer_id": CUSTOMER_ID}, query)
+        | dict(openapi_extra or {}),
+        route_class_override=DirectRoute,
+        **route,
+    )
 
 
 def documented_parameters(
