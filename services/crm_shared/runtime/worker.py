@@ -194,13 +194,13 @@ def build_app(
         await projector.feed(
             [
                 RawRecord(
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    key=record.key,
-                    value=record.value,
-                    headers=record.headers,
-                    timestamp_ms=record.timestamp,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    record.key,
+                    record.value,
+                    record.headers,
+                    record.timestamp,
                 )
                 for records in fetched.values()
                 for record in records
