@@ -236,9 +236,11 @@ async def run(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any
             for name in PROJECTIONS
         }
         await wait_caught_up(pools, bootstrap, started)
+        if not args.only or "RFM" in args.only:
+            await wait_scored(pools["profile"], len(customers))
         for pool in pools.values():
             await pool.close()
-        key = await create_key(env)
+        key = await create_key(env, "customers:read,segments:read")
         gateway = api_url("gateway-api", env)
         endpoints = {name: (gateway, key, path) for name, path in TARGETS.items()} | {
             name: (api_url(process, env), env["CRM_SERVICE_TOKEN"], path)
@@ -270,6 +272,22 @@ async def run(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any
         "customers": len(customers),
         "targets": targets,
     }
+
+
+RFM_WAIT_SECONDS = 300.0
+
+
+async def wait_scored(profile: asyncpg.Pool, customers: int) -> None:
+    """Wait until the profile's periodic RFM refresh has scored every customer who bought: it
+    runs at most a tenth of the time, so it may trail the fold by a minute after a bulk load,
+    and the RFM target would measure "no score yet" answers."""
+    started = time.monotonic()
+    scoring = "SELECT count(DISTINCT customer_id) FROM rfm_scores"
+    while (scored := await profile.fetchval(scoring)) < customers:
+        if time.monotonic() - started > RFM_WAIT_SECONDS:
+            raise RuntimeError(f"RFM scored {scored:,} of {customers:,} in {RFM_WAIT_SECONDS} s")
+        say(f"waiting for the RFM refresh: {scored:,} of {customers:,} customers scored")
+        await asyncio.sleep(5)
 
 
 def target_figures(
