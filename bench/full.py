@@ -56,7 +56,9 @@ def rows(report: Mapping[str, Any]) -> list[Row]:
     table = [
         Row(
             "end to end through all four projections",
-            f"{load['rate']:,.0f} events/s ({load['events']:,} events)",
+            f"{load['rate']:,.0f} events/s ({load['events']:,} events), "
+            f"{sum(load['cpu_seconds'].values()) / load['events'] * 1e6:,.0f} µs of CPU an event "
+            f"(2 cores at {END_TO_END_TARGET:,}/s: {2e6 / END_TO_END_TARGET:,.0f})",
             f">= {END_TO_END_TARGET:,} events/s",
             load["rate"] >= END_TO_END_TARGET,
         ),

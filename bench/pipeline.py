@@ -24,7 +24,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka import KafkaConsumer
 from kafka import TopicPartition as KafkaTopicPartition
 
+from bench.processes import CpuMeter, infrastructure, per_event_line
 from crm_shared.contracts.events import encode_event
 from crm_shared.contracts.topics import EVENT_TOPICS, topic_for
 from crm_shared.ops import launcher, platform
@@ -142,14 +143,22 @@ def encoded(events: Sequence[dict[str, object]]) -> list[tuple[str, bytes, bytes
     ]
 
 
+def platform_meter(env: Mapping[str, str]) -> CpuMeter:
+    """CPU of the four workers, Kafka and PostgreSQL (and this process, the publisher)."""
+    workers = {w.name: pid for w in WORKERS if (pid := launcher.running_pid(w, env))}
+    return CpuMeter({**workers, **infrastructure(env)})
+
+
 async def throughput(
-    args: argparse.Namespace, pools: dict[str, asyncpg.Pool], bootstrap: str
-) -> dict[str, float]:
+    args: argparse.Namespace, pools: dict[str, asyncpg.Pool], env: Mapping[str, str]
+) -> dict[str, Any]:
     say(f"phase 1: generating {args.events:,} events")
     workload = Workload(seed=args.seed, prefix="t")
     records = encoded(list(workload.events(args.events)))
     size = sum(len(r[2]) for r in records) / len(records)
     say(f"phase 1: publishing {args.events:,} events (mean {size:.0f} bytes), workers running")
+    bootstrap, meter = env["CRM_KAFKA_BOOTSTRAP"], platform_meter(env)
+    meter.start()
     started = time.monotonic()
     await publish(bootstrap, records, len(records), started)
     published = time.monotonic()
@@ -165,20 +174,25 @@ async def throughput(
         "seconds": elapsed,
         "rate": len(records) / elapsed,
         "publish_rate": len(records) / (published - started),
+        "cpu_seconds": meter.stop(),
     }
 
 
 async def freshness(
-    args: argparse.Namespace, pools: dict[str, asyncpg.Pool], bootstrap: str
-) -> dict[str, tuple[float, float, int]]:
+    args: argparse.Namespace, pools: dict[str, asyncpg.Pool], env: Mapping[str, str]
+) -> tuple[dict[str, tuple[float, float, int]], dict[str, float]]:
+    """Commit time - event time per projection (p50, p99, events), and the CPU seconds spent."""
     total = int(args.rate * args.seconds)
     say(f"phase 2: publishing {total:,} events at {args.rate:,}/s with event time = now")
     workload = Workload(seed=args.seed + 1, prefix="f")
     since = datetime.now(UTC)
+    bootstrap, meter = env["CRM_KAFKA_BOOTSTRAP"], platform_meter(env)
+    meter.start()
     started = time.monotonic()
     live = (encoded([workload.event(datetime.now(UTC))])[0] for _ in range(total))
     await publish(bootstrap, live, total, started, rate=args.rate)
     await wait_caught_up(pools, bootstrap, started)
+    spent = meter.stop()
     result: dict[str, tuple[float, float, int]] = {}
     for name, pool in pools.items():
         row = await pool.fetchrow(
@@ -193,7 +207,7 @@ async def freshness(
             since,
         )
         result[name] = (float(row["p50"] or 0) * 1000, float(row["p99"] or 0) * 1000, int(row["n"]))
-    return result
+    return result, spent
 
 
 async def alone(name: str, env: dict[str, str], dsn_base: str, bootstrap: str) -> tuple[int, float]:
@@ -315,9 +329,9 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
     """Every phase; the figures as a JSON-ready dict."""
     bootstrap, dsn_base = env["CRM_KAFKA_BOOTSTRAP"], env["CRM_PG_DSN_BASE"]
     async with workers_running(env) as pools:
-        load = await throughput(args, pools, bootstrap)
+        load = await throughput(args, pools, env)
         memory = {w.name: rss_mib(w, env) for w in WORKERS}
-        fresh = await freshness(args, pools, bootstrap)
+        fresh, fresh_cpu = await freshness(args, pools, env)
     solo: dict[str, dict[str, float]] = {}
     for name in PROJECTIONS:
         say(f"phase 3: {name} worker alone, from offset 0")
@@ -335,6 +349,7 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
         "freshness_ms": {
             "rate": args.rate,
             "seconds": args.seconds,
+            "cpu_seconds": fresh_cpu,
             **{
                 name: {"p50": p50, "p99": p99, "events": n} for name, (p50, p99, n) in fresh.items()
             },
@@ -354,6 +369,7 @@ def show(report: dict[str, Any]) -> None:
         f"in {load['seconds']:.1f} s = {load['rate']:,.0f} events/s "
         f"(publishing alone: {load['publish_rate']:,.0f}/s)"
     )
+    print("  " + per_event_line(load["cpu_seconds"], load["events"]))
     print(f"minimal pipeline (aiokafka getmany + json + COPY): {minimal:,.0f} events/s")
     print("each worker alone on its topics, from offset 0:")
     for name, figures in report["alone"].items():
@@ -374,6 +390,7 @@ def show(report: dict[str, Any]) -> None:
             f"  {name:15} p50 {row['p50']:7.1f} ms   p99 {row['p99']:7.1f} ms   "
             f"({row['events']:,} events)"
         )
+    print("  " + per_event_line(fresh["cpu_seconds"], int(fresh["rate"] * fresh["seconds"])))
     print(
         "worker memory after phase 1 (RSS): "
         + ", ".join(f"{k} {v:.0f} MiB" for k, v in report["worker_rss_mib"].items())

@@ -35,6 +35,7 @@ from typing import Any
 import asyncpg
 
 from bench.pipeline import encoded, publish, say, wait_caught_up
+from bench.processes import cpu_seconds, infrastructure
 from crm_shared.ops import launcher, platform
 from crm_shared.ops.demo.workload import Workload
 
@@ -58,7 +59,6 @@ profile API's own reads (the profile issue asks for their p99 at load)."""
 SERVICE_TARGETS = {"profile record": ("profile-api", "/customers/{id}")}
 """Reads of one service's API itself, with the service token, past the gateway: what that
 service and PostgreSQL spend on their part of the 360 (the profile's record and purchases)."""
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -133,40 +133,6 @@ async def run_wrk(
     return out.decode()
 
 
-def _cpu_ticks(pid: int) -> int:
-    """utime + stime of one process, in clock ticks; 0 when it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            parent = int(stat[stat.rindex(")") + 2 :].split()[1])
-            tree.setdefault(parent, []).append(int(entry.name))
-    return tree
-
-
-def cpu_seconds(roots: Mapping[str, int]) -> dict[str, float]:
-    """CPU seconds each named process has used so far, its descendants included (uvicorn's
-    workers, PostgreSQL's backends)."""
-    tree = _children()
-
-    def total(pid: int) -> int:
-        return _cpu_ticks(pid) + sum(total(child) for child in tree.get(pid, []))
-
-    return {name: total(pid) / CLOCK_TICKS for name, pid in roots.items()}
-
-
 def api_url(process: str, env: Mapping[str, str]) -> str:
     return f"http://127.0.0.1:{launcher.BY_NAME[process].port(env)}"
 
@@ -178,8 +144,7 @@ def measured_processes(env: Mapping[str, str]) -> dict[str, int]:
         for process in launcher.PROCESSES
         if process.component == "api" and (pid := launcher.running_pid(process, env))
     }
-    postmaster = Path(env["CRM_PG_DIR"]) / "pg" / "postmaster.pid"
-    roots["postgres"] = int(postmaster.read_text().split()[0])
+    roots["postgres"] = infrastructure(env)["postgres"]
     return roots
 
 
@@ -271,9 +236,11 @@ async def run(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any
             for name in PROJECTIONS
         }
         await wait_caught_up(pools, bootstrap, started)
+        if not args.only or "RFM" in args.only:
+            await wait_scored(pools["profile"], len(customers))
         for pool in pools.values():
             await pool.close()
-        key = await create_key(env)
+        key = await create_key(env, "customers:read,segments:read")
         gateway = api_url("gateway-api", env)
         endpoints = {name: (gateway, key, path) for name, path in TARGETS.items()} | {
             name: (api_url(process, env), env["CRM_SERVICE_TOKEN"], path)
@@ -305,6 +272,22 @@ async def run(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any
         "customers": len(customers),
         "targets": targets,
     }
+
+
+RFM_WAIT_SECONDS = 300.0
+
+
+async def wait_scored(profile: asyncpg.Pool, customers: int) -> None:
+    """Wait until the profile's periodic RFM refresh has scored every customer who bought: it
+    runs at most a tenth of the time, so it may trail the fold by a minute after a bulk load,
+    and the RFM target would measure "no score yet" answers."""
+    started = time.monotonic()
+    scoring = "SELECT count(DISTINCT customer_id) FROM rfm_scores"
+    while (scored := await profile.fetchval(scoring)) < customers:
+        if time.monotonic() - started > RFM_WAIT_SECONDS:
+            raise RuntimeError(f"RFM scored {scored:,} of {customers:,} in {RFM_WAIT_SECONDS} s")
+        say(f"waiting for the RFM refresh: {scored:,} of {customers:,} customers scored")
+        await asyncio.sleep(5)
 
 
 def target_figures(

@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 
 from bench.pipeline import say
-from bench.reads import cpu_seconds
+from bench.processes import cpu_seconds
 from bench.scratch import drop_database, fresh_pool
 from crm_shared.contracts.deadletter import DeadLetter
 from crm_shared.contracts.events import build_event, encode_event

@@ -49,11 +49,11 @@ import asyncpg
 
 from bench import recommendation_swap
 from bench.pipeline import encoded, publish, say, wait_caught_up
+from bench.processes import cpu_seconds
 from bench.reads import (
     LoadResult,
     bench_env,
     cpu_line,
-    cpu_seconds,
     create_key,
     measured_processes,
     own_children_cpu,

@@ -33,7 +33,7 @@ import asyncpg
 import httpx
 
 from bench.folds import no_dead_letters
-from bench.reads import CLOCK_TICKS, _cpu_ticks
+from bench.processes import CLOCK_TICKS, cpu_ticks
 from bench.scratch import drop_database, fresh_pool
 from crm_shared.contracts.events import build_event, encode_event
 from crm_shared.contracts.topics import topic_for
@@ -175,7 +175,7 @@ async def backends(dsn: str) -> list[int]:
 
 def cpu_seconds(pids: list[int]) -> float:
     """CPU seconds of this process (the API and the client) and of the given backends."""
-    return time.process_time() + sum(_cpu_ticks(pid) for pid in pids) / CLOCK_TICKS
+    return time.process_time() + sum(cpu_ticks(pid) for pid in pids) / CLOCK_TICKS
 
 
 async def deep_cursor(client: httpx.AsyncClient, depth: int) -> str:

@@ -391,7 +391,7 @@ async def open_case_counts(conn: asyncpg.Connection) -> dict[tuple[str, str], in
 # ----------------------------------------------------------------------------- experience
 # The voice of the customer and the journey (experience.py, journey.py, experience_fold.py).
 
-_JOURNEY_COLUMNS = tuple(f.name for f in fields(Journey))
+_JOURNEY_COLUMNS = Journey._fields
 _JOURNEY_TYPES = (
     "text", "text", "timestamptz", "bigint", "bigint", "timestamptz", "text", "timestamptz",
     "int", "bool", "smallint", "timestamptz", "bool", "timestamptz", "text",
@@ -460,7 +460,7 @@ async def save_journeys(conn: asyncpg.Connection, journeys: Sequence[Journey]) -
     if not journeys:
         return
     ordered = sorted(journeys, key=lambda j: j.customer_id)
-    columns = [[getattr(j, c) for j in ordered] for c in _JOURNEY_COLUMNS]
+    columns = [list(column) for column in zip(*ordered, strict=True)]
     columns[_JOURNEY_COLUMNS.index("stage")] = [j.stage and j.stage.value for j in ordered]
     arrays = ", ".join(f"${n}::{t}[]" for n, t in enumerate(_JOURNEY_TYPES, start=1))
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _JOURNEY_COLUMNS[1:])

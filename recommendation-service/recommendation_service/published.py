@@ -25,7 +25,7 @@ from crm_shared.contracts.events import (
     RecommendationsRefreshed,
     RecommendedProduct,
 )
-from crm_shared.runtime.derived import Derived, derived_event
+from crm_shared.runtime.derived import Derived, derived_event, name_based_id
 from recommendation_service.serving import PICKS_KEPT, Reason
 
 SOURCE = "recommendation-service"
@@ -148,7 +148,7 @@ def refreshed_event(publication: Publication, model_version: int, at: datetime) 
     )
     customer = publication.customer_id
     name = f"{customer}\x1f{publication.version}\x1f{served.signature()}"
-    event_id = str(uuid.uuid5(_EVENT_IDS, name))
+    event_id = name_based_id(_EVENT_IDS, name)
     return derived_event(
         RECOMMENDATIONS_REFRESHED, customer, data, source=SOURCE, time=at, event_id=event_id
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time as time_module
-import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
@@ -17,7 +16,6 @@ import pytest
 
 from broadcast_service.decision import reach_of
 from broadcast_service.delivery import (
-    _EVENT_IDS,
     CAMPAIGN_CANCELLED,
     INTERRUPTED_REASON,
     ExpiredClaim,
@@ -37,7 +35,6 @@ from broadcast_service.delivery import (
     send_time_check,
     smtp_result,
 )
-from broadcast_service.delivery import _uuid5 as _uuid5
 from broadcast_service.mail import ONE_CLICK, MailIdentity, build_email, smtp_path
 from broadcast_service.projection import (
     ChannelPreferences,
@@ -306,11 +303,6 @@ def test_an_outcome_event_is_the_one_the_fully_validated_path_builds(
     )
     assert derived.value == encode_event(document)
     assert parse_event(derived.value).data == data
-
-
-@pytest.mark.parametrize("name", ["", "crm.message.outcome.recorded.v1\x1fm-1\x1fsent", "é" * 300])
-def test_event_ids_are_the_standard_name_based_uuids(name: str) -> None:
-    assert _uuid5(name) == str(uuid.uuid5(_EVENT_IDS, name))
 
 
 def test_building_an_event_of_a_model_still_refuses_a_bad_envelope_or_another_types_data() -> None:

@@ -9,6 +9,7 @@ from typing import cast
 import faust
 import mode
 from faust.transport import consumer as faust_consumer
+from faust.transport.drivers.aiokafka import Producer
 
 from crm_shared.runtime.projector import BatchProjector
 from crm_shared.runtime.worker import BatchConsumer, BatchTransport, BoundedStopWorker
@@ -54,3 +55,9 @@ def test_a_stop_signal_still_goes_through_the_workers_schedule_shutdown() -> Non
     schedule = mode.Worker._schedule_shutdown
     assert list(inspect.signature(schedule).parameters) == ["self", "signal"]
     assert BoundedStopWorker._schedule_shutdown is not schedule
+
+
+def test_the_producer_still_sends_topic_key_value_partition_timestamp_headers_in_order() -> None:
+    """The outbox relay sends through `app.maybe_start_producer()` with positional arguments."""
+    parameters = list(inspect.signature(Producer.send).parameters)
+    assert parameters[:7] == ["self", "topic", "key", "value", "partition", "timestamp", "headers"]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from broadcast_service.projection import evolve_memberships
 from crm_shared.contracts.events import (
@@ -14,7 +17,7 @@ from crm_shared.contracts.events import (
     parse_event,
 )
 from crm_shared.runtime.clock import tick_records, tick_time
-from crm_shared.runtime.derived import derive, derived_id
+from crm_shared.runtime.derived import derive, derived_id, name_based_id
 from crm_shared.runtime.projector import runs_between_ticks
 from profile_service.projection import (
     LAPSE_AFTER,
@@ -74,6 +77,12 @@ def test_a_batch_is_folded_in_runs_that_ticks_separate() -> None:
     assert runs_between_ticks([a, b, t1, t2, c]) == [[a, b], [t1, t2], [c]]
     assert runs_between_ticks([t1]) == [[t1]]
     assert runs_between_ticks([]) == []
+
+
+@pytest.mark.parametrize("name", ["", "crm.message.outcome.recorded.v1\x1fm-1\x1fsent", "é" * 300])
+def test_derived_ids_are_the_standard_name_based_uuids(name: str) -> None:
+    namespace = uuid.UUID("0b6a3c52-7d0e-4c1f-9f43-5e2d8a61c7b4")
+    assert name_based_id(namespace, name) == str(uuid.uuid5(namespace, name))
 
 
 def test_a_derived_id_depends_on_its_cause_only() -> None:

@@ -6,6 +6,7 @@ rebuild) derives the same ids, and consumers drop the copies.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,10 +32,20 @@ class Derived:
     type: str
 
 
+def name_based_id(namespace: uuid.UUID, name: str) -> str:
+    """`str(uuid.uuid5(namespace, name))` without building a UUID object, which is most of the
+    cost of a derived event's id: SHA-1 of namespace and name, version 5, RFC 4122 variant."""
+    digest = bytearray(hashlib.sha1(namespace.bytes + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def derived_id(cause: Event, event_type: str, customer_id: str, part: str = "") -> str:
     """The same cause, type, customer and part always give the same id."""
     name = "\x1f".join((cause.source, cause.id, event_type, customer_id, part))
-    return str(uuid.uuid5(_DERIVED_IDS, name))
+    return name_based_id(_DERIVED_IDS, name)
 
 
 def derive(

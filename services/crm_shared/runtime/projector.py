@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import asyncpg
 
@@ -133,8 +133,10 @@ class Projection:
     that the comparison under the lock covers their rows too. None: the events' customers."""
 
 
-@dataclass(frozen=True, slots=True)
-class RawRecord:
+class RawRecord(NamedTuple):
+    """One Kafka record as the projector reads it. A named tuple: one is made for every record
+    a worker reads, and built from positions it costs a third of a frozen dataclass's keywords."""
+
     topic: str
     partition: int
     offset: int

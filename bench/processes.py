@@ -1,0 +1,78 @@
+"""CPU time of the platform's processes, read from /proc: what a benchmark's work cost each of
+them (a worker, Kafka, PostgreSQL with all its backends). Steadier than rates on a shared
+machine, and it says where the time goes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of one process, in clock ticks; 0 when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+            tree.setdefault(parent, []).append(int(entry.name))
+    return tree
+
+
+def cpu_seconds(roots: Mapping[str, int]) -> dict[str, float]:
+    """CPU seconds each named process has used so far, its descendants included (uvicorn's
+    workers, PostgreSQL's backends)."""
+    tree = _children()
+
+    def total(pid: int) -> int:
+        return cpu_ticks(pid) + sum(total(child) for child in tree.get(pid, []))
+
+    return {name: total(pid) / CLOCK_TICKS for name, pid in roots.items()}
+
+
+def infrastructure(env: Mapping[str, str]) -> dict[str, int]:
+    """The pids of this checkout's PostgreSQL postmaster and Kafka broker (deploy/local/infra.sh
+    writes where they are)."""
+    postmaster = Path(env["CRM_PG_DIR"]) / "pg" / "postmaster.pid"
+    kafka = Path(env["CRM_STATE_DIR"]) / "kafka" / "kafka.pid"
+    return {
+        "postgres": int(postmaster.read_text().split()[0]),
+        "kafka": int(kafka.read_text().split()[0]),
+    }
+
+
+class CpuMeter:
+    """CPU seconds of named processes (and of this one) between `start` and `stop`."""
+
+    def __init__(self, roots: Mapping[str, int]) -> None:
+        self.roots = dict(roots)
+        self._before: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._before = {**cpu_seconds(self.roots), "bench": os.times().user + os.times().system}
+
+    def stop(self) -> dict[str, float]:
+        after = {**cpu_seconds(self.roots), "bench": os.times().user + os.times().system}
+        return {name: after[name] - self._before[name] for name in after}
+
+
+def per_event_line(spent: Mapping[str, float], events: int) -> str:
+    """CPU µs per event of each process that spent any, and in all."""
+    each = {name: seconds / events * 1e6 for name, seconds in spent.items() if seconds > 0}
+    parts = "  ".join(f"{name.removesuffix('-worker')} {us:.0f}" for name, us in each.items())
+    return f"CPU µs an event: {parts}  (all {sum(each.values()):.0f})"
