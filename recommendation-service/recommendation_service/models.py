@@ -509,22 +509,44 @@ Similar = tuple[int, float]
 """(distinct co-buyers, cosine)"""
 
 
+@dataclass(frozen=True, slots=True)
+class KeptGoods:
+    """Who kept which goods, numbered: buyer `buyers[n]` kept `products[goods[n]]`. A few bytes a
+    pair, not Python objects: the neighbour job reads every pair, and they grow with the data."""
+
+    products: Sequence[str]
+    """In code-point order (what `sorted` gives), which breaks ties between similar goods."""
+    buyers: npt.NDArray[np.intp]
+    goods: npt.NDArray[np.intp]
+
+
 def similar_products(
     kept: Iterable[tuple[str, str]], neighbours: int
 ) -> dict[SimilarPair, Similar]:
-    """Every product's `neighbours` most similar products (`nearest_neighbours`) from the
-    distinct (customer, product) pairs of buyers who kept some of the product: what the service
-    stores."""
+    """`kept_similar_products` of the distinct (customer, product) pairs given."""
     customers: dict[str, int] = {}
     pairs = [(customers.setdefault(c, len(customers)), p) for c, p in kept]
     products = sorted({p for _, p in pairs})
     columns = {p: n for n, p in enumerate(products)}
+    coded = KeptGoods(
+        products,
+        np.array([c for c, _ in pairs], dtype=np.intp),
+        np.array([columns[p] for _, p in pairs], dtype=np.intp),
+    )
+    return kept_similar_products(coded, neighbours)
+
+
+def kept_similar_products(kept: KeptGoods, neighbours: int) -> dict[SimilarPair, Similar]:
+    """Every product's `neighbours` most similar products (`nearest_neighbours`) from the
+    buyers who kept some of the product: what the service stores."""
+    customers = int(kept.buyers.max()) + 1 if len(kept.buyers) else 0
     bought = sparse.csr_matrix(
-        (np.ones(len(pairs)), ([c for c, _ in pairs], [columns[p] for _, p in pairs])),
-        shape=(len(customers), len(products)),
+        (np.ones(len(kept.buyers)), (kept.buyers, kept.goods)),
+        shape=(customers, len(kept.products)),
     )
     found = nearest_neighbours(bought, neighbours)
     co = found.co_buyers.tocoo()
+    products = kept.products
     keys = zip(
         [products[row] for row in co.row.tolist()],
         [products[column] for column in co.col.tolist()],

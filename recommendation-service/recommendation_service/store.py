@@ -15,13 +15,14 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import numpy as np
 
 from crm_shared.contracts.events import ConsentState
 from crm_shared.runtime.db import columns
 from recommendation_service import projection
 from recommendation_service.catalogue import CatalogueFilter, CatalogueRecord
 from recommendation_service.consent import ConsentDecision
-from recommendation_service.models import Similar, SimilarPair
+from recommendation_service.models import KeptGoods, Similar, SimilarPair
 from recommendation_service.neighbours import CoBuyers, Entry, Lists
 from recommendation_service.projection import (
     CustomerOrder,
@@ -357,17 +358,32 @@ async def last_of_long_lists(
     return {row[0]: (row[1], row[2], row[3]) for row in rows}
 
 
-async def kept_goods(conn: asyncpg.Connection) -> list[tuple[str, str]]:
+async def kept_goods(conn: asyncpg.Connection) -> KeptGoods:
     """Every (customer, product) where the customer kept some of a product that is goods: what
-    similar products are computed from (all of them: `models.similar_products`)."""
-    rows = await conn.fetch(
+    similar products are computed from (all of them: `models.kept_similar_products`). Numbered
+    by PostgreSQL and sent as one bytea of 8 bytes a pair (buyer, good): read as rows, each pair
+    cost the worker a few hundred bytes of Python objects, and the pairs grow with the data."""
+    row = await conn.fetchrow(
         """
-        SELECT cp.customer_id, cp.product_id
-        FROM customer_products cp JOIN products p USING (product_id)
-        WHERE cp.units_kept > 0 AND p.goods
+        WITH kept AS (
+            SELECT cp.customer_id, cp.product_id
+            FROM customer_products cp JOIN products p USING (product_id)
+            WHERE cp.units_kept > 0 AND p.goods
+        ), goods AS (
+            SELECT product_id,
+                   (row_number() OVER (ORDER BY product_id COLLATE "C") - 1)::int AS good
+            FROM (SELECT DISTINCT product_id FROM kept) AS distinct_goods
+        ), buyers AS (
+            SELECT customer_id, (row_number() OVER () - 1)::int AS buyer
+            FROM (SELECT DISTINCT customer_id FROM kept) AS distinct_buyers
+        )
+        SELECT (SELECT coalesce(array_agg(product_id ORDER BY good), '{}') FROM goods) AS products,
+               coalesce(string_agg(int4send(buyer) || int4send(good), ''::bytea), ''::bytea)
+        FROM kept JOIN buyers USING (customer_id) JOIN goods USING (product_id)
         """
     )
-    return [(row[0], row[1]) for row in rows]
+    pairs = np.frombuffer(row[1], dtype=">i4").reshape(-1, 2).astype(np.intp)
+    return KeptGoods(row[0], pairs[:, 0], pairs[:, 1])
 
 
 async def stored_similar_products(conn: asyncpg.Connection) -> dict[SimilarPair, Similar]:

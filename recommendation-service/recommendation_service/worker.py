@@ -162,10 +162,10 @@ async def neighbour_changes(
 async def whole_catalogue_changes(
     conn: asyncpg.Connection,
 ) -> tuple[dict[models.SimilarPair, models.Similar], list[models.SimilarPair]]:
-    """What to write so that every list is what `models.similar_products` computes from all
+    """What to write so that every list is what `models.kept_similar_products` computes from all
     that customers kept, reserve included (numpy, in a thread)."""
     kept = await store.kept_goods(conn)
-    computed = await asyncio.to_thread(models.similar_products, kept, list_capacity())
+    computed = await asyncio.to_thread(models.kept_similar_products, kept, list_capacity())
     stored = await store.stored_similar_products(conn)
     return models.changed_similar_products(stored, computed)
 

@@ -33,7 +33,7 @@ from prometheus_client import make_wsgi_app
 
 from crm_shared.contracts.deadletter import DeadLetter
 from crm_shared.contracts.topics import DEAD_LETTER
-from crm_shared.runtime import metrics, retention
+from crm_shared.runtime import memory, metrics, retention
 from crm_shared.runtime.config import ServiceSettings
 from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.derived import Derived
@@ -51,6 +51,14 @@ from crm_shared.runtime.projector import (
 log = logging.getLogger(__name__)
 
 MAX_RECORD_BYTES = 8 * 1024 * 1024
+FETCH_BYTES_PER_PARTITION = 256 * 1024
+"""What one fetch brings of a partition at most. The consumer keeps each partition's fetched
+data until its records are handed on, so a worker behind its topics holds up to this times its
+partitions: with 8 MiB (the record limit, as before 2026-11-30) up to 672 MiB for the
+interaction worker's 84, growing with a backlog (40 MiB in 46 responses six minutes into a
+lagging soak). 256 KiB bounds that to 21 MiB, still about 47,000 records ahead (nine fetches of
+`batch_size`). A larger record still comes whole: the broker returns a partition's first batch
+whatever its size (KIP-74), as tests/integration/test_bad_input.py's 2 MiB event shows."""
 
 
 REVOKE_WAIT_SECONDS = 5.0
@@ -152,7 +160,7 @@ def build_app(
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_max_request_size=MAX_RECORD_BYTES + 64 * 1024,
-        consumer_max_fetch_size=MAX_RECORD_BYTES,
+        consumer_max_fetch_size=FETCH_BYTES_PER_PARTITION,
         broker_max_poll_records=settings.batch_size,
         # A replica that dies gives its partitions to the others within ~10 s, not faust's 60 s.
         broker_session_timeout=10.0,
@@ -440,13 +448,18 @@ def serve_metrics_and_health(port: int, halted: Callable[[], str | None]) -> Non
 def run_worker(projection: Projection, settings: ServiceSettings) -> None:
     """Run one projection worker until SIGTERM/SIGINT; faust stops the stream after the batch."""
     configure_logging(f"{projection.name}-worker", settings.platform.log_level)
+    allocator = memory.tune_allocator()  # before faust's consumer thread and the job threads
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     app, projector = build_app(projection, settings, loop)
     serve_metrics_and_health(settings.worker_metrics_port, lambda: projector.halted)
     log.info(
         "worker starting",
-        extra={"projection": projection.name, "metrics_port": settings.worker_metrics_port},
+        extra={
+            "projection": projection.name,
+            "metrics_port": settings.worker_metrics_port,
+            "allocator": allocator,
+        },
     )
     try:
         BoundedStopWorker(
