@@ -27,7 +27,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,7 +237,7 @@ async def run(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any
         }
         await wait_caught_up(pools, bootstrap, started)
         if not args.only or "RFM" in args.only:
-            await wait_scored(pools["profile"], len(customers))
+            await wait_scored(pools["profile"], customers)
         for pool in pools.values():
             await pool.close()
         key = await create_key(env, "customers:read,segments:read")
@@ -277,16 +277,18 @@ async def run(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any
 RFM_WAIT_SECONDS = 300.0
 
 
-async def wait_scored(profile: asyncpg.Pool, customers: int) -> None:
+async def wait_scored(profile: asyncpg.Pool, customers: Sequence[str]) -> None:
     """Wait until the profile's periodic RFM refresh has scored every customer who bought: it
     runs at most a tenth of the time, so it may trail the fold by a minute after a bulk load,
     and the RFM target would measure "no score yet" answers."""
     started = time.monotonic()
-    scoring = "SELECT count(DISTINCT customer_id) FROM rfm_scores"
-    while (scored := await profile.fetchval(scoring)) < customers:
+    scoring = (
+        "SELECT count(DISTINCT customer_id) FROM rfm_scores WHERE customer_id = ANY($1::text[])"
+    )
+    while (scored := await profile.fetchval(scoring, list(customers))) < len(customers):
         if time.monotonic() - started > RFM_WAIT_SECONDS:
-            raise RuntimeError(f"RFM scored {scored:,} of {customers:,} in {RFM_WAIT_SECONDS} s")
-        say(f"waiting for the RFM refresh: {scored:,} of {customers:,} customers scored")
+            raise RuntimeError(f"RFM scored {scored:,} of {len(customers):,} customers in time")
+        say(f"waiting for the RFM refresh: {scored:,} of {len(customers):,} customers scored")
         await asyncio.sleep(5)
 
 
