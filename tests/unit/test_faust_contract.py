@@ -8,11 +8,19 @@ from typing import cast
 
 import faust
 import mode
+from aiokafka import AIOKafkaConsumer
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers.aiokafka import Producer
 
 from crm_shared.runtime.projector import BatchProjector
-from crm_shared.runtime.worker import BatchConsumer, BatchTransport, BoundedStopWorker
+from crm_shared.runtime.worker import (
+    FETCH_MAX_WAIT_MS,
+    FETCH_MIN_BYTES,
+    BatchConsumer,
+    BatchConsumerThread,
+    BatchTransport,
+    BoundedStopWorker,
+)
 
 
 def test_the_fetcher_still_runs_the_consumers_drain_loop() -> None:
@@ -40,6 +48,31 @@ async def test_an_app_given_the_batch_transport_reads_with_the_batch_consumer() 
     app.transport = BatchTransport(app, nothing, projector)
     assert isinstance(app.consumer, BatchConsumer)
     assert app.consumer.transport is app.transport
+
+
+async def test_the_consumer_thread_builds_an_aiokafka_consumer_asking_for_fuller_fetches() -> None:
+    """faust passes neither fetch setting through; the thread sets aiokafka's private copies
+    of them on the consumer faust builds, before it starts and hands them to its fetcher."""
+    app = faust.App("contract-test", broker="kafka://127.0.0.1:1", autodiscover=False)
+
+    async def nothing(fetched: object) -> None:
+        raise AssertionError("no fetch happens in this test")
+
+    app.transport = BatchTransport(app, nothing, cast(BatchProjector, None))
+    thread = app.consumer._new_consumer_thread()
+    assert isinstance(thread, BatchConsumerThread)
+    consumer = thread._create_worker_consumer(app.transport)
+    assert (consumer._fetch_min_bytes, consumer._fetch_max_wait_ms) == (
+        FETCH_MIN_BYTES,
+        FETCH_MAX_WAIT_MS,
+    )
+    given = AIOKafkaConsumer(
+        bootstrap_servers="127.0.0.1:1", fetch_min_bytes=7, fetch_max_wait_ms=9
+    )
+    assert (given._fetch_min_bytes, given._fetch_max_wait_ms) == (7, 9)
+    start = inspect.getsource(AIOKafkaConsumer.start)
+    assert "fetch_min_bytes=self._fetch_min_bytes" in start
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in start
 
 
 def test_the_consumer_still_commits_offsets_through_its_thread() -> None:

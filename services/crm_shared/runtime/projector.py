@@ -382,6 +382,7 @@ class BatchProjector:
         self.max_batch = max_batch
         self._waiting: SortedBatch | None = None
         self._in_flight: asyncio.Future[None] | None = None
+        self._taken: asyncio.Future[None] | None = None
 
     async def reload_positions(self) -> dict[TopicPartition, int]:
         """Read the stored positions (on start and on every rebalance) and return them."""
@@ -408,10 +409,10 @@ class BatchProjector:
         """The pipelined path: decode these records now, while the previous batch commits.
 
         Records gather while a commit is in flight (the batch grows with the load: greedy when
-        records wait) and go to the database as one batch when it is done or when max_batch
-        records wait; with nothing in flight they go at once (an idle projection is fresh).
-        Call with no records to hand on what waits. At most one batch commits at a time, so
-        batches commit in the order they were read.
+        records wait) and the commit, when done, takes them at once as the next batch; with
+        nothing in flight they go at once (an idle projection is fresh). When max_batch records
+        wait, this waits until the commit takes them. At most one batch commits at a time, so
+        batches commit in the order they were read; the reader never polls for the commit's end.
         """
         if records:
             batch = self.sort(records)
@@ -421,18 +422,31 @@ class BatchProjector:
                 self._waiting.extend(batch)
         if self._waiting is None:
             return
-        committing = self._in_flight is not None and not self._in_flight.done()
-        if committing and len(self._waiting.records) < self.max_batch:
-            return
+        if self._in_flight is not None and not self._in_flight.done():
+            if len(self._waiting.records) < self.max_batch:
+                return
+            await self._until_taken(self._in_flight)
+            if self._waiting is None:
+                return
         await self.settle()
         batch, self._waiting = self._waiting, None
         if batch is not None:
-            self._in_flight = asyncio.ensure_future(self.apply(batch))
+            self._in_flight = asyncio.ensure_future(self._commit_gathered(batch))
 
-    @property
-    def gathering(self) -> bool:
-        """Records wait for the commit in flight (the reader should come back soon)."""
-        return self._waiting is not None
+    async def _commit_gathered(self, batch: SortedBatch) -> None:
+        """Apply the batch, then whatever gathered meanwhile, until nothing waits."""
+        while True:
+            await self.apply(batch)
+            if self._waiting is None:
+                return
+            batch, self._waiting = self._waiting, None
+            if self._taken is not None and not self._taken.done():
+                self._taken.set_result(None)
+
+    async def _until_taken(self, in_flight: asyncio.Future[None]) -> None:
+        """Wait until the commit in flight takes the records that wait, or ends (raising)."""
+        self._taken = asyncio.get_running_loop().create_future()
+        await asyncio.wait((self._taken, in_flight), return_when=asyncio.FIRST_COMPLETED)
 
     async def settle(self) -> None:
         """Wait until the batch in flight is committed; raise what it raised."""

@@ -60,16 +60,33 @@ lagging soak). 256 KiB bounds that to 21 MiB, still about 47,000 records ahead (
 `batch_size`). A larger record still comes whole: the broker returns a partition's first batch
 whatever its size (KIP-74), as tests/integration/test_bad_input.py's 2 MiB event shows."""
 
+FETCH_MIN_BYTES = 64 * 1024
+FETCH_MAX_WAIT_MS = 100
+"""The broker answers a fetch once this much is there or this long has passed: fuller fetches
+under load (a fetch names every assigned partition, about as costly for the broker and the
+client whether it brings one record or a thousand), at most this late when records trickle."""
+
 
 REVOKE_WAIT_SECONDS = 5.0
 """How long a rebalance waits for the batch in flight (half the group's session timeout)."""
-GATHER_POLL_SECONDS = 0.005
-"""How soon the reader looks again while records wait for the commit in flight."""
 IDLE_POLL_SECONDS = 1.0
+"""How long one look for records waits when none come (records end the wait at once)."""
 KAFKA_COMMIT_SECONDS = 1.0
 """How often the database's positions are copied to the group's offsets in Kafka."""
 
 FetchHandler = Callable[[Mapping[TP, Sequence[ConsumerRecord[bytes, bytes]]]], Awaitable[None]]
+
+
+class BatchConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
+    """faust's consumer thread, whose aiokafka consumer asks for fuller fetches. faust passes
+    neither setting through, so they are set on the consumer it builds before it starts (the
+    private attributes aiokafka gives its fetcher: tests/unit/test_faust_contract.py)."""
+
+    def _create_worker_consumer(self, transport: aiokafka_driver.Transport) -> AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_min_bytes = FETCH_MIN_BYTES
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        return consumer
 
 
 class BatchConsumer(aiokafka_driver.Consumer):
@@ -104,12 +121,13 @@ class BatchConsumer(aiokafka_driver.Consumer):
             {TP(topic, partition): offset for (topic, partition), offset in positions.items()}
         )
 
+    def _new_consumer_thread(self) -> BatchConsumerThread:
+        return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
     async def _drain_messages(self, fetcher: ServiceT) -> None:
         transport = cast(BatchTransport, self.transport)
         while not (self.should_stop or fetcher.should_stop):
-            # Come back quickly while records gather for the commit in flight.
-            timeout = GATHER_POLL_SECONDS if transport.projector.gathering else IDLE_POLL_SECONDS
-            fetched, _ = await self._wait_next_records(timeout)
+            fetched, _ = await self._wait_next_records(IDLE_POLL_SECONDS)
             if not self.should_stop:
                 await transport.handle_fetch(fetched or {})
 
