@@ -308,58 +308,83 @@ def personal_picks(
     blend = served_blend(parts)
     buyers = {item.customer_id for item in owned}
     products = list(columns)
+    names = [part.name for part, _ in blend.parts]
     picks: dict[str, list[Pick]] = {}
     for start in range(0, len(customers), SCORING_CHUNK):
         chunk = np.arange(start, min(start + SCORING_CHUNK, len(customers)), dtype=np.intp)
         part_scores = blend.part_scores(chunk)
         total = np.sum(part_scores, axis=0)
-        for offset, (row, chosen) in enumerate(
-            zip(chunk.tolist(), top_k(total, bought[chunk], k), strict=True)
-        ):
-            chosen = chosen[total[offset, chosen] >= MIN_PICK_SCORE]
-            if len(chosen) == 0 or customers[row] not in buyers:
+        chosen = [
+            columns_kept if customers[row] in buyers else columns_kept[:0]
+            for offset, (row, found) in enumerate(
+                zip(chunk.tolist(), top_k(total, bought[chunk], k), strict=True)
+            )
+            for columns_kept in [found[total[offset, found] >= MIN_PICK_SCORE]]
+        ]
+        voters = {
+            "item-knn": strongest_seeds(seeds[chunk], similar, chosen),
+            "ease": strongest_seeds(bought[chunk], ease_weights, chosen),
+            "sequel": strongest_seeds(seeds[chunk], sequel_weights, chosen),
+        }
+        for offset, row in enumerate(chunk.tolist()):
+            picked = chosen[offset]
+            if len(picked) == 0:
                 continue
-            owing = np.argmax(np.stack([part[offset, chosen] for part in part_scores]), axis=0)
-            voters = {
-                "item-knn": _strongest_seeds(seeds[row], similar, chosen),
-                "ease": _strongest_seeds(bought[row], ease_weights, chosen),
-                "sequel": _strongest_seeds(seeds[row], sequel_weights, chosen),
-            }
+            owing = np.argmax(np.stack([part[offset, picked] for part in part_scores]), axis=0)
+            row_voters = {part: found[offset].tolist() for part, found in voters.items()}
             picks[customers[row]] = [
                 Pick(
-                    products[column],
-                    round(float(total[offset, column]), 6),
-                    _reason(blend.parts[part][0].name, products, voters, n),
+                    products[column], round(score, 6), _reason(names[part], products, row_voters, n)
                 )
-                for n, (column, part) in enumerate(zip(chosen.tolist(), owing, strict=True))
+                for n, (column, score, part) in enumerate(
+                    zip(
+                        picked.tolist(),
+                        total[offset, picked].tolist(),
+                        owing.tolist(),
+                        strict=True,
+                    )
+                )
             ]
     return picks
 
 
-def _strongest_seeds(
-    seeds: sparse.csr_matrix, similar: sparse.csr_matrix, chosen: npt.NDArray[np.intp]
-) -> npt.NDArray[np.intp]:
-    """For each chosen column, the customer's product whose weighted similarity to it is the
-    largest (-1 when none points to it)."""
-    owned = seeds.indices
-    if len(owned) == 0:
-        return np.full(len(chosen), -1, dtype=np.intp)
-    votes = similar[owned][:, chosen].toarray() * seeds.data[:, None]
-    best = np.argmax(votes, axis=0)
-    return np.where(votes.max(axis=0) > 0, owned[best], -1).astype(np.intp)
+def strongest_seeds(
+    seeds: sparse.csr_matrix, similar: sparse.csr_matrix, chosen: Sequence[npt.NDArray[np.intp]]
+) -> list[npt.NDArray[np.intp]]:
+    """For each row and each of its chosen columns, the row's product (a column of `seeds`)
+    whose weighted similarity to it is the largest, the first in column order on a tie (-1 when
+    none points to it): every (row, chosen, product of the row) triple at once, not a sparse
+    slice per row."""
+    lengths = np.array([len(columns) for columns in chosen], dtype=np.intp)
+    pair_row = np.repeat(np.arange(len(chosen), dtype=np.intp), lengths)
+    pair_column = np.concatenate(chosen).astype(np.intp) if len(pair_row) else pair_row
+    owned = np.diff(seeds.indptr)[pair_row]
+    pair_of = np.repeat(np.arange(len(pair_row), dtype=np.intp), owned)
+    first_of_pair = np.cumsum(owned) - owned
+    at = np.repeat(seeds.indptr[pair_row], owned) + (
+        np.arange(len(pair_of), dtype=np.intp) - np.repeat(first_of_pair, owned)
+    )
+    product = seeds.indices[at]
+    votes = seeds.data[at] * np.asarray(similar[product, pair_column[pair_of]]).ravel()
+    order = np.lexsort((-votes, pair_of))  # stable: on a tie, the row's first product
+    leads = order[np.r_[True, pair_of[order][1:] != pair_of[order][:-1]]] if len(order) else order
+    best = np.full(len(pair_row), -1, dtype=np.intp)
+    strong = leads[votes[leads] > 0]
+    best[pair_of[strong]] = product[strong]
+    return np.split(best, np.cumsum(lengths)[:-1])
 
 
 def _reason(
     part: str,
     products: Sequence[str],
-    voters: Mapping[str, npt.NDArray[np.intp]],
+    voters: Mapping[str, Sequence[int]],
     n: int,
 ) -> Reason:
     """Why the `n`th pick was chosen: the reason of the part it owes most to, with, for a part
     that votes through the customer's products, the one that voted most."""
     kind = PART_REASONS[part]
     if kind in ("bought-together", "bought-after"):
-        voter = int(voters[part][n])
+        voter = voters[part][n]
         return Reason(kind, products[voter]) if voter >= 0 else Reason("similar-customers")
     return Reason(kind)
 

@@ -19,6 +19,7 @@ from recommendation_service.serving import (
     outdated,
     personal_picks,
     pick_document,
+    strongest_seeds,
     train,
     training_due,
 )
@@ -201,3 +202,30 @@ def test_training_is_due_on_request_without_a_version_or_when_the_version_is_old
     assert training_due(now, True, now, 3600)
     assert not training_due(now - timedelta(minutes=59), False, now, 3600)
     assert training_due(now - timedelta(hours=1), False, now, 3600)
+
+
+def test_the_strongest_seed_of_each_pick_is_the_row_product_with_the_largest_weighted_vote() -> (
+    None
+):
+    """Against a dense reading of the definition: rows of several sizes (none, one, many),
+    negative and zero votes (-1), and ties (the row's first product in column order)."""
+    rng = np.random.default_rng(5)
+    width = 12
+    similar = sparse.random(width, width, density=0.4, random_state=rng, format="csr")
+    similar.data = np.round(similar.data * 4 - 1)  # small integers: ties and negative votes
+    seeds = sparse.random(7, width, density=0.35, random_state=rng, format="csr")
+    seeds.data = np.round(seeds.data * 2 + 0.5)
+    seeds[3] = 0
+    seeds.eliminate_zeros()
+    chosen = [rng.choice(width, size=rng.integers(0, 6), replace=False) for _ in range(7)]
+    found = strongest_seeds(seeds, similar, chosen)
+    dense_seeds, dense_similar = seeds.toarray(), similar.toarray()
+    for row, columns in enumerate(chosen):
+        owned = np.flatnonzero(dense_seeds[row])
+        expected = []
+        for column in columns:
+            votes = dense_seeds[row, owned] * dense_similar[owned, column]
+            best = int(np.argmax(votes)) if len(owned) else 0
+            expected.append(int(owned[best]) if len(owned) and votes[best] > 0 else -1)
+        assert found[row].tolist() == expected
+    assert any(-1 in row.tolist() for row in found) and any((row >= 0).any() for row in found)
