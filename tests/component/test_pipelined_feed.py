@@ -61,19 +61,20 @@ class Gate:
         return gated
 
 
-async def projector_with(gate: Gate, pool: asyncpg.Pool, max_batch: int) -> BatchProjector:
+async def first_batch_held(gate: Gate, pool: asyncpg.Pool, max_batch: int) -> BatchProjector:
+    """A projector whose first batch (one contact) is folding, held at the gate."""
     projection = dataclasses.replace(PROJECTION, fold=gate.around(PROJECTION.fold))
     projector = BatchProjector(projection, pool, no_dead_letters, max_batch=max_batch)
     await projector.reload_positions()
+    await projector.feed([contact(0, "first")])
+    await eventually(gate.folded, lambda sizes: sizes == [1], within=SECONDS)
     return projector
 
 
 async def test_records_read_during_a_commit_are_committed_next_without_the_reader(
     pool: asyncpg.Pool, gate: Gate
 ) -> None:
-    projector = await projector_with(gate, pool, max_batch=1_000)
-    await projector.feed([contact(0, "first")])
-    await eventually(gate.folded, lambda sizes: sizes == [1], within=SECONDS)
+    projector = await first_batch_held(gate, pool, max_batch=1_000)
     async with asyncio.timeout(SECONDS):  # gathering never waits for the commit in flight
         await projector.feed([contact(1, "second")])
         await projector.feed([contact(2, "third")])
@@ -90,9 +91,7 @@ async def test_records_read_during_a_commit_are_committed_next_without_the_reade
 async def test_a_full_batch_waits_until_the_commit_takes_it_not_until_it_commits(
     pool: asyncpg.Pool, gate: Gate
 ) -> None:
-    projector = await projector_with(gate, pool, max_batch=2)
-    await projector.feed([contact(0, "first")])
-    await eventually(gate.folded, lambda sizes: sizes == [1], within=SECONDS)
+    projector = await first_batch_held(gate, pool, max_batch=2)
     full = asyncio.ensure_future(projector.feed([contact(1, "second"), contact(2, "third")]))
     await asyncio.sleep(0.2)
     assert not full.done()
