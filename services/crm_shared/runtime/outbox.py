@@ -37,6 +37,11 @@ async def write(conn: asyncpg.Connection, derived: Sequence[Derived]) -> None:
         )
 
 
+PRUNE_SENT_SQL = "DELETE FROM outbox WHERE sent_at < now() - $1::interval"
+"""now(), not clock_timestamp(): a volatile bound cannot go to the outbox_sent index, and the
+relay prunes after every pass, so each prune read the whole table (the sent rows of the last
+`keep_sent`: 16 ms a pass for 35,000 rows, a sixth of the bench's PostgreSQL time)."""
+
 Send = Callable[[Sequence[Derived]], Awaitable[None]]
 """Publishes to Kafka and returns once every record is acknowledged (acks=all)."""
 
@@ -100,10 +105,7 @@ class OutboxRelay:
                 "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(created_at)),"
                 " 0) FROM outbox WHERE sent_at IS NULL"
             )
-            await conn.execute(
-                "DELETE FROM outbox WHERE sent_at < clock_timestamp() - $1::interval",
-                self.keep_sent,
-            )
+            await conn.execute(PRUNE_SENT_SQL, self.keep_sent)
         metrics.OUTBOX_BACKLOG.labels(self.projection).set(backlog)
         metrics.OUTBOX_OLDEST_AGE.labels(self.projection).set(float(oldest_age))
 
