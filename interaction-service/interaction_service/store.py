@@ -6,11 +6,12 @@ import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import astuple, fields
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
 from crm_shared.contracts.events import JourneyStage, Measure
+from crm_shared.runtime.db import json_time
 from interaction_service.cases import Breach, Case, Opening, StepRecord, Stint
 from interaction_service.experience import (
     DETRACTOR_AT_MOST,
@@ -171,7 +172,30 @@ def page_statement(
     return sql, args
 
 
-async def timeline_page(
+_ITEM_JSON = (
+    "json_build_object('source', source, 'event_id', event_id, "
+    f"'occurred_at', {json_time('occurred_at')}, 'recorded_at', {json_time('recorded_at')}, "
+    "'kind', kind, 'event_type', event_type, 'channel', channel, 'direction', direction, "
+    "'department', department, 'employee_id', employee_id, 'topic', topic, "
+    "'outcome', outcome, 'summary', summary, 'details', details)::text"
+)
+"""A page's item as the API's TimelineItem serialises it, field for field."""
+
+
+class PageJson(NamedTuple):
+    """A page read with its items as JSON text (comma-separated objects, PostgreSQL's), how many
+    rows the read found (one more than the page holds means more follow), the position of the
+    page's last item, whether the customer has a timeline at all, and, when asked for, the
+    customer's contact totals (None: no summary yet)."""
+
+    items: str
+    found: int
+    last: TimelinePosition | None
+    known: bool
+    totals: ContactTotals | None
+
+
+async def page_json(
     conn: asyncpg.Connection,
     customer_id: str,
     query: TimelineQuery,
@@ -179,18 +203,45 @@ async def timeline_page(
     as_of: datetime,
     after: TimelinePosition | None,
     limit: int,
-) -> list[dict[str, Any]]:
-    """Up to `limit` rows of the query recorded by `as_of` after the position, in event-time
-    order, then by key."""
-    sql, args = page_statement(customer_id, query, as_of=as_of, after=after, limit=limit)
-    return [dict(row) for row in await conn.fetch(sql, *args)]
-
-
-async def has_timeline(conn: asyncpg.Connection, customer_id: str) -> bool:
-    found: bool = await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM timeline WHERE customer_id = $1)", customer_id
+    with_totals: bool = False,
+) -> PageJson:
+    """Up to `limit` entries of the query recorded by `as_of` after the position, in event-time
+    order then by key, as PostgreSQL's JSON (the API sends it as is, nothing parsed or
+    validated again); with the contact totals when asked. One statement, so one snapshot: a
+    customer's first event committed meanwhile shows in every part or in none."""
+    page, args = page_statement(customer_id, query, as_of=as_of, after=after, limit=limit + 1)
+    direction = "DESC" if query.newest_first else "ASC"
+    order = f"occurred_at {direction}, source {direction}, event_id {direction}"
+    totals = ", ".join(f"s.{column}" for column in _TOTALS_COLUMNS)
+    row = await conn.fetchrow(
+        f"""
+        WITH page AS MATERIALIZED (
+            SELECT row_number() OVER (ORDER BY {order}) AS n, * FROM ({page}) AS p
+        )
+        SELECT (SELECT coalesce(string_agg({_ITEM_JSON}, ',' ORDER BY n), '')
+                FROM page WHERE n <= {int(limit)}) AS items,
+               (SELECT count(*) FROM page) AS found,
+               l.occurred_at, l.source, l.event_id,
+               EXISTS (SELECT 1 FROM page)
+                   OR EXISTS (SELECT 1 FROM timeline WHERE customer_id = $1) AS known
+               {f", s.customer_id IS NOT NULL AS has_totals, {totals}" if with_totals else ""}
+        FROM (SELECT 1) AS one
+        LEFT JOIN page AS l ON l.n = {int(limit)}
+        {"LEFT JOIN contact_summary AS s ON s.customer_id = $1" if with_totals else ""}
+        """,
+        *args,
     )
-    return found
+    assert row is not None  # one row, whatever the tables hold
+    last = TimelinePosition(row["occurred_at"], row["source"], row["event_id"])
+    return PageJson(
+        items=row["items"],
+        found=row["found"],
+        last=last if row["source"] is not None else None,
+        known=row["known"],
+        totals=ContactTotals(**{c: row[c] for c in _TOTALS_COLUMNS})
+        if with_totals and row["has_totals"]
+        else None,
+    )
 
 
 # ----------------------------------------------------------------------------- cases
