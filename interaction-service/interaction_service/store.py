@@ -213,20 +213,21 @@ async def page_json(
     direction = "DESC" if query.newest_first else "ASC"
     order = f"occurred_at {direction}, source {direction}, event_id {direction}"
     totals = ", ".join(f"s.{column}" for column in _TOTALS_COLUMNS)
+    at_last = f"FILTER (WHERE n = {int(limit)})"
+    # One pass over the page's rows (numbered in the page's order, which the read already has):
+    # its items, how many rows, and the position of the page's last item.
     row = await conn.fetchrow(
         f"""
-        WITH page AS MATERIALIZED (
-            SELECT row_number() OVER (ORDER BY {order}) AS n, * FROM ({page}) AS p
-        )
-        SELECT (SELECT coalesce(string_agg({_ITEM_JSON}, ',' ORDER BY n), '')
-                FROM page WHERE n <= {int(limit)}) AS items,
-               (SELECT count(*) FROM page) AS found,
-               l.occurred_at, l.source, l.event_id,
-               EXISTS (SELECT 1 FROM page)
-                   OR EXISTS (SELECT 1 FROM timeline WHERE customer_id = $1) AS known
+        SELECT p.items, p.found, p.occurred_at, p.source, p.event_id,
+               p.found > 0 OR EXISTS (SELECT 1 FROM timeline WHERE customer_id = $1) AS known
                {f", s.customer_id IS NOT NULL AS has_totals, {totals}" if with_totals else ""}
-        FROM (SELECT 1) AS one
-        LEFT JOIN page AS l ON l.n = {int(limit)}
+        FROM (
+            SELECT coalesce(string_agg({_ITEM_JSON}, ',' ORDER BY n)
+                                FILTER (WHERE n <= {int(limit)}), '') AS items,
+                   count(*) AS found, max(occurred_at) {at_last} AS occurred_at,
+                   max(source) {at_last} AS source, max(event_id) {at_last} AS event_id
+            FROM (SELECT row_number() OVER (ORDER BY {order}) AS n, * FROM ({page}) AS r) AS q
+        ) AS p
         {"LEFT JOIN contact_summary AS s ON s.customer_id = $1" if with_totals else ""}
         """,
         *args,
