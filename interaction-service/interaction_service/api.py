@@ -255,13 +255,24 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
                 raise HTTPException(400, str(problem)) from None
             after, read_as_of = decoded.position, decoded.as_of
 
-        async with pool_of(request).acquire() as conn:
-            page = await store.page_json(
+        async def read_page(conn: asyncpg.Connection) -> store.PageJson:
+            return await store.timeline_page(
                 conn, customer_id, query, as_of=read_as_of, after=after, limit=limit
             )
-        # An empty page is an unknown customer, or a page past the end or a filter that matches
-        # nothing: the statement tells them apart in the same snapshot.
-        if not page.known:
+
+        async with pool_of(request).acquire() as conn:
+            page = await read_page(conn)
+            known = page.found > 0
+            if not known:
+                # Unknown customer, or a page past the end or a filter that matches nothing: ask
+                # again, both questions in one snapshot, or a customer's first event committed
+                # between them would give an empty page for a known customer instead of the
+                # event or a 404. The common case, a page with rows, needs neither the second
+                # read nor the transaction.
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    page = await read_page(conn)
+                    known = page.found > 0 or await store.has_timeline(conn, customer_id)
+        if not known:
             raise _unknown(customer_id)
         body = _page_body(customer_id, page, limit, query, read_as_of)
         return Response(body, media_type="application/json")
@@ -286,15 +297,24 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
         limit = overview_query.limit
 
         query, as_of = TimelineQuery(), datetime.now(UTC)
-        async with pool_of(request).acquire() as conn:
-            # One statement, so one snapshot: the worker writes the page's rows and the summary
-            # in one transaction, and both show or neither does.
-            page = await store.page_json(
-                conn, customer_id, query, as_of=as_of, after=None, limit=limit, with_totals=True
+
+        async def read(
+            conn: asyncpg.Connection,
+        ) -> tuple[store.PageJson, projection.ContactTotals | None]:
+            page = await store.timeline_page(
+                conn, customer_id, query, as_of=as_of, after=None, limit=limit
             )
-        if page.found == 0 and page.totals is None:
+            return page, await store.contact_summary(conn, customer_id)
+
+        async with pool_of(request).acquire() as conn:
+            page, totals = await read(conn)
+            if page.found == 0 or totals is None:
+                # The worker writes both in one transaction: read them again in one snapshot, or
+                # an event committed between the two reads would show in only one of them.
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    page, totals = await read(conn)
+        if page.found == 0 and totals is None:
             raise _unknown(customer_id)
-        totals = page.totals
         summary = "null" if totals is None else _summary(customer_id, totals).model_dump_json()
         body = (
             f'{{"timeline": {_page_body(customer_id, page, limit, query, as_of)}, '

@@ -102,10 +102,17 @@ async def contact_summary(conn: asyncpg.Connection, customer_id: str) -> Contact
     return None if row is None else ContactTotals(**dict(row))
 
 
-_PAGE_COLUMNS = (
-    "source, event_id, occurred_at, recorded_at, kind, event_type, channel, direction, "
-    "department, employee_id, topic, outcome, summary, details"
+_ITEM_JSON = (
+    "json_build_object('source', source, 'event_id', event_id, "
+    f"'occurred_at', {json_time('occurred_at')}, 'recorded_at', {json_time('recorded_at')}, "
+    "'kind', kind, 'event_type', event_type, 'channel', channel, 'direction', direction, "
+    "'department', department, 'employee_id', employee_id, 'topic', topic, "
+    "'outcome', outcome, 'summary', summary, 'details', details)::text"
 )
+"""A page's item as the API's TimelineItem serialises it, field for field: PostgreSQL writes the
+JSON, the API sends it as is (nothing parsed or validated again)."""
+
+
 _FILTERS = (
     ("kinds", "kind"),
     ("event_types", "event_type"),
@@ -123,7 +130,7 @@ def page_statement(
     after: TimelinePosition | None,
     limit: int,
 ) -> tuple[str, list[object]]:
-    """The SQL of one page read and its arguments.
+    """The SQL of one page read and its arguments: each row's position and its item as JSON.
 
     The statement has a condition only for each filter the query uses, a single value compared
     with `=`, so the plan can walk the index of that filter in event-time order (migration 003
@@ -165,37 +172,25 @@ def page_statement(
     direction = "DESC" if query.newest_first else "ASC"
     # The limit is written in (an int): the planner then knows how few rows a page needs.
     sql = (
-        f"SELECT {_PAGE_COLUMNS} FROM timeline WHERE {' AND '.join(conditions)} "
+        f"SELECT occurred_at, source, event_id, {_ITEM_JSON} AS item "
+        f"FROM timeline WHERE {' AND '.join(conditions)} "
         f"ORDER BY occurred_at {direction}, source {direction}, event_id {direction} "
         f"LIMIT {int(limit)}"
     )
     return sql, args
 
 
-_ITEM_JSON = (
-    "json_build_object('source', source, 'event_id', event_id, "
-    f"'occurred_at', {json_time('occurred_at')}, 'recorded_at', {json_time('recorded_at')}, "
-    "'kind', kind, 'event_type', event_type, 'channel', channel, 'direction', direction, "
-    "'department', department, 'employee_id', employee_id, 'topic', topic, "
-    "'outcome', outcome, 'summary', summary, 'details', details)::text"
-)
-"""A page's item as the API's TimelineItem serialises it, field for field."""
-
-
 class PageJson(NamedTuple):
-    """A page read with its items as JSON text (comma-separated objects, PostgreSQL's), how many
-    rows the read found (one more than the page holds means more follow), the position of the
-    page's last item, whether the customer has a timeline at all, and, when asked for, the
-    customer's contact totals (None: no summary yet)."""
+    """A page read: its items as JSON text (comma-separated objects, PostgreSQL's), how many rows
+    the read found (one more than the page holds means more follow) and the position of the
+    page's last item when more follow."""
 
     items: str
     found: int
     last: TimelinePosition | None
-    known: bool
-    totals: ContactTotals | None
 
 
-async def page_json(
+async def timeline_page(
     conn: asyncpg.Connection,
     customer_id: str,
     query: TimelineQuery,
@@ -203,46 +198,24 @@ async def page_json(
     as_of: datetime,
     after: TimelinePosition | None,
     limit: int,
-    with_totals: bool = False,
 ) -> PageJson:
     """Up to `limit` entries of the query recorded by `as_of` after the position, in event-time
-    order then by key, as PostgreSQL's JSON (the API sends it as is, nothing parsed or
-    validated again); with the contact totals when asked. One statement, so one snapshot: a
-    customer's first event committed meanwhile shows in every part or in none."""
-    page, args = page_statement(customer_id, query, as_of=as_of, after=after, limit=limit + 1)
-    direction = "DESC" if query.newest_first else "ASC"
-    order = f"occurred_at {direction}, source {direction}, event_id {direction}"
-    totals = ", ".join(f"s.{column}" for column in _TOTALS_COLUMNS)
-    at_last = f"FILTER (WHERE n = {int(limit)})"
-    # One pass over the page's rows (numbered in the page's order, which the read already has):
-    # its items, how many rows, and the position of the page's last item.
-    row = await conn.fetchrow(
-        f"""
-        SELECT p.items, p.found, p.occurred_at, p.source, p.event_id,
-               p.found > 0 OR EXISTS (SELECT 1 FROM timeline WHERE customer_id = $1) AS known
-               {f", s.customer_id IS NOT NULL AS has_totals, {totals}" if with_totals else ""}
-        FROM (
-            SELECT coalesce(string_agg({_ITEM_JSON}, ',' ORDER BY n)
-                                FILTER (WHERE n <= {int(limit)}), '') AS items,
-                   count(*) AS found, max(occurred_at) {at_last} AS occurred_at,
-                   max(source) {at_last} AS source, max(event_id) {at_last} AS event_id
-            FROM (SELECT row_number() OVER (ORDER BY {order}) AS n, * FROM ({page}) AS r) AS q
-        ) AS p
-        {"LEFT JOIN contact_summary AS s ON s.customer_id = $1" if with_totals else ""}
-        """,
-        *args,
-    )
-    assert row is not None  # one row, whatever the tables hold
-    last = TimelinePosition(row["occurred_at"], row["source"], row["event_id"])
+    order, then by key, as JSON."""
+    sql, args = page_statement(customer_id, query, as_of=as_of, after=after, limit=limit + 1)
+    rows = await conn.fetch(sql, *args)
+    more = len(rows) > limit
     return PageJson(
-        items=row["items"],
-        found=row["found"],
-        last=last if row["source"] is not None else None,
-        known=row["known"],
-        totals=ContactTotals(**{c: row[c] for c in _TOTALS_COLUMNS})
-        if with_totals and row["has_totals"]
-        else None,
+        items=",".join([row["item"] for row in rows[:limit]]),
+        found=len(rows),
+        last=TimelinePosition(*rows[limit - 1][:3]) if more else None,
     )
+
+
+async def has_timeline(conn: asyncpg.Connection, customer_id: str) -> bool:
+    found: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM timeline WHERE customer_id = $1)", customer_id
+    )
+    return found
 
 
 # ----------------------------------------------------------------------------- cases
