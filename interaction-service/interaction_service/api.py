@@ -5,7 +5,6 @@ python -m interaction_service.api
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -95,17 +94,20 @@ def _unknown(customer_id: str) -> HTTPException:
     )
 
 
-TIME = TypeAdapter(datetime)
-
-
-def _page_body(
-    customer_id: str, page: store.PageJson, limit: int, query: TimelineQuery, as_of: datetime
-) -> str:
-    """A TimelinePage's JSON around the items PostgreSQL wrote (nothing of theirs is parsed)."""
-    cursor = projection.next_cursor(page.last, page.found, limit, query, as_of)
-    return (
-        f'{{"customer_id": {json.dumps(customer_id)}, "items": [{page.items}], '
-        f'"next_cursor": {json.dumps(cursor)}, "as_of": {TIME.dump_json(as_of).decode()}}}'
+def _page(
+    customer_id: str,
+    rows: list[dict[str, Any]],
+    limit: int,
+    query: TimelineQuery,
+    as_of: datetime,
+) -> TimelinePage:
+    """A page of at most `limit` items from `limit` + 1 rows; the extra one says there is more."""
+    positions = [TimelinePosition(r["occurred_at"], r["source"], r["event_id"]) for r in rows]
+    return TimelinePage(
+        customer_id=customer_id,
+        items=[TimelineItem(**row) for row in rows[:limit]],
+        next_cursor=projection.next_cursor(positions, limit, query, as_of),
+        as_of=as_of,
     )
 
 
@@ -255,14 +257,14 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
                 raise HTTPException(400, str(problem)) from None
             after, read_as_of = decoded.position, decoded.as_of
 
-        async def read_page(conn: asyncpg.Connection) -> store.PageJson:
+        async def read_page(conn: asyncpg.Connection) -> list[dict[str, Any]]:
             return await store.timeline_page(
-                conn, customer_id, query, as_of=read_as_of, after=after, limit=limit
+                conn, customer_id, query, as_of=read_as_of, after=after, limit=limit + 1
             )
 
         async with pool_of(request).acquire() as conn:
-            page = await read_page(conn)
-            known = page.found > 0
+            rows = await read_page(conn)
+            known = bool(rows)
             if not known:
                 # Unknown customer, or a page past the end or a filter that matches nothing: ask
                 # again, both questions in one snapshot, or a customer's first event committed
@@ -270,12 +272,11 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
                 # event or a 404. The common case, a page with rows, needs neither the second
                 # read nor the transaction.
                 async with conn.transaction(isolation="repeatable_read", readonly=True):
-                    page = await read_page(conn)
-                    known = page.found > 0 or await store.has_timeline(conn, customer_id)
+                    rows = await read_page(conn)
+                    known = bool(rows) or await store.has_timeline(conn, customer_id)
         if not known:
             raise _unknown(customer_id)
-        body = _page_body(customer_id, page, limit, query, read_as_of)
-        return Response(body, media_type="application/json")
+        return model_response(_page(customer_id, rows, limit, query, read_as_of))
 
     add_customer_read(
         app.router, "/customers/{customer_id}/timeline", get_timeline, TimelinePage, TIMELINE_PARAMS
@@ -300,27 +301,26 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
 
         async def read(
             conn: asyncpg.Connection,
-        ) -> tuple[store.PageJson, projection.ContactTotals | None]:
-            page = await store.timeline_page(
-                conn, customer_id, query, as_of=as_of, after=None, limit=limit
+        ) -> tuple[list[dict[str, Any]], projection.ContactTotals | None]:
+            rows = await store.timeline_page(
+                conn, customer_id, query, as_of=as_of, after=None, limit=limit + 1
             )
-            return page, await store.contact_summary(conn, customer_id)
+            return rows, await store.contact_summary(conn, customer_id)
 
         async with pool_of(request).acquire() as conn:
-            page, totals = await read(conn)
-            if page.found == 0 or totals is None:
+            rows, totals = await read(conn)
+            if not rows or totals is None:
                 # The worker writes both in one transaction: read them again in one snapshot, or
                 # an event committed between the two reads would show in only one of them.
                 async with conn.transaction(isolation="repeatable_read", readonly=True):
-                    page, totals = await read(conn)
-        if page.found == 0 and totals is None:
+                    rows, totals = await read(conn)
+        if not rows and totals is None:
             raise _unknown(customer_id)
-        summary = "null" if totals is None else _summary(customer_id, totals).model_dump_json()
-        body = (
-            f'{{"timeline": {_page_body(customer_id, page, limit, query, as_of)}, '
-            f'"contact_summary": {summary}}}'
+        overview = InteractionOverview(
+            timeline=_page(customer_id, rows, limit, query, as_of),
+            contact_summary=None if totals is None else _summary(customer_id, totals),
         )
-        return Response(body, media_type="application/json")
+        return model_response(overview)
 
     add_customer_read(
         app.router,

@@ -690,10 +690,9 @@ def check_cursor(cursor: PageCursor, query: TimelineQuery, as_of: datetime | Non
 
 
 def next_cursor(
-    last: TimelinePosition | None, found: int, limit: int, query: TimelineQuery, as_of: datetime
+    fetched: Sequence[TimelinePosition], limit: int, query: TimelineQuery, as_of: datetime
 ) -> str | None:
-    """The cursor after a page whose last item is at `last`; the read found `found` rows, up to
-    limit + 1, the extra one meaning more."""
-    if found <= limit or last is None:
+    """The cursor after a page; `fetched` is up to limit + 1 rows, the extra one meaning more."""
+    if len(fetched) <= limit:
         return None
-    return encode_cursor(PageCursor(last, query.fingerprint(), as_of))
+    return encode_cursor(PageCursor(fetched[limit - 1], query.fingerprint(), as_of))

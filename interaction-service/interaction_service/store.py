@@ -6,12 +6,11 @@ import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import astuple, fields
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 import asyncpg
 
 from crm_shared.contracts.events import JourneyStage, Measure
-from crm_shared.runtime.db import json_time
 from interaction_service.cases import Breach, Case, Opening, StepRecord, Stint
 from interaction_service.experience import (
     DETRACTOR_AT_MOST,
@@ -102,17 +101,10 @@ async def contact_summary(conn: asyncpg.Connection, customer_id: str) -> Contact
     return None if row is None else ContactTotals(**dict(row))
 
 
-_ITEM_JSON = (
-    "json_build_object('source', source, 'event_id', event_id, "
-    f"'occurred_at', {json_time('occurred_at')}, 'recorded_at', {json_time('recorded_at')}, "
-    "'kind', kind, 'event_type', event_type, 'channel', channel, 'direction', direction, "
-    "'department', department, 'employee_id', employee_id, 'topic', topic, "
-    "'outcome', outcome, 'summary', summary, 'details', details)::text"
+_PAGE_COLUMNS = (
+    "source, event_id, occurred_at, recorded_at, kind, event_type, channel, direction, "
+    "department, employee_id, topic, outcome, summary, details"
 )
-"""A page's item as the API's TimelineItem serialises it, field for field: PostgreSQL writes the
-JSON, the API sends it as is (nothing parsed or validated again)."""
-
-
 _FILTERS = (
     ("kinds", "kind"),
     ("event_types", "event_type"),
@@ -130,7 +122,7 @@ def page_statement(
     after: TimelinePosition | None,
     limit: int,
 ) -> tuple[str, list[object]]:
-    """The SQL of one page read and its arguments: each row's position and its item as JSON.
+    """The SQL of one page read and its arguments.
 
     The statement has a condition only for each filter the query uses, a single value compared
     with `=`, so the plan can walk the index of that filter in event-time order (migration 003
@@ -172,22 +164,11 @@ def page_statement(
     direction = "DESC" if query.newest_first else "ASC"
     # The limit is written in (an int): the planner then knows how few rows a page needs.
     sql = (
-        f"SELECT occurred_at, source, event_id, {_ITEM_JSON} AS item "
-        f"FROM timeline WHERE {' AND '.join(conditions)} "
+        f"SELECT {_PAGE_COLUMNS} FROM timeline WHERE {' AND '.join(conditions)} "
         f"ORDER BY occurred_at {direction}, source {direction}, event_id {direction} "
         f"LIMIT {int(limit)}"
     )
     return sql, args
-
-
-class PageJson(NamedTuple):
-    """A page read: its items as JSON text (comma-separated objects, PostgreSQL's), how many rows
-    the read found (one more than the page holds means more follow) and the position of the
-    page's last item when more follow."""
-
-    items: str
-    found: int
-    last: TimelinePosition | None
 
 
 async def timeline_page(
@@ -198,17 +179,11 @@ async def timeline_page(
     as_of: datetime,
     after: TimelinePosition | None,
     limit: int,
-) -> PageJson:
-    """Up to `limit` entries of the query recorded by `as_of` after the position, in event-time
-    order, then by key, as JSON."""
-    sql, args = page_statement(customer_id, query, as_of=as_of, after=after, limit=limit + 1)
-    rows = await conn.fetch(sql, *args)
-    more = len(rows) > limit
-    return PageJson(
-        items=",".join([row["item"] for row in rows[:limit]]),
-        found=len(rows),
-        last=TimelinePosition(*rows[limit - 1][:3]) if more else None,
-    )
+) -> list[dict[str, Any]]:
+    """Up to `limit` rows of the query recorded by `as_of` after the position, in event-time
+    order, then by key."""
+    sql, args = page_statement(customer_id, query, as_of=as_of, after=after, limit=limit)
+    return [dict(row) for row in await conn.fetch(sql, *args)]
 
 
 async def has_timeline(conn: asyncpg.Connection, customer_id: str) -> bool:

@@ -332,15 +332,15 @@ def test_a_bad_cursor_is_refused_with_its_reason(cursor: str, reason: str) -> No
 
 def test_next_cursor_points_at_the_last_row_of_a_full_page_for_the_same_query() -> None:
     rows = [TimelinePosition(at(-i), "s", str(i)) for i in range(4)]
-    assert decode_cursor(next_cursor(rows[2], len(rows), 3, QUERY, AS_OF) or "") == PageCursor(
+    assert decode_cursor(next_cursor(rows, 3, QUERY, AS_OF) or "") == PageCursor(
         rows[2], QUERY.fingerprint(), AS_OF
     )
 
 
 def test_there_is_no_next_cursor_when_nothing_follows() -> None:
     rows = [TimelinePosition(at(-i), "s", str(i)) for i in range(3)]
-    assert next_cursor(rows[2], len(rows), 3, QUERY, AS_OF) is None
-    assert next_cursor(None, 0, 50, QUERY, AS_OF) is None
+    assert next_cursor(rows, 3, QUERY, AS_OF) is None
+    assert next_cursor([], 50, QUERY, AS_OF) is None
 
 
 def test_the_fingerprint_ignores_the_order_and_repetition_of_filter_values() -> None:

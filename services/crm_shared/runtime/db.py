@@ -110,11 +110,3 @@ def columns(rows: Iterable[Any], *fields: str) -> list[list[Any]]:
     """Rows (objects with these attributes) as one list per field: the arrays unnest() takes."""
     materialised = list(rows)
     return [[getattr(row, name) for row in materialised] for name in fields]
-
-
-def json_time(column: str) -> str:
-    """SQL for a timestamptz column as pydantic writes an aware datetime in JSON (UTC, "Z",
-    microseconds only when there are some): for answers PostgreSQL builds, so that they read
-    as the ones the API's models wrote."""
-    text = f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
-    return f"replace({text}, '.000000Z', 'Z')"
