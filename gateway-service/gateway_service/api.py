@@ -24,9 +24,8 @@ from crm_shared.runtime.http import (
     add_customer_read,
     create_api,
     database_lifespan,
-    parsed,
+    path_and_query,
     path_customer_id,
-    query_values,
     serve,
 )
 from gateway_service import composition, ingest, metrics, store, upstream
@@ -331,8 +330,7 @@ async def get_timeline(request: Request) -> Response:
     # A DirectRoute, as the 360: the key, then the path, then the query in one go; FastAPI
     # solving the guard and eleven parameters cost more than the rest of the route.
     await admitted(request, CUSTOMERS_READ)
-    customer_id = path_customer_id(request)
-    query = parsed(TIMELINE_QUERY, query_values(request, TIMELINE_FILTERS), "query")
+    customer_id, query = path_and_query(request, TIMELINE_QUERY, TIMELINE_FILTERS)
     services: Services = request.app.state.services
     try:
         answer, body = await services.timeline_page(

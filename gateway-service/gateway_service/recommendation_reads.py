@@ -19,8 +19,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 from crm_shared.contracts.events import CategoryName, CountryCode, SegmentName
 from crm_shared.runtime.http import (
     add_customer_read,
-    parsed,
-    path_customer_id,
+    path_and_query,
 )
 from gateway_service.api import GUARDED, KEY_SECURITY, admitted, errors, require
 from gateway_service.auth import RECOMMENDATIONS_READ, RECOMMENDATIONS_TRAIN, StoredKey
@@ -107,8 +106,7 @@ async def get_recommendations(request: Request) -> Response:
     # A DirectRoute, as the service's: the key first (FastAPI solved the guard before the
     # parameters), then the path and the query validated in one go.
     await admitted(request, RECOMMENDATIONS_READ)
-    customer_id = path_customer_id(request)
-    query = parsed(PICKS_QUERY, dict(request.query_params), "query")
+    customer_id, query = path_and_query(request, PICKS_QUERY)
     path = customer_path("/customers/{customer_id}/recommendations", customer_id)
     params = {"limit": query.limit, **query.params()}
     return await _from_recommendation(request, "recommendations", path, params)

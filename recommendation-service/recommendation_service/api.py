@@ -31,8 +31,7 @@ from crm_shared.runtime.http import (
     create_api,
     database_lifespan,
     error_response,
-    parsed,
-    path_customer_id,
+    path_and_query,
     pool_of,
     serve,
 )
@@ -291,8 +290,7 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
         up with popular goods that match."""
         # Validated here in one go, the route a DirectRoute: FastAPI solving eight parameters
         # one by one cost about as much as the rest of the request (docs/performance.md).
-        customer_id = path_customer_id(request)
-        query = parsed(PICKS_QUERY, dict(request.query_params), "query")
+        customer_id, query = path_and_query(request, PICKS_QUERY)
         wanted, limit = query.wanted(), query.limit
         if wanted.active:
             return await filtered_recommendations(customer_id, request, wanted, limit)

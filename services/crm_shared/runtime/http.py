@@ -299,6 +299,26 @@ def path_customer_id(request: Request) -> str:
     return parsed(CUSTOMER_ID, request.path_params["customer_id"], "path", "customer_id")
 
 
+def path_and_query(
+    request: Request, query: TypeAdapter[T], repeatable: Collection[str] = ()
+) -> tuple[str, T]:
+    """The DirectRoute's `{customer_id}` and its query (`query_values`), validated together: a
+    bad path and a bad query are one 422 that lists both, as FastAPI answered."""
+    problems: list[Any] = []
+    customer_id: str = ""
+    try:
+        customer_id = path_customer_id(request)
+    except RequestValidationError as error:
+        problems.extend(error.errors())
+    try:
+        values = parsed(query, query_values(request, repeatable), "query")
+    except RequestValidationError as error:
+        problems.extend(error.errors())
+    if problems:
+        raise RequestValidationError(problems)
+    return customer_id, values
+
+
 def add_customer_read(
     router: APIRouter,
     path: str,
@@ -310,17 +330,30 @@ def add_customer_read(
     **route: Any,
 ) -> None:
     """A GET DirectRoute on `router` for a path with `{customer_id}`; the document lists the
-    customer id, the fields of `query` (when the read takes one) and `openapi_extra`."""
+    customer id, the fields of `query` (when the read takes one), `openapi_extra`, and the 422
+    FastAPI documents for a route with parameters (unless `responses` gives its own)."""
+    responses: dict[int | str, dict[str, Any]] = {422: VALIDATION_ERROR}
+    responses.update(route.pop("responses", None) or {})
     router.add_api_route(
         path,
         endpoint,
         methods=["GET"],
         response_model=response_model,
+        responses=responses,
         openapi_extra=documented_parameters({"customer_id": CUSTOMER_ID}, query)
         | dict(openapi_extra or {}),
         route_class_override=DirectRoute,
         **route,
     )
+
+
+VALIDATION_ERROR: dict[str, Any] = {
+    "description": "Validation Error",
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
+    },
+}
+"""The 422 FastAPI documents for every route with parameters; a DirectRoute declares none."""
 
 
 def documented_parameters(
@@ -329,7 +362,7 @@ def documented_parameters(
     """The `openapi_extra` of such a route: its path parameters and the fields of its query
     model (if it takes a query) as the OpenAPI parameters FastAPI would have documented from a
     signature."""
-    schema = query.json_schema() if query is not None else {"properties": {}}
+    schema = inlined(query.json_schema()) if query is not None else {"properties": {}}
     required = set(schema.get("required", ()))
     parameters = [
         {"name": name, "in": "path", "required": True, "schema": adapter.json_schema()}
@@ -345,6 +378,25 @@ def documented_parameters(
         for name, field in schema["properties"].items()
     ]
     return {"parameters": parameters}
+
+
+def inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model's JSON Schema with its `$defs` references replaced by the definitions: a
+    parameter's schema sits in the OpenAPI document, where `#/$defs/...` points at nothing."""
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            reference = node.get("$ref", "")
+            if reference.startswith("#/$defs/"):
+                return resolve(definitions[reference.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
 
 
 def _route_template(scope: Scope) -> str:
