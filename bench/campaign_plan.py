@@ -28,8 +28,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from bench.processes import process_seconds
 from bench.scratch import fresh_pool
-from bench.segments import cpu_seconds
 from broadcast_service import campaigns, planning, store
 from broadcast_service.config import MIGRATIONS
 from crm_shared.contracts.events import CAMPAIGN_DEFINED, build_event, validate_event
@@ -113,7 +113,7 @@ async def backends_cpu(conn: asyncpg.Connection) -> dict[int, float]:
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
         " AND backend_type = 'client backend'"
     )
-    return {row["pid"]: cpu_seconds(row["pid"]) for row in pids}
+    return {row["pid"]: process_seconds(row["pid"]) for row in pids}
 
 
 async def write_out(pool: asyncpg.Pool, at: datetime, messages: int) -> None:
@@ -122,11 +122,11 @@ async def write_out(pool: asyncpg.Pool, at: datetime, messages: int) -> None:
     until = at + timedelta(days=1)
     async with pool.acquire() as conn:
         backend = conn.get_server_pid()
-        started, pg_cpu = time.perf_counter(), cpu_seconds(backend)
+        started, pg_cpu = time.perf_counter(), process_seconds(backend)
         written = 0
         while taken := await store.take_due_chunk(conn, until, messages + 1):
             written += taken
-        seconds, pg_cpu = time.perf_counter() - started, cpu_seconds(backend) - pg_cpu
+        seconds, pg_cpu = time.perf_counter() - started, process_seconds(backend) - pg_cpu
     print(
         f"written out {written:,} messages as rows (the senders' share, paid when due) in"
         f" {seconds:.2f} s; CPU {pg_cpu:.2f} s PostgreSQL ({1e6 * pg_cpu / written:.1f} µs a"
@@ -158,12 +158,12 @@ async def main(customers: int, chunk: int, connections: int, profile: bool) -> N
             started, own_cpu, pg_cpu = (
                 time.perf_counter(),
                 time.process_time(),
-                cpu_seconds(backend),
+                process_seconds(backend),
             )
             async with conn.transaction(isolation="repeatable_read", readonly=True):
                 reasons = await planning.dry_run(conn, campaign, at, chunk)
             seconds = time.perf_counter() - started
-            own_cpu, pg_cpu = time.process_time() - own_cpu, cpu_seconds(backend) - pg_cpu
+            own_cpu, pg_cpu = time.process_time() - own_cpu, process_seconds(backend) - pg_cpu
             decided = sum(reasons.values())
             print(
                 f"dry run (decisions only, nothing written) of {decided:,} recipients"

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from bench.rebuild import postgres_cpu_seconds, postmaster_pid
+from bench.processes import postmaster_pid, tree_seconds
 from bench.scratch import drop_database, fresh_pool
 from crm_shared.contracts.deadletter import DeadLetter
 from crm_shared.contracts.events import build_event, encode_event
@@ -98,14 +98,14 @@ async def measure(
     gc.collect()
     gc.freeze()
     started, cpu_started = time.perf_counter(), time.process_time()
-    pg_started = postgres_cpu_seconds(postmaster)
+    pg_started = tree_seconds(postmaster)
     for start in range(0, len(records), batch):
         await projector.process(records[start : start + batch])
         if start // batch % 10 == 9:
             done = start + batch
             print(f"[bench]   {done:,} of {len(records):,} records", file=sys.stderr, flush=True)
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    pg_cpu = postgres_cpu_seconds(postmaster) - pg_started
+    pg_cpu = tree_seconds(postmaster) - pg_started
     gc.unfreeze()
     await pool.close()
     await drop_database(dsn_base, scratch)

@@ -8,17 +8,41 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import asyncpg
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (index 0 is the state)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
 def cpu_ticks(pid: int) -> int:
-    """utime + stime of one process, in clock ticks; 0 when it is gone."""
+    """utime + stime of one process and of the children it has reaped (a closed connection's
+    PostgreSQL backend), in clock ticks; 0 when it is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = _stat(pid)
     except (FileNotFoundError, ProcessLookupError):
         return 0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])
+    return sum(int(value) for value in fields[11:15])
+
+
+def process_seconds(pid: int) -> float:
+    """CPU seconds one process has used so far (a PostgreSQL backend's, say)."""
+    return cpu_ticks(pid) / CLOCK_TICKS
+
+
+def tree_seconds(pid: int) -> float:
+    """CPU seconds a process and all its descendants have used so far (a PostgreSQL server)."""
+    return cpu_seconds({"tree": pid})["tree"]
+
+
+async def postmaster_pid(pool: asyncpg.Pool) -> int:
+    """The pid of the server's postmaster: the parent of this connection's backend."""
+    backend = await pool.fetchval("SELECT pg_backend_pid()")
+    return int(_stat(backend)[1])
 
 
 JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")

@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 
 from bench.pipeline import encoded, publish, say, wait_caught_up
+from bench.processes import postmaster_pid, tree_seconds
 from crm_shared.ops import launcher, platform
 from crm_shared.ops.demo.workload import Workload
 from crm_shared.ops.rebuild import DEFAULT_BATCH_RECORDS, Rebuild
@@ -58,10 +59,10 @@ async def run(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any
         await pool.close()
         say(f"live worker caught up after {live_seconds:.1f} s; rebuilding")
         rebuild = Rebuild(service, batch_records=args.batch_records, wait_seconds=120)
-        cpu_before, pg_before = time.process_time(), postgres_cpu_seconds(postmaster)
+        cpu_before, pg_before = time.process_time(), tree_seconds(postmaster)
         outcome = await rebuild.run(force=False, progress=sys.stderr)
         cpu_seconds = time.process_time() - cpu_before
-        pg_seconds = postgres_cpu_seconds(postmaster) - pg_before
+        pg_seconds = tree_seconds(postmaster) - pg_before
     finally:
         launcher.stop(worker, env)
     return {
@@ -81,33 +82,6 @@ async def run(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any
         # The live worker's rate over the same records, when it folded them as they came.
         "live_rate": outcome.replayed / live_seconds if records else None,
     }
-
-
-def _stat(pid: int | str) -> list[str]:
-    """The fields of /proc/PID/stat after the command name (index 0 is the state)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().rsplit(")", 1)[1].split()
-
-
-def postgres_cpu_seconds(postmaster: int) -> float:
-    """CPU seconds (user + system) that this PostgreSQL server has used so far: its postmaster,
-    the children it has reaped (a closed connection's backend) and those still running."""
-    fields = _stat(postmaster)
-    total = sum(int(value) for value in fields[11:15])
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            child = _stat(pid)
-        except OSError:
-            continue  # gone meanwhile
-        if child[1] == str(postmaster):
-            total += int(child[11]) + int(child[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-async def postmaster_pid(pool: asyncpg.Pool) -> int:
-    """The pid of the server's postmaster: the parent of this connection's backend."""
-    backend = await pool.fetchval("SELECT pg_backend_pid()")
-    return int(_stat(backend)[1])
 
 
 def show(report: Mapping[str, Any]) -> None:

@@ -27,12 +27,12 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from bench.analytics import FILL
+from bench.processes import process_seconds
 from bench.scratch import fresh_pool
 from crm_shared.contracts.events import SEGMENT_DEFINED, build_event, encode_event, parse_event
 from crm_shared.runtime import outbox
@@ -57,18 +57,12 @@ RULE = {
 }
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a local process so far (PostgreSQL's backend)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def timed(conn: asyncpg.Connection, run: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
     """(wall seconds, backend CPU seconds) of one run."""
     pid = conn.get_server_pid()
-    cpu, wall = cpu_seconds(pid), time.perf_counter()
+    cpu, wall = process_seconds(pid), time.perf_counter()
     await run()
-    return time.perf_counter() - wall, cpu_seconds(pid) - cpu
+    return time.perf_counter() - wall, process_seconds(pid) - cpu
 
 
 async def main(customers: int, repeat: int) -> None:

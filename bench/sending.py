@@ -43,7 +43,7 @@ from typing import IO, Any
 
 import uvloop
 
-from bench.rebuild import postgres_cpu_seconds, postmaster_pid
+from bench.processes import postmaster_pid, tree_seconds
 from bench.scratch import drop_database, fresh_pool
 from broadcast_service import store
 from broadcast_service.campaigns import PlannedMessage
@@ -283,7 +283,7 @@ async def run(
 
         postmaster = await postmaster_pid(pool)
         server_cpu = cpu_of(server.pid)
-        postgres_cpu = postgres_cpu_seconds(postmaster)
+        postgres_cpu = tree_seconds(postmaster)
         reporter = asyncio.create_task(progress())
         started = time.perf_counter()
         for child in children:
@@ -294,7 +294,7 @@ async def run(
         elapsed = time.perf_counter() - started
         reporter.cancel()
         server_cpu = cpu_of(server.pid) - server_cpu
-        postgres_cpu = postgres_cpu_seconds(postmaster) - postgres_cpu
+        postgres_cpu = tree_seconds(postmaster) - postgres_cpu
         for child in children:
             assert child.stdin is not None
             child.stdin.write(b"done\n")
