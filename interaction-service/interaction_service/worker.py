@@ -67,6 +67,14 @@ PROJECTION = Projection(
     folds=FOLDS,
     migrations=MIGRATIONS,
     fold=case_fold.with_cases(fold),
+    # The timeline's read orders and filters: the fold only inserts by the event key.
+    read_only_indexes=(
+        "timeline_customer_time",
+        "timeline_customer_kind_time",
+        "timeline_customer_channel_time",
+        "timeline_customer_department_time",
+        "timeline_customer_recorded",
+    ),
     periodic=(
         case_fold.OPEN_CASES_JOB,
         PeriodicJob(

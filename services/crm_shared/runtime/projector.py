@@ -131,6 +131,9 @@ class Projection:
     profile's: the other records of the persons they belong to), as the database of the fold
     shows them. A rebuild asks its shadow before and after each batch of the final catch-up, so
     that the comparison under the lock covers their rows too. None: the events' customers."""
+    read_only_indexes: tuple[str, ...] = ()
+    """Indexes that only the API's reads use, never the fold: a rebuild fills its shadow without
+    them and builds each once after the replay (a sort), not entry by entry for every row."""
 
 
 class RawRecord(NamedTuple):

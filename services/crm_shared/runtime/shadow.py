@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from graphlib import TopologicalSorter
 from pathlib import Path
 
 import asyncpg
@@ -110,9 +111,42 @@ async def create_shadow(conn: asyncpg.Connection, shadow: str, migrations: Path)
         await conn.execute(f"ALTER TABLE {quoted(shadow)}.{quoted(table)} SET UNLOGGED")
 
 
+async def drop_indexes(conn: asyncpg.Connection, schema: str, names: Sequence[str]) -> list[str]:
+    """Drop these indexes of the schema; return their definitions (schema-qualified), to
+    create them again once the tables are filled (`create_indexes`)."""
+    rows = await conn.fetch(
+        "SELECT indexname, indexdef FROM pg_indexes"
+        " WHERE schemaname = $1 AND indexname = ANY($2::text[]) ORDER BY indexname",
+        schema,
+        list(names),
+    )
+    missing = set(names) - {row["indexname"] for row in rows}
+    if missing:
+        raise ValueError(f"no index {sorted(missing)} in schema {schema}")
+    for row in rows:
+        await conn.execute(f"DROP INDEX {quoted(schema)}.{quoted(row['indexname'])}")
+    return [row["indexdef"] for row in rows]
+
+
+async def create_indexes(conn: asyncpg.Connection, definitions: Sequence[str]) -> None:
+    for definition in definitions:
+        await conn.execute(definition)
+
+
 async def make_durable(conn: asyncpg.Connection, schema: str) -> None:
-    """Turn the unlogged tables logged (written to the WAL once) before they go live."""
-    for table in await tables(conn, schema):
+    """Turn the unlogged tables logged (written to the WAL once) before they go live, each
+    after the tables its foreign keys reference (a logged table cannot reference an unlogged
+    one: by name, broadcast's campaign_reasons came before campaigns and the rebuild failed)."""
+    rows = await conn.fetch(
+        "SELECT c.relname, array(SELECT r.relname FROM pg_constraint k"
+        "   JOIN pg_class r ON r.oid = k.confrelid"
+        "   WHERE k.conrelid = c.oid AND k.contype = 'f' AND k.confrelid <> c.oid) AS referenced"
+        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY c.relname",
+        schema,
+    )
+    order = TopologicalSorter({row["relname"]: row["referenced"] for row in rows})
+    for table in order.static_order():
         await conn.execute(f"ALTER TABLE {quoted(schema)}.{quoted(table)} SET LOGGED")
 
 
