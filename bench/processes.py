@@ -13,10 +13,14 @@ import asyncpg
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _read_stat(path: Path) -> tuple[str, list[str]]:
+    """The command name in a /proc stat file and the fields after it (index 0 is the state)."""
+    stat = path.read_text()
+    return stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+
+
 def _stat(pid: int) -> list[str]:
-    """The fields of /proc/PID/stat after the command name (index 0 is the state)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rindex(")") + 2 :].split()
+    return _read_stat(Path(f"/proc/{pid}/stat"))[1]
 
 
 def cpu_ticks(pid: int) -> int:
@@ -57,11 +61,10 @@ def jit_ticks(pid: int) -> int:
     total = 0
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
-            stat = (task / "stat").read_text()
+            name, fields = _read_stat(task / "stat")
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if stat[stat.index("(") + 1 : stat.rindex(")")] in JIT_THREADS:
-            fields = stat[stat.rindex(")") + 2 :].split()
+        if name in JIT_THREADS:
             total += int(fields[11]) + int(fields[12])
     return total
 
@@ -76,10 +79,9 @@ def _children() -> dict[int, list[int]]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                stat = (entry / "stat").read_text()
+                parent = int(_read_stat(entry / "stat")[1][1])
             except (FileNotFoundError, ProcessLookupError):
                 continue
-            parent = int(stat[stat.rindex(")") + 2 :].split()[1])
             tree.setdefault(parent, []).append(int(entry.name))
     return tree
 
