@@ -4,8 +4,10 @@ A customer's stage is a function of what is known of them (`Journey`: orders, in
 the latest NPS, praise) and of the time: `stage_for`. Each event updates those facts (`observe`,
 dispatched by the event's data type) and then the stage is computed again; a clock tick only
 moves the time. When the stage differs, that is a transition, published as
-crm.journey.stage_changed.v1 with its trigger. The time is the event's, or the partition's clock
-when that is later, never the wall clock, so a rebuild from offset 0 derives the same stages.
+crm.journey.stage_changed.v1 with its trigger. The time is the latest of the event's, the
+partition's clock and the time the journey was last judged at, never the wall clock: the facts
+do not depend on the order events are folded in, nor does the latest time, so a rebuild from
+offset 0 ends at the same stages however the topics interleave.
 """
 
 from __future__ import annotations
@@ -67,6 +69,11 @@ class Journey(NamedTuple):
     first_contact_at: datetime | None = None
     first_contact_id: str | None = None
     """The event id of their first inbound (service) contact."""
+    judged_at: datetime | None = None
+    """The latest time the stage was judged at, when that time can still decide it: an event of a
+    customer without orders (a later first order may be 60 days older), or a time 60 days or more
+    after the last order. A late, older event is judged at it, so a customer never goes back from
+    at risk or lost, and the final stage does not depend on how the topics interleave."""
 
     @property
     def promoter(self) -> bool:
@@ -230,17 +237,32 @@ def evolve(
     journey: Journey, event: Event, clock: datetime | None
 ) -> tuple[Journey, Transition | None]:
     """One event folded: the new journey and its transition, if the stage changed. The time is
-    the event's, or the clock of the customer's order partition when later."""
+    the latest of the event's, the clock of the customer's order partition and the time the
+    journey was last judged at."""
     observed, trigger = observe(event.data, journey, event)
-    now = event.time if clock is None or clock < event.time else clock
+    now = max(t for t in (event.time, clock, journey.judged_at) if t is not None)
     transition = _moved(observed, now, trigger, event.time)
-    return _enter(observed, transition), transition
+    # Before a first order, the clock may be another partition's: the event's own time is kept.
+    judged = event.time if observed.last_order_at is None else now
+    return _judged(_enter(observed, transition), judged), transition
 
 
 def tick(journey: Journey, at: datetime) -> tuple[Journey, Transition | None]:
     """Time moved to `at`: the inactivity rules may move the stage."""
-    transition = _moved(journey, at, CLOCK_TRIGGER, at)
-    return _enter(journey, transition), transition
+    now = at if journey.judged_at is None or journey.judged_at < at else journey.judged_at
+    transition = _moved(journey, now, CLOCK_TRIGGER, at)
+    return _judged(_enter(journey, transition), now), transition
+
+
+def _judged(journey: Journey, now: datetime) -> Journey:
+    """The journey with `now` kept as Journey.judged_at, when it is later and can still decide
+    the stage. A time under AT_RISK_AFTER after the last order never can: the last order only
+    moves later. Not keeping it spares a write for most events of customers who buy."""
+    if journey.judged_at is not None and now <= journey.judged_at:
+        return journey
+    if journey.last_order_at is not None and now - journey.last_order_at < AT_RISK_AFTER:
+        return journey
+    return journey._replace(judged_at=now)
 
 
 def ticks(

@@ -394,7 +394,7 @@ async def open_case_counts(conn: asyncpg.Connection) -> dict[tuple[str, str], in
 _JOURNEY_COLUMNS = Journey._fields
 _JOURNEY_TYPES = (
     "text", "text", "timestamptz", "bigint", "bigint", "timestamptz", "text", "timestamptz",
-    "int", "bool", "smallint", "timestamptz", "bool", "timestamptz", "text",
+    "int", "bool", "smallint", "timestamptz", "bool", "timestamptz", "text", "timestamptz",
 )  # fmt: skip
 _RATING_COLUMNS = tuple(f.name for f in fields(Rating))
 

@@ -3,6 +3,8 @@ recovery by a new order, and the time in stage."""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from datetime import timedelta
 
 from crm_shared.contracts.events import (
@@ -196,3 +198,82 @@ def test_an_inbound_v2_contact_shows_interest_and_is_the_first_service_contact()
         (JourneyStage.CONSIDERING, "inbound_contact")
     ]
     assert journey.first_contact_id == contact.id
+
+
+def test_a_late_older_contact_never_takes_a_lost_customer_back() -> None:
+    """Judged at the latest time that decided the stage, not at its own."""
+    journey, moves = _run(
+        [
+            order("C-8", "O-1", ("P", 1, "1.00")),
+            _contact("C-8", "inbound", 130 * DAY),
+            _contact("C-8", "inbound", 10 * DAY),  # late: recorded after, happened before
+        ]
+    )
+    assert [m.to_stage for m in moves] == [JourneyStage.FIRST_PURCHASE, JourneyStage.LOST]
+    assert journey.stage is JourneyStage.LOST
+
+
+def test_the_final_stage_is_the_same_whatever_order_the_events_are_folded_in() -> None:
+    events = [
+        _view("C-9", 200 * DAY),  # before the first order in some runs: its time still counts
+        order("C-9", "O-1", ("P", 1, "1.00")),
+        _contact("C-9", "inbound", 70 * DAY),
+        _nps("C-9", 10, 20 * DAY),
+        order("C-9", "O-2", ("P", 1, "1.00"), minutes=30 * DAY),
+    ]
+    finals = {
+        _run([events[i] for i in order_of])[0].stage
+        for order_of in itertools.permutations(range(len(events)))
+    }
+    assert finals == {JourneyStage.LOST}
+
+
+def _merges(first: list[Event], second: list[Event]) -> Iterator[list[Event]]:
+    """Every interleaving of two topics' events that keeps each topic's own order."""
+    for slots in itertools.combinations(range(len(first) + len(second)), len(first)):
+        rest, firsts = iter(second), iter(first)
+        yield [next(firsts) if n in slots else next(rest) for n in range(len(first) + len(second))]
+
+
+def _fold_as_the_worker(events: list[Event]) -> Journey:
+    """As experience_fold does: events judged with their order partition's clock, and a tick
+    visiting the journey only when store.inactive_journeys would select it."""
+    journey, clock = Journey(events[0].customer_id), None
+    for e in events:
+        if e.type != CLOCK_TICKED:
+            journey, _ = evolve(journey, e, clock)
+            continue
+        clock = e.time
+        last = journey.last_order_at
+        if (
+            last is not None
+            and journey.stage is not JourneyStage.LOST
+            and last <= e.time - AT_RISK_AFTER
+            and (journey.stage is not JourneyStage.AT_RISK or last <= e.time - LOST_AFTER)
+        ):
+            journey, _ = tick(journey, e.time)
+    return journey
+
+
+def test_the_final_stage_is_the_same_however_the_topics_interleave_with_the_clock() -> None:
+    """crm.orders (orders and the clock's ticks, in log order) against crm.contacts and
+    crm.browsing: each interleaving a live run or a replay could fold, the same final stage,
+    the one the facts give at the latest time."""
+    orders = [
+        order("C-10", "O-1", ("P", 1, "1.00")),
+        _clock_tick(30),
+        _clock_tick(70),
+        order("C-10", "O-2", ("P", 1, "1.00"), minutes=80 * DAY),
+        _clock_tick(150),
+    ]
+    others = [
+        _contact("C-10", "inbound", 5 * DAY),
+        _view("C-10", 100 * DAY),
+        _nps("C-10", 10, 120 * DAY, kind="praise"),
+        _contact("C-10", "outbound", 210 * DAY),
+    ]
+    finals = {_fold_as_the_worker(run).stage for run in _merges(orders, others)}
+    assert finals == {JourneyStage.LOST}  # 210 days, 130 after the last order
+    late = [_contact("C-10", "inbound", 170 * DAY)]  # at risk at 170: 90 days after the last
+    finals = {_fold_as_the_worker(run).stage for run in _merges(orders, late)}
+    assert finals == {JourneyStage.AT_RISK}

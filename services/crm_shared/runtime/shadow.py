@@ -56,7 +56,7 @@ used."""
 BOOKKEEPING_COLUMNS: dict[str, frozenset[str]] = {
     "consumer_positions": frozenset({"updated_at"}),
     "segment_memberships": frozenset({"version", "changed_at"}),
-    "journeys": frozenset({"version", "entered_at"}),
+    "journeys": frozenset({"version", "entered_at", "judged_at"}),
 }
 """Columns that say when, not what: left out of a table's checksum."""
 COMPARED_ROWS: dict[str, str] = {"segment_memberships": "member", "journey_transitions": "false"}
