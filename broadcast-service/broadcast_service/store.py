@@ -6,6 +6,7 @@ import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time
+from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
@@ -672,25 +673,34 @@ async def release_range(conn: asyncpg.Connection, campaign_id: str, number: int)
     await conn.execute("SELECT pg_advisory_unlock(hashtext($1), $2)", campaign_id, number)
 
 
-async def lock_planning(conn: asyncpg.Connection, campaign_id: str, number: int) -> int | None:
+class NotPlanned(StrEnum):
+    """Why a planner does not plan a range it read (`lock_planning`)."""
+
+    CAMPAIGN_STOPPED = "campaign stopped"  # cancelled: no range of it is planned any more
+    RANGE_PLANNED = "range planned"  # by another planner meanwhile: the other ranges go on
+
+
+async def lock_planning(
+    conn: asyncpg.Connection, campaign_id: str, number: int
+) -> int | NotPlanned:
     """Lock the campaign until the caller's transaction commits and mark the range planned; the
-    messages the campaign planned so far (the throttle's first number for this chunk), or None
-    if the campaign is no longer being planned or the range was planned already (by a planner
-    that held it before)."""
+    messages the campaign planned so far (the throttle's first number for this chunk), or why
+    the range is not planned now: the campaign is no longer being planned, or the range was
+    planned already (by a planner that held it before)."""
     messages: int | None = await conn.fetchval(
         "SELECT plan_messages FROM campaigns WHERE campaign_id = $1 AND state = 'planning'"
         " FOR UPDATE",
         campaign_id,
     )
     if messages is None:
-        return None
+        return NotPlanned.CAMPAIGN_STOPPED
     status = await conn.execute(
         "UPDATE plan_ranges SET planned = true"
         " WHERE campaign_id = $1 AND number = $2 AND NOT planned",
         campaign_id,
         number,
     )
-    return messages if status == "UPDATE 1" else None
+    return messages if status == "UPDATE 1" else NotPlanned.RANGE_PLANNED
 
 
 # A target's recipients up to $3 (NULL: to the last) that are {after}: after $2 (`_AFTER`), or

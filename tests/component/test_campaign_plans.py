@@ -199,6 +199,34 @@ async def test_a_campaign_whose_ranges_are_all_planned_is_marked_planned(
         assert await conn.fetchval("SELECT count(*) FROM plan_chunks") == 0
 
 
+@pytest.mark.parametrize("meanwhile", list(store.NotPlanned))
+async def test_a_range_planned_meanwhile_is_skipped_and_a_cancelled_campaign_stops(
+    pool: asyncpg.Pool, meanwhile: store.NotPlanned
+) -> None:
+    """Between reading a campaign's ranges and writing one, another planner may plan that range
+    (this planner goes on with the others) or the campaign may be cancelled (it stops)."""
+    planner = planning.Planner(chunk_size=10, connections=1)
+    async with pool.acquire() as conn:
+        campaign = await _mark_planning(conn)
+        read = planning._signature_read(campaign, campaign.send_at, planner.chunk_size)
+        ranges = await store.ranges_to_plan(conn, campaign, read)
+        if meanwhile is store.NotPlanned.RANGE_PLANNED:
+            await conn.execute("UPDATE plan_ranges SET planned = true WHERE number = 0")
+        else:
+            await conn.execute("UPDATE campaigns SET state = 'cancelled'")
+        async with conn.transaction():
+            assert await store.lock_planning(conn, "spring", 0) is meanwhile
+    plan = planning._CampaignPlan(campaign, read, ranges, planner)
+    written = await planning._plan_chunks(pool, plan, None)
+    async with pool.acquire() as conn:
+        messages = await conn.fetchval("SELECT coalesce(sum(messages), 0) FROM plan_chunks")
+        state = await conn.fetchval("SELECT state FROM campaigns")
+    if meanwhile is store.NotPlanned.RANGE_PLANNED:  # C11-C20 and C21-C25
+        assert (written, messages, state) == (2, 15, "planned")
+    else:
+        assert (written, messages, state, plan.stopped) == (0, 0, "cancelled", True)
+
+
 async def test_a_chunk_is_read_by_id_range_only_where_its_range_is_dense(
     pool: asyncpg.Pool,
 ) -> None:
