@@ -124,8 +124,10 @@ async def _plan_chunks(
                 continue  # another planner (a replica) is planning it
             try:
                 done = await _plan_range(conn, plan, planned)
-            finally:
-                await store.release_range(conn, campaign_id, planned.number)
+            except BaseException:
+                await _release_after_failure(conn, campaign_id, planned.number)
+                raise
+            await store.release_range(conn, campaign_id, planned.number)
             if done is store.NotPlanned.RANGE_PLANNED:
                 continue  # by another planner meanwhile: the campaign's other ranges go on
             if done is store.NotPlanned.CAMPAIGN_STOPPED:  # every connection stops
@@ -136,6 +138,20 @@ async def _plan_chunks(
             if progress is not None:
                 progress(done)
     return written
+
+
+async def _release_after_failure(conn: asyncpg.Connection, campaign_id: str, number: int) -> None:
+    """Release a range whose planning failed, without hiding why it failed: a connection too
+    broken to release it is logged, and its session's end (or the pool's reset of the
+    connection) releases the range."""
+    try:
+        await store.release_range(conn, campaign_id, number)
+    except Exception:
+        log.warning(
+            "plan range not released after a failure; its session's end releases it",
+            extra={"campaign_id": campaign_id, "range": number},
+            exc_info=True,
+        )
 
 
 async def _plan_range(

@@ -8,6 +8,7 @@ recommendations and signed links, and cancels only the message whose template fa
 from __future__ import annotations
 
 import asyncio
+import traceback
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -225,6 +226,30 @@ async def test_a_range_planned_meanwhile_is_skipped_and_a_cancelled_campaign_sto
         assert (written, messages, state) == (2, 15, "planned")
     else:
         assert (written, messages, state, plan.stopped) == (0, 0, "cancelled", True)
+
+
+async def test_a_failed_range_surfaces_its_own_error_not_its_failed_release(
+    pool: asyncpg.Pool,
+) -> None:
+    """The planner's connection dies while it writes a chunk: the error that surfaces is the
+    chunk's, not the failed release of its range that follows (the session's end releases it)."""
+    async with pool.acquire() as conn:
+        await _mark_planning(conn)
+        await conn.execute(
+            """
+            CREATE FUNCTION die() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NEW; END $$;
+            CREATE TRIGGER die BEFORE INSERT ON plan_chunks FOR EACH ROW EXECUTE FUNCTION die();
+            """
+        )
+    with pytest.raises(ExceptionGroup) as failed:
+        await planning.plan_due(pool, planning.Planner(chunk_size=10, connections=1))
+    (error,) = failed.value.exceptions
+    frames = [frame.name for frame in traceback.extract_tb(error.__traceback__)]
+    assert "_plan_range" in frames and "release_range" not in frames, frames
+    async with pool.acquire() as conn:
+        await conn.execute("DROP TRIGGER die ON plan_chunks")
+    assert await planning.plan_due(pool, planning.Planner(chunk_size=10, connections=1)) == 3
 
 
 async def test_a_chunk_is_read_by_id_range_only_where_its_range_is_dense(
