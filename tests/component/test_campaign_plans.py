@@ -25,7 +25,9 @@ from crm_shared.contracts.events import (
     build_event,
     validate_event,
 )
-from crm_shared.runtime.db import open_pool
+from crm_shared.ops.rebuild import compare
+from crm_shared.runtime import shadow
+from crm_shared.runtime.db import connect_in_schema, open_pool
 from crm_shared.runtime.links import read_link
 from tests.campaign_reference import message_id, write_out_plans
 
@@ -397,3 +399,54 @@ async def test_cancelling_cancels_the_rows_and_the_chunks_not_written_out(
         assert await store.due_messages(conn, AT + timedelta(days=1)) == 0
         assert await store.take_due_chunk(conn, AT + timedelta(days=1), 100) == 0
         assert await conn.fetchval("SELECT count(*) FROM outbound_messages") == 10
+
+
+FOLDED = (
+    "segment_memberships",
+    "channel_preferences",
+    "consents",
+    "customer_contacts",
+    "customer_recommendations",
+)
+"""The fixture's tables, which a replay folds as the live worker did."""
+
+
+async def test_a_rebuild_compares_a_planned_campaign_and_keeps_what_its_planning_did(
+    pool: asyncpg.Pool, fresh_dsn: str
+) -> None:
+    """A replay leaves a planned campaign 'planning' (planning is the worker's job, not the
+    fold's, and its plan is in the carried ledger): the comparison sees the live campaign as the
+    fold left it, and the switch carries what its planning did (state, time, messages, reasons)."""
+    async with pool.acquire() as conn:
+        campaign = await _mark_planning(conn)
+    await planning.plan_due(pool, planning.Planner(chunk_size=10, connections=1))
+    builder = await connect_in_schema(fresh_dsn, shadow.SHADOW_SCHEMA)
+    try:
+        await shadow.create_shadow(builder, shadow.SHADOW_SCHEMA, MIGRATIONS)
+        for table in FOLDED:
+            await builder.execute(f"INSERT INTO {table} SELECT * FROM public.{table}")
+        # The replay of its definition:
+        await store.save_campaigns(builder, campaigns.start_due({"spring": campaign}).values())
+        live = await shadow.fingerprints(builder, "public")
+        rebuilt = await shadow.fingerprints(builder, shadow.SHADOW_SCHEMA)
+        assert compare(live, rebuilt, 0) == []
+        async with builder.transaction():
+            await shadow.carry_ledgers(builder, "public", shadow.SHADOW_SCHEMA)
+        planned = {}
+        for schema in ("public", shadow.SHADOW_SCHEMA):
+            planned[schema] = (
+                await builder.fetch(f"SELECT * FROM {schema}.campaigns"),
+                await builder.fetch(f"SELECT * FROM {schema}.campaign_reasons"),
+            )
+        # Where the fold disagrees (a forced switch), the shadow's campaign stays as folded.
+        await builder.execute("UPDATE campaigns SET state = 'cancelled', plan_messages = 0")
+        async with builder.transaction():
+            await shadow.carry_ledgers(builder, "public", shadow.SHADOW_SCHEMA)
+        kept = await builder.fetchrow("SELECT state, plan_messages FROM campaigns")
+    finally:
+        await builder.close()
+    (view,) = planned["public"][0]
+    assert (view["state"], view["plan_messages"]) == ("planned", CUSTOMERS)
+    assert view["plan_seconds"] > 0
+    assert planned[shadow.SHADOW_SCHEMA] == planned["public"]
+    assert tuple(kept) == ("cancelled", 0)
