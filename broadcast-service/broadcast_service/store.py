@@ -920,14 +920,15 @@ async def range_ends(conn: asyncpg.Connection, read: SignatureRead, after: str |
 
 
 # The customers in the chunk's id range are counted (their contacts: the service hears of every
-# customer through them) up to twice the chunk's size, so a sparse chunk costs no more to count
-# than a dense one. Their set-ups, consents, do-not-contact entries and holds are at most one or
-# a few a customer, so the customers' count says how many of those a range read takes too.
+# customer through them) up to one more than twice the chunk's size (so that a full chunk too
+# can be found sparse), so a sparse chunk costs no more to count than a dense one. Their
+# set-ups, consents, do-not-contact entries and holds are at most one or a few a customer, so
+# the customers' count says how many of those a range read takes too.
 _DENSE = """
 WITH span AS (SELECT min(customer_id) AS lo, max(customer_id) AS hi, count(*) AS recipients
               FROM ({members}) AS members)
 SELECT (SELECT count(*) FROM (SELECT FROM customer_contacts AS c
-                              WHERE c.customer_id BETWEEN lo AND hi LIMIT 2 * $4) AS t)
+                              WHERE c.customer_id BETWEEN lo AND hi LIMIT 2 * $4 + 1) AS t)
        <= 2 * recipients
 FROM span
 """

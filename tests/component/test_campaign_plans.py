@@ -278,6 +278,11 @@ async def test_a_chunk_is_read_by_id_range_only_where_its_range_is_dense(
         # Two recipients 25 customers apart: read by id, not the 23 customers between them.
         assert await store.range_ends(conn, ends, None) == []
         assert not await store.is_dense(conn, ends, None, None)
+        # A full chunk, one recipient in five customers: sparse too.
+        spread = CampaignTarget(customer_ids=("C01", "C06", "C11", "C16", "C21"))
+        fifths = store.SignatureRead(spread, "marketing", AT, 5)
+        assert await store.range_ends(conn, fifths, None) == ["C21"]
+        assert not await store.is_dense(conn, fifths, None, "C21")
 
 
 async def test_two_planners_at_once_plan_each_recipient_once(
