@@ -163,6 +163,16 @@ async def make_durable(conn: asyncpg.Connection, schema: str) -> None:
     """Turn the unlogged tables logged (written to the WAL once) before they go live, each
     after the tables its foreign keys reference (a logged table cannot reference an unlogged
     one: by name, broadcast's campaign_reasons came before campaigns and the rebuild failed)."""
+    for table in TopologicalSorter(await tables(conn, schema)).static_order():
+        await conn.execute(f"ALTER TABLE {quoted(schema)}.{quoted(table)} SET LOGGED")
+
+
+async def drop_schema(conn: asyncpg.Connection, schema: str) -> None:
+    await conn.execute(f"DROP SCHEMA IF EXISTS {quoted(schema)} CASCADE")
+
+
+async def tables(conn: asyncpg.Connection, schema: str) -> dict[str, list[str]]:
+    """The schema's tables by name, each with the other tables its foreign keys reference."""
     rows = await conn.fetch(
         "SELECT c.relname, array(SELECT r.relname FROM pg_constraint k"
         "   JOIN pg_class r ON r.oid = k.confrelid"
@@ -171,22 +181,7 @@ async def make_durable(conn: asyncpg.Connection, schema: str) -> None:
         " WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY c.relname",
         schema,
     )
-    order = TopologicalSorter({row["relname"]: row["referenced"] for row in rows})
-    for table in order.static_order():
-        await conn.execute(f"ALTER TABLE {quoted(schema)}.{quoted(table)} SET LOGGED")
-
-
-async def drop_schema(conn: asyncpg.Connection, schema: str) -> None:
-    await conn.execute(f"DROP SCHEMA IF EXISTS {quoted(schema)} CASCADE")
-
-
-async def tables(conn: asyncpg.Connection, schema: str) -> list[str]:
-    rows = await conn.fetch(
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY c.relname",
-        schema,
-    )
-    return [row["relname"] for row in rows]
+    return {row["relname"]: row["referenced"] for row in rows}
 
 
 async def positions(conn: asyncpg.Connection, schema: str) -> dict[tuple[str, int], int]:
