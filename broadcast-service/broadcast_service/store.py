@@ -625,7 +625,8 @@ async def ranges_to_plan(
 ) -> list[PlanRange]:
     """The campaign's ranges not planned yet, cut first if its planning has just started (the
     campaign locked meanwhile, so two planners cut them once). None left: the campaign is marked
-    planned (its ranges came planned, carried by a rebuild), or is no longer being planned."""
+    planned (its ranges came planned, carried by a forced rebuild), or is no longer being
+    planned."""
     campaign_id = campaign.campaign_id
     async with conn.transaction():
         state = await conn.fetchval(

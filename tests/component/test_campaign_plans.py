@@ -191,8 +191,9 @@ async def test_a_plan_begun_under_the_old_cursor_resumes_after_it(pool: asyncpg.
 async def test_a_campaign_whose_ranges_are_all_planned_is_marked_planned(
     pool: asyncpg.Pool,
 ) -> None:
-    """A rebuild replays a campaign to 'planning' and carries its planned ranges: it is marked
-    planned again, and nobody is planned twice."""
+    """A forced rebuild whose fold makes a campaign due that the live one had planned carries
+    its planned ranges, not its state (shadow.JOB_COLUMNS): it is marked planned again, and
+    nobody is planned twice."""
     async with pool.acquire() as conn:
         await _mark_planning(conn)
         await conn.execute("INSERT INTO plan_ranges VALUES ('spring', 0, NULL, NULL, true)")
