@@ -37,10 +37,10 @@ model, `fitted_*`, and its revenue cube, `computed_*`): a rebuild's shadow holds
 worker computes them again."""
 
 CARRIED_TABLES = (
-    "outbound_messages",
-    "plan_chunks",
     "plan_ranges",
+    "plan_chunks",
     "campaign_reasons",
+    "outbound_messages",
     "message_outcomes",
     "campaign_results",
     "published_lists",
@@ -52,7 +52,9 @@ recommendation service published (with their per-customer versions, which consum
 A replay cannot redo a send or unpublish a list, so a rebuild does not compare these tables and
 carries the live rows into the shadow at the switch, under a lock that holds their writers: a
 rebuilt projection never sends a message twice nor publishes a list under a version already
-used."""
+used. They are locked in this order, the order their writers write them (the planning job: its
+campaign, ranges, chunk, reasons; the sender: a chunk, its messages, their outcomes, results),
+so that the carry does not hold one table while it waits for a writer that waits for it."""
 
 
 @dataclass(frozen=True)
