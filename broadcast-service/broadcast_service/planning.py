@@ -124,9 +124,13 @@ async def _plan_chunks(
                 continue  # another planner (a replica) is planning it
             try:
                 done = await _plan_range(conn, plan, planned)
-            finally:
-                await store.release_range(conn, campaign_id, planned.number)
-            if done is None:  # cancelled, or planned by another planner meanwhile
+            except BaseException:
+                await _release_after_failure(conn, campaign_id, planned.number)
+                raise
+            await store.release_range(conn, campaign_id, planned.number)
+            if done is store.NotPlanned.RANGE_PLANNED:
+                continue  # by another planner meanwhile: the campaign's other ranges go on
+            if done is store.NotPlanned.CAMPAIGN_STOPPED:  # every connection stops
                 plan.stopped = True
                 return written
             written += 1  # counted once committed: a chunk rolled back is planned again
@@ -136,10 +140,24 @@ async def _plan_chunks(
     return written
 
 
+async def _release_after_failure(conn: asyncpg.Connection, campaign_id: str, number: int) -> None:
+    """Release a range whose planning failed, without hiding why it failed: a connection too
+    broken to release it is logged, and its session's end (or the pool's reset of the
+    connection) releases the range."""
+    try:
+        await store.release_range(conn, campaign_id, number)
+    except Exception:
+        log.warning(
+            "plan range not released after a failure; its session's end releases it",
+            extra={"campaign_id": campaign_id, "range": number},
+            exc_info=True,
+        )
+
+
 async def _plan_range(
     conn: asyncpg.Connection, plan: _CampaignPlan, planned: store.PlanRange
-) -> ChunkPlanned | None:
-    """Read, decide and write one range (None: the campaign is no longer planned from it)."""
+) -> ChunkPlanned | store.NotPlanned:
+    """Read, decide and write one range, or say why it is not planned now."""
     campaign, planner, read = plan.campaign, plan.planner, plan.read
     started = time.perf_counter()
     # Repeatable read: a chunk's signatures and the recipients read to decide for them come
@@ -153,7 +171,7 @@ async def _plan_range(
             conn, campaign, chunk.groups, campaign.send_at, read.since, planner.policy
         )
     if plan.stopped:
-        return None
+        return store.NotPlanned.CAMPAIGN_STOPPED
     async with conn.transaction():
         done = await _write_chunk(conn, plan, planned.number, chunk, decided, started)
     plan.last_written = time.perf_counter()
@@ -167,14 +185,14 @@ async def _write_chunk(
     chunk: store.SignatureChunk,
     decided: campaigns.SignedPlan,
     started: float,
-) -> ChunkPlanned | None:
+) -> ChunkPlanned | store.NotPlanned:
     """In the caller's transaction: range `number`'s chunk kept with the campaign, if the
-    campaign is still being planned and the range is not planned yet (None: it is not). The
+    campaign is still being planned and the range is not planned yet (else why not). The
     throttle numbers the messages in the order chunks are written (in id order within one)."""
     campaign = plan.campaign
     first = await store.lock_planning(conn, campaign.campaign_id, number)
-    if first is None:
-        return None
+    if isinstance(first, store.NotPlanned):
+        return first
     definition = campaign.definition
     rows = store.PlannedRows(
         campaign.campaign_id,

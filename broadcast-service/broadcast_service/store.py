@@ -6,6 +6,7 @@ import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time
+from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
@@ -624,7 +625,8 @@ async def ranges_to_plan(
 ) -> list[PlanRange]:
     """The campaign's ranges not planned yet, cut first if its planning has just started (the
     campaign locked meanwhile, so two planners cut them once). None left: the campaign is marked
-    planned (its ranges came planned, carried by a rebuild), or is no longer being planned."""
+    planned (its ranges came planned, carried by a forced rebuild), or is no longer being
+    planned."""
     campaign_id = campaign.campaign_id
     async with conn.transaction():
         state = await conn.fetchval(
@@ -672,25 +674,34 @@ async def release_range(conn: asyncpg.Connection, campaign_id: str, number: int)
     await conn.execute("SELECT pg_advisory_unlock(hashtext($1), $2)", campaign_id, number)
 
 
-async def lock_planning(conn: asyncpg.Connection, campaign_id: str, number: int) -> int | None:
+class NotPlanned(StrEnum):
+    """Why a planner does not plan a range it read (`lock_planning`)."""
+
+    CAMPAIGN_STOPPED = "campaign stopped"  # cancelled: no range of it is planned any more
+    RANGE_PLANNED = "range planned"  # by another planner meanwhile: the other ranges go on
+
+
+async def lock_planning(
+    conn: asyncpg.Connection, campaign_id: str, number: int
+) -> int | NotPlanned:
     """Lock the campaign until the caller's transaction commits and mark the range planned; the
-    messages the campaign planned so far (the throttle's first number for this chunk), or None
-    if the campaign is no longer being planned or the range was planned already (by a planner
-    that held it before)."""
+    messages the campaign planned so far (the throttle's first number for this chunk), or why
+    the range is not planned now: the campaign is no longer being planned, or the range was
+    planned already (by a planner that held it before)."""
     messages: int | None = await conn.fetchval(
         "SELECT plan_messages FROM campaigns WHERE campaign_id = $1 AND state = 'planning'"
         " FOR UPDATE",
         campaign_id,
     )
     if messages is None:
-        return None
+        return NotPlanned.CAMPAIGN_STOPPED
     status = await conn.execute(
         "UPDATE plan_ranges SET planned = true"
         " WHERE campaign_id = $1 AND number = $2 AND NOT planned",
         campaign_id,
         number,
     )
-    return messages if status == "UPDATE 1" else None
+    return messages if status == "UPDATE 1" else NotPlanned.RANGE_PLANNED
 
 
 # A target's recipients up to $3 (NULL: to the last) that are {after}: after $2 (`_AFTER`), or
@@ -910,14 +921,15 @@ async def range_ends(conn: asyncpg.Connection, read: SignatureRead, after: str |
 
 
 # The customers in the chunk's id range are counted (their contacts: the service hears of every
-# customer through them) up to twice the chunk's size, so a sparse chunk costs no more to count
-# than a dense one. Their set-ups, consents, do-not-contact entries and holds are at most one or
-# a few a customer, so the customers' count says how many of those a range read takes too.
+# customer through them) up to one more than twice the chunk's size (so that a full chunk too
+# can be found sparse), so a sparse chunk costs no more to count than a dense one. Their
+# set-ups, consents, do-not-contact entries and holds are at most one or a few a customer, so
+# the customers' count says how many of those a range read takes too.
 _DENSE = """
 WITH span AS (SELECT min(customer_id) AS lo, max(customer_id) AS hi, count(*) AS recipients
               FROM ({members}) AS members)
 SELECT (SELECT count(*) FROM (SELECT FROM customer_contacts AS c
-                              WHERE c.customer_id BETWEEN lo AND hi LIMIT 2 * $4) AS t)
+                              WHERE c.customer_id BETWEEN lo AND hi LIMIT 2 * $4 + 1) AS t)
        <= 2 * recipients
 FROM span
 """

@@ -8,6 +8,7 @@ recommendations and signed links, and cancels only the message whose template fa
 from __future__ import annotations
 
 import asyncio
+import traceback
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,7 +25,9 @@ from crm_shared.contracts.events import (
     build_event,
     validate_event,
 )
-from crm_shared.runtime.db import open_pool
+from crm_shared.ops.rebuild import compare
+from crm_shared.runtime import shadow
+from crm_shared.runtime.db import connect_in_schema, open_pool
 from crm_shared.runtime.links import read_link
 from tests.campaign_reference import message_id, write_out_plans
 
@@ -188,8 +191,9 @@ async def test_a_plan_begun_under_the_old_cursor_resumes_after_it(pool: asyncpg.
 async def test_a_campaign_whose_ranges_are_all_planned_is_marked_planned(
     pool: asyncpg.Pool,
 ) -> None:
-    """A rebuild replays a campaign to 'planning' and carries its planned ranges: it is marked
-    planned again, and nobody is planned twice."""
+    """A forced rebuild whose fold makes a campaign due that the live one had planned carries
+    its planned ranges, not its state (shadow.JOB_COLUMNS): it is marked planned again, and
+    nobody is planned twice."""
     async with pool.acquire() as conn:
         await _mark_planning(conn)
         await conn.execute("INSERT INTO plan_ranges VALUES ('spring', 0, NULL, NULL, true)")
@@ -197,6 +201,58 @@ async def test_a_campaign_whose_ranges_are_all_planned_is_marked_planned(
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT state FROM campaigns") == "planned"
         assert await conn.fetchval("SELECT count(*) FROM plan_chunks") == 0
+
+
+@pytest.mark.parametrize("meanwhile", list(store.NotPlanned))
+async def test_a_range_planned_meanwhile_is_skipped_and_a_cancelled_campaign_stops(
+    pool: asyncpg.Pool, meanwhile: store.NotPlanned
+) -> None:
+    """Between reading a campaign's ranges and writing one, another planner may plan that range
+    (this planner goes on with the others) or the campaign may be cancelled (it stops)."""
+    planner = planning.Planner(chunk_size=10, connections=1)
+    async with pool.acquire() as conn:
+        campaign = await _mark_planning(conn)
+        read = planning._signature_read(campaign, campaign.send_at, planner.chunk_size)
+        ranges = await store.ranges_to_plan(conn, campaign, read)
+        if meanwhile is store.NotPlanned.RANGE_PLANNED:
+            await conn.execute("UPDATE plan_ranges SET planned = true WHERE number = 0")
+        else:
+            await conn.execute("UPDATE campaigns SET state = 'cancelled'")
+        async with conn.transaction():
+            assert await store.lock_planning(conn, "spring", 0) is meanwhile
+    plan = planning._CampaignPlan(campaign, read, ranges, planner)
+    written = await planning._plan_chunks(pool, plan, None)
+    async with pool.acquire() as conn:
+        messages = await conn.fetchval("SELECT coalesce(sum(messages), 0) FROM plan_chunks")
+        state = await conn.fetchval("SELECT state FROM campaigns")
+    if meanwhile is store.NotPlanned.RANGE_PLANNED:  # C11-C20 and C21-C25
+        assert (written, messages, state) == (2, 15, "planned")
+    else:
+        assert (written, messages, state, plan.stopped) == (0, 0, "cancelled", True)
+
+
+async def test_a_failed_range_surfaces_its_own_error_not_its_failed_release(
+    pool: asyncpg.Pool,
+) -> None:
+    """The planner's connection dies while it writes a chunk: the error that surfaces is the
+    chunk's, not the failed release of its range that follows (the session's end releases it)."""
+    async with pool.acquire() as conn:
+        await _mark_planning(conn)
+        await conn.execute(
+            """
+            CREATE FUNCTION die() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NEW; END $$;
+            CREATE TRIGGER die BEFORE INSERT ON plan_chunks FOR EACH ROW EXECUTE FUNCTION die();
+            """
+        )
+    with pytest.raises(ExceptionGroup) as failed:
+        await planning.plan_due(pool, planning.Planner(chunk_size=10, connections=1))
+    (error,) = failed.value.exceptions
+    frames = [frame.name for frame in traceback.extract_tb(error.__traceback__)]
+    assert "_plan_range" in frames and "release_range" not in frames, frames
+    async with pool.acquire() as conn:
+        await conn.execute("DROP TRIGGER die ON plan_chunks")
+    assert await planning.plan_due(pool, planning.Planner(chunk_size=10, connections=1)) == 3
 
 
 async def test_a_chunk_is_read_by_id_range_only_where_its_range_is_dense(
@@ -223,6 +279,11 @@ async def test_a_chunk_is_read_by_id_range_only_where_its_range_is_dense(
         # Two recipients 25 customers apart: read by id, not the 23 customers between them.
         assert await store.range_ends(conn, ends, None) == []
         assert not await store.is_dense(conn, ends, None, None)
+        # A full chunk, one recipient in five customers: sparse too.
+        spread = CampaignTarget(customer_ids=("C01", "C06", "C11", "C16", "C21"))
+        fifths = store.SignatureRead(spread, "marketing", AT, 5)
+        assert await store.range_ends(conn, fifths, None) == ["C21"]
+        assert not await store.is_dense(conn, fifths, None, "C21")
 
 
 async def test_two_planners_at_once_plan_each_recipient_once(
@@ -344,3 +405,54 @@ async def test_cancelling_cancels_the_rows_and_the_chunks_not_written_out(
         assert await store.due_messages(conn, AT + timedelta(days=1)) == 0
         assert await store.take_due_chunk(conn, AT + timedelta(days=1), 100) == 0
         assert await conn.fetchval("SELECT count(*) FROM outbound_messages") == 10
+
+
+FOLDED = (
+    "segment_memberships",
+    "channel_preferences",
+    "consents",
+    "customer_contacts",
+    "customer_recommendations",
+)
+"""The fixture's tables, which a replay folds as the live worker did."""
+
+
+async def test_a_rebuild_compares_a_planned_campaign_and_keeps_what_its_planning_did(
+    pool: asyncpg.Pool, fresh_dsn: str
+) -> None:
+    """A replay leaves a planned campaign 'planning' (planning is the worker's job, not the
+    fold's, and its plan is in the carried ledger): the comparison sees the live campaign as the
+    fold left it, and the switch carries what its planning did (state, time, messages, reasons)."""
+    async with pool.acquire() as conn:
+        campaign = await _mark_planning(conn)
+    await planning.plan_due(pool, planning.Planner(chunk_size=10, connections=1))
+    builder = await connect_in_schema(fresh_dsn, shadow.SHADOW_SCHEMA)
+    try:
+        await shadow.create_shadow(builder, shadow.SHADOW_SCHEMA, MIGRATIONS)
+        for table in FOLDED:
+            await builder.execute(f"INSERT INTO {table} SELECT * FROM public.{table}")
+        # The replay of its definition:
+        await store.save_campaigns(builder, campaigns.start_due({"spring": campaign}).values())
+        live = await shadow.fingerprints(builder, "public")
+        rebuilt = await shadow.fingerprints(builder, shadow.SHADOW_SCHEMA)
+        assert compare(live, rebuilt, 0) == []
+        async with builder.transaction():
+            await shadow.carry_ledgers(builder, "public", shadow.SHADOW_SCHEMA)
+        planned = {}
+        for schema in ("public", shadow.SHADOW_SCHEMA):
+            planned[schema] = (
+                await builder.fetch(f"SELECT * FROM {schema}.campaigns"),
+                await builder.fetch(f"SELECT * FROM {schema}.campaign_reasons"),
+            )
+        # Where the fold disagrees (a forced switch), the shadow's campaign stays as folded.
+        await builder.execute("UPDATE campaigns SET state = 'cancelled', plan_messages = 0")
+        async with builder.transaction():
+            await shadow.carry_ledgers(builder, "public", shadow.SHADOW_SCHEMA)
+        kept = await builder.fetchrow("SELECT state, plan_messages FROM campaigns")
+    finally:
+        await builder.close()
+    (view,) = planned["public"][0]
+    assert (view["state"], view["plan_messages"]) == ("planned", CUSTOMERS)
+    assert view["plan_seconds"] > 0
+    assert planned[shadow.SHADOW_SCHEMA] == planned["public"]
+    assert tuple(kept) == ("cancelled", 0)

@@ -59,3 +59,26 @@ async def test_an_index_the_migrations_do_not_make_is_refused(fresh_dsn: str) ->
             await shadow.drop_indexes(builder, SHADOW, ["no_such_index"])
     finally:
         await builder.close()
+
+
+async def test_the_tables_are_listed_with_those_they_reference_and_made_logged_after_them(
+    fresh_dsn: str,
+) -> None:
+    """One listing serves the comparison and `make_durable`: each table with the tables its
+    foreign keys reference, which must turn logged first."""
+    broadcast = next(s for s in platform.projections() if s.name == "broadcast")
+    migrations = broadcast.load_projection().migrations
+    builder = await _builder(fresh_dsn, migrations)
+    try:
+        await shadow.create_shadow(builder, SHADOW, migrations)
+        listed = await shadow.tables(builder, SHADOW)
+        assert (listed["campaign_reasons"], listed["campaigns"]) == (["campaigns"], [])
+        await shadow.make_durable(builder, SHADOW)
+        persistence = await builder.fetch(
+            "SELECT DISTINCT relpersistence FROM pg_class"
+            " WHERE relnamespace = $1::regnamespace AND relkind = 'r'",
+            SHADOW,
+        )
+    finally:
+        await builder.close()
+    assert [row["relpersistence"] for row in persistence] == [b"p"]  # "char": bytes

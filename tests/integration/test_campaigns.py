@@ -24,6 +24,7 @@ from tests.integration.helpers import (
     unique,
 )
 from tests.integration.test_crash_recovery import publish
+from tests.integration.test_rebuild_command import rebuild
 
 pytestmark = pytest.mark.integration
 
@@ -271,3 +272,20 @@ async def test_cancelling_a_planned_campaign_cancels_its_messages(
     (progress,) = cancelled.json()["progress"]
     assert progress["planned"] + progress["sending"] + progress["failed"] == 0
     assert [m["state"] for m in await _messages(platform, campaign_id)] in ([], ["cancelled"])
+
+
+async def test_a_rebuild_keeps_each_campaign_as_its_planning_left_it(
+    platform: dict[str, str], client: httpx.AsyncClient, audience: Audience
+) -> None:
+    """`crm rebuild broadcast` replays the campaigns' definitions but does not plan them (the
+    worker's job does, and the plans are carried with the send ledger): it switches unforced,
+    and a planned campaign keeps its state, time and reasons."""
+    campaign_id = await _define(client, audience.campaign())
+    before = await _planned(client, campaign_id)
+    code, out, err = await rebuild(platform, "broadcast")
+    assert code == 0, out + err
+    assert "differs:" not in out and "switched" in out, out
+    after = (await client.get(f"/v1/campaigns/{campaign_id}")).json()
+    kept = ("state", "planned_at", "plan_seconds", "recipients", "messages", "reasons")
+    assert {k: after[k] for k in kept} == {k: before[k] for k in kept}
+    assert before["plan_seconds"] > 0 and before["messages"] == 1

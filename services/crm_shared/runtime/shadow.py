@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from graphlib import TopologicalSorter
@@ -37,21 +37,49 @@ model, `fitted_*`, and its revenue cube, `computed_*`): a rebuild's shadow holds
 worker computes them again."""
 
 CARRIED_TABLES = (
-    "outbound_messages",
-    "plan_chunks",
     "plan_ranges",
+    "plan_chunks",
+    "campaign_reasons",
+    "outbound_messages",
     "message_outcomes",
     "campaign_results",
     "published_lists",
 )
 """What a service did in the world rather than what the log says: the broadcast service's send
-ledger (which messages went out or are planned to, which parts of a campaign are planned, and
-what became of them) and the lists the
+ledger (which messages went out or are planned to, which parts of a campaign are planned, the
+reasons its planning found, and what became of the messages) and the lists the
 recommendation service published (with their per-customer versions, which consumers order by).
 A replay cannot redo a send or unpublish a list, so a rebuild does not compare these tables and
 carries the live rows into the shadow at the switch, under a lock that holds their writers: a
 rebuilt projection never sends a message twice nor publishes a list under a version already
-used."""
+used. They are locked in this order, the order their writers write them (the planning job: its
+campaign, ranges, chunk, reasons; the sender: a chunk, its messages, their outcomes, results),
+so that the carry does not hold one table while it waits for a writer that waits for it."""
+
+
+@dataclass(frozen=True)
+class JobColumns:
+    """Columns of a folded table that a worker's job writes, not the fold: a replay leaves them
+    as the fold does. A rebuild compares them as the fold leaves them (`as_folded`: SQL over
+    `{row}`, the table; a column not named there is not compared) and, at the switch, carries
+    the live values into the shadow's rows of the same `key` where those agree."""
+
+    key: str
+    columns: tuple[str, ...]
+    as_folded: Mapping[str, str]
+
+
+JOB_COLUMNS: dict[str, JobColumns] = {
+    "campaigns": JobColumns(
+        "campaign_id",
+        ("state", "planned_at", "plan_messages", "plan_seconds"),
+        {"state": "CASE {row}.state WHEN 'planned' THEN 'planning' ELSE {row}.state END"},
+    ),
+}
+"""The broadcast planning job's progress: the fold marks a due campaign 'planning', the job
+plans it (its ranges, chunks and reasons are carried) and marks it 'planned' with when, how many
+messages and how long it took. A replay does not plan, so the rebuilt campaign would wait as
+'planning' with none of those."""
 
 BOOKKEEPING_COLUMNS: dict[str, frozenset[str]] = {
     "consumer_positions": frozenset({"updated_at"}),
@@ -137,6 +165,16 @@ async def make_durable(conn: asyncpg.Connection, schema: str) -> None:
     """Turn the unlogged tables logged (written to the WAL once) before they go live, each
     after the tables its foreign keys reference (a logged table cannot reference an unlogged
     one: by name, broadcast's campaign_reasons came before campaigns and the rebuild failed)."""
+    for table in TopologicalSorter(await tables(conn, schema)).static_order():
+        await conn.execute(f"ALTER TABLE {quoted(schema)}.{quoted(table)} SET LOGGED")
+
+
+async def drop_schema(conn: asyncpg.Connection, schema: str) -> None:
+    await conn.execute(f"DROP SCHEMA IF EXISTS {quoted(schema)} CASCADE")
+
+
+async def tables(conn: asyncpg.Connection, schema: str) -> dict[str, list[str]]:
+    """The schema's tables by name, each with the other tables its foreign keys reference."""
     rows = await conn.fetch(
         "SELECT c.relname, array(SELECT r.relname FROM pg_constraint k"
         "   JOIN pg_class r ON r.oid = k.confrelid"
@@ -145,22 +183,7 @@ async def make_durable(conn: asyncpg.Connection, schema: str) -> None:
         " WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY c.relname",
         schema,
     )
-    order = TopologicalSorter({row["relname"]: row["referenced"] for row in rows})
-    for table in order.static_order():
-        await conn.execute(f"ALTER TABLE {quoted(schema)}.{quoted(table)} SET LOGGED")
-
-
-async def drop_schema(conn: asyncpg.Connection, schema: str) -> None:
-    await conn.execute(f"DROP SCHEMA IF EXISTS {quoted(schema)} CASCADE")
-
-
-async def tables(conn: asyncpg.Connection, schema: str) -> list[str]:
-    rows = await conn.fetch(
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY c.relname",
-        schema,
-    )
-    return [row["relname"] for row in rows]
+    return {row["relname"]: row["referenced"] for row in rows}
 
 
 async def positions(conn: asyncpg.Connection, schema: str) -> dict[tuple[str, int], int]:
@@ -199,16 +222,21 @@ async def _compared_tables(
             " AND attnum > 0 AND NOT attisdropped ORDER BY attname",
             source,
         )
-        kept = tuple(
-            row["attname"]
-            for row in names
-            if row["attname"] not in BOOKKEEPING_COLUMNS.get(table, frozenset())
+        job = JOB_COLUMNS.get(table)
+        as_folded = job.as_folded if job is not None else {}
+        left_out = BOOKKEEPING_COLUMNS.get(table, frozenset()) | (
+            set(job.columns) - set(as_folded) if job is not None else set()
         )
+        kept = tuple(row["attname"] for row in names if row["attname"] not in left_out)
         scoped = customers is not None and SCOPED_COLUMN in kept
+        values = (
+            as_folded[name].format(row=source) if name in as_folded else quoted(name)
+            for name in kept
+        )
         found[table] = _Compared(
             source,
             kept,
-            f"ROW({', '.join(quoted(name) for name in kept)})::text",
+            f"ROW({', '.join(values)})::text",
             f"{COMPARED_ROWS.get(table, 'true')}"
             + (f" AND {SCOPED_COLUMN} = ANY($1::text[])" if scoped else ""),
             (list(customers or ()),) if scoped else (),
@@ -328,16 +356,46 @@ async def carry_unsent_outbox(conn: asyncpg.Connection, live: str, shadow: str) 
 
 async def carry_ledgers(conn: asyncpg.Connection, live: str, shadow: str) -> int:
     """In the caller's transaction: the live rows of the CARRIED_TABLES the live schema has
-    replace the shadow's, with the live tables locked against writes (a sender's update waits,
-    then lands in the new tables after the switch). Returns how many rows were carried."""
+    replace the shadow's, and the JOB_COLUMNS are carried, with the live tables locked against
+    writes first (a sender's update waits, then lands in the new tables after the switch). The
+    job columns' tables are locked first, as the broadcast planning job locks its campaign
+    before the ledger. Returns how many rows were carried."""
+    present = set(await tables(conn, live))
+    jobs = [table for table in JOB_COLUMNS if table in present]
+    ledgers = [table for table in CARRIED_TABLES if table in present]
+    if not jobs + ledgers:
+        return 0
+    held = ", ".join(f"{quoted(live)}.{quoted(table)}" for table in jobs + ledgers)
+    await conn.execute(f"LOCK TABLE {held} IN EXCLUSIVE MODE")
     carried = 0
-    for table in set(CARRIED_TABLES) & set(await tables(conn, live)):
+    for table in ledgers:
         source, target = f"{quoted(live)}.{quoted(table)}", f"{quoted(shadow)}.{quoted(table)}"
-        await conn.execute(f"LOCK TABLE {source} IN EXCLUSIVE MODE")
         await conn.execute(f"DELETE FROM {target}")
         status = await conn.execute(f"INSERT INTO {target} SELECT * FROM {source}")
         carried += int(status.rsplit(" ", 1)[-1])
+    for table in jobs:
+        carried += await _carry_job_columns(conn, live, shadow, table, JOB_COLUMNS[table])
     return carried
+
+
+async def _carry_job_columns(
+    conn: asyncpg.Connection, live: str, shadow: str, table: str, job: JobColumns
+) -> int:
+    """The live values of the job's columns into the shadow's rows of the same key where both
+    agree on what the fold left (where they do not, only a forced switch goes on, and the
+    shadow's rows stay as the fold left them)."""
+    names = ", ".join(quoted(name) for name in job.columns)
+    taken = ", ".join(f"l.{quoted(name)}" for name in job.columns)
+    agree = "".join(
+        f" AND {folded.format(row='s')} IS NOT DISTINCT FROM {folded.format(row='l')}"
+        for folded in job.as_folded.values()
+    )
+    status = await conn.execute(
+        f"UPDATE {quoted(shadow)}.{quoted(table)} AS s SET ({names}) = ROW({taken})"
+        f" FROM {quoted(live)}.{quoted(table)} AS l"
+        f" WHERE l.{quoted(job.key)} = s.{quoted(job.key)}{agree}"
+    )
+    return int(status.rsplit(" ", 1)[-1])
 
 
 async def switch(conn: asyncpg.Connection, live: str, shadow: str, retired: str) -> None:
