@@ -41,6 +41,7 @@ from crm_shared.contracts.events import (
 )
 from crm_shared.contracts.topics import Topic
 from crm_shared.runtime import metrics, outbox
+from crm_shared.runtime.config import DEFAULT_BATCH_SIZE
 from crm_shared.runtime.db import columns
 from crm_shared.runtime.derived import Derived
 
@@ -365,7 +366,7 @@ class BatchProjector:
         halt_after: int = 10,
         halt_retry_seconds: float = 30.0,
         max_future_skew: timedelta = MAX_FUTURE_SKEW,
-        max_batch: int = 5000,
+        max_batch: int = DEFAULT_BATCH_SIZE,
     ) -> None:
         self.projection = projection
         self.halt_after = halt_after

@@ -56,7 +56,7 @@ FETCH_BYTES_PER_PARTITION = 256 * 1024
 data until its records are handed on, so a worker behind its topics holds up to this times its
 partitions: with 8 MiB (the record limit, as before 2026-11-30) up to 672 MiB for the
 interaction worker's 84, growing with a backlog (40 MiB in 46 responses six minutes into a
-lagging soak). 256 KiB bounds that to 21 MiB, still about 47,000 records ahead (nine fetches of
+lagging soak). 256 KiB bounds that to 21 MiB, still about 47,000 records ahead (23 fetches of
 `batch_size`). A larger record still comes whole: the broker returns a partition's first batch
 whatever its size (KIP-74), as tests/integration/test_bad_input.py's 2 MiB event shows."""
 
