@@ -13,16 +13,16 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 import asyncpg
-import numpy as np
 
 from crm_shared.contracts.events import ConsentState
 from crm_shared.runtime.db import columns
 from recommendation_service import projection
 from recommendation_service.catalogue import CatalogueFilter, CatalogueRecord
 from recommendation_service.consent import ConsentDecision
-from recommendation_service.models import KeptGoods, Similar, SimilarPair
+from recommendation_service.models import Similar, SimilarPair
 from recommendation_service.neighbours import CoBuyers, Entry, Lists
 from recommendation_service.projection import (
     CustomerOrder,
@@ -358,32 +358,46 @@ async def last_of_long_lists(
     return {row[0]: (row[1], row[2], row[3]) for row in rows}
 
 
-async def kept_goods(conn: asyncpg.Connection) -> KeptGoods:
-    """Every (customer, product) where the customer kept some of a product that is goods: what
-    similar products are computed from (all of them: `models.kept_similar_products`). Numbered
-    by PostgreSQL and sent as one bytea of 8 bytes a pair (buyer, good): read as rows, each pair
-    cost the worker a few hundred bytes of Python objects, and the pairs grow with the data."""
-    row = await conn.fetchrow(
-        """
-        WITH kept AS (
-            SELECT cp.customer_id, cp.product_id
-            FROM customer_products cp JOIN products p USING (product_id)
-            WHERE cp.units_kept > 0 AND p.goods
-        ), goods AS (
-            SELECT product_id,
-                   (row_number() OVER (ORDER BY product_id COLLATE "C") - 1)::int AS good
-            FROM (SELECT DISTINCT product_id FROM kept) AS distinct_goods
-        ), buyers AS (
-            SELECT customer_id, (row_number() OVER () - 1)::int AS buyer
-            FROM (SELECT DISTINCT customer_id FROM kept) AS distinct_buyers
+_KEPT_BUYERS = """
+    SELECT cp.product_id, array_agg(cp.customer_id) AS buyers
+    FROM customer_products cp JOIN products p USING (product_id)
+    WHERE cp.units_kept > 0 AND p.goods {}
+    GROUP BY cp.product_id
+"""
+
+
+async def kept_buyers(
+    conn: asyncpg.Connection, products: Sequence[str] | None
+) -> dict[str, list[str]]:
+    """Who kept some of each of these products that is goods (None: of every good); a product
+    nobody keeps is absent. What similar products are computed from
+    (`neighbours.KeptBuyers`): every pair once per worker, then the marked goods' buyers."""
+    if products is None:
+        rows = await conn.fetch(_KEPT_BUYERS.format(""))
+    else:
+        rows = await conn.fetch(
+            _KEPT_BUYERS.format("AND cp.product_id = ANY($1::text[])"), products
         )
-        SELECT (SELECT coalesce(array_agg(product_id ORDER BY good), '{}') FROM goods) AS products,
-               coalesce(string_agg(int4send(buyer) || int4send(good), ''::bytea), ''::bytea)
-        FROM kept JOIN buyers USING (customer_id) JOIN goods USING (product_id)
+    return {row[0]: row[1] for row in rows}
+
+
+async def last_neighbour_run(conn: asyncpg.Connection) -> UUID | None:
+    """The neighbour job run that last wrote similar products (None: none since the table was
+    made, e.g. after a rebuild)."""
+    found: UUID | None = await conn.fetchval("SELECT run FROM computed_neighbour_run")
+    return found
+
+
+async def record_neighbour_run(conn: asyncpg.Connection, run: UUID) -> None:
+    """Say which run wrote similar products last: a worker keeping what its own last run read
+    (`worker.KEPT`) knows from it that nobody else has run since."""
+    await conn.execute(
         """
+        INSERT INTO computed_neighbour_run (only_row, run) VALUES (true, $1)
+        ON CONFLICT (only_row) DO UPDATE SET run = EXCLUDED.run
+        """,
+        run,
     )
-    pairs = np.frombuffer(row[1], dtype=">i4").reshape(-1, 2).astype(np.intp)
-    return KeptGoods(row[0], pairs[:, 0], pairs[:, 1])
 
 
 async def stored_similar_products(conn: asyncpg.Connection) -> dict[SimilarPair, Similar]:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
+from uuid import UUID, uuid4
 
 import asyncpg
 
@@ -123,14 +125,16 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
     return ()
 
 
+ListChanges = tuple[dict[models.SimilarPair, models.Similar], list[models.SimilarPair]]
+"""Similar-product pairs to upsert and to delete (`models.changed_similar_products`)."""
+
+
 def list_capacity() -> int:
     """Entries a list computed in full keeps: those served and the reserve."""
     return projection.NEIGHBOURS_KEPT + projection.NEIGHBOURS_RESERVE
 
 
-async def neighbour_changes(
-    conn: asyncpg.Connection, marked: Sequence[str]
-) -> tuple[dict[models.SimilarPair, models.Similar], list[models.SimilarPair]]:
+async def neighbour_changes(conn: asyncpg.Connection, marked: Sequence[str]) -> ListChanges:
     """What to write so that every list a change of the `marked` products' buyers can touch
     serves what a whole recomputation gives (`neighbours`): the marked rows from their co-buyer
     counts, the lists of what is bought with them or names them merged with their new entries,
@@ -159,24 +163,70 @@ async def neighbour_changes(
     return models.changed_similar_products(neighbours.pairs(stored), neighbours.pairs(lists))
 
 
+@dataclass(frozen=True, slots=True)
+class WholeCatalogue:
+    """What a whole-catalogue run read and wrote, for the next one in this process: valid while
+    its `run` is the last recorded in the database (no other replica's run, no incremental run,
+    no rebuild since) and lists keep as many entries."""
+
+    run: UUID
+    capacity: int
+    kept: neighbours.KeptBuyers
+    lists: dict[models.SimilarPair, models.Similar]
+    """Every stored list, as written."""
+
+
+class KeptCatalogue:
+    """This process's last whole-catalogue run (`WholeCatalogue`), if it is still the last."""
+
+    def __init__(self) -> None:
+        self.last: WholeCatalogue | None = None
+
+    async def valid(self, conn: asyncpg.Connection, capacity: int) -> WholeCatalogue | None:
+        last = self.last
+        if last is None or last.capacity != capacity:
+            return None
+        return last if await store.last_neighbour_run(conn) == last.run else None
+
+
+KEPT = KeptCatalogue()
+
+
 async def whole_catalogue_changes(
-    conn: asyncpg.Connection,
-) -> tuple[dict[models.SimilarPair, models.Similar], list[models.SimilarPair]]:
+    conn: asyncpg.Connection, marked: Sequence[str], run: UUID
+) -> tuple[ListChanges, WholeCatalogue]:
     """What to write so that every list is what `models.kept_similar_products` computes from all
-    that customers kept, reserve included (numpy, in a thread)."""
-    kept = await store.kept_goods(conn)
-    computed = await asyncio.to_thread(models.kept_similar_products, kept, list_capacity())
-    stored = await store.stored_similar_products(conn)
-    return models.changed_similar_products(stored, computed)
+    that customers kept, reserve included (numpy, in a thread), and what this run read and wrote.
+    With this process's last run still the last, only the marked goods' buyers are read and the
+    stored lists are those it wrote; otherwise every kept pair and every stored list."""
+    capacity = list_capacity()
+    before = await KEPT.valid(conn, capacity)
+    if before is None:
+        read = await store.kept_buyers(conn, None)
+        kept = await asyncio.to_thread(neighbours.with_buyers, None, read, ())
+        stored = await store.stored_similar_products(conn)
+    else:
+        read = await store.kept_buyers(conn, marked)
+        kept = await asyncio.to_thread(neighbours.with_buyers, before.kept, read, marked)
+        stored = before.lists
+    computed = await asyncio.to_thread(
+        models.kept_similar_products, neighbours.kept_goods(kept), capacity
+    )
+    count(metrics.WHOLE_CATALOGUE_RUNS.labels("database" if before is None else "memory"))
+    changes = models.changed_similar_products(stored, computed)
+    return changes, WholeCatalogue(run, capacity, kept, computed)
 
 
 async def refresh_neighbours(pool: asyncpg.Pool) -> int:
     """One run of the neighbour job: when products are marked, bring every similar-product list
     their buyers' changes can touch up to date (`neighbour_changes`, or the whole catalogue when
     the marked products have over NEIGHBOUR_INCREMENTAL_BUYERS buyers) in one transaction
-    (readers see the old lists or the new ones), then unmark those not marked again meanwhile.
+    (readers see the old lists or the new ones), record the run, then unmark those not marked
+    again meanwhile. What a whole-catalogue run read and wrote is kept once committed.
     Returns how many marks were cleared; 0 when another replica's run holds the lock."""
     started = time.perf_counter()
+    run = uuid4()
+    whole: WholeCatalogue | None = None
     with counted_on_commit():
         async with pool.acquire() as conn, conn.transaction():
             if not await store.lock_neighbour_job(conn):
@@ -186,11 +236,13 @@ async def refresh_neighbours(pool: asyncpg.Pool) -> int:
                 return 0
             marked = sorted(marks)
             if await store.buyers_in_all(conn, marked) > NEIGHBOUR_INCREMENTAL_BUYERS:
-                changes = await whole_catalogue_changes(conn)
+                changes, whole = await whole_catalogue_changes(conn, marked, run)
             else:
                 changes = await neighbour_changes(conn, marked)
             await store.write_similar_products(conn, *changes)
+            await store.record_neighbour_run(conn, run)
             await store.clear_marks(conn, marks)
+    KEPT.last = whole
     metrics.NEIGHBOURS_REFRESHED.inc(len(marks))
     metrics.NEIGHBOUR_JOB_SECONDS.observe(time.perf_counter() - started)
     return len(marks)
