@@ -154,21 +154,36 @@ def pairs(lists: Mapping[str, list[Entry]]) -> dict[SimilarPair, Similar]:
 class KeptBuyers:
     """Who kept each good, as the neighbour job last read it: what a whole-catalogue run computes
     every list from, kept by the worker so that the next run reads only the goods marked since.
-    Customers are numbered in the order first read; co-buyer counts, hence the lists, do not
-    depend on the numbering."""
+    Customers keep the number they were first read with (the dict's order); co-buyer counts,
+    hence the lists, do not depend on the numbering."""
 
     customers: Mapping[str, int]
     goods: Mapping[str, npt.NDArray[np.intp]]
     """good -> the numbers of its buyers; a good nobody keeps is absent."""
 
 
+def kept_buyers(kept: KeptGoods) -> KeptBuyers:
+    """Every pair of `kept`, by good."""
+    order = np.argsort(kept.goods, kind="stable")
+    counts = np.bincount(kept.goods, minlength=len(kept.products))
+    columns = np.split(kept.buyers[order], np.cumsum(counts)[:-1])
+    return KeptBuyers(
+        {customer: number for number, customer in enumerate(kept.customers)},
+        {
+            product: column
+            for product, column in zip(kept.products, columns, strict=True)
+            if len(column)
+        },
+    )
+
+
 def with_buyers(
-    kept: KeptBuyers | None, read: Mapping[str, Sequence[str]], goods: Iterable[str]
+    kept: KeptBuyers, read: Mapping[str, Sequence[str]], goods: Iterable[str]
 ) -> KeptBuyers:
     """`kept` with the buyers of `goods` replaced by those `read` (a good of `goods` not read is
-    kept by nobody now); from None, what `read` holds."""
-    customers = dict(kept.customers) if kept else {}
-    columns = dict(kept.goods) if kept else {}
+    kept by nobody now)."""
+    customers = dict(kept.customers)
+    columns = dict(kept.goods)
     for good in goods:
         columns.pop(good, None)
     for good, buyers in read.items():
@@ -189,4 +204,5 @@ def kept_goods(kept: KeptBuyers) -> KeptGoods:
         products,
         np.concatenate(columns) if columns else np.empty(0, dtype=np.intp),
         np.repeat(np.arange(len(products)), [len(column) for column in columns]),
+        list(kept.customers),
     )

@@ -16,13 +16,14 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import numpy as np
 
 from crm_shared.contracts.events import ConsentState
 from crm_shared.runtime.db import columns
 from recommendation_service import projection
 from recommendation_service.catalogue import CatalogueFilter, CatalogueRecord
 from recommendation_service.consent import ConsentDecision
-from recommendation_service.models import Similar, SimilarPair
+from recommendation_service.models import KeptGoods, Similar, SimilarPair
 from recommendation_service.neighbours import CoBuyers, Entry, Lists
 from recommendation_service.projection import (
     CustomerOrder,
@@ -358,26 +359,48 @@ async def last_of_long_lists(
     return {row[0]: (row[1], row[2], row[3]) for row in rows}
 
 
-_KEPT_BUYERS = """
-    SELECT cp.product_id, array_agg(cp.customer_id) AS buyers
-    FROM customer_products cp JOIN products p USING (product_id)
-    WHERE cp.units_kept > 0 AND p.goods {}
-    GROUP BY cp.product_id
-"""
-
-
-async def kept_buyers(
-    conn: asyncpg.Connection, products: Sequence[str] | None
-) -> dict[str, list[str]]:
-    """Who kept some of each of these products that is goods (None: of every good); a product
-    nobody keeps is absent. What similar products are computed from
-    (`neighbours.KeptBuyers`): every pair once per worker, then the marked goods' buyers."""
-    if products is None:
-        rows = await conn.fetch(_KEPT_BUYERS.format(""))
-    else:
-        rows = await conn.fetch(
-            _KEPT_BUYERS.format("AND cp.product_id = ANY($1::text[])"), products
+async def kept_goods(conn: asyncpg.Connection) -> KeptGoods:
+    """Every (customer, product) where the customer kept some of a product that is goods: what
+    similar products are computed from (all of them: `models.kept_similar_products`). Numbered
+    by PostgreSQL and sent as one bytea of 8 bytes a pair (buyer, good): read as rows, each pair
+    cost the worker a few hundred bytes of Python objects, and the pairs grow with the data. The
+    buyers' ids come once each, for the marked goods' buyers read later (`goods_buyers`)."""
+    row = await conn.fetchrow(
+        """
+        WITH kept AS (
+            SELECT cp.customer_id, cp.product_id
+            FROM customer_products cp JOIN products p USING (product_id)
+            WHERE cp.units_kept > 0 AND p.goods
+        ), goods AS (
+            SELECT product_id,
+                   (row_number() OVER (ORDER BY product_id COLLATE "C") - 1)::int AS good
+            FROM (SELECT DISTINCT product_id FROM kept) AS distinct_goods
+        ), buyers AS MATERIALIZED (
+            SELECT customer_id, (row_number() OVER () - 1)::int AS buyer
+            FROM (SELECT DISTINCT customer_id FROM kept) AS distinct_buyers
         )
+        SELECT (SELECT coalesce(array_agg(product_id ORDER BY good), '{}') FROM goods) AS products,
+               coalesce(string_agg(int4send(buyer) || int4send(good), ''::bytea), ''::bytea),
+               (SELECT coalesce(array_agg(customer_id ORDER BY buyer), '{}') FROM buyers)
+        FROM kept JOIN buyers USING (customer_id) JOIN goods USING (product_id)
+        """
+    )
+    pairs = np.frombuffer(row[1], dtype=">i4").reshape(-1, 2).astype(np.intp)
+    return KeptGoods(row[0], pairs[:, 0], pairs[:, 1], row[2])
+
+
+async def goods_buyers(conn: asyncpg.Connection, products: Sequence[str]) -> dict[str, list[str]]:
+    """Who kept some of each of these products that is goods (a product nobody keeps is
+    absent): the marked goods' columns of what the worker kept (`neighbours.KeptBuyers`)."""
+    rows = await conn.fetch(
+        """
+        SELECT cp.product_id, array_agg(cp.customer_id)
+        FROM customer_products cp JOIN products p USING (product_id)
+        WHERE cp.product_id = ANY($1::text[]) AND cp.units_kept > 0 AND p.goods
+        GROUP BY cp.product_id
+        """,
+        products,
+    )
     return {row[0]: row[1] for row in rows}
 
 

@@ -57,6 +57,13 @@ they can change (`neighbour_changes`); beyond it (a bulk load, a rebuild) it rec
 catalogue. An incremental run's cost grows with its marks' buyers and the whole one's does not:
 on the Online Retail data marks with 2,000 buyers cost about 0.4 s of pure CPU against 1.4 to
 1.7 s, so a run stays below a whole recomputation's cost with room for the reads."""
+WHOLE_CATALOGUE_SECONDS = 1.0
+"""A whole-catalogue run starts at most this often in a process; marks wait for it, and more
+gather. Under a steady stream with bestsellers every run is whole and costs about the same
+however many marks it clears (every list naming a marked bestseller gets a new similarity, so
+most rows are written again): its CPU share is set by how often it runs, not by the purchases.
+Unpaced, the duty cap alone ran it back to back, every other half second. A purchase shows within
+about this plus a run's length (the target is 2 s)."""
 TRAINER_INTERVAL_SECONDS = 2.0
 """How often the trainer looks for a retrain request: one is answered within about this plus a
 training. The trainer has no duty cap: it trains only when a version is due (hourly) or asked
@@ -170,6 +177,8 @@ class WholeCatalogue:
     no rebuild since) and lists keep as many entries."""
 
     run: UUID
+    started: float
+    """When it started (`time.perf_counter`): the next one waits WHOLE_CATALOGUE_SECONDS from it."""
     capacity: int
     kept: neighbours.KeptBuyers
     lists: dict[models.SimilarPair, models.Similar]
@@ -188,12 +197,17 @@ class KeptCatalogue:
             return None
         return last if await store.last_neighbour_run(conn) == last.run else None
 
+    def resting(self, now: float) -> bool:
+        """Whether a whole-catalogue run must wait: this process started one less than
+        WHOLE_CATALOGUE_SECONDS ago."""
+        return self.last is not None and now - self.last.started < WHOLE_CATALOGUE_SECONDS
+
 
 KEPT = KeptCatalogue()
 
 
 async def whole_catalogue_changes(
-    conn: asyncpg.Connection, marked: Sequence[str], run: UUID
+    conn: asyncpg.Connection, marked: Sequence[str], run: UUID, started: float
 ) -> tuple[ListChanges, WholeCatalogue]:
     """What to write so that every list is what `models.kept_similar_products` computes from all
     that customers kept, reserve included (numpy, in a thread), and what this run read and wrote.
@@ -202,28 +216,28 @@ async def whole_catalogue_changes(
     capacity = list_capacity()
     before = await KEPT.valid(conn, capacity)
     if before is None:
-        read = await store.kept_buyers(conn, None)
-        kept = await asyncio.to_thread(neighbours.with_buyers, None, read, ())
+        kept = neighbours.kept_buyers(await store.kept_goods(conn))
         stored = await store.stored_similar_products(conn)
     else:
-        read = await store.kept_buyers(conn, marked)
-        kept = await asyncio.to_thread(neighbours.with_buyers, before.kept, read, marked)
+        read = await store.goods_buyers(conn, marked)
+        kept = neighbours.with_buyers(before.kept, read, marked)
         stored = before.lists
     computed = await asyncio.to_thread(
         models.kept_similar_products, neighbours.kept_goods(kept), capacity
     )
     count(metrics.WHOLE_CATALOGUE_RUNS.labels("database" if before is None else "memory"))
     changes = models.changed_similar_products(stored, computed)
-    return changes, WholeCatalogue(run, capacity, kept, computed)
+    return changes, WholeCatalogue(run, started, capacity, kept, computed)
 
 
 async def refresh_neighbours(pool: asyncpg.Pool) -> int:
     """One run of the neighbour job: when products are marked, bring every similar-product list
     their buyers' changes can touch up to date (`neighbour_changes`, or the whole catalogue when
-    the marked products have over NEIGHBOUR_INCREMENTAL_BUYERS buyers) in one transaction
-    (readers see the old lists or the new ones), record the run, then unmark those not marked
-    again meanwhile. What a whole-catalogue run read and wrote is kept once committed.
-    Returns how many marks were cleared; 0 when another replica's run holds the lock."""
+    the marked products have over NEIGHBOUR_INCREMENTAL_BUYERS buyers, at most every
+    WHOLE_CATALOGUE_SECONDS) in one transaction (readers see the old lists or the new ones),
+    record the run, then unmark those not marked again meanwhile. What a whole-catalogue run
+    read and wrote is kept once committed. Returns how many marks were cleared; 0 when another
+    replica's run holds the lock or a whole-catalogue run must wait."""
     started = time.perf_counter()
     run = uuid4()
     whole: WholeCatalogue | None = None
@@ -236,7 +250,9 @@ async def refresh_neighbours(pool: asyncpg.Pool) -> int:
                 return 0
             marked = sorted(marks)
             if await store.buyers_in_all(conn, marked) > NEIGHBOUR_INCREMENTAL_BUYERS:
-                changes, whole = await whole_catalogue_changes(conn, marked, run)
+                if KEPT.resting(started):
+                    return 0
+                changes, whole = await whole_catalogue_changes(conn, marked, run, started)
             else:
                 changes = await neighbour_changes(conn, marked)
             await store.write_similar_products(conn, *changes)

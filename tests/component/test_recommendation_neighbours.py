@@ -121,6 +121,12 @@ async def no_dead_letters(letters: Sequence[DeadLetter]) -> None:
     raise AssertionError(f"unexpected dead letters: {letters}")
 
 
+@pytest.fixture(autouse=True)
+def unpaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole-catalogue runs as often as asked: these tests run the job right after each batch."""
+    monkeypatch.setattr(worker, "WHOLE_CATALOGUE_SECONDS", 0.0)
+
+
 @pytest.fixture
 async def pool(fresh_dsn: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await open_pool(fresh_dsn, PROJECTION.migrations, 4)
@@ -240,11 +246,11 @@ async def test_kept_buyers_are_read_whole_or_for_some_goods_without_losing_a_pai
     ]
     await project(pool, events[:2], 2)
     async with pool.acquire() as conn:
-        first = neighbours.with_buyers(None, await store.kept_buyers(conn, None), ())
+        first = neighbours.kept_buyers(await store.kept_goods(conn))
     await project(pool, events[2:], 2, offset=2)
     async with pool.acquire() as conn:
         marked = sorted(await store.marked_products(conn))
-        kept = neighbours.with_buyers(first, await store.kept_buyers(conn, marked), marked)
+        kept = neighbours.with_buyers(first, await store.goods_buyers(conn, marked), marked)
         plain = await kept_pairs(conn)
     coded = neighbours.kept_goods(kept)
     assert list(coded.products) == sorted(products)
@@ -324,6 +330,31 @@ async def test_a_whole_catalogue_run_reads_everything_again_after_another_run(
     # everything read by the first run and by the one after "another replica's" runs
     assert whole_catalogue_runs("database") - from_database == 2
     assert whole_catalogue_runs("memory") - from_memory == len(batches) - 2
+    async with pool.acquire() as conn:
+        whole = models.similar_products(await kept_pairs(conn), worker.list_capacity())
+        assert await store.stored_similar_products(conn) == whole
+
+
+async def test_a_whole_catalogue_run_waits_its_interval_and_its_marks_with_it(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole-catalogue runs are paced: one that comes too soon after the last leaves every mark
+    in place, and the next due run brings every list up to date."""
+    monkeypatch.setattr(worker, "NEIGHBOUR_INCREMENTAL_BUYERS", 0)
+    monkeypatch.setattr(worker.KEPT, "last", None)
+    monkeypatch.setattr(worker, "WHOLE_CATALOGUE_SECONDS", 3600.0)
+    events = _orders(seed=7, count=60)
+    await project(pool, events[:30], 30)
+    assert await refresh_neighbours(pool) > 0
+    await project(pool, events[30:], 30, offset=30)
+    async with pool.acquire() as conn:
+        marks = await store.marked_products(conn)
+    assert marks
+    assert await refresh_neighbours(pool) == 0
+    async with pool.acquire() as conn:
+        assert await store.marked_products(conn) == marks
+    monkeypatch.setattr(worker, "WHOLE_CATALOGUE_SECONDS", 0.0)
+    assert await refresh_neighbours(pool) == len(marks)
     async with pool.acquire() as conn:
         whole = models.similar_products(await kept_pairs(conn), worker.list_capacity())
         assert await store.stored_similar_products(conn) == whole

@@ -17,6 +17,7 @@ from recommendation_service.neighbours import (
     KeptBuyers,
     Lists,
     computed_rows,
+    kept_buyers,
     kept_goods,
     lists_to_merge,
     merged_lists,
@@ -160,7 +161,7 @@ def test_kept_buyers_updated_from_the_changed_goods_compute_a_whole_recomputatio
     rng = random.Random(9)
     products = [f"P{n:02}" for n in range(25)] + ["a1", "B2"]
     kept: dict[str, set[str]] = defaultdict(set)
-    last: KeptBuyers | None = None
+    last = KeptBuyers({}, {})
     for step in range(120):
         changed: set[str] = set()
         for _ in range(rng.randint(1, 4)):
@@ -173,7 +174,11 @@ def test_kept_buyers_updated_from_the_changed_goods_compute_a_whole_recomputatio
             for product in goods:
                 buyers[product].append(customer)
         read = {product: buyers[product] for product in changed if product in buyers}
-        last = with_buyers(last, read if last else buyers, changed)
+        last = with_buyers(last, read if step else buyers, changed)
         pairs_kept = [(c, p) for c, goods in kept.items() for p in goods]
         assert kept_similar_products(kept_goods(last), 4) == similar_products(pairs_kept, 4), step
-    assert last is not None and list(kept_goods(last).products) == sorted(last.goods)
+    again = kept_buyers(kept_goods(last))  # what a read of every pair gives: numbered alike
+    assert again.customers == last.customers
+    assert {good: list(buyers) for good, buyers in again.goods.items()} == {
+        good: list(buyers) for good, buyers in last.goods.items()
+    }
