@@ -172,13 +172,15 @@ async def neighbour_changes(conn: asyncpg.Connection, marked: Sequence[str]) -> 
 
 @dataclass(frozen=True, slots=True)
 class WholeCatalogue:
-    """What a whole-catalogue run read and wrote, for the next one in this process: valid while
-    its `run` is the last recorded in the database (no other replica's run, no incremental run,
-    no rebuild since) and lists keep as many entries."""
+    """What a whole-catalogue run read and wrote, brought up to date by this process's later
+    incremental runs, for its next one: valid while `run` is the last recorded in the database
+    (no other replica's run, no rebuild since) and lists keep as many entries."""
 
     run: UUID
+    """The last run that wrote it."""
     started: float
-    """When it started (`time.perf_counter`): the next one waits WHOLE_CATALOGUE_SECONDS from it."""
+    """When the whole-catalogue run started (`time.perf_counter`): the next waits
+    WHOLE_CATALOGUE_SECONDS from it."""
     capacity: int
     kept: neighbours.KeptBuyers
     lists: dict[models.SimilarPair, models.Similar]
@@ -230,14 +232,33 @@ async def whole_catalogue_changes(
     return changes, WholeCatalogue(run, started, capacity, kept, computed)
 
 
+async def kept_after(
+    conn: asyncpg.Connection, marked: Sequence[str], run: UUID, changes: ListChanges
+) -> WholeCatalogue | None:
+    """What this process keeps of its last whole-catalogue run, brought up to date by an
+    incremental run (its marked goods' buyers, at most NEIGHBOUR_INCREMENTAL_BUYERS, read again;
+    its changes applied to the lists), so that the next whole-catalogue run still starts from
+    memory and keeps its pace. None when nothing valid is kept."""
+    before = await KEPT.valid(conn, list_capacity())
+    if before is None:
+        return None
+    kept = neighbours.with_buyers(before.kept, await store.goods_buyers(conn, marked), marked)
+    upserts, deletes = changes
+    lists = {**before.lists, **upserts}
+    for pair in deletes:
+        lists.pop(pair, None)
+    return WholeCatalogue(run, before.started, before.capacity, kept, lists)
+
+
 async def refresh_neighbours(pool: asyncpg.Pool) -> int:
     """One run of the neighbour job: when products are marked, bring every similar-product list
     their buyers' changes can touch up to date (`neighbour_changes`, or the whole catalogue when
     the marked products have over NEIGHBOUR_INCREMENTAL_BUYERS buyers, at most every
     WHOLE_CATALOGUE_SECONDS) in one transaction (readers see the old lists or the new ones),
     record the run, then unmark those not marked again meanwhile. What a whole-catalogue run
-    read and wrote is kept once committed. Returns how many marks were cleared; 0 when another
-    replica's run holds the lock or a whole-catalogue run must wait."""
+    read and wrote is kept once committed, and incremental runs keep it up to date. Returns how
+    many marks were cleared; 0 when another replica's run holds the lock or a whole-catalogue
+    run must wait."""
     started = time.perf_counter()
     run = uuid4()
     whole: WholeCatalogue | None = None
@@ -255,6 +276,7 @@ async def refresh_neighbours(pool: asyncpg.Pool) -> int:
                 changes, whole = await whole_catalogue_changes(conn, marked, run, started)
             else:
                 changes = await neighbour_changes(conn, marked)
+                whole = await kept_after(conn, marked, run, changes)
             await store.write_similar_products(conn, *changes)
             await store.record_neighbour_run(conn, run)
             await store.clear_marks(conn, marks)

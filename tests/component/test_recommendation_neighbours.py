@@ -267,7 +267,7 @@ def lists_brought_up_to_date(how: str) -> float:
 
 @pytest.mark.parametrize(
     ("kept", "reserve", "incremental_buyers"),
-    [(3, 0, 2_000), (3, 2, 2_000), (50, 10, 2_000), (3, 2, 0)],
+    [(3, 0, 2_000), (3, 2, 2_000), (50, 10, 2_000), (3, 2, 0), (3, 2, 60)],
 )
 async def test_each_run_serves_exactly_what_a_whole_recomputation_gives(
     pool: asyncpg.Pool,
@@ -279,11 +279,13 @@ async def test_each_run_serves_exactly_what_a_whole_recomputation_gives(
     """Purchases and refunds in random batches, a run after each: the stored lists always serve
     what `models.similar_products` gives over everything kept, and keep exact starts of its
     lists, whether the run refreshed only the lists the marked products touch (spending the
-    reserve) or (over the bound) the whole catalogue."""
+    reserve) or (over the bound) the whole catalogue, from what the worker kept of its last
+    whole-catalogue run and the incremental runs since (bound 60: both kinds of run mix)."""
     monkeypatch.setattr(projection, "NEIGHBOURS_KEPT", kept)
     monkeypatch.setattr(projection, "NEIGHBOURS_RESERVE", reserve)
     monkeypatch.setattr(worker, "NEIGHBOUR_INCREMENTAL_BUYERS", incremental_buyers)
     merged_before = lists_brought_up_to_date("merged")
+    from_memory = whole_catalogue_runs("memory")
     events = _orders(seed=11, count=240)
     rng = random.Random(11)
     start = 0
@@ -300,6 +302,8 @@ async def test_each_run_serves_exactly_what_a_whole_recomputation_gives(
                 assert stored == whole, f"after {start} events"
     merged = lists_brought_up_to_date("merged") - merged_before
     assert merged > 0 if incremental_buyers else merged == 0
+    if incremental_buyers == 60:  # whole-catalogue runs after incremental ones, from memory
+        assert whole_catalogue_runs("memory") - from_memory > 0
 
 
 def whole_catalogue_runs(read: str) -> float:
