@@ -17,6 +17,12 @@ NEIGHBOUR_LISTS = Counter(
     "products' new entries, or left unchanged (none of those could enter)",
     ["how"],
 )
+WHOLE_CATALOGUE_RUNS = Counter(
+    "crm_recommendation_whole_catalogue_runs",
+    "Neighbour job runs that recomputed every list: from what the worker kept of its previous "
+    "such run and the marked goods' buyers (memory), or from every kept pair (database)",
+    ["read"],
+)
 NEIGHBOUR_JOB_SECONDS = Histogram(
     "crm_recommendation_neighbour_job_seconds",
     "Duration of the neighbour job's runs that found products to refresh",

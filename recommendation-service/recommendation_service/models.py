@@ -518,6 +518,8 @@ class KeptGoods:
     """In code-point order (what `sorted` gives), which breaks ties between similar goods."""
     buyers: npt.NDArray[np.intp]
     goods: npt.NDArray[np.intp]
+    customers: Sequence[str]
+    """Buyer n's customer id."""
 
 
 def similar_products(
@@ -532,6 +534,7 @@ def similar_products(
         products,
         np.array([c for c, _ in pairs], dtype=np.intp),
         np.array([columns[p] for _, p in pairs], dtype=np.intp),
+        list(customers),
     )
     return kept_similar_products(coded, neighbours)
 

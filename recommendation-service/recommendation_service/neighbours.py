@@ -16,16 +16,21 @@ entries hidden behind the last may now rank before it), so the list shortens by 
 list that would fall short of `served` is computed in full again. Without the reserve, every
 purchase that pushes a product out of a full list costs that list's whole row: for a product
 listed by dozens of bestsellers, seconds.
+
+A whole-catalogue run (marks with many buyers in all) computes every list from who kept which
+good. The worker keeps that input between such runs (`KeptBuyers`) and reads again only the
+marked goods' buyers: the marks name every good whose buyers changed since the last run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
-from recommendation_service.models import Similar, SimilarPair
+from recommendation_service.models import KeptGoods, Similar, SimilarPair
 
 Entry = tuple[str, int, float]
 """(other product, distinct co-buyers, cosine)"""
@@ -143,3 +148,61 @@ def pairs(lists: Mapping[str, list[Entry]]) -> dict[SimilarPair, Similar]:
         for product, entries in lists.items()
         for other, co, similarity in entries
     }
+
+
+@dataclass(frozen=True, slots=True)
+class KeptBuyers:
+    """Who kept each good, as the neighbour job last read it: what a whole-catalogue run computes
+    every list from, kept by the worker so that the next run reads only the goods marked since.
+    Customers keep the number they were first read with (the dict's order); co-buyer counts,
+    hence the lists, do not depend on the numbering."""
+
+    customers: Mapping[str, int]
+    goods: Mapping[str, npt.NDArray[np.intp]]
+    """good -> the numbers of its buyers; a good nobody keeps is absent."""
+
+
+def kept_buyers(kept: KeptGoods) -> KeptBuyers:
+    """Every pair of `kept`, by good."""
+    order = np.argsort(kept.goods, kind="stable")
+    counts = np.bincount(kept.goods, minlength=len(kept.products))
+    columns = np.split(kept.buyers[order], np.cumsum(counts)[:-1])
+    return KeptBuyers(
+        {customer: number for number, customer in enumerate(kept.customers)},
+        {
+            product: column
+            for product, column in zip(kept.products, columns, strict=True)
+            if len(column)
+        },
+    )
+
+
+def with_buyers(
+    kept: KeptBuyers, read: Mapping[str, Sequence[str]], goods: Iterable[str]
+) -> KeptBuyers:
+    """`kept` with the buyers of `goods` replaced by those `read` (a good of `goods` not read is
+    kept by nobody now)."""
+    customers = dict(kept.customers)
+    columns = dict(kept.goods)
+    for good in goods:
+        columns.pop(good, None)
+    for good, buyers in read.items():
+        columns[good] = np.fromiter(
+            (customers.setdefault(customer, len(customers)) for customer in buyers),
+            dtype=np.intp,
+            count=len(buyers),
+        )
+    return KeptBuyers(customers, columns)
+
+
+def kept_goods(kept: KeptBuyers) -> KeptGoods:
+    """The pairs of `kept` numbered as `models.kept_similar_products` reads them: goods in
+    code-point order (which breaks ties between similar goods)."""
+    products = sorted(kept.goods)
+    columns = [kept.goods[product] for product in products]
+    return KeptGoods(
+        products,
+        np.concatenate(columns) if columns else np.empty(0, dtype=np.intp),
+        np.repeat(np.arange(len(products)), [len(column) for column in columns]),
+        list(kept.customers),
+    )

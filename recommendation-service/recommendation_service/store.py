@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import numpy as np
@@ -362,7 +363,8 @@ async def kept_goods(conn: asyncpg.Connection) -> KeptGoods:
     """Every (customer, product) where the customer kept some of a product that is goods: what
     similar products are computed from (all of them: `models.kept_similar_products`). Numbered
     by PostgreSQL and sent as one bytea of 8 bytes a pair (buyer, good): read as rows, each pair
-    cost the worker a few hundred bytes of Python objects, and the pairs grow with the data."""
+    cost the worker a few hundred bytes of Python objects, and the pairs grow with the data. The
+    buyers' ids come once each, for the marked goods' buyers read later (`goods_buyers`)."""
     row = await conn.fetchrow(
         """
         WITH kept AS (
@@ -373,17 +375,52 @@ async def kept_goods(conn: asyncpg.Connection) -> KeptGoods:
             SELECT product_id,
                    (row_number() OVER (ORDER BY product_id COLLATE "C") - 1)::int AS good
             FROM (SELECT DISTINCT product_id FROM kept) AS distinct_goods
-        ), buyers AS (
+        ), buyers AS MATERIALIZED (
             SELECT customer_id, (row_number() OVER () - 1)::int AS buyer
             FROM (SELECT DISTINCT customer_id FROM kept) AS distinct_buyers
         )
         SELECT (SELECT coalesce(array_agg(product_id ORDER BY good), '{}') FROM goods) AS products,
-               coalesce(string_agg(int4send(buyer) || int4send(good), ''::bytea), ''::bytea)
+               coalesce(string_agg(int4send(buyer) || int4send(good), ''::bytea), ''::bytea),
+               (SELECT coalesce(array_agg(customer_id ORDER BY buyer), '{}') FROM buyers)
         FROM kept JOIN buyers USING (customer_id) JOIN goods USING (product_id)
         """
     )
     pairs = np.frombuffer(row[1], dtype=">i4").reshape(-1, 2).astype(np.intp)
-    return KeptGoods(row[0], pairs[:, 0], pairs[:, 1])
+    return KeptGoods(row[0], pairs[:, 0], pairs[:, 1], row[2])
+
+
+async def goods_buyers(conn: asyncpg.Connection, products: Sequence[str]) -> dict[str, list[str]]:
+    """Who kept some of each of these products that is goods (a product nobody keeps is
+    absent): the marked goods' columns of what the worker kept (`neighbours.KeptBuyers`)."""
+    rows = await conn.fetch(
+        """
+        SELECT cp.product_id, array_agg(cp.customer_id)
+        FROM customer_products cp JOIN products p USING (product_id)
+        WHERE cp.product_id = ANY($1::text[]) AND cp.units_kept > 0 AND p.goods
+        GROUP BY cp.product_id
+        """,
+        products,
+    )
+    return {row[0]: row[1] for row in rows}
+
+
+async def last_neighbour_run(conn: asyncpg.Connection) -> UUID | None:
+    """The neighbour job run that last wrote similar products (None: none since the table was
+    made, e.g. after a rebuild)."""
+    found: UUID | None = await conn.fetchval("SELECT run FROM computed_neighbour_run")
+    return found
+
+
+async def record_neighbour_run(conn: asyncpg.Connection, run: UUID) -> None:
+    """Say which run wrote similar products last: a worker keeping what its own last run read
+    (`worker.KEPT`) knows from it that nobody else has run since."""
+    await conn.execute(
+        """
+        INSERT INTO computed_neighbour_run (only_row, run) VALUES (true, $1)
+        ON CONFLICT (only_row) DO UPDATE SET run = EXCLUDED.run
+        """,
+        run,
+    )
 
 
 async def stored_similar_products(conn: asyncpg.Connection) -> dict[SimilarPair, Similar]:

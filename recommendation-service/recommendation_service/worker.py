@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
+from uuid import UUID, uuid4
 
 import asyncpg
 
@@ -55,6 +57,13 @@ they can change (`neighbour_changes`); beyond it (a bulk load, a rebuild) it rec
 catalogue. An incremental run's cost grows with its marks' buyers and the whole one's does not:
 on the Online Retail data marks with 2,000 buyers cost about 0.4 s of pure CPU against 1.4 to
 1.7 s, so a run stays below a whole recomputation's cost with room for the reads."""
+WHOLE_CATALOGUE_SECONDS = 1.0
+"""A whole-catalogue run starts at most this often in a process; marks wait for it, and more
+gather. Under a steady stream with bestsellers every run is whole and costs about the same
+however many marks it clears (every list naming a marked bestseller gets a new similarity, so
+most rows are written again): its CPU share is set by how often it runs, not by the purchases.
+Unpaced, the duty cap alone ran it back to back, every other half second. A purchase shows within
+about this plus a run's length (the target is 2 s)."""
 TRAINER_INTERVAL_SECONDS = 2.0
 """How often the trainer looks for a retrain request: one is answered within about this plus a
 training. The trainer has no duty cap: it trains only when a version is due (hourly) or asked
@@ -123,14 +132,16 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
     return ()
 
 
+ListChanges = tuple[dict[models.SimilarPair, models.Similar], list[models.SimilarPair]]
+"""Similar-product pairs to upsert and to delete (`models.changed_similar_products`)."""
+
+
 def list_capacity() -> int:
     """Entries a list computed in full keeps: those served and the reserve."""
     return projection.NEIGHBOURS_KEPT + projection.NEIGHBOURS_RESERVE
 
 
-async def neighbour_changes(
-    conn: asyncpg.Connection, marked: Sequence[str]
-) -> tuple[dict[models.SimilarPair, models.Similar], list[models.SimilarPair]]:
+async def neighbour_changes(conn: asyncpg.Connection, marked: Sequence[str]) -> ListChanges:
     """What to write so that every list a change of the `marked` products' buyers can touch
     serves what a whole recomputation gives (`neighbours`): the marked rows from their co-buyer
     counts, the lists of what is bought with them or names them merged with their new entries,
@@ -159,24 +170,98 @@ async def neighbour_changes(
     return models.changed_similar_products(neighbours.pairs(stored), neighbours.pairs(lists))
 
 
+@dataclass(frozen=True, slots=True)
+class WholeCatalogue:
+    """What a whole-catalogue run read and wrote, brought up to date by this process's later
+    incremental runs, for its next one: valid while `run` is the last recorded in the database
+    (no other replica's run, no rebuild since) and lists keep as many entries."""
+
+    run: UUID
+    """The last run that wrote it."""
+    started: float
+    """When the whole-catalogue run started (`time.perf_counter`): the next waits
+    WHOLE_CATALOGUE_SECONDS from it."""
+    capacity: int
+    kept: neighbours.KeptBuyers
+    lists: dict[models.SimilarPair, models.Similar]
+    """Every stored list, as written."""
+
+
+class KeptCatalogue:
+    """This process's last whole-catalogue run (`WholeCatalogue`), if it is still the last."""
+
+    def __init__(self) -> None:
+        self.last: WholeCatalogue | None = None
+
+    async def valid(self, conn: asyncpg.Connection, capacity: int) -> WholeCatalogue | None:
+        last = self.last
+        if last is None or last.capacity != capacity:
+            return None
+        return last if await store.last_neighbour_run(conn) == last.run else None
+
+    def resting(self, now: float) -> bool:
+        """Whether a whole-catalogue run must wait: this process started one less than
+        WHOLE_CATALOGUE_SECONDS ago."""
+        return self.last is not None and now - self.last.started < WHOLE_CATALOGUE_SECONDS
+
+
+KEPT = KeptCatalogue()
+
+
 async def whole_catalogue_changes(
-    conn: asyncpg.Connection,
-) -> tuple[dict[models.SimilarPair, models.Similar], list[models.SimilarPair]]:
+    conn: asyncpg.Connection, marked: Sequence[str], run: UUID, started: float
+) -> tuple[ListChanges, WholeCatalogue]:
     """What to write so that every list is what `models.kept_similar_products` computes from all
-    that customers kept, reserve included (numpy, in a thread)."""
-    kept = await store.kept_goods(conn)
-    computed = await asyncio.to_thread(models.kept_similar_products, kept, list_capacity())
-    stored = await store.stored_similar_products(conn)
-    return models.changed_similar_products(stored, computed)
+    that customers kept, reserve included (numpy, in a thread), and what this run read and wrote.
+    With this process's last run still the last, only the marked goods' buyers are read and the
+    stored lists are those it wrote; otherwise every kept pair and every stored list."""
+    capacity = list_capacity()
+    before = await KEPT.valid(conn, capacity)
+    if before is None:
+        kept = neighbours.kept_buyers(await store.kept_goods(conn))
+        stored = await store.stored_similar_products(conn)
+    else:
+        read = await store.goods_buyers(conn, marked)
+        kept = neighbours.with_buyers(before.kept, read, marked)
+        stored = before.lists
+    computed = await asyncio.to_thread(
+        models.kept_similar_products, neighbours.kept_goods(kept), capacity
+    )
+    count(metrics.WHOLE_CATALOGUE_RUNS.labels("database" if before is None else "memory"))
+    changes = models.changed_similar_products(stored, computed)
+    return changes, WholeCatalogue(run, started, capacity, kept, computed)
+
+
+async def kept_after(
+    conn: asyncpg.Connection, marked: Sequence[str], run: UUID, changes: ListChanges
+) -> WholeCatalogue | None:
+    """What this process keeps of its last whole-catalogue run, brought up to date by an
+    incremental run (its marked goods' buyers, at most NEIGHBOUR_INCREMENTAL_BUYERS, read again;
+    its changes applied to the lists), so that the next whole-catalogue run still starts from
+    memory and keeps its pace. None when nothing valid is kept."""
+    before = await KEPT.valid(conn, list_capacity())
+    if before is None:
+        return None
+    kept = neighbours.with_buyers(before.kept, await store.goods_buyers(conn, marked), marked)
+    upserts, deletes = changes
+    lists = {**before.lists, **upserts}
+    for pair in deletes:
+        lists.pop(pair, None)
+    return WholeCatalogue(run, before.started, before.capacity, kept, lists)
 
 
 async def refresh_neighbours(pool: asyncpg.Pool) -> int:
     """One run of the neighbour job: when products are marked, bring every similar-product list
     their buyers' changes can touch up to date (`neighbour_changes`, or the whole catalogue when
-    the marked products have over NEIGHBOUR_INCREMENTAL_BUYERS buyers) in one transaction
-    (readers see the old lists or the new ones), then unmark those not marked again meanwhile.
-    Returns how many marks were cleared; 0 when another replica's run holds the lock."""
+    the marked products have over NEIGHBOUR_INCREMENTAL_BUYERS buyers, at most every
+    WHOLE_CATALOGUE_SECONDS) in one transaction (readers see the old lists or the new ones),
+    record the run, then unmark those not marked again meanwhile. What a whole-catalogue run
+    read and wrote is kept once committed, and incremental runs keep it up to date. Returns how
+    many marks were cleared; 0 when another replica's run holds the lock or a whole-catalogue
+    run must wait."""
     started = time.perf_counter()
+    run = uuid4()
+    whole: WholeCatalogue | None = None
     with counted_on_commit():
         async with pool.acquire() as conn, conn.transaction():
             if not await store.lock_neighbour_job(conn):
@@ -186,11 +271,16 @@ async def refresh_neighbours(pool: asyncpg.Pool) -> int:
                 return 0
             marked = sorted(marks)
             if await store.buyers_in_all(conn, marked) > NEIGHBOUR_INCREMENTAL_BUYERS:
-                changes = await whole_catalogue_changes(conn)
+                if KEPT.resting(started):
+                    return 0
+                changes, whole = await whole_catalogue_changes(conn, marked, run, started)
             else:
                 changes = await neighbour_changes(conn, marked)
+                whole = await kept_after(conn, marked, run, changes)
             await store.write_similar_products(conn, *changes)
+            await store.record_neighbour_run(conn, run)
             await store.clear_marks(conn, marks)
+    KEPT.last = whole
     metrics.NEIGHBOURS_REFRESHED.inc(len(marks))
     metrics.NEIGHBOUR_JOB_SECONDS.observe(time.perf_counter() - started)
     return len(marks)

@@ -20,7 +20,7 @@ from crm_shared.contracts.events import build_event, encode_event
 from crm_shared.contracts.topics import topic_for
 from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.projector import BatchProjector, RawRecord
-from recommendation_service import models, projection, store, worker
+from recommendation_service import models, neighbours, projection, store, worker
 from recommendation_service.projection import NEIGHBOURS_KEPT
 from recommendation_service.worker import PROJECTION, refresh_neighbours
 from tests.similar_products import (
@@ -119,6 +119,12 @@ def baskets(pairs: Iterable[tuple[Any, str]]) -> list[list[str]]:
 
 async def no_dead_letters(letters: Sequence[DeadLetter]) -> None:
     raise AssertionError(f"unexpected dead letters: {letters}")
+
+
+@pytest.fixture(autouse=True)
+def unpaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole-catalogue runs as often as asked: these tests run the job right after each batch."""
+    monkeypatch.setattr(worker, "WHOLE_CATALOGUE_SECONDS", 0.0)
 
 
 @pytest.fixture
@@ -225,9 +231,11 @@ async def test_non_goods_are_neither_similar_nor_popular(
         assert await store.also_bought(conn, "POST", 10) == []
 
 
-async def test_kept_goods_are_read_numbered_without_losing_a_pair(pool: asyncpg.Pool) -> None:
-    """The neighbour job reads every kept pair as numbers (8 bytes a pair): decoded, they are the
-    pairs kept, with the goods in code-point order, whatever the database's collation (upper
+async def test_kept_buyers_are_read_whole_or_for_some_goods_without_losing_a_pair(
+    pool: asyncpg.Pool,
+) -> None:
+    """What a whole-catalogue run computes from, read whole and then for the goods marked: the
+    pairs kept, with the goods in code-point order whatever the database's collation (upper
     before lower case, digits before letters); a refunded good and postage are not read."""
     products = ["b-2", "B-10", "a10", "A9", "Z", "a-1", "\u00e9t\u00e9"]
     events = [
@@ -236,10 +244,15 @@ async def test_kept_goods_are_read_numbered_without_losing_a_pair(pool: asyncpg.
         _order(2, "C3", ["a10", "Z"]),
         _refund(3, "C3", ["Z"]),
     ]
-    await project(pool, events, 2)
+    await project(pool, events[:2], 2)
     async with pool.acquire() as conn:
-        coded = await store.kept_goods(conn)
+        first = neighbours.kept_buyers(await store.kept_goods(conn))
+    await project(pool, events[2:], 2, offset=2)
+    async with pool.acquire() as conn:
+        marked = sorted(await store.marked_products(conn))
+        kept = neighbours.with_buyers(first, await store.goods_buyers(conn, marked), marked)
         plain = await kept_pairs(conn)
+    coded = neighbours.kept_goods(kept)
     assert list(coded.products) == sorted(products)
     assert baskets(
         zip(coded.buyers.tolist(), [coded.products[g] for g in coded.goods.tolist()], strict=True)
@@ -254,7 +267,7 @@ def lists_brought_up_to_date(how: str) -> float:
 
 @pytest.mark.parametrize(
     ("kept", "reserve", "incremental_buyers"),
-    [(3, 0, 2_000), (3, 2, 2_000), (50, 10, 2_000), (3, 2, 0)],
+    [(3, 0, 2_000), (3, 2, 2_000), (50, 10, 2_000), (3, 2, 0), (3, 2, 60)],
 )
 async def test_each_run_serves_exactly_what_a_whole_recomputation_gives(
     pool: asyncpg.Pool,
@@ -266,11 +279,13 @@ async def test_each_run_serves_exactly_what_a_whole_recomputation_gives(
     """Purchases and refunds in random batches, a run after each: the stored lists always serve
     what `models.similar_products` gives over everything kept, and keep exact starts of its
     lists, whether the run refreshed only the lists the marked products touch (spending the
-    reserve) or (over the bound) the whole catalogue."""
+    reserve) or (over the bound) the whole catalogue, from what the worker kept of its last
+    whole-catalogue run and the incremental runs since (bound 60: both kinds of run mix)."""
     monkeypatch.setattr(projection, "NEIGHBOURS_KEPT", kept)
     monkeypatch.setattr(projection, "NEIGHBOURS_RESERVE", reserve)
     monkeypatch.setattr(worker, "NEIGHBOUR_INCREMENTAL_BUYERS", incremental_buyers)
     merged_before = lists_brought_up_to_date("merged")
+    from_memory = whole_catalogue_runs("memory")
     events = _orders(seed=11, count=240)
     rng = random.Random(11)
     start = 0
@@ -287,3 +302,63 @@ async def test_each_run_serves_exactly_what_a_whole_recomputation_gives(
                 assert stored == whole, f"after {start} events"
     merged = lists_brought_up_to_date("merged") - merged_before
     assert merged > 0 if incremental_buyers else merged == 0
+    if incremental_buyers == 60:  # whole-catalogue runs after incremental ones, from memory
+        assert whole_catalogue_runs("memory") - from_memory > 0
+
+
+def whole_catalogue_runs(read: str) -> float:
+    return (
+        REGISTRY.get_sample_value("crm_recommendation_whole_catalogue_runs_total", {"read": read})
+        or 0
+    )
+
+
+async def test_a_whole_catalogue_run_reads_everything_again_after_another_run(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker reuses what its last whole-catalogue run read only while that run is the last
+    one: after another replica's run (here: this process forgetting its own), it reads every kept
+    pair and stored list again, and the lists stay those of a whole recomputation."""
+    monkeypatch.setattr(worker, "NEIGHBOUR_INCREMENTAL_BUYERS", 0)
+    events = _orders(seed=5, count=120)
+    from_memory, from_database = whole_catalogue_runs("memory"), whole_catalogue_runs("database")
+    mine = None
+    batches = range(0, len(events), 20)
+    for start in batches:
+        await project(pool, events[start : start + 20], 20, offset=start)
+        if start == 80:  # runs since this process's own were "another replica's"
+            worker.KEPT.last = mine
+        assert await refresh_neighbours(pool) > 0
+        if start == 20:
+            mine = worker.KEPT.last
+    # everything read by the first run and by the one after "another replica's" runs
+    assert whole_catalogue_runs("database") - from_database == 2
+    assert whole_catalogue_runs("memory") - from_memory == len(batches) - 2
+    async with pool.acquire() as conn:
+        whole = models.similar_products(await kept_pairs(conn), worker.list_capacity())
+        assert await store.stored_similar_products(conn) == whole
+
+
+async def test_a_whole_catalogue_run_waits_its_interval_and_its_marks_with_it(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole-catalogue runs are paced: one that comes too soon after the last leaves every mark
+    in place, and the next due run brings every list up to date."""
+    monkeypatch.setattr(worker, "NEIGHBOUR_INCREMENTAL_BUYERS", 0)
+    monkeypatch.setattr(worker.KEPT, "last", None)
+    monkeypatch.setattr(worker, "WHOLE_CATALOGUE_SECONDS", 3600.0)
+    events = _orders(seed=7, count=60)
+    await project(pool, events[:30], 30)
+    assert await refresh_neighbours(pool) > 0
+    await project(pool, events[30:], 30, offset=30)
+    async with pool.acquire() as conn:
+        marks = await store.marked_products(conn)
+    assert marks
+    assert await refresh_neighbours(pool) == 0
+    async with pool.acquire() as conn:
+        assert await store.marked_products(conn) == marks
+    monkeypatch.setattr(worker, "WHOLE_CATALOGUE_SECONDS", 0.0)
+    assert await refresh_neighbours(pool) == len(marks)
+    async with pool.acquire() as conn:
+        whole = models.similar_products(await kept_pairs(conn), worker.list_capacity())
+        assert await store.stored_similar_products(conn) == whole

@@ -10,16 +10,20 @@ from collections import defaultdict
 
 import pytest
 
-from recommendation_service.models import similar_products
+from recommendation_service.models import kept_similar_products, similar_products
 from recommendation_service.neighbours import (
     CoBuyers,
     ComputedRows,
+    KeptBuyers,
     Lists,
     computed_rows,
+    kept_buyers,
+    kept_goods,
     lists_to_merge,
     merged_lists,
     pairs,
     rank,
+    with_buyers,
 )
 from tests.similar_products import assert_serves
 
@@ -147,4 +151,34 @@ def test_the_marked_rows_and_their_crossing_entries_share_one_value() -> None:
     assert rows.crossing == {
         "B": [("A", 1, rows.lists["A"][0][2])],
         "C": [("A", 1, rows.lists["A"][1][2])],
+    }
+
+
+def test_kept_buyers_updated_from_the_changed_goods_compute_a_whole_recomputation() -> None:
+    """A whole-catalogue run from what the last one read, with the buyers of the goods changed
+    since read again (a good nobody keeps any more: not read), computes the same lists as one
+    from every pair kept, whatever order customers were first read in."""
+    rng = random.Random(9)
+    products = [f"P{n:02}" for n in range(25)] + ["a1", "B2"]
+    kept: dict[str, set[str]] = defaultdict(set)
+    last = KeptBuyers({}, {})
+    for step in range(120):
+        changed: set[str] = set()
+        for _ in range(rng.randint(1, 4)):
+            goods = kept[f"C{rng.randrange(30)}"]
+            product = rng.choice(products)
+            goods.symmetric_difference_update({product})
+            changed.add(product)
+        buyers: dict[str, list[str]] = defaultdict(list)
+        for customer, goods in kept.items():
+            for product in goods:
+                buyers[product].append(customer)
+        read = {product: buyers[product] for product in changed if product in buyers}
+        last = with_buyers(last, read if step else buyers, changed)
+        pairs_kept = [(c, p) for c, goods in kept.items() for p in goods]
+        assert kept_similar_products(kept_goods(last), 4) == similar_products(pairs_kept, 4), step
+    again = kept_buyers(kept_goods(last))  # what a read of every pair gives: numbered alike
+    assert again.customers == last.customers
+    assert {good: list(buyers) for good, buyers in again.goods.items()} == {
+        good: list(buyers) for good, buyers in last.goods.items()
     }
