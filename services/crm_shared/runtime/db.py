@@ -92,6 +92,9 @@ async def open_pool(
     assert pool is not None
     async with pool.acquire() as conn:
         await apply_migrations(conn, migrations)
+    # A migration may set the database's defaults for new sessions (ALTER DATABASE ... SET); the
+    # connection that ran it started before, and would keep the old ones for its whole life.
+    await pool.expire_connections()
     return pool
 
 

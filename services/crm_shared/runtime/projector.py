@@ -72,6 +72,16 @@ NOT_THE_EVENTS_FAULT: tuple[type[BaseException], ...] = (asyncpg.SyntaxOrAccessE
 """Failures no event can cause: a missing table or column, a type mismatch with the schema."""
 
 
+FOLD_RANDOM_PAGE_COST = 1.1
+"""The planner's cost of reading a page out of order, in a fold's transaction (PostgreSQL's
+default, 4, prices a disk seek). A fold reads and locks its batch's keys in tables a projection
+keeps in memory; priced as seeks, a batch of a few hundred keys made the planner scan whole
+tables instead (the interaction's journeys, the profile's lapse states: two to three times the
+fold's PostgreSQL CPU in batches of 200, docs/performance.md). SET LOCAL: the fold's statements
+only, not the periodic jobs' scans of whole tables."""
+_FOLD_SETTINGS = f"SET LOCAL random_page_cost = {FOLD_RANDOM_PAGE_COST}"
+
+
 class ProjectionHalted(Exception):
     """Folding fails for reasons that are not the events' fault: consumption stops instead of
     dead-lettering everything while the positions advance."""
@@ -550,6 +560,7 @@ class BatchProjector:
             # What the fold counts (metrics.count) is counted once the batch is committed.
             with metrics.counted_on_commit():
                 async with self.pool.acquire() as conn, conn.transaction():
+                    await conn.execute(_FOLD_SETTINGS)
                     applied = await claim_new(conn, batch.events)
                     derived = await self._fold(conn, applied)
                     await save_positions(conn, batch.next_offsets)

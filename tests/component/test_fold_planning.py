@@ -1,0 +1,83 @@
+"""How PostgreSQL plans a fold's statements: the batch's keys are looked up by index, and every
+connection of a worker's pool takes the settings its migrations gave the database. On real
+PostgreSQL, with the interaction projection (its journeys lock is the statement that scanned
+the whole table, and its migrations set the database's plan cache mode)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Sequence
+
+import asyncpg
+import pytest
+
+from crm_shared.contracts.events import Event
+from crm_shared.runtime.derived import Derived
+from crm_shared.runtime.projector import FOLD_RANDOM_PAGE_COST, BatchProjector
+from interaction_service.config import MIGRATIONS
+from interaction_service.worker import PROJECTION
+from tests.component.partition_logs import no_dead_letters
+from tests.component.pools import migrated_pool
+from tests.component.test_counted_after_commit import contact
+
+pytestmark = pytest.mark.component
+
+JOURNEYS = 20_000
+LOCKED = 300
+
+
+@pytest.fixture
+async def pool(fresh_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    async with migrated_pool(fresh_dsn, MIGRATIONS, size=4) as pool:
+        yield pool
+
+
+async def test_a_fold_locks_its_batch_of_journeys_by_index_not_by_scanning_them_all(
+    pool: asyncpg.Pool,
+) -> None:
+    await pool.execute(
+        """
+        INSERT INTO journeys (customer_id, stage, entered_at, version, orders, interested, praised)
+        SELECT 'C' || n, 'aware', now(), 1, 0, false, false FROM generate_series(1, $1) AS n
+        """,
+        JOURNEYS,
+    )
+    await pool.execute("ANALYZE journeys")
+    wanted = [f"C{n}" for n in range(1, JOURNEYS, JOURNEYS // LOCKED)]
+    seen: list[tuple[str, str]] = []
+
+    async def planned(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:
+        plan = await conn.fetch(
+            "EXPLAIN SELECT * FROM journeys WHERE customer_id = ANY($1::text[])"
+            " ORDER BY customer_id FOR UPDATE",
+            wanted,
+        )
+        seen.append((await conn.fetchval("SHOW random_page_cost"), "\n".join(r[0] for r in plan)))
+        return await PROJECTION.fold(conn, events)
+
+    projector = BatchProjector(dataclasses.replace(PROJECTION, fold=planned), pool, no_dead_letters)
+    await projector.reload_positions()
+    await projector.process([contact(0, "first")])
+
+    [(page_cost, plan)] = seen
+    assert float(page_cost) == FOLD_RANDOM_PAGE_COST
+    assert "Index Scan using journeys_pkey" in plan, plan
+    assert "Seq Scan" not in plan, plan
+    assert await pool.fetchval("SELECT count(*) FROM timeline") == 1
+    # Only the fold's transaction: the pool's sessions keep the server's default.
+    assert float(await pool.fetchval("SHOW random_page_cost")) != FOLD_RANDOM_PAGE_COST
+
+
+async def test_every_connection_of_a_new_pool_takes_the_settings_its_migrations_made(
+    pool: asyncpg.Pool,
+) -> None:
+    # 003 sets the interaction database's plan cache mode for new sessions: the timeline's pages
+    # are planned for the customer asked. The connection that migrated was open before.
+    connections = [await pool.acquire() for _ in range(4)]
+    try:
+        modes = await asyncio.gather(*(c.fetchval("SHOW plan_cache_mode") for c in connections))
+    finally:
+        for connection in connections:
+            await pool.release(connection)
+    assert modes == ["force_custom_plan"] * 4
