@@ -38,6 +38,8 @@ Lists = dict[str, list[Entry]]
 """product -> its most similar products, most similar first (ties by product code)."""
 CoBuyers = tuple[str, str, int, int, int]
 """(product, other product, customers who kept both, the product's buyers, the other's buyers)"""
+GoodsBuyers = dict[str, list[str]]
+"""good -> who keeps some of it (a good nobody keeps is absent)."""
 
 
 def rank(entry: Entry) -> tuple[float, str]:
