@@ -249,15 +249,16 @@ def kept_after(
     changes: ListChanges,
 ) -> WholeCatalogue:
     """What this process keeps of its last whole-catalogue run, brought up to date by an
-    incremental run (who keeps its marked goods, `read` with their co-buyers; its changes
-    applied to the lists), so that the next whole-catalogue run still starts from memory and
-    keeps its pace."""
-    kept = neighbours.with_buyers(before.kept, read, marked)
+    incremental run once committed (who keeps its marked goods, `read` with their co-buyers; its
+    changes applied to the lists), so that the next whole-catalogue run still starts from memory
+    and keeps its pace. The lists are changed in place, not copied: a copy of all of them (about
+    217,000 pairs on the UCI data) cost about 8 ms of every run."""
     upserts, deletes = changes
-    lists = {**before.lists, **upserts}
+    before.lists.update(upserts)
     for pair in deletes:
-        lists.pop(pair, None)
-    return WholeCatalogue(run, before.started, before.capacity, kept, lists)
+        before.lists.pop(pair, None)
+    kept = neighbours.with_buyers(before.kept, read, marked)
+    return WholeCatalogue(run, before.started, before.capacity, kept, before.lists)
 
 
 async def refresh_neighbours(pool: asyncpg.Pool) -> int:
@@ -288,11 +289,11 @@ async def refresh_neighbours(pool: asyncpg.Pool) -> int:
                 changes, whole = await whole_catalogue_changes(conn, marked, run, started, before)
             else:
                 changes, read = await neighbour_changes(conn, marked, before is not None)
-                if before is not None:
-                    whole = kept_after(before, marked, read, run, changes)
             await store.write_similar_products(conn, *changes)
             await store.record_neighbour_run(conn, run)
             await store.clear_marks(conn, marks)
+    if not whole_run and before is not None:  # committed: what is kept may change
+        whole = kept_after(before, marked, read, run, changes)
     KEPT.last = whole
     metrics.NEIGHBOURS_REFRESHED.inc(len(marks))
     metrics.NEIGHBOUR_JOB_SECONDS.observe(time.perf_counter() - started)
