@@ -118,6 +118,15 @@ def _entered_at(journey: Journey, stage: JourneyStage, cause_time: datetime) -> 
     return cause_time
 
 
+def _latest(time: datetime, *others: datetime | None) -> datetime:
+    """The latest of these times, those unknown (None) left out: the time a journey is judged
+    at (`evolve`, `tick`)."""
+    for other in others:
+        if other is not None and other > time:
+            time = other
+    return time
+
+
 def _earlier(current: datetime | None, candidate: datetime) -> bool:
     return current is None or candidate < current
 
@@ -240,7 +249,7 @@ def evolve(
     the latest of the event's, the clock of the customer's order partition and the time the
     journey was last judged at."""
     observed, trigger = observe(event.data, journey, event)
-    now = max(t for t in (event.time, clock, journey.judged_at) if t is not None)
+    now = _latest(event.time, clock, journey.judged_at)
     transition = _moved(observed, now, trigger, event.time)
     # Before a first order, the clock may be another partition's: the event's own time is kept.
     judged = event.time if observed.last_order_at is None else now
@@ -249,7 +258,7 @@ def evolve(
 
 def tick(journey: Journey, at: datetime) -> tuple[Journey, Transition | None]:
     """Time moved to `at`: the inactivity rules may move the stage."""
-    now = at if journey.judged_at is None or journey.judged_at < at else journey.judged_at
+    now = _latest(at, journey.judged_at)
     transition = _moved(journey, now, CLOCK_TRIGGER, at)
     return _judged(_enter(journey, transition), now), transition
 

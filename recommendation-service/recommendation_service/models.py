@@ -519,7 +519,7 @@ class KeptGoods:
     buyers: npt.NDArray[np.intp]
     goods: npt.NDArray[np.intp]
     customers: Sequence[str]
-    """Buyer n's customer id."""
+    """Buyer n's customer id ("" for a number no buyer has: `neighbours.KeptBuyers` reuses them)."""
 
 
 def similar_products(

@@ -38,6 +38,8 @@ Lists = dict[str, list[Entry]]
 """product -> its most similar products, most similar first (ties by product code)."""
 CoBuyers = tuple[str, str, int, int, int]
 """(product, other product, customers who kept both, the product's buyers, the other's buyers)"""
+GoodsBuyers = dict[str, list[str]]
+"""good -> who keeps some of it (a good nobody keeps is absent)."""
 
 
 def rank(entry: Entry) -> tuple[float, str]:
@@ -154,12 +156,16 @@ def pairs(lists: Mapping[str, list[Entry]]) -> dict[SimilarPair, Similar]:
 class KeptBuyers:
     """Who kept each good, as the neighbour job last read it: what a whole-catalogue run computes
     every list from, kept by the worker so that the next run reads only the goods marked since.
-    Customers keep the number they were first read with (the dict's order); co-buyer counts,
-    hence the lists, do not depend on the numbering."""
+    Customers are numbered; one who keeps nothing any more is dropped and their number goes to
+    the next new customer, so what is kept grows with who keeps goods, not with every customer
+    ever read. Co-buyer counts, hence the lists, do not depend on the numbering."""
 
     customers: Mapping[str, int]
+    """customer -> their number, for each customer who keeps some good."""
     goods: Mapping[str, npt.NDArray[np.intp]]
     """good -> the numbers of its buyers; a good nobody keeps is absent."""
+    held: npt.NDArray[np.intp]
+    """number -> how many goods its customer keeps; 0: the number is free."""
 
 
 def kept_buyers(kept: KeptGoods) -> KeptBuyers:
@@ -167,13 +173,21 @@ def kept_buyers(kept: KeptGoods) -> KeptBuyers:
     order = np.argsort(kept.goods, kind="stable")
     counts = np.bincount(kept.goods, minlength=len(kept.products))
     columns = np.split(kept.buyers[order], np.cumsum(counts)[:-1])
+    held = np.bincount(kept.buyers, minlength=len(kept.customers))
     return KeptBuyers(
-        {customer: number for number, customer in enumerate(kept.customers)},
+        {
+            customer: number
+            for number, (customer, goods) in enumerate(
+                zip(kept.customers, held.tolist(), strict=True)
+            )
+            if goods
+        },
         {
             product: column
             for product, column in zip(kept.products, columns, strict=True)
             if len(column)
         },
+        held,
     )
 
 
@@ -181,28 +195,41 @@ def with_buyers(
     kept: KeptBuyers, read: Mapping[str, Sequence[str]], goods: Iterable[str]
 ) -> KeptBuyers:
     """`kept` with the buyers of `goods` replaced by those `read` (a good of `goods` not read is
-    kept by nobody now)."""
+    kept by nobody now). New customers take the free numbers first, then new ones; a customer
+    left keeping nothing is dropped."""
     customers = dict(kept.customers)
     columns = dict(kept.goods)
-    for good in goods:
-        columns.pop(good, None)
+    gone = [columns.pop(good) for good in goods if good in columns]
+    new = list(dict.fromkeys(c for buyers in read.values() for c in buyers if c not in customers))
+    free = np.flatnonzero(kept.held == 0)[: len(new)].tolist()
+    added = len(new) - len(free)
+    customers.update(zip(new, [*free, *range(len(kept.held), len(kept.held) + added)], strict=True))
+    held = np.concatenate([kept.held, np.zeros(added, dtype=np.intp)])
+    for column in gone:
+        held[column] -= 1  # a good's buyers are distinct
     for good, buyers in read.items():
         columns[good] = np.fromiter(
-            (customers.setdefault(customer, len(customers)) for customer in buyers),
-            dtype=np.intp,
-            count=len(buyers),
+            (customers[c] for c in buyers), dtype=np.intp, count=len(buyers)
         )
-    return KeptBuyers(customers, columns)
+        held[columns[good]] += 1
+    left = np.concatenate(gone) if gone else np.empty(0, dtype=np.intp)
+    dropped = set(left[held[left] == 0].tolist())
+    if dropped:
+        customers = {c: number for c, number in customers.items() if number not in dropped}
+    return KeptBuyers(customers, columns, held)
 
 
 def kept_goods(kept: KeptBuyers) -> KeptGoods:
     """The pairs of `kept` numbered as `models.kept_similar_products` reads them: goods in
-    code-point order (which breaks ties between similar goods)."""
+    code-point order (which breaks ties between similar goods); a free number's customer is ""."""
     products = sorted(kept.goods)
     columns = [kept.goods[product] for product in products]
+    customers = [""] * len(kept.held)
+    for customer, number in kept.customers.items():
+        customers[number] = customer
     return KeptGoods(
         products,
         np.concatenate(columns) if columns else np.empty(0, dtype=np.intp),
         np.repeat(np.arange(len(products)), [len(column) for column in columns]),
-        list(kept.customers),
+        customers,
     )

@@ -24,7 +24,7 @@ from recommendation_service import projection
 from recommendation_service.catalogue import CatalogueFilter, CatalogueRecord
 from recommendation_service.consent import ConsentDecision
 from recommendation_service.models import KeptGoods, Similar, SimilarPair
-from recommendation_service.neighbours import CoBuyers, Entry, Lists
+from recommendation_service.neighbours import CoBuyers, Entry, GoodsBuyers, Lists
 from recommendation_service.projection import (
     CustomerOrder,
     CustomerProduct,
@@ -277,14 +277,19 @@ async def buyers_in_all(conn: asyncpg.Connection, products: Sequence[str]) -> in
     return found
 
 
-async def co_buyers_of(conn: asyncpg.Connection, products: Sequence[str]) -> list[CoBuyers]:
+async def co_buyers_of(
+    conn: asyncpg.Connection, products: Sequence[str], buyers: bool = False
+) -> tuple[list[CoBuyers], GoodsBuyers]:
     """For each of these goods, every other good kept by one of its buyers: the customers who
     kept both and both goods' numbers of buyers, counted by PostgreSQL in one statement (one
     snapshot): what those products' similar lists are computed from. A row per pair of goods
     (about 3,400 for a bestseller) instead of its buyers' baskets (about 96,000 kept pairs).
     The buyers first (an index scan), then each buyer's basket (primary key), counted in a hash
     by (product, other good), and only then the goods' buyers joined: grouping the 96,000 joined
-    rows by four columns made PostgreSQL sort them on disk."""
+    rows by four columns made PostgreSQL sort them on disk. With `buyers`, the same statement
+    also returns who kept each of these products that is goods (what `goods_buyers` reads), from
+    the buyers it read anyway: an incremental run keeps the worker's whole-catalogue input
+    current without reading them again."""
     rows = await conn.fetch(
         """
         WITH buyers AS MATERIALIZED (
@@ -296,14 +301,22 @@ async def co_buyers_of(conn: asyncpg.Connection, products: Sequence[str]) -> lis
             WHERE cp.units_kept > 0 AND cp.product_id <> b.product_id
             GROUP BY b.product_id, cp.product_id
         )
-        SELECT s.product_id, s.other_product_id, s.co_buyers, mp.buyers, p.buyers
+        SELECT s.product_id, s.other_product_id, s.co_buyers, mp.buyers, p.buyers,
+               NULL::text[] AS customers
         FROM shared s
         JOIN products mp ON mp.product_id = s.product_id AND mp.goods
         JOIN products p ON p.product_id = s.other_product_id AND p.goods
+        UNION ALL
+        SELECT b.product_id, NULL, NULL, NULL, NULL, array_agg(b.customer_id)
+        FROM buyers b JOIN products p ON p.product_id = b.product_id AND p.goods
+        WHERE $2::boolean
+        GROUP BY b.product_id
         """,
         products,
+        buyers,
     )
-    return [(row[0], row[1], row[2], row[3], row[4]) for row in rows]
+    co_buyers = [(row[0], row[1], row[2], row[3], row[4]) for row in rows if row[5] is None]
+    return co_buyers, {row[0]: row[5] for row in rows if row[5] is not None}
 
 
 async def similar_lists(conn: asyncpg.Connection, products: Sequence[str]) -> Lists:
@@ -389,7 +402,7 @@ async def kept_goods(conn: asyncpg.Connection) -> KeptGoods:
     return KeptGoods(row[0], pairs[:, 0], pairs[:, 1], row[2])
 
 
-async def goods_buyers(conn: asyncpg.Connection, products: Sequence[str]) -> dict[str, list[str]]:
+async def goods_buyers(conn: asyncpg.Connection, products: Sequence[str]) -> GoodsBuyers:
     """Who kept some of each of these products that is goods (a product nobody keeps is
     absent): the marked goods' columns of what the worker kept (`neighbours.KeptBuyers`)."""
     rows = await conn.fetch(

@@ -1,7 +1,8 @@
 """The worker's pipelined path (BatchProjector.feed): records read while a batch commits are
 committed next by that commit itself, as one batch, without the reader coming back; when
-max_batch records wait, the reader waits until the commit takes them, not until they commit.
-The interaction projection's real fold, each batch held at a gate, on real PostgreSQL."""
+max_batch records wait, the reader waits until the commit takes them, not until they commit,
+and gets the commit's error if it fails instead. The interaction projection's real fold, each
+batch held at a gate, on real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from collections.abc import AsyncIterator, Sequence
 import asyncpg
 import pytest
 
+from crm_shared.contracts.deadletter import DeadLetter
 from crm_shared.contracts.events import Event
 from crm_shared.runtime.derived import Derived
-from crm_shared.runtime.projector import BatchProjector, Fold
+from crm_shared.runtime.projector import BatchProjector, Fold, RawRecord
 from interaction_service.worker import PROJECTION
 from tests.component.partition_logs import no_dead_letters
 from tests.component.pools import migrated_pool
@@ -103,3 +105,27 @@ async def test_a_full_batch_waits_until_the_commit_takes_it_not_until_it_commits
     gate.permits.put_nowait(None)
     await projector.settle()
     assert await pool.fetchval("SELECT count(*) FROM timeline") == 3
+
+
+async def test_a_full_batch_waiting_on_a_commit_that_fails_gets_its_error(
+    pool: asyncpg.Pool,
+) -> None:
+    """The commit in flight fails (its dead letters cannot be sent) without taking what waits:
+    the waiting reader wakes and raises its error instead of waiting for good."""
+    permit = asyncio.Event()
+
+    async def dead_letters_away(letters: Sequence[DeadLetter]) -> None:
+        await permit.wait()
+        raise RuntimeError("dead-letter topic away")
+
+    projector = BatchProjector(PROJECTION, pool, dead_letters_away, max_batch=2)
+    await projector.reload_positions()
+    await projector.feed([RawRecord("crm.contacts", 0, 0, b"C-poison", b"not json")])
+    full = asyncio.ensure_future(projector.feed([contact(1, "second"), contact(2, "third")]))
+    await asyncio.sleep(0.2)
+    assert not full.done()
+    permit.set()
+    async with asyncio.timeout(SECONDS):
+        with pytest.raises(RuntimeError, match="dead-letter topic away"):
+            await full
+    assert await pool.fetchval("SELECT count(*) FROM timeline") == 0

@@ -213,6 +213,15 @@ def test_a_late_older_contact_never_takes_a_lost_customer_back() -> None:
     assert journey.stage is JourneyStage.LOST
 
 
+def test_a_tick_older_than_the_time_judged_at_changes_nothing() -> None:
+    """A tick is judged at the latest of its time and the time already judged at, as an event."""
+    journey, _ = _run([order("C-9", "O-1", ("P", 1, "1.00"))])
+    lost, moved = tick(journey, T0 + timedelta(days=130))
+    assert moved is not None and moved.to_stage is JourneyStage.LOST
+    again, moved = tick(lost, T0 + timedelta(days=70))  # another partition's, behind
+    assert moved is None and again == lost
+
+
 def test_the_final_stage_is_the_same_whatever_order_the_events_are_folded_in() -> None:
     events = [
         _view("C-9", 200 * DAY),  # before the first order in some runs: its time still counts

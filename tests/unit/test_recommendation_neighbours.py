@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
+import numpy as np
 import pytest
 
 from recommendation_service.models import kept_similar_products, similar_products
@@ -157,11 +158,14 @@ def test_the_marked_rows_and_their_crossing_entries_share_one_value() -> None:
 def test_kept_buyers_updated_from_the_changed_goods_compute_a_whole_recomputation() -> None:
     """A whole-catalogue run from what the last one read, with the buyers of the goods changed
     since read again (a good nobody keeps any more: not read), computes the same lists as one
-    from every pair kept, whatever order customers were first read in."""
+    from every pair kept, whatever order customers were first read in; customers who return
+    everything are dropped, and new ones take their numbers."""
     rng = random.Random(9)
     products = [f"P{n:02}" for n in range(25)] + ["a1", "B2"]
     kept: dict[str, set[str]] = defaultdict(set)
-    last = KeptBuyers({}, {})
+    last = KeptBuyers({}, {}, np.zeros(0, dtype=np.intp))
+    keeping: set[str] = set()
+    most = 0
     for step in range(120):
         changed: set[str] = set()
         for _ in range(rng.randint(1, 4)):
@@ -169,6 +173,10 @@ def test_kept_buyers_updated_from_the_changed_goods_compute_a_whole_recomputatio
             product = rng.choice(products)
             goods.symmetric_difference_update({product})
             changed.add(product)
+        if step % 5 == 4:  # a customer returns everything
+            goods = kept[f"C{rng.randrange(30)}"]
+            changed |= goods
+            goods.clear()
         buyers: dict[str, list[str]] = defaultdict(list)
         for customer, goods in kept.items():
             for product in goods:
@@ -177,8 +185,32 @@ def test_kept_buyers_updated_from_the_changed_goods_compute_a_whole_recomputatio
         last = with_buyers(last, read if step else buyers, changed)
         pairs_kept = [(c, p) for c, goods in kept.items() for p in goods]
         assert kept_similar_products(kept_goods(last), 4) == similar_products(pairs_kept, 4), step
+        before, keeping = keeping, {customer for customer, goods in kept.items() if goods}
+        most = max(most, len(before | keeping))
+        assert set(last.customers) == keeping, step  # who keeps nothing is dropped
+        assert len(set(last.customers.values())) == len(keeping)
+        assert len(last.held) <= most  # numbers are reused: at most one run's customers
     again = kept_buyers(kept_goods(last))  # what a read of every pair gives: numbered alike
     assert again.customers == last.customers
     assert {good: list(buyers) for good, buyers in again.goods.items()} == {
         good: list(buyers) for good, buyers in last.goods.items()
     }
+    assert again.held.tolist() == last.held.tolist()
+
+
+def test_a_customer_who_keeps_nothing_is_dropped_and_their_number_reused() -> None:
+    """What the worker keeps grows with who keeps goods, not with every customer ever read: a
+    customer whose last good is returned leaves, and the next new customer takes their number."""
+    first = with_buyers(
+        KeptBuyers({}, {}, np.zeros(0, dtype=np.intp)),
+        {"JAM": ["ann", "bob"], "TEA": ["bob"]},
+        ["JAM", "TEA"],
+    )
+    assert first.customers == {"ann": 0, "bob": 1}
+    returned = with_buyers(first, {"JAM": ["bob"]}, ["JAM"])  # ann returned her jam
+    assert returned.customers == {"bob": 1}
+    assert returned.held.tolist() == [0, 2]
+    joined = with_buyers(returned, {"MUG": ["cat", "dan"]}, ["MUG"])
+    assert joined.customers == {"bob": 1, "cat": 0, "dan": 2}
+    assert joined.held.tolist() == [1, 2, 1]
+    assert kept_goods(joined).customers == ["cat", "bob", "dan"]

@@ -396,7 +396,8 @@ class BatchProjector:
         self.max_batch = max_batch
         self._waiting: SortedBatch | None = None
         self._in_flight: asyncio.Future[None] | None = None
-        self._taken: asyncio.Future[None] | None = None
+        self._taken = asyncio.Event()
+        """Set when the commit in flight takes what waits, or ends."""
 
     async def reload_positions(self) -> dict[TopicPartition, int]:
         """Read the stored positions (on start and on every rebalance) and return them."""
@@ -439,7 +440,8 @@ class BatchProjector:
         if self._in_flight is not None and not self._in_flight.done():
             if len(self._waiting.records) < self.max_batch:
                 return
-            await self._until_taken(self._in_flight)
+            self._taken.clear()
+            await self._taken.wait()
             if self._waiting is None:
                 return
         await self.settle()
@@ -448,19 +450,18 @@ class BatchProjector:
             self._in_flight = asyncio.ensure_future(self._commit_gathered(batch))
 
     async def _commit_gathered(self, batch: SortedBatch) -> None:
-        """Apply the batch, then whatever gathered meanwhile, until nothing waits."""
-        while True:
-            await self.apply(batch)
-            if self._waiting is None:
-                return
-            batch, self._waiting = self._waiting, None
-            if self._taken is not None and not self._taken.done():
-                self._taken.set_result(None)
-
-    async def _until_taken(self, in_flight: asyncio.Future[None]) -> None:
-        """Wait until the commit in flight takes the records that wait, or ends (raising)."""
-        self._taken = asyncio.get_running_loop().create_future()
-        await asyncio.wait((self._taken, in_flight), return_when=asyncio.FIRST_COMPLETED)
+        """Apply the batch, then whatever gathered meanwhile, until nothing waits. A reader
+        waiting for room (`feed`) wakes when the records are taken, or when this ends, however
+        it ends (then `feed` raises what it raised)."""
+        try:
+            while True:
+                await self.apply(batch)
+                if self._waiting is None:
+                    return
+                batch, self._waiting = self._waiting, None
+                self._taken.set()
+        finally:
+            self._taken.set()
 
     async def settle(self) -> None:
         """Wait until the batch in flight is committed; raise what it raised."""
