@@ -169,20 +169,31 @@ FIRST_MODELS = {
 FIRST_MODELS_SECONDS = 600.0
 
 
+WARM_UP_PACED_SECONDS = 10.0
+
+
 async def warm_up(
     args: argparse.Namespace, pools: dict[str, asyncpg.Pool], env: Mapping[str, str]
 ) -> float:
     """Cold-start work out of the measured phases, as a platform that has run a while has it
     behind it: the broker's JIT compiling its hot paths (half of its CPU in its first minute),
     the first lifetime-value fit and the first recommendation model. Publishes `--warm-up`
-    events, waits until they are applied and the first models exist; returns the seconds."""
+    events at once, then WARM_UP_PACED_SECONDS at the freshness phase's rate (small produce
+    requests and fetches that wait: paths a burst does not take, which the JIT otherwise
+    compiles during that phase), waits until they are applied and the first models exist;
+    returns the seconds."""
     started = time.monotonic()
     if args.warm_up:
         say(f"warm-up: publishing {args.warm_up:,} events, then waiting for the first models")
+        bootstrap = env["CRM_KAFKA_BOOTSTRAP"]
         workload = Workload(seed=args.seed + 2, prefix="w")
         records = encoded(list(workload.events(args.warm_up)))
-        await publish(env["CRM_KAFKA_BOOTSTRAP"], records, len(records), started)
-        await wait_caught_up(pools, env["CRM_KAFKA_BOOTSTRAP"], started)
+        await publish(bootstrap, records, len(records), started)
+        paced = int(args.rate * WARM_UP_PACED_SECONDS)
+        say(f"warm-up: {paced:,} events at {args.rate:,}/s")
+        live = (encoded([workload.event(datetime.now(UTC))])[0] for _ in range(paced))
+        await publish(bootstrap, live, paced, time.monotonic(), rate=args.rate)
+        await wait_caught_up(pools, bootstrap, started)
         for name, query in FIRST_MODELS.items():
             while not await pools[name].fetchval(query):
                 if time.monotonic() - started > FIRST_MODELS_SECONDS:
