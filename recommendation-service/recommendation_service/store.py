@@ -277,19 +277,14 @@ async def buyers_in_all(conn: asyncpg.Connection, products: Sequence[str]) -> in
     return found
 
 
-async def co_buyers_of(
-    conn: asyncpg.Connection, products: Sequence[str], buyers: bool = False
-) -> tuple[list[CoBuyers], GoodsBuyers]:
+async def co_buyers_of(conn: asyncpg.Connection, products: Sequence[str]) -> list[CoBuyers]:
     """For each of these goods, every other good kept by one of its buyers: the customers who
     kept both and both goods' numbers of buyers, counted by PostgreSQL in one statement (one
     snapshot): what those products' similar lists are computed from. A row per pair of goods
     (about 3,400 for a bestseller) instead of its buyers' baskets (about 96,000 kept pairs).
     The buyers first (an index scan), then each buyer's basket (primary key), counted in a hash
     by (product, other good), and only then the goods' buyers joined: grouping the 96,000 joined
-    rows by four columns made PostgreSQL sort them on disk. With `buyers`, the same statement
-    also returns who kept each of these products that is goods (what `goods_buyers` reads), from
-    the buyers it read anyway: an incremental run keeps the worker's whole-catalogue input
-    current without reading them again."""
+    rows by four columns made PostgreSQL sort them on disk."""
     rows = await conn.fetch(
         """
         WITH buyers AS MATERIALIZED (
@@ -301,22 +296,14 @@ async def co_buyers_of(
             WHERE cp.units_kept > 0 AND cp.product_id <> b.product_id
             GROUP BY b.product_id, cp.product_id
         )
-        SELECT s.product_id, s.other_product_id, s.co_buyers, mp.buyers, p.buyers,
-               NULL::text[] AS customers
+        SELECT s.product_id, s.other_product_id, s.co_buyers, mp.buyers, p.buyers
         FROM shared s
         JOIN products mp ON mp.product_id = s.product_id AND mp.goods
         JOIN products p ON p.product_id = s.other_product_id AND p.goods
-        UNION ALL
-        SELECT b.product_id, NULL, NULL, NULL, NULL, array_agg(b.customer_id)
-        FROM buyers b JOIN products p ON p.product_id = b.product_id AND p.goods
-        WHERE $2::boolean
-        GROUP BY b.product_id
         """,
         products,
-        buyers,
     )
-    co_buyers = [(row[0], row[1], row[2], row[3], row[4]) for row in rows if row[5] is None]
-    return co_buyers, {row[0]: row[5] for row in rows if row[5] is not None}
+    return [(row[0], row[1], row[2], row[3], row[4]) for row in rows]
 
 
 async def similar_lists(conn: asyncpg.Connection, products: Sequence[str]) -> Lists:

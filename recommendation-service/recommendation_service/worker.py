@@ -141,16 +141,14 @@ def list_capacity() -> int:
     return projection.NEIGHBOURS_KEPT + projection.NEIGHBOURS_RESERVE
 
 
-async def neighbour_changes(
-    conn: asyncpg.Connection, marked: Sequence[str], buyers: bool
-) -> tuple[ListChanges, neighbours.GoodsBuyers]:
+async def neighbour_changes(conn: asyncpg.Connection, marked: Sequence[str]) -> ListChanges:
     """What to write so that every list a change of the `marked` products' buyers can touch
     serves what a whole recomputation gives (`neighbours`): the marked rows from their co-buyer
     counts, the lists of what is bought with them or names them merged with their new entries,
     and those the merge cannot settle computed in full. Numpy and the merge in threads, not the
-    loop. With `buyers`, also who keeps the marked goods, read with their co-buyers."""
+    loop."""
     served, capacity = projection.NEIGHBOURS_KEPT, list_capacity()
-    co_buyers, read = await store.co_buyers_of(conn, marked, buyers)
+    co_buyers = await store.co_buyers_of(conn, marked)
     rows = await asyncio.to_thread(neighbours.computed_rows, co_buyers, marked, capacity, True)
     naming = await store.products_naming(conn, marked)
     boundaries = await store.last_of_long_lists(conn, sorted(set(rows.crossing) - naming), served)
@@ -161,7 +159,7 @@ async def neighbour_changes(
     )
     lists = {**merged.lists, **rows.lists}
     if merged.unsettled:
-        co_buyers, _ = await store.co_buyers_of(conn, merged.unsettled)
+        co_buyers = await store.co_buyers_of(conn, merged.unsettled)
         full = await asyncio.to_thread(
             neighbours.computed_rows, co_buyers, merged.unsettled, capacity, False
         )
@@ -169,8 +167,7 @@ async def neighbour_changes(
     count(metrics.NEIGHBOUR_LISTS.labels("unchanged"), len(set(rows.crossing) - set(to_merge)))
     count(metrics.NEIGHBOUR_LISTS.labels("merged"), len(merged.lists))
     count(metrics.NEIGHBOUR_LISTS.labels("computed"), len(rows.lists) + len(merged.unsettled))
-    changes = models.changed_similar_products(neighbours.pairs(stored), neighbours.pairs(lists))
-    return changes, read
+    return models.changed_similar_products(neighbours.pairs(stored), neighbours.pairs(lists))
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +246,7 @@ def kept_after(
     changes: ListChanges,
 ) -> WholeCatalogue:
     """What this process keeps of its last whole-catalogue run, brought up to date by an
-    incremental run once committed (who keeps its marked goods, `read` with their co-buyers; its
+    incremental run once committed (who keeps its marked goods, `read` in its transaction; its
     changes applied to the lists), so that the next whole-catalogue run still starts from memory
     and keeps its pace. The lists are changed in place, not copied: a copy of all of them (about
     217,000 pairs on the UCI data) cost about 8 ms of every run."""
@@ -288,7 +285,9 @@ async def refresh_neighbours(pool: asyncpg.Pool) -> int:
             if whole_run:
                 changes, whole = await whole_catalogue_changes(conn, marked, run, started, before)
             else:
-                changes, read = await neighbour_changes(conn, marked, before is not None)
+                changes = await neighbour_changes(conn, marked)
+                # What the worker keeps of its last whole-catalogue run follows the marked goods.
+                read = await store.goods_buyers(conn, marked) if before is not None else {}
             await store.write_similar_products(conn, *changes)
             await store.record_neighbour_run(conn, run)
             await store.clear_marks(conn, marks)
