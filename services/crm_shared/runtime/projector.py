@@ -548,7 +548,9 @@ class BatchProjector:
             return result
 
     async def _fold(self, conn: asyncpg.Connection, events: Sequence[Event]) -> int:
-        """Fold run by run (ticks are boundaries) and put what the fold derives in the outbox."""
+        """Fold run by run (ticks are boundaries) and put what the fold derives in the outbox;
+        in the caller's transaction, whole batch or one event (FOLD_RANDOM_PAGE_COST)."""
+        await conn.execute(_FOLD_SETTINGS)
         derived: list[Derived] = []
         for run in runs_between_ticks(events):
             derived.extend(await self.projection.fold(conn, run))
@@ -561,7 +563,6 @@ class BatchProjector:
             # What the fold counts (metrics.count) is counted once the batch is committed.
             with metrics.counted_on_commit():
                 async with self.pool.acquire() as conn, conn.transaction():
-                    await conn.execute(_FOLD_SETTINGS)
                     applied = await claim_new(conn, batch.events)
                     derived = await self._fold(conn, applied)
                     await save_positions(conn, batch.next_offsets)
