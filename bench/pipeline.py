@@ -25,7 +25,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -155,6 +155,12 @@ def encoded(events: Sequence[dict[str, object]]) -> list[tuple[str, bytes, bytes
     ]
 
 
+def live(workload: Workload, count: int) -> Iterator[tuple[str, bytes, bytes]]:
+    """`count` records of the workload, each drawn (and stamped with the time) when asked for:
+    a paced publisher's records, whose event time is when they exist."""
+    return (encoded([workload.event(datetime.now(UTC))])[0] for _ in range(count))
+
+
 def platform_meter(env: Mapping[str, str]) -> CpuMeter:
     """CPU of the four workers, Kafka and PostgreSQL (and this process, the publisher)."""
     workers = {w.name: pid for w in WORKERS if (pid := launcher.running_pid(w, env))}
@@ -191,8 +197,7 @@ async def warm_up(
         await publish(bootstrap, records, len(records), started)
         paced = int(args.rate * WARM_UP_PACED_SECONDS)
         say(f"warm-up: {paced:,} events at {args.rate:,}/s")
-        live = (encoded([workload.event(datetime.now(UTC))])[0] for _ in range(paced))
-        await publish(bootstrap, live, paced, time.monotonic(), rate=args.rate)
+        await publish(bootstrap, live(workload, paced), paced, time.monotonic(), rate=args.rate)
         await wait_caught_up(pools, bootstrap, started)
         for name, query in FIRST_MODELS.items():
             while not await pools[name].fetchval(query):
@@ -243,8 +248,7 @@ async def freshness(
     bootstrap, meter = env["CRM_KAFKA_BOOTSTRAP"], platform_meter(env)
     meter.start()
     started = time.monotonic()
-    live = (encoded([workload.event(datetime.now(UTC))])[0] for _ in range(total))
-    await publish(bootstrap, live, total, started, rate=args.rate)
+    await publish(bootstrap, live(workload, total), total, started, rate=args.rate)
     await wait_caught_up(pools, bootstrap, started)
     spent = meter.stop()
     result: dict[str, tuple[float, float, int]] = {}

@@ -17,7 +17,6 @@ import json
 import os
 import statistics
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -25,8 +24,8 @@ import asyncpg
 from bench.pipeline import (
     PROJECTIONS,
     WORKERS,
-    encoded,
     end_offsets,
+    live,
     publish,
     remaining,
     rss_mib,
@@ -91,9 +90,8 @@ async def main() -> None:
         say(f"publishing {total:,} events at {args.rate:,}/s for {args.minutes:g} min")
         workload = Workload(seed=11, prefix=f"soak-{int(time.time())}")
         started = time.monotonic()
-        live = (encoded([workload.event(datetime.now(UTC))])[0] for _ in range(total))
         await asyncio.gather(
-            publish(bootstrap, live, total, started, rate=args.rate),
+            publish(bootstrap, live(workload, total), total, started, rate=args.rate),
             sample(
                 pools, bootstrap, env, started + args.minutes * 60, args.sample_seconds, rss, lag
             ),
