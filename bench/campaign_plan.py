@@ -171,7 +171,7 @@ async def main(customers: int, chunk: int, connections: int, profile: bool) -> N
                 f" ({1e6 * (own_cpu + pg_cpu) / decided:.1f} µs a recipient)",
                 flush=True,
             )
-            await store.save_campaigns(conn, campaigns.start_due({"bench": campaign}).values())
+            await store.save_campaigns(conn, [campaigns.started_if_due(campaign)])
 
         total: Counter[str] = Counter()
         messages = 0

@@ -48,7 +48,7 @@ async def fold_campaign_inputs(conn: asyncpg.Connection, events: Sequence[Event]
     if not campaign_events:
         return
     current = await store.lock_campaigns(conn, {e.customer_id for e in campaign_events})
-    changed = campaigns.start_due(campaigns.evolve_campaigns(current, campaign_events))
+    changed = campaigns.evolve_campaigns(current, campaign_events)
     await store.save_campaigns(conn, list(changed.values()))
     for campaign in changed.values():
         before = current.get(campaign.campaign_id)

@@ -104,12 +104,14 @@ def evolve_campaigns(
     A newer definition replaces a scheduled one; a campaign being planned, planned or cancelled
     keeps its plan (a cancellation of a planned campaign cancels what is not sent yet). A
     cancellation that arrives before its definition is kept, and the later definition does not
-    revive it."""
+    revive it. An immediate definition starts planning as it is folded, event by event, so a
+    replay that folds a definition and its redefinition in one batch keeps the first, as the live
+    run that folded them apart did."""
     changed: dict[str, Campaign] = {}
     for event in events:
         before = changed.get(event.customer_id) or current.get(event.customer_id)
         if event.type == CAMPAIGN_DEFINED:
-            candidate = campaign_from(event)
+            candidate = started_if_due(campaign_from(event))
             replaces = before is None or before.state == "scheduled"
             if replaces and (before is None or candidate.version > before.version):
                 changed[event.customer_id] = candidate
@@ -317,15 +319,10 @@ def render_for(
     return render(template, personal, links)
 
 
-def start_due(changed: Mapping[str, Campaign]) -> dict[str, Campaign]:
-    """The changed campaigns, those due at their definition (immediate ones) marked 'planning':
-    the worker's planning job plans them in chunks, outside the fold."""
-    return {
-        campaign_id: replace(campaign, state="planning")
-        if campaign.due(campaign.defined_at)
-        else campaign
-        for campaign_id, campaign in changed.items()
-    }
+def started_if_due(campaign: Campaign) -> Campaign:
+    """The campaign marked 'planning' if it is due at its definition (an immediate one): the
+    worker's planning job plans it in chunks, outside the fold."""
+    return replace(campaign, state="planning") if campaign.due(campaign.defined_at) else campaign
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ async def _mark_planning(conn: asyncpg.Connection, **overrides: Any) -> campaign
     } | overrides
     event = build_event(CAMPAIGN_DEFINED, "spring", definition, source="test", time=AT)
     campaign = campaigns.campaign_from(validate_event(event))
-    await store.save_campaigns(conn, campaigns.start_due({"spring": campaign}).values())
+    await store.save_campaigns(conn, [campaigns.started_if_due(campaign)])
     return campaign
 
 
@@ -432,7 +432,7 @@ async def test_a_rebuild_compares_a_planned_campaign_and_keeps_what_its_planning
         for table in FOLDED:
             await builder.execute(f"INSERT INTO {table} SELECT * FROM public.{table}")
         # The replay of its definition:
-        await store.save_campaigns(builder, campaigns.start_due({"spring": campaign}).values())
+        await store.save_campaigns(builder, [campaigns.started_if_due(campaign)])
         live = await shadow.fingerprints(builder, "public")
         rebuilt = await shadow.fingerprints(builder, shadow.SHADOW_SCHEMA)
         assert compare(live, rebuilt, 0) == []

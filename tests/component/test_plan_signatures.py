@@ -302,7 +302,7 @@ async def test_planning_by_signature_equals_deciding_each_recipient_alone(
             by_range = await store.signature_groups(conn, read, None, None, dense=True)
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             dry_run = await planning.dry_run(conn, campaign, AT, CHUNK)
-        await store.save_campaigns(conn, campaigns.start_due({"c": campaign}).values())
+        await store.save_campaigns(conn, [campaigns.started_if_due(campaign)])
     # One connection: chunks commit in id order, so the throttle numbers as deciding alone does.
     chunks = await planning.plan_due(pool, planning.Planner(CHUNK, connections=1))
     async with pool.acquire() as conn:

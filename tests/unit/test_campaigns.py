@@ -25,7 +25,7 @@ from broadcast_service.campaigns import (
     newest_recommendations,
     plan_signatures,
     render_for,
-    start_due,
+    started_if_due,
 )
 from broadcast_service.decision import reach_of, registered_addresses
 from broadcast_service.metrics import count_planned
@@ -248,9 +248,21 @@ def test_links_without_a_secret_fail_the_rendering() -> None:
 
 def test_an_immediate_campaign_is_marked_planning_and_a_scheduled_one_waits() -> None:
     now, later = _campaign("now"), _campaign("later", send_at=at(30).isoformat())
-    marked = start_due({"now": now, "later": later})
+    marked = {"now": started_if_due(now), "later": started_if_due(later)}
     assert (marked["now"].state, marked["later"].state) == ("planning", "scheduled")
     assert marked["now"].fixed and not marked["later"].fixed
+
+
+def test_a_redefinition_after_an_immediate_one_is_ignored_however_the_events_are_batched() -> None:
+    # Live, the two definitions came in two batches and the first was planning when the second
+    # arrived; a rebuild may fold both in one batch and must keep the same definition.
+    first = event(CAMPAIGN_DEFINED, "c1", _definition(name="Spring picks"), minutes=0)
+    again = event(CAMPAIGN_DEFINED, "c1", _definition(name="Changed"), minutes=1)
+    live = evolve_campaigns({}, [first])
+    assert evolve_campaigns(live, [again]) == {}
+    together = evolve_campaigns({}, [first, again])
+    assert together == live
+    assert together["c1"].state == "planning"
 
 
 def test_a_signature_is_reached_at_the_place_of_its_channel_in_the_set_up() -> None:
