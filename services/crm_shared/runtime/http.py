@@ -497,6 +497,13 @@ def frozen_after_startup(lifespan: AnyLifespan) -> AnyLifespan:
     return frozen
 
 
+def freeze_after_startup(app: FastAPI) -> FastAPI:
+    """`app` with its lifespan wrapped by `frozen_after_startup`: Starlette runs the router's
+    `lifespan_context` (a test starts an app through ASGI, so a change there fails it)."""
+    app.router.lifespan_context = frozen_after_startup(app.router.lifespan_context)
+    return app
+
+
 def serve(factory: Callable[[S], FastAPI], settings: S, process_name: str) -> None:
     """Run an API built by `factory` with uvicorn on the settings' host and port, logging JSON
     lines; exit at once when that would expose an internal API without its token."""
@@ -506,8 +513,7 @@ def serve(factory: Callable[[S], FastAPI], settings: S, process_name: str) -> No
     except UnsafeExposure as error:
         log.critical("%s", error)
         raise SystemExit(2) from None
-    app = factory(settings)
-    app.router.lifespan_context = frozen_after_startup(app.router.lifespan_context)
+    app = freeze_after_startup(factory(settings))
     uvicorn.run(
         app,
         host=settings.api_host,
