@@ -270,6 +270,7 @@ async def refresh_neighbours(pool: asyncpg.Pool) -> int:
     started = time.perf_counter()
     run = uuid4()
     whole: WholeCatalogue | None = None
+    followed: neighbours.GoodsBuyers | None = None  # who keeps the marked goods, for `before`
     with counted_on_commit():
         async with pool.acquire() as conn, conn.transaction():
             if not await store.lock_neighbour_job(conn):
@@ -286,13 +287,13 @@ async def refresh_neighbours(pool: asyncpg.Pool) -> int:
                 changes, whole = await whole_catalogue_changes(conn, marked, run, started, before)
             else:
                 changes = await neighbour_changes(conn, marked)
-                # What the worker keeps of its last whole-catalogue run follows the marked goods.
-                read = await store.goods_buyers(conn, marked) if before is not None else {}
+                if before is not None:  # what the worker keeps follows the marked goods
+                    followed = await store.goods_buyers(conn, marked)
             await store.write_similar_products(conn, *changes)
             await store.record_neighbour_run(conn, run)
             await store.clear_marks(conn, marks)
-    if not whole_run and before is not None:  # committed: what is kept may change
-        whole = kept_after(before, marked, read, run, changes)
+    if before is not None and followed is not None:  # committed: what is kept may change
+        whole = kept_after(before, marked, followed, run, changes)
     KEPT.last = whole
     metrics.NEIGHBOURS_REFRESHED.inc(len(marks))
     metrics.NEIGHBOUR_JOB_SECONDS.observe(time.perf_counter() - started)
