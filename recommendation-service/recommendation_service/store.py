@@ -746,22 +746,32 @@ async def swap_model(conn: asyncpg.Connection, version: int, answering: int | No
     )
 
 
-async def mark_customers(conn: asyncpg.Connection, customers: Sequence[str]) -> None:
-    """Ask the picks job to recompute these customers (sorted: rows lock in one order)."""
+async def mark_customers(
+    conn: asyncpg.Connection, customers: Sequence[str], consent_changed: Collection[str] = ()
+) -> None:
+    """Ask the picks job to recompute these customers, those whose consent changed first (one
+    statement, in customer order: rows lock in one order)."""
     if not customers:
         return
     await conn.execute(
         """
-        INSERT INTO dirty_customers AS t (customer_id) SELECT unnest($1::text[]) ORDER BY 1
-        ON CONFLICT (customer_id) DO UPDATE SET mark = EXCLUDED.mark
+        INSERT INTO dirty_customers AS t (customer_id, consent_changed)
+        SELECT customer_id, customer_id = ANY($2::text[])
+        FROM unnest($1::text[]) AS c(customer_id) ORDER BY 1
+        ON CONFLICT (customer_id) DO UPDATE
+        SET mark = EXCLUDED.mark, consent_changed = t.consent_changed OR EXCLUDED.consent_changed
         """,
         customers,
+        list(consent_changed),
     )
 
 
 async def marked_customers(conn: asyncpg.Connection, limit: int) -> dict[str, int]:
+    """The next customers for the picks job: changed consents first, then in marking order."""
     rows = await conn.fetch(
-        "SELECT customer_id, mark FROM dirty_customers ORDER BY mark LIMIT $1", limit
+        "SELECT customer_id, mark FROM dirty_customers"
+        " ORDER BY consent_changed DESC, mark LIMIT $1",
+        limit,
     )
     return {row[0]: row[1] for row in rows}
 

@@ -113,7 +113,9 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
         await store.mark_for_refresh(conn, projection.neighbours_to_refresh(changes))
         count(metrics.FIRST_PURCHASES, sum(1 for change in changes.values() if change > 0))
     await store.record_consents(conn, list(decisions.values()))
-    await store.mark_customers(conn, sorted({customer for customer, _ in units} | set(decisions)))
+    await store.mark_customers(
+        conn, sorted({customer for customer, _ in units} | set(decisions)), decisions.keys()
+    )
     await store.add_products(conn, projection.product_deltas(purchases, changes, views))
     await store.add_views(conn, views)
     reclassified = await store.record_catalogue(

@@ -90,6 +90,20 @@ async def test_a_swap_publishes_each_customers_list_once_and_only_changes_after(
     assert await _published(pool) == published
 
 
+async def test_a_changed_consent_is_recomputed_before_the_purchases_waiting(
+    pool: asyncpg.Pool,
+) -> None:
+    # Every customer's purchases wait for the picks job; ME's revocation comes last but goes first.
+    await _folded(pool)
+    async with pool.acquire() as conn:
+        waiting = list(await store.marked_customers(conn, 100))
+    assert len(waiting) == 6 and waiting[0] != "ME"
+    await project(pool, [_consent(1, "ME", "revoked")], 1)
+    async with pool.acquire() as conn:
+        after = list(await store.marked_customers(conn, 100))
+    assert after == ["ME", *(customer for customer in waiting if customer != "ME")]
+
+
 async def test_revoking_consent_publishes_popular_goods_and_granting_again_personal_picks(
     pool: asyncpg.Pool, fresh_dsn: str
 ) -> None:
