@@ -39,6 +39,12 @@ log = logging.getLogger(__name__)
 DECODE_CHUNK = 1_000
 """Records decoded between two chances for the fold in flight to go on (about 25 ms of work)."""
 
+UNREAD_INDEXES = ("applied_events_pkey", "applied_events_applied_at")
+"""Indexes of the bookkeeping a bulk fold writes and never reads (it drops duplicates in memory,
+`seen`): a rebuild fills its shadow without them and builds them after the replay, as it does
+the projection's read-only indexes. A COPY of applied ids kept them entry by entry: a tenth of
+the replay's PostgreSQL time."""
+
 
 def in_tick_rounds(events: Sequence[Event]) -> list[Event]:
     """The same events, each partition's in its own order, interleaved so that the k-th tick of

@@ -140,20 +140,33 @@ async def create_shadow(conn: asyncpg.Connection, shadow: str, migrations: Path)
 
 
 async def drop_indexes(conn: asyncpg.Connection, schema: str, names: Sequence[str]) -> list[str]:
-    """Drop these indexes of the schema; return their definitions (schema-qualified), to
-    create them again once the tables are filled (`create_indexes`)."""
+    """Drop these indexes of the schema; return the statements that make them again as the
+    migrations did (`create_indexes`, once the tables are filled). An index that backs a primary
+    key or unique constraint goes with its constraint and comes back as that constraint."""
     rows = await conn.fetch(
-        "SELECT indexname, indexdef FROM pg_indexes"
-        " WHERE schemaname = $1 AND indexname = ANY($2::text[]) ORDER BY indexname",
+        "SELECT i.tablename, i.indexname, i.indexdef, pg_get_constraintdef(k.oid) AS constraintdef"
+        " FROM pg_indexes i LEFT JOIN pg_constraint k"
+        "   ON k.conindid = format('%I.%I', i.schemaname, i.indexname)::regclass"
+        "   AND k.conrelid = format('%I.%I', i.schemaname, i.tablename)::regclass"
+        "   AND k.contype IN ('p', 'u')"
+        " WHERE i.schemaname = $1 AND i.indexname = ANY($2::text[]) ORDER BY i.indexname",
         schema,
         list(names),
     )
     missing = set(names) - {row["indexname"] for row in rows}
     if missing:
         raise ValueError(f"no index {sorted(missing)} in schema {schema}")
+    made: list[str] = []
     for row in rows:
-        await conn.execute(f"DROP INDEX {quoted(schema)}.{quoted(row['indexname'])}")
-    return [row["indexdef"] for row in rows]
+        index = quoted(row["indexname"])
+        if row["constraintdef"] is None:
+            await conn.execute(f"DROP INDEX {quoted(schema)}.{index}")
+            made.append(row["indexdef"])
+        else:
+            table = f"{quoted(schema)}.{quoted(row['tablename'])}"
+            await conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT {index}")
+            made.append(f"ALTER TABLE {table} ADD CONSTRAINT {index} {row['constraintdef']}")
+    return made
 
 
 async def create_indexes(conn: asyncpg.Connection, definitions: Sequence[str]) -> None:
