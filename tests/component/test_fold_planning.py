@@ -1,7 +1,7 @@
-"""How PostgreSQL plans a fold's statements: the batch's keys are looked up by index, and every
-connection of a worker's pool takes the settings its migrations gave the database. On real
-PostgreSQL, with the interaction projection (its journeys lock is the statement that scanned
-the whole table, and its migrations set the database's plan cache mode)."""
+"""How PostgreSQL plans a fold's statements, live and in a rebuild: the batch's keys are looked
+up by index, and every connection of a worker's pool takes the settings its migrations gave the
+database. On real PostgreSQL, with the interaction projection (its journeys lock is the statement
+that scanned the whole table, and its migrations set the database's plan cache mode)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import asyncpg
 import pytest
 
 from crm_shared.contracts.events import Event
+from crm_shared.runtime.bulk import BulkFolder
 from crm_shared.runtime.derived import Derived
-from crm_shared.runtime.projector import FOLD_RANDOM_PAGE_COST, BatchProjector
+from crm_shared.runtime.projector import FOLD_RANDOM_PAGE_COST, BatchProjector, Fold
 from interaction_service.config import MIGRATIONS
 from interaction_service.worker import PROJECTION
 from tests.component.partition_logs import no_dead_letters
@@ -33,9 +34,10 @@ async def pool(fresh_dsn: str) -> AsyncIterator[asyncpg.Pool]:
         yield pool
 
 
-async def test_a_fold_locks_its_batch_of_journeys_by_index_not_by_scanning_them_all(
-    pool: asyncpg.Pool,
-) -> None:
+async def _planning_fold(pool: asyncpg.Pool) -> tuple[Fold, list[tuple[str, str]]]:
+    """Journeys enough for a scan to look cheap at PostgreSQL's default page cost, and the
+    interaction fold preceded by a look at how a fold's lock of some of them is planned (the
+    page cost in force, the plan), noted in the list returned."""
     await pool.execute(
         """
         INSERT INTO journeys (customer_id, stage, entered_at, version, orders, interested, praised)
@@ -56,17 +58,44 @@ async def test_a_fold_locks_its_batch_of_journeys_by_index_not_by_scanning_them_
         seen.append((await conn.fetchval("SHOW random_page_cost"), "\n".join(r[0] for r in plan)))
         return await PROJECTION.fold(conn, events)
 
-    projector = BatchProjector(dataclasses.replace(PROJECTION, fold=planned), pool, no_dead_letters)
-    await projector.reload_positions()
-    await projector.process([contact(0, "first")])
+    return planned, seen
 
+
+def _looked_up_by_index(seen: list[tuple[str, str]]) -> None:
     [(page_cost, plan)] = seen
     assert float(page_cost) == FOLD_RANDOM_PAGE_COST
     assert "Index Scan using journeys_pkey" in plan, plan
     assert "Seq Scan" not in plan, plan
+
+
+async def test_a_fold_locks_its_batch_of_journeys_by_index_not_by_scanning_them_all(
+    pool: asyncpg.Pool,
+) -> None:
+    planned, seen = await _planning_fold(pool)
+    projector = BatchProjector(dataclasses.replace(PROJECTION, fold=planned), pool, no_dead_letters)
+    await projector.reload_positions()
+    await projector.process([contact(0, "first")])
+
+    _looked_up_by_index(seen)
     assert await pool.fetchval("SELECT count(*) FROM timeline") == 1
     # Only the fold's transaction: the pool's sessions keep the server's default.
     assert float(await pool.fetchval("SHOW random_page_cost")) != FOLD_RANDOM_PAGE_COST
+
+
+async def test_a_rebuild_folds_at_the_same_page_cost(pool: asyncpg.Pool) -> None:
+    """The bulk fold of a rebuild (BulkFolder) runs in a transaction priced as the live one."""
+    planned, seen = await _planning_fold(pool)
+    async with pool.acquire() as conn:
+        folder = BulkFolder(
+            dataclasses.replace(PROJECTION, fold=planned, bulk_fold=None),
+            conn,
+            consumer="interaction-rebuild",
+        )
+        await folder.fold(await folder.decode([contact(0, "first")]), 1)
+        assert float(await conn.fetchval("SHOW random_page_cost")) != FOLD_RANDOM_PAGE_COST
+
+    _looked_up_by_index(seen)
+    assert await pool.fetchval("SELECT count(*) FROM timeline") == 1
 
 
 async def test_every_connection_of_a_new_pool_takes_the_settings_its_migrations_made(

@@ -1,6 +1,7 @@
 """A rebuild fills its shadow without the indexes only the API reads (Projection.
-read_only_indexes) and builds them after the replay: the shadow then has every index its
-migrations give, defined as they define it; every projection's list names indexes that exist."""
+read_only_indexes) nor those of the applied ids (bulk.UNREAD_INDEXES, one of them a primary key)
+and builds them after the replay: the shadow then has every index and constraint its migrations
+give, defined as they define them; every projection's list names indexes that exist."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from crm_shared.ops import platform
 from crm_shared.runtime import shadow
+from crm_shared.runtime.bulk import UNREAD_INDEXES
 from crm_shared.runtime.db import connect_in_schema, open_pool
 
 pytestmark = pytest.mark.component
@@ -32,6 +34,15 @@ async def _indexes(conn: asyncpg.Connection) -> dict[str, str]:
     return {row["indexname"]: row["indexdef"] for row in rows}
 
 
+async def _constraints(conn: asyncpg.Connection) -> dict[str, str]:
+    rows = await conn.fetch(
+        "SELECT conname, pg_get_constraintdef(oid) AS definition FROM pg_constraint"
+        " WHERE connamespace = $1::regnamespace",
+        SHADOW,
+    )
+    return {row["conname"]: row["definition"] for row in rows}
+
+
 @pytest.mark.parametrize("service", platform.projections(), ids=lambda service: service.name)
 async def test_the_read_only_indexes_are_built_again_as_the_migrations_define_them(
     fresh_dsn: str, service: platform.Service
@@ -41,11 +52,14 @@ async def test_the_read_only_indexes_are_built_again_as_the_migrations_define_th
     try:
         await shadow.create_shadow(builder, SHADOW, projection.migrations)
         migrated = await _indexes(builder)
-        deferred = await shadow.drop_indexes(builder, SHADOW, projection.read_only_indexes)
-        assert set(migrated) - set(await _indexes(builder)) == set(projection.read_only_indexes)
+        keys = await _constraints(builder)
+        names = (*projection.read_only_indexes, *UNREAD_INDEXES)
+        deferred = await shadow.drop_indexes(builder, SHADOW, names)
+        assert set(migrated) - set(await _indexes(builder)) == set(names)
         await shadow.make_durable(builder, SHADOW)
         await shadow.create_indexes(builder, deferred)
         assert await _indexes(builder) == migrated
+        assert await _constraints(builder) == keys  # the applied ids' primary key is back
     finally:
         await builder.close()
 

@@ -42,7 +42,7 @@ from aiokafka.errors import KafkaError
 
 from crm_shared.ops import platform
 from crm_shared.runtime import shadow
-from crm_shared.runtime.bulk import BulkFolder, RebuildFailed
+from crm_shared.runtime.bulk import UNREAD_INDEXES, BulkFolder, RebuildFailed
 from crm_shared.runtime.db import connect_in_schema
 from crm_shared.runtime.logs import configure_logging
 from crm_shared.runtime.projector import RawRecord
@@ -355,7 +355,7 @@ class Rebuild:
         name = self.projection.name
         await shadow.create_shadow(builder, shadow.SHADOW_SCHEMA, self.projection.migrations)
         deferred = await shadow.drop_indexes(
-            builder, shadow.SHADOW_SCHEMA, self.projection.read_only_indexes
+            builder, shadow.SHADOW_SCHEMA, (*self.projection.read_only_indexes, *UNREAD_INDEXES)
         )
         folder = BulkFolder(
             self.projection,
@@ -401,7 +401,7 @@ class Rebuild:
         report = (
             f"{name}: replayed {replayed:,} records in {replay_seconds:.1f} s "
             f"({replayed / max(replay_seconds, 1e-9):,.0f} records/s, of it {finish_seconds:.1f} s "
-            f"making the tables durable and building {len(deferred)} read-only indexes); "
+            f"making the tables durable and building {len(deferred)} deferred indexes); "
             f"in all {tally.records:,} "
             f"records, {tally.applied:,} events applied, {tally.duplicates:,} duplicates, "
             f"{tally.ignored:,} ignored, {tally.dead_letters:,} invalid (dead-lettered live)"

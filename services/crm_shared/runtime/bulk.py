@@ -28,6 +28,7 @@ from crm_shared.runtime.projector import (
     RawRecord,
     SortedBatch,
     TopicPartition,
+    price_fold_lookups,
     runs_between_ticks,
     save_positions,
     sort_batch,
@@ -37,6 +38,12 @@ log = logging.getLogger(__name__)
 
 DECODE_CHUNK = 1_000
 """Records decoded between two chances for the fold in flight to go on (about 25 ms of work)."""
+
+UNREAD_INDEXES = ("applied_events_pkey", "applied_events_applied_at")
+"""Indexes of the bookkeeping a bulk fold writes and never reads (it drops duplicates in memory,
+`seen`): a rebuild fills its shadow without them and builds them after the replay, as it does
+the projection's read-only indexes. A COPY of applied ids kept them entry by entry: a tenth of
+the replay's PostgreSQL time."""
 
 
 def in_tick_rounds(events: Sequence[Event]) -> list[Event]:
@@ -184,6 +191,7 @@ class BulkFolder:
         Returns what was applied and those customers; counts only once it commits."""
         with metrics.counted_on_commit():
             async with self.conn.transaction():
+                await price_fold_lookups(self.conn)
                 related = await self._related(batch.events)
                 applied = await fold(fresh)
                 await self._record(applied, batch.next_offsets)

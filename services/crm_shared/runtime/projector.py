@@ -82,6 +82,12 @@ only, not the periodic jobs' scans of whole tables."""
 _FOLD_SETTINGS = f"SET LOCAL random_page_cost = {FOLD_RANDOM_PAGE_COST}"
 
 
+async def price_fold_lookups(conn: asyncpg.Connection) -> None:
+    """In a fold's transaction, before it folds: FOLD_RANDOM_PAGE_COST. Every fold runs after
+    it, the live batch's, an event's alone and a rebuild's (bulk.BulkFolder)."""
+    await conn.execute(_FOLD_SETTINGS)
+
+
 class ProjectionHalted(Exception):
     """Folding fails for reasons that are not the events' fault: consumption stops instead of
     dead-lettering everything while the positions advance."""
@@ -550,7 +556,7 @@ class BatchProjector:
     async def _fold(self, conn: asyncpg.Connection, events: Sequence[Event]) -> int:
         """Fold run by run (ticks are boundaries) and put what the fold derives in the outbox;
         in the caller's transaction, whole batch or one event (FOLD_RANDOM_PAGE_COST)."""
-        await conn.execute(_FOLD_SETTINGS)
+        await price_fold_lookups(conn)
         derived: list[Derived] = []
         for run in runs_between_ticks(events):
             derived.extend(await self.projection.fold(conn, run))
