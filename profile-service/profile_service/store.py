@@ -900,9 +900,9 @@ async def refresh_cube(conn: asyncpg.Connection) -> None:
 
     Its cost is the sorts of the grouping sets and of each cell's distinct persons: they compare
     bytes (COLLATE "C": the same groups and counts, as equality does not depend on the order),
-    not the database's locale. JIT is off: the planner takes facts x memberships for millions
-    of rows and spent 1.9-2.6 s compiling for a query over 100,000 facts (docs/performance.md,
-    "The profile's periodic burst")."""
+    not the database's locale. JIT is off: when the planner took facts x memberships for
+    millions of rows (memberships not analysed yet), it spent 1.9-2.6 s compiling a query over
+    100,000 facts (docs/performance.md, "The profile's periodic burst")."""
     others = ", ".join(f'({e}) COLLATE "C"' for e in list(_CUBE_EXPRESSIONS.values())[1:])
     facts = f"""
         FROM person_facts f
