@@ -896,17 +896,24 @@ async def refresh_cube(conn: asyncpg.Connection) -> None:
 
     A person may be in several segments, so the cells of one segment come from the facts of
     its members (a second CUBE), and every other cell from all facts: rolled up over segments,
-    nobody counts twice."""
-    others = ", ".join(list(_CUBE_EXPRESSIONS.values())[1:])
+    nobody counts twice.
+
+    Its cost is the sorts of the grouping sets and of each cell's distinct persons: they compare
+    bytes (COLLATE "C": the same groups and counts, as equality does not depend on the order),
+    not the database's locale. JIT is off: when the planner took facts x memberships for
+    millions of rows (memberships not analysed yet), it spent 1.9-2.6 s compiling a query over
+    100,000 facts (docs/performance.md, "The profile's periodic burst")."""
+    others = ", ".join(f'({e}) COLLATE "C"' for e in list(_CUBE_EXPRESSIONS.values())[1:])
     facts = f"""
         FROM person_facts f
         LEFT JOIN customers c ON c.customer_id = f.person_id
         LEFT JOIN person_countries person_country ON person_country.person_id = f.person_id
         LEFT JOIN rfm_scores s ON s.customer_id = f.person_id AND s.currency = f.currency
         LEFT JOIN {_SEGMENTS} ON rule.r = s.r AND rule.f = s.f AND rule.m = s.m"""
-    measures = "count(DISTINCT f.person_id), sum(f.orders), sum(f.revenue), now()"
+    measures = 'count(DISTINCT f.person_id COLLATE "C"), sum(f.orders), sum(f.revenue), now()'
     async with conn.transaction():
         await conn.execute("SET LOCAL work_mem = '128MB'")
+        await conn.execute("SET LOCAL jit = off")
         await conn.execute("DELETE FROM computed_revenue_cube")
         await conn.execute(
             f"""

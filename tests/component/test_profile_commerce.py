@@ -271,8 +271,30 @@ async def test_the_worker_keeps_scores_current_as_the_population_changes() -> No
 
     async with folded_in_batches(PROJECTION, records[:3], 3) as pool:
         assert await a_scores(pool) == (1, 1, 5)  # the older buyer, the bigger spender of two
+        await refresher(pool)  # the cube's run
         await fold_more(PROJECTION, pool, records[3:])
         assert await a_scores(pool) == (1, 1, 2)  # the second smallest spender of five
+
+
+async def test_the_worker_refreshes_the_cube_in_the_run_after_the_scores() -> None:
+    """The scores and the cube are two runs of the periodic job, each followed by its rest, so
+    that the two never make one burst; the cube is recomputed once after each scoring, and a
+    projection that did not move costs neither."""
+    records = interleaved({0: [_placed("A", "A1", 0, "100"), _tick(0, 5)]}, "crm.orders")
+    refresher = RfmRefresher()
+
+    async def state(pool: asyncpg.Pool) -> tuple[int, Any]:
+        await refresher(pool)
+        async with pool.acquire() as conn:
+            scored = await conn.fetchval("SELECT count(*) FROM rfm_scores")
+            computed = await conn.fetchval("SELECT max(computed_at) FROM computed_revenue_cube")
+        return scored, computed
+
+    async with folded_in_batches(PROJECTION, records, 2) as pool:
+        assert await state(pool) == (1, None)  # scored; the cube waits for the next run
+        scored, computed = await state(pool)
+        assert (scored, computed is not None) == (1, True)
+        assert await state(pool) == (1, computed)  # nothing moved: neither runs again
 
 
 async def test_top_customers_are_the_fewest_reaching_the_share() -> None:

@@ -70,7 +70,9 @@ ORDERS = {
 
 
 async def _analysed(pool: asyncpg.Pool) -> dict[str, Any]:
-    await RfmRefresher()(pool)
+    refresher = RfmRefresher()
+    await refresher(pool)  # the scores
+    await refresher(pool)  # the cube
     async with pool.acquire() as conn:
         scores = await conn.fetch("SELECT * FROM rfm_scores WHERE currency = 'GBP'")
         return {
