@@ -212,6 +212,11 @@ def _stamp(version: dict[str, Any] | None) -> dict[str, Any]:
     return version or {"version": None, "trained_at": None}
 
 
+def _served(read: dict[str, Any]) -> dict[str, Any]:
+    """The version served now, from a `store.customer_picks` read."""
+    return {"version": read["served_version"], "trained_at": read["served_trained_at"]}
+
+
 def _together_pick(row: dict[str, Any], product_id: str) -> dict[str, Any]:
     return {
         "product_id": row["product_id"],
@@ -296,23 +301,19 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
             return await filtered_recommendations(customer_id, request, wanted, limit)
         async with pool_of(request).acquire() as conn:
             found = await store.customer_picks(conn, customer_id, limit)
-            if found is None:
-                allowed = _allowed(await store.consent_state(conn, customer_id))
-            else:
-                allowed = _allowed(found["consent"])
-                if found["personalised"] and not allowed:
-                    found = None  # refused since the picks were computed: the job replaces them
-            if found is None:
+            allowed = _allowed(found["consent"])
+            # personal picks refused since they were computed are not served: the job replaces them
+            stored = found["picks"] is not None and (allowed or not found["personalised"])
+            if not stored:
                 popular = await store.popular_products(
                     conn, limit, not_bought_by=customer_id if allowed else None
                 )
-                stamp = await store.current_version(conn)
-        if found is not None:
+        if stored:
             return Response(_stored_body(customer_id, found), media_type=JSON)
         body = {
             "customer_id": customer_id,
             "strategy": "popular",
-            "model": _stamp(stamp),
+            "model": _served(found),
             "recommendations": [popular_document(row) for row in popular],
         }
         return Response(json.dumps(body, default=datetime.isoformat), media_type=JSON)
@@ -330,20 +331,17 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
     ) -> Response:
         async with pool_of(request).acquire() as conn:
             found = await store.customer_picks(conn, customer_id, 1)
-            allowed = _allowed(
-                found["consent"] if found else await store.consent_state(conn, customer_id)
-            )
-            personal = found is not None and (allowed or not found["personalised"])
+            allowed = _allowed(found["consent"])
+            personal = found["picks"] is not None and (allowed or not found["personalised"])
             picks = await store.filtered_picks(conn, customer_id, wanted, limit) if personal else []
             popular = await store.popular_matching(
                 conn, wanted, limit + len(picks), not_bought_by=customer_id if allowed else None
             )
-            stamp = await store.current_version(conn)
-        personalised = bool(picks) and found is not None and found["personalised"]
+        personalised = bool(picks) and found["personalised"]
         body = {
             "customer_id": customer_id,
             "strategy": "personal" if personalised else "popular",
-            "model": _stamp(stamp),
+            "model": _served(found),
             "recommendations": _narrowed(picks, popular, limit),
         }
         return Response(json.dumps(body, default=datetime.isoformat), media_type=JSON)

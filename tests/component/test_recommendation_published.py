@@ -76,7 +76,7 @@ async def test_a_swap_publishes_each_customers_list_once_and_only_changes_after(
     assert (data["version"], data["model_version"], data["personalised"]) == (1, version, True)
     async with pool.acquire() as conn:
         stored = await store.customer_picks(conn, "ME", PUBLISHED_PICKS)
-    assert stored is not None
+    assert stored["picks"] is not None
     assert [p["product_id"] for p in data["picks"]] == [
         p["product_id"] for p in json.loads(stored["picks"])
     ]
@@ -123,7 +123,8 @@ async def test_revoking_consent_publishes_popular_goods_and_granting_again_perso
     async with pool.acquire() as conn:
         stored = await store.customer_picks(conn, "ME", 50)
         popular = await store.popular_products(conn, 50)
-    assert stored is not None and not stored["personalised"] and stored["consent"] == "revoked"
+    assert stored["picks"] is not None and not stored["personalised"]
+    assert stored["consent"] == "revoked"
     # nothing of mine is used: the popular goods as everyone gets them, JAM (mine) included
     assert [p["product_id"] for p in json.loads(stored["picks"])] == [
         row["product_id"] for row in popular
@@ -152,4 +153,4 @@ async def test_revoking_consent_publishes_popular_goods_and_granting_again_perso
     # an older decision arriving late changes nothing (last writer wins by event time)
     await project(pool, [_consent(0, "ME", "denied")], 1, offset=3)
     async with pool.acquire() as conn:
-        assert await store.consent_state(conn, "ME") == "granted"
+        assert (await store.customer_picks(conn, "ME", 1))["consent"] == "granted"

@@ -42,7 +42,7 @@ async def _picks(pool: asyncpg.Pool, customer: str, limit: int = 50) -> dict[str
     """The customer's stored picks as the API reads them, decoded."""
     async with pool.acquire() as conn:
         found = await store.customer_picks(conn, customer, limit)
-    return found and {**found, "picks": json.loads(found["picks"])}
+    return None if found["picks"] is None else {**found, "picks": json.loads(found["picks"])}
 
 
 async def test_training_swaps_in_a_version_with_every_customers_picks(pool: asyncpg.Pool) -> None:
