@@ -8,6 +8,7 @@ from broadcast_service.config import MIGRATIONS as BROADCAST_MIGRATIONS
 from crm_shared.runtime import shadow
 from crm_shared.runtime.db import connect_in_schema, open_pool
 from profile_service.config import MIGRATIONS
+from recommendation_service.config import MIGRATIONS as RECOMMENDATION_MIGRATIONS
 
 SHADOW = shadow.SHADOW_SCHEMA
 
@@ -91,6 +92,46 @@ async def test_the_send_ledger_is_carried_into_the_shadow_not_compared(fresh_dsn
             assert await shadow.carry_ledgers(builder, "public", SHADOW) == 1
         states = await builder.fetch(f"SELECT message_id, state FROM {SHADOW}.outbound_messages")
         assert [(r["message_id"], r["state"]) for r in states] == [("m1", "sent")]
+    finally:
+        await pool.close()
+        await builder.close()
+
+
+async def test_the_recommendation_jobs_tables_are_carried_with_their_numbers(
+    fresh_dsn: str,
+) -> None:
+    """A replay does not train, pick or rank neighbours: the live model, picks, lists and marks
+    replace the shadow's (which has every customer marked), and the numbers go on after both."""
+    pool = await open_pool(fresh_dsn, RECOMMENDATION_MIGRATIONS, 2)
+    builder = await connect_in_schema(fresh_dsn, SHADOW)
+    try:
+        await shadow.create_shadow(builder, SHADOW, RECOMMENDATION_MIGRATIONS)
+        await builder.execute(
+            "INSERT INTO public.model_versions (version, trained_at, data_as_of, parameters,"
+            " metrics) VALUES (7, now(), now(), '{}', '{}');"
+            " SELECT setval('public.model_version', 7);"
+            " INSERT INTO public.current_model (version) VALUES (7);"
+            " INSERT INTO public.customer_picks (customer_id, version, computed_at, picks)"
+            " VALUES ('c1', 7, now(), '[]');"
+            " INSERT INTO public.similar_products (product_id, other_product_id, co_buyers,"
+            " similarity) VALUES ('p1', 'p2', 3, 0.5);"
+            " INSERT INTO public.dirty_customers (customer_id) VALUES ('c2');"
+            f" INSERT INTO {SHADOW}.dirty_customers (customer_id)"
+            " SELECT 'c' || n FROM generate_series(1, 40) AS n"
+        )
+        live = await shadow.fingerprints(builder, "public")
+        assert not {"model_versions", "customer_picks", "dirty_customers"} & set(live)
+        async with builder.transaction():
+            await shadow.hold_live_writes(builder, "public", timeout_seconds=10)
+            assert await shadow.carry_ledgers(builder, "public", SHADOW) == 5
+        picks = await builder.fetch(f"SELECT customer_id, version FROM {SHADOW}.customer_picks")
+        assert [tuple(r) for r in picks] == [("c1", 7)]
+        served = await builder.fetchval(f"SELECT version FROM {SHADOW}.current_model")
+        marked = await builder.fetch(f"SELECT customer_id FROM {SHADOW}.dirty_customers")
+        assert (served, [r["customer_id"] for r in marked]) == (7, ["c2"])
+        assert await builder.fetchval(f"SELECT nextval('{SHADOW}.model_version')") == 8
+        # the marks' numbers go on after the shadow's own (40 handed out in the replay)
+        assert await builder.fetchval(f"SELECT nextval('{SHADOW}.dirty_customers_mark')") == 41
     finally:
         await pool.close()
         await builder.close()

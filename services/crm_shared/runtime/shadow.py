@@ -57,6 +57,31 @@ campaign, ranges, chunk, reasons; the sender: a chunk, its messages, their outco
 so that the carry does not hold one table while it waits for a writer that waits for it."""
 
 
+JOB_OUTPUTS = (
+    "model_versions",
+    "model_products",
+    "model_item_weights",
+    "customer_picks",
+    "current_model",
+    "retrain_requests",
+    "similar_products",
+)
+"""Tables only a worker's jobs write (and its API's retrain requests), from the folded tables:
+the recommendation service's trained versions, each customer's picks, the version served, the
+retrain requests and the similar-product lists. A replay does not run the jobs, so a rebuild
+does not compare these; as the folded tables compare equal, the live rows are right for the
+shadow too and are carried at the switch, so nothing is served less while the jobs would run
+again. Locked before the live writes are held, in the order the jobs write them (a version,
+its products and weights, the picks, the pointer, the requests): a job that wrote one of them
+finishes first, its outbox free; the next waits at its first write holding none of the held
+tables, and after the switch lands in the new ones."""
+
+JOB_QUEUES = ("dirty_products", "dirty_customers")
+"""What the folds mark for the recommendation jobs and the jobs clear: not compared (how far the
+jobs got is a matter of timing), carried with the jobs' outputs so the two stay consistent. Not
+locked: the folds are held, and a job waiting on an output clears its marks in the new tables."""
+
+
 @dataclass(frozen=True)
 class JobColumns:
     """Columns of a folded table that a worker's job writes, not the fold: a replay leaves them
@@ -85,15 +110,23 @@ BOOKKEEPING_COLUMNS: dict[str, frozenset[str]] = {
     "consumer_positions": frozenset({"updated_at"}),
     "segment_memberships": frozenset({"version", "changed_at"}),
     "journeys": frozenset({"version", "entered_at", "judged_at"}),
+    "order_entries": frozenset({"segments"}),
 }
-"""Columns that say when, not what: left out of a table's checksum."""
-COMPARED_ROWS: dict[str, str] = {"segment_memberships": "member", "journey_transitions": "false"}
+"""Columns that say when, not what, left out of a table's checksum; and the segments a
+recommendation order counted in, which are the buyer's segments when the order was folded:
+memberships come on their own topic, which a replay interleaves with the orders differently."""
+COMPARED_ROWS: dict[str, str] = {
+    "segment_memberships": "member",
+    "journey_transitions": "false",
+    "trending": "scope NOT LIKE 'segment:%'",
+}
 """Tables compared over the rows this condition keeps. A segment's history does not replay
 exactly (an entry and an exit inside one batch cancel out, and operator definitions interleave
 with customer events differently): a rebuild must give the same members, not the same versions
-(docs/decisions.md, operator segments). Likewise a journey's path: orders and contacts travel on
-two topics that keep no order between them, so a rebuild gives the same stages, not always the
-same transitions (docs/journey.md)."""
+(docs/decisions.md, operator segments); for the same reason a segment's trending goods, which
+count the orders of the segment's members as they were when each order was folded. Likewise a
+journey's path: orders and contacts travel on two topics that keep no order between them, so a
+rebuild gives the same stages, not always the same transitions (docs/journey.md)."""
 
 LIVE_WRITES = ("applied_events", "consumer_positions", "outbox")
 """Every live worker transaction writes the first two (and the relay the outbox): holding them
@@ -226,6 +259,8 @@ async def _compared_tables(
         if (
             table in NOT_FINGERPRINTED
             or table in CARRIED_TABLES
+            or table in JOB_OUTPUTS
+            or table in JOB_QUEUES
             or table.startswith(WORKER_COMPUTED_PREFIXES)
         ):
             continue
@@ -339,9 +374,14 @@ async def oldest_transaction_start(conn: asyncpg.Connection) -> datetime:
 
 
 async def hold_live_writes(conn: asyncpg.Connection, live: str, timeout_seconds: float) -> None:
-    """In the caller's transaction: wait for the live batch in flight to commit, then stop the
-    next ones (they block on their first write) until the transaction ends. Reads go on."""
+    """In the caller's transaction: wait for the jobs writing their outputs (JOB_OUTPUTS) and
+    the live batch in flight to commit, then stop the next ones (they block on their first
+    write) until the transaction ends. Reads go on."""
     await conn.execute(f"SET LOCAL lock_timeout = '{int(timeout_seconds * 1000)}ms'")
+    present = await tables(conn, live)
+    outputs = [f"{quoted(live)}.{quoted(table)}" for table in JOB_OUTPUTS if table in present]
+    if outputs:
+        await conn.execute(f"LOCK TABLE {', '.join(outputs)} IN EXCLUSIVE MODE")
     held = ", ".join(f"{quoted(live)}.{table}" for table in LIVE_WRITES)
     await conn.execute(f"LOCK TABLE {held} IN EXCLUSIVE MODE")
 
@@ -378,19 +418,44 @@ async def carry_ledgers(conn: asyncpg.Connection, live: str, shadow: str) -> int
     present = set(await tables(conn, live))
     jobs = [table for table in JOB_COLUMNS if table in present]
     ledgers = [table for table in CARRIED_TABLES if table in present]
-    if not jobs + ledgers:
-        return 0
-    held = ", ".join(f"{quoted(live)}.{quoted(table)}" for table in jobs + ledgers)
-    await conn.execute(f"LOCK TABLE {held} IN EXCLUSIVE MODE")
+    outputs = [table for table in JOB_QUEUES + JOB_OUTPUTS if table in present]
     carried = 0
-    for table in ledgers:
+    if jobs + ledgers:
+        held = ", ".join(f"{quoted(live)}.{quoted(table)}" for table in jobs + ledgers)
+        await conn.execute(f"LOCK TABLE {held} IN EXCLUSIVE MODE")
+    for table in reversed(outputs + ledgers):  # referencing tables emptied first
+        await conn.execute(f"DELETE FROM {quoted(shadow)}.{quoted(table)}")
+    for table in outputs + ledgers:  # referenced tables filled first
         source, target = f"{quoted(live)}.{quoted(table)}", f"{quoted(shadow)}.{quoted(table)}"
-        await conn.execute(f"DELETE FROM {target}")
         status = await conn.execute(f"INSERT INTO {target} SELECT * FROM {source}")
         carried += int(status.rsplit(" ", 1)[-1])
     for table in jobs:
         carried += await _carry_job_columns(conn, live, shadow, table, JOB_COLUMNS[table])
+    await _continue_sequences(conn, live, shadow)
     return carried
+
+
+async def _continue_sequences(conn: asyncpg.Connection, live: str, shadow: str) -> None:
+    """Every shadow sequence goes on after the larger of its own and the live one's values: the
+    carried rows keep their numbers (model versions, marks, request ids), and a number the live
+    side handed out is never handed out again."""
+    rows = await conn.fetch(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = $1 AND c.relkind = 'S'",
+        shadow,
+    )
+    for (name,) in rows:
+        following = [
+            await conn.fetchval(
+                f"SELECT last_value + is_called::int FROM {quoted(schema)}.{quoted(name)}"
+            )
+            for schema in (live, shadow)
+        ]
+        await conn.execute(
+            "SELECT setval($1::regclass, $2, false)",
+            f"{quoted(shadow)}.{quoted(name)}",
+            max(following),
+        )
 
 
 async def _carry_job_columns(
