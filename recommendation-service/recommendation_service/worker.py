@@ -74,11 +74,11 @@ MODEL_RETRAIN_SECONDS = 3600.0
 """A version this old is replaced by a new one trained on everything kept since."""
 PICKS_JOB_INTERVAL_SECONDS = 0.25
 PICKS_JOB_DUTY = 0.3
-PICKS_BATCH = 100
-"""Customers whose picks one run of the picks job recomputes at most. The run shares the fold's
-event loop, and its Python parts hold it: at 500 the runs at 2,000 events/s took 0.3-0.7 s (up
-to 3.7 s) and were the recommendation's freshness tail; the duty, not the batch, bounds the
-job's share, so smaller runs only cost their per-run reads more often."""
+PICKS_BATCH = 500
+"""Customers whose picks one run of the picks job recomputes at most. Tried at 100 (its runs
+share the fold's event loop): the recommendation's freshness tail fell, but a run's fixed reads
+kept it near 0.5 s, so the job cleared about a quarter as many customers a second and a backlog
+(a bulk load, the test suite's platform) drained four times slower (docs/decisions.md)."""
 CATALOGUE_SLACK = 200
 """Popular and new goods read beyond those a list shows, for the lists that leave out what the
 customer kept (a customer who kept more of them than this may get a shorter list)."""
