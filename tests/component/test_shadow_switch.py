@@ -15,6 +15,7 @@ from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.outbox import write
 from crm_shared.runtime.projector import claim_new
 from profile_service.config import MIGRATIONS
+from recommendation_service.config import MIGRATIONS as RECOMMENDATION_MIGRATIONS
 from tests.unit.events_factory import order
 
 SHADOW = shadow.SHADOW_SCHEMA
@@ -142,3 +143,56 @@ async def test_a_difference_shows_the_rows_found_on_one_side_only(fresh_dsn: str
         await pool.release(admin)
         await pool.close()
         await builder.close()
+
+
+async def test_a_job_mid_write_finishes_and_a_job_after_lands_in_the_new_tables(
+    fresh_dsn: str,
+) -> None:
+    """The recommendation jobs' outputs are locked before the live writes: a job that wrote
+    picks and writes its outbox last finishes before the hold (no deadlock), and a job that
+    starts during the hold waits at its first write and lands in the new tables."""
+    pool = await open_pool(fresh_dsn, RECOMMENDATION_MIGRATIONS, 3)
+    builder = await connect_in_schema(fresh_dsn, SHADOW)
+    admin = await asyncpg.connect(fresh_dsn)
+    picks = (
+        "INSERT INTO customer_picks (customer_id, version, computed_at, picks)"
+        " VALUES ($1, 1, now(), '[]')"
+    )
+    derived = [Derived("crm.recommendations", b"c1", b"{}", "picked", "t")]
+    try:
+        await builder.execute(
+            "INSERT INTO public.model_versions (version, trained_at, data_as_of, parameters,"
+            " metrics) VALUES (1, now(), now(), '{}', '{}')"
+        )
+        await shadow.create_shadow(builder, SHADOW, RECOMMENDATION_MIGRATIONS)
+        await shadow.make_durable(builder, SHADOW)
+        async with pool.acquire() as first, pool.acquire() as second:
+            mid_write = first.transaction()
+            await mid_write.start()
+            await first.execute(picks, "c1")  # a picks run has written its lists
+
+            async def switch() -> None:
+                async with admin.transaction():
+                    await shadow.hold_live_writes(admin, "public", timeout_seconds=10)
+                    late = asyncio.create_task(second.execute(picks, "c2"))
+                    await asyncio.sleep(0.5)
+                    assert not late.done()  # a run begun during the hold waits
+                    await shadow.carry_unsent_outbox(admin, "public", SHADOW)
+                    await shadow.carry_ledgers(admin, "public", SHADOW)
+                    await shadow.switch(admin, "public", SHADOW, "retired_test")
+                await late
+
+            switching = asyncio.create_task(switch())
+            await asyncio.sleep(0.5)
+            assert not switching.done()  # the switch waits for the run in flight
+            await write(first, derived)  # which writes its outbox last, and commits
+            await mid_write.commit()
+            await asyncio.wait_for(switching, timeout=15)
+        rows = await admin.fetch("SELECT customer_id FROM public.customer_picks ORDER BY 1")
+        assert [r["customer_id"] for r in rows] == ["c1", "c2"]  # carried, and the late run's
+        assert await _count(admin, "retired_test", "customer_picks") == 1
+        assert await _count(admin, "public", "outbox") == 1  # the run's event, carried unsent
+    finally:
+        await pool.close()
+        await builder.close()
+        await admin.close()
