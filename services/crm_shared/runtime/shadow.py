@@ -410,11 +410,13 @@ async def carry_unsent_outbox(conn: asyncpg.Connection, live: str, shadow: str) 
 
 
 async def carry_ledgers(conn: asyncpg.Connection, live: str, shadow: str) -> int:
-    """In the caller's transaction: the live rows of the CARRIED_TABLES the live schema has
-    replace the shadow's, and the JOB_COLUMNS are carried, with the live tables locked against
-    writes first (a sender's update waits, then lands in the new tables after the switch). The
-    job columns' tables are locked first, as the broadcast planning job locks its campaign
-    before the ledger. Returns how many rows were carried."""
+    """In the caller's transaction: the live rows of the CARRIED_TABLES, JOB_QUEUES and
+    JOB_OUTPUTS the live schema has replace the shadow's, the JOB_COLUMNS are carried, and every
+    shadow sequence goes on after the live one. The ledgers and job columns' tables are locked
+    against writes first (a sender's update waits, then lands in the new tables after the
+    switch), the job columns' first, as the broadcast planning job locks its campaign before the
+    ledger; the job outputs were locked by `hold_live_writes`. Returns how many rows were
+    carried."""
     present = set(await tables(conn, live))
     jobs = [table for table in JOB_COLUMNS if table in present]
     ledgers = [table for table in CARRIED_TABLES if table in present]
