@@ -46,7 +46,14 @@ PROJECTIONS: dict[str, tuple[str, ...]] = {
     service.name: tuple(topic.name for topic in service.load_projection().topics)
     for service in platform.projections()
 }
-WORKERS = [launcher.BY_NAME[f"{name}-worker"] for name in PROJECTIONS]
+WORKERS = [
+    process
+    for service in platform.projections()
+    for process in service.processes
+    if process.component in ("worker", "jobs")
+]
+"""What folds the projections and keeps their precomputed results: each worker, and the
+recommendation's jobs process (its similar products, model and picks)."""
 
 
 def say(message: str) -> None:
@@ -162,7 +169,8 @@ def live(workload: Workload, count: int) -> Iterator[tuple[str, bytes, bytes]]:
 
 
 def platform_meter(env: Mapping[str, str]) -> CpuMeter:
-    """CPU of the four workers, Kafka and PostgreSQL (and this process, the publisher)."""
+    """CPU of the workers and jobs processes, Kafka and PostgreSQL (and this process, the
+    publisher)."""
     workers = {w.name: pid for w in WORKERS if (pid := launcher.running_pid(w, env))}
     return CpuMeter({**workers, **infrastructure(env)})
 
@@ -269,8 +277,9 @@ async def freshness(
 
 
 async def alone(name: str, env: dict[str, str], dsn_base: str, bootstrap: str) -> tuple[int, float]:
-    """One projection rebuilt from offset 0 by its worker, with no other worker running: the
-    records it consumed per second, counted from its first commit to the end of its topics."""
+    """One projection rebuilt from offset 0 by its worker, with no other worker running (nor
+    the jobs processes, whose work is not the fold's): the records it consumed per second,
+    counted from its first commit to the end of its topics."""
     worker = launcher.BY_NAME[f"{name}-worker"]
     admin = await asyncpg.connect(f"{dsn_base}/postgres")
     await admin.execute(f'DROP DATABASE IF EXISTS "crm_{name}" WITH (FORCE)')
@@ -346,8 +355,9 @@ async def baseline(bootstrap: str, dsn_base: str, expected: int) -> float:
 
 @contextlib.asynccontextmanager
 async def workers_running(env: dict[str, str]) -> AsyncIterator[dict[str, asyncpg.Pool]]:
-    """The four workers started and caught up with their topics; a pool per projection."""
-    say("starting the four projection workers")
+    """The four workers (and the jobs processes) started and caught up with their topics; a
+    pool per projection."""
+    say("starting the four projection workers and the jobs processes")
     for worker in WORKERS:
         launcher.start(worker, env)
     pools: dict[str, asyncpg.Pool] = {}

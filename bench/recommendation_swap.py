@@ -34,7 +34,8 @@ from crm_shared.contracts.topics import topic_for
 from crm_shared.ops.demo import retail
 from crm_shared.runtime.projector import BatchProjector, RawRecord
 from recommendation_service import store
-from recommendation_service.worker import PROJECTION, refresh_neighbours, train_model
+from recommendation_service.jobs import refresh_neighbours, train_model
+from recommendation_service.worker import PROJECTION
 
 SCRATCH = "crm_recommendation_swapbench"
 BATCH = 1_000

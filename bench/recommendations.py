@@ -4,10 +4,10 @@ recommendation service and through the gateway, and how soon a purchase changes 
     ./crm bench-recommendations [--rate 1000] [--seconds 15] [--sample N] [--data PATH]
                                 [--target service|gateway ...] [--top-10-only]
 
-Starts the recommendation worker, its API and the gateway on the bench's own broker, database and
-ports, publishes the UCI Online Retail orders and refunds (`--sample N`: the first N customers),
-waits until the worker holds them and a model version trained on all of them is swapped in with
-every customer's picks, then:
+Starts the recommendation worker, its jobs process, its API and the gateway on the bench's own
+broker, database and ports, publishes the UCI Online Retail orders and refunds (`--sample N`: the
+first N customers), waits until the worker holds them and a model version trained on all of them
+is swapped in with every customer's picks, then:
 
 - top 10: wrk (C, one thread, `--connections` keep-alive connections; bench/fixed_rate.lua)
   sends `--rate` requests/s on a fixed schedule for `--seconds`, spread over the customers who
@@ -19,8 +19,9 @@ every customer's picks, then:
   the picks job every customer's picks,
   `--purchases` times, a new customer buys a product that others bought, and the product's
   similar items are polled every 20 ms until they change: from publishing to the changed
-  answer (median and p95), with the neighbour job's runs meanwhile and the worker's CPU per run
-  (from /proc; the worker does little else while one purchase at a time arrives).
+  answer (median and p95), with the neighbour job's runs meanwhile and the CPU per run of the
+  jobs process and the worker (from /proc; they do little else while one purchase at a time
+  arrives).
   `--freshness-only` skips the training and the top 10, `--top-10-only` this.
 
 Targets (issue 9, "Served fast"): top-10 p99 <= 5 ms at 1,000 requests/s; a purchase changes the
@@ -66,7 +67,7 @@ from crm_shared.ops.demo import retail
 from crm_shared.ops.demo.load import DATA_ENV, add_data_argument
 from recommendation_service.evaluation import ORDER_PLACED, ORDER_REFUNDED
 
-PROCESSES = ("recommendation-worker", "recommendation-api", "gateway-api")
+PROCESSES = ("recommendation-worker", "recommendation-jobs", "recommendation-api", "gateway-api")
 TOP_10 = {
     "service": "/customers/{id}/recommendations?limit=10",
     "gateway": "/v1/customers/{id}/recommendations?limit=10",
@@ -212,8 +213,8 @@ async def top_10(
 
 
 async def neighbour_job_runs(env: Mapping[str, str]) -> tuple[float, float]:
-    """(runs that found marks, their seconds in all) from the worker's metrics."""
-    url = f"http://127.0.0.1:{launcher.BY_NAME['recommendation-worker'].port(env)}/metrics"
+    """(runs that found marks, their seconds in all) from the jobs process's metrics."""
+    url = f"http://127.0.0.1:{launcher.BY_NAME['recommendation-jobs'].port(env)}/metrics"
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         text = await response.text()
     found = dict(
@@ -229,7 +230,7 @@ async def neighbour_job_runs(env: Mapping[str, str]) -> tuple[float, float]:
 
 async def catalogue_computed(pool: asyncpg.Pool) -> float:
     """Wait until the neighbour job has no product marked and the picks job no customer (it
-    recomputes every customer's picks after the load, in the same process): seconds waited."""
+    recomputes every customer's picks after the load): seconds waited."""
     started = time.monotonic()
     while True:
         if not await pool.fetchval(
@@ -244,10 +245,14 @@ async def freshness(
 ) -> dict[str, Any]:
     """Publish-to-change seconds of one purchase of each product in turn (median, p95, max),
     and the neighbour job's runs meanwhile: how many, their wall seconds, and the CPU seconds
-    per run of the worker and of PostgreSQL (all backends: the polling reads' too)."""
+    per run of the jobs process, the worker and PostgreSQL (all backends: the polling reads'
+    too)."""
     postgres = measured_processes(env)["postgres"]
-    worker = launcher.running_pid(launcher.BY_NAME["recommendation-worker"], env)
-    measured = {"worker": worker or 0, "postgres": postgres}
+    measured = {
+        name: launcher.running_pid(launcher.BY_NAME[f"recommendation-{name}"], env) or 0
+        for name in ("jobs", "worker")
+    }
+    measured["postgres"] = postgres
 
     def spent() -> dict[str, float]:
         """CPU seconds so far; PostgreSQL's with its backends that have exited (reaped)."""
@@ -347,7 +352,7 @@ async def similar_changes(
 
 
 async def trained_on_everything(pool: asyncpg.Pool) -> dict[str, Any]:
-    """Ask for a version now (the worker trained one on what it had when the first orders came)
+    """Ask for a version now (the trainer made one from what it had when the first orders came)
     and wait until it is served and every customer's picks are current."""
     request = await pool.fetchval(
         "INSERT INTO retrain_requests DEFAULT VALUES RETURNING request_id"

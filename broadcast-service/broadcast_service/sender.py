@@ -71,7 +71,7 @@ from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.logs import configure_logging
 from crm_shared.runtime.metrics import count, counted_on_commit
-from crm_shared.runtime.outbox import OutboxRelay
+from crm_shared.runtime.outbox import OutboxRelay, producer_send
 from crm_shared.runtime.projector import TRANSIENT_ERRORS
 
 log = logging.getLogger(__name__)
@@ -542,11 +542,7 @@ async def serve(settings: SenderSettings) -> None:
     )
     await producer.start()
 
-    async def publish(derived: Sequence[Derived]) -> None:
-        sends = [await producer.send(d.topic, d.value, key=d.key) for d in derived]
-        await asyncio.gather(*sends)
-
-    relay = OutboxRelay("broadcast", pool, publish)
+    relay = OutboxRelay("broadcast", pool, producer_send(producer))
     adapters = build_adapters(settings)
     sender = Sender(pool, adapters, settings, on_recorded=relay.wake.set)
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -16,6 +16,8 @@ class RecommendationSettings(ServiceSettings):
     database: str = "crm_recommendation"
     api_port: int = 8104
     worker_metrics_port: int = 9104
+    jobs_metrics_port: int = 9114
+    """The jobs process's (`recommendation_service.jobs`): similar products, training, picks."""
     personalisation_default: PersonalisationDefault = PersonalisationDefault.ALLOWED
     """For customers who never decided on personalisation: allowed (the service's behaviour before
     it read consents, and what legitimate interest covers in most shops) or refused (where the

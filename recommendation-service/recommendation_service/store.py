@@ -413,7 +413,7 @@ async def last_neighbour_run(conn: asyncpg.Connection) -> UUID | None:
 
 async def record_neighbour_run(conn: asyncpg.Connection, run: UUID) -> None:
     """Say which run wrote similar products last: a worker keeping what its own last run read
-    (`worker.KEPT`) knows from it that nobody else has run since."""
+    (`jobs.KEPT`) knows from it that nobody else has run since."""
     await conn.execute(
         """
         INSERT INTO computed_neighbour_run (only_row, run) VALUES (true, $1)

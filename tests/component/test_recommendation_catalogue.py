@@ -16,7 +16,7 @@ from crm_shared.contracts.events import build_event
 from recommendation_service import store, trending
 from recommendation_service.api import create_app
 from recommendation_service.config import RecommendationSettings
-from recommendation_service.worker import train_model
+from recommendation_service.jobs import train_model
 from tests.component.service_api import api_get
 from tests.component.test_recommendation_neighbours import T0, fold, pool
 

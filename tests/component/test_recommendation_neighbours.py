@@ -20,9 +20,10 @@ from crm_shared.contracts.events import build_event, encode_event
 from crm_shared.contracts.topics import topic_for
 from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.projector import BatchProjector, RawRecord
-from recommendation_service import models, neighbours, projection, store, worker
+from recommendation_service import jobs, models, neighbours, projection, store
+from recommendation_service.jobs import refresh_neighbours
 from recommendation_service.projection import NEIGHBOURS_KEPT
-from recommendation_service.worker import PROJECTION, refresh_neighbours
+from recommendation_service.worker import PROJECTION
 from tests.similar_products import (
     SERVED_SIMILAR_SQL,
     SimilarLists,
@@ -124,7 +125,7 @@ async def no_dead_letters(letters: Sequence[DeadLetter]) -> None:
 @pytest.fixture(autouse=True)
 def unpaced(monkeypatch: pytest.MonkeyPatch) -> None:
     """Whole-catalogue runs as often as asked: these tests run the job right after each batch."""
-    monkeypatch.setattr(worker, "WHOLE_CATALOGUE_SECONDS", 0.0)
+    monkeypatch.setattr(jobs, "WHOLE_CATALOGUE_SECONDS", 0.0)
 
 
 @pytest.fixture
@@ -285,7 +286,7 @@ async def test_each_run_serves_exactly_what_a_whole_recomputation_gives(
     whole-catalogue run and the incremental runs since (bound 60: both kinds of run mix)."""
     monkeypatch.setattr(projection, "NEIGHBOURS_KEPT", kept)
     monkeypatch.setattr(projection, "NEIGHBOURS_RESERVE", reserve)
-    monkeypatch.setattr(worker, "NEIGHBOUR_INCREMENTAL_BUYERS", incremental_buyers)
+    monkeypatch.setattr(jobs, "NEIGHBOUR_INCREMENTAL_BUYERS", incremental_buyers)
     merged_before = lists_brought_up_to_date("merged")
     from_memory = whole_catalogue_runs("memory")
     events = _orders(seed=11, count=240)
@@ -321,7 +322,7 @@ async def test_a_whole_catalogue_run_reads_everything_again_after_another_run(
     """A worker reuses what its last whole-catalogue run read only while that run is the last
     one: after another replica's run (here: this process forgetting its own), it reads every kept
     pair and stored list again, and the lists stay those of a whole recomputation."""
-    monkeypatch.setattr(worker, "NEIGHBOUR_INCREMENTAL_BUYERS", 0)
+    monkeypatch.setattr(jobs, "NEIGHBOUR_INCREMENTAL_BUYERS", 0)
     events = _orders(seed=5, count=120)
     from_memory, from_database = whole_catalogue_runs("memory"), whole_catalogue_runs("database")
     mine = None
@@ -329,15 +330,15 @@ async def test_a_whole_catalogue_run_reads_everything_again_after_another_run(
     for start in batches:
         await project(pool, events[start : start + 20], 20, offset=start)
         if start == 80:  # runs since this process's own were "another replica's"
-            worker.KEPT.last = mine
+            jobs.KEPT.last = mine
         assert await refresh_neighbours(pool) > 0
         if start == 20:
-            mine = worker.KEPT.last
+            mine = jobs.KEPT.last
     # everything read by the first run and by the one after "another replica's" runs
     assert whole_catalogue_runs("database") - from_database == 2
     assert whole_catalogue_runs("memory") - from_memory == len(batches) - 2
     async with pool.acquire() as conn:
-        whole = models.similar_products(await kept_pairs(conn), worker.list_capacity())
+        whole = models.similar_products(await kept_pairs(conn), jobs.list_capacity())
         assert await store.stored_similar_products(conn) == whole
 
 
@@ -346,9 +347,9 @@ async def test_a_whole_catalogue_run_waits_its_interval_and_its_marks_with_it(
 ) -> None:
     """Whole-catalogue runs are paced: one that comes too soon after the last leaves every mark
     in place, and the next due run brings every list up to date."""
-    monkeypatch.setattr(worker, "NEIGHBOUR_INCREMENTAL_BUYERS", 0)
-    monkeypatch.setattr(worker.KEPT, "last", None)
-    monkeypatch.setattr(worker, "WHOLE_CATALOGUE_SECONDS", 3600.0)
+    monkeypatch.setattr(jobs, "NEIGHBOUR_INCREMENTAL_BUYERS", 0)
+    monkeypatch.setattr(jobs.KEPT, "last", None)
+    monkeypatch.setattr(jobs, "WHOLE_CATALOGUE_SECONDS", 3600.0)
     events = _orders(seed=7, count=60)
     await project(pool, events[:30], 30)
     assert await refresh_neighbours(pool) > 0
@@ -359,8 +360,8 @@ async def test_a_whole_catalogue_run_waits_its_interval_and_its_marks_with_it(
     assert await refresh_neighbours(pool) == 0
     async with pool.acquire() as conn:
         assert await store.marked_products(conn) == marks
-    monkeypatch.setattr(worker, "WHOLE_CATALOGUE_SECONDS", 0.0)
+    monkeypatch.setattr(jobs, "WHOLE_CATALOGUE_SECONDS", 0.0)
     assert await refresh_neighbours(pool) == len(marks)
     async with pool.acquire() as conn:
-        whole = models.similar_products(await kept_pairs(conn), worker.list_capacity())
+        whole = models.similar_products(await kept_pairs(conn), jobs.list_capacity())
         assert await store.stored_similar_products(conn) == whole

@@ -16,8 +16,8 @@ from crm_shared.contracts.events import RECOMMENDATIONS_REFRESHED, build_event
 from recommendation_service import store
 from recommendation_service.api import create_app
 from recommendation_service.config import RecommendationSettings
+from recommendation_service.jobs import refresh_picks, train_model
 from recommendation_service.published import NEW_PRODUCTS, PUBLISHED_PICKS
-from recommendation_service.worker import refresh_picks, train_model
 from tests.component.service_api import api_get
 from tests.component.test_recommendation_neighbours import T0, pool, project
 from tests.component.test_recommendation_serving import _folded

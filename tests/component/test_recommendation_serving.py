@@ -12,11 +12,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from recommendation_service import serving, store, worker
+from recommendation_service import jobs, serving, store
 from recommendation_service.evaluation import BLEND_WEIGHTS
+from recommendation_service.jobs import refresh_neighbours, refresh_picks, train_model
 from recommendation_service.models import AlsParameters, EaseParameters
 from recommendation_service.store import VERSIONS_KEPT
-from recommendation_service.worker import refresh_neighbours, refresh_picks, train_model
 from tests.component.test_recommendation_neighbours import _order, fold, pool, project
 
 pytestmark = pytest.mark.component
@@ -157,7 +157,7 @@ async def test_a_version_trained_for_the_blend_served_before_is_replaced_at_once
             first,
         )
         await conn.execute("DELETE FROM model_item_weights WHERE version = $1", first)
-    monkeypatch.setattr(worker, "SERVED", worker.ServedModel())  # loads the version as stored
+    monkeypatch.setattr(jobs, "SERVED", jobs.ServedModel())  # loads the version as stored
     while await refresh_picks(pool):  # the marks of the first orders
         pass
     await project(pool, [_order(50, "ME", ["TEA"])], batch=1, offset=50)

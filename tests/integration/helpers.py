@@ -175,9 +175,15 @@ async def kill_and_restart(env: dict[str, str], processes: Sequence[Process]) ->
 
 
 async def drop_and_rebuild(env: dict[str, str], service: str) -> None:
-    """Stop a projection's worker, drop its database and start it: it replays from offset 0."""
+    """Stop a projection's worker (and its jobs process, if any), drop its database and start
+    them: the worker replays from offset 0, then the jobs compute again from what it folds."""
     worker = launcher.BY_NAME[f"{service}-worker"]
-    launcher.stop(worker, env)
+    jobs = [p for p in launcher.PROCESSES if p.service == service and p.component == "jobs"]
+    for process in (worker, *jobs):
+        launcher.stop(process, env)
     await fetch(f"{env['CRM_PG_DSN_BASE']}/postgres", f"DROP DATABASE crm_{service} WITH (FORCE)")
     launcher.start(worker, env)
     launcher.wait_healthy([worker], env)
+    for process in jobs:
+        launcher.start(process, env)
+    launcher.wait_healthy(jobs, env)

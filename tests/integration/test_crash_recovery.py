@@ -29,8 +29,11 @@ pytestmark = pytest.mark.integration
 EVENTS = 20_000
 REPUBLISHED = 2_000  # a producer retrying: the same events (same ids) a second time
 WORKERS = [
-    launcher.BY_NAME[f"{name}-worker"]
-    for name in ("profile", "interaction", "broadcast", "recommendation")
+    *(
+        launcher.BY_NAME[f"{name}-worker"]
+        for name in ("profile", "interaction", "broadcast", "recommendation")
+    ),
+    launcher.BY_NAME["recommendation-jobs"],  # killed mid-run too: its runs are transactions
 ]
 
 

@@ -13,8 +13,8 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
+from crm_shared.runtime.jobs import failure_backoff_seconds, periodic_runner
 from crm_shared.runtime.projector import PeriodicJob
-from crm_shared.runtime.worker import failure_backoff_seconds, periodic_runner
 
 
 class FakeClock:
@@ -155,3 +155,26 @@ def test_the_failures_of_a_job_that_keeps_failing_are_counted_while_it_rests_lon
         301.0,
     ]
     assert consecutive_failures("keeps-failing") == len(runs)
+
+
+def test_a_tick_returns_what_the_run_did_and_none_when_skipped_or_failed() -> None:
+    """What a jobs process wakes its outbox relay by: a run's own result."""
+    clock = FakeClock()
+    outcomes: list[int | Exception] = [3, RuntimeError("the database went away"), 0]
+
+    async def work(pool: asyncpg.Pool) -> int:
+        clock.now += 1.0
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    job = PeriodicJob("returning-job", 1.0, work, duty=0.5)
+    run = periodic_runner(job, cast(asyncpg.Pool, None), "test", clock)
+    assert asyncio.run(run()) == 3  # 100 -> 101
+    assert asyncio.run(run()) is None  # at 101, over its duty: skipped
+    clock.now = 102.0
+    assert asyncio.run(run()) is None  # failed: backs off 2 s
+    clock.now = 105.0
+    assert asyncio.run(run()) == 0
+    assert outcomes == []

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
 import asyncpg
+from aiokafka import AIOKafkaProducer
 
 from crm_shared.runtime import metrics
 from crm_shared.runtime.db import columns
@@ -44,6 +45,17 @@ relay prunes after every pass, so each prune read the whole table (the sent rows
 
 Send = Callable[[Sequence[Derived]], Awaitable[None]]
 """Publishes to Kafka and returns once every record is acknowledged (acks=all)."""
+
+
+def producer_send(producer: AIOKafkaProducer) -> Send:
+    """`Send` through an aiokafka producer (acks=all): every record queued, then every ack
+    awaited, so a batch costs one wait, not one per record."""
+
+    async def send(derived: Sequence[Derived]) -> None:
+        sends = [await producer.send(item.topic, item.value, key=item.key) for item in derived]
+        await asyncio.gather(*sends)
+
+    return send
 
 
 class OutboxRelay:

@@ -26,10 +26,12 @@ class Process:
     name: str
     module: str
     settings: type[ServiceSettings]
-    port_field: Literal["api_port", "worker_metrics_port", "sender_metrics_port"]
+    port_field: Literal[
+        "api_port", "worker_metrics_port", "sender_metrics_port", "jobs_metrics_port"
+    ]
     health_path: str
     service: str
-    component: Literal["worker", "api", "sender"]
+    component: Literal["worker", "api", "sender", "jobs"]
 
     @property
     def port_env(self) -> str:
@@ -57,6 +59,20 @@ def worker_process(service: str, settings: type[ServiceSettings]) -> Process:
         "/metrics",
         service,
         "worker",
+    )
+
+
+def jobs_process(service: str, settings: type[ServiceSettings]) -> Process:
+    """A projection's periodic jobs in a process of their own (crm_shared.runtime.jobs): their
+    metrics and /healthz on the jobs metrics port."""
+    return Process(
+        f"{service}-jobs",
+        f"{service}_service.jobs",
+        settings,
+        "jobs_metrics_port",
+        "/metrics",
+        service,
+        "jobs",
     )
 
 

@@ -6,19 +6,14 @@ A service's worker module is three lines: build its Projection, call `run_worker
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import os
 import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
-from socketserver import ThreadingMixIn
 from typing import Any, NoReturn, cast
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-from wsgiref.types import StartResponse, WSGIEnvironment
 
 import asyncpg
 import faust
@@ -29,7 +24,6 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from faust.exceptions import NotReady
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, ServiceT
-from prometheus_client import make_wsgi_app
 
 from crm_shared.contracts.deadletter import DeadLetter
 from crm_shared.contracts.topics import DEAD_LETTER
@@ -37,12 +31,13 @@ from crm_shared.runtime import memory, metrics, retention
 from crm_shared.runtime.config import ServiceSettings
 from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.derived import Derived
+from crm_shared.runtime.health import serve_metrics_and_health
+from crm_shared.runtime.jobs import periodic_runner
 from crm_shared.runtime.logs import configure_logging, logging_config
 from crm_shared.runtime.outbox import OutboxRelay
 from crm_shared.runtime.projector import (
     TRANSIENT_ERRORS,
     BatchProjector,
-    PeriodicJob,
     Projection,
     RawRecord,
     load_positions,
@@ -291,75 +286,6 @@ def build_app(
     return app, projector
 
 
-FAILURE_BACKOFF_BASE_SECONDS = 2.0
-FAILURE_BACKOFF_CAP_SECONDS = 300.0
-
-
-def failure_backoff_seconds(
-    consecutive_failures: int,
-    base: float = FAILURE_BACKOFF_BASE_SECONDS,
-    cap: float = FAILURE_BACKOFF_CAP_SECONDS,
-) -> float:
-    """How long a periodic job rests after its n-th failure in a row: `base` doubling up to
-    `cap`, so a lasting cause (a missing table, a bad model input) is retried every few minutes
-    instead of flooding the log and the database; none before the first failure."""
-    if consecutive_failures < 1:
-        return 0.0
-    return float(min(cap, base * 2 ** min(consecutive_failures - 1, 62)))
-
-
-def periodic_runner(
-    job: PeriodicJob,
-    pool: asyncpg.Pool,
-    projection: str,
-    clock: Callable[[], float] = time.monotonic,
-) -> Callable[[], Awaitable[None]]:
-    """The argument-less coroutine function a faust timer calls: it skips ticks while the job
-    is over its duty or resting after failures (failure_backoff_seconds), and never lets a
-    failed run stop the timer.
-
-    The duty is kept as credit, in seconds of running: a run spends its length, a second of rest
-    earns duty / (1 - duty), up to the job's burst; a tick runs the job while the credit is not
-    below zero. Without a burst, a run of d seconds is followed by d / duty - d of rest."""
-    not_before = 0.0
-    failures = 0
-    credit = 0.0
-    finished_at = clock()
-    earned_per_second = job.duty / (1.0 - job.duty) if job.duty < 1.0 else math.inf
-    consecutive_failures = metrics.PERIODIC_JOB_CONSECUTIVE_FAILURES.labels(projection, job.name)
-
-    async def run() -> None:
-        nonlocal not_before, failures, credit, finished_at
-        started = clock()
-        if started < not_before:
-            return
-        rested = started - finished_at
-        available = (
-            min(credit + rested * earned_per_second, job.burst_seconds) if rested > 0 else credit
-        )
-        if available < 0 and earned_per_second != math.inf:
-            return
-        try:
-            await job.run(pool)
-        except Exception:
-            failures += 1
-            delay = failure_backoff_seconds(failures)
-            log.exception(
-                "periodic job failed; its work waits for a later run",
-                extra={"job": job.name, "attempt": failures, "next_delay_seconds": delay},
-            )
-        else:
-            if failures:
-                log.info("periodic job recovered", extra={"job": job.name, "failures": failures})
-            failures, delay = 0, 0.0
-        consecutive_failures.set(failures)
-        finished_at = clock()
-        credit = available - (finished_at - started)
-        not_before = finished_at + delay
-
-    return run
-
-
 async def _send_acknowledged(sends: Iterable[Awaitable[Awaitable[Any]]]) -> None:
     """Queue every record first, then wait for all of the broker's acks (acks=all)."""
     pending = [await send for send in sends]
@@ -434,33 +360,6 @@ def _report_lag(app: faust.App, name: str, positions: dict[tuple[str, int], int]
             metrics.CONSUMER_LAG.labels(name, topic, str(partition)).set(
                 max(highwater - next_offset, 0)
             )
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """Scrapes and probes are counted in metrics, not logged."""
-
-
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-def serve_metrics_and_health(port: int, halted: Callable[[], str | None]) -> None:
-    """/metrics for Prometheus and /healthz, which answers 503 with the reason while the
-    worker's consumption is halted; served from a daemon thread."""
-    metrics_app = make_wsgi_app()
-
-    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != "/healthz":
-            return cast(Iterable[bytes], metrics_app(environ, start_response))
-        reason = halted()
-        body = {"status": "halted", "reason": reason} if reason else {"status": "ok"}
-        status = "503 Service Unavailable" if reason else "200 OK"
-        start_response(status, [("Content-Type", "application/json")])
-        return [json.dumps(body).encode()]
-
-    server = make_server("0.0.0.0", port, app, _ThreadingServer, _QuietHandler)
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
 
 
 def run_worker(projection: Projection, settings: ServiceSettings) -> None:
