@@ -28,6 +28,7 @@ from crm_shared.contracts.events import Event
 from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.metrics import count
 from crm_shared.runtime.projector import Projection
+from crm_shared.runtime.shadow import JobColumns, RebuildRules
 from crm_shared.runtime.worker import run_worker
 
 
@@ -78,12 +79,43 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
     return ()
 
 
+REBUILD_RULES = RebuildRules(
+    carried=(
+        "plan_ranges",
+        "plan_chunks",
+        "campaign_reasons",
+        "outbound_messages",
+        "message_outcomes",
+        "campaign_results",
+    ),
+    job_columns={
+        "campaigns": JobColumns(
+            "campaign_id",
+            ("state", "planned_at", "plan_messages", "plan_seconds"),
+            {"state": "CASE {row}.state WHEN 'planned' THEN 'planning' ELSE {row}.state END"},
+        ),
+    },
+    left_out_columns={"segment_memberships": frozenset({"version", "changed_at"})},
+    compared_rows={"segment_memberships": "member"},
+)
+"""The send ledger is what the service did in the world: which messages went out or are planned
+to, which parts of a campaign are planned, the reasons its planning found and what became of
+the messages. A replay cannot redo a send, so a rebuild carries it, in the order its writers
+write it (the planning job: its campaign, ranges, chunk, reasons; the sender: a chunk, its
+messages, their outcomes, results): a rebuilt projection never sends a message twice. The
+planning job's progress on a campaign: the fold marks a due campaign 'planning', the job plans
+it and marks it 'planned' with when, how many messages and how long it took; a replay does not
+plan, so those are carried. Segment members are compared as the profile's are (its history
+does not replay exactly)."""
+
+
 PROJECTION = Projection(
     name="broadcast",
     topics=TOPICS,
     folds=FOLDS,
     migrations=MIGRATIONS,
     fold=campaign_fold.with_campaigns(fold),
+    rebuild_rules=REBUILD_RULES,
     periodic=(planning.PLANNING_JOB,),
 )
 

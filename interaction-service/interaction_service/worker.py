@@ -17,6 +17,7 @@ from crm_shared.contracts.events import CLOCK_TICKED, PRODUCT_VIEWED, Event
 from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.metrics import count
 from crm_shared.runtime.projector import PeriodicJob, Projection
+from crm_shared.runtime.shadow import RebuildRules
 from crm_shared.runtime.worker import run_worker
 from interaction_service import case_fold, experience_fold, metrics, projection, store
 from interaction_service.config import MIGRATIONS, InteractionSettings
@@ -61,12 +62,22 @@ async def fold(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[De
     return await experience_fold.fold(conn, new)
 
 
+REBUILD_RULES = RebuildRules(
+    left_out_columns={"journeys": frozenset({"version", "entered_at", "judged_at"})},
+    compared_rows={"journey_transitions": "false"},
+)
+"""A journey's path does not replay exactly: orders and contacts travel on two topics that keep
+no order between them, so a rebuild gives the same stages, not always the same transitions nor
+when each was entered or judged (docs/journey.md)."""
+
+
 PROJECTION = Projection(
     name="interaction",
     topics=TOPICS,
     folds=FOLDS,
     migrations=MIGRATIONS,
     fold=case_fold.with_cases(fold),
+    rebuild_rules=REBUILD_RULES,
     # The timeline's read orders and filters: the fold only inserts by the event key.
     read_only_indexes=(
         "timeline_customer_time",

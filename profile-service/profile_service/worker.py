@@ -17,6 +17,7 @@ from crm_shared.contracts.topics import ORDERS
 from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.metrics import count
 from crm_shared.runtime.projector import PeriodicJob, Projection
+from crm_shared.runtime.shadow import RebuildRules
 from crm_shared.runtime.worker import run_worker
 from profile_service import (
     analytics,
@@ -226,6 +227,18 @@ class RfmRefresher:
         self.cube_due = True
 
 
+REBUILD_RULES = RebuildRules(
+    computed_prefixes=("fitted_", "computed_"),
+    left_out_columns={"segment_memberships": frozenset({"version", "changed_at"})},
+    compared_rows={"segment_memberships": "member"},
+)
+"""The lifetime-value model (`fitted_*`) and the revenue cube (`computed_*`) are computed by the
+worker's jobs at wall-clock times: a rebuild's shadow holds none until they run again. A
+segment's history does not replay exactly (an entry and an exit inside one batch cancel out,
+and operator definitions interleave with customer events differently): a rebuild must give the
+same members, not the same versions (docs/decisions.md, operator segments)."""
+
+
 PROJECTION = Projection(
     name="profile",
     topics=TOPICS,
@@ -234,6 +247,7 @@ PROJECTION = Projection(
     fold=segment_fold.with_operator_segments(fold),
     bulk_fold=lambda: segment_fold.with_operator_segments(BulkFold()),
     related=persons_around,
+    rebuild_rules=REBUILD_RULES,
     periodic=(
         PeriodicJob(
             "rfm-scores", RFM_REFRESH_INTERVAL_SECONDS, RfmRefresher(), duty=RFM_REFRESH_DUTY

@@ -16,6 +16,7 @@ from crm_shared.contracts.events import Event
 from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.metrics import count
 from crm_shared.runtime.projector import Projection
+from crm_shared.runtime.shadow import RebuildRules
 from crm_shared.runtime.worker import run_worker
 from recommendation_service import (
     catalogue,
@@ -88,12 +89,36 @@ def trending_half_life_days() -> float:
     return RecommendationSettings().trending_half_life_days
 
 
+REBUILD_RULES = RebuildRules(
+    carried=("published_lists",),
+    job_outputs=(
+        "model_versions",
+        "model_products",
+        "model_item_weights",
+        "customer_picks",
+        "current_model",
+        "retrain_requests",
+        "similar_products",
+    ),
+    job_queues=("dirty_products", "dirty_customers"),
+    left_out_columns={"order_entries": frozenset({"segments"})},
+    compared_rows={"trending": "scope NOT LIKE 'segment:%'"},
+)
+"""The published lists keep their per-customer versions, which consumers order by: a rebuild
+never publishes a list under a version already used. The jobs (recommendation_service.jobs)
+compute the versions, picks and similar lists from the folded tables, in this order; a replay
+runs no job, so these and the marks are carried. The segments an order counted in, and so a
+segment's trending goods, are the buyer's segments when the order was folded: memberships come
+on their own topic, which a replay interleaves with the orders differently."""
+
+
 PROJECTION = Projection(
     name="recommendation",
     topics=TOPICS,
     folds=FOLDS,
     migrations=MIGRATIONS,
     fold=fold,
+    rebuild_rules=REBUILD_RULES,
 )
 
 if __name__ == "__main__":

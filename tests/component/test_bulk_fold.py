@@ -50,8 +50,8 @@ async def _bulk_folded_beside_live(records: Sequence[RawRecord], size: int) -> l
             batch = records[start : start + size]
             await folder.fold(await folder.decode(batch), len(batch))
         async with pool.acquire() as conn:
-            live = await shadow.fingerprints(conn, "public")
-            rebuilt = await shadow.fingerprints(conn, SHADOW)
+            live = await shadow.fingerprints(conn, "public", PROJECTION.rebuild_rules)
+            rebuilt = await shadow.fingerprints(conn, SHADOW, PROJECTION.rebuild_rules)
     assert "orders" in live and "order_lines" in live
     return [
         f"{table}: {live.get(table)} != {rebuilt.get(table)}"

@@ -19,6 +19,7 @@ import pytest
 from broadcast_service import campaigns, planning, rendering, store
 from broadcast_service.config import MIGRATIONS
 from broadcast_service.templates import Links
+from broadcast_service.worker import REBUILD_RULES
 from crm_shared.contracts.events import (
     CAMPAIGN_DEFINED,
     CampaignTarget,
@@ -192,8 +193,8 @@ async def test_a_campaign_whose_ranges_are_all_planned_is_marked_planned(
     pool: asyncpg.Pool,
 ) -> None:
     """A forced rebuild whose fold makes a campaign due that the live one had planned carries
-    its planned ranges, not its state (shadow.JOB_COLUMNS): it is marked planned again, and
-    nobody is planned twice."""
+    its planned ranges, not its state (its rebuild rules' job columns): it is marked planned
+    again, and nobody is planned twice."""
     async with pool.acquire() as conn:
         await _mark_planning(conn)
         await conn.execute("INSERT INTO plan_ranges VALUES ('spring', 0, NULL, NULL, true)")
@@ -433,11 +434,11 @@ async def test_a_rebuild_compares_a_planned_campaign_and_keeps_what_its_planning
             await builder.execute(f"INSERT INTO {table} SELECT * FROM public.{table}")
         # The replay of its definition:
         await store.save_campaigns(builder, [campaigns.started_if_due(campaign)])
-        live = await shadow.fingerprints(builder, "public")
-        rebuilt = await shadow.fingerprints(builder, shadow.SHADOW_SCHEMA)
+        live = await shadow.fingerprints(builder, "public", REBUILD_RULES)
+        rebuilt = await shadow.fingerprints(builder, shadow.SHADOW_SCHEMA, REBUILD_RULES)
         assert compare(live, rebuilt, 0) == []
         async with builder.transaction():
-            await shadow.carry_ledgers(builder, "public", shadow.SHADOW_SCHEMA)
+            await shadow.carry_ledgers(builder, "public", shadow.SHADOW_SCHEMA, REBUILD_RULES)
         planned = {}
         for schema in ("public", shadow.SHADOW_SCHEMA):
             planned[schema] = (
@@ -447,7 +448,7 @@ async def test_a_rebuild_compares_a_planned_campaign_and_keeps_what_its_planning
         # Where the fold disagrees (a forced switch), the shadow's campaign stays as folded.
         await builder.execute("UPDATE campaigns SET state = 'cancelled', plan_messages = 0")
         async with builder.transaction():
-            await shadow.carry_ledgers(builder, "public", shadow.SHADOW_SCHEMA)
+            await shadow.carry_ledgers(builder, "public", shadow.SHADOW_SCHEMA, REBUILD_RULES)
         kept = await builder.fetchrow("SELECT state, plan_messages FROM campaigns")
     finally:
         await builder.close()

@@ -139,7 +139,7 @@ async def _folded(size: int, *, reverse: bool = False) -> AsyncIterator[asyncpg.
 
 async def _state(pool: asyncpg.Pool) -> tuple[dict[str, Fingerprint], list[Any], list[Any]]:
     async with pool.acquire() as conn:
-        tables = await fingerprints(conn, "public")
+        tables = await fingerprints(conn, "public", PROJECTION.rebuild_rules)
         totals = await conn.fetch("SELECT * FROM customer_currency_totals ORDER BY 1, 2")
         scores = await conn.fetch("SELECT * FROM rfm_scores ORDER BY 1, 2")
     return (

@@ -139,7 +139,7 @@ async def test_a_fit_is_swapped_in_whole_and_a_requested_refit_replaces_it() -> 
         async with pool.acquire() as conn:
             first = await store.current_lifetime_model(conn)
             scored = await store.lifetime_of(conn, "K5")
-            before = await fingerprints(conn, "public")
+            before = await fingerprints(conn, "public", PROJECTION.rebuild_rules)
         await refitter(pool)  # nothing moved, nobody asked: no new version
         async with pool.acquire() as conn:
             unchanged = await store.current_lifetime_model(conn)

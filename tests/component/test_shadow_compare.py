@@ -5,10 +5,13 @@ compared before or since a time."""
 from __future__ import annotations
 
 from broadcast_service.config import MIGRATIONS as BROADCAST_MIGRATIONS
+from broadcast_service.worker import REBUILD_RULES as BROADCAST_RULES
 from crm_shared.runtime import shadow
 from crm_shared.runtime.db import connect_in_schema, open_pool
 from profile_service.config import MIGRATIONS
+from profile_service.worker import REBUILD_RULES as PROFILE_RULES
 from recommendation_service.config import MIGRATIONS as RECOMMENDATION_MIGRATIONS
+from recommendation_service.worker import REBUILD_RULES as RECOMMENDATION_RULES
 
 SHADOW = shadow.SHADOW_SCHEMA
 
@@ -30,16 +33,16 @@ async def test_scoped_fingerprints_see_only_those_customers_rows(fresh_dsn: str)
             f"INSERT INTO {SHADOW}.partition_clocks (topic, partition, now)"
             " VALUES ('crm.orders', 0, now())"
         )
-        live = await shadow.fingerprints(builder, "public", ["a"])
-        rebuilt = await shadow.fingerprints(builder, SHADOW, ["a"])
+        live = await shadow.fingerprints(builder, "public", PROFILE_RULES, ["a"])
+        rebuilt = await shadow.fingerprints(builder, SHADOW, PROFILE_RULES, ["a"])
         assert live["purchase_totals"] == rebuilt["purchase_totals"]
         assert live["purchase_totals"].rows == 1
         # A table without customer_id is compared whole, whoever the scope names.
         assert live["partition_clocks"] != rebuilt["partition_clocks"]
-        scoped_live = await shadow.fingerprints(builder, "public", ["b"])
-        scoped_rebuilt = await shadow.fingerprints(builder, SHADOW, ["b"])
+        scoped_live = await shadow.fingerprints(builder, "public", PROFILE_RULES, ["b"])
+        scoped_rebuilt = await shadow.fingerprints(builder, SHADOW, PROFILE_RULES, ["b"])
         assert scoped_live["purchase_totals"] != scoped_rebuilt["purchase_totals"]
-        nobody = await shadow.fingerprints(builder, SHADOW, [])
+        nobody = await shadow.fingerprints(builder, SHADOW, PROFILE_RULES, [])
         assert nobody["purchase_totals"].rows == 0
     finally:
         await pool.close()
@@ -86,10 +89,10 @@ async def test_the_send_ledger_is_carried_into_the_shadow_not_compared(fresh_dsn
         )
         await builder.execute(row.format(schema="public", state="'sent'", sent="now()"))
         await builder.execute(row.format(schema=SHADOW, state="'planned'", sent="NULL"))
-        live = await shadow.fingerprints(builder, "public")
+        live = await shadow.fingerprints(builder, "public", BROADCAST_RULES)
         assert "outbound_messages" not in live
         async with builder.transaction():
-            assert await shadow.carry_ledgers(builder, "public", SHADOW) == 1
+            assert await shadow.carry_ledgers(builder, "public", SHADOW, BROADCAST_RULES) == 1
         states = await builder.fetch(f"SELECT message_id, state FROM {SHADOW}.outbound_messages")
         assert [(r["message_id"], r["state"]) for r in states] == [("m1", "sent")]
     finally:
@@ -119,11 +122,13 @@ async def test_the_recommendation_jobs_tables_are_carried_with_their_numbers(
             f" INSERT INTO {SHADOW}.dirty_customers (customer_id)"
             " SELECT 'c' || n FROM generate_series(1, 40) AS n"
         )
-        live = await shadow.fingerprints(builder, "public")
+        live = await shadow.fingerprints(builder, "public", RECOMMENDATION_RULES)
         assert not {"model_versions", "customer_picks", "dirty_customers"} & set(live)
         async with builder.transaction():
-            await shadow.hold_live_writes(builder, "public", timeout_seconds=10)
-            assert await shadow.carry_ledgers(builder, "public", SHADOW) == 5
+            await shadow.hold_live_writes(
+                builder, "public", RECOMMENDATION_RULES, timeout_seconds=10
+            )
+            assert await shadow.carry_ledgers(builder, "public", SHADOW, RECOMMENDATION_RULES) == 5
         picks = await builder.fetch(f"SELECT customer_id, version FROM {SHADOW}.customer_picks")
         assert [tuple(r) for r in picks] == [("c1", 7)]
         served = await builder.fetchval(f"SELECT version FROM {SHADOW}.current_model")

@@ -15,7 +15,9 @@ from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.outbox import write
 from crm_shared.runtime.projector import claim_new
 from profile_service.config import MIGRATIONS
+from profile_service.worker import REBUILD_RULES as PROFILE_RULES
 from recommendation_service.config import MIGRATIONS as RECOMMENDATION_MIGRATIONS
+from recommendation_service.worker import REBUILD_RULES as RECOMMENDATION_RULES
 from tests.unit.events_factory import order
 
 SHADOW = shadow.SHADOW_SCHEMA
@@ -39,7 +41,7 @@ async def test_a_writer_held_by_the_lock_lands_in_the_new_tables_after_the_switc
             await claim_new(worker, [order("c1", "o1", ("p", 1, "1.00"))])  # statement cached
             assert await worker.fetchval("SELECT count(*) FROM applied_events") == 1
             async with admin.transaction():
-                await shadow.hold_live_writes(admin, "public", timeout_seconds=10)
+                await shadow.hold_live_writes(admin, "public", PROFILE_RULES, timeout_seconds=10)
                 held = asyncio.create_task(claim_new(worker, [order("c1", "o2", ("p", 1, "1"))]))
                 await asyncio.sleep(0.5)
                 assert not held.done()  # the live writer waits on the lock
@@ -99,15 +101,15 @@ async def test_fingerprints_match_for_equal_rows_and_differ_when_one_changes(
                 " VALUES ('crm.orders', 0, 5)"
             )
         await builder.execute(f"UPDATE {SHADOW}.consumer_positions SET updated_at = now() + '1h'")
-        live = await shadow.fingerprints(builder, "public")
-        rebuilt = await shadow.fingerprints(builder, SHADOW)
+        live = await shadow.fingerprints(builder, "public", PROFILE_RULES)
+        rebuilt = await shadow.fingerprints(builder, SHADOW, PROFILE_RULES)
         assert live == rebuilt  # updated_at is bookkeeping, left out
         assert live["purchase_totals"].rows == 2
         assert {"outbox", "applied_events", "schema_migrations"}.isdisjoint(live)
         await builder.execute(
             f"UPDATE {SHADOW}.purchase_totals SET orders = 3 WHERE customer_id = 'b'"
         )
-        changed = await shadow.fingerprints(builder, SHADOW)
+        changed = await shadow.fingerprints(builder, SHADOW, PROFILE_RULES)
         assert changed["purchase_totals"].rows == 2
         assert changed["purchase_totals"].checksum != live["purchase_totals"].checksum
         assert changed["customers"] == live["customers"]
@@ -127,16 +129,18 @@ async def test_a_difference_shows_the_rows_found_on_one_side_only(fresh_dsn: str
             await admin.execute(
                 f"INSERT INTO {schema}.purchase_totals (customer_id, orders) VALUES {values}"
             )
-        live = await shadow.fingerprints(admin, "public")
-        rebuilt = await shadow.fingerprints(builder, SHADOW)
+        live = await shadow.fingerprints(admin, "public", PROFILE_RULES)
+        rebuilt = await shadow.fingerprints(builder, SHADOW, PROFILE_RULES)
         differences = compare(live, rebuilt, missing_applied=0)
         assert [d.table for d in differences] == ["purchase_totals"]
-        (explained,) = await with_examples(differences, admin, "public", builder, None)
+        (explained,) = await with_examples(
+            differences, admin, "public", builder, PROFILE_RULES, None
+        )
         # "<side>: (customer_id, ...) = (<customer>,...)": customer a is equal on both sides.
         shown = [(e.split(": ", 1)[0], e.split(" = (", 1)[1][0]) for e in explained.examples]
         assert shown == [("live only", "b"), ("live only", "c"), ("rebuilt only", "b")]
         assert explained.examples[0].startswith("live only: (customer_id, ")
-        (scoped,) = await with_examples(differences, admin, "public", builder, ["c"])
+        (scoped,) = await with_examples(differences, admin, "public", builder, PROFILE_RULES, ["c"])
         assert [e.split(" = (", 1)[1][0] for e in scoped.examples] == ["c"]
         assert str(scoped).startswith("purchase_totals: rows differ: live 3, rebuilt 2\n")
     finally:
@@ -173,12 +177,14 @@ async def test_a_job_mid_write_finishes_and_a_job_after_lands_in_the_new_tables(
 
             async def switch() -> None:
                 async with admin.transaction():
-                    await shadow.hold_live_writes(admin, "public", timeout_seconds=10)
+                    await shadow.hold_live_writes(
+                        admin, "public", RECOMMENDATION_RULES, timeout_seconds=10
+                    )
                     late = asyncio.create_task(second.execute(picks, "c2"))
                     await asyncio.sleep(0.5)
                     assert not late.done()  # a run begun during the hold waits
                     await shadow.carry_unsent_outbox(admin, "public", SHADOW)
-                    await shadow.carry_ledgers(admin, "public", SHADOW)
+                    await shadow.carry_ledgers(admin, "public", SHADOW, RECOMMENDATION_RULES)
                     await shadow.switch(admin, "public", SHADOW, "retired_test")
                 await late
 

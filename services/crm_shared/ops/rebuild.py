@@ -119,6 +119,7 @@ async def with_examples(
     live_conn: asyncpg.Connection,
     live: str,
     shadow_conn: asyncpg.Connection,
+    rules: shadow.RebuildRules,
     customers: Sequence[str] | None,
 ) -> list[Difference]:
     """Each table whose rows differ, with a few rows found on one side only (read by both
@@ -131,14 +132,14 @@ async def with_examples(
             continue
         table = difference.table
         live_digests, rebuilt_digests = await asyncio.gather(
-            shadow.row_digests(live_conn, live, table, customers),
-            shadow.row_digests(shadow_conn, shadow.SHADOW_SCHEMA, table, customers),
+            shadow.row_digests(live_conn, live, rules, table, customers),
+            shadow.row_digests(shadow_conn, shadow.SHADOW_SCHEMA, rules, table, customers),
         )
         only_live = sorted((live_digests - rebuilt_digests).keys())[:EXAMPLES_PER_SIDE]
         only_rebuilt = sorted((rebuilt_digests - live_digests).keys())[:EXAMPLES_PER_SIDE]
         live_rows, rebuilt_rows = await asyncio.gather(
-            shadow.rows_of_digests(live_conn, live, table, only_live),
-            shadow.rows_of_digests(shadow_conn, shadow.SHADOW_SCHEMA, table, only_rebuilt),
+            shadow.rows_of_digests(live_conn, live, rules, table, only_live),
+            shadow.rows_of_digests(shadow_conn, shadow.SHADOW_SCHEMA, rules, table, only_rebuilt),
         )
         examples = tuple(f"live only: {row}" for row in live_rows) + tuple(
             f"rebuilt only: {row}" for row in rebuilt_rows
@@ -314,6 +315,7 @@ class Rebuild:
 
     def __init__(self, service: Service, *, batch_records: int, wait_seconds: float) -> None:
         self.projection = service.load_projection()
+        self.rules = self.projection.rebuild_rules
         self.settings = service.settings()
         self.batch_records = batch_records
         self.wait_seconds = wait_seconds
@@ -382,7 +384,7 @@ class Rebuild:
             held_seconds = 0.0
             if force or not differences:
                 async with admin.transaction():
-                    await shadow.hold_live_writes(admin, live, self.wait_seconds)
+                    await shadow.hold_live_writes(admin, live, self.rules, self.wait_seconds)
                     held_from = time.monotonic()
                     folder.watch()
                     await self._catch_up_exactly(admin, folder, live, progress)
@@ -392,7 +394,7 @@ class Rebuild:
                     if force or not differences:
                         retired = f"retired_{datetime.now(UTC):%Y%m%d_%H%M%S}"
                         await shadow.carry_unsent_outbox(admin, live, shadow.SHADOW_SCHEMA)
-                        await shadow.carry_ledgers(admin, live, shadow.SHADOW_SCHEMA)
+                        await shadow.carry_ledgers(admin, live, shadow.SHADOW_SCHEMA, self.rules)
                         await shadow.switch(admin, live, shadow.SHADOW_SCHEMA, retired)
                 held_seconds = time.monotonic() - held_from
         finally:
@@ -483,14 +485,14 @@ class Rebuild:
             snapshot = await shadow.positions(admin, live)
             await self._catch_up_to(folder, snapshot, "catching up to a snapshot", progress)
             live_prints, rebuilt_prints = await asyncio.gather(
-                shadow.fingerprints(admin, live),
-                shadow.fingerprints(builder, shadow.SHADOW_SCHEMA),
+                shadow.fingerprints(admin, live, self.rules),
+                shadow.fingerprints(builder, shadow.SHADOW_SCHEMA, self.rules),
             )
             missing = await shadow.applied_ids_missing(
                 builder, live, shadow.SHADOW_SCHEMA, applied_before=since
             )
             differences = compare(live_prints, rebuilt_prints, missing)
-            return since, await with_examples(differences, admin, live, builder, None)
+            return since, await with_examples(differences, admin, live, builder, self.rules, None)
 
     async def _compare(
         self,
@@ -507,14 +509,14 @@ class Rebuild:
         scope = sorted(customers) if customers is not None else None
         # Two sessions, so that PostgreSQL reads both schemas side by side.
         live_prints, rebuilt_prints = await asyncio.gather(
-            shadow.fingerprints(admin, live, scope),
-            shadow.fingerprints(builder, shadow.SHADOW_SCHEMA, scope),
+            shadow.fingerprints(admin, live, self.rules, scope),
+            shadow.fingerprints(builder, shadow.SHADOW_SCHEMA, self.rules, scope),
         )
         missing = await shadow.applied_ids_missing(
             admin, live, shadow.SHADOW_SCHEMA, applied_since=applied_since
         )
         differences = compare(live_prints, rebuilt_prints, missing)
-        return await with_examples(differences, admin, live, builder, scope)
+        return await with_examples(differences, admin, live, builder, self.rules, scope)
 
     async def _catch_up_to(
         self, folder: BulkFolder, positions: Offsets, label: str, progress: IO[str]

@@ -44,6 +44,7 @@ from crm_shared.runtime import metrics, outbox
 from crm_shared.runtime.config import DEFAULT_BATCH_SIZE
 from crm_shared.runtime.db import columns
 from crm_shared.runtime.derived import Derived
+from crm_shared.runtime.shadow import RebuildRules
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,9 @@ class Projection:
     read_only_indexes: tuple[str, ...] = ()
     """Indexes that only the API's reads use, never the fold: a rebuild fills its shadow without
     them and builds each once after the replay (a sort), not entry by entry for every row."""
+    rebuild_rules: RebuildRules = field(default_factory=RebuildRules)
+    """What a rebuild treats apart from the tables the fold writes (crm_shared.runtime.shadow):
+    the jobs' tables, what the service did in the world, what does not replay exactly."""
 
 
 class RawRecord(NamedTuple):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from graphlib import TopologicalSorter
 from pathlib import Path
@@ -31,55 +31,6 @@ SCOPED_COLUMN = "customer_id"
 """Rows with this column change only with events about that customer, about a customer the
 projection relates to it (Projection.related) or with a clock tick: the held comparison after a
 catch-up looks at those customers' rows alone."""
-WORKER_COMPUTED_PREFIXES = ("fitted_", "computed_")
-"""Tables a worker computes from its projection at wall-clock times (the profile's lifetime-value
-model, `fitted_*`, and its revenue cube, `computed_*`): a rebuild's shadow holds none until the
-worker computes them again."""
-
-CARRIED_TABLES = (
-    "plan_ranges",
-    "plan_chunks",
-    "campaign_reasons",
-    "outbound_messages",
-    "message_outcomes",
-    "campaign_results",
-    "published_lists",
-)
-"""What a service did in the world rather than what the log says: the broadcast service's send
-ledger (which messages went out or are planned to, which parts of a campaign are planned, the
-reasons its planning found, and what became of the messages) and the lists the
-recommendation service published (with their per-customer versions, which consumers order by).
-A replay cannot redo a send or unpublish a list, so a rebuild does not compare these tables and
-carries the live rows into the shadow at the switch, under a lock that holds their writers: a
-rebuilt projection never sends a message twice nor publishes a list under a version already
-used. They are locked in this order, the order their writers write them (the planning job: its
-campaign, ranges, chunk, reasons; the sender: a chunk, its messages, their outcomes, results),
-so that the carry does not hold one table while it waits for a writer that waits for it."""
-
-
-JOB_OUTPUTS = (
-    "model_versions",
-    "model_products",
-    "model_item_weights",
-    "customer_picks",
-    "current_model",
-    "retrain_requests",
-    "similar_products",
-)
-"""Tables only a worker's jobs write (and its API's retrain requests), from the folded tables:
-the recommendation service's trained versions, each customer's picks, the version served, the
-retrain requests and the similar-product lists. A replay does not run the jobs, so a rebuild
-does not compare these; as the folded tables compare equal, the live rows are right for the
-shadow too and are carried at the switch, so nothing is served less while the jobs would run
-again. Locked before the live writes are held, in the order the jobs write them (a version,
-its products and weights, the picks, the pointer, the requests): a job that wrote one of them
-finishes first, its outbox free; the next waits at its first write holding none of the held
-tables, and after the switch lands in the new ones."""
-
-JOB_QUEUES = ("dirty_products", "dirty_customers")
-"""What the folds mark for the recommendation jobs and the jobs clear: not compared (how far the
-jobs got is a matter of timing), carried with the jobs' outputs so the two stay consistent. Not
-locked: the folds are held, and a job waiting on an output clears its marks in the new tables."""
 
 
 @dataclass(frozen=True)
@@ -94,39 +45,52 @@ class JobColumns:
     as_folded: Mapping[str, str]
 
 
-JOB_COLUMNS: dict[str, JobColumns] = {
-    "campaigns": JobColumns(
-        "campaign_id",
-        ("state", "planned_at", "plan_messages", "plan_seconds"),
-        {"state": "CASE {row}.state WHEN 'planned' THEN 'planning' ELSE {row}.state END"},
-    ),
-}
-"""The broadcast planning job's progress: the fold marks a due campaign 'planning', the job
-plans it (its ranges, chunks and reasons are carried) and marks it 'planned' with when, how many
-messages and how long it took. A replay does not plan, so the rebuilt campaign would wait as
-'planning' with none of those."""
+@dataclass(frozen=True)
+class RebuildRules:
+    """What a projection's rebuild treats apart from the tables its fold writes, as the
+    projection declares it (`Projection.rebuild_rules`): its worker's jobs and what it did in the
+    world do not replay, and some of what it folds does not replay exactly."""
 
-BOOKKEEPING_COLUMNS: dict[str, frozenset[str]] = {
-    "consumer_positions": frozenset({"updated_at"}),
-    "segment_memberships": frozenset({"version", "changed_at"}),
-    "journeys": frozenset({"version", "entered_at", "judged_at"}),
-    "order_entries": frozenset({"segments"}),
-}
-"""Columns that say when, not what, left out of a table's checksum; and the segments a
-recommendation order counted in, which are the buyer's segments when the order was folded:
-memberships come on their own topic, which a replay interleaves with the orders differently."""
-COMPARED_ROWS: dict[str, str] = {
-    "segment_memberships": "member",
-    "journey_transitions": "false",
-    "trending": "scope NOT LIKE 'segment:%'",
-}
-"""Tables compared over the rows this condition keeps. A segment's history does not replay
-exactly (an entry and an exit inside one batch cancel out, and operator definitions interleave
-with customer events differently): a rebuild must give the same members, not the same versions
-(docs/decisions.md, operator segments); for the same reason a segment's trending goods, which
-count the orders of the segment's members as they were when each order was folded. Likewise a
-journey's path: orders and contacts travel on two topics that keep no order between them, so a
-rebuild gives the same stages, not always the same transitions (docs/journey.md)."""
+    carried: tuple[str, ...] = ()
+    """What the service did in the world rather than what the log says (a send ledger, the lists
+    it published). A replay cannot redo a send or unpublish a list, so these are not compared;
+    the live rows are carried into the shadow at the switch, under a lock that holds their
+    writers. Locked in this order, the order their writers write them, so that the carry does
+    not hold one table while it waits for a writer that waits for it."""
+    job_outputs: tuple[str, ...] = ()
+    """Tables only the projection's jobs write (and its API's requests to them), from the folded
+    tables. A replay does not run the jobs, so these are not compared; as the folded tables
+    compare equal, the live rows are right for the shadow and are carried at the switch, so
+    nothing is served less while the jobs would run again. Locked before the live writes are
+    held, in the order the jobs write them: a job that wrote one finishes first; the next waits
+    at its first write holding none of the held tables, and after the switch lands in the new
+    ones."""
+    job_queues: tuple[str, ...] = ()
+    """What the fold marks for the jobs and the jobs clear: not compared (how far the jobs got is
+    a matter of timing), carried with the jobs' outputs so the two stay consistent. Not locked:
+    the folds are held, and a job waiting on an output clears its marks in the new tables."""
+    job_columns: Mapping[str, JobColumns] = field(default_factory=dict)
+    """Folded tables with columns a job writes (`JobColumns`)."""
+    computed_prefixes: tuple[str, ...] = ()
+    """Tables a worker computes from its projection at wall-clock times, by name prefix: a
+    rebuild's shadow holds none until the worker computes them again. Not compared."""
+    left_out_columns: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """Columns left out of a table's checksum beside BOOKKEEPING_COLUMNS: what a replay gives
+    back differently by design (when, not what; what depended on how two topics interleaved)."""
+    compared_rows: Mapping[str, str] = field(default_factory=dict)
+    """Tables compared over the rows this SQL condition keeps, for the same reasons."""
+
+    def not_compared(self, table: str) -> bool:
+        return (
+            table in self.carried
+            or table in self.job_outputs
+            or table in self.job_queues
+            or table.startswith(self.computed_prefixes)
+        )
+
+
+BOOKKEEPING_COLUMNS: dict[str, frozenset[str]] = {"consumer_positions": frozenset({"updated_at"})}
+"""Columns of the shared bookkeeping that say when, not what, left out of every checksum."""
 
 LIVE_WRITES = ("applied_events", "consumer_positions", "outbox")
 """Every live worker transaction writes the first two (and the relay the outbox): holding them
@@ -242,7 +206,7 @@ async def positions(conn: asyncpg.Connection, schema: str) -> dict[tuple[str, in
 @dataclass(frozen=True)
 class _Compared:
     """How one table is compared: its columns (bookkeeping left out), each row as text, and the
-    rows kept (COMPARED_ROWS, and the scope's customers when given)."""
+    rows kept (`RebuildRules.compared_rows`, and the scope's customers when given)."""
 
     source: str
     columns: tuple[str, ...]
@@ -252,17 +216,11 @@ class _Compared:
 
 
 async def _compared_tables(
-    conn: asyncpg.Connection, schema: str, customers: Sequence[str] | None
+    conn: asyncpg.Connection, schema: str, rules: RebuildRules, customers: Sequence[str] | None
 ) -> dict[str, _Compared]:
     found: dict[str, _Compared] = {}
     for table in await tables(conn, schema):
-        if (
-            table in NOT_FINGERPRINTED
-            or table in CARRIED_TABLES
-            or table in JOB_OUTPUTS
-            or table in JOB_QUEUES
-            or table.startswith(WORKER_COMPUTED_PREFIXES)
-        ):
+        if table in NOT_FINGERPRINTED or rules.not_compared(table):
             continue
         source = f"{quoted(schema)}.{quoted(table)}"
         names = await conn.fetch(
@@ -270,10 +228,12 @@ async def _compared_tables(
             " AND attnum > 0 AND NOT attisdropped ORDER BY attname",
             source,
         )
-        job = JOB_COLUMNS.get(table)
+        job = rules.job_columns.get(table)
         as_folded = job.as_folded if job is not None else {}
-        left_out = BOOKKEEPING_COLUMNS.get(table, frozenset()) | (
-            set(job.columns) - set(as_folded) if job is not None else set()
+        left_out = (
+            BOOKKEEPING_COLUMNS.get(table, frozenset())
+            | rules.left_out_columns.get(table, frozenset())
+            | (set(job.columns) - set(as_folded) if job is not None else set())
         )
         kept = tuple(row["attname"] for row in names if row["attname"] not in left_out)
         scoped = customers is not None and SCOPED_COLUMN in kept
@@ -285,7 +245,7 @@ async def _compared_tables(
             source,
             kept,
             f"ROW({', '.join(values)})::text",
-            f"{COMPARED_ROWS.get(table, 'true')}"
+            f"{rules.compared_rows.get(table, 'true')}"
             + (f" AND {SCOPED_COLUMN} = ANY($1::text[])" if scoped else ""),
             (list(customers or ()),) if scoped else (),
         )
@@ -293,7 +253,10 @@ async def _compared_tables(
 
 
 async def fingerprints(
-    conn: asyncpg.Connection, schema: str, customers: Sequence[str] | None = None
+    conn: asyncpg.Connection,
+    schema: str,
+    rules: RebuildRules,
+    customers: Sequence[str] | None = None,
 ) -> dict[str, Fingerprint]:
     """Every compared table's row count and checksum: the sum of each row's 64-bit hash of its
     text (columns by name, bookkeeping columns left out). A sum needs no sort and no memory
@@ -305,7 +268,7 @@ async def fingerprints(
     customers' rows only (the others whole): after a comparison of everything, what events of
     these customers alone changed (SCOPED_COLUMN)."""
     found: dict[str, Fingerprint] = {}
-    for table, compared in (await _compared_tables(conn, schema, customers)).items():
+    for table, compared in (await _compared_tables(conn, schema, rules, customers)).items():
         rows, checksum = await conn.fetchrow(
             f"SELECT count(*), coalesce(sum(hashtextextended({compared.row_text}, 0)), 0)::text"
             f" FROM {compared.source} WHERE {compared.where}",
@@ -316,11 +279,15 @@ async def fingerprints(
 
 
 async def row_digests(
-    conn: asyncpg.Connection, schema: str, table: str, customers: Sequence[str] | None = None
+    conn: asyncpg.Connection,
+    schema: str,
+    rules: RebuildRules,
+    table: str,
+    customers: Sequence[str] | None = None,
 ) -> Counter[str]:
     """The md5 of each compared row of one table (as `fingerprints` sees them), counted: two
     sides' digests tell which rows differ once their fingerprints do."""
-    compared = (await _compared_tables(conn, schema, customers))[table]
+    compared = (await _compared_tables(conn, schema, rules, customers))[table]
     rows = await conn.fetch(
         f"SELECT md5({compared.row_text}) AS digest FROM {compared.source} WHERE {compared.where}",
         *compared.args,
@@ -329,10 +296,10 @@ async def row_digests(
 
 
 async def rows_of_digests(
-    conn: asyncpg.Connection, schema: str, table: str, digests: Sequence[str]
+    conn: asyncpg.Connection, schema: str, rules: RebuildRules, table: str, digests: Sequence[str]
 ) -> list[str]:
     """The compared rows of one table whose md5 is one of these, as text (columns by name)."""
-    compared = (await _compared_tables(conn, schema, None))[table]
+    compared = (await _compared_tables(conn, schema, rules, None))[table]
     rows = await conn.fetch(
         f"SELECT {compared.row_text} AS row FROM {compared.source}"
         f" WHERE {compared.where} AND md5({compared.row_text}) = ANY($1::text[]) ORDER BY 1",
@@ -373,13 +340,15 @@ async def oldest_transaction_start(conn: asyncpg.Connection) -> datetime:
     return started
 
 
-async def hold_live_writes(conn: asyncpg.Connection, live: str, timeout_seconds: float) -> None:
-    """In the caller's transaction: wait for the jobs writing their outputs (JOB_OUTPUTS) and
+async def hold_live_writes(
+    conn: asyncpg.Connection, live: str, rules: RebuildRules, timeout_seconds: float
+) -> None:
+    """In the caller's transaction: wait for the jobs writing their outputs (`job_outputs`) and
     the live batch in flight to commit, then stop the next ones (they block on their first
     write) until the transaction ends. Reads go on."""
     await conn.execute(f"SET LOCAL lock_timeout = '{int(timeout_seconds * 1000)}ms'")
     present = await tables(conn, live)
-    outputs = [f"{quoted(live)}.{quoted(table)}" for table in JOB_OUTPUTS if table in present]
+    outputs = [f"{quoted(live)}.{quoted(table)}" for table in rules.job_outputs if table in present]
     if outputs:
         await conn.execute(f"LOCK TABLE {', '.join(outputs)} IN EXCLUSIVE MODE")
     held = ", ".join(f"{quoted(live)}.{table}" for table in LIVE_WRITES)
@@ -409,18 +378,20 @@ async def carry_unsent_outbox(conn: asyncpg.Connection, live: str, shadow: str) 
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def carry_ledgers(conn: asyncpg.Connection, live: str, shadow: str) -> int:
-    """In the caller's transaction: the live rows of the CARRIED_TABLES, JOB_QUEUES and
-    JOB_OUTPUTS the live schema has replace the shadow's, the JOB_COLUMNS are carried, and every
+async def carry_ledgers(
+    conn: asyncpg.Connection, live: str, shadow: str, rules: RebuildRules
+) -> int:
+    """In the caller's transaction: the live rows of the rules' carried tables, job queues and
+    job outputs the live schema has replace the shadow's, the job columns are carried, and every
     shadow sequence goes on after the live one. The ledgers and job columns' tables are locked
     against writes first (a sender's update waits, then lands in the new tables after the
     switch), the job columns' first, as the broadcast planning job locks its campaign before the
     ledger; the job outputs were locked by `hold_live_writes`. Returns how many rows were
     carried."""
     present = set(await tables(conn, live))
-    jobs = [table for table in JOB_COLUMNS if table in present]
-    ledgers = [table for table in CARRIED_TABLES if table in present]
-    outputs = [table for table in JOB_QUEUES + JOB_OUTPUTS if table in present]
+    jobs = [table for table in rules.job_columns if table in present]
+    ledgers = [table for table in rules.carried if table in present]
+    outputs = [table for table in rules.job_queues + rules.job_outputs if table in present]
     carried = 0
     if jobs + ledgers:
         held = ", ".join(f"{quoted(live)}.{quoted(table)}" for table in jobs + ledgers)
@@ -432,7 +403,7 @@ async def carry_ledgers(conn: asyncpg.Connection, live: str, shadow: str) -> int
         status = await conn.execute(f"INSERT INTO {target} SELECT * FROM {source}")
         carried += int(status.rsplit(" ", 1)[-1])
     for table in jobs:
-        carried += await _carry_job_columns(conn, live, shadow, table, JOB_COLUMNS[table])
+        carried += await _carry_job_columns(conn, live, shadow, table, rules.job_columns[table])
     await _continue_sequences(conn, live, shadow)
     return carried
 
