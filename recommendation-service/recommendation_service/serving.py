@@ -14,7 +14,7 @@ after their own events for them alone: one computation whatever the occasion.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -129,10 +129,13 @@ class Reason:
     product_id: str | None = None
     """With bought-together and bought-after: the customer's product the pick was bought with,
     or after."""
+    text: str = field(init=False, repr=False, compare=False)
+    """Formatted once, when made: `personal_picks` gives one Reason to all the picks that have
+    it, so the documents of a batch's tens of thousands of picks (`pick_document`) do not format
+    it each."""
 
-    @property
-    def text(self) -> str:
-        return REASON_TEXT[self.kind].format(product=self.product_id)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", REASON_TEXT[self.kind].format(product=self.product_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +313,9 @@ def personal_picks(
     products = list(columns)
     names = [part.name for part, _ in blend.parts]
     picks: dict[str, list[Pick]] = {}
+    # by (part, column of the customer's product that voted, or -1): one Reason for all the
+    # picks that give it
+    reasons: dict[tuple[int, int], Reason] = {}
     for start in range(0, len(customers), SCORING_CHUNK):
         chunk = np.arange(start, min(start + SCORING_CHUNK, len(customers)), dtype=np.intp)
         part_scores = blend.part_scores(chunk)
@@ -326,25 +332,31 @@ def personal_picks(
             "ease": strongest_seeds(bought[chunk], ease_weights, chosen),
             "sequel": strongest_seeds(seeds[chunk], sequel_weights, chosen),
         }
-        for offset, row in enumerate(chunk.tolist()):
-            picked = chosen[offset]
-            if len(picked) == 0:
-                continue
-            owing = np.argmax(np.stack([part[offset, picked] for part in part_scores]), axis=0)
-            row_voters = {part: found[offset].tolist() for part, found in voters.items()}
-            picks[customers[row]] = [
-                Pick(
-                    products[column], round(score, 6), _reason(names[part], products, row_voters, n)
-                )
-                for n, (column, score, part) in enumerate(
-                    zip(
-                        picked.tolist(),
-                        total[offset, picked].tolist(),
-                        owing.tolist(),
-                        strict=True,
-                    )
-                )
-            ]
+        # the chunk's picks at once, customer after customer, not a Python pass per customer
+        lengths = [len(found) for found in chosen]
+        offsets = np.repeat(np.arange(len(chunk), dtype=np.intp), lengths)
+        picked = np.concatenate(chosen)
+        owing = np.argmax(np.stack([part[offsets, picked] for part in part_scores]), axis=0)
+        voter = np.full(len(picked), -1, dtype=np.intp)
+        for n, name in enumerate(names):
+            if name in voters:
+                owed = owing == n
+                voter[owed] = np.concatenate(voters[name])[owed]
+        # round(score, 6) in numpy: it scales by 1e6 (exact in float64 for a float32 score),
+        # rounds half to even and divides back to the nearest float, as Python's round does
+        scores = np.round(total[offsets, picked].astype(np.float64), 6)
+        owed_to = list(zip(owing.tolist(), voter.tolist(), strict=True))
+        for part, column in set(owed_to) - reasons.keys():
+            reasons[part, column] = _reason(names[part], products, column)
+        chunk_picks = [
+            Pick(products[column], score, reasons[why])
+            for column, score, why in zip(picked.tolist(), scores.tolist(), owed_to, strict=True)
+        ]
+        end = 0
+        for row, length in zip(chunk.tolist(), lengths, strict=True):
+            if length:
+                picks[customers[row]] = chunk_picks[end : end + length]
+            end += length
     return picks
 
 
@@ -354,7 +366,8 @@ def strongest_seeds(
     """For each row and each of its chosen columns, the row's product (a column of `seeds`)
     whose weighted similarity to it is the largest, the first in column order on a tie (-1 when
     none points to it): every (row, chosen, product of the row) triple at once, not a sparse
-    slice per row."""
+    slice per row, and each pair's best by a maximum over its adjacent triples, not a sort of
+    them all (most votes are 0: sorting the ties took most of the picks' time)."""
     lengths = np.array([len(columns) for columns in chosen], dtype=np.intp)
     pair_row = np.repeat(np.arange(len(chosen), dtype=np.intp), lengths)
     pair_column = np.concatenate(chosen).astype(np.intp) if len(pair_row) else pair_row
@@ -366,25 +379,22 @@ def strongest_seeds(
     )
     product = seeds.indices[at]
     votes = seeds.data[at] * np.asarray(similar[product, pair_column[pair_of]]).ravel()
-    order = np.lexsort((-votes, pair_of))  # stable: on a tie, the row's first product
-    leads = order[np.r_[True, pair_of[order][1:] != pair_of[order][:-1]]] if len(order) else order
+    top = np.zeros(len(pair_row), dtype=votes.dtype)
+    voted = owned > 0
+    top[voted] = np.maximum.reduceat(votes, first_of_pair[voted])
+    strong = np.flatnonzero((votes > 0) & (votes == top[pair_of]))
+    leads = strong[np.diff(pair_of[strong], prepend=-1) != 0]  # on a tie, the row's first product
     best = np.full(len(pair_row), -1, dtype=np.intp)
-    strong = leads[votes[leads] > 0]
-    best[pair_of[strong]] = product[strong]
+    best[pair_of[leads]] = product[leads]
     return np.split(best, np.cumsum(lengths)[:-1])
 
 
-def _reason(
-    part: str,
-    products: Sequence[str],
-    voters: Mapping[str, Sequence[int]],
-    n: int,
-) -> Reason:
-    """Why the `n`th pick was chosen: the reason of the part it owes most to, with, for a part
-    that votes through the customer's products, the one that voted most."""
+def _reason(part: str, products: Sequence[str], voter: int) -> Reason:
+    """Why a pick was chosen: the reason of the part it owes most to, with, for a part that
+    votes through the customer's products, the one that voted most (`voter`, a column of
+    `products`; -1 when none did, or the part does not vote so)."""
     kind = PART_REASONS[part]
     if kind in ("bought-together", "bought-after"):
-        voter = voters[part][n]
         return Reason(kind, products[voter]) if voter >= 0 else Reason("similar-customers")
     return Reason(kind)
 
