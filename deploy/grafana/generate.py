@@ -174,11 +174,13 @@ OVERVIEW_ROWS: tuple[Row, ...] = (
                 title="Outbox backlog",
                 description=(
                     "Derived events written with their view change but not yet acknowledged by "
-                    "Kafka (crm_outbox_backlog), and the age of the oldest one."
+                    "Kafka (crm_outbox_backlog), and the age of the oldest one. Every relay of a "
+                    "database (its worker's, a sender's, a jobs process's) reports the same "
+                    "outbox: the largest figure is the backlog."
                 ),
                 unit="short",
                 queries=(
-                    Query("sum by (projection) (crm_outbox_backlog)", "{{projection}} waiting"),
+                    Query("max by (projection) (crm_outbox_backlog)", "{{projection}} waiting"),
                     Query(
                         "max by (projection) (crm_outbox_oldest_age_seconds)",
                         "{{projection}} oldest (s)",
