@@ -59,6 +59,7 @@ from bench.reads import (
     measured_processes,
     own_children_cpu,
     parse_wrk,
+    recommendations_computed,
     run_wrk,
 )
 from crm_shared.contracts.sdk import EventPublisher
@@ -228,18 +229,6 @@ async def neighbour_job_runs(env: Mapping[str, str]) -> tuple[float, float]:
     )
 
 
-async def catalogue_computed(pool: asyncpg.Pool) -> float:
-    """Wait until the neighbour job has no product marked and the picks job no customer (it
-    recomputes every customer's picks after the load): seconds waited."""
-    started = time.monotonic()
-    while True:
-        if not await pool.fetchval(
-            "SELECT (SELECT count(*) FROM dirty_products) + (SELECT count(*) FROM dirty_customers)"
-        ):
-            return time.monotonic() - started
-        await asyncio.sleep(0.2)
-
-
 async def freshness(
     env: Mapping[str, str], pool: asyncpg.Pool, products: Sequence[str], name: str
 ) -> dict[str, Any]:
@@ -407,7 +396,7 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
             if args.top_10_only:
                 return report
             say("waiting for the neighbour and picks jobs to catch up with the load")
-            report["catalogue_wait_seconds"] = await catalogue_computed(pool)
+            report["catalogue_wait_seconds"] = await recommendations_computed(pool)
             report["similar_products"] = await pool.fetchval(
                 "SELECT count(*) FROM similar_products"
             )
