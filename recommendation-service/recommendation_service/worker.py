@@ -101,13 +101,16 @@ REBUILD_RULES = RebuildRules(
         "similar_products",
     ),
     job_queues=("dirty_products", "dirty_customers"),
+    computed_prefixes=("computed_",),
     left_out_columns={"order_entries": frozenset({"segments"})},
     compared_rows={"trending": "scope NOT LIKE 'segment:%'"},
 )
 """The published lists keep their per-customer versions, which consumers order by: a rebuild
 never publishes a list under a version already used. The jobs (recommendation_service.jobs)
 compute the versions, picks and similar lists from the folded tables, in this order; a replay
-runs no job, so these and the marks are carried. The segments an order counted in, and so a
+runs no job, so these and the marks are carried; the neighbour job's last run
+(`computed_neighbour_run`) is neither compared nor carried: the next run reads every list again
+after a switch. The segments an order counted in, and so a
 segment's trending goods, are the buyer's segments when the order was folded: memberships come
 on their own topic, which a replay interleaves with the orders differently."""
 
