@@ -29,4 +29,5 @@ class RecommendationSettings(ServiceSettings):
 
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
-"""The service's own SQL migrations, applied in name order by the worker and the API."""
+"""The service's own SQL migrations, applied in name order by the worker, the jobs process and
+the API."""
