@@ -46,8 +46,6 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import uvloop
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from prometheus_client import start_http_server
 
 from broadcast_service import delivery, metrics, rendering, store
@@ -67,12 +65,11 @@ from broadcast_service.mail import MailIdentity
 from broadcast_service.projection import RecentSend
 from crm_shared.contracts.events import Channel
 from crm_shared.runtime import outbox
-from crm_shared.runtime.db import open_pool
+from crm_shared.runtime.db import TRANSIENT_ERRORS, open_pool
 from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.logs import configure_logging
 from crm_shared.runtime.metrics import count, counted_on_commit
-from crm_shared.runtime.outbox import OutboxRelay, producer_send
-from crm_shared.runtime.projector import TRANSIENT_ERRORS
+from crm_shared.runtime.outbox import relaying
 
 log = logging.getLogger(__name__)
 
@@ -534,34 +531,24 @@ async def serve(settings: SenderSettings) -> None:
     # Transactions only (the relay's lock too): no session state to reset between uses, so a
     # connection goes back to the pool without a round trip (one per group commit and claim).
     pool = await open_pool(settings.dsn, MIGRATIONS, settings.pool_size, reset_sessions=False)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.platform.kafka_bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        client_id="crm-broadcast-sender",
-    )
-    await producer.start()
-
-    relay = OutboxRelay("broadcast", pool, producer_send(producer))
     adapters = build_adapters(settings)
-    sender = Sender(pool, adapters, settings, on_recorded=relay.wake.set)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(signum, sender.stop)
-    freeze_startup_objects()
-    log.info("sender starting", extra={"metrics_port": settings.sender_metrics_port})
-    tasks = [
-        asyncio.create_task(relay.run((*TRANSIENT_ERRORS, KafkaError))),
-        asyncio.create_task(sender.report_queue()),
-    ]
+    bootstrap = settings.platform.kafka_bootstrap
     try:
-        await sender.run()
-        log.info("sender stopped after recording the messages in flight")
+        async with relaying("broadcast", pool, bootstrap, "crm-broadcast-sender") as relay:
+            sender = Sender(pool, adapters, settings, on_recorded=relay.wake.set)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                asyncio.get_running_loop().add_signal_handler(signum, sender.stop)
+            freeze_startup_objects()
+            log.info("sender starting", extra={"metrics_port": settings.sender_metrics_port})
+            reports = asyncio.create_task(sender.report_queue())
+            try:
+                await sender.run()
+                log.info("sender stopped after recording the messages in flight")
+            finally:
+                reports.cancel()
     finally:
-        for task in tasks:
-            task.cancel()
         for adapter in {id(a): a for a in adapters.values()}.values():
             await adapter.close()
-        await producer.stop()
         await pool.close()
 
 

@@ -1,6 +1,6 @@
 -- Lifetime value and churn (profile_service.lifetime, docs/decisions.md). Models fitted by the
 -- worker from the commerce facts at wall-clock times, not folded from events: a rebuild's shadow
--- holds none (the `fitted_` prefix keeps them out of its comparison), and the worker fits again.
+-- holds none (the profile's rebuild rules keep them out of its comparison), and the worker fits again.
 -- A fit writes a new version with its parameters and every customer's predictions, and makes it
 -- the current one, in one transaction: readers see the old version or the new, never a mix.
 -- Older versions and their parameters stay as the history of fits; their predictions go. No

@@ -5,7 +5,7 @@
 -- customers, and a gateway deadline of 2 s turned it into 504s under load. The worker rewrites
 -- it after each refresh of the RFM scores (the segment dimension is theirs), so a read is an
 -- index range of cells and the figures are as of `computed_at`. Computed at wall-clock times
--- from the projection, not folded: a rebuild does not compare it (the `computed_` prefix).
+-- from the projection, not folded: a rebuild does not compare it (the profile's rebuild rules).
 CREATE TABLE computed_revenue_cube (
     currency    text        NOT NULL,
     rolled_up   integer     NOT NULL, -- GROUPING bits: segment 16, RFM segment 8, country 4,

@@ -228,7 +228,13 @@ class RfmRefresher:
 
 
 REBUILD_RULES = RebuildRules(
-    computed_prefixes=("fitted_", "computed_"),
+    computed=(
+        "fitted_lifetime_models",
+        "fitted_lifetime_parameters",
+        "fitted_lifetime_predictions",
+        "fitted_lifetime_requests",
+        "computed_revenue_cube",
+    ),
     left_out_columns={"segment_memberships": frozenset({"version", "changed_at"})},
     compared_rows={"segment_memberships": "member"},
 )

@@ -101,7 +101,7 @@ REBUILD_RULES = RebuildRules(
         "similar_products",
     ),
     job_queues=("dirty_products", "dirty_customers"),
-    computed_prefixes=("computed_",),
+    computed=("computed_neighbour_run",),
     left_out_columns={"order_entries": frozenset({"segments"})},
     compared_rows={"trending": "scope NOT LIKE 'segment:%'"},
 )

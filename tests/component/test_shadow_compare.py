@@ -1,19 +1,52 @@
 """The comparison held under the lock, on a real PostgreSQL: fingerprints scoped to the catch-up's
 customers see their rows only (tables without a customer column whole), and applied ids are
-compared before or since a time."""
+compared before or since a time. Each projection's rebuild rules name tables and columns its
+migrations create."""
 
 from __future__ import annotations
 
+import pytest
+
 from broadcast_service.config import MIGRATIONS as BROADCAST_MIGRATIONS
+from broadcast_service.worker import PROJECTION as BROADCAST
 from broadcast_service.worker import REBUILD_RULES as BROADCAST_RULES
 from crm_shared.runtime import shadow
 from crm_shared.runtime.db import connect_in_schema, open_pool
+from crm_shared.runtime.projector import Projection
+from interaction_service.worker import PROJECTION as INTERACTION
 from profile_service.config import MIGRATIONS
+from profile_service.worker import PROJECTION as PROFILE
 from profile_service.worker import REBUILD_RULES as PROFILE_RULES
 from recommendation_service.config import MIGRATIONS as RECOMMENDATION_MIGRATIONS
+from recommendation_service.worker import PROJECTION as RECOMMENDATION
 from recommendation_service.worker import REBUILD_RULES as RECOMMENDATION_RULES
 
 SHADOW = shadow.SHADOW_SCHEMA
+
+
+@pytest.mark.parametrize("projection", [PROFILE, INTERACTION, BROADCAST, RECOMMENDATION])
+async def test_every_table_and_column_the_rebuild_rules_name_exists(
+    fresh_dsn: str, projection: Projection
+) -> None:
+    """A misspelt or renamed table would set nothing apart, silently: a job's output compared
+    and the rebuild refusing to switch, or a ledger not carried."""
+    pool = await open_pool(fresh_dsn, projection.migrations, 1)
+    try:
+        rows = await pool.fetch(
+            "SELECT table_name, array_agg(column_name::text) AS columns"
+            " FROM information_schema.columns WHERE table_schema = 'public' GROUP BY table_name"
+        )
+    finally:
+        await pool.close()
+    schema = {row["table_name"]: set(row["columns"]) for row in rows}
+    named = projection.rebuild_rules.named()
+    assert named, "every projection's rules name something"
+    missing = {
+        table: sorted(columns - schema.get(table, set()))
+        for table, columns in named.items()
+        if table not in schema or not columns <= schema[table]
+    }
+    assert missing == {}
 
 
 async def test_scoped_fingerprints_see_only_those_customers_rows(fresh_dsn: str) -> None:

@@ -21,9 +21,9 @@ import asyncpg
 from crm_shared.contracts.events import CLOCK_TICKED, MAX_FUTURE_SKEW, ClockTicked, Event
 from crm_shared.contracts.topics import topic_for
 from crm_shared.runtime import metrics
+from crm_shared.runtime.db import TRANSIENT_ERRORS
 from crm_shared.runtime.projector import (
     NOT_THE_EVENTS_FAULT,
-    TRANSIENT_ERRORS,
     Projection,
     RawRecord,
     SortedBatch,

@@ -5,6 +5,7 @@ Migrations are plain SQL files applied in name order, each once, recorded in sch
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterable
@@ -17,6 +18,20 @@ import asyncpg
 log = logging.getLogger(__name__)
 
 SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
+"""Failures that pass: the database or the network away for a while, a transaction that lost a
+race. Whoever meets one retries the same work later instead of blaming its input."""
 
 
 async def ensure_database(dsn: str) -> None:

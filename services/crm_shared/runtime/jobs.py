@@ -22,16 +22,14 @@ from pathlib import Path
 
 import asyncpg
 import uvloop
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 
 from crm_shared.runtime import memory, metrics
 from crm_shared.runtime.config import ServiceSettings
 from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.health import serve_metrics_and_health
 from crm_shared.runtime.logs import configure_logging
-from crm_shared.runtime.outbox import OutboxRelay, producer_send
-from crm_shared.runtime.projector import TRANSIENT_ERRORS, PeriodicJob
+from crm_shared.runtime.outbox import relaying
+from crm_shared.runtime.projector import PeriodicJob
 
 log = logging.getLogger(__name__)
 
@@ -126,32 +124,28 @@ async def serve_jobs(
     they derive (several relays share a database: one relays at a time). A job cut short by
     the stop rolls back, as after a crash: its marks wait for the next run."""
     pool = await open_pool(settings.dsn, migrations, settings.pool_size)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.platform.kafka_bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        client_id=f"crm-{projection}-jobs",
-    )
-    await producer.start()
-    relay = OutboxRelay(projection, pool, producer_send(producer))
     stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
-    tasks = [
-        asyncio.create_task(relay.run((*TRANSIENT_ERRORS, KafkaError))),
-        *(
-            asyncio.create_task(_repeat(job, periodic_runner(job, pool, projection), relay.wake))
-            for job in jobs
-        ),
-    ]
-    log.info("jobs started", extra={"projection": projection, "jobs": [j.name for j in jobs]})
+    bootstrap = settings.platform.kafka_bootstrap
     try:
-        await stopping.wait()
+        async with relaying(projection, pool, bootstrap, f"crm-{projection}-jobs") as relay:
+            tasks = [
+                asyncio.create_task(
+                    _repeat(job, periodic_runner(job, pool, projection), relay.wake)
+                )
+                for job in jobs
+            ]
+            log.info(
+                "jobs started", extra={"projection": projection, "jobs": [j.name for j in jobs]}
+            )
+            try:
+                await stopping.wait()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await producer.stop()
         await pool.close()
     log.info("jobs stopped", extra={"projection": projection})
 

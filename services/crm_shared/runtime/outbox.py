@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from crm_shared.runtime import metrics
-from crm_shared.runtime.db import columns
+from crm_shared.runtime.db import TRANSIENT_ERRORS, columns
 from crm_shared.runtime.derived import Derived
 
 log = logging.getLogger(__name__)
@@ -142,3 +144,27 @@ class OutboxRelay:
                     await self.wake.wait()
             except TimeoutError:
                 pass
+
+
+@asynccontextmanager
+async def relaying(
+    projection: str, pool: asyncpg.Pool, bootstrap: str, client_id: str
+) -> AsyncIterator[OutboxRelay]:
+    """An outbox relay with a Kafka producer of its own, relaying until the block ends: for a
+    process beside the worker that derives events (the sender, a jobs process). Several relays
+    of one database take turns (one relays at a time), so the events still leave in order."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        client_id=client_id,
+    )
+    await producer.start()
+    relay = OutboxRelay(projection, pool, producer_send(producer))
+    task = asyncio.create_task(relay.run((*TRANSIENT_ERRORS, KafkaError)))
+    try:
+        yield relay
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await producer.stop()

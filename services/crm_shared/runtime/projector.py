@@ -42,7 +42,7 @@ from crm_shared.contracts.events import (
 from crm_shared.contracts.topics import Topic
 from crm_shared.runtime import metrics, outbox
 from crm_shared.runtime.config import DEFAULT_BATCH_SIZE
-from crm_shared.runtime.db import columns
+from crm_shared.runtime.db import TRANSIENT_ERRORS, columns
 from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.shadow import RebuildRules
 
@@ -55,19 +55,6 @@ Fold = Callable[[asyncpg.Connection, Sequence[Event]], Awaitable[Sequence[Derive
 counts its work with `metrics.count`, which the projector applies once the batch is committed."""
 Related = Callable[[asyncpg.Connection, Sequence[Event]], Awaitable[Collection[str]]]
 SendDeadLetters = Callable[[Sequence[DeadLetter]], Awaitable[None]]
-
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-)
-
 
 NOT_THE_EVENTS_FAULT: tuple[type[BaseException], ...] = (asyncpg.SyntaxOrAccessError,)
 """Failures no event can cause: a missing table or column, a type mismatch with the schema."""

@@ -71,9 +71,9 @@ class RebuildRules:
     the folds are held, and a job waiting on an output clears its marks in the new tables."""
     job_columns: Mapping[str, JobColumns] = field(default_factory=dict)
     """Folded tables with columns a job writes (`JobColumns`)."""
-    computed_prefixes: tuple[str, ...] = ()
-    """Tables a worker computes from its projection at wall-clock times, by name prefix: a
-    rebuild's shadow holds none until the worker computes them again. Not compared."""
+    computed: tuple[str, ...] = ()
+    """Tables the jobs compute from the projection at wall-clock times and a rebuild neither
+    compares nor carries: its shadow holds none until the jobs compute them again."""
     left_out_columns: Mapping[str, frozenset[str]] = field(default_factory=dict)
     """Columns left out of a table's checksum beside BOOKKEEPING_COLUMNS: what a replay gives
     back differently by design (when, not what; what depended on how two topics interleaved)."""
@@ -85,8 +85,28 @@ class RebuildRules:
             table in self.carried
             or table in self.job_outputs
             or table in self.job_queues
-            or table.startswith(self.computed_prefixes)
+            or table in self.computed
         )
+
+    def named(self) -> dict[str, frozenset[str]]:
+        """Every table these rules name, with the columns they name in it. A name the schema
+        does not hold would set nothing apart, silently: a test checks each against the
+        projection's migrations."""
+        named: dict[str, frozenset[str]] = {
+            table: frozenset()
+            for table in (
+                *self.carried,
+                *self.job_outputs,
+                *self.job_queues,
+                *self.computed,
+                *self.compared_rows,
+            )
+        }
+        for table, job in self.job_columns.items():
+            named[table] = named.get(table, frozenset()) | {job.key, *job.columns}
+        for table, left_out in self.left_out_columns.items():
+            named[table] = named.get(table, frozenset()) | left_out
+        return named
 
 
 BOOKKEEPING_COLUMNS: dict[str, frozenset[str]] = {"consumer_positions": frozenset({"updated_at"})}

@@ -29,14 +29,13 @@ from crm_shared.contracts.deadletter import DeadLetter
 from crm_shared.contracts.topics import DEAD_LETTER
 from crm_shared.runtime import memory, metrics, retention
 from crm_shared.runtime.config import ServiceSettings
-from crm_shared.runtime.db import open_pool
+from crm_shared.runtime.db import TRANSIENT_ERRORS, open_pool
 from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.health import serve_metrics_and_health
 from crm_shared.runtime.jobs import periodic_runner
 from crm_shared.runtime.logs import configure_logging, logging_config
 from crm_shared.runtime.outbox import OutboxRelay
 from crm_shared.runtime.projector import (
-    TRANSIENT_ERRORS,
     BatchProjector,
     Projection,
     RawRecord,
