@@ -2,10 +2,11 @@
 
     ./crm soak [--minutes 30] [--rate 2000] [--sample-seconds 30] [--json PATH]
 
-Publishes the workload mix at `--rate` events/s (event time = now) for `--minutes`, samples
-each worker's RSS and the records it has yet to apply every `--sample-seconds`, and shows them
-as it goes. At the end it compares each worker's RSS over the last fifth of the run with the
-fifth after the warm-up (the first fifth): the target is flat within +-10 % and at most 300 MiB.
+Publishes the workload mix at `--rate` events/s (event time = now) for `--minutes`, samples the
+RSS of each worker and jobs process and the records each projection has yet to apply every
+`--sample-seconds`, and shows them as it goes. At the end it compares each process's RSS over the
+last fifth of the run with the fifth after the warm-up (the first fifth): the target is flat
+within +-10 % and at most 300 MiB.
 Not part of the test suite: it takes half an hour.
 """
 
@@ -18,6 +19,7 @@ import os
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -45,6 +47,26 @@ def drift(samples: list[float]) -> tuple[float, float, float]:
     settled = statistics.fmean(samples[fifth : 2 * fifth] or samples)
     final = statistics.fmean(samples[-fifth:])
     return settled, final, (final - settled) / settled if settled else 0.0
+
+
+def verdicts(
+    rss: dict[str, list[float]], lag: dict[str, list[int]]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each process's memory verdict (a worker or a jobs process) and each projection's lag
+    (its worker's: a jobs process folds nothing, so it has none of its own)."""
+    memory: dict[str, dict[str, Any]] = {}
+    for process, samples in rss.items():
+        settled, final, change = drift(samples)
+        peak = max(samples)
+        memory[process] = {
+            "rss_settled_mib": settled,
+            "rss_final_mib": final,
+            "rss_change": change,
+            "rss_peak_mib": peak,
+            "flat": abs(change) <= FLAT_WITHIN and peak <= MAX_RSS_MIB,
+        }
+    behind = {name: {"max": max(counts), "last": counts[-1]} for name, counts in lag.items()}
+    return {"memory": memory, "lag": behind}
 
 
 async def sample(
@@ -96,29 +118,20 @@ async def main() -> None:
                 pools, bootstrap, env, started + args.minutes * 60, args.sample_seconds, rss, lag
             ),
         )
-    figures: dict[str, dict[str, float | int | bool]] = {}
+    report = verdicts(rss, lag)
     print(f"\nsoak: {args.minutes:g} min at {args.rate:,} events/s")
-    for worker in WORKERS:
-        settled, final, change = drift(rss[worker.name])
-        peak = max(rss[worker.name])
-        name = worker.name.removesuffix("-worker")
-        verdict = "flat" if abs(change) <= FLAT_WITHIN and peak <= MAX_RSS_MIB else "NOT flat"
+    for process, memory in report["memory"].items():
         print(
-            f"  {worker.name:22} RSS {settled:5.0f} -> {final:5.0f} MiB ({change:+.1%}), "
-            f"peak {peak:.0f} MiB: {verdict}; lag max {max(lag[name]):,}, last {lag[name][-1]:,}"
+            f"  {process:22} RSS {memory['rss_settled_mib']:5.0f} -> "
+            f"{memory['rss_final_mib']:5.0f} MiB ({memory['rss_change']:+.1%}), "
+            f"peak {memory['rss_peak_mib']:.0f} MiB: {'flat' if memory['flat'] else 'NOT flat'}"
         )
-        figures[worker.name] = {
-            "rss_settled_mib": settled,
-            "rss_final_mib": final,
-            "rss_change": change,
-            "rss_peak_mib": peak,
-            "lag_max": max(lag[name]),
-            "lag_last": lag[name][-1],
-            "flat": verdict == "flat",
-        }
+    for name, behind in report["lag"].items():
+        print(f"  {name:22} behind by at most {behind['max']:,}, at the end {behind['last']:,}")
     if args.json:
-        report = {"minutes": args.minutes, "rate": args.rate, "workers": figures}
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps({"minutes": args.minutes, "rate": args.rate, **report}, indent=2) + "\n"
+        )
 
 
 if __name__ == "__main__":

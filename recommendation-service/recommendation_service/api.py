@@ -208,13 +208,10 @@ def _stored_body(customer_id: str, found: dict[str, Any]) -> str:
     )
 
 
-def _stamp(version: dict[str, Any] | None) -> dict[str, Any]:
-    return version or {"version": None, "trained_at": None}
-
-
-def _served(read: dict[str, Any]) -> dict[str, Any]:
-    """The version served now, from a `store.customer_picks` read."""
-    return {"version": read["served_version"], "trained_at": read["served_trained_at"]}
+def _model(version: int | None, trained_at: datetime | None) -> dict[str, Any]:
+    """The model an answer was served under: `store.served_model`, or the served version a
+    `store.customer_picks` read brings along."""
+    return {"version": version, "trained_at": trained_at}
 
 
 def _together_pick(row: dict[str, Any], product_id: str) -> dict[str, Any]:
@@ -313,7 +310,7 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
         body = {
             "customer_id": customer_id,
             "strategy": "popular",
-            "model": _served(found),
+            "model": _model(found["served_version"], found["served_trained_at"]),
             "recommendations": [popular_document(row) for row in popular],
         }
         return Response(json.dumps(body, default=datetime.isoformat), media_type=JSON)
@@ -341,7 +338,7 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
         body = {
             "customer_id": customer_id,
             "strategy": "personal" if personalised else "popular",
-            "model": _served(found),
+            "model": _model(found["served_version"], found["served_trained_at"]),
             "recommendations": _narrowed(picks, popular, limit),
         }
         return Response(json.dumps(body, default=datetime.isoformat), media_type=JSON)
@@ -413,7 +410,7 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
             narrowed: dict[str, Any] = {
                 "product_id": product_id,
                 "strategy": "bought-together" if matching else "popular",
-                "model": _stamp(await store.current_version(conn)),
+                "model": _model(*await store.served_model(conn)),
                 "similar": _narrowed(picks, popular, limit, excluded=[product_id]),
             }
             return Response(json.dumps(narrowed, default=datetime.isoformat), media_type=JSON)
@@ -422,7 +419,7 @@ def create_app(settings: RecommendationSettings | None = None) -> FastAPI:
         body = {
             "product_id": product_id,
             "strategy": "bought-together" if together else "popular",
-            "model": _stamp(await store.current_version(conn)),
+            "model": _model(*await store.served_model(conn)),
             "similar": [_together_pick(row, product_id) for row in together]
             or [popular_document(row) for row in popular if row["product_id"] != product_id][
                 :limit

@@ -844,14 +844,15 @@ async def customer_picks(conn: asyncpg.Connection, customer_id: str, limit: int)
     return dict(row)
 
 
-async def current_version(conn: asyncpg.Connection) -> dict[str, Any] | None:
-    """The version served and its training time, for answers not read from a customer's row."""
+async def served_model(conn: asyncpg.Connection) -> tuple[int | None, datetime | None]:
+    """The version served and its training time (None before the first training), for answers
+    not read from a customer's row."""
     row = await conn.fetchrow(
         """
         SELECT v.version, v.trained_at FROM current_model c JOIN model_versions v USING (version)
         """
     )
-    return dict(row) if row is not None else None
+    return (row["version"], row["trained_at"]) if row is not None else (None, None)
 
 
 # --- consent to personalisation and published lists ----------------------------------------
