@@ -113,7 +113,7 @@ async def main() -> None:
         workload = Workload(seed=11, prefix=f"soak-{int(time.time())}")
         started = time.monotonic()
         await asyncio.gather(
-            publish(bootstrap, live(workload, total), total, started, rate=args.rate),
+            publish(bootstrap, live(workload, total, args.rate), total, started, rate=args.rate),
             sample(
                 pools, bootstrap, env, started + args.minutes * 60, args.sample_seconds, rss, lag
             ),
