@@ -7,9 +7,9 @@ starts. A warm-up (`warm_up`: the broker's JIT, the first models) and four phase
 shown:
 1. throughput: publish N events (the workload mix, ~450 bytes each) as fast as possible while the
    four workers run; the clock stops when every projection has applied everything on its topics;
-2. freshness: publish at a fixed rate with event time = now; per projection p50/p99 of
-   (commit time - event time), the commit time being PostgreSQL's own for each applied_events
-   row (track_commit_timestamp): the moment a reader can first see the event;
+2. freshness: publish at a fixed rate, each event's time the moment it falls due (`live`); per
+   projection p50/p99 of (commit time - event time), the commit time being PostgreSQL's own for
+   each applied_events row (track_commit_timestamp): the moment a reader can first see the event;
 3. alone: each projection dropped and rebuilt from offset 0 by its worker with no other worker
    running (records/s from its first commit to the end of its topics);
 4. baseline: a minimal pipeline on the same machine and the same records (aiokafka getmany +
@@ -263,7 +263,7 @@ async def freshness(
 ) -> tuple[dict[str, tuple[float, float, int]], dict[str, float]]:
     """Commit time - event time per projection (p50, p99, events), and the CPU seconds spent."""
     total = int(args.rate * args.seconds)
-    say(f"phase 2: publishing {total:,} events at {args.rate:,}/s with event time = now")
+    say(f"phase 2: publishing {total:,} events at {args.rate:,}/s each stamped when due")
     workload = Workload(seed=args.seed + 1, prefix="f")
     since = datetime.now(UTC)
     bootstrap, meter = env["CRM_KAFKA_BOOTSTRAP"], platform_meter(env)

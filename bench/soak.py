@@ -2,11 +2,11 @@
 
     ./crm soak [--minutes 30] [--rate 2000] [--sample-seconds 30] [--json PATH]
 
-Publishes the workload mix at `--rate` events/s (event time = now) for `--minutes`, samples the
-RSS of each worker and jobs process and the records each projection has yet to apply every
-`--sample-seconds`, and shows them as it goes. At the end it compares each process's RSS over the
-last fifth of the run with the fifth after the warm-up (the first fifth): the target is flat
-within +-10 % and at most 300 MiB.
+Publishes the workload mix at `--rate` events/s (event time = when each falls due) for
+`--minutes`, samples the RSS of each worker and jobs process and the records each projection has
+yet to apply every `--sample-seconds`, and shows them as it goes. At the end it compares each
+process's RSS over the last fifth of the run with the fifth after the warm-up (the first fifth):
+the target is flat within +-10 % and at most 300 MiB.
 Not part of the test suite: it takes half an hour.
 """
 
