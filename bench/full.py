@@ -33,8 +33,9 @@ ALONE_TARGET = 0.5
 FRESHNESS_P99_TARGET_MS = 500
 REBUILD_TARGET = 50_000
 WORKER_RSS_TARGET_MIB = 300
-READ_TARGETS = {"customer 360": (500, 50), "timeline page": (1_000, 25)}
-"""requests/s at least and p99 ms at most, per gateway target."""
+LATE_SHARE_ALLOWED = 0.01
+"""At a target's fixed rate, the share of requests that may start late (every connection busy):
+wrk's percentiles leave out how late they started, so more would hide a queue."""
 
 
 @dataclass(frozen=True)
@@ -90,20 +91,8 @@ def rows(report: Mapping[str, Any]) -> list[Row]:
             rebuilt["switched"] and rebuilt["rate"] >= REBUILD_TARGET,
         ),
     ]
-    for name, (rate_target, p99_target) in READ_TARGETS.items():
-        figures = report["reads"]["targets"][name]
-        cpu = sum(figures["cpu_ms_per_request"].values())
-        table.append(
-            Row(
-                f"{name} through the gateway ({report['reads']['concurrency']} connections)",
-                f"{figures['rate']:,.0f} requests/s, p50 {figures['p50_ms']:.1f} ms, "
-                f"p99 {figures['p99_ms']:.1f} ms, {cpu:.1f} ms CPU each",
-                f">= {rate_target:,} requests/s, p99 <= {p99_target} ms",
-                figures["rate"] >= rate_target
-                and figures["p99_ms"] <= p99_target
-                and not figures["not_2xx"],
-            )
-        )
+    for name, (rate_target, p99_target) in reads.RATE_TARGETS.items():
+        table.append(read_row(name, report["reads"], rate_target, p99_target))
     table.append(
         Row(
             f"worker memory (RSS) after {load['events']:,} events",
@@ -113,6 +102,29 @@ def rows(report: Mapping[str, Any]) -> list[Row]:
         )
     )
     return table
+
+
+def read_row(name: str, report: Mapping[str, Any], rate_target: int, p99_target: float) -> Row:
+    """A gateway target's row: met when the closed loop serves at least the target rate and, at
+    exactly that rate on a fixed schedule, the p99 is within its target with at most 1 % of the
+    requests started late and every answer a 2xx."""
+    most = report["targets"][name]
+    paced = most["at_target_rate"]
+    cpu = sum(paced["cpu_ms_per_request"].values())
+    return Row(
+        f"{name} through the gateway",
+        f"at {rate_target:,}/s on a fixed schedule: p50 {paced['p50_ms']:.1f} ms, "
+        f"p99 {paced['p99_ms']:.1f} ms, {paced['late']:,} started late, {cpu:.1f} ms CPU each; "
+        f"at most {most['rate']:,.0f} requests/s with {report['concurrency']} connections "
+        f"(p99 {most['p99_ms']:.1f} ms)",
+        f">= {rate_target:,} requests/s, p99 <= {p99_target:g} ms",
+        most["rate"] >= rate_target
+        and paced["rate"] >= 0.98 * rate_target
+        and paced["p99_ms"] <= p99_target
+        and paced["late"] <= LATE_SHARE_ALLOWED * paced["requests"]
+        and not most["not_2xx"]
+        and not paced["not_2xx"],
+    )
 
 
 def show_table(table: list[Row]) -> None:

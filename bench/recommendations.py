@@ -40,7 +40,6 @@ import statistics
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,15 +51,13 @@ from bench import recommendation_swap
 from bench.pipeline import encoded, publish, say, wait_caught_up
 from bench.processes import cpu_seconds
 from bench.reads import (
-    LoadResult,
+    Paced,
     bench_env,
     cpu_line,
     create_key,
     measured_processes,
-    own_children_cpu,
-    parse_wrk,
+    paced_load,
     recommendations_computed,
-    run_wrk,
 )
 from crm_shared.contracts.sdk import EventPublisher
 from crm_shared.ops import launcher
@@ -74,7 +71,6 @@ TOP_10 = {
     "gateway": "/v1/customers/{id}/recommendations?limit=10",
 }
 POLL_SECONDS = 0.02
-PACING_SCRIPT = Path(__file__).with_name("fixed_rate.lua")
 GIVE_UP_SECONDS = 120
 """A purchase whose change takes longer is counted at this (a machine that busy says enough)."""
 
@@ -124,51 +120,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@dataclass(frozen=True)
-class Paced:
-    """One target at the fixed rate: wrk's figures, the slots that started late, the load
-    average around the run and the CPU ms each process spent per request."""
-
-    result: LoadResult
-    late: int
-    late_max_ms: float
-    load_average: tuple[float, float]
-    cpu_ms_per_request: dict[str, float]
-    wrk_cpu_ms_per_request: float
-
-    def line(self) -> str:
-        r = self.result
-        return (
-            f"{r.rate:7,.0f} requests/s   p50 {r.p50_ms:6.2f} ms   p99 {r.p99_ms:6.2f} ms   "
-            f"max {r.max_ms:7.1f} ms   ({r.not_2xx} not 2xx, {r.socket_errors} socket errors; "
-            f"{self.late} started late, at most {self.late_max_ms:.1f} ms; load average "
-            f"{self.load_average[0]:.1f} to {self.load_average[1]:.1f})"
-        )
-
-
-def parse_pacing(output: str) -> tuple[int, float]:
-    """(slots started late, the latest by ms) from bench/fixed_rate.lua's pacing line."""
-    line = next(text for text in output.splitlines() if text.startswith('{"late"'))
-    figures = json.loads(line)
-    return figures["late"], figures["late_max_us"] / 1000
-
-
-async def paced(
-    url: str, token: str, ids_file: Path, template: str, args: argparse.Namespace, seconds: float
-) -> str:
-    """wrk's output of `seconds` at `--rate` requests/s over `--connections` connections."""
-    return await run_wrk(
-        url,
-        token,
-        ids_file,
-        template,
-        seconds,
-        args.connections,
-        PACING_SCRIPT,
-        f"{args.rate:g}",
-    )
-
-
 async def top_10(
     args: argparse.Namespace,
     env: Mapping[str, str],
@@ -188,25 +139,20 @@ async def top_10(
         ids_file.write_text("\n".join(customers) + "\n")
         for target in args.targets or TOP_10:
             url, template = bases[target], TOP_10[target]
-            say(f"top 10 from the {target}: {args.warmup:g} s warm-up at {args.rate:g}/s")
-            await paced(url, tokens[target], ids_file, template, args, args.warmup)
-            say(f"top 10 from the {target}: measuring for {args.seconds:g} s")
-            load_before = os.getloadavg()[0]
-            before, wrk_before = cpu_seconds(measured), own_children_cpu()
-            output = await paced(url, tokens[target], ids_file, template, args, args.seconds)
-            after, wrk_spent = cpu_seconds(measured), own_children_cpu() - wrk_before
-            result = parse_wrk(output)
-            requests = max(result.requests, 1)
-            late, late_max_ms = parse_pacing(output)
-            figures[target] = Paced(
-                result=result,
-                late=late,
-                late_max_ms=late_max_ms,
-                load_average=(load_before, os.getloadavg()[0]),
-                cpu_ms_per_request={
-                    name: (after[name] - before[name]) * 1000 / requests for name in measured
-                },
-                wrk_cpu_ms_per_request=wrk_spent * 1000 / requests,
+            say(
+                f"top 10 from the {target}: {args.warmup:g} s warm-up at {args.rate:g}/s, "
+                f"then {args.seconds:g} s measured"
+            )
+            figures[target] = await paced_load(
+                url,
+                tokens[target],
+                ids_file,
+                template,
+                rate=args.rate,
+                connections=args.connections,
+                seconds=args.seconds,
+                warmup=args.warmup,
+                measured=measured,
             )
             say(f"{target}: {figures[target].line()}")
             say(f"{target}: {cpu_line(figures[target].cpu_ms_per_request)}")
