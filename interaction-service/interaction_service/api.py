@@ -297,27 +297,13 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
         customer_id, overview_query = path_and_query(request, OVERVIEW_QUERY)
         limit = overview_query.limit
 
-        query, as_of = TimelineQuery(), datetime.now(UTC)
-
-        async def read(
-            conn: asyncpg.Connection,
-        ) -> tuple[list[dict[str, Any]], projection.ContactTotals | None]:
-            rows = await store.timeline_page(
-                conn, customer_id, query, as_of=as_of, after=None, limit=limit + 1
-            )
-            return rows, await store.contact_summary(conn, customer_id)
-
+        as_of = datetime.now(UTC)
         async with pool_of(request).acquire() as conn:
-            rows, totals = await read(conn)
-            if not rows or totals is None:
-                # The worker writes both in one transaction: read them again in one snapshot, or
-                # an event committed between the two reads would show in only one of them.
-                async with conn.transaction(isolation="repeatable_read", readonly=True):
-                    rows, totals = await read(conn)
+            rows, totals = await store.overview(conn, customer_id, as_of=as_of, limit=limit + 1)
         if not rows and totals is None:
             raise _unknown(customer_id)
         overview = InteractionOverview(
-            timeline=_page(customer_id, rows, limit, query, as_of),
+            timeline=_page(customer_id, rows, limit, TimelineQuery(), as_of),
             contact_summary=None if totals is None else _summary(customer_id, totals),
         )
         return model_response(overview)

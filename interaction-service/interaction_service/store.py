@@ -186,6 +186,40 @@ async def timeline_page(
     return [dict(row) for row in await conn.fetch(sql, *args)]
 
 
+_PAGE_COLUMN_NAMES = tuple(name.strip() for name in _PAGE_COLUMNS.split(","))
+
+
+async def overview(
+    conn: asyncpg.Connection, customer_id: str, *, as_of: datetime, limit: int
+) -> tuple[list[dict[str, Any]], ContactTotals | None]:
+    """Up to `limit` rows of the customer's timeline (newest first, recorded by `as_of`) and
+    their contact summary (None when none), read in one statement: one round trip, and one
+    snapshot, so the two agree (the worker writes both in one transaction)."""
+    query = TimelineQuery()
+    page, args = page_statement(customer_id, query, as_of=as_of, after=None, limit=limit)
+    totals = ", ".join(f"s.{column}" for column in _TOTALS_COLUMNS)
+    rows = await conn.fetch(
+        f"SELECT {totals}, s.customer_id IS NOT NULL AS summarised, p.* "
+        "FROM (SELECT $1::text AS customer_id) AS k "
+        "LEFT JOIN contact_summary s ON s.customer_id = k.customer_id "
+        f"LEFT JOIN LATERAL ({page}) AS p ON true "
+        "ORDER BY p.occurred_at DESC, p.source DESC, p.event_id DESC",
+        *args,
+    )
+    first = rows[0]  # one row at least: the outer joins keep the customer's
+    summary = (
+        ContactTotals(**{column: first[column] for column in _TOTALS_COLUMNS})
+        if first["summarised"]
+        else None
+    )
+    entries = [
+        {column: row[column] for column in _PAGE_COLUMN_NAMES}
+        for row in rows
+        if row["event_id"] is not None
+    ]
+    return entries, summary
+
+
 async def has_timeline(conn: asyncpg.Connection, customer_id: str) -> bool:
     found: bool = await conn.fetchval(
         "SELECT EXISTS (SELECT 1 FROM timeline WHERE customer_id = $1)", customer_id
