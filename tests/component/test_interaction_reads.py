@@ -1,6 +1,6 @@
-"""The interaction overview's read (the customer 360's share): the first timeline page and the
-contact summary from one statement, equal to what the page read and the summary read give
-apart, on real PostgreSQL."""
+"""The interaction store's reads on real PostgreSQL: the overview (the customer 360's share), its
+timeline page and contact summary from one statement, equal to what the page and summary reads
+give apart; and a journey read back (by the fold's lock and by the API) as it was saved."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from crm_shared.contracts.events import JourneyStage
 from crm_shared.runtime.db import open_pool
 from interaction_service import store
 from interaction_service.config import MIGRATIONS
+from interaction_service.journey import Journey
 from interaction_service.projection import ContactTotals, TimelineEntry, TimelineQuery
 
 pytestmark = pytest.mark.component
@@ -85,5 +87,38 @@ async def test_the_overview_reads_the_page_and_the_summary_as_their_own_reads_do
             # Nothing recorded by the instant asked: no page, the summary still.
             before, still = await store.overview(conn, "C-1", as_of=T0, limit=2)
             assert before == [] and still == totals
+    finally:
+        await pool.close()
+
+
+async def test_a_journey_reads_back_as_it_was_saved_in_every_stage(fresh_dsn: str) -> None:
+    saved = [
+        Journey(
+            customer_id=f"C-{stage.value}",
+            stage=stage,
+            entered_at=T0 + timedelta(days=n),
+            version=n + 1,
+            orders=n,
+            first_order_at=T0,
+            first_order_id="O-1",
+            last_order_at=T0 + timedelta(days=n),
+            order_partition=n % 3,
+            interested=n % 2 == 0,
+            last_nps=n,
+            last_nps_at=T0,
+            praised=n % 2 == 1,
+            first_contact_at=T0,
+        )
+        for n, stage in enumerate(JourneyStage)
+    ]
+    pool = await open_pool(fresh_dsn, MIGRATIONS, 1)
+    try:
+        async with pool.acquire() as conn:
+            await store.save_journeys(conn, saved)
+            for journey in saved:
+                assert await store.journey_of(conn, journey.customer_id) == journey
+            async with conn.transaction():
+                locked = await store.lock_journeys(conn, [j.customer_id for j in saved])
+            assert locked == {journey.customer_id: journey for journey in saved}
     finally:
         await pool.close()
