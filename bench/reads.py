@@ -116,21 +116,13 @@ class Paced:
         )
 
     def figures(self) -> dict[str, Any]:
-        """JSON-ready: a closed-loop target's keys (bench.reads.target_figures) and the pacing's."""
-        r = self.result
+        """JSON-ready: a closed-loop target's keys and the pacing's."""
         return {
             "rate_asked": self.rate,
-            "rate": r.rate,
-            "p50_ms": r.p50_ms,
-            "p99_ms": r.p99_ms,
-            "max_ms": r.max_ms,
-            "requests": r.requests,
-            "not_2xx": r.not_2xx,
-            "socket_errors": r.socket_errors,
+            **load_figures(self.result, self.cpu_ms_per_request, self.wrk_cpu_ms_per_request),
+            "max_ms": self.result.max_ms,
             "late": self.late,
             "late_max_ms": self.late_max_ms,
-            "cpu_ms_per_request": self.cpu_ms_per_request,
-            "wrk_cpu_ms_per_request": self.wrk_cpu_ms_per_request,
         }
 
 
@@ -229,16 +221,16 @@ async def paced_load(
         measured, run_wrk(url, token, ids_file, template, seconds, connections, *pacing)
     )
     result = parse_wrk(output)
-    requests = max(result.requests, 1)
     late, late_max_ms = parse_pacing(output)
+    cpu_ms_per_request, wrk_cpu_ms_per_request = per_request(result, spent, wrk_spent)
     return Paced(
         rate=rate,
         result=result,
         late=late,
         late_max_ms=late_max_ms,
         load_average=(load_before, os.getloadavg()[0]),
-        cpu_ms_per_request={name: seconds * 1000 / requests for name, seconds in spent.items()},
-        wrk_cpu_ms_per_request=wrk_spent * 1000 / requests,
+        cpu_ms_per_request=cpu_ms_per_request,
+        wrk_cpu_ms_per_request=wrk_cpu_ms_per_request,
     )
 
 
@@ -446,11 +438,21 @@ async def recommendations_computed(recommendation: asyncpg.Pool) -> float:
     return time.monotonic() - started
 
 
-def target_figures(
+def per_request(
     result: LoadResult, spent: Mapping[str, float], wrk_spent: float
-) -> dict[str, Any]:
-    """One target's figures: wrk's, and the CPU ms per request of each process."""
+) -> tuple[dict[str, float], float]:
+    """The CPU ms each process (and wrk) spent per request, from the CPU seconds of the run."""
     requests = max(result.requests, 1)
+    return (
+        {name: seconds * 1000 / requests for name, seconds in spent.items()},
+        wrk_spent * 1000 / requests,
+    )
+
+
+def load_figures(
+    result: LoadResult, cpu_ms_per_request: Mapping[str, float], wrk_cpu_ms_per_request: float
+) -> dict[str, Any]:
+    """A load's figures, JSON-ready: wrk's, and the CPU ms per request of each process."""
     return {
         "rate": result.rate,
         "p50_ms": result.p50_ms,
@@ -458,9 +460,16 @@ def target_figures(
         "requests": result.requests,
         "not_2xx": result.not_2xx,
         "socket_errors": result.socket_errors,
-        "cpu_ms_per_request": {name: seconds * 1000 / requests for name, seconds in spent.items()},
-        "wrk_cpu_ms_per_request": wrk_spent * 1000 / requests,
+        "cpu_ms_per_request": dict(cpu_ms_per_request),
+        "wrk_cpu_ms_per_request": wrk_cpu_ms_per_request,
     }
+
+
+def target_figures(
+    result: LoadResult, spent: Mapping[str, float], wrk_spent: float
+) -> dict[str, Any]:
+    """One closed-loop target's figures, from the CPU seconds its run cost."""
+    return load_figures(result, *per_request(result, spent, wrk_spent))
 
 
 def show(report: Mapping[str, Any]) -> None:
