@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -83,14 +84,58 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+BACKGROUND_NICENESS = 10
+"""The CPU priority (nice value) of background work: the periodic jobs' processes and their
+database server processes. On a small machine a job's run (a materialized view refreshed, a
+catalogue's neighbours) takes a core for seconds; at nice 10 it gets about a tenth of a core
+against a fold that wants the CPU, and all of it otherwise (docs/decisions.md, "Background work
+at a lower CPU priority")."""
+
+
+BACKGROUND_SETTINGS = {"application_name": "crm-background", "max_parallel_workers_per_gather": "0"}
+"""A background connection's session: named, so that an operator tells it apart (pg_stat_activity),
+and its queries on one server process: parallel workers would start at the normal priority,
+and take every core."""
+
+
+def lower_priority(pid: int, niceness: int = BACKGROUND_NICENESS) -> bool:
+    """Run process `pid` (0: this one) at `niceness` if it is ours to change: True when done.
+
+    A database server process is changed only when it is a PostgreSQL process on this machine
+    (`/proc/<pid>/comm` says postgres); a server elsewhere, or run by another user, is left as
+    it is (False)."""
+    try:
+        if pid and Path(f"/proc/{pid}/comm").read_text().strip() != "postgres":
+            return False
+        os.setpriority(os.PRIO_PROCESS, pid, niceness)
+    except OSError:
+        return False
+    return True
+
+
+async def _init_background_connection(conn: asyncpg.Connection) -> None:
+    """A background pool's connection: plain jsonb, and its server process at lower priority."""
+    await _init_connection(conn)
+    lowered = lower_priority(conn.get_server_pid())
+    log.debug("background connection", extra={"server_priority_lowered": lowered})
+
+
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """A pool's `reset` that sends nothing: asyncpg still rolls back an open transaction."""
 
 
 async def open_pool(
-    dsn: str, migrations: Path, size: int, *, reset_sessions: bool = True
+    dsn: str,
+    migrations: Path,
+    size: int,
+    *,
+    reset_sessions: bool = True,
+    background: bool = False,
 ) -> asyncpg.Pool:
     """Create the database if needed, migrate it, and return a connection pool.
+
+    A `background` pool is for periodic jobs: each query runs on one server process
+    (BACKGROUND_SETTINGS), at BACKGROUND_NICENESS when it is ours to change (lower_priority).
 
     Without `reset_sessions`, a connection goes back to the pool without asyncpg's reset query
     (RESET ALL, UNLISTEN, CLOSE ALL, advisory unlocks): one round trip less per request, for
@@ -101,8 +146,9 @@ async def open_pool(
         dsn,
         min_size=1,
         max_size=size,
-        init=_init_connection,
+        init=_init_background_connection if background else _init_connection,
         reset=None if reset_sessions else _keep_session,
+        server_settings=BACKGROUND_SETTINGS if background else None,
     )
     assert pool is not None
     async with pool.acquire() as conn:

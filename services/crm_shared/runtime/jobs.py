@@ -5,7 +5,8 @@ held to its share of the time, never stopped by a failure; run by the worker's o
 A process of their own is for jobs whose Python would hold the fold back: in the worker they
 share its interpreter lock and its event loop, so every step of a job that does not yield (a
 model's numpy in a thread, building thousands of documents) delays the batch being committed
-(docs/decisions.md, "The recommendation jobs in a process of their own").
+(docs/decisions.md, "The recommendation jobs in a process of their own"). Such a process runs
+at a lower CPU priority, as the jobs' database work does everywhere (db.BACKGROUND_NICENESS).
 
     python -m <service>_service.jobs
 """
@@ -25,7 +26,7 @@ import uvloop
 
 from crm_shared.runtime import memory, metrics
 from crm_shared.runtime.config import ServiceSettings
-from crm_shared.runtime.db import open_pool
+from crm_shared.runtime.db import lower_priority, open_pool
 from crm_shared.runtime.health import serve_metrics_and_health
 from crm_shared.runtime.logs import configure_logging
 from crm_shared.runtime.outbox import relaying
@@ -123,7 +124,7 @@ async def serve_jobs(
     """Run the jobs until SIGTERM or SIGINT, with an outbox relay of their own for the events
     they derive (several relays share a database: one relays at a time). A job cut short by
     the stop rolls back, as after a crash: its marks wait for the next run."""
-    pool = await open_pool(settings.dsn, migrations, settings.pool_size)
+    pool = await open_pool(settings.dsn, migrations, settings.pool_size, background=True)
     stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
@@ -160,6 +161,7 @@ def run_jobs(
     """The composition root of a jobs process: logging, /metrics and /healthz, the jobs."""
     configure_logging(f"{projection}-jobs", settings.platform.log_level)
     allocator = memory.tune_allocator()  # before the jobs' threads
+    lower_priority(0)  # the jobs' own Python, as their database work (open_pool's background)
     serve_metrics_and_health(metrics_port, lambda: None)
     log.info(
         "jobs starting",

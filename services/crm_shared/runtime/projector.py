@@ -108,7 +108,9 @@ class PeriodicJob:
     up to this many seconds of them: after a quiet spell a run starts at its next tick, while
     back-to-back runs are still held to `duty` (plus the burst once). A run that raises is
     logged; its work waits for the next run, which comes later after each failure in a row (2 s
-    doubling to 5 minutes, reset by a success)."""
+    doubling to 5 minutes, reset by a success). Its database work goes through a background
+    pool (crm_shared.runtime.db.open_pool): one server process a query, at a lower CPU priority
+    than the fold's."""
 
     name: str
     interval_seconds: float

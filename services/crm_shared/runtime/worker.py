@@ -244,9 +244,13 @@ def build_app(
 
     app.timer(settings.prune_interval_seconds)(prune_bookkeeping)
 
+    if projection.periodic:
+        background = loop.run_until_complete(
+            open_pool(settings.dsn, projection.migrations, settings.pool_size, background=True)
+        )
     for job in projection.periodic:
         app.timer(job.interval_seconds, name=f"{projection.name}-{job.name}")(
-            periodic_runner(job, pool, projection.name)
+            periodic_runner(job, background, projection.name)
         )
 
     async def finish_batch(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
