@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -161,10 +162,15 @@ def run_jobs(
     """The composition root of a jobs process: logging, /metrics and /healthz, the jobs."""
     configure_logging(f"{projection}-jobs", settings.platform.log_level)
     allocator = memory.tune_allocator()  # before the jobs' threads
-    lower_priority(0)  # the jobs' own Python, as their database work (open_pool's background)
+    lowered = lower_priority(0)  # the jobs' own Python, as their database work (background pool)
     serve_metrics_and_health(metrics_port, lambda: None)
     log.info(
         "jobs starting",
-        extra={"projection": projection, "metrics_port": metrics_port, "allocator": allocator},
+        extra={
+            "projection": projection,
+            "metrics_port": metrics_port,
+            "allocator": allocator,
+            "niceness": os.getpriority(os.PRIO_PROCESS, 0) if lowered else None,
+        },
     )
     uvloop.run(serve_jobs(projection, jobs, settings, migrations))
