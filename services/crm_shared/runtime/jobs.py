@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,7 +26,7 @@ import uvloop
 
 from crm_shared.runtime import memory, metrics
 from crm_shared.runtime.config import ServiceSettings
-from crm_shared.runtime.db import lower_priority, open_pool
+from crm_shared.runtime.db import BACKGROUND_NICENESS, lower_priority, open_pool
 from crm_shared.runtime.health import serve_metrics_and_health
 from crm_shared.runtime.logs import configure_logging
 from crm_shared.runtime.outbox import relaying
@@ -170,7 +169,7 @@ def run_jobs(
             "projection": projection,
             "metrics_port": metrics_port,
             "allocator": allocator,
-            "niceness": os.getpriority(os.PRIO_PROCESS, 0) if lowered else None,
+            "niceness": BACKGROUND_NICENESS if lowered else None,
         },
     )
     uvloop.run(serve_jobs(projection, jobs, settings, migrations))
