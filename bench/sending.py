@@ -50,7 +50,8 @@ from broadcast_service.campaigns import PlannedMessage
 from broadcast_service.config import MIGRATIONS, SenderSettings
 from broadcast_service.delivery import OutboundMessage
 from broadcast_service.projection import ChannelPreferences, ChannelSetup, Consent
-from broadcast_service.sender import Attempt, Sender, build_adapters, freeze_startup_objects
+from broadcast_service.sender import Attempt, Sender, build_adapters
+from crm_shared.runtime import memory
 from crm_shared.runtime.db import open_pool
 
 DATABASE = "crm_broadcast_sendbench"
@@ -214,7 +215,7 @@ async def sender_process(profile: str | None) -> None:
     sender = Sender(pool, adapters, settings)
     commits, claims = time_commits(sender), time_claims(sender)
     try:
-        freeze_startup_objects()  # as the sender does once set up
+        memory.freeze_startup_objects()  # as the sender does once set up
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         profiler = cProfile.Profile(time.process_time) if profile else None

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import random
 import signal
@@ -64,7 +63,7 @@ from broadcast_service.delivery import (
 from broadcast_service.mail import MailIdentity
 from broadcast_service.projection import RecentSend
 from crm_shared.contracts.events import Channel
-from crm_shared.runtime import outbox
+from crm_shared.runtime import memory, outbox
 from crm_shared.runtime.db import TRANSIENT_ERRORS, open_pool
 from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.logs import configure_logging
@@ -517,15 +516,6 @@ def build_adapters(settings: SenderSettings) -> dict[str, Adapter]:
     return {Channel.EMAIL: mail, **dict.fromkeys(sorted(DEDUPED_CHANNELS), webhook)}
 
 
-def freeze_startup_objects() -> None:
-    """Move everything made so far (modules, pydantic schemas, pools: about 140,000 objects) out
-    of the garbage collector's reach, once set up: each full collection traversed them all, and
-    the batches' short-lived objects set one off often enough that collecting cost 46 µs of the
-    sender's CPU a message, 10 µs after (docs/performance.md). They live as long as the process
-    anyway; gc.freeze is made for this."""
-    gc.freeze()
-
-
 async def serve(settings: SenderSettings) -> None:
     """The sender's composition root: pool, Kafka producer, outbox relay, adapters."""
     # Transactions only (the relay's lock too): no session state to reset between uses, so a
@@ -538,7 +528,7 @@ async def serve(settings: SenderSettings) -> None:
             sender = Sender(pool, adapters, settings, on_recorded=relay.wake.set)
             for signum in (signal.SIGTERM, signal.SIGINT):
                 asyncio.get_running_loop().add_signal_handler(signum, sender.stop)
-            freeze_startup_objects()
+            memory.freeze_startup_objects()
             log.info("sender starting", extra={"metrics_port": settings.sender_metrics_port})
             reports = asyncio.create_task(sender.report_queue())
             try:

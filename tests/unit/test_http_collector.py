@@ -11,11 +11,8 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from crm_shared.runtime.http import (
-    YOUNG_OBJECTS_PER_COLLECTION,
-    freeze_after_startup,
-    frozen_after_startup,
-)
+from crm_shared.runtime.http import freeze_after_startup, frozen_after_startup
+from crm_shared.runtime.memory import YOUNG_OBJECTS_PER_COLLECTION
 
 
 @pytest.fixture

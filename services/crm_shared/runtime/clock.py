@@ -25,6 +25,7 @@ from pydantic_settings import SettingsConfigDict
 
 from crm_shared.contracts.events import CLOCK_SUBJECT, CLOCK_TICKED, build_event, encode_event
 from crm_shared.contracts.topics import CLOCK_PRODUCER, EVENT_TOPICS
+from crm_shared.runtime import memory
 from crm_shared.runtime.config import ServiceSettings
 from crm_shared.runtime.logs import configure_logging
 from crm_shared.runtime.metrics import CLOCK_LAST_TICK, CLOCK_TICKS_PUBLISHED
@@ -118,6 +119,7 @@ def main() -> None:
     settings = ClockSettings()
     configure_logging("clock", settings.platform.log_level)
     start_http_server(settings.worker_metrics_port)
+    memory.freeze_startup_objects()
     run(settings)
 
 

@@ -3,7 +3,6 @@ and the service token that guards the services' internal APIs."""
 
 from __future__ import annotations
 
-import gc
 import hmac
 import ipaddress
 import logging
@@ -27,7 +26,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crm_shared.contracts.events import CustomerId
-from crm_shared.runtime import metrics
+from crm_shared.runtime import memory, metrics
 from crm_shared.runtime.config import ServiceSettings
 from crm_shared.runtime.db import open_pool
 from crm_shared.runtime.logs import configure_logging
@@ -470,28 +469,19 @@ def check_exposure(settings: ServiceSettings) -> None:
         )
 
 
-YOUNG_OBJECTS_PER_COLLECTION = 10_000
-"""The APIs' gen-0 threshold (Python's default is 700). Twenty requests in flight hold thousands
-of tracked objects, nearly all freed by their reference counts, so at 700 the gateway collected
-about fifty times a second, walking the requests in flight each time, and about one collection in
-140 walked everything. At 10,000 the bench's reads set off no collection at all."""
-
-
 AnyLifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
 
 
 def frozen_after_startup(lifespan: AnyLifespan) -> AnyLifespan:
-    """`lifespan`, then everything made so far (modules, pydantic schemas, routes, pools) moved out
-    of the cyclic collector's reach: they live as long as the process, and every full collection
-    walked them all, a pause of every request in flight (docs/performance.md, "The read path's
-    tail"). Only `serve` does this, so an app built in a test process collects as usual."""
+    """`lifespan`, then the start-up objects frozen (`memory.freeze_startup_objects`): every full
+    collection walked them all, a pause of every request in flight (docs/performance.md, "The
+    read path's tail"). Only `serve` does this, so an app built in a test process collects as
+    usual."""
 
     @asynccontextmanager
     async def frozen(app: Any) -> AsyncIterator[Any]:
         async with lifespan(app) as state:
-            gc.collect()
-            gc.freeze()
-            gc.set_threshold(YOUNG_OBJECTS_PER_COLLECTION, *gc.get_threshold()[1:])
+            memory.freeze_startup_objects()
             yield state
 
     return frozen

@@ -172,4 +172,5 @@ def run_jobs(
             "niceness": BACKGROUND_NICENESS if lowered else None,
         },
     )
+    memory.freeze_startup_objects()  # the jobs' own state changes, and stays collectable
     uvloop.run(serve_jobs(projection, jobs, settings, migrations))

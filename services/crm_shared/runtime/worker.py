@@ -373,6 +373,7 @@ def run_worker(projection: Projection, settings: ServiceSettings) -> None:
     asyncio.set_event_loop(loop)
     app, projector = build_app(projection, settings, loop)
     serve_metrics_and_health(settings.worker_metrics_port, lambda: projector.halted)
+    memory.freeze_startup_objects()  # faust's consumer and our pools, made after, are few
     log.info(
         "worker starting",
         extra={
