@@ -85,6 +85,19 @@ OVERVIEW_ROWS: tuple[Row, ...] = (
                 width=GRID_WIDTH,
                 height=4,
             ),
+            Panel(
+                title="Start-up objects frozen",
+                description=(
+                    "Objects each process moved out of the garbage collector's reach once set up "
+                    "(crm_gc_frozen_objects). 0 means every full collection walks them all, a "
+                    "pause of the batch or of the requests in flight."
+                ),
+                unit="short",
+                queries=(Query("min by (job) (crm_gc_frozen_objects)", "{{job}}"),),
+                kind="stat",
+                width=GRID_WIDTH,
+                height=4,
+            ),
         ),
     ),
     Row(

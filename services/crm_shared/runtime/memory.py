@@ -19,8 +19,6 @@ import logging
 import os
 from collections.abc import Mapping
 
-from prometheus_client import Gauge
-
 log = logging.getLogger(__name__)
 
 ARENA_MAX = 2
@@ -83,13 +81,5 @@ def freeze_startup_objects() -> None:
     of CPU a message on it, and each pause held every request in flight (docs/performance.md).
     gc.freeze is made for this."""
     gc.collect()
-    gc.freeze()
+    gc.freeze()  # reported by metrics.FROZEN_OBJECTS
     gc.set_threshold(YOUNG_OBJECTS_PER_COLLECTION, *gc.get_threshold()[1:])
-
-
-FROZEN_OBJECTS = Gauge(
-    "crm_gc_frozen_objects",
-    "Objects this process moved out of the cyclic garbage collector's reach once set up "
-    "(0: it did not, and every full collection walks its start-up objects)",
-)
-FROZEN_OBJECTS.set_function(gc.get_freeze_count)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import gc
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -101,6 +102,13 @@ PERIODIC_JOB_CONSECUTIVE_FAILURES = Gauge(
     "off exponentially meanwhile",
     ["projection", "periodic_job"],
 )
+FROZEN_OBJECTS = Gauge(
+    "crm_gc_frozen_objects",
+    "Objects this process moved out of the cyclic garbage collector's reach once set up "
+    "(crm_shared.runtime.memory.freeze_startup_objects; 0: it did not, and every full "
+    "collection walks its start-up objects)",
+)
+FROZEN_OBJECTS.set_function(gc.get_freeze_count)
 HTTP_REQUESTS = Counter(
     "crm_http_requests", "HTTP requests served", ["service", "route", "method", "status"]
 )
