@@ -68,7 +68,7 @@ YOUNG_OBJECTS_PER_COLLECTION = 10_000
 twenty requests in flight hold thousands of tracked objects, nearly all freed by their reference
 counts: at 700 the gateway collected about fifty times a second, walking the requests in flight
 each time, and the workers' batches, which live until their commit, were walked several times
-each and promoted into the older generations, setting off a full collection every 5 to 10
+each and promoted into the older generations, setting off a full collection every 5 to 20
 seconds."""
 
 
