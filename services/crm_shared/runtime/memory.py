@@ -77,7 +77,7 @@ def freeze_startup_objects() -> None:
     to 180,000 objects) out of the cyclic collector's reach, and collect the young generation less
     often. Call once the process is set up. Those objects live as long as the process, and every
     full collection walked them all: about a fifth of a worker's time at 2,000 events/s went to
-    the collector (wall time, in pauses of 100 to 250 ms of the event loop), the sender spent 46 µs
+    the collector (wall time, in full collections of 150 to 300 ms), the sender spent 46 µs
     of CPU a message on it, and each pause held every request in flight (docs/performance.md).
     gc.freeze is made for this."""
     gc.collect()
