@@ -4,26 +4,14 @@ started, and its young generation is collected less often; the lifespan itself i
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import pytest
 from fastapi import FastAPI
 
 from crm_shared.runtime.http import freeze_after_startup, frozen_after_startup
 from crm_shared.runtime.memory import YOUNG_OBJECTS_PER_COLLECTION
-
-
-@pytest.fixture
-def collector() -> Iterator[None]:
-    """The test process's collector as it was, afterwards."""
-    threshold = gc.get_threshold()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*threshold)
 
 
 async def test_start_up_objects_are_frozen_after_the_lifespan_starts(collector: None) -> None:

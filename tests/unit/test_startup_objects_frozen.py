@@ -4,23 +4,8 @@ collector's reach, collects its young generation less often, and says so on /met
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
-
-import pytest
 
 from crm_shared.runtime import memory, metrics
-
-
-@pytest.fixture
-def collector() -> Iterator[None]:
-    """The test process's collector as it was, afterwards."""
-    threshold = gc.get_threshold()
-    gc.unfreeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*threshold)
 
 
 def frozen_objects_reported() -> float:
