@@ -2,10 +2,10 @@
 
 A fold returns the events it derives (crm_shared.runtime.derived); the projector writes them to the
 `outbox` table in the transaction that changes the view and moves the consumed positions. The
-worker's relay publishes unsent rows in order (acks=all), marks them sent, and prunes sent rows
-later. A derived event's id comes from the event that caused it, so a relay that publishes again
-after a crash, or a rebuild that derives the same events again, produces duplicates that
-consumers drop.
+worker's relay takes the oldest rows out of the table, publishes them in order (acks=all) and
+commits, so a row is gone once Kafka has it. A derived event's id comes from the event that caused
+it, so a relay that publishes again after a crash, or a rebuild that derives the same events
+again, produces duplicates that consumers drop.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from operator import itemgetter
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -40,10 +40,13 @@ async def write(conn: asyncpg.Connection, derived: Sequence[Derived]) -> None:
         )
 
 
-PRUNE_SENT_SQL = "DELETE FROM outbox WHERE sent_at < now() - $1::interval"
-"""now(), not clock_timestamp(): a volatile bound cannot go to the outbox_sent index, and the
-relay prunes after every pass, so each prune read the whole table (the sent rows of the last
-`keep_sent`: 16 ms a pass for 35,000 rows, a sixth of the bench's PostgreSQL time)."""
+TAKE_OLDEST_SQL = (
+    "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT $1)"
+    " RETURNING seq, topic, key, value, event_id, type"
+)
+"""Deleting what is published, in the transaction that publishes it, leaves one dead version a
+row; marking rows sent and pruning them later left two, and kept minutes of sent rows in the
+table for autovacuum to walk (decisions.md, "The outbox deletes what it publishes")."""
 
 Send = Callable[[Sequence[Derived]], Awaitable[None]]
 """Publishes to Kafka and returns once every record is acknowledged (acks=all)."""
@@ -71,30 +74,25 @@ class OutboxRelay:
         *,
         batch_size: int = 500,
         idle_seconds: float = 1.0,
-        keep_sent: timedelta = timedelta(minutes=10),
     ) -> None:
         self.projection = projection
         self.pool = pool
         self.send = send
         self.batch_size = batch_size
         self.idle_seconds = idle_seconds
-        self.keep_sent = keep_sent
         self.wake = asyncio.Event()
 
     async def relay_once(self) -> int:
-        """Publish up to one batch of unsent events and mark them sent; how many were sent.
+        """Publish up to one batch of the oldest events and delete them; how many were sent.
 
-        The rows are marked in the transaction that read them, after Kafka acknowledged them: a
-        crash in between publishes them again, and consumers drop the copies by id.
+        The rows are deleted in a transaction that commits only after Kafka acknowledged them: a
+        failed send leaves them in place, and a crash after the send publishes them again, which
+        consumers drop by id.
         """
         async with self.pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _RELAY_LOCK):
                 return 0  # another replica relays this database
-            rows = await conn.fetch(
-                "SELECT seq, topic, key, value, event_id, type FROM outbox"
-                " WHERE sent_at IS NULL ORDER BY seq LIMIT $1",
-                self.batch_size,
-            )
+            rows = sorted(await conn.fetch(TAKE_OLDEST_SQL, self.batch_size), key=itemgetter(0))
             if not rows:
                 return 0
             derived = [
@@ -102,24 +100,19 @@ class OutboxRelay:
                 for row in rows
             ]
             await self.send(derived)
-            await conn.execute(
-                "UPDATE outbox SET sent_at = clock_timestamp() WHERE seq = ANY($1::bigint[])",
-                [row["seq"] for row in rows],
-            )
         for event_type in {d.type for d in derived}:
             metrics.OUTBOX_PUBLISHED.labels(self.projection, event_type).inc(
                 sum(d.type == event_type for d in derived)
             )
         return len(rows)
 
-    async def report_and_prune(self) -> None:
-        """Export the backlog and its age; delete rows sent longer ago than `keep_sent`."""
+    async def report(self) -> None:
+        """Export the backlog and the age of its oldest event."""
         async with self.pool.acquire() as conn:
             backlog, oldest_age = await conn.fetchrow(
                 "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(created_at)),"
-                " 0) FROM outbox WHERE sent_at IS NULL"
+                " 0) FROM outbox"
             )
-            await conn.execute(PRUNE_SENT_SQL, self.keep_sent)
         metrics.OUTBOX_BACKLOG.labels(self.projection).set(backlog)
         metrics.OUTBOX_OLDEST_AGE.labels(self.projection).set(float(oldest_age))
 
@@ -132,7 +125,7 @@ class OutboxRelay:
                 sent = await self.relay_once()
                 if sent == self.batch_size:
                     continue  # more is waiting
-                await self.report_and_prune()
+                await self.report()
                 delay = 0.1
             except transient as error:
                 log.warning("outbox relay failed, retrying", extra={"error": repr(error)})

@@ -376,14 +376,15 @@ async def hold_live_writes(
 
 
 async def carry_unsent_outbox(conn: asyncpg.Connection, live: str, shadow: str) -> int:
-    """Move the derived events the live relay has not published yet into the shadow's outbox,
-    under their sequence numbers (a relay blocked on marking them sent marks the same rows), and
-    continue the shadow's sequence after the live one. Returns how many were carried."""
+    """Copy the derived events the live relay has not published yet into the shadow's outbox,
+    under their sequence numbers (a relay blocked on taking them takes them from the new table
+    once the lock is released), and continue the shadow's sequence after the live one. Returns
+    how many were carried."""
     status = await conn.execute(
         f"INSERT INTO {quoted(shadow)}.outbox"
-        " (seq, topic, key, value, event_id, type, created_at, sent_at) OVERRIDING SYSTEM VALUE"
-        " SELECT seq, topic, key, value, event_id, type, created_at, sent_at"
-        f" FROM {quoted(live)}.outbox WHERE sent_at IS NULL ORDER BY seq"
+        " (seq, topic, key, value, event_id, type, created_at) OVERRIDING SYSTEM VALUE"
+        " SELECT seq, topic, key, value, event_id, type, created_at"
+        f" FROM {quoted(live)}.outbox ORDER BY seq"
     )
     live_sequence = await conn.fetchval(
         "SELECT pg_get_serial_sequence($1, 'seq')", f"{quoted(live)}.outbox"

@@ -1,0 +1,109 @@
+"""The outbox relay on a real PostgreSQL: it publishes the oldest events in order and deletes them
+in the same transaction, a send that fails leaves every row for the next pass, the backlog it
+reports is what is left, and the migration drops the rows an older relay had marked sent."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+
+from crm_shared.runtime.db import apply_migrations
+from crm_shared.runtime.derived import Derived
+from crm_shared.runtime.outbox import OutboxRelay, write
+from interaction_service.worker import PROJECTION
+from tests.component.pools import migrated_pool
+
+pytestmark = pytest.mark.component
+
+OUTBOX_MIGRATION = "crm_shared/003_outbox_deleted_when_sent.sql"
+
+
+@pytest.fixture
+async def pool(fresh_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    async with migrated_pool(fresh_dsn, PROJECTION.migrations) as pool:
+        yield pool
+
+
+def derived(n: int) -> Derived:
+    return Derived("crm.journeys", b"C-1", b"{}", f"derived-{n}", "crm.journey.stage.changed.v1")
+
+
+class Kafka:
+    """Records what the relay sends; fails every send while `down`."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.down = False
+
+    async def send(self, batch: Sequence[Derived]) -> None:
+        if self.down:
+            raise ConnectionError("broker away")
+        self.sent.extend(item.event_id for item in batch)
+
+
+async def left_in_outbox(pool: asyncpg.Pool) -> list[str]:
+    return [row["event_id"] for row in await pool.fetch("SELECT event_id FROM outbox ORDER BY seq")]
+
+
+async def test_the_oldest_events_are_published_in_order_and_deleted(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await write(conn, [derived(n) for n in range(3)])
+        await write(conn, [derived(n) for n in range(3, 5)])
+    kafka = Kafka()
+    relay = OutboxRelay("interaction", pool, kafka.send, batch_size=3)
+    assert await relay.relay_once() == 3
+    assert kafka.sent == ["derived-0", "derived-1", "derived-2"]
+    assert await left_in_outbox(pool) == ["derived-3", "derived-4"]
+    assert await relay.relay_once() == 2
+    assert await relay.relay_once() == 0
+    assert kafka.sent == [f"derived-{n}" for n in range(5)]
+    assert await left_in_outbox(pool) == []
+
+
+async def test_a_failed_send_leaves_every_row_for_the_next_pass(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await write(conn, [derived(n) for n in range(4)])
+    kafka = Kafka()
+    kafka.down = True
+    relay = OutboxRelay("interaction", pool, kafka.send, batch_size=3)
+    with pytest.raises(ConnectionError):
+        await relay.relay_once()
+    assert await left_in_outbox(pool) == [f"derived-{n}" for n in range(4)]
+    kafka.down = False
+    assert await relay.relay_once() == 3
+    assert await relay.relay_once() == 1
+    assert kafka.sent == [f"derived-{n}" for n in range(4)]
+
+
+async def test_the_backlog_reported_is_what_is_left(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await write(conn, [derived(n) for n in range(5)])
+    relay = OutboxRelay("outbox-test", pool, Kafka().send, batch_size=2)
+    await relay.relay_once()
+    await relay.report()
+    labels = {"projection": "outbox-test"}
+    assert REGISTRY.get_sample_value("crm_outbox_backlog", labels) == 3
+    age = REGISTRY.get_sample_value("crm_outbox_oldest_age_seconds", labels)
+    assert age is not None and age > 0
+
+
+async def test_the_migration_drops_the_rows_marked_sent_before_it(pool: asyncpg.Pool) -> None:
+    """An outbox as the relay that marked rows sent left it (002_outbox): its sent rows go, its
+    unsent ones stay, in order."""
+    async with pool.acquire() as conn:
+        await conn.execute("DELETE FROM schema_migrations WHERE name = $1", OUTBOX_MIGRATION)
+        await conn.execute("ALTER TABLE outbox ADD COLUMN sent_at timestamptz")
+        await conn.execute("CREATE INDEX outbox_sent ON outbox (sent_at) WHERE sent_at IS NOT NULL")
+        await write(conn, [derived(n) for n in range(4)])
+        await conn.execute(
+            "UPDATE outbox SET sent_at = now() WHERE event_id IN ('derived-0', 'derived-2')"
+        )
+        assert await apply_migrations(conn, PROJECTION.migrations) == [OUTBOX_MIGRATION]
+    assert await left_in_outbox(pool) == ["derived-1", "derived-3"]
+    columns = await pool.fetch(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'outbox'"
+    )
+    assert "sent_at" not in {row["column_name"] for row in columns}
