@@ -189,7 +189,7 @@ def build_app(
         )
 
     async def send_derived(derived: Sequence[Derived]) -> None:
-        """Each derived event is on the broker before its outbox row is marked sent. Through the
+        """Each derived event is on the broker before its outbox row is deleted. Through the
         producer itself, not a faust Topic: a Topic's send builds a pending message, a future and
         a sensor state per record, which cost more than the send (the interaction worker relays
         a journey change for about every other record it folds)."""
