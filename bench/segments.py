@@ -79,7 +79,7 @@ async def main(customers: int, repeat: int) -> None:
             print(f"filling ({len(FILL) + 1}/{len(FILL) + 1}) ...", flush=True)
             await conn.execute(LINES)
             print("refreshing the RFM scores ...", flush=True)
-            await conn.execute("REFRESH MATERIALIZED VIEW rfm_scores")
+            await store.refresh_rfm(conn)
             await conn.execute("VACUUM ANALYZE")
             await conn.execute("SET max_parallel_workers_per_gather = 0")
             orders = await conn.fetchval("SELECT count(*) FROM orders")

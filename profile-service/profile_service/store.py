@@ -769,12 +769,32 @@ async def projection_mark(conn: asyncpg.Connection) -> tuple[int, datetime | Non
     return row["offsets"], row["newest_tick"]
 
 
+RFM_SWAP_LOCK_TIMEOUT = "2s"
+"""How long the swap may wait for the readers of the old scores; past it, this refresh is
+given up and the next one tries again."""
+
+
 async def refresh_rfm(conn: asyncpg.Connection) -> None:
-    """Recompute every RFM score (set-based, in SQL); readers keep the old ones meanwhile. The
-    sorts and aggregates get the memory to stay off disk (this transaction only)."""
+    """Recompute every RFM score into a new table and swap it in, in one transaction: readers
+    keep the old scores meanwhile and wait only for the swap. A concurrent refresh of a view
+    diffed the old rows against the new and rewrote nearly all of them (recency moves with the
+    clock), 5 to 7 times the scoring's cost. The sorts get the memory to stay off disk."""
     async with conn.transaction():
-        await conn.execute("SET LOCAL work_mem = '128MB'")
-        await conn.execute("REFRESH MATERIALIZED VIEW CONCURRENTLY rfm_scores")
+        await conn.execute(
+            f"""
+            SET LOCAL work_mem = '128MB';
+            LOCK TABLE rfm_scores IN EXCLUSIVE MODE;  -- one refresh at a time; reads go on
+            CREATE TABLE rfm_scores_next AS SELECT * FROM rfm_scores_computed;
+            CREATE UNIQUE INDEX rfm_scores_next_key ON rfm_scores_next (currency, customer_id);
+            CREATE INDEX rfm_scores_next_customer ON rfm_scores_next (customer_id);
+            ANALYZE rfm_scores_next;
+            SET LOCAL lock_timeout = '{RFM_SWAP_LOCK_TIMEOUT}';
+            DROP TABLE rfm_scores;
+            ALTER TABLE rfm_scores_next RENAME TO rfm_scores;
+            ALTER INDEX rfm_scores_next_key RENAME TO rfm_scores_key;
+            ALTER INDEX rfm_scores_next_customer RENAME TO rfm_scores_customer;
+            """
+        )
 
 
 def _segment_rule() -> list[list[Any]]:

@@ -234,15 +234,16 @@ REBUILD_RULES = RebuildRules(
         "fitted_lifetime_predictions",
         "fitted_lifetime_requests",
         "computed_revenue_cube",
+        "rfm_scores",
     ),
     left_out_columns={"segment_memberships": frozenset({"version", "changed_at"})},
     compared_rows={"segment_memberships": "member"},
 )
-"""The lifetime-value model (`fitted_*`) and the revenue cube (`computed_*`) are computed by the
-worker's jobs at wall-clock times: a rebuild's shadow holds none until they run again. A
-segment's history does not replay exactly (an entry and an exit inside one batch cancel out,
-and operator definitions interleave with customer events differently): a rebuild must give the
-same members, not the same versions (docs/decisions.md, operator segments)."""
+"""The lifetime-value model (`fitted_*`), the revenue cube (`computed_*`) and the RFM scores are
+computed by the worker's jobs at wall-clock times: a rebuild's shadow holds none until they run
+again. A segment's history does not replay exactly (an entry and an exit inside one batch cancel
+out, and operator definitions interleave with customer events differently): a rebuild must give
+the same members, not the same versions (docs/decisions.md, operator segments)."""
 
 
 PROJECTION = Projection(
