@@ -1,9 +1,11 @@
 """The outbox relay on a real PostgreSQL: it publishes the oldest events in order and deletes them
 in the same transaction, a send that fails leaves every row for the next pass, the backlog it
-reports is what is left, and the migration drops the rows an older relay had marked sent."""
+reports is what is left (also while Kafka is away, at most once every `report_seconds`), and the
+migration drops the rows an older relay had marked sent."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
@@ -88,6 +90,44 @@ async def test_the_backlog_reported_is_what_is_left(pool: asyncpg.Pool) -> None:
     assert REGISTRY.get_sample_value("crm_outbox_backlog", labels) == 3
     age = REGISTRY.get_sample_value("crm_outbox_oldest_age_seconds", labels)
     assert age is not None and age > 0
+
+
+async def test_the_backlog_is_reported_while_kafka_is_away(pool: asyncpg.Pool) -> None:
+    """The alert on a stuck outbox watches the oldest event's age: it must grow while every
+    send fails, not stay at what the last successful pass saw."""
+    async with pool.acquire() as conn:
+        await write(conn, [derived(n) for n in range(2)])
+    await pool.execute("UPDATE outbox SET created_at = now() - interval '2 minutes'")
+    kafka = Kafka()
+    kafka.down = True
+    relay = OutboxRelay("outbox-away", pool, kafka.send)
+    labels = {"projection": "outbox-away"}
+    relaying = asyncio.create_task(relay.run((ConnectionError,)))
+    try:
+        for _ in range(50):
+            if REGISTRY.get_sample_value("crm_outbox_backlog", labels) is not None:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        relaying.cancel()
+        await asyncio.gather(relaying, return_exceptions=True)
+    assert REGISTRY.get_sample_value("crm_outbox_backlog", labels) == 2
+    assert (REGISTRY.get_sample_value("crm_outbox_oldest_age_seconds", labels) or 0) >= 120
+    assert kafka.sent == []
+    assert await left_in_outbox(pool) == ["derived-0", "derived-1"]
+
+
+async def test_reports_are_spaced_by_report_seconds(pool: asyncpg.Pool) -> None:
+    spaced = OutboxRelay("outbox-spaced", pool, Kafka().send, report_seconds=3600)
+    labels = {"projection": "outbox-spaced"}
+    await spaced.report_when_due()
+    assert REGISTRY.get_sample_value("crm_outbox_backlog", labels) == 0
+    async with pool.acquire() as conn:
+        await write(conn, [derived(n) for n in range(3)])
+    await spaced.report_when_due()
+    assert REGISTRY.get_sample_value("crm_outbox_backlog", labels) == 0  # not due yet
+    await OutboxRelay("outbox-spaced", pool, Kafka().send, report_seconds=0).report_when_due()
+    assert REGISTRY.get_sample_value("crm_outbox_backlog", labels) == 3
 
 
 async def test_the_migration_drops_the_rows_marked_sent_before_it(pool: asyncpg.Pool) -> None:
