@@ -616,13 +616,15 @@ async def kept_purchases(
 async def voting_neighbours(
     conn: asyncpg.Connection, per_product: int, products: Sequence[str] | None = None
 ) -> list[Neighbour]:
-    """Each product's (all, or these) `per_product` most similar products: those that vote."""
+    """Each product's (all, or these) `per_product` most similar products: those that vote. Ties
+    go by code point, as everywhere else the lists are read (`similar_products_ranked_by_code`)."""
     rows = await conn.fetch(
         """
         SELECT product_id, other_product_id, similarity FROM (
             SELECT product_id, other_product_id, similarity,
                    row_number() OVER (PARTITION BY product_id
-                                      ORDER BY similarity DESC, other_product_id) AS rank
+                                      ORDER BY similarity DESC, other_product_id COLLATE "C")
+                       AS rank
             FROM similar_products
             WHERE $2::text[] IS NULL OR product_id = ANY($2::text[])
         ) ranked
