@@ -101,6 +101,8 @@ async def contact_summary(conn: asyncpg.Connection, customer_id: str) -> Contact
     return None if row is None else ContactTotals(**dict(row))
 
 
+_PAGE_KEY = ("occurred_at", "source", "event_id")
+"""A timeline row's position: pages are read and continued in this order."""
 _PAGE_COLUMNS = (
     "source, event_id, occurred_at, recorded_at, kind, event_type, channel, direction, "
     "department, employee_id, topic, outcome, summary, details"
@@ -161,14 +163,18 @@ def page_statement(
             f"{arg(after.event_id, 'text')}"
         )
         conditions.append(f"(occurred_at, source, event_id) {comparison} ({position})")
-    direction = "DESC" if query.newest_first else "ASC"
     # The limit is written in (an int): the planner then knows how few rows a page needs.
     sql = (
         f"SELECT {_PAGE_COLUMNS} FROM timeline WHERE {' AND '.join(conditions)} "
-        f"ORDER BY occurred_at {direction}, source {direction}, event_id {direction} "
-        f"LIMIT {int(limit)}"
+        f"ORDER BY {page_order(query.newest_first)} LIMIT {int(limit)}"
     )
     return sql, args
+
+
+def page_order(newest_first: bool, prefix: str = "") -> str:
+    """A page's order: event time, then the key, every column the same way."""
+    direction = "DESC" if newest_first else "ASC"
+    return ", ".join(f"{prefix}{column} {direction}" for column in _PAGE_KEY)
 
 
 async def timeline_page(
@@ -203,7 +209,7 @@ async def overview(
         "FROM (SELECT $1::text AS customer_id) AS k "
         "LEFT JOIN contact_summary s ON s.customer_id = k.customer_id "
         f"LEFT JOIN LATERAL ({page}) AS p ON true "
-        "ORDER BY p.occurred_at DESC, p.source DESC, p.event_id DESC",
+        f"ORDER BY {page_order(query.newest_first, 'p.')}",
         *args,
     )
     first = rows[0]  # one row at least: the outer joins keep the customer's
