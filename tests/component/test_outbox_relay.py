@@ -117,6 +117,28 @@ async def test_the_backlog_is_reported_while_kafka_is_away(pool: asyncpg.Pool) -
     assert await left_in_outbox(pool) == ["derived-0", "derived-1"]
 
 
+async def test_the_backlog_is_reported_while_the_relay_catches_up(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await write(conn, [derived(n) for n in range(6)])
+    labels = {"projection": "outbox-catching-up"}
+    seen: list[float | None] = []
+
+    async def send(batch: Sequence[Derived]) -> None:
+        seen.append(REGISTRY.get_sample_value("crm_outbox_backlog", labels))
+
+    relay = OutboxRelay("outbox-catching-up", pool, send, batch_size=2, report_seconds=0)
+    relaying = asyncio.create_task(relay.run((ConnectionError,)))
+    try:
+        for _ in range(50):
+            if len(seen) >= 3:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        relaying.cancel()
+        await asyncio.gather(relaying, return_exceptions=True)
+    assert seen[:3] == [None, 4, 2]  # what the previous full pass left, reported before the next
+
+
 async def test_reports_are_spaced_by_report_seconds(pool: asyncpg.Pool) -> None:
     spaced = OutboxRelay("outbox-spaced", pool, Kafka().send, report_seconds=3600)
     labels = {"projection": "outbox-spaced"}

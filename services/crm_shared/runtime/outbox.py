@@ -133,25 +133,24 @@ class OutboxRelay:
 
     async def run(self, transient: tuple[type[BaseException], ...]) -> None:
         """Relay until cancelled; transient failures (Kafka or the database away) are retried.
-        The backlog is reported while relaying fails too: its age is what the alert watches."""
+        The backlog is reported on its own schedule, also while the relay catches up or fails:
+        the oldest event's age is what the stuck-outbox alert watches."""
         delay = 0.1
         while True:
             self.wake.clear()  # a batch deriving from now on wakes the wait below
-            failed = False
             try:
-                if await self.relay_once() == self.batch_size:
-                    continue  # more is waiting
+                more_waiting = await self.relay_once() == self.batch_size
                 delay = 0.1
             except transient as error:
                 log.warning("outbox relay failed, retrying", extra={"error": repr(error)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-                failed = True
+                more_waiting = True  # retry at once
             try:
                 await self.report_when_due()
             except transient as error:
                 log.warning("outbox backlog not reported", extra={"error": repr(error)})
-            if failed:
+            if more_waiting:
                 continue
             try:
                 async with asyncio.timeout(self.idle_seconds):
