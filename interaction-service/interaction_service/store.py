@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 
 from crm_shared.contracts.events import JourneyStage, Measure
+from crm_shared.runtime.packed import UnnestColumns
 from interaction_service.cases import Breach, Case, Opening, StepRecord, Stint
 from interaction_service.experience import (
     DETRACTOR_AT_MOST,
@@ -31,7 +32,14 @@ from interaction_service.projection import (
 )
 
 _TOTALS_COLUMNS = tuple(f.name for f in fields(ContactTotals))
-_ENTRY_COLUMNS = ", ".join(TimelineEntry._fields)
+_ENTRY_ROWS = UnnestColumns.named(
+    TimelineEntry._fields, occurred_at="timestamptz", recorded_at="timestamptz", details="jsonb"
+)
+_ADD_TO_TIMELINE_SQL = f"""
+INSERT INTO timeline ({_ENTRY_ROWS.names}) {_ENTRY_ROWS.select}
+ON CONFLICT (source, event_id) DO NOTHING
+RETURNING source, event_id
+"""
 
 
 async def add_to_timeline(
@@ -41,20 +49,20 @@ async def add_to_timeline(
     if not entries:
         return set()
     rows = await conn.fetch(
-        f"""
-        INSERT INTO timeline ({_ENTRY_COLUMNS})
-        SELECT {_ENTRY_COLUMNS.replace("details", "details::jsonb")}
-        FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
-                    $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
-                    $12::text[], $13::text[], $14::text[], $15::text[])
-             AS e({_ENTRY_COLUMNS})
-        ON CONFLICT (source, event_id) DO NOTHING
-        RETURNING source, event_id
-        """,
-        # The arrays are the entries' fields, in TimelineEntry's order.
-        *(list(column) for column in zip(*entries, strict=True)),
+        _ADD_TO_TIMELINE_SQL,
+        # The columns are the entries' fields, in TimelineEntry's order.
+        *_ENTRY_ROWS.arguments(list(zip(*entries, strict=True))),
     )
     return {(row["source"], row["event_id"]) for row in rows}
+
+
+_SUMMARY_ROWS = UnnestColumns(
+    (
+        ("customer_id", "text"),
+        # counts, and the times of the first and last (the columns named ..._at)
+        *((name, "timestamptz" if name.endswith("_at") else "bigint") for name in _TOTALS_COLUMNS),
+    )
+)
 
 
 async def add_to_summaries(conn: asyncpg.Connection, deltas: Mapping[str, ContactTotals]) -> None:
@@ -64,15 +72,8 @@ async def add_to_summaries(conn: asyncpg.Connection, deltas: Mapping[str, Contac
     ids = sorted(deltas)  # one lock order for every batch
     values = [deltas[i] for i in ids]
     await conn.execute(
-        """
-        INSERT INTO contact_summary AS s (customer_id, touchpoints, contacts, inbound, outbound,
-                                          refusals, complaints, feedback, feedback_score_sum,
-                                          first_contact_at, last_contact_at,
-                                          first_touchpoint_at, last_touchpoint_at)
-        SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
-                             $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[],
-                             $10::timestamptz[], $11::timestamptz[], $12::timestamptz[],
-                             $13::timestamptz[])
+        f"""
+        INSERT INTO contact_summary AS s ({_SUMMARY_ROWS.names}) {_SUMMARY_ROWS.select}
         ON CONFLICT (customer_id) DO UPDATE SET
             touchpoints = s.touchpoints + EXCLUDED.touchpoints,
             contacts = s.contacts + EXCLUDED.contacts,
@@ -87,8 +88,9 @@ async def add_to_summaries(conn: asyncpg.Connection, deltas: Mapping[str, Contac
             first_touchpoint_at = LEAST(s.first_touchpoint_at, EXCLUDED.first_touchpoint_at),
             last_touchpoint_at = GREATEST(s.last_touchpoint_at, EXCLUDED.last_touchpoint_at)
         """,
-        ids,
-        *([getattr(d, column) for d in values] for column in _TOTALS_COLUMNS),
+        *_SUMMARY_ROWS.arguments(
+            [ids, *([getattr(d, column) for d in values] for column in _TOTALS_COLUMNS)]
+        ),
     )
 
 
@@ -432,11 +434,14 @@ async def open_case_counts(conn: asyncpg.Connection) -> dict[tuple[str, str], in
 # The voice of the customer and the journey (experience.py, journey.py, experience_fold.py).
 
 _JOURNEY_COLUMNS = Journey._fields
-_JOURNEY_TYPES = (
+_JOURNEY_ROWS = UnnestColumns(tuple(zip(_JOURNEY_COLUMNS, (
     "text", "text", "timestamptz", "bigint", "bigint", "timestamptz", "text", "timestamptz",
     "int", "bool", "smallint", "timestamptz", "bool", "timestamptz", "text", "timestamptz",
-)  # fmt: skip
+), strict=True)))  # fmt: skip
 _RATING_COLUMNS = tuple(f.name for f in fields(Rating))
+_RATING_ROWS = UnnestColumns.named(
+    _RATING_COLUMNS, occurred_at="timestamptz", score="smallint", dimensions="jsonb"
+)
 
 
 async def add_ratings(conn: asyncpg.Connection, ratings: Sequence[Rating]) -> None:
@@ -448,16 +453,10 @@ async def add_ratings(conn: asyncpg.Connection, ratings: Sequence[Rating]) -> No
     columns[_RATING_COLUMNS.index("dimensions")] = [json.dumps(r.dimensions) for r in ratings]
     await conn.execute(
         f"""
-        INSERT INTO ratings ({", ".join(_RATING_COLUMNS)})
-        SELECT source, event_id, customer_id, occurred_at, measure, score, kind, channel,
-               touchpoint, department, about_kind, about_id, comment, dimensions::jsonb
-        FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
-                    $6::smallint[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
-                    $12::text[], $13::text[], $14::text[])
-             AS r({", ".join(_RATING_COLUMNS)})
+        INSERT INTO ratings ({_RATING_ROWS.names}) {_RATING_ROWS.select}
         ON CONFLICT (source, event_id) DO NOTHING
         """,
-        *columns,
+        *_RATING_ROWS.arguments(columns),
     )
 
 
@@ -509,32 +508,44 @@ async def save_journeys(conn: asyncpg.Connection, journeys: Sequence[Journey]) -
     ordered = sorted(journeys, key=lambda j: j.customer_id)
     columns = [list(column) for column in zip(*ordered, strict=True)]
     columns[_JOURNEY_COLUMNS.index("stage")] = [j.stage and j.stage.value for j in ordered]
-    arrays = ", ".join(f"${n}::{t}[]" for n, t in enumerate(_JOURNEY_TYPES, start=1))
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in _JOURNEY_COLUMNS[1:])
     await conn.execute(
-        f"INSERT INTO journeys ({', '.join(_JOURNEY_COLUMNS)}) SELECT * FROM unnest({arrays})"
+        f"INSERT INTO journeys ({_JOURNEY_ROWS.names}) {_JOURNEY_ROWS.select}"
         f" ON CONFLICT (customer_id) DO UPDATE SET {updates}",
-        *columns,
+        *_JOURNEY_ROWS.arguments(columns),
     )
+
+
+_TRANSITION_ROWS = UnnestColumns(
+    (
+        ("customer_id", "text"),
+        ("version", "bigint"),
+        ("from_stage", "text"),
+        ("to_stage", "text"),
+        ("trigger", "text"),
+        ("changed_at", "timestamptz"),
+    )
+)
 
 
 async def add_transitions(conn: asyncpg.Connection, transitions: Sequence[Transition]) -> None:
     if not transitions:
         return
     await conn.execute(
-        """
-        INSERT INTO journey_transitions (customer_id, version, from_stage, to_stage, trigger,
-                                         changed_at)
-        SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
-                             $6::timestamptz[])
+        f"""
+        INSERT INTO journey_transitions ({_TRANSITION_ROWS.names}) {_TRANSITION_ROWS.select}
         ON CONFLICT (customer_id, version) DO NOTHING
         """,
-        [t.customer_id for t in transitions],
-        [t.version for t in transitions],
-        [t.from_stage and t.from_stage.value for t in transitions],
-        [t.to_stage.value for t in transitions],
-        [t.trigger for t in transitions],
-        [t.at for t in transitions],
+        *_TRANSITION_ROWS.arguments(
+            [
+                [t.customer_id for t in transitions],
+                [t.version for t in transitions],
+                [t.from_stage and t.from_stage.value for t in transitions],
+                [t.to_stage.value for t in transitions],
+                [t.trigger for t in transitions],
+                [t.at for t in transitions],
+            ]
+        ),
     )
 
 

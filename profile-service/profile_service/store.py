@@ -27,6 +27,7 @@ from crm_shared.contracts.segment_rules import (
     Rule,
 )
 from crm_shared.runtime.db import columns
+from crm_shared.runtime.packed import UnnestColumns
 from profile_service import analytics, complaints, identity, opinions, segments
 from profile_service.catalogue import CategoryRow
 from profile_service.commerce import (
@@ -524,16 +525,21 @@ _FIRST_WINS = (
 commerce._precedence."""
 
 
+_ORDER_ROWS = UnnestColumns.named(
+    OrderRow._fields, placed_at="timestamptz", amount="numeric", line_count="int", items="bigint"
+)
+_LINE_ROWS = UnnestColumns.named(
+    LineRow._fields, line_no="int", quantity="int", unit_price="numeric"
+)
+"""The commerce rows' columns, in OrderRow's and LineRow's order."""
+
+
 async def save_commerce(conn: asyncpg.Connection, rows: CommerceRows) -> None:
     """Write a batch's commerce rows, one statement per table."""
     if rows.orders:
         await conn.execute(
-            """
-            INSERT INTO orders AS t (customer_id, order_id, source, event_id, placed_at, channel,
-                                     currency, amount, line_count, items, country)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
-                                 $5::timestamptz[], $6::text[], $7::text[],
-                                 $8::text[]::numeric[], $9::int[], $10::bigint[], $11::text[])
+            f"""
+            INSERT INTO orders AS t ({_ORDER_ROWS.names}) {_ORDER_ROWS.select}
             ON CONFLICT (customer_id, order_id) DO UPDATE SET
                 source = EXCLUDED.source, event_id = EXCLUDED.event_id,
                 placed_at = EXCLUDED.placed_at, channel = EXCLUDED.channel,
@@ -542,23 +548,15 @@ async def save_commerce(conn: asyncpg.Connection, rows: CommerceRows) -> None:
                 country = EXCLUDED.country
             """
             + _FIRST_WINS.format(time="placed_at"),
-            *columns(rows.orders, "customer_id", "order_id", "source", "event_id", "placed_at"),
-            *columns(rows.orders, "channel", "currency"),
-            [str(row.amount) for row in rows.orders],
-            *columns(rows.orders, "line_count", "items", "country"),
+            *_ORDER_ROWS.arguments(list(zip(*rows.orders, strict=True))),
         )
     if rows.lines:
         await conn.execute(
-            """
-            INSERT INTO order_lines (customer_id, order_id, source, event_id, line_no, product_id,
-                                     description, quantity, unit_price)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[],
-                                 $6::text[], $7::text[], $8::int[], $9::text[]::numeric[])
+            f"""
+            INSERT INTO order_lines ({_LINE_ROWS.names}) {_LINE_ROWS.select}
             ON CONFLICT DO NOTHING
             """,
-            *columns(rows.lines, "customer_id", "order_id", "source", "event_id", "line_no"),
-            *columns(rows.lines, "product_id", "description", "quantity"),
-            [str(row.unit_price) for row in rows.lines],
+            *_LINE_ROWS.arguments(list(zip(*rows.lines, strict=True))),
         )
     if rows.refunds:
         await conn.execute(

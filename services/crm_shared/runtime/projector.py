@@ -44,6 +44,7 @@ from crm_shared.runtime import metrics, outbox
 from crm_shared.runtime.config import DEFAULT_BATCH_SIZE
 from crm_shared.runtime.db import TRANSIENT_ERRORS, columns
 from crm_shared.runtime.derived import Derived
+from crm_shared.runtime.packed import UnnestColumns
 from crm_shared.runtime.shadow import RebuildRules
 
 log = logging.getLogger(__name__)
@@ -289,18 +290,13 @@ def _check_key(key: bytes | None, event: Event) -> None:
         raise InvalidEvent(f"message key {key[:128]!r} is not the subject {event.customer_id!r}")
 
 
-CLAIM_SQL = """
-INSERT INTO applied_events (source, id, type, event_time)
-SELECT source, id, type, timestamptz 'epoch' + micros * interval '1 microsecond'
-FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS claimed(source, id, type, micros)
+_CLAIMED = UnnestColumns.named(("source", "id", "type", "event_time"), event_time="timestamptz")
+CLAIM_SQL = f"""
+INSERT INTO applied_events ({_CLAIMED.names}) {_CLAIMED.select}
 ON CONFLICT DO NOTHING
 RETURNING source, id
 """
-"""Event times go as microseconds since the epoch: asyncpg encodes a bigint for a fraction of a
-timestamptz's cost, and the sum in PostgreSQL is exact (bigint * interval below 2^53 µs)."""
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 
 SAVE_POSITIONS_SQL = """
 INSERT INTO consumer_positions (topic, partition, next_offset)
@@ -330,8 +326,7 @@ async def claim_new(conn: asyncpg.Connection, events: Sequence[Event]) -> list[E
         return []
     rows = await conn.fetch(
         CLAIM_SQL,
-        *columns(events, "source", "id", "type"),
-        [(event.time - _EPOCH) // _MICROSECOND for event in events],
+        *_CLAIMED.arguments([*columns(events, "source", "id", "type"), [e.time for e in events]]),
     )
     if len(rows) == len(events):
         return list(events)  # all new, and no id twice in the batch (the common case)

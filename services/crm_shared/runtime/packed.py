@@ -1,0 +1,159 @@
+"""Text columns sent to PostgreSQL as one string each, for the folds' set-based statements.
+
+asyncpg encodes a `text[]` argument element by element and checks every element against the
+abstract base classes (is it iterable? sized?), about 0.4 µs an element: in a fold that unnests
+thousands of ids, names and codes a batch, a fifth of the worker's CPU. Joining a column into
+one string costs Python nearly nothing, and PostgreSQL splits it back (`unpack_texts`, a shared
+migration) for what decoding the array costs it (docs/decisions.md, "Text columns packed").
+
+    INSERT INTO t (a, b, n) SELECT * FROM unnest(unpack_texts($1, $3, $4),
+                                                 unpack_texts($2, $3, $4), $5::int[])
+    await conn.execute(sql, *pack_texts(a_values, b_values), n_values)
+
+The separator and the null mark go with the columns: two characters that no value holds, the
+unit and record separators unless a value holds one of them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+Column = Sequence[str | None]
+
+_USUAL_SEPARATOR = "\x1f"
+_USUAL_NULL_MARK = "\x1e"
+
+
+def pack_texts(*columns: Column) -> list[str]:
+    """Each column packed for `unpack_texts(packed, separator, null_mark)`, then the separator
+    and the null mark, in that order: the statement's arguments."""
+    packed = _packed(columns, _USUAL_SEPARATOR, _USUAL_NULL_MARK)
+    if packed is None:
+        separator, null_mark = _unused_characters(columns)
+        packed = _packed(columns, separator, null_mark)
+        assert packed is not None, "the characters chosen are in no value"
+    return packed
+
+
+TEXT_INPUT_TYPES = frozenset({"text", "numeric", "jsonb"})
+"""Types that travel as packed text, cast once unpacked: jsonb as JSON strings, numeric as
+numbers (Decimal, int) turned into text here."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_FROM_MICROS = (
+    "timestamptz 'epoch' + ({name} / 1000000) * interval '1 second'"
+    " + ({name} % 1000000) * interval '1 microsecond' AS {name}"
+)
+"""Whole seconds, then the microseconds: an interval is multiplied by a float, exact for either
+part over the whole range of a Python datetime, not for the microseconds of years past 2255."""
+
+
+@dataclass(frozen=True)
+class UnnestColumns:
+    """A batch of rows sent as one argument a column, for `INSERT ... SELECT`: texts packed, times
+    as microseconds since the epoch (encoding a bigint and computing it costs Python 0.45 µs
+    against 1.15 µs for a timestamptz, and PostgreSQL adds it to the epoch for less than it
+    decodes a timestamp), other types as arrays. Each column is named and typed as the table's."""
+
+    columns: tuple[tuple[str, str], ...]
+    """(name, PostgreSQL type) of each column, in the order of `arguments`' columns."""
+
+    @classmethod
+    def named(cls, names: Sequence[str], **types: str) -> UnnestColumns:
+        """Columns of these names, of type text unless given another."""
+        unknown = set(types) - set(names)
+        if unknown:
+            raise ValueError(f"types given for no column: {sorted(unknown)}")
+        return cls(tuple((name, types.get(name, "text")) for name in names))
+
+    @property
+    def names(self) -> str:
+        return ", ".join(name for name, _ in self.columns)
+
+    @property
+    def select(self) -> str:
+        """SQL: the rows, `SELECT <columns> FROM unnest(...)` on $1 to $n (one a column), then
+        the separator and the null mark of the packed texts (when there are texts)."""
+        marks = f"${len(self.columns) + 1}, ${len(self.columns) + 2}"
+        arrays, values = [], []
+        for n, (name, kind) in enumerate(self.columns, start=1):
+            if kind in TEXT_INPUT_TYPES:
+                arrays.append(f"unpack_texts(${n}, {marks})")
+                values.append(name if kind == "text" else f"{name}::{kind} AS {name}")
+            elif kind == "timestamptz":
+                arrays.append(f"${n}::bigint[]")
+                values.append(_FROM_MICROS.format(name=name))
+            else:
+                arrays.append(f"${n}::{kind}[]")
+                values.append(name)
+        return f"SELECT {', '.join(values)} FROM unnest({', '.join(arrays)}) AS u({self.names})"
+
+    def arguments(self, columns: Sequence[Sequence[Any]]) -> list[Any]:
+        """What to bind for `select`: the batch's columns (in `columns`' order), converted."""
+        kinds = [kind for _, kind in self.columns]
+        texts = [
+            _as_text(column) if kind == "numeric" else column
+            for column, kind in zip(columns, kinds, strict=True)
+            if kind in TEXT_INPUT_TYPES
+        ]
+        packed = iter(pack_texts(*texts) if texts else [])
+        bound: list[Any] = []
+        for column, kind in zip(columns, kinds, strict=True):
+            if kind in TEXT_INPUT_TYPES:
+                bound.append(next(packed))
+            elif kind == "timestamptz":
+                bound.append(_micros(column))
+            else:
+                bound.append(column)
+        return [*bound, *packed]  # the separator and the null mark follow the columns
+
+
+def _as_text(numbers: Sequence[object]) -> list[str | None]:
+    return [None if number is None else str(number) for number in numbers]
+
+
+def _micros(times: Sequence[datetime | None]) -> list[int | None]:
+    """Aware times as whole microseconds since the epoch (exact, unlike a float timestamp)."""
+    return [None if time is None else (time - _EPOCH) // _MICROSECOND for time in times]
+
+
+def _packed(columns: Sequence[Column], separator: str, null_mark: str) -> list[str] | None:
+    """The columns, then the two characters; None when a value holds either of them.
+
+    A packed column starts with the separator, so that n values are n fields after the first
+    (empty) one, which `unpack_texts` drops: a lone empty string is then one field, not none.
+    """
+    packed: list[str] = []
+    for column in columns:
+        if not column:
+            packed.append("")
+            continue
+        try:
+            text = separator + separator.join(column)  # type: ignore[arg-type]
+            nulls = 0
+        except TypeError:  # some values are None
+            nulls = sum(value is None for value in column)
+            text = separator + separator.join(
+                null_mark if value is None else value for value in column
+            )
+        if text.count(separator) != len(column) or text.count(null_mark) != nulls:
+            return None
+        packed.append(text)
+    return [*packed, separator, null_mark]
+
+
+def _unused_characters(columns: Sequence[Column]) -> tuple[str, str]:
+    """The first two characters that no value holds (PostgreSQL's text takes any but NUL, and
+    UTF-8 has no surrogates): a batch of n characters leaves some of the first n + 2 free."""
+    used = set().union(*(value for column in columns for value in column if value is not None))
+    free: Iterator[str] = (
+        character
+        for character in map(chr, itertools.chain(range(1, 0xD800), range(0xE000, 0x110000)))
+        if character not in used
+    )
+    return next(free), next(free)
