@@ -39,6 +39,7 @@ from broadcast_service.projection import (
 )
 from crm_shared.contracts.events import CampaignDefined, CampaignTarget
 from crm_shared.runtime.db import columns
+from crm_shared.runtime.packed import UnnestColumns
 
 # The order of each state's `version`, in SQL, for the WHERE that keeps a newer stored row: text
 # compared by code point (COLLATE "C") as Python compares it.
@@ -187,6 +188,7 @@ _CONSENT_FIELDS = (
     "source",
     "event_id",
 )
+_CONSENT_ROWS = UnnestColumns.named(_CONSENT_FIELDS, granted="boolean", changed_at="timestamptz")
 
 
 async def save_consents(conn: asyncpg.Connection, consents: Collection[Consent]) -> None:
@@ -196,11 +198,7 @@ async def save_consents(conn: asyncpg.Connection, consents: Collection[Consent])
         return
     await conn.execute(
         f"""
-        INSERT INTO consents AS c (customer_id, purpose, channel, granted, state, capture_method,
-                                   wording_version, evidence, changed_at, source, event_id)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::text[],
-                             $6::text[], $7::text[], $8::text[], $9::timestamptz[], $10::text[],
-                             $11::text[])
+        INSERT INTO consents AS c ({_CONSENT_ROWS.names}) {_CONSENT_ROWS.select}
         ON CONFLICT (customer_id, purpose, channel) DO UPDATE SET
             granted = EXCLUDED.granted, state = EXCLUDED.state,
             capture_method = EXCLUDED.capture_method,
@@ -209,7 +207,7 @@ async def save_consents(conn: asyncpg.Connection, consents: Collection[Consent])
             event_id = EXCLUDED.event_id
         WHERE {_CONSENT_VERSION.format(t="c")} < {_CONSENT_VERSION.format(t="EXCLUDED")}
         """,
-        *columns(consents, *_CONSENT_FIELDS),
+        *_CONSENT_ROWS.arguments(columns(consents, *_CONSENT_FIELDS)),
     )
 
 
@@ -218,16 +216,14 @@ async def add_history(conn: asyncpg.Connection, changes: Collection[Consent]) ->
     if not changes:
         return
     await conn.execute(
-        """
+        f"""
         INSERT INTO consent_history (customer_id, purpose, channel, granted, state,
                                      capture_method, wording_version, evidence, occurred_at,
                                      source, event_id)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::text[],
-                             $6::text[], $7::text[], $8::text[], $9::timestamptz[], $10::text[],
-                             $11::text[])
+        {_CONSENT_ROWS.select}
         ON CONFLICT (source, event_id) DO NOTHING
         """,
-        *columns(changes, *_CONSENT_FIELDS),
+        *_CONSENT_ROWS.arguments(columns(changes, *_CONSENT_FIELDS)),
     )
 
 
@@ -1235,20 +1231,23 @@ async def save_recommendations(
     )
 
 
+_CONTACT_FIELDS = ("customer_id", "name", "email", "phone", "changed_at")
+_CONTACT_ROWS = UnnestColumns.named(_CONTACT_FIELDS, changed_at="timestamptz")
+
+
 async def save_contacts(conn: asyncpg.Connection, contacts: Collection[CustomerContact]) -> None:
     """Names and addresses: a newer event's fields replace the stored ones, absent ones stay."""
     if not contacts:
         return
     await conn.execute(
-        """
-        INSERT INTO customer_contacts AS k (customer_id, name, email, phone, changed_at)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+        f"""
+        INSERT INTO customer_contacts AS k ({_CONTACT_ROWS.names}) {_CONTACT_ROWS.select}
         ON CONFLICT (customer_id) DO UPDATE SET
             name = COALESCE(EXCLUDED.name, k.name), email = COALESCE(EXCLUDED.email, k.email),
             phone = COALESCE(EXCLUDED.phone, k.phone), changed_at = EXCLUDED.changed_at
         WHERE k.changed_at <= EXCLUDED.changed_at
         """,
-        *columns(contacts, "customer_id", "name", "email", "phone", "changed_at"),
+        *_CONTACT_ROWS.arguments(columns(contacts, *_CONTACT_FIELDS)),
     )
 
 

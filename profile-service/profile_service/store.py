@@ -125,19 +125,31 @@ async def save_customers(conn: asyncpg.Connection, records: Collection[CustomerR
         )
 
 
+_TOTALS_ROWS_FIELDS = (
+    "orders", "refunds", "items", "gross_revenue", "refunded", "first_purchase_at",
+    "last_purchase_at", "orders_partition",
+)  # fmt: skip
+_TOTALS_ROWS = UnnestColumns.named(
+    ("customer_id", *_TOTALS_ROWS_FIELDS),
+    orders="bigint",
+    refunds="bigint",
+    items="bigint",
+    gross_revenue="numeric",
+    refunded="numeric",
+    first_purchase_at="timestamptz",
+    last_purchase_at="timestamptz",
+    orders_partition="int",
+)
+
+
 async def add_purchases(conn: asyncpg.Connection, deltas: Mapping[str, PurchaseDelta]) -> None:
     if not deltas:
         return
     ids = list(deltas)
     values = [deltas[i] for i in ids]
     await conn.execute(
-        """
-        INSERT INTO purchase_totals AS t (customer_id, orders, refunds, items, gross_revenue,
-                                          refunded, first_purchase_at, last_purchase_at,
-                                          orders_partition)
-        SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[],
-                             $5::text[]::numeric[], $6::text[]::numeric[], $7::timestamptz[],
-                             $8::timestamptz[], $9::int[])
+        f"""
+        INSERT INTO purchase_totals AS t ({_TOTALS_ROWS.names}) {_TOTALS_ROWS.select}
         ON CONFLICT (customer_id) DO UPDATE SET
             orders_partition = coalesce(EXCLUDED.orders_partition, t.orders_partition),
             orders = t.orders + EXCLUDED.orders,
@@ -148,12 +160,7 @@ async def add_purchases(conn: asyncpg.Connection, deltas: Mapping[str, PurchaseD
             first_purchase_at = LEAST(t.first_purchase_at, EXCLUDED.first_purchase_at),
             last_purchase_at = GREATEST(t.last_purchase_at, EXCLUDED.last_purchase_at)
         """,
-        ids,
-        *columns(values, "orders", "refunds", "items"),
-        # Money as text: PostgreSQL parses it for less than asyncpg's binary numeric encoding.
-        [str(d.gross_revenue) for d in values],
-        [str(d.refunded) for d in values],
-        *columns(values, "first_purchase_at", "last_purchase_at", "orders_partition"),
+        *_TOTALS_ROWS.arguments([ids, *columns(values, *_TOTALS_ROWS_FIELDS)]),
     )
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from crm_shared.contracts.events import ConsentState
 from crm_shared.runtime.db import columns
+from crm_shared.runtime.packed import UnnestColumns, pack_texts
 from recommendation_service import projection
 from recommendation_service.catalogue import CatalogueFilter, CatalogueRecord
 from recommendation_service.consent import ConsentDecision
@@ -52,11 +53,13 @@ async def units_kept(
     rows = await conn.fetch(
         """
         SELECT cp.customer_id, cp.product_id, cp.units_kept
-        FROM unnest($1::text[], $2::text[]) AS w(customer_id, product_id)
+        FROM unnest(unpack_texts($1, $3, $4), unpack_texts($2, $3, $4))
+             AS w(customer_id, product_id)
         JOIN customer_products cp USING (customer_id, product_id)
         """,
-        [customer_id for customer_id, _ in batch],
-        [product_id for _, product_id in batch],
+        *pack_texts(
+            [customer_id for customer_id, _ in batch], [product_id for _, product_id in batch]
+        ),
     )
     return {(row["customer_id"], row["product_id"]): row["units_kept"] for row in rows}
 
@@ -64,18 +67,19 @@ async def units_kept(
 async def cancelled_orders(
     conn: asyncpg.Connection, orders: Collection[CustomerOrder]
 ) -> set[CustomerOrder]:
-    """Which of these orders were cancelled before the batch. Every order of the batch is looked
-    up, so they go as one JSON array: asyncpg spends about 0.5 µs of our CPU on each element of
-    a text[] parameter, the pool's jsonb codec (json.dumps) a fifth of that."""
+    """Which of these orders were cancelled before the batch (every order of the batch is looked
+    up: the ids go packed, crm_shared.runtime.packed)."""
     if not orders:
         return set()
     rows = await conn.fetch(
         """
         SELECT c.customer_id, c.order_id
-        FROM jsonb_array_elements($1::jsonb) AS w
-        JOIN cancelled_orders c ON c.customer_id = w->>0 AND c.order_id = w->>1
+        FROM unnest(unpack_texts($1, $3, $4), unpack_texts($2, $3, $4)) AS w(customer_id, order_id)
+        JOIN cancelled_orders c USING (customer_id, order_id)
         """,
-        list(orders),
+        *pack_texts(
+            [customer_id for customer_id, _ in orders], [order_id for _, order_id in orders]
+        ),
     )
     return {(row["customer_id"], row["order_id"]) for row in rows}
 
@@ -125,7 +129,8 @@ async def cancel_orders(
 async def add_order_entries(conn: asyncpg.Connection, entries: Sequence[OrderEntry]) -> None:
     """Keep what these orders and refunds counted, for a cancellation to come (an event folded
     again keeps its first entry). One row per order: the batch goes as one JSON array, not nine
-    arrays and two JSON documents per row (`cancelled_orders` says why)."""
+    arrays and two JSON documents per row (the pool's jsonb codec, json.dumps, costs about a
+    fifth of what asyncpg spends on an element of a text[] parameter)."""
     if not entries:
         return
     await conn.execute(
@@ -155,6 +160,22 @@ async def add_order_entries(conn: asyncpg.Connection, entries: Sequence[OrderEnt
     )
 
 
+_CUSTOMER_PRODUCT_ROWS = UnnestColumns.named(
+    (
+        "customer_id",
+        "product_id",
+        "first_bought_at",
+        "last_bought_at",
+        "times_bought",
+        "units_kept",
+    ),
+    first_bought_at="timestamptz",
+    last_bought_at="timestamptz",
+    times_bought="bigint",
+    units_kept="bigint",
+)
+
+
 async def add_customer_products(
     conn: asyncpg.Connection, deltas: Mapping[CustomerProduct, CustomerProductDelta]
 ) -> None:
@@ -162,11 +183,9 @@ async def add_customer_products(
         return
     values = deltas.values()
     await conn.execute(
-        """
-        INSERT INTO customer_products AS t (customer_id, product_id, first_bought_at,
-                                            last_bought_at, times_bought, units_kept)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[],
-                             $5::bigint[], $6::bigint[])
+        f"""
+        INSERT INTO customer_products AS t ({_CUSTOMER_PRODUCT_ROWS.names})
+        {_CUSTOMER_PRODUCT_ROWS.select}
         ORDER BY 1, 2
         ON CONFLICT (customer_id, product_id) DO UPDATE SET
             first_bought_at = LEAST(t.first_bought_at, EXCLUDED.first_bought_at),
@@ -174,9 +193,13 @@ async def add_customer_products(
             times_bought = t.times_bought + EXCLUDED.times_bought,
             units_kept = t.units_kept + EXCLUDED.units_kept
         """,
-        [customer_id for customer_id, _ in deltas],
-        [product_id for _, product_id in deltas],
-        *columns(values, "first_bought_at", "last_bought_at", "times_bought", "units_kept"),
+        *_CUSTOMER_PRODUCT_ROWS.arguments(
+            [
+                [customer_id for customer_id, _ in deltas],
+                [product_id for _, product_id in deltas],
+                *columns(values, "first_bought_at", "last_bought_at", "times_bought", "units_kept"),
+            ]
+        ),
     )
 
 
@@ -196,16 +219,28 @@ async def mark_for_refresh(conn: asyncpg.Connection, products: Sequence[str]) ->
     )
 
 
+_PRODUCT_DELTA_FIELDS = (
+    "goods", "description", "described_at", "orders", "quantity", "buyers", "views", "first_sold_at"
+)  # fmt: skip
+_PRODUCT_ROWS = UnnestColumns.named(
+    ("product_id", *_PRODUCT_DELTA_FIELDS),
+    goods="bool",
+    described_at="timestamptz",
+    orders="bigint",
+    quantity="bigint",
+    buyers="int",
+    views="bigint",
+    first_sold_at="timestamptz",
+)
+
+
 async def add_products(conn: asyncpg.Connection, deltas: Mapping[str, ProductDelta]) -> None:
     if not deltas:
         return
     values = deltas.values()
     await conn.execute(
-        """
-        INSERT INTO products AS t (product_id, goods, description, described_at, orders,
-                                   quantity, buyers, views, first_sold_at)
-        SELECT * FROM unnest($1::text[], $2::bool[], $3::text[], $4::timestamptz[], $5::bigint[],
-                             $6::bigint[], $7::int[], $8::bigint[], $9::timestamptz[])
+        f"""
+        INSERT INTO products AS t ({_PRODUCT_ROWS.names}) {_PRODUCT_ROWS.select}
         ORDER BY 1
         ON CONFLICT (product_id) DO UPDATE SET
             goods = CASE WHEN t.catalogued THEN t.goods ELSE EXCLUDED.goods END,
@@ -220,19 +255,15 @@ async def add_products(conn: asyncpg.Connection, deltas: Mapping[str, ProductDel
             buyers = t.buyers + EXCLUDED.buyers,
             views = t.views + EXCLUDED.views
         """,
-        list(deltas),
-        *columns(
-            values,
-            "goods",
-            "description",
-            "described_at",
-            "orders",
-            "quantity",
-            "buyers",
-            "views",
-            "first_sold_at",
-        ),
+        *_PRODUCT_ROWS.arguments([list(deltas), *columns(values, *_PRODUCT_DELTA_FIELDS)]),
     )
+
+
+_VIEW_ROWS = UnnestColumns.named(
+    ("customer_id", "product_id", "views", "last_viewed_at"),
+    views="bigint",
+    last_viewed_at="timestamptz",
+)
 
 
 async def add_views(conn: asyncpg.Connection, deltas: Mapping[CustomerProduct, ViewDelta]) -> None:
@@ -240,17 +271,20 @@ async def add_views(conn: asyncpg.Connection, deltas: Mapping[CustomerProduct, V
         return
     values = deltas.values()
     await conn.execute(
-        """
-        INSERT INTO product_views AS t (customer_id, product_id, views, last_viewed_at)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[])
+        f"""
+        INSERT INTO product_views AS t ({_VIEW_ROWS.names}) {_VIEW_ROWS.select}
         ORDER BY 1, 2
         ON CONFLICT (customer_id, product_id) DO UPDATE SET
             views = t.views + EXCLUDED.views,
             last_viewed_at = GREATEST(t.last_viewed_at, EXCLUDED.last_viewed_at)
         """,
-        [customer_id for customer_id, _ in deltas],
-        [product_id for _, product_id in deltas],
-        *columns(values, "views", "last_viewed_at"),
+        *_VIEW_ROWS.arguments(
+            [
+                [customer_id for customer_id, _ in deltas],
+                [product_id for _, product_id in deltas],
+                *columns(values, "views", "last_viewed_at"),
+            ]
+        ),
     )
 
 

@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError
 from crm_shared.runtime import metrics
 from crm_shared.runtime.db import TRANSIENT_ERRORS, columns
 from crm_shared.runtime.derived import Derived
+from crm_shared.runtime.packed import UnnestColumns
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +32,16 @@ _RELAY_LOCK = 7412
 """Advisory lock: one relay at a time per database, so derived events leave in seq order."""
 
 
+_OUTBOX_FIELDS = ("topic", "key", "value", "event_id", "type")
+_OUTBOX_ROWS = UnnestColumns.named(_OUTBOX_FIELDS, key="bytea", value="bytea")
+
+
 async def write(conn: asyncpg.Connection, derived: Sequence[Derived]) -> None:
     """Add derived events to the outbox; the caller's transaction holds the view change."""
     if derived:
         await conn.execute(
-            "INSERT INTO outbox (topic, key, value, event_id, type)"
-            " SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[], $5::text[])",
-            *columns(derived, "topic", "key", "value", "event_id", "type"),
+            f"INSERT INTO outbox ({_OUTBOX_ROWS.names}) {_OUTBOX_ROWS.select}",
+            *_OUTBOX_ROWS.arguments(columns(derived, *_OUTBOX_FIELDS)),
         )
 
 
