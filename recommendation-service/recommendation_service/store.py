@@ -792,13 +792,12 @@ async def mark_customers(
     await conn.execute(
         """
         INSERT INTO dirty_customers AS t (customer_id, consent_changed)
-        SELECT customer_id, customer_id = ANY($2::text[])
-        FROM unnest($1::text[]) AS c(customer_id) ORDER BY 1
+        SELECT customer_id, customer_id = ANY(unpack_texts($2, $3, $4))
+        FROM unnest(unpack_texts($1, $3, $4)) AS c(customer_id) ORDER BY 1
         ON CONFLICT (customer_id) DO UPDATE
         SET mark = EXCLUDED.mark, consent_changed = t.consent_changed OR EXCLUDED.consent_changed
         """,
-        customers,
-        list(consent_changed),
+        *pack_texts(customers, list(consent_changed)),
     )
 
 
@@ -1096,9 +1095,9 @@ async def segments_of(conn: asyncpg.Connection, customers: Sequence[str]) -> dic
     rows = await conn.fetch(
         """
         SELECT customer_id, segment FROM segment_members
-        WHERE member AND customer_id = ANY($1::text[])
+        WHERE member AND customer_id = ANY(unpack_texts($1, $2, $3))
         """,
-        customers,
+        *pack_texts(customers),
     )
     found: dict[str, list[str]] = {}
     for row in rows:
