@@ -13,6 +13,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from interaction_service.worker import PROJECTION as INTERACTION
+from tests.component.pools import migrated_pool
+
 
 @pytest.fixture
 async def fresh_dsn() -> AsyncIterator[str]:
@@ -29,3 +32,10 @@ async def fresh_dsn() -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+@pytest.fixture
+async def interaction_pool(fresh_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on a fresh database with the interaction service's migrations."""
+    async with migrated_pool(fresh_dsn, INTERACTION.migrations) as pool:
+        yield pool

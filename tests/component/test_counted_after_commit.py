@@ -6,7 +6,7 @@ PostgreSQL, no Kafka; the failure is injected after the real fold has run and co
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import asyncpg
@@ -18,17 +18,10 @@ from crm_shared.contracts.events import build_event, encode_event
 from crm_shared.runtime.projector import BatchProjector, RawRecord
 from interaction_service.worker import PROJECTION
 from tests.component.partition_logs import failing_after
-from tests.component.pools import migrated_pool
 
 pytestmark = pytest.mark.component
 
 POISON = "contact-poison"
-
-
-@pytest.fixture
-async def pool(fresh_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    async with migrated_pool(fresh_dsn, PROJECTION.migrations) as pool:
-        yield pool
 
 
 def contact(offset: int, event_id: str) -> RawRecord:
@@ -59,7 +52,7 @@ def contacts_counted() -> float:
 
 
 async def test_a_batch_folded_again_event_by_event_counts_each_event_once(
-    pool: asyncpg.Pool,
+    interaction_pool: asyncpg.Pool,
 ) -> None:
     letters: list[DeadLetter] = []
 
@@ -69,17 +62,17 @@ async def test_a_batch_folded_again_event_by_event_counts_each_event_once(
     projection = dataclasses.replace(
         PROJECTION, fold=failing_after(PROJECTION.fold, POISON, ValueError, when=2)
     )
-    projector = BatchProjector(projection, pool, keep)
+    projector = BatchProjector(projection, interaction_pool, keep)
     await projector.reload_positions()
     before = contacts_counted()
     await projector.process([contact(0, "contact-a"), contact(1, POISON), contact(2, "contact-b")])
     assert [letter.reason.split(":")[0] for letter in letters] == ["processing failed"]
     assert contacts_counted() - before == 2
-    assert await pool.fetchval("SELECT count(*) FROM timeline") == 2
+    assert await interaction_pool.fetchval("SELECT count(*) FROM timeline") == 2
 
 
 async def test_a_batch_retried_after_a_serialization_failure_counts_each_event_once(
-    pool: asyncpg.Pool,
+    interaction_pool: asyncpg.Pool,
 ) -> None:
     async def no_dead_letters(letters: Sequence[DeadLetter]) -> None:
         raise AssertionError(f"unexpected dead letters: {letters}")
@@ -87,9 +80,11 @@ async def test_a_batch_retried_after_a_serialization_failure_counts_each_event_o
     projection = dataclasses.replace(
         PROJECTION, fold=failing_after(PROJECTION.fold, POISON, asyncpg.SerializationError, when=1)
     )
-    projector = BatchProjector(projection, pool, no_dead_letters, max_backoff_seconds=0.1)
+    projector = BatchProjector(
+        projection, interaction_pool, no_dead_letters, max_backoff_seconds=0.1
+    )
     await projector.reload_positions()
     before = contacts_counted()
     await projector.process([contact(0, "contact-c"), contact(1, POISON)])
     assert contacts_counted() - before == 2
-    assert await pool.fetchval("SELECT count(*) FROM timeline") == 2
+    assert await interaction_pool.fetchval("SELECT count(*) FROM timeline") == 2

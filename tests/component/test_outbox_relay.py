@@ -6,7 +6,7 @@ migration drops the rows an older relay had marked sent."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import asyncpg
 import pytest
@@ -16,17 +16,10 @@ from crm_shared.runtime.db import apply_migrations
 from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.outbox import OutboxRelay, write
 from interaction_service.worker import PROJECTION
-from tests.component.pools import migrated_pool
 
 pytestmark = pytest.mark.component
 
 OUTBOX_MIGRATION = "crm_shared/003_outbox_deleted_when_sent.sql"
-
-
-@pytest.fixture
-async def pool(fresh_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    async with migrated_pool(fresh_dsn, PROJECTION.migrations) as pool:
-        yield pool
 
 
 def derived(n: int) -> Derived:
@@ -46,44 +39,51 @@ class Kafka:
         self.sent.extend(item.event_id for item in batch)
 
 
-async def left_in_outbox(pool: asyncpg.Pool) -> list[str]:
-    return [row["event_id"] for row in await pool.fetch("SELECT event_id FROM outbox ORDER BY seq")]
+async def left_in_outbox(interaction_pool: asyncpg.Pool) -> list[str]:
+    return [
+        row["event_id"]
+        for row in await interaction_pool.fetch("SELECT event_id FROM outbox ORDER BY seq")
+    ]
 
 
-async def test_the_oldest_events_are_published_in_order_and_deleted(pool: asyncpg.Pool) -> None:
-    async with pool.acquire() as conn:
+async def test_the_oldest_events_are_published_in_order_and_deleted(
+    interaction_pool: asyncpg.Pool,
+) -> None:
+    async with interaction_pool.acquire() as conn:
         await write(conn, [derived(n) for n in range(3)])
         await write(conn, [derived(n) for n in range(3, 5)])
     kafka = Kafka()
-    relay = OutboxRelay("interaction", pool, kafka.send, batch_size=3)
+    relay = OutboxRelay("interaction", interaction_pool, kafka.send, batch_size=3)
     assert await relay.relay_once() == 3
     assert kafka.sent == ["derived-0", "derived-1", "derived-2"]
-    assert await left_in_outbox(pool) == ["derived-3", "derived-4"]
+    assert await left_in_outbox(interaction_pool) == ["derived-3", "derived-4"]
     assert await relay.relay_once() == 2
     assert await relay.relay_once() == 0
     assert kafka.sent == [f"derived-{n}" for n in range(5)]
-    assert await left_in_outbox(pool) == []
+    assert await left_in_outbox(interaction_pool) == []
 
 
-async def test_a_failed_send_leaves_every_row_for_the_next_pass(pool: asyncpg.Pool) -> None:
-    async with pool.acquire() as conn:
+async def test_a_failed_send_leaves_every_row_for_the_next_pass(
+    interaction_pool: asyncpg.Pool,
+) -> None:
+    async with interaction_pool.acquire() as conn:
         await write(conn, [derived(n) for n in range(4)])
     kafka = Kafka()
     kafka.down = True
-    relay = OutboxRelay("interaction", pool, kafka.send, batch_size=3)
+    relay = OutboxRelay("interaction", interaction_pool, kafka.send, batch_size=3)
     with pytest.raises(ConnectionError):
         await relay.relay_once()
-    assert await left_in_outbox(pool) == [f"derived-{n}" for n in range(4)]
+    assert await left_in_outbox(interaction_pool) == [f"derived-{n}" for n in range(4)]
     kafka.down = False
     assert await relay.relay_once() == 3
     assert await relay.relay_once() == 1
     assert kafka.sent == [f"derived-{n}" for n in range(4)]
 
 
-async def test_the_backlog_reported_is_what_is_left(pool: asyncpg.Pool) -> None:
-    async with pool.acquire() as conn:
+async def test_the_backlog_reported_is_what_is_left(interaction_pool: asyncpg.Pool) -> None:
+    async with interaction_pool.acquire() as conn:
         await write(conn, [derived(n) for n in range(5)])
-    relay = OutboxRelay("outbox-test", pool, Kafka().send, batch_size=2)
+    relay = OutboxRelay("outbox-test", interaction_pool, Kafka().send, batch_size=2)
     await relay.relay_once()
     await relay.report()
     labels = {"projection": "outbox-test"}
@@ -92,15 +92,15 @@ async def test_the_backlog_reported_is_what_is_left(pool: asyncpg.Pool) -> None:
     assert age is not None and age > 0
 
 
-async def test_the_backlog_is_reported_while_kafka_is_away(pool: asyncpg.Pool) -> None:
+async def test_the_backlog_is_reported_while_kafka_is_away(interaction_pool: asyncpg.Pool) -> None:
     """The alert on a stuck outbox watches the oldest event's age: it must grow while every
     send fails, not stay at what the last successful pass saw."""
-    async with pool.acquire() as conn:
+    async with interaction_pool.acquire() as conn:
         await write(conn, [derived(n) for n in range(2)])
-    await pool.execute("UPDATE outbox SET created_at = now() - interval '2 minutes'")
+    await interaction_pool.execute("UPDATE outbox SET created_at = now() - interval '2 minutes'")
     kafka = Kafka()
     kafka.down = True
-    relay = OutboxRelay("outbox-away", pool, kafka.send)
+    relay = OutboxRelay("outbox-away", interaction_pool, kafka.send)
     labels = {"projection": "outbox-away"}
     relaying = asyncio.create_task(relay.run((ConnectionError,)))
     try:
@@ -114,11 +114,13 @@ async def test_the_backlog_is_reported_while_kafka_is_away(pool: asyncpg.Pool) -
     assert REGISTRY.get_sample_value("crm_outbox_backlog", labels) == 2
     assert (REGISTRY.get_sample_value("crm_outbox_oldest_age_seconds", labels) or 0) >= 120
     assert kafka.sent == []
-    assert await left_in_outbox(pool) == ["derived-0", "derived-1"]
+    assert await left_in_outbox(interaction_pool) == ["derived-0", "derived-1"]
 
 
-async def test_the_backlog_is_reported_while_the_relay_catches_up(pool: asyncpg.Pool) -> None:
-    async with pool.acquire() as conn:
+async def test_the_backlog_is_reported_while_the_relay_catches_up(
+    interaction_pool: asyncpg.Pool,
+) -> None:
+    async with interaction_pool.acquire() as conn:
         await write(conn, [derived(n) for n in range(6)])
     labels = {"projection": "outbox-catching-up"}
     seen: list[float | None] = []
@@ -126,7 +128,9 @@ async def test_the_backlog_is_reported_while_the_relay_catches_up(pool: asyncpg.
     async def send(batch: Sequence[Derived]) -> None:
         seen.append(REGISTRY.get_sample_value("crm_outbox_backlog", labels))
 
-    relay = OutboxRelay("outbox-catching-up", pool, send, batch_size=2, report_seconds=0)
+    relay = OutboxRelay(
+        "outbox-catching-up", interaction_pool, send, batch_size=2, report_seconds=0
+    )
     relaying = asyncio.create_task(relay.run((ConnectionError,)))
     try:
         for _ in range(50):
@@ -139,23 +143,27 @@ async def test_the_backlog_is_reported_while_the_relay_catches_up(pool: asyncpg.
     assert seen[:3] == [None, 4, 2]  # what the previous full pass left, reported before the next
 
 
-async def test_reports_are_spaced_by_report_seconds(pool: asyncpg.Pool) -> None:
-    spaced = OutboxRelay("outbox-spaced", pool, Kafka().send, report_seconds=3600)
+async def test_reports_are_spaced_by_report_seconds(interaction_pool: asyncpg.Pool) -> None:
+    spaced = OutboxRelay("outbox-spaced", interaction_pool, Kafka().send, report_seconds=3600)
     labels = {"projection": "outbox-spaced"}
     await spaced.report_when_due()
     assert REGISTRY.get_sample_value("crm_outbox_backlog", labels) == 0
-    async with pool.acquire() as conn:
+    async with interaction_pool.acquire() as conn:
         await write(conn, [derived(n) for n in range(3)])
     await spaced.report_when_due()
     assert REGISTRY.get_sample_value("crm_outbox_backlog", labels) == 0  # not due yet
-    await OutboxRelay("outbox-spaced", pool, Kafka().send, report_seconds=0).report_when_due()
+    await OutboxRelay(
+        "outbox-spaced", interaction_pool, Kafka().send, report_seconds=0
+    ).report_when_due()
     assert REGISTRY.get_sample_value("crm_outbox_backlog", labels) == 3
 
 
-async def test_the_migration_drops_the_rows_marked_sent_before_it(pool: asyncpg.Pool) -> None:
+async def test_the_migration_drops_the_rows_marked_sent_before_it(
+    interaction_pool: asyncpg.Pool,
+) -> None:
     """An outbox as the relay that marked rows sent left it (002_outbox): its sent rows go, its
     unsent ones stay, in order."""
-    async with pool.acquire() as conn:
+    async with interaction_pool.acquire() as conn:
         await conn.execute("DELETE FROM schema_migrations WHERE name = $1", OUTBOX_MIGRATION)
         await conn.execute("ALTER TABLE outbox ADD COLUMN sent_at timestamptz")
         await conn.execute("CREATE INDEX outbox_sent ON outbox (sent_at) WHERE sent_at IS NOT NULL")
@@ -164,8 +172,8 @@ async def test_the_migration_drops_the_rows_marked_sent_before_it(pool: asyncpg.
             "UPDATE outbox SET sent_at = now() WHERE event_id IN ('derived-0', 'derived-2')"
         )
         assert await apply_migrations(conn, PROJECTION.migrations) == [OUTBOX_MIGRATION]
-    assert await left_in_outbox(pool) == ["derived-1", "derived-3"]
-    columns = await pool.fetch(
+    assert await left_in_outbox(interaction_pool) == ["derived-1", "derived-3"]
+    columns = await interaction_pool.fetch(
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'outbox'"
     )
     assert "sent_at" not in {row["column_name"] for row in columns}

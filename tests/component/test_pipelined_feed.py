@@ -19,7 +19,6 @@ from crm_shared.runtime.derived import Derived
 from crm_shared.runtime.projector import BatchProjector, Fold, RawRecord
 from interaction_service.worker import PROJECTION
 from tests.component.partition_logs import no_dead_letters
-from tests.component.pools import migrated_pool
 from tests.component.test_counted_after_commit import contact
 from tests.integration.helpers import eventually
 
@@ -29,15 +28,9 @@ SECONDS = 10.0
 
 
 @pytest.fixture
-async def pool(fresh_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    async with migrated_pool(fresh_dsn, PROJECTION.migrations) as pool:
-        yield pool
-
-
-@pytest.fixture
-async def gate(pool: asyncpg.Pool) -> AsyncIterator[Gate]:
+async def gate(interaction_pool: asyncpg.Pool) -> AsyncIterator[Gate]:
     """A gate opened for good at the end, so that a failing test never leaves a fold waiting
-    (and the pool's close with it)."""
+    (and the interaction_pool's close with it)."""
     held = Gate()
     yield held
     for _ in range(100):
@@ -63,10 +56,12 @@ class Gate:
         return gated
 
 
-async def first_batch_held(gate: Gate, pool: asyncpg.Pool, max_batch: int) -> BatchProjector:
+async def first_batch_held(
+    gate: Gate, interaction_pool: asyncpg.Pool, max_batch: int
+) -> BatchProjector:
     """A projector whose first batch (one contact) is folding, held at the gate."""
     projection = dataclasses.replace(PROJECTION, fold=gate.around(PROJECTION.fold))
-    projector = BatchProjector(projection, pool, no_dead_letters, max_batch=max_batch)
+    projector = BatchProjector(projection, interaction_pool, no_dead_letters, max_batch=max_batch)
     await projector.reload_positions()
     await projector.feed([contact(0, "first")])
     await eventually(gate.folded, lambda sizes: sizes == [1], within=SECONDS)
@@ -74,16 +69,18 @@ async def first_batch_held(gate: Gate, pool: asyncpg.Pool, max_batch: int) -> Ba
 
 
 async def test_records_read_during_a_commit_are_committed_next_without_the_reader(
-    pool: asyncpg.Pool, gate: Gate
+    interaction_pool: asyncpg.Pool, gate: Gate
 ) -> None:
-    projector = await first_batch_held(gate, pool, max_batch=1_000)
+    projector = await first_batch_held(gate, interaction_pool, max_batch=1_000)
     async with asyncio.timeout(SECONDS):  # gathering never waits for the commit in flight
         await projector.feed([contact(1, "second")])
         await projector.feed([contact(2, "third")])
     gate.permits.put_nowait(None)
     gate.permits.put_nowait(None)
     await eventually(  # no feed() in between: the commit took them
-        lambda: pool.fetchval("SELECT count(*) FROM timeline"), lambda n: n == 3, within=SECONDS
+        lambda: interaction_pool.fetchval("SELECT count(*) FROM timeline"),
+        lambda n: n == 3,
+        within=SECONDS,
     )
     assert gate.sizes == [1, 2]
     assert projector.positions[("crm.contacts", 0)] == 3
@@ -91,9 +88,9 @@ async def test_records_read_during_a_commit_are_committed_next_without_the_reade
 
 
 async def test_a_full_batch_waits_until_the_commit_takes_it_not_until_it_commits(
-    pool: asyncpg.Pool, gate: Gate
+    interaction_pool: asyncpg.Pool, gate: Gate
 ) -> None:
-    projector = await first_batch_held(gate, pool, max_batch=2)
+    projector = await first_batch_held(gate, interaction_pool, max_batch=2)
     full = asyncio.ensure_future(projector.feed([contact(1, "second"), contact(2, "third")]))
     await asyncio.sleep(0.2)
     assert not full.done()
@@ -101,14 +98,16 @@ async def test_a_full_batch_waits_until_the_commit_takes_it_not_until_it_commits
     async with asyncio.timeout(SECONDS):
         await full
     await eventually(gate.folded, lambda sizes: sizes == [1, 2], within=SECONDS)
-    assert await pool.fetchval("SELECT count(*) FROM timeline") == 1  # the second still folds
+    assert (
+        await interaction_pool.fetchval("SELECT count(*) FROM timeline") == 1
+    )  # the second still folds
     gate.permits.put_nowait(None)
     await projector.settle()
-    assert await pool.fetchval("SELECT count(*) FROM timeline") == 3
+    assert await interaction_pool.fetchval("SELECT count(*) FROM timeline") == 3
 
 
 async def test_a_full_batch_waiting_on_a_commit_that_fails_gets_its_error(
-    pool: asyncpg.Pool,
+    interaction_pool: asyncpg.Pool,
 ) -> None:
     """The commit in flight fails (its dead letters cannot be sent) without taking what waits:
     the waiting reader wakes and raises its error instead of waiting for good."""
@@ -118,7 +117,7 @@ async def test_a_full_batch_waiting_on_a_commit_that_fails_gets_its_error(
         await permit.wait()
         raise RuntimeError("dead-letter topic away")
 
-    projector = BatchProjector(PROJECTION, pool, dead_letters_away, max_batch=2)
+    projector = BatchProjector(PROJECTION, interaction_pool, dead_letters_away, max_batch=2)
     await projector.reload_positions()
     await projector.feed([RawRecord("crm.contacts", 0, 0, b"C-poison", b"not json")])
     full = asyncio.ensure_future(projector.feed([contact(1, "second"), contact(2, "third")]))
@@ -128,4 +127,4 @@ async def test_a_full_batch_waiting_on_a_commit_that_fails_gets_its_error(
     async with asyncio.timeout(SECONDS):
         with pytest.raises(RuntimeError, match="dead-letter topic away"):
             await full
-    assert await pool.fetchval("SELECT count(*) FROM timeline") == 0
+    assert await interaction_pool.fetchval("SELECT count(*) FROM timeline") == 0
