@@ -3,7 +3,11 @@ value holds, n values give n separators, and an empty column packs to nothing.""
 
 from __future__ import annotations
 
-from crm_shared.runtime.packed import pack_texts
+from datetime import UTC, datetime
+
+import pytest
+
+from crm_shared.runtime.packed import UnnestColumns, pack_texts
 
 
 def test_columns_are_joined_after_a_leading_separator_with_none_as_the_null_mark() -> None:
@@ -35,3 +39,30 @@ def test_a_batch_holding_the_usual_and_the_next_characters_still_packs() -> None
     *_, separator, null_mark = pack_texts(crowded)
     assert {separator, null_mark}.isdisjoint(crowded)
     assert len({separator, null_mark}) == 2
+
+
+def test_columns_are_text_unless_typed_and_a_type_for_no_column_is_refused() -> None:
+    rows = UnnestColumns.named(("id", "at", "n"), at="timestamptz", n="int")
+    assert rows.columns == (("id", "text"), ("at", "timestamptz"), ("n", "int"))
+    with pytest.raises(ValueError, match="nmae"):
+        UnnestColumns.named(("id", "name"), nmae="text")
+
+
+def test_times_go_as_microseconds_and_texts_packed_with_their_characters_last() -> None:
+    rows = UnnestColumns.named(("id", "at", "n"), at="timestamptz", n="int")
+    at = datetime(1970, 1, 1, 0, 0, 1, 5, tzinfo=UTC)
+    assert rows.arguments([["a", "b"], [at, None], [1, 2]]) == [
+        "\x1fa\x1fb",
+        [1_000_005, None],
+        [1, 2],
+        "\x1f",
+        "\x1e",
+    ]
+    assert "unpack_texts($1, $4, $5)" in rows.select
+    assert "$2::bigint[]" in rows.select and "$3::int[]" in rows.select
+
+
+def test_without_text_columns_no_separator_is_bound() -> None:
+    rows = UnnestColumns.named(("n",), n="int")
+    assert rows.arguments([[1]]) == [[1]]
+    assert rows.select == "SELECT n FROM unnest($1::int[]) AS u(n)"
