@@ -1,5 +1,6 @@
-"""Text columns packed into one string each: the separator and the null mark are characters no
-value holds, n values give n separators, and an empty column packs to nothing."""
+"""A batch's columns as sent: texts packed into one string each (the separator and the null mark
+are characters no value holds, n values give n separators, an empty column packs to nothing),
+times as microseconds, other types as they are."""
 
 from __future__ import annotations
 
