@@ -39,7 +39,7 @@ from broadcast_service.projection import (
 )
 from crm_shared.contracts.events import CampaignDefined, CampaignTarget
 from crm_shared.runtime.db import columns
-from crm_shared.runtime.packed import UnnestColumns, pack_texts
+from crm_shared.runtime.packed import UnnestColumns, pack_texts, unpacked
 
 # The order of each state's `version`, in SQL, for the WHERE that keeps a newer stored row: text
 # compared by code point (COLLATE "C") as Python compares it.
@@ -168,7 +168,7 @@ async def lock_consents(
 ) -> dict[ConsentKey, Consent]:
     """Every stored consent of these customers (a handful each), locked until the batch commits."""
     rows = await conn.fetch(
-        "SELECT * FROM consents WHERE customer_id = ANY(unpack_texts($1, $2, $3)) FOR UPDATE",
+        f"SELECT * FROM consents WHERE customer_id = ANY({unpacked(1, 2)}) FOR UPDATE",
         *pack_texts(list(customer_ids)),
     )
     consents = [_consent(row) for row in rows]

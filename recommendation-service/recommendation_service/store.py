@@ -20,7 +20,7 @@ import numpy as np
 
 from crm_shared.contracts.events import ConsentState
 from crm_shared.runtime.db import columns
-from crm_shared.runtime.packed import UnnestColumns, pack_texts
+from crm_shared.runtime.packed import UnnestColumns, pack_texts, unpacked
 from recommendation_service import projection
 from recommendation_service.catalogue import CatalogueFilter, CatalogueRecord
 from recommendation_service.consent import ConsentDecision
@@ -51,9 +51,9 @@ async def units_kept(
     only one worker folds a given customer at a time.
     """
     rows = await conn.fetch(
-        """
+        f"""
         SELECT cp.customer_id, cp.product_id, cp.units_kept
-        FROM unnest(unpack_texts($1, $3, $4), unpack_texts($2, $3, $4))
+        FROM unnest({unpacked(1, 3)}, {unpacked(2, 3)})
              AS w(customer_id, product_id)
         JOIN customer_products cp USING (customer_id, product_id)
         """,
@@ -72,9 +72,9 @@ async def cancelled_orders(
     if not orders:
         return set()
     rows = await conn.fetch(
-        """
+        f"""
         SELECT c.customer_id, c.order_id
-        FROM unnest(unpack_texts($1, $3, $4), unpack_texts($2, $3, $4)) AS w(customer_id, order_id)
+        FROM unnest({unpacked(1, 3)}, {unpacked(2, 3)}) AS w(customer_id, order_id)
         JOIN cancelled_orders c USING (customer_id, order_id)
         """,
         *pack_texts(
@@ -790,10 +790,10 @@ async def mark_customers(
     if not customers:
         return
     await conn.execute(
-        """
+        f"""
         INSERT INTO dirty_customers AS t (customer_id, consent_changed)
-        SELECT customer_id, customer_id = ANY(unpack_texts($2, $3, $4))
-        FROM unnest(unpack_texts($1, $3, $4)) AS c(customer_id) ORDER BY 1
+        SELECT customer_id, customer_id = ANY({unpacked(2, 3)})
+        FROM unnest({unpacked(1, 3)}) AS c(customer_id) ORDER BY 1
         ON CONFLICT (customer_id) DO UPDATE
         SET mark = EXCLUDED.mark, consent_changed = t.consent_changed OR EXCLUDED.consent_changed
         """,
@@ -1093,9 +1093,9 @@ async def record_segment_changes(
 async def segments_of(conn: asyncpg.Connection, customers: Sequence[str]) -> dict[str, list[str]]:
     """The segments each of these customers is a member of now."""
     rows = await conn.fetch(
-        """
+        f"""
         SELECT customer_id, segment FROM segment_members
-        WHERE member AND customer_id = ANY(unpack_texts($1, $2, $3))
+        WHERE member AND customer_id = ANY({unpacked(1, 2)})
         """,
         *pack_texts(customers),
     )

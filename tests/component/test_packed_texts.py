@@ -1,4 +1,4 @@
-"""`unpack_texts` on a real PostgreSQL gives back exactly the columns `pack_texts` packed: empty
+"""`unpacked` on a real PostgreSQL gives back exactly the columns `pack_texts` packed: empty
 strings, NULLs, the separator characters themselves and any Unicode, alone or in a batch."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from crm_shared.runtime.db import apply_migrations, ensure_database
-from crm_shared.runtime.packed import Column, UnnestColumns, pack_texts
+from crm_shared.runtime.packed import Column, UnnestColumns, pack_texts, unpacked
 
 pytestmark = pytest.mark.component
 
@@ -43,14 +43,14 @@ async def conn(fresh_dsn: str) -> AsyncIterator[asyncpg.Connection]:
 
 @pytest.mark.parametrize("column", COLUMNS, ids=range(len(COLUMNS)))
 async def test_one_column_comes_back_as_it_went(conn: asyncpg.Connection, column: Column) -> None:
-    assert await conn.fetchval("SELECT unpack_texts($1, $2, $3)", *pack_texts(column)) == column
+    assert await conn.fetchval(f"SELECT {unpacked(1, 2)}", *pack_texts(column)) == column
 
 
 async def test_columns_packed_together_unnest_into_their_rows(conn: asyncpg.Connection) -> None:
     names = ["a\x1fb", "", None, "d"]
     codes = ["1", None, "\x1e", ""]
     rows = await conn.fetch(
-        "SELECT * FROM unnest(unpack_texts($1, $3, $4), unpack_texts($2, $3, $4), $5::int[])"
+        f"SELECT * FROM unnest({unpacked(1, 3)}, {unpacked(2, 3)}, $5::int[])"
         " WITH ORDINALITY AS r(name, code, n, position) ORDER BY position",
         *pack_texts(names, codes),
         [1, 2, 3, 4],

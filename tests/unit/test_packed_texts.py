@@ -59,7 +59,7 @@ def test_times_go_as_microseconds_and_texts_packed_with_their_characters_last() 
         "\x1f",
         "\x1e",
     ]
-    assert "unpack_texts($1, $4, $5)" in rows.select
+    assert "(string_to_array($1, $4, $5))[2:]" in rows.select
     assert "$2::bigint[]" in rows.select and "$3::int[]" in rows.select
 
 

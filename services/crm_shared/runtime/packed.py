@@ -4,13 +4,14 @@ asyncpg encodes an array argument element by element: it checks every element ag
 abstract base classes (is it itself an array?), 0.4 µs a text, and converts a timestamptz in
 Python, 1.15 µs. In a fold that unnests thousands of ids, codes and times a batch, that was a
 fifth of the worker's CPU (docs/decisions.md, "Batches sent as packed texts and microseconds").
-Here a text column travels as one joined string, which PostgreSQL splits back (`unpack_texts`,
-a shared migration) for what decoding the array costs it, and a time as bigint microseconds.
+Here a text column travels as one joined string, which PostgreSQL splits back (`unpacked`, an
+expression the planner folds like any other) for about what decoding the array costs it, and a
+time as bigint microseconds.
 
     ROWS = UnnestColumns.named(("id", "name", "at"), at="timestamptz")
     await conn.execute(f"INSERT INTO t ({ROWS.names}) {ROWS.select}", *ROWS.arguments(columns))
 
-A lookup by ids: `WHERE id = ANY(unpack_texts($1, $2, $3))` with `*pack_texts(ids)`.
+A lookup by ids: `f"WHERE id = ANY({unpacked(1, 2)})"` with `*pack_texts(ids)`.
 """
 
 from __future__ import annotations
@@ -28,14 +29,22 @@ _USUAL_NULL_MARK = "\x1e"
 
 
 def pack_texts(*columns: Column) -> list[str]:
-    """Each column packed for `unpack_texts(packed, separator, null_mark)`, then the separator
-    and the null mark, in that order: the statement's arguments."""
+    """Each column packed for `unpacked`, then the separator and the null mark, in that order:
+    the statement's arguments."""
     packed = _packed(columns, _USUAL_SEPARATOR, _USUAL_NULL_MARK)
     if packed is None:
         separator, null_mark = _unused_characters(columns)
         packed = _packed(columns, separator, null_mark)
         assert packed is not None, "the characters chosen are in no value"
     return packed
+
+
+def unpacked(parameter: int, separator: int) -> str:
+    """SQL: the text[] packed in the parameter $parameter, whose separator and null mark are the
+    parameters $separator and $separator + 1. An expression, not a SQL function: with a custom
+    plan the planner folds the parameters' values into constants, and a function would be run
+    through the SQL-function executor for each column of each statement."""
+    return f"(string_to_array(${parameter}, ${separator}, ${separator + 1}))[2:]"
 
 
 TEXT_INPUT_TYPES = frozenset({"text", "numeric", "jsonb"})
@@ -79,11 +88,11 @@ class UnnestColumns:
     def select(self) -> str:
         """SQL: the rows, `SELECT <columns> FROM unnest(...)` on $1 to $n (one a column), then
         the separator and the null mark of the packed texts (when there are texts)."""
-        marks = f"${len(self.columns) + 1}, ${len(self.columns) + 2}"
+        separator = len(self.columns) + 1
         arrays, values = [], []
         for n, (name, kind) in enumerate(self.columns, start=1):
             if kind in TEXT_INPUT_TYPES:
-                arrays.append(f"unpack_texts(${n}, {marks})")
+                arrays.append(unpacked(n, separator))
                 values.append(name if kind == "text" else f"{name}::{kind} AS {name}")
             elif kind == "timestamptz":
                 arrays.append(f"${n}::bigint[]")
@@ -126,7 +135,7 @@ def _packed(columns: Sequence[Column], separator: str, null_mark: str) -> list[s
     """The columns, then the two characters; None when a value holds either of them.
 
     A packed column starts with the separator, so that n values are n fields after the first
-    (empty) one, which `unpack_texts` drops: a lone empty string is then one field, not none.
+    (empty) one, which `unpacked` drops: a lone empty string is then one field, not none.
     """
     packed: list[str] = []
     for column in columns:
