@@ -39,7 +39,7 @@ from broadcast_service.projection import (
 )
 from crm_shared.contracts.events import CampaignDefined, CampaignTarget
 from crm_shared.runtime.db import columns
-from crm_shared.runtime.packed import UnnestColumns, pack_texts, unpacked
+from crm_shared.runtime.packed import UnnestColumns
 
 # The order of each state's `version`, in SQL, for the WHERE that keeps a newer stored row: text
 # compared by code point (COLLATE "C") as Python compares it.
@@ -168,8 +168,8 @@ async def lock_consents(
 ) -> dict[ConsentKey, Consent]:
     """Every stored consent of these customers (a handful each), locked until the batch commits."""
     rows = await conn.fetch(
-        f"SELECT * FROM consents WHERE customer_id = ANY({unpacked(1, 2)}) FOR UPDATE",
-        *pack_texts(list(customer_ids)),
+        "SELECT * FROM consents WHERE customer_id = ANY($1::text[]) FOR UPDATE",
+        list(customer_ids),
     )
     consents = [_consent(row) for row in rows]
     return {consent.key: consent for consent in consents}

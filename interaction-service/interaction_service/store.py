@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from crm_shared.contracts.events import JourneyStage, Measure
-from crm_shared.runtime.packed import UnnestColumns, pack_texts, unpacked
+from crm_shared.runtime.packed import UnnestColumns
 from interaction_service.cases import Breach, Case, Opening, StepRecord, Stint
 from interaction_service.experience import (
     DETRACTOR_AT_MOST,
@@ -479,8 +479,8 @@ async def lock_journeys(
     """The journeys of these customers, locked for the caller's transaction (new ones absent)."""
     rows = await conn.fetch(
         f"SELECT {', '.join(_JOURNEY_COLUMNS)} FROM journeys"
-        f" WHERE customer_id = ANY({unpacked(1, 2)}) ORDER BY customer_id FOR UPDATE",
-        *pack_texts(sorted(customer_ids)),
+        " WHERE customer_id = ANY($1::text[]) ORDER BY customer_id FOR UPDATE",
+        sorted(customer_ids),
     )
     return {row["customer_id"]: _journey(row) for row in rows}
 

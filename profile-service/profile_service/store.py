@@ -27,7 +27,7 @@ from crm_shared.contracts.segment_rules import (
     Rule,
 )
 from crm_shared.runtime.db import columns
-from crm_shared.runtime.packed import UnnestColumns, pack_texts, unpacked
+from crm_shared.runtime.packed import UnnestColumns
 from profile_service import analytics, complaints, identity, opinions, segments
 from profile_service.catalogue import CategoryRow
 from profile_service.commerce import (
@@ -472,14 +472,14 @@ async def lapse_states(
 ) -> dict[str, tuple[datetime | None, Membership | None]]:
     """(last purchase, membership) of the customers who have purchase totals."""
     rows = await conn.fetch(
-        f"""
+        """
         SELECT t.customer_id, t.last_purchase_at, m.member, m.version, m.changed_at
         FROM purchase_totals t
         LEFT JOIN segment_memberships m ON m.customer_id = t.customer_id AND m.segment = $1
-        WHERE t.customer_id = ANY({unpacked(2, 3)})
+        WHERE t.customer_id = ANY($2::text[])
         """,
         segment,
-        *pack_texts(list(customer_ids)),
+        list(customer_ids),
     )
     return {
         row["customer_id"]: (row["last_purchase_at"], _membership(row, segment)) for row in rows

@@ -790,14 +790,15 @@ async def mark_customers(
     if not customers:
         return
     await conn.execute(
-        f"""
+        """
         INSERT INTO dirty_customers AS t (customer_id, consent_changed)
-        SELECT customer_id, customer_id = ANY({unpacked(2, 3)})
-        FROM unnest({unpacked(1, 3)}) AS c(customer_id) ORDER BY 1
+        SELECT customer_id, customer_id = ANY($2::text[])
+        FROM unnest($1::text[]) AS c(customer_id) ORDER BY 1
         ON CONFLICT (customer_id) DO UPDATE
         SET mark = EXCLUDED.mark, consent_changed = t.consent_changed OR EXCLUDED.consent_changed
         """,
-        *pack_texts(customers, list(consent_changed)),
+        customers,
+        list(consent_changed),
     )
 
 
@@ -1093,11 +1094,11 @@ async def record_segment_changes(
 async def segments_of(conn: asyncpg.Connection, customers: Sequence[str]) -> dict[str, list[str]]:
     """The segments each of these customers is a member of now."""
     rows = await conn.fetch(
-        f"""
+        """
         SELECT customer_id, segment FROM segment_members
-        WHERE member AND customer_id = ANY({unpacked(1, 2)})
+        WHERE member AND customer_id = ANY($1::text[])
         """,
-        *pack_texts(customers),
+        customers,
     )
     found: dict[str, list[str]] = {}
     for row in rows:

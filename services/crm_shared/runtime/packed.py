@@ -11,7 +11,10 @@ time as bigint microseconds.
     ROWS = UnnestColumns.named(("id", "name", "at"), at="timestamptz")
     await conn.execute(f"INSERT INTO t ({ROWS.names}) {ROWS.select}", *ROWS.arguments(columns))
 
-A lookup by ids: `f"WHERE id = ANY({unpacked(1, 2)})"` with `*pack_texts(ids)`.
+A lookup by ids joins the unpacked ids, `FROM unnest({unpacked(1, 2)}) AS w(id) JOIN t USING (id)`:
+never `id = ANY({unpacked(1, 2)})`. In a generic plan that expression is no parameter, and a
+plan that scans the table splits the whole string again for every row (the broadcast's consent
+lock took 777 ms a statement so: docs/decisions.md).
 """
 
 from __future__ import annotations
