@@ -516,15 +516,10 @@ async def save_journeys(conn: asyncpg.Connection, journeys: Sequence[Journey]) -
     )
 
 
-_TRANSITION_ROWS = UnnestColumns(
-    (
-        ("customer_id", "text"),
-        ("version", "bigint"),
-        ("from_stage", "text"),
-        ("to_stage", "text"),
-        ("trigger", "text"),
-        ("changed_at", "timestamptz"),
-    )
+_TRANSITION_ROWS = UnnestColumns.named(
+    ("customer_id", "version", "from_stage", "to_stage", "trigger", "changed_at"),
+    version="bigint",
+    changed_at="timestamptz",
 )
 
 

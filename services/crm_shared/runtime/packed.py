@@ -19,6 +19,7 @@ lock took 777 ms a statement so: docs/decisions.md).
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -83,11 +84,11 @@ class UnnestColumns:
             raise ValueError(f"types given for no column: {sorted(unknown)}")
         return cls(tuple((name, types.get(name, "text")) for name in names))
 
-    @property
+    @functools.cached_property
     def names(self) -> str:
         return ", ".join(name for name, _ in self.columns)
 
-    @property
+    @functools.cached_property
     def select(self) -> str:
         """SQL: the rows, `SELECT <columns> FROM unnest(...)` on $1 to $n (one a column), then
         the separator and the null mark of the packed texts (when there are texts)."""
