@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any, Literal, Union, cast
+from typing import Annotated, Any, Literal, TypeGuard, Union, cast
 from zoneinfo import ZoneInfo
 
 from pydantic import (
@@ -432,7 +432,7 @@ class DoNotContactRemoved(_EventData):
 class RecommendedProduct(_EventData):
     product_id: str = Field(min_length=1, max_length=64)
     description: str | None = Field(default=None, max_length=300)
-    score: float
+    score: float = Field(allow_inf_nan=False)
     reason: str = Field(min_length=1, max_length=300, description="For people, e.g. why")
 
 
@@ -1401,11 +1401,7 @@ def build_event(
     (the sender publishes one per message). Anything else is validated whole: a mapping, a model
     of another type or a subclass, and a CustomerMerged (its rule spans subject and data).
     tests/unit/test_delivery.py and test_events.py compare the two paths' bytes."""
-    if (
-        isinstance(data, BaseModel)
-        and type(data) is EVENT_TYPES.get(event_type)
-        and not isinstance(data, CustomerMerged)
-    ):
+    if _is_trusted_model(data, event_type):
         _check_given_envelope(customer_id, source, time, event_id)
         payload = data.model_dump(mode="json")
         return _envelope(event_type, customer_id, payload, source, time, event_id)
@@ -1413,6 +1409,15 @@ def build_event(
     document = _envelope(event_type, customer_id, payload, source, time, event_id)
     validate_event(document)
     return document
+
+
+def _is_trusted_model(data: object, event_type: str) -> TypeGuard[BaseModel]:
+    """Data exactly its type's model, validated as it was built (see build_event)."""
+    return (
+        isinstance(data, BaseModel)
+        and type(data) is EVENT_TYPES.get(event_type)
+        and not isinstance(data, CustomerMerged)
+    )
 
 
 def _check_given_envelope(
@@ -1466,7 +1471,43 @@ def encode_event(document: Mapping[str, Any]) -> bytes:
         text = _WIRE_JSON.encode(document)
     except ValueError as error:
         raise InvalidEvent(f"not encodable as JSON: {error}") from None
-    value = text.encode()
+    return _within_size(text.encode())
+
+
+def _within_size(value: bytes) -> bytes:
     if len(value) > MAX_EVENT_BYTES:
         raise InvalidEvent(f"event too large: {len(value)} bytes, limit {MAX_EVENT_BYTES}")
     return value
+
+
+def encode_new_event(
+    event_type: str,
+    customer_id: str,
+    data: Mapping[str, Any] | BaseModel,
+    *,
+    source: str,
+    time: datetime,
+    event_id: str,
+) -> bytes:
+    """`encode_event(build_event(...))` in one step, for a producer of many events (the folds'
+    derived events): data exactly its type's model is written by pydantic straight to JSON
+    inside the envelope's text, not dumped to a dict that the json module encodes again, for
+    about a third of the cost. The same bytes as the two steps (tests/unit/test_events.py),
+    except a float's exponent (1e-05 against 0.00001: the same number); a float field takes no
+    NaN or infinity (pydantic would write null where the json module refuses)."""
+    if not _is_trusted_model(data, event_type):
+        document = build_event(
+            event_type, customer_id, data, source=source, time=time, event_id=event_id
+        )
+        return encode_event(document)
+    _check_given_envelope(customer_id, source, time, event_id)
+    head = (
+        f'{{"specversion":"1.0","id":{_json_text(event_id)},"source":{_json_text(source)},'
+        f'"type":{_json_text(event_type)},"subject":{_json_text(customer_id)},'
+        f'"time":"{time.isoformat()}","datacontenttype":"application/json","data":'
+    )
+    return _within_size(b"".join((head.encode(), data.model_dump_json().encode(), b"}")))
+
+
+_json_text = _WIRE_JSON.encode
+"""A string as JSON (the C escaper the encoder uses for a lone string)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from crm_shared.contracts.events import Event, build_event, encode_event
+from crm_shared.contracts.events import Event, encode_new_event
 from crm_shared.contracts.topics import topic_for
 
 _DERIVED_IDS = uuid.UUID("6f1d3c2a-8a51-4f0e-9a7e-2b8c0e4f7d10")
@@ -77,9 +77,7 @@ def derived_event(
 ) -> Derived:
     """A validated derived event with an id of the caller's making: for what a periodic job
     derives with no event as its cause (the id must still repeat when the job's run does)."""
-    document = build_event(
+    value = encode_new_event(
         event_type, customer_id, data, source=source, time=time, event_id=event_id
     )
-    return Derived(
-        topic_for(event_type), customer_id.encode(), encode_event(document), event_id, event_type
-    )
+    return Derived(topic_for(event_type), customer_id.encode(), value, event_id, event_type)
