@@ -1,7 +1,9 @@
 """How PostgreSQL plans a fold's statements, live and in a rebuild: the batch's keys are looked
-up by index, and every connection of a worker's pool takes the settings its migrations gave the
-database. On real PostgreSQL, with the interaction projection (its journeys lock is the statement
-that scanned the whole table, and its migrations set the database's plan cache mode)."""
+up by index, in the plan made for the batch and in the generic plan a fold's statements take
+after five runs, and every connection of a worker's pool takes the settings its migrations gave
+the database (the fold sets its own). On real PostgreSQL, with the interaction projection (its
+journeys lock is the statement that scanned the whole table, and its migrations set the
+database's plan cache mode for the reads)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,12 @@ import pytest
 from crm_shared.contracts.events import Event
 from crm_shared.runtime.bulk import BulkFolder
 from crm_shared.runtime.derived import Derived
-from crm_shared.runtime.projector import FOLD_RANDOM_PAGE_COST, BatchProjector, Fold
+from crm_shared.runtime.projector import (
+    FOLD_PLAN_CACHE_MODE,
+    FOLD_RANDOM_PAGE_COST,
+    BatchProjector,
+    Fold,
+)
 from interaction_service.config import MIGRATIONS
 from interaction_service.worker import PROJECTION
 from tests.component.partition_logs import no_dead_letters
@@ -34,10 +41,14 @@ async def pool(fresh_dsn: str) -> AsyncIterator[asyncpg.Pool]:
         yield pool
 
 
-async def _planning_fold(pool: asyncpg.Pool) -> tuple[Fold, list[tuple[str, str]]]:
+_LOCK = "SELECT * FROM journeys WHERE customer_id = ANY($1::text[]) ORDER BY customer_id FOR UPDATE"
+
+
+async def _planning_fold(pool: asyncpg.Pool) -> tuple[Fold, list[tuple[str, str, str, str]]]:
     """Journeys enough for a scan to look cheap at PostgreSQL's default page cost, and the
     interaction fold preceded by a look at how a fold's lock of some of them is planned (the
-    page cost in force, the plan), noted in the list returned."""
+    page cost and plan cache mode in force, the plan for these keys, the generic plan), noted in
+    the list returned."""
     await pool.execute(
         """
         INSERT INTO journeys (customer_id, stage, entered_at, version, orders, interested, praised)
@@ -47,25 +58,35 @@ async def _planning_fold(pool: asyncpg.Pool) -> tuple[Fold, list[tuple[str, str]
     )
     await pool.execute("ANALYZE journeys")
     wanted = [f"C{n}" for n in range(1, JOURNEYS, JOURNEYS // LOCKED)]
-    seen: list[tuple[str, str]] = []
+    seen: list[tuple[str, str, str, str]] = []
 
     async def planned(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:
-        plan = await conn.fetch(
-            "EXPLAIN SELECT * FROM journeys WHERE customer_id = ANY($1::text[])"
-            " ORDER BY customer_id FOR UPDATE",
-            wanted,
-        )
-        seen.append((await conn.fetchval("SHOW random_page_cost"), "\n".join(r[0] for r in plan)))
+        page_cost = await conn.fetchval("SHOW random_page_cost")
+        mode = await conn.fetchval("SHOW plan_cache_mode")
+        plan = await conn.fetch(f"EXPLAIN {_LOCK}", wanted)
+        await conn.execute(f"PREPARE planned_lock(text[]) AS {_LOCK}")
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        keys = "{" + ",".join(wanted) + "}"  # plain ids: a literal, as EXECUTE takes no parameter
+        generic = await conn.fetch(f"EXPLAIN EXECUTE planned_lock('{keys}')")
+        await conn.execute(f"SET LOCAL plan_cache_mode = {mode}; DEALLOCATE planned_lock")
+        seen.append((page_cost, mode, _text(plan), _text(generic)))
         return await PROJECTION.fold(conn, events)
 
     return planned, seen
 
 
-def _looked_up_by_index(seen: list[tuple[str, str]]) -> None:
-    [(page_cost, plan)] = seen
+def _text(plan: Sequence[asyncpg.Record]) -> str:
+    return "\n".join(row[0] for row in plan)
+
+
+def _looked_up_by_index(seen: list[tuple[str, str, str, str]]) -> None:
+    [(page_cost, mode, plan, generic)] = seen
     assert float(page_cost) == FOLD_RANDOM_PAGE_COST
-    assert "Index Scan using journeys_pkey" in plan, plan
-    assert "Seq Scan" not in plan, plan
+    assert mode == FOLD_PLAN_CACHE_MODE
+    for made in (plan, generic):
+        assert "Index Scan using journeys_pkey" in made, made
+        assert "Seq Scan" not in made, made
+    assert "$1" in generic, generic  # the plan made without the keys
 
 
 async def test_a_fold_locks_its_batch_of_journeys_by_index_not_by_scanning_them_all(
@@ -78,8 +99,9 @@ async def test_a_fold_locks_its_batch_of_journeys_by_index_not_by_scanning_them_
 
     _looked_up_by_index(seen)
     assert await pool.fetchval("SELECT count(*) FROM timeline") == 1
-    # Only the fold's transaction: the pool's sessions keep the server's default.
+    # Only the fold's transaction: the pool's sessions keep the server's and database's defaults.
     assert float(await pool.fetchval("SHOW random_page_cost")) != FOLD_RANDOM_PAGE_COST
+    assert await pool.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
 
 
 async def test_a_rebuild_folds_at_the_same_page_cost(pool: asyncpg.Pool) -> None:

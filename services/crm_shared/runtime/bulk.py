@@ -28,7 +28,7 @@ from crm_shared.runtime.projector import (
     RawRecord,
     SortedBatch,
     TopicPartition,
-    price_fold_lookups,
+    plan_as_a_fold,
     runs_between_ticks,
     save_positions,
     sort_batch,
@@ -191,7 +191,7 @@ class BulkFolder:
         Returns what was applied and those customers; counts only once it commits."""
         with metrics.counted_on_commit():
             async with self.conn.transaction():
-                await price_fold_lookups(self.conn)
+                await plan_as_a_fold(self.conn)
                 related = await self._related(batch.events)
                 applied = await fold(fresh)
                 await self._record(applied, batch.next_offsets)

@@ -68,12 +68,23 @@ keeps in memory; priced as seeks, a batch of a few hundred keys made the planner
 tables instead (the interaction's journeys, the profile's lapse states: two to three times the
 fold's PostgreSQL CPU in batches of 200, docs/performance.md). SET LOCAL: the fold's statements
 only, not the periodic jobs' scans of whole tables."""
-_FOLD_SETTINGS = f"SET LOCAL random_page_cost = {FOLD_RANDOM_PAGE_COST}"
+FOLD_PLAN_CACHE_MODE = "auto"
+"""How a fold's prepared statements are planned, in its transaction: PostgreSQL's default, a
+generic plan once five custom ones showed it no worse. A fold runs the same set-based statements
+every batch whatever its customers, so one plan a connection serves them; a database whose
+reads are planned for each customer (the interaction's `force_custom_plan`, for its timeline
+pages) otherwise planned every statement of every batch again: 16 % of the interaction fold's
+statement time in batches of 50 (docs/performance.md)."""
+_FOLD_SETTINGS = (
+    f"SET LOCAL random_page_cost = {FOLD_RANDOM_PAGE_COST};"
+    f" SET LOCAL plan_cache_mode = {FOLD_PLAN_CACHE_MODE}"
+)
 
 
-async def price_fold_lookups(conn: asyncpg.Connection) -> None:
-    """In a fold's transaction, before it folds: FOLD_RANDOM_PAGE_COST. Every fold runs after
-    it, the live batch's, an event's alone and a rebuild's (bulk.BulkFolder)."""
+async def plan_as_a_fold(conn: asyncpg.Connection) -> None:
+    """First in a fold's transaction: FOLD_RANDOM_PAGE_COST and FOLD_PLAN_CACHE_MODE (one round
+    trip). Every fold's transaction starts with it, the live batch's, an event's alone and a
+    rebuild's (bulk.BulkFolder), so the claim of its events is planned like the fold."""
     await conn.execute(_FOLD_SETTINGS)
 
 
@@ -543,8 +554,7 @@ class BatchProjector:
 
     async def _fold(self, conn: asyncpg.Connection, events: Sequence[Event]) -> int:
         """Fold run by run (ticks are boundaries) and put what the fold derives in the outbox;
-        in the caller's transaction, whole batch or one event (FOLD_RANDOM_PAGE_COST)."""
-        await price_fold_lookups(conn)
+        in the caller's transaction, whole batch or one event, after `plan_as_a_fold`."""
         derived: list[Derived] = []
         for run in runs_between_ticks(events):
             derived.extend(await self.projection.fold(conn, run))
@@ -557,6 +567,7 @@ class BatchProjector:
             # What the fold counts (metrics.count) is counted once the batch is committed.
             with metrics.counted_on_commit():
                 async with self.pool.acquire() as conn, conn.transaction():
+                    await plan_as_a_fold(conn)
                     applied = await claim_new(conn, batch.events)
                     derived = await self._fold(conn, applied)
                     await save_positions(conn, batch.next_offsets)
@@ -579,6 +590,7 @@ class BatchProjector:
             try:
                 with metrics.counted_on_commit():
                     async with self.pool.acquire() as conn, conn.transaction():
+                        await plan_as_a_fold(conn)
                         fresh = await claim_new(conn, [event])
                         derived += await self._fold(conn, fresh)
                 applied.extend(fresh)
