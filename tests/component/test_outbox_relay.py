@@ -1,7 +1,8 @@
 """The outbox relay on a real PostgreSQL: it publishes the oldest events in order and deletes them
 in the same transaction, a send that fails leaves every row for the next pass, the backlog it
-reports is what is left (also while Kafka is away, at most once every `report_seconds`), and the
-migration drops the rows an older relay had marked sent."""
+reports is what is left (also while Kafka is away, at most once every `report_seconds`), a backlog
+is taken by its primary key, not by scanning the table, and the migration drops the rows an older
+relay had marked sent."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from crm_shared.runtime.db import apply_migrations
 from crm_shared.runtime.derived import Derived
-from crm_shared.runtime.outbox import OutboxRelay, write
+from crm_shared.runtime.outbox import TAKE_OLDEST_SQL, OutboxRelay, write
 from interaction_service.worker import PROJECTION
 
 pytestmark = pytest.mark.component
@@ -78,6 +79,31 @@ async def test_a_failed_send_leaves_every_row_for_the_next_pass(
     assert await relay.relay_once() == 3
     assert await relay.relay_once() == 1
     assert kafka.sent == [f"derived-{n}" for n in range(4)]
+
+
+async def test_a_backlog_is_taken_by_its_primary_key_whatever_the_statistics_say(
+    interaction_pool: asyncpg.Pool,
+) -> None:
+    """Statistics taken while the outbox was nearly empty, then a backlog of thousands of rows
+    (a relay behind its fold): the take still finds its rows by the primary key, in the plan
+    made for its limit and in the generic plan, and relays the oldest first."""
+    async with interaction_pool.acquire() as conn:
+        await write(conn, [derived(n) for n in range(300)])
+        await conn.execute("ANALYZE outbox")
+        await write(conn, [derived(n) for n in range(300, 20_000)])
+        plan = await conn.fetch(f"EXPLAIN {TAKE_OLDEST_SQL}", 500)
+        await conn.execute(f"PREPARE take_oldest(int) AS {TAKE_OLDEST_SQL}")
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        generic = await conn.fetch("EXPLAIN EXECUTE take_oldest(500)")
+        await conn.execute("DEALLOCATE take_oldest")
+    for made in (plan, generic):
+        text = "\n".join(row[0] for row in made)
+        assert "Seq Scan" not in text, text
+        assert "Index Scan using outbox_pkey on outbox" in text, text
+    kafka = Kafka()
+    relay = OutboxRelay("interaction", interaction_pool, kafka.send, batch_size=500)
+    assert await relay.relay_once() == 500
+    assert kafka.sent == [f"derived-{n}" for n in range(500)]
 
 
 async def test_the_backlog_reported_is_what_is_left(interaction_pool: asyncpg.Pool) -> None:

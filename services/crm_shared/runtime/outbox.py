@@ -46,12 +46,19 @@ async def write(conn: asyncpg.Connection, derived: Sequence[Derived]) -> None:
 
 
 TAKE_OLDEST_SQL = (
-    "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT $1)"
+    "DELETE FROM outbox WHERE seq = ANY(ARRAY(SELECT seq FROM outbox ORDER BY seq LIMIT $1))"
     " RETURNING seq, topic, key, value, event_id, type"
 )
 """Deleting what is published, in the transaction that publishes it, leaves one dead version a
 row; marking rows sent and pruning them later left two, and kept minutes of sent rows in the
-table for autovacuum to walk (decisions.md, "The outbox deletes what it publishes")."""
+table for autovacuum to walk (decisions.md, "The outbox deletes what it publishes").
+
+The oldest seqs are gathered first (`= ANY(ARRAY(...))`) and their rows then found by the
+primary key. Written as `seq IN (SELECT ...)`, the planner may join the chosen seqs to a scan
+of the whole table, which it prices from statistics taken when the outbox was nearly empty: a
+backlog and its dead rows then made every take read all of it (244 ms a take, 40 % of a core in
+the interaction's database at 2,000 events/s, and a backlog that fed itself;
+docs/performance.md)."""
 
 Send = Callable[[Sequence[Derived]], Awaitable[None]]
 """Publishes to Kafka and returns once every record is acknowledged (acks=all)."""
