@@ -16,7 +16,12 @@ from prometheus_client import REGISTRY
 from crm_shared.contracts.deadletter import DeadLetter
 from crm_shared.contracts.events import build_event, encode_event
 from crm_shared.runtime.projector import BatchProjector, RawRecord
-from crm_shared.runtime.retention import prune_applied_events, prune_outside_window
+from crm_shared.runtime.retention import (
+    PRUNE_CHUNK_ROWS,
+    PRUNE_SQL,
+    prune_applied_events,
+    prune_outside_window,
+)
 from profile_service.config import ProfileSettings
 from profile_service.worker import PROJECTION
 from tests.component.pools import migrated_pool
@@ -123,6 +128,35 @@ async def test_pruning_goes_chunk_by_chunk_until_nothing_old_is_left(
 
     assert pruned == 7
     assert await applied_ids(pool) == {"e7"}
+
+
+async def test_a_chunk_is_deleted_where_its_rows_lie_not_by_scanning_every_id(
+    pool: asyncpg.Pool,
+) -> None:
+    """A long window holds many ids: each chunk finds its rows through the applied_at index and
+    deletes them by address, however many ids the table holds."""
+    await pool.execute(
+        "INSERT INTO applied_events (source, id, type, event_time, applied_at)"
+        " SELECT 'shop', 'e' || n, 'crm.order.placed.v1', now(),"
+        "        now() - $2::interval - n * interval '1 second'"
+        " FROM generate_series(1, $1) AS n",
+        30_000,
+        WINDOW,
+    )
+    await pool.execute(
+        "UPDATE applied_events SET applied_at = now() WHERE id IN ('e1', 'e2', 'e3')"
+    )  # inside the window
+    await pool.execute("ANALYZE applied_events")
+    before = datetime.now(UTC) - WINDOW
+
+    plan = "\n".join(
+        r[0] for r in await pool.fetch(f"EXPLAIN {PRUNE_SQL}", before, PRUNE_CHUNK_ROWS)
+    )
+
+    assert "Seq Scan" not in plan, plan
+    assert "Tid Scan on applied_events" in plan, plan
+    assert await prune_applied_events(pool, before) == 30_000 - 3  # six chunks
+    assert await applied_ids(pool) == {"e1", "e2", "e3"}
 
 
 async def test_once_pruned_a_redelivery_is_still_dropped_by_its_position(

@@ -20,17 +20,20 @@ log = logging.getLogger(__name__)
 
 PRUNE_CHUNK_ROWS = 5_000
 
-# Oldest first through the applied_at index; SKIP LOCKED lets two replicas prune side by side.
 PRUNE_SQL = """
 DELETE FROM applied_events
-WHERE (source, id) IN (
-    SELECT source, id FROM applied_events
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM applied_events
     WHERE applied_at < $1
     ORDER BY applied_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
-)
+))
 """
+"""A chunk: the oldest rows through the applied_at index, locked (SKIP LOCKED lets two replicas
+prune side by side, and a locked row keeps its ctid), then deleted where they lie. Written as
+`(source, id) IN (SELECT ...)` the planner joined the chunk to a scan of the whole table, every
+chunk: 97 ms against 10 ms at 300,000 rows, growing with the deduplication window."""
 
 
 async def prune_applied_events(
