@@ -495,22 +495,27 @@ async def write_similar_products(
         )
 
 
-async def clear_marks(conn: asyncpg.Connection, marks: Mapping[str, int]) -> None:
-    """Unmark the products refreshed, unless marked again meanwhile (their mark changed).
-    Rows lock in product order, as the fold's marking does."""
-    await conn.execute(
-        """
-        DELETE FROM dirty_products WHERE product_id IN (
-            SELECT d.product_id
-            FROM dirty_products d JOIN unnest($1::text[], $2::bigint[]) AS m(product_id, mark)
-              ON d.product_id = m.product_id AND d.mark = m.mark
-            ORDER BY d.product_id
-            FOR UPDATE OF d
-        )
-        """,
+async def _clear_unchanged_marks(
+    conn: asyncpg.Connection, table: str, key: str, marks: Mapping[str, int]
+) -> None:
+    """Delete the marks a job read (key -> mark) from `table`, except those marked again
+    meanwhile (their mark changed). The rows are locked in key order, as the fold marks them,
+    and found by their keys alone, through the primary key; the marks are compared here.
+    Matched in SQL (a join of the table with `unnest` of the marks) the planner, trusting
+    statistics from when the table was nearly empty, made it a nested loop over both: minutes
+    of a core for a bulk load's marks, while the fold waited for the rows it held."""
+    locked = await conn.fetch(
+        f"SELECT {key}, mark FROM {table} WHERE {key} = ANY($1::text[]) ORDER BY {key} FOR UPDATE",
         list(marks),
-        list(marks.values()),
     )
+    unchanged = [row[0] for row in locked if marks[row[0]] == row[1]]
+    if unchanged:
+        await conn.execute(f"DELETE FROM {table} WHERE {key} = ANY($1::text[])", unchanged)
+
+
+async def clear_marks(conn: asyncpg.Connection, marks: Mapping[str, int]) -> None:
+    """Unmark the products refreshed, unless marked again meanwhile (their mark changed)."""
+    await _clear_unchanged_marks(conn, "dirty_products", "product_id", marks)
 
 
 # --- reads -------------------------------------------------------------------------------------
@@ -814,19 +819,7 @@ async def marked_customers(conn: asyncpg.Connection, limit: int) -> dict[str, in
 
 async def clear_customer_marks(conn: asyncpg.Connection, marks: Mapping[str, int]) -> None:
     """Unmark the customers refreshed, unless marked again meanwhile."""
-    await conn.execute(
-        """
-        DELETE FROM dirty_customers WHERE customer_id IN (
-            SELECT d.customer_id
-            FROM dirty_customers d JOIN unnest($1::text[], $2::bigint[]) AS m(customer_id, mark)
-              ON d.customer_id = m.customer_id AND d.mark = m.mark
-            ORDER BY d.customer_id
-            FOR UPDATE OF d
-        )
-        """,
-        list(marks),
-        list(marks.values()),
-    )
+    await _clear_unchanged_marks(conn, "dirty_customers", "customer_id", marks)
 
 
 async def request_retrain(conn: asyncpg.Connection) -> dict[str, Any]:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
+from asyncpg.connection import LoggedQuery
 from prometheus_client import REGISTRY
 
 from crm_shared.contracts.deadletter import DeadLetter
@@ -189,6 +190,49 @@ async def test_a_purchase_made_while_the_job_runs_is_refreshed_by_the_next_run(
         assert set(await store.marked_products(reader)) == {"JAM"}
     assert await refresh_neighbours(pool) == 1
     assert (await stored_lists(pool))["JAM"] == [("TEA", 2)]
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "mark_again", "clear"),
+    [
+        ("dirty_products", "product_id", store.mark_for_refresh, store.clear_marks),
+        ("dirty_customers", "customer_id", store.mark_customers, store.clear_customer_marks),
+    ],
+)
+async def test_a_bulk_loads_marks_are_cleared_by_key_never_joined_with_the_table(
+    pool: asyncpg.Pool,
+    table: str,
+    key: str,
+    mark_again: Callable[[asyncpg.Connection, Sequence[str]], Awaitable[None]],
+    clear: Callable[[asyncpg.Connection, Mapping[str, int]], Awaitable[None]],
+) -> None:
+    """Statistics taken when few were marked, then 20,000 marks (a bulk load): a job's run
+    clears them by key, without a join of the marks read with the table (planned on those
+    statistics, a nested loop over both took minutes of a core while the fold waited); a mark
+    set again meanwhile stays."""
+    insert = f"INSERT INTO {table} ({key}) SELECT 'K' || n FROM generate_series($1::int, $2) n"
+    await pool.execute(insert, 1, 300)
+    await pool.execute(f"ANALYZE {table}")
+    await pool.execute(insert, 301, 20_000)
+    marks = {row[0]: row[1] for row in await pool.fetch(f"SELECT {key}, mark FROM {table}")}
+    async with pool.acquire() as conn:
+        await mark_again(conn, ["K7"])
+    statements: list[LoggedQuery] = []
+    async with pool.acquire() as conn:
+        conn.add_query_logger(statements.append)
+        async with conn.transaction():
+            await clear(conn, marks)
+        conn.remove_query_logger(statements.append)
+        plans = [
+            "\n".join(row[0] for row in await conn.fetch(f"EXPLAIN {s.query}", *s.args))
+            for s in statements
+            if "dirty_" in s.query
+        ]
+
+    assert plans
+    for plan in plans:
+        assert "Function Scan" not in plan and "Nested Loop" not in plan, plan
+    assert [row[0] for row in await pool.fetch(f"SELECT {key} FROM {table}")] == ["K7"]
 
 
 async def test_a_refund_of_everything_takes_the_buyer_out_of_similar_and_popular_products(
