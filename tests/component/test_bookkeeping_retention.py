@@ -24,6 +24,7 @@ from crm_shared.runtime.retention import (
 )
 from profile_service.config import ProfileSettings
 from profile_service.worker import PROJECTION
+from tests.component.plans import explained
 from tests.component.pools import migrated_pool
 
 pytestmark = pytest.mark.component
@@ -149,9 +150,7 @@ async def test_a_chunk_is_deleted_where_its_rows_lie_not_by_scanning_every_id(
     await pool.execute("ANALYZE applied_events")
     before = datetime.now(UTC) - WINDOW
 
-    plan = "\n".join(
-        r[0] for r in await pool.fetch(f"EXPLAIN {PRUNE_SQL}", before, PRUNE_CHUNK_ROWS)
-    )
+    plan = await explained(pool, PRUNE_SQL, before, PRUNE_CHUNK_ROWS)
 
     assert "Seq Scan" not in plan, plan
     assert "Tid Scan on applied_events" in plan, plan

@@ -26,6 +26,7 @@ from crm_shared.runtime.projector import (
 from interaction_service.config import MIGRATIONS
 from interaction_service.worker import PROJECTION
 from tests.component.partition_logs import no_dead_letters
+from tests.component.plans import explained
 from tests.component.pools import migrated_pool
 from tests.component.test_counted_after_commit import contact
 
@@ -63,20 +64,16 @@ async def _planning_fold(pool: asyncpg.Pool) -> tuple[Fold, list[tuple[str, str,
     async def planned(conn: asyncpg.Connection, events: Sequence[Event]) -> Sequence[Derived]:
         page_cost = await conn.fetchval("SHOW random_page_cost")
         mode = await conn.fetchval("SHOW plan_cache_mode")
-        plan = await conn.fetch(f"EXPLAIN {_LOCK}", wanted)
+        plan = await explained(conn, _LOCK, wanted)
         await conn.execute(f"PREPARE planned_lock(text[]) AS {_LOCK}")
         await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         keys = "{" + ",".join(wanted) + "}"  # plain ids: a literal, as EXECUTE takes no parameter
-        generic = await conn.fetch(f"EXPLAIN EXECUTE planned_lock('{keys}')")
+        generic = await explained(conn, f"EXECUTE planned_lock('{keys}')")
         await conn.execute(f"SET LOCAL plan_cache_mode = {mode}; DEALLOCATE planned_lock")
-        seen.append((page_cost, mode, _text(plan), _text(generic)))
+        seen.append((page_cost, mode, plan, generic))
         return await PROJECTION.fold(conn, events)
 
     return planned, seen
-
-
-def _text(plan: Sequence[asyncpg.Record]) -> str:
-    return "\n".join(row[0] for row in plan)
 
 
 def _looked_up_by_index(seen: list[tuple[str, str, str, str]]) -> None:

@@ -25,6 +25,7 @@ from recommendation_service import jobs, models, neighbours, projection, store
 from recommendation_service.jobs import refresh_neighbours
 from recommendation_service.projection import NEIGHBOURS_KEPT
 from recommendation_service.worker import PROJECTION
+from tests.component.plans import explained
 from tests.similar_products import (
     SERVED_SIMILAR_SQL,
     SimilarLists,
@@ -223,11 +224,7 @@ async def test_a_bulk_loads_marks_are_cleared_by_key_never_joined_with_the_table
         async with conn.transaction():
             await clear(conn, marks)
         conn.remove_query_logger(statements.append)
-        plans = [
-            "\n".join(row[0] for row in await conn.fetch(f"EXPLAIN {s.query}", *s.args))
-            for s in statements
-            if "dirty_" in s.query
-        ]
+        plans = [await explained(conn, s.query, *s.args) for s in statements if "dirty_" in s.query]
 
     assert plans
     for plan in plans:
