@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+from broadcast_service.worker import PROJECTION as BROADCAST
 from crm_shared.contracts import deadletter
-from crm_shared.contracts.events import build_event
+from crm_shared.contracts.events import CLOCK_SUBJECT, CLOCK_TICKED, build_event
 from crm_shared.runtime.projector import RawRecord, sort_batch
+from interaction_service.worker import PROJECTION as INTERACTION
 
 FOLDS = frozenset({"crm.order.placed.v1"})
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -29,6 +31,18 @@ def _order(event_id: str, time: datetime = NOW) -> dict[str, object]:
         event_id=event_id,
         time=time,
     )
+
+
+def _refund(**data_overrides: object) -> dict[str, object]:
+    document = build_event(
+        "crm.order.refunded.v1",
+        "C1",
+        {"refund_id": "R", "lines": [{"product_id": "P", "quantity": 1, "unit_price": "1"}]},
+        source="shop",
+        time=NOW,
+    )
+    document["data"] = {**document["data"], **data_overrides}  # type: ignore[dict-item]
+    return document
 
 
 def test_valid_events_are_kept_in_order_and_positions_advance_past_every_record() -> None:
@@ -59,14 +73,7 @@ def test_records_below_the_stored_position_are_skipped_as_already_applied() -> N
 
 
 def test_types_the_projection_does_not_fold_are_ignored_not_dead_lettered() -> None:
-    refund = build_event(
-        "crm.order.refunded.v1",
-        "C1",
-        {"refund_id": "R", "lines": [{"product_id": "P", "quantity": 1, "unit_price": "1"}]},
-        source="shop",
-        time=NOW,
-    )
-    batch = sort_batch([_raw(0, refund)], {}, FOLDS, "p", now=NOW)
+    batch = sort_batch([_raw(0, _refund())], {}, FOLDS, "p", now=NOW)
     assert batch.events == [] and batch.dead_letters == []
     assert batch.ignored_types == ["crm.order.refunded.v1"]
 
@@ -146,3 +153,65 @@ def test_a_refused_binary_mode_record_keeps_its_ce_headers_beside_the_reason() -
     assert "in the future" in headers[deadletter.REASON]
     assert headers[deadletter.ORIGIN_TOPIC] == "crm.orders"
     assert letter.value == record.value
+
+
+SKIMMED = frozenset({"crm.orders"})
+
+
+def test_on_a_skimmed_topic_a_type_not_folded_is_ignored_from_its_type_alone() -> None:
+    """Its data and key are not checked: not folded here, it is the folding workers' to judge."""
+    records = [
+        _raw(0, _refund(lines="none")),
+        _raw(1, _refund(), key=b"someone-else"),
+        _binary(2, _refund(lines="none")),
+        _raw(3, _order("a")),
+    ]
+    batch = sort_batch(records, {}, FOLDS, "p", now=NOW, skimmed_topics=SKIMMED)
+    assert batch.dead_letters == []
+    assert batch.ignored_types == ["crm.order.refunded.v1"] * 3
+    assert [e.id for e in batch.events] == ["a"]
+    assert batch.next_offsets == {("crm.orders", 0): 4}
+    unskimmed = sort_batch(records, {}, FOLDS, "p", now=NOW)
+    assert [letter.offset for letter in unskimmed.dead_letters] == [0, 1, 2]
+
+
+def test_on_a_skimmed_topic_what_names_no_known_type_is_decoded_and_dead_lettered() -> None:
+    unknown = {**_order("u"), "type": "crm.order.teleported.v1"}
+    untyped = {name: value for name, value in _order("t").items() if name != "type"}
+    records = [
+        _raw(0, b'{"type": "crm.order.refunded.v1", '),  # not JSON: the decode says so
+        _raw(1, unknown),
+        _raw(2, untyped),
+        _raw(3, _order("bad", NOW + timedelta(days=1))),  # folded: checked whole
+        RawRecord("crm.orders", 0, 4, b"C1", None),
+    ]
+    batch = sort_batch(records, {}, FOLDS, "p", now=NOW, skimmed_topics=SKIMMED)
+    reasons = [letter.reason for letter in batch.dead_letters]
+    assert len(reasons) == 5 and batch.ignored_types == [] and batch.events == []
+    assert "invalid envelope" in reasons[0]
+    assert "unknown event type 'crm.order.teleported.v1'" in reasons[1]
+    assert "in the future" in reasons[3]
+    assert reasons[4] == "empty record (no value)"
+
+
+def test_on_a_skimmed_topic_clock_ticks_are_still_read_for_their_time() -> None:
+    tick = build_event(
+        CLOCK_TICKED, CLOCK_SUBJECT, {"topic": "crm.orders", "partition": 0}, source="c", time=NOW
+    )
+    batch = sort_batch(
+        [RawRecord("crm.orders", 0, 0, CLOCK_SUBJECT.encode(), json.dumps(tick).encode())],
+        {},
+        FOLDS,
+        "p",
+        now=NOW,
+        skimmed_topics=SKIMMED,
+    )
+    assert batch.newest_tick == NOW
+    assert batch.ignored_types == [CLOCK_TICKED]
+
+
+def test_a_worker_skims_only_the_topics_that_carry_types_it_does_not_fold() -> None:
+    """The broadcast worker reads every journey stage change on crm.experience, of which it
+    folds none; the interaction worker folds every type its topics carry, so it skims none."""
+    assert BROADCAST.skimmed_topics == {"crm.experience", "crm.customers", "crm.case-signals"}
+    assert INTERACTION.skimmed_topics == frozenset()

@@ -150,6 +150,7 @@ class BulkFolder:
                 self.consumer,
                 now=datetime.now(UTC),
                 max_future_skew=self.max_future_skew,
+                skimmed_topics=self.projection.skimmed_topics,
             )
             whole.events.extend(part.events)
             whole.dead_letters.extend(part.dead_letters)

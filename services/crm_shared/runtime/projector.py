@@ -11,6 +11,7 @@ folded first, then the tick, then what follows, so a time rule sees the log's ow
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import re
@@ -38,6 +39,7 @@ from crm_shared.contracts.events import (
     check_not_future,
     decode_record,
     encode_event,
+    record_type,
 )
 from crm_shared.contracts.topics import Topic
 from crm_shared.runtime import metrics, outbox
@@ -157,6 +159,16 @@ class Projection:
     """What a rebuild treats apart from the tables the fold writes (crm_shared.runtime.shadow):
     the jobs' tables, what the service did in the world, what does not replay exactly."""
 
+    @functools.cached_property
+    def skimmed_topics(self) -> frozenset[str]:
+        """The topics that carry types this projection does not fold (clock ticks aside, which
+        every worker reads): a record there is read for its type first (`sort_batch`)."""
+        return frozenset(
+            topic.name
+            for topic in self.topics
+            if set(topic.event_types) - self.folds - {CLOCK_TICKED}
+        )
+
 
 class RawRecord(NamedTuple):
     """One Kafka record as the projector reads it. A named tuple: one is made for every record
@@ -215,14 +227,18 @@ def sort_batch(
     *,
     now: datetime,
     max_future_skew: timedelta = MAX_FUTURE_SKEW,
+    skimmed_topics: frozenset[str] = frozenset(),
 ) -> SortedBatch:
     """Classify records; no I/O. Records below a stored position were applied before.
 
     A record is dead-lettered when it does not decode to a valid event (either CloudEvents
     content mode), when its key is not its subject, or when it is dated after now + skew.
+    On `skimmed_topics` a record is read for its type first: one of a known type that is not
+    folded (nor a clock tick) is ignored without being decoded, so it is never dead-lettered
+    here; the workers that fold its type judge it (docs/decisions.md).
     """
     with _collector_paused():
-        return _sort(records, positions, folds, consumer, now, max_future_skew)
+        return _sort(records, positions, folds, consumer, now, max_future_skew, skimmed_topics)
 
 
 @contextmanager
@@ -251,6 +267,7 @@ def _sort(
     consumer: str,
     now: datetime,
     max_future_skew: timedelta,
+    skimmed_topics: frozenset[str],
 ) -> SortedBatch:
     batch = SortedBatch(records=list(records))
     for record in records:
@@ -260,6 +277,11 @@ def _sort(
             continue
         batch.next_offsets[tp] = max(batch.next_offsets.get(tp, 0), record.offset + 1)
         batch.first_offsets.setdefault(tp, record.offset)
+        if record.topic in skimmed_topics and record.value is not None:
+            named = record_type(record.value, record.headers)
+            if named not in folds and named != CLOCK_TICKED and named in EVENT_TYPES:
+                batch.ignored_types.append(named)
+                continue
         try:
             if record.value is None:
                 raise InvalidEvent("empty record (no value)")
@@ -419,6 +441,7 @@ class BatchProjector:
             self.consumer,
             now=datetime.now(UTC),
             max_future_skew=self.max_future_skew,
+            skimmed_topics=self.projection.skimmed_topics,
         )
 
     async def process(self, records: Sequence[RawRecord]) -> None:
@@ -508,6 +531,7 @@ class BatchProjector:
                 self.consumer,
                 now=datetime.now(UTC),
                 max_future_skew=self.max_future_skew,
+                skimmed_topics=self.projection.skimmed_topics,
             )
         if batch.dead_letters:
             # Delivered before the positions move past them: a dead letter is never lost.
