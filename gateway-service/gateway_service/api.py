@@ -333,7 +333,7 @@ async def get_timeline(request: Request) -> Response:
     customer_id, query = path_and_query(request, TIMELINE_QUERY, TIMELINE_FILTERS)
     services: Services = request.app.state.services
     try:
-        answer, body = await services.timeline_page(
+        answer, whole = await services.timeline_page(
             customer_id, query.params(), request.state.request_id
         )
     except UpstreamFailure as failure:
@@ -341,7 +341,7 @@ async def get_timeline(request: Request) -> Response:
             504 if failure.outcome.label == "timeout" else 503,
             f"the interaction service cannot give the timeline now ({failure}); try again later",
         ) from None
-    if answer.status in (200, 400, 404, 422) and body is not None:
+    if answer.status in (200, 400, 404, 422) and whole:
         # The service's own bytes: it shaped them with its response model already.
         return Response(answer.content, status_code=answer.status, media_type=JSON)
     raise HTTPException(

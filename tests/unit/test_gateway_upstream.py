@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from gateway_service.config import GatewaySettings
-from gateway_service.upstream import UpstreamFailure, connect
+from gateway_service.upstream import UpstreamFailure, connect, is_json_object
 
 
 def _closed_port() -> int:
@@ -23,3 +23,22 @@ async def test_a_refused_connection_is_reported_unavailable_at_once() -> None:
         with pytest.raises(UpstreamFailure) as failure:
             await services.get("profile", "/customers/c1", {}, "request-1")
     assert failure.value.outcome.reason == "unavailable: connection refused"
+
+
+@pytest.mark.parametrize(
+    ("content", "whole"),
+    [
+        (b'{"customer_id": "c1", "items": [{"summary": "\\u00e9"}], "next_cursor": null}', True),
+        (b" {} ", True),
+        (b'{"items": [1, 2]', False),  # cut off
+        (b"[1, 2]", False),
+        (b'"a page"', False),
+        (b"", False),
+        (b'{"summary": "\xff"}', False),  # not UTF-8
+        (b"Internal Server Error", False),
+    ],
+)
+def test_a_timeline_page_is_passed_on_only_when_it_is_one_json_object(
+    content: bytes, whole: bool
+) -> None:
+    assert is_json_object(content) is whole
