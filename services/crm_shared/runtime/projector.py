@@ -279,7 +279,7 @@ def _sort(
         batch.first_offsets.setdefault(tp, record.offset)
         if record.topic in skimmed_topics and record.value is not None:
             named = record_type(record.value, record.headers)
-            if named not in folds and named != CLOCK_TICKED and named in EVENT_TYPES:
+            if named in EVENT_TYPES and named not in folds and named != CLOCK_TICKED:
                 batch.ignored_types.append(named)
                 continue
         try:
