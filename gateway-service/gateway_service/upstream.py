@@ -25,8 +25,9 @@ from urllib.parse import quote, urlencode
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
+from crm_shared.contracts.json_objects import object_reader
 from crm_shared.runtime.http import REQUEST_ID_HEADER, service_token_headers
 from gateway_service import metrics
 from gateway_service.composition import (
@@ -213,17 +214,11 @@ async def _content(response: httpx.Response) -> bytes:
     return b"".join([chunk async for chunk in response.stream])
 
 
-class _AnyObject(BaseModel):
-    """A JSON object, whatever its members (parsed, none of them kept: extra members are
-    ignored by default)."""
-
-
-_CHECK_OBJECT = _AnyObject.model_validate_json
+_CHECK_OBJECT = object_reader()
 
 
 def is_json_object(content: bytes) -> bool:
-    """Whether the bytes are one JSON object, checked in pydantic's parser without building it:
-    about a quarter of `json.loads` on a timeline page of 50 entries (docs/decisions.md)."""
+    """Whether the bytes are one JSON object, checked without building it."""
     try:
         _CHECK_OBJECT(content)
     except ValidationError:

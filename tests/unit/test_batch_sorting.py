@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from broadcast_service.worker import PROJECTION as BROADCAST
 from crm_shared.contracts import deadletter
-from crm_shared.contracts.events import CLOCK_SUBJECT, CLOCK_TICKED, build_event
+from crm_shared.contracts.events import CLOCK_SUBJECT, CLOCK_TICKED, MAX_EVENT_BYTES, build_event
 from crm_shared.runtime.projector import RawRecord, sort_batch
 from interaction_service.worker import PROJECTION as INTERACTION
 
@@ -192,6 +192,17 @@ def test_on_a_skimmed_topic_what_names_no_known_type_is_decoded_and_dead_lettere
     assert "unknown event type 'crm.order.teleported.v1'" in reasons[1]
     assert "in the future" in reasons[3]
     assert reasons[4] == "empty record (no value)"
+
+
+def test_on_a_skimmed_topic_a_record_too_large_with_its_headers_is_dead_lettered() -> None:
+    """In binary mode the attributes' headers count toward the size, in the skim as in the
+    decode: a small value under a huge header is not skimmed as its type."""
+    padding = b"x" * MAX_EVENT_BYTES
+    records = [_binary(0, _refund(), ce_comment=padding), _binary(1, _refund())]
+    batch = sort_batch(records, {}, FOLDS, "p", now=NOW, skimmed_topics=SKIMMED)
+    [letter] = batch.dead_letters
+    assert letter.offset == 0 and "event too large" in letter.reason
+    assert batch.ignored_types == ["crm.order.refunded.v1"]
 
 
 def test_on_a_skimmed_topic_clock_ticks_are_still_read_for_their_time() -> None:

@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic_core import CoreSchema, SchemaValidator, core_schema
 
 from crm_shared.contracts import message_templates, segment_rules
+from crm_shared.contracts.json_objects import object_reader
 
 MAX_EVENT_BYTES = 1024 * 1024
 """Largest encoded event we accept: bigger records are dead-lettered, never folded."""
@@ -1294,7 +1295,7 @@ def decode_record(
     binary = _binary_mode_headers(headers) if headers else None
     if binary is None:
         return parse_event(value, partition, log_time_ms)
-    size = len(value) + sum(len(raw) for raw in binary.values())
+    size = _record_size(value, binary)
     if size > MAX_EVENT_BYTES:
         raise InvalidEvent(f"event too large: {size} bytes, limit {MAX_EVENT_BYTES}")
     document: dict[str, Any] = {}
@@ -1320,22 +1321,17 @@ def decode_record(
         raise InvalidEvent(f"{problem} (binary mode)") from None
 
 
-_TYPE_ONLY = SchemaValidator(
-    core_schema.typed_dict_schema(
-        {"type": core_schema.typed_dict_field(core_schema.str_schema())}, extra_behavior="ignore"
-    )
-).validate_json
-"""Reads a structured record's `type` and checks the rest is JSON, building nothing else: about
-a sixth of decoding and validating the whole event."""
+_TYPE_ONLY = object_reader(type=core_schema.str_schema())
+"""Reads a structured record's `type` and checks the rest is JSON, building nothing else."""
 
 
 def record_type(value: bytes, headers: RecordHeaders = ()) -> str | None:
     """The event type a record names (its `type`, or its `ce_type` header in binary mode), read
     without validating the rest; None when it names none so cheaply or is too large, and then
     only decode_record can say what is wrong with it."""
-    if len(value) > MAX_EVENT_BYTES:
-        return None
     binary = _binary_mode_headers(headers) if headers else None
+    if _record_size(value, binary) > MAX_EVENT_BYTES:
+        return None
     if binary is not None:
         named = binary.get(CE_HEADER_PREFIX + "type")
         try:
@@ -1346,6 +1342,11 @@ def record_type(value: bytes, headers: RecordHeaders = ()) -> str | None:
         return cast(str, _TYPE_ONLY(value)["type"])
     except ValidationError:
         return None
+
+
+def _record_size(value: bytes, binary: Mapping[str, bytes] | None) -> int:
+    """An event's size: the value, and in binary mode its attributes' headers too."""
+    return len(value) + (sum(len(raw) for raw in binary.values()) if binary else 0)
 
 
 def _binary_mode_headers(headers: RecordHeaders) -> dict[str, bytes] | None:
