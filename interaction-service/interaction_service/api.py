@@ -20,6 +20,7 @@ from crm_shared.runtime.http import (
     connection,
     create_api,
     database_lifespan,
+    document_response,
     model_response,
     path_and_query,
     pool_of,
@@ -100,15 +101,17 @@ def _page(
     limit: int,
     query: TimelineQuery,
     as_of: datetime,
-) -> TimelinePage:
-    """A page of at most `limit` items from `limit` + 1 rows; the extra one says there is more."""
+) -> dict[str, Any]:
+    """A TimelinePage of at most `limit` items from `limit` + 1 rows (the extra one says there
+    is more), as a document: the rows are the table's columns in TimelineItem's order and types
+    (`document_response`)."""
     positions = [TimelinePosition(r["occurred_at"], r["source"], r["event_id"]) for r in rows]
-    return TimelinePage(
-        customer_id=customer_id,
-        items=[TimelineItem(**row) for row in rows[:limit]],
-        next_cursor=projection.next_cursor(positions, limit, query, as_of),
-        as_of=as_of,
-    )
+    return {
+        "customer_id": customer_id,
+        "items": rows[:limit],
+        "next_cursor": projection.next_cursor(positions, limit, query, as_of),
+        "as_of": as_of,
+    }
 
 
 def _aware(when: datetime | None, name: str) -> datetime | None:
@@ -276,7 +279,7 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
                     known = bool(rows) or await store.has_timeline(conn, customer_id)
         if not known:
             raise _unknown(customer_id)
-        return model_response(_page(customer_id, rows, limit, query, read_as_of))
+        return document_response(_page(customer_id, rows, limit, query, read_as_of))
 
     add_customer_read(
         app.router, "/customers/{customer_id}/timeline", get_timeline, TimelinePage, TIMELINE_PARAMS
@@ -302,11 +305,13 @@ def create_app(settings: InteractionSettings | None = None) -> FastAPI:
             rows, totals = await store.overview(conn, customer_id, as_of=as_of, limit=limit + 1)
         if not rows and totals is None:
             raise _unknown(customer_id)
-        overview = InteractionOverview(
-            timeline=_page(customer_id, rows, limit, TimelineQuery(), as_of),
-            contact_summary=None if totals is None else _summary(customer_id, totals),
+        # InteractionOverview as a document: its page is rows (`_page`).
+        return document_response(
+            {
+                "timeline": _page(customer_id, rows, limit, TimelineQuery(), as_of),
+                "contact_summary": None if totals is None else _summary(customer_id, totals),
+            }
         )
-        return model_response(overview)
 
     add_customer_read(
         app.router,

@@ -194,7 +194,9 @@ async def timeline_page(
     return [dict(row) for row in await conn.fetch(sql, *args)]
 
 
-_PAGE_COLUMN_NAMES = tuple(name.strip() for name in _PAGE_COLUMNS.split(","))
+PAGE_COLUMN_NAMES = tuple(name.strip() for name in _PAGE_COLUMNS.split(","))
+"""What a page's rows hold, in the order of the API's TimelineItem fields: the API serialises the
+rows as they are (tests/unit/test_interaction_page_document.py holds the two together)."""
 
 
 async def overview(
@@ -221,7 +223,7 @@ async def overview(
         else None
     )
     entries = [
-        {column: row[column] for column in _PAGE_COLUMN_NAMES}
+        {column: row[column] for column in PAGE_COLUMN_NAMES}
         for row in rows
         if row["event_id"] is not None
     ]
