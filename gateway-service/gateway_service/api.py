@@ -460,4 +460,5 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
 
 if __name__ == "__main__":
-    serve(create_app, GatewaySettings(), "gateway-api")
+    gateway_settings = GatewaySettings()
+    serve(create_app, gateway_settings, "gateway-api", gateway_settings.api_processes)

@@ -23,6 +23,15 @@ class GatewaySettings(ServiceSettings):
     api_host: str = "0.0.0.0"
     api_port: int = 8100
 
+    api_processes: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Processes serving the gateway's port (uvicorn's workers), about one a core: "
+        "one process is at most one core, and was the reads' limit on two (their metrics are "
+        "added up on /metrics; rate limits hold per process)",
+    )
+
     profile_url: str = "http://127.0.0.1:8101"
     interaction_url: str = "http://127.0.0.1:8102"
     broadcast_url: str = "http://127.0.0.1:8103"
@@ -45,10 +54,12 @@ class GatewaySettings(ServiceSettings):
     )
 
     rate_per_second: float = Field(
-        default=20.0, gt=0, description="Requests per second each API key may sustain"
+        default=20.0,
+        gt=0,
+        description="Requests per second each API key may sustain, per gateway process",
     )
     rate_burst: int = Field(
-        default=40, ge=1, description="Requests an idle API key may make at once"
+        default=40, ge=1, description="Requests an idle API key may make at once, per process"
     )
 
     publish_timeout_seconds: float = Field(

@@ -27,10 +27,12 @@ class TokenBucket:
 
 
 class RateLimiter:
-    """One bucket per API key, in the memory of this gateway replica.
+    """One bucket per API key, in the memory of this gateway process.
 
-    Limits are per replica, not global: behind N replicas a key may make up to N times the
-    configured rate. Buckets are forgotten on restart (every key starts with a full burst).
+    Limits are per process, not global: a connection stays with one process, but across
+    connections a key may make up to the configured rate times the processes of all replicas
+    (CRM_GATEWAY_API_PROCESSES each). Buckets are forgotten on restart (every key starts with a
+    full burst).
     """
 
     def __init__(self, rate: float, burst: int) -> None:

@@ -3,10 +3,14 @@ and the service token that guards the services' internal APIs."""
 
 from __future__ import annotations
 
+import ctypes
 import hmac
+import importlib
 import ipaddress
 import logging
+import os
 import secrets
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -19,7 +23,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError, ResponseValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute, APIRouter
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
 from pydantic_core import to_json
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -94,7 +98,7 @@ def create_api(
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
@@ -503,22 +507,89 @@ def freeze_after_startup(app: FastAPI) -> FastAPI:
     return app
 
 
-def serve(factory: Callable[[S], FastAPI], settings: S, process_name: str) -> None:
+_SPAWNED = (
+    "CRM_SPAWNED_API_FACTORY",
+    "CRM_SPAWNED_API_SETTINGS",
+    "CRM_SPAWNED_API_NAME",
+    "CRM_SPAWNED_API_PARENT",
+)
+"""What `serve` passes to the processes it starts for `spawned_app`: the factory and the settings
+class by import path, the process name and its own pid."""
+_PR_SET_PDEATHSIG = 1  # prctl's option, from linux/prctl.h
+
+
+def serve(
+    factory: Callable[[S], FastAPI], settings: S, process_name: str, processes: int = 1
+) -> None:
     """Run an API built by `factory` with uvicorn on the settings' host and port, logging JSON
-    lines; exit at once when that would expose an internal API without its token."""
+    lines; exit at once when that would expose an internal API without its token.
+
+    With several `processes`, uvicorn's workers serve the port, each building its own app
+    (`spawned_app`) and restarted by uvicorn should one die; their metrics are added up on
+    /metrics (`metrics.shared_between_processes`). One process, at most a core, was the
+    gateway's limit in the reads' tail (docs/decisions.md, "Two gateway processes")."""
     configure_logging(process_name, settings.platform.log_level)
     try:
         check_exposure(settings)
     except UnsafeExposure as error:
         log.critical("%s", error)
         raise SystemExit(2) from None
-    app = freeze_after_startup(factory(settings))
-    uvicorn.run(
-        app,
-        host=settings.api_host,
-        port=settings.api_port,
-        log_config=None,
-        access_log=False,
-        loop="uvloop",  # the C event loop and HTTP parser: a request's fixed cost drops
-        http="httptools",
-    )
+    server_options: dict[str, Any] = {
+        "host": settings.api_host,
+        "port": settings.api_port,
+        "log_config": None,
+        "access_log": False,
+        "loop": "uvloop",  # the C event loop and HTTP parser: a request's fixed cost drops
+        "http": "httptools",
+    }
+    if processes == 1:
+        uvicorn.run(freeze_after_startup(factory(settings)), **server_options)
+        return
+    spawned = (_import_path(factory), _import_path(type(settings)), process_name, str(os.getpid()))
+    os.environ.update(zip(_SPAWNED, spawned, strict=True))
+    with metrics.shared_between_processes(process_name):
+        uvicorn.run(f"{__name__}:spawned_app", factory=True, workers=processes, **server_options)
+
+
+def spawned_app() -> FastAPI:
+    """The app of one of `serve`'s several processes (uvicorn imports this by name in each): the
+    settings read from the environment again, as `serve`'s were, and the app built by the same
+    factory; on a clean stop its live gauges leave the shared metrics."""
+    factory_path, settings_path, process_name, parent = (os.environ[name] for name in _SPAWNED)
+    _stop_with_parent(int(parent))
+    settings = _imported(settings_path)()
+    configure_logging(process_name, settings.platform.log_level)
+    app: FastAPI = freeze_after_startup(_imported(factory_path)(settings))
+    lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def counted_out_after(app: Any) -> AsyncIterator[Any]:
+        try:
+            async with lifespan(app) as state:
+                yield state
+        finally:
+            metrics.process_stopped()
+
+    app.router.lifespan_context = counted_out_after
+    return app
+
+
+def _stop_with_parent(parent: int) -> None:
+    """Have the kernel SIGTERM this process when its parent, uvicorn's supervisor, dies: killed
+    with SIGKILL, it would leave its workers serving the port, and started again it could not
+    bind it. Linux's prctl; elsewhere nothing."""
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the request
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _import_path(named: Callable[..., Any]) -> str:
+    return f"{named.__module__}:{named.__qualname__}"
+
+
+def _imported(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)

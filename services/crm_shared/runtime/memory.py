@@ -19,6 +19,8 @@ import logging
 import os
 from collections.abc import Mapping
 
+from crm_shared.runtime import metrics
+
 log = logging.getLogger(__name__)
 
 ARENA_MAX = 2
@@ -81,5 +83,6 @@ def freeze_startup_objects() -> None:
     of CPU a message on it, and each pause held every request in flight (docs/performance.md).
     gc.freeze is made for this."""
     gc.collect()
-    gc.freeze()  # reported by metrics.FROZEN_OBJECTS
+    gc.freeze()
+    metrics.FROZEN_OBJECTS.set(gc.get_freeze_count())
     gc.set_threshold(YOUNG_OBJECTS_PER_COLLECTION, *gc.get_threshold()[1:])

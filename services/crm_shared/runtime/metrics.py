@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import collections
 import gc
+import os
+import shutil
+import tempfile
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 EVENTS_CONSUMED = Counter(
     "crm_events_consumed", "Records read from Kafka by a projection worker", ["projection", "type"]
@@ -106,8 +116,12 @@ FROZEN_OBJECTS = Gauge(
     "crm_gc_frozen_objects",
     "Objects this process moved out of the cyclic garbage collector's reach once set up "
     "(crm_shared.runtime.memory.freeze_startup_objects; 0: it did not, and every full "
-    "collection walks its start-up objects)",
+    "collection walks its start-up objects); of an API served by several processes, the "
+    "fewest of any of them",
+    multiprocess_mode="livemin",
 )
+# A process's own /metrics reads the count live; processes sharing their metrics
+# (`shared_between_processes`) read what `freeze_startup_objects` set.
 FROZEN_OBJECTS.set_function(gc.get_freeze_count)
 HTTP_REQUESTS = Counter(
     "crm_http_requests", "HTTP requests served", ["service", "route", "method", "status"]
@@ -163,3 +177,41 @@ def counted_on_commit() -> Iterator[None]:
         return
     for counter, amount in held:
         counter.inc(amount)
+
+
+SHARED_DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+"""Set, prometheus_client keeps every metric of the processes started with it in files there,
+one a process, which `exposition` adds up (its multiprocess mode)."""
+
+
+@contextmanager
+def shared_between_processes(name: str) -> Iterator[str]:
+    """A fresh directory for the metrics of the processes started within, set as
+    SHARED_DIRECTORY_VARIABLE for them (the caller's own metrics are not in it), and removed
+    after: several processes serving one port then answer /metrics for all of them."""
+    directory = tempfile.mkdtemp(prefix=f"crm-{name}-metrics-")
+    os.environ[SHARED_DIRECTORY_VARIABLE] = directory
+    try:
+        yield directory
+    finally:
+        os.environ.pop(SHARED_DIRECTORY_VARIABLE, None)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def exposition() -> bytes:
+    """The metrics in Prometheus's text format: this process's, or, in a process started within
+    `shared_between_processes`, those of all its sibling processes added up (counters and
+    histograms summed, gauges by their multiprocess mode). The multiprocess mode leaves out the
+    client's own process and platform collectors."""
+    if SHARED_DIRECTORY_VARIABLE not in os.environ:
+        return generate_latest()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+def process_stopped() -> None:
+    """Forget this process's live gauges among its siblings' (a clean stop; one killed leaves
+    its last values, which its replacement's soon match)."""
+    if SHARED_DIRECTORY_VARIABLE in os.environ:
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

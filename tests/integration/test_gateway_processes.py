@@ -1,0 +1,108 @@
+"""The gateway serves its port from several processes (CRM_GATEWAY_API_PROCESSES, two by
+default): /metrics adds up what all of them served, one killed is replaced with its counts kept,
+and the gateway killed as a whole takes them with it, so that it binds its port again when its
+supervisor starts it anew."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from crm_shared.ops import launcher
+from gateway_service.config import GatewaySettings
+from tests.integration.helpers import metric_value
+from tests.integration.test_supervision import kill_and_wait_for_restart
+
+pytestmark = pytest.mark.integration
+
+GATEWAY = launcher.BY_NAME["gateway-api"]
+PROCESSES = GatewaySettings.model_fields["api_processes"].default
+HEALTH_CHECKS = (
+    'crm_http_requests_total{method="GET",route="/healthz",service="gateway",status="200"}'
+)
+
+
+def _serving(parent: int) -> set[int]:
+    """The processes serving the port: the children of uvicorn's supervisor that run the app
+    (multiprocessing's resource tracker is a child too)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        parent_of_entry = int(stat.rpartition(")")[2].split()[1])
+        if parent_of_entry == parent and b"spawn_main" in command:
+            found.add(int(entry.name))
+    return found
+
+
+def _wait_for(condition: Callable[[], bool], what: str, within: float = 45) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {within} s: {what}"
+        time.sleep(0.1)
+
+
+async def _health_checks_on_new_connections(port: int, times: int) -> None:
+    """Each on a connection of its own, so that the kernel hands them to any of the processes."""
+    for _ in range(times):
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.get(f"http://127.0.0.1:{port}/healthz")
+        assert response.status_code == 200
+
+
+async def test_the_processes_count_together_and_one_killed_is_replaced(
+    platform: dict[str, str],
+) -> None:
+    port = GATEWAY.port(platform)
+    parent = launcher.running_pid(GATEWAY, platform)
+    assert parent is not None
+    serving = _serving(parent)
+    assert len(serving) == PROCESSES == 2
+
+    before = await metric_value(str(port), HEALTH_CHECKS) or 0.0
+    await _health_checks_on_new_connections(port, 40)
+    counted = await metric_value(str(port), HEALTH_CHECKS)
+    assert counted == before + 40
+
+    killed = min(serving)
+    os.kill(killed, signal.SIGKILL)
+    _wait_for(
+        lambda: killed not in _serving(parent) and len(_serving(parent)) == PROCESSES,
+        "uvicorn to replace the killed process",
+    )
+    assert launcher.running_pid(GATEWAY, platform) == parent  # the gateway itself stayed up
+    await _health_checks_on_new_connections(port, 10)
+    # What the killed process served is still counted, beside its replacement's.
+    assert await metric_value(str(port), HEALTH_CHECKS) == counted + 10
+    frozen = await metric_value(str(port), "crm_gc_frozen_objects")
+    assert frozen is not None and frozen > 0
+
+
+def test_the_gateway_killed_takes_its_processes_with_it_and_binds_again(
+    platform: dict[str, str],
+) -> None:
+    parent = launcher.running_pid(GATEWAY, platform)
+    assert parent is not None
+    serving = _serving(parent)
+    assert serving
+
+    before, after, _ = kill_and_wait_for_restart(GATEWAY, platform)
+
+    assert after.restarts == before.restarts + 1 and after.pid is not None
+    _wait_for(
+        lambda: not any(Path(f"/proc/{pid}").exists() for pid in serving),
+        "the killed gateway's processes to stop",
+        within=10,
+    )
+    assert len(_serving(after.pid)) == PROCESSES
