@@ -16,7 +16,7 @@ import pytest
 
 from crm_shared.ops import launcher
 from gateway_service.config import GatewaySettings
-from tests.integration.helpers import metric_value
+from tests.integration.helpers import eventually, metric_value
 from tests.integration.test_supervision import kill_and_wait_for_restart
 
 pytestmark = pytest.mark.integration
@@ -82,11 +82,16 @@ async def test_the_processes_count_together_and_one_killed_is_replaced(
         "uvicorn to replace the killed process",
     )
     assert launcher.running_pid(GATEWAY, platform) == parent  # the gateway itself stayed up
+    # The fewest frozen objects of the live processes: 0 until the replacement is set up.
+    await eventually(
+        lambda: metric_value(str(port), "crm_gc_frozen_objects"),
+        lambda frozen: frozen is not None and frozen > 0,
+        within=45,
+        what="the replacement to be set up",
+    )
     await _health_checks_on_new_connections(port, 10)
     # What the killed process served is still counted, beside its replacement's.
     assert await metric_value(str(port), HEALTH_CHECKS) == counted + 10
-    frozen = await metric_value(str(port), "crm_gc_frozen_objects")
-    assert frozen is not None and frozen > 0
 
 
 def test_the_gateway_killed_takes_its_processes_with_it_and_binds_again(
