@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from crm_shared.ops import launcher
-from tests.integration.helpers import metric_value
+from tests.integration.helpers import eventually, metric_value
 
 pytestmark = pytest.mark.integration
 
@@ -17,8 +17,17 @@ app): 100,000 to 180,000 objects."""
 
 
 async def test_every_process_froze_its_start_up_objects(platform: dict[str, str]) -> None:
-    frozen = {
-        process.name: await metric_value(str(process.port(platform)), "crm_gc_frozen_objects")
-        for process in launcher.PROCESSES
-    }
-    assert all(count is not None and count >= AT_LEAST for count in frozen.values()), frozen
+    async def frozen() -> dict[str, float | None]:
+        return {
+            process.name: await metric_value(str(process.port(platform)), "crm_gc_frozen_objects")
+            for process in launcher.PROCESSES
+        }
+
+    # The gateway answers once one of its processes has started; the gauge is the fewest of its
+    # live processes, so it waits for the last of them to be set up.
+    await eventually(
+        frozen,
+        lambda found: all(count is not None and count >= AT_LEAST for count in found.values()),
+        within=60,
+        what="every process to freeze its start-up objects",
+    )
