@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -46,13 +44,6 @@ def _serving(parent: int) -> set[int]:
     return found
 
 
-def _wait_for(condition: Callable[[], bool], what: str, within: float = 45) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {within} s: {what}"
-        time.sleep(0.1)
-
-
 async def _health_checks_on_new_connections(port: int, times: int) -> None:
     """Each on a connection of its own, so that the kernel hands them to any of the processes."""
     for _ in range(times):
@@ -77,10 +68,9 @@ async def test_the_processes_count_together_and_one_killed_is_replaced(
 
     killed = min(serving)
     os.kill(killed, signal.SIGKILL)
-    _wait_for(
-        lambda: killed not in _serving(parent) and len(_serving(parent)) == PROCESSES,
-        "uvicorn to replace the killed process",
-    )
+    assert launcher.wait_until(
+        lambda: killed not in _serving(parent) and len(_serving(parent)) == PROCESSES, 45
+    ), "uvicorn did not replace the killed process"
     assert launcher.running_pid(GATEWAY, platform) == parent  # the gateway itself stayed up
     # The fewest frozen objects of the live processes: 0 until the replacement is set up.
     await eventually(
@@ -105,9 +95,7 @@ def test_the_gateway_killed_takes_its_processes_with_it_and_binds_again(
     before, after, _ = kill_and_wait_for_restart(GATEWAY, platform)
 
     assert after.restarts == before.restarts + 1 and after.pid is not None
-    _wait_for(
-        lambda: not any(Path(f"/proc/{pid}").exists() for pid in serving),
-        "the killed gateway's processes to stop",
-        within=10,
-    )
+    assert launcher.wait_until(
+        lambda: not any(Path(f"/proc/{pid}").exists() for pid in serving), 10
+    ), "the killed gateway's processes did not stop"
     assert len(_serving(after.pid)) == PROCESSES

@@ -313,9 +313,9 @@ def stop(
         os.kill(group, signal.SIGTERM)  # the supervisor passes it on, and restarts nothing
     else:
         _signal_group(group, signal.SIGTERM)  # its supervisor was killed alone
-    if not _wait_until(lambda: not remaining(), timeout):
+    if not wait_until(lambda: not remaining(), timeout):
         _signal_group(group, signal.SIGKILL)
-        _wait_until(lambda: not remaining(), timeout)
+        wait_until(lambda: not remaining(), timeout)
     pid_file.unlink(missing_ok=True)
     return True
 
@@ -325,7 +325,7 @@ def _signal_group(group: int, signum: int) -> None:
         os.killpg(group, signum)
 
 
-def _wait_until(done: Callable[[], bool], timeout: float, poll: float = 0.1) -> bool:
+def wait_until(done: Callable[[], bool], timeout: float, poll: float = 0.1) -> bool:
     """Poll until done() holds or `timeout` seconds pass; whether it holds."""
     deadline = time.monotonic() + timeout
     while not done():
@@ -385,7 +385,7 @@ def supervise(
                 "failures_in_a_row": failures,
             },
         )
-        if _wait_until(lambda: stopping, delay, poll=0.2):
+        if wait_until(lambda: stopping, delay, poll=0.2):
             break
         state = replace(state, restarts=state.restarts + 1)
     log.info("supervisor stopped", extra={"exit": describe_exit(returncode)})
