@@ -255,7 +255,7 @@ def create_app(settings: BroadcastSettings | None = None) -> FastAPI:
         and the holds on promotions (open complaints, latest detractor score)."""
         customer_id = path_customer_id(request)  # a DirectRoute: on the customer 360's path
         async with pool_of(request).acquire() as conn:
-            reach = (await store.reaches_of(conn, [customer_id]))[customer_id]
+            reach = await store.reach_of_customer(conn, customer_id)
         if not _known(reach):
             raise _unknown(customer_id)
         return model_response(_preferences_view(customer_id, reach))
@@ -320,7 +320,7 @@ def create_app(settings: BroadcastSettings | None = None) -> FastAPI:
         if at is not None and at.tzinfo is None:
             raise HTTPException(422, "at must carry a UTC offset, e.g. 2024-05-01T10:00:00Z")
         when = at or datetime.now(UTC)
-        reach = (await store.reaches_of(conn, [customer_id]))[customer_id]
+        reach = await store.reach_of_customer(conn, customer_id)
         if not _known(reach):
             raise _unknown(customer_id)
         sends = await store.recent_sends(conn, [customer_id], sends_since(when))

@@ -390,7 +390,7 @@ SELECT k.customer_id, p.set_at, p.settings, p.timezone, p.source, p.event_id,
            AS complaints,
        (SELECT h FROM detractor_holds h WHERE h.customer_id = k.customer_id) AS detractor,
        (SELECT r FROM customer_contacts r WHERE r.customer_id = k.customer_id) AS contact
-FROM unnest($1::text[]) AS k(customer_id)
+FROM {customers}
 LEFT JOIN channel_preferences p USING (customer_id)
 """
 """Each customer's rows of every table the decision reads: one statement, where one per table
@@ -398,17 +398,30 @@ cost five more round trips, each about 0.1 ms of the API's CPU and as much of Po
 (docs/performance.md). The other tables' rows come as row values (asyncpg decodes them as
 records); the channel set-up's as columns, as asyncpg cannot decode a row value holding jsonb
 read through our text codec."""
+_REACHES_OF_MANY = _REACHES.format(customers="unnest($1::text[]) AS k(customer_id)")
+_REACH_OF_ONE = _REACHES.format(customers="(SELECT $1::text AS customer_id) AS k")
+"""One customer's, without the array: PostgreSQL prices `unnest` of a parameter at 100 rows, so
+the plan it would keep for the prepared statement (made without the ids) looked dearer than one
+made for each call's single id, and it planned every read of the API again, 0.2 ms of its CPU
+(docs/performance.md, plans kept for the 360's reads)."""
 
 
 async def reaches_of(
     conn: asyncpg.Connection, customer_ids: Collection[str]
 ) -> dict[str, CustomerReach]:
     """Everything the contact decision reads about these customers, in one statement for the
-    whole batch (the preferences read, the decision API and a plan's examples: never a whole
-    plan's recipients). Every customer asked for has an entry; one the service knows nothing
-    of has no set-up."""
-    rows = await conn.fetch(_REACHES, list(dict.fromkeys(customer_ids)))
+    whole batch (a sender's batch and a plan's examples: never a whole plan's recipients).
+    Every customer asked for has an entry; one the service knows nothing of has no set-up."""
+    rows = await conn.fetch(_REACHES_OF_MANY, list(dict.fromkeys(customer_ids)))
     return {row["customer_id"]: _reach(row) for row in rows}
+
+
+async def reach_of_customer(conn: asyncpg.Connection, customer_id: str) -> CustomerReach:
+    """What `reaches_of` gives for one customer (the preferences read and the decision API),
+    in a statement PostgreSQL plans once per connection."""
+    row = await conn.fetchrow(_REACH_OF_ONE, customer_id)
+    assert row is not None  # the customer's row is there whatever the service knows
+    return _reach(row)
 
 
 def _reach(row: Mapping[str, Any]) -> CustomerReach:

@@ -105,7 +105,9 @@ async def test_the_reach_of_a_batch_round_trips_and_decides(pool: asyncpg.Pool) 
         await store.save_detractors(conn, [score])
     async with pool.acquire() as conn:
         reaches = await store.reaches_of(conn, ["C1", "C2", "C3"])
+        one_by_one = {c: await store.reach_of_customer(conn, c) for c in ("C1", "C2", "C3")}
         history = await store.history_of(conn, "C1", 10)
+    assert one_by_one == reaches
     c1 = reaches["C1"]
     assert c1.preferences == preferences
     assert list(c1.consents.values()) == [consent]
@@ -118,6 +120,43 @@ async def test_the_reach_of_a_batch_round_trips_and_decides(pool: asyncpg.Pool) 
     assert (decision.channel, decision.address) == ("email", "a@example.com")
     at_night = contact_decision(c1, [], "marketing", T + timedelta(days=2, hours=-1))
     assert at_night.codes == ("quiet_hours", "do_not_contact")
+
+
+async def _plans_made(conn: asyncpg.Connection) -> dict[str, tuple[int, int]]:
+    """The generic and custom plans made so far for each statement prepared on the connection."""
+    rows = await conn.fetch(
+        "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+    )
+    return {
+        r["statement"]: (r["generic_plans"], r["custom_plans"])
+        for r in rows
+        if "pg_prepared_statements" not in r["statement"]  # this statement's own
+    }
+
+
+async def test_one_customers_reach_is_planned_once_per_connection(pool: asyncpg.Pool) -> None:
+    """The preferences read (the customer 360's) and the decision API ask for one customer: their
+    statement keeps the plan PostgreSQL makes without the customer after five reads, where the
+    batch's statement (`unnest` of an array) was planned again for every read."""
+    async with pool.acquire() as conn, conn.transaction():
+        await store.save_preferences(
+            conn,
+            [
+                ChannelPreferences(f"C{n}", (ChannelSetup("email"),), "UTC", T, "s", f"p{n}")
+                for n in range(50)
+            ],
+        )
+    async with pool.acquire() as conn:
+        before = await _plans_made(conn)
+        reaches = [await store.reach_of_customer(conn, f"C{n}") for n in range(12)]
+        after = await _plans_made(conn)
+    assert all(reach.preferences is not None for reach in reaches)
+    [(generic, custom)] = [
+        (made[0] - before.get(statement, (0, 0))[0], made[1] - before.get(statement, (0, 0))[1])
+        for statement, made in after.items()
+        if made != before.get(statement) and "channel_preferences" in statement
+    ]  # asyncpg's own statements (looking up the row types) aside
+    assert custom <= 5 and generic == 12 - custom
 
 
 @pytest.mark.parametrize(

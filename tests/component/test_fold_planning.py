@@ -1,13 +1,11 @@
 """How PostgreSQL plans a fold's statements, live and in a rebuild: the batch's keys are looked
 up by index, in the plan made for the batch and in the generic plan a fold's statements take
-after five runs, and every connection of a worker's pool takes the settings its migrations gave
-the database (the fold sets its own). On real PostgreSQL, with the interaction projection (its
-journeys lock is the statement that scanned the whole table, and its migrations set the
-database's plan cache mode for the reads)."""
+after five runs (the fold sets its own page cost and plan cache mode). On real PostgreSQL, with
+the interaction projection (its journeys lock is the statement that scanned the whole table).
+The pool's defaults from migrations: tests/component/test_timeline_plans.py."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Sequence
 
@@ -98,7 +96,6 @@ async def test_a_fold_locks_its_batch_of_journeys_by_index_not_by_scanning_them_
     assert await pool.fetchval("SELECT count(*) FROM timeline") == 1
     # Only the fold's transaction: the pool's sessions keep the server's and database's defaults.
     assert float(await pool.fetchval("SHOW random_page_cost")) != FOLD_RANDOM_PAGE_COST
-    assert await pool.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
 
 
 async def test_a_rebuild_folds_at_the_same_page_cost(pool: asyncpg.Pool) -> None:
@@ -115,17 +112,3 @@ async def test_a_rebuild_folds_at_the_same_page_cost(pool: asyncpg.Pool) -> None
 
     _looked_up_by_index(seen)
     assert await pool.fetchval("SELECT count(*) FROM timeline") == 1
-
-
-async def test_every_connection_of_a_new_pool_takes_the_settings_its_migrations_made(
-    pool: asyncpg.Pool,
-) -> None:
-    # 003 sets the interaction database's plan cache mode for new sessions: the timeline's pages
-    # are planned for the customer asked. The connection that migrated was open before.
-    connections = [await pool.acquire() for _ in range(4)]
-    try:
-        modes = await asyncio.gather(*(c.fetchval("SHOW plan_cache_mode") for c in connections))
-    finally:
-        for connection in connections:
-            await pool.release(connection)
-    assert modes == ["force_custom_plan"] * 4

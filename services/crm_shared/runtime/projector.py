@@ -73,10 +73,11 @@ only, not the periodic jobs' scans of whole tables."""
 FOLD_PLAN_CACHE_MODE = "auto"
 """How a fold's prepared statements are planned, in its transaction: PostgreSQL's default, a
 generic plan once five custom ones showed it no worse. A fold runs the same set-based statements
-every batch whatever its customers, so one plan a connection serves them; a database whose
-reads are planned for each customer (the interaction's `force_custom_plan`, for its timeline
-pages) otherwise planned every statement of every batch again: 16 % of the interaction fold's
-statement time in batches of 50 (docs/performance.md)."""
+every batch whatever its customers, so one plan a connection serves them; under a database's
+`force_custom_plan` (the interaction's until its migration 009) every statement of every batch
+was planned again: 16 % of the interaction fold's statement time in batches of 50
+(docs/performance.md). Set in the fold's own transaction, it holds whatever a database's
+defaults become."""
 _FOLD_SETTINGS = (
     f"SET LOCAL random_page_cost = {FOLD_RANDOM_PAGE_COST};"
     f" SET LOCAL plan_cache_mode = {FOLD_PLAN_CACHE_MODE}"
