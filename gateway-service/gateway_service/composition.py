@@ -103,13 +103,25 @@ def errored(why: str) -> Failed:
 
 def from_response(status: int, body: Any, raw: bytes | None = None) -> Outcome:
     """What a service's HTTP answer means for its part; `raw` is the JSON text of `body`."""
+    failure = _failure(status, isinstance(body, dict))
+    return Found(body, raw=raw) if failure is None else failure
+
+
+def answer_label(status: int, is_object: bool) -> str:
+    """The outcome's label of an answer passed on undecoded (a timeline page), from its status
+    and whether its body is a JSON object: the label from_response's outcome would have."""
+    failure = _failure(status, is_object)
+    return "found" if failure is None else failure.label
+
+
+def _failure(status: int, is_object: bool) -> NotFound | Failed | None:
     if status == 404:
         return NotFound()
     if status != 200:
         return errored(f"HTTP {status}")
-    if not isinstance(body, dict):
+    if not is_object:
         return errored("the response is not a JSON object")
-    return Found(body, raw=raw)
+    return None
 
 
 def outcomes_of(parts: Iterable[Part], answer: Outcome) -> dict[str, Outcome]:

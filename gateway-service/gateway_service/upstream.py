@@ -35,6 +35,7 @@ from gateway_service.composition import (
     Failed,
     Outcome,
     Part,
+    answer_label,
     from_response,
     outcomes_of,
     timed_out,
@@ -182,8 +183,7 @@ class Services:
             metrics.UPSTREAM_REQUESTS.labels("timeline_page", failure.outcome.label).inc()
             raise
         whole = is_json_object(answer.content)
-        outcome = from_response(answer.status, {} if whole else None)  # members don't count
-        metrics.UPSTREAM_REQUESTS.labels("timeline_page", outcome.label).inc()
+        metrics.UPSTREAM_REQUESTS.labels("timeline_page", answer_label(answer.status, whole)).inc()
         return answer, whole
 
     async def customer_360(self, customer_id: str, request_id: str) -> dict[str, Outcome]:

@@ -16,6 +16,7 @@ from gateway_service.composition import (
     NotFound,
     Outcome,
     Part,
+    answer_label,
     calls,
     compose,
     errored,
@@ -174,6 +175,8 @@ def test_the_view_copies_the_bodies_it_was_given() -> None:
 )
 def test_what_a_service_answer_means(status: int, body: object, expected: Outcome) -> None:
     assert from_response(status, body) == expected
+    # An answer passed on undecoded (a timeline page) is counted under the same label.
+    assert answer_label(status, isinstance(body, dict)) == expected.label
 
 
 def test_failure_labels_for_metrics() -> None:
