@@ -26,7 +26,7 @@ from crm_shared.contracts.segment_rules import (
     Rfm,
     Rule,
 )
-from crm_shared.runtime.db import columns
+from crm_shared.runtime.db import columns, matching
 from crm_shared.runtime.packed import UnnestColumns
 from profile_service import analytics, complaints, identity, opinions, segments
 from profile_service.catalogue import CategoryRow
@@ -680,10 +680,9 @@ _PURCHASES = """
     LEFT JOIN customer_currency_totals ON customer_id {match}
     GROUP BY currency ORDER BY currency
 """
+"""Its `{match}`: db.matching, so that one record's read keeps its plan."""
 _ONE_RECORD = _PURCHASES.format(match="= $1::text")
-"""For one record: planned once and reused (with `= ANY($1)` PostgreSQL expects ten records,
-finds the reusable plan dearer than planning each time, and planning costs more than running)."""
-_SEVERAL_RECORDS = _PURCHASES.format(match="= ANY($1::text[])")
+"""One record's, as the profile read's statement below embeds it."""
 
 
 async def purchases_of(
@@ -691,11 +690,8 @@ async def purchases_of(
 ) -> tuple[list[CurrencyTotals], int]:
     """The purchases of these records (one customer, or a person's records) per currency, and
     how many of their orders were cancelled, in one read."""
-    if len(ids) == 1:
-        rows = await conn.fetch(_ONE_RECORD, ids[0])
-    else:
-        rows = await conn.fetch(_SEVERAL_RECORDS, list(ids))
-    return _purchases(rows)
+    match, argument = matching(ids)
+    return _purchases(await conn.fetch(_PURCHASES.format(match=match), argument))
 
 
 def _purchases(rows: Sequence[Mapping[str, Any]]) -> tuple[list[CurrencyTotals], int]:
@@ -748,14 +744,15 @@ async def order_counts(
     each country (orders that name one), or had a line of each category (lines of products the
     catalogue gives one; an order of two categories counts for both)."""
     column, joins = _ORDER_DIMENSIONS[by]
+    match, argument = matching(ids)
     rows = await conn.fetch(
         f"""
         SELECT {column} AS value, count(DISTINCT (o.customer_id, o.order_id))::int AS orders
         FROM orders o{joins}
-        WHERE o.customer_id = ANY($1::text[]) AND {column} IS NOT NULL AND {_NOT_CANCELLED}
+        WHERE o.customer_id {match} AND {column} IS NOT NULL AND {_NOT_CANCELLED}
         GROUP BY 1
         """,
-        list(ids),
+        argument,
     )
     return {row["value"]: row["orders"] for row in rows}
 
@@ -1141,7 +1138,8 @@ async def merge_statements_around(
 
 
 async def records_of(conn: asyncpg.Connection, ids: Sequence[str]) -> dict[str, CustomerRecord]:
-    rows = await conn.fetch("SELECT * FROM customers WHERE customer_id = ANY($1::text[])", ids)
+    match, argument = matching(ids)
+    rows = await conn.fetch(f"SELECT * FROM customers WHERE customer_id {match}", argument)
     return {row["customer_id"]: _record(row) for row in rows}
 
 

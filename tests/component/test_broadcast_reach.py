@@ -26,6 +26,7 @@ from broadcast_service.projection import (
     QuietWindow,
 )
 from crm_shared.runtime.db import open_pool
+from tests.component.plans import plans_between, plans_made
 
 pytestmark = pytest.mark.component
 
@@ -122,18 +123,6 @@ async def test_the_reach_of_a_batch_round_trips_and_decides(pool: asyncpg.Pool) 
     assert at_night.codes == ("quiet_hours", "do_not_contact")
 
 
-async def _plans_made(conn: asyncpg.Connection) -> dict[str, tuple[int, int]]:
-    """The generic and custom plans made so far for each statement prepared on the connection."""
-    rows = await conn.fetch(
-        "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
-    )
-    return {
-        r["statement"]: (r["generic_plans"], r["custom_plans"])
-        for r in rows
-        if "pg_prepared_statements" not in r["statement"]  # this statement's own
-    }
-
-
 async def test_one_customers_reach_is_planned_once_per_connection(pool: asyncpg.Pool) -> None:
     """The preferences read (the customer 360's) and the decision API ask for one customer: their
     statement keeps the plan PostgreSQL makes without the customer after five reads, where the
@@ -147,15 +136,11 @@ async def test_one_customers_reach_is_planned_once_per_connection(pool: asyncpg.
             ],
         )
     async with pool.acquire() as conn:
-        before = await _plans_made(conn)
+        before = await plans_made(conn)
         reaches = [await store.reach_of_customer(conn, f"C{n}") for n in range(12)]
-        after = await _plans_made(conn)
+        after = await plans_made(conn)
     assert all(reach.preferences is not None for reach in reaches)
-    [(generic, custom)] = [
-        (made[0] - before.get(statement, (0, 0))[0], made[1] - before.get(statement, (0, 0))[1])
-        for statement, made in after.items()
-        if made != before.get(statement) and "channel_preferences" in statement
-    ]  # asyncpg's own statements (looking up the row types) aside
+    [(generic, custom)] = plans_between(before, after, "channel_preferences")
     assert custom <= 5 and generic == 12 - custom
 
 

@@ -25,6 +25,7 @@ from profile_service.api import create_app
 from profile_service.config import ProfileSettings
 from profile_service.worker import PROJECTION, RfmRefresher
 from tests.component.partition_logs import fold_more, folded_in_batches, interleaved, orders_tick
+from tests.component.plans import plans_between, plans_made
 from tests.component.service_api import api_get, database_url
 from tests.uci_data import DATA, real_file
 
@@ -177,6 +178,34 @@ async def test_refunds_cancellations_and_currencies_make_the_customer_totals() -
     # Orders not cancelled with a line of the category: A's O1 (P0, P1), O2 and O3 (P0), B's O5
     # (P0; O4 is cancelled). P0 counts as garden, its latest record, on every order.
     assert categories == {"garden": 4, "candles": 1}
+
+
+DIMENSIONS: tuple[store.OrderDimension, ...] = ("channel", "country", "category")
+
+
+async def test_one_customers_purchase_reads_are_planned_once_per_connection() -> None:
+    """The purchase summary's reads of a person of one record (most are) keep the plan
+    PostgreSQL makes without the record after five reads; of several records they are planned
+    for each read (`= ANY` of an array), and give the same answers."""
+    async with _folded(4) as pool, pool.acquire() as conn:
+        before = await plans_made(conn)
+        for _ in range(12):
+            totals, cancelled = await store.purchases_of(conn, ["A"])
+            counts = [await store.order_counts(conn, ["A"], by) for by in DIMENSIONS]
+            records = await store.records_of(conn, ["A"])
+        after = await plans_made(conn)
+        several = await store.order_counts(conn, ["A", "B"], "category")
+        b_alone = await store.order_counts(conn, ["B"], "category")
+    made = [
+        plans
+        for table in ("customer_currency_totals", "FROM orders", "FROM customers")
+        for plans in plans_between(before, after, table)
+    ]
+    assert len(made) == 5, made  # the totals, three dimensions, the record
+    assert all(custom <= 5 and generic == 12 - custom for generic, custom in made), made
+    assert {t.currency for t in totals} == {"GBP", "EUR"} and cancelled == 0
+    assert counts[0] == {"web": 2, "store": 1} and records == {}  # orders only, no record
+    assert several == {k: counts[2].get(k, 0) + b_alone.get(k, 0) for k in several}
 
 
 async def test_products_keep_their_latest_catalogued_category() -> None:

@@ -18,6 +18,7 @@ from crm_shared.runtime.db import open_pool
 from interaction_service import store
 from interaction_service.config import MIGRATIONS
 from interaction_service.projection import TimelinePosition, TimelineQuery
+from tests.component.plans import plans_between, plans_made
 from tests.component.pools import migrated_pool
 
 pytestmark = pytest.mark.component
@@ -70,16 +71,6 @@ async def _add_timelines(pool: asyncpg.Pool, heavy: int, others: int, each: int)
     await pool.execute("ANALYZE timeline; ANALYZE contact_summary")
 
 
-async def _plans_kept(conn: asyncpg.Connection) -> dict[str, tuple[int, int]]:
-    """The connection's prepared statements that read the timeline: (generic plans, custom
-    plans) made for each so far."""
-    rows = await conn.fetch(
-        "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
-        " WHERE statement LIKE '%FROM timeline%' AND statement NOT LIKE '%pg_prepared_statements%'"
-    )
-    return {row["statement"]: (row["generic_plans"], row["custom_plans"]) for row in rows}
-
-
 SHAPES_IN_PAGE_ORDER = {
     "the newest first": (TimelineQuery(), None),
     "the oldest first": (TimelineQuery(newest_first=False), None),
@@ -108,6 +99,7 @@ async def test_a_page_and_an_overview_are_planned_once_per_connection(
 ) -> None:
     await _add_timelines(pool, heavy=200, others=100, each=3)
     async with pool.acquire() as conn:
+        before = await plans_made(conn)
         for n in range(READS):
             entries, summary = await store.overview(conn, f"C{n}", as_of=NOW, limit=21)
             assert summary is not None and len(entries) == 3
@@ -115,9 +107,9 @@ async def test_a_page_and_an_overview_are_planned_once_per_connection(
                 conn, f"C{n}", TimelineQuery(), as_of=NOW, after=None, limit=21
             )
             assert [row["event_id"] for row in page] == [row["event_id"] for row in entries]
-        plans = await _plans_kept(conn)
+        plans = plans_between(before, await plans_made(conn), "FROM timeline")
     assert len(plans) == 2, plans  # the overview's statement and the page's
-    for generic, custom in plans.values():
+    for generic, custom in plans:
         assert custom <= 5 and generic == READS - custom, plans
 
 
@@ -148,14 +140,15 @@ async def test_a_page_no_index_serves_in_order_is_planned_for_its_customer_every
 ) -> None:
     await _add_timelines(pool, heavy=200, others=100, each=3)
     async with pool.acquire() as conn:
+        before = await plans_made(conn)
         for query in SHAPES_FOR_THEIR_CUSTOMER.values():
             assert store.planned_for_its_customer(query)
             for n in range(READS):
                 await store.timeline_page(conn, f"C{n}", query, as_of=NOW, after=None, limit=21)
-        plans = await _plans_kept(conn)
+        plans = plans_between(before, await plans_made(conn), "FROM timeline")
         mode = await conn.fetchval("SHOW plan_cache_mode")
     assert len(plans) == len(SHAPES_FOR_THEIR_CUSTOMER), plans
-    assert all(made == (0, READS) for made in plans.values()), plans
+    assert all(made == (0, READS) for made in plans), plans
     assert mode == "auto"  # SET LOCAL: the connection goes back to the pool as it came
 
 
