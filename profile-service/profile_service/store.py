@@ -26,7 +26,7 @@ from crm_shared.contracts.segment_rules import (
     Rfm,
     Rule,
 )
-from crm_shared.runtime.db import columns, matching
+from crm_shared.runtime.db import ONE_ID, columns, matching
 from crm_shared.runtime.packed import UnnestColumns
 from profile_service import analytics, complaints, identity, opinions, segments
 from profile_service.catalogue import CategoryRow
@@ -681,7 +681,7 @@ _PURCHASES = """
     GROUP BY currency ORDER BY currency
 """
 """Its `{match}`: db.matching, so that one record's read keeps its plan."""
-_ONE_RECORD = _PURCHASES.format(match="= $1::text")
+_ONE_RECORD = _PURCHASES.format(match=ONE_ID)
 """One record's, as the profile read's statement below embeds it."""
 
 

@@ -183,5 +183,9 @@ def matching(ids: Sequence[str]) -> tuple[str, str | list[str]]:
     one made for each call, and plans every call again, which cost more than running it (1 ms of
     planning for the profile's order-line categories of one customer, docs/performance.md)."""
     if len(ids) == 1:
-        return "= $1::text", ids[0]
+        return ONE_ID, ids[0]
     return "= ANY($1::text[])", list(ids)
+
+
+ONE_ID = "= $1::text"
+"""What `matching` gives for one id, for statements written for one id only."""
