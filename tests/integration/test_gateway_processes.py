@@ -1,12 +1,13 @@
 """The gateway serves its port from several processes (CRM_GATEWAY_API_PROCESSES, two by
 default): /metrics adds up what all of them served, one killed is replaced with its counts kept,
 and the gateway killed as a whole takes them with it, so that it binds its port again when its
-supervisor starts it anew."""
+supervisor starts it anew, and removes the metrics directory the killed one left."""
 
 from __future__ import annotations
 
 import os
 import signal
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -92,6 +93,9 @@ def test_the_gateway_killed_takes_its_processes_with_it_and_binds_again(
     serving = _serving(parent)
     assert serving
 
+    left = list(Path(tempfile.gettempdir()).glob(f"crm-*-metrics-{parent}-*"))
+    assert len(left) == 1, "the gateway's processes share no metrics directory named for it"
+
     before, after, _ = kill_and_wait_for_restart(GATEWAY, platform)
 
     assert after.restarts == before.restarts + 1 and after.pid is not None
@@ -99,3 +103,5 @@ def test_the_gateway_killed_takes_its_processes_with_it_and_binds_again(
         lambda: not any(Path(f"/proc/{pid}").exists() for pid in serving), 10
     ), "the killed gateway's processes did not stop"
     assert len(_serving(after.pid)) == PROCESSES
+    assert not left[0].exists(), "the killed gateway's metrics directory was left behind"
+    assert list(Path(tempfile.gettempdir()).glob(f"crm-*-metrics-{after.pid}-*"))
