@@ -190,8 +190,8 @@ def shared_between_processes(name: str) -> Iterator[str]:
     SHARED_DIRECTORY_VARIABLE for them (the caller's own metrics are not in it), and removed
     after: several processes serving one port then answer /metrics for all of them. Its name
     carries this process's id, so that the directories of one killed before it could remove
-    them (SIGKILL) are removed by the next start (`remove_orphaned_directories`)."""
-    remove_orphaned_directories(name)
+    them (SIGKILL) are removed by the next start."""
+    _remove_orphaned_directories(name)
     directory = tempfile.mkdtemp(prefix=f"{_directory_prefix(name)}{os.getpid()}-")
     os.environ[SHARED_DIRECTORY_VARIABLE] = directory
     try:
@@ -205,18 +205,14 @@ def _directory_prefix(name: str) -> str:
     return f"crm-{name}-metrics-"
 
 
-def remove_orphaned_directories(name: str) -> list[str]:
-    """Remove the shared metrics directories of `name` whose owner no longer runs; return them."""
-    removed = []
+def _remove_orphaned_directories(name: str) -> None:
+    """Remove the shared metrics directories of `name` whose owner no longer runs."""
     prefix = _directory_prefix(name)
     root = tempfile.gettempdir()
     for entry in os.listdir(root):
         owner = entry.removeprefix(prefix).split("-", 1)[0]
         if entry.startswith(prefix) and owner.isdigit() and not _running(int(owner)):
-            path = os.path.join(root, entry)
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
+            shutil.rmtree(os.path.join(root, entry), ignore_errors=True)
 
 
 def _running(pid: int) -> bool:
